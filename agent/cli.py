@@ -1,0 +1,203 @@
+"""`sightline` — the command line: run the worker, replay fixtures, read costs, show config.
+
+Errors a user can fix (configuration, an unreachable database, a bad fixture) print one line
+naming the problem and exit with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from memory.db import Database, DatabaseUnavailable, start_embedded
+from memory.store import Store
+
+from .config import ConfigError, Settings, mask_secret
+from .fixture import FixtureError, load_fixture
+
+log = logging.getLogger("sightline")
+
+
+class UserError(Exception):
+    """Any failure the user can fix; printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sightline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("dev", "run the worker in development mode (colored logs)"),
+        ("start", "run the worker in production mode (JSON logs, graceful drain on SIGTERM)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--log-level", default=os.environ.get("LIVEKIT_LOG_LEVEL", "INFO"))
+    sub.add_parser("config", help="print the effective configuration, secrets masked")
+    p = sub.add_parser("replay", help="replay a fixture session offline and print its costs")
+    p.add_argument("path", type=Path, help="fixture directory (with session.json)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p = sub.add_parser("costs", help="list sessions with their costs, or show one")
+    p.add_argument("session_id", nargs="?")
+    p.add_argument("--tenant")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        settings = Settings.from_env()
+        if args.command == "config":
+            return _config(settings)
+        if args.command in ("dev", "start"):
+            return _worker(settings, args)
+        if args.command == "replay":
+            return asyncio.run(_replay(settings, args))
+        return asyncio.run(_costs(settings, args))
+    except (ConfigError, DatabaseUnavailable, FixtureError, UserError) as exc:
+        print(f"sightline: {exc}", file=sys.stderr)
+        return 2
+
+
+def _config(settings: Settings) -> int:
+    rows = settings.describe()
+    width = max(len(env) for env, _, _ in rows)
+    for env, value, note in rows:
+        print(f"{env:<{width}}  {value}" + (f"    # {note}" if note else ""))
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run livekit-agents' own worker loop (the one its CLI runs) with Sightline's server.
+
+    The database is prepared here, once: migrations run, and an embedded Postgres is started
+    and its URL handed to the job processes, which LiveKit runs as separate processes.
+    """
+    from livekit.agents.cli import proto
+    from livekit.agents.cli.cli import _run_worker
+
+    from .worker import build_server
+
+    settings.require_worker()
+    embedded = None
+    if settings.database_url is None:
+        embedded = start_embedded(settings.data_dir / "pgdata")
+        os.environ["DATABASE_URL"] = embedded.get_uri()
+    try:
+        asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
+        _run_worker(
+            build_server(settings),
+            proto.CliArgs(
+                log_level=args.log_level.upper(),
+                url=settings.livekit_url,
+                api_key=settings.livekit_api_key,
+                api_secret=settings.livekit_api_secret,
+                dev=args.command == "dev",
+                log_format="colored" if args.command == "dev" else "json",
+            ),
+        )
+    finally:
+        if embedded is not None:
+            embedded.cleanup()
+    return 0
+
+
+async def _migrate(url: str, settings: Settings) -> None:
+    db = await Database.open(url, settings.data_dir)
+    await db.pool.close()
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    fixture = load_fixture(args.path)
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        result = await replay(fixture, settings, db)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps({"fixture": result.fixture,
+                          "turns": [t.__dict__ for t in result.turns],
+                          "sessions": result.sessions}, indent=2))
+        return 0
+    print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
+          f"{fixture.duration_s:.1f}s, provider {fixture.provider})\n")
+    for turn in result.turns:
+        screen = f"screen at t={turn.screen_t:.0f}s" if turn.screen_t is not None else "no screen"
+        print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
+        print(f"         Sightline ({turn.origin} response, {screen}, "
+              f"{turn.images_sent} image sent): {turn.reply}\n")
+    for summary in result.sessions:
+        print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    frames = summary["frames"]
+    lines = [
+        f"Session {summary['session_id']}  tenant={summary['tenant']}  ({summary['source']})",
+        f"  frames: {frames['received']} received, {frames['sampled']} sampled, "
+        f"{frames['kept']} kept"
+        + (f", dropped {frames['dropped']}" if frames["dropped"] else ""),
+    ]
+    for model, t in summary["by_model"].items():
+        lines.append(
+            f"  {model}: {t['calls']} calls ({t['errors']} failed), "
+            f"{t['input_tokens']} in + {t['cached_input_tokens']} cached + "
+            f"{t['output_tokens']} out tokens, {t['images']} images, ${t['cost_usd']:.6f}"
+        )
+    if summary["unpriced_models"]:
+        lines.append(f"  not priced (missing from {summary['prices']}): "
+                     + ", ".join(summary["unpriced_models"]))
+    lines.append(f"  total: ${summary['total_cost_usd']:.6f}")
+    lines.append(f"  cost log: {summary['cost_log']}")
+    return "\n".join(lines)
+
+
+async def _costs(settings: Settings, args: argparse.Namespace) -> int:
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        store = Store(db.pool)
+        if args.session_id:
+            session = await store.get_session(args.session_id)
+            if session is None:
+                raise UserError(f"no session {args.session_id!r} in "
+                                f"{mask_secret(db.url, url=True)}")
+            if args.json:
+                print(json.dumps(session, indent=2))
+            elif session["summary"]:
+                print(format_summary(session["summary"]))
+            else:
+                print(f"Session {session['id']} has not ended yet "
+                      f"({session['model_calls']} model calls so far).")
+            return 0
+        sessions = await store.list_sessions(args.limit, args.tenant)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    if not sessions:
+        print("No sessions yet.")
+        return 0
+    print(f"{'session':<30} {'tenant':<12} {'source':<7} {'started (UTC)':<20} "
+          f"{'calls':>5} {'cost USD':>12}")
+    for s in sessions:
+        cost = f"{s['total_cost_usd']:.6f}" if s["total_cost_usd"] is not None else "(open)"
+        print(f"{s['id']:<30} {s['tenant']:<12} {s['source']:<7} {s['started_at'][:19]:<20} "
+              f"{s['model_calls']:>5} {cost:>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

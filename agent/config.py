@@ -1,0 +1,234 @@
+"""Sightline's one settings object, read from environment variables and validated at start.
+
+Every setting is declared once in `_FIELDS` (variable, parser, default, whether it is a secret),
+so validation, `sightline config` and the README's table cannot drift apart. A bad value raises
+`ConfigError` naming the variable; the CLI prints it as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+
+class ConfigError(ValueError):
+    """A missing or malformed setting; the message names the environment variable."""
+
+
+PROVIDERS = ("gemini", "anthropic")
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+    return value
+
+
+def _provider(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in PROVIDERS:
+        raise ValueError(f"must be one of {', '.join(PROVIDERS)}")
+    return value
+
+
+def _ws_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc:
+        raise ValueError("must look like wss://my-project.livekit.cloud or ws://127.0.0.1:7880")
+    return raw.strip()
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL")
+    return raw.strip().rstrip("/")
+
+
+def _postgres_url(raw: str) -> str:
+    if urlsplit(raw.strip()).scheme not in ("postgres", "postgresql"):
+        raise ValueError("must be a postgresql:// URL")
+    return raw.strip()
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    secret: bool = False
+    help: str = ""
+
+
+_DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("sightline"))
+
+_FIELDS: tuple[_Field, ...] = (
+    _Field("livekit_url", "LIVEKIT_URL", _ws_url, None, help="LiveKit server or Cloud URL"),
+    _Field("livekit_api_key", "LIVEKIT_API_KEY", _text, None, secret=True),
+    _Field("livekit_api_secret", "LIVEKIT_API_SECRET", _text, None, secret=True),
+    _Field("gemini_api_key", "GOOGLE_API_KEY", _text, None, secret=True, help="or GEMINI_API_KEY"),
+    _Field("anthropic_api_key", "ANTHROPIC_API_KEY", _text, None, secret=True),
+    _Field(
+        "database_url", "DATABASE_URL", _postgres_url, None, secret=True,
+        help="unset: embedded Postgres under SIGHTLINE_DATA_DIR",
+    ),
+    _Field("agent_name", "SIGHTLINE_AGENT_NAME", _text, "sightline", help="explicit dispatch name"),
+    _Field("tenant", "SIGHTLINE_TENANT", _text, "default", help="tenant when a job names none"),
+    _Field("provider", "SIGHTLINE_PROVIDER", _provider, "gemini", help="gemini | anthropic"),
+    _Field("gemini_model", "SIGHTLINE_GEMINI_MODEL", _text, "gemini-2.5-flash"),
+    _Field("claude_model", "SIGHTLINE_CLAUDE_MODEL", _text, "claude-sonnet-4-6"),
+    _Field("gemini_base_url", "SIGHTLINE_GEMINI_BASE_URL", _http_url, None),
+    _Field("anthropic_base_url", "SIGHTLINE_ANTHROPIC_BASE_URL", _http_url, None),
+    _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _positive_float, 20.0),
+    _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", _non_negative_int, 1),
+    _Field("max_output_tokens", "SIGHTLINE_MAX_OUTPUT_TOKENS", _positive_int, 512),
+    _Field("image_max_px", "SIGHTLINE_IMAGE_MAX_PX", _positive_int, 1024),
+    _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", _positive_float, 1.0),
+    _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", _non_negative_int, 10),
+    _Field("data_dir", "SIGHTLINE_DATA_DIR", _path, _DEFAULT_DATA_DIR),
+    _Field("cost_log_dir", "SIGHTLINE_COST_LOG_DIR", _path, None, help="default DATA_DIR/costs"),
+    _Field("prices_file", "SIGHTLINE_PRICES", _path, None, help="price table override (JSON)"),
+    _Field("stt", "SIGHTLINE_STT", _text, None, help="LiveKit Inference STT, e.g. deepgram/nova-3"),
+    _Field("tts", "SIGHTLINE_TTS", _text, None,
+        help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
+    _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Build it with `Settings.from_env()`."""
+
+    livekit_url: str | None
+    livekit_api_key: str | None
+    livekit_api_secret: str | None
+    gemini_api_key: str | None
+    anthropic_api_key: str | None
+    database_url: str | None
+    agent_name: str
+    tenant: str
+    provider: str
+    gemini_model: str
+    claude_model: str
+    gemini_base_url: str | None
+    anthropic_base_url: str | None
+    model_timeout_s: float
+    model_retries: int
+    max_output_tokens: int
+    image_max_px: int
+    sample_fps: float
+    history_messages: int
+    data_dir: Path
+    cost_log_dir: Path | None
+    prices_file: Path | None
+    stt: str | None
+    tts: str | None
+    health_port: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in _FIELDS:
+            raw = env.get(field.env)
+            if field.env == "GOOGLE_API_KEY" and not raw:
+                raw = env.get("GEMINI_API_KEY")
+            if raw is None or raw.strip() == "":
+                values[field.name] = field.default
+                continue
+            try:
+                values[field.name] = field.parse(raw)
+            except ValueError as exc:
+                shown = "***" if field.secret else repr(raw)
+                raise ConfigError(f"{field.env}={shown} is invalid: {exc}") from None
+        return cls(**values)
+
+    @property
+    def costs_dir(self) -> Path:
+        return self.cost_log_dir or self.data_dir / "costs"
+
+    @property
+    def model(self) -> str:
+        """The model id of the configured provider."""
+        return self.gemini_model if self.provider == "gemini" else self.claude_model
+
+    def require_worker(self) -> None:
+        """Check what a live worker needs beyond the defaults: LiveKit and the provider's key."""
+        for env in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+            if not getattr(self, _by_env(env).name):
+                raise ConfigError(f"{env} is required to run the worker (README: Configuration)")
+        key_env = "GOOGLE_API_KEY" if self.provider == "gemini" else "ANTHROPIC_API_KEY"
+        if not getattr(self, _by_env(key_env).name):
+            raise ConfigError(
+                f"{key_env} is required when SIGHTLINE_PROVIDER={self.provider}"
+            )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value with secrets masked, note) for `sightline config`."""
+        rows = []
+        for field in _FIELDS:
+            value = getattr(self, field.name)
+            if value is None:
+                shown = "(unset)"
+            elif field.secret:
+                shown = mask_secret(str(value), url=field.env == "DATABASE_URL")
+            else:
+                shown = str(value)
+            rows.append((field.env, shown, field.help))
+        return rows
+
+
+def _by_env(env: str) -> _Field:
+    return next(f for f in _FIELDS if f.env == env)
+
+
+def mask_secret(value: str, *, url: bool = False) -> str:
+    """Show that a secret is set without revealing it; a URL keeps its host but not its password."""
+    if url:
+        parts = urlsplit(value)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return parts._replace(netloc=netloc).geturl()
+        return value
+    return f"***{value[-2:]}" if len(value) >= 12 else "***"

@@ -1,0 +1,128 @@
+"""Fixture sessions for replay: a screen video plus a timeline of turns and their model responses.
+
+The format is documented in fixtures/README.md. Loading validates everything up front, so a bad
+fixture fails with one message that names the file and the field, before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vision.video_file import VideoUnreadable, probe_duration
+
+from .config import PROVIDERS
+
+ORIGINS = ("recorded", "scripted")
+
+
+class FixtureError(ValueError):
+    """A fixture that cannot be replayed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class FixtureResponse:
+    origin: str
+    text: str = ""
+    error_status: int | None = None
+
+
+@dataclass(frozen=True)
+class FixtureTurn:
+    t: float
+    text: str
+    tenant: str
+    user: str
+    response: FixtureResponse
+
+
+@dataclass(frozen=True)
+class Fixture:
+    name: str
+    path: Path
+    video: Path
+    duration_s: float
+    provider: str
+    turns: tuple[FixtureTurn, ...]
+
+
+def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in obj:
+        raise FixtureError(f"{where}: missing field '{key}'")
+    value = obj[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is str and not value.strip()):
+        raise FixtureError(f"{where}: field '{key}' must be a non-empty {kind.__name__}")
+    return value
+
+
+def _response(raw: Any, where: str) -> FixtureResponse:
+    if not isinstance(raw, dict):
+        raise FixtureError(f"{where}: field 'response' must be an object")
+    origin = _require(raw, "origin", str, where)
+    if origin not in ORIGINS:
+        raise FixtureError(f"{where}: response.origin must be 'recorded' or 'scripted'")
+    if "error" in raw:
+        status = raw["error"].get("status") if isinstance(raw["error"], dict) else None
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            raise FixtureError(f"{where}: response.error.status must be an HTTP error status")
+        return FixtureResponse(origin, error_status=status)
+    return FixtureResponse(origin, text=_require(raw, "text", str, f"{where}.response"))
+
+
+def load_fixture(path: Path) -> Fixture:
+    """Load `PATH/session.json` (or a session.json path) and check its video is readable."""
+    session_file = path / "session.json" if path.is_dir() else path
+    try:
+        raw = json.loads(session_file.read_text())
+    except FileNotFoundError:
+        raise FixtureError(f"{session_file}: not found (a fixture is a directory with "
+                           "session.json and a video)") from None
+    except json.JSONDecodeError as exc:
+        raise FixtureError(f"{session_file}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise FixtureError(f"{session_file}: must hold a JSON object")
+    where = str(session_file)
+    video = session_file.parent / _require(raw, "video", str, where)
+    if not video.is_file():
+        raise FixtureError(f"{where}: video '{video.name}' does not exist next to it")
+    try:
+        duration = probe_duration(video)
+    except VideoUnreadable as exc:
+        raise FixtureError(f"{where}: {exc}") from None
+    provider = raw.get("provider", "gemini")
+    if provider not in PROVIDERS:
+        raise FixtureError(f"{where}: provider must be one of {', '.join(PROVIDERS)}")
+    raw_turns = _require(raw, "turns", list, where)
+    if not raw_turns:
+        raise FixtureError(f"{where}: 'turns' is empty")
+    turns = []
+    for i, turn in enumerate(raw_turns):
+        at = f"{where}: turns[{i}]"
+        if not isinstance(turn, dict):
+            raise FixtureError(f"{at}: must be an object")
+        t = _require(turn, "t", float, at)
+        if not 0 <= t <= duration + 0.5:
+            raise FixtureError(f"{at}: t={t} is outside the video (0-{duration:.1f}s)")
+        if turns and t < turns[-1].t:
+            raise FixtureError(f"{at}: turns must be sorted by t")
+        turns.append(
+            FixtureTurn(
+                t=t,
+                text=_require(turn, "text", str, at),
+                tenant=_require(turn, "tenant", str, at),
+                user=_require(turn, "user", str, at),
+                response=_response(turn.get("response"), at),
+            )
+        )
+    return Fixture(
+        name=str(raw.get("name") or session_file.parent.name),
+        path=session_file,
+        video=video,
+        duration_s=duration,
+        provider=provider,
+        turns=tuple(turns),
+    )

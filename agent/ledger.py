@@ -1,0 +1,168 @@
+"""The cost ledger: every model call and every sampled-frame decision of one session, priced.
+
+Each event is appended to `<costs_dir>/<session_id>.jsonl` at once (the durable copy) and queued
+for the `cost_events` table. `close()` appends the session summary as the file's last line and
+stores it on the session row, so ops read the same numbers from either place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from memory.store import Store
+from memory.writer import BackgroundWriter
+from vision.screen import FrameDecision
+
+from .pricing import PriceTable, Usage
+
+log = logging.getLogger("sightline.costs")
+
+
+class CostLedger:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        tenant: str,
+        source: str,
+        costs_dir: Path,
+        prices: PriceTable,
+        store: Store | None,
+    ) -> None:
+        self.session_id = session_id
+        self.tenant = tenant
+        self.source = source
+        self.prices = prices
+        self.path = costs_dir / f"{session_id}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", buffering=1)
+        self._store = store
+        self._writer = (
+            BackgroundWriter(
+                "cost_events", store.add_cost_events, costs_dir / f"{session_id}.db-spill.jsonl"
+            )
+            if store is not None
+            else None
+        )
+        self._seq = 0
+        self._started = time.time()
+        self._by_model: dict[str, dict[str, Any]] = defaultdict(
+            lambda: Counter(calls=0, errors=0)
+        )
+        self._frames: Counter[str] = Counter()
+        self._unpriced: set[str] = set()
+        self.total_cost_usd = 0.0
+        self.closed = False
+
+    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self._seq += 1
+        event = {
+            "session_id": self.session_id,
+            "tenant": self.tenant,
+            "seq": self._seq,
+            "ts": time.time(),
+            "kind": kind,
+            **fields,
+        }
+        self._file.write(json.dumps(event) + "\n")
+        if self._writer is not None and kind != "summary":
+            self._writer.put(event)
+        return event
+
+    def model_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        usage: Usage,
+        images: int,
+        latency_ms: float,
+        error: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        cost = self.prices.cost(model, usage)
+        if cost is None:
+            self._unpriced.add(model)
+            log.warning("no price for model %s in %s: cost not counted", model, self.prices.path)
+        else:
+            self.total_cost_usd += cost
+        totals = self._by_model[model]
+        totals["calls"] += 1
+        totals["errors"] += 1 if error else 0
+        totals["input_tokens"] += usage.input_tokens
+        totals["cached_input_tokens"] += usage.cached_input_tokens
+        totals["cache_write_tokens"] += usage.cache_write_tokens
+        totals["output_tokens"] += usage.output_tokens
+        totals["images"] += images
+        totals["cost_usd"] += cost or 0.0
+        return self._record(
+            "model_error" if error else "model_call",
+            provider=provider,
+            model=model,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            images=images,
+            latency_ms=round(latency_ms, 1),
+            cost_usd=cost,
+            detail={**(detail or {}), **({"error": error} if error else {})},
+        )
+
+    def frame(self, decision: FrameDecision) -> None:
+        self._frames["kept" if decision.kept else f"dropped:{decision.reason}"] += 1
+        self._record(
+            "frame",
+            cost_usd=0.0,
+            detail={
+                "t": round(decision.t, 3),
+                "kept": decision.kept,
+                "reason": decision.reason,
+                "width": decision.width,
+                "height": decision.height,
+            },
+        )
+
+    def summary(self, frames_received: int = 0) -> dict[str, Any]:
+        dropped = {k.split(":", 1)[1]: v for k, v in self._frames.items() if k != "kept"}
+        return {
+            "session_id": self.session_id,
+            "tenant": self.tenant,
+            "source": self.source,
+            "duration_s": round(time.time() - self._started, 2),
+            "total_cost_usd": round(self.total_cost_usd, 8),
+            "by_model": {
+                model: {k: (round(v, 8) if k == "cost_usd" else v) for k, v in totals.items()}
+                for model, totals in self._by_model.items()
+            },
+            "frames": {
+                "received": frames_received,
+                "sampled": self._frames["kept"] + sum(dropped.values()),
+                "kept": self._frames["kept"],
+                "dropped": dropped,
+            },
+            "unpriced_models": sorted(self._unpriced),
+            "prices": str(self.prices.path),
+            "cost_log": str(self.path),
+        }
+
+    async def close(self, frames_received: int = 0) -> dict[str, Any]:
+        """Flush every event, then write the summary to the file and the session row."""
+        summary = self.summary(frames_received)
+        if self._writer is not None:
+            summary["db_spilled_events"] = await self._writer.close()
+        self._record("summary", cost_usd=summary["total_cost_usd"], detail=summary)
+        self._file.close()
+        if self._store is not None:
+            try:
+                await self._store.end_session(self.session_id, self.total_cost_usd, summary)
+            except Exception as exc:
+                log.error("could not store the summary of %s (it is in %s): %r",
+                          self.session_id, self.path, exc)
+        self.closed = True
+        return summary

@@ -1,0 +1,91 @@
+"""The price table: turns a model call's token usage into US dollars.
+
+Prices live in a JSON file (bundled `prices.json`, or `SIGHTLINE_PRICES`) with the date and the
+source of every figure, so a cost log can always say which prices produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError
+
+BUNDLED_PRICES = Path(__file__).with_name("prices.json")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    model: str
+    input_per_mtok: float
+    cached_input_per_mtok: float
+    output_per_mtok: float
+    cache_write_per_mtok: float
+    date: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one model call. `input_tokens` excludes the cached and cache-write parts."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+
+
+class PriceTable:
+    def __init__(self, prices: dict[str, ModelPrice], path: Path) -> None:
+        self._prices = prices
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> PriceTable:
+        path = path or BUNDLED_PRICES
+        try:
+            raw = json.loads(path.read_text())
+            prices = {
+                model: ModelPrice(
+                    model=model,
+                    input_per_mtok=float(entry["input_per_mtok"]),
+                    cached_input_per_mtok=float(
+                        entry.get("cached_input_per_mtok", entry["input_per_mtok"])
+                    ),
+                    output_per_mtok=float(entry["output_per_mtok"]),
+                    cache_write_per_mtok=float(
+                        entry.get("cache_write_per_mtok", entry["input_per_mtok"])
+                    ),
+                    date=str(entry["date"]),
+                    source=str(entry["source"]),
+                )
+                for model, entry in raw["models"].items()
+            }
+        except OSError as exc:
+            raise ConfigError(f"SIGHTLINE_PRICES: cannot read {path}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"SIGHTLINE_PRICES: {path} is not a valid price table "
+                f"(need models.<id>.input_per_mtok/output_per_mtok/date/source): {exc!r}"
+            ) from None
+        return cls(prices, path)
+
+    def get(self, model: str) -> ModelPrice | None:
+        """Exact id first, then the longest known id the model id starts with (dated variants)."""
+        if model in self._prices:
+            return self._prices[model]
+        candidates = [m for m in self._prices if model.startswith(m)]
+        return self._prices[max(candidates, key=len)] if candidates else None
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """Dollars for one call; None when the model is not in the table (logged, not guessed)."""
+        price = self.get(model)
+        if price is None:
+            return None
+        return (
+            usage.input_tokens * price.input_per_mtok
+            + usage.cached_input_tokens * price.cached_input_per_mtok
+            + usage.cache_write_tokens * price.cache_write_per_mtok
+            + usage.output_tokens * price.output_per_mtok
+        ) / 1_000_000

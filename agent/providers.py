@@ -1,0 +1,181 @@
+"""Model providers behind one small interface: stream the answer to a chat context.
+
+`ChatProvider.stream()` yields text deltas, then one `Usage`. Each adapter uses the provider's own
+SDK (google-genai, anthropic) and LiveKit's converters from `ChatContext` to that provider's
+message format, and turns every SDK failure into a `ProviderError` that says plainly what failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+import anthropic
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+from livekit.agents import llm
+
+from .config import Settings
+from .pricing import Usage
+
+RETRY_STATUS = (429, 500, 502, 503, 504)
+
+
+class ProviderError(RuntimeError):
+    """A model call that failed after the SDK's own retries."""
+
+    def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str):
+        self.provider, self.model, self.kind, self.status = provider, model, kind, status
+        where = f"HTTP {status}" if status else kind
+        super().__init__(f"{provider} {model}: {where}: {message}")
+
+
+class ChatProvider(Protocol):
+    name: str
+    model: str
+
+    def stream(
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
+    ) -> AsyncIterator[str | Usage]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _kind_for_status(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    return "server_error" if status >= 500 else "request_rejected"
+
+
+class _ProviderBase:
+    name: str
+    model: str
+
+    def _timeout(self) -> ProviderError:
+        return ProviderError(self.name, self.model, "timeout", None, "no answer in time")
+
+
+class GeminiProvider(_ProviderBase):
+    name = "gemini"
+
+    def __init__(
+        self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
+    ) -> None:
+        self.model = model
+        self._client = genai.Client(
+            api_key=api_key,
+            http_options=genai_types.HttpOptions(
+                base_url=base_url,
+                timeout=int(timeout_s * 1000),
+                retry_options=genai_types.HttpRetryOptions(
+                    attempts=retries + 1, initial_delay=0.5, max_delay=4.0,
+                    http_status_codes=list(RETRY_STATUS),
+                ),
+            ),
+        )
+
+    async def stream(
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
+    ) -> AsyncIterator[str | Usage]:
+        turns, fmt = chat_ctx.to_provider_format("google")
+        config = genai_types.GenerateContentConfig(
+            system_instruction="\n\n".join(fmt.system_messages) or None,
+            max_output_tokens=max_output_tokens,
+        )
+        usage_meta: genai_types.GenerateContentResponseUsageMetadata | None = None
+        try:
+            chunks = await self._client.aio.models.generate_content_stream(
+                model=self.model, contents=turns, config=config
+            )
+            async for chunk in chunks:
+                if chunk.usage_metadata is not None:
+                    usage_meta = chunk.usage_metadata
+                for candidate in chunk.candidates or []:
+                    for part in (candidate.content.parts if candidate.content else None) or []:
+                        if part.text and not part.thought:
+                            yield part.text
+        except genai_errors.APIError as exc:
+            raise ProviderError(
+                self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
+            ) from exc
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise self._timeout() from exc
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            raise ProviderError(self.name, self.model, "connection", None, repr(exc)) from exc
+        cached = (usage_meta.cached_content_token_count or 0) if usage_meta else 0
+        prompt = (usage_meta.prompt_token_count or 0) if usage_meta else 0
+        output = (
+            (usage_meta.candidates_token_count or 0) + (usage_meta.thoughts_token_count or 0)
+            if usage_meta
+            else 0
+        )
+        yield Usage(input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=output)
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+class ClaudeProvider(_ProviderBase):
+    name = "anthropic"
+
+    def __init__(
+        self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
+    ) -> None:
+        self.model = model
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries
+        )
+
+    async def stream(
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
+    ) -> AsyncIterator[str | Usage]:
+        messages, fmt = chat_ctx.to_provider_format("anthropic")
+        system = "\n\n".join(fmt.system_messages or [])
+        try:
+            async with self._client.messages.stream(
+                model=self.model,
+                max_tokens=max_output_tokens,
+                messages=messages,  # type: ignore[arg-type]
+                **({"system": system} if system else {}),
+            ) as stream:
+                async for text in stream.text_stream:
+                    yield text
+                final = await stream.get_final_message()
+        except anthropic.APITimeoutError as exc:
+            raise self._timeout() from exc
+        except anthropic.APIStatusError as exc:
+            raise ProviderError(
+                self.name, self.model, _kind_for_status(exc.status_code), exc.status_code,
+                exc.message,
+            ) from exc
+        except anthropic.APIConnectionError as exc:
+            raise ProviderError(self.name, self.model, "connection", None, str(exc)) from exc
+        except TimeoutError as exc:
+            raise self._timeout() from exc
+        u = final.usage
+        yield Usage(
+            input_tokens=u.input_tokens,
+            cached_input_tokens=u.cache_read_input_tokens or 0,
+            cache_write_tokens=u.cache_creation_input_tokens or 0,
+            output_tokens=u.output_tokens,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def make_provider(settings: Settings) -> ChatProvider:
+    """The provider named by SIGHTLINE_PROVIDER, with keys only from the environment."""
+    common = {"timeout_s": settings.model_timeout_s, "retries": settings.model_retries}
+    if settings.provider == "gemini":
+        return GeminiProvider(
+            api_key=settings.gemini_api_key or "", model=settings.gemini_model,
+            base_url=settings.gemini_base_url, **common,
+        )
+    return ClaudeProvider(
+        api_key=settings.anthropic_api_key or "", model=settings.claude_model,
+        base_url=settings.anthropic_base_url, **common,
+    )

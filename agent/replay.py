@@ -1,0 +1,133 @@
+"""Replay a fixture through the live pipeline, offline and deterministically.
+
+Only the adapters change: frames come from the fixture's video (decoded in a thread, sampled by
+their timestamps), turns from its timeline through `AgentSession.run()` (the same `llm_node` as a
+live chat turn), and responses from a local server speaking the provider's wire format, reached
+through the real SDK client. Consecutive turns of one tenant and user form one session, which
+writes the same cost log as a live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit import rtc
+
+from memory.db import Database
+from vision.screen import ScreenWatcher
+from vision.video_file import iter_frames
+
+from .config import Settings
+from .fixture import Fixture, FixtureResponse, FixtureTurn
+from .providers import make_provider
+from .scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from .session import SessionRuntime
+
+
+@dataclass(frozen=True)
+class ReplayedTurn:
+    t: float
+    tenant: str
+    user: str
+    text: str
+    reply: str
+    origin: str
+    model_requests: int
+    images_sent: int
+    screen_t: float | None
+
+
+@dataclass
+class ReplayResult:
+    fixture: str
+    turns: list[ReplayedTurn] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _VideoFeed:
+    """Hands decoded frames to a screen watcher up to a point in video time."""
+
+    def __init__(self, frames: Iterator[tuple[float, rtc.VideoFrame]]) -> None:
+        self._frames = frames
+        self._next: tuple[float, rtc.VideoFrame] | None = None
+        self._done = False
+
+    async def advance(self, until: float | None, screen: ScreenWatcher) -> None:
+        while not self._done:
+            if self._next is None:
+                # decoding is CPU work: one frame per thread hop keeps the loop responsive
+                self._next = await asyncio.to_thread(next, self._frames, None)
+                if self._next is None:
+                    self._done = True
+                    return
+            t, frame = self._next
+            if until is not None and t > until:
+                return
+            screen.offer(t, frame)
+            self._next = None
+
+
+def _scripted(response: FixtureResponse) -> ScriptedReply:
+    if response.error_status is not None:
+        return ScriptedReply(status=response.error_status)
+    return ScriptedReply(text=response.text)
+
+
+async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> ReplayResult:
+    result = ReplayResult(fixture=fixture.name)
+    current: list[ScriptedReply] = [ScriptedReply()]
+
+    def serve(_request: CapturedRequest) -> ScriptedReply:
+        return current[0]
+
+    feed = _VideoFeed(iter_frames(fixture.video))
+    async with ScriptedModelServer(replies=serve) as server:
+        settings = settings.with_overrides(
+            provider=fixture.provider,
+            gemini_api_key="replay-needs-no-key",
+            anthropic_api_key="replay-needs-no-key",
+            gemini_base_url=server.base_url,
+            anthropic_base_url=server.base_url,
+        )
+        groups = itertools.groupby(fixture.turns, key=lambda turn: (turn.tenant, turn.user))
+        group_list = [(key, list(turns)) for key, turns in groups]
+        for index, ((tenant, user), turns) in enumerate(group_list):
+            runtime = await SessionRuntime.open(
+                settings, db, make_provider(settings), tenant=tenant, user_id=user,
+                source="replay", room=f"replay:{fixture.name}",
+            )
+            session = runtime.agent_session()
+            await session.start(runtime.agent, record=False)
+            for turn in turns:
+                await feed.advance(turn.t, runtime.screen)
+                current[0] = _scripted(turn.response)
+                result.turns.append(await _run_turn(session, server, runtime, turn))
+            if index == len(group_list) - 1:
+                await feed.advance(None, runtime.screen)
+            await session.aclose()
+            result.sessions.append(await runtime.close())
+    return result
+
+
+async def _run_turn(
+    session: Any, server: ScriptedModelServer, runtime: SessionRuntime, turn: FixtureTurn
+) -> ReplayedTurn:
+    seen = len(server.requests)
+    run = await session.run(user_input=turn.text)
+    reply = " ".join(
+        ev.item.text_content or ""
+        for ev in run.events
+        if ev.type == "message" and ev.item.role == "assistant"
+    )
+    requests = server.requests[seen:]
+    latest = runtime.screen.latest
+    return ReplayedTurn(
+        t=turn.t, tenant=turn.tenant, user=turn.user, text=turn.text, reply=reply,
+        origin=turn.response.origin, model_requests=len(requests),
+        images_sent=sum(r.image_count for r in requests),
+        screen_t=latest.t if latest else None,
+    )

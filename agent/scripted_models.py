@@ -1,0 +1,369 @@
+"""A local HTTP server that impersonates the Gemini and Anthropic APIs with scripted replies.
+
+Why: tests and the product's offline "replay" mode must exercise the *real* SDK clients
+(``google.genai.Client`` and ``anthropic.AsyncAnthropic``) end to end -- URL building, SSE
+parsing, error mapping, timeouts -- without internet access or API spend. Pointing the SDKs'
+``base_url`` at this server gives exactly that, while every request is captured for assertions.
+
+Wire formats (verified against google-genai 3.4.0 and anthropic 2.11.0 sources):
+
+* Gemini Developer API: ``POST /{api_version}/models/{model}:generateContent`` and
+  ``:streamGenerateContent?alt=sse``. google-genai 3.4.0 defaults to ``v1`` (``v1beta`` only
+  when configured), so any ``v1*`` version prefix is accepted. SSE events are
+  ``data: <GenerateContentResponse JSON>\\r\\n\\r\\n``; the SDK splits on blank lines and accepts
+  ``\\n`` or ``\\r\\n``.
+* Anthropic Messages API: ``POST /v1/messages``; with ``"stream": true`` the reply is SSE
+  ``event: <type>\\ndata: <json>\\n\\n`` (message_start, content_block_start,
+  content_block_delta*, content_block_stop, message_delta, message_stop).
+
+Usage numbers are ESTIMATES computed deterministically by this scripted server, not figures
+billed by any provider: text is ceil(chars / 4) tokens, a Gemini image is 258 tokens, an
+Anthropic image is ceil(width * height / 750) tokens (1600 if the image cannot be decoded),
+and output is ceil(len(reply) / 4) tokens, at least 1.
+
+API keys are never stored: ``x-goog-api-key``, ``x-api-key`` and ``authorization`` (anthropic
+2.11 sends ``Authorization: Bearer <key>``) are masked as ``***`` in :class:`CapturedRequest`
+headers, and the aiohttp access log is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+GEMINI_IMAGE_TOKENS = 258
+ANTHROPIC_IMAGE_FALLBACK_TOKENS = 1600
+WORDS_PER_CHUNK = 4
+# anthropic 2.11 sends its key as "Authorization: Bearer ..." rather than x-api-key.
+_MASKED_HEADERS = frozenset({"x-goog-api-key", "x-api-key", "authorization", "proxy-authorization"})
+_GEMINI_TARGET = re.compile(r"^(?:models/)*(?P<model>[^/:]+):(?P<method>\w+)$")
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+    404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """One scripted answer; a non-200 ``status`` yields the provider's JSON error instead."""
+
+    text: str = ""
+    status: int = 200
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+
+
+@dataclass
+class CapturedRequest:
+    """What the server saw, normalised across providers so tests can assert uniformly."""
+
+    provider: str
+    model: str
+    stream: bool
+    body: dict
+    image_count: int
+    text: str
+    headers: dict[str, str]
+
+
+ReplyFn = Callable[[CapturedRequest], ScriptedReply]
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Deterministic chars/4 estimate; good enough for budgets, never a billing figure."""
+    return math.ceil(len(text) / 4)
+
+
+def split_chunks(text: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]:
+    """Split on word boundaries so ``"".join(chunks) == text`` (whitespace preserved)."""
+    pieces = [p for p in re.split(r"(?<=\s)(?=\S)", text) if p]
+    if not pieces:
+        return [""]
+    return ["".join(pieces[i:i + words_per_chunk]) for i in range(0, len(pieces), words_per_chunk)]
+
+
+def _anthropic_image_tokens(block: dict[str, Any]) -> int:
+    """Bill like Anthropic's documented w*h/750 rule; PIL only reads the image header."""
+    source = block.get("source") or {}
+    try:
+        from PIL import Image
+
+        raw = base64.b64decode(source.get("data", ""), validate=True)
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+        return math.ceil(width * height / 750)
+    except (ImportError, OSError, ValueError, binascii.Error):
+        return ANTHROPIC_IMAGE_FALLBACK_TOKENS
+
+
+def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int]:
+    """Collect text parts (system first) and count image/* inline parts."""
+    texts: list[str] = []
+    images = 0
+    system = body.get("systemInstruction") or body.get("system_instruction") or {}
+    contents = [system, *(body.get("contents") or [])]
+    for part in itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents):
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        blob = part.get("inlineData") or part.get("inline_data") or {}
+        if str(blob.get("mimeType") or blob.get("mime_type") or "").startswith("image/"):
+            images += 1
+    return texts, images
+
+
+def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
+    """Collect text (system first), count image blocks and their estimated tokens."""
+    texts: list[str] = []
+    counts = [0, 0]  # images, image tokens
+
+    def walk(content: Any) -> None:
+        if isinstance(content, str):
+            texts.append(content)
+            return
+        for block in content or []:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block.get("text", ""))
+            elif kind == "image":
+                counts[0] += 1
+                counts[1] += _anthropic_image_tokens(block)
+            elif kind == "tool_result":  # screenshots can come back inside tool results
+                walk(block.get("content"))
+
+    walk(body.get("system"))
+    for message in body.get("messages") or []:
+        walk(message.get("content"))
+    return texts, counts[0], counts[1]
+
+
+class ScriptedModelServer:
+    """Serve scripted replies to the real Gemini / Anthropic SDKs over local HTTP."""
+
+    def __init__(
+        self,
+        replies: ReplyFn | Sequence[ScriptedReply] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if replies is not None and not callable(replies) and len(replies) == 0:
+            raise ValueError("replies sequence must not be empty")
+        self._replies = replies
+        self._host = host
+        self._port = port
+        self._served = 0
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self.requests: list[CapturedRequest] = []
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("ScriptedModelServer is not started")
+        return self._base_url
+
+    async def start(self) -> None:
+        """Bind and serve; port 0 picks a free port, readable afterwards via ``base_url``."""
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post(r"/{version:v1\w*}/{target:.+}", self._gemini)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        # handler_cancellation: a client that timed out must not leave a sleeping handler,
+        # and a short shutdown_timeout keeps stop() fast even mid-delay.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        host, port = self._runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host  # IPv6 literal
+        self._base_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            self._base_url = None
+
+    async def __aenter__(self) -> ScriptedModelServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- shared plumbing -------------------------------------------------------------
+
+    def _next_reply(self, captured: CapturedRequest) -> ScriptedReply:
+        if self._replies is None:
+            return ScriptedReply(text="(scripted) ok")
+        if callable(self._replies):
+            return self._replies(captured)
+        reply = self._replies[min(self._served, len(self._replies) - 1)]
+        self._served += 1
+        return reply
+
+    def _capture(
+        self, request: web.Request, provider: str, model: str, stream: bool, body: dict,
+        texts: list[str], images: int,
+    ) -> CapturedRequest:
+        headers = {
+            k.lower(): ("***" if k.lower() in _MASKED_HEADERS else v)
+            for k, v in request.headers.items()
+        }
+        captured = CapturedRequest(
+            provider, model, stream, body, images, "\n".join(texts), headers
+        )
+        self.requests.append(captured)
+        return captured
+
+    @staticmethod
+    async def _read_json(request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    @staticmethod
+    async def _sse(request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+        """Stream pre-encoded SSE events, pausing ``delay`` between them."""
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        try:
+            for i, event in enumerate(events):
+                if i and delay:
+                    await asyncio.sleep(delay)
+                await resp.write(event)
+            await resp.write_eof()
+        except ConnectionResetError:  # the client gave up mid-stream; nothing to clean up
+            pass
+        return resp
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"code": 404, "message": f"no route {request.method} {request.path}"}},
+            status=404,
+        )
+
+    # -- Gemini ----------------------------------------------------------------------
+
+    @staticmethod
+    def _gemini_error(status: int, message: str) -> web.Response:
+        code = _GEMINI_STATUS.get(status, "UNKNOWN")
+        body = {"error": {"code": status, "message": message, "status": code}}
+        return web.json_response(body, status=status)
+
+    async def _gemini(self, request: web.Request) -> web.StreamResponse:
+        match = _GEMINI_TARGET.match(request.match_info["target"])
+        if not match or match["method"] not in ("generateContent", "streamGenerateContent"):
+            return await self._not_found(request)
+        model, stream = match["model"], match["method"] == "streamGenerateContent"
+        body = await self._read_json(request)
+        if body is None:
+            self._capture(request, "gemini", model, stream, {}, [], 0)
+            return self._gemini_error(400, "Invalid JSON payload received.")
+        texts, images = _gemini_inspect(body)
+        captured = self._capture(request, "gemini", model, stream, body, texts, images)
+        reply = self._next_reply(captured)
+        await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return self._gemini_error(reply.status, f"scripted error {reply.status}")
+
+        usage = {
+            "promptTokenCount": estimate_text_tokens(captured.text) + GEMINI_IMAGE_TOKENS * images,
+            "candidatesTokenCount": max(1, estimate_text_tokens(reply.text)),
+            "cachedContentTokenCount": 0,
+        }
+        usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
+        response_id = f"scripted-{len(self.requests)}"
+
+        def payload(text: str, final: bool) -> dict[str, Any]:
+            candidate: dict[str, Any] = {
+                "content": {"role": "model", "parts": [{"text": text}]}, "index": 0,
+            }
+            chunk: dict[str, Any] = {
+                "candidates": [candidate], "modelVersion": model, "responseId": response_id,
+            }
+            if final:
+                candidate["finishReason"] = "STOP"
+                chunk["usageMetadata"] = usage
+            return chunk
+
+        if not stream:
+            return web.json_response(payload(reply.text, final=True))
+        chunks = split_chunks(reply.text)
+        events = [
+            f"data: {json.dumps(payload(c, i == len(chunks) - 1))}\r\n\r\n".encode()
+            for i, c in enumerate(chunks)
+        ]
+        return await self._sse(request, events, reply.chunk_delay_s)
+
+    # -- Anthropic -------------------------------------------------------------------
+
+    @staticmethod
+    def _anthropic_error(status: int, message: str) -> web.Response:
+        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+        return web.json_response(body, status=status)
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_json(request)
+        if body is None:
+            self._capture(request, "anthropic", "", False, {}, [], 0)
+            return self._anthropic_error(400, "malformed JSON request body")
+        model, stream = str(body.get("model", "")), body.get("stream") is True
+        texts, images, image_tokens = _anthropic_inspect(body)
+        captured = self._capture(request, "anthropic", model, stream, body, texts, images)
+        reply = self._next_reply(captured)
+        await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return self._anthropic_error(reply.status, f"scripted error {reply.status}")
+
+        input_tokens = estimate_text_tokens(captured.text) + image_tokens
+        output_tokens = max(1, estimate_text_tokens(reply.text))
+        message: dict[str, Any] = {
+            "id": f"msg_scripted_{len(self.requests):06d}", "type": "message",
+            "role": "assistant", "model": model, "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {
+                "input_tokens": input_tokens, "output_tokens": output_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            },
+        }
+        if not stream:
+            return web.json_response(message)
+
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {**message["usage"], "output_tokens": 1}}
+        events: list[dict[str, Any]] = [
+            {"type": "message_start", "message": start},
+            {"type": "content_block_start", "index": 0,
+             "content_block": {"type": "text", "text": ""}},
+            *({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": c}} for c in split_chunks(reply.text)),
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": output_tokens}},
+            {"type": "message_stop"},
+        ]
+        encoded = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+        return await self._sse(request, encoded, reply.chunk_delay_s)

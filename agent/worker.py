@@ -1,0 +1,85 @@
+"""The live worker: a LiveKit AgentServer whose jobs run one Sightline session per room.
+
+Dispatch is explicit, by agent name: a room gets Sightline when a dispatch names it (LiveKit API,
+token room config, or `lk dispatch create`). Job metadata may name the tenant:
+`{"tenant": "acme"}`; the user is the first participant to join.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from livekit.agents import AgentServer, JobContext, room_io
+
+from memory.db import Database, DatabaseUnavailable
+from vision.track_source import ScreenShareSubscriber
+
+from .config import Settings
+from .providers import make_provider
+from .session import SessionRuntime
+
+log = logging.getLogger("sightline.worker")
+
+
+def job_tenant(metadata: str, default: str) -> str:
+    """The tenant named in the job's metadata, else the configured default."""
+    try:
+        tenant = json.loads(metadata).get("tenant") if metadata.strip() else None
+    except (json.JSONDecodeError, AttributeError):
+        log.warning("job metadata is not a JSON object, using tenant %r", default)
+        tenant = None
+    return str(tenant) if tenant else default
+
+
+async def run_session(ctx: JobContext) -> None:
+    settings = Settings.from_env()
+    await ctx.connect()
+    participant = await ctx.wait_for_participant()
+    tenant = job_tenant(ctx.job.metadata, settings.tenant)
+
+    db: Database | None
+    try:
+        db = await Database.open(settings.database_url, settings.data_dir, migrate=False)
+    except DatabaseUnavailable as exc:
+        log.error("%s; this session keeps going, costs are written to JSONL only", exc)
+        db = None
+
+    runtime = await SessionRuntime.open(
+        settings, db, make_provider(settings), tenant=tenant, user_id=participant.identity,
+        source="live", room=ctx.room.name,
+    )
+    screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
+    session = runtime.agent_session()
+
+    async def finish() -> None:
+        await screen_share.aclose()
+        await session.aclose()
+        summary = await runtime.close()
+        log.info("cost summary %s", json.dumps(summary))
+        if db is not None:
+            await db.close()
+
+    ctx.add_shutdown_callback(finish)
+    await session.start(
+        agent=runtime.agent,
+        room=ctx.room,
+        room_options=room_io.RoomOptions(
+            participant_identity=participant.identity,
+            audio_input=bool(settings.stt),
+            audio_output=bool(settings.tts),
+            text_output=room_io.TextOutputOptions(sync_transcription=bool(settings.tts)),
+        ),
+        record=False,
+    )
+
+
+def build_server(settings: Settings) -> AgentServer:
+    server = AgentServer(
+        ws_url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret,
+        port=settings.health_port,
+    )
+    server.rtc_session(run_session, agent_name=settings.agent_name)
+    return server

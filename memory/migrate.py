@@ -1,0 +1,39 @@
+"""Versioned SQL migrations: `migrations/NNNN_name.sql`, applied in order, each in a transaction.
+
+Applied versions are recorded in `schema_migrations`. An advisory lock serializes workers that
+start at the same time against the same database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_LOCK_KEY = 0x5160_7117  # arbitrary constant shared by every Sightline process
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply every migration not yet recorded; return the versions applied now."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied_now: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for path in migration_files():
+            version = path.stem
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied_now.append(version)
+    return applied_now

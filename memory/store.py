@@ -1,0 +1,141 @@
+"""Queries on sessions, the conversation log and cost events. Every read names its tenant."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    role: str
+    content: str
+    created_at: datetime
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def start_session(
+        self,
+        session_id: str,
+        *,
+        tenant: str,
+        user_id: str | None,
+        room: str | None,
+        source: str,
+        provider: str,
+        model: str,
+    ) -> None:
+        await self._pool.execute(
+            "INSERT INTO sessions (id, tenant, user_id, room, source, provider, model)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            session_id, tenant, user_id, room, source, provider, model,
+        )
+
+    async def set_session_user(self, session_id: str, user_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE sessions SET user_id = $2 WHERE id = $1", session_id, user_id
+        )
+
+    async def end_session(self, session_id: str, total_cost_usd: float, summary: dict) -> None:
+        await self._pool.execute(
+            "UPDATE sessions SET ended_at = now(), total_cost_usd = $2, summary = $3::jsonb"
+            " WHERE id = $1",
+            session_id, total_cost_usd, json.dumps(summary),
+        )
+
+    async def add_messages(self, session_id: str, tenant: str, rows: Sequence[dict]) -> None:
+        """Append turns (dicts with user_id, role, content) in order."""
+        await self._pool.executemany(
+            "INSERT INTO messages (session_id, tenant, user_id, role, content)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            [(session_id, tenant, r["user_id"], r["role"], r["content"]) for r in rows],
+        )
+
+    async def recent_messages(self, tenant: str, user_id: str, limit: int) -> list[StoredMessage]:
+        """The user's last `limit` messages in this tenant, oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT role, content, created_at FROM messages"
+            " WHERE tenant = $1 AND user_id = $2 ORDER BY id DESC LIMIT $3",
+            tenant, user_id, limit,
+        )
+        return [StoredMessage(r["role"], r["content"], r["created_at"]) for r in reversed(rows)]
+
+    async def add_cost_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert ledger rows; idempotent on (session_id, seq) so a retried batch never doubles."""
+        await self._pool.executemany(
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, provider, model,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, images,"
+            " latency_ms, cost_usd, detail)"
+            " VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+            " $14, $15::jsonb) ON CONFLICT (session_id, seq) DO NOTHING",
+            [
+                (
+                    r["session_id"], r["tenant"], r["seq"], r["ts"], r["kind"], r.get("provider"),
+                    r.get("model"), r.get("input_tokens", 0), r.get("cached_input_tokens", 0),
+                    r.get("cache_write_tokens", 0), r.get("output_tokens", 0), r.get("images", 0),
+                    r.get("latency_ms"), r.get("cost_usd"), json.dumps(r.get("detail", {})),
+                )
+                for r in rows
+            ],
+        )
+
+    async def list_sessions(self, limit: int = 50, tenant: str | None = None) -> list[dict]:
+        rows = await self._pool.fetch(
+            "SELECT s.id, s.tenant, s.user_id, s.source, s.model, s.started_at, s.ended_at,"
+            " s.total_cost_usd,"
+            " (SELECT count(*) FROM cost_events c WHERE c.session_id = s.id"
+            "   AND c.kind = 'model_call') AS model_calls"
+            " FROM sessions s WHERE ($2::text IS NULL OR s.tenant = $2)"
+            " ORDER BY s.started_at DESC LIMIT $1",
+            limit, tenant,
+        )
+        return [_session_row(r) for r in rows]
+
+    async def get_session(self, session_id: str) -> dict | None:
+        row = await self._pool.fetchrow(
+            "SELECT s.*, (SELECT count(*) FROM cost_events c WHERE c.session_id = s.id"
+            " AND c.kind = 'model_call') AS model_calls FROM sessions s WHERE s.id = $1",
+            session_id,
+        )
+        if row is None:
+            return None
+        session = _session_row(row)
+        session["summary"] = json.loads(row["summary"]) if row["summary"] else None
+        events = await self._pool.fetch(
+            "SELECT seq, ts, kind, provider, model, input_tokens, cached_input_tokens,"
+            " cache_write_tokens, output_tokens, images, latency_ms, cost_usd, detail"
+            " FROM cost_events WHERE session_id = $1 ORDER BY seq",
+            session_id,
+        )
+        session["events"] = [
+            {
+                **{k: v for k, v in dict(e).items() if k not in ("detail", "ts", "cost_usd")},
+                "ts": e["ts"].isoformat(),
+                "cost_usd": float(e["cost_usd"]) if e["cost_usd"] is not None else None,
+                "detail": json.loads(e["detail"]),
+            }
+            for e in events
+        ]
+        return session
+
+
+def _session_row(r: asyncpg.Record) -> dict:
+    return {
+        "id": r["id"],
+        "tenant": r["tenant"],
+        "user": r["user_id"],
+        "source": r["source"],
+        "model": r["model"],
+        "started_at": r["started_at"].isoformat(),
+        "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
+        "total_cost_usd": float(r["total_cost_usd"]) if r["total_cost_usd"] is not None else None,
+        "model_calls": r["model_calls"],
+    }

@@ -1,0 +1,325 @@
+"""End-to-end tests: the real google-genai and anthropic SDKs against ScriptedModelServer.
+
+Why real SDKs: the server is only useful if the SDKs' own URL building, SSE parsing, error
+mapping and timeout handling accept it, so nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import time
+from collections.abc import AsyncIterator
+
+import anthropic
+import pytest
+import pytest_asyncio
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from PIL import Image
+
+from agent.scripted_models import (
+    CapturedRequest,
+    ScriptedModelServer,
+    ScriptedReply,
+    split_chunks,
+)
+
+pytestmark = pytest.mark.asyncio
+
+SCRIPTED = "The screen shows a code editor with a failing test and a terminal below it."
+GEMINI_MODEL = "gemini-2.5-flash"
+CLAUDE_MODEL = "claude-sonnet-4-6"
+
+
+def make_jpeg(width: int = 64, height: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer([ScriptedReply(text=SCRIPTED)]) as srv:
+        yield srv
+
+
+def gemini_client(
+    base_url: str, timeout_ms: int | None = None, api_version: str | None = None
+) -> genai.Client:
+    # retry_options=None means tenacity stop_after_attempt(1) in google-genai 3.4.0: no retries.
+    # The SDK defaults to the "v1" API version; the server accepts any v1* prefix.
+    return genai.Client(
+        api_key="gemini-secret-key",
+        http_options=types.HttpOptions(
+            base_url=base_url, timeout=timeout_ms, api_version=api_version
+        ),
+    )
+
+
+def claude_client(base_url: str, timeout: float = 10.0) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key="anthropic-secret-key", base_url=base_url, max_retries=0, timeout=timeout
+    )
+
+
+def gemini_contents() -> list[types.Content]:
+    return [
+        types.Content(
+            role="user",
+            parts=[
+                types.Part.from_text(text="what is on screen?"),
+                types.Part.from_bytes(data=make_jpeg(), mime_type="image/jpeg"),
+            ],
+        )
+    ]
+
+
+def claude_messages() -> list[dict]:
+    image = base64.b64encode(make_jpeg(100, 75)).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is on screen?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/jpeg", "data": image},
+                },
+            ],
+        }
+    ]
+
+
+GEMINI_CONFIG = types.GenerateContentConfig(system_instruction="be brief", max_output_tokens=100)
+
+
+def assert_gemini_capture(req: CapturedRequest, stream: bool) -> None:
+    assert req.provider == "gemini"
+    assert req.model == GEMINI_MODEL
+    assert req.stream is stream
+    assert req.image_count == 1
+    assert "what is on screen?" in req.text
+    assert "be brief" in req.text
+    assert req.headers["x-goog-api-key"] == "***"
+    assert "gemini-secret-key" not in repr(req.headers)
+
+
+async def test_gemini_stream(server: ScriptedModelServer) -> None:
+    client = gemini_client(server.base_url)
+    chunks = []
+    try:
+        stream = await client.aio.models.generate_content_stream(
+            model=GEMINI_MODEL, contents=gemini_contents(), config=GEMINI_CONFIG
+        )
+        async for chunk in stream:
+            chunks.append(chunk)
+    finally:
+        await client.aio.aclose()
+
+    assert "".join(c.text or "" for c in chunks) == SCRIPTED
+    assert len(chunks) == len(split_chunks(SCRIPTED)) > 1
+    usage = chunks[-1].usage_metadata
+    assert usage is not None
+    assert usage.prompt_token_count and usage.prompt_token_count > 258
+    assert usage.candidates_token_count == math.ceil(len(SCRIPTED) / 4)
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert len(server.requests) == 1
+    assert_gemini_capture(server.requests[0], stream=True)
+
+
+async def test_gemini_non_stream(server: ScriptedModelServer) -> None:
+    client = gemini_client(server.base_url)
+    try:
+        response = await client.aio.models.generate_content(
+            model=GEMINI_MODEL, contents=gemini_contents(), config=GEMINI_CONFIG
+        )
+    finally:
+        await client.aio.aclose()
+
+    assert response.text == SCRIPTED
+    assert response.usage_metadata is not None
+    assert (response.usage_metadata.prompt_token_count or 0) > 0
+    assert (response.usage_metadata.candidates_token_count or 0) > 0
+    assert response.model_version == GEMINI_MODEL
+    assert_gemini_capture(server.requests[0], stream=False)
+
+
+def assert_claude_capture(req: CapturedRequest, stream: bool) -> None:
+    assert req.provider == "anthropic"
+    assert req.model == CLAUDE_MODEL
+    assert req.stream is stream
+    assert req.image_count == 1
+    assert "what is on screen?" in req.text and "be brief" in req.text
+    # anthropic 2.11 sends the key as "Authorization: Bearer <key>", not x-api-key.
+    assert req.headers["authorization"] == "***"
+    assert req.headers.get("x-api-key", "***") == "***"
+    assert "anthropic-secret-key" not in repr(req.headers)
+
+
+async def test_anthropic_stream_helper(server: ScriptedModelServer) -> None:
+    client = claude_client(server.base_url)
+    deltas: list[str] = []
+    async with client.messages.stream(
+        model=CLAUDE_MODEL, max_tokens=100, system="be brief", messages=claude_messages()
+    ) as stream:
+        async for text in stream.text_stream:
+            deltas.append(text)
+        final = await stream.get_final_message()
+    await client.close()
+
+    assert "".join(deltas) == SCRIPTED and len(deltas) > 1
+    assert final.content[0].type == "text" and final.content[0].text == SCRIPTED
+    assert final.stop_reason == "end_turn"
+    # 100x75 image -> ceil(7500 / 750) = 10 tokens, plus the text estimate.
+    assert final.usage.input_tokens > 10
+    assert final.usage.output_tokens == math.ceil(len(SCRIPTED) / 4)
+    assert_claude_capture(server.requests[0], stream=True)
+
+
+async def test_anthropic_create_stream_and_plain(server: ScriptedModelServer) -> None:
+    client = claude_client(server.base_url)
+    kwargs = {"model": CLAUDE_MODEL, "max_tokens": 100, "system": "be brief",
+              "messages": claude_messages()}
+    events = await client.messages.create(stream=True, **kwargs)
+    texts, input_tokens, output_tokens = [], 0, 0
+    async for event in events:
+        if event.type == "message_start":
+            input_tokens = event.message.usage.input_tokens
+        elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+            texts.append(event.delta.text)
+        elif event.type == "message_delta":
+            output_tokens = event.usage.output_tokens
+    message = await client.messages.create(**kwargs)
+    await client.close()
+
+    assert "".join(texts) == SCRIPTED and input_tokens > 0 and output_tokens > 0
+    assert message.content[0].text == SCRIPTED
+    assert message.usage.input_tokens == input_tokens
+    assert message.usage.output_tokens == output_tokens
+    assert message.usage.cache_read_input_tokens == 0
+    assert_claude_capture(server.requests[0], stream=True)
+    assert_claude_capture(server.requests[1], stream=False)
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_scripted_errors_map_to_sdk_exceptions(status: int) -> None:
+    async with ScriptedModelServer([ScriptedReply(status=status)]) as srv:
+        client = gemini_client(srv.base_url)
+        expected_genai = genai_errors.ServerError if status >= 500 else genai_errors.ClientError
+        try:
+            with pytest.raises(expected_genai) as gexc:
+                await client.aio.models.generate_content(model=GEMINI_MODEL, contents="hi")
+            with pytest.raises(expected_genai):
+                stream = await client.aio.models.generate_content_stream(
+                    model=GEMINI_MODEL, contents="hi"
+                )
+                async for _ in stream:
+                    pass
+        finally:
+            await client.aio.aclose()
+        assert gexc.value.code == status
+        assert gexc.value.status == ("INTERNAL" if status == 500 else "RESOURCE_EXHAUSTED")
+
+        claude = claude_client(srv.base_url)
+        expected_claude = (
+            anthropic.InternalServerError if status == 500 else anthropic.RateLimitError
+        )
+        with pytest.raises(expected_claude) as cexc:
+            await claude.messages.create(
+                model=CLAUDE_MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        await claude.close()
+        assert cexc.value.status_code == status
+        # Exactly one attempt per call: neither SDK retried.
+        assert [r.provider for r in srv.requests] == ["gemini", "gemini", "anthropic"]
+
+
+async def test_delay_beyond_client_timeout_times_out() -> None:
+    async with ScriptedModelServer([ScriptedReply(text="late", delay_s=2.0)]) as srv:
+        client = gemini_client(srv.base_url, timeout_ms=500)  # HttpOptions.timeout is in ms
+        started = time.monotonic()
+        try:
+            with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+                await client.aio.models.generate_content(model=GEMINI_MODEL, contents="hi")
+        finally:
+            await client.aio.aclose()
+        assert time.monotonic() - started < 1.5
+
+        claude = claude_client(srv.base_url, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(anthropic.APITimeoutError):
+            await claude.messages.create(
+                model=CLAUDE_MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+        await claude.close()
+        assert time.monotonic() - started < 1.5
+
+
+async def test_sequence_served_in_order_last_repeats() -> None:
+    replies = [ScriptedReply(text="first reply"), ScriptedReply(text="second reply")]
+    async with ScriptedModelServer(replies) as srv:
+        claude = claude_client(srv.base_url)
+        got = []
+        for _ in range(3):
+            msg = await claude.messages.create(
+                model=CLAUDE_MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
+            got.append(msg.content[0].text)
+        await claude.close()
+        client = gemini_client(srv.base_url, api_version="v1beta")
+        try:
+            response = await client.aio.models.generate_content(
+                model=f"models/{GEMINI_MODEL}", contents="x"
+            )
+        finally:
+            await client.aio.aclose()
+        assert srv.requests[-1].model == GEMINI_MODEL
+    assert got == ["first reply", "second reply", "second reply"]
+    assert response.text == "second reply"
+
+
+async def test_callable_default_and_bad_requests() -> None:
+    """A callable sees the captured request; None serves a default; junk gets provider errors."""
+    import aiohttp
+
+    def echo(req: CapturedRequest) -> ScriptedReply:
+        return ScriptedReply(text=f"{req.provider}:{req.model}")
+
+    async with ScriptedModelServer(echo) as srv:
+        client = gemini_client(srv.base_url)
+        try:
+            response = await client.aio.models.generate_content(model=GEMINI_MODEL, contents="x")
+        finally:
+            await client.aio.aclose()
+        assert response.text == f"gemini:{GEMINI_MODEL}"
+
+        async with aiohttp.ClientSession() as http:
+            url = f"{srv.base_url}/v1beta/models/models/{GEMINI_MODEL}:generateContent"
+            async with http.post(url, data=b"{not json") as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
+            async with http.post(f"{srv.base_url}/v1/messages", data=b"[") as resp:
+                assert resp.status == 400
+                assert (await resp.json())["type"] == "error"
+            async with http.get(f"{srv.base_url}/nope") as resp:
+                assert resp.status == 404 and "error" in await resp.json()
+        assert srv.requests[1].model == GEMINI_MODEL and srv.requests[1].body == {}
+
+    async with ScriptedModelServer() as srv:
+        claude = claude_client(srv.base_url)
+        msg = await claude.messages.create(
+            model=CLAUDE_MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        await claude.close()
+        assert msg.content[0].text == "(scripted) ok"
+
+
+async def test_split_chunks_preserves_text() -> None:
+    text = "  one two  three four five six seven\nnine ten "
+    chunks = split_chunks(text)
+    assert "".join(chunks) == text and len(chunks) == 3
+    assert split_chunks("") == [""]

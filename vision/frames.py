@@ -1,0 +1,54 @@
+"""Frames as `rtc.VideoFrame` in I420, whether they came from a LiveKit track or a video file.
+
+One frame type for live and replay keeps the rest of the pipeline unaware of the source. I420 is
+what WebRTC decoders produce, so live frames are used as they are, with no RGB conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from livekit import rtc
+
+
+class InvalidFrame(ValueError):
+    """A frame that cannot be used: empty, or its buffer does not match its size."""
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    """A frame chosen by the sampler, with its time in seconds from the start of the source."""
+
+    frame: rtc.VideoFrame
+    t: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frame.width, self.frame.height
+
+
+def i420_size(width: int, height: int) -> int:
+    chroma = ((width + 1) // 2) * ((height + 1) // 2)
+    return width * height + 2 * chroma
+
+
+def as_i420(frame: rtc.VideoFrame) -> rtc.VideoFrame:
+    """Check a frame and return it in I420 (converting only when the source sent another type)."""
+    if frame.width <= 0 or frame.height <= 0:
+        raise InvalidFrame(f"frame has no pixels ({frame.width}x{frame.height})")
+    if frame.type != rtc.VideoBufferType.I420:
+        frame = frame.convert(rtc.VideoBufferType.I420)
+    if len(frame.data) < i420_size(frame.width, frame.height):
+        raise InvalidFrame(
+            f"I420 buffer of {len(frame.data)} bytes is too short for {frame.width}x{frame.height}"
+        )
+    return frame
+
+
+def frame_from_yuv420p(planes: np.ndarray, width: int, height: int) -> rtc.VideoFrame:
+    """Wrap a decoder's packed yuv420p buffer (Y, then U, then V) as an I420 `rtc.VideoFrame`."""
+    data = np.ascontiguousarray(planes).reshape(-1)
+    if data.size < i420_size(width, height):
+        raise InvalidFrame(f"decoded buffer too short for {width}x{height}")
+    return rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, data.tobytes())

@@ -1,0 +1,55 @@
+"""The screen as the agent knows it: frames come in, the sampler picks one per period, and the
+latest picked frame is what the next turn looks at. Every decision goes to `on_decision` (the
+cost ledger), so a session's log says how many frames arrived, were sampled and were used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from livekit import rtc
+
+from .frames import InvalidFrame, SampledFrame, as_i420
+from .sampler import FrameSampler
+
+log = logging.getLogger("sightline.vision")
+
+
+@dataclass(frozen=True)
+class FrameDecision:
+    t: float
+    kept: bool
+    reason: str
+    width: int
+    height: int
+
+
+class ScreenWatcher:
+    def __init__(
+        self, sampler: FrameSampler, on_decision: Callable[[FrameDecision], None]
+    ) -> None:
+        self._sampler = sampler
+        self._on_decision = on_decision
+        self.latest: SampledFrame | None = None
+        self.frames_received = 0
+        self.camera_only = False
+
+    def offer(self, t: float, frame: rtc.VideoFrame) -> SampledFrame | None:
+        """Cheap enough for the event loop: a timestamp check, and a buffer check when sampled."""
+        self.frames_received += 1
+        if not self._sampler.offer(t):
+            return None
+        try:
+            frame = as_i420(frame)
+        except InvalidFrame as exc:
+            log.warning("dropping an unusable frame at t=%.2fs: %s", t, exc)
+            self._on_decision(FrameDecision(t, False, "invalid", frame.width, frame.height))
+            return None
+        self.latest = SampledFrame(frame, t)
+        self._on_decision(FrameDecision(t, True, "sampled", frame.width, frame.height))
+        return self.latest
+
+    def stats(self) -> dict[str, int]:
+        return {"received": self.frames_received, "sampled": self._sampler.sampled}

@@ -1,0 +1,87 @@
+"""The live frame source: the user's screen-share track, read with `rtc.VideoStream` in I420.
+
+LiveKit's built-in video input only feeds realtime models, so Sightline subscribes itself. Only a
+track whose source is SCREENSHARE is watched; a camera is noted (the model is told it cannot see
+the screen) but never sampled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from livekit import rtc
+
+from .screen import ScreenWatcher
+
+log = logging.getLogger("sightline.vision")
+
+
+class ScreenShareSubscriber:
+    def __init__(self, room: rtc.Room, user_identity: str, screen: ScreenWatcher) -> None:
+        self._room = room
+        self._identity = user_identity
+        self._screen = screen
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        room.on("track_subscribed", self._on_subscribed)
+        room.on("track_unsubscribed", self._on_unsubscribed)
+        participant = room.remote_participants.get(user_identity)
+        for publication in participant.track_publications.values() if participant else []:
+            if publication.track is not None and publication.subscribed:
+                self._on_subscribed(publication.track, publication, participant)  # type: ignore[arg-type]
+
+    def _on_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if participant.identity != self._identity or track.kind != rtc.TrackKind.KIND_VIDEO:
+            return
+        if publication.source != rtc.TrackSource.SOURCE_SCREENSHARE:
+            source_name = rtc.TrackSource.Name(publication.source)
+            log.warning("%s publishes a %s video track: Sightline only watches screen shares",
+                        participant.identity, source_name)
+            self._screen.camera_only = not self._pumps
+            return
+        if track.sid in self._pumps:
+            return
+        self._screen.camera_only = False
+        self._pumps[track.sid] = asyncio.create_task(
+            self._pump(track), name=f"screen-share:{track.sid}"
+        )
+        log.info("watching the screen share %s of %s", track.sid, participant.identity)
+
+    def _on_unsubscribed(
+        self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, _p: rtc.RemoteParticipant
+    ) -> None:
+        task = self._pumps.pop(track.sid, None)
+        if task is not None:
+            task.cancel()
+            self._screen.latest = None  # the share ended: do not answer from a stale frame
+            log.info("screen share %s ended", track.sid)
+
+    async def _pump(self, track: rtc.Track) -> None:
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420)
+        loop = asyncio.get_running_loop()
+        first_us: int | None = None
+        started = loop.time()
+        try:
+            async for event in stream:
+                if event.timestamp_us > 0:
+                    first_us = event.timestamp_us if first_us is None else first_us
+                    t = (event.timestamp_us - first_us) / 1_000_000
+                else:  # publisher sent no capture time: fall back to arrival time
+                    t = loop.time() - started
+                self._screen.offer(t, event.frame)
+        finally:
+            await stream.aclose()
+
+    async def aclose(self) -> None:
+        for task in self._pumps.values():
+            task.cancel()
+        for task in self._pumps.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pumps.clear()
