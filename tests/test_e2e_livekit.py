@@ -1,0 +1,343 @@
+"""End to end on a real LiveKit server: dispatch → join → screen share → chat → reply → cost log.
+
+A `sightline start` worker (a separate process, as in production) answers a user who joins with
+the rtc SDK and publishes the demo screen recording as a screen-share track. The model is the
+local wire-format server, reached by the worker through the real google-genai client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from livekit import api, rtc
+from livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    Worker,
+    free_port,
+    run_livekit_server,
+    start_worker,
+)
+from PIL import Image
+
+from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from vision.video_file import iter_frames
+
+DEMO_FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
+
+pytestmark = pytest.mark.e2e
+
+AGENT_NAME = "sightline-e2e"
+ANSWER = "(scripted) The traceback says json.loads hit a trailing comma before the closing brace."
+
+
+class Replies:
+    """What the fake model says next; tests swap it per scenario."""
+
+    def __init__(self) -> None:
+        self.next = ScriptedReply(text=ANSWER)
+        self.asked = asyncio.Event()
+
+    def __call__(self, _request: CapturedRequest) -> ScriptedReply:
+        self.asked.set()
+        return self.next
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def model_server() -> AsyncIterator[tuple[ScriptedModelServer, Replies]]:
+    replies = Replies()
+    async with ScriptedModelServer(replies=replies) as server:
+        yield server, replies
+
+
+@pytest.fixture(scope="module")
+async def e2e_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    admin = await asyncpg.connect(postgres_admin_url)
+    await admin.execute('DROP DATABASE IF EXISTS "e2e"')
+    await admin.execute('CREATE DATABASE "e2e"')
+    await admin.close()
+    base, _, query = postgres_admin_url.partition("?")
+    yield base.rpartition("/")[0] + "/e2e" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="module")
+def worker(
+    livekit: LiveKitServer,
+    model_server: tuple[ScriptedModelServer, Replies],
+    e2e_database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Worker]:
+    workdir = tmp_path_factory.mktemp("worker")
+    env = {
+        "LIVEKIT_URL": livekit.ws_url,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+        "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+        "SIGHTLINE_PROVIDER": "gemini",
+        "GOOGLE_API_KEY": "e2e-fake-key",
+        "SIGHTLINE_GEMINI_BASE_URL": model_server[0].base_url,
+        "SIGHTLINE_MODEL_RETRIES": "0",
+        "DATABASE_URL": e2e_database_url,
+        "SIGHTLINE_DATA_DIR": str(workdir / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()),
+    }
+    proc = start_worker(workdir, env)
+    yield proc
+    proc.stop()
+
+
+class User:
+    """A person in the room, driven with the rtc SDK."""
+
+    def __init__(self, livekit: LiveKitServer, room_name: str) -> None:
+        self.livekit = livekit
+        self.room_name = room_name
+        self.room = rtc.Room()
+        self.replies: list[str] = []
+        self._publisher: asyncio.Task[None] | None = None
+        self.frames_published = 0
+
+    async def join(self, identity: str) -> None:
+        async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name=self.room_name))
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name=AGENT_NAME, room=self.room_name,
+                    metadata=json.dumps({"tenant": "e2e"}),
+                )
+            )
+        token = (
+            api.AccessToken(API_KEY, API_SECRET)
+            .with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
+            .to_jwt()
+        )
+        self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
+        await self.room.connect(self.livekit.ws_url, token)
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        async def read() -> None:
+            self.replies.append(await reader.read_all())
+
+        asyncio.get_running_loop().create_task(read())
+
+    async def wait_for_agent(self, timeout_s: float = 30) -> rtc.RemoteParticipant:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for p in self.room.remote_participants.values():
+                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+                    return p
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no agent joined {self.room_name} within {timeout_s}s")
+
+    async def publish_video(self, source_kind: rtc.TrackSource.ValueType, fps: float) -> None:
+        source = rtc.VideoSource(1280, 720)
+        track = rtc.LocalVideoTrack.create_video_track("screen", source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=source_kind)
+        )
+        self._publisher = asyncio.create_task(self._pump(source, fps))
+
+    async def _pump(self, source: rtc.VideoSource, fps: float) -> None:
+        """Replays the demo recording in real time at `fps`, looping, like a live share."""
+        started = time.monotonic()
+        while True:
+            frames = iter_frames(DEMO_FIXTURE / "screen.webm")
+            while (item := await asyncio.to_thread(next, frames, None)) is not None:
+                _, frame = item
+                source.capture_frame(frame)
+                self.frames_published += 1
+                due = started + self.frames_published / fps
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    async def say(self, text: str) -> None:
+        await self.room.local_participant.send_text(text, topic="lk.chat")
+
+    async def wait_for_reply(self, timeout_s: float = 30) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.replies:
+                return self.replies.pop(0)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no reply on lk.transcription within {timeout_s}s")
+
+    async def leave(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+        await self.room.disconnect()
+
+
+def _latest_finished_log(costs: Path) -> list[dict[str, Any]] | None:
+    logs = sorted(costs.glob("live_*.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    events = [json.loads(line) for line in logs[-1].read_text().splitlines()]
+    return events if events and events[-1]["kind"] == "summary" else None
+
+
+async def session_events(worker: Worker, timeout_s: float = 30) -> list[dict[str, Any]]:
+    """Events of the worker's most recent session, once its summary line is written."""
+    costs = worker.data_dir / "costs"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = await asyncio.to_thread(_latest_finished_log, costs)
+        if events is not None:
+            return events
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no finished cost log in {costs}:\n{worker.log_text()[-4000:]}")
+
+
+def jpeg_size(request: CapturedRequest) -> tuple[int, int]:
+    for content in request.body["contents"]:
+        for part in content["parts"]:
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline:
+                data = inline["data"]  # google-genai sends URL-safe base64 without padding
+                raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+                return Image.open(io.BytesIO(raw)).size
+    raise AssertionError("the request carries no inline image")
+
+
+async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
+    livekit: LiveKitServer,
+    worker: Worker,
+    model_server: tuple[ScriptedModelServer, Replies],
+    e2e_database_url: str,
+) -> None:
+    server, replies = model_server
+    replies.next = ScriptedReply(text=ANSWER)
+    seen = len(server.requests)
+    user = User(livekit, "e2e-screen-share")
+    await user.join("user-1")
+    agent = await user.wait_for_agent()
+    await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=10)
+    await asyncio.sleep(8)  # the measured window: the agent samples while we publish
+    await user.say("Why does this error show up?")
+    reply = await user.wait_for_reply()
+    await asyncio.sleep(1)
+    await user.leave()
+
+    assert agent.identity.startswith("agent-")
+    assert reply == ANSWER, "the reply on the text stream must be the model's response"
+
+    requests = server.requests[seen:]
+    assert len(requests) == 1
+    assert requests[0].provider == "gemini" and requests[0].stream
+    assert requests[0].image_count == 1
+    assert "Why does this error show up?" in requests[0].text
+    width, height = jpeg_size(requests[0])
+    assert max(width, height) == 1024 and abs(width / height - 16 / 9) < 0.01
+
+    events = await session_events(worker)
+    summary = events[-1]["detail"]
+    frames = [e for e in events if e["kind"] == "frame"]
+    assert len(frames) >= 6
+    wall = frames[-1]["ts"] - frames[0]["ts"]
+    rate = (len(frames) - 1) / wall
+    assert 0.75 <= rate <= 1.25, f"sampled {rate:.2f} frames/s over {wall:.1f}s, want ~1"
+    assert summary["frames"]["received"] >= 4 * summary["frames"]["sampled"], (
+        "the publisher sent ~10 fps; the sampler must keep about one frame a second"
+    )
+    calls = [e for e in events if e["kind"] == "model_call"]
+    assert len(calls) == 1
+    assert calls[0]["images"] == 1 and calls[0]["model"] == "gemini-2.5-flash"
+    assert calls[0]["cost_usd"] > 0 and calls[0]["tenant"] == "e2e"
+
+    conn = await asyncpg.connect(e2e_database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM cost_events WHERE session_id = $1 AND kind = 'model_call'",
+            events[0]["session_id"],
+        )
+        messages = await conn.fetch(
+            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id",
+            events[0]["session_id"],
+        )
+    finally:
+        await conn.close()
+    assert stored == 1
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "Why does this error show up?"), ("assistant", ANSWER)
+    ]
+
+
+async def test_a_camera_is_not_taken_for_the_screen(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
+) -> None:
+    server, replies = model_server
+    replies.next = ScriptedReply(text="(scripted) Please share your screen.")
+    seen = len(server.requests)
+    user = User(livekit, "e2e-camera")
+    await user.join("user-2")
+    await user.wait_for_agent()
+    await user.publish_video(rtc.TrackSource.SOURCE_CAMERA, fps=5)
+    await asyncio.sleep(3)
+    await user.say("What is on my screen?")
+    assert await user.wait_for_reply() == "(scripted) Please share your screen."
+    await user.leave()
+
+    request = server.requests[seen]
+    assert request.image_count == 0
+    assert "sharing a camera, not a screen" in request.text
+    events = await session_events(worker)
+    assert not [e for e in events if e["kind"] == "frame"], "camera frames must not be sampled"
+
+
+async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
+) -> None:
+    server, replies = model_server
+    replies.next = ScriptedReply(text="(scripted) too late", delay_s=3)
+    seen = len(server.requests)
+    user = User(livekit, "e2e-leaves")
+    await user.join("user-3")
+    await user.wait_for_agent()
+    replies.asked.clear()
+    await user.say("Are you there?")
+    await asyncio.wait_for(replies.asked.wait(), 15)
+    assert len(server.requests) == seen + 1, "the turn must have reached the model"
+    await user.leave()  # while the model is still thinking
+
+    events = await session_events(worker)
+    calls = [e for e in events if e["kind"] in ("model_call", "model_error")]
+    assert len(calls) == 1, "the interrupted call is still in the ledger"
+    assert events[-1]["kind"] == "summary"
+    assert worker.proc.poll() is None, "the worker survives a user leaving mid-turn"
+
+
+async def test_sigterm_drains_the_running_session_and_flushes_its_log(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
+) -> None:
+    _server, replies = model_server
+    replies.next = ScriptedReply(text="(scripted) still here")
+    user = User(livekit, "e2e-drain")
+    await user.join("user-4")
+    await user.wait_for_agent()
+    await user.say("Hello?")
+    assert await user.wait_for_reply() == "(scripted) still here"
+
+    worker.proc.send_signal(15)
+    await asyncio.sleep(2)
+    assert worker.proc.poll() is None, "a draining worker waits for its running session"
+    await user.leave()
+    assert await asyncio.to_thread(worker.proc.wait, 60) == 0
+    events = await session_events(worker, timeout_s=5)
+    assert any(e["kind"] == "model_call" for e in events)
+    assert events[-1]["kind"] == "summary"
+    assert events[-1]["detail"]["cost_log"].startswith(str(worker.data_dir))

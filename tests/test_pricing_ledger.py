@@ -1,0 +1,344 @@
+"""The price table and the cost ledger, on a real Postgres.
+
+Protects: every bundled price says where and when it came from; dollars are computed exactly and
+dated model ids find their base price; an unknown model is reported, never guessed; a price-file
+override works and a broken one names SIGHTLINE_PRICES; every ledger event lands both in the JSONL
+log and in `cost_events`, with a summary that adds up; `sightline costs` reports the same totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import ConfigError, Settings
+from agent.ledger import CostLedger
+from agent.pricing import BUNDLED_PRICES, PriceTable, Usage
+from memory.db import Database
+from memory.store import Store
+from vision.screen import FrameDecision
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+# -- price table ---------------------------------------------------------------------------
+
+
+def test_bundled_table_has_date_and_source_for_every_model() -> None:
+    raw = json.loads(BUNDLED_PRICES.read_text())
+    table = PriceTable.load()
+    assert table.path == BUNDLED_PRICES
+    assert raw["models"], "the bundled table is empty"
+    for model, entry in raw["models"].items():
+        assert entry.get("date"), model
+        assert entry.get("source"), model
+        price = table.get(model)
+        assert price is not None
+        assert len(price.date) == 10 and price.date[4] == "-" and price.date[7] == "-"
+        assert price.source.startswith("https://")
+        assert price.input_per_mtok > 0 and price.output_per_mtok > 0
+
+
+def test_bundled_table_prices_the_default_models() -> None:
+    settings = Settings.from_env({})
+    table = PriceTable.load()
+    assert table.get(settings.gemini_model) is not None
+    assert table.get(settings.claude_model) is not None
+
+
+def test_cost_arithmetic_is_exact() -> None:
+    table = PriceTable.load()
+    # gemini-2.5-flash: $0.30 in, $0.075 cached, $2.50 out per 1M tokens
+    usage = Usage(input_tokens=1000, cached_input_tokens=2000, output_tokens=500)
+    assert table.cost("gemini-2.5-flash", usage) == pytest.approx(0.0017, abs=1e-12)
+    million = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert table.cost("gemini-2.5-flash", million) == pytest.approx(2.8, abs=1e-12)
+    # claude-haiku-4-5: $1 in, $0.10 cache read, $1.25 cache write, $5 out
+    claude = Usage(
+        input_tokens=10_000, cached_input_tokens=100_000, cache_write_tokens=4_000,
+        output_tokens=2_000,
+    )
+    assert table.cost("claude-haiku-4-5", claude) == pytest.approx(0.035, abs=1e-12)
+    assert table.cost("gemini-2.5-flash", Usage()) == 0.0
+
+
+def test_prefix_matching_for_dated_ids() -> None:
+    table = PriceTable.load()
+    dated = table.get("gemini-2.5-flash-001")
+    assert dated is not None and dated.model == "gemini-2.5-flash"
+    # longest prefix wins: a flash-lite variant is not billed as flash
+    lite = table.get("gemini-2.5-flash-lite-preview-09-2025")
+    assert lite is not None and lite.model == "gemini-2.5-flash-lite"
+    sonnet = table.get("claude-sonnet-4-5-20250929")
+    assert sonnet is not None and sonnet.model == "claude-sonnet-4-5"
+    usage = Usage(input_tokens=1000, output_tokens=1000)
+    assert table.cost("gemini-2.5-flash-001", usage) == table.cost("gemini-2.5-flash", usage)
+
+
+def test_unknown_model_is_not_priced() -> None:
+    table = PriceTable.load()
+    assert table.get("gpt-4o") is None
+    assert table.get("gemini-2.5") is None  # a shorter id is not a dated variant
+    assert table.cost("gpt-4o", Usage(input_tokens=10)) is None
+
+
+def write_prices(path: Path, models: dict[str, Any]) -> Path:
+    path.write_text(json.dumps({"models": models}))
+    return path
+
+
+def test_prices_override_from_env(tmp_path: Path) -> None:
+    path = write_prices(tmp_path / "prices.json", {
+        "house-model": {"input_per_mtok": 2, "output_per_mtok": 10, "date": "2026-01-02",
+                        "source": "contract #42"},
+    })
+    settings = Settings.from_env({"SIGHTLINE_PRICES": str(path)})
+    table = PriceTable.load(settings.prices_file)
+    assert table.path == path
+    price = table.get("house-model")
+    assert price is not None and price.source == "contract #42"
+    # cached and cache-write prices default to the input price
+    assert price.cached_input_per_mtok == 2 and price.cache_write_per_mtok == 2
+    assert table.cost("house-model", Usage(input_tokens=500_000, cached_input_tokens=500_000,
+                                           output_tokens=100_000)) == pytest.approx(3.0)
+    # the override replaces the whole table
+    assert table.get("gemini-2.5-flash") is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[]",
+        json.dumps({"prices": {}}),
+        json.dumps({"models": []}),
+        json.dumps({"models": {"m": 5}}),
+        json.dumps({"models": {"m": {"input_per_mtok": 1, "output_per_mtok": 2,
+                                     "source": "x"}}}),
+        json.dumps({"models": {"m": {"input_per_mtok": "cheap", "output_per_mtok": 2,
+                                     "date": "2025-01-01", "source": "x"}}}),
+        json.dumps({"models": {"m": {"output_per_mtok": 2, "date": "2025-01-01",
+                                     "source": "x"}}}),
+    ],
+)
+def test_malformed_price_file_names_the_variable(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        PriceTable.load(path)
+    assert "SIGHTLINE_PRICES" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_price_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        PriceTable.load(tmp_path / "nope.json")
+    assert "SIGHTLINE_PRICES" in str(info.value)
+    assert "nope.json" in str(info.value)
+
+
+# -- ledger on Postgres --------------------------------------------------------------------
+
+
+async def open_ledger(
+    db: Database, settings: Settings, session_id: str, prices: PriceTable | None = None
+) -> tuple[Store, CostLedger]:
+    store = Store(db.pool)
+    await store.start_session(
+        session_id, tenant="acme", user_id="u-1", room="room-1", source="replay",
+        provider="gemini", model="gemini-2.5-flash",
+    )
+    ledger = CostLedger(
+        session_id=session_id, tenant="acme", source="replay", costs_dir=settings.costs_dir,
+        prices=prices or PriceTable.load(), store=store,
+    )
+    return store, ledger
+
+
+def record_sample_events(ledger: CostLedger) -> None:
+    ledger.frame(FrameDecision(0.0, True, "sampled", 1280, 720))
+    ledger.model_call(
+        provider="gemini", model="gemini-2.5-flash",
+        usage=Usage(input_tokens=1000, cached_input_tokens=2000, output_tokens=500),
+        images=1, latency_ms=123.456,
+    )
+    ledger.frame(FrameDecision(1.0, True, "sampled", 1280, 720))
+    ledger.frame(FrameDecision(2.0, False, "invalid", 0, 0))
+    ledger.model_call(
+        provider="gemini", model="gemini-2.5-flash-001",
+        usage=Usage(input_tokens=1_000_000, output_tokens=1_000_000), images=0, latency_ms=10,
+    )
+    ledger.model_call(
+        provider="anthropic", model="claude-haiku-4-5",
+        usage=Usage(input_tokens=10_000, cached_input_tokens=100_000, cache_write_tokens=4_000,
+                    output_tokens=2_000),
+        images=2, latency_ms=50,
+    )
+    ledger.model_call(
+        provider="gemini", model="gemini-2.5-flash", usage=Usage(input_tokens=40),
+        images=1, latency_ms=5000, error="gemini gemini-2.5-flash: HTTP 500: boom",
+    )
+    ledger.frame(FrameDecision(3.0, False, "invalid", 0, 0))
+
+
+EXPECTED_TOTAL = 0.0017 + 2.8 + 0.035 + 40 * 0.3 / 1_000_000
+
+
+async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Settings) -> None:
+    store, ledger = await open_ledger(db, settings, "sess_ledger_1")
+    record_sample_events(ledger)
+    summary = await ledger.close(frames_received=17)
+    assert ledger.closed
+
+    events = read_jsonl(ledger.path)
+    assert ledger.path == settings.costs_dir / "sess_ledger_1.jsonl"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["kind"] for e in events] == [
+        "frame", "model_call", "frame", "frame", "model_call", "model_call", "model_error",
+        "frame", "summary",
+    ]
+    assert all(e["session_id"] == "sess_ledger_1" and e["tenant"] == "acme" for e in events)
+    assert events[1]["cost_usd"] == pytest.approx(0.0017, abs=1e-12)
+    assert events[1]["images"] == 1 and events[1]["latency_ms"] == 123.5
+    assert events[6]["detail"]["error"].endswith("HTTP 500: boom")
+    assert events[-1]["detail"] == json.loads(json.dumps(summary))
+
+    # summary totals
+    assert summary["total_cost_usd"] == pytest.approx(EXPECTED_TOTAL, abs=1e-8)
+    flash = summary["by_model"]["gemini-2.5-flash"]
+    assert flash["calls"] == 2 and flash["errors"] == 1
+    assert flash["input_tokens"] == 1040 and flash["cached_input_tokens"] == 2000
+    assert flash["output_tokens"] == 500 and flash["images"] == 2
+    assert summary["by_model"]["gemini-2.5-flash-001"]["calls"] == 1
+    haiku = summary["by_model"]["claude-haiku-4-5"]
+    assert haiku["cache_write_tokens"] == 4000 and haiku["cost_usd"] == pytest.approx(0.035)
+    assert sum(m["cost_usd"] for m in summary["by_model"].values()) == pytest.approx(
+        summary["total_cost_usd"], abs=1e-7)
+    assert summary["frames"] == {
+        "received": 17, "sampled": 4, "kept": 2, "dropped": {"invalid": 2},
+    }
+    assert summary["unpriced_models"] == []
+    assert summary["db_spilled_events"] == 0
+
+    # the same events, minus the summary, are rows of cost_events
+    rows = await db.pool.fetch(
+        "SELECT seq, kind, model, input_tokens, cached_input_tokens, cache_write_tokens,"
+        " output_tokens, images, cost_usd, detail FROM cost_events"
+        " WHERE session_id = $1 ORDER BY seq", "sess_ledger_1",
+    )
+    assert [r["seq"] for r in rows] == [e["seq"] for e in events[:-1]]
+    assert [r["kind"] for r in rows] == [e["kind"] for e in events[:-1]]
+    for row, event in zip(rows, events[:-1], strict=True):
+        assert row["input_tokens"] == event.get("input_tokens", 0)
+        assert row["output_tokens"] == event.get("output_tokens", 0)
+        assert row["images"] == event.get("images", 0)
+        assert float(row["cost_usd"]) == pytest.approx(event["cost_usd"] or 0.0, abs=1e-8)
+        assert json.loads(row["detail"]) == event["detail"]
+
+    session = await store.get_session("sess_ledger_1")
+    assert session is not None
+    assert session["ended_at"] is not None
+    assert session["total_cost_usd"] == pytest.approx(EXPECTED_TOTAL, abs=1e-8)
+    assert session["model_calls"] == 3  # model_error rows are not counted as calls
+    assert session["summary"]["frames"]["kept"] == 2
+    assert not (settings.costs_dir / "sess_ledger_1.db-spill.jsonl").exists()
+
+
+async def test_unknown_model_is_listed_as_unpriced(db: Database, settings: Settings) -> None:
+    _, ledger = await open_ledger(db, settings, "sess_unpriced")
+    event = ledger.model_call(
+        provider="gemini", model="gemini-9-ultra", usage=Usage(input_tokens=1000),
+        images=0, latency_ms=1,
+    )
+    ledger.model_call(
+        provider="gemini", model="gemini-2.5-flash", usage=Usage(input_tokens=1_000_000),
+        images=0, latency_ms=1,
+    )
+    assert event["cost_usd"] is None
+    summary = await ledger.close()
+    assert summary["unpriced_models"] == ["gemini-9-ultra"]
+    assert summary["total_cost_usd"] == pytest.approx(0.3)
+    assert summary["by_model"]["gemini-9-ultra"]["cost_usd"] == 0
+    row = await db.pool.fetchrow(
+        "SELECT cost_usd FROM cost_events WHERE session_id = $1 AND model = $2",
+        "sess_unpriced", "gemini-9-ultra",
+    )
+    assert row is not None and row["cost_usd"] is None
+
+
+async def test_ledger_uses_price_override(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    path = write_prices(tmp_path / "custom.json", {
+        "gemini-2.5-flash": {"input_per_mtok": 1, "output_per_mtok": 1, "date": "2026-01-01",
+                             "source": "negotiated"},
+    })
+    _, ledger = await open_ledger(db, settings, "sess_override", PriceTable.load(path))
+    ledger.model_call(
+        provider="gemini", model="gemini-2.5-flash",
+        usage=Usage(input_tokens=1_000_000, output_tokens=1_000_000), images=0, latency_ms=1,
+    )
+    summary = await ledger.close()
+    assert summary["total_cost_usd"] == pytest.approx(2.0)
+    assert summary["prices"] == str(path)
+
+
+async def test_cli_costs_lists_and_shows_the_session(
+    db: Database, settings: Settings
+) -> None:
+    _, ledger = await open_ledger(db, settings, "sess_cli_1")
+    record_sample_events(ledger)
+    summary = await ledger.close(frames_received=17)
+    assert settings.database_url is not None
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(settings.data_dir),
+        "DATABASE_URL": settings.database_url,
+        "SIGHTLINE_DATA_DIR": str(settings.data_dir),
+    }
+
+    code, out, err = await run_cli("costs", "--json", env=env)
+    assert code == 0, err
+    sessions = json.loads(out)
+    assert [s["id"] for s in sessions] == ["sess_cli_1"]
+    listed = sessions[0]
+    assert listed["tenant"] == "acme" and listed["source"] == "replay"
+    assert listed["model_calls"] == 3
+    assert listed["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+
+    code, out, err = await run_cli("costs", "sess_cli_1", "--json", env=env)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["id"] == "sess_cli_1"
+    assert shown["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+    assert shown["summary"]["total_cost_usd"] == summary["total_cost_usd"]
+    assert [e["seq"] for e in shown["events"]] == list(range(1, 9))
+
+    code, out, err = await run_cli("costs", "sess_cli_1", env=env)
+    assert code == 0, err
+    assert f"total: ${summary['total_cost_usd']:.6f}" in out
+
+    code, out, err = await run_cli("costs", "no_such_session", env=env)
+    assert code == 2
+    assert err.startswith("sightline: no session 'no_such_session'")
+    assert "Traceback" not in err
