@@ -28,6 +28,16 @@ class UserError(Exception):
     """Any failure the user can fix; printed as one line."""
 
 
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {raw!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sightline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("costs", help="list sessions with their costs, or show one")
     p.add_argument("session_id", nargs="?")
     p.add_argument("--tenant")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true")
     return parser
 

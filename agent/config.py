@@ -8,12 +8,13 @@ so validation, `sightline config` and the README's table cannot drift apart. A b
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import platformdirs
 
@@ -31,8 +32,8 @@ def _text(raw: str) -> str:
 
 def _positive_float(raw: str) -> float:
     value = float(raw)
-    if not value > 0:
-        raise ValueError("must be > 0")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a finite number > 0")
     return value
 
 
@@ -228,7 +229,10 @@ def mask_secret(value: str, *, url: bool = False) -> str:
     if url:
         parts = urlsplit(value)
         if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return parts._replace(netloc=netloc).geturl()
-        return value
+            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "password" for key, _ in query):
+            masked = [(k, "***" if k == "password" else v) for k, v in query]
+            parts = parts._replace(query=urlencode(masked, safe="/*"))
+        return parts.geturl()
     return f"***{value[-2:]}" if len(value) >= 12 else "***"

@@ -142,7 +142,8 @@ class CostLedger:
             },
             "frames": {
                 "received": frames_received,
-                "sampled": self._frames["kept"] + sum(dropped.values()),
+                "sampled": self._frames["kept"]
+                + sum(n for reason, n in dropped.items() if reason != "invalid"),
                 "kept": self._frames["kept"],
                 "dropped": dropped,
             },

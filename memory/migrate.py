@@ -20,13 +20,14 @@ def migration_files() -> list[Path]:
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the versions applied now."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
     applied_now: list[str] = []
     async with conn.transaction():
+        # lock first: even CREATE TABLE IF NOT EXISTS races in the catalog between processes
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for path in migration_files():
             version = path.stem

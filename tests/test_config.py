@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, Settings
+from agent.providers import make_provider
 
 SIGHTLINE = Path(sys.executable).with_name("sightline")
 
@@ -157,17 +158,21 @@ def test_short_secret_is_fully_masked() -> None:
     assert shown["ANTHROPIC_API_KEY"] == "***"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/config.py mask_secret only masks the password in the URL's netloc; a "
-    "libpq/asyncpg-style '?password=...' query parameter is shown in clear by describe(), "
-    "`sightline config` and DatabaseUnavailable messages",
-)
 def test_describe_masks_password_in_query_string() -> None:
     url = f"postgresql://sightline@db.example.com/sightline?password={DB_PASSWORD}"
     shown = dict((env, value) for env, value, _ in Settings.from_env(
         {"DATABASE_URL": url}).describe())
     assert DB_PASSWORD not in shown["DATABASE_URL"]
+
+
+def test_infinite_timeout_is_rejected_at_startup() -> None:
+    env = {"SIGHTLINE_MODEL_TIMEOUT_S": "inf", "GOOGLE_API_KEY": GOOGLE_KEY}
+    try:
+        settings = Settings.from_env(env)
+    except ConfigError as exc:
+        assert "SIGHTLINE_MODEL_TIMEOUT_S" in str(exc)
+        return
+    make_provider(settings)  # if accepted, the value must at least be usable
 
 
 def test_gemini_api_key_alias() -> None:

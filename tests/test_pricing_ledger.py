@@ -234,8 +234,9 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
     assert haiku["cache_write_tokens"] == 4000 and haiku["cost_usd"] == pytest.approx(0.035)
     assert sum(m["cost_usd"] for m in summary["by_model"].values()) == pytest.approx(
         summary["total_cost_usd"], abs=1e-7)
+    # an invalid frame never takes a sampling slot, so it is dropped but not "sampled"
     assert summary["frames"] == {
-        "received": 17, "sampled": 4, "kept": 2, "dropped": {"invalid": 2},
+        "received": 17, "sampled": 2, "kept": 2, "dropped": {"invalid": 2},
     }
     assert summary["unpriced_models"] == []
     assert summary["db_spilled_events"] == 0
@@ -342,3 +343,20 @@ async def test_cli_costs_lists_and_shows_the_session(
     assert code == 2
     assert err.startswith("sightline: no session 'no_such_session'")
     assert "Traceback" not in err
+
+
+async def test_cli_costs_negative_limit_is_one_line(db: Database, settings: Settings) -> None:
+    assert settings.database_url is not None
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(settings.data_dir),
+        "DATABASE_URL": settings.database_url,
+        "SIGHTLINE_DATA_DIR": str(settings.data_dir),
+    }
+    code, _, err = await run_cli("costs", "--limit", "-1", env=env)
+    assert "Traceback" not in err
+    assert code == 2
+    # a usage error: argparse's usage line, then one line naming the argument
+    assert err.strip().splitlines()[-1] == (
+        "sightline costs: error: argument --limit: must be a whole number > 0, got '-1'"
+    )

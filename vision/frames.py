@@ -33,16 +33,41 @@ def i420_size(width: int, height: int) -> int:
     return width * height + 2 * chroma
 
 
-def as_i420(frame: rtc.VideoFrame) -> rtc.VideoFrame:
-    """Check a frame and return it in I420 (converting only when the source sent another type)."""
+_BYTES_PER_PIXEL = {
+    rtc.VideoBufferType.RGBA: 4,
+    rtc.VideoBufferType.ABGR: 4,
+    rtc.VideoBufferType.ARGB: 4,
+    rtc.VideoBufferType.BGRA: 4,
+    rtc.VideoBufferType.RGB24: 3,
+}
+
+
+def expected_size(frame: rtc.VideoFrame) -> int:
+    """Bytes a frame of this type and size must hold; unknown types are rejected."""
+    if frame.type in (rtc.VideoBufferType.I420, rtc.VideoBufferType.NV12):
+        return i420_size(frame.width, frame.height)
+    if frame.type in _BYTES_PER_PIXEL:
+        return frame.width * frame.height * _BYTES_PER_PIXEL[frame.type]
+    raise InvalidFrame(f"unsupported frame type {rtc.VideoBufferType.Name(frame.type)}")
+
+
+def check_frame(frame: rtc.VideoFrame) -> None:
+    """Reject a frame whose buffer cannot hold its pixels, before anything reads it."""
     if frame.width <= 0 or frame.height <= 0:
         raise InvalidFrame(f"frame has no pixels ({frame.width}x{frame.height})")
+    need = expected_size(frame)
+    if len(frame.data) < need:
+        raise InvalidFrame(
+            f"{rtc.VideoBufferType.Name(frame.type)} buffer of {len(frame.data)} bytes is too "
+            f"short for {frame.width}x{frame.height} (needs {need})"
+        )
+
+
+def as_i420(frame: rtc.VideoFrame) -> rtc.VideoFrame:
+    """Check a frame and return it in I420 (converting only when the source sent another type)."""
+    check_frame(frame)
     if frame.type != rtc.VideoBufferType.I420:
         frame = frame.convert(rtc.VideoBufferType.I420)
-    if len(frame.data) < i420_size(frame.width, frame.height):
-        raise InvalidFrame(
-            f"I420 buffer of {len(frame.data)} bytes is too short for {frame.width}x{frame.height}"
-        )
     return frame
 
 

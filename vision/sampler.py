@@ -22,17 +22,26 @@ class FrameSampler:
     def period(self) -> float:
         return 1.0 / self.fps
 
-    def offer(self, t: float) -> bool:
-        """True when the frame at `t` seconds is the one to sample for its period."""
-        self.offered += 1
+    def is_due(self, t: float) -> bool:
+        """Whether the frame at `t` seconds would be sampled; changes nothing."""
+        restarted = self._last_t is not None and t < self._last_t
+        return restarted or self._next_due is None or t >= self._next_due
+
+    def take(self, t: float) -> None:
+        """Sample the frame at `t`: schedule the next due time from it."""
         if self._last_t is not None and t < self._last_t:
             self._next_due = None  # the publisher's clock restarted
         self._last_t = t
-        if self._next_due is not None and t < self._next_due:
-            return False
         if self._next_due is None or t >= self._next_due + self.period:
             self._next_due = t + self.period  # first frame, or a stall: re-anchor here
         else:
             self._next_due += self.period  # on schedule: no drift from jittery arrival
         self.sampled += 1
+
+    def offer(self, t: float) -> bool:
+        """True when the frame at `t` seconds is the one to sample for its period."""
+        self.offered += 1
+        if not self.is_due(t):
+            return False
+        self.take(t)
         return True

@@ -35,18 +35,23 @@ class ScreenWatcher:
         self.latest: SampledFrame | None = None
         self.frames_received = 0
         self.camera_only = False
+        self._last_invalid_t: float | None = None
 
     def offer(self, t: float, frame: rtc.VideoFrame) -> SampledFrame | None:
         """Cheap enough for the event loop: a timestamp check, and a buffer check when sampled."""
         self.frames_received += 1
-        if not self._sampler.offer(t):
+        if not self._sampler.is_due(t):
             return None
         try:
             frame = as_i420(frame)
         except InvalidFrame as exc:
-            log.warning("dropping an unusable frame at t=%.2fs: %s", t, exc)
-            self._on_decision(FrameDecision(t, False, "invalid", frame.width, frame.height))
+            # the slot stays open for the next good frame; the drop is logged once per period
+            if self._last_invalid_t is None or t - self._last_invalid_t >= self._sampler.period:
+                self._last_invalid_t = t
+                log.warning("dropping an unusable frame at t=%.2fs: %s", t, exc)
+                self._on_decision(FrameDecision(t, False, "invalid", frame.width, frame.height))
             return None
+        self._sampler.take(t)
         self.latest = SampledFrame(frame, t)
         self._on_decision(FrameDecision(t, True, "sampled", frame.width, frame.height))
         return self.latest

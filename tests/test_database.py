@@ -1,0 +1,324 @@
+"""The database layer: migrations, unreachable databases, and losing no record in an outage.
+
+Protects: migrations are applied once and recorded, and re-opening is a no-op; concurrent first
+starts are serialized; an unreachable DATABASE_URL is one `sightline:` line (exit 2) that never
+shows the password; when Postgres goes away mid-session the ledger and the conversation log keep
+going without raising, every event stays in the JSONL log, and after close() every event is in
+`cost_events` or in the spill file, none missing and none duplicated (a Postgres of our own is
+stopped and restarted for this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agent.ledger import CostLedger
+from agent.pricing import PriceTable, Usage
+from memory.conversation import ConversationLog
+from memory.db import Database, DatabaseUnavailable, start_embedded
+from memory.migrate import apply_migrations, migration_files
+from memory.store import Store
+from vision.screen import FrameDecision
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+PASSWORD = "s3cret-Pa55word"
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+async def test_migrations_applied_once_and_idempotent(database_url: str, tmp_path: Path) -> None:
+    versions = [p.stem for p in migration_files()]
+    assert versions and versions == sorted(versions)
+    first = await Database.open(database_url, tmp_path)
+    try:
+        rows = await first.pool.fetch(
+            "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == versions
+        tables = {r["tablename"] for r in await first.pool.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"sessions", "messages", "cost_events", "schema_migrations"} <= tables
+
+        second = await Database.open(database_url, tmp_path)
+        try:
+            again = await second.pool.fetch(
+                "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+            assert again == rows  # same versions, same applied_at: nothing re-applied
+            async with second.pool.acquire() as conn:
+                assert await apply_migrations(conn) == []
+        finally:
+            await second.close()
+    finally:
+        await first.close()
+
+
+async def test_open_without_migrate_leaves_database_untouched(
+    database_url: str, tmp_path: Path
+) -> None:
+    db = await Database.open(database_url, tmp_path, migrate=False)
+    try:
+        assert await db.pool.fetchval("SELECT to_regclass('schema_migrations')") is None
+    finally:
+        await db.close()
+
+
+async def test_concurrent_first_starts_are_serialized(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(6)]
+    try:
+        for _ in range(3):
+            await conns[0].execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            results = await asyncio.gather(
+                *(apply_migrations(c) for c in conns), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert errors == []
+            applied = [v for r in results if isinstance(r, list) for v in r]
+            assert applied == [p.stem for p in migration_files()]
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+# -- an unreachable database ---------------------------------------------------------------
+
+
+async def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nope",
+    }
+    code, out, err = await run_cli("costs", env=env)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sightline: ")
+    assert "cannot connect" in lines[0]
+    assert "127.0.0.1:1" in lines[0]
+    assert "Traceback" not in err
+    assert PASSWORD not in out + err
+
+
+async def test_unreachable_database_raises_database_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Database.open(f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nope", tmp_path)
+    assert "cannot connect" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+async def test_unreachable_database_hides_query_string_password(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Database.open(
+            f"postgresql://postgres@127.0.0.1:1/nope?password={PASSWORD}", tmp_path
+        )
+    assert PASSWORD not in str(info.value)
+
+
+# -- an outage in the middle of a session --------------------------------------------------
+
+
+class OwnPostgres:
+    """A Postgres server of this test's own, which it can stop and start again."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.server: Any = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.to_thread(start_embedded, self.pgdata)
+        return str(self.server.get_uri())
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            # this process holds the only handle, so pgserver stops the server (pg_ctl stop)
+            await asyncio.to_thread(self.server.cleanup)
+            self.server = None
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
+    pg = OwnPostgres(tmp_path / "own-pgdata")
+    try:
+        yield pg
+    finally:
+        await pg.stop()
+
+
+async def assert_down(url: str) -> None:
+    with pytest.raises((OSError, asyncpg.PostgresError)):
+        await asyncpg.connect(url, timeout=5)
+
+
+async def wait_for_count(url: str, sql: str, expected: int, deadline_s: float = 20.0) -> int:
+    """Poll until the query returns `expected` (the writer retries with backoff)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    count = -1
+    while loop.time() < end:
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+            try:
+                count = await conn.fetchval(sql)
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.PostgresError):
+            count = -1
+        if count == expected:
+            return count
+        await asyncio.sleep(0.1)
+    return count
+
+
+def record(ledger: CostLedger, n: int, start_t: float) -> None:
+    for i in range(n):
+        ledger.frame(FrameDecision(start_t + i, True, "sampled", 1280, 720))
+        ledger.model_call(
+            provider="gemini", model="gemini-2.5-flash",
+            usage=Usage(input_tokens=1000 + i, output_tokens=50), images=1, latency_ms=100 + i,
+        )
+
+
+async def open_session(
+    url: str, tmp_path: Path, session_id: str
+) -> tuple[Database, CostLedger, ConversationLog]:
+    db = await Database.open(url, tmp_path / "data")
+    store = Store(db.pool)
+    await store.start_session(
+        session_id, tenant="acme", user_id="u-1", room="r", source="live", provider="gemini",
+        model="gemini-2.5-flash",
+    )
+    costs_dir = tmp_path / "costs"
+    ledger = CostLedger(
+        session_id=session_id, tenant="acme", source="live", costs_dir=costs_dir,
+        prices=PriceTable.load(), store=store,
+    )
+    return db, ledger, ConversationLog(store, session_id, "acme", costs_dir)
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_outage_past_close_spills_every_unwritten_event(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    url = await own_postgres.start()
+    db, ledger, conversation = await open_session(url, tmp_path, "sess_outage_spill")
+    record(ledger, 3, 0.0)  # 6 events while the database is up
+    conversation.add("u-1", "user", "before the outage")
+    assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 6) == 6
+
+    await own_postgres.stop()
+    await assert_down(url)
+
+    # the database is gone: recording goes on, nothing raises
+    record(ledger, 4, 10.0)  # 8 more events
+    conversation.add("u-1", "user", "during the outage")
+    conversation.add("u-1", "assistant", "still answering")
+    await asyncio.sleep(0.5)  # let the writers try, and fail, in the background
+    spilled_messages = await conversation.close()
+    summary = await ledger.close(frames_received=7)
+    db.pool.terminate()
+
+    assert summary["db_spilled_events"] == 8
+    assert spilled_messages == 2
+    events = jsonl(ledger.path)
+    assert [e["seq"] for e in events] == list(range(1, 16))  # 14 events + the summary
+    assert events[-1]["kind"] == "summary"
+    assert events[-1]["detail"]["db_spilled_events"] == 8
+    recorded = events[:-1]
+
+    spill_path = tmp_path / "costs" / "sess_outage_spill.db-spill.jsonl"
+    spilled = jsonl(spill_path)
+    assert [e["seq"] for e in spilled] == list(range(7, 15))
+    assert spilled == recorded[6:]  # exactly the rows the database never got, unchanged
+    messages_spill = jsonl(tmp_path / "costs" / "sess_outage_spill.messages-spill.jsonl")
+    assert [m["content"] for m in messages_spill] == ["during the outage", "still answering"]
+
+    # back up: the database holds exactly the events written before the outage
+    url = await own_postgres.start()
+    conn = await asyncpg.connect(url)
+    try:
+        in_db = [r["seq"] for r in await conn.fetch(
+            "SELECT seq FROM cost_events WHERE session_id = $1 ORDER BY seq",
+            "sess_outage_spill",
+        )]
+        contents = [r["content"] for r in await conn.fetch(
+            "SELECT content FROM messages ORDER BY id")]
+        ended = await conn.fetchval(
+            "SELECT ended_at FROM sessions WHERE id = $1", "sess_outage_spill")
+    finally:
+        await conn.close()
+    assert in_db == [1, 2, 3, 4, 5, 6]
+    assert not set(in_db) & {e["seq"] for e in spilled}  # none duplicated
+    assert sorted(in_db + [e["seq"] for e in spilled]) == [e["seq"] for e in recorded]
+    assert contents == ["before the outage"]
+    assert ended is None  # the summary could not be stored; it is in the JSONL instead
+
+
+async def test_outage_then_recovery_loses_nothing(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    url = await own_postgres.start()
+    db, ledger, conversation = await open_session(url, tmp_path, "sess_outage_recover")
+    record(ledger, 2, 0.0)  # 4 events
+    assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 4) == 4
+
+    await own_postgres.stop()
+    await assert_down(url)
+    record(ledger, 3, 10.0)  # 6 events while down
+    conversation.add("u-1", "user", "asked while the database was down")
+    await asyncio.sleep(0.5)  # the writers fail at least once and back off
+
+    url = await own_postgres.start()
+    record(ledger, 1, 20.0)  # 2 events after the restart
+    # the queued rows are retried and reach the database before the session ends
+    assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 12) == 12
+    assert await conversation.close() == 0
+    summary = await ledger.close()
+    await db.pool.close()
+
+    assert summary["db_spilled_events"] == 0
+    assert not (tmp_path / "costs" / "sess_outage_recover.db-spill.jsonl").exists()
+    events = jsonl(ledger.path)
+    assert [e["seq"] for e in events] == list(range(1, 14))
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT seq, kind FROM cost_events WHERE session_id = $1 ORDER BY seq",
+            "sess_outage_recover",
+        )
+        session_row = await conn.fetchrow(
+            "SELECT ended_at, total_cost_usd FROM sessions WHERE id = $1",
+            "sess_outage_recover",
+        )
+        contents = [r["content"] for r in await conn.fetch("SELECT content FROM messages")]
+    finally:
+        await conn.close()
+    assert [(r["seq"], r["kind"]) for r in rows] == [
+        (e["seq"], e["kind"]) for e in events[:-1]
+    ]
+    assert session_row is not None and session_row["ended_at"] is not None
+    assert float(session_row["total_cost_usd"]) == pytest.approx(
+        summary["total_cost_usd"], abs=1e-8)
+    assert contents == ["asked while the database was down"]

@@ -1,0 +1,210 @@
+"""Loading replay fixtures: the bundled demo, and every way a fixture can be wrong.
+
+Protects: the demo loads as documented; a bad fixture fails up front with one FixtureError that
+names the file and the field (before any session starts); `sightline replay` turns that into a
+single `sightline:` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEMO_FIXTURE
+
+from agent.fixture import ORIGINS, FixtureError, load_fixture
+
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())
+
+
+def make_fixture(
+    root: Path, edit: Callable[[dict[str, Any]], None] | None = None, *, video: bool = True
+) -> Path:
+    """A copy of the demo fixture in `root`, with `edit` applied to its session.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    if video:
+        shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
+    session = copy.deepcopy(DEMO_SESSION)
+    if edit is not None:
+        edit(session)
+    (root / "session.json").write_text(json.dumps(session))
+    return root
+
+
+def test_demo_fixture_loads() -> None:
+    fixture = load_fixture(DEMO_FIXTURE)
+    assert fixture.name == "demo"
+    assert fixture.provider == "gemini"
+    assert fixture.video == DEMO_FIXTURE / "screen.webm"
+    assert fixture.path == DEMO_FIXTURE / "session.json"
+    assert fixture.duration_s == pytest.approx(40.0, abs=0.05)
+    assert len(fixture.turns) == 3
+    times = [turn.t for turn in fixture.turns]
+    assert times == sorted(times) == [8.1, 25.9, 34.3]
+    for turn, raw in zip(fixture.turns, DEMO_SESSION["turns"], strict=True):
+        assert turn.response.origin in ORIGINS
+        assert turn.response.error_status is None
+        assert turn.response.text == raw["response"]["text"]
+        assert (turn.tenant, turn.user, turn.text) == (raw["tenant"], raw["user"], raw["text"])
+        assert 0 <= turn.t < fixture.duration_s
+
+
+def test_session_json_path_works_too() -> None:
+    assert load_fixture(DEMO_FIXTURE / "session.json").turns == load_fixture(DEMO_FIXTURE).turns
+
+
+def test_copied_fixture_is_valid(tmp_path: Path) -> None:
+    fixture = load_fixture(make_fixture(tmp_path / "ok"))
+    assert len(fixture.turns) == 3
+
+
+def test_error_response_loads(tmp_path: Path) -> None:
+    def edit(s: dict[str, Any]) -> None:
+        s["provider"] = "anthropic"
+        s["turns"][0]["response"] = {"origin": "scripted", "error": {"status": 503}}
+
+    fixture = load_fixture(make_fixture(tmp_path / "err", edit))
+    assert fixture.provider == "anthropic"
+    assert fixture.turns[0].response.error_status == 503
+    assert fixture.turns[0].response.text == ""
+
+
+def _del(key: str, turn: int | None = None) -> Callable[[dict[str, Any]], None]:
+    def edit(s: dict[str, Any]) -> None:
+        del (s if turn is None else s["turns"][turn])[key]
+    return edit
+
+
+def _set(key: str, value: Any, turn: int | None = None) -> Callable[[dict[str, Any]], None]:
+    def edit(s: dict[str, Any]) -> None:
+        (s if turn is None else s["turns"][turn])[key] = value
+    return edit
+
+
+def _unsort(s: dict[str, Any]) -> None:
+    s["turns"][0], s["turns"][1] = s["turns"][1], s["turns"][0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "names"),
+    [
+        pytest.param(_del("turns"), ["'turns'"], id="missing-turns"),
+        pytest.param(_set("turns", {}), ["'turns'"], id="turns-not-a-list"),
+        pytest.param(_del("text", 1), ["turns[1]", "'text'"], id="turn-missing-text"),
+        pytest.param(_del("tenant", 0), ["turns[0]", "'tenant'"], id="turn-missing-tenant"),
+        pytest.param(_del("user", 2), ["turns[2]", "'user'"], id="turn-missing-user"),
+        pytest.param(_del("t", 1), ["turns[1]", "'t'"], id="turn-missing-t"),
+        pytest.param(_set("text", "  ", 0), ["turns[0]", "'text'"], id="turn-blank-text"),
+        pytest.param(_set("t", "8.1", 0), ["turns[0]", "'t'"], id="t-not-a-number"),
+        pytest.param(_set("t", 41.0, 2), ["turns[2]", "t=41.0"], id="t-beyond-video"),
+        pytest.param(_set("t", -1, 0), ["turns[0]", "t=-1"], id="t-negative"),
+        pytest.param(_unsort, ["turns[1]", "sorted"], id="unsorted"),
+        pytest.param(
+            _set("response", {"origin": "live", "text": "hi"}, 0), ["turns[0]", "origin"],
+            id="origin-live",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted", "error": {"status": 200}}, 1),
+            ["turns[1]", "error.status"], id="error-status-200",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted", "error": {}}, 1),
+            ["turns[1]", "error.status"], id="error-without-status",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted"}, 2), ["turns[2]", "'text'"],
+            id="response-without-text",
+        ),
+        pytest.param(_del("response", 0), ["turns[0]", "'response'"], id="missing-response"),
+        pytest.param(_set("provider", "openai"), ["provider"], id="bad-provider"),
+        pytest.param(_del("video"), ["'video'"], id="missing-video-field"),
+        pytest.param(_set("video", "other.webm"), ["other.webm"], id="video-missing"),
+    ],
+)
+def test_bad_fixture_names_file_and_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], names: list[str]
+) -> None:
+    root = make_fixture(tmp_path / "bad", edit)
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    message = str(info.value)
+    assert str(root / "session.json") in message
+    for name in names:
+        assert name in message, message
+
+
+def test_missing_session_json(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    assert str(root / "session.json") in str(info.value)
+    assert "not found" in str(info.value)
+
+
+def test_invalid_json(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "bad")
+    (root / "session.json").write_text('{"name": "demo", "turns": [')
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    assert str(root / "session.json") in str(info.value)
+    assert "JSON" in str(info.value)
+
+
+def test_json_that_is_not_an_object(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "bad")
+    (root / "session.json").write_text("[1, 2]")
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    assert str(root / "session.json") in str(info.value)
+
+
+def test_video_file_absent(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "novideo", video=False)
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    assert str(root / "session.json") in str(info.value)
+    assert "screen.webm" in str(info.value)
+
+
+def test_video_unreadable(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "garbage", video=False)
+    (root / "screen.webm").write_bytes(random.Random(3).randbytes(32 * 1024))
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    message = str(info.value)
+    assert str(root / "session.json") in message
+    assert str(root / "screen.webm") in message
+
+
+def test_cli_replay_bad_fixture_is_one_line(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "bad", _del("text", 1))
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+    }
+    proc = subprocess.run(
+        [str(SIGHTLINE), "replay", str(root)], env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sightline: ")
+    assert "turns[1]" in lines[0] and "'text'" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    # the fixture was rejected before anything started: no embedded database, no cost log
+    assert not (tmp_path / "data").exists()
+

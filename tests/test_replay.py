@@ -1,0 +1,260 @@
+"""Replaying fixtures through the live pipeline: real AgentSession, real SDKs, real Postgres.
+
+Protects: the demo replays turn by turn with its scripted answers, one screenshot per turn taken
+at the right moment, frames counted and costs logged; the conversation is stored and recalled in
+the user's next session (and only in that tenant's); a provider error or timeout is answered
+with one plain sentence, recorded as a model_error, and the session keeps going.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEMO_FIXTURE
+
+from agent.config import Settings
+from agent.fixture import load_fixture
+from agent.model_llm import failure_sentence
+from agent.providers import ProviderError, make_provider
+from agent.replay import replay
+from agent.scripted_models import ScriptedModelServer, ScriptedReply
+from agent.session import SessionRuntime
+from memory.conversation import ConversationLog
+from memory.db import Database
+from memory.store import Store
+
+DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def write_fixture(root: Path, turns: list[dict[str, Any]], provider: str = "gemini") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
+    session = {"name": root.name, "video": "screen.webm", "provider": provider, "turns": turns}
+    (root / "session.json").write_text(json.dumps(session))
+    return root
+
+
+async def drive(
+    settings: Settings, db: Database, server: ScriptedModelServer, inputs: list[str], *,
+    tenant: str = "demo", user: str = "dev-1",
+) -> tuple[list[str], dict[str, Any]]:
+    """Run a session the way the worker does, on `server`, and return its replies and summary."""
+    settings = settings.with_overrides(
+        gemini_api_key="test-key", anthropic_api_key="test-key",
+        gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
+    )
+    runtime = await SessionRuntime.open(
+        settings, db, make_provider(settings), tenant=tenant, user_id=user, source="replay",
+    )
+    session = runtime.agent_session()
+    await session.start(runtime.agent, record=False)
+    replies = []
+    try:
+        for text in inputs:
+            run = await session.run(user_input=text)
+            replies.append(" ".join(
+                ev.item.text_content or "" for ev in run.events
+                if ev.type == "message" and ev.item.role == "assistant"
+            ))
+    finally:
+        await session.aclose()
+        summary = await runtime.close()
+    return replies, summary
+
+
+async def test_demo_replay(settings: Settings, db: Database) -> None:
+    result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
+
+    assert result.fixture == "demo"
+    assert len(result.turns) == 3
+    for turn, raw in zip(result.turns, DEMO_SESSION["turns"], strict=True):
+        assert turn.text == raw["text"]
+        assert turn.reply == raw["response"]["text"]
+        assert turn.origin == "scripted"
+        assert turn.model_requests == 1
+        assert turn.images_sent == 1
+        # the screen the model saw was sampled at or before the moment the user spoke
+        assert turn.screen_t is not None and turn.t - 1.0 <= turn.screen_t <= turn.t
+    assert 24.0 <= result.turns[1].screen_t <= 26.0  # type: ignore[operator]
+
+    assert len(result.sessions) == 1
+    summary = result.sessions[0]
+    assert summary["tenant"] == "demo" and summary["source"] == "replay"
+    assert summary["frames"]["received"] == 400
+    assert abs(summary["frames"]["sampled"] - 40) <= 1
+    assert summary["frames"]["kept"] == summary["frames"]["sampled"]
+    assert summary["frames"]["dropped"] == {}
+    flash = summary["by_model"]["gemini-2.5-flash"]
+    assert flash["calls"] == 3 and flash["errors"] == 0 and flash["images"] == 3
+    assert summary["total_cost_usd"] > 0
+    assert summary["unpriced_models"] == []
+    assert summary.get("db_spilled_events", 0) == 0
+
+    events = read_jsonl(summary["cost_log"])
+    calls = [e for e in events if e["kind"] == "model_call"]
+    assert len(calls) == 3
+    assert all(c["images"] == 1 and c["model"] == "gemini-2.5-flash" for c in calls)
+    assert all(c["input_tokens"] > 258 and c["output_tokens"] > 0 for c in calls)
+    assert sum(e["kind"] == "frame" for e in events) == summary["frames"]["sampled"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["kind"] == "summary"
+    assert sum(c["cost_usd"] for c in calls) == pytest.approx(summary["total_cost_usd"])
+
+    rows = await db.pool.fetch(
+        "SELECT session_id, role, content FROM messages WHERE tenant = $1 AND user_id = $2"
+        " ORDER BY id", "demo", "dev-1",
+    )
+    assert [r["role"] for r in rows] == ["user", "assistant"] * 3
+    assert [r["content"] for r in rows[0::2]] == [t["text"] for t in DEMO_SESSION["turns"]]
+    assert [r["content"] for r in rows[1::2]] == [
+        t["response"]["text"] for t in DEMO_SESSION["turns"]
+    ]
+    assert {r["session_id"] for r in rows} == {summary["session_id"]}
+    assert await db.pool.fetchval("SELECT count(*) FROM messages") == 6
+
+    stored = await Store(db.pool).get_session(summary["session_id"])
+    assert stored is not None and stored["model_calls"] == 3
+    assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+
+
+async def test_conversation_is_recalled_in_the_next_session(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    await replay(load_fixture(DEMO_FIXTURE), settings, db)
+
+    history = await ConversationLog(Store(db.pool), "probe", "demo", tmp_path).history("dev-1", 10)
+    texts = [(m.role, m.text_content) for m in history.messages()]
+    expected = []
+    for turn in DEMO_SESSION["turns"]:
+        expected += [("user", turn["text"]), ("assistant", turn["response"]["text"])]
+    assert texts == expected
+    # the limit keeps the most recent messages
+    last_two = await ConversationLog(Store(db.pool), "probe", "demo", tmp_path).history(
+        "dev-1", 2)
+    assert [m.text_content for m in last_two.messages()] == [t for _, t in expected[-2:]]
+
+    # a second replay, in a new session, for the same tenant and user
+    question = "Did the zebra-42 deploy finish?"
+    one_turn = write_fixture(tmp_path / "one-turn", [
+        {"t": 3.0, "tenant": "demo", "user": "dev-1", "text": question,
+         "response": {"origin": "scripted", "text": "Yes, zebra-42 is live."}},
+    ])
+    second = await replay(load_fixture(one_turn), settings, db)
+    assert second.turns[0].reply == "Yes, zebra-42 is live."
+
+    async with ScriptedModelServer([ScriptedReply(text="You asked about zebra-42.")]) as server:
+        replies, _ = await drive(settings, db, server, ["What did I ask you before?"])
+        assert replies == ["You asked about zebra-42."]
+        assert len(server.requests) == 1
+        sent = server.requests[0].text
+        assert question in sent
+        assert "Yes, zebra-42 is live." in sent
+        for turn in DEMO_SESSION["turns"]:
+            assert turn["text"] in sent
+        assert "What did I ask you before?" in sent
+        # no screen share in this session: the model is told, and no image is sent
+        assert server.requests[0].image_count == 0
+        assert "No screen share is visible" in sent
+
+    # another tenant's user with the same id sees none of it
+    async with ScriptedModelServer([ScriptedReply(text="Hello.")]) as server:
+        await drive(settings, db, server, ["Hi there"], tenant="other-tenant")
+        sent = server.requests[0].text
+        assert question not in sent
+        assert DEMO_SESSION["turns"][0]["text"] not in sent
+
+
+def expected_failure(provider: str, model: str, kind: str, status: int | None) -> str:
+    return failure_sentence(ProviderError(provider, model, kind, status, ""))
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("gemini", "gemini-2.5-flash"), ("anthropic", "claude-sonnet-4-6")],
+)
+async def test_provider_error_is_one_sentence_and_the_session_continues(
+    settings: Settings, db: Database, tmp_path: Path, provider: str, model: str
+) -> None:
+    root = write_fixture(tmp_path / "errors", provider=provider, turns=[
+        {"t": 2.0, "tenant": "acme", "user": "u-7", "text": "What is on my screen?",
+         "response": {"origin": "scripted", "error": {"status": 500}}},
+        {"t": 9.0, "tenant": "acme", "user": "u-7", "text": "And now?",
+         "response": {"origin": "scripted", "text": "A terminal showing pip 23.2.1."}},
+    ])
+    result = await replay(load_fixture(root), settings, db)
+
+    assert len(result.turns) == 2
+    failed, answered = result.turns
+    sentence = expected_failure(provider, model, "server_error", 500)
+    assert failed.reply == sentence
+    assert "Sorry" in failed.reply and model in failed.reply
+    # SIGHTLINE_MODEL_RETRIES=1 (the default): the SDK tried twice
+    assert failed.model_requests == settings.model_retries + 1 == 2
+    assert answered.reply == "A terminal showing pip 23.2.1."
+    assert answered.model_requests == 1 and answered.images_sent == 1
+
+    assert len(result.sessions) == 1
+    summary = result.sessions[0]
+    assert summary["by_model"][model]["calls"] == 2
+    assert summary["by_model"][model]["errors"] == 1
+    events = read_jsonl(summary["cost_log"])
+    errors = [e for e in events if e["kind"] == "model_error"]
+    assert len(errors) == 1
+    assert errors[0]["provider"] == provider and errors[0]["model"] == model
+    assert "HTTP 500" in errors[0]["detail"]["error"]
+    assert errors[0]["detail"]["outcome"] == "error"
+    assert [e["kind"] for e in events if e["kind"].startswith("model")] == [
+        "model_error", "model_call",
+    ]
+    kinds = [r["kind"] for r in await db.pool.fetch(
+        "SELECT kind FROM cost_events WHERE session_id = $1 AND kind LIKE 'model%' ORDER BY seq",
+        summary["session_id"],
+    )]
+    assert kinds == ["model_error", "model_call"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("gemini", "gemini-2.5-flash"), ("anthropic", "claude-sonnet-4-6")],
+)
+async def test_provider_timeout_is_one_sentence_and_the_session_continues(
+    database_url: str, tmp_path: Path, provider: str, model: str
+) -> None:
+    settings = Settings.from_env({
+        "DATABASE_URL": database_url,
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "SIGHTLINE_PROVIDER": provider,
+        "SIGHTLINE_MODEL_TIMEOUT_S": "0.5",
+        "SIGHTLINE_MODEL_RETRIES": "0",
+    })
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        replies_script = [
+            ScriptedReply(text="This answer comes far too late.", delay_s=3.0),
+            ScriptedReply(text="Your terminal shows git 2.39.5."),
+        ]
+        async with ScriptedModelServer(replies_script) as server:
+            replies, summary = await drive(
+                settings, db, server, ["What is this?", "And what version is git?"],
+            )
+            assert len(server.requests) == 2  # no retry
+        assert replies[0] == expected_failure(provider, model, "timeout", None)
+        assert "took too long" in replies[0]
+        assert "far too late" not in replies[0]
+        assert replies[1] == "Your terminal shows git 2.39.5."
+
+        events = read_jsonl(summary["cost_log"])
+        model_events = [e for e in events if e["kind"].startswith("model")]
+        assert [e["kind"] for e in model_events] == ["model_error", "model_call"]
+        assert "timeout" in model_events[0]["detail"]["error"]
+        assert summary["by_model"][model]["errors"] == 1
+    finally:
+        await db.close()
