@@ -6,7 +6,9 @@ still created on it), so CI can point the suite at any Postgres with pgvector.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +21,29 @@ from memory.db import Database, start_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
+SIGHTLINE = Path(sys.executable).with_name("sightline")
+
+
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the installed `sightline` command as a user would; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """A minimal environment for the CLI on the test's database and data dir."""
+    assert settings.database_url is not None
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(settings.data_dir),
+        "DATABASE_URL": settings.database_url,
+        "SIGHTLINE_DATA_DIR": str(settings.data_dir),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+from conftest import run_cli
 
 from agent.ledger import CostLedger
 from agent.pricing import PriceTable, Usage
@@ -29,18 +29,9 @@ from memory.migrate import apply_migrations, migration_files
 from memory.store import Store
 from vision.screen import FrameDecision
 
-SIGHTLINE = Path(sys.executable).with_name("sightline")
 PASSWORD = "s3cret-Pa55word"
 
 
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 # -- migrations ----------------------------------------------------------------------------

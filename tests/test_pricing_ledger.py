@@ -8,14 +8,12 @@ log and in `cost_events`, with a summary that adds up; `sightline costs` reports
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli_env, run_cli
 
 from agent.config import ConfigError, Settings
 from agent.ledger import CostLedger
@@ -24,21 +22,11 @@ from memory.db import Database
 from memory.store import Store
 from vision.screen import FrameDecision
 
-SIGHTLINE = Path(sys.executable).with_name("sightline")
-
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 # -- price table ---------------------------------------------------------------------------
@@ -310,13 +298,7 @@ async def test_cli_costs_lists_and_shows_the_session(
     _, ledger = await open_ledger(db, settings, "sess_cli_1")
     record_sample_events(ledger)
     summary = await ledger.close(frames_received=17)
-    assert settings.database_url is not None
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(settings.data_dir),
-        "DATABASE_URL": settings.database_url,
-        "SIGHTLINE_DATA_DIR": str(settings.data_dir),
-    }
+    env = cli_env(settings)
 
     code, out, err = await run_cli("costs", "--json", env=env)
     assert code == 0, err
@@ -346,13 +328,7 @@ async def test_cli_costs_lists_and_shows_the_session(
 
 
 async def test_cli_costs_negative_limit_is_one_line(db: Database, settings: Settings) -> None:
-    assert settings.database_url is not None
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(settings.data_dir),
-        "DATABASE_URL": settings.database_url,
-        "SIGHTLINE_DATA_DIR": str(settings.data_dir),
-    }
+    env = cli_env(settings)
     code, _, err = await run_cli("costs", "--limit", "-1", env=env)
     assert "Traceback" not in err
     assert code == 2
