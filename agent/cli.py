@@ -124,7 +124,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _migrate(url: str, settings: Settings) -> None:
     db = await Database.open(url, settings.data_dir)
-    await db.pool.close()
+    await db.close()
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:

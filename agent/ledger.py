@@ -59,7 +59,8 @@ class CostLedger:
         self.total_cost_usd = 0.0
         self.closed = False
 
-    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Number the next event and append it to the JSONL file, the durable copy."""
         self._seq += 1
         event = {
             "session_id": self.session_id,
@@ -70,7 +71,11 @@ class CostLedger:
             **fields,
         }
         self._file.write(json.dumps(event) + "\n")
-        if self._writer is not None and kind != "summary":
+        return event
+
+    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = self._event(kind, **fields)
+        if self._writer is not None:
             self._writer.put(event)
         return event
 
@@ -157,7 +162,8 @@ class CostLedger:
         summary = self.summary(frames_received)
         if self._writer is not None:
             summary["db_spilled_events"] = await self._writer.close()
-        self._record("summary", cost_usd=summary["total_cost_usd"], detail=summary)
+        # the summary goes to the session row below, not to cost_events
+        self._event("summary", cost_usd=summary["total_cost_usd"], detail=summary)
         self._file.close()
         if self._store is not None:
             try:

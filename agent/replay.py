@@ -93,8 +93,10 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             gemini_base_url=server.base_url,
             anthropic_base_url=server.base_url,
         )
-        groups = itertools.groupby(fixture.turns, key=lambda turn: (turn.tenant, turn.user))
-        group_list = [(key, list(turns)) for key, turns in groups]
+        group_list = [
+            (key, list(turns))
+            for key, turns in itertools.groupby(fixture.turns, key=lambda t: (t.tenant, t.user))
+        ]
         for index, ((tenant, user), turns) in enumerate(group_list):
             runtime = await SessionRuntime.open(
                 settings, db, make_provider(settings), tenant=tenant, user_id=user,

@@ -39,11 +39,6 @@ class Store:
             session_id, tenant, user_id, room, source, provider, model,
         )
 
-    async def set_session_user(self, session_id: str, user_id: str) -> None:
-        await self._pool.execute(
-            "UPDATE sessions SET user_id = $2 WHERE id = $1", session_id, user_id
-        )
-
     async def end_session(self, session_id: str, total_cost_usd: float, summary: dict) -> None:
         await self._pool.execute(
             "UPDATE sessions SET ended_at = now(), total_cost_usd = $2, summary = $3::jsonb"
