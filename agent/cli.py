@@ -17,6 +17,9 @@ from typing import Any
 
 from memory.db import Database, DatabaseUnavailable, start_embedded
 from memory.store import Store
+from vision import cli as vision_cli
+from vision.evaluation import LabelError
+from vision.video_file import VideoUnreadable
 
 from .config import ConfigError, Settings, mask_secret
 from .fixture import FixtureError, load_fixture
@@ -56,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true")
+    vision_cli.add_parser(sub)
     return parser
 
 
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
     try:
+        if args.command == "vision":  # offline analysis: no settings, services or keys
+            return vision_cli.run(args)
         settings = Settings.from_env()
         if args.command == "config":
             return _config(settings)
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return asyncio.run(_replay(settings, args))
         return asyncio.run(_costs(settings, args))
-    except (ConfigError, DatabaseUnavailable, FixtureError, UserError) as exc:
+    except (ConfigError, DatabaseUnavailable, FixtureError, UserError, LabelError,
+            VideoUnreadable, vision_cli.VisionUsageError) as exc:
         print(f"sightline: {exc}", file=sys.stderr)
         return 2
 
@@ -161,6 +168,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{frames['kept']} kept"
         + (f", dropped {frames['dropped']}" if frames["dropped"] else ""),
     ]
+    if frames.get("by_content_type"):
+        lines.append("  frames by content type: " + ", ".join(
+            f"{kind} {c['kept']}/{c['sampled']} kept"
+            for kind, c in frames["by_content_type"].items()))
     for model, t in summary["by_model"].items():
         lines.append(
             f"  {model}: {t['calls']} calls ({t['errors']} failed), "

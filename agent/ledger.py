@@ -55,6 +55,7 @@ class CostLedger:
             lambda: Counter(calls=0, errors=0)
         )
         self._frames: Counter[str] = Counter()
+        self._frame_types: dict[str, Counter[str]] = defaultdict(Counter)
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -120,17 +121,16 @@ class CostLedger:
         )
 
     def frame(self, decision: FrameDecision) -> None:
+        """One sampled (or unusable) frame: kept or dropped, why, its content type, distances."""
         self._frames["kept" if decision.kept else f"dropped:{decision.reason}"] += 1
+        if decision.change is not None:
+            counts = self._frame_types[str(decision.change.content_type)]
+            counts["sampled"] += 1
+            counts["kept" if decision.kept else "dropped"] += 1
         self._record(
             "frame",
             cost_usd=0.0,
-            detail={
-                "t": round(decision.t, 3),
-                "kept": decision.kept,
-                "reason": decision.reason,
-                "width": decision.width,
-                "height": decision.height,
-            },
+            detail={**decision.as_dict(), "width": decision.width, "height": decision.height},
         )
 
     def summary(self, frames_received: int = 0) -> dict[str, Any]:
@@ -151,6 +151,10 @@ class CostLedger:
                 + sum(n for reason, n in dropped.items() if reason != "invalid"),
                 "kept": self._frames["kept"],
                 "dropped": dropped,
+                "by_content_type": {
+                    kind: {k: counts[k] for k in ("sampled", "kept", "dropped")}
+                    for kind, counts in sorted(self._frame_types.items())
+                },
             },
             "unpriced_models": sorted(self._unpriced),
             "prices": str(self.prices.path),

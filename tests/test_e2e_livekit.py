@@ -137,7 +137,7 @@ class User:
 
         asyncio.get_running_loop().create_task(read())
 
-    async def wait_for_agent(self, timeout_s: float = 30) -> rtc.RemoteParticipant:
+    async def wait_for_agent(self, timeout_s: float = 90) -> rtc.RemoteParticipant:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for p in self.room.remote_participants.values():
@@ -169,7 +169,7 @@ class User:
     async def say(self, text: str) -> None:
         await self.room.local_participant.send_text(text, topic="lk.chat")
 
-    async def wait_for_reply(self, timeout_s: float = 30) -> str:
+    async def wait_for_reply(self, timeout_s: float = 60) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.replies:

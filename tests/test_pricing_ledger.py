@@ -20,6 +20,8 @@ from agent.ledger import CostLedger
 from agent.pricing import BUNDLED_PRICES, PriceTable, Usage
 from memory.db import Database
 from memory.store import Store
+from vision.change import ChangeDecision
+from vision.content_type import ContentStats, ContentType
 from vision.screen import FrameDecision
 
 
@@ -163,14 +165,22 @@ async def open_ledger(
     return store, ledger
 
 
+def sampled(t: float, kept: bool, reason: str, content: ContentType) -> FrameDecision:
+    stats = ContentStats(laplacian_var=900.0, edge_ratio=0.05, motion=0.01)
+    change = ChangeDecision(t, kept, reason, content, 3, 40, 5, 2, stats)
+    return FrameDecision(t, kept, reason, 1280, 720, change)
+
+
 def record_sample_events(ledger: CostLedger) -> None:
-    ledger.frame(FrameDecision(0.0, True, "sampled", 1280, 720))
+    ledger.frame(sampled(0.0, True, "first", ContentType.CODE))
     ledger.model_call(
         provider="gemini", model="gemini-2.5-flash",
         usage=Usage(input_tokens=1000, cached_input_tokens=2000, output_tokens=500),
         images=1, latency_ms=123.456,
     )
-    ledger.frame(FrameDecision(1.0, True, "sampled", 1280, 720))
+    ledger.frame(sampled(1.0, True, "local_change", ContentType.CODE))
+    ledger.frame(sampled(1.5, False, "noise", ContentType.CODE))
+    ledger.frame(sampled(1.7, False, "video_rate_limit", ContentType.VIDEO))
     ledger.frame(FrameDecision(2.0, False, "invalid", 0, 0))
     ledger.model_call(
         provider="gemini", model="gemini-2.5-flash-001",
@@ -202,13 +212,18 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
     assert ledger.path == settings.costs_dir / "sess_ledger_1.jsonl"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["kind"] for e in events] == [
-        "frame", "model_call", "frame", "frame", "model_call", "model_call", "model_error",
-        "frame", "summary",
+        "frame", "model_call", "frame", "frame", "frame", "frame", "model_call", "model_call",
+        "model_error", "frame", "summary",
     ]
     assert all(e["session_id"] == "sess_ledger_1" and e["tenant"] == "acme" for e in events)
     assert events[1]["cost_usd"] == pytest.approx(0.0017, abs=1e-12)
     assert events[1]["images"] == 1 and events[1]["latency_ms"] == 123.5
-    assert events[6]["detail"]["error"].endswith("HTTP 500: boom")
+    assert events[8]["detail"]["error"].endswith("HTTP 500: boom")
+    assert events[3]["detail"] == {
+        "t": 1.5, "kept": False, "reason": "noise", "content_type": "code", "phash_distance": 3,
+        "changed_px": 40, "changed_tiles": 5, "noise_px": 2, "motion": 0.01,
+        "laplacian_var": 900.0, "edge_ratio": 0.05, "width": 1280, "height": 720,
+    }
     assert events[-1]["detail"] == json.loads(json.dumps(summary))
 
     # summary totals
@@ -224,7 +239,12 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
         summary["total_cost_usd"], abs=1e-7)
     # an invalid frame never takes a sampling slot, so it is dropped but not "sampled"
     assert summary["frames"] == {
-        "received": 17, "sampled": 2, "kept": 2, "dropped": {"invalid": 2},
+        "received": 17, "sampled": 4, "kept": 2,
+        "dropped": {"noise": 1, "video_rate_limit": 1, "invalid": 2},
+        "by_content_type": {
+            "code": {"sampled": 3, "kept": 2, "dropped": 1},
+            "video": {"sampled": 1, "kept": 0, "dropped": 1},
+        },
     }
     assert summary["unpriced_models"] == []
     assert summary["db_spilled_events"] == 0
@@ -315,7 +335,7 @@ async def test_cli_costs_lists_and_shows_the_session(
     assert shown["id"] == "sess_cli_1"
     assert shown["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
     assert shown["summary"]["total_cost_usd"] == summary["total_cost_usd"]
-    assert [e["seq"] for e in shown["events"]] == list(range(1, 9))
+    assert [e["seq"] for e in shown["events"]] == list(range(1, 11))
 
     code, out, err = await run_cli("costs", "sess_cli_1", env=env)
     assert code == 0, err

@@ -90,8 +90,10 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert summary["tenant"] == "demo" and summary["source"] == "replay"
     assert summary["frames"]["received"] == 400
     assert abs(summary["frames"]["sampled"] - 40) <= 1
-    assert summary["frames"]["kept"] == summary["frames"]["sampled"]
-    assert summary["frames"]["dropped"] == {}
+    frames = summary["frames"]
+    assert 0 < frames["kept"] < frames["sampled"]
+    assert frames["kept"] + sum(frames["dropped"].values()) == frames["sampled"]
+    assert sum(c["sampled"] for c in frames["by_content_type"].values()) == frames["sampled"]
     flash = summary["by_model"]["gemini-2.5-flash"]
     assert flash["calls"] == 3 and flash["errors"] == 0 and flash["images"] == 3
     assert summary["total_cost_usd"] > 0
@@ -103,7 +105,12 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert len(calls) == 3
     assert all(c["images"] == 1 and c["model"] == "gemini-2.5-flash" for c in calls)
     assert all(c["input_tokens"] > 258 and c["output_tokens"] > 0 for c in calls)
-    assert sum(e["kind"] == "frame" for e in events) == summary["frames"]["sampled"]
+    logged = [e["detail"] for e in events if e["kind"] == "frame"]
+    assert len(logged) == frames["sampled"]
+    assert sum(d["kept"] for d in logged) == frames["kept"]
+    assert logged[0]["reason"] == "first" and logged[0]["kept"]
+    assert all(d["content_type"] in {"code", "ui", "docs", "video"} for d in logged)
+    assert all(isinstance(d["phash_distance"], int) and d["changed_px"] >= 0 for d in logged)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["kind"] == "summary"
     assert sum(c["cost_usd"] for c in calls) == pytest.approx(summary["total_cost_usd"])

@@ -135,19 +135,32 @@ def watcher(fps: float = 1.0) -> tuple[ScreenWatcher, list[FrameDecision]]:
     return ScreenWatcher(FrameSampler(fps), decisions.append), decisions
 
 
-def test_watcher_keeps_the_latest_sampled_frame() -> None:
+def test_watcher_keeps_the_latest_kept_frame() -> None:
     screen, decisions = watcher()
-    frames = [(i / 10, i420(64, 48, fill=i)) for i in range(25)]
+    # the screen changes once a second (fill 0, 100, 200), plus one luma level per tenth
+    frames = [(i / 10, i420(64, 48, fill=100 * (i // 10) + i % 10)) for i in range(25)]
     for t, frame in frames:
         screen.offer(t, frame)
     assert screen.frames_received == 25
     assert [d.t for d in decisions] == [0.0, 1.0, 2.0]
-    assert all(d.kept and d.reason == "sampled" for d in decisions)
+    assert [(d.kept, d.reason) for d in decisions] == [
+        (True, "first"), (True, "local_change"), (True, "local_change"),
+    ]
     assert (decisions[0].width, decisions[0].height) == (64, 48)
     assert screen.latest is not None
     assert screen.latest.t == 2.0
-    assert screen.latest.frame.data[0] == 20  # the frame offered at t=2.0, not a later one
+    assert screen.latest.frame.data[0] == 200  # the frame offered at t=2.0, not a later one
     assert screen.stats() == {"received": 25, "sampled": 3}
+
+
+def test_an_unchanged_screen_keeps_its_first_frame() -> None:
+    screen, decisions = watcher()
+    for i in range(50):
+        screen.offer(i / 10, i420(64, 48, fill=90 + i % 3))  # codec-like wobble only
+    assert [(d.kept, d.reason) for d in decisions] == [(True, "first")] + [
+        (False, "no_change")
+    ] * 4
+    assert screen.latest is not None and screen.latest.t == 0.0
 
 
 @pytest.mark.parametrize(
@@ -173,7 +186,7 @@ def test_invalid_frame_is_dropped_and_never_latest(bad: Callable[[], rtc.VideoFr
     assert screen.offer(2.0, bad()) is None
     assert screen.latest is not None and screen.latest.t == 1.0
     assert [(d.kept, d.reason) for d in decisions] == [
-        (False, "invalid"), (True, "sampled"), (False, "invalid"),
+        (False, "invalid"), (True, "first"), (False, "invalid"),
     ]
 
 
@@ -257,8 +270,12 @@ def test_demo_video_through_the_watcher_samples_40_frames() -> None:
     for t, frame in iter_frames(DEMO_VIDEO):
         screen.offer(t, frame)
     assert screen.frames_received == 400
-    assert len(decisions) == 40 and all(d.kept for d in decisions)
+    assert len(decisions) == 40
+    kept = [d for d in decisions if d.kept]
+    assert kept[0].reason == "first" and 0 < len(kept) < 40
+    assert {d.reason for d in decisions if not d.kept} <= {"no_change", "noise", "small_change"}
     assert screen.latest is not None and screen.latest.size == (1280, 720)
+    assert screen.latest.t == kept[-1].t
 
 
 def test_garbage_file_is_unreadable(tmp_path: Path) -> None:
@@ -288,4 +305,4 @@ def test_an_invalid_frame_does_not_use_up_the_sampling_slot() -> None:
     assert screen.offer(0.1, broken) is None  # same period: not logged a second time
     kept = screen.offer(0.2, good)
     assert kept is not None and kept.t == 0.2, "the next good frame takes the open slot"
-    assert [(d.kept, d.reason) for d in decisions] == [(False, "invalid"), (True, "sampled")]
+    assert [(d.kept, d.reason) for d in decisions] == [(False, "invalid"), (True, "first")]

@@ -1,0 +1,199 @@
+"""The change detector on drawn 1080p screens: what must be kept, what is noise, and odd input.
+
+Protects: a completed code line, a short pasted line, a toast opening and closing, an app switch
+are kept within the 2 s the evaluation allows; a blinking cursor, a ticking clock and a wandering
+mouse pointer are dropped; video plays at a bounded rate; resolution changes, odd, tiny and huge
+frames and black, white and flashing screens are decided without error; `--set` overrides work
+and bad names are refused; the detector's state does not grow with the session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from synthetic_screen import Desk, flat_frame
+
+from vision.change import ChangeDecision, ChangeDetector, DetectorConfig
+from vision.content_type import ContentType
+from vision.sampler import FrameSampler
+from vision.screen import FrameDecision, ScreenWatcher
+
+BLINK_HALF_PERIOD = 0.53  # a typical text cursor: 530 ms on, 530 ms off
+
+
+def play(
+    seconds: int, step: Callable[[Desk, float], None], desk: Desk | None = None
+) -> list[ChangeDecision]:
+    """One frame per second through a live screen watcher; `step` changes the desk first."""
+    desk = desk or Desk()
+    decisions: list[FrameDecision] = []
+    watcher = ScreenWatcher(FrameSampler(1.0), decisions.append)
+    for second in range(seconds):
+        t = float(second)
+        desk.cursor_on = (t % (2 * BLINK_HALF_PERIOD)) < BLINK_HALF_PERIOD
+        desk.clock_s = second
+        step(desk, t)
+        watcher.offer(t, desk.frame())
+    assert all(d.change is not None for d in decisions)
+    return [d.change for d in decisions if d.change is not None]
+
+
+def kept_times(decisions: list[ChangeDecision]) -> list[float]:
+    return [d.t for d in decisions if d.kept]
+
+
+def caught(decisions: list[ChangeDecision], at: float) -> bool:
+    return any(at <= t <= at + 2.0 for t in kept_times(decisions))
+
+
+def idle(_desk: Desk, _t: float) -> None:
+    pass
+
+
+def test_clock_and_blinking_cursor_alone_are_dropped() -> None:
+    decisions = play(30, idle)
+    assert kept_times(decisions) == [0.0]
+    assert decisions[0].reason == "first"
+    assert {d.reason for d in decisions[1:]} <= {"noise", "no_change"}
+
+
+def test_a_wandering_pointer_is_dropped() -> None:
+    def wander(desk: Desk, t: float) -> None:
+        if 5 <= t < 15:
+            desk.pointer = (900 + int(t - 5) * 37, 600 - int(t - 5) * 11)
+
+    decisions = play(20, wander)
+    assert kept_times(decisions) == [0.0]
+
+
+def test_a_typed_line_is_kept_when_completed() -> None:
+    line = "    total = sum(r.value for r in readings)"
+
+    def type_line(desk: Desk, t: float) -> None:
+        typed = int(max(0.0, t - 5) * 15)  # 15 characters a second from t=5
+        if t >= 5:
+            if len(desk.lines) == len(Desk().lines):
+                desk.lines.append("")
+            desk.lines[-1] = line[:typed]
+
+    decisions = play(16, type_line)
+    done = 5 + len(line) / 15
+    assert caught(decisions, done), kept_times(decisions)
+    assert all(t >= 5 for t in kept_times(decisions)[1:]), "nothing kept before typing began"
+
+
+def test_a_short_pasted_line_is_kept() -> None:
+    def paste(desk: Desk, t: float) -> None:
+        if t == 6:
+            desk.lines.append("    pass")
+
+    decisions = play(12, paste)
+    assert kept_times(decisions) == [0.0, 6.0]
+
+
+def test_a_toast_is_kept_when_it_opens_and_when_it_closes() -> None:
+    def toast(desk: Desk, t: float) -> None:
+        desk.toast = "Build finished: 3 warnings" if 5 <= t < 9 else None
+
+    decisions = play(14, toast)
+    assert kept_times(decisions) == [0.0, 5.0, 9.0]
+
+
+def test_an_app_switch_is_kept_by_phash() -> None:
+    def switch(desk: Desk, t: float) -> None:
+        if t == 4:
+            desk.lines = [f"docs line {i}: " + "lorem ipsum dolor sit amet " * 3 for i in range(40)]
+
+    decisions = play(8, switch)
+    assert kept_times(decisions) == [0.0, 4.0]
+    assert decisions[4].phash_distance > 0 and decisions[4].changed_px > 1000
+
+
+def test_video_is_kept_at_a_bounded_rate() -> None:
+    def video(desk: Desk, t: float) -> None:
+        desk.video_seed = int(t) if 5 <= t < 35 else None
+
+    decisions = play(40, video)
+    during = [d for d in decisions if 5 <= d.t < 35]
+    kept = [d.t for d in during if d.kept]
+    interval = DetectorConfig().video_interval
+    assert any(d.content_type is ContentType.VIDEO for d in during)
+    assert 30 / interval - 2 <= len(kept) <= 30 / interval + 4, kept
+    gaps = [b - a for a, b in itertools.pairwise(kept)]
+    assert max(gaps) <= interval + 1 and min(gaps) >= 1, gaps
+    assert any(d.reason == "video_rate_limit" for d in during)
+    assert caught(decisions, 35.0), "the video ending is a change too"
+
+
+def test_resolution_change_mid_stream_restarts_and_keeps() -> None:
+    detector = ChangeDetector()
+    big, small = Desk(), Desk(width=1280, height=720)
+    assert detector.decide(0.0, big.frame()).reason == "first"
+    assert not detector.decide(1.0, big.frame()).kept
+    switched = detector.decide(2.0, small.frame())
+    assert switched.kept and switched.reason == "resolution_change"
+    assert not detector.decide(3.0, small.frame()).kept
+    assert detector.decide(4.0, big.frame()).reason == "resolution_change"
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(1, 1), (3, 5), (17, 9), (641, 361), (1919, 1079), (3001, 1), (7680, 4320)],
+)
+def test_odd_tiny_and_huge_frames(width: int, height: int) -> None:
+    detector = ChangeDetector()
+    first = detector.decide(0.0, flat_frame(width, height, 40))
+    assert first.kept and first.reason == "first"
+    assert detector.decide(1.0, flat_frame(width, height, 40)).reason == "no_change"
+    changed = detector.decide(2.0, flat_frame(width, height, 200))
+    assert changed.kept
+
+
+@pytest.mark.parametrize("value", [0, 255])
+def test_all_black_and_all_white_screens_are_stable(value: int) -> None:
+    detector = ChangeDetector()
+    decisions = [detector.decide(float(t), flat_frame(1920, 1080, value)) for t in range(10)]
+    assert kept_times(decisions) == [0.0]
+    assert decisions[-1].stats.edge_ratio == 0.0
+
+
+def test_a_flashing_screen_is_rate_limited_like_video() -> None:
+    detector = ChangeDetector()
+    frames = [flat_frame(1280, 720, 0), flat_frame(1280, 720, 255)]
+    decisions = [detector.decide(float(t), frames[t % 2]) for t in range(30)]
+    kept = kept_times(decisions)
+    assert decisions[-1].content_type is ContentType.VIDEO
+    assert len(kept) <= 30 / DetectorConfig().video_interval + 4, kept
+
+
+def test_settings_override_by_name_and_refuse_unknown_names() -> None:
+    config = DetectorConfig().with_values(
+        {"pixel_threshold": "30", "video_interval": "5", "video_min_share": "0.5"}
+    )
+    assert config.noise.pixel_threshold == 30
+    assert config.video_interval == 5.0
+    assert config.types.video_min_share == 0.5
+    assert config.settings()["pixel_threshold"] == 30
+    with pytest.raises(ValueError, match="unknown detector setting 'bogus'"):
+        DetectorConfig().with_values({"bogus": "1"})
+    with pytest.raises(ValueError, match="needs a number"):
+        DetectorConfig().with_values({"min_changed_px": "many"})
+    with pytest.raises(ValueError, match="unknown detector setting 'types'"):
+        DetectorConfig().with_values({"types": "1"})
+
+
+def test_detector_state_does_not_grow() -> None:
+    detector = ChangeDetector()
+    desk = Desk()
+    frames = [desk.frame()]
+    desk.toast = "hello"
+    frames.append(desk.frame())
+    sizes = []
+    for t in range(200):
+        detector.decide(float(t), frames[t % 2])
+        sizes.append(sum(
+            v.nbytes for v in vars(detector._tiles).values() if hasattr(v, "nbytes")
+        ))
+    assert sizes[-1] == sizes[10]

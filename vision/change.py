@@ -1,0 +1,212 @@
+"""Is this sampled frame new enough to be worth a vision-model call? Keep it or drop it, and why.
+
+Per frame, on the downscaled luma plane (`vision.luma`):
+1. the content type, stable over three samples (`vision.content_type`);
+2. the pHash distance to the last kept frame, against a threshold chosen by content type;
+3. the local change against the last kept frame with noise removed (`vision.local_change`);
+4. for video, a bounded rate: one frame every `video_interval` seconds, never every frame.
+
+Comparing with the last *kept* frame, not the previous sample, lets slow changes accumulate:
+a line typed over several seconds is kept once enough of it differs from what the model saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+from livekit import rtc
+
+from .content_type import (
+    ContentStats,
+    ContentType,
+    StableContentType,
+    TypeThresholds,
+    classify,
+    texture,
+)
+from .local_change import LocalChange, Motion, NoiseLimits, TileTracker
+from .luma import downscale, luma_plane
+from .phash import hamming, phash
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every tunable of the detector; `sightline vision scan --set NAME=VALUE` overrides them."""
+
+    phash_code: int = 10
+    phash_ui: int = 12
+    phash_docs: int = 15
+    phash_video: int = 20
+    min_changed_px: int = 6  # work pixels outside noise, about one short word of text
+    video_interval: float = 3.0  # seconds between kept frames while video plays
+    types: TypeThresholds = field(default_factory=TypeThresholds)
+    noise: NoiseLimits = field(default_factory=NoiseLimits)
+
+    def phash_threshold(self, content: ContentType) -> int:
+        return {
+            ContentType.CODE: self.phash_code,
+            ContentType.UI: self.phash_ui,
+            ContentType.DOCS: self.phash_docs,
+            ContentType.VIDEO: self.phash_video,
+        }[content]
+
+    def with_values(self, values: dict[str, str]) -> DetectorConfig:
+        """A copy with fields set by name (nested ones too: `pixel_threshold`, `video_motion`)."""
+        top: dict[str, object] = {}
+        nested: dict[str, dict[str, object]] = {"types": {}, "noise": {}}
+        for name, raw in values.items():
+            for group, target in (("types", self.types), ("noise", self.noise)):
+                if name in {f.name for f in dataclasses.fields(target)}:
+                    nested[group][name] = _parse_like(getattr(target, name), name, raw)
+                    break
+            else:
+                if name not in {f.name for f in dataclasses.fields(self)} or name in nested:
+                    raise ValueError(f"unknown detector setting {name!r}")
+                top[name] = _parse_like(getattr(self, name), name, raw)
+        return dataclasses.replace(
+            self,
+            types=dataclasses.replace(self.types, **nested["types"]),  # type: ignore[arg-type]
+            noise=dataclasses.replace(self.noise, **nested["noise"]),  # type: ignore[arg-type]
+            **top,  # type: ignore[arg-type]
+        )
+
+    def settings(self) -> dict[str, float]:
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("types", "noise")}
+        return {**flat, **dataclasses.asdict(self.types), **dataclasses.asdict(self.noise)}
+
+
+def _parse_like(current: object, name: str, raw: str) -> int | float:
+    try:
+        return int(raw) if isinstance(current, int) else float(raw)
+    except ValueError:
+        raise ValueError(f"{name} needs a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class ChangeDecision:
+    """One sampled frame's verdict; `reason` says which rule kept or dropped it."""
+
+    t: float
+    kept: bool
+    reason: str
+    content_type: ContentType
+    phash_distance: int
+    changed_px: int
+    changed_tiles: int
+    noise_px: int
+    stats: ContentStats
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "t": round(self.t, 3),
+            "kept": self.kept,
+            "reason": self.reason,
+            "content_type": str(self.content_type),
+            "phash_distance": self.phash_distance,
+            "changed_px": self.changed_px,
+            "changed_tiles": self.changed_tiles,
+            "noise_px": self.noise_px,
+            "motion": round(self.stats.motion, 3),
+            "moving_share": round(self.stats.moving_share, 3),
+            "moving_edge_ratio": round(self.stats.moving_edge_ratio, 4),
+            "laplacian_var": round(self.stats.laplacian_var, 1),
+            "edge_ratio": round(self.stats.edge_ratio, 4),
+        }
+
+
+@dataclass
+class _Kept:
+    work: np.ndarray
+    hash: np.ndarray
+    t: float
+
+
+class ChangeDetector:
+    """Decides per sampled frame; holds only the last kept and previous work images (~130 KB)."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self._types = StableContentType(self.config.types)
+        self._kept: _Kept | None = None
+        self._previous: np.ndarray | None = None
+        self._tiles: TileTracker | None = None
+        self._size: tuple[int, int] | None = None
+
+    def decide(self, t: float, frame: rtc.VideoFrame) -> ChangeDecision:
+        """`frame` must be a checked I420 frame (see `vision.frames.as_i420`)."""
+        work = downscale(luma_plane(frame))
+        size = (frame.width, frame.height)
+        if size != self._size:
+            return self._restart(t, work, size)
+        assert self._tiles is not None and self._kept is not None
+        laplacian_var, edges = texture(work)
+        motion = self._tiles.observe(work, self._previous, edges)
+        self._previous = work
+        stats = _stats(laplacian_var, edges, motion)
+        content = self._types.update(stats)
+        frame_hash = phash(work)
+        distance = hamming(frame_hash, self._kept.hash)
+        if content is ContentType.VIDEO:
+            local, kept, reason = self._video_rule(t, work, stats, motion)
+        else:
+            local = self._tiles.compare(work, self._kept.work)
+            kept, reason = self._rule(content, distance, local)
+        if kept:
+            self._kept = _Kept(work, frame_hash, t)
+        return ChangeDecision(
+            t, kept, reason, content, distance, local.changed_px, local.changed_tiles,
+            local.noise_px, stats,
+        )
+
+    def _rule(self, content: ContentType, distance: int, local: LocalChange) -> tuple[bool, str]:
+        if distance >= self.config.phash_threshold(content):
+            return True, "phash"
+        if local.changed_px >= self.config.min_changed_px:
+            return True, "local_change"
+        if local.changed_px == 0 and local.noise_px == 0:
+            return False, "no_change"
+        return False, "noise" if local.changed_px == 0 else "small_change"
+
+    def _video_rule(
+        self, t: float, work: np.ndarray, stats: ContentStats, motion: Motion
+    ) -> tuple[LocalChange, bool, str]:
+        """While video plays: changes outside its region count as usual; the region itself is
+        kept once per `video_interval`, and as soon as it stops moving."""
+        assert self._tiles is not None and self._kept is not None
+        enough = self.config.min_changed_px
+        outside = self._tiles.compare(work, self._kept.work, ignore=motion.region)
+        if outside.changed_px >= enough:
+            return outside, True, "local_change"
+        whole = self._tiles.compare(work, self._kept.work)
+        if whole.changed_px < enough:
+            return whole, False, "video_rate_limit" if motion.region_share else "no_change"
+        if classify(stats, self.config.types) is not ContentType.VIDEO:
+            return whole, True, "video_ended"  # do not wait three samples for the type to settle
+        if t - self._kept.t >= self.config.video_interval:
+            return whole, True, "video_rate"
+        return whole, False, "video_rate_limit"
+
+    def _restart(self, t: float, work: np.ndarray, size: tuple[int, int]) -> ChangeDecision:
+        """First frame, or the resolution changed: start over from this frame, and keep it."""
+        reason = "first" if self._size is None else "resolution_change"
+        self._size = size
+        self._tiles = TileTracker(work.shape, work.shape[1] / size[0], self.config.noise)
+        self._types.reset()
+        self._previous = work
+        laplacian_var, edges = texture(work)
+        stats = _stats(laplacian_var, edges, None)
+        content = self._types.update(stats)
+        self._kept = _Kept(work, phash(work), t)
+        return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats)
+
+
+def _stats(laplacian_var: float, edges: np.ndarray, motion: Motion | None) -> ContentStats:
+    return ContentStats(
+        laplacian_var=laplacian_var,
+        edge_ratio=float(np.count_nonzero(edges)) / edges.size,
+        motion=motion.share if motion else 0.0,
+        moving_share=motion.region_share if motion else 0.0,
+        moving_edge_ratio=motion.region_edge_ratio if motion else 0.0,
+    )

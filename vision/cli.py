@@ -1,0 +1,122 @@
+"""`sightline vision scan|eval`: run the change detector on recordings, and score it on labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .change import DetectorConfig
+from .evaluation import SYSTEMS, evaluate, find_sessions, format_table
+from .scan import ScanSummary, scan
+
+
+class VisionUsageError(ValueError):
+    """A bad --set, --systems or --split value."""
+
+
+EVAL_SET = Path(__file__).resolve().parents[1] / "fixtures" / "vision_eval" / "sessions"
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 60], got {raw!r}")
+    return value
+
+
+def _setting(raw: str) -> tuple[str, str]:
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {raw!r}")
+    return name.strip(), value.strip()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    vision = sub.add_parser("vision", help="screen change detection: scan a recording, evaluate")
+    commands = vision.add_subparsers(dest="vision_command", required=True)
+    tuning = argparse.ArgumentParser(add_help=False)
+    tuning.add_argument("--fps", type=_positive_float, default=1.0, help="samples per second")
+    tuning.add_argument(
+        "--set", dest="settings", type=_setting, action="append", default=[], metavar="NAME=VALUE",
+        help="override a detector setting (repeatable; `sightline vision settings` lists them)",
+    )
+    tuning.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    commands.add_parser("settings", help="list the detector settings with their defaults")
+    p = commands.add_parser(
+        "scan", parents=[tuning], help="keep/drop decision for every sampled frame of a recording"
+    )
+    p.add_argument("path", type=Path, help="a WebM/MP4 file or a directory of PNG/JPEG frames")
+    p = commands.add_parser(
+        "eval", parents=[tuning], help="recall, reduction and noise vs the reference detectors"
+    )
+    p.add_argument("paths", type=Path, nargs="*", default=[EVAL_SET],
+                   help="*.labels.json files or directories of them (default: the bundled set)")
+    p.add_argument("--split", choices=("dev", "holdout"), help="only sessions of this split")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help=f"comma-separated subset of {','.join(SYSTEMS)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Raises VisionUsageError and the source/label errors, for the caller to print."""
+    config = DetectorConfig()
+    if args.vision_command == "settings":
+        for name, value in config.settings().items():
+            print(f"{name}={value}")
+        return 0
+    try:
+        config = config.with_values(dict(args.settings))
+    except ValueError as exc:
+        raise VisionUsageError(str(exc)) from None
+    if args.vision_command == "scan":
+        return _scan(args, config)
+    return _eval(args, config)
+
+
+def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
+    summary = ScanSummary()
+    for decision in scan(args.path, args.fps, config):
+        summary.add(decision)
+        if args.json:
+            print(json.dumps(decision.as_dict()), flush=False)
+        else:
+            change = decision.change
+            detail = (
+                f"{change.content_type:<6} phash={change.phash_distance:<3} "
+                f"changed={change.changed_px}px/{change.changed_tiles} tiles "
+                f"noise={change.noise_px}px" if change else ""
+            )
+            verdict = "KEEP" if decision.kept else "drop"
+            print(f"{decision.t:8.2f}s  {verdict}  {decision.reason:<17} {detail}")
+    result = summary.as_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['sampled']} sampled, {result['kept']} kept "
+            f"({100 * result['reduction']:.1f}% dropped), {result['invalid']} invalid; "
+            f"dropped by reason {result['dropped']}; by content type {result['by_content_type']}"
+        )
+    return 0
+
+
+def _eval(args: argparse.Namespace, config: DetectorConfig) -> int:
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown or "sightline" not in systems:
+        raise VisionUsageError(f"--systems must include sightline and only name {list(SYSTEMS)}")
+    sessions = [s for s in find_sessions(args.paths) if args.split in (None, s.split)]
+    if not sessions:
+        raise VisionUsageError(f"no {args.split} sessions under {args.paths}")
+    report = evaluate(
+        sessions, config, args.fps, systems,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if not args.json:
+        print(format_table(report))
+    print(json.dumps(report))
+    return 0
