@@ -90,7 +90,9 @@ def test_a_short_pasted_line_is_kept() -> None:
             desk.lines.append("    pass")
 
     decisions = play(12, paste)
-    assert kept_times(decisions) == [0.0, 6.0]
+    # one line appearing may be the start of more (typing, output): kept once it stops growing
+    assert kept_times(decisions) == [0.0, 7.0]
+    assert decisions[6].reason == "typing" and decisions[7].reason == "local_change"
 
 
 def test_a_toast_is_kept_when_it_opens_and_when_it_closes() -> None:

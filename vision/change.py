@@ -40,7 +40,11 @@ class DetectorConfig:
     phash_docs: int = 15
     phash_video: int = 20
     min_changed_px: int = 6  # work pixels outside noise, about one short word of text
-    video_interval: float = 3.0  # seconds between kept frames while video plays
+    video_interval: float = 4.0  # seconds between kept frames while video plays
+    video_outside_px: int = 40  # change beside a playing video that is kept at once (its
+    # player's clock and progress bar move too, so more than `min_changed_px`)
+    typing_max_tiles: int = 40  # a change this small, moving along one line, is typing...
+    typing_max_wait: float = 4.0  # ...kept when the line is done, or after this many seconds
     types: TypeThresholds = field(default_factory=TypeThresholds)
     noise: NoiseLimits = field(default_factory=NoiseLimits)
 
@@ -133,6 +137,7 @@ class ChangeDetector:
         self._previous: np.ndarray | None = None
         self._tiles: TileTracker | None = None
         self._size: tuple[int, int] | None = None
+        self._typing: tuple[tuple[int, int], float] | None = None  # (rows, since)
 
     def decide(self, t: float, frame: rtc.VideoFrame) -> ChangeDecision:
         """`frame` must be a checked I420 frame (see `vision.frames.as_i420`)."""
@@ -152,7 +157,7 @@ class ChangeDetector:
             local, kept, reason = self._video_rule(t, work, stats, motion)
         else:
             local = self._tiles.compare(work, self._kept.work)
-            kept, reason = self._rule(content, distance, local)
+            kept, reason = self._rule(t, content, distance, local, motion)
         if kept:
             self._kept = _Kept(work, frame_hash, t)
         return ChangeDecision(
@@ -160,14 +165,41 @@ class ChangeDetector:
             local.noise_px, stats,
         )
 
-    def _rule(self, content: ContentType, distance: int, local: LocalChange) -> tuple[bool, str]:
+    def _rule(
+        self, t: float, content: ContentType, distance: int, local: LocalChange, motion: Motion
+    ) -> tuple[bool, str]:
+        assert self._kept is not None
+        typing, self._typing = self._typing, None
         if distance >= self.config.phash_threshold(content):
             return True, "phash"
         if local.changed_px >= self.config.min_changed_px:
+            if self._still_typing(t, local, motion.strip, typing):
+                return False, "typing"
             return True, "local_change"
         if local.changed_px == 0 and local.noise_px == 0:
             return False, "no_change"
         return False, "noise" if local.changed_px == 0 else "small_change"
+
+    def _still_typing(
+        self, t: float, local: LocalChange, strip: tuple[int, int] | None,
+        typing: tuple[tuple[int, int], float] | None,
+    ) -> bool:
+        """A small change still growing along one line of text is a line being typed (or
+        output arriving): wait for it to finish, so the kept frame shows the whole line. It is
+        kept once nothing moves, when the activity moves to another line, or after a while."""
+        assert self._tiles is not None
+        small = local.changed_tiles <= min(self.config.typing_max_tiles, self._tiles.count / 20)
+        if strip is None or not small:
+            return False
+        if typing is None:
+            self._typing = (strip, t)
+            return True
+        (first, last), since = typing
+        same_line = strip[0] <= last and first <= strip[1]
+        if same_line and t - since < self.config.typing_max_wait:
+            self._typing = (strip, since)
+            return True
+        return False
 
     def _video_rule(
         self, t: float, work: np.ndarray, stats: ContentStats, motion: Motion
@@ -177,7 +209,7 @@ class ChangeDetector:
         assert self._tiles is not None and self._kept is not None
         enough = self.config.min_changed_px
         outside = self._tiles.compare(work, self._kept.work, ignore=motion.region)
-        if outside.changed_px >= enough:
+        if outside.changed_px >= self.config.video_outside_px:
             return outside, True, "local_change"
         whole = self._tiles.compare(work, self._kept.work)
         if whole.changed_px < enough:

@@ -6,7 +6,8 @@ saying when meaningful changes happened. Every detector sees the same 1 FPS samp
 - event recall: an event is caught when a frame within `CATCH_WINDOW` seconds after it is kept;
 - frame reduction: the share of sampled frames dropped;
 - noise kept: the share of noise frames kept, where a noise frame is a sample outside every
-  event's catch window, every busy interval (typing in progress) and every video segment;
+  event's catch window, every busy interval (typing in progress) and every video segment, and
+  not the first sample (every detector keeps the first frame: it is the screen's starting state);
 - video coverage: the share of samples inside video segments that have a kept frame at most
   `VIDEO_STALE` seconds old; and the video keep rate, the share of those samples kept.
 """
@@ -141,7 +142,7 @@ class Tally:
             if any(event.t - 1e-6 <= k <= event.t + CATCH_WINDOW for k in kept_times):
                 self.caught[event.kind] += 1
         last_kept = float("-inf")
-        for t, k in zip(times, kept, strict=True):
+        for index, (t, k) in enumerate(zip(times, kept, strict=True)):
             self.sampled += 1
             self.kept += k
             last_kept = t if k else last_kept
@@ -149,7 +150,7 @@ class Tally:
                 self.video += 1
                 self.video_kept += k
                 self.video_covered += t - last_kept <= VIDEO_STALE
-            elif not any(s.holds(t) for s in session.busy) and not any(
+            elif index > 0 and not any(s.holds(t) for s in session.busy) and not any(
                 e.t - 1e-6 <= t <= e.t + CATCH_WINDOW for e in session.events
             ):
                 self.noise += 1
@@ -254,7 +255,9 @@ def evaluate(
 
 def format_table(report: dict[str, Any]) -> str:
     lines: list[str] = []
-    for split, systems in report["splits"].items():
+    splits = report["splits"]
+    shown = splits if len(splits) > 2 else {"all": splits["all"]}  # one split is "all" again
+    for split, systems in shown.items():
         lines.append(f"\n[{split}]  events={next(iter(systems.values()))['events']}")
         lines.append(f"{'system':<22}{'recall':>8}{'reduction':>11}{'noise kept':>12}"
                      f"{'video cov':>11}{'video keep':>12}{'kept/sampled':>14}")

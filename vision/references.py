@@ -95,7 +95,7 @@ class PhashReference:
         threshold = 10
         if self.adaptive:
             threshold = _REF_THRESHOLDS[self._stable_type(reference_content_type(features))]
-        keep = self._kept is None or features.phash - self._kept >= threshold
+        keep = bool(self._kept is None or features.phash - self._kept >= threshold)
         if keep:
             self._kept = features.phash
         self.decisions.append(keep)

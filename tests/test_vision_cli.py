@@ -1,0 +1,183 @@
+"""`sightline vision scan|eval|settings` as a user runs them, on recordings made in the test.
+
+Protects: scan prints one JSON line per sampled frame (t from the start, kept, content type,
+reason) and a summary last, for a WebM file and for a directory of PNG/JPEG frames; a corrupt
+image in a directory is reported as invalid and the scan goes on; bad paths and settings exit 2
+with one line; eval scores Sightline and every reference on a labelled recording and ends with
+a JSON summary; malformed labels exit 2 naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import run_cli
+from synthetic_screen import Desk
+
+FPS = 2
+
+
+async def sightline(*args: str) -> tuple[int, str, str]:
+    """The offline vision commands need no database, keys or services: a bare environment."""
+    return await run_cli(*args, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                     "HOME": os.environ.get("HOME", "/root")})
+
+
+def desk_at(t: float) -> Desk:
+    """A 720p desk: a toast from 6 s to 10 s, a pasted line at 14 s, the clock ticking."""
+    desk = Desk(width=1280, height=720)
+    desk.clock_s = int(t)
+    desk.cursor_on = (t % 1.06) < 0.53
+    desk.toast = "Deploy finished" if 6 <= t < 10 else None
+    if t >= 14:
+        desk.lines.append("    return summarize(await poll(sensors))")
+    return desk
+
+
+def write_recording(path: Path, seconds: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.bit_rate = 800_000
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for i in range(seconds * FPS):
+            rgb = np.asarray(desk_at(i / FPS).image())
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rec") / "desk.webm"
+    write_recording(path, 20)
+    return path
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+async def test_scan_json_on_a_webm(recording: Path) -> None:
+    code, out, err = await sightline("vision", "scan", str(recording), "--json")
+    assert code == 0, err
+    *frames, summary = json_lines(out)
+    assert [f["t"] for f in frames] == [float(s) for s in range(20)]
+    assert all({"t", "kept", "content_type", "reason"} <= f.keys() for f in frames)
+    assert frames[0]["kept"] and frames[0]["reason"] == "first"
+    kept = [f["t"] for f in frames if f["kept"]]
+    # toast opens at 6 and closes at 10; the pasted line at 14 waits one sample to settle
+    assert kept == [0.0, 6.0, 10.0, 15.0], kept
+    assert summary["summary"] is True
+    assert summary["sampled"] == 20 and summary["kept"] == 4
+    assert summary["reduction"] == pytest.approx(0.8)
+    assert sum(summary["dropped"].values()) == 16
+
+
+async def test_scan_text_output_and_fps(recording: Path) -> None:
+    code, out, err = await sightline("vision", "scan", str(recording), "--fps", "0.5")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 11  # 10 samples two seconds apart, then the summary
+    assert lines[0].split()[:3] == ["0.00s", "KEEP", "first"]
+    assert lines[-1].startswith("10 sampled, ")
+
+
+async def test_scan_a_directory_of_frames_with_a_corrupt_one(tmp_path: Path) -> None:
+    for i in range(8):
+        desk_at(4.0 + i).image().save(tmp_path / f"frame_{i:03d}.png")
+    (tmp_path / "frame_008.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    desk_at(13.0).image().convert("RGB").save(tmp_path / "frame_009.jpg", quality=90)
+    (tmp_path / "notes.txt").write_text("ignored")
+    code, out, err = await sightline("vision", "scan", str(tmp_path), "--json")
+    assert code == 0, err
+    *frames, summary = json_lines(out)
+    assert [f["t"] for f in frames] == [float(i) for i in range(10)]
+    assert frames[8] == {"t": 8.0, "kept": False, "reason": "invalid"}
+    assert [f["t"] for f in frames if f["kept"]] == [0.0, 2.0, 6.0]  # first, toast, toast gone
+    assert summary["invalid"] == 1 and summary["sampled"] == 9
+    assert "unusable frame" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["vision", "scan", "/nope/screen.webm"], "/nope/screen.webm: no such file"),
+        (["vision", "scan", "{rec}", "--set", "bogus=1"], "unknown detector setting 'bogus'"),
+        (["vision", "scan", "{rec}", "--set", "pixel_threshold=x"], "needs a number"),
+        (["vision", "eval", "/nope"], "/nope: no such file or directory"),
+        (["vision", "eval", "{rec}", "--systems", "phash_fixed10"], "must include sightline"),
+    ],
+)
+async def test_bad_input_exits_2_with_one_line(
+    recording: Path, args: list[str], message: str
+) -> None:
+    code, out, err = await sightline(*[a.replace("{rec}", str(recording)) for a in args])
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_settings_lists_every_tunable() -> None:
+    code, out, err = await sightline("vision", "settings")
+    assert code == 0, err
+    names = {line.split("=")[0] for line in out.splitlines()}
+    assert {"pixel_threshold", "video_interval", "phash_code", "video_min_share",
+            "docs_min_laplacian"} <= names
+
+
+def write_labels(path: Path, video: Path, **extra: object) -> Path:
+    labels = {
+        "name": "desk", "split": "dev", "video": video.name, "width": 1280, "height": 720,
+        "fps": FPS, "duration": 20.0,
+        "events": [
+            {"t": 6.0, "kind": "toast_open"}, {"t": 10.0, "kind": "toast_close"},
+            {"t": 14.0, "kind": "code_line"},
+        ],
+        "busy": [], "video_segments": [],
+        "noise": [{"start": 0, "end": 20, "kind": "clock"}],
+        **extra,
+    }
+    path.write_text(json.dumps(labels))
+    return path
+
+
+async def test_eval_scores_sightline_and_every_reference(recording: Path) -> None:
+    labels = write_labels(recording.parent / "desk.labels.json", recording)
+    code, out, err = await sightline("vision", "eval", str(labels))
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    systems = report["splits"]["all"]
+    assert set(systems) == {
+        "sightline", "phash_fixed10", "phash_adaptive", "scenedetect_hash",
+        "scenedetect_content",
+    }
+    ours = systems["sightline"]
+    assert ours["recall"] == 1.0 and ours["missed"] == 0
+    assert ours["per_kind_recall"] == {"code_line": 1.0, "toast_close": 1.0, "toast_open": 1.0}
+    assert ours["reduction"] == pytest.approx(0.8)
+    assert ours["noise_kept"] == 0.0
+    assert report["events"] == 3 and report["sessions"] == 1
+    for name, metrics in systems.items():
+        assert metrics["sampled"] == 20, name
+        assert 0.0 <= metrics["recall"] <= 1.0
+    assert "sightline" in out and "per-kind recall" in out
+
+
+async def test_eval_refuses_malformed_labels(recording: Path, tmp_path: Path) -> None:
+    bad = write_labels(tmp_path / "bad.labels.json", recording,
+                       events=[{"t": 1.0, "kind": "explosion"}])
+    bad.with_name(recording.name).symlink_to(recording)
+    code, _, err = await sightline("vision", "eval", str(bad))
+    assert code == 2 and "unknown event kinds ['explosion']" in err
+    broken = tmp_path / "broken.labels.json"
+    broken.write_text("{not json")
+    code, _, err = await sightline("vision", "eval", str(broken))
+    assert code == 2 and "broken.labels.json: cannot read labels" in err
