@@ -131,6 +131,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("tts", "SIGHTLINE_TTS", _text, None,
         help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
+    _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
+        help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
 )
 
 
@@ -163,6 +165,7 @@ class Settings:
     stt: str | None
     tts: str | None
     health_port: int
+    max_sessions: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -126,10 +126,10 @@ async def _run_turn(
         if ev.type == "message" and ev.item.role == "assistant"
     )
     requests = server.requests[seen:]
-    latest = runtime.screen.latest
+    seen_screen = runtime.screen.freshest
     return ReplayedTurn(
         t=turn.t, tenant=turn.tenant, user=turn.user, text=turn.text, reply=reply,
         origin=turn.response.origin, model_requests=len(requests),
         images_sent=sum(r.image_count for r in requests),
-        screen_t=latest.t if latest else None,
+        screen_t=seen_screen.t if seen_screen else None,
     )

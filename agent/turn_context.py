@@ -70,7 +70,7 @@ class TurnContext:
         )
         if last_user is None:
             return ctx
-        frame = self._screen.latest
+        frame = self._screen.freshest
         if frame is None:
             extra: list[llm.ChatContent] = [
                 CAMERA_ONLY if self._screen.camera_only else NO_SCREEN

@@ -77,11 +77,17 @@ async def run_session(ctx: JobContext) -> None:
 
 
 def build_server(settings: Settings) -> AgentServer:
+    """The LiveKit worker. By default it reports LiveKit's CPU-based load, so a busy machine
+    stops taking jobs; with SIGHTLINE_MAX_SESSIONS it reports its share of that many sessions,
+    for hosts whose CPU is shared with other work (a session needs little: ~1 ms of frame
+    analysis per second)."""
+    limit = settings.max_sessions
     server = AgentServer(
         ws_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
         port=settings.health_port,
+        **({"load_fnc": lambda srv: len(srv.active_jobs) / limit} if limit else {}),
     )
     server.rtc_session(run_session, agent_name=settings.agent_name)
     return server

@@ -96,6 +96,9 @@ def worker(
         "DATABASE_URL": e2e_database_url,
         "SIGHTLINE_DATA_DIR": str(workdir / "data"),
         "SIGHTLINE_HEALTH_PORT": str(free_port()),
+        # the test machine's CPU is shared: count sessions, not CPU, or a busy moment refuses
+        # the dispatch
+        "SIGHTLINE_MAX_SESSIONS": "8",
     }
     proc = start_worker(workdir, env)
     yield proc

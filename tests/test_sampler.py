@@ -161,6 +161,7 @@ def test_an_unchanged_screen_keeps_its_first_frame() -> None:
         (False, "no_change")
     ] * 4
     assert screen.latest is not None and screen.latest.t == 0.0
+    assert screen.freshest is not None and screen.freshest.t == 4.0
 
 
 @pytest.mark.parametrize(
@@ -277,6 +278,9 @@ def test_demo_video_through_the_watcher_samples_40_frames() -> None:
                                                            "typing"}
     assert screen.latest is not None and screen.latest.size == (1280, 720)
     assert screen.latest.t == kept[-1].t
+    assert screen.freshest is not None and screen.freshest.t == decisions[-1].t
+    screen.clear()
+    assert screen.latest is None and screen.freshest is None
 
 
 def test_garbage_file_is_unreadable(tmp_path: Path) -> None:

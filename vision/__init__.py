@@ -1,1 +1,1 @@
-"""Screen frames: decoding sources, 1 FPS sampling by timestamps, the latest-kept screen state."""
+"""Screen frames: sources, 1 FPS sampling by timestamps, change detection, the screen state."""

@@ -1,7 +1,9 @@
-"""The screen as the agent knows it: frames come in, the sampler picks one per period, the change
-detector keeps it only when the screen really changed, and the latest kept frame is what the next
-turn looks at. Every decision goes to `on_decision` (the cost ledger), so a session's log says how
-many frames arrived, were sampled and were kept, and why each was dropped.
+"""The screen as the agent knows it: frames come in, the sampler picks one per period, and the
+change detector keeps it only when the screen really changed. `latest` is the last kept frame
+(the screen state that changed); `freshest` is the last sampled one, which a user turn looks at,
+so a question asked while a line is still being typed sees the line. Every decision goes to
+`on_decision` (the cost ledger): a session's log says how many frames arrived, were sampled and
+were kept, and why each was dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ScreenWatcher:
         self._detector = detector or ChangeDetector()
         self._on_decision = on_decision
         self.latest: SampledFrame | None = None
+        self.freshest: SampledFrame | None = None
         self.frames_received = 0
         self.camera_only = False
         self._last_invalid_t: float | None = None
@@ -70,10 +73,15 @@ class ScreenWatcher:
         self._on_decision(
             FrameDecision(t, change.kept, change.reason, frame.width, frame.height, change)
         )
+        self.freshest = SampledFrame(frame, t)
         if not change.kept:
             return None
-        self.latest = SampledFrame(frame, t)
+        self.latest = self.freshest
         return self.latest
+
+    def clear(self) -> None:
+        """The share ended: nothing on screen to answer from."""
+        self.latest = self.freshest = None
 
     def stats(self) -> dict[str, int]:
         return {"received": self.frames_received, "sampled": self._sampler.sampled}

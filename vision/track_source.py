@@ -59,7 +59,7 @@ class ScreenShareSubscriber:
         task = self._pumps.pop(track.sid, None)
         if task is not None:
             task.cancel()
-            self._screen.latest = None  # the share ended: do not answer from a stale frame
+            self._screen.clear()  # the share ended: do not answer from a stale frame
             log.info("screen share %s ended", track.sid)
 
     async def _pump(self, track: rtc.Track) -> None:
