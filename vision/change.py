@@ -39,12 +39,12 @@ class DetectorConfig:
     phash_ui: int = 12
     phash_docs: int = 15
     phash_video: int = 20
-    min_changed_px: int = 6  # work pixels outside noise, about one short word of text
-    video_interval: float = 4.0  # seconds between kept frames while video plays
+    min_changed_px: int = 10  # work pixels outside noise: one or two characters of text
+    video_interval: float = 5.0  # seconds between kept frames while video plays
     video_outside_px: int = 40  # change beside a playing video that is kept at once (its
     # player's clock and progress bar move too, so more than `min_changed_px`)
     typing_max_tiles: int = 40  # a change this small, moving along one line, is typing...
-    typing_max_wait: float = 4.0  # ...kept when the line is done, or after this many seconds
+    typing_max_wait: float = 8.0  # ...kept when the line is done, or after this many seconds
     types: TypeThresholds = field(default_factory=TypeThresholds)
     noise: NoiseLimits = field(default_factory=NoiseLimits)
 
@@ -153,8 +153,11 @@ class ChangeDetector:
         content = self._types.update(stats)
         frame_hash = phash(work)
         distance = hamming(frame_hash, self._kept.hash)
-        if content is ContentType.VIDEO:
-            local, kept, reason = self._video_rule(t, work, stats, motion)
+        playing = classify(stats, self.config.types) is ContentType.VIDEO
+        # the bounded rate starts with the playing region, itself three samples of motion; the
+        # type (and its pHash threshold) follows the three-sample stability rule
+        if content is ContentType.VIDEO or playing:
+            local, kept, reason = self._video_rule(t, work, motion, playing)
         else:
             local = self._tiles.compare(work, self._kept.work)
             kept, reason = self._rule(t, content, distance, local, motion)
@@ -202,7 +205,7 @@ class ChangeDetector:
         return False
 
     def _video_rule(
-        self, t: float, work: np.ndarray, stats: ContentStats, motion: Motion
+        self, t: float, work: np.ndarray, motion: Motion, playing: bool
     ) -> tuple[LocalChange, bool, str]:
         """While video plays: changes outside its region count as usual; the region itself is
         kept once per `video_interval`, and as soon as it stops moving."""
@@ -214,7 +217,7 @@ class ChangeDetector:
         whole = self._tiles.compare(work, self._kept.work)
         if whole.changed_px < enough:
             return whole, False, "video_rate_limit" if motion.region_share else "no_change"
-        if classify(stats, self.config.types) is not ContentType.VIDEO:
+        if not playing:
             return whole, True, "video_ended"  # do not wait three samples for the type to settle
         if t - self._kept.t >= self.config.video_interval:
             return whole, True, "video_rate"

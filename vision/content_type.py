@@ -46,7 +46,7 @@ class TypeThresholds:
     """Cut-offs on the work image; see the module docstring for why they are not the usual ones."""
 
     video_min_share: float = 0.05  # of the screen, moving in each of the last 3 samples
-    video_max_edge_ratio: float = 0.12  # inside the moving region (scrolling text has more)
+    video_max_edge_ratio: float = 0.18  # inside the moving region (scrolling text: 0.24+)
     text_min_edge_ratio: float = 0.03  # below: sparse static UI
     docs_min_laplacian: float = 1250.0  # above: high-contrast pages of prose (documentation)
 

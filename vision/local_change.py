@@ -7,8 +7,8 @@ removes the noise a screen share is full of:
 - small groups of tiles that keep changing on their own (a ticking clock, a spinner) are
   learned over the last samples and masked out, with their left and right neighbours; a large
   group is content (scrolling output, a video), never masked;
-- changed regions no bigger than a mouse pointer or a text cursor are ignored (a pointer that
-  moves leaves two such blobs; a typed character moves the cursor and leaves a wider one);
+- changed regions no bigger than a mouse pointer or a text cursor, and upright like them, are
+  ignored (a pointer that moves leaves two such blobs; two typed characters are wider than tall);
 - per-pixel differences below a threshold are codec noise (area downscaling already averaged
   each work pixel over about 16 screen pixels, which flattens most of it).
 
@@ -30,9 +30,9 @@ class NoiseLimits:
     pixel_threshold: int = 10  # luma levels after area averaging; the Y plane spans 16-235
     volatile_changes: int = 5  # changes within the last 8 samples that make a tile volatile
     volatile_max_tiles: int = 12  # a larger group of volatile tiles is content, not a widget
-    tiny_width_px: int = 20  # screen pixels: a pointer or a text cursor fits in this box
-    tiny_height_px: int = 32
-    line_height_px: int = 28  # screen pixels: what moved fits one line of text (typing)
+    tiny_width_px: int = 32  # screen pixels: a pointer (also one that moved a little, its two
+    tiny_height_px: int = 64  # positions overlapping) or a text cursor fits in this box
+    line_height_px: int = 40  # screen pixels: what moved fits one line of text (typing)
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class TileTracker:
         # groups the strokes of one word or line of text into one blob
         self._group = np.ones((3, 5), np.uint8)
         self._widen = np.ones((1, 3), np.uint8)  # a clock's minutes sit beside its seconds
+        self._near = np.ones((5, 5), np.uint8)
+        self._along_line = np.ones((1, 7), np.uint8)
 
     def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
         """Marked pixels per tile: an exact 8x area average (the work image is whole tiles)."""
@@ -99,8 +101,12 @@ class TileTracker:
         grown = cv2.dilate(crop.view(np.uint8), self._group)
         _, labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
         width, height = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
-        # pointer-sized, and small next to the screen (on a tiny frame a blob is the content)
-        tiny = (width <= tiny_w) & (height <= tiny_h) & (width * height * 100 <= mask.size)
+        # pointer-sized, small next to the screen (on a tiny frame a blob is the content), and
+        # upright like a pointer or a text cursor: two characters of text are wider than tall
+        upright = height - (rows - 1) >= width - (cols - 1)
+        tiny = (
+            (width <= tiny_w) & (height <= tiny_h) & (width * height * 100 <= mask.size) & upright
+        )
         tiny[0] = False  # label 0 is the background
         if not tiny.any():
             return mask
@@ -122,20 +128,14 @@ class TileTracker:
             strip = self._strip(diff & ~self._pixels(self._widgets))
         self._history = (self._history << 1) | moved.astype(np.uint8)
         counts = np.unpackbits(self._history[..., None], axis=-1).sum(axis=-1)
-        volatile = (counts >= self._limits.volatile_changes).astype(np.uint8)
+        # a clock ticks every sample: three in a row mark it before five of eight would
+        steady = (self._history & 0b111) == 0b111
+        volatile = ((counts >= self._limits.volatile_changes) | steady).astype(np.uint8)
         _, labels, stats, _ = cv2.connectedComponentsWithStats(volatile, connectivity=8)
         small = stats[:, cv2.CC_STAT_AREA] <= self._limits.volatile_max_tiles
         small[0] = False
         self._widgets = cv2.dilate(small[labels].astype(np.uint8), self._widen).astype(bool)
-        # a large area that moved in each of the last three samples is playing, not a widget
-        playing = ((self._history & 0b111) == 0b111).astype(np.uint8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(playing, connectivity=8)
-        large = stats[:, cv2.CC_STAT_AREA] > self._limits.volatile_max_tiles
-        large[0] = False
-        region = np.zeros_like(moved)
-        for x, y, w, h, _ in stats[large]:
-            # a video is a rectangle whose calmer parts do not change every sample
-            region[max(0, y - 1) : y + h + 1, max(0, x - 1) : x + w + 1] = True
+        region = self._playing_region()
         region_tiles = int(np.count_nonzero(region & moved))
         edge_ratio = 0.0
         if region_tiles:
@@ -153,13 +153,40 @@ class TileTracker:
             strip=strip,
         )
 
+    def _playing_region(self) -> np.ndarray:
+        """Tiles of a playing video: a large area that moved in each of the last three samples,
+        widened to the bounding box of everything that moved around it lately (a video's calm
+        parts, like slow clouds over moving hills, change less often)."""
+        playing = ((self._history & 0b111) == 0b111).astype(np.uint8)  # large groups only
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(playing, connectivity=8)
+        large = stats[:, cv2.CC_STAT_AREA] > self._limits.volatile_max_tiles
+        large[0] = False
+        region = np.zeros(playing.shape, bool)
+        if not large.any():
+            return region
+        around = cv2.dilate((self._history != 0).astype(np.uint8), self._near)
+        _, nearby, boxes, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
+        for label in np.unique(nearby[large[labels]]):
+            x, y, w, h, _ = boxes[label]
+            region[y : y + h, x : x + w] = True
+        return region
+
     def _strip(self, moved: np.ndarray) -> tuple[int, int] | None:
-        """The rows (first, last) of what moved, when it all sits on one line of text."""
-        content = self._without_small(moved)
-        rows = np.flatnonzero(content.any(axis=1))
-        if rows.size == 0 or rows[-1] - rows[0] + 1 > self._line_height:
+        """The rows (first, last) of what moved, when most of it is on one line of text. "Most":
+        an editor's "Ln 12, Col 40" and similar small echoes of typing move elsewhere too."""
+        content = self._without_small(moved).view(np.uint8)
+        x, y, w, h = cv2.boundingRect(content)
+        if w == 0:
             return None
-        return int(rows[0]), int(rows[-1])
+        # joined along the line only, so a component's height is the text's own
+        grown = cv2.dilate(content[y : y + h, x : x + w], self._along_line)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        main = 1 + int(np.argmax(areas))
+        top, height = stats[main, cv2.CC_STAT_TOP], stats[main, cv2.CC_STAT_HEIGHT]
+        if areas.max() < 0.4 * areas.sum() or height > self._line_height:
+            return None
+        return int(y + top), int(y + top + height - 1)
 
     def compare(
         self, current: np.ndarray, kept: np.ndarray, ignore: np.ndarray | None = None
