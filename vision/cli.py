@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def _eval(args: argparse.Namespace, config: DetectorConfig) -> int:
     sessions = [s for s in find_sessions(args.paths) if args.split in (None, s.split)]
     if not sessions:
         raise VisionUsageError(f"no {args.split} sessions under {args.paths}")
+    logging.getLogger("pyscenedetect").setLevel(logging.WARNING)  # one INFO line per video
     report = evaluate(
         sessions, config, args.fps, systems,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
