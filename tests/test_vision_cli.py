@@ -100,7 +100,7 @@ async def test_scan_a_directory_of_frames_with_a_corrupt_one(tmp_path: Path) -> 
     assert code == 0, err
     *frames, summary = json_lines(out)
     assert [f["t"] for f in frames] == [float(i) for i in range(10)]
-    assert frames[8] == {"t": 8.0, "kept": False, "reason": "invalid"}
+    assert frames[8] == {"t": 8.0, "kept": False, "reason": "invalid", "content_type": None}
     assert [f["t"] for f in frames if f["kept"]] == [0.0, 2.0, 6.0]  # first, toast, toast gone
     assert summary["invalid"] == 1 and summary["sampled"] == 9
     assert "unusable frame" in err

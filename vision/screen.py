@@ -32,7 +32,8 @@ class FrameDecision:
 
     def as_dict(self) -> dict[str, object]:
         if self.change is None:
-            return {"t": round(self.t, 3), "kept": self.kept, "reason": self.reason}
+            return {"t": round(self.t, 3), "kept": False, "reason": self.reason,
+                    "content_type": None}
         return self.change.as_dict()
 
 
