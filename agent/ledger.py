@@ -56,6 +56,7 @@ class CostLedger:
         )
         self._frames: Counter[str] = Counter()
         self._frame_types: dict[str, Counter[str]] = defaultdict(Counter)
+        self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -120,6 +121,15 @@ class CostLedger:
             detail={**(detail or {}), **({"error": error} if error else {})},
         )
 
+    def turn(self, **detail: Any) -> None:
+        """One user turn of the cascade: where it started and why, each tier tried with its
+        confidence and outcome, and the tier that answered."""
+        answered = detail.get("answered_tier")
+        self._turns["answered_by_tier"][str(answered)] += 1
+        self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
+        self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
+        self._record("turn", cost_usd=0.0, detail=detail)
+
     def frame(self, decision: FrameDecision) -> None:
         """One sampled (or unusable) frame: kept or dropped, why, its content type, distances."""
         self._frames["kept" if decision.kept else f"dropped:{decision.reason}"] += 1
@@ -156,6 +166,7 @@ class CostLedger:
                     for kind, counts in sorted(self._frame_types.items())
                 },
             },
+            "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "unpriced_models": sorted(self._unpriced),
             "prices": str(self.prices.path),
             "cost_log": str(self.path),

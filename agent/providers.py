@@ -1,8 +1,10 @@
 """Model providers behind one small interface: stream the answer to a chat context.
 
-`ChatProvider.stream()` yields text deltas, then one `Usage`. Each adapter uses the provider's own
-SDK (google-genai, anthropic) and LiveKit's converters from `ChatContext` to that provider's
-message format, and turns every SDK failure into a `ProviderError` that says plainly what failed.
+`ChatProvider.stream()` yields text deltas and `Usage` snapshots (the latest one counts; the last
+is final), so a caller that stops reading early still knows what the call cost so far. Each
+adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
+`ChatContext` to that provider's message format, and turns every SDK failure into a
+`ProviderError` that says plainly what failed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ class _ProviderBase:
         return ProviderError(self.name, self.model, "timeout", None, "no answer in time")
 
 
+def _gemini_usage(meta: genai_types.GenerateContentResponseUsageMetadata) -> Usage:
+    cached = meta.cached_content_token_count or 0
+    output = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
+    return Usage(
+        input_tokens=(meta.prompt_token_count or 0) - cached, cached_input_tokens=cached,
+        output_tokens=output,
+    )
+
+
 class GeminiProvider(_ProviderBase):
     name = "gemini"
 
@@ -93,6 +104,7 @@ class GeminiProvider(_ProviderBase):
             async for chunk in chunks:
                 if chunk.usage_metadata is not None:
                     usage_meta = chunk.usage_metadata
+                    yield _gemini_usage(usage_meta)  # so far: a caller may stop reading early
                 for candidate in chunk.candidates or []:
                     for part in (candidate.content.parts if candidate.content else None) or []:
                         if part.text and not part.thought:
@@ -105,17 +117,20 @@ class GeminiProvider(_ProviderBase):
             raise self._timeout() from exc
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             raise ProviderError(self.name, self.model, "connection", None, repr(exc)) from exc
-        cached = (usage_meta.cached_content_token_count or 0) if usage_meta else 0
-        prompt = (usage_meta.prompt_token_count or 0) if usage_meta else 0
-        output = (
-            (usage_meta.candidates_token_count or 0) + (usage_meta.thoughts_token_count or 0)
-            if usage_meta
-            else 0
-        )
-        yield Usage(input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=output)
+        if usage_meta is None:
+            yield Usage()
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+def _claude_usage(u: anthropic.types.Usage) -> Usage:
+    return Usage(
+        input_tokens=u.input_tokens,
+        cached_input_tokens=u.cache_read_input_tokens or 0,
+        cache_write_tokens=u.cache_creation_input_tokens or 0,
+        output_tokens=u.output_tokens,
+    )
 
 
 class ClaudeProvider(_ProviderBase):
@@ -142,6 +157,7 @@ class ClaudeProvider(_ProviderBase):
                 **({"system": system} if system else {}),
             ) as stream:
                 async for text in stream.text_stream:
+                    yield _claude_usage(stream.current_message_snapshot.usage)  # so far
                     yield text
                 final = await stream.get_final_message()
         except anthropic.APITimeoutError as exc:
@@ -155,13 +171,7 @@ class ClaudeProvider(_ProviderBase):
             raise ProviderError(self.name, self.model, "connection", None, str(exc)) from exc
         except TimeoutError as exc:
             raise self._timeout() from exc
-        u = final.usage
-        yield Usage(
-            input_tokens=u.input_tokens,
-            cached_input_tokens=u.cache_read_input_tokens or 0,
-            cache_write_tokens=u.cache_creation_input_tokens or 0,
-            output_tokens=u.output_tokens,
-        )
+        yield _claude_usage(final.usage)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -296,23 +296,28 @@ class ScriptedModelServer:
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"
 
-        def payload(text: str, final: bool) -> dict[str, Any]:
+        def payload(text: str, so_far: str, final: bool) -> dict[str, Any]:
             candidate: dict[str, Any] = {
                 "content": {"role": "model", "parts": [{"text": text}]}, "index": 0,
             }
+            # like the live API, every streamed chunk carries usage (output counted so far)
+            running = {**usage, "candidatesTokenCount": max(1, estimate_text_tokens(so_far))}
+            running["totalTokenCount"] = running["promptTokenCount"] + running[
+                "candidatesTokenCount"]
             chunk: dict[str, Any] = {
                 "candidates": [candidate], "modelVersion": model, "responseId": response_id,
+                "usageMetadata": usage if final else running,
             }
             if final:
                 candidate["finishReason"] = "STOP"
-                chunk["usageMetadata"] = usage
             return chunk
 
         if not stream:
-            return web.json_response(payload(reply.text, final=True))
+            return web.json_response(payload(reply.text, reply.text, final=True))
         chunks = split_chunks(reply.text)
         events = [
-            f"data: {json.dumps(payload(c, i == len(chunks) - 1))}\r\n\r\n".encode()
+            f"data: {json.dumps(payload(c, ''.join(chunks[:i + 1]), i == len(chunks) - 1))}"
+            "\r\n\r\n".encode()
             for i, c in enumerate(chunks)
         ]
         return await self._sse(request, events, reply.chunk_delay_s)

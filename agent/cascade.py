@@ -1,0 +1,313 @@
+"""The model cascade as one LiveKit `llm.LLM`: the cheapest tier that is confident answers.
+
+Each tier is told to open its reply with `[[confidence: 0.NN]]`. The stream is held back until that
+header is read (a few tokens); below the tier's threshold the answer is dropped unseen and the next
+tier is asked within the same turn. The header never reaches the user. A missing or malformed
+header counts as low confidence. The last tier's answer is always used.
+
+Across turns, `EscalationPolicy` starts one tier higher when the user repeats or rephrases the
+question or says the answer did not help, and back at tier 0 when the topic changes or the user
+says it worked. Every turn is recorded in the ledger: tiers tried, confidences, the tier that
+answered and why it started where it did. Provider failures (429, 5xx, timeouts, a broken stream)
+fall through to the next tier after the SDK's bounded retries; if every tier fails the user hears
+one plain sentence and the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from livekit.agents import llm
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+
+from .ledger import CostLedger
+from .model_llm import count_images, failure_sentence
+from .pricing import Usage
+from .providers import ChatProvider, ProviderError
+
+log = logging.getLogger("sightline.cascade")
+
+CONFIDENCE_PROTOCOL = (
+    "Begin every reply with your confidence that it is correct and complete, written exactly as "
+    "[[confidence: 0.NN]] with a number from 0 to 1, then the reply itself. Be honest: a low "
+    "number hands the question to a stronger model."
+)
+_HEADER = re.compile(r"^\s*\[\[\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*\]\]\s*", re.I)
+_HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
+
+
+@dataclass(frozen=True)
+class Tier:
+    provider: str
+    model: str
+    threshold: float
+    max_output_tokens: int
+
+
+@dataclass
+class ConfidenceHeader:
+    """Reads the header off the first streamed text; `feed` returns text that may be spoken."""
+
+    buffer: str = ""
+    done: bool = False
+    confidence: float | None = None
+
+    def feed(self, text: str) -> str:
+        if self.done:
+            return text
+        self.buffer += text
+        match = _HEADER.match(self.buffer)
+        if match:
+            self.done = True
+            self.confidence = min(1.0, max(0.0, float(match.group(1))))
+            return self.buffer[match.end():]
+        compact = re.sub(r"\s+", "", self.buffer).lower()
+        opening = "[[confidence"
+        waiting = opening.startswith(compact) or compact.startswith(opening)
+        if waiting and len(self.buffer) <= _HEADER_MAX_CHARS:
+            return ""
+        self.done = True  # malformed or missing: low confidence; the text is the answer as is
+        return self.buffer
+
+    def finish(self) -> str:
+        """The stream ended while still looking for a header: what was held back."""
+        if self.done:
+            return ""
+        self.done = True
+        return self.buffer
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("the a an is are was to of in on it this that what why how do does i my me "
+                  "you your and or for with can".split())
+_NOT_HELPED = re.compile(
+    r"\b(did ?n[o']?t help|does ?n[o']?t work|not working|still (?:get|see|broken|fail)|"
+    r"same (?:error|problem)|that'?s wrong|that is wrong|try again|no,? that)", re.I)
+_WORKED = re.compile(r"\b(that worked|it worked|works now|fixed it|thanks|thank you|perfect)\b",
+                     re.I)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+@dataclass
+class EscalationPolicy:
+    """Where the next turn starts: one tier above the last answer when the user asks again."""
+
+    tiers: int
+    similar: float = 0.5  # word overlap (Jaccard) that makes a question a rephrase
+    _last_question: str | None = None
+    _last_tier: int = 0
+
+    def start(self, question: str) -> tuple[int, str]:
+        previous, self._last_question = self._last_question, question
+        if previous is None:
+            return 0, "first_turn"
+        if _WORKED.search(question):
+            return 0, "user_confirmed"
+        escalate = min(self._last_tier + 1, self.tiers - 1)
+        if _NOT_HELPED.search(question):
+            return escalate, "answer_did_not_help"
+        a, b = _words(question), _words(previous)
+        if a and b and len(a & b) / len(a | b) >= self.similar:
+            return escalate, "question_repeated"
+        return 0, "new_topic"
+
+    def answered(self, tier: int) -> None:
+        self._last_tier = tier
+
+
+@dataclass
+class TurnRecord:
+    start_tier: int
+    reason: str
+    tried: list[dict[str, Any]] = field(default_factory=list)
+    answered_tier: int | None = None
+
+
+class CascadeLLM(llm.LLM):
+    def __init__(
+        self,
+        tiers: list[Tier],
+        providers: list[ChatProvider],
+        ledger: CostLedger,
+        turn_deadline_s: float,
+    ) -> None:
+        super().__init__()
+        if not tiers or len(tiers) != len(providers):
+            raise ValueError("a cascade needs one provider per tier")
+        self.tiers = tiers
+        self._providers = providers
+        self._ledger = ledger
+        self._deadline_s = turn_deadline_s
+        self.policy = EscalationPolicy(len(tiers))
+
+    @property
+    def model(self) -> str:
+        return "cascade:" + ">".join(t.model for t in self.tiers)
+
+    @property
+    def provider(self) -> str:
+        return "sightline-cascade"
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        **_: Any,
+    ) -> CascadeStream:
+        return CascadeStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+
+    async def aclose(self) -> None:
+        for provider in self._providers:
+            await provider.aclose()
+        await super().aclose()
+
+
+def _last_user_text(chat_ctx: llm.ChatContext) -> str:
+    for item in reversed(chat_ctx.items):
+        if item.type == "message" and item.role == "user":
+            return item.text_content or ""
+    return ""
+
+
+class CascadeStream(llm.LLMStream):
+    _llm: CascadeLLM
+
+    async def _run(self) -> None:
+        owner = self._llm
+        request_id = f"turn_{uuid.uuid4().hex[:12]}"
+        start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
+        record = TurnRecord(start, reason)
+        ctx = self._chat_ctx.copy()
+        ctx.add_message(role="system", content=CONFIDENCE_PROTOCOL)
+        deadline = time.monotonic() + owner._deadline_s
+        usage_total = Usage()
+        last_error: ProviderError | None = None
+        try:
+            for index in range(start, len(owner.tiers)):
+                final = index == len(owner.tiers) - 1
+                outcome, usage, error = await self._try_tier(
+                    index, ctx, request_id, final, deadline, record
+                )
+                usage_total = usage_total + usage
+                if error is not None:
+                    last_error = error
+                if outcome == "answered":
+                    record.answered_tier = index
+                    owner.policy.answered(index)
+                    break
+            else:
+                # every tier failed, or the last one broke before saying anything
+                failed = last_error or ProviderError("cascade", owner.tiers[-1].model,
+                                                     "timeout", None, "no tier answered")
+                self._send(request_id, failure_sentence(failed))
+        finally:
+            owner._ledger.turn(
+                start_tier=record.start_tier, reason=record.reason, tried=record.tried,
+                answered_tier=record.answered_tier,
+                answered_model=(owner.tiers[record.answered_tier].model
+                                if record.answered_tier is not None else None),
+            )
+        self._event_ch.send_nowait(
+            llm.ChatChunk(
+                id=request_id,
+                usage=llm.CompletionUsage(
+                    completion_tokens=usage_total.output_tokens,
+                    prompt_tokens=usage_total.input_tokens + usage_total.cached_input_tokens,
+                    prompt_cached_tokens=usage_total.cached_input_tokens,
+                    cache_creation_tokens=usage_total.cache_write_tokens,
+                    cache_read_tokens=usage_total.cached_input_tokens,
+                    total_tokens=usage_total.input_tokens + usage_total.cached_input_tokens
+                    + usage_total.output_tokens,
+                ),
+            )
+        )
+
+    async def _try_tier(
+        self, index: int, ctx: llm.ChatContext, request_id: str, final: bool, deadline: float,
+        record: TurnRecord,
+    ) -> tuple[str, Usage, ProviderError | None]:
+        """Ask one tier. Returns ("answered" | "low_confidence" | "failed", usage, error)."""
+        owner = self._llm
+        tier, provider = owner.tiers[index], owner._providers[index]
+        header = ConfidenceHeader()
+        usage, spoken, received, error, outcome = Usage(), 0, 0, None, "failed"
+        started = time.perf_counter()
+        first_token_ms: float | None = None
+        try:
+            async with (
+                asyncio.timeout(max(0.1, deadline - time.monotonic())),
+                aclosing(provider.stream(ctx, max_output_tokens=tier.max_output_tokens)) as stream,
+            ):
+                async for item in stream:
+                    if isinstance(item, Usage):
+                        usage = item
+                        continue
+                    if first_token_ms is None:
+                        first_token_ms = (time.perf_counter() - started) * 1000
+                    received += len(item)
+                    text = header.feed(item)
+                    if not header.done:
+                        continue
+                    if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
+                        outcome = "low_confidence"
+                        break  # drop the rest unseen: nothing of this answer is sent
+                    if text:
+                        spoken += len(text)
+                        self._send(request_id, text)
+                else:
+                    rest = header.finish()
+                    if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
+                        outcome = "low_confidence"
+                    else:
+                        if rest:
+                            spoken += len(rest)
+                            self._send(request_id, rest)
+                        outcome = "answered"
+        except ProviderError as exc:
+            error = exc
+        except TimeoutError:
+            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
+        if error is not None:
+            log.warning("tier %d (%s) failed: %s", index, tier.model, error)
+            if spoken:  # part of this answer was already sent: end it plainly
+                self._send(request_id, " … " + failure_sentence(error))
+                outcome = "answered"
+        partial = outcome != "answered" or error is not None
+        if partial:
+            # the stream was left early: bill at least what arrived (~4 characters a token)
+            usage = replace(usage, output_tokens=max(usage.output_tokens, -(-received // 4)))
+        record.tried.append({
+            "tier": index, "model": tier.model, "confidence": header.confidence,
+            "threshold": tier.threshold, "outcome": outcome,
+            **({"error": str(error)} if error else {}),
+        })
+        owner._ledger.model_call(
+            provider=tier.provider, model=tier.model, usage=usage,
+            images=count_images(ctx), latency_ms=(time.perf_counter() - started) * 1000,
+            error=str(error) if error else None,
+            detail={
+                "request_id": request_id, "tier": index, "outcome": outcome,
+                "confidence": header.confidence,
+                "first_token_ms": round(first_token_ms, 1) if first_token_ms else None,
+                "output_chars": spoken,
+                "usage_partial": partial,
+            },
+        )
+        return outcome, usage, error
+
+    def _send(self, request_id: str, content: str) -> None:
+        self._event_ch.send_nowait(
+            llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=content))
+        )

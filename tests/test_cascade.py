@@ -1,0 +1,245 @@
+"""The model cascade through the real google-genai and anthropic SDKs against the local wire-format
+server, with replies scripted per model.
+
+Protects: a low-confidence tier is dropped unseen and the next tier answers in the same turn; a
+missing or malformed header counts as low; the header never reaches the user; the last tier
+always answers; a rephrased question or "that didn't help" starts one tier higher, "it worked"
+and a new topic start at tier 0; a failing tier (HTTP 500, 429, timeout) falls through, and when
+every tier fails the user gets one sentence; every tier's call and the turn are in the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from livekit.agents import llm
+
+from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
+from agent.ledger import CostLedger
+from agent.pricing import PriceTable
+from agent.providers import ClaudeProvider, GeminiProvider
+from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+
+TIERS = [
+    Tier("gemini", "gemini-2.5-flash-lite", 0.7, 256),
+    Tier("gemini", "gemini-2.5-flash", 0.6, 256),
+    Tier("anthropic", "claude-sonnet-4-6", 0.0, 256),
+]
+Script = dict[str, list[ScriptedReply]]
+
+
+class PerModel:
+    """Replies by model name, in order; the last one repeats."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.asked: list[str] = []
+
+    def __call__(self, request: CapturedRequest) -> ScriptedReply:
+        self.asked.append(request.model)
+        replies = self.script[request.model]
+        served = self.asked.count(request.model) - 1
+        return replies[min(served, len(replies) - 1)]
+
+
+Make = Callable[..., Awaitable[tuple[CascadeLLM, PerModel]]]
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Make]:
+    """Builds cascades on their own scripted server; closes everything afterwards."""
+    servers: list[ScriptedModelServer] = []
+    models: list[CascadeLLM] = []
+
+    async def build(script: Script, deadline_s: float = 20.0) -> tuple[CascadeLLM, PerModel]:
+        replies = PerModel(script)
+        server = ScriptedModelServer(replies=replies)
+        await server.start()
+        servers.append(server)
+        ledger = CostLedger(
+            session_id=f"sess_cascade_{len(servers)}", tenant="acme", source="test",
+            costs_dir=tmp_path, prices=PriceTable.load(), store=None,
+        )
+        providers = [
+            (GeminiProvider if t.provider == "gemini" else ClaudeProvider)(
+                api_key="test-key", model=t.model, base_url=server.base_url,
+                timeout_s=2.0, retries=0,
+            )
+            for t in TIERS
+        ]
+        model = CascadeLLM(TIERS, providers, ledger, deadline_s)  # type: ignore[arg-type]
+        models.append(model)
+        return model, replies
+
+    yield build
+    for model in models:
+        await model.aclose()
+    for server in servers:
+        await server.stop()
+
+
+async def ask(model: CascadeLLM, ctx: llm.ChatContext, question: str) -> str:
+    ctx.add_message(role="user", content=question)
+    parts: list[str] = []
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                parts.append(chunk.delta.content)
+    answer = "".join(parts)
+    ctx.add_message(role="assistant", content=answer)
+    return answer
+
+
+def turns(model: CascadeLLM) -> list[dict]:
+    lines = model._ledger.path.read_text().splitlines()
+    return [e["detail"] for e in map(json.loads, lines) if e["kind"] == "turn"]
+
+
+def calls(model: CascadeLLM) -> list[dict]:
+    lines = model._ledger.path.read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["kind"] in ("model_call", "model_error")]
+
+
+def said(text: str, confidence: float | None = None, **kw: float) -> ScriptedReply:
+    header = f"[[confidence: {confidence}]] " if confidence is not None else ""
+    return ScriptedReply(text=header + text, **kw)  # type: ignore[arg-type]
+
+
+LITE, FLASH, CLAUDE = (t.model for t in TIERS)
+
+
+async def test_low_confidence_escalates_within_the_turn_and_nothing_of_it_is_sent(
+    make: Make,
+) -> None:
+    model, replies = await make({
+        LITE: [said("I think it is maybe the cache, not sure at all.", 0.3)],
+        FLASH: [said("The error is a missing import of asyncio on line 3.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "Why does this error show up?")
+    assert answer == "The error is a missing import of asyncio on line 3."
+    assert "cache" not in answer and "[[" not in answer
+    assert replies.asked == [LITE, FLASH]
+    (turn,) = turns(model)
+    assert turn["start_tier"] == 0 and turn["reason"] == "first_turn"
+    assert [(t["model"], t["confidence"], t["outcome"]) for t in turn["tried"]] == [
+        (LITE, 0.3, "low_confidence"), (FLASH, 0.9, "answered"),
+    ]
+    assert turn["answered_tier"] == 1 and turn["answered_model"] == FLASH
+    assert [c["model"] for c in calls(model)] == [LITE, FLASH]
+    assert all(c["output_tokens"] > 0 for c in calls(model))
+
+
+@pytest.mark.parametrize(
+    "opening",
+    ["The answer is 42.", "[[confidence: high]] The answer is 42.", "[[conf 0.9]] 42", ""],
+    ids=["missing", "not-a-number", "garbled", "empty"],
+)
+async def test_missing_or_malformed_confidence_counts_as_low(make: Make, opening: str) -> None:
+    model, replies = await make({
+        LITE: [ScriptedReply(text=opening)],
+        FLASH: [said("Line 12 raises KeyError: 'user'.", 0.8)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "What does line 12 raise?")
+    assert answer == "Line 12 raises KeyError: 'user'."
+    assert replies.asked == [LITE, FLASH]
+    assert turns(model)[0]["tried"][0]["outcome"] == "low_confidence"
+
+
+async def test_the_last_tier_always_answers_even_unsure_or_without_header(make: Make) -> None:
+    model, replies = await make({
+        LITE: [said("no idea", 0.1)],
+        FLASH: [said("hmm", 0.2)],
+        CLAUDE: [ScriptedReply(text="It is the version mismatch shown in the footer.")],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "What is wrong?")
+    assert answer == "It is the version mismatch shown in the footer."
+    assert replies.asked == [LITE, FLASH, CLAUDE]
+    assert turns(model)[0]["answered_tier"] == 2
+
+
+async def test_a_rephrased_question_starts_one_tier_higher_and_resets_on_success(
+    make: Make,
+) -> None:
+    model, replies = await make({
+        LITE: [said("Restart the server.", 0.9)],
+        FLASH: [said("Set PYTHONPATH to the repo root.", 0.9)],
+        CLAUDE: [said("Install the package in editable mode.", 0.9)],
+    })
+    ctx = llm.ChatContext.empty()
+    await ask(model, ctx, "Why does the import of sightline fail in my terminal?")
+    await ask(model, ctx, "why does the sightline import fail in the terminal")
+    await ask(model, ctx, "That didn't help, it still fails.")
+    await ask(model, ctx, "That worked, thanks!")
+    await ask(model, ctx, "What does the clock in the corner say?")
+    started = [(t["start_tier"], t["reason"]) for t in turns(model)]
+    assert started == [
+        (0, "first_turn"), (1, "question_repeated"), (2, "answer_did_not_help"),
+        (0, "user_confirmed"), (0, "new_topic"),
+    ]
+    assert replies.asked == [LITE, FLASH, CLAUDE, LITE, LITE]
+
+
+@pytest.mark.parametrize("status", [500, 429, 503])
+async def test_a_failing_tier_falls_through_to_the_next(make: Make, status: int) -> None:
+    model, replies = await make({
+        LITE: [ScriptedReply(status=status, text="boom")],
+        FLASH: [said("The test on line 40 fails on a missing fixture.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "Which test fails?")
+    assert answer == "The test on line 40 fails on a missing fixture."
+    tried = turns(model)[0]["tried"]
+    assert tried[0]["outcome"] == "failed" and f"HTTP {status}" in tried[0]["error"]
+    assert [c["kind"] for c in calls(model)] == ["model_error", "model_call"]
+    assert replies.asked == [LITE, FLASH]
+
+
+async def test_a_slow_tier_times_out_and_the_next_answers(make: Make) -> None:
+    model, _ = await make({
+        LITE: [said("too late", 0.9, delay_s=5.0)],
+        FLASH: [said("On time.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "Quick question?")
+    assert answer == "On time."
+    assert turns(model)[0]["tried"][0]["error"].endswith("no answer in time")
+
+
+async def test_every_tier_failing_gives_one_sentence_and_the_next_turn_works(make: Make) -> None:
+    model, _ = await make({
+        LITE: [ScriptedReply(status=500), said("Back again.", 0.9)],
+        FLASH: [ScriptedReply(status=500)],
+        CLAUDE: [ScriptedReply(status=529)],
+    })
+    ctx = llm.ChatContext.empty()
+    answer = await ask(model, ctx, "Anything?")
+    assert answer.startswith("Sorry, the model (claude-sonnet-4-6)")
+    assert turns(model)[0]["answered_tier"] is None
+    assert len(calls(model)) == 3 and all(c["kind"] == "model_error" for c in calls(model))
+    assert await ask(model, ctx, "Now what is on screen?") == "Back again."
+
+
+def test_header_is_read_across_chunks() -> None:
+    header = ConfidenceHeader()
+    assert header.feed("  [[conf") == ""
+    assert header.feed("idence: 0.") == ""
+    assert header.feed("85]] The ") == "The "
+    assert header.confidence == 0.85 and header.done
+    assert header.feed("rest") == "rest"
+    plain = ConfidenceHeader()
+    assert plain.feed("Plain answer") == "Plain answer"
+    assert plain.done and plain.confidence is None
+    clipped = ConfidenceHeader()
+    assert clipped.feed("[[confidence: 7]] x") == "x" and clipped.confidence == 1.0
+
+
+def test_policy_caps_at_the_top_tier() -> None:
+    policy = EscalationPolicy(tiers=2)
+    assert policy.start("why is the build red") == (0, "first_turn")
+    policy.answered(1)
+    assert policy.start("why is the build red?") == (1, "question_repeated")
