@@ -28,7 +28,6 @@ from livekit.agents import llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from .ledger import CostLedger
-from .model_llm import count_images, failure_sentence
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -41,6 +40,26 @@ CONFIDENCE_PROTOCOL = (
 )
 _HEADER = re.compile(r"^\s*\[\[\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*\]\]\s*", re.I)
 _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
+
+
+def failure_sentence(err: ProviderError) -> str:
+    """What the user hears when the model failed: short, plain, and true."""
+    what = {
+        "timeout": "took too long to answer",
+        "rate_limited": "is rate-limiting us right now",
+        "server_error": "had an internal error",
+        "connection": "could not be reached",
+    }.get(err.kind, "rejected the request")
+    return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."
+
+
+def count_images(chat_ctx: llm.ChatContext) -> int:
+    return sum(
+        isinstance(c, llm.ImageContent)
+        for item in chat_ctx.items
+        if item.type == "message"
+        for c in item.content
+    )
 
 
 @dataclass(frozen=True)
@@ -245,66 +264,72 @@ class CascadeStream(llm.LLMStream):
         usage, spoken, received, error, outcome = Usage(), 0, 0, None, "failed"
         started = time.perf_counter()
         first_token_ms: float | None = None
+        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens)
         try:
-            async with (
-                asyncio.timeout(max(0.1, deadline - time.monotonic())),
-                aclosing(provider.stream(ctx, max_output_tokens=tier.max_output_tokens)) as stream,
-            ):
-                async for item in stream:
-                    if isinstance(item, Usage):
-                        usage = item
-                        continue
-                    if first_token_ms is None:
-                        first_token_ms = (time.perf_counter() - started) * 1000
-                    received += len(item)
-                    text = header.feed(item)
-                    if not header.done:
-                        continue
-                    if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
-                        outcome = "low_confidence"
-                        break  # drop the rest unseen: nothing of this answer is sent
-                    if text:
-                        spoken += len(text)
-                        self._send(request_id, text)
-                else:
-                    rest = header.finish()
-                    if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
-                        outcome = "low_confidence"
+            try:
+                async with (
+                    asyncio.timeout(max(0.1, deadline - time.monotonic())),
+                    aclosing(reply) as stream,
+                ):
+                    async for item in stream:
+                        if isinstance(item, Usage):
+                            usage = item
+                            continue
+                        if first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - started) * 1000
+                        received += len(item)
+                        text = header.feed(item)
+                        if not header.done:
+                            continue
+                        if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
+                            outcome = "low_confidence"
+                            break  # drop the rest unseen: nothing of this answer is sent
+                        if text:
+                            spoken += len(text)
+                            self._send(request_id, text)
                     else:
-                        if rest:
-                            spoken += len(rest)
-                            self._send(request_id, rest)
-                        outcome = "answered"
-        except ProviderError as exc:
-            error = exc
-        except TimeoutError:
-            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
-        if error is not None:
-            log.warning("tier %d (%s) failed: %s", index, tier.model, error)
-            if spoken:  # part of this answer was already sent: end it plainly
-                self._send(request_id, " … " + failure_sentence(error))
-                outcome = "answered"
-        partial = outcome != "answered" or error is not None
-        if partial:
-            # the stream was left early: bill at least what arrived (~4 characters a token)
-            usage = replace(usage, output_tokens=max(usage.output_tokens, -(-received // 4)))
-        record.tried.append({
-            "tier": index, "model": tier.model, "confidence": header.confidence,
-            "threshold": tier.threshold, "outcome": outcome,
-            **({"error": str(error)} if error else {}),
-        })
-        owner._ledger.model_call(
-            provider=tier.provider, model=tier.model, usage=usage,
-            images=count_images(ctx), latency_ms=(time.perf_counter() - started) * 1000,
-            error=str(error) if error else None,
-            detail={
-                "request_id": request_id, "tier": index, "outcome": outcome,
-                "confidence": header.confidence,
-                "first_token_ms": round(first_token_ms, 1) if first_token_ms else None,
-                "output_chars": spoken,
-                "usage_partial": partial,
-            },
-        )
+                        rest = header.finish()
+                        if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
+                            outcome = "low_confidence"
+                        else:
+                            if rest:
+                                spoken += len(rest)
+                                self._send(request_id, rest)
+                            outcome = "answered"
+            except ProviderError as exc:
+                error = exc
+            except TimeoutError:
+                error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
+            except asyncio.CancelledError:
+                outcome = "cancelled"  # the user interrupted or left: the call is still billed
+                raise
+            if error is not None:
+                log.warning("tier %d (%s) failed: %s", index, tier.model, error)
+                if spoken:  # part of this answer was already sent: end it plainly
+                    self._send(request_id, " … " + failure_sentence(error))
+                    outcome = "answered"
+        finally:
+            partial = outcome != "answered" or error is not None
+            if partial:
+                # the stream was left early: bill at least what arrived (~4 characters a token)
+                usage = replace(usage, output_tokens=max(usage.output_tokens, -(-received // 4)))
+            record.tried.append({
+                "tier": index, "model": tier.model, "confidence": header.confidence,
+                "threshold": tier.threshold, "outcome": outcome,
+                **({"error": str(error)} if error else {}),
+            })
+            owner._ledger.model_call(
+                provider=tier.provider, model=tier.model, usage=usage,
+                images=count_images(ctx), latency_ms=(time.perf_counter() - started) * 1000,
+                error=str(error) if error else ("cancelled" if outcome == "cancelled" else None),
+                detail={
+                    "request_id": request_id, "tier": index, "outcome": outcome,
+                    "confidence": header.confidence,
+                    "first_token_ms": round(first_token_ms, 1) if first_token_ms else None,
+                    "output_chars": spoken,
+                    "usage_partial": partial,
+                },
+            )
         return outcome, usage, error
 
     def _send(self, request_id: str, content: str) -> None:

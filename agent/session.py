@@ -21,9 +21,9 @@ from memory.store import Store
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
+from .cascade import CascadeLLM, Tier
 from .config import Settings
 from .ledger import CostLedger
-from .model_llm import ProviderLLM
 from .pricing import PriceTable
 from .providers import ChatProvider
 from .sightline_agent import SightlineAgent
@@ -44,7 +44,7 @@ class SessionRuntime:
     settings: Settings
     ledger: CostLedger
     screen: ScreenWatcher
-    model: ProviderLLM
+    model: CascadeLLM
     agent: SightlineAgent
     conversation: ConversationLog
     store: Store | None
@@ -77,7 +77,10 @@ class SessionRuntime:
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
         history = await conversation.history(user_id, settings.history_messages)
         agent = SightlineAgent(TurnContext(screen, settings.image_max_px), history)
-        model = ProviderLLM(provider, ledger, settings.max_output_tokens)
+        # one tier until the cascade's tiers are configurable (issue 4): the configured model
+        tier = Tier(provider.name, provider.model, 0.0, settings.max_output_tokens)
+        deadline = settings.model_timeout_s * (settings.model_retries + 1) + 5.0
+        model = CascadeLLM([tier], [provider], ledger, deadline)
         log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",
                  session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,

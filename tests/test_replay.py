@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import DEMO_FIXTURE
 
+from agent.cascade import failure_sentence
 from agent.config import Settings
 from agent.fixture import load_fixture
-from agent.model_llm import failure_sentence
 from agent.providers import ProviderError, make_provider
 from agent.replay import replay
 from agent.scripted_models import ScriptedModelServer, ScriptedReply
@@ -217,7 +217,7 @@ async def test_provider_error_is_one_sentence_and_the_session_continues(
     assert len(errors) == 1
     assert errors[0]["provider"] == provider and errors[0]["model"] == model
     assert "HTTP 500" in errors[0]["detail"]["error"]
-    assert errors[0]["detail"]["outcome"] == "error"
+    assert errors[0]["detail"]["outcome"] == "failed"
     assert [e["kind"] for e in events if e["kind"].startswith("model")] == [
         "model_error", "model_call",
     ]
