@@ -27,6 +27,7 @@ from typing import Any
 from livekit.agents import llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
+from .config import Tier
 from .ledger import CostLedger
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
@@ -60,14 +61,6 @@ def count_images(chat_ctx: llm.ChatContext) -> int:
         if item.type == "message"
         for c in item.content
     )
-
-
-@dataclass(frozen=True)
-class Tier:
-    provider: str
-    model: str
-    threshold: float
-    max_output_tokens: int
 
 
 @dataclass

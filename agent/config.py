@@ -51,6 +51,34 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class Tier:
+    """One model of the cascade: who answers, and how sure it must be to answer alone."""
+
+    provider: str
+    model: str
+    threshold: float
+    max_output_tokens: int
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model}:{self.threshold:g}:{self.max_output_tokens}"
+
+
+def _tiers(raw: str) -> tuple[Tier, ...]:
+    """`provider:model:threshold:max_tokens`, comma-separated, cheapest first."""
+    tiers = []
+    for index, part in enumerate(p.strip() for p in raw.split(",")):
+        fields = [f.strip() for f in part.split(":")]
+        if len(fields) != 4 or not fields[1]:
+            raise ValueError(f"tier {index} must be provider:model:threshold:max_tokens, "
+                             f"got {part!r}")
+        threshold = float(fields[2])
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"tier {index}: threshold must be between 0 and 1")
+        tiers.append(Tier(_provider(fields[0]), fields[1], threshold, _positive_int(fields[3])))
+    return tuple(tiers)
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -131,6 +159,11 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("tts", "SIGHTLINE_TTS", _text, None,
         help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
+    _Field("tiers", "SIGHTLINE_TIERS", _tiers, None,
+        help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: one "
+             "tier, the SIGHTLINE_PROVIDER model"),
+    _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _positive_float, 30.0,
+        help="a turn's time for all its tiers"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
         help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
 )
@@ -165,7 +198,15 @@ class Settings:
     stt: str | None
     tts: str | None
     health_port: int
+    tiers: tuple[Tier, ...] | None
+    turn_deadline_s: float
     max_sessions: int
+
+    def cascade_tiers(self) -> tuple[Tier, ...]:
+        """The configured tiers, or one tier: the SIGHTLINE_PROVIDER model, always answering."""
+        if self.tiers:
+            return self.tiers
+        return (Tier(self.provider, self.model, 0.0, self.max_output_tokens),)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -199,11 +240,12 @@ class Settings:
         for env in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
             if not getattr(self, _by_env(env).name):
                 raise ConfigError(f"{env} is required to run the worker (README: Configuration)")
-        key_env = "GOOGLE_API_KEY" if self.provider == "gemini" else "ANTHROPIC_API_KEY"
-        if not getattr(self, _by_env(key_env).name):
-            raise ConfigError(
-                f"{key_env} is required when SIGHTLINE_PROVIDER={self.provider}"
-            )
+        for index, tier in enumerate(self.cascade_tiers()):
+            key_env = "GOOGLE_API_KEY" if tier.provider == "gemini" else "ANTHROPIC_API_KEY"
+            if not getattr(self, _by_env(key_env).name):
+                where = f"tier {index} ({tier})" if self.tiers else (
+                    f"SIGHTLINE_PROVIDER={self.provider}")
+                raise ConfigError(f"{key_env} is required by {where}")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -217,6 +259,8 @@ class Settings:
                 shown = "(unset)"
             elif field.secret:
                 shown = mask_secret(str(value), url=field.env == "DATABASE_URL")
+            elif isinstance(value, tuple):
+                shown = ",".join(map(str, value))
             else:
                 shown = str(value)
             rows.append((field.env, shown, field.help))

@@ -20,7 +20,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from livekit.agents import llm
 
-from .config import Settings
+from .config import Settings, Tier
 from .pricing import Usage
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
@@ -177,15 +177,15 @@ class ClaudeProvider(_ProviderBase):
         await self._client.close()
 
 
-def make_provider(settings: Settings) -> ChatProvider:
-    """The provider named by SIGHTLINE_PROVIDER, with keys only from the environment."""
+def make_provider(settings: Settings, tier: Tier) -> ChatProvider:
+    """The client for one cascade tier, with keys only from the environment."""
     common = {"timeout_s": settings.model_timeout_s, "retries": settings.model_retries}
-    if settings.provider == "gemini":
+    if tier.provider == "gemini":
         return GeminiProvider(
-            api_key=settings.gemini_api_key or "", model=settings.gemini_model,
+            api_key=settings.gemini_api_key or "", model=tier.model,
             base_url=settings.gemini_base_url, **common,
         )
     return ClaudeProvider(
-        api_key=settings.anthropic_api_key or "", model=settings.claude_model,
+        api_key=settings.anthropic_api_key or "", model=tier.model,
         base_url=settings.anthropic_base_url, **common,
     )

@@ -23,7 +23,6 @@ from vision.video_file import iter_frames
 
 from .config import Settings
 from .fixture import Fixture, FixtureResponse, FixtureTurn
-from .providers import make_provider
 from .scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
 from .session import SessionRuntime
 
@@ -99,7 +98,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
         ]
         for index, ((tenant, user), turns) in enumerate(group_list):
             runtime = await SessionRuntime.open(
-                settings, db, make_provider(settings), tenant=tenant, user_id=user,
+                settings, db, tenant=tenant, user_id=user,
                 source="replay", room=f"replay:{fixture.name}",
             )
             session = runtime.agent_session()

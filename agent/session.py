@@ -21,11 +21,11 @@ from memory.store import Store
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
-from .cascade import CascadeLLM, Tier
+from .cascade import CascadeLLM
 from .config import Settings
 from .ledger import CostLedger
 from .pricing import PriceTable
-from .providers import ChatProvider
+from .providers import make_provider
 from .sightline_agent import SightlineAgent
 from .turn_context import TurnContext
 
@@ -54,7 +54,6 @@ class SessionRuntime:
         cls,
         settings: Settings,
         db: Database | None,
-        provider: ChatProvider,
         *,
         tenant: str,
         user_id: str,
@@ -63,11 +62,12 @@ class SessionRuntime:
         session_id: str | None = None,
     ) -> SessionRuntime:
         session_id = session_id or new_session_id(source)
+        tiers = list(settings.cascade_tiers())
         store = Store(db.pool) if db is not None else None
         if store is not None:
             await store.start_session(
                 session_id, tenant=tenant, user_id=user_id, room=room, source=source,
-                provider=provider.name, model=provider.model,
+                provider=tiers[0].provider, model=",".join(t.model for t in tiers),
             )
         ledger = CostLedger(
             session_id=session_id, tenant=tenant, source=source, costs_dir=settings.costs_dir,
@@ -77,10 +77,8 @@ class SessionRuntime:
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
         history = await conversation.history(user_id, settings.history_messages)
         agent = SightlineAgent(TurnContext(screen, settings.image_max_px), history)
-        # one tier until the cascade's tiers are configurable (issue 4): the configured model
-        tier = Tier(provider.name, provider.model, 0.0, settings.max_output_tokens)
-        deadline = settings.model_timeout_s * (settings.model_retries + 1) + 5.0
-        model = CascadeLLM([tier], [provider], ledger, deadline)
+        providers = [make_provider(settings, tier) for tier in tiers]
+        model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s)
         log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",
                  session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,

@@ -16,7 +16,6 @@ from memory.db import Database, DatabaseUnavailable
 from vision.track_source import ScreenShareSubscriber
 
 from .config import Settings
-from .providers import make_provider
 from .session import SessionRuntime
 
 log = logging.getLogger("sightline.worker")
@@ -46,7 +45,7 @@ async def run_session(ctx: JobContext) -> None:
         db = None
 
     runtime = await SessionRuntime.open(
-        settings, db, make_provider(settings), tenant=tenant, user_id=participant.identity,
+        settings, db, tenant=tenant, user_id=participant.identity,
         source="live", room=ctx.room.name,
     )
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)

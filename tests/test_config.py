@@ -172,7 +172,38 @@ def test_infinite_timeout_is_rejected_at_startup() -> None:
     except ConfigError as exc:
         assert "SIGHTLINE_MODEL_TIMEOUT_S" in str(exc)
         return
-    make_provider(settings)  # if accepted, the value must at least be usable
+    make_provider(settings, settings.cascade_tiers()[0])  # if accepted, it must be usable
+
+
+def test_tiers_parse_and_default_to_the_configured_model() -> None:
+    env = {"GOOGLE_API_KEY": GOOGLE_KEY, "ANTHROPIC_API_KEY": "a-key",
+           "LIVEKIT_URL": "ws://x:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    one = Settings.from_env(env).cascade_tiers()
+    assert [str(t) for t in one] == ["gemini:gemini-2.5-flash:0:512"]
+    spec = ("gemini:gemini-2.5-flash-lite:0.7:256, gemini:gemini-2.5-flash:0.6:512,"
+            "anthropic:claude-sonnet-4-6:0:1024")
+    settings = Settings.from_env({**env, "SIGHTLINE_TIERS": spec})
+    tiers = settings.cascade_tiers()
+    assert [(t.provider, t.model, t.threshold, t.max_output_tokens) for t in tiers] == [
+        ("gemini", "gemini-2.5-flash-lite", 0.7, 256), ("gemini", "gemini-2.5-flash", 0.6, 512),
+        ("anthropic", "claude-sonnet-4-6", 0.0, 1024),
+    ]
+    settings.require_worker()
+    shown = {env_: value for env_, value, _ in settings.describe()}
+    assert shown["SIGHTLINE_TIERS"] == spec.replace(", ", ",")
+    no_claude_key = Settings.from_env({**env, "SIGHTLINE_TIERS": spec, "ANTHROPIC_API_KEY": ""})
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY is required by tier 2"):
+        no_claude_key.require_worker()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["gemini:flash", "openai:gpt:0.5:100", "gemini:flash:1.5:100", "gemini:flash:0.5:0",
+     "gemini::0.5:100", ""],
+)
+def test_bad_tiers_are_refused(spec: str) -> None:
+    with pytest.raises(ConfigError, match="SIGHTLINE_TIERS"):
+        Settings.from_env({"SIGHTLINE_TIERS": spec or ","})
 
 
 def test_gemini_api_key_alias() -> None:

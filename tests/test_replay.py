@@ -19,7 +19,7 @@ from conftest import DEMO_FIXTURE
 from agent.cascade import failure_sentence
 from agent.config import Settings
 from agent.fixture import load_fixture
-from agent.providers import ProviderError, make_provider
+from agent.providers import ProviderError
 from agent.replay import replay
 from agent.scripted_models import ScriptedModelServer, ScriptedReply
 from agent.session import SessionRuntime
@@ -52,7 +52,7 @@ async def drive(
         gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
     )
     runtime = await SessionRuntime.open(
-        settings, db, make_provider(settings), tenant=tenant, user_id=user, source="replay",
+        settings, db, tenant=tenant, user_id=user, source="replay",
     )
     session = runtime.agent_session()
     await session.start(runtime.agent, record=False)
