@@ -187,9 +187,10 @@ class CascadeLLM(llm.LLM):
 
 
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
+    """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
         if item.type == "message" and item.role == "user":
-            return item.text_content or ""
+            return next((c for c in item.content if isinstance(c, str)), "")
     return ""
 
 

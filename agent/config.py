@@ -64,7 +64,7 @@ class Tier:
         return f"{self.provider}:{self.model}:{self.threshold:g}:{self.max_output_tokens}"
 
 
-def _tiers(raw: str) -> tuple[Tier, ...]:
+def parse_tiers(raw: str) -> tuple[Tier, ...]:
     """`provider:model:threshold:max_tokens`, comma-separated, cheapest first."""
     tiers = []
     for index, part in enumerate(p.strip() for p in raw.split(",")):
@@ -159,7 +159,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("tts", "SIGHTLINE_TTS", _text, None,
         help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
-    _Field("tiers", "SIGHTLINE_TIERS", _tiers, None,
+    _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
         help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: one "
              "tier, the SIGHTLINE_PROVIDER model"),
     _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _positive_float, 30.0,

@@ -13,7 +13,7 @@ from typing import Any
 
 from vision.video_file import VideoUnreadable, probe_duration
 
-from .config import PROVIDERS
+from .config import PROVIDERS, Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
 
@@ -23,10 +23,21 @@ class FixtureError(ValueError):
 
 
 @dataclass(frozen=True)
+class TierReply:
+    """What one cascade tier says on a turn: its confidence header and text, or an error."""
+
+    model: str
+    text: str = ""
+    confidence: float | None = None
+    error_status: int | None = None
+
+
+@dataclass(frozen=True)
 class FixtureResponse:
     origin: str
     text: str = ""
     error_status: int | None = None
+    tiers: tuple[TierReply, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class Fixture:
     duration_s: float
     provider: str
     turns: tuple[FixtureTurn, ...]
+    tiers: tuple[Tier, ...] | None = None
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -59,17 +71,41 @@ def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _error_status(raw: dict[str, Any], where: str) -> int:
+    status = raw["error"].get("status") if isinstance(raw["error"], dict) else None
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        raise FixtureError(f"{where}: error.status must be an HTTP error status")
+    return status
+
+
+def _tier_reply(raw: Any, where: str) -> TierReply:
+    if not isinstance(raw, dict):
+        raise FixtureError(f"{where}: must be an object")
+    model = _require(raw, "model", str, where)
+    if "error" in raw:
+        return TierReply(model, error_status=_error_status(raw, where))
+    confidence = raw.get("confidence")
+    if confidence is not None and (
+        isinstance(confidence, bool) or not isinstance(confidence, int | float)
+        or not 0 <= confidence <= 1
+    ):
+        raise FixtureError(f"{where}: confidence must be a number from 0 to 1, or absent")
+    return TierReply(model, _require(raw, "text", str, where), confidence)
+
+
 def _response(raw: Any, where: str) -> FixtureResponse:
     if not isinstance(raw, dict):
         raise FixtureError(f"{where}: field 'response' must be an object")
     origin = _require(raw, "origin", str, where)
     if origin not in ORIGINS:
         raise FixtureError(f"{where}: response.origin must be 'recorded' or 'scripted'")
+    if "tiers" in raw:
+        tiers = _require(raw, "tiers", list, f"{where}.response")
+        return FixtureResponse(origin, tiers=tuple(
+            _tier_reply(t, f"{where}.response.tiers[{i}]") for i, t in enumerate(tiers)
+        ))
     if "error" in raw:
-        status = raw["error"].get("status") if isinstance(raw["error"], dict) else None
-        if not isinstance(status, int) or not 400 <= status <= 599:
-            raise FixtureError(f"{where}: response.error.status must be an HTTP error status")
-        return FixtureResponse(origin, error_status=status)
+        return FixtureResponse(origin, error_status=_error_status(raw, f"{where}.response"))
     return FixtureResponse(origin, text=_require(raw, "text", str, f"{where}.response"))
 
 
@@ -96,6 +132,12 @@ def load_fixture(path: Path) -> Fixture:
     provider = raw.get("provider", "gemini")
     if provider not in PROVIDERS:
         raise FixtureError(f"{where}: provider must be one of {', '.join(PROVIDERS)}")
+    tiers = None
+    if "tiers" in raw:
+        try:
+            tiers = parse_tiers(_require(raw, "tiers", str, where))
+        except ValueError as exc:
+            raise FixtureError(f"{where}: tiers: {exc}") from None
     raw_turns = _require(raw, "turns", list, where)
     if not raw_turns:
         raise FixtureError(f"{where}: 'turns' is empty")
@@ -125,4 +167,5 @@ def load_fixture(path: Path) -> Fixture:
         duration_s=duration,
         provider=provider,
         turns=tuple(turns),
+        tiers=tiers,
     )

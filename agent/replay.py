@@ -38,6 +38,7 @@ class ReplayedTurn:
     model_requests: int
     images_sent: int
     screen_t: float | None
+    models_asked: tuple[str, ...] = ()
 
 
 @dataclass
@@ -70,7 +71,18 @@ class _VideoFeed:
             self._next = None
 
 
-def _scripted(response: FixtureResponse) -> ScriptedReply:
+def _scripted(response: FixtureResponse, model: str) -> ScriptedReply:
+    """The reply for the tier that asked; a tier the turn does not script gets HTTP 503."""
+    if response.tiers:
+        for tier in response.tiers:
+            if tier.model != model:
+                continue
+            if tier.error_status is not None:
+                return ScriptedReply(status=tier.error_status)
+            if tier.confidence is None:
+                return ScriptedReply(text=tier.text)
+            return ScriptedReply(text=f"[[confidence: {tier.confidence}]] {tier.text}")
+        return ScriptedReply(status=503, text=f"the fixture scripts no reply from {model}")
     if response.error_status is not None:
         return ScriptedReply(status=response.error_status)
     return ScriptedReply(text=response.text)
@@ -78,10 +90,10 @@ def _scripted(response: FixtureResponse) -> ScriptedReply:
 
 async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> ReplayResult:
     result = ReplayResult(fixture=fixture.name)
-    current: list[ScriptedReply] = [ScriptedReply()]
+    current: list[FixtureResponse] = [FixtureResponse("scripted")]
 
-    def serve(_request: CapturedRequest) -> ScriptedReply:
-        return current[0]
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        return _scripted(current[0], request.model)
 
     feed = _VideoFeed(iter_frames(fixture.video))
     async with ScriptedModelServer(replies=serve) as server:
@@ -91,6 +103,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             anthropic_api_key="replay-needs-no-key",
             gemini_base_url=server.base_url,
             anthropic_base_url=server.base_url,
+            **({"tiers": fixture.tiers} if fixture.tiers else {}),
         )
         group_list = [
             (key, list(turns))
@@ -105,7 +118,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             await session.start(runtime.agent, record=False)
             for turn in turns:
                 await feed.advance(turn.t, runtime.screen)
-                current[0] = _scripted(turn.response)
+                current[0] = turn.response
                 result.turns.append(await _run_turn(session, server, runtime, turn))
             if index == len(group_list) - 1:
                 await feed.advance(None, runtime.screen)
@@ -131,4 +144,5 @@ async def _run_turn(
         origin=turn.response.origin, model_requests=len(requests),
         images_sent=sum(r.image_count for r in requests),
         screen_t=seen_screen.t if seen_screen else None,
+        models_asked=tuple(r.model for r in requests),
     )

@@ -127,6 +127,21 @@ def _unsort(s: dict[str, Any]) -> None:
         ),
         pytest.param(_del("response", 0), ["turns[0]", "'response'"], id="missing-response"),
         pytest.param(_set("provider", "openai"), ["provider"], id="bad-provider"),
+        pytest.param(_set("tiers", "gemini:flash"), ["tiers", "tier 0"], id="bad-tiers"),
+        pytest.param(
+            _set("response", {"origin": "scripted", "tiers": [
+                {"model": "gemini-2.5-flash", "confidence": 1.5, "text": "x"}]}, 0),
+            ["turns[0].response.tiers[0]", "confidence"], id="tier-confidence-out-of-range",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted", "tiers": [{"text": "x"}]}, 0),
+            ["tiers[0]", "'model'"], id="tier-without-model",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted", "tiers": [
+                {"model": "m", "error": {"status": 99}}]}, 1),
+            ["tiers[0]", "error.status"], id="tier-bad-error",
+        ),
         pytest.param(_del("video"), ["'video'"], id="missing-video-field"),
         pytest.param(_set("video", "other.webm"), ["other.webm"], id="video-missing"),
     ],

@@ -34,10 +34,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def write_fixture(root: Path, turns: list[dict[str, Any]], provider: str = "gemini") -> Path:
+def write_fixture(
+    root: Path, turns: list[dict[str, Any]], provider: str = "gemini", **extra: Any
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
-    session = {"name": root.name, "video": "screen.webm", "provider": provider, "turns": turns}
+    session = {"name": root.name, "video": "screen.webm", "provider": provider, "turns": turns,
+               **extra}
     (root / "session.json").write_text(json.dumps(session))
     return root
 
@@ -265,3 +268,57 @@ async def test_provider_timeout_is_one_sentence_and_the_session_continues(
         assert summary["by_model"][model]["errors"] == 1
     finally:
         await db.close()
+
+
+CASCADE = ("gemini:gemini-2.5-flash-lite:0.7:256,gemini:gemini-2.5-flash:0.6:256,"
+           "anthropic:claude-sonnet-4-6:0:512")
+
+
+def tiered(*replies: tuple[str, float | None, str]) -> dict[str, Any]:
+    return {"origin": "scripted", "tiers": [
+        {"model": m, "confidence": c, "text": t} for m, c, t in replies
+    ]}
+
+
+async def test_replayed_cascade_logs_the_escalation_path_turn_by_turn(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    root = write_fixture(tmp_path / "cascade", [
+        {"t": 9.0, "tenant": "acme", "user": "u1", "text": "Which pip version is shown?",
+         "response": tiered(("gemini-2.5-flash-lite", 0.35, "Maybe pip 22?"),
+                            ("gemini-2.5-flash", 0.9, "pip 23.2.1, for Python 3.11."))},
+        {"t": 12.0, "tenant": "acme", "user": "u1", "text": "which version of pip is shown",
+         "response": tiered(("claude-sonnet-4-6", None, "It is pip 23.2.1 from the venv."))},
+        {"t": 20.0, "tenant": "acme", "user": "u1", "text": "What does the clock show?",
+         "response": tiered(("gemini-2.5-flash-lite", 0.95, "It shows 14:05."))},
+    ], tiers=CASCADE)
+    result = await replay(load_fixture(root), settings, db)
+    first, second, third = result.turns
+    assert first.reply == "pip 23.2.1, for Python 3.11."
+    assert first.models_asked == ("gemini-2.5-flash-lite", "gemini-2.5-flash")
+    assert second.reply == "It is pip 23.2.1 from the venv."
+    # asked again after tier 1 answered: this turn starts one tier higher, at tier 2
+    assert second.models_asked == ("claude-sonnet-4-6",)
+    assert third.models_asked == ("gemini-2.5-flash-lite",) and third.reply == "It shows 14:05."
+    assert all("[[" not in t.reply and "Maybe" not in t.reply for t in result.turns)
+
+    (summary,) = result.sessions
+    turns = [e["detail"] for e in read_jsonl(summary["cost_log"]) if e["kind"] == "turn"]
+    path = [
+        (t["start_tier"], t["reason"], [(x["model"], x["confidence"], x["outcome"])
+                                        for x in t["tried"]], t["answered_model"])
+        for t in turns
+    ]
+    assert path == [
+        (0, "first_turn", [("gemini-2.5-flash-lite", 0.35, "low_confidence"),
+                           ("gemini-2.5-flash", 0.9, "answered")], "gemini-2.5-flash"),
+        (2, "question_repeated", [("claude-sonnet-4-6", None, "answered")],
+         "claude-sonnet-4-6"),
+        (0, "new_topic", [("gemini-2.5-flash-lite", 0.95, "answered")],
+         "gemini-2.5-flash-lite"),
+    ]
+    assert summary["turns"]["answered_by_tier"] == {"1": 1, "2": 1, "0": 1}
+    assert set(summary["by_model"]) == {
+        "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"}
+    assert summary["by_model"]["gemini-2.5-flash"]["calls"] == 1
+    assert all(m["errors"] == 0 for m in summary["by_model"].values())
