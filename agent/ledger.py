@@ -167,9 +167,27 @@ class CostLedger:
                 },
             },
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
+            "prompt_cache": self._cache_summary(),
             "unpriced_models": sorted(self._unpriced),
             "prices": str(self.prices.path),
             "cost_log": str(self.path),
+        }
+
+    def _cache_summary(self) -> dict[str, Any]:
+        """Share of prompt tokens read from the providers' caches, and the dollars that saved."""
+        cached = sum(t["cached_input_tokens"] for t in self._by_model.values())
+        prompt = cached + sum(
+            t["input_tokens"] + t["cache_write_tokens"] for t in self._by_model.values()
+        )
+        saved = sum(
+            self.prices.cache_savings(model, t["cached_input_tokens"])
+            for model, t in self._by_model.items()
+        )
+        return {
+            "hit_rate": round(cached / prompt, 4) if prompt else 0.0,
+            "cached_input_tokens": cached,
+            "prompt_tokens": prompt,
+            "saved_usd": round(saved, 8),
         }
 
     async def close(self, frames_received: int = 0) -> dict[str, Any]:

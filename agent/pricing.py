@@ -86,6 +86,14 @@ class PriceTable:
         candidates = [m for m in self._prices if model.startswith(m)]
         return self._prices[max(candidates, key=len)] if candidates else None
 
+    def cache_savings(self, model: str, cached_input_tokens: int) -> float:
+        """Dollars the cached tokens saved against paying for them as fresh input."""
+        price = self.get(model)
+        if price is None:
+            return 0.0
+        saved = price.input_per_mtok - price.cached_input_per_mtok
+        return cached_input_tokens * saved / 1_000_000
+
     def cost(self, model: str, usage: Usage) -> float | None:
         """Dollars for one call; None when the model is not in the table (logged, not guessed)."""
         price = self.get(model)

@@ -124,6 +124,20 @@ class GeminiProvider(_ProviderBase):
         await self._client.aio.aclose()
 
 
+_CACHE = {"cache_control": {"type": "ephemeral"}}
+
+
+def _mark_cache_breakpoint(messages: list[dict]) -> None:
+    """Claude caches the prompt up to a `cache_control` mark. The instructions are one stable
+    prefix (marked on the system block); the earlier turns are the other: mark the last block
+    before the newest user message, so the next turn reads all of it from the cache."""
+    for message in reversed(messages[:-1]):
+        content = message.get("content")
+        if isinstance(content, list) and content:
+            content[-1] = {**content[-1], **_CACHE}
+            return
+
+
 def _claude_usage(u: anthropic.types.Usage) -> Usage:
     return Usage(
         input_tokens=u.input_tokens,
@@ -148,7 +162,9 @@ class ClaudeProvider(_ProviderBase):
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
     ) -> AsyncIterator[str | Usage]:
         messages, fmt = chat_ctx.to_provider_format("anthropic")
-        system = "\n\n".join(fmt.system_messages or [])
+        system_text = "\n\n".join(fmt.system_messages or [])
+        system = [{"type": "text", "text": system_text, **_CACHE}] if system_text else []
+        _mark_cache_breakpoint(messages)
         try:
             async with self._client.messages.stream(
                 model=self.model,

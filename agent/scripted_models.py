@@ -153,6 +153,57 @@ def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
     return texts, counts[0], counts[1]
 
 
+def _anthropic_cached_prefixes(body: dict[str, Any]) -> list[str]:
+    """The prompt text up to each `cache_control` mark (system first), shortest first."""
+    blocks: list[dict[str, Any]] = [b for b in body.get("system") or [] if isinstance(b, dict)]
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            blocks.extend(b for b in content if isinstance(b, dict))
+    return [
+        "\n".join(b.get("text", "") for b in blocks[: i + 1])
+        for i, block in enumerate(blocks) if block.get("cache_control")
+    ]
+
+
+def _shared_chars(a: str, b: str) -> int:
+    """Length of the common prefix of two strings."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
+
+
+class PromptCache:
+    """Emulates provider prompt caching for the scripted server (token counts are estimates).
+
+    Anthropic: the prompt up to the last `cache_control` mark is written on first sight and read
+    afterwards. Gemini (implicit caching): the longest prefix of the request's text shared with
+    an earlier request is read from the cache when it is at least `GEMINI_MIN_CACHE` tokens."""
+
+    GEMINI_MIN_CACHE = 256
+
+    def __init__(self) -> None:
+        self._anthropic: set[str] = set()
+        self._gemini: list[str] = []
+
+    def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(cache write tokens, cache read tokens): the longest marked prefix seen before is
+        read; the rest up to the last mark is written, as Anthropic bills it."""
+        prefixes = _anthropic_cached_prefixes(body)
+        if not prefixes:
+            return 0, 0
+        hits = [p for p in prefixes if p in self._anthropic]
+        read = estimate_text_tokens(hits[-1]) if hits else 0
+        self._anthropic.update(prefixes)
+        return max(0, estimate_text_tokens(prefixes[-1]) - read), read
+
+    def gemini(self, text: str) -> int:
+        """Cached tokens: the longest prefix shared with an earlier request, if long enough."""
+        shared = max((_shared_chars(text, seen) for seen in self._gemini), default=0)
+        self._gemini.append(text)
+        tokens = estimate_text_tokens(text[:shared])
+        return tokens if tokens >= self.GEMINI_MIN_CACHE else 0
+
+
 class ScriptedModelServer:
     """Serve scripted replies to the real Gemini / Anthropic SDKs over local HTTP."""
 
@@ -171,6 +222,7 @@ class ScriptedModelServer:
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self.requests: list[CapturedRequest] = []
+        self.cache = PromptCache()
 
     @property
     def base_url(self) -> str:
@@ -291,7 +343,7 @@ class ScriptedModelServer:
         usage = {
             "promptTokenCount": estimate_text_tokens(captured.text) + GEMINI_IMAGE_TOKENS * images,
             "candidatesTokenCount": max(1, estimate_text_tokens(reply.text)),
-            "cachedContentTokenCount": 0,
+            "cachedContentTokenCount": self.cache.gemini(captured.text),
         }
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"
@@ -343,7 +395,10 @@ class ScriptedModelServer:
         if reply.status != 200:
             return self._anthropic_error(reply.status, f"scripted error {reply.status}")
 
-        input_tokens = estimate_text_tokens(captured.text) + image_tokens
+        cache_write, cache_read = self.cache.anthropic(body)
+        input_tokens = max(
+            0, estimate_text_tokens(captured.text) + image_tokens - cache_write - cache_read
+        )
         output_tokens = max(1, estimate_text_tokens(reply.text))
         message: dict[str, Any] = {
             "id": f"msg_scripted_{len(self.requests):06d}", "type": "message",
@@ -351,7 +406,7 @@ class ScriptedModelServer:
             "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {
                 "input_tokens": input_tokens, "output_tokens": output_tokens,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read,
             },
         }
         if not stream:

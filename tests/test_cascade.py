@@ -37,9 +37,11 @@ class PerModel:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.asked: list[str] = []
+        self.requests: list[CapturedRequest] = []
 
     def __call__(self, request: CapturedRequest) -> ScriptedReply:
         self.asked.append(request.model)
+        self.requests.append(request)
         replies = self.script[request.model]
         served = self.asked.count(request.model) - 1
         return replies[min(served, len(replies) - 1)]
@@ -243,3 +245,47 @@ def test_policy_caps_at_the_top_tier() -> None:
     assert policy.start("why is the build red") == (0, "first_turn")
     policy.answered(1)
     assert policy.start("why is the build red?") == (1, "question_repeated")
+
+
+async def test_prompt_cache_is_marked_read_and_priced(make: Make) -> None:
+    model, _ = await make({
+        LITE: [said("unsure", 0.1)],
+        FLASH: [said("unsure", 0.1)],
+        CLAUDE: [said("The footer shows build 4812.", 0.9)],
+    })
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content="You are Sightline. " + "Stable instructions. " * 300)
+    await ask(model, ctx, "What build number is in the footer?")
+    await ask(model, ctx, "And which branch is it on?")
+    claude = [c for c in calls(model) if c["model"] == CLAUDE]
+    assert claude[0]["cache_write_tokens"] > 0 and claude[0]["cached_input_tokens"] == 0
+    assert claude[1]["cached_input_tokens"] >= claude[0]["cache_write_tokens"]
+    price = model._ledger.prices.get(CLAUDE)
+    assert price is not None
+    expected = (
+        claude[1]["input_tokens"] * price.input_per_mtok
+        + claude[1]["cached_input_tokens"] * price.cached_input_per_mtok
+        + claude[1]["cache_write_tokens"] * price.cache_write_per_mtok
+        + claude[1]["output_tokens"] * price.output_per_mtok
+    ) / 1e6
+    assert claude[1]["cost_usd"] == pytest.approx(expected)
+    # Gemini's implicit cache: the long shared prefix of the second request is read cheaply
+    lite = [c for c in calls(model) if c["model"] == LITE]
+    assert lite[0]["cached_input_tokens"] == 0 and lite[1]["cached_input_tokens"] > 1000
+    summary = model._ledger.summary()
+    assert 0 < summary["prompt_cache"]["hit_rate"] < 1
+    assert summary["prompt_cache"]["saved_usd"] > 0
+
+
+async def test_claude_requests_carry_cache_breakpoints(make: Make) -> None:
+    model, replies = await make({LITE: [said("x", 0.0)], FLASH: [said("x", 0.0)],
+                                 CLAUDE: [said("Fine.", 0.9)]})
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content="Instructions.")
+    await ask(model, ctx, "First question?")
+    await ask(model, ctx, "Second question?")
+    second = [r for r in replies.requests if r.model == CLAUDE][1].body
+    assert second["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    marked = [b for m in second["messages"] for b in m["content"] if b.get("cache_control")]
+    assert [b["text"] for b in marked] == ["Fine."]  # the last earlier turn: the answer
+    assert "cache_control" not in second["messages"][-1]["content"][-1]

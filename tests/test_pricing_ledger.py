@@ -249,6 +249,11 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
     }
     assert summary["unpriced_models"] == []
     assert summary["db_spilled_events"] == 0
+    # prompt cache: 102k of 1.117M prompt tokens read from cache; saved vs fresh input prices
+    assert summary["prompt_cache"] == {
+        "hit_rate": 0.0913, "cached_input_tokens": 102_000, "prompt_tokens": 1_117_040,
+        "saved_usd": pytest.approx(2000 * 0.225e-6 + 100_000 * 0.9e-6),
+    }
 
     # the same events, minus the summary, are rows of cost_events
     rows = await db.pool.fetch(
