@@ -39,6 +39,10 @@ CONFIDENCE_PROTOCOL = (
     "[[confidence: 0.NN]] with a number from 0 to 1, then the reply itself. Be honest: a low "
     "number hands the question to a stronger model."
 )
+BUDGET_SENTENCE = (
+    "Sorry, I am not sure enough to answer that, and this session's budget does not allow "
+    "asking a stronger model."
+)
 _HEADER = re.compile(r"^\s*\[\[\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*\]\]\s*", re.I)
 _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
 
@@ -143,6 +147,7 @@ class TurnRecord:
     reason: str
     tried: list[dict[str, Any]] = field(default_factory=list)
     answered_tier: int | None = None
+    budget_capped: bool = False
 
 
 class CascadeLLM(llm.LLM):
@@ -201,6 +206,9 @@ class CascadeStream(llm.LLMStream):
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
         start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
+        cap = owner._ledger.tier_cap()
+        if cap is not None and start > cap:
+            start, reason = cap, f"{reason}+budget_cap"
         record = TurnRecord(start, reason)
         ctx = self._chat_ctx.copy()
         ctx.add_message(role="system", content=CONFIDENCE_PROTOCOL)
@@ -209,7 +217,12 @@ class CascadeStream(llm.LLMStream):
         last_error: ProviderError | None = None
         try:
             for index in range(start, len(owner.tiers)):
-                final = index == len(owner.tiers) - 1
+                # a budget used up mid-turn stops the climb: the tier at the cap answers as is
+                cap = owner._ledger.tier_cap()
+                if cap is not None and index > cap:
+                    record.budget_capped = True
+                    break
+                final = index == len(owner.tiers) - 1 or index == cap
                 outcome, usage, error = await self._try_tier(
                     index, ctx, request_id, final, deadline, record
                 )
@@ -220,7 +233,9 @@ class CascadeStream(llm.LLMStream):
                     record.answered_tier = index
                     owner.policy.answered(index)
                     break
-            else:
+            if record.answered_tier is None and record.budget_capped:
+                self._send(request_id, BUDGET_SENTENCE)
+            elif record.answered_tier is None:
                 # every tier failed, or the last one broke before saying anything
                 failed = last_error or ProviderError("cascade", owner.tiers[-1].model,
                                                      "timeout", None, "no tier answered")
@@ -228,7 +243,7 @@ class CascadeStream(llm.LLMStream):
         finally:
             owner._ledger.turn(
                 start_tier=record.start_tier, reason=record.reason, tried=record.tried,
-                answered_tier=record.answered_tier,
+                answered_tier=record.answered_tier, budget_capped=record.budget_capped,
                 answered_model=(owner.tiers[record.answered_tier].model
                                 if record.answered_tier is not None else None),
             )

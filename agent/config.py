@@ -164,6 +164,12 @@ _FIELDS: tuple[_Field, ...] = (
              "tier, the SIGHTLINE_PROVIDER model"),
     _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _positive_float, 30.0,
         help="a turn's time for all its tiers"),
+    _Field("session_budget_usd", "SIGHTLINE_SESSION_BUDGET_USD", _positive_float, None,
+        help="USD per session; at 100% the cascade stops above SIGHTLINE_BUDGET_MAX_TIER"),
+    _Field("tenant_budget_usd", "SIGHTLINE_TENANT_BUDGET_USD", _positive_float, None,
+        help="USD per tenant per UTC day, across sessions"),
+    _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", _non_negative_int, 0,
+        help="highest cascade tier once a budget is used up"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
         help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
 )
@@ -200,6 +206,9 @@ class Settings:
     health_port: int
     tiers: tuple[Tier, ...] | None
     turn_deadline_s: float
+    session_budget_usd: float | None
+    tenant_budget_usd: float | None
+    budget_max_tier: int
     max_sessions: int
 
     def cascade_tiers(self) -> tuple[Tier, ...]:

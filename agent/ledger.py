@@ -18,6 +18,7 @@ from memory.store import Store
 from memory.writer import BackgroundWriter
 from vision.screen import FrameDecision
 
+from .budget import BudgetGuard
 from .pricing import PriceTable, Usage
 
 log = logging.getLogger("sightline.costs")
@@ -33,8 +34,10 @@ class CostLedger:
         costs_dir: Path,
         prices: PriceTable,
         store: Store | None,
+        budget: BudgetGuard | None = None,
     ) -> None:
         self.session_id = session_id
+        self.budget = budget
         self.tenant = tenant
         self.source = source
         self.prices = prices
@@ -60,6 +63,9 @@ class CostLedger:
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
+        if budget is not None:  # a tenant may start the session over its budget already
+            for crossed in budget.observe(0.0):
+                self._record("budget", cost_usd=0.0, detail=crossed)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Number the next event and append it to the JSONL file, the durable copy."""
@@ -98,6 +104,9 @@ class CostLedger:
             log.warning("no price for model %s in %s: cost not counted", model, self.prices.path)
         else:
             self.total_cost_usd += cost
+        if self.budget is not None:
+            for crossed in self.budget.observe(self.total_cost_usd):
+                self._record("budget", cost_usd=0.0, detail=crossed)
         totals = self._by_model[model]
         totals["calls"] += 1
         totals["errors"] += 1 if error else 0
@@ -120,6 +129,10 @@ class CostLedger:
             cost_usd=cost,
             detail={**(detail or {}), **({"error": error} if error else {})},
         )
+
+    def tier_cap(self) -> int | None:
+        """The highest cascade tier the budgets allow now (None: no limit)."""
+        return self.budget.tier_cap() if self.budget is not None else None
 
     def turn(self, **detail: Any) -> None:
         """One user turn of the cascade: where it started and why, each tier tried with its
@@ -168,6 +181,7 @@ class CostLedger:
             },
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
+            **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),
             "prices": str(self.prices.path),
             "cost_log": str(self.path),

@@ -21,6 +21,7 @@ from memory.store import Store
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
+from .budget import BudgetGuard
 from .cascade import CascadeLLM
 from .config import Settings
 from .ledger import CostLedger
@@ -34,6 +35,20 @@ log = logging.getLogger("sightline.session")
 
 def new_session_id(source: str) -> str:
     return f"{source}_{uuid.uuid4().hex[:16]}"
+
+
+async def _budget(settings: Settings, store: Store | None, tenant: str) -> BudgetGuard | None:
+    if not settings.session_budget_usd and not settings.tenant_budget_usd:
+        return None
+    spent = 0.0
+    if settings.tenant_budget_usd and store is not None:
+        try:
+            spent = await store.tenant_spent_today(tenant)
+        except Exception as exc:  # the session goes on; the tenant budget counts from zero
+            log.error("could not read tenant %s's spend today, counting from $0: %r",
+                      tenant, exc)
+    return BudgetGuard(settings.session_budget_usd, settings.tenant_budget_usd,
+                       settings.budget_max_tier, tenant_spent_before_usd=spent)
 
 
 @dataclass
@@ -72,6 +87,7 @@ class SessionRuntime:
         ledger = CostLedger(
             session_id=session_id, tenant=tenant, source=source, costs_dir=settings.costs_dir,
             prices=PriceTable.load(settings.prices_file), store=store,
+            budget=await _budget(settings, store, tenant),
         )
         screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)

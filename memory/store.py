@@ -82,6 +82,15 @@ class Store:
             ],
         )
 
+    async def tenant_spent_today(self, tenant: str) -> float:
+        """The tenant's spend since 00:00 UTC, from every session's cost events."""
+        value = await self._pool.fetchval(
+            "SELECT coalesce(sum(cost_usd), 0) FROM cost_events WHERE tenant = $1"
+            " AND ts >= date_trunc('day', now() AT TIME ZONE 'utc') AT TIME ZONE 'utc'",
+            tenant,
+        )
+        return float(value)
+
     async def list_sessions(self, limit: int = 50, tenant: str | None = None) -> list[dict]:
         rows = await self._pool.fetch(
             "SELECT s.id, s.tenant, s.user_id, s.source, s.model, s.started_at, s.ended_at,"

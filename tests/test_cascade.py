@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from livekit.agents import llm
 
+from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
 from agent.ledger import CostLedger
 from agent.pricing import PriceTable
@@ -56,14 +57,16 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
     servers: list[ScriptedModelServer] = []
     models: list[CascadeLLM] = []
 
-    async def build(script: Script, deadline_s: float = 20.0) -> tuple[CascadeLLM, PerModel]:
+    async def build(
+        script: Script, deadline_s: float = 20.0, budget: BudgetGuard | None = None
+    ) -> tuple[CascadeLLM, PerModel]:
         replies = PerModel(script)
         server = ScriptedModelServer(replies=replies)
         await server.start()
         servers.append(server)
         ledger = CostLedger(
             session_id=f"sess_cascade_{len(servers)}", tenant="acme", source="test",
-            costs_dir=tmp_path, prices=PriceTable.load(), store=None,
+            costs_dir=tmp_path, prices=PriceTable.load(), store=None, budget=budget,
         )
         providers = [
             (GeminiProvider if t.provider == "gemini" else ClaudeProvider)(
@@ -289,3 +292,51 @@ async def test_claude_requests_carry_cache_breakpoints(make: Make) -> None:
     marked = [b for m in second["messages"] for b in m["content"] if b.get("cache_control")]
     assert [b["text"] for b in marked] == ["Fine."]  # the last earlier turn: the answer
     assert "cache_control" not in second["messages"][-1]["content"][-1]
+
+
+def test_budget_thresholds_are_reported_once_and_cap_at_100_percent() -> None:
+    guard = BudgetGuard(session_budget_usd=1.0, tenant_budget_usd=10.0, max_tier_over_budget=0,
+                        tenant_spent_before_usd=6.2)
+    assert guard.observe(0.5) == []
+    crossed = guard.observe(0.95)
+    assert [(e["scope"], e["threshold"]) for e in crossed] == [
+        ("session", 0.7), ("session", 0.9), ("tenant", 0.7),
+    ]
+    assert guard.tier_cap() is None
+    assert [(e["scope"], e["threshold"]) for e in guard.observe(1.6)] == [("session", 1.0)]
+    assert guard.tier_cap() == 0
+    assert [(e["scope"], e["threshold"]) for e in guard.observe(4.0)] == [
+        ("tenant", 0.9), ("tenant", 1.0),
+    ]
+    assert guard.observe(5.0) == []
+    summary = guard.summary(4.0)
+    assert summary["escalation_capped_at_tier"] == 0
+    assert summary["tenant_spent_usd"] == pytest.approx(10.2)
+    assert summary["thresholds_crossed"] == [
+        "session:100%", "session:70%", "session:90%", "tenant:100%", "tenant:70%", "tenant:90%",
+    ]
+
+
+async def test_a_spent_budget_stops_escalation(make: Make) -> None:
+    guard = BudgetGuard(session_budget_usd=0.0001, tenant_budget_usd=None,
+                        max_tier_over_budget=0)
+    model, replies = await make({
+        LITE: [said("Maybe a typo.", 0.3)],
+        FLASH: [said("The import path is wrong.", 0.9)],
+        CLAUDE: [said("unused", 0.9)],
+    }, budget=guard)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content="Instructions. " * 200)
+    first = await ask(model, ctx, "Why does the import fail?")
+    assert first == "The import path is wrong."  # the budget ran out during this turn
+    second = await ask(model, ctx, "why does the import fail here")
+    assert second == "Maybe a typo.", "capped at tier 0, which answers even when unsure"
+    assert replies.asked == [LITE, FLASH, LITE]
+    last = turns(model)[-1]
+    assert last["start_tier"] == 0 and last["reason"] == "question_repeated+budget_cap"
+    events = [json.loads(line) for line in model._ledger.path.read_text().splitlines()]
+    crossed = [(e["detail"]["scope"], e["detail"]["threshold"]) for e in events
+               if e["kind"] == "budget"]
+    assert crossed == [("session", 0.7), ("session", 0.9), ("session", 1.0)]
+    summary = model._ledger.summary()
+    assert summary["budget"]["escalation_capped_at_tier"] == 0

@@ -322,3 +322,28 @@ async def test_replayed_cascade_logs_the_escalation_path_turn_by_turn(
         "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"}
     assert summary["by_model"]["gemini-2.5-flash"]["calls"] == 1
     assert all(m["errors"] == 0 for m in summary["by_model"].values())
+
+
+async def test_tenant_budget_counts_earlier_sessions_from_postgres(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    unsure_then_sure = tiered(("gemini-2.5-flash-lite", 0.2, "Perhaps a cache issue."),
+                              ("gemini-2.5-flash", 0.9, "The config file is missing."))
+    root = write_fixture(tmp_path / "budget", [
+        {"t": 5.0, "tenant": "acme", "user": "u1", "text": "Why does startup fail?",
+         "response": tiered(("gemini-2.5-flash-lite", 0.9, "The config file is missing."))},
+        {"t": 10.0, "tenant": "acme", "user": "u2", "text": "Why does startup fail?",
+         "response": unsure_then_sure},
+    ], tiers=CASCADE)
+    # the first session alone spends more than the tenant's budget for the day
+    capped = settings.with_overrides(tenant_budget_usd=1e-6, budget_max_tier=0)
+    result = await replay(load_fixture(root), capped, db)
+    first, second = result.turns
+    assert first.models_asked == ("gemini-2.5-flash-lite",)
+    # u2's session opens over the tenant's budget: its unsure tier 0 answers, no climbing
+    assert second.models_asked == ("gemini-2.5-flash-lite",)
+    assert second.reply == "Perhaps a cache issue."
+    one, two = result.sessions
+    assert two["budget"]["tenant_spent_usd"] >= one["total_cost_usd"] > 0
+    assert two["budget"]["escalation_capped_at_tier"] == 0
+    assert "tenant:100%" in one["budget"]["thresholds_crossed"]
