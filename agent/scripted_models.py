@@ -68,6 +68,7 @@ class ScriptedReply:
     status: int = 200
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    words_per_chunk: int = WORDS_PER_CHUNK  # streaming granularity (live APIs: a few tokens)
 
 
 @dataclass
@@ -366,7 +367,7 @@ class ScriptedModelServer:
 
         if not stream:
             return web.json_response(payload(reply.text, reply.text, final=True))
-        chunks = split_chunks(reply.text)
+        chunks = split_chunks(reply.text, reply.words_per_chunk)
         events = [
             f"data: {json.dumps(payload(c, ''.join(chunks[:i + 1]), i == len(chunks) - 1))}"
             "\r\n\r\n".encode()
@@ -419,7 +420,8 @@ class ScriptedModelServer:
             {"type": "content_block_start", "index": 0,
              "content_block": {"type": "text", "text": ""}},
             *({"type": "content_block_delta", "index": 0,
-               "delta": {"type": "text_delta", "text": c}} for c in split_chunks(reply.text)),
+               "delta": {"type": "text_delta", "text": c}}
+              for c in split_chunks(reply.text, reply.words_per_chunk)),
             {"type": "content_block_stop", "index": 0},
             {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
              "usage": {"output_tokens": output_tokens}},

@@ -1,0 +1,138 @@
+"""Cost per answered turn for the cascade against always-top-tier and always-tier-0, and the time
+to first spoken text that the confidence header adds.
+
+The turns are scripted (`TURNS` below: a question and what each tier would say, with its
+confidence), served over local HTTP in the providers' wire formats to the real google-genai and
+anthropic clients, streamed two words per chunk (about what the live APIs send: a few tokens)
+with a delay per chunk, so the header (two words) costs the cascade one chunk. Token
+counts are the scripted server's estimates and prices come from agent/prices.json, so the dollar
+figures compare the strategies, not a bill.
+
+- cascade: Flash-Lite (threshold 0.7) -> Flash (0.6) -> Sonnet, as configured by default;
+- top_tier: every turn answered by Sonnet alone;
+- tier0: every turn answered by Flash-Lite alone, unsure or not.
+
+Header delay: for turns answered by tier 0, time from the request to the first text the user
+would hear, through the cascade (which reads and strips the header) minus the same through a
+single tier whose reply carries no header, per turn; p95 over the run.
+
+    .venv/bin/python bench/cascade.py [--rounds 5] [--chunk-ms 25]
+
+The last line is JSON: {"cost_per_turn": {"cascade", "top_tier", "tier0"}, "savings_vs_top",
+"header_delay_p95_ms", "turns"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from livekit.agents import llm  # noqa: E402
+
+from agent.cascade import CascadeLLM  # noqa: E402
+from agent.config import Tier  # noqa: E402
+from agent.ledger import CostLedger  # noqa: E402
+from agent.pricing import PriceTable  # noqa: E402
+from agent.providers import ClaudeProvider, GeminiProvider  # noqa: E402
+from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply  # noqa: E402
+
+LITE, FLASH, SONNET = "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"
+CASCADE = [Tier("gemini", LITE, 0.7, 256), Tier("gemini", FLASH, 0.6, 256),
+           Tier("anthropic", SONNET, 0.0, 512)]
+ANSWER = ("The failing test is test_login on line 42: it expects a 200 but the server returns "
+          "401 because the token fixture expired. Refresh the fixture and run it again.")
+# (lite confidence, flash confidence): most screen questions are easy; some need more
+TURNS = [(0.92, 0.95)] * 12 + [(0.55, 0.85)] * 5 + [(0.3, 0.4)] * 3
+
+
+def _provider(tier: Tier, base_url: str) -> GeminiProvider | ClaudeProvider:
+    cls = GeminiProvider if tier.provider == "gemini" else ClaudeProvider
+    return cls(api_key="bench", model=tier.model, base_url=base_url, timeout_s=10, retries=0)
+
+
+async def run_strategy(
+    name: str, tiers: list[Tier], chunk_s: float, headers: bool, costs_dir: Path
+) -> tuple[float, list[float]]:
+    """Total cost of all turns and, per turn, ms to the first spoken text."""
+    turn: list[tuple[float, float]] = [TURNS[0]]
+
+    def reply(request: CapturedRequest) -> ScriptedReply:
+        lite, flash = turn[0]
+        confidence = {LITE: lite, FLASH: flash, SONNET: 0.97}[request.model]
+        header = f"[[confidence: {confidence}]] " if headers else ""
+        return ScriptedReply(text=header + ANSWER, chunk_delay_s=chunk_s, words_per_chunk=2)
+
+    firsts: list[float] = []
+    async with ScriptedModelServer(replies=reply) as server:
+        ledger = CostLedger(session_id=f"bench_{name}", tenant="bench", source="bench",
+                            costs_dir=costs_dir, prices=PriceTable.load(), store=None)
+        model = CascadeLLM(tiers, [_provider(t, server.base_url) for t in tiers], ledger, 30.0)
+        for index, confidences in enumerate(TURNS):
+            turn[0] = confidences
+            ctx = llm.ChatContext.empty()
+            ctx.add_message(role="system", content="You are Sightline.")
+            ctx.add_message(role="user", content=f"Question {index}: why does this test fail?")
+            started = time.perf_counter()
+            first: float | None = None
+            async with model.chat(chat_ctx=ctx) as stream:
+                async for chunk in stream:
+                    if first is None and chunk.delta and chunk.delta.content:
+                        first = (time.perf_counter() - started) * 1000
+            firsts.append(first or 0.0)
+            model.policy = type(model.policy)(len(tiers))  # independent questions
+        await model.aclose()
+        ledger._file.close()
+        return ledger.total_cost_usd, firsts
+
+
+async def main_async(rounds: int, chunk_ms: float) -> dict[str, object]:
+    chunk_s = chunk_ms / 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        costs = Path(tmp)
+        cascade_cost, _ = await run_strategy("cascade", CASCADE, chunk_s, True, costs)
+        top_cost, _ = await run_strategy("top", CASCADE[2:], chunk_s, True, costs)
+        tier0_cost, _ = await run_strategy("tier0", [Tier("gemini", LITE, 0.0, 256)], chunk_s,
+                                           True, costs)
+        easy = [i for i, (lite, _) in enumerate(TURNS) if lite >= CASCADE[0].threshold]
+        delays: list[float] = []
+        for _ in range(rounds):
+            _, with_header = await run_strategy("h", CASCADE, chunk_s, True, costs)
+            _, plain = await run_strategy("p", [Tier("gemini", LITE, 0.0, 256)], chunk_s,
+                                          False, costs)
+            delays.extend(with_header[i] - plain[i] for i in easy)
+    n = len(TURNS)
+    per_turn = {"cascade": cascade_cost / n, "top_tier": top_cost / n, "tier0": tier0_cost / n}
+    p95 = statistics.quantiles(delays, n=20)[-1] if len(delays) >= 2 else delays[0]
+    print(f"{n} scripted turns ({len(easy)} easy for tier 0), chunks every {chunk_ms:g} ms")
+    for name, cost in per_turn.items():
+        print(f"  {name:9} ${cost:.6f} per answered turn")
+    print(f"  cascade saves {100 * (1 - cascade_cost / top_cost):.1f}% against always-top-tier")
+    print(f"  header delay to first spoken text: median {statistics.median(delays):.2f} ms, "
+          f"p95 {p95:.2f} ms over {len(delays)} turns")
+    return {
+        "cost_per_turn": {k: round(v, 8) for k, v in per_turn.items()},
+        "savings_vs_top": round(1 - cascade_cost / top_cost, 4),
+        "header_delay_p95_ms": round(p95, 2),
+        "turns": n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chunk-ms", type=float, default=25.0)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main_async(args.rounds, args.chunk_ms))))
+
+
+if __name__ == "__main__":
+    main()
