@@ -148,6 +148,8 @@ class TurnRecord:
     tried: list[dict[str, Any]] = field(default_factory=list)
     answered_tier: int | None = None
     budget_capped: bool = False
+    cost_usd: float = 0.0
+    answer_usage: Usage | None = None
 
 
 class CascadeLLM(llm.LLM):
@@ -230,7 +232,7 @@ class CascadeStream(llm.LLMStream):
                 if error is not None:
                     last_error = error
                 if outcome == "answered":
-                    record.answered_tier = index
+                    record.answered_tier, record.answer_usage = index, usage
                     owner.policy.answered(index)
                     break
             if record.answered_tier is None and record.budget_capped:
@@ -242,10 +244,15 @@ class CascadeStream(llm.LLMStream):
                 self._send(request_id, failure_sentence(failed))
         finally:
             owner._ledger.turn(
-                start_tier=record.start_tier, reason=record.reason, tried=record.tried,
-                answered_tier=record.answered_tier, budget_capped=record.budget_capped,
-                answered_model=(owner.tiers[record.answered_tier].model
-                                if record.answered_tier is not None else None),
+                {
+                    "start_tier": record.start_tier, "reason": record.reason,
+                    "tried": record.tried, "answered_tier": record.answered_tier,
+                    "budget_capped": record.budget_capped,
+                    "answered_model": (owner.tiers[record.answered_tier].model
+                                       if record.answered_tier is not None else None),
+                },
+                cost_usd=record.cost_usd, answer_usage=record.answer_usage,
+                top_model=owner.tiers[-1].model,
             )
         self._event_ch.send_nowait(
             llm.ChatChunk(
@@ -327,7 +334,7 @@ class CascadeStream(llm.LLMStream):
                 "threshold": tier.threshold, "outcome": outcome,
                 **({"error": str(error)} if error else {}),
             })
-            owner._ledger.model_call(
+            event = owner._ledger.model_call(
                 provider=tier.provider, model=tier.model, usage=usage,
                 images=count_images(ctx), latency_ms=(time.perf_counter() - started) * 1000,
                 error=str(error) if error else ("cancelled" if outcome == "cancelled" else None),
@@ -339,6 +346,7 @@ class CascadeStream(llm.LLMStream):
                     "usage_partial": partial,
                 },
             )
+            record.cost_usd += event["cost_usd"] or 0.0
         return outcome, usage, error
 
     def _send(self, request_id: str, content: str) -> None:

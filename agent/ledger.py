@@ -60,6 +60,7 @@ class CostLedger:
         self._frames: Counter[str] = Counter()
         self._frame_types: dict[str, Counter[str]] = defaultdict(Counter)
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
+        self._vs_top: dict[str, float] = {"turns": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -134,10 +135,21 @@ class CostLedger:
         """The highest cascade tier the budgets allow now (None: no limit)."""
         return self.budget.tier_cap() if self.budget is not None else None
 
-    def turn(self, **detail: Any) -> None:
+    def turn(
+        self, detail: dict[str, Any], *, cost_usd: float, answer_usage: Usage | None,
+        top_model: str,
+    ) -> None:
         """One user turn of the cascade: where it started and why, each tier tried with its
-        confidence and outcome, and the tier that answered."""
+        confidence and outcome, and the tier that answered. `top_model`'s price for the answer's
+        tokens is what the turn would have cost on the top tier alone."""
         answered = detail.get("answered_tier")
+        top_cost = self.prices.cost(top_model, answer_usage) if answer_usage else None
+        if top_cost is not None:
+            self._vs_top["turns"] += 1
+            self._vs_top["cost_usd"] += cost_usd
+            self._vs_top["top_tier_cost_usd"] += top_cost
+        detail = {**detail, "cost_usd": round(cost_usd, 8),
+                  "top_tier_cost_usd": round(top_cost, 8) if top_cost is not None else None}
         self._turns["answered_by_tier"][str(answered)] += 1
         self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
         self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
@@ -181,10 +193,22 @@ class CostLedger:
             },
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
+            "vs_top_tier": self._vs_top_summary(),
             **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),
             "prices": str(self.prices.path),
             "cost_log": str(self.path),
+        }
+
+    def _vs_top_summary(self) -> dict[str, Any]:
+        """Answered turns' cost against answering each of them with the top tier's model (its
+        price for the same tokens): what the cascade saved."""
+        top = self._vs_top["top_tier_cost_usd"]
+        return {
+            "turns": int(self._vs_top["turns"]),
+            "cost_usd": round(self._vs_top["cost_usd"], 8),
+            "top_tier_cost_usd": round(top, 8),
+            "savings": round(1 - self._vs_top["cost_usd"] / top, 4) if top else None,
         }
 
     def _cache_summary(self) -> dict[str, Any]:

@@ -322,6 +322,15 @@ async def test_replayed_cascade_logs_the_escalation_path_turn_by_turn(
         "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"}
     assert summary["by_model"]["gemini-2.5-flash"]["calls"] == 1
     assert all(m["errors"] == 0 for m in summary["by_model"].values())
+    # what the same answers would have cost from the top tier alone
+    vs_top = summary["vs_top_tier"]
+    assert vs_top["turns"] == 3
+    assert vs_top["cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+    assert vs_top["top_tier_cost_usd"] > vs_top["cost_usd"] > 0
+    assert vs_top["savings"] == pytest.approx(1 - vs_top["cost_usd"] / vs_top[
+        "top_tier_cost_usd"], abs=1e-4)
+    assert turns[2]["cost_usd"] < turns[2]["top_tier_cost_usd"]
+    assert turns[1]["cost_usd"] == pytest.approx(turns[1]["top_tier_cost_usd"], abs=1e-8)
 
 
 async def test_tenant_budget_counts_earlier_sessions_from_postgres(
