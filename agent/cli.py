@@ -178,6 +178,20 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{t['input_tokens']} in + {t['cached_input_tokens']} cached + "
             f"{t['output_tokens']} out tokens, {t['images']} images, ${t['cost_usd']:.6f}"
         )
+    cache = summary.get("prompt_cache")
+    if cache and cache["prompt_tokens"]:
+        lines.append(f"  prompt cache: {100 * cache['hit_rate']:.1f}% of prompt tokens read from "
+                     f"cache, ${cache['saved_usd']:.6f} saved")
+    vs_top = summary.get("vs_top_tier")
+    if vs_top and vs_top["savings"] is not None:
+        lines.append(f"  cascade: {vs_top['turns']} answered turns for ${vs_top['cost_usd']:.6f}, "
+                     f"${vs_top['top_tier_cost_usd']:.6f} on the top tier alone "
+                     f"({100 * vs_top['savings']:.1f}% saved)")
+    budget = summary.get("budget")
+    if budget and budget["escalation_capped_at_tier"] is not None:
+        crossed = ", ".join(budget["thresholds_crossed"])
+        lines.append(f"  budget used up: escalation capped at tier "
+                     f"{budget['escalation_capped_at_tier']} ({crossed})")
     if summary["unpriced_models"]:
         lines.append(f"  not priced (missing from {summary['prices']}): "
                      + ", ".join(summary["unpriced_models"]))
