@@ -142,6 +142,24 @@ class EscalationPolicy:
 
 
 @dataclass
+class _Attempt:
+    """One tier's try at a turn, as it streams."""
+
+    bar: float  # the confidence it needs to answer alone (0 for the tier that must answer)
+    header: ConfidenceHeader = field(default_factory=ConfidenceHeader)
+    usage: Usage = field(default_factory=Usage)
+    spoken: int = 0
+    received: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token_ms: float | None = None
+    outcome: str = "failed"
+
+    def unsure(self) -> bool:
+        """Below its bar before a word was sent: the answer goes to the next tier instead."""
+        return not self.spoken and (self.header.confidence or 0.0) < self.bar
+
+
+@dataclass
 class TurnRecord:
     start_tier: int
     reason: str
@@ -275,79 +293,98 @@ class CascadeStream(llm.LLMStream):
     ) -> tuple[str, Usage, ProviderError | None]:
         """Ask one tier. Returns ("answered" | "low_confidence" | "failed", usage, error)."""
         owner = self._llm
-        tier, provider = owner.tiers[index], owner._providers[index]
-        header = ConfidenceHeader()
-        usage, spoken, received, error, outcome = Usage(), 0, 0, None, "failed"
-        started = time.perf_counter()
-        first_token_ms: float | None = None
-        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens)
+        tier = owner.tiers[index]
+        attempt = _Attempt(bar=0.0 if final else tier.threshold)
+        error: ProviderError | None = None
         try:
-            try:
-                async with (
-                    asyncio.timeout(max(0.1, deadline - time.monotonic())),
-                    aclosing(reply) as stream,
-                ):
-                    async for item in stream:
-                        if isinstance(item, Usage):
-                            usage = item
-                            continue
-                        if first_token_ms is None:
-                            first_token_ms = (time.perf_counter() - started) * 1000
-                        received += len(item)
-                        text = header.feed(item)
-                        if not header.done:
-                            continue
-                        if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
-                            outcome = "low_confidence"
-                            break  # drop the rest unseen: nothing of this answer is sent
-                        if text:
-                            spoken += len(text)
-                            self._send(request_id, text)
-                    else:
-                        rest = header.finish()
-                        if not spoken and not final and (header.confidence or 0.0) < tier.threshold:
-                            outcome = "low_confidence"
-                        else:
-                            if rest:
-                                spoken += len(rest)
-                                self._send(request_id, rest)
-                            outcome = "answered"
-            except ProviderError as exc:
-                error = exc
-            except TimeoutError:
-                error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
-            except asyncio.CancelledError:
-                outcome = "cancelled"  # the user interrupted or left: the call is still billed
-                raise
+            await self._stream(attempt, owner._providers[index], tier, ctx, request_id, deadline)
+        except ProviderError as exc:
+            error = exc
+        except TimeoutError:
+            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
+        except asyncio.CancelledError:
+            attempt.outcome = "cancelled"  # the user interrupted or left: still billed
+            raise
+        finally:
             if error is not None:
                 log.warning("tier %d (%s) failed: %s", index, tier.model, error)
-                if spoken:  # part of this answer was already sent: end it plainly
+                if attempt.spoken:  # part of this answer was already sent: end it plainly
                     self._send(request_id, " … " + failure_sentence(error))
-                    outcome = "answered"
-        finally:
-            partial = outcome != "answered" or error is not None
-            if partial:
-                # the stream was left early: bill at least what arrived (~4 characters a token)
-                usage = replace(usage, output_tokens=max(usage.output_tokens, -(-received // 4)))
-            record.tried.append({
-                "tier": index, "model": tier.model, "confidence": header.confidence,
-                "threshold": tier.threshold, "outcome": outcome,
-                **({"error": str(error)} if error else {}),
-            })
-            event = owner._ledger.model_call(
-                provider=tier.provider, model=tier.model, usage=usage,
-                images=count_images(ctx), latency_ms=(time.perf_counter() - started) * 1000,
-                error=str(error) if error else ("cancelled" if outcome == "cancelled" else None),
-                detail={
-                    "request_id": request_id, "tier": index, "outcome": outcome,
-                    "confidence": header.confidence,
-                    "first_token_ms": round(first_token_ms, 1) if first_token_ms else None,
-                    "output_chars": spoken,
-                    "usage_partial": partial,
-                },
+                    attempt.outcome = "answered"
+            self._log_attempt(index, attempt, error, ctx, request_id, record)
+        return attempt.outcome, attempt.usage, error
+
+    async def _stream(
+        self, attempt: _Attempt, provider: ChatProvider, tier: Tier, ctx: llm.ChatContext,
+        request_id: str, deadline: float,
+    ) -> None:
+        """Read one tier's stream: hold text back until the header is read, then either drop
+        the answer unseen (unsure) or pass it on as it arrives."""
+        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens)
+        async with (
+            asyncio.timeout(max(0.1, deadline - time.monotonic())),
+            aclosing(reply) as stream,
+        ):
+            async for item in stream:
+                if isinstance(item, Usage):
+                    attempt.usage = item
+                    continue
+                if attempt.first_token_ms is None:
+                    attempt.first_token_ms = (time.perf_counter() - attempt.started) * 1000
+                attempt.received += len(item)
+                text = attempt.header.feed(item)
+                if not attempt.header.done:
+                    continue
+                if attempt.unsure():
+                    attempt.outcome = "low_confidence"
+                    return  # the rest is dropped unseen: nothing of this answer is sent
+                self._speak(attempt, request_id, text)
+        rest = attempt.header.finish()
+        if attempt.unsure():
+            attempt.outcome = "low_confidence"
+            return
+        self._speak(attempt, request_id, rest)
+        attempt.outcome = "answered"
+
+    def _speak(self, attempt: _Attempt, request_id: str, text: str) -> None:
+        if text:
+            attempt.spoken += len(text)
+            self._send(request_id, text)
+
+    def _log_attempt(
+        self, index: int, attempt: _Attempt, error: ProviderError | None, ctx: llm.ChatContext,
+        request_id: str, record: TurnRecord,
+    ) -> None:
+        owner = self._llm
+        tier = owner.tiers[index]
+        partial = attempt.outcome != "answered" or error is not None
+        if partial:
+            # the stream was left early: bill at least what arrived (~4 characters a token)
+            attempt.usage = replace(
+                attempt.usage,
+                output_tokens=max(attempt.usage.output_tokens, -(-attempt.received // 4)),
             )
-            record.cost_usd += event["cost_usd"] or 0.0
-        return outcome, usage, error
+        record.tried.append({
+            "tier": index, "model": tier.model, "confidence": attempt.header.confidence,
+            "threshold": tier.threshold, "outcome": attempt.outcome,
+            **({"error": str(error)} if error else {}),
+        })
+        cancelled = attempt.outcome == "cancelled"
+        event = owner._ledger.model_call(
+            provider=tier.provider, model=tier.model, usage=attempt.usage,
+            images=count_images(ctx),
+            latency_ms=(time.perf_counter() - attempt.started) * 1000,
+            error=str(error) if error else ("cancelled" if cancelled else None),
+            detail={
+                "request_id": request_id, "tier": index, "outcome": attempt.outcome,
+                "confidence": attempt.header.confidence,
+                "first_token_ms": (round(attempt.first_token_ms, 1)
+                                   if attempt.first_token_ms else None),
+                "output_chars": attempt.spoken,
+                "usage_partial": partial,
+            },
+        )
+        record.cost_usd += event["cost_usd"] or 0.0
 
     def _send(self, request_id: str, content: str) -> None:
         self._event_ch.send_nowait(

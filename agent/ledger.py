@@ -16,7 +16,7 @@ from typing import Any
 
 from memory.store import Store
 from memory.writer import BackgroundWriter
-from vision.screen import FrameDecision
+from vision.screen import FrameDecision, FrameTally
 
 from .budget import BudgetGuard
 from .pricing import PriceTable, Usage
@@ -57,8 +57,7 @@ class CostLedger:
         self._by_model: dict[str, dict[str, Any]] = defaultdict(
             lambda: Counter(calls=0, errors=0)
         )
-        self._frames: Counter[str] = Counter()
-        self._frame_types: dict[str, Counter[str]] = defaultdict(Counter)
+        self._frames = FrameTally()
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._vs_top: dict[str, float] = {"turns": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._unpriced: set[str] = set()
@@ -157,11 +156,7 @@ class CostLedger:
 
     def frame(self, decision: FrameDecision) -> None:
         """One sampled (or unusable) frame: kept or dropped, why, its content type, distances."""
-        self._frames["kept" if decision.kept else f"dropped:{decision.reason}"] += 1
-        if decision.change is not None:
-            counts = self._frame_types[str(decision.change.content_type)]
-            counts["sampled"] += 1
-            counts["kept" if decision.kept else "dropped"] += 1
+        self._frames.add(decision)
         self._record(
             "frame",
             cost_usd=0.0,
@@ -169,7 +164,6 @@ class CostLedger:
         )
 
     def summary(self, frames_received: int = 0) -> dict[str, Any]:
-        dropped = {k.split(":", 1)[1]: v for k, v in self._frames.items() if k != "kept"}
         return {
             "session_id": self.session_id,
             "tenant": self.tenant,
@@ -182,14 +176,10 @@ class CostLedger:
             },
             "frames": {
                 "received": frames_received,
-                "sampled": self._frames["kept"]
-                + sum(n for reason, n in dropped.items() if reason != "invalid"),
-                "kept": self._frames["kept"],
-                "dropped": dropped,
-                "by_content_type": {
-                    kind: {k: counts[k] for k in ("sampled", "kept", "dropped")}
-                    for kind, counts in sorted(self._frame_types.items())
-                },
+                "sampled": self._frames.sampled,
+                "kept": self._frames.kept,
+                "dropped": dict(self._frames.dropped),
+                "by_content_type": self._frames.by_content_type(),
             },
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),

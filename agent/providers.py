@@ -172,8 +172,11 @@ class ClaudeProvider(_ProviderBase):
                 messages=messages,  # type: ignore[arg-type]
                 **({"system": system} if system else {}),
             ) as stream:
+                reported = False
                 async for text in stream.text_stream:
-                    yield _claude_usage(stream.current_message_snapshot.usage)  # so far
+                    if not reported:  # the input count arrives with message_start; the output
+                        reported = True  # count only at the end
+                        yield _claude_usage(stream.current_message_snapshot.usage)
                     yield text
                 final = await stream.get_final_message()
         except anthropic.APITimeoutError as exc:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from livekit.agents import llm  # noqa: E402
 
-from agent.cascade import CascadeLLM  # noqa: E402
+from agent.cascade import CascadeLLM, EscalationPolicy  # noqa: E402
 from agent.config import Tier  # noqa: E402
 from agent.ledger import CostLedger  # noqa: E402
 from agent.pricing import PriceTable  # noqa: E402
@@ -88,9 +88,9 @@ async def run_strategy(
                     if first is None and chunk.delta and chunk.delta.content:
                         first = (time.perf_counter() - started) * 1000
             firsts.append(first or 0.0)
-            model.policy = type(model.policy)(len(tiers))  # independent questions
+            model.policy = EscalationPolicy(len(tiers))  # independent questions
         await model.aclose()
-        ledger._file.close()
+        await ledger.close()
         return ledger.total_cost_usd, firsts
 
 

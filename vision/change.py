@@ -23,7 +23,6 @@ from .content_type import (
     ContentType,
     StableContentType,
     TypeThresholds,
-    classify,
     texture,
 )
 from .local_change import LocalChange, Motion, NoiseLimits, TileTracker
@@ -153,7 +152,7 @@ class ChangeDetector:
         content = self._types.update(stats)
         frame_hash = phash(work)
         distance = hamming(frame_hash, self._kept.hash)
-        playing = classify(stats, self.config.types) is ContentType.VIDEO
+        playing = self._types.seen is ContentType.VIDEO
         # the bounded rate starts with the playing region, itself three samples of motion; the
         # type (and its pHash threshold) follows the three-sample stability rule
         if content is ContentType.VIDEO or playing:

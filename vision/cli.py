@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .change import DetectorConfig
 from .evaluation import SYSTEMS, evaluate, find_sessions, format_table
-from .scan import ScanSummary, scan
+from .scan import scan, summary_line
+from .screen import FrameTally
 
 
 class VisionUsageError(ValueError):
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
-    summary = ScanSummary()
+    summary = FrameTally()
     for decision in scan(args.path, args.fps, config):
         summary.add(decision)
         if args.json:
@@ -93,7 +94,7 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             )
             verdict = "KEEP" if decision.kept else "drop"
             print(f"{decision.t:8.2f}s  {verdict}  {decision.reason:<17} {detail}")
-    result = summary.as_dict()
+    result = summary_line(summary)
     if args.json:
         print(json.dumps(result))
     else:

@@ -85,8 +85,14 @@ class StableContentType:
     _candidate: ContentType | None = None
     _streak: int = 0
 
+    seen: ContentType | None = None  # this sample's own type, before the stability rule
+
     def update(self, stats: ContentStats) -> ContentType:
-        seen = classify(stats, self.limits)
+        return self.settle(classify(stats, self.limits))
+
+    def settle(self, seen: ContentType) -> ContentType:
+        """The type after one more sample that looks like `seen`."""
+        self.seen = seen
         if self.current is None:
             self.current = seen  # the first frame has nothing to be stable against
         if seen == self.current:
@@ -101,4 +107,4 @@ class StableContentType:
         return self.current
 
     def reset(self) -> None:
-        self.current, self._candidate, self._streak = None, None, 0
+        self.current, self.seen, self._candidate, self._streak = None, None, None, 0

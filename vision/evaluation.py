@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .change import ChangeDetector, DetectorConfig
+from .change import DetectorConfig
 from .references import (
     PhashReference,
     i420_to_bgr,
@@ -29,8 +29,7 @@ from .references import (
     reference_features,
     scenedetect_cuts,
 )
-from .sampler import FrameSampler
-from .screen import FrameDecision, ScreenWatcher
+from .scan import watch
 from .video_file import iter_frames
 
 CATCH_WINDOW = 2.0
@@ -130,10 +129,8 @@ class Tally:
     video: int = 0
     video_kept: int = 0
     video_covered: int = 0
-
-    def __post_init__(self) -> None:
-        self.events: Counter[str] = Counter()
-        self.caught: Counter[str] = Counter()
+    events: Counter[str] = field(default_factory=Counter)
+    caught: Counter[str] = field(default_factory=Counter)
 
     def add(self, session: LabelledSession, times: list[float], kept: list[bool]) -> None:
         kept_times = [t for t, k in zip(times, kept, strict=True) if k]
@@ -181,24 +178,19 @@ def run_session(
     systems: tuple[str, ...] = SYSTEMS,
 ) -> dict[str, tuple[list[float], list[bool]]]:
     """One decode of the recording; every system decides on the same sampled frames."""
-    decisions: list[FrameDecision] = []
-    watcher = ScreenWatcher(FrameSampler(fps), decisions.append, ChangeDetector(config))
     fixed, adaptive = PhashReference(adaptive=False), PhashReference(adaptive=True)
     times: list[float] = []
     ours: list[bool] = []
     need_reference = {"phash_fixed10", "phash_adaptive"} & set(systems)
-    for t, frame in iter_frames(session.video):
-        watcher.offer(t, frame)
-        for decision in decisions:
-            if decision.change is None:
-                continue
-            times.append(decision.t)
-            ours.append(decision.kept)
-            if need_reference:
-                features = reference_features(i420_to_bgr(frame))
-                fixed.offer(features)
-                adaptive.offer(features)
-        decisions.clear()
+    for decision, frame in watch(iter_frames(session.video), fps, config):
+        if decision.change is None:
+            continue
+        times.append(decision.t)
+        ours.append(decision.kept)
+        if need_reference:
+            features = reference_features(i420_to_bgr(frame))
+            fixed.offer(features)
+            adaptive.offer(features)
     results = {"sightline": (times, ours)}
     if "phash_fixed10" in systems:
         results["phash_fixed10"] = (times, fixed.decisions)

@@ -74,13 +74,16 @@ class TileTracker:
         self._near = np.ones((5, 5), np.uint8)
         self._along_line = np.ones((1, 7), np.uint8)
 
-    def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
-        """Marked pixels per tile: an exact 8x area average (the work image is whole tiles)."""
-        mean = cv2.resize(
+    def _tile_share(self, mask: np.ndarray) -> np.ndarray:
+        """Share of marked pixels per tile, for a mask of the work image or a scaled copy."""
+        return cv2.resize(
             mask.view(np.uint8).astype(np.float32), (self._cols, self._rows),
             interpolation=cv2.INTER_AREA,
         )
-        return mean * (TILE * TILE)
+
+    def _tile_counts(self, mask: np.ndarray) -> np.ndarray:
+        """Marked pixels per tile: an exact 8x area average (the work image is whole tiles)."""
+        return self._tile_share(mask) * (TILE * TILE)
 
     def _diff_mask(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return cv2.absdiff(a, b) > self._limits.pixel_threshold
@@ -139,11 +142,8 @@ class TileTracker:
         region_tiles = int(np.count_nonzero(region & moved))
         edge_ratio = 0.0
         if region_tiles:
-            # the edge map may be smaller than the work image (see content_type.texture)
-            edge_share = cv2.resize(
-                (edges > 0).view(np.uint8).astype(np.float32), (self._cols, self._rows),
-                interpolation=cv2.INTER_AREA,
-            )
+            # the edge map is the half-size one from content_type.texture
+            edge_share = self._tile_share(edges > 0)
             edge_ratio = float(edge_share[region & moved].mean())
         return Motion(
             share=float(np.count_nonzero(moved)) / moved.size,

@@ -24,7 +24,7 @@ import numpy as np
 from livekit import rtc
 from PIL import Image
 
-from .content_type import ContentType
+from .content_type import ContentType, StableContentType
 from .frames import as_i420
 
 # The original design's cut-offs, for full-resolution 8-bit gray from a BGR frame
@@ -76,25 +76,13 @@ class PhashReference:
 
     adaptive: bool
     _kept: imagehash.ImageHash | None = None
-    _type: ContentType | None = None
-    _candidate: ContentType | None = None
-    _streak: int = 0
+    _types: StableContentType = field(default_factory=StableContentType)
     decisions: list[bool] = field(default_factory=list)
-
-    def _stable_type(self, seen: ContentType) -> ContentType:
-        if self._type is None or seen == self._type:
-            self._type, self._candidate, self._streak = seen, None, 0
-            return seen
-        self._streak = self._streak + 1 if seen == self._candidate else 1
-        self._candidate = seen
-        if self._streak >= 3:
-            self._type, self._candidate, self._streak = seen, None, 0
-        return self._type
 
     def offer(self, features: ReferenceFeatures) -> bool:
         threshold = 10
         if self.adaptive:
-            threshold = _REF_THRESHOLDS[self._stable_type(reference_content_type(features))]
+            threshold = _REF_THRESHOLDS[self._types.settle(reference_content_type(features))]
         keep = bool(self._kept is None or features.phash - self._kept >= threshold)
         if keep:
             self._kept = features.phash

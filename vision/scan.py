@@ -6,9 +6,7 @@ session uses, so what a scan prints is what a session with that screen would hav
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .change import ChangeDetector, DetectorConfig
 from .sampler import FrameSampler
-from .screen import FrameDecision, ScreenWatcher
+from .screen import FrameDecision, FrameTally, ScreenWatcher
 from .video_file import VideoUnreadable, iter_frames
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -51,45 +49,36 @@ def source_frames(path: Path, fps: float) -> Iterator[tuple[float, rtc.VideoFram
     return iter_frames(path)
 
 
-@dataclass
-class ScanSummary:
-    sampled: int = 0
-    kept: int = 0
-    invalid: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    by_content_type: dict[str, Counter[str]] = field(default_factory=dict)
+def summary_line(tally: FrameTally) -> dict[str, object]:
+    """The closing JSON line of `sightline vision scan --json`."""
+    sampled = tally.sampled
+    return {
+        "summary": True,
+        "sampled": sampled,
+        "kept": tally.kept,
+        "invalid": tally.invalid,
+        "reduction": round(1 - tally.kept / sampled, 4) if sampled else 0.0,
+        "dropped": {r: n for r, n in tally.dropped.items() if r != "invalid"},
+        "by_content_type": tally.by_content_type(),
+    }
 
-    def add(self, decision: FrameDecision) -> None:
-        if decision.change is None:
-            self.invalid += 1
-            return
-        self.sampled += 1
-        self.kept += decision.kept
-        if not decision.kept:
-            self.dropped[decision.reason] += 1
-        counts = self.by_content_type.setdefault(str(decision.change.content_type), Counter())
-        counts["sampled"] += 1
-        counts["kept"] += decision.kept
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "summary": True,
-            "sampled": self.sampled,
-            "kept": self.kept,
-            "invalid": self.invalid,
-            "reduction": round(1 - self.kept / self.sampled, 4) if self.sampled else 0.0,
-            "dropped": dict(self.dropped),
-            "by_content_type": {k: dict(v) for k, v in sorted(self.by_content_type.items())},
-        }
+def watch(
+    frames: Iterator[tuple[float, rtc.VideoFrame]], fps: float, config: DetectorConfig | None
+) -> Iterator[tuple[FrameDecision, rtc.VideoFrame]]:
+    """Each decision with the frame it was made on, through the live session's watcher."""
+    decisions: list[FrameDecision] = []
+    watcher = ScreenWatcher(FrameSampler(fps), decisions.append, ChangeDetector(config))
+    for t, frame in frames:
+        watcher.offer(t, frame)
+        for decision in decisions:
+            yield decision, frame
+        decisions.clear()
 
 
 def scan(
     path: Path, fps: float = 1.0, config: DetectorConfig | None = None
 ) -> Iterator[FrameDecision]:
     """Every decision for a recording, in order, as a live session would have made them."""
-    decisions: list[FrameDecision] = []
-    watcher = ScreenWatcher(FrameSampler(fps), decisions.append, ChangeDetector(config))
-    for t, frame in source_frames(path, fps):
-        watcher.offer(t, frame)
-        yield from decisions
-        decisions.clear()
+    for decision, _ in watch(source_frames(path, fps), fps, config):
+        yield decision

@@ -9,8 +9,9 @@ were kept, and why each was dropped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from livekit import rtc
 
@@ -35,6 +36,40 @@ class FrameDecision:
             return {"t": round(self.t, 3), "kept": False, "reason": self.reason,
                     "content_type": None}
         return self.change.as_dict()
+
+
+@dataclass
+class FrameTally:
+    """Decisions counted: kept, dropped by reason (an unusable frame as "invalid", which never
+    counts as sampled), and sampled / kept / dropped per content type."""
+
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    by_type: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def add(self, decision: FrameDecision) -> None:
+        if decision.kept:
+            self.kept += 1
+        else:
+            self.dropped[decision.reason] += 1
+        if decision.change is not None:
+            counts = self.by_type.setdefault(str(decision.change.content_type), Counter())
+            counts["sampled"] += 1
+            counts["kept" if decision.kept else "dropped"] += 1
+
+    @property
+    def invalid(self) -> int:
+        return self.dropped["invalid"]
+
+    @property
+    def sampled(self) -> int:
+        return self.kept + sum(self.dropped.values()) - self.invalid
+
+    def by_content_type(self) -> dict[str, dict[str, int]]:
+        return {
+            kind: {k: counts[k] for k in ("sampled", "kept", "dropped")}
+            for kind, counts in sorted(self.by_type.items())
+        }
 
 
 class ScreenWatcher:
