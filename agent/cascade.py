@@ -37,7 +37,8 @@ log = logging.getLogger("sightline.cascade")
 CONFIDENCE_PROTOCOL = (
     "Begin every reply with your confidence that it is correct and complete, written exactly as "
     "[[confidence: 0.NN]] with a number from 0 to 1, then the reply itself. Be honest: a low "
-    "number hands the question to a stronger model."
+    "number hands the question to a stronger model. When you need a tool, call it without the "
+    "header; state your confidence in the reply that follows the tool's result."
 )
 BUDGET_SENTENCE = (
     "Sorry, I am not sure enough to answer that, and this session's budget does not allow "
@@ -140,6 +141,11 @@ class EscalationPolicy:
     def answered(self, tier: int) -> None:
         self._last_tier = tier
 
+    def after_tool_result(self) -> tuple[int, str]:
+        """The model's answer to a tool's result is the same user turn: the tier that called
+        the tool goes on (a new question would have reset it)."""
+        return self._last_tier, "tool_result"
+
 
 @dataclass
 class _Attempt:
@@ -153,10 +159,17 @@ class _Attempt:
     started: float = field(default_factory=time.perf_counter)
     first_token_ms: float | None = None
     outcome: str = "failed"
+    tool_calls: list[str] = field(default_factory=list)
 
     def unsure(self) -> bool:
         """Below its bar before a word was sent: the answer goes to the next tier instead."""
         return not self.spoken and (self.header.confidence or 0.0) < self.bar
+
+    def declines_tool_call(self) -> bool:
+        """A tool call is an action, not an answer, so it needs no header; but a tier that
+        said it is unsure hands the whole turn, tool call included, to the next tier."""
+        confidence = self.header.confidence
+        return not self.spoken and confidence is not None and confidence < self.bar
 
 
 @dataclass
@@ -164,6 +177,7 @@ class TurnRecord:
     start_tier: int
     reason: str
     tried: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[str] = field(default_factory=list)
     answered_tier: int | None = None
     budget_capped: bool = False
     cost_usd: float = 0.0
@@ -211,6 +225,10 @@ class CascadeLLM(llm.LLM):
         await super().aclose()
 
 
+def _answers_tool_result(chat_ctx: llm.ChatContext) -> bool:
+    return bool(chat_ctx.items) and chat_ctx.items[-1].type == "function_call_output"
+
+
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -225,7 +243,10 @@ class CascadeStream(llm.LLMStream):
     async def _run(self) -> None:
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
-        start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
+        if _answers_tool_result(self._chat_ctx):
+            start, reason = owner.policy.after_tool_result()
+        else:
+            start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
         cap = owner._ledger.tier_cap()
         if cap is not None and start > cap:
             start, reason = cap, f"{reason}+budget_cap"
@@ -249,7 +270,7 @@ class CascadeStream(llm.LLMStream):
                 usage_total = usage_total + usage
                 if error is not None:
                     last_error = error
-                if outcome == "answered":
+                if outcome in ("answered", "tool_call"):
                     record.answered_tier, record.answer_usage = index, usage
                     owner.policy.answered(index)
                     break
@@ -265,6 +286,7 @@ class CascadeStream(llm.LLMStream):
                 {
                     "start_tier": record.start_tier, "reason": record.reason,
                     "tried": record.tried, "answered_tier": record.answered_tier,
+                    "tool_calls": record.tool_calls,
                     "budget_capped": record.budget_capped,
                     "answered_model": (owner.tiers[record.answered_tier].model
                                        if record.answered_tier is not None else None),
@@ -291,7 +313,8 @@ class CascadeStream(llm.LLMStream):
         self, index: int, ctx: llm.ChatContext, request_id: str, final: bool, deadline: float,
         record: TurnRecord,
     ) -> tuple[str, Usage, ProviderError | None]:
-        """Ask one tier. Returns ("answered" | "low_confidence" | "failed", usage, error)."""
+        """Ask one tier. Returns the outcome ("answered", "tool_call", "low_confidence" or
+        "failed"), its usage and its error."""
         owner = self._llm
         tier = owner.tiers[index]
         attempt = _Attempt(bar=0.0 if final else tier.threshold)
@@ -308,7 +331,9 @@ class CascadeStream(llm.LLMStream):
         finally:
             if error is not None:
                 log.warning("tier %d (%s) failed: %s", index, tier.model, error)
-                if attempt.spoken:  # part of this answer was already sent: end it plainly
+                if attempt.tool_calls:  # the calls already went out: their results go on
+                    attempt.outcome = "tool_call"
+                elif attempt.spoken:  # part of this answer was already sent: end it plainly
                     self._send(request_id, " … " + failure_sentence(error))
                     attempt.outcome = "answered"
             self._log_attempt(index, attempt, error, ctx, request_id, record)
@@ -320,7 +345,8 @@ class CascadeStream(llm.LLMStream):
     ) -> None:
         """Read one tier's stream: hold text back until the header is read, then either drop
         the answer unseen (unsure) or pass it on as it arrives."""
-        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens)
+        tools = llm.ToolContext(self._tools) if self._tools else None
+        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens, tools=tools)
         async with (
             asyncio.timeout(max(0.1, deadline - time.monotonic())),
             aclosing(reply) as stream,
@@ -328,6 +354,14 @@ class CascadeStream(llm.LLMStream):
             async for item in stream:
                 if isinstance(item, Usage):
                     attempt.usage = item
+                    continue
+                if isinstance(item, llm.FunctionToolCall):
+                    held = attempt.header.finish()
+                    if attempt.declines_tool_call():
+                        attempt.outcome = "low_confidence"
+                        return
+                    self._speak(attempt, request_id, held)
+                    self._call_tool(attempt, request_id, item)
                     continue
                 if attempt.first_token_ms is None:
                     attempt.first_token_ms = (time.perf_counter() - attempt.started) * 1000
@@ -340,11 +374,26 @@ class CascadeStream(llm.LLMStream):
                     return  # the rest is dropped unseen: nothing of this answer is sent
                 self._speak(attempt, request_id, text)
         rest = attempt.header.finish()
+        if attempt.tool_calls:
+            self._speak(attempt, request_id, rest)
+            attempt.outcome = "tool_call"
+            return
         if attempt.unsure():
             attempt.outcome = "low_confidence"
             return
         self._speak(attempt, request_id, rest)
         attempt.outcome = "answered"
+
+    def _call_tool(self, attempt: _Attempt, request_id: str, call: llm.FunctionToolCall) -> None:
+        """Hand the call to LiveKit, which runs the tool and asks the cascade again with its
+        result (see `after_tool_result`)."""
+        attempt.tool_calls.append(call.name)
+        self._event_ch.send_nowait(
+            llm.ChatChunk(
+                id=request_id,
+                delta=llm.ChoiceDelta(role="assistant", tool_calls=[call]),
+            )
+        )
 
     def _speak(self, attempt: _Attempt, request_id: str, text: str) -> None:
         if text:
@@ -357,7 +406,7 @@ class CascadeStream(llm.LLMStream):
     ) -> None:
         owner = self._llm
         tier = owner.tiers[index]
-        partial = attempt.outcome != "answered" or error is not None
+        partial = attempt.outcome not in ("answered", "tool_call") or error is not None
         if partial:
             # the stream was left early: bill at least what arrived (~4 characters a token)
             attempt.usage = replace(
@@ -369,6 +418,7 @@ class CascadeStream(llm.LLMStream):
             "threshold": tier.threshold, "outcome": attempt.outcome,
             **({"error": str(error)} if error else {}),
         })
+        record.tool_calls += attempt.tool_calls
         cancelled = attempt.outcome == "cancelled"
         event = owner._ledger.model_call(
             provider=tier.provider, model=tier.model, usage=attempt.usage,
@@ -381,6 +431,7 @@ class CascadeStream(llm.LLMStream):
                 "first_token_ms": (round(attempt.first_token_ms, 1)
                                    if attempt.first_token_ms else None),
                 "output_chars": attempt.spoken,
+                **({"tool_calls": attempt.tool_calls} if attempt.tool_calls else {}),
                 "usage_partial": partial,
             },
         )

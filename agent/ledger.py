@@ -152,6 +152,8 @@ class CostLedger:
         self._turns["answered_by_tier"][str(answered)] += 1
         self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
         self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
+        for name in detail.get("tool_calls", []):
+            self._turns["tool_calls"][name] += 1
         self._record("turn", cost_usd=0.0, detail=detail)
 
     def frame(self, decision: FrameDecision) -> None:

@@ -1,7 +1,8 @@
 """Model providers behind one small interface: stream the answer to a chat context.
 
-`ChatProvider.stream()` yields text deltas and `Usage` snapshots (the latest one counts; the last
-is final), so a caller that stops reading early still knows what the call cost so far. Each
+`ChatProvider.stream()` yields text deltas, the tool calls the model makes (as LiveKit
+`FunctionToolCall`s, whichever provider made them) and `Usage` snapshots (the latest one counts;
+the last is final), so a caller that stops reading early still knows what the call cost. Each
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed.
@@ -9,6 +10,8 @@ adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's conv
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -35,13 +38,17 @@ class ProviderError(RuntimeError):
         super().__init__(f"{provider} {model}: {where}: {message}")
 
 
+StreamItem = str | Usage | llm.FunctionToolCall
+
+
 class ChatProvider(Protocol):
     name: str
     model: str
 
     def stream(
-        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
-    ) -> AsyncIterator[str | Usage]: ...
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
+        tools: llm.ToolContext | None = None,
+    ) -> AsyncIterator[StreamItem]: ...
 
     async def aclose(self) -> None: ...
 
@@ -89,12 +96,17 @@ class GeminiProvider(_ProviderBase):
         )
 
     async def stream(
-        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
-    ) -> AsyncIterator[str | Usage]:
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
+        tools: llm.ToolContext | None = None,
+    ) -> AsyncIterator[StreamItem]:
         turns, fmt = chat_ctx.to_provider_format("google")
+        declarations = tools.parse_function_tools("google") if tools else []
         config = genai_types.GenerateContentConfig(
             system_instruction="\n\n".join(fmt.system_messages) or None,
             max_output_tokens=max_output_tokens,
+            tools=[genai_types.Tool(function_declarations=[
+                genai_types.FunctionDeclaration(**d) for d in declarations
+            ])] if declarations else None,
         )
         usage_meta: genai_types.GenerateContentResponseUsageMetadata | None = None
         try:
@@ -107,7 +119,13 @@ class GeminiProvider(_ProviderBase):
                     yield _gemini_usage(usage_meta)  # so far: a caller may stop reading early
                 for candidate in chunk.candidates or []:
                     for part in (candidate.content.parts if candidate.content else None) or []:
-                        if part.text and not part.thought:
+                        if part.function_call is not None and part.function_call.name:
+                            call = part.function_call
+                            yield llm.FunctionToolCall(
+                                call_id=call.id or f"call_{uuid.uuid4().hex[:12]}",
+                                name=call.name, arguments=json.dumps(call.args or {}),
+                            )
+                        elif part.text and not part.thought:
                             yield part.text
         except genai_errors.APIError as exc:
             raise ProviderError(
@@ -159,9 +177,12 @@ class ClaudeProvider(_ProviderBase):
         )
 
     async def stream(
-        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int
-    ) -> AsyncIterator[str | Usage]:
+        self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
+        tools: llm.ToolContext | None = None,
+    ) -> AsyncIterator[StreamItem]:
         messages, fmt = chat_ctx.to_provider_format("anthropic")
+        # tool definitions come before the system prompt, so its cache mark covers them too
+        schemas = tools.parse_function_tools("anthropic", strict=False) if tools else []
         system_text = "\n\n".join(fmt.system_messages or [])
         system = [{"type": "text", "text": system_text, **_CACHE}] if system_text else []
         _mark_cache_breakpoint(messages)
@@ -171,13 +192,20 @@ class ClaudeProvider(_ProviderBase):
                 max_tokens=max_output_tokens,
                 messages=messages,  # type: ignore[arg-type]
                 **({"system": system} if system else {}),
+                **({"tools": schemas} if schemas else {}),
             ) as stream:
-                reported = False
-                async for text in stream.text_stream:
-                    if not reported:  # the input count arrives with message_start; the output
-                        reported = True  # count only at the end
-                        yield _claude_usage(stream.current_message_snapshot.usage)
-                    yield text
+                async for event in stream:
+                    if event.type == "message_start":  # the input count comes first; the
+                        yield _claude_usage(event.message.usage)  # output count at the end
+                    elif event.type == "text":
+                        yield event.text
+                    elif event.type == "content_block_stop" and (
+                        event.content_block.type == "tool_use"
+                    ):
+                        block = event.content_block
+                        yield llm.FunctionToolCall(
+                            call_id=block.id, name=block.name, arguments=json.dumps(block.input),
+                        )
                 final = await stream.get_final_message()
         except anthropic.APITimeoutError as exc:
             raise self._timeout() from exc

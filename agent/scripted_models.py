@@ -37,7 +37,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -61,6 +61,14 @@ _ANTHROPIC_ERROR_TYPES = {
 
 
 @dataclass(frozen=True)
+class ScriptedToolCall:
+    """A function call the scripted model makes after its text, in the provider's wire form."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ScriptedReply:
     """One scripted answer; a non-200 ``status`` yields the provider's JSON error instead."""
 
@@ -69,6 +77,11 @@ class ScriptedReply:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     words_per_chunk: int = WORDS_PER_CHUNK  # streaming granularity (live APIs: a few tokens)
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+
+    def output_tokens(self) -> int:
+        calls = "".join(c.name + json.dumps(c.args) for c in self.tool_calls)
+        return max(1, estimate_text_tokens(self.text + calls))
 
 
 @dataclass
@@ -123,6 +136,9 @@ def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int]:
     for part in itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents):
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
+        for key in ("functionCall", "function_call", "functionResponse", "function_response"):
+            if isinstance(part.get(key), dict):  # counted as text in the token estimate
+                texts.append(json.dumps(part[key], sort_keys=True))
         blob = part.get("inlineData") or part.get("inline_data") or {}
         if str(blob.get("mimeType") or blob.get("mime_type") or "").startswith("image/"):
             images += 1
@@ -147,6 +163,8 @@ def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
                 counts[1] += _anthropic_image_tokens(block)
             elif kind == "tool_result":  # screenshots can come back inside tool results
                 walk(block.get("content"))
+            elif kind == "tool_use":
+                texts.append(json.dumps(block.get("input"), sort_keys=True))
 
     walk(body.get("system"))
     for message in body.get("messages") or []:
@@ -343,15 +361,21 @@ class ScriptedModelServer:
 
         usage = {
             "promptTokenCount": estimate_text_tokens(captured.text) + GEMINI_IMAGE_TOKENS * images,
-            "candidatesTokenCount": max(1, estimate_text_tokens(reply.text)),
+            "candidatesTokenCount": reply.output_tokens(),
             "cachedContentTokenCount": self.cache.gemini(captured.text),
         }
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"
+        calls = [
+            {"functionCall": {"id": f"call_{response_id}_{i}", "name": c.name, "args": c.args}}
+            for i, c in enumerate(reply.tool_calls)
+        ]
 
         def payload(text: str, so_far: str, final: bool) -> dict[str, Any]:
+            parts: list[dict[str, Any]] = [{"text": text}] if text or not (final and calls) else []
             candidate: dict[str, Any] = {
-                "content": {"role": "model", "parts": [{"text": text}]}, "index": 0,
+                "content": {"role": "model", "parts": parts + (calls if final else [])},
+                "index": 0,
             }
             # like the live API, every streamed chunk carries usage (output counted so far)
             running = {**usage, "candidatesTokenCount": max(1, estimate_text_tokens(so_far))}
@@ -400,11 +424,18 @@ class ScriptedModelServer:
         input_tokens = max(
             0, estimate_text_tokens(captured.text) + image_tokens - cache_write - cache_read
         )
-        output_tokens = max(1, estimate_text_tokens(reply.text))
+        output_tokens = reply.output_tokens()
+        message_id = f"msg_scripted_{len(self.requests):06d}"
+        tool_uses = [
+            {"type": "tool_use", "id": f"toolu_{message_id}_{i}", "name": c.name, "input": c.args}
+            for i, c in enumerate(reply.tool_calls)
+        ]
+        text_blocks = [{"type": "text", "text": reply.text}] if reply.text or not tool_uses else []
+        stop_reason = "tool_use" if tool_uses else "end_turn"
         message: dict[str, Any] = {
-            "id": f"msg_scripted_{len(self.requests):06d}", "type": "message",
-            "role": "assistant", "model": model, "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": "end_turn", "stop_sequence": None,
+            "id": message_id, "type": "message",
+            "role": "assistant", "model": model, "content": text_blocks + tool_uses,
+            "stop_reason": stop_reason, "stop_sequence": None,
             "usage": {
                 "input_tokens": input_tokens, "output_tokens": output_tokens,
                 "cache_creation_input_tokens": cache_write, "cache_read_input_tokens": cache_read,
@@ -415,15 +446,26 @@ class ScriptedModelServer:
 
         start = {**message, "content": [], "stop_reason": None,
                  "usage": {**message["usage"], "output_tokens": 1}}
-        events: list[dict[str, Any]] = [
-            {"type": "message_start", "message": start},
-            {"type": "content_block_start", "index": 0,
-             "content_block": {"type": "text", "text": ""}},
-            *({"type": "content_block_delta", "index": 0,
-               "delta": {"type": "text_delta", "text": c}}
-              for c in split_chunks(reply.text, reply.words_per_chunk)),
-            {"type": "content_block_stop", "index": 0},
-            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
+        if text_blocks:
+            events += [
+                {"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "text", "text": ""}},
+                *({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": c}}
+                  for c in split_chunks(reply.text, reply.words_per_chunk)),
+                {"type": "content_block_stop", "index": 0},
+            ]
+        for index, use in enumerate(tool_uses, start=len(text_blocks)):
+            events += [
+                {"type": "content_block_start", "index": index,
+                 "content_block": {**use, "input": {}}},
+                {"type": "content_block_delta", "index": index,
+                 "delta": {"type": "input_json_delta", "partial_json": json.dumps(use["input"])}},
+                {"type": "content_block_stop", "index": index},
+            ]
+        events += [
+            {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
              "usage": {"output_tokens": output_tokens}},
             {"type": "message_stop"},
         ]

@@ -18,6 +18,7 @@ from livekit.agents.voice import ConversationItemAddedEvent
 from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.store import Store
+from tools.screen_history import ScreenHistoryTools
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
@@ -92,7 +93,9 @@ class SessionRuntime:
         screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
         history = await conversation.history(user_id, settings.history_messages)
-        agent = SightlineAgent(TurnContext(screen, settings.image_max_px), history)
+        turn_context = TurnContext(screen, settings.image_max_px)
+        screen_tools = ScreenHistoryTools(screen, turn_context.show_earlier)
+        agent = SightlineAgent(turn_context, history, screen_tools.tools())
         providers = [make_provider(settings, tier) for tier in tiers]
         model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s)
         log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",

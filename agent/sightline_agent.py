@@ -14,8 +14,10 @@ from .turn_context import INSTRUCTIONS, TurnContext
 
 
 class SightlineAgent(Agent):
-    def __init__(self, turn_context: TurnContext, history: llm.ChatContext) -> None:
-        super().__init__(instructions=INSTRUCTIONS, chat_ctx=history)
+    def __init__(
+        self, turn_context: TurnContext, history: llm.ChatContext, tools: list[llm.Tool]
+    ) -> None:
+        super().__init__(instructions=INSTRUCTIONS, chat_ctx=history, tools=tools)
         self._turn_context = turn_context
 
     async def llm_node(

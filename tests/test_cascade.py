@@ -5,7 +5,9 @@ Protects: a low-confidence tier is dropped unseen and the next tier answers in t
 missing or malformed header counts as low; the header never reaches the user; the last tier
 always answers; a rephrased question or "that didn't help" starts one tier higher, "it worked"
 and a new topic start at tier 0; a failing tier (HTTP 500, 429, timeout) falls through, and when
-every tier fails the user gets one sentence; every tier's call and the turn are in the ledger.
+every tier fails the user gets one sentence; every tier's call and the turn are in the ledger;
+a tool call made by whichever tier acts runs once (through LiveKit's own tool execution), its
+result goes back in that provider's wire format, and the same tier answers it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from livekit.agents import llm
+from livekit.agents import Agent, AgentSession, llm
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
 from agent.ledger import CostLedger
 from agent.pricing import PriceTable
 from agent.providers import ClaudeProvider, GeminiProvider
-from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from agent.scripted_models import (
+    CapturedRequest,
+    ScriptedModelServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
 
 TIERS = [
     Tier("gemini", "gemini-2.5-flash-lite", 0.7, 256),
@@ -340,3 +347,68 @@ async def test_a_spent_budget_stops_escalation(make: Make) -> None:
     assert crossed == [("session", 0.7), ("session", 0.9), ("session", 1.0)]
     summary = model._ledger.summary()
     assert summary["budget"]["escalation_capped_at_tier"] == 0
+
+
+class Orders:
+    """A test tool that records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    @llm.function_tool
+    async def order_status(self, order_id: str) -> str:
+        """Look up an order's shipping status.
+
+        Args:
+            order_id: the order number.
+        """
+        self.asked.append(order_id)
+        return f"order {order_id}: shipped on 2026-11-20"
+
+
+def call(order_id: str, header: str = "") -> ScriptedReply:
+    return ScriptedReply(text=header, tool_calls=(ScriptedToolCall("order_status",
+                                                                   {"order_id": order_id}),))
+
+
+def tool_results(request: CapturedRequest) -> list[str]:
+    """The tool results a request carries back, in the provider's own wire form."""
+    if request.provider == "gemini":
+        return [p["functionResponse"]["response"]["output"]
+                for c in request.body["contents"] for p in c["parts"] if "functionResponse" in p]
+    return [b["content"] for m in request.body["messages"] if isinstance(m["content"], list)
+            for b in m["content"] if b.get("type") == "tool_result"]
+
+
+@pytest.mark.parametrize("tier", [0, 1, 2])
+async def test_tool_calls_work_whichever_tier_answers(make: Make, tier: int) -> None:
+    # the tiers below are unsure; one of them even tries a tool call, which must not run
+    below = [call("WRONG", "[[confidence: 0.2]] "), said("Not sure.", 0.1)]
+    model, replies = await make({
+        t.model: ([call("A17"), said("Order A17 shipped on November 20.", 0.9)]
+                  if i == tier else [below[i % 2]])
+        for i, t in enumerate(TIERS)
+    })
+    orders = Orders()
+    session: AgentSession = AgentSession(llm=model)
+    await session.start(Agent(instructions="Help with orders.", tools=[orders.order_status]),
+                        record=False)
+    try:
+        run = await session.run(user_input="Where is my order A17?")
+    finally:
+        await session.aclose()
+    reply = " ".join(e.item.text_content or "" for e in run.events
+                     if e.type == "message" and e.item.role == "assistant")
+    assert reply == "Order A17 shipped on November 20."
+    assert orders.asked == ["A17"]
+    assert replies.asked == [t.model for t in TIERS[:tier + 1]] + [TIERS[tier].model]
+    answer_request = replies.requests[-1]
+    assert tool_results(answer_request) == ["order A17: shipped on 2026-11-20"]
+    assert [r.body.get("tools") is not None for r in replies.requests] == [True] * len(
+        replies.requests)
+    acted, answered = turns(model)
+    assert acted["tool_calls"] == ["order_status"] and acted["answered_tier"] == tier
+    assert [t["outcome"] for t in acted["tried"]] == ["low_confidence"] * tier + ["tool_call"]
+    assert answered["reason"] == "tool_result" and answered["start_tier"] == tier
+    assert answered["answered_tier"] == tier and answered["tool_calls"] == []
+    assert model._ledger.summary()["turns"]["tool_calls"] == {"order_status": 1}

@@ -1,7 +1,8 @@
 """The screen as the agent knows it: frames come in, the sampler picks one per period, and the
 change detector keeps it only when the screen really changed. `latest` is the last kept frame
 (the screen state that changed); `freshest` is the last sampled one, which a user turn looks at,
-so a question asked while a line is still being typed sees the line. Every decision goes to
+so a question asked while a line is still being typed sees the line. `changes` holds the last few
+kept frames, which the model can ask to look back at. Every decision goes to
 `on_decision` (the cost ledger): a session's log says how many frames arrived, were sampled and
 were kept, and why each was dropped.
 """
@@ -9,7 +10,7 @@ were kept, and why each was dropped.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,7 +73,17 @@ class FrameTally:
         }
 
 
+@dataclass(frozen=True)
+class ScreenChange:
+    """A kept frame and the verdict that kept it."""
+
+    frame: SampledFrame
+    decision: ChangeDecision
+
+
 class ScreenWatcher:
+    KEPT_HISTORY = 8  # kept frames held for looking back: a 1080p I420 frame is about 3 MB
+
     def __init__(
         self,
         sampler: FrameSampler,
@@ -84,6 +95,7 @@ class ScreenWatcher:
         self._on_decision = on_decision
         self.latest: SampledFrame | None = None
         self.freshest: SampledFrame | None = None
+        self.changes: deque[ScreenChange] = deque(maxlen=self.KEPT_HISTORY)
         self.frames_received = 0
         self.camera_only = False
         self._last_invalid_t: float | None = None
@@ -113,11 +125,13 @@ class ScreenWatcher:
         if not change.kept:
             return None
         self.latest = self.freshest
+        self.changes.append(ScreenChange(self.latest, change))
         return self.latest
 
     def clear(self) -> None:
         """The share ended: nothing on screen to answer from."""
         self.latest = self.freshest = None
+        self.changes.clear()
 
     def stats(self) -> dict[str, int]:
         return {"received": self.frames_received, "sampled": self._sampler.sampled}
