@@ -28,6 +28,7 @@ from livekit.agents import llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from .config import Tier
+from .images import ImageBill, ImageEncoder
 from .ledger import CostLedger
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
@@ -57,15 +58,6 @@ def failure_sentence(err: ProviderError) -> str:
         "connection": "could not be reached",
     }.get(err.kind, "rejected the request")
     return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."
-
-
-def count_images(chat_ctx: llm.ChatContext) -> int:
-    return sum(
-        isinstance(c, llm.ImageContent)
-        for item in chat_ctx.items
-        if item.type == "message"
-        for c in item.content
-    )
 
 
 @dataclass
@@ -160,6 +152,7 @@ class _Attempt:
     first_token_ms: float | None = None
     outcome: str = "failed"
     tool_calls: list[str] = field(default_factory=list)
+    images: ImageBill = field(default_factory=ImageBill)
 
     def unsure(self) -> bool:
         """Below its bar before a word was sent: the answer goes to the next tier instead."""
@@ -191,6 +184,7 @@ class CascadeLLM(llm.LLM):
         providers: list[ChatProvider],
         ledger: CostLedger,
         turn_deadline_s: float,
+        images: ImageEncoder,
     ) -> None:
         super().__init__()
         if not tiers or len(tiers) != len(providers):
@@ -199,6 +193,7 @@ class CascadeLLM(llm.LLM):
         self._providers = providers
         self._ledger = ledger
         self._deadline_s = turn_deadline_s
+        self._images = images
         self.policy = EscalationPolicy(len(tiers))
 
     @property
@@ -336,7 +331,7 @@ class CascadeStream(llm.LLMStream):
                 elif attempt.spoken:  # part of this answer was already sent: end it plainly
                     self._send(request_id, " … " + failure_sentence(error))
                     attempt.outcome = "answered"
-            self._log_attempt(index, attempt, error, ctx, request_id, record)
+            self._log_attempt(index, attempt, error, request_id, record)
         return attempt.outcome, attempt.usage, error
 
     async def _stream(
@@ -346,7 +341,8 @@ class CascadeStream(llm.LLMStream):
         """Read one tier's stream: hold text back until the header is read, then either drop
         the answer unseen (unsure) or pass it on as it arrives."""
         tools = llm.ToolContext(self._tools) if self._tools else None
-        reply = provider.stream(ctx, max_output_tokens=tier.max_output_tokens, tools=tools)
+        tier_ctx, attempt.images = await self._llm._images.prepare(ctx, tier.provider)
+        reply = provider.stream(tier_ctx, max_output_tokens=tier.max_output_tokens, tools=tools)
         async with (
             asyncio.timeout(max(0.1, deadline - time.monotonic())),
             aclosing(reply) as stream,
@@ -401,8 +397,8 @@ class CascadeStream(llm.LLMStream):
             self._send(request_id, text)
 
     def _log_attempt(
-        self, index: int, attempt: _Attempt, error: ProviderError | None, ctx: llm.ChatContext,
-        request_id: str, record: TurnRecord,
+        self, index: int, attempt: _Attempt, error: ProviderError | None, request_id: str,
+        record: TurnRecord,
     ) -> None:
         owner = self._llm
         tier = owner.tiers[index]
@@ -422,7 +418,8 @@ class CascadeStream(llm.LLMStream):
         cancelled = attempt.outcome == "cancelled"
         event = owner._ledger.model_call(
             provider=tier.provider, model=tier.model, usage=attempt.usage,
-            images=count_images(ctx),
+            images=attempt.images.images, image_tokens=attempt.images.tokens,
+            image_tokens_full_resolution=attempt.images.full_resolution_tokens,
             latency_ms=(time.perf_counter() - attempt.started) * 1000,
             error=str(error) if error else ("cancelled" if cancelled else None),
             detail={

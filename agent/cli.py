@@ -182,6 +182,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if cache and cache["prompt_tokens"]:
         lines.append(f"  prompt cache: {100 * cache['hit_rate']:.1f}% of prompt tokens read from "
                      f"cache, ${cache['saved_usd']:.6f} saved")
+    images = summary.get("images")
+    if images and images["sent"]:
+        lines.append(f"  images: {images['sent']} sent, {images['tokens']} tokens "
+                     f"(${images['cost_usd']:.6f}); {images['tokens_at_full_resolution']} tokens "
+                     f"at full resolution, ${images['saved_usd']:.6f} saved")
     vs_top = summary.get("vs_top_tier")
     if vs_top and vs_top["savings"] is not None:
         lines.append(f"  cascade: {vs_top['turns']} answered turns for ${vs_top['cost_usd']:.6f}, "

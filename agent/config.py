@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 
 
 PROVIDERS = ("gemini", "anthropic")
+IMAGE_DETAILS = ("low", "medium", "high")
 
 
 def _text(raw: str) -> str:
@@ -77,6 +78,13 @@ def parse_tiers(raw: str) -> tuple[Tier, ...]:
             raise ValueError(f"tier {index}: threshold must be between 0 and 1")
         tiers.append(Tier(_provider(fields[0]), fields[1], threshold, _positive_int(fields[3])))
     return tuple(tiers)
+
+
+def _image_detail(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in IMAGE_DETAILS:
+        raise ValueError(f"must be one of {', '.join(IMAGE_DETAILS)}")
+    return value
 
 
 def _port(raw: str) -> int:
@@ -149,7 +157,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _positive_float, 20.0),
     _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", _non_negative_int, 1),
     _Field("max_output_tokens", "SIGHTLINE_MAX_OUTPUT_TOKENS", _positive_int, 512),
-    _Field("image_max_px", "SIGHTLINE_IMAGE_MAX_PX", _positive_int, 1024),
+    _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _image_detail, "medium",
+        help="low | medium | high: screen image size per provider (README: Images)"),
     _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", _positive_float, 1.0),
     _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", _non_negative_int, 10),
     _Field("data_dir", "SIGHTLINE_DATA_DIR", _path, _DEFAULT_DATA_DIR),
@@ -195,7 +204,7 @@ class Settings:
     model_timeout_s: float
     model_retries: int
     max_output_tokens: int
-    image_max_px: int
+    image_detail: str
     sample_fps: float
     history_messages: int
     data_dir: Path

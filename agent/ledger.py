@@ -95,6 +95,8 @@ class CostLedger:
         usage: Usage,
         images: int,
         latency_ms: float,
+        image_tokens: int = 0,
+        image_tokens_full_resolution: int = 0,
         error: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
@@ -115,6 +117,13 @@ class CostLedger:
         totals["cache_write_tokens"] += usage.cache_write_tokens
         totals["output_tokens"] += usage.output_tokens
         totals["images"] += images
+        totals["image_tokens"] += image_tokens
+        totals["image_tokens_full_resolution"] += image_tokens_full_resolution
+        # images are billed as input tokens: their share of the call's cost, at the input rate
+        image_cost = self.prices.input_cost(model, image_tokens)
+        totals["image_cost_usd"] += image_cost or 0.0
+        totals["image_full_resolution_cost_usd"] += (
+            self.prices.input_cost(model, image_tokens_full_resolution) or 0.0)
         totals["cost_usd"] += cost or 0.0
         return self._record(
             "model_error" if error else "model_call",
@@ -125,6 +134,9 @@ class CostLedger:
             cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens,
             images=images,
+            image_tokens=image_tokens,
+            image_tokens_full_resolution=image_tokens_full_resolution,
+            image_cost_usd=round(image_cost, 8) if image_cost is not None else None,
             latency_ms=round(latency_ms, 1),
             cost_usd=cost,
             detail={**(detail or {}), **({"error": error} if error else {})},
@@ -173,7 +185,7 @@ class CostLedger:
             "duration_s": round(time.time() - self._started, 2),
             "total_cost_usd": round(self.total_cost_usd, 8),
             "by_model": {
-                model: {k: (round(v, 8) if k == "cost_usd" else v) for k, v in totals.items()}
+                model: {k: (round(v, 8) if k.endswith("_usd") else v) for k, v in totals.items()}
                 for model, totals in self._by_model.items()
             },
             "frames": {
@@ -185,6 +197,7 @@ class CostLedger:
             },
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
+            "images": self._image_summary(),
             "vs_top_tier": self._vs_top_summary(),
             **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),
@@ -201,6 +214,19 @@ class CostLedger:
             "cost_usd": round(self._vs_top["cost_usd"], 8),
             "top_tier_cost_usd": round(top, 8),
             "savings": round(1 - self._vs_top["cost_usd"] / top, 4) if top else None,
+        }
+
+    def _image_summary(self) -> dict[str, Any]:
+        """Images sent, their billed tokens and cost, and the same frames at full resolution."""
+        totals = self._by_model.values()
+        cost = sum(t["image_cost_usd"] for t in totals)
+        full_cost = sum(t["image_full_resolution_cost_usd"] for t in totals)
+        return {
+            "sent": sum(t["images"] for t in totals),
+            "tokens": sum(t["image_tokens"] for t in totals),
+            "cost_usd": round(cost, 8),
+            "tokens_at_full_resolution": sum(t["image_tokens_full_resolution"] for t in totals),
+            "saved_usd": round(full_cost - cost, 8),
         }
 
     def _cache_summary(self) -> dict[str, Any]:

@@ -94,6 +94,11 @@ class PriceTable:
         saved = price.input_per_mtok - price.cached_input_per_mtok
         return cached_input_tokens * saved / 1_000_000
 
+    def input_cost(self, model: str, tokens: int) -> float | None:
+        """Dollars for `tokens` of fresh input, such as a request's images."""
+        price = self.get(model)
+        return None if price is None else tokens * price.input_per_mtok / 1_000_000
+
     def cost(self, model: str, usage: Usage) -> float | None:
         """Dollars for one call; None when the model is not in the table (logged, not guessed)."""
         price = self.get(model)

@@ -17,9 +17,10 @@ Wire formats (verified against google-genai 3.4.0 and anthropic 2.11.0 sources):
   content_block_delta*, content_block_stop, message_delta, message_stop).
 
 Usage numbers are ESTIMATES computed deterministically by this scripted server, not figures
-billed by any provider: text is ceil(chars / 4) tokens, a Gemini image is 258 tokens, an
-Anthropic image is ceil(width * height / 750) tokens (1600 if the image cannot be decoded),
-and output is ceil(len(reply) / 4) tokens, at least 1.
+billed by any provider: text is ceil(chars / 4) tokens; images follow each provider's documented
+rule on the decoded image size -- Gemini 258 tokens up to 384x384, else 258 per started 768x768
+tile; Anthropic ceil(width * height / 750) (1600 if an image cannot be decoded); output is
+ceil(len(reply) / 4) tokens, at least 1. Tool calls and results count as their JSON text.
 
 API keys are never stored: ``x-goog-api-key``, ``x-api-key`` and ``authorization`` (anthropic
 2.11 sends ``Authorization: Bearer <key>``) are masked as ``***`` in :class:`CapturedRequest`
@@ -42,7 +43,9 @@ from typing import Any
 
 from aiohttp import web
 
-GEMINI_IMAGE_TOKENS = 258
+GEMINI_IMAGE_TOKENS = 258  # per image up to 384x384, else per 768x768 tile
+GEMINI_SMALL_IMAGE_PX = 384
+GEMINI_TILE_PX = 768
 ANTHROPIC_IMAGE_FALLBACK_TOKENS = 1600
 WORDS_PER_CHUNK = 4
 # anthropic 2.11 sends its key as "Authorization: Bearer ..." rather than x-api-key.
@@ -95,6 +98,7 @@ class CapturedRequest:
     image_count: int
     text: str
     headers: dict[str, str]
+    image_tokens: int = 0  # this server's estimate, by the provider's documented rule
 
 
 ReplyFn = Callable[[CapturedRequest], ScriptedReply]
@@ -113,24 +117,38 @@ def split_chunks(text: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]
     return ["".join(pieces[i:i + words_per_chunk]) for i in range(0, len(pieces), words_per_chunk)]
 
 
-def _anthropic_image_tokens(block: dict[str, Any]) -> int:
-    """Bill like Anthropic's documented w*h/750 rule; PIL only reads the image header."""
-    source = block.get("source") or {}
+def _image_size(data: str) -> tuple[int, int] | None:
+    """An inline image's size; PIL only reads the header. Standard or URL-safe base64."""
     try:
         from PIL import Image
 
-        raw = base64.b64decode(source.get("data", ""), validate=True)
+        raw = base64.b64decode(data.replace("-", "+").replace("_", "/") + "==")
         with Image.open(io.BytesIO(raw)) as img:
-            width, height = img.size
-        return math.ceil(width * height / 750)
+            return img.size
     except (ImportError, OSError, ValueError, binascii.Error):
+        return None
+
+
+def _gemini_image_tokens(blob: dict[str, Any]) -> int:
+    size = _image_size(str(blob.get("data", "")))
+    if size is None or max(size) <= GEMINI_SMALL_IMAGE_PX:
+        return GEMINI_IMAGE_TOKENS
+    columns, rows = (-(-side // GEMINI_TILE_PX) for side in size)
+    return GEMINI_IMAGE_TOKENS * columns * rows
+
+
+def _anthropic_image_tokens(block: dict[str, Any]) -> int:
+    """Bill like Anthropic's documented w*h/750 rule."""
+    size = _image_size(str((block.get("source") or {}).get("data", "")))
+    if size is None:
         return ANTHROPIC_IMAGE_FALLBACK_TOKENS
+    return math.ceil(size[0] * size[1] / 750)
 
 
-def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int]:
-    """Collect text parts (system first) and count image/* inline parts."""
+def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
+    """Collect text parts (system first), count image/* inline parts and their tokens."""
     texts: list[str] = []
-    images = 0
+    images = image_tokens = 0
     system = body.get("systemInstruction") or body.get("system_instruction") or {}
     contents = [system, *(body.get("contents") or [])]
     for part in itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents):
@@ -142,7 +160,8 @@ def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int]:
         blob = part.get("inlineData") or part.get("inline_data") or {}
         if str(blob.get("mimeType") or blob.get("mime_type") or "").startswith("image/"):
             images += 1
-    return texts, images
+            image_tokens += _gemini_image_tokens(blob)
+    return texts, images, image_tokens
 
 
 def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
@@ -292,14 +311,14 @@ class ScriptedModelServer:
 
     def _capture(
         self, request: web.Request, provider: str, model: str, stream: bool, body: dict,
-        texts: list[str], images: int,
+        texts: list[str], images: int, image_tokens: int = 0,
     ) -> CapturedRequest:
         headers = {
             k.lower(): ("***" if k.lower() in _MASKED_HEADERS else v)
             for k, v in request.headers.items()
         }
         captured = CapturedRequest(
-            provider, model, stream, body, images, "\n".join(texts), headers
+            provider, model, stream, body, images, "\n".join(texts), headers, image_tokens
         )
         self.requests.append(captured)
         return captured
@@ -352,15 +371,16 @@ class ScriptedModelServer:
         if body is None:
             self._capture(request, "gemini", model, stream, {}, [], 0)
             return self._gemini_error(400, "Invalid JSON payload received.")
-        texts, images = _gemini_inspect(body)
-        captured = self._capture(request, "gemini", model, stream, body, texts, images)
+        texts, images, image_tokens = _gemini_inspect(body)
+        captured = self._capture(request, "gemini", model, stream, body, texts, images,
+                                 image_tokens)
         reply = self._next_reply(captured)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return self._gemini_error(reply.status, f"scripted error {reply.status}")
 
         usage = {
-            "promptTokenCount": estimate_text_tokens(captured.text) + GEMINI_IMAGE_TOKENS * images,
+            "promptTokenCount": estimate_text_tokens(captured.text) + image_tokens,
             "candidatesTokenCount": reply.output_tokens(),
             "cachedContentTokenCount": self.cache.gemini(captured.text),
         }
@@ -414,7 +434,8 @@ class ScriptedModelServer:
             return self._anthropic_error(400, "malformed JSON request body")
         model, stream = str(body.get("model", "")), body.get("stream") is True
         texts, images, image_tokens = _anthropic_inspect(body)
-        captured = self._capture(request, "anthropic", model, stream, body, texts, images)
+        captured = self._capture(request, "anthropic", model, stream, body, texts, images,
+                                 image_tokens)
         reply = self._next_reply(captured)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:

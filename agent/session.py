@@ -25,6 +25,7 @@ from vision.screen import ScreenWatcher
 from .budget import BudgetGuard
 from .cascade import CascadeLLM
 from .config import Settings
+from .images import ImageEncoder
 from .ledger import CostLedger
 from .pricing import PriceTable
 from .providers import make_provider
@@ -93,11 +94,12 @@ class SessionRuntime:
         screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
         history = await conversation.history(user_id, settings.history_messages)
-        turn_context = TurnContext(screen, settings.image_max_px)
+        turn_context = TurnContext(screen)
         screen_tools = ScreenHistoryTools(screen, turn_context.show_earlier)
         agent = SightlineAgent(turn_context, history, screen_tools.tools())
         providers = [make_provider(settings, tier) for tier in tiers]
-        model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s)
+        model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s,
+                           ImageEncoder(settings.image_detail))
         log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",
                  session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,

@@ -40,6 +40,7 @@ from livekit.agents import llm  # noqa: E402
 
 from agent.cascade import CascadeLLM, EscalationPolicy  # noqa: E402
 from agent.config import Tier  # noqa: E402
+from agent.images import ImageEncoder  # noqa: E402
 from agent.ledger import CostLedger  # noqa: E402
 from agent.pricing import PriceTable  # noqa: E402
 from agent.providers import ClaudeProvider, GeminiProvider  # noqa: E402
@@ -75,7 +76,8 @@ async def run_strategy(
     async with ScriptedModelServer(replies=reply) as server:
         ledger = CostLedger(session_id=f"bench_{name}", tenant="bench", source="bench",
                             costs_dir=costs_dir, prices=PriceTable.load(), store=None)
-        model = CascadeLLM(tiers, [_provider(t, server.base_url) for t in tiers], ledger, 30.0)
+        model = CascadeLLM(tiers, [_provider(t, server.base_url) for t in tiers], ledger, 30.0,
+                           ImageEncoder("medium"))
         for index, confidences in enumerate(TURNS):
             turn[0] = confidences
             ctx = llm.ChatContext.empty()

@@ -68,14 +68,17 @@ class Store:
         await self._pool.executemany(
             "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, provider, model,"
             " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, images,"
+            " image_tokens, image_tokens_full_resolution, image_cost_usd,"
             " latency_ms, cost_usd, detail)"
             " VALUES ($1, $2, $3, to_timestamp($4), $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-            " $14, $15::jsonb) ON CONFLICT (session_id, seq) DO NOTHING",
+            " $14, $15, $16, $17, $18::jsonb) ON CONFLICT (session_id, seq) DO NOTHING",
             [
                 (
                     r["session_id"], r["tenant"], r["seq"], r["ts"], r["kind"], r.get("provider"),
                     r.get("model"), r.get("input_tokens", 0), r.get("cached_input_tokens", 0),
                     r.get("cache_write_tokens", 0), r.get("output_tokens", 0), r.get("images", 0),
+                    r.get("image_tokens", 0), r.get("image_tokens_full_resolution", 0),
+                    r.get("image_cost_usd"),
                     r.get("latency_ms"), r.get("cost_usd"), json.dumps(r.get("detail", {})),
                 )
                 for r in rows

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from livekit.agents import Agent, AgentSession, llm
+from synthetic_screen import Desk
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
+from agent.images import ImageEncoder
 from agent.ledger import CostLedger
 from agent.pricing import PriceTable
 from agent.providers import ClaudeProvider, GeminiProvider
@@ -82,7 +84,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
             )
             for t in TIERS
         ]
-        model = CascadeLLM(TIERS, providers, ledger, deadline_s)  # type: ignore[arg-type]
+        model = CascadeLLM(TIERS, providers, ledger, deadline_s,  # type: ignore[arg-type]
+                           ImageEncoder("medium"))
         models.append(model)
         return model, replies
 
@@ -412,3 +415,28 @@ async def test_tool_calls_work_whichever_tier_answers(make: Make, tier: int) -> 
     assert answered["reason"] == "tool_result" and answered["start_tier"] == tier
     assert answered["answered_tier"] == tier and answered["tool_calls"] == []
     assert model._ledger.summary()["turns"]["tool_calls"] == {"order_status": 1}
+
+
+async def test_images_are_sized_per_provider_and_billed_in_the_ledger(make: Make) -> None:
+    model, replies = await make({LITE: [said("?", 0.1)], FLASH: [said("?", 0.2)],
+                                 CLAUDE: [said("The build failed with exit 2.", 0.9)]})
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content=["What failed?", llm.ImageContent(image=Desk().frame())])
+    parts: list[str] = []
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            parts.append(chunk.delta.content if chunk.delta and chunk.delta.content else "")
+    assert "".join(parts) == "The build failed with exit 2."
+    # what the wire-format server billed for the JPEG each provider received
+    assert [r.image_tokens for r in replies.requests] == [516, 516, 1199]
+    logged = calls(model)
+    assert [c["image_tokens"] for c in logged] == [516, 516, 1199]
+    assert [c["image_tokens_full_resolution"] for c in logged] == [1548, 1548, 1599]
+    sonnet = PriceTable.load().get(CLAUDE)
+    assert sonnet is not None
+    assert logged[2]["image_cost_usd"] == pytest.approx(1199 * sonnet.input_per_mtok / 1e6)
+    images = model._ledger.summary()["images"]
+    assert (images["sent"], images["tokens"], images["tokens_at_full_resolution"]) == (
+        3, 2231, 4695)
+    assert images["cost_usd"] == pytest.approx(sum(c["image_cost_usd"] for c in logged))
+    assert images["saved_usd"] > 0

@@ -61,7 +61,7 @@ def test_defaults_on_empty_env() -> None:
     assert s.model_timeout_s == 20.0
     assert s.model_retries == 1
     assert s.max_output_tokens == 512
-    assert s.image_max_px == 1024
+    assert s.image_detail == "medium"
     assert s.history_messages == 10
     assert s.health_port == 8081
     assert s.prices_file is None
@@ -109,7 +109,7 @@ def test_valid_values_are_parsed() -> None:
         ("SIGHTLINE_MODEL_TIMEOUT_S", "0"),
         ("SIGHTLINE_MODEL_RETRIES", "-1"),
         ("SIGHTLINE_MAX_OUTPUT_TOKENS", "0"),
-        ("SIGHTLINE_IMAGE_MAX_PX", "big"),
+        ("SIGHTLINE_IMAGE_DETAIL", "ultra"),
         ("SIGHTLINE_HISTORY_MESSAGES", "1.5"),
         ("SIGHTLINE_GEMINI_BASE_URL", "localhost:8000"),
         ("SIGHTLINE_ANTHROPIC_BASE_URL", "ws://127.0.0.1:1"),

@@ -54,7 +54,7 @@ async def test_screen_changes_lists_the_kept_changes(screen: ScreenWatcher) -> N
 async def test_earlier_screen_rides_along_for_the_rest_of_the_turn(
     screen: ScreenWatcher,
 ) -> None:
-    turn_context = TurnContext(screen, image_max_px=1024)
+    turn_context = TurnContext(screen)
     tools = ScreenHistoryTools(screen, turn_context.show_earlier)
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="What did the toast say?")

@@ -1,0 +1,155 @@
+"""Screen frames sized and encoded per provider: few billed image tokens, legible text.
+
+The two providers bill images differently, so one size does not fit both:
+- Gemini: 258 tokens for an image up to 384×384, else 258 per 768×768 tile. A 1080p frame is
+  3×2 tiles (1548 tokens) as it is, but 2×1 tiles (516 tokens) scaled to 1365×768, where 14 px
+  text is still 10 px high. The cheapest size is the largest that fills a whole tile grid.
+- Claude: about width×height/750 tokens, with no tiles: the size follows a token budget.
+
+`SIGHTLINE_IMAGE_DETAIL` picks the budget: `low` (Gemini 1 tile, Claude ~500 tokens: the layout
+and large text), `medium` (2 tiles / ~1200: ordinary screen text), `high` (4 tiles / ~1600:
+small print). A turn's frames arrive in the chat context as `rtc.VideoFrame`s; `ImageEncoder`
+turns them into JPEGs sized for the provider being asked, off the event loop, once per frame and
+size (tiers on the same provider share the encode), and says what they will be billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from livekit import rtc
+from livekit.agents import llm
+from livekit.agents.utils.images import EncodeOptions, ResizeOptions, encode
+
+from .config import IMAGE_DETAILS
+
+GEMINI_TOKENS_PER_TILE = 258
+GEMINI_TILE_PX = 768
+GEMINI_SMALL_PX = 384
+GEMINI_TILES = {"low": 1, "medium": 2, "high": 4}
+
+CLAUDE_PX_PER_TOKEN = 750
+CLAUDE_MAX_EDGE_PX = 1568  # Claude scales anything larger down to this, or to ~1600 tokens,
+CLAUDE_TOKENS = {"low": 500, "medium": 1200, "high": 1600}  # before billing: "high" is that
+
+JPEG_QUALITY = 80
+
+
+def gemini_image_tokens(width: int, height: int) -> int:
+    if width <= GEMINI_SMALL_PX and height <= GEMINI_SMALL_PX:
+        return GEMINI_TOKENS_PER_TILE
+    tiles = math.ceil(width / GEMINI_TILE_PX) * math.ceil(height / GEMINI_TILE_PX)
+    return GEMINI_TOKENS_PER_TILE * tiles
+
+
+def claude_image_tokens(width: int, height: int) -> int:
+    width, height = sized_for("anthropic", width, height, "high")  # Claude's own downscale
+    return math.ceil(width * height / CLAUDE_PX_PER_TOKEN)
+
+
+def image_tokens(provider: str, width: int, height: int) -> int:
+    """What the provider bills for an image of this size (its documented rule)."""
+    if provider == "gemini":
+        return gemini_image_tokens(width, height)
+    return claude_image_tokens(width, height)
+
+
+def _gemini_scale(width: int, height: int, detail: str) -> float:
+    """The largest scale at which the image fits a grid of at most the detail's tiles."""
+    tiles = GEMINI_TILES[detail]
+    return max(
+        min(1.0, cols * GEMINI_TILE_PX / width, (tiles // cols) * GEMINI_TILE_PX / height)
+        for cols in range(1, tiles + 1)
+    )
+
+
+def _claude_scale(width: int, height: int, detail: str) -> float:
+    budget_px = CLAUDE_TOKENS[detail] * CLAUDE_PX_PER_TOKEN
+    edge = CLAUDE_MAX_EDGE_PX / max(width, height)
+    return min(1.0, math.sqrt(budget_px / (width * height)), edge)
+
+
+def sized_for(provider: str, width: int, height: int, detail: str) -> tuple[int, int]:
+    """The size to send a width×height frame at, never larger than the frame."""
+    scale = (_gemini_scale if provider == "gemini" else _claude_scale)(width, height, detail)
+    # floor, so a tile-exact size never spills into one more tile
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+@dataclass(frozen=True)
+class ImageBill:
+    """The images of one request: how many, their billed tokens, and the tokens the same frames
+    would have cost at their full resolution."""
+
+    images: int = 0
+    tokens: int = 0
+    full_resolution_tokens: int = 0
+
+
+def _jpeg(frame: rtc.VideoFrame, width: int, height: int) -> bytes:
+    return encode(frame, EncodeOptions(
+        format="JPEG", quality=JPEG_QUALITY,
+        # the size already keeps the aspect; "skew" sends exactly that size, where an aspect
+        # fit may round a pixel off and bill differently from what was predicted
+        resize_options=ResizeOptions(width=width, height=height, strategy="skew"),
+    ))
+
+
+class ImageEncoder:
+    """Encodes a turn's frames for each provider; keeps the last few encodes."""
+
+    CACHE_SIZE = 8
+
+    def __init__(self, detail: str) -> None:
+        if detail not in IMAGE_DETAILS:
+            raise ValueError(f"image detail must be one of {', '.join(IMAGE_DETAILS)}")
+        self.detail = detail
+        # key: (id(frame), width, height); the value keeps the frame alive, so its id is not
+        # reused by another frame while the entry lives
+        self._cache: OrderedDict[tuple[int, int, int], tuple[rtc.VideoFrame, str]] = (
+            OrderedDict())
+
+    async def _data_url(self, frame: rtc.VideoFrame, width: int, height: int) -> str:
+        key = (id(frame), width, height)
+        cached = self._cache.get(key)
+        if cached is None:
+            # JPEG encoding of a full frame takes tens of ms: keep it off the event loop
+            data = await asyncio.to_thread(_jpeg, frame, width, height)
+            cached = (frame, "data:image/jpeg;base64," + base64.b64encode(data).decode())
+            self._cache[key] = cached
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return cached[1]
+
+    async def prepare(
+        self, chat_ctx: llm.ChatContext, provider: str
+    ) -> tuple[llm.ChatContext, ImageBill]:
+        """A copy of `chat_ctx` whose frames are JPEGs sized for `provider`, and their bill."""
+        ctx = chat_ctx.copy()
+        images = tokens = full = 0
+        for index, item in enumerate(ctx.items):
+            if item.type != "message" or not any(
+                isinstance(c, llm.ImageContent) and isinstance(c.image, rtc.VideoFrame)
+                for c in item.content
+            ):
+                continue
+            content: list[llm.ChatContent] = []
+            for part in item.content:
+                if isinstance(part, llm.ImageContent) and isinstance(part.image, rtc.VideoFrame):
+                    frame = part.image
+                    width, height = sized_for(provider, frame.width, frame.height, self.detail)
+                    images += 1
+                    tokens += image_tokens(provider, width, height)
+                    full += image_tokens(provider, frame.width, frame.height)
+                    part = llm.ImageContent(
+                        id=part.id, image=await self._data_url(frame, width, height),
+                        mime_type="image/jpeg",
+                    )
+                content.append(part)
+            ctx.items[index] = item.model_copy(update={"content": content})
+        return ctx, ImageBill(images, tokens, full)

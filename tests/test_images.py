@@ -1,0 +1,80 @@
+"""Cost-aware screen images.
+
+Protects: each provider gets the frame at the size its billing rule makes cheapest for the
+detail level, never larger than the frame; Gemini sizes fill whole 768-px tiles; what we
+predict a provider bills equals what the wire-format server bills for the JPEG it received;
+one frame is encoded once per size however many tiers ask.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from livekit.agents import llm
+from PIL import Image
+from synthetic_screen import Desk
+
+from agent.images import ImageEncoder, claude_image_tokens, gemini_image_tokens, sized_for
+
+
+@pytest.mark.parametrize(("provider", "detail", "size", "tokens"), [
+    ("gemini", "low", (768, 432), 258),
+    ("gemini", "medium", (1365, 768), 516),
+    ("gemini", "high", (1536, 864), 1032),
+    ("anthropic", "low", (816, 459), 500),
+    ("anthropic", "medium", (1264, 711), 1199),
+    ("anthropic", "high", (1460, 821), 1599),
+])
+def test_a_1080p_frame_is_sized_for_each_provider(
+    provider: str, detail: str, size: tuple[int, int], tokens: int
+) -> None:
+    assert sized_for(provider, 1920, 1080, detail) == size
+    rule = gemini_image_tokens if provider == "gemini" else claude_image_tokens
+    assert rule(*size) == tokens
+    if (provider, detail) == ("anthropic", "high"):  # what Claude scales a large image to
+        assert rule(1920, 1080) == tokens
+    else:
+        assert rule(1920, 1080) > tokens, "cheaper than sending the frame as it is"
+
+
+@pytest.mark.parametrize("provider", ["gemini", "anthropic"])
+@pytest.mark.parametrize("size", [(300, 200), (1280, 720), (1080, 1920), (3840, 1600), (37, 2000)])
+def test_sizes_never_grow_and_keep_the_aspect(provider: str, size: tuple[int, int]) -> None:
+    for detail in ("low", "medium", "high"):
+        width, height = sized_for(provider, *size, detail)
+        assert width <= size[0] and height <= size[1]
+        assert abs(width / height - size[0] / size[1]) < 0.05 * size[0] / size[1] + 1 / height
+
+
+def test_small_images_cost_one_gemini_unit() -> None:
+    assert gemini_image_tokens(384, 384) == 258
+    assert gemini_image_tokens(385, 100) == 258  # one tile
+    assert gemini_image_tokens(769, 768) == 516
+
+
+async def test_the_encoder_sizes_per_provider_and_encodes_each_size_once() -> None:
+    frame = Desk().frame()
+    encoder = ImageEncoder("medium")
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content=["What is this?", llm.ImageContent(image=frame)])
+    gemini, gemini_bill = await encoder.prepare(ctx, "gemini")
+    again, _ = await encoder.prepare(ctx, "gemini")
+    claude, claude_bill = await encoder.prepare(ctx, "anthropic")
+
+    def size(prepared: llm.ChatContext) -> tuple[int, int]:
+        image = prepared.items[0].content[1]
+        assert isinstance(image, llm.ImageContent) and isinstance(image.image, str)
+        data = base64.b64decode(image.image.split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "JPEG"
+            return img.size
+
+    assert size(gemini) == (1365, 768)
+    assert size(claude) == (1264, 711)
+    assert again.items[0].content[1].image is gemini.items[0].content[1].image  # cached
+    assert (gemini_bill.images, gemini_bill.tokens, gemini_bill.full_resolution_tokens) == (
+        1, 516, 1548)
+    assert (claude_bill.tokens, claude_bill.full_resolution_tokens) == (1199, 1599)
+    assert isinstance(ctx.items[0].content[1].image, type(frame)), "the original is untouched"
