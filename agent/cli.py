@@ -21,7 +21,7 @@ from vision import cli as vision_cli
 from vision.evaluation import LabelError
 from vision.video_file import VideoUnreadable
 
-from .config import ConfigError, Settings, mask_secret
+from .config import DEFAULT_TIERS, ConfigError, Settings, mask_secret
 from .fixture import FixtureError, load_fixture
 
 log = logging.getLogger("sightline")
@@ -106,6 +106,12 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from .worker import build_server
 
     settings.require_worker()
+    tiers = settings.cascade_tiers()
+    print("cascade: " + " > ".join(f"{t.model} ({t.provider})" for t in tiers), file=sys.stderr)
+    skipped = [] if settings.tiers else [t for t in DEFAULT_TIERS if t not in tiers]
+    for tier in skipped:
+        print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
+              file=sys.stderr)
     embedded = None
     if settings.database_url is None:
         embedded = start_embedded(settings.data_dir / "pgdata")
@@ -149,12 +155,16 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
                           "sessions": result.sessions}, indent=2))
         return 0
     print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
-          f"{fixture.duration_s:.1f}s, provider {fixture.provider})\n")
+          f"{fixture.duration_s:.1f}s)\n")
     for turn in result.turns:
         screen = f"screen at t={turn.screen_t:.0f}s" if turn.screen_t is not None else "no screen"
         print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
-        print(f"         Sightline ({turn.origin} response, {screen}, "
-              f"{turn.images_sent} image sent): {turn.reply}\n")
+        asked = " > ".join(turn.models_asked) or "no model"
+        if turn.tools_called:
+            asked += f" (tools called: {', '.join(turn.tools_called)})"
+        print(f"         asked {asked}; {turn.origin} response, {screen}, "
+              f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} sent")
+        print(f"         Sightline: {turn.reply}\n")
     for summary in result.sessions:
         print(format_summary(summary))
     return 0
@@ -189,7 +199,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"at full resolution, ${images['saved_usd']:.6f} saved")
     vs_top = summary.get("vs_top_tier")
     if vs_top and vs_top["savings"] is not None:
-        lines.append(f"  cascade: {vs_top['turns']} answered turns for ${vs_top['cost_usd']:.6f}, "
+        rounds = vs_top["model_rounds"]
+        extra = f" in {rounds} model rounds" if rounds != vs_top["user_turns"] else ""
+        lines.append(f"  cascade: {vs_top['user_turns']} turns{extra} for "
+                     f"${vs_top['cost_usd']:.6f}, "
                      f"${vs_top['top_tier_cost_usd']:.6f} on the top tier alone "
                      f"({100 * vs_top['savings']:.1f}% saved)")
     budget = summary.get("budget")

@@ -125,6 +125,13 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+DEFAULT_TIERS = parse_tiers(
+    "gemini:gemini-2.5-flash-lite:0.7:512,"
+    "gemini:gemini-2.5-flash:0.7:512,"
+    "anthropic:claude-sonnet-4-6:0:1024"
+)
+
+
 @dataclass(frozen=True)
 class _Field:
     name: str
@@ -149,14 +156,10 @@ _FIELDS: tuple[_Field, ...] = (
     ),
     _Field("agent_name", "SIGHTLINE_AGENT_NAME", _text, "sightline", help="explicit dispatch name"),
     _Field("tenant", "SIGHTLINE_TENANT", _text, "default", help="tenant when a job names none"),
-    _Field("provider", "SIGHTLINE_PROVIDER", _provider, "gemini", help="gemini | anthropic"),
-    _Field("gemini_model", "SIGHTLINE_GEMINI_MODEL", _text, "gemini-2.5-flash"),
-    _Field("claude_model", "SIGHTLINE_CLAUDE_MODEL", _text, "claude-sonnet-4-6"),
     _Field("gemini_base_url", "SIGHTLINE_GEMINI_BASE_URL", _http_url, None),
     _Field("anthropic_base_url", "SIGHTLINE_ANTHROPIC_BASE_URL", _http_url, None),
     _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _positive_float, 20.0),
     _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", _non_negative_int, 1),
-    _Field("max_output_tokens", "SIGHTLINE_MAX_OUTPUT_TOKENS", _positive_int, 512),
     _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _image_detail, "medium",
         help="low | medium | high: screen image size per provider (README: Images)"),
     _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", _positive_float, 1.0),
@@ -169,8 +172,8 @@ _FIELDS: tuple[_Field, ...] = (
         help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
     _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
-        help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: one "
-             "tier, the SIGHTLINE_PROVIDER model"),
+        help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: "
+             "Flash-Lite > Flash > Sonnet, minus the tiers whose provider has no key"),
     _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _positive_float, 30.0,
         help="a turn's time for all its tiers"),
     _Field("session_budget_usd", "SIGHTLINE_SESSION_BUDGET_USD", _positive_float, None,
@@ -196,14 +199,10 @@ class Settings:
     database_url: str | None
     agent_name: str
     tenant: str
-    provider: str
-    gemini_model: str
-    claude_model: str
     gemini_base_url: str | None
     anthropic_base_url: str | None
     model_timeout_s: float
     model_retries: int
-    max_output_tokens: int
     image_detail: str
     sample_fps: float
     history_messages: int
@@ -221,10 +220,16 @@ class Settings:
     max_sessions: int
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
-        """The configured tiers, or one tier: the SIGHTLINE_PROVIDER model, always answering."""
+        """The configured tiers; unset, the default cascade without the tiers whose provider
+        has no key (a Gemini key alone runs Flash-Lite > Flash), or all of it when no key is
+        set (`require_worker` then names the missing key)."""
         if self.tiers:
             return self.tiers
-        return (Tier(self.provider, self.model, 0.0, self.max_output_tokens),)
+        usable = tuple(t for t in DEFAULT_TIERS if self.key_for(t.provider))
+        return usable or DEFAULT_TIERS
+
+    def key_for(self, provider: str) -> str | None:
+        return self.gemini_api_key if provider == "gemini" else self.anthropic_api_key
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -248,22 +253,16 @@ class Settings:
     def costs_dir(self) -> Path:
         return self.cost_log_dir or self.data_dir / "costs"
 
-    @property
-    def model(self) -> str:
-        """The model id of the configured provider."""
-        return self.gemini_model if self.provider == "gemini" else self.claude_model
-
     def require_worker(self) -> None:
         """Check what a live worker needs beyond the defaults: LiveKit and the provider's key."""
         for env in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
             if not getattr(self, _by_env(env).name):
                 raise ConfigError(f"{env} is required to run the worker (README: Configuration)")
         for index, tier in enumerate(self.cascade_tiers()):
-            key_env = "GOOGLE_API_KEY" if tier.provider == "gemini" else "ANTHROPIC_API_KEY"
-            if not getattr(self, _by_env(key_env).name):
-                where = f"tier {index} ({tier})" if self.tiers else (
-                    f"SIGHTLINE_PROVIDER={self.provider}")
-                raise ConfigError(f"{key_env} is required by {where}")
+            if not self.key_for(tier.provider):
+                key_env = "GOOGLE_API_KEY" if tier.provider == "gemini" else "ANTHROPIC_API_KEY"
+                where = f"tier {index} ({tier})" if self.tiers else "the default cascade"
+                raise ConfigError(f"{key_env} is required by {where} (README: Configuration)")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

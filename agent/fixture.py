@@ -13,7 +13,7 @@ from typing import Any
 
 from vision.video_file import VideoUnreadable, probe_duration
 
-from .config import PROVIDERS, Tier, parse_tiers
+from .config import Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
 
@@ -23,13 +23,22 @@ class FixtureError(ValueError):
 
 
 @dataclass(frozen=True)
+class ToolCallScript:
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class TierReply:
-    """What one cascade tier says on a turn: its confidence header and text, or an error."""
+    """What one cascade tier says when asked on a turn: its confidence header and text, a tool
+    call, or an error. A model listed twice in a turn says its entries in order (a tool call,
+    then its answer to the result)."""
 
     model: str
     text: str = ""
     confidence: float | None = None
     error_status: int | None = None
+    tool_call: ToolCallScript | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,6 @@ class Fixture:
     path: Path
     video: Path
     duration_s: float
-    provider: str
     turns: tuple[FixtureTurn, ...]
     tiers: tuple[Tier, ...] | None = None
 
@@ -90,6 +98,13 @@ def _tier_reply(raw: Any, where: str) -> TierReply:
         or not 0 <= confidence <= 1
     ):
         raise FixtureError(f"{where}: confidence must be a number from 0 to 1, or absent")
+    if "tool_call" in raw:
+        call = raw["tool_call"]
+        if not isinstance(call, dict) or not isinstance(call.get("args", {}), dict):
+            raise FixtureError(f"{where}: tool_call must be {{\"name\": ..., \"args\": {{...}}}}")
+        tool = ToolCallScript(_require(call, "name", str, f"{where}.tool_call"),
+                              call.get("args", {}))
+        return TierReply(model, str(raw.get("text", "")), confidence, tool_call=tool)
     return TierReply(model, _require(raw, "text", str, where), confidence)
 
 
@@ -129,9 +144,9 @@ def load_fixture(path: Path) -> Fixture:
         duration = probe_duration(video)
     except VideoUnreadable as exc:
         raise FixtureError(f"{where}: {exc}") from None
-    provider = raw.get("provider", "gemini")
-    if provider not in PROVIDERS:
-        raise FixtureError(f"{where}: provider must be one of {', '.join(PROVIDERS)}")
+    if "provider" in raw:
+        raise FixtureError(f"{where}: 'provider' is replaced by 'tiers' "
+                           "(provider:model:threshold:max_tokens,..., see fixtures/README.md)")
     tiers = None
     if "tiers" in raw:
         try:
@@ -165,7 +180,6 @@ def load_fixture(path: Path) -> Fixture:
         path=session_file,
         video=video,
         duration_s=duration,
-        provider=provider,
         turns=tuple(turns),
         tiers=tiers,
     )

@@ -59,7 +59,8 @@ class CostLedger:
         )
         self._frames = FrameTally()
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
-        self._vs_top: dict[str, float] = {"turns": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
+        self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
+        self._user_turns = 0
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -156,11 +157,13 @@ class CostLedger:
         answered = detail.get("answered_tier")
         top_cost = self.prices.cost(top_model, answer_usage) if answer_usage else None
         if top_cost is not None:
-            self._vs_top["turns"] += 1
+            self._vs_top["rounds"] += 1
             self._vs_top["cost_usd"] += cost_usd
             self._vs_top["top_tier_cost_usd"] += top_cost
         detail = {**detail, "cost_usd": round(cost_usd, 8),
                   "top_tier_cost_usd": round(top_cost, 8) if top_cost is not None else None}
+        if detail.get("reason") != "tool_result":  # the answer to a tool's result is not a turn
+            self._user_turns += 1
         self._turns["answered_by_tier"][str(answered)] += 1
         self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
         self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
@@ -210,7 +213,8 @@ class CostLedger:
         price for the same tokens): what the cascade saved."""
         top = self._vs_top["top_tier_cost_usd"]
         return {
-            "turns": int(self._vs_top["turns"]),
+            "user_turns": self._user_turns,
+            "model_rounds": int(self._vs_top["rounds"]),
             "cost_usd": round(self._vs_top["cost_usd"], 8),
             "top_tier_cost_usd": round(top, 8),
             "savings": round(1 - self._vs_top["cost_usd"] / top, 4) if top else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,13 @@ from vision.screen import ScreenWatcher
 from vision.video_file import iter_frames
 
 from .config import Settings
-from .fixture import Fixture, FixtureResponse, FixtureTurn
-from .scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from .fixture import Fixture, FixtureResponse, FixtureTurn, TierReply
+from .scripted_models import (
+    CapturedRequest,
+    ScriptedModelServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
 from .session import SessionRuntime
 
 
@@ -39,6 +45,7 @@ class ReplayedTurn:
     images_sent: int
     screen_t: float | None
     models_asked: tuple[str, ...] = ()
+    tools_called: tuple[str, ...] = ()
 
 
 @dataclass
@@ -71,34 +78,47 @@ class _VideoFeed:
             self._next = None
 
 
-def _scripted(response: FixtureResponse, model: str) -> ScriptedReply:
-    """The reply for the tier that asked; a tier the turn does not script gets HTTP 503."""
-    if response.tiers:
-        for tier in response.tiers:
-            if tier.model != model:
-                continue
-            if tier.error_status is not None:
-                return ScriptedReply(status=tier.error_status)
-            if tier.confidence is None:
-                return ScriptedReply(text=tier.text)
-            return ScriptedReply(text=f"[[confidence: {tier.confidence}]] {tier.text}")
-        return ScriptedReply(status=503, text=f"the fixture scripts no reply from {model}")
-    if response.error_status is not None:
-        return ScriptedReply(status=response.error_status)
-    return ScriptedReply(text=response.text)
+def _tier_reply(tier: TierReply) -> ScriptedReply:
+    if tier.error_status is not None:
+        return ScriptedReply(status=tier.error_status)
+    header = f"[[confidence: {tier.confidence}]] " if tier.confidence is not None else ""
+    text = header + tier.text if tier.text or tier.tool_call is None else header
+    calls = (ScriptedToolCall(tier.tool_call.name, tier.tool_call.args),) if tier.tool_call else ()
+    return ScriptedReply(text=text, tool_calls=calls)
+
+
+@dataclass
+class _TurnScript:
+    """Serves one turn's scripted response to whichever tiers ask, in order per model."""
+
+    response: FixtureResponse
+    asked: Counter[str] = field(default_factory=Counter)
+
+    def reply(self, model: str) -> ScriptedReply:
+        if not self.response.tiers:
+            # one reply for the turn, whoever asks: every tier says it, sure of it, so the
+            # first tier asked answers (an error fails every tier)
+            if self.response.error_status is not None:
+                return ScriptedReply(status=self.response.error_status)
+            return ScriptedReply(text=f"[[confidence: 1]] {self.response.text}")
+        entries = [t for t in self.response.tiers if t.model == model]
+        if not entries:
+            return ScriptedReply(status=503, text=f"the fixture scripts no reply from {model}")
+        index = min(self.asked[model], len(entries) - 1)
+        self.asked[model] += 1
+        return _tier_reply(entries[index])
 
 
 async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> ReplayResult:
     result = ReplayResult(fixture=fixture.name)
-    current: list[FixtureResponse] = [FixtureResponse("scripted")]
+    current = [_TurnScript(FixtureResponse("scripted"))]
 
     def serve(request: CapturedRequest) -> ScriptedReply:
-        return _scripted(current[0], request.model)
+        return current[0].reply(request.model)
 
     feed = _VideoFeed(iter_frames(fixture.video))
     async with ScriptedModelServer(replies=serve) as server:
         settings = settings.with_overrides(
-            provider=fixture.provider,
             gemini_api_key="replay-needs-no-key",
             anthropic_api_key="replay-needs-no-key",
             gemini_base_url=server.base_url,
@@ -118,7 +138,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             await session.start(runtime.agent, record=False)
             for turn in turns:
                 await feed.advance(turn.t, runtime.screen)
-                current[0] = turn.response
+                current[0] = _TurnScript(turn.response)
                 result.turns.append(await _run_turn(session, server, runtime, turn))
             if index == len(group_list) - 1:
                 await feed.advance(None, runtime.screen)
@@ -145,4 +165,5 @@ async def _run_turn(
         images_sent=sum(r.image_count for r in requests),
         screen_t=seen_screen.t if seen_screen else None,
         models_asked=tuple(r.model for r in requests),
+        tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
     )

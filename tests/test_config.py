@@ -53,14 +53,13 @@ def test_defaults_on_empty_env() -> None:
     assert s.livekit_api_key is None and s.livekit_api_secret is None
     assert s.gemini_api_key is None and s.anthropic_api_key is None
     assert s.database_url is None
-    assert s.provider == "gemini"
-    assert s.model == "gemini-2.5-flash"
+    assert [t.model for t in s.cascade_tiers()] == [
+        "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"]
     assert s.agent_name == "sightline"
     assert s.tenant == "default"
     assert s.sample_fps == 1.0
     assert s.model_timeout_s == 20.0
     assert s.model_retries == 1
-    assert s.max_output_tokens == 512
     assert s.image_detail == "medium"
     assert s.history_messages == 10
     assert s.health_port == 8081
@@ -69,16 +68,16 @@ def test_defaults_on_empty_env() -> None:
 
 
 def test_blank_values_mean_default() -> None:
-    s = Settings.from_env({"SIGHTLINE_SAMPLE_FPS": "  ", "SIGHTLINE_PROVIDER": ""})
+    s = Settings.from_env({"SIGHTLINE_SAMPLE_FPS": "  ", "SIGHTLINE_TIERS": ""})
     assert s.sample_fps == 1.0
-    assert s.provider == "gemini"
+    assert s.tiers is None
 
 
 def test_valid_values_are_parsed() -> None:
     s = Settings.from_env(
         {
             "SIGHTLINE_SAMPLE_FPS": "2.5",
-            "SIGHTLINE_PROVIDER": " Anthropic ",
+            "SIGHTLINE_IMAGE_DETAIL": " High ",
             "SIGHTLINE_HEALTH_PORT": "0",
             "SIGHTLINE_MODEL_RETRIES": "0",
             "SIGHTLINE_GEMINI_BASE_URL": "http://127.0.0.1:9999/",
@@ -86,8 +85,7 @@ def test_valid_values_are_parsed() -> None:
         }
     )
     assert s.sample_fps == 2.5
-    assert s.provider == "anthropic"
-    assert s.model == "claude-sonnet-4-6"
+    assert s.image_detail == "high"
     assert s.health_port == 0
     assert s.model_retries == 0
     assert s.gemini_base_url == "http://127.0.0.1:9999"
@@ -100,7 +98,7 @@ def test_valid_values_are_parsed() -> None:
         ("SIGHTLINE_SAMPLE_FPS", "abc"),
         ("SIGHTLINE_SAMPLE_FPS", "0"),
         ("SIGHTLINE_SAMPLE_FPS", "-1"),
-        ("SIGHTLINE_PROVIDER", "openai"),
+        ("SIGHTLINE_TIERS", "openai:gpt:0.5:100"),
         ("LIVEKIT_URL", "notaurl"),
         ("LIVEKIT_URL", "ftp://example.com"),
         ("DATABASE_URL", "mysql://x"),
@@ -108,7 +106,7 @@ def test_valid_values_are_parsed() -> None:
         ("SIGHTLINE_HEALTH_PORT", "-1"),
         ("SIGHTLINE_MODEL_TIMEOUT_S", "0"),
         ("SIGHTLINE_MODEL_RETRIES", "-1"),
-        ("SIGHTLINE_MAX_OUTPUT_TOKENS", "0"),
+        ("SIGHTLINE_TIERS", "gemini:gemini-2.5-flash:0.5:0"),
         ("SIGHTLINE_IMAGE_DETAIL", "ultra"),
         ("SIGHTLINE_HISTORY_MESSAGES", "1.5"),
         ("SIGHTLINE_GEMINI_BASE_URL", "localhost:8000"),
@@ -146,7 +144,7 @@ def test_describe_masks_every_secret() -> None:
     assert shown["DATABASE_URL"] == "postgresql://sightline:***@db.example.com:5432/sightline"
     # non-secrets are shown as they are
     assert shown["LIVEKIT_URL"] == "wss://my-project.livekit.cloud"
-    assert shown["SIGHTLINE_PROVIDER"] == "gemini"
+    assert shown["SIGHTLINE_IMAGE_DETAIL"] == "medium"
     # every declared variable has exactly one row
     assert len(shown) == len(rows)
     assert shown["SIGHTLINE_PRICES"] == "(unset)"
@@ -175,11 +173,26 @@ def test_infinite_timeout_is_rejected_at_startup() -> None:
     make_provider(settings, settings.cascade_tiers()[0])  # if accepted, it must be usable
 
 
-def test_tiers_parse_and_default_to_the_configured_model() -> None:
+def test_the_default_cascade_skips_tiers_without_a_key() -> None:
+    env = {"LIVEKIT_URL": "ws://x:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
+    both = Settings.from_env({**env, "GOOGLE_API_KEY": GOOGLE_KEY, "ANTHROPIC_API_KEY": "a-key"})
+    assert [str(t) for t in both.cascade_tiers()] == [
+        "gemini:gemini-2.5-flash-lite:0.7:512", "gemini:gemini-2.5-flash:0.7:512",
+        "anthropic:claude-sonnet-4-6:0:1024",
+    ]
+    gemini_only = Settings.from_env({**env, "GOOGLE_API_KEY": GOOGLE_KEY})
+    assert [t.model for t in gemini_only.cascade_tiers()] == [
+        "gemini-2.5-flash-lite", "gemini-2.5-flash"]
+    gemini_only.require_worker()
+    claude_only = Settings.from_env({**env, "ANTHROPIC_API_KEY": "a-key"})
+    assert [t.model for t in claude_only.cascade_tiers()] == ["claude-sonnet-4-6"]
+    with pytest.raises(ConfigError, match="GOOGLE_API_KEY is required by the default cascade"):
+        Settings.from_env(env).require_worker()
+
+
+def test_configured_tiers_parse_and_need_every_key() -> None:
     env = {"GOOGLE_API_KEY": GOOGLE_KEY, "ANTHROPIC_API_KEY": "a-key",
            "LIVEKIT_URL": "ws://x:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"}
-    one = Settings.from_env(env).cascade_tiers()
-    assert [str(t) for t in one] == ["gemini:gemini-2.5-flash:0:512"]
     spec = ("gemini:gemini-2.5-flash-lite:0.7:256, gemini:gemini-2.5-flash:0.6:512,"
             "anthropic:claude-sonnet-4-6:0:1024")
     settings = Settings.from_env({**env, "SIGHTLINE_TIERS": spec})
@@ -216,17 +229,17 @@ def test_gemini_api_key_alias() -> None:
 
 
 @pytest.mark.parametrize(
-    ("missing", "provider"),
+    ("missing", "tiers"),
     [
-        ("LIVEKIT_URL", "gemini"),
-        ("LIVEKIT_API_KEY", "gemini"),
-        ("LIVEKIT_API_SECRET", "gemini"),
-        ("GOOGLE_API_KEY", "gemini"),
-        ("ANTHROPIC_API_KEY", "anthropic"),
+        ("LIVEKIT_URL", ""),
+        ("LIVEKIT_API_KEY", ""),
+        ("LIVEKIT_API_SECRET", ""),
+        ("GOOGLE_API_KEY", "gemini:gemini-2.5-flash:0:512"),
+        ("ANTHROPIC_API_KEY", "anthropic:claude-sonnet-4-6:0:512"),
     ],
 )
-def test_require_worker_names_the_missing_variable(missing: str, provider: str) -> None:
-    env = {**SECRET_ENV, "SIGHTLINE_PROVIDER": provider}
+def test_require_worker_names_the_missing_variable(missing: str, tiers: str) -> None:
+    env = {**SECRET_ENV, "SIGHTLINE_TIERS": tiers}
     del env[missing]
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env).require_worker()
@@ -237,7 +250,7 @@ def test_require_worker_names_the_missing_variable(missing: str, provider: str) 
 
 def test_require_worker_passes_when_complete() -> None:
     Settings.from_env(SECRET_ENV).require_worker()
-    anthropic_env = {**SECRET_ENV, "SIGHTLINE_PROVIDER": "anthropic"}
+    anthropic_env = {**SECRET_ENV, "SIGHTLINE_TIERS": "anthropic:claude-sonnet-4-6:0:512"}
     del anthropic_env["GOOGLE_API_KEY"]
     Settings.from_env(anthropic_env).require_worker()
 

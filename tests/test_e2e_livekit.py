@@ -30,6 +30,7 @@ from livekit_harness import (
 )
 from PIL import Image
 
+from agent.images import sized_for
 from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
 from vision.video_file import iter_frames
 
@@ -42,15 +43,21 @@ ANSWER = "(scripted) The traceback says json.loads hit a trailing comma before t
 
 
 class Replies:
-    """What the fake model says next; tests swap it per scenario."""
+    """What the fake models say next: `by_model` first, else `next`; tests swap them."""
 
     def __init__(self) -> None:
         self.next = ScriptedReply(text=ANSWER)
+        self.by_model: dict[str, ScriptedReply] = {}
         self.asked = asyncio.Event()
 
-    def __call__(self, _request: CapturedRequest) -> ScriptedReply:
+    def __call__(self, request: CapturedRequest) -> ScriptedReply:
         self.asked.set()
-        return self.next
+        return self.by_model.get(request.model, self.next)
+
+
+def sure(text: str, **kw: float) -> ScriptedReply:
+    """A reply the first tier is sure of, so it answers alone."""
+    return ScriptedReply(text=f"[[confidence: 0.95]] {text}", **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +96,10 @@ def worker(
         "LIVEKIT_API_KEY": API_KEY,
         "LIVEKIT_API_SECRET": API_SECRET,
         "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-        "SIGHTLINE_PROVIDER": "gemini",
         "GOOGLE_API_KEY": "e2e-fake-key",
+        "ANTHROPIC_API_KEY": "e2e-fake-key",
         "SIGHTLINE_GEMINI_BASE_URL": model_server[0].base_url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": model_server[0].base_url,
         "SIGHTLINE_MODEL_RETRIES": "0",
         "DATABASE_URL": e2e_database_url,
         "SIGHTLINE_DATA_DIR": str(workdir / "data"),
@@ -224,7 +232,11 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     e2e_database_url: str,
 ) -> None:
     server, replies = model_server
-    replies.next = ScriptedReply(text=ANSWER)
+    # the default cascade: Flash-Lite is unsure, so Flash answers within the same turn
+    replies.by_model = {
+        "gemini-2.5-flash-lite": ScriptedReply(text="[[confidence: 0.3]] (scripted) A typo?"),
+        "gemini-2.5-flash": sure(ANSWER),
+    }
     seen = len(server.requests)
     user = User(livekit, "e2e-screen-share")
     await user.join("user-1")
@@ -239,15 +251,16 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert agent.identity.startswith("agent-")
     assert reply == ANSWER, "the reply on the text stream must be the model's response"
 
+    replies.by_model = {}
     requests = server.requests[seen:]
-    assert len(requests) == 1
-    assert requests[0].provider == "gemini" and requests[0].stream
-    assert requests[0].image_count == 1
+    assert [r.model for r in requests] == ["gemini-2.5-flash-lite", "gemini-2.5-flash"]
+    assert all(r.provider == "gemini" and r.stream and r.image_count == 1 for r in requests)
     assert "Why does this error show up?" in requests[0].text
-    width, height = jpeg_size(requests[0])
-    assert max(width, height) == 1024 and abs(width / height - 16 / 9) < 0.01
 
     events = await session_events(worker)
+    seen_frame = [e for e in events if e["kind"] == "frame"][-1]["detail"]
+    sent = sized_for("gemini", seen_frame["width"], seen_frame["height"], "medium")
+    assert jpeg_size(requests[0]) == jpeg_size(requests[1]) == sent
     summary = events[-1]["detail"]
     frames = [e for e in events if e["kind"] == "frame"]
     assert len(frames) >= 6
@@ -258,9 +271,11 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
         "the publisher sent ~10 fps; the sampler must keep about one frame a second"
     )
     calls = [e for e in events if e["kind"] == "model_call"]
-    assert len(calls) == 1
-    assert calls[0]["images"] == 1 and calls[0]["model"] == "gemini-2.5-flash"
-    assert calls[0]["cost_usd"] > 0 and calls[0]["tenant"] == "e2e"
+    assert [c["model"] for c in calls] == ["gemini-2.5-flash-lite", "gemini-2.5-flash"]
+    assert [c["image_tokens"] for c in calls] == [r.image_tokens for r in requests]
+    assert all(c["images"] == 1 and c["cost_usd"] > 0 and c["tenant"] == "e2e" for c in calls)
+    turn = next(e for e in events if e["kind"] == "turn")["detail"]
+    assert [t["outcome"] for t in turn["tried"]] == ["low_confidence", "answered"]
 
     conn = await asyncpg.connect(e2e_database_url)
     try:
@@ -274,7 +289,7 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
         )
     finally:
         await conn.close()
-    assert stored == 1
+    assert stored == 2
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "Why does this error show up?"), ("assistant", ANSWER)
     ]
@@ -284,7 +299,7 @@ async def test_a_camera_is_not_taken_for_the_screen(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
 ) -> None:
     server, replies = model_server
-    replies.next = ScriptedReply(text="(scripted) Please share your screen.")
+    replies.next = sure("(scripted) Please share your screen.")
     seen = len(server.requests)
     user = User(livekit, "e2e-camera")
     await user.join("user-2")
@@ -306,7 +321,7 @@ async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
 ) -> None:
     server, replies = model_server
-    replies.next = ScriptedReply(text="(scripted) too late", delay_s=3)
+    replies.next = sure("(scripted) too late", delay_s=3)
     seen = len(server.requests)
     user = User(livekit, "e2e-leaves")
     await user.join("user-3")
@@ -328,7 +343,7 @@ async def test_sigterm_drains_the_running_session_and_flushes_its_log(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
 ) -> None:
     _server, replies = model_server
-    replies.next = ScriptedReply(text="(scripted) still here")
+    replies.next = sure("(scripted) still here")
     user = User(livekit, "e2e-drain")
     await user.join("user-4")
     await user.wait_for_agent()

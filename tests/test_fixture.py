@@ -44,17 +44,17 @@ def make_fixture(
 def test_demo_fixture_loads() -> None:
     fixture = load_fixture(DEMO_FIXTURE)
     assert fixture.name == "demo"
-    assert fixture.provider == "gemini"
+    assert fixture.tiers is not None and len(fixture.tiers) == 3
     assert fixture.video == DEMO_FIXTURE / "screen.webm"
     assert fixture.path == DEMO_FIXTURE / "session.json"
     assert fixture.duration_s == pytest.approx(40.0, abs=0.05)
-    assert len(fixture.turns) == 3
+    assert len(fixture.turns) == 4
     times = [turn.t for turn in fixture.turns]
-    assert times == sorted(times) == [8.1, 25.9, 34.3]
+    assert times == sorted(times) == [8.1, 25.9, 34.3, 39.5]
     for turn, raw in zip(fixture.turns, DEMO_SESSION["turns"], strict=True):
         assert turn.response.origin in ORIGINS
         assert turn.response.error_status is None
-        assert turn.response.text == raw["response"]["text"]
+        assert turn.response.tiers[-1].text == raw["response"]["tiers"][-1]["text"]
         assert (turn.tenant, turn.user, turn.text) == (raw["tenant"], raw["user"], raw["text"])
         assert 0 <= turn.t < fixture.duration_s
 
@@ -65,16 +65,16 @@ def test_session_json_path_works_too() -> None:
 
 def test_copied_fixture_is_valid(tmp_path: Path) -> None:
     fixture = load_fixture(make_fixture(tmp_path / "ok"))
-    assert len(fixture.turns) == 3
+    assert len(fixture.turns) == 4
 
 
 def test_error_response_loads(tmp_path: Path) -> None:
     def edit(s: dict[str, Any]) -> None:
-        s["provider"] = "anthropic"
+        s["tiers"] = "anthropic:claude-sonnet-4-6:0:512"
         s["turns"][0]["response"] = {"origin": "scripted", "error": {"status": 503}}
 
     fixture = load_fixture(make_fixture(tmp_path / "err", edit))
-    assert fixture.provider == "anthropic"
+    assert fixture.tiers is not None and fixture.tiers[0].provider == "anthropic"
     assert fixture.turns[0].response.error_status == 503
     assert fixture.turns[0].response.text == ""
 
@@ -126,7 +126,18 @@ def _unsort(s: dict[str, Any]) -> None:
             id="response-without-text",
         ),
         pytest.param(_del("response", 0), ["turns[0]", "'response'"], id="missing-response"),
-        pytest.param(_set("provider", "openai"), ["provider"], id="bad-provider"),
+        pytest.param(_set("provider", "gemini"), ["'provider' is replaced by 'tiers'"],
+                     id="provider-field-retired"),
+        pytest.param(
+            _set("response", {"origin": "scripted", "tiers": [
+                {"model": "gemini-2.5-flash", "tool_call": {"args": {}}}]}, 0),
+            ["tiers[0].tool_call", "'name'"], id="tool-call-without-name",
+        ),
+        pytest.param(
+            _set("response", {"origin": "scripted", "tiers": [
+                {"model": "gemini-2.5-flash", "tool_call": {"name": "x", "args": [1]}}]}, 0),
+            ["tiers[0]", "tool_call must be"], id="tool-call-args-not-an-object",
+        ),
         pytest.param(_set("tiers", "gemini:flash"), ["tiers", "tier 0"], id="bad-tiers"),
         pytest.param(
             _set("response", {"origin": "scripted", "tiers": [

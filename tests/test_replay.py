@@ -34,15 +34,27 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def write_fixture(
-    root: Path, turns: list[dict[str, Any]], provider: str = "gemini", **extra: Any
-) -> Path:
+def write_fixture(root: Path, turns: list[dict[str, Any]], **extra: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
-    session = {"name": root.name, "video": "screen.webm", "provider": provider, "turns": turns,
-               **extra}
+    session = {"name": root.name, "video": "screen.webm", "turns": turns, **extra}
     (root / "session.json").write_text(json.dumps(session))
     return root
+
+
+def answer(raw_turn: dict[str, Any]) -> str:
+    """The text a fixture turn ends with: its answering tier's, or its one reply."""
+    response = raw_turn["response"]
+    return response["tiers"][-1]["text"] if "tiers" in response else response["text"]
+
+
+def sure(text: str, **kw: float) -> ScriptedReply:
+    """A reply every tier is sure of: the first tier answers alone."""
+    return ScriptedReply(text=f"[[confidence: 0.95]] {text}", **kw)  # type: ignore[arg-type]
+
+
+def one_tier(provider: str, model: str) -> str:
+    return f"{provider}:{model}:0:512"
 
 
 async def drive(
@@ -77,16 +89,21 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
 
     assert result.fixture == "demo"
-    assert len(result.turns) == 3
+    assert len(result.turns) == 4
     for turn, raw in zip(result.turns, DEMO_SESSION["turns"], strict=True):
         assert turn.text == raw["text"]
-        assert turn.reply == raw["response"]["text"]
+        assert turn.reply == answer(raw)
         assert turn.origin == "scripted"
-        assert turn.model_requests == 1
-        assert turn.images_sent == 1
         # the screen the model saw was sampled at or before the moment the user spoke
         assert turn.screen_t is not None and turn.t - 1.0 <= turn.screen_t <= turn.t
     assert 24.0 <= result.turns[1].screen_t <= 26.0  # type: ignore[operator]
+    lite, flash, sonnet = "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"
+    assert [t.models_asked for t in result.turns] == [
+        (lite,), (lite, flash), (lite, flash, sonnet), (lite, lite)]
+    assert [t.tools_called for t in result.turns] == [(), (), (), ("earlier_screen",)]
+    # one screenshot per model call; the answer to the tool's result also sees the earlier one
+    assert [t.images_sent for t in result.turns] == [1, 2, 3, 1 + 2]
+    assert all("[[" not in t.reply for t in result.turns)
 
     assert len(result.sessions) == 1
     summary = result.sessions[0]
@@ -97,17 +114,32 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert 0 < frames["kept"] < frames["sampled"]
     assert frames["kept"] + sum(frames["dropped"].values()) == frames["sampled"]
     assert sum(c["sampled"] for c in frames["by_content_type"].values()) == frames["sampled"]
-    flash = summary["by_model"]["gemini-2.5-flash"]
-    assert flash["calls"] == 3 and flash["errors"] == 0 and flash["images"] == 3
+    calls_by_model = {m: t["calls"] for m, t in summary["by_model"].items()}
+    assert calls_by_model == {lite: 5, flash: 2, sonnet: 1}
+    assert all(t["errors"] == 0 for t in summary["by_model"].values())
     assert summary["total_cost_usd"] > 0
+    assert summary["turns"]["tool_calls"] == {"earlier_screen": 1}
+    assert summary["vs_top_tier"]["user_turns"] == 4
+    assert summary["vs_top_tier"]["model_rounds"] == 5
+    assert 0 < summary["vs_top_tier"]["savings"] < 1
+    assert summary["prompt_cache"]["hit_rate"] > 0
+    images = summary["images"]
+    assert images["sent"] == 9 and images["tokens"] > 0
+    assert images["tokens"] <= images["tokens_at_full_resolution"]
     assert summary["unpriced_models"] == []
     assert summary.get("db_spilled_events", 0) == 0
 
     events = read_jsonl(summary["cost_log"])
     calls = [e for e in events if e["kind"] == "model_call"]
-    assert len(calls) == 3
-    assert all(c["images"] == 1 and c["model"] == "gemini-2.5-flash" for c in calls)
-    assert all(c["input_tokens"] > 258 and c["output_tokens"] > 0 for c in calls)
+    assert len(calls) == 8
+    assert sum(c["images"] for c in calls) == 9
+    assert all(c["image_tokens"] >= 258 * c["images"] and c["output_tokens"] > 0 for c in calls)
+    turn_events = [e["detail"] for e in events if e["kind"] == "turn"]
+    assert [(t["start_tier"], t["reason"], t["answered_model"]) for t in turn_events] == [
+        (0, "first_turn", lite), (0, "new_topic", flash), (0, "new_topic", sonnet),
+        (0, "new_topic", lite), (0, "tool_result", lite)]
+    assert [[x["confidence"] for x in t["tried"]] for t in turn_events] == [
+        [0.9], [0.45, 0.9], [0.4, 0.6, 0.9], [None], [0.9]]
     logged = [e["detail"] for e in events if e["kind"] == "frame"]
     assert len(logged) == frames["sampled"]
     assert sum(d["kept"] for d in logged) == frames["kept"]
@@ -122,16 +154,14 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
         "SELECT session_id, role, content FROM messages WHERE tenant = $1 AND user_id = $2"
         " ORDER BY id", "demo", "dev-1",
     )
-    assert [r["role"] for r in rows] == ["user", "assistant"] * 3
+    assert [r["role"] for r in rows] == ["user", "assistant"] * 4
     assert [r["content"] for r in rows[0::2]] == [t["text"] for t in DEMO_SESSION["turns"]]
-    assert [r["content"] for r in rows[1::2]] == [
-        t["response"]["text"] for t in DEMO_SESSION["turns"]
-    ]
+    assert [r["content"] for r in rows[1::2]] == [answer(t) for t in DEMO_SESSION["turns"]]
     assert {r["session_id"] for r in rows} == {summary["session_id"]}
-    assert await db.pool.fetchval("SELECT count(*) FROM messages") == 6
+    assert await db.pool.fetchval("SELECT count(*) FROM messages") == 8
 
     stored = await Store(db.pool).get_session(summary["session_id"])
-    assert stored is not None and stored["model_calls"] == 3
+    assert stored is not None and stored["model_calls"] == 8
     assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
 
 
@@ -144,7 +174,7 @@ async def test_conversation_is_recalled_in_the_next_session(
     texts = [(m.role, m.text_content) for m in history.messages()]
     expected = []
     for turn in DEMO_SESSION["turns"]:
-        expected += [("user", turn["text"]), ("assistant", turn["response"]["text"])]
+        expected += [("user", turn["text"]), ("assistant", answer(turn))]
     assert texts == expected
     # the limit keeps the most recent messages
     last_two = await ConversationLog(Store(db.pool), "probe", "demo", tmp_path).history(
@@ -160,7 +190,7 @@ async def test_conversation_is_recalled_in_the_next_session(
     second = await replay(load_fixture(one_turn), settings, db)
     assert second.turns[0].reply == "Yes, zebra-42 is live."
 
-    async with ScriptedModelServer([ScriptedReply(text="You asked about zebra-42.")]) as server:
+    async with ScriptedModelServer([sure("You asked about zebra-42.")]) as server:
         replies, _ = await drive(settings, db, server, ["What did I ask you before?"])
         assert replies == ["You asked about zebra-42."]
         assert len(server.requests) == 1
@@ -175,7 +205,7 @@ async def test_conversation_is_recalled_in_the_next_session(
         assert "No screen share is visible" in sent
 
     # another tenant's user with the same id sees none of it
-    async with ScriptedModelServer([ScriptedReply(text="Hello.")]) as server:
+    async with ScriptedModelServer([sure("Hello.")]) as server:
         await drive(settings, db, server, ["Hi there"], tenant="other-tenant")
         sent = server.requests[0].text
         assert question not in sent
@@ -193,7 +223,7 @@ def expected_failure(provider: str, model: str, kind: str, status: int | None) -
 async def test_provider_error_is_one_sentence_and_the_session_continues(
     settings: Settings, db: Database, tmp_path: Path, provider: str, model: str
 ) -> None:
-    root = write_fixture(tmp_path / "errors", provider=provider, turns=[
+    root = write_fixture(tmp_path / "errors", tiers=one_tier(provider, model), turns=[
         {"t": 2.0, "tenant": "acme", "user": "u-7", "text": "What is on my screen?",
          "response": {"origin": "scripted", "error": {"status": 500}}},
         {"t": 9.0, "tenant": "acme", "user": "u-7", "text": "And now?",
@@ -241,7 +271,7 @@ async def test_provider_timeout_is_one_sentence_and_the_session_continues(
     settings = Settings.from_env({
         "DATABASE_URL": database_url,
         "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-        "SIGHTLINE_PROVIDER": provider,
+        "SIGHTLINE_TIERS": one_tier(provider, model),
         "SIGHTLINE_MODEL_TIMEOUT_S": "0.5",
         "SIGHTLINE_MODEL_RETRIES": "0",
     })
@@ -324,7 +354,7 @@ async def test_replayed_cascade_logs_the_escalation_path_turn_by_turn(
     assert all(m["errors"] == 0 for m in summary["by_model"].values())
     # what the same answers would have cost from the top tier alone
     vs_top = summary["vs_top_tier"]
-    assert vs_top["turns"] == 3
+    assert vs_top["user_turns"] == vs_top["model_rounds"] == 3
     assert vs_top["cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
     assert vs_top["top_tier_cost_usd"] > vs_top["cost_usd"] > 0
     assert vs_top["savings"] == pytest.approx(1 - vs_top["cost_usd"] / vs_top[
