@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from livekit.agents import llm
+from livekit.agents.metrics import LLMMetrics
+from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from .config import Tier
@@ -249,7 +251,6 @@ class CascadeStream(llm.LLMStream):
         ctx = self._chat_ctx.copy()
         ctx.add_message(role="system", content=CONFIDENCE_PROTOCOL)
         deadline = time.monotonic() + owner._deadline_s
-        usage_total = Usage()
         last_error: ProviderError | None = None
         try:
             for index in range(start, len(owner.tiers)):
@@ -262,7 +263,6 @@ class CascadeStream(llm.LLMStream):
                 outcome, usage, error = await self._try_tier(
                     index, ctx, request_id, final, deadline, record
                 )
-                usage_total = usage_total + usage
                 if error is not None:
                     last_error = error
                 if outcome in ("answered", "tool_call"):
@@ -289,20 +289,6 @@ class CascadeStream(llm.LLMStream):
                 cost_usd=record.cost_usd, answer_usage=record.answer_usage,
                 top_model=owner.tiers[-1].model,
             )
-        self._event_ch.send_nowait(
-            llm.ChatChunk(
-                id=request_id,
-                usage=llm.CompletionUsage(
-                    completion_tokens=usage_total.output_tokens,
-                    prompt_tokens=usage_total.input_tokens + usage_total.cached_input_tokens,
-                    prompt_cached_tokens=usage_total.cached_input_tokens,
-                    cache_creation_tokens=usage_total.cache_write_tokens,
-                    cache_read_tokens=usage_total.cached_input_tokens,
-                    total_tokens=usage_total.input_tokens + usage_total.cached_input_tokens
-                    + usage_total.output_tokens,
-                ),
-            )
-        )
 
     async def _try_tier(
         self, index: int, ctx: llm.ChatContext, request_id: str, final: bool, deadline: float,
@@ -433,6 +419,26 @@ class CascadeStream(llm.LLMStream):
             },
         )
         record.cost_usd += event["cost_usd"] or 0.0
+        self._report_usage(tier, attempt, request_id)
+
+    def _report_usage(self, tier: Tier, attempt: _Attempt, request_id: str) -> None:
+        """LiveKit's `session.usage` under the tier's own model name. (The cascade's own stream
+        reports no usage, so nothing is counted twice.)"""
+        usage = attempt.usage
+        prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
+        duration = time.perf_counter() - attempt.started
+        self._llm.emit("metrics_collected", LLMMetrics(
+            label=f"{self._llm.label}/tier{self._llm.tiers.index(tier)}",
+            request_id=request_id, timestamp=time.time(), duration=duration,
+            ttft=attempt.first_token_ms / 1000 if attempt.first_token_ms else -1.0,
+            cancelled=attempt.outcome == "cancelled",
+            completion_tokens=usage.output_tokens, prompt_tokens=prompt,
+            prompt_cached_tokens=usage.cached_input_tokens,
+            cache_creation_tokens=usage.cache_write_tokens,
+            total_tokens=prompt + usage.output_tokens,
+            tokens_per_second=usage.output_tokens / duration if duration > 0 else 0.0,
+            metadata=Metadata(model_name=tier.model, model_provider=tier.provider),
+        ))
 
     def _send(self, request_id: str, content: str) -> None:
         self._event_ch.send_nowait(
