@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from memory import kb_cli
 from memory.db import Database, DatabaseUnavailable, start_embedded
+from memory.knowledge import KnowledgeError
 from memory.store import Store
 from vision import cli as vision_cli
 from vision.evaluation import LabelError
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true")
     vision_cli.add_parser(sub)
+    kb_cli.add_parser(sub)
     return parser
 
 
@@ -79,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(settings, args)
         if args.command == "replay":
             return asyncio.run(_replay(settings, args))
+        if args.command == "kb":
+            return asyncio.run(kb_cli.run(settings, args))
         return asyncio.run(_costs(settings, args))
     except (ConfigError, DatabaseUnavailable, FixtureError, UserError, LabelError,
-            VideoUnreadable, vision_cli.VisionUsageError) as exc:
+            VideoUnreadable, vision_cli.VisionUsageError, KnowledgeError) as exc:
         print(f"sightline: {exc}", file=sys.stderr)
         return 2
 

@@ -87,6 +87,13 @@ def _image_detail(raw: str) -> str:
     return value
 
 
+def _embeddings(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("offline", "gemini", "auto"):
+        raise ValueError("must be offline, gemini or auto")
+    return value
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -182,6 +189,8 @@ _FIELDS: tuple[_Field, ...] = (
         help="USD per tenant per UTC day, across sessions"),
     _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", _non_negative_int, 0,
         help="highest cascade tier once a budget is used up"),
+    _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _embeddings, "auto",
+        help="offline | gemini | auto (gemini when GOOGLE_API_KEY is set)"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
         help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
 )
@@ -217,6 +226,7 @@ class Settings:
     session_budget_usd: float | None
     tenant_budget_usd: float | None
     budget_max_tier: int
+    embeddings: str
     max_sessions: int
 
     def cascade_tiers(self) -> tuple[Tier, ...]:

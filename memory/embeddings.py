@@ -1,0 +1,112 @@
+"""Text embeddings behind one small interface, so the knowledge base and memory recall do not
+care which model made a vector.
+
+The offline default is WordLlama (`l2_supercat`, 256 dimensions): its weights ship inside the
+PyPI wheel, so nothing is downloaded at run time, and a query embeds in well under a
+millisecond, which the per-turn budget needs. It is a static (word-vector) model: good at topic
+and vocabulary, weak at paraphrase, which is why retrieval fuses it with keyword search. With a
+Gemini key, `GeminiEmbedder` uses Gemini embeddings instead. Every stored vector records the
+embedder's `name` (model and dimension), so a change of model is detected, never mixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from google import genai
+from google.genai import types as genai_types
+
+from agent.config import ConfigError, Settings
+
+
+class Embedder(Protocol):
+    name: str  # model and dimension, stored with every vector
+    dim: int
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+
+    async def embed_query(self, text: str) -> np.ndarray: ...
+
+
+@cache
+def _wordllama(dim: int) -> Any:  # wordllama has no type stubs
+    import wordllama
+
+    # the wheel ships its weights and tokenizer; point the loader at them and forbid downloads
+    return wordllama.WordLlama.load(
+        cache_dir=Path(wordllama.__file__).parent, disable_download=True, trunc_dim=dim
+    )
+
+
+class OfflineEmbedder:
+    """WordLlama from the installed wheel. Embedding is microseconds per text: it stays on the
+    event loop for queries; large document batches go to a thread."""
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+        self.name = f"wordllama-l2-supercat-{dim}"
+        self._model = _wordllama(dim)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        vectors = np.asarray(self._model.embed(texts), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1, norms)
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        if len(texts) > 64:
+            return await asyncio.to_thread(self._embed, texts)
+        return self._embed(texts)
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return self._embed([text])[0]
+
+
+class GeminiEmbedder:
+    """Gemini embeddings through google-genai (`batchEmbedContents`), with retrieval task types."""
+
+    BATCH = 100
+
+    def __init__(self, *, api_key: str, base_url: str | None, model: str = "gemini-embedding-001",
+                 dim: int = 768) -> None:
+        self.dim = dim
+        self.name = f"{model}-{dim}"
+        self._model = model
+        self._client = genai.Client(
+            api_key=api_key, http_options=genai_types.HttpOptions(base_url=base_url)
+        )
+
+    async def _embed(self, texts: list[str], task: str) -> np.ndarray:
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.BATCH):
+            result = await self._client.aio.models.embed_content(
+                model=self._model, contents=texts[start:start + self.BATCH],  # type: ignore[arg-type]
+                config=genai_types.EmbedContentConfig(task_type=task,
+                                                      output_dimensionality=self.dim),
+            )
+            vectors += [e.values or [] for e in result.embeddings or []]
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.shape != (len(texts), self.dim):
+            raise RuntimeError(f"{self._model} returned {array.shape} embeddings for "
+                               f"{len(texts)} texts of {self.dim} dimensions")
+        return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return await self._embed(texts, "RETRIEVAL_DOCUMENT")
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return (await self._embed([text], "RETRIEVAL_QUERY"))[0]
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto` (Gemini when its key is set)."""
+    use_gemini = settings.embeddings == "gemini" or (
+        settings.embeddings == "auto" and settings.gemini_api_key is not None)
+    if not use_gemini:
+        return OfflineEmbedder()
+    if not settings.gemini_api_key:
+        raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
+    return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url)

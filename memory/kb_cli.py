@@ -1,0 +1,70 @@
+"""`sightline kb ingest|search`: the tenant's knowledge base from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from agent.config import Settings
+
+from .db import Database
+from .embeddings import make_embedder
+from .knowledge import FUSIONS, KnowledgeBase, KnowledgeError, find_files
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    kb = sub.add_parser("kb", help="the tenant's knowledge base: ingest documents, search them")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True)
+    p = kb_sub.add_parser("ingest", help="load Markdown, HTML, PDF and text files or folders")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--tenant", required=True)
+    p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
+    p.add_argument("query")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--fusion", choices=FUSIONS, default="rrf")
+    p.add_argument("--json", action="store_true")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        kb = KnowledgeBase(db.pool, make_embedder(settings))
+        if args.kb_command == "ingest":
+            return await _ingest(kb, args)
+        return await _search(kb, args)
+    finally:
+        await db.close()
+
+
+async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
+    total = len(find_files(args.paths))
+    with tqdm(total=total, unit="file", desc=f"ingest ({args.tenant})") as bar:
+        report = await kb.ingest(args.paths, args.tenant, progress=lambda _p: bar.update())
+    print(f"{report.documents} documents: {report.embedded} chunks embedded "
+          f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
+    for source in report.removed_documents:
+        print(f"removed (no longer in its folder): {source}")
+    for problem in report.skipped:
+        print(f"skipped: {problem}")
+    return 1 if report.skipped and not report.documents else 0
+
+
+async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:
+    if args.k <= 0:
+        raise KnowledgeError("--k must be > 0")
+    hits = await kb.search(args.tenant, args.query, args.k, fusion=args.fusion)
+    if args.json:
+        print(json.dumps([asdict(h) for h in hits], indent=2))
+        return 0
+    if not hits:
+        print(f"No knowledge for tenant {args.tenant} matches.")
+    for rank, hit in enumerate(hits, start=1):
+        ranks = f"vector #{hit.vector_rank or '-'}, keyword #{hit.keyword_rank or '-'}"
+        print(f"{rank}. {hit.source}  (score {hit.score:.4f}; {ranks})")
+        print("   " + " ".join(hit.text.split())[:300])
+    return 0

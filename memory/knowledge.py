@@ -1,0 +1,291 @@
+"""The tenant's knowledge base in Postgres: documents in, chunks embedded once, hybrid search out.
+
+Ingest reads Markdown, HTML, PDF and text with llama-index readers, splits on sentence boundaries
+with overlap (`SentenceSplitter`), and stores each chunk with its content hash, its embedder's
+name and its vector. Re-ingesting a document embeds only the chunks whose text (or embedder)
+changed; chunks no longer in it are deleted, and so is a document gone from a folder that is
+ingested again. Search runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN)
+for the tenant and fuses the two rankings. Every query is scoped to one tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from .embeddings import Embedder
+
+SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
+CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
+CHUNK_OVERLAP = 32
+RRF_K = 60
+FUSIONS = ("rrf", "weighted")
+
+
+class KnowledgeError(ValueError):
+    """A problem the user can fix: an unreadable file, a model change, a bad argument."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    text: str
+    source: str
+    score: float
+    vector_rank: int | None = None
+    keyword_rank: int | None = None
+
+
+@dataclass
+class IngestReport:
+    documents: int = 0
+    embedded: int = 0
+    kept: int = 0
+    deleted: int = 0
+    removed_documents: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """pgvector's text form; avoids a per-connection codec for a type that may not exist yet."""
+    return "[" + ",".join(f"{x:.6g}" for x in vector.tolist()) + "]"
+
+
+def read_document(path: Path) -> str:
+    """The text of one file, through the llama-index reader for its type."""
+    from llama_index.readers.file import FlatReader, HTMLTagReader, PDFReader
+
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        reader: Any = PDFReader(return_full_document=True)
+    elif suffix in (".html", ".htm"):
+        reader = HTMLTagReader(tag="body", ignore_no_id=False)
+    else:
+        reader = FlatReader()
+    try:
+        docs = reader.load_data(path)
+    except Exception as exc:  # readers raise whatever their parser raises
+        raise KnowledgeError(f"{path}: cannot read it as {suffix or 'text'}: {exc}") from None
+    return "\n\n".join(d.text for d in docs).strip()
+
+
+def split(text: str) -> list[str]:
+    from llama_index.core.node_parser import SentenceSplitter
+
+    splitter = SentenceSplitter(chunk_size=CHUNK_TOKENS, chunk_overlap=CHUNK_OVERLAP)
+    return [c for c in splitter.split_text(text) if c.strip()]
+
+
+def prepare(path: Path) -> tuple[str, str, list[str]]:
+    """(source id, text, chunks) of one file: reading and splitting are blocking, run it in a
+    thread."""
+    text = read_document(path)
+    return str(path.resolve()), text, split(text) if text else []
+
+
+def find_files(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise KnowledgeError(f"{path}: no such file or folder")
+    return files
+
+
+def _keyword_query(text: str) -> str:
+    """Any of the question's words (OR), for `to_tsquery`; stopwords drop out there."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return " | ".join(dict.fromkeys(w for w in words if len(w) > 1))
+
+
+class KnowledgeBase:
+    def __init__(self, pool: asyncpg.Pool, embedder: Embedder) -> None:
+        self._pool = pool
+        self.embedder = embedder
+        self._indexed = False
+
+    async def _ensure_index(self) -> None:
+        """One HNSW index per embedder, over vectors of its dimension."""
+        if self._indexed:
+            return
+        name, dim = self.embedder.name, int(self.embedder.dim)
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower())[:40]
+        literal = name.replace("'", "''")
+        await self._pool.execute(
+            f"CREATE INDEX IF NOT EXISTS kb_chunks_hnsw_{slug} ON kb_chunks USING hnsw "
+            f"((embedding::vector({dim})) vector_cosine_ops) WHERE embed_model = '{literal}'"
+        )
+        self._indexed = True
+
+    async def ingest(
+        self, paths: Sequence[Path], tenant: str,
+        progress: Callable[[Path], None] | None = None,
+    ) -> IngestReport:
+        """Ingest files and folders for `tenant`; a folder ingested again loses the documents
+        that are no longer in it."""
+        await self._ensure_index()
+        report = IngestReport()
+        files = await asyncio.to_thread(find_files, paths)
+        present = sorted(await asyncio.to_thread(lambda: {str(f.resolve()) for f in files}))
+        folders = await asyncio.to_thread(
+            lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
+        for path in files:
+            try:
+                await self._ingest_one(path, tenant, report)
+            except KnowledgeError as exc:
+                report.skipped.append(str(exc))
+            if progress is not None:
+                progress(path)
+        for prefix in folders:
+            gone = await self._pool.fetch(
+                "DELETE FROM kb_documents WHERE tenant = $1 AND starts_with(source, $2)"
+                " AND NOT (source = ANY($3::text[])) RETURNING source",
+                tenant, prefix, present,
+            )
+            report.removed_documents += [r["source"] for r in gone]
+        return report
+
+    async def _ingest_one(self, path: Path, tenant: str, report: IngestReport) -> None:
+        source, text, chunks = await asyncio.to_thread(prepare, path)
+        seen: Counter[str] = Counter()
+        wanted: list[tuple[str, str, str, int]] = []  # key, hash, text, position
+        for position, chunk in enumerate(chunks):
+            digest = _hash(chunk)
+            wanted.append((f"{source}#{digest[:16]}#{seen[digest]}", digest, chunk, position))
+            seen[digest] += 1
+        model = self.embedder.name
+        async with self._pool.acquire() as conn, conn.transaction():
+            doc_id = await conn.fetchval(
+                "INSERT INTO kb_documents (tenant, source, content_hash) VALUES ($1, $2, $3)"
+                " ON CONFLICT (tenant, source) DO UPDATE SET content_hash = excluded.content_hash,"
+                " ingested_at = now() RETURNING id",
+                tenant, source, _hash(text),
+            )
+            have = {r["chunk_key"] for r in await conn.fetch(
+                "SELECT chunk_key FROM kb_chunks WHERE document_id = $1 AND embed_model = $2",
+                doc_id, model,
+            )}
+            keys = [w[0] for w in wanted]
+            deleted = await conn.fetchval(
+                "WITH gone AS (DELETE FROM kb_chunks WHERE document_id = $1 AND"
+                " (embed_model <> $2 OR NOT (chunk_key = ANY($3::text[]))) RETURNING 1)"
+                " SELECT count(*) FROM gone", doc_id, model, keys,
+            )
+            new = [w for w in wanted if w[0] not in have]
+            vectors = await self.embedder.embed_documents([w[2] for w in new]) if new else []
+            await conn.executemany(
+                "INSERT INTO kb_chunks (tenant, document_id, chunk_key, position, text,"
+                " content_hash, embed_model, embedding) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+                " $8::vector)",
+                [(tenant, doc_id, key, position, chunk, digest, model, vector_literal(vec))
+                 for (key, digest, chunk, position), vec in zip(new, vectors, strict=True)],
+            )
+            await conn.executemany(
+                "UPDATE kb_chunks SET position = $2 WHERE tenant = $3 AND chunk_key = $1",
+                [(key, position, tenant) for key, _, _, position in wanted if key in have],
+            )
+        report.documents += 1
+        report.embedded += len(new)
+        report.kept += len(wanted) - len(new)
+        report.deleted += deleted
+
+    async def _check_model(self, tenant: str) -> None:
+        models = [r["embed_model"] for r in await self._pool.fetch(
+            "SELECT DISTINCT embed_model FROM kb_chunks WHERE tenant = $1", tenant)]
+        if models and self.embedder.name not in models:
+            raise KnowledgeError(
+                f"tenant {tenant}'s knowledge was embedded with {', '.join(models)}, not "
+                f"{self.embedder.name}: run `sightline kb ingest` again to re-embed it"
+            )
+
+    async def search(
+        self, tenant: str, query: str, k: int = 5, *, fusion: str = "rrf",
+        candidates: int = 20,
+    ) -> list[Hit]:
+        """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused."""
+        if fusion not in FUSIONS:
+            raise KnowledgeError(f"fusion must be one of {', '.join(FUSIONS)}")
+        vector_hits, keyword_hits = await self.rankings(tenant, query, candidates)
+        if not vector_hits:
+            await self._check_model(tenant)
+        fuse = rrf if fusion == "rrf" else weighted
+        return fuse(vector_hits, keyword_hits)[:k]
+
+    async def rankings(self, tenant: str, query: str, limit: int) -> tuple[list[Hit], list[Hit]]:
+        """The vector ranking and the keyword ranking, each up to `limit` long."""
+        await self._ensure_index()
+        dim = int(self.embedder.dim)
+        vector = vector_literal(await self.embedder.embed_query(query))
+        async with self._pool.acquire() as conn:
+            vector_rows = await conn.fetch(
+                f"SELECT c.id, c.text, d.source,"
+                f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
+                f" FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
+                f" WHERE c.tenant = $1 AND c.embed_model = $3"
+                f" ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $4",
+                tenant, vector, self.embedder.name, limit,
+            )
+            words = _keyword_query(query)
+            keyword_rows = await conn.fetch(
+                "SELECT c.id, c.text, d.source, ts_rank_cd(c.tsv, q) AS score"
+                " FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id,"
+                " to_tsquery('english', $2) q"
+                " WHERE c.tenant = $1 AND c.tsv @@ q ORDER BY score DESC, c.id LIMIT $3",
+                tenant, words, limit,
+            ) if words else []
+        return ([Hit(r["id"], r["text"], r["source"], float(r["score"])) for r in vector_rows],
+                [Hit(r["id"], r["text"], r["source"], float(r["score"])) for r in keyword_rows])
+
+
+def rrf(vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
+    """Reciprocal-rank fusion: each list adds 1 / (60 + rank); scores' scales do not matter."""
+    return _fuse(vector_hits, keyword_hits, lambda rank, _score, _hits: 1 / (RRF_K + rank))
+
+
+def weighted(vector_hits: list[Hit], keyword_hits: list[Hit], vector_weight: float = 0.5,
+             ) -> list[Hit]:
+    """Weighted score fusion: each list's scores min-max normalised, then weighted."""
+    def normalised(weight: float) -> Callable[[int, float, list[Hit]], float]:
+        def score(_rank: int, value: float, hits: list[Hit]) -> float:
+            low, high = min(h.score for h in hits), max(h.score for h in hits)
+            return weight * ((value - low) / (high - low) if high > low else 1.0)
+        return score
+    return _fuse(vector_hits, keyword_hits, normalised(vector_weight),
+                 normalised(1 - vector_weight))
+
+
+def _fuse(
+    vector_hits: list[Hit], keyword_hits: list[Hit],
+    vector_score: Callable[[int, float, list[Hit]], float],
+    keyword_score: Callable[[int, float, list[Hit]], float] | None = None,
+) -> list[Hit]:
+    keyword_score = keyword_score or vector_score
+    fused: dict[int, dict[str, Any]] = {}
+    for hits, score_of, rank_field in ((vector_hits, vector_score, "vector_rank"),
+                                      (keyword_hits, keyword_score, "keyword_rank")):
+        for rank, hit in enumerate(hits, start=1):
+            entry = fused.setdefault(hit.id, {"hit": hit, "score": 0.0})
+            entry["score"] += score_of(rank, hit.score, hits)
+            entry[rank_field] = rank
+    ranked = sorted(fused.values(), key=lambda e: (-e["score"], e["hit"].id))
+    return [
+        Hit(e["hit"].id, e["hit"].text, e["hit"].source, round(e["score"], 6),
+            e.get("vector_rank"), e.get("keyword_rank"))
+        for e in ranked
+    ]

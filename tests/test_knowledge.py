@@ -1,0 +1,165 @@
+"""The knowledge base on real Postgres (pgvector, tsvector) with the offline embedder.
+
+Protects: Markdown, HTML, PDF and text files are read and chunked; re-ingesting a changed
+document embeds only the chunks that changed; a document deleted from an ingested folder loses
+its chunks; search fuses vector and keyword rankings and never crosses tenants; a change of
+embedding model is detected, not mixed; an unreadable file is reported and the rest ingested.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli_env, run_cli
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+from agent.config import Settings
+from memory.db import Database
+from memory.embeddings import OfflineEmbedder
+from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
+
+ROUTER = """# Resetting the router
+
+To reset the admin password of the Zyxel router, hold the reset button for ten seconds
+until the power light blinks. The default password is printed on the label underneath.
+
+## Firmware
+
+Firmware updates are installed from the System page. Never unplug the router during an update.
+"""
+
+BAKING = """<html><body><h1>Sourdough</h1><p>Feed the starter with equal weights of flour and
+water. Bake the loaf at 240 degrees for forty minutes with steam.</p></body></html>"""
+
+
+class CountingEmbedder(OfflineEmbedder):
+    """The offline embedder, counting the documents it embeds."""
+
+    def __init__(self, dim: int = 256) -> None:
+        super().__init__(dim)
+        self.embedded: list[str] = []
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
+        return await super().embed_documents(texts)
+
+
+def write_pdf(path: Path, text: str) -> None:
+    """A one-page PDF with real text content (pypdf only writes what it is given)."""
+    writer = PdfWriter()
+    page = writer.add_blank_page(width=612, height=792)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"),
+                             NameObject("/Subtype"): NameObject("/Type1"),
+                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject(
+        {NameObject("/F1"): writer._add_object(font)})})
+    stream = DecodedStreamObject()
+    stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
+    page[NameObject("/Contents")] = writer._add_object(stream)
+    with path.open("wb") as handle:
+        writer.write(handle)
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (root / "router.md").write_text(ROUTER)
+    (root / "baking.html").write_text(BAKING)
+    (root / "vpn.txt").write_text("The office VPN uses WireGuard on port 51820. "
+                                  "Ask IT for a peer config file.")
+    write_pdf(root / "holidays.pdf", "Office closed on 24 and 25 December for the holidays.")
+    return root
+
+
+async def test_ingest_every_format_and_search_it(db: Database, docs: Path) -> None:
+    kb = KnowledgeBase(db.pool, CountingEmbedder())
+    report = await kb.ingest([docs], "acme")
+    assert report.documents == 4 and report.skipped == []
+    assert report.embedded >= 4 and report.kept == 0
+
+    hits = await kb.search("acme", "how do I reset the router admin password", k=3)
+    assert hits[0].source.endswith("router.md") and "reset button" in hits[0].text
+    assert hits[0].vector_rank is not None and hits[0].keyword_rank is not None
+    pdf = await kb.search("acme", "when is the office closed for the holidays", k=1)
+    assert pdf[0].source.endswith("holidays.pdf") and "24 and 25 December" in pdf[0].text
+    html = await kb.search("acme", "sourdough baking temperature", k=1)
+    assert html[0].source.endswith("baking.html") and "<p>" not in html[0].text
+    assert await kb.search("globex", "reset the router password") == []
+
+
+async def test_reingest_embeds_only_changed_chunks_and_drops_deleted_documents(
+    db: Database, docs: Path,
+) -> None:
+    embedder = CountingEmbedder()
+    kb = KnowledgeBase(db.pool, embedder)
+    first = await kb.ingest([docs], "acme")
+    embedder.embedded.clear()
+
+    again = await kb.ingest([docs], "acme")
+    assert again.embedded == 0 and again.kept == first.embedded and embedder.embedded == []
+
+    (docs / "vpn.txt").write_text("The office VPN uses WireGuard on port 51821 since May. "
+                                  "Ask IT for a peer config file.")
+    (docs / "baking.html").unlink()
+    changed = await kb.ingest([docs], "acme")
+    assert changed.embedded == 1 and embedder.embedded == [
+        "The office VPN uses WireGuard on port 51821 since May. Ask IT for a peer config file."]
+    assert changed.deleted == 1
+    assert [Path(s).name for s in changed.removed_documents] == ["baking.html"]
+    assert await db.pool.fetchval(
+        "SELECT count(*) FROM kb_chunks WHERE text LIKE '%51820%' OR text LIKE '%Sourdough%'"
+    ) == 0
+    hits = await kb.search("acme", "which port does the VPN use", k=1)
+    assert "51821" in hits[0].text
+
+
+async def test_a_change_of_embedding_model_is_detected(db: Database, docs: Path) -> None:
+    await KnowledgeBase(db.pool, OfflineEmbedder(256)).ingest([docs / "router.md"], "acme")
+    other = KnowledgeBase(db.pool, OfflineEmbedder(128))
+    with pytest.raises(KnowledgeError, match="embedded with wordllama-l2-supercat-256"):
+        await other.search("acme", "reset the router")
+    report = await other.ingest([docs / "router.md"], "acme")
+    assert report.embedded > 0 and report.kept == 0  # re-embedded with the new model
+    assert await db.pool.fetchval(
+        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == ["wordllama-l2-supercat-128"]
+    assert (await other.search("acme", "reset the router"))[0].source.endswith("router.md")
+
+
+async def test_an_unreadable_file_is_reported_and_the_rest_ingested(
+    db: Database, docs: Path,
+) -> None:
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([docs], "acme")
+    assert report.documents == 4
+    assert len(report.skipped) == 1 and "broken.pdf" in report.skipped[0]
+
+
+def test_fusions_reward_agreement() -> None:
+    vector = [Hit(1, "a", "s", 0.9), Hit(2, "b", "s", 0.8), Hit(3, "c", "s", 0.1)]
+    keyword = [Hit(2, "b", "s", 2.0), Hit(3, "c", "s", 1.5)]
+    assert [h.id for h in rrf(vector, keyword)] == [2, 3, 1]  # in both lists beats one top rank
+    assert [h.id for h in weighted(vector, keyword)] == [2, 1, 3]
+    assert [h.id for h in weighted(vector, keyword, vector_weight=0.9)] == [1, 2, 3]
+
+
+async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> None:
+    env = cli_env(settings)
+    code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+    assert code == 0, err
+    assert "4 documents:" in out and "wordllama-l2-supercat-256" in out
+    assert "ingest (acme)" in err  # the progress bar
+    code, out, err = await run_cli("kb", "search", "reset the router admin password",
+                                   "--tenant", "acme", "--json", env=env)
+    assert code == 0, err
+    hits = json.loads(out)
+    assert Path(hits[0]["source"]).name == "router.md" and len(hits) <= 5
+    code, out, _ = await run_cli("kb", "search", "router password", "--tenant", "globex",
+                                 env=env)
+    assert code == 0 and "No knowledge for tenant globex" in out
+    code, _, err = await run_cli("kb", "ingest", str(docs / "nope"), "--tenant", "acme", env=env)
+    assert code == 2 and "no such file or folder" in err
