@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import io
 import itertools
 import json
@@ -364,6 +365,8 @@ class ScriptedModelServer:
 
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
         match = _GEMINI_TARGET.match(request.match_info["target"])
+        if match and match["method"] == "batchEmbedContents":
+            return await self._gemini_embed(request, match["model"])
         if not match or match["method"] not in ("generateContent", "streamGenerateContent"):
             return await self._not_found(request)
         model, stream = match["model"], match["method"] == "streamGenerateContent"
@@ -418,6 +421,26 @@ class ScriptedModelServer:
             for i, c in enumerate(chunks)
         ]
         return await self._sse(request, events, reply.chunk_delay_s)
+
+    async def _gemini_embed(self, request: web.Request, model: str) -> web.Response:
+        """`batchEmbedContents`: one hashed bag-of-words vector per text. SCRIPTED, not a model:
+        texts that share words get similar vectors, which is all a wire-format test needs."""
+        body = await self._read_json(request)
+        items = (body or {}).get("requests")
+        if not isinstance(items, list):
+            self._capture(request, "gemini", model, False, body or {}, [], 0)
+            return self._gemini_error(400, "requests must be a list")
+        texts = [" ".join(str(p.get("text", "")) for p in (r.get("content") or {}).get("parts")
+                          or []) for r in items]
+        self._capture(request, "gemini", model, False, body or {}, texts, 0)
+        embeddings = []
+        for item, text in zip(items, texts, strict=True):
+            vector = [0.0] * int(item.get("outputDimensionality") or 768)
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                digest = hashlib.sha256(word.encode()).digest()
+                vector[int.from_bytes(digest[:4], "big") % len(vector)] += 1.0
+            embeddings.append({"values": vector})
+        return web.json_response({"embeddings": embeddings})
 
     # -- Anthropic -------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class Embedder(Protocol):
 
     async def embed_query(self, text: str) -> np.ndarray: ...
 
+    async def aclose(self) -> None: ...
+
 
 @cache
 def _wordllama(dim: int) -> Any:  # wordllama has no type stubs
@@ -63,6 +65,9 @@ class OfflineEmbedder:
 
     async def embed_query(self, text: str) -> np.ndarray:
         return self._embed([text])[0]
+
+    async def aclose(self) -> None:
+        """Nothing to release: the model is shared by the process."""
 
 
 class GeminiEmbedder:
@@ -99,6 +104,9 @@ class GeminiEmbedder:
 
     async def embed_query(self, text: str) -> np.ndarray:
         return (await self._embed([text], "RETRIEVAL_QUERY"))[0]
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
 
 
 def make_embedder(settings: Settings) -> Embedder:

@@ -31,13 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    embedder = make_embedder(settings)
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
-        kb = KnowledgeBase(db.pool, make_embedder(settings))
+        kb = KnowledgeBase(db.pool, embedder)
         if args.kb_command == "ingest":
             return await _ingest(kb, args)
         return await _search(kb, args)
     finally:
+        await embedder.aclose()
         await db.close()
 
 

@@ -18,8 +18,9 @@ from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from agent.config import Settings
+from agent.scripted_models import ScriptedModelServer
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import GeminiEmbedder, OfflineEmbedder
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
 
 ROUTER = """# Resetting the router
@@ -163,3 +164,21 @@ async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> No
     assert code == 0 and "No knowledge for tenant globex" in out
     code, _, err = await run_cli("kb", "ingest", str(docs / "nope"), "--tenant", "acme", env=env)
     assert code == 2 and "no such file or folder" in err
+
+
+async def test_gemini_embeddings_through_the_real_sdk(db: Database, docs: Path) -> None:
+    async with ScriptedModelServer() as server:
+        embedder = GeminiEmbedder(api_key="test-key", base_url=server.base_url)
+        kb = KnowledgeBase(db.pool, embedder)
+        report = await kb.ingest([docs / "router.md", docs / "vpn.txt"], "acme")
+        hits = await kb.search("acme", "which port does the office VPN use", k=1)
+        await embedder.aclose()
+    assert report.embedded >= 2 and hits[0].source.endswith("vpn.txt")
+    ingest, query = server.requests[0], server.requests[-1]
+    assert ingest.model == query.model == "gemini-embedding-001"
+    assert ingest.headers["x-goog-api-key"] == "***"
+    assert {r["taskType"] for r in ingest.body["requests"]} == {"RETRIEVAL_DOCUMENT"}
+    assert query.body["requests"][0]["taskType"] == "RETRIEVAL_QUERY"
+    assert query.body["requests"][0]["outputDimensionality"] == 768
+    assert await db.pool.fetchval(
+        "SELECT DISTINCT embed_model FROM kb_chunks") == "gemini-embedding-001-768"
