@@ -167,6 +167,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
         asked = " > ".join(turn.models_asked) or "no model"
         if turn.tools_called:
             asked += f" (tools called: {', '.join(turn.tools_called)})"
+        if turn.knowledge_used:
+            asked += f"; knowledge: {', '.join(turn.knowledge_used)}"
         print(f"         asked {asked}; {turn.origin} response, {screen}, "
               f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} sent")
         print(f"         Sightline: {turn.reply}\n")

@@ -66,6 +66,7 @@ class Fixture:
     duration_s: float
     turns: tuple[FixtureTurn, ...]
     tiers: tuple[Tier, ...] | None = None
+    knowledge: Path | None = None  # documents ingested for every tenant of the fixture
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -153,6 +154,11 @@ def load_fixture(path: Path) -> Fixture:
             tiers = parse_tiers(_require(raw, "tiers", str, where))
         except ValueError as exc:
             raise FixtureError(f"{where}: tiers: {exc}") from None
+    knowledge = None
+    if "knowledge" in raw:
+        knowledge = session_file.parent / _require(raw, "knowledge", str, where)
+        if not knowledge.exists():
+            raise FixtureError(f"{where}: knowledge '{knowledge.name}' does not exist next to it")
     raw_turns = _require(raw, "turns", list, where)
     if not raw_turns:
         raise FixtureError(f"{where}: 'turns' is empty")
@@ -182,4 +188,5 @@ def load_fixture(path: Path) -> Fixture:
         duration_s=duration,
         turns=tuple(turns),
         tiers=tiers,
+        knowledge=knowledge,
     )

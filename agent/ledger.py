@@ -61,6 +61,7 @@ class CostLedger:
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._user_turns = 0
+        self._knowledge_hits = 0
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -143,6 +144,10 @@ class CostLedger:
             detail={**(detail or {}), **({"error": error} if error else {})},
         )
 
+    def knowledge(self, hits: int) -> None:
+        """Knowledge-base chunks put in front of the model this session."""
+        self._knowledge_hits = hits
+
     def tier_cap(self) -> int | None:
         """The highest cascade tier the budgets allow now (None: no limit)."""
         return self.budget.tier_cap() if self.budget is not None else None
@@ -201,6 +206,7 @@ class CostLedger:
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
             "images": self._image_summary(),
+            "knowledge_hits": self._knowledge_hits,
             "vs_top_tier": self._vs_top_summary(),
             **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),

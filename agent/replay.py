@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any
 from livekit import rtc
 
 from memory.db import Database
+from memory.embeddings import make_embedder
+from memory.knowledge import KnowledgeBase
 from vision.screen import ScreenWatcher
 from vision.video_file import iter_frames
 
@@ -46,6 +49,7 @@ class ReplayedTurn:
     screen_t: float | None
     models_asked: tuple[str, ...] = ()
     tools_called: tuple[str, ...] = ()
+    knowledge_used: tuple[str, ...] = ()  # knowledge-base documents put in the turn's request
 
 
 @dataclass
@@ -123,8 +127,12 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             anthropic_api_key="replay-needs-no-key",
             gemini_base_url=server.base_url,
             anthropic_base_url=server.base_url,
+            # the replay's keys are fake: embed offline unless Gemini was asked for by name
+            embeddings="gemini" if settings.embeddings == "gemini" else "offline",
             **({"tiers": fixture.tiers} if fixture.tiers else {}),
         )
+        if fixture.knowledge is not None and db is not None:
+            await _ingest_knowledge(fixture, settings, db)
         group_list = [
             (key, list(turns))
             for key, turns in itertools.groupby(fixture.turns, key=lambda t: (t.tenant, t.user))
@@ -147,6 +155,20 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
     return result
 
 
+_KNOWLEDGE_SOURCE = re.compile(r"^\[\d+\] \(([^)]+)\)", re.M)  # see turn_context.knowledge_part
+
+
+async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) -> None:
+    embedder = make_embedder(settings)
+    try:
+        kb = KnowledgeBase(db.pool, embedder)
+        assert fixture.knowledge is not None
+        for tenant in dict.fromkeys(turn.tenant for turn in fixture.turns):
+            await kb.ingest([fixture.knowledge], tenant)
+    finally:
+        await embedder.aclose()
+
+
 async def _run_turn(
     session: Any, server: ScriptedModelServer, runtime: SessionRuntime, turn: FixtureTurn
 ) -> ReplayedTurn:
@@ -166,4 +188,6 @@ async def _run_turn(
         screen_t=seen_screen.t if seen_screen else None,
         models_asked=tuple(r.model for r in requests),
         tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
+        knowledge_used=tuple(dict.fromkeys(_KNOWLEDGE_SOURCE.findall(requests[0].text)))
+        if requests else (),
     )

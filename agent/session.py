@@ -7,6 +7,7 @@ differ only in where frames and turns come from and in the provider's endpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from livekit.agents.voice import ConversationItemAddedEvent
 
 from memory.conversation import ConversationLog
 from memory.db import Database
+from memory.embeddings import Embedder, make_embedder
+from memory.knowledge import KnowledgeBase
 from memory.store import Store
 from tools.screen_history import ScreenHistoryTools
 from vision.sampler import FrameSampler
@@ -65,6 +68,8 @@ class SessionRuntime:
     agent: SightlineAgent
     conversation: ConversationLog
     store: Store | None
+    turn_context: TurnContext
+    embedder: Embedder | None
 
     @classmethod
     async def open(
@@ -94,7 +99,13 @@ class SessionRuntime:
         screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
         history = await conversation.history(user_id, settings.history_messages)
-        turn_context = TurnContext(screen)
+        knowledge = None
+        embedder = None
+        if db is not None:
+            embedder = make_embedder(settings)
+            kb = KnowledgeBase(db.pool, embedder)
+            knowledge = functools.partial(kb.lookup, tenant)
+        turn_context = TurnContext(screen, knowledge)
         screen_tools = ScreenHistoryTools(screen, turn_context.show_earlier)
         agent = SightlineAgent(turn_context, history, screen_tools.tools())
         providers = [make_provider(settings, tier) for tier in tiers]
@@ -103,7 +114,7 @@ class SessionRuntime:
         log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",
                  session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,
-                   conversation, store)
+                   conversation, store, turn_context, embedder)
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
@@ -124,6 +135,9 @@ class SessionRuntime:
         """Flush the conversation and the ledger; the summary is the last thing written."""
         spilled = await self.conversation.close()
         await self.model.aclose()
+        if self.embedder is not None:
+            await self.embedder.aclose()
+        self.ledger.knowledge(self.turn_context.knowledge_hits)
         summary = await self.ledger.close(frames_received=self.screen.frames_received)
         if spilled:
             summary["db_spilled_messages"] = spilled

@@ -227,6 +227,15 @@ class KnowledgeBase:
         fuse = rrf if fusion == "rrf" else weighted
         return fuse(vector_hits, keyword_hits)[:k]
 
+    async def lookup(self, tenant: str, question: str, k: int = 3) -> list[Hit]:
+        """What a turn gets: the best `k` hits that share at least one word with the question
+        (a nearest vector alone is not evidence of relevance, and costs prompt tokens). A
+        tenant without knowledge costs one index probe, not an embedding call."""
+        if not await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant):
+            return []
+        return [h for h in await self.search(tenant, question, k) if h.keyword_rank is not None]
+
     async def rankings(self, tenant: str, query: str, limit: int) -> tuple[list[Hit], list[Hit]]:
         """The vector ranking and the keyword ranking, each up to `limit` long."""
         await self._ensure_index()

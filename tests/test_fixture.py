@@ -34,6 +34,7 @@ def make_fixture(
     root.mkdir(parents=True, exist_ok=True)
     if video:
         shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
+        shutil.copytree(DEMO_FIXTURE / "knowledge", root / "knowledge")
     session = copy.deepcopy(DEMO_SESSION)
     if edit is not None:
         edit(session)
@@ -153,6 +154,8 @@ def _unsort(s: dict[str, Any]) -> None:
                 {"model": "m", "error": {"status": 99}}]}, 1),
             ["tiers[0]", "error.status"], id="tier-bad-error",
         ),
+        pytest.param(_set("knowledge", "wiki"), ["knowledge 'wiki' does not exist"],
+                     id="knowledge-missing"),
         pytest.param(_del("video"), ["'video'"], id="missing-video-field"),
         pytest.param(_set("video", "other.webm"), ["other.webm"], id="video-missing"),
     ],

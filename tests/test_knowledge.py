@@ -43,10 +43,15 @@ class CountingEmbedder(OfflineEmbedder):
     def __init__(self, dim: int = 256) -> None:
         super().__init__(dim)
         self.embedded: list[str] = []
+        self.queries: list[str] = []
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         self.embedded += texts
         return await super().embed_documents(texts)
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        self.queries.append(text)
+        return await super().embed_query(text)
 
 
 def write_pdf(path: Path, text: str) -> None:
@@ -182,3 +187,18 @@ async def test_gemini_embeddings_through_the_real_sdk(db: Database, docs: Path) 
     assert query.body["requests"][0]["outputDimensionality"] == 768
     assert await db.pool.fetchval(
         "SELECT DISTINCT embed_model FROM kb_chunks") == "gemini-embedding-001-768"
+
+
+async def test_a_turns_lookup_keeps_word_sharing_hits_and_skips_empty_tenants(
+    db: Database, docs: Path,
+) -> None:
+    embedder = CountingEmbedder()
+    kb = KnowledgeBase(db.pool, embedder)
+    await kb.ingest([docs], "acme")
+    hits = await kb.lookup("acme", "what is the default router password")
+    assert hits and all(h.keyword_rank is not None for h in hits)
+    assert hits[0].source.endswith("router.md")
+    assert await kb.lookup("acme", "zzzz qqqq") == []  # nearest vectors alone are not enough
+    embedder.queries.clear()
+    assert await kb.lookup("globex", "what is the default router password") == []
+    assert embedder.queries == [], "a tenant without knowledge costs no embedding"

@@ -65,6 +65,7 @@ async def drive(
     settings = settings.with_overrides(
         gemini_api_key="test-key", anthropic_api_key="test-key",
         gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
+        embeddings="offline",
     )
     runtime = await SessionRuntime.open(
         settings, db, tenant=tenant, user_id=user, source="replay",
@@ -101,6 +102,9 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert [t.models_asked for t in result.turns] == [
         (lite,), (lite, flash), (lite, flash, sonnet), (lite, lite)]
     assert [t.tools_called for t in result.turns] == [(), (), (), ("earlier_screen",)]
+    # the fixture's knowledge folder was ingested for the tenant and consulted on every turn
+    assert "python-setup.md" in result.turns[0].knowledge_used
+    assert result.turns[1].knowledge_used == ("config-files.md",)
     # one screenshot per model call; the answer to the tool's result also sees the earlier one
     assert [t.images_sent for t in result.turns] == [1, 2, 3, 1 + 2]
     assert all("[[" not in t.reply for t in result.turns)
@@ -119,6 +123,7 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert all(t["errors"] == 0 for t in summary["by_model"].values())
     assert summary["total_cost_usd"] > 0
     assert summary["turns"]["tool_calls"] == {"earlier_screen": 1}
+    assert summary["knowledge_hits"] >= 4
     assert summary["vs_top_tier"]["user_turns"] == 4
     assert summary["vs_top_tier"]["model_rounds"] == 5
     assert 0 < summary["vs_top_tier"]["savings"] < 1

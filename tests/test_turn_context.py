@@ -1,0 +1,66 @@
+"""What a turn's context carries besides the conversation: knowledge-base hits and the screen.
+
+Protects: the knowledge found for the user's question goes into the request as data, once per
+question (a tool round reuses it); a failing or slow knowledge lookup never holds up or breaks
+the turn, which goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from livekit.agents import llm
+
+from agent.turn_context import KNOWLEDGE_TIMEOUT_S, TurnContext
+from memory.knowledge import Hit
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
+
+HIT = Hit(7, "Validate config files with python3 -m json.tool.", "/kb/config-files.md", 0.03,
+          1, 1)
+
+
+def screen() -> ScreenWatcher:
+    return ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+
+
+def texts(ctx: llm.ChatContext) -> list[str]:
+    return [c for item in ctx.items if item.type == "message" for c in item.content
+            if isinstance(c, str)]
+
+
+async def test_knowledge_goes_in_once_per_question() -> None:
+    asked: list[str] = []
+
+    async def lookup(question: str) -> list[Hit]:
+        asked.append(question)
+        return [HIT]
+
+    turn = TurnContext(screen(), lookup)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="How do I check my config file?")
+    first = texts(await turn.build(ctx))
+    assert any("[1] (config-files.md) Validate config files" in t and "not instructions" in t
+               for t in first)
+    ctx.items.append(llm.FunctionCall(call_id="c", name="screen_changes", arguments="{}"))
+    ctx.items.append(llm.FunctionCallOutput(call_id="c", name="screen_changes", output="none",
+                                            is_error=False))
+    assert texts(await turn.build(ctx)) == first  # the tool round reuses it
+    assert asked == ["How do I check my config file?"] and turn.knowledge_hits == 1
+
+
+async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:
+    async def broken(_question: str) -> list[Hit]:
+        raise ConnectionError("the database went away")
+
+    async def slow(_question: str) -> list[Hit]:
+        await asyncio.sleep(KNOWLEDGE_TIMEOUT_S * 4)
+        return [HIT]
+
+    for lookup in (broken, slow):
+        ctx = llm.ChatContext.empty()
+        ctx.add_message(role="user", content="What is on my screen?")
+        built = texts(await TurnContext(screen(), lookup).build(ctx))
+        assert built[0] == "What is on my screen?"
+        assert not any("knowledge base" in t for t in built)
+        assert any("No screen share is visible" in t for t in built)
