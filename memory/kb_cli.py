@@ -13,7 +13,10 @@ from agent.config import Settings
 
 from .db import Database
 from .embeddings import make_embedder
+from .kb_eval import format_table, run_eval
 from .knowledge import FUSIONS, KnowledgeBase, KnowledgeError, find_files
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "kb_eval"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +31,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--fusion", choices=FUSIONS, default="rrf")
     p.add_argument("--json", action="store_true")
+    p = kb_sub.add_parser("eval", help="recall@k, MRR and latency on a labelled corpus, with "
+                          "keyword, vector and LlamaIndex references")
+    p.add_argument("--corpus", type=Path, default=EVAL_DIR / "corpus.jsonl",
+                   help='JSONL of {"id", "text", "tenant"} (default: the bundled set)')
+    p.add_argument("--queries", type=Path, default=EVAL_DIR / "queries.jsonl",
+                   help='JSONL of {"query", "relevant_ids", "tenant"}')
+    p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
+    p.add_argument("--json", action="store_true")
+
+
+def _ks(raw: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in raw.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be whole numbers like 1,5,10, got {raw!r}") from None
+    if ks[0] <= 0:
+        raise argparse.ArgumentTypeError("every k must be > 0")
+    return ks
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -35,12 +57,24 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
         kb = KnowledgeBase(db.pool, embedder)
+        if args.kb_command == "eval":
+            return await _eval(db.url, args)
         if args.kb_command == "ingest":
             return await _ingest(kb, args)
         return await _search(kb, args)
     finally:
         await embedder.aclose()
         await db.close()
+
+
+async def _eval(url: str, args: argparse.Namespace) -> int:
+    # the offline embedder: the references are built on the same vectors
+    result = await run_eval(url, args.corpus, args.queries, args.k)
+    if not args.json:
+        print(format_table(result))
+    print(json.dumps({"queries": result["queries"], "chunks": result["chunks"],
+                      "systems": result["systems"]}))
+    return 0
 
 
 async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ class Hit:
     score: float
     vector_rank: int | None = None
     keyword_rank: int | None = None
+    key: str = ""  # the chunk's key: file#hash#n, or the id it was given
 
 
 @dataclass
@@ -164,18 +165,35 @@ class KnowledgeBase:
     async def _ingest_one(self, path: Path, tenant: str, report: IngestReport) -> None:
         source, text, chunks = await asyncio.to_thread(prepare, path)
         seen: Counter[str] = Counter()
-        wanted: list[tuple[str, str, str, int]] = []  # key, hash, text, position
-        for position, chunk in enumerate(chunks):
+        keys = []
+        for chunk in chunks:
             digest = _hash(chunk)
-            wanted.append((f"{source}#{digest[:16]}#{seen[digest]}", digest, chunk, position))
+            keys.append(f"{source}#{digest[:16]}#{seen[digest]}")
             seen[digest] += 1
+        await self._sync(tenant, source, _hash(text), list(zip(keys, chunks, strict=True)),
+                         report)
+
+    async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
+        """Store chunks as they are, under the keys given (the evaluation's corpus ids)."""
+        await self._ensure_index()
+        await self._sync(tenant, source, _hash("".join(k for k, _ in chunks)), chunks,
+                         IngestReport())
+
+    async def _sync(
+        self, tenant: str, source: str, doc_hash: str, chunks: list[tuple[str, str]],
+        report: IngestReport,
+    ) -> None:
+        """Make the stored chunks of `source` exactly `chunks` (key, text), embedding only the
+        ones not stored yet with this embedder."""
+        wanted = [(key, _hash(text), text, position)
+                  for position, (key, text) in enumerate(chunks)]
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
             doc_id = await conn.fetchval(
                 "INSERT INTO kb_documents (tenant, source, content_hash) VALUES ($1, $2, $3)"
                 " ON CONFLICT (tenant, source) DO UPDATE SET content_hash = excluded.content_hash,"
                 " ingested_at = now() RETURNING id",
-                tenant, source, _hash(text),
+                tenant, source, doc_hash,
             )
             have = {r["chunk_key"] for r in await conn.fetch(
                 "SELECT chunk_key FROM kb_chunks WHERE document_id = $1 AND embed_model = $2",
@@ -243,7 +261,7 @@ class KnowledgeBase:
         vector = vector_literal(await self.embedder.embed_query(query))
         async with self._pool.acquire() as conn:
             vector_rows = await conn.fetch(
-                f"SELECT c.id, c.text, d.source,"
+                f"SELECT c.id, c.text, d.source, c.chunk_key,"
                 f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
                 f" FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
                 f" WHERE c.tenant = $1 AND c.embed_model = $3"
@@ -252,14 +270,16 @@ class KnowledgeBase:
             )
             words = _keyword_query(query)
             keyword_rows = await conn.fetch(
-                "SELECT c.id, c.text, d.source, ts_rank_cd(c.tsv, q) AS score"
+                "SELECT c.id, c.text, d.source, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
                 " FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id,"
                 " to_tsquery('english', $2) q"
                 " WHERE c.tenant = $1 AND c.tsv @@ q ORDER BY score DESC, c.id LIMIT $3",
                 tenant, words, limit,
             ) if words else []
-        return ([Hit(r["id"], r["text"], r["source"], float(r["score"])) for r in vector_rows],
-                [Hit(r["id"], r["text"], r["source"], float(r["score"])) for r in keyword_rows])
+        def hits(rows: list[asyncpg.Record]) -> list[Hit]:
+            return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"])
+                    for r in rows]
+        return hits(vector_rows), hits(keyword_rows)
 
 
 def rrf(vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
@@ -295,6 +315,6 @@ def _fuse(
     ranked = sorted(fused.values(), key=lambda e: (-e["score"], e["hit"].id))
     return [
         Hit(e["hit"].id, e["hit"].text, e["hit"].source, round(e["score"], 6),
-            e.get("vector_rank"), e.get("keyword_rank"))
+            e.get("vector_rank"), e.get("keyword_rank"), e["hit"].key)
         for e in ranked
     ]

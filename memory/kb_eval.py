@@ -1,0 +1,214 @@
+"""`sightline kb eval`: retrieval quality and latency on a labelled corpus, against references.
+
+The corpus (`{"id", "text", "tenant"}` per line, one chunk each, ids kept) goes into a scratch
+schema of the configured Postgres, dropped afterwards. Every query runs scoped to its tenant
+through each system, in the same run on the same data:
+- `sightline`: the hybrid search with its default fusion (`sightline_weighted`: the other one);
+- `keyword` and `vector`: each of its two rankings alone;
+- `llamaindex_fusion`: LlamaIndex's stock `QueryFusionRetriever` (reciprocal rerank) over a
+  `VectorStoreIndex` retriever with the same embeddings and a `BM25Retriever`, one per tenant.
+Printed: recall@k, MRR and latency p50/p95 per system; the last line is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from .embeddings import Embedder, OfflineEmbedder
+from .knowledge import KnowledgeBase, KnowledgeError
+from .migrate import migration_files
+
+Retrieve = Callable[[str, str, int], Awaitable[list[str]]]  # tenant, query, k -> ids
+
+
+@dataclass(frozen=True)
+class Query:
+    query: str
+    relevant_ids: tuple[str, ...]
+    tenant: str
+
+
+def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise KnowledgeError(f"{path}: cannot read it: {exc.strerror}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KnowledgeError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise KnowledgeError(f"{path}:{number}: missing {', '.join(missing)}")
+        rows.append(row)
+    if not rows:
+        raise KnowledgeError(f"{path}: no lines")
+    return rows
+
+
+def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]]:
+    chunks = _jsonl(corpus, ("id", "text", "tenant"))
+    ids = {str(c["id"]) for c in chunks}
+    labelled = [Query(str(q["query"]), tuple(map(str, q["relevant_ids"])), str(q["tenant"]))
+                for q in _jsonl(queries, ("query", "relevant_ids", "tenant"))]
+    unknown = sorted({i for q in labelled for i in q.relevant_ids} - ids)
+    if unknown:
+        raise KnowledgeError(f"{queries}: relevant ids not in the corpus: {', '.join(unknown[:5])}")
+    return chunks, labelled
+
+
+class _LlamaIndexEmbedding:
+    """Our embedder as a LlamaIndex `BaseEmbedding`, so both sides use the same vectors."""
+
+    @staticmethod
+    def make(embedder: OfflineEmbedder) -> Any:
+        from llama_index.core.embeddings import BaseEmbedding
+
+        class Wrapped(BaseEmbedding):
+            def _get_query_embedding(self, query: str) -> list[float]:
+                return embedder._embed([query])[0].tolist()
+
+            def _get_text_embedding(self, text: str) -> list[float]:
+                return embedder._embed([text])[0].tolist()
+
+            def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+                return embedder._embed(texts).tolist()
+
+            async def _aget_query_embedding(self, query: str) -> list[float]:
+                return self._get_query_embedding(query)
+
+        return Wrapped(model_name=embedder.name, embed_batch_size=256)
+
+
+def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: OfflineEmbedder, k: int) -> Retrieve:
+    """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
+    import Stemmer
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.retrievers import QueryFusionRetriever
+    from llama_index.core.schema import TextNode
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
+    embed_model = _LlamaIndexEmbedding.make(embedder)
+    retrievers = {}
+    for tenant in sorted({c["tenant"] for c in chunks}):
+        nodes = [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
+                 if c["tenant"] == tenant]
+        vector = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(
+            similarity_top_k=k)
+        bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=k,
+                                           stemmer=Stemmer.Stemmer("english"), language="english")
+        retrievers[tenant] = QueryFusionRetriever(
+            [vector, bm25], similarity_top_k=k, num_queries=1, mode="reciprocal_rerank",
+            use_async=False, llm=MockLLM(),  # one query: no LLM rewriting is asked for
+        )
+
+    async def retrieve(tenant: str, query: str, top: int) -> list[str]:
+        nodes = await retrievers[tenant].aretrieve(query)
+        return [n.node.node_id for n in nodes[:top]]
+    return retrieve
+
+
+def score(ranked: list[str], relevant: tuple[str, ...], ks: list[int]) -> dict[str, float]:
+    found = set(relevant)
+    metrics = {f"recall@{k}": len(found & set(ranked[:k])) / len(found) for k in ks}
+    first = next((i for i, key in enumerate(ranked, start=1) if key in found), None)
+    metrics["mrr"] = 1 / first if first else 0.0
+    return metrics
+
+
+async def run_eval(
+    url: str, corpus: Path, queries_path: Path, ks: list[int],
+    embedder: Embedder | None = None,
+) -> dict[str, Any]:
+    chunks, queries = load(corpus, queries_path)
+    embedder = embedder or OfflineEmbedder()
+    schema = f"kb_eval_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=2, server_settings={"search_path": f"{schema},public"})
+        try:
+            knowledge_sql = next(p for p in migration_files() if "knowledge" in p.name)
+            await pool.execute(knowledge_sql.read_text())
+            return await _evaluate(KnowledgeBase(pool, embedder), chunks, queries, ks, embedder)
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+async def _evaluate(
+    kb: KnowledgeBase, chunks: list[dict[str, Any]], queries: list[Query], ks: list[int],
+    embedder: Embedder,
+) -> dict[str, Any]:
+    for tenant in sorted({c["tenant"] for c in chunks}):
+        await kb.ingest_chunks(tenant, "eval-corpus", [
+            (str(c["id"]), str(c["text"])) for c in chunks if c["tenant"] == tenant])
+    depth = max(ks)
+
+    async def fused(fusion: str) -> Retrieve:
+        async def retrieve(tenant: str, query: str, top: int) -> list[str]:
+            return [h.key for h in await kb.search(tenant, query, top, fusion=fusion)]
+        return retrieve
+
+    def single(which: int) -> Retrieve:
+        async def retrieve(tenant: str, query: str, top: int) -> list[str]:
+            return [h.key for h in (await kb.rankings(tenant, query, top))[which]]
+        return retrieve
+
+    systems: dict[str, Retrieve] = {
+        "sightline": await fused("rrf"),
+        "sightline_weighted": await fused("weighted"),
+        "keyword": single(1),
+        "vector": single(0),
+    }
+    if isinstance(embedder, OfflineEmbedder):
+        systems["llamaindex_fusion"] = llamaindex_fusion(chunks, embedder, depth)
+    results: dict[str, Any] = {}
+    for name, retrieve in systems.items():
+        await retrieve(queries[0].tenant, queries[0].query, depth)  # warm up
+        metrics: list[dict[str, float]] = []
+        latencies: list[float] = []
+        for q in queries:
+            started = time.perf_counter()
+            ranked = await retrieve(q.tenant, q.query, depth)
+            latencies.append((time.perf_counter() - started) * 1000)
+            metrics.append(score(ranked, q.relevant_ids, ks))
+        summary = {key: round(statistics.fmean(m[key] for m in metrics), 4) for key in metrics[0]}
+        summary["p50_ms"] = round(float(np.percentile(latencies, 50)), 2)
+        summary["p95_ms"] = round(float(np.percentile(latencies, 95)), 2)
+        results[name] = summary
+    return {"queries": len(queries), "chunks": len(chunks), "embedder": embedder.name,
+            "systems": results}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    systems = result["systems"]
+    columns = [c for c in next(iter(systems.values())) if c not in ("p50_ms", "p95_ms")]
+    header = f"{'system':<20}" + "".join(f"{c:>11}" for c in [*columns, "p50_ms", "p95_ms"])
+    lines = [f"{result['queries']} queries over {result['chunks']} chunks "
+             f"(embeddings: {result['embedder']})", header]
+    for name, row in systems.items():
+        lines.append(f"{name:<20}" + "".join(f"{row[c]:>11}" for c in
+                                             [*columns, "p50_ms", "p95_ms"]))
+    return "\n".join(lines)
