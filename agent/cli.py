@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from memory import kb_cli
+from memory import kb_cli, memory_cli
 from memory.db import Database, DatabaseUnavailable, start_embedded
 from memory.knowledge import KnowledgeError
 from memory.store import Store
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     vision_cli.add_parser(sub)
     kb_cli.add_parser(sub)
+    memory_cli.add_parser(sub)
     return parser
 
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_replay(settings, args))
         if args.command == "kb":
             return asyncio.run(kb_cli.run(settings, args))
+        if args.command == "memory":
+            return asyncio.run(memory_cli.run(settings, args))
         return asyncio.run(_costs(settings, args))
     except (ConfigError, DatabaseUnavailable, FixtureError, UserError, LabelError,
             VideoUnreadable, vision_cli.VisionUsageError, KnowledgeError) as exc:

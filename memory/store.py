@@ -63,6 +63,22 @@ class Store:
         )
         return [StoredMessage(r["role"], r["content"], r["created_at"]) for r in reversed(rows)]
 
+    async def count_messages(self, tenant: str, user_id: str) -> int:
+        return int(await self._pool.fetchval(
+            "SELECT count(*) FROM messages WHERE tenant = $1 AND user_id = $2", tenant, user_id))
+
+    async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
+        """Delete what is remembered about one user of one tenant (a privacy request). Their
+        sessions keep their cost records, with the user id removed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            messages = await conn.fetchval(
+                "WITH gone AS (DELETE FROM messages WHERE tenant = $1 AND user_id = $2"
+                " RETURNING 1) SELECT count(*) FROM gone", tenant, user_id)
+            sessions = await conn.fetchval(
+                "WITH done AS (UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND"
+                " user_id = $2 RETURNING 1) SELECT count(*) FROM done", tenant, user_id)
+        return {"messages": int(messages), "sessions_unlinked": int(sessions)}
+
     async def add_cost_events(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert ledger rows; idempotent on (session_id, seq) so a retried batch never doubles."""
         await self._pool.executemany(

@@ -1,0 +1,50 @@
+"""`sightline memory show|forget` on a replayed session's memory, in real Postgres.
+
+Protects: show lists what is remembered about one user of one tenant; forget deletes all of it
+(a privacy request) and nothing of another user or tenant, and the sessions keep their costs
+without the user's id.
+"""
+
+from __future__ import annotations
+
+import json
+
+from conftest import DEMO_FIXTURE, cli_env, run_cli
+
+from agent.config import Settings
+from agent.fixture import load_fixture
+from agent.replay import replay
+from memory.db import Database
+from memory.store import Store
+
+
+async def test_show_then_forget_one_user(settings: Settings, db: Database) -> None:
+    await replay(load_fixture(DEMO_FIXTURE), settings, db)
+    store = Store(db.pool)
+    await db.pool.execute(
+        "INSERT INTO sessions (id, tenant, user_id, source, provider, model)"
+        " VALUES ('s-other', 'acme', 'dev-1', 'replay', 'gemini', 'm')")
+    await store.add_messages("s-other", "acme", [
+        {"user_id": "dev-1", "role": "user", "content": "same user id, another tenant"}])
+    env = cli_env(settings)
+
+    code, out, err = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
+                                   env=env)
+    assert code == 0, err
+    assert "8 messages remembered" in out and "Which pip and Python version am I on?" in out
+    code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
+                                 "--json", env=env)
+    assert json.loads(out)["messages"] == 8
+
+    code, out, err = await run_cli("memory", "forget", "--tenant", "demo", "--user", "dev-1",
+                                   "--json", env=env)
+    assert code == 0, err
+    assert json.loads(out) == {"messages": 8, "sessions_unlinked": 1}
+    assert await store.count_messages("demo", "dev-1") == 0
+    assert await store.count_messages("acme", "dev-1") == 1, "another tenant's user is kept"
+    row = await db.pool.fetchrow(
+        "SELECT user_id, total_cost_usd FROM sessions WHERE tenant = 'demo'")
+    assert row["user_id"] is None and row["total_cost_usd"] > 0
+    code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
+                                 env=env)
+    assert "Nothing is remembered about user dev-1 of tenant demo" in out
