@@ -1,8 +1,11 @@
 """Write rows to Postgres off the reply path, and lose none of them when the database is down.
 
 Callers `put()` without waiting. A background task writes batches; a failed batch stays queued
-and is retried with backoff. On `close()` whatever still cannot be written is appended to a JSONL
-spill file and reported, so a database outage costs latency for nobody and records for nobody.
+and is retried with backoff. The queue in memory is bounded: during a long outage its oldest rows
+move to a JSONL spill file, and when the database is back they are written first, before the
+queue, so rows reach the database in the order they were put. On `close()` whatever still cannot
+be written is appended to the spill file and reported, so a database outage costs latency for
+nobody and records for nobody.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class BackgroundWriter:
         *,
         max_batch: int = 200,
         max_backoff_s: float = 5.0,
+        max_pending: int = 5000,
     ) -> None:
         self._name = name
         self._write_batch = write_batch
@@ -35,6 +39,11 @@ class BackgroundWriter:
         self._max_batch = max_batch
         self._max_backoff_s = max_backoff_s
         self._pending: list[Row] = []
+        self._max_pending = max_pending
+        # rows this writer moved to the spill file and still owes the database: they start at
+        # byte `_spill_offset` (rows before it are from earlier sessions, left alone)
+        self._spilled = 0
+        self._spill_offset = 0
         self._wake = asyncio.Event()
         self._closing = False
         self._failing_since: str | None = None
@@ -43,14 +52,68 @@ class BackgroundWriter:
 
     def put(self, row: Row) -> None:
         self._pending.append(row)
+        if len(self._pending) > self._max_pending:
+            # a quarter at a time: a few ms of JSON, and not again for a while
+            self._spill(self._pending[: self._max_pending // 4])
+            del self._pending[: self._max_pending // 4]
         self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._spilled
+
+    def _spill(self, rows: list[Row]) -> None:
+        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._spill_path.open("a") as fh:
+            if not self._spilled:
+                self._spill_offset = fh.tell()
+            fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+        if not self._spilled:
+            log.warning("%s: database still unreachable, queue full: spilling to %s",
+                        self._name, self._spill_path)
+        self._spilled += len(rows)
+
+    def _read_spilled(self) -> list[Row]:
+        with self._spill_path.open() as fh:
+            fh.seek(self._spill_offset)
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def _drop_spilled(self) -> None:
+        with self._spill_path.open("r+") as fh:
+            fh.truncate(self._spill_offset)
+        if self._spill_offset == 0:
+            self._spill_path.unlink()
+        self._spilled = 0
+
+    async def _flush_spilled(self) -> bool:
+        """Write the rows spilled during this outage, oldest first; all or nothing."""
+        rows = await asyncio.to_thread(self._read_spilled)
+        for start in range(0, len(rows), self._max_batch):
+            try:
+                await self._write_batch(rows[start:start + self._max_batch])
+            except Exception:
+                # the batches already written leave the file; the rest waits for the next try
+                await asyncio.to_thread(self._rewrite_spilled, rows[start:])
+                self.written += start
+                return False
+        self.written += len(rows)
+        await asyncio.to_thread(self._drop_spilled)
+        log.info("%s: %d spilled rows written after the outage", self._name, len(rows))
+        return True
+
+    def _rewrite_spilled(self, rows: list[Row]) -> None:
+        with self._spill_path.open("r+") as fh:
+            fh.truncate(self._spill_offset)
+            fh.seek(self._spill_offset)
+            fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+        self._spilled = len(rows)
 
     async def _flush_once(self) -> bool:
+        if self._spilled and not await self._flush_spilled():
+            return False
         batch = self._pending[: self._max_batch]
+        if not batch:
+            return True
         try:
             await self._write_batch(batch)
         except Exception as exc:
@@ -71,7 +134,7 @@ class BackgroundWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending or self._spilled:
                 if await self._flush_once():
                     backoff = 0.2
                     continue
@@ -94,15 +157,12 @@ class BackgroundWriter:
             await asyncio.wait_for(self._task, timeout=timeout_s)
         except TimeoutError:
             self._task.cancel()
-        if self._pending:
+        if self._pending or self._spilled:
             await self._flush_once()
-        if not self._pending:
+        if not self._pending and not self._spilled:
             return 0
-        spilled = len(self._pending)
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("a") as fh:
-            for row in self._pending:
-                fh.write(json.dumps(row, default=str) + "\n")
+        self._spill(self._pending)  # after the rows spilled earlier: the order holds
+        spilled = self._spilled
         log.error("%s: database unreachable, %d rows kept in %s", self._name, spilled,
                   self._spill_path)
         self._pending.clear()

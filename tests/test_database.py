@@ -27,6 +27,7 @@ from memory.conversation import ConversationLog
 from memory.db import Database, DatabaseUnavailable, start_embedded
 from memory.migrate import apply_migrations, migration_files
 from memory.store import Store
+from memory.writer import BackgroundWriter
 from vision.screen import FrameDecision
 
 PASSWORD = "s3cret-Pa55word"
@@ -313,3 +314,41 @@ async def test_outage_then_recovery_loses_nothing(
     assert float(session_row["total_cost_usd"]) == pytest.approx(
         summary["total_cost_usd"], abs=1e-8)
     assert contents == ["asked while the database was down"]
+
+
+async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    url = await own_postgres.start()
+    db, ledger, _conversation = await open_session(url, tmp_path, "sess_long_outage")
+    store = Store(db.pool)
+    spill = tmp_path / "costs" / "sess_long_outage.messages-spill.jsonl"
+    writer = BackgroundWriter(
+        "messages",
+        lambda rows: store.add_messages("sess_long_outage", "acme", rows),
+        spill, max_batch=8, max_backoff_s=0.2, max_pending=12,
+    )
+    writer.put({"user_id": "u-1", "role": "user", "content": "turn 0"})
+    assert await wait_for_count(url, "SELECT count(*) FROM messages", 1) == 1
+
+    await own_postgres.stop()
+    await assert_down(url)
+    for n in range(1, 60):  # a long outage: far more turns than the queue holds in memory
+        writer.put({"user_id": "u-1", "role": "user", "content": f"turn {n}"})
+        assert len(writer._pending) <= 12
+    await asyncio.sleep(0.3)
+    assert spill.exists() and writer.pending == 59
+
+    url = await own_postgres.start()
+    assert await wait_for_count(url, "SELECT count(*) FROM messages", 60) == 60
+    assert await writer.close() == 0
+    assert not spill.exists()
+    conn = await asyncpg.connect(url)
+    try:
+        contents = [r["content"] for r in await conn.fetch(
+            "SELECT content FROM messages ORDER BY id")]
+    finally:
+        await conn.close()
+    assert contents == [f"turn {n}" for n in range(60)]
+    await ledger.close()
+    await db.pool.close()
