@@ -18,7 +18,7 @@ import asyncpg
 
 from agent.config import mask_secret
 
-from .migrate import apply_migrations
+from .migrate import MigrationFailed, apply_migrations
 
 log = logging.getLogger("sightline.db")
 
@@ -59,8 +59,14 @@ class Database:
             ) from None
         db = cls(pool=pool, url=url, embedded=embedded)
         if migrate:
-            async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
+            try:
+                async with pool.acquire() as conn:
+                    applied = await apply_migrations(conn)
+            except MigrationFailed as exc:
+                await pool.close()
+                if embedded is not None:
+                    await asyncio.to_thread(embedded.cleanup)
+                raise DatabaseUnavailable(str(exc)) from None
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))
         return db

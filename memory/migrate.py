@@ -14,6 +14,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _LOCK_KEY = 0x5160_7117  # arbitrary constant shared by every Sightline process
 
 
+class MigrationFailed(RuntimeError):
+    """A migration the database refused; nothing of it was applied."""
+
+
 def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
@@ -33,8 +37,14 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             version = path.stem
             if version in done:
                 continue
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            try:
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            except asyncpg.PostgresError as exc:
+                hint = (" (the knowledge base needs the pgvector extension installed on the "
+                        "server)" if "vector" in str(exc) else "")
+                raise MigrationFailed(f"migration {version} failed: {exc}{hint}") from None
             applied_now.append(version)
     return applied_now

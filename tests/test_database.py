@@ -352,3 +352,22 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     assert contents == [f"turn {n}" for n in range(60)]
     await ledger.close()
     await db.pool.close()
+
+
+async def test_a_refused_migration_is_one_clear_error(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "migrations"
+    bad.mkdir()
+    for path in migration_files():
+        (bad / path.name).write_text(path.read_text())
+    (bad / "9999_needs_an_extension.sql").write_text(
+        "CREATE EXTENSION no_such_vector_extension; CREATE TABLE never_made (id int);")
+    monkeypatch.setattr("memory.migrate.MIGRATIONS_DIR", bad)
+    with pytest.raises(DatabaseUnavailable, match="migration 9999_needs_an_extension failed"):
+        await Database.open(database_url, tmp_path)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('never_made')") is None
+    finally:
+        await conn.close()
