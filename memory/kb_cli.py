@@ -25,11 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = kb_sub.add_parser("ingest", help="load Markdown, HTML, PDF and text files or folders")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--tenant", required=True)
+    p.add_argument("--meta", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                   help="tag the documents (repeatable); search can filter on it")
     p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
     p.add_argument("query")
     p.add_argument("--tenant", required=True)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--fusion", choices=FUSIONS, default="rrf")
+    p.add_argument("--where", type=_pair, action="append", default=[], metavar="KEY=VALUE",
+                   help="only documents tagged so (repeatable; also type=pdf|md|html|txt)")
     p.add_argument("--json", action="store_true")
     p = kb_sub.add_parser("eval", help="recall@k, MRR and latency on a labelled corpus, with "
                           "keyword, vector and LlamaIndex references")
@@ -39,6 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help='JSONL of {"query", "relevant_ids", "tenant"}')
     p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
     p.add_argument("--json", action="store_true")
+
+
+def _pair(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {raw!r}")
+    return key.strip(), value.strip()
 
 
 def _ks(raw: str) -> list[int]:
@@ -80,7 +91,8 @@ async def _eval(url: str, args: argparse.Namespace) -> int:
 async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     total = len(find_files(args.paths))
     with tqdm(total=total, unit="file", desc=f"ingest ({args.tenant})") as bar:
-        report = await kb.ingest(args.paths, args.tenant, progress=lambda _p: bar.update())
+        report = await kb.ingest(args.paths, args.tenant, progress=lambda _p: bar.update(),
+                                 metadata=dict(args.meta))
     print(f"{report.documents} documents: {report.embedded} chunks embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
     for source in report.removed_documents:
@@ -93,7 +105,8 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
 async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     if args.k <= 0:
         raise KnowledgeError("--k must be > 0")
-    hits = await kb.search(args.tenant, args.query, args.k, fusion=args.fusion)
+    hits = await kb.search(args.tenant, args.query, args.k, fusion=args.fusion,
+                           where=dict(args.where))
     if args.json:
         print(json.dumps([asdict(h) for h in hits], indent=2))
         return 0

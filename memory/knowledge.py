@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -136,10 +137,10 @@ class KnowledgeBase:
 
     async def ingest(
         self, paths: Sequence[Path], tenant: str,
-        progress: Callable[[Path], None] | None = None,
+        progress: Callable[[Path], None] | None = None, metadata: dict[str, str] | None = None,
     ) -> IngestReport:
-        """Ingest files and folders for `tenant`; a folder ingested again loses the documents
-        that are no longer in it."""
+        """Ingest files and folders for `tenant`, tagging each document with `metadata` (what
+        search can filter on); a folder ingested again loses the documents no longer in it."""
         await self._ensure_index()
         report = IngestReport()
         files = await asyncio.to_thread(find_files, paths)
@@ -148,7 +149,7 @@ class KnowledgeBase:
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
         for path in files:
             try:
-                await self._ingest_one(path, tenant, report)
+                await self._ingest_one(path, tenant, report, metadata or {})
             except KnowledgeError as exc:
                 report.skipped.append(str(exc))
             if progress is not None:
@@ -162,7 +163,9 @@ class KnowledgeBase:
             report.removed_documents += [r["source"] for r in gone]
         return report
 
-    async def _ingest_one(self, path: Path, tenant: str, report: IngestReport) -> None:
+    async def _ingest_one(
+        self, path: Path, tenant: str, report: IngestReport, metadata: dict[str, str],
+    ) -> None:
         source, text, chunks = await asyncio.to_thread(prepare, path)
         seen: Counter[str] = Counter()
         keys = []
@@ -171,17 +174,17 @@ class KnowledgeBase:
             keys.append(f"{source}#{digest[:16]}#{seen[digest]}")
             seen[digest] += 1
         await self._sync(tenant, source, _hash(text), list(zip(keys, chunks, strict=True)),
-                         report)
+                         report, {"type": path.suffix.lower().lstrip("."), **metadata})
 
     async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
         """Store chunks as they are, under the keys given (the evaluation's corpus ids)."""
         await self._ensure_index()
         await self._sync(tenant, source, _hash("".join(k for k, _ in chunks)), chunks,
-                         IngestReport())
+                         IngestReport(), {})
 
     async def _sync(
         self, tenant: str, source: str, doc_hash: str, chunks: list[tuple[str, str]],
-        report: IngestReport,
+        report: IngestReport, metadata: dict[str, str],
     ) -> None:
         """Make the stored chunks of `source` exactly `chunks` (key, text), embedding only the
         ones not stored yet with this embedder."""
@@ -190,10 +193,11 @@ class KnowledgeBase:
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
             doc_id = await conn.fetchval(
-                "INSERT INTO kb_documents (tenant, source, content_hash) VALUES ($1, $2, $3)"
-                " ON CONFLICT (tenant, source) DO UPDATE SET content_hash = excluded.content_hash,"
+                "INSERT INTO kb_documents (tenant, source, content_hash, metadata)"
+                " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (tenant, source) DO UPDATE SET"
+                " content_hash = excluded.content_hash, metadata = excluded.metadata,"
                 " ingested_at = now() RETURNING id",
-                tenant, source, doc_hash,
+                tenant, source, doc_hash, json.dumps(metadata),
             )
             have = {r["chunk_key"] for r in await conn.fetch(
                 "SELECT chunk_key FROM kb_chunks WHERE document_id = $1 AND embed_model = $2",
@@ -234,12 +238,13 @@ class KnowledgeBase:
 
     async def search(
         self, tenant: str, query: str, k: int = 5, *, fusion: str = "rrf",
-        candidates: int = 20,
+        candidates: int = 20, where: dict[str, str] | None = None,
     ) -> list[Hit]:
-        """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused."""
+        """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused;
+        `where` keeps only documents whose metadata has all of its keys and values."""
         if fusion not in FUSIONS:
             raise KnowledgeError(f"fusion must be one of {', '.join(FUSIONS)}")
-        vector_hits, keyword_hits = await self.rankings(tenant, query, candidates)
+        vector_hits, keyword_hits = await self.rankings(tenant, query, candidates, where)
         if not vector_hits:
             await self._check_model(tenant)
         fuse = rrf if fusion == "rrf" else weighted
@@ -254,9 +259,12 @@ class KnowledgeBase:
             return []
         return [h for h in await self.search(tenant, question, k) if h.keyword_rank is not None]
 
-    async def rankings(self, tenant: str, query: str, limit: int) -> tuple[list[Hit], list[Hit]]:
+    async def rankings(
+        self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
+    ) -> tuple[list[Hit], list[Hit]]:
         """The vector ranking and the keyword ranking, each up to `limit` long."""
         await self._ensure_index()
+        containing = json.dumps(where or {})
         dim = int(self.embedder.dim)
         vector = vector_literal(await self.embedder.embed_query(query))
         async with self._pool.acquire() as conn:
@@ -264,17 +272,18 @@ class KnowledgeBase:
                 f"SELECT c.id, c.text, d.source, c.chunk_key,"
                 f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
                 f" FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
-                f" WHERE c.tenant = $1 AND c.embed_model = $3"
+                f" WHERE c.tenant = $1 AND c.embed_model = $3 AND d.metadata @> $5::jsonb"
                 f" ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $4",
-                tenant, vector, self.embedder.name, limit,
+                tenant, vector, self.embedder.name, limit, containing,
             )
             words = _keyword_query(query)
             keyword_rows = await conn.fetch(
                 "SELECT c.id, c.text, d.source, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
                 " FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id,"
                 " to_tsquery('english', $2) q"
-                " WHERE c.tenant = $1 AND c.tsv @@ q ORDER BY score DESC, c.id LIMIT $3",
-                tenant, words, limit,
+                " WHERE c.tenant = $1 AND c.tsv @@ q AND d.metadata @> $4::jsonb"
+                " ORDER BY score DESC, c.id LIMIT $3",
+                tenant, words, limit, containing,
             ) if words else []
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"])

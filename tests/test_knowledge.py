@@ -202,3 +202,16 @@ async def test_a_turns_lookup_keeps_word_sharing_hits_and_skips_empty_tenants(
     embedder.queries.clear()
     assert await kb.lookup("globex", "what is the default router password") == []
     assert embedder.queries == [], "a tenant without knowledge costs no embedding"
+
+
+async def test_search_filters_on_document_metadata(db: Database, docs: Path) -> None:
+    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    await kb.ingest([docs / "router.md"], "acme", metadata={"team": "network"})
+    await kb.ingest([docs / "vpn.txt", docs / "holidays.pdf"], "acme", metadata={"team": "it"})
+    question = "office vpn router holidays"
+    teams = {Path(h.source).name for h in await kb.search("acme", question, 10,
+                                                          where={"team": "it"})}
+    assert teams == {"vpn.txt", "holidays.pdf"}
+    pdfs = await kb.search("acme", question, 10, where={"team": "it", "type": "pdf"})
+    assert {Path(h.source).name for h in pdfs} == {"holidays.pdf"}
+    assert await kb.search("acme", question, 10, where={"team": "sales"}) == []
