@@ -419,16 +419,17 @@ class CascadeStream(llm.LLMStream):
             },
         )
         record.cost_usd += event["cost_usd"] or 0.0
-        self._report_usage(tier, attempt, request_id)
+        self._report_usage(index, attempt, request_id)
 
-    def _report_usage(self, tier: Tier, attempt: _Attempt, request_id: str) -> None:
+    def _report_usage(self, index: int, attempt: _Attempt, request_id: str) -> None:
         """LiveKit's `session.usage` under the tier's own model name. (The cascade's own stream
         reports no usage, so nothing is counted twice.)"""
+        tier = self._llm.tiers[index]
         usage = attempt.usage
         prompt = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
         duration = time.perf_counter() - attempt.started
         self._llm.emit("metrics_collected", LLMMetrics(
-            label=f"{self._llm.label}/tier{self._llm.tiers.index(tier)}",
+            label=f"{self._llm.label}/tier{index}",
             request_id=request_id, timestamp=time.time(), duration=duration,
             ttft=attempt.first_token_ms / 1000 if attempt.first_token_ms else -1.0,
             cancelled=attempt.outcome == "cancelled",

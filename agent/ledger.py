@@ -61,7 +61,6 @@ class CostLedger:
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._user_turns = 0
-        self._knowledge_hits = 0
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -144,10 +143,6 @@ class CostLedger:
             detail={**(detail or {}), **({"error": error} if error else {})},
         )
 
-    def knowledge(self, hits: int) -> None:
-        """Knowledge-base chunks put in front of the model this session."""
-        self._knowledge_hits = hits
-
     def tier_cap(self) -> int | None:
         """The highest cascade tier the budgets allow now (None: no limit)."""
         return self.budget.tier_cap() if self.budget is not None else None
@@ -185,7 +180,7 @@ class CostLedger:
             detail={**decision.as_dict(), "width": decision.width, "height": decision.height},
         )
 
-    def summary(self, frames_received: int = 0) -> dict[str, Any]:
+    def summary(self, frames_received: int = 0, knowledge_hits: int = 0) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "tenant": self.tenant,
@@ -206,7 +201,7 @@ class CostLedger:
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
             "images": self._image_summary(),
-            "knowledge_hits": self._knowledge_hits,
+            "knowledge_hits": knowledge_hits,
             "vs_top_tier": self._vs_top_summary(),
             **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),
@@ -256,9 +251,9 @@ class CostLedger:
             "saved_usd": round(saved, 8),
         }
 
-    async def close(self, frames_received: int = 0) -> dict[str, Any]:
+    async def close(self, frames_received: int = 0, knowledge_hits: int = 0) -> dict[str, Any]:
         """Flush every event, then write the summary to the file and the session row."""
-        summary = self.summary(frames_received)
+        summary = self.summary(frames_received, knowledge_hits)
         if self._writer is not None:
             summary["db_spilled_events"] = await self._writer.close()
         # the summary goes to the session row below, not to cost_events

@@ -137,8 +137,8 @@ class SessionRuntime:
         await self.model.aclose()
         if self.embedder is not None:
             await self.embedder.aclose()
-        self.ledger.knowledge(self.turn_context.knowledge_hits)
-        summary = await self.ledger.close(frames_received=self.screen.frames_received)
+        summary = await self.ledger.close(frames_received=self.screen.frames_received,
+                                          knowledge_hits=self.turn_context.knowledge_hits)
         if spilled:
             summary["db_spilled_messages"] = spilled
         log.info("session %s ended: $%.6f", self.session_id, summary["total_cost_usd"])

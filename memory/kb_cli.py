@@ -14,7 +14,7 @@ from agent.config import Settings
 from .db import Database
 from .embeddings import make_embedder
 from .kb_eval import format_table, run_eval
-from .knowledge import FUSIONS, KnowledgeBase, KnowledgeError, find_files
+from .knowledge import FUSIONS, KnowledgeBase, KnowledgeError
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "kb_eval"
 
@@ -89,9 +89,12 @@ async def _eval(url: str, args: argparse.Namespace) -> int:
 
 
 async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
-    total = len(find_files(args.paths))
-    with tqdm(total=total, unit="file", desc=f"ingest ({args.tenant})") as bar:
-        report = await kb.ingest(args.paths, args.tenant, progress=lambda _p: bar.update(),
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    with tqdm(unit="file", desc=f"ingest ({args.tenant})") as bar:
+        report = await kb.ingest(args.paths, args.tenant, progress=progress,
                                  metadata=dict(args.meta))
     print(f"{report.documents} documents: {report.embedded} chunks embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")

@@ -72,27 +72,24 @@ def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]
     return chunks, labelled
 
 
-class _LlamaIndexEmbedding:
+def llamaindex_embedding(embedder: OfflineEmbedder) -> Any:
     """Our embedder as a LlamaIndex `BaseEmbedding`, so both sides use the same vectors."""
+    from llama_index.core.embeddings import BaseEmbedding
 
-    @staticmethod
-    def make(embedder: OfflineEmbedder) -> Any:
-        from llama_index.core.embeddings import BaseEmbedding
+    class Wrapped(BaseEmbedding):
+        def _get_query_embedding(self, query: str) -> list[float]:
+            return embedder._embed([query])[0].tolist()
 
-        class Wrapped(BaseEmbedding):
-            def _get_query_embedding(self, query: str) -> list[float]:
-                return embedder._embed([query])[0].tolist()
+        def _get_text_embedding(self, text: str) -> list[float]:
+            return embedder._embed([text])[0].tolist()
 
-            def _get_text_embedding(self, text: str) -> list[float]:
-                return embedder._embed([text])[0].tolist()
+        def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+            return embedder._embed(texts).tolist()
 
-            def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-                return embedder._embed(texts).tolist()
+        async def _aget_query_embedding(self, query: str) -> list[float]:
+            return self._get_query_embedding(query)
 
-            async def _aget_query_embedding(self, query: str) -> list[float]:
-                return self._get_query_embedding(query)
-
-        return Wrapped(model_name=embedder.name, embed_batch_size=256)
+    return Wrapped(model_name=embedder.name, embed_batch_size=256)
 
 
 def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: OfflineEmbedder, k: int) -> Retrieve:
@@ -105,7 +102,7 @@ def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: OfflineEmbedder, k
     from llama_index.retrievers.bm25 import BM25Retriever
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
-    embed_model = _LlamaIndexEmbedding.make(embedder)
+    embed_model = llamaindex_embedding(embedder)
     retrievers = {}
     for tenant in sorted({c["tenant"] for c in chunks}):
         nodes = [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
@@ -166,7 +163,7 @@ async def _evaluate(
             (str(c["id"]), str(c["text"])) for c in chunks if c["tenant"] == tenant])
     depth = max(ks)
 
-    async def fused(fusion: str) -> Retrieve:
+    def fused(fusion: str) -> Retrieve:
         async def retrieve(tenant: str, query: str, top: int) -> list[str]:
             return [h.key for h in await kb.search(tenant, query, top, fusion=fusion)]
         return retrieve
@@ -177,8 +174,8 @@ async def _evaluate(
         return retrieve
 
     systems: dict[str, Retrieve] = {
-        "sightline": await fused("rrf"),
-        "sightline_weighted": await fused("weighted"),
+        "sightline": fused("rrf"),
+        "sightline_weighted": fused("weighted"),
         "keyword": single(1),
         "vector": single(0),
     }

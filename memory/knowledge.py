@@ -137,7 +137,8 @@ class KnowledgeBase:
 
     async def ingest(
         self, paths: Sequence[Path], tenant: str,
-        progress: Callable[[Path], None] | None = None, metadata: dict[str, str] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> IngestReport:
         """Ingest files and folders for `tenant`, tagging each document with `metadata` (what
         search can filter on); a folder ingested again loses the documents no longer in it."""
@@ -147,13 +148,13 @@ class KnowledgeBase:
         present = sorted(await asyncio.to_thread(lambda: {str(f.resolve()) for f in files}))
         folders = await asyncio.to_thread(
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
-        for path in files:
+        for done, path in enumerate(files, start=1):
             try:
                 await self._ingest_one(path, tenant, report, metadata or {})
             except KnowledgeError as exc:
                 report.skipped.append(str(exc))
             if progress is not None:
-                progress(path)
+                progress(done, len(files))
         for prefix in folders:
             gone = await self._pool.fetch(
                 "DELETE FROM kb_documents WHERE tenant = $1 AND starts_with(source, $2)"
