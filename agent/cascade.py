@@ -197,6 +197,7 @@ class CascadeLLM(llm.LLM):
         self._deadline_s = turn_deadline_s
         self._images = images
         self.policy = EscalationPolicy(len(tiers))
+        self.last_turn_answered = False  # False after a failure sentence: nothing to remember
 
     @property
     def model(self) -> str:
@@ -277,6 +278,7 @@ class CascadeStream(llm.LLMStream):
                                                      "timeout", None, "no tier answered")
                 self._send(request_id, failure_sentence(failed))
         finally:
+            owner.last_turn_answered = record.answered_tier is not None
             owner._ledger.turn(
                 {
                     "start_tier": record.start_tier, "reason": record.reason,

@@ -172,6 +172,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
             asked += f" (tools called: {', '.join(turn.tools_called)})"
         if turn.knowledge_used:
             asked += f"; knowledge: {', '.join(turn.knowledge_used)}"
+        if turn.memory_used:
+            asked += f"; memory: {', '.join(turn.memory_used)}"
         print(f"         asked {asked}; {turn.origin} response, {screen}, "
               f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} sent")
         print(f"         Sightline: {turn.reply}\n")
@@ -215,6 +217,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"${vs_top['cost_usd']:.6f}, "
                      f"${vs_top['top_tier_cost_usd']:.6f} on the top tier alone "
                      f"({100 * vs_top['savings']:.1f}% saved)")
+    memory = summary.get("memory")
+    if memory and (memory["recalled"] or memory["updates"] or memory["failed_updates"]):
+        failed = f" ({memory['failed_updates']} failed)" if memory["failed_updates"] else ""
+        lines.append(f"  memory: {memory['recalled']} facts and earlier messages recalled; "
+                     f"{memory['updates']} updates by tier 0{failed}, ${memory['cost_usd']:.6f}")
     budget = summary.get("budget")
     if budget and budget["escalation_capped_at_tier"] is not None:
         crossed = ", ".join(budget["thresholds_crossed"])

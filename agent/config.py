@@ -94,6 +94,13 @@ def _embeddings(raw: str) -> str:
     return value
 
 
+def _on_off(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return value == "on"
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -191,6 +198,8 @@ _FIELDS: tuple[_Field, ...] = (
         help="highest cascade tier once a budget is used up"),
     _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _embeddings, "auto",
         help="offline | gemini | auto (gemini when GOOGLE_API_KEY is set)"),
+    _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
+        help="on | off: after each exchange tier 0 updates the user's facts and summary"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
         help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
 )
@@ -227,6 +236,7 @@ class Settings:
     tenant_budget_usd: float | None
     budget_max_tier: int
     embeddings: str
+    memory_updates: bool
     max_sessions: int
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
@@ -286,6 +296,8 @@ class Settings:
                 shown = "(unset)"
             elif field.secret:
                 shown = mask_secret(str(value), url=field.env == "DATABASE_URL")
+            elif isinstance(value, bool):
+                shown = "on" if value else "off"
             elif isinstance(value, tuple):
                 shown = ",".join(map(str, value))
             else:

@@ -56,6 +56,8 @@ class FixtureTurn:
     tenant: str
     user: str
     response: FixtureResponse
+    session: str = ""  # turns of one tenant, user and session label form one session
+    memory: str | None = None  # the memory model's scripted JSON reply after this turn
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Fixture:
     turns: tuple[FixtureTurn, ...]
     tiers: tuple[Tier, ...] | None = None
     knowledge: Path | None = None  # documents ingested for every tenant of the fixture
+    history_messages: int | None = None  # the recent window a session starts with
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -125,6 +128,25 @@ def _response(raw: Any, where: str) -> FixtureResponse:
     return FixtureResponse(origin, text=_require(raw, "text", str, f"{where}.response"))
 
 
+def _memory_reply(raw: Any, where: str) -> str:
+    """The scripted memory update as the JSON text the memory model answers with."""
+    if not isinstance(raw, dict) or raw.get("origin") != "scripted":
+        raise FixtureError(f"{where}: must be an object with \"origin\": \"scripted\"")
+    facts = raw.get("facts", [])
+    if not isinstance(facts, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("key"), str) and isinstance(f.get("text"), str)
+        for f in facts
+    ):
+        raise FixtureError(f"{where}.facts: must be a list of {{\"key\": ..., \"text\": ...}}")
+    forget = raw.get("forget", [])
+    if not isinstance(forget, list) or not all(isinstance(k, str) for k in forget):
+        raise FixtureError(f"{where}.forget: must be a list of keys")
+    summary = raw.get("summary")
+    if summary is not None and not isinstance(summary, str):
+        raise FixtureError(f"{where}.summary: must be a string or null")
+    return json.dumps({"facts": facts, "forget": forget, "summary": summary})
+
+
 def load_fixture(path: Path) -> Fixture:
     """Load `PATH/session.json` (or a session.json path) and check its video is readable."""
     session_file = path / "session.json" if path.is_dir() else path
@@ -159,6 +181,10 @@ def load_fixture(path: Path) -> Fixture:
         knowledge = session_file.parent / _require(raw, "knowledge", str, where)
         if not knowledge.exists():
             raise FixtureError(f"{where}: knowledge '{knowledge.name}' does not exist next to it")
+    history = raw.get("history_messages")
+    if history is not None and (isinstance(history, bool) or not isinstance(history, int)
+                                or history < 0):
+        raise FixtureError(f"{where}: history_messages must be a whole number >= 0")
     raw_turns = _require(raw, "turns", list, where)
     if not raw_turns:
         raise FixtureError(f"{where}: 'turns' is empty")
@@ -179,6 +205,9 @@ def load_fixture(path: Path) -> Fixture:
                 tenant=_require(turn, "tenant", str, at),
                 user=_require(turn, "user", str, at),
                 response=_response(turn.get("response"), at),
+                session=str(turn.get("session", "")),
+                memory=_memory_reply(turn["memory"], f"{at}.memory") if "memory" in turn
+                else None,
             )
         )
     return Fixture(
@@ -189,4 +218,5 @@ def load_fixture(path: Path) -> Fixture:
         turns=tuple(turns),
         tiers=tiers,
         knowledge=knowledge,
+        history_messages=history,
     )

@@ -61,6 +61,8 @@ class CostLedger:
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._user_turns = 0
+        self._memory_calls: Counter[str] = Counter()
+        self._memory_cost_usd = 0.0
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
         self.closed = False
@@ -126,6 +128,9 @@ class CostLedger:
         totals["image_full_resolution_cost_usd"] += (
             self.prices.input_cost(model, image_tokens_full_resolution) or 0.0)
         totals["cost_usd"] += cost or 0.0
+        if (detail or {}).get("purpose") == "memory":
+            self._memory_calls["failed" if error else "calls"] += 1
+            self._memory_cost_usd += cost or 0.0
         return self._record(
             "model_error" if error else "model_call",
             provider=provider,
@@ -180,7 +185,9 @@ class CostLedger:
             detail={**decision.as_dict(), "width": decision.width, "height": decision.height},
         )
 
-    def summary(self, frames_received: int = 0, knowledge_hits: int = 0) -> dict[str, Any]:
+    def summary(
+        self, frames_received: int = 0, knowledge_hits: int = 0, memory_recalled: int = 0,
+    ) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "tenant": self.tenant,
@@ -202,6 +209,12 @@ class CostLedger:
             "prompt_cache": self._cache_summary(),
             "images": self._image_summary(),
             "knowledge_hits": knowledge_hits,
+            "memory": {
+                "recalled": memory_recalled,  # facts and earlier messages put into requests
+                "updates": self._memory_calls["calls"],
+                "failed_updates": self._memory_calls["failed"],
+                "cost_usd": round(self._memory_cost_usd, 8),
+            },
             "vs_top_tier": self._vs_top_summary(),
             **({"budget": self.budget.summary(self.total_cost_usd)} if self.budget else {}),
             "unpriced_models": sorted(self._unpriced),
@@ -251,9 +264,11 @@ class CostLedger:
             "saved_usd": round(saved, 8),
         }
 
-    async def close(self, frames_received: int = 0, knowledge_hits: int = 0) -> dict[str, Any]:
+    async def close(
+        self, frames_received: int = 0, knowledge_hits: int = 0, memory_recalled: int = 0,
+    ) -> dict[str, Any]:
         """Flush every event, then write the summary to the file and the session row."""
-        summary = self.summary(frames_received, knowledge_hits)
+        summary = self.summary(frames_received, knowledge_hits, memory_recalled)
         if self._writer is not None:
             summary["db_spilled_events"] = await self._writer.close()
         # the summary goes to the session row below, not to cost_events

@@ -21,6 +21,7 @@ from livekit import rtc
 
 from memory.db import Database
 from memory.embeddings import make_embedder
+from memory.keeper import MARKER as MEMORY_MARKER
 from memory.knowledge import KnowledgeBase
 from vision.screen import ScreenWatcher
 from vision.video_file import iter_frames
@@ -50,6 +51,7 @@ class ReplayedTurn:
     models_asked: tuple[str, ...] = ()
     tools_called: tuple[str, ...] = ()
     knowledge_used: tuple[str, ...] = ()  # knowledge-base documents put in the turn's request
+    memory_used: tuple[str, ...] = ()  # "summary", "fact:<key>", "earlier <date> <role>"
 
 
 @dataclass
@@ -91,12 +93,22 @@ def _tier_reply(tier: TierReply) -> ScriptedReply:
     return ScriptedReply(text=text, tool_calls=calls)
 
 
+NO_MEMORY_CHANGE = '{"facts": [], "forget": [], "summary": null}'
+
+
 @dataclass
 class _TurnScript:
-    """Serves one turn's scripted response to whichever tiers ask, in order per model."""
+    """Serves one turn's scripted response to whichever tiers ask, in order per model, and its
+    scripted memory update to the memory model (no change when the turn scripts none)."""
 
     response: FixtureResponse
+    memory: str | None = None
     asked: Counter[str] = field(default_factory=Counter)
+
+    def serve(self, request: CapturedRequest) -> ScriptedReply:
+        if MEMORY_MARKER in request.text:
+            return ScriptedReply(text=self.memory or NO_MEMORY_CHANGE)
+        return self.reply(request.model)
 
     def reply(self, model: str) -> ScriptedReply:
         if not self.response.tiers:
@@ -118,7 +130,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
     current = [_TurnScript(FixtureResponse("scripted"))]
 
     def serve(request: CapturedRequest) -> ScriptedReply:
-        return current[0].reply(request.model)
+        return current[0].serve(request)
 
     feed = _VideoFeed(iter_frames(fixture.video))
     async with ScriptedModelServer(replies=serve) as server:
@@ -130,14 +142,17 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             # the replay's keys are fake: embed offline unless Gemini was asked for by name
             embeddings="gemini" if settings.embeddings == "gemini" else "offline",
             **({"tiers": fixture.tiers} if fixture.tiers else {}),
+            **({"history_messages": fixture.history_messages}
+               if fixture.history_messages is not None else {}),
         )
         if fixture.knowledge is not None and db is not None:
             await _ingest_knowledge(fixture, settings, db)
         group_list = [
             (key, list(turns))
-            for key, turns in itertools.groupby(fixture.turns, key=lambda t: (t.tenant, t.user))
+            for key, turns in itertools.groupby(
+                fixture.turns, key=lambda t: (t.tenant, t.user, t.session))
         ]
-        for index, ((tenant, user), turns) in enumerate(group_list):
+        for index, ((tenant, user, _), turns) in enumerate(group_list):
             runtime = await SessionRuntime.open(
                 settings, db, tenant=tenant, user_id=user,
                 source="replay", room=f"replay:{fixture.name}",
@@ -146,7 +161,7 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             await session.start(runtime.agent, record=False)
             for turn in turns:
                 await feed.advance(turn.t, runtime.screen)
-                current[0] = _TurnScript(turn.response)
+                current[0] = _TurnScript(turn.response, turn.memory)
                 result.turns.append(await _run_turn(session, server, runtime, turn))
             if index == len(group_list) - 1:
                 await feed.advance(None, runtime.screen)
@@ -156,6 +171,17 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
 
 
 _KNOWLEDGE_SOURCE = re.compile(r"^\[\d+\] \(([^)]+)\)", re.M)  # see turn_context.knowledge_part
+_FACTS = re.compile(r"^Facts: (.*)$", re.M)  # see turn_context.memory_part
+_FACT_KEY = re.compile(r"\[([a-z0-9_]+)\]")
+_EARLIER = re.compile(r"^Earlier \(([^)]+)\) the (\w+) said", re.M)
+
+
+def _memory_used(request_text: str) -> tuple[str, ...]:
+    used = ["summary"] if "\nSummary of earlier conversations: " in request_text else []
+    for line in _FACTS.findall(request_text):
+        used += [f"fact:{key}" for key in _FACT_KEY.findall(line)]
+    used += [f"earlier {when} {role}" for when, role in _EARLIER.findall(request_text)]
+    return tuple(used)
 
 
 async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) -> None:
@@ -179,7 +205,8 @@ async def _run_turn(
         for ev in run.events
         if ev.type == "message" and ev.item.role == "assistant"
     )
-    requests = server.requests[seen:]
+    await runtime.memory_settled()  # the next turn's script must not answer this memory call
+    requests = [r for r in server.requests[seen:] if MEMORY_MARKER not in r.text]
     seen_screen = runtime.screen.freshest
     return ReplayedTurn(
         t=turn.t, tenant=turn.tenant, user=turn.user, text=turn.text, reply=reply,
@@ -190,4 +217,5 @@ async def _run_turn(
         tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
         knowledge_used=tuple(dict.fromkeys(_KNOWLEDGE_SOURCE.findall(requests[0].text)))
         if requests else (),
+        memory_used=_memory_used(requests[0].text) if requests else (),
     )

@@ -7,7 +7,7 @@ differ only in where frames and turns come from and in the provider's endpoint.
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -19,8 +19,12 @@ from livekit.agents.voice import ConversationItemAddedEvent
 from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.embeddings import Embedder, make_embedder
+from memory.keeper import MemoryKeeper
 from memory.knowledge import KnowledgeBase
+from memory.recall import TurnRecall
+from memory.spill_recovery import RecoveryReport, recover_spills
 from memory.store import Store
+from memory.user_memory import UserMemory
 from tools.screen_history import ScreenHistoryTools
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -70,6 +74,9 @@ class SessionRuntime:
     store: Store | None
     turn_context: TurnContext
     embedder: Embedder | None
+    keeper: MemoryKeeper | None = None
+    spill_recovery: asyncio.Task[RecoveryReport] | None = None
+    _asked: str = ""  # the user's latest message, until the answer to it arrives
 
     @classmethod
     async def open(
@@ -97,24 +104,50 @@ class SessionRuntime:
             budget=await _budget(settings, store, tenant),
         )
         screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
-        conversation = ConversationLog(store, session_id, tenant, settings.costs_dir)
+        embedder = make_embedder(settings) if db is not None else None
+        conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
         history = await conversation.history(user_id, settings.history_messages)
-        knowledge = None
-        embedder = None
-        if db is not None:
-            embedder = make_embedder(settings)
-            kb = KnowledgeBase(db.pool, embedder)
-            knowledge = functools.partial(kb.lookup, tenant)
-        turn_context = TurnContext(screen, knowledge)
+        providers = [make_provider(settings, tier) for tier in tiers]
+        recall, keeper, recovery = None, None, None
+        if db is not None and store is not None and embedder is not None:
+            memory = UserMemory(db.pool, embedder)
+            recovery = asyncio.create_task(
+                recover_spills(settings.costs_dir, store, memory, embedder), name="spill-recovery")
+            recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant=tenant,
+                                user_id=user_id, before_id=conversation.recall_before)
+            if settings.memory_updates:
+                keeper = MemoryKeeper(
+                    memory=memory, provider=providers[0], tier=tiers[0], ledger=ledger,
+                    tenant=tenant, user_id=user_id, session_id=session_id,
+                    spill_dir=settings.costs_dir, timeout_s=settings.model_timeout_s,
+                    facts=await memory.facts(tenant, user_id),
+                    summary=await memory.summary(tenant, user_id),
+                )
+        turn_context = TurnContext(screen, recall)
         screen_tools = ScreenHistoryTools(screen, turn_context.show_earlier)
         agent = SightlineAgent(turn_context, history, screen_tools.tools())
-        providers = [make_provider(settings, tier) for tier in tiers]
         model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s,
                            ImageEncoder(settings.image_detail))
-        log.info("session %s started (tenant=%s user=%s, %d earlier messages recalled)",
-                 session_id, tenant, user_id, len(history.items))
+        log.info("session %s started (tenant=%s user=%s, %d earlier messages in the "
+                 "conversation)", session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,
-                   conversation, store, turn_context, embedder)
+                   conversation, store, turn_context, embedder, keeper, recovery)
+
+    async def _finish_recovery(self) -> None:
+        """Earlier sessions' spill files: give the import a moment, then leave the rest to the
+        next session."""
+        if self.spill_recovery is None:
+            return
+        try:
+            report = await asyncio.wait_for(self.spill_recovery, timeout=5.0)
+        except TimeoutError:
+            log.warning("importing earlier sessions' spill files goes on in the next session")
+        except Exception as exc:
+            log.error("importing earlier sessions' spill files failed: %r", exc)
+        else:
+            if report.files:
+                log.info("imported %d rows from %d spill files of earlier sessions",
+                         report.rows, report.files)
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
@@ -128,18 +161,35 @@ class SessionRuntime:
 
     def _on_item_added(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
-        if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant"):
-            self.conversation.add(self.user_id, item.role, item.text_content or "")
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
+            return
+        text = item.text_content or ""
+        self.conversation.add(self.user_id, item.role, text)
+        if item.role == "user":
+            self._asked = text
+        elif self.keeper is not None and self.model.last_turn_answered:
+            self.keeper.exchange(self._asked, text)
+
+    async def memory_settled(self) -> None:
+        """The memory updates of every exchange so far are done (replay waits here)."""
+        if self.keeper is not None:
+            await self.keeper.settled()
 
     async def close(self) -> dict[str, Any]:
-        """Flush the conversation and the ledger; the summary is the last thing written."""
+        """Flush the conversation, memory and the ledger; the summary is the last thing
+        written (memory updates are model calls: they are in it)."""
         spilled = await self.conversation.close()
+        memory_spilled = await self.keeper.close() if self.keeper is not None else 0
         await self.model.aclose()
+        await self._finish_recovery()
         if self.embedder is not None:
             await self.embedder.aclose()
         summary = await self.ledger.close(frames_received=self.screen.frames_received,
-                                          knowledge_hits=self.turn_context.knowledge_hits)
+                                          knowledge_hits=self.turn_context.knowledge_hits,
+                                          memory_recalled=self.turn_context.memory_recalled)
         if spilled:
             summary["db_spilled_messages"] = spilled
+        if memory_spilled:
+            summary["db_spilled_memory"] = memory_spilled
         log.info("session %s ended: $%.6f", self.session_id, summary["total_cost_usd"])
         return summary

@@ -1,45 +1,69 @@
 """The conversation log: every user and assistant turn, per tenant and user, across sessions.
 
-Writes go through a `BackgroundWriter` so storing a turn never delays a reply. `history()` gives
-the user's last N messages as a LiveKit chat context, so a returning user is remembered.
+Writes go through a `BackgroundWriter` so storing a turn never delays a reply; each message is
+embedded on the way in (off the reply path), so later sessions can recall it by meaning.
+`history()` gives the user's last N messages as a LiveKit chat context, so a returning user is
+remembered, and `recall_before` tells recall which older messages are not in it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from livekit.agents import llm
 
+from .embeddings import Embedder
 from .store import Store
+from .user_memory import embed_or_none
 from .writer import BackgroundWriter, Row
+
+SPILL_SUFFIX = ".messages-spill.jsonl"
+
+
+async def store_messages(
+    store: Store, embedder: Embedder | None, session_id: str, tenant: str, rows: Sequence[Row],
+) -> None:
+    """Embed and insert messages in order (a failed embedding stores the row without one)."""
+    if embedder is None:
+        await store.add_messages(session_id, tenant, rows)
+        return
+    vectors = await embed_or_none(embedder, [r["content"] for r in rows])
+    await store.add_messages(session_id, tenant, rows, embedder.name, vectors)
 
 
 class ConversationLog:
-    def __init__(self, store: Store | None, session_id: str, tenant: str, spill_dir: Path) -> None:
+    def __init__(
+        self, store: Store | None, session_id: str, tenant: str, spill_dir: Path,
+        embedder: Embedder | None = None,
+    ) -> None:
         self._store = store
+        self._embedder = embedder
         self.session_id = session_id
         self.tenant = tenant
+        self.recall_before = 0  # ids below this are not in the conversation: recall looks there
         self._writer = (
-            BackgroundWriter(
-                "messages", self._write, spill_dir / f"{session_id}.messages-spill.jsonl"
-            )
+            BackgroundWriter("messages", self._write, spill_dir / f"{session_id}{SPILL_SUFFIX}")
             if store is not None
             else None
         )
 
     async def _write(self, rows: list[Row]) -> None:
         assert self._store is not None
-        await self._store.add_messages(self.session_id, self.tenant, rows)
+        await store_messages(self._store, self._embedder, self.session_id, self.tenant, rows)
 
     def add(self, user_id: str, role: str, content: str) -> None:
         if self._writer is not None and content.strip():
-            self._writer.put({"user_id": user_id, "role": role, "content": content})
+            self._writer.put({"tenant": self.tenant, "user_id": user_id, "role": role,
+                              "content": content})
 
     async def history(self, user_id: str, limit: int) -> llm.ChatContext:
         ctx = llm.ChatContext.empty()
-        if self._store is None or limit == 0:
+        if self._store is None:
             return ctx
-        for message in await self._store.recent_messages(self.tenant, user_id, limit):
+        messages = await self._store.recent_messages(self.tenant, user_id, limit) if limit else []
+        self.recall_before = messages[0].id if messages else await self._store.next_message_id()
+        for message in messages:
             ctx.add_message(
                 role="assistant" if message.role == "assistant" else "user",
                 content=message.content,

@@ -16,7 +16,8 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class KnowledgeError(ValueError):
 
 @dataclass(frozen=True)
 class Hit:
+    """A retrieved text: a knowledge chunk (`source` is its document) or a remembered message
+    (`source` is who said it, `at` when)."""
+
     id: int
     text: str
     source: str
@@ -45,6 +49,7 @@ class Hit:
     vector_rank: int | None = None
     keyword_rank: int | None = None
     key: str = ""  # the chunk's key: file#hash#n, or the id it was given
+    at: datetime | None = None  # when a remembered message was said (memory recall)
 
 
 @dataclass
@@ -110,7 +115,7 @@ def find_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _keyword_query(text: str) -> str:
+def keyword_query(text: str) -> str:
     """Any of the question's words (OR), for `to_tsquery`; stopwords drop out there."""
     words = re.findall(r"[a-z0-9]+", text.lower())
     return " | ".join(dict.fromkeys(w for w in words if len(w) > 1))
@@ -240,34 +245,44 @@ class KnowledgeBase:
     async def search(
         self, tenant: str, query: str, k: int = 5, *, fusion: str = "rrf",
         candidates: int = 20, where: dict[str, str] | None = None,
+        vector: np.ndarray | None = None,
     ) -> list[Hit]:
         """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused;
         `where` keeps only documents whose metadata has all of its keys and values."""
         if fusion not in FUSIONS:
             raise KnowledgeError(f"fusion must be one of {', '.join(FUSIONS)}")
-        vector_hits, keyword_hits = await self.rankings(tenant, query, candidates, where)
+        vector_hits, keyword_hits = await self.rankings(tenant, query, candidates, where, vector)
         if not vector_hits:
             await self._check_model(tenant)
         fuse = rrf if fusion == "rrf" else weighted
         return fuse(vector_hits, keyword_hits)[:k]
 
-    async def lookup(self, tenant: str, question: str, k: int = 3) -> list[Hit]:
+    async def has_any(self, tenant: str) -> bool:
+        """Whether the tenant has knowledge at all: one index probe, no embedding call."""
+        return bool(await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant))
+
+    async def lookup(
+        self, tenant: str, question: str, k: int = 3, vector: np.ndarray | None = None,
+    ) -> list[Hit]:
         """What a turn gets: the best `k` hits that share at least one word with the question
-        (a nearest vector alone is not evidence of relevance, and costs prompt tokens). A
-        tenant without knowledge costs one index probe, not an embedding call."""
-        if not await self._pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant):
-            return []
-        return [h for h in await self.search(tenant, question, k) if h.keyword_rank is not None]
+        (a nearest vector alone is not evidence of relevance, and costs prompt tokens). Probe
+        `has_any` first to spare a tenant without knowledge the embedding call."""
+        hits = await self.search(tenant, question, k, vector=vector)
+        return [h for h in hits if h.keyword_rank is not None]
 
     async def rankings(
         self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> tuple[list[Hit], list[Hit]]:
-        """The vector ranking and the keyword ranking, each up to `limit` long."""
+        """The vector ranking and the keyword ranking, each up to `limit` long (`query_vector`:
+        the query already embedded by this knowledge base's embedder)."""
         await self._ensure_index()
         containing = json.dumps(where or {})
         dim = int(self.embedder.dim)
-        vector = vector_literal(await self.embedder.embed_query(query))
+        if query_vector is None:
+            query_vector = await self.embedder.embed_query(query)
+        vector = vector_literal(query_vector)
         async with self._pool.acquire() as conn:
             vector_rows = await conn.fetch(
                 f"SELECT c.id, c.text, d.source, c.chunk_key,"
@@ -277,7 +292,7 @@ class KnowledgeBase:
                 f" ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $4",
                 tenant, vector, self.embedder.name, limit, containing,
             )
-            words = _keyword_query(query)
+            words = keyword_query(query)
             keyword_rows = await conn.fetch(
                 "SELECT c.id, c.text, d.source, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
                 " FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id,"
@@ -324,7 +339,7 @@ def _fuse(
             entry[rank_field] = rank
     ranked = sorted(fused.values(), key=lambda e: (-e["score"], e["hit"].id))
     return [
-        Hit(e["hit"].id, e["hit"].text, e["hit"].source, round(e["score"], 6),
-            e.get("vector_rank"), e.get("keyword_rank"), e["hit"].key)
+        replace(e["hit"], score=round(e["score"], 6), vector_rank=e.get("vector_rank"),
+                keyword_rank=e.get("keyword_rank"))
         for e in ranked
     ]

@@ -1,4 +1,8 @@
-"""`sightline memory show|forget`: what Sightline remembers about one user, and deleting it."""
+"""`sightline memory show|forget`: what Sightline remembers about one user, and deleting it.
+
+Both first import the spill files of closed sessions (rows written while the database was
+away), so that what is shown, or forgotten, includes them.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import json
 from agent.config import Settings
 
 from .db import Database
+from .embeddings import make_embedder
+from .spill_recovery import RecoveryReport, recover_spills
 from .store import Store
+from .user_memory import UserMemory
 
 SHOWN = 20
 
@@ -17,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     memory = sub.add_parser("memory", help="what is remembered about a user; forget it")
     memory_sub = memory.add_subparsers(dest="memory_command", required=True)
     for name, help_text in (
-        ("show", "the user's remembered conversation"),
+        ("show", "the user's summary, facts and latest messages"),
         ("forget", "delete everything remembered about the user (privacy requests)"),
     ):
         p = memory_sub.add_parser(name, help=help_text)
@@ -26,34 +33,60 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true")
 
 
+def _unimported(report: RecoveryReport) -> list[str]:
+    return [f"note: spill file not imported: {why}" for why in report.left]
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     db = await Database.open(settings.database_url, settings.data_dir)
+    embedder = make_embedder(settings)
     try:
-        store = Store(db.pool)
+        store, memory = Store(db.pool), UserMemory(db.pool, embedder)
+        report = await recover_spills(settings.costs_dir, store, memory, embedder)
+        notes = _unimported(report)
         if args.memory_command == "forget":
             removed = await store.forget_user(args.tenant, args.user)
             if args.json:
-                print(json.dumps(removed))
+                print(json.dumps({**removed, "unimported_spill_files": report.left}))
             else:
                 print(f"Forgot user {args.user} of tenant {args.tenant}: "
-                      f"{removed['messages']} messages deleted, "
-                      f"{removed['sessions_unlinked']} sessions no longer name the user "
-                      "(their cost records stay).")
+                      f"{removed['messages']} messages, {removed['facts']} facts and "
+                      f"{removed['summaries']} summary deleted; {removed['sessions_unlinked']} "
+                      "sessions no longer name the user (their cost records stay).")
+                for note in notes:
+                    print(note)
             return 0
         total = await store.count_messages(args.tenant, args.user)
         recent = await store.recent_messages(args.tenant, args.user, SHOWN)
+        facts = await memory.facts(args.tenant, args.user)
+        summary = await memory.summary(args.tenant, args.user)
     finally:
+        await embedder.aclose()
         await db.close()
     if args.json:
-        print(json.dumps({"tenant": args.tenant, "user": args.user, "messages": total,
-                          "recent": [{"role": m.role, "content": m.content,
-                                      "at": m.created_at.isoformat()} for m in recent]}))
+        print(json.dumps({
+            "tenant": args.tenant, "user": args.user, "summary": summary,
+            "facts": [{"key": f.key, "text": f.text,
+                       "updated_at": f.updated_at.isoformat() if f.updated_at else None}
+                      for f in facts],
+            "messages": total,
+            "recent": [{"role": m.role, "content": m.content, "at": m.created_at.isoformat()}
+                       for m in recent],
+            "unimported_spill_files": report.left,
+        }))
         return 0
-    if not total:
+    if not (total or facts or summary):
         print(f"Nothing is remembered about user {args.user} of tenant {args.tenant}.")
         return 0
-    print(f"User {args.user} of tenant {args.tenant}: {total} messages remembered"
+    print(f"User {args.user} of tenant {args.tenant}:")
+    print(f"  summary: {summary or '(none yet)'}")
+    print(f"  facts ({len(facts)}):")
+    for fact in facts:
+        print(f"    [{fact.key}] {fact.text}")
+    print(f"  {total} messages remembered"
           + (f", the last {len(recent)}:" if total > len(recent) else ":"))
     for message in recent:
-        print(f"  {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
+        print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
+    for note in notes:
+        print(note)
     return 0

@@ -13,6 +13,7 @@ import asyncpg
 
 @dataclass(frozen=True)
 class StoredMessage:
+    id: int
     role: str
     content: str
     created_at: datetime
@@ -46,38 +47,60 @@ class Store:
             session_id, total_cost_usd, json.dumps(summary),
         )
 
-    async def add_messages(self, session_id: str, tenant: str, rows: Sequence[dict]) -> None:
-        """Append turns (dicts with user_id, role, content) in order."""
+    async def add_messages(
+        self, session_id: str, tenant: str, rows: Sequence[dict],
+        embed_model: str | None = None, vectors: Sequence[str | None] | None = None,
+    ) -> None:
+        """Append turns (dicts with user_id, role, content) in order, each with its vector
+        (pgvector text, or None) from `embed_model` for recall."""
+        vectors = vectors or [None] * len(rows)
         await self._pool.executemany(
-            "INSERT INTO messages (session_id, tenant, user_id, role, content)"
-            " VALUES ($1, $2, $3, $4, $5)",
-            [(session_id, tenant, r["user_id"], r["role"], r["content"]) for r in rows],
+            "INSERT INTO messages (session_id, tenant, user_id, role, content, embed_model,"
+            " embedding) VALUES ($1, $2, $3, $4, $5, $6, $7::vector)",
+            [(session_id, tenant, r["user_id"], r["role"], r["content"],
+              embed_model if vector else None, vector)
+             for r, vector in zip(rows, vectors, strict=True)],
         )
+
+    async def session_tenant(self, session_id: str) -> str | None:
+        return await self._pool.fetchval("SELECT tenant FROM sessions WHERE id = $1", session_id)
 
     async def recent_messages(self, tenant: str, user_id: str, limit: int) -> list[StoredMessage]:
         """The user's last `limit` messages in this tenant, oldest first."""
         rows = await self._pool.fetch(
-            "SELECT role, content, created_at FROM messages"
+            "SELECT id, role, content, created_at FROM messages"
             " WHERE tenant = $1 AND user_id = $2 ORDER BY id DESC LIMIT $3",
             tenant, user_id, limit,
         )
-        return [StoredMessage(r["role"], r["content"], r["created_at"]) for r in reversed(rows)]
+        return [StoredMessage(r["id"], r["role"], r["content"], r["created_at"])
+                for r in reversed(rows)]
+
+    async def next_message_id(self) -> int:
+        """An id above every stored message: what `recall` may look below when no earlier
+        message is in the conversation already."""
+        return int(await self._pool.fetchval("SELECT coalesce(max(id), 0) + 1 FROM messages"))
 
     async def count_messages(self, tenant: str, user_id: str) -> int:
         return int(await self._pool.fetchval(
             "SELECT count(*) FROM messages WHERE tenant = $1 AND user_id = $2", tenant, user_id))
 
     async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
-        """Delete what is remembered about one user of one tenant (a privacy request). Their
-        sessions keep their cost records, with the user id removed."""
+        """Delete everything remembered about one user of one tenant (a privacy request):
+        messages, facts and summary. Their sessions keep their cost records, with the user id
+        removed."""
+        counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
-            messages = await conn.fetchval(
-                "WITH gone AS (DELETE FROM messages WHERE tenant = $1 AND user_id = $2"
-                " RETURNING 1) SELECT count(*) FROM gone", tenant, user_id)
-            sessions = await conn.fetchval(
-                "WITH done AS (UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND"
-                " user_id = $2 RETURNING 1) SELECT count(*) FROM done", tenant, user_id)
-        return {"messages": int(messages), "sessions_unlinked": int(sessions)}
+            for name, statement in (
+                ("messages", "DELETE FROM messages WHERE tenant = $1 AND user_id = $2"),
+                ("facts", "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2"),
+                ("summaries", "DELETE FROM memory_summaries WHERE tenant = $1 AND user_id = $2"),
+                ("sessions_unlinked",
+                 "UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND user_id = $2"),
+            ):
+                counts[name] = int(await conn.fetchval(
+                    f"WITH done AS ({statement} RETURNING 1) SELECT count(*) FROM done",
+                    tenant, user_id))
+        return counts
 
     async def add_cost_events(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert ledger rows; idempotent on (session_id, seq) so a retried batch never doubles."""

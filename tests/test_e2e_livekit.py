@@ -32,6 +32,7 @@ from PIL import Image
 
 from agent.images import sized_for
 from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.keeper import MARKER as MEMORY_MARKER
 from vision.video_file import iter_frames
 
 DEMO_FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
@@ -40,19 +41,32 @@ pytestmark = pytest.mark.e2e
 
 AGENT_NAME = "sightline-e2e"
 ANSWER = "(scripted) The traceback says json.loads hit a trailing comma before the closing brace."
+MEMORY_UPDATE = json.dumps({"facts": [{"key": "current_bug", "text": (
+    "(scripted) The user is debugging a json.loads error caused by a trailing comma.")}],
+    "summary": "(scripted) The user asked why a JSONDecodeError showed up."})
 
 
 class Replies:
-    """What the fake models say next: `by_model` first, else `next`; tests swap them."""
+    """What the fake models say next: `by_model` first, else `next`; tests swap them. The
+    memory model (tier 0 asked after each exchange) gets `memory`."""
 
     def __init__(self) -> None:
         self.next = ScriptedReply(text=ANSWER)
         self.by_model: dict[str, ScriptedReply] = {}
+        self.memory = ScriptedReply(text=MEMORY_UPDATE)
         self.asked = asyncio.Event()
 
     def __call__(self, request: CapturedRequest) -> ScriptedReply:
+        if MEMORY_MARKER in request.text:
+            return self.memory
         self.asked.set()
         return self.by_model.get(request.model, self.next)
+
+
+def turn_requests(server: ScriptedModelServer, seen: int) -> list[CapturedRequest]:
+    """The requests since `seen` that answered the user: not embeddings, not memory updates."""
+    return [r for r in server.requests[seen:]
+            if not r.model.startswith("gemini-embedding") and MEMORY_MARKER not in r.text]
 
 
 def sure(text: str, **kw: float) -> ScriptedReply:
@@ -252,7 +266,7 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert reply == ANSWER, "the reply on the text stream must be the model's response"
 
     replies.by_model = {}
-    requests = server.requests[seen:]
+    requests = turn_requests(server, seen)
     assert [r.model for r in requests] == ["gemini-2.5-flash-lite", "gemini-2.5-flash"]
     assert all(r.provider == "gemini" and r.stream and r.image_count == 1 for r in requests)
     assert "Why does this error show up?" in requests[0].text
@@ -270,7 +284,8 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert summary["frames"]["received"] >= 4 * summary["frames"]["sampled"], (
         "the publisher sent ~10 fps; the sampler must keep about one frame a second"
     )
-    calls = [e for e in events if e["kind"] == "model_call"]
+    calls = [e for e in events if e["kind"] == "model_call"
+             and e["detail"].get("purpose") != "memory"]
     assert [c["model"] for c in calls] == ["gemini-2.5-flash-lite", "gemini-2.5-flash"]
     assert [c["image_tokens"] for c in calls] == [r.image_tokens for r in requests]
     assert all(c["images"] == 1 and c["cost_usd"] > 0 and c["tenant"] == "e2e" for c in calls)
@@ -284,15 +299,22 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
             events[0]["session_id"],
         )
         messages = await conn.fetch(
-            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id",
+            "SELECT role, content, embed_model FROM messages WHERE session_id = $1 ORDER BY id",
             events[0]["session_id"],
         )
+        facts = await conn.fetch("SELECT tenant, key, text FROM memory_facts WHERE"
+                                 " session_id = $1", events[0]["session_id"])
     finally:
         await conn.close()
-    assert stored == 2
+    assert stored == 2 + 1  # the two tiers, then tier 0's memory update off the reply path
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "Why does this error show up?"), ("assistant", ANSWER)
     ]
+    # with a Gemini key the worker embeds with Gemini (here: the wire-format server's
+    # scripted vectors), and the memory update it was given is stored for the user
+    assert {m["embed_model"] for m in messages} == {"gemini-embedding-001-768"}
+    assert [(f["tenant"], f["key"]) for f in facts] == [("e2e", "current_bug")]
+    assert summary["memory"]["updates"] == 1
 
 
 async def test_a_camera_is_not_taken_for_the_screen(
@@ -310,7 +332,7 @@ async def test_a_camera_is_not_taken_for_the_screen(
     assert await user.wait_for_reply() == "(scripted) Please share your screen."
     await user.leave()
 
-    request = server.requests[seen]
+    request = turn_requests(server, seen)[0]
     assert request.image_count == 0
     assert "sharing a camera, not a screen" in request.text
     events = await session_events(worker)
@@ -329,12 +351,12 @@ async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
     replies.asked.clear()
     await user.say("Are you there?")
     await asyncio.wait_for(replies.asked.wait(), 15)
-    assert len(server.requests) == seen + 1, "the turn must have reached the model"
+    assert len(turn_requests(server, seen)) == 1, "the turn must have reached the model"
     await user.leave()  # while the model is still thinking
 
     events = await session_events(worker)
     calls = [e for e in events if e["kind"] in ("model_call", "model_error")]
-    assert len(calls) == 1, "the interrupted call is still in the ledger"
+    assert len(calls) == 1, "the interrupted call is still in the ledger (and no memory update)"
     assert events[-1]["kind"] == "summary"
     assert worker.proc.poll() is None, "the worker survives a user leaving mid-turn"
 

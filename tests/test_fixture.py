@@ -49,9 +49,13 @@ def test_demo_fixture_loads() -> None:
     assert fixture.video == DEMO_FIXTURE / "screen.webm"
     assert fixture.path == DEMO_FIXTURE / "session.json"
     assert fixture.duration_s == pytest.approx(40.0, abs=0.05)
-    assert len(fixture.turns) == 4
+    assert len(fixture.turns) == 5
     times = [turn.t for turn in fixture.turns]
-    assert times == sorted(times) == [8.1, 25.9, 34.3, 39.5]
+    assert times == sorted(times) == [8.1, 25.9, 34.3, 39.5, 39.8]
+    assert [turn.session for turn in fixture.turns] == ["first"] * 4 + ["later"]
+    assert fixture.history_messages == 4
+    assert json.loads(fixture.turns[0].memory or "")["facts"][0]["key"] == "python_setup"
+    assert fixture.turns[3].memory is None
     for turn, raw in zip(fixture.turns, DEMO_SESSION["turns"], strict=True):
         assert turn.response.origin in ORIGINS
         assert turn.response.error_status is None
@@ -66,7 +70,7 @@ def test_session_json_path_works_too() -> None:
 
 def test_copied_fixture_is_valid(tmp_path: Path) -> None:
     fixture = load_fixture(make_fixture(tmp_path / "ok"))
-    assert len(fixture.turns) == 4
+    assert len(fixture.turns) == 5
 
 
 def test_error_response_loads(tmp_path: Path) -> None:
@@ -156,6 +160,16 @@ def _unsort(s: dict[str, Any]) -> None:
         ),
         pytest.param(_set("knowledge", "wiki"), ["knowledge 'wiki' does not exist"],
                      id="knowledge-missing"),
+        pytest.param(_set("memory", {"facts": []}, 0), ["turns[0].memory", "scripted"],
+                     id="memory-not-labelled-scripted"),
+        pytest.param(_set("memory", {"origin": "scripted", "facts": [{"key": "k"}]}, 0),
+                     ["turns[0].memory.facts"], id="memory-fact-without-text"),
+        pytest.param(_set("memory", {"origin": "scripted", "forget": "k"}, 1),
+                     ["turns[1].memory.forget"], id="memory-forget-not-a-list"),
+        pytest.param(_set("memory", {"origin": "scripted", "summary": 3}, 1),
+                     ["turns[1].memory.summary"], id="memory-summary-not-text"),
+        pytest.param(_set("history_messages", -1), ["history_messages"],
+                     id="history-negative"),
         pytest.param(_del("video"), ["'video'"], id="missing-video-field"),
         pytest.param(_set("video", "other.webm"), ["other.webm"], id="video-missing"),
     ],

@@ -1,7 +1,8 @@
 """`sightline memory show|forget` on a replayed session's memory, in real Postgres.
 
-Protects: show lists what is remembered about one user of one tenant; forget deletes all of it
-(a privacy request) and nothing of another user or tenant, and the sessions keep their costs
+Protects: show lists what is remembered about one user of one tenant (summary, facts,
+messages); forget deletes all of it (a privacy request), including rows a closed session
+left in a spill file, and nothing of another user or tenant, and the sessions keep their costs
 without the user's id.
 """
 
@@ -31,16 +32,30 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     code, out, err = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
                                    env=env)
     assert code == 0, err
-    assert "8 messages remembered" in out and "Which pip and Python version am I on?" in out
+    assert "10 messages remembered" in out and "Which pip and Python version am I on?" in out
+    assert "[python_setup] The user runs pyenv-managed Python 3.11.7" in out
+    assert "summary: The user checked their tool versions" in out
     code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
                                  "--json", env=env)
-    assert json.loads(out)["messages"] == 8
+    shown = json.loads(out)
+    assert shown["messages"] == 10
+    assert [f["key"] for f in shown["facts"]] == ["config_format", "python_setup"]
+    assert shown["summary"].startswith("The user checked their tool versions")
+
+    # a closed session of the user left a message in a spill file (its database was down)
+    ended = await db.pool.fetchval("SELECT id FROM sessions WHERE tenant = 'demo' LIMIT 1")
+    spill = settings.costs_dir / f"{ended}.messages-spill.jsonl"
+    spill.write_text(json.dumps({"tenant": "demo", "user_id": "dev-1", "role": "user",
+                                 "content": "written while the database was down"}) + "\n")
 
     code, out, err = await run_cli("memory", "forget", "--tenant", "demo", "--user", "dev-1",
                                    "--json", env=env)
     assert code == 0, err
-    assert json.loads(out) == {"messages": 8, "sessions_unlinked": 1}
+    assert json.loads(out) == {"messages": 11, "facts": 2, "summaries": 1,
+                               "sessions_unlinked": 2, "unimported_spill_files": []}
+    assert not spill.exists()
     assert await store.count_messages("demo", "dev-1") == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_facts WHERE tenant = 'demo'") == 0
     assert await store.count_messages("acme", "dev-1") == 1, "another tenant's user is kept"
     row = await db.pool.fetchrow(
         "SELECT user_id, total_cost_usd FROM sessions WHERE tenant = 'demo'")

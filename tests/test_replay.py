@@ -59,13 +59,14 @@ def one_tier(provider: str, model: str) -> str:
 
 async def drive(
     settings: Settings, db: Database, server: ScriptedModelServer, inputs: list[str], *,
-    tenant: str = "demo", user: str = "dev-1",
+    tenant: str = "demo", user: str = "dev-1", memory_updates: bool = False,
 ) -> tuple[list[str], dict[str, Any]]:
-    """Run a session the way the worker does, on `server`, and return its replies and summary."""
+    """Run a session the way the worker does, on `server`, and return its replies and summary.
+    Memory updates are off unless asked for: `server` answers every request from one script."""
     settings = settings.with_overrides(
         gemini_api_key="test-key", anthropic_api_key="test-key",
         gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
-        embeddings="offline",
+        embeddings="offline", memory_updates=memory_updates,
     )
     runtime = await SessionRuntime.open(
         settings, db, tenant=tenant, user_id=user, source="replay",
@@ -90,7 +91,7 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
 
     assert result.fixture == "demo"
-    assert len(result.turns) == 4
+    assert len(result.turns) == 5
     for turn, raw in zip(result.turns, DEMO_SESSION["turns"], strict=True):
         assert turn.text == raw["text"]
         assert turn.reply == answer(raw)
@@ -100,26 +101,47 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert 24.0 <= result.turns[1].screen_t <= 26.0  # type: ignore[operator]
     lite, flash, sonnet = "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"
     assert [t.models_asked for t in result.turns] == [
-        (lite,), (lite, flash), (lite, flash, sonnet), (lite, lite)]
-    assert [t.tools_called for t in result.turns] == [(), (), (), ("earlier_screen",)]
+        (lite,), (lite, flash), (lite, flash, sonnet), (lite, lite), (lite,)]
+    assert [t.tools_called for t in result.turns] == [(), (), (), ("earlier_screen",), ()]
     # the fixture's knowledge folder was ingested for the tenant and consulted on every turn
     assert "python-setup.md" in result.turns[0].knowledge_used
     assert result.turns[1].knowledge_used == ("config-files.md",)
     # one screenshot per model call; the answer to the tool's result also sees the earlier one
-    assert [t.images_sent for t in result.turns] == [1, 2, 3, 1 + 2]
+    assert [t.images_sent for t in result.turns] == [1, 2, 3, 1 + 2, 1]
     assert all("[[" not in t.reply for t in result.turns)
+    # memory: the first turn has nothing to recall; facts and the summary that tier 0 wrote
+    # after each exchange (scripted) go into the next requests; in the later session the first
+    # exchanges are outside its 4-message window and come back by recall
+    assert result.turns[0].memory_used == ()
+    assert set(result.turns[2].memory_used) == {"summary", "fact:python_setup",
+                                                "fact:config_format"}
+    later = result.turns[4].memory_used
+    assert {"summary", "fact:python_setup", "fact:config_format"} <= set(later)
+    assert any(m.startswith("earlier ") and m.endswith(" user") for m in later)
+    assert not any(m.startswith("earlier ") for m in result.turns[3].memory_used), (
+        "within a session, the conversation itself is in the request: nothing to recall")
+    facts = await db.pool.fetch("SELECT key, text FROM memory_facts WHERE tenant = 'demo' AND"
+                                " user_id = 'dev-1' ORDER BY key")
+    assert [f["key"] for f in facts] == ["config_format", "python_setup"]
+    remembered = await db.pool.fetchval("SELECT text FROM memory_summaries WHERE tenant ="
+                                        " 'demo' AND user_id = 'dev-1'")
+    assert remembered == DEMO_SESSION["turns"][2]["memory"]["summary"]
 
-    assert len(result.sessions) == 1
+    assert len(result.sessions) == 2
+    assert result.sessions[1]["memory"]["recalled"] >= 4
     summary = result.sessions[0]
     assert summary["tenant"] == "demo" and summary["source"] == "replay"
-    assert summary["frames"]["received"] == 400
+    later_frames = result.sessions[1]["frames"]["received"]
+    assert summary["frames"]["received"] + later_frames == 400 and later_frames > 0
     assert abs(summary["frames"]["sampled"] - 40) <= 1
     frames = summary["frames"]
     assert 0 < frames["kept"] < frames["sampled"]
     assert frames["kept"] + sum(frames["dropped"].values()) == frames["sampled"]
     assert sum(c["sampled"] for c in frames["by_content_type"].values()) == frames["sampled"]
     calls_by_model = {m: t["calls"] for m, t in summary["by_model"].items()}
-    assert calls_by_model == {lite: 5, flash: 2, sonnet: 1}
+    assert calls_by_model == {lite: 5 + 4, flash: 2, sonnet: 1}  # 4 memory updates by tier 0
+    assert summary["memory"]["updates"] == 4 and summary["memory"]["failed_updates"] == 0
+    assert 0 < summary["memory"]["cost_usd"] < summary["total_cost_usd"]
     assert all(t["errors"] == 0 for t in summary["by_model"].values())
     assert summary["total_cost_usd"] > 0
     assert summary["turns"]["tool_calls"] == {"earlier_screen": 1}
@@ -136,7 +158,10 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
 
     events = read_jsonl(summary["cost_log"])
     calls = [e for e in events if e["kind"] == "model_call"]
-    assert len(calls) == 8
+    assert len(calls) == 8 + 4
+    memory_calls = [c for c in calls if c["detail"].get("purpose") == "memory"]
+    assert len(memory_calls) == 4 and all(c["model"] == lite for c in memory_calls)
+    assert [c["detail"]["facts_written"] for c in memory_calls] == [1, 1, 0, 0]
     assert sum(c["images"] for c in calls) == 9
     assert all(c["image_tokens"] >= 258 * c["images"] and c["output_tokens"] > 0 for c in calls)
     turn_events = [e["detail"] for e in events if e["kind"] == "turn"]
@@ -159,14 +184,17 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
         "SELECT session_id, role, content FROM messages WHERE tenant = $1 AND user_id = $2"
         " ORDER BY id", "demo", "dev-1",
     )
-    assert [r["role"] for r in rows] == ["user", "assistant"] * 4
+    assert [r["role"] for r in rows] == ["user", "assistant"] * 5
     assert [r["content"] for r in rows[0::2]] == [t["text"] for t in DEMO_SESSION["turns"]]
     assert [r["content"] for r in rows[1::2]] == [answer(t) for t in DEMO_SESSION["turns"]]
-    assert {r["session_id"] for r in rows} == {summary["session_id"]}
-    assert await db.pool.fetchval("SELECT count(*) FROM messages") == 8
+    assert [r["session_id"] for r in rows] == [summary["session_id"]] * 8 + [
+        result.sessions[1]["session_id"]] * 2
+    assert await db.pool.fetchval("SELECT count(*) FROM messages") == 10
+    assert await db.pool.fetchval(
+        "SELECT count(*) FROM messages WHERE embed_model = 'wordllama-l2-supercat-256'") == 10
 
     stored = await Store(db.pool).get_session(summary["session_id"])
-    assert stored is not None and stored["model_calls"] == 8
+    assert stored is not None and stored["model_calls"] == 12
     assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
 
 
@@ -202,7 +230,7 @@ async def test_conversation_is_recalled_in_the_next_session(
         sent = server.requests[0].text
         assert question in sent
         assert "Yes, zebra-42 is live." in sent
-        for turn in DEMO_SESSION["turns"]:
+        for turn in DEMO_SESSION["turns"][1:]:  # the window: the last 10 messages
             assert turn["text"] in sent
         assert "What did I ask you before?" in sent
         # no screen share in this session: the model is told, and no image is sent
@@ -248,22 +276,26 @@ async def test_provider_error_is_one_sentence_and_the_session_continues(
 
     assert len(result.sessions) == 1
     summary = result.sessions[0]
-    assert summary["by_model"][model]["calls"] == 2
+    # the failed attempt and the answer; then the answered exchange's memory update (the
+    # failure sentence is not worth remembering)
+    assert summary["by_model"][model]["calls"] == 3
     assert summary["by_model"][model]["errors"] == 1
+    assert summary["memory"]["updates"] == 1
     events = read_jsonl(summary["cost_log"])
     errors = [e for e in events if e["kind"] == "model_error"]
     assert len(errors) == 1
     assert errors[0]["provider"] == provider and errors[0]["model"] == model
     assert "HTTP 500" in errors[0]["detail"]["error"]
     assert errors[0]["detail"]["outcome"] == "failed"
-    assert [e["kind"] for e in events if e["kind"].startswith("model")] == [
-        "model_error", "model_call",
+    assert [(e["kind"], e["detail"].get("purpose")) for e in events
+            if e["kind"].startswith("model")] == [
+        ("model_error", None), ("model_call", None), ("model_call", "memory"),
     ]
     kinds = [r["kind"] for r in await db.pool.fetch(
         "SELECT kind FROM cost_events WHERE session_id = $1 AND kind LIKE 'model%' ORDER BY seq",
         summary["session_id"],
     )]
-    assert kinds == ["model_error", "model_call"]
+    assert kinds == ["model_error", "model_call", "model_call"]
 
 
 @pytest.mark.parametrize(
@@ -360,7 +392,8 @@ async def test_replayed_cascade_logs_the_escalation_path_turn_by_turn(
     # what the same answers would have cost from the top tier alone
     vs_top = summary["vs_top_tier"]
     assert vs_top["user_turns"] == vs_top["model_rounds"] == 3
-    assert vs_top["cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+    assert vs_top["cost_usd"] + summary["memory"]["cost_usd"] == pytest.approx(
+        summary["total_cost_usd"], abs=1e-8)
     assert vs_top["top_tier_cost_usd"] > vs_top["cost_usd"] > 0
     assert vs_top["savings"] == pytest.approx(1 - vs_top["cost_usd"] / vs_top[
         "top_tier_cost_usd"], abs=1e-4)

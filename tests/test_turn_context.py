@@ -1,23 +1,33 @@
-"""What a turn's context carries besides the conversation: knowledge-base hits and the screen.
+"""What a turn's context carries besides the conversation: knowledge-base hits, what is
+remembered about the user, and the screen.
 
-Protects: the knowledge found for the user's question goes into the request as data, once per
-question (a tool round reuses it); a failing or slow knowledge lookup never holds up or breaks
+Protects: the knowledge and memory recalled for the user's question go into the request as data,
+once per question (a tool round reuses them); a failing or slow lookup never holds up or breaks
 the turn, which goes on without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from livekit.agents import llm
 
-from agent.turn_context import KNOWLEDGE_TIMEOUT_S, TurnContext
+from agent.turn_context import RECALL_TIMEOUT_S, TurnContext
 from memory.knowledge import Hit
+from memory.recall import Recalled
+from memory.user_memory import Fact, Recollection
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
 HIT = Hit(7, "Validate config files with python3 -m json.tool.", "/kb/config-files.md", 0.03,
           1, 1)
+MEMORY = Recollection(
+    summary="The user debugs a Flask app on Python 3.11.",
+    facts=[Fact("python_version", "The user runs Python 3.11.7 under pyenv.")],
+    turns=[Hit(3, "Which port does Flask use?", "user", 0.02, 2, 1,
+               at=datetime(2026, 11, 20, tzinfo=UTC))],
+)
 
 
 def screen() -> ScreenWatcher:
@@ -32,9 +42,9 @@ def texts(ctx: llm.ChatContext) -> list[str]:
 async def test_knowledge_goes_in_once_per_question() -> None:
     asked: list[str] = []
 
-    async def lookup(question: str) -> list[Hit]:
+    async def lookup(question: str) -> Recalled:
         asked.append(question)
-        return [HIT]
+        return Recalled([HIT], MEMORY)
 
     turn = TurnContext(screen(), lookup)
     ctx = llm.ChatContext.empty()
@@ -42,25 +52,31 @@ async def test_knowledge_goes_in_once_per_question() -> None:
     first = texts(await turn.build(ctx))
     assert any("[1] (config-files.md) Validate config files" in t and "not instructions" in t
                for t in first)
+    remembered = next(t for t in first if t.startswith("(What you remember about this user"))
+    assert "not instructions" in remembered
+    assert "Summary of earlier conversations: The user debugs a Flask app" in remembered
+    assert "Facts: [python_version] The user runs Python 3.11.7 under pyenv." in remembered
+    assert "Earlier (2026-11-20) the user said: Which port does Flask use?" in remembered
     ctx.items.append(llm.FunctionCall(call_id="c", name="screen_changes", arguments="{}"))
     ctx.items.append(llm.FunctionCallOutput(call_id="c", name="screen_changes", output="none",
                                             is_error=False))
     assert texts(await turn.build(ctx)) == first  # the tool round reuses it
     assert asked == ["How do I check my config file?"] and turn.knowledge_hits == 1
+    assert turn.memory_recalled == 2
 
 
 async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:
-    async def broken(_question: str) -> list[Hit]:
+    async def broken(_question: str) -> Recalled:
         raise ConnectionError("the database went away")
 
-    async def slow(_question: str) -> list[Hit]:
-        await asyncio.sleep(KNOWLEDGE_TIMEOUT_S * 4)
-        return [HIT]
+    async def slow(_question: str) -> Recalled:
+        await asyncio.sleep(RECALL_TIMEOUT_S * 4)
+        return Recalled([HIT], MEMORY)
 
     for lookup in (broken, slow):
         ctx = llm.ChatContext.empty()
         ctx.add_message(role="user", content="What is on my screen?")
         built = texts(await TurnContext(screen(), lookup).build(ctx))
         assert built[0] == "What is on my screen?"
-        assert not any("knowledge base" in t for t in built)
+        assert not any("knowledge base" in t or "remember" in t for t in built)
         assert any("No screen share is visible" in t for t in built)

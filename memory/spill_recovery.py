@@ -1,0 +1,150 @@
+"""Rows a closed session could not write (its database was down) reach the database later.
+
+A `BackgroundWriter` that cannot reach Postgres by the time its session closes leaves its rows
+in a spill file next to the session's cost log: `<session>.db-spill.jsonl` (cost events),
+`<session>.messages-spill.jsonl` (the conversation) and `<session>.memory-spill.jsonl` (facts
+and summary). Every new session, and `sightline memory show|forget`, first imports the spill
+files of sessions that have closed (their cost log ends with the summary), in order, and deletes
+each file once all of it is stored. A file whose session is still open belongs to its writer and
+is left alone; an exclusive lock keeps two processes from importing one file twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .conversation import SPILL_SUFFIX as MESSAGES_SUFFIX
+from .conversation import store_messages
+from .embeddings import Embedder
+from .keeper import SPILL_SUFFIX as MEMORY_SUFFIX
+from .store import Store
+from .user_memory import UserMemory
+from .writer import Row
+
+log = logging.getLogger("sightline.db")
+
+COST_SUFFIX = ".db-spill.jsonl"
+BATCH = 200
+
+
+@dataclass
+class RecoveryReport:
+    files: int = 0
+    rows: int = 0
+    unreadable_lines: int = 0
+    left: list[str] = field(default_factory=list)  # files not imported now, and why
+
+
+def session_closed(costs_dir: Path, session_id: str) -> bool:
+    """Whether the session's cost log ends with its summary (written last on close)."""
+    path = costs_dir / f"{session_id}.jsonl"
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 65536))
+            lines = fh.read().splitlines()
+        return bool(lines) and json.loads(lines[-1]).get("kind") == "summary"
+    except (OSError, ValueError):
+        return False
+
+
+def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
+    """Open and lock `path`; its rows and the count of unreadable lines (a write cut off by a
+    crash). None when another process holds the file."""
+    fh = path.open("r")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    if os.fstat(fh.fileno()).st_nlink == 0:  # imported and removed while we waited to open it
+        fh.close()
+        return None
+    rows, bad = [], 0
+    for line in fh:
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    return fh, rows, bad
+
+
+def _remove_locked(fh: Any, path: Path) -> None:
+    path.unlink()
+    fh.close()
+
+
+def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
+    """Leave only `rows` (the ones not stored yet) in the file, then let go of it."""
+    with path.open("r+") as out:
+        out.truncate(0)
+        out.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+    fh.close()
+
+
+async def recover_spills(
+    costs_dir: Path, store: Store, memory: UserMemory, embedder: Embedder,
+) -> RecoveryReport:
+    """Import every closed session's spill files; a file that fails stays for the next try."""
+    report = RecoveryReport()
+    paths = await asyncio.to_thread(lambda: sorted(costs_dir.glob("*-spill.jsonl")))
+    for path in paths:
+        session_id, _, suffix = path.name.partition(".")
+        suffix = "." + suffix
+        if suffix not in (COST_SUFFIX, MESSAGES_SUFFIX, MEMORY_SUFFIX):
+            continue
+        if not await asyncio.to_thread(session_closed, costs_dir, session_id):
+            report.left.append(f"{path.name}: its session is still open (or ended without "
+                               "closing)")
+            continue
+        opened = await asyncio.to_thread(_read_locked, path)
+        if opened is None:
+            report.left.append(f"{path.name}: another process is importing it")
+            continue
+        fh, rows, bad = opened
+        start = 0
+        try:
+            write = await _writer_for(suffix, session_id, store, memory, embedder, rows)
+            for start in range(0, len(rows), BATCH):
+                await write(rows[start:start + BATCH])
+        except BaseException as exc:  # cancelled too: what was stored must leave the file
+            _keep_locked(fh, path, rows[start:])
+            if not isinstance(exc, Exception):
+                raise
+            report.rows += start
+            report.left.append(f"{path.name}: {exc!r}")
+            log.error("could not import %s yet: %r", path, exc)
+            continue
+        await asyncio.to_thread(_remove_locked, fh, path)
+        report.files += 1
+        report.rows += len(rows)
+        report.unreadable_lines += bad
+        if bad:
+            log.error("%s: %d unreadable lines (a write cut off) could not be imported", path,
+                      bad)
+        log.info("imported %d rows spilled by session %s (%s)", len(rows), session_id, path.name)
+    return report
+
+
+async def _writer_for(
+    suffix: str, session_id: str, store: Store, memory: UserMemory, embedder: Embedder,
+    rows: list[Row],
+) -> Callable[[list[Row]], Awaitable[None]]:
+    if suffix == COST_SUFFIX:
+        return store.add_cost_events
+    if suffix == MEMORY_SUFFIX:
+        return memory.apply
+    tenant = (rows[0].get("tenant") if rows else None) or await store.session_tenant(session_id)
+
+    async def write_messages(batch: list[Row]) -> None:
+        await store_messages(store, embedder, session_id, str(tenant), batch)
+    return write_messages

@@ -1,0 +1,167 @@
+"""What Sightline remembers about one user of one tenant beyond the current session, and how a
+turn recalls it.
+
+Three kinds of memory, all in Postgres: facts (one row per key, so a fact is updated, not
+appended again), one rolling summary of the user's earlier conversation, and the message log
+itself, searchable by meaning (the message's vector) and by words (its tsvector). `recall()`
+gives a turn the summary, the facts most related to the question and the earlier messages that
+match it, fused like knowledge hits. Every query names its tenant and user. Writes arrive as rows
+from a `BackgroundWriter` (`apply`), so storing memory never delays a reply and survives an
+outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from .embeddings import Embedder
+from .knowledge import Hit, keyword_query, rrf, vector_literal
+
+log = logging.getLogger("sightline.memory")
+
+FACTS_PER_TURN = 8  # a user with at most this many facts gets all of them on every turn
+TURNS_PER_TURN = 3
+CANDIDATES = 20
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    text: str
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Recollection:
+    """What one turn recalls: the summary, related facts and earlier messages (oldest first)."""
+
+    summary: str | None = None
+    facts: list[Fact] = field(default_factory=list)
+    turns: list[Hit] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.summary or self.facts or self.turns)
+
+
+async def embed_or_none(embedder: Embedder, texts: list[str]) -> list[str | None]:
+    """pgvector literals for `texts`, or None for each when the embedder fails: the row is still
+    stored (keyword recall finds it) and the failure is logged, never raised."""
+    if not texts:
+        return []
+    try:
+        vectors = await embedder.embed_documents(texts)
+    except Exception as exc:
+        log.warning("could not embed %d memory rows with %s, storing them without vectors: %r",
+                    len(texts), embedder.name, exc)
+        return [None] * len(texts)
+    return [vector_literal(v) for v in vectors]
+
+
+class UserMemory:
+    def __init__(self, pool: asyncpg.Pool, embedder: Embedder) -> None:
+        self._pool = pool
+        self.embedder = embedder
+
+    async def has_any(self, tenant: str, user_id: str, before_id: int) -> bool:
+        """Whether there is anything to recall (saves embedding the question when not)."""
+        return bool(await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM memory_facts WHERE tenant = $1 AND user_id = $2)"
+            " OR EXISTS (SELECT 1 FROM memory_summaries WHERE tenant = $1 AND user_id = $2)"
+            " OR EXISTS (SELECT 1 FROM messages WHERE tenant = $1 AND user_id = $2"
+            " AND id < $3)", tenant, user_id, before_id))
+
+    async def recall(
+        self, tenant: str, user_id: str, question: str, vector: np.ndarray, *, before_id: int,
+        facts: int = FACTS_PER_TURN, turns: int = TURNS_PER_TURN,
+    ) -> Recollection:
+        """The summary, the `facts` facts nearest the question, and up to `turns` messages older
+        than `before_id` (the ones not already in the conversation) that share a word with the
+        question and rank best on meaning and words fused."""
+        dim, model, literal = int(self.embedder.dim), self.embedder.name, vector_literal(vector)
+        words = keyword_query(question)
+        async with self._pool.acquire() as conn:
+            summary = await conn.fetchval(
+                "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
+                tenant, user_id)
+            fact_rows = await conn.fetch(
+                f"SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND"
+                f" user_id = $2 ORDER BY coalesce(embed_model = $4, false) DESC,"
+                f" CASE WHEN embed_model = $4 THEN embedding::vector({dim}) <=>"
+                f" $3::vector({dim}) END, updated_at DESC LIMIT $5",
+                tenant, user_id, literal, model, facts)
+            vector_rows = await conn.fetch(
+                f"SELECT id, role, content, created_at,"
+                f" 1 - (embedding::vector({dim}) <=> $3::vector({dim})) AS score FROM messages"
+                f" WHERE tenant = $1 AND user_id = $2 AND id < $4 AND embed_model = $5"
+                f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $6",
+                tenant, user_id, literal, before_id, model, CANDIDATES)
+            keyword_rows = await conn.fetch(
+                "SELECT id, role, content, created_at, ts_rank_cd(tsv, q) AS score"
+                " FROM messages, to_tsquery('english', $3) q WHERE tenant = $1 AND"
+                " user_id = $2 AND id < $4 AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $5",
+                tenant, user_id, words, before_id, CANDIDATES) if words else []
+
+        def hits(rows: list[asyncpg.Record]) -> list[Hit]:
+            return [Hit(r["id"], r["content"], r["role"], float(r["score"]), at=r["created_at"])
+                    for r in rows]
+        fused = [h for h in rrf(hits(vector_rows), hits(keyword_rows))
+                 if h.keyword_rank is not None][:turns]
+        return Recollection(
+            summary=summary,
+            facts=[Fact(r["key"], r["text"], r["updated_at"]) for r in fact_rows],
+            turns=sorted(fused, key=lambda h: h.id),
+        )
+
+    async def facts(self, tenant: str, user_id: str) -> list[Fact]:
+        rows = await self._pool.fetch(
+            "SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND user_id = $2"
+            " ORDER BY key", tenant, user_id)
+        return [Fact(r["key"], r["text"], r["updated_at"]) for r in rows]
+
+    async def summary(self, tenant: str, user_id: str) -> str | None:
+        value = await self._pool.fetchval(
+            "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
+            tenant, user_id)
+        return str(value) if value is not None else None
+
+    async def apply(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write memory changes in the order they were made, in one transaction. Rows are
+        `{"op": "fact"|"forget"|"summary", "tenant", "user_id", "session_id", ...}`: a fact
+        (`key`, `text`) replaces the user's fact of that key; forget drops a key; a summary
+        (`text`) replaces the user's summary."""
+        fact_rows = [r for r in rows if r["op"] == "fact"]
+        vectors = dict(zip(map(id, fact_rows),
+                           await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
+                           strict=True))
+        async with self._pool.acquire() as conn, conn.transaction():
+            for row in rows:
+                who = (row["tenant"], row["user_id"])
+                if row["op"] == "fact":
+                    vector = vectors[id(row)]
+                    await conn.execute(
+                        "INSERT INTO memory_facts (tenant, user_id, key, text, embed_model,"
+                        " embedding, session_id) VALUES ($1, $2, $3, $4, $5, $6::vector, $7)"
+                        " ON CONFLICT (tenant, user_id, key) DO UPDATE SET text = excluded.text,"
+                        " embed_model = excluded.embed_model, embedding = excluded.embedding,"
+                        " session_id = excluded.session_id, updated_at = now()",
+                        *who, row["key"], row["text"],
+                        self.embedder.name if vector else None, vector, row.get("session_id"))
+                elif row["op"] == "forget":
+                    await conn.execute(
+                        "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2 AND key = $3",
+                        *who, row["key"])
+                elif row["op"] == "summary":
+                    await conn.execute(
+                        "INSERT INTO memory_summaries (tenant, user_id, text, session_id)"
+                        " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO UPDATE SET"
+                        " text = excluded.text, session_id = excluded.session_id,"
+                        " updated_at = now()", *who, row["text"], row.get("session_id"))
+                else:
+                    raise ValueError(f"unknown memory operation {row['op']!r}")
