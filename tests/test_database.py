@@ -25,8 +25,10 @@ from agent.ledger import CostLedger
 from agent.pricing import PriceTable, Usage
 from memory.conversation import ConversationLog
 from memory.db import Database, DatabaseUnavailable, start_embedded
+from memory.embeddings import OfflineEmbedder
 from memory.migrate import apply_migrations, migration_files
 from memory.store import Store
+from memory.user_memory import UserMemory
 from memory.writer import BackgroundWriter
 from vision.screen import FrameDecision
 
@@ -219,6 +221,7 @@ async def test_outage_past_close_spills_every_unwritten_event(
     record(ledger, 3, 0.0)  # 6 events while the database is up
     conversation.add("u-1", "user", "before the outage")
     assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 6) == 6
+    assert await wait_for_count(url, "SELECT count(*) FROM messages", 1) == 1
 
     await own_postgres.stop()
     await assert_down(url)
@@ -328,13 +331,26 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
         lambda rows: store.add_messages("sess_long_outage", "acme", rows),
         spill, max_batch=8, max_backoff_s=0.2, max_pending=12,
     )
+    # memory updates (facts and summary) go through the same kind of writer
+    memory_writer = BackgroundWriter(
+        "memory", UserMemory(db.pool, OfflineEmbedder()).apply,
+        tmp_path / "costs" / "sess_long_outage.memory-spill.jsonl",
+        max_batch=8, max_backoff_s=0.2, max_pending=12,
+    )
+    who = {"tenant": "acme", "user_id": "u-1", "session_id": "sess_long_outage"}
     writer.put({"user_id": "u-1", "role": "user", "content": "turn 0"})
+    memory_writer.put({"op": "fact", "key": "progress", "text": "turn 0", **who})
     assert await wait_for_count(url, "SELECT count(*) FROM messages", 1) == 1
 
     await own_postgres.stop()
     await assert_down(url)
     for n in range(1, 60):  # a long outage: far more turns than the queue holds in memory
         writer.put({"user_id": "u-1", "role": "user", "content": f"turn {n}"})
+        memory_writer.put({"op": "fact", "key": "progress", "text": f"turn {n}", **who})
+        memory_writer.put({"op": "fact", "key": f"turn_{n}", "text": f"seen {n}", **who})
+        if n % 10 == 0:
+            memory_writer.put({"op": "forget", "key": f"turn_{n - 5}", **who})
+            memory_writer.put({"op": "summary", "text": f"up to turn {n}", **who})
         assert len(writer._pending) <= 12
     await asyncio.sleep(0.3)
     assert spill.exists() and writer.pending == 59
@@ -342,14 +358,20 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     url = await own_postgres.start()
     assert await wait_for_count(url, "SELECT count(*) FROM messages", 60) == 60
     assert await writer.close() == 0
+    assert await memory_writer.close() == 0
     assert not spill.exists()
     conn = await asyncpg.connect(url)
     try:
         contents = [r["content"] for r in await conn.fetch(
             "SELECT content FROM messages ORDER BY id")]
+        facts = dict(await conn.fetch("SELECT key, text FROM memory_facts"))  # type: ignore[arg-type]
+        summary = await conn.fetchval("SELECT text FROM memory_summaries")
     finally:
         await conn.close()
     assert contents == [f"turn {n}" for n in range(60)]
+    # every memory change landed, in the order it was made: the last update of a key wins
+    assert facts.pop("progress") == "turn 59" and summary == "up to turn 50"
+    assert facts == {f"turn_{n}": f"seen {n}" for n in range(1, 60) if n not in range(5, 50, 10)}
     await ledger.close()
     await db.pool.close()
 

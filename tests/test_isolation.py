@@ -1,18 +1,23 @@
-"""Tenant isolation, randomized: no knowledge query for one tenant returns another's data.
+"""Tenant isolation, randomized: no knowledge or memory query for one tenant (and user) returns
+another's data.
 
-Tenants share vocabulary on purpose (the same words, shuffled), so a leak would rank well.
-Each chunk carries its tenant's marker; every hit of every query must carry the asking
-tenant's marker, whichever fusion, ranking or lookup ran. (Memory queries join this test when
-memory lands.)
+Tenants and users share vocabulary on purpose (the same words, shuffled), and the same user ids
+recur across tenants, so a leak would rank well. Each chunk, message, fact and summary carries
+its owner's marker; every hit of every query must carry the asker's marker, whichever fusion,
+ranking, lookup or memory read ran.
 """
 
 from __future__ import annotations
 
 import random
 
+from memory.conversation import store_messages
 from memory.db import Database
 from memory.embeddings import OfflineEmbedder
 from memory.knowledge import KnowledgeBase
+from memory.recall import TurnRecall
+from memory.store import Store
+from memory.user_memory import UserMemory
 
 WORDS = ("router password reset config deploy token backup invoice printer vpn cluster "
          "database migration firmware license calendar badge laptop monitor keyboard").split()
@@ -41,4 +46,53 @@ async def test_no_query_ever_crosses_tenants(db: Database) -> None:
             assert hit.text.startswith(f"{tenant}-marker "), (tenant, query, hit.key)
             assert hit.key.startswith(f"{tenant}/")
         checked += len(results)
+    assert checked > 1000, "the queries must actually return data to check"
+
+
+async def test_no_memory_query_ever_crosses_tenants_or_users(db: Database) -> None:
+    rng = random.Random(20261122)
+    embedder = OfflineEmbedder()
+    store, memory, kb = Store(db.pool), UserMemory(db.pool, embedder), KnowledgeBase(
+        db.pool, embedder)
+    owners = [(f"tenant-{t}", f"user-{u}") for t in range(4) for u in range(3)]
+    for tenant, user in owners:
+        marker = f"{tenant}-{user}-marker"
+        session_id = f"s-{tenant}-{user}"
+        await store.start_session(session_id, tenant=tenant, user_id=user, room=None,
+                                  source="replay", provider="gemini", model="m")
+        await store_messages(store, embedder, session_id, tenant, [
+            {"user_id": user, "role": rng.choice(("user", "assistant")),
+             "content": f"{marker} " + " ".join(rng.choices(WORDS, k=10))}
+            for _ in range(rng.randint(2, 10))])
+        await memory.apply([
+            *({"op": "fact", "tenant": tenant, "user_id": user, "key": f"k{n}",
+               "text": f"{marker} " + " ".join(rng.choices(WORDS, k=6))}
+              for n in range(rng.randint(1, 5))),
+            {"op": "summary", "tenant": tenant, "user_id": user,
+             "text": f"{marker} " + " ".join(rng.choices(WORDS, k=8))},
+        ])
+    newest = await store.next_message_id()
+    checked = 0
+    for _ in range(120):
+        tenant, user = rng.choice([*owners, ("tenant-0", "user-without-data"),
+                                   ("tenant-without-data", "user-0")])
+        marker = f"{tenant}-{user}-marker "
+        question = " ".join(rng.choices(WORDS, k=rng.randint(1, 5)))
+        vector = await embedder.embed_query(question)
+        got = await memory.recall(tenant, user, question, vector, before_id=newest,
+                                  facts=50, turns=50)
+        recalled = await TurnRecall(kb, memory, tenant=tenant, user_id=user,
+                                    before_id=newest)(question)
+        texts = [
+            *(f.text for f in got.facts), *(h.text for h in got.turns),
+            *([got.summary] if got.summary else []),
+            *(f.text for f in recalled.memory.facts), *(h.text for h in recalled.memory.turns),
+            *(f.text for f in await memory.facts(tenant, user)),
+            *(m.content for m in await store.recent_messages(tenant, user, 50)),
+        ]
+        summary = await memory.summary(tenant, user)
+        texts += [summary] if summary else []
+        for text in texts:
+            assert text.startswith(marker), (tenant, user, question, text)
+        checked += len(texts)
     assert checked > 1000, "the queries must actually return data to check"

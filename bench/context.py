@@ -1,0 +1,395 @@
+"""Per-turn context assembly: what one user question costs before the model is called, ours
+against LlamaIndex's stock components, on the same data in the same run.
+
+Data (deterministic, seeded): docstrings parsed (never imported) from the standard library's
+source, then from the installed packages' source, file by file in sorted order, cut at sentence
+ends into chunks of 60-200 words until there are `--chunks` of them; `--turns` earlier messages
+of one user (half questions such as "How do I use json.dumps?", half answers made of the first
+sentences of that docstring); `--facts` facts about the user (one per module it "uses") and one
+summary. Another tenant holds copies of `--other-chunks` of the chunks and some of the user's
+messages, so every tenant filter has rows to skip. Questions are sentences of random chunks with
+about a quarter of their words dropped, framed as "How do I ...?", plus one in four about an
+earlier message ("What did you tell me earlier about X?").
+
+- ours: `TurnRecall` (memory/recall.py) on an embedded Postgres (or a scratch database on
+  `DATABASE_URL`, dropped afterwards), loaded through `KnowledgeBase.ingest_chunks`,
+  `UserMemory.apply` and `store_messages`, then ANALYZEd. A turn is `await recall(question)`:
+  two existence probes, one query embedding, then the knowledge lookup (HNSW vector + full-text,
+  RRF, top 3 sharing a word) and the memory recall (summary, the 8 facts nearest the question,
+  3 earlier messages fused vector + keyword) at once on two pooled connections; plus the
+  formatting `TurnContext` does with the result (`memory_part`, `knowledge_part`).
+- reference: `QueryFusionRetriever` (a `VectorStoreIndex` retriever with the same embeddings and
+  a `BM25Retriever`, reciprocal rerank, top 3, `MockLLM`, one query: memory/kb_eval.py) over the
+  tenant's chunks only, and `llama_index.core.memory.Memory` with a `StaticMemoryBlock` (the
+  summary), a `FactExtractionMemoryBlock` whose facts are pre-set (reading them calls no LLM)
+  and a `VectorMemoryBlock` (top 3) holding the earlier messages. A turn is
+  `retriever.aretrieve(question)` and `memory.aget(input=question)`, gathered; `aget` reads the
+  (empty) short-term queue from its SQLite chat store, queries the vector block with the
+  question, counts tokens and renders the blocks into a system message.
+
+Where the work differs: the reference keeps everything in process memory (no database round
+trips, but brute-force vector scans in Python); it embeds the question twice (retriever and
+vector block), returns all facts rather than the nearest 8, and does not require a retrieved
+message or chunk to share a word with the question. The messages are put into the vector block
+one per node (`aput` per message, like our one row per message); letting `Memory` flush them
+from its short-term queue would store one node per flushed batch instead. The SQLite store is
+`Memory`'s default. SimpleVectorStore keeps no text, which `VectorMemoryBlock` needs, so the
+block gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
+
+Loading is not timed. After `--warmup` questions through both, each question is timed through
+both, alternating which goes first so both share the machine's noise.
+
+    .venv/bin/python bench/context.py [--queries 200] [--chunks 10000] [--turns 1000]
+
+The last line is JSON: {"p95_ms", "reference_p95_ms", "ratio" (reference p95 / ours), "p50_ms",
+"reference_p50_ms", "chunks", "turns", "facts", "queries"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import os
+import random
+import re
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import numpy as np
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.llms import ChatMessage, MockLLM, TextBlock
+from llama_index.core.memory import (
+    FactExtractionMemoryBlock,
+    Memory,
+    StaticMemoryBlock,
+    VectorMemoryBlock,
+)
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores import SimpleVectorStore
+from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from agent.turn_context import knowledge_part, memory_part  # noqa: E402
+from memory.conversation import store_messages  # noqa: E402
+from memory.db import Database  # noqa: E402
+from memory.embeddings import OfflineEmbedder  # noqa: E402
+from memory.kb_eval import llamaindex_embedding, llamaindex_fusion  # noqa: E402
+from memory.knowledge import KnowledgeBase  # noqa: E402
+from memory.recall import Recalled, TurnRecall  # noqa: E402
+from memory.store import Store  # noqa: E402
+from memory.user_memory import TURNS_PER_TURN, UserMemory  # noqa: E402
+
+TENANT, OTHER, USER = "bench", "bench-other", "bench-user"
+TOP_K = 3  # knowledge hits per turn, as `KnowledgeBase.lookup` gives
+BATCH = 500  # chunks per ingest_chunks call (one document each)
+SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages"}
+QUESTIONS = ("How do I {}?", "Can you explain {}?", "What happens when {}?", "Why does it {}?")
+ASKED = ("How do I use {}?", "What does {} do?", "When should I call {}?", "Is {} what I need?")
+
+
+@dataclass(frozen=True)
+class Doc:
+    name: str  # dotted: module, module.Class, module.function
+    text: str
+
+
+@dataclass(frozen=True)
+class Data:
+    chunks: list[tuple[str, str]]  # (key, text)
+    messages: list[dict[str, str]]  # {"user_id", "role", "content"}, oldest first
+    facts: list[tuple[str, str]]  # (key, text)
+    summary: str
+    questions: list[str]
+
+
+def docstrings() -> Iterator[Doc]:
+    """Docstrings of the standard library's source, then of the installed packages' (parsed,
+    never imported, so nothing runs), file by file in sorted order."""
+    paths = sysconfig.get_paths()
+    for root in (Path(paths["stdlib"]), Path(paths["purelib"])):
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).parts
+            if SKIPPED_DIRS & set(parts[:-1]):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # invalid escapes in old sources
+                    tree = ast.parse(path.read_bytes())
+            except (SyntaxError, ValueError):
+                continue
+            module = ".".join(parts).removesuffix(".py").removesuffix(".__init__")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                              | ast.AsyncFunctionDef):
+                    text = ast.get_docstring(node)
+                    if text and text.isascii():
+                        name = getattr(node, "name", None)
+                        yield Doc(f"{module}.{name}" if name else module, text)
+
+
+def sentences(text: str) -> list[str]:
+    """The text's sentences, whitespace collapsed; a run-on over 200 words is cut into pieces."""
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        words = sentence.split()
+        out += [" ".join(words[i:i + 150]) for i in range(0, len(words), 150)]
+    return out
+
+
+def build_data(chunk_count: int, turns: int, fact_count: int, questions: int,
+               rng: random.Random) -> Data:
+    docs, chunks, pending, target = [], [], [], rng.randint(60, 160)
+    for doc in docstrings():
+        docs.append(doc)
+        for sentence in sentences(doc.text):
+            pending.append(sentence)
+            if sum(len(s.split()) for s in pending) >= target:
+                chunks.append((f"chunk-{len(chunks)}", " ".join(pending)))
+                pending, target = [], rng.randint(60, 160)
+        if len(chunks) >= chunk_count:
+            break
+    described = [d for d in docs if "." in d.name and 10 <= len(d.text.split()) <= 150]
+    messages = []
+    for doc in rng.sample(described, turns // 2):
+        short = ".".join(doc.name.split(".")[-2:])
+        messages += [
+            {"user_id": USER, "role": "user", "content": rng.choice(ASKED).format(short)},
+            {"user_id": USER, "role": "assistant",
+             "content": " ".join(sentences(doc.text)[:2])},
+        ]
+    modules = list({d.name: d for d in docs if "." not in d.name and sentences(d.text)}.values())
+    facts = [(f"uses-{d.name}", f"The user's project uses {d.name}: {sentences(d.text)[0]}")
+             for d in rng.sample(modules, fact_count)]
+    summary = ("In earlier sessions the user asked about "
+               + ", ".join(d.name for d in rng.sample(modules, 8))
+               + "; they want short answers with one code example, and they test on Linux.")
+    asked = [m["content"] for m in messages if m["role"] == "user"]
+    return Data(chunks, messages, facts, summary,
+                [_question(chunks, asked, i, rng) for i in range(questions)])
+
+
+def _question(chunks: list[tuple[str, str]], asked: list[str], index: int,
+              rng: random.Random) -> str:
+    """A question in words of its own: a chunk's sentence with words dropped, or, one in four,
+    about something the user asked before."""
+    if index % 4 == 3:
+        topic = rng.choice(asked).rstrip("?").split()[-1]
+        return f"What did you tell me earlier about {topic}?"
+    while True:
+        _, text = rng.choice(chunks)
+        candidates = [s for s in sentences(text) if 6 <= len(s.split()) <= 40]
+        if candidates:
+            break
+    words = [w for w in rng.choice(candidates).rstrip(".!?:").split() if rng.random() > 0.25]
+    return rng.choice(QUESTIONS).format(" ".join(words)[:1].lower() + " ".join(words)[1:])
+
+
+class TextSimpleVectorStore(SimpleVectorStore):
+    """SimpleVectorStore that keeps its nodes too: `VectorMemoryBlock` needs the text back, and
+    SimpleVectorStore alone returns only ids (an index keeps the text in its docstore)."""
+
+    stores_text: bool = True
+    _nodes: dict[str, BaseNode] = PrivateAttr(default_factory=dict)
+
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        self._nodes.update((node.node_id, node) for node in nodes)
+        return super().add(nodes, **add_kwargs)
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        result = super().query(query, **kwargs)
+        result.nodes = [self._nodes[i] for i in result.ids or []]
+        return result
+
+
+@asynccontextmanager
+async def database(data_dir: Path) -> AsyncIterator[Database]:
+    """An embedded Postgres under `data_dir`, or a scratch database on `DATABASE_URL`."""
+    url = os.environ.get("DATABASE_URL")
+    if url is None:
+        db = await Database.open(None, data_dir)
+        try:
+            yield db
+        finally:
+            await db.close()
+        return
+    name = f"sightline_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        db = await Database.open(urlsplit(url)._replace(path=f"/{name}").geturl(), data_dir)
+        try:
+            yield db
+        finally:
+            await db.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def load_ours(db: Database, embedder: OfflineEmbedder, data: Data,
+                    other_chunks: int) -> TurnRecall:
+    kb, memory, store = KnowledgeBase(db.pool, embedder), UserMemory(db.pool, embedder), \
+        Store(db.pool)
+    for tenant, chunks in ((TENANT, data.chunks), (OTHER, data.chunks[:other_chunks])):
+        for start in range(0, len(chunks), BATCH):
+            await kb.ingest_chunks(tenant, f"{tenant}-{start // BATCH}",
+                                   chunks[start:start + BATCH])
+        messages = data.messages if tenant == TENANT else data.messages[:len(data.messages) // 5]
+        session = f"{tenant}-session"
+        await store.start_session(session, tenant=tenant, user_id=USER, room=None,
+                                  source="replay", provider="gemini", model="m")
+        await store_messages(store, embedder, session, tenant, messages)
+        facts = data.facts if tenant == TENANT else data.facts[:5]
+        await memory.apply([
+            *({"op": "fact", "tenant": tenant, "user_id": USER, "session_id": session,
+               "key": key, "text": text} for key, text in facts),
+            {"op": "summary", "tenant": tenant, "user_id": USER, "session_id": session,
+             "text": data.summary},
+        ])
+    await db.pool.execute("ANALYZE kb_documents, kb_chunks, messages, memory_facts,"
+                          " memory_summaries")
+    return TurnRecall(kb, memory, tenant=TENANT, user_id=USER,
+                      before_id=await store.next_message_id())
+
+
+async def load_reference(
+    embedder: OfflineEmbedder, data: Data,
+) -> Callable[[str], Awaitable[tuple[list[str], list[ChatMessage]]]]:
+    retrieve = llamaindex_fusion([{"id": key, "text": text, "tenant": TENANT}
+                                  for key, text in data.chunks], embedder, TOP_K)
+    messages = VectorMemoryBlock(
+        name="earlier_messages", vector_store=TextSimpleVectorStore(),
+        embed_model=llamaindex_embedding(embedder), similarity_top_k=TURNS_PER_TURN, priority=2)
+    memory = Memory.from_defaults(
+        session_id=f"{TENANT}-session", token_limit=30000, memory_blocks=[
+            StaticMemoryBlock(name="summary", static_content=data.summary, priority=0),
+            FactExtractionMemoryBlock(name="facts", llm=MockLLM(),
+                                      facts=[text for _, text in data.facts], priority=1),
+            messages,
+        ])
+    for message in data.messages:
+        await messages.aput([ChatMessage(role=message["role"], content=message["content"])],
+                            session_id=memory.session_id)
+
+    async def turn(question: str) -> tuple[list[str], list[ChatMessage]]:
+        ids, context = await asyncio.gather(retrieve(TENANT, question, TOP_K),
+                                            memory.aget(input=question))
+        return ids, context
+    return turn
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    return (round(float(np.percentile(values, 50)), 2),
+            round(float(np.percentile(values, 95)), 2))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = build_data(args.chunks, args.turns, args.facts, args.warmup + args.queries,
+                      random.Random(args.seed))
+    print(f"data: {len(data.chunks)} chunks, {len(data.messages)} messages, "
+          f"{len(data.facts)} facts in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    embedder = OfflineEmbedder()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with database(Path(tmp)) as db:
+            started = time.perf_counter()
+            recall = await load_ours(db, embedder, data, args.other_chunks)
+            print(f"ours loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+            started = time.perf_counter()
+            reference = await load_reference(embedder, data)
+            print(f"reference loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+
+            async def ours(question: str) -> tuple[Recalled, str]:
+                """Recall, then the text `TurnContext` attaches to the user's message."""
+                recalled = await recall(question)
+                return recalled, "".join([
+                    *([memory_part(recalled.memory)] if recalled.memory else []),
+                    *([knowledge_part(recalled.knowledge)] if recalled.knowledge else [])])
+
+            for question in data.questions[:args.warmup]:
+                await ours(question)
+                await reference(question)
+            our_ms, reference_ms = [], []
+            our_results, reference_results = [], []
+            for index, question in enumerate(data.questions[args.warmup:]):
+                for system in ((ours, reference) if index % 2 == 0 else (reference, ours)):
+                    began = time.perf_counter()
+                    result = await system(question)
+                    elapsed = (time.perf_counter() - began) * 1000
+                    if system is ours:
+                        our_ms.append(elapsed)
+                        our_results.append(result)
+                    else:
+                        reference_ms.append(elapsed)
+                        reference_results.append(result)
+    recalled = [r for r, _ in our_results]
+    with_knowledge = sum(1 for r in recalled if r.knowledge)
+    if with_knowledge < len(recalled) / 2 or not any(r.memory.turns for r in recalled):
+        raise RuntimeError(
+            f"ours found knowledge for {with_knowledge} of {len(recalled)} questions and "
+            f"{sum(len(r.memory.turns) for r in recalled)} earlier messages: an empty lookup "
+            "is not worth timing")
+    texts = dict(data.chunks)
+    reference_text = ["".join(b.text for m in context if m.role == "system" for b in m.blocks
+                              if isinstance(b, TextBlock)) for _, context in reference_results]
+    rows = {
+        "ours": (percentiles(our_ms), [
+            np.mean([len(r.knowledge) for r in recalled]),
+            np.mean([len(r.memory.facts) for r in recalled]),
+            np.mean([len(r.memory.turns) for r in recalled]),
+            np.mean([len(text) for _, text in our_results])]),
+        "llamaindex": (percentiles(reference_ms), [
+            np.mean([len(ids) for ids, _ in reference_results]),
+            np.mean([t.count("<fact>") for t in reference_text]),
+            np.mean([t.count("<message role=") for t in reference_text]),
+            np.mean([len(t) + sum(len(texts[i]) for i in ids)
+                     for t, (ids, _) in zip(reference_text, reference_results, strict=True)])]),
+    }
+    print(f"{args.queries} questions; {len(data.chunks)} chunks (+{args.other_chunks} of another "
+          f"tenant), {len(data.messages)} earlier messages, {len(data.facts)} facts, a summary; "
+          f"embeddings: {embedder.name}")
+    print(f"{'system':<12}{'p50_ms':>9}{'p95_ms':>9}{'chunks':>9}{'facts':>8}{'messages':>10}"
+          f"{'chars':>8}   (means per turn)")
+    for name, ((p50, p95), (hits, facts, turns, chars)) in rows.items():
+        print(f"{name:<12}{p50:>9.2f}{p95:>9.2f}{hits:>9.2f}{facts:>8.2f}{turns:>10.2f}"
+              f"{chars:>8.0f}")
+    (p50, p95), (reference_p50, reference_p95) = rows["ours"][0], rows["llamaindex"][0]
+    print(f"reference p95 / ours p95 = {reference_p95 / p95:.2f}x (chars: of context for the "
+          "model; ours as formatted, the reference's memory as rendered plus its chunks' text)")
+    return {"p95_ms": p95, "reference_p95_ms": reference_p95,
+            "ratio": round(reference_p95 / p95, 2), "p50_ms": p50,
+            "reference_p50_ms": reference_p50, "chunks": len(data.chunks),
+            "turns": len(data.messages), "facts": len(data.facts), "queries": args.queries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--chunks", type=int, default=10000)
+    parser.add_argument("--turns", type=int, default=1000,
+                        help="earlier messages of the user, half questions and half answers")
+    parser.add_argument("--facts", type=int, default=30)
+    parser.add_argument("--other-chunks", type=int, default=2000,
+                        help="chunks copied to another tenant, which every query must skip")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=7)
+    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Long-term memory: the keeper that writes it, recall that reads it, and spill files imported.
+
+Protects: tier 0's memory update becomes facts keyed by subject (an update replaces, a repeat is
+not stored twice, a forget removes) and a rolling summary, through the real google-genai client;
+a broken or failing memory call costs a ledger event and no memory; recall gives a turn the
+summary, the facts nearest the question and matching earlier messages outside the conversation,
+of this tenant and user only; a turn with nothing to recall costs no embedding; rows a closed
+session spilled are imported once, and a live session's are left to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.config import Settings, Tier
+from agent.ledger import CostLedger
+from agent.pricing import PriceTable
+from agent.providers import make_provider
+from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.conversation import store_messages
+from memory.db import Database
+from memory.embeddings import OfflineEmbedder
+from memory.keeper import MARKER, MemoryKeeper, MemoryReplyError, parse_update
+from memory.knowledge import KnowledgeBase
+from memory.recall import TurnRecall
+from memory.spill_recovery import recover_spills
+from memory.store import Store
+from memory.user_memory import UserMemory
+
+LITE = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
+
+
+class CountingEmbedder(OfflineEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries = 0
+
+    async def embed_query(self, text: str):  # type: ignore[no-untyped-def]
+        self.queries += 1
+        return await super().embed_query(text)
+
+
+def update(facts: list[tuple[str, str]] = (), forget: list[str] = (),  # type: ignore[assignment]
+           summary: str | None = None) -> ScriptedReply:
+    """A memory model's reply (scripted)."""
+    return ScriptedReply(text="```json\n" + json.dumps({
+        "facts": [{"key": k, "text": t} for k, t in facts], "forget": list(forget),
+        "summary": summary}) + "\n```")
+
+
+def test_parse_update_takes_the_json_object_and_drops_what_is_malformed() -> None:
+    parsed = parse_update('Sure! {"facts": [{"key": "Editor Choice", "text": " Uses  vim. "},'
+                          ' {"key": "", "text": "no key"}, "not a fact", {"key": "k"}],'
+                          ' "forget": ["Old Key", 3], "summary": "  short  "} bye')
+    assert [(f.key, f.text) for f in parsed.facts] == [("editor_choice", "Uses vim.")]
+    assert parsed.forget == ["old_key"] and parsed.summary == "short"
+    for broken in ("no json here", "{not json}", "[1, 2]"):
+        with pytest.raises(MemoryReplyError):
+            parse_update(broken)
+
+
+async def _session(db: Database, session_id: str, tenant: str, user: str) -> None:
+    await Store(db.pool).start_session(session_id, tenant=tenant, user_id=user, room=None,
+                                       source="replay", provider="gemini", model="m")
+
+
+def _ledger(tmp_path: Path, session_id: str) -> CostLedger:
+    return CostLedger(session_id=session_id, tenant="acme", source="replay",
+                      costs_dir=tmp_path / "costs", prices=PriceTable.load(None), store=None)
+
+
+async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    memory = UserMemory(db.pool, OfflineEmbedder())
+    script = [
+        update([("python_version", "The user runs Python 3.11.")], summary="Asked about pip."),
+        update([("python_version", "The user upgraded to Python 3.12."),
+                ("editor", "The user edits in VS Code."),
+                ("python_again", "The user upgraded to Python 3.12.")],  # a repeat, new key
+               summary="Asked about pip, then upgraded Python."),
+        ScriptedReply(text="I cannot help with memory today."),  # not JSON: nothing changes
+        update(forget=["editor"]),
+    ]
+    seen: list[CapturedRequest] = []
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        seen.append(request)
+        return script[len(seen) - 1]
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        ledger = _ledger(tmp_path, "s-keep")
+        keeper = MemoryKeeper(
+            memory=memory, provider=provider, tier=LITE, ledger=ledger, tenant="acme",
+            user_id="u-1", session_id="s-keep", spill_dir=tmp_path, timeout_s=5, facts=[],
+            summary=None)
+        for n in range(4):
+            keeper.exchange(f"question {n}", f"answer {n}")
+        await keeper.settled()
+        assert await keeper.close() == 0
+        await provider.aclose()
+
+    assert all(MARKER in r.text for r in seen)
+    assert "User: question 1" in seen[1].text
+    assert "- python_version: The user runs Python 3.11." in seen[1].text  # what it knew
+    facts = await memory.facts("acme", "u-1")
+    assert [(f.key, f.text) for f in facts] == [
+        ("python_version", "The user upgraded to Python 3.12.")]
+    assert await memory.summary("acme", "u-1") == "Asked about pip, then upgraded Python."
+    summary = await ledger.close()
+    assert summary["memory"] == {"recalled": 0, "updates": 3, "failed_updates": 1,
+                                 "cost_usd": summary["total_cost_usd"]}
+    log_text = await asyncio.to_thread(Path(summary["cost_log"]).read_text)
+    events = [json.loads(line) for line in log_text.splitlines()]
+    failed = [e for e in events if e["kind"] == "model_error"]
+    assert len(failed) == 1 and "unusable memory reply" in failed[0]["detail"]["error"]
+    assert failed[0]["detail"]["purpose"] == "memory"
+
+
+async def test_a_failing_memory_model_loses_nothing_else(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    memory = UserMemory(db.pool, OfflineEmbedder())
+    async with ScriptedModelServer([ScriptedReply(status=500)]) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
+        ledger = _ledger(tmp_path, "s-fail")
+        keeper = MemoryKeeper(
+            memory=memory, provider=provider, tier=LITE, ledger=ledger, tenant="acme",
+            user_id="u-1", session_id="s-fail", spill_dir=tmp_path, timeout_s=5, facts=[],
+            summary=None)
+        keeper.exchange("question", "answer")
+        assert await keeper.close() == 0
+        await provider.aclose()
+    summary = await ledger.close()
+    assert summary["memory"]["failed_updates"] == 1 and summary["memory"]["updates"] == 0
+    assert await memory.facts("acme", "u-1") == []
+
+
+async def test_recall_gives_summary_related_facts_and_older_matching_messages(
+    db: Database,
+) -> None:
+    embedder = CountingEmbedder()
+    memory = UserMemory(db.pool, embedder)
+    store = Store(db.pool)
+    for tenant, user in (("acme", "u-1"), ("acme", "u-2"), ("globex", "u-1")):
+        session_id = f"s-{tenant}-{user}"
+        await _session(db, session_id, tenant, user)
+        await store_messages(store, embedder, session_id, tenant, [
+            {"user_id": user, "role": "user",
+             "content": f"How do I rotate the vpn token? ({tenant}/{user}) {n}"}
+            for n in range(2)] + [
+            {"user_id": user, "role": "assistant",
+             "content": f"Printers live on floor 3. ({tenant}/{user})"}])
+        await memory.apply([
+            {"op": "fact", "tenant": tenant, "user_id": user, "key": "vpn",
+             "text": f"The user's vpn client is WireGuard ({tenant}/{user})."},
+            {"op": "fact", "tenant": tenant, "user_id": user, "key": "lunch",
+             "text": f"The user likes noodles ({tenant}/{user})."},
+            {"op": "summary", "tenant": tenant, "user_id": user,
+             "text": f"Talked about vpn tokens ({tenant}/{user})."},
+        ])
+    newest = await store.next_message_id()
+    question = "my vpn token expired again"
+    vector = await embedder.embed_query(question)
+    got = await memory.recall("acme", "u-1", question, vector, before_id=newest, facts=1)
+    assert got.summary == "Talked about vpn tokens (acme/u-1)."
+    assert [f.key for f in got.facts] == ["vpn"]  # the nearest fact first
+    assert len(got.turns) == 2
+    assert all("vpn" in h.text and "(acme/u-1)" in h.text for h in got.turns)
+    assert all(h.source == "user" and h.at is not None for h in got.turns)
+    # messages already in the conversation (ids from before_id on) are not recalled again
+    first_id = min(h.id for h in got.turns)
+    assert (await memory.recall("acme", "u-1", question, vector, before_id=first_id)).turns == []
+
+    recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme",
+                        user_id="nobody", before_id=newest)
+    embedder.queries = 0
+    nothing = await recall(question)
+    assert not nothing.memory and nothing.knowledge == []
+    assert embedder.queries == 0, "nothing to recall: the question is not embedded"
+    recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme",
+                        user_id="u-1", before_id=newest)
+    assert (await recall(question)).memory.summary is not None and embedder.queries == 1
+
+
+async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
+    settings: Settings, db: Database,
+) -> None:
+    costs = settings.costs_dir
+    costs.mkdir(parents=True, exist_ok=True)
+    embedder = OfflineEmbedder()
+    store, memory = Store(db.pool), UserMemory(db.pool, embedder)
+    for session_id in ("s-closed", "s-live", "s-locked"):
+        await _session(db, session_id, "acme", "u-1")
+        (costs / f"{session_id}.messages-spill.jsonl").write_text("".join(
+            json.dumps({"tenant": "acme", "user_id": "u-1", "role": "user",
+                        "content": f"{session_id} {n}"}) + "\n" for n in range(3)
+        ) + '{"tenant": "acme", "cut off by a cra')
+    (costs / "s-closed.memory-spill.jsonl").write_text(json.dumps(
+        {"op": "fact", "tenant": "acme", "user_id": "u-1", "session_id": "s-closed",
+         "key": "shell", "text": "The user uses zsh."}) + "\n")
+    (costs / "s-closed.db-spill.jsonl").write_text(json.dumps(
+        {"session_id": "s-closed", "tenant": "acme", "seq": 1, "ts": 1.7e9, "kind": "turn",
+         "cost_usd": 0.0, "detail": {}}) + "\n")
+    for session_id in ("s-closed", "s-locked"):  # closed: the cost log ends with the summary
+        (costs / f"{session_id}.jsonl").write_text(json.dumps({"kind": "summary"}) + "\n")
+
+    with (costs / "s-locked.messages-spill.jsonl").open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process is importing it
+        report = await recover_spills(costs, store, memory, embedder)
+    assert report.files == 3 and report.rows == 5 and report.unreadable_lines == 1
+    assert sorted(report.left) == [
+        "s-live.messages-spill.jsonl: its session is still open (or ended without closing)",
+        "s-locked.messages-spill.jsonl: another process is importing it"]
+    assert not list(costs.glob("s-closed.*-spill.jsonl"))
+    contents = [r["content"] for r in await db.pool.fetch(
+        "SELECT content FROM messages WHERE session_id = 's-closed' ORDER BY id")]
+    assert contents == ["s-closed 0", "s-closed 1", "s-closed 2"]
+    assert [f.key for f in await memory.facts("acme", "u-1")] == ["shell"]
+    assert await db.pool.fetchval("SELECT count(*) FROM cost_events") == 1
+    again = await recover_spills(costs, store, memory, embedder)
+    assert again.rows == 3 and await db.pool.fetchval(  # the unlocked one now; s-closed gone
+        "SELECT count(*) FROM messages WHERE session_id = 's-closed'") == 3
