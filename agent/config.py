@@ -94,6 +94,13 @@ def _embeddings(raw: str) -> str:
     return value
 
 
+def _reranker(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("off", "cohere"):
+        raise ValueError("must be off or cohere")
+    return value
+
+
 def _on_off(raw: str) -> bool:
     value = raw.strip().lower()
     if value not in ("on", "off"):
@@ -164,6 +171,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("livekit_api_secret", "LIVEKIT_API_SECRET", _text, None, secret=True),
     _Field("gemini_api_key", "GOOGLE_API_KEY", _text, None, secret=True, help="or GEMINI_API_KEY"),
     _Field("anthropic_api_key", "ANTHROPIC_API_KEY", _text, None, secret=True),
+    _Field("cohere_api_key", "COHERE_API_KEY", _text, None, secret=True,
+        help="needed by SIGHTLINE_RERANKER=cohere"),
     _Field(
         "database_url", "DATABASE_URL", _postgres_url, None, secret=True,
         help="unset: embedded Postgres under SIGHTLINE_DATA_DIR",
@@ -198,6 +207,10 @@ _FIELDS: tuple[_Field, ...] = (
         help="highest cascade tier once a budget is used up"),
     _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _embeddings, "auto",
         help="offline | gemini | auto (gemini when GOOGLE_API_KEY is set)"),
+    _Field("reranker", "SIGHTLINE_RERANKER", _reranker, "off",
+        help="off | cohere: rerank the fused knowledge candidates (a billed call per search)"),
+    _Field("rerank_model", "SIGHTLINE_RERANK_MODEL", _text, "rerank-v3.5"),
+    _Field("cohere_base_url", "SIGHTLINE_COHERE_BASE_URL", _http_url, None),
     _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
@@ -214,6 +227,7 @@ class Settings:
     livekit_api_secret: str | None
     gemini_api_key: str | None
     anthropic_api_key: str | None
+    cohere_api_key: str | None
     database_url: str | None
     agent_name: str
     tenant: str
@@ -236,6 +250,9 @@ class Settings:
     tenant_budget_usd: float | None
     budget_max_tier: int
     embeddings: str
+    reranker: str
+    rerank_model: str
+    cohere_base_url: str | None
     memory_updates: bool
     max_sessions: int
 
@@ -283,6 +300,9 @@ class Settings:
                 key_env = "GOOGLE_API_KEY" if tier.provider == "gemini" else "ANTHROPIC_API_KEY"
                 where = f"tier {index} ({tier})" if self.tiers else "the default cascade"
                 raise ConfigError(f"{key_env} is required by {where} (README: Configuration)")
+        if self.reranker == "cohere" and not self.cohere_api_key:
+            raise ConfigError("COHERE_API_KEY is required by SIGHTLINE_RERANKER=cohere "
+                              "(README: Configuration)")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -22,18 +22,21 @@ class ModelPrice:
     cached_input_per_mtok: float
     output_per_mtok: float
     cache_write_per_mtok: float
+    per_search_unit_usd: float  # rerankers bill searches, not tokens
     date: str
     source: str
 
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens of one model call. `input_tokens` excludes the cached and cache-write parts."""
+    """Tokens of one model call (`input_tokens` excludes the cached and cache-write parts), or
+    the search units of a rerank call."""
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
+    search_units: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -41,6 +44,7 @@ class Usage:
             self.cached_input_tokens + other.cached_input_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
+            self.search_units + other.search_units,
         )
 
 
@@ -65,6 +69,7 @@ class PriceTable:
                     cache_write_per_mtok=float(
                         entry.get("cache_write_per_mtok", entry["input_per_mtok"])
                     ),
+                    per_search_unit_usd=float(entry.get("per_search_unit_usd", 0.0)),
                     date=str(entry["date"]),
                     source=str(entry["source"]),
                 )
@@ -109,4 +114,4 @@ class PriceTable:
             + usage.cached_input_tokens * price.cached_input_per_mtok
             + usage.cache_write_tokens * price.cache_write_per_mtok
             + usage.output_tokens * price.output_per_mtok
-        ) / 1_000_000
+        ) / 1_000_000 + usage.search_units * price.per_search_unit_usd

@@ -273,6 +273,7 @@ class ScriptedModelServer:
         """Bind and serve; port 0 picks a free port, readable afterwards via ``base_url``."""
         app = web.Application()
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v2/rerank", self._cohere_rerank)
         app.router.add_post(r"/{version:v1\w*}/{target:.+}", self._gemini)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation: a client that timed out must not leave a sleeping handler,
@@ -441,6 +442,34 @@ class ScriptedModelServer:
                 vector[int.from_bytes(digest[:4], "big") % len(vector)] += 1.0
             embeddings.append({"values": vector})
         return web.json_response({"embeddings": embeddings})
+
+    # -- Cohere rerank ---------------------------------------------------------------
+
+    async def _cohere_rerank(self, request: web.Request) -> web.Response:
+        """`POST /v2/rerank`. The relevance is SCRIPTED, not a model's: the share of the query's
+        words a document contains. A reply function can answer an error status instead."""
+        body = await self._read_json(request) or {}
+        documents = [str(d) for d in body.get("documents") or []]
+        captured = self._capture(request, "cohere", str(body.get("model", "")), False, body,
+                                 [str(body.get("query", "")), *documents], 0)
+        reply = self._next_reply(captured) if callable(self._replies) else ScriptedReply()
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200:
+            return web.json_response({"message": reply.text or "scripted error"},
+                                     status=reply.status)
+        words = set(re.findall(r"[a-z0-9]+", str(body.get("query", "")).lower()))
+        scores = [
+            len(words & set(re.findall(r"[a-z0-9]+", doc.lower()))) / max(1, len(words))
+            for doc in documents
+        ]
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
+        top_n = int(body.get("top_n") or len(documents))
+        return web.json_response({
+            "id": f"rerank-{len(self.requests)}",
+            "results": [{"index": i, "relevance_score": scores[i]} for i in order[:top_n]],
+            "meta": {"billed_units": {"search_units": 1}},
+        })
 
     # -- Anthropic -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from memory.embeddings import Embedder, make_embedder
 from memory.keeper import MemoryKeeper
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
+from memory.rerank import Reranker, make_reranker
 from memory.spill_recovery import RecoveryReport, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -76,6 +77,7 @@ class SessionRuntime:
     embedder: Embedder | None
     keeper: MemoryKeeper | None = None
     spill_recovery: asyncio.Task[RecoveryReport] | None = None
+    reranker: Reranker | None = None
     _asked: str = ""  # the user's latest message, until the answer to it arrives
 
     @classmethod
@@ -108,13 +110,15 @@ class SessionRuntime:
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
         history = await conversation.history(user_id, settings.history_messages)
         providers = [make_provider(settings, tier) for tier in tiers]
-        recall, keeper, recovery = None, None, None
+        recall, keeper, recovery, reranker = None, None, None, None
         if db is not None and store is not None and embedder is not None:
             memory = UserMemory(db.pool, embedder)
             recovery = asyncio.create_task(
                 recover_spills(settings.costs_dir, store, memory, embedder), name="spill-recovery")
-            recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant=tenant,
-                                user_id=user_id, before_id=conversation.recall_before)
+            reranker = make_reranker(settings, record=ledger.model_call)
+            recall = TurnRecall(KnowledgeBase(db.pool, embedder, reranker), memory,
+                                tenant=tenant, user_id=user_id,
+                                before_id=conversation.recall_before)
             if settings.memory_updates:
                 keeper = MemoryKeeper(
                     memory=memory, provider=providers[0], tier=tiers[0], ledger=ledger,
@@ -131,7 +135,7 @@ class SessionRuntime:
         log.info("session %s started (tenant=%s user=%s, %d earlier messages in the "
                  "conversation)", session_id, tenant, user_id, len(history.items))
         return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,
-                   conversation, store, turn_context, embedder, keeper, recovery)
+                   conversation, store, turn_context, embedder, keeper, recovery, reranker)
 
     async def _finish_recovery(self) -> None:
         """Earlier sessions' spill files: give the import a moment, then leave the rest to the
@@ -184,6 +188,8 @@ class SessionRuntime:
         await self._finish_recovery()
         if self.embedder is not None:
             await self.embedder.aclose()
+        if self.reranker is not None:
+            await self.reranker.aclose()
         summary = await self.ledger.close(frames_received=self.screen.frames_received,
                                           knowledge_hits=self.turn_context.knowledge_hits,
                                           memory_recalled=self.turn_context.memory_recalled)

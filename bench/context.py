@@ -51,6 +51,7 @@ import argparse
 import ast
 import asyncio
 import json
+import logging
 import os
 import random
 import re
@@ -60,9 +61,10 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,13 +100,16 @@ TENANT, OTHER, USER = "bench", "bench-other", "bench-user"
 TOP_K = 3  # knowledge hits per turn, as `KnowledgeBase.lookup` gives
 BATCH = 500  # chunks per ingest_chunks call (one document each)
 SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages"}
-QUESTIONS = ("How do I {}?", "Can you explain {}?", "What happens when {}?", "Why does it {}?")
+MAX_PIECE = 140  # words of a run-on sentence per piece, so a chunk stays under 200
+QUESTIONS = ("How do I deal with this: {}?", "Can you explain {}?", "What does it mean that {}?",
+             "Help me understand {}.")
 ASKED = ("How do I use {}?", "What does {} do?", "When should I call {}?", "Is {} what I need?")
 
 
 @dataclass(frozen=True)
 class Doc:
-    name: str  # dotted: module, module.Class, module.function
+    module: str  # dotted, from the file's path
+    name: str  # module, module.Class or module.function
     text: str
 
 
@@ -139,63 +144,85 @@ def docstrings() -> Iterator[Doc]:
                     text = ast.get_docstring(node)
                     if text and text.isascii():
                         name = getattr(node, "name", None)
-                        yield Doc(f"{module}.{name}" if name else module, text)
+                        yield Doc(module, f"{module}.{name}" if name else module, text)
 
 
 def sentences(text: str) -> list[str]:
-    """The text's sentences, whitespace collapsed; a run-on over 200 words is cut into pieces."""
+    """The text's sentences, whitespace collapsed; a run-on one is cut into pieces of at most
+    `MAX_PIECE` words."""
     out = []
     for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
         words = sentence.split()
-        out += [" ".join(words[i:i + 150]) for i in range(0, len(words), 150)]
+        out += [" ".join(words[i:i + MAX_PIECE]) for i in range(0, len(words), MAX_PIECE)]
     return out
+
+
+def is_prose(sentence: str) -> bool:
+    """A sentence of 6-40 words, nearly all plain words (not code, markup or a doctest)."""
+    words = sentence.split()
+    plain = sum(1 for w in words if re.fullmatch(r"[A-Za-z][a-z'-]*[,;.?!]?", w))
+    return 6 <= len(words) <= 40 and plain >= 0.8 * len(words)
+
+
+def chunked(docs: Iterable[Doc], rng: random.Random) -> Iterator[str]:
+    """Chunks of the sentences of each file's docstrings, in order: cut at a random 60-160
+    words, never over 200; a file's leftover under 60 words is dropped."""
+    pending: list[str] = []
+    module, size, target = "", 0, rng.randint(60, 160)
+    for doc in docs:
+        if doc.module != module:
+            if size >= 60:
+                yield " ".join(pending)
+            pending, size, module = [], 0, doc.module
+        for sentence in sentences(doc.text):
+            words = len(sentence.split())
+            if size + words > 200 and size >= 60:
+                yield " ".join(pending)
+                pending, size = [], 0
+            pending.append(sentence)
+            size += words
+            if size >= target:
+                yield " ".join(pending)
+                pending, size, target = [], 0, rng.randint(60, 160)
 
 
 def build_data(chunk_count: int, turns: int, fact_count: int, questions: int,
                rng: random.Random) -> Data:
-    docs, chunks, pending, target = [], [], [], rng.randint(60, 160)
-    for doc in docstrings():
-        docs.append(doc)
-        for sentence in sentences(doc.text):
-            pending.append(sentence)
-            if sum(len(s.split()) for s in pending) >= target:
-                chunks.append((f"chunk-{len(chunks)}", " ".join(pending)))
-                pending, target = [], rng.randint(60, 160)
-        if len(chunks) >= chunk_count:
-            break
-    described = [d for d in docs if "." in d.name and 10 <= len(d.text.split()) <= 150]
-    messages = []
+    docs: list[Doc] = []  # every docstring read on the way to `chunk_count` chunks
+
+    def reading() -> Iterator[Doc]:
+        for doc in docstrings():
+            docs.append(doc)
+            yield doc
+    chunks = [(f"chunk-{i}", text)
+              for i, text in enumerate(islice(chunked(reading(), rng), chunk_count))]
+    public = [d for d in docs if not any(p.startswith("_") for p in d.name.split("."))]
+    described = [d for d in public if "." in d.name and 10 <= len(d.text.split()) <= 150]
+    messages, topics = [], []
     for doc in rng.sample(described, turns // 2):
-        short = ".".join(doc.name.split(".")[-2:])
+        topics.append(".".join(doc.name.split(".")[-2:]))
         messages += [
-            {"user_id": USER, "role": "user", "content": rng.choice(ASKED).format(short)},
+            {"user_id": USER, "role": "user", "content": rng.choice(ASKED).format(topics[-1])},
             {"user_id": USER, "role": "assistant",
              "content": " ".join(sentences(doc.text)[:2])},
         ]
-    modules = list({d.name: d for d in docs if "." not in d.name and sentences(d.text)}.values())
+    modules = list({d.name: d for d in public if d.name == d.module}.values())
     facts = [(f"uses-{d.name}", f"The user's project uses {d.name}: {sentences(d.text)[0]}")
              for d in rng.sample(modules, fact_count)]
     summary = ("In earlier sessions the user asked about "
                + ", ".join(d.name for d in rng.sample(modules, 8))
                + "; they want short answers with one code example, and they test on Linux.")
-    asked = [m["content"] for m in messages if m["role"] == "user"]
+    prose = [s for _, text in chunks for s in sentences(text) if is_prose(s)]
     return Data(chunks, messages, facts, summary,
-                [_question(chunks, asked, i, rng) for i in range(questions)])
+                [_question(prose, topics, i, rng) for i in range(questions)])
 
 
-def _question(chunks: list[tuple[str, str]], asked: list[str], index: int,
-              rng: random.Random) -> str:
-    """A question in words of its own: a chunk's sentence with words dropped, or, one in four,
-    about something the user asked before."""
+def _question(prose: list[str], topics: list[str], index: int, rng: random.Random) -> str:
+    """A question in words of its own: a sentence of the chunks with about a quarter of its
+    words dropped, or, one in four, about something the user asked before."""
     if index % 4 == 3:
-        topic = rng.choice(asked).rstrip("?").split()[-1]
-        return f"What did you tell me earlier about {topic}?"
-    while True:
-        _, text = rng.choice(chunks)
-        candidates = [s for s in sentences(text) if 6 <= len(s.split()) <= 40]
-        if candidates:
-            break
-    words = [w for w in rng.choice(candidates).rstrip(".!?:").split() if rng.random() > 0.25]
+        return f"What did you tell me earlier about {rng.choice(topics)}?"
+    words = [w for w in rng.choice(prose).rstrip(".!?").split() if rng.random() > 0.25]
     return rng.choice(QUESTIONS).format(" ".join(words)[:1].lower() + " ".join(words)[1:])
 
 
@@ -388,6 +415,7 @@ def main() -> None:
                         help="chunks copied to another tenant, which every query must skip")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # wordllama's import logs all INFO
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 
 

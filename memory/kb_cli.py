@@ -15,6 +15,7 @@ from .db import Database
 from .embeddings import make_embedder
 from .kb_eval import format_table, run_eval
 from .knowledge import FUSIONS, KnowledgeBase, KnowledgeError
+from .rerank import make_reranker
 
 EVAL_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "kb_eval"
 
@@ -65,9 +66,10 @@ def _ks(raw: str) -> list[int]:
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     embedder = make_embedder(settings)
+    reranker = make_reranker(settings) if args.kb_command == "search" else None
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
-        kb = KnowledgeBase(db.pool, embedder)
+        kb = KnowledgeBase(db.pool, embedder, reranker)
         if args.kb_command == "eval":
             return await _eval(db.url, args)
         if args.kb_command == "ingest":
@@ -75,6 +77,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         return await _search(kb, args)
     finally:
         await embedder.aclose()
+        if reranker is not None:
+            await reranker.aclose()
         await db.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ import asyncpg
 import numpy as np
 
 from .embeddings import Embedder
+from .rerank import Reranker, RerankError
+
+log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
@@ -122,9 +126,12 @@ def keyword_query(text: str) -> str:
 
 
 class KnowledgeBase:
-    def __init__(self, pool: asyncpg.Pool, embedder: Embedder) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, embedder: Embedder, reranker: Reranker | None = None,
+    ) -> None:
         self._pool = pool
         self.embedder = embedder
+        self.reranker = reranker
         self._indexed = False
 
     async def _ensure_index(self) -> None:
@@ -255,7 +262,15 @@ class KnowledgeBase:
         if not vector_hits:
             await self._check_model(tenant)
         fuse = rrf if fusion == "rrf" else weighted
-        return fuse(vector_hits, keyword_hits)[:k]
+        fused = fuse(vector_hits, keyword_hits)
+        if self.reranker is None or len(fused) < 2:
+            return fused[:k]
+        try:
+            order = await self.reranker.rerank(query, [h.text for h in fused], k)
+        except RerankError as exc:
+            log.warning("rerank failed, keeping the fused order: %s", exc)
+            return fused[:k]
+        return [replace(fused[index], score=round(score, 6)) for index, score in order][:k]
 
     async def has_any(self, tenant: str) -> bool:
         """Whether the tenant has knowledge at all: one index probe, no embedding call."""

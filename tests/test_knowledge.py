@@ -3,7 +3,9 @@
 Protects: Markdown, HTML, PDF and text files are read and chunked; re-ingesting a changed
 document embeds only the chunks that changed; a document deleted from an ingested folder loses
 its chunks; search fuses vector and keyword rankings and never crosses tenants; a change of
-embedding model is detected, not mixed; an unreadable file is reported and the rest ingested.
+embedding model is detected, not mixed; an unreadable file is reported and the rest ingested;
+the optional Cohere reranker (real `cohere` SDK, local wire-format fake) reorders the fused
+candidates, is billed in the ledger per search unit, and its outage keeps the fused order.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from conftest import cli_env, run_cli
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
-from agent.config import Settings
-from agent.scripted_models import ScriptedModelServer
+from agent.config import ConfigError, Settings
+from agent.ledger import CostLedger
+from agent.pricing import PriceTable
+from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
 from memory.embeddings import GeminiEmbedder, OfflineEmbedder
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
+from memory.rerank import make_reranker
 
 ROUTER = """# Resetting the router
 
@@ -213,3 +218,48 @@ async def test_search_filters_on_document_metadata(db: Database, docs: Path) -> 
     pdfs = await kb.search("acme", question, 10, where={"team": "it", "type": "pdf"})
     assert {Path(h.source).name for h in pdfs} == {"holidays.pdf"}
     assert await kb.search("acme", question, 10, where={"team": "sales"}) == []
+
+
+async def test_a_cohere_reranker_reorders_and_its_outage_keeps_the_fused_order(
+    db: Database, docs: Path, settings: Settings, tmp_path: Path,
+) -> None:
+    status = [200]
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        return ScriptedReply(status=status[0], text="scripted outage")
+
+    ledger = CostLedger(session_id="s-rerank", tenant="acme", source="replay",
+                        costs_dir=tmp_path / "costs", prices=PriceTable.load(None), store=None)
+    async with ScriptedModelServer(serve) as server:
+        reranker = make_reranker(settings.with_overrides(
+            reranker="cohere", cohere_api_key="test-key", cohere_base_url=server.base_url,
+            model_retries=0), record=ledger.model_call)
+        assert reranker is not None
+        kb = KnowledgeBase(db.pool, OfflineEmbedder(), reranker)
+        await kb.ingest([docs], "acme")
+        question = "which port does the office vpn use"
+        fused = await KnowledgeBase(db.pool, kb.embedder).search("acme", question, k=3)
+        reranked = await kb.search("acme", question, k=3)
+        status[0] = 503
+        fallback = await kb.search("acme", question, k=3)
+        await reranker.aclose()
+    sent = [r for r in server.requests if r.provider == "cohere"]
+    assert len(sent) == 2 and sent[0].body["model"] == "rerank-v3.5"
+    assert sent[0].body["query"] == question and sent[0].body["top_n"] == 3
+    assert sent[0].headers["authorization"] == "***"
+    # the scripted relevance (share of the query's words) puts the VPN note first
+    assert reranked[0].source.endswith("vpn.txt") and reranked[0].score == pytest.approx(
+        max(h.score for h in reranked))
+    assert {h.id for h in reranked} <= {h.id for h in await KnowledgeBase(
+        db.pool, kb.embedder).search("acme", question, k=20)}
+    assert [h.id for h in fallback] == [h.id for h in fused]
+    summary = await ledger.close()
+    rerank_cost = summary["by_model"]["rerank-v3.5"]
+    assert rerank_cost["calls"] == 2 and rerank_cost["errors"] == 1
+    assert summary["total_cost_usd"] == pytest.approx(0.002)  # one billed search unit
+
+
+def test_the_reranker_needs_its_key(settings: Settings) -> None:
+    assert make_reranker(settings) is None  # off by default
+    with pytest.raises(ConfigError, match="COHERE_API_KEY"):
+        make_reranker(settings.with_overrides(reranker="cohere"))

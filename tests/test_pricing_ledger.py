@@ -46,7 +46,10 @@ def test_bundled_table_has_date_and_source_for_every_model() -> None:
         assert price is not None
         assert len(price.date) == 10 and price.date[4] == "-" and price.date[7] == "-"
         assert price.source.startswith("https://")
-        assert price.input_per_mtok > 0 and price.output_per_mtok > 0
+        if entry.get("per_search_unit_usd") is not None:  # a reranker: billed per search
+            assert price.per_search_unit_usd > 0 and price.input_per_mtok == 0
+        else:
+            assert price.input_per_mtok > 0 and price.output_per_mtok > 0
 
 
 def test_bundled_table_prices_the_default_models() -> None:
