@@ -3,41 +3,44 @@ against LlamaIndex's stock components, on the same data in the same run.
 
 Data (deterministic, seeded): docstrings parsed (never imported) from the standard library's
 source, then from the installed packages' source, file by file in sorted order, cut at sentence
-ends into chunks of 60-200 words until there are `--chunks` of them; `--turns` earlier messages
-of one user (half questions such as "How do I use json.dumps?", half answers made of the first
-sentences of that docstring); `--facts` facts about the user (one per module it "uses") and one
-summary. Another tenant holds copies of `--other-chunks` of the chunks and some of the user's
-messages, so every tenant filter has rows to skip. Questions are sentences of random chunks with
-about a quarter of their words dropped, framed as "How do I ...?", plus one in four about an
-earlier message ("What did you tell me earlier about X?").
+ends into chunks of 60-200 words (within one file) until there are `--chunks` of them;
+`--turns` earlier messages of one user, counted as messages: half questions ("How do I use
+json.dumps?"), half answers (the first two sentences of that docstring); `--facts` facts (one
+per module the user "uses") and one summary. Another tenant holds copies of `--other-chunks`
+of the chunks, a fifth of the messages and five facts of the same user id, so every tenant
+filter has rows to skip. Questions: three in four are a prose sentence of the chunks with about
+a quarter of its words dropped, in a frame ("Can you explain ...?"); one in four asks about an
+earlier message ("What did you tell me earlier about json.dumps?").
 
 - ours: `TurnRecall` (memory/recall.py) on an embedded Postgres (or a scratch database on
-  `DATABASE_URL`, dropped afterwards), loaded through `KnowledgeBase.ingest_chunks`,
-  `UserMemory.apply` and `store_messages`, then ANALYZEd. A turn is `await recall(question)`:
-  two existence probes, one query embedding, then the knowledge lookup (HNSW vector + full-text,
-  RRF, top 3 sharing a word) and the memory recall (summary, the 8 facts nearest the question,
-  3 earlier messages fused vector + keyword) at once on two pooled connections; plus the
-  formatting `TurnContext` does with the result (`memory_part`, `knowledge_part`).
+  `DATABASE_URL`, dropped afterwards), loaded through `KnowledgeBase.ingest_chunks` (which
+  creates the HNSW index first), `store_messages` and `UserMemory.apply`, then ANALYZEd. A turn
+  is `await recall(question)`: two existence probes, one query embedding, then the knowledge
+  lookup (HNSW vector + full-text ranking, RRF, the top 3 that share a word; no reranker, as
+  without a Cohere key: one would add a network round trip) and the memory recall (summary,
+  the 8 facts nearest the question, 3 earlier messages fused vector + keyword) at once on two
+  pooled connections; then the text `TurnContext` makes of it (`memory_part`,
+  `knowledge_part`).
 - reference: `QueryFusionRetriever` (a `VectorStoreIndex` retriever with the same embeddings and
-  a `BM25Retriever`, reciprocal rerank, top 3, `MockLLM`, one query: memory/kb_eval.py) over the
-  tenant's chunks only, and `llama_index.core.memory.Memory` with a `StaticMemoryBlock` (the
+  a `BM25Retriever`, reciprocal rerank, top 3, `MockLLM`, one query: memory/kb_eval.py) over
+  this tenant's chunks, and `llama_index.core.memory.Memory` with a `StaticMemoryBlock` (the
   summary), a `FactExtractionMemoryBlock` whose facts are pre-set (reading them calls no LLM)
   and a `VectorMemoryBlock` (top 3) holding the earlier messages. A turn is
   `retriever.aretrieve(question)` and `memory.aget(input=question)`, gathered; `aget` reads the
-  (empty) short-term queue from its SQLite chat store, queries the vector block with the
-  question, counts tokens and renders the blocks into a system message.
+  (empty) short-term queue from its default SQLite chat store, queries the vector block with
+  the question, counts tokens and renders the blocks into a system message.
 
 Where the work differs: the reference keeps everything in process memory (no database round
-trips, but brute-force vector scans in Python); it embeds the question twice (retriever and
-vector block), returns all facts rather than the nearest 8, and does not require a retrieved
-message or chunk to share a word with the question. The messages are put into the vector block
-one per node (`aput` per message, like our one row per message); letting `Memory` flush them
-from its short-term queue would store one node per flushed batch instead. The SQLite store is
-`Memory`'s default. SimpleVectorStore keeps no text, which `VectorMemoryBlock` needs, so the
-block gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
+trips; brute-force vector scans in Python), and scopes by tenant by having one index per
+tenant; it embeds the question twice (retriever and vector block), returns all facts rather
+than the nearest 8, and keeps a retrieved message or chunk that shares no word with the
+question. The messages go into the vector block one node each (`aput` per message, as ours are
+one row each); letting `Memory` flush them from its short-term queue would make one node per
+flushed batch. SimpleVectorStore returns no text, which `VectorMemoryBlock` needs, so the block
+gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
 
 Loading is not timed. After `--warmup` questions through both, each question is timed through
-both, alternating which goes first so both share the machine's noise.
+both, the order alternating so that both share the machine's noise.
 
     .venv/bin/python bench/context.py [--queries 200] [--chunks 10000] [--turns 1000]
 
@@ -103,6 +106,7 @@ SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packa
 MAX_PIECE = 140  # words of a run-on sentence per piece, so a chunk stays under 200
 QUESTIONS = ("How do I deal with this: {}?", "Can you explain {}?", "What does it mean that {}?",
              "Help me understand {}.")
+Turn = Callable[[str], Awaitable[Any]]  # one question's context assembly
 ASKED = ("How do I use {}?", "What does {} do?", "When should I call {}?", "Is {} what I need?")
 
 
@@ -138,13 +142,22 @@ def docstrings() -> Iterator[Doc]:
             except (SyntaxError, ValueError):
                 continue
             module = ".".join(parts).removesuffix(".py").removesuffix(".__init__")
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
-                              | ast.AsyncFunctionDef):
-                    text = ast.get_docstring(node)
-                    if text and text.isascii():
-                        name = getattr(node, "name", None)
-                        yield Doc(module, f"{module}.{name}" if name else module, text)
+            for node in definitions(tree):
+                text = ast.get_docstring(node)
+                if text and text.isascii():
+                    name = getattr(node, "name", None)
+                    yield Doc(module, f"{module}.{name}" if name else module, text)
+
+
+def definitions(
+    node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef,
+) -> Iterator[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The node and the classes and functions defined directly in its body, recursively, in
+    source order (`ast.walk` would visit every expression too: three times slower)."""
+    yield node
+    for child in node.body:
+        if isinstance(child, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            yield from definitions(child)
 
 
 def sentences(text: str) -> list[str]:
@@ -294,16 +307,15 @@ async def load_ours(db: Database, embedder: OfflineEmbedder, data: Data,
                       before_id=await store.next_message_id())
 
 
-async def load_reference(
-    embedder: OfflineEmbedder, data: Data,
-) -> Callable[[str], Awaitable[tuple[list[str], list[ChatMessage]]]]:
+async def load_reference(embedder: OfflineEmbedder, data: Data) -> Turn:
     retrieve = llamaindex_fusion([{"id": key, "text": text, "tenant": TENANT}
                                   for key, text in data.chunks], embedder, TOP_K)
     messages = VectorMemoryBlock(
         name="earlier_messages", vector_store=TextSimpleVectorStore(),
         embed_model=llamaindex_embedding(embedder), similarity_top_k=TURNS_PER_TURN, priority=2)
     memory = Memory.from_defaults(
-        session_id=f"{TENANT}-session", token_limit=30000, memory_blocks=[
+        session_id=f"{TENANT}-session", token_limit=30000,  # nothing gets truncated
+        memory_blocks=[
             StaticMemoryBlock(name="summary", static_content=data.summary, priority=0),
             FactExtractionMemoryBlock(name="facts", llm=MockLLM(),
                                       facts=[text for _, text in data.facts], priority=1),
@@ -318,6 +330,24 @@ async def load_reference(
                                             memory.aget(input=question))
         return ids, context
     return turn
+
+
+async def measure(
+    systems: dict[str, Turn], questions: list[str], warmup: int,
+) -> dict[str, tuple[list[float], list[Any]]]:
+    """Per system, ms and result per question: each question through every system in turn,
+    the order reversed on every other question; the first `warmup` questions are not kept."""
+    for question in questions[:warmup]:
+        for turn in systems.values():
+            await turn(question)
+    measured: dict[str, tuple[list[float], list[Any]]] = {name: ([], []) for name in systems}
+    for index, question in enumerate(questions[warmup:]):
+        for name in list(systems)[::1 if index % 2 == 0 else -1]:
+            began = time.perf_counter()
+            result = await systems[name](question)
+            measured[name][0].append((time.perf_counter() - began) * 1000)
+            measured[name][1].append(result)
+    return measured
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:
@@ -348,23 +378,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     *([memory_part(recalled.memory)] if recalled.memory else []),
                     *([knowledge_part(recalled.knowledge)] if recalled.knowledge else [])])
 
-            for question in data.questions[:args.warmup]:
-                await ours(question)
-                await reference(question)
-            our_ms, reference_ms = [], []
-            our_results, reference_results = [], []
-            for index, question in enumerate(data.questions[args.warmup:]):
-                for system in ((ours, reference) if index % 2 == 0 else (reference, ours)):
-                    began = time.perf_counter()
-                    result = await system(question)
-                    elapsed = (time.perf_counter() - began) * 1000
-                    if system is ours:
-                        our_ms.append(elapsed)
-                        our_results.append(result)
-                    else:
-                        reference_ms.append(elapsed)
-                        reference_results.append(result)
-    recalled = [r for r, _ in our_results]
+            measured = await measure({"ours": ours, "llamaindex": reference}, data.questions,
+                                     args.warmup)
+    return report(measured, data, args, embedder.name)
+
+
+def report(measured: dict[str, tuple[list[float], list[Any]]], data: Data,
+           args: argparse.Namespace, embeddings: str) -> dict[str, Any]:
+    """Print the table; raise if ours found next to nothing (an empty lookup is fast and
+    worthless); return the summary."""
+    ours: list[tuple[Recalled, str]] = measured["ours"][1]
+    theirs: list[tuple[list[str], list[ChatMessage]]] = measured["llamaindex"][1]
+    recalled = [r for r, _ in ours]
     with_knowledge = sum(1 for r in recalled if r.knowledge)
     if with_knowledge < len(recalled) / 2 or not any(r.memory.turns for r in recalled):
         raise RuntimeError(
@@ -372,36 +397,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{sum(len(r.memory.turns) for r in recalled)} earlier messages: an empty lookup "
             "is not worth timing")
     texts = dict(data.chunks)
-    reference_text = ["".join(b.text for m in context if m.role == "system" for b in m.blocks
-                              if isinstance(b, TextBlock)) for _, context in reference_results]
-    rows = {
-        "ours": (percentiles(our_ms), [
-            np.mean([len(r.knowledge) for r in recalled]),
-            np.mean([len(r.memory.facts) for r in recalled]),
-            np.mean([len(r.memory.turns) for r in recalled]),
-            np.mean([len(text) for _, text in our_results])]),
-        "llamaindex": (percentiles(reference_ms), [
-            np.mean([len(ids) for ids, _ in reference_results]),
-            np.mean([t.count("<fact>") for t in reference_text]),
-            np.mean([t.count("<message role=") for t in reference_text]),
-            np.mean([len(t) + sum(len(texts[i]) for i in ids)
-                     for t, (ids, _) in zip(reference_text, reference_results, strict=True)])]),
+    rendered = ["".join(b.text for m in context if m.role == "system" for b in m.blocks
+                        if isinstance(b, TextBlock)) for _, context in theirs]
+    counts = {
+        "ours": [[len(r.knowledge) for r in recalled], [len(r.memory.facts) for r in recalled],
+                 [len(r.memory.turns) for r in recalled], [len(text) for _, text in ours]],
+        "llamaindex": [[len(ids) for ids, _ in theirs], [t.count("<fact>") for t in rendered],
+                       [t.count("<message role=") for t in rendered],
+                       [len(t) + sum(len(texts[i]) for i in ids)
+                        for t, (ids, _) in zip(rendered, theirs, strict=True)]],
     }
     print(f"{args.queries} questions; {len(data.chunks)} chunks (+{args.other_chunks} of another "
           f"tenant), {len(data.messages)} earlier messages, {len(data.facts)} facts, a summary; "
-          f"embeddings: {embedder.name}")
+          f"embeddings: {embeddings}")
     print(f"{'system':<12}{'p50_ms':>9}{'p95_ms':>9}{'chunks':>9}{'facts':>8}{'messages':>10}"
           f"{'chars':>8}   (means per turn)")
-    for name, ((p50, p95), (hits, facts, turns, chars)) in rows.items():
-        print(f"{name:<12}{p50:>9.2f}{p95:>9.2f}{hits:>9.2f}{facts:>8.2f}{turns:>10.2f}"
-              f"{chars:>8.0f}")
-    (p50, p95), (reference_p50, reference_p95) = rows["ours"][0], rows["llamaindex"][0]
-    print(f"reference p95 / ours p95 = {reference_p95 / p95:.2f}x (chars: of context for the "
-          "model; ours as formatted, the reference's memory as rendered plus its chunks' text)")
-    return {"p95_ms": p95, "reference_p95_ms": reference_p95,
-            "ratio": round(reference_p95 / p95, 2), "p50_ms": p50,
-            "reference_p50_ms": reference_p50, "chunks": len(data.chunks),
-            "turns": len(data.messages), "facts": len(data.facts), "queries": args.queries}
+    p50s, p95s = {}, {}
+    for name, (ms, _) in measured.items():
+        p50s[name], p95s[name] = percentiles(ms)
+        hits, facts, turns, chars = (float(np.mean(c)) for c in counts[name])
+        print(f"{name:<12}{p50s[name]:>9.2f}{p95s[name]:>9.2f}{hits:>9.2f}{facts:>8.2f}"
+              f"{turns:>10.2f}{chars:>8.0f}")
+    ratio = round(p95s["llamaindex"] / p95s["ours"], 2)
+    print(f"reference p95 / ours p95 = {ratio:.2f}x (chars: of context for the model; ours as "
+          "formatted, the reference's memory as rendered plus its chunks' text)")
+    return {"p95_ms": p95s["ours"], "reference_p95_ms": p95s["llamaindex"], "ratio": ratio,
+            "p50_ms": p50s["ours"], "reference_p50_ms": p50s["llamaindex"],
+            "chunks": len(data.chunks), "turns": len(data.messages), "facts": len(data.facts),
+            "queries": args.queries}
 
 
 def main() -> None:
