@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,9 @@ SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
 CHUNK_OVERLAP = 32
 RRF_K = 60
+COMMON_LEXEME_SHARE = 0.05  # a lexeme in more chunks than this is left out of keyword queries
+MAX_QUERY_LEXEMES = 6  # the rarest ones: each adds chunks Postgres must score
+COMMON_LEXEMES_TTL_S = 600.0  # how long the table's lexeme statistics are reused
 FUSIONS = ("rrf", "weighted")
 
 
@@ -133,6 +137,8 @@ class KnowledgeBase:
         self.embedder = embedder
         self.reranker = reranker
         self._indexed = False
+        self._shares: dict[str, float] = {}  # lexeme -> share of chunks, from pg_stats
+        self._common_at = -COMMON_LEXEMES_TTL_S
 
     async def _ensure_index(self) -> None:
         """One HNSW index per embedder, over vectors of its dimension."""
@@ -286,6 +292,26 @@ class KnowledgeBase:
         hits = await self.search(tenant, question, k, vector=vector)
         return [h for h in hits if h.keyword_rank is not None]
 
+    async def _keyword_tsquery(self, conn: asyncpg.Connection, query: str) -> str:
+        """The query's rarest lexemes (English stemming, stopwords out), OR-ed, leaving out the
+        ones in more than 5% of all chunks while rarer ones remain: a word that common ranks
+        little and makes Postgres score much of the table on every turn (an IDF cut, from the
+        column's statistics)."""
+        lexemes = await conn.fetchval(
+            "SELECT tsvector_to_array(to_tsvector('english', $1))", query) or []
+        if time.monotonic() - self._common_at > COMMON_LEXEMES_TTL_S:
+            row = await conn.fetchrow(
+                "SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS"
+                " freqs FROM pg_stats WHERE tablename = 'kb_chunks' AND attname = 'tsv'")
+            self._shares = dict(zip(row["elems"], row["freqs"], strict=False)
+                                ) if row and row["elems"] else {}
+            self._common_at = time.monotonic()
+        # rarest first (a lexeme missing from the statistics is rarer than any in them)
+        ranked = sorted(lexemes, key=lambda lx: self._shares.get(lx, 0.0))
+        rare = [lx for lx in ranked if self._shares.get(lx, 0.0) <= COMMON_LEXEME_SHARE]
+        return " | ".join("'" + lx.replace("\\", "\\\\").replace("'", "''") + "'"
+                          for lx in (rare or ranked[:1])[:MAX_QUERY_LEXEMES])
+
     async def rankings(
         self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
         query_vector: np.ndarray | None = None,
@@ -293,28 +319,37 @@ class KnowledgeBase:
         """The vector ranking and the keyword ranking, each up to `limit` long (`query_vector`:
         the query already embedded by this knowledge base's embedder)."""
         await self._ensure_index()
-        containing = json.dumps(where or {})
         dim = int(self.embedder.dim)
         if query_vector is None:
             query_vector = await self.embedder.embed_query(query)
-        vector = vector_literal(query_vector)
+        # the model is inlined, not a parameter: the HNSW index is partial, one per model, and
+        # a cached generic plan could not prove it applies (it would scan every vector)
+        model = self.embedder.name.replace("'", "''")
+        args: list[Any] = [tenant, vector_literal(query_vector), limit]
+        documents = ""
+        if where:
+            args.append(json.dumps(where))
+            documents = (" AND c.document_id IN (SELECT id FROM kb_documents WHERE tenant = $1"
+                         " AND metadata @> $4::jsonb)")
         async with self._pool.acquire() as conn:
             vector_rows = await conn.fetch(
-                f"SELECT c.id, c.text, d.source, c.chunk_key,"
+                f"SELECT c.id, c.text, d.source, c.chunk_key, c.score FROM ("
+                f" SELECT c.id, c.document_id, c.text, c.chunk_key,"
+                f" c.embedding::vector({dim}) <=> $2::vector({dim}) AS distance,"
                 f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
-                f" FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id"
-                f" WHERE c.tenant = $1 AND c.embed_model = $3 AND d.metadata @> $5::jsonb"
-                f" ORDER BY c.embedding::vector({dim}) <=> $2::vector({dim}) LIMIT $4",
-                tenant, vector, self.embedder.name, limit, containing,
+                f" FROM kb_chunks c WHERE c.tenant = $1 AND c.embed_model = '{model}'"
+                f"{documents} ORDER BY distance LIMIT $3) c"
+                f" JOIN kb_documents d ON d.id = c.document_id ORDER BY c.distance",
+                *args,
             )
-            words = keyword_query(query)
+            words = await self._keyword_tsquery(conn, query)
             keyword_rows = await conn.fetch(
-                "SELECT c.id, c.text, d.source, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
-                " FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id,"
-                " to_tsquery('english', $2) q"
-                " WHERE c.tenant = $1 AND c.tsv @@ q AND d.metadata @> $4::jsonb"
-                " ORDER BY score DESC, c.id LIMIT $3",
-                tenant, words, limit, containing,
+                "SELECT c.id, c.text, d.source, c.chunk_key, c.score FROM ("
+                " SELECT c.id, c.document_id, c.text, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
+                " FROM kb_chunks c, to_tsquery('simple', $2) q WHERE c.tenant = $1 AND"
+                f" c.tsv @@ q{documents} ORDER BY score DESC, c.id LIMIT $3) c"
+                " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
+                tenant, words, limit, *args[3:],
             ) if words else []
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"])
