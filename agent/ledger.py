@@ -22,6 +22,7 @@ from .budget import BudgetGuard
 from .pricing import PriceTable, Usage
 
 log = logging.getLogger("sightline.costs")
+SPILL_SUFFIX = ".db-spill.jsonl"  # cost events the database did not take before the close
 
 
 class CostLedger:
@@ -47,7 +48,7 @@ class CostLedger:
         self._store = store
         self._writer = (
             BackgroundWriter(
-                "cost_events", store.add_cost_events, costs_dir / f"{session_id}.db-spill.jsonl"
+                "cost_events", store.add_cost_events, costs_dir / f"{session_id}{SPILL_SUFFIX}"
             )
             if store is not None
             else None

@@ -122,7 +122,6 @@ class MemoryKeeper:
                                         spill_dir / f"{session_id}{SPILL_SUFFIX}")
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
-        self.updates = 0
 
     def exchange(self, user: str, assistant: str) -> None:
         """Queue one exchange for the memory model; returns at once."""
@@ -196,7 +195,6 @@ class MemoryKeeper:
             ops.append({"op": "summary", "text": update.summary})
         for op in ops:
             self._writer.put({**op, **self._who})
-        self.updates += bool(ops)
         return {"facts_written": sum(o["op"] == "fact" for o in ops),
                 "facts_forgotten": sum(o["op"] == "forget" for o in ops),
                 "summary_written": int(any(o["op"] == "summary" for o in ops))}

@@ -138,7 +138,7 @@ class KnowledgeBase:
         self.reranker = reranker
         self._indexed = False
         self._shares: dict[str, float] = {}  # lexeme -> share of chunks, from pg_stats
-        self._common_at = -COMMON_LEXEMES_TTL_S
+        self._shares_at = -COMMON_LEXEMES_TTL_S
 
     async def _ensure_index(self) -> None:
         """One HNSW index per embedder, over vectors of its dimension."""
@@ -299,13 +299,13 @@ class KnowledgeBase:
         column's statistics)."""
         lexemes = await conn.fetchval(
             "SELECT tsvector_to_array(to_tsvector('english', $1))", query) or []
-        if time.monotonic() - self._common_at > COMMON_LEXEMES_TTL_S:
+        if time.monotonic() - self._shares_at > COMMON_LEXEMES_TTL_S:
             row = await conn.fetchrow(
                 "SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS"
                 " freqs FROM pg_stats WHERE tablename = 'kb_chunks' AND attname = 'tsv'")
             self._shares = dict(zip(row["elems"], row["freqs"], strict=False)
                                 ) if row and row["elems"] else {}
-            self._common_at = time.monotonic()
+            self._shares_at = time.monotonic()
         # rarest first (a lexeme missing from the statistics is rarer than any in them)
         ranked = sorted(lexemes, key=lambda lx: self._shares.get(lx, 0.0))
         rare = [lx for lx in ranked if self._shares.get(lx, 0.0) <= COMMON_LEXEME_SHARE]

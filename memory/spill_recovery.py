@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.ledger import SPILL_SUFFIX as COST_SUFFIX
+
 from .conversation import SPILL_SUFFIX as MESSAGES_SUFFIX
 from .conversation import store_messages
 from .embeddings import Embedder
@@ -31,7 +33,6 @@ from .writer import Row
 
 log = logging.getLogger("sightline.db")
 
-COST_SUFFIX = ".db-spill.jsonl"
 BATCH = 200
 
 

@@ -14,13 +14,32 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 import pytest
 
 from agent.config import Settings
 from memory.db import Database, start_embedded
+from memory.embeddings import OfflineEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
+
+
+class CountingEmbedder(OfflineEmbedder):
+    """The offline embedder, counting the documents and queries it embeds."""
+
+    def __init__(self, dim: int = 256) -> None:
+        super().__init__(dim)
+        self.embedded: list[str] = []
+        self.queries: list[str] = []
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
+        return await super().embed_documents(texts)
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        self.queries.append(text)
+        return await super().embed_query(text)
 SIGHTLINE = Path(sys.executable).with_name("sightline")
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import cli_env, run_cli
+from conftest import CountingEmbedder, cli_env, run_cli
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -40,23 +39,6 @@ Firmware updates are installed from the System page. Never unplug the router dur
 
 BAKING = """<html><body><h1>Sourdough</h1><p>Feed the starter with equal weights of flour and
 water. Bake the loaf at 240 degrees for forty minutes with steam.</p></body></html>"""
-
-
-class CountingEmbedder(OfflineEmbedder):
-    """The offline embedder, counting the documents it embeds."""
-
-    def __init__(self, dim: int = 256) -> None:
-        super().__init__(dim)
-        self.embedded: list[str] = []
-        self.queries: list[str] = []
-
-    async def embed_documents(self, texts: list[str]) -> np.ndarray:
-        self.embedded += texts
-        return await super().embed_documents(texts)
-
-    async def embed_query(self, text: str) -> np.ndarray:
-        self.queries.append(text)
-        return await super().embed_query(text)
 
 
 def write_pdf(path: Path, text: str) -> None:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import CountingEmbedder
 
 from agent.config import Settings, Tier
 from agent.ledger import CostLedger
@@ -33,16 +34,6 @@ from memory.store import Store
 from memory.user_memory import UserMemory
 
 LITE = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
-
-
-class CountingEmbedder(OfflineEmbedder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.queries = 0
-
-    async def embed_query(self, text: str):  # type: ignore[no-untyped-def]
-        self.queries += 1
-        return await super().embed_query(text)
 
 
 def update(facts: list[tuple[str, str]] = (), forget: list[str] = (),  # type: ignore[assignment]
@@ -182,13 +173,13 @@ async def test_recall_gives_summary_related_facts_and_older_matching_messages(
 
     recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme",
                         user_id="nobody", before_id=newest)
-    embedder.queries = 0
+    embedder.queries.clear()
     nothing = await recall(question)
     assert not nothing.memory and nothing.knowledge == []
-    assert embedder.queries == 0, "nothing to recall: the question is not embedded"
+    assert embedder.queries == [], "nothing to recall: the question is not embedded"
     recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme",
                         user_id="u-1", before_id=newest)
-    assert (await recall(question)).memory.summary is not None and embedder.queries == 1
+    assert (await recall(question)).memory.summary is not None and len(embedder.queries) == 1
 
 
 async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
