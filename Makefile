@@ -6,9 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 LIVEKIT_SERVER_VERSION := v1.13.5
 LIVEKIT_SERVER := $(HOME)/.cache/sightline/bin/livekit-server
+# uv installs the locked environment (uv.lock); it is itself installed, pinned, from PyPI
+UV_VERSION := 0.13.8
+UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install livekit-server lint bench clean
+.PHONY: demo test install runtime livekit-server lint bench clean
 
 demo: $(STAMP)
 	$(BIN)/sightline replay fixtures/demo
@@ -19,13 +22,23 @@ test: $(STAMP) $(LIVEKIT_SERVER)
 
 install: $(STAMP)
 
-# Every Python dependency, pinned in requirements.lock (generated from pyproject.toml's pins).
-$(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+$(UV):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "Sightline needs Python 3.11 as '$(PYTHON)' (found: $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; \
+	  exit 1; }
+	$(PYTHON) -m venv $(dir $(UV))..
+	$(dir $(UV))python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Everything for development: the runtime, the eval extra and the dev group, exactly as locked.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --python $(PYTHON) --quiet
 	touch $@
+
+# The runtime set alone (what the worker image installs), in $(RUNTIME_VENV): to measure it.
+RUNTIME_VENV ?= build/runtime-venv
+runtime: | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(RUNTIME_VENV) UV_PYTHON_DOWNLOADS=never \
+	  $(UV) sync --locked --no-dev --no-editable --python $(PYTHON) --quiet
 
 # The LiveKit server the end-to-end tests run, built from source with Go and cached per user.
 livekit-server: $(LIVEKIT_SERVER)
@@ -35,8 +48,17 @@ $(LIVEKIT_SERVER):
 	GOBIN=$(dir $@) GOFLAGS=-mod=mod go install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_SERVER_VERSION)
 	mv $(dir $@)server $@
 
+# Every benchmark in turn; each prints its figures against its reference and ends with one JSON
+# line (README: Measured). About 5 minutes.
+bench: $(STAMP) $(LIVEKIT_SERVER) runtime
+	$(BIN)/python -m bench.vision
+	$(BIN)/python -m bench.cascade
+	$(BIN)/python -m bench.replay --runs 3
+	$(BIN)/python -m bench.context
+	$(BIN)/python -m bench.footprint --runtime-venv $(RUNTIME_VENV)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info

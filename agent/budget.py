@@ -1,9 +1,11 @@
 """Budget guard: per-session and per-tenant spending limits in US dollars.
 
-Crossing 70%, 90% and 100% of a budget writes a `budget` event to the cost log (and a log line),
-once per threshold. At 100% the cascade stops climbing above `SIGHTLINE_BUDGET_MAX_TIER`: answers
-still come, from the cheaper tiers. A tenant's budget covers its spend since the start of the
-current UTC day, across sessions: what Postgres had when the session opened plus this session.
+The guard watches the session's event log: each priced model call adds to the session's spend,
+and crossing 70%, 90% and 100% of a budget records a `budget` event (and a log line), once per
+threshold. At 100% the cascade, which asks the guard directly, stops climbing above
+`SIGHTLINE_BUDGET_MAX_TIER`: answers still come, from the cheaper tiers. A tenant's budget covers
+its spend since the start of the current UTC day, across sessions: what Postgres had when the
+session opened plus this session.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from .event_log import Event, EventLog
+from .metering import MODEL_KINDS
 
 log = logging.getLogger("sightline.budget")
 
@@ -25,6 +30,19 @@ class BudgetGuard:
     tenant_spent_before_usd: float = 0.0
     _crossed: set[tuple[str, float]] = field(default_factory=set)
     exhausted: list[str] = field(default_factory=list)
+    session_spent_usd: float = 0.0
+
+    def watch(self, events: EventLog) -> None:
+        """Count every priced model call of the session, and record each threshold crossed
+        (a tenant may start the session over its budget already)."""
+        def on_event(event: Event) -> None:
+            if event["kind"] in MODEL_KINDS and event["cost_usd"]:
+                for crossed in self.spend(event["cost_usd"]):
+                    events.record("budget", detail=crossed)
+
+        for crossed in self.spend(0.0):
+            events.record("budget", detail=crossed)
+        events.subscribe(on_event)
 
     def _limits(self, session_spent: float) -> list[tuple[str, float, float]]:
         limits = []
@@ -36,10 +54,12 @@ class BudgetGuard:
             )
         return limits
 
-    def observe(self, session_spent: float) -> list[dict[str, Any]]:
-        """The thresholds newly crossed by this spend, as event details (each reported once)."""
+    def spend(self, cost_usd: float) -> list[dict[str, Any]]:
+        """Add a cost to the session's spend; the thresholds it newly crossed, as event details
+        (each reported once)."""
+        self.session_spent_usd += cost_usd
         events = []
-        for scope, spent, budget in self._limits(session_spent):
+        for scope, spent, budget in self._limits(self.session_spent_usd):
             for threshold in THRESHOLDS:
                 if spent >= threshold * budget and (scope, threshold) not in self._crossed:
                     self._crossed.add((scope, threshold))
@@ -57,11 +77,11 @@ class BudgetGuard:
         """The highest tier allowed now, or None while every budget has room."""
         return self.max_tier_over_budget if self.exhausted else None
 
-    def summary(self, session_spent: float) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {
             "session_budget_usd": self.session_budget_usd,
             "tenant_budget_usd": self.tenant_budget_usd,
-            "tenant_spent_usd": round(self.tenant_spent_before_usd + session_spent, 8),
+            "tenant_spent_usd": round(self.tenant_spent_before_usd + self.session_spent_usd, 8),
             "thresholds_crossed": sorted(f"{s}:{int(t * 100)}%" for s, t in self._crossed),
             "escalation_capped_at_tier": self.tier_cap(),
         }

@@ -7,10 +7,11 @@ header counts as low confidence. The last tier's answer is always used.
 
 Across turns, `EscalationPolicy` starts one tier higher when the user repeats or rephrases the
 question or says the answer did not help, and back at tier 0 when the topic changes or the user
-says it worked. Every turn is recorded in the ledger: tiers tried, confidences, the tier that
-answered and why it started where it did. Provider failures (429, 5xx, timeouts, a broken stream)
-fall through to the next tier after the SDK's bounded retries; if every tier fails the user hears
-one plain sentence and the session goes on.
+says it worked. Every turn is recorded in the session's event log (through the `CostMeter`, which
+prices it): tiers tried, confidences, the tier that answered and why it started where it did.
+Provider failures (429, 5xx, timeouts, a broken stream) fall through to the next tier after the
+SDK's bounded retries; if every tier fails the user hears one plain sentence and the session goes
+on.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
+from .budget import BudgetGuard
 from .config import Tier
 from .images import ImageBill, ImageEncoder
-from .ledger import CostLedger
+from .metering import CostMeter
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -184,20 +186,25 @@ class CascadeLLM(llm.LLM):
         self,
         tiers: list[Tier],
         providers: list[ChatProvider],
-        ledger: CostLedger,
+        meter: CostMeter,
         turn_deadline_s: float,
         images: ImageEncoder,
+        budget: BudgetGuard | None = None,
     ) -> None:
         super().__init__()
         if not tiers or len(tiers) != len(providers):
             raise ValueError("a cascade needs one provider per tier")
         self.tiers = tiers
         self._providers = providers
-        self._ledger = ledger
+        self._meter = meter
+        self._budget = budget
         self._deadline_s = turn_deadline_s
         self._images = images
         self.policy = EscalationPolicy(len(tiers))
-        self.last_turn_answered = False  # False after a failure sentence: nothing to remember
+
+    def tier_cap(self) -> int | None:
+        """The highest tier the budgets allow now (None: no limit)."""
+        return self._budget.tier_cap() if self._budget is not None else None
 
     @property
     def model(self) -> str:
@@ -245,7 +252,7 @@ class CascadeStream(llm.LLMStream):
             start, reason = owner.policy.after_tool_result()
         else:
             start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
-        cap = owner._ledger.tier_cap()
+        cap = owner.tier_cap()
         if cap is not None and start > cap:
             start, reason = cap, f"{reason}+budget_cap"
         record = TurnRecord(start, reason)
@@ -256,7 +263,7 @@ class CascadeStream(llm.LLMStream):
         try:
             for index in range(start, len(owner.tiers)):
                 # a budget used up mid-turn stops the climb: the tier at the cap answers as is
-                cap = owner._ledger.tier_cap()
+                cap = owner.tier_cap()
                 if cap is not None and index > cap:
                     record.budget_capped = True
                     break
@@ -278,8 +285,7 @@ class CascadeStream(llm.LLMStream):
                                                      "timeout", None, "no tier answered")
                 self._send(request_id, failure_sentence(failed))
         finally:
-            owner.last_turn_answered = record.answered_tier is not None
-            owner._ledger.turn(
+            owner._meter.turn(
                 {
                     "start_tier": record.start_tier, "reason": record.reason,
                     "tried": record.tried, "answered_tier": record.answered_tier,
@@ -404,7 +410,7 @@ class CascadeStream(llm.LLMStream):
         })
         record.tool_calls += attempt.tool_calls
         cancelled = attempt.outcome == "cancelled"
-        event = owner._ledger.model_call(
+        event = owner._meter.model_call(
             provider=tier.provider, model=tier.model, usage=attempt.usage,
             images=attempt.images.images, image_tokens=attempt.images.tokens,
             image_tokens_full_resolution=attempt.images.full_resolution_tokens,

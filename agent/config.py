@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -80,32 +80,18 @@ def parse_tiers(raw: str) -> tuple[Tier, ...]:
     return tuple(tiers)
 
 
-def _image_detail(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in IMAGE_DETAILS:
-        raise ValueError(f"must be one of {', '.join(IMAGE_DETAILS)}")
-    return value
-
-
-def _embeddings(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("offline", "gemini", "auto"):
-        raise ValueError("must be offline, gemini or auto")
-    return value
-
-
-def _reranker(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("off", "cohere"):
-        raise ValueError("must be off or cohere")
-    return value
+def _choice(*values: str) -> Callable[[str], str]:
+    """A parser that accepts one of `values`, in any case."""
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in values:
+            raise ValueError(f"must be one of {', '.join(values)}")
+        return value
+    return parse
 
 
 def _on_off(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value not in ("on", "off"):
-        raise ValueError("must be on or off")
-    return value == "on"
+    return _choice("on", "off")(raw) == "on"
 
 
 def _port(raw: str) -> int:
@@ -115,11 +101,7 @@ def _port(raw: str) -> int:
     return value
 
 
-def _provider(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in PROVIDERS:
-        raise ValueError(f"must be one of {', '.join(PROVIDERS)}")
-    return value
+_provider = _choice(*PROVIDERS)
 
 
 def _ws_url(raw: str) -> str:
@@ -183,7 +165,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("anthropic_base_url", "SIGHTLINE_ANTHROPIC_BASE_URL", _http_url, None),
     _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _positive_float, 20.0),
     _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", _non_negative_int, 1),
-    _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _image_detail, "medium",
+    _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _choice(*IMAGE_DETAILS), "medium",
         help="low | medium | high: screen image size per provider (README: Images)"),
     _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", _positive_float, 1.0),
     _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", _non_negative_int, 10),
@@ -205,9 +187,9 @@ _FIELDS: tuple[_Field, ...] = (
         help="USD per tenant per UTC day, across sessions"),
     _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", _non_negative_int, 0,
         help="highest cascade tier once a budget is used up"),
-    _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _embeddings, "auto",
+    _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _choice("offline", "gemini", "auto"), "auto",
         help="offline | gemini | auto (gemini when GOOGLE_API_KEY is set)"),
-    _Field("reranker", "SIGHTLINE_RERANKER", _reranker, "off",
+    _Field("reranker", "SIGHTLINE_RERANKER", _choice("off", "cohere"), "off",
         help="off | cohere: rerank the fused knowledge candidates (a billed call per search)"),
     _Field("rerank_model", "SIGHTLINE_RERANK_MODEL", _text, "rerank-v3.5"),
     _Field("cohere_base_url", "SIGHTLINE_COHERE_BASE_URL", _http_url, None),
@@ -333,12 +315,7 @@ def _by_env(env: str) -> _Field:
 def mask_secret(value: str, *, url: bool = False) -> str:
     """Show that a secret is set without revealing it; a URL keeps its host but not its password."""
     if url:
-        parts = urlsplit(value)
-        if parts.password:
-            parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(key == "password" for key, _ in query):
-            masked = [(k, "***" if k == "password" else v) for k, v in query]
-            parts = parts._replace(query=urlencode(masked, safe="/*"))
-        return parts.geturl()
+        from memory.db import masked_url  # loads asyncpg: only when a URL is shown
+
+        return masked_url(value)
     return f"***{value[-2:]}" if len(value) >= 12 else "***"

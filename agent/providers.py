@@ -6,6 +6,10 @@ the last is final), so a caller that stops reading early still knows what the ca
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed.
+
+Every request names what it is for in a `x-sightline-purpose` header (`answer` for a user's
+turn, `memory` for a memory update): a spend-tracking proxy in front of the providers can
+attribute it, and the wire-format server tells the two apart without reading prompt text.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .config import Settings, Tier
 from .pricing import Usage
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
+PURPOSE_HEADER = "x-sightline-purpose"
 
 
 class ProviderError(RuntimeError):
@@ -47,7 +52,7 @@ class ChatProvider(Protocol):
 
     def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
-        tools: llm.ToolContext | None = None,
+        tools: llm.ToolContext | None = None, purpose: str = "answer",
     ) -> AsyncIterator[StreamItem]: ...
 
     async def aclose(self) -> None: ...
@@ -97,7 +102,7 @@ class GeminiProvider(_ProviderBase):
 
     async def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
-        tools: llm.ToolContext | None = None,
+        tools: llm.ToolContext | None = None, purpose: str = "answer",
     ) -> AsyncIterator[StreamItem]:
         turns, fmt = chat_ctx.to_provider_format("google")
         declarations = tools.parse_function_tools("google") if tools else []
@@ -107,6 +112,7 @@ class GeminiProvider(_ProviderBase):
             tools=[genai_types.Tool(function_declarations=[
                 genai_types.FunctionDeclaration(**d) for d in declarations
             ])] if declarations else None,
+            http_options=genai_types.HttpOptions(headers={PURPOSE_HEADER: purpose}),
         )
         usage_meta: genai_types.GenerateContentResponseUsageMetadata | None = None
         try:
@@ -178,7 +184,7 @@ class ClaudeProvider(_ProviderBase):
 
     async def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
-        tools: llm.ToolContext | None = None,
+        tools: llm.ToolContext | None = None, purpose: str = "answer",
     ) -> AsyncIterator[StreamItem]:
         messages, fmt = chat_ctx.to_provider_format("anthropic")
         # tool definitions come before the system prompt, so its cache mark covers them too
@@ -191,6 +197,7 @@ class ClaudeProvider(_ProviderBase):
                 model=self.model,
                 max_tokens=max_output_tokens,
                 messages=messages,  # type: ignore[arg-type]
+                extra_headers={PURPOSE_HEADER: purpose},
                 **({"system": system} if system else {}),
                 **({"tools": schemas} if schemas else {}),
             ) as stream:

@@ -4,14 +4,14 @@ Only the adapters change: frames come from the fixture's video (decoded in a thr
 their timestamps), turns from its timeline through `AgentSession.run()` (the same `llm_node` as a
 live chat turn), and responses from a local server speaking the provider's wire format, reached
 through the real SDK client. Consecutive turns of one tenant and user form one session, which
-writes the same cost log as a live one.
+writes the same cost log as a live one. What each turn used (models, images, tools, knowledge,
+memory, screen) is read from the events the session recorded while it ran.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,21 +20,23 @@ from typing import Any
 from livekit import rtc
 
 from memory.db import Database
-from memory.embeddings import make_embedder
-from memory.keeper import MARKER as MEMORY_MARKER
 from memory.knowledge import KnowledgeBase
 from vision.screen import ScreenWatcher
 from vision.video_file import iter_frames
 
+from .components import make_embedder
 from .config import Settings
-from .fixture import Fixture, FixtureResponse, FixtureTurn, TierReply
-from .scripted_models import (
+from .event_log import Event
+from .memory_model import PURPOSE as MEMORY_PURPOSE
+from .metering import MODEL_KINDS
+from .replay_script import Fixture, FixtureResponse, FixtureTurn, TierReply
+from .session import SessionRuntime
+from .wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
     ScriptedReply,
     ScriptedToolCall,
 )
-from .session import SessionRuntime
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class _TurnScript:
     asked: Counter[str] = field(default_factory=Counter)
 
     def serve(self, request: CapturedRequest) -> ScriptedReply:
-        if MEMORY_MARKER in request.text:
+        if request.purpose == MEMORY_PURPOSE:
             return ScriptedReply(text=self.memory or NO_MEMORY_CHANGE)
         return self.reply(request.model)
 
@@ -157,12 +159,15 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
                 settings, db, tenant=tenant, user_id=user,
                 source="replay", room=f"replay:{fixture.name}",
             )
+            events: list[Event] = []
+            runtime.record.events.subscribe(events.append)
             session = runtime.agent_session()
             await session.start(runtime.agent, record=False)
             for turn in turns:
                 await feed.advance(turn.t, runtime.screen)
                 current[0] = _TurnScript(turn.response, turn.memory)
-                result.turns.append(await _run_turn(session, server, runtime, turn))
+                events.clear()
+                result.turns.append(await _run_turn(session, runtime, turn, events))
             if index == len(group_list) - 1:
                 await feed.advance(None, runtime.screen)
             await session.aclose()
@@ -170,17 +175,13 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
     return result
 
 
-_KNOWLEDGE_SOURCE = re.compile(r"^\[\d+\] \(([^)]+)\)", re.M)  # see turn_context.knowledge_part
-_FACTS = re.compile(r"^Facts: (.*)$", re.M)  # see turn_context.memory_part
-_FACT_KEY = re.compile(r"\[([a-z0-9_]+)\]")
-_EARLIER = re.compile(r"^Earlier \(([^)]+)\) the (\w+) said", re.M)
-
-
-def _memory_used(request_text: str) -> tuple[str, ...]:
-    used = ["summary"] if "\nSummary of earlier conversations: " in request_text else []
-    for line in _FACTS.findall(request_text):
-        used += [f"fact:{key}" for key in _FACT_KEY.findall(line)]
-    used += [f"earlier {when} {role}" for when, role in _EARLIER.findall(request_text)]
+def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
+    """The memory a turn's request carried, as the report names it."""
+    memory = context.get("memory", {})
+    used = ["summary"] if memory.get("summary") else []
+    used += [f"fact:{key}" for key in memory.get("facts", [])]
+    used += [f"earlier {(m['at'] or 'earlier')[:10]} {m['role']}"
+             for m in memory.get("messages", [])]
     return tuple(used)
 
 
@@ -196,9 +197,9 @@ async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) 
 
 
 async def _run_turn(
-    session: Any, server: ScriptedModelServer, runtime: SessionRuntime, turn: FixtureTurn
+    session: Any, runtime: SessionRuntime, turn: FixtureTurn, events: list[Event],
 ) -> ReplayedTurn:
-    seen = len(server.requests)
+    """Run one scripted turn; `events` collects what the session records meanwhile."""
     run = await session.run(user_input=turn.text)
     reply = " ".join(
         ev.item.text_content or ""
@@ -206,16 +207,17 @@ async def _run_turn(
         if ev.type == "message" and ev.item.role == "assistant"
     )
     await runtime.memory_settled()  # the next turn's script must not answer this memory call
-    requests = [r for r in server.requests[seen:] if MEMORY_MARKER not in r.text]
-    seen_screen = runtime.screen.freshest
+    calls = [e for e in events if e["kind"] in MODEL_KINDS
+             and e["detail"].get("purpose") not in (MEMORY_PURPOSE, "rerank")]
+    context = next((e["detail"] for e in events if e["kind"] == "context"), {})
     return ReplayedTurn(
         t=turn.t, tenant=turn.tenant, user=turn.user, text=turn.text, reply=reply,
-        origin=turn.response.origin, model_requests=len(requests),
-        images_sent=sum(r.image_count for r in requests),
-        screen_t=seen_screen.t if seen_screen else None,
-        models_asked=tuple(r.model for r in requests),
+        origin=turn.response.origin, model_requests=len(calls),
+        images_sent=sum(e["images"] for e in calls),
+        screen_t=context.get("screen_t"),
+        models_asked=tuple(e["model"] for e in calls),
         tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
-        knowledge_used=tuple(dict.fromkeys(_KNOWLEDGE_SOURCE.findall(requests[0].text)))
-        if requests else (),
-        memory_used=_memory_used(requests[0].text) if requests else (),
+        knowledge_used=tuple(dict.fromkeys(
+            k["source"].rsplit("/", 1)[-1] for k in context.get("knowledge", []))),
+        memory_used=_memory_used(context),
     )

@@ -1,8 +1,9 @@
 """One Sightline session, the same for a live room and a replayed fixture.
 
-`SessionRuntime` owns what a session is made of — the screen watcher, the model as a LiveKit LLM,
-the agent, the cost ledger and the conversation log — and closes them in order. Live and replay
-differ only in where frames and turns come from and in the provider's endpoint.
+`SessionRuntime` owns what a session is made of — the event log with its running totals and
+budget guard, the screen watcher, the model as a LiveKit LLM, the agent, the conversation log and
+long-term memory — and closes them in order. Live and replay differ only in where frames and
+turns come from and in the providers' endpoint.
 """
 
 from __future__ import annotations
@@ -18,25 +19,29 @@ from livekit.agents.voice import ConversationItemAddedEvent
 
 from memory.conversation import ConversationLog
 from memory.db import Database
-from memory.embeddings import Embedder, make_embedder
+from memory.embeddings import Embedder
 from memory.keeper import MemoryKeeper
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
-from memory.rerank import Reranker, make_reranker
+from memory.rerank import Reranker
 from memory.spill_recovery import RecoveryReport, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
-from tools.screen_history import ScreenHistoryTools
+from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 
 from .budget import BudgetGuard
 from .cascade import CascadeLLM
-from .config import Settings
+from .components import make_embedder, make_reranker
+from .config import Settings, Tier
+from .event_log import Event
 from .images import ImageEncoder
-from .ledger import CostLedger
+from .memory_model import TierMemoryModel
+from .metering import CostMeter
 from .pricing import PriceTable
-from .providers import make_provider
+from .providers import ChatProvider, make_provider
+from .session_record import SessionRecord
 from .sightline_agent import SightlineAgent
 from .turn_context import TurnContext
 
@@ -62,23 +67,80 @@ async def _budget(settings: Settings, store: Store | None, tenant: str) -> Budge
 
 
 @dataclass
+class LongTermMemory:
+    """A session's parts that need the database: recall for each turn, the memory keeper and
+    the import of earlier sessions' spill files."""
+
+    embedder: Embedder
+    recall: TurnRecall
+    keeper: MemoryKeeper | None
+    recovery: asyncio.Task[RecoveryReport]
+    reranker: Reranker | None
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, db: Database, store: Store, conversation: ConversationLog,
+        meter: CostMeter, memory_provider: ChatProvider, memory_tier: Tier, *,
+        embedder: Embedder, tenant: str, user_id: str, session_id: str,
+    ) -> LongTermMemory:
+        memory = UserMemory(db.pool, embedder)
+        recovery = asyncio.create_task(
+            recover_spills(settings.costs_dir, store, memory, embedder), name="spill-recovery")
+        reranker = make_reranker(settings, record=meter.rerank_call)
+        recall = TurnRecall(KnowledgeBase(db.pool, embedder, reranker), memory,
+                            tenant=tenant, user_id=user_id, before_id=conversation.recall_before)
+        keeper = None
+        if settings.memory_updates:
+            keeper = MemoryKeeper(
+                memory=memory,
+                model=TierMemoryModel(memory_provider, memory_tier, meter,
+                                      settings.model_timeout_s),
+                tenant=tenant, user_id=user_id, session_id=session_id,
+                spill_dir=settings.costs_dir, timeout_s=settings.model_timeout_s,
+                facts=await memory.facts(tenant, user_id),
+                summary=await memory.summary(tenant, user_id),
+            )
+        return cls(embedder, recall, keeper, recovery, reranker)
+
+    async def _finish_recovery(self) -> None:
+        """Earlier sessions' spill files: give the import a moment, then leave the rest to the
+        next session."""
+        try:
+            report = await asyncio.wait_for(self.recovery, timeout=5.0)
+        except TimeoutError:
+            log.warning("importing earlier sessions' spill files goes on in the next session")
+        except Exception as exc:
+            log.error("importing earlier sessions' spill files failed: %r", exc)
+        else:
+            if report.files:
+                log.info("imported %d rows from %d spill files of earlier sessions",
+                         report.rows, report.files)
+
+    async def close_keeper(self) -> int:
+        """Finish the memory updates; returns the memory rows spilled to disk."""
+        return await self.keeper.close() if self.keeper is not None else 0
+
+    async def aclose(self) -> None:
+        await self._finish_recovery()
+        await self.embedder.aclose()
+        if self.reranker is not None:
+            await self.reranker.aclose()
+
+
+@dataclass
 class SessionRuntime:
     session_id: str
     tenant: str
     user_id: str
     settings: Settings
-    ledger: CostLedger
+    record: SessionRecord
     screen: ScreenWatcher
     model: CascadeLLM
     agent: SightlineAgent
     conversation: ConversationLog
-    store: Store | None
-    turn_context: TurnContext
-    embedder: Embedder | None
-    keeper: MemoryKeeper | None = None
-    spill_recovery: asyncio.Task[RecoveryReport] | None = None
-    reranker: Reranker | None = None
+    memory: LongTermMemory | None
     _asked: str = ""  # the user's latest message, until the answer to it arrives
+    _answered: bool = False  # whether the latest cascade round answered (a failure: no memory)
 
     @classmethod
     async def open(
@@ -94,64 +156,44 @@ class SessionRuntime:
     ) -> SessionRuntime:
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
+        prices = PriceTable.load(settings.prices_file)  # a bad table fails before any write
         store = Store(db.pool) if db is not None else None
         if store is not None:
             await store.start_session(
                 session_id, tenant=tenant, user_id=user_id, room=room, source=source,
                 provider=tiers[0].provider, model=",".join(t.model for t in tiers),
             )
-        ledger = CostLedger(
-            session_id=session_id, tenant=tenant, source=source, costs_dir=settings.costs_dir,
-            prices=PriceTable.load(settings.prices_file), store=store,
-            budget=await _budget(settings, store, tenant),
-        )
-        screen = ScreenWatcher(FrameSampler(settings.sample_fps), ledger.frame)
+        budget = await _budget(settings, store, tenant)
+        record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
+                                    costs_dir=settings.costs_dir, prices=prices, store=store,
+                                    budget=budget)
+        events, meter = record.events, record.meter
+        screen = ScreenWatcher(FrameSampler(settings.sample_fps),
+                               lambda decision: events.record("frame",
+                                                              detail=decision.as_record()))
+        providers = [make_provider(settings, tier) for tier in tiers]
         embedder = make_embedder(settings) if db is not None else None
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
         history = await conversation.history(user_id, settings.history_messages)
-        providers = [make_provider(settings, tier) for tier in tiers]
-        recall, keeper, recovery, reranker = None, None, None, None
+        memory = None
         if db is not None and store is not None and embedder is not None:
-            memory = UserMemory(db.pool, embedder)
-            recovery = asyncio.create_task(
-                recover_spills(settings.costs_dir, store, memory, embedder), name="spill-recovery")
-            reranker = make_reranker(settings, record=ledger.model_call)
-            recall = TurnRecall(KnowledgeBase(db.pool, embedder, reranker), memory,
-                                tenant=tenant, user_id=user_id,
-                                before_id=conversation.recall_before)
-            if settings.memory_updates:
-                keeper = MemoryKeeper(
-                    memory=memory, provider=providers[0], tier=tiers[0], ledger=ledger,
-                    tenant=tenant, user_id=user_id, session_id=session_id,
-                    spill_dir=settings.costs_dir, timeout_s=settings.model_timeout_s,
-                    facts=await memory.facts(tenant, user_id),
-                    summary=await memory.summary(tenant, user_id),
-                )
-        turn_context = TurnContext(screen, recall)
-        screen_tools = ScreenHistoryTools(screen, turn_context.show_earlier)
-        agent = SightlineAgent(turn_context, history, screen_tools.tools())
-        model = CascadeLLM(tiers, providers, ledger, settings.turn_deadline_s,
-                           ImageEncoder(settings.image_detail))
+            memory = await LongTermMemory.open(
+                settings, db, store, conversation, meter, providers[0], tiers[0],
+                embedder=embedder, tenant=tenant, user_id=user_id, session_id=session_id)
+        shown = ShownScreen()
+        turn_context = TurnContext(screen, memory.recall if memory else None, shown,
+                                   note=lambda note: events.record("context", detail=note))
+        agent = SightlineAgent(turn_context, history,
+                               ScreenHistoryTools(screen, shown).tools())
+        model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
+                           ImageEncoder(settings.image_detail), budget)
         log.info("session %s started (tenant=%s user=%s, %d earlier messages in the "
                  "conversation)", session_id, tenant, user_id, len(history.items))
-        return cls(session_id, tenant, user_id, settings, ledger, screen, model, agent,
-                   conversation, store, turn_context, embedder, keeper, recovery, reranker)
-
-    async def _finish_recovery(self) -> None:
-        """Earlier sessions' spill files: give the import a moment, then leave the rest to the
-        next session."""
-        if self.spill_recovery is None:
-            return
-        try:
-            report = await asyncio.wait_for(self.spill_recovery, timeout=5.0)
-        except TimeoutError:
-            log.warning("importing earlier sessions' spill files goes on in the next session")
-        except Exception as exc:
-            log.error("importing earlier sessions' spill files failed: %r", exc)
-        else:
-            if report.files:
-                log.info("imported %d rows from %d spill files of earlier sessions",
-                         report.rows, report.files)
+        runtime = cls(session_id=session_id, tenant=tenant, user_id=user_id,
+                      settings=settings, record=record, screen=screen, model=model,
+                      agent=agent, conversation=conversation, memory=memory)
+        events.subscribe(runtime._on_event)
+        return runtime
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
@@ -163,6 +205,10 @@ class SessionRuntime:
         session.on("conversation_item_added", self._on_item_added)
         return session
 
+    def _on_event(self, event: Event) -> None:
+        if event["kind"] == "turn":
+            self._answered = event["detail"]["answered_tier"] is not None
+
     def _on_item_added(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
@@ -171,28 +217,25 @@ class SessionRuntime:
         self.conversation.add(self.user_id, item.role, text)
         if item.role == "user":
             self._asked = text
-        elif self.keeper is not None and self.model.last_turn_answered:
-            self.keeper.exchange(self._asked, text)
+        elif self.memory is not None and self.memory.keeper is not None and self._answered:
+            self.memory.keeper.exchange(self._asked, text)
 
     async def memory_settled(self) -> None:
         """The memory updates of every exchange so far are done (replay waits here)."""
-        if self.keeper is not None:
-            await self.keeper.settled()
+        if self.memory is not None and self.memory.keeper is not None:
+            await self.memory.keeper.settled()
 
     async def close(self) -> dict[str, Any]:
-        """Flush the conversation, memory and the ledger; the summary is the last thing
+        """Flush the conversation, memory and the event log; the summary is the last thing
         written (memory updates are model calls: they are in it)."""
         spilled = await self.conversation.close()
-        memory_spilled = await self.keeper.close() if self.keeper is not None else 0
+        memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0
         await self.model.aclose()
-        await self._finish_recovery()
-        if self.embedder is not None:
-            await self.embedder.aclose()
-        if self.reranker is not None:
-            await self.reranker.aclose()
-        summary = await self.ledger.close(frames_received=self.screen.frames_received,
-                                          knowledge_hits=self.turn_context.knowledge_hits,
-                                          memory_recalled=self.turn_context.memory_recalled)
+        if self.memory is not None:
+            await self.memory.aclose()
+        self.record.events.record("frame_count",
+                                  detail={"received": self.screen.frames_received})
+        summary = await self.record.close()
         if spilled:
             summary["db_spilled_messages"] = spilled
         if memory_spilled:

@@ -16,7 +16,7 @@ Header delay: for turns answered by tier 0, time from the request to the first t
 would hear, through the cascade (which reads and strips the header) minus the same through a
 single tier whose reply carries no header, per turn; p95 over the run.
 
-    .venv/bin/python bench/cascade.py [--rounds 5] [--chunk-ms 25]
+    .venv/bin/python -m bench.cascade [--rounds 5] [--chunk-ms 25]
 
 The last line is JSON: {"cost_per_turn": {"cascade", "top_tier", "tier0"}, "savings_vs_top",
 "header_delay_p95_ms", "turns"}.
@@ -28,23 +28,21 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from livekit.agents import llm
+
+from agent.cascade import CascadeLLM, EscalationPolicy
+from agent.config import Tier
+from agent.images import ImageEncoder
+from agent.pricing import PriceTable
+from agent.providers import ClaudeProvider, GeminiProvider
+from agent.session_record import SessionRecord
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from livekit.agents import llm  # noqa: E402
-
-from agent.cascade import CascadeLLM, EscalationPolicy  # noqa: E402
-from agent.config import Tier  # noqa: E402
-from agent.images import ImageEncoder  # noqa: E402
-from agent.ledger import CostLedger  # noqa: E402
-from agent.pricing import PriceTable  # noqa: E402
-from agent.providers import ClaudeProvider, GeminiProvider  # noqa: E402
-from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply  # noqa: E402
 
 LITE, FLASH, SONNET = "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"
 CASCADE = [Tier("gemini", LITE, 0.7, 256), Tier("gemini", FLASH, 0.6, 256),
@@ -74,10 +72,10 @@ async def run_strategy(
 
     firsts: list[float] = []
     async with ScriptedModelServer(replies=reply) as server:
-        ledger = CostLedger(session_id=f"bench_{name}", tenant="bench", source="bench",
-                            costs_dir=costs_dir, prices=PriceTable.load(), store=None)
-        model = CascadeLLM(tiers, [_provider(t, server.base_url) for t in tiers], ledger, 30.0,
-                           ImageEncoder("medium"))
+        record = SessionRecord.open(session_id=f"bench_{name}", tenant="bench", source="bench",
+                                    costs_dir=costs_dir, prices=PriceTable.load(), store=None)
+        model = CascadeLLM(tiers, [_provider(t, server.base_url) for t in tiers], record.meter,
+                           30.0, ImageEncoder("medium"))
         for index, confidences in enumerate(TURNS):
             turn[0] = confidences
             ctx = llm.ChatContext.empty()
@@ -92,8 +90,8 @@ async def run_strategy(
             firsts.append(first or 0.0)
             model.policy = EscalationPolicy(len(tiers))  # independent questions
         await model.aclose()
-        await ledger.close()
-        return ledger.total_cost_usd, firsts
+        summary = await record.close()
+        return summary["total_cost_usd"], firsts
 
 
 async def main_async(rounds: int, chunk_ms: float) -> dict[str, object]:

@@ -42,7 +42,7 @@ gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
 Loading is not timed. After `--warmup` questions through both, each question is timed through
 both, the order alternating so that both share the machine's noise.
 
-    .venv/bin/python bench/context.py [--queries 200] [--chunks 10000] [--turns 1000]
+    .venv/bin/python -m bench.context [--queries 200] [--chunks 10000] [--turns 1000]
 
 The last line is JSON: {"p95_ms", "reference_p95_ms", "ratio" (reference p95 / ours), "p50_ms",
 "reference_p50_ms", "chunks", "turns", "facts", "queries"}.
@@ -86,18 +86,17 @@ from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from agent.turn_context import knowledge_part, memory_part
+from bench.kb_eval import llamaindex_embedding, llamaindex_fusion
+from memory.conversation import store_messages
+from memory.db import Database
+from memory.embeddings import OfflineEmbedder
+from memory.knowledge import KnowledgeBase
+from memory.recall import Recalled, TurnRecall
+from memory.store import Store
+from memory.user_memory import TURNS_PER_TURN, UserMemory
 
-from agent.turn_context import knowledge_part, memory_part  # noqa: E402
-from memory.conversation import store_messages  # noqa: E402
-from memory.db import Database  # noqa: E402
-from memory.embeddings import OfflineEmbedder  # noqa: E402
-from memory.kb_eval import llamaindex_embedding, llamaindex_fusion  # noqa: E402
-from memory.knowledge import KnowledgeBase  # noqa: E402
-from memory.recall import Recalled, TurnRecall  # noqa: E402
-from memory.store import Store  # noqa: E402
-from memory.user_memory import TURNS_PER_TURN, UserMemory  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TENANT, OTHER, USER = "bench", "bench-other", "bench-user"
 TOP_K = 3  # knowledge hits per turn, as `KnowledgeBase.lookup` gives

@@ -4,7 +4,7 @@ The reference is the recording's own duration: a live session takes that long. T
 the whole pipeline (VP8 decode of every frame, 1 FPS sampling, JPEG encoding, the real SDK over
 HTTP to the local wire-format server, ledger and Postgres writes) on a fresh embedded Postgres.
 
-    .venv/bin/python bench/replay.py [--runs 3]
+    .venv/bin/python -m bench.replay [--runs 3]
 
 The last line is JSON: {"video_s", "replay_s_median", "speedup_vs_realtime", "runs"}.
 """
@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from agent.config import Settings
+from agent.replay import replay
+from agent.replay_script import load_fixture
+from memory.db import Database
 
-from agent.config import Settings  # noqa: E402
-from agent.fixture import load_fixture  # noqa: E402
-from agent.replay import replay  # noqa: E402
-from memory.db import Database  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def run(runs: int) -> dict[str, float]:

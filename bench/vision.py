@@ -12,7 +12,7 @@ content at 1080p, one frame per second), in the same run, on one thread:
 It also runs the detector over many more frames and reports the process's memory before and
 after, to show a session does not grow it.
 
-    .venv/bin/python bench/vision.py [--frames 120] [--rounds 5]
+    .venv/bin/python -m bench.vision [--frames 120] [--rounds 5]
 
 The last line is JSON: {"ms_per_frame", "reference_ms_per_frame", "speedup", "width", "height"}.
 """
@@ -23,19 +23,17 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import cv2
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.vision_references import PhashReference, i420_to_bgr, reference_features
+from vision.change import ChangeDetector
+from vision.sampler import FrameSampler
+from vision.video_file import iter_frames
 
-from vision.change import ChangeDetector  # noqa: E402
-from vision.references import PhashReference, i420_to_bgr, reference_features  # noqa: E402
-from vision.sampler import FrameSampler  # noqa: E402
-from vision.video_file import iter_frames  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 EVAL_SESSIONS = REPO / "fixtures" / "vision_eval" / "sessions"
 

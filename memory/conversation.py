@@ -14,11 +14,10 @@ from pathlib import Path
 from livekit.agents import llm
 
 from .embeddings import Embedder
+from .spill_files import SpillKind, spill_path
 from .store import Store
 from .user_memory import embed_or_none
 from .writer import BackgroundWriter, Row
-
-SPILL_SUFFIX = ".messages-spill.jsonl"
 
 
 async def store_messages(
@@ -43,7 +42,8 @@ class ConversationLog:
         self.tenant = tenant
         self.recall_before = 0  # ids below this are not in the conversation: recall looks there
         self._writer = (
-            BackgroundWriter("messages", self._write, spill_dir / f"{session_id}{SPILL_SUFFIX}")
+            BackgroundWriter("messages", self._write,
+                             spill_path(spill_dir, session_id, SpillKind.MESSAGES))
             if store is not None
             else None
         )

@@ -13,10 +13,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import asyncpg
-
-from agent.config import mask_secret
 
 from .migrate import MigrationFailed, apply_migrations
 
@@ -52,7 +51,7 @@ class Database:
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if embedded is not None:
                 await asyncio.to_thread(embedded.cleanup)
-            where = "the embedded Postgres" if embedded else mask_secret(url, url=True)
+            where = "the embedded Postgres" if embedded else masked_url(url)
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {where}: {_reason(exc)}. "
                 "Is it running? (Unset DATABASE_URL to use the embedded Postgres.)"
@@ -97,3 +96,16 @@ def start_embedded(pgdata: Path) -> Any:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit to print: its host, never its password (in the userinfo or the
+    query string)."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        masked = [(k, "***" if k == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="/*"))
+    return parts.geturl()

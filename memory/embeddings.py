@@ -20,8 +20,6 @@ import numpy as np
 from google import genai
 from google.genai import types as genai_types
 
-from agent.config import ConfigError, Settings
-
 
 class Embedder(Protocol):
     name: str  # model and dimension, stored with every vector
@@ -107,14 +105,3 @@ class GeminiEmbedder:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
-
-
-def make_embedder(settings: Settings) -> Embedder:
-    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto` (Gemini when its key is set)."""
-    use_gemini = settings.embeddings == "gemini" or (
-        settings.embeddings == "auto" and settings.gemini_api_key is not None)
-    if not use_gemini:
-        return OfflineEmbedder()
-    if not settings.gemini_api_key:
-        raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
-    return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url)

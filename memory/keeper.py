@@ -6,7 +6,9 @@ known key replaces the old one, a fact already remembered is not added again, an
 exchange shows are no longer true are forgotten) and the rolling summary of the user's
 conversation. Exchanges are handled one at a time, in order; the answers become rows for a
 `BackgroundWriter`, so a slow model or an unreachable database never delays a reply and loses no
-memory. Every call is a ledger event (`detail.purpose = "memory"`), so memory's cost is counted.
+memory. The model comes in as a `MemoryModel`: whoever wires it meters and records each call
+(the session's ledger, `detail.purpose = "memory"`), so memory's cost is counted, and this
+module knows nothing of providers or prices.
 """
 
 from __future__ import annotations
@@ -15,25 +17,20 @@ import asyncio
 import json
 import logging
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from livekit.agents import llm
 
-from agent.config import Tier
-from agent.ledger import CostLedger
-from agent.pricing import Usage
-from agent.providers import ChatProvider, ProviderError
-
+from .spill_files import SpillKind, spill_path
 from .user_memory import Fact, UserMemory
 from .writer import BackgroundWriter
 
 log = logging.getLogger("sightline.memory")
 
-MARKER = "You keep the long-term memory of Sightline"  # how a scripted server tells the call
-INSTRUCTIONS = MARKER + """, a voice assistant, about one user.
+INSTRUCTIONS = """You keep the long-term memory of Sightline, a voice assistant, about one user.
 You get what is remembered so far (facts, each under a key, and a summary) and the newest exchange
 between the user and the assistant. Reply with one JSON object and nothing else:
 {"facts": [{"key": "short_snake_case_subject", "text": "one sentence"}], "forget": ["key"],
@@ -51,11 +48,25 @@ MAX_FACTS = 100  # per user; past it the least recently updated fact is forgotte
 MAX_FACT_CHARS = 300
 MAX_SUMMARY_CHARS = 1200
 MAX_FACTS_PER_EXCHANGE = 10
-SPILL_SUFFIX = ".memory-spill.jsonl"
 
 
 class MemoryReplyError(ValueError):
     """The model's answer was not the JSON object the instructions ask for."""
+
+
+ReadReply = Callable[[str], dict[str, int]]
+
+
+class MemoryModel(Protocol):
+    """The model that writes memory, metered by whoever provides it."""
+
+    async def ask(
+        self, prompt: llm.ChatContext, *, max_output_tokens: int, read: ReadReply,
+    ) -> None:
+        """Send `prompt`; hand the reply's text to `read`, which applies it and returns what it
+        did (recorded with the call). A failed call, or a `ValueError` from `read` (an
+        unusable reply), is recorded as the call's error and logged, never raised."""
+        ...
 
 
 @dataclass
@@ -109,17 +120,17 @@ def memory_prompt(facts: dict[str, str], summary: str | None, user: str, assista
 
 class MemoryKeeper:
     def __init__(
-        self, *, memory: UserMemory, provider: ChatProvider, tier: Tier, ledger: CostLedger,
-        tenant: str, user_id: str, session_id: str, spill_dir: Path, timeout_s: float,
-        facts: list[Fact], summary: str | None,
+        self, *, memory: UserMemory, model: MemoryModel, tenant: str, user_id: str,
+        session_id: str, spill_dir: Path, timeout_s: float, facts: list[Fact],
+        summary: str | None,
     ) -> None:
-        self._provider, self._tier, self._ledger = provider, tier, ledger
+        self._model = model
         self._who = {"tenant": tenant, "user_id": user_id, "session_id": session_id}
         self._timeout_s = timeout_s
         self.facts = {f.key: f.text for f in facts}
         self.summary = summary
         self._writer = BackgroundWriter("memory", memory.apply,
-                                        spill_dir / f"{session_id}{SPILL_SUFFIX}")
+                                        spill_path(spill_dir, session_id, SpillKind.MEMORY))
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
 
@@ -143,35 +154,10 @@ class MemoryKeeper:
                 self._queue.task_done()
 
     async def _handle(self, user: str, assistant: str) -> None:
-        started = time.perf_counter()
-        usage, text, error = Usage(), "", None
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                async for item in self._provider.stream(
-                    memory_prompt(self.facts, self.summary, user, assistant),
-                    max_output_tokens=MAX_OUTPUT_TOKENS,
-                ):
-                    if isinstance(item, Usage):
-                        usage = item
-                    elif isinstance(item, str):
-                        text += item
-        except ProviderError as exc:
-            error = str(exc)
-        except TimeoutError:
-            error = f"{self._tier.provider} {self._tier.model}: no memory update in time"
-        update = MemoryUpdate()
-        if error is None:
-            try:
-                update = parse_update(text)
-            except MemoryReplyError as exc:
-                error = f"unusable memory reply: {exc}"
-        counts = self._apply(update) if error is None else {}
-        if error is not None:
-            log.warning("memory update skipped for this exchange: %s", error)
-        self._ledger.model_call(
-            provider=self._tier.provider, model=self._tier.model, usage=usage, images=0,
-            latency_ms=(time.perf_counter() - started) * 1000, error=error,
-            detail={"purpose": "memory", **counts},
+        await self._model.ask(
+            memory_prompt(self.facts, self.summary, user, assistant),
+            max_output_tokens=MAX_OUTPUT_TOKENS,
+            read=lambda reply: self._apply(parse_update(reply)),
         )
 
     def _apply(self, update: MemoryUpdate) -> dict[str, int]:

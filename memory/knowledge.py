@@ -1,11 +1,12 @@
 """The tenant's knowledge base in Postgres: documents in, chunks embedded once, hybrid search out.
 
-Ingest reads Markdown, HTML, PDF and text with llama-index readers, splits on sentence boundaries
-with overlap (`SentenceSplitter`), and stores each chunk with its content hash, its embedder's
-name and its vector. Re-ingesting a document embeds only the chunks whose text (or embedder)
-changed; chunks no longer in it are deleted, and so is a document gone from a folder that is
-ingested again. Search runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN)
-for the tenant and fuses the two rankings. Every query is scoped to one tenant.
+Ingest reads Markdown and text as UTF-8, HTML with BeautifulSoup and PDF with pypdf, splits on
+sentence boundaries with overlap (llama-index's `SentenceSplitter`), and stores each chunk with
+its content hash, its embedder's name and its vector. Re-ingesting a document embeds only the
+chunks whose text (or embedder) changed; chunks no longer in it are deleted, and so is a document
+gone from a folder that is ingested again. Search runs a vector query (pgvector HNSW) and a
+keyword query (tsvector, GIN) for the tenant and fuses the two rankings. Every query is scoped to
+one tenant.
 """
 
 from __future__ import annotations
@@ -79,22 +80,44 @@ def vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.6g}" for x in vector.tolist()) + "]"
 
 
-def read_document(path: Path) -> str:
-    """The text of one file, through the llama-index reader for its type."""
-    from llama_index.readers.file import FlatReader, HTMLTagReader, PDFReader
+def _html_text(path: Path) -> str:
+    """The text of the page's `<body>`, one line per top-level block."""
+    from bs4 import BeautifulSoup, NavigableString
 
+    with path.open(encoding="utf-8") as fh:
+        soup = BeautifulSoup(fh, "html.parser")
+    texts = []
+    for body in soup.find_all("body"):
+        for element in body.children:
+            text = element.strip() if isinstance(element, NavigableString) else (
+                element.get_text().strip())
+            if text:
+                texts.append(text)
+    return "\n".join(texts)
+
+
+def _pdf_text(path: Path) -> str:
+    import pypdf
+
+    reader = pypdf.PdfReader(path)
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def read_document(path: Path) -> str:
+    """The text of one file: PDF through pypdf, HTML through BeautifulSoup (the libraries the
+    llama-index readers wrap, used directly so the runtime needs neither those readers nor the
+    pandas they pull in), anything else as UTF-8 text."""
     suffix = path.suffix.lower()
-    if suffix == ".pdf":
-        reader: Any = PDFReader(return_full_document=True)
-    elif suffix in (".html", ".htm"):
-        reader = HTMLTagReader(tag="body", ignore_no_id=False)
-    else:
-        reader = FlatReader()
     try:
-        docs = reader.load_data(path)
-    except Exception as exc:  # readers raise whatever their parser raises
+        if suffix == ".pdf":
+            text = _pdf_text(path)
+        elif suffix in (".html", ".htm"):
+            text = _html_text(path)
+        else:
+            text = path.read_text(encoding="utf-8")
+    except Exception as exc:  # parsers raise whatever their format's errors are
         raise KnowledgeError(f"{path}: cannot read it as {suffix or 'text'}: {exc}") from None
-    return "\n\n".join(d.text for d in docs).strip()
+    return text.strip()
 
 
 def split(text: str) -> list[str]:

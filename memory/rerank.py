@@ -4,7 +4,7 @@ Off by default (`SIGHTLINE_RERANKER=off`): a rerank call is a network round trip
 search on every turn. With `cohere`, the knowledge base sends its fused candidates to Cohere's
 Rerank API (`POST /v2/rerank`) through the `cohere` SDK and keeps the reranker's order. A failed
 call is logged and the fused order stands, so a reranker outage never costs an answer. Each call
-is reported to `record` (the session's cost ledger) with its billed search units.
+is reported to `record` as a `RerankCall` (the session prices it into its ledger).
 """
 
 from __future__ import annotations
@@ -12,18 +12,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import cohere
 import httpx
 from cohere.core.api_error import ApiError
 
-from agent.config import ConfigError, Settings
-from agent.pricing import Usage
-
 log = logging.getLogger("sightline.rerank")
 
-Record = Callable[..., Any]  # CostLedger.model_call's keyword arguments
+
+@dataclass(frozen=True)
+class RerankCall:
+    """What one rerank call did and what it is billed: search units, not tokens."""
+
+    provider: str
+    model: str
+    search_units: float
+    documents: int
+    latency_ms: float
+    error: str | None
+
+
+Record = Callable[[RerankCall], None]
 
 
 class RerankError(RuntimeError):
@@ -67,23 +78,11 @@ class CohereReranker:
         except (httpx.HTTPError, TimeoutError) as exc:
             error = f"cohere {self.name}: {exc!r}"
         if self._record is not None:
-            self._record(provider="cohere", model=self.name, usage=Usage(search_units=units),
-                         images=0, latency_ms=(time.perf_counter() - started) * 1000,
-                         error=error, detail={"purpose": "rerank", "documents": len(texts)})
+            self._record(RerankCall("cohere", self.name, units, len(texts),
+                                    (time.perf_counter() - started) * 1000, error))
         if error is not None:
             raise RerankError(error)
         return ranked
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:
-    """SIGHTLINE_RERANKER: `off` (default) or `cohere` (needs COHERE_API_KEY)."""
-    if settings.reranker == "off":
-        return None
-    if not settings.cohere_api_key:
-        raise ConfigError("SIGHTLINE_RERANKER=cohere needs COHERE_API_KEY")
-    return CohereReranker(api_key=settings.cohere_api_key, base_url=settings.cohere_base_url,
-                          model=settings.rerank_model, timeout_s=settings.model_timeout_s,
-                          retries=settings.model_retries, record=record)

@@ -21,12 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.ledger import SPILL_SUFFIX as COST_SUFFIX
-
-from .conversation import SPILL_SUFFIX as MESSAGES_SUFFIX
 from .conversation import store_messages
 from .embeddings import Embedder
-from .keeper import SPILL_SUFFIX as MEMORY_SUFFIX
+from .spill_files import SpillKind, event_log_path, parse_spill_name, spill_files
 from .store import Store
 from .user_memory import UserMemory
 from .writer import Row
@@ -46,7 +43,7 @@ class RecoveryReport:
 
 def session_closed(costs_dir: Path, session_id: str) -> bool:
     """Whether the session's cost log ends with its summary (written last on close)."""
-    path = costs_dir / f"{session_id}.jsonl"
+    path = event_log_path(costs_dir, session_id)
     try:
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - 65536))
@@ -97,12 +94,11 @@ async def recover_spills(
 ) -> RecoveryReport:
     """Import every closed session's spill files; a file that fails stays for the next try."""
     report = RecoveryReport()
-    paths = await asyncio.to_thread(lambda: sorted(costs_dir.glob("*-spill.jsonl")))
+    paths = await asyncio.to_thread(spill_files, costs_dir)
     for path in paths:
-        session_id, _, suffix = path.name.partition(".")
-        suffix = "." + suffix
-        if suffix not in (COST_SUFFIX, MESSAGES_SUFFIX, MEMORY_SUFFIX):
-            continue
+        named = parse_spill_name(path)
+        assert named is not None  # spill_files lists only spill files
+        session_id, kind = named
         if not await asyncio.to_thread(session_closed, costs_dir, session_id):
             report.left.append(f"{path.name}: its session is still open (or ended without "
                                "closing)")
@@ -114,7 +110,7 @@ async def recover_spills(
         fh, rows, bad = opened
         start = 0
         try:
-            write = await _writer_for(suffix, session_id, store, memory, embedder, rows)
+            write = await _writer_for(kind, session_id, store, memory, embedder, rows)
             for start in range(0, len(rows), BATCH):
                 await write(rows[start:start + BATCH])
         except BaseException as exc:  # cancelled too: what was stored must leave the file
@@ -137,12 +133,12 @@ async def recover_spills(
 
 
 async def _writer_for(
-    suffix: str, session_id: str, store: Store, memory: UserMemory, embedder: Embedder,
+    kind: SpillKind, session_id: str, store: Store, memory: UserMemory, embedder: Embedder,
     rows: list[Row],
 ) -> Callable[[list[Row]], Awaitable[None]]:
-    if suffix == COST_SUFFIX:
+    if kind is SpillKind.COST_EVENTS:
         return store.add_cost_events
-    if suffix == MEMORY_SUFFIX:
+    if kind is SpillKind.MEMORY:
         return memory.apply
     tenant = (rows[0].get("tenant") if rows else None) or await store.session_tenant(session_id)
 

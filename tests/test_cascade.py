@@ -22,11 +22,12 @@ from synthetic_screen import Desk
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
+from agent.config import Settings
 from agent.images import ImageEncoder
-from agent.ledger import CostLedger
 from agent.pricing import PriceTable
-from agent.providers import ClaudeProvider, GeminiProvider
-from agent.scripted_models import (
+from agent.providers import ClaudeProvider, GeminiProvider, ProviderError, make_provider
+from agent.session_record import SessionRecord
+from agent.wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
     ScriptedReply,
@@ -58,6 +59,11 @@ class PerModel:
 
 
 Make = Callable[..., Awaitable[tuple[CascadeLLM, PerModel]]]
+RECORDS: dict[CascadeLLM, SessionRecord] = {}  # each cascade's session record, by `make`
+
+
+def record(model: CascadeLLM) -> SessionRecord:
+    return RECORDS[model]
 
 
 @pytest.fixture
@@ -73,7 +79,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
         server = ScriptedModelServer(replies=replies)
         await server.start()
         servers.append(server)
-        ledger = CostLedger(
+        session_record = SessionRecord.open(
             session_id=f"sess_cascade_{len(servers)}", tenant="acme", source="test",
             costs_dir=tmp_path, prices=PriceTable.load(), store=None, budget=budget,
         )
@@ -84,14 +90,16 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
             )
             for t in TIERS
         ]
-        model = CascadeLLM(TIERS, providers, ledger, deadline_s,  # type: ignore[arg-type]
-                           ImageEncoder("medium"))
+        model = CascadeLLM(TIERS, providers, session_record.meter,  # type: ignore[arg-type]
+                           deadline_s, ImageEncoder("medium"), budget)
         models.append(model)
+        RECORDS[model] = session_record
         return model, replies
 
     yield build
     for model in models:
         await model.aclose()
+        RECORDS.pop(model)
     for server in servers:
         await server.stop()
 
@@ -109,12 +117,12 @@ async def ask(model: CascadeLLM, ctx: llm.ChatContext, question: str) -> str:
 
 
 def turns(model: CascadeLLM) -> list[dict]:
-    lines = model._ledger.path.read_text().splitlines()
+    lines = record(model).events.path.read_text().splitlines()
     return [e["detail"] for e in map(json.loads, lines) if e["kind"] == "turn"]
 
 
 def calls(model: CascadeLLM) -> list[dict]:
-    lines = model._ledger.path.read_text().splitlines()
+    lines = record(model).events.path.read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["kind"] in ("model_call", "model_error")]
 
 
@@ -273,7 +281,7 @@ async def test_prompt_cache_is_marked_read_and_priced(make: Make) -> None:
     claude = [c for c in calls(model) if c["model"] == CLAUDE]
     assert claude[0]["cache_write_tokens"] > 0 and claude[0]["cached_input_tokens"] == 0
     assert claude[1]["cached_input_tokens"] >= claude[0]["cache_write_tokens"]
-    price = model._ledger.prices.get(CLAUDE)
+    price = record(model).meter.prices.get(CLAUDE)
     assert price is not None
     expected = (
         claude[1]["input_tokens"] * price.input_per_mtok
@@ -285,7 +293,7 @@ async def test_prompt_cache_is_marked_read_and_priced(make: Make) -> None:
     # Gemini's implicit cache: the long shared prefix of the second request is read cheaply
     lite = [c for c in calls(model) if c["model"] == LITE]
     assert lite[0]["cached_input_tokens"] == 0 and lite[1]["cached_input_tokens"] > 1000
-    summary = model._ledger.summary()
+    summary = record(model).summary()
     assert 0 < summary["prompt_cache"]["hit_rate"] < 1
     assert summary["prompt_cache"]["saved_usd"] > 0
 
@@ -304,24 +312,48 @@ async def test_claude_requests_carry_cache_breakpoints(make: Make) -> None:
     assert "cache_control" not in second["messages"][-1]["content"][-1]
 
 
+@pytest.mark.parametrize("provider", ["gemini", "anthropic"])
+async def test_the_sdk_retries_a_server_error_as_configured(provider: str) -> None:
+    tier = next(t for t in TIERS if t.provider == provider)
+    settings = Settings.from_env({"SIGHTLINE_MODEL_RETRIES": "1"})
+    for replies, answered in (([ScriptedReply(status=500), said("Fixed.", 0.9)], True),
+                              ([ScriptedReply(status=500)] * 2, False)):
+        async with ScriptedModelServer(replies) as server:
+            client = make_provider(settings.with_overrides(
+                gemini_api_key="k", anthropic_api_key="k", gemini_base_url=server.base_url,
+                anthropic_base_url=server.base_url), tier)
+            ctx = llm.ChatContext.empty()
+            ctx.add_message(role="user", content="Why?")
+            try:
+                text = "".join([i async for i in client.stream(ctx, max_output_tokens=50)
+                                if isinstance(i, str)])
+            except ProviderError as exc:
+                assert not answered and exc.status == 500
+            else:
+                assert answered and text.endswith("Fixed.")
+            finally:
+                await client.aclose()
+            assert len(server.requests) == 2  # SIGHTLINE_MODEL_RETRIES=1: tried twice
+
+
 def test_budget_thresholds_are_reported_once_and_cap_at_100_percent() -> None:
     guard = BudgetGuard(session_budget_usd=1.0, tenant_budget_usd=10.0, max_tier_over_budget=0,
                         tenant_spent_before_usd=6.2)
-    assert guard.observe(0.5) == []
-    crossed = guard.observe(0.95)
+    assert guard.spend(0.5) == []
+    crossed = guard.spend(0.45)
     assert [(e["scope"], e["threshold"]) for e in crossed] == [
         ("session", 0.7), ("session", 0.9), ("tenant", 0.7),
     ]
     assert guard.tier_cap() is None
-    assert [(e["scope"], e["threshold"]) for e in guard.observe(1.6)] == [("session", 1.0)]
+    assert [(e["scope"], e["threshold"]) for e in guard.spend(0.65)] == [("session", 1.0)]
     assert guard.tier_cap() == 0
-    assert [(e["scope"], e["threshold"]) for e in guard.observe(4.0)] == [
+    assert [(e["scope"], e["threshold"]) for e in guard.spend(2.4)] == [
         ("tenant", 0.9), ("tenant", 1.0),
     ]
-    assert guard.observe(5.0) == []
-    summary = guard.summary(4.0)
+    assert guard.spend(1.0) == []
+    summary = guard.summary()
     assert summary["escalation_capped_at_tier"] == 0
-    assert summary["tenant_spent_usd"] == pytest.approx(10.2)
+    assert summary["tenant_spent_usd"] == pytest.approx(11.2)
     assert summary["thresholds_crossed"] == [
         "session:100%", "session:70%", "session:90%", "tenant:100%", "tenant:70%", "tenant:90%",
     ]
@@ -344,11 +376,11 @@ async def test_a_spent_budget_stops_escalation(make: Make) -> None:
     assert replies.asked == [LITE, FLASH, LITE]
     last = turns(model)[-1]
     assert last["start_tier"] == 0 and last["reason"] == "question_repeated+budget_cap"
-    events = [json.loads(line) for line in model._ledger.path.read_text().splitlines()]
+    events = [json.loads(line) for line in record(model).events.path.read_text().splitlines()]
     crossed = [(e["detail"]["scope"], e["detail"]["threshold"]) for e in events
                if e["kind"] == "budget"]
     assert crossed == [("session", 0.7), ("session", 0.9), ("session", 1.0)]
-    summary = model._ledger.summary()
+    summary = record(model).summary()
     assert summary["budget"]["escalation_capped_at_tier"] == 0
 
 
@@ -415,7 +447,7 @@ async def test_tool_calls_work_whichever_tier_answers(make: Make, tier: int) -> 
     assert [t["outcome"] for t in acted["tried"]] == ["low_confidence"] * tier + ["tool_call"]
     assert answered["reason"] == "tool_result" and answered["start_tier"] == tier
     assert answered["answered_tier"] == tier and answered["tool_calls"] == []
-    summary = model._ledger.summary()
+    summary = record(model).summary()
     assert summary["turns"]["tool_calls"] == {"order_status": 1}
     # LiveKit's session.usage counts each tier under its own model name, as the ledger does
     reported = {u.model: (u.input_tokens, u.output_tokens) for u in usage
@@ -445,7 +477,7 @@ async def test_images_are_sized_per_provider_and_billed_in_the_ledger(make: Make
     sonnet = PriceTable.load().get(CLAUDE)
     assert sonnet is not None
     assert logged[2]["image_cost_usd"] == pytest.approx(1199 * sonnet.input_per_mtok / 1e6)
-    images = model._ledger.summary()["images"]
+    images = record(model).summary()["images"]
     assert (images["sent"], images["tokens"], images["tokens_at_full_resolution"]) == (
         3, 2231, 4695)
     assert images["cost_usd"] == pytest.approx(sum(c["image_cost_usd"] for c in logged))

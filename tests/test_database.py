@@ -2,7 +2,7 @@
 
 Protects: migrations are applied once and recorded, and re-opening is a no-op; concurrent first
 starts are serialized; an unreachable DATABASE_URL is one `sightline:` line (exit 2) that never
-shows the password; when Postgres goes away mid-session the ledger and the conversation log keep
+shows the password; when Postgres goes away mid-session the event log and the conversation log keep
 going without raising, every event stays in the JSONL log, and after close() every event is in
 `cost_events` or in the spill file, none missing and none duplicated (a Postgres of our own is
 stopped and restarted for this).
@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 from conftest import run_cli
 
-from agent.ledger import CostLedger
 from agent.pricing import PriceTable, Usage
+from agent.session_record import SessionRecord
 from memory.conversation import ConversationLog
 from memory.db import Database, DatabaseUnavailable, start_embedded
 from memory.embeddings import OfflineEmbedder
@@ -183,10 +183,11 @@ async def wait_for_count(url: str, sql: str, expected: int, deadline_s: float = 
     return count
 
 
-def record(ledger: CostLedger, n: int, start_t: float) -> None:
+def record(session: SessionRecord, n: int, start_t: float) -> None:
     for i in range(n):
-        ledger.frame(FrameDecision(start_t + i, True, "sampled", 1280, 720))
-        ledger.model_call(
+        session.events.record(
+            "frame", detail=FrameDecision(start_t + i, True, "sampled", 1280, 720).as_record())
+        session.meter.model_call(
             provider="gemini", model="gemini-2.5-flash",
             usage=Usage(input_tokens=1000 + i, output_tokens=50), images=1, latency_ms=100 + i,
         )
@@ -194,7 +195,7 @@ def record(ledger: CostLedger, n: int, start_t: float) -> None:
 
 async def open_session(
     url: str, tmp_path: Path, session_id: str
-) -> tuple[Database, CostLedger, ConversationLog]:
+) -> tuple[Database, SessionRecord, ConversationLog]:
     db = await Database.open(url, tmp_path / "data")
     store = Store(db.pool)
     await store.start_session(
@@ -202,11 +203,11 @@ async def open_session(
         model="gemini-2.5-flash",
     )
     costs_dir = tmp_path / "costs"
-    ledger = CostLedger(
+    session = SessionRecord.open(
         session_id=session_id, tenant="acme", source="live", costs_dir=costs_dir,
         prices=PriceTable.load(), store=store,
     )
-    return db, ledger, ConversationLog(store, session_id, "acme", costs_dir)
+    return db, session, ConversationLog(store, session_id, "acme", costs_dir)
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
@@ -217,8 +218,8 @@ async def test_outage_past_close_spills_every_unwritten_event(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
     url = await own_postgres.start()
-    db, ledger, conversation = await open_session(url, tmp_path, "sess_outage_spill")
-    record(ledger, 3, 0.0)  # 6 events while the database is up
+    db, session, conversation = await open_session(url, tmp_path, "sess_outage_spill")
+    record(session, 3, 0.0)  # 6 events while the database is up
     conversation.add("u-1", "user", "before the outage")
     assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 6) == 6
     assert await wait_for_count(url, "SELECT count(*) FROM messages", 1) == 1
@@ -227,17 +228,17 @@ async def test_outage_past_close_spills_every_unwritten_event(
     await assert_down(url)
 
     # the database is gone: recording goes on, nothing raises
-    record(ledger, 4, 10.0)  # 8 more events
+    record(session, 4, 10.0)  # 8 more events
     conversation.add("u-1", "user", "during the outage")
     conversation.add("u-1", "assistant", "still answering")
     await asyncio.sleep(0.5)  # let the writers try, and fail, in the background
     spilled_messages = await conversation.close()
-    summary = await ledger.close(frames_received=7)
+    summary = await session.close()
     db.pool.terminate()
 
     assert summary["db_spilled_events"] == 8
     assert spilled_messages == 2
-    events = jsonl(ledger.path)
+    events = jsonl(session.events.path)
     assert [e["seq"] for e in events] == list(range(1, 16))  # 14 events + the summary
     assert events[-1]["kind"] == "summary"
     assert events[-1]["detail"]["db_spilled_events"] == 8
@@ -275,27 +276,27 @@ async def test_outage_then_recovery_loses_nothing(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
     url = await own_postgres.start()
-    db, ledger, conversation = await open_session(url, tmp_path, "sess_outage_recover")
-    record(ledger, 2, 0.0)  # 4 events
+    db, session, conversation = await open_session(url, tmp_path, "sess_outage_recover")
+    record(session, 2, 0.0)  # 4 events
     assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 4) == 4
 
     await own_postgres.stop()
     await assert_down(url)
-    record(ledger, 3, 10.0)  # 6 events while down
+    record(session, 3, 10.0)  # 6 events while down
     conversation.add("u-1", "user", "asked while the database was down")
     await asyncio.sleep(0.5)  # the writers fail at least once and back off
 
     url = await own_postgres.start()
-    record(ledger, 1, 20.0)  # 2 events after the restart
+    record(session, 1, 20.0)  # 2 events after the restart
     # the queued rows are retried and reach the database before the session ends
     assert await wait_for_count(url, "SELECT count(*) FROM cost_events", 12) == 12
     assert await conversation.close() == 0
-    summary = await ledger.close()
+    summary = await session.close()
     await db.pool.close()
 
     assert summary["db_spilled_events"] == 0
     assert not (tmp_path / "costs" / "sess_outage_recover.db-spill.jsonl").exists()
-    events = jsonl(ledger.path)
+    events = jsonl(session.events.path)
     assert [e["seq"] for e in events] == list(range(1, 14))
     conn = await asyncpg.connect(url)
     try:
@@ -323,7 +324,7 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
     url = await own_postgres.start()
-    db, ledger, _conversation = await open_session(url, tmp_path, "sess_long_outage")
+    db, session, _conversation = await open_session(url, tmp_path, "sess_long_outage")
     store = Store(db.pool)
     spill = tmp_path / "costs" / "sess_long_outage.messages-spill.jsonl"
     writer = BackgroundWriter(
@@ -372,7 +373,7 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     # every memory change landed, in the order it was made: the last update of a key wins
     assert facts.pop("progress") == "turn 59" and summary == "up to turn 50"
     assert facts == {f"turn_{n}": f"seen {n}" for n in range(1, 60) if n not in range(5, 50, 10)}
-    await ledger.close()
+    await session.close()
     await db.pool.close()
 
 

@@ -11,6 +11,9 @@ import asyncio
 import base64
 import io
 import json
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,24 +21,24 @@ from typing import Any
 
 import asyncpg
 import pytest
-from livekit import api, rtc
-from livekit_harness import (
+from livekit import rtc
+from PIL import Image
+
+from agent.images import sized_for
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from bench.livekit_harness import (
     API_KEY,
     API_SECRET,
     LiveKitServer,
+    User,
     Worker,
     free_port,
     run_livekit_server,
     start_worker,
 )
-from PIL import Image
 
-from agent.images import sized_for
-from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
-from memory.keeper import MARKER as MEMORY_MARKER
-from vision.video_file import iter_frames
-
-DEMO_FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
+REPO = Path(__file__).resolve().parent.parent
+DEMO_FIXTURE = REPO / "fixtures" / "demo"
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +60,7 @@ class Replies:
         self.asked = asyncio.Event()
 
     def __call__(self, request: CapturedRequest) -> ScriptedReply:
-        if MEMORY_MARKER in request.text:
+        if request.purpose == "memory":
             return self.memory
         self.asked.set()
         return self.by_model.get(request.model, self.next)
@@ -66,12 +69,17 @@ class Replies:
 def turn_requests(server: ScriptedModelServer, seen: int) -> list[CapturedRequest]:
     """The requests since `seen` that answered the user: not embeddings, not memory updates."""
     return [r for r in server.requests[seen:]
-            if not r.model.startswith("gemini-embedding") and MEMORY_MARKER not in r.text]
+            if r.purpose == "answer"]
 
 
 def sure(text: str, **kw: float) -> ScriptedReply:
     """A reply the first tier is sure of, so it answers alone."""
     return ScriptedReply(text=f"[[confidence: 0.95]] {text}", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -127,85 +135,10 @@ def worker(
     proc.stop()
 
 
-class User:
-    """A person in the room, driven with the rtc SDK."""
-
-    def __init__(self, livekit: LiveKitServer, room_name: str) -> None:
-        self.livekit = livekit
-        self.room_name = room_name
-        self.room = rtc.Room()
-        self.replies: list[str] = []
-        self._publisher: asyncio.Task[None] | None = None
-        self.frames_published = 0
-
-    async def join(self, identity: str) -> None:
-        async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
-            await lk.room.create_room(api.CreateRoomRequest(name=self.room_name))
-            await lk.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(
-                    agent_name=AGENT_NAME, room=self.room_name,
-                    metadata=json.dumps({"tenant": "e2e"}),
-                )
-            )
-        token = (
-            api.AccessToken(API_KEY, API_SECRET)
-            .with_identity(identity)
-            .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
-            .to_jwt()
-        )
-        self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
-        await self.room.connect(self.livekit.ws_url, token)
-
-    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        async def read() -> None:
-            self.replies.append(await reader.read_all())
-
-        asyncio.get_running_loop().create_task(read())
-
-    async def wait_for_agent(self, timeout_s: float = 90) -> rtc.RemoteParticipant:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for p in self.room.remote_participants.values():
-                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
-                    return p
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no agent joined {self.room_name} within {timeout_s}s")
-
-    async def publish_video(self, source_kind: rtc.TrackSource.ValueType, fps: float) -> None:
-        source = rtc.VideoSource(1280, 720)
-        track = rtc.LocalVideoTrack.create_video_track("screen", source)
-        await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=source_kind)
-        )
-        self._publisher = asyncio.create_task(self._pump(source, fps))
-
-    async def _pump(self, source: rtc.VideoSource, fps: float) -> None:
-        """Replays the demo recording in real time at `fps`, looping, like a live share."""
-        started = time.monotonic()
-        while True:
-            frames = iter_frames(DEMO_FIXTURE / "screen.webm")
-            while (item := await asyncio.to_thread(next, frames, None)) is not None:
-                _, frame = item
-                source.capture_frame(frame)
-                self.frames_published += 1
-                due = started + self.frames_published / fps
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-
-    async def say(self, text: str) -> None:
-        await self.room.local_participant.send_text(text, topic="lk.chat")
-
-    async def wait_for_reply(self, timeout_s: float = 60) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.replies:
-                return self.replies.pop(0)
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no reply on lk.transcription within {timeout_s}s")
-
-    async def leave(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-        await self.room.disconnect()
+def new_user(livekit: LiveKitServer, room_name: str) -> User:
+    """A person who dispatches this module's worker (tenant e2e) and shares the demo screen."""
+    return User(livekit, room_name, agent_name=AGENT_NAME, metadata={"tenant": "e2e"},
+                video=DEMO_FIXTURE / "screen.webm")
 
 
 def _latest_finished_log(costs: Path) -> list[dict[str, Any]] | None:
@@ -252,7 +185,7 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
         "gemini-2.5-flash": sure(ANSWER),
     }
     seen = len(server.requests)
-    user = User(livekit, "e2e-screen-share")
+    user = new_user(livekit, "e2e-screen-share")
     await user.join("user-1")
     agent = await user.wait_for_agent()
     await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=10)
@@ -317,13 +250,27 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert summary["memory"]["updates"] == 1
 
 
+def test_the_image_healthcheck_reaches_the_worker(worker: Worker, free_tcp_port: int) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as the image runs it, against the live worker;
+    and against a port where nothing listens, where it must fail."""
+    line = next(line for line in (REPO / "Dockerfile").read_text().splitlines()
+                if line.strip().startswith("CMD python -c"))
+    _cmd, _python, _c, code = shlex.split(line.strip())
+    ok = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=10,
+                        env={"SIGHTLINE_HEALTH_PORT": worker.env["SIGHTLINE_HEALTH_PORT"]})
+    assert ok.returncode == 0, ok.stderr
+    down = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=10,
+                          env={"SIGHTLINE_HEALTH_PORT": str(free_tcp_port)})
+    assert down.returncode != 0
+
+
 async def test_a_camera_is_not_taken_for_the_screen(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
 ) -> None:
     server, replies = model_server
     replies.next = sure("(scripted) Please share your screen.")
     seen = len(server.requests)
-    user = User(livekit, "e2e-camera")
+    user = new_user(livekit, "e2e-camera")
     await user.join("user-2")
     await user.wait_for_agent()
     await user.publish_video(rtc.TrackSource.SOURCE_CAMERA, fps=5)
@@ -345,7 +292,7 @@ async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
     server, replies = model_server
     replies.next = sure("(scripted) too late", delay_s=3)
     seen = len(server.requests)
-    user = User(livekit, "e2e-leaves")
+    user = new_user(livekit, "e2e-leaves")
     await user.join("user-3")
     await user.wait_for_agent()
     replies.asked.clear()
@@ -366,7 +313,7 @@ async def test_sigterm_drains_the_running_session_and_flushes_its_log(
 ) -> None:
     _server, replies = model_server
     replies.next = sure("(scripted) still here")
-    user = User(livekit, "e2e-drain")
+    user = new_user(livekit, "e2e-drain")
     await user.join("user-4")
     await user.wait_for_agent()
     await user.say("Hello?")

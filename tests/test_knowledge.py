@@ -5,7 +5,7 @@ document embeds only the chunks that changed; a document deleted from an ingeste
 its chunks; search fuses vector and keyword rankings and never crosses tenants; a change of
 embedding model is detected, not mixed; an unreadable file is reported and the rest ingested;
 the optional Cohere reranker (real `cohere` SDK, local wire-format fake) reorders the fused
-candidates, is billed in the ledger per search unit, and its outage keeps the fused order.
+candidates, is billed in the session record per search unit, and its outage keeps the fused order.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from conftest import CountingEmbedder, cli_env, run_cli
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
+from agent.components import make_reranker
 from agent.config import ConfigError, Settings
-from agent.ledger import CostLedger
 from agent.pricing import PriceTable
-from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from agent.session_record import SessionRecord
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
 from memory.embeddings import GeminiEmbedder, OfflineEmbedder
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
-from memory.rerank import make_reranker
 
 ROUTER = """# Resetting the router
 
@@ -210,12 +210,13 @@ async def test_a_cohere_reranker_reorders_and_its_outage_keeps_the_fused_order(
     def serve(request: CapturedRequest) -> ScriptedReply:
         return ScriptedReply(status=status[0], text="scripted outage")
 
-    ledger = CostLedger(session_id="s-rerank", tenant="acme", source="replay",
-                        costs_dir=tmp_path / "costs", prices=PriceTable.load(None), store=None)
+    record = SessionRecord.open(session_id="s-rerank", tenant="acme", source="replay",
+                                costs_dir=tmp_path / "costs", prices=PriceTable.load(None),
+                                store=None)
     async with ScriptedModelServer(serve) as server:
         reranker = make_reranker(settings.with_overrides(
             reranker="cohere", cohere_api_key="test-key", cohere_base_url=server.base_url,
-            model_retries=0), record=ledger.model_call)
+            model_retries=0), record=record.meter.rerank_call)
         assert reranker is not None
         kb = KnowledgeBase(db.pool, OfflineEmbedder(), reranker)
         await kb.ingest([docs], "acme")
@@ -235,7 +236,7 @@ async def test_a_cohere_reranker_reorders_and_its_outage_keeps_the_fused_order(
     assert {h.id for h in reranked} <= {h.id for h in await KnowledgeBase(
         db.pool, kb.embedder).search("acme", question, k=20)}
     assert [h.id for h in fallback] == [h.id for h in fused]
-    summary = await ledger.close()
+    summary = await record.close()
     rerank_cost = summary["by_model"]["rerank-v3.5"]
     assert rerank_cost["calls"] == 2 and rerank_cost["errors"] == 1
     assert summary["total_cost_usd"] == pytest.approx(0.002)  # one billed search unit

@@ -13,8 +13,8 @@ import json
 from conftest import DEMO_FIXTURE, cli_env, run_cli
 
 from agent.config import Settings
-from agent.fixture import load_fixture
 from agent.replay import replay
+from agent.replay_script import load_fixture
 from memory.db import Database
 from memory.store import Store
 

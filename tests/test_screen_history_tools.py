@@ -13,7 +13,7 @@ from livekit.agents import llm
 from synthetic_screen import Desk
 
 from agent.turn_context import TurnContext
-from tools.screen_history import ScreenHistoryTools
+from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
 
@@ -40,7 +40,7 @@ def screen() -> ScreenWatcher:
 
 
 async def test_screen_changes_lists_the_kept_changes(screen: ScreenWatcher) -> None:
-    tools = ScreenHistoryTools(screen, lambda _frame: None)
+    tools = ScreenHistoryTools(screen, ShownScreen())
     kept = [c.decision.t for c in screen.changes]
     assert kept[0] == 0.0 and 8.0 in kept and 12.0 in kept
     listing = (await tools.screen_changes(minutes=5)).splitlines()
@@ -54,8 +54,9 @@ async def test_screen_changes_lists_the_kept_changes(screen: ScreenWatcher) -> N
 async def test_earlier_screen_rides_along_for_the_rest_of_the_turn(
     screen: ScreenWatcher,
 ) -> None:
-    turn_context = TurnContext(screen)
-    tools = ScreenHistoryTools(screen, turn_context.show_earlier)
+    shown = ShownScreen()
+    turn_context = TurnContext(screen, shown=shown)
+    tools = ScreenHistoryTools(screen, shown)
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="What did the toast say?")
     assert len(images(await turn_context.build(ctx))) == 1
@@ -79,20 +80,20 @@ async def test_earlier_screen_rides_along_for_the_rest_of_the_turn(
 async def test_asking_further_back_than_the_history_is_a_tool_error(
     screen: ScreenWatcher,
 ) -> None:
-    tools = ScreenHistoryTools(screen, lambda _frame: None)
+    tools = ScreenHistoryTools(screen, ShownScreen())
     with pytest.raises(llm.ToolError, match="oldest screen I still have is from 19 s ago"):
         await tools.earlier_screen(seconds_ago=60)
 
 
 async def test_no_share_means_no_history() -> None:
     screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
-    tools = ScreenHistoryTools(screen, lambda _frame: None)
+    tools = ScreenHistoryTools(screen, ShownScreen())
     assert "No screen is being shared" in await tools.screen_changes()
     assert "No screen is being shared" in await tools.earlier_screen(seconds_ago=5)
 
 
 def test_the_tools_have_schemas_for_both_providers(screen: ScreenWatcher) -> None:
-    tool_ctx = llm.ToolContext(ScreenHistoryTools(screen, lambda _frame: None).tools())
+    tool_ctx = llm.ToolContext(ScreenHistoryTools(screen, ShownScreen()).tools())
     google = {d["name"]: d for d in tool_ctx.parse_function_tools("google")}
     anthropic = {d["name"]: d for d in tool_ctx.parse_function_tools("anthropic", strict=False)}
     assert set(google) == set(anthropic) == {"screen_changes", "earlier_screen"}

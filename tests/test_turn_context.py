@@ -2,8 +2,8 @@
 remembered about the user, and the screen.
 
 Protects: the knowledge and memory recalled for the user's question go into the request as data,
-once per question (a tool round reuses them); a failing or slow lookup never holds up or breaks
-the turn, which goes on without it.
+once per question (a tool round reuses them), and are recorded as a structured note; a failing or
+slow lookup never holds up or breaks the turn, which goes on without it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ async def test_knowledge_goes_in_once_per_question() -> None:
         asked.append(question)
         return Recalled([HIT], MEMORY)
 
-    turn = TurnContext(screen(), lookup)
+    notes: list[dict] = []
+    turn = TurnContext(screen(), lookup, note=notes.append)
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="How do I check my config file?")
     first = texts(await turn.build(ctx))
@@ -61,8 +62,14 @@ async def test_knowledge_goes_in_once_per_question() -> None:
     ctx.items.append(llm.FunctionCallOutput(call_id="c", name="screen_changes", output="none",
                                             is_error=False))
     assert texts(await turn.build(ctx)) == first  # the tool round reuses it
-    assert asked == ["How do I check my config file?"] and turn.knowledge_hits == 1
-    assert turn.memory_recalled == 2
+    assert asked == ["How do I check my config file?"]
+    # what went in is recorded as data, once per question
+    assert notes == [{
+        "knowledge": [{"source": "/kb/config-files.md", "key": "", "score": 0.03}],
+        "memory": {"summary": True, "facts": ["python_version"],
+                   "messages": [{"id": 3, "role": "user", "at": "2026-11-20T00:00:00+00:00"}]},
+        "screen": "none",
+    }]
 
 
 async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:

@@ -2,7 +2,7 @@
 
 Protects: tier 0's memory update becomes facts keyed by subject (an update replaces, a repeat is
 not stored twice, a forget removes) and a rolling summary, through the real google-genai client;
-a broken or failing memory call costs a ledger event and no memory; recall gives a turn the
+a broken or failing memory call costs a recorded model call and no memory; recall gives a turn the
 summary, the facts nearest the question and matching earlier messages outside the conversation,
 of this tenant and user only; a turn with nothing to recall costs no embedding; rows a closed
 session spilled are imported once, and a live session's are left to it.
@@ -19,14 +19,15 @@ import pytest
 from conftest import CountingEmbedder
 
 from agent.config import Settings, Tier
-from agent.ledger import CostLedger
+from agent.memory_model import TierMemoryModel
 from agent.pricing import PriceTable
 from agent.providers import make_provider
-from agent.scripted_models import CapturedRequest, ScriptedModelServer, ScriptedReply
+from agent.session_record import SessionRecord
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.conversation import store_messages
 from memory.db import Database
 from memory.embeddings import OfflineEmbedder
-from memory.keeper import MARKER, MemoryKeeper, MemoryReplyError, parse_update
+from memory.keeper import MemoryKeeper, MemoryReplyError, parse_update
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
 from memory.spill_recovery import recover_spills
@@ -60,9 +61,10 @@ async def _session(db: Database, session_id: str, tenant: str, user: str) -> Non
                                        source="replay", provider="gemini", model="m")
 
 
-def _ledger(tmp_path: Path, session_id: str) -> CostLedger:
-    return CostLedger(session_id=session_id, tenant="acme", source="replay",
-                      costs_dir=tmp_path / "costs", prices=PriceTable.load(None), store=None)
+def _record(tmp_path: Path, session_id: str) -> SessionRecord:
+    return SessionRecord.open(session_id=session_id, tenant="acme", source="replay",
+                              costs_dir=tmp_path / "costs", prices=PriceTable.load(None),
+                              store=None)
 
 
 async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
@@ -87,25 +89,25 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
     async with ScriptedModelServer(serve) as server:
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url), LITE)
-        ledger = _ledger(tmp_path, "s-keep")
+        record = _record(tmp_path, "s-keep")
         keeper = MemoryKeeper(
-            memory=memory, provider=provider, tier=LITE, ledger=ledger, tenant="acme",
-            user_id="u-1", session_id="s-keep", spill_dir=tmp_path, timeout_s=5, facts=[],
-            summary=None)
+            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-keep", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None)
         for n in range(4):
             keeper.exchange(f"question {n}", f"answer {n}")
         await keeper.settled()
         assert await keeper.close() == 0
         await provider.aclose()
 
-    assert all(MARKER in r.text for r in seen)
+    assert all(r.purpose == "memory" for r in seen)  # told apart by its header, not its text
     assert "User: question 1" in seen[1].text
     assert "- python_version: The user runs Python 3.11." in seen[1].text  # what it knew
     facts = await memory.facts("acme", "u-1")
     assert [(f.key, f.text) for f in facts] == [
         ("python_version", "The user upgraded to Python 3.12.")]
     assert await memory.summary("acme", "u-1") == "Asked about pip, then upgraded Python."
-    summary = await ledger.close()
+    summary = await record.close()
     assert summary["memory"] == {"recalled": 0, "updates": 3, "failed_updates": 1,
                                  "cost_usd": summary["total_cost_usd"]}
     log_text = await asyncio.to_thread(Path(summary["cost_log"]).read_text)
@@ -122,15 +124,15 @@ async def test_a_failing_memory_model_loses_nothing_else(
     async with ScriptedModelServer([ScriptedReply(status=500)]) as server:
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
-        ledger = _ledger(tmp_path, "s-fail")
+        record = _record(tmp_path, "s-fail")
         keeper = MemoryKeeper(
-            memory=memory, provider=provider, tier=LITE, ledger=ledger, tenant="acme",
-            user_id="u-1", session_id="s-fail", spill_dir=tmp_path, timeout_s=5, facts=[],
-            summary=None)
+            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-fail", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None)
         keeper.exchange("question", "answer")
         assert await keeper.close() == 0
         await provider.aclose()
-    summary = await ledger.close()
+    summary = await record.close()
     assert summary["memory"]["failed_updates"] == 1 and summary["memory"]["updates"] == 0
     assert await memory.facts("acme", "u-1") == []
 

@@ -7,9 +7,8 @@ that the label files all load. A detector change that trades recall for reductio
 
 from __future__ import annotations
 
+from bench.vision_eval import EVAL_SET, EVENT_KINDS, TARGETS, evaluate, find_sessions
 from vision.change import DetectorConfig
-from vision.cli import EVAL_SET
-from vision.evaluation import EVENT_KINDS, TARGETS, evaluate, find_sessions
 
 
 def test_bundled_set_loads_with_both_splits() -> None:

@@ -9,8 +9,6 @@ context, like the live screen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from livekit.agents import llm
 
 from vision.frames import SampledFrame
@@ -35,12 +33,27 @@ def describe(change: ScreenChange, now: float) -> str:
             f"it showed {decision.content_type} content")
 
 
-class ScreenHistoryTools:
-    """The screen-history tools of one session; `show` attaches a frame to the current turn."""
+class ShownScreen:
+    """The earlier screen the model asked to see in the current user turn. `earlier_screen`
+    sets it; the turn context attaches it to the rest of the turn's requests and clears it when
+    the user asks something new. Owned by the session, shared by both."""
 
-    def __init__(self, screen: ScreenWatcher, show: Callable[[SampledFrame], None]) -> None:
+    def __init__(self) -> None:
+        self.frame: SampledFrame | None = None
+
+    def show(self, frame: SampledFrame) -> None:
+        self.frame = frame
+
+    def clear(self) -> None:
+        self.frame = None
+
+
+class ScreenHistoryTools:
+    """The screen-history tools of one session."""
+
+    def __init__(self, screen: ScreenWatcher, shown: ShownScreen) -> None:
         self._screen = screen
-        self._show = show
+        self._shown = shown
 
     def tools(self) -> list[llm.Tool]:
         return [self.screen_changes, self.earlier_screen]
@@ -85,6 +98,6 @@ class ScreenHistoryTools:
                 "nothing earlier is kept."
             )
         change = earlier[-1]
-        self._show(change.frame)
+        self._shown.show(change.frame)
         return (f"The screen as it was {describe(change, now)} is attached to the user's "
                 "message as the earlier screenshot.")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from livekit import rtc
 
@@ -38,25 +39,31 @@ class FrameDecision:
                     "content_type": None}
         return self.change.as_dict()
 
+    def as_record(self) -> dict[str, object]:
+        """The decision as plain data for the session's event log, with the frame's size."""
+        return {**self.as_dict(), "width": self.width, "height": self.height}
+
 
 @dataclass
 class FrameTally:
     """Decisions counted: kept, dropped by reason (an unusable frame as "invalid", which never
-    counts as sampled), and sampled / kept / dropped per content type."""
+    counts as sampled), and sampled / kept / dropped per content type. It counts decisions as
+    plain records (`FrameDecision.as_dict()`), so a log of them can be tallied too."""
 
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     by_type: dict[str, Counter[str]] = field(default_factory=dict)
 
-    def add(self, decision: FrameDecision) -> None:
-        if decision.kept:
+    def add(self, record: Mapping[str, Any]) -> None:
+        kept = bool(record["kept"])
+        if kept:
             self.kept += 1
         else:
-            self.dropped[decision.reason] += 1
-        if decision.change is not None:
-            counts = self.by_type.setdefault(str(decision.change.content_type), Counter())
+            self.dropped[str(record["reason"])] += 1
+        if record.get("content_type") is not None:
+            counts = self.by_type.setdefault(str(record["content_type"]), Counter())
             counts["sampled"] += 1
-            counts["kept" if decision.kept else "dropped"] += 1
+            counts["kept" if kept else "dropped"] += 1
 
     @property
     def invalid(self) -> int:

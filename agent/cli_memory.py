@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from agent.config import Settings
+from .config import Settings
 
-from .db import Database
-from .embeddings import make_embedder
-from .spill_recovery import RecoveryReport, recover_spills
-from .store import Store
-from .user_memory import UserMemory
+if TYPE_CHECKING:
+    from memory.spill_recovery import RecoveryReport
 
 SHOWN = 20
 
@@ -28,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("forget", "delete everything remembered about the user (privacy requests)"),
     ):
         p = memory_sub.add_parser(name, help=help_text)
-        p.add_argument("--tenant", required=True)
-        p.add_argument("--user", required=True)
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--tenant", required=True, help="the user's tenant")
+        p.add_argument("--user", required=True, help="the user's identity in the room")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _unimported(report: RecoveryReport) -> list[str]:
@@ -38,6 +36,13 @@ def _unimported(report: RecoveryReport) -> list[str]:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from memory.db import Database
+    from memory.spill_recovery import recover_spills
+    from memory.store import Store
+    from memory.user_memory import UserMemory
+
+    from .components import make_embedder
+
     db = await Database.open(settings.database_url, settings.data_dir)
     embedder = make_embedder(settings)
     try:

@@ -21,7 +21,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from PIL import Image
 
-from agent.scripted_models import (
+from agent.wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
     ScriptedReply,

@@ -1,9 +1,10 @@
-"""The price table and the cost ledger, on a real Postgres.
+"""The price table and a session's record (event log, meter, totals), on a real Postgres.
 
 Protects: every bundled price says where and when it came from; dollars are computed exactly and
 dated model ids find their base price; an unknown model is reported, never guessed; a price-file
-override works and a broken one names SIGHTLINE_PRICES; every ledger event lands both in the JSONL
-log and in `cost_events`, with a summary that adds up; `sightline costs` reports the same totals.
+override works and a broken one names SIGHTLINE_PRICES; every event lands both in the JSONL
+log and in `cost_events`, with a summary that adds up from the events alone; `sightline costs`
+reports the same totals.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 from conftest import cli_env, run_cli
 
 from agent.config import ConfigError, Settings
-from agent.ledger import CostLedger
 from agent.pricing import BUNDLED_PRICES, PriceTable, Usage
+from agent.session_record import SessionRecord
+from agent.session_summary import SessionTotals
 from memory.db import Database
 from memory.store import Store
 from vision.change import ChangeDecision
@@ -149,22 +151,22 @@ def test_missing_price_file_names_the_variable(tmp_path: Path) -> None:
     assert "nope.json" in str(info.value)
 
 
-# -- ledger on Postgres --------------------------------------------------------------------
+# -- the session record on Postgres ----------------------------------------------------------
 
 
-async def open_ledger(
+async def open_record(
     db: Database, settings: Settings, session_id: str, prices: PriceTable | None = None
-) -> tuple[Store, CostLedger]:
+) -> tuple[Store, SessionRecord]:
     store = Store(db.pool)
     await store.start_session(
         session_id, tenant="acme", user_id="u-1", room="room-1", source="replay",
         provider="gemini", model="gemini-2.5-flash",
     )
-    ledger = CostLedger(
+    record = SessionRecord.open(
         session_id=session_id, tenant="acme", source="replay", costs_dir=settings.costs_dir,
         prices=prices or PriceTable.load(), store=store,
     )
-    return store, ledger
+    return store, record
 
 
 def sampled(t: float, kept: bool, reason: str, content: ContentType) -> FrameDecision:
@@ -173,51 +175,58 @@ def sampled(t: float, kept: bool, reason: str, content: ContentType) -> FrameDec
     return FrameDecision(t, kept, reason, 1280, 720, change)
 
 
-def record_sample_events(ledger: CostLedger) -> None:
-    ledger.frame(sampled(0.0, True, "first", ContentType.CODE))
-    ledger.model_call(
+def frame(record: SessionRecord, decision: FrameDecision) -> None:
+    record.events.record("frame", detail=decision.as_record())
+
+
+def record_sample_events(record: SessionRecord) -> None:
+    """Frames and model calls, then the count of frames received (as a session closes)."""
+    meter = record.meter
+    frame(record, sampled(0.0, True, "first", ContentType.CODE))
+    meter.model_call(
         provider="gemini", model="gemini-2.5-flash",
         usage=Usage(input_tokens=1000, cached_input_tokens=2000, output_tokens=500),
         images=1, latency_ms=123.456,
     )
-    ledger.frame(sampled(1.0, True, "local_change", ContentType.CODE))
-    ledger.frame(sampled(1.5, False, "noise", ContentType.CODE))
-    ledger.frame(sampled(1.7, False, "video_rate_limit", ContentType.VIDEO))
-    ledger.frame(FrameDecision(2.0, False, "invalid", 0, 0))
-    ledger.model_call(
+    frame(record, sampled(1.0, True, "local_change", ContentType.CODE))
+    frame(record, sampled(1.5, False, "noise", ContentType.CODE))
+    frame(record, sampled(1.7, False, "video_rate_limit", ContentType.VIDEO))
+    frame(record, FrameDecision(2.0, False, "invalid", 0, 0))
+    meter.model_call(
         provider="gemini", model="gemini-2.5-flash-001",
         usage=Usage(input_tokens=1_000_000, output_tokens=1_000_000), images=0, latency_ms=10,
     )
-    ledger.model_call(
+    meter.model_call(
         provider="anthropic", model="claude-haiku-4-5",
         usage=Usage(input_tokens=10_000, cached_input_tokens=100_000, cache_write_tokens=4_000,
                     output_tokens=2_000),
         images=2, latency_ms=50,
     )
-    ledger.model_call(
+    meter.model_call(
         provider="gemini", model="gemini-2.5-flash", usage=Usage(input_tokens=40),
         images=1, latency_ms=5000, error="gemini gemini-2.5-flash: HTTP 500: boom",
     )
-    ledger.frame(FrameDecision(3.0, False, "invalid", 0, 0))
+    frame(record, FrameDecision(3.0, False, "invalid", 0, 0))
+    record.events.record("frame_count", detail={"received": 17})
 
 
 EXPECTED_TOTAL = 0.0017 + 2.8 + 0.035 + 40 * 0.3 / 1_000_000
 
 
-async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Settings) -> None:
-    store, ledger = await open_ledger(db, settings, "sess_ledger_1")
-    record_sample_events(ledger)
-    summary = await ledger.close(frames_received=17)
-    assert ledger.closed
+async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settings) -> None:
+    store, record = await open_record(db, settings, "sess_record_1")
+    record_sample_events(record)
+    summary = await record.close()
+    assert record.events.closed
 
-    events = read_jsonl(ledger.path)
-    assert ledger.path == settings.costs_dir / "sess_ledger_1.jsonl"
+    events = read_jsonl(record.events.path)
+    assert record.events.path == settings.costs_dir / "sess_record_1.jsonl"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["kind"] for e in events] == [
         "frame", "model_call", "frame", "frame", "frame", "frame", "model_call", "model_call",
-        "model_error", "frame", "summary",
+        "model_error", "frame", "frame_count", "summary",
     ]
-    assert all(e["session_id"] == "sess_ledger_1" and e["tenant"] == "acme" for e in events)
+    assert all(e["session_id"] == "sess_record_1" and e["tenant"] == "acme" for e in events)
     assert events[1]["cost_usd"] == pytest.approx(0.0017, abs=1e-12)
     assert events[1]["images"] == 1 and events[1]["latency_ms"] == 123.5
     assert events[8]["detail"]["error"].endswith("HTTP 500: boom")
@@ -228,6 +237,13 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
         "laplacian_var": 900.0, "edge_ratio": 0.05, "width": 1280, "height": 720,
     }
     assert events[-1]["detail"] == json.loads(json.dumps(summary))
+    # the summary is a fold of the events: the same totals from the JSONL file alone
+    replayed = SessionTotals(session_id="sess_record_1", tenant="acme", source="replay",
+                             prices=BUNDLED_PRICES, cost_log=record.events.path)
+    for event in events[:-1]:
+        replayed.add(event)
+    assert {k: v for k, v in replayed.summary().items() if k != "duration_s"} == {
+        k: v for k, v in summary.items() if k not in ("duration_s", "db_spilled_events")}
 
     # summary totals
     assert summary["total_cost_usd"] == pytest.approx(EXPECTED_TOTAL, abs=1e-8)
@@ -261,7 +277,7 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
     rows = await db.pool.fetch(
         "SELECT seq, kind, model, input_tokens, cached_input_tokens, cache_write_tokens,"
         " output_tokens, images, cost_usd, detail FROM cost_events"
-        " WHERE session_id = $1 ORDER BY seq", "sess_ledger_1",
+        " WHERE session_id = $1 ORDER BY seq", "sess_record_1",
     )
     assert [r["seq"] for r in rows] == [e["seq"] for e in events[:-1]]
     assert [r["kind"] for r in rows] == [e["kind"] for e in events[:-1]]
@@ -272,27 +288,27 @@ async def test_ledger_writes_jsonl_and_cost_events(db: Database, settings: Setti
         assert float(row["cost_usd"]) == pytest.approx(event["cost_usd"] or 0.0, abs=1e-8)
         assert json.loads(row["detail"]) == event["detail"]
 
-    session = await store.get_session("sess_ledger_1")
+    session = await store.get_session("sess_record_1")
     assert session is not None
     assert session["ended_at"] is not None
     assert session["total_cost_usd"] == pytest.approx(EXPECTED_TOTAL, abs=1e-8)
     assert session["model_calls"] == 3  # model_error rows are not counted as calls
     assert session["summary"]["frames"]["kept"] == 2
-    assert not (settings.costs_dir / "sess_ledger_1.db-spill.jsonl").exists()
+    assert not (settings.costs_dir / "sess_record_1.db-spill.jsonl").exists()
 
 
 async def test_unknown_model_is_listed_as_unpriced(db: Database, settings: Settings) -> None:
-    _, ledger = await open_ledger(db, settings, "sess_unpriced")
-    event = ledger.model_call(
+    _, record = await open_record(db, settings, "sess_unpriced")
+    event = record.meter.model_call(
         provider="gemini", model="gemini-9-ultra", usage=Usage(input_tokens=1000),
         images=0, latency_ms=1,
     )
-    ledger.model_call(
+    record.meter.model_call(
         provider="gemini", model="gemini-2.5-flash", usage=Usage(input_tokens=1_000_000),
         images=0, latency_ms=1,
     )
     assert event["cost_usd"] is None
-    summary = await ledger.close()
+    summary = await record.close()
     assert summary["unpriced_models"] == ["gemini-9-ultra"]
     assert summary["total_cost_usd"] == pytest.approx(0.3)
     assert summary["by_model"]["gemini-9-ultra"]["cost_usd"] == 0
@@ -303,19 +319,19 @@ async def test_unknown_model_is_listed_as_unpriced(db: Database, settings: Setti
     assert row is not None and row["cost_usd"] is None
 
 
-async def test_ledger_uses_price_override(
+async def test_the_meter_uses_a_price_override(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
     path = write_prices(tmp_path / "custom.json", {
         "gemini-2.5-flash": {"input_per_mtok": 1, "output_per_mtok": 1, "date": "2026-01-01",
                              "source": "negotiated"},
     })
-    _, ledger = await open_ledger(db, settings, "sess_override", PriceTable.load(path))
-    ledger.model_call(
+    _, record = await open_record(db, settings, "sess_override", PriceTable.load(path))
+    record.meter.model_call(
         provider="gemini", model="gemini-2.5-flash",
         usage=Usage(input_tokens=1_000_000, output_tokens=1_000_000), images=0, latency_ms=1,
     )
-    summary = await ledger.close()
+    summary = await record.close()
     assert summary["total_cost_usd"] == pytest.approx(2.0)
     assert summary["prices"] == str(path)
 
@@ -323,9 +339,9 @@ async def test_ledger_uses_price_override(
 async def test_cli_costs_lists_and_shows_the_session(
     db: Database, settings: Settings
 ) -> None:
-    _, ledger = await open_ledger(db, settings, "sess_cli_1")
-    record_sample_events(ledger)
-    summary = await ledger.close(frames_received=17)
+    _, record = await open_record(db, settings, "sess_cli_1")
+    record_sample_events(record)
+    summary = await record.close()
     env = cli_env(settings)
 
     code, out, err = await run_cli("costs", "--json", env=env)
@@ -343,7 +359,7 @@ async def test_cli_costs_lists_and_shows_the_session(
     assert shown["id"] == "sess_cli_1"
     assert shown["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
     assert shown["summary"]["total_cost_usd"] == summary["total_cost_usd"]
-    assert [e["seq"] for e in shown["events"]] == list(range(1, 11))
+    assert [e["seq"] for e in shown["events"]] == list(range(1, 12))
 
     code, out, err = await run_cli("costs", "sess_cli_1", env=env)
     assert code == 0, err

@@ -25,9 +25,11 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from .embeddings import Embedder, OfflineEmbedder
-from .knowledge import KnowledgeBase, KnowledgeError
-from .migrate import migration_files
+from memory.embeddings import Embedder, OfflineEmbedder
+from memory.knowledge import KnowledgeBase, KnowledgeError
+from memory.migrate import migration_files
+
+EVAL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kb_eval"
 
 Retrieve = Callable[[str, str, int], Awaitable[list[str]]]  # tenant, query, k -> ids
 

@@ -24,8 +24,8 @@ import numpy as np
 from livekit import rtc
 from PIL import Image
 
-from .content_type import ContentType, StableContentType
-from .frames import as_i420
+from vision.content_type import ContentType, StableContentType
+from vision.frames import as_i420
 
 # The original design's cut-offs, for full-resolution 8-bit gray from a BGR frame
 _REF_CODE_LAPLACIAN = 2000.0

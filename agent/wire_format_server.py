@@ -101,6 +101,11 @@ class CapturedRequest:
     headers: dict[str, str]
     image_tokens: int = 0  # this server's estimate, by the provider's documented rule
 
+    @property
+    def purpose(self) -> str:
+        """What Sightline asked for (`answer`, `memory`), from its request header."""
+        return self.headers.get("x-sightline-purpose", "")
+
 
 ReplyFn = Callable[[CapturedRequest], ScriptedReply]
 

@@ -21,16 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .change import DetectorConfig
-from .references import (
+from vision.change import DetectorConfig
+from vision.scan import watch
+from vision.video_file import iter_frames
+
+from .vision_references import (
     PhashReference,
     i420_to_bgr,
     kept_from_cuts,
     reference_features,
     scenedetect_cuts,
 )
-from .scan import watch
-from .video_file import iter_frames
+
+EVAL_SET = Path(__file__).resolve().parents[1] / "fixtures" / "vision_eval" / "sessions"
 
 CATCH_WINDOW = 2.0
 VIDEO_STALE = 5.0

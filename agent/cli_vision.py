@@ -1,4 +1,6 @@
-"""`sightline vision scan|eval`: run the change detector on recordings, and score it on labels."""
+"""`sightline vision scan|eval|settings`: run the change detector on recordings, and score it
+on labels. `vision eval` runs the evaluation harness in `bench/` (a source checkout, with the
+eval extra); the other two need only the runtime."""
 
 from __future__ import annotations
 
@@ -7,18 +9,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .change import DetectorConfig
-from .evaluation import SYSTEMS, evaluate, find_sessions, format_table
-from .scan import scan, summary_line
-from .screen import FrameTally
+from .cli_common import UserError
 
+if TYPE_CHECKING:
+    from vision.change import DetectorConfig
 
-class VisionUsageError(ValueError):
-    """A bad --set, --systems or --split value."""
-
-
-EVAL_SET = Path(__file__).resolve().parents[1] / "fixtures" / "vision_eval" / "sessions"
+SYSTEMS = ("sightline", "phash_fixed10", "phash_adaptive", "scenedetect_hash",
+           "scenedetect_content")  # bench.vision_eval.SYSTEMS, without importing it for --help
 
 
 def _positive_float(raw: str) -> float:
@@ -56,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = commands.add_parser(
         "eval", parents=[tuning], help="recall, reduction and noise vs the reference detectors"
     )
-    p.add_argument("paths", type=Path, nargs="*", default=[EVAL_SET],
+    p.add_argument("paths", type=Path, nargs="*",
                    help="*.labels.json files or directories of them (default: the bundled set)")
     p.add_argument("--split", choices=("dev", "holdout"), help="only sessions of this split")
     p.add_argument("--systems", default=",".join(SYSTEMS),
@@ -64,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    """Raises VisionUsageError and the source/label errors, for the caller to print."""
+    """Raises UserError and the source/label errors, for the caller to print."""
+    from vision.change import DetectorConfig
+
     config = DetectorConfig()
     if args.vision_command == "settings":
         for name, value in config.settings().items():
@@ -73,16 +74,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config.with_values(dict(args.settings))
     except ValueError as exc:
-        raise VisionUsageError(str(exc)) from None
+        raise UserError(str(exc)) from None
     if args.vision_command == "scan":
         return _scan(args, config)
     return _eval(args, config)
 
 
 def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
+    from vision.scan import scan, summary_line
+    from vision.screen import FrameTally
+
     summary = FrameTally()
     for decision in scan(args.path, args.fps, config):
-        summary.add(decision)
+        summary.add(decision.as_dict())
         if args.json:
             print(json.dumps(decision.as_dict()), flush=False)
         else:
@@ -107,13 +111,19 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
 
 
 def _eval(args: argparse.Namespace, config: DetectorConfig) -> int:
+    try:
+        from bench.vision_eval import EVAL_SET, evaluate, find_sessions, format_table
+    except ImportError as exc:
+        raise UserError(f"`sightline vision eval` runs from a source checkout with the eval "
+                        f"dependencies (`make install` there): {exc}") from None
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown or "sightline" not in systems:
-        raise VisionUsageError(f"--systems must include sightline and only name {list(SYSTEMS)}")
-    sessions = [s for s in find_sessions(args.paths) if args.split in (None, s.split)]
+        raise UserError(f"--systems must include sightline and only name {list(SYSTEMS)}")
+    paths = args.paths or [EVAL_SET]
+    sessions = [s for s in find_sessions(paths) if args.split in (None, s.split)]
     if not sessions:
-        raise VisionUsageError(f"no {args.split} sessions under {args.paths}")
+        raise UserError(f"no {args.split} sessions under {paths}")
     logging.getLogger("pyscenedetect").setLevel(logging.WARNING)  # one INFO line per video
     report = evaluate(
         sessions, config, args.fps, systems,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import DEMO_FIXTURE
 
-from agent.fixture import ORIGINS, FixtureError, load_fixture
+from agent.replay_script import ORIGINS, FixtureError, load_fixture
 
 SIGHTLINE = Path(sys.executable).with_name("sightline")
 DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())

@@ -1,0 +1,26 @@
+"""What the `sightline` command groups share: the error a user can fix, and argument types."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UserError(Exception):
+    """Any failure the user can fix; printed as one line, exit status 2."""
+
+
+def positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {raw!r}")
+    return value
+
+
+def key_value(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {raw!r}")
+    return key.strip(), value.strip()

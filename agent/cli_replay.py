@@ -1,0 +1,53 @@
+"""`sightline replay PATH`: replay a fixture offline through the live pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("replay", help="replay a fixture session offline and print its costs")
+    p.add_argument("path", type=Path, help="fixture directory (with session.json)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from memory.db import Database
+
+    from .cli_costs import format_summary
+    from .replay import replay
+    from .replay_script import load_fixture
+
+    fixture = load_fixture(args.path)
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        result = await replay(fixture, settings, db)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps({"fixture": result.fixture,
+                          "turns": [t.__dict__ for t in result.turns],
+                          "sessions": result.sessions}, indent=2))
+        return 0
+    print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
+          f"{fixture.duration_s:.1f}s)\n")
+    for turn in result.turns:
+        screen = f"screen at t={turn.screen_t:.0f}s" if turn.screen_t is not None else "no screen"
+        print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
+        asked = " > ".join(turn.models_asked) or "no model"
+        if turn.tools_called:
+            asked += f" (tools called: {', '.join(turn.tools_called)})"
+        if turn.knowledge_used:
+            asked += f"; knowledge: {', '.join(turn.knowledge_used)}"
+        if turn.memory_used:
+            asked += f"; memory: {', '.join(turn.memory_used)}"
+        print(f"         asked {asked}; {turn.origin} response, {screen}, "
+              f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} sent")
+        print(f"         Sightline: {turn.reply}\n")
+    for summary in result.sessions:
+        print(format_summary(summary))
+    return 0

@@ -1,0 +1,36 @@
+"""The configured implementations of memory's small interfaces: which embedder, which reranker.
+
+`memory/` defines what an embedder and a reranker are and knows nothing of settings; choosing one
+from `SIGHTLINE_*` variables and the keys in the environment happens here, for sessions and the
+command line alike.
+"""
+
+from __future__ import annotations
+
+from memory.embeddings import Embedder, GeminiEmbedder, OfflineEmbedder
+from memory.rerank import CohereReranker, Record, Reranker
+
+from .config import ConfigError, Settings
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto` (Gemini when its key is set)."""
+    use_gemini = settings.embeddings == "gemini" or (
+        settings.embeddings == "auto" and settings.gemini_api_key is not None)
+    if not use_gemini:
+        return OfflineEmbedder()
+    if not settings.gemini_api_key:
+        raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
+    return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url)
+
+
+def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:
+    """SIGHTLINE_RERANKER: `off` (default) or `cohere` (needs COHERE_API_KEY); each call goes
+    to `record` (the session's meter)."""
+    if settings.reranker == "off":
+        return None
+    if not settings.cohere_api_key:
+        raise ConfigError("SIGHTLINE_RERANKER=cohere needs COHERE_API_KEY")
+    return CohereReranker(api_key=settings.cohere_api_key, base_url=settings.cohere_base_url,
+                          model=settings.rerank_model, timeout_s=settings.model_timeout_s,
+                          retries=settings.model_retries, record=record)

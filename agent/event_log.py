@@ -1,0 +1,86 @@
+"""The session's event log: what happened, in order, recorded the moment it happened.
+
+Each event (a model call, a cascade turn, a frame decision, what a turn's context held, a budget
+crossing) is numbered, appended to `<costs_dir>/<session_id>.jsonl` at once (the durable copy)
+and queued for the `cost_events` table. Listeners see each event as it is recorded: the running
+totals, the budget guard and replay's report are built from events, never from the log's state
+or from text. `close()` appends the session summary as the file's last line and stores it on the
+session row, so ops read the same numbers from either place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from memory.spill_files import SpillKind, event_log_path, spill_path
+from memory.store import Store
+from memory.writer import BackgroundWriter
+
+log = logging.getLogger("sightline.costs")
+
+Event = dict[str, Any]
+Listener = Callable[[Event], None]
+
+
+class EventLog:
+    def __init__(
+        self, *, session_id: str, tenant: str, costs_dir: Path, store: Store | None,
+    ) -> None:
+        self.session_id = session_id
+        self.tenant = tenant
+        self.path = event_log_path(costs_dir, session_id)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", buffering=1)
+        self._store = store
+        self._writer = (
+            BackgroundWriter("cost_events", store.add_cost_events,
+                             spill_path(costs_dir, session_id, SpillKind.COST_EVENTS))
+            if store is not None
+            else None
+        )
+        self._listeners: list[Listener] = []
+        self._seq = 0
+        self.closed = False
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with every event recorded from now on, in order."""
+        self._listeners.append(listener)
+
+    def _append(self, kind: str, fields: dict[str, Any]) -> Event:
+        """Number the next event and append it to the JSONL file."""
+        self._seq += 1
+        event = {"session_id": self.session_id, "tenant": self.tenant, "seq": self._seq,
+                 "ts": time.time(), "kind": kind, **fields}
+        self._file.write(json.dumps(event) + "\n")
+        return event
+
+    def record(self, kind: str, *, cost_usd: float | None = 0.0, **fields: Any) -> Event:
+        """Record one event; `cost_usd` is None when it could not be priced."""
+        event = self._append(kind, {**fields, "cost_usd": cost_usd})
+        if self._writer is not None:
+            self._writer.put(event)
+        for listener in self._listeners:
+            listener(event)
+        return event
+
+    async def close(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Flush every event, then write `summary` as the file's last line and on the session
+        row; returns it with the count of events the database did not take (kept on disk)."""
+        if self._writer is not None:
+            summary = {**summary, "db_spilled_events": await self._writer.close()}
+        # the summary goes to the session row below, not to cost_events
+        self._append("summary", {"cost_usd": summary["total_cost_usd"], "detail": summary})
+        self._file.close()
+        if self._store is not None:
+            try:
+                await self._store.end_session(self.session_id, summary["total_cost_usd"], summary)
+            except Exception as exc:
+                log.error("could not store the summary of %s (it is in %s): %r",
+                          self.session_id, self.path, exc)
+        self.closed = True
+        return summary

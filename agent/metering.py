@@ -1,0 +1,98 @@
+"""Prices what the session's models did and records it in the event log.
+
+A model call becomes one event that carries its dollars: the call's cost, the share of it its
+images took, what those images would have cost at full resolution and what the prompt cache
+saved. A cascade turn carries its cost and what the top tier alone would have charged for the
+same tokens. Everything downstream (totals, budgets, reports) adds these figures up; nothing
+prices twice. A model missing from the price table is recorded with `cost_usd: null` and logged
+once, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from memory.rerank import RerankCall
+
+from .event_log import Event, EventLog
+from .pricing import PriceTable, Usage
+
+log = logging.getLogger("sightline.costs")
+
+MODEL_KINDS = ("model_call", "model_error")  # the events that carry a model's cost
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 8) if value is not None else None
+
+
+class CostMeter:
+    def __init__(self, events: EventLog, prices: PriceTable) -> None:
+        self._events = events
+        self.prices = prices
+        self._unpriced_logged: set[str] = set()
+
+    def _price(self, model: str, usage: Usage) -> float | None:
+        cost = self.prices.cost(model, usage)
+        if cost is None and model not in self._unpriced_logged:
+            self._unpriced_logged.add(model)
+            log.warning("no price for model %s in %s: its cost is not counted", model,
+                        self.prices.path)
+        return cost
+
+    def model_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        usage: Usage,
+        images: int,
+        latency_ms: float,
+        image_tokens: int = 0,
+        image_tokens_full_resolution: int = 0,
+        error: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Event:
+        """One request to a model, answered or failed (a failed one is billed what arrived)."""
+        # images are billed as input tokens: their share of the call's cost, at the input rate
+        image_cost = self.prices.input_cost(model, image_tokens)
+        return self._events.record(
+            MODEL_KINDS[1] if error else MODEL_KINDS[0],
+            cost_usd=self._price(model, usage),
+            provider=provider,
+            model=model,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+            search_units=usage.search_units,
+            images=images,
+            image_tokens=image_tokens,
+            image_tokens_full_resolution=image_tokens_full_resolution,
+            image_cost_usd=_rounded(image_cost),
+            image_full_resolution_cost_usd=_rounded(
+                self.prices.input_cost(model, image_tokens_full_resolution)),
+            cache_saved_usd=_rounded(self.prices.cache_savings(model, usage.cached_input_tokens)),
+            latency_ms=round(latency_ms, 1),
+            detail={**(detail or {}), **({"error": error} if error else {})},
+        )
+
+    def rerank_call(self, call: RerankCall) -> None:
+        """A reranker's call, billed per search unit."""
+        self.model_call(
+            provider=call.provider, model=call.model, usage=Usage(search_units=call.search_units),
+            images=0, latency_ms=call.latency_ms, error=call.error,
+            detail={"purpose": "rerank", "documents": call.documents},
+        )
+
+    def turn(
+        self, detail: dict[str, Any], *, cost_usd: float, answer_usage: Usage | None,
+        top_model: str,
+    ) -> None:
+        """One round of the cascade: where it started and why, each tier tried with its
+        confidence and outcome, and the tier that answered. `top_model`'s price for the answer's
+        tokens is what the round would have cost on the top tier alone."""
+        top_cost = self.prices.cost(top_model, answer_usage) if answer_usage else None
+        self._events.record("turn", detail={
+            **detail, "cost_usd": round(cost_usd, 8), "top_tier_cost_usd": _rounded(top_cost)})

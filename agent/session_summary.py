@@ -1,0 +1,163 @@
+"""A session's running totals, folded from its events as they are recorded, and the summary
+built from them: the last line of the session's cost log and its Postgres row.
+
+Every figure here is a sum or count of event fields (dollars were priced when the event was
+recorded, see `metering.py`), so the summary can always be recomputed from the JSONL file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from vision.screen import FrameTally
+
+from .event_log import Event
+from .metering import MODEL_KINDS
+
+_MODEL_TOTALS = (
+    "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "images",
+    "image_tokens", "image_tokens_full_resolution",
+)
+_MODEL_DOLLARS = ("image_cost_usd", "image_full_resolution_cost_usd", "cost_usd")
+
+
+class SessionTotals:
+    def __init__(
+        self, *, session_id: str, tenant: str, source: str, prices: Path, cost_log: Path,
+    ) -> None:
+        self._about = {"session_id": session_id, "tenant": tenant, "source": source}
+        self._prices, self._cost_log = prices, cost_log
+        self._started = time.time()
+        self._by_model: dict[str, Counter[str]] = defaultdict(lambda: Counter(calls=0, errors=0))
+        self._cache_saved = 0.0
+        self._frames = FrameTally()
+        self._frames_received = 0
+        self._turns: dict[str, Counter[str]] = defaultdict(Counter)
+        self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
+        self._user_turns = 0
+        self._memory_calls: Counter[str] = Counter()
+        self._memory_cost_usd = 0.0
+        self._knowledge_hits = 0
+        self._memory_recalled = 0
+        self._unpriced: set[str] = set()
+        self.total_cost_usd = 0.0
+
+    def add(self, event: Event) -> None:
+        """Fold one event into the totals (events of other kinds are ignored)."""
+        kind, detail = event["kind"], event.get("detail") or {}
+        if kind in MODEL_KINDS:
+            self._model_call(event, detail)
+        elif kind == "turn":
+            self._turn(detail)
+        elif kind == "frame":
+            self._frames.add(detail)
+        elif kind == "frame_count":
+            self._frames_received = detail["received"]
+        elif kind == "context":
+            self._knowledge_hits += len(detail.get("knowledge", []))
+            memory = detail.get("memory", {})
+            self._memory_recalled += len(memory.get("facts", [])) + len(
+                memory.get("messages", []))
+
+    def _model_call(self, event: Event, detail: dict[str, Any]) -> None:
+        model, cost = event["model"], event["cost_usd"]
+        if cost is None:
+            self._unpriced.add(model)
+        totals = self._by_model[model]
+        totals["calls"] += 1
+        totals["errors"] += event["kind"] == "model_error"
+        for name in _MODEL_TOTALS:
+            totals[name] += event[name]
+        for name in _MODEL_DOLLARS:
+            totals[name] += event[name] or 0.0
+        self._cache_saved += event["cache_saved_usd"] or 0.0
+        self.total_cost_usd += cost or 0.0
+        if detail.get("purpose") == "memory":
+            self._memory_calls["failed" if event["kind"] == "model_error" else "calls"] += 1
+            self._memory_cost_usd += cost or 0.0
+
+    def _turn(self, detail: dict[str, Any]) -> None:
+        if detail.get("top_tier_cost_usd") is not None:
+            self._vs_top["rounds"] += 1
+            self._vs_top["cost_usd"] += detail["cost_usd"]
+            self._vs_top["top_tier_cost_usd"] += detail["top_tier_cost_usd"]
+        if detail.get("reason") != "tool_result":  # the answer to a tool's result is not a turn
+            self._user_turns += 1
+        self._turns["answered_by_tier"][str(detail.get("answered_tier"))] += 1
+        self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
+        self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
+        for name in detail.get("tool_calls", []):
+            self._turns["tool_calls"][name] += 1
+
+    def summary(self) -> dict[str, Any]:
+        frames = self._frames
+        return {
+            **self._about,
+            "duration_s": round(time.time() - self._started, 2),
+            "total_cost_usd": round(self.total_cost_usd, 8),
+            "by_model": {
+                model: {k: (round(v, 8) if k.endswith("_usd") else v) for k, v in totals.items()}
+                for model, totals in self._by_model.items()
+            },
+            "frames": {
+                "received": self._frames_received,
+                "sampled": frames.sampled,
+                "kept": frames.kept,
+                "dropped": dict(frames.dropped),
+                "by_content_type": frames.by_content_type(),
+            },
+            "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
+            "prompt_cache": self._cache_summary(),
+            "images": self._image_summary(),
+            "knowledge_hits": self._knowledge_hits,
+            "memory": {
+                "recalled": self._memory_recalled,  # facts and earlier messages put in requests
+                "updates": self._memory_calls["calls"],
+                "failed_updates": self._memory_calls["failed"],
+                "cost_usd": round(self._memory_cost_usd, 8),
+            },
+            "vs_top_tier": self._vs_top_summary(),
+            "unpriced_models": sorted(self._unpriced),
+            "prices": str(self._prices),
+            "cost_log": str(self._cost_log),
+        }
+
+    def _vs_top_summary(self) -> dict[str, Any]:
+        """Answered turns' cost against answering each of them with the top tier's model (its
+        price for the same tokens): what the cascade saved."""
+        top = self._vs_top["top_tier_cost_usd"]
+        return {
+            "user_turns": self._user_turns,
+            "model_rounds": int(self._vs_top["rounds"]),
+            "cost_usd": round(self._vs_top["cost_usd"], 8),
+            "top_tier_cost_usd": round(top, 8),
+            "savings": round(1 - self._vs_top["cost_usd"] / top, 4) if top else None,
+        }
+
+    def _image_summary(self) -> dict[str, Any]:
+        """Images sent, their billed tokens and cost, and the same frames at full resolution."""
+        totals = self._by_model.values()
+        cost = sum(t["image_cost_usd"] for t in totals)
+        full_cost = sum(t["image_full_resolution_cost_usd"] for t in totals)
+        return {
+            "sent": sum(t["images"] for t in totals),
+            "tokens": sum(t["image_tokens"] for t in totals),
+            "cost_usd": round(cost, 8),
+            "tokens_at_full_resolution": sum(t["image_tokens_full_resolution"] for t in totals),
+            "saved_usd": round(full_cost - cost, 8),
+        }
+
+    def _cache_summary(self) -> dict[str, Any]:
+        """Share of prompt tokens read from the providers' caches, and the dollars that saved."""
+        totals = self._by_model.values()
+        cached = sum(t["cached_input_tokens"] for t in totals)
+        prompt = cached + sum(t["input_tokens"] + t["cache_write_tokens"] for t in totals)
+        return {
+            "hit_rate": round(cached / prompt, 4) if prompt else 0.0,
+            "cached_input_tokens": cached,
+            "prompt_tokens": prompt,
+            "saved_usd": round(self._cache_saved, 8),
+        }

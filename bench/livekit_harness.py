@@ -1,0 +1,206 @@
+"""Real processes for end-to-end tests and benchmarks: a LiveKit server on loopback, a `sightline
+start` worker, and users who join with the rtc SDK.
+
+The server binary comes from `make livekit-server` (go install of livekit-server v1.13.5, cached
+in ~/.cache/sightline/bin); `SIGHTLINE_LIVEKIT_SERVER` may point at another build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from livekit import api, rtc
+
+from vision.video_file import iter_frames
+
+API_KEY = "devkey"
+API_SECRET = "e2e-secret-that-is-long-enough-for-hs256"
+DEFAULT_BINARY = Path.home() / ".cache" / "sightline" / "bin" / "livekit-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@dataclass
+class LiveKitServer:
+    ws_url: str
+    http_url: str
+    log_path: Path
+
+
+@contextlib.contextmanager
+def run_livekit_server(workdir: Path) -> Iterator[LiveKitServer]:
+    binary = Path(os.environ.get("SIGHTLINE_LIVEKIT_SERVER", DEFAULT_BINARY))
+    if not binary.exists():
+        raise FileNotFoundError(
+            f"LiveKit server binary not found at {binary}: run `make livekit-server`")
+    port, tcp_port, udp_port = free_port(), free_port(), free_port()
+    config = workdir / "livekit.yaml"
+    config.write_text(
+        f"port: {port}\n"
+        "bind_addresses: ['127.0.0.1']\n"
+        f"rtc: {{tcp_port: {tcp_port}, udp_port: {udp_port}, use_external_ip: false,"
+        " node_ip: 127.0.0.1}\n"
+        f"keys: {{{API_KEY}: {API_SECRET}}}\n"
+    )
+    log_path = workdir / "livekit-server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=log)
+    try:
+        wait_for_port(port, 20)
+        yield LiveKitServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path
+    env: dict[str, str]  # the worker's own settings, on top of this process's environment
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+
+def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = None) -> Worker:
+    """Start `sightline start` (this environment's, or the `sightline` given) and wait until it
+    registered with the LiveKit server."""
+    log_path = workdir / "worker.log"
+    data_dir = Path(env["SIGHTLINE_DATA_DIR"])
+    sightline = sightline or Path(sys.executable).with_name("sightline")
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(sightline), "start", "--log-level", "debug"],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        )
+    worker = Worker(proc, log_path, data_dir, env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{worker.log_text()}")
+        if "registered worker" in worker.log_text():
+            return worker
+        time.sleep(0.2)
+    worker.stop()
+    raise TimeoutError(f"worker did not register in 60s:\n{worker.log_text()[-4000:]}")
+
+
+class User:
+    """A person in the room, driven with the rtc SDK: dispatches the agent, joins, shares a
+    recording as their screen (or camera), chats and reads the replies."""
+
+    def __init__(
+        self, livekit: LiveKitServer, room_name: str, *, agent_name: str,
+        metadata: dict[str, Any], video: Path,
+    ) -> None:
+        self.livekit = livekit
+        self.room_name = room_name
+        self.agent_name, self.metadata, self.video = agent_name, metadata, video
+        self.room = rtc.Room()
+        self.replies: list[str] = []
+        self._publisher: asyncio.Task[None] | None = None
+        self.frames_published = 0
+
+    async def join(self, identity: str) -> None:
+        async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name=self.room_name))
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name=self.agent_name, room=self.room_name,
+                    metadata=json.dumps(self.metadata),
+                )
+            )
+        token = (
+            api.AccessToken(API_KEY, API_SECRET)
+            .with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room=self.room_name))
+            .to_jwt()
+        )
+        self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
+        await self.room.connect(self.livekit.ws_url, token)
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        async def read() -> None:
+            self.replies.append(await reader.read_all())
+
+        asyncio.get_running_loop().create_task(read())
+
+    async def wait_for_agent(self, timeout_s: float = 90) -> rtc.RemoteParticipant:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for p in self.room.remote_participants.values():
+                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+                    return p
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no agent joined {self.room_name} within {timeout_s}s")
+
+    async def publish_video(self, source_kind: rtc.TrackSource.ValueType, fps: float) -> None:
+        source = rtc.VideoSource(1280, 720)
+        track = rtc.LocalVideoTrack.create_video_track("screen", source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=source_kind)
+        )
+        self._publisher = asyncio.create_task(self._pump(source, fps))
+
+    async def _pump(self, source: rtc.VideoSource, fps: float) -> None:
+        """Replays the recording in real time at `fps`, looping, like a live share."""
+        started = time.monotonic()
+        while True:
+            frames = iter_frames(self.video)
+            while (item := await asyncio.to_thread(next, frames, None)) is not None:
+                _, frame = item
+                source.capture_frame(frame)
+                self.frames_published += 1
+                due = started + self.frames_published / fps
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    async def say(self, text: str) -> None:
+        await self.room.local_participant.send_text(text, topic="lk.chat")
+
+    async def wait_for_reply(self, timeout_s: float = 60) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.replies:
+                return self.replies.pop(0)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no reply on lk.transcription within {timeout_s}s")
+
+    async def leave(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+        await self.room.disconnect()
