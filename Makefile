@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install runtime livekit-server lint bench clean
 
 demo: $(STAMP)
-	$(BIN)/sightline replay fixtures/demo
+	$(BIN)/sightline replay --fresh fixtures/demo
 
 test: $(STAMP) $(LIVEKIT_SERVER)
 	$(BIN)/ruff check .

@@ -234,6 +234,13 @@ def _answers_tool_result(chat_ctx: llm.ChatContext) -> bool:
     return bool(chat_ctx.items) and chat_ctx.items[-1].type == "function_call_output"
 
 
+def _agent_initiated(chat_ctx: llm.ChatContext) -> bool:
+    """A reply nobody asked for (`generate_reply(instructions=...)` adds its instructions as
+    the last message): it starts at tier 0 and leaves the user's escalation state alone."""
+    last = chat_ctx.items[-1] if chat_ctx.items else None
+    return last is not None and last.type == "message" and last.role in ("system", "developer")
+
+
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -248,8 +255,11 @@ class CascadeStream(llm.LLMStream):
     async def _run(self) -> None:
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
+        agent_initiated = _agent_initiated(self._chat_ctx)
         if _answers_tool_result(self._chat_ctx):
             start, reason = owner.policy.after_tool_result()
+        elif agent_initiated:
+            start, reason = 0, "agent_initiated"
         else:
             start, reason = owner.policy.start(_last_user_text(self._chat_ctx))
         cap = owner.tier_cap()
@@ -275,7 +285,8 @@ class CascadeStream(llm.LLMStream):
                     last_error = error
                 if outcome in ("answered", "tool_call"):
                     record.answered_tier, record.answer_usage = index, usage
-                    owner.policy.answered(index)
+                    if not agent_initiated:
+                        owner.policy.answered(index)
                     break
             if record.answered_tier is None and record.budget_capped:
                 self._send(request_id, BUDGET_SENTENCE)
@@ -414,6 +425,7 @@ class CascadeStream(llm.LLMStream):
             provider=tier.provider, model=tier.model, usage=attempt.usage,
             images=attempt.images.images, image_tokens=attempt.images.tokens,
             image_tokens_full_resolution=attempt.images.full_resolution_tokens,
+            image_tokens_unsent=attempt.images.unsent_tokens,
             latency_ms=(time.perf_counter() - attempt.started) * 1000,
             error=str(error) if error else ("cancelled" if cancelled else None),
             detail={

@@ -1,4 +1,5 @@
-"""`sightline memory show|forget`: what Sightline remembers about one user, and deleting it.
+"""`sightline memory show|forget`: what Sightline remembers about one user, and deleting it
+(messages, facts, summary, the screen timeline and archived screenshots).
 
 Both first import the spill files of closed sessions (rows written while the database was
 away), so that what is shown, or forgotten, includes them.
@@ -7,6 +8,7 @@ away), so that what is shown, or forgotten, includes them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import TYPE_CHECKING
 
@@ -37,9 +39,11 @@ def _unimported(report: RecoveryReport) -> list[str]:
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
-    from memory.spill_recovery import recover_spills
+    from memory.screen_timeline import ScreenTimeline
+    from memory.spill_recovery import SpillTargets, recover_spills
     from memory.store import Store
     from memory.user_memory import UserMemory
+    from vision.frame_archive import remove_sessions
 
     from .components import make_embedder
 
@@ -47,17 +51,23 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     embedder = make_embedder(settings)
     try:
         store, memory = Store(db.pool), UserMemory(db.pool, embedder)
-        report = await recover_spills(settings.costs_dir, store, memory, embedder)
+        targets = SpillTargets(store, memory, ScreenTimeline(db.pool, embedder), embedder)
+        report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
         if args.memory_command == "forget":
+            sessions = await store.user_sessions(args.tenant, args.user)
             removed = await store.forget_user(args.tenant, args.user)
+            removed["archived_frames"] = await asyncio.to_thread(
+                remove_sessions, settings.frames_dir, sessions)
             if args.json:
                 print(json.dumps({**removed, "unimported_spill_files": report.left}))
             else:
                 print(f"Forgot user {args.user} of tenant {args.tenant}: "
-                      f"{removed['messages']} messages, {removed['facts']} facts and "
-                      f"{removed['summaries']} summary deleted; {removed['sessions_unlinked']} "
-                      "sessions no longer name the user (their cost records stay).")
+                      f"{removed['messages']} messages, {removed['facts']} facts, "
+                      f"{removed['summaries']} summary, {removed['screen_events']} screen "
+                      f"events and {removed['archived_frames']} archived screenshots deleted; "
+                      f"{removed['sessions_unlinked']} sessions no longer name the user (their "
+                      "cost records stay).")
                 for note in notes:
                     print(note)
             return 0
@@ -65,6 +75,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         recent = await store.recent_messages(args.tenant, args.user, SHOWN)
         facts = await memory.facts(args.tenant, args.user)
         summary = await memory.summary(args.tenant, args.user)
+        screen_events = await store.count_screen_events(args.tenant, args.user)
     finally:
         await embedder.aclose()
         await db.close()
@@ -75,12 +86,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                        "updated_at": f.updated_at.isoformat() if f.updated_at else None}
                       for f in facts],
             "messages": total,
+            "screen_events": screen_events,
             "recent": [{"role": m.role, "content": m.content, "at": m.created_at.isoformat()}
                        for m in recent],
             "unimported_spill_files": report.left,
         }))
         return 0
-    if not (total or facts or summary):
+    if not (total or facts or summary or screen_events):
         print(f"Nothing is remembered about user {args.user} of tenant {args.tenant}.")
         return 0
     print(f"User {args.user} of tenant {args.tenant}:")
@@ -92,6 +104,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
           + (f", the last {len(recent)}:" if total > len(recent) else ":"))
     for message in recent:
         print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
+    print(f"  {screen_events} screen events remembered (`sightline screen search` finds them)")
     for note in notes:
         print(note)
     return 0

@@ -13,6 +13,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("replay", help="replay a fixture session offline and print its costs")
     p.add_argument("path", type=Path, help="fixture directory (with session.json)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--fresh", action="store_true",
+                   help="replay in isolation: a scratch database schema (dropped afterwards) and "
+                        "its own cost-log directory, so earlier runs' memory, knowledge and "
+                        "screen timeline play no part and every run prints the same")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -23,7 +27,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from .replay_script import load_fixture
 
     fixture = load_fixture(args.path)
-    db = await Database.open(settings.database_url, settings.data_dir)
+    db = await Database.open(settings.database_url, settings.data_dir, scratch=args.fresh)
+    if db.scratch_schema is not None:
+        # its own cost logs (and spill files): nothing of other sessions is imported into it
+        settings = settings.with_overrides(
+            cost_log_dir=settings.data_dir / "replays" / db.scratch_schema)
     try:
         result = await replay(fixture, settings, db)
     finally:
@@ -36,7 +44,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
           f"{fixture.duration_s:.1f}s)\n")
     for turn in result.turns:
-        screen = f"screen at t={turn.screen_t:.0f}s" if turn.screen_t is not None else "no screen"
+        screen = "no screen"
+        if turn.screen_t is not None:
+            shot = {"sent": "new screenshot", "unchanged": "screen unchanged, no new screenshot"}
+            screen = f"screen at t={turn.screen_t:.0f}s ({shot.get(turn.screenshot, 'none')})"
         print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
         asked = " > ".join(turn.models_asked) or "no model"
         if turn.tools_called:
@@ -45,8 +56,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             asked += f"; knowledge: {', '.join(turn.knowledge_used)}"
         if turn.memory_used:
             asked += f"; memory: {', '.join(turn.memory_used)}"
+        if turn.screen_used:
+            asked += f"; screen text: {', '.join(turn.screen_used)}"
         print(f"         asked {asked}; {turn.origin} response, {screen}, "
-              f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} sent")
+              f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} in the requests")
         print(f"         Sightline: {turn.reply}\n")
     for summary in result.sessions:
         print(format_summary(summary))

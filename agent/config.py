@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 
 PROVIDERS = ("gemini", "anthropic")
 IMAGE_DETAILS = ("low", "medium", "high")
+IMAGE_POLICIES = ("changed", "always")
 
 
 def _text(raw: str) -> str:
@@ -197,6 +198,19 @@ _FIELDS: tuple[_Field, ...] = (
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
         help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
+    _Field("screen_text", "SIGHTLINE_SCREEN_TEXT", _on_off, True,
+        help="on | off: read the text that appears on screen (local OCR) into the timeline"),
+    _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", _positive_int, 1,
+        help="threads reading screen text, shared by a process's sessions"),
+    _Field("image_policy", "SIGHTLINE_IMAGE_POLICY", _choice(*IMAGE_POLICIES), "changed",
+        help="changed | always: send the screen image only when it changed since the last "
+             "one the model saw, or on every turn"),
+    _Field("proactive", "SIGHTLINE_PROACTIVE", _on_off, False,
+        help="on | off: offer help, unasked, once per new error that appears on screen"),
+    _Field("frame_archive_mb", "SIGHTLINE_FRAME_ARCHIVE_MB", _non_negative_int, 100,
+        help="MB of kept frames per session on disk, for earlier_screen; 0: none"),
+    _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS", _positive_float, 7.0,
+        help="days a session's archived frames are kept"),
 )
 
 
@@ -237,6 +251,12 @@ class Settings:
     cohere_base_url: str | None
     memory_updates: bool
     max_sessions: int
+    screen_text: bool
+    ocr_threads: int
+    image_policy: str
+    proactive: bool
+    frame_archive_mb: int
+    frame_retention_days: float
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
         """The configured tiers; unset, the default cascade without the tiers whose provider
@@ -271,6 +291,10 @@ class Settings:
     @property
     def costs_dir(self) -> Path:
         return self.cost_log_dir or self.data_dir / "costs"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.data_dir / "frames"
 
     def require_worker(self) -> None:
         """Check what a live worker needs beyond the defaults: LiveKit and the provider's key."""

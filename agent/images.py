@@ -26,6 +26,7 @@ from livekit.agents import llm
 from livekit.agents.utils.images import EncodeOptions, ResizeOptions, encode
 
 from .config import IMAGE_DETAILS
+from .screen_context import UNSENT_FRAME
 
 GEMINI_TOKENS_PER_TILE = 258
 GEMINI_TILE_PX = 768
@@ -82,12 +83,14 @@ def sized_for(provider: str, width: int, height: int, detail: str) -> tuple[int,
 
 @dataclass(frozen=True)
 class ImageBill:
-    """The images of one request: how many, their billed tokens, and the tokens the same frames
-    would have cost at their full resolution."""
+    """The images of one request: how many, their billed tokens, the tokens the same frames
+    would have cost at their full resolution, and the tokens of the current frame had it been
+    sent again although the screen had not changed (`SIGHTLINE_IMAGE_POLICY=changed`)."""
 
     images: int = 0
     tokens: int = 0
     full_resolution_tokens: int = 0
+    unsent_tokens: int = 0
 
 
 def _jpeg(frame: rtc.VideoFrame, width: int, height: int) -> bytes:
@@ -131,8 +134,11 @@ class ImageEncoder:
     ) -> tuple[llm.ChatContext, ImageBill]:
         """A copy of `chat_ctx` whose frames are JPEGs sized for `provider`, and their bill."""
         ctx = chat_ctx.copy()
-        images = tokens = full = 0
+        images = tokens = full = unsent = 0
         for index, item in enumerate(ctx.items):
+            if item.type == "message" and UNSENT_FRAME in item.extra:
+                unsent += image_tokens(provider, *sized_for(provider, *item.extra[UNSENT_FRAME],
+                                                            self.detail))
             if item.type != "message" or not any(
                 isinstance(c, llm.ImageContent) and isinstance(c.image, rtc.VideoFrame)
                 for c in item.content
@@ -152,4 +158,4 @@ class ImageEncoder:
                     )
                 content.append(part)
             ctx.items[index] = item.model_copy(update={"content": content})
-        return ctx, ImageBill(images, tokens, full)
+        return ctx, ImageBill(images, tokens, full, unsent)

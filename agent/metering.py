@@ -51,10 +51,14 @@ class CostMeter:
         latency_ms: float,
         image_tokens: int = 0,
         image_tokens_full_resolution: int = 0,
+        image_tokens_unsent: int = 0,
         error: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> Event:
-        """One request to a model, answered or failed (a failed one is billed what arrived)."""
+        """One request to a model, answered or failed (a failed one is billed what arrived).
+        `image_tokens_unsent`: the current frame's tokens, had it been sent again although the
+        screen had not changed. The request holds the earlier screenshot instead, in its cached
+        prefix: what that saved is those tokens at the fresh price less the cached price."""
         # images are billed as input tokens: their share of the call's cost, at the input rate
         image_cost = self.prices.input_cost(model, image_tokens)
         return self._events.record(
@@ -73,6 +77,9 @@ class CostMeter:
             image_cost_usd=_rounded(image_cost),
             image_full_resolution_cost_usd=_rounded(
                 self.prices.input_cost(model, image_tokens_full_resolution)),
+            image_tokens_unsent=image_tokens_unsent,
+            image_unsent_saved_usd=_rounded(
+                self.prices.cache_savings(model, image_tokens_unsent)),
             cache_saved_usd=_rounded(self.prices.cache_savings(model, usage.cached_input_tokens)),
             latency_ms=round(latency_ms, 1),
             detail={**(detail or {}), **({"error": error} if error else {})},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +48,14 @@ class ReplayedTurn:
     reply: str
     origin: str
     model_requests: int
-    images_sent: int
+    images_sent: int  # images in the turn's requests, carried ones included (all billed)
     screen_t: float | None
+    screenshot: str  # the question's new screenshot: sent, unchanged (not sent again), none
     models_asked: tuple[str, ...] = ()
     tools_called: tuple[str, ...] = ()
     knowledge_used: tuple[str, ...] = ()  # knowledge-base documents put in the turn's request
     memory_used: tuple[str, ...] = ()  # "summary", "fact:<key>", "earlier <date> <role>"
+    screen_used: tuple[str, ...] = ()  # "t=<s>" read this session, "earlier t=<s>" recalled
 
 
 @dataclass
@@ -64,14 +66,19 @@ class ReplayResult:
 
 
 class _VideoFeed:
-    """Hands decoded frames to a screen watcher up to a point in video time."""
+    """Hands decoded frames to a screen watcher up to a point in video time. After each kept
+    frame it waits for `settle` (the screen text reader): live, the second between samples
+    gives the reader that time; replay runs faster than real time and must not skip reads."""
 
     def __init__(self, frames: Iterator[tuple[float, rtc.VideoFrame]]) -> None:
         self._frames = frames
         self._next: tuple[float, rtc.VideoFrame] | None = None
         self._done = False
 
-    async def advance(self, until: float | None, screen: ScreenWatcher) -> None:
+    async def advance(
+        self, until: float | None, screen: ScreenWatcher,
+        settle: Callable[[], Awaitable[None]],
+    ) -> None:
         while not self._done:
             if self._next is None:
                 # decoding is CPU work: one frame per thread hop keeps the loop responsive
@@ -82,7 +89,8 @@ class _VideoFeed:
             t, frame = self._next
             if until is not None and t > until:
                 return
-            screen.offer(t, frame)
+            if screen.offer(t, frame) is not None:
+                await settle()
             self._next = None
 
 
@@ -164,15 +172,21 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
             session = runtime.agent_session()
             await session.start(runtime.agent, record=False)
             for turn in turns:
-                await feed.advance(turn.t, runtime.screen)
+                await feed.advance(turn.t, runtime.screen, runtime.screen_settled)
                 current[0] = _TurnScript(turn.response, turn.memory)
                 events.clear()
                 result.turns.append(await _run_turn(session, runtime, turn, events))
             if index == len(group_list) - 1:
-                await feed.advance(None, runtime.screen)
+                await feed.advance(None, runtime.screen, runtime.screen_settled)
             await session.aclose()
             result.sessions.append(await runtime.close())
     return result
+
+
+def _screen_used(context: dict[str, Any]) -> tuple[str, ...]:
+    """The screen text a turn's request carried, as the report names it."""
+    return (*(f"t={event['t']:.0f}s" for event in context.get("screen_events", [])),
+            *(f"earlier t={event['t']:.0f}s" for event in context.get("screen_recalled", [])))
 
 
 def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
@@ -215,9 +229,11 @@ async def _run_turn(
         origin=turn.response.origin, model_requests=len(calls),
         images_sent=sum(e["images"] for e in calls),
         screen_t=context.get("screen_t"),
+        screenshot=context.get("image", context.get("screen", "none")),
         models_asked=tuple(e["model"] for e in calls),
         tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
         knowledge_used=tuple(dict.fromkeys(
             k["source"].rsplit("/", 1)[-1] for k in context.get("knowledge", []))),
         memory_used=_memory_used(context),
+        screen_used=_screen_used(context),
     )

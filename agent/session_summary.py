@@ -19,9 +19,10 @@ from .metering import MODEL_KINDS
 
 _MODEL_TOTALS = (
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "images",
-    "image_tokens", "image_tokens_full_resolution",
+    "image_tokens", "image_tokens_full_resolution", "image_tokens_unsent",
 )
-_MODEL_DOLLARS = ("image_cost_usd", "image_full_resolution_cost_usd", "cost_usd")
+_MODEL_DOLLARS = ("image_cost_usd", "image_full_resolution_cost_usd", "image_unsent_saved_usd",
+                  "cost_usd")
 
 
 class SessionTotals:
@@ -42,6 +43,10 @@ class SessionTotals:
         self._memory_cost_usd = 0.0
         self._knowledge_hits = 0
         self._memory_recalled = 0
+        self._questions: Counter[str] = Counter()  # by what the screen image was: sent, ...
+        self._screen: Counter[str] = Counter()
+        self._ocr_cpu_ms = 0.0
+        self._reader: dict[str, int] = {}
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
 
@@ -61,6 +66,17 @@ class SessionTotals:
             memory = detail.get("memory", {})
             self._memory_recalled += len(memory.get("facts", [])) + len(
                 memory.get("messages", []))
+            self._screen["recalled"] += len(detail.get("screen_recalled", []))
+            self._questions[detail.get("image", detail.get("screen", "none"))] += 1
+        elif kind == "screen_text":
+            self._screen["reads"] += 1
+            self._screen["lines_added"] += len(detail["lines"])
+            self._screen["coalesced"] += detail["coalesced"]
+            self._ocr_cpu_ms += detail["cpu_ms"]
+        elif kind == "screen_error":
+            self._screen["errors"] += 1
+        elif kind == "screen_reader":
+            self._reader = dict(detail)
 
     def _model_call(self, event: Event, detail: dict[str, Any]) -> None:
         model, cost = event["model"], event["cost_usd"]
@@ -84,8 +100,8 @@ class SessionTotals:
             self._vs_top["rounds"] += 1
             self._vs_top["cost_usd"] += detail["cost_usd"]
             self._vs_top["top_tier_cost_usd"] += detail["top_tier_cost_usd"]
-        if detail.get("reason") != "tool_result":  # the answer to a tool's result is not a turn
-            self._user_turns += 1
+        if detail.get("reason") not in ("tool_result", "agent_initiated"):
+            self._user_turns += 1  # not the answer to a tool's result, nor an unasked offer
         self._turns["answered_by_tier"][str(detail.get("answered_tier"))] += 1
         self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
         self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
@@ -112,6 +128,12 @@ class SessionTotals:
             "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
             "prompt_cache": self._cache_summary(),
             "images": self._image_summary(),
+            "screen": {
+                **{k: self._screen[k] for k in ("reads", "lines_added", "coalesced", "errors",
+                                                "recalled")},
+                "ocr_cpu_s": round(self._ocr_cpu_ms / 1000, 3),
+                **({"reader": self._reader} if self._reader else {}),
+            },
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
@@ -148,6 +170,11 @@ class SessionTotals:
             "cost_usd": round(cost, 8),
             "tokens_at_full_resolution": sum(t["image_tokens_full_resolution"] for t in totals),
             "saved_usd": round(full_cost - cost, 8),
+            # per question: a new screenshot, or none because the screen had not changed
+            "questions_with_new_image": self._questions["sent"],
+            "questions_screen_unchanged": self._questions["unchanged"],
+            "unsent_tokens": sum(t["image_tokens_unsent"] for t in totals),
+            "unsent_saved_usd": round(sum(t["image_unsent_saved_usd"] for t in totals), 8),
         }
 
     def _cache_summary(self) -> dict[str, Any]:

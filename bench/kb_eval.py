@@ -1,8 +1,8 @@
 """`sightline kb eval`: retrieval quality and latency on a labelled corpus, against references.
 
 The corpus (`{"id", "text", "tenant"}` per line, one chunk each, ids kept) goes into a scratch
-schema of the configured Postgres, dropped afterwards. Every query runs scoped to its tenant
-through each system, in the same run on the same data:
+schema of the configured Postgres (`Database.open(..., scratch=True)`), dropped afterwards.
+Every query runs scoped to its tenant through each system, in the same run on the same data:
 - `sightline`: the hybrid search with its default fusion (`sightline_weighted`: the other one);
 - `keyword` and `vector`: each of its two rankings alone;
 - `llamaindex_fusion`: LlamaIndex's stock `QueryFusionRetriever` (reciprocal rerank) over a
@@ -16,18 +16,16 @@ import json
 import logging
 import statistics
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import numpy as np
 
+from memory.db import Database
 from memory.embeddings import Embedder, OfflineEmbedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
-from memory.migrate import migration_files
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kb_eval"
 
@@ -138,22 +136,11 @@ async def run_eval(
 ) -> dict[str, Any]:
     chunks, queries = load(corpus, queries_path)
     embedder = embedder or OfflineEmbedder()
-    schema = f"kb_eval_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(url)
+    db = await Database.open(url, Path(), scratch=True)
     try:
-        await admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=2, server_settings={"search_path": f"{schema},public"})
-        try:
-            knowledge_sql = next(p for p in migration_files() if "knowledge" in p.name)
-            await pool.execute(knowledge_sql.read_text())
-            return await _evaluate(KnowledgeBase(pool, embedder), chunks, queries, ks, embedder)
-        finally:
-            await pool.close()
+        return await _evaluate(KnowledgeBase(db.pool, embedder), chunks, queries, ks, embedder)
     finally:
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
+        await db.close()
 
 
 async def _evaluate(

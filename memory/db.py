@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +34,29 @@ class Database:
     pool: asyncpg.Pool
     url: str
     embedded: Any | None = None  # pgserver.PostgresServer when we started it
+    scratch_schema: str | None = None  # dropped on close
 
     @classmethod
     async def open(
-        cls, database_url: str | None, data_dir: Path, *, migrate: bool = True
+        cls, database_url: str | None, data_dir: Path, *, migrate: bool = True,
+        scratch: bool = False,
     ) -> Database:
+        """A pool on the database; with `scratch`, on a new schema of its own, migrated and
+        dropped on `close`, so what runs there (a fresh replay, an evaluation) sees nothing
+        of the real data and leaves nothing behind."""
         embedded = None
         if database_url is None:
             embedded = await asyncio.to_thread(start_embedded, data_dir / "pgdata")
             url = embedded.get_uri()
         else:
             url = database_url
+        schema = f"scratch_{uuid.uuid4().hex[:12]}" if scratch else None
         try:
+            if schema is not None:
+                await _create_schema(url, schema)
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=30
+                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=30,
+                **({"server_settings": {"search_path": f"{schema},public"}} if schema else {}),
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if embedded is not None:
@@ -56,7 +66,7 @@ class Database:
                 f"cannot connect to the database at {where}: {_reason(exc)}. "
                 "Is it running? (Unset DATABASE_URL to use the embedded Postgres.)"
             ) from None
-        db = cls(pool=pool, url=url, embedded=embedded)
+        db = cls(pool=pool, url=url, embedded=embedded, scratch_schema=schema)
         if migrate:
             try:
                 async with pool.acquire() as conn:
@@ -71,9 +81,21 @@ class Database:
         return db
 
     async def close(self) -> None:
+        if self.scratch_schema is not None:
+            await self.pool.execute(f"DROP SCHEMA IF EXISTS {self.scratch_schema} CASCADE")
         await self.pool.close()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.cleanup)
+
+
+async def _create_schema(url: str, schema: str) -> None:
+    """A scratch schema; pgvector stays in `public`, where the real schema finds it too."""
+    conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
 
 
 def start_embedded(pgdata: Path) -> Any:

@@ -1,57 +1,65 @@
-"""One lookup per user turn: the tenant's knowledge and what is remembered about the user.
+"""One lookup per user turn: the tenant's knowledge, what is remembered about the user, and what
+was on the user's screen before (this session or an earlier one).
 
-The question is embedded once, and only when there is something to search; the knowledge base
-and the user's memory are then searched at the same time, on two pooled connections.
+The question is embedded once, and only when there is something to search; the knowledge base,
+the user's memory and their screen timeline are then searched at the same time, on pooled
+connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .knowledge import Hit, KnowledgeBase
+from .screen_timeline import ScreenEvent, ScreenTimeline
 from .user_memory import Recollection, UserMemory
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Recalled:
     knowledge: list[Hit] = field(default_factory=list)
     memory: Recollection = field(default_factory=Recollection)
+    screen: list[ScreenEvent] = field(default_factory=list)
 
 
 class TurnRecall:
     def __init__(
         self, knowledge: KnowledgeBase, memory: UserMemory, *, tenant: str, user_id: str,
-        before_id: int,
+        before_id: int, screen: ScreenTimeline | None = None,
     ) -> None:
-        if knowledge.embedder is not memory.embedder:
-            raise ValueError("knowledge and memory must share one embedder: one query vector")
-        self._knowledge, self._memory = knowledge, memory
+        embedders = {id(part.embedder) for part in (knowledge, memory, screen) if part}
+        if len(embedders) != 1:
+            raise ValueError("knowledge, memory and the screen timeline must share one "
+                             "embedder: one query vector")
+        self._knowledge, self._memory, self._screen = knowledge, memory, screen
         self._tenant, self._user_id, self._before_id = tenant, user_id, before_id
 
     async def __call__(self, question: str) -> Recalled:
         if not question.strip():
             return Recalled()
-        has_knowledge, has_memory = await asyncio.gather(
+        screen = self._screen
+        has_knowledge, has_memory, has_screen = await asyncio.gather(
             self._knowledge.has_any(self._tenant),
             self._memory.has_any(self._tenant, self._user_id, self._before_id),
+            screen.has_any(self._tenant, self._user_id) if screen else _value(False),
         )
-        if not has_knowledge and not has_memory:
+        if not (has_knowledge or has_memory or has_screen):
             return Recalled()
         vector = await self._knowledge.embedder.embed_query(question)
-        knowledge, memory = await asyncio.gather(
+        return Recalled(*await asyncio.gather(
             self._knowledge.lookup(self._tenant, question, vector=vector)
-            if has_knowledge else _nothing(),
+            if has_knowledge else _value([]),
             self._memory.recall(self._tenant, self._user_id, question, vector,
                                 before_id=self._before_id)
-            if has_memory else _no_memory(),
-        )
-        return Recalled(knowledge, memory)
+            if has_memory else _value(Recollection()),
+            screen.recall(self._tenant, self._user_id, question, vector)
+            if screen and has_screen else _value([]),
+        ))
 
 
-async def _nothing() -> list[Hit]:
-    return []
-
-
-async def _no_memory() -> Recollection:
-    return Recollection()
+async def _value(value: T) -> T:
+    return value

@@ -19,6 +19,7 @@ class SpillKind(StrEnum):
     COST_EVENTS = ".db-spill.jsonl"
     MESSAGES = ".messages-spill.jsonl"
     MEMORY = ".memory-spill.jsonl"
+    SCREEN_EVENTS = ".screen-spill.jsonl"
 
 
 def event_log_path(directory: Path, session_id: str) -> Path:

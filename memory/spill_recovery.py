@@ -2,10 +2,11 @@
 
 A `BackgroundWriter` that cannot reach Postgres by the time its session closes leaves its rows
 in a spill file next to the session's cost log: `<session>.db-spill.jsonl` (cost events),
-`<session>.messages-spill.jsonl` (the conversation) and `<session>.memory-spill.jsonl` (facts
-and summary). Every new session, and `sightline memory show|forget`, first imports the spill
-files of sessions that have closed (their cost log ends with the summary), in order, and deletes
-each file once all of it is stored. A file whose session is still open belongs to its writer and
+`<session>.messages-spill.jsonl` (the conversation), `<session>.memory-spill.jsonl` (facts
+and summary) and `<session>.screen-spill.jsonl` (the screen timeline). Every new session, and
+`sightline memory show|forget`, first imports the spill files of sessions that have closed
+(their cost log ends with the summary), in order, and deletes each file once all of it is
+stored. A file whose session is still open belongs to its writer and
 is left alone; an exclusive lock keeps two processes from importing one file twice.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from .conversation import store_messages
 from .embeddings import Embedder
+from .screen_timeline import ScreenTimeline
 from .spill_files import SpillKind, event_log_path, parse_spill_name, spill_files
 from .store import Store
 from .user_memory import UserMemory
@@ -89,9 +91,17 @@ def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
     fh.close()
 
 
-async def recover_spills(
-    costs_dir: Path, store: Store, memory: UserMemory, embedder: Embedder,
-) -> RecoveryReport:
+@dataclass(frozen=True)
+class SpillTargets:
+    """Where each kind of spilled row is written back."""
+
+    store: Store
+    memory: UserMemory
+    screen: ScreenTimeline
+    embedder: Embedder
+
+
+async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryReport:
     """Import every closed session's spill files; a file that fails stays for the next try."""
     report = RecoveryReport()
     paths = await asyncio.to_thread(spill_files, costs_dir)
@@ -110,7 +120,7 @@ async def recover_spills(
         fh, rows, bad = opened
         start = 0
         try:
-            write = await _writer_for(kind, session_id, store, memory, embedder, rows)
+            write = await _writer_for(kind, session_id, targets, rows)
             for start in range(0, len(rows), BATCH):
                 await write(rows[start:start + BATCH])
         except BaseException as exc:  # cancelled too: what was stored must leave the file
@@ -133,15 +143,17 @@ async def recover_spills(
 
 
 async def _writer_for(
-    kind: SpillKind, session_id: str, store: Store, memory: UserMemory, embedder: Embedder,
-    rows: list[Row],
+    kind: SpillKind, session_id: str, targets: SpillTargets, rows: list[Row],
 ) -> Callable[[list[Row]], Awaitable[None]]:
     if kind is SpillKind.COST_EVENTS:
-        return store.add_cost_events
+        return targets.store.add_cost_events
     if kind is SpillKind.MEMORY:
-        return memory.apply
+        return targets.memory.apply
+    if kind is SpillKind.SCREEN_EVENTS:
+        return targets.screen.write
+    store = targets.store
     tenant = (rows[0].get("tenant") if rows else None) or await store.session_tenant(session_id)
 
     async def write_messages(batch: list[Row]) -> None:
-        await store_messages(store, embedder, session_id, str(tenant), batch)
+        await store_messages(store, targets.embedder, session_id, str(tenant), batch)
     return write_messages

@@ -84,14 +84,27 @@ class Store:
         return int(await self._pool.fetchval(
             "SELECT count(*) FROM messages WHERE tenant = $1 AND user_id = $2", tenant, user_id))
 
+    async def user_sessions(self, tenant: str, user_id: str) -> list[str]:
+        """The ids of the user's sessions in this tenant."""
+        rows = await self._pool.fetch(
+            "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2", tenant, user_id)
+        return [r["id"] for r in rows]
+
+    async def count_screen_events(self, tenant: str, user_id: str) -> int:
+        return int(await self._pool.fetchval(
+            "SELECT count(*) FROM screen_events WHERE tenant = $1 AND user_id = $2",
+            tenant, user_id))
+
     async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
         """Delete everything remembered about one user of one tenant (a privacy request):
-        messages, facts and summary. Their sessions keep their cost records, with the user id
-        removed."""
+        messages, facts, summary and what their screens showed. Their sessions keep their cost
+        records, with the user id removed."""
         counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
             for name, statement in (
                 ("messages", "DELETE FROM messages WHERE tenant = $1 AND user_id = $2"),
+                ("screen_events",
+                 "DELETE FROM screen_events WHERE tenant = $1 AND user_id = $2"),
                 ("facts", "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2"),
                 ("summaries", "DELETE FROM memory_summaries WHERE tenant = $1 AND user_id = $2"),
                 ("sessions_unlinked",

@@ -1,9 +1,9 @@
 """`sightline memory show|forget` on a replayed session's memory, in real Postgres.
 
 Protects: show lists what is remembered about one user of one tenant (summary, facts,
-messages); forget deletes all of it (a privacy request), including rows a closed session
-left in a spill file, and nothing of another user or tenant, and the sessions keep their costs
-without the user's id.
+messages, screen events); forget deletes all of it (a privacy request), the screen timeline and
+archived screenshots included, and rows a closed session left in a spill file, and nothing of
+another user or tenant, and the sessions keep their costs without the user's id.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     assert "10 messages remembered" in out and "Which pip and Python version am I on?" in out
     assert "[python_setup] The user runs pyenv-managed Python 3.11.7" in out
     assert "summary: The user checked their tool versions" in out
-    code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
-                                 "--json", env=env)
-    shown = json.loads(out)
+    code, json_out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
+                                      "--json", env=env)
+    shown = json.loads(json_out)
     assert shown["messages"] == 10
     assert [f["key"] for f in shown["facts"]] == ["config_format", "python_setup"]
     assert shown["summary"].startswith("The user checked their tool versions")
@@ -48,12 +48,21 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     spill.write_text(json.dumps({"tenant": "demo", "user_id": "dev-1", "role": "user",
                                  "content": "written while the database was down"}) + "\n")
 
+    screen_events = await db.pool.fetchval(
+        "SELECT count(*) FROM screen_events WHERE tenant = 'demo' AND user_id = 'dev-1'")
+    frames = sorted(settings.frames_dir.glob("replay_*/*.jpg"))
+    assert screen_events > 0 and frames, "the replay wrote a screen timeline and frames"
+    assert f"{screen_events} screen events remembered" in out
+
     code, out, err = await run_cli("memory", "forget", "--tenant", "demo", "--user", "dev-1",
                                    "--json", env=env)
     assert code == 0, err
     assert json.loads(out) == {"messages": 11, "facts": 2, "summaries": 1,
+                               "screen_events": screen_events, "archived_frames": len(frames),
                                "sessions_unlinked": 2, "unimported_spill_files": []}
     assert not spill.exists()
+    assert not any(settings.frames_dir.glob("replay_*/*.jpg"))
+    assert await db.pool.fetchval("SELECT count(*) FROM screen_events") == 0
     assert await store.count_messages("demo", "dev-1") == 0
     assert await db.pool.fetchval("SELECT count(*) FROM memory_facts WHERE tenant = 'demo'") == 0
     assert await store.count_messages("acme", "dev-1") == 1, "another tenant's user is kept"

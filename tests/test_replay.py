@@ -28,6 +28,8 @@ from memory.db import Database
 from memory.store import Store
 
 DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())
+JSON_ERROR = ("json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+              "line 1 column 13 (char 12)")  # shown on the demo's screen, read back by OCR
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -101,13 +103,23 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert 24.0 <= result.turns[1].screen_t <= 26.0  # type: ignore[operator]
     lite, flash, sonnet = "gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"
     assert [t.models_asked for t in result.turns] == [
-        (lite,), (lite, flash), (lite, flash, sonnet), (lite, lite), (lite,)]
-    assert [t.tools_called for t in result.turns] == [(), (), (), ("earlier_screen",), ()]
+        (lite,), (lite, flash), (lite, flash, sonnet), (lite,), (lite,)]
+    assert [t.tools_called for t in result.turns] == [(), (), (), (), ()]
     # the fixture's knowledge folder was ingested for the tenant and consulted on every turn
     assert "python-setup.md" in result.turns[0].knowledge_used
     assert result.turns[1].knowledge_used == ("config-files.md",)
-    # one screenshot per model call; the answer to the tool's result also sees the earlier one
-    assert [t.images_sent for t in result.turns] == [1, 2, 3, 1 + 2, 1]
+    # one screenshot per model call; the fourth question's screen had not changed since the
+    # third's screenshot, which its request still carries (image policy `changed`)
+    assert [t.images_sent for t in result.turns] == [1, 2, 3, 1, 1]
+    assert [t.screenshot for t in result.turns] == ["sent", "sent", "sent", "unchanged", "sent"]
+    # screen memory: "it's gone now" is answered from the timeline: the error's read is in the
+    # fourth request's digest, and the later session recalls it from the earlier one
+    timeline = {r["t"]: r for r in await db.pool.fetch(
+        "SELECT session_id, t, text, is_error FROM screen_events ORDER BY id")}
+    [error_t] = [t for t, r in timeline.items() if JSON_ERROR in r["text"]]
+    assert timeline[error_t]["is_error"] and 24.0 <= error_t <= 26.0
+    assert f"t={error_t:.0f}s" in result.turns[3].screen_used
+    assert f"earlier t={error_t:.0f}s" in result.turns[4].screen_used
     assert all("[[" not in t.reply for t in result.turns)
     # memory: the first turn has nothing to recall; facts and the summary that tier 0 wrote
     # after each exchange (scripted) go into the next requests; in the later session the first
@@ -139,37 +151,45 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert frames["kept"] + sum(frames["dropped"].values()) == frames["sampled"]
     assert sum(c["sampled"] for c in frames["by_content_type"].values()) == frames["sampled"]
     calls_by_model = {m: t["calls"] for m, t in summary["by_model"].items()}
-    assert calls_by_model == {lite: 5 + 4, flash: 2, sonnet: 1}  # 4 memory updates by tier 0
+    assert calls_by_model == {lite: 4 + 4, flash: 2, sonnet: 1}  # 4 memory updates by tier 0
     assert summary["memory"]["updates"] == 4 and summary["memory"]["failed_updates"] == 0
     assert 0 < summary["memory"]["cost_usd"] < summary["total_cost_usd"]
     assert all(t["errors"] == 0 for t in summary["by_model"].values())
     assert summary["total_cost_usd"] > 0
-    assert summary["turns"]["tool_calls"] == {"earlier_screen": 1}
+    assert "tool_calls" not in summary["turns"]
     assert summary["knowledge_hits"] >= 4
     assert summary["vs_top_tier"]["user_turns"] == 4
-    assert summary["vs_top_tier"]["model_rounds"] == 5
+    assert summary["vs_top_tier"]["model_rounds"] == 4
     assert 0 < summary["vs_top_tier"]["savings"] < 1
     assert summary["prompt_cache"]["hit_rate"] > 0
     images = summary["images"]
-    assert images["sent"] == 9 and images["tokens"] > 0
+    assert images["sent"] == 7 and images["tokens"] > 0
     assert images["tokens"] <= images["tokens_at_full_resolution"]
+    assert images["questions_with_new_image"] == 3 and images["questions_screen_unchanged"] == 1
+    assert images["unsent_tokens"] == 516 and images["unsent_saved_usd"] > 0  # 1280x720: 2 tiles
+    screen = summary["screen"]
+    assert screen["reads"] == frames["kept"] and screen["reader"]["coalesced"] == 0
+    assert screen["lines_added"] > 0 and screen["errors"] >= 1 and screen["ocr_cpu_s"] > 0
+    assert screen["reader"]["archived_frames"] == frames["kept"]
+    session_rows = [r for r in timeline.values() if r["session_id"] == summary["session_id"]]
+    assert 0 < len(session_rows) <= screen["reads"]
     assert summary["unpriced_models"] == []
     assert summary.get("db_spilled_events", 0) == 0
 
     events = read_jsonl(summary["cost_log"])
     calls = [e for e in events if e["kind"] == "model_call"]
-    assert len(calls) == 8 + 4
+    assert len(calls) == 7 + 4
     memory_calls = [c for c in calls if c["detail"].get("purpose") == "memory"]
     assert len(memory_calls) == 4 and all(c["model"] == lite for c in memory_calls)
     assert [c["detail"]["facts_written"] for c in memory_calls] == [1, 1, 0, 0]
-    assert sum(c["images"] for c in calls) == 9
+    assert sum(c["images"] for c in calls) == 7
     assert all(c["image_tokens"] >= 258 * c["images"] and c["output_tokens"] > 0 for c in calls)
     turn_events = [e["detail"] for e in events if e["kind"] == "turn"]
     assert [(t["start_tier"], t["reason"], t["answered_model"]) for t in turn_events] == [
         (0, "first_turn", lite), (0, "new_topic", flash), (0, "new_topic", sonnet),
-        (0, "new_topic", lite), (0, "tool_result", lite)]
+        (0, "new_topic", lite)]
     assert [[x["confidence"] for x in t["tried"]] for t in turn_events] == [
-        [0.9], [0.45, 0.9], [0.4, 0.6, 0.9], [None], [0.9]]
+        [0.9], [0.45, 0.9], [0.4, 0.6, 0.9], [0.9]]
     logged = [e["detail"] for e in events if e["kind"] == "frame"]
     assert len(logged) == frames["sampled"]
     assert sum(d["kept"] for d in logged) == frames["kept"]
@@ -194,7 +214,7 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
         "SELECT count(*) FROM messages WHERE embed_model = 'wordllama-l2-supercat-256'") == 10
 
     stored = await Store(db.pool).get_session(summary["session_id"])
-    assert stored is not None and stored["model_calls"] == 12
+    assert stored is not None and stored["model_calls"] == 11
     assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
 
 

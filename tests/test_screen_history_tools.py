@@ -12,6 +12,7 @@ import pytest
 from livekit.agents import llm
 from synthetic_screen import Desk
 
+from agent.screen_context import ScreenContext
 from agent.turn_context import TurnContext
 from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.sampler import FrameSampler
@@ -55,7 +56,7 @@ async def test_earlier_screen_rides_along_for_the_rest_of_the_turn(
     screen: ScreenWatcher,
 ) -> None:
     shown = ShownScreen()
-    turn_context = TurnContext(screen, shown=shown)
+    turn_context = TurnContext(ScreenContext(screen, shown=shown))
     tools = ScreenHistoryTools(screen, shown)
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="What did the toast say?")

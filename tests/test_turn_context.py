@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from livekit.agents import llm
 
+from agent.screen_context import ScreenContext
 from agent.turn_context import RECALL_TIMEOUT_S, TurnContext
 from memory.knowledge import Hit
 from memory.recall import Recalled
@@ -30,8 +31,8 @@ MEMORY = Recollection(
 )
 
 
-def screen() -> ScreenWatcher:
-    return ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+def screen() -> ScreenContext:
+    return ScreenContext(ScreenWatcher(FrameSampler(1.0), lambda _d: None))
 
 
 def texts(ctx: llm.ChatContext) -> list[str]:
@@ -68,6 +69,7 @@ async def test_knowledge_goes_in_once_per_question() -> None:
         "knowledge": [{"source": "/kb/config-files.md", "key": "", "score": 0.03}],
         "memory": {"summary": True, "facts": ["python_version"],
                    "messages": [{"id": 3, "role": "user", "at": "2026-11-20T00:00:00+00:00"}]},
+        "screen_recalled": [],
         "screen": "none",
     }]
 

@@ -30,7 +30,8 @@ from memory.embeddings import OfflineEmbedder
 from memory.keeper import MemoryKeeper, MemoryReplyError, parse_update
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
-from memory.spill_recovery import recover_spills
+from memory.screen_timeline import ScreenTimeline, event_row
+from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
 
@@ -191,6 +192,8 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
     costs.mkdir(parents=True, exist_ok=True)
     embedder = OfflineEmbedder()
     store, memory = Store(db.pool), UserMemory(db.pool, embedder)
+    screen = ScreenTimeline(db.pool, embedder)
+    targets = SpillTargets(store, memory, screen, embedder)
     for session_id in ("s-closed", "s-live", "s-locked"):
         await _session(db, session_id, "acme", "u-1")
         (costs / f"{session_id}.messages-spill.jsonl").write_text("".join(
@@ -200,6 +203,10 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
     (costs / "s-closed.memory-spill.jsonl").write_text(json.dumps(
         {"op": "fact", "tenant": "acme", "user_id": "u-1", "session_id": "s-closed",
          "key": "shell", "text": "The user uses zsh."}) + "\n")
+    (costs / "s-closed.screen-spill.jsonl").write_text(json.dumps(event_row(
+        session_id="s-closed", tenant="acme", user_id="u-1", t=12.0, wall_time=1.7e9,
+        content_type="code", reason="local_change", region=(0, 0, 640, 40),
+        lines=["KeyError: 'port'"], is_error=True)) + "\n")
     (costs / "s-closed.db-spill.jsonl").write_text(json.dumps(
         {"session_id": "s-closed", "tenant": "acme", "seq": 1, "ts": 1.7e9, "kind": "turn",
          "cost_usd": 0.0, "detail": {}}) + "\n")
@@ -208,8 +215,8 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
 
     with (costs / "s-locked.messages-spill.jsonl").open() as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another process is importing it
-        report = await recover_spills(costs, store, memory, embedder)
-    assert report.files == 3 and report.rows == 5 and report.unreadable_lines == 1
+        report = await recover_spills(costs, targets)
+    assert report.files == 4 and report.rows == 6 and report.unreadable_lines == 1
     assert sorted(report.left) == [
         "s-live.messages-spill.jsonl: its session is still open (or ended without closing)",
         "s-locked.messages-spill.jsonl: another process is importing it"]
@@ -219,6 +226,8 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
     assert contents == ["s-closed 0", "s-closed 1", "s-closed 2"]
     assert [f.key for f in await memory.facts("acme", "u-1")] == ["shell"]
     assert await db.pool.fetchval("SELECT count(*) FROM cost_events") == 1
-    again = await recover_spills(costs, store, memory, embedder)
+    [event] = await screen.session_events("acme", "s-closed")
+    assert event.text == "KeyError: 'port'" and event.is_error and event.t == 12.0
+    again = await recover_spills(costs, targets)
     assert again.rows == 3 and await db.pool.fetchval(  # the unlocked one now; s-closed gone
         "SELECT count(*) FROM messages WHERE session_id = 's-closed'") == 3

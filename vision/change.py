@@ -13,6 +13,7 @@ a line typed over several seconds is kept once enough of it differs from what th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,8 +26,8 @@ from .content_type import (
     TypeThresholds,
     texture,
 )
-from .local_change import LocalChange, Motion, NoiseLimits, TileTracker
-from .luma import downscale, luma_plane
+from .local_change import Box, LocalChange, Motion, NoiseLimits, TileTracker
+from .luma import downscale, luma_plane, work_size
 from .phash import hamming, phash
 
 
@@ -100,6 +101,8 @@ class ChangeDecision:
     changed_tiles: int
     noise_px: int
     stats: ContentStats
+    region: Box | None = None  # frame pixels: where the content changed since the last kept
+    # frame (the whole frame for the first one), None when nothing did
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -116,6 +119,7 @@ class ChangeDecision:
             "moving_edge_ratio": round(self.stats.moving_edge_ratio, 4),
             "laplacian_var": round(self.stats.laplacian_var, 1),
             "edge_ratio": round(self.stats.edge_ratio, 4),
+            "region": list(self.region) if self.region else None,
         }
 
 
@@ -164,8 +168,21 @@ class ChangeDetector:
             self._kept = _Kept(work, frame_hash, t)
         return ChangeDecision(
             t, kept, reason, content, distance, local.changed_px, local.changed_tiles,
-            local.noise_px, stats,
+            local.noise_px, stats, self._frame_box(local.box, size),
         )
+
+    @staticmethod
+    def _frame_box(box: Box | None, size: tuple[int, int]) -> Box | None:
+        """A work-image box in frame pixels, rounded outwards (the work image may be padded)."""
+        if box is None:
+            return None
+        width, height = size
+        work_w, _ = work_size(width, height)
+        scale = width / work_w
+        x0, y0 = int(box[0] * scale), int(box[1] * scale)
+        x1 = min(width, math.ceil((box[0] + box[2]) * scale))
+        y1 = min(height, math.ceil((box[1] + box[3]) * scale))
+        return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
 
     def _rule(
         self, t: float, content: ContentType, distance: int, local: LocalChange, motion: Motion
@@ -233,7 +250,8 @@ class ChangeDetector:
         stats = _stats(laplacian_var, edges, None)
         content = self._types.update(stats)
         self._kept = _Kept(work, phash(work), t)
-        return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats)
+        return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats,
+                              (0, 0, *size))
 
 
 def _stats(laplacian_var: float, edges: np.ndarray, motion: Motion | None) -> ContentStats:

@@ -46,11 +46,15 @@ class Motion:
     strip: tuple[int, int] | None = None  # work rows of what moved, if it is one line of text
 
 
+Box = tuple[int, int, int, int]  # x, y, width, height
+
+
 @dataclass(frozen=True)
 class LocalChange:
     changed_px: int  # work pixels that differ from the kept frame (noise removed)
     changed_tiles: int
     noise_px: int  # differing pixels in volatile tiles, a masked video region, or pointer blobs
+    box: Box | None = None  # work pixels: the bounding box of the changed content
 
 
 class TileTracker:
@@ -200,5 +204,8 @@ class TileTracker:
         masked = self._widgets if ignore is None else self._widgets | ignore
         content = self._without_small(mask & ~self._pixels(masked))
         changed = int(np.count_nonzero(content))
-        tiles = int(np.count_nonzero(self._tile_counts(content) > 0)) if changed else 0
-        return LocalChange(changed, tiles, total - changed)
+        if not changed:
+            return LocalChange(0, 0, total)
+        tiles = int(np.count_nonzero(self._tile_counts(content) > 0))
+        box = cv2.boundingRect(content.view(np.uint8))
+        return LocalChange(changed, tiles, total - changed, box)

@@ -2,9 +2,11 @@
 change detector keeps it only when the screen really changed. `latest` is the last kept frame
 (the screen state that changed); `freshest` is the last sampled one, which a user turn looks at,
 so a question asked while a line is still being typed sees the line. `changes` holds the last few
-kept frames, which the model can ask to look back at. Every decision goes to
-`on_decision` (the cost ledger): a session's log says how many frames arrived, were sampled and
-were kept, and why each was dropped.
+kept frames, which the model can ask to look back at, and `changed_at` the screen time of the
+last sample that showed any content change (kept, or held back while a line is typed). Every
+decision goes to `on_decision` (the session's event log): a session's log says how many frames
+arrived, were sampled and were kept, and why each was dropped; each kept frame also goes to
+`on_kept` (the screen text reader, the frame archive).
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class ScreenChange:
     decision: ChangeDecision
 
 
+# a dropped sample whose content did change, only not enough yet (or not for good) to keep it
+CHANGING = frozenset({"typing", "small_change", "video_rate_limit"})
+
+
 class ScreenWatcher:
     KEPT_HISTORY = 8  # kept frames held for looking back: a 1080p I420 frame is about 3 MB
 
@@ -96,13 +102,16 @@ class ScreenWatcher:
         sampler: FrameSampler,
         on_decision: Callable[[FrameDecision], None],
         detector: ChangeDetector | None = None,
+        on_kept: Callable[[ScreenChange], None] | None = None,
     ) -> None:
         self._sampler = sampler
         self._detector = detector or ChangeDetector()
         self._on_decision = on_decision
+        self._on_kept = on_kept
         self.latest: SampledFrame | None = None
         self.freshest: SampledFrame | None = None
         self.changes: deque[ScreenChange] = deque(maxlen=self.KEPT_HISTORY)
+        self.changed_at: float | None = None
         self.frames_received = 0
         self.camera_only = False
         self._last_invalid_t: float | None = None
@@ -129,15 +138,20 @@ class ScreenWatcher:
             FrameDecision(t, change.kept, change.reason, frame.width, frame.height, change)
         )
         self.freshest = SampledFrame(frame, t)
+        if change.kept or change.reason in CHANGING:
+            self.changed_at = t
         if not change.kept:
             return None
         self.latest = self.freshest
-        self.changes.append(ScreenChange(self.latest, change))
+        kept = ScreenChange(self.latest, change)
+        self.changes.append(kept)
+        if self._on_kept is not None:
+            self._on_kept(kept)
         return self.latest
 
     def clear(self) -> None:
         """The share ended: nothing on screen to answer from."""
-        self.latest = self.freshest = None
+        self.latest = self.freshest = self.changed_at = None
         self.changes.clear()
 
     def stats(self) -> dict[str, int]:

@@ -1,0 +1,109 @@
+"""A session's screen memory: each kept frame archived on disk and read into text, what appeared
+recorded as events and written to the user's screen timeline, and new errors signalled.
+
+The screen watcher hands every kept frame to `on_kept` (on the event loop; both the archive and
+the reader return at once and work off the loop). Each read that comes back is a `screen_text`
+event in the session's log; one that found new lines is also a row of the screen timeline
+(through a bounded writer that spills during a database outage, like messages) and goes into
+`story`, the session's recent screen text that each question's digest is made from. A read whose
+new lines hold an error the session has not seen yet is a `screen_error` event and goes to the
+`error_listeners` (the room's data topic, the proactive offer of help).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from memory.screen_timeline import ScreenTimeline, event_row
+from memory.spill_files import SpillKind, spill_path
+from memory.writer import BackgroundWriter
+from vision.frame_archive import FrameArchive, prune
+from vision.screen import ScreenChange
+from vision.screen_signals import ScreenError, find_error
+from vision.screen_text import ScreenText, ScreenTextReader, shared_pool
+
+from .config import Settings
+from .event_log import EventLog
+
+log = logging.getLogger("sightline.screen")
+
+STORY_READS = 200  # recent reads kept in memory for the digest and the tools
+DRAIN_S = 5.0  # how long a closing session waits for its pending reads
+
+ErrorListener = Callable[[ScreenError, ScreenText], None]
+
+
+class SessionScreenMemory:
+    def __init__(
+        self, settings: Settings, events: EventLog, *, session_id: str, tenant: str,
+        user_id: str, timeline: ScreenTimeline | None, spill_dir: Path,
+    ) -> None:
+        self._events = events
+        self._who = {"session_id": session_id, "tenant": tenant, "user_id": user_id}
+        self.story: deque[ScreenText] = deque(maxlen=STORY_READS)
+        self.archive = FrameArchive(settings.frames_dir, session_id,
+                                    settings.frame_archive_mb * 2**20)
+        self.reader = (ScreenTextReader(self._on_text,
+                                        executor=shared_pool(settings.ocr_threads))
+                       if settings.screen_text else None)
+        self._writer = (BackgroundWriter("screen_events", timeline.write,
+                                         spill_path(spill_dir, session_id,
+                                                    SpillKind.SCREEN_EVENTS))
+                        if timeline is not None else None)
+        self._errors_seen: set[str] = set()
+        self.error_listeners: list[ErrorListener] = []
+        self._prune = asyncio.create_task(
+            asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
+            name="frame-archive-prune")
+
+    def on_kept(self, change: ScreenChange) -> None:
+        """A kept frame: archive it and read its changed region (both off the loop)."""
+        self.archive.save(change.frame)
+        if self.reader is not None:
+            self.reader.submit(change.frame, change.decision)
+
+    def _on_text(self, read: ScreenText) -> None:
+        error = find_error(read.lines)
+        self._events.record("screen_text", detail={
+            "t": read.t, "reason": read.reason, "content_type": read.content_type,
+            "region": list(read.region), "lines": read.lines, "lines_read": read.lines_read,
+            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced})
+        if not read.lines:
+            return
+        self.story.append(read)
+        if self._writer is not None:
+            self._writer.put(event_row(
+                **self._who, t=read.t, wall_time=read.wall_time,
+                content_type=read.content_type, reason=read.reason, region=read.region,
+                lines=read.lines, is_error=error is not None))
+        if error is None or error.fingerprint in self._errors_seen:
+            return
+        self._errors_seen.add(error.fingerprint)
+        self._events.record("screen_error", detail={
+            "t": read.t, "headline": error.headline, "lines": error.lines,
+            "fingerprint": error.fingerprint})
+        for listener in self.error_listeners:
+            try:
+                listener(error, read)
+            except Exception:  # an app's listener must not stop the screen memory
+                log.exception("a screen-error listener failed")
+
+    async def aclose(self) -> int:
+        """Finish the pending reads and writes; returns the timeline rows spilled to disk."""
+        if self.reader is not None:
+            await self.reader.aclose(DRAIN_S)
+            stats = self.reader.stats
+            self._events.record("screen_reader", detail={
+                "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
+                "failed": stats.failed, "archived_frames": len(self.archive.times()),
+                "archive_replaced": self.archive.replaced})
+        await self.archive.aclose()
+        try:
+            await self._prune
+        except OSError as exc:  # old frames stay for the next session to prune
+            log.warning("could not prune old archived frames: %r", exc)
+        return await self._writer.close() if self._writer is not None else 0

@@ -1,0 +1,141 @@
+"""Kept frames on disk, so the model can look further back than the last few changes.
+
+Each session's kept frames go to `<root>/<session_id>/<t>.jpg` (JPEG, quality 85: legible screen
+text at a tenth of the raw size), encoded and written off the event loop, one at a time; a frame
+that arrives while another waits replaces it (counted). The session's directory is capped in
+bytes: past the cap the oldest frames go first. `prune` removes whole session directories older
+than the retention, and `remove_sessions` those of a user who asked to be forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from livekit import rtc
+
+from .frames import SampledFrame, i420_size
+
+log = logging.getLogger("sightline.vision")
+
+JPEG_QUALITY = 85
+
+
+def _name(t: float) -> str:
+    return f"{t:010.3f}.jpg"
+
+
+
+def _encode(frame: rtc.VideoFrame) -> bytes:
+    yuv = np.frombuffer(frame.data, np.uint8, count=i420_size(frame.width, frame.height))
+    if frame.width % 2 or frame.height % 2:  # OpenCV's I420 conversion wants even sides
+        frame = frame.convert(rtc.VideoBufferType.RGBA)
+        rgba = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 4)
+        bgr = cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
+    else:
+        bgr = cv2.cvtColor(yuv.reshape(frame.height * 3 // 2, frame.width),
+                           cv2.COLOR_YUV2BGR_I420)
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def load(path: Path, t: float) -> SampledFrame:
+    """An archived frame, as a frame the turn context can attach."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{path}: not a readable JPEG")
+    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
+    height, width = rgba.shape[:2]
+    return SampledFrame(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
+                                       rgba.tobytes()), t)
+
+
+class FrameArchive:
+    def __init__(self, root: Path, session_id: str, max_bytes: int) -> None:
+        self.directory = root / session_id
+        self._max_bytes = max_bytes
+        self._sizes: dict[float, int] = {}  # t -> bytes on disk, oldest first
+        self._waiting: SampledFrame | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.replaced = 0  # frames that waited and were replaced by a newer one
+        self.failed = 0
+
+    def save(self, frame: SampledFrame) -> None:
+        """Archive a kept frame; returns at once (called on the loop)."""
+        if self._max_bytes <= 0:
+            return
+        if self._waiting is not None:
+            self.replaced += 1
+        self._waiting = frame
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting(), name="frame-archive")
+
+    async def _write_waiting(self) -> None:
+        while self._waiting is not None:
+            frame, self._waiting = self._waiting, None
+            try:
+                size = await asyncio.to_thread(self._write, frame)
+            except (OSError, ValueError) as exc:
+                self.failed += 1
+                log.warning("could not archive the frame at t=%.1fs: %r", frame.t, exc)
+                continue
+            self._sizes[frame.t] = size
+            await asyncio.to_thread(self._trim)
+
+    def _write(self, frame: SampledFrame) -> int:
+        data = _encode(frame.frame)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / _name(frame.t)).write_bytes(data)
+        return len(data)
+
+    def _trim(self) -> None:
+        while len(self._sizes) > 1 and sum(self._sizes.values()) > self._max_bytes:
+            oldest = next(iter(self._sizes))
+            del self._sizes[oldest]
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / _name(oldest)).unlink()
+
+    def times(self) -> list[float]:
+        """Screen times of the frames on disk, oldest first."""
+        return list(self._sizes)
+
+    def load(self, t: float) -> SampledFrame:
+        return load(self.directory / _name(t), t)
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+def prune(root: Path, retention_days: float) -> list[str]:
+    """Delete the frame directories of sessions untouched for longer than the retention;
+    returns their session ids."""
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - retention_days * 86400
+    gone = []
+    for directory in root.iterdir():
+        if directory.is_dir() and directory.stat().st_mtime < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
+            gone.append(directory.name)
+    return gone
+
+
+def remove_sessions(root: Path, session_ids: list[str]) -> int:
+    """Delete the archived frames of these sessions; returns how many files went."""
+    removed = 0
+    for session_id in session_ids:
+        directory = root / session_id
+        if directory.is_dir():
+            removed += sum(1 for _ in directory.glob("*.jpg"))
+            shutil.rmtree(directory, ignore_errors=True)
+    return removed

@@ -1,0 +1,246 @@
+"""What appeared on screen, as text: the changed region of each kept frame, read locally, and
+only the lines that were not on screen before.
+
+A kept frame's decision says where the content changed since the last kept frame
+(`ChangeDecision.region`). `reading_box` pads that to whole text lines, or takes the whole frame
+when most of it changed; `vision.ocr` reads it; `SeenLines` keeps what is new: a typed line, an
+error, a dialog's text, output lines. A scroll or a page change reads the new view once, and the
+lines that were already on screen drop out, so only the newly visible ones count.
+
+`ScreenTextReader` runs this off the event loop. `submit` is called on the loop for each kept
+frame and returns at once: pending reads are bounded and coalesce (a read of a region that
+overlaps a pending one replaces it, on the newest frame, with the union of both regions; past
+`max_pending`, everything pending folds into one read of the newest frame), so sampling never
+waits and the latest screen is always what gets read. One task per session takes the reads in
+order (the new-line diff depends on it) and hands them to a thread pool shared by the process;
+each thread owns one Tesseract engine. What was folded away is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from rapidfuzz import fuzz, process
+
+from .change import ChangeDecision
+from .content_type import ContentType
+from .frames import SampledFrame
+from .local_change import Box
+from .luma import luma_plane
+from .ocr import Layout, TextLine, thread_engine
+
+log = logging.getLogger("sightline.screen_text")
+
+PAD_X, PAD_Y = 24, 10  # frame pixels around a changed region: whole glyphs, whole lines
+PAGE_SHARE = 0.4  # a change this large (of the frame's area) is read as a whole page
+SAME_LINE = 92  # rapidfuzz ratio at which two reads are the same line (OCR jitter)
+SEEN_FOR_S = 300.0  # a line seen on screen within this long is not new when it shows again
+SEEN_LIMIT = 4000
+
+
+def reading_box(region: Box | None, size: tuple[int, int], content: ContentType
+                ) -> tuple[Box, Layout]:
+    """What to read for a change: the padded region as one block of lines, or the whole frame
+    as a page when most of it changed (or for documentation, which has columns)."""
+    width, height = size
+    if region is None or region[2] * region[3] >= PAGE_SHARE * width * height:
+        return (0, 0, width, height), Layout.PAGE
+    x, y, w, h = region
+    x0, y0 = max(0, x - PAD_X), max(0, y - PAD_Y)
+    x1, y1 = min(width, x + w + PAD_X), min(height, y + h + PAD_Y)
+    layout = Layout.PAGE if content is ContentType.DOCS else Layout.BLOCK
+    return (x0, y0, x1 - x0, y1 - y0), layout
+
+
+def union(a: Box, b: Box) -> Box:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+class SeenLines:
+    """The lines read on this screen lately, so that only new ones count as appeared."""
+
+    def __init__(self, seen_for_s: float = SEEN_FOR_S, limit: int = SEEN_LIMIT) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()  # line -> screen time last seen
+        self._seen_for_s, self._limit = seen_for_s, limit
+
+    def _known(self, line: str, t: float) -> str | None:
+        if line in self._seen:
+            return line if t - self._seen[line] <= self._seen_for_s else None
+        if len(line) < 6:  # a short line is too easy to match by accident: exact only
+            return None
+        match = process.extractOne(line, self._seen.keys(), scorer=fuzz.ratio,
+                                   score_cutoff=SAME_LINE)
+        if match is None or t - self._seen[match[0]] > self._seen_for_s:
+            return None
+        return str(match[0])
+
+    def new(self, lines: list[str], t: float) -> list[str]:
+        """The lines of one read that were not on screen lately, in order; all of them are
+        remembered as seen at `t`."""
+        added = []
+        for line in dict.fromkeys(normalized(text) for text in lines):
+            known = self._known(line, t)
+            if known is None:
+                added.append(line)
+            else:
+                self._seen.pop(known)
+            self._seen[line] = t
+        while len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+        return added
+
+
+@dataclass(frozen=True)
+class ScreenText:
+    """What one read found: the lines that appeared in a region of a kept frame."""
+
+    t: float  # screen time of the frame read
+    wall_time: float  # when that frame was kept (epoch seconds)
+    reason: str  # why the detector kept it
+    content_type: str
+    region: Box
+    lines: list[str]  # the lines that appeared, top to bottom
+    lines_read: int
+    cpu_ms: float  # the read's CPU time on its thread
+    coalesced: int  # earlier reads folded into this one
+
+
+@dataclass
+class _Read:
+    frame: SampledFrame
+    decision: ChangeDecision
+    box: Box
+    layout: Layout
+    wall_time: float
+    coalesced: int = 0
+
+
+def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLine], float]:
+    """Read one region on this thread's engine; (lines top to bottom, CPU ms)."""
+    started = time.thread_time()
+    lines = thread_engine().read(luma, box, layout)
+    return sorted(lines, key=lambda line: line.top), (time.thread_time() - started) * 1000
+
+
+_shared_pool: ThreadPoolExecutor | None = None
+
+
+def shared_pool(threads: int = 1) -> ThreadPoolExecutor:
+    """The process's OCR threads, shared by all its sessions (made on first use)."""
+    global _shared_pool
+    if _shared_pool is None:
+        _shared_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocr")
+    return _shared_pool
+
+
+@dataclass
+class ReaderStats:
+    submitted: int = 0
+    read: int = 0
+    coalesced: int = 0  # reads folded into a newer one (never read on their own)
+    failed: int = 0
+    cpu_ms: float = 0.0
+    lines_added: int = 0
+
+
+class ScreenTextReader:
+    """Reads kept frames' changed regions off the loop; `on_text` gets each result on it."""
+
+    def __init__(
+        self, on_text: Callable[[ScreenText], None], *, executor: Executor | None = None,
+        max_pending: int = 4,
+    ) -> None:
+        self._on_text = on_text
+        self._executor = executor or shared_pool()
+        self._max_pending = max_pending
+        self._pending: list[_Read] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing pending and nothing being read
+        self._idle.set()
+        self._seen = SeenLines()
+        self.stats = ReaderStats()
+        self._task = asyncio.create_task(self._run(), name="screen-text")
+
+    def submit(self, frame: SampledFrame, decision: ChangeDecision) -> None:
+        """Queue a kept frame's changed region; returns at once (called on the loop)."""
+        self.stats.submitted += 1
+        box, layout = reading_box(decision.region, frame.size, decision.content_type)
+        read = _Read(frame, decision, box, layout, time.time())
+        for index, pending in enumerate(self._pending):
+            if pending.frame.size == frame.size and overlaps(pending.box, box):
+                self._pending.pop(index)
+                self._fold(read, pending)
+                break
+        if len(self._pending) >= self._max_pending:  # far behind: read the newest screen once
+            for pending in self._pending:
+                self._fold(read, pending)
+            self._pending.clear()
+        self._pending.append(read)
+        self._idle.clear()
+        self._wake.set()
+
+    def _fold(self, newer: _Read, older: _Read) -> None:
+        """`newer` reads what `older` would have, on the newer frame."""
+        if older.frame.size == newer.frame.size:
+            newer.box = union(newer.box, older.box)
+            if older.layout is Layout.PAGE:
+                newer.layout = Layout.PAGE
+        newer.coalesced += older.coalesced + 1
+        self.stats.coalesced += older.coalesced + 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._idle.set()
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                job = self._pending.pop(0)
+                try:
+                    lines, cpu_ms = await loop.run_in_executor(
+                        self._executor, read_region, luma_plane(job.frame.frame), job.box,
+                        job.layout)
+                except Exception as exc:  # one unreadable frame must not stop the reader
+                    self.stats.failed += 1
+                    log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
+                    continue
+                self._deliver(job, lines, cpu_ms)
+
+    def _deliver(self, job: _Read, lines: list[TextLine], cpu_ms: float) -> None:
+        added = self._seen.new([line.text for line in lines], job.frame.t)
+        self.stats.read += 1
+        self.stats.cpu_ms += cpu_ms
+        self.stats.lines_added += len(added)
+        self._on_text(ScreenText(
+            job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
+            job.box, added, len(lines), round(cpu_ms, 1), job.coalesced))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let the pending reads finish (a session closing wants its last screen read)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        await self.drain(timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
