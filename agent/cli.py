@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import cli_costs, cli_kb, cli_memory, cli_replay, cli_vision, cli_worker
+from . import cli_costs, cli_kb, cli_memory, cli_replay, cli_screen, cli_vision, cli_worker
 
 log = logging.getLogger("sightline")
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_vision.add_parser(sub)
     cli_kb.add_parser(sub)
     cli_memory.add_parser(sub)
+    cli_screen.add_parser(sub)
     return parser
 
 
@@ -83,8 +85,8 @@ def _run(args: argparse.Namespace) -> Any:
     settings = Settings.from_env()
     if args.command in ("dev", "start"):
         return cli_worker.run(settings, args)
-    command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb,
-               "memory": cli_memory}[args.command]
+    command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
+               "screen": cli_screen}[args.command]
     return asyncio.run(command.run(settings, args))
 
 
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         return int(_run(args))
+    except BrokenPipeError:  # `sightline ... | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as exc:
         if not _is_user_error(exc):
             raise

@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "scan", parents=[tuning], help="keep/drop decision for every sampled frame of a recording"
     )
     p.add_argument("path", type=Path, help="a WebM/MP4 file or a directory of PNG/JPEG frames")
+    p.add_argument("--text", action="store_true",
+                   help="also read each kept frame's changed region (local OCR): the lines "
+                        "that newly appeared (`text_added` in --json)")
     p = commands.add_parser(
         "eval", parents=[tuning], help="recall, reduction and noise vs the reference detectors"
     )
@@ -81,14 +84,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
-    from vision.scan import scan, summary_line
+    from vision.frames import SampledFrame, as_i420
+    from vision.scan import source_frames, summary_line, watch
     from vision.screen import FrameTally
+    from vision.screen_text import FrameTextReader
 
     summary = FrameTally()
-    for decision in scan(args.path, args.fps, config):
+    reader = FrameTextReader() if args.text else None
+    for decision, frame in watch(source_frames(args.path, args.fps), args.fps, config):
         summary.add(decision.as_dict())
+        added = None
+        if reader is not None and decision.kept and decision.change is not None:
+            added = reader.read(SampledFrame(as_i420(frame), decision.t), decision.change).lines
         if args.json:
-            print(json.dumps(decision.as_dict()), flush=False)
+            line = decision.as_dict() | ({"text_added": added} if added is not None else {})
+            print(json.dumps(line), flush=False)
         else:
             change = decision.change
             detail = (
@@ -98,6 +108,8 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             )
             verdict = "KEEP" if decision.kept else "drop"
             print(f"{decision.t:8.2f}s  {verdict}  {decision.reason:<17} {detail}")
+            for text in added or []:
+                print(f"           + {text}")
     result = summary_line(summary)
     if args.json:
         print(json.dumps(result))

@@ -7,18 +7,50 @@ token room config, or `lk dispatch create`). Job metadata may name the tenant:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
+from livekit import rtc
 from livekit.agents import AgentServer, JobContext, room_io
 
 from memory.db import Database, DatabaseUnavailable
+from vision.screen_signals import ScreenError
+from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
 from .config import Settings
 from .session import SessionRuntime
 
 log = logging.getLogger("sightline.worker")
+
+SCREEN_TOPIC = "sightline.screen"  # data messages for apps: new errors seen on the screen
+SCREEN_MESSAGE_VERSION = 1
+
+
+class ScreenSignalPublisher:
+    """Publishes each new error seen on the user's screen to the room, as JSON on
+    `sightline.screen`, for apps to show; a failed publish is logged, never raised."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        self._room = room
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def __call__(self, error: ScreenError, read: ScreenText) -> None:
+        message = json.dumps({
+            "type": "screen_error", "version": SCREEN_MESSAGE_VERSION, "t": read.t,
+            "at": read.wall_time, "headline": error.headline, "lines": error.lines,
+            "fingerprint": error.fingerprint, "region": list(read.region)})
+        task = asyncio.create_task(self._publish(message), name="screen-signal")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, message: str) -> None:
+        try:
+            await self._room.local_participant.publish_data(
+                message, reliable=True, topic=SCREEN_TOPIC)
+        except Exception as exc:  # the room may be closing; the error is in the ledger anyway
+            log.warning("could not publish a screen signal to the room: %r", exc)
 
 
 def job_tenant(metadata: str, default: str) -> str:
@@ -49,6 +81,7 @@ async def run_session(ctx: JobContext) -> None:
         source="live", room=ctx.room.name,
     )
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
+    runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
     session = runtime.agent_session()
 
     async def finish() -> None:

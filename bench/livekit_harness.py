@@ -133,8 +133,11 @@ class User:
         self.agent_name, self.metadata, self.video = agent_name, metadata, video
         self.room = rtc.Room()
         self.replies: list[str] = []
+        self.data: list[tuple[str, bytes]] = []  # (topic, payload) of data messages received
         self._publisher: asyncio.Task[None] | None = None
         self.frames_published = 0
+        self._data_arrived = asyncio.Event()
+        self.room.on("data_received", self._on_data)
 
     async def join(self, identity: str) -> None:
         async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
@@ -153,6 +156,18 @@ class User:
         )
         self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
         await self.room.connect(self.livekit.ws_url, token)
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        self.data.append((packet.topic or "", packet.data))
+        self._data_arrived.set()
+
+    async def wait_for_data(self, topic: str, timeout_s: float = 45) -> list[bytes]:
+        """The data messages received on `topic`, once there is at least one."""
+        async with asyncio.timeout(timeout_s):
+            while not any(t == topic for t, _ in self.data):
+                self._data_arrived.clear()
+                await self._data_arrived.wait()
+        return [payload for t, payload in self.data if t == topic]
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
         async def read() -> None:

@@ -27,6 +27,7 @@ from memory.conversation import ConversationLog
 from memory.db import Database, DatabaseUnavailable, start_embedded
 from memory.embeddings import OfflineEmbedder
 from memory.migrate import apply_migrations, migration_files
+from memory.screen_timeline import ScreenTimeline, event_row
 from memory.store import Store
 from memory.user_memory import UserMemory
 from memory.writer import BackgroundWriter
@@ -338,9 +339,23 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
         tmp_path / "costs" / "sess_long_outage.memory-spill.jsonl",
         max_batch=8, max_backoff_s=0.2, max_pending=12,
     )
+    # and so do the screen timeline's events
+    screen_writer = BackgroundWriter(
+        "screen_events", ScreenTimeline(db.pool, OfflineEmbedder()).write,
+        tmp_path / "costs" / "sess_long_outage.screen-spill.jsonl",
+        max_batch=8, max_backoff_s=0.2, max_pending=12,
+    )
+
+    def screen_event(n: int) -> dict[str, Any]:
+        return event_row(session_id="sess_long_outage", tenant="acme", user_id="u-1",
+                         t=float(n), wall_time=1.7e9 + n, content_type="code",
+                         reason="local_change", region=(0, 20 * n, 640, 20),
+                         lines=[f"screen line {n}"], is_error=n % 7 == 0)
+
     who = {"tenant": "acme", "user_id": "u-1", "session_id": "sess_long_outage"}
     writer.put({"user_id": "u-1", "role": "user", "content": "turn 0"})
     memory_writer.put({"op": "fact", "key": "progress", "text": "turn 0", **who})
+    screen_writer.put(screen_event(0))
     assert await wait_for_count(url, "SELECT count(*) FROM messages", 1) == 1
 
     await own_postgres.stop()
@@ -349,6 +364,7 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
         writer.put({"user_id": "u-1", "role": "user", "content": f"turn {n}"})
         memory_writer.put({"op": "fact", "key": "progress", "text": f"turn {n}", **who})
         memory_writer.put({"op": "fact", "key": f"turn_{n}", "text": f"seen {n}", **who})
+        screen_writer.put(screen_event(n))
         if n % 10 == 0:
             memory_writer.put({"op": "forget", "key": f"turn_{n - 5}", **who})
             memory_writer.put({"op": "summary", "text": f"up to turn {n}", **who})
@@ -360,6 +376,7 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     assert await wait_for_count(url, "SELECT count(*) FROM messages", 60) == 60
     assert await writer.close() == 0
     assert await memory_writer.close() == 0
+    assert await screen_writer.close() == 0
     assert not spill.exists()
     conn = await asyncpg.connect(url)
     try:
@@ -367,12 +384,15 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
             "SELECT content FROM messages ORDER BY id")]
         facts = dict(await conn.fetch("SELECT key, text FROM memory_facts"))  # type: ignore[arg-type]
         summary = await conn.fetchval("SELECT text FROM memory_summaries")
+        screen_lines = [r["text"] for r in await conn.fetch(
+            "SELECT text FROM screen_events ORDER BY id")]
     finally:
         await conn.close()
     assert contents == [f"turn {n}" for n in range(60)]
     # every memory change landed, in the order it was made: the last update of a key wins
     assert facts.pop("progress") == "turn 59" and summary == "up to turn 50"
     assert facts == {f"turn_{n}": f"seen {n}" for n in range(1, 60) if n not in range(5, 50, 10)}
+    assert screen_lines == [f"screen line {n}" for n in range(60)]  # every screen event, in order
     await session.close()
     await db.pool.close()
 

@@ -16,13 +16,17 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import av
+import numpy as np
 import pytest
 from livekit import rtc
-from PIL import Image
+from PIL import Image, ImageFont
+from synthetic_screen import Desk
 
 from agent.images import sized_for
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
@@ -262,6 +266,64 @@ def test_the_image_healthcheck_reaches_the_worker(worker: Worker, free_tcp_port:
     down = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=10,
                           env={"SIGHTLINE_HEALTH_PORT": str(free_tcp_port)})
     assert down.returncode != 0
+
+
+def write_failing_terminal(path: Path, seconds: int = 8, fps: int = 5) -> str:
+    """A 720p recording: code on screen, and from 3 s on an error line under it."""
+    error = "ModuleNotFoundError: No module named 'requests'"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.bit_rate = 800_000
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(seconds * fps):
+            desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+            desk.font = ImageFont.load_default(size=20)
+            if i >= 3 * fps:
+                desk.lines = [*desk.lines, "", error]
+            frame = av.VideoFrame.from_ndarray(np.asarray(desk.image()), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return error
+
+
+async def test_the_live_screen_becomes_a_timeline_and_errors_reach_the_room(
+    livekit: LiveKitServer, worker: Worker, e2e_database_url: str, tmp_path: Path,
+) -> None:
+    """What appears on a live screen share is read by the worker, written to the user's screen
+    timeline in Postgres, and a new error is published to the room on `sightline.screen`."""
+    video = tmp_path / "failing.webm"
+    error = write_failing_terminal(video)
+    user = User(livekit, "e2e-screen-memory", agent_name=AGENT_NAME,
+                metadata={"tenant": "e2e"}, video=video)
+    await user.join("user-5")
+    await user.wait_for_agent()
+    await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
+    try:
+        signals = [json.loads(p) for p in await user.wait_for_data("sightline.screen")]
+    except TimeoutError:
+        raise AssertionError(
+            f"no screen signal reached the room:\n{worker.log_text()[-3000:]}") from None
+    finally:
+        await user.leave()
+    assert signals[0]["type"] == "screen_error" and signals[0]["version"] == 1
+    assert signals[0]["headline"] == error
+    assert len({s["fingerprint"] for s in signals}) == len(signals)  # each error once
+    conn = await asyncpg.connect(e2e_database_url)
+    try:
+        rows = []
+        for _ in range(50):  # the screen writer flushes in the background
+            rows = await conn.fetch(
+                "SELECT text, is_error FROM screen_events WHERE tenant = 'e2e' AND"
+                " user_id = 'user-5' ORDER BY t")
+            if any(r["is_error"] for r in rows):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    assert any("import asyncio" in r["text"] for r in rows)  # the screen as the share began
+    assert [r["text"] for r in rows if r["is_error"]] == [error]
 
 
 async def test_a_camera_is_not_taken_for_the_screen(

@@ -26,6 +26,9 @@ import tesserocr
 
 MIN_LINE_CONFIDENCE = 45.0  # Tesseract's 0-100; screen junk (icons, borders) scores below
 SCREEN_DPI = 96
+# Tesseract's English model prefers typographic quotes; screens of code and terminals show
+# straight ones, and search and matching want one form
+_STRAIGHT = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "«": '"', "»": '"'})
 
 
 class OcrUnavailable(RuntimeError):
@@ -87,7 +90,11 @@ class OcrEngine:
         iterator = api.GetIterator()
         level = tesserocr.RIL.TEXTLINE
         for item in tesserocr.iterate_level(iterator, level):
-            text = " ".join((item.GetUTF8Text(level) or "").split())
+            try:
+                raw = item.GetUTF8Text(level)
+            except RuntimeError:  # tesserocr's "No text returned": an empty line region
+                continue
+            text = " ".join((raw or "").translate(_STRAIGHT).split())
             confidence = item.Confidence(level)
             if text and confidence >= MIN_LINE_CONFIDENCE:
                 box_top = item.BoundingBox(level)

@@ -2,10 +2,13 @@
 only the lines that were not on screen before.
 
 A kept frame's decision says where the content changed since the last kept frame
-(`ChangeDecision.region`). `reading_box` pads that to whole text lines, or takes the whole frame
-when most of it changed; `vision.ocr` reads it; `SeenLines` keeps what is new: a typed line, an
+(`ChangeDecision.region`). `reading_box` pads that to whole glyphs, or takes the whole frame when
+most of it changed; `vision.ocr` reads it; `SeenLines` keeps what is new: a typed line, an
 error, a dialog's text, output lines. A scroll or a page change reads the new view once, and the
-lines that were already on screen drop out, so only the newly visible ones count.
+lines that were already on screen drop out, so only the newly visible ones count. Two reads of
+one line can differ in what OCR confuses (`l`/`1`/`I`, `O`/`0`, `rn`/`m`, spacing); lines are
+compared in a canonical form that folds exactly those, so such jitter is not a new line while a
+line that differs in any other character (the next step of a log) is.
 
 `ScreenTextReader` runs this off the event loop. `submit` is called on the loop for each kept
 frame and returns at once: pending reads are bounded and coalesce (a read of a region that
@@ -28,7 +31,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from rapidfuzz import fuzz, process
 
 from .change import ChangeDecision
 from .content_type import ContentType
@@ -39,11 +41,12 @@ from .ocr import Layout, TextLine, thread_engine
 
 log = logging.getLogger("sightline.screen_text")
 
-PAD_X, PAD_Y = 24, 10  # frame pixels around a changed region: whole glyphs, whole lines
+PAD_X, PAD_Y = 16, 4  # frame pixels around a changed region: whole glyphs, not the next line
 PAGE_SHARE = 0.4  # a change this large (of the frame's area) is read as a whole page
-SAME_LINE = 92  # rapidfuzz ratio at which two reads are the same line (OCR jitter)
 SEEN_FOR_S = 300.0  # a line seen on screen within this long is not new when it shows again
 SEEN_LIMIT = 4000
+_CONFUSABLE = str.maketrans({"1": "l", "I": "l", "|": "l", "!": "l", "i": "l", "0": "o",
+                             "O": "o", "‘": "'", "’": "'", "`": "'", "“": '"', "”": '"'})
 
 
 def reading_box(region: Box | None, size: tuple[int, int], content: ContentType
@@ -74,35 +77,29 @@ def normalized(text: str) -> str:
     return " ".join(text.split())
 
 
+def canonical(text: str) -> str:
+    """A line as it compares with another read of it: OCR's usual confusions folded, case
+    and spacing ignored."""
+    return "".join(text.translate(_CONFUSABLE).lower().replace("rn", "m").split())
+
+
 class SeenLines:
     """The lines read on this screen lately, so that only new ones count as appeared."""
 
     def __init__(self, seen_for_s: float = SEEN_FOR_S, limit: int = SEEN_LIMIT) -> None:
-        self._seen: OrderedDict[str, float] = OrderedDict()  # line -> screen time last seen
+        self._seen: OrderedDict[str, float] = OrderedDict()  # canonical line -> last seen
         self._seen_for_s, self._limit = seen_for_s, limit
-
-    def _known(self, line: str, t: float) -> str | None:
-        if line in self._seen:
-            return line if t - self._seen[line] <= self._seen_for_s else None
-        if len(line) < 6:  # a short line is too easy to match by accident: exact only
-            return None
-        match = process.extractOne(line, self._seen.keys(), scorer=fuzz.ratio,
-                                   score_cutoff=SAME_LINE)
-        if match is None or t - self._seen[match[0]] > self._seen_for_s:
-            return None
-        return str(match[0])
 
     def new(self, lines: list[str], t: float) -> list[str]:
         """The lines of one read that were not on screen lately, in order; all of them are
         remembered as seen at `t`."""
         added = []
-        for line in dict.fromkeys(normalized(text) for text in lines):
-            known = self._known(line, t)
-            if known is None:
+        for line in dict.fromkeys(normalized(text) for text in lines if text.strip()):
+            key = canonical(line)
+            last = self._seen.pop(key, None)
+            if last is None or t - last > self._seen_for_s:
                 added.append(line)
-            else:
-                self._seen.pop(known)
-            self._seen[line] = t
+            self._seen[key] = t
         while len(self._seen) > self._limit:
             self._seen.popitem(last=False)
         return added
@@ -138,6 +135,20 @@ def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLi
     started = time.thread_time()
     lines = thread_engine().read(luma, box, layout)
     return sorted(lines, key=lambda line: line.top), (time.thread_time() - started) * 1000
+
+
+class FrameTextReader:
+    """The same reading, synchronously and in order: for offline scans and evaluations."""
+
+    def __init__(self) -> None:
+        self._seen = SeenLines()
+
+    def read(self, frame: SampledFrame, decision: ChangeDecision) -> ScreenText:
+        box, layout = reading_box(decision.region, frame.size, decision.content_type)
+        lines, cpu_ms = read_region(luma_plane(frame.frame), box, layout)
+        added = self._seen.new([line.text for line in lines], frame.t)
+        return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
+                          box, added, len(lines), round(cpu_ms, 1), 0)
 
 
 _shared_pool: ThreadPoolExecutor | None = None
@@ -203,8 +214,8 @@ class ScreenTextReader:
             newer.box = union(newer.box, older.box)
             if older.layout is Layout.PAGE:
                 newer.layout = Layout.PAGE
-        newer.coalesced += older.coalesced + 1
-        self.stats.coalesced += older.coalesced + 1
+        newer.coalesced += older.coalesced + 1  # the submissions this read now stands for
+        self.stats.coalesced += 1  # one read fewer
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

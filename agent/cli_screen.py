@@ -1,0 +1,69 @@
+"""`sightline screen timeline|search`: what appeared on users' screens, from the timeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from .cli_common import UserError, positive_int
+from .config import Settings
+
+if TYPE_CHECKING:
+    from memory.screen_timeline import ScreenEvent
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    screen = sub.add_parser("screen", help="the screen timeline: what appeared on users' screens")
+    screen_sub = screen.add_subparsers(dest="screen_command", required=True)
+    p = screen_sub.add_parser("timeline", help="one session's screen events, in screen time")
+    p.add_argument("session_id", help="the session (see `sightline costs`)")
+    p.add_argument("--tenant", help="only if the session is this tenant's")
+    p.add_argument("--json", action="store_true", help="the events as JSON")
+    p = screen_sub.add_parser("search", help="screen events that match a question, best first")
+    p.add_argument("query", help="words or a question, e.g. \"JSONDecodeError\"")
+    p.add_argument("--tenant", required=True, help="search this tenant's timeline only")
+    p.add_argument("--user", help="only this user's screens (default: every user's)")
+    p.add_argument("--k", type=positive_int, default=10, help="how many events (default 10)")
+    p.add_argument("--json", action="store_true", help="the events as JSON")
+
+
+def _print(events: list[ScreenEvent], *, with_session: bool) -> None:
+    for event in events:
+        where = f"{event.session_id} " if with_session else ""
+        flag = "  ERROR" if event.is_error else ""
+        print(f"{where}t={event.t:7.1f}s  {event.at:%Y-%m-%d %H:%M:%S}  "
+              f"{event.content_type:<5} {event.reason}{flag}")
+        for line in event.text.splitlines():
+            print(f"    {line}")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from memory.db import Database
+    from memory.screen_timeline import ScreenTimeline
+
+    from .components import make_embedder
+
+    if args.screen_command == "search" and not args.query.strip():
+        raise UserError("the search query is empty: give words to look for")
+    db = await Database.open(settings.database_url, settings.data_dir)
+    embedder = make_embedder(settings)
+    try:
+        timeline = ScreenTimeline(db.pool, embedder)
+        if args.screen_command == "timeline":
+            events = await timeline.session_events(args.tenant, args.session_id)
+        else:
+            events = await timeline.search(args.tenant, args.query, user_id=args.user, k=args.k)
+    finally:
+        await embedder.aclose()
+        await db.close()
+    if args.json:
+        print(json.dumps([event.as_dict() for event in events], indent=2))
+    elif not events and args.screen_command == "timeline":
+        print(f"No screen events for session {args.session_id}"
+              + (f" of tenant {args.tenant}." if args.tenant else "."))
+    elif not events:
+        print(f"No screen events of tenant {args.tenant} match.")
+    else:
+        _print(events, with_session=args.screen_command == "search")
+    return 0

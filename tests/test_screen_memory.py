@@ -1,0 +1,260 @@
+"""Screen memory: what appears on screen is read locally, kept as a timeline, and shapes turns.
+
+Protects: a kept frame's changed region is read with the bundled Tesseract and only the lines
+that newly appeared count (a typed line, an error; a scroll gives the new lines once); error
+text becomes one signal per distinct error; under load pending reads coalesce onto the newest
+frame, are counted, and the screen watcher never waits; the image policy sends the frame only
+when the screen changed (the earlier screenshot stays on its message, the unsent frame is
+priced), `always` sends it every time; kept frames are archived on disk within their cap and
+`earlier_screen` reaches past the in-memory history; a session writes its reads to the event log
+and the timeline, and with SIGHTLINE_PROACTIVE offers help once per new error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from livekit.agents import llm
+from PIL import ImageFont
+from synthetic_screen import CODE, Desk
+
+from agent.config import Settings
+from agent.images import ImageEncoder
+from agent.screen_context import UNSENT_FRAME, ScreenContext
+from agent.session import SessionRuntime
+from agent.turn_context import TurnContext
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.db import Database
+from memory.screen_timeline import ScreenTimeline
+from tools.screen_history import ScreenHistoryTools, ShownScreen
+from vision.frame_archive import FrameArchive
+from vision.frames import SampledFrame, as_i420
+from vision.sampler import FrameSampler
+from vision.screen import ScreenChange, ScreenWatcher
+from vision.screen_signals import find_error, fingerprint
+from vision.screen_text import FrameTextReader, ScreenText, ScreenTextReader, SeenLines
+
+ERROR_LINE = "KeyError: 'port' in load_settings"
+
+
+def typed_desk() -> list[Desk]:
+    """An editor; a line is typed; then a terminal-style error line appears under it. (Text a
+    little larger than the detector tests' desk: PIL's default font is proportional and thin.)"""
+    base = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    typed = Desk(width=1280, height=720, pointer=None, cursor_on=False,
+                 lines=[*base.lines, "    return summarize(await poll(sensors))"])
+    failed = Desk(width=1280, height=720, pointer=None, cursor_on=False,
+                  lines=[*typed.lines, "", ERROR_LINE])
+    for desk in (base, typed, failed):
+        desk.font = ImageFont.load_default(size=20)
+    return [base, typed, failed]
+
+
+def watch_and_read(desks: list[Desk]) -> list[ScreenText]:
+    reader = FrameTextReader()
+    reads: list[ScreenText] = []
+
+    def on_kept(change: ScreenChange) -> None:
+        reads.append(reader.read(change.frame, change.decision))
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None, on_kept=on_kept)
+    for t, desk in enumerate(desks):  # each shown for two samples: a typed line is kept once
+        screen.offer(2.0 * t, desk.frame())  # it stops growing
+        screen.offer(2.0 * t + 1, desk.frame())
+    return reads
+
+
+def test_what_appeared_is_read_and_only_the_new_lines_count() -> None:
+    first, typed, failed = watch_and_read(typed_desk())
+    assert first.region == (0, 0, 1280, 720) and len(first.lines) >= 10  # the whole screen
+    assert any("import asyncio" in line for line in first.lines)
+    # the new line and its number in the gutter; just the changed strip was read
+    [line] = typed.lines
+    assert line.endswith("return summarize(await poll(sensors))"), typed.lines
+    assert typed.region[2] < 1280 and typed.region[3] < 100
+    assert failed.lines == [ERROR_LINE]
+    error = find_error(failed.lines)
+    assert error is not None and error.headline == ERROR_LINE
+
+
+def test_a_scroll_gives_the_newly_visible_lines_once() -> None:
+    seen = SeenLines()
+    page = [f"line {n} of the document" for n in range(30)]
+    assert seen.new(page[0:20], t=1.0) == page[0:20]
+    assert seen.new(page[10:30], t=2.0) == page[20:30]  # scrolled: only the new ones
+    assert seen.new(["Line l2 of  the docurnent"], t=3.0) == []  # OCR jitter: the same line
+    assert seen.new(["line 13 of the document!"], t=3.0) == ["line 13 of the document!"]
+    assert seen.new(page[0:10], t=500.0) == page[0:10]  # long gone, shown again: new again
+
+
+def test_errors_are_found_with_a_headline_and_a_fingerprint_per_distinct_error() -> None:
+    lines = ["$ python3 app.py", "Traceback (most recent call last):",
+             '  File "app.py", line 3, in <module>',
+             "json.decoder.JSONDecodeError: Expecting value: line 1 column 5 (char 4)"]
+    error = find_error(lines)
+    assert error is not None and error.headline == lines[-1]
+    assert error.lines == [lines[1], lines[3]]
+    again = find_error(["json.decoder.JSONDecodeError: Expecting value: line 9 column 2 (char 8)"])
+    assert again is not None and again.fingerprint == error.fingerprint
+    assert fingerprint("12:03:44 cat: '/etc/shadow': Permission denied") == (
+        "cat: '': permission denied")
+    assert fingerprint("20 KeyError: 'port'") == fingerprint("KeyError: 'host'")
+    for harmless in (["All 12 tests passed"], ["$ ls -la"], ["error handling is described"]):
+        assert find_error(harmless) is None, harmless
+    for failing in (["npm ERR! code ELIFECYCLE"], ["fatal: not a git repository"],
+                    ["bash: foo: command not found"], ["FAILED tests/test_x.py::test_y"],
+                    ["Process exited with code 2"]):
+        assert find_error(failing) is not None, failing
+
+
+async def test_reads_coalesce_under_load_and_the_watcher_never_waits() -> None:
+    """One OCR thread, held busy: the kept frames keep coming, the pending reads stay within
+    their bound by folding onto the newest frame, and what was folded is counted."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    blocker = pool.submit(release.wait)
+    results: list[ScreenText] = []
+    reader = ScreenTextReader(results.append, executor=pool, max_pending=3)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None,
+                           on_kept=lambda c: reader.submit(c.frame, c.decision))
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    kept = 0
+    for t in range(12):  # a new page every second (the lines shift): each frame is kept
+        desk.lines = [f"Build {t} finished", *CODE[t:], *CODE[:t]]
+        kept += screen.offer(float(t), desk.frame()) is not None
+    assert kept == 12 and screen.frames_received == 12  # sampling went on while reads waited
+    assert len(reader._pending) <= 3
+    release.set()
+    blocker.result()
+    await reader.drain(timeout_s=30)
+    await reader.aclose()
+    pool.shutdown()
+    stats = reader.stats
+    assert stats.submitted == 12 and stats.read + stats.coalesced == 12 and stats.coalesced > 0
+    assert sum(r.coalesced for r in results) == stats.coalesced
+    assert results[-1].t == 11.0  # the newest screen is always what gets read
+    assert any("Build 11 finished" in line for line in results[-1].lines)
+
+
+def question(ctx: llm.ChatContext, text: str) -> None:
+    ctx.add_message(role="user", content=text)
+
+
+def images(ctx: llm.ChatContext) -> list[llm.ImageContent]:
+    return [c for item in ctx.items if item.type == "message" for c in item.content
+            if isinstance(c, llm.ImageContent)]
+
+
+@pytest.mark.parametrize("policy", ["changed", "always"])
+async def test_the_image_goes_only_when_the_screen_changed(policy: str) -> None:
+    notes: list[dict] = []
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, policy), note=notes.append)
+    base, typed, _ = typed_desk()
+    screen.offer(0.0, base.frame())
+    ctx = llm.ChatContext.empty()
+    question(ctx, "What is this file?")
+    first = await turn.build(ctx)
+    ctx.add_message(role="assistant", content="A Python module.")
+    screen.offer(1.0, base.frame())  # nothing changed on screen
+    question(ctx, "And what does poll do?")
+    second = await turn.build(ctx)
+    ctx.add_message(role="assistant", content="It reads sensors.")
+    screen.offer(2.0, typed.frame())  # a line was typed
+    question(ctx, "Is the new line right?")
+    third = await turn.build(ctx)
+
+    assert len(images(first)) == 1
+    if policy == "always":
+        assert [n["image"] for n in notes] == ["sent", "sent", "sent"]
+        assert len(images(second)) == 1 and images(second)[0].image is not images(first)[0].image
+        return
+    assert [n["image"] for n in notes] == ["sent", "unchanged", "sent"]
+    # the first screenshot stays on the first question, where the second request still has it
+    assert images(second)[0].image is images(first)[0].image
+    assert second.items[0].content == first.items[0].content  # the same prefix: cacheable
+    last = second.items[-1]
+    assert any("has not changed since the screenshot captured at t=0.0s" in c
+               for c in last.content if isinstance(c, str))
+    assert last.extra[UNSENT_FRAME] == [1280, 720]
+    _, bill = await ImageEncoder("medium").prepare(second, "gemini")
+    assert bill.images == 1 and bill.unsent_tokens == 516  # 1280x720: two Gemini tiles
+    # a change: a new screenshot, and only the newest stays attached
+    assert len(images(third)) == 1 and images(third)[0].image is not images(first)[0].image
+    assert any("no longer attached" in c for c in third.items[0].content if isinstance(c, str))
+
+
+async def test_earlier_screen_reaches_the_archive_beyond_the_in_memory_history(
+    tmp_path: Path,
+) -> None:
+    archive = FrameArchive(tmp_path / "frames", "s-archive", max_bytes=60_000_000)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None,
+                           on_kept=lambda c: archive.save(c.frame))
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    desk.font = ImageFont.load_default(size=20)
+    for t in range(20):  # a new page every second: each frame is kept
+        desk.lines = [f"Deploy {t} done", *CODE[t % 10:], *CODE[:t % 10]]
+        screen.offer(float(t), desk.frame())
+        await asyncio.sleep(0.05)  # the archive writes in the background, one at a time
+    await archive.aclose()
+    assert len(screen.changes) == ScreenWatcher.KEPT_HISTORY < 20
+    assert archive.times()[0] == 0.0 and len(list((tmp_path / "frames").rglob("*.jpg"))) == len(
+        archive.times())
+    shown = ShownScreen()
+    tools = ScreenHistoryTools(screen, shown, archive)
+    said = await tools.earlier_screen(seconds_ago=17)  # now t=19: t=2 is only on disk
+    assert "t=2.0s" in said and shown.frame is not None and shown.frame.t == 2.0
+    assert shown.frame.size == (1280, 720)
+    read = FrameTextReader().read(SampledFrame(as_i420(shown.frame.frame), 2.0),
+                                  screen.changes[0].decision)
+    assert any("Deploy 2 done" in line for line in read.lines), read.lines
+
+    capped = FrameArchive(tmp_path / "frames", "s-capped", max_bytes=150_000)
+    for t in range(6):
+        desk.lines = [f"Deploy {t} done", *CODE]
+        capped.save(SampledFrame(desk.frame(), float(t)))
+        await capped.aclose()
+    on_disk = sorted(p.stat().st_size for p in (tmp_path / "frames" / "s-capped").glob("*.jpg"))
+    assert sum(on_disk) <= 150_000 and capped.times()[-1] == 5.0 and capped.times()[0] > 0.0
+
+
+async def test_a_session_records_its_screen_and_offers_help_once_per_new_error(
+    settings: Settings, db: Database,
+) -> None:
+    offers: list[CapturedRequest] = []
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        offers.append(request)
+        return ScriptedReply(text="[[confidence: 0.9]] I see a KeyError; want help with it?")
+
+    async with ScriptedModelServer(serve) as server:
+        runtime = await SessionRuntime.open(
+            settings.with_overrides(
+                gemini_api_key="k", anthropic_api_key="k", gemini_base_url=server.base_url,
+                anthropic_base_url=server.base_url, embeddings="offline", proactive=True,
+                memory_updates=False),
+            db, tenant="acme", user_id="u-9", source="replay")
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        base, typed, failed = typed_desk()
+        for t, desk in enumerate([base, typed, failed, base, failed]):
+            for second in (0, 1):  # each screen for two samples: a typed line is kept at once
+                runtime.screen.offer(t * 10.0 + second, desk.frame())
+                await runtime.screen_settled()
+            await asyncio.sleep(0.3)  # the offer of help is spoken meanwhile
+        await session.aclose()
+        summary = await runtime.close()
+
+    assert len(offers) == 1, "one offer for one distinct error, however often it shows"
+    assert offers[0].purpose == "answer" and ERROR_LINE in offers[0].text
+    kept = summary["frames"]["kept"]
+    assert kept >= 5 and summary["screen"]["reads"] == kept  # every kept frame was read
+    assert summary["screen"]["errors"] == 1  # the error showed twice: one screen_error
+    assert summary["vs_top_tier"]["user_turns"] == 0  # an offer nobody asked for is not a turn
+    timeline = await ScreenTimeline(db.pool, runtime.memory.embedder).session_events(  # type: ignore[union-attr]
+        "acme", runtime.session_id)
+    assert next(e.t for e in timeline if e.is_error) in (20.0, 21.0)
+    assert any(ERROR_LINE in e.text for e in timeline)
