@@ -52,6 +52,7 @@ class LabelError(ValueError):
 class Event:
     t: float
     kind: str
+    text: tuple[str, ...] = ()  # the lines the change made appear on screen (text events)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class LabelledSession:
     events: tuple[Event, ...]
     busy: tuple[Span, ...]
     video_segments: tuple[Span, ...]
+    duration: float = 0.0  # seconds
 
 
 def _spans(raw: Any, key: str, where: Path) -> tuple[Span, ...]:
@@ -83,10 +85,18 @@ def _spans(raw: Any, key: str, where: Path) -> tuple[Span, ...]:
     return spans
 
 
+def _text(event: dict[str, Any], where: Path) -> tuple[str, ...]:
+    text = event.get("text", [])
+    if not isinstance(text, list) or not all(isinstance(line, str) for line in text):
+        raise LabelError(f"{where}: an event's 'text' must be a list of lines")
+    return tuple(text)
+
+
 def load_labels(path: Path) -> LabelledSession:
     try:
         raw = json.loads(path.read_text())
-        events = tuple(Event(float(e["t"]), str(e["kind"])) for e in raw["events"])
+        events = tuple(Event(float(e["t"]), str(e["kind"]), _text(e, path))
+                       for e in raw["events"])
         video = path.parent / str(raw["video"])
     except (OSError, json.JSONDecodeError) as exc:
         raise LabelError(f"{path}: cannot read labels ({exc})") from None
@@ -104,6 +114,7 @@ def load_labels(path: Path) -> LabelledSession:
         events=tuple(sorted(events, key=lambda e: e.t)),
         busy=_spans(raw, "busy", path),
         video_segments=_spans(raw, "video_segments", path),
+        duration=float(raw.get("duration", 0.0)),
     )
 
 

@@ -75,9 +75,10 @@ def test_what_appeared_is_read_and_only_the_new_lines_count() -> None:
     [line] = typed.lines
     assert line.endswith("return summarize(await poll(sensors))"), typed.lines
     assert typed.region[2] < 1280 and typed.region[3] < 100
-    assert failed.lines == [ERROR_LINE]
+    [error_line] = failed.lines  # the whole line as shown: its number in the gutter too
+    assert error_line.endswith(ERROR_LINE), failed.lines
     error = find_error(failed.lines)
-    assert error is not None and error.headline == ERROR_LINE
+    assert error is not None and error.headline == error_line
 
 
 def test_a_scroll_gives_the_newly_visible_lines_once() -> None:

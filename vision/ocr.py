@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tesserocr
 
-MIN_LINE_CONFIDENCE = 45.0  # Tesseract's 0-100; screen junk (icons, borders) scores below
+MIN_LINE_CONFIDENCE = 30.0  # Tesseract's 0-100; screen junk (icons, borders) scores below
 SCREEN_DPI = 96
 # Tesseract's English model prefers typographic quotes; screens of code and terminals show
 # straight ones, and search and matching want one form

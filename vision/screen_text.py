@@ -2,10 +2,13 @@
 only the lines that were not on screen before.
 
 A kept frame's decision says where the content changed since the last kept frame
-(`ChangeDecision.region`). `reading_box` pads that to whole glyphs, or takes the whole frame when
-most of it changed; `vision.ocr` reads it; `SeenLines` keeps what is new: a typed line, an
-error, a dialog's text, output lines. A scroll or a page change reads the new view once, and the
-lines that were already on screen drop out, so only the newly visible ones count. Two reads of
+(`ChangeDecision.region`). `changed_box` pads that to whole glyphs, or takes the whole frame when
+most of it changed; `plan_read` narrows it to the band that scrolled into view when the content
+only moved (a terminal printing output, a page scrolled: phase correlation against the frame
+read before) and widens it to the whole text lines it touches; `vision.ocr` reads it;
+`SeenLines` keeps what is new: a typed line, an error, a dialog's text, output lines. A page
+change reads the new view once, and the lines that were already on screen drop out, so only the
+newly visible ones count. Two reads of
 one line can differ in what OCR confuses (`l`/`1`/`I`, `O`/`0`, `rn`/`m`, spacing); lines are
 compared in a canonical form that folds exactly those, so such jitter is not a new line while a
 line that differs in any other character (the next step of a log) is.
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .change import ChangeDecision
@@ -42,6 +46,15 @@ from .ocr import Layout, TextLine, thread_engine
 log = logging.getLogger("sightline.screen_text")
 
 PAD_X, PAD_Y = 16, 4  # frame pixels around a changed region: whole glyphs, not the next line
+MIN_SCROLL_PX = 48  # a region this small is read whole rather than checked for a scroll
+SCROLL_RESPONSE = 0.25  # phase correlation's peak strength for a real shift
+SCROLL_MISMATCH = 0.05  # share of a row's text pixels that may differ once shifted back
+MIN_CHANGED_ROW_PX = 8  # pixels of a row that differ after the shift: a real change, not codec
+SCROLL_ROWS_MATCH = 0.85  # share of the rows with text that must match once shifted back
+NEAR_BAND_PX = 96  # changed rows this close to the scrolled-in band are read with it
+SCROLL_BAND_EXTRA = 28  # and one more line of it: an editor fills blank rows as it scrolls
+INK_GAP = 48  # frame pixels of blank between words of one line (a few characters' width)
+INK_CONTRAST = 48  # luma levels from the background that count as text
 PAGE_SHARE = 0.4  # a change this large (of the frame's area) is read as a whole page
 SEEN_FOR_S = 300.0  # a line seen on screen within this long is not new when it shows again
 SEEN_LIMIT = 4000
@@ -49,18 +62,106 @@ _CONFUSABLE = str.maketrans({"1": "l", "I": "l", "|": "l", "!": "l", "i": "l", "
                              "O": "o", "‘": "'", "’": "'", "`": "'", "“": '"', "”": '"'})
 
 
-def reading_box(region: Box | None, size: tuple[int, int], content: ContentType
-                ) -> tuple[Box, Layout]:
-    """What to read for a change: the padded region as one block of lines, or the whole frame
-    as a page when most of it changed (or for documentation, which has columns)."""
+def changed_box(region: Box | None, size: tuple[int, int]) -> Box:
+    """The changed region, padded to whole glyphs (the whole frame when none is known)."""
     width, height = size
-    if region is None or region[2] * region[3] >= PAGE_SHARE * width * height:
-        return (0, 0, width, height), Layout.PAGE
+    if region is None:
+        return 0, 0, width, height
     x, y, w, h = region
     x0, y0 = max(0, x - PAD_X), max(0, y - PAD_Y)
     x1, y1 = min(width, x + w + PAD_X), min(height, y + h + PAD_Y)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+@dataclass(frozen=True)
+class Scroll:
+    """A region's content moved vertically by `shift` rows (negative: up); `changed` are the
+    rows that also changed besides moving (a command typed, then Enter), edges left out."""
+
+    shift: int
+    changed: np.ndarray
+
+
+def scroll_shift(before: np.ndarray, after: np.ndarray) -> Scroll | None:
+    """How the content of a region moved vertically between two frames, when it mostly just
+    moved: phase correlation of the two crops at half resolution, checked by comparing the
+    overlap once shifted back (on the text's pixels: text is a small share of the area)."""
+    height, width = after.shape
+    if height < MIN_SCROLL_PX or width < MIN_SCROLL_PX:
+        return None
+    half = (width // 2, height // 2)
+    a, b = (cv2.resize(crop.astype(np.float32), half, interpolation=cv2.INTER_AREA)
+            for crop in (before, after))
+    (dx, dy), response = cv2.phaseCorrelate(a, b)
+    shift = round(dy * 2)
+    if response < SCROLL_RESPONSE or abs(dx) > 1 or abs(shift) < 2 or abs(shift) >= height:
+        return None
+    top = max(0, shift)  # the overlap's first row, in `after`
+    moved = after[top:height + min(0, shift)].astype(np.int16)
+    source = before[max(0, -shift):height - max(0, shift)].astype(np.int16)
+    background = np.median(moved)
+    ink = ((np.abs(moved - background) > INK_CONTRAST)
+           | (np.abs(source - background) > INK_CONTRAST)).sum(axis=1)
+    differs = (np.abs(moved - source) > INK_CONTRAST).sum(axis=1)
+    # judged row by row, on the text's pixels: a fixed header, the prompt or a cursor differ
+    # on a few rows while the rest of the text matches once shifted back
+    text_rows = ink > 0
+    changed = text_rows & (differs > np.maximum(MIN_CHANGED_ROW_PX, SCROLL_MISMATCH * ink))
+    if np.count_nonzero(changed) > (1 - SCROLL_ROWS_MATCH) * max(1, np.count_nonzero(text_rows)):
+        return None
+    rows = np.flatnonzero(changed)
+    edge = 2 * PAD_Y  # the region's borders cut through glyphs that moved across them
+    rows = rows[(rows >= edge) & (rows < len(changed) - edge)]
+    return Scroll(shift, top + rows)
+
+
+def plan_read(
+    before: np.ndarray | None, luma: np.ndarray, box: Box, content: ContentType,
+) -> tuple[Box, Layout]:
+    """What to read of a changed box: when its content only scrolled, just the band that
+    scrolled into view; else the whole frame when most of it changed; widened to the whole
+    text lines it touches. Documentation is read as a page (it has columns); everything else
+    as a block, which keeps a terminal's or an editor's lines whole."""
+    x, y, w, h = box
+    height, width = luma.shape
     layout = Layout.PAGE if content is ContentType.DOCS else Layout.BLOCK
-    return (x0, y0, x1 - x0, y1 - y0), layout
+    scroll = None
+    if before is not None and before.shape == luma.shape:
+        scroll = scroll_shift(before[y:y + h, x:x + w], luma[y:y + h, x:x + w])
+    if scroll is not None:  # new rows at the bottom (content moved up) or at the top (down)
+        band = abs(scroll.shift) + 2 * PAD_Y + SCROLL_BAND_EXTRA
+        first, last = (h - band, h) if scroll.shift < 0 else (0, band)
+        # and the lines next to it that changed as they moved (the command above its output)
+        near = scroll.changed[(scroll.changed >= first - NEAR_BAND_PX)
+                              & (scroll.changed < last + NEAR_BAND_PX)]
+        if near.size:
+            first = min(first, int(near[0]) - PAD_Y)
+            last = max(last, int(near[-1]) + 1 + PAD_Y)
+        y, h = y + max(0, first), min(h, last) - max(0, first)
+    elif w * h >= PAGE_SHARE * width * height:
+        return (0, 0, width, height), layout
+    x0, x1 = _line_extent(luma[y:y + h], x, x + w)
+    return (x0, y, x1 - x0, h), layout
+
+
+def _line_extent(band: np.ndarray, x0: int, x1: int) -> tuple[int, int]:
+    """Widen [x0, x1) over the text on the same rows: a line whose start did not change (a
+    scrolled line with the same prefix as the one before it) is still read whole. Text goes
+    on while ink is never more than `INK_GAP` pixels away; other windows beyond a wider gap
+    stay out."""
+    background = np.median(band)
+    ink = np.flatnonzero((np.abs(band.astype(np.int16) - background) > INK_CONTRAST).any(0))
+    if ink.size == 0:
+        return x0, x1
+    left = ink[ink < x0]
+    while left.size and x0 - left[-1] <= INK_GAP:
+        x0 = int(left[-1])
+        left = left[:-1]
+    right = ink[ink >= x1]
+    while right.size and right[0] - x1 <= INK_GAP:
+        x1 = int(right[0]) + 1
+        right = right[1:]
+    return max(0, x0 - PAD_X), min(band.shape[1], x1 + PAD_X)
 
 
 def union(a: Box, b: Box) -> Box:
@@ -78,9 +179,10 @@ def normalized(text: str) -> str:
 
 
 def canonical(text: str) -> str:
-    """A line as it compares with another read of it: OCR's usual confusions folded, case
-    and spacing ignored."""
-    return "".join(text.translate(_CONFUSABLE).lower().replace("rn", "m").split())
+    """A line as it compares with another read of it: OCR's usual confusions folded, case,
+    spacing and underscores (often read as spaces) ignored."""
+    return "".join(text.translate(_CONFUSABLE).lower().replace("rn", "m").replace("_", "")
+                   .split())
 
 
 class SeenLines:
@@ -124,8 +226,7 @@ class ScreenText:
 class _Read:
     frame: SampledFrame
     decision: ChangeDecision
-    box: Box
-    layout: Layout
+    box: Box  # what changed, padded (what coalescing compares)
     wall_time: float
     coalesced: int = 0
 
@@ -137,15 +238,29 @@ def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLi
     return sorted(lines, key=lambda line: line.top), (time.thread_time() - started) * 1000
 
 
+def read_change(
+    before: np.ndarray | None, luma: np.ndarray, box: Box, content: ContentType,
+) -> tuple[list[TextLine], Box, float]:
+    """Plan and read one change on this thread: (lines, the box read, CPU ms of both)."""
+    started = time.thread_time()
+    read_box, layout = plan_read(before, luma, box, content)
+    lines, _ = read_region(luma, read_box, layout)
+    return lines, read_box, (time.thread_time() - started) * 1000
+
+
 class FrameTextReader:
     """The same reading, synchronously and in order: for offline scans and evaluations."""
 
     def __init__(self) -> None:
         self._seen = SeenLines()
+        self._before: np.ndarray | None = None  # the last frame read
 
     def read(self, frame: SampledFrame, decision: ChangeDecision) -> ScreenText:
-        box, layout = reading_box(decision.region, frame.size, decision.content_type)
-        lines, cpu_ms = read_region(luma_plane(frame.frame), box, layout)
+        luma = luma_plane(frame.frame)
+        lines, box, cpu_ms = read_change(self._before, luma,
+                                         changed_box(decision.region, frame.size),
+                                         decision.content_type)
+        self._before = luma
         added = self._seen.new([line.text for line in lines], frame.t)
         return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
                           box, added, len(lines), round(cpu_ms, 1), 0)
@@ -187,16 +302,16 @@ class ScreenTextReader:
         self._idle = asyncio.Event()  # nothing pending and nothing being read
         self._idle.set()
         self._seen = SeenLines()
+        self._before: np.ndarray | None = None  # the last frame read
         self.stats = ReaderStats()
         self._task = asyncio.create_task(self._run(), name="screen-text")
 
     def submit(self, frame: SampledFrame, decision: ChangeDecision) -> None:
         """Queue a kept frame's changed region; returns at once (called on the loop)."""
         self.stats.submitted += 1
-        box, layout = reading_box(decision.region, frame.size, decision.content_type)
-        read = _Read(frame, decision, box, layout, time.time())
+        read = _Read(frame, decision, changed_box(decision.region, frame.size), time.time())
         for index, pending in enumerate(self._pending):
-            if pending.frame.size == frame.size and overlaps(pending.box, box):
+            if pending.frame.size == frame.size and overlaps(pending.box, read.box):
                 self._pending.pop(index)
                 self._fold(read, pending)
                 break
@@ -212,8 +327,6 @@ class ScreenTextReader:
         """`newer` reads what `older` would have, on the newer frame."""
         if older.frame.size == newer.frame.size:
             newer.box = union(newer.box, older.box)
-            if older.layout is Layout.PAGE:
-                newer.layout = Layout.PAGE
         newer.coalesced += older.coalesced + 1  # the submissions this read now stands for
         self.stats.coalesced += 1  # one read fewer
 
@@ -226,24 +339,26 @@ class ScreenTextReader:
             self._wake.clear()
             while self._pending:
                 job = self._pending.pop(0)
+                luma = luma_plane(job.frame.frame)
                 try:
-                    lines, cpu_ms = await loop.run_in_executor(
-                        self._executor, read_region, luma_plane(job.frame.frame), job.box,
-                        job.layout)
+                    lines, box, cpu_ms = await loop.run_in_executor(
+                        self._executor, read_change, self._before, luma, job.box,
+                        job.decision.content_type)
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
-                self._deliver(job, lines, cpu_ms)
+                self._before = luma
+                self._deliver(job, lines, box, cpu_ms)
 
-    def _deliver(self, job: _Read, lines: list[TextLine], cpu_ms: float) -> None:
+    def _deliver(self, job: _Read, lines: list[TextLine], box: Box, cpu_ms: float) -> None:
         added = self._seen.new([line.text for line in lines], job.frame.t)
         self.stats.read += 1
         self.stats.cpu_ms += cpu_ms
         self.stats.lines_added += len(added)
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
-            job.box, added, len(lines), round(cpu_ms, 1), job.coalesced))
+            box, added, len(lines), round(cpu_ms, 1), job.coalesced))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read)."""
