@@ -90,8 +90,8 @@ class ScreenChange:
     decision: ChangeDecision
 
 
-# a dropped sample whose content did change, only not enough yet (or not for good) to keep it
-CHANGING = frozenset({"typing", "small_change", "video_rate_limit"})
+# a dropped sample whose content is changing: a line being typed, a video playing
+CHANGING = frozenset({"typing", "video_rate_limit"})
 
 
 class ScreenWatcher:
