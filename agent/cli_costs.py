@@ -47,6 +47,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  images: {images['sent']} sent, {images['tokens']} tokens "
                      f"(${images['cost_usd']:.6f}); {images['tokens_at_full_resolution']} tokens "
                      f"at full resolution, ${images['saved_usd']:.6f} saved")
+    if images and images.get("questions_screen_unchanged"):
+        lines.append(f"  image policy: {images['questions_with_new_image']} questions with a new "
+                     f"screenshot, {images['questions_screen_unchanged']} with the screen "
+                     f"unchanged ({images['unsent_tokens']} tokens not sent again, "
+                     f"${images['unsent_saved_usd']:.6f} saved)")
+    screen = summary.get("screen")
+    if screen and screen["reads"]:
+        lines.append(f"  screen text: {screen['reads']} kept frames read, "
+                     f"{screen['lines_added']} lines appeared, {screen['errors']} new errors, "
+                     f"{screen['recalled']} screen events recalled; "
+                     f"{screen['ocr_cpu_s']:.1f} s of OCR CPU")
     vs_top = summary.get("vs_top_tier")
     if vs_top and vs_top["savings"] is not None:
         rounds = vs_top["model_rounds"]

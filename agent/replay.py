@@ -55,7 +55,7 @@ class ReplayedTurn:
     tools_called: tuple[str, ...] = ()
     knowledge_used: tuple[str, ...] = ()  # knowledge-base documents put in the turn's request
     memory_used: tuple[str, ...] = ()  # "summary", "fact:<key>", "earlier <date> <role>"
-    screen_used: tuple[str, ...] = ()  # "t=<s>" read this session, "earlier t=<s>" recalled
+    screen_used: tuple[str, ...] = ()  # "t=<s>" digest, "recalled t=<s>", "earlier t=<s>"
 
 
 @dataclass
@@ -183,10 +183,13 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
     return result
 
 
-def _screen_used(context: dict[str, Any]) -> tuple[str, ...]:
-    """The screen text a turn's request carried, as the report names it."""
+def _screen_used(context: dict[str, Any], session_id: str) -> tuple[str, ...]:
+    """The screen text a turn's request carried, as the report names it: the session's digest
+    (`t=25s`), and recalled events of this session (`recalled t=29s`) or an earlier one
+    (`earlier t=25s`)."""
     return (*(f"t={event['t']:.0f}s" for event in context.get("screen_events", [])),
-            *(f"earlier t={event['t']:.0f}s" for event in context.get("screen_recalled", [])))
+            *(f"{'recalled' if event['session_id'] == session_id else 'earlier'} "
+              f"t={event['t']:.0f}s" for event in context.get("screen_recalled", [])))
 
 
 def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
@@ -235,5 +238,5 @@ async def _run_turn(
         knowledge_used=tuple(dict.fromkeys(
             k["source"].rsplit("/", 1)[-1] for k in context.get("knowledge", []))),
         memory_used=_memory_used(context),
-        screen_used=_screen_used(context),
+        screen_used=_screen_used(context, runtime.session_id),
     )
