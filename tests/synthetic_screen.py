@@ -6,8 +6,12 @@ The evaluation set (fixtures/vision_eval) is the realistic material; this is for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
 
+import av
 import numpy as np
 from livekit import rtc
 from PIL import Image, ImageDraw, ImageFont
@@ -102,3 +106,18 @@ def rgb_frame(rgb: np.ndarray) -> rtc.VideoFrame:
 
 def flat_frame(width: int, height: int, value: int) -> rtc.VideoFrame:
     return rgb_frame(np.full((height, width, 3), value, np.uint8))
+
+
+def write_recording(path: Path, desk_at: Callable[[float], Desk], seconds: int, fps: int) -> None:
+    """A 720p VP8 recording of the desk as `desk_at(t)` draws it, at `fps`."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.bit_rate = 800_000
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(seconds * fps):
+            rgb = np.asarray(desk_at(i / fps).image())
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

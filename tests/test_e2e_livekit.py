@@ -16,17 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import av
-import numpy as np
 import pytest
 from livekit import rtc
 from PIL import Image, ImageFont
-from synthetic_screen import Desk
+from synthetic_screen import Desk, write_recording
 
 from agent.images import sized_for
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
@@ -268,24 +265,16 @@ def test_the_image_healthcheck_reaches_the_worker(worker: Worker, free_tcp_port:
     assert down.returncode != 0
 
 
-def write_failing_terminal(path: Path, seconds: int = 8, fps: int = 5) -> str:
-    """A 720p recording: code on screen, and from 3 s on an error line under it."""
-    error = "ModuleNotFoundError: No module named 'requests'"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libvpx", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
-        stream.bit_rate = 800_000
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i in range(seconds * fps):
-            desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
-            desk.font = ImageFont.load_default(size=20)
-            if i >= 3 * fps:
-                desk.lines = [*desk.lines, "", error]
-            frame = av.VideoFrame.from_ndarray(np.asarray(desk.image()), format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return error
+ERROR_ON_SCREEN = "ModuleNotFoundError: No module named 'requests'"
+
+
+def failing_terminal(t: float) -> Desk:
+    """Code on screen, and from 3 s on an error line under it."""
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    desk.font = ImageFont.load_default(size=20)
+    if t >= 3:
+        desk.lines = [*desk.lines, "", ERROR_ON_SCREEN]
+    return desk
 
 
 async def test_the_live_screen_becomes_a_timeline_and_errors_reach_the_room(
@@ -294,7 +283,8 @@ async def test_the_live_screen_becomes_a_timeline_and_errors_reach_the_room(
     """What appears on a live screen share is read by the worker, written to the user's screen
     timeline in Postgres, and a new error is published to the room on `sightline.screen`."""
     video = tmp_path / "failing.webm"
-    error = write_failing_terminal(video)
+    write_recording(video, failing_terminal, seconds=8, fps=5)
+    error = ERROR_ON_SCREEN
     user = User(livekit, "e2e-screen-memory", agent_name=AGENT_NAME,
                 metadata={"tenant": "e2e"}, video=video)
     await user.join("user-5")

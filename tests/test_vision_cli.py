@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 from conftest import run_cli
-from synthetic_screen import Desk
+from synthetic_screen import Desk, write_recording
 
 FPS = 2
 
@@ -40,24 +37,11 @@ def desk_at(t: float) -> Desk:
     return desk
 
 
-def write_recording(path: Path, seconds: int) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libvpx", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
-        stream.bit_rate = 800_000
-        stream.codec_context.time_base = Fraction(1, FPS)
-        for i in range(seconds * FPS):
-            rgb = np.asarray(desk_at(i / FPS).image())
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rec") / "desk.webm"
-    write_recording(path, 20)
+    write_recording(path, desk_at, 20, FPS)
     return path
 
 
