@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 
-from .config import DEFAULT_TIERS, Settings
+from .config import DEFAULT_TIERS, ConfigError, Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,28 +25,41 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run livekit-agents' own worker loop (the one its CLI runs) with Sightline's server.
 
     The database is prepared here, once: migrations run, and an embedded Postgres is started
-    and its URL handed to the job processes, which LiveKit runs as separate processes.
+    and its URL handed to the sessions. What every session reads is loaded here too, before
+    the first job arrives, into the process that hosts them all.
     """
     from livekit.agents.cli import proto
     from livekit.agents.cli.cli import _run_worker
 
     from memory.db import start_embedded
 
+    from .rtc_events import route_media_events
     from .worker import build_server
 
     settings.require_worker()
+    # livekit-agents watches every event loop of the process for blocking, waking twice every
+    # 20-50 ms per loop: with a loop per session and per idle slot, that is thousands of
+    # wake-ups a second competing for the GIL. Sightline's own watchdog checks each session
+    # once a second; set this variable (milliseconds) to have livekit's reports too.
+    os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
     tiers = settings.cascade_tiers()
     print("cascade: " + " > ".join(f"{t.model} ({t.provider})" for t in tiers), file=sys.stderr)
     skipped = [] if settings.tiers else [t for t in DEFAULT_TIERS if t not in tiers]
     for tier in skipped:
         print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
               file=sys.stderr)
+    for port, env in ((settings.health_port, "SIGHTLINE_HEALTH_PORT"),
+                      (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT")):
+        _require_free_port(port, env)
     embedded = None
     if settings.database_url is None:
         embedded = start_embedded(settings.data_dir / "pgdata")
         os.environ["DATABASE_URL"] = embedded.get_uri()
+        settings = settings.with_overrides(database_url=os.environ["DATABASE_URL"])
     try:
         asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
+        _preload(settings)
+        route_media_events()
         _run_worker(
             build_server(settings),
             proto.CliArgs(
@@ -68,3 +82,30 @@ async def _migrate(url: str, settings: Settings) -> None:
 
     db = await Database.open(url, settings.data_dir)
     await db.close()
+
+
+def _require_free_port(port: int, env: str) -> None:
+    """Fail with one line, before anything starts, when a port the worker serves is taken."""
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise ConfigError(f"{env}={port}: the port is taken ({exc.strerror}); "
+                              "choose a free one (two workers on one host need two)") from None
+
+
+def _preload(settings: Settings) -> None:
+    """Load what sessions share once, here, rather than in the first session that needs it:
+    the session code, the offline embedder's weights and an OCR engine."""
+    from vision.ocr import thread_engine
+    from vision.screen_text import shared_pool
+
+    from . import session  # noqa: F401 - importing it is the point
+    from .components import make_embedder
+
+    make_embedder(settings)
+    if settings.screen_text:
+        shared_pool(settings.ocr_threads).submit(thread_engine).result()

@@ -11,6 +11,7 @@ from memory.embeddings import Embedder, GeminiEmbedder, OfflineEmbedder
 from memory.rerank import CohereReranker, Record, Reranker
 
 from .config import ConfigError, Settings
+from .tls import shared_tls_context
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -21,7 +22,8 @@ def make_embedder(settings: Settings) -> Embedder:
         return OfflineEmbedder()
     if not settings.gemini_api_key:
         raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
-    return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url)
+    return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
+                          tls=shared_tls_context())
 
 
 def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:
@@ -33,4 +35,5 @@ def make_reranker(settings: Settings, record: Record | None = None) -> Reranker 
         raise ConfigError("SIGHTLINE_RERANKER=cohere needs COHERE_API_KEY")
     return CohereReranker(api_key=settings.cohere_api_key, base_url=settings.cohere_base_url,
                           model=settings.rerank_model, timeout_s=settings.model_timeout_s,
-                          retries=settings.model_retries, record=record)
+                          retries=settings.model_retries, record=record,
+                          tls=shared_tls_context())

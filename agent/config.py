@@ -197,7 +197,15 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
-        help="sessions per worker; 0: LiveKit's CPU-based load (refuses jobs above 70% CPU)"),
+        help="sessions one worker hosts; 0: 15 per CPU core it may use (README: Deployment)"),
+    _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", _non_negative_int, 0,
+        help="memory a worker may fill before it refuses jobs; 0: 80% of the machine's "
+             "(or its container's) memory"),
+    _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _positive_float, 15.0,
+        help="a session whose event loop has not turned for this long is ended"),
+    _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _port, 8082,
+        help="where LiveKit's webhooks reach the worker, to dispatch the agent again to a room "
+             "whose worker was lost (README: Deployment); 0: off"),
     _Field("screen_text", "SIGHTLINE_SCREEN_TEXT", _on_off, True,
         help="on | off: read the text that appears on screen (local OCR) into the timeline"),
     _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", _positive_int, 1,
@@ -251,6 +259,9 @@ class Settings:
     cohere_base_url: str | None
     memory_updates: bool
     max_sessions: int
+    worker_memory_mb: int
+    session_stall_s: float
+    webhook_port: int
     screen_text: bool
     ocr_threads: int
     image_policy: str

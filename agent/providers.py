@@ -29,6 +29,7 @@ from livekit.agents import llm
 
 from .config import Settings, Tier
 from .pricing import Usage
+from .tls import shared_tls_context
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 PURPOSE_HEADER = "x-sightline-purpose"
@@ -88,10 +89,13 @@ class GeminiProvider(_ProviderBase):
         self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
     ) -> None:
         self.model = model
+        tls = shared_tls_context()
         self._client = genai.Client(
             api_key=api_key,
             http_options=genai_types.HttpOptions(
                 base_url=base_url,
+                client_args={"verify": tls},
+                async_client_args={"verify": tls, "ssl": tls},  # httpx, aiohttp, websockets
                 timeout=int(timeout_s * 1000),
                 retry_options=genai_types.HttpRetryOptions(
                     attempts=retries + 1, initial_delay=0.5, max_delay=4.0,
@@ -179,7 +183,8 @@ class ClaudeProvider(_ProviderBase):
     ) -> None:
         self.model = model
         self._client = anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_tls_context()),
         )
 
     async def stream(

@@ -39,11 +39,11 @@ class Database:
     @classmethod
     async def open(
         cls, database_url: str | None, data_dir: Path, *, migrate: bool = True,
-        scratch: bool = False,
+        scratch: bool = False, connections: int = 4,
     ) -> Database:
-        """A pool on the database; with `scratch`, on a new schema of its own, migrated and
-        dropped on `close`, so what runs there (a fresh replay, an evaluation) sees nothing
-        of the real data and leaves nothing behind."""
+        """A pool of at most `connections` on the database; with `scratch`, on a new schema of
+        its own, migrated and dropped on `close`, so what runs there (a fresh replay, an
+        evaluation) sees nothing of the real data and leaves nothing behind."""
         embedded = None
         if database_url is None:
             embedded = await asyncio.to_thread(start_embedded, data_dir / "pgdata")
@@ -55,7 +55,8 @@ class Database:
             if schema is not None:
                 await _create_schema(url, schema)
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_S, command_timeout=30,
+                url, min_size=1, max_size=connections, timeout=CONNECT_TIMEOUT_S,
+                command_timeout=30,
                 **({"server_settings": {"search_path": f"{schema},public"}} if schema else {}),
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:

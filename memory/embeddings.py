@@ -12,6 +12,8 @@ embedder's `name` (model and dimension), so a change of model is detected, never
 from __future__ import annotations
 
 import asyncio
+import ssl
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,14 +34,24 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
+_load_lock = threading.Lock()
+
+
 @cache
-def _wordllama(dim: int) -> Any:  # wordllama has no type stubs
+def _wordllama_cached(dim: int) -> Any:  # wordllama has no type stubs
     import wordllama
 
     # the wheel ships its weights and tokenizer; point the loader at them and forbid downloads
     return wordllama.WordLlama.load(
         cache_dir=Path(wordllama.__file__).parent, disable_download=True, trunc_dim=dim
     )
+
+
+def _wordllama(dim: int) -> Any:
+    """The process's one copy of the weights, shared by its sessions (which start in threads
+    of their own: the lock keeps two first sessions from loading it twice)."""
+    with _load_lock:
+        return _wordllama_cached(dim)
 
 
 class OfflineEmbedder:
@@ -74,12 +86,14 @@ class GeminiEmbedder:
     BATCH = 100
 
     def __init__(self, *, api_key: str, base_url: str | None, model: str = "gemini-embedding-001",
-                 dim: int = 768) -> None:
+                 dim: int = 768, tls: ssl.SSLContext | None = None) -> None:
         self.dim = dim
         self.name = f"{model}-{dim}"
         self._model = model
+        shared = {"client_args": {"verify": tls},
+                  "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
         self._client = genai.Client(
-            api_key=api_key, http_options=genai_types.HttpOptions(base_url=base_url)
+            api_key=api_key, http_options=genai_types.HttpOptions(base_url=base_url, **shared)
         )
 
     async def _embed(self, texts: list[str], task: str) -> np.ndarray:

@@ -10,6 +10,7 @@ is reported to `record` as a `RerankCall` (the session prices it into its ledger
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +56,10 @@ class CohereReranker:
     def __init__(
         self, *, api_key: str, base_url: str | None, model: str = "rerank-v3.5",
         timeout_s: float = 5.0, retries: int = 1, record: Record | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = model
-        self._http = httpx.AsyncClient(timeout=timeout_s)
+        self._http = httpx.AsyncClient(timeout=timeout_s, **({"verify": tls} if tls else {}))
         self._client = cohere.AsyncClientV2(
             api_key=api_key, base_url=base_url or "https://api.cohere.com", timeout=timeout_s,
             max_retries=retries, httpx_client=self._http)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -267,14 +269,29 @@ class FrameTextReader:
 
 
 _shared_pool: ThreadPoolExecutor | None = None
+_shared_pool_lock = threading.Lock()
+
+
+OCR_NICE = 10  # reading screen text yields the CPU to replies and frames
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority (Linux schedules threads by their own nice value)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OCR_NICE)
 
 
 def shared_pool(threads: int = 1) -> ThreadPoolExecutor:
-    """The process's OCR threads, shared by all its sessions (made on first use)."""
+    """The process's OCR threads, shared by all its sessions (made on first use; sessions
+    start in threads of their own, hence the lock). They run at a lower priority: when the
+    machine is busy, reads wait and coalesce (counted in each session's log) rather than
+    slowing anyone's reply."""
     global _shared_pool
-    if _shared_pool is None:
-        _shared_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocr")
-    return _shared_pool
+    with _shared_pool_lock:
+        if _shared_pool is None:
+            _shared_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocr",
+                                              initializer=_yield_cpu)
+        return _shared_pool
 
 
 @dataclass

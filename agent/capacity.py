@@ -1,0 +1,142 @@
+"""How full this worker is: its sessions, memory and CPU against their limits, as one number.
+
+LiveKit balances a fleet by the load each worker reports: a server routes a job only while
+some worker's load is below its `agents.target_load` (0.7 by default), offers it to a worker
+that is not full, weighted by free share, and moves on to the next worker when one refuses.
+So the load must be what the worker measures, and it must reach LiveKit's "full" exactly when
+one more session would not fit: Sightline reports 0.7 x the fullest of three shares:
+
+- sessions: the count against `SIGHTLINE_MAX_SESSIONS` (default 15 per usable core, what
+  `bench/load.py` measured to hold on a 2-core machine with room to spare);
+- memory: the worker process's resident memory against `SIGHTLINE_WORKER_MEMORY_MB` (default
+  80% of the machine's or container's memory);
+- CPU: the worker process's CPU time over the last 20 s, against 85% of its usable cores
+  (a window that long so the seconds of a burst of joins do not refuse the burst itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from livekit.agents.utils.hw import get_cpu_monitor
+
+FULL_LOAD = 0.7  # LiveKit's "full": the server's agents.target_load, the worker's threshold
+SESSIONS_PER_CORE = 15
+MEMORY_SHARE = 0.8
+CPU_FULL = 0.85
+CPU_WINDOW_S = 20.0
+
+_CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+                         Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # v1
+
+
+def usable_cores() -> float:
+    """Cores this process may use: the CPU quota of its container, else its CPU affinity
+    (livekit-agents reads the cgroup quota; it is what LiveKit's own load uses)."""
+    return get_cpu_monitor().cpu_count()
+
+
+def usable_memory_mb() -> float:
+    """The machine's memory, or its container's limit when that is lower."""
+    total = psutil.virtual_memory().total
+    for path in _CGROUP_MEMORY_LIMITS:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            total = min(total, int(raw))
+    return total / 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What fills this worker: its session count, memory (MB) and cores."""
+
+    sessions: int
+    memory_mb: float
+    cores: float
+
+    @classmethod
+    def for_host(cls, max_sessions: int, memory_mb: int) -> Limits:
+        """The configured limits; 0 sizes a limit from the machine."""
+        cores = usable_cores()
+        return cls(
+            sessions=max_sessions or max(1, round(SESSIONS_PER_CORE * cores)),
+            memory_mb=float(memory_mb) if memory_mb else MEMORY_SHARE * usable_memory_mb(),
+            cores=cores,
+        )
+
+    def describe(self) -> str:
+        return (f"up to {self.sessions} sessions, {self.memory_mb:.0f} MB, "
+                f"{CPU_FULL * self.cores:.1f} of {self.cores:g} cores")
+
+
+@dataclass(frozen=True)
+class LoadReading:
+    sessions: int
+    memory_mb: float
+    cpu_cores: float
+    limits: Limits
+
+    def shares(self) -> dict[str, float]:
+        """Each resource's used share of its limit."""
+        return {
+            "sessions": self.sessions / self.limits.sessions,
+            "memory": self.memory_mb / self.limits.memory_mb,
+            "cpu": self.cpu_cores / (CPU_FULL * self.limits.cores),
+        }
+
+    @property
+    def fullness(self) -> float:
+        """The fullest share, 1.0 when full."""
+        return min(1.0, max(self.shares().values()))
+
+    @property
+    def load(self) -> float:
+        """The fullness on LiveKit's scale."""
+        return FULL_LOAD * self.fullness
+
+    @property
+    def limiting(self) -> str:
+        shares = self.shares()
+        return max(shares, key=shares.__getitem__)
+
+    def describe(self) -> str:
+        """The reading in words, the limiting resource first (for the worker's log)."""
+        parts = {
+            "sessions": f"{self.sessions} of {self.limits.sessions} sessions",
+            "memory": f"{self.memory_mb:.0f} of {self.limits.memory_mb:.0f} MB",
+            "cpu": f"{self.cpu_cores:.2f} of {CPU_FULL * self.limits.cores:.2f} cores "
+                   f"(last {CPU_WINDOW_S:.0f} s)",
+        }
+        first = self.limiting
+        return ", ".join([parts.pop(first), *parts.values()])
+
+
+class LoadMeter:
+    """Reads this process's memory and CPU; called by livekit-agents from a thread pool every
+    half second and before each job offer is answered, hence the lock."""
+
+    def __init__(self, limits: Limits, process: psutil.Process | None = None) -> None:
+        self.limits = limits
+        self._process = process or psutil.Process()
+        self._cpu: deque[tuple[float, float]] = deque()  # (monotonic time, CPU seconds)
+        self._lock = threading.Lock()
+
+    def read(self, sessions: int) -> LoadReading:
+        with self._lock:
+            now = time.monotonic()
+            times = self._process.cpu_times()
+            self._cpu.append((now, times.user + times.system))
+            while len(self._cpu) > 2 and now - self._cpu[1][0] >= CPU_WINDOW_S:
+                self._cpu.popleft()
+            (t0, cpu0), (t1, cpu1) = self._cpu[0], self._cpu[-1]
+            cpu_cores = (cpu1 - cpu0) / (t1 - t0) if t1 - t0 >= 1.0 else 0.0
+            memory_mb = self._process.memory_info().rss / 2**20
+        return LoadReading(sessions, memory_mb, cpu_cores, self.limits)
