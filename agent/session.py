@@ -204,8 +204,9 @@ class SessionRuntime:
         agent = SightlineAgent(turn_context, history, tools.tools())
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
                            ImageEncoder(settings.image_detail), budget)
-        log.info("session %s started (tenant=%s user=%s, %d earlier messages in the "
-                 "conversation)", session_id, tenant, user_id, len(history.items))
+        log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "
+                 "conversation)", session_id, tenant, user_id, f" room={room}" if room else "",
+                 len(history.items))
         runtime = cls(session_id=session_id, tenant=tenant, user_id=user_id,
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
@@ -271,8 +272,8 @@ class SessionRuntime:
         await self.model.aclose()
         if self.memory is not None:
             await self.memory.aclose()
-        self.record.events.record("frame_count",
-                                  detail={"received": self.screen.frames_received})
+        self.record.events.record("frame_count", detail={
+            "received": self.screen.frames_received, "failed": self.screen.frames_failed})
         summary = await self.record.close()
         if spilled:
             summary["db_spilled_messages"] = spilled

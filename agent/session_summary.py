@@ -36,6 +36,7 @@ class SessionTotals:
         self._cache_saved = 0.0
         self._frames = FrameTally()
         self._frames_received = 0
+        self._frames_failed = 0
         self._turns: dict[str, Counter[str]] = defaultdict(Counter)
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
         self._user_turns = 0
@@ -61,6 +62,7 @@ class SessionTotals:
             self._frames.add(detail)
         elif kind == "frame_count":
             self._frames_received = detail["received"]
+            self._frames_failed = detail.get("failed", 0)
         elif kind == "context":
             self._knowledge_hits += len(detail.get("knowledge", []))
             memory = detail.get("memory", {})
@@ -120,6 +122,7 @@ class SessionTotals:
             },
             "frames": {
                 "received": self._frames_received,
+                **({"failed": self._frames_failed} if self._frames_failed else {}),
                 "sampled": frames.sampled,
                 "kept": frames.kept,
                 "dropped": dict(frames.dropped),

@@ -113,6 +113,7 @@ class ScreenWatcher:
         self.changes: deque[ScreenChange] = deque(maxlen=self.KEPT_HISTORY)
         self.changed_at: float | None = None
         self.frames_received = 0
+        self.frames_failed = 0  # frames whose analysis raised (the source counts them)
         self.camera_only = False
         self._last_invalid_t: float | None = None
 

@@ -8,7 +8,6 @@ the screen) but never sampled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from livekit import rtc
@@ -74,14 +73,21 @@ class ScreenShareSubscriber:
                     t = (event.timestamp_us - first_us) / 1_000_000
                 else:  # publisher sent no capture time: fall back to arrival time
                     t = loop.time() - started
-                self._screen.offer(t, event.frame)
+                try:
+                    self._screen.offer(t, event.frame)
+                except Exception as exc:  # one bad frame or a bug must not end the share
+                    self._screen.frames_failed += 1
+                    if self._screen.frames_failed == 1:
+                        log.error("screen share %s: a frame could not be analysed (%r); the "
+                                  "session goes on without such frames (counted in its log)",
+                                  track.sid, exc)
         finally:
             await stream.aclose()
 
     async def aclose(self) -> None:
         for task in self._pumps.values():
             task.cancel()
-        for task in self._pumps.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a pump may have ended with an error of its own (a watchdog's interruption, which the
+        # watchdog reported): closing goes on regardless, so the session still writes its log
+        await asyncio.gather(*self._pumps.values(), return_exceptions=True)
         self._pumps.clear()
