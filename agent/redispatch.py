@@ -1,0 +1,134 @@
+"""A new agent for a user whose worker died under their session.
+
+LiveKit Cloud re-dispatches the jobs of a worker that vanished; a self-hosted LiveKit server
+(v1.13) does not, and its maintainers suggest a watcher outside the server (livekit/agents
+#1472). This is that watcher, built from LiveKit's own parts: the server's webhook says a
+participant left a room; when it was an agent of this name and the room still holds a user but
+no such agent, the worker that first claims the lost agent in Postgres asks LiveKit for a new
+dispatch with the original dispatch's metadata. LiveKit places that job on a worker with room,
+like any other; the new session loads the user's conversation from Postgres.
+
+Every worker serves the webhook on `SIGHTLINE_WEBHOOK_PORT`; LiveKit's `webhook.urls` lists
+them (or a load balancer in front of them), so the fleet hears of a loss while any worker lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aiohttp import web
+from livekit import api
+from livekit.protocol import models
+
+from memory.db import Database, DatabaseUnavailable
+from memory.redispatches import Claim, claim
+
+from .config import Settings
+
+log = logging.getLogger("sightline.redispatch")
+
+WEBHOOK_PATH = "/livekit/webhook"
+AGENT_NAME_ATTRIBUTE = "lk.agent.name"  # set by livekit-agents on its agent participants
+MAX_PER_ROOM = 3  # re-dispatches of one room ...
+WITHIN_S = 600.0  # ... in this many seconds
+
+
+class Redispatcher:
+    """The webhook endpoint of one worker, and what it does on a lost agent."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        assert settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret
+        self._settings = settings
+        self._database_url = database_url
+        self._receiver = api.WebhookReceiver(
+            api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret))
+        self._db: Database | None = None
+        self._runner: web.AppRunner | None = None
+        self._recovering: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(WEBHOOK_PATH, self._on_webhook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, port=self._settings.webhook_port).start()
+        log.info("listening for LiveKit webhooks on :%d%s", self._settings.webhook_port,
+                 WEBHOOK_PATH)
+
+    async def aclose(self) -> None:
+        for task in list(self._recovering):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._db is not None:
+            await self._db.close()
+
+    async def _on_webhook(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        try:
+            event = self._receiver.receive(body, request.headers.get("Authorization", ""))
+        except Exception as exc:  # the SDK raises bare Exceptions for bad signatures
+            log.warning("ignored a webhook that is not LiveKit's (signed with another key?): %s",
+                        exc)
+            return web.Response(status=401, text="invalid signature")
+        if event.event == "participant_left" and self._is_ours(event.participant):
+            task = asyncio.create_task(
+                self.recover(event.room.name, event.room.sid, event.participant.identity),
+                name="redispatch")
+            self._recovering.add(task)
+            task.add_done_callback(self._recovering.discard)
+        return web.Response(text="ok")
+
+    def _is_ours(self, participant: models.ParticipantInfo) -> bool:
+        return (participant.kind == models.ParticipantInfo.Kind.AGENT
+                and participant.attributes.get(AGENT_NAME_ATTRIBUTE) == self._settings.agent_name)
+
+    async def recover(self, room: str, room_sid: str, lost_identity: str) -> bool:
+        """Dispatch the agent to `room` again if its user is still there without one; True when
+        this worker did."""
+        try:
+            async with self._api() as lk:
+                try:
+                    listed = await lk.room.list_participants(
+                        api.ListParticipantsRequest(room=room))
+                except api.TwirpError as exc:
+                    if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                        return False  # the room is gone: everyone left
+                    raise
+                people = [p for p in listed.participants
+                          if p.kind == models.ParticipantInfo.Kind.STANDARD]
+                if not people or any(self._is_ours(p) for p in listed.participants):
+                    return False
+                claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                      lost_identity=lost_identity, max_per_room=MAX_PER_ROOM,
+                                      within_s=WITHIN_S)
+                if claimed is Claim.TOO_OFTEN:
+                    log.error("room %s lost its agent %s again: it was dispatched %d times in "
+                              "%.0f minutes already, so not again", room, lost_identity,
+                              MAX_PER_ROOM, WITHIN_S / 60)
+                if claimed is not Claim.CLAIMED:
+                    return False
+                dispatches = await lk.agent_dispatch.list_dispatch(room_name=room)
+                metadata = next((d.metadata for d in reversed(dispatches)
+                                 if d.agent_name == self._settings.agent_name), "")
+                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                    agent_name=self._settings.agent_name, room=room, metadata=metadata))
+        except (DatabaseUnavailable, OSError, TimeoutError, api.TwirpError) as exc:
+            log.error("could not dispatch the agent again to room %s, whose agent %s was "
+                      "lost: %s", room, lost_identity, exc)
+            return False
+        log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
+                    lost_identity, room, ", ".join(p.identity for p in people))
+        return True
+
+    def _api(self) -> api.LiveKitAPI:
+        return api.LiveKitAPI(self._settings.livekit_url, self._settings.livekit_api_key,
+                              self._settings.livekit_api_secret)
+
+    async def _pool(self) -> asyncpg.Pool:
+        if self._db is None:
+            self._db = await Database.open(self._database_url, self._settings.data_dir,
+                                           migrate=False)
+        return self._db.pool

@@ -1,0 +1,32 @@
+"""Which worker of a fleet re-dispatches a room whose agent was lost: the first to claim it."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import asyncpg
+
+
+class Claim(Enum):
+    CLAIMED = "claimed"  # this caller re-dispatches
+    TAKEN = "taken"  # another worker claimed this lost agent
+    TOO_OFTEN = "too_often"  # the room was re-dispatched too often lately
+
+
+async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: str,
+                max_per_room: int, within_s: float) -> Claim:
+    """`CLAIMED` for exactly one caller per lost agent, and only while the room has had fewer
+    than `max_per_room` re-dispatches in the last `within_s` seconds (a session that fails at
+    every start must not be restarted forever)."""
+    async with pool.acquire() as conn, conn.transaction():
+        # one claimant per room at a time, so the count below cannot be raced past the limit
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", room_sid)
+        recent = await conn.fetchval(
+            "SELECT count(*) FROM redispatches WHERE room_sid = $1 "
+            "AND at > now() - make_interval(secs => $2)", room_sid, within_s)
+        if recent >= max_per_room:
+            return Claim.TOO_OFTEN
+        inserted = await conn.fetchval(
+            "INSERT INTO redispatches (room_sid, lost_identity, room) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING RETURNING true", room_sid, lost_identity, room)
+        return Claim.CLAIMED if inserted else Claim.TAKEN
