@@ -27,6 +27,11 @@ Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
 
+# a session records a frame decision a second: its events reach Postgres in batches a second
+# apart (the JSONL file, written at once, is the durable copy)
+EVENT_LINGER_S = 1.0
+
+
 class EventLog:
     def __init__(
         self, *, session_id: str, tenant: str, costs_dir: Path, store: Store | None,
@@ -39,7 +44,8 @@ class EventLog:
         self._store = store
         self._writer = (
             BackgroundWriter("cost_events", store.add_cost_events,
-                             spill_path(costs_dir, session_id, SpillKind.COST_EVENTS))
+                             spill_path(costs_dir, session_id, SpillKind.COST_EVENTS),
+                             linger_s=EVENT_LINGER_S)
             if store is not None
             else None
         )

@@ -32,6 +32,7 @@ class BackgroundWriter:
         max_batch: int = 200,
         max_backoff_s: float = 5.0,
         max_pending: int = 5000,
+        linger_s: float = 0.0,
     ) -> None:
         self._name = name
         self._write_batch = write_batch
@@ -40,6 +41,7 @@ class BackgroundWriter:
         self._max_backoff_s = max_backoff_s
         self._pending: list[Row] = []
         self._max_pending = max_pending
+        self._linger_s = linger_s  # gather rows this long before a write: fewer, larger writes
         # rows this writer moved to the spill file and still owes the database: they start at
         # byte `_spill_offset` (rows before it are from earlier sessions, left alone)
         self._spilled = 0
@@ -133,6 +135,8 @@ class BackgroundWriter:
         backoff = 0.2
         while True:
             await self._wake.wait()
+            if self._linger_s and not self._closing:
+                await asyncio.sleep(self._linger_s)
             self._wake.clear()
             while self._pending or self._spilled:
                 if await self._flush_once():
