@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -34,6 +35,7 @@ from bench.livekit_harness import (
     free_port,
     run_livekit_server,
     start_worker,
+    worker_processes,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,15 +53,11 @@ def help_seconds(sightline: Path, runs: int = 5) -> float:
 
 
 def python_tree(pid: int) -> dict[int, float]:
-    """RSS in MB of the worker's Python processes (the embedded Postgres is not the worker)."""
-    root = psutil.Process(pid)
+    """RSS in MB of each of the worker's Python processes."""
     found = {}
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            if "python" in proc.name() or "sightline" in " ".join(proc.cmdline()[:2]):
-                found[proc.pid] = proc.memory_info().rss / 2**20
-        except psutil.NoSuchProcess:
-            continue
+    for proc in worker_processes(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found[proc.pid] = proc.memory_info().rss / 2**20
     return found
 
 
@@ -75,7 +73,8 @@ async def measure(sightline: Path, workdir: Path) -> dict[str, object]:
             "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
             "GOOGLE_API_KEY": "footprint-fake-key", "ANTHROPIC_API_KEY": "footprint-fake-key",
             "SIGHTLINE_DATA_DIR": str(workdir / "data"),
-            "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_MAX_SESSIONS": "8",
+            "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+            "SIGHTLINE_MAX_SESSIONS": "8",
         }
         if os.environ.get("DATABASE_URL"):
             env["DATABASE_URL"] = os.environ["DATABASE_URL"]

@@ -16,11 +16,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from livekit import api, rtc
 
 from vision.video_file import iter_frames
@@ -50,10 +51,13 @@ class LiveKitServer:
     ws_url: str
     http_url: str
     log_path: Path
+    pid: int = 0
 
 
 @contextlib.contextmanager
-def run_livekit_server(workdir: Path) -> Iterator[LiveKitServer]:
+def run_livekit_server(workdir: Path, webhook_urls: Sequence[str] = ()) -> Iterator[LiveKitServer]:
+    """A LiveKit server on loopback; `webhook_urls` receive its webhooks (signed with the API
+    key), as a deployment's `webhook.urls` would."""
     binary = Path(os.environ.get("SIGHTLINE_LIVEKIT_SERVER", DEFAULT_BINARY))
     if not binary.exists():
         raise FileNotFoundError(
@@ -66,13 +70,16 @@ def run_livekit_server(workdir: Path) -> Iterator[LiveKitServer]:
         f"rtc: {{tcp_port: {tcp_port}, udp_port: {udp_port}, use_external_ip: false,"
         " node_ip: 127.0.0.1}\n"
         f"keys: {{{API_KEY}: {API_SECRET}}}\n"
+        + (f"webhook: {{api_key: {API_KEY}, urls: {json.dumps(list(webhook_urls))}}}\n"
+           if webhook_urls else "")
     )
     log_path = workdir / "livekit-server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=log)
     try:
         wait_for_port(port, 20)
-        yield LiveKitServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", log_path)
+        yield LiveKitServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", log_path,
+                            proc.pid)
     finally:
         proc.terminate()
         try:
@@ -97,15 +104,31 @@ class Worker:
         return self.proc.wait(timeout_s)
 
 
-def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = None) -> Worker:
-    """Start `sightline start` (this environment's, or the `sightline` given) and wait until it
-    registered with the LiveKit server."""
-    log_path = workdir / "worker.log"
+def worker_processes(pid: int) -> list[psutil.Process]:
+    """The worker's Python processes: the main one and any job processes (an embedded
+    Postgres it started is not the worker)."""
+    root = psutil.Process(pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            if "python" in proc.name() or "sightline" in " ".join(proc.cmdline()[:2]):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = None,
+                 name: str = "worker", launcher: Sequence[str] = ()) -> Worker:
+    """Start `sightline start` (this environment's, the `sightline` given, or `launcher`, a
+    command that runs Sightline's CLI) and wait until it registered with the LiveKit
+    server."""
+    log_path = workdir / f"{name}.log"
     data_dir = Path(env["SIGHTLINE_DATA_DIR"])
     sightline = sightline or Path(sys.executable).with_name("sightline")
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [str(sightline), "start", "--log-level", "debug"],
+            [*(launcher or [str(sightline)]), "start", "--log-level", "debug"],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         )
     worker = Worker(proc, log_path, data_dir, env)
@@ -122,24 +145,31 @@ def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = No
 
 class User:
     """A person in the room, driven with the rtc SDK: dispatches the agent, joins, shares a
-    recording as their screen (or camera), chats and reads the replies."""
+    recording (or a loop of still frames) as their screen or camera, chats and reads the
+    replies."""
 
     def __init__(
         self, livekit: LiveKitServer, room_name: str, *, agent_name: str,
-        metadata: dict[str, Any], video: Path,
+        metadata: dict[str, Any], video: Path | None = None,
+        frames: Sequence[rtc.VideoFrame] = (), hold_s: float = 1.0,
     ) -> None:
+        if video is None and not frames:
+            raise ValueError("a user shares a video file or a loop of frames")
         self.livekit = livekit
         self.room_name = room_name
         self.agent_name, self.metadata, self.video = agent_name, metadata, video
+        self.frames, self.hold_s = frames, hold_s
         self.room = rtc.Room()
-        self.replies: list[str] = []
+        self.replies: asyncio.Queue[tuple[str, float]] = asyncio.Queue()  # (text, arrived at)
         self.data: list[tuple[str, bytes]] = []  # (topic, payload) of data messages received
         self._publisher: asyncio.Task[None] | None = None
         self.frames_published = 0
         self._data_arrived = asyncio.Event()
+        self._reading: set[asyncio.Task[None]] = set()
         self.room.on("data_received", self._on_data)
 
-    async def join(self, identity: str) -> None:
+    async def dispatch(self) -> None:
+        """Create the room and ask LiveKit for the agent, as an app's backend would."""
         async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
             await lk.room.create_room(api.CreateRoomRequest(name=self.room_name))
             await lk.agent_dispatch.create_dispatch(
@@ -148,6 +178,8 @@ class User:
                     metadata=json.dumps(self.metadata),
                 )
             )
+
+    async def connect(self, identity: str) -> None:
         token = (
             api.AccessToken(API_KEY, API_SECRET)
             .with_identity(identity)
@@ -156,6 +188,10 @@ class User:
         )
         self.room.register_text_stream_handler("lk.transcription", self._on_transcription)
         await self.room.connect(self.livekit.ws_url, token)
+
+    async def join(self, identity: str) -> None:
+        await self.dispatch()
+        await self.connect(identity)
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         self.data.append((packet.topic or "", packet.data))
@@ -171,9 +207,15 @@ class User:
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
         async def read() -> None:
-            self.replies.append(await reader.read_all())
+            try:
+                text = await reader.read_all()
+            except rtc.data_stream.StreamError:
+                return  # the room closed mid-reply (a user leaving): no reply to count
+            self.replies.put_nowait((text, time.monotonic()))
 
-        asyncio.get_running_loop().create_task(read())
+        task = asyncio.get_running_loop().create_task(read())
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
 
     async def wait_for_agent(self, timeout_s: float = 90) -> rtc.RemoteParticipant:
         deadline = time.monotonic() + timeout_s
@@ -187,33 +229,46 @@ class User:
     async def publish_video(self, source_kind: rtc.TrackSource.ValueType, fps: float) -> None:
         source = rtc.VideoSource(1280, 720)
         track = rtc.LocalVideoTrack.create_video_track("screen", source)
+        # one layer: the agent reads full resolution, and simulcast would triple the users'
+        # encoding work on a machine they share with the worker
         await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=source_kind)
+            track, rtc.TrackPublishOptions(source=source_kind, simulcast=False)
         )
         self._publisher = asyncio.create_task(self._pump(source, fps))
 
     async def _pump(self, source: rtc.VideoSource, fps: float) -> None:
-        """Replays the recording in real time at `fps`, looping, like a live share."""
+        """Shares in real time at `fps`, looping, like a live share: the recording, or each of
+        the still frames for `hold_s` seconds."""
         started = time.monotonic()
         while True:
-            frames = iter_frames(self.video)
-            while (item := await asyncio.to_thread(next, frames, None)) is not None:
-                _, frame = item
+            async for frame in self._one_pass(fps):
                 source.capture_frame(frame)
                 self.frames_published += 1
                 due = started + self.frames_published / fps
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
 
+    async def _one_pass(self, fps: float) -> AsyncIterator[rtc.VideoFrame]:
+        if self.video is not None:
+            frames = iter_frames(self.video)  # decoded off the event loop
+            while (item := await asyncio.to_thread(next, frames, None)) is not None:
+                yield item[1]
+            return
+        for frame in self.frames:
+            for _ in range(max(1, round(self.hold_s * fps))):
+                yield frame
+
     async def say(self, text: str) -> None:
         await self.room.local_participant.send_text(text, topic="lk.chat")
 
     async def wait_for_reply(self, timeout_s: float = 60) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.replies:
-                return self.replies.pop(0)
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no reply on lk.transcription within {timeout_s}s")
+        return (await self.next_reply(timeout_s))[0]
+
+    async def next_reply(self, timeout_s: float = 60) -> tuple[str, float]:
+        """The next reply and the monotonic time its transcription finished arriving."""
+        try:
+            return await asyncio.wait_for(self.replies.get(), timeout_s)
+        except TimeoutError:
+            raise AssertionError(f"no reply on lk.transcription within {timeout_s}s") from None
 
     async def leave(self) -> None:
         if self._publisher is not None:

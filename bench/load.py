@@ -1,0 +1,450 @@
+"""Many sessions on one worker: who joins, how fast replies come, what each session costs the
+worker in memory and CPU, whether 1 FPS sampling holds, and whether a long run leaks.
+
+    .venv/bin/python -m bench.load                       # levels 8, 16, 30 arriving in bursts
+    .venv/bin/python -m bench.load --levels 30 --arrival stagger --gap-s 4
+    .venv/bin/python -m bench.load --levels 8 --reference /tmp/before/.venv/bin/sightline
+    .venv/bin/python -m bench.load --soak 10             # 10 minutes at the top level
+
+Real `livekit-server` on loopback, real `sightline start` worker(s), an embedded Postgres
+(started here, shared by the workers), the models as the wire-format server answering at once
+(scripted replies), and users in separate processes (bench/load_users.py) who dispatch the
+agent, join, share a 1280x720 screen at 5 fps that changes every 5 s, and ask a question
+every 15 s. A burst sends
+every dispatch within one second. Each level starts a fresh worker.
+
+Per level: joined, asked and answered; reply round trip and overhead (the round trip minus
+the model's own latency, as the worker measured it) p50/p95; sampled frames per
+session-second; CPU cores of the worker, the users' processes, LiveKit and Postgres (all share
+the machine's cores); the worker's RSS, in total and per session above its idle RSS. With
+`--reference`, the same levels run against another build (the process-per-session worker this
+replaced) and the ratios are printed. With `--soak`, RSS and open files are sampled for the
+whole run and their growth after warm-up is printed. Last line: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from memory.db import start_embedded
+
+from .livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    Worker,
+    free_port,
+    run_livekit_server,
+    start_worker,
+    worker_processes,
+)
+from .load_users import Plan, UserResult, run_users, serve_models
+
+REPO = Path(__file__).resolve().parent.parent
+VIDEO = REPO / "fixtures" / "demo" / "screen.webm"
+AGENT_NAME = "sightline-load"
+SETTLE_S = 6.0
+WARM_UP_S = 10.0  # after the last user joined, before the steady window
+SAMPLE_EVERY_S = 2.0
+
+
+@dataclass
+class Options:
+    levels: list[int]
+    arrival: str
+    gap_s: float
+    seconds: float
+    ask_every_s: float
+    fps: float
+    change_every_s: float
+    workers: int
+    capacity: int
+    users_processes: int
+    sightline: Path
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Meter:
+    """CPU time and RSS of groups of processes, sampled by the coordinator."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[psutil.Process]] = {}
+
+    def set(self, name: str, procs: Sequence[psutil.Process]) -> None:
+        self.groups[name] = list(procs)
+
+    def cpu_s(self) -> dict[str, float]:
+        out = {}
+        for name, procs in self.groups.items():
+            total = 0.0
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            out[name] = total
+        return out
+
+    @staticmethod
+    def rss_mb(procs: Sequence[psutil.Process]) -> float:
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total / 2**20
+
+    @staticmethod
+    def open_files(procs: Sequence[psutil.Process]) -> int:
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.num_fds()
+        return total
+
+
+def postgres_processes(pgdata: Path) -> list[psutil.Process]:
+    """The embedded Postgres's server process and its backends."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if proc.info["name"] == "postgres" and str(pgdata) in " ".join(proc.info["cmdline"]):
+                return [proc, *proc.children()]
+    return []
+
+
+def worker_env(livekit: LiveKitServer, models_url: str, database_url: str, data_dir: Path,
+               capacity: int) -> dict[str, str]:
+    return {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+        "GOOGLE_API_KEY": "load-fake-key", "ANTHROPIC_API_KEY": "load-fake-key",
+        "SIGHTLINE_GEMINI_BASE_URL": models_url, "SIGHTLINE_ANTHROPIC_BASE_URL": models_url,
+        "DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(data_dir),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": str(free_port()),
+        **({"SIGHTLINE_MAX_SESSIONS": str(capacity)} if capacity else {}),
+    }
+
+
+@dataclass
+class Sessions:
+    """What the workers' cost logs say about a level's sessions."""
+
+    count: int = 0
+    frames_per_s: list[float] = field(default_factory=list)
+    model_latency_s: list[float] = field(default_factory=list)
+
+
+def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
+    """Sampled frames per second of each session within the steady window, and the latency
+    of every answering model call."""
+    found = Sessions()
+    start, end = window
+    for data_dir in data_dirs:
+        for path in sorted((data_dir / "costs").glob("live_*.jsonl")):
+            events = [json.loads(line) for line in path.read_text().splitlines() if line]
+            found.count += 1
+            frames = [e["ts"] for e in events if e["kind"] == "frame" and start <= e["ts"] <= end]
+            found.frames_per_s.append(len(frames) / (end - start))
+            found.model_latency_s += [
+                e["latency_ms"] / 1000 for e in events
+                if e["kind"] == "model_call" and e.get("detail", {}).get("purpose") != "memory"]
+    return found
+
+
+def wait_for_summaries(data_dirs: Sequence[Path], sessions: int, timeout_s: float) -> int:
+    """Wait until `sessions` cost logs end with their summary; returns how many do."""
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while time.monotonic() < deadline:
+        done = 0
+        for data_dir in data_dirs:
+            for path in (data_dir / "costs").glob("live_*.jsonl"):
+                lines = path.read_text().splitlines()
+                done += bool(lines) and json.loads(lines[-1])["kind"] == "summary"
+        if done >= sessions:
+            break
+        time.sleep(0.5)
+    return done
+
+
+def stop_worker(worker: Worker) -> str:
+    """SIGTERM, as an orchestrator would; a worker that has not drained in 60 s is killed and
+    the tail of its log printed."""
+    try:
+        return f"exit {worker.stop(60)}"
+    except subprocess.TimeoutExpired:
+        worker.proc.kill()
+        worker.proc.wait()
+        print(f"worker did not stop in 60 s; its log ends:\n{worker.log_text()[-3000:]}",
+              file=sys.stderr)
+        return "killed: no drain in 60 s"
+
+
+def arrivals(n: int, t0: float, arrival: str, gap_s: float, rng: random.Random) -> list[float]:
+    if arrival == "burst":
+        return sorted(t0 + rng.uniform(0.0, 1.0) for _ in range(n))
+    return [t0 + i * gap_s for i in range(n)]
+
+
+@contextlib.contextmanager
+def users_processes(plans: Sequence[Plan]) -> Iterator[list[tuple[Any, Any]]]:
+    ctx = mp.get_context("spawn")
+    running = []
+    for plan in plans:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=run_users, args=(plan, child), daemon=True)
+        proc.start()
+        running.append((proc, parent))
+    try:
+        yield running
+    finally:
+        for proc, _ in running:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
+              database_url: str, pgdata: Path, workdir: Path, *, sightline: Path,
+              soak_s: float | None = None) -> dict[str, Any]:
+    level_dir = workdir / f"level-{n}-{sightline.parent.parent.name}-{time.time_ns()}"
+    data_dirs = [level_dir / f"data-{i}" for i in range(opts.workers)]
+    workers: list[Worker] = []
+    meter = Meter()
+    try:
+        for i, data_dir in enumerate(data_dirs):
+            level_dir.mkdir(parents=True, exist_ok=True)
+            env = worker_env(livekit, models_url, database_url, data_dir, opts.capacity)
+            workers.append(start_worker(level_dir, env, sightline, name=f"worker-{i}"))
+        time.sleep(SETTLE_S)
+        worker_procs = [p for w in workers for p in worker_processes(w.proc.pid)]
+        idle_rss = meter.rss_mb(worker_procs)
+
+        rooms = [f"load-{n}-{i}-{random.randrange(10**6)}" for i in range(n)]
+        shares = [rooms[i::opts.users_processes] for i in range(opts.users_processes)]
+        plans = [Plan(livekit.ws_url, livekit.http_url, AGENT_NAME, str(VIDEO), share,
+                      opts.ask_every_s, opts.fps, opts.change_every_s, seed=i)
+                 for i, share in enumerate(shares) if share]
+        with users_processes(plans) as running:
+            for _, conn in running:
+                if conn.recv() != "ready":
+                    raise RuntimeError("a users process failed to start")
+            t0 = time.time() + 1.0
+            rng = random.Random(n)
+            arrive = arrivals(n, t0, opts.arrival, opts.gap_s, rng)
+            joined_by = arrive[-1] + 20.0  # the join window
+            duration = soak_s if soak_s is not None else opts.seconds
+            leave_at = joined_by + WARM_UP_S + duration
+            by_room = dict(zip(rooms, arrive, strict=True))
+            for plan, (_, conn) in zip(plans, running, strict=True):
+                conn.send(([by_room[r] for r in plan.rooms], leave_at))
+            meter.set("users", [psutil.Process(p.pid) for p, _ in running])
+            meter.set("livekit", [psutil.Process(livekit.pid)])
+
+            steady = (joined_by + WARM_UP_S, leave_at - 5.0)
+            time.sleep(max(0.0, steady[0] - time.time()))
+            worker_procs = [p for w in workers for p in worker_processes(w.proc.pid)]
+            meter.set("worker", worker_procs)
+            meter.set("postgres", postgres_processes(pgdata))  # a backend per connection
+            cpu0, wall0 = meter.cpu_s(), time.monotonic()
+            rss, fds, sampled_at = [], [], []
+            while time.time() < steady[1]:
+                rss.append(meter.rss_mb(worker_procs))
+                fds.append(meter.open_files(worker_procs))
+                sampled_at.append(time.time())
+                time.sleep(min(SAMPLE_EVERY_S, max(0.0, steady[1] - time.time())))
+            cpu1, wall1 = meter.cpu_s(), time.monotonic()
+            results = [UserResult(**r) for _, conn in running for r in conn.recv()]
+            (level_dir / "users.json").write_text(json.dumps([vars(r) for r in results]))
+        joined = sum(r.joined for r in results)
+        finished = wait_for_summaries(data_dirs, joined, timeout_s=60)
+    finally:
+        stopped = [stop_worker(worker) for worker in workers]
+    sessions = read_cost_logs(data_dirs, steady)
+    cores = {k: round((cpu1[k] - cpu0[k]) / (wall1 - wall0), 3) for k in cpu1}
+    round_trips = [t for r in results for t in r.round_trips_s]
+    model_s = statistics.median(sessions.model_latency_s) if sessions.model_latency_s else 0.0
+    steady_rss = statistics.mean(rss) if rss else idle_rss
+    level: dict[str, Any] = {
+        "sessions": n,
+        "arrival": opts.arrival,
+        "joined": joined,
+        "join_s_max": round(max((r.join_s for r in results if r.join_s), default=0.0), 2),
+        "asked": sum(r.asked for r in results),
+        "answered": sum(r.answered for r in results),
+        "round_trip_ms_p50": _ms(quantile(round_trips, 0.5)),
+        "round_trip_ms_p95": _ms(quantile(round_trips, 0.95)),
+        "model_ms_p50": _ms(model_s),
+        "overhead_ms_p50": _ms(_minus(quantile(round_trips, 0.5), model_s)),
+        "overhead_ms_p95": _ms(_minus(quantile(round_trips, 0.95), model_s)),
+        "fps_per_session_mean": _round(statistics.mean(sessions.frames_per_s)
+                                       if sessions.frames_per_s else None, 3),
+        "fps_per_session_min": _round(min(sessions.frames_per_s, default=None), 3),
+        "fps_per_session_max": _round(max(sessions.frames_per_s, default=None), 3),
+        "worker_cores": cores["worker"],
+        "users_cores": cores["users"],
+        "livekit_cores": cores["livekit"],
+        "postgres_cores": cores["postgres"],
+        "worker_rss_idle_mb": round(idle_rss, 1),
+        "worker_rss_mb": round(steady_rss, 1),
+        "worker_rss_per_session_mb": round((steady_rss - idle_rss) / joined, 1) if joined else None,
+        "worker_processes": len(worker_procs),
+        "sessions_logged": sessions.count,
+        "sessions_finished": finished,
+        "errors": sorted({r.error for r in results if r.error})[:5],
+        "worker_exit": stopped,
+    }
+    if soak_s is not None:
+        level["soak"] = soak_figures(sampled_at, rss, fds)
+    return level
+
+
+def soak_figures(at: Sequence[float], rss: Sequence[float], fds: Sequence[int]) -> dict[str, Any]:
+    """Growth of RSS and open files from the first to the last fifth of the run (the run
+    already started after its warm-up)."""
+    fifth = max(1, len(rss) // 5)
+
+    def growth(values: Sequence[float]) -> float:
+        first, last = statistics.mean(values[:fifth]), statistics.mean(values[-fifth:])
+        return round((last - first) / first, 4) if first else 0.0
+
+    return {
+        "minutes": round((at[-1] - at[0]) / 60, 1) if at else 0,
+        "rss_mb_first": round(statistics.mean(rss[:fifth]), 1),
+        "rss_mb_last": round(statistics.mean(rss[-fifth:]), 1),
+        "rss_growth": growth(rss),
+        "open_files_first": round(statistics.mean(fds[:fifth]), 1),
+        "open_files_last": round(statistics.mean(fds[-fifth:]), 1),
+        "open_files_growth": growth([float(f) for f in fds]),
+        "rss_mb_by_minute": [round(v, 1) for v in rss[:: max(1, int(60 / SAMPLE_EVERY_S))]],
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _minus(a: float | None, b: float) -> float | None:
+    return None if a is None else a - b
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def print_level(tag: str, level: dict[str, Any]) -> None:
+    print(f"\n[{tag}] {level['sessions']} sessions, {level['arrival']}", file=sys.stderr)
+    for key, value in level.items():
+        if key not in ("sessions", "arrival", "soak"):
+            print(f"  {key:<28} {value}", file=sys.stderr)
+    for key, value in level.get("soak", {}).items():
+        print(f"  soak {key:<23} {value}", file=sys.stderr)
+
+
+def ratios(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]:
+    """Reference / ours for costs (higher is better for us), ours / reference for joins."""
+    def div(a: Any, b: Any) -> float | None:
+        return round(a / b, 2) if isinstance(a, int | float) and isinstance(b, int | float) \
+            and b else None
+
+    return {
+        "joined": div(ours["joined"], ref["joined"]),
+        "rss_per_session": div(ref["worker_rss_per_session_mb"],
+                               ours["worker_rss_per_session_mb"]),
+        "overhead_p95": div(ref["overhead_ms_p95"], ours["overhead_ms_p95"]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="8,16,30",
+                        help="concurrent sessions per level, comma-separated (default 8,16,30)")
+    parser.add_argument("--arrival", choices=("burst", "stagger"), default="burst")
+    parser.add_argument("--gap-s", type=float, default=4.0, help="seconds between staggered users")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="steady seconds per level, after everyone joined (default 60)")
+    parser.add_argument("--ask-every", type=float, default=15.0)
+    parser.add_argument("--fps", type=float, default=5.0, help="the users' screen-share rate")
+    parser.add_argument("--change-every", type=float, default=5.0,
+                        help="seconds between changes of a user's screen (default 5: the "
+                             "real sessions of fixtures/vision_eval keep about 1 sample in 5)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--capacity", type=int, default=0,
+                        help="SIGHTLINE_MAX_SESSIONS for the workers (default: the worker's own)")
+    parser.add_argument("--users-processes", type=int, default=2)
+    parser.add_argument("--sightline", type=Path,
+                        default=Path(sys.executable).with_name("sightline"))
+    parser.add_argument("--reference", type=Path,
+                        help="another build's sightline executable to run the same levels on")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="work in DIR and keep it (logs, cost logs); default: a temporary "
+                             "directory, removed")
+    parser.add_argument("--soak", type=float, metavar="MINUTES",
+                        help="one run of MINUTES at the highest level, sampling RSS and files")
+    args = parser.parse_args()
+    opts = Options([int(x) for x in args.levels.split(",")], args.arrival, args.gap_s,
+                   args.seconds, args.ask_every, args.fps, args.change_every, args.workers,
+                   args.capacity, args.users_processes, args.sightline)
+    result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "levels": []}
+    with (contextlib.nullcontext(str(args.keep)) if args.keep
+          else tempfile.TemporaryDirectory()) as tmp:
+        workdir = Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        pgdata = workdir / "pgdata"
+        postgres = start_embedded(pgdata)
+        ctx = mp.get_context("spawn")
+        models_conn, child = ctx.Pipe()
+        models = ctx.Process(target=serve_models, args=(child,), daemon=True)
+        models.start()
+        models_url = models_conn.recv()
+        try:
+            with run_livekit_server(workdir) as livekit:
+                common = (opts, livekit, models_url, postgres.get_uri(), pgdata, workdir)
+                if args.soak:
+                    level = run_level(max(opts.levels), *common, sightline=opts.sightline,
+                                      soak_s=args.soak * 60)
+                    print_level("sightline soak", level)
+                    result["levels"].append(level)
+                for n in ([] if args.soak else opts.levels):
+                    level = run_level(n, *common, sightline=opts.sightline)
+                    print_level("sightline", level)
+                    entry: dict[str, Any] = {"sightline": level}
+                    if args.reference:
+                        ref = run_level(n, *common, sightline=args.reference)
+                        print_level("reference", ref)
+                        entry["reference"] = ref
+                        entry["ratios"] = ratios(level, ref)
+                        print(f"  ratios (better when > 1): {entry['ratios']}", file=sys.stderr)
+                    result["levels"].append(entry)
+        finally:
+            models_conn.send("stop")
+            models.join(10)
+            postgres.cleanup()
+    result["machine"] = {"cores": os.cpu_count(),
+                         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
