@@ -127,6 +127,7 @@ def worker(
         "DATABASE_URL": e2e_database_url,
         "SIGHTLINE_DATA_DIR": str(workdir / "data"),
         "SIGHTLINE_HEALTH_PORT": str(free_port()),
+        "SIGHTLINE_WEBHOOK_PORT": "0",  # no webhooks from this LiveKit server
         # the test machine's CPU is shared: count sessions, not CPU, or a busy moment refuses
         # the dispatch
         "SIGHTLINE_MAX_SESSIONS": "8",

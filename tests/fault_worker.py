@@ -1,0 +1,41 @@
+"""A `sightline start` worker with faults injected by room name, for tests/test_fleet.py only.
+
+`python tests/fault_worker.py start` runs Sightline's own CLI after replacing the screen
+watcher's per-frame entry with one that, in a room whose name holds
+* `crash`: raises on every frame (a bug in the frame analysis);
+* `stuck`: spins forever in Python on its first frame (a runaway session), once per room and
+  `SIGHTLINE_FAULT_DIR`, so that the agent dispatched to that room again is healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from livekit import rtc
+from livekit.agents import get_job_context
+
+from agent.cli import main
+from vision.frames import SampledFrame
+from vision.screen import ScreenWatcher
+
+_offer = ScreenWatcher.offer
+
+
+def faulty_offer(self: ScreenWatcher, t: float, frame: rtc.VideoFrame) -> SampledFrame | None:
+    room = get_job_context().room.name
+    if "crash" in room:
+        raise RuntimeError("injected fault: this session's frame analysis fails")
+    marker = Path(os.environ["SIGHTLINE_FAULT_DIR"]) / f"stuck-{room}"
+    if "stuck" in room and not marker.exists():
+        marker.touch()
+        while True:  # blocks this session's event loop; sleep(0) lets the other threads run
+            time.sleep(0)
+    return _offer(self, t, frame)
+
+
+if __name__ == "__main__":
+    ScreenWatcher.offer = faulty_offer  # type: ignore[method-assign]
+    sys.exit(main())

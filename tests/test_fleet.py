@@ -1,0 +1,294 @@
+"""Many sessions per worker and a fleet of two, on a real LiveKit server.
+
+Two `sightline start` workers (tests/fault_worker.py: the real CLI, with faults injected by
+room name) register with one LiveKit server whose webhooks reach both. Users are rtc SDK
+clients sharing a loop of still screens; the models are the local wire-format server, scripted.
+In order: one worker takes a burst of six dispatches; two workers share a burst; a session
+whose frame analysis raises and one that spins forever leave the others answering (the
+watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
+mid-session is replaced by the other, which recalls the conversation from Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from livekit import rtc
+from PIL import Image, ImageDraw
+
+from agent.redispatch import WEBHOOK_PATH
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    User,
+    Worker,
+    free_port,
+    run_livekit_server,
+    start_worker,
+)
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_NAME = "sightline-fleet"
+CAPACITY = 6  # sessions per worker
+ANSWER = "[[confidence: 0.95]] (scripted) The editor shows the parser."
+MEMORY_UPDATE = '{"facts": [], "summary": "(scripted) The user asked about the screen."}'
+
+
+def still_screens(count: int = 3) -> list[rtc.VideoFrame]:
+    """A few different 1280x720 screens to loop (cheap to publish: no video decoding)."""
+    frames = []
+    for i in range(count):
+        image = Image.new("RGBA", (1280, 720), (250, 250, 250, 255))
+        ImageDraw.Draw(image).text((40, 40 + 60 * i), f"def parse_{i}(text): ...",
+                                   fill=(20, 20, 20, 255))
+        frames.append(rtc.VideoFrame(1280, 720, rtc.VideoBufferType.RGBA, image.tobytes()))
+    return frames
+
+
+SCREENS = still_screens()
+
+
+def _reply(request: CapturedRequest) -> ScriptedReply:
+    return ScriptedReply(text=MEMORY_UPDATE if request.purpose == "memory" else ANSWER)
+
+
+@pytest.fixture(scope="module")
+def webhook_ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory,
+            webhook_ports: tuple[int, int]) -> Iterator[LiveKitServer]:
+    urls = [f"http://127.0.0.1:{port}{WEBHOOK_PATH}" for port in webhook_ports]
+    with run_livekit_server(tmp_path_factory.mktemp("livekit"), webhook_urls=urls) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def models() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer(replies=_reply) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def fleet_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    admin = await asyncpg.connect(postgres_admin_url)
+    await admin.execute('DROP DATABASE IF EXISTS "fleet"')
+    await admin.execute('CREATE DATABASE "fleet"')
+    await admin.close()
+    base, _, query = postgres_admin_url.partition("?")
+    yield base.rpartition("/")[0] + "/fleet" + (f"?{query}" if query else "")
+
+
+class Fleet:
+    """The module's workers, started on demand: `a` alone first, then `b` too."""
+
+    def __init__(self, livekit: LiveKitServer, models: ScriptedModelServer, database_url: str,
+                 workdir: Path, webhook_ports: tuple[int, int]) -> None:
+        self._livekit, self._models, self._database_url = livekit, models, database_url
+        self._workdir, self._webhook_ports = workdir, webhook_ports
+        self.workers: dict[str, Worker] = {}
+
+    def start(self, name: str) -> Worker:
+        if name not in self.workers:
+            port = self._webhook_ports[len(self.workers)]
+            env = {
+                "LIVEKIT_URL": self._livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+                "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+                "GOOGLE_API_KEY": "fleet-fake-key", "ANTHROPIC_API_KEY": "fleet-fake-key",
+                "SIGHTLINE_GEMINI_BASE_URL": self._models.base_url,
+                "SIGHTLINE_ANTHROPIC_BASE_URL": self._models.base_url,
+                "SIGHTLINE_MODEL_RETRIES": "0", "DATABASE_URL": self._database_url,
+                "SIGHTLINE_DATA_DIR": str(self._workdir / f"data-{name}"),
+                "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": str(port),
+                "SIGHTLINE_MAX_SESSIONS": str(CAPACITY), "SIGHTLINE_SESSION_STALL_S": "3",
+                "SIGHTLINE_SCREEN_TEXT": "off",  # OCR is not what these tests are about
+                "SIGHTLINE_FAULT_DIR": str(self._workdir),
+            }
+            self.workers[name] = start_worker(
+                self._workdir, env, name=f"worker-{name}",
+                launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
+        return self.workers[name]
+
+    def hosting(self, room: str) -> list[str]:
+        """The workers whose log shows a session started in `room`."""
+        return [name for name, worker in self.workers.items()
+                if f" room={room}," in worker.log_text()]
+
+    async def settled(self, timeout_s: float = 60) -> None:
+        """Wait until every session started has ended (users of the last test have left, and
+        their sessions close in the background)."""
+        deadline = time.monotonic() + timeout_s
+        for worker in self.workers.values():
+            while (worker.proc.poll() is None
+                   and worker.log_text().count(" started (tenant=")
+                   > len(re.findall(r"session \S+ ended \(", worker.log_text()))):
+                assert time.monotonic() < deadline, "sessions of the last test never ended"
+                await asyncio.sleep(0.3)
+
+    async def logged(self, pattern: str, timeout_s: float = 30) -> re.Match[str]:
+        """The first match of `pattern` in the workers' logs, once it is there."""
+        deadline = time.monotonic() + timeout_s
+        while not (found := re.search(pattern, "".join(
+                w.log_text() for w in self.workers.values()))):
+            assert time.monotonic() < deadline, f"no {pattern!r} in the workers' logs"
+            await asyncio.sleep(0.3)
+        return found
+
+    async def stop(self) -> None:
+        """SIGTERM, and wait off the loop: the model server on this loop answers the
+        sessions' last calls while the workers drain."""
+        await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in self.workers.values()
+                               if worker.proc.poll() is None))
+
+
+@pytest.fixture(scope="module")
+async def fleet(livekit: LiveKitServer, models: ScriptedModelServer, fleet_database_url: str,
+                tmp_path_factory: pytest.TempPathFactory,
+                webhook_ports: tuple[int, int]) -> AsyncIterator[Fleet]:
+    fleet = Fleet(livekit, models, fleet_database_url, tmp_path_factory.mktemp("fleet"),
+                  webhook_ports)
+    yield fleet
+    await fleet.stop()
+
+
+def new_user(livekit: LiveKitServer, room: str) -> User:
+    return User(livekit, room, agent_name=AGENT_NAME, metadata={"tenant": "fleet"},
+                frames=SCREENS, hold_s=2.0)
+
+
+async def joined_and_sharing(user: User, identity: str) -> rtc.RemoteParticipant:
+    await user.join(identity)
+    agent = await user.wait_for_agent(timeout_s=60)
+    await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=2)
+    return agent
+
+
+async def asks_and_is_answered(user: User, question: str) -> None:
+    await user.say(question)
+    assert await user.wait_for_reply(timeout_s=60) == ANSWER.split("]] ", 1)[1]
+
+
+async def leave_all(users: list[User]) -> None:
+    await asyncio.gather(*(user.leave() for user in users), return_exceptions=True)
+
+
+async def test_one_worker_takes_a_burst_of_six(livekit: LiveKitServer, fleet: Fleet) -> None:
+    worker = fleet.start("a")
+    users = [new_user(livekit, f"fleet-burst-{i}") for i in range(CAPACITY)]
+    try:
+        await asyncio.gather(*(user.dispatch() for user in users))  # all within a moment
+        await asyncio.gather(*(user.connect(f"burst-{i}") for i, user in enumerate(users)))
+        await asyncio.gather(*(user.wait_for_agent(timeout_s=60) for user in users))
+        await asyncio.gather(*(user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=2)
+                               for user in users))
+        await asyncio.gather(*(asks_and_is_answered(user, "What is on my screen?")
+                               for user in users))
+    finally:
+        await leave_all(users)
+    assert all(fleet.hosting(user.room_name) == ["a"] for user in users)
+    assert worker.proc.poll() is None
+
+
+async def test_two_workers_share_a_burst(livekit: LiveKitServer, fleet: Fleet) -> None:
+    fleet.start("a")
+    fleet.start("b")
+    await fleet.settled()
+    users = [new_user(livekit, f"fleet-shared-{i}") for i in range(CAPACITY + 3)]
+    try:
+        await asyncio.gather(*(user.dispatch() for user in users))
+        await asyncio.gather(*(user.connect(f"shared-{i}") for i, user in enumerate(users)))
+        await asyncio.gather(*(user.wait_for_agent(timeout_s=60) for user in users))
+        await asyncio.gather(*(asks_and_is_answered(user, "Anything new?") for user in users))
+    finally:
+        await leave_all(users)
+    where = [fleet.hosting(user.room_name) for user in users]
+    assert all(len(hosts) == 1 for hosts in where), where
+    per_worker = {name: sum(hosts == [name] for hosts in where) for name in ("a", "b")}
+    assert per_worker["a"] <= CAPACITY and per_worker["b"] <= CAPACITY, per_worker
+    assert per_worker["b"] >= 3, f"the second worker took its share: {per_worker}"
+
+
+async def test_a_failing_and_a_stuck_session_leave_the_others_answering(
+    livekit: LiveKitServer, fleet: Fleet,
+) -> None:
+    fleet.start("a")
+    fleet.start("b")
+    await fleet.settled()
+    crash, stuck = new_user(livekit, "fleet-crash"), new_user(livekit, "fleet-stuck")
+    healthy = [new_user(livekit, f"fleet-healthy-{i}") for i in range(2)]
+    everyone = [crash, stuck, *healthy]
+    try:
+        await asyncio.gather(*(joined_and_sharing(user, f"faults-{i}")
+                               for i, user in enumerate(everyone)))
+        stuck_agent = (await stuck.wait_for_agent()).identity
+        await fleet.logged(r"a frame could not be analysed \(RuntimeError\(.{1,2}injected fault")
+        ended = await fleet.logged(r"session (\S+) \(room fleet-stuck\) has not run for \d+ s "
+                                   r"\(its event loop is blocked at .*faulty_offer")
+        await fleet.logged(rf"session {ended[1]} ended \(watchdog: the session stopped running")
+        for _ in range(2):  # the failing session and the others answer on
+            await asyncio.gather(*(asks_and_is_answered(user, "Still there?")
+                                   for user in [crash, *healthy]))
+        # the stuck session's agent left while its user stayed: a new one is dispatched
+        deadline = time.monotonic() + 60
+        while (await stuck.wait_for_agent()).identity == stuck_agent:
+            assert time.monotonic() < deadline, "no new agent for the stuck session's user"
+            await asyncio.sleep(0.5)
+        await asks_and_is_answered(stuck, "Are you back?")
+    finally:
+        await leave_all(everyone)
+    assert all(w.proc.poll() is None for w in fleet.workers.values())
+
+
+async def _stored(database_url: str, text: str, timeout_s: float = 30) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not await conn.fetchval("SELECT count(*) FROM messages WHERE content = $1", text):
+            assert time.monotonic() < deadline, f"{text!r} never reached Postgres"
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+
+
+async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
+    livekit: LiveKitServer, fleet: Fleet, models: ScriptedModelServer, fleet_database_url: str,
+) -> None:
+    fleet.start("a")
+    fleet.start("b")
+    await fleet.settled()
+    user = new_user(livekit, "fleet-failover")
+    said = "Remember that my release is called Bluebird-7."
+    try:
+        first_agent = (await joined_and_sharing(user, "failover-user")).identity
+        await asks_and_is_answered(user, said)
+        await _stored(fleet_database_url, said)
+        [lost] = fleet.hosting(user.room_name)
+        fleet.workers[lost].proc.send_signal(signal.SIGKILL)
+
+        deadline = time.monotonic() + 90
+        while (await user.wait_for_agent()).identity == first_agent:
+            assert time.monotonic() < deadline, "LiveKit never got a new agent to the room"
+            await asyncio.sleep(0.5)
+        seen = len(models.requests)
+        await asks_and_is_answered(user, "What is my release called?")
+    finally:
+        await leave_all([user])
+    assert sorted(fleet.hosting(user.room_name)) == ["a", "b"], "a session on each, in turn"
+    asked = [r for r in models.requests[seen:] if r.purpose == "answer"]
+    assert asked and said in asked[0].text, "the new session carries what the user said before"
+    survivor = fleet.workers["b" if lost == "a" else "a"]
+    assert "dispatched it again" in survivor.log_text()
