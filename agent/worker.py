@@ -27,6 +27,7 @@ from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
 from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
+from .chat_inbox import ChatInbox
 from .config import Settings
 from .redispatch import Redispatcher
 from .session import SessionRuntime
@@ -80,6 +81,7 @@ def job_tenant(metadata: str, default: str) -> str:
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
     await ctx.connect()
+    inbox = ChatInbox(ctx.room)  # from the moment the user can see the agent
     participant = await ctx.wait_for_participant()
     tenant = job_tenant(ctx.job.metadata, settings.tenant)
 
@@ -103,6 +105,7 @@ async def run_session(ctx: JobContext) -> None:
 
     async def finish(reason: str) -> None:
         try:
+            await inbox.aclose()
             await screen_share.aclose()
             await session.aclose()
             summary = await runtime.close()
@@ -123,10 +126,12 @@ async def run_session(ctx: JobContext) -> None:
             participant_identity=participant.identity,
             audio_input=bool(settings.stt),
             audio_output=bool(settings.tts),
+            text_input=False,  # the inbox reads the chat
             text_output=room_io.TextOutputOptions(sync_transcription=bool(settings.tts)),
         ),
         record=False,
     )
+    inbox.attach(session, participant.identity)
 
 
 class SightlineServer(AgentServer):
