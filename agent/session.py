@@ -273,7 +273,7 @@ class SessionRuntime:
         if self.memory is not None:
             await self.memory.aclose()
         self.record.events.record("frame_count", detail={
-            "received": self.screen.frames_received, "failed": self.screen.frames_failed})
+            "received": self.screen.stats()["received"], "failed": self.screen.frames_failed})
         summary = await self.record.close()
         if spilled:
             summary["db_spilled_messages"] = spilled

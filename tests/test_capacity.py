@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from livekit import rtc
 from livekit.rtc._proto.ffi_pb2 import FfiEvent
 
+from agent import rtc_events
 from agent.capacity import CPU_FULL, FULL_LOAD, Limits, LoadMeter, LoadReading
 from agent.rtc_events import RoutedFfiQueue
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
+from vision.track_source import StreamClock, frame_gates, sampling_gate
 
 LIMITS = Limits(sessions=10, memory_mb=1000.0, cores=2.0)
 
@@ -73,3 +78,50 @@ async def test_requests_waiting_for_an_answer_get_no_media_events() -> None:
     assert waiting.empty()
     assert stream.get_nowait().WhichOneof("message") == "video_stream_event"
     assert stream.empty()
+
+
+def _frame_event(handle: int, timestamp_us: int) -> FfiEvent:
+    event = FfiEvent()
+    event.video_stream_event.stream_handle = handle
+    event.video_stream_event.frame_received.timestamp_us = timestamp_us
+    event.video_stream_event.frame_received.buffer.handle.id = 1000 + timestamp_us
+    return event
+
+
+async def test_a_share_at_5_fps_wakes_its_session_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The router asks the stream's sampling gate before delivering a frame: a declined one is
+    released unseen and counted; the sampler takes every delivered one, on schedule."""
+    released: list[int] = []
+
+    class RecordingHandle:
+        def __init__(self, handle: int) -> None:
+            self.handle = handle
+
+        def dispose(self) -> None:
+            released.append(self.handle)
+
+    monkeypatch.setattr(rtc_events, "FfiHandle", RecordingHandle)
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
+    monkeypatch.setitem(frame_gates, 7, sampling_gate(screen, StreamClock()))
+    queue = RoutedFfiQueue()
+    stream = queue.subscribe(asyncio.get_running_loop(),
+                             lambda e: e.video_stream_event.stream_handle == 7)
+    frame = rtc.VideoFrame(64, 64, rtc.VideoBufferType.I420, bytes(64 * 64 * 3 // 2))
+    start_us, delivered = 5_000_000, []
+    for i in range(15):  # three seconds at 5 fps
+        queue.put(_frame_event(7, start_us + i * 200_000))
+        await asyncio.sleep(0)  # the delivery is scheduled on the stream's loop
+        while not stream.empty():  # what the session's pump does with it
+            t = (stream.get_nowait().video_stream_event.frame_received.timestamp_us
+                 - start_us) / 1e6
+            delivered.append(t)
+            screen.offer(t, frame)
+    assert delivered == [0.0, 1.0, 2.0]
+    assert len(released) == 12 and screen.frames_skipped == 12
+    assert screen.stats() == {"received": 15, "sampled": 3}
+
+
+def test_frames_of_a_stream_without_a_gate_all_arrive() -> None:
+    assert RoutedFfiQueue._wanted(_frame_event(8, 1))

@@ -114,8 +114,13 @@ class ScreenWatcher:
         self.changed_at: float | None = None
         self.frames_received = 0
         self.frames_failed = 0  # frames whose analysis raised (the source counts them)
+        self.frames_skipped = 0  # frames the source dropped unseen: not due for sampling
         self.camera_only = False
         self._last_invalid_t: float | None = None
+
+    def wants(self, t: float) -> bool:
+        """Whether a frame at `t` would be sampled (a source may drop the others unseen)."""
+        return self._sampler.is_due(t)
 
     def offer(self, t: float, frame: rtc.VideoFrame) -> SampledFrame | None:
         """Returns the frame when it was kept. Cheap enough for the event loop: a timestamp check
@@ -156,4 +161,5 @@ class ScreenWatcher:
         self.changes.clear()
 
     def stats(self) -> dict[str, int]:
-        return {"received": self.frames_received, "sampled": self._sampler.sampled}
+        return {"received": self.frames_received + self.frames_skipped,
+                "sampled": self._sampler.sampled}

@@ -9,12 +9,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from livekit import rtc
 
 from .screen import ScreenWatcher
 
 log = logging.getLogger("sightline.vision")
+
+STREAM_QUEUE_FRAMES = 4  # frames a stalled session holds at most (a 1080p I420 frame is 3 MB)
+
+# Which frames each open video stream wants, by the stream's rtc handle: the process's rtc
+# event router (agent/rtc_events.py) asks before waking a session for a frame. Called on the
+# rtc SDK's callback thread; unused where no router is installed (every frame is delivered).
+FrameGate = Callable[[int], bool]  # the frame's capture time (us) -> deliver it?
+frame_gates: dict[int, FrameGate] = {}
+
+
+class StreamClock:
+    """Screen time of a stream's frames: seconds since its first frame, by capture time."""
+
+    def __init__(self) -> None:
+        self.first_us: int | None = None
+
+    def t(self, timestamp_us: int) -> float:
+        if self.first_us is None:
+            self.first_us = timestamp_us
+        return (timestamp_us - self.first_us) / 1_000_000
+
+
+def sampling_gate(screen: ScreenWatcher, clock: StreamClock) -> FrameGate:
+    """Deliver a frame only when the sampler would take it: at 5 fps, four frames in five
+    never wake the session (nor are copied out of the rtc SDK). Runs on the SDK's thread while
+    the session samples on its own: reading the sampler's schedule there races harmlessly (a
+    frame more or less at a period's edge; the sampler still decides)."""
+
+    def wanted(timestamp_us: int) -> bool:
+        if timestamp_us <= 0 or screen.wants(clock.t(timestamp_us)):
+            return True
+        screen.frames_skipped += 1
+        return False
+
+    return wanted
 
 
 class ScreenShareSubscriber:
@@ -62,15 +98,17 @@ class ScreenShareSubscriber:
             log.info("screen share %s ended", track.sid)
 
     async def _pump(self, track: rtc.Track) -> None:
-        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420)
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420,
+                                 capacity=STREAM_QUEUE_FRAMES)
         loop = asyncio.get_running_loop()
-        first_us: int | None = None
+        clock = StreamClock()
+        handle = stream._ffi_handle.handle  # the pinned livekit 1.2.1's, see tests
+        frame_gates[handle] = sampling_gate(self._screen, clock)
         started = loop.time()
         try:
             async for event in stream:
                 if event.timestamp_us > 0:
-                    first_us = event.timestamp_us if first_us is None else first_us
-                    t = (event.timestamp_us - first_us) / 1_000_000
+                    t = clock.t(event.timestamp_us)
                 else:  # publisher sent no capture time: fall back to arrival time
                     t = loop.time() - started
                 try:
@@ -82,6 +120,7 @@ class ScreenShareSubscriber:
                                   "session goes on without such frames (counted in its log)",
                                   track.sid, exc)
         finally:
+            frame_gates.pop(handle, None)
             await stream.aclose()
 
     async def aclose(self) -> None:
