@@ -34,8 +34,9 @@ RUN useradd --create-home --uid 10001 sightline && mkdir -p /data && chown sight
 USER sightline
 WORKDIR /home/sightline
 
-# livekit-agents' health endpoint: 200 while the worker is connected to LiveKit
-EXPOSE 8081
+# livekit-agents' health endpoint: 200 while the worker is connected to LiveKit; LiveKit's
+# webhooks, to dispatch the agent again to rooms of a lost worker (README: a fleet)
+EXPOSE 8081 8082
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' % os.environ['SIGHTLINE_HEALTH_PORT'], timeout=4)"
 CMD ["sightline", "start"]

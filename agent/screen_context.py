@@ -53,7 +53,7 @@ class _Carried:
     """What one question carried of the screen, re-attached to it on every later request."""
 
     caption: str
-    image: llm.ImageContent
+    image: llm.ImageContent | None  # None once no longer attached: a frame is 1-3 MB
     t: float
 
 
@@ -122,6 +122,8 @@ class ScreenContext:
             return ScreenParts(parts, note, unsent=(width, height))
         self._carried[message_id] = _Carried(frame_caption(frame),
                                              llm.ImageContent(image=frame.frame), frame.t)
+        for older in list(self._carried.values())[:-MAX_CARRIED_IMAGES]:
+            older.image = None  # a session of 40 questions held 40 frames (bench/load.py soak)
         self._last_sent_t = frame.t
         note["image"] = "sent"
         return ScreenParts(parts, note)
@@ -131,8 +133,7 @@ class ScreenContext:
         carried = self._carried.get(message_id)
         if carried is None:
             return []
-        attached = list(self._carried)[-MAX_CARRIED_IMAGES:]
-        if message_id in attached:
+        if carried.image is not None:
             return [carried.caption, carried.image]
         return [f"(A screenshot captured at t={carried.t:.1f}s was here; it is no longer "
                 "attached.)"]

@@ -94,6 +94,17 @@ async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def fresh_database(postgres_admin_url: str, name: str) -> str:
+    """The URL of database `name`, made empty (for a test module's workers to share)."""
+    admin = await asyncpg.connect(postgres_admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return _with_database(postgres_admin_url, name)
+
+
 def _with_database(url: str, name: str) -> str:
     """Swap the database name in a postgres URL (which may carry ?host=/socket/dir)."""
     base, _, query = url.partition("?")

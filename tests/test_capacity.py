@@ -14,7 +14,7 @@ from agent.capacity import CPU_FULL, FULL_LOAD, Limits, LoadMeter, LoadReading
 from agent.rtc_events import RoutedFfiQueue
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
-from vision.track_source import StreamClock, frame_gates, sampling_gate
+from vision.track_source import SamplingGate, frame_gates
 
 LIMITS = Limits(sessions=10, memory_mb=1000.0, cores=2.0)
 
@@ -104,7 +104,8 @@ async def test_a_share_at_5_fps_wakes_its_session_once_a_second(
 
     monkeypatch.setattr(rtc_events, "FfiHandle", RecordingHandle)
     screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
-    monkeypatch.setitem(frame_gates, 7, sampling_gate(screen, StreamClock()))
+    gate = SamplingGate(screen)
+    monkeypatch.setitem(frame_gates, 7, gate)
     queue = RoutedFfiQueue()
     stream = queue.subscribe(asyncio.get_running_loop(),
                              lambda e: e.video_stream_event.stream_handle == 7)
@@ -118,9 +119,22 @@ async def test_a_share_at_5_fps_wakes_its_session_once_a_second(
                  - start_us) / 1e6
             delivered.append(t)
             screen.offer(t, frame)
+            gate.taken()
     assert delivered == [0.0, 1.0, 2.0]
     assert len(released) == 12 and screen.frames_skipped == 12
     assert screen.stats() == {"received": 15, "sampled": 3}
+
+
+def test_a_session_that_falls_behind_holds_one_frame_not_a_backlog() -> None:
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
+    gate = SamplingGate(screen)
+    frame = rtc.VideoFrame(64, 64, rtc.VideoBufferType.I420, bytes(64 * 64 * 3 // 2))
+    assert gate(1_000_000)  # t=0: delivered; the session is busy elsewhere for 3 s
+    assert not any(gate(1_000_000 + i * 200_000) for i in range(1, 15))  # t=1 and 2 were due
+    screen.offer(0.0, frame)
+    gate.taken()
+    assert gate(4_000_000)  # t=3: the next one due, once the session took the last
+    assert screen.frames_skipped == 14
 
 
 def test_frames_of_a_stream_without_a_gate_all_arrive() -> None:

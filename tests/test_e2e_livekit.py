@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from conftest import fresh_database
 from livekit import rtc
 from PIL import Image, ImageFont
 from synthetic_screen import Desk, write_recording
@@ -97,13 +98,8 @@ async def model_server() -> AsyncIterator[tuple[ScriptedModelServer, Replies]]:
 
 
 @pytest.fixture(scope="module")
-async def e2e_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(postgres_admin_url)
-    await admin.execute('DROP DATABASE IF EXISTS "e2e"')
-    await admin.execute('CREATE DATABASE "e2e"')
-    await admin.close()
-    base, _, query = postgres_admin_url.partition("?")
-    yield base.rpartition("/")[0] + "/e2e" + (f"?{query}" if query else "")
+async def e2e_database_url(postgres_admin_url: str) -> str:
+    return await fresh_database(postgres_admin_url, "e2e")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from conftest import fresh_database
 from livekit import rtc
 from PIL import Image, ImageDraw
 
@@ -84,13 +85,8 @@ async def models() -> AsyncIterator[ScriptedModelServer]:
 
 
 @pytest.fixture(scope="module")
-async def fleet_database_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    admin = await asyncpg.connect(postgres_admin_url)
-    await admin.execute('DROP DATABASE IF EXISTS "fleet"')
-    await admin.execute('CREATE DATABASE "fleet"')
-    await admin.close()
-    base, _, query = postgres_admin_url.partition("?")
-    yield base.rpartition("/")[0] + "/fleet" + (f"?{query}" if query else "")
+async def fleet_database_url(postgres_admin_url: str) -> str:
+    return await fresh_database(postgres_admin_url, "fleet")
 
 
 class Fleet:

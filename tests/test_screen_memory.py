@@ -13,7 +13,9 @@ and the timeline, and with SIGHTLINE_PROACTIVE offers help once per new error.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -186,6 +188,25 @@ async def test_the_image_goes_only_when_the_screen_changed(policy: str) -> None:
     # a change: a new screenshot, and only the newest stays attached
     assert len(images(third)) == 1 and images(third)[0].image is not images(first)[0].image
     assert any("no longer attached" in c for c in third.items[0].content if isinstance(c, str))
+
+
+async def test_a_long_conversation_holds_one_screenshot_not_one_per_question() -> None:
+    """Questions keep their captions; only the attached screenshot keeps its frame (a frame is
+    1-3 MB: the soak of bench/load.py grew 1.4 MB per question before)."""
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, "changed"))
+    desk = Desk(width=640, height=360, pointer=None, cursor_on=False)
+    ctx = llm.ChatContext.empty()
+    sent = []
+    for t in range(ScreenWatcher.KEPT_HISTORY + 4):  # a new screen before every question
+        desk.lines = [f"Step {t}", *CODE[t % 10:]]
+        screen.offer(float(t), desk.frame())
+        question(ctx, f"And now, at step {t}?")
+        sent.append(weakref.ref(images(await turn.build(ctx))[0].image))
+        ctx.add_message(role="assistant", content="(scripted) Fine.")
+    gc.collect()
+    assert sent[-1]() is not None
+    assert all(ref() is None for ref in sent[:3]), "detached screenshots are let go"
 
 
 async def test_earlier_screen_reaches_the_archive_beyond_the_in_memory_history(

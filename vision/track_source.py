@@ -26,31 +26,37 @@ FrameGate = Callable[[int], bool]  # the frame's capture time (us) -> deliver it
 frame_gates: dict[int, FrameGate] = {}
 
 
-class StreamClock:
-    """Screen time of a stream's frames: seconds since its first frame, by capture time."""
+class SamplingGate:
+    """Delivers a frame only when the sampler would take it and the session has taken the last
+    one delivered: at 5 fps four frames in five never wake the session (nor are copied out of
+    the rtc SDK), and a session that falls behind holds one frame, not a growing backlog of
+    them. Asked on the SDK's thread while the session samples on its own: reading the
+    sampler's schedule there races harmlessly (a frame more or less at a period's edge; the
+    sampler still decides)."""
 
-    def __init__(self) -> None:
-        self.first_us: int | None = None
+    def __init__(self, screen: ScreenWatcher) -> None:
+        self._screen = screen
+        self._first_us: int | None = None
+        self._in_flight = False
 
     def t(self, timestamp_us: int) -> float:
-        if self.first_us is None:
-            self.first_us = timestamp_us
-        return (timestamp_us - self.first_us) / 1_000_000
+        """Screen time: seconds since the stream's first frame, by capture time."""
+        if self._first_us is None:
+            self._first_us = timestamp_us
+        return (timestamp_us - self._first_us) / 1_000_000
 
-
-def sampling_gate(screen: ScreenWatcher, clock: StreamClock) -> FrameGate:
-    """Deliver a frame only when the sampler would take it: at 5 fps, four frames in five
-    never wake the session (nor are copied out of the rtc SDK). Runs on the SDK's thread while
-    the session samples on its own: reading the sampler's schedule there races harmlessly (a
-    frame more or less at a period's edge; the sampler still decides)."""
-
-    def wanted(timestamp_us: int) -> bool:
-        if timestamp_us <= 0 or screen.wants(clock.t(timestamp_us)):
+    def __call__(self, timestamp_us: int) -> bool:
+        if timestamp_us <= 0:  # no capture time to schedule by: the session sees every frame
             return True
-        screen.frames_skipped += 1
+        if not self._in_flight and self._screen.wants(self.t(timestamp_us)):
+            self._in_flight = True
+            return True
+        self._screen.frames_skipped += 1
         return False
 
-    return wanted
+    def taken(self) -> None:
+        """The session has done with the frame delivered last."""
+        self._in_flight = False
 
 
 class ScreenShareSubscriber:
@@ -101,14 +107,14 @@ class ScreenShareSubscriber:
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420,
                                  capacity=STREAM_QUEUE_FRAMES)
         loop = asyncio.get_running_loop()
-        clock = StreamClock()
+        gate = SamplingGate(self._screen)
         handle = stream._ffi_handle.handle  # the pinned livekit 1.2.1's, see tests
-        frame_gates[handle] = sampling_gate(self._screen, clock)
+        frame_gates[handle] = gate
         started = loop.time()
         try:
             async for event in stream:
                 if event.timestamp_us > 0:
-                    t = clock.t(event.timestamp_us)
+                    t = gate.t(event.timestamp_us)
                 else:  # publisher sent no capture time: fall back to arrival time
                     t = loop.time() - started
                 try:
@@ -119,6 +125,8 @@ class ScreenShareSubscriber:
                         log.error("screen share %s: a frame could not be analysed (%r); the "
                                   "session goes on without such frames (counted in its log)",
                                   track.sid, exc)
+                finally:
+                    gate.taken()
         finally:
             frame_gates.pop(handle, None)
             await stream.aclose()
