@@ -6,8 +6,9 @@ that is not full, weighted by free share, and moves on to the next worker when o
 So the load must be what the worker measures, and it must reach LiveKit's "full" exactly when
 one more session would not fit: Sightline reports 0.7 x the fullest of three shares:
 
-- sessions: the count against `SIGHTLINE_MAX_SESSIONS` (default 15 per usable core, what
-  `bench/load.py` measured to hold on a 2-core machine with room to spare);
+- sessions: the count against `SIGHTLINE_MAX_SESSIONS` (default 8 per usable core: on a
+  2-core machine `bench/load.py` measured replies within a few hundred ms at 16 sessions
+  sharing their screens at 5 fps, and seconds of queueing at 30);
 - memory: the worker process's resident memory against `SIGHTLINE_WORKER_MEMORY_MB` (default
   80% of the machine's or container's memory);
 - CPU: the worker process's CPU time over the last 20 s, against 85% of its usable cores
@@ -26,7 +27,7 @@ import psutil
 from livekit.agents.utils.hw import get_cpu_monitor
 
 FULL_LOAD = 0.7  # LiveKit's "full": the server's agents.target_load, the worker's threshold
-SESSIONS_PER_CORE = 15
+SESSIONS_PER_CORE = 8
 MEMORY_SHARE = 0.8
 CPU_FULL = 0.85
 CPU_WINDOW_S = 20.0

@@ -60,8 +60,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
         _preload(settings)
         route_media_events()
+        server = build_server(settings)
+        # printed, like the cascade: livekit-agents sets the log up only once it runs
+        print(f"this worker takes {server.meter.limits.describe()}", file=sys.stderr)
         _run_worker(
-            build_server(settings),
+            server,
             proto.CliArgs(
                 log_level=args.log_level.upper(),
                 url=settings.livekit_url,

@@ -199,6 +199,5 @@ class SightlineServer(AgentServer):
 
 
 def build_server(settings: Settings) -> SightlineServer:
-    limits = Limits.for_host(settings.max_sessions, settings.worker_memory_mb)
-    log.info("this worker takes %s", limits.describe())
-    return SightlineServer(settings, limits)
+    return SightlineServer(settings,
+                           Limits.for_host(settings.max_sessions, settings.worker_memory_mb))

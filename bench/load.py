@@ -1,17 +1,18 @@
 """Many sessions on one worker: who joins, how fast replies come, what each session costs the
 worker in memory and CPU, whether 1 FPS sampling holds, and whether a long run leaks.
 
-    .venv/bin/python -m bench.load                       # levels 8, 16, 30 arriving in bursts
-    .venv/bin/python -m bench.load --levels 30 --arrival stagger --gap-s 4
+    .venv/bin/python -m bench.load --capacity 30         # levels 8, 16, 30 arriving in bursts
+    .venv/bin/python -m bench.load --levels 30 --capacity 30 --arrival stagger --gap-s 4
     .venv/bin/python -m bench.load --levels 8 --reference /tmp/before/.venv/bin/sightline
-    .venv/bin/python -m bench.load --soak 10             # 10 minutes at the top level
+    .venv/bin/python -m bench.load --levels 30 --capacity 30 --soak 10   # 10 minutes
+
+(`--capacity`: a worker's own default is 8 sessions per core.)
 
 Real `livekit-server` on loopback, real `sightline start` worker(s), an embedded Postgres
 (started here, shared by the workers), the models as the wire-format server answering at once
 (scripted replies), and users in separate processes (bench/load_users.py) who dispatch the
 agent, join, share a 1280x720 screen at 5 fps that changes every 5 s, and ask a question
-every 15 s. A burst sends
-every dispatch within one second. Each level starts a fresh worker.
+every 15 s. A burst sends every dispatch within one second. Each level starts a fresh worker.
 
 Per level: joined, asked and answered; reply round trip and overhead (the round trip minus
 the model's own latency, as the worker measured it) p50/p95; sampled frames per

@@ -53,7 +53,7 @@ def test_the_meter_reads_this_process() -> None:
 
 def test_limits_sized_from_the_host() -> None:
     sized = Limits.for_host(0, 0)
-    assert sized.sessions >= 15 and sized.memory_mb > 0 and sized.cores > 0
+    assert sized.sessions >= 8 and sized.memory_mb > 0 and sized.cores > 0
     assert Limits.for_host(4, 2048) == Limits(4, 2048.0, sized.cores)
 
 
