@@ -129,6 +129,7 @@ class Redispatcher:
 
     async def _pool(self) -> asyncpg.Pool:
         if self._db is None:
+            # one claim at a time: the fleet's connection budget counts one per worker here
             self._db = await Database.open(self._database_url, self._settings.data_dir,
-                                           migrate=False)
+                                           migrate=False, connections=1)
         return self._db.pool
