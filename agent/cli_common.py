@@ -19,6 +19,16 @@ def positive_int(raw: str) -> int:
     return value
 
 
+def identifier(raw: str) -> str:
+    """A tenant or user id: what the worker would accept from a job's metadata. An empty or
+    blank one would silently address a tenant nobody uses."""
+    value = raw.strip()
+    if not value or len(value) > 200 or not value.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"must be a non-empty printable name of at most 200 characters, got {raw!r}")
+    return value
+
+
 def key_value(raw: str) -> tuple[str, str]:
     key, sep, value = raw.partition("=")
     if not sep or not key.strip():

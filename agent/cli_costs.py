@@ -6,14 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import UserError, positive_int
+from .cli_common import UserError, identifier, positive_int
 from .config import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("costs", help="list sessions with their costs, or show one")
     p.add_argument("session_id", nargs="?", help="show this session (default: list sessions)")
-    p.add_argument("--tenant", help="only this tenant's sessions")
+    p.add_argument("--tenant", type=identifier, help="only this tenant's sessions")
     p.add_argument("--limit", type=positive_int, default=50,
                    help="how many sessions to list, newest first (default 50)")
     p.add_argument("--json", action="store_true",

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_common import UserError, key_value
+from .cli_common import UserError, identifier, key_value
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -25,12 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
     p = kb_sub.add_parser("ingest", help="load Markdown, HTML, PDF and text files or folders")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders to ingest")
-    p.add_argument("--tenant", required=True, help="the tenant whose knowledge base it is")
+    p.add_argument("--tenant", type=identifier,
+                   required=True, help="the tenant whose knowledge base it is")
     p.add_argument("--meta", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="tag the documents (repeatable); search can filter on it")
     p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
     p.add_argument("query", help="the question or words to look for")
-    p.add_argument("--tenant", required=True, help="search this tenant's knowledge only")
+    p.add_argument("--tenant", type=identifier,
+                   required=True, help="search this tenant's knowledge only")
     p.add_argument("--k", type=int, default=5, help="how many hits (default 5)")
     p.add_argument("--fusion", choices=FUSIONS, default="rrf",
                    help="how the vector and keyword rankings are combined (default rrf)")

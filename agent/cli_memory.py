@@ -12,6 +12,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
+from .cli_common import identifier
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("forget", "delete everything remembered about the user (privacy requests)"),
     ):
         p = memory_sub.add_parser(name, help=help_text)
-        p.add_argument("--tenant", required=True, help="the user's tenant")
-        p.add_argument("--user", required=True, help="the user's identity in the room")
+        p.add_argument("--tenant", type=identifier, required=True, help="the user's tenant")
+        p.add_argument("--user", type=identifier,
+                       required=True, help="the user's identity in the room")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

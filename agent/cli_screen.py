@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from .cli_common import UserError, positive_int
+from .cli_common import UserError, identifier, positive_int
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -18,12 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     screen_sub = screen.add_subparsers(dest="screen_command", required=True)
     p = screen_sub.add_parser("timeline", help="one session's screen events, in screen time")
     p.add_argument("session_id", help="the session (see `sightline costs`)")
-    p.add_argument("--tenant", help="only if the session is this tenant's")
+    p.add_argument("--tenant", type=identifier, help="only if the session is this tenant's")
     p.add_argument("--json", action="store_true", help="the events as JSON")
     p = screen_sub.add_parser("search", help="screen events that match a question, best first")
     p.add_argument("query", help="words or a question, e.g. \"JSONDecodeError\"")
-    p.add_argument("--tenant", required=True, help="search this tenant's timeline only")
-    p.add_argument("--user", help="only this user's screens (default: every user's)")
+    p.add_argument("--tenant", type=identifier,
+                   required=True, help="search this tenant's timeline only")
+    p.add_argument("--user", type=identifier,
+                   help="only this user's screens (default: every user's)")
     p.add_argument("--k", type=positive_int, default=10, help="how many events (default 10)")
     p.add_argument("--json", action="store_true", help="the events as JSON")
 
