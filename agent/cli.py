@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NoReturn
 
 from . import cli_costs, cli_kb, cli_memory, cli_replay, cli_screen, cli_vision, cli_worker
 
@@ -50,12 +51,24 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a misused option reported the way every other fixable error is: one line
+    and status 2 (argparse's own puts the whole usage above it). Subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists what it accepts)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sightline", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sightline", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sightline {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_worker.add_parser(sub)
-    sub.add_parser("config", help="print the effective configuration, secrets masked")
+    config = sub.add_parser(
+        "config", help="print the effective configuration, secrets masked, with what the unset "
+                       "and `auto` settings resolve to; exit 2 if the price table is unusable")
+    config.add_argument("--json", action="store_true",
+                        help="one JSON object: variable -> value, effective value, note")
     cli_replay.add_parser(sub)
     cli_costs.add_parser(sub)
     cli_vision.add_parser(sub)
@@ -65,19 +78,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config() -> int:
+def _config(as_json: bool) -> int:
+    """Each variable's value, and what the unset and `auto` ones resolve to here: the cascade
+    the worker would run, the embedder, the capacity, the directories and the price table,
+    loaded as a session loads it (an unusable one raises ConfigError: exit 2)."""
+    from .capacity import Limits
     from .config import Settings
+    from .pricing import PriceTable
 
-    rows = Settings.from_env().describe()
-    width = max(len(env) for env, _, _ in rows)
-    for env, value, note in rows:
-        print(f"{env:<{width}}  {value}" + (f"    # {note}" if note else ""))
+    settings = Settings.from_env()
+    prices = PriceTable.load(settings.prices_file)
+    limits = Limits.for_host(settings.max_sessions, settings.worker_memory_mb)
+    tiers = settings.cascade_tiers()
+    unpriced = sorted({t.model for t in tiers if prices.get(t.model) is None})
+    keyless = not (settings.gemini_api_key or settings.anthropic_api_key)
+    resolved = {
+        "DATABASE_URL": None if settings.database_url
+        else f"embedded Postgres in {settings.data_dir / 'pgdata'}",
+        "SIGHTLINE_TIERS": " > ".join(map(str, tiers))
+        + (" (no model key: `dev`/`start` need one; replay runs without)" if keyless else ""),
+        "SIGHTLINE_EMBEDDINGS": settings.embeddings_in_use(),
+        "SIGHTLINE_COST_LOG_DIR": str(settings.costs_dir),
+        "SIGHTLINE_PRICES": str(prices.path)
+        + (f" (no price for {', '.join(unpriced)})" if unpriced else ""),
+        "SIGHTLINE_MAX_SESSIONS": str(limits.sessions),
+        "SIGHTLINE_WORKER_MEMORY_MB": f"{limits.memory_mb:.0f}",
+    }
+    rows = [(env, value, resolved.get(env) or value, note)
+            for env, value, note in settings.describe()]
+    if as_json:
+        print(json.dumps({env: {"value": value, "effective": effective, "note": note}
+                          for env, value, effective, note in rows}, indent=2))
+        return 0
+    width = max(len(env) for env, *_ in rows)
+    for env, value, effective, note in rows:
+        shown = value if effective == value else f"{value} -> {effective}"
+        print(f"{env:<{width}}  {shown}" + (f"    # {note}" if note else ""))
     return 0
 
 
 def _run(args: argparse.Namespace) -> Any:
     if args.command == "config":
-        return _config()
+        return _config(args.json)
     if args.command == "vision":  # offline analysis: no settings, services or keys
         return cli_vision.run(args)
     from .config import Settings

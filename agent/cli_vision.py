@@ -47,7 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="override a detector setting (repeatable; `sightline vision settings` lists them)",
     )
     tuning.add_argument("--json", action="store_true", help="JSON lines instead of text")
-    commands.add_parser("settings", help="list the detector settings with their defaults")
+    p = commands.add_parser(
+        "settings", help="every detector setting: default, unit, valid range and meaning")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object: name -> default, unit, low, high, meaning")
     p = commands.add_parser(
         "scan", parents=[tuning], help="keep/drop decision for every sampled frame of a recording"
     )
@@ -71,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = DetectorConfig()
     if args.vision_command == "settings":
-        for name, value in config.settings().items():
-            print(f"{name}={value}")
+        _print_settings(config, as_json=args.json)
         return 0
     try:
         config = config.with_values(dict(args.settings))
@@ -83,15 +85,36 @@ def run(args: argparse.Namespace) -> int:
     return _eval(args, config)
 
 
+def _print_settings(config: DetectorConfig, *, as_json: bool) -> None:
+    from vision.change import SETTINGS
+
+    defaults = config.settings()
+    if as_json:
+        print(json.dumps({
+            name: {"default": defaults[name], "unit": s.unit, "low": s.range.low,
+                   "high": s.range.high, "low_included": not s.range.open_low,
+                   "meaning": s.meaning}
+            for name, s in SETTINGS.items()}, indent=2))
+        return
+    rows = [(f"{name}={defaults[name]}", s.unit, str(s.range), s.meaning)
+            for name, s in SETTINGS.items()]
+    header = ("NAME=DEFAULT", "UNIT", "RANGE", "MEANING")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[3])
+
+
 def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
     from vision.frames import SampledFrame, as_i420
-    from vision.scan import source_frames, summary_line, watch
+    from vision.scan import source_frames, summary_line, video_report, watch
     from vision.screen import FrameTally
     from vision.screen_text import FrameTextReader
 
     summary = FrameTally()
     reader = FrameTextReader() if args.text else None
-    for decision, frame in watch(source_frames(args.path, args.fps), args.fps, config):
+    frames = source_frames(args.path, args.fps)
+    for decision, frame in watch(frames, args.fps, config):
         summary.add(decision.as_dict())
         added = None
         if reader is not None and decision.kept and decision.change is not None:
@@ -110,7 +133,8 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             print(f"{decision.t:8.2f}s  {verdict}  {decision.reason:<17} {detail}")
             for text in added or []:
                 print(f"           + {text}")
-    result = summary_line(summary)
+    video = video_report(frames)
+    result = summary_line(summary, video)
     if args.json:
         print(json.dumps(result))
     else:
@@ -119,6 +143,8 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             f"({100 * result['reduction']:.1f}% dropped), {result['invalid']} invalid; "
             f"dropped by reason {result['dropped']}; by content type {result['by_content_type']}"
         )
+    if video is not None and video.problem():
+        print(f"warning: {video.problem()}", file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,8 @@ import sys
 
 from .config import DEFAULT_TIERS, ConfigError, Settings
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, help_text in (
@@ -17,8 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("start", "run the worker in production mode (JSON logs, graceful drain on SIGTERM)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--log-level", default=os.environ.get("LIVEKIT_LOG_LEVEL", "INFO"),
-                       help="DEBUG, INFO, WARNING or ERROR (default: LIVEKIT_LOG_LEVEL or INFO)")
+        p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                       default=os.environ.get("LIVEKIT_LOG_LEVEL", "INFO").strip().upper(),
+                       help="DEBUG, INFO, WARNING or ERROR, in any case "
+                            "(default: LIVEKIT_LOG_LEVEL or INFO)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -36,6 +40,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from .rtc_events import route_media_events
     from .worker import build_server
 
+    if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
+        raise ConfigError(f"LIVEKIT_LOG_LEVEL={args.log_level!r} is invalid: must be one of "
+                          f"{', '.join(LOG_LEVELS)}")
     settings.require_worker()
     # livekit-agents watches every event loop of the process for blocking, waking twice every
     # 20-50 ms per loop: with a loop per session and per idle slot, that is thousands of
@@ -66,7 +73,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         _run_worker(
             server,
             proto.CliArgs(
-                log_level=args.log_level.upper(),
+                log_level=args.log_level,
                 url=settings.livekit_url,
                 api_key=settings.livekit_api_key,
                 api_secret=settings.livekit_api_secret,

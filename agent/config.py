@@ -8,7 +8,6 @@ so validation, `sightline config` and the README's table cannot drift apart. A b
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import platformdirs
+
+from vision.ranges import Range
 
 
 class ConfigError(ValueError):
@@ -32,25 +33,14 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError("must be a finite number > 0")
-    return value
+def _seconds(high: float) -> Range:
+    """A duration above zero, at most `high` seconds."""
+    return Range(float, 0, high, open_low=True)
 
 
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+_THRESHOLD = Range(float, 0, 1)
+_MAX_TOKENS = Range(int, 1, 65536)
+_TIER_FORMAT = "provider:model:threshold:max_tokens"
 
 
 @dataclass(frozen=True)
@@ -67,17 +57,26 @@ class Tier:
 
 
 def parse_tiers(raw: str) -> tuple[Tier, ...]:
-    """`provider:model:threshold:max_tokens`, comma-separated, cheapest first."""
+    """`provider:model:threshold:max_tokens`, comma-separated, cheapest first. An error names
+    the tier (counted from 0) and which of its fields is wrong."""
     tiers = []
     for index, part in enumerate(p.strip() for p in raw.split(",")):
         fields = [f.strip() for f in part.split(":")]
-        if len(fields) != 4 or not fields[1]:
-            raise ValueError(f"tier {index} must be provider:model:threshold:max_tokens, "
-                             f"got {part!r}")
-        threshold = float(fields[2])
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"tier {index}: threshold must be between 0 and 1")
-        tiers.append(Tier(_provider(fields[0]), fields[1], threshold, _positive_int(fields[3])))
+        if len(fields) != 4:
+            raise ValueError(f"tier {index} {part!r} must be {_TIER_FORMAT} "
+                             f"(4 fields, got {len(fields)})")
+        values: list[Any] = []
+        for name, parse, value in zip(
+            _TIER_FORMAT.split(":"), (_provider, _text, _THRESHOLD, _MAX_TOKENS), fields,
+            strict=True,
+        ):
+            try:
+                values.append(parse(value))
+            except ValueError as exc:
+                raise ValueError(f"tier {index} {name} {value!r} {exc}") from None
+            if name == "model" and not values[-1]:
+                raise ValueError(f"tier {index} model is empty ({_TIER_FORMAT})")
+        tiers.append(Tier(*values))
     return tuple(tiers)
 
 
@@ -95,11 +94,7 @@ def _on_off(raw: str) -> bool:
     return _choice("on", "off")(raw) == "on"
 
 
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 65535:
-        raise ValueError("must be a TCP port (0-65535)")
-    return value
+_PORT = Range(int, 0, 65535)
 
 
 _provider = _choice(*PROVIDERS)
@@ -126,7 +121,10 @@ def _postgres_url(raw: str) -> str:
 
 
 def _path(raw: str) -> Path:
-    return Path(raw).expanduser()
+    try:
+        return Path(raw.strip()).expanduser()
+    except RuntimeError:  # `~someone` naming no user
+        raise ValueError("its ~ names no home directory: write the path out") from None
 
 
 DEFAULT_TIERS = parse_tiers(
@@ -146,6 +144,7 @@ class _Field:
     help: str = ""
 
 
+_USD = Range(float, 0, 1_000_000, open_low=True)
 _DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("sightline"))
 
 _FIELDS: tuple[_Field, ...] = (
@@ -164,30 +163,31 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("tenant", "SIGHTLINE_TENANT", _text, "default", help="tenant when a job names none"),
     _Field("gemini_base_url", "SIGHTLINE_GEMINI_BASE_URL", _http_url, None),
     _Field("anthropic_base_url", "SIGHTLINE_ANTHROPIC_BASE_URL", _http_url, None),
-    _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _positive_float, 20.0),
-    _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", _non_negative_int, 1),
+    _Field("model_timeout_s", "SIGHTLINE_MODEL_TIMEOUT_S", _seconds(600), 20.0),
+    _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", Range(int, 0, 10), 1),
     _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _choice(*IMAGE_DETAILS), "medium",
         help="low | medium | high: screen image size per provider (README: Images)"),
-    _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", _positive_float, 1.0),
-    _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", _non_negative_int, 10),
+    _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", Range(float, 0, 30, open_low=True), 1.0,
+        help="screen samples per second (a screen share sends at most ~30 frames a second)"),
+    _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", Range(int, 0, 1000), 10),
     _Field("data_dir", "SIGHTLINE_DATA_DIR", _path, _DEFAULT_DATA_DIR),
     _Field("cost_log_dir", "SIGHTLINE_COST_LOG_DIR", _path, None, help="default DATA_DIR/costs"),
     _Field("prices_file", "SIGHTLINE_PRICES", _path, None, help="price table override (JSON)"),
     _Field("stt", "SIGHTLINE_STT", _text, None, help="LiveKit Inference STT, e.g. deepgram/nova-3"),
     _Field("tts", "SIGHTLINE_TTS", _text, None,
         help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
-    _Field("health_port", "SIGHTLINE_HEALTH_PORT", _port, 8081, help="worker health endpoint"),
+    _Field("health_port", "SIGHTLINE_HEALTH_PORT", _PORT, 8081, help="worker health endpoint"),
     _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
         help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: "
              "Flash-Lite > Flash > Sonnet, minus the tiers whose provider has no key"),
-    _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _positive_float, 30.0,
+    _Field("turn_deadline_s", "SIGHTLINE_TURN_DEADLINE_S", _seconds(600), 30.0,
         help="a turn's time for all its tiers"),
-    _Field("session_budget_usd", "SIGHTLINE_SESSION_BUDGET_USD", _positive_float, None,
+    _Field("session_budget_usd", "SIGHTLINE_SESSION_BUDGET_USD", _USD, None,
         help="USD per session; at 100% the cascade stops above SIGHTLINE_BUDGET_MAX_TIER"),
-    _Field("tenant_budget_usd", "SIGHTLINE_TENANT_BUDGET_USD", _positive_float, None,
+    _Field("tenant_budget_usd", "SIGHTLINE_TENANT_BUDGET_USD", _USD, None,
         help="USD per tenant per UTC day, across sessions"),
-    _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", _non_negative_int, 0,
-        help="highest cascade tier once a budget is used up"),
+    _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", Range(int, 0, 9), 0,
+        help="highest cascade tier once a budget is used up; below the cascade's tier count"),
     _Field("embeddings", "SIGHTLINE_EMBEDDINGS", _choice("offline", "gemini", "auto"), "auto",
         help="offline | gemini | auto (gemini when GOOGLE_API_KEY is set)"),
     _Field("reranker", "SIGHTLINE_RERANKER", _choice("off", "cohere"), "off",
@@ -196,29 +196,30 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("cohere_base_url", "SIGHTLINE_COHERE_BASE_URL", _http_url, None),
     _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
-    _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", _non_negative_int, 0,
+    _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", Range(int, 0, 10000), 0,
         help="sessions one worker hosts; 0: 8 per CPU core it may use (README: Many "
              "sessions per worker)"),
-    _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", _non_negative_int, 0,
+    _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", Range(int, 0, 2**24), 0,
         help="memory a worker may fill before it refuses jobs; 0: 80% of the machine's "
              "(or its container's) memory"),
-    _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _positive_float, 15.0,
+    _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _seconds(3600), 15.0,
         help="a session whose event loop has not turned for this long is ended"),
-    _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _port, 8082,
+    _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _PORT, 8082,
         help="where LiveKit's webhooks reach the worker, to dispatch the agent again to a room "
              "whose worker was lost (README: Deployment); 0: off"),
     _Field("screen_text", "SIGHTLINE_SCREEN_TEXT", _on_off, True,
         help="on | off: read the text that appears on screen (local OCR) into the timeline"),
-    _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", _positive_int, 1,
+    _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", Range(int, 1, 64), 1,
         help="threads reading screen text, shared by a process's sessions"),
     _Field("image_policy", "SIGHTLINE_IMAGE_POLICY", _choice(*IMAGE_POLICIES), "changed",
         help="changed | always: send the screen image only when it changed since the last "
              "one the model saw, or on every turn"),
     _Field("proactive", "SIGHTLINE_PROACTIVE", _on_off, False,
         help="on | off: offer help, unasked, once per new error that appears on screen"),
-    _Field("frame_archive_mb", "SIGHTLINE_FRAME_ARCHIVE_MB", _non_negative_int, 100,
+    _Field("frame_archive_mb", "SIGHTLINE_FRAME_ARCHIVE_MB", Range(int, 0, 2**20), 100,
         help="MB of kept frames per session on disk, for earlier_screen; 0: none"),
-    _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS", _positive_float, 7.0,
+    _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS",
+        Range(float, 0, 3650, open_low=True), 7.0,
         help="days a session's archived frames are kept"),
 )
 
@@ -279,6 +280,12 @@ class Settings:
         usable = tuple(t for t in DEFAULT_TIERS if self.key_for(t.provider))
         return usable or DEFAULT_TIERS
 
+    def embeddings_in_use(self) -> str:
+        """What SIGHTLINE_EMBEDDINGS resolves to: `auto` is Gemini when its key is set."""
+        if self.embeddings == "auto":
+            return "gemini" if self.gemini_api_key else "offline"
+        return self.embeddings
+
     def key_for(self, provider: str) -> str | None:
         return self.gemini_api_key if provider == "gemini" else self.anthropic_api_key
 
@@ -298,7 +305,27 @@ class Settings:
             except ValueError as exc:
                 shown = "***" if field.secret else repr(raw)
                 raise ConfigError(f"{field.env}={shown} is invalid: {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_together()
+        return settings
+
+    def _check_together(self) -> None:
+        """What each value alone cannot tell: a budget tier the cascade has, and directories
+        Sightline can create and write (checked, not created: `config` changes nothing)."""
+        tiers = len(self.cascade_tiers())
+        if self.budget_max_tier >= tiers:
+            raise ConfigError(
+                f"SIGHTLINE_BUDGET_MAX_TIER={self.budget_max_tier} is invalid: the cascade has "
+                f"{tiers} tiers, numbered 0 to {tiers - 1}; set one of those")
+        data_env = f"SIGHTLINE_DATA_DIR={str(self.data_dir)!r}"
+        cost_env = f"SIGHTLINE_COST_LOG_DIR={str(self.cost_log_dir)!r}"
+        for shown, what, path in (
+            (data_env, "data directory", self.data_dir),
+            (cost_env if self.cost_log_dir else data_env, "cost log directory", self.costs_dir),
+        ):
+            problem = _unusable_dir(path)
+            if problem:
+                raise ConfigError(f"{shown} is invalid: the {what} {str(path)!r} {problem}")
 
     @property
     def costs_dir(self) -> Path:
@@ -309,15 +336,24 @@ class Settings:
         return self.data_dir / "frames"
 
     def require_worker(self) -> None:
-        """Check what a live worker needs beyond the defaults: LiveKit and the provider's key."""
+        """Check what a live worker needs beyond the defaults: LiveKit and the provider's key.
+        With SIGHTLINE_TIERS unset either key alone is a usable cascade, so a missing key is
+        only an error when neither is set, and the message says which keys run which tiers."""
         for env in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
             if not getattr(self, _by_env(env).name):
                 raise ConfigError(f"{env} is required to run the worker (README: Configuration)")
+        if not self.tiers and not (self.gemini_api_key or self.anthropic_api_key):
+            raise ConfigError(
+                "no model key is set: GOOGLE_API_KEY alone runs Flash-Lite > Flash, "
+                "ANTHROPIC_API_KEY alone runs Sonnet, both run all three; or set "
+                "SIGHTLINE_TIERS to tiers of a provider whose key you have "
+                "(`sightline replay` runs the fixtures without any key; README: Configuration)")
         for index, tier in enumerate(self.cascade_tiers()):
             if not self.key_for(tier.provider):
-                key_env = "GOOGLE_API_KEY" if tier.provider == "gemini" else "ANTHROPIC_API_KEY"
-                where = f"tier {index} ({tier})" if self.tiers else "the default cascade"
-                raise ConfigError(f"{key_env} is required by {where} (README: Configuration)")
+                key_env = _KEY_ENV[tier.provider]
+                raise ConfigError(
+                    f"{key_env} is required by tier {index} ({tier}) of SIGHTLINE_TIERS: set "
+                    f"{key_env}, or leave that tier out (README: Configuration)")
         if self.reranker == "cohere" and not self.cohere_api_key:
             raise ConfigError("COHERE_API_KEY is required by SIGHTLINE_RERANKER=cohere "
                               "(README: Configuration)")
@@ -340,8 +376,31 @@ class Settings:
                 shown = ",".join(map(str, value))
             else:
                 shown = str(value)
-            rows.append((field.env, shown, field.help))
+            limits = f"range {field.parse}" if isinstance(field.parse, Range) else ""
+            note = "; ".join(part for part in (field.help, limits) if part)
+            rows.append((field.env, shown, note))
         return rows
+
+
+_KEY_ENV = {"gemini": "GOOGLE_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def _unusable_dir(path: Path) -> str | None:
+    """Why `path` cannot be a directory this process writes, or None: it, or the nearest part
+    of it that exists (where it would be created), must be a writable directory."""
+    try:
+        existing = path.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            what = ("is a file" if existing == path.absolute()
+                    else f"cannot be created: {str(existing)!r} is a file")
+            return f"{what}: point the variable at a directory, or move the file away"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"is not writable by this user ({str(existing)!r}): choose another directory"
+    except (OSError, ValueError) as exc:
+        return f"cannot be checked ({exc}): point the variable at a usable directory"
+    return None
 
 
 def _by_env(env: str) -> _Field:

@@ -180,7 +180,7 @@ def test_settings_override_by_name_and_refuse_unknown_names() -> None:
     assert config.settings()["pixel_threshold"] == 30
     with pytest.raises(ValueError, match="unknown detector setting 'bogus'"):
         DetectorConfig().with_values({"bogus": "1"})
-    with pytest.raises(ValueError, match="needs a number"):
+    with pytest.raises(ValueError, match="min_changed_px='many' is invalid"):
         DetectorConfig().with_values({"min_changed_px": "many"})
     with pytest.raises(ValueError, match="unknown detector setting 'types'"):
         DetectorConfig().with_values({"types": "1"})

@@ -17,6 +17,8 @@ import pytest
 from conftest import run_cli
 from synthetic_screen import Desk, write_recording
 
+from vision.change import SETTINGS, DetectorConfig
+
 FPS = 2
 
 
@@ -95,7 +97,15 @@ async def test_scan_a_directory_of_frames_with_a_corrupt_one(tmp_path: Path) -> 
     [
         (["vision", "scan", "/nope/screen.webm"], "/nope/screen.webm: no such file"),
         (["vision", "scan", "{rec}", "--set", "bogus=1"], "unknown detector setting 'bogus'"),
-        (["vision", "scan", "{rec}", "--set", "pixel_threshold=x"], "needs a number"),
+        (["vision", "scan", "{rec}", "--set", "pixel_threshold=x"],
+         "pixel_threshold='x' is invalid: must be a whole number in [1, 254]"),
+        (["vision", "scan", "{rec}", "--set", "pixel_threshold=-5"],
+         "pixel_threshold='-5' is invalid: must be a whole number in [1, 254]"),
+        (["vision", "scan", "{rec}", "--set", "typing_max_wait=nan"],
+         "typing_max_wait='nan' is invalid: must be a number in [0, 3600]"),
+        (["vision", "eval", "{rec}", "--set", "video_min_share=inf"],
+         "video_min_share='inf' is invalid: must be a number in [0, 1]"),
+        (["vision", "scan", "{rec}", "--fps", "0"], "argument --fps: must be a number in (0, 60]"),
         (["vision", "eval", "/nope"], "/nope: no such file or directory"),
         (["vision", "eval", "{rec}", "--systems", "phash_fixed10"], "must include sightline"),
     ],
@@ -109,12 +119,35 @@ async def test_bad_input_exits_2_with_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
-async def test_settings_lists_every_tunable() -> None:
+async def test_settings_lists_every_tunable_with_unit_range_and_meaning() -> None:
     code, out, err = await sightline("vision", "settings")
     assert code == 0, err
-    names = {line.split("=")[0] for line in out.splitlines()}
-    assert {"pixel_threshold", "video_interval", "phash_code", "video_min_share",
-            "docs_min_laplacian"} <= names
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME=DEFAULT", "UNIT", "RANGE", "MEANING"]
+    by_name = {row.split("=")[0]: row for row in rows}
+    assert set(by_name) == set(DetectorConfig().settings())
+    assert "pixel_threshold=10" in by_name["pixel_threshold"]
+    assert "luma levels" in by_name["pixel_threshold"] and "[1, 254]" in by_name["pixel_threshold"]
+    assert "seconds" in by_name["video_interval"] and "(0, 3600]" in by_name["video_interval"]
+
+    code, out, err = await sightline("vision", "settings", "--json")
+    assert code == 0, err
+    settings = json.loads(out)
+    assert settings["typing_max_wait"] == {
+        "default": 8.0, "unit": "seconds", "low": 0, "high": 3600, "low_included": True,
+        "meaning": "typing is kept when the line is done, or after this long"}
+    for name, default in DetectorConfig().settings().items():
+        entry = settings[name]
+        assert entry["default"] == default and entry["meaning"] and entry["unit"]
+        assert entry["low"] <= default <= entry["high"]
+
+
+def test_every_detector_setting_is_described_and_its_default_is_in_range() -> None:
+    defaults = DetectorConfig().settings()
+    assert set(SETTINGS) == set(defaults)
+    for name, default in defaults.items():
+        assert SETTINGS[name].range.contains(default), name
+        assert isinstance(default, SETTINGS[name].range.kind), name
 
 
 def write_labels(path: Path, video: Path, **extra: object) -> Path:

@@ -29,6 +29,61 @@ from .content_type import (
 from .local_change import Box, LocalChange, Motion, NoiseLimits, TileTracker
 from .luma import downscale, luma_plane, work_size
 from .phash import hamming, phash
+from .ranges import Range
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a detector setting means, its unit, and the values it may take: `--set` refuses
+    the others, so a typo cannot silently turn every sample into "video"."""
+
+    meaning: str
+    unit: str
+    range: Range
+
+
+_PHASH = Range(int, 0, 64)
+_PIXELS = Range(int, 0, 100_000)
+_SHARE = Range(float, 0, 1)
+
+# every tunable of DetectorConfig, TypeThresholds and NoiseLimits, by its `--set` name
+SETTINGS: dict[str, Setting] = {
+    "phash_code": Setting("pHash distance to the last kept frame that keeps a code screen",
+                          "bits of 64", _PHASH),
+    "phash_ui": Setting("the same, for an application UI", "bits of 64", _PHASH),
+    "phash_docs": Setting("the same, for a page of documentation", "bits of 64", _PHASH),
+    "phash_video": Setting("the same, while video plays", "bits of 64", _PHASH),
+    "min_changed_px": Setting("changed pixels outside noise that keep a frame",
+                              "work pixels", _PIXELS),
+    "video_interval": Setting("time between kept frames while video plays", "seconds",
+                              Range(float, 0, 3600, open_low=True)),
+    "video_outside_px": Setting("change beside a playing video that is kept at once",
+                                "work pixels", _PIXELS),
+    "typing_max_tiles": Setting("a change this small, moving along one line, is typing",
+                                "tiles", Range(int, 0, 10_000)),
+    "typing_max_wait": Setting("typing is kept when the line is done, or after this long",
+                               "seconds", Range(float, 0, 3600)),
+    "video_min_share": Setting("screen moving in each of the last 3 samples that makes video",
+                               "share of the screen", _SHARE),
+    "video_max_edge_ratio": Setting("edge density inside the moving region below which it is "
+                                    "video (scrolling text is denser)", "ratio", _SHARE),
+    "text_min_edge_ratio": Setting("edge density below which a static screen is UI, not text",
+                                   "ratio", _SHARE),
+    "docs_min_laplacian": Setting("texture above which a text screen is documentation",
+                                  "Laplacian variance", Range(float, 0, 1e7)),
+    "pixel_threshold": Setting("luma difference that counts a pixel as changed; 0 would "
+                               "count encoder noise, 255 nothing", "luma levels",
+                               Range(int, 1, 254)),
+    "volatile_changes": Setting("changes within the last 8 samples that make a tile volatile "
+                                "(a clock, a spinner)", "changes", Range(int, 1, 8)),
+    "volatile_max_tiles": Setting("a larger group of volatile tiles is content, not a widget",
+                                  "tiles", Range(int, 0, 10_000)),
+    "tiny_width_px": Setting("a pointer or text cursor fits in this box: its width",
+                             "screen pixels", _PIXELS),
+    "tiny_height_px": Setting("the same box's height", "screen pixels", _PIXELS),
+    "line_height_px": Setting("what moved fits one line of text (typing)", "screen pixels",
+                              Range(int, 1, 100_000)),
+}
 
 
 @dataclass(frozen=True)
@@ -57,18 +112,21 @@ class DetectorConfig:
         }[content]
 
     def with_values(self, values: dict[str, str]) -> DetectorConfig:
-        """A copy with fields set by name (nested ones too: `pixel_threshold`, `video_motion`)."""
+        """A copy with settings set by name (nested ones too: `pixel_threshold`); ValueError,
+        one line naming the setting, the value and its range, for a value outside `SETTINGS`."""
         top: dict[str, object] = {}
         nested: dict[str, dict[str, object]] = {"types": {}, "noise": {}}
         for name, raw in values.items():
-            for group, target in (("types", self.types), ("noise", self.noise)):
-                if name in {f.name for f in dataclasses.fields(target)}:
-                    nested[group][name] = _parse_like(getattr(target, name), name, raw)
-                    break
-            else:
-                if name not in {f.name for f in dataclasses.fields(self)} or name in nested:
-                    raise ValueError(f"unknown detector setting {name!r}")
-                top[name] = _parse_like(getattr(self, name), name, raw)
+            if name not in SETTINGS:
+                raise ValueError(f"unknown detector setting {name!r} "
+                                 "(`sightline vision settings` lists them)")
+            try:
+                value = SETTINGS[name].range.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"detector setting {name}={raw!r} is invalid: {exc}") from None
+            group = next((g for g, target in (("types", self.types), ("noise", self.noise))
+                          if name in {f.name for f in dataclasses.fields(target)}), None)
+            (nested[group] if group else top)[name] = value
         return dataclasses.replace(
             self,
             types=dataclasses.replace(self.types, **nested["types"]),  # type: ignore[arg-type]
@@ -79,13 +137,6 @@ class DetectorConfig:
     def settings(self) -> dict[str, float]:
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("types", "noise")}
         return {**flat, **dataclasses.asdict(self.types), **dataclasses.asdict(self.noise)}
-
-
-def _parse_like(current: object, name: str, raw: str) -> int | float:
-    try:
-        return int(raw) if isinstance(current, int) else float(raw)
-    except ValueError:
-        raise ValueError(f"{name} needs a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,240 @@
+"""Bad command-line and environment input: one line naming the input and what to do, exit 2.
+
+Protects (issue 14, CLI and configuration): a data or cost-log directory that cannot be one, a
+log level that is not one, absurd numbers (out of range, NaN, infinite), a budget tier the
+cascade lacks, blank tenant or user names, a price table that cannot be read; `sightline config`
+shows the cascade and what `auto` settings resolve to, also as JSON; every option of the
+commands here has help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from agent.cli import _parser
+from agent.config import ConfigError, Settings
+
+GOOGLE_KEY = "AIzaSy-google-secret-value-1234"
+
+
+def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Nothing from the developer's shell: only what the test sets."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+            "LANG": "C.UTF-8", "SIGHTLINE_DATA_DIR": str(tmp_path / "data"), **extra}
+
+
+def one_line(code: int, out: str, err: str) -> str:
+    """The single stderr line of a fixable error (exit 2, nothing on stdout, no traceback)."""
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def untouched(a_file: Path) -> bool:
+    return not (a_file / "sub").exists() and a_file.read_text() == "not a directory"
+
+
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "in-the-way"
+    path.write_text("not a directory")
+    return path
+
+
+@pytest.mark.parametrize("variable", ["SIGHTLINE_DATA_DIR", "SIGHTLINE_COST_LOG_DIR"])
+@pytest.mark.parametrize("under_file", [False, True])
+@pytest.mark.parametrize("command", [["config"], ["costs"]])
+async def test_a_directory_setting_that_is_a_file_is_one_line(
+    tmp_path: Path, a_file: Path, variable: str, under_file: bool, command: list[str]
+) -> None:
+    path = a_file / "sub" if under_file else a_file
+    line = one_line(*await run_cli(*command, env=bare_env(tmp_path, **{variable: str(path)})))
+    assert line.startswith(f"sightline: {variable}='{path}' is invalid")
+    assert f"'{a_file}' is a file" in line or "is a file:" in line
+    assert "point the variable at a directory" in line
+    assert untouched(a_file)
+
+
+def test_an_unset_cost_log_dir_names_the_data_dir(tmp_path: Path) -> None:
+    """Cost logs go to DATA_DIR/costs by default: a file there is the data dir's problem."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "costs").write_text("")
+    with pytest.raises(ConfigError, match=r"^SIGHTLINE_DATA_DIR=.* cost log directory .*costs"):
+        Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data")})
+
+
+def test_directories_that_do_not_exist_yet_are_fine_and_not_created(tmp_path: Path) -> None:
+    settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "a" / "b"),
+                                  "SIGHTLINE_COST_LOG_DIR": str(tmp_path / "c")})
+    assert settings.costs_dir == tmp_path / "c"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "shown"),
+    [
+        (["dev", "--log-level", "LOUD"], {}, "--log-level: invalid choice: 'LOUD'"),
+        (["start"], {"LIVEKIT_LOG_LEVEL": "loud"}, "LIVEKIT_LOG_LEVEL='LOUD' is invalid"),
+    ],
+)
+async def test_a_log_level_that_is_not_one_is_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], shown: str
+) -> None:
+    """With everything else a worker needs set, the bad level is what stops it, at once."""
+    worker = {"LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_KEY": "k",
+              "LIVEKIT_API_SECRET": "s", "GOOGLE_API_KEY": GOOGLE_KEY,
+              "SIGHTLINE_HEALTH_PORT": "0", "SIGHTLINE_WEBHOOK_PORT": "0"}
+    line = one_line(*await run_cli(*args, env=bare_env(tmp_path, **worker, **env)))
+    assert shown in line
+    assert not (tmp_path / "data").exists()
+
+
+async def test_log_level_is_accepted_in_any_case() -> None:
+    args = _parser().parse_args(["start", "--log-level", "debug"])
+    assert args.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("SIGHTLINE_SAMPLE_FPS", "500", "(0, 30]"),
+        ("SIGHTLINE_SAMPLE_FPS", "nan", "(0, 30]"),
+        ("SIGHTLINE_MODEL_TIMEOUT_S", "inf", "(0, 600]"),
+        ("SIGHTLINE_TURN_DEADLINE_S", "-inf", "(0, 600]"),
+        ("SIGHTLINE_SESSION_BUDGET_USD", "NaN", "(0, 1000000]"),
+        ("SIGHTLINE_TENANT_BUDGET_USD", "1e400", "(0, 1000000]"),
+        ("SIGHTLINE_MODEL_RETRIES", "1000000", "[0, 10]"),
+        ("SIGHTLINE_OCR_THREADS", "0", "[1, 64]"),
+        ("SIGHTLINE_HEALTH_PORT", "65536", "[0, 65535]"),
+        ("SIGHTLINE_FRAME_RETENTION_DAYS", "0", "(0, 3650]"),
+        ("SIGHTLINE_HISTORY_MESSAGES", "9" * 5000, "[0, 1000]"),
+    ],
+)
+def test_absurd_numbers_name_the_variable_value_and_range(
+    variable: str, value: str, accepted: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: value})
+    message = str(info.value)
+    assert message.startswith(f"{variable}={value!r} is invalid: must be ")
+    assert message.endswith(f"in {accepted}")
+
+
+@pytest.mark.parametrize(("keys", "tiers"), [({"GOOGLE_API_KEY": GOOGLE_KEY}, 2),
+                                             ({"ANTHROPIC_API_KEY": "a-key"}, 1)])
+def test_a_budget_tier_the_cascade_lacks_is_refused(keys: dict[str, str], tiers: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**keys, "SIGHTLINE_BUDGET_MAX_TIER": "7"})
+    assert str(info.value) == (f"SIGHTLINE_BUDGET_MAX_TIER=7 is invalid: the cascade has {tiers} "
+                               f"tiers, numbered 0 to {tiers - 1}; set one of those")
+    top = Settings.from_env({**keys, "SIGHTLINE_BUDGET_MAX_TIER": str(tiers - 1)})
+    assert top.budget_max_tier == tiers - 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("gemini:flash:0.5:100,anthropic:sonnet:high:100", "tier 1 threshold 'high' must be"),
+        ("gemini:flash:nan:100", "tier 0 threshold 'nan' must be a number in [0, 1]"),
+        ("gemini:flash:0.5:lots", "tier 0 max_tokens 'lots' must be a whole number"),
+        ("gemini:flash:0.5:100,openai:gpt:0.5:100", "tier 1 provider 'openai' must be one of"),
+        ("gemini:flash:0.5:100,gemini: :0.5:100", "tier 1 model is empty"),
+        ("gemini:flash:0.5", "tier 0 'gemini:flash:0.5' must be provider:model:threshold:"),
+    ],
+)
+def test_tier_errors_name_the_tier_and_its_field(spec: str, named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIGHTLINE_TIERS": spec})
+    assert str(info.value).startswith(f"SIGHTLINE_TIERS={spec!r} is invalid: {named}")
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t", "a\nb"])
+@pytest.mark.parametrize("option", ["--tenant", "--user"])
+async def test_memory_refuses_blank_tenant_and_user(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    names = {"--tenant": "acme", "--user": "dev-1", option: value}
+    args = [part for pair in names.items() for part in pair]
+    line = one_line(*await run_cli("memory", "show", *args, env=bare_env(tmp_path)))
+    assert f"argument {option}: must be a non-empty printable name" in line
+    assert not (tmp_path / "data").exists()  # refused before any database is started
+
+
+async def test_config_shows_the_effective_cascade_and_resolves_auto(tmp_path: Path) -> None:
+    env = bare_env(tmp_path, GOOGLE_API_KEY=GOOGLE_KEY, SIGHTLINE_MAX_SESSIONS="3")
+    code, out, err = await run_cli("config", env=env)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert ("(unset) -> gemini:gemini-2.5-flash-lite:0.7:512 > gemini:gemini-2.5-flash:0.7:512"
+            in lines["SIGHTLINE_TIERS"])
+    assert "auto -> gemini" in lines["SIGHTLINE_EMBEDDINGS"]
+    assert f"(unset) -> {tmp_path / 'data' / 'costs'}" in lines["SIGHTLINE_COST_LOG_DIR"]
+    assert "SIGHTLINE_MAX_SESSIONS          3    #" in lines["SIGHTLINE_MAX_SESSIONS"]
+    assert "0 -> " in lines["SIGHTLINE_WORKER_MEMORY_MB"]
+    assert GOOGLE_KEY not in out + err
+
+    code, out, err = await run_cli("config", "--json", env=bare_env(tmp_path))
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["SIGHTLINE_EMBEDDINGS"] == {
+        "value": "auto", "effective": "offline", "note": shown["SIGHTLINE_EMBEDDINGS"]["note"]}
+    tiers = shown["SIGHTLINE_TIERS"]
+    assert tiers["value"] == "(unset)"
+    assert tiers["effective"].startswith("gemini:gemini-2.5-flash-lite:0.7:512 > ")
+    assert "no model key" in tiers["effective"]
+    assert shown["SIGHTLINE_SAMPLE_FPS"]["note"].endswith("range (0, 30]")
+    assert int(shown["SIGHTLINE_MAX_SESSIONS"]["effective"]) >= 1
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"models": {"m": {}}}'])
+async def test_config_exits_2_when_the_price_table_is_unusable(
+    tmp_path: Path, content: str | None
+) -> None:
+    prices = tmp_path / "prices.json"
+    if content is not None:
+        prices.write_text(content)
+    line = one_line(*await run_cli("config", env=bare_env(tmp_path, SIGHTLINE_PRICES=str(prices))))
+    assert line.startswith("sightline: SIGHTLINE_PRICES:") and str(prices) in line
+
+
+async def test_config_names_cascade_models_without_a_price(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"models": {"claude-sonnet-4-6": {
+        "input_per_mtok": 0.3, "output_per_mtok": 2.5, "date": "2026-01-01", "source": "test"}}}))
+    code, out, err = await run_cli("config", "--json", env=bare_env(
+        tmp_path, SIGHTLINE_PRICES=str(prices), GOOGLE_API_KEY=GOOGLE_KEY))
+    assert code == 0, err
+    assert json.loads(out)["SIGHTLINE_PRICES"]["effective"] == (
+        f"{prices} (no price for gemini-2.5-flash, gemini-2.5-flash-lite)")
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[
+        tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _commands(sub, (*path, name))
+    return found
+
+
+OWNED = ("config", "dev", "start", "vision", "memory", "screen")
+
+
+def test_every_option_of_these_commands_has_help() -> None:
+    missing = [
+        f"{' '.join(path)} {action.dest}"
+        for path, parser in _commands(_parser()) if path and path[0] in OWNED
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+        and not isinstance(action, argparse._SubParsersAction)
+    ]
+    assert missing == []
