@@ -22,21 +22,29 @@ test: $(STAMP) $(LIVEKIT_SERVER)
 
 install: $(STAMP)
 
+# First in every recipe that installs with $(PYTHON): one line, before any long step, when it
+# is not 3.11 (also when uv is already cached and would otherwise fail on its own terms).
+define require_python
+@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+  echo "Sightline needs Python 3.11 as '$(PYTHON)' (found: $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; \
+  exit 1; }
+endef
+
 $(UV):
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
-	  echo "Sightline needs Python 3.11 as '$(PYTHON)' (found: $$($(PYTHON) --version 2>&1)); set PYTHON=/path/to/python3.11"; \
-	  exit 1; }
+	$(require_python)
 	$(PYTHON) -m venv $(dir $(UV))..
 	$(dir $(UV))python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 # Everything for development: the runtime, the eval extra and the dev group, exactly as locked.
 $(STAMP): pyproject.toml uv.lock | $(UV)
+	$(require_python)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --python $(PYTHON) --quiet
 	touch $@
 
 # The runtime set alone (what the worker image installs), in $(RUNTIME_VENV): to measure it.
 RUNTIME_VENV ?= build/runtime-venv
 runtime: | $(UV)
+	$(require_python)
 	UV_PROJECT_ENVIRONMENT=$(RUNTIME_VENV) UV_PYTHON_DOWNLOADS=never \
 	  $(UV) sync --locked --no-dev --no-editable --python $(PYTHON) --quiet
 

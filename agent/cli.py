@@ -56,7 +56,14 @@ class _Parser(argparse.ArgumentParser):
     and status 2 (argparse's own puts the whole usage above it). Subcommands inherit it."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists what it accepts)\n")
+        hint = f"(`{self.prog} --help` lists what it accepts)"
+        self.exit(2, f"{self.prog}: {one_line(message)} {hint}\n")
+
+
+def one_line(text: str) -> str:
+    """`text` with the characters that would break or garble a line (newlines, controls, that
+    a user's input may hold) written as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +104,9 @@ def _config(as_json: bool) -> int:
         else f"embedded Postgres in {settings.data_dir / 'pgdata'}",
         "SIGHTLINE_TIERS": " > ".join(map(str, tiers))
         + (" (no model key: `dev`/`start` need one; replay runs without)" if keyless else ""),
-        "SIGHTLINE_EMBEDDINGS": settings.embeddings_in_use(),
+        "SIGHTLINE_EMBEDDINGS": settings.embeddings_in_use()
+        + (" (a tenant whose knowledge is stored with the other keeps that)"
+           if settings.embeddings == "auto" else ""),
         "SIGHTLINE_COST_LOG_DIR": str(settings.costs_dir),
         "SIGHTLINE_PRICES": str(prices.path)
         + (f" (no price for {', '.join(unpriced)})" if unpriced else ""),
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not _is_user_error(exc):
             raise
-        print(f"sightline: {exc}", file=sys.stderr)
+        print(f"sightline: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -224,6 +224,10 @@ _FIELDS: tuple[_Field, ...] = (
 )
 
 
+# each numeric variable's documented valid range (README: Configuration; `sightline config`)
+RANGES: dict[str, Range] = {f.env: f.parse for f in _FIELDS if isinstance(f.parse, Range)}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Effective configuration. Build it with `Settings.from_env()`."""

@@ -15,6 +15,7 @@ saying when meaningful changes happened. Every detector sees the same 1 FPS samp
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,7 +83,14 @@ def _spans(raw: Any, key: str, where: Path) -> tuple[Span, ...]:
         raise LabelError(f"{where}: bad {key!r} entry ({exc!r})") from None
     if any(s.end < s.start for s in spans):
         raise LabelError(f"{where}: a {key!r} span ends before it starts")
+    _require_times(where, key, [x for s in spans for x in (s.start, s.end)])
     return spans
+
+
+def _require_times(where: Path, what: str, seconds: list[float]) -> None:
+    """A time on the recording is a finite number of seconds from its start, never negative."""
+    if not all(math.isfinite(x) and x >= 0 for x in seconds):
+        raise LabelError(f"{where}: {what} must be finite numbers of seconds >= 0")
 
 
 def _text(event: dict[str, Any], where: Path) -> tuple[str, ...]:
@@ -98,10 +106,12 @@ def load_labels(path: Path) -> LabelledSession:
         events = tuple(Event(float(e["t"]), str(e["kind"]), _text(e, path))
                        for e in raw["events"])
         video = path.parent / str(raw["video"])
+        duration = float(raw.get("duration", 0.0))
     except (OSError, json.JSONDecodeError) as exc:
         raise LabelError(f"{path}: cannot read labels ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise LabelError(f"{path}: missing or bad field ({exc!r})") from None
+    _require_times(path, "'duration' and the events' 't'", [duration, *(e.t for e in events)])
     unknown = sorted({e.kind for e in events} - set(EVENT_KINDS))
     if unknown:
         raise LabelError(f"{path}: unknown event kinds {unknown}; known: {list(EVENT_KINDS)}")
@@ -114,7 +124,7 @@ def load_labels(path: Path) -> LabelledSession:
         events=tuple(sorted(events, key=lambda e: e.t)),
         busy=_spans(raw, "busy", path),
         video_segments=_spans(raw, "video_segments", path),
-        duration=float(raw.get("duration", 0.0)),
+        duration=duration,
     )
 
 

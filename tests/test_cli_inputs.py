@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from agent.cli import _parser
 from agent.config import ConfigError, Settings
 
 GOOGLE_KEY = "AIzaSy-google-secret-value-1234"
+ROOT = Path(__file__).parent.parent
 
 
 def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -184,8 +188,8 @@ async def test_config_shows_the_effective_cascade_and_resolves_auto(tmp_path: Pa
     code, out, err = await run_cli("config", "--json", env=bare_env(tmp_path))
     assert code == 0, err
     shown = json.loads(out)
-    assert shown["SIGHTLINE_EMBEDDINGS"] == {
-        "value": "auto", "effective": "offline", "note": shown["SIGHTLINE_EMBEDDINGS"]["note"]}
+    assert shown["SIGHTLINE_EMBEDDINGS"]["value"] == "auto"
+    assert shown["SIGHTLINE_EMBEDDINGS"]["effective"].startswith("offline (a tenant whose")
     tiers = shown["SIGHTLINE_TIERS"]
     assert tiers["value"] == "(unset)"
     assert tiers["effective"].startswith("gemini:gemini-2.5-flash-lite:0.7:512 > ")
@@ -238,3 +242,47 @@ def test_every_option_of_these_commands_has_help() -> None:
         and not isinstance(action, argparse._SubParsersAction)
     ]
     assert missing == []
+
+
+# a `python3` that is not 3.11, as `make` sees one
+OTHER_PYTHON = """#!/bin/sh
+if [ "$1" = --version ]; then echo "Python 3.13.1"; exit 0; fi
+exit 1
+"""
+
+
+def executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("uv_cached", [False, True])
+@pytest.mark.parametrize("target", ["install", "runtime"])
+def test_make_refuses_another_python_before_any_long_step(
+    tmp_path: Path, target: str, uv_cached: bool
+) -> None:
+    """Also when uv is already cached (a second checkout): the check is not uv's to make."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("Makefile", "pyproject.toml", "uv.lock"):
+        shutil.copy(ROOT / name, project)
+    python = executable(tmp_path / "bin" / "python3", OTHER_PYTHON)
+    home = tmp_path / "home"
+    uv_ran = tmp_path / "uv-ran"
+    if uv_cached:
+        uv_version = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+        assert uv_version
+        executable(home / ".cache" / "sightline" / f"uv-{uv_version[1]}" / "bin" / "uv",
+                   f"#!/bin/sh\ntouch {uv_ran}\n")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", target, f"PYTHON={python}"], cwd=project,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert proc.stdout.strip() == (f"Sightline needs Python 3.11 as '{python}' (found: Python "
+                                   "3.13.1); set PYTHON=/path/to/python3.11")
+    assert not uv_ran.exists()
+    assert sorted(p.name for p in project.iterdir()) == ["Makefile", "pyproject.toml", "uv.lock"]
