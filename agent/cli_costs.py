@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 from typing import Any
 
 from .cli_common import UserError, identifier, positive_int
@@ -18,25 +19,68 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="how many sessions to list, newest first (default 50)")
     p.add_argument("--json", action="store_true",
                    help="JSON: the list, or one session with every event")
+    p.add_argument("--close", action="store_true",
+                   help="close SESSION_ID, left open by a process that died: its summary is "
+                        "recomputed from its cost log (or its cost_events rows) and marked "
+                        "'abandoned'. Refused while the process that ran it lives (same host) "
+                        "or, from another host, until it has been idle for --idle-minutes")
+    p.add_argument("--idle-minutes", type=positive_int, default=60,
+                   help="with --close: minutes without an event after which a session that "
+                        "ran on another host counts as dead (default 60)")
+
+
+def _counts(counts: dict[str, int], unit: str = "") -> str:
+    """`{"noise": 13, "typing": 2}` as `13 noise, 2 typing`."""
+    return ", ".join(f"{n} {unit}{name}" for name, n in counts.items())
+
+
+def _dollars(cost: float | None, unpriced: bool) -> str:
+    """A cost, or `unpriced` for a model the price table does not list (never a silent $0)."""
+    return "unpriced" if unpriced else f"${cost or 0.0:.6f}"
+
+
+def _turns_line(turns: dict[str, Any]) -> str:
+    """The user turns: where they started, which tier's answer ended them, how many climbed."""
+    started = ", ".join(f"{n} at tier {t}" for t, n in turns["started_at_tier"].items())
+    answered = ", ".join(f"{n} by tier {t}" if t != "none" else f"{n} by none (every tier failed)"
+                         for t, n in turns["answered_by_tier"].items())
+    return (f"  turns: {turns['user_turns']} started ({started}); answered {answered}; "
+            f"{turns['escalated']} escalated within the turn")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as text: the same lines after a replay and from `sightline costs ID`."""
+    from .session_record import COMPLETED
+    from .session_summary import model_order
+
     frames = summary["frames"]
     lines = [
         f"Session {summary['session_id']}  tenant={summary['tenant']}  ({summary['source']})",
+    ]
+    outcome = summary.get("outcome", COMPLETED)
+    if outcome != COMPLETED:
+        lines.append(f"  ended: {outcome}" + (f" ({summary['error']})" if "error" in summary
+                                               else ""))
+    video = summary.get("video")
+    if video and video.get("problem"):
+        lines.append(f"  video: {video['problem']}")
+    lines.append(
         f"  frames: {frames['received']} received, {frames['sampled']} sampled, "
         f"{frames['kept']} kept"
-        + (f", dropped {frames['dropped']}" if frames["dropped"] else ""),
-    ]
+        + (f", dropped {_counts(frames['dropped'], 'as ')}" if frames["dropped"] else ""))
     if frames.get("by_content_type"):
         lines.append("  frames by content type: " + ", ".join(
             f"{kind} {c['kept']}/{c['sampled']} kept"
             for kind, c in frames["by_content_type"].items()))
-    for model, t in summary["by_model"].items():
+    unpriced = set(summary["unpriced_models"])
+    by_model = summary["by_model"]
+    for model in model_order(by_model, {m: t.get("tier") for m, t in by_model.items()}):
+        t = by_model[model]
         lines.append(
             f"  {model}: {t['calls']} calls ({t['errors']} failed), "
             f"{t['input_tokens']} in + {t['cached_input_tokens']} cached + "
-            f"{t['output_tokens']} out tokens, {t['images']} images, ${t['cost_usd']:.6f}"
+            f"{t['output_tokens']} out tokens, {t['images']} images, "
+            f"{_dollars(t['cost_usd'], model in unpriced)}"
         )
     cache = summary.get("prompt_cache")
     if cache and cache["prompt_tokens"]:
@@ -58,6 +102,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{screen['lines_added']} lines appeared, {screen['errors']} new errors, "
                      f"{screen['recalled']} screen events recalled; "
                      f"{screen['ocr_cpu_s']:.1f} s of OCR CPU")
+    turns = summary.get("turns", {})
+    if turns.get("user_turns"):
+        lines.append(_turns_line(turns))
     vs_top = summary.get("vs_top_tier")
     if vs_top and vs_top["savings"] is not None:
         rounds = vs_top["model_rounds"]
@@ -76,9 +123,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         crossed = ", ".join(budget["thresholds_crossed"])
         lines.append(f"  budget used up: escalation capped at tier "
                      f"{budget['escalation_capped_at_tier']} ({crossed})")
-    if summary["unpriced_models"]:
-        lines.append(f"  not priced (missing from {summary['prices']}): "
-                     + ", ".join(summary["unpriced_models"]))
+    if unpriced:
+        lines.append(f"  not priced (missing from {summary['prices']}, counted as $0 in the "
+                     "total): " + ", ".join(sorted(unpriced)))
     lines.append(f"  total: ${summary['total_cost_usd']:.6f}")
     lines.append(f"  cost log: {summary['cost_log']}")
     return "\n".join(lines)
@@ -88,6 +135,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database, masked_url
     from memory.store import Store
 
+    if args.close and not args.session_id:
+        raise UserError("--close needs the SESSION_ID to close (see `sightline costs`)")
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
         store = Store(db.pool)
@@ -96,13 +145,17 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             if session is None:
                 raise UserError(f"no session {args.session_id!r} in "
                                 f"{masked_url(db.url)}")
-            if args.json:
+            if args.close:
+                summary = await _close(store, settings, session, args.idle_minutes * 60)
+                print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+            elif args.json:
                 print(json.dumps(session, indent=2))
             elif session["summary"]:
                 print(format_summary(session["summary"]))
             else:
                 print(f"Session {session['id']} has not ended yet "
-                      f"({session['model_calls']} model calls so far).")
+                      f"({session['model_calls']} model calls so far); if the process running "
+                      f"it died, `sightline costs {session['id']} --close` closes it.")
             return 0
         sessions = await store.list_sessions(args.limit, args.tenant)
     finally:
@@ -111,12 +164,82 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(sessions, indent=2))
         return 0
     if not sessions:
-        print("No sessions yet.")
+        print(f"No sessions for tenant {args.tenant}." if args.tenant else "No sessions yet.")
         return 0
     print(f"{'session':<30} {'tenant':<12} {'source':<7} {'started (UTC)':<20} "
-          f"{'calls':>5} {'cost USD':>12}")
+          f"{'calls':>5} {'cost USD':>12}  ended")
     for s in sessions:
-        cost = f"{s['total_cost_usd']:.6f}" if s["total_cost_usd"] is not None else "(open)"
+        cost = f"{s['total_cost_usd']:.6f}" if s["total_cost_usd"] is not None else "-"
+        ended = "(open)" if s["ended_at"] is None else s["outcome"] or "completed"
         print(f"{s['id']:<30} {s['tenant']:<12} {s['source']:<7} {s['started_at'][:19]:<20} "
-              f"{s['model_calls']:>5} {cost:>12}")
+              f"{s['model_calls']:>5} {cost:>12}  {ended}")
     return 0
+
+
+async def _close(
+    store: Any, settings: Settings, session: dict[str, Any], idle_s: float,
+) -> dict[str, Any]:
+    """Close one session its process left open, unless that process may still be running it:
+    on this host, while its process id lives; from another host, until it has been idle for
+    `idle_s` (its process cannot be seen from here)."""
+    import os
+    import socket
+    import time
+
+    from memory.spill_files import event_log_path
+
+    from .pricing import BUNDLED_PRICES
+    from .session_record import ABANDONED, append_summary, read_event_log, recompute_summary
+
+    session_id = session["id"]
+    if session["ended_at"] is not None:
+        ended = session["outcome"] or "completed"
+        raise UserError(f"session {session_id} has ended already ({ended}): nothing to close")
+    path = event_log_path(settings.costs_dir, session_id)
+    local = path.is_file()
+    events = read_event_log(path) if local else await store.session_events(session_id)
+    process = next((e["detail"] for e in events if e["kind"] == "session"), {})
+    host, pid = process.get("host"), process.get("pid")
+    if host == socket.gethostname() and isinstance(pid, int):
+        if _process_lives(pid):
+            raise UserError(f"session {session_id} may still be running: its process {pid} "
+                            "lives on this host; stop that process (it closes its sessions) "
+                            "and try again")
+        ran = f"process {pid} on this host, which is gone"
+    else:
+        last = max((float(e["ts"]) for e in events), default=0.0) or datetime.fromisoformat(
+            session["started_at"]).timestamp()
+        idle = time.time() - last
+        where = f"on host {host}" if host else "elsewhere"
+        if idle < idle_s:
+            raise UserError(f"session {session_id} ran {where} and recorded an event "
+                            f"{idle / 60:.0f} min ago: it may still be running; close it from "
+                            f"that host, or once it has been idle for --idle-minutes "
+                            f"{idle_s / 60:.0f}")
+        ran = f"its process {where}, idle for {idle / 60:.0f} min"
+    summary = {
+        **recompute_summary(events, session_id=session_id, tenant=session["tenant"],
+                            source=session["source"],
+                            prices=settings.prices_file or BUNDLED_PRICES, cost_log=path),
+        "outcome": ABANDONED,
+        "error": f"closed by `sightline costs --close` (pid {os.getpid()}): {ran} had not "
+                 "closed it",
+        "recomputed_from": "cost log" if local else "cost_events",
+    }
+    if not await store.close_session(session_id, summary["total_cost_usd"], summary):
+        raise UserError(f"session {session_id} ended by itself meanwhile: nothing to close")
+    if local:
+        append_summary(path, events, summary)
+    return summary
+
+
+def _process_lives(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 from .config import Settings
@@ -20,29 +22,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Replay the fixture. Ctrl-C closes the open session (its cost log and row complete,
+    marked `interrupted`) and exits 130 after one line; any other failure closes it too."""
     from memory.db import Database
 
     from .cli_costs import format_summary
-    from .replay import replay
+    from .replay import ReplayResult, replay
     from .replay_script import load_fixture
+    from .session_record import INTERRUPTED
 
     fixture = load_fixture(args.path)
-    db = await Database.open(settings.database_url, settings.data_dir, scratch=args.fresh)
-    if db.scratch_schema is not None:
-        # its own cost logs (and spill files): nothing of other sessions is imported into it
-        settings = settings.with_overrides(
-            cost_log_dir=settings.data_dir / "replays" / db.scratch_schema)
+    result = ReplayResult(fixture=fixture.name)
     try:
-        result = await replay(fixture, settings, db)
-    finally:
-        await db.close()
+        db = await Database.open(settings.database_url, settings.data_dir, scratch=args.fresh)
+        if db.scratch_schema is not None:
+            # its own cost logs (and spill files): nothing of other sessions is imported into it
+            settings = settings.with_overrides(
+                cost_log_dir=settings.data_dir / "replays" / db.scratch_schema)
+        try:
+            await replay(fixture, settings, db, result)
+        finally:
+            await db.close()
+    except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task
+        closed = [s["session_id"] for s in result.sessions if s.get("outcome") == INTERRUPTED]
+        print(f"interrupted: session {', '.join(closed)} closed" if closed
+              else "interrupted: no session was open", file=sys.stderr)
+        return 130
     if args.json:
-        print(json.dumps({"fixture": result.fixture,
+        print(json.dumps({"fixture": result.fixture, "video": result.video,
                           "turns": [t.__dict__ for t in result.turns],
                           "sessions": result.sessions}, indent=2))
         return 0
+    problem = (result.video or {}).get("problem")
     print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
-          f"{fixture.duration_s:.1f}s)\n")
+          f"{fixture.duration_s:.1f}s)" + (f"\nwarning: {problem}" if problem else "") + "\n")
     for turn in result.turns:
         screen = "no screen"
         if turn.screen_t is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 from memory.spill_files import SpillKind, event_log_path, spill_path
 from memory.store import Store
 from memory.writer import BackgroundWriter
+
+from .config import ConfigError
 
 log = logging.getLogger("sightline.costs")
 
@@ -32,6 +35,19 @@ Listener = Callable[[Event], None]
 EVENT_LINGER_S = 1.0
 
 
+def check_log_dir(directory: Path) -> None:
+    """Make sure cost logs can be written to `directory`, before a session is opened: a session
+    must not start (and stay open in Postgres) when its cost log cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"SIGHTLINE_COST_LOG_DIR: cannot create {directory} "
+                          f"({exc.strerror or exc}); point it at a writable directory") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"SIGHTLINE_COST_LOG_DIR: {directory} is not writable; point it at a "
+                          "writable directory")
+
+
 class EventLog:
     def __init__(
         self, *, session_id: str, tenant: str, costs_dir: Path, store: Store | None,
@@ -39,7 +55,7 @@ class EventLog:
         self.session_id = session_id
         self.tenant = tenant
         self.path = event_log_path(costs_dir, session_id)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_log_dir(costs_dir)
         self._file = self.path.open("a", buffering=1)
         self._store = store
         self._writer = (

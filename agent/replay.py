@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from livekit import rtc
 from memory.db import Database
 from memory.knowledge import KnowledgeBase
 from vision.screen import ScreenWatcher
-from vision.video_file import iter_frames
+from vision.video_file import VideoFrames, VideoReport
 
 from .components import make_embedder
 from .config import Settings
@@ -31,6 +31,7 @@ from .memory_model import PURPOSE as MEMORY_PURPOSE
 from .metering import MODEL_KINDS
 from .replay_script import Fixture, FixtureResponse, FixtureTurn, TierReply
 from .session import SessionRuntime
+from .session_record import describe_failure
 from .wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
@@ -63,6 +64,7 @@ class ReplayResult:
     fixture: str
     turns: list[ReplayedTurn] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    video: dict[str, Any] | None = None  # what decoding the recording found (VideoReport)
 
 
 class _VideoFeed:
@@ -70,10 +72,20 @@ class _VideoFeed:
     frame it waits for `settle` (the screen text reader): live, the second between samples
     gives the reader that time; replay runs faster than real time and must not skip reads."""
 
-    def __init__(self, frames: Iterator[tuple[float, rtc.VideoFrame]]) -> None:
+    def __init__(self, frames: VideoFrames) -> None:
         self._frames = frames
         self._next: tuple[float, rtc.VideoFrame] | None = None
         self._done = False
+        self._reported = False
+
+    async def play(self, until: float | None, runtime: SessionRuntime) -> None:
+        """Advance to `until` (None: the end) in `runtime`'s session; the session that reaches
+        the end of the frames records what decoding found (a `video` event), so a truncated
+        or damaged recording is named in that session's cost log and summary."""
+        await self.advance(until, runtime.screen, runtime.screen_settled)
+        if self._done and not self._reported:
+            self._reported = True
+            runtime.record.events.record("video", detail=self._frames.report.as_record())
 
     async def advance(
         self, until: float | None, screen: ScreenWatcher,
@@ -92,6 +104,10 @@ class _VideoFeed:
             if screen.offer(t, frame) is not None:
                 await settle()
             self._next = None
+
+    @property
+    def report(self) -> VideoReport:
+        return self._frames.report
 
 
 def _tier_reply(tier: TierReply) -> ScriptedReply:
@@ -135,14 +151,19 @@ class _TurnScript:
         return _tier_reply(entries[index])
 
 
-async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> ReplayResult:
-    result = ReplayResult(fixture=fixture.name)
+async def replay(
+    fixture: Fixture, settings: Settings, db: Database | None,
+    result: ReplayResult | None = None,
+) -> ReplayResult:
+    """Replay `fixture`; each session's summary goes into `result` as it closes, so a caller
+    whose replay failed or was interrupted still knows which sessions it closed."""
+    result = result or ReplayResult(fixture=fixture.name)
     current = [_TurnScript(FixtureResponse("scripted"))]
 
     def serve(request: CapturedRequest) -> ScriptedReply:
         return current[0].serve(request)
 
-    feed = _VideoFeed(iter_frames(fixture.video))
+    feed = _VideoFeed(VideoFrames(fixture.video))
     async with ScriptedModelServer(replies=serve) as server:
         settings = settings.with_overrides(
             gemini_api_key="replay-needs-no-key",
@@ -167,19 +188,25 @@ async def replay(fixture: Fixture, settings: Settings, db: Database | None) -> R
                 settings, db, tenant=tenant, user_id=user,
                 source="replay", room=f"replay:{fixture.name}",
             )
-            events: list[Event] = []
-            runtime.record.events.subscribe(events.append)
             session = runtime.agent_session()
-            await session.start(runtime.agent, record=False)
-            for turn in turns:
-                await feed.advance(turn.t, runtime.screen, runtime.screen_settled)
-                current[0] = _TurnScript(turn.response, turn.memory)
-                events.clear()
-                result.turns.append(await _run_turn(session, runtime, turn, events))
-            if index == len(group_list) - 1:
-                await feed.advance(None, runtime.screen, runtime.screen_settled)
+            try:
+                events: list[Event] = []
+                runtime.record.events.subscribe(events.append)
+                await session.start(runtime.agent, record=False)
+                for turn in turns:
+                    await feed.play(turn.t, runtime)
+                    current[0] = _TurnScript(turn.response, turn.memory)
+                    events.clear()
+                    result.turns.append(await _run_turn(session, runtime, turn, events))
+                if index == len(group_list) - 1:
+                    await feed.play(None, runtime)
+            except BaseException as exc:
+                await session.aclose()
+                result.sessions.append(await runtime.close(*describe_failure(exc)))
+                raise
             await session.aclose()
             result.sessions.append(await runtime.close())
+    result.video = feed.report.as_record()
     return result
 
 

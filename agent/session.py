@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from .budget import BudgetGuard
 from .cascade import CascadeLLM
 from .components import make_embedder, make_reranker
 from .config import Settings, Tier
-from .event_log import Event
+from .event_log import Event, check_log_dir
 from .images import ImageEncoder
 from .memory_model import TierMemoryModel
 from .metering import CostMeter
@@ -46,7 +47,7 @@ from .pricing import PriceTable
 from .providers import ChatProvider, make_provider
 from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
-from .session_record import SessionRecord
+from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
 from .turn_context import TurnContext
 
@@ -87,14 +88,11 @@ class LongTermMemory:
     async def open(
         cls, settings: Settings, db: Database, store: Store, conversation: ConversationLog,
         meter: CostMeter, memory_provider: ChatProvider, memory_tier: Tier, *,
-        embedder: Embedder, tenant: str, user_id: str, session_id: str,
+        embedder: Embedder, reranker: Reranker | None, tenant: str, user_id: str,
+        session_id: str,
     ) -> LongTermMemory:
         memory = UserMemory(db.pool, embedder)
         screen = ScreenTimeline(db.pool, embedder)
-        recovery = asyncio.create_task(
-            recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
-            name="spill-recovery")
-        reranker = make_reranker(settings, record=meter.rerank_call)
         recall = TurnRecall(KnowledgeBase(db.pool, embedder, reranker), memory,
                             tenant=tenant, user_id=user_id, before_id=conversation.recall_before,
                             screen=screen)
@@ -109,6 +107,9 @@ class LongTermMemory:
                 facts=await memory.facts(tenant, user_id),
                 summary=await memory.summary(tenant, user_id),
             )
+        recovery = asyncio.create_task(
+            recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
+            name="spill-recovery")
         return cls(embedder, recall, keeper, recovery, reranker, screen)
 
     async def _finish_recovery(self) -> None:
@@ -128,6 +129,11 @@ class LongTermMemory:
     async def close_keeper(self) -> int:
         """Finish the memory updates; returns the memory rows spilled to disk."""
         return await self.keeper.close() if self.keeper is not None else 0
+
+    async def finish(self) -> None:
+        """Finish the memory updates and the spill import (a session that failed to open)."""
+        await self.close_keeper()
+        await self._finish_recovery()
 
     async def aclose(self) -> None:
         await self._finish_recovery()
@@ -165,32 +171,75 @@ class SessionRuntime:
         room: str | None = None,
         session_id: str | None = None,
     ) -> SessionRuntime:
+        """Open a session. Whatever a configuration can make fail (tiers, prices, keys, the
+        embedder, the reranker, the cost-log directory) is checked before the session's row is
+        written; whatever fails after it closes the session again, with the failure in its
+        summary, so no session is left open."""
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
-        prices = PriceTable.load(settings.prices_file)  # a bad table fails before any write
-        store = Store(db.pool) if db is not None else None
-        if store is not None:
-            await store.start_session(
-                session_id, tenant=tenant, user_id=user_id, room=room, source=source,
-                provider=tiers[0].provider, model=",".join(t.model for t in tiers),
-            )
-        budget = await _budget(settings, store, tenant)
-        record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
-                                    costs_dir=settings.costs_dir, prices=prices, store=store,
-                                    budget=budget)
+        prices = PriceTable.load(settings.prices_file)
+        check_log_dir(settings.costs_dir)
+        meters: list[CostMeter] = []  # the reranker's calls go to the record's meter, made later
+        async with AsyncExitStack() as parts:  # closes what was made if opening fails
+            providers = []
+            for tier in tiers:
+                providers.append(make_provider(settings, tier))
+                parts.push_async_callback(providers[-1].aclose)
+            embedder = reranker = None
+            if db is not None:
+                embedder = make_embedder(settings)
+                parts.push_async_callback(embedder.aclose)
+                reranker = make_reranker(settings, record=lambda call: meters[0].rerank_call(call))
+                if reranker is not None:
+                    parts.push_async_callback(reranker.aclose)
+            store = Store(db.pool) if db is not None else None
+            if store is not None:
+                await store.start_session(
+                    session_id, tenant=tenant, user_id=user_id, room=room, source=source,
+                    provider=tiers[0].provider, model=",".join(t.model for t in tiers),
+                )
+            budget = await _budget(settings, store, tenant)
+            record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
+                                        costs_dir=settings.costs_dir, prices=prices,
+                                        store=store, budget=budget)
+            meters.append(record.meter)
+            record.note_process()
+            try:
+                runtime = await cls._assemble(
+                    settings, db, store, record, parts, providers, embedder, reranker,
+                    tenant=tenant, user_id=user_id, room=room)
+            except BaseException as exc:
+                await parts.aclose()
+                await record.close(*describe_failure(exc))
+                raise
+            parts.pop_all()  # from now on `close()` closes them, in order
+        return runtime
+
+    @classmethod
+    async def _assemble(
+        cls, settings: Settings, db: Database | None, store: Store | None,
+        record: SessionRecord, parts: AsyncExitStack, providers: list[ChatProvider],
+        embedder: Embedder | None, reranker: Reranker | None, *, tenant: str, user_id: str,
+        room: str | None,
+    ) -> SessionRuntime:
+        """The session's parts, once its row and record exist; each part that needs closing
+        is put on `parts` as it is made."""
+        session_id, tiers = record.events.session_id, list(settings.cascade_tiers())
         events, meter = record.events, record.meter
-        providers = [make_provider(settings, tier) for tier in tiers]
-        embedder = make_embedder(settings) if db is not None else None
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
+        parts.push_async_callback(conversation.close)
         history = await conversation.history(user_id, settings.history_messages)
         memory = None
         if db is not None and store is not None and embedder is not None:
             memory = await LongTermMemory.open(
                 settings, db, store, conversation, meter, providers[0], tiers[0],
-                embedder=embedder, tenant=tenant, user_id=user_id, session_id=session_id)
+                embedder=embedder, reranker=reranker, tenant=tenant, user_id=user_id,
+                session_id=session_id)
+            parts.push_async_callback(memory.finish)
         screen_memory = SessionScreenMemory(
             settings, events, session_id=session_id, tenant=tenant, user_id=user_id,
             timeline=memory.screen if memory else None, spill_dir=settings.costs_dir)
+        parts.push_async_callback(screen_memory.aclose)
         screen = ScreenWatcher(
             FrameSampler(settings.sample_fps),
             lambda decision: events.record("frame", detail=decision.as_record()),
@@ -203,7 +252,7 @@ class SessionRuntime:
         tools = ScreenHistoryTools(screen, shown, screen_memory.archive, screen_memory.story)
         agent = SightlineAgent(turn_context, history, tools.tools())
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
-                           ImageEncoder(settings.image_detail), budget)
+                           ImageEncoder(settings.image_detail), record.budget)
         log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "
                  "conversation)", session_id, tenant, user_id, f" room={room}" if room else "",
                  len(history.items))
@@ -263,9 +312,10 @@ class SessionRuntime:
         if self.memory is not None and self.memory.keeper is not None:
             await self.memory.keeper.settled()
 
-    async def close(self) -> dict[str, Any]:
+    async def close(self, outcome: str = COMPLETED, error: str | None = None) -> dict[str, Any]:
         """Flush the conversation, memory and the event log; the summary is the last thing
-        written (memory updates are model calls: they are in it)."""
+        written (memory updates are model calls: they are in it), with how the session ended
+        (`outcome`, and the `error` of one that failed or was interrupted)."""
         screen_spilled = await self.screen_memory.aclose()
         spilled = await self.conversation.close()
         memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0
@@ -274,7 +324,7 @@ class SessionRuntime:
             await self.memory.aclose()
         self.record.events.record("frame_count", detail={
             "received": self.screen.stats()["received"], "failed": self.screen.frames_failed})
-        summary = await self.record.close()
+        summary = await self.record.close(outcome, error)
         if spilled:
             summary["db_spilled_messages"] = spilled
         if memory_spilled:

@@ -8,6 +8,11 @@ same record the same way.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +20,22 @@ from typing import Any
 from memory.store import Store
 
 from .budget import BudgetGuard
-from .event_log import EventLog
+from .event_log import Event, EventLog
 from .metering import CostMeter
 from .pricing import PriceTable
 from .session_summary import SessionTotals
+
+# how a session ended: by itself, on an error, on Ctrl-C / cancellation, or closed by ops after
+# its process died (`sightline costs ID --close`)
+COMPLETED, FAILED, INTERRUPTED, ABANDONED = "completed", "failed", "interrupted", "abandoned"
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """The outcome and the one-line error a session that ended on `exc` records."""
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return INTERRUPTED, "interrupted (Ctrl-C or the process was asked to stop)"
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return FAILED, f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
 
 
 @dataclass
@@ -48,6 +65,54 @@ class SessionRecord:
             summary["budget"] = self.budget.summary()
         return summary
 
-    async def close(self) -> dict[str, Any]:
-        """Flush the log and end it with the summary; returns the summary."""
-        return await self.events.close(self.summary())
+    def note_process(self) -> None:
+        """Record which process runs the session (a `session` event), so that closing a
+        session its process left open can tell whether that process still lives."""
+        self.events.record("session", detail={"host": socket.gethostname(), "pid": os.getpid()})
+
+    async def close(self, outcome: str = COMPLETED, error: str | None = None) -> dict[str, Any]:
+        """Flush the log and end it with the summary; returns the summary. `outcome` says how
+        the session ended (`failed` and `interrupted` ones carry the `error`), so a session
+        that went wrong is still closed, and says so in its summary."""
+        summary = {**self.summary(), "outcome": outcome, **({"error": error} if error else {})}
+        return await self.events.close(summary)
+
+
+def read_event_log(path: Path) -> list[Event]:
+    """A cost log's events; a line torn by a killed process is left out."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "kind" in event and "seq" in event:
+            events.append(event)
+    return events
+
+
+def recompute_summary(
+    events: list[Event], *, session_id: str, tenant: str, source: str, prices: Path,
+    cost_log: Path,
+) -> dict[str, Any]:
+    """The summary of a session that never wrote one, folded from its events (every figure
+    of a summary is a sum over them)."""
+    totals = SessionTotals(session_id=session_id, tenant=tenant, source=source, prices=prices,
+                           cost_log=cost_log)
+    for event in events:
+        if event["kind"] != "summary":
+            totals.add(event)
+    times = [float(e["ts"]) for e in events]
+    return {**totals.summary(),
+            "duration_s": round(max(times) - min(times), 2) if times else 0.0}
+
+
+def append_summary(path: Path, events: list[Event], summary: dict[str, Any]) -> None:
+    """End a cost log its process left open with `summary`, as its closing line."""
+    last = events[-1] if events else {"session_id": summary["session_id"],
+                                      "tenant": summary["tenant"], "seq": 0}
+    line = {"session_id": last["session_id"], "tenant": last["tenant"], "seq": last["seq"] + 1,
+            "ts": time.time(), "kind": "summary", "cost_usd": summary["total_cost_usd"],
+            "detail": summary}
+    with path.open("a") as file:
+        file.write(json.dumps(line) + "\n")

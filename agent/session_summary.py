@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,34 @@ _MODEL_DOLLARS = ("image_cost_usd", "image_full_resolution_cost_usd", "image_uns
                   "cost_usd")
 
 
+@dataclass
+class _UserTurn:
+    """One user turn folded from its rounds: its first round's start, its last round's answer."""
+
+    start_tier: int
+    rounds: int = 0
+    answered_tier: int | None = None
+    escalated: bool = False
+
+    def add_round(self, detail: dict[str, Any]) -> None:
+        self.rounds += 1
+        self.answered_tier = detail.get("answered_tier")
+        self.escalated |= len(detail.get("tried", [])) > 1
+
+
+def model_order(models: Iterable[str], tiers: dict[str, int | None]) -> list[str]:
+    """Models by the cascade tier they served, then by name (a reranker, with no tier, last):
+    one order for the summary wherever it is shown (Postgres' JSONB does not keep key order)."""
+    return sorted(models, key=lambda m: (tiers.get(m) is None, tiers.get(m) or 0, m))
+
+
+def _by_tier(tiers: Iterable[int | None]) -> dict[str, int]:
+    """Counts by tier in tier order, as JSON object keys ("none": no tier answered)."""
+    counts = Counter(tiers)
+    ordered = sorted(counts, key=lambda t: (t is None, t or 0))
+    return {("none" if t is None else str(t)): counts[t] for t in ordered}
+
+
 class SessionTotals:
     def __init__(
         self, *, session_id: str, tenant: str, source: str, prices: Path, cost_log: Path,
@@ -33,13 +63,15 @@ class SessionTotals:
         self._prices, self._cost_log = prices, cost_log
         self._started = time.time()
         self._by_model: dict[str, Counter[str]] = defaultdict(lambda: Counter(calls=0, errors=0))
+        self._model_tier: dict[str, int] = {}  # the lowest cascade tier each model served
         self._cache_saved = 0.0
         self._frames = FrameTally()
         self._frames_received = 0
         self._frames_failed = 0
-        self._turns: dict[str, Counter[str]] = defaultdict(Counter)
+        self._user_turns: list[_UserTurn] = []
+        self._offers = 0  # replies the agent made unasked (agent_initiated rounds)
+        self._tool_calls: Counter[str] = Counter()
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
-        self._user_turns = 0
         self._memory_calls: Counter[str] = Counter()
         self._memory_cost_usd = 0.0
         self._knowledge_hits = 0
@@ -48,6 +80,7 @@ class SessionTotals:
         self._screen: Counter[str] = Counter()
         self._ocr_cpu_ms = 0.0
         self._reader: dict[str, int] = {}
+        self._video: dict[str, Any] = {}  # a replayed recording, as decoding found it
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
 
@@ -79,36 +112,45 @@ class SessionTotals:
             self._screen["errors"] += 1
         elif kind == "screen_reader":
             self._reader = dict(detail)
+        elif kind == "video":
+            self._video = dict(detail)
 
     def _model_call(self, event: Event, detail: dict[str, Any]) -> None:
         model, cost = event["model"], event["cost_usd"]
         if cost is None:
             self._unpriced.add(model)
+        tier = detail.get("tier")
+        if isinstance(tier, int):
+            self._model_tier[model] = min(tier, self._model_tier.get(model, tier))
         totals = self._by_model[model]
         totals["calls"] += 1
         totals["errors"] += event["kind"] == "model_error"
+        # .get: events read back from Postgres lack the fields only the JSONL line carries
         for name in _MODEL_TOTALS:
-            totals[name] += event[name]
+            totals[name] += event.get(name) or 0
         for name in _MODEL_DOLLARS:
-            totals[name] += event[name] or 0.0
-        self._cache_saved += event["cache_saved_usd"] or 0.0
+            totals[name] += event.get(name) or 0.0
+        self._cache_saved += event.get("cache_saved_usd") or 0.0
         self.total_cost_usd += cost or 0.0
         if detail.get("purpose") == "memory":
             self._memory_calls["failed" if event["kind"] == "model_error" else "calls"] += 1
             self._memory_cost_usd += cost or 0.0
 
     def _turn(self, detail: dict[str, Any]) -> None:
+        """A cascade round. A user turn is the round its question started plus the rounds that
+        answer its tools' results, so every per-turn count below adds up to `user_turns`."""
         if detail.get("top_tier_cost_usd") is not None:
             self._vs_top["rounds"] += 1
             self._vs_top["cost_usd"] += detail["cost_usd"]
             self._vs_top["top_tier_cost_usd"] += detail["top_tier_cost_usd"]
-        if detail.get("reason") not in ("tool_result", "agent_initiated"):
-            self._user_turns += 1  # not the answer to a tool's result, nor an unasked offer
-        self._turns["answered_by_tier"][str(detail.get("answered_tier"))] += 1
-        self._turns["started_at_tier"][str(detail.get("start_tier"))] += 1
-        self._turns["escalated_in_turn"][str(len(detail.get("tried", [])) > 1)] += 1
-        for name in detail.get("tool_calls", []):
-            self._turns["tool_calls"][name] += 1
+        self._tool_calls.update(detail.get("tool_calls", []))
+        reason = str(detail.get("reason", ""))
+        if reason.startswith("agent_initiated"):
+            self._offers += 1
+            return
+        if not reason.startswith("tool_result") or not self._user_turns:
+            self._user_turns.append(_UserTurn(int(detail.get("start_tier") or 0)))
+        self._user_turns[-1].add_round(detail)
 
     def summary(self) -> dict[str, Any]:
         frames = self._frames
@@ -117,8 +159,10 @@ class SessionTotals:
             "duration_s": round(time.time() - self._started, 2),
             "total_cost_usd": round(self.total_cost_usd, 8),
             "by_model": {
-                model: {k: (round(v, 8) if k.endswith("_usd") else v) for k, v in totals.items()}
-                for model, totals in self._by_model.items()
+                model: {"tier": self._model_tier.get(model),
+                        **{k: (round(v, 8) if k.endswith("_usd") else v)
+                           for k, v in self._by_model[model].items()}}
+                for model in model_order(self._by_model, self._model_tier)
             },
             "frames": {
                 "received": self._frames_received,
@@ -128,7 +172,7 @@ class SessionTotals:
                 "dropped": dict(frames.dropped),
                 "by_content_type": frames.by_content_type(),
             },
-            "turns": {k: dict(v) for k, v in sorted(self._turns.items())},
+            "turns": self._turns_summary(),
             "prompt_cache": self._cache_summary(),
             "images": self._image_summary(),
             "screen": {
@@ -137,6 +181,7 @@ class SessionTotals:
                 "ocr_cpu_s": round(self._ocr_cpu_ms / 1000, 3),
                 **({"reader": self._reader} if self._reader else {}),
             },
+            **({"video": self._video} if self._video else {}),
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
@@ -150,12 +195,28 @@ class SessionTotals:
             "cost_log": str(self._cost_log),
         }
 
+    def _turns_summary(self) -> dict[str, Any]:
+        """Per user turn: the tier it started at, the tier whose answer ended it (`none`: every
+        tier failed), and how many climbed past their first tier."""
+        turns = self._user_turns
+        summary: dict[str, Any] = {
+            "user_turns": len(turns),
+            "model_rounds": sum(t.rounds for t in turns) + self._offers,
+            "agent_initiated": self._offers,
+            "started_at_tier": _by_tier(t.start_tier for t in turns),
+            "answered_by_tier": _by_tier(t.answered_tier for t in turns),
+            "escalated": sum(t.escalated for t in turns),
+        }
+        if self._tool_calls:
+            summary["tool_calls"] = dict(self._tool_calls)
+        return summary
+
     def _vs_top_summary(self) -> dict[str, Any]:
         """Answered turns' cost against answering each of them with the top tier's model (its
         price for the same tokens): what the cascade saved."""
         top = self._vs_top["top_tier_cost_usd"]
         return {
-            "user_turns": self._user_turns,
+            "user_turns": len(self._user_turns),
             "model_rounds": int(self._vs_top["rounds"]),
             "cost_usd": round(self._vs_top["cost_usd"], 8),
             "top_tier_cost_usd": round(top, 8),

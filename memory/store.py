@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -46,6 +47,28 @@ class Store:
             " WHERE id = $1",
             session_id, total_cost_usd, json.dumps(summary),
         )
+
+    async def close_session(self, session_id: str, total_cost_usd: float, summary: dict) -> bool:
+        """End a session that is still open (one whose process died without ending it);
+        False when it has ended meanwhile, so a session's own summary is never overwritten."""
+        closed = await self._pool.fetchval(
+            "UPDATE sessions SET ended_at = now(), total_cost_usd = $2, summary = $3::jsonb"
+            " WHERE id = $1 AND ended_at IS NULL RETURNING id",
+            session_id, total_cost_usd, json.dumps(summary),
+        )
+        return closed is not None
+
+    async def session_events(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's cost events in order, as its JSONL lines hold them (numbers as floats,
+        `ts` in seconds), for recomputing its summary when the JSONL file is not at hand."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM cost_events WHERE session_id = $1 ORDER BY seq", session_id)
+        return [
+            {**{k: (float(v) if isinstance(v, Decimal) else v) for k, v in dict(r).items()
+                if k != "id"},
+             "ts": r["ts"].timestamp(), "detail": json.loads(r["detail"])}
+            for r in rows
+        ]
 
     async def add_messages(
         self, session_id: str, tenant: str, rows: Sequence[dict],
@@ -149,7 +172,7 @@ class Store:
     async def list_sessions(self, limit: int = 50, tenant: str | None = None) -> list[dict]:
         rows = await self._pool.fetch(
             "SELECT s.id, s.tenant, s.user_id, s.source, s.model, s.started_at, s.ended_at,"
-            " s.total_cost_usd,"
+            " s.total_cost_usd, s.summary->>'outcome' AS outcome,"
             " (SELECT count(*) FROM cost_events c WHERE c.session_id = s.id"
             "   AND c.kind = 'model_call') AS model_calls"
             " FROM sessions s WHERE ($2::text IS NULL OR s.tenant = $2)"
@@ -168,6 +191,7 @@ class Store:
             return None
         session = _session_row(row)
         session["summary"] = json.loads(row["summary"]) if row["summary"] else None
+        session["outcome"] = (session["summary"] or {}).get("outcome")
         events = await self._pool.fetch(
             "SELECT seq, ts, kind, provider, model, input_tokens, cached_input_tokens,"
             " cache_write_tokens, output_tokens, images, latency_ms, cost_usd, detail"
@@ -197,4 +221,5 @@ def _session_row(r: asyncpg.Record) -> dict:
         "ended_at": r["ended_at"].isoformat() if r["ended_at"] else None,
         "total_cost_usd": float(r["total_cost_usd"]) if r["total_cost_usd"] is not None else None,
         "model_calls": r["model_calls"],
+        "outcome": r.get("outcome"),  # how it ended (None: still open, or ended before outcomes)
     }

@@ -18,8 +18,7 @@ from conftest import cli_env, run_cli
 
 from agent.config import ConfigError, Settings
 from agent.pricing import BUNDLED_PRICES, PriceTable, Usage
-from agent.session_record import SessionRecord
-from agent.session_summary import SessionTotals
+from agent.session_record import SessionRecord, recompute_summary
 from memory.db import Database
 from memory.store import Store
 from vision.change import ChangeDecision
@@ -238,13 +237,15 @@ async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settin
         "height": 720,
     }
     assert events[-1]["detail"] == json.loads(json.dumps(summary))
-    # the summary is a fold of the events: the same totals from the JSONL file alone
-    replayed = SessionTotals(session_id="sess_record_1", tenant="acme", source="replay",
-                             prices=BUNDLED_PRICES, cost_log=record.events.path)
-    for event in events[:-1]:
-        replayed.add(event)
-    assert {k: v for k, v in replayed.summary().items() if k != "duration_s"} == {
-        k: v for k, v in summary.items() if k not in ("duration_s", "db_spilled_events")}
+    # the summary is a fold of the events: the same totals from the JSONL file alone (what
+    # `sightline costs ID --close` writes for a session its process left open)
+    replayed = recompute_summary(events, session_id="sess_record_1", tenant="acme",
+                                 source="replay", prices=BUNDLED_PRICES,
+                                 cost_log=record.events.path)
+    assert {k: v for k, v in replayed.items() if k != "duration_s"} == {
+        k: v for k, v in summary.items()
+        if k not in ("duration_s", "db_spilled_events", "outcome")}
+    assert summary["outcome"] == "completed"
 
     # summary totals
     assert summary["total_cost_usd"] == pytest.approx(EXPECTED_TOTAL, abs=1e-8)
@@ -377,7 +378,5 @@ async def test_cli_costs_negative_limit_is_one_line(db: Database, settings: Sett
     code, _, err = await run_cli("costs", "--limit", "-1", env=env)
     assert "Traceback" not in err
     assert code == 2
-    # a usage error: argparse's usage line, then one line naming the argument
-    assert err.strip().splitlines()[-1] == (
-        "sightline costs: error: argument --limit: must be a whole number > 0, got '-1'"
-    )
+    # a usage error: one line naming the argument
+    assert "argument --limit: must be a whole number > 0, got '-1'" in err.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from .change import ChangeDetector, DetectorConfig
 from .sampler import FrameSampler
 from .screen import FrameDecision, FrameTally, ScreenWatcher
-from .video_file import VideoUnreadable, iter_frames
+from .video_file import VideoFrames, VideoReport, VideoUnreadable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -46,11 +46,17 @@ def source_frames(path: Path, fps: float) -> Iterator[tuple[float, rtc.VideoFram
         return image_frames(path, 1.0 / fps)
     if not path.exists():
         raise VideoUnreadable(f"{path}: no such file or directory")
-    return iter_frames(path)
+    return VideoFrames(path)
 
 
-def summary_line(tally: FrameTally) -> dict[str, object]:
-    """The closing JSON line of `sightline vision scan --json`."""
+def video_report(frames: Iterator[tuple[float, rtc.VideoFrame]]) -> VideoReport | None:
+    """What decoding found, when the frames came from a video file (see `VideoReport`)."""
+    return frames.report if isinstance(frames, VideoFrames) else None
+
+
+def summary_line(tally: FrameTally, video: VideoReport | None = None) -> dict[str, object]:
+    """The closing JSON line of `sightline vision scan --json`; `video` says where a damaged
+    recording's frames really end and what was skipped."""
     sampled = tally.sampled
     return {
         "summary": True,
@@ -60,6 +66,7 @@ def summary_line(tally: FrameTally) -> dict[str, object]:
         "reduction": round(1 - tally.kept / sampled, 4) if sampled else 0.0,
         "dropped": {r: n for r, n in tally.dropped.items() if r != "invalid"},
         "by_content_type": tally.by_content_type(),
+        **({"video": video.as_record()} if video is not None else {}),
     }
 
 
