@@ -198,3 +198,34 @@ async def test_eval_refuses_malformed_labels(recording: Path, tmp_path: Path) ->
     broken.write_text("{not json")
     code, _, err = await sightline("vision", "eval", str(broken))
     assert code == 2 and "broken.labels.json: cannot read labels" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"duration": "long"}, "missing or bad field (ValueError("),
+        ({"duration": None}, "missing or bad field (TypeError("),
+        ({"duration": -1}, "'duration' and the events' 't' must be finite numbers of seconds >= 0"),
+        ({"events": [{"t": "NaN", "kind": "code_line"}]}, "events' 't' must be finite"),
+        ({"busy": [{"start": -5, "end": 1}]}, "busy must be finite numbers of seconds >= 0"),
+        ({"video_segments": [{"start": 1, "end": "Infinity"}]}, "video_segments must be finite"),
+    ],
+)
+async def test_eval_refuses_label_times_that_are_not_seconds(
+    recording: Path, tmp_path: Path, extra: dict[str, object], message: str
+) -> None:
+    labels = write_labels(tmp_path / "odd.labels.json", recording, **extra)
+    labels.with_name(recording.name).symlink_to(recording)
+    code, out, err = await sightline("vision", "eval", str(labels), "--systems", "sightline")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert f"{labels}: " in err and message in err
+
+
+async def test_control_characters_in_arguments_stay_on_one_line() -> None:
+    code, out, err = await sightline("vision", "scan", "/nope/a\nb.webm")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("sightline: /nope/a\\nb.webm: no such file")
+    code, _, err = await sightline("vision", "scan", "x.webm", "--set", "a\x1b[31m=1")
+    assert code == 2 and "\x1b" not in err and len(err.strip().splitlines()) == 1
