@@ -1,44 +1,59 @@
-"""`sightline kb ingest|search|eval`: the tenant's knowledge base from the command line.
+"""`sightline kb ingest|search|list|delete|eval`: the tenant's knowledge base from the command line.
 
 `kb eval` runs the evaluation harness in `bench/` (a source checkout, with the eval extra).
+`kb ingest` exits 0 when every file was ingested, 1 when some were skipped (one line each on
+stderr) and others ingested, 2 when none could be.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_common import UserError, identifier, key_value
+from .cli_common import UserError, identifier, key_value, positive_int
 from .config import Settings
 
 if TYPE_CHECKING:
-    from memory.knowledge import KnowledgeBase
+    from memory.knowledge import Document, KnowledgeBase
 
 FUSIONS = ("rrf", "weighted")  # memory.knowledge.FUSIONS, without importing it for --help
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    kb = sub.add_parser("kb", help="the tenant's knowledge base: ingest documents, search them")
+    kb = sub.add_parser("kb", help="the tenant's knowledge base: ingest, search, list and "
+                        "delete documents")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
     p = kb_sub.add_parser("ingest", help="load Markdown, HTML, PDF and text files or folders")
     p.add_argument("paths", nargs="+", type=Path, help="files or folders to ingest")
     p.add_argument("--tenant", type=identifier,
                    required=True, help="the tenant whose knowledge base it is")
     p.add_argument("--meta", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="tag the documents (repeatable); search can filter on it")
+                   help="tag the documents (repeatable; replaces their earlier tags, which are "
+                   "kept without --meta); search can filter on it. `type` is built in")
     p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
-    p.add_argument("query", help="the question or words to look for")
+    p.add_argument("query", type=_query, help="the question or words to look for")
     p.add_argument("--tenant", type=identifier,
                    required=True, help="search this tenant's knowledge only")
-    p.add_argument("--k", type=int, default=5, help="how many hits (default 5)")
+    p.add_argument("--k", type=positive_int, default=5,
+                   help="how many hits to print, best first (default 5)")
     p.add_argument("--fusion", choices=FUSIONS, default="rrf",
                    help="how the vector and keyword rankings are combined (default rrf)")
     p.add_argument("--where", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="only documents tagged so (repeatable; also type=pdf|md|html|txt)")
     p.add_argument("--json", action="store_true", help="the hits as JSON")
+    p = kb_sub.add_parser("list", help="the tenant's documents: chunks, embedder, when "
+                          "ingested, tags")
+    p.add_argument("--tenant", type=identifier, required=True, help="this tenant's documents")
+    p.add_argument("--json", action="store_true", help="the documents as JSON")
+    p = kb_sub.add_parser("delete", help="delete documents (by the name `kb list` shows) and "
+                          "their chunks")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="documents to delete")
+    p.add_argument("--tenant", type=identifier, required=True,
+                   help="the tenant whose documents they are")
     p = kb_sub.add_parser("eval", help="recall@k, MRR and latency on a labelled corpus, with "
                           "keyword, vector and LlamaIndex references")
     p.add_argument("--corpus", type=Path,
@@ -47,6 +62,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help='JSONL of {"query", "relevant_ids", "tenant"} (default: the bundled set)')
     p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
     p.add_argument("--json", action="store_true", help="only the JSON summary line")
+
+
+def _query(raw: str) -> str:
+    """A search needs words: a blank query would return whatever is nearest to nothing."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError("the query is blank: give a question or words to find")
+    return raw
 
 
 def _ks(raw: str) -> list[int]:
@@ -61,26 +83,34 @@ def _ks(raw: str) -> list[int]:
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from memory import knowledge
     from memory.db import Database
-    from memory.knowledge import KnowledgeBase
 
     from .components import make_embedder, make_reranker
 
     evaluate = _eval_harness() if args.kb_command == "eval" else None
-    embedder = make_embedder(settings)
-    reranker = make_reranker(settings) if args.kb_command == "search" else None
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
-        kb = KnowledgeBase(db.pool, embedder, reranker)
         if evaluate is not None:
             return await evaluate(db.url, args)
-        if args.kb_command == "ingest":
-            return await _ingest(kb, args)
-        return await _search(kb, args)
+        if args.kb_command == "list":
+            return _list(await knowledge.documents(db.pool, args.tenant), args)
+        if args.kb_command == "delete":
+            for source in await knowledge.delete_documents(db.pool, args.tenant, args.sources):
+                print(f"deleted: {source}")
+            return 0
+        embedder = make_embedder(settings, await knowledge.stored_models(db.pool, args.tenant))
+        reranker = make_reranker(settings) if args.kb_command == "search" else None
+        try:
+            kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)
+            if args.kb_command == "ingest":
+                return await _ingest(kb, args)
+            return await _search(kb, args)
+        finally:
+            await embedder.aclose()
+            if reranker is not None:
+                await reranker.aclose()
     finally:
-        await embedder.aclose()
-        if reranker is not None:
-            await reranker.aclose()
         await db.close()
 
 
@@ -106,34 +136,50 @@ def _eval_harness() -> Any:
 async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: float, total: float) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    with tqdm(unit="file", desc=f"ingest ({args.tenant})") as bar:
+    # disable=None: no bar, and none of its carriage returns, when stderr is not a terminal
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"ingest ({args.tenant})",
+              disable=None) as bar:
         report = await kb.ingest(args.paths, args.tenant, progress=progress,
-                                 metadata=dict(args.meta))
+                                 metadata=dict(args.meta) if args.meta else None)
     print(f"{report.documents} documents: {report.embedded} chunks embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {source}")
     for problem in report.skipped:
-        print(f"skipped: {problem}")
-    return 1 if report.skipped and not report.documents else 0
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not report.skipped:
+        return 0
+    return 1 if report.documents else 2
 
 
 async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:
-    if args.k <= 0:
-        raise UserError("--k must be > 0")
     hits = await kb.search(args.tenant, args.query, args.k, fusion=args.fusion,
                            where=dict(args.where))
     if args.json:
-        print(json.dumps([asdict(h) for h in hits], indent=2))
+        print(json.dumps([asdict(h) for h in hits], indent=2, default=str))
         return 0
     if not hits:
         print(f"No knowledge for tenant {args.tenant} matches.")
     for rank, hit in enumerate(hits, start=1):
         ranks = f"vector #{hit.vector_rank or '-'}, keyword #{hit.keyword_rank or '-'}"
-        print(f"{rank}. {hit.source}  (score {hit.score:.4f}; {ranks})")
+        page = f", page {hit.page}" if hit.page is not None else ""
+        print(f"{rank}. {hit.source}{page}  (score {hit.score:.4f}; {ranks})")
         print("   " + " ".join(hit.text.split())[:300])
+    return 0
+
+
+def _list(documents: list[Document], args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([asdict(d) for d in documents], indent=2, default=str))
+        return 0
+    if not documents:
+        print(f"No documents in tenant {args.tenant}'s knowledge base.")
+    for doc in documents:
+        tags = " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items()))
+        print(f"{doc.source}  {doc.chunks} chunks  {', '.join(doc.embedders) or '-'}  "
+              f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}")
     return 0

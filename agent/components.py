@@ -7,6 +7,8 @@ command line alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from memory.embeddings import Embedder, GeminiEmbedder, OfflineEmbedder
 from memory.rerank import CohereReranker, Record, Reranker
 
@@ -14,16 +16,21 @@ from .config import ConfigError, Settings
 from .tls import shared_tls_context
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto` (Gemini when its key is set)."""
-    use_gemini = settings.embeddings == "gemini" or (
-        settings.embeddings == "auto" and settings.gemini_api_key is not None)
+def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
+    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto`: the embedder a tenant's knowledge
+    is stored with (`stored`, its models' names), else Gemini when its key is set. `auto` never
+    switches a tenant's stored knowledge to another model: that would re-embed all of it."""
+    use_gemini = settings.embeddings == "gemini"
+    if settings.embeddings == "auto":
+        offline_stored = any(m.startswith(OfflineEmbedder.FAMILY) for m in stored)
+        use_gemini = settings.gemini_api_key is not None and not offline_stored
     if not use_gemini:
         return OfflineEmbedder()
     if not settings.gemini_api_key:
         raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
     return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
-                          tls=shared_tls_context())
+                          tls=shared_tls_context(), timeout_s=settings.model_timeout_s,
+                          retries=settings.model_retries)
 
 
 def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:

@@ -18,9 +18,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import numpy as np
 from google import genai
+from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+
+# what the Gemini SDK raises when the service cannot be reached or refuses a call
+_UNREACHABLE = (genai_errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+class EmbeddingError(RuntimeError):
+    """The embedding provider could not be reached or refused the call: one line that names
+    it and what to do."""
 
 
 class Embedder(Protocol):
@@ -58,9 +68,11 @@ class OfflineEmbedder:
     """WordLlama from the installed wheel. Embedding is microseconds per text: it stays on the
     event loop for queries; large document batches go to a thread."""
 
+    FAMILY = "wordllama-"  # every name it gives its vectors starts so
+
     def __init__(self, dim: int = 256) -> None:
         self.dim = dim
-        self.name = f"wordllama-l2-supercat-{dim}"
+        self.name = f"{self.FAMILY}l2-supercat-{dim}"
         self._model = _wordllama(dim)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -86,24 +98,33 @@ class GeminiEmbedder:
     BATCH = 100
 
     def __init__(self, *, api_key: str, base_url: str | None, model: str = "gemini-embedding-001",
-                 dim: int = 768, tls: ssl.SSLContext | None = None) -> None:
+                 dim: int = 768, tls: ssl.SSLContext | None = None, timeout_s: float = 20.0,
+                 retries: int = 1) -> None:
         self.dim = dim
         self.name = f"{model}-{dim}"
         self._model = model
-        shared = {"client_args": {"verify": tls},
-                  "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
-        self._client = genai.Client(
-            api_key=api_key, http_options=genai_types.HttpOptions(base_url=base_url, **shared)
-        )
+        self._where = base_url or "generativelanguage.googleapis.com"
+        shared: dict[str, Any] = {"client_args": {"verify": tls},
+                                  "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
+        self._client = genai.Client(api_key=api_key, http_options=genai_types.HttpOptions(
+            base_url=base_url, timeout=int(timeout_s * 1000),
+            retry_options=genai_types.HttpRetryOptions(attempts=retries + 1), **shared))
 
     async def _embed(self, texts: list[str], task: str) -> np.ndarray:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.BATCH):
-            result = await self._client.aio.models.embed_content(
-                model=self._model, contents=texts[start:start + self.BATCH],  # type: ignore[arg-type]
-                config=genai_types.EmbedContentConfig(task_type=task,
-                                                      output_dimensionality=self.dim),
-            )
+            try:
+                result = await self._client.aio.models.embed_content(
+                    model=self._model, contents=texts[start:start + self.BATCH],  # type: ignore[arg-type]
+                    config=genai_types.EmbedContentConfig(task_type=task,
+                                                          output_dimensionality=self.dim),
+                )
+            except _UNREACHABLE as exc:
+                reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+                raise EmbeddingError(
+                    f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
+                    f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
+                ) from None
             vectors += [e.values or [] for e in result.embeddings or []]
         array = np.asarray(vectors, dtype=np.float32)
         if array.shape != (len(texts), self.dim):

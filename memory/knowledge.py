@@ -1,45 +1,66 @@
 """The tenant's knowledge base in Postgres: documents in, chunks embedded once, hybrid search out.
 
-Ingest reads Markdown and text as UTF-8, HTML with BeautifulSoup and PDF with pypdf, splits on
-sentence boundaries with overlap (llama-index's `SentenceSplitter`), and stores each chunk with
-its content hash, its embedder's name and its vector. Re-ingesting a document embeds only the
-chunks whose text (or embedder) changed; chunks no longer in it are deleted, and so is a document
-gone from a folder that is ingested again. Search runs a vector query (pgvector HNSW) and a
-keyword query (tsvector, GIN) for the tenant and fuses the two rankings. Every query is scoped to
-one tenant.
+Ingest reads Markdown and text as UTF-8, HTML with BeautifulSoup (the page's main content, without
+navigation, menus and scripts) and PDF with pypdf (page by page, so every chunk knows its page),
+splits on sentence boundaries with overlap (llama-index's `SentenceSplitter`), and stores each
+chunk with its content hash, its embedder's name and its vector. A document is known by its path
+from the ingested folder's name down (`docs/setup/install.md`), or by its file name when a file is
+ingested on its own, so two clones of the same docs are one document, not two. Re-ingesting a
+document embeds only the chunks whose text (or embedder) changed; chunks no longer in it are
+deleted, and so is a document gone from a folder that is ingested again. A file that cannot be read
+or holds no text is reported in one line and skipped; the rest of the folder is ingested. Search
+runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN) for the tenant and fuses the
+two rankings. Every query is scoped to one tenant. Documents' text is data, never instructions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
 
-from .embeddings import Embedder
+from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
 
 log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
+HTML_SUFFIXES = (".html", ".htm")
 CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
 CHUNK_OVERLAP = 32
+# The splitter's sentence tokenizer runs each regular expression over a whole piece under a 5 s
+# limit (nltk's ReDoS guard): a 20 MB text in one piece exceeds it, so text is split in pieces
+# of at most this many characters, cut at a paragraph, line or word break.
+PIECE_CHARS = 50_000
+EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves between them
+BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
 COMMON_LEXEME_SHARE = 0.05  # a lexeme in more chunks than this is left out of keyword queries
 MAX_QUERY_LEXEMES = 6  # the rarest ones: each adds chunks Postgres must score
 COMMON_LEXEMES_TTL_S = 600.0  # how long the table's lexeme statistics are reused
 FUSIONS = ("rrf", "weighted")
+# page chrome: what a page repeats around its content (mdBook's sidebar and theme menu, ...)
+_CHROME_TAGS = ("nav", "aside", "script", "style", "noscript", "template", "form", "button",
+                "svg", "iframe", "head")
+_CHROME_ROLES = ("navigation", "banner", "contentinfo", "menu", "menubar", "search", "dialog",
+                 "complementary")
+_BLOCK_TAGS = ("address", "article", "blockquote", "dd", "div", "dl", "dt", "figcaption",
+               "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "main", "ol", "p", "pre",
+               "section", "table", "td", "th", "tr", "ul")
 
 
 class KnowledgeError(ValueError):
@@ -59,6 +80,36 @@ class Hit:
     keyword_rank: int | None = None
     key: str = ""  # the chunk's key: file#hash#n, or the id it was given
     at: datetime | None = None  # when a remembered message was said (memory recall)
+    page: int | None = None  # the PDF page a knowledge chunk is from (1-based)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A stretch of a document's text: a PDF's page (`page`, 1-based), or the whole text."""
+
+    text: str
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to ingest, with the name the document is known by (see the module's docstring)."""
+
+    path: Path
+    source: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Document:
+    """A stored document, as `sightline kb list` shows it."""
+
+    source: str
+    origin: str  # the file it was last read from
+    chunks: int
+    embedders: list[str]
+    ingested_at: datetime
+    metadata: dict[str, str]
 
 
 @dataclass
@@ -68,11 +119,18 @@ class IngestReport:
     kept: int = 0
     deleted: int = 0
     removed_documents: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line each: "PATH: why"
 
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: parsers' messages can span lines or quote whole objects."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def vector_literal(vector: np.ndarray) -> str:
@@ -80,67 +138,129 @@ def vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.6g}" for x in vector.tolist()) + "]"
 
 
-def _html_text(path: Path) -> str:
-    """The text of the page's `<body>`, one line per top-level block."""
-    from bs4 import BeautifulSoup, NavigableString
+def _html_text(data: bytes) -> str:
+    """The page's main content (`<main>`, else `<body>`, else the whole fragment) without page
+    chrome, one line per block: bytes in, so BeautifulSoup finds the page's own encoding."""
+    from bs4 import BeautifulSoup
 
-    with path.open(encoding="utf-8") as fh:
-        soup = BeautifulSoup(fh, "html.parser")
-    texts = []
-    for body in soup.find_all("body"):
-        for element in body.children:
-            text = element.strip() if isinstance(element, NavigableString) else (
-                element.get_text().strip())
-            if text:
-                texts.append(text)
-    return "\n".join(texts)
+    soup = BeautifulSoup(data, "html.parser")
+    root = soup.find("main") or soup.find(attrs={"role": "main"}) or soup.find("body") or soup
+    for element in [*root.find_all(_CHROME_TAGS), *root.find_all(
+            attrs={"role": lambda role: role in _CHROME_ROLES})]:
+        element.decompose()
+    for element in root.find_all(("header", "footer")):
+        if element.find_parent("article") is None:  # an article's header is its title
+            element.decompose()
+    for element in root.find_all("br"):
+        element.replace_with("\n")
+    for element in root.find_all(_BLOCK_TAGS):
+        element.append("\n")
+    lines = (" ".join(line.split()) for line in root.get_text().splitlines())
+    return "\n".join(line for line in lines if line)
 
 
-def _pdf_text(path: Path) -> str:
+def _pdf_sections(data: bytes) -> list[Section]:
     import pypdf
 
-    reader = pypdf.PdfReader(path)
-    return "\n".join(page.extract_text() for page in reader.pages)
+    # pypdf logs each repair it makes to a malformed file; a file it cannot read reaches the
+    # user as that file's one line, and one it can read needs no warning
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    if reader.is_encrypted:
+        reader.decrypt("")  # many PDFs are "encrypted" with an empty password
+    return [Section((page.extract_text() or "").replace("\x00", ""), number)
+            for number, page in enumerate(reader.pages, start=1)]
 
 
-def read_document(path: Path) -> str:
-    """The text of one file: PDF through pypdf, HTML through BeautifulSoup (the libraries the
-    llama-index readers wrap, used directly so the runtime needs neither those readers nor the
-    pandas they pull in), anything else as UTF-8 text."""
+def _decode(data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), or UTF-16 with its byte-order mark."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    if b"\x00" in data:
+        raise KnowledgeError("binary, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise KnowledgeError("not UTF-8 text: save it as UTF-8") from None
+
+
+def read_document(path: Path) -> list[Section]:
+    """The text of one file, in sections: PDF through pypdf (one per page), HTML through
+    BeautifulSoup (the libraries the llama-index readers wrap, used directly so the runtime
+    needs neither those readers nor the pandas they pull in), anything else as UTF-8 text.
+    Every failure, and a file without text, is a KnowledgeError of one line naming the file."""
     suffix = path.suffix.lower()
     try:
+        data = path.read_bytes()
         if suffix == ".pdf":
-            text = _pdf_text(path)
-        elif suffix in (".html", ".htm"):
-            text = _html_text(path)
+            try:
+                sections = _pdf_sections(data)
+            except Exception as exc:  # pypdf raises whatever a malformed file leads it to
+                raise KnowledgeError(f"not a readable PDF ({_one_line(exc)})") from None
+        elif suffix in HTML_SUFFIXES:
+            if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise KnowledgeError("binary, not HTML")
+            sections = [Section(_html_text(data))]
         else:
-            text = path.read_text(encoding="utf-8")
-    except Exception as exc:  # parsers raise whatever their format's errors are
-        raise KnowledgeError(f"{path}: cannot read it as {suffix or 'text'}: {exc}") from None
-    return text.strip()
+            sections = [Section(_decode(data))]
+    except OSError as exc:
+        raise KnowledgeError(f"{path}: cannot read it ({exc.strerror or _one_line(exc)})"
+                             ) from None
+    except KnowledgeError as exc:
+        raise KnowledgeError(f"{path}: {exc}") from None
+    sections = [Section(s.text.replace("\x00", "").strip(), s.page) for s in sections]
+    sections = [s for s in sections if s.text]
+    if not sections:
+        hint = " (a scanned PDF needs text recognition first)" if suffix == ".pdf" else ""
+        raise KnowledgeError(f"{path}: no text in it{hint}")
+    return sections
+
+
+@cache
+def _splitter() -> Any:  # llama-index's splitter has no type stubs worth the name
+    """The sentence splitter, with nltk's Punkt tokenizer built here: llama-index's own loads
+    nltk's stopword list on first use, which nltk refuses to open when the installer hard-linked
+    it (`refusing multiply-linked file`), failing the first long paragraph of a process."""
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.core.node_parser.text.utils import split_by_sentence_tokenizer_internal
+    from nltk.tokenize import PunktSentenceTokenizer
+
+    punkt = PunktSentenceTokenizer()
+    return SentenceSplitter(
+        chunk_size=CHUNK_TOKENS, chunk_overlap=CHUNK_OVERLAP,
+        chunking_tokenizer_fn=lambda text: split_by_sentence_tokenizer_internal(text, punkt))
+
+
+def pieces(text: str) -> Iterator[str]:
+    """`text` in pieces of at most PIECE_CHARS, cut at a paragraph, line, sentence or word
+    break in the second half of the piece where there is one."""
+    while len(text) > PIECE_CHARS:
+        window = text[:PIECE_CHARS]
+        cut = next((at + len(sep) for sep in ("\n\n", "\n", ". ", " ")
+                    if (at := window.rfind(sep)) > PIECE_CHARS // 2), PIECE_CHARS)
+        yield text[:cut]
+        text = text[cut:]
+    yield text
 
 
 def split(text: str) -> list[str]:
-    from llama_index.core.node_parser import SentenceSplitter
-
-    splitter = SentenceSplitter(chunk_size=CHUNK_TOKENS, chunk_overlap=CHUNK_OVERLAP)
-    return [c for c in splitter.split_text(text) if c.strip()]
+    """Chunks of one piece of text (at most PIECE_CHARS: see `pieces`)."""
+    return [c for c in _splitter().split_text(text) if c.strip()]
 
 
-def prepare(path: Path) -> tuple[str, str, list[str]]:
-    """(source id, text, chunks) of one file: reading and splitting are blocking, run it in a
-    thread."""
-    text = read_document(path)
-    return str(path.resolve()), text, split(text) if text else []
-
-
-def find_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
+def find_files(paths: Sequence[Path]) -> list[SourceFile]:
+    """The files to ingest, each with its document name: its path from the parent of the
+    folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself)."""
+    files: list[SourceFile] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+            root = path.resolve()
+            found = sorted(p for p in root.rglob("*")
+                           if p.suffix.lower() in SUFFIXES and p.is_file())
+            files += [SourceFile(p, "/".join(filter(None, (root.name, p.relative_to(
+                root).as_posix()))), p.stat().st_size) for p in found]
         elif path.is_file():
-            files.append(path)
+            files.append(SourceFile(path.resolve(), path.resolve().name, path.stat().st_size))
         else:
             raise KnowledgeError(f"{path}: no such file or folder")
     return files
@@ -150,6 +270,42 @@ def keyword_query(text: str) -> str:
     """Any of the question's words (OR), for `to_tsquery`; stopwords drop out there."""
     words = re.findall(r"[a-z0-9]+", text.lower())
     return " | ".join(dict.fromkeys(w for w in words if len(w) > 1))
+
+
+async def stored_models(pool: asyncpg.Pool, tenant: str) -> list[str]:
+    """The embedders the tenant's knowledge is stored with (one, unless a change of model is
+    half-way through)."""
+    return [r["embed_model"] for r in await pool.fetch(
+        "SELECT DISTINCT embed_model FROM kb_chunks WHERE tenant = $1 ORDER BY 1", tenant)]
+
+
+async def documents(pool: asyncpg.Pool, tenant: str) -> list[Document]:
+    """The tenant's documents with their chunk counts and embedders, by name."""
+    rows = await pool.fetch(
+        "SELECT d.source, d.origin, d.metadata::text AS metadata, d.ingested_at,"
+        " count(c.id) AS chunks, coalesce(array_agg(DISTINCT c.embed_model)"
+        " FILTER (WHERE c.id IS NOT NULL), '{}') AS embedders"
+        " FROM kb_documents d LEFT JOIN kb_chunks c"
+        " ON c.document_id = d.id AND c.tenant = d.tenant"
+        " WHERE d.tenant = $1 GROUP BY d.id ORDER BY d.source", tenant)
+    return [Document(r["source"], r["origin"], r["chunks"], list(r["embedders"]),
+                     r["ingested_at"], json.loads(r["metadata"])) for r in rows]
+
+
+async def delete_documents(pool: asyncpg.Pool, tenant: str, sources: Sequence[str]) -> list[str]:
+    """Delete the tenant's documents named `sources`, with their chunks: all of them, or,
+    if one is not in the knowledge base, none (KnowledgeError naming it)."""
+    wanted = list(dict.fromkeys(sources))
+    async with pool.acquire() as conn, conn.transaction():
+        gone = [r["source"] for r in await conn.fetch(
+            "DELETE FROM kb_documents WHERE tenant = $1 AND source = ANY($2::text[])"
+            " RETURNING source", tenant, wanted)]
+        unknown = [s for s in wanted if s not in gone]
+        if unknown:
+            raise KnowledgeError(
+                f"no document {', '.join(unknown)} in tenant {tenant}'s knowledge base, "
+                f"nothing deleted (`sightline kb list --tenant {tenant}` names them)")
+    return [s for s in wanted if s in gone]
 
 
 class KnowledgeBase:
@@ -178,27 +334,43 @@ class KnowledgeBase:
 
     async def ingest(
         self, paths: Sequence[Path], tenant: str,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[float, float], None] | None = None,
         metadata: dict[str, str] | None = None,
     ) -> IngestReport:
-        """Ingest files and folders for `tenant`, tagging each document with `metadata` (what
-        search can filter on); a folder ingested again loses the documents no longer in it."""
+        """Ingest files and folders for `tenant`. `metadata` replaces each document's tags
+        (what search can filter on); without it a document keeps the tags it had. A folder
+        ingested again loses the documents no longer in it. `progress(done, total)` counts
+        bytes of the files, and moves within a file as it is split and embedded. An unreachable
+        embedder stops the run (KnowledgeError); the documents before it stay ingested."""
+        reserved = sorted(set(metadata or {}) & set(BUILT_IN_TAGS))
+        if reserved:
+            raise KnowledgeError(f"--meta {reserved[0]}=...: `{reserved[0]}` is set from each "
+                                 f"file's suffix (md, html, pdf, txt); tag with another key")
         await self._ensure_index()
         report = IngestReport()
         files = await asyncio.to_thread(find_files, paths)
-        present = sorted(await asyncio.to_thread(lambda: {str(f.resolve()) for f in files}))
         folders = await asyncio.to_thread(
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
-        for done, path in enumerate(files, start=1):
+        total, done = float(sum(max(f.size, 1) for f in files)), 0.0
+        for file in files:
+            def moved(fraction: float, before: float = done, weight: int = max(file.size, 1),
+                      ) -> None:
+                if progress is not None:
+                    progress(before + fraction * weight, total)
             try:
-                await self._ingest_one(path, tenant, report, metadata or {})
+                await self._ingest_one(file, tenant, report, metadata, moved)
+            except EmbeddingError as exc:
+                raise KnowledgeError(f"{exc} ({report.documents} documents were ingested "
+                                     f"before it; run the same command again)") from None
             except KnowledgeError as exc:
                 report.skipped.append(str(exc))
+            done += max(file.size, 1)
             if progress is not None:
-                progress(done, len(files))
+                progress(done, total)
         for prefix in folders:
+            present = [f.source for f in files if str(f.path).startswith(prefix)]
             gone = await self._pool.fetch(
-                "DELETE FROM kb_documents WHERE tenant = $1 AND starts_with(source, $2)"
+                "DELETE FROM kb_documents WHERE tenant = $1 AND starts_with(origin, $2)"
                 " AND NOT (source = ANY($3::text[])) RETURNING source",
                 tenant, prefix, present,
             )
@@ -206,63 +378,107 @@ class KnowledgeBase:
         return report
 
     async def _ingest_one(
-        self, path: Path, tenant: str, report: IngestReport, metadata: dict[str, str],
+        self, file: SourceFile, tenant: str, report: IngestReport,
+        metadata: dict[str, str] | None, moved: Callable[[float], None],
     ) -> None:
-        source, text, chunks = await asyncio.to_thread(prepare, path)
+        """Read, split (in a thread, a piece at a time) and store one file; the first half of
+        its progress is splitting, the second embedding."""
+        sections = await asyncio.to_thread(read_document, file.path)
+        length = sum(len(s.text) for s in sections)
+        chunks: list[tuple[str, int | None]] = []
+        split_so_far = 0
+        for section in sections:
+            for piece in pieces(section.text):
+                try:
+                    chunks += [(c, section.page) for c in await asyncio.to_thread(split, piece)]
+                except Exception as exc:  # the splitter's tokenizers raise their own errors
+                    raise KnowledgeError(f"{file.path}: cannot split its text ({_one_line(exc)})"
+                                         ) from None
+                split_so_far += len(piece)
+                moved(0.5 * split_so_far / length)
         seen: Counter[str] = Counter()
-        keys = []
-        for chunk in chunks:
+        keyed = []
+        for chunk, page in chunks:
             digest = _hash(chunk)
-            keys.append(f"{source}#{digest[:16]}#{seen[digest]}")
+            keyed.append((f"{file.source}#{digest[:16]}#{seen[digest]}", chunk, page))
             seen[digest] += 1
-        await self._sync(tenant, source, _hash(text), list(zip(keys, chunks, strict=True)),
-                         report, {"type": path.suffix.lower().lstrip("."), **metadata})
+        tags = None if metadata is None else {
+            **metadata, "type": file.path.suffix.lower().lstrip(".")}
+        await self._sync(tenant, file.source, _hash("\n".join(s.text for s in sections)), keyed,
+                         report, tags, origin=str(file.path),
+                         suffix_type=file.path.suffix.lower().lstrip("."),
+                         moved=lambda f: moved(0.5 + 0.5 * f))
 
     async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
         """Store chunks as they are, under the keys given (the evaluation's corpus ids)."""
         await self._ensure_index()
-        await self._sync(tenant, source, _hash("".join(k for k, _ in chunks)), chunks,
-                         IngestReport(), {})
+        await self._sync(tenant, source, _hash("".join(k for k, _ in chunks)),
+                         [(key, text, None) for key, text in chunks], IngestReport(), {})
+
+    async def _embed(self, texts: list[str], moved: Callable[[float], None] | None,
+                     ) -> list[np.ndarray]:
+        vectors: list[np.ndarray] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            vectors += list(await self.embedder.embed_documents(
+                texts[start:start + EMBED_BATCH]))
+            if moved is not None:
+                moved(min(start + EMBED_BATCH, len(texts)) / len(texts))
+        return vectors
 
     async def _sync(
-        self, tenant: str, source: str, doc_hash: str, chunks: list[tuple[str, str]],
-        report: IngestReport, metadata: dict[str, str],
+        self, tenant: str, source: str, doc_hash: str,
+        chunks: list[tuple[str, str, int | None]], report: IngestReport,
+        metadata: dict[str, str] | None, *, origin: str = "", suffix_type: str = "",
+        moved: Callable[[float], None] | None = None,
     ) -> None:
-        """Make the stored chunks of `source` exactly `chunks` (key, text), embedding only the
-        ones not stored yet with this embedder."""
-        wanted = [(key, _hash(text), text, position)
-                  for position, (key, text) in enumerate(chunks)]
+        """Make the stored chunks of `source` exactly `chunks` (key, text, page), embedding only
+        the ones not stored yet with this embedder. `metadata` None keeps the document's tags
+        (its `type` set to `suffix_type`); `origin` is the file it was read from, and a document
+        read from the same file under another name is replaced by this one."""
+        wanted = [(key, _hash(text), text, position, page)
+                  for position, (key, text, page) in enumerate(chunks)]
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
+            if origin:
+                await conn.execute(
+                    "DELETE FROM kb_documents WHERE tenant = $1 AND origin = $2 AND source <> $3",
+                    tenant, origin, source)
             doc_id = await conn.fetchval(
-                "INSERT INTO kb_documents (tenant, source, content_hash, metadata)"
-                " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (tenant, source) DO UPDATE SET"
-                " content_hash = excluded.content_hash, metadata = excluded.metadata,"
+                "INSERT INTO kb_documents (tenant, source, origin, content_hash, metadata)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (tenant, source) DO UPDATE SET"
+                " content_hash = excluded.content_hash, origin = excluded.origin,"
+                " metadata = CASE WHEN $6 THEN excluded.metadata"
+                " ELSE kb_documents.metadata || excluded.metadata END,"
                 " ingested_at = now() RETURNING id",
-                tenant, source, doc_hash, json.dumps(metadata),
+                tenant, source, origin, doc_hash,
+                json.dumps(metadata if metadata is not None else (
+                    {"type": suffix_type} if suffix_type else {})),
+                metadata is not None,
             )
             have = {r["chunk_key"] for r in await conn.fetch(
-                "SELECT chunk_key FROM kb_chunks WHERE document_id = $1 AND embed_model = $2",
-                doc_id, model,
+                "SELECT chunk_key FROM kb_chunks WHERE tenant = $1 AND document_id = $2"
+                " AND embed_model = $3", tenant, doc_id, model,
             )}
             keys = [w[0] for w in wanted]
             deleted = await conn.fetchval(
-                "WITH gone AS (DELETE FROM kb_chunks WHERE document_id = $1 AND"
-                " (embed_model <> $2 OR NOT (chunk_key = ANY($3::text[]))) RETURNING 1)"
-                " SELECT count(*) FROM gone", doc_id, model, keys,
+                "WITH gone AS (DELETE FROM kb_chunks WHERE tenant = $1 AND document_id = $2 AND"
+                " (embed_model <> $3 OR NOT (chunk_key = ANY($4::text[]))) RETURNING 1)"
+                " SELECT count(*) FROM gone", tenant, doc_id, model, keys,
             )
             new = [w for w in wanted if w[0] not in have]
-            vectors = await self.embedder.embed_documents([w[2] for w in new]) if new else []
+            vectors = await self._embed([w[2] for w in new], moved)
             await conn.executemany(
                 "INSERT INTO kb_chunks (tenant, document_id, chunk_key, position, text,"
-                " content_hash, embed_model, embedding) VALUES ($1, $2, $3, $4, $5, $6, $7,"
-                " $8::vector)",
-                [(tenant, doc_id, key, position, chunk, digest, model, vector_literal(vec))
-                 for (key, digest, chunk, position), vec in zip(new, vectors, strict=True)],
+                " content_hash, embed_model, embedding, page) VALUES ($1, $2, $3, $4, $5, $6,"
+                " $7, $8::vector, $9)",
+                [(tenant, doc_id, key, position, chunk, digest, model, vector_literal(vec), page)
+                 for (key, digest, chunk, position, page), vec in zip(new, vectors, strict=True)],
             )
             await conn.executemany(
-                "UPDATE kb_chunks SET position = $2 WHERE tenant = $3 AND chunk_key = $1",
-                [(key, position, tenant) for key, _, _, position in wanted if key in have],
+                "UPDATE kb_chunks SET position = $2, page = $4 WHERE tenant = $3"
+                " AND chunk_key = $1",
+                [(key, position, tenant, page)
+                 for key, _, _, position, page in wanted if key in have],
             )
         report.documents += 1
         report.embedded += len(new)
@@ -270,8 +486,7 @@ class KnowledgeBase:
         report.deleted += deleted
 
     async def _check_model(self, tenant: str) -> None:
-        models = [r["embed_model"] for r in await self._pool.fetch(
-            "SELECT DISTINCT embed_model FROM kb_chunks WHERE tenant = $1", tenant)]
+        models = await stored_models(self._pool, tenant)
         if models and self.embedder.name not in models:
             raise KnowledgeError(
                 f"tenant {tenant}'s knowledge was embedded with {', '.join(models)}, not "
@@ -344,7 +559,10 @@ class KnowledgeBase:
         await self._ensure_index()
         dim = int(self.embedder.dim)
         if query_vector is None:
-            query_vector = await self.embedder.embed_query(query)
+            try:
+                query_vector = await self.embedder.embed_query(query)
+            except EmbeddingError as exc:
+                raise KnowledgeError(str(exc)) from None
         # the model is inlined, not a parameter: the HNSW index is partial, one per model, and
         # a cached generic plan could not prove it applies (it would scan every vector)
         model = self.embedder.name.replace("'", "''")
@@ -356,8 +574,8 @@ class KnowledgeBase:
                          " AND metadata @> $4::jsonb)")
         async with self._pool.acquire() as conn:
             vector_rows = await conn.fetch(
-                f"SELECT c.id, c.text, d.source, c.chunk_key, c.score FROM ("
-                f" SELECT c.id, c.document_id, c.text, c.chunk_key,"
+                f"SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
+                f" SELECT c.id, c.document_id, c.text, c.chunk_key, c.page,"
                 f" c.embedding::vector({dim}) <=> $2::vector({dim}) AS distance,"
                 f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
                 f" FROM kb_chunks c WHERE c.tenant = $1 AND c.embed_model = '{model}'"
@@ -367,16 +585,17 @@ class KnowledgeBase:
             )
             words = await self._keyword_tsquery(conn, query)
             keyword_rows = await conn.fetch(
-                "SELECT c.id, c.text, d.source, c.chunk_key, c.score FROM ("
-                " SELECT c.id, c.document_id, c.text, c.chunk_key, ts_rank_cd(c.tsv, q) AS score"
+                "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
+                " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page,"
+                " ts_rank_cd(c.tsv, q) AS score"
                 " FROM kb_chunks c, to_tsquery('simple', $2) q WHERE c.tenant = $1 AND"
                 f" c.tsv @@ q{documents} ORDER BY score DESC, c.id LIMIT $3) c"
                 " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
                 tenant, words, limit, *args[3:],
             ) if words else []
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
-            return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"])
-                    for r in rows]
+            return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"],
+                        page=r["page"]) for r in rows]
         return hits(vector_rows), hits(keyword_rows)
 
 

@@ -41,32 +41,37 @@ BAKING = """<html><body><h1>Sourdough</h1><p>Feed the starter with equal weights
 water. Bake the loaf at 240 degrees for forty minutes with steam.</p></body></html>"""
 
 
-def write_pdf(path: Path, text: str) -> None:
-    """A one-page PDF with real text content (pypdf only writes what it is given)."""
+def write_pdf(path: Path, *pages: str) -> None:
+    """A PDF with one page of real text content per text (pypdf only writes what it is given)."""
     writer = PdfWriter()
-    page = writer.add_blank_page(width=612, height=792)
     font = DictionaryObject({NameObject("/Type"): NameObject("/Font"),
                              NameObject("/Subtype"): NameObject("/Type1"),
                              NameObject("/BaseFont"): NameObject("/Helvetica")})
-    page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject(
-        {NameObject("/F1"): writer._add_object(font)})})
-    stream = DecodedStreamObject()
-    stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
-    page[NameObject("/Contents")] = writer._add_object(stream)
+    for text in pages:
+        page = writer.add_blank_page(width=612, height=792)
+        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject(
+            {NameObject("/F1"): writer._add_object(font)})})
+        stream = DecodedStreamObject()
+        stream.set_data(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode())
+        page[NameObject("/Contents")] = writer._add_object(stream)
     with path.open("wb") as handle:
         writer.write(handle)
 
 
-@pytest.fixture
-def docs(tmp_path: Path) -> Path:
-    root = tmp_path / "kb"
-    root.mkdir()
+def write_docs(root: Path) -> Path:
+    """One document of each format in the folder `root` (made here)."""
+    root.mkdir(parents=True)
     (root / "router.md").write_text(ROUTER)
     (root / "baking.html").write_text(BAKING)
     (root / "vpn.txt").write_text("The office VPN uses WireGuard on port 51820. "
                                   "Ask IT for a peer config file.")
     write_pdf(root / "holidays.pdf", "Office closed on 24 and 25 December for the holidays.")
     return root
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return write_docs(tmp_path / "kb")
 
 
 async def test_ingest_every_format_and_search_it(db: Database, docs: Path) -> None:
@@ -145,7 +150,7 @@ async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> No
     code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
     assert code == 0, err
     assert "4 documents:" in out and "wordllama-l2-supercat-256" in out
-    assert "ingest (acme)" in err  # the progress bar
+    assert "\r" not in err and "ingest (acme)" not in err  # no progress bar off a terminal
     code, out, err = await run_cli("kb", "search", "reset the router admin password",
                                    "--tenant", "acme", "--json", env=env)
     assert code == 0, err

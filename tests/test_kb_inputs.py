@@ -1,0 +1,324 @@
+"""Bad and unusual inputs to the knowledge base: each gets one clear line and loses nothing.
+
+Protects (issue 14): a big text file ingests (in pieces the sentence splitter can take) and its
+progress moves; an HTML fragment is read and page chrome is left out; an empty, binary, non-UTF-8
+or fake file is skipped with one line naming it, and the rest of its folder is ingested; `kb
+ingest` exits 0 / 1 / 2 for all / some / none ingested; an unreachable embedding provider is one
+line (exit 2), and `auto` keeps the model a tenant's knowledge is stored with; a document is one
+document wherever it is ingested from; tags survive a re-ingest without `--meta` and `type` is
+built in; blank queries and k <= 0 are refused; `kb list` and `kb delete`; PDF hits carry their
+page. A property test fuzzes ingest folders: every file is ingested or reported, nothing raises.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import string
+from pathlib import Path
+
+import nltk.redos
+import pytest
+from conftest import cli_env, run_cli
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from test_knowledge import BAKING, ROUTER, write_docs, write_pdf
+
+from agent.config import Settings
+from memory import knowledge
+from memory.db import Database
+from memory.embeddings import OfflineEmbedder
+from memory.knowledge import KnowledgeBase, KnowledgeError
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    return write_docs(tmp_path / "kb")
+
+
+WORDS = "router admin password reset firmware update office holiday vpn port config".split()
+
+MDBOOK_PAGE = """<!DOCTYPE html><html lang="en"><head><title>Ownership - The Book</title>
+<script>var path_to_root = "";</script><style>body { color: red }</style></head><body>
+<div id="mdbook-help-container"><div id="mdbook-help-popup">
+<h2 class="mdbook-help-title">Keyboard shortcuts</h2><p>Press ← or → to navigate</p></div></div>
+<div id="body-container"><nav id="sidebar" class="sidebar" aria-label="Table of contents">
+<ol class="chapter"><li>Getting Started</li><li>Understanding Ownership</li></ol></nav>
+<div id="page-wrapper" class="page-wrapper"><div class="page"><div id="menu-bar">
+<ul id="theme-list" class="theme-popup" role="menu"><li>Light</li><li>Rust</li><li>Coal</li>
+<li>Navy</li><li>Ayu</li></ul><h1 class="menu-title">The Rust Programming Language</h1></div>
+<div id="content" class="content"><main><h1>What Is Ownership?</h1>
+<p>Ownership is a set of rules that govern how a Rust program manages memory.</p>
+<nav class="nav-wrapper" aria-label="Page navigation"><a href="prev.html">Previous</a></nav>
+</main></div></div></div></div></body></html>"""
+
+
+def sentences(count: int, seed: int = 1) -> str:
+    """`count` sentences of a dozen support words each, in one paragraph."""
+    rng = random.Random(seed)
+    return " ".join(" ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "."
+                    for _ in range(count))
+
+
+async def test_a_big_text_file_ingests_in_pieces_and_the_files_after_it_too(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nltk runs each sentence regex under a 5 s limit, which one 20 MB piece exceeds; 2 MB
+    under 0.2 s is the same failure (`regular-expression match exceeded its time limit`),
+    scaled down to a test's time."""
+    monkeypatch.setattr(nltk.redos, "DEFAULT_TIMEOUT", 0.2)
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "a_big.txt").write_text(sentences(25_000))
+    (folder / "b_small.md").write_text(ROUTER)
+    moves: list[tuple[float, float]] = []
+    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest(
+        [folder], "acme", progress=lambda done, total: moves.append((done, total)))
+    assert report.skipped == [] and report.documents == 2 and report.embedded > 1000
+    big = (folder / "a_big.txt").stat().st_size
+    within_big = [done for done, _ in moves if 0 < done < big]
+    assert len(within_big) >= 10  # the bar moves while the big file is split and embedded
+    assert [done for done, _ in moves] == sorted(done for done, _ in moves)
+    assert moves[-1][0] == moves[-1][1] == big + (folder / "b_small.md").stat().st_size
+
+
+async def test_an_html_fragment_is_read_and_page_chrome_left_out(
+    db: Database, tmp_path: Path,
+) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "fragment.html").write_text(
+        "<h1>Sourdough</h1>\n<p>Feed the starter with flour and water every day.</p>")
+    (folder / "ownership.html").write_text(MDBOOK_PAGE)
+    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    report = await kb.ingest([folder], "acme")
+    assert report.skipped == [] and report.documents == 2
+    texts = {r["source"]: r["text"] for r in await db.pool.fetch(
+        "SELECT d.source, string_agg(c.text, ' ') AS text FROM kb_chunks c JOIN kb_documents d"
+        " ON d.id = c.document_id WHERE c.tenant = 'acme' GROUP BY d.source")}
+    assert texts["site/fragment.html"] == (
+        "Sourdough\nFeed the starter with flour and water every day.")
+    page = texts["site/ownership.html"]
+    assert page.startswith("What Is Ownership?") and "govern how a Rust program" in page
+    for chrome in ("Keyboard shortcuts", "Coal", "Navy", "Getting Started", "Previous",
+                   "path_to_root", "color: red"):
+        assert chrome not in page
+
+
+async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingested(
+    db: Database, tmp_path: Path,
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.md").write_text(ROUTER)
+    (folder / "binary.md").write_bytes(bytes(range(256)) * 4)
+    (folder / "latin1.txt").write_bytes("Café crème, s'il vous plaît".encode("latin-1"))
+    (folder / "empty.txt").write_text("  \n\n ")
+    (folder / "fake.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    (folder / "only-script.html").write_text("<html><body><script>x()</script></body></html>")
+    (folder / "utf16.txt").write_text("The VPN port is 51820.", encoding="utf-16")
+    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([folder], "acme")
+    assert report.documents == 2  # good.md and utf16.txt
+    why = {Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in report.skipped}
+    assert why == {
+        "binary.md": "binary, not text",
+        "latin1.txt": "not UTF-8 text: save it as UTF-8",
+        "empty.txt": "no text in it",
+        "fake.pdf": why["fake.pdf"],
+        "only-script.html": "no text in it",
+    }
+    assert why["fake.pdf"].startswith("not a readable PDF (") and "\n" not in why["fake.pdf"]
+
+
+async def test_kb_ingest_exit_codes_say_all_some_or_none(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    env = cli_env(settings)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.md").write_text(ROUTER)
+    (folder / "binary.md").write_bytes(b"\x00\x01\x02garbage\xff" * 50)
+    fake = tmp_path / "fake.pdf"
+    fake.write_bytes(b"%PDF-1.4 not really a pdf")
+
+    code, out, err = await run_cli("kb", "ingest", str(folder), "--tenant", "acme", env=env)
+    assert code == 1 and "1 documents:" in out
+    assert err.splitlines() == [f"skipped: {folder.resolve() / 'binary.md'}: binary, not text"]
+    code, out, err = await run_cli("kb", "ingest", str(fake), "--tenant", "acme", env=env)
+    assert code == 2 and "0 documents:" in out
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"skipped: {fake.resolve()}: not a readable PDF (")
+    code, _, err = await run_cli("kb", "ingest", str(folder / "good.md"), "--tenant", "acme",
+                                 env=env)
+    assert code == 0 and err == ""
+
+
+async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_stored_model(
+    settings: Settings, docs: Path,
+) -> None:
+    env = cli_env(settings)
+    # nothing listens on port 9: the connection is refused at once (no network is needed)
+    gemini = {**env, "GOOGLE_API_KEY": "test-key", "SIGHTLINE_MODEL_RETRIES": "0",
+              "SIGHTLINE_GEMINI_BASE_URL": "http://127.0.0.1:9"}
+    for args in (("ingest", str(docs)), ("search", "reset the router")):
+        code, out, err = await run_cli("kb", *args, "--tenant", "acme", env=gemini)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "Gemini embeddings (gemini-embedding-001 at http://127.0.0.1:9) failed" in err
+        assert "SIGHTLINE_EMBEDDINGS=offline" in err and "Traceback" not in err
+
+    code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "globex",
+                                 env={**env, "SIGHTLINE_EMBEDDINGS": "offline"})
+    assert code == 0, err
+    # `auto` with the key set: globex's knowledge is stored offline, so it stays offline
+    code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "globex", env=gemini)
+    assert code == 0 and "0 chunks embedded (wordllama-l2-supercat-256)" in out, err
+    code, out, err = await run_cli("kb", "search", "reset the router admin password",
+                                   "--tenant", "globex", "--json", env=gemini)
+    assert code == 0 and json.loads(out)[0]["source"] == "kb/router.md", err
+
+
+async def test_a_document_is_one_document_wherever_it_is_ingested_from(
+    db: Database, docs: Path, tmp_path: Path,
+) -> None:
+    clone = tmp_path / "clone" / "kb"
+    shutil.copytree(docs, clone)
+    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    await kb.ingest([docs], "acme")
+    again = await kb.ingest([clone], "acme")
+    assert again.embedded == 0 and again.removed_documents == []
+    sources = [d.source for d in await knowledge.documents(db.pool, "acme")]
+    assert sources == ["kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"]
+    hits = await kb.search("acme", "reset the router admin password", k=5)
+    assert len({h.source for h in hits}) == len(hits)  # no document twice
+
+    # a row named by its absolute path (before migration 0007) is renamed when ingested again
+    await db.pool.execute("UPDATE kb_documents SET source = origin WHERE source = 'kb/vpn.txt'")
+    await kb.ingest([clone], "acme")
+    assert [d.source for d in await knowledge.documents(db.pool, "acme")] == sources
+    # a file on its own is known by its name; its folder's document under the same file is
+    # replaced, not doubled
+    await kb.ingest([clone / "vpn.txt"], "acme")
+    assert [d.source for d in await knowledge.documents(db.pool, "acme")] == [
+        "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "vpn.txt"]
+
+
+async def test_tags_survive_a_reingest_without_meta_and_type_is_built_in(
+    db: Database, docs: Path, settings: Settings,
+) -> None:
+    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    await kb.ingest([docs / "router.md"], "acme", metadata={"team": "network"})
+    await kb.ingest([docs / "router.md"], "acme")
+    tags = {d.source: d.metadata for d in await knowledge.documents(db.pool, "acme")}
+    assert tags == {"router.md": {"team": "network", "type": "md"}}
+    await kb.ingest([docs / "router.md"], "acme", metadata={"owner": "it"})
+    assert (await knowledge.documents(db.pool, "acme"))[0].metadata == {
+        "owner": "it", "type": "md"}
+    with pytest.raises(KnowledgeError, match="`type` is set from each file's suffix"):
+        await kb.ingest([docs / "router.md"], "acme", metadata={"type": "pdf"})
+
+    code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", "--meta",
+                                 "type=pdf", env=cli_env(settings))
+    assert code == 2 and len(err.splitlines()) == 1 and "--meta type=..." in err
+
+
+async def test_blank_queries_and_k_below_one_are_refused(settings: Settings) -> None:
+    env = cli_env(settings)
+    for args, why in ((("  ",), "the query is blank"),
+                      (("router", "--k", "0"), "must be a whole number > 0, got '0'"),
+                      (("router", "--k", "-3"), "must be a whole number > 0, got '-3'")):
+        code, out, err = await run_cli("kb", "search", *args, "--tenant", "acme", env=env)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert why in err.splitlines()[-1]
+    code, out, _ = await run_cli("kb", "search", "--help", env=env)
+    assert code == 0 and "how many hits to print" in out
+
+
+async def test_kb_list_and_delete(settings: Settings, docs: Path) -> None:
+    env = cli_env(settings)
+    code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", "--meta",
+                                 "team=it", env=env)
+    assert code == 0, err
+    code, out, _ = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
+    listed = json.loads(out)
+    assert code == 0 and [d["source"] for d in listed] == [
+        "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"]
+    router = listed[2]
+    assert router["chunks"] >= 1 and router["embedders"] == ["wordllama-l2-supercat-256"]
+    assert router["metadata"] == {"team": "it", "type": "md"} and router["ingested_at"]
+    code, out, _ = await run_cli("kb", "list", "--tenant", "acme", env=env)
+    assert code == 0 and len(out.splitlines()) == 4
+    assert out.splitlines()[2].startswith("kb/router.md  ") and "team=it type=md" in out
+
+    code, out, err = await run_cli("kb", "delete", "kb/router.md", "kb/nope.md", "--tenant",
+                                   "acme", env=env)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and "kb/nope.md" in err
+    code, out, _ = await run_cli("kb", "delete", "kb/router.md", "kb/vpn.txt", "--tenant",
+                                 "acme", env=env)
+    assert code == 0 and out.splitlines() == ["deleted: kb/router.md", "deleted: kb/vpn.txt"]
+    code, out, _ = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
+    assert [d["source"] for d in json.loads(out)] == ["kb/baking.html", "kb/holidays.pdf"]
+    code, out, _ = await run_cli("kb", "list", "--tenant", "globex", env=env)
+    assert code == 0 and out == "No documents in tenant globex's knowledge base.\n"
+
+
+async def test_pdf_hits_carry_their_page(db: Database, settings: Settings, tmp_path: Path,
+                                         ) -> None:
+    manual = tmp_path / "manual.pdf"
+    write_pdf(manual, "Unpack the router and plug it in.", "The VPN uses WireGuard on 51820.")
+    hits = await _search_after_ingest(db, manual, "which port does the VPN use")
+    assert hits[0].source == "manual.pdf" and hits[0].page == 2 and "51820" in hits[0].text
+    env = cli_env(settings)
+    code, _, _ = await run_cli("kb", "ingest", str(manual), "--tenant", "acme", env=env)
+    code, out, _ = await run_cli("kb", "search", "which port does the VPN use", "--tenant",
+                                 "acme", "--k", "1", env=env)
+    assert code == 0 and out.startswith("1. manual.pdf, page 2  (score ")
+    code, out, _ = await run_cli("kb", "search", "which port does the VPN use", "--tenant",
+                                 "acme", "--k", "1", "--json", env=env)
+    assert json.loads(out)[0]["page"] == 2
+
+
+async def _search_after_ingest(db: Database, path: Path, query: str) -> list[knowledge.Hit]:
+    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    await kb.ingest([path], "acme")
+    return await kb.search("acme", query, k=1)
+
+
+def _contents() -> st.SearchStrategy[bytes]:
+    """What a file in a folder someone ingests may hold."""
+    text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+    return st.one_of(
+        text.map(lambda t: t.encode("utf-8")),
+        text.map(lambda t: t.encode("utf-16")),
+        st.binary(max_size=300),
+        st.just(b""),
+        st.integers(1, 20_000).map(lambda n: b"x" * n),  # one long line without a break
+        st.sampled_from([b"%PDF-1.4 not really", b"<h1>T</h1><p>p</p>", b"<html></html>",
+                         ROUTER.encode(), BAKING.encode(), b"\xef\xbb\xbfwith a BOM"]),
+    )
+
+
+NAME = st.text(alphabet=string.ascii_letters + string.digits + " _-.é", min_size=1,
+               max_size=12).filter(lambda n: n.strip(". ") == n)
+
+
+@hypothesis_settings(max_examples=40, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(st.tuples(NAME, st.sampled_from(knowledge.SUFFIXES)), _contents(),
+                             min_size=1, max_size=5))
+async def test_fuzzed_folders_ingest_every_file_or_report_it(
+    db: Database, tmp_path_factory: pytest.TempPathFactory,
+    files: dict[tuple[str, str], bytes],
+) -> None:
+    folder = tmp_path_factory.mktemp("fuzz") / "kb"
+    folder.mkdir()
+    for (stem, suffix), data in files.items():
+        (folder / (stem + suffix)).write_bytes(data)
+    tenant = f"fuzz-{folder.parent.name}"
+    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([folder], tenant)
+    names = {p.name for p in folder.iterdir()}
+    skipped = {Path(line.split(": ", 1)[0]).name for line in report.skipped}
+    stored = {d.source.removeprefix("kb/") for d in await knowledge.documents(db.pool, tenant)}
+    assert stored | skipped == names and not stored & skipped
+    assert all("\n" not in line for line in report.skipped)
