@@ -300,3 +300,13 @@ def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
     assert "SIGHTLINE_SAMPLE_FPS" in lines[0]
     assert "Traceback" not in proc.stderr
     assert GOOGLE_KEY not in proc.stdout + proc.stderr
+
+
+def test_readme_states_every_numeric_range() -> None:
+    """The ranges are declared once, in agent/config.py; the README's table must say the same."""
+    from agent.config import RANGES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `")}
+    for env, accepted in RANGES.items():
+        assert f"in {accepted}" in rows[env], env
