@@ -22,7 +22,7 @@ from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.embeddings import Embedder
 from memory.keeper import MemoryKeeper
-from memory.knowledge import KnowledgeBase
+from memory.knowledge import KnowledgeBase, stored_models
 from memory.recall import TurnRecall
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
@@ -187,7 +187,7 @@ class SessionRuntime:
                 parts.push_async_callback(providers[-1].aclose)
             embedder = reranker = None
             if db is not None:
-                embedder = make_embedder(settings)
+                embedder = make_embedder(settings, await stored_models(db.pool, tenant))
                 parts.push_async_callback(embedder.aclose)
                 reranker = make_reranker(settings, record=lambda call: meters[0].rerank_call(call))
                 if reranker is not None:

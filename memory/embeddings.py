@@ -6,7 +6,8 @@ PyPI wheel, so nothing is downloaded at run time, and a query embeds in well und
 millisecond, which the per-turn budget needs. It is a static (word-vector) model: good at topic
 and vocabulary, weak at paraphrase, which is why retrieval fuses it with keyword search. With a
 Gemini key, `GeminiEmbedder` uses Gemini embeddings instead. Every stored vector records the
-embedder's `name` (model and dimension), so a change of model is detected, never mixed.
+embedder's `name` (model and dimension), so a change of model is detected, never mixed. A
+provider that cannot be reached or refuses a call is an `EmbeddingError` of one line.
 """
 
 from __future__ import annotations

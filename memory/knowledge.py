@@ -122,6 +122,14 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)  # one line each: "PATH: why"
 
 
+def _within(progress: Callable[[float, float], None] | None, start: float, weight: float,
+            total: float) -> Callable[[float], None]:
+    """The progress of one file, as a fraction of its `weight` in bytes after `start`."""
+    if progress is None:
+        return lambda _fraction: None
+    return lambda fraction: progress(start + fraction * weight, total)
+
+
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -172,14 +180,21 @@ def _pdf_sections(data: bytes) -> list[Section]:
             for number, page in enumerate(reader.pages, start=1)]
 
 
+def _utf16(data: bytes) -> bool:
+    return data.startswith((b"\xff\xfe", b"\xfe\xff"))
+
+
+def _binary(data: bytes) -> bool:
+    """A NUL byte outside UTF-16 text: no text file holds one (and Postgres text cannot)."""
+    return b"\x00" in data and not _utf16(data)
+
+
 def _decode(data: bytes) -> str:
     """UTF-8 (with or without a byte-order mark), or UTF-16 with its byte-order mark."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    if b"\x00" in data:
+    if _binary(data):
         raise KnowledgeError("binary, not text")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-16" if _utf16(data) else "utf-8-sig")
     except UnicodeDecodeError:
         raise KnowledgeError("not UTF-8 text: save it as UTF-8") from None
 
@@ -198,9 +213,12 @@ def read_document(path: Path) -> list[Section]:
             except Exception as exc:  # pypdf raises whatever a malformed file leads it to
                 raise KnowledgeError(f"not a readable PDF ({_one_line(exc)})") from None
         elif suffix in HTML_SUFFIXES:
-            if b"\x00" in data and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            if _binary(data):
                 raise KnowledgeError("binary, not HTML")
-            sections = [Section(_html_text(data))]
+            try:
+                sections = [Section(_html_text(data))]
+            except Exception as exc:  # the parser raises whatever a broken page leads it to
+                raise KnowledgeError(f"not readable HTML ({_one_line(exc)})") from None
         else:
             sections = [Section(_decode(data))]
     except OSError as exc:
@@ -353,12 +371,9 @@ class KnowledgeBase:
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
         total, done = float(sum(max(f.size, 1) for f in files)), 0.0
         for file in files:
-            def moved(fraction: float, before: float = done, weight: int = max(file.size, 1),
-                      ) -> None:
-                if progress is not None:
-                    progress(before + fraction * weight, total)
             try:
-                await self._ingest_one(file, tenant, report, metadata, moved)
+                await self._ingest_one(file, tenant, report, metadata,
+                                       _within(progress, done, max(file.size, 1), total))
             except EmbeddingError as exc:
                 raise KnowledgeError(f"{exc} ({report.documents} documents were ingested "
                                      f"before it; run the same command again)") from None
@@ -402,18 +417,15 @@ class KnowledgeBase:
             digest = _hash(chunk)
             keyed.append((f"{file.source}#{digest[:16]}#{seen[digest]}", chunk, page))
             seen[digest] += 1
-        tags = None if metadata is None else {
-            **metadata, "type": file.path.suffix.lower().lstrip(".")}
         await self._sync(tenant, file.source, _hash("\n".join(s.text for s in sections)), keyed,
-                         report, tags, origin=str(file.path),
-                         suffix_type=file.path.suffix.lower().lstrip("."),
-                         moved=lambda f: moved(0.5 + 0.5 * f))
+                         report, metadata, {"type": file.path.suffix.lower().lstrip(".")},
+                         origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
 
     async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
         """Store chunks as they are, under the keys given (the evaluation's corpus ids)."""
         await self._ensure_index()
         await self._sync(tenant, source, _hash("".join(k for k, _ in chunks)),
-                         [(key, text, None) for key, text in chunks], IngestReport(), {})
+                         [(key, text, None) for key, text in chunks], IngestReport(), {}, {})
 
     async def _embed(self, texts: list[str], moved: Callable[[float], None] | None,
                      ) -> list[np.ndarray]:
@@ -428,13 +440,13 @@ class KnowledgeBase:
     async def _sync(
         self, tenant: str, source: str, doc_hash: str,
         chunks: list[tuple[str, str, int | None]], report: IngestReport,
-        metadata: dict[str, str] | None, *, origin: str = "", suffix_type: str = "",
+        metadata: dict[str, str] | None, built_in: dict[str, str], *, origin: str = "",
         moved: Callable[[float], None] | None = None,
     ) -> None:
         """Make the stored chunks of `source` exactly `chunks` (key, text, page), embedding only
-        the ones not stored yet with this embedder. `metadata` None keeps the document's tags
-        (its `type` set to `suffix_type`); `origin` is the file it was read from, and a document
-        read from the same file under another name is replaced by this one."""
+        the ones not stored yet with this embedder. Its tags become `metadata` and `built_in`;
+        `metadata` None keeps the ones it has. `origin` is the file it was read from: a
+        document read from the same file under another name is replaced by this one."""
         wanted = [(key, _hash(text), text, position, page)
                   for position, (key, text, page) in enumerate(chunks)]
         model = self.embedder.name
@@ -450,9 +462,7 @@ class KnowledgeBase:
                 " metadata = CASE WHEN $6 THEN excluded.metadata"
                 " ELSE kb_documents.metadata || excluded.metadata END,"
                 " ingested_at = now() RETURNING id",
-                tenant, source, origin, doc_hash,
-                json.dumps(metadata if metadata is not None else (
-                    {"type": suffix_type} if suffix_type else {})),
+                tenant, source, origin, doc_hash, json.dumps({**(metadata or {}), **built_in}),
                 metadata is not None,
             )
             have = {r["chunk_key"] for r in await conn.fetch(

@@ -26,10 +26,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from test_knowledge import BAKING, ROUTER, write_docs, write_pdf
 
+from agent.components import make_embedder
 from agent.config import Settings
 from memory import knowledge
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import GeminiEmbedder, OfflineEmbedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
 
 
@@ -322,3 +323,15 @@ async def test_fuzzed_folders_ingest_every_file_or_report_it(
     stored = {d.source.removeprefix("kb/") for d in await knowledge.documents(db.pool, tenant)}
     assert stored | skipped == names and not stored & skipped
     assert all("\n" not in line for line in report.skipped)
+
+
+def test_auto_embeddings_keep_the_model_a_tenants_knowledge_is_stored_with(
+    settings: Settings,
+) -> None:
+    keyed = settings.with_overrides(gemini_api_key="test-key")
+    assert isinstance(make_embedder(keyed, ["wordllama-l2-supercat-256"]), OfflineEmbedder)
+    assert isinstance(make_embedder(keyed, ["gemini-embedding-001-768"]), GeminiEmbedder)
+    assert isinstance(make_embedder(keyed), GeminiEmbedder)  # a tenant without knowledge
+    assert isinstance(make_embedder(settings), OfflineEmbedder)  # no key
+    assert isinstance(make_embedder(keyed.with_overrides(embeddings="gemini"),
+                                    ["wordllama-l2-supercat-256"]), GeminiEmbedder)  # as told
