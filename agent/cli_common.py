@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+from vision.ranges import Range
 
 
 class UserError(Exception):
@@ -17,6 +20,16 @@ def positive_int(raw: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {raw!r}")
     return value
+
+
+def in_range(accepted: Range) -> Callable[[str], int | float]:
+    """An argparse type for a number in `accepted` (NaN and infinities never are)."""
+    def parse(raw: str) -> int | float:
+        try:
+            return accepted.parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, got {raw!r}") from None
+    return parse
 
 
 def identifier(raw: str) -> str:

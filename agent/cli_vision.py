@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_common import UserError
+from vision.ranges import Range
+
+from .cli_common import UserError, in_range, key_value
 
 if TYPE_CHECKING:
     from vision.change import DetectorConfig
@@ -20,30 +22,14 @@ SYSTEMS = ("sightline", "phash_fixed10", "phash_adaptive", "scenedetect_hash",
            "scenedetect_content")  # bench.vision_eval.SYSTEMS, without importing it for --help
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 60], got {raw!r}")
-    return value
-
-
-def _setting(raw: str) -> tuple[str, str]:
-    name, sep, value = raw.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {raw!r}")
-    return name.strip(), value.strip()
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     vision = sub.add_parser("vision", help="screen change detection: scan a recording, evaluate")
     commands = vision.add_subparsers(dest="vision_command", required=True)
     tuning = argparse.ArgumentParser(add_help=False)
-    tuning.add_argument("--fps", type=_positive_float, default=1.0, help="samples per second")
+    tuning.add_argument("--fps", type=in_range(Range(float, 0, 60, open_low=True)),
+                        default=1.0, help="samples per second, in (0, 60]")
     tuning.add_argument(
-        "--set", dest="settings", type=_setting, action="append", default=[], metavar="NAME=VALUE",
+        "--set", dest="settings", type=key_value, action="append", default=[], metavar="NAME=VALUE",
         help="override a detector setting (repeatable; `sightline vision settings` lists them)",
     )
     tuning.add_argument("--json", action="store_true", help="JSON lines instead of text")
