@@ -107,7 +107,7 @@ def load_labels(path: Path) -> LabelledSession:
                        for e in raw["events"])
         video = path.parent / str(raw["video"])
         duration = float(raw.get("duration", 0.0))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting
         raise LabelError(f"{path}: cannot read labels ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise LabelError(f"{path}: missing or bad field ({exc!r})") from None

@@ -198,6 +198,11 @@ async def test_eval_refuses_malformed_labels(recording: Path, tmp_path: Path) ->
     broken.write_text("{not json")
     code, _, err = await sightline("vision", "eval", str(broken))
     assert code == 2 and "broken.labels.json: cannot read labels" in err
+    nested = tmp_path / "nested.labels.json"
+    nested.write_text("[" * 100_000)  # deeper than Python's JSON decoder recurses
+    code, _, err = await sightline("vision", "eval", str(nested))
+    assert code == 2 and "nested.labels.json: cannot read labels" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
