@@ -60,6 +60,7 @@ def failure_sentence(err: ProviderError) -> str:
         "rate_limited": "is rate-limiting us right now",
         "server_error": "had an internal error",
         "connection": "could not be reached",
+        "unknown_tool": "kept asking for a tool it does not have",
     }.get(err.kind, "rejected the request")
     return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."
 
@@ -234,6 +235,23 @@ def _answers_tool_result(chat_ctx: llm.ChatContext) -> bool:
     return bool(chat_ctx.items) and chat_ctx.items[-1].type == "function_call_output"
 
 
+def _repeats_unknown_tool(
+    chat_ctx: llm.ChatContext, call: llm.FunctionToolCall, tools: llm.ToolContext | None,
+) -> bool:
+    """A call to a tool the agent does not have, when this user turn already called one: the
+    model got LiveKit's error result for the first and is not given the same error again (a
+    model that keeps asking would loop until LiveKit's tool-step limit and reply nothing)."""
+    known = tools.function_tools if tools is not None else {}
+    if call.name in known:
+        return False
+    for item in reversed(chat_ctx.items):
+        if item.type == "message" and item.role == "user":
+            return False
+        if item.type == "function_call" and item.name not in known:
+            return True
+    return False
+
+
 def _agent_initiated(chat_ctx: llm.ChatContext) -> bool:
     """A reply nobody asked for (`generate_reply(instructions=...)` adds its instructions as
     the last message): it starts at tier 0 and leaves the user's escalation state alone."""
@@ -357,6 +375,10 @@ class CascadeStream(llm.LLMStream):
                     attempt.usage = item
                     continue
                 if isinstance(item, llm.FunctionToolCall):
+                    if _repeats_unknown_tool(self._chat_ctx, item, tools):
+                        raise ProviderError(
+                            tier.provider, tier.model, "unknown_tool", None,
+                            f"asked again for tool {item.name!r}, which does not exist")
                     held = attempt.header.finish()
                     if attempt.declines_tool_call():
                         attempt.outcome = "low_confidence"

@@ -30,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _counts(counts: dict[str, int], unit: str = "") -> str:
-    """`{"noise": 13, "typing": 2}` as `13 noise, 2 typing`."""
-    return ", ".join(f"{n} {unit}{name}" for name, n in counts.items())
+    """`{"typing": 2, "noise": 13}` as `13 noise, 2 typing` (by name: Postgres' JSONB does not
+    keep the order the summary was written in)."""
+    return ", ".join(f"{counts[name]} {unit}{name}" for name in sorted(counts))
 
 
 def _dollars(cost: float | None, unpriced: bool) -> str:
@@ -71,7 +72,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if frames.get("by_content_type"):
         lines.append("  frames by content type: " + ", ".join(
             f"{kind} {c['kept']}/{c['sampled']} kept"
-            for kind, c in frames["by_content_type"].items()))
+            for kind, c in sorted(frames["by_content_type"].items())))
     unpriced = set(summary["unpriced_models"])
     by_model = summary["by_model"]
     for model in model_order(by_model, {m: t.get("tier") for m, t in by_model.items()}):
@@ -182,7 +183,6 @@ async def _close(
     """Close one session its process left open, unless that process may still be running it:
     on this host, while its process id lives; from another host, until it has been idle for
     `idle_s` (its process cannot be seen from here)."""
-    import os
     import socket
     import time
 
@@ -205,7 +205,7 @@ async def _close(
             raise UserError(f"session {session_id} may still be running: its process {pid} "
                             "lives on this host; stop that process (it closes its sessions) "
                             "and try again")
-        ran = f"process {pid} on this host, which is gone"
+        ran = f"pid {pid} on this host, no longer running"
     else:
         last = max((float(e["ts"]) for e in events), default=0.0) or datetime.fromisoformat(
             session["started_at"]).timestamp()
@@ -216,14 +216,13 @@ async def _close(
                             f"{idle / 60:.0f} min ago: it may still be running; close it from "
                             f"that host, or once it has been idle for --idle-minutes "
                             f"{idle_s / 60:.0f}")
-        ran = f"its process {where}, idle for {idle / 60:.0f} min"
+        ran = f"{where}, idle for {idle / 60:.0f} min"
     summary = {
         **recompute_summary(events, session_id=session_id, tenant=session["tenant"],
                             source=session["source"],
                             prices=settings.prices_file or BUNDLED_PRICES, cost_log=path),
         "outcome": ABANDONED,
-        "error": f"closed by `sightline costs --close` (pid {os.getpid()}): {ran} had not "
-                 "closed it",
+        "error": f"its process ({ran}) did not close it; closed by `sightline costs --close`",
         "recomputed_from": "cost log" if local else "cost_events",
     }
     if not await store.close_session(session_id, summary["total_cost_usd"], summary):

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from livekit.agents import llm
+
+from tools.screen_history import ScreenHistoryTools
 from vision.video_file import VideoUnreadable, probe_duration
 
 from .config import Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
+# the tools a replayed session's agent has: a scripted call to any other would only loop
+AGENT_TOOLS = frozenset(tool.id for tool in llm.find_function_tools(ScreenHistoryTools))
 
 
 class FixtureError(ValueError):
@@ -108,6 +113,9 @@ def _tier_reply(raw: Any, where: str) -> TierReply:
             raise FixtureError(f"{where}: tool_call must be {{\"name\": ..., \"args\": {{...}}}}")
         tool = ToolCallScript(_require(call, "name", str, f"{where}.tool_call"),
                               call.get("args", {}))
+        if tool.name not in AGENT_TOOLS:
+            raise FixtureError(f"{where}.tool_call: the agent has no tool {tool.name!r} (its "
+                               f"tools: {', '.join(sorted(AGENT_TOOLS))})")
         return TierReply(model, str(raw.get("text", "")), confidence, tool_call=tool)
     return TierReply(model, _require(raw, "text", str, where), confidence)
 

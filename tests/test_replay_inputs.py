@@ -1,0 +1,398 @@
+"""Bad inputs to replay and sessions: each gets one clear line and leaves nothing half-written.
+
+Protects: configuration that cannot work (prices, reranker key, cost-log directory) fails before
+a session's row is written; a replay cancelled or interrupted with Ctrl-C closes its session
+(outcome in the summary, cost log ending with it) and prints one line, exit 130; a session whose
+process was killed is closed by `sightline costs ID --close`, which refuses while that process
+may still run it; a truncated or damaged recording is decoded to its real end and named as such
+by replay and `vision scan`; `replay --fresh` prints the same on every run; the summary's turn
+counts agree; an unknown tool is refused at fixture load and loops no more at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEMO_FIXTURE, SIGHTLINE, cli_env, run_cli
+from test_replay import drive, one_tier, read_jsonl, write_fixture
+
+from agent.cli import _parser
+from agent.cli_costs import format_summary
+from agent.config import Settings, parse_tiers
+from agent.replay import ReplayResult, replay
+from agent.replay_script import FixtureError, load_fixture
+from agent.session import SessionRuntime
+from agent.wire_format_server import ScriptedModelServer, ScriptedReply, ScriptedToolCall
+from memory.db import Database
+from memory.store import Store
+
+DEMO_VIDEO = DEMO_FIXTURE / "screen.webm"
+
+
+async def sessions(db: Database) -> list[dict[str, Any]]:
+    return await Store(db.pool).list_sessions(100)
+
+
+def one_turn_fixture(root: Path, video: Path | None = None, t: float = 3.0) -> Path:
+    root = write_fixture(root, [
+        {"t": t, "tenant": "acme", "user": "u1", "text": "What is on my screen?",
+         "response": {"origin": "scripted", "text": "A terminal."}},
+    ])
+    if video is not None:
+        (root / "screen.webm").write_bytes(video.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"SIGHTLINE_PRICES": "{not json"}, "SIGHTLINE_PRICES"),
+    ({"SIGHTLINE_RERANKER": "cohere"}, "COHERE_API_KEY"),
+    ({"SIGHTLINE_COST_LOG_DIR": "FILE"}, "SIGHTLINE_COST_LOG_DIR"),
+])
+async def test_unusable_configuration_writes_no_session(
+    settings: Settings, db: Database, tmp_path: Path, env: dict[str, str], says: str,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    prices = tmp_path / "prices.json"
+    prices.write_text(env.get("SIGHTLINE_PRICES", "{}"))
+    if "SIGHTLINE_PRICES" in env:
+        env = {"SIGHTLINE_PRICES": str(prices)}
+    if "SIGHTLINE_COST_LOG_DIR" in env:
+        env = {"SIGHTLINE_COST_LOG_DIR": str(blocker / "costs")}
+    fixture = one_turn_fixture(tmp_path / "fx")
+    code, _, err = await run_cli("replay", str(fixture), env=cli_env(settings) | env)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert says in err
+    assert await sessions(db) == []  # nothing was opened, so nothing is left open
+
+
+def find_events(directory: Path, kind: str) -> Path | None:
+    for path in directory.glob("replay_*.jsonl"):
+        if f'"kind": "{kind}"' in path.read_text(errors="replace"):
+            return path
+    return None
+
+
+async def wait_for_events(directory: Path, kind: str, timeout_s: float = 60.0) -> Path:
+    """The first cost log in `directory` that holds an event of `kind`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await asyncio.to_thread(find_events, directory, kind)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} event in {directory} within {timeout_s}s")
+
+
+async def start_replay(settings: Settings, fixture: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), "replay", str(fixture), env=cli_env(settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def test_ctrl_c_closes_the_session_with_one_line(settings: Settings, db: Database) -> None:
+    proc = await start_replay(settings, DEMO_FIXTURE)
+    log = await wait_for_events(settings.costs_dir, "frame")
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    lines = err.decode().strip().splitlines()
+    session_id = log.stem
+    assert proc.returncode == 130
+    assert lines == [f"interrupted: session {session_id} closed"]
+    events = read_jsonl(log)
+    assert events[-1]["kind"] == "summary"
+    assert events[-1]["detail"]["outcome"] == "interrupted"
+    stored = await Store(db.pool).get_session(session_id)
+    assert stored is not None and stored["ended_at"] is not None
+    assert stored["summary"]["outcome"] == "interrupted"
+    assert not [s for s in await sessions(db) if s["ended_at"] is None]
+
+
+async def test_cancelled_replay_closes_its_session(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    result = ReplayResult("demo")
+    task = asyncio.create_task(replay(load_fixture(DEMO_FIXTURE), settings, db, result))
+    log = await wait_for_events(settings.costs_dir, "context")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [summary] = result.sessions
+    assert summary["session_id"] == log.stem and summary["outcome"] == "interrupted"
+    assert read_jsonl(log)[-1]["detail"]["outcome"] == "interrupted"
+    [row] = await sessions(db)
+    assert row["ended_at"] is not None and row["outcome"] == "interrupted"
+
+
+async def killed_replay(settings: Settings) -> tuple[str, Path]:
+    """A replay SIGKILLed mid-session (and reaped): its session is left open."""
+    proc = await start_replay(settings, DEMO_FIXTURE)
+    log = await wait_for_events(settings.costs_dir, "context")
+    proc.kill()
+    await proc.wait()
+    return log.stem, log
+
+
+async def test_costs_close_ends_a_session_whose_process_was_killed(
+    settings: Settings, db: Database,
+) -> None:
+    session_id, log = await killed_replay(settings)
+    env = cli_env(settings)
+    code, out, _ = await run_cli("costs", env=env)
+    assert code == 0 and re.search(rf"{session_id}.*\(open\)", out)
+
+    code, out, err = await run_cli("costs", session_id, "--close", env=env)
+    assert code == 0, err
+    assert f"Session {session_id}" in out
+    assert "ended: abandoned" in out and "no longer running" in out
+    events = read_jsonl(log)
+    assert events[-1]["kind"] == "summary" and events[-1]["seq"] == events[-2]["seq"] + 1
+    summary = events[-1]["detail"]
+    assert summary["outcome"] == "abandoned" and summary["recomputed_from"] == "cost log"
+    model_calls = [e for e in events if e["kind"] == "model_call"]
+    assert sum(m["calls"] for m in summary["by_model"].values()) == len(model_calls)
+    stored = await Store(db.pool).get_session(session_id)
+    assert stored is not None and stored["summary"] == summary
+    assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+    code, out, _ = await run_cli("costs", env=env)
+    assert re.search(rf"{session_id}.*abandoned", out) and "(open)" not in out
+
+    code, _, err = await run_cli("costs", session_id, "--close", env=env)  # not twice
+    assert code == 2 and err.strip().splitlines() == [
+        f"sightline: session {session_id} has ended already (abandoned): nothing to close"]
+
+
+async def test_costs_close_refuses_a_session_whose_process_lives(
+    settings: Settings, db: Database,
+) -> None:
+    # this test's own process runs the session: it is alive while `--close` is tried
+    runtime = await SessionRuntime.open(
+        settings.with_overrides(gemini_api_key="test-key", anthropic_api_key="test-key",
+                                embeddings="offline"),
+        db, tenant="acme", user_id="u1", source="live")
+    code, _, err = await run_cli("costs", runtime.session_id, "--close", env=cli_env(settings))
+    await runtime.close()
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"its process {os.getpid()} lives on this host" in err
+    [row] = await sessions(db)
+    assert row["outcome"] == "completed"  # it closed itself, with its own summary
+
+
+async def test_costs_close_waits_for_a_session_of_another_host_to_be_idle(
+    settings: Settings, db: Database,
+) -> None:
+    session_id, log = await killed_replay(settings)
+    # the same cost log as if another host's worker had written it, 2 hours ago
+    events = read_jsonl(log)
+    for event in events:
+        if event["kind"] == "session":
+            event["detail"]["host"] = f"not-{socket.gethostname()}"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    env = cli_env(settings)
+    code, _, err = await run_cli("costs", session_id, "--close", env=env)
+    assert code == 2 and "may still be running" in err and "--idle-minutes" in err
+    assert (await sessions(db))[0]["ended_at"] is None
+
+    aged = [{**e, "ts": e["ts"] - 7200} for e in events]
+    log.write_text("".join(json.dumps(e) + "\n" for e in aged))
+    code, out, err = await run_cli("costs", session_id, "--close", env=env)
+    assert code == 0, err
+    assert f"on host not-{socket.gethostname()}, idle for 120 min" in out
+
+
+def truncated(tmp_path: Path) -> Path:
+    data = DEMO_VIDEO.read_bytes()
+    path = tmp_path / "truncated.webm"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def damaged(tmp_path: Path) -> Path:
+    """The demo with 2000 bytes flipped after its first tenth: packets fail to decode."""
+    data = bytearray(DEMO_VIDEO.read_bytes())
+    rng = random.Random(1)
+    for _ in range(2000):
+        data[rng.randrange(len(data) // 10, len(data))] ^= 0xFF
+    path = tmp_path / "damaged.webm"
+    path.write_bytes(bytes(data))
+    return path
+
+
+async def scan_json(path: Path, tmp_path: Path) -> tuple[dict[str, Any], str]:
+    code, out, err = await run_cli("vision", "scan", str(path), "--json",
+                                   env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert code == 0, err
+    assert "Traceback" not in err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+async def test_scan_names_a_truncated_video(tmp_path: Path) -> None:
+    summary, err = await scan_json(truncated(tmp_path), tmp_path)
+    video = summary["video"]
+    assert video["header_duration_s"] == pytest.approx(40.0, abs=0.05)
+    assert video["ends_early"] and video["last_frame_t"] < 30
+    assert summary["sampled"] == pytest.approx(video["last_frame_t"], abs=1.5)
+    assert err.strip().splitlines() == [f"warning: {video['problem']}"]
+    assert "header says 40.0s" in video["problem"]
+
+    whole, err = await scan_json(DEMO_VIDEO, tmp_path)
+    assert whole["video"]["problem"] is None and not whole["video"]["ends_early"] and not err
+
+
+async def test_scan_decodes_past_damaged_packets(tmp_path: Path) -> None:
+    summary, err = await scan_json(damaged(tmp_path), tmp_path)
+    video = summary["video"]
+    assert video["skipped_packets"] > 0
+    assert video["last_frame_t"] > 39  # to the end, not aborted at the first bad packet
+    assert summary["sampled"] >= 30  # one a second, as far as the frames go
+    assert "undecodable" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_replay_of_a_truncated_video_says_where_it_ends(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    fixture = one_turn_fixture(tmp_path / "fx", truncated(tmp_path), t=35.0)
+    code, out, err = await run_cli("replay", str(fixture), env=cli_env(settings))
+    assert code == 0, err
+    header, warning = out.splitlines()[:2]
+    assert header == "Replayed fixture 'fx' (screen.webm, 40.0s)"
+    assert warning.startswith("warning: screen.webm: its frames end at ")
+    assert "though its header says 40.0s" in warning
+    assert "  video: screen.webm: its frames end at " in out  # in the session's summary
+
+    [row] = await sessions(db)
+    events = read_jsonl(settings.costs_dir / f"{row['id']}.jsonl")
+    [video] = [e["detail"] for e in events if e["kind"] == "video"]
+    assert video["ends_early"] and video["last_frame_t"] < 30
+    assert events[-1]["detail"]["video"] == video
+
+
+def normalized(output: str) -> str:
+    """A replay's output without what differs by design: session ids, their cost-log paths
+    and the measured OCR CPU time."""
+    output = re.sub(r"replay_[0-9a-f]{16}", "replay_ID", output)
+    output = re.sub(r"cost log: .*", "cost log: PATH", output)
+    return re.sub(r"[0-9.]+ s of OCR CPU", "N s of OCR CPU", output)
+
+
+async def test_fresh_replay_prints_the_same_on_every_run(settings: Settings) -> None:
+    env = cli_env(settings)
+    runs = [await run_cli("replay", "--fresh", str(DEMO_FIXTURE), env=env) for _ in range(2)]
+    assert [code for code, _, _ in runs] == [0, 0]
+    first, second = (normalized(out) for _, out, _ in runs)
+    assert first == second
+    assert first.count("Sightline: ") == 5 and "total: $" in first
+
+
+async def test_summary_counts_user_turns_and_tool_rounds_alike(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    lite = "gemini-2.5-flash-lite"
+    fixture = write_fixture(tmp_path / "tools", tiers=f"gemini:{lite}:0:512", turns=[
+        {"t": 9.0, "tenant": "acme", "user": "u1", "text": "What changed on screen?",
+         "response": {"origin": "scripted", "tiers": [
+             {"model": lite, "tool_call": {"name": "screen_changes", "args": {"minutes": 1}}},
+             {"model": lite, "confidence": 0.9, "text": "A terminal opened."}]}},
+        {"t": 12.0, "tenant": "acme", "user": "u1", "text": "Which pip version is shown?",
+         "response": {"origin": "scripted", "text": "pip 23.2.1."}},
+    ])
+    result = await replay(load_fixture(fixture), settings, db)
+    [summary] = result.sessions
+    turns = summary["turns"]
+    assert turns["user_turns"] == summary["vs_top_tier"]["user_turns"] == 2
+    assert turns["model_rounds"] == summary["vs_top_tier"]["model_rounds"] == 3
+    assert sum(turns["started_at_tier"].values()) == turns["user_turns"]
+    assert sum(turns["answered_by_tier"].values()) == turns["user_turns"]
+    assert turns["escalated"] == 0 and turns["tool_calls"] == {"screen_changes": 1}
+    text = format_summary(summary)
+    assert "{" not in text and "'" not in text  # readable text, no Python dicts
+    assert "turns: 2 started (2 at tier 0); answered 2 by tier 0" in text
+
+
+async def test_costs_shows_the_summary_as_replay_printed_it(
+    settings: Settings, db: Database,
+) -> None:
+    env = cli_env(settings)
+    code, replayed, err = await run_cli("replay", str(DEMO_FIXTURE), env=env)
+    assert code == 0, err
+    blocks = replayed.split("Session ")[1:]
+    assert len(blocks) == 2
+    for block in blocks:
+        session_id = block.split()[0]
+        code, shown, err = await run_cli("costs", session_id, env=env)
+        assert code == 0, err
+        assert "Session " + block.strip() == shown.strip()
+    models = [line.split(":")[0].strip() for line in blocks[0].splitlines()
+              if " calls (" in line]
+    assert models == ["gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"]
+
+
+async def test_costs_for_an_unknown_tenant_says_so(settings: Settings, db: Database) -> None:
+    code, out, _ = await run_cli("costs", "--tenant", "nobody", env=cli_env(settings))
+    assert code == 0 and out.strip() == "No sessions for tenant nobody."
+
+
+async def test_an_unpriced_model_is_marked(settings: Settings, db: Database,
+                                           tmp_path: Path) -> None:
+    prices = json.loads((Path(__file__).parent.parent / "agent" / "prices.json").read_text())
+    del prices["models"]["gemini-2.5-flash"]
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps(prices))
+    fixture = write_fixture(tmp_path / "fx", tiers="gemini:gemini-2.5-flash:0:512", turns=[
+        {"t": 3.0, "tenant": "acme", "user": "u1", "text": "Hi",
+         "response": {"origin": "scripted", "text": "Hello."}}])
+    code, out, err = await run_cli("replay", str(fixture),
+                                   env=cli_env(settings) | {"SIGHTLINE_PRICES": str(table)})
+    assert code == 0, err
+    [line] = [x for x in out.splitlines() if x.startswith("  gemini-2.5-flash:")]
+    assert line.endswith(", unpriced") and "$" not in line
+    assert "not priced" in out and "gemini-2.5-flash" in out.split("not priced")[1]
+
+
+def test_fixture_with_an_unknown_tool_is_refused_at_load(tmp_path: Path) -> None:
+    lite = "gemini-2.5-flash-lite"
+    fixture = write_fixture(tmp_path / "fx", turns=[
+        {"t": 3.0, "tenant": "acme", "user": "u1", "text": "Open it",
+         "response": {"origin": "scripted", "tiers": [
+             {"model": lite, "tool_call": {"name": "open_browser", "args": {}}}]}}])
+    with pytest.raises(FixtureError) as info:
+        load_fixture(fixture)
+    message = str(info.value)
+    assert str(fixture / "session.json") in message and "'open_browser'" in message
+    assert "\n" not in message and "earlier_screen, screen_changes" in message
+
+
+@pytest.mark.parametrize(("provider", "model"), [
+    ("gemini", "gemini-2.5-flash"), ("anthropic", "claude-sonnet-4-6")])
+async def test_a_model_asking_for_an_unknown_tool_gets_one_error_result(
+    settings: Settings, db: Database, provider: str, model: str,
+) -> None:
+    call = ScriptedReply(tool_calls=(ScriptedToolCall("open_browser", {"url": "x"}),))
+    tiered = settings.with_overrides(tiers=parse_tiers(one_tier(provider, model)))
+    async with ScriptedModelServer([call] * 5) as server:
+        replies, summary = await drive(tiered, db, server, ["Open the docs"])
+        # the call, then its error result; asked again for it, the model is not looped
+        assert len(server.requests) == 2
+        assert "Unknown function: open_browser" in server.requests[1].text
+    assert replies == [f"Sorry, the model ({model}) kept asking for a tool it does not have, "
+                       "so I have no answer. Please ask again."]
+    assert summary["turns"]["user_turns"] == 1 and summary["turns"]["model_rounds"] == 2
+
+
+def test_costs_options_have_help() -> None:
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    costs = sub.choices["costs"]  # type: ignore[index]
+    for action in costs._actions:
+        assert action.help, f"sightline costs {action.option_strings or action.dest}"
+
