@@ -176,7 +176,8 @@ def _pdf_sections(data: bytes) -> list[Section]:
     reader = pypdf.PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         reader.decrypt("")  # many PDFs are "encrypted" with an empty password
-    return [Section((page.extract_text() or "").replace("\x00", ""), number)
+    # a page's broken font map can yield lone surrogates, which no database text can hold
+    return [Section((page.extract_text() or "").encode("utf-8", "replace").decode(), number)
             for number, page in enumerate(reader.pages, start=1)]
 
 

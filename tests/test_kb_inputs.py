@@ -16,6 +16,8 @@ import json
 import random
 import shutil
 import string
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import nltk.redos
@@ -286,10 +288,20 @@ async def _search_after_ingest(db: Database, path: Path, query: str) -> list[kno
     return await kb.search("acme", query, k=1)
 
 
+@cache
+def _a_pdf() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "two-pages.pdf"
+        write_pdf(path, "Unpack the router.", "The VPN port is 51820.")
+        return path.read_bytes()
+
+
 def _contents() -> st.SearchStrategy[bytes]:
     """What a file in a folder someone ingests may hold."""
     text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+    pdf = _a_pdf()
     return st.one_of(
+        st.integers(0, len(pdf)).map(lambda n: pdf[:n]),  # a PDF cut short anywhere
         text.map(lambda t: t.encode("utf-8")),
         text.map(lambda t: t.encode("utf-16")),
         st.binary(max_size=300),
