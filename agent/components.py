@@ -20,10 +20,8 @@ def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
     """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto`: the embedder a tenant's knowledge
     is stored with (`stored`, its models' names), else Gemini when its key is set. `auto` never
     switches a tenant's stored knowledge to another model: that would re-embed all of it."""
-    use_gemini = settings.embeddings == "gemini"
-    if settings.embeddings == "auto":
-        offline_stored = any(m.startswith(OfflineEmbedder.FAMILY) for m in stored)
-        use_gemini = settings.gemini_api_key is not None and not offline_stored
+    use_gemini = settings.embeddings_in_use() == "gemini" and not (
+        settings.embeddings == "auto" and any(m.startswith(OfflineEmbedder.FAMILY) for m in stored))
     if not use_gemini:
         return OfflineEmbedder()
     if not settings.gemini_api_key:
