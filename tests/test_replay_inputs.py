@@ -24,6 +24,10 @@ from typing import Any
 
 import pytest
 from conftest import DEMO_FIXTURE, SIGHTLINE, cli_env, run_cli
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzzing
+from hypothesis import strategies as st
+from livekit import rtc
 from test_replay import drive, one_tier, read_jsonl, write_fixture
 
 from agent.cli import _parser
@@ -35,6 +39,10 @@ from agent.session import SessionRuntime
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply, ScriptedToolCall
 from memory.db import Database
 from memory.store import Store
+from vision.frames import as_i420
+from vision.sampler import FrameSampler
+from vision.screen import FrameDecision, ScreenWatcher
+from vision.video_file import VideoFrames, VideoUnreadable
 
 DEMO_VIDEO = DEMO_FIXTURE / "screen.webm"
 
@@ -396,3 +404,119 @@ def test_costs_options_have_help() -> None:
     for action in costs._actions:
         assert action.help, f"sightline costs {action.option_strings or action.dest}"
 
+
+
+# --- fuzzing: fixtures and frames ------------------------------------------------------------
+
+DEMO_SESSION_JSON = json.loads((DEMO_FIXTURE / "session.json").read_text())
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path into a JSON value (the value itself included)."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found += paths(child, (*prefix, index))
+    return found
+
+
+@st.composite
+def mutated_sessions(draw: st.DrawFn) -> str:
+    """The demo's session.json with a few values replaced or removed, or random text."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.text(max_size=200))
+    session = json.loads(json.dumps(DEMO_SESSION_JSON))
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(paths(session)[1:]))
+        parent = session
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()):
+            parent[path[-1]] = draw(json_values)
+        elif isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent.pop(path[-1])
+    return json.dumps(session)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz-fixture")
+    (root / "screen.webm").symlink_to(DEMO_VIDEO)
+    (root / "knowledge").symlink_to(DEMO_FIXTURE / "knowledge")
+    return root
+
+
+@fuzzing(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=mutated_sessions())
+def test_fuzzed_fixtures_fail_with_one_fixture_error_line(fuzz_dir: Path, content: str) -> None:
+    (fuzz_dir / "session.json").write_text(content)
+    try:
+        fixture = load_fixture(fuzz_dir)
+    except FixtureError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and str(fuzz_dir) in message
+        return
+    assert fixture.turns and all(t.text.strip() for t in fixture.turns)
+
+
+frame_types = st.sampled_from([
+    rtc.VideoBufferType.I420, rtc.VideoBufferType.NV12, rtc.VideoBufferType.RGBA,
+    rtc.VideoBufferType.BGRA, rtc.VideoBufferType.ARGB, rtc.VideoBufferType.ABGR,
+    rtc.VideoBufferType.RGB24, rtc.VideoBufferType.I420A, rtc.VideoBufferType.I422,
+    rtc.VideoBufferType.I444, rtc.VideoBufferType.I010])
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> rtc.VideoFrame:
+    width, height = draw(st.integers(0, 40)), draw(st.integers(0, 40))
+    kind = draw(frame_types)
+    need = width * height * 4
+    size = draw(st.sampled_from([0, 1, need // 4, need // 2, need, need + 7]))
+    return rtc.VideoFrame(width, height, kind, draw(st.binary(min_size=size, max_size=size)))
+
+
+@fuzzing(max_examples=200, deadline=None)
+@given(offered=st.lists(frames(), min_size=1, max_size=6))
+def test_fuzzed_frames_never_stop_the_screen_watcher(offered: list[rtc.VideoFrame]) -> None:
+    decisions: list[FrameDecision] = []
+    watcher = ScreenWatcher(FrameSampler(1.0), decisions.append)
+    for index, frame in enumerate(offered):
+        watcher.offer(float(index), frame)  # raises nothing, whatever the frame holds
+    assert len(decisions) <= len(offered)
+    assert all(d.kept or d.reason for d in decisions)
+
+
+def test_an_abgr_frame_is_converted_without_aborting_the_process() -> None:
+    """Found by the fuzz test above: the SDK's ABGR conversion aborted the process."""
+    abgr = rtc.VideoFrame(2, 2, rtc.VideoBufferType.ABGR, bytes([255, 10, 50, 200]) * 4)
+    rgba = rtc.VideoFrame(2, 2, rtc.VideoBufferType.RGBA, bytes([200, 50, 10, 255]) * 4)
+    assert bytes(as_i420(abgr).data) == bytes(as_i420(rgba).data)
+
+
+@fuzzing(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=0, max_size=4096), cut=st.integers(0, 200_000))
+def test_fuzzed_video_files_fail_only_as_unreadable(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, cut: int,
+) -> None:
+    path = tmp_path_factory.mktemp("video") / "screen.webm"
+    # random bytes, or the demo's first bytes followed by random ones
+    path.write_bytes(DEMO_VIDEO.read_bytes()[:cut] + data)
+    try:
+        decoded = VideoFrames(path)
+        count = sum(1 for _ in decoded)
+    except VideoUnreadable as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+        return
+    assert count == decoded.report.frames > 0

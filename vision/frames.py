@@ -66,9 +66,19 @@ def check_frame(frame: rtc.VideoFrame) -> None:
 def as_i420(frame: rtc.VideoFrame) -> rtc.VideoFrame:
     """Check a frame and return it in I420 (converting only when the source sent another type)."""
     check_frame(frame)
+    if frame.type == rtc.VideoBufferType.ABGR:
+        # the SDK's ABGR conversion aborts the whole process (livekit-ffi colorcvt asserts the
+        # buffer is RGBA): the same pixels, bytes reversed, are RGBA, which it converts
+        frame = _abgr_as_rgba(frame)
     if frame.type != rtc.VideoBufferType.I420:
         frame = frame.convert(rtc.VideoBufferType.I420)
     return frame
+
+
+def _abgr_as_rgba(frame: rtc.VideoFrame) -> rtc.VideoFrame:
+    pixels = np.frombuffer(frame.data, np.uint8, count=frame.width * frame.height * 4)
+    rgba = np.ascontiguousarray(pixels.reshape(-1, 4)[:, ::-1])
+    return rtc.VideoFrame(frame.width, frame.height, rtc.VideoBufferType.RGBA, rgba.tobytes())
 
 
 def frame_from_yuv420p(planes: np.ndarray, width: int, height: int) -> rtc.VideoFrame:
