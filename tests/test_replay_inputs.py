@@ -143,10 +143,23 @@ async def test_cancelled_replay_closes_its_session(
     assert row["ended_at"] is not None and row["outcome"] == "interrupted"
 
 
-async def killed_replay(settings: Settings) -> tuple[str, Path]:
-    """A replay SIGKILLed mid-session (and reaped): its session is left open."""
+async def wait_for_rows(db: Database, session_id: str, kind: str) -> None:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        if await db.pool.fetchval("SELECT count(*) FROM cost_events WHERE session_id = $1"
+                                  " AND kind = $2", session_id, kind):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} row of {session_id} in cost_events within 30s")
+
+
+async def killed_replay(settings: Settings, db: Database | None = None) -> tuple[str, Path]:
+    """A replay SIGKILLed mid-session (and reaped): its session is left open. With `db`, once
+    Postgres holds the session's first events (they reach it in batches, a second apart)."""
     proc = await start_replay(settings, DEMO_FIXTURE)
     log = await wait_for_events(settings.costs_dir, "context")
+    if db is not None:
+        await wait_for_rows(db, log.stem, "context")
     proc.kill()
     await proc.wait()
     return log.stem, log
@@ -179,6 +192,23 @@ async def test_costs_close_ends_a_session_whose_process_was_killed(
     code, _, err = await run_cli("costs", session_id, "--close", env=env)  # not twice
     assert code == 2 and err.strip().splitlines() == [
         f"sightline: session {session_id} has ended already (abandoned): nothing to close"]
+
+
+async def test_costs_close_recomputes_from_postgres_without_the_cost_log(
+    settings: Settings, db: Database,
+) -> None:
+    session_id, log = await killed_replay(settings, db)
+    log.unlink()  # as when the session ran on another machine's disk
+    code, out, err = await run_cli("costs", session_id, "--close", "--json",
+                                   env=cli_env(settings))
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["outcome"] == "abandoned" and summary["recomputed_from"] == "cost_events"
+    calls = await db.pool.fetchval("SELECT count(*) FROM cost_events WHERE session_id = $1"
+                                   " AND kind LIKE 'model%'", session_id)
+    assert sum(m["calls"] for m in summary["by_model"].values()) == calls
+    stored = await Store(db.pool).get_session(session_id)
+    assert stored is not None and stored["outcome"] == "abandoned"
 
 
 async def test_costs_close_refuses_a_session_whose_process_lives(
