@@ -206,7 +206,7 @@ class SessionRuntime:
             record.note_process()
             try:
                 runtime = await cls._assemble(
-                    settings, db, store, record, parts, providers, embedder, reranker,
+                    settings, db, store, record, parts, tiers, providers, embedder, reranker,
                     tenant=tenant, user_id=user_id, room=room)
             except BaseException as exc:
                 await parts.aclose()
@@ -218,13 +218,13 @@ class SessionRuntime:
     @classmethod
     async def _assemble(
         cls, settings: Settings, db: Database | None, store: Store | None,
-        record: SessionRecord, parts: AsyncExitStack, providers: list[ChatProvider],
-        embedder: Embedder | None, reranker: Reranker | None, *, tenant: str, user_id: str,
-        room: str | None,
+        record: SessionRecord, parts: AsyncExitStack, tiers: list[Tier],
+        providers: list[ChatProvider], embedder: Embedder | None, reranker: Reranker | None, *,
+        tenant: str, user_id: str, room: str | None,
     ) -> SessionRuntime:
         """The session's parts, once its row and record exist; each part that needs closing
         is put on `parts` as it is made."""
-        session_id, tiers = record.events.session_id, list(settings.cascade_tiers())
+        session_id = record.events.session_id
         events, meter = record.events, record.meter
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
         parts.push_async_callback(conversation.close)
