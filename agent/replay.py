@@ -87,6 +87,11 @@ class _VideoFeed:
             self._reported = True
             runtime.record.events.record("video", detail=self._frames.report.as_record())
 
+    async def start(self) -> None:
+        """Decode the first frame: a recording with none fails here, before a session opens."""
+        self._next = await asyncio.to_thread(next, self._frames, None)
+        self._done = self._next is None
+
     async def advance(
         self, until: float | None, screen: ScreenWatcher,
         settle: Callable[[], Awaitable[None]],
@@ -164,6 +169,7 @@ async def replay(
         return current[0].serve(request)
 
     feed = _VideoFeed(VideoFrames(fixture.video))
+    await feed.start()
     async with ScriptedModelServer(replies=serve) as server:
         settings = settings.with_overrides(
             gemini_api_key="replay-needs-no-key",

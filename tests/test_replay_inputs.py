@@ -316,6 +316,19 @@ async def test_replay_of_a_truncated_video_says_where_it_ends(
     assert events[-1]["detail"]["video"] == video
 
 
+async def test_a_video_without_decodable_frames_fails_before_any_session(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    headless = tmp_path / "header-only.webm"
+    headless.write_bytes(DEMO_VIDEO.read_bytes()[:2000])  # its header says 40 s: it loads
+    fixture = one_turn_fixture(tmp_path / "fx", headless)
+    code, _, err = await run_cli("replay", str(fixture), env=cli_env(settings))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"sightline: {fixture / 'screen.webm'}: no decodable video frames"]
+    assert await sessions(db) == []
+
+
 def normalized(output: str) -> str:
     """A replay's output without what differs by design: session ids, their cost-log paths
     and the measured OCR CPU time."""
