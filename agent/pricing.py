@@ -48,6 +48,38 @@ class Usage:
         )
 
 
+MAX_USD_PER_MTOK = 10_000.0  # far above any model's price: a larger figure is a typo
+
+
+class _BadPrice(ValueError):
+    """A figure of the table that is not a price; its message names the model and the field."""
+
+
+def _dollars(model: str, key: str, raw: object) -> float:
+    """A price of the table: a finite number of dollars, not negative, not absurd."""
+    value = float(raw)  # type: ignore[arg-type]
+    if not 0.0 <= value <= MAX_USD_PER_MTOK:  # also refuses NaN
+        raise _BadPrice(f"{model}.{key} = {raw!r}: must be dollars in [0, {MAX_USD_PER_MTOK:g}]")
+    return value
+
+
+def _model_price(model: str, entry: dict[str, object]) -> ModelPrice:
+    def price(key: str, default: object) -> float:
+        return _dollars(model, key, entry.get(key, default))
+
+    fresh = entry["input_per_mtok"]
+    return ModelPrice(
+        model=model,
+        input_per_mtok=price("input_per_mtok", None),
+        cached_input_per_mtok=price("cached_input_per_mtok", fresh),
+        output_per_mtok=_dollars(model, "output_per_mtok", entry["output_per_mtok"]),
+        cache_write_per_mtok=price("cache_write_per_mtok", fresh),
+        per_search_unit_usd=price("per_search_unit_usd", 0.0),
+        date=str(entry["date"]),
+        source=str(entry["source"]),
+    )
+
+
 class PriceTable:
     def __init__(self, prices: dict[str, ModelPrice], path: Path) -> None:
         self._prices = prices
@@ -58,30 +90,19 @@ class PriceTable:
         path = path or BUNDLED_PRICES
         try:
             raw = json.loads(path.read_text())
-            prices = {
-                model: ModelPrice(
-                    model=model,
-                    input_per_mtok=float(entry["input_per_mtok"]),
-                    cached_input_per_mtok=float(
-                        entry.get("cached_input_per_mtok", entry["input_per_mtok"])
-                    ),
-                    output_per_mtok=float(entry["output_per_mtok"]),
-                    cache_write_per_mtok=float(
-                        entry.get("cache_write_per_mtok", entry["input_per_mtok"])
-                    ),
-                    per_search_unit_usd=float(entry.get("per_search_unit_usd", 0.0)),
-                    date=str(entry["date"]),
-                    source=str(entry["source"]),
-                )
-                for model, entry in raw["models"].items()
-            }
+            prices = {model: _model_price(model, entry) for model, entry in raw["models"].items()}
         except OSError as exc:
             raise ConfigError(f"SIGHTLINE_PRICES: cannot read {path}: {exc.strerror}") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except _BadPrice as exc:
+            raise ConfigError(f"SIGHTLINE_PRICES: {path}: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ConfigError(
                 f"SIGHTLINE_PRICES: {path} is not a valid price table "
                 f"(need models.<id>.input_per_mtok/output_per_mtok/date/source): {exc!r}"
             ) from None
+        if not prices:
+            raise ConfigError(f"SIGHTLINE_PRICES: {path} prices no model: every call would be "
+                              "unpriced")
         return cls(prices, path)
 
     def get(self, model: str) -> ModelPrice | None:

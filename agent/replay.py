@@ -20,7 +20,7 @@ from typing import Any
 from livekit import rtc
 
 from memory.db import Database
-from memory.knowledge import KnowledgeBase
+from memory.knowledge import KnowledgeBase, stored_models
 from vision.screen import ScreenWatcher
 from vision.video_file import VideoFrames, VideoReport
 
@@ -236,14 +236,15 @@ def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
 
 
 async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) -> None:
-    embedder = make_embedder(settings)
-    try:
-        kb = KnowledgeBase(db.pool, embedder)
-        assert fixture.knowledge is not None
-        for tenant in dict.fromkeys(turn.tenant for turn in fixture.turns):
-            await kb.ingest([fixture.knowledge], tenant)
-    finally:
-        await embedder.aclose()
+    """Each tenant's copy with the embedder its knowledge is stored with (as its sessions
+    will search it), so `auto` never re-embeds a tenant's documents with another model."""
+    assert fixture.knowledge is not None
+    for tenant in dict.fromkeys(turn.tenant for turn in fixture.turns):
+        embedder = make_embedder(settings, await stored_models(db.pool, tenant))
+        try:
+            await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge], tenant)
+        finally:
+            await embedder.aclose()
 
 
 async def _run_turn(

@@ -165,6 +165,13 @@ def load_fixture(path: Path) -> Fixture:
                            "session.json and a video)") from None
     except json.JSONDecodeError as exc:
         raise FixtureError(f"{session_file}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise FixtureError(f"{session_file}: not UTF-8 text (a fixture's session.json is JSON "
+                           "in UTF-8)") from None
+    except RecursionError:
+        raise FixtureError(f"{session_file}: nested deeper than a fixture can be") from None
+    except OSError as exc:
+        raise FixtureError(f"{session_file}: cannot read it ({exc.strerror})") from None
     if not isinstance(raw, dict):
         raise FixtureError(f"{session_file}: must hold a JSON object")
     where = str(session_file)

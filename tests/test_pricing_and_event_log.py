@@ -132,6 +132,8 @@ def test_prices_override_from_env(tmp_path: Path) -> None:
                                      "date": "2025-01-01", "source": "x"}}}),
         json.dumps({"models": {"m": {"output_per_mtok": 2, "date": "2025-01-01",
                                      "source": "x"}}}),
+        json.dumps({"models": {}}),  # every call would be unpriced
+        "[" * 100_000,  # deeper than the JSON decoder recurses
     ],
 )
 def test_malformed_price_file_names_the_variable(tmp_path: Path, content: str) -> None:
@@ -141,6 +143,19 @@ def test_malformed_price_file_names_the_variable(tmp_path: Path, content: str) -
         PriceTable.load(path)
     assert "SIGHTLINE_PRICES" in str(info.value)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("figure", ["NaN", "Infinity", "-1", "1e999", "50000"])
+def test_a_figure_that_is_not_a_price_names_the_model_and_field(tmp_path: Path,
+                                                                figure: str) -> None:
+    path = tmp_path / "prices.json"
+    entry = f'{{"input_per_mtok": 1, "output_per_mtok": {figure}, "date": "d", "source": "x"}}'
+    path.write_text(f'{{"models": {{"m": {entry}}}}}')  # NaN and Infinity: Python's JSON reads them
+    with pytest.raises(ConfigError) as info:
+        PriceTable.load(path)
+    message = str(info.value)
+    assert "m.output_per_mtok" in message and "must be dollars in [0, 10000]" in message
+    assert "\n" not in message
 
 
 def test_missing_price_file_names_the_variable(tmp_path: Path) -> None:

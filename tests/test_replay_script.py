@@ -197,11 +197,17 @@ def test_missing_session_json(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [('{"name": "demo", "turns": [', "not valid JSON"), ("[1, 2]", "must hold a JSON object")],
+    [('{"name": "demo", "turns": [', "not valid JSON"), ("[1, 2]", "must hold a JSON object"),
+     (b'{"name": "d\xe9mo"}', "not UTF-8 text"), ("[" * 100_000, "nested deeper")],
 )
-def test_session_json_that_is_not_a_json_object(tmp_path: Path, content: str, says: str) -> None:
+def test_session_json_that_is_not_a_json_object(tmp_path: Path, content: str | bytes,
+                                                says: str) -> None:
     root = make_fixture(tmp_path / "bad")
-    (root / "session.json").write_text(content)
+    session = root / "session.json"
+    if isinstance(content, bytes):
+        session.write_bytes(content)
+    else:
+        session.write_text(content)
     with pytest.raises(FixtureError) as info:
         load_fixture(root)
     assert str(root / "session.json") in str(info.value)
