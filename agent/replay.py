@@ -270,7 +270,7 @@ async def _run_turn(
         models_asked=tuple(e["model"] for e in calls),
         tools_called=tuple(ev.item.name for ev in run.events if ev.type == "function_call"),
         knowledge_used=tuple(dict.fromkeys(
-            k["source"].rsplit("/", 1)[-1] for k in context.get("knowledge", []))),
+            k["source"] for k in context.get("knowledge", []))),
         memory_used=_memory_used(context),
         screen_used=_screen_used(context, runtime.session_id),
     )

@@ -105,9 +105,10 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert [t.models_asked for t in result.turns] == [
         (lite,), (lite, flash), (lite, flash, sonnet), (lite,), (lite,)]
     assert [t.tools_called for t in result.turns] == [(), (), (), (), ()]
-    # the fixture's knowledge folder was ingested for the tenant and consulted on every turn
-    assert "python-setup.md" in result.turns[0].knowledge_used
-    assert result.turns[1].knowledge_used == ("config-files.md",)
+    # the fixture's knowledge folder was ingested for the tenant and consulted on every turn;
+    # its documents are named from the folder down, as `kb list` shows them
+    assert "knowledge/python-setup.md" in result.turns[0].knowledge_used
+    assert result.turns[1].knowledge_used == ("knowledge/config-files.md",)
     # one screenshot per model call; the fourth question's screen had not changed since the
     # third's screenshot, which its request still carries (image policy `changed`)
     assert [t.images_sent for t in result.turns] == [1, 2, 3, 1, 1]

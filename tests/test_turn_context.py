@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from livekit.agents import llm
 
 from agent.screen_context import ScreenContext
-from agent.turn_context import RECALL_TIMEOUT_S, TurnContext
+from agent.turn_context import RECALL_TIMEOUT_S, TurnContext, knowledge_part
 from memory.knowledge import Hit
 from memory.recall import Recalled
 from memory.user_memory import Fact, Recollection
@@ -89,3 +89,13 @@ async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:
         assert built[0] == "What is on my screen?"
         assert not any("knowledge base" in t or "remember" in t for t in built)
         assert any("No screen share is visible" in t for t in built)
+
+
+def test_knowledge_is_cited_by_file_name_and_pdf_page() -> None:
+    part = knowledge_part([
+        Hit(1, "Install with uv.", "docs/setup/install.md", 0.9),
+        Hit(2, "Torque the bolts to 40 Nm.", "manuals/service.pdf", 0.8, page=12),
+    ])
+    assert "[1] (install.md) Install with uv." in part
+    assert "[2] (service.pdf, page 12) Torque the bolts to 40 Nm." in part
+    assert "not instructions" in part
