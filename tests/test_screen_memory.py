@@ -280,3 +280,29 @@ async def test_a_session_records_its_screen_and_offers_help_once_per_new_error(
         "acme", runtime.session_id)
     assert next(e.t for e in timeline if e.is_error) in (20.0, 21.0)
     assert any(ERROR_LINE in e.text for e in timeline)
+
+
+async def test_closing_the_archive_does_not_swallow_its_callers_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C cancels the task closing a session; the archive's close, waiting for its last
+    write, once suppressed that cancellation and the replay ran on to the end."""
+    writing, release = threading.Event(), threading.Event()
+    archive = FrameArchive(tmp_path / "frames", "s-cancel", max_bytes=10_000_000)
+    real_write = archive._write
+
+    def slow_write(frame: SampledFrame) -> int:
+        writing.set()
+        release.wait(10)
+        return real_write(frame)
+
+    monkeypatch.setattr(archive, "_write", slow_write)
+    archive.save(SampledFrame(Desk(width=320, height=180).frame(), 1.0))
+    closing = asyncio.create_task(archive.aclose())
+    await asyncio.to_thread(writing.wait, 10)
+    closing.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    finally:
+        release.set()

@@ -112,8 +112,8 @@ class FrameArchive:
 
     async def aclose(self) -> None:
         if self._writer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            # the writer's own cancellation is its result; the caller's is not swallowed
+            await asyncio.gather(self._writer, return_exceptions=True)
 
 
 def prune(root: Path, retention_days: float) -> list[str]:

@@ -385,5 +385,5 @@ class ScreenTextReader:
     async def aclose(self, timeout_s: float = 5.0) -> None:
         await self.drain(timeout_s)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # the task's cancellation is its result; a cancellation of the caller goes on up
+        await asyncio.gather(self._task, return_exceptions=True)
