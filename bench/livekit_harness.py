@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,10 +32,30 @@ API_SECRET = "e2e-secret-that-is-long-enough-for-hs256"
 DEFAULT_BINARY = Path.home() / ".cache" / "sightline" / "bin" / "livekit-server"
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range: a port that is free now is handed to
+    a process that binds it seconds later, and an ephemeral one may by then be the local end of
+    any outgoing connection (a worker once failed to start on one in CI)."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(10_000, 65_536)
+        if port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_for_port(port: int, timeout_s: float) -> None:

@@ -104,9 +104,12 @@ async def wait_for_events(directory: Path, kind: str, timeout_s: float = 60.0) -
 
 
 async def start_replay(settings: Settings, fixture: Path) -> asyncio.subprocess.Process:
+    # Ctrl-C as a terminal sends it: a suite started in the background by a shell without job
+    # control runs with SIGINT ignored, which the replay would inherit (and rightly ignore)
     return await asyncio.create_subprocess_exec(
         str(SIGHTLINE), "replay", str(fixture), env=cli_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 async def test_ctrl_c_closes_the_session_with_one_line(settings: Settings, db: Database) -> None:
