@@ -219,8 +219,9 @@ async def replay(
 
 
 def _stop_if_interrupted() -> None:
-    """Ctrl-C cancels the replay's task; code that swallowed that cancellation while
-    cleaning up its own tasks must not make the replay run on to the end (seen under CI)."""
+    """Ctrl-C cancels the replay's task; code that swallows that cancellation while cleaning
+    up its own tasks (as closing the frame archive once did) must not make the replay run on to
+    the end."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
