@@ -203,6 +203,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", Range(int, 0, 2**24), 0,
         help="memory a worker may fill before it refuses jobs; 0: 80% of the machine's "
              "(or its container's) memory"),
+    _Field("malloc_arenas", "SIGHTLINE_MALLOC_ARENAS", Range(int, 0, 1024), 2,
+        help="glibc malloc arenas of the worker process; 0: glibc's default (8 per core)"),
     _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _seconds(3600), 15.0,
         help="a session whose event loop has not turned for this long is ended"),
     _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _PORT, 8082,
@@ -267,6 +269,7 @@ class Settings:
     memory_updates: bool
     max_sessions: int
     worker_memory_mb: int
+    malloc_arenas: int
     session_stall_s: float
     webhook_port: int
     screen_text: bool

@@ -4,6 +4,9 @@ routing queue keeps media events away from requests waiting for their answer."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 from livekit import rtc
@@ -139,3 +142,43 @@ def test_a_session_that_falls_behind_holds_one_frame_not_a_backlog() -> None:
 
 def test_frames_of_a_stream_without_a_gate_all_arrive() -> None:
     assert RoutedFfiQueue._wanted(_frame_event(8, 1))
+
+
+ARENA_PROBE = """
+import ctypes, ctypes.util, sys, tempfile, threading
+from agent.cli_worker import limit_malloc_arenas
+limit_malloc_arenas(int(sys.argv[1]))
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+together, blocks = threading.Barrier(8), []
+def work():
+    together.wait()  # all alive at once: no thread can reuse an arena another left
+    blocks.append(bytearray(100_000))  # above pymalloc's limit: glibc's malloc
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as out:
+    fp = ctypes.c_void_p(libc.fopen(out.name.encode(), b"w"))
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_the_worker_caps_malloc_arenas() -> None:
+    """Eight threads alive at once each get an arena of their own from glibc; capped, they
+    share the configured number (SIGHTLINE_MALLOC_ARENAS), unless MALLOC_ARENA_MAX is set."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def heaps(cap: int, **extra: str) -> int:
+        probe = subprocess.run([sys.executable, "-c", ARENA_PROBE, str(cap)],
+                               env={**env, **extra}, capture_output=True, text=True,
+                               check=True, timeout=60)
+        return int(probe.stdout)
+
+    assert heaps(0) > 4  # glibc's default: one per thread here
+    assert heaps(2) == 2
+    assert heaps(1) == 1
+    assert heaps(1, MALLOC_ARENA_MAX="3") > 1  # the environment's setting wins
