@@ -63,6 +63,7 @@ AGENT_NAME = "sightline-load"
 SETTLE_S = 6.0
 WARM_UP_S = 10.0  # after the last user joined, before the steady window
 SAMPLE_EVERY_S = 2.0
+SOAK_WARM_UP_S = 180.0
 
 
 @dataclass
@@ -329,11 +330,15 @@ def soak_figures(at: Sequence[float], rss: Sequence[float], fds: Sequence[int]) 
         first, last = statistics.mean(values[:fifth]), statistics.mean(values[-fifth:])
         return round((last - first) / first, 4) if first else 0.0
 
+    # sessions fill their bounded buffers (screen history, recent messages, the archive's
+    # index) over their first minutes: growth is also given from SOAK_WARM_UP_S on
+    settled = [v for t, v in zip(at, rss, strict=True) if at and t - at[0] >= SOAK_WARM_UP_S]
     return {
         "minutes": round((at[-1] - at[0]) / 60, 1) if at else 0,
         "rss_mb_first": round(statistics.mean(rss[:fifth]), 1),
         "rss_mb_last": round(statistics.mean(rss[-fifth:]), 1),
         "rss_growth": growth(rss),
+        "rss_growth_after_warm_up": growth(settled) if len(settled) >= 2 * fifth else None,
         "open_files_first": round(statistics.mean(fds[:fifth]), 1),
         "open_files_last": round(statistics.mean(fds[-fifth:]), 1),
         "open_files_growth": growth([float(f) for f in fds]),
