@@ -30,6 +30,7 @@ from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
 from .chat_inbox import ChatInbox
 from .config import Settings
 from .redispatch import Redispatcher
+from .rtc_events import route_room_events
 from .session import SessionRuntime
 from .watchdog import process_watchdog
 
@@ -81,6 +82,7 @@ def job_tenant(metadata: str, default: str) -> str:
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
     await ctx.connect()
+    route_room_events(ctx.room)
     inbox = ChatInbox(ctx.room)  # from the moment the user can see the agent
     participant = await ctx.wait_for_participant()
     tenant = job_tenant(ctx.job.metadata, settings.tenant)

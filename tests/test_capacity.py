@@ -14,7 +14,7 @@ from livekit.rtc._proto.ffi_pb2 import FfiEvent
 
 from agent import rtc_events
 from agent.capacity import CPU_FULL, FULL_LOAD, Limits, LoadMeter, LoadReading
-from agent.rtc_events import RoutedFfiQueue
+from agent.rtc_events import MEDIA_EVENTS, RoutedFfiQueue
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 from vision.track_source import SamplingGate, frame_gates
@@ -182,3 +182,41 @@ def test_the_worker_caps_malloc_arenas() -> None:
     assert heaps(2) == 2
     assert heaps(1) == 1
     assert heaps(1, MALLOC_ARENA_MAX="3") > 1  # the environment's setting wins
+
+
+def _room_event(room_handle: int) -> FfiEvent:
+    event = FfiEvent()
+    event.room_event.room_handle = room_handle
+    event.room_event.participants_updated.SetInParent()
+    return event
+
+
+async def test_a_room_listener_hears_only_its_room_and_requests_no_room_event() -> None:
+    """~60 events a second at 30 sessions woke every room's listener and every pending
+    request; each now gets what it can use."""
+    queue = RoutedFfiQueue()
+    loop = asyncio.get_running_loop()
+    listener = queue.subscribe(loop, lambda e: e.WhichOneof("message") not in MEDIA_EVENTS)
+    other_room = queue.subscribe(loop, lambda e: e.WhichOneof("message") not in MEDIA_EVENTS)
+    request = queue.subscribe(loop)  # a pending request: no filter of its own
+    assert queue.narrow(listener, rtc_events._for_room(1))
+    published, sent = FfiEvent(), FfiEvent()
+    published.publish_track.async_id = 5
+    sent.send_bytes.async_id = 6
+    for event in (_room_event(1), _room_event(2), published, sent):
+        queue.put(event)
+    await asyncio.sleep(0)
+
+    def drained(q: rtc._utils.Queue[FfiEvent]) -> list[str]:
+        got = []
+        while not q.empty():
+            event = q.get_nowait()
+            which = event.WhichOneof("message")
+            got.append(f"{which}:{event.room_event.room_handle}" if which == "room_event"
+                       else which)
+        return got
+
+    assert drained(listener) == ["room_event:1", "publish_track"]
+    assert drained(other_room) == ["room_event:1", "room_event:2", "publish_track", "send_bytes"]
+    assert drained(request) == ["publish_track", "send_bytes"]
+    assert not queue.narrow(rtc._utils.Queue(), rtc_events._for_room(3))
