@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import time
 from datetime import datetime
 from typing import Any
 
@@ -183,9 +186,6 @@ async def _close(
     """Close one session its process left open, unless that process may still be running it:
     on this host, while its process id lives; from another host, until it has been idle for
     `idle_s` (its process cannot be seen from here)."""
-    import socket
-    import time
-
     from memory.spill_files import event_log_path
 
     from .pricing import BUNDLED_PRICES
@@ -233,8 +233,6 @@ async def _close(
 
 
 def _process_lives(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -190,7 +190,6 @@ async def replay(
                 fixture.turns, key=lambda t: (t.tenant, t.user, t.session))
         ]
         for index, ((tenant, user, _), turns) in enumerate(group_list):
-            _stop_if_interrupted()
             runtime = await SessionRuntime.open(
                 settings, db, tenant=tenant, user_id=user,
                 source="replay", room=f"replay:{fixture.name}",
@@ -201,7 +200,6 @@ async def replay(
                 runtime.record.events.subscribe(events.append)
                 await session.start(runtime.agent, record=False)
                 for turn in turns:
-                    _stop_if_interrupted()
                     await feed.play(turn.t, runtime)
                     current[0] = _TurnScript(turn.response, turn.memory)
                     events.clear()
@@ -216,15 +214,6 @@ async def replay(
             result.sessions.append(await runtime.close())
     result.video = feed.report.as_record()
     return result
-
-
-def _stop_if_interrupted() -> None:
-    """Ctrl-C cancels the replay's task; code that swallows that cancellation while cleaning
-    up its own tasks (as closing the frame archive once did) must not make the replay run on to
-    the end."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _screen_used(context: dict[str, Any], session_id: str) -> tuple[str, ...]:
