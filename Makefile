@@ -11,12 +11,12 @@ UV_VERSION := 0.13.8
 UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install runtime livekit-server lint bench clean
+.PHONY: demo test install runtime livekit-server system-packages lint bench clean
 
 demo: $(STAMP)
 	$(BIN)/sightline replay --fresh fixtures/demo
 
-test: $(STAMP) $(LIVEKIT_SERVER)
+test: $(STAMP) $(LIVEKIT_SERVER) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -ra
 
@@ -47,6 +47,18 @@ runtime: | $(UV)
 	$(require_python)
 	UV_PROJECT_ENVIRONMENT=$(RUNTIME_VENV) UV_PYTHON_DOWNLOADS=never \
 	  $(UV) sync --locked --no-dev --no-editable --python $(PYTHON) --quiet
+
+# The Debian packages some tests drive (debian-packages.txt): installed when missing if we are
+# root (CI runs as root on a clean machine), otherwise named in one line.
+DEBIAN_PACKAGES := $(shell sed -e 's/\#.*//' debian-packages.txt)
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: "$$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "the tests need these Debian packages: "$$missing" (sudo apt-get install them)"; exit 1; fi; \
+	fi
 
 # The LiveKit server the end-to-end tests run, built from source with Go and cached per user.
 livekit-server: $(LIVEKIT_SERVER)
