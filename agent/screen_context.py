@@ -139,8 +139,10 @@ class ScreenContext:
                 "attached.)"]
 
     def earlier(self) -> list[llm.ChatContent]:
-        """The earlier screen the model asked for in this turn, if any."""
+        """The earlier screen (or the closer look) the model asked for in this turn, if any."""
         earlier, frame = self.shown.frame, self.screen.freshest
+        if earlier is not None and self.shown.caption is not None:
+            return [self.shown.caption, llm.ImageContent(image=earlier.frame)]
         if earlier is None or (frame is not None and earlier.t == frame.t):
             return []
         return [f"(The earlier screenshot you asked for, captured at t={earlier.t:.1f}s. "

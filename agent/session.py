@@ -29,6 +29,9 @@ from memory.screen_timeline import ScreenTimeline
 from memory.spill_recovery import RecoveryReport, SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
+from tools.handoff import HandoffTool
+from tools.knowledge_tools import KnowledgeTools
+from tools.memory_tools import MemoryTools
 from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -78,6 +81,8 @@ class LongTermMemory:
     screen timeline and the import of earlier sessions' spill files."""
 
     embedder: Embedder
+    knowledge: KnowledgeBase
+    user_memory: UserMemory
     recall: TurnRecall
     keeper: MemoryKeeper | None
     recovery: asyncio.Task[RecoveryReport]
@@ -93,7 +98,8 @@ class LongTermMemory:
     ) -> LongTermMemory:
         memory = UserMemory(db.pool, embedder)
         screen = ScreenTimeline(db.pool, embedder)
-        recall = TurnRecall(KnowledgeBase(db.pool, embedder, reranker), memory,
+        knowledge = KnowledgeBase(db.pool, embedder, reranker)
+        recall = TurnRecall(knowledge, memory,
                             tenant=tenant, user_id=user_id, before_id=conversation.recall_before,
                             screen=screen)
         keeper = None
@@ -110,7 +116,7 @@ class LongTermMemory:
         recovery = asyncio.create_task(
             recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
             name="spill-recovery")
-        return cls(embedder, recall, keeper, recovery, reranker, screen)
+        return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen)
 
     async def _finish_recovery(self) -> None:
         """Earlier sessions' spill files: give the import a moment, then leave the rest to the
@@ -155,6 +161,7 @@ class SessionRuntime:
     agent: SightlineAgent
     conversation: ConversationLog
     memory: LongTermMemory | None
+    handoff: HandoffTool
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
@@ -249,8 +256,15 @@ class SessionRuntime:
             ScreenContext(screen, settings.image_policy, screen_memory.story, shown),
             memory.recall if memory else None,
             note=lambda note: events.record("context", detail=note), session_id=session_id)
-        tools = ScreenHistoryTools(screen, shown, screen_memory.archive, screen_memory.story)
-        agent = SightlineAgent(turn_context, history, tools.tools())
+        handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
+                              session_id=session_id, user_id=user_id)
+        tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive,
+                                     screen_memory.story).tools(), *handoff.tools()]
+        if memory is not None:
+            tools += KnowledgeTools(memory.knowledge, tenant).tools()
+            tools += MemoryTools(memory.user_memory, memory.keeper, tenant=tenant,
+                                 user_id=user_id, session_id=session_id).tools()
+        agent = SightlineAgent(turn_context, history, tools)
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
                            ImageEncoder(settings.image_detail), record.budget)
         log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "
@@ -259,7 +273,7 @@ class SessionRuntime:
         runtime = cls(session_id=session_id, tenant=tenant, user_id=user_id,
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
-                      conversation=conversation, memory=memory)
+                      conversation=conversation, memory=memory, handoff=handoff)
         events.subscribe(runtime._on_event)
         return runtime
 

@@ -13,7 +13,6 @@ covered by the fleet (agent/redispatch.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -22,6 +21,7 @@ from livekit.agents import AgentServer, JobContext, JobExecutorType, room_io
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
+from tools.handoff import HANDOFF_TOPIC
 from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
@@ -30,6 +30,7 @@ from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
 from .chat_inbox import ChatInbox
 from .config import Settings
 from .redispatch import Redispatcher
+from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
 from .session import SessionRuntime
 from .watchdog import process_watchdog
@@ -46,27 +47,16 @@ SESSION_CONNECTIONS = 2
 
 class ScreenSignalPublisher:
     """Publishes each new error seen on the user's screen to the room, as JSON on
-    `sightline.screen`, for apps to show; a failed publish is logged, never raised."""
+    `sightline.screen`, for apps to show."""
 
     def __init__(self, room: rtc.Room) -> None:
-        self._room = room
-        self._sending: set[asyncio.Task[None]] = set()
+        self._publish = RoomPublisher(room, SCREEN_TOPIC)
 
     def __call__(self, error: ScreenError, read: ScreenText) -> None:
-        message = json.dumps({
+        self._publish({
             "type": "screen_error", "version": SCREEN_MESSAGE_VERSION, "t": read.t,
             "at": read.wall_time, "headline": error.headline, "lines": error.lines,
             "fingerprint": error.fingerprint, "region": list(read.region)})
-        task = asyncio.create_task(self._publish(message), name="screen-signal")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _publish(self, message: str) -> None:
-        try:
-            await self._room.local_participant.publish_data(
-                message, reliable=True, topic=SCREEN_TOPIC)
-        except Exception as exc:  # the room may be closing; the error is in the ledger anyway
-            log.warning("could not publish a screen signal to the room: %r", exc)
 
 
 def job_tenant(metadata: str, default: str) -> str:
@@ -101,6 +91,7 @@ async def run_session(ctx: JobContext) -> None:
     )
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
+    runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
     session = runtime.agent_session()
     watch = process_watchdog(settings.session_stall_s).watch(
         f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))

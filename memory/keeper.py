@@ -76,11 +76,11 @@ class MemoryUpdate:
     summary: str | None = None
 
 
-def _key(raw: Any) -> str:
+def fact_key(raw: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(raw).lower()).strip("_")[:60]
 
 
-def _same(a: str, b: str) -> bool:
+def same_fact(a: str, b: str) -> bool:
     return " ".join(a.lower().split()).rstrip(".") == " ".join(b.lower().split()).rstrip(".")
 
 
@@ -97,11 +97,11 @@ def parse_update(text: str) -> MemoryUpdate:
     if not isinstance(raw, dict):
         raise MemoryReplyError("the reply's JSON is not an object")
     facts = [
-        Fact(_key(f["key"]), " ".join(str(f["text"]).split())[:MAX_FACT_CHARS])
+        Fact(fact_key(f["key"]), " ".join(str(f["text"]).split())[:MAX_FACT_CHARS])
         for f in raw.get("facts") or []
-        if isinstance(f, dict) and _key(f.get("key", "")) and str(f.get("text") or "").strip()
+        if isinstance(f, dict) and fact_key(f.get("key", "")) and str(f.get("text") or "").strip()
     ][:MAX_FACTS_PER_EXCHANGE]
-    forget = [_key(k) for k in raw.get("forget") or [] if isinstance(k, str) and _key(k)]
+    forget = [fact_key(k) for k in raw.get("forget") or [] if isinstance(k, str) and fact_key(k)]
     summary = raw.get("summary")
     summary = " ".join(summary.split())[:MAX_SUMMARY_CHARS] if isinstance(summary, str) else None
     return MemoryUpdate(facts, forget, summary or None)
@@ -167,7 +167,7 @@ class MemoryKeeper:
             if self.facts.pop(key, None) is not None:
                 ops.append({"op": "forget", "key": key})
         for fact in update.facts:
-            if any(_same(fact.text, text) for text in self.facts.values()):
+            if any(same_fact(fact.text, text) for text in self.facts.values()):
                 continue  # already remembered, under this key or another
             self.facts.pop(fact.key, None)  # re-inserted last: the most recently updated
             self.facts[fact.key] = fact.text
@@ -184,6 +184,15 @@ class MemoryKeeper:
         return {"facts_written": sum(o["op"] == "fact" for o in ops),
                 "facts_forgotten": sum(o["op"] == "forget" for o in ops),
                 "summary_written": int(any(o["op"] == "summary" for o in ops))}
+
+    def user_edited(self, remembered: list[Fact], forgotten: list[str]) -> None:
+        """The user had facts remembered or forgotten directly (tools/memory_tools.py, already
+        written): later updates start from what is now true."""
+        for key in forgotten:
+            self.facts.pop(key, None)
+        for fact in remembered:
+            self.facts.pop(fact.key, None)
+            self.facts[fact.key] = fact.text
 
     async def close(self) -> int:
         """Finish the queued exchanges (within the model timeout), then flush the memory rows;

@@ -82,6 +82,12 @@ class Hit:
     at: datetime | None = None  # when a remembered message was said (memory recall)
     page: int | None = None  # the PDF page a knowledge chunk is from (1-based)
 
+    @property
+    def citation(self) -> str:
+        """The document's file name, and its page for a PDF: what the model may cite."""
+        name = self.source.rsplit("/", 1)[-1]
+        return f"{name}, page {self.page}" if self.page is not None else name
+
 
 @dataclass(frozen=True)
 class Section:

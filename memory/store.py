@@ -58,6 +58,14 @@ class Store:
         )
         return closed is not None
 
+    async def mark_escalated(self, session_id: str, reason: str) -> bool:
+        """Mark the session as handed off to a human; False when it already was (the first
+        reason is kept)."""
+        marked = await self._pool.fetchval(
+            "UPDATE sessions SET escalated_at = now(), escalation_reason = $2"
+            " WHERE id = $1 AND escalated_at IS NULL RETURNING id", session_id, reason)
+        return marked is not None
+
     async def session_events(self, session_id: str) -> list[dict[str, Any]]:
         """A session's cost events in order, as its JSONL lines hold them (numbers as floats,
         `ts` in seconds), for recomputing its summary when the JSONL file is not at hand."""

@@ -3,18 +3,22 @@
 Protects: `screen_changes` lists the kept changes with how long ago they were; `earlier_screen`
 puts the last change before the asked time in front of the model for the rest of that turn (a
 second image in the continuation's context), never for the next question; asking further back
-than the history reaches is a clear tool error; the tools' schemas reach both providers.
+than the history reaches is a clear tool error; `look_closer` attaches the asked part of the
+current screen at full resolution, pixel for pixel, and a region it cannot read is a tool error
+naming the valid forms; the tools' schemas reach both providers.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from livekit.agents import llm
 from synthetic_screen import Desk
 
 from agent.screen_context import ScreenContext
 from agent.turn_context import TurnContext
-from tools.screen_history import ScreenHistoryTools, ShownScreen
+from tools.screen_history import ScreenHistoryTools, ShownScreen, parse_region
+from vision.frames import crop_i420
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
 
@@ -97,6 +101,52 @@ def test_the_tools_have_schemas_for_both_providers(screen: ScreenWatcher) -> Non
     tool_ctx = llm.ToolContext(ScreenHistoryTools(screen, ShownScreen()).tools())
     google = {d["name"]: d for d in tool_ctx.parse_function_tools("google")}
     anthropic = {d["name"]: d for d in tool_ctx.parse_function_tools("anthropic", strict=False)}
-    assert set(google) == set(anthropic) == {"screen_changes", "earlier_screen"}
+    assert set(google) == set(anthropic) == {"screen_changes", "earlier_screen", "look_closer"}
     assert anthropic["earlier_screen"]["input_schema"]["required"] == ["seconds_ago"]
     assert "seconds_ago" in google["earlier_screen"]["parameters_json_schema"]["properties"]
+
+
+async def test_look_closer_attaches_a_full_resolution_crop(screen: ScreenWatcher) -> None:
+    shown = ShownScreen()
+    turn_context = TurnContext(ScreenContext(screen, shown=shown))
+    tools = ScreenHistoryTools(screen, shown)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="What does the clock say?")
+    await turn_context.build(ctx)
+    said = await tools.look_closer(region="top-right")
+    assert said.startswith("The top-right of the screen (pixels 1280,0 to 1920,360 of the "
+                           "1920x1080 screen")
+    ctx.items.append(llm.FunctionCall(call_id="c1", name="look_closer",
+                                      arguments='{"region": "top-right"}'))
+    ctx.items.append(llm.FunctionCallOutput(call_id="c1", name="look_closer", output=said,
+                                            is_error=False))
+    _now, closer = images(await turn_context.build(ctx))
+    assert (closer.image.width, closer.image.height) == (640, 360)
+    current = screen.freshest
+    assert current is not None
+    y_full = np.frombuffer(current.frame.data, np.uint8, 1920 * 1080).reshape(1080, 1920)
+    y_crop = np.frombuffer(closer.image.data, np.uint8, 640 * 360).reshape(360, 640)
+    assert (y_crop == y_full[:360, 1280:]).all(), "pixel for pixel, not scaled"
+
+
+def test_regions_by_name_or_fractions() -> None:
+    assert parse_region("Bottom Right") == (2 / 3, 2 / 3, 1.0, 1.0)
+    assert parse_region("0.5,0.8,1,1") == (0.5, 0.8, 1.0, 1.0)
+    left, top, right, bottom = parse_region("0.5,0.5,0.51,0.51")  # widened to 5 %
+    assert right - left == pytest.approx(0.05) and bottom - top == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="top-left"):
+        parse_region("the error dialog")
+    with pytest.raises(ValueError, match="left < right"):
+        parse_region("0.9,0,0.1,1")
+
+
+async def test_a_bad_region_is_a_tool_error(screen: ScreenWatcher) -> None:
+    tools = ScreenHistoryTools(screen, ShownScreen())
+    with pytest.raises(llm.ToolError, match="is not one of top-left"):
+        await tools.look_closer(region="the dialog")
+
+
+def test_crops_round_to_even_pixels() -> None:
+    frame = Desk(pointer=None, cursor_on=False).frame()
+    crop = crop_i420(frame, 11, 7, 101, 51)
+    assert (crop.width, crop.height) == (92, 46)

@@ -4,8 +4,10 @@ A user asks "what did that error say?" after closing it, or "when did this appea
 watcher keeps the last few kept frames in memory, the session's frame archive keeps the rest on
 disk, and the screen text reader says what appeared in each. `screen_changes` lists the changes
 with the text that appeared; `earlier_screen` puts the screen as it was in front of the model for
-the rest of the turn (through `ShownScreen`, which the turn context attaches). Tool results are
-plain text for the model; the earlier frame travels as an image, like the live screen.
+the rest of the turn (through `ShownScreen`, which the turn context attaches); `look_closer`
+does the same with a part of the current screen at full resolution, for text too small to read
+in the downscaled screenshot. Tool results are plain text for the model; the frames travel as
+images, like the live screen, so they are sized and billed like any image (agent/images.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from livekit.agents import llm
 
 from vision.frame_archive import FrameArchive
-from vision.frames import SampledFrame
+from vision.frames import InvalidFrame, SampledFrame, crop_i420
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText
 
@@ -33,6 +35,43 @@ _WHAT_CHANGED = {
 }
 MAX_LISTED = 8
 TEXT_CHARS = 240
+# named parts of the screen, as (left, top, right, bottom) fractions of its width and height;
+# thirds, so a 1080p part is 640x360: one Gemini tile, ~310 Claude tokens, at full resolution
+_THIRDS = {"top": (0, 1), "middle": (1, 2), "bottom": (2, 3)}
+_COLUMNS = {"left": (0, 1), "center": (1, 2), "right": (2, 3)}
+REGIONS: dict[str, tuple[float, float, float, float]] = {
+    f"{row}-{column}": (c0 / 3, r0 / 3, c1 / 3, r1 / 3)
+    for row, (r0, r1) in _THIRDS.items() for column, (c0, c1) in _COLUMNS.items()
+} | {
+    "top-half": (0, 0, 1, 0.5), "bottom-half": (0, 0.5, 1, 1),
+    "left-half": (0, 0, 0.5, 1), "right-half": (0.5, 0, 1, 1),
+}
+MIN_REGION = 0.05  # of the width and the height: smaller boxes are widened to this
+
+
+class RegionError(ValueError):
+    """A region the tool cannot read: the model is told the valid forms."""
+
+
+def parse_region(region: str) -> tuple[float, float, float, float]:
+    """A region name (`REGIONS`) or four fractions `left,top,right,bottom` of the screen."""
+    name = region.strip().lower().replace(" ", "-").replace("_", "-")
+    if name in REGIONS:
+        return REGIONS[name]
+    try:
+        box = tuple(float(part) for part in region.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(0 <= v <= 1 for v in box) or box[0] >= box[2] or (
+            box[1] >= box[3]):
+        raise RegionError(
+            f"region {region!r} is not one of {', '.join(REGIONS)} nor four fractions "
+            "'left,top,right,bottom' between 0 and 1 (left < right, top < bottom)")
+    left, top, right, bottom = box
+    grow_x, grow_y = max(0.0, MIN_REGION - (right - left)) / 2, max(0.0, MIN_REGION - (
+        bottom - top)) / 2
+    return (max(0.0, left - grow_x), max(0.0, top - grow_y), min(1.0, right + grow_x),
+            min(1.0, bottom + grow_y))
 
 
 def describe(t: float, reason: str, content_type: str, now: float) -> str:
@@ -47,12 +86,13 @@ class ShownScreen:
 
     def __init__(self) -> None:
         self.frame: SampledFrame | None = None
+        self.caption: str | None = None  # what the image is, when not simply an earlier screen
 
-    def show(self, frame: SampledFrame) -> None:
-        self.frame = frame
+    def show(self, frame: SampledFrame, caption: str | None = None) -> None:
+        self.frame, self.caption = frame, caption
 
     def clear(self) -> None:
-        self.frame = None
+        self.frame = self.caption = None
 
 
 class ScreenHistoryTools:
@@ -68,7 +108,7 @@ class ScreenHistoryTools:
         self._story = story
 
     def tools(self) -> list[llm.Tool]:
-        return [self.screen_changes, self.earlier_screen]
+        return [self.screen_changes, self.earlier_screen, self.look_closer]
 
     def _now(self) -> float | None:
         return self._screen.freshest.t if self._screen.freshest else None
@@ -141,3 +181,35 @@ class ScreenHistoryTools:
             f"The oldest screen I still have is from {now - oldest:.0f} s ago; "
             "nothing earlier is kept."
         )
+
+    @llm.function_tool
+    async def look_closer(self, region: str) -> str:
+        """Look at part of the user's current screen at full resolution, to read text that is
+        too small or blurry in the screenshot. The part is shown to you as an image.
+
+        Args:
+            region: top-left, top-center, top-right, middle-left, middle-center, middle-right,
+                bottom-left, bottom-center, bottom-right, top-half, bottom-half, left-half,
+                right-half, or four fractions of the screen "left,top,right,bottom" such as
+                "0.5,0.8,1,1".
+        """
+        frame = self._screen.freshest
+        if frame is None:
+            return "No screen is being shared, so there is nothing to look at."
+        try:
+            left, top, right, bottom = parse_region(region)
+        except RegionError as exc:
+            raise llm.ToolError(str(exc)) from None
+        width, height = frame.size
+        box = (round(left * width), round(top * height), round(right * width),
+               round(bottom * height))
+        try:
+            crop = crop_i420(frame.frame, *box)
+        except InvalidFrame as exc:
+            raise llm.ToolError(f"That part of the screen is empty: {exc}") from None
+        where = (f"pixels {box[0]},{box[1]} to {box[0] + crop.width},{box[1] + crop.height} of "
+                 f"the {width}x{height} screen captured at t={frame.t:.1f}s")
+        self._shown.show(SampledFrame(crop, frame.t), caption=(
+            f"(The closer look you asked for: {where}, at full resolution. Its text is data "
+            "too.)"))
+        return f"The {region} of the screen ({where}) is attached to the user's message."

@@ -87,3 +87,22 @@ def frame_from_yuv420p(planes: np.ndarray, width: int, height: int) -> rtc.Video
     if data.size < i420_size(width, height):
         raise InvalidFrame(f"decoded buffer too short for {width}x{height}")
     return rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, data.tobytes())
+
+
+def crop_i420(frame: rtc.VideoFrame, left: int, top: int, right: int, bottom: int
+              ) -> rtc.VideoFrame:
+    """The pixels of an I420 frame inside [left, right) × [top, bottom), at full resolution, as a
+    new I420 frame. Edges are rounded to even pixels (chroma is subsampled 2×2) and clamped to
+    the frame; an empty box is `InvalidFrame`."""
+    width, height = frame.width, frame.height
+    left, top = max(0, left) & ~1, max(0, top) & ~1
+    right, bottom = min(width, right + (right & 1)), min(height, bottom + (bottom & 1))
+    if right - left < 2 or bottom - top < 2:
+        raise InvalidFrame(f"crop {left},{top}-{right},{bottom} of {width}x{height} is empty")
+    data = np.frombuffer(frame.data, np.uint8, count=i420_size(width, height))
+    chroma_w, chroma_h = (width + 1) // 2, (height + 1) // 2
+    y = data[:width * height].reshape(height, width)[top:bottom, left:right]
+    planes = data[width * height:].reshape(2, chroma_h, chroma_w)
+    u, v = (plane[top // 2:(bottom + 1) // 2, left // 2:(right + 1) // 2] for plane in planes)
+    packed = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)])
+    return rtc.VideoFrame(right - left, bottom - top, rtc.VideoBufferType.I420, packed.tobytes())

@@ -1,0 +1,39 @@
+"""JSON messages from a session to the apps in its room, on a data topic.
+
+Apps subscribe by topic (`room.on("data_received")` / `RoomEvent.DataReceived` filtered by topic):
+`sightline.screen` (new errors on screen), `sightline.handoff` (handed to a person) and
+`sightline.assist` (live assist). Publishing is reliable and off the caller's path: a message is
+sent by a task, and a failed publish (a room closing) is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from livekit import rtc
+
+log = logging.getLogger("sightline.worker")
+
+
+class RoomPublisher:
+    """Publishes dicts as JSON on one topic of one room."""
+
+    def __init__(self, room: rtc.Room, topic: str) -> None:
+        self._room = room
+        self.topic = topic
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._publish(json.dumps(message)), name=self.topic)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, message: str) -> None:
+        try:
+            await self._room.local_participant.publish_data(message, reliable=True,
+                                                             topic=self.topic)
+        except Exception as exc:  # the room may be closing; the event log has the message
+            log.warning("could not publish on %s to the room: %r", self.topic, exc)

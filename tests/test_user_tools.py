@@ -1,0 +1,178 @@
+"""The tools users ask for, each called by whichever cascade tier acts, in a real session.
+
+A `SessionRuntime` on a real Postgres and the real google-genai / anthropic SDKs against the
+wire-format server (replies scripted: the tiers below the acting one are unsure). For tier 0, 1
+(Gemini) and 2 (Claude) one session runs five questions, each calling one tool.
+
+Protects: `search_knowledge` returns the tenant's passages with their source and never another
+tenant's; `remember` writes the fact at once and `forget` drops the fact the user named (and the
+memory keeper's view follows both); `look_closer` puts a full-resolution crop of the current screen
+into the rest of the turn, billed like any image; `handoff_to_human` marks the session escalated
+in Postgres, records a `handoff` event, tells the app's listener, and happens once; each tool's
+result goes back in the acting provider's wire format and that tier answers it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from synthetic_screen import Desk
+from test_cascade import tool_results
+
+from agent.config import Settings
+from agent.session import SessionRuntime
+from agent.session_record import read_event_log
+from agent.wire_format_server import (
+    CapturedRequest,
+    ScriptedModelServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
+from memory.db import Database
+from memory.knowledge import KnowledgeBase
+from tools.memory_tools import key_for, words
+
+MODELS = ["gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"]
+TIERS = ("gemini:gemini-2.5-flash-lite:0.7:256,gemini:gemini-2.5-flash:0.6:256,"
+         "anthropic:claude-sonnet-4-6:0:256")
+QUESTIONS = {  # distinct topics, so each turn starts at tier 0 (no escalation for a rephrase)
+    "search_knowledge": "How do I reset the VPN client?",
+    "remember": "Remember that my laptop runs Ubuntu 24.04.",
+    "forget": "Forget about my laptop.",
+    "look_closer": "What does the small print in the corner say?",
+    "handoff_to_human": "I want to talk to a person.",
+}
+NO_MEMORY_UPDATE = '{"facts": [], "forget": [], "summary": null}'
+
+
+class ToolScript:
+    """The acting tier calls `call` on a new question and answers its result; lower tiers are
+    unsure; memory updates change nothing (the tools are what is tested)."""
+
+    def __init__(self, tier: int) -> None:
+        self.tier = tier
+        self.call: ScriptedToolCall | None = None
+        self.answer_requests: list[CapturedRequest] = []
+        self.asked: list[str] = []
+        self.results_seen = 0
+
+    def __call__(self, request: CapturedRequest) -> ScriptedReply:
+        if request.purpose == "memory":
+            return ScriptedReply(text=NO_MEMORY_UPDATE)
+        self.asked.append(request.model)
+        if MODELS.index(request.model) < self.tier:
+            return ScriptedReply(text="[[confidence: 0.1]] Not sure.")
+        results = len(tool_results(request))
+        if results > self.results_seen:  # a new tool result: this tier answers it
+            self.results_seen = results
+            self.answer_requests.append(request)
+            assert self.call is not None
+            return ScriptedReply(text=f"[[confidence: 0.9]] Done with {self.call.name}.")
+        assert self.call is not None
+        return ScriptedReply(text="", tool_calls=(self.call,))
+
+
+def tool_settings(settings: Settings, server: ScriptedModelServer) -> Settings:
+    return Settings.from_env({
+        "DATABASE_URL": str(settings.database_url), "SIGHTLINE_DATA_DIR": str(settings.data_dir),
+        "GOOGLE_API_KEY": "test-key", "ANTHROPIC_API_KEY": "test-key",
+        "SIGHTLINE_GEMINI_BASE_URL": server.base_url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": server.base_url, "SIGHTLINE_TIERS": TIERS,
+    })
+
+
+async def ask(session: Any, script: ToolScript, name: str, question: str | None = None,
+              **args: str) -> str:
+    script.call = ScriptedToolCall(name, args)
+    run = await session.run(user_input=question or QUESTIONS[name])
+    return " ".join(e.item.text_content or "" for e in run.events
+                    if e.type == "message" and e.item.role == "assistant")
+
+
+@pytest.mark.parametrize("tier", [0, 1, 2])
+async def test_each_tool_works_whichever_tier_calls_it(
+    tier: int, settings: Settings, db: Database,
+) -> None:
+    script = ToolScript(tier)
+    async with ScriptedModelServer(replies=script) as models:
+        await run_tools(tier, script, tool_settings(settings, models), db, models)
+
+
+async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
+                    models: ScriptedModelServer) -> None:
+    runtime = await SessionRuntime.open(live, db, tenant="acme", user_id="ana", source="replay")
+    assert runtime.memory is not None and runtime.memory.keeper is not None
+    knowledge = KnowledgeBase(db.pool, runtime.memory.embedder)
+    await knowledge.ingest_chunks("acme", "help/vpn.md", [(
+        "vpn#1", "To reset the VPN client open Settings, Network, then press Reset VPN.")])
+    await knowledge.ingest_chunks("globex", "globex/vpn-secrets.md", [(
+        "vpn#1", "Globex VPN reset codes: 4711. Reset the VPN client with them.")])
+    handoffs: list[dict[str, Any]] = []
+    runtime.handoff.listeners.append(handoffs.append)
+    desk = Desk(pointer=None, cursor_on=False)
+    for t in range(3):
+        runtime.screen.offer(float(t), desk.frame())
+    session = runtime.agent_session()
+    await session.start(runtime.agent, record=False)
+    try:
+        assert await ask(session, script, "search_knowledge", query="reset VPN client") == (
+            "Done with search_knowledge.")
+        found = tool_results(script.answer_requests[-1])[-1]
+        assert "vpn.md" in found and "press Reset VPN" in found
+        assert "globex" not in found.lower() and "4711" not in found
+
+        fact = "The user's laptop runs Ubuntu 24.04"
+        await ask(session, script, "remember", fact=fact)
+        assert f"Remembered (as {key_for(fact)})" in tool_results(script.answer_requests[-1])[-1]
+        stored = await runtime.memory.user_memory.facts("acme", "ana")
+        assert [(f.key, f.text) for f in stored] == [(key_for(fact), fact)]
+        assert runtime.memory.keeper.facts == {key_for(fact): fact}
+        assert await runtime.memory.user_memory.facts("acme", "bob") == []
+
+        await ask(session, script, "forget", what="my laptop")
+        assert tool_results(script.answer_requests[-1])[-1] == f"Forgot: {fact}"
+        assert await runtime.memory.user_memory.facts("acme", "ana") == []
+        assert runtime.memory.keeper.facts == {}
+
+        await ask(session, script, "look_closer", region="bottom-right")
+        closer = script.answer_requests[-1]
+        said = tool_results(closer)[-1]
+        assert "pixels 1280,720 to 1920,1080 of the 1920x1080 screen" in said
+        asked = [r for r in models.requests if r.purpose == "answer"]
+        call_request = asked[asked.index(closer) - 1]
+        assert closer.image_count == call_request.image_count + 1
+
+        await ask(session, script, "handoff_to_human", reason="The user wants a person.")
+        assert "person will join shortly" in tool_results(script.answer_requests[-1])[-1]
+        await ask(session, script, "handoff_to_human", "Is somebody coming?", reason="Again.")
+        assert "already asked" in tool_results(script.answer_requests[-1])[-1]
+        assert [(h["type"], h["version"], h["reason"]) for h in handoffs] == [
+            ("handoff", 1, "The user wants a person.")]
+        row = await db.pool.fetchrow(
+            "SELECT escalated_at, escalation_reason FROM sessions WHERE id = $1",
+            runtime.session_id)
+        assert row["escalated_at"] is not None
+        assert row["escalation_reason"] == "The user wants a person."
+    finally:
+        await session.aclose()
+        await runtime.close()
+    events = read_event_log(runtime.record.events.path)
+    acted = [e["detail"] for e in events if e["kind"] == "turn" and e["detail"]["tool_calls"]]
+    assert [a["tool_calls"] for a in acted] == [
+        ["search_knowledge"], ["remember"], ["forget"], ["look_closer"],
+        ["handoff_to_human"], ["handoff_to_human"]]
+    assert all(a["answered_tier"] == tier for a in acted)
+    assert all([t["outcome"] for t in a["tried"]] == ["low_confidence"] * tier + ["tool_call"]
+               for a in acted)
+    assert [e["detail"]["reason"] for e in events if e["kind"] == "handoff"] == [
+        "The user wants a person."]
+    closer_call = next(e for e in events if e["kind"] == "model_call"
+                       and e["detail"].get("request_id") and e["images"] >= 2)
+    assert closer_call["model"] == MODELS[tier] and closer_call["image_tokens"] > 0
+
+
+def test_forget_matches_what_the_user_called_it() -> None:
+    assert words("my old laptops") == {"old", "laptop"}
+    assert words("laptop_os") >= {"laptop"}
+    assert key_for("The user's laptop runs Ubuntu 24.04") == "laptop_runs_ubuntu_24_04"
