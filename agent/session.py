@@ -38,6 +38,7 @@ from vision.screen import ScreenWatcher
 from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
 
+from .assist import LiveAssist
 from .budget import BudgetGuard
 from .cascade import CascadeLLM
 from .components import make_embedder, make_reranker
@@ -162,6 +163,7 @@ class SessionRuntime:
     conversation: ConversationLog
     memory: LongTermMemory | None
     handoff: HandoffTool
+    assist: LiveAssist | None
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
@@ -264,7 +266,13 @@ class SessionRuntime:
             tools += KnowledgeTools(memory.knowledge, tenant).tools()
             tools += MemoryTools(memory.user_memory, memory.keeper, tenant=tenant,
                                  user_id=user_id, session_id=session_id).tools()
-        agent = SightlineAgent(turn_context, history, tools)
+        assist = None
+        if memory is not None:
+            assist = LiveAssist(memory.embedder, memory.knowledge, tenant=tenant,
+                                session_id=session_id,
+                                record=lambda message: events.record("assist", detail=message))
+            parts.push_async_callback(assist.aclose)
+        agent = SightlineAgent(turn_context, history, tools, assist)
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
                            ImageEncoder(settings.image_detail), record.budget)
         log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "
@@ -273,7 +281,8 @@ class SessionRuntime:
         runtime = cls(session_id=session_id, tenant=tenant, user_id=user_id,
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
-                      conversation=conversation, memory=memory, handoff=handoff)
+                      conversation=conversation, memory=memory, handoff=handoff,
+                      assist=assist)
         events.subscribe(runtime._on_event)
         return runtime
 
@@ -285,6 +294,10 @@ class SessionRuntime:
             **({"tts": self.settings.tts} if self.settings.tts else {}),
         )
         session.on("conversation_item_added", self._on_item_added)
+        if self.assist is not None:
+            assist = self.assist
+            session.on("user_input_transcribed",
+                       lambda ev: assist.transcribed(ev.transcript, final=ev.is_final))
         if self.settings.proactive:
             self.screen_memory.error_listeners.append(
                 lambda error, read: self._offer_help(session, error, read))
@@ -330,6 +343,8 @@ class SessionRuntime:
         """Flush the conversation, memory and the event log; the summary is the last thing
         written (memory updates are model calls: they are in it), with how the session ended
         (`outcome`, and the `error` of one that failed or was interrupted)."""
+        if self.assist is not None:
+            await self.assist.aclose()
         screen_spilled = await self.screen_memory.aclose()
         spilled = await self.conversation.close()
         memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0

@@ -26,6 +26,7 @@ from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
+from .assist import ASSIST_TOPIC
 from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
 from .chat_inbox import ChatInbox
 from .config import Settings
@@ -92,6 +93,8 @@ async def run_session(ctx: JobContext) -> None:
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
     runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
+    if runtime.assist is not None:
+        runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
     session = runtime.agent_session()
     watch = process_watchdog(settings.session_stall_s).watch(
         f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))

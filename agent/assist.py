@@ -1,0 +1,229 @@
+"""Live assist: while the user speaks or types, what Sightline heard, the intent it detected and
+the knowledge articles that match — published before the answer starts.
+
+One message per user utterance (and per interim transcript while they speak, when STT is on),
+schema version 1 (`AssistMessage`; its JSON Schema is docs/assist.schema.json), JSON on the data
+topic `sightline.assist` and, identically, an `assist` event in the session's event log:
+
+    {"type": "assist", "version": 1, "session_id": "...", "at": "ISO-8601 UTC",
+     "input": "typed" | "voice", "final": true | false, "text": "the user's words",
+     "intent": {"name": "troubleshoot_error", "score": 0.71} | null,
+     "suggestions": [{"title": "Vpn reset", "source": "help/vpn-reset.md", "page": null,
+                      "score": 0.032787}]}
+
+Cheap by design, no model call: the question is embedded once with the session's embedder; the
+intent is the nearest of a small list of intents (each a handful of example phrasings, embedded
+once per embedder and process) above `MIN_INTENT_SCORE`, else null; the suggestions are the
+tenant's best knowledge hits that share a word with the words (the turn's own lookup rule), at
+most one per document, up to three. `bench/assist_intent.py` measured this against the other
+choice the issue names (asking tier 0) — see README, Live assist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory.embeddings import Embedder
+from memory.knowledge import Hit, KnowledgeBase
+
+log = logging.getLogger("sightline.assist")
+
+ASSIST_TOPIC = "sightline.assist"
+ASSIST_VERSION = 1
+SUGGESTIONS = 3
+MIN_INTENT_SCORE = 0.3  # cosine to the nearest example; below it the intent is null (small talk
+# in bench/assist_intent.py tops out at 0.19)
+TEXT_CHARS = 500
+
+# Each intent by a few phrasings a user might use. Kept small and generic: apps map the names.
+INTENTS: dict[str, tuple[str, ...]] = {
+    "troubleshoot_error": (
+        "why does this error show up", "I get an exception when I run it",
+        "the build fails with an error", "it crashes when I click save",
+        "what does this error message mean", "something is broken and does not work"),
+    "how_to": (
+        "how do I export a report", "where is the setting for notifications",
+        "how can I change the language", "show me how to set this up",
+        "what are the steps to install it"),
+    "explain_screen": (
+        "what is this dialog", "what am I looking at on my screen", "what does this page show",
+        "what does this button do", "read what it says here"),
+    "account_billing": (
+        "how do I change my plan", "I was charged twice", "cancel my subscription",
+        "update my credit card", "reset my password", "I cannot log in to my account"),
+    "talk_to_human": (
+        "can I speak to a person", "get me a human", "I want to talk to support staff",
+        "transfer me to an agent", "let me talk to someone real"),
+    "remember_or_forget": (
+        "remember that I use ubuntu", "please remember my laptop model", "forget my old address",
+        "do not remember that", "note that I prefer dark mode"),
+    "resolved": (
+        "that worked thanks", "it works now", "great that fixed it", "perfect thank you",
+        "problem solved"),
+}
+
+
+class Intent(BaseModel):
+    """The detected intent: one of `INTENTS`, and its cosine to the nearest example."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    score: float
+
+
+class Suggestion(BaseModel):
+    """A knowledge article that matches the words (`score`: the knowledge base's fused rank
+    score, higher is better; comparable within one message)."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    source: str = Field(description="the document's name in the knowledge base")
+    page: int | None = Field(description="the PDF page, 1-based; null for other documents")
+    score: float
+
+
+class AssistMessage(BaseModel):
+    """One live-assist message, version 1: on the data topic `sightline.assist` and as the
+    `assist` event's detail in the session's event log. Any change to the fields is a new
+    version."""
+
+    model_config = ConfigDict(extra="forbid", title="Sightline live assist message")
+    type: Literal["assist"] = "assist"
+    version: Literal[1] = ASSIST_VERSION
+    session_id: str
+    at: datetime = Field(description="when it was made, UTC")
+    input: Literal["typed", "voice"]
+    final: bool = Field(description="false for an interim transcript while the user speaks")
+    text: str = Field(description="the user's words, as typed or transcribed")
+    intent: Intent | None = Field(description="null when no intent is near enough")
+    suggestions: list[Suggestion] = Field(max_length=SUGGESTIONS)
+
+
+class IntentIndex:
+    """The intents' example phrasings as unit vectors of one embedder, embedded once."""
+
+    # embedder name -> (labels, vectors), shared by the process's sessions
+    _cache: ClassVar[dict[str, tuple[list[str], np.ndarray]]] = {}
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self._lock = asyncio.Lock()
+
+    async def _examples(self) -> tuple[list[str], np.ndarray]:
+        async with self._lock:
+            cached = self._cache.get(self._embedder.name)
+            if cached is None:
+                labels = [name for name, phrases in INTENTS.items() for _ in phrases]
+                texts = [phrase for phrases in INTENTS.values() for phrase in phrases]
+                vectors = _unit(np.asarray(await self._embedder.embed_documents(texts)))
+                cached = self._cache[self._embedder.name] = (labels, vectors)
+            return cached
+
+    async def classify(self, vector: np.ndarray) -> Intent | None:
+        """The intent of the nearest example, when it is near enough."""
+        labels, vectors = await self._examples()
+        scores = vectors @ _unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        best = int(np.argmax(scores))
+        score = float(scores[best])
+        if score < MIN_INTENT_SCORE:
+            return None
+        return Intent(name=labels[best], score=round(score, 4))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+def title_of(source: str) -> str:
+    """A readable title from a document's name: `help/vpn-reset.md` -> `Vpn reset`."""
+    stem = PurePosixPath(source).stem.replace("_", " ").replace("-", " ").strip()
+    return (stem[:1].upper() + stem[1:]) if stem else source
+
+
+def suggestions(hits: list[Hit]) -> list[Suggestion]:
+    """At most one suggestion per document, best first, up to `SUGGESTIONS`."""
+    chosen: dict[str, Hit] = {}
+    for hit in hits:
+        chosen.setdefault(hit.source, hit)
+    return [Suggestion(title=title_of(h.source), source=h.source, page=h.page,
+                       score=round(h.score, 6)) for h in list(chosen.values())[:SUGGESTIONS]]
+
+
+Published = dict[str, Any]  # an `AssistMessage` as JSON-ready data
+
+
+class LiveAssist:
+    """Builds, records and publishes one session's assist messages."""
+
+    def __init__(self, embedder: Embedder, knowledge: KnowledgeBase | None, *, tenant: str,
+                 session_id: str, record: Callable[[Published], None]) -> None:
+        self._embedder = embedder
+        self._knowledge = knowledge
+        self._intents = IntentIndex(embedder)
+        self._tenant = tenant
+        self._session_id = session_id
+        self._record = record
+        self.listeners: list[Callable[[Published], None]] = []  # e.g. the room's publisher
+        self._interim: asyncio.Task[None] | None = None
+        self.interim_skipped = 0  # interim transcripts dropped while one was being looked up
+        self._voice_final: str | None = None  # the last final transcript, to tell voice apart
+
+    async def __call__(self, text: str, *, final: bool = True, voice: bool | None = None
+                       ) -> Published | None:
+        """Look the words up and publish the message; None (logged) for empty words or a
+        failed lookup, which never stops the turn."""
+        text = " ".join(text.split())[:TEXT_CHARS]
+        if not text:
+            return None
+        if voice is None:
+            voice = self._voice_final == text
+        try:
+            vector = await self._embedder.embed_query(text)
+            intent = await self._intents.classify(vector)
+            hits: list[Hit] = []
+            if self._knowledge is not None and await self._knowledge.has_any(self._tenant):
+                hits = await self._knowledge.lookup(self._tenant, text, k=SUGGESTIONS * 2,
+                                                    vector=vector)
+        except Exception as exc:
+            log.warning("live assist lookup failed for this utterance: %r", exc)
+            return None
+        message = AssistMessage(
+            session_id=self._session_id, at=datetime.now(UTC),
+            input="voice" if voice else "typed", final=final, text=text, intent=intent,
+            suggestions=suggestions(hits),
+        ).model_dump(mode="json")
+        self._record(message)
+        for listener in self.listeners:
+            listener(message)
+        return message
+
+    def transcribed(self, text: str, *, final: bool) -> None:
+        """A transcript from STT: finals are remembered (the turn's own message follows through
+        the agent); an interim one is looked up unless one still is (then it is skipped and
+        counted: the next one carries the newer words)."""
+        if final:
+            self._voice_final = " ".join(text.split())[:TEXT_CHARS]
+            return
+        if self._interim is not None and not self._interim.done():
+            self.interim_skipped += 1
+            return
+
+        async def look_up() -> None:
+            await self(text, final=False, voice=True)
+
+        self._interim = asyncio.create_task(look_up(), name="assist-interim")
+
+    async def aclose(self) -> None:
+        if self._interim is not None:
+            self._interim.cancel()
+            await asyncio.gather(self._interim, return_exceptions=True)

@@ -1,0 +1,104 @@
+"""Live assist in a real session: real Postgres, the offline embedder, the real google-genai
+client against the wire-format server (scripted replies).
+
+Protects: a typed question produces one assist message — recorded in the event log before the
+turn's first model call, handed to the room's publisher identically, valid against the
+committed JSON Schema (docs/assist.schema.json, which must match the code) — with the detected
+intent and up to three suggestions, one per document, from the session's tenant only; small talk
+gets no intent and no suggestions; interim transcripts are looked up one at a time (the
+rest counted as skipped) and a final one marks the question as voice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from test_user_tools import tool_settings
+
+from agent.assist import AssistMessage, LiveAssist
+from agent.config import Settings
+from agent.session import SessionRuntime
+from agent.session_record import read_event_log
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.db import Database
+from memory.embeddings import OfflineEmbedder
+from memory.knowledge import KnowledgeBase
+
+REPO = Path(__file__).resolve().parent.parent
+ARTICLES = {
+    "help/vpn-reset.md": "VPN client error 809: reset the VPN client from Settings, Network.",
+    "help/vpn-install.md": "Install the VPN client: download it, run the installer, sign in.",
+    "help/vpn-reset-old.md": "Older VPN client error codes and how to reset the client.",
+    "help/printer.md": "Printer jams: open the tray and remove the paper.",
+    "help/billing.pdf": "Invoices are sent monthly; a double charge is refunded in 5 days.",
+}
+
+
+def answer(request: CapturedRequest) -> ScriptedReply:
+    if request.purpose == "memory":
+        return ScriptedReply(text='{"facts": [], "forget": [], "summary": null}')
+    return ScriptedReply(text="[[confidence: 0.95]] (scripted) Reset the VPN client.")
+
+
+async def test_a_question_is_assisted_before_the_answer(
+    settings: Settings, db: Database,
+) -> None:
+    async with ScriptedModelServer(replies=answer) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source="replay")
+        assert runtime.memory is not None and runtime.assist is not None
+        knowledge = KnowledgeBase(db.pool, runtime.memory.embedder)
+        for source, text in ARTICLES.items():
+            await knowledge.ingest_chunks("acme", source, [(f"{source}#1", text),
+                                                           (f"{source}#2", text + " More.")])
+        await knowledge.ingest_chunks("globex", "globex/vpn-error.md", [(
+            "g#1", "Globex VPN client error reset codes.")])
+        published: list[dict[str, Any]] = []
+        runtime.assist.listeners.append(published.append)
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await session.run(user_input="Why does the VPN client show error 809?")
+            await session.run(user_input="Lovely weather today")
+        finally:
+            await session.aclose()
+            await runtime.close()
+    events = read_event_log(runtime.record.events.path)
+    assists = [e for e in events if e["kind"] == "assist"]
+    assert [a["detail"] for a in assists] == published
+    first, second = (AssistMessage.model_validate(m) for m in published)
+    assert first.input == "typed" and first.final and first.session_id == runtime.session_id
+    assert first.text == "Why does the VPN client show error 809?"
+    assert first.intent is not None and first.intent.name == "troubleshoot_error"
+    sources = [s.source for s in first.suggestions]
+    assert len(sources) == 3 == len(set(sources)) and sources[0] == "help/vpn-reset.md"
+    assert all(s.startswith("help/vpn") for s in sources)
+    assert first.suggestions[0].title == "Vpn reset"
+    assert second.suggestions == [] and second.intent is None, "small talk: nothing to suggest"
+    first_call = next(e for e in events if e["kind"] == "model_call")
+    assert assists[0]["seq"] < first_call["seq"], "published before the answer starts"
+
+
+def test_the_committed_schema_is_the_code_s() -> None:
+    committed = json.loads((REPO / "docs" / "assist.schema.json").read_text())
+    assert committed == AssistMessage.model_json_schema(), (
+        "regenerate docs/assist.schema.json from agent.assist.AssistMessage")
+
+
+async def test_interim_transcripts_one_at_a_time_and_voice_is_told_apart() -> None:
+    recorded: list[dict[str, Any]] = []
+    assist = LiveAssist(OfflineEmbedder(), None, tenant="acme", session_id="s1",
+                        record=recorded.append)
+    assist.transcribed("how do I", final=False)
+    assist.transcribed("how do I export", final=False)  # the first is still being looked up
+    assert assist.interim_skipped == 1
+    await assist.aclose()  # lets nothing half-done linger
+    assist.transcribed("how do I export a report", final=True)
+    message = await assist("how do I export a report")
+    assert message is not None and message["input"] == "voice" and message["final"]
+    assert message["intent"]["name"] == "how_to" and message["suggestions"] == []
+    typed = await assist("how do I export a report as PDF")
+    assert typed is not None and typed["input"] == "typed"
+    assert await assist("   ") is None
