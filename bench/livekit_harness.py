@@ -183,6 +183,8 @@ class User:
         self.room = rtc.Room()
         self.replies: asyncio.Queue[tuple[str, float]] = asyncio.Queue()  # (text, arrived at)
         self.data: list[tuple[str, bytes]] = []  # (topic, payload) of data messages received
+        self.data_at: list[float] = []  # the monotonic time each of them arrived
+        self.replies_started: list[float] = []  # when each reply's text stream opened
         self._publisher: asyncio.Task[None] | None = None
         self.frames_published = 0
         self._data_arrived = asyncio.Event()
@@ -216,6 +218,7 @@ class User:
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         self.data.append((packet.topic or "", packet.data))
+        self.data_at.append(time.monotonic())
         self._data_arrived.set()
 
     async def wait_for_data(self, topic: str, timeout_s: float = 45) -> list[bytes]:
@@ -227,6 +230,8 @@ class User:
         return [payload for t, payload in self.data if t == topic]
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        self.replies_started.append(time.monotonic())
+
         async def read() -> None:
             try:
                 text = await reader.read_all()

@@ -26,6 +26,9 @@ from livekit import rtc
 from PIL import Image, ImageFont
 from synthetic_screen import Desk, write_recording
 
+from agent.assist import ASSIST_TOPIC, AssistMessage
+from agent.components import make_embedder
+from agent.config import Settings
 from agent.images import sized_for
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from bench.livekit_harness import (
@@ -38,6 +41,8 @@ from bench.livekit_harness import (
     run_livekit_server,
     start_worker,
 )
+from memory.db import Database
+from memory.knowledge import KnowledgeBase, stored_models
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
@@ -334,6 +339,43 @@ async def test_a_camera_is_not_taken_for_the_screen(
     assert "sharing a camera, not a screen" in request.text
     events = await session_events(worker)
     assert not [e for e in events if e["kind"] == "frame"], "camera frames must not be sampled"
+
+
+async def test_live_assist_reaches_the_room_before_the_answer(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies],
+    e2e_database_url: str,
+) -> None:
+    """A typed question gets its assist message (intent, the tenant's matching article) on
+    `sightline.assist` before the answer's text stream opens."""
+    _server, replies = model_server
+    replies.next = sure("(scripted) Reset the VPN client from Settings.")
+    settings = Settings.from_env(worker.env)
+    db = await Database.open(e2e_database_url, settings.data_dir, connections=1)
+    try:
+        embedder = make_embedder(settings, await stored_models(db.pool, "e2e"))
+        await KnowledgeBase(db.pool, embedder).ingest_chunks("e2e", "help/vpn-reset.md", [(
+            "vpn#1", "VPN client error 809: reset the VPN client from Settings, Network.")])
+        await embedder.aclose()
+    finally:
+        await db.close()
+    user = new_user(livekit, "e2e-assist")
+    await user.join("user-6")
+    await user.wait_for_agent()
+    await user.say("Why does the VPN client show error 809?")
+    reply = await user.wait_for_reply()
+    [payload] = await user.wait_for_data(ASSIST_TOPIC)
+    await user.leave()
+    assert reply == "(scripted) Reset the VPN client from Settings."
+    message = AssistMessage.model_validate_json(payload)
+    assert message.text == "Why does the VPN client show error 809?" and message.final
+    assert message.input == "typed"
+    assert message.intent is not None and message.intent.name == "troubleshoot_error"
+    assert [s.source for s in message.suggestions] == ["help/vpn-reset.md"]
+    arrived = user.data_at[[t for t, _ in user.data].index(ASSIST_TOPIC)]
+    assert arrived < user.replies_started[0], "the assist message comes before the answer"
+    events = await session_events(worker)
+    [recorded] = [e["detail"] for e in events if e["kind"] == "assist"]
+    assert recorded == json.loads(payload)
 
 
 async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
