@@ -11,16 +11,26 @@ UV_VERSION := 0.13.8
 UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install runtime livekit-server system-packages lint bench clean
+.PHONY: demo test install runtime livekit-server system-packages lint bench clean console
 
 demo: $(STAMP)
 	$(BIN)/sightline replay --fresh fixtures/demo
 
-test: $(STAMP) $(LIVEKIT_SERVER) system-packages
+test: $(STAMP) $(LIVEKIT_SERVER) system-packages $(CONSOLE_BUNDLE)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -ra
 
 install: $(STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory console; \
+	else echo "npm not found: \`sightline console\` needs its page built (install Node.js and npm, then \`make console\`)"; fi
+
+# The web console's script (web/): the LiveKit JS client and the page's code, bundled by esbuild
+# from the locked npm packages, so the page needs no CDN.
+CONSOLE_BUNDLE := web/dist/console.js
+console: $(CONSOLE_BUNDLE)
+
+$(CONSOLE_BUNDLE): web/package.json web/package-lock.json $(wildcard web/src/*.js)
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 # First in every recipe that installs with $(PYTHON): one line, before any long step, when it
 # is not 3.11 (also when uv is already cached and would otherwise fail on its own terms).

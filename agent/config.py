@@ -224,6 +224,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS",
         Range(float, 0, 3650, open_low=True), 7.0,
         help="days a session's archived frames are kept"),
+    _Field("console_port", "SIGHTLINE_CONSOLE_PORT", _PORT, 8090,
+        help="where `sightline console` serves its page, on localhost; 0: any free port"),
 )
 
 
@@ -278,6 +280,7 @@ class Settings:
     proactive: bool
     frame_archive_mb: int
     frame_retention_days: float
+    console_port: int
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
         """The configured tiers; unset, the default cascade without the tiers whose provider

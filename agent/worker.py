@@ -30,6 +30,8 @@ from .assist import ASSIST_TOPIC
 from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
 from .chat_inbox import ChatInbox
 from .config import Settings
+from .event_log import Event
+from .metering import MODEL_KINDS
 from .redispatch import Redispatcher
 from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
@@ -40,6 +42,8 @@ log = logging.getLogger("sightline.worker")
 
 SCREEN_TOPIC = "sightline.screen"  # data messages for apps: new errors seen on the screen
 SCREEN_MESSAGE_VERSION = 1
+COST_TOPIC = "sightline.cost"  # the session's running cost, after each priced call
+COST_MESSAGE_VERSION = 1
 # Postgres connections of one session: each session runs on an event loop of its own, which
 # an asyncpg pool cannot share, so a worker holds up to this many per session (README:
 # Deployment, sizing Postgres); two let a write and a lookup run side by side
@@ -58,6 +62,24 @@ class ScreenSignalPublisher:
             "type": "screen_error", "version": SCREEN_MESSAGE_VERSION, "t": read.t,
             "at": read.wall_time, "headline": error.headline, "lines": error.lines,
             "fingerprint": error.fingerprint, "region": list(read.region)})
+
+
+def publish_costs(runtime: SessionRuntime, publish: RoomPublisher) -> None:
+    """After each priced call, the session's total so far on `sightline.cost` (the console's
+    cost meter): `{"type": "cost", "version": 1, "total_usd", "model_calls", "last": {...}}`."""
+    totals = runtime.record.totals  # subscribed first: already holds the event
+    calls = [0]
+
+    def on_event(event: Event) -> None:
+        if event["kind"] not in MODEL_KINDS:
+            return
+        calls[0] += 1
+        publish({"type": "cost", "version": COST_MESSAGE_VERSION,
+                 "total_usd": round(totals.total_cost_usd, 8), "model_calls": calls[0],
+                 "last": {"kind": event["kind"], "model": event.get("model"),
+                          "cost_usd": event.get("cost_usd"),
+                          "purpose": event["detail"].get("purpose", "answer")}})
+    runtime.record.events.subscribe(on_event)
 
 
 def job_tenant(metadata: str, default: str) -> str:
@@ -95,6 +117,7 @@ async def run_session(ctx: JobContext) -> None:
     runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
     if runtime.assist is not None:
         runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+    publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
     session = runtime.agent_session()
     watch = process_watchdog(settings.session_stall_s).watch(
         f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))

@@ -1,0 +1,110 @@
+"""The web console's server: the page, its script, and a session to join.
+
+`POST /api/session` creates a room, dispatches Sightline to it (explicit dispatch, the job's
+metadata naming the tenant) and mints a token for the browser's user with the configured
+LiveKit keys; the keys never leave this process. The page (web/static/index.html) and its script
+(web/dist/console.js: the LiveKit JS client bundled at build time by `make install`, so the page
+needs no CDN) are served from the checkout. It listens on localhost only: whoever reaches the
+port can start sessions on the configured LiveKit project and spend the models' money.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+from livekit import api
+
+from .config import ConfigError, Settings
+
+log = logging.getLogger("sightline.console")
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+PAGE = WEB / "static" / "index.html"
+BUNDLE = WEB / "dist" / "console.js"
+TOKEN_TTL_S = 6 * 3600
+
+
+class ConsoleUnbuilt(ConfigError):
+    """The console's script was not built (a checkout where `make install` has not run)."""
+
+
+def http_url(ws_url: str) -> str:
+    """LiveKit's API URL for its WebSocket URL (the same host and port)."""
+    return ws_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+
+
+def check_console(settings: Settings) -> None:
+    """What the console needs, as one line each: LiveKit's URL and keys, and the built script."""
+    for env, value in (("LIVEKIT_URL", settings.livekit_url),
+                       ("LIVEKIT_API_KEY", settings.livekit_api_key),
+                       ("LIVEKIT_API_SECRET", settings.livekit_api_secret)):
+        if not value:
+            raise ConfigError(f"{env} is required by `sightline console` (README: Console)")
+    if not BUNDLE.is_file():
+        raise ConsoleUnbuilt(f"the console's script {BUNDLE} is not built: run `make install` "
+                             "(it needs Node.js and npm; README: Console)")
+
+
+class Console:
+    """The console's routes for one LiveKit project and tenant."""
+
+    def __init__(self, settings: Settings, tenant: str) -> None:
+        assert settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret
+        self._url = settings.livekit_url
+        self._key, self._secret = settings.livekit_api_key, settings.livekit_api_secret
+        self._agent = settings.agent_name
+        self._tenant = tenant
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._page)
+        app.router.add_get("/console.js", self._file(BUNDLE, "text/javascript"))
+        app.router.add_get("/console.js.map", self._file(BUNDLE.with_suffix(".js.map"),
+                                                         "application/json"))
+        app.router.add_get("/console.css", self._file(WEB / "static" / "console.css",
+                                                      "text/css"))
+        app.router.add_post("/api/session", self._session)
+        return app
+
+    async def _page(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGE, headers={"Content-Type": "text/html; charset=utf-8",
+                                               "Cache-Control": "no-store"})
+
+    @staticmethod
+    def _file(path: Path, mime: str):  # type: ignore[no-untyped-def]
+        async def serve(_request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(path, headers={"Content-Type": mime,
+                                                   "Cache-Control": "no-store"})
+        return serve
+
+    async def _session(self, _request: web.Request) -> web.Response:
+        """A new room with Sightline dispatched to it, and the token to join it."""
+        room = f"console-{uuid.uuid4().hex[:10]}"
+        identity = f"console-user-{uuid.uuid4().hex[:6]}"
+        try:
+            async with api.LiveKitAPI(http_url(self._url), self._key, self._secret) as lk:
+                await lk.room.create_room(api.CreateRoomRequest(name=room,
+                                                                empty_timeout=300))
+                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                    agent_name=self._agent, room=room,
+                    metadata=json.dumps({"tenant": self._tenant})))
+        except Exception as exc:  # the page shows it; the console keeps serving
+            log.error("could not create a room on %s: %r", self._url, exc)
+            return web.json_response(
+                {"error": f"LiveKit at {self._url} refused or could not be reached: "
+                          f"{type(exc).__name__}"}, status=502)
+        token = (api.AccessToken(self._key, self._secret)
+                 .with_identity(identity).with_name("Console user")
+                 .with_ttl(timedelta(seconds=TOKEN_TTL_S))
+                 .with_grants(api.VideoGrants(room_join=True, room=room, can_publish=True,
+                                              can_subscribe=True, can_publish_data=True))
+                 .to_jwt())
+        log.info("console session: room %s, user %s, tenant %s", room, identity, self._tenant)
+        return web.json_response({"url": self._url, "token": token, "room": room,
+                                  "identity": identity, "agent": self._agent,
+                                  "tenant": self._tenant})

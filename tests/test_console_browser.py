@@ -1,0 +1,186 @@
+"""The web console in a real browser, end to end.
+
+Debian's Chromium (headed, under Xvfb) with fake media devices and the capture picker
+auto-answered, driven by Playwright over CDP (its Python wheel carries its driver; no browser is
+downloaded), opens `sightline console` (a real process), which creates the room and dispatches a
+real `sightline start` worker on a real `livekit-server`. The page calls getDisplayMedia (answered
+by Chromium's fake capture device: a generated test pattern) and getUserMedia (a fake
+microphone) and publishes both; a question is typed in the chat box, and the scripted model (the
+wire-format server, reached through the real google-genai client) answers.
+
+Protects: the page joins through the console (room, dispatch, token), the agent joins and sees
+the shared screen (the model's request carries the image), the answer streams into the page,
+the live-assist panel shows the intent and the tenant's matching article, the cost meter moves,
+and the page is not blank (a screenshot with real content).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import fresh_database
+from PIL import Image, ImageStat
+from playwright.async_api import async_playwright, expect
+
+from agent.components import make_embedder
+from agent.config import Settings
+from agent.console_server import BUNDLE
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    Worker,
+    free_port,
+    run_livekit_server,
+    start_worker,
+    wait_for_port,
+)
+from memory.db import Database
+from memory.knowledge import KnowledgeBase, stored_models
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+AGENT_NAME = "sightline-console-test"
+TENANT = "console"
+ANSWER = "(scripted) Your screen shows the console; reset the VPN client from Settings."
+QUESTION = "Why does the VPN client show error 809?"
+
+
+def reply(request: CapturedRequest) -> ScriptedReply:
+    if request.purpose == "memory":
+        return ScriptedReply(text='{"facts": [], "forget": [], "summary": null}')
+    return ScriptedReply(text=f"[[confidence: 0.95]] {ANSWER}", chunk_delay_s=0.05)
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    """An X display for the headed browser (Xvfb picks a free display number)."""
+    if not shutil.which("Xvfb") or not CHROMIUM.exists():
+        pytest.fail("the console test needs Debian's chromium and xvfb (debian-packages.txt; "
+                    "`make test` installs them)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24",
+                             "-nolisten", "tcp"], pass_fds=(write,), stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def models() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer(replies=reply) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def console_env(
+    livekit: LiveKitServer, models: ScriptedModelServer, postgres_admin_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
+    workdir = tmp_path_factory.mktemp("console")
+    env = {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+        "GOOGLE_API_KEY": "console-fake-key", "SIGHTLINE_GEMINI_BASE_URL": models.base_url,
+        "SIGHTLINE_TIERS": "gemini:gemini-2.5-flash-lite:0:256",
+        "SIGHTLINE_MODEL_RETRIES": "0",
+        "DATABASE_URL": await fresh_database(postgres_admin_url, "console"),
+        "SIGHTLINE_DATA_DIR": str(workdir / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+        "SIGHTLINE_MAX_SESSIONS": "4", "SIGHTLINE_CONSOLE_PORT": str(free_port()),
+    }
+    settings = Settings.from_env(env)
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:  # the tenant's knowledge, embedded as its sessions will search it
+        embedder = make_embedder(settings, await stored_models(db.pool, TENANT))
+        await KnowledgeBase(db.pool, embedder).ingest_chunks(TENANT, "help/vpn-reset.md", [(
+            "vpn#1", "VPN client error 809: reset the VPN client from Settings, Network.")])
+        await embedder.aclose()
+    finally:
+        await db.close()
+    return env
+
+
+@pytest.fixture(scope="module")
+def worker(console_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Worker]:
+    proc = start_worker(tmp_path_factory.mktemp("worker"), console_env)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def console(console_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[str]:
+    """`sightline console`, as a user runs it; its URL."""
+    assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    log = tmp_path_factory.mktemp("console-log") / "console.log"
+    port = int(console_env["SIGHTLINE_CONSOLE_PORT"])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("sightline")), "console", "--tenant", TENANT],
+            env={**os.environ, **console_env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
+    display: str, worker: Worker, console: str, models: ScriptedModelServer, tmp_path: Path,
+) -> None:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=False, env={**os.environ, "DISPLAY": display},
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  "--auto-select-desktop-capture-source=Entire screen",
+                  "--window-size=1280,800", "--disable-gpu"])
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 760})
+            await page.goto(console)
+            await page.click("#start")
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=60_000)
+            await expect(page.locator("#share")).to_have_text("Stop sharing", timeout=20_000)
+            await expect(page.locator("#media-note")).to_have_text("")
+            await asyncio.sleep(3)  # the agent samples the share about once a second
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            answer = page.locator("#messages li.agent.done")
+            await expect(answer).to_have_text(ANSWER, timeout=60_000)
+            await expect(page.locator("#suggestions li.suggestion").first).to_contain_text(
+                "Vpn reset", timeout=10_000)
+            await expect(page.locator("#assist-intent")).to_contain_text("troubleshoot_error")
+            await expect(page.locator("#cost")).not_to_have_text("$0.000000 · 0 calls",
+                                                                 timeout=10_000)
+            shot = await page.screenshot(path=str(tmp_path / "console.png"))
+        finally:
+            await browser.close()
+    answered = [r for r in models.requests if r.purpose == "answer"]
+    assert answered and answered[-1].image_count == 1, (
+        f"the agent must see the shared screen:\n{worker.log_text()[-3000:]}")
+    assert QUESTION in answered[-1].text
+    image = Image.open(io.BytesIO(shot)).convert("L")
+    assert ImageStat.Stat(image).stddev[0] > 20, "the screenshot is blank"
+    assert len(image.getcolors(maxcolors=1 << 16) or []) > 16
