@@ -1,0 +1,57 @@
+"""`sightline console` when something is missing or in the way, and its session endpoint when
+LiveKit cannot be reached.
+
+Protects: missing LiveKit settings and a taken port are one line and exit 2, never a traceback;
+an unreachable LiveKit server makes `POST /api/session` answer 502 with one readable error (the
+page shows it) while the console keeps serving the page.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import run_cli
+
+from agent.config import Settings
+from agent.console_server import BUNDLE, Console
+from bench.livekit_harness import free_port
+
+
+def env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+            "SIGHTLINE_DATA_DIR": str(tmp_path / "data"), **extra}
+
+
+async def test_missing_livekit_settings_are_one_line(tmp_path: Path) -> None:
+    code, out, err = await run_cli("console", env=env(tmp_path))
+    assert code == 2 and out == ""
+    assert err == "sightline: LIVEKIT_URL is required by `sightline console` (README: Console)\n"
+
+
+async def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _out, err = await run_cli("console", "--port", str(port), env=env(
+            tmp_path, LIVEKIT_URL="ws://127.0.0.1:9", LIVEKIT_API_KEY="k",
+            LIVEKIT_API_SECRET="s"))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"sightline: cannot listen on 127.0.0.1:{port}: ")
+
+
+async def test_an_unreachable_livekit_is_a_readable_error_on_the_page(tmp_path: Path) -> None:
+    url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings.from_env({"LIVEKIT_URL": url, "LIVEKIT_API_KEY": "k",
+                                  "LIVEKIT_API_SECRET": "s",
+                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    async with TestClient(TestServer(Console(settings, "acme").app())) as client:
+        response = await client.post("/api/session")
+        assert response.status == 502
+        error = (await response.json())["error"]
+        assert error.startswith(f"LiveKit at {url} refused or could not be reached")
+        page = await client.get("/")
+        assert page.status == 200 and "Sightline console" in await page.text()
