@@ -65,6 +65,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if outcome != COMPLETED:
         lines.append(f"  ended: {outcome}" + (f" ({summary['error']})" if "error" in summary
                                                else ""))
+    if summary.get("handoff"):
+        lines.append(f"  handed to a person: {summary['handoff']['reason']}")
     video = summary.get("video")
     if video and video.get("problem"):
         lines.append(f"  video: {video['problem']}")

@@ -81,6 +81,8 @@ class SessionTotals:
         self._ocr_cpu_ms = 0.0
         self._reader: dict[str, int] = {}
         self._video: dict[str, Any] = {}  # a replayed recording, as decoding found it
+        self._handoff: dict[str, Any] = {}  # the session was handed to a person (tools/handoff)
+        self._assists = 0  # live-assist messages (agent/assist.py)
         self._unpriced: set[str] = set()
         self.total_cost_usd = 0.0
 
@@ -114,6 +116,10 @@ class SessionTotals:
             self._reader = dict(detail)
         elif kind == "video":
             self._video = dict(detail)
+        elif kind == "handoff":
+            self._handoff = {"reason": detail["reason"], "at": detail["at"]}
+        elif kind == "assist":
+            self._assists += 1
 
     def _model_call(self, event: Event, detail: dict[str, Any]) -> None:
         model, cost = event["model"], event["cost_usd"]
@@ -182,6 +188,8 @@ class SessionTotals:
                 **({"reader": self._reader} if self._reader else {}),
             },
             **({"video": self._video} if self._video else {}),
+            **({"handoff": self._handoff} if self._handoff else {}),
+            **({"assist_messages": self._assists} if self._assists else {}),
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests

@@ -200,6 +200,9 @@ class Store:
         session = _session_row(row)
         session["summary"] = json.loads(row["summary"]) if row["summary"] else None
         session["outcome"] = (session["summary"] or {}).get("outcome")
+        session["escalated_at"] = (row["escalated_at"].isoformat()
+                                   if row["escalated_at"] else None)  # handed to a person
+        session["escalation_reason"] = row["escalation_reason"]
         events = await self._pool.fetch(
             "SELECT seq, ts, kind, provider, model, input_tokens, cached_input_tokens,"
             " cache_write_tokens, output_tokens, images, latency_ms, cost_usd, detail"

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from test_user_tools import tool_settings
+from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 
 from agent.assist import AssistMessage, LiveAssist
 from agent.config import Settings
@@ -38,7 +38,7 @@ ARTICLES = {
 
 def answer(request: CapturedRequest) -> ScriptedReply:
     if request.purpose == "memory":
-        return ScriptedReply(text='{"facts": [], "forget": [], "summary": null}')
+        return ScriptedReply(text=NO_MEMORY_UPDATE)
     return ScriptedReply(text="[[confidence: 0.95]] (scripted) Reset the VPN client.")
 
 
@@ -79,6 +79,7 @@ async def test_a_question_is_assisted_before_the_answer(
     assert second.suggestions == [] and second.intent is None, "small talk: nothing to suggest"
     first_call = next(e for e in events if e["kind"] == "model_call")
     assert assists[0]["seq"] < first_call["seq"], "published before the answer starts"
+    assert events[-1]["detail"]["assist_messages"] == 2
 
 
 def test_the_committed_schema_is_the_code_s() -> None:

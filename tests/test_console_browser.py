@@ -29,6 +29,7 @@ import pytest
 from conftest import fresh_database
 from PIL import Image, ImageStat
 from playwright.async_api import async_playwright, expect
+from test_user_tools import NO_MEMORY_UPDATE
 
 from agent.components import make_embedder
 from agent.config import Settings
@@ -58,7 +59,7 @@ QUESTION = "Why does the VPN client show error 809?"
 
 def reply(request: CapturedRequest) -> ScriptedReply:
     if request.purpose == "memory":
-        return ScriptedReply(text='{"facts": [], "forget": [], "summary": null}')
+        return ScriptedReply(text=NO_MEMORY_UPDATE)
     return ScriptedReply(text=f"[[confidence: 0.95]] {ANSWER}", chunk_delay_s=0.05)
 
 

@@ -20,6 +20,7 @@ import pytest
 from synthetic_screen import Desk
 from test_cascade import tool_results
 
+from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.session import SessionRuntime
 from agent.session_record import read_event_log
@@ -31,6 +32,7 @@ from agent.wire_format_server import (
 )
 from memory.db import Database
 from memory.knowledge import KnowledgeBase
+from memory.store import Store
 from tools.memory_tools import key_for, words
 
 MODELS = ["gemini-2.5-flash-lite", "gemini-2.5-flash", "claude-sonnet-4-6"]
@@ -154,6 +156,8 @@ async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
             runtime.session_id)
         assert row["escalated_at"] is not None
         assert row["escalation_reason"] == "The user wants a person."
+        shown = await Store(db.pool).get_session(runtime.session_id)
+        assert shown is not None and shown["escalation_reason"] == "The user wants a person."
     finally:
         await session.aclose()
         await runtime.close()
@@ -167,6 +171,9 @@ async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
                for a in acted)
     assert [e["detail"]["reason"] for e in events if e["kind"] == "handoff"] == [
         "The user wants a person."]
+    summary = events[-1]["detail"]
+    assert summary["handoff"]["reason"] == "The user wants a person."
+    assert "  handed to a person: The user wants a person." in format_summary(summary)
     closer_call = next(e for e in events if e["kind"] == "model_call"
                        and e["detail"].get("request_id") and e["images"] >= 2)
     assert closer_call["model"] == MODELS[tier] and closer_call["image_tokens"] > 0
