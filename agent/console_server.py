@@ -5,7 +5,10 @@ metadata naming the tenant) and mints a token for the browser's user with the co
 LiveKit keys; the keys never leave this process. The page (web/static/index.html) and its script
 (web/dist/console.js: the LiveKit JS client bundled at build time by `make install`, so the page
 needs no CDN) are served from the checkout. It listens on localhost only: whoever reaches the
-port can start sessions on the configured LiveKit project and spend the models' money.
+port can start sessions on the configured LiveKit project and spend the models' money. For the
+same reason a session is only started for the page itself: the request must carry the
+`X-Sightline-Console` header (another site's page cannot send it without a CORS preflight, which
+this server never approves) and name a loopback host (no DNS rebinding).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 from livekit import api
+from yarl import URL
 
 from .config import ConfigError, Settings
 
@@ -27,6 +31,8 @@ WEB = Path(__file__).resolve().parent.parent / "web"
 PAGE = WEB / "static" / "index.html"
 BUNDLE = WEB / "dist" / "console.js"
 TOKEN_TTL_S = 6 * 3600
+PAGE_HEADER = "X-Sightline-Console"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class ConsoleUnbuilt(ConfigError):
@@ -82,8 +88,15 @@ class Console:
                                                    "Cache-Control": "no-store"})
         return serve
 
-    async def _session(self, _request: web.Request) -> web.Response:
+    async def _session(self, request: web.Request) -> web.Response:
         """A new room with Sightline dispatched to it, and the token to join it."""
+        try:
+            host = URL(f"http://{request.host}").host
+        except ValueError:
+            host = None
+        if request.headers.get(PAGE_HEADER) != "1" or host not in LOOPBACK_HOSTS:
+            return web.json_response({"error": "sessions are started from the console's own "
+                                               "page on this machine"}, status=403)
         room = f"console-{uuid.uuid4().hex[:10]}"
         identity = f"console-user-{uuid.uuid4().hex[:6]}"
         try:

@@ -3,7 +3,8 @@ LiveKit cannot be reached.
 
 Protects: missing LiveKit settings and a taken port are one line and exit 2, never a traceback;
 an unreachable LiveKit server makes `POST /api/session` answer 502 with one readable error (the
-page shows it) while the console keeps serving the page.
+page shows it) while the console keeps serving the page; a request without the page's header, or
+naming another host, starts nothing (403).
 """
 
 from __future__ import annotations
@@ -49,9 +50,21 @@ async def test_an_unreachable_livekit_is_a_readable_error_on_the_page(tmp_path: 
                                   "LIVEKIT_API_SECRET": "s",
                                   "SIGHTLINE_DATA_DIR": str(tmp_path)})
     async with TestClient(TestServer(Console(settings, "acme").app())) as client:
-        response = await client.post("/api/session")
+        response = await client.post("/api/session", headers={"X-Sightline-Console": "1"})
         assert response.status == 502
         error = (await response.json())["error"]
         assert error.startswith(f"LiveKit at {url} refused or could not be reached")
         page = await client.get("/")
         assert page.status == 200 and "Sightline console" in await page.text()
+
+
+async def test_only_the_console_s_own_page_starts_sessions(tmp_path: Path) -> None:
+    settings = Settings.from_env({"LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_KEY": "k",
+                                  "LIVEKIT_API_SECRET": "s",
+                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    async with TestClient(TestServer(Console(settings, "acme").app())) as client:
+        another_site = await client.post("/api/session")  # a form post from elsewhere
+        assert another_site.status == 403
+        rebound = await client.post("/api/session", headers={
+            "X-Sightline-Console": "1", "Host": "attacker.example:8090"})
+        assert rebound.status == 403

@@ -145,7 +145,7 @@ async function toggleMic() {
 async function start() {
   enable(['start'], false);
   setStatus('Starting…', 'busy');
-  const response = await fetch('/api/session', { method: 'POST' });
+  const response = await fetch('/api/session', { method: 'POST', headers: { 'X-Sightline-Console': '1' } });
   const session = await response.json();
   if (!response.ok) {
     setStatus(session.error || `console error ${response.status}`, 'error');
