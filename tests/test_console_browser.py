@@ -11,7 +11,8 @@ wire-format server, reached through the real google-genai client) answers.
 Protects: the page joins through the console (room, dispatch, token), the agent joins and sees
 the shared screen (the model's request carries the image), the answer streams into the page,
 the live-assist panel shows the intent and the tenant's matching article, the cost meter moves,
-and the page is not blank (a screenshot with real content).
+and the page is not blank (a screenshot with real content); asking for a person makes the model
+call `handoff_to_human` in the live worker, and the page shows the handoff the room received.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ import pytest
 from conftest import fresh_database
 from PIL import Image, ImageStat
 from playwright.async_api import async_playwright, expect
+from test_cascade import tool_results
 from test_user_tools import NO_MEMORY_UPDATE
 
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.console_server import BUNDLE
-from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from agent.wire_format_server import (
+    CapturedRequest,
+    ScriptedModelServer,
+    ScriptedReply,
+    ScriptedToolCall,
+)
 from bench.livekit_harness import (
     API_KEY,
     API_SECRET,
@@ -57,9 +64,18 @@ ANSWER = "(scripted) Your screen shows the console; reset the VPN client from Se
 QUESTION = "Why does the VPN client show error 809?"
 
 
+HANDOFF_QUESTION = "I would rather talk to a person."
+HANDED_OFF = "(scripted) A person from support will join you shortly."
+
+
 def reply(request: CapturedRequest) -> ScriptedReply:
     if request.purpose == "memory":
         return ScriptedReply(text=NO_MEMORY_UPDATE)
+    if any("human support agent" in result for result in tool_results(request)):
+        return ScriptedReply(text=f"[[confidence: 0.95]] {HANDED_OFF}")
+    if HANDOFF_QUESTION in request.text:
+        return ScriptedReply(text="", tool_calls=(ScriptedToolCall(
+            "handoff_to_human", {"reason": "The user asked for a person."}),))
     return ScriptedReply(text=f"[[confidence: 0.95]] {ANSWER}", chunk_delay_s=0.05)
 
 
@@ -176,6 +192,12 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
             await expect(page.locator("#cost")).not_to_have_text("$0.000000 · 0 calls",
                                                                  timeout=10_000)
             shot = await page.screenshot(path=str(tmp_path / "console.png"))
+            await page.fill("#chat-input", HANDOFF_QUESTION)
+            await page.press("#chat-input", "Enter")
+            await expect(page.locator("#handoff")).to_have_text(
+                "Handed over to a person: The user asked for a person.", timeout=30_000)
+            await expect(page.locator("#messages li.agent.done").last).to_have_text(
+                HANDED_OFF, timeout=30_000)
         finally:
             await browser.close()
     answered = [r for r in models.requests if r.purpose == "answer"]
