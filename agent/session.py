@@ -20,7 +20,7 @@ from livekit.agents.voice import ConversationItemAddedEvent
 
 from memory.conversation import ConversationLog
 from memory.db import Database
-from memory.embeddings import Embedder
+from memory.embeddings import Embedder, SharedQueries
 from memory.keeper import MemoryKeeper
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.recall import TurnRecall
@@ -196,7 +196,9 @@ class SessionRuntime:
                 parts.push_async_callback(providers[-1].aclose)
             embedder = reranker = None
             if db is not None:
-                embedder = make_embedder(settings, await stored_models(db.pool, tenant))
+                # recall and live assist ask for the same question's vector: embedded once
+                embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool,
+                                                                                     tenant)))
                 parts.push_async_callback(embedder.aclose)
                 reranker = make_reranker(settings, record=lambda call: meters[0].rerank_call(call))
                 if reranker is not None:

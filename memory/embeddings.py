@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from collections import OrderedDict
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -141,3 +142,40 @@ class GeminiEmbedder:
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
+
+
+class SharedQueries:
+    """An embedder whose recent query vectors are shared: a session asks for the same
+    question's vector twice at once (the turn's recall and live assist, agent/assist.py), and it
+    is embedded once — with Gemini embeddings, one billed call instead of two. Identical
+    queries in flight wait for the one call; a failed call is not kept."""
+
+    SIZE = 8
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.name, self.dim = inner.name, inner.dim
+        self._recent: OrderedDict[str, asyncio.Future[np.ndarray]] = OrderedDict()
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return await self.inner.embed_documents(texts)
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        future = self._recent.get(text)
+        if future is None:
+            future = asyncio.ensure_future(self.inner.embed_query(text))
+            future.add_done_callback(lambda done: self._forget_failed(text, done))
+            self._recent[text] = future
+            while len(self._recent) > self.SIZE:
+                self._recent.popitem(last=False)
+        self._recent.move_to_end(text)
+        return await asyncio.shield(future)  # one waiter cancelled leaves the call to the other
+
+    def _forget_failed(self, text: str, done: asyncio.Future[np.ndarray]) -> None:
+        if (done.cancelled() or done.exception() is not None) and self._recent.get(text) is done:
+            del self._recent[text]
+
+    async def aclose(self) -> None:
+        for future in self._recent.values():
+            future.cancel()
+        await self.inner.aclose()

@@ -6,15 +6,21 @@ turn's first model call, handed to the room's publisher identically, valid again
 committed JSON Schema (docs/assist.schema.json, which must match the code) — with the detected
 intent and up to three suggestions, one per document, from the session's tenant only; small talk
 gets no intent and no suggestions; interim transcripts are looked up one at a time (the
-rest counted as skipped) and a final one marks the question as voice.
+rest counted as skipped) and a final one marks the question as voice; the question is embedded
+once for the turn's recall and live assist together (`SharedQueries`), and a failed embedding is
+not kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+from conftest import CountingEmbedder
 from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 
 from agent.assist import AssistMessage, LiveAssist
@@ -23,7 +29,7 @@ from agent.session import SessionRuntime
 from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import EmbeddingError, OfflineEmbedder, SharedQueries
 from memory.knowledge import KnowledgeBase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,3 +109,24 @@ async def test_interim_transcripts_one_at_a_time_and_voice_is_told_apart() -> No
     typed = await assist("how do I export a report as PDF")
     assert typed is not None and typed["input"] == "typed"
     assert await assist("   ") is None
+
+
+class Failing(CountingEmbedder):
+    async def embed_query(self, text: str) -> np.ndarray:
+        await super().embed_query(text)
+        raise EmbeddingError("down")
+
+
+async def test_the_question_is_embedded_once_for_recall_and_assist() -> None:
+    counting = CountingEmbedder()
+    shared = SharedQueries(counting)
+    first, second = await asyncio.gather(shared.embed_query("why error 809"),
+                                         shared.embed_query("why error 809"))
+    assert (first == second).all() and counting.queries == ["why error 809"]
+    await shared.embed_query("another question")
+    assert counting.queries == ["why error 809", "another question"]
+    failing = SharedQueries(Failing())
+    for _ in range(2):  # a failed call is not kept: the next ask tries again
+        with pytest.raises(EmbeddingError):
+            await failing.embed_query("q")
+    assert failing.inner.queries == ["q", "q"]  # type: ignore[attr-defined]
