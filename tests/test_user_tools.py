@@ -22,6 +22,7 @@ from test_cascade import tool_results
 
 from agent.cli_costs import format_summary
 from agent.config import Settings
+from agent.images import image_tokens, sized_for
 from agent.session import SessionRuntime
 from agent.session_record import read_event_log
 from agent.wire_format_server import (
@@ -174,9 +175,12 @@ async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
     summary = events[-1]["detail"]
     assert summary["handoff"]["reason"] == "The user wants a person."
     assert "  handed to a person: The user wants a person." in format_summary(summary)
-    closer_call = next(e for e in events if e["kind"] == "model_call"
-                       and e["detail"].get("request_id") and e["images"] >= 2)
-    assert closer_call["model"] == MODELS[tier] and closer_call["image_tokens"] > 0
+    closer_call = next(e for e in events if e["kind"] == "model_call" and e["images"] == 2)
+    provider = "anthropic" if tier == 2 else "gemini"
+    billed = [image_tokens(provider, *sized_for(provider, w, h, "medium"))
+              for w, h in ((1920, 1080), (640, 360))]  # the screenshot, the crop (unscaled)
+    assert sized_for(provider, 640, 360, "medium") == (640, 360)
+    assert closer_call["model"] == MODELS[tier] and closer_call["image_tokens"] == sum(billed)
 
 
 def test_forget_matches_what_the_user_called_it() -> None:
