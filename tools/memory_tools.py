@@ -6,6 +6,10 @@ old laptop"). They write at once, in one transaction, so "I will remember that" 
 said, and tell the keeper, so its next update starts from what is now remembered. Every read and
 write names the session's tenant and user.
 
+Only the user's own words can ask: the tools refuse unless the user's latest message asks to
+remember (or forget) something, so text on the screen or in a document that says "remember
+this" — data, never instructions — cannot write the user's memory through the model.
+
 `forget` finds the facts to drop by the words they share with what the user said (their key and
 text, lower-cased, a trailing plural "s" dropped): a user names the thing, not its key, and a
 word match is explainable where a nearest vector would always pick something.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from livekit.agents import llm
+from livekit.agents import RunContext, llm
 
 from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, same_fact
 from memory.user_memory import Fact, UserMemory
@@ -25,6 +29,20 @@ _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
     "a an the i me my mine we our you your is am are was were be been to of in on at for with "
     "and or that this it its as by from about remember forget please user users".split())
+
+
+ASKS_TO_REMEMBER = re.compile(
+    r"\b(remember|memori[sz]e|note (?:that|down)|keep in mind|save (?:that|this)|"
+    r"don'?t forget)\b", re.I)
+ASKS_TO_FORGET = re.compile(r"\b(forget|delete|remove|erase|drop|no longer)\b", re.I)
+
+
+def user_asked(context: RunContext, asks: re.Pattern[str]) -> bool:
+    """Whether the user's latest message (typed or transcribed) asks for it."""
+    for item in reversed(context.session.history.items):
+        if item.type == "message" and item.role == "user":
+            return bool(asks.search(item.text_content or ""))
+    return False
 
 
 def words(text: str) -> set[str]:
@@ -57,7 +75,7 @@ class MemoryTools:
         return await self._memory.facts(self._who["tenant"], self._who["user_id"])
 
     @llm.function_tool
-    async def remember(self, fact: str) -> str:
+    async def remember(self, context: RunContext, fact: str) -> str:
         """Remember a fact about the user for later sessions. Use it only when the user asks you
         to remember something.
 
@@ -65,6 +83,9 @@ class MemoryTools:
             fact: the fact, as one sentence about the user, such as "The user's laptop runs
                 Ubuntu 24.04".
         """
+        if not user_asked(context, ASKS_TO_REMEMBER):
+            raise llm.ToolError("Only the user can ask to remember something, in their own "
+                                "words; they did not. Nothing was remembered.")
         text = " ".join(fact.split())[:MAX_FACT_CHARS]
         if not text:
             raise llm.ToolError("There is nothing to remember: the fact is empty.")
@@ -78,13 +99,16 @@ class MemoryTools:
         return f"Remembered (as {key}): {text}"
 
     @llm.function_tool
-    async def forget(self, what: str) -> str:
+    async def forget(self, context: RunContext, what: str) -> str:
         """Forget what is remembered about the user on a subject. Use it only when the user asks
         you to forget something.
 
         Args:
             what: the subject to forget, in the user's words, such as "my old laptop".
         """
+        if not user_asked(context, ASKS_TO_FORGET):
+            raise llm.ToolError("Only the user can ask to forget something, in their own "
+                                "words; they did not. Nothing was forgotten.")
         wanted = words(what)
         known = await self._facts()
         overlap = {f.key: len(wanted & words(f"{f.key} {f.text}")) for f in known}
