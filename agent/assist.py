@@ -1,7 +1,8 @@
 """Live assist: while the user speaks or types, what Sightline heard, the intent it detected and
 the knowledge articles that match — published before the answer starts.
 
-One message per user utterance (and per interim transcript while they speak, when STT is on),
+One message per user utterance, and while it is unfinished (`final: false`) one per interim
+transcript (when STT is on) or typed draft (an app's `sightline.draft` data message),
 schema version 1 (`AssistMessage`; its JSON Schema is docs/assist.schema.json), JSON on the data
 topic `sightline.assist` and, identically, an `assist` event in the session's event log:
 
@@ -37,6 +38,7 @@ from memory.knowledge import Hit, KnowledgeBase
 log = logging.getLogger("sightline.assist")
 
 ASSIST_TOPIC = "sightline.assist"
+DRAFT_TOPIC = "sightline.draft"  # app -> agent: the user's unsent chat text, as UTF-8
 ASSIST_VERSION = 1
 SUGGESTIONS = 3
 MIN_INTENT_SCORE = 0.3  # cosine to the nearest example; below it the intent is null (small talk
@@ -175,7 +177,7 @@ class LiveAssist:
         self._record = record
         self.listeners: list[Callable[[Published], None]] = []  # e.g. the room's publisher
         self._interim: asyncio.Task[None] | None = None
-        self.interim_skipped = 0  # interim transcripts dropped while one was being looked up
+        self.interim_skipped = 0  # unfinished words dropped while others were being looked up
         self._voice_final: str | None = None  # the last final transcript, to tell voice apart
 
     async def __call__(self, text: str, *, final: bool = True, voice: bool | None = None
@@ -208,20 +210,28 @@ class LiveAssist:
         return message
 
     def transcribed(self, text: str, *, final: bool) -> None:
-        """A transcript from STT: finals are remembered (the turn's own message follows through
-        the agent); an interim one is looked up unless one still is (then it is skipped and
-        counted: the next one carries the newer words)."""
+        """A transcript from STT: a final one is remembered (the turn's own message follows
+        through the agent, and is then told apart as voice); an interim one is looked up."""
         if final:
             self._voice_final = " ".join(text.split())[:TEXT_CHARS]
-            return
+        else:
+            self._partial(text, voice=True)
+
+    def drafted(self, text: str) -> None:
+        """What the user is typing, before they send it (the console's `sightline.draft`)."""
+        self._partial(text, voice=False)
+
+    def _partial(self, text: str, *, voice: bool) -> None:
+        """Look unfinished words up, unless a lookup still runs: then they are skipped and
+        counted (the next ones carry newer words)."""
         if self._interim is not None and not self._interim.done():
             self.interim_skipped += 1
             return
 
         async def look_up() -> None:
-            await self(text, final=False, voice=True)
+            await self(text, final=False, voice=voice)
 
-        self._interim = asyncio.create_task(look_up(), name="assist-interim")
+        self._interim = asyncio.create_task(look_up(), name="assist-partial")
 
     async def aclose(self) -> None:
         if self._interim is not None:

@@ -26,7 +26,7 @@ from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
-from .assist import ASSIST_TOPIC
+from .assist import ASSIST_TOPIC, DRAFT_TOPIC
 from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
 from .chat_inbox import ChatInbox
 from .config import Settings
@@ -116,7 +116,14 @@ async def run_session(ctx: JobContext) -> None:
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
     runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
     if runtime.assist is not None:
-        runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+        assist = runtime.assist
+        assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+
+        def on_draft(packet: rtc.DataPacket) -> None:
+            sender = packet.participant.identity if packet.participant else None
+            if packet.topic == DRAFT_TOPIC and sender == participant.identity:
+                assist.drafted(packet.data.decode("utf-8", errors="replace"))
+        ctx.room.on("data_received", on_draft)
     publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
     session = runtime.agent_session()
     watch = process_watchdog(settings.session_stall_s).watch(

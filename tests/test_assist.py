@@ -5,8 +5,8 @@ Protects: a typed question produces one assist message — recorded in the event
 turn's first model call, handed to the room's publisher identically, valid against the
 committed JSON Schema (docs/assist.schema.json, which must match the code) — with the detected
 intent and up to three suggestions, one per document, from the session's tenant only; small talk
-gets no intent and no suggestions; interim transcripts are looked up one at a time (the
-rest counted as skipped) and a final one marks the question as voice; the question is embedded
+gets no intent and no suggestions; interim transcripts and typed drafts are looked up one at a
+time (the rest counted as skipped) and a final one marks the question as voice; the question is embedded
 once for the turn's recall and live assist together (`SharedQueries`), and a failed embedding is
 not kept.
 """
@@ -109,6 +109,11 @@ async def test_interim_transcripts_one_at_a_time_and_voice_is_told_apart() -> No
     typed = await assist("how do I export a report as PDF")
     assert typed is not None and typed["input"] == "typed"
     assert await assist("   ") is None
+    assist.drafted("how do I export")  # typing, not sent yet
+    assert assist._interim is not None
+    await assist._interim
+    draft = recorded[-1]
+    assert (draft["input"], draft["final"], draft["text"]) == ("typed", False, "how do I export")
 
 
 class Failing(CountingEmbedder):

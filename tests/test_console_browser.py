@@ -10,7 +10,8 @@ wire-format server, reached through the real google-genai client) answers.
 
 Protects: the page joins through the console (room, dispatch, token), the agent joins and sees
 the shared screen (the model's request carries the image), the answer streams into the page,
-the live-assist panel shows the intent and the tenant's matching article, the cost meter moves,
+the live-assist panel follows the question while it is typed (`sightline.draft`) and once sent,
+with the intent and the tenant's matching article, the cost meter moves,
 and the page is not blank (a screenshot with real content); asking for a person makes the model
 call `handoff_to_human` in the live worker, and the page shows the handoff the room received.
 """
@@ -182,8 +183,12 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
             await expect(page.locator("#share")).to_have_text("Stop sharing", timeout=20_000)
             await expect(page.locator("#media-note")).to_have_text("")
             await asyncio.sleep(3)  # the agent samples the share about once a second
-            await page.fill("#chat-input", QUESTION)
+            await page.fill("#chat-input", QUESTION)  # typed, not sent: assist while typing
+            await expect(page.locator("#assist-heard")).to_contain_text(
+                f"Hearing (typed): “{QUESTION}”", timeout=15_000)
             await page.press("#chat-input", "Enter")
+            await expect(page.locator("#assist-heard")).to_contain_text(
+                f"Heard (typed): “{QUESTION}”", timeout=15_000)
             answer = page.locator("#messages li.agent.done")
             await expect(answer).to_have_text(ANSWER, timeout=60_000)
             await expect(page.locator("#suggestions li.suggestion").first).to_contain_text(

@@ -181,11 +181,28 @@ async function start() {
   await toggleMic();
 }
 
+// live assist while typing: the unsent text, at most every DRAFT_MS, on `sightline.draft`
+const DRAFT_MS = 400;
+let draftTimer = null;
+let lastDraft = '';
+function drafting() {
+  clearTimeout(draftTimer);
+  draftTimer = setTimeout(async () => {
+    const text = $('chat-input').value.trim();
+    if (!room || text.length < 3 || text === lastDraft) return;
+    lastDraft = text;
+    await room.localParticipant.publishData(new TextEncoder().encode(text),
+      { reliable: true, topic: 'sightline.draft' });
+  }, DRAFT_MS);
+}
+
 async function send(event) {
   event.preventDefault();
   const text = $('chat-input').value.trim();
   if (!text || !room) return;
   $('chat-input').value = '';
+  clearTimeout(draftTimer);
+  lastDraft = '';
   addMessage('user', text);
   await room.localParticipant.sendText(text, { topic: 'lk.chat' });
 }
@@ -195,3 +212,4 @@ $('share').addEventListener('click', toggleShare);
 $('mic').addEventListener('click', toggleMic);
 $('leave').addEventListener('click', () => room?.disconnect());
 $('chat').addEventListener('submit', send);
+$('chat-input').addEventListener('input', drafting);
