@@ -6,9 +6,9 @@ turn's first model call, handed to the room's publisher identically, valid again
 committed JSON Schema (docs/assist.schema.json, which must match the code) — with the detected
 intent and up to three suggestions, one per document, from the session's tenant only; small talk
 gets no intent and no suggestions; interim transcripts and typed drafts are looked up one at a
-time (the rest counted as skipped) and a final one marks the question as voice; the question is embedded
-once for the turn's recall and live assist together (`SharedQueries`), and a failed embedding is
-not kept.
+time (the rest counted as skipped) and a final one marks the question as voice; the question is
+embedded once for the turn's recall and live assist together (`SharedQueries`), and a failed
+embedding is not kept.
 """
 
 from __future__ import annotations
