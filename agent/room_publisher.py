@@ -1,9 +1,10 @@
 """JSON messages from a session to the apps in its room, on a data topic.
 
 Apps subscribe by topic (`room.on("data_received")` / `RoomEvent.DataReceived` filtered by topic):
-`sightline.screen` (new errors on screen), `sightline.handoff` (handed to a person) and
-`sightline.assist` (live assist). Publishing is reliable and off the caller's path: a message is
-sent by a task, and a failed publish (a room closing) is logged, never raised.
+`sightline.screen` (new errors on screen), `sightline.handoff` (handed to a person),
+`sightline.assist` (live assist) and `sightline.cost` (the session's running cost). Publishing
+is reliable and off the caller's path: a message is sent by a task, and a failed publish (a room
+closing) is logged, never raised.
 """
 
 from __future__ import annotations
