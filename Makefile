@@ -10,6 +10,8 @@ LIVEKIT_SERVER := $(HOME)/.cache/sightline/bin/livekit-server
 UV_VERSION := 0.13.8
 UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
+# the web console's bundled script (`make console`, below); defined before any rule names it
+CONSOLE_BUNDLE := web/dist/console.js
 
 .PHONY: demo test install runtime livekit-server system-packages lint bench clean console
 
@@ -26,7 +28,6 @@ install: $(STAMP)
 
 # The web console's script (web/): the LiveKit JS client and the page's code, bundled by esbuild
 # from the locked npm packages, so the page needs no CDN.
-CONSOLE_BUNDLE := web/dist/console.js
 console: $(CONSOLE_BUNDLE)
 
 $(CONSOLE_BUNDLE): web/package.json web/package-lock.json $(wildcard web/src/*.js)
