@@ -180,6 +180,19 @@ class TurnRecord:
     budget_capped: bool = False
     cost_usd: float = 0.0
     answer_usage: Usage | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_sent_ms: float | None = None  # when the user got the round's first words
+
+    def timing(self, cancelled: bool) -> dict[str, Any]:
+        """The round's latency as the user lived it, recorded when it happens: from the
+        round's start to its first words sent (None: nothing was sent) and to its end, and
+        whether the user cut it short (interrupted, or left)."""
+        return {
+            "first_token_ms": (round(self.first_sent_ms, 1)
+                               if self.first_sent_ms is not None else None),
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 1),
+            "interrupted": cancelled,
+        }
 
 
 class CascadeLLM(llm.LLM):
@@ -269,6 +282,7 @@ def _last_user_text(chat_ctx: llm.ChatContext) -> str:
 
 class CascadeStream(llm.LLMStream):
     _llm: CascadeLLM
+    _record: TurnRecord
 
     async def _run(self) -> None:
         owner = self._llm
@@ -283,11 +297,12 @@ class CascadeStream(llm.LLMStream):
         cap = owner.tier_cap()
         if cap is not None and start > cap:
             start, reason = cap, f"{reason}+budget_cap"
-        record = TurnRecord(start, reason)
+        record = self._record = TurnRecord(start, reason)
         ctx = self._chat_ctx.copy()
         ctx.add_message(role="system", content=CONFIDENCE_PROTOCOL)
         deadline = time.monotonic() + owner._deadline_s
         last_error: ProviderError | None = None
+        cancelled = False
         try:
             for index in range(start, len(owner.tiers)):
                 # a budget used up mid-turn stops the climb: the tier at the cap answers as is
@@ -313,6 +328,9 @@ class CascadeStream(llm.LLMStream):
                 failed = last_error or ProviderError("cascade", owner.tiers[-1].model,
                                                      "timeout", None, "no tier answered")
                 self._send(request_id, failure_sentence(failed))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             owner._meter.turn(
                 {
@@ -322,6 +340,8 @@ class CascadeStream(llm.LLMStream):
                     "budget_capped": record.budget_capped,
                     "answered_model": (owner.tiers[record.answered_tier].model
                                        if record.answered_tier is not None else None),
+                    "top_tier": len(owner.tiers) - 1,
+                    **record.timing(cancelled),
                 },
                 cost_usd=record.cost_usd, answer_usage=record.answer_usage,
                 top_model=owner.tiers[-1].model,
@@ -484,6 +504,9 @@ class CascadeStream(llm.LLMStream):
         ))
 
     def _send(self, request_id: str, content: str) -> None:
+        record = self._record
+        if content and record.first_sent_ms is None:
+            record.first_sent_ms = (time.perf_counter() - record.started) * 1000
         self._event_ch.send_nowait(
             llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=content))
         )
