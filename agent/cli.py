@@ -19,7 +19,16 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
-from . import cli_costs, cli_kb, cli_memory, cli_replay, cli_screen, cli_vision, cli_worker
+from . import (
+    cli_costs,
+    cli_kb,
+    cli_memory,
+    cli_quality,
+    cli_replay,
+    cli_screen,
+    cli_vision,
+    cli_worker,
+)
 
 log = logging.getLogger("sightline")
 
@@ -82,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_kb.add_parser(sub)
     cli_memory.add_parser(sub)
     cli_screen.add_parser(sub)
+    cli_quality.add_parser(sub)
     return parser
 
 
@@ -137,7 +147,7 @@ def _run(args: argparse.Namespace) -> Any:
     if args.command in ("dev", "start"):
         return cli_worker.run(settings, args)
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
-               "screen": cli_screen}[args.command]
+               "screen": cli_screen, "quality": cli_quality}[args.command]
     return asyncio.run(command.run(settings, args))
 
 
