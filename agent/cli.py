@@ -26,6 +26,7 @@ from . import (
     cli_quality,
     cli_replay,
     cli_screen,
+    cli_usage,
     cli_vision,
     cli_worker,
 )
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_memory.add_parser(sub)
     cli_screen.add_parser(sub)
     cli_quality.add_parser(sub)
+    cli_usage.add_parser(sub)
     return parser
 
 
@@ -147,7 +149,8 @@ def _run(args: argparse.Namespace) -> Any:
     if args.command in ("dev", "start"):
         return cli_worker.run(settings, args)
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
-               "screen": cli_screen, "quality": cli_quality}[args.command]
+               "screen": cli_screen, "quality": cli_quality,
+               "usage": cli_usage}[args.command]
     return asyncio.run(command.run(settings, args))
 
 

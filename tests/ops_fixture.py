@@ -11,6 +11,8 @@ What the plan holds, and so what the ops figures must say (tests assert these):
     stated 0.5). Ended normally.
   - bob (s-bob, 1 day ago): tier 0 unsure (0.3), tier 1 answers (0.9: an escalation); a new
     topic at tier 0 (0.95); a long answer the user cuts short and leaves: `left_mid_answer`.
+    He shared a code screen for a minute (61 frames sampled, 7 kept) and spoke 90 s (one
+    speech-to-text call, $0.0012, recorded as the voice work records them).
   - carol (s-carol, today): tier 0 fails with HTTP 500, tier 1 answers (0.7: an escalation by
     failure); every tier fails (no answer); the session ends `failed`.
   - alice again (s-alice-2, today): a new question, tier 0 (0.85). Ended normally.
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from livekit.agents import llm
 
@@ -70,7 +73,17 @@ class SessionPlan:
     questions: list[Question]
     outcome: str = COMPLETED
     days_ago: int = 0
-    frames: list[dict] = field(default_factory=list)
+    # events recorded after the questions, as (kind, fields): the screen share's frame
+    # decisions, and a speech-to-text call as the voice work records one (see memory/usage.py)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _frames(seconds: int, content_type: str, keep_every: int) -> list[tuple[str, dict]]:
+    """A screen share's sampled frames at 1 FPS, every `keep_every`-th kept."""
+    return [("frame", {"detail": {"t": float(t), "kept": t % keep_every == 0,
+                                  "reason": "changed" if t % keep_every == 0 else "unchanged",
+                                  "content_type": content_type}})
+            for t in range(seconds)]
 
 
 PLAN = [
@@ -92,7 +105,12 @@ PLAN = [
                  {LITE: said("Sure. " + "First open the identity provider settings. " * 30,
                              0.9, chunk_delay_s=0.02, words_per_chunk=3)},
                  leave_mid_answer=True),
-    ], days_ago=1),
+    ], days_ago=1, events=[
+        *_frames(61, "code", 10),
+        ("model_call", {"cost_usd": 0.0012, "provider": "local", "model": "stt-local",
+                        "latency_ms": 80.0,
+                        "detail": {"purpose": "stt", "audio_seconds": 90.0}}),
+    ]),
     SessionPlan("s-carol", "acme", "carol", [
         Question("What does the red banner on the dashboard mean?",
                  {LITE: FAIL, FLASH: said("Your trial ends in 3 days.", 0.7)}),
@@ -134,9 +152,14 @@ async def _ask(model: CascadeLLM, ctx: llm.ChatContext, question: Question) -> N
     ctx.add_message(role="assistant", content="".join(parts))
 
 
-async def record_plan(db: Database, costs_dir: Path, plan: list[SessionPlan] = PLAN) -> None:
+async def record_plan(
+    db: Database, costs_dir: Path, plan: list[SessionPlan] = PLAN, at: datetime | None = None,
+) -> None:
     """Run every planned session through the cascade into Postgres, then move each session's
-    rows `days_ago` back (the runs all happen now; the reports look at days)."""
+    rows to `days_ago` before `at` (default now): the runs all happen now; the reports look at
+    days and months."""
+    now = datetime.now(UTC)
+    at = at or now
     store = Store(db.pool)
     script = _Script()
     server = ScriptedModelServer(replies=script)
@@ -162,16 +185,16 @@ async def record_plan(db: Database, costs_dir: Path, plan: list[SessionPlan] = P
                 script.question = question
                 await _ask(model, ctx, question)
             await asyncio.sleep(0.05)  # the cancelled round's turn event is recorded
-            for frame in session.frames:
-                record.events.record("frame", detail=frame)
+            for kind, fields in session.events:
+                record.events.record(kind, **fields)
             await model.aclose()
             error = "RuntimeError: scripted failure" if session.outcome == FAILED else None
             await record.close(session.outcome, error)
     finally:
         await server.stop()
     for session in plan:
-        if session.days_ago:
-            shift = timedelta(days=session.days_ago)
+        shift = now - (at - timedelta(days=session.days_ago))
+        if shift:
             await db.pool.execute(
                 "UPDATE sessions SET started_at = started_at - $2::interval,"
                 " ended_at = ended_at - $2::interval WHERE id = $1", session.session_id, shift)
