@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from . import (
+    cli_alerts,
     cli_costs,
     cli_kb,
     cli_memory,
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_screen.add_parser(sub)
     cli_quality.add_parser(sub)
     cli_usage.add_parser(sub)
+    cli_alerts.add_parser(sub)
     return parser
 
 
@@ -150,7 +152,7 @@ def _run(args: argparse.Namespace) -> Any:
         return cli_worker.run(settings, args)
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
                "screen": cli_screen, "quality": cli_quality,
-               "usage": cli_usage}[args.command]
+               "usage": cli_usage, "alerts": cli_alerts}[args.command]
     return asyncio.run(command.run(settings, args))
 
 

@@ -224,6 +224,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS",
         Range(float, 0, 3650, open_low=True), 7.0,
         help="days a session's archived frames are kept"),
+    _Field("alert_webhook", "SIGHTLINE_ALERT_WEBHOOK", _http_url, None, secret=True,
+        help="alerts (quality thresholds, budget crossings) are POSTed here as JSON"),
 )
 
 
@@ -278,6 +280,7 @@ class Settings:
     proactive: bool
     frame_archive_mb: int
     frame_retention_days: float
+    alert_webhook: str | None
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
         """The configured tiers; unset, the default cascade without the tiers whose provider
