@@ -26,6 +26,7 @@ from . import (
     cli_memory,
     cli_quality,
     cli_replay,
+    cli_report,
     cli_screen,
     cli_usage,
     cli_vision,
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_quality.add_parser(sub)
     cli_usage.add_parser(sub)
     cli_alerts.add_parser(sub)
+    cli_report.add_parser(sub)
     return parser
 
 
@@ -152,7 +154,8 @@ def _run(args: argparse.Namespace) -> Any:
         return cli_worker.run(settings, args)
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
                "screen": cli_screen, "quality": cli_quality,
-               "usage": cli_usage, "alerts": cli_alerts}[args.command]
+               "usage": cli_usage, "alerts": cli_alerts,
+               "report": cli_report}[args.command]
     return asyncio.run(command.run(settings, args))
 
 
