@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from . import (
     cli_alerts,
     cli_costs,
+    cli_gaps,
     cli_kb,
     cli_memory,
     cli_quality,
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_usage.add_parser(sub)
     cli_alerts.add_parser(sub)
     cli_report.add_parser(sub)
+    cli_gaps.add_parser(sub)
     return parser
 
 
@@ -155,7 +157,7 @@ def _run(args: argparse.Namespace) -> Any:
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
                "screen": cli_screen, "quality": cli_quality,
                "usage": cli_usage, "alerts": cli_alerts,
-               "report": cli_report}[args.command]
+               "report": cli_report, "gaps": cli_gaps}[args.command]
     return asyncio.run(command.run(settings, args))
 
 

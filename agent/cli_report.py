@@ -23,6 +23,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from memory.db import Database
+    from memory.gaps import gaps
     from memory.quality import window_quality
     from memory.report_data import report_data
 
@@ -40,9 +41,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         data = await report_data(db.pool, args.tenant, since, until)
         quality = await window_quality(db.pool, args.tenant, since, until)
+        top_gaps = (await gaps(db.pool, args.tenant, "open"))[:10]
     finally:
         await db.close()
-    page = render(data, quality, f"Prices: {prices.path}.")
+    page = render(data, quality, f"Prices: {prices.path}.", top_gaps)
     try:
         args.output.write_text(page, encoding="utf-8")
     except OSError as exc:

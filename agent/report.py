@@ -2,7 +2,7 @@
 matplotlib (the `ops` extra) and embedded as a data URI, so the page needs no script, no CDN and
 no network, and charts' SVG ids cannot collide. Charts: cost per day by model, savings against
 the top tier and against no frame de-duplication, frames kept and dropped by content type, the
-latency distribution, quality signals by day."""
+latency distribution, quality signals by day, the top open knowledge gaps."""
 
 from __future__ import annotations
 
@@ -121,14 +121,26 @@ def quality_chart(series: list[dict[str, Any]]) -> str:
     return _svg(fig)
 
 
+def gaps_chart(gaps: list[dict[str, Any]]) -> str:
+    fig = Figure(figsize=(9.6, 0.6 + 0.45 * len(gaps)))
+    ax = fig.subplots()
+    labels = [g["canonical_question"][:70] for g in reversed(gaps)]
+    ax.barh(labels, [g["score"] for g in reversed(gaps)])
+    ax.set_xlabel("score (questions x mean severity)")
+    return _svg(fig)
+
+
 def _section(title: str, chart: str | None, empty: str, note: str = "") -> str:
     body = f"<figure>{chart}</figure>" if chart else f'<p class="note">{html.escape(empty)}</p>'
     extra = f'<p class="note">{html.escape(note)}</p>' if note else ""
     return f"<section><h2>{html.escape(title)}</h2>{body}{extra}</section>"
 
 
-def render(data: dict[str, Any], quality: dict[str, Any], prices_note: str) -> str:
-    """The report page. A section with nothing to chart says so instead of an empty chart."""
+def render(
+    data: dict[str, Any], quality: dict[str, Any], prices_note: str, gaps: list[dict[str, Any]],
+) -> str:
+    """The report page. A section with nothing to chart says so instead of an empty chart.
+    `gaps`: the top open knowledge gaps."""
     total = sum(r["cost_usd"] for r in data["cost_by_day_model"])
     first, end = quality["first_token_ms"], quality["turn_latency_ms"]
     unpriced = data["unpriced_models"]
@@ -160,8 +172,10 @@ def render(data: dict[str, Any], quality: dict[str, Any], prices_note: str) -> s
                  quality_chart(data["quality_by_day"])
                  if any(q["turns"] for q in data["quality_by_day"]) else None,
                  "No turns in the window."),
-        _section("Top knowledge gaps", None,
-                 "Knowledge gaps are not computed yet (`sightline gaps` is still to come)."),
+        _section("Top knowledge gaps", gaps_chart(gaps) if gaps else None,
+                 "No open knowledge gaps (`sightline gaps refresh` finds them).",
+                 "; ".join(f"#{g['id']} {g['canonical_question']} ({g['frequency']} questions)"
+                           for g in gaps)),
     ]
     title = f"Sightline report: {data['tenant']}"
     return (

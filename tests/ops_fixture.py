@@ -129,6 +129,28 @@ PLAN = [
 ]
 
 
+# more of acme's users, for the knowledge gaps (recorded by tests/test_gaps.py only): questions
+# about the API key that the knowledge base fails in three ways, and a second webhook failure
+GAP_SESSIONS = [
+    SessionPlan("s-dave", "acme", "dave", [
+        Question("How do I rotate my API key?",
+                 {LITE: said("unsure", 0.2), FLASH: said("unsure", 0.3),
+                  CLAUDE: said("Probably under Settings, but I cannot tell.", 0.4)}),
+    ]),
+    SessionPlan("s-erin", "acme", "erin", [
+        Question("Where can I regenerate the API key?",
+                 {LITE: said("In Settings.", 0.9)}),
+        Question("That did not help: where is the page to reset the API key?",
+                 {FLASH: said("Try the Account page.", 0.5),
+                  CLAUDE: said("It may be on the Account page.", 0.5)}),
+    ]),
+    SessionPlan("s-frank", "acme", "frank", [
+        Question("My webhook signature does not verify, why?",
+                 {LITE: FAIL, FLASH: FAIL, CLAUDE: FAIL}),
+    ]),
+]
+
+
 class _Script:
     """Replies to the question being asked, by model (a model not scripted for it fails)."""
 
@@ -184,6 +206,11 @@ async def record_plan(
             for question in session.questions:
                 script.question = question
                 await _ask(model, ctx, question)
+                # the exchange as the conversation log stores it (the gaps read the questions)
+                await store.add_messages(session.session_id, session.tenant, [
+                    {"user_id": session.user, "role": "user", "content": question.text},
+                    {"user_id": session.user, "role": "assistant",
+                     "content": ctx.items[-1].text_content or ""}])
             await asyncio.sleep(0.05)  # the cancelled round's turn event is recorded
             for kind, fields in session.events:
                 record.events.record(kind, **fields)
