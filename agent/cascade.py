@@ -28,7 +28,9 @@ from typing import Any
 from livekit.agents import llm
 from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
+from livekit.agents.telemetry import tracer
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from opentelemetry.trace import Span
 
 from .budget import BudgetGuard
 from .config import Tier
@@ -272,6 +274,13 @@ def _agent_initiated(chat_ctx: llm.ChatContext) -> bool:
     return last is not None and last.type == "message" and last.role in ("system", "developer")
 
 
+def _tier_attributes(span: Span, tried: dict[str, Any]) -> None:
+    """A tier's span: its stated confidence (when it stated one) and its outcome."""
+    if tried.get("confidence") is not None:
+        span.set_attribute("sightline.confidence", tried["confidence"])
+    span.set_attribute("sightline.outcome", str(tried.get("outcome", "failed")))
+
+
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -285,6 +294,10 @@ class CascadeStream(llm.LLMStream):
     _record: TurnRecord
 
     async def _run(self) -> None:
+        with tracer.start_as_current_span("sightline.turn") as span:
+            await self._turn(span)
+
+    async def _turn(self, span: Span) -> None:
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
         agent_initiated = _agent_initiated(self._chat_ctx)
@@ -311,9 +324,15 @@ class CascadeStream(llm.LLMStream):
                     record.budget_capped = True
                     break
                 final = index == len(owner.tiers) - 1 or index == cap
-                outcome, usage, error = await self._try_tier(
-                    index, ctx, request_id, final, deadline, record
-                )
+                with tracer.start_as_current_span("sightline.tier", attributes={
+                        "sightline.tier": index, "gen_ai.request.model": owner.tiers[index].model,
+                }) as tier_span:
+                    try:
+                        outcome, usage, error = await self._try_tier(
+                            index, ctx, request_id, final, deadline, record
+                        )
+                    finally:
+                        _tier_attributes(tier_span, record.tried[-1] if record.tried else {})
                 if error is not None:
                     last_error = error
                 if outcome in ("answered", "tool_call"):
@@ -332,6 +351,17 @@ class CascadeStream(llm.LLMStream):
             cancelled = True
             raise
         finally:
+            timing = record.timing(cancelled)
+            span.set_attributes({
+                "sightline.start_tier": record.start_tier, "sightline.reason": record.reason,
+                "sightline.answered_tier": -1 if record.answered_tier is None
+                else record.answered_tier,
+                "sightline.interrupted": cancelled, "sightline.latency_ms": timing["latency_ms"],
+                **({"sightline.first_token_ms": timing["first_token_ms"]}
+                   if timing["first_token_ms"] is not None else {}),
+            })
+            for name in record.tool_calls:
+                span.add_event("sightline.tool_call", {"sightline.tool": name})
             owner._meter.turn(
                 {
                     "start_tier": record.start_tier, "reason": record.reason,
@@ -341,7 +371,7 @@ class CascadeStream(llm.LLMStream):
                     "answered_model": (owner.tiers[record.answered_tier].model
                                        if record.answered_tier is not None else None),
                     "top_tier": len(owner.tiers) - 1,
-                    **record.timing(cancelled),
+                    **timing,
                 },
                 cost_usd=record.cost_usd, answer_usage=record.answer_usage,
                 top_model=owner.tiers[-1].model,

@@ -224,6 +224,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("frame_retention_days", "SIGHTLINE_FRAME_RETENTION_DAYS",
         Range(float, 0, 3650, open_low=True), 7.0,
         help="days a session's archived frames are kept"),
+    _Field("metrics_port", "SIGHTLINE_METRICS_PORT", _PORT, 0,
+        help="Prometheus /metrics of the worker (livekit-agents' and Sightline's); 0: off"),
+    _Field("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _http_url, None,
+        help="OpenTelemetry collector (OTLP over HTTP): spans per turn; unset: no traces"),
     _Field("alert_webhook", "SIGHTLINE_ALERT_WEBHOOK", _http_url, None, secret=True,
         help="alerts (quality thresholds, budget crossings) are POSTed here as JSON"),
 )
@@ -280,6 +284,8 @@ class Settings:
     proactive: bool
     frame_archive_mb: int
     frame_retention_days: float
+    metrics_port: int
+    otlp_endpoint: str | None
     alert_webhook: str | None
 
     def cascade_tiers(self) -> tuple[Tier, ...]:

@@ -22,6 +22,7 @@ from memory.store import Store
 from .budget import BudgetGuard
 from .event_log import Event, EventLog, Listener
 from .metering import CostMeter
+from .observability import observe
 from .pricing import PriceTable
 from .session_summary import SessionTotals
 
@@ -55,6 +56,7 @@ class SessionRecord:
         events = EventLog(session_id=session_id, tenant=tenant, costs_dir=costs_dir, store=store)
         if alerts is not None:
             events.subscribe(alerts)
+        observe(events)
         totals = SessionTotals(session_id=session_id, tenant=tenant, source=source,
                                prices=prices.path, cost_log=events.path)
         events.subscribe(totals.add)
