@@ -126,7 +126,7 @@ def _config(as_json: bool) -> int:
         + (" (a tenant whose knowledge is stored with the other keeps that)"
            if settings.embeddings == "auto" else ""),
         "SIGHTLINE_COST_LOG_DIR": str(settings.costs_dir),
-        "SIGHTLINE_PRICES": str(prices.path)
+        "SIGHTLINE_PRICES": prices.describe()
         + (f" (no price for {', '.join(unpriced)})" if unpriced else ""),
         "SIGHTLINE_MAX_SESSIONS": str(limits.sessions),
         "SIGHTLINE_WORKER_MEMORY_MB": f"{limits.memory_mb:.0f}",
