@@ -36,7 +36,8 @@ def format_usage(u: dict[str, Any]) -> str:
         f"  model cost: ${u['model_cost_usd']:.6f}",
     ]
     for use, figures in u["cost_by_use"].items():
-        models = ", ".join(f"{name} {f['calls']} calls" for name, f in figures["models"].items())
+        models = ", ".join(f"{name} {f['calls']} call{'s' if f['calls'] != 1 else ''}"
+                           for name, f in figures["models"].items())
         lines.append(f"    {use}: ${figures['cost_usd']:.6f} ({models})")
     lines += [
         f"  image tokens: {u['image_tokens']}",
