@@ -5,6 +5,7 @@ and handoffs to a human. Every query names its tenant."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,9 @@ import asyncpg
 
 PERCENTILES = (0.5, 0.95, 0.99)
 
+# one statement: the window's turns are read once (a CTE referenced twice is materialized)
 _TURNS = """
+WITH t AS (SELECT * FROM quality_turns_in($1, $2, $3))
 SELECT count(*) AS turns,
        count(*) FILTER (WHERE retry) AS retries,
        count(*) FILTER (WHERE said_unhelpful) AS said_unhelpful,
@@ -25,14 +28,11 @@ SELECT count(*) AS turns,
        count(confidence) AS with_confidence,
        percentile_cont($4::float8[]) WITHIN GROUP (ORDER BY first_token_ms) AS first_token_ms,
        percentile_cont($4::float8[]) WITHIN GROUP (ORDER BY latency_ms) AS latency_ms,
-       count(latency_ms) AS timed
-FROM quality_turns WHERE tenant = $1 AND ts >= $2 AND ts < $3
-"""
-
-_TIERS = """
-SELECT coalesce(answered_tier::text, 'none') AS tier, count(*) AS n
-FROM quality_turns WHERE tenant = $1 AND ts >= $2 AND ts < $3
-GROUP BY answered_tier ORDER BY answered_tier NULLS LAST
+       count(latency_ms) AS timed,
+       (SELECT jsonb_object_agg(tier, n)::text FROM (
+            SELECT coalesce(answered_tier::text, 'none') AS tier, count(*) AS n FROM t
+            GROUP BY 1) tiers) AS answered_by_tier
+FROM t
 """
 
 _SESSIONS = """
@@ -40,6 +40,11 @@ SELECT completion, count(*) AS n, sum(handoffs) AS handoffs
 FROM quality_sessions WHERE tenant = $1 AND started_at >= $2 AND started_at < $3
 GROUP BY completion ORDER BY completion
 """
+
+
+def _by_tier(counts: dict[str, int]) -> dict[str, int]:
+    """Tier counts in tier order, `none` (no tier answered) last (JSONB keeps no order)."""
+    return {k: counts[k] for k in sorted(counts, key=lambda k: (k == "none", k.zfill(3)))}
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -59,7 +64,6 @@ async def window_quality(
     are None when nothing was counted (no turn: no rate, never a reassuring 0%)."""
     async with pool.acquire() as conn:
         turns = await conn.fetchrow(_TURNS, tenant, since, until, list(PERCENTILES))
-        tiers = await conn.fetch(_TIERS, tenant, since, until)
         sessions = await conn.fetch(_SESSIONS, tenant, since, until)
     assert turns is not None
     n = turns["turns"]
@@ -74,7 +78,7 @@ async def window_quality(
         "said_unhelpful": turns["said_unhelpful"],
         "escalation_rate": _rate(turns["escalated"], n),
         "top_tier_rate": _rate(turns["answered_by_top_tier"], n),
-        "answered_by_tier": {r["tier"]: r["n"] for r in tiers},
+        "answered_by_tier": _by_tier(json.loads(turns["answered_by_tier"] or "{}")),
         "failed_turns": turns["failed"],
         "interruptions": turns["interrupted"],
         "mean_confidence": (round(turns["mean_confidence"], 4)

@@ -56,8 +56,8 @@ GROUP BY 1 ORDER BY 1
 """
 
 _LATENCIES = """
-SELECT first_token_ms, latency_ms FROM quality_turns
-WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND latency_ms IS NOT NULL
+SELECT first_token_ms, latency_ms FROM quality_turns_in($1, $2, $3)
+WHERE latency_ms IS NOT NULL
 """
 
 

@@ -57,7 +57,7 @@ FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3
 
 _TURNS = """
 SELECT count(*) AS turns, count(*) FILTER (WHERE answered_tier IS NOT NULL) AS answered
-FROM quality_turns WHERE tenant = $1 AND ts >= $2 AND ts < $3
+FROM quality_turns_in($1, $2, $3)
 """
 
 # one `context` event per question: knowledge, memory and screen searched once together

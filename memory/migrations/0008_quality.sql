@@ -3,13 +3,23 @@
 -- and why, every tier tried with its stated confidence and outcome, the answering tier, and,
 -- from this issue on, the round's first-words and end latency and whether the user cut it
 -- short) and the sessions rows (how each ended). Views, not tables refreshed: the events are the
--- record, and a view can never drift from them; a tenant's window is one indexed range scan of
--- cost_events (tenant, ts) (the window partitions by tenant, so a tenant filter reaches the
--- scan). `sightline quality` aggregates them over a window.
+-- record, and a view can never drift from them. `sightline quality` aggregates a tenant's window
+-- through `quality_turns_in` (one indexed range scan of cost_events (tenant, ts)).
 
 -- One row per user turn: the round its question started plus the rounds that answered its
--- tools' results (agent-initiated replies are not user turns).
-CREATE VIEW quality_turns AS
+-- tools' results (agent-initiated replies are not user turns). `quality_turns_in` reads one
+-- tenant's rounds in [since, until) only (an index range scan, however long the history):
+-- `turn_no` then counts from the window's first round, and a turn whose question came before
+-- the window is left out (its first round there answers a tool). The `quality_turns` view is
+-- every turn of every tenant, numbered from each session's start.
+CREATE FUNCTION quality_turns_in(p_tenant text, p_since timestamptz, p_until timestamptz)
+RETURNS TABLE (
+    session_id text, tenant text, user_id text, turn_no bigint, ts timestamptz, rounds bigint,
+    reason text, retry boolean, said_unhelpful boolean, start_tier int, answered_tier int,
+    answered_model text, top_tier int, escalated boolean, interrupted boolean,
+    budget_capped boolean, failed boolean, confidence float8, first_token_ms float8,
+    latency_ms float8, cost_usd numeric
+) LANGUAGE sql STABLE AS $$
 WITH rounds AS (
     SELECT e.session_id, e.tenant, e.seq, e.ts, e.detail AS d,
            extract(epoch FROM e.ts) * 1000 - coalesce((e.detail->>'latency_ms')::float8, 0)
@@ -18,6 +28,7 @@ WITH rounds AS (
                OVER (PARTITION BY e.tenant, e.session_id ORDER BY e.seq) AS turn_no
     FROM cost_events e
     WHERE e.kind = 'turn' AND e.detail->>'reason' NOT LIKE 'agent_initiated%'
+      AND (p_tenant IS NULL OR e.tenant = p_tenant) AND e.ts >= p_since AND e.ts < p_until
 ), turns AS (
     SELECT session_id, tenant, turn_no,
            min(ts) AS ts,
@@ -57,7 +68,12 @@ SELECT t.session_id, t.tenant, s.user_id, t.turn_no, t.ts, t.rounds,
        round(t.first_token_ms::numeric, 1)::float8 AS first_token_ms,
        round(t.latency_ms::numeric, 1)::float8 AS latency_ms,
        t.cost_usd
-FROM turns t JOIN sessions s ON s.id = t.session_id;
+FROM turns t JOIN sessions s ON s.id = t.session_id
+WHERE t.first_round->>'reason' NOT LIKE 'tool_result%'
+$$;
+
+CREATE VIEW quality_turns AS
+SELECT * FROM quality_turns_in(NULL, '-infinity', 'infinity');
 
 -- One row per session: how it ended, and its turns' counts. `completion`: `completed` (ended
 -- normally), `left_mid_answer` (ended normally, but its last answer was cut short: the user
