@@ -199,10 +199,12 @@ class AlertSink:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Send what is queued (within `timeout_s`), then stop the thread."""
-        if self._thread is None:
+        with self._lock:
+            thread, self._thread = self._thread, None  # a later alert starts a new one
+        if thread is None:
             return
         self._queue.put(None)
-        self._thread.join(timeout_s)
+        thread.join(timeout_s)
 
 
 _sinks: dict[str | None, AlertSink] = {}
@@ -215,3 +217,11 @@ def process_sink(url: str | None) -> AlertSink:
         if url not in _sinks:
             _sinks[url] = AlertSink(url)
         return _sinks[url]
+
+
+def close_sinks(timeout_s: float = 10.0) -> None:
+    """Send what the process's sinks hold (within `timeout_s` each), at the worker's exit."""
+    with _sinks_lock:
+        sinks = list(_sinks.values())
+    for sink in sinks:
+        sink.close(timeout_s)

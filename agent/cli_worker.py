@@ -62,6 +62,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from memory.db import start_embedded
 
+    from .alerts import close_sinks
     from .observability import configure_tracing
     from .rtc_events import route_media_events
     from .worker import build_server
@@ -112,6 +113,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             ),
         )
     finally:
+        close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
             embedded.cleanup()
     return 0

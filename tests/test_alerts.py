@@ -176,3 +176,17 @@ async def test_a_sink_whose_receiver_is_down_gives_up_and_the_session_goes_on(
     assert summary["total_cost_usd"] > 0.001
     await asyncio.to_thread(sink.close)
     assert (sink.delivered, sink.failed) == (0, 3)
+
+
+async def test_the_process_sinks_flush_at_exit(tmp_path: Path, receiver: Receiver) -> None:
+    """The worker closes its sinks as it exits: a queued alert is still sent."""
+    from agent.alerts import close_sinks, process_sink
+
+    sink = process_sink(receiver.url)
+    assert process_sink(receiver.url) is sink  # one per process and URL
+    record = _record(tmp_path, sink)
+    record.meter.model_call(provider="anthropic", model="claude-sonnet-4-6",
+                            usage=Usage(output_tokens=1000), images=0, latency_ms=10.0)
+    await record.close()
+    await asyncio.to_thread(close_sinks)
+    assert len(receiver.received) == 3 and sink.delivered == 3
