@@ -2,7 +2,7 @@
 `SIGHTLINE_ALERT_WEBHOOK` (a JSON POST, retried with backoff).
 
 Two paths, one payload. `sightline alerts check` (cron) evaluates a tenant's quality window and
-delivers what crossed, once per window: the `alerts` table (migration 0009) is the de-duplication
+delivers what crossed, once per window: the `alerts` table (migration 0010) is the de-duplication
 across runs and hosts. A session's budget crossings (`budget` events) go to the process's
 `AlertSink`: a bounded queue drained by its own thread, so a session never waits on a webhook;
 what does not fit is dropped and counted, and each alert is sent once per session (a session

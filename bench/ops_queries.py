@@ -1,4 +1,4 @@
-"""A tenant's quality window (`sightline quality`, memory/quality.py: the views of migration 0008
+"""A tenant's quality window (`sightline quality`, memory/quality.py: the views of migration 0009
 aggregated in Postgres) against reading the same turn events out and folding them in Python, on
 the same data in the same run.
 

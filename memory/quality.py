@@ -1,5 +1,5 @@
 """A tenant's quality signals over a window, from the `quality_turns` and `quality_sessions`
-views (migration 0008): retry, escalation and failure rates, the answering-tier mix, mean stated
+views (migration 0009): retry, escalation and failure rates, the answering-tier mix, mean stated
 confidence, first-words and end-of-turn latency percentiles, interruptions, session completion
 and handoffs to a human. Every query names its tenant."""
 
