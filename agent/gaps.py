@@ -39,7 +39,7 @@ from .providers import ChatProvider, ProviderError
 log = logging.getLogger("sightline.gaps")
 
 PURPOSE = "gaps"
-CLUSTER_DISTANCE = 0.75  # mean cosine distance under which clusters merge (average linkage)
+CLUSTER_DISTANCE = 0.7  # mean cosine distance under which clusters merge (average linkage)
 SAME_GAP = 0.8  # cosine similarity at which a new cluster is an existing gap again
 
 _PROMPT = """These questions from users of one product were answered badly by its assistant:
@@ -135,7 +135,7 @@ async def refresh(
     report.questions = len(failed)
     known = [g for g in await gaps(pool, tenant) if g["embed_model"] == embedder.name]
     if failed:
-        vectors = np.asarray(await embedder.embed_documents([q.text for q in failed]))
+        vectors = np.asarray(await embedder.embed_documents([q.meaning for q in failed]))
         labels = await asyncio.to_thread(cluster, vectors)  # CPU work off the loop
         groups: dict[int, list[int]] = {}
         for index, label in enumerate(labels):

@@ -22,11 +22,12 @@ from .knowledge import vector_literal
 _FAILED = """
 WITH asked AS (
     SELECT session_id, content,
-           row_number() OVER (PARTITION BY session_id ORDER BY id) AS n
+           row_number() OVER (PARTITION BY session_id ORDER BY id) AS n,
+           lag(content) OVER (PARTITION BY session_id ORDER BY id) AS previous
     FROM messages WHERE tenant = $1 AND role = 'user'
 )
 SELECT t.session_id, t.turn_no, t.ts, t.retry, t.said_unhelpful, t.failed, t.confidence,
-       t.answered_tier, t.top_tier, a.content
+       t.answered_tier, t.top_tier, a.content, a.previous
 FROM quality_turns t JOIN asked a ON a.session_id = t.session_id AND a.n = t.turn_no
 WHERE t.tenant = $1 AND t.ts >= $2 AND t.ts < $3
   AND (t.failed OR t.retry OR t.confidence < $4
@@ -43,11 +44,18 @@ class FailedQuestion:
     at: datetime
     severity: float  # 0..1: how badly the knowledge base failed it
     why: tuple[str, ...]
+    follows: str | None = None  # a retry's earlier question, which it rephrases or answers
+
+    @property
+    def meaning(self) -> str:
+        """What to embed: a retry ("that didn't help, the button is greyed out") means little
+        without the question it follows."""
+        return f"{self.follows}\n{self.text}" if self.follows else self.text
 
     def as_record(self) -> dict[str, Any]:
         return {"text": self.text, "session_id": self.session_id, "turn_no": self.turn_no,
                 "at": self.at.isoformat(), "severity": round(self.severity, 3),
-                "why": list(self.why)}
+                "why": list(self.why), **({"follows": self.follows} if self.follows else {})}
 
 
 def _severity(row: asyncpg.Record, bar: float) -> tuple[float, tuple[str, ...]]:
@@ -76,7 +84,7 @@ async def failed_questions(
     for r in rows:
         severity, why = _severity(r, confidence_bar)
         questions.append(FailedQuestion(r["content"], r["session_id"], r["turn_no"], r["ts"],
-                                        severity, why))
+                                        severity, why, r["previous"] if r["retry"] else None))
     return questions
 
 

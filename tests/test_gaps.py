@@ -63,6 +63,10 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         assert api["outline"] == API_KEY["outline"] and api["status"] == "open"
         assert {q["session_id"] for q in api["questions"]} == {"s-alice", "s-dave", "s-erin"}
         assert {q["session_id"] for q in hook["questions"]} == {"s-carol", "s-frank"}
+        # a retry is clustered with the question it follows, which it keeps
+        greyed = next(q for q in api["questions"] if "greyed out" in q["text"])
+        assert greyed["follows"] == "how can I reset the API key in the console"
+        assert greyed["why"][0] == "said_unhelpful"
         assert all(q["severity"] == 1.0 and q["why"] == ["unanswered"]
                    for q in hook["questions"])
         assert api["score"] == api["frequency"] * api["severity"] > hook["score"]
