@@ -38,7 +38,9 @@ def format_quality(q: dict[str, Any]) -> str:
     completion = ", ".join(f"{n} {k}" for k, n in sorted(s["by_completion"].items())) or "-"
     return "\n".join([
         f"Quality of tenant {q['tenant']}  {q['since'][:19]} .. {q['until'][:19]} UTC",
-        f"  turns: {q['turns']} ({tiers}; {q['failed_turns']} failed)",
+        f"  turns: {q['turns']} ({tiers}; {q['failed_turns']} failed"
+        + (f", {q['handed_off_turns']} handed to a person" if q["handed_off_turns"] else "")
+        + ")",
         f"  retry rate: {_pct(q['retry_rate'])} (rephrased or repeated; "
         f"{q['said_unhelpful']} said it did not help)",
         f"  escalation rate: {_pct(q['escalation_rate'])} climbed a tier within the turn; "

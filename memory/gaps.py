@@ -1,10 +1,11 @@
 """The `knowledge_gaps` table and the questions that feed it. Every query names its tenant.
 
-A failed question is a user turn (`quality_turns`) that ended unanswered, was a retry (the user
-rephrased, or said the answer did not help), was answered with a stated confidence under the
-bar, or needed the top tier; its text is the session's user message of the same ordinal (one
-user message per user turn, as the conversation log stores them), so a user whose messages
-were forgotten leaves no question text behind here either.
+A failed question is a user turn (`quality_turns`) that ended unanswered, was handed to a person
+(the handoff tool's `handoff` event), was a retry (the user rephrased, or said the answer did not
+help), was answered with a stated confidence under the bar, or needed the top tier; its text is
+the session's user message of the same ordinal (one user message per user turn, as the
+conversation log stores them), so a user whose messages were forgotten leaves no question text
+behind here either.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ WITH asked AS (
     FROM messages WHERE tenant = $1 AND role = 'user'
 )
 SELECT t.session_id, t.turn_no, t.ts, t.retry, t.said_unhelpful, t.failed, t.confidence,
-       t.answered_tier, t.top_tier, a.content, a.previous
+       t.answered_tier, t.top_tier, t.handed_off, a.content, a.previous
 FROM quality_turns t JOIN asked a ON a.session_id = t.session_id AND a.n = t.turn_no
 WHERE t.tenant = $1 AND t.ts >= $2 AND t.ts < $3
-  AND (t.failed OR t.retry OR t.confidence < $4
+  AND (t.failed OR t.retry OR t.handed_off OR t.confidence < $4
        OR (t.answered_tier = t.top_tier AND t.answered_tier > 0))
 ORDER BY t.ts
 """
@@ -59,11 +60,13 @@ class FailedQuestion:
 
 
 def _severity(row: asyncpg.Record, bar: float) -> tuple[float, tuple[str, ...]]:
-    """Unanswered 1.0; said unhelpful 0.9; rephrased 0.7; low confidence 1 - confidence;
-    needed the top tier 0.5: the worst that applies."""
+    """Unanswered or handed to a person 1.0; said unhelpful 0.9; rephrased 0.7; low
+    confidence 1 - confidence; needed the top tier 0.5: the worst that applies."""
     found: list[tuple[float, str]] = []
     if row["failed"]:
         found.append((1.0, "unanswered"))
+    if row["handed_off"]:
+        found.append((1.0, "handed_off"))
     if row["said_unhelpful"]:
         found.append((0.9, "said_unhelpful"))
     elif row["retry"]:

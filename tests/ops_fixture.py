@@ -63,6 +63,8 @@ class Question:
     text: str
     replies: dict[str, ScriptedReply]  # by model: what each tier says to this question
     leave_mid_answer: bool = False  # the user cuts the answer short after its first words
+    # events recorded right after the question's turn, as (kind, fields): what a tool did then
+    after: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +137,9 @@ GAP_SESSIONS = [
     SessionPlan("s-dave", "acme", "dave", [
         Question("How do I rotate my API key?",
                  {LITE: said("unsure", 0.2), FLASH: said("unsure", 0.3),
-                  CLAUDE: said("Probably under Settings, but I cannot tell.", 0.4)}),
+                  CLAUDE: said("Probably under Settings, but I cannot tell.", 0.4)},
+                 # the model hands dave to a person (the handoff tool's event, as it records it)
+                 after=[("handoff", {"detail": {"reason": "cannot find how to rotate keys"}})]),
     ]),
     SessionPlan("s-erin", "acme", "erin", [
         Question("Where can I regenerate the API key?",
@@ -206,6 +210,8 @@ async def record_plan(
             for question in session.questions:
                 script.question = question
                 await _ask(model, ctx, question)
+                for kind, fields in question.after:
+                    record.events.record(kind, **fields)
                 # the exchange as the conversation log stores it (the gaps read the questions)
                 await store.add_messages(session.session_id, session.tenant, [
                     {"user_id": session.user, "role": "user", "content": question.text},

@@ -63,6 +63,9 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         assert api["outline"] == API_KEY["outline"] and api["status"] == "open"
         assert {q["session_id"] for q in api["questions"]} == {"s-alice", "s-dave", "s-erin"}
         assert {q["session_id"] for q in hook["questions"]} == {"s-carol", "s-frank"}
+        # dave was handed to a person during his turn (the handoff tool's event)
+        dave = next(q for q in api["questions"] if q["session_id"] == "s-dave")
+        assert dave["severity"] == 1.0 and dave["why"][0] == "handed_off"
         # a retry is clustered with the question it follows, which it keeps
         greyed = next(q for q in api["questions"] if "greyed out" in q["text"])
         assert greyed["follows"] == "how can I reset the API key in the console"
@@ -81,8 +84,8 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         assert code == 0 and "6 charts" in out, err
         assert f"#{api['id']} {API_KEY['question']} (4 questions)" in report_file.read_text()
         code, out, _ = await run_cli("gaps", "list", "--tenant", "acme", env=env)
-        assert out.startswith(f"#{api['id']}  open      score 3.10 (4 questions, severity "
-                              "0.78)  How do I reset or rotate my API key?")
+        assert out.startswith(f"#{api['id']}  open      score 3.50 (4 questions, severity "
+                              "0.88)  How do I reset or rotate my API key?")
         code, out, _ = await run_cli("gaps", "dismiss", str(hook["id"]), "--tenant", "acme",
                                      env=env)
         assert code == 0 and out.strip() == f"gap #{hook['id']} dismissed"

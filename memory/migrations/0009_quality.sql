@@ -18,7 +18,7 @@ RETURNS TABLE (
     reason text, retry boolean, said_unhelpful boolean, start_tier int, answered_tier int,
     answered_model text, top_tier int, escalated boolean, interrupted boolean,
     budget_capped boolean, failed boolean, confidence float8, first_token_ms float8,
-    latency_ms float8, cost_usd numeric
+    latency_ms float8, cost_usd numeric, handed_off boolean
 ) LANGUAGE sql STABLE AS $$
 WITH rounds AS (
     SELECT e.session_id, e.tenant, e.seq, e.ts, e.detail AS d,
@@ -32,6 +32,8 @@ WITH rounds AS (
 ), turns AS (
     SELECT session_id, tenant, turn_no,
            min(ts) AS ts,
+           min(seq) AS first_seq,
+           lead(min(seq)) OVER (PARTITION BY session_id ORDER BY turn_no) AS next_seq,
            (array_agg(d ORDER BY seq))[1] AS first_round,
            (array_agg(d ORDER BY seq DESC))[1] AS last_round,
            count(*) AS rounds,
@@ -67,7 +69,12 @@ SELECT t.session_id, t.tenant, s.user_id, t.turn_no, t.ts, t.rounds,
          LIMIT 1) AS confidence,
        round(t.first_token_ms::numeric, 1)::float8 AS first_token_ms,
        round(t.latency_ms::numeric, 1)::float8 AS latency_ms,
-       t.cost_usd
+       t.cost_usd,
+       -- the model handed the user to a person during this turn (a `handoff` event between
+       -- its first round and the next turn's)
+       EXISTS (SELECT 1 FROM cost_events h WHERE h.session_id = t.session_id
+                 AND h.kind = 'handoff' AND h.seq > t.first_seq
+                 AND (t.next_seq IS NULL OR h.seq < t.next_seq)) AS handed_off
 FROM turns t JOIN sessions s ON s.id = t.session_id
 WHERE t.first_round->>'reason' NOT LIKE 'tool_result%'
 $$;
