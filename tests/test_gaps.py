@@ -66,6 +66,8 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         # dave was handed to a person during his turn (the handoff tool's event)
         dave = next(q for q in api["questions"] if q["session_id"] == "s-dave")
         assert dave["severity"] == 1.0 and dave["why"][0] == "handed_off"
+        code, out, _ = await run_cli("quality", "--tenant", "acme", "--since", "1d", env=env)
+        assert "2 failed, 1 handed to a person)" in out  # carol, frank; dave
         # a retry is clustered with the question it follows, which it keeps
         greyed = next(q for q in api["questions"] if "greyed out" in q["text"])
         assert greyed["follows"] == "how can I reset the API key in the console"
