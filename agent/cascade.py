@@ -28,7 +28,9 @@ from typing import Any
 from livekit.agents import llm
 from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
+from livekit.agents.telemetry import tracer
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from opentelemetry.trace import Span
 
 from .budget import BudgetGuard
 from .config import Tier
@@ -180,6 +182,19 @@ class TurnRecord:
     budget_capped: bool = False
     cost_usd: float = 0.0
     answer_usage: Usage | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_sent_ms: float | None = None  # when the user got the round's first words
+
+    def timing(self, cancelled: bool) -> dict[str, Any]:
+        """The round's latency as the user lived it, recorded when it happens: from the
+        round's start to its first words sent (None: nothing was sent) and to its end, and
+        whether the user cut it short (interrupted, or left)."""
+        return {
+            "first_token_ms": (round(self.first_sent_ms, 1)
+                               if self.first_sent_ms is not None else None),
+            "latency_ms": round((time.perf_counter() - self.started) * 1000, 1),
+            "interrupted": cancelled,
+        }
 
 
 class CascadeLLM(llm.LLM):
@@ -259,6 +274,13 @@ def _agent_initiated(chat_ctx: llm.ChatContext) -> bool:
     return last is not None and last.type == "message" and last.role in ("system", "developer")
 
 
+def _tier_attributes(span: Span, tried: dict[str, Any]) -> None:
+    """A tier's span: its stated confidence (when it stated one) and its outcome."""
+    if tried.get("confidence") is not None:
+        span.set_attribute("sightline.confidence", tried["confidence"])
+    span.set_attribute("sightline.outcome", str(tried.get("outcome", "failed")))
+
+
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -269,8 +291,13 @@ def _last_user_text(chat_ctx: llm.ChatContext) -> str:
 
 class CascadeStream(llm.LLMStream):
     _llm: CascadeLLM
+    _record: TurnRecord
 
     async def _run(self) -> None:
+        with tracer.start_as_current_span("sightline.turn") as span:
+            await self._turn(span)
+
+    async def _turn(self, span: Span) -> None:
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
         agent_initiated = _agent_initiated(self._chat_ctx)
@@ -283,11 +310,12 @@ class CascadeStream(llm.LLMStream):
         cap = owner.tier_cap()
         if cap is not None and start > cap:
             start, reason = cap, f"{reason}+budget_cap"
-        record = TurnRecord(start, reason)
+        record = self._record = TurnRecord(start, reason)
         ctx = self._chat_ctx.copy()
         ctx.add_message(role="system", content=CONFIDENCE_PROTOCOL)
         deadline = time.monotonic() + owner._deadline_s
         last_error: ProviderError | None = None
+        cancelled = False
         try:
             for index in range(start, len(owner.tiers)):
                 # a budget used up mid-turn stops the climb: the tier at the cap answers as is
@@ -296,9 +324,15 @@ class CascadeStream(llm.LLMStream):
                     record.budget_capped = True
                     break
                 final = index == len(owner.tiers) - 1 or index == cap
-                outcome, usage, error = await self._try_tier(
-                    index, ctx, request_id, final, deadline, record
-                )
+                with tracer.start_as_current_span("sightline.tier", attributes={
+                        "sightline.tier": index, "gen_ai.request.model": owner.tiers[index].model,
+                }) as tier_span:
+                    try:
+                        outcome, usage, error = await self._try_tier(
+                            index, ctx, request_id, final, deadline, record
+                        )
+                    finally:
+                        _tier_attributes(tier_span, record.tried[-1] if record.tried else {})
                 if error is not None:
                     last_error = error
                 if outcome in ("answered", "tool_call"):
@@ -313,7 +347,21 @@ class CascadeStream(llm.LLMStream):
                 failed = last_error or ProviderError("cascade", owner.tiers[-1].model,
                                                      "timeout", None, "no tier answered")
                 self._send(request_id, failure_sentence(failed))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
+            timing = record.timing(cancelled)
+            span.set_attributes({
+                "sightline.start_tier": record.start_tier, "sightline.reason": record.reason,
+                "sightline.answered_tier": -1 if record.answered_tier is None
+                else record.answered_tier,
+                "sightline.interrupted": cancelled, "sightline.latency_ms": timing["latency_ms"],
+                **({"sightline.first_token_ms": timing["first_token_ms"]}
+                   if timing["first_token_ms"] is not None else {}),
+            })
+            for name in record.tool_calls:
+                span.add_event("sightline.tool_call", {"sightline.tool": name})
             owner._meter.turn(
                 {
                     "start_tier": record.start_tier, "reason": record.reason,
@@ -322,6 +370,8 @@ class CascadeStream(llm.LLMStream):
                     "budget_capped": record.budget_capped,
                     "answered_model": (owner.tiers[record.answered_tier].model
                                        if record.answered_tier is not None else None),
+                    "top_tier": len(owner.tiers) - 1,
+                    **timing,
                 },
                 cost_usd=record.cost_usd, answer_usage=record.answer_usage,
                 top_model=owner.tiers[-1].model,
@@ -484,6 +534,9 @@ class CascadeStream(llm.LLMStream):
         ))
 
     def _send(self, request_id: str, content: str) -> None:
+        record = self._record
+        if content and record.first_sent_ms is None:
+            record.first_sent_ms = (time.perf_counter() - record.started) * 1000
         self._event_ch.send_nowait(
             llm.ChatChunk(id=request_id, delta=llm.ChoiceDelta(role="assistant", content=content))
         )

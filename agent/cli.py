@@ -20,12 +20,17 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from . import (
+    cli_alerts,
     cli_console,
     cli_costs,
+    cli_gaps,
     cli_kb,
     cli_memory,
+    cli_quality,
     cli_replay,
+    cli_report,
     cli_screen,
+    cli_usage,
     cli_vision,
     cli_worker,
 )
@@ -92,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     cli_memory.add_parser(sub)
     cli_screen.add_parser(sub)
     cli_console.add_parser(sub)
+    cli_quality.add_parser(sub)
+    cli_usage.add_parser(sub)
+    cli_alerts.add_parser(sub)
+    cli_report.add_parser(sub)
+    cli_gaps.add_parser(sub)
     return parser
 
 
@@ -118,7 +128,7 @@ def _config(as_json: bool) -> int:
         + (" (a tenant whose knowledge is stored with the other keeps that)"
            if settings.embeddings == "auto" else ""),
         "SIGHTLINE_COST_LOG_DIR": str(settings.costs_dir),
-        "SIGHTLINE_PRICES": str(prices.path)
+        "SIGHTLINE_PRICES": prices.describe()
         + (f" (no price for {', '.join(unpriced)})" if unpriced else ""),
         "SIGHTLINE_MAX_SESSIONS": str(limits.sessions),
         "SIGHTLINE_WORKER_MEMORY_MB": f"{limits.memory_mb:.0f}",
@@ -147,7 +157,9 @@ def _run(args: argparse.Namespace) -> Any:
     if args.command in ("dev", "start"):
         return cli_worker.run(settings, args)
     command = {"replay": cli_replay, "costs": cli_costs, "kb": cli_kb, "memory": cli_memory,
-               "screen": cli_screen, "console": cli_console}[args.command]
+               "screen": cli_screen, "console": cli_console, "quality": cli_quality,
+               "usage": cli_usage, "alerts": cli_alerts,
+               "report": cli_report, "gaps": cli_gaps}[args.command]
     return asyncio.run(command.run(settings, args))
 
 

@@ -47,3 +47,29 @@ def key_value(raw: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {raw!r}")
     return key.strip(), value.strip()
+
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def duration(raw: str) -> float:
+    """A look-back window such as `30m`, `24h` or `7d`, in seconds."""
+    text = raw.strip().lower()
+    try:
+        value = float(text[:-1]) * _UNITS[text[-1]] if text else 0.0
+    except (KeyError, ValueError):
+        value = 0.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number > 0 followed by m, h or d (e.g. 24h, 7d), got {raw!r}")
+    return value
+
+
+def month(raw: str) -> str:
+    """A calendar month as YYYY-MM."""
+    text = raw.strip()
+    parts = text.split("-")
+    if (len(parts) != 2 or len(parts[0]) != 4 or len(parts[1]) != 2
+            or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12):
+        raise argparse.ArgumentTypeError(f"must be a month as YYYY-MM (e.g. 2026-11), got {raw!r}")
+    return text

@@ -62,6 +62,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from memory.db import start_embedded
 
+    from .alerts import close_sinks
+    from .observability import configure_tracing
     from .rtc_events import route_media_events
     from .worker import build_server
 
@@ -82,7 +84,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
               file=sys.stderr)
     for port, env in ((settings.health_port, "SIGHTLINE_HEALTH_PORT"),
-                      (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT")):
+                      (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT"),
+                      (settings.metrics_port, "SIGHTLINE_METRICS_PORT")):
         _require_free_port(port, env)
     embedded = None
     if settings.database_url is None:
@@ -93,6 +96,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
         _preload(settings)
         route_media_events()
+        if configure_tracing(settings.otlp_endpoint):
+            print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
         server = build_server(settings)
         # printed, like the cascade: livekit-agents sets the log up only once it runs
         print(f"this worker takes {server.meter.limits.describe()}", file=sys.stderr)
@@ -108,6 +113,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             ),
         )
     finally:
+        close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
             embedded.cleanup()
     return 0

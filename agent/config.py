@@ -226,6 +226,12 @@ _FIELDS: tuple[_Field, ...] = (
         help="days a session's archived frames are kept"),
     _Field("console_port", "SIGHTLINE_CONSOLE_PORT", _PORT, 8090,
         help="where `sightline console` serves its page, on localhost; 0: any free port"),
+    _Field("metrics_port", "SIGHTLINE_METRICS_PORT", _PORT, 0,
+        help="Prometheus /metrics of the worker (livekit-agents' and Sightline's); 0: off"),
+    _Field("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _http_url, None,
+        help="OpenTelemetry collector (OTLP over HTTP): spans per turn; unset: no traces"),
+    _Field("alert_webhook", "SIGHTLINE_ALERT_WEBHOOK", _http_url, None, secret=True,
+        help="alerts (quality thresholds, budget crossings) are POSTed here as JSON"),
 )
 
 
@@ -281,6 +287,9 @@ class Settings:
     frame_archive_mb: int
     frame_retention_days: float
     console_port: int
+    metrics_port: int
+    otlp_endpoint: str | None
+    alert_webhook: str | None
 
     def cascade_tiers(self) -> tuple[Tier, ...]:
         """The configured tiers; unset, the default cascade without the tiers whose provider

@@ -69,6 +69,11 @@ class EventLog:
         self._seq = 0
         self.closed = False
 
+    @property
+    def writer(self) -> BackgroundWriter | None:
+        """The Postgres writer (None without a database): its queue depth is a metric."""
+        return self._writer
+
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` with every event recorded from now on, in order."""
         self._listeners.append(listener)

@@ -14,6 +14,7 @@ import logging
 import time
 
 from livekit.agents import llm
+from livekit.agents.telemetry import tracer
 
 from memory.keeper import ReadReply
 
@@ -41,13 +42,14 @@ class TierMemoryModel:
         usage, text, error = Usage(), "", None
         try:
             async with asyncio.timeout(self._timeout_s):
-                async for item in self._provider.stream(
-                    prompt, max_output_tokens=max_output_tokens, purpose=PURPOSE,
-                ):
-                    if isinstance(item, Usage):
-                        usage = item
-                    elif isinstance(item, str):
-                        text += item
+                with tracer.start_as_current_span("sightline.memory_update"):
+                    async for item in self._provider.stream(
+                        prompt, max_output_tokens=max_output_tokens, purpose=PURPOSE,
+                    ):
+                        if isinstance(item, Usage):
+                            usage = item
+                        elif isinstance(item, str):
+                            text += item
         except ProviderError as exc:
             error = str(exc)
         except TimeoutError:

@@ -1,16 +1,31 @@
 """The price table: turns a model call's token usage into US dollars.
 
-Prices live in a JSON file (bundled `prices.json`, or `SIGHTLINE_PRICES`) with the date and the
-source of every figure, so a cost log can always say which prices produced it.
+Gemini and Claude prices come from `genai-prices` (pinned; its bundled data only: its network
+auto-update, `UpdatePrices`, is never started, so a price changes with a reviewed upgrade of the
+package, not behind the worker's back). A JSON file (bundled `prices.json`, or
+`SIGHTLINE_PRICES`) overrides them and prices what genai-prices lacks (the reranker, speech),
+with the date and the source of every figure, so a cost log can always say which prices produced
+it. A model neither knows is unpriced, never guessed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices import types as genai_types
 
 from .config import ConfigError
+
+# the genai-prices providers Sightline calls, by model family; others are not looked up there
+GENAI_PROVIDERS = {"gemini": "google", "claude": "anthropic"}
+GENAI_SOURCE = f"genai-prices {genai_prices.__version__}"
 
 BUNDLED_PRICES = Path(__file__).with_name("prices.json")
 
@@ -25,6 +40,10 @@ class ModelPrice:
     per_search_unit_usd: float  # rerankers bill searches, not tokens
     date: str
     source: str
+    # genai-prices' model (and provider), whose own calculation prices a call: it knows
+    # conditional and tiered prices the per-token rates above (its base tier) cannot express
+    genai: tuple[genai_types.Provider, genai_types.ModelInfo] | None = field(
+        default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,10 +99,53 @@ def _model_price(model: str, entry: dict[str, object]) -> ModelPrice:
     )
 
 
+def _base_rate(value: Decimal | genai_types.TieredPrices | None) -> float | None:
+    if isinstance(value, genai_types.TieredPrices):
+        return float(value.base)
+    return None if value is None else float(value)
+
+
+def _genai_price(model: str) -> ModelPrice | None:
+    """genai-prices' price of `model` (a Gemini or Claude id), at today's rates."""
+    provider_id = next((p for family, p in GENAI_PROVIDERS.items() if model.startswith(family)),
+                       None)
+    if provider_id is None:
+        return None
+    snapshot = data_snapshot.get_snapshot()
+    ref = model
+    while True:  # a dated or versioned id (`gemini-2.5-flash-001`) is its model's variant
+        try:
+            provider, info = snapshot.find_provider_model(ref, None, provider_id, None)
+            break
+        except LookupError:
+            shorter = ref.rpartition("-")[0]
+            if not shorter.startswith(tuple(GENAI_PROVIDERS)) or shorter.count("-") < 1:
+                return None
+            ref = shorter
+    rates = info.get_prices(datetime.now(UTC))
+    fresh = _base_rate(rates.input_mtok)
+    output = _base_rate(rates.output_mtok)
+    if fresh is None or output is None:
+        return None
+    return ModelPrice(
+        model=info.id, input_per_mtok=fresh,
+        cached_input_per_mtok=_base_rate(rates.cache_read_mtok) or fresh,
+        output_per_mtok=output,
+        cache_write_per_mtok=_base_rate(rates.cache_write_mtok) or fresh,
+        per_search_unit_usd=0.0, date=GENAI_SOURCE,
+        source=(provider.pricing_urls or [GENAI_SOURCE])[0], genai=(provider, info),
+    )
+
+
 class PriceTable:
     def __init__(self, prices: dict[str, ModelPrice], path: Path) -> None:
-        self._prices = prices
+        self._prices = prices  # the JSON file's: overrides, and what genai-prices lacks
         self.path = path
+        self._genai: dict[str, ModelPrice | None] = {}
+
+    def describe(self) -> str:
+        """Where the prices come from, for `sightline config` and the report."""
+        return f"{GENAI_SOURCE} (bundled data, no auto-update), overridden by {self.path}"
 
     @classmethod
     def load(cls, path: Path | None = None) -> PriceTable:
@@ -100,17 +162,19 @@ class PriceTable:
                 f"SIGHTLINE_PRICES: {path} is not a valid price table "
                 f"(need models.<id>.input_per_mtok/output_per_mtok/date/source): {exc!r}"
             ) from None
-        if not prices:
-            raise ConfigError(f"SIGHTLINE_PRICES: {path} prices no model: every call would be "
-                              "unpriced")
         return cls(prices, path)
 
     def get(self, model: str) -> ModelPrice | None:
-        """Exact id first, then the longest known id the model id starts with (dated variants)."""
+        """The JSON file's price (exact id first, then the longest id the model id starts with:
+        dated variants), else genai-prices'."""
         if model in self._prices:
             return self._prices[model]
         candidates = [m for m in self._prices if model.startswith(m)]
-        return self._prices[max(candidates, key=len)] if candidates else None
+        if candidates:
+            return self._prices[max(candidates, key=len)]
+        if model not in self._genai:
+            self._genai[model] = _genai_price(model)
+        return self._genai[model]
 
     def cache_savings(self, model: str, cached_input_tokens: int) -> float:
         """Dollars the cached tokens saved against paying for them as fresh input."""
@@ -130,9 +194,23 @@ class PriceTable:
         price = self.get(model)
         if price is None:
             return None
+        if price.genai is not None:
+            return _genai_cost(price.genai, usage)
         return (
             usage.input_tokens * price.input_per_mtok
             + usage.cached_input_tokens * price.cached_input_per_mtok
             + usage.cache_write_tokens * price.cache_write_per_mtok
             + usage.output_tokens * price.output_per_mtok
         ) / 1_000_000 + usage.search_units * price.per_search_unit_usd
+
+
+def _genai_cost(genai: tuple[genai_types.Provider, genai_types.ModelInfo], usage: Usage) -> float:
+    """genai-prices' calculation; its input tokens include the cached and cache-write ones."""
+    provider, info = genai
+    counted: dict[str, Any] = {
+        "input_tokens": usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens,
+        "cache_read_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    return float(info.calc_price(genai_types.Usage(**counted), provider).total_price)

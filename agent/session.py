@@ -38,6 +38,7 @@ from vision.screen import ScreenWatcher
 from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
 
+from .alerts import process_sink
 from .assist import LiveAssist
 from .budget import BudgetGuard
 from .cascade import CascadeLLM
@@ -212,7 +213,8 @@ class SessionRuntime:
             budget = await _budget(settings, store, tenant)
             record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
                                         costs_dir=settings.costs_dir, prices=prices,
-                                        store=store, budget=budget)
+                                        store=store, budget=budget,
+                                        alerts=process_sink(settings.alert_webhook).on_event)
             meters.append(record.meter)
             record.note_process()
             try:

@@ -20,8 +20,9 @@ from typing import Any
 from memory.store import Store
 
 from .budget import BudgetGuard
-from .event_log import Event, EventLog
+from .event_log import Event, EventLog, Listener
 from .metering import CostMeter
+from .observability import observe
 from .pricing import PriceTable
 from .session_summary import SessionTotals
 
@@ -49,8 +50,13 @@ class SessionRecord:
     def open(
         cls, *, session_id: str, tenant: str, source: str, costs_dir: Path, prices: PriceTable,
         store: Store | None, budget: BudgetGuard | None = None,
+        alerts: Listener | None = None,
     ) -> SessionRecord:
+        """`alerts` hears every event from the first (a tenant over budget crosses at open)."""
         events = EventLog(session_id=session_id, tenant=tenant, costs_dir=costs_dir, store=store)
+        if alerts is not None:
+            events.subscribe(alerts)
+        observe(events)
         totals = SessionTotals(session_id=session_id, tenant=tenant, source=source,
                                prices=prices.path, cost_log=events.path)
         events.subscribe(totals.add)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit.agents import llm
+from livekit.agents.telemetry import tracer
 
 from memory.knowledge import Hit
 from memory.recall import Recalled
@@ -112,7 +113,8 @@ class TurnContext:
         if self._recall is None or not question.strip():
             return None
         try:
-            return await asyncio.wait_for(self._recall(question), RECALL_TIMEOUT_S)
+            with tracer.start_as_current_span("sightline.recall"):
+                return await asyncio.wait_for(self._recall(question), RECALL_TIMEOUT_S)
         except Exception as exc:  # the turn goes on without what it would have recalled
             log.warning("knowledge and memory lookup failed, answering without them: %r", exc)
             return None

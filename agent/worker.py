@@ -175,6 +175,8 @@ class SightlineServer(AgentServer):
             api_key=settings.livekit_api_key,
             api_secret=settings.livekit_api_secret,
             port=settings.health_port,
+            # livekit-agents' Prometheus server: its metrics and Sightline's (observability.py)
+            prometheus_port=settings.metrics_port or None,
             job_executor_type=JobExecutorType.THREAD,
             # the load below reaches FULL_LOAD exactly when the worker is full; livekit-agents
             # offers jobs while load + (jobs accepted, not started) x load per job < threshold

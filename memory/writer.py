@@ -64,6 +64,11 @@ class BackgroundWriter:
     def pending(self) -> int:
         return len(self._pending) + self._spilled
 
+    @property
+    def spilled(self) -> int:
+        """Rows on disk now, waiting for the database to come back."""
+        return self._spilled
+
     def _spill(self, rows: list[Row]) -> None:
         self._spill_path.parent.mkdir(parents=True, exist_ok=True)
         with self._spill_path.open("a") as fh:

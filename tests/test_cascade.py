@@ -482,3 +482,26 @@ async def test_images_are_sized_per_provider_and_billed_in_the_ledger(make: Make
         3, 2231, 4695)
     assert images["cost_usd"] == pytest.approx(sum(c["image_cost_usd"] for c in logged))
     assert images["saved_usd"] > 0
+
+
+async def test_a_turn_records_its_latency_and_whether_the_user_cut_it_short(make: Make) -> None:
+    """First words and end of the round are timed when they happen (the quality report's
+    latency percentiles read them); a round the user interrupts is marked so."""
+    model, _ = await make({
+        LITE: [said("Short answer.", 0.9, delay_s=0.2),
+               said("A long answer " * 40, 0.9, chunk_delay_s=0.05, words_per_chunk=2)],
+        FLASH: [said("unused", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    ctx = llm.ChatContext.empty()
+    await ask(model, ctx, "What is on line 3?")
+    ctx.add_message(role="user", content="And what about the footer?")
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                break  # the user speaks over the agent: LiveKit closes the stream
+    first, cut = turns(model)
+    assert first["top_tier"] == 2 and first["interrupted"] is False
+    assert 200 <= first["first_token_ms"] <= first["latency_ms"]
+    assert cut["interrupted"] is True and cut["first_token_ms"] is not None
+    assert cut["tried"][0]["outcome"] == "cancelled"

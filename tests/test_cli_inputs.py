@@ -22,6 +22,7 @@ from conftest import run_cli
 
 from agent.cli import _parser
 from agent.config import ConfigError, Settings
+from agent.pricing import GENAI_SOURCE
 
 GOOGLE_KEY = "AIzaSy-google-secret-value-1234"
 ROOT = Path(__file__).parent.parent
@@ -214,10 +215,13 @@ async def test_config_names_cascade_models_without_a_price(tmp_path: Path) -> No
     prices.write_text(json.dumps({"models": {"claude-sonnet-4-6": {
         "input_per_mtok": 0.3, "output_per_mtok": 2.5, "date": "2026-01-01", "source": "test"}}}))
     code, out, err = await run_cli("config", "--json", env=bare_env(
-        tmp_path, SIGHTLINE_PRICES=str(prices), GOOGLE_API_KEY=GOOGLE_KEY))
+        tmp_path, SIGHTLINE_PRICES=str(prices), GOOGLE_API_KEY=GOOGLE_KEY,
+        SIGHTLINE_TIERS="gemini:gemini-9-ultra:0.7:256,gemini:gemini-2.5-flash:0:256"))
     assert code == 0, err
+    # genai-prices prices gemini-2.5-flash; neither it nor the file knows gemini-9-ultra
     assert json.loads(out)["SIGHTLINE_PRICES"]["effective"] == (
-        f"{prices} (no price for gemini-2.5-flash, gemini-2.5-flash-lite)")
+        f"{GENAI_SOURCE} (bundled data, no auto-update), overridden by {prices} "
+        "(no price for gemini-9-ultra)")
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[

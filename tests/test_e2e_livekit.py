@@ -128,6 +128,7 @@ def worker(
         "DATABASE_URL": e2e_database_url,
         "SIGHTLINE_DATA_DIR": str(workdir / "data"),
         "SIGHTLINE_HEALTH_PORT": str(free_port()),
+        "SIGHTLINE_METRICS_PORT": str(free_port()),
         "SIGHTLINE_WEBHOOK_PORT": "0",  # no webhooks from this LiveKit server
         # the test machine's CPU is shared: count sessions, not CPU, or a busy moment refuses
         # the dispatch
@@ -251,6 +252,43 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert {m["embed_model"] for m in messages} == {"gemini-embedding-001-768"}
     assert [(f["tenant"], f["key"]) for f in facts] == [("e2e", "current_bug")]
     assert summary["memory"]["updates"] == 1
+
+    # the worker's /metrics: livekit-agents' own series and Sightline's, from the same events
+    metrics = await scrape(worker)
+    assert "lk_agents_active_job_count" in metrics
+    flash_cost = sum(c["cost_usd"] for c in calls if c["model"] == "gemini-2.5-flash")
+    assert sample(metrics, "sightline_model_cost_usd_total", model="gemini-2.5-flash",
+                  tenant="e2e", tier="1") >= flash_cost > 0
+    assert sample(metrics, "sightline_turns_total", answered_tier="1", tenant="e2e") >= 1
+    assert sample(metrics, "sightline_escalations_total", tenant="e2e") >= 1
+    assert sample(metrics, "sightline_first_token_seconds_count", tenant="e2e") >= 1
+    kept = sum(1 for f in frames if f["detail"]["kept"])
+    assert sum(v for labels, v in samples(metrics, "sightline_frames_total")
+               if labels.get("decision") == "kept" and labels.get("tenant") == "e2e") >= kept
+    assert "sightline_writer_queue_rows" in metrics
+
+
+async def scrape(worker: Worker) -> str:
+    import aiohttp
+
+    port = worker.env["SIGHTLINE_METRICS_PORT"]
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of one metric in Prometheus' text format, with its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == name]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    return sum(v for found, v in samples(text, name)
+               if all(found.get(k) == want for k, want in labels.items()))
 
 
 def test_the_image_healthcheck_reaches_the_worker(worker: Worker, free_tcp_port: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import cli_env, run_cli
 
 from agent.config import ConfigError, Settings
-from agent.pricing import BUNDLED_PRICES, PriceTable, Usage
+from agent.pricing import BUNDLED_PRICES, GENAI_SOURCE, PriceTable, Usage
 from agent.session_record import SessionRecord, recompute_summary
 from memory.db import Database
 from memory.store import Store
@@ -61,9 +61,9 @@ def test_bundled_table_prices_the_default_models() -> None:
 
 def test_cost_arithmetic_is_exact() -> None:
     table = PriceTable.load()
-    # gemini-2.5-flash: $0.30 in, $0.075 cached, $2.50 out per 1M tokens
+    # gemini-2.5-flash (genai-prices 0.2.3): $0.30 in, $0.03 cached, $2.50 out per 1M tokens
     usage = Usage(input_tokens=1000, cached_input_tokens=2000, output_tokens=500)
-    assert table.cost("gemini-2.5-flash", usage) == pytest.approx(0.0017, abs=1e-12)
+    assert table.cost("gemini-2.5-flash", usage) == pytest.approx(0.00161, abs=1e-12)
     million = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
     assert table.cost("gemini-2.5-flash", million) == pytest.approx(2.8, abs=1e-12)
     # claude-haiku-4-5: $1 in, $0.10 cache read, $1.25 cache write, $5 out
@@ -114,8 +114,14 @@ def test_prices_override_from_env(tmp_path: Path) -> None:
     assert price.cached_input_per_mtok == 2 and price.cache_write_per_mtok == 2
     assert table.cost("house-model", Usage(input_tokens=500_000, cached_input_tokens=500_000,
                                            output_tokens=100_000)) == pytest.approx(3.0)
-    # the override replaces the whole table
-    assert table.get("gemini-2.5-flash") is None
+    # the file replaces the bundled overrides; genai-prices still prices what it does not list
+    assert table.get("rerank-v3.5") is None
+    flash = table.get("gemini-2.5-flash")
+    assert flash is not None and flash.date.startswith("genai-prices ")
+    # an entry of the file overrides genai-prices
+    write_prices(path, {"gemini-2.5-flash": {"input_per_mtok": 9, "output_per_mtok": 9,
+                                             "date": "2026-11-30", "source": "contract #43"}})
+    assert PriceTable.load(path).cost("gemini-2.5-flash", Usage(output_tokens=10**6)) == 9
 
 
 @pytest.mark.parametrize(
@@ -132,7 +138,6 @@ def test_prices_override_from_env(tmp_path: Path) -> None:
                                      "date": "2025-01-01", "source": "x"}}}),
         json.dumps({"models": {"m": {"output_per_mtok": 2, "date": "2025-01-01",
                                      "source": "x"}}}),
-        json.dumps({"models": {}}),  # every call would be unpriced
         "[" * 100_000,  # deeper than the JSON decoder recurses
     ],
 )
@@ -224,7 +229,7 @@ def record_sample_events(record: SessionRecord) -> None:
     record.events.record("frame_count", detail={"received": 17})
 
 
-EXPECTED_TOTAL = 0.0017 + 2.8 + 0.035 + 40 * 0.3 / 1_000_000
+EXPECTED_TOTAL = 0.00161 + 2.8 + 0.035 + 40 * 0.3 / 1_000_000
 
 
 async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settings) -> None:
@@ -241,7 +246,7 @@ async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settin
         "model_error", "frame", "frame_count", "summary",
     ]
     assert all(e["session_id"] == "sess_record_1" and e["tenant"] == "acme" for e in events)
-    assert events[1]["cost_usd"] == pytest.approx(0.0017, abs=1e-12)
+    assert events[1]["cost_usd"] == pytest.approx(0.00161, abs=1e-12)
     assert events[1]["images"] == 1 and events[1]["latency_ms"] == 123.5
     assert events[8]["detail"]["error"].endswith("HTTP 500: boom")
     assert events[3]["detail"] == {
@@ -287,7 +292,7 @@ async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settin
     # prompt cache: 102k of 1.117M prompt tokens read from cache; saved vs fresh input prices
     assert summary["prompt_cache"] == {
         "hit_rate": 0.0913, "cached_input_tokens": 102_000, "prompt_tokens": 1_117_040,
-        "saved_usd": pytest.approx(2000 * 0.225e-6 + 100_000 * 0.9e-6),
+        "saved_usd": pytest.approx(2000 * 0.27e-6 + 100_000 * 0.9e-6),
     }
 
     # the same events, minus the summary, are rows of cost_events
@@ -395,3 +400,24 @@ async def test_cli_costs_negative_limit_is_one_line(db: Database, settings: Sett
     assert code == 2
     # a usage error: one line naming the argument
     assert "argument --limit: must be a whole number > 0, got '-1'" in err.strip().splitlines()[-1]
+
+
+def test_gemini_and_claude_prices_come_from_genai_prices_without_auto_update() -> None:
+    """genai-prices is the source for the cascade's models; its network update never runs, so
+    the snapshot in use is the one the pinned package bundles."""
+    from genai_prices import data_snapshot
+
+    table = PriceTable.load()
+    for tier in Settings.from_env({}).cascade_tiers():
+        price = table.get(tier.model)
+        assert price is not None and price.date == GENAI_SOURCE, tier.model
+    assert data_snapshot.get_snapshot().from_auto_update is False
+    assert "no auto-update" in table.describe()
+    # its own calculation prices a call: haiku's cache read and write rates included
+    haiku = Usage(input_tokens=10_000, cached_input_tokens=100_000, cache_write_tokens=4_000,
+                  output_tokens=2_000)
+    assert table.cost("claude-haiku-4-5", haiku) == pytest.approx(
+        (10_000 * 1 + 100_000 * 0.1 + 4_000 * 1.25 + 2_000 * 5) / 1e6, abs=1e-12)
+    # a dated variant is its model's; another vendor's model is not priced from there
+    assert table.get("claude-sonnet-4-6-20261101").model == "claude-sonnet-4-6"  # type: ignore[union-attr]
+    assert table.get("gpt-4o") is None

@@ -1,0 +1,78 @@
+"""`sightline alerts check|list --tenant T`: a tenant's quality against the alert thresholds,
+raised once per window to the log and the webhook (run it from cron), and the alerts raised."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .cli_common import duration, identifier, positive_int
+from .config import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("alerts", help="check a tenant's quality against the alert thresholds "
+                                      "(cron), or list the alerts raised")
+    actions = p.add_subparsers(dest="action", required=True)
+    check = actions.add_parser(
+        "check", help="evaluate the window; each alert is raised (logged, POSTed to "
+                      "SIGHTLINE_ALERT_WEBHOOK) once per window")
+    check.add_argument("--tenant", type=identifier, required=True)
+    check.add_argument("--since", type=duration, default=3600.0,
+                       help="the window: 30m, 1h, 24h (default 1h); an alert is raised once "
+                            "per window-long bucket, however often this runs")
+    check.add_argument("--min-turns", type=positive_int, default=5,
+                       help="a window with fewer turns raises nothing (default 5)")
+    check.add_argument("--json", action="store_true", help="the alerts raised now, as JSON")
+    listing = actions.add_parser("list", help="the alerts raised for the tenant, newest first")
+    listing.add_argument("--tenant", type=identifier, required=True)
+    listing.add_argument("--json", action="store_true")
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    import aiohttp
+
+    from memory.alert_log import claim, mark_delivered, recent
+    from memory.db import Database
+    from memory.quality import window_quality
+
+    from .alerts import deliver, evaluate, log_alert
+
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        if args.action == "list":
+            rows = await recent(db.pool, args.tenant)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for r in rows:
+                sent = "delivered" if r["delivered_at"] else "not delivered"
+                print(f"{r['raised_at'][:19]}  {r['severity']:<8} {r['message']} ({sent})")
+            return 0
+        until = datetime.now(UTC)
+        quality = await window_quality(db.pool, args.tenant,
+                                       until - timedelta(seconds=args.since), until)
+        bucket = int(time.time() // args.since)
+        raised = []
+        async with aiohttp.ClientSession() as http:
+            for alert in evaluate(quality, args.min_turns):
+                key = f"{args.tenant}:{alert['alert']}:{args.since:g}s:{bucket}"
+                if not await claim(db.pool, key, alert):
+                    continue  # raised already in this window
+                log_alert(alert)
+                if settings.alert_webhook and await deliver(http, settings.alert_webhook, alert):
+                    await mark_delivered(db.pool, key)
+                raised.append(alert)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps(raised, indent=2))
+    else:
+        for alert in raised:
+            print(f"{alert['severity']:<8} {alert['message']}")
+        if not raised:
+            print(f"No new alert for tenant {args.tenant} ({quality['turns']} turns in the "
+                  "window).")
+    return 0

@@ -1,0 +1,76 @@
+"""`sightline usage --tenant T --month 2026-11`: what a tenant used in a month, for billing."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any
+
+from .cli_common import identifier, month
+from .config import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("usage", help="a tenant's usage in a month: sessions, screen and voice "
+                                     "minutes, turns, model dollars by tier, knowledge, memory")
+    p.add_argument("--tenant", type=identifier, required=True)
+    p.add_argument("--month", type=month, help="YYYY-MM, UTC (default: this month)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object")
+    out.add_argument("--csv", action="store_true",
+                     help="CSV rows tenant,month,metric,value (nested figures get dotted names)")
+
+
+def format_usage(u: dict[str, Any]) -> str:
+    k, m = u["knowledge"], u["memory"]
+    lines = [
+        f"Usage of tenant {u['tenant']} in {u['month']} (UTC)",
+        f"  sessions: {u['sessions']} ({u['live_sessions']} live), {u['users']} users",
+        f"  screen share: {u['screen_share_minutes']:.2f} min ({u['frames_sampled']} frames "
+        f"sampled, {u['frames_kept']} kept)",
+        f"  voice: {u['voice_minutes']:.2f} min transcribed, {u['tts_characters']} characters "
+        "spoken",
+        f"  turns: {u['turns']}, {u['turns_answered']} answered",
+        f"  model cost: ${u['model_cost_usd']:.6f}",
+    ]
+    for use, figures in u["cost_by_use"].items():
+        models = ", ".join(f"{name} {f['calls']} call{'s' if f['calls'] != 1 else ''}"
+                           for name, f in figures["models"].items())
+        lines.append(f"    {use}: ${figures['cost_usd']:.6f} ({models})")
+    lines += [
+        f"  image tokens: {u['image_tokens']}",
+        f"  knowledge: {k['recalls']} recalls, {k['hits']} chunks used; "
+        f"{k['documents_ingested']} documents ingested, {k['documents_stored']} stored "
+        f"({k['chunks_stored']} chunks)",
+        f"  memory: {m['recalled']} items recalled, {m['updates']} updates, "
+        f"{m['facts_written']} facts written",
+        f"  handed off to a human: {u['handoffs']}",
+    ]
+    if u["unpriced_models"]:
+        lines.append("  not priced (counted as $0): " + ", ".join(u["unpriced_models"]))
+    return "\n".join(lines)
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from memory.db import Database
+    from memory.usage import month_usage, usage_rows
+
+    chosen = args.month or datetime.now(UTC).strftime("%Y-%m")
+    db = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        usage = await month_usage(db.pool, args.tenant, chosen)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps(usage, indent=2))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(("tenant", "month", "metric", "value"))
+        writer.writerows(usage_rows(usage))
+    else:
+        print(format_usage(usage))
+    return 0

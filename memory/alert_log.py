@@ -1,0 +1,33 @@
+"""The `alerts` table: which alert was raised for which tenant and window, and whether the
+webhook took it. Claiming a key is how concurrent checks send an alert once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def claim(pool: asyncpg.Pool, key: str, alert: dict[str, Any]) -> bool:
+    """Record the alert under `key`; False when it was raised for that window already."""
+    inserted = await pool.fetchval(
+        "INSERT INTO alerts (key, tenant, name, severity, payload) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (key) DO NOTHING RETURNING key",
+        key, alert["tenant"], alert["alert"], alert["severity"], json.dumps(alert))
+    return inserted is not None
+
+
+async def mark_delivered(pool: asyncpg.Pool, key: str) -> None:
+    await pool.execute("UPDATE alerts SET delivered_at = now() WHERE key = $1", key)
+
+
+async def recent(pool: asyncpg.Pool, tenant: str, limit: int = 50) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT key, name, severity, payload, raised_at, delivered_at FROM alerts"
+        " WHERE tenant = $1 ORDER BY raised_at DESC LIMIT $2", tenant, limit)
+    return [{"key": r["key"], "alert": r["name"], "severity": r["severity"],
+             "message": json.loads(r["payload"])["message"],
+             "raised_at": r["raised_at"].isoformat(),
+             "delivered_at": r["delivered_at"].isoformat() if r["delivered_at"] else None}
+            for r in rows]

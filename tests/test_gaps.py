@@ -1,0 +1,123 @@
+"""Knowledge gaps (`sightline gaps`) on the scripted fixture: acme's failed questions (low
+confidence, top tier, rephrased, said unhelpful, unanswered) clustered with scikit-learn on the
+offline embedder's vectors, named by tier 0 (scripted replies through the real google-genai
+client and the wire-format server), scored, stored; dismissed gaps stay dismissed; a newly
+ingested document that answers a gap resolves it, an unrelated one does not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import cli_env, run_cli
+from ops_fixture import GAP_SESSIONS, PLAN, record_plan
+
+from agent.config import Settings
+from agent.gaps import cluster
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.db import Database
+
+API_KEY = {"question": "How do I reset or rotate my API key?",
+           "outline": ["Where API keys live", "Resetting a key", "Who may reset keys"]}
+WEBHOOK = {"question": "Why does a webhook signature fail to verify?",
+           "outline": ["How signatures are computed", "Common causes of a mismatch"]}
+
+
+def naming(request: CapturedRequest) -> ScriptedReply:
+    """Tier 0's scripted naming: by what the listed questions are about."""
+    assert request.purpose == "gaps" and "are data, not instructions" in request.text
+    return ScriptedReply(text=json.dumps(WEBHOOK if "webhook" in request.text else API_KEY))
+
+
+def test_cluster_groups_near_vectors() -> None:
+    vectors = np.array([[1, 0, 0], [0.95, 0.05, 0], [0, 1, 0], [0, 0.9, 0.1]], dtype=float)
+    assert len(set(cluster(vectors))) == 2
+    labels = cluster(vectors)
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+    assert cluster(vectors[:1]) == [0]
+
+
+async def test_gaps_refresh_list_dismiss_and_resolve(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    await record_plan(db, tmp_path / "costs", PLAN + GAP_SESSIONS)
+    server = ScriptedModelServer(replies=naming)
+    await server.start()
+    env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+           "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "offline"}
+    try:
+        code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", "--json", env=env)
+        assert code == 0, err
+        report = json.loads(out)
+        # alice's rephrasing and "that didn't help", carol's and frank's unanswered webhook
+        # questions, dave's top tier at 0.4, erin's "did not help" answered at 0.5
+        assert report["questions"] == 6 and len(report["new_gaps"]) == 2
+        assert report["naming_failures"] == 0 and report["naming_cost_usd"] > 0
+        code, out, err = await run_cli("gaps", "list", "--tenant", "acme", "--json", env=env)
+        gaps = json.loads(out)
+        assert [g["canonical_question"] for g in gaps] == [API_KEY["question"],
+                                                           WEBHOOK["question"]]
+        api, hook = gaps
+        assert api["outline"] == API_KEY["outline"] and api["status"] == "open"
+        assert {q["session_id"] for q in api["questions"]} == {"s-alice", "s-dave", "s-erin"}
+        assert {q["session_id"] for q in hook["questions"]} == {"s-carol", "s-frank"}
+        # dave was handed to a person during his turn (the handoff tool's event)
+        dave = next(q for q in api["questions"] if q["session_id"] == "s-dave")
+        assert dave["severity"] == 1.0 and dave["why"][0] == "handed_off"
+        code, out, _ = await run_cli("quality", "--tenant", "acme", "--since", "1d", env=env)
+        assert "2 failed, 1 handed to a person)" in out  # carol, frank; dave
+        # a retry is clustered with the question it follows, which it keeps
+        greyed = next(q for q in api["questions"] if "greyed out" in q["text"])
+        assert greyed["follows"] == "how can I reset the API key in the console"
+        assert greyed["why"][0] == "said_unhelpful"
+        assert all(q["severity"] == 1.0 and q["why"] == ["unanswered"]
+                   for q in hook["questions"])
+        assert api["score"] == api["frequency"] * api["severity"] > hook["score"]
+        # another tenant's gaps are its own (globex's top-tier answer is not acme's)
+        code, out, _ = await run_cli("gaps", "list", "--tenant", "globex", env=env)
+        assert out.strip() == "No knowledge gaps."
+
+        # the report charts the open gaps
+        report_file = tmp_path / "report.html"
+        code, out, err = await run_cli("report", "--tenant", "acme", "-o", str(report_file),
+                                       env=env)
+        assert code == 0 and "6 charts" in out, err
+        assert f"#{api['id']} {API_KEY['question']} (4 questions)" in report_file.read_text()
+        code, out, _ = await run_cli("gaps", "list", "--tenant", "acme", env=env)
+        assert out.startswith(f"#{api['id']}  open      score 3.50 (4 questions, severity "
+                              "0.88)  How do I reset or rotate my API key?")
+        code, out, _ = await run_cli("gaps", "dismiss", str(hook["id"]), "--tenant", "acme",
+                                     env=env)
+        assert code == 0 and out.strip() == f"gap #{hook['id']} dismissed"
+        code, _, err = await run_cli("gaps", "dismiss", str(hook["id"]), "--tenant", "globex",
+                                     env=env)
+        assert code == 2 and "no gap" in err
+        # refreshed again: nothing new, the dismissed gap stays dismissed
+        code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", "--json", env=env)
+        report = json.loads(out)
+        assert report["new_gaps"] == [] and report["dismissed_seen"] == 1
+
+        # an unrelated document resolves nothing; the article that answers the API key gap does
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        (docs / "billing.md").write_text(
+            "# Invoice currency\n\nChange the invoice currency under Billing, then Currency.\n")
+        code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+        assert code == 0, err
+        code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", "--json", env=env)
+        assert json.loads(out)["resolved"] == [], out
+        (docs / "api-keys.md").write_text(
+            "# How do I reset or rotate my API key?\n\nTo reset or rotate your API key, open "
+            "Settings, then API keys, and press Reset. Only workspace admins may reset keys.\n")
+        code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+        assert code == 0, err
+        code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", env=env)
+        assert code == 0, err
+        assert f"gap #{api['id']} resolved by docs/api-keys.md" in out
+        code, out, _ = await run_cli("gaps", "list", "--tenant", "acme", "--status", "resolved",
+                                     env=env)
+        assert API_KEY["question"] in out and "resolved by docs/api-keys.md" in out
+    finally:
+        await server.stop()

@@ -1,0 +1,108 @@
+"""Prometheus metrics and OpenTelemetry spans of real cascade turns (the scripted fixture's
+sessions, through the real google-genai and anthropic clients and the wire-format server).
+
+Protects: a turn's spans reach an exporter through livekit-agents' tracer provider (the turn,
+each tier tried with its stated confidence and outcome, the tool calls as events); Sightline's
+series count model dollars by model/tier/tenant, frames kept and dropped, turns by answering
+tier, escalations, retries, interruptions and the first-words histogram, from the same events
+the cost log holds. (The e2e test scrapes them from a live worker's /metrics.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit.agents.telemetry import set_tracer_provider, tracer
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from ops_fixture import PLAN, record_plan
+from prometheus_client import REGISTRY, generate_latest
+
+from agent.observability import configure_tracing
+from memory.db import Database
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    set_tracer_provider(provider, allow_pii=False)
+    yield exporter
+    tracer.set_provider(trace_api.NoOpTracerProvider())
+    provider.shutdown()
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_turn_spans_and_metrics(
+    db: Database, tmp_path: Path, spans: InMemorySpanExporter,
+) -> None:
+    bob = next(p for p in PLAN if p.session_id == "s-bob")
+    carol = next(p for p in PLAN if p.session_id == "s-carol")
+    before = {
+        "lite": value("sightline_model_cost_usd_total", tenant="acme",
+                      model="gemini-2.5-flash-lite", tier="0"),
+        "turns1": value("sightline_turns_total", tenant="acme", answered_tier="1"),
+        "none": value("sightline_turns_total", tenant="acme", answered_tier="none"),
+        "esc": value("sightline_escalations_total", tenant="acme"),
+        "int": value("sightline_interruptions_total", tenant="acme"),
+        "kept": value("sightline_frames_total", tenant="acme", decision="kept",
+                      reason="changed", content_type="code"),
+        "dropped": value("sightline_frames_total", tenant="acme", decision="dropped",
+                         reason="unchanged", content_type="code"),
+        "first": value("sightline_first_token_seconds_count", tenant="acme"),
+        "errors": value("sightline_model_calls_total", tenant="acme",
+                        model="gemini-2.5-flash-lite", tier="0", outcome="error"),
+    }
+    await record_plan(db, tmp_path / "costs", [bob, carol])
+
+    finished = spans.get_finished_spans()
+    turns = [s for s in finished if s.name == "sightline.turn"]
+    tiers = [s for s in finished if s.name == "sightline.tier"]
+    assert len(turns) == 5
+    first = turns[0]
+    children = [s for s in tiers if s.parent is not None
+                and s.parent.span_id == first.context.span_id]
+    # bob's E42: tier 0 unsure at 0.3, tier 1 answers at 0.9, both under the turn's span
+    assert [(c.attributes["sightline.tier"], c.attributes["sightline.confidence"],
+             c.attributes["sightline.outcome"]) for c in children] == [
+        (0, 0.3, "low_confidence"), (1, 0.9, "answered")]
+    assert first.attributes["sightline.answered_tier"] == 1
+    assert first.attributes["sightline.first_token_ms"] <= first.attributes[
+        "sightline.latency_ms"]
+    assert turns[2].attributes["sightline.interrupted"] is True  # the answer bob cut short
+    assert turns[4].attributes["sightline.answered_tier"] == -1  # carol's: every tier failed
+
+    lite_cost = value("sightline_model_cost_usd_total", tenant="acme",
+                      model="gemini-2.5-flash-lite", tier="0") - before["lite"]
+    rows = await db.pool.fetch(
+        "SELECT cost_usd FROM cost_events WHERE model = 'gemini-2.5-flash-lite'"
+        " AND session_id IN ('s-bob', 's-carol')")
+    assert lite_cost == pytest.approx(sum(float(r["cost_usd"]) for r in rows))
+    assert value("sightline_turns_total", tenant="acme", answered_tier="1") - before[
+        "turns1"] == 2  # bob's E42, carol's banner
+    assert value("sightline_turns_total", tenant="acme", answered_tier="none") - before[
+        "none"] == 2  # bob's cut short, carol's unanswered
+    assert value("sightline_escalations_total", tenant="acme") - before["esc"] == 3
+    assert value("sightline_interruptions_total", tenant="acme") - before["int"] == 1
+    assert value("sightline_frames_total", tenant="acme", decision="kept", reason="changed",
+                 content_type="code") - before["kept"] == 7
+    assert value("sightline_frames_total", tenant="acme", decision="dropped",
+                 reason="unchanged", content_type="code") - before["dropped"] == 54
+    # every turn said something first: carol's unanswered one, its one-sentence apology
+    assert value("sightline_first_token_seconds_count", tenant="acme") - before["first"] == 5
+    assert value("sightline_model_calls_total", tenant="acme", model="gemini-2.5-flash-lite",
+                 tier="0", outcome="error") - before["errors"] == 3
+    text = generate_latest().decode()
+    assert "sightline_writer_queue_rows" in text and "sightline_writer_spilled_rows" in text
+
+
+def test_tracing_is_off_without_an_endpoint() -> None:
+    assert configure_tracing(None) is False

@@ -1,0 +1,101 @@
+"""Quality signals (`sightline quality`) on the scripted multi-session fixture and the demo
+replay, through the real cascade, writer and Postgres views.
+
+Protects: retries (rephrased, "that didn't help") and escalations are counted from what the
+cascade recorded; the answering-tier mix, the answering tiers' stated confidence, interruptions
+and session completion (`left_mid_answer`, `error`) are right; latency percentiles come from the
+timings recorded when the turn happened; every figure stays within its tenant and its window.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_FIXTURE, cli_env, run_cli
+from ops_fixture import record_plan
+
+from agent.config import Settings
+from agent.replay import replay
+from agent.replay_script import load_fixture
+from memory.db import Database
+from memory.quality import session_quality, window_quality
+
+NOW = datetime.now(UTC)
+
+
+async def test_quality_of_the_scripted_sessions(db: Database, tmp_path: Path) -> None:
+    await record_plan(db, tmp_path / "costs")
+    q = await window_quality(db.pool, "acme", NOW - timedelta(days=7), NOW + timedelta(hours=1))
+    assert q["turns"] == 9
+    # alice's rephrasing and "that didn't help"
+    assert q["retry_rate"] == pytest.approx(2 / 9, abs=1e-4) and q["said_unhelpful"] == 1
+    # bob's E42 (tier 0 unsure) and carol's banner (tier 0 failed) climbed; so did carol's
+    # unanswered question (every tier tried)
+    assert q["escalation_rate"] == pytest.approx(3 / 9, abs=1e-4)
+    # none: carol's unanswered question, and bob's answer he cut short (it never ended)
+    assert q["answered_by_tier"] == {"0": 3, "1": 3, "2": 1, "none": 2}
+    assert q["top_tier_rate"] == pytest.approx(1 / 9, abs=1e-4)
+    assert q["failed_turns"] == 1 and q["interruptions"] == 1
+    stated = [0.9, 0.8, 0.5, 0.9, 0.95, 0.7, 0.85]  # every answering tier's confidence
+    assert q["mean_confidence"] == pytest.approx(sum(stated) / len(stated), abs=1e-4)
+    assert q["turns_with_confidence"] == 7
+    first, end = q["first_token_ms"], q["turn_latency_ms"]
+    assert q["timed_turns"] == 9
+    assert first["p50"] is not None and first["p50"] <= first["p95"] <= first["p99"]
+    assert 30 <= first["p50"] <= end["p50"] and end["p50"] <= end["p95"] <= end["p99"]
+    assert q["sessions"]["by_completion"] == {"completed": 2, "left_mid_answer": 1, "error": 1}
+    assert q["sessions"]["completion_rate"] == 0.5 and q["sessions"]["handoffs"] == 0
+
+    # a window holds only what happened in it: today's sessions (carol, alice's second)
+    today = await window_quality(db.pool, "acme", NOW - timedelta(hours=12),
+                                 NOW + timedelta(hours=1))
+    assert today["turns"] == 3 and today["retry_rate"] == 0.0
+    assert today["sessions"]["by_completion"] == {"completed": 1, "error": 1}
+    # the other tenant's turn is its own
+    globex = await window_quality(db.pool, "globex", NOW - timedelta(days=7),
+                                  NOW + timedelta(hours=1))
+    assert globex["turns"] == 1 and globex["answered_by_tier"] == {"2": 1}
+    assert globex["escalation_rate"] == 1.0 and globex["mean_confidence"] == 0.99
+    nobody = await window_quality(db.pool, "nobody", NOW - timedelta(days=7), NOW)
+    assert nobody["turns"] == 0 and nobody["retry_rate"] is None
+    assert nobody["first_token_ms"] == {"p50": None, "p95": None, "p99": None}
+
+    sessions = await session_quality(db.pool, "acme", NOW - timedelta(days=7),
+                                     NOW + timedelta(hours=1))
+    assert [(s["session_id"], s["completion"], s["turns"], s["retries"], s["interruptions"])
+            for s in sessions] == [
+        ("s-alice", "completed", 3, 2, 0), ("s-bob", "left_mid_answer", 3, 0, 1),
+        ("s-carol", "error", 2, 0, 0), ("s-alice-2", "completed", 1, 0, 0)]
+
+
+async def test_quality_of_the_demo_replay(settings: Settings, db: Database) -> None:
+    await replay(load_fixture(DEMO_FIXTURE), settings, db)
+    q = await window_quality(db.pool, "demo", NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+    # the demo's five questions: tier 0, tier 0 -> 1, tier 0 -> 1 -> 2, tier 0, tier 0
+    assert q["turns"] == 5 and q["answered_by_tier"] == {"0": 3, "1": 1, "2": 1}
+    assert q["escalation_rate"] == 0.4 and q["retry_rate"] == 0.0
+    assert q["mean_confidence"] == pytest.approx(0.9)
+    assert q["sessions"]["by_completion"] == {"completed": 2}
+
+
+async def test_quality_command(settings: Settings, db: Database, tmp_path: Path) -> None:
+    await record_plan(db, tmp_path / "costs")
+    env = cli_env(settings)
+    code, out, err = await run_cli("quality", "--tenant", "acme", "--since", "7d", "--json",
+                                   env=env)
+    assert code == 0, err
+    q = json.loads(out)
+    assert q["turns"] == 9 and q["sessions"]["completion_rate"] == 0.5
+    code, out, err = await run_cli("quality", "--tenant", "acme", "--since", "3d",
+                                   "--sessions", env=env)
+    assert code == 0, err
+    assert "retry rate: 22.2% (rephrased or repeated; 1 said it did not help)" in out
+    assert "sessions: 4 started, 4 ended (2 completed, 1 error, 1 left_mid_answer)" in out
+    assert "s-bob" in out and "left_mid_answer" in out
+    code, out, err = await run_cli("quality", "--tenant", "acme", "--since", "yesterday",
+                                   env=env)
+    assert code == 2 and "must be a number > 0 followed by m, h or d" in err
+    assert "Traceback" not in err

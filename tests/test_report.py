@@ -1,0 +1,115 @@
+"""`sightline report`: one self-contained HTML file, opened in Debian's headless Chromium.
+
+Protects: the page loads without a script or console error and asks for nothing beyond its own
+file (no CDN); every chart is an image that decoded, and its screenshot is not blank (the same
+check calls an empty part of the page blank); the figures behind the charts are the recorded
+ones (cost per day by model sums to the calls' cost; savings against the top tier and the
+unchanged screens not sent again come from the demo replay); a tenant with nothing in the
+window gets a page that says so.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_FIXTURE, cli_env, run_cli
+from headless_chromium import Chromium, Page
+from ops_fixture import record_plan
+from PIL import Image, ImageStat
+
+from agent.config import Settings
+from agent.replay import replay
+from agent.replay_script import load_fixture
+from memory.db import Database
+from memory.report_data import report_data
+
+CHARTS = """JSON.stringify([...document.querySelectorAll('img.chart')].map(i => {
+  const r = i.getBoundingClientRect();
+  return {ok: i.complete && i.naturalWidth > 0, x: r.x + scrollX, y: r.y + scrollY,
+          width: r.width, height: r.height};
+}))"""
+
+
+def blank(png: bytes) -> bool:
+    """A picture with (almost) one colour: nothing was drawn."""
+    image = Image.open(io.BytesIO(png)).convert("L")
+    return max(ImageStat.Stat(image).stddev) < 2.0 or len(image.getcolors(1 << 16) or []) < 4
+
+
+async def charts_render(page: Page) -> list[dict]:
+    import json
+    charts = json.loads(await page.evaluate(CHARTS))
+    for chart in charts:
+        assert chart["ok"], chart
+        assert chart["width"] > 300 and chart["height"] > 100
+        clip = {k: chart[k] for k in ("x", "y", "width", "height")}
+        assert not blank(await page.screenshot(clip)), chart
+    return charts
+
+
+async def test_report_renders_in_headless_chromium(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    await record_plan(db, tmp_path / "costs")
+    out = tmp_path / "report.html"
+    code, stdout, err = await run_cli("report", "--tenant", "acme", "--since", "7d", "-o",
+                                      str(out), env=cli_env(settings))
+    assert code == 0, err
+    assert f"written to {out}" in stdout and "5 charts" in stdout
+    text = out.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    async with Chromium(tmp_path / "profile") as page:
+        await page.open(out.as_uri())
+        assert await page.evaluate("document.title") == "Sightline report: acme"
+        charts = await charts_render(page)
+        assert len(charts) == 5
+        assert page.errors == []
+        assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
+        # the check can fail: the page's margin beside the first chart is blank
+        first = charts[0]
+        assert blank(await page.screenshot({"x": 0, "y": first["y"], "width": 20,
+                                            "height": first["height"]}))
+        headings = await page.evaluate(
+            "[...document.querySelectorAll('h2')].map(h => h.textContent).join('|')")
+        assert "Top knowledge gaps" in headings and "Quality by day" in headings
+
+    # a tenant with nothing in the window: sections say so, no empty charts
+    empty = tmp_path / "empty.html"
+    code, stdout, err = await run_cli("report", "--tenant", "nobody", "-o", str(empty),
+                                      env=cli_env(settings))
+    assert code == 0 and "0 charts" in stdout, err
+    assert "No model calls in the window." in empty.read_text()
+    code, _, err = await run_cli("report", "--tenant", "acme", "-o",
+                                 str(tmp_path / "missing" / "r.html"), env=cli_env(settings))
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+
+
+async def test_report_figures_of_the_scripted_sessions_and_the_demo(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    await record_plan(db, tmp_path / "costs")
+    result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
+    now = datetime.now(UTC)
+    acme = await report_data(db.pool, "acme", now - timedelta(days=7), now)
+    assert len({r["day"] for r in acme["cost_by_day_model"]}) == 3  # 2 days ago, 1, today
+    calls = await db.pool.fetchval(
+        "SELECT sum(cost_usd)::float8 FROM cost_events WHERE tenant = 'acme'"
+        " AND kind IN ('model_call', 'model_error')")
+    assert sum(r["cost_usd"] for r in acme["cost_by_day_model"]) == pytest.approx(calls)
+    assert acme["frames_by_content_type"] == [{"content_type": "code", "kept": 7,
+                                               "dropped": 54}]
+    assert len(acme["turn_latency_ms"]) == 9 and len(acme["quality_by_day"]) == 8
+
+    demo = await report_data(db.pool, "demo", now - timedelta(days=1), now + timedelta(hours=1))
+    [day] = demo["savings_by_day"]
+    first, later = result.sessions
+    assert day["unsent_usd"] == pytest.approx(first["images"]["unsent_saved_usd"]
+                                              + later["images"]["unsent_saved_usd"])
+    assert day["top_tier_usd"] > day["cascade_usd"] > 0
+    kinds = {r["content_type"] for r in demo["frames_by_content_type"]}
+    assert kinds and kinds <= {"code", "ui", "docs", "video"}
+    assert sum(r["kept"] + r["dropped"] for r in demo["frames_by_content_type"]) == (
+        first["frames"]["sampled"] + later["frames"]["sampled"])

@@ -1,0 +1,103 @@
+"""Usage metering (`sightline usage`) on the scripted multi-session fixture and the demo replay.
+
+Protects: a month's sessions, screen-share and voice minutes, turns answered, model dollars by
+tier (summing to what the calls cost), image tokens, knowledge and memory operations; only the
+tenant's own rows and only that month's; JSON, CSV and text agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_FIXTURE, cli_env, run_cli
+from ops_fixture import record_plan
+
+from agent.config import Settings
+from agent.replay import replay
+from agent.replay_script import load_fixture
+from memory.db import Database
+from memory.usage import month_bounds, month_usage
+
+MID_NOVEMBER = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def test_month_bounds() -> None:
+    assert month_bounds("2026-11") == (datetime(2026, 11, 1, tzinfo=UTC),
+                                       datetime(2026, 12, 1, tzinfo=UTC))
+    assert month_bounds("2026-12")[1] == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+async def test_usage_of_the_scripted_sessions(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    await record_plan(db, tmp_path / "costs", at=MID_NOVEMBER)
+    u = await month_usage(db.pool, "acme", "2026-11")
+    assert (u["sessions"], u["live_sessions"], u["users"]) == (4, 0, 3)
+    assert u["screen_share_minutes"] == 1.0  # bob's 61 frames at 1 FPS: 60 s
+    assert (u["frames_sampled"], u["frames_kept"]) == (61, 7)
+    assert u["voice_minutes"] == 1.5
+    assert (u["turns"], u["turns_answered"]) == (9, 7)
+    calls = await db.pool.fetch(
+        "SELECT detail->>'tier' AS tier, cost_usd FROM cost_events WHERE tenant = 'acme'"
+        " AND kind IN ('model_call', 'model_error')")
+    assert u["model_cost_usd"] == pytest.approx(sum(float(c["cost_usd"]) for c in calls))
+    by_use = u["cost_by_use"]
+    assert set(by_use) == {"tier 0", "tier 1", "tier 2", "stt"}
+    assert by_use["stt"]["cost_usd"] == 0.0012
+    for tier in ("0", "1", "2"):
+        assert by_use[f"tier {tier}"]["cost_usd"] == pytest.approx(
+            sum(float(c["cost_usd"]) for c in calls if c["tier"] == tier))
+    # tier 0 was asked by alice once, bob three times, carol twice, alice-2 once
+    assert by_use["tier 0"]["calls"] == 7 and by_use["tier 0"]["models"][
+        "gemini-2.5-flash-lite"]["errors"] == 3  # carol's two 500s, bob's cut-short answer
+    assert u["image_tokens"] == 0 and u["unpriced_models"] == []
+    assert u["handoffs"] == 0
+    # another month, another tenant: nothing of acme's
+    assert (await month_usage(db.pool, "acme", "2026-10"))["sessions"] == 0
+    globex = await month_usage(db.pool, "globex", "2026-11")
+    assert globex["sessions"] == 1 and set(globex["cost_by_use"]) == {"tier 0", "tier 1",
+                                                                       "tier 2"}
+
+    env = cli_env(settings)
+    code, out, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-11", "--json",
+                                   env=env)
+    assert code == 0, err
+    assert json.loads(out) == json.loads(json.dumps(u))
+    code, out, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-11", "--csv",
+                                   env=env)
+    assert code == 0, err
+    rows = {r["metric"]: r["value"] for r in csv.DictReader(io.StringIO(out))}
+    assert rows["sessions"] == "4" and rows["voice_minutes"] == "1.5"
+    assert float(rows["cost_by_use.tier 1.cost_usd"]) == by_use["tier 1"]["cost_usd"]
+    code, out, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-11", env=env)
+    assert code == 0, err
+    assert "sessions: 4 (0 live), 3 users" in out
+    assert "screen share: 1.00 min (61 frames sampled, 7 kept)" in out
+    assert "voice: 1.50 min transcribed" in out and "turns: 9, 7 answered" in out
+    code, _, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-13", env=env)
+    assert code == 2 and "must be a month as YYYY-MM" in err
+
+
+async def test_usage_of_the_demo_replay(settings: Settings, db: Database) -> None:
+    result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
+    u = await month_usage(db.pool, "demo", datetime.now(UTC).strftime("%Y-%m"))
+    first, later = result.sessions
+    assert u["sessions"] == 2 and u["turns"] == u["turns_answered"] == 5
+    sampled = first["frames"]["sampled"] + later["frames"]["sampled"]
+    assert u["frames_sampled"] == sampled
+    assert sampled / 60 - 0.1 <= u["screen_share_minutes"] <= sampled / 60
+    assert u["image_tokens"] == first["images"]["tokens"] + later["images"]["tokens"] > 0
+    total = first["total_cost_usd"] + later["total_cost_usd"]
+    assert u["model_cost_usd"] == pytest.approx(total)
+    assert u["cost_by_use"]["memory"]["calls"] == first["memory"]["updates"] + later[
+        "memory"]["updates"]
+    assert u["knowledge"]["recalls"] == 5 and u["knowledge"]["hits"] == (
+        first["knowledge_hits"] + later["knowledge_hits"])
+    assert u["knowledge"]["documents_stored"] == u["knowledge"]["documents_ingested"] > 0
+    assert u["memory"]["recalled"] == first["memory"]["recalled"] + later["memory"]["recalled"]
+    assert u["memory"]["facts_written"] == 2
