@@ -139,7 +139,10 @@ GAP_SESSIONS = [
                  {LITE: said("unsure", 0.2), FLASH: said("unsure", 0.3),
                   CLAUDE: said("Probably under Settings, but I cannot tell.", 0.4)},
                  # the model hands dave to a person (the handoff tool's event, as it records it)
-                 after=[("handoff", {"detail": {"reason": "cannot find how to rotate keys"}})]),
+                 after=[("handoff", {"detail": {
+                     "type": "handoff", "version": 1, "session_id": "s-dave", "user": "dave",
+                     "reason": "cannot find how to rotate keys",
+                     "at": "2026-11-30T05:00:00+00:00"}})]),
     ]),
     SessionPlan("s-erin", "acme", "erin", [
         Question("Where can I regenerate the API key?",

@@ -1,4 +1,5 @@
-"""`sightline report`: one self-contained HTML file, opened in Debian's headless Chromium.
+"""`sightline report`: one self-contained HTML file, opened in Debian's headless Chromium
+(through Playwright).
 
 Protects: the page loads without a script or console error and asks for nothing beyond its own
 file (no CDN); every chart is an image that decoded, and its screenshot is not blank (the same
@@ -11,20 +12,23 @@ window gets a page that says so.
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import DEMO_FIXTURE, cli_env, run_cli
-from headless_chromium import Chromium, Page
 from ops_fixture import record_plan
 from PIL import Image, ImageStat
+from playwright.async_api import Page, async_playwright
 
 from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
 from memory.report_data import report_data
+
+CHROMIUM = "/usr/bin/chromium"
 
 CHARTS = """JSON.stringify([...document.querySelectorAll('img.chart')].map(i => {
   const r = i.getBoundingClientRect();
@@ -39,14 +43,17 @@ def blank(png: bytes) -> bool:
     return max(ImageStat.Stat(image).stddev) < 2.0 or len(image.getcolors(1 << 16) or []) < 4
 
 
+async def screenshot(page: Page, clip: dict[str, float]) -> bytes:
+    return await page.screenshot(clip=clip, full_page=True)  # type: ignore[arg-type]
+
+
 async def charts_render(page: Page) -> list[dict]:
-    import json
     charts = json.loads(await page.evaluate(CHARTS))
     for chart in charts:
         assert chart["ok"], chart
         assert chart["width"] > 300 and chart["height"] > 100
         clip = {k: chart[k] for k in ("x", "y", "width", "height")}
-        assert not blank(await page.screenshot(clip)), chart
+        assert not blank(await screenshot(page, clip)), chart
     return charts
 
 
@@ -61,20 +68,29 @@ async def test_report_renders_in_headless_chromium(
     assert f"written to {out}" in stdout and "5 charts" in stdout
     text = out.read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
-    async with Chromium(tmp_path / "profile") as page:
-        await page.open(out.as_uri())
-        assert await page.evaluate("document.title") == "Sightline report: acme"
+    errors: list[str] = []
+    requests: list[str] = []
+    async with async_playwright() as playwright:
+        # Debian's chromium (debian-packages.txt): Playwright never downloads a browser here
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = await browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto(out.as_uri(), wait_until="load")
+        assert await page.title() == "Sightline report: acme"
         charts = await charts_render(page)
         assert len(charts) == 5
-        assert page.errors == []
-        assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
+        assert errors == []
+        assert all(url.startswith(("file:", "data:")) for url in requests), requests
         # the check can fail: the page's margin beside the first chart is blank
         first = charts[0]
-        assert blank(await page.screenshot({"x": 0, "y": first["y"], "width": 20,
-                                            "height": first["height"]}))
+        assert blank(await screenshot(page, {"x": 0, "y": first["y"], "width": 20,
+                                             "height": first["height"]}))
         headings = await page.evaluate(
             "[...document.querySelectorAll('h2')].map(h => h.textContent).join('|')")
         assert "Top knowledge gaps" in headings and "Quality by day" in headings
+        await browser.close()
 
     # a tenant with nothing in the window: sections say so, no empty charts
     empty = tmp_path / "empty.html"
