@@ -49,6 +49,7 @@ from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
+from .speech import build_speech
 from .turn_context import TurnContext
 
 log = logging.getLogger("sightline.session")
@@ -265,11 +266,9 @@ class SessionRuntime:
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
-        session: AgentSession = AgentSession(
-            llm=self.model,
-            **({"stt": self.settings.stt} if self.settings.stt else {}),
-            **({"tts": self.settings.tts} if self.settings.tts else {}),
-        )
+        speech = build_speech(self.settings)
+        speech.on_metrics(self.record.meter.speech)
+        session: AgentSession = AgentSession(llm=self.model, **speech.session_options())
         session.on("conversation_item_added", self._on_item_added)
         if self.settings.proactive:
             self.screen_memory.error_listeners.append(
