@@ -90,8 +90,9 @@ def build_tts(backend: SpeechBackend, settings: Settings) -> tts.TTS:
     if backend.provider == "openai":
         from livekit.plugins import openai
 
+        # raw 24 kHz PCM: nothing to decode, and self-hosted servers (Kokoro, Speaches) serve it
         return openai.TTS(model=backend.model, api_key=settings.openai_api_key or _NO_KEY,
-                          **voice, **_base_url(settings.tts_base_url))
+                          response_format="pcm", **voice, **_base_url(settings.tts_base_url))
     if backend.provider == "cartesia":
         from livekit.plugins import cartesia
 
