@@ -297,7 +297,11 @@ class SessionRuntime:
         self.conversation.add(self.user_id, item.role, text)
         if item.role == "user":
             self._asked = text
-        elif self.memory is not None and self.memory.keeper is not None and self._answered:
+            return
+        # what reached the user: a reply the user spoke over is cut where its speech stopped
+        self.record.events.record("reply", detail={
+            "interrupted": item.interrupted, "characters": len(text)})
+        if self.memory is not None and self.memory.keeper is not None and self._answered:
             self.memory.keeper.exchange(self._asked, text)
 
     async def screen_settled(self) -> None:
