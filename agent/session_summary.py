@@ -202,7 +202,7 @@ class SessionTotals:
                 **({"reader": self._reader} if self._reader else {}),
             },
             **({"video": self._video} if self._video else {}),
-            **({"voice": self._voice_summary()} if self._speech or self._replies else {}),
+            **({"voice": self._voice_summary()} if self._speech else {}),
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests

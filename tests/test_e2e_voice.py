@@ -12,6 +12,9 @@ the agent.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -123,8 +126,15 @@ async def assert_spoke(user: VoiceUser, span: tuple[float, float], text: str) ->
     assert abs(loud - alone.duration) < 0.3 * alone.duration, (loud, alone.duration)
 
 
+def sightline(env: dict[str, str], *args: str) -> str:
+    cli = str(Path(sys.executable).with_name("sightline"))
+    return subprocess.run([cli, *args], env=env, text=True, capture_output=True,
+                          check=True).stdout
+
+
 async def test_spoken_question_gets_a_spoken_answer(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies],
+    voice_database_url: str,
 ) -> None:
     server, replies = model_server
     replies.next = sure(ANSWER)
@@ -155,6 +165,15 @@ async def test_spoken_question_gets_a_spoken_answer(
     voice = events[-1]["detail"]["voice"]
     assert voice["replies"] == 1 and voice["interrupted_replies"] == 0
     assert voice["spoken_characters"] == len(ANSWER) and voice["cost_usd"] == 0.0
+
+    # `sightline costs`: the tenant's voice minutes, and the session's voice line
+    env = {**os.environ, "DATABASE_URL": voice_database_url,
+           "SIGHTLINE_DATA_DIR": worker.env["SIGHTLINE_DATA_DIR"]}
+    listed = await asyncio.to_thread(sightline, env, "costs", "--tenant", "e2e-voice")
+    minutes = float(listed.splitlines()[-1].split(": ")[1].split()[0])
+    assert minutes == pytest.approx((stt_seconds + voice["spoken_s"]) / 60, abs=0.01)
+    shown = await asyncio.to_thread(sightline, env, "costs", events[0]["session_id"])
+    assert "  voice: " in shown and "0 of 1 replies interrupted" in shown
 
 
 async def test_user_speaks_over_the_agent(
