@@ -52,6 +52,11 @@ from .sightline_agent import SightlineAgent
 from .speech import build_speech
 from .turn_context import TurnContext
 
+# livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
+# transcript; the reply's first token, first audio and end of speech → agent speaking
+_VOICE_TIMINGS = ("end_of_turn_delay", "transcription_delay", "llm_node_ttft", "tts_node_ttfb",
+                  "e2e_latency")
+
 log = logging.getLogger("sightline.session")
 
 
@@ -295,12 +300,16 @@ class SessionRuntime:
             return
         text = item.text_content or ""
         self.conversation.add(self.user_id, item.role, text)
+        timing = {key: round(value, 4) for key, value in (item.metrics or {}).items()
+                  if key in _VOICE_TIMINGS and isinstance(value, float)}
         if item.role == "user":
             self._asked = text
+            if timing:  # a spoken question: when its turn ended and its transcript came
+                self.record.events.record("heard", detail={"characters": len(text), **timing})
             return
         # what reached the user: a reply the user spoke over is cut where its speech stopped
         self.record.events.record("reply", detail={
-            "interrupted": item.interrupted, "characters": len(text)})
+            "interrupted": item.interrupted, "characters": len(text), **timing})
         if self.memory is not None and self.memory.keeper is not None and self._answered:
             self.memory.keeper.exchange(self._asked, text)
 
