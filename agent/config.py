@@ -235,6 +235,9 @@ _FIELDS: tuple[_Field, ...] = (
         help="for SIGHTLINE_STT=deepgram:MODEL"),
     _Field("cartesia_api_key", "CARTESIA_API_KEY", _text, None, secret=True,
         help="for SIGHTLINE_TTS=cartesia:MODEL"),
+    _Field("turn_detection", "SIGHTLINE_TURN_DETECTION", _choice("model", "vad"), "model",
+        help="model | vad: with speech in, the user's turn ends by LiveKit's local end-of-turn "
+             "model (turn-detector v1-mini) or by silence alone (README: Voice)"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _PORT, 8081, help="worker health endpoint"),
     _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
         help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: "
@@ -320,6 +323,7 @@ class Settings:
     openai_api_key: str | None
     deepgram_api_key: str | None
     cartesia_api_key: str | None
+    turn_detection: str
     health_port: int
     tiers: tuple[Tier, ...] | None
     turn_deadline_s: float

@@ -55,8 +55,10 @@ def build_speech(settings: Settings) -> Speech:
 
         speech.stt = build_stt(settings.stt, settings)
         speech.vad = inference.VAD()
-        # the local end-of-turn model; "auto" would pick LiveKit Cloud's in dev mode
-        speech.turn_detection = inference.TurnDetector(version="v1-mini")
+        # the local end-of-turn model ("auto" would pick LiveKit Cloud's in dev mode), or the
+        # VAD's silence alone
+        speech.turn_detection = (inference.TurnDetector(version="v1-mini")
+                                 if settings.turn_detection == "model" else "vad")
     if settings.tts is not None:
         speech.tts = build_tts(settings.tts, settings)
     return speech

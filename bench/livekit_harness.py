@@ -359,6 +359,8 @@ class VoiceUser(User):
         if attributes.get("lk.transcribed_track_id") != self.mic_track_sid:
             super()._on_transcription(reader, identity)
             return
+        if attributes.get("lk.transcription_final") != "true":
+            return  # the agent also streams the transcript as it forms: the final one counts
 
         async def read() -> None:
             with contextlib.suppress(rtc.data_stream.StreamError):

@@ -103,6 +103,9 @@ def test_voice_session_gets_local_vad_and_turn_detector(tmp_path: Path) -> None:
     assert isinstance(options["stt"], LocalSTT) and isinstance(options["tts"], LocalTTS)
     assert type(options["vad"]).__module__ == "livekit.agents.inference.vad"
     assert options["turn_handling"]["turn_detection"]._model == "turn-detector-v1-mini"
+    silence_only = build_speech(settings(tmp_path, SIGHTLINE_STT="local",
+                                         SIGHTLINE_TURN_DETECTION="vad"))
+    assert silence_only.session_options()["turn_handling"] == {"turn_detection": "vad"}
 
 
 async def test_local_stt_transcribes_the_recorded_questions() -> None:
