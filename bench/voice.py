@@ -170,7 +170,8 @@ async def run(count: int, workdir: Path, turn_detection: str) -> dict[str, Any]:
     sightline = [total - t["end_of_turn"] - t["first_token"] - t["first_tts_audio"]
                  for total, t in zip(e2e, timings, strict=False)]
     return {
-        "bench": "voice", "turn_detection": turn_detection, "questions": count, "answered_in_log": len(timings),
+        "bench": "voice", "turn_detection": turn_detection, "questions": count,
+        "answered_in_log": len(timings),
         "e2e_ms": spread(e2e),
         "breakdown_ms": {key: spread(values) for key, values in parts.items()},
         "sightline_ms": spread(sightline) if sightline else None,
