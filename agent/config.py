@@ -460,9 +460,10 @@ class Settings:
         }.get(backend.provider, ("", "x"))
         base_url = self.stt_base_url if env == "SIGHTLINE_STT" else self.tts_base_url
         if not key and not (backend.provider == "openai" and base_url):
-            raise ConfigError(
-                f"{key_env} is required by {env}={backend} (or, for an OpenAI-compatible "
-                f"server of your own, set {env}_BASE_URL; README: Voice)")
+            own_server = (f" (or, for an OpenAI-compatible server of your own, set "
+                          f"{env}_BASE_URL)" if backend.provider == "openai" else "")
+            raise ConfigError(f"{key_env} is required by {env}={backend}{own_server} "
+                              "(README: Voice)")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
