@@ -124,7 +124,7 @@ def sightline(env: dict[str, str], *args: str) -> str:
                           check=True).stdout
 
 
-async def test_spoken_question_gets_a_spoken_answer(
+async def test_spoken_then_typed_questions_get_spoken_answers(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies],
     voice_database_url: str,
 ) -> None:
@@ -137,6 +137,12 @@ async def test_spoken_question_gets_a_spoken_answer(
         heard = await asyncio.wait_for(user.user_transcripts.get(), 30)
         span = await wait_for_speech_end(user, since=user.spoke_until)
         reply = await user.wait_for_reply(timeout_s=10)
+        # then a typed question in the same session: answered aloud too
+        replies.next = sure(SECOND_ANSWER)
+        typed_at = time.monotonic()
+        await user.say("And why did the build fail?")
+        typed_reply = await user.wait_for_reply(timeout_s=30)
+        typed_span = await wait_for_speech_end(user, since=typed_at)
     finally:
         await user.leave()
 
@@ -146,6 +152,9 @@ async def test_spoken_question_gets_a_spoken_answer(
     assert asked and heard in asked[0].text and asked[0].image_count == 1  # with the screen
     assert reply == ANSWER
     await assert_spoke(user, span, ANSWER)
+    assert typed_reply == SECOND_ANSWER
+    await assert_spoke(user, typed_span, SECOND_ANSWER)
+    assert "And why did the build fail?" in turn_requests(server, seen)[-1].text
 
     events = await session_events(worker)
     speech = [e for e in events if e["kind"] == "speech"]
@@ -154,10 +163,12 @@ async def test_spoken_question_gets_a_spoken_answer(
     stt_seconds = sum(e["detail"]["audio_s"] for e in speech if e["detail"]["direction"] == "stt")
     assert 1.0 < stt_seconds < 6, stt_seconds  # the question (1.8 s) with the VAD's padding
     tts = [e for e in speech if e["detail"]["direction"] == "tts"]
-    assert sum(e["detail"]["characters"] for e in tts) == len(ANSWER)
+    assert sum(e["detail"]["characters"] for e in tts) == len(ANSWER) + len(SECOND_ANSWER)
+    assert len([e for e in events if e["kind"] == "heard"]) == 1  # the typed one was not heard
     voice = events[-1]["detail"]["voice"]
-    assert voice["replies"] == 1 and voice["interrupted_replies"] == 0
-    assert voice["spoken_characters"] == len(ANSWER) and voice["cost_usd"] == 0.0
+    assert voice["replies"] == 2 and voice["interrupted_replies"] == 0
+    assert voice["spoken_characters"] == len(ANSWER) + len(SECOND_ANSWER)
+    assert voice["cost_usd"] == 0.0
 
     # `sightline costs`: the tenant's voice minutes, and the session's voice line
     env = {**os.environ, "DATABASE_URL": voice_database_url,
@@ -166,7 +177,7 @@ async def test_spoken_question_gets_a_spoken_answer(
     minutes = float(listed.splitlines()[-1].split(": ")[1].split()[0])
     assert minutes == pytest.approx((stt_seconds + voice["spoken_s"]) / 60, abs=0.01)
     shown = await asyncio.to_thread(sightline, env, "costs", events[0]["session_id"])
-    assert "  voice: " in shown and "0 of 1 replies interrupted" in shown
+    assert "  voice: " in shown and "0 of 2 replies interrupted" in shown
 
 
 async def test_user_speaks_over_the_agent(
