@@ -146,3 +146,24 @@ async def test_speech_usage_is_priced_in_the_event_log(tmp_path: Path) -> None:
     assert speech[1]["model"] == "moonshine-tiny-en"
     assert speech[1]["detail"]["audio_s"] == pytest.approx(1.77, abs=0.05)
     assert all(e["cost_usd"] == 0.0 for e in speech)  # local engines are priced at zero
+
+
+def test_plugin_and_inference_backends_are_built_with_their_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deepgram, Cartesia and LiveKit Inference (no wire-format fake for their websockets):
+    each is the provider's own LiveKit object, with the configured model and key."""
+    from livekit.agents import inference
+    from livekit.plugins import cartesia, deepgram
+
+    speech = build_speech(settings(
+        tmp_path, SIGHTLINE_STT="deepgram:nova-3", SIGHTLINE_TTS="cartesia:sonic-3:voice-1",
+        DEEPGRAM_API_KEY="dg-key-123456", CARTESIA_API_KEY="ca-key-123456"))
+    assert isinstance(speech.stt, deepgram.STT) and speech.stt.model == "nova-3"
+    assert isinstance(speech.tts, cartesia.TTS) and speech.tts.model == "sonic-3"
+    assert speech.tts._opts.voice == "voice-1"
+    monkeypatch.setenv("LIVEKIT_API_KEY", "k")
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "s")
+    cloud = build_speech(settings(tmp_path, SIGHTLINE_STT="deepgram/nova-3",
+                                  SIGHTLINE_TTS="cartesia/sonic-3"))
+    assert isinstance(cloud.stt, inference.STT) and isinstance(cloud.tts, inference.TTS)
+    assert cloud.stt.model == "deepgram/nova-3" and cloud.tts.model == "cartesia/sonic-3"
