@@ -54,15 +54,18 @@ def _moonshine() -> Any:
 
 
 def to_moonshine_input(frame: rtc.AudioFrame) -> list[float]:
-    """Mono float samples at 16 kHz in [-1, 1], what Moonshine takes."""
-    samples = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, frame.num_channels)
-    mono = samples.mean(axis=1) / 32768.0
+    """Mono float samples at 16 kHz in [-1, 1], what Moonshine takes (resampled by the rtc
+    SDK's resampler: no further dependency in the worker)."""
     if frame.sample_rate != MOONSHINE_RATE:
-        from scipy.signal import resample_poly
-
-        divisor = np.gcd(frame.sample_rate, MOONSHINE_RATE)
-        mono = resample_poly(mono, MOONSHINE_RATE // divisor, frame.sample_rate // divisor)
-    return mono.astype(np.float32).tolist()
+        resampler = rtc.AudioResampler(frame.sample_rate, MOONSHINE_RATE,
+                                       num_channels=frame.num_channels,
+                                       quality=rtc.AudioResamplerQuality.HIGH)
+        parts = [*resampler.push(frame), *resampler.flush()]
+        if not parts:
+            return []
+        frame = rtc.combine_audio_frames(parts)
+    samples = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, frame.num_channels)
+    return (samples.mean(axis=1) / 32768.0).astype(np.float32).tolist()
 
 
 def transcribe(frame: rtc.AudioFrame) -> str:
