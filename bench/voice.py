@@ -11,13 +11,16 @@ once (SCRIPTED, one short sentence), and one user who shares the demo screen and
 recorded questions (fixtures/voice) one after the other on a microphone track, each once the
 previous answer has been spoken.
 
-Per question, measured by the user: end of the question's audio → first loud 10 ms frame of the
-agent's audio (`e2e`). From the session's event log (livekit-agents' own timings): the end-of-turn
+Per question, measured by the user: end of the question's speech (the file's last sample sent,
+less its trailing silence) → first loud 10 ms frame of the agent's audio (`e2e`). From the
+session's event log (livekit-agents' own timings): the end-of-turn
 decision after the speech ended (silence detection, the end-of-turn model and the endpointing
 wait, which includes the transcript), the transcript's delay, the recall, the model's first
-token, the first TTS audio. `sightline` = e2e − end of turn − first token − first TTS audio:
-everything that is neither a speech engine, the endpointing wait nor the model (recall, the
-turn context, the framework, WebRTC on loopback). Word error rate: the local recogniser on the
+token, the first TTS audio, and the worker's own end of speech → first audio frame out.
+`sightline` = that − end of turn − first token − first TTS audio: what is neither a speech
+engine, the endpointing wait nor the model (recall, the turn context, the framework);
+`webrtc_both_ways` = e2e − the worker's figure (the question to the worker and the answer back
+through the SFU, the user's jitter buffer). Word error rate: the local recogniser on the
 recordings directly, and on what the agent heard through the room. Last line: JSON.
 """
 
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
 from livekit import rtc
 
 from agent.local_speech import transcribe
@@ -43,6 +47,7 @@ from memory.db import start_embedded
 from .livekit_harness import (
     API_KEY,
     API_SECRET,
+    MIC_RATE,
     VoiceUser,
     free_port,
     read_wav_mono,
@@ -85,13 +90,23 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(values), 1), "p95": round(percentile(values, 0.95), 1)}
 
 
+def trailing_silence_s(wav: Path) -> float:
+    """How long a recording is quiet at its end (espeak-ng pads ~0.1-0.2 s): the speech
+    ended that much before the file did."""
+    samples = np.abs(read_wav_mono(wav, MIC_RATE).astype(np.int32))
+    loud = np.flatnonzero(samples > 500)
+    return (len(samples) - (loud[-1] + 1 if len(loud) else 0)) / MIC_RATE
+
+
 async def ask(user: VoiceUser, wav: Path, timeout_s: float = 60) -> tuple[str, float]:
     """Play one question; its transcript and end of speech → first agent audio (ms)."""
     spoke_before = user.spoke_until
     user.speak(wav)
     heard = await asyncio.wait_for(user.user_transcripts.get(), timeout_s)
-    ended = user.spoke_until  # the transcript comes after the speech ended
-    assert ended != spoke_before, "a transcript before the question was played"
+    assert user.spoke_until != spoke_before, "a transcript before the question was played"
+    # the transcript comes after the speech ended: when the file's last sample was sent, less
+    # its trailing silence
+    ended = user.spoke_until - trailing_silence_s(wav)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         spans = user.heard.speech_spans(threshold=LOUD, since=ended)
@@ -114,7 +129,8 @@ def session_timings(costs: Path) -> list[dict[str, float]]:
         {"end_of_turn": 1000 * h.get("end_of_turn_delay", 0.0),
          "transcript": 1000 * h.get("transcription_delay", 0.0),
          "recall": recall, "first_token": token,
-         "first_tts_audio": 1000 * r.get("tts_node_ttfb", 0.0)}
+         "first_tts_audio": 1000 * r.get("tts_node_ttfb", 0.0),
+         "agent_e2e": 1000 * r.get("e2e_latency", 0.0)}
         for h, r, recall, token in zip(heard, replies, recalls, calls, strict=False)
     ]
 
@@ -167,14 +183,18 @@ async def run(count: int, workdir: Path, turn_detection: str) -> dict[str, Any]:
         postgres.cleanup()
     references = [questions[n % len(questions)] for n in range(count)]
     parts = {key: [t[key] for t in timings] for key in timings[0]} if timings else {}
-    sightline = [total - t["end_of_turn"] - t["first_token"] - t["first_tts_audio"]
-                 for total, t in zip(e2e, timings, strict=False)]
+    # on the worker: its end of the user's speech → its first audio frame out, less the
+    # engines and the model; the rest of what the user waits is WebRTC both ways
+    sightline = [t["agent_e2e"] - t["end_of_turn"] - t["first_token"] - t["first_tts_audio"]
+                 for t in timings]
+    transport = [total - t["agent_e2e"] for total, t in zip(e2e, timings, strict=False)]
     return {
         "bench": "voice", "turn_detection": turn_detection, "questions": count,
         "answered_in_log": len(timings),
         "e2e_ms": spread(e2e),
         "breakdown_ms": {key: spread(values) for key, values in parts.items()},
         "sightline_ms": spread(sightline) if sightline else None,
+        "webrtc_both_ways_ms": spread(transport) if transport else None,
         "wer_local_stt": round(wer_direct, 3),
         "wer_through_room": round(word_error_rate(references, heard), 3),
         "local_stt_cpu_per_audio_s": round(realtime_factor, 3),
@@ -190,7 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = asyncio.run(run(args.questions, Path(tmp), args.turn_detection))
-    for key in ("e2e_ms", "sightline_ms"):
+    for key in ("e2e_ms", "sightline_ms", "webrtc_both_ways_ms"):
         print(f"{key}: {result[key]}", file=sys.stderr)
     for key, value in result["breakdown_ms"].items():
         print(f"  {key}: {value}", file=sys.stderr)
