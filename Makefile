@@ -46,10 +46,10 @@ $(UV):
 	$(PYTHON) -m venv $(dir $(UV))..
 	$(dir $(UV))python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# Everything for development: the runtime, the eval extra and the dev group, exactly as locked.
+# Everything for development: the runtime, the eval and voice extras and the dev group, exactly as locked.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(require_python)
-	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --python $(PYTHON) --quiet
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --extra voice --python $(PYTHON) --quiet
 	touch $@
 
 # The runtime set alone (what the worker image installs), in $(RUNTIME_VENV): to measure it.

@@ -124,6 +124,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         failed = f" ({memory['failed_updates']} failed)" if memory["failed_updates"] else ""
         lines.append(f"  memory: {memory['recalled']} facts and earlier messages recalled; "
                      f"{memory['updates']} updates by tier 0{failed}, ${memory['cost_usd']:.6f}")
+    voice = summary.get("voice")
+    if voice:
+        engines = ", ".join(
+            f"{e['model']} {e['direction']} {_dollars(e['cost_usd'], e['model'] in unpriced)}"
+            for e in voice["engines"])
+        lines.append(f"  voice: {voice['heard_s']:.1f} s heard, {voice['spoken_characters']} "
+                     f"characters spoken in {voice['spoken_s']:.1f} s ({engines}); "
+                     f"{voice['interrupted_replies']} of {voice['replies']} replies interrupted")
     budget = summary.get("budget")
     if budget and budget["escalation_capped_at_tier"] is not None:
         crossed = ", ".join(budget["thresholds_crossed"])
@@ -173,12 +181,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"No sessions for tenant {args.tenant}." if args.tenant else "No sessions yet.")
         return 0
     print(f"{'session':<30} {'tenant':<12} {'source':<7} {'started (UTC)':<20} "
-          f"{'calls':>5} {'cost USD':>12}  ended")
+          f"{'calls':>5} {'voice min':>9} {'cost USD':>12}  ended")
     for s in sessions:
         cost = f"{s['total_cost_usd']:.6f}" if s["total_cost_usd"] is not None else "-"
         ended = "(open)" if s["ended_at"] is None else s["outcome"] or "completed"
         print(f"{s['id']:<30} {s['tenant']:<12} {s['source']:<7} {s['started_at'][:19]:<20} "
-              f"{s['model_calls']:>5} {cost:>12}  {ended}")
+              f"{s['model_calls']:>5} {s['voice_s'] / 60:>9.2f} {cost:>12}  {ended}")
+    if args.tenant:
+        minutes = sum(s["voice_s"] for s in sessions) / 60
+        print(f"tenant {args.tenant}: {minutes:.2f} voice minutes (speech heard and spoken) in "
+              f"these {len(sessions)} sessions")
     return 0
 
 

@@ -62,6 +62,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             shot = {"sent": "new screenshot", "unchanged": "screen unchanged, no new screenshot"}
             screen = f"screen at t={turn.screen_t:.0f}s ({shot.get(turn.screenshot, 'none')})"
         print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
+        if turn.spoken is not None:
+            print(f"         (spoken; heard by the STT, the recording said: {turn.spoken!r})")
         asked = " > ".join(turn.models_asked) or "no model"
         if turn.tools_called:
             asked += f" (tools called: {', '.join(turn.tools_called)})"

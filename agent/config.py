@@ -127,6 +127,52 @@ def _path(raw: str) -> Path:
         raise ValueError("its ~ names no home directory: write the path out") from None
 
 
+SPEECH_FORMATS = {
+    "stt": "local | openai:MODEL | deepgram:MODEL | a LiveKit Inference model (deepgram/nova-3)",
+    "tts": "local | openai:MODEL[:VOICE] | cartesia:MODEL[:VOICE] | a LiveKit Inference model "
+           "(cartesia/sonic-3)",
+}
+# the plugin providers each direction takes besides `local` and LiveKit Inference
+SPEECH_PROVIDERS = {"stt": ("openai", "deepgram"), "tts": ("openai", "cartesia")}
+
+
+@dataclass(frozen=True)
+class SpeechBackend:
+    """Where a session's speech goes in (`stt`) or comes out (`tts`): `provider` is `local`,
+    `inference` (LiveKit Inference, `model` is its `provider/model` string) or a plugin."""
+
+    provider: str
+    model: str = ""
+    voice: str = ""
+
+    def __str__(self) -> str:
+        if self.provider == "local":
+            return "local"
+        if self.provider == "inference":
+            return self.model
+        return ":".join(p for p in (self.provider, self.model, self.voice) if p)
+
+
+def parse_speech(raw: str, direction: str) -> SpeechBackend:
+    """`local`, `provider:model[:voice]` (a plugin provider) or a LiveKit Inference
+    `provider/model[:voice]` string, for `direction` `stt` or `tts`."""
+    value = raw.strip()
+    if value.lower() == "local":
+        return SpeechBackend("local")
+    if "/" in value.split(":", 1)[0]:
+        return SpeechBackend("inference", value)
+    provider, _, rest = value.partition(":")
+    provider = provider.strip().lower()
+    if provider not in SPEECH_PROVIDERS[direction]:
+        raise ValueError(f"must be {SPEECH_FORMATS[direction]}")
+    model, _, voice = rest.partition(":")
+    if not model.strip():
+        raise ValueError(f"names no model: write {provider}:MODEL")
+    if voice and direction == "stt":
+        raise ValueError(f"must be {provider}:MODEL (a speech-to-text model has no voice)")
+    return SpeechBackend(provider, model.strip(), voice.strip())
+
+
 DEFAULT_TIERS = parse_tiers(
     "gemini:gemini-2.5-flash-lite:0.7:512,"
     "gemini:gemini-2.5-flash:0.7:512,"
@@ -173,9 +219,25 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("data_dir", "SIGHTLINE_DATA_DIR", _path, _DEFAULT_DATA_DIR),
     _Field("cost_log_dir", "SIGHTLINE_COST_LOG_DIR", _path, None, help="default DATA_DIR/costs"),
     _Field("prices_file", "SIGHTLINE_PRICES", _path, None, help="price table override (JSON)"),
-    _Field("stt", "SIGHTLINE_STT", _text, None, help="LiveKit Inference STT, e.g. deepgram/nova-3"),
-    _Field("tts", "SIGHTLINE_TTS", _text, None,
-        help="LiveKit Inference TTS, e.g. cartesia/sonic-3"),
+    _Field("stt", "SIGHTLINE_STT", lambda raw: parse_speech(raw, "stt"), None,
+        help="speech in (README: Voice): local | openai:MODEL | deepgram:MODEL | a LiveKit "
+             "Inference model such as deepgram/nova-3; unset: typed chat only"),
+    _Field("tts", "SIGHTLINE_TTS", lambda raw: parse_speech(raw, "tts"), None,
+        help="speech out (README: Voice): local | openai:MODEL[:VOICE] | "
+             "cartesia:MODEL[:VOICE] | a LiveKit Inference model such as cartesia/sonic-3"),
+    _Field("stt_base_url", "SIGHTLINE_STT_BASE_URL", _http_url, None,
+        help="an OpenAI-compatible speech-to-text server for SIGHTLINE_STT=openai:MODEL"),
+    _Field("tts_base_url", "SIGHTLINE_TTS_BASE_URL", _http_url, None,
+        help="an OpenAI-compatible text-to-speech server for SIGHTLINE_TTS=openai:MODEL"),
+    _Field("openai_api_key", "OPENAI_API_KEY", _text, None, secret=True,
+        help="for openai: speech; a self-hosted server with a base URL may need none"),
+    _Field("deepgram_api_key", "DEEPGRAM_API_KEY", _text, None, secret=True,
+        help="for SIGHTLINE_STT=deepgram:MODEL"),
+    _Field("cartesia_api_key", "CARTESIA_API_KEY", _text, None, secret=True,
+        help="for SIGHTLINE_TTS=cartesia:MODEL"),
+    _Field("turn_detection", "SIGHTLINE_TURN_DETECTION", _choice("model", "vad"), "model",
+        help="model | vad: with speech in, the user's turn ends by LiveKit's local end-of-turn "
+             "model (turn-detector v1-mini) or by silence alone (README: Voice)"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _PORT, 8081, help="worker health endpoint"),
     _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
         help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: "
@@ -262,8 +324,14 @@ class Settings:
     data_dir: Path
     cost_log_dir: Path | None
     prices_file: Path | None
-    stt: str | None
-    tts: str | None
+    stt: SpeechBackend | None
+    tts: SpeechBackend | None
+    stt_base_url: str | None
+    tts_base_url: str | None
+    openai_api_key: str | None
+    deepgram_api_key: str | None
+    cartesia_api_key: str | None
+    turn_detection: str
     health_port: int
     tiers: tuple[Tier, ...] | None
     turn_deadline_s: float
@@ -374,9 +442,40 @@ class Settings:
                 raise ConfigError(
                     f"{key_env} is required by tier {index} ({tier}) of SIGHTLINE_TIERS: set "
                     f"{key_env}, or leave that tier out (README: Configuration)")
+        for env, backend in (("SIGHTLINE_STT", self.stt), ("SIGHTLINE_TTS", self.tts)):
+            if backend is not None:
+                self.require_speech(env, backend)
         if self.reranker == "cohere" and not self.cohere_api_key:
             raise ConfigError("COHERE_API_KEY is required by SIGHTLINE_RERANKER=cohere "
                               "(README: Configuration)")
+
+    def require_speech(self, env: str, backend: SpeechBackend) -> None:
+        """What a speech backend needs beyond its setting: its plugin (the `voice` extra), its
+        key, and for `local` speech out, the espeak-ng program. Checked without importing."""
+        import importlib.util
+        import shutil
+
+        local_tts = backend.provider == "local" and env == "SIGHTLINE_TTS"
+        module = None if local_tts else _SPEECH_MODULES.get(backend.provider)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{env}={backend} is invalid: it needs the {module} package, which is not "
+                "installed: install Sightline with its voice extra (pip install "
+                "'sightline[voice]'; README: Voice)")
+        if local_tts and not shutil.which("espeak-ng"):
+            raise ConfigError(f"{env}=local is invalid: it speaks through the espeak-ng program, "
+                              "which is not installed (apt-get install espeak-ng)")
+        key_env, key = {
+            "deepgram": ("DEEPGRAM_API_KEY", self.deepgram_api_key),
+            "cartesia": ("CARTESIA_API_KEY", self.cartesia_api_key),
+            "openai": ("OPENAI_API_KEY", self.openai_api_key),
+        }.get(backend.provider, ("", "x"))
+        base_url = self.stt_base_url if env == "SIGHTLINE_STT" else self.tts_base_url
+        if not key and not (backend.provider == "openai" and base_url):
+            own_server = (f" (or, for an OpenAI-compatible server of your own, set "
+                          f"{env}_BASE_URL)" if backend.provider == "openai" else "")
+            raise ConfigError(f"{key_env} is required by {env}={backend}{own_server} "
+                              "(README: Voice)")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -403,6 +502,11 @@ class Settings:
 
 
 _KEY_ENV = {"gemini": "GOOGLE_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# the module each speech provider is imported from (the `voice` extra); inference is built in
+_SPEECH_MODULES = {
+    "local": "moonshine_voice", "openai": "livekit.plugins.openai",
+    "deepgram": "livekit.plugins.deepgram", "cartesia": "livekit.plugins.cartesia",
+}
 
 
 def _unusable_dir(path: Path) -> str | None:

@@ -93,6 +93,29 @@ class CostMeter:
             detail={"purpose": "rerank", "documents": call.documents},
         )
 
+    def speech(self, metrics: Any) -> None:
+        """A speech engine's usage (livekit-agents' STTMetrics / TTSMetrics): audio heard is
+        billed by the second, speech by the character, at the engine's model price."""
+        heard = getattr(metrics, "type", "") == "stt_metrics"
+        model = metrics.metadata.model_name if metrics.metadata else None
+        provider = metrics.metadata.model_provider if metrics.metadata else None
+        usage = (Usage(audio_seconds=metrics.audio_duration) if heard
+                 else Usage(characters=metrics.characters_count))
+        model = model or "unknown"
+        self._events.record(
+            "speech",
+            cost_usd=self._price(model, usage),
+            provider=provider or "unknown",
+            model=model,
+            detail={
+                "direction": "stt" if heard else "tts",
+                "audio_s": round(metrics.audio_duration, 3),
+                "characters": 0 if heard else metrics.characters_count,
+                "latency_ms": round(1000 * (metrics.duration if heard else metrics.ttfb), 1),
+                **({} if heard else {"cancelled": metrics.cancelled}),
+            },
+        )
+
     def turn(
         self, detail: dict[str, Any], *, cost_usd: float, answer_usage: Usage | None,
         top_model: str,

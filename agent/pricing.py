@@ -38,6 +38,8 @@ class ModelPrice:
     output_per_mtok: float
     cache_write_per_mtok: float
     per_search_unit_usd: float  # rerankers bill searches, not tokens
+    per_audio_minute_usd: float  # speech-to-text bills audio minutes
+    per_mchar_usd: float  # text-to-speech bills characters (per million)
     date: str
     source: str
     # genai-prices' model (and provider), whose own calculation prices a call: it knows
@@ -56,6 +58,8 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     search_units: float = 0.0
+    audio_seconds: float = 0.0  # speech heard (STT)
+    characters: int = 0  # text spoken (TTS)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -64,6 +68,8 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.search_units + other.search_units,
+            self.audio_seconds + other.audio_seconds,
+            self.characters + other.characters,
         )
 
 
@@ -94,6 +100,8 @@ def _model_price(model: str, entry: dict[str, object]) -> ModelPrice:
         output_per_mtok=_dollars(model, "output_per_mtok", entry["output_per_mtok"]),
         cache_write_per_mtok=price("cache_write_per_mtok", fresh),
         per_search_unit_usd=price("per_search_unit_usd", 0.0),
+        per_audio_minute_usd=price("per_audio_minute_usd", 0.0),
+        per_mchar_usd=price("per_mchar_usd", 0.0),
         date=str(entry["date"]),
         source=str(entry["source"]),
     )
@@ -132,7 +140,7 @@ def _genai_price(model: str) -> ModelPrice | None:
         cached_input_per_mtok=_base_rate(rates.cache_read_mtok) or fresh,
         output_per_mtok=output,
         cache_write_per_mtok=_base_rate(rates.cache_write_mtok) or fresh,
-        per_search_unit_usd=0.0, date=GENAI_SOURCE,
+        per_search_unit_usd=0.0, per_audio_minute_usd=0.0, per_mchar_usd=0.0, date=GENAI_SOURCE,
         source=(provider.pricing_urls or [GENAI_SOURCE])[0], genai=(provider, info),
     )
 
@@ -201,7 +209,9 @@ class PriceTable:
             + usage.cached_input_tokens * price.cached_input_per_mtok
             + usage.cache_write_tokens * price.cache_write_per_mtok
             + usage.output_tokens * price.output_per_mtok
-        ) / 1_000_000 + usage.search_units * price.per_search_unit_usd
+        ) / 1_000_000 + usage.search_units * price.per_search_unit_usd + (
+            usage.audio_seconds / 60 * price.per_audio_minute_usd
+            + usage.characters * price.per_mchar_usd / 1_000_000)
 
 
 def _genai_cost(genai: tuple[genai_types.Provider, genai_types.ModelInfo], usage: Usage) -> float:

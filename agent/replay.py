@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import wave
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from livekit import rtc
@@ -29,7 +31,14 @@ from .config import Settings
 from .event_log import Event
 from .memory_model import PURPOSE as MEMORY_PURPOSE
 from .metering import MODEL_KINDS
-from .replay_script import Fixture, FixtureResponse, FixtureTurn, TierReply
+from .replay_script import (
+    Fixture,
+    FixtureError,
+    FixtureResponse,
+    FixtureTurn,
+    TierReply,
+    has_audio,
+)
 from .session import SessionRuntime
 from .session_record import describe_failure
 from .wire_format_server import (
@@ -57,6 +66,7 @@ class ReplayedTurn:
     knowledge_used: tuple[str, ...] = ()  # knowledge-base documents put in the turn's request
     memory_used: tuple[str, ...] = ()  # "summary", "fact:<key>", "earlier <date> <role>"
     screen_used: tuple[str, ...] = ()  # "t=<s>" digest, "recalled t=<s>", "earlier t=<s>"
+    spoken: str | None = None  # a spoken turn: what was said (`text` is what the STT heard)
 
 
 @dataclass
@@ -171,7 +181,13 @@ async def replay(
     feed = _VideoFeed(VideoFrames(fixture.video))
     await feed.start()
     async with ScriptedModelServer(replies=serve) as server:
+        if has_audio(fixture) and settings.stt is None:
+            raise FixtureError(f"{fixture.path}: its turns carry audio: set SIGHTLINE_STT to "
+                               "hear them (local needs no key; README: Voice)")
         settings = settings.with_overrides(
+            # spoken turns go through the configured STT; nothing is said aloud, and a
+            # fixture without audio loads no speech engine at all
+            stt=settings.stt if has_audio(fixture) else None, tts=None,
             gemini_api_key="replay-needs-no-key",
             anthropic_api_key="replay-needs-no-key",
             gemini_base_url=server.base_url,
@@ -251,7 +267,8 @@ async def _run_turn(
     session: Any, runtime: SessionRuntime, turn: FixtureTurn, events: list[Event],
 ) -> ReplayedTurn:
     """Run one scripted turn; `events` collects what the session records meanwhile."""
-    run = await session.run(user_input=turn.text)
+    text = turn.text if turn.audio is None else await _hear(session, turn.audio)
+    run = await session.run(user_input=text)
     reply = " ".join(
         ev.item.text_content or ""
         for ev in run.events
@@ -262,7 +279,7 @@ async def _run_turn(
              and e["detail"].get("purpose") not in (MEMORY_PURPOSE, "rerank")]
     context = next((e["detail"] for e in events if e["kind"] == "context"), {})
     return ReplayedTurn(
-        t=turn.t, tenant=turn.tenant, user=turn.user, text=turn.text, reply=reply,
+        t=turn.t, tenant=turn.tenant, user=turn.user, text=text, reply=reply,
         origin=turn.response.origin, model_requests=len(calls),
         images_sent=sum(e["images"] for e in calls),
         screen_t=context.get("screen_t"),
@@ -273,4 +290,16 @@ async def _run_turn(
             k["source"] for k in context.get("knowledge", []))),
         memory_used=_memory_used(context),
         screen_used=_screen_used(context, runtime.session_id),
+        spoken=turn.text if turn.audio is not None else None,
     )
+
+
+async def _hear(session: Any, audio: Path) -> str:
+    """A spoken turn's words, by the session's STT (recorded as a `speech` event like a live
+    one's; the live path's voice activity and end-of-turn detection do not run here: the
+    recording is one whole turn)."""
+    with wave.open(str(audio)) as wav:
+        frame = rtc.AudioFrame(wav.readframes(wav.getnframes()), wav.getframerate(),
+                               wav.getnchannels(), wav.getnframes())
+    event = await session.stt.recognize([frame])
+    return event.alternatives[0].text if event.alternatives else ""

@@ -63,6 +63,8 @@ class FixtureTurn:
     response: FixtureResponse
     session: str = ""  # turns of one tenant, user and session label form one session
     memory: str | None = None  # the memory model's scripted JSON reply after this turn
+    audio: Path | None = None  # a spoken turn: its WAV, heard through SIGHTLINE_STT; `text`
+    # is then what was said (the reference the transcript is compared with), not the input
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,26 @@ def _memory_reply(raw: Any, where: str) -> str:
     return json.dumps({"facts": facts, "forget": forget, "summary": summary})
 
 
+def _audio(folder: Path, turn: dict[str, Any], where: str) -> Path:
+    """A spoken turn's recording: a 16-bit PCM WAV file next to session.json."""
+    import wave
+
+    path = folder / _require(turn, "audio", str, where)
+    try:
+        with wave.open(str(path)) as wav:
+            if wav.getsampwidth() != 2 or not wav.getnframes():
+                raise FixtureError(f"{where}: audio '{path.name}' must be 16-bit PCM with sound")
+    except FileNotFoundError:
+        raise FixtureError(f"{where}: audio '{path.name}' does not exist next to it") from None
+    except (wave.Error, EOFError, OSError) as exc:
+        raise FixtureError(f"{where}: audio '{path.name}' is not a WAV file ({exc})") from None
+    return path
+
+
+def has_audio(fixture: Fixture) -> bool:
+    return any(turn.audio is not None for turn in fixture.turns)
+
+
 def load_fixture(path: Path) -> Fixture:
     """Load `PATH/session.json` (or a session.json path) and check its video is readable."""
     session_file = path / "session.json" if path.is_dir() else path
@@ -223,6 +245,7 @@ def load_fixture(path: Path) -> Fixture:
                 session=str(turn.get("session", "")),
                 memory=_memory_reply(turn["memory"], f"{at}.memory") if "memory" in turn
                 else None,
+                audio=_audio(session_file.parent, turn, at) if "audio" in turn else None,
             )
         )
     return Fixture(

@@ -54,7 +54,13 @@ from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
+from .speech import build_speech
 from .turn_context import TurnContext
+
+# livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
+# transcript; the reply's first token, first audio and end of speech → agent speaking
+_VOICE_TIMINGS = ("end_of_turn_delay", "transcription_delay", "llm_node_ttft", "tts_node_ttfb",
+                  "e2e_latency")
 
 log = logging.getLogger("sightline.session")
 
@@ -292,11 +298,9 @@ class SessionRuntime:
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
-        session: AgentSession = AgentSession(
-            llm=self.model,
-            **({"stt": self.settings.stt} if self.settings.stt else {}),
-            **({"tts": self.settings.tts} if self.settings.tts else {}),
-        )
+        speech = build_speech(self.settings)
+        speech.on_metrics(self.record.meter.speech)
+        session: AgentSession = AgentSession(llm=self.model, **speech.session_options())
         session.on("conversation_item_added", self._on_item_added)
         if self.assist is not None:
             assist = self.assist
@@ -327,9 +331,17 @@ class SessionRuntime:
             return
         text = item.text_content or ""
         self.conversation.add(self.user_id, item.role, text)
+        timing = {key: round(value, 4) for key, value in (item.metrics or {}).items()
+                  if key in _VOICE_TIMINGS and isinstance(value, float)}
         if item.role == "user":
             self._asked = text
-        elif self.memory is not None and self.memory.keeper is not None and self._answered:
+            if timing:  # a spoken question: when its turn ended and its transcript came
+                self.record.events.record("heard", detail={"characters": len(text), **timing})
+            return
+        # what reached the user: a reply the user spoke over is cut where its speech stopped
+        self.record.events.record("reply", detail={
+            "interrupted": item.interrupted, "characters": len(text), **timing})
+        if self.memory is not None and self.memory.keeper is not None and self._answered:
             self.memory.keeper.exchange(self._asked, text)
 
     async def screen_settled(self) -> None:

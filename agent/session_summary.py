@@ -84,6 +84,10 @@ class SessionTotals:
         self._handoff: dict[str, Any] = {}  # the session was handed to a person (tools/handoff)
         self._assists = 0  # live-assist messages (agent/assist.py)
         self._unpriced: set[str] = set()
+        # speech engines by direction (stt, tts) and model: seconds heard, characters spoken
+        self._speech: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self._speech_cost: Counter[str] = Counter()
+        self._replies: Counter[str] = Counter()
         self.total_cost_usd = 0.0
 
     def add(self, event: Event) -> None:
@@ -120,6 +124,22 @@ class SessionTotals:
             self._handoff = {"reason": detail["reason"], "at": detail["at"]}
         elif kind == "assist":
             self._assists += 1
+        elif kind == "speech":
+            self._speech_event(event, detail)
+        elif kind == "reply":
+            self._replies["replies"] += 1
+            self._replies["interrupted"] += bool(detail.get("interrupted"))
+
+    def _speech_event(self, event: Event, detail: dict[str, Any]) -> None:
+        cost = event["cost_usd"]
+        if cost is None:
+            self._unpriced.add(event["model"])
+        totals = self._speech[(detail["direction"], event["model"])]
+        totals["requests"] += 1
+        totals["audio_ms"] += round(1000 * detail.get("audio_s", 0.0))
+        totals["characters"] += detail.get("characters", 0)
+        self._speech_cost[event["model"]] += cost or 0.0
+        self.total_cost_usd += cost or 0.0
 
     def _model_call(self, event: Event, detail: dict[str, Any]) -> None:
         model, cost = event["model"], event["cost_usd"]
@@ -190,6 +210,7 @@ class SessionTotals:
             **({"video": self._video} if self._video else {}),
             **({"handoff": self._handoff} if self._handoff else {}),
             **({"assist_messages": self._assists} if self._assists else {}),
+            **({"voice": self._voice_summary()} if self._speech else {}),
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
@@ -218,6 +239,26 @@ class SessionTotals:
         if self._tool_calls:
             summary["tool_calls"] = dict(self._tool_calls)
         return summary
+
+    def _voice_summary(self) -> dict[str, Any]:
+        """Speech heard (STT: seconds of audio) and spoken (TTS: characters, seconds), by
+        engine, with their cost; replies and how many the user spoke over."""
+        engines = [
+            {"direction": direction, "model": model, "requests": t["requests"],
+             "audio_s": round(t["audio_ms"] / 1000, 3), "characters": t["characters"],
+             "cost_usd": round(self._speech_cost[model], 8)}
+            for (direction, model), t in sorted(self._speech.items())
+        ]
+        heard = sum(e["audio_s"] for e in engines if e["direction"] == "stt")
+        return {
+            "heard_s": round(heard, 3),
+            "spoken_s": round(sum(e["audio_s"] for e in engines if e["direction"] == "tts"), 3),
+            "spoken_characters": sum(e["characters"] for e in engines),
+            "cost_usd": round(sum(self._speech_cost.values()), 8),
+            "engines": engines,
+            "replies": self._replies["replies"],
+            "interrupted_replies": self._replies["interrupted"],
+        }
 
     def _vs_top_summary(self) -> dict[str, Any]:
         """Answered turns' cost against answering each of them with the top tier's model (its

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -122,7 +123,9 @@ class TurnContext:
     async def _new_question(self, message: llm.ChatMessage) -> None:
         self._screen.shown.clear()  # an earlier screen was for the last question
         question = next((c for c in message.content if isinstance(c, str)), "")
+        started = time.perf_counter()
         recalled = await self._lookup(question)
+        recall_ms = round(1000 * (time.perf_counter() - started), 1)
         screen = self._screen.for_question(message.id)
         earlier_screens = []
         if recalled and recalled.screen:
@@ -137,7 +140,8 @@ class TurnContext:
         ]
         self._unsent = screen.unsent
         if self._note is not None:
-            self._note({**recall_note(recalled, earlier_screens), **screen.note})
+            self._note({**recall_note(recalled, earlier_screens), **screen.note,
+                        "recall_ms": recall_ms})
 
     async def build(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
         """A copy of `chat_ctx` whose user messages carry what they carried when first asked,

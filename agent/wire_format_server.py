@@ -1,4 +1,4 @@
-"""A local HTTP server that impersonates the Gemini and Anthropic APIs with scripted replies.
+"""A local HTTP server that impersonates the Gemini, Anthropic, Cohere and OpenAI speech APIs.
 
 Why: tests and the product's offline "replay" mode must exercise the *real* SDK clients
 (``google.genai.Client`` and ``anthropic.AsyncAnthropic``) end to end -- URL building, SSE
@@ -15,6 +15,17 @@ Wire formats (verified against google-genai 3.4.0 and anthropic 2.11.0 sources):
 * Anthropic Messages API: ``POST /v1/messages``; with ``"stream": true`` the reply is SSE
   ``event: <type>\\ndata: <json>\\n\\n`` (message_start, content_block_start,
   content_block_delta*, content_block_stop, message_delta, message_stop).
+
+* OpenAI speech (also what self-hosted Whisper / Kokoro servers speak), verified against
+  livekit-plugins-openai 1.8.9 and openai's client: ``POST /v1/audio/transcriptions`` (multipart:
+  ``file`` a WAV, ``model``, ``response_format`` json or verbose_json) answers ``{"text": ...}``;
+  ``POST /v1/audio/speech`` (JSON: ``input``, ``model``, ``voice``, ``response_format``,
+  ``stream_format``) answers raw audio (``stream_format: audio``) or SSE
+  ``speech.audio.delta`` / ``speech.audio.done`` events with base64 audio. The transcript is
+  SCRIPTED (``transcripts``), not recognised; the speech is a SCRIPTED tone,
+  ``SPEECH_SECONDS_PER_CHAR`` long per character of the input, 24 kHz 16-bit mono (``pcm``, or
+  ``wav`` with its header); other formats are refused with a 400, as a server without that
+  encoder would.
 
 Usage numbers are ESTIMATES computed deterministically by this scripted server, not figures
 billed by any provider: text is ceil(chars / 4) tokens; images follow each provider's documented
@@ -38,6 +49,7 @@ import itertools
 import json
 import math
 import re
+import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +62,8 @@ GEMINI_TILE_PX = 768
 ANTHROPIC_IMAGE_FALLBACK_TOKENS = 1600
 WORDS_PER_CHUNK = 4
 # anthropic 2.11 sends its key as "Authorization: Bearer ..." rather than x-api-key.
+SPEECH_RATE = 24000  # OpenAI's pcm: 24 kHz, 16-bit, mono
+SPEECH_SECONDS_PER_CHAR = 0.06  # the scripted speech's length: about 12 characters a second
 _MASKED_HEADERS = frozenset({"x-goog-api-key", "x-api-key", "authorization", "proxy-authorization"})
 _GEMINI_TARGET = re.compile(r"^(?:models/)*(?P<model>[^/:]+):(?P<method>\w+)$")
 _GEMINI_STATUS = {
@@ -108,6 +122,25 @@ class CapturedRequest:
 
 
 ReplyFn = Callable[[CapturedRequest], ScriptedReply]
+TranscriptFn = Callable[[float], str]  # seconds of audio heard -> the scripted transcript
+
+
+def scripted_speech(text: str) -> bytes:
+    """The SCRIPTED speech of `text`: a 220 Hz tone, SPEECH_SECONDS_PER_CHAR per character,
+    as 24 kHz 16-bit mono PCM (what a test can measure against the text's length)."""
+    samples = int(SPEECH_RATE * SPEECH_SECONDS_PER_CHAR * len(text))
+    t = [i / SPEECH_RATE for i in range(samples)]
+    tone = (int(8000 * math.sin(2 * math.pi * 220 * x)) for x in t)
+    return b"".join(v.to_bytes(2, "little", signed=True) for v in tone)
+
+
+def wav_seconds(data: bytes) -> float | None:
+    """How long a WAV file plays, or None when it is not one."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError):
+        return None
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -256,10 +289,13 @@ class ScriptedModelServer:
         replies: ReplyFn | Sequence[ScriptedReply] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        transcripts: TranscriptFn | Sequence[str] | None = None,
     ) -> None:
         if replies is not None and not callable(replies) and len(replies) == 0:
             raise ValueError("replies sequence must not be empty")
         self._replies = replies
+        self._transcripts = transcripts
+        self._transcribed = 0
         self._host = host
         self._port = port
         self._served = 0
@@ -279,6 +315,8 @@ class ScriptedModelServer:
         app = web.Application()
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v2/rerank", self._cohere_rerank)
+        app.router.add_post("/v1/audio/transcriptions", self._openai_transcription)
+        app.router.add_post("/v1/audio/speech", self._openai_speech)
         app.router.add_post(r"/{version:v1\w*}/{target:.+}", self._gemini)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation: a client that timed out must not leave a sleeping handler,
@@ -475,6 +513,86 @@ class ScriptedModelServer:
             "results": [{"index": i, "relevance_score": scores[i]} for i in order[:top_n]],
             "meta": {"billed_units": {"search_units": 1}},
         })
+
+    # -- OpenAI speech ---------------------------------------------------------------
+
+    @staticmethod
+    def _openai_error(status: int, message: str) -> web.Response:
+        body = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+        return web.json_response(body, status=status)
+
+    def _transcript(self, seconds: float) -> str:
+        if self._transcripts is None:
+            return f"(scripted) {seconds:.1f} seconds of speech"
+        if callable(self._transcripts):
+            return self._transcripts(seconds)
+        text = self._transcripts[min(self._transcribed, len(self._transcripts) - 1)]
+        self._transcribed += 1
+        return text
+
+    async def _openai_transcription(self, request: web.Request) -> web.Response:
+        """`POST /v1/audio/transcriptions`: the SCRIPTED transcript of a WAV upload."""
+        try:
+            form = await request.post()
+        except ValueError:
+            form = {}
+        upload = form.get("file")
+        model, fmt = str(form.get("model", "")), str(form.get("response_format", "json"))
+        data = upload.file.read() if isinstance(upload, web.FileField) else b""
+        seconds = wav_seconds(data)
+        body = {"model": model, "response_format": fmt, "audio_seconds": seconds}
+        text = "" if seconds is None else self._transcript(seconds)
+        self._capture(request, "openai", model, False, body, [text], 0)
+        if not model:
+            return self._openai_error(400, "you must provide a model parameter")
+        if seconds is None:
+            return self._openai_error(400, "the file is not a WAV audio file this server reads")
+        usage = {"type": "duration", "seconds": math.ceil(seconds)}
+        if fmt == "verbose_json":
+            return web.json_response({"task": "transcribe", "language": "english",
+                                      "duration": seconds, "text": text, "segments": [],
+                                      "usage": usage})
+        if fmt != "json":
+            return self._openai_error(400, f"response_format {fmt!r} is not served here")
+        return web.json_response({"text": text, "usage": usage})
+
+    async def _openai_speech(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/audio/speech`: the SCRIPTED speech of `input`, raw or as SSE events."""
+        body = await self._read_json(request) or {}
+        text, model = str(body.get("input", "")), str(body.get("model", ""))
+        fmt, stream_format = body.get("response_format", "mp3"), body.get("stream_format")
+        self._capture(request, "openai", model, stream_format == "sse", body, [text], 0)
+        if not model or not text:
+            return self._openai_error(400, "model and input are required")
+        if fmt not in ("pcm", "wav"):
+            return self._openai_error(400, f"response_format {fmt!r} is not served here "
+                                           "(pcm and wav are)")
+        audio = scripted_speech(text)
+        if fmt == "wav":
+            buffer = io.BytesIO()
+            with wave.open(buffer, "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(SPEECH_RATE)
+                wav.writeframes(audio)
+            audio = buffer.getvalue()
+        if stream_format != "sse":
+            resp = web.StreamResponse(headers={"Content-Type": f"audio/{fmt}"})
+            await resp.prepare(request)
+            for start in range(0, len(audio), 9600):  # 200 ms of pcm per write
+                await resp.write(audio[start:start + 9600])
+            await resp.write_eof()
+            return resp
+        events = [
+            {"type": "speech.audio.delta",
+             "audio": base64.b64encode(audio[start:start + 9600]).decode()}
+            for start in range(0, len(audio), 9600)
+        ]
+        events.append({"type": "speech.audio.done", "usage": {
+            "input_tokens": estimate_text_tokens(text), "output_tokens": 0,
+            "total_tokens": estimate_text_tokens(text)}})
+        return await self._sse(request, [f"data: {json.dumps(e)}\n\n".encode()
+                                         for e in events], 0.0)
 
     # -- Anthropic -------------------------------------------------------------------
 

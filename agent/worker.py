@@ -150,10 +150,10 @@ async def run_session(ctx: JobContext) -> None:
         room=ctx.room,
         room_options=room_io.RoomOptions(
             participant_identity=participant.identity,
-            audio_input=bool(settings.stt),
-            audio_output=bool(settings.tts),
+            audio_input=settings.stt is not None,
+            audio_output=settings.tts is not None,
             text_input=False,  # the inbox reads the chat
-            text_output=room_io.TextOutputOptions(sync_transcription=bool(settings.tts)),
+            text_output=room_io.TextOutputOptions(sync_transcription=settings.tts is not None),
         ),
         record=False,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -17,11 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 from livekit import api, rtc
 
@@ -300,3 +303,122 @@ class User:
         if self._publisher is not None:
             self._publisher.cancel()
         await self.room.disconnect()
+
+
+MIC_RATE = 48000
+MIC_FRAME_S = 0.01  # what a browser's microphone track sends: 10 ms frames
+
+
+@dataclass
+class HeardAudio:
+    """The agent's audio as this user received it: 10 ms frames with their arrival times."""
+
+    frames: list[tuple[float, rtc.AudioFrame]]
+
+    def speech_spans(self, threshold: float = 300.0, gap_s: float = 0.6,
+                     since: float = 0.0) -> list[tuple[float, float]]:
+        """(start, end) monotonic times where the audio is louder than `threshold` (mean
+        absolute sample), merging pauses shorter than `gap_s`: sentences of one reply."""
+        spans: list[tuple[float, float]] = []
+        for at, frame in self.frames:
+            if at < since:
+                continue
+            loud = np.abs(np.frombuffer(frame.data, np.int16)).mean() > threshold
+            if not loud:
+                continue
+            if spans and at - spans[-1][1] <= gap_s:
+                spans[-1] = (spans[-1][0], at)
+            else:
+                spans.append((at, at))
+        return spans
+
+    def between(self, start: float, end: float) -> rtc.AudioFrame:
+        return rtc.combine_audio_frames([f for at, f in self.frames if start <= at <= end])
+
+
+class VoiceUser(User):
+    """A user who also talks: a microphone track that plays recorded questions (silence in
+    between, as a live microphone sends), and a recorder of the agent's audio track."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heard = HeardAudio([])
+        self.mic_track_sid = ""
+        self.user_transcripts: asyncio.Queue[str] = asyncio.Queue()  # what the agent heard
+        self.spoke_until = 0.0  # monotonic time the last question's audio ended
+        self._mic = rtc.AudioSource(MIC_RATE, 1, queue_size_ms=100)
+        self._queued: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.room.on("track_subscribed", self._on_track)
+
+    def _on_track(self, track: rtc.Track, _pub: Any, participant: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._tasks.append(asyncio.create_task(self._record(track)))
+
+    async def _record(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=MIC_RATE, num_channels=1):
+            self.heard.frames.append((time.monotonic(), event.frame))
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        attributes = reader.info.attributes or {}
+        if attributes.get("lk.transcribed_track_id") != self.mic_track_sid:
+            super()._on_transcription(reader, identity)
+            return
+        if attributes.get("lk.transcription_final") != "true":
+            return  # the agent also streams the transcript as it forms: the final one counts
+
+        async def read() -> None:
+            with contextlib.suppress(rtc.data_stream.StreamError):
+                self.user_transcripts.put_nowait(await reader.read_all())
+
+        task = asyncio.get_running_loop().create_task(read())
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def publish_microphone(self) -> None:
+        track = rtc.LocalAudioTrack.create_audio_track("microphone", self._mic)
+        publication = await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        self.mic_track_sid = publication.sid
+        self._tasks.append(asyncio.create_task(self._play()))
+
+    async def _play(self) -> None:
+        """Real time, 10 ms at a time by the clock: queued speech, else silence."""
+        step = int(MIC_RATE * MIC_FRAME_S)
+        pending = np.zeros(0, np.int16)
+        started, sent = time.monotonic(), 0
+        while True:
+            if not len(pending) and not self._queued.empty():
+                pending = self._queued.get_nowait()
+            chunk = np.zeros(step, np.int16)
+            n = min(step, len(pending))
+            chunk[:n], pending = pending[:n], pending[n:]
+            await self._mic.capture_frame(rtc.AudioFrame(chunk.tobytes(), MIC_RATE, 1, step))
+            sent += 1
+            if n and not len(pending):  # the question's last samples are on their way
+                self.spoke_until = time.monotonic()
+            await asyncio.sleep(max(0.0, started + sent * MIC_FRAME_S - time.monotonic()))
+
+    def speak(self, wav_path: Path) -> float:
+        """Queue a recorded question on the microphone; returns how long it plays."""
+        samples = read_wav_mono(wav_path, MIC_RATE)
+        self._queued.put_nowait(samples)
+        return len(samples) / MIC_RATE
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await super().leave()
+
+
+def read_wav_mono(path: Path, rate: int) -> np.ndarray:
+    """A 16-bit WAV file as mono int16 samples at `rate`."""
+    from scipy.signal import resample_poly
+
+    with wave.open(str(path)) as wav:
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), np.int16)
+        samples = samples.reshape(-1, wav.getnchannels()).mean(axis=1)
+        source_rate = wav.getframerate()
+    divisor = math.gcd(source_rate, rate)
+    resampled = resample_poly(samples, rate // divisor, source_rate // divisor)
+    return np.clip(resampled, -32768, 32767).astype(np.int16)

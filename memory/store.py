@@ -182,7 +182,10 @@ class Store:
             "SELECT s.id, s.tenant, s.user_id, s.source, s.model, s.started_at, s.ended_at,"
             " s.total_cost_usd, s.summary->>'outcome' AS outcome,"
             " (SELECT count(*) FROM cost_events c WHERE c.session_id = s.id"
-            "   AND c.kind = 'model_call') AS model_calls"
+            "   AND c.kind = 'model_call') AS model_calls,"
+            # speech heard and spoken, from the events: open sessions have no summary yet
+            " (SELECT coalesce(sum((c.detail->>'audio_s')::float8), 0) FROM cost_events c"
+            "   WHERE c.session_id = s.id AND c.kind = 'speech') AS voice_s"
             " FROM sessions s WHERE ($2::text IS NULL OR s.tenant = $2)"
             " ORDER BY s.started_at DESC LIMIT $1",
             limit, tenant,
@@ -233,4 +236,5 @@ def _session_row(r: asyncpg.Record) -> dict:
         "total_cost_usd": float(r["total_cost_usd"]) if r["total_cost_usd"] is not None else None,
         "model_calls": r["model_calls"],
         "outcome": r.get("outcome"),  # how it ended (None: still open, or ended before outcomes)
+        **({"voice_s": round(r["voice_s"], 3)} if "voice_s" in r else {}),
     }

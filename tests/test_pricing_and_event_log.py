@@ -49,6 +49,10 @@ def test_bundled_table_has_date_and_source_for_every_model() -> None:
         assert price.source.startswith("https://")
         if entry.get("per_search_unit_usd") is not None:  # a reranker: billed per search
             assert price.per_search_unit_usd > 0 and price.input_per_mtok == 0
+        elif {"per_audio_minute_usd", "per_mchar_usd"} & entry.keys():  # a speech engine
+            assert price.input_per_mtok == 0 and price.output_per_mtok == 0
+            assert price.per_audio_minute_usd > 0 or price.per_mchar_usd > 0 or (
+                entry["provider"] == "local")
         else:
             assert price.input_per_mtok > 0 and price.output_per_mtok > 0
 

@@ -64,7 +64,8 @@ async def test_knowledge_goes_in_once_per_question() -> None:
                                             is_error=False))
     assert texts(await turn.build(ctx)) == first  # the tool round reuses it
     assert asked == ["How do I check my config file?"]
-    # what went in is recorded as data, once per question
+    # what went in is recorded as data, once per question, with how long the lookup took
+    assert len(notes) == 1 and notes[0].pop("recall_ms") >= 0
     assert notes == [{
         "knowledge": [{"source": "/kb/config-files.md", "key": "", "score": 0.03}],
         "memory": {"summary": True, "facts": ["python_version"],
