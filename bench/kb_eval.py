@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from memory.db import Database
-from memory.embeddings import Embedder, OfflineEmbedder
+from memory.embeddings import Embedder, LocalEmbedder, offline_embedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kb_eval"
@@ -72,19 +72,19 @@ def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]
     return chunks, labelled
 
 
-def llamaindex_embedding(embedder: OfflineEmbedder) -> Any:
+def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
     """Our embedder as a LlamaIndex `BaseEmbedding`, so both sides use the same vectors."""
     from llama_index.core.embeddings import BaseEmbedding
 
     class Wrapped(BaseEmbedding):
         def _get_query_embedding(self, query: str) -> list[float]:
-            return embedder._embed([query])[0].tolist()
+            return embedder.embed_sync([query])[0].tolist()
 
         def _get_text_embedding(self, text: str) -> list[float]:
-            return embedder._embed([text])[0].tolist()
+            return embedder.embed_sync([text])[0].tolist()
 
         def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-            return embedder._embed(texts).tolist()
+            return embedder.embed_sync(texts).tolist()
 
         async def _aget_query_embedding(self, query: str) -> list[float]:
             return self._get_query_embedding(query)
@@ -92,7 +92,7 @@ def llamaindex_embedding(embedder: OfflineEmbedder) -> Any:
     return Wrapped(model_name=embedder.name, embed_batch_size=256)
 
 
-def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: OfflineEmbedder, k: int) -> Retrieve:
+def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: LocalEmbedder, k: int) -> Retrieve:
     """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
     import Stemmer
     from llama_index.core import VectorStoreIndex
@@ -135,7 +135,7 @@ async def run_eval(
     embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     chunks, queries = load(corpus, queries_path)
-    embedder = embedder or OfflineEmbedder()
+    embedder = embedder or offline_embedder()
     db = await Database.open(url, Path(), scratch=True)
     try:
         return await _evaluate(KnowledgeBase(db.pool, embedder), chunks, queries, ks, embedder)
@@ -168,7 +168,7 @@ async def _evaluate(
         "keyword": single(1),
         "vector": single(0),
     }
-    if isinstance(embedder, OfflineEmbedder):
+    if isinstance(embedder, LocalEmbedder):
         systems["llamaindex_fusion"] = llamaindex_fusion(chunks, embedder, depth)
     results: dict[str, Any] = {}
     for name, retrieve in systems.items():
