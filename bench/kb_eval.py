@@ -5,6 +5,7 @@ schema of the configured Postgres (`Database.open(..., scratch=True)`), dropped 
 Every query runs scoped to its tenant through each system, in the same run on the same data:
 - `sightline`: the hybrid search with its default fusion (`sightline_weighted`: the other one);
 - `keyword` and `vector`: each of its two rankings alone;
+- `llamaindex_bm25`: `llama-index-retrievers-bm25` alone (the keyword reference);
 - `llamaindex_fusion`: LlamaIndex's stock `QueryFusionRetriever` (reciprocal rerank) over a
   `VectorStoreIndex` retriever with the same embeddings and a `BM25Retriever`, one per tenant.
 Printed: recall@k, MRR and latency p50/p95 per system; the last line is a JSON summary.
@@ -92,34 +93,53 @@ def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
     return Wrapped(model_name=embedder.name, embed_batch_size=256)
 
 
-def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: LocalEmbedder, k: int) -> Retrieve:
-    """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
-    import Stemmer
-    from llama_index.core import VectorStoreIndex
-    from llama_index.core.llms import MockLLM
-    from llama_index.core.retrievers import QueryFusionRetriever
+def _tenant_nodes(chunks: list[dict[str, Any]]) -> dict[str, list[Any]]:
     from llama_index.core.schema import TextNode
+
+    return {tenant: [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
+                     if c["tenant"] == tenant] for tenant in sorted({c["tenant"] for c in chunks})}
+
+
+def _bm25(nodes: list[Any], k: int) -> Any:
+    """llama-index-retrievers-bm25 (bm25s underneath) with English stemming and stopwords."""
+    import Stemmer
     from llama_index.retrievers.bm25 import BM25Retriever
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
-    embed_model = llamaindex_embedding(embedder)
-    retrievers = {}
-    for tenant in sorted({c["tenant"] for c in chunks}):
-        nodes = [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
-                 if c["tenant"] == tenant]
-        vector = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(
-            similarity_top_k=k)
-        bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=k,
-                                           stemmer=Stemmer.Stemmer("english"), language="english")
-        retrievers[tenant] = QueryFusionRetriever(
-            [vector, bm25], similarity_top_k=k, num_queries=1, mode="reciprocal_rerank",
-            use_async=False, llm=MockLLM(),  # one query: no LLM rewriting is asked for
-        )
+    return BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=k,
+                                       stemmer=Stemmer.Stemmer("english"), language="english")
 
+
+def _per_tenant(retrievers: dict[str, Any]) -> Retrieve:
     async def retrieve(tenant: str, query: str, top: int) -> list[str]:
         nodes = await retrievers[tenant].aretrieve(query)
         return [n.node.node_id for n in nodes[:top]]
     return retrieve
+
+
+def llamaindex_bm25(chunks: list[dict[str, Any]], k: int) -> Retrieve:
+    """The BM25 reference alone, one index per tenant: what our keyword ranking is held to."""
+    return _per_tenant({tenant: _bm25(nodes, k)
+                        for tenant, nodes in _tenant_nodes(chunks).items()})
+
+
+def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: LocalEmbedder, k: int) -> Retrieve:
+    """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.retrievers import QueryFusionRetriever
+
+    embed_model = llamaindex_embedding(embedder)
+    retrievers = {}
+    for tenant, nodes in _tenant_nodes(chunks).items():
+        vector = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(
+            similarity_top_k=k)
+        retrievers[tenant] = QueryFusionRetriever(
+            [vector, _bm25(nodes, k)], similarity_top_k=k, num_queries=1,
+            mode="reciprocal_rerank", use_async=False,
+            llm=MockLLM(),  # one query: no LLM rewriting is asked for
+        )
+    return _per_tenant(retrievers)
 
 
 def score(ranked: list[str], relevant: tuple[str, ...], ks: list[int]) -> dict[str, float]:
@@ -168,6 +188,7 @@ async def _evaluate(
         "keyword": single(1),
         "vector": single(0),
     }
+    systems["llamaindex_bm25"] = llamaindex_bm25(chunks, depth)
     if isinstance(embedder, LocalEmbedder):
         systems["llamaindex_fusion"] = llamaindex_fusion(chunks, embedder, depth)
     results: dict[str, Any] = {}
