@@ -354,13 +354,32 @@ def percentiles(values: list[float]) -> tuple[float, float]:
             round(float(np.percentile(values, 95)), 2))
 
 
+class SharedVectors(LocalEmbedder):
+    """The run's embedder, remembering each text's vector: both systems are loaded with the
+    same vectors, computed once (MiniLM embeds ~1k tokens a second on one core, so 10k chunks
+    take minutes). Queries are embedded afresh by each system, as in a real turn."""
+
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
+        self._inner = inner
+        self._known: dict[str, np.ndarray] = {}
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return self._inner.embed_sync(texts)
+        new = list(dict.fromkeys(t for t in texts if t not in self._known))
+        if new:
+            self._known.update(zip(new, self._inner.embed_sync(new), strict=True))
+        return np.stack([self._known[t] for t in texts])
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     data = build_data(args.chunks, args.turns, args.facts, args.warmup + args.queries,
                       random.Random(args.seed))
     print(f"data: {len(data.chunks)} chunks, {len(data.messages)} messages, "
           f"{len(data.facts)} facts in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    embedder = offline_embedder(args.embedder)
+    embedder = SharedVectors(offline_embedder(args.embedder))
     with tempfile.TemporaryDirectory() as tmp:
         async with database(Path(tmp)) as db:
             started = time.perf_counter()
