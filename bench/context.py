@@ -87,7 +87,7 @@ from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 
 from agent.turn_context import knowledge_part, memory_part
-from bench.kb_eval import llamaindex_embedding, llamaindex_fusion
+from bench.kb_eval import SharedVectors, llamaindex_embedding, llamaindex_fusion
 from memory.conversation import store_messages
 from memory.db import Database
 from memory.embeddings import LocalEmbedder, offline_embedder
@@ -352,25 +352,6 @@ async def measure(
 def percentiles(values: list[float]) -> tuple[float, float]:
     return (round(float(np.percentile(values, 50)), 2),
             round(float(np.percentile(values, 95)), 2))
-
-
-class SharedVectors(LocalEmbedder):
-    """The run's embedder, remembering each text's vector: both systems are loaded with the
-    same vectors, computed once (MiniLM embeds ~1k tokens a second on one core, so 10k chunks
-    take minutes). Queries are embedded afresh by each system, as in a real turn."""
-
-    def __init__(self, inner: LocalEmbedder) -> None:
-        self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
-        self._inner = inner
-        self._known: dict[str, np.ndarray] = {}
-
-    def embed_sync(self, texts: list[str]) -> np.ndarray:
-        if len(texts) == 1:
-            return self._inner.embed_sync(texts)
-        new = list(dict.fromkeys(t for t in texts if t not in self._known))
-        if new:
-            self._known.update(zip(new, self._inner.embed_sync(new), strict=True))
-        return np.stack([self._known[t] for t in texts])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -73,6 +73,25 @@ def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]
     return chunks, labelled
 
 
+class SharedVectors(LocalEmbedder):
+    """The run's embedder, remembering each text's vector: both systems are loaded with the
+    same vectors, computed once (MiniLM embeds ~1k tokens a second on one core, so 10k chunks
+    take minutes). Queries are embedded afresh by each system, as in a real turn."""
+
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
+        self._inner = inner
+        self._known: dict[str, np.ndarray] = {}
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return self._inner.embed_sync(texts)
+        new = list(dict.fromkeys(t for t in texts if t not in self._known))
+        if new:
+            self._known.update(zip(new, self._inner.embed_sync(new), strict=True))
+        return np.stack([self._known[t] for t in texts])
+
+
 def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
     """Our embedder as a LlamaIndex `BaseEmbedding`, so both sides use the same vectors."""
     from llama_index.core.embeddings import BaseEmbedding
@@ -156,6 +175,8 @@ async def run_eval(
 ) -> dict[str, Any]:
     chunks, queries = load(corpus, queries_path)
     embedder = embedder or offline_embedder()
+    if isinstance(embedder, LocalEmbedder):
+        embedder = SharedVectors(embedder)
     db = await Database.open(url, Path(), scratch=True)
     try:
         return await _evaluate(KnowledgeBase(db.pool, embedder), chunks, queries, ks, embedder)

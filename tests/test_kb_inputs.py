@@ -248,7 +248,7 @@ async def test_kb_list_and_delete(settings: Settings, docs: Path) -> None:
     assert code == 0 and [d["source"] for d in listed] == [
         "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"]
     router = listed[2]
-    assert router["chunks"] >= 1 and router["embedders"] == ["wordllama-l2-supercat-256"]
+    assert router["chunks"] >= 1 and router["embedders"] == ["minilm-l6-v2-384"]
     assert router["metadata"] == {"team": "it", "type": "md"} and router["ingested_at"]
     code, out, _ = await run_cli("kb", "list", "--tenant", "acme", env=env)
     assert code == 0 and len(out.splitlines()) == 4
