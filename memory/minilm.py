@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
+from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
 # sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
@@ -81,6 +82,10 @@ class MiniLM:
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise ModelFileError(f"{path}: cannot read the model: {exc}") from None
         w = load_safetensors(weights)
+        # One BLAS thread for the process: a worker's parallelism is its sessions, and BLAS
+        # threads on busy cores wait on each other (measured here with the machine loaded: one
+        # question p95 24-93 ms with one thread, 280-860 ms with OpenBLAS's default two).
+        threadpool_limits(limits=1, user_api="blas")
         self._tokenizer = Tokenizer.from_str(tokenizer.decode())
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.enable_padding()
