@@ -23,30 +23,14 @@ import csv
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from bench.kb_eval import read_jsonl
+from memory.knowledge import KnowledgeError
 
 
 class DatasetError(ValueError):
     """The dataset is not in BEIR's format: one line naming the file and line."""
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read it: {exc.strerror}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "_id" not in row or "text" not in row:
-            raise DatasetError(f"{path}:{number}: a BEIR line has \"_id\" and \"text\"")
-        yield number, row
 
 
 def qrels(path: Path) -> dict[str, list[str]]:
@@ -75,19 +59,19 @@ def convert(dataset: Path, out: Path, split: str = "test", tenant: str = "beir",
     """Write the kb eval files for `split` of `dataset` into `out`; (chunks, queries)."""
     judged = qrels(dataset / "qrels" / f"{split}.tsv")
     corpus = []
-    for _, row in _jsonl(dataset / "corpus.jsonl"):
+    for row in read_jsonl(dataset / "corpus.jsonl", ("_id", "text")):
         text = "\n".join(p for p in (str(row.get("title") or "").strip(),
                                      str(row["text"]).strip()) if p)
         corpus.append({"id": str(row["_id"]), "text": text, "tenant": tenant})
     ids = {c["id"] for c in corpus}
     queries = []
-    for number, row in _jsonl(dataset / "queries.jsonl"):
+    for row in read_jsonl(dataset / "queries.jsonl", ("_id", "text")):
         relevant = judged.get(str(row["_id"]))
         if not relevant:
             continue  # not in this split
         missing = [d for d in relevant if d not in ids]
         if missing:
-            raise DatasetError(f"{dataset / 'queries.jsonl'}:{number}: query {row['_id']} is "
+            raise DatasetError(f"{dataset / 'queries.jsonl'}: query {row['_id']} is "
                                f"judged against {missing[0]}, which corpus.jsonl lacks")
         queries.append({"query": str(row["text"]), "relevant_ids": relevant, "tenant": tenant})
     if not queries:
@@ -109,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         chunks, queries = convert(args.dataset, args.out, args.split, args.tenant)
-    except DatasetError as exc:
+    except (DatasetError, KnowledgeError) as exc:
         print(exc, file=sys.stderr)
         return 2
     print(f"{chunks} chunks, {queries} queries written to {args.out}")

@@ -40,7 +40,9 @@ class Query:
     tenant: str
 
 
-def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file, each with `fields`; bad input is one line naming the
+    file and line (KnowledgeError)."""
     rows = []
     try:
         lines = path.read_text().splitlines()
@@ -63,10 +65,10 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]]:
-    chunks = _jsonl(corpus, ("id", "text", "tenant"))
+    chunks = read_jsonl(corpus, ("id", "text", "tenant"))
     ids = {str(c["id"]) for c in chunks}
     labelled = [Query(str(q["query"]), tuple(map(str, q["relevant_ids"])), str(q["tenant"]))
-                for q in _jsonl(queries, ("query", "relevant_ids", "tenant"))]
+                for q in read_jsonl(queries, ("query", "relevant_ids", "tenant"))]
     unknown = sorted({i for q in labelled for i in q.relevant_ids} - ids)
     if unknown:
         raise KnowledgeError(f"{queries}: relevant ids not in the corpus: {', '.join(unknown[:5])}")
