@@ -40,7 +40,9 @@ log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 HTML_SUFFIXES = (".html", ".htm")
-CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
+# MiniLM reads 256 word pieces (a chunk's last ~10-20% may fall past them: its words still
+# rank by keyword); WordLlama has no window limit; Gemini embeddings take 2048 tokens
+CHUNK_TOKENS = 256
 CHUNK_OVERLAP = 32
 # The splitter's sentence tokenizer runs each regular expression over a whole piece under a 5 s
 # limit (nltk's ReDoS guard): a 20 MB text in one piece exceeds it, so text is split in pieces
