@@ -40,8 +40,9 @@ log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 HTML_SUFFIXES = (".html", ".htm")
-# MiniLM reads 256 word pieces (a chunk's last ~10-20% may fall past them: its words still
-# rank by keyword); WordLlama has no window limit; Gemini embeddings take 2048 tokens
+# MiniLM reads 256 word pieces: a chunk of 256 splitter tokens is ~1.7x that in word pieces
+# on the bundled docstrings, so its vector sees the first ~60% (all of it ranks by keyword);
+# WordLlama has no window limit; Gemini embeddings take 2048 tokens
 CHUNK_TOKENS = 256
 CHUNK_OVERLAP = 32
 # The splitter's sentence tokenizer runs each regular expression over a whole piece under a 5 s
