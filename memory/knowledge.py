@@ -53,7 +53,7 @@ EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves bet
 BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
 MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search ranks by
-KEYWORD_CANDIDATES = 2000  # at most this many chunk matches (summed over lexemes) get scored
+KEYWORD_CANDIDATES = 500  # at most this many chunk matches (summed over lexemes) get scored
 # BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
 # defaults); statistics per tenant from migration 0008
 BM25_K1 = 1.2
