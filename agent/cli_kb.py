@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=Path,
                    help='JSONL of {"query", "relevant_ids", "tenant"} (default: the bundled set)')
     p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
+    p.add_argument("--embedder", choices=("minilm", "wordllama"), default="minilm",
+                   help="the offline embedder for every system (default: minilm)")
     p.add_argument("--json", action="store_true", help="only the JSON summary line")
 
 
@@ -122,9 +124,12 @@ def _eval_harness() -> Any:
                         f"dependencies (`make install` there): {exc}") from None
 
     async def evaluate(url: str, args: argparse.Namespace) -> int:
-        # the offline embedder: the references are built on the same vectors
+        from memory.embeddings import offline_embedder
+
+        # an offline embedder: the references are built on the same vectors
         result = await run_eval(url, args.corpus or EVAL_DIR / "corpus.jsonl",
-                                args.queries or EVAL_DIR / "queries.jsonl", args.k)
+                                args.queries or EVAL_DIR / "queries.jsonl", args.k,
+                                offline_embedder(args.embedder))
         if not args.json:
             print(format_table(result))
         print(json.dumps({"queries": result["queries"], "chunks": result["chunks"],

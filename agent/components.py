@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memory.embeddings import Embedder, GeminiEmbedder, OfflineEmbedder
+from memory.embeddings import (
+    DEFAULT_OFFLINE,
+    Embedder,
+    GeminiEmbedder,
+    offline_embedder,
+    offline_family,
+)
 from memory.rerank import CohereReranker, Record, Reranker
 
 from .config import ConfigError, Settings
@@ -17,13 +23,17 @@ from .tls import shared_tls_context
 
 
 def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
-    """SIGHTLINE_EMBEDDINGS: `offline`, `gemini`, or `auto`: the embedder a tenant's knowledge
-    is stored with (`stored`, its models' names), else Gemini when its key is set. `auto` never
-    switches a tenant's stored knowledge to another model: that would re-embed all of it."""
-    use_gemini = settings.embeddings_in_use() == "gemini" and not (
-        settings.embeddings == "auto" and any(m.startswith(OfflineEmbedder.FAMILY) for m in stored))
-    if not use_gemini:
-        return OfflineEmbedder()
+    """SIGHTLINE_EMBEDDINGS: `offline` (MiniLM), `minilm`, `wordllama`, `gemini`, or `auto`:
+    the embedder a tenant's knowledge is stored with (`stored`, its models' names), else Gemini
+    when its key is set, else MiniLM. `auto` never switches a tenant's stored knowledge to
+    another model: that would re-embed all of it (an explicit choice does, at `kb ingest`)."""
+    choice = settings.embeddings_in_use()
+    if settings.embeddings == "auto":
+        kept = next((f for f in map(offline_family, stored) if f), None)
+        if kept is not None:
+            return offline_embedder(kept)
+    if choice != "gemini":
+        return offline_embedder(DEFAULT_OFFLINE if choice == "offline" else choice)
     if not settings.gemini_api_key:
         raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
     return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,

@@ -87,10 +87,10 @@ from llama_index.core.vector_stores import SimpleVectorStore
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 
 from agent.turn_context import knowledge_part, memory_part
-from bench.kb_eval import llamaindex_embedding, llamaindex_fusion
+from bench.kb_eval import SharedVectors, llamaindex_embedding, llamaindex_fusion
 from memory.conversation import store_messages
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import LocalEmbedder, offline_embedder
 from memory.knowledge import KnowledgeBase
 from memory.recall import Recalled, TurnRecall
 from memory.store import Store
@@ -280,7 +280,7 @@ async def database(data_dir: Path) -> AsyncIterator[Database]:
         await admin.close()
 
 
-async def load_ours(db: Database, embedder: OfflineEmbedder, data: Data,
+async def load_ours(db: Database, embedder: LocalEmbedder, data: Data,
                     other_chunks: int) -> TurnRecall:
     kb, memory, store = KnowledgeBase(db.pool, embedder), UserMemory(db.pool, embedder), \
         Store(db.pool)
@@ -306,7 +306,7 @@ async def load_ours(db: Database, embedder: OfflineEmbedder, data: Data,
                       before_id=await store.next_message_id())
 
 
-async def load_reference(embedder: OfflineEmbedder, data: Data) -> Turn:
+async def load_reference(embedder: LocalEmbedder, data: Data) -> Turn:
     retrieve = llamaindex_fusion([{"id": key, "text": text, "tenant": TENANT}
                                   for key, text in data.chunks], embedder, TOP_K)
     messages = VectorMemoryBlock(
@@ -360,7 +360,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       random.Random(args.seed))
     print(f"data: {len(data.chunks)} chunks, {len(data.messages)} messages, "
           f"{len(data.facts)} facts in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    embedder = OfflineEmbedder()
+    embedder = SharedVectors(offline_embedder(args.embedder))
     with tempfile.TemporaryDirectory() as tmp:
         async with database(Path(tmp)) as db:
             started = time.perf_counter()
@@ -433,6 +433,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1000,
                         help="earlier messages of the user, half questions and half answers")
     parser.add_argument("--facts", type=int, default=30)
+    parser.add_argument("--embedder", choices=("minilm", "wordllama"), default="minilm",
+                        help="the offline embedder, for both systems")
     parser.add_argument("--other-chunks", type=int, default=2000,
                         help="chunks copied to another tenant, which every query must skip")
     parser.add_argument("--warmup", type=int, default=5)

@@ -5,6 +5,7 @@ schema of the configured Postgres (`Database.open(..., scratch=True)`), dropped 
 Every query runs scoped to its tenant through each system, in the same run on the same data:
 - `sightline`: the hybrid search with its default fusion (`sightline_weighted`: the other one);
 - `keyword` and `vector`: each of its two rankings alone;
+- `llamaindex_bm25`: `llama-index-retrievers-bm25` alone (the keyword reference);
 - `llamaindex_fusion`: LlamaIndex's stock `QueryFusionRetriever` (reciprocal rerank) over a
   `VectorStoreIndex` retriever with the same embeddings and a `BM25Retriever`, one per tenant.
 Printed: recall@k, MRR and latency p50/p95 per system; the last line is a JSON summary.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from memory.db import Database
-from memory.embeddings import Embedder, OfflineEmbedder
+from memory.embeddings import Embedder, LocalEmbedder, offline_embedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kb_eval"
@@ -39,7 +40,9 @@ class Query:
     tenant: str
 
 
-def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file, each with `fields`; bad input is one line naming the
+    file and line (KnowledgeError)."""
     rows = []
     try:
         lines = path.read_text().splitlines()
@@ -62,29 +65,48 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]]:
-    chunks = _jsonl(corpus, ("id", "text", "tenant"))
+    chunks = read_jsonl(corpus, ("id", "text", "tenant"))
     ids = {str(c["id"]) for c in chunks}
     labelled = [Query(str(q["query"]), tuple(map(str, q["relevant_ids"])), str(q["tenant"]))
-                for q in _jsonl(queries, ("query", "relevant_ids", "tenant"))]
+                for q in read_jsonl(queries, ("query", "relevant_ids", "tenant"))]
     unknown = sorted({i for q in labelled for i in q.relevant_ids} - ids)
     if unknown:
         raise KnowledgeError(f"{queries}: relevant ids not in the corpus: {', '.join(unknown[:5])}")
     return chunks, labelled
 
 
-def llamaindex_embedding(embedder: OfflineEmbedder) -> Any:
+class SharedVectors(LocalEmbedder):
+    """The run's embedder, remembering each text's vector: both systems are loaded with the
+    same vectors, computed once (MiniLM embeds ~1k tokens a second on one core, so 10k chunks
+    take minutes). Queries are embedded afresh by each system, as in a real turn."""
+
+    def __init__(self, inner: LocalEmbedder) -> None:
+        self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
+        self._inner = inner
+        self._known: dict[str, np.ndarray] = {}
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        if len(texts) == 1:
+            return self._inner.embed_sync(texts)
+        new = list(dict.fromkeys(t for t in texts if t not in self._known))
+        if new:
+            self._known.update(zip(new, self._inner.embed_sync(new), strict=True))
+        return np.stack([self._known[t] for t in texts])
+
+
+def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
     """Our embedder as a LlamaIndex `BaseEmbedding`, so both sides use the same vectors."""
     from llama_index.core.embeddings import BaseEmbedding
 
     class Wrapped(BaseEmbedding):
         def _get_query_embedding(self, query: str) -> list[float]:
-            return embedder._embed([query])[0].tolist()
+            return embedder.embed_sync([query])[0].tolist()
 
         def _get_text_embedding(self, text: str) -> list[float]:
-            return embedder._embed([text])[0].tolist()
+            return embedder.embed_sync([text])[0].tolist()
 
         def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-            return embedder._embed(texts).tolist()
+            return embedder.embed_sync(texts).tolist()
 
         async def _aget_query_embedding(self, query: str) -> list[float]:
             return self._get_query_embedding(query)
@@ -92,34 +114,53 @@ def llamaindex_embedding(embedder: OfflineEmbedder) -> Any:
     return Wrapped(model_name=embedder.name, embed_batch_size=256)
 
 
-def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: OfflineEmbedder, k: int) -> Retrieve:
-    """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
-    import Stemmer
-    from llama_index.core import VectorStoreIndex
-    from llama_index.core.llms import MockLLM
-    from llama_index.core.retrievers import QueryFusionRetriever
+def _tenant_nodes(chunks: list[dict[str, Any]]) -> dict[str, list[Any]]:
     from llama_index.core.schema import TextNode
+
+    return {tenant: [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
+                     if c["tenant"] == tenant] for tenant in sorted({c["tenant"] for c in chunks})}
+
+
+def _bm25(nodes: list[Any], k: int) -> Any:
+    """llama-index-retrievers-bm25 (bm25s underneath) with English stemming and stopwords."""
+    import Stemmer
     from llama_index.retrievers.bm25 import BM25Retriever
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
-    embed_model = llamaindex_embedding(embedder)
-    retrievers = {}
-    for tenant in sorted({c["tenant"] for c in chunks}):
-        nodes = [TextNode(id_=str(c["id"]), text=c["text"]) for c in chunks
-                 if c["tenant"] == tenant]
-        vector = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(
-            similarity_top_k=k)
-        bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=k,
-                                           stemmer=Stemmer.Stemmer("english"), language="english")
-        retrievers[tenant] = QueryFusionRetriever(
-            [vector, bm25], similarity_top_k=k, num_queries=1, mode="reciprocal_rerank",
-            use_async=False, llm=MockLLM(),  # one query: no LLM rewriting is asked for
-        )
+    return BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=k,
+                                       stemmer=Stemmer.Stemmer("english"), language="english")
 
+
+def _per_tenant(retrievers: dict[str, Any]) -> Retrieve:
     async def retrieve(tenant: str, query: str, top: int) -> list[str]:
         nodes = await retrievers[tenant].aretrieve(query)
         return [n.node.node_id for n in nodes[:top]]
     return retrieve
+
+
+def llamaindex_bm25(chunks: list[dict[str, Any]], k: int) -> Retrieve:
+    """The BM25 reference alone, one index per tenant: what our keyword ranking is held to."""
+    return _per_tenant({tenant: _bm25(nodes, k)
+                        for tenant, nodes in _tenant_nodes(chunks).items()})
+
+
+def llamaindex_fusion(chunks: list[dict[str, Any]], embedder: LocalEmbedder, k: int) -> Retrieve:
+    """LlamaIndex's stock hybrid: vector index + BM25, reciprocal-rank fused, per tenant."""
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.retrievers import QueryFusionRetriever
+
+    embed_model = llamaindex_embedding(embedder)
+    retrievers = {}
+    for tenant, nodes in _tenant_nodes(chunks).items():
+        vector = VectorStoreIndex(nodes, embed_model=embed_model).as_retriever(
+            similarity_top_k=k)
+        retrievers[tenant] = QueryFusionRetriever(
+            [vector, _bm25(nodes, k)], similarity_top_k=k, num_queries=1,
+            mode="reciprocal_rerank", use_async=False,
+            llm=MockLLM(),  # one query: no LLM rewriting is asked for
+        )
+    return _per_tenant(retrievers)
 
 
 def score(ranked: list[str], relevant: tuple[str, ...], ks: list[int]) -> dict[str, float]:
@@ -135,7 +176,9 @@ async def run_eval(
     embedder: Embedder | None = None,
 ) -> dict[str, Any]:
     chunks, queries = load(corpus, queries_path)
-    embedder = embedder or OfflineEmbedder()
+    embedder = embedder or offline_embedder()
+    if isinstance(embedder, LocalEmbedder):
+        embedder = SharedVectors(embedder)
     db = await Database.open(url, Path(), scratch=True)
     try:
         return await _evaluate(KnowledgeBase(db.pool, embedder), chunks, queries, ks, embedder)
@@ -168,7 +211,8 @@ async def _evaluate(
         "keyword": single(1),
         "vector": single(0),
     }
-    if isinstance(embedder, OfflineEmbedder):
+    systems["llamaindex_bm25"] = llamaindex_bm25(chunks, depth)
+    if isinstance(embedder, LocalEmbedder):
         systems["llamaindex_fusion"] = llamaindex_fusion(chunks, embedder, depth)
     results: dict[str, Any] = {}
     for name, retrieve in systems.items():

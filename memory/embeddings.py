@@ -1,13 +1,15 @@
 """Text embeddings behind one small interface, so the knowledge base and memory recall do not
 care which model made a vector.
 
-The offline default is WordLlama (`l2_supercat`, 256 dimensions): its weights ship inside the
-PyPI wheel, so nothing is downloaded at run time, and a query embeds in well under a
-millisecond, which the per-turn budget needs. It is a static (word-vector) model: good at topic
-and vocabulary, weak at paraphrase, which is why retrieval fuses it with keyword search. With a
-Gemini key, `GeminiEmbedder` uses Gemini embeddings instead. Every stored vector records the
-embedder's `name` (model and dimension), so a change of model is detected, never mixed. A
-provider that cannot be reached or refuses a call is an `EmbeddingError` of one line.
+Two offline embedders ship their weights inside PyPI wheels, so nothing is downloaded at run
+time. The default, `MiniLMEmbedder`, is all-MiniLM-L6-v2 (384 dimensions, a 6-layer
+transformer; `memory/minilm.py`): it understands paraphrase, and a query embeds in ~10 ms on one
+core, so it runs in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256
+dimensions) is a static word-vector model: microseconds per text, good at topic and vocabulary,
+weak at paraphrase; it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini
+embeddings instead. Every stored vector records the embedder's `name` (model and dimension), so
+a change of model is detected, never mixed. A provider that cannot be reached or refuses a call
+is an `EmbeddingError` of one line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import numpy as np
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+
+from .minilm import DIM as MINILM_DIM
+from .minilm import MiniLM, ModelFileError
 
 # what the Gemini SDK raises when the service cannot be reached or refuses a call
 _UNREACHABLE = (genai_errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -66,32 +71,89 @@ def _wordllama(dim: int) -> Any:
         return _wordllama_cached(dim)
 
 
-class OfflineEmbedder:
-    """WordLlama from the installed wheel. Embedding is microseconds per text: it stays on the
-    event loop for queries; large document batches go to a thread."""
+class LocalEmbedder:
+    """An embedder that runs in this process: `embed_sync` does the work; the async methods put
+    it in a thread unless it is cheap enough (`INLINE_TEXTS`) to stay on the event loop."""
 
-    FAMILY = "wordllama-"  # every name it gives its vectors starts so
+    FAMILY = ""  # every name it gives its vectors starts so
+    INLINE_TEXTS = 0  # up to this many texts embed on the event loop (0: always in a thread)
+    name: str
+    dim: int
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        if len(texts) > self.INLINE_TEXTS:
+            return await asyncio.to_thread(self.embed_sync, texts)
+        return self.embed_sync(texts)
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return await self._embed(texts)
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return (await self._embed([text]))[0]
+
+    async def aclose(self) -> None:
+        """Nothing to release: the model is shared by the process."""
+
+
+class WordLlamaEmbedder(LocalEmbedder):
+    """WordLlama from the installed wheel. Embedding is microseconds per text: queries and small
+    batches stay on the event loop; large document batches go to a thread."""
+
+    FAMILY = "wordllama-"
+    INLINE_TEXTS = 64
 
     def __init__(self, dim: int = 256) -> None:
         self.dim = dim
         self.name = f"{self.FAMILY}l2-supercat-{dim}"
         self._model = _wordllama(dim)
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
         vectors = np.asarray(self._model.embed(texts), dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1, norms)
 
-    async def embed_documents(self, texts: list[str]) -> np.ndarray:
-        if len(texts) > 64:
-            return await asyncio.to_thread(self._embed, texts)
-        return self._embed(texts)
 
-    async def embed_query(self, text: str) -> np.ndarray:
-        return self._embed([text])[0]
+@cache
+def _minilm_cached() -> MiniLM:
+    return MiniLM()
 
-    async def aclose(self) -> None:
-        """Nothing to release: the model is shared by the process."""
+
+class MiniLMEmbedder(LocalEmbedder):
+    """all-MiniLM-L6-v2 from the installed wheel (the offline default). Always in a thread: a
+    query takes ~10 ms of CPU, a document batch much more."""
+
+    FAMILY = "minilm-"
+
+    def __init__(self) -> None:
+        self.dim = MINILM_DIM
+        self.name = f"{self.FAMILY}l6-v2-{MINILM_DIM}"
+        try:
+            with _load_lock:
+                self._model = _minilm_cached()
+        except ModelFileError as exc:
+            raise EmbeddingError(str(exc)) from None
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        return self._model.embed(texts)
+
+
+OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {
+    "minilm": MiniLMEmbedder, "wordllama": WordLlamaEmbedder}
+DEFAULT_OFFLINE = "minilm"
+
+
+def offline_embedder(name: str = DEFAULT_OFFLINE) -> LocalEmbedder:
+    """The offline embedder called `name` (`minilm`, the default, or `wordllama`)."""
+    return OFFLINE_EMBEDDERS[name]()
+
+
+def offline_family(stored: str) -> str | None:
+    """Which offline embedder made vectors stored under the model name `stored`, if one did."""
+    return next((key for key, cls in OFFLINE_EMBEDDERS.items()
+                 if stored.startswith(cls.FAMILY)), None)
 
 
 class GeminiEmbedder:

@@ -20,8 +20,8 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +40,10 @@ log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 HTML_SUFFIXES = (".html", ".htm")
-CHUNK_TOKENS = 256  # WordLlama has no window limit; Gemini embeddings take 2048 tokens
+# MiniLM reads 256 word pieces: a chunk of 256 splitter tokens is ~1.7x that in word pieces
+# on the bundled docstrings, so its vector sees the first ~60% (all of it ranks by keyword);
+# WordLlama has no window limit; Gemini embeddings take 2048 tokens
+CHUNK_TOKENS = 256
 CHUNK_OVERLAP = 32
 # The splitter's sentence tokenizer runs each regular expression over a whole piece under a 5 s
 # limit (nltk's ReDoS guard): a 20 MB text in one piece exceeds it, so text is split in pieces
@@ -49,9 +52,12 @@ PIECE_CHARS = 50_000
 EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves between them
 BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
-COMMON_LEXEME_SHARE = 0.05  # a lexeme in more chunks than this is left out of keyword queries
-MAX_QUERY_LEXEMES = 6  # the rarest ones: each adds chunks Postgres must score
-COMMON_LEXEMES_TTL_S = 600.0  # how long the table's lexeme statistics are reused
+MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search ranks by
+KEYWORD_CANDIDATES = 500  # at most this many chunk matches (summed over lexemes) get scored
+# BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
+# defaults); statistics per tenant from migration 0008
+BM25_K1 = 1.2
+BM25_B = 0.75
 FUSIONS = ("rrf", "weighted")
 # page chrome: what a page repeats around its content (mdBook's sidebar and theme menu, ...)
 _CHROME_TAGS = ("nav", "aside", "script", "style", "noscript", "template", "form", "button",
@@ -341,8 +347,6 @@ class KnowledgeBase:
         self.embedder = embedder
         self.reranker = reranker
         self._indexed = False
-        self._shares: dict[str, float] = {}  # lexeme -> share of chunks, from pg_stats
-        self._shares_at = -COMMON_LEXEMES_TTL_S
 
     async def _ensure_index(self) -> None:
         """One HNSW index per embedder, over vectors of its dimension."""
@@ -547,25 +551,32 @@ class KnowledgeBase:
         hits = await self.search(tenant, question, k, vector=vector)
         return [h for h in hits if h.keyword_rank is not None]
 
-    async def _keyword_tsquery(self, conn: asyncpg.Connection, query: str) -> str:
-        """The query's rarest lexemes (English stemming, stopwords out), OR-ed, leaving out the
-        ones in more than 5% of all chunks while rarer ones remain: a word that common ranks
-        little and makes Postgres score much of the table on every turn (an IDF cut, from the
-        column's statistics)."""
-        lexemes = await conn.fetchval(
-            "SELECT tsvector_to_array(to_tsvector('english', $1))", query) or []
-        if time.monotonic() - self._shares_at > COMMON_LEXEMES_TTL_S:
-            row = await conn.fetchrow(
-                "SELECT most_common_elems::text::text[] AS elems, most_common_elem_freqs AS"
-                " freqs FROM pg_stats WHERE tablename = 'kb_chunks' AND attname = 'tsv'")
-            self._shares = dict(zip(row["elems"], row["freqs"], strict=False)
-                                ) if row and row["elems"] else {}
-            self._shares_at = time.monotonic()
-        # rarest first (a lexeme missing from the statistics is rarer than any in them)
-        ranked = sorted(lexemes, key=lambda lx: self._shares.get(lx, 0.0))
-        rare = [lx for lx in ranked if self._shares.get(lx, 0.0) <= COMMON_LEXEME_SHARE]
-        return " | ".join("'" + lx.replace("\\", "\\\\").replace("'", "''") + "'"
-                          for lx in (rare or ranked[:1])[:MAX_QUERY_LEXEMES])
+    async def _keyword_terms(
+        self, conn: asyncpg.Connection, tenant: str, query: str,
+    ) -> tuple[list[str], list[float], float]:
+        """The question's lexemes to rank by (English stemming, stopwords out) with their BM25
+        inverse document frequencies in the tenant's chunks, and the tenant's mean chunk length.
+        The rarest first, at most `MAX_QUERY_LEXEMES`, while the chunks they are in add up to
+        at most `KEYWORD_CANDIDATES` (the rarest is always kept): a word in much of a large
+        knowledge base ranks little (low idf) and would make Postgres score much of the table
+        on every turn. Lexemes the tenant has not got are left out (they match nothing)."""
+        rows = await conn.fetch(
+            "SELECT u.lexeme, t.docs, s.chunks, s.total_len"
+            " FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS u (lexeme)"
+            " JOIN kb_bm25_terms t ON t.tenant = $1 AND t.lexeme = u.lexeme AND t.docs > 0"
+            " JOIN kb_bm25_stats s ON s.tenant = $1 ORDER BY t.docs, u.lexeme", tenant, query)
+        if not rows:
+            return [], [], 0.0
+        chunks = max(int(rows[0]["chunks"]), 1)
+        kept, matches = rows[:1], rows[0]["docs"]
+        for row in rows[1:MAX_QUERY_LEXEMES]:
+            matches += row["docs"]
+            if matches > KEYWORD_CANDIDATES:
+                break
+            kept.append(row)
+        return ([r["lexeme"] for r in kept],
+                [math.log(1 + (chunks - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
+                int(rows[0]["total_len"]) / chunks)
 
     async def rankings(
         self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
@@ -600,16 +611,26 @@ class KnowledgeBase:
                 f" JOIN kb_documents d ON d.id = c.document_id ORDER BY c.distance",
                 *args,
             )
-            words = await self._keyword_tsquery(conn, query)
+            lexemes, idfs, mean_len = await self._keyword_terms(conn, tenant, query)
+            # BM25 over the chunks holding any of the lexemes (the GIN index finds them): per
+            # lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean length)),
+            # tf being its occurrences in the chunk (positions in the tsvector)
+            extra = args[3:]  # the documents' filter, $4, when there is one
+            mean, idf, words = (f"${4 + len(extra) + n}" for n in range(3))
             keyword_rows = await conn.fetch(
                 "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
-                " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page,"
-                " ts_rank_cd(c.tsv, q) AS score"
-                " FROM kb_chunks c, to_tsquery('simple', $2) q WHERE c.tenant = $1 AND"
-                f" c.tsv @@ q{documents} ORDER BY score DESC, c.id LIMIT $3) c"
+                " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, (SELECT"
+                f" sum(q.idf * u.tf * {BM25_K1 + 1} / (u.tf + {BM25_K1} * (1 - {BM25_B}"
+                f" + {BM25_B} * c.doc_len / {mean}::float8)))"
+                " FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
+                f" FROM unnest(c.tsv)) u JOIN unnest($2::text[], {idf}::float8[]) q (lexeme, idf)"
+                " USING (lexeme)) AS score"
+                f" FROM kb_chunks c WHERE c.tenant = $1 AND c.tsv @@ to_tsquery('simple', {words})"
+                f"{documents} ORDER BY score DESC, c.id LIMIT $3) c"
                 " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
-                tenant, words, limit, *args[3:],
-            ) if words else []
+                tenant, lexemes, limit, *extra, mean_len, idfs, " | ".join(
+                    "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in lexemes),
+            ) if lexemes else []
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"],
                         page=r["page"]) for r in rows]

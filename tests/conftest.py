@@ -19,13 +19,13 @@ import pytest
 
 from agent.config import Settings
 from memory.db import Database, start_embedded
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import WordLlamaEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
 
 
-class CountingEmbedder(OfflineEmbedder):
+class CountingEmbedder(WordLlamaEmbedder):
     """The offline embedder, counting the documents and queries it embeds."""
 
     def __init__(self, dim: int = 256) -> None:

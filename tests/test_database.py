@@ -25,7 +25,7 @@ from agent.pricing import PriceTable, Usage
 from agent.session_record import SessionRecord
 from memory.conversation import ConversationLog
 from memory.db import Database, DatabaseUnavailable, start_embedded
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import WordLlamaEmbedder
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
 from memory.store import Store
@@ -335,13 +335,13 @@ async def test_a_long_outage_overflows_to_disk_and_every_turn_lands_in_order(
     )
     # memory updates (facts and summary) go through the same kind of writer
     memory_writer = BackgroundWriter(
-        "memory", UserMemory(db.pool, OfflineEmbedder()).apply,
+        "memory", UserMemory(db.pool, WordLlamaEmbedder()).apply,
         tmp_path / "costs" / "sess_long_outage.memory-spill.jsonl",
         max_batch=8, max_backoff_s=0.2, max_pending=12,
     )
     # and so do the screen timeline's events
     screen_writer = BackgroundWriter(
-        "screen_events", ScreenTimeline(db.pool, OfflineEmbedder()).write,
+        "screen_events", ScreenTimeline(db.pool, WordLlamaEmbedder()).write,
         tmp_path / "costs" / "sess_long_outage.screen-spill.jsonl",
         max_batch=8, max_backoff_s=0.2, max_pending=12,
     )

@@ -13,7 +13,7 @@ import random
 
 from memory.conversation import store_messages
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
 from memory.screen_timeline import ScreenTimeline, event_row
@@ -26,7 +26,7 @@ WORDS = ("router password reset config deploy token backup invoice printer vpn c
 
 async def test_no_query_ever_crosses_tenants(db: Database) -> None:
     rng = random.Random(20261121)
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     tenants = [f"tenant-{i}" for i in range(6)]
     for tenant in tenants:
         chunks = [
@@ -52,7 +52,7 @@ async def test_no_query_ever_crosses_tenants(db: Database) -> None:
 
 async def test_no_memory_query_ever_crosses_tenants_or_users(db: Database) -> None:
     rng = random.Random(20261122)
-    embedder = OfflineEmbedder()
+    embedder = WordLlamaEmbedder()
     store, memory, kb = Store(db.pool), UserMemory(db.pool, embedder), KnowledgeBase(
         db.pool, embedder)
     screen = ScreenTimeline(db.pool, embedder)

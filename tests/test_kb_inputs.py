@@ -32,7 +32,7 @@ from agent.components import make_embedder
 from agent.config import Settings
 from memory import knowledge
 from memory.db import Database
-from memory.embeddings import GeminiEmbedder, OfflineEmbedder
+from memory.embeddings import GeminiEmbedder, MiniLMEmbedder, WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
 
 
@@ -77,7 +77,7 @@ async def test_a_big_text_file_ingests_in_pieces_and_the_files_after_it_too(
     (folder / "a_big.txt").write_text(sentences(25_000))
     (folder / "b_small.md").write_text(ROUTER)
     moves: list[tuple[float, float]] = []
-    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest(
+    report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest(
         [folder], "acme", progress=lambda done, total: moves.append((done, total)))
     assert report.skipped == [] and report.documents == 2 and report.embedded > 1000
     big = (folder / "a_big.txt").stat().st_size
@@ -95,7 +95,7 @@ async def test_an_html_fragment_is_read_and_page_chrome_left_out(
     (folder / "fragment.html").write_text(
         "<h1>Sourdough</h1>\n<p>Feed the starter with flour and water every day.</p>")
     (folder / "ownership.html").write_text(MDBOOK_PAGE)
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     report = await kb.ingest([folder], "acme")
     assert report.skipped == [] and report.documents == 2
     texts = {r["source"]: r["text"] for r in await db.pool.fetch(
@@ -122,7 +122,7 @@ async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingest
     (folder / "fake.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
     (folder / "only-script.html").write_text("<html><body><script>x()</script></body></html>")
     (folder / "utf16.txt").write_text("The VPN port is 51820.", encoding="utf-16")
-    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([folder], "acme")
+    report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([folder], "acme")
     assert report.documents == 2  # good.md and utf16.txt
     why = {Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in report.skipped}
     assert why == {
@@ -176,7 +176,7 @@ async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_
     assert code == 0, err
     # `auto` with the key set: globex's knowledge is stored offline, so it stays offline
     code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "globex", env=gemini)
-    assert code == 0 and "0 chunks embedded (wordllama-l2-supercat-256)" in out, err
+    assert code == 0 and "0 chunks embedded (minilm-l6-v2-384)" in out, err
     code, out, err = await run_cli("kb", "search", "reset the router admin password",
                                    "--tenant", "globex", "--json", env=gemini)
     assert code == 0 and json.loads(out)[0]["source"] == "kb/router.md", err
@@ -187,7 +187,7 @@ async def test_a_document_is_one_document_wherever_it_is_ingested_from(
 ) -> None:
     clone = tmp_path / "clone" / "kb"
     shutil.copytree(docs, clone)
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest([docs], "acme")
     again = await kb.ingest([clone], "acme")
     assert again.embedded == 0 and again.removed_documents == []
@@ -210,7 +210,7 @@ async def test_a_document_is_one_document_wherever_it_is_ingested_from(
 async def test_tags_survive_a_reingest_without_meta_and_type_is_built_in(
     db: Database, docs: Path, settings: Settings,
 ) -> None:
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest([docs / "router.md"], "acme", metadata={"team": "network"})
     await kb.ingest([docs / "router.md"], "acme")
     tags = {d.source: d.metadata for d in await knowledge.documents(db.pool, "acme")}
@@ -248,7 +248,7 @@ async def test_kb_list_and_delete(settings: Settings, docs: Path) -> None:
     assert code == 0 and [d["source"] for d in listed] == [
         "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"]
     router = listed[2]
-    assert router["chunks"] >= 1 and router["embedders"] == ["wordllama-l2-supercat-256"]
+    assert router["chunks"] >= 1 and router["embedders"] == ["minilm-l6-v2-384"]
     assert router["metadata"] == {"team": "it", "type": "md"} and router["ingested_at"]
     code, out, _ = await run_cli("kb", "list", "--tenant", "acme", env=env)
     assert code == 0 and len(out.splitlines()) == 4
@@ -283,7 +283,7 @@ async def test_pdf_hits_carry_their_page(db: Database, settings: Settings, tmp_p
 
 
 async def _search_after_ingest(db: Database, path: Path, query: str) -> list[knowledge.Hit]:
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest([path], "acme")
     return await kb.search("acme", query, k=1)
 
@@ -329,7 +329,7 @@ async def test_fuzzed_folders_ingest_every_file_or_report_it(
     for (stem, suffix), data in files.items():
         (folder / (stem + suffix)).write_bytes(data)
     tenant = f"fuzz-{folder.parent.name}"
-    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([folder], tenant)
+    report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([folder], tenant)
     names = {p.name for p in folder.iterdir()}
     skipped = {Path(line.split(": ", 1)[0]).name for line in report.skipped}
     stored = {d.source.removeprefix("kb/") for d in await knowledge.documents(db.pool, tenant)}
@@ -341,9 +341,14 @@ def test_auto_embeddings_keep_the_model_a_tenants_knowledge_is_stored_with(
     settings: Settings,
 ) -> None:
     keyed = settings.with_overrides(gemini_api_key="test-key")
-    assert isinstance(make_embedder(keyed, ["wordllama-l2-supercat-256"]), OfflineEmbedder)
+    assert isinstance(make_embedder(keyed, ["wordllama-l2-supercat-256"]), WordLlamaEmbedder)
     assert isinstance(make_embedder(keyed, ["gemini-embedding-001-768"]), GeminiEmbedder)
     assert isinstance(make_embedder(keyed), GeminiEmbedder)  # a tenant without knowledge
-    assert isinstance(make_embedder(settings), OfflineEmbedder)  # no key
+    assert isinstance(make_embedder(keyed, ["minilm-l6-v2-384"]), MiniLMEmbedder)
+    assert isinstance(make_embedder(settings), MiniLMEmbedder)  # no key: the offline default
+    assert isinstance(make_embedder(settings.with_overrides(embeddings="wordllama")),
+                      WordLlamaEmbedder)  # by name
+    assert isinstance(make_embedder(settings.with_overrides(embeddings="offline"),
+                                    ["wordllama-l2-supercat-256"]), MiniLMEmbedder)  # as told
     assert isinstance(make_embedder(keyed.with_overrides(embeddings="gemini"),
                                     ["wordllama-l2-supercat-256"]), GeminiEmbedder)  # as told

@@ -24,7 +24,7 @@ from agent.pricing import PriceTable
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import GeminiEmbedder, OfflineEmbedder
+from memory.embeddings import GeminiEmbedder, WordLlamaEmbedder
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
 
 ROUTER = """# Resetting the router
@@ -117,8 +117,8 @@ async def test_reingest_embeds_only_changed_chunks_and_drops_deleted_documents(
 
 
 async def test_a_change_of_embedding_model_is_detected(db: Database, docs: Path) -> None:
-    await KnowledgeBase(db.pool, OfflineEmbedder(256)).ingest([docs / "router.md"], "acme")
-    other = KnowledgeBase(db.pool, OfflineEmbedder(128))
+    await KnowledgeBase(db.pool, WordLlamaEmbedder(256)).ingest([docs / "router.md"], "acme")
+    other = KnowledgeBase(db.pool, WordLlamaEmbedder(128))
     with pytest.raises(KnowledgeError, match="embedded with wordllama-l2-supercat-256"):
         await other.search("acme", "reset the router")
     report = await other.ingest([docs / "router.md"], "acme")
@@ -132,7 +132,7 @@ async def test_an_unreadable_file_is_reported_and_the_rest_ingested(
     db: Database, docs: Path,
 ) -> None:
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
-    report = await KnowledgeBase(db.pool, OfflineEmbedder()).ingest([docs], "acme")
+    report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([docs], "acme")
     assert report.documents == 4
     assert len(report.skipped) == 1 and "broken.pdf" in report.skipped[0]
 
@@ -149,7 +149,7 @@ async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> No
     env = cli_env(settings)
     code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
     assert code == 0, err
-    assert "4 documents:" in out and "wordllama-l2-supercat-256" in out
+    assert "4 documents:" in out and "minilm-l6-v2-384" in out
     assert "\r" not in err and "ingest (acme)" not in err  # no progress bar off a terminal
     code, out, err = await run_cli("kb", "search", "reset the router admin password",
                                    "--tenant", "acme", "--json", env=env)
@@ -195,7 +195,7 @@ async def test_a_turns_lookup_keeps_word_sharing_hits(
 
 
 async def test_search_filters_on_document_metadata(db: Database, docs: Path) -> None:
-    kb = KnowledgeBase(db.pool, OfflineEmbedder())
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest([docs / "router.md"], "acme", metadata={"team": "network"})
     await kb.ingest([docs / "vpn.txt", docs / "holidays.pdf"], "acme", metadata={"team": "it"})
     question = "office vpn router holidays"
@@ -223,7 +223,7 @@ async def test_a_cohere_reranker_reorders_and_its_outage_keeps_the_fused_order(
             reranker="cohere", cohere_api_key="test-key", cohere_base_url=server.base_url,
             model_retries=0), record=record.meter.rerank_call)
         assert reranker is not None
-        kb = KnowledgeBase(db.pool, OfflineEmbedder(), reranker)
+        kb = KnowledgeBase(db.pool, WordLlamaEmbedder(), reranker)
         await kb.ingest([docs], "acme")
         question = "which port does the office vpn use"
         fused = await KnowledgeBase(db.pool, kb.embedder).search("acme", question, k=3)

@@ -30,7 +30,7 @@ ALLOWED = {
 EVAL_AND_DEV = ("scipy", "imagehash", "scenedetect", "pandas", "llama_index.retrievers",
                 "llama_index.readers", "bm25s", "pytest", "ruff", "bench")
 HEAVY = ("livekit.agents", "livekit.rtc", "google.genai", "anthropic", "asyncpg", "cv2", "av",
-         "numpy", "llama_index", "cohere", "wordllama")
+         "numpy", "llama_index", "cohere", "wordllama", "tokenizers", "safetensors")
 
 
 def imports_of(path: Path, *, top_level_only: bool) -> set[str]:

@@ -26,7 +26,7 @@ from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.conversation import store_messages
 from memory.db import Database
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import WordLlamaEmbedder
 from memory.keeper import MemoryKeeper, MemoryReplyError, parse_update
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
@@ -71,7 +71,7 @@ def _record(tmp_path: Path, session_id: str) -> SessionRecord:
 async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
-    memory = UserMemory(db.pool, OfflineEmbedder())
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
     script = [
         update([("python_version", "The user runs Python 3.11.")], summary="Asked about pip."),
         update([("python_version", "The user upgraded to Python 3.12."),
@@ -121,7 +121,7 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
 async def test_a_failing_memory_model_loses_nothing_else(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
-    memory = UserMemory(db.pool, OfflineEmbedder())
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
     async with ScriptedModelServer([ScriptedReply(status=500)]) as server:
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
@@ -190,7 +190,7 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
 ) -> None:
     costs = settings.costs_dir
     costs.mkdir(parents=True, exist_ok=True)
-    embedder = OfflineEmbedder()
+    embedder = WordLlamaEmbedder()
     store, memory = Store(db.pool), UserMemory(db.pool, embedder)
     screen = ScreenTimeline(db.pool, embedder)
     targets = SpillTargets(store, memory, screen, embedder)

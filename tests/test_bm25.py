@@ -1,0 +1,139 @@
+"""Keyword ranking by BM25 inside Postgres, per tenant, on real Postgres (migration 0008).
+
+Protects: the per-tenant statistics (chunk count, total length, lexeme document frequencies)
+stay exactly what the chunks say through ingest, re-ingest, document deletion (a cascade) and
+in another tenant; the score is BM25's (checked against the formula computed here from the
+chunks' own words) with its three properties: a rare word outweighs a common one (idf), more
+occurrences help but saturate (k1), and a shorter chunk beats a longer one with the same match
+(b); another tenant's chunks change nothing in a tenant's scores; a chunk's text is never
+rewritten in place (that would bypass the statistics).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import asyncpg
+import pytest
+
+from memory import knowledge
+from memory.db import Database
+from memory.embeddings import WordLlamaEmbedder
+from memory.knowledge import BM25_B, BM25_K1, KnowledgeBase
+
+
+async def stats_match_the_chunks(db: Database) -> None:
+    kept = await db.pool.fetch("SELECT tenant, chunks, total_len FROM kb_bm25_stats"
+                               " WHERE chunks > 0 ORDER BY tenant")
+    real = await db.pool.fetch("SELECT tenant, count(*) AS chunks, sum(doc_len) AS total_len"
+                               " FROM kb_chunks GROUP BY tenant ORDER BY tenant")
+    assert [tuple(r) for r in kept] == [tuple(r) for r in real]
+    kept_terms = await db.pool.fetch("SELECT tenant, lexeme, docs FROM kb_bm25_terms"
+                                     " WHERE docs <> 0 ORDER BY 1, 2")
+    real_terms = await db.pool.fetch(
+        "SELECT c.tenant, u.lexeme, count(*) AS docs FROM kb_chunks c, unnest(c.tsv) u"
+        " GROUP BY 1, 2 ORDER BY 1, 2")
+    assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
+
+
+async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -> None:
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
+    await kb.ingest_chunks("acme", "a", [("a1", "The router resets when held."),
+                                         ("a2", "Router firmware updates from the System page.")])
+    await kb.ingest_chunks("globex", "g", [("g1", "Sourdough starter feeding schedule.")])
+    await stats_match_the_chunks(db)
+    assert await db.pool.fetchval(
+        "SELECT docs FROM kb_bm25_terms WHERE tenant = 'acme' AND lexeme = 'router'") == 2
+    # re-ingest: one chunk kept, one replaced, one added
+    await kb.ingest_chunks("acme", "a", [("a1", "The router resets when held."),
+                                         ("a3", "The VPN listens on port 51821."),
+                                         ("a4", "Router admin password on the label.")])
+    await stats_match_the_chunks(db)
+    await knowledge.delete_documents(db.pool, "acme", ["a"])  # chunks go by cascade
+    await stats_match_the_chunks(db)
+    assert await db.pool.fetchval(
+        "SELECT chunks FROM kb_bm25_stats WHERE tenant = 'acme'") == 0
+    assert await db.pool.fetchval(
+        "SELECT chunks FROM kb_bm25_stats WHERE tenant = 'globex'") == 1
+
+
+def bm25(query: list[str], doc: list[str], docs: list[list[str]]) -> float:
+    """BM25 from its definition, over lexeme lists."""
+    mean = sum(map(len, docs)) / len(docs)
+    score = 0.0
+    for term in set(query):
+        df = sum(term in d for d in docs)
+        tf = doc.count(term)
+        if tf:
+            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            score += idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * len(doc)
+                                                                  / mean))
+    return score
+
+
+async def lexemes(db: Database, text: str) -> list[str]:
+    """The chunk's words as Postgres indexes them, one entry per occurrence."""
+    rows = await db.pool.fetch("SELECT lexeme, positions FROM unnest(to_tsvector('english', $1))",
+                               text)
+    return [r["lexeme"] for r in rows for _ in r["positions"]]
+
+
+CHUNKS = {
+    "rare": "Hold the reset pin of the zyxel router.",
+    "common": "The router router router sits by the window of the office near the router.",
+    "long": "The zyxel unit is here. " + " ".join(f"filler{n} words" for n in range(40)),
+    "twice": "zyxel zyxel router guide",
+    "once": "zyxel router guide and more",
+    "plain": "A router in a rack, another router on a shelf, a router on the desk.",
+}
+
+
+async def test_the_score_is_bm25_with_idf_saturation_and_length(db: Database) -> None:
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
+    await kb.ingest_chunks("acme", "docs", list(CHUNKS.items()))
+    # another tenant full of the query's words: acme's statistics and scores must not move
+    await kb.ingest_chunks("globex", "other", [(f"g{n}", "zyxel zyxel router reset")
+                                               for n in range(30)])
+    question = "reset my zyxel router"
+    _, ranked = await kb.rankings("acme", question, 10)
+    docs = {key: await lexemes(db, text) for key, text in CHUNKS.items()}
+    query = await lexemes(db, question)
+    expected = {key: bm25(query, doc, list(docs.values())) for key, doc in docs.items()}
+    assert {h.key: h.score for h in ranked} == pytest.approx(
+        {k: v for k, v in expected.items() if v > 0}, rel=1e-9)
+    order = [h.key for h in ranked]
+    assert order.index("rare") < order.index("common")  # zyxel + reset beat router x4
+    assert order.index("twice") < order.index("once")  # more occurrences help...
+    assert expected["twice"] < 2 * expected["once"]  # ...but saturate
+    assert order.index("once") < order.index("long")  # same match, shorter chunk
+
+
+async def test_a_question_of_only_unknown_words_matches_nothing(db: Database) -> None:
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
+    await kb.ingest_chunks("acme", "docs", list(CHUNKS.items()))
+    assert (await kb.rankings("acme", "quantum entanglement", 5))[1] == []
+    assert (await kb.rankings("nobody", "zyxel router", 5))[1] == []
+
+
+async def test_common_words_are_left_out_while_rarer_ones_remain(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
+    await kb.ingest_chunks("acme", "docs", list(CHUNKS.items()))
+    monkeypatch.setattr(knowledge, "KEYWORD_CANDIDATES", 5)  # reset: 1 chunk, zyxel: 4
+    async with db.pool.acquire() as conn:
+        kept, idfs, _ = await kb._keyword_terms(conn, "acme", "zyxel router reset")
+    assert kept == ["reset", "zyxel"] and idfs[0] > idfs[1]  # router is in 5 of 6 chunks
+    monkeypatch.setattr(knowledge, "KEYWORD_CANDIDATES", 0)
+    async with db.pool.acquire() as conn:
+        assert (await kb._keyword_terms(conn, "acme", "zyxel router"))[0] == ["zyxel"]
+
+
+async def test_chunk_text_is_never_rewritten_in_place(db: Database) -> None:
+    await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest_chunks(
+        "acme", "docs", [("a", "router")])
+    with pytest.raises(asyncpg.RaiseError, match=re.escape("not updated in place")):
+        await db.pool.execute("UPDATE kb_chunks SET text = 'modem'")
+    await db.pool.execute("UPDATE kb_chunks SET position = 3")  # other columns may change
+    await stats_match_the_chunks(db)
