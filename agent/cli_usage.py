@@ -30,10 +30,10 @@ def format_usage(u: dict[str, Any]) -> str:
         f"  sessions: {u['sessions']} ({u['live_sessions']} live), {u['users']} users",
         f"  screen share: {u['screen_share_minutes']:.2f} min ({u['frames_sampled']} frames "
         f"sampled, {u['frames_kept']} kept)",
-        f"  voice: {u['voice_minutes']:.2f} min transcribed, {u['tts_characters']} characters "
-        "spoken",
+        f"  voice: {u['voice_minutes']:.2f} min heard, {u['spoken_minutes']:.2f} min spoken "
+        f"({u['tts_characters']} characters)",
         f"  turns: {u['turns']}, {u['turns_answered']} answered",
-        f"  model cost: ${u['model_cost_usd']:.6f}",
+        f"  model and speech cost: ${u['model_cost_usd']:.6f}",
     ]
     for use, figures in u["cost_by_use"].items():
         models = ", ".join(f"{name} {f['calls']} call{'s' if f['calls'] != 1 else ''}"

@@ -2,8 +2,9 @@
 held-apart phrasings (none is one of the intents' examples), against a word-overlap reference in
 the same run, and what asking tier 0 instead would cost.
 
-- ours: `IntentIndex.classify` on the offline embedder (WordLlama): one query embedding, cosine
-  to every example, the nearest intent above `MIN_INTENT_SCORE`, else none.
+- ours: `IntentIndex.classify` on an offline embedder (`--embedder`: MiniLM, the default, or
+  WordLlama): one query embedding, cosine to every example, the nearest intent above the
+  embedder's minimum score (`MIN_INTENT_SCORE`), else none.
 - reference: the same examples, the intent of the example sharing the most content words
   (Jaccard), none when no word is shared.
 - tier 0 (not run: no model here): the intent list and the words as a prompt, priced with the
@@ -11,7 +12,7 @@ the same run, and what asking tier 0 instead would cost.
 
 Small talk (`None` expected) is in the set: an intent on every utterance would be noise.
 
-    .venv/bin/python -m bench.assist_intent [--repeat 20]
+    .venv/bin/python -m bench.assist_intent [--repeat 20] [--embedder minilm|wordllama]
 
 The last line is JSON: {"accuracy", "reference_accuracy", "p50_ms", "p95_ms",
 "reference_p50_ms", "tier0_usd_per_utterance", "utterances"}.
@@ -29,7 +30,7 @@ import time
 from agent.assist import INTENTS, IntentIndex
 from agent.config import DEFAULT_TIERS
 from agent.pricing import PriceTable, Usage
-from memory.embeddings import OfflineEmbedder
+from memory.embeddings import DEFAULT_OFFLINE, OFFLINE_EMBEDDERS, offline_embedder
 
 HELD_APART: list[tuple[str, str | None]] = [
     ("my terminal prints a traceback when I start the server", "troubleshoot_error"),
@@ -88,8 +89,8 @@ def tier0_cost(text: str) -> float:
     return PriceTable.load().cost(tier.model, usage) or 0.0
 
 
-async def main(repeat: int) -> dict[str, float | int]:
-    embedder = OfflineEmbedder()
+async def main(repeat: int, embedder_name: str) -> dict[str, float | int | str]:
+    embedder = offline_embedder(embedder_name)
     index = IntentIndex(embedder)
     await index.classify(await embedder.embed_query("warm up"))
     ours_ms: list[float] = []
@@ -118,10 +119,13 @@ async def main(repeat: int) -> dict[str, float | int]:
         "tier0_usd_per_utterance": round(statistics.mean(tier0_cost(t) for t, _ in HELD_APART),
                                          8),
         "utterances": len(HELD_APART),
+        "embedder": embedder.name,
     }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
-    print(json.dumps(asyncio.run(main(parser.parse_args().repeat))))
+    parser.add_argument("--embedder", choices=sorted(OFFLINE_EMBEDDERS), default=DEFAULT_OFFLINE)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.repeat, args.embedder))))

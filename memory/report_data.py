@@ -17,7 +17,7 @@ SELECT date_trunc('day', ts AT TIME ZONE 'utc')::date AS day, model,
        coalesce(sum(cost_usd), 0)::float8 AS cost_usd, count(*) FILTER (WHERE cost_usd IS NULL)
            AS unpriced
 FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3
-  AND kind IN ('model_call', 'model_error')
+  AND kind IN ('model_call', 'model_error', 'speech')
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 

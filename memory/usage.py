@@ -1,9 +1,10 @@
 """A tenant's usage over a calendar month: the numbers billing consumes, summed from what sessions
 recorded (sessions rows and cost_events), never estimated. Every query names its tenant.
 
-Voice is counted from speech events when they exist: a model event (or an event of kind `stt` /
-`tts`) whose `detail.purpose` is `stt` carries `detail.audio_seconds`, one whose purpose is `tts`
-carries `detail.characters`. Sessions without voice show 0.
+Voice is counted from the `speech` events the speech engines record (agent/metering.py):
+`detail.direction` `stt` (audio heard, `detail.audio_s`) or `tts` (`detail.characters` spoken,
+`detail.audio_s` of speech made); their dollars are listed under `stt` / `tts` beside the tiers.
+Sessions without voice show 0.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ FROM (SELECT max((detail->>'t')::float8) - min((detail->>'t')::float8) AS span,
 """
 
 _MODELS = """
-SELECT coalesce('tier ' || (detail->>'tier'), detail->>'purpose', 'other') AS used_for,
+SELECT coalesce('tier ' || (detail->>'tier'), detail->>'purpose', detail->>'direction', 'other')
+           AS used_for,
        model,
        count(*) AS calls,
        count(*) FILTER (WHERE kind = 'model_error') AS errors,
@@ -42,17 +44,18 @@ SELECT coalesce('tier ' || (detail->>'tier'), detail->>'purpose', 'other') AS us
        sum(images) AS images, sum(image_tokens) AS image_tokens,
        coalesce(sum(cost_usd), 0) AS cost_usd
 FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3
-  AND kind IN ('model_call', 'model_error')
+  AND kind IN ('model_call', 'model_error', 'speech')
 GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 _VOICE = """
-SELECT coalesce(sum((detail->>'audio_seconds')::float8)
-                    FILTER (WHERE detail->>'purpose' = 'stt' OR kind = 'stt'), 0) AS stt_seconds,
+SELECT coalesce(sum((detail->>'audio_s')::float8)
+                    FILTER (WHERE detail->>'direction' = 'stt'), 0) AS stt_seconds,
+       coalesce(sum((detail->>'audio_s')::float8)
+                    FILTER (WHERE detail->>'direction' = 'tts'), 0) AS tts_seconds,
        coalesce(sum((detail->>'characters')::float8)
-                    FILTER (WHERE detail->>'purpose' = 'tts' OR kind = 'tts'), 0) AS tts_characters
-FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3
-  AND (kind IN ('stt', 'tts', 'model_call', 'model_error'))
+                    FILTER (WHERE detail->>'direction' = 'tts'), 0) AS tts_characters
+FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech'
 """
 
 _TURNS = """
@@ -125,6 +128,7 @@ async def month_usage(pool: asyncpg.Pool, tenant: str, month: str) -> dict[str, 
         "frames_sampled": screen["sampled"],
         "frames_kept": screen["kept"],
         "voice_minutes": round(voice["stt_seconds"] / 60, 2),
+        "spoken_minutes": round(voice["tts_seconds"] / 60, 2),
         "tts_characters": int(voice["tts_characters"]),
         "turns": turns["turns"],
         "turns_answered": turns["answered"],

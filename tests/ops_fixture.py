@@ -109,9 +109,13 @@ PLAN = [
                  leave_mid_answer=True),
     ], days_ago=1, events=[
         *_frames(61, "code", 10),
-        ("model_call", {"cost_usd": 0.0012, "provider": "local", "model": "stt-local",
-                        "latency_ms": 80.0,
-                        "detail": {"purpose": "stt", "audio_seconds": 90.0}}),
+        # speech engines' events as agent/metering.py records them (scripted figures)
+        ("speech", {"cost_usd": 0.0012, "provider": "openai", "model": "whisper-1",
+                    "detail": {"direction": "stt", "audio_s": 90.0, "characters": 0,
+                               "latency_ms": 80.0}}),
+        ("speech", {"cost_usd": 0.0009, "provider": "openai", "model": "tts-1",
+                    "detail": {"direction": "tts", "audio_s": 12.0, "characters": 60,
+                               "latency_ms": 120.0}}),
     ]),
     SessionPlan("s-carol", "acme", "carol", [
         Question("What does the red banner on the dashboard mean?",

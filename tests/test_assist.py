@@ -29,7 +29,7 @@ from agent.session import SessionRuntime
 from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import EmbeddingError, OfflineEmbedder, SharedQueries
+from memory.embeddings import EmbeddingError, SharedQueries, offline_embedder
 from memory.knowledge import KnowledgeBase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_the_committed_schema_is_the_code_s() -> None:
 
 async def test_interim_transcripts_one_at_a_time_and_voice_is_told_apart() -> None:
     recorded: list[dict[str, Any]] = []
-    assist = LiveAssist(OfflineEmbedder(), None, tenant="acme", session_id="s1",
+    assist = LiveAssist(offline_embedder(), None, tenant="acme", session_id="s1",
                         record=recorded.append)
     assist.transcribed("how do I", final=False)
     assist.transcribed("how do I export", final=False)  # the first is still being looked up

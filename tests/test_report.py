@@ -113,7 +113,7 @@ async def test_report_figures_of_the_scripted_sessions_and_the_demo(
     assert len({r["day"] for r in acme["cost_by_day_model"]}) == 3  # 2 days ago, 1, today
     calls = await db.pool.fetchval(
         "SELECT sum(cost_usd)::float8 FROM cost_events WHERE tenant = 'acme'"
-        " AND kind IN ('model_call', 'model_error')")
+        " AND kind IN ('model_call', 'model_error', 'speech')")
     assert sum(r["cost_usd"] for r in acme["cost_by_day_model"]) == pytest.approx(calls)
     assert acme["frames_by_content_type"] == [{"content_type": "code", "kept": 7,
                                                "dropped": 54}]

@@ -40,15 +40,16 @@ async def test_usage_of_the_scripted_sessions(
     assert (u["sessions"], u["live_sessions"], u["users"]) == (4, 0, 3)
     assert u["screen_share_minutes"] == 1.0  # bob's 61 frames at 1 FPS: 60 s
     assert (u["frames_sampled"], u["frames_kept"]) == (61, 7)
-    assert u["voice_minutes"] == 1.5
+    assert (u["voice_minutes"], u["spoken_minutes"], u["tts_characters"]) == (1.5, 0.2, 60)
     assert (u["turns"], u["turns_answered"]) == (9, 7)
     calls = await db.pool.fetch(
         "SELECT detail->>'tier' AS tier, cost_usd FROM cost_events WHERE tenant = 'acme'"
-        " AND kind IN ('model_call', 'model_error')")
+        " AND kind IN ('model_call', 'model_error', 'speech')")
     assert u["model_cost_usd"] == pytest.approx(sum(float(c["cost_usd"]) for c in calls))
     by_use = u["cost_by_use"]
-    assert set(by_use) == {"tier 0", "tier 1", "tier 2", "stt"}
-    assert by_use["stt"]["cost_usd"] == 0.0012
+    assert set(by_use) == {"tier 0", "tier 1", "tier 2", "stt", "tts"}
+    assert by_use["stt"]["cost_usd"] == 0.0012 and by_use["tts"]["cost_usd"] == 0.0009
+    assert by_use["tts"]["models"]["tts-1"]["calls"] == 1
     for tier in ("0", "1", "2"):
         assert by_use[f"tier {tier}"]["cost_usd"] == pytest.approx(
             sum(float(c["cost_usd"]) for c in calls if c["tier"] == tier))
@@ -78,7 +79,8 @@ async def test_usage_of_the_scripted_sessions(
     assert code == 0, err
     assert "sessions: 4 (0 live), 3 users" in out
     assert "screen share: 1.00 min (61 frames sampled, 7 kept)" in out
-    assert "voice: 1.50 min transcribed" in out and "turns: 9, 7 answered" in out
+    assert "voice: 1.50 min heard, 0.20 min spoken (60 characters)" in out
+    assert "turns: 9, 7 answered" in out
     code, _, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-13", env=env)
     assert code == 2 and "must be a month as YYYY-MM" in err
 
