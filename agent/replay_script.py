@@ -13,14 +13,20 @@ from typing import Any
 
 from livekit.agents import llm
 
+from tools.handoff import HandoffTool
+from tools.knowledge_tools import KnowledgeTools
+from tools.memory_tools import MemoryTools
 from tools.screen_history import ScreenHistoryTools
 from vision.video_file import VideoUnreadable, probe_duration
 
 from .config import Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
-# the tools a replayed session's agent has: a scripted call to any other would only loop
-AGENT_TOOLS = frozenset(tool.id for tool in llm.find_function_tools(ScreenHistoryTools))
+# the tools a replayed session's agent has (agent/session.py gives it these classes' tools): a
+# scripted call to any other would only loop
+AGENT_TOOLS = frozenset(
+    tool.id for tools in (ScreenHistoryTools, HandoffTool, KnowledgeTools, MemoryTools)
+    for tool in llm.find_function_tools(tools))
 
 
 class FixtureError(ValueError):
