@@ -121,6 +121,11 @@ class CostMeter:
             },
         )
 
+    def round_discarded(self, request_id: str) -> None:
+        """The cascade round `request_id` answered a reply that was never played (a superseded
+        preemptive generation): its calls stay billed, but it is no user turn."""
+        self._events.record("round_discarded", detail={"request_id": request_id})
+
     def turn(
         self, detail: dict[str, Any], *, cost_usd: float, answer_usage: Usage | None,
         top_model: str,
