@@ -374,7 +374,7 @@ async def test_a_pause_mid_question_is_one_turn(
     livekit-agents discards it unplayed and asks again with the whole question: the user hears
     one answer, and the ledger keeps the discarded round's cost but counts one user turn, which
     starts at tier 0 as a first question. (The end-of-turn model may instead end the turn at
-    the pause: then the user heard two turns, and the ledger says two.)"""
+    the pause, or the VAD hear one stretch: the ledger's counts must agree all the same.)"""
     server, replies = model_server
     replies.next = sure(ANSWER)
     seen = len(server.requests)
@@ -399,6 +399,9 @@ async def test_a_pause_mid_question_is_one_turn(
     assert turns["model_rounds"] == len(rounds) == turns["user_turns"] + len(discarded)
     assert turns["discarded_rounds"] == len(discarded)
     assert turns["user_turns"] == len(heard) == voice["replies"], (turns, voice, rounds)
-    if len(heard) == 1:  # the turn went on over the pause (the usual case)
-        assert discarded == [rounds[0]["request_id"]], (rounds, discarded)
-        assert (rounds[1]["reason"], rounds[1]["start_tier"]) == ("first_turn", 0), rounds
+    # a discarded round's question is asked again whole, as a first question at tier 0 (in 3
+    # of 4 runs here the VAD split the question and a preemptive round was discarded; else
+    # the two stretches were one, or the turn ended at the pause: the counts above still hold)
+    for request_id in discarded:
+        after = rounds[[r["request_id"] for r in rounds].index(request_id) + 1]
+        assert (after["reason"], after["start_tier"]) == ("first_turn", 0), rounds
