@@ -30,6 +30,8 @@ from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
 from livekit.agents.telemetry import tracer
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
+from livekit.agents.voice.speech_handle import SpeechHandle
 from opentelemetry.trace import Span
 
 from .budget import BudgetGuard
@@ -217,6 +219,23 @@ class CascadeLLM(llm.LLM):
         self._deadline_s = turn_deadline_s
         self._images = images
         self.policy = EscalationPolicy(len(tiers))
+        # rounds of preemptive generations not yet played, with the policy before each
+        self.unplayed: dict[str, tuple[SpeechHandle, EscalationPolicy]] = {}
+
+    def settle_unplayed(self) -> None:
+        """Rounds of preemptive generations (started on a transcript before the user's turn
+        ended) that livekit-agents dropped unplayed: the transcript changed (a pause mid-sentence
+        splits it) and it asked again. Their calls stay billed, but they answered no user turn:
+        the ledger marks them, and the policy forgets them (else the whole question would look
+        like a repeat of its first half, and climb a tier). Runs before each round and when a
+        preemptive reply ends, whichever comes first."""
+        for request_id, (speech, before) in reversed(list(self.unplayed.items())):
+            if speech.scheduled:
+                del self.unplayed[request_id]
+            elif speech.interrupted or speech.done():
+                del self.unplayed[request_id]
+                self.policy = before
+                self._meter.round_discarded(request_id)
 
     def tier_cap(self) -> int | None:
         """The highest tier the budgets allow now (None: no limit)."""
@@ -300,6 +319,12 @@ class CascadeStream(llm.LLMStream):
     async def _turn(self, span: Span) -> None:
         owner = self._llm
         request_id = f"turn_{uuid.uuid4().hex[:12]}"
+        # the reply this round generates for: livekit-agents sets it around each generation
+        # (a private name, no public accessor in 1.8.9); None outside a session (replay, tests)
+        speech = _SpeechHandleContextVar.get(None)
+        owner.settle_unplayed()
+        if speech is not None and not speech.scheduled:  # a preemptive generation
+            owner.unplayed[request_id] = (speech, replace(owner.policy))
         agent_initiated = _agent_initiated(self._chat_ctx)
         if _answers_tool_result(self._chat_ctx):
             start, reason = owner.policy.after_tool_result()
@@ -371,11 +396,14 @@ class CascadeStream(llm.LLMStream):
                     "answered_model": (owner.tiers[record.answered_tier].model
                                        if record.answered_tier is not None else None),
                     "top_tier": len(owner.tiers) - 1,
+                    "request_id": request_id,
                     **timing,
                 },
                 cost_usd=record.cost_usd, answer_usage=record.answer_usage,
                 top_model=owner.tiers[-1].model,
             )
+            if speech is not None and not speech.scheduled:
+                speech.add_done_callback(lambda _handle: owner.settle_unplayed())
 
     async def _try_tier(
         self, index: int, ctx: llm.ChatContext, request_id: str, final: bool, deadline: float,

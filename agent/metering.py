@@ -93,12 +93,16 @@ class CostMeter:
             detail={"purpose": "rerank", "documents": call.documents},
         )
 
-    def speech(self, metrics: Any) -> None:
+    def speech(self, metrics: Any, provider: str = "") -> None:
         """A speech engine's usage (livekit-agents' STTMetrics / TTSMetrics): audio heard is
-        billed by the second, speech by the character, at the engine's model price."""
+        billed by the second, speech by the character, at the engine's model price. `provider`
+        is the configured one (agent/speech.py); the engine's own report is kept as `served_by`
+        when it differs (an OpenAI-compatible endpoint's host)."""
         heard = getattr(metrics, "type", "") == "stt_metrics"
         model = metrics.metadata.model_name if metrics.metadata else None
-        provider = metrics.metadata.model_provider if metrics.metadata else None
+        reported = metrics.metadata.model_provider if metrics.metadata else None
+        served_by = {"served_by": reported} if provider and reported not in (None, provider) else {}
+        provider = provider or reported
         usage = (Usage(audio_seconds=metrics.audio_duration) if heard
                  else Usage(characters=metrics.characters_count))
         model = model or "unknown"
@@ -113,8 +117,14 @@ class CostMeter:
                 "characters": 0 if heard else metrics.characters_count,
                 "latency_ms": round(1000 * (metrics.duration if heard else metrics.ttfb), 1),
                 **({} if heard else {"cancelled": metrics.cancelled}),
+                **served_by,
             },
         )
+
+    def round_discarded(self, request_id: str) -> None:
+        """The cascade round `request_id` answered a reply that was never played (a superseded
+        preemptive generation): its calls stay billed, but it is no user turn."""
+        self._events.record("round_discarded", detail={"request_id": request_id})
 
     def turn(
         self, detail: dict[str, Any], *, cost_usd: float, answer_usage: Usage | None,

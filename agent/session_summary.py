@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,11 @@ class _UserTurn:
     rounds: int = 0
     answered_tier: int | None = None
     escalated: bool = False
+    request_ids: list[str] = field(default_factory=list)
 
     def add_round(self, detail: dict[str, Any]) -> None:
         self.rounds += 1
+        self.request_ids.append(str(detail.get("request_id", "")))
         self.answered_tier = detail.get("answered_tier")
         self.escalated |= len(detail.get("tried", [])) > 1
 
@@ -69,6 +71,7 @@ class SessionTotals:
         self._frames_received = 0
         self._frames_failed = 0
         self._user_turns: list[_UserTurn] = []
+        self._discarded_rounds = 0  # preemptive generations superseded before they were played
         self._offers = 0  # replies the agent made unasked (agent_initiated rounds)
         self._tool_calls: Counter[str] = Counter()
         self._vs_top: dict[str, float] = {"rounds": 0, "cost_usd": 0.0, "top_tier_cost_usd": 0.0}
@@ -97,6 +100,8 @@ class SessionTotals:
             self._model_call(event, detail)
         elif kind == "turn":
             self._turn(detail)
+        elif kind == "round_discarded":
+            self._discard(detail["request_id"])
         elif kind == "frame":
             self._frames.add(detail)
         elif kind == "frame_count":
@@ -178,6 +183,15 @@ class SessionTotals:
             self._user_turns.append(_UserTurn(int(detail.get("start_tier") or 0)))
         self._user_turns[-1].add_round(detail)
 
+    def _discard(self, request_id: str) -> None:
+        """A round livekit-agents discarded unplayed (agent/cascade.py): the user turn it
+        started is no turn (its cost is still counted, and so is the round)."""
+        for index, turn in enumerate(self._user_turns):
+            if turn.request_ids[:1] == [request_id]:
+                del self._user_turns[index]
+                self._discarded_rounds += 1
+                return
+
     def summary(self) -> dict[str, Any]:
         frames = self._frames
         return {
@@ -230,8 +244,9 @@ class SessionTotals:
         turns = self._user_turns
         summary: dict[str, Any] = {
             "user_turns": len(turns),
-            "model_rounds": sum(t.rounds for t in turns) + self._offers,
+            "model_rounds": sum(t.rounds for t in turns) + self._offers + self._discarded_rounds,
             "agent_initiated": self._offers,
+            "discarded_rounds": self._discarded_rounds,
             "started_at_tier": _by_tier(t.start_tier for t in turns),
             "answered_by_tier": _by_tier(t.answered_tier for t in turns),
             "escalated": sum(t.escalated for t in turns),

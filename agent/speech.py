@@ -9,6 +9,7 @@ carries their weights; both are created only when speech comes in.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ class Speech:
     tts: tts.TTS | None = None
     vad: vad.VAD | None = None
     turn_detection: Any = None
+    # the configured backends' providers (SIGHTLINE_STT / SIGHTLINE_TTS), which the ledger
+    # names: an OpenAI-compatible plugin reports only its endpoint's host
+    stt_provider: str = ""
+    tts_provider: str = ""
 
     def session_options(self) -> dict[str, Any]:
         """AgentSession keyword arguments: only the parts that are set."""
@@ -40,11 +45,27 @@ class Speech:
             options["tts"] = self.tts
         return options
 
-    def on_metrics(self, listener: Callable[[Any], None]) -> None:
-        """`listener` gets each STTMetrics / TTSMetrics the engines report (their usage)."""
-        for engine in (self.stt, self.tts):
+    def on_metrics(self, listener: Callable[[Any, str], None]) -> None:
+        """`listener` gets each STTMetrics / TTSMetrics the engines report (their usage), with
+        the engine's configured provider."""
+        for engine, provider in ((self.stt, self.stt_provider), (self.tts, self.tts_provider)):
             if engine is not None:
-                engine.on("metrics_collected", listener)
+                engine.on("metrics_collected",
+                          lambda metrics, provider=provider: listener(metrics, provider))
+
+
+# the provider plugins, by the SpeechBackend provider that uses them
+_PLUGINS = {"openai": "livekit.plugins.openai", "deepgram": "livekit.plugins.deepgram",
+            "cartesia": "livekit.plugins.cartesia"}
+
+
+def import_plugins(settings: Settings) -> None:
+    """Import the configured provider plugins, on the worker's main thread: a plugin registers
+    itself with livekit-agents when imported, which refuses it on any other thread, and sessions
+    run as threads (agent/worker.py). A text-only worker imports none."""
+    for backend in (settings.stt, settings.tts):
+        if backend is not None and backend.provider in _PLUGINS:
+            importlib.import_module(_PLUGINS[backend.provider])
 
 
 def build_speech(settings: Settings) -> Speech:
@@ -54,6 +75,7 @@ def build_speech(settings: Settings) -> Speech:
         from livekit.agents import inference
 
         speech.stt = build_stt(settings.stt, settings)
+        speech.stt_provider = settings.stt.provider
         speech.vad = inference.VAD()
         # the local end-of-turn model ("auto" would pick LiveKit Cloud's in dev mode), or the
         # VAD's silence alone
@@ -61,6 +83,7 @@ def build_speech(settings: Settings) -> Speech:
                                  if settings.turn_detection == "model" else "vad")
     if settings.tts is not None:
         speech.tts = build_tts(settings.tts, settings)
+        speech.tts_provider = settings.tts.provider
     return speech
 
 

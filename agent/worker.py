@@ -36,6 +36,7 @@ from .redispatch import Redispatcher
 from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
 from .session import SessionRuntime
+from .speech import import_plugins
 from .watchdog import process_watchdog
 
 log = logging.getLogger("sightline.worker")
@@ -170,6 +171,7 @@ class SightlineServer(AgentServer):
         self.reading: LoadReading | None = None  # the last one reported to LiveKit
         self.offer_reading = self.meter.read(0)  # the last one a job offer was answered by
         self._settings = settings
+        import_plugins(settings)
         super().__init__(
             ws_url=settings.livekit_url,
             api_key=settings.livekit_api_key,

@@ -505,3 +505,34 @@ async def test_a_turn_records_its_latency_and_whether_the_user_cut_it_short(make
     assert 200 <= first["first_token_ms"] <= first["latency_ms"]
     assert cut["interrupted"] is True and cut["first_token_ms"] is not None
     assert cut["tried"][0]["outcome"] == "cancelled"
+
+
+async def test_a_preemptive_round_dropped_unplayed_is_no_turn_and_no_earlier_question(
+    make: Make,
+) -> None:
+    """livekit-agents answers a transcript before the turn ends (preemptive generation) and
+    drops that reply unplayed when the user goes on. The round stays billed, is marked
+    discarded, and the whole question is a first question, not a repeat of its first half."""
+    from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
+    from livekit.agents.voice.speech_handle import SpeechHandle
+
+    model, replies = await make({LITE: [said("(scripted) It marks the failing line.", 0.9)]})
+    first_half = SpeechHandle.create()  # a preemptive reply: never scheduled
+    token = _SpeechHandleContextVar.set(first_half)
+    try:
+        await ask(model, llm.ChatContext.empty(), "What does the red line at the")
+    finally:
+        _SpeechHandleContextVar.reset(token)
+    first_half._cancel()  # what livekit-agents does when the transcript grows
+    await ask(model, llm.ChatContext.empty(), "What does the red line at the bottom mean?")
+
+    rounds = turns(model)
+    assert [(t["start_tier"], t["reason"]) for t in rounds] == [
+        (0, "first_turn"), (0, "first_turn")]
+    events = [json.loads(line) for line in record(model).events.path.read_text().splitlines()]
+    assert [e["detail"]["request_id"] for e in events if e["kind"] == "round_discarded"] == [
+        rounds[0]["request_id"]]
+    assert replies.asked == [LITE, LITE]
+    summary = await record(model).close("completed")
+    assert summary["turns"]["user_turns"] == 1 and summary["turns"]["discarded_rounds"] == 1
+    assert summary["turns"]["model_rounds"] == 2

@@ -52,8 +52,8 @@ async def test_openai_stt_and_tts_through_the_plugin(tmp_path: Path) -> None:
         assert np.abs(np.frombuffer(audio.data, np.int16)).max() > 4000
 
     speech_events = [e for e in recorded if e["kind"] == "speech"]
-    assert [(e["model"], e["detail"]["direction"]) for e in speech_events] == [
-        ("whisper-1", "stt"), ("tts-1", "tts")]
+    assert [(e["provider"], e["model"], e["detail"]["direction"]) for e in speech_events] == [
+        ("openai", "whisper-1", "stt"), ("openai", "tts-1", "tts")]
     # priced: whisper-1 per audio minute, tts-1 per character (agent/prices.json)
     assert speech_events[0]["cost_usd"] == pytest.approx(question.duration / 60 * 0.006, rel=0.02)
     assert speech_events[1]["cost_usd"] == pytest.approx(len(reply) * 15.0 / 1e6)
