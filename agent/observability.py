@@ -32,6 +32,10 @@ FRAMES = Counter("sightline_frames", "Sampled screen frames kept or dropped, by 
                  ["tenant", "decision", "reason", "content_type"])
 TURNS = Counter("sightline_turns", "User turns by the tier that answered (none: no tier)",
                 ["tenant", "answered_tier"])
+# a round is counted when it ends, before anyone knows its reply will be superseded unplayed
+DISCARDED_ROUNDS = Counter("sightline_discarded_rounds",
+                           "Rounds counted in sightline_turns whose reply was superseded "
+                           "unplayed (preemptive generation): no user turn", ["tenant"])
 ESCALATIONS = Counter("sightline_escalations",
                       "User turns that climbed past their first tier", ["tenant"])
 RETRIES = Counter("sightline_retries", "User turns that rephrased or said it did not help",
@@ -92,6 +96,8 @@ def record(event: Event) -> None:
                       str(detail.get("content_type"))).inc()
     elif kind == "turn":
         _turn(tenant, detail)
+    elif kind == "round_discarded":
+        DISCARDED_ROUNDS.labels(tenant).inc()
     elif kind == "budget":
         BUDGET_CROSSINGS.labels(tenant, detail["scope"], str(detail["threshold"])).inc()
 

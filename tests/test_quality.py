@@ -71,6 +71,31 @@ async def test_quality_of_the_scripted_sessions(db: Database, tmp_path: Path) ->
         ("s-carol", "error", 2, 0, 0), ("s-alice-2", "completed", 1, 0, 0)]
 
 
+async def test_a_discarded_round_is_no_user_turn(db: Database, tmp_path: Path) -> None:
+    """A round whose reply the framework superseded unplayed (`round_discarded`, recorded by
+    the cascade) stays billed but leaves the turns, their retries and escalations."""
+    await record_plan(db, tmp_path / "costs")
+    since, until = NOW - timedelta(days=7), NOW + timedelta(hours=1)
+    before = await window_quality(db.pool, "acme", since, until)
+    # alice's rephrased question (a retry), as if its round had been superseded
+    turn = await db.pool.fetchrow(
+        "SELECT session_id, tenant, ts, detail->>'request_id' AS request_id FROM cost_events"
+        " WHERE session_id = 's-alice' AND kind = 'turn'"
+        " AND detail->>'reason' LIKE 'question_repeated%'")
+    assert turn["request_id"]
+    await db.pool.execute(
+        "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail) SELECT $1, $2,"
+        " max(seq) + 1, $3, 'round_discarded', jsonb_build_object('request_id', $4::text)"
+        " FROM cost_events WHERE session_id = $1",
+        turn["session_id"], turn["tenant"], turn["ts"], turn["request_id"])
+    after = await window_quality(db.pool, "acme", since, until)
+    assert after["turns"] == before["turns"] - 1 == 8
+    assert after["retry_rate"] == pytest.approx(1 / 8, abs=1e-4)
+    sessions = await session_quality(db.pool, "acme", since, until)
+    assert [(s["turns"], s["retries"]) for s in sessions if s["session_id"] == "s-alice"] == [
+        (2, 1)]
+
+
 async def test_quality_of_the_demo_replay(settings: Settings, db: Database) -> None:
     await replay(load_fixture(DEMO_FIXTURE), settings, db)
     q = await window_quality(db.pool, "demo", NOW - timedelta(hours=1), NOW + timedelta(hours=1))

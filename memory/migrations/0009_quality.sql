@@ -7,7 +7,7 @@
 -- through `quality_turns_in` (one indexed range scan of cost_events (tenant, ts)).
 
 -- One row per user turn: the round its question started plus the rounds that answered its
--- tools' results (agent-initiated replies are not user turns). `quality_turns_in` reads one
+-- tools' results (agent-initiated replies and discarded rounds are not user turns). `quality_turns_in` reads one
 -- tenant's rounds in [since, until) only (an index range scan, however long the history):
 -- `turn_no` then counts from the window's first round, and a turn whose question came before
 -- the window is left out (its first round there answers a tool). The `quality_turns` view is
@@ -29,6 +29,11 @@ WITH rounds AS (
     FROM cost_events e
     WHERE e.kind = 'turn' AND e.detail->>'reason' NOT LIKE 'agent_initiated%'
       AND (p_tenant IS NULL OR e.tenant = p_tenant) AND e.ts >= p_since AND e.ts < p_until
+      -- a round whose reply was superseded unplayed (livekit-agents' preemptive generation on
+      -- the first half of a question the user went on with) is no user turn: billed, not counted
+      AND NOT EXISTS (SELECT 1 FROM cost_events x WHERE x.session_id = e.session_id
+                        AND x.kind = 'round_discarded'
+                        AND x.detail->>'request_id' = e.detail->>'request_id')
 ), turns AS (
     SELECT session_id, tenant, turn_no,
            min(ts) AS ts,
