@@ -40,8 +40,8 @@ log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 HTML_SUFFIXES = (".html", ".htm")
-# MiniLM reads 256 word pieces: a chunk of 256 splitter tokens is ~1.7x that in word pieces
-# on the bundled docstrings, so its vector sees the first ~60% (all of it ranks by keyword);
+# A chunk of 256 splitter tokens is often more than MiniLM's 256 word pieces (71 of the 167
+# chunks of this README): MiniLM reads such a chunk in windows and averages them (memory/minilm.py);
 # WordLlama has no window limit; Gemini embeddings take 2048 tokens
 CHUNK_TOKENS = 256
 CHUNK_OVERLAP = 32
