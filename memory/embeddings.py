@@ -129,7 +129,10 @@ class MiniLMEmbedder(LocalEmbedder):
 
     def __init__(self) -> None:
         self.dim = MINILM_DIM
-        self.name = f"{self.FAMILY}l6-v2-{MINILM_DIM}"
+        # "-windows": a long text's vector covers all of it (memory/minilm.py); the vectors
+        # stored as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new
+        # name sends them through the model-mismatch path, so `kb ingest` re-embeds them
+        self.name = f"{self.FAMILY}l6-v2-{MINILM_DIM}-windows"
         try:
             with _load_lock:
                 self._model = _minilm_cached()

@@ -23,7 +23,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -40,8 +40,8 @@ log = logging.getLogger("sightline.knowledge")
 
 SUFFIXES = (".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf")
 HTML_SUFFIXES = (".html", ".htm")
-# MiniLM reads 256 word pieces: a chunk of 256 splitter tokens is ~1.7x that in word pieces
-# on the bundled docstrings, so its vector sees the first ~60% (all of it ranks by keyword);
+# A chunk of 256 splitter tokens is often more than MiniLM's 256 word pieces (71 of the 167
+# chunks of this README): MiniLM reads such a chunk in windows and averages them (memory/minilm.py);
 # WordLlama has no window limit; Gemini embeddings take 2048 tokens
 CHUNK_TOKENS = 256
 CHUNK_OVERLAP = 32
@@ -67,6 +67,16 @@ _CHROME_ROLES = ("navigation", "banner", "contentinfo", "menu", "menubar", "sear
 _BLOCK_TAGS = ("address", "article", "blockquote", "dd", "div", "dl", "dt", "figcaption",
                "figure", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "main", "ol", "p", "pre",
                "section", "table", "td", "th", "tr", "ul")
+
+
+# A question's vector, or the embedding under way that will give it (an `asyncio.Future`, which
+# every search of the turn may await): searches run what needs no vector while it is computed.
+QueryVector = np.ndarray | Awaitable[np.ndarray]
+
+
+async def resolved(vector: QueryVector) -> np.ndarray:
+    """The vector, once its embedding (if one is under way) is done."""
+    return vector if isinstance(vector, np.ndarray) else await vector
 
 
 class KnowledgeError(ValueError):
@@ -517,7 +527,7 @@ class KnowledgeBase:
     async def search(
         self, tenant: str, query: str, k: int = 5, *, fusion: str = "rrf",
         candidates: int = 20, where: dict[str, str] | None = None,
-        vector: np.ndarray | None = None,
+        vector: QueryVector | None = None,
     ) -> list[Hit]:
         """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused;
         `where` keeps only documents whose metadata has all of its keys and values."""
@@ -543,7 +553,7 @@ class KnowledgeBase:
             "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant))
 
     async def lookup(
-        self, tenant: str, question: str, k: int = 3, vector: np.ndarray | None = None,
+        self, tenant: str, question: str, k: int = 3, vector: QueryVector | None = None,
     ) -> list[Hit]:
         """What a turn gets: the best `k` hits that share at least one word with the question
         (a nearest vector alone is not evidence of relevance, and costs prompt tokens). Probe
@@ -578,59 +588,87 @@ class KnowledgeBase:
                 [math.log(1 + (chunks - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
                 int(rows[0]["total_len"]) / chunks)
 
-    async def rankings(
-        self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
-        query_vector: np.ndarray | None = None,
-    ) -> tuple[list[Hit], list[Hit]]:
-        """The vector ranking and the keyword ranking, each up to `limit` long (`query_vector`:
-        the query already embedded by this knowledge base's embedder)."""
-        await self._ensure_index()
+    @staticmethod
+    def _documents_filter(where: dict[str, str] | None, args: list[Any]) -> str:
+        """SQL keeping the documents whose metadata has `where` (its JSON appended to `args`)."""
+        if not where:
+            return ""
+        args.append(json.dumps(where))
+        return (f" AND c.document_id IN (SELECT id FROM kb_documents WHERE tenant = $1"
+                f" AND metadata @> ${len(args)}::jsonb)")
+
+    async def _vector_rows(
+        self, conn: asyncpg.Connection, tenant: str, vector: str, limit: int,
+        where: dict[str, str] | None,
+    ) -> list[asyncpg.Record]:
         dim = int(self.embedder.dim)
-        if query_vector is None:
-            try:
-                query_vector = await self.embedder.embed_query(query)
-            except EmbeddingError as exc:
-                raise KnowledgeError(str(exc)) from None
         # the model is inlined, not a parameter: the HNSW index is partial, one per model, and
         # a cached generic plan could not prove it applies (it would scan every vector)
         model = self.embedder.name.replace("'", "''")
-        args: list[Any] = [tenant, vector_literal(query_vector), limit]
-        documents = ""
-        if where:
-            args.append(json.dumps(where))
-            documents = (" AND c.document_id IN (SELECT id FROM kb_documents WHERE tenant = $1"
-                         " AND metadata @> $4::jsonb)")
-        async with self._pool.acquire() as conn:
-            vector_rows = await conn.fetch(
-                f"SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
-                f" SELECT c.id, c.document_id, c.text, c.chunk_key, c.page,"
-                f" c.embedding::vector({dim}) <=> $2::vector({dim}) AS distance,"
-                f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
-                f" FROM kb_chunks c WHERE c.tenant = $1 AND c.embed_model = '{model}'"
-                f"{documents} ORDER BY distance LIMIT $3) c"
-                f" JOIN kb_documents d ON d.id = c.document_id ORDER BY c.distance",
-                *args,
-            )
-            lexemes, idfs, mean_len = await self._keyword_terms(conn, tenant, query)
-            # BM25 over the chunks holding any of the lexemes (the GIN index finds them): per
-            # lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean length)),
-            # tf being its occurrences in the chunk (positions in the tsvector)
-            extra = args[3:]  # the documents' filter, $4, when there is one
-            mean, idf, words = (f"${4 + len(extra) + n}" for n in range(3))
-            keyword_rows = await conn.fetch(
-                "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
-                " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, (SELECT"
-                f" sum(q.idf * u.tf * {BM25_K1 + 1} / (u.tf + {BM25_K1} * (1 - {BM25_B}"
-                f" + {BM25_B} * c.doc_len / {mean}::float8)))"
-                " FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
-                f" FROM unnest(c.tsv)) u JOIN unnest($2::text[], {idf}::float8[]) q (lexeme, idf)"
-                " USING (lexeme)) AS score"
-                f" FROM kb_chunks c WHERE c.tenant = $1 AND c.tsv @@ to_tsquery('simple', {words})"
-                f"{documents} ORDER BY score DESC, c.id LIMIT $3) c"
-                " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
-                tenant, lexemes, limit, *extra, mean_len, idfs, " | ".join(
-                    "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in lexemes),
-            ) if lexemes else []
+        args: list[Any] = [tenant, vector, limit]
+        documents = self._documents_filter(where, args)
+        return await conn.fetch(
+            f"SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
+            f" SELECT c.id, c.document_id, c.text, c.chunk_key, c.page,"
+            f" c.embedding::vector({dim}) <=> $2::vector({dim}) AS distance,"
+            f" 1 - (c.embedding::vector({dim}) <=> $2::vector({dim})) AS score"
+            f" FROM kb_chunks c WHERE c.tenant = $1 AND c.embed_model = '{model}'"
+            f"{documents} ORDER BY distance LIMIT $3) c"
+            f" JOIN kb_documents d ON d.id = c.document_id ORDER BY c.distance",
+            *args,
+        )
+
+    async def _keyword_rows(
+        self, conn: asyncpg.Connection, tenant: str, query: str, limit: int,
+        where: dict[str, str] | None,
+    ) -> list[asyncpg.Record]:
+        lexemes, idfs, mean_len = await self._keyword_terms(conn, tenant, query)
+        if not lexemes:
+            return []
+        args: list[Any] = [tenant, lexemes, limit]
+        documents = self._documents_filter(where, args)
+        # BM25 over the chunks holding any of the lexemes (the GIN index finds them): per
+        # lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean length)),
+        # tf being its occurrences in the chunk (positions in the tsvector)
+        mean, idf, words = (f"${len(args) + 1 + n}" for n in range(3))
+        return await conn.fetch(
+            "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
+            " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, (SELECT"
+            f" sum(q.idf * u.tf * {BM25_K1 + 1} / (u.tf + {BM25_K1} * (1 - {BM25_B}"
+            f" + {BM25_B} * c.doc_len / {mean}::float8)))"
+            " FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
+            f" FROM unnest(c.tsv)) u JOIN unnest($2::text[], {idf}::float8[]) q (lexeme, idf)"
+            " USING (lexeme)) AS score"
+            f" FROM kb_chunks c WHERE c.tenant = $1 AND c.tsv @@ to_tsquery('simple', {words})"
+            f"{documents} ORDER BY score DESC, c.id LIMIT $3) c"
+            " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
+            *args, mean_len, idfs, " | ".join(
+                "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in lexemes),
+        )
+
+    async def rankings(
+        self, tenant: str, query: str, limit: int, where: dict[str, str] | None = None,
+        query_vector: QueryVector | None = None,
+    ) -> tuple[list[Hit], list[Hit]]:
+        """The vector ranking and the keyword ranking, each up to `limit` long (`query_vector`:
+        the query embedded, or being embedded, by this knowledge base's embedder). The keyword
+        ranking runs first, while the query is embedded in its thread; both on one connection."""
+        await self._ensure_index()
+        owned = query_vector is None  # embedded here, so cancelled here if the keywords fail
+        vector: QueryVector = (asyncio.ensure_future(self.embedder.embed_query(query))
+                               if query_vector is None else query_vector)
+        try:
+            async with self._pool.acquire() as conn:
+                keyword_rows = await self._keyword_rows(conn, tenant, query, limit, where)
+                try:
+                    literal = vector_literal(await resolved(vector))
+                except EmbeddingError as exc:
+                    raise KnowledgeError(str(exc)) from None
+                vector_rows = await self._vector_rows(conn, tenant, literal, limit, where)
+        finally:
+            if owned and isinstance(vector, asyncio.Future) and not vector.done():
+                vector.cancel()
+
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"],
                         page=r["page"]) for r in rows]

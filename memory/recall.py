@@ -2,8 +2,10 @@
 was on the user's screen before (this session or an earlier one).
 
 The question is embedded once, and only when there is something to search; the knowledge base,
-the user's memory and their screen timeline are then searched at the same time, on pooled
-connections.
+the user's memory and their screen timeline are searched at the same time, on pooled connections
+(at most the pool's size at once: no search holds two), and each runs the part that needs no
+vector (keywords, the summary) while the question is embedded in its thread, so a turn waits for
+the longer of the two rather than their sum.
 """
 
 from __future__ import annotations
@@ -49,16 +51,19 @@ class TurnRecall:
         )
         if not (has_knowledge or has_memory or has_screen):
             return Recalled()
-        vector = await self._knowledge.embedder.embed_query(question)
-        return Recalled(*await asyncio.gather(
-            self._knowledge.lookup(self._tenant, question, vector=vector)
-            if has_knowledge else _value([]),
-            self._memory.recall(self._tenant, self._user_id, question, vector,
-                                before_id=self._before_id)
-            if has_memory else _value(Recollection()),
-            screen.recall(self._tenant, self._user_id, question, vector)
-            if screen and has_screen else _value([]),
-        ))
+        vector = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
+        try:
+            return Recalled(*await asyncio.gather(
+                self._knowledge.lookup(self._tenant, question, vector=vector)
+                if has_knowledge else _value([]),
+                self._memory.recall(self._tenant, self._user_id, question, vector,
+                                    before_id=self._before_id)
+                if has_memory else _value(Recollection()),
+                screen.recall(self._tenant, self._user_id, question, vector)
+                if screen and has_screen else _value([]),
+            ))
+        finally:
+            vector.cancel()  # when a search failed first; a finished embedding is unaffected
 
 
 async def _value(value: T) -> T:

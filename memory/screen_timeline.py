@@ -18,10 +18,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import numpy as np
 
 from .embeddings import Embedder
-from .knowledge import Hit, keyword_query, rrf, vector_literal
+from .knowledge import Hit, QueryVector, keyword_query, resolved, rrf, vector_literal
 from .user_memory import embed_or_none
 
 CANDIDATES = 20
@@ -101,23 +100,24 @@ class ScreenTimeline:
             tenant, user_id))
 
     async def _ranked(
-        self, tenant: str, user_id: str | None, query: str, vector: np.ndarray, limit: int,
+        self, tenant: str, user_id: str | None, query: str, vector: QueryVector, limit: int,
     ) -> list[ScreenEvent]:
         """Vector and keyword candidates of the tenant (one user's, or all users'), fused by
-        reciprocal rank; `keyword_rank` set on events that share a word with the query."""
+        reciprocal rank; `keyword_rank` set on events that share a word with the query. The
+        keyword side runs first, while the query's vector (if being embedded) is computed."""
         dim, model, words = int(self.embedder.dim), self.embedder.name, keyword_query(query)
         async with self._pool.acquire() as conn:
-            vector_rows = await conn.fetch(
-                f"SELECT {_COLUMNS}, 1 - (embedding::vector({dim}) <=> $3::vector({dim}))"
-                f" AS score FROM screen_events WHERE tenant = $1 AND ($2::text IS NULL OR"
-                f" user_id = $2) AND embed_model = $4"
-                f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $5",
-                tenant, user_id, vector_literal(vector), model, limit)
             keyword_rows = await conn.fetch(
                 f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) AS score FROM screen_events,"
                 f" to_tsquery('english', $3) q WHERE tenant = $1 AND ($2::text IS NULL OR"
                 f" user_id = $2) AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $4",
                 tenant, user_id, words, limit) if words else []
+            vector_rows = await conn.fetch(
+                f"SELECT {_COLUMNS}, 1 - (embedding::vector({dim}) <=> $3::vector({dim}))"
+                f" AS score FROM screen_events WHERE tenant = $1 AND ($2::text IS NULL OR"
+                f" user_id = $2) AND embed_model = $4"
+                f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $5",
+                tenant, user_id, vector_literal(await resolved(vector)), model, limit)
         rows = {r["id"]: r for r in [*vector_rows, *keyword_rows]}
         keyword_ids = {r["id"] for r in keyword_rows}
 
@@ -127,7 +127,7 @@ class ScreenTimeline:
                 for h in rrf(hits(vector_rows), hits(keyword_rows))]
 
     async def recall(
-        self, tenant: str, user_id: str, question: str, vector: np.ndarray,
+        self, tenant: str, user_id: str, question: str, vector: QueryVector,
         k: int = EVENTS_PER_TURN,
     ) -> list[ScreenEvent]:
         """The user's screen events (any session) that share a word with the question and

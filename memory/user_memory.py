@@ -19,10 +19,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import numpy as np
 
 from .embeddings import Embedder
-from .knowledge import Hit, keyword_query, rrf, vector_literal
+from .knowledge import Hit, QueryVector, keyword_query, resolved, rrf, vector_literal
 
 log = logging.getLogger("sightline.memory")
 
@@ -78,18 +77,24 @@ class UserMemory:
             " AND id < $3)", tenant, user_id, before_id))
 
     async def recall(
-        self, tenant: str, user_id: str, question: str, vector: np.ndarray, *, before_id: int,
-        facts: int = FACTS_PER_TURN, turns: int = TURNS_PER_TURN,
+        self, tenant: str, user_id: str, question: str, vector: QueryVector, *,
+        before_id: int, facts: int = FACTS_PER_TURN, turns: int = TURNS_PER_TURN,
     ) -> Recollection:
         """The summary, the `facts` facts nearest the question, and up to `turns` messages older
         than `before_id` (the ones not already in the conversation) that share a word with the
-        question and rank best on meaning and words fused."""
-        dim, model, literal = int(self.embedder.dim), self.embedder.name, vector_literal(vector)
-        words = keyword_query(question)
+        question and rank best on meaning and words fused. The summary and the keyword search
+        run first, while the question's vector (if it is being embedded) is computed."""
+        dim, model, words = int(self.embedder.dim), self.embedder.name, keyword_query(question)
         async with self._pool.acquire() as conn:
             summary = await conn.fetchval(
                 "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
                 tenant, user_id)
+            keyword_rows = await conn.fetch(
+                "SELECT id, role, content, created_at, ts_rank_cd(tsv, q) AS score"
+                " FROM messages, to_tsquery('english', $3) q WHERE tenant = $1 AND"
+                " user_id = $2 AND id < $4 AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $5",
+                tenant, user_id, words, before_id, CANDIDATES) if words else []
+            literal = vector_literal(await resolved(vector))
             fact_rows = await conn.fetch(
                 f"SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND"
                 f" user_id = $2 ORDER BY coalesce(embed_model = $4, false) DESC,"
@@ -102,11 +107,6 @@ class UserMemory:
                 f" WHERE tenant = $1 AND user_id = $2 AND id < $4 AND embed_model = $5"
                 f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $6",
                 tenant, user_id, literal, before_id, model, CANDIDATES)
-            keyword_rows = await conn.fetch(
-                "SELECT id, role, content, created_at, ts_rank_cd(tsv, q) AS score"
-                " FROM messages, to_tsquery('english', $3) q WHERE tenant = $1 AND"
-                " user_id = $2 AND id < $4 AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $5",
-                tenant, user_id, words, before_id, CANDIDATES) if words else []
 
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["content"], r["role"], float(r["score"]), at=r["created_at"])

@@ -176,7 +176,7 @@ async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_
     assert code == 0, err
     # `auto` with the key set: globex's knowledge is stored offline, so it stays offline
     code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "globex", env=gemini)
-    assert code == 0 and "0 chunks embedded (minilm-l6-v2-384)" in out, err
+    assert code == 0 and "0 chunks embedded (minilm-l6-v2-384-windows)" in out, err
     code, out, err = await run_cli("kb", "search", "reset the router admin password",
                                    "--tenant", "globex", "--json", env=gemini)
     assert code == 0 and json.loads(out)[0]["source"] == "kb/router.md", err
@@ -248,7 +248,7 @@ async def test_kb_list_and_delete(settings: Settings, docs: Path) -> None:
     assert code == 0 and [d["source"] for d in listed] == [
         "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"]
     router = listed[2]
-    assert router["chunks"] >= 1 and router["embedders"] == ["minilm-l6-v2-384"]
+    assert router["chunks"] >= 1 and router["embedders"] == ["minilm-l6-v2-384-windows"]
     assert router["metadata"] == {"team": "it", "type": "md"} and router["ingested_at"]
     code, out, _ = await run_cli("kb", "list", "--tenant", "acme", env=env)
     assert code == 0 and len(out.splitlines()) == 4

@@ -149,7 +149,7 @@ async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> No
     env = cli_env(settings)
     code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
     assert code == 0, err
-    assert "4 documents:" in out and "minilm-l6-v2-384" in out
+    assert "4 documents:" in out and "minilm-l6-v2-384-windows" in out
     assert "\r" not in err and "ingest (acme)" not in err  # no progress bar off a terminal
     code, out, err = await run_cli("kb", "search", "reset the router admin password",
                                    "--tenant", "acme", "--json", env=env)

@@ -3,14 +3,17 @@
 Protects: the numpy forward pass reproduces the upstream model's vectors (reference values of
 sentence-transformers/all-MiniLM-L6-v2 for its model card's example sentence); texts come back
 in the order given whatever their lengths; weights that are not the upstream release are refused
-with one line; it embeds off the event loop; and a tenant's knowledge switched from WordLlama to
-MiniLM goes through the model-mismatch path (search says so, `ingest` re-embeds, nothing mixed).
+with one line; it embeds off the event loop; a text longer than the model's window is read to
+its end (a fact only in a long chunk's tail is found by vector search); and a tenant's knowledge
+switched from WordLlama, or stored by the earlier MiniLM build that cut texts at 256 word pieces,
+goes through the model-mismatch path (search says so, `ingest` re-embeds, nothing mixed).
 """
 
 from __future__ import annotations
 
 import threading
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,15 @@ import pytest
 from memory.db import Database
 from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase, KnowledgeError
-from memory.minilm import MiniLM, ModelFileError, model_zip
+from memory.minilm import (
+    MAX_TOKENS,
+    OVERLAP,
+    WINDOW,
+    MiniLM,
+    ModelFileError,
+    model_zip,
+    window_starts,
+)
 
 # sentence-transformers' all-MiniLM-L6-v2 on "This is an example sentence": its first dimensions
 UPSTREAM_FIRST = [0.0676569, 0.0634959, 0.0487131, 0.0793050, 0.0374480]
@@ -92,6 +103,78 @@ async def test_switching_from_wordllama_re_embeds_through_the_mismatch_path(
     report = await minilm.ingest([doc], "acme")
     assert report.embedded > 0 and report.kept == 0
     assert await db.pool.fetchval(
-        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == ["minilm-l6-v2-384"]
+        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [minilm.embedder.name]
     vector_hits, _ = await minilm.rankings("acme", "I forgot the login secret of my gateway", 5)
     assert "admin password" in vector_hits[0].text
+
+
+# the size of a 256-token knowledge chunk (~440 word pieces), whose last quarter alone is about
+# the espresso machine: past the first window, so a vector cut at 256 word pieces never saw it
+FILLER = " ".join(
+    f"Batch job {n} is assigned to a worker queue by its priority class, and the scheduler "
+    f"records when it was submitted, retried and finished in the audit table." for n in range(10))
+TAIL = ("Espresso machine maintenance. If the espresso machine leaks water, descale the boiler "
+        "and replace the rubber gasket under the brew head. A worn gasket lets water drip around "
+        "the portafilter while it brews. New gaskets are in the kitchen supply cupboard, next to "
+        "the descaling powder; fit one by prying the old ring out with a spoon handle and "
+        "pressing the new one in evenly. Run two empty shots afterwards to rinse the group head.")
+QUESTION = "my coffee maker is dripping, what part should I change"
+OTHERS = ["The VPN listens on UDP port 51821; open it on the firewall.",
+          "The office printer on floor two needs a badge to release a print job.",
+          "Standing desks are booked through the facilities portal a day ahead.",
+          "Expense reports are approved by the team lead before the end of the month."]
+
+
+def test_windows_cover_every_word_piece_with_overlap() -> None:
+    for pieces in [*range(0, 3 * WINDOW), 5000]:
+        starts = window_starts(pieces)
+        assert starts[0] == 0 and starts == sorted(starts)
+        assert starts[-1] + WINDOW >= pieces  # the last window reaches the end
+        if pieces <= WINDOW:
+            assert starts == [0]
+        else:
+            assert starts[-1] + WINDOW == pieces  # every window is full
+            assert all(b - a <= WINDOW - OVERLAP for a, b in pairwise(starts))
+            # the fewest windows that do it
+            assert (len(starts) - 2) * (WINDOW - OVERLAP) + WINDOW < pieces
+
+
+def test_a_long_text_is_read_to_its_end() -> None:
+    embedder = MiniLMEmbedder()
+    tokenizer = embedder._model._tokenizer
+    text = f"{FILLER} {TAIL}"
+    pieces = tokenizer.encode(text, add_special_tokens=False).ids
+    assert WINDOW < len(pieces) < 2 * WINDOW
+    head = tokenizer.decode(pieces[:WINDOW])  # all that a vector cut at MAX_TOKENS read
+    assert "espresso" not in head and len(pieces[:WINDOW]) + 2 == MAX_TOKENS
+    question, whole, cut, *others = embedder.embed_sync([QUESTION, text, head, *OTHERS])
+    assert abs(float(np.linalg.norm(whole)) - 1.0) < 1e-5
+    # the cut vector ranks below an unrelated text; the whole one above all of them
+    assert float(question @ cut) < max(float(question @ other) for other in others)
+    assert float(question @ whole) > max(float(question @ other) for other in others) + 0.05
+
+
+async def test_a_fact_in_a_long_chunks_tail_is_found_by_vector_search(db: Database) -> None:
+    kb = KnowledgeBase(db.pool, MiniLMEmbedder())
+    await kb.ingest_chunks("acme", "handbook", [
+        ("long", f"{FILLER} {TAIL}"), *((f"other-{n}", text) for n, text in enumerate(OTHERS))])
+    vector_hits, _ = await kb.rankings("acme", QUESTION, 5)
+    assert vector_hits[0].key == "long"
+
+
+async def test_knowledge_from_the_build_that_cut_long_texts_is_re_embedded(db: Database) -> None:
+    class Earlier(MiniLMEmbedder):  # the name the vectors cut at 256 word pieces were stored by
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = "minilm-l6-v2-384"
+
+    await KnowledgeBase(db.pool, Earlier()).ingest_chunks("acme", "handbook",
+                                                          [("long", f"{FILLER} {TAIL}")])
+    kb = KnowledgeBase(db.pool, MiniLMEmbedder())
+    assert kb.embedder.name != "minilm-l6-v2-384"
+    with pytest.raises(KnowledgeError, match="embedded with minilm-l6-v2-384"):
+        await kb.search("acme", QUESTION)
+    await kb.ingest_chunks("acme", "handbook", [("long", f"{FILLER} {TAIL}")])
+    assert await db.pool.fetchval(
+        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [kb.embedder.name]
+    assert (await kb.search("acme", QUESTION))[0].key == "long"

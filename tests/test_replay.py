@@ -212,7 +212,7 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
         result.sessions[1]["session_id"]] * 2
     assert await db.pool.fetchval("SELECT count(*) FROM messages") == 10
     assert await db.pool.fetchval(
-        "SELECT count(*) FROM messages WHERE embed_model = 'minilm-l6-v2-384'") == 10
+        "SELECT count(*) FROM messages WHERE embed_model = 'minilm-l6-v2-384-windows'") == 10
 
     stored = await Store(db.pool).get_session(summary["session_id"])
     assert stored is not None and stored["model_calls"] == 11

@@ -11,10 +11,14 @@ session spilled are imported once, and a live session's are left to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import CountingEmbedder
 
@@ -231,3 +235,102 @@ async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
     again = await recover_spills(costs, targets)
     assert again.rows == 3 and await db.pool.fetchval(  # the unlocked one now; s-closed gone
         "SELECT count(*) FROM messages WHERE session_id = 's-closed'") == 3
+
+
+class _Log(list[str]):
+    """Statements in the order they ran; `grew` is set on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grew = asyncio.Event()
+
+    def append(self, sql: str) -> None:
+        super().append(sql)
+        self.grew.set()
+
+
+class _WatchedConnection:
+    """A pooled connection that logs each statement it runs, then runs it."""
+
+    def __init__(self, conn: Any, log: _Log) -> None:
+        self._conn, self._log = conn, log
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        self._log.append(sql)
+        return await self._conn.fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self._log.append(sql)
+        return await self._conn.fetchval(sql, *args)
+
+
+class _WatchedPool:
+    """The pool, logging the statements run on it and counting the connections held at once."""
+
+    def __init__(self, pool: Any, log: _Log) -> None:
+        self._pool, self._log = pool, log
+        self.held = self.most_held = 0
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await self._pool.execute(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self._log.append(sql)
+        return await self._pool.fetchval(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[_WatchedConnection]:
+        async with self._pool.acquire() as conn:
+            self.held += 1
+            self.most_held = max(self.most_held, self.held)
+            try:
+                yield _WatchedConnection(conn, self._log)
+            finally:
+                self.held -= 1
+
+
+async def test_keyword_searches_run_while_the_question_is_embedded(settings: Settings) -> None:
+    """The turn's knowledge BM25 search and memory's summary and keyword search need no vector:
+    they run while the question is embedded (this embedder finishes only once they have run),
+    the vector searches after it, on no more than the session's two connections."""
+    db = await Database.open(settings.database_url, settings.data_dir, connections=2)
+    log = _Log()
+    try:
+        embedder = CountingEmbedder()
+        await KnowledgeBase(db.pool, embedder).ingest_chunks("acme", "handbook", [
+            ("vpn", "Rotate the vpn token from the account page every ninety days."),
+            ("printer", "Printers live on floor 3.")])
+        store = Store(db.pool)
+        await _session(db, "s-1", "acme", "u-1")
+        await store_messages(store, embedder, "s-1", "acme", [
+            {"user_id": "u-1", "role": "user", "content": "How do I rotate the vpn token?"}])
+        await UserMemory(db.pool, embedder).apply([
+            {"op": "summary", "tenant": "acme", "user_id": "u-1", "text": "Asked about vpn."}])
+        pool = _WatchedPool(db.pool, log)
+
+        class AfterKeywords(CountingEmbedder):
+            async def embed_query(self, text: str) -> np.ndarray:
+                async def keywords_ran() -> None:
+                    while not (any("to_tsquery('simple'" in sql for sql in log)
+                               and any("FROM messages, to_tsquery" in sql for sql in log)):
+                        log.grew.clear()
+                        await log.grew.wait()
+                await asyncio.wait_for(keywords_ran(), 10)
+                log.append("embedded")
+                return await super().embed_query(text)
+
+        slow = AfterKeywords()
+        recall = TurnRecall(KnowledgeBase(pool, slow), UserMemory(pool, slow),  # type: ignore[arg-type]
+                            tenant="acme", user_id="u-1",
+                            before_id=await store.next_message_id())
+        recalled = await recall("my vpn token expired")
+        assert [hit.key for hit in recalled.knowledge][:1] == ["vpn"]
+        assert recalled.memory.summary == "Asked about vpn." and len(recalled.memory.turns) == 1
+        embedded = log.index("embedded")
+        vector_searches = [i for i, sql in enumerate(log) if "<=>" in sql]
+        assert len(vector_searches) == 3  # chunks, facts, messages
+        assert min(vector_searches) > embedded
+        assert any(sql.startswith("SELECT text FROM memory_summaries") for sql in log[:embedded])
+        assert pool.most_held == 2
+    finally:
+        await db.close()
