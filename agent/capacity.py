@@ -138,6 +138,9 @@ class LoadMeter:
             while len(self._cpu) > 2 and now - self._cpu[1][0] >= CPU_WINDOW_S:
                 self._cpu.popleft()
             (t0, cpu0), (t1, cpu1) = self._cpu[0], self._cpu[-1]
-            cpu_cores = (cpu1 - cpu0) / (t1 - t0) if t1 - t0 >= 1.0 else 0.0
+            # over the whole window even before it has filled: the seconds before the first
+            # reading count as idle, so a start-up spike (a burst's sessions joining at once)
+            # does not read as a full worker and refuse the burst's last jobs
+            cpu_cores = (cpu1 - cpu0) / max(t1 - t0, CPU_WINDOW_S)
             memory_mb = self._process.memory_info().rss / 2**20
         return LoadReading(sessions, memory_mb, cpu_cores, self.limits)

@@ -7,13 +7,14 @@ import asyncio
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from livekit import rtc
 from livekit.rtc._proto.ffi_pb2 import FfiEvent
 
-from agent import rtc_events
-from agent.capacity import CPU_FULL, FULL_LOAD, Limits, LoadMeter, LoadReading
+from agent import capacity, rtc_events
+from agent.capacity import CPU_FULL, CPU_WINDOW_S, FULL_LOAD, Limits, LoadMeter, LoadReading
 from agent.rtc_events import MEDIA_EVENTS, RoutedFfiQueue
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -52,6 +53,42 @@ def test_the_meter_reads_this_process() -> None:
     assert reading.sessions == 3
     assert 10 < reading.memory_mb < 100_000
     assert reading.cpu_cores == 0.0  # no window yet: a first reading claims no CPU
+
+
+class _Process:
+    """psutil.Process's two readings the meter takes, scripted."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+
+    def cpu_times(self) -> SimpleNamespace:
+        return SimpleNamespace(user=self.cpu_s, system=0.0)
+
+    def memory_info(self) -> SimpleNamespace:
+        return SimpleNamespace(rss=500 * 2**20)
+
+
+def test_a_start_up_spike_is_averaged_over_the_whole_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1.5 CPU-seconds in the worker's first second (a burst joining) is 1.5 s over the 20 s
+    window, not 1.5 cores: the burst's last jobs are not refused as if the worker were full;
+    a window that has filled reads the cores used."""
+    clock = [100.0]
+    monkeypatch.setattr(capacity.time, "monotonic", lambda: clock[0])
+    process = _Process()
+    meter = LoadMeter(LIMITS, process)  # type: ignore[arg-type]
+    meter.read(0)
+    clock[0] += 1.0
+    process.cpu_s += 1.5
+    spike = meter.read(6)
+    assert spike.cpu_cores == pytest.approx(1.5 / CPU_WINDOW_S)
+    assert spike.limiting != "cpu"
+    for _ in range(40):  # 1.7 cores for 20 s: that is full
+        clock[0] += 0.5
+        process.cpu_s += 0.85
+        busy = meter.read(6)
+    assert busy.cpu_cores == pytest.approx(1.7, rel=0.05) and busy.limiting == "cpu"
 
 
 def test_limits_sized_from_the_host() -> None:
