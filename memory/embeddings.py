@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from functools import cache
 from pathlib import Path
@@ -71,7 +72,7 @@ def _wordllama(dim: int) -> Any:
         return _wordllama_cached(dim)
 
 
-class LocalEmbedder:
+class LocalEmbedder(ABC):
     """An embedder that runs in this process: `embed_sync` does the work; the async methods put
     it in a thread unless it is cheap enough (`INLINE_TEXTS`) to stay on the event loop."""
 
@@ -80,8 +81,9 @@ class LocalEmbedder:
     name: str
     dim: int
 
+    @abstractmethod
     def embed_sync(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+        """Unit vectors of `texts`, one row each, computed in the calling thread."""
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
         if len(texts) > self.INLINE_TEXTS:
@@ -96,6 +98,7 @@ class LocalEmbedder:
 
     async def aclose(self) -> None:
         """Nothing to release: the model is shared by the process."""
+        return None
 
 
 class WordLlamaEmbedder(LocalEmbedder):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from agent.config import Settings
+from bench.livekit_harness import LiveKitServer, run_livekit_server
 from memory.db import Database, start_embedded
 from memory.embeddings import WordLlamaEmbedder
 
@@ -125,3 +126,11 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     database = await Database.open(settings.database_url, settings.data_dir)
     yield database
     await database.close()
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    """A real LiveKit server per test module that asks for one (`--dev` keys; see
+    bench/livekit_harness.py). tests/test_fleet.py has its own, with webhooks."""
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server

@@ -49,7 +49,6 @@ from bench.livekit_harness import (
     LiveKitServer,
     Worker,
     free_port,
-    run_livekit_server,
     start_worker,
     wait_for_port,
 )
@@ -95,12 +94,6 @@ def display() -> Iterator[str]:
     yield f":{number}"
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from bench.livekit_harness import (
     User,
     Worker,
     free_port,
-    run_livekit_server,
     start_worker,
 )
 from memory.db import Database
@@ -87,12 +86,6 @@ def sure(text: str, **kw: float) -> ScriptedReply:
 @pytest.fixture
 def free_tcp_port() -> int:
     return free_port()
-
-
-@pytest.fixture(scope="module")
-def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

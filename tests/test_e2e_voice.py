@@ -26,7 +26,6 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import pytest
-import test_e2e_livekit as text_e2e
 from conftest import fresh_database
 from livekit import rtc
 from test_e2e_livekit import Replies, session_events, sure, turn_requests
@@ -63,7 +62,6 @@ SECOND_ANSWER = "The build failed because the test file is missing."
 
 
 # the LiveKit server: the text end-to-end tests' module-scoped fixture
-livekit = text_e2e.livekit
 
 
 @pytest.fixture(scope="module")
