@@ -63,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
     p.add_argument("--embedder", choices=("minilm", "wordllama"), default="minilm",
                    help="the offline embedder for every system (default: minilm)")
+    p.add_argument("--vectors", type=Path, metavar="DIR",
+                   help="keep the corpus's vectors in DIR between runs (a large set embeds once)")
     p.add_argument("--json", action="store_true", help="only the JSON summary line")
 
 
@@ -129,7 +131,7 @@ def _eval_harness() -> Any:
         # an offline embedder: the references are built on the same vectors
         result = await run_eval(url, args.corpus or EVAL_DIR / "corpus.jsonl",
                                 args.queries or EVAL_DIR / "queries.jsonl", args.k,
-                                offline_embedder(args.embedder))
+                                offline_embedder(args.embedder), args.vectors)
         if not args.json:
             print(format_table(result))
         print(json.dumps({"queries": result["queries"], "chunks": result["chunks"],

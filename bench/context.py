@@ -43,7 +43,7 @@ gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
 Loading is not timed. After `--warmup` questions through both, each question is timed through
 both, the order alternating so that both share the machine's noise.
 
-    .venv/bin/python -m bench.context [--queries 200] [--chunks 10000] [--turns 1000]
+    .venv/bin/python -m bench.context [--queries 200] [--chunks 10000] [--turns 1000] [--vectors DIR]
 
 The last line is JSON: {"p95_ms", "reference_p95_ms", "ratio" (reference p95 / ours), "p50_ms",
 "reference_p50_ms", "chunks", "turns", "facts", "queries"}.
@@ -361,11 +361,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                       random.Random(args.seed))
     print(f"data: {len(data.chunks)} chunks, {len(data.messages)} messages, "
           f"{len(data.facts)} facts in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    embedder = SharedVectors(offline_embedder(args.embedder))
+    embedder = SharedVectors(offline_embedder(args.embedder), args.vectors)
     with tempfile.TemporaryDirectory() as tmp:
         async with database(Path(tmp)) as db:
             started = time.perf_counter()
             recall = await load_ours(db, embedder, data, args.other_chunks)
+            embedder.save()
             print(f"ours loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr)
             started = time.perf_counter()
             reference = await load_reference(embedder, data)
@@ -439,6 +440,8 @@ def main() -> None:
     parser.add_argument("--other-chunks", type=int, default=2000,
                         help="chunks copied to another tenant, which every query must skip")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--vectors", type=Path, metavar="DIR",
+                        help="keep the data's vectors in DIR between runs (embedded once)")
     parser.add_argument("--seed", type=int, default=7)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # wordllama's import logs all INFO
     print(json.dumps(asyncio.run(run(parser.parse_args()))))

@@ -13,6 +13,7 @@ Printed: recall@k, MRR and latency p50/p95 per system; the last line is a JSON s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -77,21 +78,51 @@ def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]
 
 class SharedVectors(LocalEmbedder):
     """The run's embedder, remembering each text's vector: both systems are loaded with the
-    same vectors, computed once (MiniLM embeds ~1k tokens a second on one core, so 10k chunks
-    take minutes). Queries are embedded afresh by each system, as in a real turn."""
+    same vectors, computed once (MiniLM embeds a few thousand word pieces a second on one core,
+    so 10k chunks take minutes). With `cache`, a folder, the vectors are also kept there between
+    runs (`<embedder name>.npz`, keyed by each text's SHA-256): a second run over the same
+    corpus embeds nothing. Queries are embedded afresh by each system, as in a real turn."""
 
-    def __init__(self, inner: LocalEmbedder) -> None:
+    def __init__(self, inner: LocalEmbedder, cache: Path | None = None) -> None:
         self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
         self._inner = inner
         self._known: dict[str, np.ndarray] = {}
+        self._file = cache / f"{inner.name}.npz" if cache else None
+        self._stored: dict[bytes, np.ndarray] = {}
+        if self._file is not None and self._file.exists():
+            try:
+                with np.load(self._file) as saved:
+                    self._stored = dict(zip(saved["keys"].tolist(), saved["vectors"],
+                                            strict=True))
+            except (OSError, ValueError, KeyError) as exc:
+                raise KnowledgeError(f"{self._file}: not a vector cache ({exc}); delete it"
+                                     ) from None
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         if len(texts) == 1:
             return self._inner.embed_sync(texts)
+        for text in dict.fromkeys(t for t in texts if t not in self._known):
+            stored = self._stored.get(_digest(text))
+            if stored is not None:
+                self._known[text] = stored
         new = list(dict.fromkeys(t for t in texts if t not in self._known))
         if new:
             self._known.update(zip(new, self._inner.embed_sync(new), strict=True))
         return np.stack([self._known[t] for t in texts])
+
+    def save(self) -> None:
+        """Keep this run's vectors in the cache folder, beside the ones it had."""
+        if self._file is None or not self._known:
+            return
+        self._stored.update((_digest(t), v) for t, v in self._known.items())
+        self._file.parent.mkdir(parents=True, exist_ok=True)
+        with self._file.open("wb") as handle:
+            np.savez(handle, keys=np.array(list(self._stored), dtype="S32"),
+                     vectors=np.stack(list(self._stored.values())))
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
 
 
 def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
@@ -173,16 +204,19 @@ def score(ranked: list[str], relevant: tuple[str, ...], ks: list[int]) -> dict[s
 
 async def run_eval(
     url: str, corpus: Path, queries_path: Path, ks: list[int],
-    embedder: Embedder | None = None,
+    embedder: Embedder | None = None, vectors: Path | None = None,
 ) -> dict[str, Any]:
+    """The evaluation; `vectors`: a folder keeping the corpus's vectors between runs."""
     chunks, queries = load(corpus, queries_path)
     embedder = embedder or offline_embedder()
     if isinstance(embedder, LocalEmbedder):
-        embedder = SharedVectors(embedder)
+        embedder = SharedVectors(embedder, vectors)
     db = await Database.open(url, Path(), scratch=True)
     try:
         return await _evaluate(KnowledgeBase(db.pool, embedder), chunks, queries, ks, embedder)
     finally:
+        if isinstance(embedder, SharedVectors):
+            embedder.save()
         await db.close()
 
 

@@ -4,7 +4,7 @@ Protects: the evaluation runs every system on the same data in a scratch schema 
 afterwards) and prints a JSON last line in the issue's shape; on our own labelled set, the fused
 retrieval beats both single-signal references (keyword-only, vector-only) and the keyword
 ranking (BM25 in Postgres) is at least as good as LlamaIndex's BM25; malformed files are
-one clear line naming the file and line.
+one clear line naming the file and line; a vector cache embeds a corpus once.
 """
 
 from __future__ import annotations
@@ -13,9 +13,14 @@ import json
 from pathlib import Path
 
 import asyncpg
+import numpy as np
+import pytest
 from conftest import cli_env, run_cli
 
 from agent.config import Settings
+from bench.kb_eval import SharedVectors
+from memory.embeddings import WordLlamaEmbedder
+from memory.knowledge import KnowledgeError
 
 
 async def test_fused_retrieval_beats_each_single_signal(settings: Settings) -> None:
@@ -67,3 +72,31 @@ async def test_malformed_eval_files_name_the_line(settings: Settings, tmp_path: 
     assert code == 2 and "relevant ids not in the corpus: zz" in err
     code, _, err = await run_cli("kb", "eval", "--k", "0,5", env=env)
     assert code == 2 and "every k must be > 0" in err
+
+
+class _Counting(WordLlamaEmbedder):
+    """WordLlama that counts the texts it is asked to embed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedded = 0
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        self.embedded += len(texts)
+        return super().embed_sync(texts)
+
+
+def test_a_vector_cache_embeds_a_corpus_once(tmp_path: Path) -> None:
+    texts = ["reset the router", "hold the button for ten seconds", "the VPN port is 1194"]
+    first = _Counting()
+    cached = SharedVectors(first, tmp_path / "vectors")
+    vectors = cached.embed_sync(texts)
+    cached.save()
+    assert first.embedded == 3 and (tmp_path / "vectors" / f"{first.name}.npz").exists()
+    second = _Counting()
+    again = SharedVectors(second, tmp_path / "vectors").embed_sync([*texts, "a new chunk"])
+    assert second.embedded == 1  # only the text the cache had not seen
+    np.testing.assert_array_equal(again[:3], vectors)
+    (tmp_path / "vectors" / f"{first.name}.npz").write_bytes(b"not numpy")
+    with pytest.raises(KnowledgeError, match="not a vector cache"):
+        SharedVectors(_Counting(), tmp_path / "vectors")
