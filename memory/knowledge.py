@@ -301,12 +301,6 @@ def find_files(paths: Sequence[Path]) -> list[SourceFile]:
     return files
 
 
-def keyword_query(text: str) -> str:
-    """Any of the question's words (OR), for `to_tsquery`; stopwords drop out there."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return " | ".join(dict.fromkeys(w for w in words if len(w) > 1))
-
-
 async def stored_models(pool: asyncpg.Pool, tenant: str) -> list[str]:
     """The embedders the tenant's knowledge is stored with (one, unless a change of model is
     half-way through)."""

@@ -311,8 +311,9 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         class AfterKeywords(CountingEmbedder):
             async def embed_query(self, text: str) -> np.ndarray:
                 async def keywords_ran() -> None:
-                    while not (any("to_tsquery('simple'" in sql for sql in log)
-                               and any("FROM messages, to_tsquery" in sql for sql in log)):
+                    while not all(any(table in sql and "to_tsquery('simple'" in sql
+                                          for sql in log)
+                                      for table in ("FROM kb_chunks c", "FROM messages m")):
                         log.grew.clear()
                         await log.grew.wait()
                 await asyncio.wait_for(keywords_ran(), 10)
