@@ -11,11 +11,11 @@ rewritten in place (that would bypass the statistics).
 
 from __future__ import annotations
 
-import math
 import re
 
 import asyncpg
 import pytest
+from conftest import assert_bm25_statistics_exact, bm25_score, lexemes
 
 from memory import bm25, knowledge
 from memory.db import Database
@@ -24,17 +24,7 @@ from memory.knowledge import KnowledgeBase
 
 
 async def stats_match_the_chunks(db: Database) -> None:
-    kept = await db.pool.fetch("SELECT tenant, docs, total_len FROM kb_bm25_stats"
-                               " WHERE docs > 0 ORDER BY tenant")
-    real = await db.pool.fetch("SELECT tenant, count(*) AS chunks, sum(doc_len) AS total_len"
-                               " FROM kb_chunks GROUP BY tenant ORDER BY tenant")
-    assert [tuple(r) for r in kept] == [tuple(r) for r in real]
-    kept_terms = await db.pool.fetch("SELECT tenant, lexeme, docs FROM kb_bm25_terms"
-                                     " WHERE docs <> 0 ORDER BY 1, 2")
-    real_terms = await db.pool.fetch(
-        "SELECT c.tenant, u.lexeme, count(*) AS docs FROM kb_chunks c, unnest(c.tsv) u"
-        " GROUP BY 1, 2 ORDER BY 1, 2")
-    assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
+    await assert_bm25_statistics_exact(db.pool, "kb_bm25", "kb_chunks", "tenant")
 
 
 async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -> None:
@@ -58,27 +48,6 @@ async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -
         "SELECT docs FROM kb_bm25_stats WHERE tenant = 'globex'") == 1
 
 
-def bm25_score(query: list[str], doc: list[str], docs: list[list[str]]) -> float:
-    """BM25 from its definition, over lexeme lists."""
-    mean = sum(map(len, docs)) / len(docs)
-    score = 0.0
-    for term in set(query):
-        df = sum(term in d for d in docs)
-        tf = doc.count(term)
-        if tf:
-            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
-            score += idf * tf * (bm25.K1 + 1) / (tf + bm25.K1 * (1 - bm25.B + bm25.B * len(doc)
-                                                                  / mean))
-    return score
-
-
-async def lexemes(db: Database, text: str) -> list[str]:
-    """The chunk's words as Postgres indexes them, one entry per occurrence."""
-    rows = await db.pool.fetch("SELECT lexeme, positions FROM unnest(to_tsvector('english', $1))",
-                               text)
-    return [r["lexeme"] for r in rows for _ in r["positions"]]
-
-
 CHUNKS = {
     "rare": "Hold the reset pin of the zyxel router.",
     "common": "The router router router sits by the window of the office near the router.",
@@ -97,8 +66,8 @@ async def test_the_score_is_bm25_with_idf_saturation_and_length(db: Database) ->
                                                for n in range(30)])
     question = "reset my zyxel router"
     _, ranked = await kb.rankings("acme", question, 10)
-    docs = {key: await lexemes(db, text) for key, text in CHUNKS.items()}
-    query = await lexemes(db, question)
+    docs = {key: await lexemes(db.pool, text) for key, text in CHUNKS.items()}
+    query = await lexemes(db.pool, question)
     expected = {key: bm25_score(query, doc, list(docs.values())) for key, doc in docs.items()}
     assert {h.key: h.score for h in ranked} == pytest.approx(
         {k: v for k, v in expected.items() if v > 0}, rel=1e-9)
