@@ -105,31 +105,37 @@ CREATE TRIGGER kb_bm25_delete AFTER DELETE ON kb_chunks REFERENCING OLD TABLE AS
 CREATE TRIGGER kb_bm25_text_fixed BEFORE UPDATE OF text, tenant ON kb_chunks
     FOR EACH ROW EXECUTE FUNCTION bm25_words_fixed('text and tenant');
 
-CREATE TRIGGER messages_bm25_insert AFTER INSERT ON messages
-    REFERENCING NEW TABLE AS added_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION bm25_track('messages_bm25', 'tenant, user_id');
-CREATE TRIGGER messages_bm25_delete AFTER DELETE ON messages
-    REFERENCING OLD TABLE AS removed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION bm25_track('messages_bm25', 'tenant, user_id');
-CREATE TRIGGER messages_bm25_content_fixed BEFORE UPDATE OF content, tenant, user_id ON messages
-    FOR EACH ROW EXECUTE FUNCTION bm25_words_fixed('content, tenant and user_id');
-
-CREATE TRIGGER screen_bm25_insert AFTER INSERT ON screen_events
-    REFERENCING NEW TABLE AS added_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION bm25_track('screen_bm25', 'tenant, user_id');
-CREATE TRIGGER screen_bm25_delete AFTER DELETE ON screen_events
-    REFERENCING OLD TABLE AS removed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION bm25_track('screen_bm25', 'tenant, user_id');
-CREATE TRIGGER screen_bm25_words_fixed BEFORE UPDATE OF words, tenant, user_id ON screen_events
-    FOR EACH ROW EXECUTE FUNCTION bm25_words_fixed('words, tenant and user_id');
-
-INSERT INTO messages_bm25_stats (tenant, user_id, docs, total_len)
-    SELECT tenant, user_id, count(*), sum(doc_len) FROM messages GROUP BY tenant, user_id;
-INSERT INTO messages_bm25_terms (tenant, user_id, lexeme, docs)
-    SELECT m.tenant, m.user_id, u.lexeme, count(*) FROM messages m, unnest(m.tsv) u
-    GROUP BY m.tenant, m.user_id, u.lexeme;
-INSERT INTO screen_bm25_stats (tenant, user_id, docs, total_len)
-    SELECT tenant, user_id, count(*), sum(doc_len) FROM screen_events GROUP BY tenant, user_id;
-INSERT INTO screen_bm25_terms (tenant, user_id, lexeme, docs)
-    SELECT e.tenant, e.user_id, u.lexeme, count(*) FROM screen_events e, unnest(e.tsv) u
-    GROUP BY e.tenant, e.user_id, u.lexeme;
+-- Messages and screen events alike: the triggers, then the statistics of the rows already
+-- there. The searched text (`content`, `words`), the tenant and the user are never updated.
+DO $$
+DECLARE
+    tbl text;
+    prefix text;
+    words text;
+BEGIN
+    FOR tbl, prefix, words IN VALUES ('messages', 'messages_bm25', 'content'),
+                                     ('screen_events', 'screen_bm25', 'words')
+    LOOP
+        EXECUTE format(
+            'CREATE TRIGGER %1$s_insert AFTER INSERT ON %2$I REFERENCING NEW TABLE AS added_rows'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION bm25_track(%1$L, ''tenant, user_id'')',
+            prefix, tbl);
+        EXECUTE format(
+            'CREATE TRIGGER %1$s_delete AFTER DELETE ON %2$I REFERENCING OLD TABLE AS removed_rows'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION bm25_track(%1$L, ''tenant, user_id'')',
+            prefix, tbl);
+        EXECUTE format(
+            'CREATE TRIGGER %1$s_words_fixed BEFORE UPDATE OF %3$I, tenant, user_id ON %2$I'
+            ' FOR EACH ROW EXECUTE FUNCTION bm25_words_fixed(%4$L)',
+            prefix, tbl, words, words || ', tenant and user_id');
+        EXECUTE format(
+            'INSERT INTO %1$I (tenant, user_id, docs, total_len)'
+            ' SELECT tenant, user_id, count(*), sum(doc_len) FROM %2$I GROUP BY tenant, user_id',
+            prefix || '_stats', tbl);
+        EXECUTE format(
+            'INSERT INTO %1$I (tenant, user_id, lexeme, docs)'
+            ' SELECT r.tenant, r.user_id, u.lexeme, count(*) FROM %2$I r, unnest(r.tsv) u'
+            ' GROUP BY r.tenant, r.user_id, u.lexeme',
+            prefix || '_terms', tbl);
+    END LOOP;
+END $$;
