@@ -105,9 +105,11 @@ class ScreenTimeline:
         conn: asyncpg.Connection, tenant: str, user_id: str | None, query: str, limit: int,
     ) -> list[asyncpg.Record]:
         """The events ranked by BM25, with statistics per tenant and user (migration 0013),
-        summed over the tenant's users when the search is not for one user."""
+        summed over the tenant's users when the search is not for one user. The query is
+        split into words as the events' text is (`search_words`)."""
         scope = "tenant = $1 AND ($2::text IS NULL OR user_id = $2)"
-        terms = await bm25.terms(conn, "screen_bm25", scope, [tenant, user_id], query)
+        terms = await bm25.terms(conn, "screen_bm25", scope, [tenant, user_id],
+                                 search_words(query))
         if terms is None:
             return []
         score, matches = terms.sql("e", 4)

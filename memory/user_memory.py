@@ -13,6 +13,7 @@ outage.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,9 +122,13 @@ class UserMemory:
         conn: asyncpg.Connection, tenant: str, user_id: str, question: str, before_id: int,
     ) -> list[asyncpg.Record]:
         """The user's messages older than `before_id` ranked by BM25, with statistics per
-        tenant and user (migration 0013): how rare a word is in this user's conversations."""
+        tenant and user (migration 0013): how rare a word is in this user's conversations.
+        The question is looked up as written (Postgres keeps `message.Message` as one lexeme,
+        as in the messages) and as its words apart (`message`), so a message that names only
+        part of a dotted name still matches, as it did under `ts_rank_cd`."""
+        words = " ".join(re.findall(r"[a-z0-9]+", question.lower()))
         terms = await bm25.terms(conn, "messages_bm25", "tenant = $1 AND user_id = $2",
-                                 [tenant, user_id], question)
+                                 [tenant, user_id], f"{question}\n{words}")
         if terms is None:
             return []
         score, matches = terms.sql("m", 5)

@@ -363,7 +363,7 @@ async def test_screen_search_ranks_by_bm25_over_the_users_own_screens(db: Databa
 
     async def expected(scope: list[str]) -> dict[str, float]:
         docs = {text: await lexemes(db.pool, search_words(text)) for text in scope}
-        words = await lexemes(db.pool, query)
+        words = await lexemes(db.pool, search_words(query))
         return {text: score for text, doc in docs.items()
                 if (score := bm25_score(words, doc, list(docs.values()))) > 0}
     assert scores == pytest.approx(await expected(list(texts.values())), rel=1e-9)

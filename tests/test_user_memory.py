@@ -247,6 +247,14 @@ async def test_recall_ranks_earlier_messages_by_bm25_over_the_users_own_messages
     assert set(await _keyword_scores(db, "acme", "u-2", question)) == {
         "zyxel zyxel modem blink"}
 
+    # a dotted name is one lexeme to Postgres: its parts match too, as they did before BM25
+    await _session(db, "s-3", "acme", "u-3")
+    await store_messages(store, embedder, "s-3", "acme", [
+        {"user_id": "u-3", "role": "user", "content": text}
+        for text in ("What is message.Message for?", "The Message class holds the headers.")])
+    dotted = await _keyword_scores(db, "acme", "u-3", "and message.Message again?")
+    assert list(dotted) == ["What is message.Message for?", "The Message class holds the headers."]
+
 
 async def test_message_statistics_stay_exact_through_inserts_and_deletes(db: Database) -> None:
     """Batches from the writer, a user forgotten, a session deleted (its messages go by
