@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from . import bm25
 from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
 
@@ -52,12 +52,6 @@ PIECE_CHARS = 50_000
 EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves between them
 BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
-MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search ranks by
-KEYWORD_CANDIDATES = 500  # at most this many chunk matches (summed over lexemes) get scored
-# BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
-# defaults); statistics per tenant from migration 0008
-BM25_K1 = 1.2
-BM25_B = 0.75
 FUSIONS = ("rrf", "weighted")
 # page chrome: what a page repeats around its content (mdBook's sidebar and theme menu, ...)
 _CHROME_TAGS = ("nav", "aside", "script", "style", "noscript", "template", "form", "button",
@@ -305,12 +299,6 @@ def find_files(paths: Sequence[Path]) -> list[SourceFile]:
         else:
             raise KnowledgeError(f"{path}: no such file or folder")
     return files
-
-
-def keyword_query(text: str) -> str:
-    """Any of the question's words (OR), for `to_tsquery`; stopwords drop out there."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return " | ".join(dict.fromkeys(w for w in words if len(w) > 1))
 
 
 async def stored_models(pool: asyncpg.Pool, tenant: str) -> list[str]:
@@ -561,33 +549,6 @@ class KnowledgeBase:
         hits = await self.search(tenant, question, k, vector=vector)
         return [h for h in hits if h.keyword_rank is not None]
 
-    async def _keyword_terms(
-        self, conn: asyncpg.Connection, tenant: str, query: str,
-    ) -> tuple[list[str], list[float], float]:
-        """The question's lexemes to rank by (English stemming, stopwords out) with their BM25
-        inverse document frequencies in the tenant's chunks, and the tenant's mean chunk length.
-        The rarest first, at most `MAX_QUERY_LEXEMES`, while the chunks they are in add up to
-        at most `KEYWORD_CANDIDATES` (the rarest is always kept): a word in much of a large
-        knowledge base ranks little (low idf) and would make Postgres score much of the table
-        on every turn. Lexemes the tenant has not got are left out (they match nothing)."""
-        rows = await conn.fetch(
-            "SELECT u.lexeme, t.docs, s.chunks, s.total_len"
-            " FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS u (lexeme)"
-            " JOIN kb_bm25_terms t ON t.tenant = $1 AND t.lexeme = u.lexeme AND t.docs > 0"
-            " JOIN kb_bm25_stats s ON s.tenant = $1 ORDER BY t.docs, u.lexeme", tenant, query)
-        if not rows:
-            return [], [], 0.0
-        chunks = max(int(rows[0]["chunks"]), 1)
-        kept, matches = rows[:1], rows[0]["docs"]
-        for row in rows[1:MAX_QUERY_LEXEMES]:
-            matches += row["docs"]
-            if matches > KEYWORD_CANDIDATES:
-                break
-            kept.append(row)
-        return ([r["lexeme"] for r in kept],
-                [math.log(1 + (chunks - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
-                int(rows[0]["total_len"]) / chunks)
-
     @staticmethod
     def _documents_filter(where: dict[str, str] | None, args: list[Any]) -> str:
         """SQL keeping the documents whose metadata has `where` (its JSON appended to `args`)."""
@@ -622,28 +583,20 @@ class KnowledgeBase:
         self, conn: asyncpg.Connection, tenant: str, query: str, limit: int,
         where: dict[str, str] | None,
     ) -> list[asyncpg.Record]:
-        lexemes, idfs, mean_len = await self._keyword_terms(conn, tenant, query)
-        if not lexemes:
+        """BM25 over the tenant's chunks (statistics per tenant, migration 0012)."""
+        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", [tenant], query)
+        if terms is None:
             return []
-        args: list[Any] = [tenant, lexemes, limit]
+        args: list[Any] = [tenant, limit]
         documents = self._documents_filter(where, args)
-        # BM25 over the chunks holding any of the lexemes (the GIN index finds them): per
-        # lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean length)),
-        # tf being its occurrences in the chunk (positions in the tsvector)
-        mean, idf, words = (f"${len(args) + 1 + n}" for n in range(3))
+        score, matches = terms.sql("c", len(args) + 1)
         return await conn.fetch(
             "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
-            " SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, (SELECT"
-            f" sum(q.idf * u.tf * {BM25_K1 + 1} / (u.tf + {BM25_K1} * (1 - {BM25_B}"
-            f" + {BM25_B} * c.doc_len / {mean}::float8)))"
-            " FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
-            f" FROM unnest(c.tsv)) u JOIN unnest($2::text[], {idf}::float8[]) q (lexeme, idf)"
-            " USING (lexeme)) AS score"
-            f" FROM kb_chunks c WHERE c.tenant = $1 AND c.tsv @@ to_tsquery('simple', {words})"
-            f"{documents} ORDER BY score DESC, c.id LIMIT $3) c"
+            f" SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, {score} AS score"
+            f" FROM kb_chunks c WHERE c.tenant = $1 AND {matches}"
+            f"{documents} ORDER BY score DESC, c.id LIMIT $2) c"
             " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
-            *args, mean_len, idfs, " | ".join(
-                "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in lexemes),
+            *args, *terms.args(),
         )
 
     async def rankings(

@@ -19,8 +19,9 @@ from typing import Any
 
 import asyncpg
 
+from . import bm25
 from .embeddings import Embedder
-from .knowledge import Hit, QueryVector, keyword_query, resolved, rrf, vector_literal
+from .knowledge import Hit, QueryVector, resolved, rrf, vector_literal
 from .user_memory import embed_or_none
 
 CANDIDATES = 20
@@ -99,19 +100,33 @@ class ScreenTimeline:
             "SELECT EXISTS (SELECT 1 FROM screen_events WHERE tenant = $1 AND user_id = $2)",
             tenant, user_id))
 
+    @staticmethod
+    async def _keyword_rows(
+        conn: asyncpg.Connection, tenant: str, user_id: str | None, query: str, limit: int,
+    ) -> list[asyncpg.Record]:
+        """The events ranked by BM25, with statistics per tenant and user (migration 0013),
+        summed over the tenant's users when the search is not for one user. The query is
+        split into words as the events' text is (`search_words`)."""
+        scope = "tenant = $1 AND ($2::text IS NULL OR user_id = $2)"
+        terms = await bm25.terms(conn, "screen_bm25", scope, [tenant, user_id],
+                                 search_words(query))
+        if terms is None:
+            return []
+        score, matches = terms.sql("e", 4)
+        return await conn.fetch(
+            f"SELECT {_COLUMNS}, {score} AS score FROM screen_events e WHERE {scope}"
+            f" AND {matches} ORDER BY score DESC, e.id DESC LIMIT $3",
+            tenant, user_id, limit, *terms.args())
+
     async def _ranked(
         self, tenant: str, user_id: str | None, query: str, vector: QueryVector, limit: int,
     ) -> list[ScreenEvent]:
         """Vector and keyword candidates of the tenant (one user's, or all users'), fused by
         reciprocal rank; `keyword_rank` set on events that share a word with the query. The
         keyword side runs first, while the query's vector (if being embedded) is computed."""
-        dim, model, words = int(self.embedder.dim), self.embedder.name, keyword_query(query)
+        dim, model = int(self.embedder.dim), self.embedder.name
         async with self._pool.acquire() as conn:
-            keyword_rows = await conn.fetch(
-                f"SELECT {_COLUMNS}, ts_rank_cd(tsv, q) AS score FROM screen_events,"
-                f" to_tsquery('english', $3) q WHERE tenant = $1 AND ($2::text IS NULL OR"
-                f" user_id = $2) AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $4",
-                tenant, user_id, words, limit) if words else []
+            keyword_rows = await self._keyword_rows(conn, tenant, user_id, query, limit)
             vector_rows = await conn.fetch(
                 f"SELECT {_COLUMNS}, 1 - (embedding::vector({dim}) <=> $3::vector({dim}))"
                 f" AS score FROM screen_events WHERE tenant = $1 AND ($2::text IS NULL OR"

@@ -13,6 +13,7 @@ outage.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +21,9 @@ from typing import Any
 
 import asyncpg
 
+from . import bm25
 from .embeddings import Embedder
-from .knowledge import Hit, QueryVector, keyword_query, resolved, rrf, vector_literal
+from .knowledge import Hit, QueryVector, resolved, rrf, vector_literal
 
 log = logging.getLogger("sightline.memory")
 
@@ -84,16 +86,12 @@ class UserMemory:
         than `before_id` (the ones not already in the conversation) that share a word with the
         question and rank best on meaning and words fused. The summary and the keyword search
         run first, while the question's vector (if it is being embedded) is computed."""
-        dim, model, words = int(self.embedder.dim), self.embedder.name, keyword_query(question)
+        dim, model = int(self.embedder.dim), self.embedder.name
         async with self._pool.acquire() as conn:
             summary = await conn.fetchval(
                 "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
                 tenant, user_id)
-            keyword_rows = await conn.fetch(
-                "SELECT id, role, content, created_at, ts_rank_cd(tsv, q) AS score"
-                " FROM messages, to_tsquery('english', $3) q WHERE tenant = $1 AND"
-                " user_id = $2 AND id < $4 AND tsv @@ q ORDER BY score DESC, id DESC LIMIT $5",
-                tenant, user_id, words, before_id, CANDIDATES) if words else []
+            keyword_rows = await self._keyword_rows(conn, tenant, user_id, question, before_id)
             literal = vector_literal(await resolved(vector))
             fact_rows = await conn.fetch(
                 f"SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND"
@@ -118,6 +116,27 @@ class UserMemory:
             facts=[Fact(r["key"], r["text"], r["updated_at"]) for r in fact_rows],
             turns=sorted(fused, key=lambda h: h.id),
         )
+
+    @staticmethod
+    async def _keyword_rows(
+        conn: asyncpg.Connection, tenant: str, user_id: str, question: str, before_id: int,
+    ) -> list[asyncpg.Record]:
+        """The user's messages older than `before_id` ranked by BM25, with statistics per
+        tenant and user (migration 0013): how rare a word is in this user's conversations.
+        The question is looked up as written (Postgres keeps `message.Message` as one lexeme,
+        as in the messages) and as its words apart (`message`), so a message that names only
+        part of a dotted name still matches, as it did under `ts_rank_cd`."""
+        words = " ".join(re.findall(r"[a-z0-9]+", question.lower()))
+        terms = await bm25.terms(conn, "messages_bm25", "tenant = $1 AND user_id = $2",
+                                 [tenant, user_id], f"{question}\n{words}")
+        if terms is None:
+            return []
+        score, matches = terms.sql("m", 5)
+        return await conn.fetch(
+            f"SELECT m.id, m.role, m.content, m.created_at, {score} AS score FROM messages m"
+            f" WHERE m.tenant = $1 AND m.user_id = $2 AND m.id < $3 AND {matches}"
+            f" ORDER BY score DESC, m.id DESC LIMIT $4",
+            tenant, user_id, before_id, CANDIDATES, *terms.args())
 
     async def facts(self, tenant: str, user_id: str) -> list[Fact]:
         rows = await self._pool.fetch(

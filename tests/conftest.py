@@ -7,6 +7,7 @@ still created on it), so CI can point the suite at any Postgres with pgvector.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import uuid
@@ -19,6 +20,7 @@ import pytest
 
 from agent.config import Settings
 from bench.livekit_harness import LiveKitServer, run_livekit_server
+from memory import bm25
 from memory.db import Database, start_embedded
 from memory.embeddings import WordLlamaEmbedder
 
@@ -42,6 +44,45 @@ class CountingEmbedder(WordLlamaEmbedder):
         self.queries.append(text)
         return await super().embed_query(text)
 SIGHTLINE = Path(sys.executable).with_name("sightline")
+
+async def assert_bm25_statistics_exact(
+    pool: asyncpg.Pool, prefix: str, table: str, scope: str,
+) -> None:
+    """The BM25 statistics `prefix` (migrations 0012, 0013) are what a recount of `table`'s
+    rows gives, per scope (`scope`: its columns, comma-separated)."""
+    kept = await pool.fetch(f"SELECT {scope}, docs, total_len FROM {prefix}_stats"
+                            f" WHERE docs > 0 ORDER BY {scope}")
+    real = await pool.fetch(f"SELECT {scope}, count(*), sum(doc_len) FROM {table}"
+                            f" GROUP BY {scope} ORDER BY {scope}")
+    assert [tuple(r) for r in kept] == [tuple(r) for r in real]
+    kept_terms = await pool.fetch(f"SELECT {scope}, lexeme, docs FROM {prefix}_terms"
+                                  f" WHERE docs <> 0 ORDER BY {scope}, lexeme")
+    real_terms = await pool.fetch(f"SELECT {scope}, u.lexeme, count(*) FROM {table} r,"
+                                  f" unnest(r.tsv) u GROUP BY {scope}, u.lexeme"
+                                  f" ORDER BY {scope}, u.lexeme")
+    assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
+
+
+async def lexemes(pool: asyncpg.Pool, text: str) -> list[str]:
+    """A text's words as Postgres indexes them (English stemming), one entry per occurrence."""
+    rows = await pool.fetch("SELECT lexeme, positions FROM unnest(to_tsvector('english', $1))",
+                            text)
+    return [r["lexeme"] for r in rows for _ in r["positions"]]
+
+
+def bm25_score(query: list[str], doc: list[str], docs: list[list[str]]) -> float:
+    """BM25 from its definition, over lexeme lists (`docs`: the whole scope, `doc` among them)."""
+    mean = sum(map(len, docs)) / len(docs)
+    score = 0.0
+    for term in set(query):
+        df = sum(term in d for d in docs)
+        tf = doc.count(term)
+        if tf:
+            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+            score += idf * tf * (bm25.K1 + 1) / (tf + bm25.K1 * (1 - bm25.B + bm25.B * len(doc)
+                                                                  / mean))
+    return score
+
 
 
 async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

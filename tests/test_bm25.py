@@ -1,4 +1,4 @@
-"""Keyword ranking by BM25 inside Postgres, per tenant, on real Postgres (migration 0008).
+"""Keyword ranking by BM25 inside Postgres, per tenant, on real Postgres (migrations 0012 and 0013).
 
 Protects: the per-tenant statistics (chunk count, total length, lexeme document frequencies)
 stay exactly what the chunks say through ingest, re-ingest, document deletion (a cascade) and
@@ -11,30 +11,20 @@ rewritten in place (that would bypass the statistics).
 
 from __future__ import annotations
 
-import math
 import re
 
 import asyncpg
 import pytest
+from conftest import assert_bm25_statistics_exact, bm25_score, lexemes
 
-from memory import knowledge
+from memory import bm25, knowledge
 from memory.db import Database
 from memory.embeddings import WordLlamaEmbedder
-from memory.knowledge import BM25_B, BM25_K1, KnowledgeBase
+from memory.knowledge import KnowledgeBase
 
 
 async def stats_match_the_chunks(db: Database) -> None:
-    kept = await db.pool.fetch("SELECT tenant, chunks, total_len FROM kb_bm25_stats"
-                               " WHERE chunks > 0 ORDER BY tenant")
-    real = await db.pool.fetch("SELECT tenant, count(*) AS chunks, sum(doc_len) AS total_len"
-                               " FROM kb_chunks GROUP BY tenant ORDER BY tenant")
-    assert [tuple(r) for r in kept] == [tuple(r) for r in real]
-    kept_terms = await db.pool.fetch("SELECT tenant, lexeme, docs FROM kb_bm25_terms"
-                                     " WHERE docs <> 0 ORDER BY 1, 2")
-    real_terms = await db.pool.fetch(
-        "SELECT c.tenant, u.lexeme, count(*) AS docs FROM kb_chunks c, unnest(c.tsv) u"
-        " GROUP BY 1, 2 ORDER BY 1, 2")
-    assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
+    await assert_bm25_statistics_exact(db.pool, "kb_bm25", "kb_chunks", "tenant")
 
 
 async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -> None:
@@ -53,30 +43,9 @@ async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -
     await knowledge.delete_documents(db.pool, "acme", ["a"])  # chunks go by cascade
     await stats_match_the_chunks(db)
     assert await db.pool.fetchval(
-        "SELECT chunks FROM kb_bm25_stats WHERE tenant = 'acme'") == 0
+        "SELECT docs FROM kb_bm25_stats WHERE tenant = 'acme'") == 0
     assert await db.pool.fetchval(
-        "SELECT chunks FROM kb_bm25_stats WHERE tenant = 'globex'") == 1
-
-
-def bm25(query: list[str], doc: list[str], docs: list[list[str]]) -> float:
-    """BM25 from its definition, over lexeme lists."""
-    mean = sum(map(len, docs)) / len(docs)
-    score = 0.0
-    for term in set(query):
-        df = sum(term in d for d in docs)
-        tf = doc.count(term)
-        if tf:
-            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
-            score += idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * len(doc)
-                                                                  / mean))
-    return score
-
-
-async def lexemes(db: Database, text: str) -> list[str]:
-    """The chunk's words as Postgres indexes them, one entry per occurrence."""
-    rows = await db.pool.fetch("SELECT lexeme, positions FROM unnest(to_tsvector('english', $1))",
-                               text)
-    return [r["lexeme"] for r in rows for _ in r["positions"]]
+        "SELECT docs FROM kb_bm25_stats WHERE tenant = 'globex'") == 1
 
 
 CHUNKS = {
@@ -97,9 +66,9 @@ async def test_the_score_is_bm25_with_idf_saturation_and_length(db: Database) ->
                                                for n in range(30)])
     question = "reset my zyxel router"
     _, ranked = await kb.rankings("acme", question, 10)
-    docs = {key: await lexemes(db, text) for key, text in CHUNKS.items()}
-    query = await lexemes(db, question)
-    expected = {key: bm25(query, doc, list(docs.values())) for key, doc in docs.items()}
+    docs = {key: await lexemes(db.pool, text) for key, text in CHUNKS.items()}
+    query = await lexemes(db.pool, question)
+    expected = {key: bm25_score(query, doc, list(docs.values())) for key, doc in docs.items()}
     assert {h.key: h.score for h in ranked} == pytest.approx(
         {k: v for k, v in expected.items() if v > 0}, rel=1e-9)
     order = [h.key for h in ranked]
@@ -121,13 +90,15 @@ async def test_common_words_are_left_out_while_rarer_ones_remain(
 ) -> None:
     kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest_chunks("acme", "docs", list(CHUNKS.items()))
-    monkeypatch.setattr(knowledge, "KEYWORD_CANDIDATES", 5)  # reset: 1 chunk, zyxel: 4
+    monkeypatch.setattr(bm25, "CANDIDATES", 5)  # reset: 1 chunk, zyxel: 4
     async with db.pool.acquire() as conn:
-        kept, idfs, _ = await kb._keyword_terms(conn, "acme", "zyxel router reset")
-    assert kept == ["reset", "zyxel"] and idfs[0] > idfs[1]  # router is in 5 of 6 chunks
-    monkeypatch.setattr(knowledge, "KEYWORD_CANDIDATES", 0)
+        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", ["acme"], "zyxel router reset")
+    assert terms is not None and terms.lexemes == ["reset", "zyxel"]
+    assert terms.idfs[0] > terms.idfs[1]  # router is in 5 of 6 chunks
+    monkeypatch.setattr(bm25, "CANDIDATES", 0)
     async with db.pool.acquire() as conn:
-        assert (await kb._keyword_terms(conn, "acme", "zyxel router"))[0] == ["zyxel"]
+        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", ["acme"], "zyxel router")
+    assert terms is not None and terms.lexemes == ["zyxel"]
 
 
 async def test_chunk_text_is_never_rewritten_in_place(db: Database) -> None:

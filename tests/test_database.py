@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import run_cli
+from conftest import assert_bm25_statistics_exact, run_cli
 
 from agent.pricing import PriceTable, Usage
 from agent.session_record import SessionRecord
@@ -72,6 +72,53 @@ async def test_open_without_migrate_leaves_database_untouched(
     db = await Database.open(database_url, tmp_path, migrate=False)
     try:
         assert await db.pool.fetchval("SELECT to_regclass('schema_migrations')") is None
+    finally:
+        await db.close()
+
+
+async def test_bm25_statistics_are_backfilled_for_rows_stored_before_them(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages and screen events stored before migration 0013 get their BM25 statistics when
+    it is applied, and later writes keep them exact."""
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in migration_files():
+        if path.stem < "0013":
+            (earlier / path.name).write_text(path.read_text())
+    conn = await asyncpg.connect(database_url)
+    try:
+        monkeypatch.setattr("memory.migrate.MIGRATIONS_DIR", earlier)
+        assert "0013_memory_bm25" not in await apply_migrations(conn)
+        for session_id, tenant, user in (("s-1", "acme", "u-1"), ("s-2", "acme", "u-2"),
+                                         ("s-3", "globex", None)):
+            await conn.execute(
+                "INSERT INTO sessions (id, tenant, user_id, source) VALUES ($1, $2, $3,"
+                " 'replay')", session_id, tenant, user)
+            await conn.executemany(
+                "INSERT INTO screen_events (session_id, tenant, user_id, t, at, content_type,"
+                " reason, region, text, words) VALUES ($1, $2, $3, $4, now(), 'terminal',"
+                " 'local_change', '{0,0,1,1}', $5, $5)",
+                [(session_id, tenant, user, float(n), f"KeyError port {n} port") for n in range(3)])
+            if user is not None:
+                await conn.executemany(
+                    "INSERT INTO messages (session_id, tenant, user_id, role, content)"
+                    " VALUES ($1, $2, $3, 'user', $4)",
+                    [(session_id, tenant, user, f"router {n} resets, router") for n in range(3)])
+        monkeypatch.undo()
+        assert await apply_migrations(conn) == ["0013_memory_bm25"]
+        await conn.execute("INSERT INTO messages (session_id, tenant, user_id, role, content)"
+                           " VALUES ('s-1', 'acme', 'u-1', 'user', 'a later router question')")
+        await conn.execute("DELETE FROM screen_events WHERE t = 0")
+    finally:
+        await conn.close()
+    db = await Database.open(database_url, tmp_path)
+    try:
+        for prefix, table in (("messages_bm25", "messages"), ("screen_bm25", "screen_events")):
+            await assert_bm25_statistics_exact(db.pool, prefix, table, "tenant, user_id")
+        assert await db.pool.fetchval(
+            "SELECT docs FROM messages_bm25_terms WHERE tenant = 'acme' AND user_id = 'u-1'"
+            " AND lexeme = 'router'") == 4
     finally:
         await db.close()
 

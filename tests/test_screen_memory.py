@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
+from conftest import assert_bm25_statistics_exact, bm25_score, lexemes
 from livekit.agents import llm
 from PIL import ImageFont
 from synthetic_screen import CODE, Desk
@@ -31,7 +34,9 @@ from agent.session import SessionRuntime
 from agent.turn_context import TurnContext
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.screen_timeline import ScreenTimeline
+from memory.embeddings import WordLlamaEmbedder
+from memory.screen_timeline import ScreenTimeline, event_row, search_words
+from memory.store import Store
 from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.frame_archive import FrameArchive
 from vision.frames import SampledFrame, as_i420
@@ -306,3 +311,95 @@ async def test_closing_the_archive_does_not_swallow_its_callers_cancellation(
             await closing
     finally:
         release.set()
+
+
+# what one user's screens showed, each a property of BM25 that ts_rank_cd lacks
+SCREENS = {
+    "short": ["ECONNREFUSED on port 8080"],  # written before "long": ts_rank_cd ties them
+    "rare": ["Traceback: ZeroDivisionError in ratio()"],
+    "common": ["WARN retry WARN retry WARN retry WARN"],
+    "long": ["ECONNREFUSED on port 8080", *(f"log line {n} of the service" for n in range(12))],
+    **{f"warn{n}": [f"WARN disk {n} nearly full"] for n in range(6)},
+}
+
+
+async def _screen_scores(timeline: ScreenTimeline, tenant: str, user: str | None, query: str,
+                         ) -> dict[str, float]:
+    async with timeline._pool.acquire() as conn:
+        rows = await ScreenTimeline._keyword_rows(conn, tenant, user, query, 50)
+    return {r["text"]: r["score"] for r in rows}
+
+
+async def _write_screens(timeline: ScreenTimeline, session_id: str, tenant: str,
+                         user: str | None, screens: list[list[str]]) -> None:
+    await Store(timeline._pool).start_session(session_id, tenant=tenant, user_id=user,
+                                              room=None, source="replay", provider="gemini",
+                                              model="m")
+    await timeline.write([event_row(
+        session_id=session_id, tenant=tenant, user_id=user, t=float(n), wall_time=1.7e9 + n,
+        content_type="terminal", reason="local_change", region=(0, 0, 640, 40), lines=lines,
+        is_error=False) for n, lines in enumerate(screens)])
+
+
+async def test_screen_search_ranks_by_bm25_over_the_users_own_screens(db: Database) -> None:
+    """A rare word outranks a common one repeated (idf), a short read one with the same match
+    and more words (length); the scores are BM25's over the user's screens (another user's or
+    tenant's change none of them), and over all the tenant's screens for a tenant-wide search."""
+    timeline = ScreenTimeline(db.pool, WordLlamaEmbedder())
+    await _write_screens(timeline, "s-1", "acme", "u-1", list(SCREENS.values()))
+    query = "ZeroDivisionError WARN ECONNREFUSED"
+    scores = await _screen_scores(timeline, "acme", "u-1", query)
+    order = sorted(scores, key=lambda text: -scores[text])
+    texts = {key: "\n".join(lines) for key, lines in SCREENS.items()}
+    assert order.index(texts["rare"]) < order.index(texts["common"])
+    assert order.index(texts["short"]) < order.index(texts["long"])
+    by_rank_cd = [r["text"] for r in await db.pool.fetch(
+        "SELECT text FROM screen_events, to_tsquery('english', 'zerodivisionerror | warn |"
+        " econnrefused') q WHERE tsv @@ q ORDER BY ts_rank_cd(tsv, q) DESC, id DESC")]
+    assert by_rank_cd.index(texts["common"]) < by_rank_cd.index(texts["rare"])
+    assert by_rank_cd.index(texts["long"]) < by_rank_cd.index(texts["short"])
+    searched = await timeline.search("acme", query, user_id="u-1", k=3)
+    assert texts["rare"] in [e.text for e in searched]
+
+    async def expected(scope: list[str]) -> dict[str, float]:
+        docs = {text: await lexemes(db.pool, search_words(text)) for text in scope}
+        words = await lexemes(db.pool, search_words(query))
+        return {text: score for text, doc in docs.items()
+                if (score := bm25_score(words, doc, list(docs.values()))) > 0}
+    assert scores == pytest.approx(await expected(list(texts.values())), rel=1e-9)
+
+    others = [[f"ZeroDivisionError ZeroDivisionError WARN {n}"] for n in range(15)]
+    await _write_screens(timeline, "s-2", "acme", "u-2", others)
+    await _write_screens(timeline, "s-3", "globex", "u-1", others)
+    await _write_screens(timeline, "s-4", "acme", None, [["ECONNREFUSED again"]])
+    assert await _screen_scores(timeline, "acme", "u-1", query) == scores
+    acme = [*texts.values(), *("\n".join(lines) for lines in others), "ECONNREFUSED again"]
+    tenant_wide = await _screen_scores(timeline, "acme", None, query)
+    assert tenant_wide == pytest.approx(await expected(acme), rel=1e-9)
+
+
+async def test_screen_statistics_stay_exact_through_writes_and_deletes(db: Database) -> None:
+    """Writes (one with no user), a user forgotten, a session deleted (its events go by
+    cascade): the statistics always equal a recount; the words are never rewritten in place."""
+    timeline = ScreenTimeline(db.pool, WordLlamaEmbedder())
+    for session_id, tenant, user in (("s-1", "acme", "u-1"), ("s-2", "acme", "u-1"),
+                                     ("s-3", "acme", "u-2"), ("s-4", "globex", "u-1"),
+                                     ("s-5", "acme", None), ("s-6", "acme", None)):
+        await _write_screens(timeline, session_id, tenant, user, [
+            [f"{session_id}: KeyError port {n}"] for n in range(3)] + [["pytest passed"]])
+    await assert_bm25_statistics_exact(db.pool, "screen_bm25", "screen_events",
+                                       "tenant, user_id")
+    assert await db.pool.fetchval(
+        "SELECT docs FROM screen_bm25_terms WHERE tenant = 'acme' AND user_id IS NULL"
+        " AND lexeme = 'keyerror'") == 6
+    await Store(db.pool).forget_user("acme", "u-2")
+    await db.pool.execute("DELETE FROM sessions WHERE id IN ('s-1', 's-5')")
+    await assert_bm25_statistics_exact(db.pool, "screen_bm25", "screen_events",
+                                       "tenant, user_id")
+    with pytest.raises(asyncpg.RaiseError, match=re.escape("not updated in place")):
+        await db.pool.execute("UPDATE screen_events SET words = 'modem'")
+    with pytest.raises(asyncpg.RaiseError, match=re.escape("not updated in place")):
+        await db.pool.execute("UPDATE screen_events SET user_id = 'u-9'")
+    await db.pool.execute("UPDATE screen_events SET is_error = true")  # the rest may change
+    await assert_bm25_statistics_exact(db.pool, "screen_bm25", "screen_events",
+                                       "tenant, user_id")

@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pytest
-from conftest import CountingEmbedder
+from conftest import CountingEmbedder, assert_bm25_statistics_exact, bm25_score, lexemes
 
 from agent.config import Settings, Tier
 from agent.memory_model import TierMemoryModel
@@ -189,6 +191,99 @@ async def test_recall_gives_summary_related_facts_and_older_matching_messages(
     assert (await recall(question)).memory.summary is not None and len(embedder.queries) == 1
 
 
+# one user's earlier messages, each a property of BM25 that ts_rank_cd lacks
+BM25_MESSAGES = {
+    "short": "The modem lights blink.",  # stored before "long": ts_rank_cd ties, newest first
+    "rare": "Can the zyxel box do that?",
+    "common": "The printer printer printer is jammed, the printer again.",
+    "long": "The modem lights blink. " + " ".join(f"filler{n} words" for n in range(30)),
+    **{f"printer{n}": f"Printer note {n}: the printer on floor {n}." for n in range(6)},
+}
+
+
+async def _keyword_scores(db: Database, tenant: str, user: str, question: str,
+                          ) -> dict[str, float]:
+    async with db.pool.acquire() as conn:
+        rows = await UserMemory._keyword_rows(conn, tenant, user, question, 10**9)
+    return {r["content"]: r["score"] for r in rows}
+
+
+async def test_recall_ranks_earlier_messages_by_bm25_over_the_users_own_messages(
+    db: Database,
+) -> None:
+    """A rare word outranks a common one repeated (idf), a short message one with the same
+    match and more words (length), and the scores are BM25's over this user's messages:
+    another user's or tenant's messages full of the same words change none of them."""
+    embedder = WordLlamaEmbedder()
+    store, memory = Store(db.pool), UserMemory(db.pool, embedder)
+    await _session(db, "s-1", "acme", "u-1")
+    await store_messages(store, embedder, "s-1", "acme", [
+        {"user_id": "u-1", "role": "user", "content": text} for text in BM25_MESSAGES.values()])
+    question = "zyxel printer modem blink"
+    vector = await embedder.embed_query(question)
+    got = await memory.recall("acme", "u-1", question, vector,
+                              before_id=await store.next_message_id(), turns=20)
+    rank = {next(k for k, v in BM25_MESSAGES.items() if v == h.text): h.keyword_rank
+            for h in got.turns}
+    assert rank["rare"] < rank["common"] and rank["short"] < rank["long"]
+    # the same messages ordered by ts_rank_cd, which this test must tell apart
+    by_rank_cd = [r["content"] for r in await db.pool.fetch(
+        "SELECT content FROM messages, to_tsquery('english', 'zyxel | printer | modem | blink')"
+        " q WHERE tsv @@ q ORDER BY ts_rank_cd(tsv, q) DESC, id DESC")]
+    assert by_rank_cd.index(BM25_MESSAGES["common"]) < by_rank_cd.index(BM25_MESSAGES["rare"])
+    assert by_rank_cd.index(BM25_MESSAGES["long"]) < by_rank_cd.index(BM25_MESSAGES["short"])
+
+    scores = await _keyword_scores(db, "acme", "u-1", question)
+    docs = {text: await lexemes(db.pool, text) for text in BM25_MESSAGES.values()}
+    query = await lexemes(db.pool, question)
+    expected = {text: bm25_score(query, doc, list(docs.values())) for text, doc in docs.items()}
+    assert scores == pytest.approx({k: v for k, v in expected.items() if v > 0}, rel=1e-9)
+
+    for tenant, user in (("acme", "u-2"), ("globex", "u-1")):
+        await _session(db, f"s-{tenant}-{user}", tenant, user)
+        await store_messages(store, embedder, f"s-{tenant}-{user}", tenant, [
+            {"user_id": user, "role": "user", "content": "zyxel zyxel modem blink"}] * 20)
+    assert await _keyword_scores(db, "acme", "u-1", question) == scores
+    assert set(await _keyword_scores(db, "acme", "u-2", question)) == {
+        "zyxel zyxel modem blink"}
+
+    # a dotted name is one lexeme to Postgres: its parts match too, as they did before BM25
+    await _session(db, "s-3", "acme", "u-3")
+    await store_messages(store, embedder, "s-3", "acme", [
+        {"user_id": "u-3", "role": "user", "content": text}
+        for text in ("What is message.Message for?", "The Message class holds the headers.")])
+    dotted = await _keyword_scores(db, "acme", "u-3", "and message.Message again?")
+    assert list(dotted) == ["What is message.Message for?", "The Message class holds the headers."]
+
+
+async def test_message_statistics_stay_exact_through_inserts_and_deletes(db: Database) -> None:
+    """Batches from the writer, a user forgotten, a session deleted (its messages go by
+    cascade): the statistics always equal a recount; the words are never rewritten in place."""
+    store = Store(db.pool)
+    for session_id, tenant, user in (("s-1", "acme", "u-1"), ("s-2", "acme", "u-1"),
+                                     ("s-3", "acme", "u-2"), ("s-4", "globex", "u-1")):
+        await _session(db, session_id, tenant, user)
+        await store_messages(store, None, session_id, tenant, [
+            {"user_id": user, "role": "user", "content": f"The {session_id} router {n} resets"}
+            for n in range(3)] + [
+            {"user_id": user, "role": "assistant", "content": "Hold the reset pin."}])
+    await assert_bm25_statistics_exact(db.pool, "messages_bm25", "messages", "tenant, user_id")
+    assert await db.pool.fetchval(
+        "SELECT docs FROM messages_bm25_terms WHERE tenant = 'acme' AND user_id = 'u-1'"
+        " AND lexeme = 'router'") == 6
+    await store.forget_user("acme", "u-2")
+    await db.pool.execute("DELETE FROM sessions WHERE id = 's-1'")
+    await assert_bm25_statistics_exact(db.pool, "messages_bm25", "messages", "tenant, user_id")
+    assert await db.pool.fetchval("SELECT docs FROM messages_bm25_stats WHERE tenant = 'acme'"
+                                  " AND user_id = 'u-1'") == 4
+    with pytest.raises(asyncpg.RaiseError, match=re.escape("not updated in place")):
+        await db.pool.execute("UPDATE messages SET content = 'modem'")
+    with pytest.raises(asyncpg.RaiseError, match=re.escape("not updated in place")):
+        await db.pool.execute("UPDATE messages SET user_id = 'u-9'")
+    await db.pool.execute("UPDATE messages SET embed_model = 'other'")  # the rest may change
+    await assert_bm25_statistics_exact(db.pool, "messages_bm25", "messages", "tenant, user_id")
+
+
 async def test_closed_sessions_spills_are_imported_once_and_live_ones_left(
     settings: Settings, db: Database,
 ) -> None:
@@ -311,8 +406,9 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         class AfterKeywords(CountingEmbedder):
             async def embed_query(self, text: str) -> np.ndarray:
                 async def keywords_ran() -> None:
-                    while not (any("to_tsquery('simple'" in sql for sql in log)
-                               and any("FROM messages, to_tsquery" in sql for sql in log)):
+                    while not all(any(table in sql and "to_tsquery('simple'" in sql
+                                          for sql in log)
+                                      for table in ("FROM kb_chunks c", "FROM messages m")):
                         log.grew.clear()
                         await log.grew.wait()
                 await asyncio.wait_for(keywords_ran(), 10)

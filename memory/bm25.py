@@ -1,0 +1,89 @@
+"""BM25 keyword ranking inside Postgres, shared by knowledge search, earlier-message recall and
+screen search.
+
+The embedded Postgres has no BM25 extension and `ts_rank_cd` has neither inverse document
+frequency nor length normalisation, so statement-level triggers keep each searched table's
+statistics exact (migrations 0012 and 0013: `<prefix>_stats`, documents and total length per
+scope; `<prefix>_terms`, each lexeme's document frequency per scope; a `doc_len` column on the
+rows) and the score is computed here in SQL. A scope is what the statistics are kept per (a
+tenant for knowledge, a tenant and user for messages and screen events); a search over several
+scopes (screen search across a tenant's users) sums them, which is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+# BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
+# defaults)
+K1 = 1.2
+B = 0.75
+MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search ranks by
+CANDIDATES = 500  # at most this many row matches (summed over lexemes) get scored
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The lexemes a search ranks by, their inverse document frequencies in the scope, and the
+    scope's mean document length."""
+
+    lexemes: list[str]
+    idfs: list[float]
+    mean_len: float
+
+    def sql(self, row: str, first: int) -> tuple[str, str]:
+        """The BM25 score of the row aliased `row` and the condition that it holds one of the
+        lexemes (the GIN index on `tsv` finds those), over the parameters `$first` on, whose
+        values `args()` gives. Per lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b *
+        length / mean length)), tf being its occurrences in the row (positions in `tsv`)."""
+        lexemes, idfs, mean, query = (f"${first + n}" for n in range(4))
+        score = (
+            f"(SELECT sum(q.idf * u.tf * {K1 + 1} / (u.tf + {K1} * (1 - {B}"
+            f" + {B} * {row}.doc_len / {mean}::float8)))"
+            f" FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
+            f" FROM unnest({row}.tsv)) u JOIN unnest({lexemes}::text[], {idfs}::float8[])"
+            f" q (lexeme, idf) USING (lexeme))")
+        return score, f"{row}.tsv @@ to_tsquery('simple', {query})"
+
+    def args(self) -> list[Any]:
+        """The values of `sql()`'s parameters, in order: the lexemes are stemmed already, so
+        they are matched as they are (the 'simple' configuration), any of them."""
+        query = " | ".join(
+            "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in self.lexemes)
+        return [self.lexemes, self.idfs, self.mean_len, query]
+
+
+async def terms(
+    conn: asyncpg.Connection, prefix: str, scope: str, scope_args: Sequence[Any], query: str,
+) -> Terms | None:
+    """The question's lexemes to rank by (English stemming, stopwords out) in the statistics
+    `prefix`, over the scopes where the SQL condition `scope` holds (its parameters
+    `scope_args`); None when none of them is there (they would match nothing). The rarest
+    first, at most `MAX_QUERY_LEXEMES`, while the rows they are in add up to at most
+    `CANDIDATES` (the rarest is always kept): a word in much of a large corpus ranks little
+    (low idf) and would make Postgres score much of the table on every search."""
+    text = f"${len(scope_args) + 1}"
+    rows = await conn.fetch(
+        f"SELECT t.lexeme, t.docs, s.docs AS scope_docs, s.total_len FROM"
+        f" (SELECT lexeme, sum(docs) AS docs FROM {prefix}_terms WHERE {scope} AND lexeme ="
+        f" ANY (tsvector_to_array(to_tsvector('english', {text}))) GROUP BY lexeme"
+        f" HAVING sum(docs) > 0) t,"
+        f" (SELECT sum(docs) AS docs, sum(total_len) AS total_len FROM {prefix}_stats"
+        f" WHERE {scope}) s ORDER BY t.docs, t.lexeme", *scope_args, query)
+    if not rows:
+        return None
+    docs = max(int(rows[0]["scope_docs"]), 1)
+    kept, matches = rows[:1], rows[0]["docs"]
+    for row in rows[1:MAX_QUERY_LEXEMES]:
+        matches += row["docs"]
+        if matches > CANDIDATES:
+            break
+        kept.append(row)
+    return Terms([r["lexeme"] for r in kept],
+                 [math.log(1 + (docs - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
+                 int(rows[0]["total_len"]) / docs)
