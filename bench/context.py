@@ -43,7 +43,7 @@ gets a SimpleVectorStore that also keeps its nodes (`TextSimpleVectorStore`).
 Loading is not timed. After `--warmup` questions through both, each question is timed through
 both, the order alternating so that both share the machine's noise.
 
-    .venv/bin/python -m bench.context [--queries 200] [--chunks 10000] [--turns 1000] \
+    .venv/bin/python -m bench.context [--queries 200] [--chunks 10000] [--turns 1000] \\
         [--vectors DIR]
 
 The last line is JSON: {"p95_ms", "reference_p95_ms", "ratio" (reference p95 / ours), "p50_ms",
