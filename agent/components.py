@@ -23,7 +23,7 @@ from .tls import shared_tls_context
 
 
 def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
-    """SIGHTLINE_EMBEDDINGS: `offline` (MiniLM), `minilm`, `wordllama`, `gemini`, or `auto`:
+    """SIGHTLINE_EMBEDDINGS: `offline` (MiniLM), `minilm`, `bge`, `wordllama`, `gemini`, or `auto`:
     the embedder a tenant's knowledge is stored with (`stored`, its models' names), else Gemini
     when its key is set, else MiniLM. `auto` never switches a tenant's stored knowledge to
     another model: that would re-embed all of it (an explicit choice does, at `kb ingest`)."""

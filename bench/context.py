@@ -92,7 +92,7 @@ from agent.turn_context import knowledge_part, memory_part
 from bench.kb_eval import SharedVectors, llamaindex_embedding, llamaindex_fusion
 from memory.conversation import store_messages
 from memory.db import Database
-from memory.embeddings import LocalEmbedder, offline_embedder
+from memory.embeddings import DEFAULT_OFFLINE, OFFLINE_EMBEDDERS, LocalEmbedder, offline_embedder
 from memory.knowledge import KnowledgeBase
 from memory.recall import Recalled, TurnRecall
 from memory.store import Store
@@ -436,7 +436,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1000,
                         help="earlier messages of the user, half questions and half answers")
     parser.add_argument("--facts", type=int, default=30)
-    parser.add_argument("--embedder", choices=("minilm", "wordllama"), default="minilm",
+    parser.add_argument("--embedder", choices=tuple(OFFLINE_EMBEDDERS), default=DEFAULT_OFFLINE,
                         help="the offline embedder, for both systems")
     parser.add_argument("--other-chunks", type=int, default=2000,
                         help="chunks copied to another tenant, which every query must skip")

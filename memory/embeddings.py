@@ -29,8 +29,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from .minilm import DIM as MINILM_DIM
-from .minilm import MiniLM, ModelFileError
+from .bge import BgeSmall
+from .encoder import ModelFileError, WindowedEncoder
+from .minilm import MiniLM
 
 # what the Gemini SDK raises when the service cannot be reached or refuses a call
 _UNREACHABLE = (genai_errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
@@ -120,39 +121,54 @@ class WordLlamaEmbedder(LocalEmbedder):
 
 
 @cache
-def _minilm_cached() -> MiniLM:
-    return MiniLM()
+def _encoder_cached(kind: type[WindowedEncoder]) -> WindowedEncoder:
+    return kind()
 
 
-class MiniLMEmbedder(LocalEmbedder):
-    """all-MiniLM-L6-v2 from the installed wheel (the offline default). Always in a thread: a
-    query takes ~10 ms of CPU, a document batch much more."""
+class EncoderEmbedder(LocalEmbedder):
+    """A transformer encoder from an installed wheel, loaded once per process (its sessions
+    share it). Always in a thread: a query takes milliseconds of CPU, a document batch more."""
 
-    FAMILY = "minilm-"
+    ENCODER: type[WindowedEncoder]
 
     def __init__(self) -> None:
-        self.dim = MINILM_DIM
-        # "-windows": a long text's vector covers all of it (memory/minilm.py); the vectors
-        # stored as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new
-        # name sends them through the model-mismatch path, so `kb ingest` re-embeds them
-        self.name = f"{self.FAMILY}l6-v2-{MINILM_DIM}-windows"
         try:
             with _load_lock:
-                self._model = _minilm_cached()
+                self._model = _encoder_cached(self.ENCODER)
         except ModelFileError as exc:
             raise EmbeddingError(str(exc)) from None
+        self.dim = self._model.dim
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         return self._model.embed(texts)
 
 
+class MiniLMEmbedder(EncoderEmbedder):
+    """all-MiniLM-L6-v2 (memory/minilm.py)."""
+
+    FAMILY = "minilm-"
+    ENCODER = MiniLM
+    # "-windows": a long text's vector covers all of it (memory/encoder.py); the vectors stored
+    # as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new name sends them
+    # through the model-mismatch path, so `kb ingest` re-embeds them
+    name = "minilm-l6-v2-384-windows"
+
+
+class BgeSmallEmbedder(EncoderEmbedder):
+    """bge-small-en-v1.5, int8 (memory/bge.py)."""
+
+    FAMILY = "bge-small-"
+    ENCODER = BgeSmall
+    name = "bge-small-en-v1.5-int8-384"
+
+
 OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {
-    "minilm": MiniLMEmbedder, "wordllama": WordLlamaEmbedder}
+    "minilm": MiniLMEmbedder, "bge": BgeSmallEmbedder, "wordllama": WordLlamaEmbedder}
 DEFAULT_OFFLINE = "minilm"
 
 
 def offline_embedder(name: str = DEFAULT_OFFLINE) -> LocalEmbedder:
-    """The offline embedder called `name` (`minilm`, the default, or `wordllama`)."""
+    """The offline embedder called `name` (`minilm`, the default, `bge` or `wordllama`)."""
     return OFFLINE_EMBEDDERS[name]()
 
 

