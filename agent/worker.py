@@ -13,11 +13,13 @@ covered by the fleet (agent/redispatch.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from contextvars import ContextVar
 
 from livekit import rtc
-from livekit.agents import AgentServer, JobContext, JobExecutorType, room_io
+from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, room_io
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
@@ -45,6 +47,8 @@ SCREEN_TOPIC = "sightline.screen"  # data messages for apps: new errors seen on 
 SCREEN_MESSAGE_VERSION = 1
 COST_TOPIC = "sightline.cost"  # the session's running cost, after each priced call
 COST_MESSAGE_VERSION = 1
+# the reading a job offer was refused by, set within the task answering that offer
+_REFUSED_BY: ContextVar[LoadReading | None] = ContextVar("sightline_refused_by", default=None)
 # Postgres connections of one session: each session runs on an event loop of its own, which
 # an asyncpg pool cannot share, so a worker holds up to this many per session (README:
 # Deployment, sizing Postgres); two let a write and a lookup run side by side
@@ -189,7 +193,10 @@ class SightlineServer(AgentServer):
             num_idle_processes=limits.sessions,
             load_fnc=self._load,
         )
-        self.rtc_session(run_session, agent_name=settings.agent_name)
+        # jobs accepted and still starting: from their request to livekit-agents releasing
+        # their reservation, which is after the job already runs (_sessions_taken)
+        self._starting: set[str] = set()
+        self.rtc_session(run_session, agent_name=settings.agent_name, on_request=self._take_job)
 
     def _load(self) -> float:
         reading = self.meter.read(len(self.active_jobs))
@@ -198,23 +205,58 @@ class SightlineServer(AgentServer):
             log.info("worker is full: %s", reading.describe())
         return reading.load
 
+    async def _take_job(self, request: JobRequest) -> None:
+        """Accepts the job (livekit-agents asks only when it counted room for it), marked as
+        starting until livekit-agents has released its reservation.
+
+        livekit-agents releases a reservation in a done callback of the task running this
+        function, registered when it created the task; the one registered here runs right
+        after it (asyncio runs a task's done callbacks in order, adjacent), so no offer is
+        answered between the two."""
+        self._starting.add(request.id)
+        task = asyncio.current_task()
+        assert task is not None, "livekit-agents runs the request function in a task"
+        task.add_done_callback(lambda _: self._starting.discard(request.id))
+        await request.accept()
+
+    def _sessions_taken(self) -> int:
+        """The jobs this worker runs or has accepted, each once.
+
+        livekit-agents holds a reservation for an accepted job until launching it has
+        returned, but the job counts as active from the moment its thread takes it: for
+        those moments `active_jobs + _reserved_slots` counted it twice, and on a loaded
+        machine the sixth job of a burst was refused at "6 of 6 sessions" with five taken.
+        """
+        active = {info.job.id for info in self.active_jobs}
+        not_yet_requested = max(0, self._reserved_slots - len(self._starting))
+        return len(active | self._starting) + not_yet_requested
+
     def _get_effective_load(self) -> float:
         # livekit-agents 1.8.9 estimates the jobs it accepted but has not started from the last
         # load reading, which its periodic update may overwrite with an older one: a burst then
         # overfilled a worker (8 sessions of 6). Here they count as sessions, from the jobs
-        # themselves (a private hook of the pinned version, covered by tests/test_fleet.py).
-        self.offer_reading = self.meter.read(len(self.active_jobs) + self._reserved_slots)
+        # themselves (a private hook of the pinned version, covered by tests/test_capacity.py
+        # and tests/test_fleet.py).
+        # It decides both the answer to an offer and the status (full or not) sent to LiveKit.
+        self.offer_reading = self.meter.read(self._sessions_taken())
         return self.offer_reading.load
+
+    def _is_available(self) -> bool:
+        available = super()._is_available()
+        if not available and not self.draining:
+            _REFUSED_BY.set(self.offer_reading)  # what _get_effective_load just read
+        return available
 
     async def _answer_availability(
         self, msg: agent_proto.AvailabilityRequest, *, received_at: float | None = None
     ) -> None:
-        # livekit-agents refuses a job it has no room for without a word; the reason goes to
-        # the log here
-        if not self.draining and not self._is_available():
-            log.warning("refused the job for room %s: %s (LiveKit offers it to another worker)",
-                        msg.job.room.name, self.offer_reading.describe())
+        # livekit-agents refuses a job it has no room for without a word, by a load it reads
+        # after the offer arrives; the reading it decided by goes to the log here
+        _REFUSED_BY.set(None)
         await super()._answer_availability(msg, received_at=received_at)
+        if (reading := _REFUSED_BY.get()) is not None:
+            log.warning("refused the job for room %s: %s (LiveKit offers it to another worker "
+                        "and drops it when none is left)", msg.job.room.name, reading.describe())
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         redispatcher = None

@@ -7,15 +7,19 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 from livekit import rtc
+from livekit.agents.job import RunningJobInfo
+from livekit.protocol import agent as agent_proto
 from livekit.rtc._proto.ffi_pb2 import FfiEvent
 
 from agent import capacity, rtc_events
 from agent.capacity import CPU_FULL, CPU_WINDOW_S, FULL_LOAD, Limits, LoadMeter, LoadReading
 from agent.rtc_events import MEDIA_EVENTS, RoutedFfiQueue
+from agent.worker import SightlineServer
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 from vision.track_source import SamplingGate, frame_gates
@@ -95,6 +99,81 @@ def test_limits_sized_from_the_host() -> None:
     sized = Limits.for_host(0, 0)
     assert sized.sessions >= 8 and sized.memory_mb > 0 and sized.cores > 0
     assert Limits.for_host(4, 2048) == Limits(4, 2048.0, sized.cores)
+
+
+class _JobThread:
+    """A job executor as livekit-agents' pool lists it: active once it holds a job."""
+
+    def __init__(self, info: RunningJobInfo) -> None:
+        self.running_job = info
+
+
+class _SlowPool:
+    """livekit-agents' pool of job threads on a loaded machine: a thread takes the job at
+    once (it is active from then on), but launching returns only when `launched` is set."""
+
+    def __init__(self) -> None:
+        self.processes: list[_JobThread] = []
+        self.taken: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.launched = asyncio.Event()
+
+    async def launch_job(self, info: RunningJobInfo) -> None:
+        self.processes.append(_JobThread(info))
+        self.taken[info.job.id].set()
+        await self.launched.wait()
+
+
+class _OfferedServer(SightlineServer):
+    """The worker as it answers job offers, without a LiveKit connection: what
+    `AgentServer.run` sets up before it answers one, and the answers it sends."""
+
+    def __init__(self, sessions: int) -> None:  # no super().__init__: no settings, no plugins
+        limits = Limits(sessions=sessions, memory_mb=1e9, cores=1e3)  # sessions fill it
+        self.meter, self.reading, self.offer_reading = LoadMeter(limits), None, None
+        self._starting = set()
+        self._load_fnc, self._worker_load, self._load_threshold = self._load, 0.0, FULL_LOAD
+        self._devmode = self._draining = self._simulation = False
+        self._num_idle_processes, self._reserved_slots = sessions, 0
+        self._loop, self._job_lifecycle_tasks = asyncio.get_running_loop(), set()
+        self._pending_assignments = {}
+        self._proc_pool = _SlowPool()  # type: ignore[assignment]
+        self._request_fnc = self._take_job
+        self._agent_name, self._ws_url, self._id = "sightline", "ws://livekit", "AW_test"
+        self.answers: dict[str, asyncio.Future[bool]] = {}
+
+    async def _queue_msg(self, msg: agent_proto.WorkerMessage) -> None:
+        self.answers[msg.availability.job_id].set_result(msg.availability.available)
+
+    async def offer(self, room: str) -> bool:
+        """Offers a job, assigns it when accepted, and returns the answer once a thread has
+        taken the job."""
+        job = agent_proto.Job(id=f"AJ_{room}", room={"name": room})
+        self.answers[job.id] = self._loop.create_future()
+        await self._answer_availability(agent_proto.AvailabilityRequest(job=job))
+        if available := await self.answers[job.id]:
+            self._handle_assignment(agent_proto.JobAssignment(job=job, token="t"))
+            await self._proc_pool.taken[job.id].wait()
+        return available
+
+
+async def test_a_job_starting_counts_once_and_the_burst_fills_to_capacity(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Five jobs run whose launch has not returned, so livekit-agents still holds their
+    reservations: the sixth is taken (counted once each, five of six; counted as running and
+    as reserved it read ten of six and a loaded machine refused a burst's last jobs), the
+    seventh is refused with its reason in the log."""
+    server = _OfferedServer(sessions=6)
+    assert all(await asyncio.gather(*(server.offer(f"room-{i}") for i in range(5))))
+    assert server._reserved_slots == 5 and len(server.active_jobs) == 5
+    assert await server.offer("room-5")
+    with caplog.at_level("WARNING", logger="sightline.worker"):
+        assert not await server.offer("room-6")
+    assert "refused the job for room room-6: 6 of 6 sessions" in caplog.text
+    server._proc_pool.launched.set()
+    await asyncio.gather(*server._job_lifecycle_tasks)
+    assert server._reserved_slots == 0 and not server._starting
+    assert server._sessions_taken() == 6
 
 
 def _event(which: str) -> FfiEvent:

@@ -182,13 +182,27 @@ async def leave_all(users: list[User]) -> None:
     await asyncio.gather(*(user.leave() for user in users), return_exceptions=True)
 
 
+def dispatch_failures(livekit: LiveKitServer, fleet: Fleet) -> str:
+    """The workers' refusals and LiveKit's failed assignments: why a dispatched job has no
+    agent (LiveKit drops a job that every worker refused)."""
+    lines = [line for worker in fleet.workers.values() for line in worker.log_text().splitlines()
+             if "refused the job" in line]
+    lines += [line for line in livekit.log_path.read_text(errors="replace").splitlines()
+              if "failed to assign job" in line or "no worker available" in line]
+    return "\n".join(lines) or "(none logged)"
+
+
 async def test_one_worker_takes_a_burst_of_six(livekit: LiveKitServer, fleet: Fleet) -> None:
     worker = fleet.start("a")
     users = [new_user(livekit, f"fleet-burst-{i}") for i in range(CAPACITY)]
     try:
         await asyncio.gather(*(user.dispatch() for user in users))  # all within a moment
         await asyncio.gather(*(user.connect(f"burst-{i}") for i, user in enumerate(users)))
-        await asyncio.gather(*(user.wait_for_agent(timeout_s=60) for user in users))
+        try:
+            await asyncio.gather(*(user.wait_for_agent(timeout_s=60) for user in users))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; refusals and failed assignments:\n"
+                                 f"{dispatch_failures(livekit, fleet)}") from exc
         await asyncio.gather(*(user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=2)
                                for user in users))
         await asyncio.gather(*(asks_and_is_answered(user, "What is on my screen?")
