@@ -175,10 +175,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Exception as exc:
+        failure = _database_failure(exc)
+        if failure:
+            print(f"sightline: {failure}", file=sys.stderr)
+            return 1
         if not _is_user_error(exc):
             raise
         print(f"sightline: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def _database_failure(exc: BaseException) -> str | None:
+    """One line for a database that failed in the middle of a command (it refused a
+    statement, dropped the connection, or a statement outran its time limit)."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return None
+    if isinstance(exc, TimeoutError):
+        return "a database statement took longer than its 30 s limit: the command stopped there"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"the database failed: {one_line(str(exc))}"
+    return None
 
 
 if __name__ == "__main__":

@@ -486,12 +486,16 @@ class KnowledgeBase:
             )
             new = [w for w in wanted if w[0] not in have]
             vectors = await self._embed([w[2] for w in new], moved)
-            await conn.executemany(
+            # one statement for all the new chunks, not one per chunk: the BM25 statistics'
+            # triggers run per statement (a 10,000-chunk document took minutes row by row)
+            await conn.execute(
                 "INSERT INTO kb_chunks (tenant, document_id, chunk_key, position, text,"
-                " content_hash, embed_model, embedding, page) VALUES ($1, $2, $3, $4, $5, $6,"
-                " $7, $8::vector, $9)",
-                [(tenant, doc_id, key, position, chunk, digest, model, vector_literal(vec), page)
-                 for (key, digest, chunk, position, page), vec in zip(new, vectors, strict=True)],
+                " content_hash, embed_model, embedding, page) SELECT $1, $2, k, pos, t, h, $3,"
+                " v::vector, pg FROM unnest($4::text[], $5::int[], $6::text[], $7::text[],"
+                " $8::text[], $9::int[]) AS n (k, pos, t, h, v, pg)",
+                tenant, doc_id, model, [w[0] for w in new], [w[3] for w in new],
+                [w[2] for w in new], [w[1] for w in new], [vector_literal(v) for v in vectors],
+                [w[4] for w in new],
             )
             await conn.executemany(
                 "UPDATE kb_chunks SET position = $2, page = $4 WHERE tenant = $3"

@@ -84,13 +84,18 @@ class Store:
     ) -> None:
         """Append turns (dicts with user_id, role, content) in order, each with its vector
         (pgvector text, or None) from `embed_model` for recall."""
-        vectors = vectors or [None] * len(rows)
-        await self._pool.executemany(
+        vectors = list(vectors or [None] * len(rows))
+        if len(vectors) != len(rows):
+            raise ValueError("one vector (or None) per message")
+        # one statement, rows in the order given (ids ascend with it): the BM25 statistics'
+        # triggers run per statement, not per message
+        await self._pool.execute(
             "INSERT INTO messages (session_id, tenant, user_id, role, content, embed_model,"
-            " embedding) VALUES ($1, $2, $3, $4, $5, $6, $7::vector)",
-            [(session_id, tenant, r["user_id"], r["role"], r["content"],
-              embed_model if vector else None, vector)
-             for r, vector in zip(rows, vectors, strict=True)],
+            " embedding) SELECT $1, $2, u, r, c, CASE WHEN v IS NULL THEN NULL ELSE $3 END,"
+            " v::vector FROM unnest($4::text[], $5::text[], $6::text[], $7::text[])"
+            " WITH ORDINALITY AS n (u, r, c, v, i) ORDER BY i",
+            session_id, tenant, embed_model, [r["user_id"] for r in rows],
+            [r["role"] for r in rows], [r["content"] for r in rows], vectors,
         )
 
     async def session_tenant(self, session_id: str) -> str | None:

@@ -4,7 +4,7 @@ Protects (issue 14, CLI and configuration): a data or cost-log directory that ca
 log level that is not one, absurd numbers (out of range, NaN, infinite), a budget tier the
 cascade lacks, blank tenant or user names, a price table that cannot be read; `sightline config`
 shows the cascade and what `auto` settings resolve to, also as JSON; every option of the
-commands here has help text.
+commands here has help text; a database that fails mid-command is one line, exit 1.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 from conftest import run_cli
 
+from agent import cli
 from agent.cli import _parser
 from agent.config import ConfigError, Settings
 from agent.pricing import GENAI_SOURCE
@@ -290,3 +292,25 @@ def test_make_refuses_another_python_before_any_long_step(
                                    "3.13.1); set PYTHON=/path/to/python3.11")
     assert not uv_ran.exists()
     assert sorted(p.name for p in project.iterdir()) == ["Makefile", "pyproject.toml", "uv.lock"]
+
+
+@pytest.mark.parametrize("failure, expected", [
+    (TimeoutError(), "a database statement took longer than its 30 s limit"),
+    (asyncpg.exceptions.DiskFullError("could not extend file: No space left on device"),
+     "the database failed: could not extend file: No space left on device"),
+    (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of "
+                                                    "operation"),
+     "the database failed: connection was closed"),
+])
+def test_a_database_failing_mid_command_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    failure: Exception, expected: str,
+) -> None:
+    """A statement that outruns its limit or a database that fails mid-command (seen: a
+    10,000-chunk `kb eval` ingest) ends the command with one line and exit 1, no traceback."""
+    def fail(_args: argparse.Namespace) -> int:
+        raise failure
+    monkeypatch.setattr(cli, "_run", fail)
+    assert cli.main(["costs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"sightline: {expected}") and err.count("\n") == 1
