@@ -8,12 +8,23 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from conftest import fresh_database
 from livekit.agents import JobExecutorType
 from livekit.agents.ipc.proc_pool import ProcPool
 
 from agent.worker import SightlineServer
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    free_port,
+    run_livekit_server,
+    start_worker,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +87,45 @@ def test_a_thread_that_never_ends_does_not_keep_the_worker_alive() -> None:
     assert "the worker did not exit within 0.5 s of shutting down" in done.stderr
     assert "job_thread_runner at threading.py" in done.stderr  # where it is stuck
     assert "exiting with status 1" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
+    livekit: LiveKitServer, postgres_admin_url: str, tmp_path: Path,
+) -> None:
+    """`sightline start`, its job threads each taking 8 s to warm up: it registers once the
+    first ones are warm (livekit-agents waits for the rest 12 s at most) and is sent SIGTERM
+    right then, with threads still warming. It drains (no sessions) and exits, with success and
+    without a thread left unanswered."""
+    env = {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": "sightline-stop",
+        "GOOGLE_API_KEY": "stop-fake-key", "ANTHROPIC_API_KEY": "stop-fake-key",
+        "DATABASE_URL": await fresh_database(postgres_admin_url, "stop"),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+        # six threads, warmed at most four at a time: some still warm when it registers
+        "SIGHTLINE_MAX_SESSIONS": "6", "SIGHTLINE_SCREEN_TEXT": "off",
+        "SIGHTLINE_FAULT_DIR": str(tmp_path), "SIGHTLINE_FAULT_WARMUP_S": "8",
+    }
+    worker = await asyncio.to_thread(
+        start_worker, tmp_path, env, name="worker-stop",
+        launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
+    try:
+        status = await asyncio.to_thread(worker.stop, 60)
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+    log = worker.log_text()
+    closing = log[:log.index('"shutting down worker"')]
+    assert closing.count('"initializing job runner"') > closing.count('"job runner initialized"'), \
+        "no job thread was warming when the worker closed: the race was not reproduced"
+    assert status == 0, log[-4000:]
+    assert "did not ack shutdown" not in log
+    assert "did not exit within" not in log
