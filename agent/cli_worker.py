@@ -65,7 +65,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from .alerts import close_sinks
     from .observability import configure_tracing
     from .rtc_events import route_media_events
-    from .worker import build_server
+    from .worker import SHUTDOWN_DEADLINE_S, build_server
 
     if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
         raise ConfigError(f"LIVEKIT_LOG_LEVEL={args.log_level!r} is invalid: must be one of "
@@ -98,7 +98,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         route_media_events()
         if configure_tracing(settings.otlp_endpoint):
             print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
-        server = build_server(settings)
+        # SIGTERM: livekit-agents drains (no new jobs, running sessions end), then closes; the
+        # process is gone within SHUTDOWN_DEADLINE_S of the close, whatever still runs
+        server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S)
         # printed, like the cascade: livekit-agents sets the log up only once it runs
         print(f"this worker takes {server.meter.limits.describe()}", file=sys.stderr)
         _run_worker(

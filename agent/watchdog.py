@@ -107,7 +107,8 @@ class Watchdog:
             watched.ended_at = now
             self.ended += 1
             log.error("session %s has not run for %.0f s (its event loop is blocked at %s): "
-                      "ending it", watched.name, now - watched.beat, _where(watched.thread))
+                      "ending it", watched.name, now - watched.beat,
+                      where_thread_is(watched.thread))
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watched.thread.ident),
                                                        ctypes.py_object(SessionStalled))
             reason = f"watchdog: the session stopped running for {self.stall_s:g} s"
@@ -120,10 +121,10 @@ class Watchdog:
             log.critical("session %s is still blocked %.0f s after it was told to end, at %s "
                          "(inside native code, which Python cannot interrupt): restart this "
                          "worker when it has drained", watched.name, now - watched.ended_at,
-                         _where(watched.thread))
+                         where_thread_is(watched.thread))
 
 
-def _where(thread: threading.Thread) -> str:
+def where_thread_is(thread: threading.Thread) -> str:
     """The innermost frames the thread is running, for the log."""
     frame = sys._current_frames().get(thread.ident or 0)
     if frame is None:

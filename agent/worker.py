@@ -16,10 +16,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
+import threading
 from contextvars import ContextVar
 
 from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, room_io
+from livekit.agents.ipc.job_executor import JobExecutor
+from livekit.agents.ipc.job_thread_executor import ThreadJobExecutor
+from livekit.agents.ipc.proc_pool import ProcPool
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
@@ -39,7 +45,7 @@ from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
 from .session import SessionRuntime
 from .speech import import_plugins
-from .watchdog import process_watchdog
+from .watchdog import process_watchdog, where_thread_is
 
 log = logging.getLogger("sightline.worker")
 
@@ -53,6 +59,10 @@ _REFUSED_BY: ContextVar[LoadReading | None] = ContextVar("sightline_refused_by",
 # an asyncpg pool cannot share, so a worker holds up to this many per session (README:
 # Deployment, sizing Postgres); two let a write and a lookup run side by side
 SESSION_CONNECTIONS = 2
+# seconds from the worker closing (after its drain) to the process gone: livekit-agents waits
+# up to 10 s for a job thread to acknowledge the shutdown and 10 s more for it to end
+SHUTDOWN_DEADLINE_S = 40.0
+SHUTDOWN_OVERDUE_STATUS = 1
 
 
 class ScreenSignalPublisher:
@@ -165,16 +175,75 @@ async def run_session(ctx: JobContext) -> None:
     inbox.attach(session, participant.identity)
 
 
+def settle_cancelled_initialization(executor: JobExecutor) -> None:
+    """Makes a job thread whose initialization is cancelled closable (livekit-agents 1.8.9).
+
+    The pool warms idle job threads; closing it cancels the warm-ups in flight. The thread
+    executor then never settles its initialization (it settles it on an `Exception`, and a
+    cancellation is not one), so the task that would read the thread's messages never starts:
+    the thread's acknowledgement of the shutdown request goes unread, and `aclose()` waits
+    forever for the `ShuttingDown` that follows it. On SIGTERM right after a burst (its
+    sessions ended, the pool warming their replacements) the worker logged "job did not ack
+    shutdown in time" and never exited. Settled as failed here, the executor reads the
+    thread's answer and closes with it. (livekit-agents' process executor kills a process
+    that never initialized; a thread cannot be killed.)"""
+    if not isinstance(executor, ThreadJobExecutor):
+        return
+    initialize = executor.initialize
+
+    async def initialize_or_settle() -> None:
+        try:
+            await initialize()
+        except asyncio.CancelledError:
+            if not executor._initialize_fut.done():
+                executor._initialize_fut.set_exception(
+                    RuntimeError("job thread initialization cancelled: the worker is closing"))
+            raise
+
+    executor.initialize = initialize_or_settle  # type: ignore[method-assign]
+
+
+def exit_if_still_running(deadline_s: float) -> threading.Timer:
+    """Ends the process `deadline_s` from now, with status SHUTDOWN_OVERDUE_STATUS and a log
+    line saying where the threads still running are, unless it has exited by then.
+
+    Job threads cannot be killed and are not daemons: a session stuck in native code, or a
+    livekit-agents close that waits on something that never comes, would otherwise keep a
+    stopped worker alive for good, holding its deploy or scale-down."""
+
+    def overdue() -> None:
+        threads = [f"{t.name} at {where_thread_is(t)}" for t in threading.enumerate()
+                   if t is not threading.current_thread() and not t.daemon]
+        log.critical("the worker did not exit within %g s of shutting down (threads still "
+                     "running: %s): exiting with status %d", deadline_s,
+                     "; ".join(threads) or "none", SHUTDOWN_OVERDUE_STATUS)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(SHUTDOWN_OVERDUE_STATUS)
+
+    timer = threading.Timer(deadline_s, overdue)
+    timer.daemon = True
+    timer.name = "sightline-exit-deadline"
+    timer.start()
+    return timer
+
+
 class SightlineServer(AgentServer):
     """livekit-agents' AgentServer with Sightline's hosting: sessions as threads, a load that
     is the fullest of sessions, memory and CPU (agent/capacity.py), a logged reason for each
-    refused job, and the webhook endpoint that re-dispatches a lost worker's rooms."""
+    refused job, the webhook endpoint that re-dispatches a lost worker's rooms, and a close
+    that ends: job threads whose warm-up the close cuts short close too, and with
+    `exit_deadline_s` the process exits that long after the close began, whatever still runs."""
 
-    def __init__(self, settings: Settings, limits: Limits) -> None:
+    def __init__(self, settings: Settings, limits: Limits,
+                 exit_deadline_s: float | None = None) -> None:
         self.meter = LoadMeter(limits)
         self.reading: LoadReading | None = None  # the last one reported to LiveKit
         self.offer_reading = self.meter.read(0)  # the last one a job offer was answered by
         self._settings = settings
+        self._exit_deadline_s = exit_deadline_s
+        self._exit_timer: threading.Timer | None = None
         import_plugins(settings)
         super().__init__(
             ws_url=settings.livekit_url,
@@ -197,6 +266,23 @@ class SightlineServer(AgentServer):
         # their reservation, which is after the job already runs (_sessions_taken)
         self._starting: set[str] = set()
         self.rtc_session(run_session, agent_name=settings.agent_name, on_request=self._take_job)
+
+    @property
+    def _proc_pool(self) -> ProcPool:
+        return self._sightline_pool
+
+    @_proc_pool.setter
+    def _proc_pool(self, pool: ProcPool) -> None:
+        # AgentServer.run creates the pool and starts it straight away: this is the one place
+        # to see each executor it creates before it starts (a test's stand-in pool has none)
+        if isinstance(pool, ProcPool):
+            pool.on("process_created", settle_cancelled_initialization)
+        self._sightline_pool = pool
+
+    async def aclose(self) -> None:
+        if self._exit_deadline_s is not None and self._exit_timer is None:
+            self._exit_timer = exit_if_still_running(self._exit_deadline_s)
+        await super().aclose()
 
     def _load(self) -> float:
         reading = self.meter.read(len(self.active_jobs))
@@ -270,6 +356,7 @@ class SightlineServer(AgentServer):
                 await redispatcher.aclose()
 
 
-def build_server(settings: Settings) -> SightlineServer:
+def build_server(settings: Settings, exit_deadline_s: float | None = None) -> SightlineServer:
     return SightlineServer(settings,
-                           Limits.for_host(settings.max_sessions, settings.worker_memory_mb))
+                           Limits.for_host(settings.max_sessions, settings.worker_memory_mb),
+                           exit_deadline_s)

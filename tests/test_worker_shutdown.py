@@ -1,0 +1,131 @@
+"""A worker told to stop exits: an idle job thread still starting when the worker closes does
+not keep the close waiting, and a thread that never ends does not keep the process alive."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import fresh_database
+from livekit.agents import JobExecutorType
+from livekit.agents.ipc.proc_pool import ProcPool
+
+from agent.worker import SightlineServer
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    free_port,
+    run_livekit_server,
+    start_worker,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def _no_job(_: object) -> None:
+    raise AssertionError("no job is launched here")
+
+
+async def test_a_pool_closed_while_an_idle_thread_initializes_closes() -> None:
+    """The race of a loaded run's SIGTERM (#13): the pool was warming an idle thread when the
+    worker closed it. livekit-agents 1.8.9 cancels that thread's initialization, and its
+    executor then never reads the thread's answer to the shutdown request: the close waited
+    forever. Through the server's wiring it closes once the thread has answered."""
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow_prewarm(_: object) -> None:  # the job thread's initialization, held open
+        started.set()
+        release.wait(30)
+
+    pool = ProcPool(
+        initialize_process_fnc=slow_prewarm, job_entrypoint_fnc=_no_job, session_end_fnc=None,
+        simulation_end_fnc=None, num_idle_processes=1, initialize_timeout=30, close_timeout=2,
+        session_end_timeout=2, inference_executor=None, job_executor_type=JobExecutorType.THREAD,
+        mp_ctx=multiprocessing.get_context("spawn"), memory_warn_mb=0, memory_limit_mb=0,
+        http_proxy=None, loop=asyncio.get_running_loop())
+    server = SightlineServer.__new__(SightlineServer)  # the wiring only: no settings, no LiveKit
+    server._proc_pool = pool
+    starting = asyncio.create_task(pool.start())
+    try:
+        assert await asyncio.to_thread(started.wait, 10), "the idle thread never started"
+        closing = asyncio.create_task(pool.aclose())
+        await asyncio.sleep(0.2)  # the pool cancels the initialization, asks the thread to stop
+        release.set()
+        await asyncio.wait_for(closing, 20)
+    finally:
+        release.set()
+        starting.cancel()
+    # the executor is closed once the thread has signalled its end, a moment before it ends
+    for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
+        thread.join(10)
+        assert not thread.is_alive(), "the idle thread outlived the pool"
+
+
+STUCK_THREAD = """
+import logging, threading
+from agent.worker import exit_if_still_running
+logging.basicConfig()
+threading.Thread(target=threading.Event().wait, name="job_thread_runner").start()  # never ends
+exit_if_still_running(0.5)
+"""
+
+
+def test_a_thread_that_never_ends_does_not_keep_the_worker_alive() -> None:
+    """Job threads are not daemons and cannot be killed: past the deadline the process ends
+    anyway, saying which threads were still running, with a status that is not success."""
+    done = subprocess.run([sys.executable, "-c", STUCK_THREAD], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "the worker did not exit within 0.5 s of shutting down" in done.stderr
+    assert "job_thread_runner at threading.py" in done.stderr  # where it is stuck
+    assert "exiting with status 1" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield server
+
+
+@pytest.mark.e2e
+async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
+    livekit: LiveKitServer, postgres_admin_url: str, tmp_path: Path,
+) -> None:
+    """`sightline start`, its job threads each taking 8 s to warm up: it registers once the
+    first ones are warm (livekit-agents waits for the rest 12 s at most) and is sent SIGTERM
+    right then, with threads still warming. It drains (no sessions) and exits, with success and
+    without a thread left unanswered."""
+    env = {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": "sightline-stop",
+        "GOOGLE_API_KEY": "stop-fake-key", "ANTHROPIC_API_KEY": "stop-fake-key",
+        "DATABASE_URL": await fresh_database(postgres_admin_url, "stop"),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+        # six threads, warmed at most four at a time: some still warm when it registers
+        "SIGHTLINE_MAX_SESSIONS": "6", "SIGHTLINE_SCREEN_TEXT": "off",
+        "SIGHTLINE_FAULT_DIR": str(tmp_path), "SIGHTLINE_FAULT_WARMUP_S": "8",
+    }
+    worker = await asyncio.to_thread(
+        start_worker, tmp_path, env, name="worker-stop",
+        launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
+    try:
+        status = await asyncio.to_thread(worker.stop, 60)
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+    log = worker.log_text()
+    closing = log[:log.index('"shutting down worker"')]
+    assert closing.count('"initializing job runner"') > closing.count('"job runner initialized"'), \
+        "no job thread was warming when the worker closed: the race was not reproduced"
+    assert status == 0, log[-4000:]
+    assert "did not ack shutdown" not in log
+    assert "did not exit within" not in log
