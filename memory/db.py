@@ -99,6 +99,12 @@ async def _create_schema(url: str, schema: str) -> None:
         await conn.close()
 
 
+def storable(text: str) -> str:
+    """`text` as Postgres can store it: its text type cannot hold NUL characters (a chat
+    message, a screen read or a corpus line with one would fail the whole insert)."""
+    return text.replace("\x00", "")
+
+
 def start_embedded(pgdata: Path) -> Any:
     """Start (or join) the embedded Postgres; blocking, so callers run it in a thread."""
     with warnings.catch_warnings():

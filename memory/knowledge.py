@@ -33,6 +33,7 @@ import asyncpg
 import numpy as np
 
 from . import bm25
+from .db import storable
 from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
 
@@ -457,7 +458,8 @@ class KnowledgeBase:
         `metadata` None keeps the ones it has. `origin` is the file it was read from: a
         document read from the same file under another name is replaced by this one."""
         wanted = [(key, _hash(text), text, position, page)
-                  for position, (key, text, page) in enumerate(chunks)]
+                  for position, (key, text, page) in enumerate(
+                      (key, storable(text), page) for key, text, page in chunks)]
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
             if origin:

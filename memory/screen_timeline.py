@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from . import bm25
+from .db import storable
 from .embeddings import Embedder
 from .knowledge import Hit, QueryVector, resolved, rrf, vector_literal
 from .user_memory import embed_or_none
@@ -81,7 +82,7 @@ class ScreenTimeline:
         """Insert screen events in order, each embedded (a failed embedding stores the row
         without a vector: keyword search still finds it). Rows: `session_id, tenant, user_id,
         t, at (epoch s), content_type, reason, region, lines, is_error`."""
-        texts = ["\n".join(r["lines"]) for r in rows]
+        texts = [storable("\n".join(r["lines"])) for r in rows]
         words = [search_words(text) for text in texts]
         vectors = await embed_or_none(self.embedder, words)
         await self._pool.executemany(

@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from .db import storable
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -95,7 +97,7 @@ class Store:
             " v::vector FROM unnest($4::text[], $5::text[], $6::text[], $7::text[])"
             " WITH ORDINALITY AS n (u, r, c, v, i) ORDER BY i",
             session_id, tenant, embed_model, [r["user_id"] for r in rows],
-            [r["role"] for r in rows], [r["content"] for r in rows], vectors,
+            [r["role"] for r in rows], [storable(r["content"]) for r in rows], vectors,
         )
 
     async def session_tenant(self, session_id: str) -> str | None:
