@@ -6,7 +6,8 @@ cache), each question's vector and keyword rankings are fetched once at the deep
 every setting is scored from those lists in Python, so a grid of settings costs one pass over
 the questions. Tune on some sets and keep one apart to check the choice:
 
-    .venv/bin/python -m bench.fusion_tune --set bundled --set /tmp/lme --vectors /tmp/vectors
+    .venv/bin/python -m bench.fusion_tune --set bundled --set /tmp/lme --vectors /tmp/vectors \\
+        [--embedder minilm|bge]
 
 A set is `bundled` (fixtures/kb_eval) or a folder holding `corpus.jsonl` and `queries.jsonl`.
 The last line is JSON: per set and setting, recall@5, recall@10 and MRR.
@@ -26,7 +27,7 @@ from typing import Any
 
 from bench.context import database
 from bench.kb_eval import EVAL_DIR, Query, SharedVectors, load, score
-from memory.embeddings import offline_embedder
+from memory.embeddings import DEFAULT_OFFLINE, OFFLINE_EMBEDDERS, offline_embedder
 from memory.knowledge import RRF_K, KnowledgeBase, KnowledgeError
 
 DEPTH = 50  # the deepest candidate list a setting may use
@@ -64,10 +65,10 @@ def fuse(rankings: Ranked, setting: Setting) -> list[str]:
     return sorted(totals, key=lambda k: (-totals[k], k))
 
 
-async def rankings_of(folder: Path, vectors: Path | None,
+async def rankings_of(folder: Path, vectors: Path | None, embedder_name: str,
                       ) -> tuple[list[Ranked], list[tuple[str, ...]]]:
     chunks, queries = load(folder / "corpus.jsonl", folder / "queries.jsonl")
-    embedder = SharedVectors(offline_embedder(), vectors)
+    embedder = SharedVectors(offline_embedder(embedder_name), vectors)
     with tempfile.TemporaryDirectory() as tmp:
         async with database(Path(tmp)) as db:
             return await _rankings(KnowledgeBase(db.pool, embedder), embedder, chunks, queries)
@@ -97,11 +98,11 @@ def evaluate(ranked: list[Ranked], relevant: list[tuple[str, ...]]) -> dict[str,
     return results
 
 
-async def run(sets: list[str], vectors: Path | None) -> dict[str, Any]:
+async def run(sets: list[str], vectors: Path | None, embedder: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in sets:
         folder = EVAL_DIR if name == "bundled" else Path(name)
-        ranked, relevant = await rankings_of(folder, vectors)
+        ranked, relevant = await rankings_of(folder, vectors, embedder)
         out[name] = evaluate(ranked, relevant)
     return out
 
@@ -112,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="`bundled` or a folder with corpus.jsonl and queries.jsonl")
     parser.add_argument("--vectors", type=Path, metavar="DIR",
                         help="the vector cache folder `kb eval --vectors` uses")
+    parser.add_argument("--embedder", choices=tuple(OFFLINE_EMBEDDERS), default=DEFAULT_OFFLINE)
     args = parser.parse_args(argv)
     try:
-        results = asyncio.run(run(args.sets, args.vectors))
+        results = asyncio.run(run(args.sets, args.vectors, args.embedder))
     except KnowledgeError as exc:
         print(exc, file=sys.stderr)
         return 2
