@@ -13,10 +13,10 @@ topic `sightline.assist` and, identically, an `assist` event in the session's ev
                       "score": 0.032787}]}
 
 Cheap by design, no model call: the question is embedded once with the session's embedder; the
-intent is the nearest of a small list of intents (each a handful of example phrasings, embedded
-once per embedder and process) above `MIN_INTENT_SCORE`, else null; the suggestions are the
-tenant's best knowledge hits that share a word with the words (the turn's own lookup rule), at
-most one per document, up to three. `bench/assist_intent.py` measured this against the other
+intent is the nearest of a small list of intents (each a handful of example phrasings, embedded once
+per embedder and process) above the embedder's floor (`intent_floor`), else null; the suggestions
+are the tenant's best knowledge hits that share a word with the words (the turn's own lookup rule),
+at most one per document, up to three. `bench/assist_intent.py` measured this against the other
 choice the issue names (asking tier 0) — see README, Live assist.
 """
 
@@ -41,8 +41,10 @@ ASSIST_TOPIC = "sightline.assist"
 DRAFT_TOPIC = "sightline.draft"  # app -> agent: the user's unsent chat text, as UTF-8
 ASSIST_VERSION = 1
 SUGGESTIONS = 3
-MIN_INTENT_SCORE = 0.3  # cosine to the nearest example; below it the intent is null (small talk
-# in bench/assist_intent.py tops out at 0.19)
+# An intent needs a cosine to its nearest example at least this share of the examples reach to
+# their nearest same-intent sibling (each embedder has its own scale of similarity: MiniLM's
+# examples' 10th percentile is 0.27, bge-small's 0.64), so the floor is the embedder's own
+INTENT_FLOOR_PERCENTILE = 10
 TEXT_CHARS = 500
 
 # Each intent by a few phrasings a user might use. Kept small and generic: apps map the names.
@@ -112,32 +114,41 @@ class AssistMessage(BaseModel):
 class IntentIndex:
     """The intents' example phrasings as unit vectors of one embedder, embedded once."""
 
-    # embedder name -> (labels, vectors), shared by the process's sessions
-    _cache: ClassVar[dict[str, tuple[list[str], np.ndarray]]] = {}
+    # embedder name -> (labels, vectors, floor), shared by the process's sessions
+    _cache: ClassVar[dict[str, tuple[list[str], np.ndarray, float]]] = {}
 
     def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
         self._lock = asyncio.Lock()
 
-    async def _examples(self) -> tuple[list[str], np.ndarray]:
+    async def _examples(self) -> tuple[list[str], np.ndarray, float]:
         async with self._lock:
             cached = self._cache.get(self._embedder.name)
             if cached is None:
                 labels = [name for name, phrases in INTENTS.items() for _ in phrases]
                 texts = [phrase for phrases in INTENTS.values() for phrase in phrases]
                 vectors = _unit(np.asarray(await self._embedder.embed_documents(texts)))
-                cached = self._cache[self._embedder.name] = (labels, vectors)
+                cached = self._cache[self._embedder.name] = (
+                    labels, vectors, intent_floor(labels, vectors))
             return cached
 
     async def classify(self, vector: np.ndarray) -> Intent | None:
         """The intent of the nearest example, when it is near enough."""
-        labels, vectors = await self._examples()
+        labels, vectors, floor = await self._examples()
         scores = vectors @ _unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         best = int(np.argmax(scores))
         score = float(scores[best])
-        if score < MIN_INTENT_SCORE:
+        if score < floor:
             return None
         return Intent(name=labels[best], score=round(score, 4))
+
+
+def intent_floor(labels: list[str], vectors: np.ndarray) -> float:
+    """The embedder's floor for an intent: the INTENT_FLOOR_PERCENTILE of each example's cosine
+    to its nearest sibling of the same intent (unit `vectors`, one per example)."""
+    same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
+    nearest = np.where(same, vectors @ vectors.T, -1.0).max(axis=1)
+    return float(np.percentile(nearest, INTENT_FLOOR_PERCENTILE))
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

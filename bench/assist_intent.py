@@ -4,7 +4,7 @@ the same run, and what asking tier 0 instead would cost.
 
 - ours: `IntentIndex.classify` on an offline embedder (`--embedder`: MiniLM, the default, or
   WordLlama): one query embedding, cosine to every example, the nearest intent above the
-  embedder's minimum score (`MIN_INTENT_SCORE`), else none.
+  embedder's floor (`agent.assist.intent_floor`), else none.
 - reference: the same examples, the intent of the example sharing the most content words
   (Jaccard), none when no word is shared.
 - tier 0 (not run: no model here): the intent list and the words as a prompt, priced with the

@@ -23,13 +23,19 @@ import pytest
 from conftest import CountingEmbedder
 from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 
-from agent.assist import AssistMessage, LiveAssist
+from agent.assist import INTENTS, AssistMessage, LiveAssist, intent_floor
 from agent.config import Settings
 from agent.session import SessionRuntime
 from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import EmbeddingError, SharedQueries, offline_embedder
+from memory.embeddings import (
+    BgeSmallEmbedder,
+    EmbeddingError,
+    MiniLMEmbedder,
+    SharedQueries,
+    offline_embedder,
+)
 from memory.knowledge import KnowledgeBase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,3 +141,21 @@ async def test_the_question_is_embedded_once_for_recall_and_assist() -> None:
         with pytest.raises(EmbeddingError):
             await failing.embed_query("q")
     assert failing.inner.queries == ["q", "q"]  # type: ignore[attr-defined]
+
+
+def test_each_embedder_gets_its_own_intent_floor() -> None:
+    """The floor is the 10th percentile of the examples' cosines to their nearest same-intent
+    sibling: computed from the intent list, so an embedder whose similarities run high (bge)
+    gets a higher floor than MiniLM, and small talk stays without an intent with either."""
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[1] = vectors[0] * 0.8 + vectors[1] * 0.6  # a's two examples, cosine 0.8
+    vectors[3] = vectors[2] * 0.6 + vectors[3] * 0.8  # b's two examples, cosine 0.6
+    assert intent_floor(["a", "a", "b", "b"], vectors) == pytest.approx(0.6)
+    floors = {}
+    for embedder in (MiniLMEmbedder(), BgeSmallEmbedder()):
+        labels = [name for name, phrases in INTENTS.items() for _ in phrases]
+        examples = embedder.embed_sync([p for phrases in INTENTS.values() for p in phrases])
+        floors[embedder.name] = floor = intent_floor(labels, examples)
+        chat = embedder.embed_sync(["I had pasta for dinner yesterday"])[0]
+        assert float((examples @ chat).max()) < floor
+    assert floors["bge-small-en-v1.5-int8-384"] > floors["minilm-l6-v2-384-windows"] + 0.2
