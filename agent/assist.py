@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.embeddings import Embedder
+from memory.encoder import unit_rows
 from memory.knowledge import Hit, KnowledgeBase
 
 log = logging.getLogger("sightline.assist")
@@ -127,7 +128,7 @@ class IntentIndex:
             if cached is None:
                 labels = [name for name, phrases in INTENTS.items() for _ in phrases]
                 texts = [phrase for phrases in INTENTS.values() for phrase in phrases]
-                vectors = _unit(np.asarray(await self._embedder.embed_documents(texts)))
+                vectors = unit_rows(np.asarray(await self._embedder.embed_documents(texts)))
                 cached = self._cache[self._embedder.name] = (
                     labels, vectors, intent_floor(labels, vectors))
             return cached
@@ -135,7 +136,7 @@ class IntentIndex:
     async def classify(self, vector: np.ndarray) -> Intent | None:
         """The intent of the nearest example, when it is near enough."""
         labels, vectors, floor = await self._examples()
-        scores = vectors @ _unit(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
+        scores = vectors @ unit_rows(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
         best = int(np.argmax(scores))
         score = float(scores[best])
         if score < floor:
@@ -151,10 +152,6 @@ def intent_floor(labels: list[str], vectors: np.ndarray) -> float:
     return float(np.percentile(nearest, INTENT_FLOOR_PERCENTILE))
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = vectors.astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms == 0, 1, norms)
 
 
 def title_of(source: str) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import database
-from bench.kb_eval import EVAL_DIR, Query, SharedVectors, load, score
+from bench.kb_eval import EVAL_DIR, Query, SharedVectors, ingest_corpus, load, score
 from memory.embeddings import DEFAULT_OFFLINE, OFFLINE_EMBEDDERS, offline_embedder
 from memory.knowledge import RRF_K, KnowledgeBase, KnowledgeError
 
@@ -76,9 +76,7 @@ async def rankings_of(folder: Path, vectors: Path | None, embedder_name: str,
 
 async def _rankings(kb: KnowledgeBase, embedder: SharedVectors, chunks: list[dict[str, Any]],
                     queries: list[Query]) -> tuple[list[Ranked], list[tuple[str, ...]]]:
-    for tenant in sorted({c["tenant"] for c in chunks}):
-        await kb.ingest_chunks(tenant, "eval-corpus", [
-            (str(c["id"]), str(c["text"])) for c in chunks if c["tenant"] == tenant])
+    await ingest_corpus(kb, chunks)
     embedder.save()
     ranked = []
     for q in queries:

@@ -220,13 +220,18 @@ async def run_eval(
         await db.close()
 
 
+async def ingest_corpus(kb: KnowledgeBase, chunks: list[dict[str, Any]]) -> None:
+    """Each tenant's chunks as one document, under the ids the labels name."""
+    for tenant in sorted({c["tenant"] for c in chunks}):
+        await kb.ingest_chunks(tenant, "eval-corpus", [
+            (str(c["id"]), str(c["text"])) for c in chunks if c["tenant"] == tenant])
+
+
 async def _evaluate(
     kb: KnowledgeBase, chunks: list[dict[str, Any]], queries: list[Query], ks: list[int],
     embedder: Embedder,
 ) -> dict[str, Any]:
-    for tenant in sorted({c["tenant"] for c in chunks}):
-        await kb.ingest_chunks(tenant, "eval-corpus", [
-            (str(c["id"]), str(c["text"])) for c in chunks if c["tenant"] == tenant])
+    await ingest_corpus(kb, chunks)
     depth = max(ks)
 
     def fused(fusion: str) -> Retrieve:

@@ -30,7 +30,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from .bge import BgeSmall
-from .encoder import ModelFileError, WindowedEncoder
+from .encoder import ModelFileError, WindowedEncoder, unit_rows
 from .minilm import MiniLM
 
 # what the Gemini SDK raises when the service cannot be reached or refuses a call
@@ -115,9 +115,7 @@ class WordLlamaEmbedder(LocalEmbedder):
         self._model = _wordllama(dim)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
-        vectors = np.asarray(self._model.embed(texts), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.where(norms == 0, 1, norms)
+        return unit_rows(np.asarray(self._model.embed(texts), dtype=np.float32))
 
 
 @cache

@@ -22,7 +22,8 @@ from agent.config import Settings
 from bench.livekit_harness import LiveKitServer, run_livekit_server
 from memory import bm25
 from memory.db import Database, start_embedded
-from memory.embeddings import WordLlamaEmbedder
+from memory.embeddings import LocalEmbedder, WordLlamaEmbedder
+from memory.knowledge import KnowledgeBase, KnowledgeError
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
@@ -175,3 +176,23 @@ def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]
     bench/livekit_harness.py). tests/test_fleet.py has its own, with webhooks."""
     with run_livekit_server(tmp_path_factory.mktemp("livekit")) as server:
         yield server
+
+
+async def assert_switch_re_embeds(db: Database, tmp_path: Path, old: LocalEmbedder,
+                                  new: LocalEmbedder) -> None:
+    """A tenant's knowledge stored with `old`, searched with `new`: the search says which model
+    it was embedded with; `ingest` re-embeds every chunk, mixing nothing; then meaning finds it."""
+    doc = tmp_path / "router.md"
+    doc.write_text("# Router\n\nTo reset the admin password, hold the reset button for ten "
+                   "seconds.\n\n## VPN\n\nThe VPN listens on UDP port 51821.\n")
+    await KnowledgeBase(db.pool, old).ingest([doc], "acme")
+    switched = KnowledgeBase(db.pool, new)
+    with pytest.raises(KnowledgeError, match=f"embedded with {old.name}"):
+        await switched.search("acme", "I forgot the login secret of my gateway")
+    report = await switched.ingest([doc], "acme")
+    assert report.embedded > 0 and report.kept == 0
+    assert await db.pool.fetchval(
+        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [new.name]
+    vector_hits, _ = await switched.rankings("acme", "I forgot the login secret of my gateway",
+                                             5)
+    assert "admin password" in vector_hits[0].text

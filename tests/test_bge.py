@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_switch_re_embeds
 
 from agent.components import make_embedder
 from agent.config import Settings
@@ -22,7 +23,6 @@ from memory.bge import BgeSmall, model_dir
 from memory.db import Database
 from memory.embeddings import BgeSmallEmbedder, MiniLMEmbedder, offline_family
 from memory.encoder import ModelFileError
-from memory.knowledge import KnowledgeBase, KnowledgeError
 
 PINNED_FIRST = [-0.036211, -0.003558, 0.031769, -0.021637, -0.015756]
 
@@ -70,16 +70,4 @@ def test_it_is_chosen_by_name(settings: Settings) -> None:
 async def test_switching_from_minilm_re_embeds_through_the_mismatch_path(
     db: Database, tmp_path: Path,
 ) -> None:
-    doc = tmp_path / "router.md"
-    doc.write_text("# Router\n\nTo reset the admin password, hold the reset button for ten "
-                   "seconds.\n\n## VPN\n\nThe VPN listens on UDP port 51821.\n")
-    await KnowledgeBase(db.pool, MiniLMEmbedder()).ingest([doc], "acme")
-    bge = KnowledgeBase(db.pool, BgeSmallEmbedder())
-    with pytest.raises(KnowledgeError, match="embedded with minilm-l6-v2-384-windows"):
-        await bge.search("acme", "I forgot the login secret of my gateway")
-    report = await bge.ingest([doc], "acme")
-    assert report.embedded > 0 and report.kept == 0
-    assert await db.pool.fetchval(
-        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [bge.embedder.name]
-    vector_hits, _ = await bge.rankings("acme", "I forgot the login secret of my gateway", 5)
-    assert "admin password" in vector_hits[0].text
+    await assert_switch_re_embeds(db, tmp_path, MiniLMEmbedder(), BgeSmallEmbedder())

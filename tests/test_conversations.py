@@ -68,21 +68,24 @@ LOCOMO = [{
 }]
 
 
-def _read(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _convert(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, data: Any,
+             ) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the converter on `data`; the output folder and its corpus and queries. Both samples
+    make 3 chunks and 2 queries, leaving 1 question out."""
+    source, out = tmp_path / f"{command}.json", tmp_path / command
+    source.write_text(json.dumps(data))
+    assert main([command, str(source), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 chunks, 2 queries" in printed and "1 questions left out" in printed
     corpus, queries = ([json.loads(line) for line in (out / name).read_text().splitlines()]
                        for name in ("corpus.jsonl", "queries.jsonl"))
-    return corpus, queries
+    return out, corpus, queries
 
 
 async def test_longmemeval_becomes_a_kb_eval_set(
     tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    source, out = tmp_path / "longmemeval_oracle.json", tmp_path / "lme"
-    source.write_text(json.dumps(LONGMEMEVAL))
-    assert main(["longmemeval", str(source), str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "3 chunks, 2 queries" in printed and "1 questions left out" in printed
-    corpus, queries = _read(out)
+    out, corpus, queries = _convert(tmp_path, capsys, "longmemeval", LONGMEMEVAL)
     assert [c["id"] for c in corpus] == ["s1:0", "s1:1", "s2:0"]
     assert corpus[0] == {"id": "s1:0", "text": "My sister Ana moved to Lisbon in March.",
                          "tenant": "longmemeval"}
@@ -99,12 +102,7 @@ async def test_longmemeval_becomes_a_kb_eval_set(
 
 def test_locomo_becomes_a_kb_eval_set(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       ) -> None:
-    source, out = tmp_path / "locomo10.json", tmp_path / "locomo"
-    source.write_text(json.dumps(LOCOMO))
-    assert main(["locomo", str(source), str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "3 chunks, 2 queries" in printed and "1 questions left out" in printed
-    corpus, queries = _read(out)
+    _, corpus, queries = _convert(tmp_path, capsys, "locomo", LOCOMO)
     assert corpus[1] == {"id": "locomo-conv-1:D1:2", "tenant": "locomo-conv-1",
                          "text": "Melanie: Look what I painted! [shares a photo: a painting "
                                  "of a sunset over a lake]"}

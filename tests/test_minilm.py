@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_switch_re_embeds
 
 from memory.db import Database
 from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
@@ -88,19 +89,7 @@ async def test_it_embeds_off_the_event_loop() -> None:
 async def test_switching_from_wordllama_re_embeds_through_the_mismatch_path(
     db: Database, tmp_path: Path,
 ) -> None:
-    doc = tmp_path / "router.md"
-    doc.write_text("# Router\n\nTo reset the admin password, hold the reset button for ten "
-                   "seconds.\n\n## VPN\n\nThe VPN listens on UDP port 51821.\n")
-    await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([doc], "acme")
-    minilm = KnowledgeBase(db.pool, MiniLMEmbedder())
-    with pytest.raises(KnowledgeError, match="embedded with wordllama-l2-supercat-256"):
-        await minilm.search("acme", "I forgot the login secret of my gateway")
-    report = await minilm.ingest([doc], "acme")
-    assert report.embedded > 0 and report.kept == 0
-    assert await db.pool.fetchval(
-        "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [minilm.embedder.name]
-    vector_hits, _ = await minilm.rankings("acme", "I forgot the login secret of my gateway", 5)
-    assert "admin password" in vector_hits[0].text
+    await assert_switch_re_embeds(db, tmp_path, WordLlamaEmbedder(), MiniLMEmbedder())
 
 
 # the size of a 256-token knowledge chunk (~440 word pieces), whose last quarter alone is about
