@@ -7,13 +7,20 @@ in that window was lost (two of nine users in a burst, tests/test_fleet.py). The
 chat topic from the moment the agent joins; once the session is up, the held messages of its
 user go to it in order, and later ones as they come, through livekit-agents' own text-input
 callback (RoomIO's text input is turned off: the topic has one reader).
+
+Each message handed on is recorded (`chat`: the sender's timestamp and when the stream reached
+this process), so a session's log says how long the user's words took to reach it: under load
+that transport, not the turn, is where seconds go (bench/load.py reads it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, room_io
@@ -27,6 +34,7 @@ class _Message:
     identity: str
     read: asyncio.Task[str]
     info: rtc.TextStreamInfo
+    received_at: float  # epoch seconds: when the stream reached this process
 
 
 class ChatInbox:
@@ -35,17 +43,21 @@ class ChatInbox:
         self._held: list[_Message] = []
         self._session: AgentSession | None = None
         self._identity = ""
+        self._record: Callable[[dict[str, Any]], None] = lambda detail: None
         self._forwarding: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
 
     def _on_stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        self._held.append(_Message(identity, asyncio.create_task(reader.read_all()), reader.info))
+        self._held.append(_Message(identity, asyncio.create_task(reader.read_all()), reader.info,
+                                   time.time()))
         self._arrived.set()
 
-    def attach(self, session: AgentSession, identity: str) -> None:
-        """From now on, `identity`'s messages (those held first) go to `session`."""
-        self._session, self._identity = session, identity
+    def attach(self, session: AgentSession, identity: str,
+               record: Callable[[dict[str, Any]], None]) -> None:
+        """From now on, `identity`'s messages (those held first) go to `session`, each
+        recorded with `record` as it is handed on."""
+        self._session, self._identity, self._record = session, identity, record
         self._forwarding = asyncio.create_task(self._forward(), name="chat-inbox")
 
     async def _forward(self) -> None:
@@ -65,6 +77,9 @@ class ChatInbox:
                     log.warning("a chat message from %s could not be read: %r",
                                 message.identity, exc)
                     continue
+                self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
+                              "received_at": round(message.received_at, 4),
+                              "characters": len(text)})
                 participant = self._room.remote_participants.get(message.identity)
                 result = answer(self._session, room_io.TextInputEvent(
                     text=text, info=message.info, participant=participant))

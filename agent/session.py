@@ -222,7 +222,7 @@ class SessionRuntime:
                                         store=store, budget=budget,
                                         alerts=process_sink(settings.alert_webhook).on_event)
             meters.append(record.meter)
-            record.note_process()
+            record.note_process(room)
             try:
                 runtime = await cls._assemble(
                     settings, db, store, record, parts, tiers, providers, embedder, reranker,

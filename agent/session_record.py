@@ -71,10 +71,12 @@ class SessionRecord:
             summary["budget"] = self.budget.summary()
         return summary
 
-    def note_process(self) -> None:
-        """Record which process runs the session (a `session` event), so that closing a
-        session its process left open can tell whether that process still lives."""
-        self.events.record("session", detail={"host": socket.gethostname(), "pid": os.getpid()})
+    def note_process(self, room: str | None) -> None:
+        """Record which process runs the session, and in which room (a `session` event), so
+        that closing a session its process left open can tell whether that process still
+        lives, and a session's log can be matched to its room's users."""
+        self.events.record("session", detail={"host": socket.gethostname(), "pid": os.getpid(),
+                                              **({"room": room} if room else {})})
 
     async def close(self, outcome: str = COMPLETED, error: str | None = None) -> dict[str, Any]:
         """Flush the log and end it with the summary; returns the summary. `outcome` says how

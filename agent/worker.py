@@ -171,8 +171,14 @@ async def run_session(ctx: JobContext) -> None:
             text_output=room_io.TextOutputOptions(sync_transcription=settings.tts is not None),
         ),
         record=False,
+        # livekit-agents would broadcast each of its session events (states, transcripts,
+        # usage) as a byte stream on `lk.agent.session`, for a RemoteSession client Sightline
+        # does not use; at 30 sessions on 2 cores those streams held up the users' questions
+        # and the replies (bench.load: 110 of 150 answered with them, 145 without)
+        session_host=False,
     )
-    inbox.attach(session, participant.identity)
+    inbox.attach(session, participant.identity,
+                 lambda detail: runtime.record.events.record("chat", detail=detail))
 
 
 def settle_cancelled_initialization(executor: JobExecutor) -> None:

@@ -183,10 +183,14 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     }
     seen = len(server.requests)
     user = new_user(livekit, "e2e-screen-share")
+    session_streams: list[str] = []  # livekit-agents' session-host events, which Sightline skips
+    user.room.register_byte_stream_handler(
+        "lk.agent.session", lambda reader, identity: session_streams.append(identity))
     await user.join("user-1")
     agent = await user.wait_for_agent()
     await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=10)
     await asyncio.sleep(8)  # the measured window: the agent samples while we publish
+    asked_at = time.time()
     await user.say("Why does this error show up?")
     reply = await user.wait_for_reply()
     await asyncio.sleep(1)
@@ -194,6 +198,7 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
 
     assert agent.identity.startswith("agent-")
     assert reply == ANSWER, "the reply on the text stream must be the model's response"
+    assert session_streams == [], "the agent must not broadcast its session events to the room"
 
     replies.by_model = {}
     requests = turn_requests(server, seen)
@@ -221,6 +226,10 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert all(c["images"] == 1 and c["cost_usd"] > 0 and c["tenant"] == "e2e" for c in calls)
     turn = next(e for e in events if e["kind"] == "turn")["detail"]
     assert [t["outcome"] for t in turn["tried"]] == ["low_confidence", "answered"]
+    assert events[0]["kind"] == "session" and events[0]["detail"]["room"] == user.room.name
+    [chat] = [e for e in events if e["kind"] == "chat"]  # when the question reached the worker
+    assert chat["detail"]["characters"] == len("Why does this error show up?")
+    assert asked_at - 1 <= chat["detail"]["sent_at"] <= chat["detail"]["received_at"] <= chat["ts"]
 
     conn = await asyncpg.connect(e2e_database_url)
     try:
