@@ -15,7 +15,9 @@ agent, join, share a 1280x720 screen at 5 fps that changes every 5 s, and ask a 
 every 15 s. A burst sends every dispatch within one second. Each level starts a fresh worker.
 
 Per level: joined, asked and answered; reply round trip and overhead (the round trip minus
-the model's own latency, as the worker measured it) p50/p95; sampled frames per
+the model's own latency, as the worker measured it) p50/p95, and the round trip in three hops
+(to the worker, at the worker, back to the user: each session's log records when each question
+reached it); sampled frames per
 session-second; CPU cores of the worker, the users' processes, LiveKit and Postgres (all share
 the machine's cores); the worker's RSS, in total and per session above its idle RSS. With
 `--reference`, the same levels run against another build (the process-per-session worker this
@@ -63,6 +65,7 @@ AGENT_NAME = "sightline-load"
 SETTLE_S = 6.0
 WARM_UP_S = 10.0  # after the last user joined, before the steady window
 SAMPLE_EVERY_S = 2.0
+MATCH_S = 1.0  # a question and the worker's record of it are sent at most this far apart
 SOAK_WARM_UP_S = 180.0
 
 
@@ -154,11 +157,14 @@ class Sessions:
     count: int = 0
     frames_per_s: list[float] = field(default_factory=list)
     model_latency_s: list[float] = field(default_factory=list)
+    # per room, each question the session was handed: (sent, reached the worker, turn ended),
+    # epoch seconds; the sender's clock is this machine's
+    questions: dict[str, list[tuple[float, float, float | None]]] = field(default_factory=dict)
 
 
 def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
-    """Sampled frames per second of each session within the steady window, and the latency
-    of every answering model call."""
+    """Sampled frames per second of each session within the steady window, the latency of
+    every answering model call, and where each question's time went inside the worker."""
     found = Sessions()
     start, end = window
     for data_dir in data_dirs:
@@ -170,7 +176,40 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
             found.model_latency_s += [
                 e["latency_ms"] / 1000 for e in events
                 if e["kind"] == "model_call" and e.get("detail", {}).get("purpose") != "memory"]
+            room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
+            if room is not None:
+                found.questions[room] = _questions(events)
     return found
+
+
+def _questions(events: Sequence[dict[str, Any]]) -> list[tuple[float, float, float | None]]:
+    """Each chat message's sending, its arrival at the worker, and the end of the turn that
+    answered it (the first turn recorded after the message was handed on)."""
+    turns = [e["ts"] for e in events if e["kind"] == "turn"]
+    found = []
+    for event in events:
+        if event["kind"] == "chat" and event["detail"]["sent_at"] > 0:
+            ended = next((t for t in turns if t >= event["ts"]), None)
+            found.append((event["detail"]["sent_at"], event["detail"]["received_at"], ended))
+    return found
+
+
+def hops(results: Sequence[UserResult], sessions: Sessions) -> dict[str, list[float]]:
+    """Each answered question's round trip in three hops: from the user's sending to the
+    worker, at the worker (its turn, the model's time included), and the answer back to the
+    user. A question is matched to the worker's record by room and sending time."""
+    split: dict[str, list[float]] = {"to_worker": [], "at_worker": [], "back": []}
+    for result in results:
+        handed = sessions.questions.get(result.room, [])
+        for asked, arrived in result.answered_at:
+            sent, received, ended = min(handed, key=lambda q: abs(q[0] - asked),
+                                        default=(asked, None, None))
+            if received is None or ended is None or abs(sent - asked) > MATCH_S:
+                continue
+            split["to_worker"].append(received - sent)
+            split["at_worker"].append(ended - received)
+            split["back"].append(arrived - ended)
+    return split
 
 
 def wait_for_summaries(data_dirs: Sequence[Path], sessions: int, timeout_s: float) -> int:
@@ -299,6 +338,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         "model_ms_p50": _ms(model_s),
         "overhead_ms_p50": _ms(_minus(quantile(round_trips, 0.5), model_s)),
         "overhead_ms_p95": _ms(_minus(quantile(round_trips, 0.95), model_s)),
+        **{f"{hop}_ms_p{p}": _ms(quantile(times, p / 100))
+           for hop, times in hops(results, sessions).items() for p in (50, 95)},
         "fps_per_session_mean": _round(statistics.mean(sessions.frames_per_s)
                                        if sessions.frames_per_s else None, 3),
         "fps_per_session_min": _round(min(sessions.frames_per_s, default=None), 3),

@@ -70,6 +70,9 @@ class UserResult:
     answered: int = 0
     round_trips_s: list[float] = field(default_factory=list)
     asked_at: list[float] = field(default_factory=list)  # epoch seconds of each question
+    # each answered question's (asked, answer arrived) in epoch seconds, to match with the
+    # worker's log (the same machine's clock)
+    answered_at: list[tuple[float, float]] = field(default_factory=list)
     frames_published: int = 0
     error: str | None = None
 
@@ -106,7 +109,12 @@ async def _one_user(plan: Plan, index: int, arrive_at: float, leave_at: float,
         await user.leave()
         return result
     result.joined, result.join_s = True, time.monotonic() - started
-    await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=plan.fps)
+    try:
+        await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=plan.fps)
+    except Exception as exc:  # LiveKit timed the publication out under load: reported
+        result.error = f"publish: {exc!r}"
+        await user.leave()
+        return result
     next_ask = time.time() + rng.uniform(2.0, plan.ask_every_s)
     while next_ask < leave_at - REPLY_TIMEOUT_S / 3:
         await _sleep_until(next_ask)
@@ -121,6 +129,8 @@ async def _one_user(plan: Plan, index: int, arrive_at: float, leave_at: float,
         else:
             result.answered += 1
             result.round_trips_s.append(arrived - sent)
+            result.answered_at.append((result.asked_at[-1],
+                                       time.time() - (time.monotonic() - arrived)))
         next_ask += plan.ask_every_s
     await _sleep_until(leave_at)
     result.frames_published = user.frames_published
