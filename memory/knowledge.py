@@ -596,8 +596,8 @@ class KnowledgeBase:
         args: list[Any] = [tenant, limit]
         documents = self._documents_filter(where, args)
         scores = terms.scores(len(args) + 1)
-        # the chunks are read for the best `limit` alone, or, with a metadata filter, for
-        # their documents too
+        # the chunks are read for the best `limit` alone; a metadata filter reads every
+        # candidate's, for its document
         kept = (f" JOIN kb_chunks c ON c.id = s.id WHERE c.tenant = $1{documents}"
                 if documents else "")
         return await conn.fetch(
