@@ -5,9 +5,11 @@ The embedded Postgres has no BM25 extension and `ts_rank_cd` has neither inverse
 frequency nor length normalisation, so statement-level triggers keep each searched table's
 statistics exact (migrations 0012 and 0013: `<prefix>_stats`, documents and total length per
 scope; `<prefix>_terms`, each lexeme's document frequency per scope; a `doc_len` column on the
-rows) and the score is computed here in SQL. A scope is what the statistics are kept per (a
-tenant for knowledge, a tenant and user for messages and screen events); a search over several
-scopes (screen search across a tenant's users) sums them, which is exact.
+rows; migration 0014: `<prefix>_postings`, each row's lexemes with their occurrences and the
+row's length) and the score is computed here in SQL from the postings alone. A scope is what
+the statistics are kept per (a tenant for knowledge, a tenant and user for messages and screen
+events); a search over several scopes (screen search across a tenant's users) sums them, which
+is exact.
 """
 
 from __future__ import annotations
@@ -33,32 +35,34 @@ CANDIDATES = 2000
 @dataclass(frozen=True)
 class Terms:
     """The lexemes a search ranks by, their inverse document frequencies in the scope, and the
-    scope's mean document length."""
+    scope's mean document length; the statistics' prefix and the scope's SQL condition, which
+    the postings are read with."""
 
+    prefix: str
+    scope: str
     lexemes: list[str]
     idfs: list[float]
     mean_len: float
 
-    def sql(self, row: str, first: int) -> tuple[str, str]:
-        """The BM25 score of the row aliased `row` and the condition that it holds one of the
-        lexemes (the GIN index on `tsv` finds those), over the parameters `$first` on, whose
-        values `args()` gives. Per lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b *
-        length / mean length)), tf being its occurrences in the row (positions in `tsv`)."""
-        lexemes, idfs, mean, query = (f"${first + n}" for n in range(4))
-        score = (
-            f"(SELECT sum(q.idf * u.tf * {K1 + 1} / (u.tf + {K1} * (1 - {B}"
-            f" + {B} * {row}.doc_len / {mean}::float8)))"
-            f" FROM (SELECT lexeme, coalesce(array_length(positions, 1), 1) AS tf"
-            f" FROM unnest({row}.tsv)) u JOIN unnest({lexemes}::text[], {idfs}::float8[])"
-            f" q (lexeme, idf) USING (lexeme))")
-        return score, f"{row}.tsv @@ to_tsquery('simple', {query})"
+    def scores(self, first: int, rows: str = "") -> str:
+        """A subquery of `(id, score)`: the BM25 score of each row of the scope that holds one
+        of the lexemes (and whose postings meet the SQL condition `rows`, on `row_id`), over
+        the parameters `$first` on, whose values `args()` gives; the scope's own parameters are
+        the caller's, as given to `terms()`. Per lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 -
+        b + b * length / mean length)), tf being its occurrences in the row. Only the
+        lexemes' postings are read (an index range each): the rows themselves are not, so a
+        caller joins them for its best few alone."""
+        lexemes, idfs, mean = (f"${first + n}" for n in range(3))
+        return (
+            f"(SELECT p.row_id AS id, sum(q.idf * p.tf * {K1 + 1} / (p.tf + {K1} * (1 - {B}"
+            f" + {B} * p.doc_len / {mean}::float8))) AS score"
+            f" FROM unnest({lexemes}::text[], {idfs}::float8[]) q (lexeme, idf)"
+            f" JOIN {self.prefix}_postings p ON p.lexeme = q.lexeme"
+            f" WHERE {self.scope}{f' AND {rows}' if rows else ''} GROUP BY p.row_id)")
 
     def args(self) -> list[Any]:
-        """The values of `sql()`'s parameters, in order: the lexemes are stemmed already, so
-        they are matched as they are (the 'simple' configuration), any of them."""
-        query = " | ".join(
-            "'" + lx.replace("\\", "\\\\").replace("'", "''") + "'" for lx in self.lexemes)
-        return [self.lexemes, self.idfs, self.mean_len, query]
+        """The values of `scores()`' parameters, in order."""
+        return [self.lexemes, self.idfs, self.mean_len]
 
 
 async def terms(
@@ -87,6 +91,6 @@ async def terms(
         if matches > CANDIDATES:
             break
         kept.append(row)
-    return Terms([r["lexeme"] for r in kept],
+    return Terms(prefix, scope, [r["lexeme"] for r in kept],
                  [math.log(1 + (docs - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
                  int(rows[0]["total_len"]) / docs)

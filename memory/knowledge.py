@@ -595,13 +595,16 @@ class KnowledgeBase:
             return []
         args: list[Any] = [tenant, limit]
         documents = self._documents_filter(where, args)
-        score, matches = terms.sql("c", len(args) + 1)
+        scores = terms.scores(len(args) + 1)
+        # the chunks are read for the best `limit` alone; a metadata filter reads every
+        # candidate's, for its document
+        kept = (f" JOIN kb_chunks c ON c.id = s.id WHERE c.tenant = $1{documents}"
+                if documents else "")
         return await conn.fetch(
-            "SELECT c.id, c.text, d.source, c.chunk_key, c.page, c.score FROM ("
-            f" SELECT c.id, c.document_id, c.text, c.chunk_key, c.page, {score} AS score"
-            f" FROM kb_chunks c WHERE c.tenant = $1 AND {matches}"
-            f"{documents} ORDER BY score DESC, c.id LIMIT $2) c"
-            " JOIN kb_documents d ON d.id = c.document_id ORDER BY c.score DESC, c.id",
+            "SELECT c.id, c.text, d.source, c.chunk_key, c.page, s.score FROM ("
+            f" SELECT s.id, s.score FROM {scores} s{kept} ORDER BY s.score DESC, s.id LIMIT $2"
+            ") s JOIN kb_chunks c ON c.id = s.id JOIN kb_documents d ON d.id = c.document_id"
+            " ORDER BY s.score DESC, s.id",
             *args, *terms.args(),
         )
 

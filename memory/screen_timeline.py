@@ -113,10 +113,11 @@ class ScreenTimeline:
                                  search_words(query))
         if terms is None:
             return []
-        score, matches = terms.sql("e", 4)
+        columns = ", ".join(f"e.{column}" for column in _COLUMNS.split(", "))
         return await conn.fetch(
-            f"SELECT {_COLUMNS}, {score} AS score FROM screen_events e WHERE {scope}"
-            f" AND {matches} ORDER BY score DESC, e.id DESC LIMIT $3",
+            f"SELECT {columns}, s.score FROM (SELECT id, score FROM {terms.scores(4)} s"
+            " ORDER BY score DESC, id DESC LIMIT $3) s JOIN screen_events e ON e.id = s.id"
+            " ORDER BY s.score DESC, s.id DESC",
             tenant, user_id, limit, *terms.args())
 
     async def _ranked(

@@ -131,11 +131,11 @@ class UserMemory:
                                  [tenant, user_id], f"{question}\n{words}")
         if terms is None:
             return []
-        score, matches = terms.sql("m", 5)
         return await conn.fetch(
-            f"SELECT m.id, m.role, m.content, m.created_at, {score} AS score FROM messages m"
-            f" WHERE m.tenant = $1 AND m.user_id = $2 AND m.id < $3 AND {matches}"
-            f" ORDER BY score DESC, m.id DESC LIMIT $4",
+            "SELECT m.id, m.role, m.content, m.created_at, s.score FROM ("
+            f" SELECT id, score FROM {terms.scores(5, 'row_id < $3')} s"
+            " ORDER BY score DESC, id DESC LIMIT $4) s JOIN messages m ON m.id = s.id"
+            " ORDER BY s.score DESC, s.id DESC",
             tenant, user_id, before_id, CANDIDATES, *terms.args())
 
     async def facts(self, tenant: str, user_id: str) -> list[Fact]:

@@ -49,8 +49,8 @@ SIGHTLINE = Path(sys.executable).with_name("sightline")
 async def assert_bm25_statistics_exact(
     pool: asyncpg.Pool, prefix: str, table: str, scope: str,
 ) -> None:
-    """The BM25 statistics `prefix` (migrations 0012, 0013) are what a recount of `table`'s
-    rows gives, per scope (`scope`: its columns, comma-separated)."""
+    """The BM25 statistics `prefix` (migrations 0012, 0013) and postings (0014) are what a
+    recount of `table`'s rows gives, per scope (`scope`: its columns, comma-separated)."""
     kept = await pool.fetch(f"SELECT {scope}, docs, total_len FROM {prefix}_stats"
                             f" WHERE docs > 0 ORDER BY {scope}")
     real = await pool.fetch(f"SELECT {scope}, count(*), sum(doc_len) FROM {table}"
@@ -62,6 +62,12 @@ async def assert_bm25_statistics_exact(
                                   f" unnest(r.tsv) u GROUP BY {scope}, u.lexeme"
                                   f" ORDER BY {scope}, u.lexeme")
     assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
+    kept_postings = await pool.fetch(f"SELECT {scope}, lexeme, row_id, tf, doc_len FROM"
+                                     f" {prefix}_postings ORDER BY row_id, lexeme")
+    real_postings = await pool.fetch(f"SELECT {scope}, u.lexeme, r.id, cardinality(u.positions),"
+                                     f" r.doc_len FROM {table} r, unnest(r.tsv) u"
+                                     f" ORDER BY r.id, u.lexeme")
+    assert [tuple(r) for r in kept_postings] == [tuple(r) for r in real_postings]
 
 
 async def lexemes(pool: asyncpg.Pool, text: str) -> list[str]:

@@ -1,8 +1,9 @@
-"""Keyword ranking by BM25 inside Postgres, per tenant, on real Postgres (migrations 0012 and 0013).
+"""Keyword ranking by BM25 inside Postgres, per tenant, on real Postgres (migrations 0012-0014).
 
 Protects: the per-tenant statistics (chunk count, total length, lexeme document frequencies)
-stay exactly what the chunks say through ingest, re-ingest, document deletion (a cascade) and
-in another tenant; the score is BM25's (checked against the formula computed here from the
+and the postings (each chunk's lexemes with their occurrences and the chunk's length) stay
+exactly what the chunks say through ingest, re-ingest, document deletion (a cascade) and in
+another tenant; the score is BM25's (checked against the formula computed here from the
 chunks' own words) with its three properties: a rare word outweighs a common one (idf), more
 occurrences help but saturate (k1), and a shorter chunk beats a longer one with the same match
 (b); another tenant's chunks change nothing in a tenant's scores; a chunk's text is never

@@ -76,20 +76,22 @@ async def test_open_without_migrate_leaves_database_untouched(
         await db.close()
 
 
+@pytest.mark.parametrize("missing", ["0013", "0014"])
 async def test_bm25_statistics_are_backfilled_for_rows_stored_before_them(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str,
 ) -> None:
     """Messages and screen events stored before migration 0013 get their BM25 statistics when
-    it is applied, and later writes keep them exact."""
+    it is applied, rows of all three searched tables stored before 0014 get their postings,
+    and later writes keep both exact."""
     earlier = tmp_path / "migrations"
     earlier.mkdir()
     for path in migration_files():
-        if path.stem < "0013":
+        if path.stem < missing:
             (earlier / path.name).write_text(path.read_text())
     conn = await asyncpg.connect(database_url)
     try:
         monkeypatch.setattr("memory.migrate.MIGRATIONS_DIR", earlier)
-        assert "0013_memory_bm25" not in await apply_migrations(conn)
+        assert all(v < missing for v in await apply_migrations(conn))
         for session_id, tenant, user in (("s-1", "acme", "u-1"), ("s-2", "acme", "u-2"),
                                          ("s-3", "globex", None)):
             await conn.execute(
@@ -105,20 +107,32 @@ async def test_bm25_statistics_are_backfilled_for_rows_stored_before_them(
                     "INSERT INTO messages (session_id, tenant, user_id, role, content)"
                     " VALUES ($1, $2, $3, 'user', $4)",
                     [(session_id, tenant, user, f"router {n} resets, router") for n in range(3)])
+            document = await conn.fetchval(
+                "INSERT INTO kb_documents (tenant, source, content_hash) VALUES ($1, $2, 'h')"
+                " RETURNING id", tenant, session_id)
+            await conn.execute(
+                "INSERT INTO kb_chunks (tenant, document_id, chunk_key, position, text,"
+                " content_hash, embed_model, embedding) VALUES ($1, $2, $3, 0,"
+                " 'the router router resets', 'h', 'm', '[1]')", tenant, document, session_id)
         monkeypatch.undo()
-        assert await apply_migrations(conn) == ["0013_memory_bm25"]
+        assert await apply_migrations(conn) == [p.stem for p in migration_files()
+                                                if p.stem >= missing]
         await conn.execute("INSERT INTO messages (session_id, tenant, user_id, role, content)"
                            " VALUES ('s-1', 'acme', 'u-1', 'user', 'a later router question')")
         await conn.execute("DELETE FROM screen_events WHERE t = 0")
+        await conn.execute("DELETE FROM kb_documents WHERE source = 's-2'")
     finally:
         await conn.close()
     db = await Database.open(database_url, tmp_path)
     try:
         for prefix, table in (("messages_bm25", "messages"), ("screen_bm25", "screen_events")):
             await assert_bm25_statistics_exact(db.pool, prefix, table, "tenant, user_id")
+        await assert_bm25_statistics_exact(db.pool, "kb_bm25", "kb_chunks", "tenant")
         assert await db.pool.fetchval(
             "SELECT docs FROM messages_bm25_terms WHERE tenant = 'acme' AND user_id = 'u-1'"
             " AND lexeme = 'router'") == 4
+        assert await db.pool.fetchval(
+            "SELECT tf FROM kb_bm25_postings WHERE tenant = 'globex' AND lexeme = 'router'") == 2
     finally:
         await db.close()
 

@@ -406,9 +406,9 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         class AfterKeywords(CountingEmbedder):
             async def embed_query(self, text: str) -> np.ndarray:
                 async def keywords_ran() -> None:
-                    while not all(any(table in sql and "to_tsquery('simple'" in sql
-                                          for sql in log)
-                                      for table in ("FROM kb_chunks c", "FROM messages m")):
+                    while not all(any(f"JOIN {postings} p" in sql for sql in log)
+                                  for postings in ("kb_bm25_postings",
+                                                   "messages_bm25_postings")):
                         log.grew.clear()
                         await log.grew.wait()
                 await asyncio.wait_for(keywords_ran(), 10)
