@@ -268,6 +268,10 @@ _FIELDS: tuple[_Field, ...] = (
              "(or its container's) memory"),
     _Field("malloc_arenas", "SIGHTLINE_MALLOC_ARENAS", Range(int, 0, 1024), 2,
         help="glibc malloc arenas of the worker process; 0: glibc's default (8 per core)"),
+    _Field("drain_timeout_s", "SIGHTLINE_DRAIN_TIMEOUT_S", Range(int, 1, 86400), 3600,
+        help="seconds a worker told to stop (SIGTERM) waits for its running sessions to end "
+             "before it ends them (their logs are still written); set it within your "
+             "orchestrator's grace period, less the 40 s the close may take"),
     _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _seconds(3600), 15.0,
         help="a session whose event loop has not turned for this long is ended"),
     _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _PORT, 8082,
@@ -347,6 +351,7 @@ class Settings:
     max_sessions: int
     worker_memory_mb: int
     malloc_arenas: int
+    drain_timeout_s: int
     session_stall_s: float
     webhook_port: int
     screen_text: bool

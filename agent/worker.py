@@ -267,6 +267,7 @@ class SightlineServer(AgentServer):
             # capacity in (a thread costs little; a process per slot would not)
             num_idle_processes=limits.sessions,
             load_fnc=self._load,
+            drain_timeout=settings.drain_timeout_s,
         )
         # jobs accepted and still starting: from their request to livekit-agents releasing
         # their reservation, which is after the job already runs (_sessions_taken)

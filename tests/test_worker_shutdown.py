@@ -4,15 +4,17 @@ not keep the close waiting, and a thread that never ends does not keep the proce
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fresh_database
+from conftest import DEMO_FIXTURE, fresh_database
 from livekit.agents import JobExecutorType
 from livekit.agents.ipc.proc_pool import ProcPool
 
@@ -21,12 +23,14 @@ from bench.livekit_harness import (
     API_KEY,
     API_SECRET,
     LiveKitServer,
+    User,
     free_port,
     run_livekit_server,
     start_worker,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+DRAIN_TIMEOUT_S = 3
 
 
 async def _no_job(_: object) -> None:
@@ -129,3 +133,46 @@ async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
     assert status == 0, log[-4000:]
     assert "did not ack shutdown" not in log
     assert "did not exit within" not in log
+
+
+@pytest.mark.e2e
+async def test_a_drain_past_its_timeout_ends_the_running_session_and_writes_its_log(
+    livekit: LiveKitServer, postgres_admin_url: str, tmp_path: Path,
+) -> None:
+    """SIGHTLINE_DRAIN_TIMEOUT_S bounds the wait for sessions after SIGTERM: a user who stays
+    is waited for that long, then the session is ended, its log closed with its summary, and
+    the worker exits with success."""
+    env = {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": "sightline-drain",
+        "GOOGLE_API_KEY": "drain-fake-key", "ANTHROPIC_API_KEY": "drain-fake-key",
+        "DATABASE_URL": await fresh_database(postgres_admin_url, "drain"),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+        "SIGHTLINE_MAX_SESSIONS": "2", "SIGHTLINE_SCREEN_TEXT": "off",
+        "SIGHTLINE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+    }
+    worker = await asyncio.to_thread(start_worker, tmp_path, env, name="worker-drain")
+    user = User(livekit, "drain-timeout", agent_name="sightline-drain",
+                metadata={"tenant": "drain"}, video=DEMO_FIXTURE / "screen.webm")
+    costs = tmp_path / "data" / "costs"
+    try:
+        await user.join("user-drain")
+        await user.wait_for_agent()
+        for _ in range(300):  # the session is open once its log is
+            if list(costs.glob("live_*.jsonl")):
+                break
+            await asyncio.sleep(0.1)
+        started = time.monotonic()
+        status = await asyncio.to_thread(worker.stop, 120)
+        took = time.monotonic() - started
+    finally:
+        await user.leave()
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+    log = worker.log_text()
+    assert status == 0, log[-4000:]
+    assert "drain timed out" in log
+    assert took >= DRAIN_TIMEOUT_S, "the worker did not wait for the running session"
+    [session_log] = costs.glob("live_*.jsonl")
+    assert json.loads(session_log.read_text().splitlines()[-1])["kind"] == "summary"
