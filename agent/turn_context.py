@@ -83,6 +83,7 @@ def recall_note(recalled: Recalled | None, screens: list[ScreenEvent]) -> dict[s
         return {"knowledge": [], "memory": {}, "screen_recalled": screen_recalled}
     memory = recalled.memory
     return {
+        "recall_vector": recalled.vector,
         "knowledge": [{"source": hit.source, "key": hit.key, "score": round(hit.score, 6)}
                       for hit in recalled.knowledge],
         "memory": {

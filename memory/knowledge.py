@@ -66,11 +66,12 @@ _BLOCK_TAGS = ("address", "article", "blockquote", "dd", "div", "dl", "dt", "fig
 
 # A question's vector, or the embedding under way that will give it (an `asyncio.Future`, which
 # every search of the turn may await): searches run what needs no vector while it is computed.
-QueryVector = np.ndarray | Awaitable[np.ndarray]
+# An embedding that gives None came too late or failed: the searches rank by keywords alone.
+QueryVector = np.ndarray | Awaitable[np.ndarray | None]
 
 
-async def resolved(vector: QueryVector) -> np.ndarray:
-    """The vector, once its embedding (if one is under way) is done."""
+async def resolved(vector: QueryVector) -> np.ndarray | None:
+    """The vector, once its embedding (if one is under way) is done; None: rank without it."""
     return vector if isinstance(vector, np.ndarray) else await vector
 
 
@@ -623,10 +624,11 @@ class KnowledgeBase:
             async with self._pool.acquire() as conn:
                 keyword_rows = await self._keyword_rows(conn, tenant, query, limit, where)
                 try:
-                    literal = vector_literal(await resolved(vector))
+                    found = await resolved(vector)
                 except EmbeddingError as exc:
                     raise KnowledgeError(str(exc)) from None
-                vector_rows = await self._vector_rows(conn, tenant, literal, limit, where)
+                vector_rows = [] if found is None else await self._vector_rows(
+                    conn, tenant, vector_literal(found), limit, where)
         finally:
             if owned and isinstance(vector, asyncio.Future) and not vector.done():
                 vector.cancel()

@@ -6,19 +6,34 @@ the user's memory and their screen timeline are searched at the same time, on po
 (at most the pool's size at once: no search holds two), and each runs the part that needs no
 vector (keywords, the summary) while the question is embedded in its thread, so a turn waits for
 the longer of the two rather than their sum.
+
+An embedding that has not come within `VECTOR_WAIT_S`, or that fails (a provider slow under load,
+or down), does not cost the turn what the keywords found: the searches go on by keywords alone,
+and `Recalled.vector` says so (`late`, `failed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+import numpy as np
+
+from .embeddings import EmbeddingError
 from .knowledge import Hit, KnowledgeBase
 from .screen_timeline import ScreenEvent, ScreenTimeline
 from .user_memory import Recollection, UserMemory
 
 T = TypeVar("T")
+log = logging.getLogger("sightline.recall")
+
+# The question's vector is waited for this long; the turn's whole lookup has 0.5 s
+# (agent/turn_context.py), and the vector searches still need theirs after it
+VECTOR_WAIT_S = 0.3
+
+VectorOutcome = Literal["used", "late", "failed", "none"]  # none: nothing to search
 
 
 @dataclass(frozen=True)
@@ -26,12 +41,14 @@ class Recalled:
     knowledge: list[Hit] = field(default_factory=list)
     memory: Recollection = field(default_factory=Recollection)
     screen: list[ScreenEvent] = field(default_factory=list)
+    vector: VectorOutcome = "none"
 
 
 class TurnRecall:
     def __init__(
         self, knowledge: KnowledgeBase, memory: UserMemory, *, tenant: str, user_id: str,
         before_id: int, screen: ScreenTimeline | None = None,
+        vector_wait_s: float = VECTOR_WAIT_S,
     ) -> None:
         embedders = {id(part.embedder) for part in (knowledge, memory, screen) if part}
         if len(embedders) != 1:
@@ -39,6 +56,7 @@ class TurnRecall:
                              "embedder: one query vector")
         self._knowledge, self._memory, self._screen = knowledge, memory, screen
         self._tenant, self._user_id, self._before_id = tenant, user_id, before_id
+        self._vector_wait_s = vector_wait_s
 
     async def __call__(self, question: str) -> Recalled:
         if not question.strip():
@@ -51,9 +69,11 @@ class TurnRecall:
         )
         if not (has_knowledge or has_memory or has_screen):
             return Recalled()
-        vector = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
+        embedding = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
+        outcome: list[VectorOutcome] = ["used"]
+        vector = asyncio.ensure_future(self._in_time(embedding, outcome))
         try:
-            return Recalled(*await asyncio.gather(
+            knowledge, memory, screens = await asyncio.gather(
                 self._knowledge.lookup(self._tenant, question, vector=vector)
                 if has_knowledge else _value([]),
                 self._memory.recall(self._tenant, self._user_id, question, vector,
@@ -61,9 +81,26 @@ class TurnRecall:
                 if has_memory else _value(Recollection()),
                 screen.recall(self._tenant, self._user_id, question, vector)
                 if screen and has_screen else _value([]),
-            ))
+            )
         finally:
             vector.cancel()  # when a search failed first; a finished embedding is unaffected
+            embedding.cancel()
+        return Recalled(knowledge, memory, screens, outcome[0])
+
+    async def _in_time(self, embedding: asyncio.Future[np.ndarray],
+                       outcome: list[VectorOutcome]) -> np.ndarray | None:
+        """The question's vector, or None when it is late or failed (`outcome` says which)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(embedding), self._vector_wait_s)
+        except TimeoutError:
+            outcome[0] = "late"
+            log.warning("the question's embedding took over %.1f s: recalling by keywords "
+                        "alone", self._vector_wait_s)
+        except EmbeddingError as exc:
+            outcome[0] = "failed"
+            log.warning("the question could not be embedded (%s): recalling by keywords "
+                        "alone", exc)
+        return None
 
 
 async def _value(value: T) -> T:

@@ -129,12 +129,13 @@ class ScreenTimeline:
         dim, model = int(self.embedder.dim), self.embedder.name
         async with self._pool.acquire() as conn:
             keyword_rows = await self._keyword_rows(conn, tenant, user_id, query, limit)
-            vector_rows = await conn.fetch(
+            found = await resolved(vector)
+            vector_rows = [] if found is None else await conn.fetch(
                 f"SELECT {_COLUMNS}, 1 - (embedding::vector({dim}) <=> $3::vector({dim}))"
                 f" AS score FROM screen_events WHERE tenant = $1 AND ($2::text IS NULL OR"
                 f" user_id = $2) AND embed_model = $4"
                 f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $5",
-                tenant, user_id, vector_literal(await resolved(vector)), model, limit)
+                tenant, user_id, vector_literal(found), model, limit)
         rows = {r["id"]: r for r in [*vector_rows, *keyword_rows]}
         keyword_ids = {r["id"] for r in keyword_rows}
 

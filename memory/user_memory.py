@@ -92,14 +92,16 @@ class UserMemory:
                 "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
                 tenant, user_id)
             keyword_rows = await self._keyword_rows(conn, tenant, user_id, question, before_id)
-            literal = vector_literal(await resolved(vector))
+            found = await resolved(vector)
+            # no vector in time: the newest facts, and the messages by their keywords alone
+            literal = None if found is None else vector_literal(found)
             fact_rows = await conn.fetch(
                 f"SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND"
                 f" user_id = $2 ORDER BY coalesce(embed_model = $4, false) DESC,"
                 f" CASE WHEN embed_model = $4 THEN embedding::vector({dim}) <=>"
                 f" $3::vector({dim}) END, updated_at DESC LIMIT $5",
                 tenant, user_id, literal, model, facts)
-            vector_rows = await conn.fetch(
+            vector_rows = [] if literal is None else await conn.fetch(
                 f"SELECT id, role, content, created_at,"
                 f" 1 - (embedding::vector({dim}) <=> $3::vector({dim})) AS score FROM messages"
                 f" WHERE tenant = $1 AND user_id = $2 AND id < $4 AND embed_model = $5"

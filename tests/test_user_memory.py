@@ -32,7 +32,7 @@ from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.conversation import store_messages
 from memory.db import Database
-from memory.embeddings import WordLlamaEmbedder
+from memory.embeddings import EmbeddingError, WordLlamaEmbedder
 from memory.keeper import MemoryKeeper, MemoryReplyError, parse_update
 from memory.knowledge import KnowledgeBase
 from memory.recall import TurnRecall
@@ -430,3 +430,45 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         assert pool.most_held == 2
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("trouble", ["late", "failed"])
+async def test_a_late_or_failed_embedding_still_recalls_by_keywords(
+    db: Database, trouble: str,
+) -> None:
+    """The question's vector came too late (a provider slow under load) or not at all: the
+    turn still gets what the keywords found (knowledge, earlier messages, the newest facts),
+    and says how the vector fared, instead of answering with nothing recalled."""
+    embedder = CountingEmbedder()
+    await KnowledgeBase(db.pool, embedder).ingest_chunks("acme", "handbook", [
+        ("vpn", "Rotate the vpn token from the account page every ninety days."),
+        ("printer", "Printers live on floor 3.")])
+    store = Store(db.pool)
+    await _session(db, "s-late", "acme", "u-late")
+    await store_messages(store, embedder, "s-late", "acme", [
+        {"user_id": "u-late", "role": "user", "content": "How do I rotate the vpn token?"},
+        {"user_id": "u-late", "role": "user", "content": "Where is the printer?"}])
+    memory = UserMemory(db.pool, embedder)
+    await memory.apply([{"op": "fact", "tenant": "acme", "user_id": "u-late", "key": "team",
+                         "text": "Works on the payments team."}])
+
+    class Troubled(CountingEmbedder):
+        async def embed_query(self, text: str) -> np.ndarray:
+            if trouble == "failed":
+                raise EmbeddingError("the embedding provider answered 503")
+            await asyncio.sleep(5)
+            return await super().embed_query(text)
+
+    troubled = Troubled()
+    recall = TurnRecall(KnowledgeBase(db.pool, troubled), UserMemory(db.pool, troubled),
+                        tenant="acme", user_id="u-late", before_id=await store.next_message_id(),
+                        vector_wait_s=0.05)
+    recalled = await asyncio.wait_for(recall("my vpn token expired"), 2)
+    assert recalled.vector == trouble
+    assert [hit.key for hit in recalled.knowledge] == ["vpn"]
+    assert [turn.text for turn in recalled.memory.turns] == ["How do I rotate the vpn token?"]
+    assert [fact.key for fact in recalled.memory.facts] == ["team"]
+
+    fine = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme", user_id="u-late",
+                      before_id=await store.next_message_id())
+    assert (await fine("my vpn token expired")).vector == "used"
