@@ -14,10 +14,11 @@ attribute it, and the wire-format server tells the two apart without reading pro
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import anthropic
@@ -65,6 +66,27 @@ def _kind_for_status(status: int) -> str:
     return "server_error" if status >= 500 else "request_rejected"
 
 
+class ToolSchemas:
+    """The tools' schemas in one provider's format, built again only when the tools change.
+    livekit-agents builds them from the functions' signatures and docstrings (~5 ms for five
+    tools, on the session's event loop) and a session asks with the same tools every turn.
+    One entry: the key holds the tools themselves, so a new set replaces it."""
+
+    def __init__(self, build: Callable[[llm.ToolContext], list[dict[str, Any]]]) -> None:
+        self._build = build
+        self._tools: list[llm.Tool] = []
+        self._schemas: list[dict[str, Any]] = []
+
+    def __call__(self, tools: llm.ToolContext | None) -> list[dict[str, Any]]:
+        if tools is None:
+            return []
+        current = tools.flatten()
+        if len(current) != len(self._tools) or any(
+                a is not b for a, b in zip(current, self._tools, strict=True)):
+            self._tools, self._schemas = current, self._build(tools)
+        return copy.deepcopy(self._schemas)  # an SDK may annotate what it is given
+
+
 class _ProviderBase:
     name: str
     model: str
@@ -89,6 +111,7 @@ class GeminiProvider(_ProviderBase):
         self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
     ) -> None:
         self.model = model
+        self._schemas = ToolSchemas(lambda tools: tools.parse_function_tools("google"))
         tls = shared_tls_context()
         self._client = genai.Client(
             api_key=api_key,
@@ -109,7 +132,7 @@ class GeminiProvider(_ProviderBase):
         tools: llm.ToolContext | None = None, purpose: str = "answer",
     ) -> AsyncIterator[StreamItem]:
         turns, fmt = chat_ctx.to_provider_format("google")
-        declarations = tools.parse_function_tools("google") if tools else []
+        declarations = self._schemas(tools)
         config = genai_types.GenerateContentConfig(
             system_instruction="\n\n".join(fmt.system_messages) or None,
             max_output_tokens=max_output_tokens,
@@ -182,6 +205,8 @@ class ClaudeProvider(_ProviderBase):
         self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
     ) -> None:
         self.model = model
+        self._schemas = ToolSchemas(
+            lambda tools: tools.parse_function_tools("anthropic", strict=False))
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries,
             http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_tls_context()),
@@ -193,7 +218,7 @@ class ClaudeProvider(_ProviderBase):
     ) -> AsyncIterator[StreamItem]:
         messages, fmt = chat_ctx.to_provider_format("anthropic")
         # tool definitions come before the system prompt, so its cache mark covers them too
-        schemas = tools.parse_function_tools("anthropic", strict=False) if tools else []
+        schemas = self._schemas(tools)
         system_text = "\n\n".join(fmt.system_messages or [])
         system = [{"type": "text", "text": system_text, **_CACHE}] if system_text else []
         _mark_cache_breakpoint(messages)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from livekit.agents import Agent, AgentSession, llm
@@ -25,7 +26,13 @@ from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
 from agent.config import Settings
 from agent.images import ImageEncoder
 from agent.pricing import PriceTable
-from agent.providers import ClaudeProvider, GeminiProvider, ProviderError, make_provider
+from agent.providers import (
+    ClaudeProvider,
+    GeminiProvider,
+    ProviderError,
+    ToolSchemas,
+    make_provider,
+)
 from agent.session_record import SessionRecord
 from agent.wire_format_server import (
     CapturedRequest,
@@ -536,3 +543,38 @@ async def test_a_preemptive_round_dropped_unplayed_is_no_turn_and_no_earlier_que
     summary = await record(model).close("completed")
     assert summary["turns"]["user_turns"] == 1 and summary["turns"]["discarded_rounds"] == 1
     assert summary["turns"]["model_rounds"] == 2
+
+
+class _Tools:
+    @llm.function_tool
+    async def find(self, query: str) -> str:
+        """Find something."""
+        return query
+
+    @llm.function_tool
+    async def forget(self, key: str) -> str:
+        """Forget something."""
+        return key
+
+
+def test_tool_schemas_are_built_once_per_set_of_tools() -> None:
+    """A session asks with the same tools every turn: their schemas are built once (livekit-agents
+    builds them from signatures, ~5 ms a request), again only for other tools, and what a caller
+    does to them does not reach the next request."""
+    built: list[list[str]] = []
+
+    def build(tools: llm.ToolContext) -> list[dict[str, Any]]:
+        built.append(sorted(tools.function_tools))
+        return tools.parse_function_tools("google")
+
+    schemas = ToolSchemas(build)
+    holder = _Tools()
+    tools = [holder.find, holder.forget]
+    first = schemas(llm.ToolContext(tools))
+    first[0]["name"] = "changed by an SDK"
+    again = schemas(llm.ToolContext(list(tools)))
+    assert built == [["find", "forget"]]
+    assert sorted(s["name"] for s in again) == ["find", "forget"]
+    assert sorted(s["name"] for s in schemas(llm.ToolContext(tools[:1]))) == ["find"]
+    assert built == [["find", "forget"], ["find"]]
+    assert schemas(None) == []
