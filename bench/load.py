@@ -5,6 +5,7 @@ worker in memory and CPU, whether 1 FPS sampling holds, and whether a long run l
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --arrival stagger --gap-s 4
     .venv/bin/python -m bench.load --levels 8 --reference /tmp/before/.venv/bin/sightline
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --soak 10   # 10 minutes
+    .venv/bin/python -m bench.load --levels 30 --capacity 30 --split-cores  # users elsewhere
 
 (`--capacity`: a worker's own default is 8 sessions per core.)
 
@@ -33,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +84,7 @@ class Options:
     capacity: int
     users_processes: int
     sightline: Path
+    worker_cpus: frozenset[int] = frozenset()  # --split-cores: the workers' own cores
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -276,7 +279,10 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         for i, data_dir in enumerate(data_dirs):
             level_dir.mkdir(parents=True, exist_ok=True)
             env = worker_env(livekit, models_url, database_url, data_dir, opts.capacity)
-            workers.append(start_worker(level_dir, env, sightline, name=f"worker-{i}"))
+            pinned = (["taskset", "-c", ",".join(map(str, sorted(opts.worker_cpus))),
+                       str(sightline)] if opts.worker_cpus else [])
+            workers.append(start_worker(level_dir, env, sightline, name=f"worker-{i}",
+                                        launcher=pinned))
         time.sleep(SETTLE_S)
         worker_procs = [p for w in workers for p in worker_processes(w.proc.pid)]
         idle_rss = meter.rss_mb(worker_procs)
@@ -448,11 +454,25 @@ def main() -> int:
                              "directory, removed")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="one run of MINUTES at the highest level, sampling RSS and files")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the workers on the first core, the users, LiveKit, Postgres and "
+                             "the models on the others: the worker measured as if its users "
+                             "were on other machines")
     args = parser.parse_args()
+    worker_cpus: frozenset[int] = frozenset()
+    if args.split_cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or shutil.which("taskset") is None:
+            print(f"bench.load: --split-cores needs 2 cores (this process may use {len(cpus)})"
+                  " and taskset (util-linux)", file=sys.stderr)
+            return 2
+        worker_cpus = frozenset(cpus[:1])
+        os.sched_setaffinity(0, cpus[1:])  # inherited by everything started from here on
     opts = Options([int(x) for x in args.levels.split(",")], args.arrival, args.gap_s,
                    args.seconds, args.ask_every, args.fps, args.change_every, args.workers,
-                   args.capacity, args.users_processes, args.sightline)
-    result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "levels": []}
+                   args.capacity, args.users_processes, args.sightline, worker_cpus)
+    result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "levels": [],
+                              "worker_cpus": sorted(worker_cpus)}
     with (contextlib.nullcontext(str(args.keep)) if args.keep
           else tempfile.TemporaryDirectory()) as tmp:
         workdir = Path(tmp)
