@@ -98,6 +98,10 @@ class SharedVectors(LocalEmbedder):
                 raise KnowledgeError(f"{self._file}: not a vector cache ({exc}); delete it"
                                      ) from None
 
+    def query_text(self, text: str) -> str:
+        """Questions are read as the wrapped embedder reads them (bge's instruction)."""
+        return self._inner.query_text(text)
+
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         if len(texts) == 1:
             return self._inner.embed_sync(texts)
@@ -131,7 +135,7 @@ def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
 
     class Wrapped(BaseEmbedding):
         def _get_query_embedding(self, query: str) -> list[float]:
-            return embedder.embed_sync([query])[0].tolist()
+            return embedder.embed_sync([embedder.query_text(query)])[0].tolist()
 
         def _get_text_embedding(self, text: str) -> list[float]:
             return embedder.embed_sync([text])[0].tolist()

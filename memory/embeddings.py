@@ -29,7 +29,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from .bge import BgeSmall
+from .bge import QUERY_INSTRUCTION, BgeSmall
 from .encoder import ModelFileError, WindowedEncoder, unit_rows
 from .minilm import MiniLM
 
@@ -94,8 +94,13 @@ class LocalEmbedder(ABC):
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self._embed(texts)
 
+    def query_text(self, text: str) -> str:
+        """What is embedded for a search question `text`: the question itself, unless the model
+        was trained to read questions with a prefix (documents are embedded as they are)."""
+        return text
+
     async def embed_query(self, text: str) -> np.ndarray:
-        return (await self._embed([text]))[0]
+        return (await self._embed([self.query_text(text)]))[0]
 
     async def aclose(self) -> None:
         """Nothing to release: the model is shared by the process."""
@@ -158,6 +163,12 @@ class BgeSmallEmbedder(EncoderEmbedder):
     FAMILY = "bge-small-"
     ENCODER = BgeSmall
     name = "bge-small-en-v1.5-int8-384"
+
+    def query_text(self, text: str) -> str:
+        """The question behind the model card's retrieval instruction: bge was trained to read
+        a short question that way against passages, and it finds more of them so (README:
+        Long conversations). Stored vectors are unchanged: only questions carry it."""
+        return QUERY_INSTRUCTION + text
 
 
 OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {

@@ -19,7 +19,7 @@ from conftest import assert_switch_re_embeds
 
 from agent.components import make_embedder
 from agent.config import Settings
-from memory.bge import BgeSmall, model_dir
+from memory.bge import QUERY_INSTRUCTION, BgeSmall, model_dir
 from memory.db import Database
 from memory.embeddings import BgeSmallEmbedder, MiniLMEmbedder, offline_family
 from memory.encoder import ModelFileError
@@ -71,3 +71,18 @@ async def test_switching_from_minilm_re_embeds_through_the_mismatch_path(
     db: Database, tmp_path: Path,
 ) -> None:
     await assert_switch_re_embeds(db, tmp_path, MiniLMEmbedder(), BgeSmallEmbedder())
+
+
+async def test_a_question_is_embedded_behind_the_retrieval_instruction() -> None:
+    """The model card's instruction goes before a search question, never before a document:
+    stored vectors stay valid, and the same question reads as bge was trained to read it."""
+    embedder = BgeSmallEmbedder()
+    question = "which port does the VPN use"
+    asked = await embedder.embed_query(question)
+    np.testing.assert_allclose(asked, embedder.embed_sync([QUERY_INSTRUCTION + question])[0],
+                               atol=1e-6)
+    assert float(asked @ embedder.embed_sync([question])[0]) < 0.99
+    np.testing.assert_allclose((await embedder.embed_documents([question]))[0],
+                               embedder.embed_sync([question])[0], atol=1e-6)
+    # MiniLM was not trained with one: its questions are embedded as they are
+    assert MiniLMEmbedder().query_text(question) == question

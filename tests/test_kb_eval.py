@@ -19,7 +19,7 @@ from conftest import cli_env, run_cli
 
 from agent.config import Settings
 from bench.kb_eval import SharedVectors
-from memory.embeddings import WordLlamaEmbedder
+from memory.embeddings import BgeSmallEmbedder, WordLlamaEmbedder
 from memory.knowledge import KnowledgeError
 
 
@@ -100,3 +100,14 @@ def test_a_vector_cache_embeds_a_corpus_once(tmp_path: Path) -> None:
     (tmp_path / "vectors" / f"{first.name}.npz").write_bytes(b"not numpy")
     with pytest.raises(KnowledgeError, match="not a vector cache"):
         SharedVectors(_Counting(), tmp_path / "vectors")
+
+
+async def test_the_vector_cache_asks_questions_as_its_embedder_does() -> None:
+    """kb eval's wrapper must not drop bge's retrieval instruction, or the eval would measure
+    questions embedded as no turn embeds them."""
+    inner = BgeSmallEmbedder()
+    shared = SharedVectors(inner)
+    question = "which port does the VPN use"
+    assert shared.query_text(question) == inner.query_text(question) != question
+    np.testing.assert_allclose(await shared.embed_query(question),
+                               await inner.embed_query(question), atol=1e-6)
