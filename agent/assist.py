@@ -127,7 +127,10 @@ class IntentIndex:
             cached = self._cache.get(self._embedder.name)
             if cached is None:
                 labels = [name for name, phrases in INTENTS.items() for _ in phrases]
-                texts = [phrase for phrases in INTENTS.values() for phrase in phrases]
+                # the examples are utterances, compared with an utterance embedded as a
+                # question: they are embedded the same way (bge's instruction on both sides)
+                texts = [self._embedder.query_text(phrase)
+                         for phrases in INTENTS.values() for phrase in phrases]
                 vectors = unit_rows(np.asarray(await self._embedder.embed_documents(texts)))
                 cached = self._cache[self._embedder.name] = (
                     labels, vectors, intent_floor(labels, vectors))

@@ -48,6 +48,10 @@ class Embedder(Protocol):
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray: ...
 
+    def query_text(self, text: str) -> str:
+        """What `embed_query` embeds for `text` (a model's question prefix, if it has one)."""
+        ...
+
     async def embed_query(self, text: str) -> np.ndarray: ...
 
     async def aclose(self) -> None: ...
@@ -230,6 +234,10 @@ class GeminiEmbedder:
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self._embed(texts, "RETRIEVAL_DOCUMENT")
 
+    def query_text(self, text: str) -> str:
+        """Gemini tells questions apart by task type, not by a prefix."""
+        return text
+
     async def embed_query(self, text: str) -> np.ndarray:
         return (await self._embed([text], "RETRIEVAL_QUERY"))[0]
 
@@ -252,6 +260,9 @@ class SharedQueries:
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self.inner.embed_documents(texts)
+
+    def query_text(self, text: str) -> str:
+        return self.inner.query_text(text)
 
     async def embed_query(self, text: str) -> np.ndarray:
         future = self._recent.get(text)
