@@ -1,7 +1,8 @@
-"""The offline embedders side by side, in one process: load time, a question's embedding
-(p50 / p95 over the bundled set's 62 questions, repeated) and document throughput (the bundled
-set's 295 chunks), each on one thread, as a worker runs them. Questions alternate between the
-embedders, so all share the machine's noise; the ratios are to MiniLM, the default.
+"""The offline embedders side by side, in one process: load time, a question's embedding as a
+turn asks it (bge behind its instruction; p50 / p95 over the bundled set's 62 questions,
+repeated) and document throughput (the bundled set's 295 chunks), each on one thread, as a
+worker runs them. Questions alternate between the embedders, so all share the machine's noise;
+the ratios are to MiniLM, the default.
 
     .venv/bin/python -m bench.embedders [--rounds 5]
 
@@ -36,7 +37,7 @@ def measure(rounds: int) -> dict[str, dict[str, float]]:
         order = list(embedders.items())
         for name, embedder in order if number % 2 else reversed(order):
             started = time.perf_counter()
-            embedder.embed_sync([question])
+            embedder.embed_sync([embedder.query_text(question)])  # as a turn asks it
             times[name].append((time.perf_counter() - started) * 1000)
     texts = [str(c["text"]) for c in chunks]
     for name, embedder in embedders.items():
