@@ -14,13 +14,6 @@ is exact.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import asyncpg
-
 # BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
 # defaults)
 K1 = 1.2
@@ -32,65 +25,43 @@ MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search 
 CANDIDATES = 2000
 
 
-@dataclass(frozen=True)
-class Terms:
-    """The lexemes a search ranks by, their inverse document frequencies in the scope, and the
-    scope's mean document length; the statistics' prefix and the scope's SQL condition, which
-    the postings are read with."""
-
-    prefix: str
-    scope: str
-    lexemes: list[str]
-    idfs: list[float]
-    mean_len: float
-
-    def scores(self, first: int, rows: str = "") -> str:
-        """A subquery of `(id, score)`: the BM25 score of each row of the scope that holds one
-        of the lexemes (and whose postings meet the SQL condition `rows`, on `row_id`), over
-        the parameters `$first` on, whose values `args()` gives; the scope's own parameters are
-        the caller's, as given to `terms()`. Per lexeme, idf * tf * (k1 + 1) / (tf + k1 * (1 -
-        b + b * length / mean length)), tf being its occurrences in the row. Only the
-        lexemes' postings are read (an index range each): the rows themselves are not, so a
-        caller joins them for its best few alone."""
-        lexemes, idfs, mean = (f"${first + n}" for n in range(3))
-        return (
-            f"(SELECT p.row_id AS id, sum(q.idf * p.tf * {K1 + 1} / (p.tf + {K1} * (1 - {B}"
-            f" + {B} * p.doc_len / {mean}::float8))) AS score"
-            f" FROM unnest({lexemes}::text[], {idfs}::float8[]) q (lexeme, idf)"
-            f" JOIN {self.prefix}_postings p ON p.lexeme = q.lexeme"
-            f" WHERE {self.scope}{f' AND {rows}' if rows else ''} GROUP BY p.row_id)")
-
-    def args(self) -> list[Any]:
-        """The values of `scores()`' parameters, in order."""
-        return [self.lexemes, self.idfs, self.mean_len]
+def terms(prefix: str, scope: str, text: str) -> str:
+    """A subquery of `(lexeme, idf, mean_len)`: the lexemes of the question in the SQL
+    parameter `text` (English stemming, stopwords out) to rank by in the statistics `prefix`,
+    over the scopes where the SQL condition `scope` holds, each with its inverse document
+    frequency there, and the scope's mean document length; no row when none of them is there
+    (they would match nothing). The rarest first, at most `MAX_QUERY_LEXEMES`, while the rows
+    they are in add up to at most `CANDIDATES` (the rarest is always kept): a word in much of
+    a large corpus ranks little (low idf) and would make Postgres score much of the table on
+    every search. idf = ln(1 + (N - df + 0.5) / (df + 0.5)), N the scope's documents."""
+    return (
+        "SELECT q.lexeme, ln(1 + (s.docs - q.docs + 0.5) / (q.docs + 0.5)) AS idf,"
+        " s.total_len / s.docs AS mean_len FROM"
+        " (SELECT lexeme, docs, row_number() OVER w AS rank, sum(docs) OVER w AS running FROM"
+        f" (SELECT lexeme, sum(docs)::float8 AS docs FROM {prefix}_terms WHERE {scope}"
+        f" AND lexeme = ANY (tsvector_to_array(to_tsvector('english', {text})))"
+        " GROUP BY lexeme HAVING sum(docs) > 0) q WINDOW w AS (ORDER BY docs, lexeme)) q,"
+        " (SELECT greatest(sum(docs), 1)::float8 AS docs, sum(total_len)::float8 AS total_len"
+        f" FROM {prefix}_stats WHERE {scope}) s"
+        f" WHERE q.rank = 1 OR (q.rank <= {MAX_QUERY_LEXEMES} AND q.running <= {CANDIDATES})")
 
 
-async def terms(
-    conn: asyncpg.Connection, prefix: str, scope: str, scope_args: Sequence[Any], query: str,
-) -> Terms | None:
-    """The question's lexemes to rank by (English stemming, stopwords out) in the statistics
-    `prefix`, over the scopes where the SQL condition `scope` holds (its parameters
-    `scope_args`); None when none of them is there (they would match nothing). The rarest
-    first, at most `MAX_QUERY_LEXEMES`, while the rows they are in add up to at most
-    `CANDIDATES` (the rarest is always kept): a word in much of a large corpus ranks little
-    (low idf) and would make Postgres score much of the table on every search."""
-    text = f"${len(scope_args) + 1}"
-    rows = await conn.fetch(
-        f"SELECT t.lexeme, t.docs, s.docs AS scope_docs, s.total_len FROM"
-        f" (SELECT lexeme, sum(docs) AS docs FROM {prefix}_terms WHERE {scope} AND lexeme ="
-        f" ANY (tsvector_to_array(to_tsvector('english', {text}))) GROUP BY lexeme"
-        f" HAVING sum(docs) > 0) t,"
-        f" (SELECT sum(docs) AS docs, sum(total_len) AS total_len FROM {prefix}_stats"
-        f" WHERE {scope}) s ORDER BY t.docs, t.lexeme", *scope_args, query)
-    if not rows:
-        return None
-    docs = max(int(rows[0]["scope_docs"]), 1)
-    kept, matches = rows[:1], rows[0]["docs"]
-    for row in rows[1:MAX_QUERY_LEXEMES]:
-        matches += row["docs"]
-        if matches > CANDIDATES:
-            break
-        kept.append(row)
-    return Terms(prefix, scope, [r["lexeme"] for r in kept],
-                 [math.log(1 + (docs - r["docs"] + 0.5) / (r["docs"] + 0.5)) for r in kept],
-                 int(rows[0]["total_len"]) / docs)
+def scores(prefix: str, scope: str, text: str, rows: str = "") -> str:
+    """A subquery of `(id, score)`: the BM25 score, for the question in the SQL parameter
+    `text`, of each row of the scope that holds one of its `terms()` (and whose postings meet
+    the SQL condition `rows`, on `row_id`); the parameters are the caller's. Per lexeme, idf *
+    tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / mean length)), tf being its occurrences
+    in the row. One statement: the lexemes are chosen and scored in one round trip. They go
+    into arrays, computed once, so that the postings are read in one index scan of the
+    lexemes' ranges (`= ANY`), whatever the table's statistics say: a join to the chosen
+    lexemes, planned before the postings were ever analysed, read all of a user's postings.
+    The rows themselves are not read, so a caller joins them for its best few alone."""
+    return (
+        f"(WITH t AS ({terms(prefix, scope, text)}),"
+        " a AS MATERIALIZED (SELECT array_agg(lexeme) AS lexemes, array_agg(idf) AS idfs,"
+        " min(mean_len) AS mean_len FROM t)"
+        " SELECT p.row_id AS id, sum((SELECT idfs FROM a)[array_position((SELECT lexemes FROM"
+        f" a), p.lexeme)] * p.tf * {K1 + 1} / (p.tf + {K1} * (1 - {B} + {B} * p.doc_len::float8"
+        f" / (SELECT mean_len FROM a)))) AS score FROM {prefix}_postings p"
+        f" WHERE {scope} AND p.lexeme = ANY ((SELECT lexemes FROM a)::text[])"
+        f"{f' AND {rows}' if rows else ''} GROUP BY p.row_id)")

@@ -591,12 +591,9 @@ class KnowledgeBase:
         where: dict[str, str] | None,
     ) -> list[asyncpg.Record]:
         """BM25 over the tenant's chunks (statistics per tenant, migration 0012)."""
-        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", [tenant], query)
-        if terms is None:
-            return []
-        args: list[Any] = [tenant, limit]
+        args: list[Any] = [tenant, limit, query]
         documents = self._documents_filter(where, args)
-        scores = terms.scores(len(args) + 1)
+        scores = bm25.scores("kb_bm25", "tenant = $1", "$3")
         # the chunks are read for the best `limit` alone; a metadata filter reads every
         # candidate's, for its document
         kept = (f" JOIN kb_chunks c ON c.id = s.id WHERE c.tenant = $1{documents}"
@@ -606,7 +603,7 @@ class KnowledgeBase:
             f" SELECT s.id, s.score FROM {scores} s{kept} ORDER BY s.score DESC, s.id LIMIT $2"
             ") s JOIN kb_chunks c ON c.id = s.id JOIN kb_documents d ON d.id = c.document_id"
             " ORDER BY s.score DESC, s.id",
-            *args, *terms.args(),
+            *args,
         )
 
     async def rankings(

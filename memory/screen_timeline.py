@@ -109,16 +109,13 @@ class ScreenTimeline:
         summed over the tenant's users when the search is not for one user. The query is
         split into words as the events' text is (`search_words`)."""
         scope = "tenant = $1 AND ($2::text IS NULL OR user_id = $2)"
-        terms = await bm25.terms(conn, "screen_bm25", scope, [tenant, user_id],
-                                 search_words(query))
-        if terms is None:
-            return []
         columns = ", ".join(f"e.{column}" for column in _COLUMNS.split(", "))
         return await conn.fetch(
-            f"SELECT {columns}, s.score FROM (SELECT id, score FROM {terms.scores(4)} s"
+            f"SELECT {columns}, s.score FROM (SELECT id, score FROM"
+            f" {bm25.scores('screen_bm25', scope, '$4')} s"
             " ORDER BY score DESC, id DESC LIMIT $3) s JOIN screen_events e ON e.id = s.id"
             " ORDER BY s.score DESC, s.id DESC",
-            tenant, user_id, limit, *terms.args())
+            tenant, user_id, limit, search_words(query))
 
     async def _ranked(
         self, tenant: str, user_id: str | None, query: str, vector: QueryVector, limit: int,

@@ -85,8 +85,9 @@ class UserMemory:
         """The summary, the `facts` facts nearest the question, and up to `turns` messages older
         than `before_id` (the ones not already in the conversation) that share a word with the
         question and rank best on meaning and words fused. The summary and the keyword search
-        run first, while the question's vector (if it is being embedded) is computed."""
-        dim, model = int(self.embedder.dim), self.embedder.name
+        run first, while the question's vector (if it is being embedded) is computed; what
+        needs the vector is then one statement (`_nearest`): each round trip after the
+        embedding adds to the turn's wait."""
         async with self._pool.acquire() as conn:
             summary = await conn.fetchval(
                 "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
@@ -95,29 +96,48 @@ class UserMemory:
             found = await resolved(vector)
             # no vector in time: the newest facts, and the messages by their keywords alone
             literal = None if found is None else vector_literal(found)
-            fact_rows = await conn.fetch(
-                f"SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1 AND"
-                f" user_id = $2 ORDER BY coalesce(embed_model = $4, false) DESC,"
-                f" CASE WHEN embed_model = $4 THEN embedding::vector({dim}) <=>"
-                f" $3::vector({dim}) END, updated_at DESC LIMIT $5",
-                tenant, user_id, literal, model, facts)
-            vector_rows = [] if literal is None else await conn.fetch(
-                f"SELECT id, role, content, created_at,"
-                f" 1 - (embedding::vector({dim}) <=> $3::vector({dim})) AS score FROM messages"
-                f" WHERE tenant = $1 AND user_id = $2 AND id < $4 AND embed_model = $5"
-                f" ORDER BY embedding::vector({dim}) <=> $3::vector({dim}) LIMIT $6",
-                tenant, user_id, literal, before_id, model, CANDIDATES)
+            nearest = await self._nearest(conn, tenant, user_id, literal, before_id, facts)
 
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["content"], r["role"], float(r["score"]), at=r["created_at"])
                     for r in rows]
+        vector_rows = [r for r in nearest if r["kind"] == "message"]
         fused = [h for h in rrf(hits(vector_rows), hits(keyword_rows))
                  if h.keyword_rank is not None][:turns]
         return Recollection(
             summary=summary,
-            facts=[Fact(r["key"], r["text"], r["updated_at"]) for r in fact_rows],
+            facts=[Fact(r["role"], r["content"], r["created_at"])
+                   for r in nearest if r["kind"] == "fact"],
             turns=sorted(fused, key=lambda h: h.id),
         )
+
+    async def _nearest(
+        self, conn: asyncpg.Connection, tenant: str, user_id: str, literal: str | None,
+        before_id: int, facts: int,
+    ) -> list[asyncpg.Record]:
+        """The user's `facts` facts nearest the vector `literal` (those of another embedder,
+        or none, after them, newest first; all newest first without a vector), then their
+        `CANDIDATES` messages older than `before_id` nearest it (none without a vector), each
+        in that order, as rows of `kind` 'fact' (`role` its key, `content` its text,
+        `created_at` when it was updated) or 'message'."""
+        dim, model = int(self.embedder.dim), self.embedder.name
+        distance = f"embedding::vector({dim}) <=> $3::vector({dim})"
+        return await conn.fetch(
+            "SELECT 'fact' AS kind, NULL::bigint AS id, key AS role, text AS content,"
+            " updated_at AS created_at, NULL::float8 AS score,"
+            " row_number() OVER (ORDER BY same DESC, distance, updated_at DESC) AS rank FROM"
+            " (SELECT key, text, updated_at, coalesce(embed_model = $4, false) AS same,"
+            f" CASE WHEN embed_model = $4 THEN {distance} END AS distance FROM memory_facts"
+            " WHERE tenant = $1 AND user_id = $2"
+            " ORDER BY same DESC, distance, updated_at DESC LIMIT $5) f"
+            " UNION ALL"
+            " SELECT 'message', id, role, content, created_at, 1 - distance,"
+            " row_number() OVER (ORDER BY distance) FROM"
+            f" (SELECT id, role, content, created_at, {distance} AS distance FROM messages"
+            " WHERE tenant = $1 AND user_id = $2 AND id < $6 AND embed_model = $4"
+            " AND $3 IS NOT NULL ORDER BY distance LIMIT $7) m"
+            " ORDER BY kind, rank",
+            tenant, user_id, literal, model, facts, before_id, CANDIDATES)
 
     @staticmethod
     async def _keyword_rows(
@@ -129,16 +149,14 @@ class UserMemory:
         as in the messages) and as its words apart (`message`), so a message that names only
         part of a dotted name still matches, as it did under `ts_rank_cd`."""
         words = " ".join(re.findall(r"[a-z0-9]+", question.lower()))
-        terms = await bm25.terms(conn, "messages_bm25", "tenant = $1 AND user_id = $2",
-                                 [tenant, user_id], f"{question}\n{words}")
-        if terms is None:
-            return []
+        scores = bm25.scores("messages_bm25", "tenant = $1 AND user_id = $2", "$5",
+                             "row_id < $3")
         return await conn.fetch(
             "SELECT m.id, m.role, m.content, m.created_at, s.score FROM ("
-            f" SELECT id, score FROM {terms.scores(5, 'row_id < $3')} s"
+            f" SELECT id, score FROM {scores} s"
             " ORDER BY score DESC, id DESC LIMIT $4) s JOIN messages m ON m.id = s.id"
             " ORDER BY s.score DESC, s.id DESC",
-            tenant, user_id, before_id, CANDIDATES, *terms.args())
+            tenant, user_id, before_id, CANDIDATES, f"{question}\n{words}")
 
     async def facts(self, tenant: str, user_id: str) -> list[Fact]:
         rows = await self._pool.fetch(

@@ -92,14 +92,24 @@ async def test_common_words_are_left_out_while_rarer_ones_remain(
     kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest_chunks("acme", "docs", list(CHUNKS.items()))
     monkeypatch.setattr(bm25, "CANDIDATES", 5)  # reset: 1 chunk, zyxel: 4
-    async with db.pool.acquire() as conn:
-        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", ["acme"], "zyxel router reset")
-    assert terms is not None and terms.lexemes == ["reset", "zyxel"]
-    assert terms.idfs[0] > terms.idfs[1]  # router is in 5 of 6 chunks
+    terms = await chosen(db, "zyxel router reset")
+    assert [lexeme for lexeme, _ in terms] == ["reset", "zyxel"]
+    assert terms[0][1] > terms[1][1]  # router is in 5 of 6 chunks
     monkeypatch.setattr(bm25, "CANDIDATES", 0)
-    async with db.pool.acquire() as conn:
-        terms = await bm25.terms(conn, "kb_bm25", "tenant = $1", ["acme"], "zyxel router")
-    assert terms is not None and terms.lexemes == ["zyxel"]
+    assert [lexeme for lexeme, _ in await chosen(db, "zyxel router")] == ["zyxel"]
+    monkeypatch.setattr(bm25, "CANDIDATES", 100)
+    monkeypatch.setattr(bm25, "MAX_QUERY_LEXEMES", 2)  # the two rarest
+    assert [lexeme for lexeme, _ in await chosen(db, "router zyxel reset")] == ["reset", "zyxel"]
+    # and scoring ranks by those alone: a chunk with only "router" does not match
+    assert "plain" not in {h.key for h in (await kb.rankings("acme", "router zyxel reset", 10))[1]}
+
+
+async def chosen(db: Database, question: str) -> list[tuple[str, float]]:
+    """The lexemes acme's knowledge search ranks `question` by, rarest first, with their idf."""
+    terms = bm25.terms("kb_bm25", "tenant = $1", "$2")
+    rows = await db.pool.fetch(f"SELECT lexeme, idf FROM ({terms}) t ORDER BY idf DESC, lexeme",
+                               "acme", question)
+    return [(r["lexeme"], r["idf"]) for r in rows]
 
 
 async def test_chunk_text_is_never_rewritten_in_place(db: Database) -> None:

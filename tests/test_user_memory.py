@@ -387,7 +387,8 @@ class _WatchedPool:
 async def test_keyword_searches_run_while_the_question_is_embedded(settings: Settings) -> None:
     """The turn's knowledge BM25 search and memory's summary and keyword search need no vector:
     they run while the question is embedded (this embedder finishes only once they have run),
-    the vector searches after it, on no more than the session's two connections."""
+    the vector searches after it (memory's facts and messages in one statement), on no more
+    than the session's two connections."""
     db = await Database.open(settings.database_url, settings.data_dir, connections=2)
     log = _Log()
     try:
@@ -406,7 +407,7 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         class AfterKeywords(CountingEmbedder):
             async def embed_query(self, text: str) -> np.ndarray:
                 async def keywords_ran() -> None:
-                    while not all(any(f"JOIN {postings} p" in sql for sql in log)
+                    while not all(any(f"FROM {postings} p" in sql for sql in log)
                                   for postings in ("kb_bm25_postings",
                                                    "messages_bm25_postings")):
                         log.grew.clear()
@@ -424,7 +425,7 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         assert recalled.memory.summary == "Asked about vpn." and len(recalled.memory.turns) == 1
         embedded = log.index("embedded")
         vector_searches = [i for i, sql in enumerate(log) if "<=>" in sql]
-        assert len(vector_searches) == 3  # chunks, facts, messages
+        assert len(vector_searches) == 2  # chunks; facts and messages in one statement
         assert min(vector_searches) > embedded
         assert any(sql.startswith("SELECT text FROM memory_summaries") for sql in log[:embedded])
         assert pool.most_held == 2
