@@ -155,8 +155,6 @@ def intent_floor(labels: list[str], vectors: np.ndarray) -> float:
     return float(np.percentile(nearest, INTENT_FLOOR_PERCENTILE))
 
 
-
-
 def title_of(source: str) -> str:
     """A readable title from a document's name: `help/vpn-reset.md` -> `Vpn reset`."""
     stem = PurePosixPath(source).stem.replace("_", " ").replace("-", " ").strip()

@@ -458,9 +458,9 @@ class KnowledgeBase:
         the ones not stored yet with this embedder. Its tags become `metadata` and `built_in`;
         `metadata` None keeps the ones it has. `origin` is the file it was read from: a
         document read from the same file under another name is replaced by this one."""
+        stored = [(key, storable(text), page) for key, text, page in chunks]
         wanted = [(key, _hash(text), text, position, page)
-                  for position, (key, text, page) in enumerate(
-                      (key, storable(text), page) for key, text, page in chunks)]
+                  for position, (key, text, page) in enumerate(stored)]
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
             if origin:

@@ -51,23 +51,22 @@ async def assert_bm25_statistics_exact(
 ) -> None:
     """The BM25 statistics `prefix` (migrations 0012, 0013) and postings (0014) are what a
     recount of `table`'s rows gives, per scope (`scope`: its columns, comma-separated)."""
-    kept = await pool.fetch(f"SELECT {scope}, docs, total_len FROM {prefix}_stats"
-                            f" WHERE docs > 0 ORDER BY {scope}")
-    real = await pool.fetch(f"SELECT {scope}, count(*), sum(doc_len) FROM {table}"
-                            f" GROUP BY {scope} ORDER BY {scope}")
-    assert [tuple(r) for r in kept] == [tuple(r) for r in real]
-    kept_terms = await pool.fetch(f"SELECT {scope}, lexeme, docs FROM {prefix}_terms"
-                                  f" WHERE docs <> 0 ORDER BY {scope}, lexeme")
-    real_terms = await pool.fetch(f"SELECT {scope}, u.lexeme, count(*) FROM {table} r,"
-                                  f" unnest(r.tsv) u GROUP BY {scope}, u.lexeme"
-                                  f" ORDER BY {scope}, u.lexeme")
-    assert [tuple(r) for r in kept_terms] == [tuple(r) for r in real_terms]
-    kept_postings = await pool.fetch(f"SELECT {scope}, lexeme, row_id, tf, doc_len FROM"
-                                     f" {prefix}_postings ORDER BY row_id, lexeme")
-    real_postings = await pool.fetch(f"SELECT {scope}, u.lexeme, r.id, cardinality(u.positions),"
-                                     f" r.doc_len FROM {table} r, unnest(r.tsv) u"
-                                     f" ORDER BY r.id, u.lexeme")
-    assert [tuple(r) for r in kept_postings] == [tuple(r) for r in real_postings]
+    pairs = [  # (what is kept, its recount)
+        (f"SELECT {scope}, docs, total_len FROM {prefix}_stats WHERE docs > 0 ORDER BY {scope}",
+         f"SELECT {scope}, count(*), sum(doc_len) FROM {table} GROUP BY {scope}"
+         f" ORDER BY {scope}"),
+        (f"SELECT {scope}, lexeme, docs FROM {prefix}_terms WHERE docs <> 0"
+         f" ORDER BY {scope}, lexeme",
+         f"SELECT {scope}, u.lexeme, count(*) FROM {table} r, unnest(r.tsv) u"
+         f" GROUP BY {scope}, u.lexeme ORDER BY {scope}, u.lexeme"),
+        (f"SELECT {scope}, lexeme, row_id, tf, doc_len FROM {prefix}_postings"
+         " ORDER BY row_id, lexeme",
+         f"SELECT {scope}, u.lexeme, r.id, cardinality(u.positions), r.doc_len FROM {table} r,"
+         " unnest(r.tsv) u ORDER BY r.id, u.lexeme"),
+    ]
+    for kept, recount in pairs:
+        assert [tuple(r) for r in await pool.fetch(kept)] == [
+            tuple(r) for r in await pool.fetch(recount)], kept
 
 
 async def lexemes(pool: asyncpg.Pool, text: str) -> list[str]:

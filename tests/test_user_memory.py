@@ -384,6 +384,21 @@ class _WatchedPool:
                 self.held -= 1
 
 
+async def _vpn_handbook_and_user(db: Database, embedder: CountingEmbedder, user: str,
+                                 *more: str) -> Store:
+    """Tenant acme's handbook (a vpn chunk, a printer chunk) and `user`'s earlier session, in
+    which they asked how to rotate the vpn token (and `more`)."""
+    await KnowledgeBase(db.pool, embedder).ingest_chunks("acme", "handbook", [
+        ("vpn", "Rotate the vpn token from the account page every ninety days."),
+        ("printer", "Printers live on floor 3.")])
+    store = Store(db.pool)
+    await _session(db, f"s-{user}", "acme", user)
+    await store_messages(store, embedder, f"s-{user}", "acme", [
+        {"user_id": user, "role": "user", "content": text}
+        for text in ["How do I rotate the vpn token?", *more]])
+    return store
+
+
 async def test_keyword_searches_run_while_the_question_is_embedded(settings: Settings) -> None:
     """The turn's knowledge BM25 search and memory's summary and keyword search need no vector:
     they run while the question is embedded (this embedder finishes only once they have run),
@@ -393,13 +408,7 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
     log = _Log()
     try:
         embedder = CountingEmbedder()
-        await KnowledgeBase(db.pool, embedder).ingest_chunks("acme", "handbook", [
-            ("vpn", "Rotate the vpn token from the account page every ninety days."),
-            ("printer", "Printers live on floor 3.")])
-        store = Store(db.pool)
-        await _session(db, "s-1", "acme", "u-1")
-        await store_messages(store, embedder, "s-1", "acme", [
-            {"user_id": "u-1", "role": "user", "content": "How do I rotate the vpn token?"}])
+        store = await _vpn_handbook_and_user(db, embedder, "u-1")
         await UserMemory(db.pool, embedder).apply([
             {"op": "summary", "tenant": "acme", "user_id": "u-1", "text": "Asked about vpn."}])
         pool = _WatchedPool(db.pool, log)
@@ -441,14 +450,7 @@ async def test_a_late_or_failed_embedding_still_recalls_by_keywords(
     turn still gets what the keywords found (knowledge, earlier messages, the newest facts),
     and says how the vector fared, instead of answering with nothing recalled."""
     embedder = CountingEmbedder()
-    await KnowledgeBase(db.pool, embedder).ingest_chunks("acme", "handbook", [
-        ("vpn", "Rotate the vpn token from the account page every ninety days."),
-        ("printer", "Printers live on floor 3.")])
-    store = Store(db.pool)
-    await _session(db, "s-late", "acme", "u-late")
-    await store_messages(store, embedder, "s-late", "acme", [
-        {"user_id": "u-late", "role": "user", "content": "How do I rotate the vpn token?"},
-        {"user_id": "u-late", "role": "user", "content": "Where is the printer?"}])
+    store = await _vpn_handbook_and_user(db, embedder, "u-late", "Where is the printer?")
     memory = UserMemory(db.pool, embedder)
     await memory.apply([{"op": "fact", "tenant": "acme", "user_id": "u-late", "key": "team",
                          "text": "Works on the payments team."}])

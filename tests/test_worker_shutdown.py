@@ -99,6 +99,21 @@ def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]
         yield server
 
 
+async def _worker_env(livekit: LiveKitServer, postgres_admin_url: str, tmp_path: Path,
+                      name: str, **settings: str) -> dict[str, str]:
+    """A `sightline start` worker's environment, agent `sightline-<name>`, on a database of its
+    own, without screen reading or webhooks; `settings` add to it."""
+    return {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": f"sightline-{name}",
+        "GOOGLE_API_KEY": f"{name}-fake-key", "ANTHROPIC_API_KEY": f"{name}-fake-key",
+        "DATABASE_URL": await fresh_database(postgres_admin_url, name),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+        "SIGHTLINE_SCREEN_TEXT": "off", **settings,
+    }
+
+
 @pytest.mark.e2e
 async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
     livekit: LiveKitServer, postgres_admin_url: str, tmp_path: Path,
@@ -107,17 +122,11 @@ async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
     first ones are warm (livekit-agents waits for the rest 12 s at most) and is sent SIGTERM
     right then, with threads still warming. It drains (no sessions) and exits, with success and
     without a thread left unanswered."""
-    env = {
-        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": "sightline-stop",
-        "GOOGLE_API_KEY": "stop-fake-key", "ANTHROPIC_API_KEY": "stop-fake-key",
-        "DATABASE_URL": await fresh_database(postgres_admin_url, "stop"),
-        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
+    env = await _worker_env(
+        livekit, postgres_admin_url, tmp_path, "stop",
         # six threads, warmed at most four at a time: some still warm when it registers
-        "SIGHTLINE_MAX_SESSIONS": "6", "SIGHTLINE_SCREEN_TEXT": "off",
-        "SIGHTLINE_FAULT_DIR": str(tmp_path), "SIGHTLINE_FAULT_WARMUP_S": "8",
-    }
+        SIGHTLINE_MAX_SESSIONS="6", SIGHTLINE_FAULT_DIR=str(tmp_path),
+        SIGHTLINE_FAULT_WARMUP_S="8")
     worker = await asyncio.to_thread(
         start_worker, tmp_path, env, name="worker-stop",
         launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
@@ -142,16 +151,9 @@ async def test_a_drain_past_its_timeout_ends_the_running_session_and_writes_its_
     """SIGHTLINE_DRAIN_TIMEOUT_S bounds the wait for sessions after SIGTERM: a user who stays
     is waited for that long, then the session is ended, its log closed with its summary, and
     the worker exits with success."""
-    env = {
-        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": "sightline-drain",
-        "GOOGLE_API_KEY": "drain-fake-key", "ANTHROPIC_API_KEY": "drain-fake-key",
-        "DATABASE_URL": await fresh_database(postgres_admin_url, "drain"),
-        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
-        "SIGHTLINE_MAX_SESSIONS": "2", "SIGHTLINE_SCREEN_TEXT": "off",
-        "SIGHTLINE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-    }
+    env = await _worker_env(livekit, postgres_admin_url, tmp_path, "drain",
+                            SIGHTLINE_MAX_SESSIONS="2",
+                            SIGHTLINE_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S))
     worker = await asyncio.to_thread(start_worker, tmp_path, env, name="worker-drain")
     user = User(livekit, "drain-timeout", agent_name="sightline-drain",
                 metadata={"tenant": "drain"}, video=DEMO_FIXTURE / "screen.webm")
