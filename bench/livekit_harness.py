@@ -375,12 +375,20 @@ class VoiceUser(User):
         self._reading.add(task)
         task.add_done_callback(self._reading.discard)
 
-    async def publish_microphone(self) -> None:
+    async def publish_microphone(self, timeout_s: float = 30) -> None:
+        """Publishes the microphone and returns once the agent has subscribed to it: speech
+        played before that is lost, and a question missing its first words is misheard."""
         track = rtc.LocalAudioTrack.create_audio_track("microphone", self._mic)
         publication = await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
         self.mic_track_sid = publication.sid
         self._tasks.append(asyncio.create_task(self._play()))
+        try:
+            await asyncio.wait_for(publication.wait_for_subscription(), timeout_s)
+        except TimeoutError:
+            raise AssertionError(
+                f"the agent did not subscribe to {self.room_name}'s microphone "
+                f"within {timeout_s}s") from None
 
     async def _play(self) -> None:
         """Real time, 10 ms at a time by the clock: queued speech, else silence."""

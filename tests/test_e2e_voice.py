@@ -128,7 +128,7 @@ async def voice_user(livekit: LiveKitServer, room: str, identity: str,
     await user.wait_for_agent()
     await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
     await user.publish_microphone()
-    await asyncio.sleep(2)  # the agent subscribes to both tracks
+    await asyncio.sleep(2)  # the agent's audio input starts reading the subscribed track
     return user
 
 
