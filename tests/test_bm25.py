@@ -2,12 +2,12 @@
 
 Protects: the per-tenant statistics (chunk count, total length, lexeme document frequencies)
 and the postings (each chunk's lexemes with their occurrences and the chunk's length) stay
-exactly what the chunks say through ingest, re-ingest, document deletion (a cascade) and in
-another tenant; the score is BM25's (checked against the formula computed here from the
-chunks' own words) with its three properties: a rare word outweighs a common one (idf), more
-occurrences help but saturate (k1), and a shorter chunk beats a longer one with the same match
-(b); another tenant's chunks change nothing in a tenant's scores; a chunk's text is never
-rewritten in place (that would bypass the statistics).
+exactly what the chunks say through ingest (a large one in several statements), re-ingest,
+document deletion (a cascade) and in another tenant; the score is BM25's (checked against the
+formula computed here from the chunks' own words) with its three properties: a rare word
+outweighs a common one (idf), more occurrences help but saturate (k1), and a shorter chunk
+beats a longer one with the same match (b); another tenant's chunks change nothing in a
+tenant's scores; a chunk's text is never rewritten in place (that would bypass the statistics).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ async def stats_match_the_chunks(db: Database) -> None:
     await assert_bm25_statistics_exact(db.pool, "kb_bm25", "kb_chunks", "tenant")
 
 
-async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -> None:
+async def test_statistics_stay_exact_through_ingest_and_deletion(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(knowledge, "INSERT_BATCH", 2)  # a document's chunks in several inserts
     kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     await kb.ingest_chunks("acme", "a", [("a1", "The router resets when held."),
                                          ("a2", "Router firmware updates from the System page.")])
@@ -36,11 +39,15 @@ async def test_statistics_stay_exact_through_ingest_and_deletion(db: Database) -
     await stats_match_the_chunks(db)
     assert await db.pool.fetchval(
         "SELECT docs FROM kb_bm25_terms WHERE tenant = 'acme' AND lexeme = 'router'") == 2
-    # re-ingest: one chunk kept, one replaced, one added
+    # re-ingest: one chunk kept, one replaced, two added (the new three in two inserts)
     await kb.ingest_chunks("acme", "a", [("a1", "The router resets when held."),
                                          ("a3", "The VPN listens on port 51821."),
-                                         ("a4", "Router admin password on the label.")])
+                                         ("a4", "Router admin password on the label."),
+                                         ("a5", "Factory reset erases the router's settings.")])
     await stats_match_the_chunks(db)
+    assert [tuple(r) for r in await db.pool.fetch(
+        "SELECT chunk_key, position FROM kb_chunks WHERE tenant = 'acme' ORDER BY position")
+    ] == [("a1", 0), ("a3", 1), ("a4", 2), ("a5", 3)]
     await knowledge.delete_documents(db.pool, "acme", ["a"])  # chunks go by cascade
     await stats_match_the_chunks(db)
     assert await db.pool.fetchval(
