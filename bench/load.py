@@ -163,11 +163,16 @@ class Sessions:
     # per room, each question the session was handed: (sent, reached the worker, turn ended),
     # epoch seconds; the sender's clock is this machine's
     questions: dict[str, list[tuple[float, float, float | None]]] = field(default_factory=dict)
+    # the sessions' screen-text reads: kept frames handed to the reader, and those folded into
+    # a newer read instead of being read on their own (the reader fell behind)
+    screen_reads_submitted: int = 0
+    screen_reads_folded: int = 0
 
 
 def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
     """Sampled frames per second of each session within the steady window, the latency of
-    every answering model call, and where each question's time went inside the worker."""
+    every answering model call, where each question's time went inside the worker, and how
+    many kept frames' text was read or folded."""
     found = Sessions()
     start, end = window
     for data_dir in data_dirs:
@@ -179,6 +184,9 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
             found.model_latency_s += [
                 e["latency_ms"] / 1000 for e in events
                 if e["kind"] == "model_call" and e.get("detail", {}).get("purpose") != "memory"]
+            for reader in (e["detail"] for e in events if e["kind"] == "screen_reader"):
+                found.screen_reads_submitted += reader["submitted"]
+                found.screen_reads_folded += reader["coalesced"]
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
             if room is not None:
                 found.questions[room] = _questions(events)
@@ -350,6 +358,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
                                        if sessions.frames_per_s else None, 3),
         "fps_per_session_min": _round(min(sessions.frames_per_s, default=None), 3),
         "fps_per_session_max": _round(max(sessions.frames_per_s, default=None), 3),
+        "screen_reads": sessions.screen_reads_submitted,
+        "screen_reads_folded": sessions.screen_reads_folded,
         "worker_cores": cores["worker"],
         "users_cores": cores["users"],
         "livekit_cores": cores["livekit"],

@@ -1,11 +1,15 @@
 """bench/load.py splits each answered question's round trip into its hops from the sessions'
-event logs (the `chat` event says when a question reached the worker)."""
+event logs (the `chat` event says when a question reached the worker), and counts the screen-text
+reads the sessions folded because their reader fell behind."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pytest import approx
 
-from bench.load import Sessions, _questions, hops
+from bench.load import Sessions, _questions, hops, read_cost_logs
 from bench.load_users import UserResult
 
 
@@ -28,3 +32,17 @@ def test_a_round_trip_is_split_into_to_the_worker_at_the_worker_and_back() -> No
     # the third answer matches no question the worker recorded (none sent near 145 s)
     assert split == {"to_worker": approx([0.5, 0.1]), "at_worker": approx([1.0, 0.9]),
                      "back": approx([0.5, 0.25])}
+
+
+def test_screen_reads_and_folded_reads_are_summed_over_the_sessions(tmp_path: Path) -> None:
+    costs = tmp_path / "costs"
+    costs.mkdir()
+    for name, submitted, coalesced in (("live_a", 10, 4), ("live_b", 6, 0)):
+        events = [_event("frame", 100.0), _event("screen_reader", 200.0, submitted=submitted,
+                                                  read=submitted - coalesced,
+                                                  coalesced=coalesced, failed=0)]
+        (costs / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    sessions = read_cost_logs([tmp_path], (90.0, 110.0))
+    assert (sessions.count, sessions.screen_reads_submitted, sessions.screen_reads_folded) == (
+        2, 16, 4)
+    assert sessions.frames_per_s == approx([0.05, 0.05])
