@@ -37,7 +37,7 @@ def measure(rounds: int) -> dict[str, dict[str, float]]:
         order = list(embedders.items())
         for name, embedder in order if number % 2 else reversed(order):
             started = time.perf_counter()
-            embedder.embed_sync([embedder.query_text(question)])  # as a turn asks it
+            embedder.embed_question_sync(question)  # as a turn asks it
             times[name].append((time.perf_counter() - started) * 1000)
     texts = [str(c["text"]) for c in chunks]
     for name, embedder in embedders.items():

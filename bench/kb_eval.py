@@ -135,7 +135,7 @@ def llamaindex_embedding(embedder: LocalEmbedder) -> Any:
 
     class Wrapped(BaseEmbedding):
         def _get_query_embedding(self, query: str) -> list[float]:
-            return embedder.embed_sync([embedder.query_text(query)])[0].tolist()
+            return embedder.embed_question_sync(query).tolist()
 
         def _get_text_embedding(self, text: str) -> list[float]:
             return embedder.embed_sync([text])[0].tolist()

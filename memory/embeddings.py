@@ -103,8 +103,15 @@ class LocalEmbedder(ABC):
         was trained to read questions with a prefix (documents are embedded as they are)."""
         return text
 
+    def embed_question_sync(self, text: str) -> np.ndarray:
+        """A search question's vector (behind the model's question prefix, if it has one),
+        computed in the calling thread."""
+        return self.embed_sync([self.query_text(text)])[0]
+
     async def embed_query(self, text: str) -> np.ndarray:
-        return (await self._embed([self.query_text(text)]))[0]
+        if self.INLINE_TEXTS:  # one text is cheap enough for the event loop
+            return self.embed_question_sync(text)
+        return await asyncio.to_thread(self.embed_question_sync, text)
 
     async def aclose(self) -> None:
         """Nothing to release: the model is shared by the process."""
