@@ -64,7 +64,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from .alerts import close_sinks
     from .observability import configure_tracing
-    from .rtc_events import route_media_events
+    from .rtc_events import route_media_events, rtc_logs_to_stderr
     from .worker import SHUTDOWN_DEADLINE_S, build_server
 
     if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
@@ -95,6 +95,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
         _preload(settings)
+        rtc_logs_to_stderr()
         route_media_events()
         if configure_tracing(settings.otlp_endpoint):
             print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from livekit import rtc
 
+from agent.rtc_events import rtc_logs_to_stderr
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from vision.video_file import iter_frames
 
@@ -150,7 +151,9 @@ async def _run_users(plan: Plan, conn: Connection) -> None:
 
 
 def run_users(plan: Plan, conn: Connection) -> None:
-    """A users process's entry point (multiprocessing)."""
+    """A users process's entry point (multiprocessing). Its rtc library's log records stay in
+    the library, as in the worker: clients in a browser do not pay for them."""
+    rtc_logs_to_stderr()
     asyncio.run(_run_users(plan, conn))
 
 
