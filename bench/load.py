@@ -18,7 +18,9 @@ every 15 s. A burst sends every dispatch within one second. Each level starts a 
 Per level: joined, asked and answered; reply round trip and overhead (the round trip minus
 the model's own latency, as the worker measured it) p50/p95, and the round trip in three hops
 (to the worker, at the worker, back to the user: each session's log records when each question
-reached it); sampled frames per
+reached it), and the overhead again over the questions asked in the steady window alone
+(from 30 s after the last arrival: a burst's joining, and the first questions asked while the
+others still connect, left out); sampled frames per
 session-second; CPU cores of the worker, the users' processes, LiveKit and Postgres (all share
 the machine's cores); the worker's RSS, in total and per session above its idle RSS. With
 `--reference`, the same levels run against another build (the process-per-session worker this
@@ -223,6 +225,13 @@ def hops(results: Sequence[UserResult], sessions: Sessions) -> dict[str, list[fl
     return split
 
 
+def steady_round_trips(results: Sequence[UserResult], since: float) -> list[float]:
+    """The round trips of the questions asked from `since` (epoch seconds) on."""
+    return [trip for r in results
+            for (asked, _), trip in zip(r.answered_at, r.round_trips_s, strict=True)
+            if asked >= since]
+
+
 def wait_for_summaries(data_dirs: Sequence[Path], sessions: int, timeout_s: float) -> int:
     """Wait until `sessions` cost logs end with their summary; returns how many do."""
     deadline = time.monotonic() + timeout_s
@@ -338,6 +347,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
     sessions = read_cost_logs(data_dirs, steady)
     cores = {k: round((cpu1[k] - cpu0[k]) / (wall1 - wall0), 3) for k in cpu1}
     round_trips = [t for r in results for t in r.round_trips_s]
+    settled = steady_round_trips(results, steady[0])
     model_s = statistics.median(sessions.model_latency_s) if sessions.model_latency_s else 0.0
     steady_rss = statistics.mean(rss) if rss else idle_rss
     level: dict[str, Any] = {
@@ -352,6 +362,9 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         "model_ms_p50": _ms(model_s),
         "overhead_ms_p50": _ms(_minus(quantile(round_trips, 0.5), model_s)),
         "overhead_ms_p95": _ms(_minus(quantile(round_trips, 0.95), model_s)),
+        "steady_answered": len(settled),
+        "steady_overhead_ms_p50": _ms(_minus(quantile(settled, 0.5), model_s)),
+        "steady_overhead_ms_p95": _ms(_minus(quantile(settled, 0.95), model_s)),
         **{f"{hop}_ms_p{p}": _ms(quantile(times, p / 100))
            for hop, times in hops(results, sessions).items() for p in (50, 95)},
         "fps_per_session_mean": _round(statistics.mean(sessions.frames_per_s)

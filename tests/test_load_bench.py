@@ -1,6 +1,7 @@
 """bench/load.py splits each answered question's round trip into its hops from the sessions'
-event logs (the `chat` event says when a question reached the worker), and counts the screen-text
-reads the sessions folded because their reader fell behind."""
+event logs (the `chat` event says when a question reached the worker), gives the overhead of the
+steady window's questions apart, and counts the screen-text reads the sessions folded because their
+reader fell behind."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from pytest import approx
 
-from bench.load import Sessions, _questions, hops, read_cost_logs
+from bench.load import Sessions, _questions, hops, read_cost_logs, steady_round_trips
 from bench.load_users import UserResult
 
 
@@ -32,6 +33,13 @@ def test_a_round_trip_is_split_into_to_the_worker_at_the_worker_and_back() -> No
     # the third answer matches no question the worker recorded (none sent near 145 s)
     assert split == {"to_worker": approx([0.5, 0.1]), "at_worker": approx([1.0, 0.9]),
                      "back": approx([0.5, 0.25])}
+
+
+def test_the_steady_overhead_leaves_out_questions_asked_before_the_steady_window() -> None:
+    early = UserResult("r1", answered_at=[(100.0, 104.0), (130.0, 130.3)],
+                       round_trips_s=[4.0, 0.3])
+    late = UserResult("r2", answered_at=[(131.0, 131.2)], round_trips_s=[0.2])
+    assert steady_round_trips([early, late], since=120.0) == [0.3, 0.2]
 
 
 def test_screen_reads_and_folded_reads_are_summed_over_the_sessions(tmp_path: Path) -> None:
