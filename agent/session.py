@@ -368,7 +368,8 @@ class SessionRuntime:
         if self.memory is not None:
             await self.memory.aclose()
         self.record.events.record("frame_count", detail={
-            "received": self.screen.stats()["received"], "failed": self.screen.frames_failed})
+            "received": self.screen.stats()["received"], "failed": self.screen.frames_failed,
+            "resubscribed": self.screen.share_resubscribed})
         summary = await self.record.close(outcome, error)
         if spilled:
             summary["db_spilled_messages"] = spilled

@@ -70,6 +70,7 @@ class SessionTotals:
         self._frames = FrameTally()
         self._frames_received = 0
         self._frames_failed = 0
+        self._share_resubscribed = 0
         self._user_turns: list[_UserTurn] = []
         self._discarded_rounds = 0  # preemptive generations superseded before they were played
         self._offers = 0  # replies the agent made unasked (agent_initiated rounds)
@@ -107,6 +108,7 @@ class SessionTotals:
         elif kind == "frame_count":
             self._frames_received = detail["received"]
             self._frames_failed = detail.get("failed", 0)
+            self._share_resubscribed = detail.get("resubscribed", 0)
         elif kind == "context":
             self._knowledge_hits += len(detail.get("knowledge", []))
             memory = detail.get("memory", {})
@@ -207,6 +209,8 @@ class SessionTotals:
             "frames": {
                 "received": self._frames_received,
                 **({"failed": self._frames_failed} if self._frames_failed else {}),
+                **({"share_resubscribed": self._share_resubscribed}
+                   if self._share_resubscribed else {}),
                 "sampled": frames.sampled,
                 "kept": frames.kept,
                 "dropped": dict(frames.dropped),

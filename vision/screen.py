@@ -115,6 +115,7 @@ class ScreenWatcher:
         self.frames_received = 0
         self.frames_failed = 0  # frames whose analysis raised (the source counts them)
         self.frames_skipped = 0  # frames the source dropped unseen: not due for sampling
+        self.share_resubscribed = 0  # the source's subscriptions again to a share that never came
         self.camera_only = False
         self._last_invalid_t: float | None = None
 

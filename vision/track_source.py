@@ -3,6 +3,11 @@
 LiveKit's built-in video input only feeds realtime models, so Sightline subscribes itself. Only a
 track whose source is SCREENSHARE is watched; a camera is noted (the model is told it cannot see
 the screen) but never sampled.
+
+A published share whose track has not arrived within `RESUBSCRIBE_AFTER_S` is subscribed again,
+up to `RESUBSCRIBE_TRIES` times: on a loaded server a subscription can stall for good (LiveKit
+logs "track not bound after timeout" every 3 s), and the session would otherwise answer the
+whole call without the screen. One in about ten 30-session runs of `bench/load.py` had one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from .screen import ScreenWatcher
 log = logging.getLogger("sightline.vision")
 
 STREAM_QUEUE_FRAMES = 4  # frames a stalled session holds at most (a 1080p I420 frame is 3 MB)
+RESUBSCRIBE_AFTER_S = 10.0
+RESUBSCRIBE_TRIES = 3
 
 # Which frames each open video stream wants, by the stream's rtc handle: the process's rtc
 # event router (agent/rtc_events.py) asks before waking a session for a frame. Called on the
@@ -60,17 +67,58 @@ class SamplingGate:
 
 
 class ScreenShareSubscriber:
-    def __init__(self, room: rtc.Room, user_identity: str, screen: ScreenWatcher) -> None:
+    def __init__(self, room: rtc.Room, user_identity: str, screen: ScreenWatcher, *,
+                 resubscribe_after_s: float = RESUBSCRIBE_AFTER_S) -> None:
         self._room = room
         self._identity = user_identity
         self._screen = screen
-        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._resubscribe_after_s = resubscribe_after_s
+        self._pumps: dict[str, asyncio.Task[None]] = {}  # by track sid
+        self._arrivals: dict[str, asyncio.Task[None]] = {}  # by publication sid
         room.on("track_subscribed", self._on_subscribed)
         room.on("track_unsubscribed", self._on_unsubscribed)
+        room.on("track_published", self._on_published)
         participant = room.remote_participants.get(user_identity)
         for publication in participant.track_publications.values() if participant else []:
             if publication.track is not None and publication.subscribed:
                 self._on_subscribed(publication.track, publication, participant)  # type: ignore[arg-type]
+            self._on_published(publication, participant)  # type: ignore[arg-type]
+
+    def _on_published(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        if (participant.identity != self._identity
+                or publication.source != rtc.TrackSource.SOURCE_SCREENSHARE):
+            return
+        waiting = self._arrivals.get(publication.sid)
+        if waiting is None or waiting.done():
+            self._arrivals[publication.sid] = asyncio.create_task(
+                self._see_it_arrive(publication, participant),
+                name=f"screen-share-arrival:{publication.sid}")
+
+    def _arrived(self, publication: rtc.RemoteTrackPublication) -> bool:
+        return publication.track is not None and publication.track.sid in self._pumps
+
+    async def _see_it_arrive(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        """Subscribe again to a published share whose track has not arrived in time."""
+        for attempt in range(1, RESUBSCRIBE_TRIES + 1):
+            await asyncio.sleep(self._resubscribe_after_s)
+            if self._arrived(publication) or publication.sid not in participant.track_publications:
+                return
+            log.warning("the screen share %s of %s has not arrived %.0f s after it was "
+                        "published or subscribed: subscribing again (%d of %d)", publication.sid,
+                        participant.identity, self._resubscribe_after_s, attempt,
+                        RESUBSCRIBE_TRIES)
+            self._screen.share_resubscribed += 1
+            publication.set_subscribed(False)
+            publication.set_subscribed(True)
+        await asyncio.sleep(self._resubscribe_after_s)
+        if not self._arrived(publication) and publication.sid in participant.track_publications:
+            log.error("the screen share %s of %s never arrived (%d subscriptions): the session "
+                      "goes on without the screen", publication.sid, participant.identity,
+                      RESUBSCRIBE_TRIES + 1)
 
     def _on_subscribed(
         self,
@@ -95,13 +143,17 @@ class ScreenShareSubscriber:
         log.info("watching the screen share %s of %s", track.sid, participant.identity)
 
     def _on_unsubscribed(
-        self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, _p: rtc.RemoteParticipant
+        self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
     ) -> None:
         task = self._pumps.pop(track.sid, None)
         if task is not None:
             task.cancel()
             self._screen.clear()  # the share ended: do not answer from a stale frame
             log.info("screen share %s ended", track.sid)
+            # still published (the subscription was lost, not the share): it should come back
+            if publication.sid in participant.track_publications:
+                self._on_published(publication, participant)
 
     async def _pump(self, track: rtc.Track) -> None:
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420,
@@ -132,6 +184,8 @@ class ScreenShareSubscriber:
             await stream.aclose()
 
     async def aclose(self) -> None:
+        for task in self._arrivals.values():
+            task.cancel()
         for task in self._pumps.values():
             task.cancel()
         # a pump may have ended with an error of its own (a watchdog's interruption, which the

@@ -1,0 +1,94 @@
+"""A published screen share whose track never arrives is subscribed again, on a real LiveKit
+server, and the session's summary counts it. The stalled subscription is made by joining
+without auto-subscribe: the share is published and nothing subscribes to it, as when the server
+never binds the track."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from livekit import api, rtc
+
+from agent.pricing import BUNDLED_PRICES
+from agent.session_record import recompute_summary
+from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer, User
+from tests.synthetic_screen import flat_frame
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
+from vision.track_source import RESUBSCRIBE_TRIES, ScreenShareSubscriber
+
+
+async def _agent_room(livekit: LiveKitServer, room: str) -> rtc.Room:
+    token = (api.AccessToken(API_KEY, API_SECRET).with_identity("agent")
+             .with_grants(api.VideoGrants(room_join=True, room=room)).to_jwt())
+    agent = rtc.Room()
+    await agent.connect(livekit.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+    return agent
+
+
+async def _until(condition: object, timeout_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def test_a_share_that_never_arrives_is_subscribed_again(
+    livekit: LiveKitServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    user = User(livekit, "stalled-share", agent_name="none", metadata={},
+                frames=[flat_frame(320, 240, 90), flat_frame(320, 240, 200)])
+    await user.connect("user")
+    agent = await _agent_room(livekit, "stalled-share")
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
+    caplog.set_level(logging.WARNING, logger="sightline.vision")
+    subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=1.0)
+    try:
+        await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
+        await asyncio.sleep(0.5)
+        assert screen.stats()["received"] == 0  # published, and nothing subscribed to it
+        assert await _until(lambda: screen.stats()["received"] >= 3, 20.0)
+        assert 1 <= screen.share_resubscribed <= RESUBSCRIBE_TRIES
+        assert "has not arrived 1 s after it was published or subscribed" in caplog.text
+    finally:
+        await subscriber.aclose()
+        await agent.disconnect()
+        await user.leave()
+
+
+async def test_a_share_that_arrives_is_left_alone(livekit: LiveKitServer) -> None:
+    user = User(livekit, "arriving-share", agent_name="none", metadata={},
+                frames=[flat_frame(320, 240, 90)])
+    await user.connect("user")
+    token = (api.AccessToken(API_KEY, API_SECRET).with_identity("agent")
+             .with_grants(api.VideoGrants(room_join=True, room="arriving-share")).to_jwt())
+    agent = rtc.Room()
+    await agent.connect(livekit.ws_url, token)  # auto-subscribe, as the worker's rooms do
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
+    subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=1.0)
+    try:
+        await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
+        assert await _until(lambda: screen.stats()["received"] >= 3, 20.0)
+        await asyncio.sleep(1.5)  # past the arrival check
+        assert screen.share_resubscribed == 0
+    finally:
+        await subscriber.aclose()
+        await agent.disconnect()
+        await user.leave()
+
+
+def test_the_session_summary_counts_the_subscriptions_again(tmp_path: Path) -> None:
+    events = [{"kind": "frame_count", "ts": 1.0,
+               "detail": {"received": 0, "failed": 0, "resubscribed": 2}}]
+    summary = recompute_summary(events, session_id="s", tenant="t", source="live",
+                                prices=BUNDLED_PRICES, cost_log=tmp_path / "s.jsonl")
+    assert summary["frames"]["share_resubscribed"] == 2
+    events[0]["detail"]["resubscribed"] = 0  # type: ignore[index]
+    quiet = recompute_summary(events, session_id="s", tenant="t", source="live",
+                              prices=BUNDLED_PRICES, cost_log=tmp_path / "s.jsonl")
+    assert "share_resubscribed" not in quiet["frames"]
