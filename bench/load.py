@@ -169,12 +169,13 @@ class Sessions:
     # a newer read instead of being read on their own (the reader fell behind)
     screen_reads_submitted: int = 0
     screen_reads_folded: int = 0
+    shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
 
 
 def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
     """Sampled frames per second of each session within the steady window, the latency of
     every answering model call, where each question's time went inside the worker, and how
-    many kept frames' text was read or folded."""
+    many kept frames' text was read or folded, and how many shares were subscribed again."""
     found = Sessions()
     start, end = window
     for data_dir in data_dirs:
@@ -189,6 +190,8 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
             for reader in (e["detail"] for e in events if e["kind"] == "screen_reader"):
                 found.screen_reads_submitted += reader["submitted"]
                 found.screen_reads_folded += reader["coalesced"]
+            for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
+                found.shares_resubscribed += count.get("resubscribed", 0)
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
             if room is not None:
                 found.questions[room] = _questions(events)
@@ -373,6 +376,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         "fps_per_session_max": _round(max(sessions.frames_per_s, default=None), 3),
         "screen_reads": sessions.screen_reads_submitted,
         "screen_reads_folded": sessions.screen_reads_folded,
+        "shares_resubscribed": sessions.shares_resubscribed,
         "worker_cores": cores["worker"],
         "users_cores": cores["users"],
         "livekit_cores": cores["livekit"],
