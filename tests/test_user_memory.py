@@ -191,6 +191,32 @@ async def test_recall_gives_summary_related_facts_and_older_matching_messages(
     assert (await recall(question)).memory.summary is not None and len(embedder.queries) == 1
 
 
+async def test_a_part_found_to_hold_something_is_not_probed_again(db: Database) -> None:
+    """The probes that spare an empty part its search are asked until the part has
+    something: a memory the keeper writes mid-session is found on the next turn, and from then
+    on the turn goes straight to its searches."""
+    embedder = CountingEmbedder()
+    memory = UserMemory(db.pool, embedder)
+    probes: list[str] = []
+    probe = memory.has_any
+
+    async def counted(tenant: str, user_id: str, before_id: int) -> bool:
+        probes.append(user_id)
+        return await probe(tenant, user_id, before_id)
+
+    memory.has_any = counted  # type: ignore[method-assign]
+    recall = TurnRecall(KnowledgeBase(db.pool, embedder), memory, tenant="acme",
+                        user_id="u-probe", before_id=await Store(db.pool).next_message_id())
+    assert not (await recall("where is the printer")).memory
+    assert not (await recall("where is the printer")).memory
+    assert len(probes) == 2  # nothing yet: asked each turn
+    await memory.apply([{"op": "fact", "tenant": "acme", "user_id": "u-probe", "key": "printer",
+                         "text": "The user's printer is on floor 3."}])
+    assert [f.key for f in (await recall("where is the printer")).memory.facts] == ["printer"]
+    assert [f.key for f in (await recall("where is the printer")).memory.facts] == ["printer"]
+    assert len(probes) == 3  # found on the third turn, not asked on the fourth
+
+
 # one user's earlier messages, each a property of BM25 that ts_rank_cd lacks
 BM25_MESSAGES = {
     "short": "The modem lights blink.",  # stored before "long": ts_rank_cd ties, newest first
