@@ -15,15 +15,14 @@ earlier message ("What did you tell me earlier about json.dumps?").
 - ours: `TurnRecall` (memory/recall.py) on an embedded Postgres (or a scratch database on
   `DATABASE_URL`, dropped afterwards), loaded through `KnowledgeBase.ingest_chunks` (which
   creates the HNSW index first), `store_messages` and `UserMemory.apply`, then VACUUM ANALYZEd
-  (as autovacuum would leave it). A turn is `await recall(question)`: the existence probes
-  (on the first turn only: as in a session, a part found to hold something is not probed
-  again), then, at once, one query embedding (in a thread), the knowledge lookup (BM25 keyword ranking
+  (as autovacuum would leave it). A turn is `await recall(question)`: the existence probes (on
+  the first turn only: as in a session, a part found to hold something is not probed again),
+  then, at once, one query embedding (in a thread), the knowledge lookup (BM25 keyword ranking
   while the question is embedded, then the HNSW vector ranking, RRF, the top 3 that share a
-  word; no reranker, as without a Cohere key: one would add a network round trip) and the
-  memory recall (summary and keyword search while it is embedded, then the 8 facts nearest
-  the question and the nearest messages in one statement, 3 earlier messages fused), on two
-  pooled connections; then the text `TurnContext` makes of it (`memory_part`,
-  `knowledge_part`).
+  word; no reranker, as without a Cohere key: one would add a network round trip) and the memory
+  recall (summary and keyword search while it is embedded, then the 8 facts nearest the question
+  and the nearest messages in one statement, 3 earlier messages fused), on two pooled
+  connections; then the text `TurnContext` makes of it (`memory_part`, `knowledge_part`).
 - reference: `QueryFusionRetriever` (a `VectorStoreIndex` retriever with the same embeddings and
   a `BM25Retriever`, reciprocal rerank, top 3, `MockLLM`, one query: memory/kb_eval.py) over
   this tenant's chunks, and `llama_index.core.memory.Memory` with a `StaticMemoryBlock` (the
