@@ -109,7 +109,11 @@ def job_tenant(metadata: str, default: str) -> str:
 
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
-    await ctx.connect()
+    # Two peer connections, as LiveKit clients long had: the server offers each subscription
+    # and the SDK answers it at once. With the rtc SDK's default single connection the agent
+    # must send an offer of its own when the server asks for one, through a negotiation queue
+    # that can drop the request; the share then never arrives (vision/track_source.py).
+    await ctx.connect(single_peer_connection=False)
     route_room_events(ctx.room)
     inbox = ChatInbox(ctx.room)  # from the moment the user can see the agent
     participant = await ctx.wait_for_participant()

@@ -5,9 +5,13 @@ track whose source is SCREENSHARE is watched; a camera is noted (the model is to
 the screen) but never sampled.
 
 A published share whose track has not arrived within `RESUBSCRIBE_AFTER_S` is subscribed again,
-up to `RESUBSCRIBE_TRIES` times: on a loaded server a subscription can stall for good (LiveKit
-logs "track not bound after timeout" every 3 s), and the session would otherwise answer the
-whole call without the screen. One in about ten 30-session runs of `bench/load.py` had one.
+up to `RESUBSCRIBE_TRIES` times, so that a session never answers a whole call without the screen
+when a subscription stalls. Over the rtc SDK's single peer connection, 30-session runs of
+`bench/load.py` had late shares in four runs of five: the server asked the agent for a new offer
+and none came (some never, LiveKit then logging "track not bound after timeout" every 3 s). A new
+subscription asks again, and brought three of five. The worker now connects with two peer
+connections (agent/worker.py), where the server offers each subscription itself; this check
+stays as the net under it.
 """
 
 from __future__ import annotations
