@@ -9,7 +9,7 @@ up to `RESUBSCRIBE_TRIES` times, so that a session never answers a whole call wi
 when a subscription stalls. Over the rtc SDK's single peer connection, 30-session runs of
 `bench/load.py` had late shares in four runs of five: the server asked the agent for a new offer
 and none came (some never, LiveKit then logging "track not bound after timeout" every 3 s). A new
-subscription asks again, and brought three of five. The worker now connects with two peer
+subscription asks again, and brought six of nine. The worker now connects with two peer
 connections (agent/worker.py), where the server offers each subscription itself; this check
 stays as the net under it.
 """
