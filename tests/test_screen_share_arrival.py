@@ -21,11 +21,11 @@ from vision.screen import ScreenWatcher
 from vision.track_source import RESUBSCRIBE_TRIES, ScreenShareSubscriber
 
 
-async def _agent_room(livekit: LiveKitServer, room: str) -> rtc.Room:
+async def _agent_room(livekit: LiveKitServer, room: str, *, auto_subscribe: bool) -> rtc.Room:
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity("agent")
              .with_grants(api.VideoGrants(room_join=True, room=room)).to_jwt())
     agent = rtc.Room()
-    await agent.connect(livekit.ws_url, token, rtc.RoomOptions(auto_subscribe=False))
+    await agent.connect(livekit.ws_url, token, rtc.RoomOptions(auto_subscribe=auto_subscribe))
     return agent
 
 
@@ -44,7 +44,7 @@ async def test_a_share_that_never_arrives_is_subscribed_again(
     user = User(livekit, "stalled-share", agent_name="none", metadata={},
                 frames=[flat_frame(320, 240, 90), flat_frame(320, 240, 200)])
     await user.connect("user")
-    agent = await _agent_room(livekit, "stalled-share")
+    agent = await _agent_room(livekit, "stalled-share", auto_subscribe=False)
     screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
     caplog.set_level(logging.WARNING, logger="sightline.vision")
     subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=1.0)
@@ -65,10 +65,8 @@ async def test_a_share_that_arrives_is_left_alone(livekit: LiveKitServer) -> Non
     user = User(livekit, "arriving-share", agent_name="none", metadata={},
                 frames=[flat_frame(320, 240, 90)])
     await user.connect("user")
-    token = (api.AccessToken(API_KEY, API_SECRET).with_identity("agent")
-             .with_grants(api.VideoGrants(room_join=True, room="arriving-share")).to_jwt())
-    agent = rtc.Room()
-    await agent.connect(livekit.ws_url, token)  # auto-subscribe, as the worker's rooms do
+    # auto-subscribe, as the worker's rooms do
+    agent = await _agent_room(livekit, "arriving-share", auto_subscribe=True)
     screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
     subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=1.0)
     try:

@@ -107,9 +107,14 @@ class ScreenShareSubscriber:
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
         """Subscribe again to a published share whose track has not arrived in time."""
-        for attempt in range(1, RESUBSCRIBE_TRIES + 1):
+        for attempt in range(1, RESUBSCRIBE_TRIES + 2):
             await asyncio.sleep(self._resubscribe_after_s)
             if self._arrived(publication) or publication.sid not in participant.track_publications:
+                return
+            if attempt > RESUBSCRIBE_TRIES:
+                log.error("the screen share %s of %s never arrived (%d subscriptions): the "
+                          "session goes on without the screen", publication.sid,
+                          participant.identity, attempt)
                 return
             log.warning("the screen share %s of %s has not arrived %.0f s after it was "
                         "published or subscribed: subscribing again (%d of %d)", publication.sid,
@@ -118,11 +123,6 @@ class ScreenShareSubscriber:
             self._screen.share_resubscribed += 1
             publication.set_subscribed(False)
             publication.set_subscribed(True)
-        await asyncio.sleep(self._resubscribe_after_s)
-        if not self._arrived(publication) and publication.sid in participant.track_publications:
-            log.error("the screen share %s of %s never arrived (%d subscriptions): the session "
-                      "goes on without the screen", publication.sid, participant.identity,
-                      RESUBSCRIBE_TRIES + 1)
 
     def _on_subscribed(
         self,
