@@ -26,12 +26,19 @@ from pathlib import Path
 import psutil
 from livekit.agents.utils.hw import get_cpu_monitor
 
+from vision.cpu_gate import CpuGate
+
+from .config import Settings
+
 FULL_LOAD = 0.7  # LiveKit's "full": the server's agents.target_load, the worker's threshold
 SESSIONS_PER_CORE = 8
 MEMORY_SHARE = 0.8
 CPU_FULL = 0.85
 CPU_WINDOW_S = 20.0
 
+# the CPU time a container has used: cgroup v2 (microseconds, a `usage_usec` line), v1 (ns)
+_CGROUP_CPU_USAGE = ((Path("/sys/fs/cgroup/cpu.stat"), "usage_usec", 1e-6),
+                     (Path("/sys/fs/cgroup/cpuacct/cpuacct.usage"), "", 1e-9))
 _CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
                          Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # v1
 
@@ -40,6 +47,40 @@ def usable_cores() -> float:
     """Cores this process may use: the CPU quota of its container, else its CPU affinity
     (livekit-agents reads the cgroup quota; it is what LiveKit's own load uses)."""
     return get_cpu_monitor().cpu_count()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds used in all, on all cores, by this container (its cgroup), else by the
+    whole machine. livekit-agents' CPU monitor reads the same files, but only as a share over
+    an interval that it sleeps through; the screen-text gate wants the running total."""
+    for path, key, unit in _CGROUP_CPU_USAGE:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            name, _, value = line.rpartition(" ") if key else ("", "", line)
+            if name == key and value.strip().isdigit():
+                return int(value) * unit
+    times = psutil.cpu_times()  # on Linux `user` holds guests' time, `steal` is not ours
+    return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq",
+                                                       "softirq"))
+
+
+_read_gate: CpuGate | None = None
+_read_gate_lock = threading.Lock()
+
+
+def shared_read_gate(settings: Settings) -> CpuGate:
+    """The process's gate for screen-text reads, shared like its OCR threads (sessions start
+    in threads of their own, hence the lock): a live session's reads wait while the machine
+    is busier than `SIGHTLINE_OCR_CPU_LIMIT`."""
+    global _read_gate
+    with _read_gate_lock:
+        if _read_gate is None:
+            _read_gate = CpuGate(busy_cpu_seconds, usable_cores(), limit=settings.ocr_cpu_limit,
+                                 max_wait_s=settings.ocr_max_wait_s)
+        return _read_gate
 
 
 def usable_memory_mb() -> float:

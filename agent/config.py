@@ -281,6 +281,11 @@ _FIELDS: tuple[_Field, ...] = (
         help="on | off: read the text that appears on screen (local OCR) into the timeline"),
     _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", Range(int, 1, 64), 1,
         help="threads reading screen text, shared by a process's sessions"),
+    _Field("ocr_cpu_limit", "SIGHTLINE_OCR_CPU_LIMIT", Range(float, 0, 1, open_low=True), 0.7,
+        help="a screen-text read starts only while the machine's CPU use (its container's, "
+             "if any) over the last second is under this share of its cores; 1: no wait"),
+    _Field("ocr_max_wait_s", "SIGHTLINE_OCR_MAX_WAIT_S", Range(float, 0, 3600), 10.0,
+        help="seconds a screen-text read waits for that at most, then starts anyway"),
     _Field("image_policy", "SIGHTLINE_IMAGE_POLICY", _choice(*IMAGE_POLICIES), "changed",
         help="changed | always: send the screen image only when it changed since the last "
              "one the model saw, or on every turn"),
@@ -356,6 +361,8 @@ class Settings:
     webhook_port: int
     screen_text: bool
     ocr_threads: int
+    ocr_cpu_limit: float
+    ocr_max_wait_s: float
     image_policy: str
     proactive: bool
     frame_archive_mb: int

@@ -21,6 +21,7 @@ from pathlib import Path
 from memory.screen_timeline import ScreenTimeline, event_row
 from memory.spill_files import SpillKind, spill_path
 from memory.writer import BackgroundWriter
+from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
 from vision.screen import ScreenChange
 from vision.screen_signals import ScreenError, find_error
@@ -36,11 +37,11 @@ DRAIN_S = 5.0  # how long a closing session waits for its pending reads
 
 ErrorListener = Callable[[ScreenError, ScreenText], None]
 
-
 class SessionScreenMemory:
     def __init__(
         self, settings: Settings, events: EventLog, *, session_id: str, tenant: str,
         user_id: str, timeline: ScreenTimeline | None, spill_dir: Path,
+        read_gate: CpuGate | None = None,
     ) -> None:
         self._events = events
         self._who = {"session_id": session_id, "tenant": tenant, "user_id": user_id}
@@ -48,7 +49,8 @@ class SessionScreenMemory:
         self.archive = FrameArchive(settings.frames_dir, session_id,
                                     settings.frame_archive_mb * 2**20)
         self.reader = (ScreenTextReader(self._on_text,
-                                        executor=shared_pool(settings.ocr_threads))
+                                        executor=shared_pool(settings.ocr_threads),
+                                        gate=read_gate)
                        if settings.screen_text else None)
         self._writer = (BackgroundWriter("screen_events", timeline.write,
                                          spill_path(spill_dir, session_id,
@@ -71,7 +73,7 @@ class SessionScreenMemory:
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,
             "region": list(read.region), "lines": read.lines, "lines_read": read.lines_read,
-            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced})
+            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced, "waited_ms": read.waited_ms})
         if not read.lines:
             return
         self.story.append(read)
@@ -99,7 +101,8 @@ class SessionScreenMemory:
             stats = self.reader.stats
             self._events.record("screen_reader", detail={
                 "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
-                "failed": stats.failed, "archived_frames": len(self.archive.times()),
+                "failed": stats.failed, "waited_s": round(stats.waited_ms / 1000, 1),
+                "archived_frames": len(self.archive.times()),
                 "archive_replaced": self.archive.replaced})
         await self.archive.aclose()
         try:

@@ -33,6 +33,7 @@ from tools.handoff import HandoffTool
 from tools.knowledge_tools import KnowledgeTools
 from tools.memory_tools import MemoryTools
 from tools.screen_history import ScreenHistoryTools, ShownScreen
+from vision.cpu_gate import CpuGate
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 from vision.screen_signals import ScreenError
@@ -186,11 +187,13 @@ class SessionRuntime:
         source: str,
         room: str | None = None,
         session_id: str | None = None,
+        read_gate: CpuGate | None = None,
     ) -> SessionRuntime:
         """Open a session. Whatever a configuration can make fail (tiers, prices, keys, the
         embedder, the reranker, the cost-log directory) is checked before the session's row is
         written; whatever fails after it closes the session again, with the failure in its
-        summary, so no session is left open."""
+        summary, so no session is left open. `read_gate`: when its screen-text reads may
+        start (None: at once, as a replay wants, whose reads are its work)."""
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
         prices = PriceTable.load(settings.prices_file)
@@ -226,7 +229,7 @@ class SessionRuntime:
             try:
                 runtime = await cls._assemble(
                     settings, db, store, record, parts, tiers, providers, embedder, reranker,
-                    tenant=tenant, user_id=user_id, room=room)
+                    tenant=tenant, user_id=user_id, room=room, read_gate=read_gate)
             except BaseException as exc:
                 await parts.aclose()
                 await record.close(*describe_failure(exc))
@@ -239,7 +242,7 @@ class SessionRuntime:
         cls, settings: Settings, db: Database | None, store: Store | None,
         record: SessionRecord, parts: AsyncExitStack, tiers: list[Tier],
         providers: list[ChatProvider], embedder: Embedder | None, reranker: Reranker | None, *,
-        tenant: str, user_id: str, room: str | None,
+        tenant: str, user_id: str, room: str | None, read_gate: CpuGate | None,
     ) -> SessionRuntime:
         """The session's parts, once its row and record exist; each part that needs closing
         is put on `parts` as it is made."""
@@ -257,7 +260,8 @@ class SessionRuntime:
             parts.push_async_callback(memory.finish)
         screen_memory = SessionScreenMemory(
             settings, events, session_id=session_id, tenant=tenant, user_id=user_id,
-            timeline=memory.screen if memory else None, spill_dir=settings.costs_dir)
+            timeline=memory.screen if memory else None, spill_dir=settings.costs_dir,
+            read_gate=read_gate)
         parts.push_async_callback(screen_memory.aclose)
         screen = ScreenWatcher(
             FrameSampler(settings.sample_fps),

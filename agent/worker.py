@@ -35,7 +35,7 @@ from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
 from .assist import ASSIST_TOPIC, DRAFT_TOPIC
-from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading
+from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading, shared_read_gate
 from .chat_inbox import ChatInbox
 from .config import Settings
 from .event_log import Event
@@ -129,7 +129,7 @@ async def run_session(ctx: JobContext) -> None:
 
     runtime = await SessionRuntime.open(
         settings, db, tenant=tenant, user_id=participant.identity,
-        source="live", room=ctx.room.name,
+        source="live", room=ctx.room.name, read_gate=shared_read_gate(settings),
     )
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))

@@ -166,9 +166,11 @@ class Sessions:
     # epoch seconds; the sender's clock is this machine's
     questions: dict[str, list[tuple[float, float, float | None]]] = field(default_factory=dict)
     # the sessions' screen-text reads: kept frames handed to the reader, and those folded into
-    # a newer read instead of being read on their own (the reader fell behind)
+    # a newer read instead of being read on their own (the reader fell behind or waited for
+    # the machine to have CPU to spare, as long as `screen_read_wait_s` in all)
     screen_reads_submitted: int = 0
     screen_reads_folded: int = 0
+    screen_read_wait_s: float = 0.0
     shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
 
 
@@ -190,6 +192,7 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
             for reader in (e["detail"] for e in events if e["kind"] == "screen_reader"):
                 found.screen_reads_submitted += reader["submitted"]
                 found.screen_reads_folded += reader["coalesced"]
+                found.screen_read_wait_s += reader.get("waited_s", 0.0)
             for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
                 found.shares_resubscribed += count.get("resubscribed", 0)
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
@@ -376,6 +379,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         "fps_per_session_max": _round(max(sessions.frames_per_s, default=None), 3),
         "screen_reads": sessions.screen_reads_submitted,
         "screen_reads_folded": sessions.screen_reads_folded,
+        "screen_read_wait_s": round(sessions.screen_read_wait_s, 1),
         "shares_resubscribed": sessions.shares_resubscribed,
         "worker_cores": cores["worker"],
         "users_cores": cores["users"],

@@ -42,18 +42,19 @@ def test_the_steady_overhead_leaves_out_questions_asked_before_the_steady_window
     assert steady_round_trips([early, late], since=120.0) == [0.3, 0.2]
 
 
-def test_screen_reads_folded_reads_and_subscriptions_again_are_summed_over_the_sessions(
+def test_screen_reads_folded_reads_waits_and_subscriptions_again_are_summed_over_the_sessions(
         tmp_path: Path) -> None:
     costs = tmp_path / "costs"
     costs.mkdir()
     for name, submitted, coalesced in (("live_a", 10, 4), ("live_b", 6, 0)):
         events = [_event("frame", 100.0), _event("screen_reader", 200.0, submitted=submitted,
                                                   read=submitted - coalesced,
-                                                  coalesced=coalesced, failed=0),
+                                                  coalesced=coalesced, failed=0,
+                                                  waited_s=2.5 * coalesced),
                   _event("frame_count", 201.0, received=50, failed=0,
                          resubscribed=int(name == "live_b"))]
         (costs / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     sessions = read_cost_logs([tmp_path], (90.0, 110.0))
     assert (sessions.count, sessions.screen_reads_submitted, sessions.screen_reads_folded,
-            sessions.shares_resubscribed) == (2, 16, 4, 1)
+            sessions.shares_resubscribed, sessions.screen_read_wait_s) == (2, 16, 4, 1, 10.0)
     assert sessions.frames_per_s == approx([0.05, 0.05])

@@ -40,6 +40,7 @@ import numpy as np
 
 from .change import ChangeDecision
 from .content_type import ContentType
+from .cpu_gate import CpuGate
 from .frames import SampledFrame
 from .local_change import Box
 from .luma import luma_plane
@@ -222,6 +223,7 @@ class ScreenText:
     lines_read: int
     cpu_ms: float  # the read's CPU time on its thread
     coalesced: int  # earlier reads folded into this one
+    waited_ms: float = 0.0  # how long the read waited for the machine to have CPU to spare
 
 
 @dataclass
@@ -248,6 +250,15 @@ def read_change(
     read_box, layout = plan_read(before, luma, box, content)
     lines, _ = read_region(luma, read_box, layout)
     return lines, read_box, (time.thread_time() - started) * 1000
+
+
+def gated_read_change(
+    gate: CpuGate | None, before: np.ndarray | None, luma: np.ndarray, box: Box,
+    content: ContentType,
+) -> tuple[list[TextLine], Box, float, float]:
+    """`read_change` once `gate` lets it start; (lines, box read, CPU ms, ms waited)."""
+    waited_s = gate.wait() if gate is not None else 0.0
+    return *read_change(before, luma, box, content), waited_s * 1000
 
 
 class FrameTextReader:
@@ -301,6 +312,7 @@ class ReaderStats:
     coalesced: int = 0  # reads folded into a newer one (never read on their own)
     failed: int = 0
     cpu_ms: float = 0.0
+    waited_ms: float = 0.0
     lines_added: int = 0
 
 
@@ -309,10 +321,12 @@ class ScreenTextReader:
 
     def __init__(
         self, on_text: Callable[[ScreenText], None], *, executor: Executor | None = None,
-        max_pending: int = 4,
+        gate: CpuGate | None = None, max_pending: int = 4,
     ) -> None:
+        """`gate`: reads start when it allows (None: as soon as the executor takes them)."""
         self._on_text = on_text
         self._executor = executor or shared_pool()
+        self._gate = gate
         self._max_pending = max_pending
         self._pending: list[_Read] = []
         self._wake = asyncio.Event()
@@ -358,24 +372,26 @@ class ScreenTextReader:
                 job = self._pending.pop(0)
                 luma = luma_plane(job.frame.frame)
                 try:
-                    lines, box, cpu_ms = await loop.run_in_executor(
-                        self._executor, read_change, self._before, luma, job.box,
-                        job.decision.content_type)
+                    lines, box, cpu_ms, waited_ms = await loop.run_in_executor(
+                        self._executor, gated_read_change, self._gate, self._before, luma,
+                        job.box, job.decision.content_type)
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
                 self._before = luma
-                self._deliver(job, lines, box, cpu_ms)
+                self._deliver(job, lines, box, cpu_ms, waited_ms)
 
-    def _deliver(self, job: _Read, lines: list[TextLine], box: Box, cpu_ms: float) -> None:
+    def _deliver(self, job: _Read, lines: list[TextLine], box: Box, cpu_ms: float,
+                 waited_ms: float) -> None:
         added = self._seen.new([line.text for line in lines], job.frame.t)
         self.stats.read += 1
         self.stats.cpu_ms += cpu_ms
+        self.stats.waited_ms += waited_ms
         self.stats.lines_added += len(added)
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
-            box, added, len(lines), round(cpu_ms, 1), job.coalesced))
+            box, added, len(lines), round(cpu_ms, 1), job.coalesced, round(waited_ms, 1)))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read)."""

@@ -1,0 +1,166 @@
+"""The screen-read gate: screen text is read only while the machine has CPU to spare.
+
+Protects: a read starts at once on a machine under the limit, waits while the machine is over
+it and starts when it drops, and starts anyway after `max_wait_s` (screen memory slows down,
+never stops); waits are counted; the reads' own CPU counts in the measurement (they fill the
+machine up to the limit, no further); a reader whose gate holds keeps sampling and folds the
+waiting frames onto the newest; the machine's CPU counter really moves with CPU work; absurd
+settings are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from synthetic_screen import CODE, Desk
+
+from agent.capacity import busy_cpu_seconds, usable_cores
+from vision.cpu_gate import POLL_S, CpuGate
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
+from vision.screen_text import ScreenText, ScreenTextReader
+
+
+class Machine:
+    """A scripted machine: a clock, and a CPU counter that runs at `cores_busy` cores, or at
+    `quiet_cores` from `quiet_at` on."""
+
+    def __init__(self, cores_busy: float, quiet_at: float = float("inf"),
+                 quiet_cores: float = 0.0) -> None:
+        self.now = 100.0
+        self.busy = 0.0
+        self.cores_busy, self.quiet_at, self.quiet_cores = cores_busy, quiet_at, quiet_cores
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.busy += seconds * (self.cores_busy if self.now < self.quiet_at
+                                else self.quiet_cores)
+        self.now += seconds
+
+    def busy_seconds(self) -> float:
+        return self.busy
+
+
+def gate_on(machine: Machine, *, limit: float = 0.7, max_wait_s: float = 10.0) -> CpuGate:
+    return CpuGate(machine.busy_seconds, 2.0, limit=limit, max_wait_s=max_wait_s,
+                   clock=machine.clock, sleep=machine.sleep)
+
+
+def test_a_quiet_machine_reads_at_once_once_it_has_measured() -> None:
+    machine = Machine(cores_busy=0.4)  # 20% of two cores
+    gate = gate_on(machine)
+    assert gate.wait() == pytest.approx(2 * POLL_S)  # the first read measures the machine
+    machine.sleep(1.0)
+    assert gate.wait() == 0.0
+    assert gate.stats.reads == 2 and gate.stats.forced == 0
+
+
+def test_a_busy_machine_holds_the_read_until_it_quiets_down() -> None:
+    machine = Machine(cores_busy=1.8)  # 90%
+    gate = gate_on(machine)
+    gate.wait()  # forced: the machine stayed busy for max_wait_s
+    assert gate.stats.forced == 1
+    assert gate.stats.waited_s == pytest.approx(10.0, abs=POLL_S)
+
+    machine.quiet_at, machine.quiet_cores = machine.now + 3.0, 0.6
+    waited = gate.wait()
+    # it waits past the moment the machine quiets down, until its last second shows it
+    assert 3.0 < waited < 5.0
+    assert gate.stats.forced == 1 and gate.stats.deferred == 2 and gate.stats.reads == 2
+
+
+def test_the_reads_own_cpu_counts_so_they_fill_the_machine_only_up_to_the_limit() -> None:
+    """The rest of the machine uses 1.0 of 2 cores; each read takes 0.5 s of one core. With
+    a limit of 0.7 the reads may add 0.4 cores: about 0.8 reads a second, not 2."""
+    machine = Machine(cores_busy=1.0)
+    gate = gate_on(machine)
+    reads = 0
+    started = machine.now
+    while machine.now - started < 60.0:
+        gate.wait()
+        machine.now += 0.5  # the read: half a second on one core, besides the rest
+        machine.busy += 0.5 * (1.0 + 1.0)
+        reads += 1
+    rate = reads / (machine.now - started)
+    assert 0.5 < rate < 1.0, rate
+    assert gate.stats.forced == 0
+
+
+def test_settings_out_of_range_are_refused() -> None:
+    machine = Machine(0.0)
+    for cores, limit, wait in ((0.0, 0.7, 1.0), (2.0, 0.0, 1.0), (2.0, 1.5, 1.0),
+                               (2.0, 0.7, -1.0)):
+        with pytest.raises(ValueError):
+            CpuGate(machine.busy_seconds, cores, limit=limit, max_wait_s=wait)
+
+
+def _burn(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_the_machines_cpu_counter_moves_with_real_work() -> None:
+    """Busy loops on every core: the gate's real measurement reads the machine as full."""
+    cores = usable_cores()
+    gate = CpuGate(busy_cpu_seconds, cores, limit=0.7, max_wait_s=0.0)
+    ctx = multiprocessing.get_context("spawn")
+    burners = [ctx.Process(target=_burn, args=(4.0,)) for _ in range(max(1, round(cores)))]
+    for burner in burners:
+        burner.start()
+    try:
+        time.sleep(1.5)  # the processes start, then burn
+        gate.share()
+        time.sleep(1.0)
+        share = gate.share()
+    finally:
+        for burner in burners:
+            burner.join()
+    assert share is not None and share > 0.8, share
+
+
+async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let_through(
+) -> None:
+    """The gate holds (a busy machine): kept frames keep coming and fold onto the newest;
+    once the machine is quiet the newest screen is read, with the wait recorded."""
+    busy = threading.Event()
+    busy.set()
+    counter = {"t": time.monotonic(), "busy": 0.0}
+
+    def busy_seconds() -> float:  # a machine at 95% while `busy` is set, else at 10%
+        now = time.monotonic()
+        counter["busy"] += (now - counter["t"]) * (1.9 if busy.is_set() else 0.2)
+        counter["t"] = now
+        return counter["busy"]
+
+    gate = CpuGate(busy_seconds, 2.0, limit=0.7, max_wait_s=60.0)
+    pool = ThreadPoolExecutor(max_workers=1)
+    results: list[ScreenText] = []
+    reader = ScreenTextReader(results.append, executor=pool, gate=gate, max_pending=3)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None,
+                           on_kept=lambda c: reader.submit(c.frame, c.decision))
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    for t in range(8):  # a new page every second (not a scroll): each frame is kept
+        desk.lines = [f"Build {t} finished", *random.Random(t).sample(CODE, len(CODE))]
+        screen.offer(float(t), desk.frame())
+        await asyncio.sleep(0.05)
+    assert screen.frames_received == 8 and not results  # nothing read while the gate holds
+    busy.clear()
+    await reader.drain(timeout_s=30)
+    await reader.aclose()
+    pool.shutdown()
+    assert results and results[-1].t == 7.0
+    assert any("Build 7 finished" in line for line in results[-1].lines)
+    assert results[0].waited_ms > 300  # it waited for the machine, and says so
+    assert reader.stats.waited_ms >= results[0].waited_ms
+    assert reader.stats.read + reader.stats.coalesced == 8 and reader.stats.coalesced > 0
+    assert gate.stats.forced == 0
+
