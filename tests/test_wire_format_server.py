@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import math
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -23,8 +24,10 @@ from PIL import Image
 
 from agent.wire_format_server import (
     CapturedRequest,
+    PromptCache,
     ScriptedModelServer,
     ScriptedReply,
+    _shared_chars,
     split_chunks,
 )
 
@@ -323,3 +326,27 @@ async def test_split_chunks_preserves_text() -> None:
     chunks = split_chunks(text)
     assert "".join(chunks) == text and len(chunks) == 3
     assert split_chunks("") == [""]
+
+
+def test_the_shared_prefix_is_exact() -> None:
+    """The binary search over slices finds exactly the common prefix, wherever it ends."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        base = "".join(rng.choice("ab") for _ in range(rng.randrange(40)))
+        a, b = (base + "".join(rng.choice("ab") for _ in range(rng.randrange(8)))
+                for _ in range(2))
+        expected = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                        min(len(a), len(b)))
+        assert _shared_chars(a, b) == expected, (a, b)
+
+
+def test_the_gemini_cache_remembers_recent_prompts_only() -> None:
+    """A prompt sharing a long prefix with a remembered one reads it from the cache; once more
+    than GEMINI_REMEMBERED others came after it, it is forgotten (the store stays bounded)."""
+    cache = PromptCache()
+    old = "You are Sightline. " * 100
+    assert cache.gemini(old + "first question") == 0
+    assert cache.gemini(old + "second question") > 256
+    for i in range(PromptCache.GEMINI_REMEMBERED):
+        cache.gemini(f"{i} unrelated prompt " * 50)
+    assert cache.gemini(old + "third question") == 0
