@@ -20,12 +20,12 @@ the model's own latency, as the worker measured it) p50/p95, and the round trip 
 (to the worker, at the worker, back to the user: each session's log records when each question
 reached it), and the overhead again over the questions asked in the steady window alone
 (from 30 s after the last arrival: a burst's joining, and the first questions asked while the
-others still connect, left out); sampled frames per
-session-second; CPU cores of the worker, the users' processes, LiveKit and Postgres (all share
-the machine's cores); the worker's RSS, in total and per session above its idle RSS. With
-`--reference`, the same levels run against another build (the process-per-session worker this
-replaced) and the ratios are printed. With `--soak`, RSS and open files are sampled for the
-whole run and their growth after warm-up is printed. Last line: JSON.
+others still connect, left out); sampled frames per session-second; CPU cores of the worker,
+the users' processes, LiveKit, Postgres and the scripted model server (all share the machine's
+cores); the worker's RSS, in total and per session above its idle RSS. With `--reference`, the
+same levels run against another build (the process-per-session worker this replaced) and the
+ratios are printed. With `--soak`, RSS and open files are sampled for the whole run and their
+growth after warm-up is printed. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def users_processes(plans: Sequence[Plan]) -> Iterator[list[tuple[Any, Any]]]:
 
 def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
               database_url: str, pgdata: Path, workdir: Path, *, sightline: Path,
-              soak_s: float | None = None) -> dict[str, Any]:
+              models_pid: int, soak_s: float | None = None) -> dict[str, Any]:
     level_dir = workdir / f"level-{n}-{sightline.parent.parent.name}-{time.time_ns()}"
     data_dirs = [level_dir / f"data-{i}" for i in range(opts.workers)]
     workers: list[Worker] = []
@@ -330,6 +330,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
                 conn.send(([by_room[r] for r in plan.rooms], leave_at))
             meter.set("users", [psutil.Process(p.pid) for p, _ in running])
             meter.set("livekit", [psutil.Process(livekit.pid)])
+            meter.set("models", [psutil.Process(models_pid)])  # the scripted model server
 
             steady = (joined_by + WARM_UP_S, leave_at - 5.0)
             time.sleep(max(0.0, steady[0] - time.time()))
@@ -385,6 +386,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
         "users_cores": cores["users"],
         "livekit_cores": cores["livekit"],
         "postgres_cores": cores["postgres"],
+        "models_cores": cores["models"],
         "worker_rss_idle_mb": round(idle_rss, 1),
         "worker_rss_mb": round(steady_rss, 1),
         "worker_rss_per_session_mb": round((steady_rss - idle_rss) / joined, 1) if joined else None,
@@ -520,15 +522,16 @@ def main() -> int:
                 common = (opts, livekit, models_url, postgres.get_uri(), pgdata, workdir)
                 if args.soak:
                     level = run_level(max(opts.levels), *common, sightline=opts.sightline,
-                                      soak_s=args.soak * 60)
+                                      models_pid=models.pid, soak_s=args.soak * 60)
                     print_level("sightline soak", level)
                     result["levels"].append(level)
                 for n in ([] if args.soak else opts.levels):
-                    level = run_level(n, *common, sightline=opts.sightline)
+                    level = run_level(n, *common, sightline=opts.sightline, models_pid=models.pid)
                     print_level("sightline", level)
                     entry: dict[str, Any] = {"sightline": level}
                     if args.reference:
-                        ref = run_level(n, *common, sightline=args.reference)
+                        ref = run_level(n, *common, sightline=args.reference,
+                                        models_pid=models.pid)
                         print_level("reference", ref)
                         entry["reference"] = ref
                         entry["ratios"] = ratios(level, ref)
