@@ -17,11 +17,13 @@ one more session would not fit: Sightline reports 0.7 x the fullest of three sha
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from livekit.agents.utils.hw import get_cpu_monitor
@@ -49,10 +51,28 @@ def usable_cores() -> float:
     return get_cpu_monitor().cpu_count()
 
 
+def _busy(times: Any) -> float:
+    """Busy seconds of psutil's CPU times (on Linux `user` holds guests' time; `steal` is not
+    this machine's work)."""
+    return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq",
+                                                       "softirq"))
+
+
+def _allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on, when that is fewer than the machine's (pinned)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return allowed if allowed and len(allowed) < (psutil.cpu_count() or 0) else None
+
+
 def busy_cpu_seconds() -> float:
-    """CPU seconds used in all, on all cores, by this container (its cgroup), else by the
-    whole machine. livekit-agents' CPU monitor reads the same files, but only as a share over
-    an interval that it sleeps through; the screen-text gate wants the running total."""
+    """CPU seconds used in all, on the cores this process can use: the CPUs it is pinned to,
+    else its container (its cgroup), else the whole machine. livekit-agents' CPU monitor reads
+    the same cgroup files, but only as a share over an interval that it sleeps through; the
+    screen-text gate wants the running total."""
+    allowed = _allowed_cpus()
+    if allowed is not None:
+        per_cpu = psutil.cpu_times(percpu=True)
+        return sum(_busy(per_cpu[cpu]) for cpu in allowed if cpu < len(per_cpu))
     for path, key, unit in _CGROUP_CPU_USAGE:
         try:
             text = path.read_text()
@@ -62,9 +82,13 @@ def busy_cpu_seconds() -> float:
             name, _, value = line.rpartition(" ") if key else ("", "", line)
             if name == key and value.strip().isdigit():
                 return int(value) * unit
-    times = psutil.cpu_times()  # on Linux `user` holds guests' time, `steal` is not ours
-    return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq",
-                                                       "softirq"))
+    return _busy(psutil.cpu_times())
+
+
+def gate_cores() -> float:
+    """The cores `busy_cpu_seconds` counts: the pinned CPUs', else the usable cores."""
+    allowed = _allowed_cpus()
+    return float(len(allowed)) if allowed is not None else usable_cores()
 
 
 _read_gate: CpuGate | None = None
@@ -78,7 +102,7 @@ def shared_read_gate(settings: Settings) -> CpuGate:
     global _read_gate
     with _read_gate_lock:
         if _read_gate is None:
-            _read_gate = CpuGate(busy_cpu_seconds, usable_cores(), limit=settings.ocr_cpu_limit,
+            _read_gate = CpuGate(busy_cpu_seconds, gate_cores(), limit=settings.ocr_cpu_limit,
                                  max_wait_s=settings.ocr_max_wait_s)
         return _read_gate
 

@@ -4,14 +4,15 @@ Protects: a read starts at once on a machine under the limit, waits while the ma
 it and starts when it drops, and starts anyway after `max_wait_s` (screen memory slows down,
 never stops); waits are counted; the reads' own CPU counts in the measurement (they fill the
 machine up to the limit, no further); a reader whose gate holds keeps sampling and folds the
-waiting frames onto the newest; the machine's CPU counter really moves with CPU work; absurd
-settings are refused.
+waiting frames onto the newest; the machine's CPU counter really moves with CPU work, on the
+CPUs a pinned process may use; absurd settings are refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import threading
 import time
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from synthetic_screen import CODE, Desk
 
-from agent.capacity import busy_cpu_seconds, usable_cores
+from agent.capacity import busy_cpu_seconds, gate_cores
 from vision.cpu_gate import POLL_S, CpuGate
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -108,9 +109,10 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def test_the_machines_cpu_counter_moves_with_real_work() -> None:
-    """Busy loops on every core: the gate's real measurement reads the machine as full."""
-    cores = usable_cores()
+def _cpu_share_with_burners() -> float | None:
+    """The gate's real measurement while busy loops run on each core it counts (the loops'
+    processes inherit this one's CPU affinity)."""
+    cores = gate_cores()
     gate = CpuGate(busy_cpu_seconds, cores, limit=0.7, max_wait_s=0.0)
     ctx = multiprocessing.get_context("spawn")
     burners = [ctx.Process(target=_burn, args=(4.0,)) for _ in range(max(1, round(cores)))]
@@ -124,6 +126,28 @@ def test_the_machines_cpu_counter_moves_with_real_work() -> None:
     finally:
         for burner in burners:
             burner.join()
+    return share
+
+
+def test_the_machines_cpu_counter_moves_with_real_work() -> None:
+    """Busy loops on every core: the gate's real measurement reads the machine as full."""
+    share = _cpu_share_with_burners()
+    assert share is not None and share > 0.8, share
+
+
+def test_a_pinned_process_counts_its_own_cores_only() -> None:
+    """A worker pinned to one CPU (taskset, a cpuset) measures that CPU: a busy loop on it
+    reads as full whatever the other CPUs do."""
+    everywhere = os.sched_getaffinity(0)
+    if len(everywhere) < 2:
+        pytest.skip("one CPU: nothing to pin to")
+    first = min(everywhere)
+    os.sched_setaffinity(0, {first})
+    try:
+        assert gate_cores() == 1.0
+        share = _cpu_share_with_burners()
+    finally:
+        os.sched_setaffinity(0, everywhere)
     assert share is not None and share > 0.8, share
 
 
