@@ -261,7 +261,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", Range(int, 0, 10000), 0,
-        help="sessions one worker hosts; 0: 8 per CPU core it may use (README: Many "
+        help="sessions one worker hosts; 0: 15 per CPU core it may use (README: Many "
              "sessions per worker)"),
     _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", Range(int, 0, 2**24), 0,
         help="memory a worker may fill before it refuses jobs; 0: 80% of the machine's "
