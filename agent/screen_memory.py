@@ -37,6 +37,7 @@ DRAIN_S = 5.0  # how long a closing session waits for its pending reads
 
 ErrorListener = Callable[[ScreenError, ScreenText], None]
 
+
 class SessionScreenMemory:
     def __init__(
         self, settings: Settings, events: EventLog, *, session_id: str, tenant: str,

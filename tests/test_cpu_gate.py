@@ -62,6 +62,7 @@ def test_a_quiet_machine_reads_at_once_once_it_has_measured() -> None:
     machine.sleep(1.0)
     assert gate.wait() == 0.0
     assert gate.stats.reads == 2 and gate.stats.forced == 0
+    assert gate.stats.deferred == 0  # measuring is not waiting for the machine
 
 
 def test_a_busy_machine_holds_the_read_until_it_quiets_down() -> None:

@@ -30,9 +30,9 @@ POLL_S = 0.1
 @dataclass
 class GateStats:
     reads: int = 0
-    deferred: int = 0  # reads that waited for the machine
+    deferred: int = 0  # reads that waited because the machine was over the limit
     forced: int = 0  # of those, reads that started after max_wait_s with the machine still busy
-    waited_s: float = 0.0
+    waited_s: float = 0.0  # in all, measuring the machine included
 
 
 class CpuGate:
@@ -72,18 +72,18 @@ class CpuGate:
     def wait(self) -> float:
         """Block until a read may start; the seconds waited."""
         with self._lock:  # one decision at a time: a read that starts is in the next one's use
-            started = self._clock()
+            started, busy = self._clock(), False
             while True:
                 share = self.share()
                 waited = self._clock() - started
                 if share is not None and share <= self.limit:
                     break
+                busy = busy or share is not None
                 if waited >= self.max_wait_s:
-                    self.stats.forced += 1
+                    self.stats.forced += busy
                     break
                 self._sleep(POLL_S)
             self.stats.reads += 1
-            if waited > 0:
-                self.stats.deferred += 1
-                self.stats.waited_s += waited
+            self.stats.deferred += busy
+            self.stats.waited_s += waited
             return waited
