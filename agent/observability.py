@@ -48,6 +48,12 @@ TURN_LATENCY = Histogram("sightline_turn_seconds", "From the cascade being asked
                          "of its round", ["tenant"], buckets=_LATENCY_BUCKETS)
 BUDGET_CROSSINGS = Counter("sightline_budget_crossings", "Budget thresholds crossed",
                            ["tenant", "scope", "threshold"])
+SCREEN_READS = Counter("sightline_screen_reads", "Screen-text reads done", ["tenant"])
+SCREEN_READS_FOLDED = Counter("sightline_screen_reads_folded",
+                              "Kept frames folded into a newer screen-text read", ["tenant"])
+SCREEN_READ_WAIT = Histogram("sightline_screen_read_wait_seconds",
+                             "How long a screen-text read waited for CPU to spare", ["tenant"],
+                             buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
 WRITER_QUEUE = Gauge("sightline_writer_queue_rows",
                      "Event rows waiting for Postgres, in memory and spilled, all sessions")
 WRITER_SPILLED = Gauge("sightline_writer_spilled_rows",
@@ -100,6 +106,10 @@ def record(event: Event) -> None:
         DISCARDED_ROUNDS.labels(tenant).inc()
     elif kind == "budget":
         BUDGET_CROSSINGS.labels(tenant, detail["scope"], str(detail["threshold"])).inc()
+    elif kind == "screen_text":
+        SCREEN_READS.labels(tenant).inc()
+        SCREEN_READS_FOLDED.labels(tenant).inc(detail.get("coalesced", 0))
+        SCREEN_READ_WAIT.labels(tenant).observe(detail.get("waited_ms", 0.0) / 1000)
 
 
 def _turn(tenant: str, detail: dict[str, Any]) -> None:

@@ -4,8 +4,9 @@ sessions, through the real google-genai and anthropic clients and the wire-forma
 Protects: a turn's spans reach an exporter through livekit-agents' tracer provider (the turn,
 each tier tried with its stated confidence and outcome, the tool calls as events); Sightline's
 series count model dollars by model/tier/tenant, frames kept and dropped, turns by answering
-tier, escalations, retries, interruptions and the first-words histogram, from the same events
-the cost log holds. (The e2e test scrapes them from a live worker's /metrics.)
+tier, escalations, retries, interruptions and the first-words histogram, screen-text reads with
+their folds and waits, from the same events the cost log holds. (The e2e test scrapes them
+from a live worker's /metrics.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ops_fixture import PLAN, record_plan
 from prometheus_client import REGISTRY, generate_latest
 
-from agent.observability import configure_tracing
+from agent.observability import configure_tracing, record
 from memory.db import Database
 
 
@@ -102,6 +103,19 @@ async def test_turn_spans_and_metrics(
                  tier="0", outcome="error") - before["errors"] == 3
     text = generate_latest().decode()
     assert "sightline_writer_queue_rows" in text and "sightline_writer_spilled_rows" in text
+
+
+def test_screen_reads_their_folds_and_waits_are_counted() -> None:
+    """A worker's screen-text reads: how many, how many kept frames folded into them, and how
+    long they waited for the machine (the `screen_text` events' own fields)."""
+    tenant = "screen-metrics"
+    for coalesced, waited_ms in ((0, 0.0), (3, 1500.0), (9, 10000.0)):
+        record({"kind": "screen_text", "tenant": tenant,
+                "detail": {"coalesced": coalesced, "waited_ms": waited_ms}})
+    assert value("sightline_screen_reads_total", tenant=tenant) == 3
+    assert value("sightline_screen_reads_folded_total", tenant=tenant) == 12
+    assert value("sightline_screen_read_wait_seconds_sum", tenant=tenant) == pytest.approx(11.5)
+    assert value("sightline_screen_read_wait_seconds_bucket", tenant=tenant, le="2.0") == 2
 
 
 def test_tracing_is_off_without_an_endpoint() -> None:
