@@ -4,8 +4,8 @@ Reading screen text is background work with no deadline; replies have one. A low
 priority is not enough to keep it out of their way. Measured with `bench/load.py` at 30 sessions
 of 5 fps (README, Many sessions): a reader thread at nice 10, a reader process at
 `SCHED_IDLE`, and, with reading off, a `SCHED_IDLE` busy loop doing nothing else all took the
-steady reply overhead p95 from about 220 ms to 400–520 ms. What costs the replies is the
-machine being kept busy at all, not who is preferred on it.
+steady reply overhead p95 from 220–375 ms (reading off) to 400–520 ms. What costs the replies is
+the machine being kept busy at all, not who is preferred on it.
 
 So a read starts only while the machine's recent CPU use is under `limit` of its cores (the
 reads' own use counted: they fill what the rest leaves up to the limit, no further). When the
