@@ -22,7 +22,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,31 +67,43 @@ def _allowed_cpus() -> set[int] | None:
     return allowed if allowed and len(allowed) < (psutil.cpu_count() or 0) else None
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds used in all, on the cores this process can use: the CPUs it is pinned to,
-    else its container (its cgroup), else the whole machine. livekit-agents' CPU monitor reads
-    the same cgroup files, but only as a share over an interval that it sleeps through; the
-    screen-text gate wants the running total."""
+def _cgroup_cpu_seconds(path: Path, key: str, unit: float) -> float | None:
+    """A cgroup's CPU time in all, in seconds (None when the file is not there or not read)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ") if key else ("", "", line)
+        if name == key and value.strip().isdigit():
+            return int(value) * unit
+    return None
+
+
+def _cgroup_cpu_total(path: Path, key: str, unit: float) -> float:
+    """As `_cgroup_cpu_seconds`; a file that stops being readable reads as no progress, so
+    screen-text reads are not held on its account."""
+    return _cgroup_cpu_seconds(path, key, unit) or 0.0
+
+
+def machine_cpu() -> tuple[Callable[[], float], float]:
+    """A running total of the CPU seconds used on the cores this process can use, and how many
+    cores that is: the CPUs it is pinned to, else its container (its cgroup), else the whole
+    machine. The source is chosen once, here: the screen-text gate reads the total every tenth
+    of a second while a read waits. (livekit-agents' CPU monitor reads the same cgroup files,
+    but only as a share over an interval that it sleeps through.)"""
     allowed = _allowed_cpus()
     if allowed is not None:
-        per_cpu = psutil.cpu_times(percpu=True)
-        return sum(_busy(per_cpu[cpu]) for cpu in allowed if cpu < len(per_cpu))
+        cpus = sorted(allowed)
+
+        def pinned() -> float:
+            per_cpu = psutil.cpu_times(percpu=True)
+            return sum(_busy(per_cpu[cpu]) for cpu in cpus if cpu < len(per_cpu))
+        return pinned, float(len(cpus))
     for path, key, unit in _CGROUP_CPU_USAGE:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            name, _, value = line.rpartition(" ") if key else ("", "", line)
-            if name == key and value.strip().isdigit():
-                return int(value) * unit
-    return _busy(psutil.cpu_times())
-
-
-def gate_cores() -> float:
-    """The cores `busy_cpu_seconds` counts: the pinned CPUs', else the usable cores."""
-    allowed = _allowed_cpus()
-    return float(len(allowed)) if allowed is not None else usable_cores()
+        if _cgroup_cpu_seconds(path, key, unit) is not None:
+            return partial(_cgroup_cpu_total, path, key, unit), usable_cores()
+    return lambda: _busy(psutil.cpu_times()), usable_cores()
 
 
 _read_gate: CpuGate | None = None
@@ -103,7 +117,8 @@ def shared_read_gate(settings: Settings) -> CpuGate:
     global _read_gate
     with _read_gate_lock:
         if _read_gate is None:
-            _read_gate = CpuGate(busy_cpu_seconds, gate_cores(), limit=settings.ocr_cpu_limit,
+            busy_seconds, cores = machine_cpu()
+            _read_gate = CpuGate(busy_seconds, cores, limit=settings.ocr_cpu_limit,
                                  max_wait_s=settings.ocr_max_wait_s)
         return _read_gate
 

@@ -291,9 +291,9 @@ def users_processes(plans: Sequence[Plan]) -> Iterator[list[tuple[Any, Any]]]:
                 proc.kill()
 
 
-def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str,
+def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str, models_pid: int,
               database_url: str, pgdata: Path, workdir: Path, *, sightline: Path,
-              models_pid: int, soak_s: float | None = None) -> dict[str, Any]:
+              soak_s: float | None = None) -> dict[str, Any]:
     level_dir = workdir / f"level-{n}-{sightline.parent.parent.name}-{time.time_ns()}"
     data_dirs = [level_dir / f"data-{i}" for i in range(opts.workers)]
     workers: list[Worker] = []
@@ -519,19 +519,19 @@ def main() -> int:
         models_url = models_conn.recv()
         try:
             with run_livekit_server(workdir) as livekit:
-                common = (opts, livekit, models_url, postgres.get_uri(), pgdata, workdir)
+                common = (opts, livekit, models_url, models.pid, postgres.get_uri(), pgdata,
+                          workdir)
                 if args.soak:
                     level = run_level(max(opts.levels), *common, sightline=opts.sightline,
-                                      models_pid=models.pid, soak_s=args.soak * 60)
+                                      soak_s=args.soak * 60)
                     print_level("sightline soak", level)
                     result["levels"].append(level)
                 for n in ([] if args.soak else opts.levels):
-                    level = run_level(n, *common, sightline=opts.sightline, models_pid=models.pid)
+                    level = run_level(n, *common, sightline=opts.sightline)
                     print_level("sightline", level)
                     entry: dict[str, Any] = {"sightline": level}
                     if args.reference:
-                        ref = run_level(n, *common, sightline=args.reference,
-                                        models_pid=models.pid)
+                        ref = run_level(n, *common, sightline=args.reference)
                         print_level("reference", ref)
                         entry["reference"] = ref
                         entry["ratios"] = ratios(level, ref)

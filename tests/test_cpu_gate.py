@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from synthetic_screen import CODE, Desk
 
-from agent.capacity import busy_cpu_seconds, gate_cores
+from agent.capacity import machine_cpu
 from vision.cpu_gate import POLL_S, CpuGate
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -113,8 +113,8 @@ def _burn(seconds: float) -> None:
 def _cpu_share_with_burners() -> float | None:
     """The gate's real measurement while busy loops run on each core it counts (the loops'
     processes inherit this one's CPU affinity)."""
-    cores = gate_cores()
-    gate = CpuGate(busy_cpu_seconds, cores, limit=0.7, max_wait_s=0.0)
+    busy_seconds, cores = machine_cpu()
+    gate = CpuGate(busy_seconds, cores, limit=0.7, max_wait_s=0.0)
     ctx = multiprocessing.get_context("spawn")
     burners = [ctx.Process(target=_burn, args=(4.0,)) for _ in range(max(1, round(cores)))]
     for burner in burners:
@@ -145,7 +145,7 @@ def test_a_pinned_process_counts_its_own_cores_only() -> None:
     first = min(everywhere)
     os.sched_setaffinity(0, {first})
     try:
-        assert gate_cores() == 1.0
+        assert machine_cpu()[1] == 1.0
         share = _cpu_share_with_burners()
     finally:
         os.sched_setaffinity(0, everywhere)
