@@ -121,3 +121,19 @@ def write_recording(path: Path, desk_at: Callable[[float], Desk], seconds: int, 
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def coarse_keyframe(rgb: np.ndarray, bit_rate: int = 200_000) -> rtc.VideoFrame:
+    """The screen as a real VP8 encoder sends it first at a low bitrate (one keyframe, encoded
+    and decoded): the picture a share starts with before the encoder sharpens it."""
+    height, width = rgb.shape[:2]
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.bit_rate = bit_rate
+    encoder.time_base = Fraction(1, 5)
+    encoder.options = {"deadline": "realtime", "cpu-used": "8"}
+    source = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    decoder = av.CodecContext.create("libvpx", "r")
+    decoded = [f for packet in encoder.encode(source) + encoder.encode(None)
+               for f in decoder.decode(packet)]
+    return rgb_frame(decoded[0].to_ndarray(format="rgb24"))

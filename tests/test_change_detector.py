@@ -2,9 +2,11 @@
 
 Protects: a completed code line, a short pasted line, a toast opening and closing, an app switch
 are kept within the 2 s the evaluation allows; a blinking cursor, a ticking clock and a wandering
-mouse pointer are dropped; video plays at a bounded rate; resolution changes, odd, tiny and huge
-frames and black, white and flashing screens are decided without error; `--set` overrides work
-and bad names are refused; the detector's state does not grow with the session.
+mouse pointer are dropped; an encoder sharpening its first, coarse keyframe is not a change, but
+content that changes while it sharpens is, and so is a faint line drawn across the screen; video
+plays at a bounded rate; resolution changes, odd, tiny and huge frames and black, white and
+flashing screens are decided without error; `--set` overrides work and bad names are refused;
+the detector's state does not grow with the session.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import numpy as np
 import pytest
-from synthetic_screen import Desk, flat_frame
+from livekit import rtc
+from synthetic_screen import Desk, coarse_keyframe, flat_frame, rgb_frame
 
 from vision.change import ChangeDecision, ChangeDetector, DetectorConfig
 from vision.content_type import ContentType
@@ -111,6 +115,53 @@ def test_an_app_switch_is_kept_by_phash() -> None:
     decisions = play(8, switch)
     assert kept_times(decisions) == [0.0, 4.0]
     assert decisions[4].phash_distance > 0 and decisions[4].changed_px > 1000
+
+
+def sharpened(desk: Desk) -> tuple[rtc.VideoFrame, rtc.VideoFrame]:
+    """The desk as a share starts (a real VP8 keyframe at 200 kbps) and the source itself,
+    which is what the encoder refines it to over the next second."""
+    rgb = np.asarray(desk.image())
+    return coarse_keyframe(rgb), rgb_frame(rgb)
+
+
+def test_an_encoder_sharpening_its_keyframe_is_not_a_change() -> None:
+    detector = ChangeDetector()
+    coarse, sharp = sharpened(Desk(pointer=None, cursor_on=False))
+    assert detector.decide(0.0, coarse).reason == "first"
+    decisions = [detector.decide(t, sharp) for t in (1.0, 2.0, 3.0)]
+    assert [d.kept for d in decisions] == [False] * 3
+    # the refinement is many faint specks: counted as noise, not as content
+    assert decisions[0].reason == "noise" and decisions[0].noise_px >= 100
+    # the same frames with the rule switched off: what the rule is for
+    plain = ChangeDetector(DetectorConfig().with_values({"refine_min_tiles": "100000"}))
+    plain.decide(0.0, coarse)
+    assert plain.decide(1.0, sharp).kept
+
+
+def test_content_that_changes_while_the_encoder_sharpens_is_kept() -> None:
+    desk = Desk(pointer=None, cursor_on=False)
+    coarse, _ = sharpened(desk)
+    desk.lines = [*desk.lines, "    return summary"]
+    detector = ChangeDetector()
+    detector.decide(0.0, coarse)
+    decision = detector.decide(1.0, desk.frame())
+    assert decision.kept and decision.reason == "local_change"
+    assert decision.region is not None
+    _, y, _, height = decision.region
+    line_y = 70 + (len(desk.lines) - 1) * 22  # synthetic_screen's TEXT_Y and LINE_HEIGHT
+    assert y <= line_y + 16 and y + height >= line_y  # the new line, not the whole screen
+
+
+def test_a_faint_line_drawn_across_the_screen_is_kept() -> None:
+    """An editor's current-line highlight moving is about as faint as the encoder's specks
+    (11 luma levels on one work row in the evaluation set), but a straight line."""
+    rgb = np.asarray(Desk(pointer=None, cursor_on=False).image())
+    detector = ChangeDetector()
+    detector.decide(0.0, rgb_frame(rgb))
+    banded = rgb.copy()
+    banded[600:604, 80:1800] += 16  # one work row (1080p is downscaled 4x), 1720 px wide
+    decision = detector.decide(1.0, rgb_frame(banded))
+    assert decision.kept and decision.reason == "local_change"
 
 
 def test_video_is_kept_at_a_bounded_rate() -> None:

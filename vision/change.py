@@ -83,6 +83,12 @@ SETTINGS: dict[str, Setting] = {
     "tiny_height_px": Setting("the same box's height", "screen pixels", _PIXELS),
     "line_height_px": Setting("what moved fits one line of text (typing)", "screen pixels",
                               Range(int, 1, 100_000)),
+    "refine_max_delta": Setting("an encoder sharpening its picture changes tiles this faintly "
+                                "at most", "luma levels", Range(int, 0, 255)),
+    "refine_max_px": Setting("...and this sparsely at most", "work pixels of 64 per tile",
+                             Range(int, 0, 64)),
+    "refine_min_tiles": Setting("this many such tiles at once are the encoder, not content",
+                                "tiles", Range(int, 1, 100_000)),
 }
 
 
