@@ -275,7 +275,7 @@ def test_demo_video_through_the_watcher_samples_40_frames() -> None:
     kept = [d for d in decisions if d.kept]
     assert kept[0].reason == "first" and 0 < len(kept) < 40
     assert {d.reason for d in decisions if not d.kept} <= {"no_change", "noise", "small_change",
-                                                           "typing"}
+                                                           "typing", "refined"}
     assert screen.latest is not None and screen.latest.size == (1280, 720)
     assert screen.latest.t == kept[-1].t
     assert screen.freshest is not None and screen.freshest.t == decisions[-1].t

@@ -221,6 +221,11 @@ class ChangeDetector:
         else:
             local = self._tiles.compare(work, self._kept.work)
             kept, reason = self._rule(t, content, distance, local, motion)
+            if local.refined and reason in ("noise", "small_change"):
+                # the encoder sharpened the kept screen: later samples are compared with the
+                # sharper picture, so the refinement's leftover specks never add up to a change
+                self._kept = _Kept(work, frame_hash, self._kept.t)
+                reason = "refined"
         if kept:
             self._kept = _Kept(work, frame_hash, t)
         return ChangeDecision(

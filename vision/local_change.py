@@ -66,6 +66,7 @@ class LocalChange:
     changed_tiles: int
     noise_px: int  # differing pixels in volatile tiles, a masked video region, or pointer blobs
     box: Box | None = None  # work pixels: the bounding box of the changed content
+    refined: bool = False  # an encoder's refinement was among the noise
 
 
 class TileTracker:
@@ -106,15 +107,17 @@ class TileTracker:
     def _diff_mask(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return cv2.absdiff(a, b) > self._limits.pixel_threshold
 
-    def _without_refinement(self, content: np.ndarray, diff: np.ndarray) -> np.ndarray:
-        """The content minus an encoder's refinement: its faint, sparse tiles, when there are
-        at least `refine_min_tiles` of them. Strong or dense tiles beside them stay, so content
-        that changes while the encoder sharpens is still seen."""
+    def _without_refinement(
+        self, content: np.ndarray, diff: np.ndarray
+    ) -> tuple[np.ndarray, bool]:
+        """The content minus an encoder's refinement, and whether there was one: its faint,
+        sparse tiles, when there are at least `refine_min_tiles` of them. Strong or dense tiles
+        beside them stay, so content that changes while the encoder sharpens is still seen."""
         limits = self._limits
         counts = self._tile_counts(content)
         sparse = (counts > 0) & (counts <= limits.refine_max_px)
         if np.count_nonzero(sparse) < limits.refine_min_tiles:
-            return content
+            return content, False
         strongest = (diff * content).reshape(self._rows, TILE, self._cols, TILE).max(axis=(1, 3))
         # a straight run across two tiles is a drawn line (an editor's current-line highlight,
         # an underline), however faint; an encoder's refinement is mostly specks along edges
@@ -123,8 +126,8 @@ class TileTracker:
             marked, cv2.MORPH_OPEN, self._run_v)
         faint = sparse & (strongest <= limits.refine_max_delta) & (self._tile_counts(runs) == 0)
         if np.count_nonzero(faint) < limits.refine_min_tiles:
-            return content
-        return content & ~self._pixels(faint)
+            return content, False
+        return content & ~self._pixels(faint), True
 
     def _pixels(self, tiles: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(tiles, TILE, axis=0), TILE, axis=1)
@@ -238,10 +241,10 @@ class TileTracker:
             return LocalChange(0, 0, 0)
         masked = self._widgets if ignore is None else self._widgets | ignore
         content = self._without_small(mask & ~self._pixels(masked))
-        content = self._without_refinement(content, diff)
+        content, refined = self._without_refinement(content, diff)
         changed = int(np.count_nonzero(content))
         if not changed:
-            return LocalChange(0, 0, total)
+            return LocalChange(0, 0, total, refined=refined)
         tiles = int(np.count_nonzero(self._tile_counts(content) > 0))
         box = cv2.boundingRect(content.view(np.uint8))
-        return LocalChange(changed, tiles, total - changed, box)
+        return LocalChange(changed, tiles, total - changed, box, refined)
