@@ -144,13 +144,21 @@ def _require_free_port(port: int, env: str) -> None:
 
 def _preload(settings: Settings) -> None:
     """Load what sessions share once, here, rather than in the first session that needs it:
-    the session code, the offline embedder's weights and an OCR engine."""
+    the session code, the offline embedder's weights, an OCR engine, and what the first turn
+    and the first kept frame import. An import holds the GIL: in a burst of 30 joining, the
+    first session's imports of genai-prices' model table (0.85 s) and Pillow's image plugins
+    (0.3 s) stalled every session's loop (measured with PYTHONPROFILEIMPORTTIME in bench.load)."""
+    from genai_prices import data_snapshot
+    from PIL import Image
+
     from vision.ocr import thread_engine
     from vision.screen_text import shared_pool
 
     from . import session  # noqa: F401 - importing it is the point
     from .components import make_embedder
 
+    data_snapshot.get_snapshot()
+    Image.preinit()
     make_embedder(settings)
     if settings.screen_text:
         shared_pool(settings.ocr_threads).submit(thread_engine).result()
