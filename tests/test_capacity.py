@@ -1,5 +1,6 @@
 """The worker's capacity: how a reading becomes LiveKit's load, what a refusal says, and how the
-routing queue keeps media events away from requests waiting for their answer."""
+routing queue keeps media events away from requests waiting for their answer, and that what the
+first turn imports is loaded before any job."""
 
 from __future__ import annotations
 
@@ -298,6 +299,30 @@ def test_the_worker_caps_malloc_arenas() -> None:
     assert heaps(2) == 2
     assert heaps(1) == 1
     assert heaps(1, MALLOC_ARENA_MAX="3") > 1  # the environment's setting wins
+
+
+PRELOAD_PROBE = """
+import io, sys
+from agent.cli_worker import _preload
+from agent.config import Settings
+_preload(Settings.from_env())
+before = set(sys.modules)
+from agent.pricing import PriceTable
+from PIL import Image
+PriceTable.load().get("gemini-2.5-flash-lite")  # a first turn's price
+Image.new("RGB", (64, 64)).save(io.BytesIO(), "JPEG")  # and its image for the model
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_what_the_first_turn_imports_is_loaded_before_any_job(tmp_path) -> None:
+    """An import holds the GIL: done inside a burst, every session's loop waits for it."""
+    env = {**os.environ, "SIGHTLINE_SCREEN_TEXT": "off", "SIGHTLINE_DATA_DIR": str(tmp_path)}
+    probe = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True,
+                           text=True, timeout=300, check=True)
+    imported_late = probe.stdout.split()
+    assert "genai_prices.data" not in imported_late
+    assert not [m for m in imported_late if m.startswith("PIL.")], imported_late
 
 
 def _room_event(room_handle: int) -> FfiEvent:
