@@ -111,8 +111,9 @@ class TileTracker:
         self, content: np.ndarray, diff: np.ndarray
     ) -> tuple[np.ndarray, bool]:
         """The content minus an encoder's refinement, and whether there was one: its faint,
-        sparse tiles, when there are at least `refine_min_tiles` of them. Strong or dense tiles
-        beside them stay, so content that changes while the encoder sharpens is still seen."""
+        sparse tiles, when there are at least `refine_min_tiles` of them and they are most of
+        the changed tiles. Strong or dense tiles beside them stay, so content that changes
+        while the encoder sharpens is still seen."""
         limits = self._limits
         counts = self._tile_counts(content)
         sparse = (counts > 0) & (counts <= limits.refine_max_px)
@@ -125,7 +126,9 @@ class TileTracker:
         runs = cv2.morphologyEx(marked, cv2.MORPH_OPEN, self._run_h) | cv2.morphologyEx(
             marked, cv2.MORPH_OPEN, self._run_v)
         faint = sparse & (strongest <= limits.refine_max_delta) & (self._tile_counts(runs) == 0)
-        if np.count_nonzero(faint) < limits.refine_min_tiles:
+        # and most of what changed: within a real change of many tiles, its faint edges (a
+        # digit's anti-aliased strokes) are part of it and keep their place in its region
+        if np.count_nonzero(faint) < max(limits.refine_min_tiles, np.count_nonzero(counts) / 2):
             return content, False
         return content & ~self._pixels(faint), True
 
