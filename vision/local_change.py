@@ -89,7 +89,7 @@ class TileTracker:
         self._widen = np.ones((1, 3), np.uint8)  # a clock's minutes sit beside its seconds
         self._near = np.ones((5, 5), np.uint8)
         self._along_line = np.ones((1, 7), np.uint8)
-        # a drawn line: a straight run across two tiles (see _without_refinement)
+        # a drawn line: a straight run across two tiles (see _refinement)
         self._run_h, self._run_v = (
             np.ones((1, 2 * TILE), np.uint8), np.ones((2 * TILE, 1), np.uint8))
 
@@ -104,21 +104,21 @@ class TileTracker:
         """Marked pixels per tile: an exact 8x area average (the work image is whole tiles)."""
         return self._tile_share(mask) * (TILE * TILE)
 
-    def _diff_mask(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return cv2.absdiff(a, b) > self._limits.pixel_threshold
+    def _changed(self, diff: np.ndarray) -> np.ndarray:
+        """The pixels of an absolute difference that count as changed."""
+        return diff > self._limits.pixel_threshold
 
-    def _without_refinement(
-        self, content: np.ndarray, diff: np.ndarray
-    ) -> tuple[np.ndarray, bool]:
-        """The content minus an encoder's refinement, and whether there was one: its faint,
-        sparse tiles, when there are at least `refine_min_tiles` of them and they are most of
-        the changed tiles. Strong or dense tiles beside them stay, so content that changes
-        while the encoder sharpens is still seen."""
+    def _refinement(
+        self, content: np.ndarray, counts: np.ndarray, diff: np.ndarray
+    ) -> np.ndarray | None:
+        """The tiles of an encoder's refinement in the content (`counts` per tile), if there
+        is one: its faint, sparse tiles, when there are at least `refine_min_tiles` of them and
+        they are most of the changed tiles. Strong or dense tiles beside them are not part of
+        it, so content that changes while the encoder sharpens is still seen."""
         limits = self._limits
-        counts = self._tile_counts(content)
         sparse = (counts > 0) & (counts <= limits.refine_max_px)
         if np.count_nonzero(sparse) < limits.refine_min_tiles:
-            return content, False
+            return None
         strongest = (diff * content).reshape(self._rows, TILE, self._cols, TILE).max(axis=(1, 3))
         # a straight run across two tiles is a drawn line (an editor's current-line highlight,
         # an underline), however faint; an encoder's refinement is mostly specks along edges
@@ -129,8 +129,8 @@ class TileTracker:
         # and most of what changed: within a real change of many tiles, its faint edges (a
         # digit's anti-aliased strokes) are part of it and keep their place in its region
         if np.count_nonzero(faint) < max(limits.refine_min_tiles, np.count_nonzero(counts) / 2):
-            return content, False
-        return content & ~self._pixels(faint), True
+            return None
+        return faint
 
     def _pixels(self, tiles: np.ndarray) -> np.ndarray:
         return np.repeat(np.repeat(tiles, TILE, axis=0), TILE, axis=1)
@@ -170,7 +170,7 @@ class TileTracker:
         if previous is None:
             moved = np.zeros((self._rows, self._cols), bool)
         else:
-            diff = self._diff_mask(current, previous)
+            diff = self._changed(cv2.absdiff(current, previous))
             moved = self._tile_counts(diff) >= 1.0
             strip = self._strip(diff & ~self._pixels(self._widgets))
         self._history = (self._history << 1) | moved.astype(np.uint8)
@@ -238,16 +238,20 @@ class TileTracker:
         """The content change between the kept frame and this one, with noise removed;
         `ignore` marks further tiles to leave out (a playing video's region)."""
         diff = cv2.absdiff(current, kept)
-        mask = diff > self._limits.pixel_threshold
+        mask = self._changed(diff)
         total = int(np.count_nonzero(mask))
         if total == 0:
             return LocalChange(0, 0, 0)
         masked = self._widgets if ignore is None else self._widgets | ignore
         content = self._without_small(mask & ~self._pixels(masked))
-        content, refined = self._without_refinement(content, diff)
+        counts = self._tile_counts(content)
+        refinement = self._refinement(content, counts, diff)
+        if refinement is not None:  # whole tiles: their counts go with them
+            content = content & ~self._pixels(refinement)
+            counts[refinement] = 0
         changed = int(np.count_nonzero(content))
         if not changed:
-            return LocalChange(0, 0, total, refined=refined)
-        tiles = int(np.count_nonzero(self._tile_counts(content) > 0))
+            return LocalChange(0, 0, total, refined=refinement is not None)
+        tiles = int(np.count_nonzero(counts > 0))
         box = cv2.boundingRect(content.view(np.uint8))
-        return LocalChange(changed, tiles, total - changed, box, refined)
+        return LocalChange(changed, tiles, total - changed, box, refinement is not None)
