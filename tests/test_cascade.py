@@ -21,6 +21,7 @@ import pytest
 from livekit.agents import Agent, AgentSession, llm
 from synthetic_screen import Desk
 
+from agent import providers
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
 from agent.config import Settings
@@ -578,3 +579,36 @@ def test_tool_schemas_are_built_once_per_set_of_tools() -> None:
     assert sorted(s["name"] for s in schemas(llm.ToolContext(tools[:1]))) == ["find"]
     assert built == [["find", "forget"], ["find"]]
     assert schemas(None) == []
+
+
+async def test_gemini_sends_the_tools_every_turn_but_builds_them_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-genai validates every field of its tool objects when they are built: a provider
+    builds them once per set of tools, and each request still carries them whole."""
+    calls: list[int] = []
+    build = providers._gemini_tools
+
+    def counted(tools: llm.ToolContext) -> list[Any]:
+        calls.append(1)
+        return build(tools)
+
+    monkeypatch.setattr(providers, "_gemini_tools", counted)
+    holder = _Tools()
+    functions = [holder.find, holder.forget]  # as an agent holds them, turn after turn
+    async with ScriptedModelServer([said("One."), said("Two.")]) as server:
+        provider = GeminiProvider(api_key="k", model=LITE, base_url=server.base_url,
+                                  timeout_s=2.0, retries=0)
+        try:
+            for question in ("First?", "Second?"):
+                ctx = llm.ChatContext.empty()
+                ctx.add_message(role="user", content=question)
+                tools = llm.ToolContext(functions)
+                assert [i async for i in provider.stream(ctx, max_output_tokens=50, tools=tools)
+                        if isinstance(i, str)]
+        finally:
+            await provider.aclose()
+    sent = [sorted(d["name"] for t in r.body["tools"] for d in t["functionDeclarations"])
+            for r in server.requests]
+    assert sent == [["find", "forget"], ["find", "forget"]]
+    assert server.requests[0].body["tools"] == server.requests[1].body["tools"]
+    assert len(calls) == 1
