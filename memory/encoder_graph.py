@@ -1,0 +1,129 @@
+"""A sentence-transformers encoder written down as an ONNX graph over a checkpoint's tensors.
+
+The offline embedders' upstream weights come as `model.safetensors`; the libraries that run
+them as they are (sentence-transformers, transformers) need PyTorch, hundreds of MB more per
+install and per worker. onnxruntime runs the same forward pass several times faster than numpy
+(README, Knowledge base: Embeddings), so each model is written down once with `onnx`'s builders.
+BERT (all-MiniLM-L6-v2, memory/minilm.py) and MPNet (all-mpnet-base-v2, memory/mpnet.py) share
+the post-norm transformer layers and the pooling; each model gives its own embeddings, its
+attention bias and its tensors' names.
+
+The graph's inputs: `input_ids` (int64, batch x length, right-padded) and `attention_mask`
+(float32, 1 for a token, 0 for padding); its output `embedding` (batch x dim): the mean of the
+last layer over the tokens, L2-normalised, as sentence-transformers' Pooling + Normalize.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+
+@dataclass(frozen=True)
+class LayerNames:
+    """A layer's tensors, `{layer}` standing for `encoder.layer.N`."""
+
+    q: str
+    k: str
+    v: str
+    attention_out: str
+    attention_norm: str
+
+
+class EncoderGraph:
+    """Builds the graph node by node; `const` and `op` return the names of what they add."""
+
+    def __init__(self, w: dict[str, np.ndarray], dim: int, heads: int, eps: float) -> None:
+        self.w, self.dim, self.heads_n, self.eps = w, dim, heads, eps
+        self.tensors: list[TensorProto] = []
+        self.nodes: list[NodeProto] = []
+        self.const("head_shape", [0, 0, heads, dim // heads])
+        self.const("flat_shape", [0, 0, dim])
+        self.const("one", 1.0)
+        self.const("half", 0.5)
+        self.const("zero", [0])
+
+    def const(self, name: str, value: np.ndarray | float | list[int]) -> str:
+        array = np.asarray(value, dtype=np.int64 if isinstance(value, list) else None)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        self.tensors.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, kind: str, *inputs: str, **attributes: object) -> str:
+        out = f"{kind.lower()}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], **attributes))
+        return out
+
+    def linear(self, x: str, name: str) -> str:  # torch's Linear keeps weights as (out, in)
+        return self.op("Add", self.op("MatMul", x, self.const(f"{name}.w",
+                                                              self.w[f"{name}.weight"].T)),
+                       self.const(f"{name}.b", self.w[f"{name}.bias"]))
+
+    def norm(self, x: str, name: str) -> str:
+        return self.op("LayerNormalization", x, self.const(f"{name}.g", self.w[f"{name}.weight"]),
+                       self.const(f"{name}.b", self.w[f"{name}.bias"]), axis=-1,
+                       epsilon=self.eps)
+
+    def length(self) -> str:
+        return self.op("Shape", "input_ids", start=1, end=2)
+
+    def padding_bias(self) -> str:
+        """(batch, 1, 1, length): far below zero at padding, added to the attention scores."""
+        return self.op("Unsqueeze", self.op("Mul", self.op("Sub", "one", "attention_mask"),
+                                            self.const("far", -1e9)),
+                       self.const("head_axes", [1, 2]))
+
+    def _split_heads(self, x: str, perm: list[int]) -> str:
+        return self.op("Transpose", self.op("Reshape", x, "head_shape"), perm=perm)
+
+    def layers(self, x: str, bias: str, count: int, names: LayerNames) -> str:
+        """`count` post-norm transformer layers over `x`, `bias` added to every layer's scores."""
+        w, dim = self.w, self.dim
+        for i in range(count):
+            layer = f"encoder.layer.{i}"
+            projections = [n.format(layer=layer) for n in (names.q, names.k, names.v)]
+            qkv = self.op("Add", self.op("MatMul", x, self.const(f"{layer}.qkv.w", np.concatenate(
+                [w[f"{n}.weight"] for n in projections]).T)), self.const(
+                    f"{layer}.qkv.b", np.concatenate([w[f"{n}.bias"] for n in projections])))
+            q, k, v = (f"{layer}.{n}" for n in "qkv")  # one product for the three, then split
+            self.nodes.append(helper.make_node(
+                "Split", [qkv, self.const(f"{layer}.qkv.split", [dim] * 3)], [q, k, v], axis=-1))
+            scores = self.op("Add", self.op("Mul", self.op(
+                "MatMul", self._split_heads(q, [0, 2, 1, 3]), self._split_heads(k, [0, 2, 3, 1])),
+                self.const(f"{layer}.scale", 1 / math.sqrt(dim // self.heads_n))), bias)
+            context = self.op("MatMul", self.op("Softmax", scores, axis=-1),
+                              self._split_heads(v, [0, 2, 1, 3]))
+            context = self.op("Reshape", self.op("Transpose", context, perm=[0, 2, 1, 3]),
+                              "flat_shape")
+            x = self.norm(self.op("Add", self.linear(context, names.attention_out.format(
+                layer=layer)), x), names.attention_norm.format(layer=layer))
+            hidden = self.linear(x, f"{layer}.intermediate.dense")
+            hidden = self.op("Mul", self.op("Mul", hidden, "half"), self.op(  # exact GELU
+                "Add", "one", self.op("Erf", self.op("Mul", hidden, self.const(
+                    f"{layer}.gelu", 1 / math.sqrt(2))))))
+            x = self.norm(self.op("Add", self.linear(hidden, f"{layer}.output.dense"), x),
+                          f"{layer}.output.LayerNorm")
+        return x
+
+    def pooled_model(self, x: str, name: str) -> bytes:
+        """The serialised model whose output is `x` mean-pooled over the tokens, unit length."""
+        tokens = self.op("Unsqueeze", "attention_mask", self.const("token_axis", [2]))
+        summed = self.op("ReduceSum", self.op("Mul", x, tokens), self.const("length_axis", [1]),
+                         keepdims=0)
+        count = self.op("Max", self.op("ReduceSum", "attention_mask", "length_axis", keepdims=1),
+                        "one")
+        self.nodes.append(helper.make_node("LpNormalization", [self.op("Div", summed, count)],
+                                           ["embedding"], axis=-1, p=2))
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+             helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT,
+                                           ["batch", "length"])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", self.dim])],
+            self.tensors)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        return bytes(model.SerializeToString())
