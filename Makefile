@@ -49,7 +49,7 @@ $(UV):
 # Everything for development: the runtime, the eval and voice extras and the dev group, exactly as locked.
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(require_python)
-	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --extra voice --python $(PYTHON) --quiet
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --extra voice --extra mpnet --python $(PYTHON) --quiet
 	touch $@
 
 # The runtime set alone (what the worker image installs), in $(RUNTIME_VENV): to measure it.

@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", type=Path,
                    help='JSONL of {"query", "relevant_ids", "tenant"} (default: the bundled set)')
     p.add_argument("--k", type=_ks, default=[1, 5, 10, 20], help="comma-separated, e.g. 1,5,10")
-    p.add_argument("--embedder", choices=("minilm", "bge", "wordllama"), default="minilm",
+    p.add_argument("--embedder", choices=("minilm", "bge", "mpnet", "wordllama"),
+                   default="minilm",
                    help="the offline embedder for every system (default: minilm)")
     p.add_argument("--vectors", type=Path, metavar="DIR",
                    help="keep the corpus's vectors in DIR between runs (a large set embeds once)")

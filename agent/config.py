@@ -251,9 +251,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("budget_max_tier", "SIGHTLINE_BUDGET_MAX_TIER", Range(int, 0, 9), 0,
         help="highest cascade tier once a budget is used up; below the cascade's tier count"),
     _Field("embeddings", "SIGHTLINE_EMBEDDINGS",
-           _choice("offline", "minilm", "bge", "wordllama", "gemini", "auto"), "auto",
-        help="offline (= minilm) | minilm | bge | wordllama | gemini | auto (the model a tenant's "
-             "knowledge is stored with, else gemini when GOOGLE_API_KEY is set, else minilm)"),
+           _choice("offline", "minilm", "bge", "mpnet", "wordllama", "gemini", "auto"), "auto",
+        help="offline (= minilm) | minilm | bge | mpnet | wordllama | gemini | auto (the model a "
+             "tenant's knowledge is stored with, else gemini when GOOGLE_API_KEY is set, else "
+             "minilm)"),
     _Field("reranker", "SIGHTLINE_RERANKER", _choice("off", "cohere"), "off",
         help="off | cohere: rerank the fused knowledge candidates (a billed call per search)"),
     _Field("rerank_model", "SIGHTLINE_RERANK_MODEL", _text, "rerank-v3.5"),

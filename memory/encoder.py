@@ -74,13 +74,15 @@ class WindowedEncoder(ABC):
 
     BATCH = 32  # windows per forward pass; sorted by length first, so little of it is padding
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, dim: int, where: Path) -> None:
-        """`max_tokens`: what one forward pass reads, [CLS] and [SEP] included."""
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int, dim: int, where: Path,
+                 specials: tuple[str, str] = ("[CLS]", "[SEP]")) -> None:
+        """`max_tokens`: what one forward pass reads, [CLS] and [SEP] included; `specials`: the
+        tokenizer's names for those two (MPNet's are <s> and </s>)."""
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        cls, sep = tokenizer.token_to_id(specials[0]), tokenizer.token_to_id(specials[1])
         if cls is None or sep is None:
-            raise ModelFileError(f"{where}: its tokenizer has no [CLS] or [SEP]")
+            raise ModelFileError(f"{where}: its tokenizer has no {specials[0]} or {specials[1]}")
         self._tokenizer, self._cls, self._sep = tokenizer, cls, sep
         self.window = max_tokens - 2  # a window's word pieces, between its [CLS] and [SEP]
         self.dim = dim
