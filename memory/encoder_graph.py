@@ -55,7 +55,7 @@ class EncoderGraph:
 
     def op(self, kind: str, *inputs: str, **attributes: object) -> str:
         out = f"{kind.lower()}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(kind, list(inputs), [out], **attributes))
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], name=out, **attributes))
         return out
 
     def linear(self, x: str, name: str) -> str:  # torch's Linear keeps weights as (out, in)
@@ -91,7 +91,8 @@ class EncoderGraph:
                     f"{layer}.qkv.b", np.concatenate([w[f"{n}.bias"] for n in projections])))
             q, k, v = (f"{layer}.{n}" for n in "qkv")  # one product for the three, then split
             self.nodes.append(helper.make_node(
-                "Split", [qkv, self.const(f"{layer}.qkv.split", [dim] * 3)], [q, k, v], axis=-1))
+                "Split", [qkv, self.const(f"{layer}.qkv.split", [dim] * 3)], [q, k, v],
+                name=f"{layer}.split", axis=-1))
             scores = self.op("Add", self.op("Mul", self.op(
                 "MatMul", self._split_heads(q, [0, 2, 1, 3]), self._split_heads(k, [0, 2, 3, 1])),
                 self.const(f"{layer}.scale", 1 / math.sqrt(dim // self.heads_n))), bias)
@@ -117,7 +118,7 @@ class EncoderGraph:
         count = self.op("Max", self.op("ReduceSum", "attention_mask", "length_axis", keepdims=1),
                         "one")
         self.nodes.append(helper.make_node("LpNormalization", [self.op("Div", summed, count)],
-                                           ["embedding"], axis=-1, p=2))
+                                           ["embedding"], name="embedding", axis=-1, p=2))
         graph = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),

@@ -2,9 +2,10 @@
 
 Protects: the ONNX graph is MPNet as PyTorch runs it (values published from PyTorch, and an
 independent float64 numpy forward pass over a text long enough to reach every relative-position
-bucket); the split archive is read across its pieces' boundaries and a forged model is refused
-with one line; it is chosen by name; and a tenant's knowledge stored with MiniLM is re-embedded
-through the model-mismatch path, never mixed.
+bucket); the int8 graph the embedder runs stays close to it; the split archive is read across
+its pieces' boundaries and a forged model is refused with one line; it is chosen by name; and a
+tenant's knowledge stored with MiniLM is re-embedded through the model-mismatch path, never
+mixed.
 """
 
 from __future__ import annotations
@@ -39,13 +40,32 @@ def embedder() -> MPNetEmbedder:
     return MPNetEmbedder()
 
 
-def test_vectors_match_those_published_from_pytorch(embedder: MPNetEmbedder) -> None:
-    assert embedder.name == "all-mpnet-base-v2-768-windows" and embedder.dim == 768
-    np.testing.assert_allclose(embedder.embed_sync(["Hello world"])[0][:5], HELLO_WORLD_FIRST,
-                               atol=2e-7)
+@pytest.fixture(scope="module")
+def fp32() -> MPNet:
+    return MPNet(int8=False)
+
+
+def test_the_fp32_graph_matches_values_published_from_pytorch(fp32: MPNet) -> None:
+    np.testing.assert_allclose(fp32.embed(["Hello world"])[0][:5], HELLO_WORLD_FIRST, atol=2e-7)
     for a, b, published in SIMILARITIES:
-        x, y = embedder.embed_sync([a, b])
+        x, y = fp32.embed([a, b])
         assert float(x @ y) == pytest.approx(published, abs=1e-5)
+
+
+def test_the_int8_graph_the_embedder_runs_stays_close_to_it(
+        embedder: MPNetEmbedder, fp32: MPNet) -> None:
+    assert embedder.name == "all-mpnet-base-v2-int8-768-windows" and embedder.dim == 768
+    texts = ["Hello world", "When did Caroline go to the LGBTQ support group?",
+             "Melanie: I painted a lake sunrise last year, it's special to me.",
+             "reset the router " * 150]
+    ours, reference = embedder.embed_sync(texts), fp32.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert min(float(a @ b) for a, b in zip(ours, reference, strict=True)) > 0.98
+    assert float(ours[0] @ reference[0]) < 0.99999  # it is int8, not the fp32 graph again
+    similarities = [float(x @ y) for x, y in (embedder.embed_sync([a, b])
+                                              for a, b, _ in SIMILARITIES)]
+    assert similarities == sorted(similarities, reverse=True)  # the published order
+    assert similarities == pytest.approx([p for _, _, p in SIMILARITIES], abs=0.06)
 
 
 def _reference(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
@@ -88,17 +108,16 @@ def _reference(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
-def test_the_graph_is_mpnet_as_written_out_in_numpy(embedder: MPNetEmbedder) -> None:
+def test_the_fp32_graph_is_mpnet_as_written_out_in_numpy(fp32: MPNet) -> None:
     """A text of 200+ word pieces reaches the buckets beyond 128 positions; in a batch beside a
     short one, so padding is in play too."""
     long_text = "Caroline went to the support group on 7 May and felt inspired. " * 16
     with JoinedFile(archive_parts()) as joined, zipfile.ZipFile(io.BufferedReader(joined)) as zf:
         weights = load_safetensors(zf.read(f"{FOLDER}/model.safetensors"))
-    model: MPNet = embedder._model  # type: ignore[assignment]
-    ids = model._tokenizer.encode(long_text, add_special_tokens=False).ids
+    ids = fp32._tokenizer.encode(long_text, add_special_tokens=False).ids
     assert 200 < len(ids) + 2 <= 384
-    ours = embedder.embed_sync(["a short one", long_text])[1]
-    expected = _reference(weights, [model._cls, *ids, model._sep])
+    ours = fp32.embed(["a short one", long_text])[1]
+    expected = _reference(weights, [fp32._cls, *ids, fp32._sep])
     np.testing.assert_allclose(ours, expected, atol=2e-6)
 
 
@@ -141,8 +160,8 @@ def test_the_split_archive_is_read_across_its_pieces_and_a_forged_model_refused(
 def test_it_is_chosen_by_name(settings: Settings, embedder: MPNetEmbedder) -> None:
     assert isinstance(make_embedder(settings.with_overrides(embeddings="mpnet")), MPNetEmbedder)
     assert isinstance(make_embedder(settings.with_overrides(embeddings="auto"),
-                                    ["all-mpnet-base-v2-768-windows"]), MPNetEmbedder)
-    assert offline_family("all-mpnet-base-v2-768-windows") == "mpnet"
+                                    ["all-mpnet-base-v2-int8-768-windows"]), MPNetEmbedder)
+    assert offline_family("all-mpnet-base-v2-int8-768-windows") == "mpnet"
 
 
 async def test_switching_from_minilm_re_embeds_through_the_mismatch_path(
