@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import logging
 import math
 import tempfile
 import zipfile
@@ -182,6 +183,17 @@ def encoder_graph(w: dict[str, np.ndarray]) -> bytes:
     return g.pooled_model(g.layers(x, bias, LAYERS, MPNET_LAYER), "all-mpnet-base-v2")
 
 
+class _QuantizerAdvice(logging.Filter):
+    """onnxruntime's quantizer advises shape pre-processing on the root logger each time it
+    runs, a WARNING line in every worker's log that says nothing is wrong: dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+_QUANTIZER_ADVICE = _QuantizerAdvice()
+
+
 def int8_graph(graph: bytes) -> bytes:
     """The graph with its weight products in int8, per output channel, the activations
     quantised on each call (onnxruntime's dynamic quantisation), except each layer's
@@ -193,6 +205,7 @@ def int8_graph(graph: bytes) -> bytes:
     # imported here: 0.4 s that only a worker embedding with mpnet should pay
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().addFilter(_QUANTIZER_ADVICE)  # added once: filters are a set
     model = onnx.load_from_string(graph)
     fp32 = [node.name for node in model.graph.node if node.op_type == "MatMul" and not any(
         name.endswith(".w") and not name.endswith(".output.dense.w") for name in node.input)]

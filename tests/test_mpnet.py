@@ -11,13 +11,16 @@ mixed.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import assert_switch_re_embeds
+from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load as load_safetensors
 from scipy.special import erf
 
@@ -26,7 +29,7 @@ from agent.config import Settings
 from memory.db import Database
 from memory.embeddings import MiniLMEmbedder, MPNetEmbedder, offline_family
 from memory.encoder import ModelFileError
-from memory.mpnet import FOLDER, JoinedFile, MPNet, archive_parts
+from memory.mpnet import FOLDER, JoinedFile, MPNet, archive_parts, int8_graph
 
 # From a third-party test of its own MPNet port (Kjarni, `MpnetBaseV2Tests`), whose comments say
 # the values were produced with sentence-transformers on PyTorch.
@@ -50,6 +53,21 @@ def test_the_fp32_graph_matches_values_published_from_pytorch(fp32: MPNet) -> No
     for a, b, published in SIMILARITIES:
         x, y = fp32.embed([a, b])
         assert float(x @ y) == pytest.approx(published, abs=1e-5)
+
+
+def test_loading_logs_no_quantizer_advice(caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime's quantizer logs a WARNING of advice on every load; a worker's log does not
+    carry it."""
+    weights = numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), "w.w")
+    graph = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w.w"], ["y"], name="product")], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weights]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    with caplog.at_level(logging.INFO):
+        quantized = onnx.load_from_string(int8_graph(graph.SerializeToString()))
+    assert "MatMulInteger" in {node.op_type for node in quantized.graph.node}
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
 
 
 def test_the_int8_graph_the_embedder_runs_stays_close_to_it(
