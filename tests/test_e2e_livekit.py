@@ -138,24 +138,29 @@ def new_user(livekit: LiveKitServer, room_name: str) -> User:
                 video=DEMO_FIXTURE / "screen.webm")
 
 
-def _latest_finished_log(costs: Path) -> list[dict[str, Any]] | None:
-    logs = sorted(costs.glob("live_*.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return None
-    events = [json.loads(line) for line in logs[-1].read_text().splitlines()]
-    return events if events and events[-1]["kind"] == "summary" else None
+def _finished_log_of(costs: Path, room: str) -> list[dict[str, Any]] | None:
+    """The finished cost log of the session in `room` (its `session` event names the room).
+    Not the newest file: a session that ended late, under load, writes its summary after the
+    next test's session has begun, and the newest file is then the wrong session's."""
+    for path in costs.glob("live_*.jsonl"):
+        events = [json.loads(line) for line in path.read_text().splitlines()]
+        if any(e["kind"] == "session" and e["detail"].get("room") == room for e in events):
+            return events if events[-1]["kind"] == "summary" else None
+    return None
 
 
-async def session_events(worker: Worker, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """Events of the worker's most recent session, once its summary line is written."""
+async def session_events(worker: Worker, user: User, timeout_s: float = 30
+                         ) -> list[dict[str, Any]]:
+    """Events of `user`'s session (one per room here), once its summary line is written."""
     costs = worker.data_dir / "costs"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        events = await asyncio.to_thread(_latest_finished_log, costs)
+        events = await asyncio.to_thread(_finished_log_of, costs, user.room_name)
         if events is not None:
             return events
         await asyncio.sleep(0.2)
-    raise AssertionError(f"no finished cost log in {costs}:\n{worker.log_text()[-4000:]}")
+    raise AssertionError(f"no finished cost log for {user.room_name} in {costs}:\n"
+                         f"{worker.log_text()[-4000:]}")
 
 
 def jpeg_size(request: CapturedRequest) -> tuple[int, int]:
@@ -206,7 +211,7 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert all(r.provider == "gemini" and r.stream and r.image_count == 1 for r in requests)
     assert "Why does this error show up?" in requests[0].text
 
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     seen_frame = [e for e in events if e["kind"] == "frame"][-1]["detail"]
     sent = sized_for("gemini", seen_frame["width"], seen_frame["height"], "medium")
     assert jpeg_size(requests[0]) == jpeg_size(requests[1]) == sent
@@ -377,7 +382,7 @@ async def test_a_camera_is_not_taken_for_the_screen(
     request = turn_requests(server, seen)[0]
     assert request.image_count == 0
     assert "sharing a camera, not a screen" in request.text
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     assert not [e for e in events if e["kind"] == "frame"], "camera frames must not be sampled"
 
 
@@ -413,7 +418,7 @@ async def test_live_assist_reaches_the_room_before_the_answer(
     assert [s.source for s in message.suggestions] == ["help/vpn-reset.md"]
     arrived = user.data_at[[t for t, _ in user.data].index(ASSIST_TOPIC)]
     assert arrived < user.replies_started[0], "the assist message comes before the answer"
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     [recorded] = [e["detail"] for e in events if e["kind"] == "assist"]
     assert recorded == json.loads(payload)
 
@@ -433,7 +438,7 @@ async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
     assert len(turn_requests(server, seen)) == 1, "the turn must have reached the model"
     await user.leave()  # while the model is still thinking
 
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     calls = [e for e in events if e["kind"] in ("model_call", "model_error")]
     assert len(calls) == 1, "the interrupted call is still in the ledger (and no memory update)"
     assert events[-1]["kind"] == "summary"
@@ -456,7 +461,7 @@ async def test_sigterm_drains_the_running_session_and_flushes_its_log(
     assert worker.proc.poll() is None, "a draining worker waits for its running session"
     await user.leave()
     assert await asyncio.to_thread(worker.proc.wait, 60) == 0
-    events = await session_events(worker, timeout_s=5)
+    events = await session_events(worker, user, timeout_s=5)
     assert any(e["kind"] == "model_call" for e in events)
     assert events[-1]["kind"] == "summary"
     assert events[-1]["detail"]["cost_log"].startswith(str(worker.data_dir))
