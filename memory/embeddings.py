@@ -186,11 +186,11 @@ class BgeSmallEmbedder(EncoderEmbedder):
 class MPNetEmbedder(EncoderEmbedder):
     """all-mpnet-base-v2 (memory/mpnet.py), with the `mpnet` extra: the best recall of the
     offline embedders on long conversations, at about four times MiniLM's cost a question
-    (int8: memory/mpnet.py `int8_graph`)."""
+    (weights in 8 bits: memory/mpnet.py `int8_graph`)."""
 
     FAMILY = "all-mpnet-"
     ENCODER = MPNet
-    name = "all-mpnet-base-v2-int8-768-windows"
+    name = "all-mpnet-base-v2-8bit-768-windows"
 
 
 OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {

@@ -12,6 +12,7 @@ fits is one window: its vector is the upstream model's.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import math
@@ -54,6 +55,17 @@ def window_starts(pieces: int, window: int) -> list[int]:
         return [0]
     count = math.ceil((pieces - OVERLAP) / (window - OVERLAP))
     return [round(i * (pieces - window) / (count - 1)) for i in range(count)]
+
+
+def return_freed_heap() -> None:
+    """Hand the heap's free pages back to the system after a model is built. glibc's malloc
+    keeps what Python freed in the process (the checkpoint's copies, the graph's serialised
+    bytes, the quantiser's work: 0.9 GB of mpnet's 1.5 GB resident after loading) until
+    `malloc_trim` is asked; nothing in Python's standard library asks it. No-op off glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def one_thread_session(model: bytes | str) -> onnxruntime.InferenceSession:

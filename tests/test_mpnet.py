@@ -2,7 +2,7 @@
 
 Protects: the ONNX graph is MPNet as PyTorch runs it (values published from PyTorch, and an
 independent float64 numpy forward pass over a text long enough to reach every relative-position
-bucket); the int8 graph the embedder runs stays close to it; the split archive is read across
+bucket); the 8-bit graph the embedder runs stays close to it; the split archive is read across
 its pieces' boundaries and a forged model is refused with one line; it is chosen by name; and a
 tenant's knowledge stored with MiniLM is re-embedded through the model-mismatch path, never
 mixed.
@@ -29,7 +29,7 @@ from agent.config import Settings
 from memory.db import Database
 from memory.embeddings import MiniLMEmbedder, MPNetEmbedder, offline_family
 from memory.encoder import ModelFileError
-from memory.mpnet import FOLDER, JoinedFile, MPNet, archive_parts, int8_graph
+from memory.mpnet import BLOCK, FOLDER, JoinedFile, MPNet, archive_parts, int8_graph
 
 # From a third-party test of its own MPNet port (Kjarni, `MpnetBaseV2Tests`), whose comments say
 # the values were produced with sentence-transformers on PyTorch.
@@ -55,35 +55,40 @@ def test_the_fp32_graph_matches_values_published_from_pytorch(fp32: MPNet) -> No
         assert float(x @ y) == pytest.approx(published, abs=1e-5)
 
 
-def test_loading_logs_no_quantizer_advice(caplog: pytest.LogCaptureFixture) -> None:
-    """onnxruntime's quantizer logs a WARNING of advice on every load; a worker's log does not
-    carry it."""
-    weights = numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), "w.w")
+def test_quantising_puts_every_weight_product_in_8_bit_blocks_and_logs_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """onnxruntime's block quantiser logs a few INFO lines a product (~500 a load of mpnet); a
+    worker's log does not carry them."""
+    weights = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w.w")
     graph = helper.make_model(helper.make_graph(
         [helper.make_node("MatMul", ["x", "w.w"], ["y"], name="product")], "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weights]),
         opset_imports=[helper.make_opsetid("", 17)])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.DEBUG):
         quantized = onnx.load_from_string(int8_graph(graph.SerializeToString()))
-    assert "MatMulInteger" in {node.op_type for node in quantized.graph.node}
-    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    (node,) = quantized.graph.node
+    assert node.op_type == "MatMulNBits"
+    assert {a.name: a.i for a in node.attribute if a.name in ("bits", "block_size")} == {
+        "bits": 8, "block_size": BLOCK}
+    assert not [r for r in caplog.records if r.name.startswith("onnxruntime")]
 
 
-def test_the_int8_graph_the_embedder_runs_stays_close_to_it(
+def test_the_8_bit_graph_the_embedder_runs_stays_close_to_it(
         embedder: MPNetEmbedder, fp32: MPNet) -> None:
-    assert embedder.name == "all-mpnet-base-v2-int8-768-windows" and embedder.dim == 768
+    assert embedder.name == "all-mpnet-base-v2-8bit-768-windows" and embedder.dim == 768
     texts = ["Hello world", "When did Caroline go to the LGBTQ support group?",
              "Melanie: I painted a lake sunrise last year, it's special to me.",
              "reset the router " * 150]
     ours, reference = embedder.embed_sync(texts), fp32.embed(texts)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    assert min(float(a @ b) for a, b in zip(ours, reference, strict=True)) > 0.98
-    assert float(ours[0] @ reference[0]) < 0.99999  # it is int8, not the fp32 graph again
+    assert min(float(a @ b) for a, b in zip(ours, reference, strict=True)) > 0.999
+    assert not np.array_equal(ours, reference)  # quantised, not the fp32 graph again
     similarities = [float(x @ y) for x, y in (embedder.embed_sync([a, b])
                                               for a, b, _ in SIMILARITIES)]
     assert similarities == sorted(similarities, reverse=True)  # the published order
-    assert similarities == pytest.approx([p for _, _, p in SIMILARITIES], abs=0.06)
+    assert similarities == pytest.approx([p for _, _, p in SIMILARITIES], abs=0.01)
 
 
 def _reference(w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
@@ -177,9 +182,12 @@ def test_the_split_archive_is_read_across_its_pieces_and_a_forged_model_refused(
 
 def test_it_is_chosen_by_name(settings: Settings, embedder: MPNetEmbedder) -> None:
     assert isinstance(make_embedder(settings.with_overrides(embeddings="mpnet")), MPNetEmbedder)
-    assert isinstance(make_embedder(settings.with_overrides(embeddings="auto"),
-                                    ["all-mpnet-base-v2-int8-768-windows"]), MPNetEmbedder)
-    assert offline_family("all-mpnet-base-v2-int8-768-windows") == "mpnet"
+    # a tenant's knowledge stored by this build, or by the build before (its int8 graph): the
+    # same family, so `auto` keeps mpnet, and the older vectors are re-embedded by name
+    for stored in (embedder.name, "all-mpnet-base-v2-int8-768-windows"):
+        assert isinstance(make_embedder(settings.with_overrides(embeddings="auto"), [stored]),
+                          MPNetEmbedder)
+        assert offline_family(stored) == "mpnet"
 
 
 async def test_switching_from_minilm_re_embeds_through_the_mismatch_path(
