@@ -192,7 +192,7 @@ async def test_spoken_then_typed_questions_get_spoken_answers(
     await assert_spoke(user, typed_span, SECOND_ANSWER)
     assert "And why did the build fail?" in turn_requests(server, seen)[-1].text
 
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     speech = [e for e in events if e["kind"] == "speech"]
     assert {(e["detail"]["direction"], e["model"]) for e in speech} == {
         ("stt", "moonshine-tiny-en"), ("tts", "espeak-ng")}
@@ -256,7 +256,7 @@ async def test_user_speaks_over_the_agent(
         heard_second in r.text for r in turn_requests(server, seen)[1:]), (earlier, heard_second)
     await assert_spoke(user, second, SECOND_ANSWER)
 
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     reply_events = [e["detail"] for e in events if e["kind"] == "reply"]
     assert [r["interrupted"] for r in reply_events] == [True, False], reply_events
     assert reply_events[0]["characters"] < len(LONG_ANSWER)  # cut where its speech stopped
@@ -318,7 +318,7 @@ async def test_openai_compatible_speech_endpoint_hears_and_speaks(
 
     # the ledger: one priced speech event each way, provider openai, in the cost log and in
     # cost_events
-    events = await session_events(openai_worker)
+    events = await session_events(openai_worker, user)
     speech = [e for e in events if e["kind"] == "speech"]
     assert sorted((e["detail"]["direction"], e["provider"], e["model"]) for e in speech) == [
         ("stt", "openai", "whisper-1"), ("tts", "openai", "tts-1")], speech
@@ -386,7 +386,7 @@ async def test_a_pause_mid_question_is_one_turn(
         await user.leave()
 
     assert reply == ANSWER
-    events = await session_events(worker)
+    events = await session_events(worker, user)
     rounds = [e["detail"] for e in events if e["kind"] == "turn"]
     discarded = [e["detail"]["request_id"] for e in events if e["kind"] == "round_discarded"]
     turns, voice = events[-1]["detail"]["turns"], events[-1]["detail"]["voice"]
