@@ -102,6 +102,10 @@ class SharedVectors(LocalEmbedder):
         """Questions are read as the wrapped embedder reads them (bge's instruction)."""
         return self._inner.query_text(text)
 
+    def embed_question_sync(self, text: str) -> np.ndarray:
+        """As the wrapped embedder embeds a question (MiniLM's in 8 bits)."""
+        return self._inner.embed_question_sync(text)
+
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         if len(texts) == 1:
             return self._inner.embed_sync(texts)

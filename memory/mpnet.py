@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
-import logging
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
@@ -41,7 +39,7 @@ from .encoder import (
     one_thread_session,
     return_freed_heap,
 )
-from .encoder_graph import EncoderGraph, LayerNames
+from .encoder_graph import EncoderGraph, LayerNames, in_8bit_blocks
 
 # sentence-transformers/all-mpnet-base-v2, model.safetensors at its Hugging Face revision e8c3b32e
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
@@ -196,24 +194,11 @@ BLOCK = 128  # rows of a weight column, and of an activation row, that share one
 
 
 def int8_graph(graph: bytes) -> bytes:
-    """The graph with every weight product in 8 bits: each weight column quantised in blocks of
-    BLOCK rows, each its own scale, and the activations likewise per block on each call, int8
-    products summed in int32 (onnxruntime's MatMulNBits at accuracy level 4). Blocks hold the
-    outliers of GELU's output, which one scale a tensor cannot: onnxruntime's dynamic
-    quantisation, used before, had to leave each layer's feed-forward down-projection in fp32
-    and still left the vectors at cosine 0.992 of fp32's on average (0.98 at worst); in blocks
-    0.9995 (0.9988) with every product quantised, and a question 14.1 -> 9.4 ms p50 (blocks of
-    32: 0.9998, 11.4 ms; LoCoMo recall the same). README: Knowledge base. Built at load (about
-    a second, deterministic), so the only weights on disk stay the upstream, checksummed ones."""
-    # imported here: the quantiser and onnx-ir take a second that only mpnet's load should pay
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    # one INFO line a product and more, ~500 a load, in the worker's log: kept to warnings
-    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)
-    model = onnx.load_from_string(graph)
-    products = [node.name for node in model.graph.node if node.op_type == "MatMul"
-                and any(name.endswith(".w") for name in node.input)]
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK, is_symmetric=True,
-                                     accuracy_level=4, nodes_to_include=products)
-    quantizer.process()
-    return quantizer.model.model.SerializeToString()
+    """The graph with every weight product in 8 bits, in blocks of BLOCK (`in_8bit_blocks`).
+    onnxruntime's dynamic quantisation, used before, had to leave each layer's feed-forward
+    down-projection in fp32 and still left the vectors at cosine 0.992 of fp32's on average
+    (0.98 at worst); in blocks 0.9995 (0.9988) with every product quantised, and a question
+    14.1 -> 9.4 ms p50 (blocks of 32: 0.9998, 11.4 ms; LoCoMo recall the same). README:
+    Knowledge base. Built at load (deterministic), so the only weights on disk stay the
+    upstream, checksummed ones."""
+    return in_8bit_blocks(graph, BLOCK)

@@ -11,16 +11,13 @@ mixed.
 from __future__ import annotations
 
 import io
-import logging
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from conftest import assert_switch_re_embeds
-from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load as load_safetensors
 from scipy.special import erf
 
@@ -29,7 +26,7 @@ from agent.config import Settings
 from memory.db import Database
 from memory.embeddings import MiniLMEmbedder, MPNetEmbedder, offline_family
 from memory.encoder import ModelFileError
-from memory.mpnet import BLOCK, FOLDER, JoinedFile, MPNet, archive_parts, int8_graph
+from memory.mpnet import FOLDER, JoinedFile, MPNet, archive_parts
 
 # From a third-party test of its own MPNet port (Kjarni, `MpnetBaseV2Tests`), whose comments say
 # the values were produced with sentence-transformers on PyTorch.
@@ -53,26 +50,6 @@ def test_the_fp32_graph_matches_values_published_from_pytorch(fp32: MPNet) -> No
     for a, b, published in SIMILARITIES:
         x, y = fp32.embed([a, b])
         assert float(x @ y) == pytest.approx(published, abs=1e-5)
-
-
-def test_quantising_puts_every_weight_product_in_8_bit_blocks_and_logs_nothing(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """onnxruntime's block quantiser logs a few INFO lines a product (~500 a load of mpnet); a
-    worker's log does not carry them."""
-    weights = numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w.w")
-    graph = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w.w"], ["y"], name="product")], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weights]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    with caplog.at_level(logging.DEBUG):
-        quantized = onnx.load_from_string(int8_graph(graph.SerializeToString()))
-    (node,) = quantized.graph.node
-    assert node.op_type == "MatMulNBits"
-    assert {a.name: a.i for a in node.attribute if a.name in ("bits", "block_size")} == {
-        "bits": 8, "block_size": BLOCK}
-    assert not [r for r in caplog.records if r.name.startswith("onnxruntime")]
 
 
 def test_the_8_bit_graph_the_embedder_runs_stays_close_to_it(
