@@ -191,7 +191,7 @@ class BgeSmallEmbedder(EncoderEmbedder):
 
 class MPNetEmbedder(EncoderEmbedder):
     """all-mpnet-base-v2 (memory/mpnet.py), with the `mpnet` extra: the best recall of the
-    offline embedders on long conversations, at about four times MiniLM's cost a question
+    offline embedders on long conversations, at about five times MiniLM's cost a question
     (weights in 8 bits: memory/mpnet.py `int8_graph`)."""
 
     FAMILY = "all-mpnet-"
