@@ -31,7 +31,7 @@ from google.genai import types as genai_types
 
 from .bge import QUERY_INSTRUCTION, BgeSmall
 from .encoder import ModelFileError, WindowedEncoder, unit_rows
-from .minilm import MiniLM, MiniLMQuestions
+from .minilm import MiniLM
 from .mpnet import MPNet
 
 # what the Gemini SDK raises when the service cannot be reached or refuses a call
@@ -145,13 +145,11 @@ class EncoderEmbedder(LocalEmbedder):
     share it). Always in a thread: a query takes milliseconds of CPU, a document batch more."""
 
     ENCODER: type[WindowedEncoder]
-    QUESTION_ENCODER: type[WindowedEncoder] | None = None  # questions' own, if not ENCODER
 
     def __init__(self) -> None:
         try:
             with _load_lock:
                 self._model = _encoder_cached(self.ENCODER)
-                self._questions = _encoder_cached(self.QUESTION_ENCODER or self.ENCODER)
         except ModelFileError as exc:
             raise EmbeddingError(str(exc)) from None
         self.dim = self._model.dim
@@ -160,7 +158,7 @@ class EncoderEmbedder(LocalEmbedder):
         return self._model.embed(texts)
 
     def embed_question_sync(self, text: str) -> np.ndarray:
-        return self._questions.embed([self.query_text(text)])[0]
+        return self._model.questions.embed([self.query_text(text)])[0]
 
 
 class MiniLMEmbedder(EncoderEmbedder):
@@ -168,7 +166,6 @@ class MiniLMEmbedder(EncoderEmbedder):
 
     FAMILY = "minilm-"
     ENCODER = MiniLM
-    QUESTION_ENCODER = MiniLMQuestions  # 8-bit: ~2x faster, the same hits (memory/minilm.py)
     # "-windows": a long text's vector covers all of it (memory/encoder.py); the vectors stored
     # as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new name sends them
     # through the model-mismatch path, so `kb ingest` re-embeds them

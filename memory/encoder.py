@@ -98,6 +98,7 @@ class WindowedEncoder(ABC):
         self._tokenizer, self._cls, self._sep = tokenizer, cls, sep
         self.window = max_tokens - 2  # a window's word pieces, between its [CLS] and [SEP]
         self.dim = dim
+        self.questions: WindowedEncoder = self  # what embeds search questions (MiniLM's: 8-bit)
 
     @abstractmethod
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

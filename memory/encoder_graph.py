@@ -56,7 +56,7 @@ class EncoderGraph:
 
     def op(self, kind: str, *inputs: str, **attributes: object) -> str:
         out = f"{kind.lower()}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(kind, list(inputs), [out], name=out, **attributes))
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], **attributes))
         return out
 
     def linear(self, x: str, name: str) -> str:  # torch's Linear keeps weights as (out, in)
@@ -92,8 +92,7 @@ class EncoderGraph:
                     f"{layer}.qkv.b", np.concatenate([w[f"{n}.bias"] for n in projections])))
             q, k, v = (f"{layer}.{n}" for n in "qkv")  # one product for the three, then split
             self.nodes.append(helper.make_node(
-                "Split", [qkv, self.const(f"{layer}.qkv.split", [dim] * 3)], [q, k, v],
-                name=f"{layer}.split", axis=-1))
+                "Split", [qkv, self.const(f"{layer}.qkv.split", [dim] * 3)], [q, k, v], axis=-1))
             scores = self.op("Add", self.op("Mul", self.op(
                 "MatMul", self._split_heads(q, [0, 2, 1, 3]), self._split_heads(k, [0, 2, 3, 1])),
                 self.const(f"{layer}.scale", 1 / math.sqrt(dim // self.heads_n))), bias)
@@ -119,7 +118,7 @@ class EncoderGraph:
         count = self.op("Max", self.op("ReduceSum", "attention_mask", "length_axis", keepdims=1),
                         "one")
         self.nodes.append(helper.make_node("LpNormalization", [self.op("Div", summed, count)],
-                                           ["embedding"], name="embedding", axis=-1, p=2))
+                                           ["embedding"], axis=-1, p=2))
         graph = helper.make_graph(
             self.nodes, name,
             [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
@@ -148,7 +147,8 @@ def in_8bit_blocks(graph: bytes, block: int) -> bytes:
         if node.op_type != "MatMul" or not node.input[1].endswith(".w") \
                 or node.input[1] not in weights:
             continue
-        w = numpy_helper.to_array(weights.pop(node.input[1])).astype(np.float32)
+        tensor = weights.pop(node.input[1])
+        w = numpy_helper.to_array(tensor).astype(np.float32)
         rows, columns = w.shape
         blocks = -(-rows // block)
         padded = np.zeros((blocks * block, columns), dtype=np.float32)
@@ -168,8 +168,7 @@ def in_8bit_blocks(graph: bytes, block: int) -> bytes:
                                helper.make_attribute("bits", 8),
                                helper.make_attribute("block_size", block),
                                helper.make_attribute("accuracy_level", 4)])
-        model.graph.initializer.remove(next(t for t in model.graph.initializer
-                                            if t.name == name))
+        model.graph.initializer.remove(tensor)
         model.graph.initializer.extend([packed, scale])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

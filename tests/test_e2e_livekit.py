@@ -30,6 +30,7 @@ from agent.assist import ASSIST_TOPIC, AssistMessage
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.images import sized_for
+from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from bench.livekit_harness import (
     API_KEY,
@@ -143,7 +144,7 @@ def _finished_log_of(costs: Path, room: str) -> list[dict[str, Any]] | None:
     Not the newest file: a session that ended late, under load, writes its summary after the
     next test's session has begun, and the newest file is then the wrong session's."""
     for path in costs.glob("live_*.jsonl"):
-        events = [json.loads(line) for line in path.read_text().splitlines()]
+        events = read_event_log(path)
         if any(e["kind"] == "session" and e["detail"].get("room") == room for e in events):
             return events if events[-1]["kind"] == "summary" else None
     return None

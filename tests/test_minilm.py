@@ -65,7 +65,7 @@ def test_paraphrase_ranks_above_shared_words() -> None:
 
 
 def test_questions_run_in_8_bits_and_find_what_the_fp32_vectors_find() -> None:
-    """A question goes through the 8-bit graph (MiniLMQuestions), documents through fp32: the
+    """A question goes through the 8-bit graph (MiniLM's `questions`), documents through fp32: the
     question's vector is not fp32's, yet within cosine 0.999 of it, and it ranks the same
     documents first."""
     embedder = MiniLMEmbedder()
