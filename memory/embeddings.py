@@ -46,6 +46,7 @@ class EmbeddingError(RuntimeError):
 class Embedder(Protocol):
     name: str  # model and dimension, stored with every vector
     dim: int
+    fusion: str  # how its vector ranking is best fused with the keywords' (memory/knowledge.py)
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray: ...
 
@@ -84,6 +85,7 @@ class LocalEmbedder(ABC):
 
     FAMILY = ""  # every name it gives its vectors starts so
     INLINE_TEXTS = 0  # up to this many texts embed on the event loop (0: always in a thread)
+    fusion = "rrf"
     name: str
     dim: int
 
@@ -194,6 +196,10 @@ class MPNetEmbedder(EncoderEmbedder):
     FAMILY = "all-mpnet-"
     ENCODER = MPNet
     name = "all-mpnet-base-v2-8bit-768-windows"
+    # its vectors rank well enough that their scores, not only their order, are worth
+    # keeping: weighted fusion finds more on the bundled set (recall@5 0.992 against RRF's
+    # 0.976, MRR 0.865 against 0.863) and on LoCoMo (README: Knowledge base)
+    fusion = "weighted"
 
 
 OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {
@@ -217,6 +223,7 @@ class GeminiEmbedder:
     """Gemini embeddings through google-genai (`batchEmbedContents`), with retrieval task types."""
 
     BATCH = 100
+    fusion = "rrf"
 
     def __init__(self, *, api_key: str, base_url: str | None, model: str = "gemini-embedding-001",
                  dim: int = 768, tls: ssl.SSLContext | None = None, timeout_s: float = 20.0,
@@ -277,7 +284,7 @@ class SharedQueries:
 
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
-        self.name, self.dim = inner.name, inner.dim
+        self.name, self.dim, self.fusion = inner.name, inner.dim, inner.fusion
         self._recent: OrderedDict[str, asyncio.Future[np.ndarray]] = OrderedDict()
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:

@@ -526,19 +526,20 @@ class KnowledgeBase:
             )
 
     async def search(
-        self, tenant: str, query: str, k: int = 5, *, fusion: str = "rrf",
+        self, tenant: str, query: str, k: int = 5, *, fusion: str | None = None,
         candidates: int = 20, where: dict[str, str] | None = None,
         vector: QueryVector | None = None,
     ) -> list[Hit]:
         """The best `k` chunks of `tenant` for `query`: vector and keyword rankings fused;
-        `where` keeps only documents whose metadata has all of its keys and values."""
+        `where` keeps only documents whose metadata has all of its keys and values; `fusion`
+        is the embedder's unless given."""
+        fusion = fusion or self.embedder.fusion
         if fusion not in FUSIONS:
             raise KnowledgeError(f"fusion must be one of {', '.join(FUSIONS)}")
         vector_hits, keyword_hits = await self.rankings(tenant, query, candidates, where, vector)
         if not vector_hits:
             await self._check_model(tenant)
-        fuse = rrf if fusion == "rrf" else weighted
-        fused = fuse(vector_hits, keyword_hits)
+        fused = fuse(fusion, vector_hits, keyword_hits)
         if self.reranker is None or len(fused) < 2:
             return fused[:k]
         try:
@@ -640,6 +641,11 @@ class KnowledgeBase:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"],
                         page=r["page"]) for r in rows]
         return hits(vector_rows), hits(keyword_rows)
+
+
+def fuse(fusion: str, vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
+    """The two rankings fused by `fusion`, one of FUSIONS (an embedder's `fusion`)."""
+    return (rrf if fusion == "rrf" else weighted)(vector_hits, keyword_hits)
 
 
 def rrf(vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:

@@ -22,7 +22,7 @@ import asyncpg
 from . import bm25
 from .db import storable
 from .embeddings import Embedder
-from .knowledge import Hit, QueryVector, resolved, rrf, vector_literal
+from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
 from .user_memory import embed_or_none
 
 CANDIDATES = 20
@@ -139,7 +139,7 @@ class ScreenTimeline:
         def hits(found: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], "screen", float(r["score"])) for r in found]
         return [replace(_event(rows[h.id], round(h.score, 6)), matched_words=h.id in keyword_ids)
-                for h in rrf(hits(vector_rows), hits(keyword_rows))]
+                for h in fuse(self.embedder.fusion, hits(vector_rows), hits(keyword_rows))]
 
     async def recall(
         self, tenant: str, user_id: str, question: str, vector: QueryVector,

@@ -23,7 +23,7 @@ import asyncpg
 
 from . import bm25
 from .embeddings import Embedder
-from .knowledge import Hit, QueryVector, resolved, rrf, vector_literal
+from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
 
 log = logging.getLogger("sightline.memory")
 
@@ -102,7 +102,7 @@ class UserMemory:
             return [Hit(r["id"], r["content"], r["role"], float(r["score"]), at=r["created_at"])
                     for r in rows]
         vector_rows = [r for r in nearest if r["kind"] == "message"]
-        fused = [h for h in rrf(hits(vector_rows), hits(keyword_rows))
+        fused = [h for h in fuse(self.embedder.fusion, hits(vector_rows), hits(keyword_rows))
                  if h.keyword_rank is not None][:turns]
         return Recollection(
             summary=summary,

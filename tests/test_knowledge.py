@@ -24,7 +24,7 @@ from agent.pricing import PriceTable
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import GeminiEmbedder, WordLlamaEmbedder
+from memory.embeddings import GeminiEmbedder, MPNetEmbedder, SharedQueries, WordLlamaEmbedder
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
 
 ROUTER = """# Resetting the router
@@ -143,6 +143,29 @@ def test_fusions_reward_agreement() -> None:
     assert [h.id for h in rrf(vector, keyword)] == [2, 3, 1]  # in both lists beats one top rank
     assert [h.id for h in weighted(vector, keyword)] == [2, 1, 3]
     assert [h.id for h in weighted(vector, keyword, vector_weight=0.9)] == [1, 2, 3]
+
+
+class WeightedWordLlama(WordLlamaEmbedder):
+    fusion = "weighted"
+
+
+async def test_search_fuses_as_its_embedder_ranks_best(db: Database, docs: Path) -> None:
+    """mpnet's vectors are fused by their scores, the others' by rank (README: Knowledge
+    base): a search without `fusion` takes its embedder's, and an explicit one still wins."""
+    assert MPNetEmbedder.fusion == "weighted" and WordLlamaEmbedder.fusion == "rrf"
+    assert SharedQueries(WeightedWordLlama()).fusion == "weighted"
+    query = "reset the router admin password"
+    for embedder, default, other in ((WordLlamaEmbedder(), rrf, weighted),
+                                     (WeightedWordLlama(), weighted, rrf)):
+        kb, tenant = KnowledgeBase(db.pool, embedder), f"fusion-{embedder.fusion}"
+        await kb.ingest([docs], tenant)
+        vector_hits, keyword_hits = await kb.rankings(tenant, query, 20)
+        assert vector_hits and keyword_hits
+        scored = [(h.id, h.score) for h in await kb.search(tenant, query, 5)]
+        assert scored == [(h.id, h.score) for h in default(vector_hits, keyword_hits)[:5]]
+        explicit = "weighted" if other is weighted else "rrf"
+        assert [(h.id, h.score) for h in await kb.search(tenant, query, 5, fusion=explicit)] \
+            == [(h.id, h.score) for h in other(vector_hits, keyword_hits)[:5]] != scored
 
 
 async def test_kb_cli_ingests_and_searches(settings: Settings, docs: Path) -> None:
