@@ -60,7 +60,9 @@ def test_the_8_bit_graph_the_embedder_runs_stays_close_to_it(
              "reset the router " * 150]
     ours, reference = embedder.embed_sync(texts), fp32.embed(texts)
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    assert min(float(a @ b) for a, b in zip(ours, reference, strict=True)) > 0.999
+    # 0.9988 at worst over 180 texts (README: Knowledge base); the AVX2 kernel (no VNNI) gave
+    # 0.99897 on one of these, the AVX-512 one over 0.999
+    assert min(float(a @ b) for a, b in zip(ours, reference, strict=True)) > 0.998
     assert not np.array_equal(ours, reference)  # quantised, not the fp32 graph again
     similarities = [float(x @ y) for x, y in (embedder.embed_sync([a, b])
                                               for a, b, _ in SIMILARITIES)]
