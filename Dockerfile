@@ -26,8 +26,7 @@ COPY memory memory
 COPY tools tools
 RUN uv sync --locked --no-dev --no-editable $EXTRAS
 # the embedded Postgres' pgvector, rebuilt for any CPU (the wheel's needs AVX-512: README, Install)
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev make curl \
-    && bash memory/build_pgvector.sh /opt/sightline && rm -rf /var/lib/apt/lists/*
+RUN bash memory/build_pgvector.sh /opt/sightline && rm -rf /var/lib/apt/lists/*
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \

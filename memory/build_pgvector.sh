@@ -25,11 +25,19 @@ installed=$("$PG_CONFIG" --sharedir)/extension/vector.control
 if grep -q "default_version = '$VERSION'" "$installed" 2>/dev/null; then
   exit 0  # built already
 fi
-for tool in gcc make; do
-  command -v $tool >/dev/null || {
-    echo "build_pgvector: '$tool' is needed to build pgvector for this CPU (apt-get install gcc make)" >&2
-    exit 1; }
-done
+# a C compiler, make and curl: installed with apt-get when missing if we are root (CI on a
+# clean machine, the Docker build), otherwise named in one line, as `make test` does
+missing=$(for tool in gcc make curl; do command -v $tool >/dev/null || echo $tool; done)
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian packages to build pgvector: gcc libc6-dev make curl"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends gcc libc6-dev make curl >/dev/null
+  else
+    echo "build_pgvector: building pgvector for this CPU needs" $missing "(sudo apt-get install gcc libc6-dev make curl)" >&2
+    exit 1
+  fi
+fi
 
 mkdir -p "$(dirname "$CACHE")"
 if ! echo "$SHA256  $CACHE" | sha256sum --check --status 2>/dev/null; then
