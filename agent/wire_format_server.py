@@ -50,7 +50,7 @@ import json
 import math
 import re
 import wave
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,16 +263,18 @@ class PromptCache:
     """Emulates provider prompt caching for the scripted server (token counts are estimates).
 
     Anthropic: the prompt up to the last `cache_control` mark is written on first sight and read
-    afterwards. Gemini (implicit caching): the longest prefix of the request's text shared with
-    an earlier request is read from the cache when it is at least `GEMINI_MIN_CACHE` tokens;
-    the last `GEMINI_REMEMBERED` requests are remembered (a provider's cache expires too), so a
-    long run's server neither grows nor slows."""
+    afterwards; the `ANTHROPIC_REMEMBERED` most recently used marked prefixes are remembered.
+    Gemini (implicit caching): the longest prefix of the request's text shared with an earlier
+    request is read from the cache when it is at least `GEMINI_MIN_CACHE` tokens; the last
+    `GEMINI_REMEMBERED` requests are remembered. A provider's cache expires too, and so a long
+    run's server neither grows nor slows."""
 
     GEMINI_MIN_CACHE = 256
     GEMINI_REMEMBERED = 512
+    ANTHROPIC_REMEMBERED = 4096
 
     def __init__(self) -> None:
-        self._anthropic: set[str] = set()
+        self._anthropic: OrderedDict[str, None] = OrderedDict()
         self._gemini: deque[str] = deque(maxlen=self.GEMINI_REMEMBERED)
 
     def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
@@ -283,7 +285,11 @@ class PromptCache:
             return 0, 0
         hits = [p for p in prefixes if p in self._anthropic]
         read = estimate_text_tokens(hits[-1]) if hits else 0
-        self._anthropic.update(prefixes)
+        for prefix in prefixes:
+            self._anthropic[prefix] = None
+            self._anthropic.move_to_end(prefix)
+        while len(self._anthropic) > self.ANTHROPIC_REMEMBERED:
+            self._anthropic.popitem(last=False)
         return max(0, estimate_text_tokens(prefixes[-1]) - read), read
 
     def gemini(self, text: str) -> int:

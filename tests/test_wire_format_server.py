@@ -340,6 +340,24 @@ def test_the_shared_prefix_is_exact() -> None:
         assert _shared_chars(a, b) == expected, (a, b)
 
 
+def test_the_anthropic_cache_remembers_recent_prefixes_only() -> None:
+    """A marked prefix seen before is read, not written; once ANTHROPIC_REMEMBERED others were
+    used after it, it is written again (the store stays bounded on a long run)."""
+    cache = PromptCache()
+
+    def body(system: str) -> dict[str, object]:
+        return {"system": [{"type": "text", "text": system,
+                            "cache_control": {"type": "ephemeral"}}], "messages": []}
+    old = body("You are Sightline. " * 100)
+    written, read = cache.anthropic(old)
+    assert written > 0 and read == 0
+    assert cache.anthropic(old) == (0, written)
+    for i in range(PromptCache.ANTHROPIC_REMEMBERED):
+        cache.anthropic(body(f"{i} another tenant's instructions"))
+    assert cache.anthropic(old) == (written, 0)
+    assert len(cache._anthropic) == PromptCache.ANTHROPIC_REMEMBERED
+
+
 def test_the_gemini_cache_remembers_recent_prompts_only() -> None:
     """A prompt sharing a long prefix with a remembered one reads it from the cache; once more
     than GEMINI_REMEMBERED others came after it, it is forgotten (the store stays bounded)."""
