@@ -26,7 +26,14 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
 
-from .encoder import ModelFileError, WindowedEncoder, checked, one_thread_session, package_dir
+from .encoder import (
+    ModelFileError,
+    WindowedEncoder,
+    checked,
+    int8_dot_products,
+    one_thread_session,
+    package_dir,
+)
 from .encoder_graph import EncoderGraph, LayerNames, in_8bit_blocks
 
 # sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
@@ -62,13 +69,17 @@ class MiniLM(WindowedEncoder):
         super().__init__(Tokenizer.from_str(tokenizer.decode()), MAX_TOKENS, DIM, path)
         graph = encoder_graph(load_safetensors(weights))
         self._session = one_thread_session(graph)
-        # questions: every weight product in 8 bits, in blocks of QUESTION_BLOCK
-        # (`in_8bit_blocks`): 1.9x faster a question (3.1 -> 1.65 ms p50, one thread) and
-        # within cosine 0.9995 of the fp32 vector, so it finds what fp32 finds among documents
-        # stored in fp32, which stay so: nothing stored re-embeds (README: Long-term memory,
-        # Speed). The same tokenizer and windows, from the one load of the weights.
-        self.questions = copy.copy(self)
-        self.questions._session = one_thread_session(in_8bit_blocks(graph, QUESTION_BLOCK))
+        # questions, on a CPU with int8 dot products: every weight product in 8 bits, in
+        # blocks of QUESTION_BLOCK (`in_8bit_blocks`): 1.9x faster a question (3.1 -> 1.65 ms
+        # p50, one thread) and within cosine 0.9995 of the fp32 vector, so it finds what fp32
+        # finds among documents stored in fp32, which stay so: nothing stored re-embeds
+        # (README: Long-term memory, Speed). The same tokenizer and windows, from the one load
+        # of the weights. Without those instructions fp32 is faster, and questions use it.
+        self.questions = self
+        if int8_dot_products():
+            self.questions = copy.copy(self)
+            self.questions._session = one_thread_session(in_8bit_blocks(graph,
+                                                                        QUESTION_BLOCK))
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})

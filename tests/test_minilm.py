@@ -26,7 +26,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from memory.db import Database
 from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
-from memory.encoder import OVERLAP, ModelFileError, one_thread_session, window_starts
+from memory.encoder import (
+    OVERLAP,
+    ModelFileError,
+    int8_dot_products,
+    one_thread_session,
+    window_starts,
+)
 from memory.encoder_graph import in_8bit_blocks
 from memory.knowledge import KnowledgeBase, KnowledgeError
 from memory.minilm import MAX_TOKENS, MiniLM, model_zip
@@ -64,11 +70,29 @@ def test_paraphrase_ranks_above_shared_words() -> None:
     assert float(question @ answer) > float(question @ distractor)
 
 
-def test_questions_run_in_8_bits_and_find_what_the_fp32_vectors_find() -> None:
-    """A question goes through the 8-bit graph (MiniLM's `questions`), documents through fp32: the
-    question's vector is not fp32's, yet within cosine 0.999 of it, and it ranks the same
-    documents first."""
+def test_int8_dot_products_are_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert not int8_dot_products(cpuinfo)  # the AVX2-only AMD EPYC
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert int8_dot_products(cpuinfo)
+    cpuinfo.write_text("Features\t: fp asimd asimddp\n")  # ARM's dot product
+    assert int8_dot_products(cpuinfo)
+    assert int8_dot_products(tmp_path / "absent")  # not Linux: assumed
+
+
+@pytest.mark.parametrize("int8", [True, False])
+def test_questions_run_in_8_bits_where_the_cpu_has_int8_dot_products(
+        monkeypatch: pytest.MonkeyPatch, int8: bool) -> None:
+    """With int8 dot products a question goes through the 8-bit graph (MiniLM's `questions`),
+    documents through fp32: the question's vector is not fp32's, yet within cosine 0.999 of
+    it, and it ranks the same documents first. Without them questions run in fp32."""
+    monkeypatch.setattr("memory.minilm.int8_dot_products", lambda: int8)
+    model = MiniLM()
+    assert (model.questions is model) is not int8
     embedder = MiniLMEmbedder()
+    embedder._model = model
     documents = embedder.embed_sync([
         "Speed up a sluggish notebook computer by closing background programs.",
         "Reset the VPN client from Settings, Network, when it shows error 809.",
@@ -79,7 +103,7 @@ def test_questions_run_in_8_bits_and_find_what_the_fp32_vectors_find() -> None:
                      "turn a Python object into a JSON string",
                      "when did Caroline go to the group"):
         asked, fp32 = embedder.embed_question_sync(question), embedder.embed_sync([question])[0]
-        assert not np.array_equal(asked, fp32)
+        assert np.array_equal(asked, fp32) is not int8
         assert float(asked @ fp32) > 0.999
         assert list(np.argsort(-(documents @ asked))) == list(np.argsort(-(documents @ fp32)))
 
