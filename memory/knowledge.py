@@ -644,8 +644,9 @@ class KnowledgeBase:
 
 
 def fuse(fusion: str, vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
-    """The two rankings fused by `fusion`, one of FUSIONS (an embedder's `fusion`)."""
-    return (rrf if fusion == "rrf" else weighted)(vector_hits, keyword_hits)
+    """The two rankings fused by `fusion`, one of FUSIONS (an embedder's `fusion`; a name
+    that is not one raises instead of quietly picking another)."""
+    return {"rrf": rrf, "weighted": weighted}[fusion](vector_hits, keyword_hits)
 
 
 def rrf(vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:

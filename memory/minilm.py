@@ -74,8 +74,8 @@ class MiniLM(WindowedEncoder):
         # p50, one thread) and within cosine 0.9995 of the fp32 vector, so it finds what fp32
         # finds among documents stored in fp32, which stay so: nothing stored re-embeds
         # (README: Long-term memory, Speed). The same tokenizer and windows, from the one load
-        # of the weights. Without those instructions fp32 is faster, and questions use it.
-        self.questions = self
+        # of the weights. Without those instructions fp32 is faster, and questions stay on it
+        # (`questions` is the encoder itself, as WindowedEncoder sets it).
         if int8_dot_products():
             self.questions = copy.copy(self)
             self.questions._session = one_thread_session(in_8bit_blocks(graph,
