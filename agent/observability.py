@@ -54,6 +54,9 @@ SCREEN_READS_FOLDED = Counter("sightline_screen_reads_folded",
 SCREEN_READ_WAIT = Histogram("sightline_screen_read_wait_seconds",
                              "How long a screen-text read waited for CPU to spare", ["tenant"],
                              buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
+SCREEN_READS_FORCED = Counter("sightline_screen_reads_forced",
+                              "Screen-text reads started after the longest wait with the "
+                              "machine still busy: screen memory falling behind", ["tenant"])
 WRITER_QUEUE = Gauge("sightline_writer_queue_rows",
                      "Event rows waiting for Postgres, in memory and spilled, all sessions")
 WRITER_SPILLED = Gauge("sightline_writer_spilled_rows",
@@ -110,6 +113,7 @@ def record(event: Event) -> None:
         SCREEN_READS.labels(tenant).inc()
         SCREEN_READS_FOLDED.labels(tenant).inc(detail.get("coalesced", 0))
         SCREEN_READ_WAIT.labels(tenant).observe(detail.get("waited_ms", 0.0) / 1000)
+        SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
 
 
 def _turn(tenant: str, detail: dict[str, Any]) -> None:

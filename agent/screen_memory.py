@@ -74,7 +74,8 @@ class SessionScreenMemory:
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,
             "region": list(read.region), "lines": read.lines, "lines_read": read.lines_read,
-            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced, "waited_ms": read.waited_ms})
+            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced, "waited_ms": read.waited_ms,
+            "forced": read.forced})
         if not read.lines:
             return
         self.story.append(read)
@@ -103,6 +104,7 @@ class SessionScreenMemory:
             self._events.record("screen_reader", detail={
                 "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
                 "failed": stats.failed, "waited_s": round(stats.waited_ms / 1000, 1),
+                "forced": stats.forced,
                 "archived_frames": len(self.archive.times()),
                 "archive_replaced": self.archive.replaced})
         await self.archive.aclose()

@@ -171,6 +171,7 @@ class Sessions:
     screen_reads_submitted: int = 0
     screen_reads_folded: int = 0
     screen_read_wait_s: float = 0.0
+    screen_reads_forced: int = 0  # started after the longest wait, the machine still busy
     shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
 
 
@@ -193,6 +194,7 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
                 found.screen_reads_submitted += reader["submitted"]
                 found.screen_reads_folded += reader["coalesced"]
                 found.screen_read_wait_s += reader.get("waited_s", 0.0)
+                found.screen_reads_forced += reader.get("forced", 0)
             for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
                 found.shares_resubscribed += count.get("resubscribed", 0)
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
@@ -381,6 +383,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str, mo
         "screen_reads": sessions.screen_reads_submitted,
         "screen_reads_folded": sessions.screen_reads_folded,
         "screen_read_wait_s": round(sessions.screen_read_wait_s, 1),
+        "screen_reads_forced": sessions.screen_reads_forced,
         "shares_resubscribed": sessions.shares_resubscribed,
         "worker_cores": cores["worker"],
         "users_cores": cores["users"],

@@ -2,10 +2,11 @@
 
 Protects: a read starts at once on a machine under the limit, waits while the machine is over
 it and starts when it drops, and starts anyway after `max_wait_s` (screen memory slows down,
-never stops); waits are counted; the reads' own CPU counts in the measurement (they fill the
-machine up to the limit, no further); a reader whose gate holds keeps sampling and folds the
-waiting frames onto the newest; the machine's CPU counter really moves with CPU work, on the
-CPUs a pinned process may use; absurd settings are refused.
+never stops); each read is told its wait and whether it was forced through; the reads' own CPU
+counts in the measurement (they fill the machine up to the limit, no further); a reader whose
+gate holds keeps sampling and folds the waiting frames onto the newest; the machine's CPU
+counter really moves with CPU work, on the CPUs a pinned process may use; absurd settings are
+refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from synthetic_screen import CODE, Desk
 
 from agent.capacity import machine_cpu
-from vision.cpu_gate import POLL_S, CpuGate
+from vision.cpu_gate import POLL_S, CpuGate, GateWait
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText, ScreenTextReader
@@ -58,25 +59,25 @@ def gate_on(machine: Machine, *, limit: float = 0.7, max_wait_s: float = 10.0) -
 def test_a_quiet_machine_reads_at_once_once_it_has_measured() -> None:
     machine = Machine(cores_busy=0.4)  # 20% of two cores
     gate = gate_on(machine)
-    assert gate.wait() == pytest.approx(2 * POLL_S)  # the first read measures the machine
+    first = gate.wait()  # the first read measures the machine
+    assert first.seconds == pytest.approx(2 * POLL_S)
+    assert not first.forced
     machine.sleep(1.0)
-    assert gate.wait() == 0.0
-    assert gate.stats.reads == 2 and gate.stats.forced == 0
-    assert gate.stats.deferred == 0  # measuring is not waiting for the machine
+    assert gate.wait() == GateWait(0.0, forced=False)
 
 
 def test_a_busy_machine_holds_the_read_until_it_quiets_down() -> None:
     machine = Machine(cores_busy=1.8)  # 90%
     gate = gate_on(machine)
-    gate.wait()  # forced: the machine stayed busy for max_wait_s
-    assert gate.stats.forced == 1
-    assert gate.stats.waited_s == pytest.approx(10.0, abs=POLL_S)
+    forced = gate.wait()  # the machine stayed busy for max_wait_s
+    assert forced.forced
+    assert forced.seconds == pytest.approx(10.0, abs=POLL_S)
 
     machine.quiet_at, machine.quiet_cores = machine.now + 3.0, 0.6
     waited = gate.wait()
     # it waits past the moment the machine quiets down, until its last second shows it
-    assert 3.0 < waited < 5.0
-    assert gate.stats.forced == 1 and gate.stats.deferred == 2 and gate.stats.reads == 2
+    assert 3.0 < waited.seconds < 5.0
+    assert not waited.forced
 
 
 def test_the_reads_own_cpu_counts_so_they_fill_the_machine_only_up_to_the_limit() -> None:
@@ -87,13 +88,12 @@ def test_the_reads_own_cpu_counts_so_they_fill_the_machine_only_up_to_the_limit(
     reads = 0
     started = machine.now
     while machine.now - started < 60.0:
-        gate.wait()
+        assert not gate.wait().forced
         machine.now += 0.5  # the read: half a second on one core, besides the rest
         machine.busy += 0.5 * (1.0 + 1.0)
         reads += 1
     rate = reads / (machine.now - started)
     assert 0.5 < rate < 1.0, rate
-    assert gate.stats.forced == 0
 
 
 def test_settings_out_of_range_are_refused() -> None:
@@ -187,5 +187,24 @@ async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let
     assert results[0].waited_ms > 300  # it waited for the machine, and says so
     assert reader.stats.waited_ms >= results[0].waited_ms - 0.05  # the event rounds to 0.1 ms
     assert reader.stats.read + reader.stats.coalesced == 8 and reader.stats.coalesced > 0
-    assert gate.stats.forced == 0
+    assert reader.stats.forced == 0 and not any(read.forced for read in results)
+
+
+async def test_a_read_forced_through_by_the_longest_wait_says_so() -> None:
+    """A machine that never quiets down: the read starts after `max_wait_s` all the same, and
+    it, the reader's count and the session's event say it was forced."""
+    gate = CpuGate(lambda: time.monotonic() * 1.9, 2.0, limit=0.7, max_wait_s=0.5)  # 95%
+    pool = ThreadPoolExecutor(max_workers=1)
+    results: list[ScreenText] = []
+    reader = ScreenTextReader(results.append, executor=pool, gate=gate)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None,
+                           on_kept=lambda c: reader.submit(c.frame, c.decision))
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    desk.lines = ["Deploy failed: disk full", *CODE]
+    screen.offer(0.0, desk.frame())
+    await reader.drain(timeout_s=30)
+    await reader.aclose()
+    pool.shutdown()
+    assert len(results) == 1 and results[0].forced and results[0].waited_ms >= 500
+    assert reader.stats.forced == 1
 

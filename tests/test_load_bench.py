@@ -50,11 +50,13 @@ def test_screen_reads_folded_reads_waits_and_subscriptions_again_are_summed_over
         events = [_event("frame", 100.0), _event("screen_reader", 200.0, submitted=submitted,
                                                   read=submitted - coalesced,
                                                   coalesced=coalesced, failed=0,
-                                                  waited_s=2.5 * coalesced),
+                                                  waited_s=2.5 * coalesced,
+                                                  forced=coalesced // 2),
                   _event("frame_count", 201.0, received=50, failed=0,
                          resubscribed=int(name == "live_b"))]
         (costs / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     sessions = read_cost_logs([tmp_path], (90.0, 110.0))
     assert (sessions.count, sessions.screen_reads_submitted, sessions.screen_reads_folded,
-            sessions.shares_resubscribed, sessions.screen_read_wait_s) == (2, 16, 4, 1, 10.0)
+            sessions.shares_resubscribed, sessions.screen_read_wait_s,
+            sessions.screen_reads_forced) == (2, 16, 4, 1, 10.0, 2)
     assert sessions.frames_per_s == approx([0.05, 0.05])

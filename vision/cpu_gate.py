@@ -11,7 +11,9 @@ So a read starts only while the machine's recent CPU use is under `limit` of its
 reads' own use counted: they fill what the rest leaves up to the limit, no further). When the
 rest alone is over it, a read still starts once it has waited `max_wait_s`, so screen memory
 slows down instead of stopping. Meanwhile the sessions' newer frames fold into the waiting read
-(`ScreenTextReader`), and the time waited is counted.
+(`ScreenTextReader`). Each read is told how long it waited and whether it was let through by
+the limit or forced by the wait: forced reads mean the worker is fuller than screen memory can
+keep up with (exported per session and as a metric).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ MIN_SPAN_S = 0.15  # a shorter measurement is noise
 POLL_S = 0.1
 
 
-@dataclass
-class GateStats:
-    reads: int = 0
-    deferred: int = 0  # reads that waited because the machine was over the limit
-    forced: int = 0  # of those, reads that started after max_wait_s with the machine still busy
-    waited_s: float = 0.0  # in all, measuring the machine included
+@dataclass(frozen=True)
+class GateWait:
+    """How one read got through the gate."""
+
+    seconds: float  # measuring the machine included
+    forced: bool  # it started after max_wait_s with the machine still over the limit
+
+
+UNGATED = GateWait(0.0, forced=False)  # a read with no gate in its way
 
 
 class CpuGate:
@@ -52,7 +57,6 @@ class CpuGate:
         self._clock, self._sleep = clock, sleep
         self._samples: deque[tuple[float, float]] = deque()  # (clock, busy seconds)
         self._lock = threading.Lock()
-        self.stats = GateStats()
 
     def share(self) -> float | None:
         """The machine's CPU use over about the last `WINDOW_S`, as a share of its cores
@@ -69,21 +73,16 @@ class CpuGate:
             return None
         return (busy - started_busy) / ((now - start) * self._cores)
 
-    def wait(self) -> float:
-        """Block until a read may start; the seconds waited."""
+    def wait(self) -> GateWait:
+        """Block until a read may start."""
         with self._lock:  # one decision at a time: a read that starts is in the next one's use
             started, busy = self._clock(), False
             while True:
                 share = self.share()
                 waited = self._clock() - started
                 if share is not None and share <= self.limit:
-                    break
+                    return GateWait(waited, forced=False)
                 busy = busy or share is not None
                 if waited >= self.max_wait_s:
-                    self.stats.forced += busy
-                    break
+                    return GateWait(waited, forced=busy)
                 self._sleep(POLL_S)
-            self.stats.reads += 1
-            self.stats.deferred += busy
-            self.stats.waited_s += waited
-            return waited

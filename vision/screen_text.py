@@ -40,7 +40,7 @@ import numpy as np
 
 from .change import ChangeDecision
 from .content_type import ContentType
-from .cpu_gate import CpuGate
+from .cpu_gate import UNGATED, CpuGate, GateWait
 from .frames import SampledFrame
 from .local_change import Box
 from .luma import luma_plane
@@ -224,6 +224,7 @@ class ScreenText:
     cpu_ms: float  # the read's CPU time on its thread
     coalesced: int  # earlier reads folded into this one
     waited_ms: float = 0.0  # how long the read waited for the machine to have CPU to spare
+    forced: bool = False  # it started after the longest wait, the machine still busy
 
 
 @dataclass
@@ -255,10 +256,10 @@ def read_change(
 def gated_read_change(
     gate: CpuGate | None, before: np.ndarray | None, luma: np.ndarray, box: Box,
     content: ContentType,
-) -> tuple[list[TextLine], Box, float, float]:
-    """`read_change` once `gate` lets it start; (lines, box read, CPU ms, ms waited)."""
-    waited_s = gate.wait() if gate is not None else 0.0
-    return *read_change(before, luma, box, content), waited_s * 1000
+) -> tuple[list[TextLine], Box, float, GateWait]:
+    """`read_change` once `gate` lets it start; (lines, box read, CPU ms, how it got through)."""
+    waited = gate.wait() if gate is not None else UNGATED
+    return *read_change(before, luma, box, content), waited
 
 
 class FrameTextReader:
@@ -313,6 +314,7 @@ class ReaderStats:
     failed: int = 0
     cpu_ms: float = 0.0
     waited_ms: float = 0.0
+    forced: int = 0  # reads that started after the gate's longest wait, the machine still busy
     lines_added: int = 0
 
 
@@ -372,7 +374,7 @@ class ScreenTextReader:
                 job = self._pending.pop(0)
                 luma = luma_plane(job.frame.frame)
                 try:
-                    lines, box, cpu_ms, waited_ms = await loop.run_in_executor(
+                    lines, box, cpu_ms, waited = await loop.run_in_executor(
                         self._executor, gated_read_change, self._gate, self._before, luma,
                         job.box, job.decision.content_type)
                 except Exception as exc:  # one unreadable frame must not stop the reader
@@ -380,18 +382,21 @@ class ScreenTextReader:
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
                 self._before = luma
-                self._deliver(job, lines, box, cpu_ms, waited_ms)
+                self._deliver(job, lines, box, cpu_ms, waited)
 
     def _deliver(self, job: _Read, lines: list[TextLine], box: Box, cpu_ms: float,
-                 waited_ms: float) -> None:
+                 waited: GateWait) -> None:
         added = self._seen.new([line.text for line in lines], job.frame.t)
+        waited_ms = waited.seconds * 1000
         self.stats.read += 1
         self.stats.cpu_ms += cpu_ms
         self.stats.waited_ms += waited_ms
+        self.stats.forced += waited.forced
         self.stats.lines_added += len(added)
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
-            box, added, len(lines), round(cpu_ms, 1), job.coalesced, round(waited_ms, 1)))
+            box, added, len(lines), round(cpu_ms, 1), job.coalesced, round(waited_ms, 1),
+            waited.forced))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read)."""
