@@ -196,6 +196,10 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
                 "Handed over to a person: The user asked for a person.", timeout=30_000)
             await expect(page.locator("#messages li.agent.done").last).to_have_text(
                 HANDED_OFF, timeout=30_000)
+            # leaving says so to LiveKit, so the session ends now (a closed browser is only
+            # noticed after LiveKit's timeouts, ~40 s)
+            await page.click("#leave")
+            await expect(page.locator("#status")).to_have_text("Disconnected", timeout=10_000)
         finally:
             await browser.close()
     answered = [r for r in models.requests if r.purpose == "answer"]
