@@ -16,9 +16,11 @@ detector's region would do), with the same new-line rule, in the same run.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,13 +164,20 @@ def score_session(session: LabelledSession, reads: list[ScreenText], duration_s:
 
 def evaluate_text(
     sessions: list[LabelledSession], make_reader: Callable[[], Reader],
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, threads: int | None = None,
 ) -> TextScore:
+    """The sessions run on `threads` threads at once (default: the CPUs this process may use),
+    each with its own reader: decoding, the detector's array work and Tesseract release the
+    GIL, so two cores score the bundled set in a little over half the time of one."""
+
+    def score(session: LabelledSession) -> TextScore:
+        return score_session(session, run_session(session, make_reader()).reads,
+                             session.duration)
+
     total = TextScore()
-    for session in sessions:
-        reads = run_session(session, make_reader()).reads
-        scored = score_session(session, reads, session.duration)
-        if progress is not None:
-            progress(f"{session.name}: {scored.summary()}")
-        total.add(scored)
+    with ThreadPoolExecutor(threads or len(os.sched_getaffinity(0))) as pool:
+        for session, scored in zip(sessions, pool.map(score, sessions), strict=True):
+            if progress is not None:
+                progress(f"{session.name}: {scored.summary()}")
+            total.add(scored)
     return total
