@@ -67,12 +67,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from memory.db import Database
     from memory.gaps import gaps, set_status
-    from memory.knowledge import stored_models
-
-    from .components import make_embedder
-    from .gaps import GapNamer, refresh
-    from .pricing import PriceTable
-    from .providers import make_provider
 
     db = await Database.open(settings.database_url, settings.data_dir)
     try:
@@ -98,6 +92,15 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("sightline gaps refresh needs the `ops` extra (scikit-learn): "
                             "pip install 'sightline[ops]'") from None
+        # refresh alone needs the model SDKs and the embedder: list, dismiss and resolve
+        # answer in a second without importing them
+        from memory.knowledge import stored_models
+
+        from .components import make_embedder
+        from .gaps import GapNamer, refresh
+        from .pricing import PriceTable
+        from .providers import make_provider
+
         tier = settings.cascade_tiers()[0]
         if not settings.key_for(tier.provider):
             raise UserError(f"sightline gaps refresh asks tier 0 ({tier.model}) to name the "

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-from livekit.agents import llm
+from typing import TYPE_CHECKING
 
 from .embeddings import Embedder
 from .spill_files import SpillKind, spill_path
 from .store import Store
 from .user_memory import embed_or_none
 from .writer import BackgroundWriter, Row
+
+if TYPE_CHECKING:
+    from livekit.agents import llm
 
 
 async def store_messages(
@@ -58,6 +60,10 @@ class ConversationLog:
                               "content": content})
 
     async def history(self, user_id: str, limit: int) -> llm.ChatContext:
+        # imported here: livekit-agents takes ~1.5 s to import, and the commands that only
+        # import spilled messages (`sightline memory`, `costs close`) never build a context
+        from livekit.agents import llm
+
         ctx = llm.ChatContext.empty()
         if self._store is None:
             return ctx

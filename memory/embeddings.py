@@ -25,9 +25,6 @@ from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types as genai_types
 
 from .bge import QUERY_INSTRUCTION, BgeSmall
 from .encoder import ModelFileError, WindowedEncoder, unit_rows
@@ -35,7 +32,6 @@ from .minilm import MiniLM
 from .mpnet import MPNet
 
 # what the Gemini SDK raises when the service cannot be reached or refuses a call
-_UNREACHABLE = (genai_errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
 class EmbeddingError(RuntimeError):
@@ -232,11 +228,18 @@ class GeminiEmbedder:
         self.name = f"{model}-{dim}"
         self._model = model
         self._where = base_url or "generativelanguage.googleapis.com"
+        # imported here: google-genai takes ~0.8 s to import, which every `sightline kb` or
+        # `gaps` command run with an offline embedder would otherwise pay
+        from google import genai
+        from google.genai import errors, types
+
+        self._types = types
+        self._unreachable = (errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
-        self._client = genai.Client(api_key=api_key, http_options=genai_types.HttpOptions(
+        self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
             base_url=base_url, timeout=int(timeout_s * 1000),
-            retry_options=genai_types.HttpRetryOptions(attempts=retries + 1), **shared))
+            retry_options=types.HttpRetryOptions(attempts=retries + 1), **shared))
 
     async def _embed(self, texts: list[str], task: str) -> np.ndarray:
         vectors: list[list[float]] = []
@@ -244,10 +247,10 @@ class GeminiEmbedder:
             try:
                 result = await self._client.aio.models.embed_content(
                     model=self._model, contents=texts[start:start + self.BATCH],  # type: ignore[arg-type]
-                    config=genai_types.EmbedContentConfig(task_type=task,
+                    config=self._types.EmbedContentConfig(task_type=task,
                                                           output_dimensionality=self.dim),
                 )
-            except _UNREACHABLE as exc:
+            except self._unreachable as exc:
                 reason = " ".join(str(exc).split())[:160] or type(exc).__name__
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "

@@ -92,6 +92,24 @@ def test_help_loads_no_heavy_library() -> None:
     assert loaded(modules, HEAVY) == []
 
 
+MODEL_SDKS = ("livekit.agents", "google.genai", "anthropic", "openai")  # cohere loads lazily
+
+
+@pytest.mark.parametrize("entry", [
+    # what `sightline gaps list|dismiss|resolve`, `kb list|search|delete`, `memory show|forget`
+    # and `config` import before they answer: none of them calls a model
+    "from memory.gaps import gaps, set_status",
+    "from memory.knowledge import KnowledgeBase, stored_models",
+    "from agent.components import make_embedder",
+    "from memory.spill_recovery import recover_spills",
+    "from agent.capacity import Limits",
+])
+def test_read_only_commands_import_no_model_sdk(entry: str) -> None:
+    """Those SDKs take 1-2 s each to import: ops commands answer in about a second without
+    them (`sightline gaps list` took 7 s when it loaded them)."""
+    assert loaded(loaded_after(entry), MODEL_SDKS) == []
+
+
 def test_cli_copies_of_choices_match_their_source() -> None:
     """The CLI repeats two lists so that --help need not import their modules."""
     from agent import cli_kb, cli_vision
