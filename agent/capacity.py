@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from livekit.agents.utils.hw import get_cpu_monitor
 
 from vision.cpu_gate import CpuGate
 
@@ -50,9 +51,6 @@ _CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
 def usable_cores() -> float:
     """Cores this process may use: the CPU quota of its container, else its CPU affinity
     (livekit-agents reads the cgroup quota; it is what LiveKit's own load uses)."""
-    # imported here: `sightline config` shows the capacity without livekit-agents' ~2 s import
-    from livekit.agents.utils.hw import get_cpu_monitor
-
     return get_cpu_monitor().cpu_count()
 
 

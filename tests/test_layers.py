@@ -96,13 +96,12 @@ MODEL_SDKS = ("livekit.agents", "google.genai", "anthropic", "openai")  # cohere
 
 
 @pytest.mark.parametrize("entry", [
-    # what `sightline gaps list|dismiss|resolve`, `kb list|search|delete`, `memory show|forget`
-    # and `config` import before they answer: none of them calls a model
+    # what `sightline gaps list|dismiss|resolve`, `kb list|search|delete` and
+    # `memory show|forget` import before they answer: none of them calls a model
     "from memory.gaps import gaps, set_status",
     "from memory.knowledge import KnowledgeBase, stored_models",
     "from agent.components import make_embedder",
     "from memory.spill_recovery import recover_spills",
-    "from agent.capacity import Limits",
 ])
 def test_read_only_commands_import_no_model_sdk(entry: str) -> None:
     """Those SDKs take 1-2 s each to import: ops commands answer in about a second without
