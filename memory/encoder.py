@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +87,24 @@ def int8_dot_products(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & INT8_DOT_FLAGS)
 
 
-def one_thread_session(model: bytes | str) -> onnxruntime.InferenceSession:
+def one_thread_session(model: bytes | str, weights: Mapping[str, np.ndarray] | None = None,
+                       ) -> onnxruntime.InferenceSession:
     """An onnxruntime session for `model` (serialised, or a path) that computes on the calling
     thread alone: a worker's parallelism is its sessions, and threads of one call on busy cores
     wait on each other (measured with numpy's BLAS and the machine loaded: one question p95
-    24-93 ms with one thread, 280-860 ms with two)."""
+    24-93 ms with one thread, 280-860 ms with two). `weights`: the initializers the graph
+    names but does not hold (memory/encoder_graph.py)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    held = {name: np.ascontiguousarray(array) for name, array in (weights or {}).items()}
+    if held:
+        options.add_external_initializers(
+            list(held), [onnxruntime.OrtValue.ortvalue_from_numpy(a) for a in held.values()])
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session.weights_held = held  # type: ignore[attr-defined]  # read in place: kept alive
+    return session
 
 
 class WindowedEncoder(ABC):

@@ -31,10 +31,9 @@ from .encoder import (
     WindowedEncoder,
     checked,
     int8_dot_products,
-    one_thread_session,
     package_dir,
 )
-from .encoder_graph import EncoderGraph, LayerNames, in_8bit_blocks
+from .encoder_graph import EncoderGraph, EncoderModel, LayerNames, in_8bit_blocks
 
 # sentence-transformers/all-MiniLM-L6-v2 at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -68,7 +67,7 @@ class MiniLM(WindowedEncoder):
             raise ModelFileError(f"{path}: cannot read the model: {exc}") from None
         super().__init__(Tokenizer.from_str(tokenizer.decode()), MAX_TOKENS, DIM, path)
         graph = encoder_graph(load_safetensors(weights))
-        self._session = one_thread_session(graph)
+        self._session = graph.session()
         # questions, on a CPU with int8 dot products: every weight product in 8 bits, in
         # blocks of QUESTION_BLOCK (`in_8bit_blocks`): 1.9x faster a question (3.1 -> 1.65 ms
         # p50, one thread) and within cosine 0.9995 of the fp32 vector, so it finds what fp32
@@ -78,8 +77,7 @@ class MiniLM(WindowedEncoder):
         # (`questions` is the encoder itself, as WindowedEncoder sets it).
         if int8_dot_products():
             self.questions = copy.copy(self)
-            self.questions._session = one_thread_session(in_8bit_blocks(graph,
-                                                                        QUESTION_BLOCK))
+            self.questions._session = in_8bit_blocks(graph, QUESTION_BLOCK).session()
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (vectors,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
@@ -92,9 +90,9 @@ BERT_LAYER = LayerNames(
     attention_norm="{layer}.attention.output.LayerNorm")
 
 
-def encoder_graph(w: dict[str, np.ndarray]) -> bytes:
+def encoder_graph(w: dict[str, np.ndarray]) -> EncoderModel:
     """The BERT encoder with mean pooling and L2 normalisation, as sentence-transformers runs
-    all-MiniLM-L6-v2, as a serialised ONNX model over the checkpoint's tensors `w`
+    all-MiniLM-L6-v2, as an ONNX model over the checkpoint's tensors `w`
     (memory/encoder_graph.py: inputs and output)."""
     g = EncoderGraph(w, DIM, HEADS, eps=1e-12)
     positions = g.op("Slice", g.const("embeddings.positions",

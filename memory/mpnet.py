@@ -36,10 +36,9 @@ from .encoder import (
     ModelFileError,
     WindowedEncoder,
     checked,
-    one_thread_session,
     return_freed_heap,
 )
-from .encoder_graph import EncoderGraph, LayerNames, in_8bit_blocks
+from .encoder_graph import EncoderGraph, EncoderModel, LayerNames, in_8bit_blocks
 
 # sentence-transformers/all-mpnet-base-v2, model.safetensors at its Hugging Face revision e8c3b32e
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
@@ -154,7 +153,7 @@ class MPNet(WindowedEncoder):
         del weights  # each copy of the checkpoint is 418 MB: dropped as soon as it is read
         graph = encoder_graph(tensors)
         del tensors
-        self._session = one_thread_session(int8_graph(graph) if int8 else graph)
+        self._session = (int8_graph(graph) if int8 else graph).session()
         del graph
         return_freed_heap()
 
@@ -164,8 +163,8 @@ class MPNet(WindowedEncoder):
         return np.asarray(vectors, dtype=np.float32)
 
 
-def encoder_graph(w: dict[str, np.ndarray]) -> bytes:
-    """MPNet with mean pooling and L2 normalisation as a serialised ONNX model over the
+def encoder_graph(w: dict[str, np.ndarray]) -> EncoderModel:
+    """MPNet with mean pooling and L2 normalisation as an ONNX model over the
     checkpoint's tensors `w` (memory/encoder_graph.py: inputs and output)."""
     g = EncoderGraph(w, DIM, HEADS, eps=1e-5)
     length = g.length()
@@ -193,7 +192,7 @@ def encoder_graph(w: dict[str, np.ndarray]) -> bytes:
 BLOCK = 128  # rows of a weight column, and of an activation row, that share one int8 scale
 
 
-def int8_graph(graph: bytes) -> bytes:
+def int8_graph(graph: EncoderModel) -> EncoderModel:
     """The graph with every weight product in 8 bits, in blocks of BLOCK (`in_8bit_blocks`).
     onnxruntime's dynamic quantisation, used before, had to leave each layer's feed-forward
     down-projection in fp32 and still left the vectors at cosine 0.992 of fp32's on average

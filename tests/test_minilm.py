@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import assert_switch_re_embeds
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from memory.db import Database
 from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
@@ -30,10 +30,9 @@ from memory.encoder import (
     OVERLAP,
     ModelFileError,
     int8_dot_products,
-    one_thread_session,
     window_starts,
 )
-from memory.encoder_graph import in_8bit_blocks
+from memory.encoder_graph import EncoderModel, in_8bit_blocks, outside
 from memory.knowledge import KnowledgeBase, KnowledgeError
 from memory.minilm import MAX_TOKENS, MiniLM, model_zip
 
@@ -114,25 +113,28 @@ def test_8_bit_blocks_replace_weight_products_only_and_hold_an_outlier() -> None
     only its own block: with blocks of 32 the error is under half that of one scale for the
     whole row (a block of 256), which is what a scale per tensor would do."""
     rng = np.random.default_rng(3)
-    weights = numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32), "p.w")
-    graph = helper.make_model(helper.make_graph(
+    weights = rng.standard_normal((256, 64)).astype(np.float32)
+    graph = EncoderModel(helper.make_model(helper.make_graph(
         [helper.make_node("MatMul", ["x", "p.w"], ["h"], name="weights"),
          helper.make_node("MatMul", ["h", "other"], ["y"], name="activations")], "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 256]),
          helper.make_tensor_value_info("other", TensorProto.FLOAT, [64, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [weights]),
-        opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    nodes = {n.name: n for n in onnx.load_from_string(in_8bit_blocks(graph, 32)).graph.node}
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+        [outside("p.w", weights)]),
+        opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), {"p.w": weights})
+    quantised = in_8bit_blocks(graph, 32)
+    nodes = {n.name: n for n in onnx.load_from_string(quantised.graph).graph.node}
+    assert set(quantised.weights) == {"p.w.q8", "p.w.q8_scales"} and "p.w" in graph.weights
     assert nodes["weights"].op_type == "MatMulNBits" and nodes["activations"].op_type == "MatMul"
     assert {a.name: a.i for a in nodes["weights"].attribute if a.name in ("bits", "block_size")} \
         == {"bits": 8, "block_size": 32}
     x = rng.standard_normal((2, 256)).astype(np.float32)
     x[:, 7] *= 100
     feed = {"x": x, "other": rng.standard_normal((64, 8)).astype(np.float32)}
-    (expected,) = one_thread_session(graph).run(None, feed)
+    (expected,) = graph.session().run(None, feed)
 
     def error(block: int) -> float:
-        (got,) = one_thread_session(in_8bit_blocks(graph, block)).run(None, feed)
+        (got,) = in_8bit_blocks(graph, block).session().run(None, feed)
         return float(np.abs(got - expected).mean() / np.abs(expected).mean())
 
     assert error(32) < 0.05 and error(32) < error(256) / 2
