@@ -31,8 +31,6 @@ from .encoder import ModelFileError, WindowedEncoder, unit_rows
 from .minilm import MiniLM
 from .mpnet import MPNet
 
-# what the Gemini SDK raises when the service cannot be reached or refuses a call
-
 
 class EmbeddingError(RuntimeError):
     """The embedding provider could not be reached or refused the call: one line that names
@@ -234,6 +232,7 @@ class GeminiEmbedder:
         from google.genai import errors, types
 
         self._types = types
+        # what the SDK raises when the service cannot be reached or refuses a call
         self._unreachable = (errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
