@@ -54,7 +54,6 @@ EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves bet
 INSERT_BATCH = 1000  # chunks per INSERT statement: ~0.3 s each with the BM25 triggers
 BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
-FUSIONS = ("rrf", "weighted")
 # page chrome: what a page repeats around its content (mdBook's sidebar and theme menu, ...)
 _CHROME_TAGS = ("nav", "aside", "script", "style", "noscript", "template", "form", "button",
                 "svg", "iframe", "head")
@@ -646,38 +645,50 @@ class KnowledgeBase:
 def fuse(fusion: str, vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
     """The two rankings fused by `fusion`, one of FUSIONS (an embedder's `fusion`; a name
     that is not one raises instead of quietly picking another)."""
-    return {"rrf": rrf, "weighted": weighted}[fusion](vector_hits, keyword_hits)
+    return FUSERS[fusion](vector_hits, keyword_hits)
+
+
+# a ranking -> how each of its hits scores, from its rank and its own score
+Scorer = Callable[[list[Hit]], Callable[[int, float], float]]
 
 
 def rrf(vector_hits: list[Hit], keyword_hits: list[Hit]) -> list[Hit]:
     """Reciprocal-rank fusion: each list adds 1 / (60 + rank); scores' scales do not matter."""
-    return _fuse(vector_hits, keyword_hits, lambda rank, _score, _hits: 1 / (RRF_K + rank))
+    return _fuse(vector_hits, keyword_hits, lambda _hits: lambda rank, _score: 1 / (RRF_K + rank))
 
 
 def weighted(vector_hits: list[Hit], keyword_hits: list[Hit], vector_weight: float = 0.5,
              ) -> list[Hit]:
     """Weighted score fusion: each list's scores min-max normalised, then weighted."""
-    def normalised(weight: float) -> Callable[[int, float, list[Hit]], float]:
-        def score(_rank: int, value: float, hits: list[Hit]) -> float:
+    def normalised(weight: float) -> Scorer:
+        def scorer(hits: list[Hit]) -> Callable[[int, float], float]:
             low, high = min(h.score for h in hits), max(h.score for h in hits)
-            return weight * ((value - low) / (high - low) if high > low else 1.0)
-        return score
+            return lambda _rank, value: weight * ((value - low) / (high - low)
+                                                  if high > low else 1.0)
+        return scorer
     return _fuse(vector_hits, keyword_hits, normalised(vector_weight),
                  normalised(1 - vector_weight))
 
 
+FUSERS: dict[str, Callable[[list[Hit], list[Hit]], list[Hit]]] = {"rrf": rrf,
+                                                                   "weighted": weighted}
+FUSIONS = tuple(FUSERS)
+
+
 def _fuse(
-    vector_hits: list[Hit], keyword_hits: list[Hit],
-    vector_score: Callable[[int, float, list[Hit]], float],
-    keyword_score: Callable[[int, float, list[Hit]], float] | None = None,
+    vector_hits: list[Hit], keyword_hits: list[Hit], vector_scorer: Scorer,
+    keyword_scorer: Scorer | None = None,
 ) -> list[Hit]:
-    keyword_score = keyword_score or vector_score
+    keyword_scorer = keyword_scorer or vector_scorer
     fused: dict[int, dict[str, Any]] = {}
-    for hits, score_of, rank_field in ((vector_hits, vector_score, "vector_rank"),
-                                      (keyword_hits, keyword_score, "keyword_rank")):
+    for hits, scorer, rank_field in ((vector_hits, vector_scorer, "vector_rank"),
+                                     (keyword_hits, keyword_scorer, "keyword_rank")):
+        if not hits:
+            continue
+        score_of = scorer(hits)  # what depends on the whole ranking (its bounds), once
         for rank, hit in enumerate(hits, start=1):
             entry = fused.setdefault(hit.id, {"hit": hit, "score": 0.0})
-            entry["score"] += score_of(rank, hit.score, hits)
+            entry["score"] += score_of(rank, hit.score)
             entry[rank_field] = rank
     ranked = sorted(fused.values(), key=lambda e: (-e["score"], e["hit"].id))
     return [
