@@ -195,7 +195,20 @@ def _database_failure(exc: BaseException) -> str | None:
         return "a database statement took longer than its 30 s limit: the command stopped there"
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"the database failed: {one_line(str(exc))}"
+    if isinstance(exc, OSError) and _raised_in(exc, "asyncpg"):  # refused, reset: it went away
+        return f"the database connection failed: {type(exc).__name__}: {one_line(str(exc))}"
     return None
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether `exc` passed through `package`'s code on its way up."""
+    marker = f"{os.sep}{package}{os.sep}"
+    frame = exc.__traceback__
+    while frame is not None:
+        if marker in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from livekit.agents.cli import proto
     from livekit.agents.cli.cli import _run_worker
 
-    from memory.db import start_embedded
+    from memory.db import start_embedded, stop_embedded
 
     from .alerts import close_sinks
     from .observability import configure_tracing
@@ -118,7 +118,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
-            embedded.cleanup()
+            stop_embedded(embedded)
     return 0
 
 

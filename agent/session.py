@@ -192,12 +192,19 @@ class SessionRuntime:
         """Open a session. Whatever a configuration can make fail (tiers, prices, keys, the
         embedder, the reranker, the cost-log directory) is checked before the session's row is
         written; whatever fails after it closes the session again, with the failure in its
-        summary, so no session is left open. `read_gate`: when its screen-text reads may
-        start (None: at once, as a replay wants, whose reads are its work)."""
+        summary, so no session is left open. A database that does not answer is left out:
+        the session runs as one without a database. `read_gate`: when its screen-text reads
+        may start (None: at once, as a replay wants, whose reads are its work)."""
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
         prices = PriceTable.load(settings.prices_file)
         check_log_dir(settings.costs_dir)
+        if db is not None and not await db.answers():
+            # as when a worker cannot open it at all (agent/worker.py): Postgres went away
+            # after the pool opened (a replay's next session, a live session's first step)
+            log.error("session %s goes on without the database: no memory, knowledge or "
+                      "screen recall; its costs are written to JSONL only", session_id)
+            db = None
         meters: list[CostMeter] = []  # the reranker's calls go to the record's meter, made later
         async with AsyncExitStack() as parts:  # closes what was made if opening fails
             providers = []

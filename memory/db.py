@@ -13,6 +13,7 @@ import uuid
 import warnings
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -46,6 +47,7 @@ class Database:
         """A pool of at most `connections` on the database; with `scratch`, on a new schema of
         its own, migrated and dropped on `close`, so what runs there (a fresh replay, an
         evaluation) sees nothing of the real data and leaves nothing behind."""
+        library_logs_in_one_line()
         embedded = None
         if database_url is None:
             embedded = await asyncio.to_thread(start_embedded, data_dir / "pgdata")
@@ -63,7 +65,7 @@ class Database:
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if embedded is not None:
-                await asyncio.to_thread(embedded.cleanup)
+                await asyncio.to_thread(stop_embedded, embedded)
             where = "the embedded Postgres" if embedded else masked_url(url)
             raise DatabaseUnavailable(
                 f"cannot connect to the database at {where}: {_reason(exc)}. "
@@ -80,18 +82,37 @@ class Database:
             except (MigrationFailed, DatabaseUnavailable) as exc:
                 await pool.close()
                 if embedded is not None:
-                    await asyncio.to_thread(embedded.cleanup)
+                    await asyncio.to_thread(stop_embedded, embedded)
                 raise DatabaseUnavailable(str(exc)) from None
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))
         return db
 
+    async def answers(self) -> bool:
+        """Whether the database answers now: a session about to open asks, so that one
+        opened while Postgres is down goes on without it instead of failing."""
+        try:
+            await self.pool.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.error("the database does not answer (%s)", _reason(exc))
+            return False
+        return True
+
     async def close(self) -> None:
+        """Drop the scratch schema, close the pool, release the embedded Postgres. A database
+        that went away meanwhile is said in one line each; nothing raises, since whatever ran
+        on it has already kept its rows (spill files, the cost log)."""
         if self.scratch_schema is not None:
-            await self.pool.execute(f"DROP SCHEMA IF EXISTS {self.scratch_schema} CASCADE")
+            try:
+                await self.pool.execute(f"DROP SCHEMA IF EXISTS {self.scratch_schema} CASCADE",
+                                        timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                log.error("could not drop the scratch schema %s (%s); dropping it later "
+                          "is safe", self.scratch_schema, _reason(exc))
         await self.pool.close()
         if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.cleanup)
+            await asyncio.to_thread(stop_embedded, self.embedded)
 
 
 async def _create_schema(url: str, schema: str) -> None:
@@ -143,6 +164,41 @@ def start_embedded(pgdata: Path) -> Any:
             f"could not start the embedded Postgres in {pgdata}: {_reason(exc)} "
             f"(its log: {pgdata / 'log'})"
         ) from None
+
+
+def stop_embedded(server: Any) -> None:
+    """Let go of the embedded Postgres (pgserver stops it when this was the last handle);
+    blocking. A server that died under us (killed, out of memory) makes pgserver's stop
+    raise about a process that no longer exists: it is stopped, which is said in one line."""
+    try:
+        server.cleanup()
+    except Exception as exc:
+        log.warning("the embedded Postgres had already stopped (%s)", _reason(exc))
+
+
+class _OneLine(logging.Filter):
+    """Keeps a library's log record to one line: its message's first line, and its
+    exception's type and first line rather than a traceback.
+
+    asyncpg's pool logs each failed attempt to reconnect with the whole traceback, and
+    pgserver logs a failed `pg_ctl` with its output over a dozen lines: a database that went
+    away mid-session is a failure Sightline expects and reports, so one line each is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().strip().splitlines()
+        message = lines[0] if lines else ""
+        if record.exc_info and record.exc_info[1] is not None:
+            message = f"{message.rstrip(':; ')}: {_reason(record.exc_info[1])}"
+        record.msg, record.args = message, ()
+        record.exc_info = record.exc_text = None
+        return True
+
+
+@cache
+def library_logs_in_one_line() -> None:
+    """Put `_OneLine` on the database libraries' loggers, once per process."""
+    for name in ("asyncpg.pool", "pgserver"):
+        logging.getLogger(name).addFilter(_OneLine())
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ commands here has help text; a database that fails mid-command is one line, exit
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -314,3 +315,24 @@ def test_a_database_failing_mid_command_is_one_line(
     assert cli.main(["costs"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"sightline: {expected}") and err.count("\n") == 1
+
+
+def test_a_database_refusing_connections_mid_command_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Postgres gone mid-command (its socket refuses): asyncpg raises the OSError itself,
+    which is said in one line like its own errors; an OSError from elsewhere is not taken for
+    the database's."""
+    def fail(_args: argparse.Namespace) -> int:
+        return asyncio.run(asyncpg.connect("postgresql://u@127.0.0.1:1/db", timeout=5))
+    monkeypatch.setattr(cli, "_run", fail)
+    assert cli.main(["costs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sightline: the database connection failed: ConnectionRefusedError")
+    assert err.count("\n") == 1
+
+    def elsewhere(_args: argparse.Namespace) -> int:
+        raise ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(cli, "_run", elsewhere)
+    with pytest.raises(ConnectionRefusedError):
+        cli.main(["costs"])

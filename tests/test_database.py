@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,19 @@ import asyncpg
 import pytest
 from conftest import assert_bm25_statistics_exact, run_cli
 
+from agent.config import Settings
 from agent.pricing import PriceTable, Usage
+from agent.session import SessionRuntime
 from agent.session_record import SessionRecord
+from agent.wire_format_server import ScriptedModelServer, ScriptedReply
 from memory.conversation import ConversationLog
-from memory.db import Database, DatabaseUnavailable, start_embedded
+from memory.db import (
+    Database,
+    DatabaseUnavailable,
+    library_logs_in_one_line,
+    start_embedded,
+    stop_embedded,
+)
 from memory.embeddings import WordLlamaEmbedder
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
@@ -475,3 +486,87 @@ async def test_a_refused_migration_is_one_clear_error(
         assert await conn.fetchval("SELECT to_regclass('never_made')") is None
     finally:
         await conn.close()
+
+
+def one_line_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The captured log messages, each checked to be one line without a traceback."""
+    for record in caplog.records:
+        assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()
+    return [record.getMessage() for record in caplog.records]
+
+
+async def test_a_session_opened_while_postgres_is_down_goes_on_without_it(
+    own_postgres: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postgres went away after the pool opened (seen: a replay's second session after the
+    embedded server was killed ended the replay with a traceback and printed nothing): the
+    session opens without the database, answers, and writes its costs to JSONL."""
+    url = await own_postgres.start()
+    db = await Database.open(url, tmp_path / "data")
+    await own_postgres.stop()
+    await assert_down(url)
+    async with ScriptedModelServer(
+        replies=[ScriptedReply(text="[[confidence: 0.95]] (scripted) Still here.")],
+    ) as server:
+        settings = Settings.from_env({"DATABASE_URL": url,
+                                      "SIGHTLINE_DATA_DIR": str(tmp_path / "data")})
+        settings = settings.with_overrides(
+            gemini_api_key="test-key", anthropic_api_key="test-key",
+            gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
+            embeddings="offline", memory_updates=False)
+        with caplog.at_level(logging.WARNING):
+            runtime = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
+                                                source="replay")
+            session = runtime.agent_session()
+            await session.start(runtime.agent, record=False)
+            run = await session.run(user_input="Are you there?")
+            await session.aclose()
+            summary = await runtime.close()
+            await db.close()
+    reply = " ".join(ev.item.text_content or "" for ev in run.events
+                     if ev.type == "message" and ev.item.role == "assistant")
+    assert reply == "(scripted) Still here."
+    assert runtime.memory is None
+    assert sum(m["calls"] for m in summary["by_model"].values()) == 1
+    events = jsonl(runtime.record.events.path)
+    assert events[-1]["kind"] == "summary" and events[-1]["detail"]["total_cost_usd"] > 0
+    messages = one_line_records(caplog)
+    assert any(m.startswith("the database does not answer (") for m in messages)
+    assert f"session {runtime.session_id} goes on without the database" in " ".join(messages)
+
+
+async def test_an_embedded_postgres_killed_under_us_is_let_go_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pgserver's stop of a server that was killed (seen: SIGKILL, as the OOM killer sends)
+    raised NoSuchProcess after a dozen lines of pg_ctl output; now nothing raises and every
+    line is one line."""
+    db = await Database.open(None, tmp_path)
+    pid = int((tmp_path / "pgdata" / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    with caplog.at_level(logging.INFO):
+        # the pool's connections are gone with it: closing it, the schema untouched, and
+        # letting go of the server all end without raising
+        await db.close()
+    one_line_records(caplog)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_library_log_records_are_cut_to_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    library_logs_in_one_line()
+    stop_embedded(type("Gone", (), {"cleanup": lambda self: os.kill(2**22 + 1, 0)})())
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError:
+        logging.getLogger("asyncpg.pool").warning(
+            "Failed to restore the pool connection floor; retrying", exc_info=True)
+    logging.getLogger("pgserver").error("Failed postgres command %s:\nerror:\n%s", "stop",
+                                        "server does not shut down")
+    assert one_line_records(caplog) == [
+        "the embedded Postgres had already stopped (ProcessLookupError: [Errno 3] No such "
+        "process)",
+        "Failed to restore the pool connection floor; retrying: ConnectionRefusedError: "
+        "[Errno 111] Connection refused",
+        "Failed postgres command stop:",
+    ]
