@@ -200,10 +200,10 @@ async def _close(
     """Close one session its process left open, unless that process may still be running it:
     on this host, while its process id lives; from another host, until it has been idle for
     `idle_s` (its process cannot be seen from here)."""
-    from memory.spill_files import event_log_path
+    from memory.spill_files import event_log_path, read_event_log
 
     from .pricing import BUNDLED_PRICES
-    from .session_record import ABANDONED, append_summary, read_event_log, recompute_summary
+    from .session_record import ABANDONED, append_summary, recompute_summary
 
     session_id = session["id"]
     if session["ended_at"] is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from memory.knowledge import KnowledgeBase, stored_models
 from memory.recall import TurnRecall
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
+from memory.spill_files import SpillKind, append_rows, spill_path
 from memory.spill_recovery import RecoveryReport, SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -202,9 +204,11 @@ class SessionRuntime:
         if db is not None and not await db.answers():
             # as when a worker cannot open it at all (agent/worker.py): Postgres went away
             # after the pool opened (a replay's next session, a live session's first step)
-            log.error("session %s goes on without the database: no memory, knowledge or "
-                      "screen recall; its costs are written to JSONL only", session_id)
             db = None
+        if db is None:
+            log.error("session %s goes on without the database: no memory, knowledge or "
+                      "screen recall; its row, cost log and conversation are kept on disk "
+                      "for the database to import once it is back", session_id)
         meters: list[CostMeter] = []  # the reranker's calls go to the record's meter, made later
         async with AsyncExitStack() as parts:  # closes what was made if opening fails
             providers = []
@@ -221,11 +225,13 @@ class SessionRuntime:
                 if reranker is not None:
                     parts.push_async_callback(reranker.aclose)
             store = Store(db.pool) if db is not None else None
+            row = {"tenant": tenant, "user_id": user_id, "room": room, "source": source,
+                   "provider": tiers[0].provider, "model": ",".join(t.model for t in tiers)}
             if store is not None:
-                await store.start_session(
-                    session_id, tenant=tenant, user_id=user_id, room=room, source=source,
-                    provider=tiers[0].provider, model=",".join(t.model for t in tiers),
-                )
+                await store.start_session(session_id, **row)
+            else:
+                append_rows(spill_path(settings.costs_dir, session_id, SpillKind.SESSION),
+                            [{**row, "started_at": time.time()}])
             budget = await _budget(settings, store, tenant)
             record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
                                         costs_dir=settings.costs_dir, prices=prices,

@@ -86,19 +86,6 @@ class SessionRecord:
         return await self.events.close(summary)
 
 
-def read_event_log(path: Path) -> list[Event]:
-    """A cost log's events; a line torn by a killed process is left out."""
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "kind" in event and "seq" in event:
-            events.append(event)
-    return events
-
-
 def recompute_summary(
     events: list[Event], *, session_id: str, tenant: str, source: str, prices: Path,
     cost_log: Path,

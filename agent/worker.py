@@ -124,7 +124,7 @@ async def run_session(ctx: JobContext) -> None:
         db = await Database.open(settings.database_url, settings.data_dir, migrate=False,
                                  connections=SESSION_CONNECTIONS)
     except DatabaseUnavailable as exc:
-        log.error("%s; this session keeps going, costs are written to JSONL only", exc)
+        log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
         db = None
 
     runtime = await SessionRuntime.open(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .embeddings import Embedder
-from .spill_files import SpillKind, spill_path
+from .spill_files import SpillKind, append_rows, spill_path
 from .store import Store
 from .user_memory import embed_or_none
 from .writer import BackgroundWriter, Row
@@ -43,21 +43,26 @@ class ConversationLog:
         self.session_id = session_id
         self.tenant = tenant
         self.recall_before = 0  # ids below this are not in the conversation: recall looks there
-        self._writer = (
-            BackgroundWriter("messages", self._write,
-                             spill_path(spill_dir, session_id, SpillKind.MESSAGES))
-            if store is not None
-            else None
-        )
+        self._spill = spill_path(spill_dir, session_id, SpillKind.MESSAGES)
+        # without a database (it did not answer when the session opened), every message goes
+        # to the spill file as it is said, for the database to import once it is back
+        self._writer = BackgroundWriter("messages", self._write, self._spill) \
+            if store is not None else None
+        self._offline = 0
 
     async def _write(self, rows: list[Row]) -> None:
         assert self._store is not None
         await store_messages(self._store, self._embedder, self.session_id, self.tenant, rows)
 
     def add(self, user_id: str, role: str, content: str) -> None:
-        if self._writer is not None and content.strip():
-            self._writer.put({"tenant": self.tenant, "user_id": user_id, "role": role,
-                              "content": content})
+        if not content.strip():
+            return
+        row = {"tenant": self.tenant, "user_id": user_id, "role": role, "content": content}
+        if self._writer is not None:
+            self._writer.put(row)
+        else:
+            append_rows(self._spill, [row])
+            self._offline += 1
 
     async def history(self, user_id: str, limit: int) -> llm.ChatContext:
         # imported here: livekit-agents takes ~1.5 s to import, and the commands that only
@@ -79,4 +84,4 @@ class ConversationLog:
 
     async def close(self) -> int:
         """Flush; returns how many messages had to be spilled to disk."""
-        return await self._writer.close() if self._writer is not None else 0
+        return await self._writer.close() if self._writer is not None else self._offline

@@ -2,20 +2,28 @@
 
 Next to a session's event log `<dir>/<session>.jsonl` (its durable cost log, whose last line is
 the summary once the session closed), each `BackgroundWriter` of the session spills to
-`<dir>/<session><suffix>`; `spill_recovery` imports them later by the same names.
+`<dir>/<session><suffix>`; `spill_recovery` imports them later by the same names. A session
+that ran without the database at all spills its own row too (`SESSION`), and its messages
+straight to their file.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 EVENT_LOG_SUFFIX = ".jsonl"
 
 
 class SpillKind(StrEnum):
-    """What a spill file holds, as the suffix of its name."""
+    """What a spill file holds, as the suffix of its name; in the order they are imported
+    (the session's row first: the others refer to it)."""
 
+    SESSION = ".session-spill.jsonl"
     COST_EVENTS = ".db-spill.jsonl"
     MESSAGES = ".messages-spill.jsonl"
     MEMORY = ".memory-spill.jsonl"
@@ -24,6 +32,19 @@ class SpillKind(StrEnum):
 
 def event_log_path(directory: Path, session_id: str) -> Path:
     return directory / f"{session_id}{EVENT_LOG_SUFFIX}"
+
+
+def read_event_log(path: Path) -> list[dict[str, Any]]:
+    """A cost log's events; a line torn by a killed process is left out."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and "kind" in event and "seq" in event:
+            events.append(event)
+    return events
 
 
 def spill_path(directory: Path, session_id: str, kind: SpillKind) -> Path:
@@ -40,5 +61,29 @@ def parse_spill_name(path: Path) -> tuple[str, SpillKind] | None:
 
 
 def spill_files(directory: Path) -> list[Path]:
-    """Every spill file in `directory`, in name order (a session's kinds together)."""
-    return sorted(p for p in directory.glob("*-spill.jsonl") if parse_spill_name(p))
+    """Every spill file in `directory`: sessions in the order they started (their messages
+    get ids in that order, which is the order recall and history read them in), and a
+    session's files in `SpillKind` order."""
+    kinds = list(SpillKind)
+    named = [(named, p) for p in directory.glob("*-spill.jsonl")
+             if (named := parse_spill_name(p)) is not None]
+    started = {session_id: _started(directory, session_id) for (session_id, _), _ in named}
+    return [p for _, p in sorted(
+        named, key=lambda item: (started[item[0][0]], item[0][0], kinds.index(item[0][1])))]
+
+
+def _started(directory: Path, session_id: str) -> float:
+    """When the session's cost log began (its first event's time); a session without a
+    readable log sorts last."""
+    try:
+        with event_log_path(directory, session_id).open() as fh:
+            return float(json.loads(fh.readline())["ts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a spill file as JSON lines (blocking: a few lines, microseconds)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)

@@ -3,7 +3,10 @@
 A `BackgroundWriter` that cannot reach Postgres by the time its session closes leaves its rows
 in a spill file next to the session's cost log: `<session>.db-spill.jsonl` (cost events),
 `<session>.messages-spill.jsonl` (the conversation), `<session>.memory-spill.jsonl` (facts
-and summary) and `<session>.screen-spill.jsonl` (the screen timeline). Every new session, and
+and summary) and `<session>.screen-spill.jsonl` (the screen timeline); a session that ran
+without the database at all also leaves `<session>.session-spill.jsonl` (its own row), whose
+import writes the row, then its whole cost log as its cost events. A session whose summary
+reached only its cost log gets it on its row once its spilled events are in. Every new session, and
 `sightline memory show|forget`, first imports the spill files of sessions that have closed
 (their cost log ends with the summary), in order, and deletes each file once all of it is
 stored. A file whose session is still open belongs to its writer and
@@ -25,7 +28,13 @@ from typing import Any
 from .conversation import store_messages
 from .embeddings import Embedder
 from .screen_timeline import ScreenTimeline
-from .spill_files import SpillKind, event_log_path, parse_spill_name, spill_files
+from .spill_files import (
+    SpillKind,
+    event_log_path,
+    parse_spill_name,
+    read_event_log,
+    spill_files,
+)
 from .store import Store
 from .user_memory import UserMemory
 from .writer import Row
@@ -123,6 +132,8 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
             write = await _writer_for(kind, session_id, targets, rows)
             for start in range(0, len(rows), BATCH):
                 await write(rows[start:start + BATCH])
+            if kind in (SpillKind.SESSION, SpillKind.COST_EVENTS):
+                await _import_log(kind, costs_dir, session_id, targets.store)
         except BaseException as exc:  # cancelled too: what was stored must leave the file
             _keep_locked(fh, path, rows[start:])
             if not isinstance(exc, Exception):
@@ -142,9 +153,28 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
     return report
 
 
+async def _import_log(kind: SpillKind, costs_dir: Path, session_id: str, store: Store) -> None:
+    """What only the closed session's cost log holds: for a session that ran without the
+    database, every event (the log is its ledger); and the summary, on its row if that is
+    still open (it never is for a session whose database answered at its close)."""
+    events = await asyncio.to_thread(read_event_log, event_log_path(costs_dir, session_id))
+    summary = events.pop() if events and events[-1]["kind"] == "summary" else None
+    if kind is SpillKind.SESSION:
+        for start in range(0, len(events), BATCH):
+            await store.add_cost_events(events[start:start + BATCH])
+    if summary is not None:
+        await store.close_session(session_id, summary["detail"]["total_cost_usd"],
+                                  summary["detail"], ended_at=summary["ts"])
+
+
 async def _writer_for(
     kind: SpillKind, session_id: str, targets: SpillTargets, rows: list[Row],
 ) -> Callable[[list[Row]], Awaitable[None]]:
+    if kind is SpillKind.SESSION:
+        async def write_session(batch: list[Row]) -> None:
+            for row in batch:
+                await targets.store.start_session(session_id, **row)
+        return write_session
     if kind is SpillKind.COST_EVENTS:
         return targets.store.add_cost_events
     if kind is SpillKind.MEMORY:

@@ -36,11 +36,15 @@ class Store:
         source: str,
         provider: str,
         model: str,
+        started_at: float | None = None,
     ) -> None:
+        """The session's row; `started_at` (epoch seconds) for one that ran without the
+        database and is imported afterwards, else now."""
         await self._pool.execute(
-            "INSERT INTO sessions (id, tenant, user_id, room, source, provider, model)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            session_id, tenant, user_id, room, source, provider, model,
+            "INSERT INTO sessions (id, tenant, user_id, room, source, provider, model,"
+            " started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce(to_timestamp($8), now()))"
+            " ON CONFLICT (id) DO NOTHING",
+            session_id, tenant, user_id, room, source, provider, model, started_at,
         )
 
     async def end_session(self, session_id: str, total_cost_usd: float, summary: dict) -> None:
@@ -50,13 +54,16 @@ class Store:
             session_id, total_cost_usd, json.dumps(summary),
         )
 
-    async def close_session(self, session_id: str, total_cost_usd: float, summary: dict) -> bool:
-        """End a session that is still open (one whose process died without ending it);
-        False when it has ended meanwhile, so a session's own summary is never overwritten."""
+    async def close_session(self, session_id: str, total_cost_usd: float, summary: dict,
+                            ended_at: float | None = None) -> bool:
+        """End a session that is still open (one whose process died without ending it, or
+        whose summary reached only its cost log); False when it has ended meanwhile, so a
+        session's own summary is never overwritten. `ended_at`: epoch seconds, else now."""
         closed = await self._pool.fetchval(
-            "UPDATE sessions SET ended_at = now(), total_cost_usd = $2, summary = $3::jsonb"
+            "UPDATE sessions SET ended_at = coalesce(to_timestamp($4), now()),"
+            " total_cost_usd = $2, summary = $3::jsonb"
             " WHERE id = $1 AND ended_at IS NULL RETURNING id",
-            session_id, total_cost_usd, json.dumps(summary),
+            session_id, total_cost_usd, json.dumps(summary), ended_at,
         )
         return closed is not None
 

@@ -26,7 +26,6 @@ from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 from agent.assist import INTENTS, AssistMessage, IntentIndex, LiveAssist, intent_floor
 from agent.config import Settings
 from agent.session import SessionRuntime
-from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
 from memory.embeddings import (
@@ -37,6 +36,7 @@ from memory.embeddings import (
     offline_embedder,
 )
 from memory.knowledge import KnowledgeBase
+from memory.spill_files import read_event_log
 
 REPO = Path(__file__).resolve().parent.parent
 ARTICLES = {

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from memory.db import (
 from memory.embeddings import WordLlamaEmbedder
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
+from memory.spill_files import spill_files
+from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
 from memory.writer import BackgroundWriter
@@ -344,6 +347,20 @@ async def test_outage_past_close_spills_every_unwritten_event(
     assert contents == ["before the outage"]
     assert ended is None  # the summary could not be stored; it is in the JSONL instead
 
+    # the next session's import brings the spilled events in, then the summary
+    db = await Database.open(url, tmp_path / "data")
+    try:
+        embedder = WordLlamaEmbedder()
+        report = await recover_spills(tmp_path / "costs", SpillTargets(
+            Store(db.pool), UserMemory(db.pool, embedder), ScreenTimeline(db.pool, embedder),
+            embedder))
+        stored = await Store(db.pool).get_session("sess_outage_spill")
+    finally:
+        await db.close()
+    assert report.files == 2 and report.left == []
+    assert stored is not None and stored["summary"] == events[-1]["detail"]
+    assert [e["seq"] for e in stored["events"]] == [e["seq"] for e in recorded]
+
 
 async def test_outage_then_recovery_loses_nothing(
     own_postgres: OwnPostgres, tmp_path: Path
@@ -489,18 +506,22 @@ async def test_a_refused_migration_is_one_clear_error(
 
 
 def one_line_records(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The captured log messages, each checked to be one line without a traceback."""
-    for record in caplog.records:
+    """Sightline's and the database libraries' log messages, each checked to be one line
+    without a traceback (asyncio's own, about tasks an earlier test left, are not theirs)."""
+    records = [r for r in caplog.records
+               if r.name.split(".")[0] in ("sightline", "asyncpg", "pgserver")]
+    for record in records:
         assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()
-    return [record.getMessage() for record in caplog.records]
+    return [record.getMessage() for record in records]
 
 
-async def test_a_session_opened_while_postgres_is_down_goes_on_without_it(
+async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_later(
     own_postgres: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Postgres went away after the pool opened (seen: a replay's second session after the
     embedded server was killed ended the replay with a traceback and printed nothing): the
-    session opens without the database, answers, and writes its costs to JSONL."""
+    session opens without the database and answers; its row, cost log and conversation wait
+    on disk, and the next session opened on the database imports them, nothing lost."""
     url = await own_postgres.start()
     db = await Database.open(url, tmp_path / "data")
     await own_postgres.stop()
@@ -523,16 +544,46 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_without_it(
             await session.aclose()
             summary = await runtime.close()
             await db.close()
-    reply = " ".join(ev.item.text_content or "" for ev in run.events
-                     if ev.type == "message" and ev.item.role == "assistant")
-    assert reply == "(scripted) Still here."
-    assert runtime.memory is None
-    assert sum(m["calls"] for m in summary["by_model"].values()) == 1
-    events = jsonl(runtime.record.events.path)
-    assert events[-1]["kind"] == "summary" and events[-1]["detail"]["total_cost_usd"] > 0
-    messages = one_line_records(caplog)
-    assert any(m.startswith("the database does not answer (") for m in messages)
-    assert f"session {runtime.session_id} goes on without the database" in " ".join(messages)
+        reply = " ".join(ev.item.text_content or "" for ev in run.events
+                         if ev.type == "message" and ev.item.role == "assistant")
+        assert reply == "(scripted) Still here."
+        assert runtime.memory is None
+        assert sum(m["calls"] for m in summary["by_model"].values()) == 1
+        events = jsonl(runtime.record.events.path)
+        assert events[-1]["kind"] == "summary"
+        assert events[-1]["detail"]["total_cost_usd"] == summary["total_cost_usd"] > 0
+        messages = one_line_records(caplog)
+        assert any(m.startswith("the database does not answer (") for m in messages)
+        assert f"session {runtime.session_id} goes on without the database" in " ".join(
+            messages)
+        spilled = sorted(p.name.removeprefix(runtime.session_id)
+                         for p in settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
+        assert spilled == [".messages-spill.jsonl", ".session-spill.jsonl"]
+
+        # the database is back: the next session imports the first, nothing lost
+        url = await own_postgres.start()
+        db = await Database.open(url, tmp_path / "data")
+        later = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
+                                          source="replay")
+        await later.close()
+    try:
+        stored = await Store(db.pool).get_session(runtime.session_id)
+        ledger = [r["seq"] for r in await db.pool.fetch(
+            "SELECT seq FROM cost_events WHERE session_id = $1 ORDER BY seq",
+            runtime.session_id)]
+        said = [(r["role"], r["content"]) for r in await db.pool.fetch(
+            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id",
+            runtime.session_id)]
+    finally:
+        await db.close()
+    assert stored is not None and stored["tenant"] == "acme" and stored["user"] == "u1"
+    assert stored["summary"] == events[-1]["detail"]
+    assert datetime.fromisoformat(stored["ended_at"]).timestamp() == pytest.approx(
+        events[-1]["ts"], abs=1e-3)
+    assert datetime.fromisoformat(stored["started_at"]).timestamp() <= events[0]["ts"]
+    assert ledger == [e["seq"] for e in events[:-1]]  # every event but the summary, once
+    assert said == [("user", "Are you there?"), ("assistant", "(scripted) Still here.")]
+    assert not list(settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
 
 
 async def test_an_embedded_postgres_killed_under_us_is_let_go_in_one_line(
@@ -570,3 +621,20 @@ def test_library_log_records_are_cut_to_one_line(caplog: pytest.LogCaptureFixtur
         "[Errno 111] Connection refused",
         "Failed postgres command stop:",
     ]
+
+
+def test_spill_files_come_in_the_order_their_sessions_started(tmp_path: Path) -> None:
+    """Imported messages get ids in import order, and history reads them by id: a later
+    session whose id sorts first must still come after the earlier one (seen: a replay's
+    offline second session, `replay_04…`, imported before its first, `replay_42…`); within
+    a session its own row comes first, since the others refer to it."""
+    for session_id, started in (("s-b", 100.0), ("s-a", 200.0)):
+        (tmp_path / f"{session_id}.jsonl").write_text(json.dumps({"seq": 1, "ts": started}))
+    names = ["s-a.messages-spill.jsonl", "s-a.session-spill.jsonl", "s-b.messages-spill.jsonl",
+             "s-b.db-spill.jsonl", "s-c.db-spill.jsonl", "s-b.jsonl.bak"]
+    for name in names:
+        (tmp_path / name).write_text("{}\n")
+    assert [p.name for p in spill_files(tmp_path)] == [
+        "s-b.db-spill.jsonl", "s-b.messages-spill.jsonl",
+        "s-a.session-spill.jsonl", "s-a.messages-spill.jsonl",
+        "s-c.db-spill.jsonl"]  # no cost log: last

@@ -30,7 +30,6 @@ from agent.assist import ASSIST_TOPIC, AssistMessage
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.images import sized_for
-from agent.session_record import read_event_log
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from bench.livekit_harness import (
     API_KEY,
@@ -43,6 +42,7 @@ from bench.livekit_harness import (
 )
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
+from memory.spill_files import read_event_log
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"

@@ -25,7 +25,6 @@ from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.images import image_tokens, sized_for
 from agent.session import SessionRuntime
-from agent.session_record import read_event_log
 from agent.wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
@@ -34,6 +33,7 @@ from agent.wire_format_server import (
 )
 from memory.db import Database
 from memory.knowledge import KnowledgeBase
+from memory.spill_files import read_event_log
 from memory.store import Store
 from tools.memory_tools import key_for, words
 
