@@ -57,6 +57,10 @@ SCREEN_READ_WAIT = Histogram("sightline_screen_read_wait_seconds",
 SCREEN_READS_FORCED = Counter("sightline_screen_reads_forced",
                               "Screen-text reads started after the longest wait with the "
                               "machine still busy: screen memory falling behind", ["tenant"])
+SESSIONS_WITHOUT_DATABASE = Counter(
+    "sightline_sessions_without_database",
+    "Sessions opened while Postgres did not answer: no recall; their rows wait on disk",
+    ["tenant"])
 WRITER_QUEUE = Gauge("sightline_writer_queue_rows",
                      "Event rows waiting for Postgres, in memory and spilled, all sessions")
 WRITER_SPILLED = Gauge("sightline_writer_spilled_rows",
@@ -114,6 +118,8 @@ def record(event: Event) -> None:
         SCREEN_READS_FOLDED.labels(tenant).inc(detail.get("coalesced", 0))
         SCREEN_READ_WAIT.labels(tenant).observe(detail.get("waited_ms", 0.0) / 1000)
         SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
+    elif kind == "no_database":
+        SESSIONS_WITHOUT_DATABASE.labels(tenant).inc()
 
 
 def _turn(tenant: str, detail: dict[str, Any]) -> None:

@@ -239,6 +239,8 @@ class SessionRuntime:
                                         alerts=process_sink(settings.alert_webhook).on_event)
             meters.append(record.meter)
             record.note_process(room)
+            if store is None:
+                record.events.record("no_database", detail={})  # for ops: metrics, the log
             try:
                 runtime = await cls._assemble(
                     settings, db, store, record, parts, tiers, providers, embedder, reranker,

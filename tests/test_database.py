@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 from conftest import assert_bm25_statistics_exact, run_cli
+from prometheus_client import REGISTRY
 
 from agent.config import Settings
 from agent.pricing import PriceTable, Usage
@@ -535,6 +536,8 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
             gemini_api_key="test-key", anthropic_api_key="test-key",
             gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
             embeddings="offline", memory_updates=False)
+        offline_before = REGISTRY.get_sample_value(
+            "sightline_sessions_without_database_total", {"tenant": "acme"}) or 0.0
         with caplog.at_level(logging.WARNING):
             runtime = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
                                                 source="replay")
@@ -552,6 +555,10 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         events = jsonl(runtime.record.events.path)
         assert events[-1]["kind"] == "summary"
         assert events[-1]["detail"]["total_cost_usd"] == summary["total_cost_usd"] > 0
+        # ops see it as it happens: the metric, and the event in the session's log
+        assert [e["kind"] for e in events[:2]] == ["session", "no_database"]
+        assert REGISTRY.get_sample_value("sightline_sessions_without_database_total",
+                                         {"tenant": "acme"}) == offline_before + 1
         messages = one_line_records(caplog)
         assert any(m.startswith("the database does not answer (") for m in messages)
         assert f"session {runtime.session_id} goes on without the database" in " ".join(
