@@ -151,6 +151,7 @@ def storable(text: str) -> str:
 
 def start_embedded(pgdata: Path) -> Any:
     """Start (or join) the embedded Postgres; blocking, so callers run it in a thread."""
+    library_logs_in_one_line()  # a failed start: pgserver would log the server's whole log
     with warnings.catch_warnings():
         # pgserver resolves a runtime dir at import and warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
