@@ -156,6 +156,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         store = Store(db.pool)
         if args.session_id:
             session = await store.get_session(args.session_id)
+            if session is None and args.close:
+                session = await _offline_session(store, settings, args.session_id)
             if session is None:
                 raise UserError(f"no session {args.session_id!r} in "
                                 f"{masked_url(db.url)}")
@@ -192,6 +194,20 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tenant {args.tenant}: {minutes:.2f} voice minutes (speech heard and spoken) in "
               f"these {len(sessions)} sessions")
     return 0
+
+
+async def _offline_session(store: Any, settings: Settings, session_id: str,
+                           ) -> dict[str, Any] | None:
+    """A session that ran without the database and whose process died before it closed
+    (its row still spilled, so no import will take it): its row is written from the spill,
+    so that `--close` can end it; the next import then brings in its ledger and messages."""
+    from memory.spill_files import SpillKind, read_spill_rows, spill_path
+
+    rows = read_spill_rows(spill_path(settings.costs_dir, session_id, SpillKind.SESSION))
+    if not rows:
+        return None
+    await store.start_session(session_id, **rows[0])
+    return await store.get_session(session_id)
 
 
 async def _close(

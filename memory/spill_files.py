@@ -36,15 +36,27 @@ def event_log_path(directory: Path, session_id: str) -> Path:
 
 def read_event_log(path: Path) -> list[dict[str, Any]]:
     """A cost log's events; a line torn by a killed process is left out."""
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
+    return [e for e in _json_lines(path.read_text(errors="replace")) if "kind" in e and "seq" in e]
+
+
+def read_spill_rows(path: Path) -> list[dict[str, Any]]:
+    """A spill file's rows; none when it is missing (a line torn by a crash is left out)."""
+    try:
+        return _json_lines(path.read_text(errors="replace"))
+    except FileNotFoundError:
+        return []
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    objects = []
+    for line in text.splitlines():
         try:
-            event = json.loads(line)
+            value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and "kind" in event and "seq" in event:
-            events.append(event)
-    return events
+        if isinstance(value, dict):
+            objects.append(value)
+    return objects
 
 
 def spill_path(directory: Path, session_id: str, kind: SpillKind) -> Path:

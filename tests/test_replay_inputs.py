@@ -197,6 +197,47 @@ async def test_costs_close_ends_a_session_whose_process_was_killed(
         f"sightline: session {session_id} has ended already (abandoned): nothing to close"]
 
 
+async def test_costs_close_ends_a_session_that_ran_without_the_database(
+    settings: Settings, db: Database,
+) -> None:
+    """A session opened while Postgres was down, whose process then died: its row is only in
+    its spill file, and its cost log has no summary, so no import takes it. `--close` writes
+    the row from the spill and closes it from the cost log; the next import (here `memory
+    show`) brings in its conversation."""
+    runtime = await SessionRuntime.open(
+        settings.with_overrides(gemini_api_key="test-key", anthropic_api_key="test-key",
+                                embeddings="offline"),
+        None, tenant="acme", user_id="u1", source="live")
+    try:
+        runtime.conversation.add("u1", "user", "said before the process died")
+        # as if its process had died: the log names a process of this host that has ended
+        ended = await asyncio.create_subprocess_exec("true")
+        await ended.wait()
+        log = runtime.record.events.path
+        events = read_jsonl(log)
+        for event in events:
+            if event["kind"] == "session":
+                event["detail"]["pid"] = ended.pid
+        log.write_text("".join(json.dumps(e) + "\n" for e in events))
+        assert await Store(db.pool).get_session(runtime.session_id) is None
+
+        env = cli_env(settings)
+        code, out, err = await run_cli("costs", runtime.session_id, "--close", env=env)
+        assert code == 0, err
+        assert "ended: abandoned" in out
+        stored = await Store(db.pool).get_session(runtime.session_id)
+        assert stored is not None and stored["outcome"] == "abandoned"
+        assert (stored["tenant"], stored["user"], stored["source"]) == ("acme", "u1", "live")
+        code, out, err = await run_cli("memory", "show", "--tenant", "acme", "--user", "u1",
+                                       env=env)
+        assert code == 0 and "user: said before the process died" in out, err
+        kinds = [e["kind"] for e in (await Store(db.pool).get_session(
+            runtime.session_id) or {})["events"]]
+        assert kinds == [e["kind"] for e in events]  # its whole ledger, once
+    finally:
+        await runtime.close()
+
+
 async def test_costs_close_recomputes_from_postgres_without_the_cost_log(
     settings: Settings, db: Database,
 ) -> None:
