@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(LIVEKIT_SERVER) system-packages $(CONSOLE_BUNDLE)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 install: $(STAMP)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory console; \
