@@ -144,10 +144,11 @@ def _require_free_port(port: int, env: str) -> None:
 
 def _preload(settings: Settings) -> None:
     """Load what sessions share once, here, rather than in the first session that needs it:
-    the session code, the offline embedder's weights, an OCR engine, and what the first turn
-    and the first kept frame import. An import holds the GIL: in a burst of 30 joining, the
-    first session's imports of genai-prices' model table (0.85 s) and Pillow's image plugins
-    (0.3 s) stalled every session's loop (measured with PYTHONPROFILEIMPORTTIME in bench.load)."""
+    the session code, the model SDKs of the tiers, the offline embedder's weights, an OCR
+    engine, and what the first turn and the first kept frame import. An import holds the GIL:
+    in a burst of 30 joining, the first session's imports of genai-prices' model table
+    (0.85 s) and Pillow's image plugins (0.3 s) stalled every session's loop (measured with
+    PYTHONPROFILEIMPORTTIME in bench.load)."""
     from genai_prices import data_snapshot
     from PIL import Image
 
@@ -156,7 +157,9 @@ def _preload(settings: Settings) -> None:
 
     from . import session  # noqa: F401 - importing it is the point
     from .components import make_embedder
+    from .providers import import_sdks
 
+    import_sdks(settings.cascade_tiers())
     data_snapshot.get_snapshot()
     Image.preinit()
     make_embedder(settings)

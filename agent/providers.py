@@ -17,11 +17,10 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import aiohttp
-import anthropic
 import httpx
 from google import genai
 from google.genai import errors as genai_errors
@@ -31,6 +30,9 @@ from livekit.agents import llm
 from .config import Settings, Tier
 from .pricing import Usage
 from .tls import shared_tls_context
+
+if TYPE_CHECKING:
+    import anthropic
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 PURPOSE_HEADER = "x-sightline-purpose"
@@ -224,6 +226,11 @@ class ClaudeProvider(_ProviderBase):
         self.model = model
         self._schemas: ToolSchemas[dict[str, Any]] = ToolSchemas(
             lambda tools: tools.parse_function_tools("anthropic", strict=False))
+        # imported here: ~2 s, paid only where a tier is Claude (`sightline gaps refresh`
+        # names gaps with tier 0 alone); a worker imports it before its jobs (`import_sdks`)
+        import anthropic
+
+        self._errors = anthropic
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries,
             http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_tls_context()),
@@ -261,14 +268,14 @@ class ClaudeProvider(_ProviderBase):
                             call_id=block.id, name=block.name, arguments=json.dumps(block.input),
                         )
                 final = await stream.get_final_message()
-        except anthropic.APITimeoutError as exc:
+        except self._errors.APITimeoutError as exc:
             raise self._timeout() from exc
-        except anthropic.APIStatusError as exc:
+        except self._errors.APIStatusError as exc:
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.status_code), exc.status_code,
                 exc.message,
             ) from exc
-        except anthropic.APIConnectionError as exc:
+        except self._errors.APIConnectionError as exc:
             raise ProviderError(self.name, self.model, "connection", None, str(exc)) from exc
         except TimeoutError as exc:
             raise self._timeout() from exc
@@ -276,6 +283,13 @@ class ClaudeProvider(_ProviderBase):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def import_sdks(tiers: Iterable[Tier]) -> None:
+    """Import the SDKs these tiers' providers load when made, ahead of the first session:
+    an import holds the GIL, and in a burst every session's loop would wait for it."""
+    if any(tier.provider == "anthropic" for tier in tiers):
+        import anthropic  # noqa: F401 - importing it is the point
 
 
 def make_provider(settings: Settings, tier: Tier) -> ChatProvider:

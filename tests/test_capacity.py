@@ -308,7 +308,11 @@ from agent.config import Settings
 _preload(Settings.from_env())
 before = set(sys.modules)
 from agent.pricing import PriceTable
+from agent.providers import make_provider
 from PIL import Image
+settings = Settings.from_env()
+for tier in settings.cascade_tiers():  # a session's providers
+    make_provider(settings, tier)
 PriceTable.load().get("gemini-2.5-flash-lite")  # a first turn's price
 Image.new("RGB", (64, 64)).save(io.BytesIO(), "JPEG")  # and its image for the model
 print(" ".join(sorted(set(sys.modules) - before)))
@@ -317,10 +321,12 @@ print(" ".join(sorted(set(sys.modules) - before)))
 
 def test_what_the_first_turn_imports_is_loaded_before_any_job(tmp_path) -> None:
     """An import holds the GIL: done inside a burst, every session's loop waits for it."""
-    env = {**os.environ, "SIGHTLINE_SCREEN_TEXT": "off", "SIGHTLINE_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "SIGHTLINE_SCREEN_TEXT": "off", "SIGHTLINE_DATA_DIR": str(tmp_path),
+           "GOOGLE_API_KEY": "probe-key", "ANTHROPIC_API_KEY": "probe-key"}
     probe = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True,
                            text=True, timeout=300, check=True)
     imported_late = probe.stdout.split()
+    assert "anthropic" not in imported_late  # the default tiers' Claude, made by the session
     assert "genai_prices.data" not in imported_late
     assert not [m for m in imported_late if m.startswith("PIL.")], imported_late
 
