@@ -141,7 +141,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  not priced (missing from {summary['prices']}, counted as $0 in the "
                      "total): " + ", ".join(sorted(unpriced)))
     lines.append(f"  total: ${summary['total_cost_usd']:.6f}")
-    lines.append(f"  cost log: {summary['cost_log']}")
+    lines.append(f"  cost log: {summary['cost_log']}"
+                 + (f" (incomplete: {summary['cost_log_error']}; the database has every event)"
+                    if summary.get("cost_log_error") else ""))
     return "\n".join(lines)
 
 

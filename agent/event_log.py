@@ -57,6 +57,7 @@ class EventLog:
         self.path = event_log_path(costs_dir, session_id)
         check_log_dir(costs_dir)
         self._file = self.path.open("a", buffering=1)
+        self.file_error: str | None = None  # why the file stopped taking events (disk full)
         self._store = store
         self._writer = (
             BackgroundWriter("cost_events", store.add_cost_events,
@@ -83,7 +84,15 @@ class EventLog:
         self._seq += 1
         event = {"session_id": self.session_id, "tenant": self.tenant, "seq": self._seq,
                  "ts": time.time(), "kind": kind, **fields}
-        self._file.write(json.dumps(event) + "\n")
+        if self.file_error is None:
+            try:
+                self._file.write(json.dumps(event) + "\n")
+            except OSError as exc:
+                # a full or failing disk: the session goes on, its events still reach
+                # Postgres; the file stops here rather than go on after a torn line
+                self.file_error = f"{exc.strerror or exc} (from event {self._seq} on)"
+                log.error("cost log %s cannot be written: %s; the session goes on, its events "
+                          "go to the database only", self.path, self.file_error)
         return event
 
     def record(self, kind: str, *, cost_usd: float | None = 0.0, **fields: Any) -> Event:
@@ -100,9 +109,14 @@ class EventLog:
         row; returns it with the count of events the database did not take (kept on disk)."""
         if self._writer is not None:
             summary = {**summary, "db_spilled_events": await self._writer.close()}
+        if self.file_error is not None:
+            summary = {**summary, "cost_log_error": self.file_error}
         # the summary goes to the session row below, not to cost_events
         self._append("summary", {"cost_usd": summary["total_cost_usd"], "detail": summary})
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # what the full disk refused to take: said when it refused
+            pass
         if self._store is not None:
             try:
                 await self._store.end_session(self.session_id, summary["total_cost_usd"], summary)

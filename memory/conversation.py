@@ -60,8 +60,7 @@ class ConversationLog:
         row = {"tenant": self.tenant, "user_id": user_id, "role": role, "content": content}
         if self._writer is not None:
             self._writer.put(row)
-        else:
-            append_rows(self._spill, [row])
+        elif append_rows(self._spill, [row]) is not None:
             self._offline += 1
 
     async def history(self, user_id: str, limit: int) -> llm.ChatContext:

@@ -9,12 +9,18 @@ straight to their file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("sightline.db")
 
 EVENT_LOG_SUFFIX = ".jsonl"
 
@@ -94,8 +100,25 @@ def _started(directory: Path, session_id: str) -> float:
         return math.inf
 
 
-def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows to a spill file as JSON lines (blocking: a few lines, microseconds)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> int | None:
+    """Append rows to a spill file as JSON lines; returns where they begin (the file's size
+    before them), or None when the disk refused them (full, failing): the file is then left
+    as it was, with no torn line, and the loss is said in one line. Blocking: a few lines,
+    microseconds."""
+    data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab", buffering=0) as fh:
+            start = fh.tell()
+            try:
+                if fh.write(data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                with contextlib.suppress(OSError):  # a file can be cut back; /dev/full cannot
+                    fh.truncate(start)
+                raise
+    except OSError as exc:
+        log.error("%d rows could not be kept in %s (%s): they are lost", len(rows), path,
+                  exc.strerror or exc)
+        return None
+    return start

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .spill_files import append_rows
+
 log = logging.getLogger("sightline.db")
 
 Row = dict[str, Any]
@@ -50,6 +52,7 @@ class BackgroundWriter:
         self._closing = False
         self._failing_since: str | None = None
         self.written = 0
+        self.lost = 0  # rows neither the database nor the disk took
         self._task = asyncio.create_task(self._run(), name=f"writer:{name}")
 
     def put(self, row: Row) -> None:
@@ -70,12 +73,12 @@ class BackgroundWriter:
         return self._spilled
 
     def _spill(self, rows: list[Row]) -> None:
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("a") as fh:
-            if not self._spilled:
-                self._spill_offset = fh.tell()
-            fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+        start = append_rows(self._spill_path, rows)
+        if start is None:  # the disk refused them too (said by append_rows): they are lost
+            self.lost += len(rows)
+            return
         if not self._spilled:
+            self._spill_offset = start
             log.warning("%s: database still unreachable, queue full: spilling to %s",
                         self._name, self._spill_path)
         self._spilled += len(rows)
@@ -171,8 +174,9 @@ class BackgroundWriter:
         if not self._pending and not self._spilled:
             return 0
         self._spill(self._pending)  # after the rows spilled earlier: the order holds
-        spilled = self._spilled
-        log.error("%s: database unreachable, %d rows kept in %s", self._name, spilled,
-                  self._spill_path)
         self._pending.clear()
+        spilled = self._spilled
+        if spilled:
+            log.error("%s: database unreachable, %d rows kept in %s", self._name, spilled,
+                      self._spill_path)
         return spilled

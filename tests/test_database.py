@@ -25,6 +25,7 @@ import pytest
 from conftest import assert_bm25_statistics_exact, run_cli
 from prometheus_client import REGISTRY
 
+from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.pricing import PriceTable, Usage
 from agent.session import SessionRuntime
@@ -645,3 +646,49 @@ def test_spill_files_come_in_the_order_their_sessions_started(tmp_path: Path) ->
         "s-b.db-spill.jsonl", "s-b.messages-spill.jsonl",
         "s-a.session-spill.jsonl", "s-a.messages-spill.jsonl",
         "s-c.db-spill.jsonl"]  # no cost log: last
+
+
+async def test_a_full_disk_stops_the_cost_log_not_the_session(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cost log's disk is full (seen on a 64 KB tmpfs: the replay died in tracebacks and
+    printed nothing): recording goes on, the file stops with one line, every event still
+    reaches Postgres, and the summary says what the file lacks. /dev/full refuses every
+    write with ENOSPC, as a full disk does."""
+    costs = tmp_path / "costs"
+    costs.mkdir()
+    (costs / "sess_disk_full.jsonl").symlink_to("/dev/full")
+    with caplog.at_level(logging.WARNING):
+        db, session, _ = await open_session(database_url, tmp_path, "sess_disk_full")
+        record(session, 3, 0.0)  # 6 events
+        summary = await session.close()
+    try:
+        assert await wait_for_count(database_url, "SELECT count(*) FROM cost_events", 6) == 6
+        stored = await Store(db.pool).get_session("sess_disk_full")
+    finally:
+        await db.close()
+    assert summary["cost_log_error"] == "No space left on device (from event 1 on)"
+    assert stored is not None and stored["summary"] == summary
+    assert "(incomplete: No space left on device (from event 1 on); the database has every " \
+           "event)" in format_summary(summary)
+    assert one_line_records(caplog) == [
+        f"cost log {costs / 'sess_disk_full.jsonl'} cannot be written: No space left on device "
+        "(from event 1 on); the session goes on, its events go to the database only"]
+
+
+async def test_rows_neither_the_database_nor_the_disk_takes_are_counted_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def down(rows: list[dict[str, Any]]) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+    spill = tmp_path / "s.db-spill.jsonl"
+    spill.symlink_to("/dev/full")
+    writer = BackgroundWriter("cost_events", down, spill, max_pending=8)
+    with caplog.at_level(logging.WARNING):
+        for n in range(12):
+            writer.put({"seq": n})  # past 8 pending: 2 rows spill, and are refused
+        assert await writer.close(timeout_s=0.5) == 0
+    assert writer.lost == 12 and writer.spilled == 0
+    lost = [m for m in one_line_records(caplog) if "could not be kept" in m]
+    assert lost == [f"{n} rows could not be kept in {spill} (No space left on device): they are "
+                    "lost" for n in (2, 2, 8)]  # each quarter the queue sheds, then the rest
