@@ -64,6 +64,7 @@ def failure_sentence(err: ProviderError) -> str:
         "rate_limited": "is rate-limiting us right now",
         "server_error": "had an internal error",
         "connection": "could not be reached",
+        "bad_response": "sent back something that is not an answer",
         "unknown_tool": "kept asking for a tool it does not have",
     }.get(err.kind, "rejected the request")
     return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."

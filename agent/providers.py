@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import httpx
+import pydantic
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
@@ -115,6 +116,13 @@ class _ProviderBase:
     def _timeout(self) -> ProviderError:
         return ProviderError(self.name, self.model, "timeout", None, "no answer in time")
 
+    def _bad_response(self, exc: Exception) -> ProviderError:
+        """An answer that is not the API's own (an HTML page, a cut-off stream), as one
+        line with the start of what came."""
+        text = " ".join(str(exc).split())
+        return ProviderError(self.name, self.model, "bad_response", None,
+                             text[:160] + ("…" if len(text) > 160 else ""))
+
 
 def _gemini_usage(meta: genai_types.GenerateContentResponseUsageMetadata) -> Usage:
     cached = meta.cached_content_token_count or 0
@@ -183,6 +191,10 @@ class GeminiProvider(_ProviderBase):
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
             ) from exc
+        except (genai_errors.UnknownApiResponseError, json.JSONDecodeError,
+                pydantic.ValidationError) as exc:
+            # not the API's JSON: a proxy's error page, a stream cut off mid-object
+            raise self._bad_response(exc) from exc
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise self._timeout() from exc
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
@@ -255,8 +267,10 @@ class ClaudeProvider(_ProviderBase):
                 **({"system": system} if system else {}),
                 **({"tools": schemas} if schemas else {}),
             ) as stream:
+                started = False
                 async for event in stream:
                     if event.type == "message_start":  # the input count comes first; the
+                        started = True
                         yield _claude_usage(event.message.usage)  # output count at the end
                     elif event.type == "text":
                         yield event.text
@@ -267,7 +281,12 @@ class ClaudeProvider(_ProviderBase):
                         yield llm.FunctionToolCall(
                             call_id=block.id, name=block.name, arguments=json.dumps(block.input),
                         )
+                if not started:  # 200 with no message in it: a proxy's page, not the API's
+                    raise self._bad_response(ValueError("no message in the answer"))
                 final = await stream.get_final_message()
+        except (self._errors.APIResponseValidationError, json.JSONDecodeError,
+                pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
+            raise self._bad_response(exc) from exc
         except self._errors.APITimeoutError as exc:
             raise self._timeout() from exc
         except self._errors.APIStatusError as exc:

@@ -89,10 +89,13 @@ class ScriptedToolCall:
 
 @dataclass(frozen=True)
 class ScriptedReply:
-    """One scripted answer; a non-200 ``status`` yields the provider's JSON error instead."""
+    """One scripted answer; a non-200 ``status`` yields the provider's JSON error instead,
+    and a ``proxy_page`` a 200 whose body is that page (what a proxy in front of the provider
+    answers with), not the API's JSON."""
 
     text: str = ""
     status: int = 200
+    proxy_page: str | None = None
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     words_per_chunk: int = WORDS_PER_CHUNK  # streaming granularity (live APIs: a few tokens)
@@ -444,6 +447,8 @@ class ScriptedModelServer:
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return self._gemini_error(reply.status, f"scripted error {reply.status}")
+        if reply.proxy_page is not None:
+            return web.Response(text=reply.proxy_page, content_type="text/html")
 
         usage = {
             "promptTokenCount": estimate_text_tokens(captured.text) + image_tokens,
@@ -634,6 +639,8 @@ class ScriptedModelServer:
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
             return self._anthropic_error(reply.status, f"scripted error {reply.status}")
+        if reply.proxy_page is not None:
+            return web.Response(text=reply.proxy_page, content_type="text/html")
 
         cache_write, cache_read = self.cache.anthropic(body)
         input_tokens = max(

@@ -15,6 +15,7 @@ one line.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 from abc import ABC, abstractmethod
@@ -232,8 +233,11 @@ class GeminiEmbedder:
         from google.genai import errors, types
 
         self._types = types
-        # what the SDK raises when the service cannot be reached or refuses a call
-        self._unreachable = (errors.APIError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+        # what the SDK raises when the service cannot be reached, refuses a call, or answers
+        # with something that is not its JSON (a proxy's page)
+        self._not_json = (errors.UnknownApiResponseError, json.JSONDecodeError)
+        self._unreachable = (errors.APIError, *self._not_json, aiohttp.ClientError, OSError,
+                             asyncio.TimeoutError)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
@@ -250,7 +254,9 @@ class GeminiEmbedder:
                                                           output_dimensionality=self.dim),
                 )
             except self._unreachable as exc:
-                reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+                reason = ("its answer was not the API's JSON (a proxy's page?)"
+                          if isinstance(exc, self._not_json)
+                          else " ".join(str(exc).split())[:160] or type(exc).__name__)
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"

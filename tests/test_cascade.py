@@ -230,6 +230,32 @@ async def test_a_failing_tier_falls_through_to_the_next(make: Make, status: int)
     assert replies.asked == [LITE, FLASH]
 
 
+async def test_an_answer_that_is_not_the_apis_is_a_failure_in_one_line(make: Make) -> None:
+    """A proxy's HTML page where the API's JSON should be (the SDKs raised parse errors the
+    providers did not catch: the turn died in a traceback): each tier fails in one line,
+    the next is tried, and the user hears one sentence when none answered."""
+    page = "<html><body><h1>502 Bad Gateway</h1>\n<p>corporate proxy</p></body></html>"
+    model, replies = await make({
+        LITE: [ScriptedReply(proxy_page=page)],
+        FLASH: [said("From the next tier.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    assert await ask(model, llm.ChatContext.empty(), "What is on screen?") == \
+        "From the next tier."
+    assert replies.asked == [LITE, FLASH]
+    error = turns(model)[0]["tried"][0]["error"]
+    assert error.startswith("gemini gemini-2.5-flash-lite: bad_response: ") and "\n" not in error
+    assert "502 Bad Gateway" in error
+    model2, _ = await make({
+        LITE: [ScriptedReply(proxy_page=page)], FLASH: [ScriptedReply(proxy_page=page)],
+        CLAUDE: [ScriptedReply(proxy_page=page)],
+    })
+    answer = await ask(model2, llm.ChatContext.empty(), "Anything?")
+    assert answer == ("Sorry, the model (claude-sonnet-4-6) sent back something that is not an "
+                      "answer, so I have no answer. Please ask again.")
+    assert [t["error"].split(": ")[1] for t in turns(model2)[0]["tried"]] == ["bad_response"] * 3
+
+
 async def test_a_slow_tier_times_out_and_the_next_answers(make: Make) -> None:
     model, _ = await make({
         LITE: [said("too late", 0.9, delay_s=5.0)],

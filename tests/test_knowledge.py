@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import CountingEmbedder, cli_env, run_cli
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
@@ -24,7 +25,13 @@ from agent.pricing import PriceTable
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import GeminiEmbedder, MPNetEmbedder, SharedQueries, WordLlamaEmbedder
+from memory.embeddings import (
+    EmbeddingError,
+    GeminiEmbedder,
+    MPNetEmbedder,
+    SharedQueries,
+    WordLlamaEmbedder,
+)
 from memory.knowledge import Hit, KnowledgeBase, KnowledgeError, rrf, weighted
 
 ROUTER = """# Resetting the router
@@ -202,6 +209,33 @@ async def test_gemini_embeddings_through_the_real_sdk(db: Database, docs: Path) 
     assert query.body["requests"][0]["outputDimensionality"] == 768
     assert await db.pool.fetchval(
         "SELECT DISTINCT embed_model FROM kb_chunks") == "gemini-embedding-001-768"
+
+
+async def test_a_proxy_page_instead_of_embeddings_is_one_embedding_error() -> None:
+    """A 200 whose body is a proxy's HTML, not the API's JSON: the SDK's parse error became
+    a traceback; now it is the embedder's one-line error, which recall turns into keywords
+    alone (memory/recall.py)."""
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text="<html><h1>502 Bad Gateway</h1>\n</html>",
+                            content_type="text/html")
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    embedder = GeminiEmbedder(api_key="test-key", base_url=f"http://127.0.0.1:{port}",
+                              retries=0)
+    try:
+        with pytest.raises(EmbeddingError) as failed:
+            await embedder.embed_query("which port does the VPN use")
+    finally:
+        await embedder.aclose()
+        await runner.cleanup()
+    message = str(failed.value)
+    assert "\n" not in message and "its answer was not the API's JSON" in message
+    assert message.startswith(f"Gemini embeddings (gemini-embedding-001 at http://127.0.0.1:{port})")
 
 
 async def test_a_turns_lookup_keeps_word_sharing_hits(
