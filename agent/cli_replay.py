@@ -61,6 +61,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if turn.screen_t is not None:
             shot = {"sent": "new screenshot", "unchanged": "screen unchanged, no new screenshot"}
             screen = f"screen at t={turn.screen_t:.0f}s ({shot.get(turn.screenshot, 'none')})"
+        if turn.unheard is not None:
+            print(f"[{turn.t:6.1f}s] {turn.user}: (spoken, not heard by the STT: {turn.unheard}; "
+                  f"the recording said: {turn.spoken!r})\n")
+            continue
         print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
         if turn.spoken is not None:
             print(f"         (spoken; heard by the STT, the recording said: {turn.spoken!r})")

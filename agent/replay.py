@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import wave
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from livekit import rtc
+from livekit.agents import APIError
 
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
@@ -48,6 +50,8 @@ from .wire_format_server import (
     ScriptedToolCall,
 )
 
+log = logging.getLogger("sightline.replay")
+
 
 @dataclass(frozen=True)
 class ReplayedTurn:
@@ -67,6 +71,7 @@ class ReplayedTurn:
     memory_used: tuple[str, ...] = ()  # "summary", "fact:<key>", "earlier <date> <role>"
     screen_used: tuple[str, ...] = ()  # "t=<s>" digest, "recalled t=<s>", "earlier t=<s>"
     spoken: str | None = None  # a spoken turn: what was said (`text` is what the STT heard)
+    unheard: str | None = None  # why the STT heard nothing of a spoken turn (then not asked)
 
 
 @dataclass
@@ -266,8 +271,20 @@ async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) 
 async def _run_turn(
     session: Any, runtime: SessionRuntime, turn: FixtureTurn, events: list[Event],
 ) -> ReplayedTurn:
-    """Run one scripted turn; `events` collects what the session records meanwhile."""
-    text = turn.text if turn.audio is None else await _hear(session, turn.audio)
+    """Run one scripted turn; `events` collects what the session records meanwhile. A
+    spoken turn the STT fails on (after its retries) is said in one line and not asked: the
+    replay goes on with the next."""
+    text = turn.text
+    if turn.audio is not None:
+        try:
+            text = await _hear(session, turn.audio)
+        except APIError as exc:
+            why = " ".join(str(exc).split())
+            log.error("the spoken turn at t=%.1fs was not heard: %s", turn.t, why)
+            return ReplayedTurn(t=turn.t, tenant=turn.tenant, user=turn.user, text="",
+                                reply="", origin=turn.response.origin, model_requests=0,
+                                images_sent=0, screen_t=None, screenshot="none",
+                                spoken=turn.text, unheard=why)
     run = await session.run(user_input=text)
     reply = " ".join(
         ev.item.text_content or ""

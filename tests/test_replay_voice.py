@@ -4,11 +4,13 @@ pipeline as typed turns (fixtures/voice_demo mixes both)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from test_replay import read_jsonl
 from test_speech import wer
 
@@ -38,6 +40,43 @@ async def test_spoken_turns_are_heard_by_the_configured_stt(settings: Settings,
     assert sum(e["detail"]["audio_s"] for e in speech) == pytest.approx(4.0, abs=0.3)
     assert result.sessions[0]["voice"]["heard_s"] == pytest.approx(
         sum(e["detail"]["audio_s"] for e in speech), abs=0.01)
+
+
+async def test_a_spoken_turn_the_stt_fails_on_is_one_line_and_the_replay_goes_on(
+    settings: Settings, db: Database, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The STT refuses (here a 400 from an OpenAI-compatible server): the replay ended in a
+    traceback and printed nothing; now each spoken turn it could not hear is one line, is not
+    asked, and the typed turn after them is answered."""
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "scripted: no transcription today"}},
+                                 status=400)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fixture = load_fixture(VOICE_FIXTURE)
+    stt = Settings.from_env({"SIGHTLINE_STT": "openai:whisper-1",
+                             "SIGHTLINE_DATA_DIR": str(settings.data_dir)}).stt
+    try:
+        with caplog.at_level(logging.ERROR, logger="sightline.replay"):
+            result = await replay(fixture, settings.with_overrides(
+                stt=stt, stt_base_url=f"http://127.0.0.1:{port}/v1", openai_api_key="test-key"),
+                db)
+    finally:
+        await runner.cleanup()
+    unheard = [t for t in result.turns if t.unheard is not None]
+    assert [t.spoken for t in unheard] == [t.text for t in fixture.turns if t.audio]
+    assert all(t.reply == "" and t.model_requests == 0 for t in unheard)
+    typed = result.turns[2]
+    assert typed.unheard is None and typed.reply == fixture.turns[2].response.text
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert lines[0].startswith("the spoken turn at t=8.0s was not heard: ")
+    assert "no transcription today" in lines[0]
 
 
 async def test_spoken_fixture_without_stt_is_one_line(settings: Settings, db: Database) -> None:
