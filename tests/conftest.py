@@ -7,16 +7,18 @@ still created on it), so CI can point the suite at any Postgres with pgvector.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import numpy as np
 import pytest
+from aiohttp import web
 
 from agent.config import Settings
 from bench.livekit_harness import LiveKitServer, run_livekit_server
@@ -201,3 +203,21 @@ async def assert_switch_re_embeds(db: Database, tmp_path: Path, old: LocalEmbedd
     vector_hits, _ = await switched.rankings("acme", "I forgot the login secret of my gateway",
                                              5)
     assert "admin password" in vector_hits[0].text
+
+
+@contextlib.asynccontextmanager
+async def answering(handler: Callable[[web.Request], Awaitable[web.Response]],
+                    ) -> AsyncIterator[str]:
+    """A local HTTP server that answers every request with `handler` (a provider that
+    refuses, a proxy's page); yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import CountingEmbedder, cli_env, run_cli
+from conftest import CountingEmbedder, answering, cli_env, run_cli
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -218,24 +218,16 @@ async def test_a_proxy_page_instead_of_embeddings_is_one_embedding_error() -> No
     async def page(_request: web.Request) -> web.Response:
         return web.Response(text="<html><h1>502 Bad Gateway</h1>\n</html>",
                             content_type="text/html")
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    embedder = GeminiEmbedder(api_key="test-key", base_url=f"http://127.0.0.1:{port}",
-                              retries=0)
-    try:
-        with pytest.raises(EmbeddingError) as failed:
-            await embedder.embed_query("which port does the VPN use")
-    finally:
-        await embedder.aclose()
-        await runner.cleanup()
+    async with answering(page) as url:
+        embedder = GeminiEmbedder(api_key="test-key", base_url=url, retries=0)
+        try:
+            with pytest.raises(EmbeddingError) as failed:
+                await embedder.embed_query("which port does the VPN use")
+        finally:
+            await embedder.aclose()
     message = str(failed.value)
     assert "\n" not in message and "its answer was not the API's JSON" in message
-    assert message.startswith(f"Gemini embeddings (gemini-embedding-001 at http://127.0.0.1:{port})")
+    assert message.startswith(f"Gemini embeddings (gemini-embedding-001 at {url})")
 
 
 async def test_a_turns_lookup_keeps_word_sharing_hits(

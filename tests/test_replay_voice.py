@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from conftest import answering
 from test_replay import read_jsonl
 from test_speech import wer
 
@@ -51,23 +52,13 @@ async def test_a_spoken_turn_the_stt_fails_on_is_one_line_and_the_replay_goes_on
     async def refuse(_request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "scripted: no transcription today"}},
                                  status=400)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     fixture = load_fixture(VOICE_FIXTURE)
     stt = Settings.from_env({"SIGHTLINE_STT": "openai:whisper-1",
                              "SIGHTLINE_DATA_DIR": str(settings.data_dir)}).stt
-    try:
+    async with answering(refuse) as url:
         with caplog.at_level(logging.ERROR, logger="sightline.replay"):
             result = await replay(fixture, settings.with_overrides(
-                stt=stt, stt_base_url=f"http://127.0.0.1:{port}/v1", openai_api_key="test-key"),
-                db)
-    finally:
-        await runner.cleanup()
+                stt=stt, stt_base_url=f"{url}/v1", openai_api_key="test-key"), db)
     unheard = [t for t in result.turns if t.unheard is not None]
     assert [t.spoken for t in unheard] == [t.text for t in fixture.turns if t.audio]
     assert all(t.reply == "" and t.model_requests == 0 for t in unheard)
