@@ -106,7 +106,7 @@ class SessionScreenMemory:
                 "failed": stats.failed, "waited_s": round(stats.waited_ms / 1000, 1),
                 "forced": stats.forced,
                 "archived_frames": len(self.archive.times()),
-                "archive_replaced": self.archive.replaced})
+                "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed})
         await self.archive.aclose()
         try:
             await self._prune

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import re
 import threading
 import weakref
@@ -212,6 +213,29 @@ async def test_a_long_conversation_holds_one_screenshot_not_one_per_question() -
     gc.collect()
     assert sent[-1]() is not None
     assert all(ref() is None for ref in sent[:3]), "detached screenshots are let go"
+
+
+async def test_a_full_disk_is_one_warning_for_the_run_of_frames_it_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk refused every frame, one warning each (16 in the demo), and could leave a
+    torn image behind; now the first refusal and the recovery are said, the rest counted, and
+    nothing torn stays. /dev/full refuses every write with ENOSPC, as a full disk does."""
+    archive = FrameArchive(tmp_path / "frames", "s-full", max_bytes=60_000_000)
+    archive.directory.mkdir(parents=True)
+    desk = Desk(width=640, height=360, pointer=None, cursor_on=False)
+    for t in (1.0, 2.0, 3.0):
+        (archive.directory / f"{t:010.3f}.jpg").symlink_to("/dev/full")
+    with caplog.at_level(logging.WARNING, logger="sightline.vision"):
+        for t in (1.0, 2.0, 3.0, 4.0):
+            desk.lines = [f"Deploy {t} done", *CODE]
+            archive.save(SampledFrame(desk.frame(), t))
+            await archive.aclose()
+    assert archive.failed == 3 and archive.times() == [4.0]
+    assert sorted(p.name for p in archive.directory.iterdir()) == [f"{4.0:010.3f}.jpg"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and said[0].startswith("could not archive the frame at t=1.0s (")
+    assert said[1] == "archiving frames again at t=4.0s, after 3 that could not be"
 
 
 async def test_earlier_screen_reaches_the_archive_beyond_the_in_memory_history(

@@ -67,6 +67,7 @@ class FrameArchive:
         self._writer: asyncio.Task[None] | None = None
         self.replaced = 0  # frames that waited and were replaced by a newer one
         self.failed = 0
+        self._failing = 0  # frames not archived since the last that was (a full disk)
 
     def save(self, frame: SampledFrame) -> None:
         """Archive a kept frame; returns at once (called on the loop)."""
@@ -85,15 +86,27 @@ class FrameArchive:
                 size = await asyncio.to_thread(self._write, frame)
             except (OSError, ValueError) as exc:
                 self.failed += 1
-                log.warning("could not archive the frame at t=%.1fs: %r", frame.t, exc)
+                self._failing += 1
+                if self._failing == 1:  # the first of a run: the rest are counted till it ends
+                    log.warning("could not archive the frame at t=%.1fs (%r): frames are not "
+                                "archived until this clears", frame.t, exc)
                 continue
+            if self._failing:
+                log.warning("archiving frames again at t=%.1fs, after %d that could not be",
+                            frame.t, self._failing)
+                self._failing = 0
             self._sizes[frame.t] = size
             await asyncio.to_thread(self._trim)
 
     def _write(self, frame: SampledFrame) -> int:
         data = _encode(frame.frame)
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / _name(frame.t)).write_bytes(data)
+        path = self.directory / _name(frame.t)
+        try:
+            path.write_bytes(data)
+        except OSError:
+            path.unlink(missing_ok=True)  # no torn image for `earlier_screen` to show
+            raise
         return len(data)
 
     def _trim(self) -> None:
