@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import asyncpg
 
-from .migrate import MigrationFailed, apply_migrations
+from .migrate import LOCK_KEY, MigrationFailed, apply_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("sightline.db")
@@ -119,7 +119,11 @@ async def _create_schema(url: str, schema: str) -> None:
     """A scratch schema; pgvector stays in `public`, where the real schema finds it too."""
     conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
     try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+        async with conn.transaction():
+            # the migrations' lock: two first runs at once on a new database both found no
+            # extension and one failed creating it (UniqueViolation, reported as no database)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
         await conn.execute(f"CREATE SCHEMA {schema}")
     finally:
         await conn.close()

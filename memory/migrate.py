@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_LOCK_KEY = 0x5160_7117  # arbitrary constant shared by every Sightline process
+LOCK_KEY = 0x5160_7117  # arbitrary constant shared by every Sightline process
 # A migration that back-fills (0014's postings: 6 s for 12,000 chunks on a loaded 2-core
 # machine) grows with the data, so it gets far longer than a query's 30 s
 MIGRATION_TIMEOUT_S = 3600.0
@@ -30,7 +30,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     applied_now: list[str] = []
     async with conn.transaction():
         # lock first: even CREATE TABLE IF NOT EXISTS races in the catalog between processes
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

@@ -396,7 +396,11 @@ async def test_a_pause_mid_question_is_one_turn(
         rounds)
     assert turns["model_rounds"] == len(rounds) == turns["user_turns"] + len(discarded)
     assert turns["discarded_rounds"] == len(discarded)
-    assert turns["user_turns"] == len(heard) == voice["replies"], (turns, voice, rounds)
+    assert turns["user_turns"] == len(heard), (turns, voice, rounds)
+    # a reply is what reached the user: when the turn ended at the pause, its answer can be cut
+    # before any of it played (the user went on talking; seen once on a loaded machine), and
+    # that turn has no reply
+    assert 1 <= voice["replies"] <= turns["user_turns"], (turns, voice, rounds)
     # a discarded round's question is asked again whole, as a first question at tier 0 (in 3
     # of 4 runs here the VAD split the question and a preemptive round was discarded; else
     # the two stretches were one, or the turn ended at the pause: the counts above still hold)

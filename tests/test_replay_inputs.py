@@ -382,9 +382,12 @@ def normalized(output: str) -> str:
 
 
 async def test_fresh_replay_prints_the_same_on_every_run(settings: Settings) -> None:
+    """Two runs at once, on one database and data directory: each in its own scratch schema
+    and cost-log directory, so neither sees the other."""
     env = cli_env(settings)
-    runs = [await run_cli("replay", "--fresh", str(DEMO_FIXTURE), env=env) for _ in range(2)]
-    assert [code for code, _, _ in runs] == [0, 0]
+    runs = await asyncio.gather(*(run_cli("replay", "--fresh", str(DEMO_FIXTURE), env=env)
+                                  for _ in range(2)))
+    assert [code for code, _, _ in runs] == [0, 0], [err for _, _, err in runs]
     first, second = (normalized(out) for _, out, _ in runs)
     assert first == second
     assert first.count("Sightline: ") == 5 and "total: $" in first
