@@ -110,7 +110,12 @@ class Database:
                     asyncpg.InterfaceError) as exc:
                 log.error("could not drop the scratch schema %s (%s); dropping it later "
                           "is safe", self.scratch_schema, _reason(exc))
-        await self.pool.close()
+        try:
+            await self.pool.close()
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            # saying goodbye to a server that is gone can fail (a broken pipe): let go of it
+            self.pool.terminate()
+            log.warning("the database's connections were gone already (%s)", _reason(exc))
         if self.embedded is not None:
             await asyncio.to_thread(stop_embedded, self.embedded)
 
