@@ -45,6 +45,19 @@ def read_event_log(path: Path) -> list[dict[str, Any]]:
     return [e for e in _json_lines(path.read_text(errors="replace")) if "kind" in e and "seq" in e]
 
 
+def last_event(path: Path) -> dict[str, Any] | None:
+    """A cost log's last event, from its tail alone (a closed session's is its summary);
+    None when the log is missing, empty or its last line torn."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 65536))
+            lines = fh.read().splitlines()
+        event = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def read_spill_rows(path: Path) -> list[dict[str, Any]]:
     """A spill file's rows; none when it is missing (a line torn by a crash is left out)."""
     try:

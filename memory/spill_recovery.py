@@ -31,6 +31,7 @@ from .screen_timeline import ScreenTimeline
 from .spill_files import (
     SpillKind,
     event_log_path,
+    last_event,
     parse_spill_name,
     read_event_log,
     spill_files,
@@ -54,14 +55,8 @@ class RecoveryReport:
 
 def session_closed(costs_dir: Path, session_id: str) -> bool:
     """Whether the session's cost log ends with its summary (written last on close)."""
-    path = event_log_path(costs_dir, session_id)
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - 65536))
-            lines = fh.read().splitlines()
-        return bool(lines) and json.loads(lines[-1]).get("kind") == "summary"
-    except (OSError, ValueError):
-        return False
+    event = last_event(event_log_path(costs_dir, session_id))
+    return event is not None and event.get("kind") == "summary"
 
 
 def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
@@ -157,11 +152,16 @@ async def _import_log(kind: SpillKind, costs_dir: Path, session_id: str, store: 
     """What only the closed session's cost log holds: for a session that ran without the
     database, every event (the log is its ledger); and the summary, on its row if that is
     still open (it never is for a session whose database answered at its close)."""
-    events = await asyncio.to_thread(read_event_log, event_log_path(costs_dir, session_id))
-    summary = events.pop() if events and events[-1]["kind"] == "summary" else None
+    path = event_log_path(costs_dir, session_id)
     if kind is SpillKind.SESSION:
+        events = await asyncio.to_thread(read_event_log, path)
+        summary = events.pop() if events and events[-1]["kind"] == "summary" else None
         for start in range(0, len(events), BATCH):
             await store.add_cost_events(events[start:start + BATCH])
+    else:  # the summary alone: the tail, not the whole log again
+        last = await asyncio.to_thread(last_event, path)
+        summary = (last if last is not None and last.get("kind") == "summary"
+                   and "seq" in last else None)  # an event, as read_event_log has them
     if summary is not None:
         await store.close_session(session_id, summary["detail"]["total_cost_usd"],
                                   summary["detail"], ended_at=summary["ts"])
