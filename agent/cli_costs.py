@@ -132,6 +132,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  voice: {voice['heard_s']:.1f} s heard, {voice['spoken_characters']} "
                      f"characters spoken in {voice['spoken_s']:.1f} s ({engines}); "
                      f"{voice['interrupted_replies']} of {voice['replies']} replies interrupted")
+        if voice.get("failed"):
+            failed = ", ".join(f"{count} {direction}" for direction, count
+                               in voice["failed"].items())
+            lines.append(f"  speech failures: {failed} (the session went on in the chat)")
     budget = summary.get("budget")
     if budget and budget["escalation_capped_at_tier"] is not None:
         crossed = ", ".join(budget["thresholds_crossed"])

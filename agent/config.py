@@ -238,6 +238,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("turn_detection", "SIGHTLINE_TURN_DETECTION", _choice("model", "vad"), "model",
         help="model | vad: with speech in, the user's turn ends by LiveKit's local end-of-turn "
              "model (turn-detector v1-mini) or by silence alone (README: Voice)"),
+    _Field("speech_retry_s", "SIGHTLINE_SPEECH_RETRY_S", _seconds(3600), 15.0,
+        help="while speech synthesis is down (answers go to the chat as text), how often it "
+             "is tried again with one short phrase"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _PORT, 8081, help="worker health endpoint"),
     _Field("tiers", "SIGHTLINE_TIERS", parse_tiers, None,
         help="cascade, cheapest first: provider:model:threshold:max_tokens,...; unset: "
@@ -343,6 +346,7 @@ class Settings:
     deepgram_api_key: str | None
     cartesia_api_key: str | None
     turn_detection: str
+    speech_retry_s: float
     health_port: int
     tiers: tuple[Tier, ...] | None
     turn_deadline_s: float

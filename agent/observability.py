@@ -61,6 +61,10 @@ SESSIONS_WITHOUT_DATABASE = Counter(
     "sightline_sessions_without_database",
     "Sessions opened while Postgres did not answer: no recall; their rows wait on disk",
     ["tenant"])
+SPEECH_FAILURES = Counter(
+    "sightline_speech_failures",
+    "Speech recognition (stt) or synthesis (tts) requests that failed after their retries",
+    ["tenant", "engine", "provider"])
 WRITER_QUEUE = Gauge("sightline_writer_queue_rows",
                      "Event rows waiting for Postgres, in memory and spilled, all sessions")
 WRITER_SPILLED = Gauge("sightline_writer_spilled_rows",
@@ -120,6 +124,8 @@ def record(event: Event) -> None:
         SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
     elif kind == "no_database":
         SESSIONS_WITHOUT_DATABASE.labels(tenant).inc()
+    elif kind == "speech_failed":
+        SPEECH_FAILURES.labels(tenant, detail["engine"], detail["provider"]).inc()
 
 
 def _turn(tenant: str, detail: dict[str, Any]) -> None:

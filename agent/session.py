@@ -58,6 +58,7 @@ from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
 from .speech import build_speech
+from .speech_outage import SESSION_OPTIONS, SpeechOutages
 from .turn_context import TurnContext
 
 # livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
@@ -174,6 +175,7 @@ class SessionRuntime:
     memory: LongTermMemory | None
     handoff: HandoffTool
     assist: LiveAssist | None
+    speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
@@ -319,7 +321,12 @@ class SessionRuntime:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
         speech = build_speech(self.settings)
         speech.on_metrics(self.record.meter.speech)
-        session: AgentSession = AgentSession(llm=self.model, **speech.session_options())
+        session: AgentSession = AgentSession(llm=self.model, conn_options=SESSION_OPTIONS,
+                                             **speech.session_options())
+        self.speech_outages = SpeechOutages(
+            session, speech, lambda kind, detail: self.record.events.record(kind, detail=detail),
+            probe_every_s=self.settings.speech_retry_s)
+        self.agent.unspoken = self.speech_outages.unspoken
         session.on("conversation_item_added", self._on_item_added)
         if self.assist is not None:
             assist = self.assist
@@ -380,6 +387,8 @@ class SessionRuntime:
         (`outcome`, and the `error` of one that failed or was interrupted)."""
         if self.assist is not None:
             await self.assist.aclose()
+        if self.speech_outages is not None:
+            await self.speech_outages.aclose()
         screen_spilled = await self.screen_memory.aclose()
         spilled = await self.conversation.close()
         memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0

@@ -92,6 +92,7 @@ class SessionTotals:
         self._speech: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         self._speech_cost: Counter[str] = Counter()
         self._replies: Counter[str] = Counter()
+        self._speech_failures: Counter[str] = Counter()  # by engine (agent/speech_outage.py)
         self.total_cost_usd = 0.0
 
     def add(self, event: Event) -> None:
@@ -133,6 +134,8 @@ class SessionTotals:
             self._assists += 1
         elif kind == "speech":
             self._speech_event(event, detail)
+        elif kind == "speech_failed":
+            self._speech_failures[detail["engine"]] += 1
         elif kind == "reply":
             self._replies["replies"] += 1
             self._replies["interrupted"] += bool(detail.get("interrupted"))
@@ -228,7 +231,8 @@ class SessionTotals:
             **({"video": self._video} if self._video else {}),
             **({"handoff": self._handoff} if self._handoff else {}),
             **({"assist_messages": self._assists} if self._assists else {}),
-            **({"voice": self._voice_summary()} if self._speech else {}),
+            **({"voice": self._voice_summary()}
+               if self._speech or self._speech_failures else {}),
             "knowledge_hits": self._knowledge_hits,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
@@ -261,7 +265,8 @@ class SessionTotals:
 
     def _voice_summary(self) -> dict[str, Any]:
         """Speech heard (STT: seconds of audio) and spoken (TTS: characters, seconds), by
-        engine, with their cost; replies and how many the user spoke over."""
+        engine, with their cost; replies and how many the user spoke over; requests an engine
+        failed after its retries, by direction."""
         engines = [
             {"direction": direction, "model": model, "requests": t["requests"],
              "audio_s": round(t["audio_ms"] / 1000, 3), "characters": t["characters"],
@@ -277,6 +282,8 @@ class SessionTotals:
             "engines": engines,
             "replies": self._replies["replies"],
             "interrupted_replies": self._replies["interrupted"],
+            **({"failed": dict(sorted(self._speech_failures.items()))}
+               if self._speech_failures else {}),
         }
 
     def _vs_top_summary(self) -> dict[str, Any]:

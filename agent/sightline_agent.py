@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 
-from livekit.agents import Agent, ModelSettings, llm
+from livekit import rtc
+from livekit.agents import Agent, APIError, ModelSettings, llm
 
 from .assist import LiveAssist
 from .turn_context import INSTRUCTIONS, TurnContext
@@ -28,6 +29,8 @@ class SightlineAgent(Agent):
         super().__init__(instructions=INSTRUCTIONS, chat_ctx=history, tools=tools)
         self._turn_context = turn_context
         self._assist = assist
+        # gets what synthesis failed to say, and whether any of it was heard (SpeechOutages)
+        self.unspoken: Callable[[str, bool], None] | None = None
 
     async def llm_node(
         self,
@@ -49,3 +52,39 @@ class SightlineAgent(Agent):
                 log.warning("live assist took over %.1f s; the answer goes first", ASSIST_WAIT_S)
         async for chunk in Agent.default.llm_node(self, turn_ctx, tools, model_settings):
             yield chunk
+
+    async def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings,
+    ) -> AsyncIterable[rtc.AudioFrame]:
+        """The default synthesis, except that when it fails, all it was to say goes to
+        `unspoken`: livekit-agents would drop it. The text is read by a task of its own, so
+        the rest of an answer still streaming from the model is kept when synthesis stops
+        reading."""
+        said: list[str] = []
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for chunk in text:
+                    said.append(chunk)
+                    chunks.put_nowait(chunk)
+            finally:
+                chunks.put_nowait(None)
+
+        async def fed() -> AsyncIterable[str]:
+            while (chunk := await chunks.get()) is not None:
+                yield chunk
+
+        reader = asyncio.create_task(read(), name="tts-text")
+        heard = False
+        try:
+            async for frame in Agent.default.tts_node(self, fed(), model_settings):
+                heard = True
+                yield frame
+        except APIError:
+            if self.unspoken is not None:
+                await reader
+                self.unspoken("".join(said), heard)
+            raise
+        finally:
+            reader.cancel()

@@ -325,6 +325,9 @@ class ScriptedModelServer:
         self._base_url: str | None = None
         self.requests: list[CapturedRequest] = []
         self.cache = PromptCache()
+        # the OpenAI speech endpoints ("stt", "tts") that answer a SCRIPTED outage (503) for
+        # now: set and cleared by a test while its session runs
+        self.speech_outage: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -542,7 +545,8 @@ class ScriptedModelServer:
 
     @staticmethod
     def _openai_error(status: int, message: str) -> web.Response:
-        body = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "code": None}}
         return web.json_response(body, status=status)
 
     def _transcript(self, seconds: float) -> str:
@@ -567,6 +571,9 @@ class ScriptedModelServer:
         body = {"model": model, "response_format": fmt, "audio_seconds": seconds}
         text = "" if seconds is None else self._transcript(seconds)
         self._capture(request, "openai", model, False, body, [text], 0)
+        if "stt" in self.speech_outage:
+            return self._openai_error(503, "(scripted outage) the transcription service is "
+                                           "unavailable")
         if not model:
             return self._openai_error(400, "you must provide a model parameter")
         if seconds is None:
@@ -586,6 +593,8 @@ class ScriptedModelServer:
         text, model = str(body.get("input", "")), str(body.get("model", ""))
         fmt, stream_format = body.get("response_format", "mp3"), body.get("stream_format")
         self._capture(request, "openai", model, stream_format == "sse", body, [text], 0)
+        if "tts" in self.speech_outage:
+            return self._openai_error(503, "(scripted outage) the speech service is unavailable")
         if not model or not text:
             return self._openai_error(400, "model and input are required")
         if fmt not in ("pcm", "wav"):

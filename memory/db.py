@@ -186,15 +186,23 @@ def stop_embedded(server: Any) -> None:
         log.warning("the embedded Postgres had already stopped (%s)", _reason(exc))
 
 
-class _OneLine(logging.Filter):
+class OneLine(logging.Filter):
     """Keeps a library's log record to one line: its message's first line, and its
-    exception's type and first line rather than a traceback.
+    exception's type and first line rather than a traceback; with `failures`, only the records
+    of those exceptions (the others pass as they are).
 
     asyncpg's pool logs each failed attempt to reconnect with the whole traceback, and
     pgserver logs a failed `pg_ctl` with its output over a dozen lines: a database that went
     away mid-session is a failure Sightline expects and reports, so one line each is enough."""
 
+    def __init__(self, failures: tuple[type[BaseException], ...] | None = None) -> None:
+        super().__init__()
+        self._failures = failures
+
     def filter(self, record: logging.LogRecord) -> bool:
+        failure = record.exc_info[1] if record.exc_info else None
+        if self._failures is not None and not isinstance(failure, self._failures):
+            return True
         lines = record.getMessage().strip().splitlines()
         message = lines[0] if lines else ""
         if record.exc_info and record.exc_info[1] is not None:
@@ -206,9 +214,9 @@ class _OneLine(logging.Filter):
 
 @cache
 def library_logs_in_one_line() -> None:
-    """Put `_OneLine` on the database libraries' loggers, once per process."""
+    """Put `OneLine` on the database libraries' loggers, once per process."""
     for name in ("asyncpg.pool", "pgserver"):
-        logging.getLogger(name).addFilter(_OneLine())
+        logging.getLogger(name).addFilter(OneLine())
 
 
 def _reason(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from test_e2e_livekit import Replies, session_events, sure, turn_requests
 from test_speech import QUESTIONS, VOICE, wer
 
 from agent.local_speech import LocalTTS, transcribe
+from agent.speech_outage import NOTICES, PROBE_TEXT, STT, TTS
 from agent.wire_format_server import SPEECH_SECONDS_PER_CHAR, ScriptedModelServer
 from bench.livekit_harness import (
     API_KEY,
@@ -115,7 +116,8 @@ def openai_worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServe
     proc = start_worker(workdir, {
         **env, "SIGHTLINE_STT": "openai:whisper-1", "SIGHTLINE_TTS": "openai:tts-1",
         "SIGHTLINE_STT_BASE_URL": f"{server.base_url}/v1",
-        "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1", "OPENAI_API_KEY": "e2e-fake-key"})
+        "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1", "OPENAI_API_KEY": "e2e-fake-key",
+        "SIGHTLINE_SPEECH_RETRY_S": "2"})
     yield proc
     proc.stop()
 
@@ -343,6 +345,120 @@ async def test_openai_compatible_speech_endpoint_hears_and_speaks(
     voice = events[-1]["detail"]["voice"]
     assert voice["replies"] == 1 and voice["spoken_characters"] == len(ANSWER)
     assert voice["cost_usd"] == pytest.approx(stt["cost_usd"] + tts["cost_usd"])
+
+
+async def failed_upload(server: ScriptedModelServer, user: VoiceUser) -> None:
+    """The user asks once more while recognition is down: its upload and livekit-agents' three
+    retries (0.1, 2 and 2 s apart) fail, and its STT stream is made again 0.5 s later (speech
+    before that is not heard)."""
+    def uploads() -> int:
+        return sum(r.model == "whisper-1" for r in server.requests)
+    before = uploads()
+    user.speak(VOICE / "q01.wav")
+    for _ in range(150):
+        if uploads() >= before + 4:
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
+
+
+async def test_a_speech_outage_goes_on_in_the_chat(
+    livekit: LiveKitServer, openai_worker: Worker,
+    model_server: tuple[ScriptedModelServer, Replies], voice_database_url: str,
+) -> None:
+    """The OpenAI-compatible speech endpoint fails (a SCRIPTED outage: 503s), recognition
+    first, then synthesis. livekit-agents alone closed the session at the fourth failure, told
+    the user nothing, and lost every answer while synthesis was down. Now the session stays, the
+    user is told once per outage what failed (aloud while synthesis works), typed questions are
+    answered, the answer synthesis failed to speak comes as text and is kept in the
+    conversation, later answers come as text at once, and when the endpoint is back the agent
+    hears and speaks again. Every failure is in the ledger."""
+    server, replies = model_server
+    seen = len(server.requests)
+    user = await voice_user(livekit, "voice-outage", "speaker-5", OPENAI_AGENT_NAME)
+    agent_left = asyncio.Event()
+    user.room.on("participant_disconnected", lambda _participant: agent_left.set())
+    try:
+        server.speech_outage = {STT}
+        user.speak(VOICE / "q01.wav")
+        assert await user.wait_for_reply(timeout_s=30) == NOTICES[STT].format(
+            engine="openai whisper-1")
+        await wait_for_speech_end(user, since=user.spoke_until)  # told aloud
+        for _ in range(4):  # four more questions nobody can hear: no second notice
+            await failed_upload(server, user)
+        replies.next = sure(ANSWER)
+        await user.say("What is on my screen?")
+        assert await user.wait_for_reply(timeout_s=30) == ANSWER
+
+        server.speech_outage = set()  # heard again
+        replies.next = sure(SECOND_ANSWER)
+        user.speak(VOICE / "q01.wav")
+        assert await asyncio.wait_for(user.user_transcripts.get(), 30) == SCRIPTED_TRANSCRIPT
+        assert await user.wait_for_reply(timeout_s=30) == SECOND_ANSWER
+
+        server.speech_outage = {TTS}
+        replies.next = sure(ANSWER)
+        await user.say("And what does the red line mean?")
+        assert await user.wait_for_reply(timeout_s=30) == NOTICES[TTS].format(
+            engine="openai tts-1")
+        assert await user.wait_for_reply(timeout_s=30) == ANSWER  # the unspoken answer
+        replies.next = sure(SECOND_ANSWER)
+        asked_at = len(server.requests)
+        await user.say("And why did the build fail?")
+        assert await user.wait_for_reply(timeout_s=10) == SECOND_ANSWER
+        # ... as text at once: nothing but the probe asked for speech
+        assert {r.body["input"] for r in server.requests[asked_at:]
+                if r.model == "tts-1"} <= {PROBE_TEXT}
+
+        server.speech_outage = set()  # the probe finds synthesis back, and it speaks again
+        cleared_at = len(server.requests)
+        for _ in range(100):
+            if any(r.model == "tts-1" for r in server.requests[cleared_at:]):
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        replies.next = sure(ANSWER)
+        typed_at = time.monotonic()
+        await user.say("Thanks. And the first error?")
+        assert await user.wait_for_reply(timeout_s=30) == ANSWER
+        await wait_for_speech_end(user, since=typed_at)
+        assert not agent_left.is_set()
+    finally:
+        server.speech_outage = set()
+        await user.leave()
+
+    events = await session_events(openai_worker, user)
+    failed = [e["detail"] for e in events if e["kind"] == "speech_failed"]
+    stt_failed = [f for f in failed if f["engine"] == STT]
+    tts_failed = [f for f in failed if f["engine"] == TTS]
+    assert len(stt_failed) == 5 and tts_failed, failed  # five questions; the answer, probes
+    assert all(f["provider"] == "openai" and "503" in f["error"] for f in failed), failed
+    recovered = {e["detail"]["engine"]: e["detail"] for e in events
+                 if e["kind"] == "speech_recovered"}
+    assert recovered[STT]["failures"] == len(stt_failed)
+    assert recovered[TTS]["failures"] == len(tts_failed)
+    voice = events[-1]["detail"]["voice"]
+    assert voice["failed"] == {STT: len(stt_failed), TTS: len(tts_failed)}
+    # five answers reached the user, the unspoken one as text; no question looked repeated,
+    # so none climbed the cascade
+    assert voice["replies"] == 5
+    assert {r.model for r in turn_requests(server, seen)} == {"gemini-2.5-flash-lite"}
+    conn = await asyncpg.connect(voice_database_url)
+    try:
+        said = await conn.fetch("SELECT content FROM messages WHERE session_id = $1 AND "
+                                "role = 'assistant' ORDER BY id", events[0]["session_id"])
+    finally:
+        await conn.close()
+    assert [r["content"] for r in said] == [ANSWER, SECOND_ANSWER, ANSWER, SECOND_ANSWER,
+                                            ANSWER]
+    log = openai_worker.log_text()
+    assert log.count("speech recognition (openai whisper-1) failed") == 1
+    assert log.count("speech synthesis (openai tts-1) failed") == 1
+    env = {**os.environ, "DATABASE_URL": voice_database_url,
+           "SIGHTLINE_DATA_DIR": openai_worker.env["SIGHTLINE_DATA_DIR"]}
+    shown = await asyncio.to_thread(sightline, env, "costs", events[0]["session_id"])
+    assert f"  speech failures: 5 stt, {len(tts_failed)} tts (the session went on in the chat)" \
+        in shown
 
 
 def paused_question(source: Path, target: Path, at: float = 0.7, pause_s: float = 0.8) -> Path:

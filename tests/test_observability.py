@@ -121,5 +121,17 @@ def test_screen_reads_their_folds_and_waits_are_counted() -> None:
     assert value("sightline_screen_read_wait_seconds_bucket", tenant=tenant, le="2.0") == 2
 
 
+def test_speech_failures_are_counted_by_engine_and_provider() -> None:
+    """A speech engine's failed requests (agent/speech_outage.py's `speech_failed` events)."""
+    tenant = "speech-metrics"
+    for engine, provider in (("stt", "openai"), ("stt", "openai"), ("tts", "cartesia")):
+        record({"kind": "speech_failed", "tenant": tenant,
+                "detail": {"engine": engine, "provider": provider, "model": "m", "error": "x"}})
+    assert value("sightline_speech_failures_total", tenant=tenant, engine="stt",
+                 provider="openai") == 2
+    assert value("sightline_speech_failures_total", tenant=tenant, engine="tts",
+                 provider="cartesia") == 1
+
+
 def test_tracing_is_off_without_an_endpoint() -> None:
     assert configure_tracing(None) is False

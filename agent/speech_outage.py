@@ -1,0 +1,163 @@
+"""A voice session whose speech recognition or synthesis fails goes on in the chat.
+
+livekit-agents ends an AgentSession after a few consecutive unrecoverable STT or TTS errors
+(`SessionConnectOptions.max_unrecoverable_errors`, 3): a speech provider that went down took the
+whole session with it, typed chat included, and the user was told nothing. With synthesis down,
+every answer was lost as well (its text waits on audio that never comes), and the unanswered
+questions looked repeated to the cascade, which escalated them. So sessions are opened with
+`SESSION_OPTIONS` (no limit), and `SpeechOutages` handles each engine's failures:
+
+- the first failure of an outage: one line in the log, and the user is told once what failed
+  and what still works (aloud while synthesis works, always in the chat);
+- every failure is a `speech_failed` event (the ledger, the summary, Prometheus);
+- synthesis down: the audio output is turned off, so answers go to the chat as text at once;
+  the answer that failed to be spoken is sent as text (`unspoken`); synthesis is tried again
+  with one short phrase every SIGHTLINE_SPEECH_RETRY_S;
+- the engine's first success again (its usage metrics): a `speech_recovered` event, and for
+  synthesis the audio output is turned back on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from livekit.agents import AgentSession, APIError
+from livekit.agents.voice.agent_session import SessionConnectOptions
+
+from memory.db import OneLine
+
+from .speech import Speech
+
+log = logging.getLogger("sightline.speech")
+
+STT, TTS = "stt", "tts"
+PROBE_TEXT = "OK."  # what the probe synthesises (billed as any speech; the audio is dropped)
+# the session survives any number of speech failures: SpeechOutages reports them
+SESSION_OPTIONS = SessionConnectOptions(max_unrecoverable_errors=sys.maxsize)
+_WHAT = {STT: "speech recognition", TTS: "speech synthesis"}
+NOTICES = {
+    STT: ("Sorry, I can't hear you right now: speech recognition ({engine}) is failing. "
+          "Please type your question in the chat; I'll listen again as soon as it works."),
+    TTS: ("Sorry, my voice isn't working right now: speech synthesis ({engine}) is failing. "
+          "I'll answer here in the chat until it's back."),
+}
+
+RecordFn = Callable[[str, dict[str, Any]], None]  # (event kind, detail) into the ledger
+
+
+@dataclass
+class Outage:
+    started: float  # monotonic
+    failures: int = 1
+
+
+def error_line(exc: BaseException) -> str:
+    """An engine's error in one line: the plugins' messages can carry a response body."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+@cache
+def provider_failures_in_one_line() -> None:
+    """livekit-agents logs a failed speech request with its traceback (the STT stream it
+    recreates, the TTS task that failed), each failure again: SpeechOutages reports them, so
+    one line each is enough. Once per process."""
+    logging.getLogger("livekit.agents").addFilter(OneLine((APIError,)))
+
+
+class SpeechOutages:
+    """Watches the session's speech engines; see the module's docstring."""
+
+    def __init__(self, session: AgentSession, speech: Speech, record: RecordFn,
+                 probe_every_s: float) -> None:
+        provider_failures_in_one_line()
+        self._session = session
+        self._record = record
+        self._probe_every_s = probe_every_s
+        self._engines: dict[str, tuple[Any, str]] = {}
+        for name, engine, provider in ((STT, speech.stt, speech.stt_provider),
+                                       (TTS, speech.tts, speech.tts_provider)):
+            if engine is None:
+                continue
+            self._engines[name] = (engine, provider)
+            # the engines themselves, not the session: livekit-agents wraps a non-streaming
+            # engine in an adapter that forwards its metrics but not its errors
+            engine.on("error", lambda error, name=name: self._failed(name, error))
+            engine.on("metrics_collected", lambda _metrics, name=name: self._worked(name))
+        self.down: dict[str, Outage] = {}
+        self._notices: set[str] = set()
+        self._probe: asyncio.Task[None] | None = None
+
+    def engine(self, name: str) -> str:
+        engine, provider = self._engines[name]
+        return f"{provider} {engine.model}".strip()
+
+    def _failed(self, name: str, error: Any) -> None:
+        if error.recoverable:  # the engine retries it
+            return
+        reason = error_line(error.error)
+        self._record("speech_failed", {"engine": name, "provider": self._engines[name][1],
+                                       "model": self._engines[name][0].model, "error": reason})
+        outage = self.down.get(name)
+        if outage is not None:
+            outage.failures += 1
+            return
+        self.down[name] = Outage(time.monotonic())
+        log.warning("%s (%s) failed: %s; the session goes on in the chat", _WHAT[name],
+                    self.engine(name), reason)
+        if name == TTS:
+            self._session.output.set_audio_enabled(False)
+            self._probe = asyncio.create_task(self._probe_synthesis(), name="speech-probe")
+        notice = NOTICES[name].format(engine=self.engine(name))
+        self._notices.add(notice)
+        self._tell(notice)
+
+    def _worked(self, name: str) -> None:
+        outage = self.down.pop(name, None)
+        if outage is None:
+            return
+        seconds = round(time.monotonic() - outage.started, 1)
+        self._record("speech_recovered", {"engine": name, "failures": outage.failures,
+                                          "outage_s": seconds})
+        log.info("%s (%s) works again after %d failures in %.1f s", _WHAT[name],
+                 self.engine(name), outage.failures, seconds)
+        if name == TTS:
+            self._session.output.set_audio_enabled(True)
+
+    def _tell(self, text: str, add_to_chat_ctx: bool = False) -> None:
+        try:
+            self._session.say(text, add_to_chat_ctx=add_to_chat_ctx)
+        except RuntimeError as exc:  # the session is closing: nobody is there to tell
+            log.info("could not tell the user (%s): %s", exc, text)
+
+    def unspoken(self, text: str, partly_heard: bool) -> None:
+        """What synthesis failed to say, sent as text. An answer nobody heard goes into the
+        conversation with it (livekit-agents adds none); one partly heard is in it already."""
+        if not text.strip():
+            return
+        notice = text in self._notices
+        self._tell(text, add_to_chat_ctx=not (notice or partly_heard))
+
+    async def _probe_synthesis(self) -> None:
+        engine = self._engines[TTS][0]
+        while TTS in self.down:
+            await asyncio.sleep(self._probe_every_s)
+            # a failure is reported by the engine's error event, a success by its metrics
+            with contextlib.suppress(APIError):
+                async with engine.synthesize(PROBE_TEXT) as stream:
+                    async for _audio in stream:
+                        pass
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
