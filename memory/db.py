@@ -67,10 +67,7 @@ class Database:
             if embedded is not None:
                 await asyncio.to_thread(stop_embedded, embedded)
             where = "the embedded Postgres" if embedded else masked_url(url)
-            raise DatabaseUnavailable(
-                f"cannot connect to the database at {where}: {_reason(exc)}. "
-                "Is it running? (Unset DATABASE_URL to use the embedded Postgres.)"
-            ) from None
+            raise DatabaseUnavailable(refused(exc, where, scratch=schema is not None)) from None
         db = cls(pool=pool, url=url, embedded=embedded, scratch_schema=schema)
         if migrate:
             try:
@@ -217,6 +214,29 @@ def library_logs_in_one_line() -> None:
     """Put `OneLine` on the database libraries' loggers, once per process."""
     for name in ("asyncpg.pool", "pgserver"):
         logging.getLogger(name).addFilter(OneLine())
+
+
+def refused(exc: BaseException, where: str, *, scratch: bool = False) -> str:
+    """Why opening the database failed, in one line that says what to do: a server that does
+    not answer, a login it refuses, a database that is not there and a missing privilege are
+    fixed in different places."""
+    reason = _reason(exc)
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return (f"the database at {where} refused the login: {reason}. Check the user and "
+                "password in DATABASE_URL.")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return (f"the database at {where} does not exist: {reason}. Create it (createdb) or "
+                "name an existing one in DATABASE_URL.")
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        needs = ("create a schema of its own (scratch runs: --fresh, kb eval) and the vector "
+                 "extension" if scratch else "its tables and the vector extension")
+        return (f"the database at {where} refused a privilege Sightline needs: {reason}. Its "
+                f"user must be able to {needs}; grant CREATE on the database, or run the "
+                "first migration as its owner.")
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"the database at {where} refused: {reason}."
+    return (f"cannot connect to the database at {where}: {reason}. Is it running? (Unset "
+            "DATABASE_URL to use the embedded Postgres.)")
 
 
 def _reason(exc: BaseException) -> str:

@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -189,6 +191,42 @@ async def test_unreachable_database_is_one_line_without_password(tmp_path: Path)
     assert "127.0.0.1:1" in lines[0]
     assert "Traceback" not in err
     assert PASSWORD not in out + err
+
+
+def _as_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+async def test_a_refusing_database_says_why_and_what_to_do(
+    database_url: str, tmp_path: Path,
+) -> None:
+    """A server that answers but refuses is not "Is it running?": an unknown user, a database
+    that is not there and a user without the CREATE privilege each say what to fix."""
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Database.open(_as_user(database_url, "nobody_here", PASSWORD), tmp_path)
+    assert "refused the login" in str(info.value) and "nobody_here" in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+    missing = database_url.replace(urlsplit(database_url).path, "/no_such_database", 1)
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Database.open(missing, tmp_path)
+    assert "does not exist" in str(info.value) and "createdb" in str(info.value)
+
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    await (await Database.open(database_url, tmp_path)).close()  # migrated, as its owner
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        with pytest.raises(DatabaseUnavailable) as info:
+            await Database.open(_as_user(database_url, role, PASSWORD), tmp_path, scratch=True)
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+    message = str(info.value)
+    assert "refused a privilege" in message and "grant CREATE on the database" in message
+    assert "Is it running" not in message and PASSWORD not in message
 
 
 async def test_unreachable_database_raises_database_unavailable(tmp_path: Path) -> None:
