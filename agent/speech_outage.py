@@ -8,7 +8,8 @@ questions looked repeated to the cascade, which escalated them. So sessions are 
 `SESSION_OPTIONS` (no limit), and `SpeechOutages` handles each engine's failures:
 
 - the first failure of an outage: one line in the log, and the user is told once what failed
-  and what still works (aloud while synthesis works, always in the chat);
+  and what still works (aloud while synthesis works, always in the chat); an engine that comes
+  and goes is not announced again within NOTICE_AGAIN_S;
 - every failure is a `speech_failed` event (the ledger, the summary, Prometheus);
 - synthesis down: the audio output is turned off, so answers go to the chat as text at once;
   the answer that failed to be spoken is sent as text (`unspoken`); synthesis is tried again
@@ -39,6 +40,7 @@ from .speech import Speech
 log = logging.getLogger("sightline.speech")
 
 STT, TTS = "stt", "tts"
+NOTICE_AGAIN_S = 120.0  # a new outage of the same engine sooner than this is not announced
 PROBE_TEXT = "OK."  # what the probe synthesises (billed as any speech; the audio is dropped)
 # the session survives any number of speech failures: SpeechOutages reports them
 SESSION_OPTIONS = SessionConnectOptions(max_unrecoverable_errors=sys.maxsize)
@@ -93,6 +95,7 @@ class SpeechOutages:
             engine.on("error", lambda error, name=name: self._failed(name, error))
             engine.on("metrics_collected", lambda _metrics, name=name: self._worked(name))
         self.down: dict[str, Outage] = {}
+        self._told_at: dict[str, float] = {}  # monotonic, by engine
         self._notices: set[str] = set()
         self._probe: asyncio.Task[None] | None = None
 
@@ -116,6 +119,10 @@ class SpeechOutages:
         if name == TTS:
             self._session.output.set_audio_enabled(False)
             self._probe = asyncio.create_task(self._probe_synthesis(), name="speech-probe")
+        told_at = self._told_at.get(name)
+        if told_at is not None and time.monotonic() - told_at < NOTICE_AGAIN_S:
+            return
+        self._told_at[name] = time.monotonic()
         notice = NOTICES[name].format(engine=self.engine(name))
         self._notices.add(notice)
         self._tell(notice)

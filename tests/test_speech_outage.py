@@ -1,0 +1,126 @@
+"""SpeechOutages' bookkeeping, on engines that only emit events and a session that records what
+it was asked to say (the real thing, end to end: tests/test_e2e_voice.py::
+test_a_speech_outage_goes_on_in_the_chat)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from livekit.agents.stt import STTError
+from livekit.agents.tts import TTSError
+from livekit.rtc import EventEmitter
+
+import agent.speech_outage as speech_outage
+from agent.cli_costs import format_summary
+from agent.session_summary import SessionTotals
+from agent.speech import Speech
+from agent.speech_outage import NOTICES, STT, TTS, SpeechOutages
+
+
+class Engine(EventEmitter[str]):
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+
+    def fail(self, recoverable: bool = False) -> None:
+        kind = STTError if self.model == "whisper-1" else TTSError
+        self.emit("error", kind(timestamp=time.time(), label=self.model, recoverable=recoverable,
+                                error=RuntimeError("503 from the provider\nbody: {...}")))
+
+    def work(self) -> None:
+        self.emit("metrics_collected", object())
+
+
+class Output:
+    def __init__(self) -> None:
+        self.audio_enabled = True
+
+    def set_audio_enabled(self, enabled: bool) -> None:
+        self.audio_enabled = enabled
+
+
+class Session:
+    """What SpeechOutages uses of an AgentSession: `say` and the audio output switch."""
+
+    def __init__(self) -> None:
+        self.output = Output()
+        self.said: list[tuple[str, bool]] = []
+
+    def say(self, text: str, *, add_to_chat_ctx: bool) -> None:
+        self.said.append((text, add_to_chat_ctx))
+
+
+@pytest.fixture
+def parts() -> tuple[SpeechOutages, Session, Engine, Engine, list[tuple[str, dict[str, Any]]]]:
+    stt, tts = Engine("whisper-1"), Engine("tts-1")
+    session = Session()
+    events: list[tuple[str, dict[str, Any]]] = []
+    outages = SpeechOutages(
+        session, Speech(stt=stt, tts=tts, stt_provider="openai", tts_provider="openai"),  # type: ignore[arg-type]
+        lambda kind, detail: events.append((kind, detail)), probe_every_s=3600)
+    return outages, session, stt, tts, events
+
+
+async def test_one_notice_per_outage_and_every_failure_recorded(parts: Any) -> None:
+    outages, session, stt, _tts, events = parts
+    stt.fail(recoverable=True)  # a retry in progress: not a failure yet
+    assert events == [] and session.said == []
+    for _ in range(3):
+        stt.fail()
+    assert session.said == [(NOTICES[STT].format(engine="openai whisper-1"), False)]
+    assert [kind for kind, _ in events] == ["speech_failed"] * 3
+    assert events[0][1] == {"engine": "stt", "provider": "openai", "model": "whisper-1",
+                            "error": "RuntimeError: 503 from the provider body: {...}"}
+    stt.work()
+    assert events[-1] == ("speech_recovered", {"engine": "stt", "failures": 3,
+                                               "outage_s": events[-1][1]["outage_s"]})
+    assert STT not in outages.down
+    stt.work()  # working while nothing is down records nothing
+    assert len(events) == 4
+
+
+async def test_an_engine_that_comes_and_goes_is_announced_once_in_a_while(
+    parts: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _outages, session, stt, _tts, events = parts
+    stt.fail()
+    stt.work()
+    stt.fail()  # a second outage at once: recorded, not announced again
+    assert len(session.said) == 1 and [k for k, _ in events].count("speech_failed") == 2
+    stt.work()
+    monkeypatch.setattr(speech_outage, "NOTICE_AGAIN_S", 0.0)
+    stt.fail()
+    assert len(session.said) == 2
+
+
+async def test_synthesis_down_sends_answers_as_text_and_keeps_the_unheard_one(
+    parts: Any,
+) -> None:
+    outages, session, _stt, tts, _events = parts
+    tts.fail()
+    notice = NOTICES[TTS].format(engine="openai tts-1")
+    assert session.output.audio_enabled is False and session.said == [(notice, False)]
+    outages.unspoken("The answer nobody heard.", False)  # into the conversation
+    outages.unspoken("An answer half heard.", True)  # livekit-agents keeps what played
+    outages.unspoken(notice, False)  # a notice stays out of the conversation
+    outages.unspoken("  ", False)
+    assert session.said[1:] == [("The answer nobody heard.", True),
+                                ("An answer half heard.", False), (notice, False)]
+    tts.work()
+    assert session.output.audio_enabled is True
+    await outages.aclose()
+
+
+def test_the_summary_and_costs_count_failures_by_direction(tmp_path: Any) -> None:
+    totals = SessionTotals(session_id="s", tenant="t", source="live",
+                           prices=tmp_path / "p.json", cost_log=tmp_path / "c.jsonl")
+    for engine in (STT, STT, TTS):
+        totals.add({"kind": "speech_failed", "cost_usd": 0.0,
+                    "detail": {"engine": engine, "provider": "openai", "model": "m",
+                               "error": "x"}})
+    summary = totals.summary()
+    assert summary["voice"]["failed"] == {"stt": 2, "tts": 1}
+    assert "  speech failures: 2 stt, 1 tts (the session went on in the chat)" in (
+        format_summary({**summary, "outcome": "completed"}))
