@@ -45,11 +45,11 @@ PROBE_TEXT = "OK."  # what the probe synthesises (billed as any speech; the audi
 # the session survives any number of speech failures: SpeechOutages reports them
 SESSION_OPTIONS = SessionConnectOptions(max_unrecoverable_errors=sys.maxsize)
 _WHAT = {STT: "speech recognition", TTS: "speech synthesis"}
+# short, since the first is spoken; which engine failed is in the log and the ledger
 NOTICES = {
-    STT: ("Sorry, I can't hear you right now: speech recognition ({engine}) is failing. "
-          "Please type your question in the chat; I'll listen again as soon as it works."),
-    TTS: ("Sorry, my voice isn't working right now: speech synthesis ({engine}) is failing. "
-          "I'll answer here in the chat until it's back."),
+    STT: ("Sorry, I couldn't hear that: speech recognition isn't working right now. Please "
+          "type your question in the chat."),
+    TTS: "Sorry, my voice isn't working right now, so I'll answer here in the chat.",
 }
 
 RecordFn = Callable[[str, dict[str, Any]], None]  # (event kind, detail) into the ledger
@@ -96,7 +96,6 @@ class SpeechOutages:
             engine.on("metrics_collected", lambda _metrics, name=name: self._worked(name))
         self.down: dict[str, Outage] = {}
         self._told_at: dict[str, float] = {}  # monotonic, by engine
-        self._notices: set[str] = set()
         self._probe: asyncio.Task[None] | None = None
 
     def engine(self, name: str) -> str:
@@ -123,9 +122,7 @@ class SpeechOutages:
         if told_at is not None and time.monotonic() - told_at < NOTICE_AGAIN_S:
             return
         self._told_at[name] = time.monotonic()
-        notice = NOTICES[name].format(engine=self.engine(name))
-        self._notices.add(notice)
-        self._tell(notice)
+        self._tell(NOTICES[name])
 
     def _worked(self, name: str) -> None:
         outage = self.down.pop(name, None)
@@ -150,7 +147,7 @@ class SpeechOutages:
         conversation with it (livekit-agents adds none); one partly heard is in it already."""
         if not text.strip():
             return
-        notice = text in self._notices
+        notice = text in NOTICES.values()
         self._tell(text, add_to_chat_ctx=not (notice or partly_heard))
 
     async def _probe_synthesis(self) -> None:

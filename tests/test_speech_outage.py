@@ -69,7 +69,7 @@ async def test_one_notice_per_outage_and_every_failure_recorded(parts: Any) -> N
     assert events == [] and session.said == []
     for _ in range(3):
         stt.fail()
-    assert session.said == [(NOTICES[STT].format(engine="openai whisper-1"), False)]
+    assert session.said == [(NOTICES[STT], False)]
     assert [kind for kind, _ in events] == ["speech_failed"] * 3
     assert events[0][1] == {"engine": "stt", "provider": "openai", "model": "whisper-1",
                             "error": "RuntimeError: 503 from the provider body: {...}"}
@@ -100,7 +100,7 @@ async def test_synthesis_down_sends_answers_as_text_and_keeps_the_unheard_one(
 ) -> None:
     outages, session, _stt, tts, _events = parts
     tts.fail()
-    notice = NOTICES[TTS].format(engine="openai tts-1")
+    notice = NOTICES[TTS]
     assert session.output.audio_enabled is False and session.said == [(notice, False)]
     outages.unspoken("The answer nobody heard.", False)  # into the conversation
     outages.unspoken("An answer half heard.", True)  # livekit-agents keeps what played
