@@ -5,8 +5,10 @@ The screen watcher hands every kept frame to `on_kept` (on the event loop; both 
 the reader return at once and work off the loop). Each read that comes back is a `screen_text`
 event in the session's log; one that found new lines is also a row of the screen timeline
 (through a bounded writer that spills during a database outage, like messages) and goes into
-`story`, the session's recent screen text that each question's digest is made from. A read whose
-new lines hold an error the session has not seen yet is a `screen_error` event and goes to the
+`story`, the session's recent screen text that each question's digest is made from. (A session
+without the database, `timeline` None, appends those rows straight to its spill file, as its
+conversation does; the spill import writes them to the timeline once Postgres is back.) A read
+whose new lines hold an error the session has not seen yet is a `screen_error` event and goes to the
 `error_listeners` (the room's data topic, the proactive offer of help).
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memory.screen_timeline import ScreenTimeline, event_row
-from memory.spill_files import SpillKind, spill_path
+from memory.spill_files import SpillKind, append_rows, spill_path
 from memory.writer import BackgroundWriter
 from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
@@ -53,10 +55,10 @@ class SessionScreenMemory:
                                         executor=shared_pool(settings.ocr_threads),
                                         gate=read_gate)
                        if settings.screen_text else None)
-        self._writer = (BackgroundWriter("screen_events", timeline.write,
-                                         spill_path(spill_dir, session_id,
-                                                    SpillKind.SCREEN_EVENTS))
+        self._spill = spill_path(spill_dir, session_id, SpillKind.SCREEN_EVENTS)
+        self._writer = (BackgroundWriter("screen_events", timeline.write, self._spill)
                         if timeline is not None else None)
+        self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
         self._errors_seen: set[str] = set()
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
@@ -79,11 +81,13 @@ class SessionScreenMemory:
         if not read.lines:
             return
         self.story.append(read)
+        row = event_row(**self._who, t=read.t, wall_time=read.wall_time,
+                        content_type=read.content_type, reason=read.reason,
+                        region=read.region, lines=read.lines, is_error=error is not None)
         if self._writer is not None:
-            self._writer.put(event_row(
-                **self._who, t=read.t, wall_time=read.wall_time,
-                content_type=read.content_type, reason=read.reason, region=read.region,
-                lines=read.lines, is_error=error is not None))
+            self._writer.put(row)
+        elif append_rows(self._spill, [row]) is not None:
+            self._kept_offline += 1
         if error is None or error.fingerprint in self._errors_seen:
             return
         self._errors_seen.add(error.fingerprint)
@@ -112,4 +116,4 @@ class SessionScreenMemory:
             await self._prune
         except OSError as exc:  # old frames stay for the next session to prune
             log.warning("could not prune old archived frames: %r", exc)
-        return await self._writer.close() if self._writer is not None else 0
+        return await self._writer.close() if self._writer is not None else self._kept_offline

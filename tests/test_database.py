@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from conftest import assert_bm25_statistics_exact, run_cli
 from prometheus_client import REGISTRY
+from test_screen_memory import ERROR_LINE, typed_desk
 
 from agent.cli_costs import format_summary
 from agent.config import Settings
@@ -580,6 +581,10 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         with caplog.at_level(logging.WARNING):
             runtime = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
                                                 source="replay")
+            for t, desk in enumerate(typed_desk()):  # what it saw: its screen timeline
+                for second in (0, 1):
+                    runtime.screen.offer(t * 10.0 + second, desk.frame())
+                    await runtime.screen_settled()
             session = runtime.agent_session()
             await session.start(runtime.agent, record=False)
             run = await session.run(user_input="Are you there?")
@@ -604,7 +609,11 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
             messages)
         spilled = sorted(p.name.removeprefix(runtime.session_id)
                          for p in settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
-        assert spilled == [".messages-spill.jsonl", ".session-spill.jsonl"]
+        assert spilled == [".messages-spill.jsonl", ".screen-spill.jsonl",
+                           ".session-spill.jsonl"]
+        seen = [e["detail"]["lines"] for e in events if e["kind"] == "screen_text"
+                and e["detail"]["lines"]]
+        assert seen and summary["db_spilled_screen_events"] == len(seen)
 
         # the database is back: the next session imports the first, nothing lost
         url = await own_postgres.start()
@@ -620,6 +629,8 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         said = [(r["role"], r["content"]) for r in await db.pool.fetch(
             "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id",
             runtime.session_id)]
+        timeline = await ScreenTimeline(db.pool, WordLlamaEmbedder()).session_events(
+            "acme", runtime.session_id)
     finally:
         await db.close()
     assert stored is not None and stored["tenant"] == "acme" and stored["user"] == "u1"
@@ -629,6 +640,8 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
     assert datetime.fromisoformat(stored["started_at"]).timestamp() <= events[0]["ts"]
     assert ledger == [e["seq"] for e in events[:-1]]  # every event but the summary, once
     assert said == [("user", "Are you there?"), ("assistant", "(scripted) Still here.")]
+    assert [e.text.splitlines() for e in timeline] == seen  # what it saw, searchable now
+    assert any(ERROR_LINE in e.text for e in timeline)
     assert not list(settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
 
 
