@@ -88,9 +88,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 _print_gaps(rows)
             return 0
         try:
-            import sklearn  # noqa: F401  (checked here: one line instead of a traceback later)
+            import scipy  # noqa: F401  (checked here: one line instead of a traceback later)
         except ImportError:
-            raise UserError("sightline gaps refresh needs the `ops` extra (scikit-learn): "
+            raise UserError("sightline gaps refresh needs the `ops` extra (SciPy): "
                             "pip install 'sightline[ops]'") from None
         # refresh alone needs the model SDKs and the embedder: list, dismiss and resolve
         # answer in a second without importing them

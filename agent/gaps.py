@@ -1,6 +1,6 @@
 """Knowledge gaps: the questions the knowledge base failed, clustered by meaning
-(scikit-learn's agglomerative clustering on the embedder's vectors, cosine distance, average
-linkage: the number of clusters follows from a distance threshold, not chosen beforehand),
+(SciPy's hierarchical clustering on the embedder's vectors, cosine distance, average linkage:
+the number of clusters follows from a distance threshold, not chosen beforehand),
 each cluster named by tier 0 (a canonical question and an article outline) and scored
 frequency x mean severity. A gap is resolved when a document ingested after it was found answers
 it: its nearest chunk's cosine similarity to the canonical question passes the bar.
@@ -97,14 +97,17 @@ class GapNamer:
 
 
 def cluster(vectors: np.ndarray, distance: float = CLUSTER_DISTANCE) -> list[int]:
-    """A cluster label per vector."""
+    """A cluster label per vector: clusters merge while their average cosine distance is under
+    `distance`. (SciPy's, not scikit-learn's AgglomerativeClustering, which gives the same
+    clusters: scikit-learn took 1.7 s of a `gaps refresh` to import, SciPy 0.6 s.)"""
     if len(vectors) < 2:
         return [0] * len(vectors)
-    from sklearn.cluster import AgglomerativeClustering
+    from scipy.cluster.hierarchy import fcluster, linkage
 
-    model = AgglomerativeClustering(n_clusters=None, distance_threshold=distance,
-                                    metric="cosine", linkage="average")
-    return [int(label) for label in model.fit_predict(vectors)]
+    tree = linkage(vectors, method="average", metric="cosine")
+    # fcluster keeps merges at or under t; "under `distance`" is one float step below it
+    flat = fcluster(tree, t=float(np.nextafter(distance, 0.0)), criterion="distance")
+    return [int(label) - 1 for label in flat]
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Knowledge gaps (`sightline gaps`) on the scripted fixture: acme's failed questions (low
-confidence, top tier, rephrased, said unhelpful, unanswered) clustered with scikit-learn on the
+confidence, top tier, rephrased, said unhelpful, unanswered) clustered with SciPy on the
 offline embedder's vectors, named by tier 0 (scripted replies through the real google-genai
 client and the wire-format server), scored, stored; dismissed gaps stay dismissed; a newly
 ingested document that answers a gap resolves it, an unrelated one does not.
