@@ -28,6 +28,9 @@ def _ms(values: dict[str, float | None]) -> str:
     return " / ".join("-" if v is None else f"{v:.0f}" for v in values.values()) + " ms"
 
 
+_SPEECH_WORDS = {"stt": "failed recognitions", "tts": "failed syntheses"}
+
+
 def format_quality(q: dict[str, Any]) -> str:
     """The signals as text, one line per signal."""
     tiers = ", ".join(f"{n} by tier {t}" if t != "none" else f"{n} unanswered"
@@ -35,6 +38,10 @@ def format_quality(q: dict[str, Any]) -> str:
     confidence = ("-" if q["mean_confidence"] is None
                   else f"{q['mean_confidence']:.2f} over {q['turns_with_confidence']} turns")
     s = q["sessions"]
+    speech = ", ".join(
+        f"{f['failures']} {_SPEECH_WORDS[engine]} in {f['sessions']} "
+        f"session{'s' if f['sessions'] != 1 else ''}"
+        for engine, f in q["speech_failures"].items()) or "none"
     completion = ", ".join(f"{n} {k}" for k, n in sorted(s["by_completion"].items())) or "-"
     return "\n".join([
         f"Quality of tenant {q['tenant']}  {q['since'][:19]} .. {q['until'][:19]} UTC",
@@ -52,6 +59,7 @@ def format_quality(q: dict[str, Any]) -> str:
         f"  interruptions: {q['interruptions']}",
         f"  sessions: {s['started']} started, {s['ended']} ended ({completion}); "
         f"completion {_pct(s['completion_rate'])}; {s['handoffs']} handed off to a human",
+        f"  speech failures: {speech}",
     ])
 
 

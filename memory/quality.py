@@ -1,7 +1,8 @@
 """A tenant's quality signals over a window, from the `quality_turns` and `quality_sessions`
 views (migration 0009): retry, escalation and failure rates, the answering-tier mix, mean stated
 confidence, first-words and end-of-turn latency percentiles, interruptions, session completion
-and handoffs to a human. Every query names its tenant."""
+and handoffs to a human; and from the `speech_failed` events, the speech requests that failed
+(a provider down: the session went on in the chat). Every query names its tenant."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ GROUP BY completion ORDER BY completion
 """
 
 
+_SPEECH = """
+SELECT detail->>'engine' AS engine, count(*) AS failures, count(DISTINCT session_id) AS sessions
+FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech_failed'
+GROUP BY 1 ORDER BY 1
+"""
+
+
 def _by_tier(counts: dict[str, int]) -> dict[str, int]:
     """Tier counts in tier order, `none` (no tier answered) last (JSONB keeps no order)."""
     return {k: counts[k] for k in sorted(counts, key=lambda k: (k == "none", k.zfill(3)))}
@@ -66,6 +74,7 @@ async def window_quality(
     async with pool.acquire() as conn:
         turns = await conn.fetchrow(_TURNS, tenant, since, until, list(PERCENTILES))
         sessions = await conn.fetch(_SESSIONS, tenant, since, until)
+        speech = await conn.fetch(_SPEECH, tenant, since, until)
     assert turns is not None
     n = turns["turns"]
     completion = {r["completion"]: r["n"] for r in sessions}
@@ -96,6 +105,8 @@ async def window_quality(
             "completion_rate": _rate(completion.get("completed", 0), ended),
             "handoffs": int(sum(r["handoffs"] for r in sessions)),
         },
+        "speech_failures": {r["engine"]: {"failures": r["failures"], "sessions": r["sessions"]}
+                            for r in speech},
     }
 
 

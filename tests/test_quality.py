@@ -114,9 +114,19 @@ async def test_quality_command(settings: Settings, db: Database, tmp_path: Path)
     assert code == 0, err
     q = json.loads(out)
     assert q["turns"] == 9 and q["sessions"]["completion_rate"] == 0.5
+    assert q["speech_failures"] == {}
+    # bob's speech recognition failed twice (agent/speech_outage.py's events), globex's once
+    await db.pool.executemany(
+        "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+        " SELECT id, tenant, 1000 + $2, now(), 'speech_failed', $3::jsonb FROM sessions"
+        " WHERE id = $1", [
+            (session, n, json.dumps({"engine": "stt", "provider": "openai", "model": "m",
+                                     "error": "APIStatusError: 503"}))
+            for n, session in enumerate(["s-bob", "s-bob", "s-globex"])])
     code, out, err = await run_cli("quality", "--tenant", "acme", "--since", "3d",
                                    "--sessions", env=env)
     assert code == 0, err
+    assert "  speech failures: 2 failed recognitions in 1 session" in out
     assert "retry rate: 22.2% (rephrased or repeated; 1 said it did not help)" in out
     assert "sessions: 4 started, 4 ended (2 completed, 1 error, 1 left_mid_answer)" in out
     assert "s-bob" in out and "left_mid_answer" in out
