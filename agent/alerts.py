@@ -64,6 +64,11 @@ RULES = (
          what="mean stated confidence"),
     Rule("completion_rate", ("sessions", "completion_rate"), 0.75, below=True,
          what="session completion"),
+    # beyond the plan: a speech provider down (the sessions went on in the chat)
+    Rule("speech_recognition_failing", ("speech_failures", "stt", "sessions"), 0.0,
+         what="sessions with failed speech recognition"),
+    Rule("speech_synthesis_failing", ("speech_failures", "tts", "sessions"), 0.0,
+         what="sessions with failed speech synthesis"),
 )
 
 

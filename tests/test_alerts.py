@@ -83,6 +83,9 @@ def test_rules_follow_the_product_plan() -> None:
     assert raised == {"retry_rate": "critical", "escalation_rate": "warning",
                       "first_token_p99": "warning", "completion_rate": "warning"}
     assert evaluate(quality | {"turns": 4}) == []  # too few turns to judge
+    speech = {"speech_failures": {"tts": {"failures": 3, "sessions": 1}}}
+    assert {a["alert"]: a["severity"] for a in evaluate(quality | speech)} == raised | {
+        "speech_synthesis_failing": "warning"}
     assert {r.name for r in RULES} >= {"retry_rate", "completion_rate"}
 
 
