@@ -155,10 +155,14 @@ class SpeechOutages:
         while TTS in self.down:
             await asyncio.sleep(self._probe_every_s)
             # a failure is reported by the engine's error event, a success by its metrics
-            with contextlib.suppress(APIError):
+            try:
                 async with engine.synthesize(PROBE_TEXT) as stream:
                     async for _audio in stream:
                         pass
+            except APIError:
+                pass
+            except Exception as exc:  # not the provider's answer: said, and tried again
+                log.warning("speech synthesis probe failed: %s", error_line(exc))
 
     async def aclose(self) -> None:
         if self._probe is not None:
