@@ -238,6 +238,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("turn_detection", "SIGHTLINE_TURN_DETECTION", _choice("model", "vad"), "model",
         help="model | vad: with speech in, the user's turn ends by LiveKit's local end-of-turn "
              "model (turn-detector v1-mini) or by silence alone (README: Voice)"),
+    _Field("speech_retries", "SIGHTLINE_SPEECH_RETRIES", Range(int, 0, 10), 3,
+        help="retries of a failed speech recognition or synthesis request (2 s apart, "
+             "livekit-agents' default 3) before the session counts it failed and goes on in "
+             "the chat"),
     _Field("speech_retry_s", "SIGHTLINE_SPEECH_RETRY_S", _seconds(3600), 15.0,
         help="while speech synthesis is down (answers go to the chat as text), how often it "
              "is tried again with one short phrase"),
@@ -346,6 +350,7 @@ class Settings:
     deepgram_api_key: str | None
     cartesia_api_key: str | None
     turn_detection: str
+    speech_retries: int
     speech_retry_s: float
     health_port: int
     tiers: tuple[Tier, ...] | None

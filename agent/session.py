@@ -58,7 +58,7 @@ from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
 from .speech import build_speech
-from .speech_outage import SESSION_OPTIONS, SpeechOutages
+from .speech_outage import SpeechOutages, session_options
 from .turn_context import TurnContext
 
 # livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
@@ -321,11 +321,12 @@ class SessionRuntime:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
         speech = build_speech(self.settings)
         speech.on_metrics(self.record.meter.speech)
-        session: AgentSession = AgentSession(llm=self.model, conn_options=SESSION_OPTIONS,
-                                             **speech.session_options())
+        session: AgentSession = AgentSession(
+            llm=self.model, conn_options=session_options(self.settings.speech_retries),
+            **speech.session_options())
         self.speech_outages = SpeechOutages(
             session, speech, lambda kind, detail: self.record.events.record(kind, detail=detail),
-            probe_every_s=self.settings.speech_retry_s)
+            probe_every_s=self.settings.speech_retry_s, retries=self.settings.speech_retries)
         self.agent.unspoken = self.speech_outages.unspoken
         session.on("conversation_item_added", self._on_item_added)
         if self.assist is not None:

@@ -5,7 +5,8 @@ livekit-agents ends an AgentSession after a few consecutive unrecoverable STT or
 whole session with it, typed chat included, and the user was told nothing. With synthesis down,
 every answer was lost as well (its text waits on audio that never comes), and the unanswered
 questions looked repeated to the cascade, which escalated them. So sessions are opened with
-`SESSION_OPTIONS` (no limit), and `SpeechOutages` handles each engine's failures:
+`session_options` (no limit; SIGHTLINE_SPEECH_RETRIES retries a request), and `SpeechOutages`
+handles each engine's failures:
 
 - the first failure of an outage: one line in the log, and the user is told once what failed
   and what still works (aloud while synthesis works, always in the chat); an engine that comes
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from livekit.agents import AgentSession, APIError
+from livekit.agents import AgentSession, APIConnectOptions, APIError
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
 from memory.db import OneLine
@@ -42,8 +43,6 @@ log = logging.getLogger("sightline.speech")
 STT, TTS = "stt", "tts"
 NOTICE_AGAIN_S = 120.0  # a new outage of the same engine sooner than this is not announced
 PROBE_TEXT = "OK."  # what the probe synthesises (billed as any speech; the audio is dropped)
-# the session survives any number of speech failures: SpeechOutages reports them
-SESSION_OPTIONS = SessionConnectOptions(max_unrecoverable_errors=sys.maxsize)
 _WHAT = {STT: "speech recognition", TTS: "speech synthesis"}
 # short, since the first is spoken; which engine failed is in the log and the ledger
 NOTICES = {
@@ -53,6 +52,14 @@ NOTICES = {
 }
 
 RecordFn = Callable[[str, dict[str, Any]], None]  # (event kind, detail) into the ledger
+
+
+def session_options(retries: int) -> SessionConnectOptions:
+    """The session survives any number of speech failures (SpeechOutages reports them); each
+    speech request is retried `retries` times first."""
+    speech = APIConnectOptions(max_retry=retries)
+    return SessionConnectOptions(stt_conn_options=speech, tts_conn_options=speech,
+                                 max_unrecoverable_errors=sys.maxsize)
 
 
 @dataclass
@@ -79,9 +86,10 @@ class SpeechOutages:
     """Watches the session's speech engines; see the module's docstring."""
 
     def __init__(self, session: AgentSession, speech: Speech, record: RecordFn,
-                 probe_every_s: float) -> None:
+                 probe_every_s: float, retries: int = APIConnectOptions.max_retry) -> None:
         provider_failures_in_one_line()
         self._session = session
+        self._retries = APIConnectOptions(max_retry=retries)
         self._record = record
         self._probe_every_s = probe_every_s
         self._engines: dict[str, tuple[Any, str]] = {}
@@ -156,7 +164,7 @@ class SpeechOutages:
             await asyncio.sleep(self._probe_every_s)
             # a failure is reported by the engine's error event, a success by its metrics
             try:
-                async with engine.synthesize(PROBE_TEXT) as stream:
+                async with engine.synthesize(PROBE_TEXT, conn_options=self._retries) as stream:
                     async for _audio in stream:
                         pass
             except APIError:

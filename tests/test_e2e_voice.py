@@ -117,7 +117,7 @@ def openai_worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServe
         **env, "SIGHTLINE_STT": "openai:whisper-1", "SIGHTLINE_TTS": "openai:tts-1",
         "SIGHTLINE_STT_BASE_URL": f"{server.base_url}/v1",
         "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1", "OPENAI_API_KEY": "e2e-fake-key",
-        "SIGHTLINE_SPEECH_RETRY_S": "2"})
+        "SIGHTLINE_SPEECH_RETRY_S": "2", "SIGHTLINE_SPEECH_RETRIES": "1"})
     yield proc
     proc.stop()
 
@@ -347,16 +347,18 @@ async def test_openai_compatible_speech_endpoint_hears_and_speaks(
     assert voice["cost_usd"] == pytest.approx(stt["cost_usd"] + tts["cost_usd"])
 
 
+def whisper_uploads(server: ScriptedModelServer) -> int:
+    return sum(r.model == "whisper-1" for r in server.requests)
+
+
 async def failed_upload(server: ScriptedModelServer, user: VoiceUser) -> None:
-    """The user asks once more while recognition is down: its upload and livekit-agents' three
-    retries (0.1, 2 and 2 s apart) fail, and its STT stream is made again 0.5 s later (speech
+    """The user asks once more while recognition is down: its upload and its one retry
+    (SIGHTLINE_SPEECH_RETRIES=1) fail, and its STT stream is made again 0.5 s later (speech
     before that is not heard)."""
-    def uploads() -> int:
-        return sum(r.model == "whisper-1" for r in server.requests)
-    before = uploads()
+    before = whisper_uploads(server)
     user.speak(VOICE / "q01.wav")
     for _ in range(150):
-        if uploads() >= before + 4:
+        if whisper_uploads(server) >= before + 2:
             break
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)
@@ -380,11 +382,14 @@ async def test_a_speech_outage_goes_on_in_the_chat(
     user.room.on("participant_disconnected", lambda _participant: agent_left.set())
     try:
         server.speech_outage = {STT}
+        uploads_before = whisper_uploads(server)
         user.speak(VOICE / "q01.wav")
         assert await user.wait_for_reply(timeout_s=30) == NOTICES[STT]
         await wait_for_speech_end(user, since=user.spoke_until)  # told aloud
         for _ in range(3):  # three more questions nobody can hear: no second notice, and
             await failed_upload(server, user)  # livekit-agents alone closed at the fourth
+        # each question uploaded twice: SIGHTLINE_SPEECH_RETRIES=1 (livekit-agents' default 3)
+        assert whisper_uploads(server) - uploads_before == 4 * 2
         replies.next = sure(ANSWER)
         await user.say("What is on my screen?")
         assert await user.wait_for_reply(timeout_s=30) == ANSWER
