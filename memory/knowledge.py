@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,29 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)  # one line each: "PATH: why"
 
 
+async def _upsert_document(
+    conn: asyncpg.Connection, tenant: str, source: str, origin: str, doc_hash: str,
+    metadata: dict[str, str] | None, built_in: dict[str, str],
+) -> int:
+    """The document's row, written: its hash, origin and tags (`metadata` None keeps the tags
+    it has); a document read from the same file under another name is dropped. Its id."""
+    if origin:
+        await conn.execute(
+            "DELETE FROM kb_documents WHERE tenant = $1 AND origin = $2 AND source <> $3",
+            tenant, origin, source)
+    doc_id: int = await conn.fetchval(
+        "INSERT INTO kb_documents (tenant, source, origin, content_hash, metadata)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (tenant, source) DO UPDATE SET"
+        " content_hash = excluded.content_hash, origin = excluded.origin,"
+        " metadata = CASE WHEN $6 THEN excluded.metadata"
+        " ELSE kb_documents.metadata || excluded.metadata END,"
+        " ingested_at = now() RETURNING id",
+        tenant, source, origin, doc_hash, json.dumps({**(metadata or {}), **built_in}),
+        metadata is not None,
+    )
+    return doc_id
+
+
 def _within(progress: Callable[[float, float], None] | None, start: float, weight: float,
             total: float) -> Callable[[float], None]:
     """The progress of one file, as a fraction of its `weight` in bytes after `start`."""
@@ -150,6 +174,14 @@ def _within(progress: Callable[[float, float], None] | None, start: float, weigh
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@cache
+def _split_settings() -> str:
+    """What a document's chunks depend on besides its text: a document whose text and these
+    are unchanged keeps its chunks without being split again (`_unchanged`)."""
+    return (f"llama-index-core {version('llama-index-core')}, nltk {version('nltk')}, "
+            f"{CHUNK_TOKENS}/{CHUNK_OVERLAP} tokens, pieces of {PIECE_CHARS}\n")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -410,6 +442,12 @@ class KnowledgeBase:
         """Read, split (in a thread, a piece at a time) and store one file; the first half of
         its progress is splitting, the second embedding."""
         sections = await asyncio.to_thread(read_document, file.path)
+        doc_hash = _hash(_split_settings() + "\n".join(s.text for s in sections))
+        built_in = {"type": file.path.suffix.lower().lstrip(".")}
+        if await self._unchanged(tenant, file.source, doc_hash, report, metadata, built_in,
+                                 origin=str(file.path)):
+            moved(1.0)
+            return
         length = sum(len(s.text) for s in sections)
         chunks: list[tuple[str, int | None]] = []
         split_so_far = 0
@@ -428,8 +466,7 @@ class KnowledgeBase:
             digest = _hash(chunk)
             keyed.append((f"{file.source}#{digest[:16]}#{seen[digest]}", chunk, page))
             seen[digest] += 1
-        await self._sync(tenant, file.source, _hash("\n".join(s.text for s in sections)), keyed,
-                         report, metadata, {"type": file.path.suffix.lower().lstrip(".")},
+        await self._sync(tenant, file.source, doc_hash, keyed, report, metadata, built_in,
                          origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
 
     async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
@@ -463,20 +500,8 @@ class KnowledgeBase:
                   for position, (key, text, page) in enumerate(stored)]
         model = self.embedder.name
         async with self._pool.acquire() as conn, conn.transaction():
-            if origin:
-                await conn.execute(
-                    "DELETE FROM kb_documents WHERE tenant = $1 AND origin = $2 AND source <> $3",
-                    tenant, origin, source)
-            doc_id = await conn.fetchval(
-                "INSERT INTO kb_documents (tenant, source, origin, content_hash, metadata)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (tenant, source) DO UPDATE SET"
-                " content_hash = excluded.content_hash, origin = excluded.origin,"
-                " metadata = CASE WHEN $6 THEN excluded.metadata"
-                " ELSE kb_documents.metadata || excluded.metadata END,"
-                " ingested_at = now() RETURNING id",
-                tenant, source, origin, doc_hash, json.dumps({**(metadata or {}), **built_in}),
-                metadata is not None,
-            )
+            doc_id = await _upsert_document(conn, tenant, source, origin, doc_hash, metadata,
+                                            built_in)
             have = {r["chunk_key"] for r in await conn.fetch(
                 "SELECT chunk_key FROM kb_chunks WHERE tenant = $1 AND document_id = $2"
                 " AND embed_model = $3", tenant, doc_id, model,
@@ -515,6 +540,27 @@ class KnowledgeBase:
         report.embedded += len(new)
         report.kept += len(wanted) - len(new)
         report.deleted += deleted
+
+    async def _unchanged(
+        self, tenant: str, source: str, doc_hash: str, report: IngestReport,
+        metadata: dict[str, str] | None, built_in: dict[str, str], *, origin: str,
+    ) -> bool:
+        """Whether `source` is stored with this text, split the same way, and every chunk of it
+        embedded with this embedder: then only its tags and origin are brought up to date, as
+        `_sync` would, and it is neither split nor embedded again (a folder ingested again
+        costs the reading of its files, not their splitting)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT count(c.id) AS chunks, count(c.id) FILTER (WHERE c.embed_model = $4)"
+                " AS current FROM kb_documents d JOIN kb_chunks c ON c.document_id = d.id"
+                " WHERE d.tenant = $1 AND d.source = $2 AND d.content_hash = $3",
+                tenant, source, doc_hash, self.embedder.name)
+            if row is None or row["chunks"] == 0 or row["current"] != row["chunks"]:
+                return False
+            await _upsert_document(conn, tenant, source, origin, doc_hash, metadata, built_in)
+        report.documents += 1
+        report.kept += row["chunks"]
+        return True
 
     async def _check_model(self, tenant: str) -> None:
         models = await stored_models(self._pool, tenant)

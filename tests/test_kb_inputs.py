@@ -207,6 +207,32 @@ async def test_a_document_is_one_document_wherever_it_is_ingested_from(
         "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "vpn.txt"]
 
 
+async def test_an_unchanged_document_is_not_split_again(
+    db: Database, docs: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder ingested again costs the reading of its files, not their splitting (the
+    splitter alone imports ~3.5 s of llama-index and nltk): a document whose text and split
+    settings are unchanged keeps its chunks, and still gets the tags it is given."""
+    kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
+    first = await kb.ingest([docs], "acme")
+
+    def split_again(_text: str) -> list[str]:
+        raise AssertionError("split again")
+    monkeypatch.setattr(knowledge, "split", split_again)
+    again = await kb.ingest([docs], "acme", metadata={"team": "it"})
+    assert (again.documents, again.embedded, again.deleted, again.skipped) == (
+        first.documents, 0, 0, [])
+    assert again.kept == first.embedded + first.kept
+    assert {d.source: d.metadata["team"] for d in await knowledge.documents(db.pool, "acme")} \
+        == dict.fromkeys(["kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/vpn.txt"],
+                         "it")
+    # a changed document is split (here: the splitter refuses, so it is skipped, alone)
+    (docs / "router.md").write_text(ROUTER + "\nPress the reset button for ten seconds.\n")
+    changed = await kb.ingest([docs], "acme")
+    assert changed.documents == first.documents - 1
+    assert len(changed.skipped) == 1 and "router.md: cannot split its text" in changed.skipped[0]
+
+
 async def test_tags_survive_a_reingest_without_meta_and_type_is_built_in(
     db: Database, docs: Path, settings: Settings,
 ) -> None:
