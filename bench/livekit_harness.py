@@ -335,6 +335,13 @@ class HeardAudio:
     def between(self, start: float, end: float) -> rtc.AudioFrame:
         return rtc.combine_audio_frames([f for at, f in self.frames if start <= at <= end])
 
+    def loud_seconds(self, start: float, end: float, threshold: float = 300.0) -> float:
+        """How much of the audio that arrived between `start` and `end` is louder than
+        `threshold`: a sound's own length, whatever pauses its delivery had (a frame late on a
+        loaded machine stretches the span it arrives in, not the sound)."""
+        return sum(frame.duration for at, frame in self.frames if start <= at <= end
+                   and np.abs(np.frombuffer(frame.data, np.int16)).mean() > threshold)
+
 
 class VoiceUser(User):
     """A user who also talks: a microphone track that plays recorded questions (silence in
