@@ -242,7 +242,7 @@ _FIELDS: tuple[_Field, ...] = (
         help="retries of a failed speech recognition or synthesis request (2 s apart, "
              "livekit-agents' default 3) before the session counts it failed and goes on in "
              "the chat"),
-    _Field("speech_retry_s", "SIGHTLINE_SPEECH_RETRY_S", _seconds(3600), 15.0,
+    _Field("synthesis_probe_s", "SIGHTLINE_SYNTHESIS_PROBE_S", _seconds(3600), 15.0,
         help="while speech synthesis is down (answers go to the chat as text), how often it "
              "is tried again with one short phrase"),
     _Field("health_port", "SIGHTLINE_HEALTH_PORT", _PORT, 8081, help="worker health endpoint"),
@@ -351,7 +351,7 @@ class Settings:
     cartesia_api_key: str | None
     turn_detection: str
     speech_retries: int
-    speech_retry_s: float
+    synthesis_probe_s: float
     health_port: int
     tiers: tuple[Tier, ...] | None
     turn_deadline_s: float

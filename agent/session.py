@@ -326,7 +326,7 @@ class SessionRuntime:
             **speech.session_options())
         self.speech_outages = SpeechOutages(
             session, speech, lambda kind, detail: self.record.events.record(kind, detail=detail),
-            probe_every_s=self.settings.speech_retry_s, retries=self.settings.speech_retries)
+            probe_every_s=self.settings.synthesis_probe_s, retries=self.settings.speech_retries)
         self.agent.unspoken = self.speech_outages.unspoken
         session.on("conversation_item_added", self._on_item_added)
         if self.assist is not None:

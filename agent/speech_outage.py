@@ -14,7 +14,7 @@ handles each engine's failures:
 - every failure is a `speech_failed` event (the ledger, the summary, Prometheus);
 - synthesis down: the audio output is turned off, so answers go to the chat as text at once;
   the answer that failed to be spoken is sent as text (`unspoken`); synthesis is tried again
-  with one short phrase every SIGHTLINE_SPEECH_RETRY_S;
+  with one short phrase every SIGHTLINE_SYNTHESIS_PROBE_S;
 - the engine's first success again (its usage metrics): a `speech_recovered` event, and for
   synthesis the audio output is turned back on.
 """
@@ -106,7 +106,7 @@ class SpeechOutages:
         self._told_at: dict[str, float] = {}  # monotonic, by engine
         self._probe: asyncio.Task[None] | None = None
 
-    def engine(self, name: str) -> str:
+    def _engine_name(self, name: str) -> str:
         engine, provider = self._engines[name]
         return f"{provider} {engine.model}".strip()
 
@@ -122,7 +122,7 @@ class SpeechOutages:
             return
         self.down[name] = Outage(time.monotonic())
         log.warning("%s (%s) failed: %s; the session goes on in the chat", _WHAT[name],
-                    self.engine(name), reason)
+                    self._engine_name(name), reason)
         if name == TTS:
             self._session.output.set_audio_enabled(False)
             self._probe = asyncio.create_task(self._probe_synthesis(), name="speech-probe")
@@ -140,7 +140,7 @@ class SpeechOutages:
         self._record("speech_recovered", {"engine": name, "failures": outage.failures,
                                           "outage_s": seconds})
         log.info("%s (%s) works again after %d failures in %.1f s", _WHAT[name],
-                 self.engine(name), outage.failures, seconds)
+                 self._engine_name(name), outage.failures, seconds)
         if name == TTS:
             self._session.output.set_audio_enabled(True)
 

@@ -117,7 +117,7 @@ def openai_worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServe
         **env, "SIGHTLINE_STT": "openai:whisper-1", "SIGHTLINE_TTS": "openai:tts-1",
         "SIGHTLINE_STT_BASE_URL": f"{server.base_url}/v1",
         "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1", "OPENAI_API_KEY": "e2e-fake-key",
-        "SIGHTLINE_SPEECH_RETRY_S": "2", "SIGHTLINE_SPEECH_RETRIES": "1"})
+        "SIGHTLINE_SYNTHESIS_PROBE_S": "2", "SIGHTLINE_SPEECH_RETRIES": "1"})
     yield proc
     proc.stop()
 
