@@ -52,6 +52,20 @@ def _turns_line(turns: dict[str, Any]) -> str:
             f"{turns['escalated']} escalated within the turn")
 
 
+def _memory_line(memory: dict[str, Any]) -> str:
+    """What memory did: recalled, updated (some for earlier sessions' exchanges), deferred."""
+    failed = f" ({memory['failed_updates']} failed)" if memory["failed_updates"] else ""
+    earlier = memory.get("earlier_sessions", 0)
+    earlier = (f" ({earlier} for exchanges of earlier sessions without the database)"
+               if earlier else "")
+    line = (f"  memory: {memory['recalled']} facts and earlier messages recalled; "
+            f"{memory['updates']} updates by tier 0{failed}{earlier}, ${memory['cost_usd']:.6f}")
+    if memory.get("deferred"):
+        line += (f"; {memory['deferred']} exchanges kept for the user's next session with the "
+                 "database")
+    return line
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as text: the same lines after a replay and from `sightline costs ID`."""
     from .session_record import COMPLETED
@@ -120,10 +134,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"${vs_top['top_tier_cost_usd']:.6f} on the top tier alone "
                      f"({100 * vs_top['savings']:.1f}% saved)")
     memory = summary.get("memory")
-    if memory and (memory["recalled"] or memory["updates"] or memory["failed_updates"]):
-        failed = f" ({memory['failed_updates']} failed)" if memory["failed_updates"] else ""
-        lines.append(f"  memory: {memory['recalled']} facts and earlier messages recalled; "
-                     f"{memory['updates']} updates by tier 0{failed}, ${memory['cost_usd']:.6f}")
+    if memory and (memory["recalled"] or memory["updates"] or memory["failed_updates"]
+                   or memory.get("deferred")):
+        lines.append(_memory_line(memory))
     voice = summary.get("voice")
     if voice:
         engines = ", ".join(

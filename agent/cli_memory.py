@@ -66,8 +66,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 print(f"Forgot user {args.user} of tenant {args.tenant}: "
                       f"{removed['messages']} messages, {removed['facts']} facts, "
-                      f"{removed['summaries']} summary, {removed['screen_events']} screen "
-                      f"events and {removed['archived_frames']} archived screenshots deleted; "
+                      f"{removed['summaries']} summary, {removed['deferred_exchanges']} "
+                      f"exchanges waiting for the memory model, {removed['screen_events']} "
+                      f"screen events and {removed['archived_frames']} archived screenshots "
+                      "deleted; "
                       f"{removed['sessions_unlinked']} sessions no longer name the user (their "
                       "cost records stay).")
                 for note in notes:
@@ -78,6 +80,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         facts = await memory.facts(args.tenant, args.user)
         summary = await memory.summary(args.tenant, args.user)
         screen_events = await store.count_screen_events(args.tenant, args.user)
+        deferred = await memory.deferred_waiting(args.tenant, args.user)
     finally:
         await embedder.aclose()
         await db.close()
@@ -89,12 +92,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                       for f in facts],
             "messages": total,
             "screen_events": screen_events,
+            "deferred_exchanges": deferred,
             "recent": [{"role": m.role, "content": m.content, "at": m.created_at.isoformat()}
                        for m in recent],
             "unimported_spill_files": report.left,
         }))
         return 0
-    if not (total or facts or summary or screen_events):
+    if not (total or facts or summary or screen_events or deferred):
         print(f"Nothing is remembered about user {args.user} of tenant {args.tenant}.")
         return 0
     print(f"User {args.user} of tenant {args.tenant}:")
@@ -107,6 +111,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for message in recent:
         print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
     print(f"  {screen_events} screen events remembered (`sightline screen search` finds them)")
+    if deferred:
+        print(f"  {deferred} exchanges of sessions that ran without the database wait for the "
+              "memory model (the user's next session analyses them)")
     for note in notes:
         print(note)
     return 0

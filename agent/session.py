@@ -19,6 +19,7 @@ from typing import Any
 from livekit.agents import AgentSession, llm
 from livekit.agents.voice import ConversationItemAddedEvent
 
+from memory.backlog import Deferred, DeferredExchanges
 from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.embeddings import Embedder, SharedQueries
@@ -114,6 +115,15 @@ class LongTermMemory:
         recall = TurnRecall(knowledge, memory,
                             tenant=tenant, user_id=user_id, before_id=conversation.recall_before,
                             screen=screen)
+        recovery = asyncio.create_task(
+            recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
+            name="spill-recovery")
+
+        async def deferred() -> list[Deferred]:
+            # what the spill import brings in is the user's too (given the same moment)
+            await asyncio.wait({recovery}, timeout=5.0)
+            return await memory.claim_deferred(tenant, user_id, session_id)
+
         keeper = None
         if settings.memory_updates:
             keeper = MemoryKeeper(
@@ -123,11 +133,8 @@ class LongTermMemory:
                 tenant=tenant, user_id=user_id, session_id=session_id,
                 spill_dir=settings.costs_dir, timeout_s=settings.model_timeout_s,
                 facts=await memory.facts(tenant, user_id),
-                summary=await memory.summary(tenant, user_id),
+                summary=await memory.summary(tenant, user_id), deferred=deferred,
             )
-        recovery = asyncio.create_task(
-            recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
-            name="spill-recovery")
         return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen)
 
     async def _finish_recovery(self) -> None:
@@ -175,6 +182,7 @@ class SessionRuntime:
     memory: LongTermMemory | None
     handoff: HandoffTool
     assist: LiveAssist | None
+    deferred: DeferredExchanges | None = None  # without the database: for the next keeper
     speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
@@ -314,6 +322,9 @@ class SessionRuntime:
                       screen_memory=screen_memory, model=model, agent=agent,
                       conversation=conversation, memory=memory, handoff=handoff,
                       assist=assist)
+        if memory is None and settings.memory_updates:
+            runtime.deferred = DeferredExchanges(settings.costs_dir, tenant=tenant,
+                                                 user_id=user_id, session_id=session_id)
         events.subscribe(runtime._on_event)
         return runtime
 
@@ -368,8 +379,12 @@ class SessionRuntime:
         # what reached the user: a reply the user spoke over is cut where its speech stopped
         self.record.events.record("reply", detail={
             "interrupted": item.interrupted, "characters": len(text), **timing})
-        if self.memory is not None and self.memory.keeper is not None and self._answered:
+        if not self._answered:
+            return
+        if self.memory is not None and self.memory.keeper is not None:
             self.memory.keeper.exchange(self._asked, text)
+        elif self.deferred is not None and self.deferred.exchange(self._asked, text):
+            self.record.events.record("memory_deferred", detail={})
 
     async def screen_settled(self) -> None:
         """The kept frames so far are read (replay waits here: in a live session, the second

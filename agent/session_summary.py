@@ -136,6 +136,8 @@ class SessionTotals:
             self._speech_event(event, detail)
         elif kind == "speech_failed":
             self._speech_failures[detail["engine"]] += 1
+        elif kind == "memory_deferred":
+            self._memory_calls["deferred"] += 1
         elif kind == "reply":
             self._replies["replies"] += 1
             self._replies["interrupted"] += bool(detail.get("interrupted"))
@@ -170,6 +172,7 @@ class SessionTotals:
         self.total_cost_usd += cost or 0.0
         if detail.get("purpose") == "memory":
             self._memory_calls["failed" if event["kind"] == "model_error" else "calls"] += 1
+            self._memory_calls["earlier_sessions"] += detail.get("earlier_session", 0)
             self._memory_cost_usd += cost or 0.0
 
     def _turn(self, detail: dict[str, Any]) -> None:
@@ -238,6 +241,10 @@ class SessionTotals:
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
                 "updates": self._memory_calls["calls"],
                 "failed_updates": self._memory_calls["failed"],
+                # updates for exchanges of earlier sessions that ran without the database
+                "earlier_sessions": self._memory_calls["earlier_sessions"],
+                # exchanges this session, without the database, kept for the user's next one
+                "deferred": self._memory_calls["deferred"],
                 "cost_usd": round(self._memory_cost_usd, 8),
             },
             "vs_top_tier": self._vs_top_summary(),

@@ -91,7 +91,7 @@ class Database:
         try:
             await self.pool.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.error("the database does not answer (%s)", _reason(exc))
+            log.error("the database does not answer (%s)", error_reason(exc))
             return False
         return True
 
@@ -106,13 +106,13 @@ class Database:
             except (OSError, TimeoutError, asyncpg.PostgresError,
                     asyncpg.InterfaceError) as exc:
                 log.error("could not drop the scratch schema %s (%s); dropping it later "
-                          "is safe", self.scratch_schema, _reason(exc))
+                          "is safe", self.scratch_schema, error_reason(exc))
         try:
             await self.pool.close()
         except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
             # saying goodbye to a server that is gone can fail (a broken pipe): let go of it
             self.pool.terminate()
-            log.warning("the database's connections were gone already (%s)", _reason(exc))
+            log.warning("the database's connections were gone already (%s)", error_reason(exc))
         if self.embedded is not None:
             await asyncio.to_thread(stop_embedded, self.embedded)
 
@@ -143,7 +143,7 @@ async def vectors_checked(statement: Awaitable[T]) -> T:
     except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
             ConnectionError) as exc:
         raise DatabaseUnavailable(
-            f"Postgres dropped the connection ({_reason(exc)}): if this is the embedded "
+            f"Postgres dropped the connection ({error_reason(exc)}): if this is the embedded "
             "Postgres, its pgvector was likely built for CPU instructions this machine lacks; "
             "run `make install` (or memory/build_pgvector.sh VENV) to build a portable one"
         ) from None
@@ -168,7 +168,7 @@ def start_embedded(pgdata: Path) -> Any:
         return pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise DatabaseUnavailable(
-            f"could not start the embedded Postgres in {pgdata}: {_reason(exc)} "
+            f"could not start the embedded Postgres in {pgdata}: {error_reason(exc)} "
             f"(its log: {pgdata / 'log'})"
         ) from None
 
@@ -180,7 +180,7 @@ def stop_embedded(server: Any) -> None:
     try:
         server.cleanup()
     except Exception as exc:
-        log.warning("the embedded Postgres had already stopped (%s)", _reason(exc))
+        log.warning("the embedded Postgres had already stopped (%s)", error_reason(exc))
 
 
 class OneLine(logging.Filter):
@@ -203,7 +203,7 @@ class OneLine(logging.Filter):
         lines = record.getMessage().strip().splitlines()
         message = lines[0] if lines else ""
         if record.exc_info and record.exc_info[1] is not None:
-            message = f"{message.rstrip(':; ')}: {_reason(record.exc_info[1])}"
+            message = f"{message.rstrip(':; ')}: {error_reason(record.exc_info[1])}"
         record.msg, record.args = message, ()
         record.exc_info = record.exc_text = None
         return True
@@ -220,7 +220,7 @@ def refused(exc: BaseException, where: str, *, scratch: bool = False) -> str:
     """Why opening the database failed, in one line that says what to do: a server that does
     not answer, a login it refuses, a database that is not there and a missing privilege are
     fixed in different places."""
-    reason = _reason(exc)
+    reason = error_reason(exc)
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return (f"the database at {where} refused the login: {reason}. Check the user and "
                 "password in DATABASE_URL.")
@@ -239,7 +239,7 @@ def refused(exc: BaseException, where: str, *, scratch: bool = False) -> str:
             "DATABASE_URL to use the embedded Postgres.)")
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

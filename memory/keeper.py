@@ -17,13 +17,15 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from livekit.agents import llm
 
+from .backlog import Deferred
+from .db import error_reason
 from .spill_files import SpillKind, spill_path
 from .user_memory import Fact, UserMemory
 from .writer import BackgroundWriter
@@ -123,6 +125,7 @@ class MemoryKeeper:
         self, *, memory: UserMemory, model: MemoryModel, tenant: str, user_id: str,
         session_id: str, spill_dir: Path, timeout_s: float, facts: list[Fact],
         summary: str | None,
+        deferred: Callable[[], Awaitable[list[Deferred]]] | None = None,
     ) -> None:
         self._model = model
         self._who = {"tenant": tenant, "user_id": user_id, "session_id": session_id}
@@ -132,6 +135,8 @@ class MemoryKeeper:
         self._writer = BackgroundWriter("memory", memory.apply,
                                         spill_path(spill_dir, session_id, SpillKind.MEMORY))
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._deferred = deferred
+        self._caught_up = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
 
     def exchange(self, user: str, assistant: str) -> None:
@@ -140,27 +145,72 @@ class MemoryKeeper:
             self._queue.put_nowait((user, assistant))
 
     async def settled(self) -> None:
-        """Every queued exchange has been handled (replay waits here between turns)."""
+        """Every queued exchange has been handled, earlier sessions' deferred ones first
+        (replay waits here between turns)."""
+        await self._caught_up.wait()
         await self._queue.join()
 
     async def _run(self) -> None:
+        try:
+            await self._catch_up()
+        finally:
+            self._caught_up.set()
         while True:
             user, assistant = await self._queue.get()
             try:
-                await self._handle(user, assistant)
+                await self._handle(user, assistant, self._who)
             except Exception:  # one bad exchange must not stop the keeper
                 log.exception("memory update failed; the conversation itself is stored")
             finally:
                 self._queue.task_done()
 
-    async def _handle(self, user: str, assistant: str) -> None:
+    async def _catch_up(self) -> None:
+        """The exchanges of the user's earlier sessions that ran without the database, oldest
+        first, before this session's: each becomes memory as if it had been analysed then, but
+        against what is remembered now, and its facts name the session it came from."""
+        if self._deferred is None:
+            return
+        try:
+            deferred = await self._deferred()
+        except Exception as exc:  # the database went away: a later session tries again
+            log.error("memory: could not read the exchanges earlier sessions kept for it: %s",
+                      error_reason(exc))
+            return
+        if deferred:
+            log.info("memory: analysing %d exchanges kept by earlier sessions that ran without "
+                     "the database", len(deferred))
+        for done, item in enumerate(deferred):
+            who = {**self._who, "session_id": item.session_id}
+            try:
+                analysed = await self._handle(item.user, item.assistant, who)
+            except asyncio.CancelledError:  # the session closed first: the next one has them
+                for rest in deferred[done:]:
+                    self._writer.put({"op": "backlog_release", "id": rest.id, **self._who})
+                raise
+            except Exception:
+                log.exception("memory update failed for an earlier session's exchange")
+                analysed = False
+            self._writer.put({"op": "backlog_done" if analysed else "backlog_failed",
+                              "id": item.id, **self._who})
+
+    async def _handle(self, user: str, assistant: str, who: dict[str, str]) -> bool:
+        """Ask the model about one exchange; whether its answer was applied."""
+        applied = False
+
+        def read(reply: str) -> dict[str, int]:
+            nonlocal applied
+            done = self._apply(parse_update(reply), who)
+            applied = True
+            if who["session_id"] != self._who["session_id"]:
+                done["earlier_session"] = 1
+            return done
+
         await self._model.ask(
             memory_prompt(self.facts, self.summary, user, assistant),
-            max_output_tokens=MAX_OUTPUT_TOKENS,
-            read=lambda reply: self._apply(parse_update(reply)),
-        )
+            max_output_tokens=MAX_OUTPUT_TOKENS, read=read)
+        return applied
 
-    def _apply(self, update: MemoryUpdate) -> dict[str, int]:
+    def _apply(self, update: MemoryUpdate, who: dict[str, str]) -> dict[str, int]:
         """Fold the update into what this keeper knows and queue the rows that change it."""
         ops: list[dict[str, Any]] = []
         for key in update.forget:
@@ -180,7 +230,7 @@ class MemoryKeeper:
             self.summary = update.summary
             ops.append({"op": "summary", "text": update.summary})
         for op in ops:
-            self._writer.put({**op, **self._who})
+            self._writer.put({**op, **who})
         return {"facts_written": sum(o["op"] == "fact" for o in ops),
                 "facts_forgotten": sum(o["op"] == "forget" for o in ops),
                 "summary_written": int(any(o["op"] == "summary" for o in ops))}
@@ -198,9 +248,10 @@ class MemoryKeeper:
         """Finish the queued exchanges (within the model timeout), then flush the memory rows;
         returns how many had to be spilled to disk."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout=self._timeout_s)
+            await asyncio.wait_for(self.settled(), timeout=self._timeout_s)
         except TimeoutError:
             log.warning("memory: %d exchanges not analysed before the session closed",
                         self._queue.qsize())
         self._task.cancel()
+        await asyncio.wait({self._task})  # what it claimed and did not reach is handed back
         return await self._writer.close()

@@ -33,6 +33,7 @@ class SpillKind(StrEnum):
     COST_EVENTS = ".db-spill.jsonl"
     MESSAGES = ".messages-spill.jsonl"
     MEMORY = ".memory-spill.jsonl"
+    EXCHANGES = ".exchanges-spill.jsonl"  # for the memory model, from a session without the DB
     SCREEN_EVENTS = ".screen-spill.jsonl"
 
 

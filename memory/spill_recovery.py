@@ -5,7 +5,9 @@ in a spill file next to the session's cost log: `<session>.db-spill.jsonl` (cost
 `<session>.messages-spill.jsonl` (the conversation), `<session>.memory-spill.jsonl` (facts
 and summary) and `<session>.screen-spill.jsonl` (the screen timeline); a session that ran
 without the database at all also leaves `<session>.session-spill.jsonl` (its own row), whose
-import writes the row, then its whole cost log as its cost events. A session whose summary
+import writes the row, then its whole cost log as its cost events, and
+`<session>.exchanges-spill.jsonl` (exchanges its memory model never saw: `backlog.py`). A
+session whose summary
 reached only its cost log gets it on its row once its spilled events are in. Every new session, and
 `sightline memory show|forget`, first imports the spill files of sessions that have closed
 (their cost log ends with the summary), in order, and deletes each file once all of it is
@@ -179,6 +181,8 @@ async def _writer_for(
         return targets.store.add_cost_events
     if kind is SpillKind.MEMORY:
         return targets.memory.apply
+    if kind is SpillKind.EXCHANGES:
+        return targets.memory.defer
     if kind is SpillKind.SCREEN_EVENTS:
         return targets.screen.write
     store = targets.store

@@ -142,7 +142,8 @@ class Store:
 
     async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
         """Delete everything remembered about one user of one tenant (a privacy request):
-        messages, facts, summary and what their screens showed. Their sessions keep their cost
+        messages, facts, summary, exchanges waiting for the memory model and what their
+        screens showed. Their sessions keep their cost
         records, with the user id removed."""
         counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
@@ -152,6 +153,8 @@ class Store:
                  "DELETE FROM screen_events WHERE tenant = $1 AND user_id = $2"),
                 ("facts", "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2"),
                 ("summaries", "DELETE FROM memory_summaries WHERE tenant = $1 AND user_id = $2"),
+                ("deferred_exchanges",
+                 "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2"),
                 ("sessions_unlinked",
                  "UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND user_id = $2"),
             ):

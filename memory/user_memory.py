@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from . import bm25
+from . import backlog, bm25
 from .embeddings import Embedder
 from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
 
@@ -170,11 +170,23 @@ class UserMemory:
             tenant, user_id)
         return str(value) if value is not None else None
 
+    async def defer(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Keep exchanges for the memory model (a session without the database had them)."""
+        await backlog.store_deferred(self._pool, rows)
+
+    async def claim_deferred(self, tenant: str, user_id: str, session_id: str,
+                             ) -> list[backlog.Deferred]:
+        return await backlog.claim(self._pool, tenant, user_id, session_id)
+
+    async def deferred_waiting(self, tenant: str, user_id: str) -> int:
+        return await backlog.waiting(self._pool, tenant, user_id)
+
     async def apply(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write memory changes in the order they were made, in one transaction. Rows are
         `{"op": "fact"|"forget"|"summary", "tenant", "user_id", "session_id", ...}`: a fact
         (`key`, `text`) replaces the user's fact of that key; forget drops a key; a summary
-        (`text`) replaces the user's summary."""
+        (`text`) replaces the user's summary; and what became of a deferred exchange the
+        keeper analysed (`backlog.OPS`, with its `id`)."""
         fact_rows = [r for r in rows if r["op"] == "fact"]
         vectors = dict(zip(map(id, fact_rows),
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
@@ -202,5 +214,7 @@ class UserMemory:
                         " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO UPDATE SET"
                         " text = excluded.text, session_id = excluded.session_id,"
                         " updated_at = now()", *who, row["text"], row.get("session_id"))
+                elif row["op"] in backlog.OPS:
+                    await backlog.apply_op(conn, row)
                 else:
                     raise ValueError(f"unknown memory operation {row['op']!r}")

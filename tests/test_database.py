@@ -33,7 +33,7 @@ from agent.config import Settings
 from agent.pricing import PriceTable, Usage
 from agent.session import SessionRuntime
 from agent.session_record import SessionRecord
-from agent.wire_format_server import ScriptedModelServer, ScriptedReply
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.conversation import ConversationLog
 from memory.db import (
     Database,
@@ -562,20 +562,27 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
     """Postgres went away after the pool opened (seen: a replay's second session after the
     embedded server was killed ended the replay with a traceback and printed nothing): the
     session opens without the database and answers; its row, cost log and conversation wait
-    on disk, and the next session opened on the database imports them, nothing lost."""
+    on disk, and the next session opened on the database imports them, nothing lost. Its
+    memory model was not asked (what is remembered could not be read): its exchange waits, and
+    the user's next session analyses it first, against what is remembered then."""
     url = await own_postgres.start()
     db = await Database.open(url, tmp_path / "data")
     await own_postgres.stop()
     await assert_down(url)
-    async with ScriptedModelServer(
-        replies=[ScriptedReply(text="[[confidence: 0.95]] (scripted) Still here.")],
-    ) as server:
+    def reply(request: CapturedRequest) -> ScriptedReply:
+        if request.purpose == "memory":
+            return ScriptedReply(text=json.dumps({  # scripted
+                "facts": [{"key": "package_manager", "text": "The user moved to uv."}],
+                "summary": "The user moved to uv and checked the assistant was there."}))
+        return ScriptedReply(text="[[confidence: 0.95]] (scripted) Still here.")
+
+    async with ScriptedModelServer(replies=reply) as server:
         settings = Settings.from_env({"DATABASE_URL": url,
                                       "SIGHTLINE_DATA_DIR": str(tmp_path / "data")})
         settings = settings.with_overrides(
             gemini_api_key="test-key", anthropic_api_key="test-key",
             gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
-            embeddings="offline", memory_updates=False)
+            embeddings="offline", memory_updates=True)
         offline_before = REGISTRY.get_sample_value(
             "sightline_sessions_without_database_total", {"tenant": "acme"}) or 0.0
         with caplog.at_level(logging.WARNING):
@@ -587,7 +594,7 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
                     await runtime.screen_settled()
             session = runtime.agent_session()
             await session.start(runtime.agent, record=False)
-            run = await session.run(user_input="Are you there?")
+            run = await session.run(user_input="I moved to uv. Are you there?")
             await session.aclose()
             summary = await runtime.close()
             await db.close()
@@ -609,8 +616,12 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
             messages)
         spilled = sorted(p.name.removeprefix(runtime.session_id)
                          for p in settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
-        assert spilled == [".messages-spill.jsonl", ".screen-spill.jsonl",
-                           ".session-spill.jsonl"]
+        assert spilled == [".exchanges-spill.jsonl", ".messages-spill.jsonl",
+                           ".screen-spill.jsonl", ".session-spill.jsonl"]
+        assert not [r for r in server.requests if r.purpose == "memory"]
+        assert summary["memory"]["deferred"] == 1 and summary["memory"]["updates"] == 0
+        assert ("1 exchanges kept for the user's next session with the database"
+                in format_summary(summary))
         seen = [e["detail"]["lines"] for e in events if e["kind"] == "screen_text"
                 and e["detail"]["lines"]]
         assert seen and summary["db_spilled_screen_events"] == len(seen)
@@ -620,7 +631,13 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         db = await Database.open(url, tmp_path / "data")
         later = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
                                           source="replay")
-        await later.close()
+        later_summary = await later.close()
+    asked = [r.text for r in server.requests if r.purpose == "memory"]
+    assert len(asked) == 1 and "User: I moved to uv. Are you there?" in asked[0]
+    assert later_summary["memory"]["updates"] == 1
+    assert later_summary["memory"]["earlier_sessions"] == 1
+    assert ("1 updates by tier 0 (1 for exchanges of earlier sessions without the database)"
+            in format_summary(later_summary))
     try:
         stored = await Store(db.pool).get_session(runtime.session_id)
         ledger = [r["seq"] for r in await db.pool.fetch(
@@ -631,6 +648,9 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
             runtime.session_id)]
         timeline = await ScreenTimeline(db.pool, WordLlamaEmbedder()).session_events(
             "acme", runtime.session_id)
+        facts = [(r["key"], r["text"], r["session_id"]) for r in await db.pool.fetch(
+            "SELECT key, text, session_id FROM memory_facts WHERE tenant = 'acme'")]
+        backlog = await db.pool.fetchval("SELECT count(*) FROM memory_backlog")
     finally:
         await db.close()
     assert stored is not None and stored["tenant"] == "acme" and stored["user"] == "u1"
@@ -639,7 +659,11 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         events[-1]["ts"], abs=1e-3)
     assert datetime.fromisoformat(stored["started_at"]).timestamp() <= events[0]["ts"]
     assert ledger == [e["seq"] for e in events[:-1]]  # every event but the summary, once
-    assert said == [("user", "Are you there?"), ("assistant", "(scripted) Still here.")]
+    assert said == [("user", "I moved to uv. Are you there?"),
+                    ("assistant", "(scripted) Still here.")]
+    # the fact names the session it was said in; nothing waits any more
+    assert facts == [("package_manager", "The user moved to uv.", runtime.session_id)]
+    assert backlog == 0
     assert [e.text.splitlines() for e in timeline] == seen  # what it saw, searchable now
     assert any(ERROR_LINE in e.text for e in timeline)
     assert not list(settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))

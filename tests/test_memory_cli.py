@@ -2,7 +2,8 @@
 
 Protects: show lists what is remembered about one user of one tenant (summary, facts,
 messages, screen events); forget deletes all of it (a privacy request), the screen timeline and
-archived screenshots included, and rows a closed session left in a spill file, and nothing of
+archived screenshots included, and rows a closed session left in a spill file (exchanges
+waiting for the memory model among them), and nothing of
 another user or tenant, and the sessions keep their costs without the user's id.
 """
 
@@ -16,7 +17,9 @@ from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
+from memory.embeddings import WordLlamaEmbedder
 from memory.store import Store
+from memory.user_memory import UserMemory
 
 
 async def test_show_then_forget_one_user(settings: Settings, db: Database) -> None:
@@ -47,6 +50,20 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     spill = settings.costs_dir / f"{ended}.messages-spill.jsonl"
     spill.write_text(json.dumps({"tenant": "demo", "user_id": "dev-1", "role": "user",
                                  "content": "written while the database was down"}) + "\n")
+    # and an exchange its memory model never saw; the other tenant's user has one waiting too
+    exchanges = settings.costs_dir / f"{ended}.exchanges-spill.jsonl"
+    exchanges.write_text(json.dumps({
+        "tenant": "demo", "user_id": "dev-1", "session_id": ended, "seq": 0,
+        "user": "I moved to uv.", "assistant": "Noted.", "said_at": 1.7e9}) + "\n")
+    await UserMemory(db.pool, WordLlamaEmbedder()).defer([{
+        "tenant": "acme", "user_id": "dev-1", "session_id": "s-other", "seq": 0,
+        "user": "another tenant", "assistant": "kept", "said_at": 1.7e9}])
+    code, out, err = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
+                                   env=env)
+    assert code == 0, err
+    assert "11 messages remembered" in out
+    assert ("1 exchanges of sessions that ran without the database wait for the memory model"
+            in out)
 
     screen_events = await db.pool.fetchval(
         "SELECT count(*) FROM screen_events WHERE tenant = 'demo' AND user_id = 'dev-1'")
@@ -58,9 +75,12 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
                                    "--json", env=env)
     assert code == 0, err
     assert json.loads(out) == {"messages": 11, "facts": 2, "summaries": 1,
-                               "screen_events": screen_events, "archived_frames": len(frames),
+                               "deferred_exchanges": 1, "screen_events": screen_events,
+                               "archived_frames": len(frames),
                                "sessions_unlinked": 2, "unimported_spill_files": []}
-    assert not spill.exists()
+    assert not spill.exists() and not exchanges.exists()
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog WHERE tenant = 'demo'") == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog") == 1
     assert not any(settings.frames_dir.glob("replay_*/*.jpg"))
     assert await db.pool.fetchval("SELECT count(*) FROM screen_events") == 0
     assert await store.count_messages("demo", "dev-1") == 0

@@ -116,6 +116,7 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
     assert await memory.summary("acme", "u-1") == "Asked about pip, then upgraded Python."
     summary = await record.close()
     assert summary["memory"] == {"recalled": 0, "updates": 3, "failed_updates": 1,
+                                 "earlier_sessions": 0, "deferred": 0,
                                  "cost_usd": summary["total_cost_usd"]}
     log_text = await asyncio.to_thread(Path(summary["cost_log"]).read_text)
     events = [json.loads(line) for line in log_text.splitlines()]
@@ -142,6 +143,116 @@ async def test_a_failing_memory_model_loses_nothing_else(
     summary = await record.close()
     assert summary["memory"]["failed_updates"] == 1 and summary["memory"]["updates"] == 0
     assert await memory.facts("acme", "u-1") == []
+
+
+def _deferred(tenant: str, user: str, session_id: str, seq: int, text: str) -> dict[str, Any]:
+    return {"tenant": tenant, "user_id": user, "session_id": session_id, "seq": seq,
+            "user": text, "assistant": f"answer to {text}", "said_at": 1.7e9 + seq}
+
+
+async def _backlog(db: Database) -> list[tuple[str, str, int, str | None]]:
+    return [(r["tenant"], r["user_text"], r["attempts"], r["claimed_by"]) for r in await
+            db.pool.fetch("SELECT * FROM memory_backlog ORDER BY id")]
+
+
+async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_they_fail(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """Exchanges a session without the database kept: the user's next session claims them
+    (only that tenant's and user's, oldest first; a second session of the user at once gets
+    none), analyses them before its own, and writes their facts under the session they were
+    said in; one whose analysis failed is tried again later, three times in all; one the
+    session closed before reaching is handed back as it was."""
+    for session_id, tenant, user in (("s-off", "acme", "u-1"), ("s-u2", "acme", "u-2"),
+                                     ("s-beta", "beta", "u-1"), ("s-now", "acme", "u-1")):
+        await _session(db, session_id, tenant, user)
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    rows = [_deferred("acme", "u-1", "s-off", n, f"deferred {n}") for n in range(3)]
+    await memory.defer([*rows, _deferred("acme", "u-2", "s-u2", 0, "other user"),
+                        _deferred("beta", "u-1", "s-beta", 0, "other tenant")])
+    await memory.defer(rows[:1])  # an import retried: not stored twice
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        if "User: deferred 0" in request.text:
+            return update([("shell", "The user uses fish.")])
+        if "User: deferred 1" in request.text:
+            return ScriptedReply(status=500)
+        return update()
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
+        record = _record(tmp_path, "s-now")
+        claimed: list[list[str]] = []
+
+        async def deferred() -> list[Any]:
+            items = await memory.claim_deferred("acme", "u-1", "s-now")
+            claimed.append([d.user for d in items])
+            claimed.append([d.user for d in await memory.claim_deferred("acme", "u-1", "s-x")])
+            return items
+
+        keeper = MemoryKeeper(
+            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None, deferred=deferred)
+        keeper.exchange("said now", "answered now")
+        await keeper.settled()
+        assert await keeper.close() == 0
+        await provider.aclose()
+    asked = [re.search(r"User: (.*)", r.text).group(1) for r in server.requests]  # type: ignore[union-attr]
+    assert asked == ["deferred 0", "deferred 1", "deferred 2", "said now"]
+    assert claimed == [["deferred 0", "deferred 1", "deferred 2"], []]
+    assert [(r["key"], r["session_id"]) for r in await db.pool.fetch(
+        "SELECT key, session_id FROM memory_facts")] == [("shell", "s-off")]
+    assert await _backlog(db) == [("acme", "deferred 1", 1, None), ("acme", "other user", 0, None),
+                                  ("beta", "other tenant", 0, None)]
+    summary = await record.close()
+    assert summary["memory"]["updates"] == 3 and summary["memory"]["failed_updates"] == 1
+    assert summary["memory"]["earlier_sessions"] == 2  # the failed one is not an update
+
+    # the failed one: two more attempts, then it is given up (a model that never answers it)
+    for attempt in (2, 3):
+        assert [d.user for d in await memory.claim_deferred("acme", "u-1", "s-now")] == [
+            "deferred 1"]
+        await memory.apply([{"op": "backlog_failed", "tenant": "acme", "user_id": "u-1",
+                             "id": (await db.pool.fetchval(
+                                 "SELECT id FROM memory_backlog WHERE user_text = 'deferred 1'"
+                             ))}])
+        assert len(await _backlog(db)) == (3 if attempt == 2 else 2)
+    # another tenant's row is not touched by an operation naming this one's user
+    other = await db.pool.fetchval("SELECT id FROM memory_backlog WHERE tenant = 'beta'")
+    await memory.apply([{"op": "backlog_done", "tenant": "acme", "user_id": "u-1", "id": other}])
+    assert len(await _backlog(db)) == 2
+
+
+async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    await _session(db, "s-off", "acme", "u-1")
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    await memory.defer([_deferred("acme", "u-1", "s-off", n, f"deferred {n}") for n in range(2)])
+    asked = asyncio.Event()
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        asked.set()
+        return ScriptedReply(text="{}", delay_s=30)  # the session closes before it answers
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        keeper = MemoryKeeper(
+            memory=memory, model=TierMemoryModel(provider, LITE,
+                                                 _record(tmp_path, "s-now").meter, timeout_s=60),
+            tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path,
+            timeout_s=0.5, facts=[], summary=None,
+            deferred=lambda: memory.claim_deferred("acme", "u-1", "s-now"))
+        await asyncio.wait_for(asked.wait(), timeout=30)
+        assert await _backlog(db) == [("acme", "deferred 0", 0, "s-now"),
+                                      ("acme", "deferred 1", 0, "s-now")]
+        assert await keeper.close() == 0
+        await provider.aclose()
+    assert len(server.requests) == 1
+    assert await _backlog(db) == [("acme", "deferred 0", 0, None), ("acme", "deferred 1", 0, None)]
 
 
 async def test_recall_gives_summary_related_facts_and_older_matching_messages(

@@ -1,0 +1,113 @@
+"""Exchanges the memory model has not seen yet, because their session ran without the database.
+
+The memory keeper (`keeper.py`) asks the model what an exchange adds to what is remembered;
+without the database a session cannot know what is remembered, so it asks nothing and keeps
+each exchange in a spill file (`DeferredExchanges`). The spill import (`spill_recovery.py`)
+writes them to `memory_backlog` (`store_deferred`); the user's next session with the database
+claims them (`claim`) and its keeper analyses them before its own exchanges. Whether each
+analysis worked comes back as rows for the keeper's writer (`done`, `failed`, `release`), which
+`UserMemory.apply` writes in the same transaction as the memory they produced. Every query
+names its tenant and user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .spill_files import SpillKind, append_rows, spill_path
+
+CLAIM_EXPIRES = "10 minutes"  # a claim older than this was a session that died mid-analysis
+MAX_ATTEMPTS = 3
+MAX_CLAIMED = 200  # per session: the rest wait for the next one
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """One exchange of an earlier session, waiting for the memory model."""
+
+    id: int
+    session_id: str
+    user: str
+    assistant: str
+
+
+class DeferredExchanges:
+    """A session without the database: its exchanges go to disk for a later keeper."""
+
+    def __init__(self, spill_dir: Path, *, tenant: str, user_id: str, session_id: str) -> None:
+        self._path = spill_path(spill_dir, session_id, SpillKind.EXCHANGES)
+        self._who = {"tenant": tenant, "user_id": user_id, "session_id": session_id}
+        self.kept = 0
+
+    def exchange(self, user: str, assistant: str) -> bool:
+        """Keep one exchange (a line appended to a file: microseconds); whether it was kept
+        (the disk can refuse it: said in one line by `append_rows`)."""
+        if not (user.strip() and assistant.strip()):
+            return False
+        row = {**self._who, "seq": self.kept, "user": user, "assistant": assistant,
+               "said_at": time.time()}
+        if append_rows(self._path, [row]) is None:
+            return False
+        self.kept += 1
+        return True
+
+
+async def store_deferred(pool: asyncpg.Pool, rows: Sequence[dict[str, Any]]) -> None:
+    """Write spilled exchanges; a row already written (an import retried) is left as it is."""
+    await pool.executemany(
+        "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
+        " assistant_text, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (session_id, seq) DO NOTHING",
+        [(r["tenant"], r["user_id"], r["session_id"], int(r["seq"]), r["user"],
+          r["assistant"], datetime.fromtimestamp(float(r["said_at"]), UTC)) for r in rows])
+
+
+async def claim(pool: asyncpg.Pool, tenant: str, user_id: str, session_id: str,
+                ) -> list[Deferred]:
+    """The user's waiting exchanges, oldest first, now claimed by `session_id`."""
+    rows = await pool.fetch(
+        "UPDATE memory_backlog SET claimed_by = $3, claimed_at = now() WHERE id IN ("
+        " SELECT id FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND"
+        f" (claimed_at IS NULL OR claimed_at < now() - interval '{CLAIM_EXPIRES}')"
+        f" ORDER BY id LIMIT {MAX_CLAIMED} FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, session_id, user_text, assistant_text",
+        tenant, user_id, session_id)
+    return sorted((Deferred(r["id"], r["session_id"], r["user_text"], r["assistant_text"])
+                   for r in rows), key=lambda d: d.id)
+
+
+async def waiting(pool: asyncpg.Pool, tenant: str, user_id: str) -> int:
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM memory_backlog WHERE tenant = $1 AND user_id = $2",
+        tenant, user_id))
+
+
+OPS = ("backlog_done", "backlog_failed", "backlog_release")
+
+
+async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+    """What became of a claimed exchange: analysed (`backlog_done`: gone), not analysed
+    (`backlog_failed`: a later session tries again, until the last attempt), or not reached
+    before the session closed (`backlog_release`: free for the next session as it was)."""
+    who = (row["tenant"], row["user_id"], int(row["id"]))
+    if row["op"] == "backlog_done":
+        await conn.execute(
+            "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
+    elif row["op"] == "backlog_failed":
+        await conn.execute(
+            "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3"
+            f" AND attempts + 1 >= {MAX_ATTEMPTS}", *who)
+        await conn.execute(
+            "UPDATE memory_backlog SET attempts = attempts + 1, claimed_by = NULL,"
+            " claimed_at = NULL WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
+    else:
+        await conn.execute(
+            "UPDATE memory_backlog SET claimed_by = NULL, claimed_at = NULL"
+            " WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
