@@ -1,13 +1,15 @@
-"""Exchanges the memory model has not seen yet, because their session ran without the database.
+"""Exchanges the memory model has not analysed yet: their session ran without the database, or
+the analysis failed.
 
-The memory keeper (`keeper.py`) asks the model what an exchange adds to what is remembered;
-without the database a session cannot know what is remembered, so it asks nothing and keeps
-each exchange in a spill file (`DeferredExchanges`). The spill import (`spill_recovery.py`)
-writes them to `memory_backlog` (`store_deferred`); the user's next session with the database
-claims them (`claim`) and its keeper analyses them before its own exchanges. Whether each
-analysis worked comes back as rows for the keeper's writer (`done`, `failed`, `release`), which
-`UserMemory.apply` writes in the same transaction as the memory they produced. Every query
-names its tenant and user.
+The memory keeper (`keeper.py`) asks the model what an exchange adds to what is remembered.
+Without the database a session cannot know what is remembered, so it asks nothing and keeps
+each exchange in a spill file (`DeferredExchanges`), which the spill import
+(`spill_recovery.py`) writes to `memory_backlog` (`store_deferred`); an exchange whose analysis
+failed (the model down, its answer unusable) goes there through the keeper's writer
+(`backlog_add`). The user's next session with the database claims them (`claim`) and its keeper
+analyses them before its own exchanges. Whether each analysis worked comes back as rows for the
+keeper's writer (`done`, `failed`, `release`), which `UserMemory.apply` writes in the same
+transaction as the memory they produced. Every query names its tenant and user.
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ async def store_deferred(pool: asyncpg.Pool, rows: Sequence[dict[str, Any]]) -> 
     await pool.executemany(
         "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
         " assistant_text, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (session_id, seq) DO NOTHING",
-        [(r["tenant"], r["user_id"], r["session_id"], int(r["seq"]), r["user"],
-          r["assistant"], datetime.fromtimestamp(float(r["said_at"]), UTC)) for r in rows])
+        " ON CONFLICT (session_id, seq) DO NOTHING", [_values(r) for r in rows])
+
+
+def _values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["tenant"], row["user_id"], row["session_id"], int(row["seq"]), row["user"],
+            row["assistant"], datetime.fromtimestamp(float(row["said_at"]), UTC))
 
 
 async def claim(pool: asyncpg.Pool, tenant: str, user_id: str, session_id: str,
@@ -89,13 +94,21 @@ async def waiting(pool: asyncpg.Pool, tenant: str, user_id: str) -> int:
         tenant, user_id))
 
 
-OPS = ("backlog_done", "backlog_failed", "backlog_release")
+OPS = ("backlog_add", "backlog_done", "backlog_failed", "backlog_release")
 
 
 async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    """What became of a claimed exchange: analysed (`backlog_done`: gone), not analysed
-    (`backlog_failed`: a later session tries again, until the last attempt), or not reached
-    before the session closed (`backlog_release`: free for the next session as it was)."""
+    """An exchange of this session whose analysis failed (`backlog_add`, `seq`, `user`,
+    `assistant`, `said_at`: a later session tries again, its first attempt counted), or what
+    became of a claimed one: analysed (`backlog_done`: gone), not analysed (`backlog_failed`:
+    tried again later, until the last attempt), or not reached before the session closed
+    (`backlog_release`: free for the next session as it was)."""
+    if row["op"] == "backlog_add":
+        await conn.execute(
+            "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
+            " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)"
+            " ON CONFLICT (session_id, seq) DO NOTHING", *_values(row))
+        return
     who = (row["tenant"], row["user_id"], int(row["id"]))
     if row["op"] == "backlog_done":
         await conn.execute(

@@ -14,9 +14,11 @@ module knows nothing of providers or prices.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,14 +157,19 @@ class MemoryKeeper:
             await self._catch_up()
         finally:
             self._caught_up.set()
-        while True:
+        for seq in itertools.count():
             user, assistant = await self._queue.get()
+            said_at = time.time()
             try:
-                await self._handle(user, assistant, self._who)
+                analysed = await self._handle(user, assistant, self._who)
             except Exception:  # one bad exchange must not stop the keeper
                 log.exception("memory update failed; the conversation itself is stored")
+                analysed = False
             finally:
                 self._queue.task_done()
+            if not analysed:  # a later session of the user tries again
+                self._writer.put({"op": "backlog_add", "seq": seq, "user": user,
+                                  "assistant": assistant, "said_at": said_at, **self._who})
 
     async def _catch_up(self) -> None:
         """The exchanges of the user's earlier sessions that ran without the database, oldest

@@ -128,6 +128,9 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
 async def test_a_failing_memory_model_loses_nothing_else(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
+    """The model down: the call is recorded as failed, and the exchange waits for the user's
+    next session, whose keeper analyses it."""
+    await _session(db, "s-fail", "acme", "u-1")
     memory = UserMemory(db.pool, WordLlamaEmbedder())
     async with ScriptedModelServer([ScriptedReply(status=500)]) as server:
         provider = make_provider(settings.with_overrides(
@@ -143,6 +146,24 @@ async def test_a_failing_memory_model_loses_nothing_else(
     summary = await record.close()
     assert summary["memory"]["failed_updates"] == 1 and summary["memory"]["updates"] == 0
     assert await memory.facts("acme", "u-1") == []
+    assert await _backlog(db) == [("acme", "question", 1, None)]
+
+    async with ScriptedModelServer([update([("os", "The user runs Debian.")])]) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        keeper = MemoryKeeper(
+            memory=memory, model=TierMemoryModel(provider, LITE,
+                                                 _record(tmp_path, "s-next").meter, timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-next", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None,
+            deferred=lambda: memory.claim_deferred("acme", "u-1", "s-next"))
+        await keeper.settled()
+        assert await keeper.close() == 0
+        await provider.aclose()
+    assert "User: question" in server.requests[0].text
+    assert [(f.key, f.text) for f in await memory.facts("acme", "u-1")] == [
+        ("os", "The user runs Debian.")]
+    assert await _backlog(db) == []
 
 
 def _deferred(tenant: str, user: str, session_id: str, seq: int, text: str) -> dict[str, Any]:
