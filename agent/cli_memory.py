@@ -1,5 +1,6 @@
 """`sightline memory show|forget`: what Sightline remembers about one user, and deleting it
-(messages, facts, summary, the screen timeline and archived screenshots).
+(messages, facts, summary, exchanges waiting for the memory model, the screen timeline,
+archived screenshots and the user's sessions' rows the database refused).
 
 Both first import the spill files of closed sessions (rows written while the database was
 away), so that what is shown, or forgotten, includes them.
@@ -42,6 +43,7 @@ def _unimported(report: RecoveryReport) -> list[str]:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
     from memory.screen_timeline import ScreenTimeline
+    from memory.spill_files import remove_refused
     from memory.spill_recovery import SpillTargets, recover_spills
     from memory.store import Store
     from memory.user_memory import UserMemory
@@ -61,6 +63,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             removed = await store.forget_user(args.tenant, args.user)
             removed["archived_frames"] = await asyncio.to_thread(
                 remove_sessions, settings.frames_dir, sessions)
+            removed["refused_row_files"] = await asyncio.to_thread(
+                remove_refused, settings.costs_dir, sessions)
             if args.json:
                 print(json.dumps({**removed, "unimported_spill_files": report.left}))
             else:
@@ -68,7 +72,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                       f"{removed['messages']} messages, {removed['facts']} facts, "
                       f"{removed['summaries']} summary, {removed['deferred_exchanges']} "
                       f"exchanges waiting for the memory model, {removed['screen_events']} "
-                      f"screen events and {removed['archived_frames']} archived screenshots "
+                      f"screen events, {removed['archived_frames']} archived screenshots and "
+                      f"{removed['refused_row_files']} files of rows the database refused "
                       "deleted; "
                       f"{removed['sessions_unlinked']} sessions no longer name the user (their "
                       "cost records stay).")

@@ -21,6 +21,19 @@ from .writer import BackgroundWriter, Row
 if TYPE_CHECKING:
     from livekit.agents import llm
 
+# A message is remembered to this length: the user's last messages go into every request of
+# their later sessions, and a pasted log or file of megabytes would be sent each time (and
+# one past ~800 KB of distinct words is beyond what Postgres can index as a tsvector).
+MAX_MESSAGE_CHARS = 20_000
+
+
+def remembered(content: str) -> str:
+    """`content` as the log keeps it: cut at `MAX_MESSAGE_CHARS`, saying so."""
+    if len(content) <= MAX_MESSAGE_CHARS:
+        return content
+    return (f"{content[:MAX_MESSAGE_CHARS]} [… {len(content) - MAX_MESSAGE_CHARS:,} more "
+            "characters not kept]")
+
 
 async def store_messages(
     store: Store, embedder: Embedder | None, session_id: str, tenant: str, rows: Sequence[Row],
@@ -57,7 +70,8 @@ class ConversationLog:
     def add(self, user_id: str, role: str, content: str) -> None:
         if not content.strip():
             return
-        row = {"tenant": self.tenant, "user_id": user_id, "role": role, "content": content}
+        row = {"tenant": self.tenant, "user_id": user_id, "role": role,
+               "content": remembered(content)}
         if self._writer is not None:
             self._writer.put(row)
         elif append_rows(self._spill, [row]) is not None:

@@ -52,6 +52,9 @@ MAX_FACTS = 100  # per user; past it the least recently updated fact is forgotte
 MAX_FACT_CHARS = 300
 MAX_SUMMARY_CHARS = 1200
 MAX_FACTS_PER_EXCHANGE = 10
+# each side of an exchange, in the memory model's request: what is worth remembering of a long
+# paste is in its first lines, and the memory call should not cost what the answer did
+MAX_EXCHANGE_CHARS = 4_000
 
 
 class MemoryReplyError(ValueError):
@@ -111,8 +114,16 @@ def parse_update(text: str) -> MemoryUpdate:
     return MemoryUpdate(facts, forget, summary or None)
 
 
+def _cut(text: str) -> str:
+    if len(text) <= MAX_EXCHANGE_CHARS:
+        return text
+    return f"{text[:MAX_EXCHANGE_CHARS]} [… {len(text) - MAX_EXCHANGE_CHARS:,} more characters]"
+
+
 def memory_prompt(facts: dict[str, str], summary: str | None, user: str, assistant: str,
                   ) -> llm.ChatContext:
+    """The memory model's request; each side of the exchange cut at `MAX_EXCHANGE_CHARS`."""
+    user, assistant = _cut(user), _cut(assistant)
     known = "\n".join(f"- {key}: {text}" for key, text in facts.items()) or "(none)"
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="system", content=INSTRUCTIONS)

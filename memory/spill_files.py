@@ -23,6 +23,8 @@ from typing import Any
 log = logging.getLogger("sightline.db")
 
 EVENT_LOG_SUFFIX = ".jsonl"
+SPILL_SUFFIX = "-spill.jsonl"
+REFUSED_SUFFIX = "-refused.jsonl"
 
 
 class SpillKind(StrEnum):
@@ -81,6 +83,22 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 def spill_path(directory: Path, session_id: str, kind: SpillKind) -> Path:
     return directory / f"{session_id}{kind.value}"
+
+
+def refused_path(spill: Path) -> Path:
+    """Where rows the database refused for what they hold are kept for a person to look at:
+    beside the spill file, under a name the import does not read."""
+    return spill.with_name(spill.name.removesuffix(SPILL_SUFFIX) + REFUSED_SUFFIX)
+
+
+def remove_refused(directory: Path, session_ids: Sequence[str]) -> int:
+    """Delete the sessions' files of refused rows (`memory forget`); how many there were."""
+    removed = 0
+    for session_id in session_ids:
+        for path in directory.glob(f"{session_id}.*{REFUSED_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def parse_spill_name(path: Path) -> tuple[str, SpillKind] | None:

@@ -12,7 +12,9 @@ reached only its cost log gets it on its row once its spilled events are in. Eve
 `sightline memory show|forget`, first imports the spill files of sessions that have closed
 (their cost log ends with the summary), in order, and deletes each file once all of it is
 stored. A file whose session is still open belongs to its writer and
-is left alone; an exclusive lock keeps two processes from importing one file twice.
+is left alone; an exclusive lock keeps two processes from importing one file twice. A row the
+database refuses for what it holds is set aside as the writer does (`writer.set_aside`), and
+the rest of its file imported.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from .spill_files import (
 )
 from .store import Store
 from .user_memory import UserMemory
-from .writer import Row
+from .writer import Row, set_aside, write_or_set_aside
 
 log = logging.getLogger("sightline.db")
 
@@ -52,6 +54,7 @@ class RecoveryReport:
     files: int = 0
     rows: int = 0
     unreadable_lines: int = 0
+    refused: int = 0  # rows the database refused for what they hold, set aside
     left: list[str] = field(default_factory=list)  # files not imported now, and why
 
 
@@ -124,18 +127,24 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
             report.left.append(f"{path.name}: another process is importing it")
             continue
         fh, rows, bad = opened
-        start = 0
+        done = 0  # rows written, or refused and set aside
         try:
             write = await _writer_for(kind, session_id, targets, rows)
-            for start in range(0, len(rows), BATCH):
-                await write(rows[start:start + BATCH])
+            while done < len(rows):
+                written = await write_or_set_aside(write, rows[done:done + BATCH])
+                if written.refused:
+                    report.refused += len(written.refused)
+                    await asyncio.to_thread(set_aside, path.name, path, written.refused)
+                done += written.done
+                if written.error is not None:
+                    raise written.error
             if kind in (SpillKind.SESSION, SpillKind.COST_EVENTS):
                 await _import_log(kind, costs_dir, session_id, targets.store)
         except BaseException as exc:  # cancelled too: what was stored must leave the file
-            _keep_locked(fh, path, rows[start:])
+            _keep_locked(fh, path, rows[done:])
             if not isinstance(exc, Exception):
                 raise
-            report.rows += start
+            report.rows += done
             report.left.append(f"{path.name}: {exc!r}")
             log.error("could not import %s yet: %r", path, exc)
             continue

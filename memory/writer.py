@@ -5,7 +5,9 @@ and is retried with backoff. The queue in memory is bounded: during a long outag
 move to a JSONL spill file, and when the database is back they are written first, before the
 queue, so rows reach the database in the order they were put. On `close()` whatever still cannot
 be written is appended to the spill file and reported, so a database outage costs latency for
-nobody and records for nobody.
+nobody and records for nobody. A row the database refuses for what it holds (a constraint, a
+value past a limit) is not an outage: its batch is written row by row, and that row is set
+aside in `<session>.<kind>-refused.jsonl` with why, so it holds up nothing behind it.
 """
 
 from __future__ import annotations
@@ -14,21 +16,77 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spill_files import append_rows
+import asyncpg
+
+from .db import error_reason
+from .spill_files import append_rows, refused_path
 
 log = logging.getLogger("sightline.db")
 
 Row = dict[str, Any]
+WriteBatch = Callable[[list[Row]], Awaitable[None]]
+
+# What Postgres refuses for what a row holds rather than for its own state: a data exception
+# (22), an integrity constraint (23), a limit such as a tsvector's 1 MB (54). Such a batch
+# would fail however often it is tried, and hold up every row queued behind it.
+REFUSED_ROW_CLASSES = ("22", "23", "54")
+
+
+def refuses_rows(exc: BaseException) -> bool:
+    return (isinstance(exc, asyncpg.PostgresError)
+            and str(getattr(exc, "sqlstate", "") or "")[:2] in REFUSED_ROW_CLASSES)
+
+
+@dataclass
+class Written:
+    """How far a batch got: `done` rows from its start are written or refused (`refused`, each
+    with why); `error` is what stopped it before its end (the database went away)."""
+
+    done: int = 0
+    refused: list[Row] = field(default_factory=list)
+    error: Exception | None = None
+
+
+async def write_or_set_aside(write_batch: WriteBatch, rows: list[Row]) -> Written:
+    """Write `rows`; when the database refuses what one of them holds, write them one at a
+    time and set the refused ones aside, so one bad row costs only itself."""
+    try:
+        await write_batch(rows)
+        return Written(len(rows))
+    except Exception as exc:
+        if not refuses_rows(exc):
+            return Written(error=exc)
+    written = Written()
+    for row in rows:
+        try:
+            await write_batch([row])
+        except Exception as exc:
+            if not refuses_rows(exc):
+                written.error = exc
+                return written
+            written.refused.append({**row, "refused": error_reason(exc)})
+        written.done += 1
+    return written
+
+
+def set_aside(name: str, spill_path: Path, refused: list[Row]) -> None:
+    """Keep rows the database refused beside the spill file (never imported again), said in
+    one line."""
+    path = refused_path(spill_path)
+    kept = append_rows(path, refused) is not None
+    log.error("%s: the database refused %d rows (%s)%s; the others are written", name,
+              len(refused), refused[0]["refused"], f": kept in {path}" if kept else "")
 
 
 class BackgroundWriter:
     def __init__(
         self,
         name: str,
-        write_batch: Callable[[list[Row]], Awaitable[None]],
+        write_batch: WriteBatch,
         spill_path: Path,
         *,
         max_batch: int = 200,
@@ -53,6 +111,7 @@ class BackgroundWriter:
         self._failing_since: str | None = None
         self.written = 0
         self.lost = 0  # rows neither the database nor the disk took
+        self.refused = 0  # rows the database refused for what they hold (set aside)
         self._task = asyncio.create_task(self._run(), name=f"writer:{name}")
 
     def put(self, row: Row) -> None:
@@ -95,18 +154,23 @@ class BackgroundWriter:
             self._spill_path.unlink()
         self._spilled = 0
 
+    async def _write(self, batch: list[Row]) -> Written:
+        written = await write_or_set_aside(self._write_batch, batch)
+        if written.refused:
+            self.refused += len(written.refused)
+            await asyncio.to_thread(set_aside, self._name, self._spill_path, written.refused)
+        self.written += written.done - len(written.refused)
+        return written
+
     async def _flush_spilled(self) -> bool:
         """Write the rows spilled during this outage, oldest first; all or nothing."""
         rows = await asyncio.to_thread(self._read_spilled)
         for start in range(0, len(rows), self._max_batch):
-            try:
-                await self._write_batch(rows[start:start + self._max_batch])
-            except Exception:
-                # the batches already written leave the file; the rest waits for the next try
-                await asyncio.to_thread(self._rewrite_spilled, rows[start:])
-                self.written += start
+            written = await self._write(rows[start:start + self._max_batch])
+            if written.error is not None:
+                # the rows already written leave the file; the rest waits for the next try
+                await asyncio.to_thread(self._rewrite_spilled, rows[start + written.done:])
                 return False
-        self.written += len(rows)
         await asyncio.to_thread(self._drop_spilled)
         log.info("%s: %d spilled rows written after the outage", self._name, len(rows))
         return True
@@ -124,16 +188,14 @@ class BackgroundWriter:
         batch = self._pending[: self._max_batch]
         if not batch:
             return True
-        try:
-            await self._write_batch(batch)
-        except Exception as exc:
+        written = await self._write(batch)
+        del self._pending[: written.done]
+        if written.error is not None:
             if self._failing_since is None:
-                self._failing_since = repr(exc)
+                self._failing_since = repr(written.error)
                 log.error("%s: database write failed, keeping %d rows queued: %r",
-                          self._name, len(self._pending), exc)
+                          self._name, len(self._pending), written.error)
             return False
-        del self._pending[: len(batch)]
-        self.written += len(batch)
         if self._failing_since is not None:
             log.info("%s: database writes recovered", self._name)
             self._failing_since = None

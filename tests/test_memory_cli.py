@@ -50,6 +50,9 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     spill = settings.costs_dir / f"{ended}.messages-spill.jsonl"
     spill.write_text(json.dumps({"tenant": "demo", "user_id": "dev-1", "role": "user",
                                  "content": "written while the database was down"}) + "\n")
+    # a row of it the database refused, set aside
+    refused = settings.costs_dir / f"{ended}.messages-refused.jsonl"
+    refused.write_text(json.dumps({"content": "refused", "refused": "CheckViolationError"}))
     # and an exchange its memory model never saw; the other tenant's user has one waiting too
     exchanges = settings.costs_dir / f"{ended}.exchanges-spill.jsonl"
     exchanges.write_text(json.dumps({
@@ -76,9 +79,9 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     assert code == 0, err
     assert json.loads(out) == {"messages": 11, "facts": 2, "summaries": 1,
                                "deferred_exchanges": 1, "screen_events": screen_events,
-                               "archived_frames": len(frames),
+                               "archived_frames": len(frames), "refused_row_files": 1,
                                "sessions_unlinked": 2, "unimported_spill_files": []}
-    assert not spill.exists() and not exchanges.exists()
+    assert not spill.exists() and not exchanges.exists() and not refused.exists()
     assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog WHERE tenant = 'demo'") == 0
     assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog") == 1
     assert not any(settings.frames_dir.glob("replay_*/*.jpg"))
