@@ -4,7 +4,9 @@ raised once per window to the log and the webhook (run it from cron), and the al
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from typing import Any
 
 from .cli_common import duration, identifier, positive_int
 from .config import Settings
@@ -55,22 +57,26 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         quality = await window_quality(db.pool, args.tenant,
                                        until - timedelta(seconds=args.since), until)
         bucket = int(time.time() // args.since)
-        raised = []
-        async with aiohttp.ClientSession() as http:
-            for alert in evaluate(quality, args.min_turns):
-                key = f"{args.tenant}:{alert['alert']}:{args.since:g}s:{bucket}"
-                if not await claim(db.pool, key, alert):
-                    continue  # raised already in this window
+        raised: dict[str, dict[str, Any]] = {}
+        for alert in evaluate(quality, args.min_turns):
+            key = f"{args.tenant}:{alert['alert']}:{args.since:g}s:{bucket}"
+            if await claim(db.pool, key, alert):  # else raised already in this window
                 log_alert(alert)
-                if settings.alert_webhook and await deliver(http, settings.alert_webhook, alert):
+                raised[key] = alert
+        if settings.alert_webhook and raised:
+            # at once: a receiver that is down costs each alert its retries, not the sum
+            async with aiohttp.ClientSession() as http:
+                delivered = await asyncio.gather(*(
+                    deliver(http, settings.alert_webhook, alert) for alert in raised.values()))
+            for key, took in zip(raised, delivered, strict=True):
+                if took:
                     await mark_delivered(db.pool, key)
-                raised.append(alert)
     finally:
         await db.close()
     if args.json:
-        print(json.dumps(raised, indent=2))
+        print(json.dumps(list(raised.values()), indent=2))
     else:
-        for alert in raised:
+        for alert in raised.values():
             print(f"{alert['severity']:<8} {alert['message']}")
         if not raised:
             print(f"No new alert for tenant {args.tenant} ({quality['turns']} turns in the "
