@@ -56,7 +56,7 @@ def _memory_line(memory: dict[str, Any]) -> str:
     """What memory did: recalled, updated (some for earlier sessions' exchanges), deferred."""
     failed = f" ({memory['failed_updates']} failed)" if memory["failed_updates"] else ""
     earlier = memory.get("earlier_sessions", 0)
-    earlier = (f" ({earlier} for exchanges of earlier sessions without the database)"
+    earlier = (f" ({earlier} for exchanges earlier sessions could not analyse)"
                if earlier else "")
     line = (f"  memory: {memory['recalled']} facts and earlier messages recalled; "
             f"{memory['updates']} updates by tier 0{failed}{earlier}, ${memory['cost_usd']:.6f}")

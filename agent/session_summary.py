@@ -241,7 +241,7 @@ class SessionTotals:
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
                 "updates": self._memory_calls["calls"],
                 "failed_updates": self._memory_calls["failed"],
-                # updates for exchanges of earlier sessions that ran without the database
+                # updates for exchanges earlier sessions could not analyse (memory/backlog.py)
                 "earlier_sessions": self._memory_calls["earlier_sessions"],
                 # exchanges this session, without the database, kept for the user's next one
                 "deferred": self._memory_calls["deferred"],

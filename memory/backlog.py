@@ -1,15 +1,16 @@
-"""Exchanges the memory model has not analysed yet: their session ran without the database, or
-the analysis failed.
+"""Exchanges the memory model has not analysed yet: their session ran without the database,
+their analysis failed, or the session closed first.
 
 The memory keeper (`keeper.py`) asks the model what an exchange adds to what is remembered.
 Without the database a session cannot know what is remembered, so it asks nothing and keeps
 each exchange in a spill file (`DeferredExchanges`), which the spill import
 (`spill_recovery.py`) writes to `memory_backlog` (`store_deferred`); an exchange whose analysis
-failed (the model down, its answer unusable) goes there through the keeper's writer
-(`backlog_add`). The user's next session with the database claims them (`claim`) and its keeper
-analyses them before its own exchanges. Whether each analysis worked comes back as rows for the
-keeper's writer (`done`, `failed`, `release`), which `UserMemory.apply` writes in the same
-transaction as the memory they produced. Every query names its tenant and user.
+failed (the model down, its answer unusable) or that the session closed before analysing goes
+there through the keeper's writer (`backlog_add`). The user's next session with the database
+claims them (`claim`) and its keeper analyses them before its own exchanges. Whether each
+analysis worked comes back as rows for the keeper's writer (`done`, `failed`, `release`), which
+`UserMemory.apply` writes in the same transaction as the memory they produced. Every query
+names its tenant and user.
 """
 
 from __future__ import annotations
@@ -98,16 +99,17 @@ OPS = ("backlog_add", "backlog_done", "backlog_failed", "backlog_release")
 
 
 async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    """An exchange of this session whose analysis failed (`backlog_add`, `seq`, `user`,
-    `assistant`, `said_at`: a later session tries again, its first attempt counted), or what
+    """An exchange this session did not analyse (`backlog_add`, `seq`, `user`, `assistant`,
+    `said_at`, `attempts`: 1 when its analysis failed, 0 when the session closed first; a later
+    session tries), or what
     became of a claimed one: analysed (`backlog_done`: gone), not analysed (`backlog_failed`:
     tried again later, until the last attempt), or not reached before the session closed
     (`backlog_release`: free for the next session as it was)."""
     if row["op"] == "backlog_add":
         await conn.execute(
             "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
-            " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)"
-            " ON CONFLICT (session_id, seq) DO NOTHING", *_values(row))
+            " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (session_id, seq) DO NOTHING", *_values(row), int(row["attempts"]))
         return
     who = (row["tenant"], row["user_id"], int(row["id"]))
     if row["op"] == "backlog_done":

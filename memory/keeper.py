@@ -147,15 +147,16 @@ class MemoryKeeper:
         self.summary = summary
         self._writer = BackgroundWriter("memory", memory.apply,
                                         spill_path(spill_dir, session_id, SpillKind.MEMORY))
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
         self._deferred = deferred
+        self._kept = itertools.count()  # this session's exchanges kept for a later one
         self._caught_up = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
 
     def exchange(self, user: str, assistant: str) -> None:
         """Queue one exchange for the memory model; returns at once."""
         if user.strip() and assistant.strip():
-            self._queue.put_nowait((user, assistant))
+            self._queue.put_nowait((user, assistant, time.time()))
 
     async def settled(self) -> None:
         """Every queued exchange has been handled, earlier sessions' deferred ones first
@@ -168,24 +169,33 @@ class MemoryKeeper:
             await self._catch_up()
         finally:
             self._caught_up.set()
-        for seq in itertools.count():
-            user, assistant = await self._queue.get()
-            said_at = time.time()
+        while True:
+            user, assistant, said_at = await self._queue.get()
             try:
                 analysed = await self._handle(user, assistant, self._who)
+            except asyncio.CancelledError:  # the session closed first
+                self._keep_for_later(user, assistant, said_at, attempted=False)
+                raise
             except Exception:  # one bad exchange must not stop the keeper
                 log.exception("memory update failed; the conversation itself is stored")
                 analysed = False
             finally:
                 self._queue.task_done()
-            if not analysed:  # a later session of the user tries again
-                self._writer.put({"op": "backlog_add", "seq": seq, "user": user,
-                                  "assistant": assistant, "said_at": said_at, **self._who})
+            if not analysed:
+                self._keep_for_later(user, assistant, said_at, attempted=True)
+
+    def _keep_for_later(self, user: str, assistant: str, said_at: float, *,
+                        attempted: bool) -> None:
+        """An exchange this session could not analyse: the user's next session tries."""
+        self._writer.put({"op": "backlog_add", "seq": next(self._kept), "user": user,
+                          "assistant": assistant, "said_at": said_at,
+                          "attempts": int(attempted), **self._who})
 
     async def _catch_up(self) -> None:
-        """The exchanges of the user's earlier sessions that ran without the database, oldest
-        first, before this session's: each becomes memory as if it had been analysed then, but
-        against what is remembered now, and its facts name the session it came from."""
+        """The exchanges the user's earlier sessions could not analyse (they ran without the
+        database, their memory call failed or they closed first), oldest first, before this
+        session's: each becomes memory as if it had been analysed then, but against what is
+        remembered now, and its facts name the session it came from."""
         if self._deferred is None:
             return
         try:
@@ -195,8 +205,7 @@ class MemoryKeeper:
                       error_reason(exc))
             return
         if deferred:
-            log.info("memory: analysing %d exchanges kept by earlier sessions that ran without "
-                     "the database", len(deferred))
+            log.info("memory: analysing %d exchanges earlier sessions could not", len(deferred))
         for done, item in enumerate(deferred):
             who = {**self._who, "session_id": item.session_id}
             try:
@@ -268,8 +277,10 @@ class MemoryKeeper:
         try:
             await asyncio.wait_for(self.settled(), timeout=self._timeout_s)
         except TimeoutError:
-            log.warning("memory: %d exchanges not analysed before the session closed",
-                        self._queue.qsize())
+            log.warning("memory: %d exchanges not analysed before the session closed: kept "
+                        "for the user's next session", self._queue.qsize() + 1)
         self._task.cancel()
         await asyncio.wait({self._task})  # what it claimed and did not reach is handed back
+        while not self._queue.empty():
+            self._keep_for_later(*self._queue.get_nowait(), attempted=False)
         return await self._writer.close()

@@ -636,7 +636,7 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
     assert len(asked) == 1 and "User: I moved to uv. Are you there?" in asked[0]
     assert later_summary["memory"]["updates"] == 1
     assert later_summary["memory"]["earlier_sessions"] == 1
-    assert ("1 updates by tier 0 (1 for exchanges of earlier sessions without the database)"
+    assert ("1 updates by tier 0 (1 for exchanges earlier sessions could not analyse)"
             in format_summary(later_summary))
     try:
         stored = await Store(db.pool).get_session(runtime.session_id)

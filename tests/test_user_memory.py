@@ -249,6 +249,8 @@ async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_t
 async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
+    """The claimed exchanges it did not reach are free again, and its own exchange still
+    queued is kept for the next session (never attempted)."""
     await _session(db, "s-off", "acme", "u-1")
     memory = UserMemory(db.pool, WordLlamaEmbedder())
     await memory.defer([_deferred("acme", "u-1", "s-off", n, f"deferred {n}") for n in range(2)])
@@ -270,10 +272,14 @@ async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
         await asyncio.wait_for(asked.wait(), timeout=30)
         assert await _backlog(db) == [("acme", "deferred 0", 0, "s-now"),
                                       ("acme", "deferred 1", 0, "s-now")]
+        keeper.exchange("said now", "answered now")  # queued behind them
         assert await keeper.close() == 0
         await provider.aclose()
     assert len(server.requests) == 1
-    assert await _backlog(db) == [("acme", "deferred 0", 0, None), ("acme", "deferred 1", 0, None)]
+    assert await _backlog(db) == [("acme", "deferred 0", 0, None), ("acme", "deferred 1", 0, None),
+                                  ("acme", "said now", 0, None)]
+    assert await db.pool.fetchval(
+        "SELECT session_id FROM memory_backlog WHERE user_text = 'said now'") == "s-now"
 
 
 async def test_recall_gives_summary_related_facts_and_older_matching_messages(
