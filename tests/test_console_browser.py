@@ -175,6 +175,8 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
                                                                   timeout=60_000)
             await expect(page.locator("#share")).to_have_text("Stop sharing", timeout=20_000)
             await expect(page.locator("#media-note")).to_have_text("")
+            # no error on the test pattern: the panel says what it will list
+            await expect(page.locator("#screen-events-empty")).to_be_visible()
             await asyncio.sleep(3)  # the agent samples the share about once a second
             await page.fill("#chat-input", QUESTION)  # typed, not sent: assist while typing
             await expect(page.locator("#assist-heard")).to_contain_text(

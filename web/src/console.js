@@ -80,6 +80,7 @@ function showAssist(message) {
 function showScreenEvent(message) {
   const item = document.createElement('li');
   item.textContent = `t=${Number(message.t).toFixed(0)}s ${message.headline}`;
+  $('screen-events-empty').hidden = true;
   $('screen-events').prepend(item);
 }
 
