@@ -37,7 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _unimported(report: RecoveryReport) -> list[str]:
-    return [f"note: spill file not imported: {why}" for why in report.left]
+    notes = [f"note: spill file not imported: {why}" for why in report.left]
+    if report.refused:
+        notes.append(f"note: {report.refused} spilled rows the database refused were set aside "
+                     "(in *-refused.jsonl beside the cost logs)")
+    return notes
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:

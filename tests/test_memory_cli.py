@@ -48,11 +48,11 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     # a closed session of the user left a message in a spill file (its database was down)
     ended = await db.pool.fetchval("SELECT id FROM sessions WHERE tenant = 'demo' LIMIT 1")
     spill = settings.costs_dir / f"{ended}.messages-spill.jsonl"
-    spill.write_text(json.dumps({"tenant": "demo", "user_id": "dev-1", "role": "user",
-                                 "content": "written while the database was down"}) + "\n")
-    # a row of it the database refused, set aside
+    row = {"tenant": "demo", "user_id": "dev-1", "role": "user",
+           "content": "written while the database was down"}
+    # and one the database refuses (a role it does not allow): set aside at the import
+    spill.write_text(json.dumps(row) + "\n" + json.dumps({**row, "role": "narrator"}) + "\n")
     refused = settings.costs_dir / f"{ended}.messages-refused.jsonl"
-    refused.write_text(json.dumps({"content": "refused", "refused": "CheckViolationError"}))
     # and an exchange its memory model never saw; the other tenant's user has one waiting too
     exchanges = settings.costs_dir / f"{ended}.exchanges-spill.jsonl"
     exchanges.write_text(json.dumps({
@@ -65,6 +65,8 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
                                    env=env)
     assert code == 0, err
     assert "11 messages remembered" in out
+    assert "note: 1 spilled rows the database refused were set aside" in out
+    assert refused.exists()
     assert ("1 exchanges of sessions that ran without the database wait for the memory model"
             in out)
 
