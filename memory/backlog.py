@@ -15,6 +15,7 @@ names its tenant and user.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Any
 import asyncpg
 
 from .spill_files import SpillKind, append_rows, spill_path
+
+log = logging.getLogger("sightline.memory")
 
 CLAIM_EXPIRES = "10 minutes"  # a claim older than this was a session that died mid-analysis
 MAX_ATTEMPTS = 3
@@ -116,9 +119,13 @@ async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
         await conn.execute(
             "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
     elif row["op"] == "backlog_failed":
-        await conn.execute(
+        given_up = await conn.fetchval(
             "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3"
-            f" AND attempts + 1 >= {MAX_ATTEMPTS}", *who)
+            f" AND attempts + 1 >= {MAX_ATTEMPTS} RETURNING session_id", *who)
+        if given_up is not None:
+            log.warning("memory: an exchange of session %s could not be analysed in %d "
+                        "attempts; given up (its messages stay in the log)", given_up,
+                        MAX_ATTEMPTS)
         await conn.execute(
             "UPDATE memory_backlog SET attempts = attempts + 1, claimed_by = NULL,"
             " claimed_at = NULL WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)

@@ -177,7 +177,7 @@ async def _backlog(db: Database) -> list[tuple[str, str, int, str | None]]:
 
 
 async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_they_fail(
-    settings: Settings, db: Database, tmp_path: Path,
+    settings: Settings, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Exchanges a session without the database kept: the user's next session claims them
     (only that tenant's and user's, oldest first; a second session of the user at once gets
@@ -240,6 +240,8 @@ async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_t
                                  "SELECT id FROM memory_backlog WHERE user_text = 'deferred 1'"
                              ))}])
         assert len(await _backlog(db)) == (3 if attempt == 2 else 2)
+    assert ("memory: an exchange of session s-off could not be analysed in 3 attempts; given up "
+            "(its messages stay in the log)") in caplog.messages
     # another tenant's row is not touched by an operation naming this one's user
     other = await db.pool.fetchval("SELECT id FROM memory_backlog WHERE tenant = 'beta'")
     await memory.apply([{"op": "backlog_done", "tenant": "acme", "user_id": "u-1", "id": other}])
