@@ -127,21 +127,53 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     server.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def _test_database(admin_url: str, template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a copy of `template`, or empty), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"'
+                            + (f' TEMPLATE "{template}"' if template else ""))
+    finally:
+        await admin.close()
+    try:
+        yield name
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 @pytest.fixture
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(postgres_admin_url, name)
-    admin = await asyncpg.connect(postgres_admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    """A fresh, empty database for one test (what a first start migrates); dropped
+    afterwards."""
+    async with _test_database(postgres_admin_url) as name:
+        yield _with_database(postgres_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+async def migrated_template(
+    postgres_admin_url: str, tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[str]:
+    """A database with every migration applied, copied for each test that runs on Sightline's
+    schema: Postgres copies its files in a fraction of the ~0.3 s the migrations take."""
+    async with _test_database(postgres_admin_url) as name:
+        db = await Database.open(_with_database(postgres_admin_url, name),
+                                 tmp_path_factory.mktemp("template"))
+        await db.close()
+        yield name
+
+
+@pytest.fixture
+async def migrated_database_url(postgres_admin_url: str, migrated_template: str,
+                                ) -> AsyncIterator[str]:
+    """A fresh database with Sightline's schema for one test; dropped afterwards."""
+    async with _test_database(postgres_admin_url, migrated_template) as name:
+        yield _with_database(postgres_admin_url, name)
 
 
 async def fresh_database(postgres_admin_url: str, name: str) -> str:
@@ -163,10 +195,10 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(tmp_path: Path, migrated_database_url: str) -> Settings:
     """Settings as a fresh machine would have them, on the per-test database and data dir."""
     return Settings.from_env(
-        {"DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
+        {"DATABASE_URL": migrated_database_url, "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
     )
 
 
