@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -91,6 +92,7 @@ def _ks(raw: str) -> list[int]:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory import knowledge
     from memory.db import Database
+    from memory.embeddings import LocalEmbedder
 
     from .components import make_embedder, make_reranker
 
@@ -106,6 +108,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"deleted: {source}")
             return 0
         embedder = make_embedder(settings, await knowledge.stored_models(db.pool, args.tenant))
+        if args.kb_command == "ingest" and isinstance(embedder, LocalEmbedder):
+            embedder.threads = len(os.sched_getaffinity(0))  # a command: the machine's cores
         reranker = make_reranker(settings) if args.kb_command == "search" else None
         try:
             kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)

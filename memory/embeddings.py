@@ -81,6 +81,9 @@ class LocalEmbedder(ABC):
     FAMILY = ""  # every name it gives its vectors starts so
     INLINE_TEXTS = 0  # up to this many texts embed on the event loop (0: always in a thread)
     fusion = "rrf"
+    # threads one call's documents may use (a transformer's batches): `kb ingest` sets the
+    # machine's cores; a worker keeps 1, its parallelism being its sessions
+    threads = 1
     name: str
     dim: int
 
@@ -152,7 +155,7 @@ class EncoderEmbedder(LocalEmbedder):
         self.dim = self._model.dim
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
-        return self._model.embed(texts)
+        return self._model.embed(texts, self.threads)
 
     def embed_question_sync(self, text: str) -> np.ndarray:
         return self._model.questions.embed([self.query_text(text)])[0]

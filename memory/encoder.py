@@ -18,6 +18,7 @@ import importlib.util
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,11 @@ class WindowedEncoder(ABC):
         """One unit vector per row of token `ids` (int64, batch x length; [PAD] is 0), `mask`
         (float32) 1 for a token and 0 for padding."""
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors, one row per text, in the order given, each covering all of its text."""
+    def embed(self, texts: list[str], threads: int = 1) -> np.ndarray:
+        """Unit vectors, one row per text, in the order given, each covering all of its text.
+        `threads`: batches run on up to this many threads at once (onnxruntime computes
+        without the GIL): a command ingesting documents uses the machine's cores, a worker one
+        (its parallelism is its sessions)."""
         encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         windows: list[list[int]] = []
         owner: list[int] = []  # the text each window is of
@@ -143,14 +147,22 @@ class WindowedEncoder(ABC):
                 owner.append(index)
         vectors = np.zeros((len(windows), self.dim), dtype=np.float32)
         order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        for start in range(0, len(order), self.BATCH):
-            rows = order[start:start + self.BATCH]
+        batches = [order[start:start + self.BATCH] for start in range(0, len(order), self.BATCH)]
+
+        def run(rows: list[int]) -> None:
             ids = np.zeros((len(rows), max(len(windows[i]) for i in rows)), dtype=np.int64)
             mask = np.zeros(ids.shape, dtype=np.float32)
             for row, i in enumerate(rows):
                 ids[row, :len(windows[i])] = windows[i]
                 mask[row, :len(windows[i])] = 1.0
             vectors[rows] = self._forward(ids, mask)
+
+        if threads > 1 and len(batches) > 1:
+            with ThreadPoolExecutor(min(threads, len(batches))) as pool:
+                list(pool.map(run, batches))
+        else:
+            for rows in batches:
+                run(rows)
         summed = np.zeros((len(texts), self.dim), dtype=np.float32)
         np.add.at(summed, np.asarray(owner, dtype=np.intp), vectors)
         return unit_rows(summed)

@@ -57,6 +57,16 @@ def test_a_batch_keeps_the_order_given_and_matches_one_by_one() -> None:
     np.testing.assert_allclose(batch, alone, atol=1e-5)
 
 
+def test_documents_on_several_threads_are_the_same_vectors_in_the_same_order() -> None:
+    """`kb ingest` runs a call's batches on the machine's cores; the vectors must not change."""
+    embedder = MiniLMEmbedder()
+    texts = [f"chunk {n}: " + "reset the router and hold the button " * (n % 9) for n in range(80)]
+    alone = embedder.embed_sync(texts)  # three batches of 32 on one thread
+    embedder.threads = 3
+    np.testing.assert_allclose(embedder.embed_sync(texts), alone, atol=1e-6)
+    assert MiniLMEmbedder().threads == 1  # another embedder of the process (a session's)
+
+
 def test_paraphrase_ranks_above_shared_words() -> None:
     """What WordLlama is weak at: the answer shares no word with the question; the distractor
     shares two."""
