@@ -118,14 +118,13 @@ class LongTermMemory:
         recovery = asyncio.create_task(
             recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
             name="spill-recovery")
-
-        async def deferred() -> list[Deferred]:
-            # what the spill import brings in is the user's too (given the same moment)
-            await asyncio.wait({recovery}, timeout=5.0)
-            return await memory.claim_deferred(tenant, user_id, session_id)
-
         keeper = None
         if settings.memory_updates:
+            async def deferred() -> list[Deferred]:
+                # what the spill import brings in is the user's too (given the same moment)
+                await asyncio.wait({recovery}, timeout=5.0)
+                return await memory.claim_deferred(tenant, user_id, session_id)
+
             keeper = MemoryKeeper(
                 memory=memory,
                 model=TierMemoryModel(memory_provider, memory_tier, meter,

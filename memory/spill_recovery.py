@@ -7,8 +7,8 @@ and summary) and `<session>.screen-spill.jsonl` (the screen timeline); a session
 without the database at all also leaves `<session>.session-spill.jsonl` (its own row), whose
 import writes the row, then its whole cost log as its cost events, and
 `<session>.exchanges-spill.jsonl` (exchanges its memory model never saw: `backlog.py`). A
-session whose summary
-reached only its cost log gets it on its row once its spilled events are in. Every new session, and
+session whose summary reached only its cost log gets it on its row once its spilled events are
+in. Every new session, and
 `sightline memory show|forget`, first imports the spill files of sessions that have closed
 (their cost log ends with the summary), in order, and deletes each file once all of it is
 stored. A file whose session is still open belongs to its writer and
