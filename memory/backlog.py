@@ -68,14 +68,20 @@ class DeferredExchanges:
 async def store_deferred(pool: asyncpg.Pool, rows: Sequence[dict[str, Any]]) -> None:
     """Write spilled exchanges; a row already written (an import retried) is left as it is."""
     await pool.executemany(
-        "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
-        " assistant_text, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        " ON CONFLICT (session_id, seq) DO NOTHING", [_values(r) for r in rows])
+        _INSERT, [_values(r) for r in rows])
+
+
+# one exchange kept (a spilled one, or a keeper's `backlog_add`); a row already there (an
+# import or a batch retried) is left as it is
+_INSERT = ("INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
+           " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+           " ON CONFLICT (session_id, seq) DO NOTHING")
 
 
 def _values(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["tenant"], row["user_id"], row["session_id"], int(row["seq"]), row["user"],
-            row["assistant"], datetime.fromtimestamp(float(row["said_at"]), UTC))
+            row["assistant"], datetime.fromtimestamp(float(row["said_at"]), UTC),
+            int(row.get("attempts", 0)))
 
 
 async def claim(pool: asyncpg.Pool, tenant: str, user_id: str, session_id: str,
@@ -109,10 +115,7 @@ async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
     tried again later, until the last attempt), or not reached before the session closed
     (`backlog_release`: free for the next session as it was)."""
     if row["op"] == "backlog_add":
-        await conn.execute(
-            "INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
-            " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT (session_id, seq) DO NOTHING", *_values(row), int(row["attempts"]))
+        await conn.execute(_INSERT, *_values(row))
         return
     who = (row["tenant"], row["user_id"], int(row["id"]))
     if row["op"] == "backlog_done":

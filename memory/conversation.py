@@ -27,12 +27,11 @@ if TYPE_CHECKING:
 MAX_MESSAGE_CHARS = 20_000
 
 
-def remembered(content: str) -> str:
-    """`content` as the log keeps it: cut at `MAX_MESSAGE_CHARS`, saying so."""
-    if len(content) <= MAX_MESSAGE_CHARS:
-        return content
-    return (f"{content[:MAX_MESSAGE_CHARS]} [… {len(content) - MAX_MESSAGE_CHARS:,} more "
-            "characters not kept]")
+def cut(text: str, limit: int, note: str = "") -> str:
+    """`text` to its first `limit` characters, saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [… {len(text) - limit:,} more characters{note}]"
 
 
 async def store_messages(
@@ -71,7 +70,7 @@ class ConversationLog:
         if not content.strip():
             return
         row = {"tenant": self.tenant, "user_id": user_id, "role": role,
-               "content": remembered(content)}
+               "content": cut(content, MAX_MESSAGE_CHARS, " not kept")}
         if self._writer is not None:
             self._writer.put(row)
         elif append_rows(self._spill, [row]) is not None:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from livekit.agents import llm
 
 from .backlog import Deferred
+from .conversation import cut
 from .db import error_reason
 from .spill_files import SpillKind, spill_path
 from .user_memory import Fact, UserMemory
@@ -114,16 +115,10 @@ def parse_update(text: str) -> MemoryUpdate:
     return MemoryUpdate(facts, forget, summary or None)
 
 
-def _cut(text: str) -> str:
-    if len(text) <= MAX_EXCHANGE_CHARS:
-        return text
-    return f"{text[:MAX_EXCHANGE_CHARS]} [… {len(text) - MAX_EXCHANGE_CHARS:,} more characters]"
-
-
 def memory_prompt(facts: dict[str, str], summary: str | None, user: str, assistant: str,
                   ) -> llm.ChatContext:
     """The memory model's request; each side of the exchange cut at `MAX_EXCHANGE_CHARS`."""
-    user, assistant = _cut(user), _cut(assistant)
+    user, assistant = cut(user, MAX_EXCHANGE_CHARS), cut(assistant, MAX_EXCHANGE_CHARS)
     known = "\n".join(f"- {key}: {text}" for key, text in facts.items()) or "(none)"
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="system", content=INSTRUCTIONS)
