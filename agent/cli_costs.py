@@ -81,6 +81,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                                                else ""))
     if summary.get("handoff"):
         lines.append(f"  handed to a person: {summary['handoff']['reason']}")
+    database = summary.get("database")
+    if database:
+        joined = database["joined_after_s"]
+        lines.append("  database: down when the session opened; " + (
+            f"answered after {joined:.0f} s, recalled from then on" if joined is not None
+            else "not back before it ended") + " (its own rows wait on disk for the import)")
     video = summary.get("video")
     if video and video.get("problem"):
         lines.append(f"  video: {video['problem']}")

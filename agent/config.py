@@ -268,6 +268,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("cohere_base_url", "SIGHTLINE_COHERE_BASE_URL", _http_url, None),
     _Field("memory_updates", "SIGHTLINE_MEMORY_UPDATES", _on_off, True,
         help="on | off: after each exchange tier 0 updates the user's facts and summary"),
+    _Field("database_retry_s", "SIGHTLINE_DATABASE_RETRY_S", Range(float, 0, 3600), 10.0,
+        help="a session opened while Postgres did not answer asks again this often and, once "
+             "it answers, recalls from it for the rest of the session; 0: never"),
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", Range(int, 0, 10000), 0,
         help="sessions one worker hosts; 0: 15 per CPU core it may use (README: Many "
              "sessions per worker)"),
@@ -363,6 +366,7 @@ class Settings:
     rerank_model: str
     cohere_base_url: str | None
     memory_updates: bool
+    database_retry_s: float
     max_sessions: int
     worker_memory_mb: int
     malloc_arenas: int

@@ -61,6 +61,10 @@ SESSIONS_WITHOUT_DATABASE = Counter(
     "sightline_sessions_without_database",
     "Sessions opened while Postgres did not answer: no recall; their rows wait on disk",
     ["tenant"])
+SESSIONS_JOINED_DATABASE = Counter(
+    "sightline_sessions_joined_database",
+    "Sessions opened without Postgres that joined it once it answered: recall from then on",
+    ["tenant"])
 SPEECH_FAILURES = Counter(
     "sightline_speech_failures",
     "Speech recognition (stt) or synthesis (tts) requests that failed after their retries",
@@ -124,6 +128,8 @@ def record(event: Event) -> None:
         SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
     elif kind == "no_database":
         SESSIONS_WITHOUT_DATABASE.labels(tenant).inc()
+    elif kind == "database_joined":
+        SESSIONS_JOINED_DATABASE.labels(tenant).inc()
     elif kind == "speech_failed":
         SPEECH_FAILURES.labels(tenant, detail["engine"], detail["provider"]).inc()
 

@@ -23,9 +23,10 @@ from memory.backlog import Deferred, DeferredExchanges
 from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.embeddings import Embedder, SharedQueries
-from memory.keeper import MemoryKeeper
+from memory.keeper import MemoryKeeper, MemoryModel
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.recall import TurnRecall
+from memory.rerank import Record as RerankRecord
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
 from memory.spill_files import SpillKind, append_rows, spill_path
@@ -48,6 +49,7 @@ from .budget import BudgetGuard
 from .cascade import CascadeLLM
 from .components import make_embedder, make_reranker
 from .config import Settings, Tier
+from .database_watch import DatabaseWatch
 from .event_log import Event, check_log_dir
 from .images import ImageEncoder
 from .memory_model import TierMemoryModel
@@ -88,6 +90,20 @@ async def _budget(settings: Settings, store: Store | None, tenant: str) -> Budge
                        settings.budget_max_tier, tenant_spent_before_usd=spent)
 
 
+async def _recall_models(
+    settings: Settings, db: Database, tenant: str, parts: AsyncExitStack,
+    rerank_call: RerankRecord,
+) -> tuple[Embedder, Reranker | None]:
+    """The question embedder (recall and live assist ask for the same question's vector:
+    embedded once) and the reranker, each put on `parts` to be closed."""
+    embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool, tenant)))
+    parts.push_async_callback(embedder.aclose)
+    reranker = make_reranker(settings, record=rerank_call)
+    if reranker is not None:
+        parts.push_async_callback(reranker.aclose)
+    return embedder, reranker
+
+
 @dataclass
 class LongTermMemory:
     """A session's parts that need the database: recall for each turn, the memory keeper, the
@@ -104,34 +120,31 @@ class LongTermMemory:
 
     @classmethod
     async def open(
-        cls, settings: Settings, db: Database, store: Store, conversation: ConversationLog,
-        meter: CostMeter, memory_provider: ChatProvider, memory_tier: Tier, *,
-        embedder: Embedder, reranker: Reranker | None, tenant: str, user_id: str,
-        session_id: str,
+        cls, settings: Settings, db: Database, store: Store, *, embedder: Embedder,
+        reranker: Reranker | None, tenant: str, user_id: str, session_id: str, before_id: int,
+        memory_model: MemoryModel | None,
     ) -> LongTermMemory:
+        """`before_id`: messages below it are not in the session's conversation, so recall
+        looks there; `memory_model`: None keeps no memory (no keeper)."""
         memory = UserMemory(db.pool, embedder)
         screen = ScreenTimeline(db.pool, embedder)
         knowledge = KnowledgeBase(db.pool, embedder, reranker)
-        recall = TurnRecall(knowledge, memory,
-                            tenant=tenant, user_id=user_id, before_id=conversation.recall_before,
-                            screen=screen)
+        recall = TurnRecall(knowledge, memory, tenant=tenant, user_id=user_id,
+                            before_id=before_id, screen=screen)
         recovery = asyncio.create_task(
             recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
             name="spill-recovery")
         keeper = None
-        if settings.memory_updates:
+        if memory_model is not None:
             async def deferred() -> list[Deferred]:
                 # what the spill import brings in is the user's too (given the same moment)
                 await asyncio.wait({recovery}, timeout=5.0)
                 return await memory.claim_deferred(tenant, user_id, session_id)
 
             keeper = MemoryKeeper(
-                memory=memory,
-                model=TierMemoryModel(memory_provider, memory_tier, meter,
-                                      settings.model_timeout_s),
-                tenant=tenant, user_id=user_id, session_id=session_id,
-                spill_dir=settings.costs_dir, timeout_s=settings.model_timeout_s,
-                facts=await memory.facts(tenant, user_id),
+                memory=memory, model=memory_model, tenant=tenant, user_id=user_id,
+                session_id=session_id, spill_dir=settings.costs_dir,
+                timeout_s=settings.model_timeout_s, facts=await memory.facts(tenant, user_id),
                 summary=await memory.summary(tenant, user_id), deferred=deferred,
             )
         return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen)
@@ -181,7 +194,9 @@ class SessionRuntime:
     memory: LongTermMemory | None
     handoff: HandoffTool
     assist: LiveAssist | None
+    turn_context: TurnContext | None = None
     deferred: DeferredExchanges | None = None  # without the database: for the next keeper
+    database_watch: DatabaseWatch | None = None  # opened without the database: until it answers
     speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
@@ -210,10 +225,11 @@ class SessionRuntime:
         tiers = list(settings.cascade_tiers())
         prices = PriceTable.load(settings.prices_file)
         check_log_dir(settings.costs_dir)
+        absent = None  # the database this session opens without, watched for (database_watch)
         if db is not None and not await db.answers():
-            # as when a worker cannot open it at all (agent/worker.py): Postgres went away
-            # after the pool opened (a replay's next session, a live session's first step)
-            db = None
+            # Postgres went away after the pool opened (a replay's next session), or the
+            # worker could not open it (agent/worker.py: a pool that connects when used)
+            absent, db = db, None
         if db is None:
             log.error("session %s goes on without the database: no memory, knowledge or "
                       "screen recall; its row, cost log and conversation are kept on disk "
@@ -226,13 +242,8 @@ class SessionRuntime:
                 parts.push_async_callback(providers[-1].aclose)
             embedder = reranker = None
             if db is not None:
-                # recall and live assist ask for the same question's vector: embedded once
-                embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool,
-                                                                                     tenant)))
-                parts.push_async_callback(embedder.aclose)
-                reranker = make_reranker(settings, record=lambda call: meters[0].rerank_call(call))
-                if reranker is not None:
-                    parts.push_async_callback(reranker.aclose)
+                embedder, reranker = await _recall_models(
+                    settings, db, tenant, parts, lambda call: meters[0].rerank_call(call))
             store = Store(db.pool) if db is not None else None
             row = {"tenant": tenant, "user_id": user_id, "room": room, "source": source,
                    "provider": tiers[0].provider, "model": ",".join(t.model for t in tiers)}
@@ -259,6 +270,9 @@ class SessionRuntime:
                 await record.close(*describe_failure(exc))
                 raise
             parts.pop_all()  # from now on `close()` closes them, in order
+        if absent is not None and settings.database_retry_s > 0:
+            runtime.database_watch = DatabaseWatch(absent, runtime._join,
+                                                   every_s=settings.database_retry_s)
         return runtime
 
     @classmethod
@@ -278,9 +292,11 @@ class SessionRuntime:
         memory = None
         if db is not None and store is not None and embedder is not None:
             memory = await LongTermMemory.open(
-                settings, db, store, conversation, meter, providers[0], tiers[0],
-                embedder=embedder, reranker=reranker, tenant=tenant, user_id=user_id,
-                session_id=session_id)
+                settings, db, store, embedder=embedder, reranker=reranker, tenant=tenant,
+                user_id=user_id, session_id=session_id, before_id=conversation.recall_before,
+                memory_model=TierMemoryModel(providers[0], tiers[0], meter,
+                                             settings.model_timeout_s)
+                if settings.memory_updates else None)
             parts.push_async_callback(memory.finish)
         screen_memory = SessionScreenMemory(
             settings, events, session_id=session_id, tenant=tenant, user_id=user_id,
@@ -320,12 +336,40 @@ class SessionRuntime:
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
                       conversation=conversation, memory=memory, handoff=handoff,
-                      assist=assist)
+                      assist=assist, turn_context=turn_context)
         if memory is None and settings.memory_updates:
             runtime.deferred = DeferredExchanges(settings.costs_dir, tenant=tenant,
                                                  user_id=user_id, session_id=session_id)
         events.subscribe(runtime._on_event)
         return runtime
+
+    async def _join(self, db: Database, offline_s: float) -> None:
+        """The database this session opened without answers: from now on each turn recalls
+        the tenant's knowledge, what is remembered about the user and their earlier screens,
+        and the model can search the knowledge base and remember or forget facts. What the
+        session itself writes (its row, cost log, conversation, screen timeline, exchanges for
+        memory) goes on to disk as it began, for a later session to import: its row is not in
+        the database for those rows to hang on."""
+        store = Store(db.pool)
+        async with AsyncExitStack() as parts:
+            embedder, reranker = await _recall_models(
+                self.settings, db, self.tenant, parts, self.record.meter.rerank_call)
+            memory = await LongTermMemory.open(
+                self.settings, db, store, embedder=embedder, reranker=reranker,
+                tenant=self.tenant, user_id=self.user_id, session_id=self.session_id,
+                before_id=await store.next_message_id(), memory_model=None)
+            parts.pop_all()
+        self.memory = memory  # closed with the session from here
+        assert self.turn_context is not None
+        self.turn_context.recall_with(memory.recall)
+        await self.agent.update_tools([
+            *self.agent.tools, *KnowledgeTools(memory.knowledge, self.tenant).tools(),
+            *MemoryTools(memory.user_memory, None, tenant=self.tenant, user_id=self.user_id,
+                         session_id=self.session_id).tools()])
+        self.record.events.record("database_joined", detail={"offline_s": round(offline_s, 1)})
+        log.info("session %s: the database answers again after %.0f s: knowledge, memory and "
+                 "earlier screens are recalled from now on (this session's own rows stay on "
+                 "disk for the import)", self.session_id, offline_s)
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""
@@ -400,6 +444,8 @@ class SessionRuntime:
         """Flush the conversation, memory and the event log; the summary is the last thing
         written (memory updates are model calls: they are in it), with how the session ended
         (`outcome`, and the `error` of one that failed or was interrupted)."""
+        if self.database_watch is not None:
+            await self.database_watch.aclose()
         if self.assist is not None:
             await self.assist.aclose()
         if self.speech_outages is not None:

@@ -87,6 +87,8 @@ class SessionTotals:
         self._video: dict[str, Any] = {}  # a replayed recording, as decoding found it
         self._handoff: dict[str, Any] = {}  # the session was handed to a person (tools/handoff)
         self._assists = 0  # live-assist messages (agent/assist.py)
+        # opened without the database: whether and when it joined it (agent/database_watch.py)
+        self._database: dict[str, Any] = {}
         self._unpriced: set[str] = set()
         # speech engines by direction (stt, tts) and model: seconds heard, characters spoken
         self._speech: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -136,6 +138,10 @@ class SessionTotals:
             self._speech_event(event, detail)
         elif kind == "speech_failed":
             self._speech_failures[detail["engine"]] += 1
+        elif kind == "no_database":
+            self._database = {"down_at_open": True, "joined_after_s": None}
+        elif kind == "database_joined":
+            self._database["joined_after_s"] = detail["offline_s"]
         elif kind == "memory_deferred":
             self._memory_calls["deferred"] += 1
         elif kind == "reply":
@@ -233,6 +239,7 @@ class SessionTotals:
             },
             **({"video": self._video} if self._video else {}),
             **({"handoff": self._handoff} if self._handoff else {}),
+            **({"database": self._database} if self._database else {}),
             **({"assist_messages": self._assists} if self._assists else {}),
             **({"voice": self._voice_summary()}
                if self._speech or self._speech_failures else {}),

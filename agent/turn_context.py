@@ -109,6 +109,11 @@ class TurnContext:
         self._question: list[llm.ChatContent] = []  # the latest question's own parts
         self._unsent: tuple[int, int] | None = None
 
+    def recall_with(self, recall: Recall) -> None:
+        """Recall from the next question on: a session that opened without the database and
+        joined it later (agent/database_watch.py)."""
+        self._recall = recall
+
     async def _lookup(self, question: str) -> Recalled | None:
         """Knowledge, memory and earlier screens for this question; on any failure, none
         (logged)."""

@@ -125,7 +125,9 @@ async def run_session(ctx: JobContext) -> None:
                                  connections=SESSION_CONNECTIONS)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
-        db = None
+        # and joins it once it answers; the embedded server is this machine's own: not waited for
+        db = (await Database.unconnected(settings.database_url, connections=SESSION_CONNECTIONS)
+              if settings.database_url else None)
 
     runtime = await SessionRuntime.open(
         settings, db, tenant=tenant, user_id=participant.identity,

@@ -85,13 +85,24 @@ class Database:
                 log.info("applied migrations %s", ", ".join(applied))
         return db
 
-    async def answers(self) -> bool:
+    @classmethod
+    async def unconnected(cls, database_url: str, *, connections: int = 4) -> Database:
+        """A pool on `database_url` that connects when first used: what a session keeps of a
+        database that could not be opened, to join it once it answers (`answers`)."""
+        pool = await asyncpg.create_pool(
+            database_url, min_size=0, max_size=connections, timeout=CONNECT_TIMEOUT_S,
+            command_timeout=30)
+        return cls(pool=pool, url=database_url)
+
+    async def answers(self, *, quiet: bool = False) -> bool:
         """Whether the database answers now: a session about to open asks, so that one
-        opened while Postgres is down goes on without it instead of failing."""
+        opened while Postgres is down goes on without it instead of failing, and then asks
+        again now and then (`quiet`: without a log line each time it does not)."""
         try:
             await self.pool.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.error("the database does not answer (%s)", error_reason(exc))
+            if not quiet:
+                log.error("the database does not answer (%s)", error_reason(exc))
             return False
         return True
 

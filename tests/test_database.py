@@ -43,6 +43,7 @@ from memory.db import (
     stop_embedded,
 )
 from memory.embeddings import WordLlamaEmbedder
+from memory.knowledge import KnowledgeBase
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
 from memory.spill_files import spill_files
@@ -667,6 +668,92 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
     assert [e.text.splitlines() for e in timeline] == seen  # what it saw, searchable now
     assert any(ERROR_LINE in e.text for e in timeline)
     assert not list(settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
+
+
+async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
+    own_postgres: OwnPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Postgres restarting just as a session opens (a managed database failing over) cost that
+    session its knowledge, memory and earlier screens for the whole call. Now it asks again
+    every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it and offers
+    the knowledge and memory tools; what the session itself writes stays on disk for the
+    import. The database is what a worker keeps of one it could not open: a pool that
+    connects when used."""
+    url = await own_postgres.start()
+    db = await Database.open(url, tmp_path / "data")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "deploys.md").write_text(
+        "# Deploys\n\nThe staging deploy key rotates every Friday at noon; ask #ops for it.\n")
+    try:
+        await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([docs], "acme")
+        await UserMemory(db.pool, WordLlamaEmbedder()).apply([{
+            "op": "summary", "text": "The user is moving staging to the new deploy pipeline.",
+            "tenant": "acme", "user_id": "u1", "session_id": "earlier"}])
+    finally:
+        await db.close()
+    await own_postgres.stop()
+    await assert_down(url)
+    question = "When does the staging deploy key rotate?"
+    async with ScriptedModelServer(
+            replies=lambda _: ScriptedReply(text="[[confidence: 0.95]] (scripted) Fridays.")
+    ) as server:
+        settings = Settings.from_env({"DATABASE_URL": url,
+                                      "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+                                      "SIGHTLINE_DATABASE_RETRY_S": "0.2"})
+        settings = settings.with_overrides(
+            gemini_api_key="test-key", anthropic_api_key="test-key",
+            gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
+            embeddings="wordllama")
+        joined_before = REGISTRY.get_sample_value(
+            "sightline_sessions_joined_database_total", {"tenant": "acme"}) or 0.0
+        pool = await Database.unconnected(url)
+        with caplog.at_level(logging.INFO):
+            runtime = await SessionRuntime.open(settings, pool, tenant="acme", user_id="u1",
+                                                source="replay")
+            session = runtime.agent_session()
+            await session.start(runtime.agent, record=False)
+            await session.run(user_input=question)
+            await asyncio.sleep(1.0)  # the watch asks meanwhile, and is told no, quietly
+            await own_postgres.start()
+            for _ in range(200):
+                if runtime.memory is not None:
+                    break
+                await asyncio.sleep(0.1)
+            await session.run(user_input=question)
+            await session.aclose()
+            summary = await runtime.close()
+            await pool.close()
+    answers = [r for r in server.requests if r.purpose == "answer"]
+    assert len(answers) == 2
+    before, after = answers
+    assert "rotates every Friday" not in before.text and "new deploy pipeline" not in before.text
+    assert "rotates every Friday" in after.text and "new deploy pipeline" in after.text
+    tools = [json.dumps(r.body.get("tools", [])) for r in (before, after)]
+    assert "search_knowledge" not in tools[0] and "remember" not in tools[0]
+    assert "search_knowledge" in tools[1] and "remember" in tools[1]
+    events = jsonl(runtime.record.events.path)
+    contexts = [e["detail"] for e in events if e["kind"] == "context"]
+    assert contexts[0]["knowledge"] == []
+    assert [k["source"] for k in contexts[1]["knowledge"]] == ["docs/deploys.md"]
+    joined = [e["detail"] for e in events if e["kind"] == "database_joined"]
+    assert len(joined) == 1 and joined[0]["offline_s"] >= 1.0
+    assert summary["database"] == {"down_at_open": True,
+                                   "joined_after_s": joined[0]["offline_s"]}
+    assert (f"database: down when the session opened; answered after "
+            f"{joined[0]['offline_s']:.0f} s, recalled from then on" in format_summary(summary))
+    assert REGISTRY.get_sample_value("sightline_sessions_joined_database_total",
+                                     {"tenant": "acme"}) == joined_before + 1
+    messages = one_line_records(caplog)
+    # one line when it opened without it, none while the watch was told no, one on joining
+    assert sum(m.startswith("the database does not answer (") for m in messages) == 1
+    assert any(m.startswith(f"session {runtime.session_id}: the database answers again after")
+               for m in messages)
+    # what the session wrote is still on disk, for the next session's import
+    spilled = sorted(p.name.removeprefix(runtime.session_id)
+                     for p in settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
+    assert spilled == [".exchanges-spill.jsonl", ".messages-spill.jsonl",
+                       ".session-spill.jsonl"]
 
 
 async def test_an_embedded_postgres_killed_under_us_is_let_go_in_one_line(

@@ -1,0 +1,45 @@
+"""Watches for the database a session opened without, and hands it over once it answers.
+
+A session opened while Postgres did not answer (a restart, a managed database failing over)
+would otherwise go without knowledge, memory and earlier screens for the whole call, however
+soon the database came back. The watch asks it again every `every_s` seconds, quietly, and calls
+`join` with it once it answers; a join that fails (the database gone again before it finished)
+is said in one line and tried again at the next answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from memory.db import Database, error_reason
+
+log = logging.getLogger("sightline.session")
+
+
+class DatabaseWatch:
+    def __init__(self, db: Database, join: Callable[[Database, float], Awaitable[None]], *,
+                 every_s: float) -> None:
+        self._db, self._join, self._every_s = db, join, every_s
+        self._since = time.monotonic()
+        self._task = asyncio.create_task(self._watch(), name="database-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._every_s)
+            if not await self._db.answers(quiet=True):
+                continue
+            try:
+                await self._join(self._db, time.monotonic() - self._since)
+            except Exception as exc:  # gone again mid-way: the next answer tries again
+                log.error("the database answered, but joining it failed (%s): trying again "
+                          "in %.0f s", error_reason(exc), self._every_s)
+                continue
+            return
+
+    async def aclose(self) -> None:
+        """Stop watching; a join under way is cancelled (it closes what it made)."""
+        self._task.cancel()
+        await asyncio.wait({self._task})

@@ -1,0 +1,152 @@
+"""A live session that opened while Postgres was down joins it once it answers.
+
+A real `sightline start` worker on a real LiveKit server, with a Postgres of this test's own
+that it stops and starts: the worker migrated it at start; it is down when the user's session
+opens, so the session answers without knowledge; then it is back, and the next question is
+answered with the tenant's knowledge, the session having joined the database (the worker's
+`Database.unconnected` pool, `agent/database_watch.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.wire_format_server import ScriptedModelServer, ScriptedReply
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    User,
+    Worker,
+    free_port,
+    start_worker,
+)
+from memory.db import Database, start_embedded
+from memory.embeddings import WordLlamaEmbedder
+from memory.knowledge import KnowledgeBase
+from memory.spill_files import read_event_log
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+AGENT_NAME = "sightline-e2e-db-join"
+ANSWER = "(scripted) The staging key rotates on Fridays."
+FACT = "The staging deploy key rotates every Friday at noon; ask #ops for the new one."
+
+
+class OwnPostgres:
+    """This module's Postgres, which it stops and starts again (same data, same URL)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata, self.server, self.url = pgdata, None, ""
+
+    async def start(self) -> None:
+        self.server = await asyncio.to_thread(start_embedded, self.pgdata)
+        self.url = str(self.server.get_uri())
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await asyncio.to_thread(self.server.cleanup)  # the only handle: pg_ctl stop
+            self.server = None
+
+
+@pytest.fixture(scope="module")
+async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OwnPostgres]:
+    pg = OwnPostgres(tmp_path_factory.mktemp("join") / "pgdata")
+    await pg.start()
+    try:
+        yield pg
+    finally:
+        await pg.stop()
+
+
+@pytest.fixture(scope="module")
+async def model_server() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer(replies=lambda _: ScriptedReply(
+            text=f"[[confidence: 0.95]] {ANSWER}")) as server:  # scripted
+        yield server
+
+
+@pytest.fixture(scope="module")
+def worker(livekit: LiveKitServer, model_server: ScriptedModelServer, postgres: OwnPostgres,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    workdir = tmp_path_factory.mktemp("worker-db-join")
+    proc = start_worker(workdir, {
+        "LIVEKIT_URL": livekit.ws_url,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+        "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+        "GOOGLE_API_KEY": "e2e-fake-key",
+        "ANTHROPIC_API_KEY": "e2e-fake-key",
+        "SIGHTLINE_GEMINI_BASE_URL": model_server.base_url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": model_server.base_url,
+        "SIGHTLINE_MODEL_RETRIES": "0",
+        "SIGHTLINE_EMBEDDINGS": "wordllama",
+        "SIGHTLINE_MEMORY_UPDATES": "off",
+        "SIGHTLINE_DATABASE_RETRY_S": "0.5",
+        "DATABASE_URL": postgres.url,
+        "SIGHTLINE_DATA_DIR": str(workdir / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(free_port()),
+        "SIGHTLINE_METRICS_PORT": str(free_port()),
+        "SIGHTLINE_WEBHOOK_PORT": "0",
+        "SIGHTLINE_MAX_SESSIONS": "4",
+    })
+    yield proc
+    proc.stop()
+
+
+def finished_log(worker: Worker, room: str) -> list[dict[str, Any]] | None:
+    for path in (worker.data_dir / "costs").glob("live_*.jsonl"):
+        events = read_event_log(path)
+        if any(e["kind"] == "session" and e["detail"].get("room") == room for e in events):
+            return events if events[-1]["kind"] == "summary" else None
+    return None
+
+
+async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_back(
+    livekit: LiveKitServer, worker: Worker, model_server: ScriptedModelServer,
+    postgres: OwnPostgres,
+) -> None:
+    db = await Database.open(postgres.url, worker.data_dir, migrate=False, connections=1)
+    try:
+        await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest_chunks(
+            "e2e-db", "ops/keys.md", [("keys#1", FACT)])
+    finally:
+        await db.close()
+    await postgres.stop()
+
+    user = User(livekit, "e2e-db-join", agent_name=AGENT_NAME, metadata={"tenant": "e2e-db"},
+                video=REPO / "fixtures" / "demo" / "screen.webm")
+    await user.join("user-db")
+    await user.wait_for_agent()
+    await user.say("When does the staging deploy key rotate?")
+    first = await user.wait_for_reply()
+    await postgres.start()
+    deadline = time.monotonic() + 30
+    while "the database answers again" not in worker.log_text():
+        assert time.monotonic() < deadline, worker.log_text()[-4000:]
+        await asyncio.sleep(0.2)
+    await user.say("And when does the staging deploy key rotate again?")
+    second = await user.wait_for_reply()
+    await user.leave()
+
+    assert first == second == ANSWER
+    answers = [r for r in model_server.requests if r.purpose == "answer"]
+    assert len(answers) == 2
+    assert FACT not in answers[0].text and FACT in answers[1].text
+    deadline = time.monotonic() + 30
+    while (events := await asyncio.to_thread(finished_log, worker, user.room_name)) is None:
+        assert time.monotonic() < deadline, worker.log_text()[-4000:]
+        await asyncio.sleep(0.2)
+    kinds = [e["kind"] for e in events]
+    assert kinds[:2] == ["session", "no_database"] and kinds.count("database_joined") == 1
+    contexts = [e["detail"] for e in events if e["kind"] == "context"]
+    assert [[k["source"] for k in c["knowledge"]] for c in contexts] == [[], ["ops/keys.md"]]
+    assert events[-1]["detail"]["database"]["joined_after_s"] > 0
+    assert "Traceback" not in worker.log_text()
