@@ -149,6 +149,12 @@ class LongTermMemory:
             )
         return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen)
 
+    def tools(self, *, tenant: str, user_id: str, session_id: str) -> list[llm.Tool]:
+        """The model's tools that need the database: knowledge search, remember and forget."""
+        return [*KnowledgeTools(self.knowledge, tenant).tools(),
+                *MemoryTools(self.user_memory, self.keeper, tenant=tenant, user_id=user_id,
+                             session_id=session_id).tools()]
+
     async def _finish_recovery(self) -> None:
         """Earlier sessions' spill files: give the import a moment, then leave the rest to the
         next session."""
@@ -194,7 +200,7 @@ class SessionRuntime:
     memory: LongTermMemory | None
     handoff: HandoffTool
     assist: LiveAssist | None
-    turn_context: TurnContext | None = None
+    turn_context: TurnContext
     deferred: DeferredExchanges | None = None  # without the database: for the next keeper
     database_watch: DatabaseWatch | None = None  # opened without the database: until it answers
     speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
@@ -317,9 +323,7 @@ class SessionRuntime:
         tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive,
                                      screen_memory.story).tools(), *handoff.tools()]
         if memory is not None:
-            tools += KnowledgeTools(memory.knowledge, tenant).tools()
-            tools += MemoryTools(memory.user_memory, memory.keeper, tenant=tenant,
-                                 user_id=user_id, session_id=session_id).tools()
+            tools += memory.tools(tenant=tenant, user_id=user_id, session_id=session_id)
         assist = None
         if memory is not None:
             assist = LiveAssist(memory.embedder, memory.knowledge, tenant=tenant,
@@ -360,12 +364,9 @@ class SessionRuntime:
                 before_id=await store.next_message_id(), memory_model=None)
             parts.pop_all()
         self.memory = memory  # closed with the session from here
-        assert self.turn_context is not None
         self.turn_context.recall_with(memory.recall)
-        await self.agent.update_tools([
-            *self.agent.tools, *KnowledgeTools(memory.knowledge, self.tenant).tools(),
-            *MemoryTools(memory.user_memory, None, tenant=self.tenant, user_id=self.user_id,
-                         session_id=self.session_id).tools()])
+        await self.agent.update_tools([*self.agent.tools, *memory.tools(
+            tenant=self.tenant, user_id=self.user_id, session_id=self.session_id)])
         self.record.events.record("database_joined", detail={"offline_s": round(offline_s, 1)})
         log.info("session %s: the database answers again after %.0f s: knowledge, memory and "
                  "earlier screens are recalled from now on (this session's own rows stay on "
