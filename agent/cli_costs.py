@@ -84,9 +84,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     database = summary.get("database")
     if database:
         joined = database["joined_after_s"]
-        lines.append("  database: down when the session opened; " + (
-            f"answered after {joined:.0f} s, recalled from then on" if joined is not None
-            else "not back before it ended") + " (its own rows wait on disk for the import)")
+        lines.append(
+            f"  database: down when the session opened; answered after {joined:.0f} s, "
+            "recalled from then on (what it wrote to disk meanwhile, imported as it closed)"
+            if joined is not None else
+            "  database: down for the whole session (its rows wait on disk for the import)")
     video = summary.get("video")
     if video and video.get("problem"):
         lines.append(f"  video: {video['problem']}")

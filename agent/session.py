@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,7 @@ class LongTermMemory:
     recovery: asyncio.Task[RecoveryReport]
     reranker: Reranker | None
     screen: ScreenTimeline
+    import_spills: Callable[[], Awaitable[RecoveryReport]]
 
     @classmethod
     async def open(
@@ -131,9 +133,11 @@ class LongTermMemory:
         knowledge = KnowledgeBase(db.pool, embedder, reranker)
         recall = TurnRecall(knowledge, memory, tenant=tenant, user_id=user_id,
                             before_id=before_id, screen=screen)
-        recovery = asyncio.create_task(
-            recover_spills(settings.costs_dir, SpillTargets(store, memory, screen, embedder)),
-            name="spill-recovery")
+        def import_spills() -> Awaitable[RecoveryReport]:
+            return recover_spills(settings.costs_dir,
+                                  SpillTargets(store, memory, screen, embedder))
+
+        recovery = asyncio.create_task(import_spills(), name="spill-recovery")
         keeper = None
         if memory_model is not None:
             async def deferred() -> list[Deferred]:
@@ -147,7 +151,8 @@ class LongTermMemory:
                 timeout_s=settings.model_timeout_s, facts=await memory.facts(tenant, user_id),
                 summary=await memory.summary(tenant, user_id), deferred=deferred,
             )
-        return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen)
+        return cls(embedder, knowledge, memory, recall, keeper, recovery, reranker, screen,
+                   import_spills)
 
     def tools(self, *, tenant: str, user_id: str, session_id: str) -> list[llm.Tool]:
         """The model's tools that need the database: knowledge search, remember and forget."""
@@ -166,8 +171,16 @@ class LongTermMemory:
             log.error("importing earlier sessions' spill files failed: %r", exc)
         else:
             if report.files:
-                log.info("imported %d rows from %d spill files of earlier sessions",
-                         report.rows, report.files)
+                log.info("imported %d rows from %d spill files of sessions that ran without "
+                         "the database", report.rows, report.files)
+
+    async def import_own_rows(self) -> None:
+        """Once the session's summary is written: import the spill files again, its own among
+        them. A session that ran without the database until it joined it writes its rows
+        itself rather than leaving them to the next session on this machine, which in a fleet
+        may be long in coming, or never come (a worker scaled down takes its disk along)."""
+        await self._finish_recovery()  # the import begun at the join
+        self.recovery = asyncio.create_task(self.import_spills(), name="spill-recovery")
 
     async def close_keeper(self) -> int:
         """Finish the memory updates; returns the memory rows spilled to disk."""
@@ -455,12 +468,14 @@ class SessionRuntime:
         spilled = await self.conversation.close()
         memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0
         await self.model.aclose()
-        if self.memory is not None:
-            await self.memory.aclose()
         self.record.events.record("frame_count", detail={
             "received": self.screen.stats()["received"], "failed": self.screen.frames_failed,
             "resubscribed": self.screen.share_resubscribed})
         summary = await self.record.close(outcome, error)
+        if self.memory is not None:
+            if self.database_watch is not None:  # opened without the database, joined it since
+                await self.memory.import_own_rows()
+            await self.memory.aclose()  # the import is given its moment here
         if spilled:
             summary["db_spilled_messages"] = spilled
         if memory_spilled:

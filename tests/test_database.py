@@ -623,6 +623,9 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
         assert summary["memory"]["deferred"] == 1 and summary["memory"]["updates"] == 0
         assert ("1 exchanges kept for the user's next session with the database"
                 in format_summary(summary))
+        assert summary["database"] == {"down_at_open": True, "joined_after_s": None}
+        assert ("database: down for the whole session (its rows wait on disk for the import)"
+                in format_summary(summary))
         seen = [e["detail"]["lines"] for e in events if e["kind"] == "screen_text"
                 and e["detail"]["lines"]]
         assert seen and summary["db_spilled_screen_events"] == len(seen)
@@ -749,11 +752,25 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     assert sum(m.startswith("the database does not answer (") for m in messages) == 1
     assert any(m.startswith(f"session {runtime.session_id}: the database answers again after")
                for m in messages)
-    # what the session wrote is still on disk, for the next session's import
-    spilled = sorted(p.name.removeprefix(runtime.session_id)
-                     for p in settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
-    assert spilled == [".exchanges-spill.jsonl", ".messages-spill.jsonl",
-                       ".session-spill.jsonl"]
+    # what the session wrote on disk it imported itself as it closed: its row with its
+    # summary, its ledger, its messages and the exchanges for the user's next memory call
+    assert not list(settings.costs_dir.glob(f"{runtime.session_id}.*-spill.jsonl"))
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT tenant, user_id, summary FROM sessions WHERE id = $1",
+                                  runtime.session_id)
+        ledger = await conn.fetchval("SELECT count(*) FROM cost_events WHERE session_id = $1",
+                                     runtime.session_id)
+        said = await conn.fetchval("SELECT count(*) FROM messages WHERE session_id = $1",
+                                   runtime.session_id)
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM memory_backlog WHERE session_id = $1", runtime.session_id)
+    finally:
+        await conn.close()
+    assert row is not None and (row["tenant"], row["user_id"]) == ("acme", "u1")
+    assert json.loads(row["summary"])["database"]["joined_after_s"] == joined[0]["offline_s"]
+    assert ledger == len(events) - 1  # every event but the summary
+    assert said == 4 and waiting == 2
 
 
 async def test_an_embedded_postgres_killed_under_us_is_let_go_in_one_line(

@@ -1,7 +1,8 @@
 """The watch a session opened without the database keeps (agent/database_watch.py): quiet while
-the database does not answer, one line when a join fails, tried again, done after one join.
-A real Postgres stopped and started is in tests/test_database.py and test_e2e_database_join.py;
-here the database's answers are scripted, to reach the failed join."""
+the database does not answer, one line when a join fails, tried again, done after one join; a
+closed watch takes one last look. A real Postgres stopped and started is in
+tests/test_database.py and test_e2e_database_join.py; here the database's answers are
+scripted, to reach the failed join and the moment of closing."""
 
 from __future__ import annotations
 
@@ -65,3 +66,18 @@ async def test_closing_the_watch_stops_it_while_the_database_is_down() -> None:
     asked = len(db.asked)
     await asyncio.sleep(0.05)
     assert asked >= 2 and len(db.asked) == asked
+
+
+async def test_a_watch_closed_before_its_next_look_joins_a_database_that_answers_now() -> None:
+    """The session closes between two looks: one last look, so that its own rows can be
+    imported as it closes."""
+    db = ScriptedDatabase([])
+    joins: list[float] = []
+
+    async def join(given: Database, offline_s: float) -> None:
+        joins.append(offline_s)
+
+    watch = DatabaseWatch(cast(Any, db), join, every_s=3600)
+    await asyncio.sleep(0.01)
+    await watch.aclose()
+    assert len(joins) == 1 and db.asked == [True]

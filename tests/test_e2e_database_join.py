@@ -4,7 +4,7 @@ A real `sightline start` worker on a real LiveKit server, with a Postgres of thi
 that it stops and starts: the worker migrated it at start; it is down when the user's session
 opens, so the session answers without knowledge; then it is back, and the next question is
 answered with the tenant's knowledge, the session having joined the database (the worker's
-`Database.unconnected` pool, `agent/database_watch.py`).
+`Database.unconnected` pool, `agent/database_watch.py`); as it closes it imports its own rows.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply
@@ -150,3 +151,18 @@ async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_
     assert [[k["source"] for k in c["knowledge"]] for c in contexts] == [[], ["ops/keys.md"]]
     assert events[-1]["detail"]["database"]["joined_after_s"] > 0
     assert "Traceback" not in worker.log_text()
+    # it imported what it wrote to disk as it closed: nothing waits for another session
+    session_id = events[0]["session_id"]
+    assert not list((worker.data_dir / "costs").glob(f"{session_id}.*-spill.jsonl"))
+    conn = await asyncpg.connect(postgres.url)
+    try:
+        ledger = await conn.fetchval(
+            "SELECT count(*) FROM cost_events WHERE session_id = $1", session_id)
+        said = await conn.fetch(
+            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id", session_id)
+    finally:
+        await conn.close()
+    assert ledger == len(events) - 1
+    assert [(m["role"], m["content"]) for m in said][::2] == [
+        ("user", "When does the staging deploy key rotate?"),
+        ("user", "And when does the staging deploy key rotate again?")]
