@@ -63,6 +63,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import start_embedded, stop_embedded
 
     from .alerts import close_sinks
+    from .left_spills import import_left_spills
     from .observability import configure_tracing
     from .rtc_events import route_media_events, rtc_logs_to_stderr
     from .worker import SHUTDOWN_DEADLINE_S, build_server
@@ -115,6 +116,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 log_format="colored" if args.command == "dev" else "json",
             ),
         )
+        asyncio.run(import_left_spills(settings))  # the disk may go with the worker
     finally:
         close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:

@@ -13,11 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from conftest import DEMO_FIXTURE, fresh_database
 from livekit.agents import JobExecutorType
 from livekit.agents.ipc.proc_pool import ProcPool
+from test_left_spills import offline_session
 
+from agent.config import Settings
 from agent.worker import SightlineServer
 from bench.livekit_harness import (
     API_KEY,
@@ -121,12 +124,15 @@ async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
     """`sightline start`, its job threads each taking 8 s to warm up: it registers once the
     first ones are warm (livekit-agents waits for the rest 12 s at most) and is sent SIGTERM
     right then, with threads still warming. It drains (no sessions) and exits, with success and
-    without a thread left unanswered."""
+    without a thread left unanswered. A session that ran without the database left its row in
+    a spill file in the worker's data directory, and no session opened since: the worker
+    imports it before it exits (its disk may go with it)."""
     env = await _worker_env(
         livekit, postgres_admin_url, tmp_path, "stop",
         # six threads, warmed at most four at a time: some still warm when it registers
         SIGHTLINE_MAX_SESSIONS="6", SIGHTLINE_FAULT_DIR=str(tmp_path),
-        SIGHTLINE_FAULT_WARMUP_S="8")
+        SIGHTLINE_FAULT_WARMUP_S="8", SIGHTLINE_EMBEDDINGS="wordllama")
+    left = await offline_session(Settings.from_env(env))
     worker = await asyncio.to_thread(
         start_worker, tmp_path, env, name="worker-stop",
         launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
@@ -142,6 +148,12 @@ async def test_sigterm_while_job_threads_warm_up_ends_the_worker(
     assert status == 0, log[-4000:]
     assert "did not ack shutdown" not in log
     assert "did not exit within" not in log
+    assert "imported 1 rows from 1 spill files before exiting" in log
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        assert await conn.fetchval("SELECT tenant FROM sessions WHERE id = $1", left) == "acme"
+    finally:
+        await conn.close()
 
 
 @pytest.mark.e2e
