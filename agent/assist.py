@@ -174,13 +174,17 @@ Published = dict[str, Any]  # an `AssistMessage` as JSON-ready data
 
 
 class LiveAssist:
-    """Builds, records and publishes one session's assist messages."""
+    """Builds, records and publishes one session's assist messages. Without an embedder (a
+    session opened without the database, whose embedder is chosen by what the tenant's
+    knowledge is stored with) it publishes nothing until `use` gives it one."""
 
-    def __init__(self, embedder: Embedder, knowledge: KnowledgeBase | None, *, tenant: str,
-                 session_id: str, record: Callable[[Published], None]) -> None:
-        self._embedder = embedder
-        self._knowledge = knowledge
-        self._intents = IntentIndex(embedder)
+    def __init__(self, embedder: Embedder | None, knowledge: KnowledgeBase | None, *,
+                 tenant: str, session_id: str, record: Callable[[Published], None]) -> None:
+        self._embedder: Embedder | None = None
+        self._knowledge: KnowledgeBase | None = None
+        self._intents: IntentIndex | None = None
+        if embedder is not None:
+            self.use(embedder, knowledge)
         self._tenant = tenant
         self._session_id = session_id
         self._record = record
@@ -189,12 +193,18 @@ class LiveAssist:
         self.interim_skipped = 0  # unfinished words dropped while others were being looked up
         self._voice_final: str | None = None  # the last final transcript, to tell voice apart
 
+    def use(self, embedder: Embedder, knowledge: KnowledgeBase | None) -> None:
+        """Look words up with `embedder` in `knowledge` from now on (a session that joined the
+        database: agent/database_watch.py)."""
+        self._embedder, self._knowledge = embedder, knowledge
+        self._intents = IntentIndex(embedder)
+
     async def __call__(self, text: str, *, final: bool = True, voice: bool | None = None
                        ) -> Published | None:
         """Look the words up and publish the message; None (logged) for empty words or a
         failed lookup, which never stops the turn."""
         text = " ".join(text.split())[:TEXT_CHARS]
-        if not text:
+        if not text or self._embedder is None or self._intents is None:
             return None
         if voice is None:
             voice = self._voice_final == text

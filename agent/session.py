@@ -212,7 +212,7 @@ class SessionRuntime:
     conversation: ConversationLog
     memory: LongTermMemory | None
     handoff: HandoffTool
-    assist: LiveAssist | None
+    assist: LiveAssist
     turn_context: TurnContext
     deferred: DeferredExchanges | None = None  # without the database: for the next keeper
     database_watch: DatabaseWatch | None = None  # opened without the database: until it answers
@@ -337,12 +337,12 @@ class SessionRuntime:
                                      screen_memory.story).tools(), *handoff.tools()]
         if memory is not None:
             tools += memory.tools(tenant=tenant, user_id=user_id, session_id=session_id)
-        assist = None
-        if memory is not None:
-            assist = LiveAssist(memory.embedder, memory.knowledge, tenant=tenant,
-                                session_id=session_id,
-                                record=lambda message: events.record("assist", detail=message))
-            parts.push_async_callback(assist.aclose)
+        # without the database, it waits for the session to join it (`_join`)
+        assist = LiveAssist(memory.embedder if memory else None,
+                            memory.knowledge if memory else None, tenant=tenant,
+                            session_id=session_id,
+                            record=lambda message: events.record("assist", detail=message))
+        parts.push_async_callback(assist.aclose)
         agent = SightlineAgent(turn_context, history, tools, assist)
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
                            ImageEncoder(settings.image_detail), record.budget)
@@ -378,6 +378,7 @@ class SessionRuntime:
             parts.pop_all()
         self.memory = memory  # closed with the session from here
         self.turn_context.recall_with(memory.recall)
+        self.assist.use(memory.embedder, memory.knowledge)
         await self.agent.update_tools([*self.agent.tools, *memory.tools(
             tenant=self.tenant, user_id=self.user_id, session_id=self.session_id)])
         self.record.events.record("database_joined", detail={"offline_s": round(offline_s, 1)})
@@ -397,10 +398,8 @@ class SessionRuntime:
             probe_every_s=self.settings.synthesis_probe_s, retries=self.settings.speech_retries)
         self.agent.unspoken = self.speech_outages.unspoken
         session.on("conversation_item_added", self._on_item_added)
-        if self.assist is not None:
-            assist = self.assist
-            session.on("user_input_transcribed",
-                       lambda ev: assist.transcribed(ev.transcript, final=ev.is_final))
+        session.on("user_input_transcribed",
+                   lambda ev: self.assist.transcribed(ev.transcript, final=ev.is_final))
         if self.settings.proactive:
             self.screen_memory.error_listeners.append(
                 lambda error, read: self._offer_help(session, error, read))
@@ -460,8 +459,7 @@ class SessionRuntime:
         (`outcome`, and the `error` of one that failed or was interrupted)."""
         if self.database_watch is not None:
             await self.database_watch.aclose()
-        if self.assist is not None:
-            await self.assist.aclose()
+        await self.assist.aclose()
         if self.speech_outages is not None:
             await self.speech_outages.aclose()
         screen_spilled = await self.screen_memory.aclose()

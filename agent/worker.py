@@ -136,15 +136,13 @@ async def run_session(ctx: JobContext) -> None:
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
     runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
-    if runtime.assist is not None:
-        assist = runtime.assist
-        assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+    runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
 
-        def on_draft(packet: rtc.DataPacket) -> None:
-            sender = packet.participant.identity if packet.participant else None
-            if packet.topic == DRAFT_TOPIC and sender == participant.identity:
-                assist.drafted(packet.data.decode("utf-8", errors="replace"))
-        ctx.room.on("data_received", on_draft)
+    def on_draft(packet: rtc.DataPacket) -> None:
+        sender = packet.participant.identity if packet.participant else None
+        if packet.topic == DRAFT_TOPIC and sender == participant.identity:
+            runtime.assist.drafted(packet.data.decode("utf-8", errors="replace"))
+    ctx.room.on("data_received", on_draft)
     publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
     session = runtime.agent_session()
     watch = process_watchdog(settings.session_stall_s).watch(

@@ -678,9 +678,9 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
 ) -> None:
     """Postgres restarting just as a session opens (a managed database failing over) cost that
     session its knowledge, memory and earlier screens for the whole call. Now it asks again
-    every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it and offers
-    the knowledge and memory tools; what the session itself writes stays on disk for the
-    import. The database is what a worker keeps of one it could not open: a pool that
+    every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it, offers the
+    knowledge and memory tools and live assist; what the session itself wrote to disk it
+    imports as it closes. The database is what a worker keeps of one it could not open: a pool that
     connects when used."""
     url = await own_postgres.start()
     db = await Database.open(url, tmp_path / "data")
@@ -739,6 +739,10 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     contexts = [e["detail"] for e in events if e["kind"] == "context"]
     assert contexts[0]["knowledge"] == []
     assert [k["source"] for k in contexts[1]["knowledge"]] == ["docs/deploys.md"]
+    # live assist too: nothing before the join (no embedder yet), the article after it
+    [assisted] = [e["detail"] for e in events if e["kind"] == "assist"]
+    assert assisted["text"] == question
+    assert [a["source"] for a in assisted["suggestions"]] == ["docs/deploys.md"]
     joined = [e["detail"] for e in events if e["kind"] == "database_joined"]
     assert len(joined) == 1 and joined[0]["offline_s"] >= 1.0
     assert summary["database"] == {"down_at_open": True,
