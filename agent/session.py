@@ -233,22 +233,23 @@ class SessionRuntime:
         room: str | None = None,
         session_id: str | None = None,
         read_gate: CpuGate | None = None,
+        down: Database | None = None,
     ) -> SessionRuntime:
         """Open a session. Whatever a configuration can make fail (tiers, prices, keys, the
         embedder, the reranker, the cost-log directory) is checked before the session's row is
         written; whatever fails after it closes the session again, with the failure in its
         summary, so no session is left open. A database that does not answer is left out:
-        the session runs as one without a database. `read_gate`: when its screen-text reads
-        may start (None: at once, as a replay wants, whose reads are its work)."""
+        the session runs as one without a database, and joins it once it answers, as it does
+        `down`, a database already found not to answer (agent/worker.py: a pool that connects
+        when used). `read_gate`: when its screen-text reads may start (None: at once, as a
+        replay wants, whose reads are its work)."""
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
         prices = PriceTable.load(settings.prices_file)
         check_log_dir(settings.costs_dir)
-        absent = None  # the database this session opens without, watched for (database_watch)
         if db is not None and not await db.answers():
-            # Postgres went away after the pool opened (a replay's next session), or the
-            # worker could not open it (agent/worker.py: a pool that connects when used)
-            absent, db = db, None
+            # Postgres went away after the pool opened (a replay's next session)
+            down, db = db, None
         if db is None:
             log.error("session %s goes on without the database: no memory, knowledge or "
                       "screen recall; its row, cost log and conversation are kept on disk "
@@ -289,8 +290,8 @@ class SessionRuntime:
                 await record.close(*describe_failure(exc))
                 raise
             parts.pop_all()  # from now on `close()` closes them, in order
-        if absent is not None and settings.database_retry_s > 0:
-            runtime.database_watch = DatabaseWatch(absent, runtime._join,
+        if down is not None and settings.database_retry_s > 0:
+            runtime.database_watch = DatabaseWatch(down, runtime._join,
                                                    every_s=settings.database_retry_s)
         return runtime
 

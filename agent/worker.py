@@ -119,19 +119,21 @@ async def run_session(ctx: JobContext) -> None:
     participant = await ctx.wait_for_participant()
     tenant = job_tenant(ctx.job.metadata, settings.tenant)
 
-    db: Database | None
+    db: Database | None = None
+    down: Database | None = None  # one that did not open, joined once it answers
     try:
         db = await Database.open(settings.database_url, settings.data_dir, migrate=False,
                                  connections=SESSION_CONNECTIONS)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
         # and joins it once it answers; the embedded server is this machine's own: not waited for
-        db = (await Database.unconnected(settings.database_url, connections=SESSION_CONNECTIONS)
-              if settings.database_url else None)
+        if settings.database_url:
+            down = await Database.unconnected(settings.database_url,
+                                              connections=SESSION_CONNECTIONS)
 
     runtime = await SessionRuntime.open(
         settings, db, tenant=tenant, user_id=participant.identity,
-        source="live", room=ctx.room.name, read_gate=shared_read_gate(settings),
+        source="live", room=ctx.room.name, read_gate=shared_read_gate(settings), down=down,
     )
     screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
     runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
@@ -156,8 +158,9 @@ async def run_session(ctx: JobContext) -> None:
             summary = await runtime.close()
             log.info("session %s ended (%s); cost summary %s", runtime.session_id,
                      reason or "job done", json.dumps(summary))
-            if db is not None:
-                await db.close()
+            for database in (db, down):
+                if database is not None:
+                    await database.close()
         finally:
             watch.stop()
 

@@ -25,8 +25,8 @@ async def offline_session(settings: Settings) -> str:
     pool = await Database.unconnected(NOWHERE)
     try:
         runtime = await SessionRuntime.open(
-            settings.with_overrides(database_url=NOWHERE), pool, tenant="acme", user_id="u1",
-            source="replay")
+            settings.with_overrides(database_url=NOWHERE), None, tenant="acme", user_id="u1",
+            source="replay", down=pool)
         await runtime.close()
     finally:
         await pool.close()
