@@ -21,7 +21,7 @@ from livekit.agents import AgentSession, llm
 from livekit.agents.voice import ConversationItemAddedEvent
 
 from memory.backlog import Deferred, DeferredExchanges
-from memory.conversation import ConversationLog
+from memory.conversation import ConversationLog, earlier_conversation
 from memory.db import Database
 from memory.embeddings import Embedder, SharedQueries
 from memory.keeper import MemoryKeeper, MemoryModel
@@ -364,24 +364,34 @@ class SessionRuntime:
     async def _join(self, db: Database, offline_s: float) -> None:
         """The database this session opened without answers: from now on each turn recalls
         the tenant's knowledge, what is remembered about the user and their earlier screens,
-        and the model can search the knowledge base and remember or forget facts. What the
+        the model can search the knowledge base and remember or forget facts, live assist
+        starts, and the user's last messages join the conversation. What the
         session itself writes (its row, cost log, conversation, screen timeline, exchanges for
         memory) goes on to disk as it began, for a later session to import: its row is not in
         the database for those rows to hang on."""
         store = Store(db.pool)
+        earlier, before_id = await earlier_conversation(store, self.tenant, self.user_id,
+                                                        self.settings.history_messages)
         async with AsyncExitStack() as parts:
             embedder, reranker = await _recall_models(
                 self.settings, db, self.tenant, parts, self.record.meter.rerank_call)
             memory = await LongTermMemory.open(
                 self.settings, db, store, embedder=embedder, reranker=reranker,
                 tenant=self.tenant, user_id=self.user_id, session_id=self.session_id,
-                before_id=await store.next_message_id(), memory_model=None)
+                before_id=before_id, memory_model=None)
             parts.pop_all()
         self.memory = memory  # closed with the session from here
         self.turn_context.recall_with(memory.recall)
         self.assist.use(memory.embedder, memory.knowledge)
         await self.agent.update_tools([*self.agent.tools, *memory.tools(
             tenant=self.tenant, user_id=self.user_id, session_id=self.session_id)])
+        if earlier.items:  # the user's last messages, after the instructions, as at an open
+            ctx = self.agent.chat_ctx.copy()
+            at = next((i for i, item in enumerate(ctx.items) if not (
+                item.type == "message" and item.role in ("system", "developer"))),
+                len(ctx.items))
+            ctx.items[at:at] = earlier.items
+            await self.agent.update_chat_ctx(ctx)
         self.record.events.record("database_joined", detail={"offline_s": round(offline_s, 1)})
         log.info("session %s: the database answers again after %.0f s: knowledge, memory and "
                  "earlier screens are recalled from now on (this session's own rows stay on "

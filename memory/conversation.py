@@ -45,6 +45,22 @@ async def store_messages(
     await store.add_messages(session_id, tenant, rows, embedder.name, vectors)
 
 
+async def earlier_conversation(store: Store, tenant: str, user_id: str, limit: int,
+                               ) -> tuple[llm.ChatContext, int]:
+    """The user's last `limit` messages as a chat context, and the id below which recall is to
+    look (the first of them, or above every message when there are none)."""
+    # imported here: livekit-agents takes ~1.5 s to import, and the commands that only
+    # import spilled messages (`sightline memory`, `costs close`) never build a context
+    from livekit.agents import llm
+
+    ctx = llm.ChatContext.empty()
+    messages = await store.recent_messages(tenant, user_id, limit) if limit else []
+    for message in messages:
+        ctx.add_message(role="assistant" if message.role == "assistant" else "user",
+                        content=message.content, created_at=message.created_at.timestamp())
+    return ctx, messages[0].id if messages else await store.next_message_id()
+
+
 class ConversationLog:
     def __init__(
         self, store: Store | None, session_id: str, tenant: str, spill_dir: Path,
@@ -77,21 +93,12 @@ class ConversationLog:
             self._offline += 1
 
     async def history(self, user_id: str, limit: int) -> llm.ChatContext:
-        # imported here: livekit-agents takes ~1.5 s to import, and the commands that only
-        # import spilled messages (`sightline memory`, `costs close`) never build a context
-        from livekit.agents import llm
-
-        ctx = llm.ChatContext.empty()
         if self._store is None:
-            return ctx
-        messages = await self._store.recent_messages(self.tenant, user_id, limit) if limit else []
-        self.recall_before = messages[0].id if messages else await self._store.next_message_id()
-        for message in messages:
-            ctx.add_message(
-                role="assistant" if message.role == "assistant" else "user",
-                content=message.content,
-                created_at=message.created_at.timestamp(),
-            )
+            from livekit.agents import llm  # see earlier_conversation
+
+            return llm.ChatContext.empty()
+        ctx, self.recall_before = await earlier_conversation(self._store, self.tenant, user_id,
+                                                             limit)
         return ctx
 
     async def close(self) -> int:

@@ -679,8 +679,8 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     """Postgres restarting just as a session opens (a managed database failing over) cost that
     session its knowledge, memory and earlier screens for the whole call. Now it asks again
     every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it, offers the
-    knowledge and memory tools and live assist; what the session itself wrote to disk it
-    imports as it closes. The database is what a worker keeps of one it could not open: a pool that
+    knowledge and memory tools and live assist, and the user's last messages join its
+    conversation; what the session itself wrote to disk it imports as it closes. The database is what a worker keeps of one it could not open: a pool that
     connects when used."""
     url = await own_postgres.start()
     db = await Database.open(url, tmp_path / "data")
@@ -693,6 +693,12 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
         await UserMemory(db.pool, WordLlamaEmbedder()).apply([{
             "op": "summary", "text": "The user is moving staging to the new deploy pipeline.",
             "tenant": "acme", "user_id": "u1", "session_id": "earlier"}])
+        store = Store(db.pool)  # the user's last session, whose words a new one continues
+        await store.start_session("replay_earlier", tenant="acme", user_id="u1", room=None,
+                                  source="replay", provider="gemini", model="scripted")
+        await store.add_messages("replay_earlier", "acme", [
+            {"user_id": "u1", "role": "user", "content": "Our staging cluster is kestrel."},
+            {"user_id": "u1", "role": "assistant", "content": "(scripted) Noted: kestrel."}])
     finally:
         await db.close()
     await own_postgres.stop()
@@ -732,6 +738,12 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     before, after = answers
     assert "rotates every Friday" not in before.text and "new deploy pipeline" not in before.text
     assert "rotates every Friday" in after.text and "new deploy pipeline" in after.text
+    # the user's last messages join the conversation, after the instructions, before this
+    # session's own, as a session opened on the database would have them
+    assert "kestrel" not in before.text
+    turns = [(c["role"], c["parts"][0].get("text", "")) for c in after.body["contents"]]
+    assert turns[:3] == [("user", "Our staging cluster is kestrel."),
+                         ("model", "(scripted) Noted: kestrel."), ("user", question)]
     tools = [json.dumps(r.body.get("tools", [])) for r in (before, after)]
     assert "search_knowledge" not in tools[0] and "remember" not in tools[0]
     assert "search_knowledge" in tools[1] and "remember" in tools[1]
