@@ -680,7 +680,8 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     session its knowledge, memory and earlier screens for the whole call. Now it asks again
     every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it, offers the
     knowledge and memory tools and live assist, and the user's last messages join its
-    conversation; what the session itself wrote to disk it imports as it closes. The database is what a worker keeps of one it could not open: a pool that
+    conversation; what the session itself wrote to disk it imports as it closes. The
+    database is handed over as a worker hands one it could not open: `down`, a pool that
     connects when used."""
     url = await own_postgres.start()
     db = await Database.open(url, tmp_path / "data")
