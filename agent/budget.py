@@ -5,7 +5,7 @@ and crossing 70%, 90% and 100% of a budget records a `budget` event (and a log l
 threshold. At 100% the cascade, which asks the guard directly, stops climbing above
 `SIGHTLINE_BUDGET_MAX_TIER`: answers still come, from the cheaper tiers. A tenant's budget covers
 its spend since the start of the current UTC day, across sessions: what Postgres had when the
-session opened plus this session.
+session opened (or when it joined the database, for one opened without it) plus this session.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class BudgetGuard:
                     log.warning("%s budget %.0f%% used: $%.6f of $%.2f", scope,
                                 threshold * 100, spent, budget)
         return events
+
+    def tenant_spent_elsewhere(self, usd: float) -> list[dict[str, Any]]:
+        """What the tenant's other sessions spent today, learnt late (a session opened
+        without the database counted from $0 until it joined it): the thresholds that now
+        stand crossed, as `spend` gives them."""
+        self.tenant_spent_before_usd = usd
+        return self.spend(0.0)
 
     def tier_cap(self) -> int | None:
         """The highest tier allowed now, or None while every budget has room."""

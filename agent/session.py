@@ -105,6 +105,17 @@ async def _recall_models(
     return embedder, reranker
 
 
+def _after_instructions(ctx: llm.ChatContext, earlier: llm.ChatContext) -> llm.ChatContext:
+    """`ctx` with `earlier`'s messages after its instructions, before the rest: where a
+    session opened on the database has the user's last messages."""
+    ctx = ctx.copy()
+    at = next((i for i, item in enumerate(ctx.items)
+               if not (item.type == "message" and item.role in ("system", "developer"))),
+              len(ctx.items))
+    ctx.items[at:at] = earlier.items
+    return ctx
+
+
 @dataclass
 class LongTermMemory:
     """A session's parts that need the database: recall for each turn, the memory keeper, the
@@ -365,13 +376,19 @@ class SessionRuntime:
         """The database this session opened without answers: from now on each turn recalls
         the tenant's knowledge, what is remembered about the user and their earlier screens,
         the model can search the knowledge base and remember or forget facts, live assist
-        starts, and the user's last messages join the conversation. What the
-        session itself writes (its row, cost log, conversation, screen timeline, exchanges for
-        memory) goes on to disk as it began, for a later session to import: its row is not in
-        the database for those rows to hang on."""
+        starts, the user's last messages join the conversation, and the tenant's budget
+        counts what its other sessions spent today. What the session itself writes (its row,
+        cost log, conversation, screen timeline, exchanges for memory) goes on to disk as it
+        began, and is imported as it closes (`close`): its row is not in the database for those
+        rows to hang on."""
         store = Store(db.pool)
+        # what is read first, so that a database gone again fails the join before it changed
+        # anything (the watch tries again)
         earlier, before_id = await earlier_conversation(store, self.tenant, self.user_id,
                                                         self.settings.history_messages)
+        budget = self.record.budget
+        tenant_spent = (await store.tenant_spent_today(self.tenant)
+                        if budget is not None and budget.tenant_budget_usd else None)
         async with AsyncExitStack() as parts:
             embedder, reranker = await _recall_models(
                 self.settings, db, self.tenant, parts, self.record.meter.rerank_call)
@@ -385,17 +402,15 @@ class SessionRuntime:
         self.assist.use(memory.embedder, memory.knowledge)
         await self.agent.update_tools([*self.agent.tools, *memory.tools(
             tenant=self.tenant, user_id=self.user_id, session_id=self.session_id)])
-        if earlier.items:  # the user's last messages, after the instructions, as at an open
-            ctx = self.agent.chat_ctx.copy()
-            at = next((i for i, item in enumerate(ctx.items) if not (
-                item.type == "message" and item.role in ("system", "developer"))),
-                len(ctx.items))
-            ctx.items[at:at] = earlier.items
-            await self.agent.update_chat_ctx(ctx)
+        if earlier.items:
+            await self.agent.update_chat_ctx(_after_instructions(self.agent.chat_ctx, earlier))
         self.record.events.record("database_joined", detail={"offline_s": round(offline_s, 1)})
+        if budget is not None and tenant_spent is not None:  # it counted the tenant from $0
+            for crossed in budget.tenant_spent_elsewhere(tenant_spent):
+                self.record.events.record("budget", detail=crossed)
         log.info("session %s: the database answers again after %.0f s: knowledge, memory and "
-                 "earlier screens are recalled from now on (this session's own rows stay on "
-                 "disk for the import)", self.session_id, offline_s)
+                 "earlier screens are recalled from now on (what the session writes goes on to "
+                 "disk, imported as it closes)", self.session_id, offline_s)
 
     def agent_session(self) -> AgentSession:
         """An AgentSession on our LLM; speech in and out only when STT / TTS are configured."""

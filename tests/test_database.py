@@ -679,8 +679,9 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     """Postgres restarting just as a session opens (a managed database failing over) cost that
     session its knowledge, memory and earlier screens for the whole call. Now it asks again
     every SIGHTLINE_DATABASE_RETRY_S and, once Postgres answers, recalls from it, offers the
-    knowledge and memory tools and live assist, and the user's last messages join its
-    conversation; what the session itself wrote to disk it imports as it closes. The
+    knowledge and memory tools and live assist, the user's last messages join its
+    conversation and the tenant's budget counts its other sessions' spend; what the session
+    itself wrote to disk it imports as it closes. The
     database is handed over as a worker hands one it could not open: `down`, a pool that
     connects when used."""
     url = await own_postgres.start()
@@ -700,6 +701,9 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
         await store.add_messages("replay_earlier", "acme", [
             {"user_id": "u1", "role": "user", "content": "Our staging cluster is kestrel."},
             {"user_id": "u1", "role": "assistant", "content": "(scripted) Noted: kestrel."}])
+        await db.pool.execute(  # what the tenant's other sessions spent today: 95% of its budget
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, cost_usd)"
+            " VALUES ('replay_earlier', 'acme', 1, now(), 'model_call', 0.0095)")
     finally:
         await db.close()
     await own_postgres.stop()
@@ -710,7 +714,8 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     ) as server:
         settings = Settings.from_env({"DATABASE_URL": url,
                                       "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-                                      "SIGHTLINE_DATABASE_RETRY_S": "0.2"})
+                                      "SIGHTLINE_DATABASE_RETRY_S": "0.2",
+                                      "SIGHTLINE_TENANT_BUDGET_USD": "0.01"})
         settings = settings.with_overrides(
             gemini_api_key="test-key", anthropic_api_key="test-key",
             gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
@@ -757,6 +762,13 @@ async def test_a_session_opened_while_postgres_is_down_joins_it_once_it_answers(
     assert assisted["text"] == question
     assert [a["source"] for a in assisted["suggestions"]] == ["docs/deploys.md"]
     joined = [e["detail"] for e in events if e["kind"] == "database_joined"]
+    # the tenant's budget counted from $0 until the join, then with its other sessions' spend
+    kinds = [e["kind"] for e in events]
+    crossed = [(e["detail"]["scope"], e["detail"]["threshold"]) for e in events
+               if e["kind"] == "budget"]
+    assert crossed[:2] == [("tenant", 0.7), ("tenant", 0.9)]
+    assert kinds.index("budget") > kinds.index("database_joined")
+    assert summary["budget"]["tenant_spent_usd"] >= 0.0095
     assert len(joined) == 1 and joined[0]["offline_s"] >= 1.0
     assert summary["database"] == {"down_at_open": True,
                                    "joined_after_s": joined[0]["offline_s"]}
