@@ -2,16 +2,18 @@
 
 A session opened while Postgres did not answer (a restart, a managed database failing over)
 would otherwise go without knowledge, memory and earlier screens for the whole call, however
-soon the database came back. The watch asks it again every `every_s` seconds, quietly, and calls
-`join` with it once it answers; a join that fails (the database gone again before it finished)
-is said in one line and tried again at the next answer. A session that joined imports its own
-rows at its close (agent/session.py), so the watch takes a last look when it is closed.
+soon the database came back. The watch asks it again about every `every_s` seconds, quietly,
+and calls `join` with it once it answers; a join that fails (the database gone again before it
+finished) is said in one line and tried again at the next answer. A session that joined
+imports its own rows at its close (agent/session.py), so the watch takes a last look when it
+is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,7 +32,9 @@ class DatabaseWatch:
 
     async def _watch(self) -> None:
         while not self._joined:
-            await asyncio.sleep(self._every_s)
+            # spread: a worker's sessions that all opened in one outage do not all ask (and
+            # then join, each with its reads and its spill import) in the same moment
+            await asyncio.sleep(self._every_s * random.uniform(0.75, 1.25))
             if await self._db.answers(quiet=True):
                 await self._try_join()
 
