@@ -151,8 +151,13 @@ async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_
     assert [[k["source"] for k in c["knowledge"]] for c in contexts] == [[], ["ops/keys.md"]]
     assert events[-1]["detail"]["database"]["joined_after_s"] > 0
     assert "Traceback" not in worker.log_text()
-    # it imported what it wrote to disk as it closed: nothing waits for another session
+    # it imported what it wrote to disk as it closed (after its summary, which marks it
+    # closed for the import, and before its last line): nothing waits for another session
     session_id = events[0]["session_id"]
+    deadline = time.monotonic() + 30
+    while f"session {session_id} ended:" not in worker.log_text():
+        assert time.monotonic() < deadline, worker.log_text()[-4000:]
+        await asyncio.sleep(0.2)
     assert not list((worker.data_dir / "costs").glob(f"{session_id}.*-spill.jsonl"))
     conn = await asyncpg.connect(postgres.url)
     try:
