@@ -126,7 +126,8 @@ async def run_session(ctx: JobContext) -> None:
                                  connections=SESSION_CONNECTIONS)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
-        # and joins it once it answers; the embedded server is this machine's own: not waited for
+        # and joins it once it answers (a worker always has a URL: its embedded server's, when
+        # it started one, agent/cli_worker.py)
         if settings.database_url:
             down = await Database.unconnected(settings.database_url,
                                               connections=SESSION_CONNECTIONS)
