@@ -33,8 +33,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.embeddings import Embedder
-from memory.encoder import unit_rows
 from memory.knowledge import Hit, KnowledgeBase
+from memory.vectors import unit_rows
 
 log = logging.getLogger("sightline.assist")
 

@@ -22,15 +22,19 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import numpy as np
 
-from .bge import QUERY_INSTRUCTION, BgeSmall
-from .encoder import ModelFileError, WindowedEncoder, unit_rows
-from .minilm import MiniLM
-from .mpnet import MPNet
+from .vectors import unit_rows
+
+if TYPE_CHECKING:
+    from .encoder import WindowedEncoder
+
+# The encoders (onnx, onnxruntime, tokenizers, safetensors) and aiohttp are imported where a
+# model is loaded or Gemini is called: ~0.6 s that every command touching the knowledge base
+# or memory paid on start, though most (`kb list`, `memory show`, `costs`, `gaps list`) never
+# embed a word.
 
 
 class EmbeddingError(RuntimeError):
@@ -144,12 +148,17 @@ class EncoderEmbedder(LocalEmbedder):
     """A transformer encoder from an installed wheel, loaded once per process (its sessions
     share it). Always in a thread: a query takes milliseconds of CPU, a document batch more."""
 
-    ENCODER: type[WindowedEncoder]
+    @staticmethod
+    @abstractmethod
+    def encoder() -> type[WindowedEncoder]:
+        """The encoder's class, imported when first loaded."""
 
     def __init__(self) -> None:
+        from .encoder import ModelFileError
+
         try:
             with _load_lock:
-                self._model = _encoder_cached(self.ENCODER)
+                self._model = _encoder_cached(self.encoder())
         except ModelFileError as exc:
             raise EmbeddingError(str(exc)) from None
         self.dim = self._model.dim
@@ -165,24 +174,36 @@ class MiniLMEmbedder(EncoderEmbedder):
     """all-MiniLM-L6-v2 (memory/minilm.py)."""
 
     FAMILY = "minilm-"
-    ENCODER = MiniLM
     # "-windows": a long text's vector covers all of it (memory/encoder.py); the vectors stored
     # as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new name sends them
     # through the model-mismatch path, so `kb ingest` re-embeds them
     name = "minilm-l6-v2-384-windows"
+
+    @staticmethod
+    def encoder() -> type[WindowedEncoder]:
+        from .minilm import MiniLM
+
+        return MiniLM
 
 
 class BgeSmallEmbedder(EncoderEmbedder):
     """bge-small-en-v1.5, int8 (memory/bge.py)."""
 
     FAMILY = "bge-small-"
-    ENCODER = BgeSmall
     name = "bge-small-en-v1.5-int8-384"
+
+    @staticmethod
+    def encoder() -> type[WindowedEncoder]:
+        from .bge import BgeSmall
+
+        return BgeSmall
 
     def query_text(self, text: str) -> str:
         """The question behind the model card's retrieval instruction: bge was trained to read
         a short question that way against passages, and it finds more of them so (README:
         Long conversations). Stored vectors are unchanged: only questions carry it."""
+        from .bge import QUERY_INSTRUCTION  # loaded with the model
+
         return QUERY_INSTRUCTION + text
 
 
@@ -192,12 +213,17 @@ class MPNetEmbedder(EncoderEmbedder):
     (weights in 8 bits: memory/mpnet.py `int8_graph`)."""
 
     FAMILY = "all-mpnet-"
-    ENCODER = MPNet
     name = "all-mpnet-base-v2-8bit-768-windows"
     # its vectors rank well enough that their scores, not only their order, are worth
     # keeping: weighted fusion finds more on the bundled set (recall@5 0.992 against RRF's
     # 0.976, MRR 0.865 against 0.863) and on LoCoMo (README: Knowledge base)
     fusion = "weighted"
+
+    @staticmethod
+    def encoder() -> type[WindowedEncoder]:
+        from .mpnet import MPNet
+
+        return MPNet
 
 
 OFFLINE_EMBEDDERS: dict[str, type[LocalEmbedder]] = {
@@ -232,6 +258,7 @@ class GeminiEmbedder:
         self._where = base_url or "generativelanguage.googleapis.com"
         # imported here: google-genai takes ~0.8 s to import, which every `sightline kb` or
         # `gaps` command run with an offline embedder would otherwise pay
+        import aiohttp
         from google import genai
         from google.genai import errors, types
 

@@ -25,6 +25,8 @@ import numpy as np
 import onnxruntime
 from tokenizers import Tokenizer
 
+from .vectors import unit_rows
+
 OVERLAP = 32  # at least this many word pieces shared by neighbouring windows
 
 
@@ -166,9 +168,3 @@ class WindowedEncoder(ABC):
         summed = np.zeros((len(texts), self.dim), dtype=np.float32)
         np.add.at(summed, np.asarray(owner, dtype=np.intp), vectors)
         return unit_rows(summed)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Each row scaled to length 1 (a zero row stays zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms == 0, 1, norms)).astype(np.float32)

@@ -14,11 +14,10 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import cohere
-import httpx
-from cohere.core.api_error import ApiError
+if TYPE_CHECKING:
+    from cohere.core.api_error import ApiError
 
 log = logging.getLogger("sightline.rerank")
 
@@ -58,6 +57,14 @@ class CohereReranker:
         timeout_s: float = 5.0, retries: int = 1, record: Record | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
+        # imported here: the SDK and httpx take ~0.1 s to import, which every command reading
+        # the knowledge base with the reranker off (the default) would otherwise pay
+        import cohere
+        import httpx
+        from cohere.core.api_error import ApiError
+
+        self._api_error: type[ApiError] = ApiError
+        self._unreachable: tuple[type[Exception], ...] = (httpx.HTTPError, TimeoutError)
         self.name = model
         self._http = httpx.AsyncClient(timeout=timeout_s, **({"verify": tls} if tls else {}))
         self._client = cohere.AsyncClientV2(
@@ -75,9 +82,9 @@ class CohereReranker:
             units = float(billed.search_units or 0) if billed else 0.0
             ranked = [(r.index, float(r.relevance_score)) for r in response.results
                       if 0 <= r.index < len(texts)]
-        except ApiError as exc:
+        except self._api_error as exc:
             error = f"cohere {self.name}: HTTP {exc.status_code}: {exc.body}"
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except self._unreachable as exc:
             error = f"cohere {self.name}: {exc!r}"
         if self._record is not None:
             self._record(RerankCall("cohere", self.name, units, len(texts),
