@@ -165,5 +165,7 @@ def _preload(settings: Settings) -> None:
     data_snapshot.get_snapshot()
     Image.preinit()
     make_embedder(settings)
+    if settings.reranker == "cohere":
+        import cohere  # noqa: F401 - what the first reranker made would import (memory/rerank.py)
     if settings.screen_text:
         shared_pool(settings.ocr_threads).submit(thread_engine).result()
