@@ -127,6 +127,12 @@ class Worker:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout_s)
 
+    async def astop(self, timeout_s: float = 60) -> int:
+        """`stop`, waiting off the event loop: a model server on this loop may still be
+        answering the worker's closing sessions (blocked, it stalled a session's last
+        embedding call until its timeout: 32 s of a test's teardown)."""
+        return await asyncio.to_thread(self.stop, timeout_s)
+
 
 def worker_processes(pid: int) -> list[psutil.Process]:
     """The worker's Python processes: the main one and any job processes (an embedded

@@ -132,11 +132,11 @@ async def console_env(
 
 
 @pytest.fixture(scope="module")
-def worker(console_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Worker]:
+async def worker(console_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Worker]:
     proc = start_worker(tmp_path_factory.mktemp("worker"), console_env)
     yield proc
-    proc.stop()
+    await proc.astop()
 
 
 @pytest.fixture(scope="module")

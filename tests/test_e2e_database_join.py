@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,9 @@ async def model_server() -> AsyncIterator[ScriptedModelServer]:
 
 
 @pytest.fixture(scope="module")
-def worker(livekit: LiveKitServer, model_server: ScriptedModelServer, postgres: OwnPostgres,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+async def worker(livekit: LiveKitServer, model_server: ScriptedModelServer,
+                 postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("worker-db-join")
     proc = start_worker(workdir, {
         "LIVEKIT_URL": livekit.ws_url,
@@ -99,7 +100,7 @@ def worker(livekit: LiveKitServer, model_server: ScriptedModelServer, postgres: 
         "SIGHTLINE_MAX_SESSIONS": "4",
     })
     yield proc
-    proc.stop()
+    await proc.astop()
 
 
 def finished_log(worker: Worker, room: str) -> list[dict[str, Any]] | None:

@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +102,12 @@ async def e2e_database_url(postgres_admin_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def worker(
+async def worker(
     livekit: LiveKitServer,
     model_server: tuple[ScriptedModelServer, Replies],
     e2e_database_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Worker]:
+) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("worker")
     env = {
         "LIVEKIT_URL": livekit.ws_url,
@@ -130,7 +130,7 @@ def worker(
     }
     proc = start_worker(workdir, env)
     yield proc
-    proc.stop()
+    await proc.astop()
 
 
 def new_user(livekit: LiveKitServer, room_name: str) -> User:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -96,19 +96,21 @@ def voice_worker_env(livekit: LiveKitServer, server: ScriptedModelServer, databa
 
 
 @pytest.fixture(scope="module")
-def worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServer, Replies],
-           voice_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+async def worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServer, Replies],
+                 voice_database_url: str, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("voice-worker")
     env = voice_worker_env(livekit, model_server[0], voice_database_url, workdir, AGENT_NAME)
     proc = start_worker(workdir, {**env, "SIGHTLINE_STT": "local", "SIGHTLINE_TTS": "local"})
     yield proc
-    proc.stop()
+    await proc.astop()
 
 
 @pytest.fixture(scope="module")
-def openai_worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServer, Replies],
-                  voice_database_url: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+async def openai_worker(livekit: LiveKitServer,
+                        model_server: tuple[ScriptedModelServer, Replies],
+                        voice_database_url: str,
+                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
     """A self-hosted worker on an OpenAI-compatible speech endpoint: the wire-format server."""
     server = model_server[0]
     workdir = tmp_path_factory.mktemp("openai-voice-worker")
@@ -119,7 +121,7 @@ def openai_worker(livekit: LiveKitServer, model_server: tuple[ScriptedModelServe
         "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1", "OPENAI_API_KEY": "e2e-fake-key",
         "SIGHTLINE_SYNTHESIS_PROBE_S": "2", "SIGHTLINE_SPEECH_RETRIES": "1"})
     yield proc
-    proc.stop()
+    await proc.astop()
 
 
 async def voice_user(livekit: LiveKitServer, room: str, identity: str,
