@@ -46,11 +46,8 @@ def _unimported(report: RecoveryReport) -> list[str]:
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
-    from memory.screen_timeline import ScreenTimeline
     from memory.spill_files import remove_refused
     from memory.spill_recovery import SpillTargets, recover_spills
-    from memory.store import Store
-    from memory.user_memory import UserMemory
     from vision.frame_archive import remove_sessions
 
     from .components import make_embedder
@@ -58,8 +55,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     db = await Database.open(settings.database_url, settings.data_dir)
     embedder = make_embedder(settings)
     try:
-        store, memory = Store(db.pool), UserMemory(db.pool, embedder)
-        targets = SpillTargets(store, memory, ScreenTimeline(db.pool, embedder), embedder)
+        targets = SpillTargets.on(db.pool, embedder)
+        store, memory = targets.store, targets.memory
         report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
         if args.memory_command == "forget":

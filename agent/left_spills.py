@@ -13,11 +13,8 @@ import asyncio
 import logging
 
 from memory.db import Database, DatabaseUnavailable, error_reason
-from memory.screen_timeline import ScreenTimeline
 from memory.spill_files import spill_files
 from memory.spill_recovery import SpillTargets, recover_spills
-from memory.store import Store
-from memory.user_memory import UserMemory
 
 from .components import make_embedder
 from .config import Settings
@@ -43,9 +40,8 @@ async def import_left_spills(settings: Settings) -> None:
         return
     embedder = make_embedder(settings)
     try:
-        targets = SpillTargets(Store(db.pool), UserMemory(db.pool, embedder),
-                               ScreenTimeline(db.pool, embedder), embedder)
-        report = await asyncio.wait_for(recover_spills(settings.costs_dir, targets), IMPORT_S)
+        report = await asyncio.wait_for(
+            recover_spills(settings.costs_dir, SpillTargets.on(db.pool, embedder)), IMPORT_S)
     except TimeoutError:
         log.error("%s: their import took over %.0f s (the next session opened with this data "
                   "directory imports the rest)", where, IMPORT_S)

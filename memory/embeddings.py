@@ -198,13 +198,17 @@ class BgeSmallEmbedder(EncoderEmbedder):
 
         return BgeSmall
 
+    def __init__(self) -> None:
+        super().__init__()
+        from .bge import QUERY_INSTRUCTION  # loaded with the model, just now
+
+        self._instruction = QUERY_INSTRUCTION
+
     def query_text(self, text: str) -> str:
         """The question behind the model card's retrieval instruction: bge was trained to read
         a short question that way against passages, and it finds more of them so (README:
         Long conversations). Stored vectors are unchanged: only questions carry it."""
-        from .bge import QUERY_INSTRUCTION  # loaded with the model
-
-        return QUERY_INSTRUCTION + text
+        return self._instruction + text
 
 
 class MPNetEmbedder(EncoderEmbedder):

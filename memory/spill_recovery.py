@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from .conversation import store_messages
 from .embeddings import Embedder
 from .screen_timeline import ScreenTimeline
@@ -108,6 +110,12 @@ class SpillTargets:
     memory: UserMemory
     screen: ScreenTimeline
     embedder: Embedder
+
+    @classmethod
+    def on(cls, pool: asyncpg.Pool, embedder: Embedder) -> SpillTargets:
+        """The targets on `pool`, imported rows embedded with `embedder`."""
+        return cls(Store(pool), UserMemory(pool, embedder), ScreenTimeline(pool, embedder),
+                   embedder)
 
 
 async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryReport:

@@ -255,10 +255,12 @@ class OwnPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
         self.server: Any = None
+        self.url = ""  # the same after a restart: the socket lives in the data directory
 
     async def start(self) -> str:
         self.server = await asyncio.to_thread(start_embedded, self.pgdata)
-        return str(self.server.get_uri())
+        self.url = str(self.server.get_uri())
+        return self.url
 
     async def stop(self) -> None:
         if self.server is not None:

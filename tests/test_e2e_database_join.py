@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
+from conftest import DEMO_FIXTURE
+from test_database import OwnPostgres
+from test_e2e_livekit import session_events
 
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply
 from bench.livekit_harness import (
@@ -28,33 +29,15 @@ from bench.livekit_harness import (
     free_port,
     start_worker,
 )
-from memory.db import Database, start_embedded
+from memory.db import Database
 from memory.embeddings import WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase
-from memory.spill_files import read_event_log
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 AGENT_NAME = "sightline-e2e-db-join"
 ANSWER = "(scripted) The staging key rotates on Fridays."
 FACT = "The staging deploy key rotates every Friday at noon; ask #ops for the new one."
-
-
-class OwnPostgres:
-    """This module's Postgres, which it stops and starts again (same data, same URL)."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata, self.server, self.url = pgdata, None, ""
-
-    async def start(self) -> None:
-        self.server = await asyncio.to_thread(start_embedded, self.pgdata)
-        self.url = str(self.server.get_uri())
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await asyncio.to_thread(self.server.cleanup)  # the only handle: pg_ctl stop
-            self.server = None
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +86,6 @@ async def worker(livekit: LiveKitServer, model_server: ScriptedModelServer,
     await proc.astop()
 
 
-def finished_log(worker: Worker, room: str) -> list[dict[str, Any]] | None:
-    for path in (worker.data_dir / "costs").glob("live_*.jsonl"):
-        events = read_event_log(path)
-        if any(e["kind"] == "session" and e["detail"].get("room") == room for e in events):
-            return events if events[-1]["kind"] == "summary" else None
-    return None
-
-
 async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_back(
     livekit: LiveKitServer, worker: Worker, model_server: ScriptedModelServer,
     postgres: OwnPostgres,
@@ -124,7 +99,7 @@ async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_
     await postgres.stop()
 
     user = User(livekit, "e2e-db-join", agent_name=AGENT_NAME, metadata={"tenant": "e2e-db"},
-                video=REPO / "fixtures" / "demo" / "screen.webm")
+                video=DEMO_FIXTURE / "screen.webm")
     await user.join("user-db")
     await user.wait_for_agent()
     await user.say("When does the staging deploy key rotate?")
@@ -142,10 +117,7 @@ async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_
     answers = [r for r in model_server.requests if r.purpose == "answer"]
     assert len(answers) == 2
     assert FACT not in answers[0].text and FACT in answers[1].text
-    deadline = time.monotonic() + 30
-    while (events := await asyncio.to_thread(finished_log, worker, user.room_name)) is None:
-        assert time.monotonic() < deadline, worker.log_text()[-4000:]
-        await asyncio.sleep(0.2)
+    events = await session_events(worker, user)
     kinds = [e["kind"] for e in events]
     assert kinds[:2] == ["session", "no_database"] and kinds.count("database_joined") == 1
     contexts = [e["detail"] for e in events if e["kind"] == "context"]
