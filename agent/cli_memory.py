@@ -118,8 +118,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
     print(f"  {screen_events} screen events remembered (`sightline screen search` finds them)")
     if deferred:
-        print(f"  {deferred} exchanges of sessions that ran without the database wait for the "
-              "memory model (the user's next session analyses them)")
+        print(f"  {deferred} exchanges wait for the memory model (of sessions that ran without "
+              "the database, whose memory call failed or whose worker died first; the user's "
+              "next session analyses them)")
     for note in notes:
         print(note)
     return 0

@@ -1,16 +1,19 @@
 """Exchanges the memory model has not analysed yet: their session ran without the database,
-their analysis failed, or the session closed first.
+their analysis failed, the session closed first, or its worker died before it was done.
 
 The memory keeper (`keeper.py`) asks the model what an exchange adds to what is remembered.
 Without the database a session cannot know what is remembered, so it asks nothing and keeps
 each exchange in a spill file (`DeferredExchanges`), which the spill import
-(`spill_recovery.py`) writes to `memory_backlog` (`store_deferred`); an exchange whose analysis
-failed (the model down, its answer unusable) or that the session closed before analysing goes
-there through the keeper's writer (`backlog_add`). The user's next session with the database
-claims them (`claim`) and its keeper analyses them before its own exchanges. Whether each
-analysis worked comes back as rows for the keeper's writer (`done`, `failed`, `release`), which
-`UserMemory.apply` writes in the same transaction as the memory they produced. Every query
-names its tenant and user.
+(`spill_recovery.py`) writes to `memory_backlog` (`store_deferred`). A session with the
+database writes each exchange there too, through the keeper's writer, as it queues it for the
+model (`backlog_add`, claimed by the session), so that a worker killed before the analysis
+leaves it behind rather than losing it with the process (its claim expires); the analysis
+settles it (`backlog_done`: gone; `backlog_failed`: tried again later; `backlog_release`: the
+session closed first). The user's next session with the database claims what waits (`claim`)
+and its keeper analyses them before its own exchanges, settling each the same way. The keeper
+names a row by its `id` when it claimed it, by its session and `seq` when it added it;
+`UserMemory.apply` writes each settlement in the same transaction as the memory it produced.
+Every query names its tenant and user.
 """
 
 from __future__ import annotations
@@ -71,17 +74,19 @@ async def store_deferred(pool: asyncpg.Pool, rows: Sequence[dict[str, Any]]) -> 
         _INSERT, [_values(r) for r in rows])
 
 
-# one exchange kept (a spilled one, or a keeper's `backlog_add`); a row already there (an
-# import or a batch retried) is left as it is
+# one exchange kept (a spilled one, or a keeper's `backlog_add`, claimed by its session when
+# `claimed`); a row already there (an import or a batch retried) is left as it is
 _INSERT = ("INSERT INTO memory_backlog (tenant, user_id, session_id, seq, user_text,"
-           " assistant_text, said_at, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+           " assistant_text, said_at, attempts, claimed_by, claimed_at)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9 THEN $3 END,"
+           " CASE WHEN $9 THEN now() END)"
            " ON CONFLICT (session_id, seq) DO NOTHING")
 
 
 def _values(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["tenant"], row["user_id"], row["session_id"], int(row["seq"]), row["user"],
             row["assistant"], datetime.fromtimestamp(float(row["said_at"]), UTC),
-            int(row.get("attempts", 0)))
+            int(row.get("attempts", 0)), bool(row.get("claimed")))
 
 
 async def claim(pool: asyncpg.Pool, tenant: str, user_id: str, session_id: str,
@@ -108,31 +113,33 @@ OPS = ("backlog_add", "backlog_done", "backlog_failed", "backlog_release")
 
 
 async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
-    """An exchange this session did not analyse (`backlog_add`, `seq`, `user`, `assistant`,
-    `said_at`, `attempts`: 1 when its analysis failed, 0 when the session closed first; a later
-    session tries), or what
-    became of a claimed one: analysed (`backlog_done`: gone), not analysed (`backlog_failed`:
-    tried again later, until the last attempt), or not reached before the session closed
-    (`backlog_release`: free for the next session as it was)."""
+    """An exchange kept for the model (`backlog_add`: `seq`, `user`, `assistant`, `said_at`,
+    `attempts`, `claimed` while its session analyses it), or what became of one: analysed
+    (`backlog_done`: gone), not analysed (`backlog_failed`: tried again later, until the last
+    attempt), or not reached before the session closed (`backlog_release`: free for the next
+    session as it was). A settled row is named by its `id`, else by `session_id` and `seq`."""
     if row["op"] == "backlog_add":
         await conn.execute(_INSERT, *_values(row))
         return
-    who = (row["tenant"], row["user_id"], int(row["id"]))
+    if "id" in row:
+        which, key = "id = $3", (int(row["id"]),)
+    else:
+        which, key = "session_id = $3 AND seq = $4", (row["session_id"], int(row["seq"]))
+    where = f"WHERE tenant = $1 AND user_id = $2 AND {which}"
+    who = (row["tenant"], row["user_id"], *key)
     if row["op"] == "backlog_done":
-        await conn.execute(
-            "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
+        await conn.execute(f"DELETE FROM memory_backlog {where}", *who)
     elif row["op"] == "backlog_failed":
         given_up = await conn.fetchval(
-            "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2 AND id = $3"
-            f" AND attempts + 1 >= {MAX_ATTEMPTS} RETURNING session_id", *who)
+            f"DELETE FROM memory_backlog {where} AND attempts + 1 >= {MAX_ATTEMPTS}"
+            " RETURNING session_id", *who)
         if given_up is not None:
             log.warning("memory: an exchange of session %s could not be analysed in %d "
                         "attempts; given up (its messages stay in the log)", given_up,
                         MAX_ATTEMPTS)
         await conn.execute(
             "UPDATE memory_backlog SET attempts = attempts + 1, claimed_by = NULL,"
-            " claimed_at = NULL WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
+            f" claimed_at = NULL {where}", *who)
     else:
         await conn.execute(
-            "UPDATE memory_backlog SET claimed_by = NULL, claimed_at = NULL"
-            " WHERE tenant = $1 AND user_id = $2 AND id = $3", *who)
+            f"UPDATE memory_backlog SET claimed_by = NULL, claimed_at = NULL {where}", *who)

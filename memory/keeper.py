@@ -142,16 +142,25 @@ class MemoryKeeper:
         self.summary = summary
         self._writer = BackgroundWriter("memory", memory.apply,
                                         spill_path(spill_dir, session_id, SpillKind.MEMORY))
-        self._queue: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue()
+        self._queue: asyncio.Queue[int] = asyncio.Queue()  # `seq`s of exchanges to analyse
+        self._exchanges: dict[int, tuple[str, str]] = {}
         self._deferred = deferred
-        self._kept = itertools.count()  # this session's exchanges kept for a later one
+        self._seqs = itertools.count()  # this session's exchanges, as numbered in the backlog
         self._caught_up = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
 
     def exchange(self, user: str, assistant: str) -> None:
-        """Queue one exchange for the memory model; returns at once."""
-        if user.strip() and assistant.strip():
-            self._queue.put_nowait((user, assistant, time.time()))
+        """Queue one exchange for the memory model; returns at once. It goes to the backlog
+        first, claimed by this session: if the worker dies before the analysis, the user's
+        session after the claim expires analyses it."""
+        if not (user.strip() and assistant.strip()):
+            return
+        seq = next(self._seqs)
+        self._exchanges[seq] = (user, assistant)
+        self._writer.put({"op": "backlog_add", "seq": seq, "user": user,
+                          "assistant": assistant, "said_at": time.time(), "claimed": True,
+                          **self._who})
+        self._queue.put_nowait(seq)
 
     async def settled(self) -> None:
         """Every queued exchange has been handled, earlier sessions' deferred ones first
@@ -165,26 +174,22 @@ class MemoryKeeper:
         finally:
             self._caught_up.set()
         while True:
-            user, assistant, said_at = await self._queue.get()
+            seq = await self._queue.get()
             try:
-                analysed = await self._handle(user, assistant, self._who)
-            except asyncio.CancelledError:  # the session closed first
-                self._keep_for_later(user, assistant, said_at, attempted=False)
+                analysed = await self._handle(*self._exchanges.pop(seq), self._who)
+            except asyncio.CancelledError:  # the session closed first: the next one has it
+                self._settle(seq, "backlog_release")
                 raise
             except Exception:  # one bad exchange must not stop the keeper
                 log.exception("memory update failed; the conversation itself is stored")
                 analysed = False
             finally:
                 self._queue.task_done()
-            if not analysed:
-                self._keep_for_later(user, assistant, said_at, attempted=True)
+            self._settle(seq, "backlog_done" if analysed else "backlog_failed")
 
-    def _keep_for_later(self, user: str, assistant: str, said_at: float, *,
-                        attempted: bool) -> None:
-        """An exchange this session could not analyse: the user's next session tries."""
-        self._writer.put({"op": "backlog_add", "seq": next(self._kept), "user": user,
-                          "assistant": assistant, "said_at": said_at,
-                          "attempts": int(attempted), **self._who})
+    def _settle(self, seq: int, op: str) -> None:
+        """What became of this session's exchange `seq` (`backlog.apply_op`)."""
+        self._writer.put({"op": op, "seq": seq, **self._who})
 
     async def _catch_up(self) -> None:
         """The exchanges the user's earlier sessions could not analyse (they ran without the
@@ -277,5 +282,5 @@ class MemoryKeeper:
         self._task.cancel()
         await asyncio.wait({self._task})  # what it claimed and did not reach is handed back
         while not self._queue.empty():
-            self._keep_for_later(*self._queue.get_nowait(), attempted=False)
+            self._settle(self._queue.get_nowait(), "backlog_release")
         return await self._writer.close()

@@ -6,7 +6,8 @@ clients sharing a loop of still screens; the models are the local wire-format se
 In order: one worker takes a burst of six dispatches; two workers share a burst; a session
 whose frame analysis raises and one that spins forever leave the others answering (the
 watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
-mid-session is replaced by the other, which recalls the conversation from Postgres.
+mid-session is replaced by the other, which recalls the conversation from Postgres (and the
+exchange its memory model was still analysing waits in the backlog for a later session).
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def still_screens(count: int = 3) -> list[rtc.VideoFrame]:
 SCREENS = still_screens()
 
 
+MID_ANALYSIS = "my release is called"  # its memory call is still out when the worker dies
+
+
 def _reply(request: CapturedRequest) -> ScriptedReply:
-    return ScriptedReply(text=MEMORY_UPDATE if request.purpose == "memory" else ANSWER)
+    if request.purpose != "memory":
+        return ScriptedReply(text=ANSWER)
+    return ScriptedReply(text=MEMORY_UPDATE, delay_s=20 if MID_ANALYSIS in request.text else 0)
 
 
 @pytest.fixture(scope="module")
@@ -263,15 +269,21 @@ async def test_a_failing_and_a_stuck_session_leave_the_others_answering(
     assert all(w.proc.poll() is None for w in fleet.workers.values())
 
 
-async def _stored(database_url: str, text: str, timeout_s: float = 30) -> None:
+async def _stored(database_url: str, text: str, timeout_s: float = 30,
+                  query: str = "SELECT count(*) FROM messages WHERE content = $1") -> None:
+    """Wait until `query` counts `text` in Postgres."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout_s
-        while not await conn.fetchval("SELECT count(*) FROM messages WHERE content = $1", text):
+        while not await conn.fetchval(query, text):
             assert time.monotonic() < deadline, f"{text!r} never reached Postgres"
             await asyncio.sleep(0.3)
     finally:
         await conn.close()
+
+
+BACKLOG_CLAIMED = ("SELECT count(*) FROM memory_backlog WHERE user_text = $1"
+                   " AND claimed_by = session_id AND attempts = 0")
 
 
 async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
@@ -281,11 +293,12 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     fleet.start("b")
     await fleet.settled()
     user = new_user(livekit, "fleet-failover")
-    said = "Remember that my release is called Bluebird-7."
+    said = f"Remember that {MID_ANALYSIS} Bluebird-7."
     try:
         first_agent = (await joined_and_sharing(user, "failover-user")).identity
         await asks_and_is_answered(user, said)
         await _stored(fleet_database_url, said)
+        await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED)  # the model thinking
         [lost] = fleet.hosting(user.room_name)
         fleet.workers[lost].proc.send_signal(signal.SIGKILL)
 
@@ -302,3 +315,5 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     assert asked and said in asked[0].text, "the new session carries what the user said before"
     survivor = fleet.workers["b" if lost == "a" else "a"]
     assert "dispatched it again" in survivor.log_text()
+    # the exchange the killed worker's memory model had not answered waits for a later session
+    await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED, timeout_s=0)

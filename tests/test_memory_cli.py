@@ -67,7 +67,7 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     assert "11 messages remembered" in out
     assert "note: 1 spilled rows the database refused were set aside" in out
     assert refused.exists()
-    assert ("1 exchanges of sessions that ran without the database wait for the memory model"
+    assert ("1 exchanges wait for the memory model (of sessions that ran without the database"
             in out)
 
     screen_events = await db.pool.fetchval(

@@ -284,6 +284,65 @@ async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
         "SELECT session_id FROM memory_backlog WHERE user_text = 'said now'") == "s-now"
 
 
+async def test_an_exchange_a_dead_worker_was_analysing_waits_for_a_later_session(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """The keeper writes each exchange to the backlog, claimed, as it queues it: a worker
+    killed while the model thinks (nothing runs after SIGKILL) leaves it there, not lost;
+    once the claim expires the user's next session analyses it, and what the dead session
+    would have settled later changes nothing."""
+    await _session(db, "s-dead", "acme", "u-1")
+    await _session(db, "s-next", "acme", "u-1")
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    thinking = asyncio.Event()
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        if not thinking.is_set():
+            thinking.set()
+            return ScriptedReply(text="{}", delay_s=30)  # the worker dies before the answer
+        return update([("editor", "The user edits in Helix.")])
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+
+        def keeper(session_id: str, timeout_s: float) -> MemoryKeeper:
+            return MemoryKeeper(
+                memory=memory, model=TierMemoryModel(
+                    provider, LITE, _record(tmp_path, session_id).meter, timeout_s=60),
+                tenant="acme", user_id="u-1", session_id=session_id, spill_dir=tmp_path,
+                timeout_s=timeout_s, facts=[], summary=None,
+                deferred=lambda: memory.claim_deferred("acme", "u-1", session_id))
+
+        dead = keeper("s-dead", timeout_s=0.1)
+        dead.exchange("my editor is Helix", "Noted.")
+        await asyncio.wait_for(thinking.wait(), timeout=30)
+        deadline = asyncio.get_running_loop().time() + 10
+        while await _backlog(db) != [("acme", "my editor is Helix", 0, "s-dead")]:
+            assert asyncio.get_running_loop().time() < deadline, await _backlog(db)
+            await asyncio.sleep(0.05)
+
+        early = keeper("s-early", timeout_s=5)  # while the claim holds: not taken
+        await early.settled()
+        assert await early.close() == 0
+        assert len(server.requests) == 1
+
+        await db.pool.execute("UPDATE memory_backlog SET claimed_at = now() - interval '11 min'")
+        later = keeper("s-next", timeout_s=5)
+        await later.settled()
+        assert await later.close() == 0
+        assert "User: my editor is Helix" in server.requests[-1].text
+        assert [(f.key, f.text) for f in await memory.facts("acme", "u-1")] == [
+            ("editor", "The user edits in Helix.")]
+        assert await _backlog(db) == []
+
+        assert await dead.close() == 0  # here only to end the test's tasks
+        await provider.aclose()
+    assert await _backlog(db) == []
+    assert [f.key for f in await memory.facts("acme", "u-1")] == ["editor"]
+    assert await db.pool.fetchval("SELECT session_id FROM memory_facts") == "s-dead"
+
+
 async def test_recall_gives_summary_related_facts_and_older_matching_messages(
     db: Database,
 ) -> None:
