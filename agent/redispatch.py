@@ -115,7 +115,8 @@ class Redispatcher:
                                  if d.agent_name == self._settings.agent_name), "")
                 await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                     agent_name=self._settings.agent_name, room=room, metadata=metadata))
-        except (DatabaseUnavailable, OSError, TimeoutError, api.TwirpError) as exc:
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
+                api.TwirpError) as exc:
             log.error("could not dispatch the agent again to room %s, whose agent %s was "
                       "lost: %s", room, lost_identity, exc)
             return False

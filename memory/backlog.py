@@ -103,6 +103,22 @@ async def claim(pool: asyncpg.Pool, tenant: str, user_id: str, session_id: str,
                    for r in rows), key=lambda d: d.id)
 
 
+async def release_lost(conn: asyncpg.Connection, room: str) -> int:
+    """Hand back what the sessions of `room` that never ended had claimed, once the room's
+    agent is known to be lost (`redispatches.claim`): the session dispatched in its place
+    analyses them at its start instead of ten minutes later. Each row stays in the tenant of
+    the session that held it; returns how many were handed back."""
+    released = await conn.fetch(
+        "UPDATE memory_backlog b SET claimed_by = NULL, claimed_at = NULL FROM sessions s"
+        " WHERE b.claimed_by = s.id AND b.tenant = s.tenant AND s.room = $1"
+        " AND s.ended_at IS NULL RETURNING s.id", room)
+    if released:
+        log.info("memory: %d exchanges the lost session(s) %s of room %s had not analysed "
+                 "are free for the next one", len(released),
+                 ", ".join(sorted({r["id"] for r in released})), room)
+    return len(released)
+
+
 async def waiting(pool: asyncpg.Pool, tenant: str, user_id: str) -> int:
     return int(await pool.fetchval(
         "SELECT count(*) FROM memory_backlog WHERE tenant = $1 AND user_id = $2",

@@ -6,6 +6,8 @@ from enum import Enum
 
 import asyncpg
 
+from .backlog import release_lost
+
 
 class Claim(Enum):
     CLAIMED = "claimed"  # this caller re-dispatches
@@ -17,7 +19,8 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
                 max_per_room: int, within_s: float) -> Claim:
     """`CLAIMED` for exactly one caller per lost agent, and only while the room has had fewer
     than `max_per_room` re-dispatches in the last `within_s` seconds (a session that fails at
-    every start must not be restarted forever)."""
+    every start must not be restarted forever). The claimant also hands back the memory
+    exchanges the room's lost session had claimed (`backlog.release_lost`)."""
     async with pool.acquire() as conn, conn.transaction():
         # one claimant per room at a time, so the count below cannot be raced past the limit
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", room_sid)
@@ -29,4 +32,7 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
         inserted = await conn.fetchval(
             "INSERT INTO redispatches (room_sid, lost_identity, room) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING RETURNING true", room_sid, lost_identity, room)
-        return Claim.CLAIMED if inserted else Claim.TAKEN
+        if not inserted:
+            return Claim.TAKEN
+        await release_lost(conn, room)
+        return Claim.CLAIMED

@@ -6,8 +6,8 @@ clients sharing a loop of still screens; the models are the local wire-format se
 In order: one worker takes a burst of six dispatches; two workers share a burst; a session
 whose frame analysis raises and one that spins forever leave the others answering (the
 watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
-mid-session is replaced by the other, which recalls the conversation from Postgres (and the
-exchange its memory model was still analysing waits in the backlog for a later session).
+mid-session is replaced by the other, which recalls the conversation from Postgres and
+analyses the exchange whose memory call the killed one never heard back from.
 """
 
 from __future__ import annotations
@@ -62,13 +62,17 @@ def still_screens(count: int = 3) -> list[rtc.VideoFrame]:
 SCREENS = still_screens()
 
 
-MID_ANALYSIS = "my release is called"  # its memory call is still out when the worker dies
+MID_ANALYSIS = "my release is called"  # its first memory call is out when the worker dies
+_thinking: list[CapturedRequest] = []
 
 
 def _reply(request: CapturedRequest) -> ScriptedReply:
     if request.purpose != "memory":
         return ScriptedReply(text=ANSWER)
-    return ScriptedReply(text=MEMORY_UPDATE, delay_s=20 if MID_ANALYSIS in request.text else 0)
+    if MID_ANALYSIS in request.text and not _thinking:
+        _thinking.append(request)
+        return ScriptedReply(text=MEMORY_UPDATE, delay_s=20)
+    return ScriptedReply(text=MEMORY_UPDATE)
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +288,7 @@ async def _stored(database_url: str, text: str, timeout_s: float = 30,
 
 BACKLOG_CLAIMED = ("SELECT count(*) FROM memory_backlog WHERE user_text = $1"
                    " AND claimed_by = session_id AND attempts = 0")
+BACKLOG_GONE = "SELECT count(*) = 0 FROM memory_backlog WHERE user_text = $1"
 
 
 async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
@@ -315,5 +320,9 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     assert asked and said in asked[0].text, "the new session carries what the user said before"
     survivor = fleet.workers["b" if lost == "a" else "a"]
     assert "dispatched it again" in survivor.log_text()
-    # the exchange the killed worker's memory model had not answered waits for a later session
-    await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED, timeout_s=0)
+    # the exchange whose memory call the killed worker never heard back from was handed to
+    # the new session, which analysed it
+    assert "exchanges the lost session(s)" in survivor.log_text()
+    memory_calls = [r for r in models.requests if r.purpose == "memory" and said in r.text]
+    assert len(memory_calls) == 2, "the new session asked about the exchange the killed one had"
+    await _stored(fleet_database_url, said, query=BACKLOG_GONE)

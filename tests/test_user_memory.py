@@ -30,6 +30,7 @@ from agent.pricing import PriceTable
 from agent.providers import make_provider
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.backlog import release_lost
 from memory.conversation import store_messages
 from memory.db import Database
 from memory.embeddings import EmbeddingError, WordLlamaEmbedder
@@ -341,6 +342,29 @@ async def test_an_exchange_a_dead_worker_was_analysing_waits_for_a_later_session
     assert await _backlog(db) == []
     assert [f.key for f in await memory.facts("acme", "u-1")] == ["editor"]
     assert await db.pool.fetchval("SELECT session_id FROM memory_facts") == "s-dead"
+
+
+async def test_a_lost_rooms_claims_are_handed_back_and_no_others(db: Database) -> None:
+    """When a room's agent is lost (the fleet's re-dispatch claim), what its sessions that
+    never ended had claimed is free at once; an ended session's, another room's and a row of
+    another tenant under the same session id are not touched."""
+    store = Store(db.pool)
+    for session_id, room in (("s-lost", "r1"), ("s-ended", "r1"), ("s-r2", "r2")):
+        await store.start_session(session_id, tenant="acme", user_id="u-1", room=room,
+                                  source="live", provider="gemini", model="m")
+    await store.end_session("s-ended", 0.0, {})
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    await memory.apply([
+        {"op": "backlog_add", **_deferred(tenant, "u-1", session_id, seq, text), "claimed": True}
+        for tenant, session_id, seq, text in (("acme", "s-lost", 0, "lost"),
+                                              ("acme", "s-ended", 0, "ended"),
+                                              ("acme", "s-r2", 0, "other room"),
+                                              ("beta", "s-lost", 1, "other tenant"))])
+    async with db.pool.acquire() as conn:
+        assert await release_lost(conn, "r1") == 1
+    assert await _backlog(db) == [("acme", "lost", 0, None), ("acme", "ended", 0, "s-ended"),
+                                  ("acme", "other room", 0, "s-r2"),
+                                  ("beta", "other tenant", 0, "s-lost")]
 
 
 async def test_recall_gives_summary_related_facts_and_older_matching_messages(
