@@ -246,7 +246,7 @@ async def _close(
     from memory.spill_files import event_log_path, read_event_log
 
     from .pricing import BUNDLED_PRICES
-    from .session_record import ABANDONED, append_summary, recompute_summary
+    from .session_record import append_summary, close_abandoned
 
     session_id = session["id"]
     if session["ended_at"] is not None:
@@ -274,15 +274,12 @@ async def _close(
                             f"that host, or once it has been idle for --idle-minutes "
                             f"{idle_s / 60:.0f}")
         ran = f"{where}, idle for {idle / 60:.0f} min"
-    summary = {
-        **recompute_summary(events, session_id=session_id, tenant=session["tenant"],
-                            source=session["source"],
-                            prices=settings.prices_file or BUNDLED_PRICES, cost_log=path),
-        "outcome": ABANDONED,
-        "error": f"its process ({ran}) did not close it; closed by `sightline costs --close`",
-        "recomputed_from": "cost log" if local else "cost_events",
-    }
-    if not await store.close_session(session_id, summary["total_cost_usd"], summary):
+    summary = await close_abandoned(
+        store, session, events,
+        why=f"its process ({ran}) did not close it; closed by `sightline costs --close`",
+        prices=settings.prices_file or BUNDLED_PRICES, cost_log=path,
+        recomputed_from="cost log" if local else "cost_events")
+    if summary is None:
         raise UserError(f"session {session_id} ended by itself meanwhile: nothing to close")
     if local:
         append_summary(path, events, summary)

@@ -288,6 +288,11 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _PORT, 8082,
         help="where LiveKit's webhooks reach the worker, to dispatch the agent again to a room "
              "whose worker was lost (README: Deployment); 0: off"),
+    _Field("lost_session_close_s", "SIGHTLINE_LOST_SESSION_CLOSE_S", Range(float, 0, 86400),
+           120.0,
+        help="seconds after dispatching a lost room's agent again that the worker which did "
+             "closes the lost session's record, if it is still open and has recorded nothing "
+             "for as long, its summary folded from its cost events; 0: never"),
     _Field("screen_text", "SIGHTLINE_SCREEN_TEXT", _on_off, True,
         help="on | off: read the text that appears on screen (local OCR) into the timeline"),
     _Field("ocr_threads", "SIGHTLINE_OCR_THREADS", Range(int, 1, 64), 1,
@@ -373,6 +378,7 @@ class Settings:
     drain_timeout_s: int
     session_stall_s: float
     webhook_port: int
+    lost_session_close_s: float
     screen_text: bool
     ocr_threads: int
     ocr_cpu_limit: float

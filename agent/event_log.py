@@ -31,7 +31,9 @@ Listener = Callable[[Event], None]
 
 
 # a session records a frame decision a second: its events reach Postgres in batches a second
-# apart (the JSONL file, written at once, is the durable copy)
+# apart (the JSONL file, written at once, is the durable copy); an event with a cost (or one
+# that could not be priced) is written at once, with those queued before it, so that a worker
+# killed mid-session takes no cost record along that its turn had made
 EVENT_LINGER_S = 1.0
 
 
@@ -99,7 +101,7 @@ class EventLog:
         """Record one event; `cost_usd` is None when it could not be priced."""
         event = self._append(kind, {**fields, "cost_usd": cost_usd})
         if self._writer is not None:
-            self._writer.put(event)
+            self._writer.put(event, now=cost_usd != 0.0)  # what costs money goes at once
         for listener in self._listeners:
             listener(event)
         return event

@@ -10,12 +10,19 @@ like any other; the new session loads the user's conversation from Postgres.
 
 Every worker serves the webhook on `SIGHTLINE_WEBHOOK_PORT`; LiveKit's `webhook.urls` lists
 them (or a load balancer in front of them), so the fleet hears of a loss while any worker lives.
+
+The lost session cannot close its own record: `SIGHTLINE_LOST_SESSION_CLOSE_S` later, the
+worker that dispatched the room again closes it, its summary folded from the cost events that
+reached Postgres, unless it ended meanwhile or is still recording (a worker still ending it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -23,9 +30,13 @@ from livekit import api
 from livekit.protocol import models
 
 from memory.db import Database, DatabaseUnavailable
-from memory.redispatches import Claim, claim
+from memory.redispatches import Claim, claim, open_sessions
+from memory.spill_files import event_log_path
+from memory.store import Store
 
 from .config import Settings
+from .pricing import BUNDLED_PRICES
+from .session_record import close_abandoned
 
 log = logging.getLogger("sightline.redispatch")
 
@@ -46,7 +57,7 @@ class Redispatcher:
             api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret))
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
-        self._recovering: set[asyncio.Task[None]] = set()
+        self._recovering: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -74,12 +85,15 @@ class Redispatcher:
                         exc)
             return web.Response(status=401, text="invalid signature")
         if event.event == "participant_left" and self._is_ours(event.participant):
-            task = asyncio.create_task(
-                self.recover(event.room.name, event.room.sid, event.participant.identity),
-                name="redispatch")
-            self._recovering.add(task)
-            task.add_done_callback(self._recovering.discard)
+            self._track(self.recover(event.room.name, event.room.sid,
+                                     event.participant.identity), "redispatch")
         return web.Response(text="ok")
+
+    def _track(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `work` in the background until this endpoint closes."""
+        task = asyncio.create_task(work, name=name)
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
 
     def _is_ours(self, participant: models.ParticipantInfo) -> bool:
         return (participant.kind == models.ParticipantInfo.Kind.AGENT
@@ -110,6 +124,7 @@ class Redispatcher:
                               MAX_PER_ROOM, WITHIN_S / 60)
                 if claimed is not Claim.CLAIMED:
                     return False
+                lost = await open_sessions(await self._pool(), room)
                 dispatches = await lk.agent_dispatch.list_dispatch(room_name=room)
                 metadata = next((d.metadata for d in reversed(dispatches)
                                  if d.agent_name == self._settings.agent_name), "")
@@ -122,7 +137,44 @@ class Redispatcher:
             return False
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people))
+        if lost and self._settings.lost_session_close_s > 0:
+            self._track(self._close_lost(room, lost), "close-lost-sessions")
         return True
+
+    async def _close_lost(self, room: str, session_ids: list[str]) -> None:
+        """Close the records of the sessions lost with `room`'s agent once they have had
+        `lost_session_close_s` to close themselves: one still open and recording nothing for
+        as long had its worker die (a worker still ending it records events; its own summary
+        would replace this one anyway)."""
+        wait_s = self._settings.lost_session_close_s
+        await asyncio.sleep(wait_s)
+        try:
+            store = Store(await self._pool())
+            for session_id in session_ids:
+                session = await store.get_session(session_id)
+                if session is None or session["ended_at"] is not None:
+                    continue
+                events = await store.session_events(session_id)
+                idle_s = time.time() - max((float(e["ts"]) for e in events), default=0.0)
+                if idle_s < wait_s:
+                    log.info("session %s of room %s, whose agent was lost, recorded an event "
+                             "%.0f s ago: left for its worker to close", session_id, room, idle_s)
+                    continue
+                summary = await close_abandoned(
+                    store, session, events,
+                    why=(f"its agent left room {room} while the user stayed, and its worker did "
+                         "not close it (lost); closed by the worker that dispatched the room "
+                         "again"),
+                    prices=self._settings.prices_file or BUNDLED_PRICES,
+                    cost_log=event_log_path(self._settings.costs_dir, session_id),
+                    recomputed_from="cost_events")
+                if summary is not None:
+                    log.warning("closed the record of session %s of room %s, lost with its "
+                                "worker: $%.6f over %d recorded events", session_id, room,
+                                summary["total_cost_usd"], len(events))
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            log.error("could not close the sessions %s lost with room %s's agent: %s (`sightline "
+                      "costs ID --close` closes them)", ", ".join(session_ids), room, exc)
 
     def _api(self) -> api.LiveKitAPI:
         return api.LiveKitAPI(self._settings.livekit_url, self._settings.livekit_api_key,

@@ -27,7 +27,7 @@ from .pricing import PriceTable
 from .session_summary import SessionTotals
 
 # how a session ended: by itself, on an error, on Ctrl-C / cancellation, or closed by ops after
-# its process died (`sightline costs ID --close`)
+# its process died (`sightline costs ID --close`) or by the worker that replaced it in its room
 COMPLETED, FAILED, INTERRUPTED, ABANDONED = "completed", "failed", "interrupted", "abandoned"
 
 
@@ -100,6 +100,23 @@ def recompute_summary(
     times = [float(e["ts"]) for e in events]
     return {**totals.summary(),
             "duration_s": round(max(times) - min(times), 2) if times else 0.0}
+
+
+async def close_abandoned(
+    store: Store, session: dict[str, Any], events: list[Event], *, why: str, prices: Path,
+    cost_log: Path, recomputed_from: str,
+) -> dict[str, Any] | None:
+    """Close `session` (`Store.get_session`'s), which its process left open, with the summary
+    folded from its `events`: outcome abandoned, `why` as its error. None when it ended by
+    itself meanwhile (its own summary is never replaced)."""
+    summary = {
+        **recompute_summary(events, session_id=session["id"], tenant=session["tenant"],
+                            source=session["source"], prices=prices, cost_log=cost_log),
+        "outcome": ABANDONED, "error": why, "recomputed_from": recomputed_from,
+    }
+    if not await store.close_session(session["id"], summary["total_cost_usd"], summary):
+        return None
+    return summary
 
 
 def append_summary(path: Path, events: list[Event], summary: dict[str, Any]) -> None:

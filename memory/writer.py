@@ -13,6 +13,7 @@ aside in `<session>.<kind>-refused.jsonl` with why, so it holds up nothing behin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,7 @@ class BackgroundWriter:
         self._spilled = 0
         self._spill_offset = 0
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # a row that should not linger (`put(row, now=True)`)
         self._closing = False
         self._failing_since: str | None = None
         self.written = 0
@@ -114,8 +116,12 @@ class BackgroundWriter:
         self.refused = 0  # rows the database refused for what they hold (set aside)
         self._task = asyncio.create_task(self._run(), name=f"writer:{name}")
 
-    def put(self, row: Row) -> None:
+    def put(self, row: Row, *, now: bool = False) -> None:
+        """Queue `row`; `now`: write it without lingering (a priced event, which a worker
+        killed within the linger would otherwise take along; the rows before it go too)."""
         self._pending.append(row)
+        if now:
+            self._urgent.set()
         if len(self._pending) > self._max_pending:
             # a quarter at a time: a few ms of JSON, and not again for a while
             self._spill(self._pending[: self._max_pending // 4])
@@ -205,9 +211,11 @@ class BackgroundWriter:
         backoff = 0.2
         while True:
             await self._wake.wait()
-            if self._linger_s and not self._closing:
-                await asyncio.sleep(self._linger_s)
+            if self._linger_s and not self._closing and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), timeout=self._linger_s)
             self._wake.clear()
+            self._urgent.clear()
             while self._pending or self._spilled:
                 if await self._flush_once():
                     backoff = 0.2
@@ -227,6 +235,7 @@ class BackgroundWriter:
         """Flush what can be flushed; spill the rest. Returns the number of rows spilled."""
         self._closing = True
         self._wake.set()
+        self._urgent.set()  # ends a linger under way
         try:
             await asyncio.wait_for(self._task, timeout=timeout_s)
         except TimeoutError:

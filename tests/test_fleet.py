@@ -44,6 +44,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 AGENT_NAME = "sightline-fleet"
 CAPACITY = 6  # sessions per worker
+LOST_SESSION_CLOSE_S = 10  # a lost session's record is closed this long after the re-dispatch
 ANSWER = "[[confidence: 0.95]] (scripted) The editor shows the parser."
 MEMORY_UPDATE = '{"facts": [], "summary": "(scripted) The user asked about the screen."}'
 
@@ -123,6 +124,7 @@ class Fleet:
                 "SIGHTLINE_MAX_SESSIONS": str(CAPACITY), "SIGHTLINE_SESSION_STALL_S": "3",
                 "SIGHTLINE_SCREEN_TEXT": "off",  # OCR is not what these tests are about
                 "SIGHTLINE_FAULT_DIR": str(self._workdir),
+                "SIGHTLINE_LOST_SESSION_CLOSE_S": str(LOST_SESSION_CLOSE_S),
             }
             self.workers[name] = start_worker(
                 self._workdir, env, name=f"worker-{name}",
@@ -289,6 +291,10 @@ async def _stored(database_url: str, text: str, timeout_s: float = 30,
 BACKLOG_CLAIMED = ("SELECT count(*) FROM memory_backlog WHERE user_text = $1"
                    " AND claimed_by = session_id AND attempts = 0")
 BACKLOG_GONE = "SELECT count(*) = 0 FROM memory_backlog WHERE user_text = $1"
+CLOSED_AS_LOST = (
+    "SELECT count(*) FROM sessions s WHERE id = $1 AND summary->>'outcome' = 'abandoned'"
+    " AND summary->>'error' LIKE '%lost%' AND total_cost_usd > 0 AND total_cost_usd ="
+    " (SELECT sum(cost_usd) FROM cost_events WHERE session_id = s.id)")
 
 
 async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
@@ -305,6 +311,8 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
         await _stored(fleet_database_url, said)
         await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED)  # the model thinking
         [lost] = fleet.hosting(user.room_name)
+        [lost_session] = re.findall(rf"session (\S+) started \(tenant=fleet user=failover-user "
+                                    rf"room={user.room_name},", fleet.workers[lost].log_text())
         fleet.workers[lost].proc.send_signal(signal.SIGKILL)
 
         deadline = time.monotonic() + 90
@@ -326,3 +334,9 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     memory_calls = [r for r in models.requests if r.purpose == "memory" and said in r.text]
     assert len(memory_calls) == 2, "the new session asked about the exchange the killed one had"
     await _stored(fleet_database_url, said, query=BACKLOG_GONE)
+    # the killed session's record, which its worker could not close, is closed by the survivor
+    # with its cost from the events that reached Postgres
+    await _stored(fleet_database_url, lost_session, query=CLOSED_AS_LOST,
+                  timeout_s=LOST_SESSION_CLOSE_S + 30)
+    assert f"closed the record of session {lost_session} of room {user.room_name}" in (
+        survivor.log_text())
