@@ -138,10 +138,10 @@ class Redispatcher:
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people))
         if lost and self._settings.lost_session_close_s > 0:
-            self._track(self._close_lost(room, lost), "close-lost-sessions")
+            self._track(self.close_lost(room, lost), "close-lost-sessions")
         return True
 
-    async def _close_lost(self, room: str, session_ids: list[str]) -> None:
+    async def close_lost(self, room: str, session_ids: list[str]) -> None:
         """Close the records of the sessions lost with `room`'s agent once they have had
         `lost_session_close_s` to close themselves: one still open and recording nothing for
         as long had its worker die (a worker still ending it records events; its own summary
