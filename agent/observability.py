@@ -65,6 +65,10 @@ SESSIONS_JOINED_DATABASE = Counter(
     "sightline_sessions_joined_database",
     "Sessions opened without Postgres that joined it once it answered: recall from then on",
     ["tenant"])
+REDISPATCHES = Counter(
+    "sightline_redispatches",
+    "Rooms this worker dispatched the agent to again: lost (its worker died) or unplaced (no "
+    "worker had room when the user came)", ["reason"])
 SPEECH_FAILURES = Counter(
     "sightline_speech_failures",
     "Speech recognition (stt) or synthesis (tts) requests that failed after their retries",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from livekit import api
-from livekit.protocol import models
+from livekit.protocol import agent, agent_dispatch, models
 
 from memory.db import Database, DatabaseUnavailable
 from memory.redispatches import Claim, claim, open_sessions
@@ -35,6 +36,7 @@ from memory.spill_files import event_log_path
 from memory.store import Store
 
 from .config import Settings
+from .observability import REDISPATCHES
 from .pricing import BUNDLED_PRICES
 from .session_record import close_abandoned
 
@@ -42,12 +44,17 @@ log = logging.getLogger("sightline.redispatch")
 
 WEBHOOK_PATH = "/livekit/webhook"
 AGENT_NAME_ATTRIBUTE = "lk.agent.name"  # set by livekit-agents on its agent participants
-MAX_PER_ROOM = 3  # re-dispatches of one room ...
+MAX_PER_ROOM = 3  # re-dispatches of one room whose agent was lost ...
 WITHIN_S = 600.0  # ... in this many seconds
+MAX_UNPLACED = 60  # re-dispatches of one room's dispatch that no worker took, in WITHIN_S
+UNPLACED_CHECK_S = 10.0  # a user's agent may take this long to be placed; then look again ...
+UNPLACED_MAX_WAIT_S = 60.0  # ... at waits doubling up to this
+DISPATCH_SETTLE_S = 5.0  # a dispatch younger than this may still be offered to the workers
+LIVE_JOB = (agent.JobStatus.JS_PENDING, agent.JobStatus.JS_RUNNING)
 
 
 class Redispatcher:
-    """The webhook endpoint of one worker, and what it does on a lost agent."""
+    """The webhook endpoint of one worker, and what it does on a lost or unplaced agent."""
 
     def __init__(self, settings: Settings, database_url: str) -> None:
         assert settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret
@@ -87,6 +94,9 @@ class Redispatcher:
         if event.event == "participant_left" and self._is_ours(event.participant):
             self._track(self.recover(event.room.name, event.room.sid,
                                      event.participant.identity), "redispatch")
+        elif (event.event == "participant_joined"
+              and event.participant.kind == models.ParticipantInfo.Kind.STANDARD):
+            self._track(self.place_when_free(event.room.name, event.room.sid), "unplaced")
         return web.Response(text="ok")
 
     def _track(self, work: Coroutine[Any, Any, Any], name: str) -> None:
@@ -99,21 +109,31 @@ class Redispatcher:
         return (participant.kind == models.ParticipantInfo.Kind.AGENT
                 and participant.attributes.get(AGENT_NAME_ATTRIBUTE) == self._settings.agent_name)
 
+    async def _waiting(self, lk: api.LiveKitAPI, room: str) -> list[models.ParticipantInfo]:
+        """The users in `room` while no agent of ours is there (none: the room is gone, empty,
+        or served)."""
+        try:
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return []  # the room is gone: everyone left
+            raise
+        if any(self._is_ours(p) for p in listed.participants):
+            return []
+        return [p for p in listed.participants
+                if p.kind == models.ParticipantInfo.Kind.STANDARD]
+
+    async def _ours(self, lk: api.LiveKitAPI, room: str) -> list[agent_dispatch.AgentDispatch]:
+        return [d for d in await lk.agent_dispatch.list_dispatch(room_name=room)
+                if d.agent_name == self._settings.agent_name]
+
     async def recover(self, room: str, room_sid: str, lost_identity: str) -> bool:
         """Dispatch the agent to `room` again if its user is still there without one; True when
         this worker did."""
         try:
             async with self._api() as lk:
-                try:
-                    listed = await lk.room.list_participants(
-                        api.ListParticipantsRequest(room=room))
-                except api.TwirpError as exc:
-                    if exc.code == api.TwirpErrorCode.NOT_FOUND:
-                        return False  # the room is gone: everyone left
-                    raise
-                people = [p for p in listed.participants
-                          if p.kind == models.ParticipantInfo.Kind.STANDARD]
-                if not people or any(self._is_ours(p) for p in listed.participants):
+                people = await self._waiting(lk, room)
+                if not people:
                     return False
                 claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
                                       lost_identity=lost_identity, max_per_room=MAX_PER_ROOM,
@@ -125,9 +145,7 @@ class Redispatcher:
                 if claimed is not Claim.CLAIMED:
                     return False
                 lost = await open_sessions(await self._pool(), room)
-                dispatches = await lk.agent_dispatch.list_dispatch(room_name=room)
-                metadata = next((d.metadata for d in reversed(dispatches)
-                                 if d.agent_name == self._settings.agent_name), "")
+                metadata = next((d.metadata for d in reversed(await self._ours(lk, room))), "")
                 await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                     agent_name=self._settings.agent_name, room=room, metadata=metadata))
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
@@ -137,8 +155,67 @@ class Redispatcher:
             return False
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people))
+        REDISPATCHES.labels("lost").inc()
+        self._track(self.place_when_free(room, room_sid), "unplaced")  # the fleet may be full
         if lost and self._settings.lost_session_close_s > 0:
             self._track(self.close_lost(room, lost), "close-lost-sessions")
+        return True
+
+    async def place_when_free(self, room: str, room_sid: str) -> None:
+        """A user joined `room`. LiveKit offers the agent's dispatch to each worker with room
+        once and, when none has (the whole fleet full), drops it: the user would wait for an
+        agent that never comes. So look after `UNPLACED_CHECK_S`, then at doubling waits (up to
+        a minute, ±25%), and dispatch it again while it is unplaced, until an agent is there,
+        the user leaves, or another worker of the fleet took the retries over."""
+        wait_s = UNPLACED_CHECK_S
+        while True:
+            await asyncio.sleep(wait_s * random.uniform(0.75, 1.25))
+            if not await self.place_again(room, room_sid):
+                return
+            wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
+
+    async def place_again(self, room: str, room_sid: str) -> bool:
+        """Dispatch `room`'s agent again if its dispatch found no worker (one with no job,
+        older than `DISPATCH_SETTLE_S`); whether to look again later."""
+        try:
+            async with self._api() as lk:
+                people = await self._waiting(lk, room)
+                ours = await self._ours(lk, room) if people else []
+                if any(job.state.status == agent.JobStatus.JS_RUNNING
+                       for d in ours for job in d.state.jobs):
+                    return False  # placed (an agent that left since is `recover`'s)
+                if any(job.state.status in LIVE_JOB for d in ours for job in d.state.jobs):
+                    return True  # a worker is taking it
+                settled = time.time_ns() - int(DISPATCH_SETTLE_S * 1e9)
+                unplaced = [d for d in ours if not d.state.jobs]
+                if not unplaced:
+                    return False  # no dispatch of ours waits (or its jobs ended: not ours)
+                if all(d.state.created_at > settled for d in unplaced):
+                    return True  # too young to tell
+                dispatch = unplaced[-1]
+                claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                      lost_identity=f"dispatch {dispatch.id}",
+                                      max_per_room=MAX_UNPLACED, within_s=WITHIN_S,
+                                      reason="unplaced")
+                if claimed is Claim.TOO_OFTEN:
+                    log.error("no worker has had room for the agent of room %s: dispatched "
+                              "again %d times in %.0f minutes, so not again", room,
+                              MAX_UNPLACED, WITHIN_S / 60)
+                if claimed is not Claim.CLAIMED:
+                    return False  # TAKEN: the worker that claimed it watches from now on
+                for stale in unplaced:  # a dispatch no worker took runs no job: nothing stops
+                    await lk.agent_dispatch.delete_dispatch(stale.id, room)
+                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                    agent_name=self._settings.agent_name, room=room,
+                    metadata=dispatch.metadata))
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
+                api.TwirpError) as exc:
+            log.error("could not check whether a worker took the agent of room %s: %s",
+                      room, exc)
+            return False
+        log.warning("no worker had room for the agent of room %s, where %s waits: "
+                    "dispatched it again", room, ", ".join(p.identity for p in people))
+        REDISPATCHES.labels("unplaced").inc()
         return True
 
     async def close_lost(self, room: str, session_ids: list[str]) -> None:

@@ -356,8 +356,9 @@ class SightlineServer(AgentServer):
         _REFUSED_BY.set(None)
         await super()._answer_availability(msg, received_at=received_at)
         if (reading := _REFUSED_BY.get()) is not None:
-            log.warning("refused the job for room %s: %s (LiveKit offers it to another worker "
-                        "and drops it when none is left)", msg.job.room.name, reading.describe())
+            log.warning("refused the job for room %s: %s (LiveKit offers it to another worker; "
+                        "if none has room, the fleet dispatches it again once one has)",
+                        msg.job.room.name, reading.describe())
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         redispatcher = None

@@ -1,4 +1,5 @@
-"""Which worker of a fleet re-dispatches a room whose agent was lost: the first to claim it."""
+"""Which worker of a fleet dispatches a room again (its agent lost, or its dispatch taken by
+no worker): the first to claim it."""
 
 from __future__ import annotations
 
@@ -16,25 +17,29 @@ class Claim(Enum):
 
 
 async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: str,
-                max_per_room: int, within_s: float) -> Claim:
-    """`CLAIMED` for exactly one caller per lost agent, and only while the room has had fewer
-    than `max_per_room` re-dispatches in the last `within_s` seconds (a session that fails at
-    every start must not be restarted forever). The claimant also hands back the memory
-    exchanges the room's lost session had claimed (`backlog.release_lost`)."""
+                max_per_room: int, within_s: float, reason: str = "lost") -> Claim:
+    """`CLAIMED` for exactly one caller per lost agent (or, `reason="unplaced"`, per dispatch
+    no worker took: `lost_identity` names it), and only while the room has had fewer than
+    `max_per_room` re-dispatches for `reason` in the last `within_s` seconds (a session that
+    fails at every start must not be restarted forever). The claimant of a lost agent also
+    hands back the memory exchanges the room's lost session had claimed
+    (`backlog.release_lost`)."""
     async with pool.acquire() as conn, conn.transaction():
         # one claimant per room at a time, so the count below cannot be raced past the limit
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", room_sid)
         recent = await conn.fetchval(
-            "SELECT count(*) FROM redispatches WHERE room_sid = $1 "
-            "AND at > now() - make_interval(secs => $2)", room_sid, within_s)
+            "SELECT count(*) FROM redispatches WHERE room_sid = $1 AND reason = $3"
+            " AND at > now() - make_interval(secs => $2)", room_sid, within_s, reason)
         if recent >= max_per_room:
             return Claim.TOO_OFTEN
         inserted = await conn.fetchval(
-            "INSERT INTO redispatches (room_sid, lost_identity, room) VALUES ($1, $2, $3) "
-            "ON CONFLICT DO NOTHING RETURNING true", room_sid, lost_identity, room)
+            "INSERT INTO redispatches (room_sid, lost_identity, room, reason)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            room_sid, lost_identity, room, reason)
         if not inserted:
             return Claim.TAKEN
-        await release_lost(conn, room)
+        if reason == "lost":
+            await release_lost(conn, room)
         return Claim.CLAIMED
 
 

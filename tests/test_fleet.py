@@ -25,6 +25,7 @@ import pytest
 from conftest import fresh_database
 from livekit import rtc
 from PIL import Image, ImageDraw
+from test_e2e_livekit import sample, scrape
 
 from agent.redispatch import WEBHOOK_PATH
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
@@ -109,9 +110,11 @@ class Fleet:
         self._workdir, self._webhook_ports = workdir, webhook_ports
         self.workers: dict[str, Worker] = {}
 
-    def start(self, name: str) -> Worker:
+    def start(self, name: str, capacity: int = CAPACITY) -> Worker:
         if name not in self.workers:
-            port = self._webhook_ports[len(self.workers)]
+            taken = {w.env["SIGHTLINE_WEBHOOK_PORT"] for w in self.workers.values()
+                     if w.proc.poll() is None}
+            port = next(p for p in self._webhook_ports if str(p) not in taken)
             env = {
                 "LIVEKIT_URL": self._livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
                 "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
@@ -121,7 +124,8 @@ class Fleet:
                 "SIGHTLINE_MODEL_RETRIES": "0", "DATABASE_URL": self._database_url,
                 "SIGHTLINE_DATA_DIR": str(self._workdir / f"data-{name}"),
                 "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": str(port),
-                "SIGHTLINE_MAX_SESSIONS": str(CAPACITY), "SIGHTLINE_SESSION_STALL_S": "3",
+                "SIGHTLINE_METRICS_PORT": str(free_port()),
+                "SIGHTLINE_MAX_SESSIONS": str(capacity), "SIGHTLINE_SESSION_STALL_S": "3",
                 "SIGHTLINE_SCREEN_TEXT": "off",  # OCR is not what these tests are about
                 "SIGHTLINE_FAULT_DIR": str(self._workdir),
                 "SIGHTLINE_LOST_SESSION_CLOSE_S": str(LOST_SESSION_CLOSE_S),
@@ -340,3 +344,34 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
                   timeout_s=LOST_SESSION_CLOSE_S + 30)
     assert f"closed the record of session {lost_session} of room {user.room_name}" in (
         survivor.log_text())
+
+
+async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there_is_room(
+    livekit: LiveKitServer, fleet: Fleet,
+) -> None:
+    """LiveKit drops a dispatch no worker has room for; the fleet dispatches it again once
+    one has."""
+    await fleet.stop()
+    solo = fleet.start("solo", capacity=1)
+    first, waiting = new_user(livekit, "fleet-full-first"), new_user(livekit, "fleet-full-wait")
+    try:
+        await first.dispatch()
+        await first.connect("full-first")
+        await first.wait_for_agent(timeout_s=60)
+        await waiting.dispatch()
+        await waiting.connect("full-waiting")
+        deadline = time.monotonic() + 30
+        while not re.search(rf"no worker available to handle job.*{waiting.room_name}\b",
+                            livekit.log_path.read_text(errors="replace")):
+            assert time.monotonic() < deadline, "LiveKit placed the second user's agent"
+            await asyncio.sleep(0.3)
+        assert not any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                       for p in waiting.room.remote_participants.values())
+        await leave_all([first])  # its session ends: the worker has room again
+        await waiting.wait_for_agent(timeout_s=90)
+        await asks_and_is_answered(waiting, "Is anyone there?")
+    finally:
+        await leave_all([first, waiting])
+    assert (f"no worker had room for the agent of room {waiting.room_name}, where full-waiting "
+            "waits: dispatched it again") in solo.log_text()
+    assert sample(await scrape(solo), "sightline_redispatches_total", reason="unplaced") >= 1
