@@ -14,6 +14,11 @@ them (or a load balancer in front of them), so the fleet hears of a loss while a
 The lost session cannot close its own record: `SIGHTLINE_LOST_SESSION_CLOSE_S` later, the
 worker that dispatched the room again closes it, its summary folded from the cost events that
 reached Postgres, unless it ended meanwhile or is still recording (a worker still ending it).
+
+LiveKit also drops a dispatch that no worker has room for (each is offered it once). A user's
+arrival is a webhook too: a worker looks at the room a little later and, while the user waits
+without an agent and the dispatch has run no job, the first worker to claim it dispatches the
+agent again, and goes on looking until an agent is there or the user leaves.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class Redispatcher:
             api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret))
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
-        self._recovering: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -76,7 +81,7 @@ class Redispatcher:
                  WEBHOOK_PATH)
 
     async def aclose(self) -> None:
-        for task in list(self._recovering):
+        for task in list(self._background):
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -102,8 +107,8 @@ class Redispatcher:
     def _track(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         """Run `work` in the background until this endpoint closes."""
         task = asyncio.create_task(work, name=name)
-        self._recovering.add(task)
-        task.add_done_callback(self._recovering.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _is_ours(self, participant: models.ParticipantInfo) -> bool:
         return (participant.kind == models.ParticipantInfo.Kind.AGENT
