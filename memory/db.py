@@ -26,6 +26,8 @@ T = TypeVar("T")
 log = logging.getLogger("sightline.db")
 
 CONNECT_TIMEOUT_S = 5.0
+# a connection attempt, and any one statement, of a pool opened here
+POOL_TIMEOUTS = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30}
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -59,8 +61,7 @@ class Database:
             if schema is not None:
                 await _create_schema(url, schema)
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=connections, timeout=CONNECT_TIMEOUT_S,
-                command_timeout=30,
+                url, min_size=1, max_size=connections, **POOL_TIMEOUTS,
                 **({"server_settings": {"search_path": f"{schema},public"}} if schema else {}),
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -90,8 +91,7 @@ class Database:
         """A pool on `database_url` that connects when first used: what a session keeps of a
         database that could not be opened, to join it once it answers (`answers`)."""
         pool = await asyncpg.create_pool(
-            database_url, min_size=0, max_size=connections, timeout=CONNECT_TIMEOUT_S,
-            command_timeout=30)
+            database_url, min_size=0, max_size=connections, **POOL_TIMEOUTS)
         return cls(pool=pool, url=database_url)
 
     async def answers(self, *, quiet: bool = False) -> bool:
