@@ -7,7 +7,8 @@ each exchange in a spill file (`DeferredExchanges`), which the spill import
 (`spill_recovery.py`) writes to `memory_backlog` (`store_deferred`). A session with the
 database writes each exchange there too, through the keeper's writer, as it queues it for the
 model (`backlog_add`, claimed by the session), so that a worker killed before the analysis
-leaves it behind rather than losing it with the process (its claim expires); the analysis
+leaves it behind rather than losing it with the process (the fleet's re-dispatch of the room
+hands it back, `release_lost`, or its claim expires); the analysis
 settles it (`backlog_done`: gone; `backlog_failed`: tried again later; `backlog_release`: the
 session closed first). The user's next session with the database claims what waits (`claim`)
 and its keeper analyses them before its own exchanges, settling each the same way. The keeper

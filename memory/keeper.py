@@ -151,8 +151,9 @@ class MemoryKeeper:
 
     def exchange(self, user: str, assistant: str) -> None:
         """Queue one exchange for the memory model; returns at once. It goes to the backlog
-        first, claimed by this session: if the worker dies before the analysis, the user's
-        session after the claim expires analyses it."""
+        first, claimed by this session: if the worker dies before the analysis, a later
+        session analyses it (the one the fleet dispatches in its place, `backlog.release_lost`,
+        else the user's next once the claim expires)."""
         if not (user.strip() and assistant.strip()):
             return
         seq = next(self._seqs)
