@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import time
 from datetime import datetime
@@ -184,7 +183,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.session_id:
             session = await store.get_session(args.session_id)
             if session is None and args.close:
-                session = await _offline_session(store, settings, args.session_id)
+                from .left_open import offline_session
+
+                session = await offline_session(store, settings, args.session_id)
             if session is None:
                 raise UserError(f"no session {args.session_id!r} in "
                                 f"{masked_url(db.url)}")
@@ -223,20 +224,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _offline_session(store: Any, settings: Settings, session_id: str,
-                           ) -> dict[str, Any] | None:
-    """A session that ran without the database and whose process died before it closed
-    (its row still spilled, so no import will take it): its row is written from the spill,
-    so that `--close` can end it; the next import then brings in its ledger and messages."""
-    from memory.spill_files import SpillKind, read_spill_rows, spill_path
-
-    rows = read_spill_rows(spill_path(settings.costs_dir, session_id, SpillKind.SESSION))
-    if not rows:
-        return None
-    await store.start_session(session_id, **rows[0])
-    return await store.get_session(session_id)
-
-
 async def _close(
     store: Any, settings: Settings, session: dict[str, Any], idle_s: float,
 ) -> dict[str, Any]:
@@ -245,6 +232,7 @@ async def _close(
     `idle_s` (its process cannot be seen from here)."""
     from memory.spill_files import event_log_path, read_event_log
 
+    from .left_open import process_lives, session_process
     from .pricing import BUNDLED_PRICES
     from .session_record import append_summary, close_abandoned
 
@@ -255,10 +243,9 @@ async def _close(
     path = event_log_path(settings.costs_dir, session_id)
     local = path.is_file()
     events = read_event_log(path) if local else await store.session_events(session_id)
-    process = next((e["detail"] for e in events if e["kind"] == "session"), {})
-    host, pid = process.get("host"), process.get("pid")
-    if host == socket.gethostname() and isinstance(pid, int):
-        if _process_lives(pid):
+    host, pid = session_process(events)
+    if host == socket.gethostname() and pid is not None:
+        if process_lives(pid):
             raise UserError(f"session {session_id} may still be running: its process {pid} "
                             "lives on this host; stop that process (it closes its sessions) "
                             "and try again")
@@ -284,13 +271,3 @@ async def _close(
     if local:
         append_summary(path, events, summary)
     return summary
-
-
-def _process_lives(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True

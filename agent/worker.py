@@ -39,6 +39,7 @@ from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading, shared_read_gat
 from .chat_inbox import ChatInbox
 from .config import Settings
 from .event_log import Event
+from .left_open import close_left_open
 from .metering import MODEL_KINDS
 from .redispatch import Redispatcher
 from .room_publisher import RoomPublisher
@@ -365,9 +366,15 @@ class SightlineServer(AgentServer):
         if self._settings.webhook_port and not unregistered:
             redispatcher = Redispatcher(self._settings, self._settings.database_url or "")
             await redispatcher.start()
+        # what a killed worker of this host left open, closed beside the registration
+        sweep = None if unregistered else asyncio.create_task(
+            close_left_open(self._settings), name="close-left-open")
         try:
             await super().run(devmode=devmode, unregistered=unregistered)
         finally:
+            if sweep is not None:
+                sweep.cancel()
+                await asyncio.gather(sweep, return_exceptions=True)
             if redispatcher is not None:
                 await redispatcher.aclose()
 

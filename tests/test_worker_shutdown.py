@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from conftest import DEMO_FIXTURE, fresh_database
 from livekit.agents import JobExecutorType
 from livekit.agents.ipc.proc_pool import ProcPool
+from test_left_open import cost_log
 from test_left_spills import offline_session
 
 from agent.config import Settings
@@ -31,6 +33,7 @@ from bench.livekit_harness import (
     run_livekit_server,
     start_worker,
 )
+from memory.migrate import apply_migrations
 
 REPO = Path(__file__).resolve().parents[1]
 DRAIN_TIMEOUT_S = 3
@@ -162,10 +165,21 @@ async def test_a_drain_past_its_timeout_ends_the_running_session_and_writes_its_
 ) -> None:
     """SIGHTLINE_DRAIN_TIMEOUT_S bounds the wait for sessions after SIGTERM: a user who stays
     is waited for that long, then the session is ended, its log closed with its summary, and
-    the worker exits with success."""
+    the worker exits with success. And as it started, the worker closed the session a killed
+    worker of this host had left open in its data directory."""
     env = await _worker_env(livekit, postgres_admin_url, tmp_path, "drain",
                             SIGHTLINE_MAX_SESSIONS="2",
                             SIGHTLINE_DRAIN_TIMEOUT_S=str(DRAIN_TIMEOUT_S))
+    killed = await asyncio.create_subprocess_exec("true")
+    await killed.wait()  # the earlier worker: its process id names no process now
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        await apply_migrations(conn)  # as the killed worker had
+        await conn.execute("INSERT INTO sessions (id, tenant, room, source) VALUES"
+                           " ('live_killed', 'drain', 'r', 'live')")
+    finally:
+        await conn.close()
+    cost_log(Settings.from_env(env), "live_killed", socket.gethostname(), killed.pid)
     worker = await asyncio.to_thread(start_worker, tmp_path, env, name="worker-drain")
     user = User(livekit, "drain-timeout", agent_name="sightline-drain",
                 metadata={"tenant": "drain"}, video=DEMO_FIXTURE / "screen.webm")
@@ -188,5 +202,12 @@ async def test_a_drain_past_its_timeout_ends_the_running_session_and_writes_its_
     assert status == 0, log[-4000:]
     assert "drain timed out" in log
     assert took >= DRAIN_TIMEOUT_S, "the worker did not wait for the running session"
-    [session_log] = costs.glob("live_*.jsonl")
+    [session_log] = [p for p in costs.glob("live_*.jsonl") if p.stem != "live_killed"]
     assert json.loads(session_log.read_text().splitlines()[-1])["kind"] == "summary"
+    assert "closed 1 sessions a killed worker left open here" in log
+    conn = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        assert await conn.fetchval("SELECT summary->>'outcome' FROM sessions"
+                                   " WHERE id = 'live_killed'") == "abandoned"
+    finally:
+        await conn.close()
