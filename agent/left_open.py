@@ -30,7 +30,6 @@ from memory.spill_files import (
     spill_files,
     spill_path,
 )
-from memory.spill_recovery import session_closed
 from memory.store import Store
 
 from .config import Settings
@@ -97,22 +96,21 @@ async def _sweep(settings: Settings) -> list[str]:
     closed = []
     try:
         store = Store(db.pool)
-        open_here = [r["id"] for r in await db.pool.fetch(
-            "SELECT id FROM sessions WHERE ended_at IS NULL AND source = 'live'")
-            if event_log_path(settings.costs_dir, r["id"]).is_file()]
-        for session_id in sorted(set(open_here) | spilled):
+        open_live = {s["id"]: s for s in await store.open_sessions() if s["source"] == "live"}
+        for session_id in sorted(open_live.keys() | spilled):
             path = event_log_path(settings.costs_dir, session_id)
-            if not path.is_file() or await asyncio.to_thread(
-                    session_closed, settings.costs_dir, session_id):
-                continue
+            if not path.is_file():
+                continue  # another data directory's
             events = await asyncio.to_thread(read_event_log, path)
+            if events and events[-1]["kind"] == "summary":
+                continue  # closed by its worker: the spill import writes the rest back
             host, pid = session_process(events)
             if host != socket.gethostname() or pid is None or pid == os.getpid() \
                     or process_lives(pid):
                 continue
-            session = (await store.get_session(session_id)
+            session = (open_live.get(session_id)
                        or await offline_session(store, settings, session_id))
-            if session is None or session["ended_at"] is not None:
+            if session is None or session.get("ended_at") is not None:
                 continue
             summary = await close_abandoned(
                 store, session, events,

@@ -36,7 +36,7 @@ from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
 from memory.db import Database, DatabaseUnavailable
-from memory.redispatches import Claim, claim, open_sessions
+from memory.redispatches import Claim, claim
 from memory.spill_files import event_log_path
 from memory.store import Store
 
@@ -149,7 +149,7 @@ class Redispatcher:
                               MAX_PER_ROOM, WITHIN_S / 60)
                 if claimed is not Claim.CLAIMED:
                     return False
-                lost = await open_sessions(await self._pool(), room)
+                lost = [s["id"] for s in await Store(await self._pool()).open_sessions(room)]
                 metadata = next((d.metadata for d in reversed(await self._ours(lk, room))), "")
                 await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                     agent_name=self._settings.agent_name, room=room, metadata=metadata))
@@ -232,10 +232,10 @@ class Redispatcher:
         await asyncio.sleep(wait_s)
         try:
             store = Store(await self._pool())
-            for session_id in session_ids:
-                session = await store.get_session(session_id)
-                if session is None or session["ended_at"] is not None:
-                    continue
+            for session in await store.open_sessions(room):
+                session_id = session["id"]
+                if session_id not in session_ids:
+                    continue  # the session started in its place
                 events = await store.session_events(session_id)
                 idle_s = time.time() - max((float(e["ts"]) for e in events), default=0.0)
                 if idle_s < wait_s:

@@ -142,8 +142,8 @@ class MemoryKeeper:
         self.summary = summary
         self._writer = BackgroundWriter("memory", memory.apply,
                                         spill_path(spill_dir, session_id, SpillKind.MEMORY))
-        self._queue: asyncio.Queue[int] = asyncio.Queue()  # `seq`s of exchanges to analyse
-        self._exchanges: dict[int, tuple[str, str]] = {}
+        # exchanges to analyse: their `seq` in the backlog, the user's words and the answer
+        self._queue: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
         self._deferred = deferred
         self._seqs = itertools.count()  # this session's exchanges, as numbered in the backlog
         self._caught_up = asyncio.Event()
@@ -157,11 +157,10 @@ class MemoryKeeper:
         if not (user.strip() and assistant.strip()):
             return
         seq = next(self._seqs)
-        self._exchanges[seq] = (user, assistant)
         self._writer.put({"op": "backlog_add", "seq": seq, "user": user,
                           "assistant": assistant, "said_at": time.time(), "claimed": True,
                           **self._who})
-        self._queue.put_nowait(seq)
+        self._queue.put_nowait((seq, user, assistant))
 
     async def settled(self) -> None:
         """Every queued exchange has been handled, earlier sessions' deferred ones first
@@ -175,9 +174,9 @@ class MemoryKeeper:
         finally:
             self._caught_up.set()
         while True:
-            seq = await self._queue.get()
+            seq, user, assistant = await self._queue.get()
             try:
-                analysed = await self._handle(*self._exchanges.pop(seq), self._who)
+                analysed = await self._handle(user, assistant, self._who)
             except asyncio.CancelledError:  # the session closed first: the next one has it
                 self._settle(seq, "backlog_release")
                 raise
@@ -283,5 +282,5 @@ class MemoryKeeper:
         self._task.cancel()
         await asyncio.wait({self._task})  # what it claimed and did not reach is handed back
         while not self._queue.empty():
-            self._settle(self._queue.get_nowait(), "backlog_release")
+            self._settle(self._queue.get_nowait()[0], "backlog_release")
         return await self._writer.close()

@@ -42,10 +42,3 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
             await release_lost(conn, room)
         return Claim.CLAIMED
 
-
-async def open_sessions(pool: asyncpg.Pool, room: str) -> list[str]:
-    """The sessions of `room` that have not ended, oldest first: once the room's agent is lost,
-    the ones it held (and any an earlier loss left open)."""
-    rows = await pool.fetch(
-        "SELECT id FROM sessions WHERE room = $1 AND ended_at IS NULL ORDER BY started_at", room)
-    return [r["id"] for r in rows]

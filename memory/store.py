@@ -209,6 +209,14 @@ class Store:
         )
         return [_session_row(r) for r in rows]
 
+    async def open_sessions(self, room: str | None = None) -> list[dict[str, Any]]:
+        """The sessions not ended (of `room`, if given), oldest first: `id`, `tenant` and
+        `source`, what closing one needs (`session_record.close_abandoned`)."""
+        rows = await self._pool.fetch(
+            "SELECT id, tenant, source FROM sessions WHERE ended_at IS NULL"
+            " AND ($1::text IS NULL OR room = $1) ORDER BY started_at", room)
+        return [dict(r) for r in rows]
+
     async def get_session(self, session_id: str) -> dict | None:
         row = await self._pool.fetchrow(
             "SELECT s.*, (SELECT count(*) FROM cost_events c WHERE c.session_id = s.id"
