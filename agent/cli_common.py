@@ -8,6 +8,12 @@ from collections.abc import Callable
 from vision.ranges import Range
 
 
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """`1 call`, `2 calls`: a count with its noun in the right number (`plural` when adding
+    an s is not it)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 class UserError(Exception):
     """Any failure the user can fix; printed as one line, exit status 2."""
 

@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .cli_common import UserError, identifier, positive_int
+from .cli_common import UserError, counted, identifier, positive_int
 from .config import Settings
 
 
@@ -58,10 +58,11 @@ def _memory_line(memory: dict[str, Any]) -> str:
     earlier = (f" ({earlier} for exchanges earlier sessions could not analyse)"
                if earlier else "")
     line = (f"  memory: {memory['recalled']} facts and earlier messages recalled; "
-            f"{memory['updates']} updates by tier 0{failed}{earlier}, ${memory['cost_usd']:.6f}")
+            f"{counted(memory['updates'], 'update')} by tier 0{failed}{earlier}, "
+            f"${memory['cost_usd']:.6f}")
     if memory.get("deferred"):
-        line += (f"; {memory['deferred']} exchanges kept for the user's next session with the "
-                 "database")
+        line += (f"; {counted(memory['deferred'], 'exchange')} kept for the user's next "
+                 "session with the database")
     return line
 
 
@@ -104,9 +105,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for model in model_order(by_model, {m: t.get("tier") for m, t in by_model.items()}):
         t = by_model[model]
         lines.append(
-            f"  {model}: {t['calls']} calls ({t['errors']} failed), "
+            f"  {model}: {counted(t['calls'], 'call')} ({t['errors']} failed), "
             f"{t['input_tokens']} in + {t['cached_input_tokens']} cached + "
-            f"{t['output_tokens']} out tokens, {t['images']} images, "
+            f"{t['output_tokens']} out tokens, {counted(t['images'], 'image')}, "
             f"{_dollars(t['cost_usd'], model in unpriced)}"
         )
     cache = summary.get("prompt_cache")
@@ -119,15 +120,17 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"(${images['cost_usd']:.6f}); {images['tokens_at_full_resolution']} tokens "
                      f"at full resolution, ${images['saved_usd']:.6f} saved")
     if images and images.get("questions_screen_unchanged"):
-        lines.append(f"  image policy: {images['questions_with_new_image']} questions with a new "
-                     f"screenshot, {images['questions_screen_unchanged']} with the screen "
+        new = counted(images["questions_with_new_image"], "question")
+        lines.append(f"  image policy: {new} with a new screenshot, "
+                     f"{images['questions_screen_unchanged']} with the screen "
                      f"unchanged ({images['unsent_tokens']} tokens not sent again, "
                      f"${images['unsent_saved_usd']:.6f} saved)")
     screen = summary.get("screen")
     if screen and screen["reads"]:
-        lines.append(f"  screen text: {screen['reads']} kept frames read, "
-                     f"{screen['lines_added']} lines appeared, {screen['errors']} new errors, "
-                     f"{screen['recalled']} screen events recalled; "
+        lines.append(f"  screen text: {counted(screen['reads'], 'kept frame')} read, "
+                     f"{counted(screen['lines_added'], 'line')} appeared, "
+                     f"{counted(screen['errors'], 'new error')}, "
+                     f"{counted(screen['recalled'], 'screen event')} recalled; "
                      f"{screen['ocr_cpu_s']:.1f} s of OCR CPU")
     turns = summary.get("turns", {})
     if turns.get("user_turns"):
@@ -136,7 +139,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if vs_top and vs_top["savings"] is not None:
         rounds = vs_top["model_rounds"]
         extra = f" in {rounds} model rounds" if rounds != vs_top["user_turns"] else ""
-        lines.append(f"  cascade: {vs_top['user_turns']} turns{extra} for "
+        lines.append(f"  cascade: {counted(vs_top['user_turns'], 'turn')}{extra} for "
                      f"${vs_top['cost_usd']:.6f}, "
                      f"${vs_top['top_tier_cost_usd']:.6f} on the top tier alone "
                      f"({100 * vs_top['savings']:.1f}% saved)")
@@ -149,8 +152,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         engines = ", ".join(
             f"{e['model']} {e['direction']} {_dollars(e['cost_usd'], e['model'] in unpriced)}"
             for e in voice["engines"])
-        lines.append(f"  voice: {voice['heard_s']:.1f} s heard, {voice['spoken_characters']} "
-                     f"characters spoken in {voice['spoken_s']:.1f} s ({engines}); "
+        lines.append(f"  voice: {voice['heard_s']:.1f} s heard, "
+                     f"{counted(voice['spoken_characters'], 'character')} spoken in "
+                     f"{voice['spoken_s']:.1f} s ({engines}); "
                      f"{voice['interrupted_replies']} of {voice['replies']} replies interrupted")
         if voice.get("failed"):
             failed = ", ".join(f"{count} {direction}" for direction, count

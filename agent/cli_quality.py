@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import duration, identifier
+from .cli_common import counted, duration, identifier
 from .config import Settings
 
 
@@ -39,8 +39,7 @@ def format_quality(q: dict[str, Any]) -> str:
                   else f"{q['mean_confidence']:.2f} over {q['turns_with_confidence']} turns")
     s = q["sessions"]
     speech = ", ".join(
-        f"{f['failures']} {_SPEECH_WORDS[engine]} in {f['sessions']} "
-        f"session{'s' if f['sessions'] != 1 else ''}"
+        f"{f['failures']} {_SPEECH_WORDS[engine]} in {counted(f['sessions'], 'session')}"
         for engine, f in q["speech_failures"].items()) or "none"
     completion = ", ".join(f"{n} {k}" for k, n in sorted(s["by_completion"].items())) or "-"
     return "\n".join([

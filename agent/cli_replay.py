@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_common import counted
 from .config import Settings
 
 
@@ -78,7 +79,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if turn.screen_used:
             asked += f"; screen text: {', '.join(turn.screen_used)}"
         print(f"         asked {asked}; {turn.origin} response, {screen}, "
-              f"{turn.images_sent} image{'s' if turn.images_sent != 1 else ''} in the requests")
+              f"{counted(turn.images_sent, 'image')} in the requests")
         print(f"         Sightline: {turn.reply}\n")
     for summary in result.sessions:
         print(format_summary(summary))

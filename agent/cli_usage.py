@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .cli_common import identifier, month
+from .cli_common import counted, identifier, month
 from .config import Settings
 
 
@@ -36,7 +36,7 @@ def format_usage(u: dict[str, Any]) -> str:
         f"  model and speech cost: ${u['model_cost_usd']:.6f}",
     ]
     for use, figures in u["cost_by_use"].items():
-        models = ", ".join(f"{name} {f['calls']} call{'s' if f['calls'] != 1 else ''}"
+        models = ", ".join(f"{name} {counted(f['calls'], 'call')}"
                            for name, f in figures["models"].items())
         lines.append(f"    {use}: ${figures['cost_usd']:.6f} ({models})")
     lines += [

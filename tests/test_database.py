@@ -623,7 +623,7 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
                            ".screen-spill.jsonl", ".session-spill.jsonl"]
         assert not [r for r in server.requests if r.purpose == "memory"]
         assert summary["memory"]["deferred"] == 1 and summary["memory"]["updates"] == 0
-        assert ("1 exchanges kept for the user's next session with the database"
+        assert ("1 exchange kept for the user's next session with the database"
                 in format_summary(summary))
         assert summary["database"] == {"down_at_open": True, "joined_after_s": None}
         assert ("database: down for the whole session (its rows wait on disk for the import)"
@@ -642,7 +642,7 @@ async def test_a_session_opened_while_postgres_is_down_goes_on_and_is_imported_l
     assert len(asked) == 1 and "User: I moved to uv. Are you there?" in asked[0]
     assert later_summary["memory"]["updates"] == 1
     assert later_summary["memory"]["earlier_sessions"] == 1
-    assert ("1 updates by tier 0 (1 for exchanges earlier sessions could not analyse)"
+    assert ("1 update by tier 0 (1 for exchanges earlier sessions could not analyse)"
             in format_summary(later_summary))
     try:
         stored = await Store(db.pool).get_session(runtime.session_id)
