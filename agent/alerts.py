@@ -106,7 +106,7 @@ def budget_alert(event: Event) -> dict[str, Any]:
         "tenant": event["tenant"], "session_id": event["session_id"],
         "value": d["spent_usd"], "threshold": round(d["budget_usd"] * d["threshold"], 8),
         "message": f"{event['tenant']}: {d['scope']} budget {percent}% used "
-                   f"(${d['spent_usd']:.6f} of ${d['budget_usd']:.2f})",
+                   f"(${d['spent_usd']:.6f} of ${d['budget_usd']:g})",
     }
 
 

@@ -69,7 +69,7 @@ class BudgetGuard:
                     })
                     if threshold >= 1.0:
                         self.exhausted.append(scope)
-                    log.warning("%s budget %.0f%% used: $%.6f of $%.2f", scope,
+                    log.warning("%s budget %.0f%% used: $%.6f of $%g", scope,
                                 threshold * 100, spent, budget)
         return events
 

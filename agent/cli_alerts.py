@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from .cli_common import duration, identifier, positive_int
+from .cli_common import counted, duration, identifier, positive_int
 from .config import Settings
 
 
@@ -37,7 +37,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
     import aiohttp
 
-    from memory.alert_log import claim, mark_delivered, recent
+    from memory.alert_log import claim, recent, undelivered
     from memory.db import Database
     from memory.quality import window_quality
 
@@ -49,6 +49,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             rows = await recent(db.pool, args.tenant)
             if args.json:
                 print(json.dumps(rows, indent=2))
+                return 0
             for r in rows:
                 sent = "delivered" if r["delivered_at"] else "not delivered"
                 print(f"{r['raised_at'][:19]}  {r['severity']:<8} {r['message']} ({sent})")
@@ -58,19 +59,22 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                                        until - timedelta(seconds=args.since), until)
         bucket = int(time.time() // args.since)
         raised: dict[str, dict[str, Any]] = {}
+        resent: list[str] = []
         for alert in evaluate(quality, args.min_turns):
             key = f"{args.tenant}:{alert['alert']}:{args.since:g}s:{bucket}"
             if await claim(db.pool, key, alert):  # else raised already in this window
                 log_alert(alert)
                 raised[key] = alert
-        if settings.alert_webhook and raised:
-            # at once: a receiver that is down costs each alert its retries, not the sum
-            async with aiohttp.ClientSession() as http:
-                delivered = await asyncio.gather(*(
-                    deliver(http, settings.alert_webhook, alert) for alert in raised.values()))
-            for key, took in zip(raised, delivered, strict=True):
-                if took:
-                    await mark_delivered(db.pool, key)
+        if settings.alert_webhook:  # this window's new alerts, and those not taken before
+            async with undelivered(db.pool, args.tenant, until - timedelta(seconds=args.since)
+                                   ) as pending, aiohttp.ClientSession() as http:
+                # at once: a receiver that is down costs each alert its retries, not the sum
+                took = await asyncio.gather(*(
+                    deliver(http, settings.alert_webhook, alert)
+                    for alert in pending.alerts.values()))
+                sent = [key for key, ok in zip(pending.alerts, took, strict=True) if ok]
+                await pending.mark_delivered(sent)
+            resent = [key for key in sent if key not in raised]
     finally:
         await db.close()
     if args.json:
@@ -81,4 +85,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if not raised:
             print(f"No new alert for tenant {args.tenant} ({quality['turns']} turns in the "
                   "window).")
+        if resent:
+            print(f"Sent {counted(len(resent), 'alert')} raised earlier in the window that the "
+                  "webhook had not taken.")
     return 0

@@ -18,13 +18,17 @@ class UserError(Exception):
     """Any failure the user can fix; printed as one line, exit status 2."""
 
 
+INT_MAX = 2**31 - 1  # Postgres' integer: a count, limit or id past it is no real one
+
+
 def positive_int(raw: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {raw!r}")
+    if not 0 < value <= INT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {INT_MAX}, got {raw!r}")
     return value
 
 
@@ -48,6 +52,13 @@ def identifier(raw: str) -> str:
     return value
 
 
+def non_blank(raw: str) -> str:
+    """A name that must say something (a document's): a blank one matches nothing."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(f"must not be blank, got {raw!r}")
+    return raw
+
+
 def key_value(raw: str) -> tuple[str, str]:
     key, sep, value = raw.partition("=")
     if not sep or not key.strip():
@@ -58,16 +69,22 @@ def key_value(raw: str) -> tuple[str, str]:
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 
 
+MAX_WINDOW_DAYS = 3660  # ten years: more than any record is kept; beyond it dates overflow
+
+
 def duration(raw: str) -> float:
-    """A look-back window such as `30m`, `24h` or `7d`, in seconds."""
+    """A look-back window such as `30m`, `24h` or `7d`, in seconds, of at most ten years."""
     text = raw.strip().lower()
     try:
         value = float(text[:-1]) * _UNITS[text[-1]] if text else 0.0
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
         value = 0.0
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(
             f"must be a number > 0 followed by m, h or d (e.g. 24h, 7d), got {raw!r}")
+    if value > MAX_WINDOW_DAYS * 86400:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_WINDOW_DAYS}d (ten years), got {raw!r}")
     return value
 
 
@@ -76,6 +93,7 @@ def month(raw: str) -> str:
     text = raw.strip()
     parts = text.split("-")
     if (len(parts) != 2 or len(parts[0]) != 4 or len(parts[1]) != 2
-            or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12):
+            or not all(p.isdigit() for p in parts) or not 1 <= int(parts[1]) <= 12
+            or not 1 <= int(parts[0]) <= 9998):  # a month's end must be a date too
         raise argparse.ArgumentTypeError(f"must be a month as YYYY-MM (e.g. 2026-11), got {raw!r}")
     return text

@@ -45,7 +45,7 @@ def _dollars(cost: float | None, unpriced: bool) -> str:
 def _turns_line(turns: dict[str, Any]) -> str:
     """The user turns: where they started, which tier's answer ended them, how many climbed."""
     started = ", ".join(f"{n} at tier {t}" for t, n in turns["started_at_tier"].items())
-    answered = ", ".join(f"{n} by tier {t}" if t != "none" else f"{n} by none (every tier failed)"
+    answered = ", ".join(f"{n} by tier {t}" if t != "none" else f"{n} by no tier (each failed)"
                          for t, n in turns["answered_by_tier"].items())
     return (f"  turns: {turns['user_turns']} started ({started}); answered {answered}; "
             f"{turns['escalated']} escalated within the turn")
@@ -92,9 +92,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     video = summary.get("video")
     if video and video.get("problem"):
         lines.append(f"  video: {video['problem']}")
+    received = ("received: not counted (the session ended without its count)"
+                if frames["received"] is None else f"{frames['received']} received")
     lines.append(
-        f"  frames: {frames['received']} received, {frames['sampled']} sampled, "
-        f"{frames['kept']} kept"
+        f"  frames: {received}, {frames['sampled']} sampled, {frames['kept']} kept"
         + (f", dropped {_counts(frames['dropped'], 'as ')}" if frames["dropped"] else ""))
     if frames.get("by_content_type"):
         lines.append("  frames by content type: " + ", ".join(
@@ -223,8 +224,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
               f"{s['model_calls']:>5} {s['voice_s'] / 60:>9.2f} {cost:>12}  {ended}")
     if args.tenant:
         minutes = sum(s["voice_s"] for s in sessions) / 60
+        listed = "this session" if len(sessions) == 1 else f"these {len(sessions)} sessions"
         print(f"tenant {args.tenant}: {minutes:.2f} voice minutes (speech heard and spoken) in "
-              f"these {len(sessions)} sessions")
+              f"{listed}")
     return 0
 
 

@@ -8,8 +8,10 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import UserError, duration, identifier, positive_int
+from .cli_common import UserError, counted, duration, identifier, positive_int
 from .config import Settings
+
+MARKED_BY_OPS = "marked by ops"  # who resolved a gap by hand
 
 
 def _score(raw: str) -> float:
@@ -58,7 +60,8 @@ def _print_gaps(rows: list[dict[str, Any]]) -> None:
         for section in g["outline"]:
             print(f"      - {section}")
         if g["resolved_by"]:
-            print(f"      resolved by {g['resolved_by']}"
+            by = g["resolved_by"]
+            print(f"      resolved: {by}" if by == MARKED_BY_OPS else f"      resolved by {by}"
                   + (f" (score {g['resolved_score']:.2f})" if g["resolved_score"] else ""))
 
 
@@ -73,7 +76,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.action in ("dismiss", "resolve"):
             status = "dismissed" if args.action == "dismiss" else "resolved"
             if not await set_status(db.pool, args.tenant, args.gap_id, status,
-                                    "marked by ops" if status == "resolved" else None):
+                                    MARKED_BY_OPS if status == "resolved" else None):
                 raise UserError(f"no gap #{args.gap_id} for tenant {args.tenant} "
                                 "(see `sightline gaps list`)")
             print(f"gap #{args.gap_id} {status}")
@@ -122,8 +125,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
         return 0
-    print(f"{report.questions} failed questions in {report.clusters} clusters: "
-          f"{len(report.new_gaps)} new gaps, {len(report.updated_gaps)} grown, "
+    print(f"{counted(report.questions, 'failed question')} in "
+          f"{counted(report.clusters, 'cluster')}: "
+          f"{counted(len(report.new_gaps), 'new gap')}, {len(report.updated_gaps)} grown, "
           f"{report.dismissed_seen} dismissed seen again; naming by tier 0 "
           f"${report.naming_cost_usd:.6f}"
           + (f" ({report.naming_failures} failed)" if report.naming_failures else ""))

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_common import UserError, identifier, key_value, positive_int
+from .cli_common import UserError, counted, identifier, key_value, non_blank, positive_int
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the documents as JSON")
     p = kb_sub.add_parser("delete", help="delete documents (by the name `kb list` shows) and "
                           "their chunks")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="documents to delete")
+    p.add_argument("sources", nargs="+", type=non_blank, metavar="SOURCE",
+                   help="documents to delete")
     p.add_argument("--tenant", type=identifier, required=True,
                    help="the tenant whose documents they are")
     p = kb_sub.add_parser("eval", help="recall@k, MRR and latency on a labelled corpus, with "
@@ -158,7 +159,8 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
               disable=None) as bar:
         report = await kb.ingest(args.paths, args.tenant, progress=progress,
                                  metadata=dict(args.meta) if args.meta else None)
-    print(f"{report.documents} documents: {report.embedded} chunks embedded "
+    print(f"{counted(report.documents, 'document')}: "
+          f"{counted(report.embedded, 'chunk')} embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {source}")
@@ -193,6 +195,6 @@ def _list(documents: list[Document], args: argparse.Namespace) -> int:
         print(f"No documents in tenant {args.tenant}'s knowledge base.")
     for doc in documents:
         tags = " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items()))
-        print(f"{doc.source}  {doc.chunks} chunks  {', '.join(doc.embedders) or '-'}  "
+        print(f"{doc.source}  {counted(doc.chunks, 'chunk')}  {', '.join(doc.embedders) or '-'}  "
               f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}")
     return 0

@@ -13,7 +13,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from .cli_common import identifier
+from .cli_common import counted, identifier
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -39,13 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _unimported(report: RecoveryReport) -> list[str]:
     notes = [f"note: spill file not imported: {why}" for why in report.left]
     if report.refused:
-        notes.append(f"note: {report.refused} spilled rows the database refused were set aside "
-                     "(in *-refused.jsonl beside the cost logs)")
+        notes.append(f"note: set aside {counted(report.refused, 'spilled row')} the database "
+                     "refused (in *-refused.jsonl beside the cost logs)")
     return notes
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
+    from memory.forget import forget_in_logs
     from memory.spill_files import remove_refused
     from memory.spill_recovery import SpillTargets, recover_spills
     from vision.frame_archive import remove_sessions
@@ -66,16 +67,29 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 remove_sessions, settings.frames_dir, sessions)
             removed["refused_row_files"] = await asyncio.to_thread(
                 remove_refused, settings.costs_dir, sessions)
+            removed["cost_logs_rewritten"], still_open = await asyncio.to_thread(
+                forget_in_logs, settings.costs_dir, sessions)
+            if still_open:
+                notes.append(f"note: {counted(len(still_open), 'session')} of the user still "
+                             "open (" + ", ".join(still_open) + "): still linked to the user, "
+                             "its cost log and what it records from now on quote them until "
+                             "it ends; forget the user again then (or close a dead one with "
+                             "`sightline costs ID --close` first)")
             if args.json:
-                print(json.dumps({**removed, "unimported_spill_files": report.left}))
+                print(json.dumps({**removed, "unimported_spill_files": report.left,
+                                  "open_sessions": still_open}))
             else:
                 print(f"Forgot user {args.user} of tenant {args.tenant}: "
                       f"{removed['messages']} messages, {removed['facts']} facts, "
-                      f"{removed['summaries']} summary, {removed['deferred_exchanges']} "
+                      f"{counted(removed['summaries'], 'summary', 'summaries')}, "
+                      f"{removed['deferred_exchanges']} "
                       f"exchanges waiting for the memory model, {removed['screen_events']} "
                       f"screen events, {removed['archived_frames']} archived screenshots and "
                       f"{removed['refused_row_files']} files of rows the database refused "
-                      "deleted; "
+                      "deleted; what the cost records quoted of the user (their words, their "
+                      f"screen's text, a hand-off's reason) taken out of "
+                      f"{counted(removed['events_forgotten'], 'event')} and "
+                      f"{counted(removed['cost_logs_rewritten'], 'cost log')}; "
                       f"{removed['sessions_unlinked']} sessions no longer name the user (their "
                       "cost records stay).")
                 for note in notes:
@@ -118,7 +132,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
     print(f"  {screen_events} screen events remembered (`sightline screen search` finds them)")
     if deferred:
-        print(f"  {deferred} exchanges wait for the memory model (of sessions that ran without "
+        print(f"  {counted(deferred, 'exchange')} waiting for the memory model (of sessions "
+              "that ran without "
               "the database, whose memory call failed or whose worker died first; the user's "
               "next session analyses them)")
     for note in notes:

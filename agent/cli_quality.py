@@ -83,6 +83,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     print(format_quality(quality))
     for s in quality.get("session_list", []):
         print(f"  {s['session_id']:<30} {s['user_id'] or '-':<12} {s['started_at'][:19]}  "
-              f"{s['completion']:<16} {s['turns']} turns, {s['retries']} retries, "
+              f"{s['completion']:<16} {counted(s['turns'], 'turn')}, "
+              f"{counted(s['retries'], 'retry', 'retries')}, "
               f"{s['interruptions']} interrupted")
     return 0

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     screen = sub.add_parser("screen", help="the screen timeline: what appeared on users' screens")
     screen_sub = screen.add_subparsers(dest="screen_command", required=True)
     p = screen_sub.add_parser("timeline", help="one session's screen events, in screen time")
-    p.add_argument("session_id", help="the session (see `sightline costs`)")
+    p.add_argument("session_id", type=identifier, help="the session (see `sightline costs`)")
     p.add_argument("--tenant", type=identifier, help="only if the session is this tenant's")
     p.add_argument("--json", action="store_true", help="the events as JSON")
     p = screen_sub.add_parser("search", help="screen events that match a question, best first")

@@ -27,7 +27,7 @@ def format_usage(u: dict[str, Any]) -> str:
     k, m = u["knowledge"], u["memory"]
     lines = [
         f"Usage of tenant {u['tenant']} in {u['month']} (UTC)",
-        f"  sessions: {u['sessions']} ({u['live_sessions']} live), {u['users']} users",
+        f"  sessions: {u['sessions']} ({u['live_sessions']} live), {counted(u['users'], 'user')}",
         f"  screen share: {u['screen_share_minutes']:.2f} min ({u['frames_sampled']} frames "
         f"sampled, {u['frames_kept']} kept)",
         f"  voice: {u['voice_minutes']:.2f} min heard, {u['spoken_minutes']:.2f} min spoken "

@@ -124,10 +124,13 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        dropped = ", ".join(f"{n} as {why}" for why, n in sorted(result["dropped"].items()))
+        kinds = ", ".join(f"{kind} {c['kept']}/{c['sampled']} kept"
+                          for kind, c in sorted(result["by_content_type"].items()))
         print(
             f"{result['sampled']} sampled, {result['kept']} kept "
             f"({100 * result['reduction']:.1f}% dropped), {result['invalid']} invalid; "
-            f"dropped by reason {result['dropped']}; by content type {result['by_content_type']}"
+            f"dropped: {dropped or 'none'}; by content type: {kinds or 'none'}"
         )
     if video is not None and video.problem():
         print(f"warning: {video.problem()}", file=sys.stderr)

@@ -192,6 +192,7 @@ class _Field:
 
 _USD = Range(float, 0, 1_000_000, open_low=True)
 _DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("sightline"))
+MAX_HISTORY_MESSAGES = 1000  # the most recent messages a session starts with
 
 _FIELDS: tuple[_Field, ...] = (
     _Field("livekit_url", "LIVEKIT_URL", _ws_url, None, help="LiveKit server or Cloud URL"),
@@ -215,7 +216,8 @@ _FIELDS: tuple[_Field, ...] = (
         help="low | medium | high: screen image size per provider (README: Images)"),
     _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", Range(float, 0, 30, open_low=True), 1.0,
         help="screen samples per second (a screen share sends at most ~30 frames a second)"),
-    _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", Range(int, 0, 1000), 10),
+    _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", Range(int, 0, MAX_HISTORY_MESSAGES),
+           10),
     _Field("data_dir", "SIGHTLINE_DATA_DIR", _path, _DEFAULT_DATA_DIR),
     _Field("cost_log_dir", "SIGHTLINE_COST_LOG_DIR", _path, None, help="default DATA_DIR/costs"),
     _Field("prices_file", "SIGHTLINE_PRICES", _path, None, help="price table override (JSON)"),

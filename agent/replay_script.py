@@ -19,7 +19,7 @@ from tools.memory_tools import MemoryTools
 from tools.screen_history import ScreenHistoryTools
 from vision.video_file import VideoUnreadable, probe_duration
 
-from .config import Tier, parse_tiers
+from .config import MAX_HISTORY_MESSAGES, Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
 # the tools a replayed session's agent has (agent/session.py gives it these classes' tools): a
@@ -226,8 +226,9 @@ def load_fixture(path: Path) -> Fixture:
             raise FixtureError(f"{where}: knowledge '{knowledge.name}' does not exist next to it")
     history = raw.get("history_messages")
     if history is not None and (isinstance(history, bool) or not isinstance(history, int)
-                                or history < 0):
-        raise FixtureError(f"{where}: history_messages must be a whole number >= 0")
+                                or not 0 <= history <= MAX_HISTORY_MESSAGES):
+        raise FixtureError(f"{where}: history_messages must be a whole number from 0 to "
+                           f"{MAX_HISTORY_MESSAGES}")
     raw_turns = _require(raw, "turns", list, where)
     if not raw_turns:
         raise FixtureError(f"{where}: 'turns' is empty")

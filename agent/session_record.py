@@ -126,5 +126,10 @@ def append_summary(path: Path, events: list[Event], summary: dict[str, Any]) -> 
     line = {"session_id": last["session_id"], "tenant": last["tenant"], "seq": last["seq"] + 1,
             "ts": time.time(), "kind": "summary", "cost_usd": summary["total_cost_usd"],
             "detail": summary}
-    with path.open("a") as file:
-        file.write(json.dumps(line) + "\n")
+    with path.open("ab+") as file:  # writes append wherever the file was read
+        end = file.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            file.seek(end - 1)
+            torn = file.read(1) != b"\n"  # a killed process's half-written line: end it first
+        file.write((b"\n" if torn else b"") + (json.dumps(line) + "\n").encode())

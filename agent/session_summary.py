@@ -68,7 +68,7 @@ class SessionTotals:
         self._model_tier: dict[str, int] = {}  # the lowest cascade tier each model served
         self._cache_saved = 0.0
         self._frames = FrameTally()
-        self._frames_received = 0
+        self._frames_received: int | None = None  # counted when the share ends (frame_count)
         self._frames_failed = 0
         self._share_resubscribed = 0
         self._user_turns: list[_UserTurn] = []

@@ -50,6 +50,9 @@ def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise KnowledgeError(f"{path}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise KnowledgeError(f"{path}: not UTF-8 text (byte {exc.start}): JSON lines are "
+                             "UTF-8") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -91,6 +94,12 @@ class SharedVectors(LocalEmbedder):
         self._known: dict[str, np.ndarray] = {}
         self._file = cache / f"{inner.name}.npz" if cache else None
         self._stored: dict[bytes, np.ndarray] = {}
+        if cache is not None:  # made now: a path that cannot be one fails before the run
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KnowledgeError(f"--vectors {cache}: cannot be a directory here "
+                                     f"({exc.strerror or exc})") from None
         if self._file is not None and self._file.exists():
             try:
                 with np.load(self._file) as saved:
@@ -125,7 +134,6 @@ class SharedVectors(LocalEmbedder):
         if self._file is None or not self._known:
             return
         self._stored.update((_digest(t), v) for t, v in self._known.items())
-        self._file.parent.mkdir(parents=True, exist_ok=True)
         with self._file.open("wb") as handle:
             np.savez(handle, keys=np.array(list(self._stored), dtype="S32"),
                      vectors=np.stack(list(self._stored.values())))

@@ -22,13 +22,16 @@ import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
 from livekit import api, rtc
 
 from vision.video_file import iter_frames
+
+if TYPE_CHECKING:
+    from .encoded_share import EncodedShare
 
 API_KEY = "devkey"
 API_SECRET = "e2e-secret-that-is-long-enough-for-hs256"
@@ -271,6 +274,14 @@ class User:
         )
         self._publisher = asyncio.create_task(self._pump(source, fps))
 
+    async def publish_encoded(self, source_kind: rtc.TrackSource.ValueType, share: EncodedShare,
+                              fps: float) -> None:
+        """Shares frames encoded beforehand (bench/encoded_share.py): no encoder runs here, as
+        a user's own machine encodes their share."""
+        track = rtc.LocalVideoTrack.create_video_track("screen", share.source)
+        await self.room.local_participant.publish_track(track, share.publish_options(source_kind))
+        self._publisher = asyncio.create_task(self._pump_encoded(share, fps))
+
     async def _pump(self, source: rtc.VideoSource, fps: float) -> None:
         """Shares in real time at `fps`, looping, like a live share: the recording, or each of
         the still frames for `hold_s` seconds."""
@@ -278,9 +289,19 @@ class User:
         while True:
             async for frame in self._one_pass(fps):
                 source.capture_frame(frame)
-                self.frames_published += 1
-                due = started + self.frames_published / fps
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await self._paced(started, fps)
+
+    async def _pump_encoded(self, share: EncodedShare, fps: float) -> None:
+        started = time.monotonic()
+        while True:
+            share.send_next()
+            await self._paced(started, fps)
+
+    async def _paced(self, started: float, fps: float) -> None:
+        """Counts a frame published and sleeps until the next one is due."""
+        self.frames_published += 1
+        due = started + self.frames_published / fps
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     async def _one_pass(self, fps: float) -> AsyncIterator[rtc.VideoFrame]:
         if self.video is not None:

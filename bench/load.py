@@ -13,7 +13,10 @@ Real `livekit-server` on loopback, real `sightline start` worker(s), an embedded
 (started here, shared by the workers), the models as the wire-format server answering at once
 (scripted replies), and users in separate processes (bench/load_users.py) who dispatch the
 agent, join, share a 1280x720 screen at 5 fps that changes every 5 s, and ask a question
-every 15 s. A burst sends every dispatch within one second. Each level starts a fresh worker.
+every 15 s. The shares are VP8 encoded once per users process and sent as they are
+(`--publish encoded`, bench/encoded_share.py: a user's encoder runs on their own machine);
+`--publish raw` has each user's libwebrtc encode live on these cores, as before 2026-12-02. A
+burst sends every dispatch within one second. Each level starts a fresh worker.
 
 Per level: joined, asked and answered; reply round trip and overhead (the round trip minus
 the model's own latency, as the worker measured it) p50/p95, and the round trip in three hops
@@ -87,6 +90,7 @@ class Options:
     users_processes: int
     sightline: Path
     worker_cpus: frozenset[int] = frozenset()  # --split-cores: the workers' own cores
+    publish: str = "encoded"  # --publish: how the users send their shares (bench/load_users.py)
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -315,7 +319,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str, mo
         rooms = [f"load-{n}-{i}-{random.randrange(10**6)}" for i in range(n)]
         shares = [rooms[i::opts.users_processes] for i in range(opts.users_processes)]
         plans = [Plan(livekit.ws_url, livekit.http_url, AGENT_NAME, str(VIDEO), share,
-                      opts.ask_every_s, opts.fps, opts.change_every_s, seed=i)
+                      opts.ask_every_s, opts.fps, opts.change_every_s, seed=i,
+                      publish=opts.publish)
                  for i, share in enumerate(shares) if share]
         with users_processes(plans) as running:
             for _, conn in running:
@@ -477,6 +482,10 @@ def main() -> int:
     parser.add_argument("--change-every", type=float, default=5.0,
                         help="seconds between changes of a user's screen (default 5: the "
                              "real sessions of fixtures/vision_eval keep about 1 sample in 5)")
+    parser.add_argument("--publish", choices=("encoded", "raw"), default="encoded",
+                        help="encoded (default): each screen still encoded to VP8 once and sent "
+                             "as it is, as a user's own machine would; raw: every user runs "
+                             "libwebrtc's encoder on these cores (the figures before 2026-12-02)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=0,
                         help="SIGHTLINE_MAX_SESSIONS for the workers (default: the worker's own)")
@@ -506,8 +515,10 @@ def main() -> int:
         os.sched_setaffinity(0, cpus[1:])  # inherited by everything started from here on
     opts = Options([int(x) for x in args.levels.split(",")], args.arrival, args.gap_s,
                    args.seconds, args.ask_every, args.fps, args.change_every, args.workers,
-                   args.capacity, args.users_processes, args.sightline, worker_cpus)
-    result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "levels": [],
+                   args.capacity, args.users_processes, args.sightline, worker_cpus,
+                   args.publish)
+    result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "publish": opts.publish,
+                              "levels": [],
                               "worker_cpus": sorted(worker_cpus)}
     with (contextlib.nullcontext(str(args.keep)) if args.keep
           else tempfile.TemporaryDirectory()) as tmp:

@@ -4,7 +4,10 @@ Each users process drives its share of the users with the rtc SDK, as people wou
 app dispatches the agent, joins, shares a 1280x720 screen at 5 fps (the demo recording's
 frames, one new frame a second), asks a question every `ask_every_s` seconds and waits for the
 reply. A user's screen changes every `change_every_s` seconds, to the next second of the
-recording. What each user saw goes back to the coordinator as plain data. The models are the
+recording. The share is sent as VP8 encoded once per process (`encoded`, the default: a real
+user's encoder runs on their own machine, not on the worker's cores) or encoded live by each
+user's libwebrtc (`raw`). What each user saw goes back to the coordinator as plain data. The
+models are the
 wire-format server, answering at once with a scripted reply, in a process of its own so that
 neither the users nor the coordinator slow its answers down.
 """
@@ -25,6 +28,7 @@ from agent.rtc_events import rtc_logs_to_stderr
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from vision.video_file import iter_frames
 
+from .encoded_share import EncodedShare, Segment, encode_share
 from .livekit_harness import LiveKitServer, User
 
 # different questions: a user who repeats one is taken to be unhappy with the answer, and the
@@ -60,6 +64,9 @@ class Plan:
     fps: float
     change_every_s: float
     seed: int
+    # "encoded": each still encoded once per process and sent as it is (a user's own machine
+    # encodes their share; bench/encoded_share.py); "raw": each user's libwebrtc encoder runs here
+    publish: str = "encoded"
 
 
 @dataclass
@@ -93,7 +100,8 @@ async def _sleep_until(epoch: float) -> None:
 
 
 async def _one_user(plan: Plan, index: int, arrive_at: float, leave_at: float,
-                    frames: list[rtc.VideoFrame], rng: random.Random) -> UserResult:
+                    frames: list[rtc.VideoFrame], segments: list[Segment],
+                    rng: random.Random) -> UserResult:
     room = plan.rooms[index]
     result = UserResult(room)
     livekit = LiveKitServer(plan.livekit_ws, plan.livekit_http, Path())
@@ -111,7 +119,11 @@ async def _one_user(plan: Plan, index: int, arrive_at: float, leave_at: float,
         return result
     result.joined, result.join_s = True, time.monotonic() - started
     try:
-        await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=plan.fps)
+        if segments:
+            share = EncodedShare(segments[offset:] + segments[:offset], plan.fps)
+            await user.publish_encoded(rtc.TrackSource.SOURCE_SCREENSHARE, share, plan.fps)
+        else:
+            await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=plan.fps)
     except Exception as exc:  # LiveKit timed the publication out under load: reported
         result.error = f"publish: {exc!r}"
         await user.leave()
@@ -147,11 +159,13 @@ async def _one_user(plan: Plan, index: int, arrive_at: float, leave_at: float,
 
 async def _run_users(plan: Plan, conn: Connection) -> None:
     frames = screen_frames(Path(plan.video))
+    segments = (encode_share(frames, plan.fps, plan.change_every_s)
+                if plan.publish == "encoded" else [])
     conn.send("ready")
     arrive_at, leave_at = await asyncio.to_thread(conn.recv)
     rng = random.Random(plan.seed)
     results = await asyncio.gather(*(
-        _one_user(plan, i, arrive_at[i], leave_at, frames, random.Random(rng.random()))
+        _one_user(plan, i, arrive_at[i], leave_at, frames, segments, random.Random(rng.random()))
         for i in range(len(plan.rooms))))
     conn.send([asdict(r) for r in results])
 

@@ -110,7 +110,8 @@ def load_labels(path: Path) -> LabelledSession:
     except (OSError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting
         raise LabelError(f"{path}: cannot read labels ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise LabelError(f"{path}: missing or bad field ({exc!r})") from None
+        what = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise LabelError(f"{path}: missing or bad field ({what})") from None
     _require_times(path, "'duration' and the events' 't'", [duration, *(e.t for e in events)])
     unknown = sorted({e.kind for e in events} - set(EVENT_KINDS))
     if unknown:

@@ -4,6 +4,10 @@ webhook took it. Claiming a key is how concurrent checks send an alert once."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,8 +22,29 @@ async def claim(pool: asyncpg.Pool, key: str, alert: dict[str, Any]) -> bool:
     return inserted is not None
 
 
-async def mark_delivered(pool: asyncpg.Pool, key: str) -> None:
-    await pool.execute("UPDATE alerts SET delivered_at = now() WHERE key = $1", key)
+@dataclass
+class Undelivered:
+    """Alerts the webhook has not taken yet, locked while they are sent."""
+
+    alerts: dict[str, dict[str, Any]]  # by key
+    _conn: asyncpg.Connection
+
+    async def mark_delivered(self, keys: list[str]) -> None:
+        await self._conn.execute(
+            "UPDATE alerts SET delivered_at = now() WHERE key = ANY($1::text[])", keys)
+
+
+@asynccontextmanager
+async def undelivered(pool: asyncpg.Pool, tenant: str, since: datetime
+                      ) -> AsyncIterator[Undelivered]:
+    """The tenant's alerts raised since `since` that the webhook has not taken (a receiver
+    that was down when they were raised), locked until the block ends so that a concurrent
+    check skips them instead of sending them twice."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT key, payload FROM alerts WHERE tenant = $1 AND delivered_at IS NULL"
+            " AND raised_at >= $2 ORDER BY raised_at FOR UPDATE SKIP LOCKED", tenant, since)
+        yield Undelivered({r["key"]: json.loads(r["payload"]) for r in rows}, conn)
 
 
 async def recent(pool: asyncpg.Pool, tenant: str, limit: int = 50) -> list[dict[str, Any]]:

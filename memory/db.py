@@ -174,7 +174,13 @@ def start_embedded(pgdata: Path) -> Any:
         warnings.simplefilter("ignore")
         import pgserver  # imported lazily: it creates a system user when run as root
 
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # checked writable, yet refused: /proc, /sys, a read-only mount
+        raise DatabaseUnavailable(
+            f"could not create the data directory {str(pgdata.parent)!r}: "
+            f"{exc.strerror or exc}; set SIGHTLINE_DATA_DIR to a directory this user can create"
+        ) from None
     try:
         return pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from .db import storable
+from .forget import forget_in_records
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,13 @@ class Store:
     async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
         """Delete everything remembered about one user of one tenant (a privacy request):
         messages, facts, summary, exchanges waiting for the memory model and what their
-        screens showed. Their sessions keep their cost
-        records, with the user id removed."""
+        screens showed. Their sessions keep their cost records, without the user id and
+        without what the records quoted of them (memory/forget.py)."""
         counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
+            sessions = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2", tenant, user_id)]
+            counts["events_forgotten"] = await forget_in_records(conn, sessions)
             for name, statement in (
                 ("messages", "DELETE FROM messages WHERE tenant = $1 AND user_id = $2"),
                 ("screen_events",
@@ -155,8 +159,10 @@ class Store:
                 ("summaries", "DELETE FROM memory_summaries WHERE tenant = $1 AND user_id = $2"),
                 ("deferred_exchanges",
                  "DELETE FROM memory_backlog WHERE tenant = $1 AND user_id = $2"),
+                # an open session stays linked: the next request finds it once it has ended
                 ("sessions_unlinked",
-                 "UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND user_id = $2"),
+                 "UPDATE sessions SET user_id = NULL WHERE tenant = $1 AND user_id = $2"
+                 " AND ended_at IS NOT NULL"),
             ):
                 counts[name] = int(await conn.fetchval(
                     f"WITH done AS ({statement} RETURNING 1) SELECT count(*) FROM done",

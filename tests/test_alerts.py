@@ -122,8 +122,8 @@ async def test_alerts_check_posts_once_per_window_and_retries(
     assert code == 0 and "No new alert" in out
 
 
-async def test_alerts_check_with_the_receiver_down(
-    settings: Settings, db: Database, tmp_path: Path,
+async def test_alerts_check_with_the_receiver_down_sends_them_once_it_is_back(
+    settings: Settings, db: Database, tmp_path: Path, receiver: Receiver,
 ) -> None:
     await record_plan(db, tmp_path / "costs")
     env = {**cli_env(settings), "SIGHTLINE_ALERT_WEBHOOK": f"http://127.0.0.1:{free_port()}/x"}
@@ -135,6 +135,21 @@ async def test_alerts_check_with_the_receiver_down(
     assert "127.0.0.1" not in err  # the webhook URL may hold a token: never logged
     code, out, _ = await run_cli("alerts", "list", "--tenant", "acme", env=env)
     assert out.count("(not delivered)") == 3
+    # the next check in the window, the receiver back: nothing new, the three sent now
+    env["SIGHTLINE_ALERT_WEBHOOK"] = receiver.url
+    code, out, err = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
+                                   env=env)
+    assert code == 0, err
+    assert "No new alert for tenant acme" in out
+    assert "Sent 3 alerts raised earlier in the window that the webhook had not taken." in out
+    assert sorted(a["alert"] for a in receiver.received) == [
+        "completion_rate", "escalation_rate", "retry_rate"]
+    code, out, _ = await run_cli("alerts", "list", "--tenant", "acme", "--json", env=env)
+    assert code == 0 and [a["delivered_at"] is not None for a in json.loads(out)] == [True] * 3
+    # and once sent, never again
+    code, out, _ = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
+                                 env=env)
+    assert "Sent" not in out and len(receiver.received) == 3
 
 
 def _record(tmp_path: Path, sink: AlertSink) -> SessionRecord:

@@ -147,7 +147,7 @@ async def test_kb_ingest_exit_codes_say_all_some_or_none(
     fake.write_bytes(b"%PDF-1.4 not really a pdf")
 
     code, out, err = await run_cli("kb", "ingest", str(folder), "--tenant", "acme", env=env)
-    assert code == 1 and "1 documents:" in out
+    assert code == 1 and "1 document:" in out
     assert err.splitlines() == [f"skipped: {folder.resolve() / 'binary.md'}: binary, not text"]
     code, out, err = await run_cli("kb", "ingest", str(fake), "--tenant", "acme", env=env)
     assert code == 2 and "0 documents:" in out
@@ -254,9 +254,12 @@ async def test_tags_survive_a_reingest_without_meta_and_type_is_built_in(
 
 async def test_blank_queries_and_k_below_one_are_refused(settings: Settings) -> None:
     env = cli_env(settings)
+    whole = "must be a whole number from 1 to 2147483647"
     for args, why in ((("  ",), "the query is blank"),
-                      (("router", "--k", "0"), "must be a whole number > 0, got '0'"),
-                      (("router", "--k", "-3"), "must be a whole number > 0, got '-3'")):
+                      (("router", "--k", "0"), f"{whole}, got '0'"),
+                      (("router", "--k", "-3"), f"{whole}, got '-3'"),
+                      (("router", "--k", "99999999999999999999"),
+                       f"{whole}, got '99999999999999999999'")):
         code, out, err = await run_cli("kb", "search", *args, "--tenant", "acme", env=env)
         assert code == 2 and out == "" and "Traceback" not in err
         assert why in err.splitlines()[-1]

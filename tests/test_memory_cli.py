@@ -18,6 +18,7 @@ from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
 from memory.embeddings import WordLlamaEmbedder
+from memory.forget import FORGOTTEN, forget_detail
 from memory.store import Store
 from memory.user_memory import UserMemory
 
@@ -65,9 +66,9 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
                                    env=env)
     assert code == 0, err
     assert "11 messages remembered" in out
-    assert "note: 1 spilled rows the database refused were set aside" in out
+    assert "note: set aside 1 spilled row the database refused" in out
     assert refused.exists()
-    assert ("1 exchanges wait for the memory model (of sessions that ran without the database"
+    assert ("1 exchange waiting for the memory model (of sessions that ran without the database"
             in out)
 
     screen_events = await db.pool.fetchval(
@@ -79,10 +80,28 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     code, out, err = await run_cli("memory", "forget", "--tenant", "demo", "--user", "dev-1",
                                    "--json", env=env)
     assert code == 0, err
-    assert json.loads(out) == {"messages": 11, "facts": 2, "summaries": 1,
-                               "deferred_exchanges": 1, "screen_events": screen_events,
-                               "archived_frames": len(frames), "refused_row_files": 1,
-                               "sessions_unlinked": 2, "unimported_spill_files": []}
+    forgot = json.loads(out)
+    assert forgot.pop("events_forgotten") > 0
+    assert forgot == {"messages": 11, "facts": 2, "summaries": 1,
+                      "deferred_exchanges": 1, "screen_events": screen_events,
+                      "archived_frames": len(frames), "refused_row_files": 1,
+                      "cost_logs_rewritten": 2, "sessions_unlinked": 2,
+                      "unimported_spill_files": [], "open_sessions": []}
+    # the cost records keep their costs, not what they quoted: the user's words (live
+    # assist's lookup) and their screen's text, in Postgres and in the JSONL logs alike
+    quoted = ("Which pip", "JSONDecodeError", "pip 23.2.1")
+    for needle in quoted:
+        assert await db.pool.fetchval(
+            "SELECT count(*) FROM cost_events WHERE tenant = 'demo' AND detail::text LIKE $1",
+            f"%{needle}%") == 0
+    logs = sorted(settings.costs_dir.glob("replay_*.jsonl"))
+    assert len(logs) == 2
+    for log in logs:
+        assert not any(needle in log.read_text() for needle in quoted)
+        assert json.loads(log.read_text().splitlines()[-1])["kind"] == "summary"
+    assert await db.pool.fetchval(
+        "SELECT count(*) FROM cost_events WHERE tenant = 'demo' AND kind = 'screen_text'"
+        " AND detail->'lines' = '[]'::jsonb") > 0
     assert not spill.exists() and not exchanges.exists() and not refused.exists()
     assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog WHERE tenant = 'demo'") == 0
     assert await db.pool.fetchval("SELECT count(*) FROM memory_backlog") == 1
@@ -97,3 +116,15 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
                                  env=env)
     assert "Nothing is remembered about user dev-1 of tenant demo" in out
+
+
+def test_a_hand_off_forgets_its_reason_and_user_and_a_second_pass_changes_nothing() -> None:
+    handoff = {"session_id": "s1", "user": "dev-1", "reason": "cannot log in to the VPN",
+               "stored": True}
+    forgotten = forget_detail("handoff", handoff)
+    assert forgotten == {"session_id": "s1", "user": None, "reason": FORGOTTEN, "stored": True}
+    assert forget_detail("handoff", forgotten) is None
+    summary = forget_detail("summary", {"total_cost_usd": 0.1, "handoff": handoff})
+    assert summary == {"total_cost_usd": 0.1, "handoff": forgotten}
+    assert forget_detail("summary", summary) is None
+    assert forget_detail("turn", {"answered_tier": 0}) is None  # nothing quoted: untouched

@@ -403,7 +403,8 @@ async def test_cli_costs_negative_limit_is_one_line(db: Database, settings: Sett
     assert "Traceback" not in err
     assert code == 2
     # a usage error: one line naming the argument
-    assert "argument --limit: must be a whole number > 0, got '-1'" in err.strip().splitlines()[-1]
+    assert ("argument --limit: must be a whole number from 1 to 2147483647, got '-1'"
+            in err.strip().splitlines()[-1])
 
 
 def test_gemini_and_claude_prices_come_from_genai_prices_without_auto_update() -> None:

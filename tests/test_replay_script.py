@@ -170,6 +170,8 @@ def _unsort(s: dict[str, Any]) -> None:
                      ["turns[1].memory.summary"], id="memory-summary-not-text"),
         pytest.param(_set("history_messages", -1), ["history_messages"],
                      id="history-negative"),
+        pytest.param(_set("history_messages", 10**30), ["history_messages", "0 to 1000"],
+                     id="history-absurd"),
         pytest.param(_del("video"), ["'video'"], id="missing-video-field"),
         pytest.param(_set("video", "other.webm"), ["other.webm"], id="video-missing"),
     ],

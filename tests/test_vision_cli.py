@@ -208,8 +208,8 @@ async def test_eval_refuses_malformed_labels(recording: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"duration": "long"}, "missing or bad field (ValueError("),
-        ({"duration": None}, "missing or bad field (TypeError("),
+        ({"duration": "long"}, "missing or bad field (could not convert string to float"),
+        ({"duration": None}, "missing or bad field (float() argument must be"),
         ({"duration": -1}, "'duration' and the events' 't' must be finite numbers of seconds >= 0"),
         ({"events": [{"t": "NaN", "kind": "code_line"}]}, "events' 't' must be finite"),
         ({"busy": [{"start": -5, "end": 1}]}, "busy must be finite numbers of seconds >= 0"),

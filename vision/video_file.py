@@ -82,8 +82,8 @@ class VideoReport:
                          "later moments see the screen as it was then)")
         skipped = self.skipped_packets + self.skipped_frames
         if skipped:
-            parts.append(f"{skipped} undecodable packet{'s' if skipped != 1 else ''} or "
-                         "frames skipped")
+            parts.append(f"{skipped} undecodable packets or frames skipped"
+                         if skipped != 1 else "1 undecodable packet or frame skipped")
         return f"{self.name}: " + "; ".join(parts)
 
     def as_record(self) -> dict[str, Any]:
