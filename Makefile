@@ -10,12 +10,14 @@ LIVEKIT_SERVER := $(HOME)/.cache/sightline/bin/livekit-server
 UV_VERSION := 0.13.8
 UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
+# the runtime set alone (no extras, no dev group): what `make demo` needs
+DEMO_STAMP := $(VENV)/.runtime-installed
 # the web console's bundled script (`make console`, below); defined before any rule names it
 CONSOLE_BUNDLE := web/dist/console.js
 
 .PHONY: demo test install runtime livekit-server system-packages lint bench clean console
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/sightline replay --fresh fixtures/demo
 
 test: $(STAMP) $(LIVEKIT_SERVER) system-packages $(CONSOLE_BUNDLE)
@@ -51,6 +53,14 @@ $(UV):
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(require_python)
 	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra eval --extra ops --extra voice --extra mpnet --python $(PYTHON) --quiet
+	bash memory/build_pgvector.sh $(VENV)
+	touch $@ $(DEMO_STAMP)
+
+# The demo's set: the runtime alone (about half the download of everything), added to whatever
+# is installed already (--inexact: a development environment keeps its extras).
+$(DEMO_STAMP): pyproject.toml uv.lock | $(UV)
+	$(require_python)
+	UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --inexact --no-dev --python $(PYTHON) --quiet
 	bash memory/build_pgvector.sh $(VENV)
 	touch $@
 

@@ -317,22 +317,30 @@ def split(text: str) -> list[str]:
     return [c for c in _splitter().split_text(text) if c.strip()]
 
 
-def find_files(paths: Sequence[Path]) -> list[SourceFile]:
+def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
     """The files to ingest, each with its document name: its path from the parent of the
-    folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself)."""
+    folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself);
+    and why each link in a folder that leads to no file was left out."""
     files: list[SourceFile] = []
+    dangling: list[str] = []
     for path in paths:
         if path.is_dir():
             root = path.resolve()
-            found = sorted(p for p in root.rglob("*")
-                           if p.suffix.lower() in SUFFIXES and p.is_file())
+            found = []
+            for p in sorted(root.rglob("*")):
+                if p.suffix.lower() not in SUFFIXES:
+                    continue
+                if p.is_file():
+                    found.append(p)
+                elif p.is_symlink():  # to nothing, or round in a loop
+                    dangling.append(f"{p}: a link that leads to no file")
             files += [SourceFile(p, "/".join(filter(None, (root.name, p.relative_to(
                 root).as_posix()))), p.stat().st_size) for p in found]
         elif path.is_file():
             files.append(SourceFile(path.resolve(), path.resolve().name, path.stat().st_size))
         else:
             raise KnowledgeError(f"{path}: no such file or folder")
-    return files
+    return files, dangling
 
 
 async def stored_models(pool: asyncpg.Pool, tenant: str) -> list[str]:
@@ -409,7 +417,7 @@ class KnowledgeBase:
                                  f"file's suffix (md, html, pdf, txt); tag with another key")
         await self._ensure_index()
         report = IngestReport()
-        files = await asyncio.to_thread(find_files, paths)
+        files, report.skipped = await asyncio.to_thread(find_files, paths)
         folders = await asyncio.to_thread(
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
         total, done = float(sum(max(f.size, 1) for f in files)), 0.0

@@ -122,10 +122,14 @@ async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingest
     (folder / "fake.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
     (folder / "only-script.html").write_text("<html><body><script>x()</script></body></html>")
     (folder / "utf16.txt").write_text("The VPN port is 51820.", encoding="utf-16")
+    (folder / "moved.md").symlink_to(tmp_path / "gone.md")  # a link to nothing
+    (folder / "loop.md").symlink_to(folder / "loop.md")  # and one round in a loop
     report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([folder], "acme")
     assert report.documents == 2  # good.md and utf16.txt
     why = {Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in report.skipped}
     assert why == {
+        "moved.md": "a link that leads to no file",
+        "loop.md": "a link that leads to no file",
         "binary.md": "binary, not text",
         "latin1.txt": "not UTF-8 text: save it as UTF-8",
         "empty.txt": "no text in it",
