@@ -49,12 +49,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"interrupted: session {', '.join(closed)} closed" if closed
               else "interrupted: no session was open", file=sys.stderr)
         return 130
-    if args.json:
+    problem = (result.video or {}).get("problem")
+    if args.json:  # the problem is in "video" too; said on stderr, as `vision scan --json` does
         print(json.dumps({"fixture": result.fixture, "video": result.video,
                           "turns": [t.__dict__ for t in result.turns],
                           "sessions": result.sessions}, indent=2))
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
         return 0
-    problem = (result.video or {}).get("problem")
     print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
           f"{fixture.duration_s:.1f}s)" + (f"\nwarning: {problem}" if problem else "") + "\n")
     for turn in result.turns:

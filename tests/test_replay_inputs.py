@@ -359,6 +359,11 @@ async def test_replay_of_a_truncated_video_says_where_it_ends(
     assert "  video: screen.webm: its frames end at " in out  # in the session's summary
 
     [row] = await sessions(db)
+    code, out, err = await run_cli("replay", str(fixture), "--json", env=cli_env(settings))
+    assert code == 0, err
+    problem = json.loads(out)["video"]["problem"]
+    assert problem.startswith("screen.webm: its frames end at ")
+    assert f"warning: {problem}" in err.splitlines()
     events = read_jsonl(settings.costs_dir / f"{row['id']}.jsonl")
     [video] = [e["detail"] for e in events if e["kind"] == "video"]
     assert video["ends_early"] and video["last_frame_t"] < 30
