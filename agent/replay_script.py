@@ -205,7 +205,8 @@ def load_fixture(path: Path) -> Fixture:
     where = str(session_file)
     video = session_file.parent / _require(raw, "video", str, where)
     if not video.is_file():
-        raise FixtureError(f"{where}: video '{video.name}' does not exist next to it")
+        why = "is not a file" if video.exists() else "does not exist next to it"
+        raise FixtureError(f"{where}: video '{video.name}' {why}")
     try:
         duration = probe_duration(video)
     except VideoUnreadable as exc:

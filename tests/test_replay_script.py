@@ -224,6 +224,17 @@ def test_video_file_absent(tmp_path: Path) -> None:
     assert "screen.webm" in str(info.value)
 
 
+def test_a_video_that_is_a_directory_or_a_pipe_is_named_so(tmp_path: Path) -> None:
+    root = make_fixture(tmp_path / "notafile", video=False)
+    (root / "screen.webm").mkdir()
+    with pytest.raises(FixtureError, match=r"video 'screen\.webm' is not a file"):
+        load_fixture(root)
+    (root / "screen.webm").rmdir()
+    os.mkfifo(root / "screen.webm")  # read, it would block until someone wrote to it
+    with pytest.raises(FixtureError, match=r"video 'screen\.webm' is not a file"):
+        load_fixture(root)
+
+
 def test_video_unreadable(tmp_path: Path) -> None:
     root = make_fixture(tmp_path / "garbage", video=False)
     (root / "screen.webm").write_bytes(random.Random(3).randbytes(32 * 1024))

@@ -119,6 +119,14 @@ async def test_bad_input_exits_2_with_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
+async def test_scanning_a_pipe_is_one_line_not_a_wait(tmp_path: Path) -> None:
+    pipe = tmp_path / "share.webm"
+    os.mkfifo(pipe)  # nothing ever writes to it: reading it would wait forever
+    code, out, err = await sightline("vision", "scan", str(pipe))
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"sightline: {pipe}: not a file or a directory of images"]
+
+
 async def test_settings_lists_every_tunable_with_unit_range_and_meaning() -> None:
     code, out, err = await sightline("vision", "settings")
     assert code == 0, err

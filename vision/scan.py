@@ -46,6 +46,8 @@ def source_frames(path: Path, fps: float) -> Iterator[tuple[float, rtc.VideoFram
         return image_frames(path, 1.0 / fps)
     if not path.exists():
         raise VideoUnreadable(f"{path}: no such file or directory")
+    if not path.is_file():  # a pipe or a device: reading it could wait forever
+        raise VideoUnreadable(f"{path}: not a file or a directory of images")
     return VideoFrames(path)
 
 
