@@ -316,6 +316,16 @@ def damaged(tmp_path: Path) -> Path:
     return path
 
 
+def time_warped(tmp_path: Path) -> Path:
+    """The demo with one byte changed (found by bisecting a random flip) so that a damaged
+    packet decodes to a frame stamped 25.9 s after frames of 37 s."""
+    data = bytearray(DEMO_VIDEO.read_bytes())
+    data[701000] ^= 0xEE
+    path = tmp_path / "time-warped.webm"
+    path.write_bytes(bytes(data))
+    return path
+
+
 async def scan_json(path: Path, tmp_path: Path) -> tuple[dict[str, Any], str]:
     code, out, err = await run_cli("vision", "scan", str(path), "--json",
                                    env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
@@ -344,6 +354,13 @@ async def test_scan_decodes_past_damaged_packets(tmp_path: Path) -> None:
     assert video["last_frame_t"] > 39  # to the end, not aborted at the first bad packet
     assert summary["sampled"] >= 30  # one a second, as far as the frames go
     assert "undecodable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_frame_stamped_before_the_last_is_skipped(tmp_path: Path) -> None:
+    frames = VideoFrames(time_warped(tmp_path))
+    times = [t for t, _ in frames]
+    assert times == sorted(times) and times[-1] > 39  # forward only, to the end
+    assert frames.report.skipped_frames >= 1 and frames.report.problem() is not None
 
 
 async def test_replay_of_a_truncated_video_says_where_it_ends(

@@ -57,7 +57,7 @@ class VideoReport:
     frames: int = 0
     last_t: float | None = None
     skipped_packets: int = 0  # packets the decoder rejected (corrupt data)
-    skipped_frames: int = 0  # decoded frames unusable as images
+    skipped_frames: int = 0  # decoded frames unusable as images, or stamped before the last
     stopped: str | None = None  # why reading stopped before the container's end, if it did
     finished: bool = False
 
@@ -144,6 +144,9 @@ class VideoFrames(Iterator[tuple[float, rtc.VideoFrame]]):
 
     def _image(self, decoded: Any) -> tuple[float, rtc.VideoFrame] | None:
         if decoded.time is None:
+            return None
+        if self.report.last_t is not None and decoded.time < self.report.last_t:
+            self.report.skipped_frames += 1  # a damaged timestamp: screen time never goes back
             return None
         try:
             if decoded.format.name != "yuv420p":
