@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from .spill_files import event_log_path
+from .spill_files import event_log_path, read_event_log
 
 FORGOTTEN = "(forgotten)"
 # the event kinds that quote the user or their screen, and the fields that do
@@ -77,27 +77,19 @@ def forget_in_logs(costs_dir: Path, session_ids: list[str]) -> tuple[int, list[s
     """Rewrite these sessions' closed cost logs without what they quote (blocking: a thread's
     work). Returns how many were rewritten, and the sessions still open, whose logs a running
     process appends to and which are left as they are (forget again once they have ended).
-    A line torn by a killed process is no event, and is not kept."""
+    A rewritten log keeps its events alone (a line torn by a killed process is none)."""
     rewritten, still_open = 0, []
     for session_id in session_ids:
         path = event_log_path(costs_dir, session_id)
         try:
-            lines = path.read_text(errors="replace").splitlines()
+            events = read_event_log(path)
         except FileNotFoundError:
             continue
-        events = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and "kind" in event:
-                events.append(event)
         if not events or events[-1]["kind"] != "summary":
             still_open.append(session_id)
             continue
         forgotten = [forget_detail(e["kind"], e.get("detail") or {}) for e in events]
-        if all(f is None for f in forgotten) and len(events) == len(lines):
+        if all(f is None for f in forgotten):
             continue
         kept = [e if f is None else {**e, "detail": f}
                 for e, f in zip(events, forgotten, strict=True)]
