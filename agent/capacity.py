@@ -154,6 +154,12 @@ class Limits:
             cores=cores,
         )
 
+    def share(self, index: int, count: int) -> Limits:
+        """What process `index` of a worker's `count` takes: the sessions split as evenly as
+        they go (the first processes take the remainder), memory and cores in equal parts."""
+        sessions = self.sessions // count + (index < self.sessions % count)
+        return Limits(sessions, self.memory_mb / count, self.cores / count)
+
     def describe(self) -> str:
         return (f"up to {self.sessions} sessions, {self.memory_mb:.0f} MB, "
                 f"{CPU_FULL * self.cores:.1f} of {self.cores:g} cores")

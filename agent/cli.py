@@ -112,6 +112,7 @@ def _config(as_json: bool) -> int:
     from .capacity import Limits
     from .config import Settings
     from .pricing import PriceTable
+    from .worker_processes import process_count
 
     settings = Settings.from_env()
     prices = PriceTable.load(settings.prices_file)
@@ -131,6 +132,7 @@ def _config(as_json: bool) -> int:
         "SIGHTLINE_PRICES": prices.describe()
         + (f" (no price for {', '.join(unpriced)})" if unpriced else ""),
         "SIGHTLINE_MAX_SESSIONS": str(limits.sessions),
+        "SIGHTLINE_WORKER_PROCESSES": str(process_count(settings, limits.sessions)),
         "SIGHTLINE_WORKER_MEMORY_MB": f"{limits.memory_mb:.0f}",
     }
     rows = [(env, value, resolved.get(env) or value, note)

@@ -7,10 +7,10 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
-import socket
 import sys
 
 from .config import DEFAULT_TIERS, ConfigError, Settings
+from .ports import require_free_port
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        default=os.environ.get("LIVEKIT_LOG_LEVEL", "INFO").strip().upper(),
                        help="DEBUG, INFO, WARNING or ERROR, in any case "
                             "(default: LIVEKIT_LOG_LEVEL or INFO)")
+        if name == "start":  # how a worker of several processes starts each of them
+            p.add_argument("--process", metavar="I/N", help=argparse.SUPPRESS)
+            p.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
 
 
 M_ARENA_MAX = -8  # glibc's malloc.h
@@ -51,11 +54,13 @@ def limit_malloc_arenas(arenas: int) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Run livekit-agents' own worker loop (the one its CLI runs) with Sightline's server.
+    """Run livekit-agents' own worker loop (the one its CLI runs) with Sightline's server, in
+    this process or, with `SIGHTLINE_WORKER_PROCESSES` above 1, in that many processes started
+    from here (agent/worker_processes.py), each with its share of the sessions.
 
     The database is prepared here, once: migrations run, and an embedded Postgres is started
-    and its URL handed to the sessions. What every session reads is loaded here too, before
-    the first job arrives, into the process that hosts them all.
+    and its URL handed to the sessions (and to the processes). What every session reads is
+    loaded before the first job arrives, into the process that hosts them.
     """
     from livekit.agents.cli import proto
     from livekit.agents.cli.cli import _run_worker
@@ -63,31 +68,41 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import start_embedded, stop_embedded
 
     from .alerts import close_sinks
+    from .capacity import Limits
     from .left_spills import import_left_spills
     from .observability import configure_tracing
     from .rtc_events import route_media_events, rtc_logs_to_stderr
     from .worker import SHUTDOWN_DEADLINE_S, build_server
+    from .worker_processes import ProcessSlot, die_with_parent, process_count, run_processes
 
     if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
         raise ConfigError(f"LIVEKIT_LOG_LEVEL={args.log_level!r} is invalid: must be one of "
                           f"{', '.join(LOG_LEVELS)}")
     settings.require_worker()
-    limit_malloc_arenas(settings.malloc_arenas)
-    # livekit-agents watches every event loop of the process for blocking, waking twice every
-    # 20-50 ms per loop: with a loop per session and per idle slot, that is thousands of
-    # wake-ups a second competing for the GIL. Sightline's own watchdog checks each session
-    # once a second; set this variable (milliseconds) to have livekit's reports too.
-    os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
-    tiers = settings.cascade_tiers()
-    print("cascade: " + " > ".join(f"{t.model} ({t.provider})" for t in tiers), file=sys.stderr)
-    skipped = [] if settings.tiers else [t for t in DEFAULT_TIERS if t not in tiers]
-    for tier in skipped:
-        print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
+    slot = None
+    if getattr(args, "process", None):
+        try:
+            slot = ProcessSlot.parse(args.process)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"--process {exc}") from None
+        if args.parent:
+            die_with_parent(args.parent)
+    limits = Limits.for_host(settings.max_sessions, settings.worker_memory_mb)
+    count = (1 if args.command == "dev" or slot is not None
+             else process_count(settings, limits.sessions))
+    if slot is None:
+        tiers = settings.cascade_tiers()
+        print("cascade: " + " > ".join(f"{t.model} ({t.provider})" for t in tiers),
               file=sys.stderr)
+        skipped = [] if settings.tiers else [t for t in DEFAULT_TIERS if t not in tiers]
+        for tier in skipped:
+            print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
+                  file=sys.stderr)
+    metrics = [settings.metrics_port + i for i in range(count)] if settings.metrics_port else []
     for port, env in ((settings.health_port, "SIGHTLINE_HEALTH_PORT"),
                       (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT"),
-                      (settings.metrics_port, "SIGHTLINE_METRICS_PORT")):
-        _require_free_port(port, env)
+                      *((port, "SIGHTLINE_METRICS_PORT") for port in metrics)):
+        require_free_port(port, env)
     embedded = None
     if settings.database_url is None:
         embedded = start_embedded(settings.data_dir / "pgdata")
@@ -95,6 +110,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.with_overrides(database_url=os.environ["DATABASE_URL"])
     try:
         asyncio.run(_migrate(os.environ["DATABASE_URL"], settings))
+        if count > 1:
+            print(f"this worker takes {limits.describe()}, in {count} processes",
+                  file=sys.stderr, flush=True)
+            return run_processes(settings, count, os.environ["DATABASE_URL"], args.log_level)
+        limit_malloc_arenas(settings.malloc_arenas)
+        # livekit-agents watches every event loop of the process for blocking, waking twice
+        # every 20-50 ms per loop: with a loop per session and per idle slot, that is
+        # thousands of wake-ups a second competing for the GIL. Sightline's own watchdog
+        # checks each session once a second; set this variable (milliseconds) to have
+        # livekit's reports too.
+        os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
         _preload(settings)
         rtc_logs_to_stderr()
         route_media_events()
@@ -102,9 +128,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
         # SIGTERM: livekit-agents drains (no new jobs, running sessions end), then closes; the
         # process is gone within SHUTDOWN_DEADLINE_S of the close, whatever still runs
-        server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S)
+        server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S, slot=slot)
         # printed, like the cascade: livekit-agents sets the log up only once it runs
-        print(f"this worker takes {server.meter.limits.describe()}", file=sys.stderr)
+        who = "this worker" if slot is None else f"worker process {slot} (pid {os.getpid()})"
+        print(f"{who} takes {server.meter.limits.describe()}", file=sys.stderr, flush=True)
         _run_worker(
             server,
             proto.CliArgs(
@@ -129,19 +156,6 @@ async def _migrate(url: str, settings: Settings) -> None:
 
     db = await Database.open(url, settings.data_dir)
     await db.close()
-
-
-def _require_free_port(port: int, env: str) -> None:
-    """Fail with one line, before anything starts, when a port the worker serves is taken."""
-    if port == 0:
-        return
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError as exc:
-            raise ConfigError(f"{env}={port}: the port is taken ({exc.strerror}); "
-                              "choose a free one (two workers on one host need two)") from None
 
 
 def _preload(settings: Settings) -> None:

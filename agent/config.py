@@ -276,6 +276,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("max_sessions", "SIGHTLINE_MAX_SESSIONS", Range(int, 0, 10000), 0,
         help="sessions one worker hosts; 0: 15 per CPU core it may use (README: Many "
              "sessions per worker)"),
+    _Field("worker_processes", "SIGHTLINE_WORKER_PROCESSES", Range(int, 0, 64), 0,
+        help="processes `sightline start` hosts its sessions in, each registered with LiveKit "
+             "and taking its share of the sessions; 0: one per CPU core it may use (README: "
+             "Many sessions per worker)"),
     _Field("worker_memory_mb", "SIGHTLINE_WORKER_MEMORY_MB", Range(int, 0, 2**24), 0,
         help="memory a worker may fill before it refuses jobs; 0: 80% of the machine's "
              "(or its container's) memory"),
@@ -375,6 +379,7 @@ class Settings:
     memory_updates: bool
     database_retry_s: float
     max_sessions: int
+    worker_processes: int
     worker_memory_mb: int
     malloc_arenas: int
     drain_timeout_s: int

@@ -47,6 +47,7 @@ from .rtc_events import route_room_events
 from .session import SessionRuntime
 from .speech import import_plugins
 from .watchdog import process_watchdog, where_thread_is
+from .worker_processes import ProcessSlot
 
 log = logging.getLogger("sightline.worker")
 
@@ -379,7 +380,11 @@ class SightlineServer(AgentServer):
                 await redispatcher.aclose()
 
 
-def build_server(settings: Settings, exit_deadline_s: float | None = None) -> SightlineServer:
-    return SightlineServer(settings,
-                           Limits.for_host(settings.max_sessions, settings.worker_memory_mb),
-                           exit_deadline_s)
+def build_server(settings: Settings, exit_deadline_s: float | None = None,
+                 slot: ProcessSlot | None = None) -> SightlineServer:
+    """The worker's server; as one of the worker's processes (`slot`), with its share of the
+    worker's limits."""
+    limits = Limits.for_host(settings.max_sessions, settings.worker_memory_mb)
+    if slot is not None:
+        limits = limits.share(slot.index, slot.count)
+    return SightlineServer(settings, limits, exit_deadline_s)

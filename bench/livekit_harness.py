@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ import numpy as np
 import psutil
 from livekit import api, rtc
 
+from agent.ports import free_port as free_port  # the tests' import of it
 from vision.video_file import iter_frames
 
 if TYPE_CHECKING:
@@ -36,32 +36,6 @@ if TYPE_CHECKING:
 API_KEY = "devkey"
 API_SECRET = "e2e-secret-that-is-long-enough-for-hs256"
 DEFAULT_BINARY = Path.home() / ".cache" / "sightline" / "bin" / "livekit-server"
-
-
-def _ephemeral_ports() -> range:
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    return range(low, high + 1)
-
-
-def free_port() -> int:
-    """A free port outside the kernel's ephemeral range: a port that is free now is handed to
-    a process that binds it seconds later, and an ephemeral one may by then be the local end of
-    any outgoing connection (a worker once failed to start on one in CI)."""
-    ephemeral = _ephemeral_ports()
-    for _ in range(200):
-        port = random.randrange(10_000, 65_536)
-        if port in ephemeral:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_for_port(port: int, timeout_s: float) -> None:
@@ -155,9 +129,13 @@ def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = No
                  name: str = "worker", launcher: Sequence[str] = ()) -> Worker:
     """Start `sightline start` (this environment's, the `sightline` given, or `launcher`, a
     command that runs Sightline's CLI) and wait until it registered with the LiveKit
-    server."""
+    server (each of its processes, with `SIGHTLINE_WORKER_PROCESSES` in `env`; 0 counts as
+    one)."""
     log_path = workdir / f"{name}.log"
     data_dir = Path(env["SIGHTLINE_DATA_DIR"])
+    # one process unless the caller asks for more: tests count on one worker's log and pid
+    env = {"SIGHTLINE_WORKER_PROCESSES": "1", **env}
+    processes = int(env["SIGHTLINE_WORKER_PROCESSES"]) or 1
     sightline = sightline or Path(sys.executable).with_name("sightline")
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -169,7 +147,7 @@ def start_worker(workdir: Path, env: dict[str, str], sightline: Path | None = No
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{worker.log_text()}")
-        if "registered worker" in worker.log_text():
+        if worker.log_text().count("registered worker") >= processes:
             return worker
         time.sleep(0.2)
     worker.stop()

@@ -6,8 +6,10 @@ worker in memory and CPU, whether 1 FPS sampling holds, and whether a long run l
     .venv/bin/python -m bench.load --levels 8 --reference /tmp/before/.venv/bin/sightline
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --soak 10   # 10 minutes
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --split-cores  # users elsewhere
+    .venv/bin/python -m bench.load --levels 30 --capacity 30 --processes 2  # two processes
 
-(`--capacity`: a worker's own default is 8 sessions per core.)
+(`--capacity`: a worker's own default is 15 sessions per core; `--processes`: its own default
+is one process per core, the bench's 1 unless asked.)
 
 Real `livekit-server` on loopback, real `sightline start` worker(s), an embedded Postgres
 (started here, shared by the workers), the models as the wire-format server answering at once
@@ -91,6 +93,7 @@ class Options:
     sightline: Path
     worker_cpus: frozenset[int] = frozenset()  # --split-cores: the workers' own cores
     publish: str = "encoded"  # --publish: how the users send their shares (bench/load_users.py)
+    processes: int = 1  # --processes: SIGHTLINE_WORKER_PROCESSES of each worker
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -147,7 +150,7 @@ def postgres_processes(pgdata: Path) -> list[psutil.Process]:
 
 
 def worker_env(livekit: LiveKitServer, models_url: str, database_url: str, data_dir: Path,
-               capacity: int) -> dict[str, str]:
+               capacity: int, processes: int) -> dict[str, str]:
     return {
         "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
         "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
@@ -156,6 +159,7 @@ def worker_env(livekit: LiveKitServer, models_url: str, database_url: str, data_
         "DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(data_dir),
         "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": str(free_port()),
         **({"SIGHTLINE_MAX_SESSIONS": str(capacity)} if capacity else {}),
+        "SIGHTLINE_WORKER_PROCESSES": str(processes),
     }
 
 
@@ -307,7 +311,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models_url: str, mo
     try:
         for i, data_dir in enumerate(data_dirs):
             level_dir.mkdir(parents=True, exist_ok=True)
-            env = worker_env(livekit, models_url, database_url, data_dir, opts.capacity)
+            env = worker_env(livekit, models_url, database_url, data_dir, opts.capacity,
+                             opts.processes)
             pinned = (["taskset", "-c", ",".join(map(str, sorted(opts.worker_cpus))),
                        str(sightline)] if opts.worker_cpus else [])
             workers.append(start_worker(level_dir, env, sightline, name=f"worker-{i}",
@@ -489,6 +494,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=0,
                         help="SIGHTLINE_MAX_SESSIONS for the workers (default: the worker's own)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="SIGHTLINE_WORKER_PROCESSES for each worker: the processes it hosts "
+                             "its sessions in (default 1, as the figures before 2026-12-02)")
     parser.add_argument("--users-processes", type=int, default=2)
     parser.add_argument("--sightline", type=Path,
                         default=Path(sys.executable).with_name("sightline"))
@@ -516,9 +524,9 @@ def main() -> int:
     opts = Options([int(x) for x in args.levels.split(",")], args.arrival, args.gap_s,
                    args.seconds, args.ask_every, args.fps, args.change_every, args.workers,
                    args.capacity, args.users_processes, args.sightline, worker_cpus,
-                   args.publish)
+                   args.publish, args.processes)
     result: dict[str, Any] = {"bench": "load", "arrival": opts.arrival, "publish": opts.publish,
-                              "levels": [],
+                              "processes": opts.processes, "levels": [],
                               "worker_cpus": sorted(worker_cpus)}
     with (contextlib.nullcontext(str(args.keep)) if args.keep
           else tempfile.TemporaryDirectory()) as tmp:

@@ -23,6 +23,7 @@ from livekit.agents import get_job_context
 from agent import worker
 from agent.cli import main
 from agent.config import Settings
+from agent.worker_processes import ProcessSlot
 from vision.frames import SampledFrame
 from vision.screen import ScreenWatcher
 
@@ -42,9 +43,9 @@ def faulty_offer(self: ScreenWatcher, t: float, frame: rtc.VideoFrame) -> Sample
     return _offer(self, t, frame)
 
 
-def slow_warmup_server(settings: Settings,
-                       exit_deadline_s: float | None = None) -> worker.SightlineServer:
-    server = _build_server(settings, exit_deadline_s)
+def slow_warmup_server(settings: Settings, exit_deadline_s: float | None = None,
+                       slot: ProcessSlot | None = None) -> worker.SightlineServer:
+    server = _build_server(settings, exit_deadline_s, slot)
     warmup_s = float(os.environ.get("SIGHTLINE_FAULT_WARMUP_S", "0"))
     if warmup_s > 0:
         server.setup_fnc = lambda _: time.sleep(warmup_s)  # runs in each job thread

@@ -1,0 +1,258 @@
+"""One machine's worker as several processes: `sightline start` with
+`SIGHTLINE_WORKER_PROCESSES` above 1 runs that many worker processes, each registered with
+LiveKit on its own and hosting its share of the sessions as threads.
+
+Why: a process hosts its sessions' Python (rtc events and frames, change detection, turns)
+under one GIL, and LiveKit's rtc SDK delivers every room's events through one callback thread
+per process. On a 2-core machine 30 sessions of 5 fps shares in one process answered with a
+steady-window p95 overhead of 259-423 ms over four runs, and in two processes of 15 with
+214-224 ms (`bench/load.py`, README: Many sessions per worker). livekit-agents' process
+executor would give each *job* a process (~480 MB each, measured before the thread executor);
+here each process hosts many.
+
+This parent starts the embedded Postgres (when no DATABASE_URL is set) and the migrations
+once, then the processes, each `sightline start --process I/N` with its own settings:
+- its share of `SIGHTLINE_MAX_SESSIONS`, `SIGHTLINE_WORKER_MEMORY_MB` and the cores, so the
+  load each reports to LiveKit is its own (agent/capacity.py: `Limits.share`);
+- the webhook (`SIGHTLINE_WEBHOOK_PORT`) in the first process alone: LiveKit's webhook
+  configuration names one port per host;
+- its own health port, picked free here; the parent serves `SIGHTLINE_HEALTH_PORT` itself
+  and answers `OK` only while every process answers `OK` on its own;
+- metrics (`SIGHTLINE_METRICS_PORT`, when set) on that port plus the process's index.
+
+A process that ends while the worker is not stopping (a crash, the OOM killer) is started
+again (at once, then after 1, 2, 4... s up to a minute while it keeps failing within a minute
+of its start); its sessions' rooms are dispatched again by the fleet as for any lost worker,
+and its open sessions are closed by the process that replaces it (agent/left_open.py). A
+process that exits with status 2 (a setting it refuses) stops the worker with that status.
+SIGTERM and SIGINT are passed on (the processes drain; a second one ends them at once), and
+each process is killed by the kernel if the parent dies (`PR_SET_PDEATHSIG`), so a worker
+killed with SIGKILL leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .capacity import usable_cores
+from .config import ConfigError, Settings
+from .ports import free_port
+
+log = logging.getLogger("sightline.worker")
+
+CONFIG_EXIT = 2  # a setting the process refused: starting it again would not help
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+HEALTHY_AFTER_S = 60.0  # a process that ran this long before it ended restarts at once
+HEALTH_TIMEOUT_S = 2.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class ProcessSlot:
+    """Which of the worker's processes this one is: `index` of `count`, from 0."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessSlot:
+        """`I/N` as `--process` gives it, I from 1."""
+        number, _, count = text.partition("/")
+        try:
+            slot = cls(int(number) - 1, int(count))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not I/N") from None
+        if not 0 <= slot.index < slot.count:
+            raise argparse.ArgumentTypeError(f"{text!r}: I must be from 1 to N")
+        return slot
+
+    def __str__(self) -> str:
+        return f"{self.index + 1}/{self.count}"
+
+
+def process_count(settings: Settings, sessions: int) -> int:
+    """How many processes `sightline start` runs: the setting, or with 0 one per usable core
+    (a process's Python runs on one core at a time), never more than the sessions it takes."""
+    wanted = settings.worker_processes or max(1, math.floor(usable_cores()))
+    return max(1, min(wanted, sessions))
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when the worker's parent process (`parent`, its pid)
+    dies (Linux). The parent may be pid 1 (a container's first process), so a parent that
+    died first is told by the pid, not by being reparented to 1."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def process_env(settings: Settings, slot: ProcessSlot, health_port: int,
+                database_url: str) -> dict[str, str]:
+    """The settings of one process that differ from the worker's."""
+    metrics = settings.metrics_port + slot.index if settings.metrics_port else 0
+    return {
+        "DATABASE_URL": database_url,
+        "SIGHTLINE_HEALTH_PORT": str(health_port),
+        "SIGHTLINE_WEBHOOK_PORT": str(settings.webhook_port if slot.index == 0 else 0),
+        "SIGHTLINE_METRICS_PORT": str(metrics),
+    }
+
+
+class WorkerProcess:
+    """One of the worker's processes: started, watched and started again when it ends."""
+
+    def __init__(self, slot: ProcessSlot, env: dict[str, str], log_level: str) -> None:
+        self.slot = slot
+        self.health_port = int(env["SIGHTLINE_HEALTH_PORT"])
+        self._env = env
+        self._log_level = log_level
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+
+    async def start(self) -> None:
+        # sys.argv[0] is the program that runs Sightline's CLI: the `sightline` script, or a
+        # test's wrapper of it
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, sys.argv[0], "start", "--process", str(self.slot),
+            "--parent", str(os.getpid()), "--log-level", self._log_level,
+            env={**os.environ, **self._env})
+        self.started_at = time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signum)
+
+
+def describe_exit(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+
+
+class Supervisor:
+    """Runs the worker's processes until they have all ended after a stop signal."""
+
+    def __init__(self, settings: Settings, count: int, database_url: str,
+                 log_level: str) -> None:
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._signals = 0
+        self.processes = [
+            WorkerProcess(slot, process_env(settings, slot, free_port() if settings.health_port
+                                            else 0, database_url), log_level)
+            for slot in (ProcessSlot(i, count) for i in range(count))]
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        health = await self._serve_health() if self._settings.health_port else None
+        try:
+            for process in self.processes:
+                if not self._stopping.is_set():  # a stop signal while they start
+                    await process.start()
+            print(f"sightline: started {len(self.processes)} worker processes (pids "
+                  f"{', '.join(str(p.proc.pid) for p in self.processes if p.proc)})",
+                  file=sys.stderr, flush=True)
+            codes = await asyncio.gather(*(self._keep(p) for p in self.processes))
+        finally:
+            if health is not None:
+                await health.cleanup()
+        return max(codes, key=lambda code: code != 0)  # the first failure's, else 0
+
+    def _on_signal(self, signum: int) -> None:
+        """Pass the signal on: the first one drains the processes, a second ends them."""
+        self._signals += 1
+        self._stopping.set()
+        for process in self.processes:
+            process.signal(signum)
+
+    async def _keep(self, process: WorkerProcess) -> int:
+        """Wait for the process; start it again when it ends while the worker runs on.
+        Returns its last exit status (0 for a process ended by a stop signal)."""
+        failing_s = RESTART_FIRST_S
+        while process.proc is not None:
+            code = await process.proc.wait()
+            if self._stopping.is_set():
+                return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
+            ran_s = time.monotonic() - process.started_at
+            if code == CONFIG_EXIT:
+                print(f"sightline: worker process {process.slot} refused its settings "
+                      "(above); stopping the worker", file=sys.stderr, flush=True)
+                self._on_signal(signal.SIGTERM)
+                return code
+            wait_s = 0.0 if ran_s >= HEALTHY_AFTER_S else failing_s
+            failing_s = RESTART_FIRST_S if ran_s >= HEALTHY_AFTER_S else min(
+                RESTART_MAX_S, failing_s * 2)
+            print(f"sightline: worker process {process.slot} (pid {process.proc.pid}) ended "
+                  f"({describe_exit(code)}) after {ran_s:.0f} s; starting it again"
+                  + (f" in {wait_s:.0f} s" if wait_s else ""), file=sys.stderr, flush=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return 0
+            process.restarts += 1
+            await process.start()
+        return 0
+
+    async def _serve_health(self) -> web.AppRunner:
+        """`SIGHTLINE_HEALTH_PORT`: `OK` while every process answers `OK` on its own port
+        (livekit-agents' check: connected to LiveKit), else 503 naming the ones that do not."""
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
+
+        async def health(_: web.Request) -> web.Response:
+            answers = await asyncio.gather(*(self._health_of(session, p) for p in self.processes))
+            failing = [f"worker process {p.slot}: {answer}"
+                       for p, answer in zip(self.processes, answers, strict=True)
+                       if answer != "OK"]
+            if failing:
+                return web.Response(status=503, text="; ".join(failing))
+            return web.Response(text="OK")
+
+        app = web.Application()
+        app.router.add_get("/", health)
+        app.on_cleanup.append(lambda _: session.close())
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, port=self._settings.health_port).start()
+        return runner
+
+    @staticmethod
+    async def _health_of(session: aiohttp.ClientSession, process: WorkerProcess) -> str:
+        if process.proc is None or process.proc.returncode is not None:
+            return "not running"
+        try:
+            async with session.get(f"http://127.0.0.1:{process.health_port}/") as response:
+                text = (await response.text()).strip()
+                return text if response.status == 200 else f"{response.status} {text}"
+        except (aiohttp.ClientError, TimeoutError):
+            return "not answering yet"
+
+
+def run_processes(settings: Settings, count: int, database_url: str, log_level: str) -> int:
+    """Run `count` worker processes until they have ended (the parent's whole job)."""
+    if settings.metrics_port and settings.metrics_port + count - 1 > 65535:
+        raise ConfigError(f"SIGHTLINE_METRICS_PORT={settings.metrics_port}: the worker's "
+                          f"{count} processes serve metrics on it and the {count - 1} ports "
+                          "after it; choose a lower one")
+    return asyncio.run(Supervisor(settings, count, database_url, log_level).run())

@@ -1,0 +1,213 @@
+"""A worker of several processes (`SIGHTLINE_WORKER_PROCESSES`), on a real LiveKit server.
+
+`sightline start` with 2 processes registers twice with LiveKit and splits its sessions
+between them; its health port answers for both; a process that dies is started again and the
+worker goes on; SIGTERM stops them all with status 0; SIGKILL of the parent leaves no process.
+The split of the limits, ports and process count is checked on its own first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+from conftest import fresh_database
+from livekit import rtc
+from test_fleet import ANSWER, MEMORY_UPDATE, SCREENS
+
+from agent.capacity import Limits
+from agent.config import Settings
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from agent.worker_processes import ProcessSlot, process_count, process_env
+from bench.livekit_harness import (
+    API_KEY,
+    API_SECRET,
+    LiveKitServer,
+    User,
+    Worker,
+    free_port,
+    start_worker,
+)
+
+AGENT_NAME = "sightline-processes"
+
+
+@pytest.mark.parametrize(("sessions", "count", "expected"), [
+    (30, 2, [15, 15]), (31, 2, [16, 15]), (5, 3, [2, 2, 1]), (1, 1, [1])])
+def test_a_workers_limits_are_split_between_its_processes(
+        sessions: int, count: int, expected: list[int]) -> None:
+    limits = Limits(sessions, 9000.0, 2.0)
+    shares = [limits.share(i, count) for i in range(count)]
+    assert [s.sessions for s in shares] == expected
+    assert sum(s.memory_mb for s in shares) == pytest.approx(9000.0)
+    assert sum(s.cores for s in shares) == pytest.approx(2.0)
+
+
+def test_process_count_is_the_setting_or_a_process_per_core_and_never_above_the_sessions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.worker_processes.usable_cores", lambda: 4.5)
+    assert process_count(Settings.from_env({"SIGHTLINE_WORKER_PROCESSES": "0"}), 60) == 4
+    assert process_count(Settings.from_env({"SIGHTLINE_WORKER_PROCESSES": "3"}), 60) == 3
+    assert process_count(Settings.from_env({"SIGHTLINE_WORKER_PROCESSES": "3"}), 2) == 2
+    monkeypatch.setattr("agent.worker_processes.usable_cores", lambda: 0.5)  # a CPU quota
+    assert process_count(Settings.from_env({}), 60) == 1
+
+
+def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() -> None:
+    settings = Settings.from_env({"SIGHTLINE_WEBHOOK_PORT": "8082",
+                                  "SIGHTLINE_METRICS_PORT": "9100"})
+    first = process_env(settings, ProcessSlot(0, 2), 20001, "postgresql://db/x")
+    second = process_env(settings, ProcessSlot(1, 2), 20002, "postgresql://db/x")
+    assert (first["SIGHTLINE_WEBHOOK_PORT"], second["SIGHTLINE_WEBHOOK_PORT"]) == ("8082", "0")
+    assert (first["SIGHTLINE_METRICS_PORT"], second["SIGHTLINE_METRICS_PORT"]) == ("9100",
+                                                                                  "9101")
+    assert second["SIGHTLINE_HEALTH_PORT"] == "20002"
+    off = process_env(Settings.from_env({"SIGHTLINE_METRICS_PORT": "0"}), ProcessSlot(1, 2),
+                      0, "postgresql://db/x")
+    assert off["SIGHTLINE_METRICS_PORT"] == "0"
+    assert ProcessSlot.parse("2/3") == ProcessSlot(1, 3) and str(ProcessSlot(1, 3)) == "2/3"
+    for bad in ("0/2", "3/2", "x/2", "2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ProcessSlot.parse(bad)
+
+
+def _reply(request: CapturedRequest) -> ScriptedReply:
+    return ScriptedReply(text=MEMORY_UPDATE if request.purpose == "memory" else ANSWER)
+
+
+@pytest.fixture(scope="module")
+async def models() -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer(replies=_reply) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def processes_database_url(postgres_admin_url: str) -> str:
+    return await fresh_database(postgres_admin_url, "processes")
+
+
+def start(livekit: LiveKitServer, models: ScriptedModelServer, database_url: str,
+          workdir: Path, sessions: int) -> tuple[Worker, int]:
+    """A worker of two processes; returns it and its health port."""
+    health = free_port()
+    env = {
+        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
+        "GOOGLE_API_KEY": "processes-fake-key", "ANTHROPIC_API_KEY": "processes-fake-key",
+        "SIGHTLINE_GEMINI_BASE_URL": models.base_url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": models.base_url, "SIGHTLINE_MODEL_RETRIES": "0",
+        "DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(workdir / "data"),
+        "SIGHTLINE_HEALTH_PORT": str(health), "SIGHTLINE_WEBHOOK_PORT": "0",
+        "SIGHTLINE_MAX_SESSIONS": str(sessions), "SIGHTLINE_WORKER_PROCESSES": "2",
+        "SIGHTLINE_SCREEN_TEXT": "off",
+    }
+    return start_worker(workdir, env, name="worker-processes"), health
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def children(worker: Worker) -> set[int]:
+    """The worker's processes (its parent's children)."""
+    return {p.pid for p in psutil.Process(worker.proc.pid).children()}
+
+
+async def health(port: int) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/", timeout=aiohttp.ClientTimeout(total=10)) as response:
+        return response.status, await response.text()
+
+
+async def healthy(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (answer := await health(port)) != (200, "OK"):
+        assert time.monotonic() < deadline, f"the worker's health stayed {answer}"
+        await asyncio.sleep(0.5)
+
+
+def session_pids(data_dir: Path) -> dict[str, int]:
+    """Which process hosted each room's session, from the sessions' cost logs."""
+    found = {}
+    for path in (data_dir / "costs").glob("live_*.jsonl"):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["kind"] == "session":
+                found[event["detail"]["room"]] = event["detail"]["pid"]
+    return found
+
+
+async def answered(livekit: LiveKitServer, rooms: list[str]) -> None:
+    """Users of `rooms` arrive at once, get an agent, share and are answered."""
+    users = [User(livekit, room, agent_name=AGENT_NAME, metadata={"tenant": "processes"},
+                  frames=SCREENS, hold_s=2.0) for room in rooms]
+    try:
+        await asyncio.gather(*(user.dispatch() for user in users))
+        await asyncio.gather(*(user.connect(f"user-{i}") for i, user in enumerate(users)))
+        await asyncio.gather(*(user.wait_for_agent(timeout_s=60) for user in users))
+        await asyncio.gather(*(user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=2)
+                               for user in users))
+        for user in users:
+            await user.say("What is on my screen?")
+        replies = await asyncio.gather(*(user.wait_for_reply(timeout_s=60) for user in users))
+        assert replies == [ANSWER.split("]] ", 1)[1]] * len(users)
+    finally:
+        await asyncio.gather(*(user.leave() for user in users), return_exceptions=True)
+
+
+@pytest.mark.e2e
+async def test_a_worker_of_two_processes_shares_a_burst_and_outlives_a_process(
+        livekit: LiveKitServer, models: ScriptedModelServer, processes_database_url: str,
+        tmp_path: Path) -> None:
+    worker, health_port = start(livekit, models, processes_database_url, tmp_path, sessions=4)
+    try:
+        first = now = children(worker)
+        assert len(first) == 2
+        await healthy(health_port)
+        rooms = [f"processes-burst-{i}" for i in range(4)]
+        await answered(livekit, rooms)  # two per process: the split capacity is full
+        hosts = session_pids(worker.data_dir)
+        assert sorted(hosts) == rooms
+        assert set(hosts.values()) == first, "each process hosted its share of the burst"
+
+        lost = min(first)
+        psutil.Process(lost).send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while len(now := children(worker)) < 2 or lost in now or (
+                worker.log_text().count("registered worker") < 3):
+            assert time.monotonic() < deadline, f"no new process:\n{worker.log_text()[-3000:]}"
+            await asyncio.sleep(0.5)
+        assert f"(pid {lost}) ended (killed by SIGKILL)" in worker.log_text()
+        await healthy(health_port)
+        await answered(livekit, ["processes-after"])
+        assert worker.proc.poll() is None
+    finally:
+        code = await worker.astop()
+    assert code == 0, worker.log_text()[-3000:]
+    assert not any(running(pid) for pid in now)
+
+
+@pytest.mark.e2e
+async def test_a_worker_killed_with_sigkill_leaves_no_process_behind(
+        livekit: LiveKitServer, models: ScriptedModelServer, processes_database_url: str,
+        tmp_path: Path) -> None:
+    worker, _ = start(livekit, models, processes_database_url, tmp_path, sessions=2)
+    left = children(worker)
+    assert len(left) == 2
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while alive := [pid for pid in left if running(pid)]:
+        assert time.monotonic() < deadline, f"processes {alive} outlived their worker"
+        await asyncio.sleep(0.2)
