@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 import math
 import os
 import signal
@@ -51,8 +50,6 @@ from aiohttp import web
 from .capacity import usable_cores
 from .config import ConfigError, Settings
 from .ports import free_port
-
-log = logging.getLogger("sightline.worker")
 
 CONFIG_EXIT = 2  # a setting the process refused: starting it again would not help
 RESTART_FIRST_S = 1.0
@@ -127,7 +124,6 @@ class WorkerProcess:
         self._log_level = log_level
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
-        self.restarts = 0
 
     async def start(self) -> None:
         # sys.argv[0] is the program that runs Sightline's CLI: the `sightline` script, or a
@@ -155,7 +151,6 @@ class Supervisor:
                  log_level: str) -> None:
         self._settings = settings
         self._stopping = asyncio.Event()
-        self._signals = 0
         self.processes = [
             WorkerProcess(slot, process_env(settings, slot, free_port() if settings.health_port
                                             else 0, database_url), log_level)
@@ -175,13 +170,14 @@ class Supervisor:
                   file=sys.stderr, flush=True)
             codes = await asyncio.gather(*(self._keep(p) for p in self.processes))
         finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
             if health is not None:
                 await health.cleanup()
         return max(codes, key=lambda code: code != 0)  # the first failure's, else 0
 
     def _on_signal(self, signum: int) -> None:
         """Pass the signal on: the first one drains the processes, a second ends them."""
-        self._signals += 1
         self._stopping.set()
         for process in self.processes:
             process.signal(signum)
@@ -211,7 +207,6 @@ class Supervisor:
                     await self._stopping.wait()
             if self._stopping.is_set():
                 return 0
-            process.restarts += 1
             await process.start()
         return 0
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +29,13 @@ from test_fleet import ANSWER, MEMORY_UPDATE, SCREENS
 from agent.capacity import Limits
 from agent.config import Settings
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
-from agent.worker_processes import ProcessSlot, process_count, process_env
+from agent.worker_processes import (
+    ProcessSlot,
+    Supervisor,
+    WorkerProcess,
+    process_count,
+    process_env,
+)
 from bench.livekit_harness import (
     API_KEY,
     API_SECRET,
@@ -77,6 +86,54 @@ def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() 
     for bad in ("0/2", "3/2", "x/2", "2"):
         with pytest.raises(argparse.ArgumentTypeError):
             ProcessSlot.parse(bad)
+
+
+def scripted(monkeypatch: pytest.MonkeyPatch, scripts: dict[int, list[str]]) -> None:
+    """Worker processes that run the Python of `scripts[index]` instead of Sightline, one
+    script per start (the last one again once they run out)."""
+    async def start(self: WorkerProcess) -> None:
+        runs = scripts[self.slot.index]
+        code = runs.pop(0) if len(runs) > 1 else runs[0]
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        self.started_at = time.monotonic()
+    monkeypatch.setattr(WorkerProcess, "start", start)
+
+
+SLEEPS = "import time; time.sleep(60)"
+
+
+async def test_a_process_that_refuses_its_settings_stops_the_worker_with_status_2(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    scripted(monkeypatch, {0: ["raise SystemExit(2)"], 1: [SLEEPS]})
+    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"})
+    supervisor = Supervisor(settings, 2, "postgresql://db/x", "INFO")
+    async with asyncio.timeout(30):
+        assert await supervisor.run() == 2
+    assert supervisor.processes[1].proc is not None
+    assert supervisor.processes[1].proc.returncode == -signal.SIGTERM  # told to stop
+    assert "worker process 1/2 refused its settings" in capfd.readouterr().err
+
+
+async def test_a_process_that_ends_is_started_again_and_a_stop_ends_them_all(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    scripted(monkeypatch, {0: ["raise SystemExit(1)", SLEEPS], 1: [SLEEPS]})
+    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"})
+    supervisor = Supervisor(settings, 2, "postgresql://db/x", "INFO")
+    running = asyncio.create_task(supervisor.run())
+    deadline = time.monotonic() + 30
+    while not re.search(r"1/2 \(pid \d+\) ended \(status 1\) after \d+ s; starting it again "
+                        r"in 1 s", capfd.readouterr().err):
+        assert time.monotonic() < deadline, "the process's end was not seen"
+        await asyncio.sleep(0.1)
+    first = supervisor.processes[0].proc
+    while supervisor.processes[0].proc is first:  # started again, a second later
+        assert time.monotonic() < deadline, "the process was not started again"
+        await asyncio.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGTERM)  # the worker's stop: passed on to both
+    async with asyncio.timeout(30):
+        assert await running == 0
+    assert all(p.proc is not None and p.proc.returncode == -signal.SIGTERM
+               for p in supervisor.processes)
 
 
 def _reply(request: CapturedRequest) -> ScriptedReply:
