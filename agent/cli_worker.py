@@ -164,7 +164,11 @@ def _preload(settings: Settings) -> None:
     engine, and what the first turn and the first kept frame import. An import holds the GIL:
     in a burst of 30 joining, the first session's imports of genai-prices' model table
     (0.85 s) and Pillow's image plugins (0.3 s) stalled every session's loop (measured with
-    PYTHONPROFILEIMPORTTIME in bench.load)."""
+    PYTHONPROFILEIMPORTTIME in bench.load). numpy imports `numpy.ma` on the first median of
+    floats (the change detector's perceptual hash of a session's first frame): 53 ms on an idle
+    process, and in a py-spy profile of a burst of 30 the one import left after registering
+    (1.45 s of samples across two processes)."""
+    import numpy.ma  # noqa: F401 - importing it is the point
     from genai_prices import data_snapshot
     from PIL import Image
 

@@ -315,6 +315,9 @@ for tier in settings.cascade_tiers():  # a session's providers
     make_provider(settings, tier)
 PriceTable.load().get("gemini-2.5-flash-lite")  # a first turn's price
 Image.new("RGB", (64, 64)).save(io.BytesIO(), "JPEG")  # and its image for the model
+import numpy as np
+from vision.phash import phash
+phash(np.zeros((720, 1280), np.uint8))  # a first frame's perceptual hash
 print(" ".join(sorted(set(sys.modules) - before)))
 """
 
@@ -329,6 +332,7 @@ def test_what_the_first_turn_imports_is_loaded_before_any_job(tmp_path) -> None:
     assert "anthropic" not in imported_late  # the default tiers' Claude, made by the session
     assert "genai_prices.data" not in imported_late
     assert not [m for m in imported_late if m.startswith("PIL.")], imported_late
+    assert "numpy.ma" not in imported_late  # the first median of floats imports it
 
 
 def _room_event(room_handle: int) -> FfiEvent:
