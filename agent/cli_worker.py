@@ -8,9 +8,13 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .config import DEFAULT_TIERS, ConfigError, Settings
 from .ports import require_free_port
+
+if TYPE_CHECKING:
+    from .worker_processes import ProcessSlot
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -62,18 +66,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     and its URL handed to the sessions (and to the processes). What every session reads is
     loaded before the first job arrives, into the process that hosts them.
     """
-    from livekit.agents.cli import proto
-    from livekit.agents.cli.cli import _run_worker
-
     from memory.db import start_embedded, stop_embedded
 
     from .alerts import close_sinks
     from .capacity import Limits
-    from .left_spills import import_left_spills
-    from .observability import configure_tracing
-    from .rtc_events import route_media_events, rtc_logs_to_stderr
-    from .worker import SHUTDOWN_DEADLINE_S, build_server
-    from .worker_processes import ProcessSlot, die_with_parent, process_count, run_processes
+    from .worker_processes import (
+        ProcessSlot,
+        die_with_parent,
+        metrics_ports,
+        process_count,
+        run_processes,
+    )
 
     if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
         raise ConfigError(f"LIVEKIT_LOG_LEVEL={args.log_level!r} is invalid: must be one of "
@@ -98,7 +101,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         for tier in skipped:
             print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
                   file=sys.stderr)
-    metrics = [settings.metrics_port + i for i in range(count)] if settings.metrics_port else []
+    metrics = [port for port in metrics_ports(settings, count) if port]
     for port, env in ((settings.health_port, "SIGHTLINE_HEALTH_PORT"),
                       (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT"),
                       *((port, "SIGHTLINE_METRICS_PORT") for port in metrics)):
@@ -114,41 +117,54 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"this worker takes {limits.describe()}, in {count} processes",
                   file=sys.stderr, flush=True)
             return run_processes(settings, count, os.environ["DATABASE_URL"], args.log_level)
-        limit_malloc_arenas(settings.malloc_arenas)
-        # livekit-agents watches every event loop of the process for blocking, waking twice
-        # every 20-50 ms per loop: with a loop per session and per idle slot, that is
-        # thousands of wake-ups a second competing for the GIL. Sightline's own watchdog
-        # checks each session once a second; set this variable (milliseconds) to have
-        # livekit's reports too.
-        os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
-        _preload(settings)
-        rtc_logs_to_stderr()
-        route_media_events()
-        if configure_tracing(settings.otlp_endpoint):
-            print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
-        # SIGTERM: livekit-agents drains (no new jobs, running sessions end), then closes; the
-        # process is gone within SHUTDOWN_DEADLINE_S of the close, whatever still runs
-        server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S, slot=slot)
-        # printed, like the cascade: livekit-agents sets the log up only once it runs
-        who = "this worker" if slot is None else f"worker process {slot} (pid {os.getpid()})"
-        print(f"{who} takes {server.meter.limits.describe()}", file=sys.stderr, flush=True)
-        _run_worker(
-            server,
-            proto.CliArgs(
-                log_level=args.log_level,
-                url=settings.livekit_url,
-                api_key=settings.livekit_api_key,
-                api_secret=settings.livekit_api_secret,
-                dev=args.command == "dev",
-                log_format="colored" if args.command == "dev" else "json",
-            ),
-        )
-        asyncio.run(import_left_spills(settings))  # the disk may go with the worker
+        _host_sessions(settings, args, slot)
     finally:
         close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
             stop_embedded(embedded)
     return 0
+
+
+def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSlot | None) -> None:
+    """Run the sessions in this process, as the worker or as one of its processes (`slot`).
+    What only this needs is imported here: a parent of several processes does without it."""
+    from livekit.agents.cli import proto
+    from livekit.agents.cli.cli import _run_worker
+
+    from .left_spills import import_left_spills
+    from .observability import configure_tracing
+    from .rtc_events import route_media_events, rtc_logs_to_stderr
+    from .worker import SHUTDOWN_DEADLINE_S, build_server
+
+    limit_malloc_arenas(settings.malloc_arenas)
+    # livekit-agents watches every event loop of the process for blocking, waking twice every
+    # 20-50 ms per loop: with a loop per session and per idle slot, that is thousands of
+    # wake-ups a second competing for the GIL. Sightline's own watchdog checks each session
+    # once a second; set this variable (milliseconds) to have livekit's reports too.
+    os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
+    _preload(settings)
+    rtc_logs_to_stderr()
+    route_media_events()
+    if configure_tracing(settings.otlp_endpoint):
+        print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
+    # SIGTERM: livekit-agents drains (no new jobs, running sessions end), then closes; the
+    # process is gone within SHUTDOWN_DEADLINE_S of the close, whatever still runs
+    server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S, slot=slot)
+    # printed, like the cascade: livekit-agents sets the log up only once it runs
+    who = "this worker" if slot is None else f"worker process {slot} (pid {os.getpid()})"
+    print(f"{who} takes {server.meter.limits.describe()}", file=sys.stderr, flush=True)
+    _run_worker(
+        server,
+        proto.CliArgs(
+            log_level=args.log_level,
+            url=settings.livekit_url,
+            api_key=settings.livekit_api_key,
+            api_secret=settings.livekit_api_secret,
+            dev=args.command == "dev",
+            log_format="colored" if args.command == "dev" else "json",
+        ),
+    )
+    asyncio.run(import_left_spills(settings))  # the disk may go with the worker
 
 
 async def _migrate(url: str, settings: Settings) -> None:

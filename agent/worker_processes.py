@@ -102,10 +102,21 @@ def die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def metrics_ports(settings: Settings, count: int) -> list[int]:
+    """Each process's metrics port: `SIGHTLINE_METRICS_PORT` and the ones after it (0: off)."""
+    if not settings.metrics_port:
+        return [0] * count
+    if settings.metrics_port + count - 1 > 65535:
+        raise ConfigError(f"SIGHTLINE_METRICS_PORT={settings.metrics_port}: the worker's "
+                          f"{count} processes serve metrics on it and the {count - 1} after "
+                          "it; choose a lower one")
+    return [settings.metrics_port + i for i in range(count)]
+
+
 def process_env(settings: Settings, slot: ProcessSlot, health_port: int,
                 database_url: str) -> dict[str, str]:
     """The settings of one process that differ from the worker's."""
-    metrics = settings.metrics_port + slot.index if settings.metrics_port else 0
+    metrics = metrics_ports(settings, slot.count)[slot.index]
     return {
         "DATABASE_URL": database_url,
         "SIGHTLINE_HEALTH_PORT": str(health_port),
@@ -246,8 +257,4 @@ class Supervisor:
 
 def run_processes(settings: Settings, count: int, database_url: str, log_level: str) -> int:
     """Run `count` worker processes until they have ended (the parent's whole job)."""
-    if settings.metrics_port and settings.metrics_port + count - 1 > 65535:
-        raise ConfigError(f"SIGHTLINE_METRICS_PORT={settings.metrics_port}: the worker's "
-                          f"{count} processes serve metrics on it and the {count - 1} ports "
-                          "after it; choose a lower one")
     return asyncio.run(Supervisor(settings, count, database_url, log_level).run())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
@@ -24,15 +23,17 @@ import psutil
 import pytest
 from conftest import fresh_database
 from livekit import rtc
+from test_e2e_livekit import session_events
 from test_fleet import ANSWER, MEMORY_UPDATE, SCREENS
 
 from agent.capacity import Limits
-from agent.config import Settings
+from agent.config import ConfigError, Settings
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from agent.worker_processes import (
     ProcessSlot,
     Supervisor,
     WorkerProcess,
+    metrics_ports,
     process_count,
     process_env,
 )
@@ -82,6 +83,8 @@ def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() 
     off = process_env(Settings.from_env({"SIGHTLINE_METRICS_PORT": "0"}), ProcessSlot(1, 2),
                       0, "postgresql://db/x")
     assert off["SIGHTLINE_METRICS_PORT"] == "0"
+    with pytest.raises(ConfigError, match="METRICS_PORT=65535"):  # a line, not bind's traceback
+        metrics_ports(Settings.from_env({"SIGHTLINE_METRICS_PORT": "65535"}), 2)
     assert ProcessSlot.parse("2/3") == ProcessSlot(1, 3) and str(ProcessSlot(1, 3)) == "2/3"
     for bad in ("0/2", "3/2", "x/2", "2"):
         with pytest.raises(argparse.ArgumentTypeError):
@@ -194,19 +197,17 @@ async def healthy(port: int, timeout_s: float = 60) -> None:
         await asyncio.sleep(0.5)
 
 
-def session_pids(data_dir: Path) -> dict[str, int]:
-    """Which process hosted each room's session, from the sessions' cost logs."""
+async def session_pids(worker: Worker, users: list[User]) -> dict[str, int]:
+    """Which process hosted each user's session, from its finished cost log."""
     found = {}
-    for path in (data_dir / "costs").glob("live_*.jsonl"):
-        for line in path.read_text().splitlines():
-            event = json.loads(line)
-            if event["kind"] == "session":
-                found[event["detail"]["room"]] = event["detail"]["pid"]
+    for user in users:
+        events = await session_events(worker, user)
+        found[user.room_name] = next(e for e in events if e["kind"] == "session")["detail"]["pid"]
     return found
 
 
-async def answered(livekit: LiveKitServer, rooms: list[str]) -> None:
-    """Users of `rooms` arrive at once, get an agent, share and are answered."""
+async def answered(livekit: LiveKitServer, rooms: list[str]) -> list[User]:
+    """Users of `rooms` arrive at once, get an agent, share, are answered and leave."""
     users = [User(livekit, room, agent_name=AGENT_NAME, metadata={"tenant": "processes"},
                   frames=SCREENS, hold_s=2.0) for room in rooms]
     try:
@@ -221,6 +222,7 @@ async def answered(livekit: LiveKitServer, rooms: list[str]) -> None:
         assert replies == [ANSWER.split("]] ", 1)[1]] * len(users)
     finally:
         await asyncio.gather(*(user.leave() for user in users), return_exceptions=True)
+    return users
 
 
 @pytest.mark.e2e
@@ -233,8 +235,8 @@ async def test_a_worker_of_two_processes_shares_a_burst_and_outlives_a_process(
         assert len(first) == 2
         await healthy(health_port)
         rooms = [f"processes-burst-{i}" for i in range(4)]
-        await answered(livekit, rooms)  # two per process: the split capacity is full
-        hosts = session_pids(worker.data_dir)
+        users = await answered(livekit, rooms)  # two per process: the split capacity is full
+        hosts = await session_pids(worker, users)
         assert sorted(hosts) == rooms
         assert set(hosts.values()) == first, "each process hosted its share of the burst"
 
