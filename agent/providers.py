@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -73,28 +75,38 @@ T = TypeVar("T")
 
 
 class ToolSchemas(Generic[T]):
-    """The tools in one provider's request format, built again only when the tools change.
-    livekit-agents builds the schemas from the functions' signatures and docstrings (~5 ms for
-    five tools, on the session's event loop) and a session asks with the same tools every turn.
-    One entry: the key holds the tools themselves, so a new set replaces it. `fresh` gives each
-    request what it may change without reaching the next one (a deep copy unless the SDK copies
-    what it is given itself)."""
+    """The tools in one provider's request format, built once per process for each set of
+    tool definitions. livekit-agents builds the schemas from the functions' signatures and
+    docstrings (~5 ms for five tools, holding the GIL), and every session asks with the same
+    tools: each session's agent binds the same decorated methods, and a method's bound copies
+    share its `info`, so one build serves every session of the process (a burst of 15 sessions
+    built them 15 times over in its first turns). The latest `keep` sets are kept, each with the
+    definitions it was built from (their ids are the key). `fresh` gives each request what it
+    may change without reaching the next one (a deep copy unless the SDK copies what it is given
+    itself)."""
 
     def __init__(self, build: Callable[[llm.ToolContext], list[T]],
-                 fresh: Callable[[list[T]], list[T]] = copy.deepcopy) -> None:
+                 fresh: Callable[[list[T]], list[T]] = copy.deepcopy, keep: int = 16) -> None:
         self._build = build
         self._fresh = fresh
-        self._tools: list[llm.Tool] = []
-        self._built: list[T] = []
+        self._keep = keep
+        self._built: OrderedDict[tuple[int, ...], tuple[list[object], list[T]]] = OrderedDict()
+        self._lock = threading.Lock()  # sessions run on threads of their own
 
     def __call__(self, tools: llm.ToolContext | None) -> list[T]:
         if tools is None:
             return []
-        current = tools.flatten()
-        if len(current) != len(self._tools) or any(
-                a is not b for a, b in zip(current, self._tools, strict=True)):
-            self._tools, self._built = current, self._build(tools)
-        return self._fresh(self._built)
+        definitions: list[object] = [getattr(t, "info", t) for t in tools.flatten()]
+        key = tuple(map(id, definitions))
+        with self._lock:  # held while building: a burst's sessions wait for one build
+            entry = self._built.get(key)
+            if entry is None:
+                entry = self._built[key] = (definitions, self._build(tools))
+                if len(self._built) > self._keep:
+                    self._built.popitem(last=False)
+            else:
+                self._built.move_to_end(key)
+        return self._fresh(entry[1])
 
 
 def _gemini_tools(tools: llm.ToolContext) -> list[genai_types.Tool]:
@@ -107,6 +119,16 @@ def _gemini_tools(tools: llm.ToolContext) -> list[genai_types.Tool]:
         return []
     return [genai_types.Tool(function_declarations=[
         genai_types.FunctionDeclaration(**d) for d in declarations])]
+
+
+def _claude_tools(tools: llm.ToolContext) -> list[dict[str, Any]]:
+    return tools.parse_function_tools("anthropic", strict=False)
+
+
+# one of each per process, shared by its sessions' providers; Gemini's are sent as they are
+# (generate_content_stream deep-copies its config)
+GEMINI_TOOLS = ToolSchemas(_gemini_tools, fresh=list)
+CLAUDE_TOOLS = ToolSchemas(_claude_tools)
 
 
 class _ProviderBase:
@@ -140,8 +162,7 @@ class GeminiProvider(_ProviderBase):
         self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
     ) -> None:
         self.model = model
-        # shared by requests as they are: generate_content_stream deep-copies its config
-        self._tools = ToolSchemas(_gemini_tools, fresh=list)
+        self._tools = GEMINI_TOOLS
         tls = shared_tls_context()
         self._client = genai.Client(
             api_key=api_key,
@@ -236,8 +257,7 @@ class ClaudeProvider(_ProviderBase):
         self, *, api_key: str, model: str, base_url: str | None, timeout_s: float, retries: int
     ) -> None:
         self.model = model
-        self._schemas: ToolSchemas[dict[str, Any]] = ToolSchemas(
-            lambda tools: tools.parse_function_tools("anthropic", strict=False))
+        self._schemas = CLAUDE_TOOLS
         # imported here: ~2 s, paid only where a tier is Claude (`sightline gaps refresh`
         # names gaps with tier 0 alone); a worker imports it before its jobs (`import_sdks`)
         import anthropic

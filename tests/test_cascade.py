@@ -13,7 +13,9 @@ result goes back in that provider's wire format, and the same tier answers it.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -585,56 +587,82 @@ class _Tools:
 
 
 def test_tool_schemas_are_built_once_per_set_of_tools() -> None:
-    """A session asks with the same tools every turn: their schemas are built once (livekit-agents
-    builds them from signatures, ~5 ms a request), again only for other tools, and what a caller
-    does to them does not reach the next request."""
+    """A session asks with the same tools every turn, and every session of a process with the
+    same tools: their schemas are built once (livekit-agents builds them from signatures, ~5 ms
+    a request), again only for other tools, and what a caller does to them does not reach the
+    next request."""
     built: list[list[str]] = []
 
     def build(tools: llm.ToolContext) -> list[dict[str, Any]]:
         built.append(sorted(tools.function_tools))
         return tools.parse_function_tools("google")
 
-    schemas = ToolSchemas(build)
-    holder = _Tools()
+    schemas = ToolSchemas(build, keep=2)
+    holder, other_session = _Tools(), _Tools()
     tools = [holder.find, holder.forget]
     first = schemas(llm.ToolContext(tools))
     first[0]["name"] = "changed by an SDK"
     again = schemas(llm.ToolContext(list(tools)))
-    assert built == [["find", "forget"]]
     assert sorted(s["name"] for s in again) == ["find", "forget"]
+    assert schemas(llm.ToolContext([other_session.find, other_session.forget])) == again
+    assert built == [["find", "forget"]]
     assert sorted(s["name"] for s in schemas(llm.ToolContext(tools[:1]))) == ["find"]
     assert built == [["find", "forget"], ["find"]]
+    schemas(llm.ToolContext(tools[1:]))  # a third set: the least recently used one goes
+    schemas(llm.ToolContext(tools[:1]))
+    schemas(llm.ToolContext(tools))
+    assert built == [["find", "forget"], ["find"], ["forget"], ["find", "forget"]]
     assert schemas(None) == []
+
+
+def test_tool_schemas_are_built_once_for_a_burst_of_sessions() -> None:
+    """Sessions start on threads of their own: a burst's first turns, asking at once, wait for
+    one build rather than each building."""
+    built: list[int] = []
+
+    def build(tools: llm.ToolContext) -> list[dict[str, Any]]:
+        built.append(1)
+        time.sleep(0.05)  # long enough for the other threads to ask meanwhile
+        return tools.parse_function_tools("google")
+
+    schemas = ToolSchemas(build)
+    sessions = [_Tools() for _ in range(6)]
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        answers = list(pool.map(
+            lambda s: schemas(llm.ToolContext([s.find, s.forget])), sessions))
+    assert built == [1]
+    assert all(a == answers[0] for a in answers)
 
 
 async def test_gemini_sends_the_tools_every_turn_but_builds_them_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """google-genai validates every field of its tool objects when they are built: a provider
-    builds them once per set of tools, and each request still carries them whole."""
+    """google-genai validates every field of its tool objects when they are built: a process
+    builds them once per set of tools, whichever session asks, and each request still carries
+    them whole."""
     calls: list[int] = []
-    build = providers._gemini_tools
 
     def counted(tools: llm.ToolContext) -> list[Any]:
         calls.append(1)
-        return build(tools)
+        return providers._gemini_tools(tools)
 
-    monkeypatch.setattr(providers, "_gemini_tools", counted)
-    holder = _Tools()
-    functions = [holder.find, holder.forget]  # as an agent holds them, turn after turn
-    async with ScriptedModelServer([said("One."), said("Two.")]) as server:
-        provider = GeminiProvider(api_key="k", model=LITE, base_url=server.base_url,
-                                  timeout_s=2.0, retries=0)
-        try:
-            for question in ("First?", "Second?"):
-                ctx = llm.ChatContext.empty()
-                ctx.add_message(role="user", content=question)
-                tools = llm.ToolContext(functions)
-                assert [i async for i in provider.stream(ctx, max_output_tokens=50, tools=tools)
-                        if isinstance(i, str)]
-        finally:
-            await provider.aclose()
+    monkeypatch.setattr(providers, "GEMINI_TOOLS", ToolSchemas(counted, fresh=list))
+    async with ScriptedModelServer([said(f"Answer {i}.") for i in range(4)]) as server:
+        for _ in range(2):  # two sessions, each with its own agent's tools and provider
+            holder = _Tools()
+            functions = [holder.find, holder.forget]  # as an agent holds them, turn after turn
+            provider = GeminiProvider(api_key="k", model=LITE, base_url=server.base_url,
+                                      timeout_s=2.0, retries=0)
+            try:
+                for question in ("First?", "Second?"):
+                    ctx = llm.ChatContext.empty()
+                    ctx.add_message(role="user", content=question)
+                    tools = llm.ToolContext(functions)
+                    assert [i async for i in provider.stream(ctx, max_output_tokens=50,
+                                                             tools=tools) if isinstance(i, str)]
+            finally:
+                await provider.aclose()
     sent = [sorted(d["name"] for t in r.body["tools"] for d in t["functionDeclarations"])
             for r in server.requests]
-    assert sent == [["find", "forget"], ["find", "forget"]]
-    assert server.requests[0].body["tools"] == server.requests[1].body["tools"]
+    assert sent == [["find", "forget"]] * 4
+    assert all(r.body["tools"] == server.requests[0].body["tools"] for r in server.requests)
     assert len(calls) == 1
