@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -94,6 +95,64 @@ async def test_open_without_migrate_leaves_database_untouched(
         assert await db.pool.fetchval("SELECT to_regclass('schema_migrations')") is None
     finally:
         await db.close()
+
+
+async def test_a_connection_given_back_costs_no_reset_round_trip(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A pool's connection goes back without asyncpg's reset query (a round trip every statement
+    waited for): the server's last statement on it is the caller's own. A transaction left
+    open is still rolled back, so its row and its locks go with it."""
+    db = await Database.open(database_url, tmp_path, migrate=False, connections=1)
+    table = f"reset_{uuid.uuid4().hex[:8]}"
+    try:
+        await db.pool.execute(f"CREATE TABLE {table} (n int)")
+        backend = await db.pool.fetchval("SELECT pg_backend_pid() /* mine */")
+        watcher = await asyncpg.connect(database_url)
+        try:
+            last = await watcher.fetchval(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1", backend)
+        finally:
+            await watcher.close()
+        assert last == "SELECT pg_backend_pid() /* mine */"
+        async with db.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()  # never committed nor rolled back by its user
+            await conn.execute(f"INSERT INTO {table} VALUES (1)")
+            await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+        assert await db.pool.fetchval(f"SELECT count(*) FROM {table}") == 0
+        assert await db.pool.fetchval("SELECT pg_try_advisory_xact_lock(4242)")
+    finally:
+        await db.pool.execute(f"DROP TABLE IF EXISTS {table}")
+        await db.close()
+
+
+# what asyncpg's reset query would undo; a pool's connections skip it, so no code may leave it
+SESSION_STATE = re.compile(
+    r"""(?:\bSET\s+(?!LOCAL\b)(?:SESSION\s+)?[\w.]+\s*(?:=|TO\b)|\bRESET\s+[\w.]+"""
+    r"""|\bLISTEN\s+\w|\bDECLARE\s+\w+\s+(?:\w+\s+)*CURSOR\b)"""
+    r"""|(?i:set_config\(|pg_(?:try_)?advisory_lock\(|\.cursor\(|add_(?:log_)?listener\()""")
+
+
+def test_no_code_leaves_state_in_a_pooled_connection() -> None:
+    """The pools skip asyncpg's reset (memory/db.py): session-level settings, listeners, cursors
+    and session advisory locks would then reach the next user of the connection. None of the
+    code the worker and the CLI run, nor a migration, holds such a statement (`SET LOCAL`,
+    transaction-scoped locks and `UPDATE … SET col = …` are fine)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [*(path for folder in ("agent", "memory", "tools", "vision")
+               for path in sorted((root / folder).rglob("*.py"))), *migration_files()]
+    found = [f"{path}:{n}: {line.strip()}" for path in files
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if SESSION_STATE.search(line) and not re.search(r"\bUPDATE\b.*\bSET\b", line)]
+    assert found == []
+    for leaves_state in ('await conn.execute("SET work_mem = \'64MB\'")',
+                         '"SET SESSION statement_timeout TO 0"', "LISTEN alerts;",
+                         "pool.fetchval('select pg_advisory_lock(1)')", "conn.cursor(query)",
+                         "DECLARE c NO SCROLL CURSOR FOR SELECT 1"):
+        assert SESSION_STATE.search(leaves_state), leaves_state
+    for fine in ("SET LOCAL hnsw.ef_search = 100", '"reset my password"', "DECLARE n int;"):
+        assert not SESSION_STATE.search(fine), fine
 
 
 @pytest.mark.parametrize("missing", ["0013", "0014"])
