@@ -14,11 +14,13 @@ covered by the fleet (agent/redispatch.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from livekit import rtc
@@ -191,32 +193,52 @@ async def run_session(ctx: JobContext) -> None:
                  lambda detail: runtime.record.events.record("chat", detail=detail))
 
 
-def settle_cancelled_initialization(executor: JobExecutor) -> None:
-    """Makes a job thread whose initialization is cancelled closable (livekit-agents 1.8.9).
+def initialize_before_closing(executor: JobExecutor) -> None:
+    """Makes a job thread that the pool stops warming closable (livekit-agents 1.8.9).
 
-    The pool warms idle job threads; closing it cancels the warm-ups in flight. The thread
-    executor then never settles its initialization (it settles it on an `Exception`, and a
-    cancellation is not one), so the task that would read the thread's messages never starts:
-    the thread's acknowledgement of the shutdown request goes unread, and `aclose()` waits
-    forever for the `ShuttingDown` that follows it. On SIGTERM right after a burst (its
-    sessions ended, the pool warming their replacements) the worker logged "job did not ack
-    shutdown in time" and never exited. Settled as failed here, the executor reads the
-    thread's answer and closes with it. (livekit-agents' process executor kills a process
-    that never initialized; a thread cannot be killed.)"""
+    The pool warms idle job threads (`start()`, then `initialize()`, which sends the thread its
+    `InitializeRequest` and waits for the answer); closing the pool cancels the warm-ups in
+    flight and closes each executor. A thread must hear `InitializeRequest` first and then read
+    its messages; cancelled part-way, two things went wrong:
+    - cancelled as `start()` finished (or while it still ran, shielded), the executor's close
+      sent `ShutdownRequest` as the thread's first message: the thread died on an assertion
+      (a traceback on stderr), never acknowledged, and the close waited forever; seen at the
+      end of a `bench.load` run, the worker then exiting with status 1 at its 40-s deadline;
+    - cancelled while waiting for the thread's answer, the executor never settled its
+      initialization (a cancellation is not an `Exception`), so nothing read the thread's
+      answer to the shutdown request and the close waited forever.
+    So here a warm-up's start and initialization run to their end once begun (the pool's
+    cancellation still reaches the pool), and closing waits for them: a started thread is
+    always initialized, then told to shut down, and answers both. A thread whose
+    initialization fails or times out (`initialize_timeout`) is closed as before. (livekit-agents'
+    process executor kills a process that never initialized; a thread cannot be killed.)"""
     if not isinstance(executor, ThreadJobExecutor):
         return
-    initialize = executor.initialize
+    start, initialize, close = executor.start, executor.initialize, executor.aclose
+    steps: dict[str, asyncio.Future[None]] = {}
 
-    async def initialize_or_settle() -> None:
-        try:
-            await initialize()
-        except asyncio.CancelledError:
-            if not executor._initialize_fut.done():
-                executor._initialize_fut.set_exception(
-                    RuntimeError("job thread initialization cancelled: the worker is closing"))
-            raise
+    def begun(name: str, step: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        if name not in steps:
+            steps[name] = asyncio.ensure_future(step())
+        return steps[name]
 
-    executor.initialize = initialize_or_settle  # type: ignore[method-assign]
+    async def start_whole() -> None:
+        await asyncio.shield(begun("start", start))
+
+    async def initialize_whole() -> None:
+        await asyncio.shield(begun("initialize", initialize))
+
+    async def initialize_then_close() -> None:
+        with contextlib.suppress(Exception):
+            if "start" in steps:
+                await steps["start"]
+            if executor.started:
+                await begun("initialize", initialize)
+        await close()
+
+    executor.start = start_whole  # type: ignore[method-assign]
+    executor.initialize = initialize_whole  # type: ignore[method-assign]
+    executor.aclose = initialize_then_close  # type: ignore[method-assign]
 
 
 def exit_if_still_running(deadline_s: float) -> threading.Timer:
@@ -293,7 +315,7 @@ class SightlineServer(AgentServer):
         # AgentServer.run creates the pool and starts it straight away: this is the one place
         # to see each executor it creates before it starts (a test's stand-in pool has none)
         if isinstance(pool, ProcPool):
-            pool.on("process_created", settle_cancelled_initialization)
+            pool.on("process_created", initialize_before_closing)
         self._sightline_pool = pool
 
     async def aclose(self) -> None:

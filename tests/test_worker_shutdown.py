@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -77,6 +78,61 @@ async def test_a_pool_closed_while_an_idle_thread_initializes_closes() -> None:
     for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
         thread.join(10)
         assert not thread.is_alive(), "the idle thread outlived the pool"
+
+
+def _quick_prewarm(_: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize("when", ["as start finishes", "while start runs"])
+async def test_a_warm_up_cancelled_around_its_start_still_closes(when: str) -> None:
+    """The race at the end of a loaded run (`bench.load`, 1 of ~15 runs of two processes): the
+    pool's cancellation of a warm-up landed as the thread's start finished, before the thread
+    was told to initialize; closing then sent `ShutdownRequest` as the thread's first message,
+    the thread died on livekit-agents' assertion, and the worker hung until its exit deadline
+    (status 1). Through the server's wiring the thread is initialized, then shut down, and
+    every thread ends without a traceback."""
+    died: list[str] = []
+    default_hook = threading.excepthook
+    threading.excepthook = lambda args: died.append(f"{args.thread}: {args.exc_value!r}")
+    pool = ProcPool(
+        initialize_process_fnc=_quick_prewarm, job_entrypoint_fnc=_no_job, session_end_fnc=None,
+        simulation_end_fnc=None, num_idle_processes=1, initialize_timeout=10, close_timeout=2,
+        session_end_timeout=2, inference_executor=None, job_executor_type=JobExecutorType.THREAD,
+        mp_ctx=multiprocessing.get_context("spawn"), memory_warn_mb=0, memory_limit_mb=0,
+        http_proxy=None, loop=asyncio.get_running_loop())
+    server = SightlineServer.__new__(SightlineServer)  # the wiring only: no settings, no LiveKit
+    server._proc_pool = pool
+    cancelled: list[Any] = []
+    going_on: list[asyncio.Future[None]] = []
+
+    def cancel_the_first_warm_up(executor: Any) -> None:
+        if cancelled:
+            return
+        cancelled.append(executor)
+        start = executor.start
+
+        async def start_then_cancelled() -> None:
+            if when == "as start finishes":
+                await start()
+            else:  # the pool's wait ends while the start goes on (it is shielded)
+                going_on.append(asyncio.ensure_future(start()))
+                await asyncio.sleep(0)
+            raise asyncio.CancelledError
+
+        executor.start = start_then_cancelled
+
+    pool.on("process_created", cancel_the_first_warm_up)  # after the server's own wiring
+    try:
+        await asyncio.wait_for(pool.start(), 20)  # a second warm-up becomes the idle thread
+        await asyncio.wait_for(pool.aclose(), 20)
+        for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
+            thread.join(10)
+            assert not thread.is_alive(), "a job thread outlived the pool"
+    finally:
+        threading.excepthook = default_hook
+    assert cancelled and cancelled[0].started
+    assert died == []
 
 
 STUCK_THREAD = """
