@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import hashlib
 import io
 import itertools
@@ -278,7 +279,8 @@ class PromptCache:
 
     def __init__(self) -> None:
         self._anthropic: OrderedDict[str, None] = OrderedDict()
-        self._gemini: deque[str] = deque(maxlen=self.GEMINI_REMEMBERED)
+        self._gemini: deque[str] = deque()  # in the order seen, to forget the oldest
+        self._gemini_sorted: list[str] = []  # the same prompts in lexicographic order
 
     def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
         """(cache write tokens, cache read tokens): the longest marked prefix seen before is
@@ -296,9 +298,19 @@ class PromptCache:
         return max(0, estimate_text_tokens(prefixes[-1]) - read), read
 
     def gemini(self, text: str) -> int:
-        """Cached tokens: the longest prefix shared with an earlier request, if long enough."""
-        shared = max((_shared_chars(text, seen) for seen in self._gemini), default=0)
+        """Cached tokens: the longest prefix shared with an earlier request, if long enough.
+        Of prompts in lexicographic order, the one sharing the longest prefix with `text` is
+        next to where `text` would go, so two comparisons find it (comparing with every
+        remembered prompt cost ~7 ms a request once 512 were remembered, and the model server
+        answers one request at a time)."""
+        at = bisect.bisect_left(self._gemini_sorted, text)
+        neighbours = self._gemini_sorted[max(at - 1, 0):at + 1]
+        shared = max((_shared_chars(text, seen) for seen in neighbours), default=0)
+        if len(self._gemini) == self.GEMINI_REMEMBERED:
+            oldest = self._gemini.popleft()
+            del self._gemini_sorted[bisect.bisect_left(self._gemini_sorted, oldest)]
         self._gemini.append(text)
+        bisect.insort(self._gemini_sorted, text)
         tokens = estimate_text_tokens(text[:shared])
         return tokens if tokens >= self.GEMINI_MIN_CACHE else 0
 

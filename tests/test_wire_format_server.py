@@ -12,6 +12,7 @@ import io
 import math
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 import anthropic
@@ -28,6 +29,7 @@ from agent.wire_format_server import (
     ScriptedModelServer,
     ScriptedReply,
     _shared_chars,
+    estimate_text_tokens,
     split_chunks,
 )
 
@@ -356,6 +358,28 @@ def test_the_anthropic_cache_remembers_recent_prefixes_only() -> None:
         cache.anthropic(body(f"{i} another tenant's instructions"))
     assert cache.anthropic(old) == (written, 0)
     assert len(cache._anthropic) == PromptCache.ANTHROPIC_REMEMBERED
+
+
+def test_the_gemini_cache_finds_the_longest_shared_prefix_of_all_it_remembers() -> None:
+    """Looking only next to a prompt's place in sorted order finds what comparing it with every
+    remembered prompt finds, forgetting included (the brute force here is the reference)."""
+    rng = random.Random(3)
+    system = "You are Sightline. " * 20
+    remembered: deque[str] = deque(maxlen=PromptCache.GEMINI_REMEMBERED)
+    cache = PromptCache()
+    sessions = [system + f"session {i}:" for i in range(40)]
+    for n in range(1500):
+        # sessions share the instructions, then each turn adds a line to its session's prompt
+        i = rng.randrange(len(sessions))
+        sessions[i] += " " + " ".join(rng.choice(("what", "is", "on", "my", "screen", "error"))
+                                      for _ in range(rng.randrange(1, 12)))
+        text = sessions[i] + rng.choice(("", " (with a screenshot)", " ~ a screenshot"))
+        best = max((_shared_chars(text, seen) for seen in remembered), default=0)
+        expected = estimate_text_tokens(text[:best])
+        assert cache.gemini(text) == (expected if expected >= PromptCache.GEMINI_MIN_CACHE
+                                      else 0), n
+        remembered.append(text)
+    assert len(cache._gemini) == len(cache._gemini_sorted) == PromptCache.GEMINI_REMEMBERED
 
 
 def test_the_gemini_cache_remembers_recent_prompts_only() -> None:
