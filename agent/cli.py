@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
@@ -72,6 +73,28 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         hint = f"(`{self.prog} --help` lists what it accepts)"
         self.exit(2, f"{self.prog}: {one_line(message)} {hint}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(self._values_joined(args), namespace)
+
+    def _values_joined(self, args: Sequence[str] | None) -> list[str]:
+        """argparse takes a value that starts with `-` (`--since -1h`) for an option, and says
+        the option "expected one argument"; joined to its option (`--since=-1h`), the value
+        meets the option's own check, which says what is wrong with it. A real option after
+        an option that wants a value (`--since --json`) is left as it is."""
+        given = list(sys.argv[1:] if args is None else args)
+        wants_value = {s for a in self._actions if a.option_strings and a.nargs is None
+                       for s in a.option_strings}
+        joined: list[str] = []
+        for arg in given:
+            if (joined and joined[-1] in wants_value and arg.startswith("-") and arg != "--"
+                    and arg.split("=", 1)[0] not in self._option_string_actions):
+                joined[-1] = f"{joined[-1]}={arg}"
+            else:
+                joined.append(arg)
+        return joined
 
 
 def one_line(text: str) -> str:

@@ -105,6 +105,27 @@ async def test_a_log_level_that_is_not_one_is_one_line(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("command", ["report --tenant t", "quality", "alerts check",
+                                     "gaps refresh --tenant t"])
+async def test_a_window_counted_back_with_a_minus_says_what_a_window_is(
+        tmp_path: Path, command: str) -> None:
+    """`--since -1h` is the window's own error (what a window is), not argparse's "expected one
+    argument"; an option where the window should be still is that error."""
+    line = one_line(*await run_cli(*command.split(), "--since", "-1h", env=bare_env(tmp_path)))
+    assert "argument --since: must be a number > 0 followed by m, h or d" in line
+    assert "got '-1h'" in line
+
+
+def test_an_option_where_a_value_should_be_is_still_missing_its_value(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        _parser().parse_args(["report", "--since", "-o", "out.html", "--tenant", "t"])
+    assert stopped.value.code == 2
+    assert "argument --since: expected one argument" in capsys.readouterr().err
+    window = _parser().parse_args(["report", "--tenant", "-t-", "--since", "2d"])
+    assert (window.tenant, window.since) == ("-t-", 2 * 86400.0)
+
+
 async def test_log_level_is_accepted_in_any_case() -> None:
     args = _parser().parse_args(["start", "--log-level", "debug"])
     assert args.log_level == "DEBUG"
