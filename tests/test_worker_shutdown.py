@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,28 @@ async def _no_job(_: object) -> None:
     raise AssertionError("no job is launched here")
 
 
+def _wired_thread_pool(prewarm: Callable[[object], None], *, initialize_timeout: float,
+                       ) -> ProcPool:
+    """A pool of job threads with one idle thread, wired as the server wires its own (the
+    server itself without settings or LiveKit)."""
+    pool = ProcPool(
+        initialize_process_fnc=prewarm, job_entrypoint_fnc=_no_job, session_end_fnc=None,
+        simulation_end_fnc=None, num_idle_processes=1, initialize_timeout=initialize_timeout,
+        close_timeout=2, session_end_timeout=2, inference_executor=None,
+        job_executor_type=JobExecutorType.THREAD, mp_ctx=multiprocessing.get_context("spawn"),
+        memory_warn_mb=0, memory_limit_mb=0, http_proxy=None, loop=asyncio.get_running_loop())
+    server = SightlineServer.__new__(SightlineServer)
+    server._proc_pool = pool
+    return pool
+
+
+def _assert_job_threads_end() -> None:
+    """An executor is closed once its thread has signalled its end, a moment before it ends."""
+    for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
+        thread.join(10)
+        assert not thread.is_alive(), "a job thread outlived the pool"
+
+
 async def test_a_pool_closed_while_an_idle_thread_initializes_closes() -> None:
     """The race of a loaded run's SIGTERM (#13): the pool was warming an idle thread when the
     worker closed it. livekit-agents 1.8.9 cancels that thread's initialization, and its
@@ -56,14 +78,7 @@ async def test_a_pool_closed_while_an_idle_thread_initializes_closes() -> None:
         started.set()
         release.wait(30)
 
-    pool = ProcPool(
-        initialize_process_fnc=slow_prewarm, job_entrypoint_fnc=_no_job, session_end_fnc=None,
-        simulation_end_fnc=None, num_idle_processes=1, initialize_timeout=30, close_timeout=2,
-        session_end_timeout=2, inference_executor=None, job_executor_type=JobExecutorType.THREAD,
-        mp_ctx=multiprocessing.get_context("spawn"), memory_warn_mb=0, memory_limit_mb=0,
-        http_proxy=None, loop=asyncio.get_running_loop())
-    server = SightlineServer.__new__(SightlineServer)  # the wiring only: no settings, no LiveKit
-    server._proc_pool = pool
+    pool = _wired_thread_pool(slow_prewarm, initialize_timeout=30)
     starting = asyncio.create_task(pool.start())
     try:
         assert await asyncio.to_thread(started.wait, 10), "the idle thread never started"
@@ -74,14 +89,7 @@ async def test_a_pool_closed_while_an_idle_thread_initializes_closes() -> None:
     finally:
         release.set()
         starting.cancel()
-    # the executor is closed once the thread has signalled its end, a moment before it ends
-    for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
-        thread.join(10)
-        assert not thread.is_alive(), "the idle thread outlived the pool"
-
-
-def _quick_prewarm(_: object) -> None:
-    pass
+    _assert_job_threads_end()
 
 
 @pytest.mark.parametrize("when", ["as start finishes", "while start runs"])
@@ -95,14 +103,7 @@ async def test_a_warm_up_cancelled_around_its_start_still_closes(when: str) -> N
     died: list[str] = []
     default_hook = threading.excepthook
     threading.excepthook = lambda args: died.append(f"{args.thread}: {args.exc_value!r}")
-    pool = ProcPool(
-        initialize_process_fnc=_quick_prewarm, job_entrypoint_fnc=_no_job, session_end_fnc=None,
-        simulation_end_fnc=None, num_idle_processes=1, initialize_timeout=10, close_timeout=2,
-        session_end_timeout=2, inference_executor=None, job_executor_type=JobExecutorType.THREAD,
-        mp_ctx=multiprocessing.get_context("spawn"), memory_warn_mb=0, memory_limit_mb=0,
-        http_proxy=None, loop=asyncio.get_running_loop())
-    server = SightlineServer.__new__(SightlineServer)  # the wiring only: no settings, no LiveKit
-    server._proc_pool = pool
+    pool = _wired_thread_pool(lambda _: None, initialize_timeout=10)
     cancelled: list[Any] = []
     going_on: list[asyncio.Future[None]] = []
 
@@ -126,9 +127,7 @@ async def test_a_warm_up_cancelled_around_its_start_still_closes(when: str) -> N
     try:
         await asyncio.wait_for(pool.start(), 20)  # a second warm-up becomes the idle thread
         await asyncio.wait_for(pool.aclose(), 20)
-        for thread in [t for t in threading.enumerate() if t.name == "job_thread_runner"]:
-            thread.join(10)
-            assert not thread.is_alive(), "a job thread outlived the pool"
+        _assert_job_threads_end()
     finally:
         threading.excepthook = default_hook
     assert cancelled and cancelled[0].started
