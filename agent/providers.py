@@ -259,7 +259,7 @@ class ClaudeProvider(_ProviderBase):
         self.model = model
         self._schemas = CLAUDE_TOOLS
         # imported here: ~2 s, paid only where a tier is Claude (`sightline gaps refresh`
-        # names gaps with tier 0 alone); a worker imports it before its jobs (`import_sdks`)
+        # names gaps with tier 0 alone); a worker imports it before its jobs (`prepare_sdks`)
         import anthropic
 
         self._errors = anthropic
@@ -324,11 +324,44 @@ class ClaudeProvider(_ProviderBase):
         await self._client.close()
 
 
-def import_sdks(tiers: Iterable[Tier]) -> None:
-    """Import the SDKs these tiers' providers load when made, ahead of the first session:
-    an import holds the GIL, and in a burst every session's loop would wait for it."""
-    if any(tier.provider == "anthropic" for tier in tiers):
-        import anthropic  # noqa: F401 - importing it is the point
+# The SDKs' pydantic models a turn validates. google-genai and anthropic build a model's
+# validator on its first use (`defer_build`): 50 ms of a process's first Gemini turn and, with
+# the imports below, 220 ms of its first Claude turn, all holding the GIL while a burst's other
+# sessions wait (measured on an idle process). tests/test_capacity.py fails if a turn of either
+# kind still builds a model or imports a module after `prepare_sdks`.
+_GEMINI_MODELS = (
+    "GenerateContentConfig", "_GenerateContentParameters", "Content", "UserContent", "Part",
+    "Tool", "FunctionDeclaration", "HttpResponse", "GenerateContentResponse", "Candidate",
+    "FunctionCall", "GenerateContentResponseUsageMetadata",
+)
+
+
+def prepare_sdks(tiers: Iterable[Tier]) -> None:
+    """Import what these tiers' providers load when made or first asked, and build the SDK
+    models a turn validates, ahead of the first session: imports and model builds hold the
+    GIL, and in a burst every session's loop would wait for them. These rather than every
+    model the SDKs define: building all ~1,800 takes 1.5 s and 79 MB a process."""
+    models: list[type[pydantic.BaseModel]] = [llm.ChatMessage]
+    providers = {tier.provider for tier in tiers}
+    if "gemini" in providers:
+        models += [getattr(genai_types, name) for name in _GEMINI_MODELS]
+    if "anthropic" in providers:
+        # what anthropic's first request imports: httpx's asyncio backend (anyio loads it on
+        # first use, ~100 ms) and the tracing headers' propagator
+        import anyio._backends._asyncio  # noqa: F401 - importing it is the point
+        import opentelemetry.propagate  # noqa: F401 - importing it is the point
+        from anthropic import types as claude_types
+        from anthropic.lib import streaming as claude_streaming
+        from anthropic.types import parsed_message
+
+        models += [
+            claude_types.Message, claude_types.TextBlock, claude_types.ToolUseBlock,
+            claude_types.Usage, parsed_message.ParsedMessage, parsed_message.ParsedTextBlock,
+            claude_streaming.TextEvent, claude_streaming.InputJsonEvent,
+            claude_streaming.ParsedContentBlockStopEvent, claude_streaming.ParsedMessageStopEvent,
+        ]
+    for model in models:
+        model.model_rebuild()
 
 
 def make_provider(settings: Settings, tier: Tier) -> ChatProvider:
