@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .worker_processes import ProcessSlot
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# 1 ms rather than 5: two paired runs of bench.load (30 sessions, two processes), each first
+# once, whole-run reply overhead p95 301 and 337 ms against 339 and 409 (README: Many sessions)
+GIL_SWITCH_S = 0.001
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -143,7 +146,7 @@ def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSl
     # wake-ups a second competing for the GIL. Sightline's own watchdog checks each session
     # once a second; set this variable (milliseconds) to have livekit's reports too.
     os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", "0")
-    _preload(settings)
+    _prepare_process(settings)
     rtc_logs_to_stderr()
     route_media_events()
     if configure_tracing(settings.otlp_endpoint):
@@ -175,7 +178,7 @@ async def _migrate(url: str, settings: Settings) -> None:
     await db.close()
 
 
-def _preload(settings: Settings) -> None:
+def _prepare_process(settings: Settings) -> None:
     """Load what sessions share once, here, rather than in the first session that needs it:
     the session code, the model SDKs of the tiers, the offline embedder's weights, an OCR
     engine, and what the first turn and the first kept frame import. An import holds the GIL:
@@ -189,7 +192,11 @@ def _preload(settings: Settings) -> None:
     What is loaded here lives as long as the process, so it is then frozen out of the garbage
     collector's sight (`gc.freeze`): each full collection walked all of it, ~370,000 objects,
     170 ms holding the GIL on an idle process and up to 434 ms in a burst of 30 (timed with
-    `gc.callbacks` in bench.load), while every session of the process waited."""
+    `gc.callbacks` in bench.load), while every session of the process waited.
+
+    A thread waiting for the GIL asks its holder to let go after `GIL_SWITCH_S` (Python's
+    default 5 ms): a turn waits at each of its many wake-ups (a database reply, a model's
+    chunk, a LiveKit message) behind the frame analysis of other sessions."""
     import numpy.ma  # noqa: F401 - importing it is the point
     from genai_prices import data_snapshot
     from PIL import Image
@@ -211,3 +218,4 @@ def _preload(settings: Settings) -> None:
         shared_pool(settings.ocr_threads).submit(thread_engine).result()
     gc.collect()  # what loading left as garbage is freed, not frozen
     gc.freeze()
+    sys.setswitchinterval(GIL_SWITCH_S)

@@ -20,6 +20,7 @@ from livekit.rtc._proto.ffi_pb2 import FfiEvent
 
 from agent import capacity, rtc_events
 from agent.capacity import CPU_FULL, CPU_WINDOW_S, FULL_LOAD, Limits, LoadMeter, LoadReading
+from agent.cli_worker import GIL_SWITCH_S
 from agent.rtc_events import MEDIA_EVENTS, RoutedFfiQueue
 from agent.worker import SightlineServer
 from vision.sampler import FrameSampler
@@ -307,11 +308,12 @@ import asyncio, dataclasses, gc, io, json, sys
 import numpy as np
 import pydantic
 from livekit.agents import llm
-from agent.cli_worker import _preload
+from agent.cli_worker import _prepare_process
 from agent.config import Settings
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply, ScriptedToolCall
-_preload(Settings.from_env())
+_prepare_process(Settings.from_env())
 frozen, tracked = gc.get_freeze_count(), len(gc.get_objects())
+switch_s = sys.getswitchinterval()
 
 def models_to_build():
     found, todo = set(), [pydantic.BaseModel]
@@ -358,7 +360,7 @@ async def main():
         providers = sorted({r.provider for r in server.requests})
         built = unbuilt - models_to_build()
         print(json.dumps({"imported": sorted(set(sys.modules) - before), "providers": providers,
-                          "frozen": frozen, "tracked": tracked,
+                          "frozen": frozen, "tracked": tracked, "switch_s": switch_s,
                           "built": sorted(f"{m.__module__}.{m.__qualname__}" for m in built)}))
 
 asyncio.run(main())
@@ -380,6 +382,7 @@ def test_what_the_first_turn_imports_and_builds_is_ready_before_any_job(tmp_path
     # what the preload loaded is out of the garbage collector's sight (gc.freeze): a full
     # collection would walk it all, holding the GIL
     assert found["frozen"] > 100_000 and found["tracked"] < found["frozen"] / 100, found
+    assert found["switch_s"] == pytest.approx(GIL_SWITCH_S) and GIL_SWITCH_S < 0.005
     # among what was imported late before: anthropic (the default tiers' Claude), genai-prices'
     # table, Pillow's plugins, numpy.ma (a first median of floats), anyio's asyncio backend
     assert found["imported"] == []
