@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from livekit.agents import AgentSession, llm
@@ -56,7 +57,7 @@ from .images import ImageEncoder
 from .memory_model import TierMemoryModel
 from .metering import CostMeter
 from .pricing import PriceTable
-from .providers import ChatProvider, make_provider
+from .providers import ChatProvider, make_provider, tier_providers
 from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
@@ -267,10 +268,9 @@ class SessionRuntime:
                       "for the database to import once it is back", session_id)
         meters: list[CostMeter] = []  # the reranker's calls go to the record's meter, made later
         async with AsyncExitStack() as parts:  # closes what was made if opening fails
-            providers = []
-            for tier in tiers:
-                providers.append(make_provider(settings, tier))
-                parts.push_async_callback(providers[-1].aclose)
+            providers = tier_providers(tiers, partial(make_provider, settings))
+            for provider in providers:
+                parts.push_async_callback(provider.aclose)
             embedder = reranker = None
             if db is not None:
                 embedder, reranker = await _recall_models(

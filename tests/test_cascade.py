@@ -30,11 +30,13 @@ from agent.config import Settings
 from agent.images import ImageEncoder
 from agent.pricing import PriceTable
 from agent.providers import (
+    ChatProvider,
     ClaudeProvider,
     GeminiProvider,
     ProviderError,
     ToolSchemas,
     make_provider,
+    tier_providers,
 )
 from agent.session_record import SessionRecord
 from agent.wire_format_server import (
@@ -70,6 +72,7 @@ class PerModel:
 
 Make = Callable[..., Awaitable[tuple[CascadeLLM, PerModel]]]
 RECORDS: dict[CascadeLLM, SessionRecord] = {}  # each cascade's session record, by `make`
+MADE: dict[CascadeLLM, list[str]] = {}  # the models whose providers `make` made, in order
 
 
 def record(model: CascadeLLM) -> SessionRecord:
@@ -93,23 +96,25 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
             session_id=f"sess_cascade_{len(servers)}", tenant="acme", source="test",
             costs_dir=tmp_path, prices=PriceTable.load(), store=None, budget=budget,
         )
-        providers = [
-            (GeminiProvider if t.provider == "gemini" else ClaudeProvider)(
-                api_key="test-key", model=t.model, base_url=server.base_url,
+        made: list[str] = []
+
+        def provider(tier: Tier) -> ChatProvider:
+            made.append(tier.model)
+            return (GeminiProvider if tier.provider == "gemini" else ClaudeProvider)(
+                api_key="test-key", model=tier.model, base_url=server.base_url,
                 timeout_s=2.0, retries=0,
             )
-            for t in TIERS
-        ]
-        model = CascadeLLM(TIERS, providers, session_record.meter,  # type: ignore[arg-type]
+
+        model = CascadeLLM(TIERS, tier_providers(TIERS, provider), session_record.meter,
                            deadline_s, ImageEncoder("medium"), budget)
         models.append(model)
-        RECORDS[model] = session_record
+        RECORDS[model], MADE[model] = session_record, made
         return model, replies
 
     yield build
     for model in models:
         await model.aclose()
-        RECORDS.pop(model)
+        RECORDS.pop(model), MADE.pop(model)
     for server in servers:
         await server.stop()
 
@@ -164,6 +169,27 @@ async def test_low_confidence_escalates_within_the_turn_and_nothing_of_it_is_sen
     assert turn["answered_tier"] == 1 and turn["answered_model"] == FLASH
     assert [c["model"] for c in calls(model)] == [LITE, FLASH]
     assert all(c["output_tokens"] > 0 for c in calls(model))
+    assert MADE[model] == [LITE, FLASH]  # Claude's client: never asked, never made
+
+
+async def test_the_tiers_above_the_first_are_made_when_the_cascade_first_asks_them(
+    make: Make,
+) -> None:
+    """A session starts with its first tier's client alone (each SDK client costs a burst of
+    sessions 0.1-0.6 ms of GIL); one made on an escalation serves the later turns too."""
+    model, replies = await make({
+        LITE: [said("A stack trace in the terminal.", 0.9), said("not sure", 0.2)],
+        FLASH: [said("Line 3 imports nothing.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    assert MADE[model] == [LITE]
+    ctx = llm.ChatContext.empty()
+    assert await ask(model, ctx, "What is on my screen?") == "A stack trace in the terminal."
+    assert MADE[model] == [LITE]
+    assert await ask(model, ctx, "Why does it fail?") == "Line 3 imports nothing."
+    assert await ask(model, ctx, "And now?") == "Line 3 imports nothing."
+    assert replies.asked[:3] == [LITE, LITE, FLASH]
+    assert MADE[model] == [LITE, FLASH]
 
 
 @pytest.mark.parametrize(
