@@ -208,7 +208,8 @@ def _prepare_process(settings: Settings) -> None:
     from .components import make_embedder
     from .providers import prepare_sdks
 
-    prepare_sdks(settings.cascade_tiers())
+    prepare_sdks(settings.cascade_tiers(),
+                 gemini_embeddings=settings.embeddings_in_use() == "gemini")
     data_snapshot.get_snapshot()
     Image.preinit()
     make_embedder(settings)

@@ -335,17 +335,26 @@ _GEMINI_MODELS = (
     "Tool", "FunctionDeclaration", "HttpResponse", "GenerateContentResponse", "Candidate",
     "FunctionCall", "GenerateContentResponseUsageMetadata",
 )
+# and what an embedding call validates (Gemini embeddings: `SIGHTLINE_EMBEDDINGS=auto` with
+# GOOGLE_API_KEY set, as in production)
+_GEMINI_EMBED_MODELS = (
+    "EmbedContentConfig", "_EmbedContentParametersPrivate", "EmbedContentResponse",
+    "ContentEmbedding",
+)
 
 
-def prepare_sdks(tiers: Iterable[Tier]) -> None:
+def prepare_sdks(tiers: Iterable[Tier], *, gemini_embeddings: bool) -> None:
     """Import what these tiers' providers load when made or first asked, and build the SDK
-    models a turn validates, ahead of the first session: imports and model builds hold the
-    GIL, and in a burst every session's loop would wait for them. These rather than every
-    model the SDKs define: building all ~1,800 takes 1.5 s and 79 MB a process."""
+    models a turn validates (and, with `gemini_embeddings`, a question's embedding), ahead of
+    the first session: imports and model builds hold the GIL, and in a burst every session's
+    loop would wait for them. These rather than every model the SDKs define: building all
+    ~1,800 takes 1.5 s and 79 MB a process."""
     models: list[type[pydantic.BaseModel]] = [llm.ChatMessage]
     providers = {tier.provider for tier in tiers}
     if "gemini" in providers:
         models += [getattr(genai_types, name) for name in _GEMINI_MODELS]
+    if gemini_embeddings:
+        models += [getattr(genai_types, name) for name in _GEMINI_EMBED_MODELS]
     if "anthropic" in providers:
         # what anthropic's first request imports: httpx's asyncio backend (anyio loads it on
         # first use, ~100 ms) and the tracing headers' propagator

@@ -331,7 +331,11 @@ class Tools:
         return what
 
 async def first_turns(settings):
+    from agent.components import make_embedder
     from agent.providers import make_provider
+    embedder = make_embedder(settings)  # Gemini's: a key is set (SIGHTLINE_EMBEDDINGS=auto)
+    assert len(await embedder.embed_query("What is on my screen?")) == embedder.dim
+    await embedder.aclose()
     tools = llm.ToolContext([Tools().look])
     for tier in settings.cascade_tiers():  # a session's providers, each asked twice
         provider = make_provider(settings, tier)
@@ -370,8 +374,9 @@ asyncio.run(main())
 def test_what_the_first_turn_imports_and_builds_is_ready_before_any_job(tmp_path) -> None:
     """An import or an SDK's pydantic model built on first use (`defer_build`) holds the GIL:
     done inside a burst, every session's loop waits for it, as for a full garbage collection
-    walking all that was loaded. Each of the default tiers' providers answers a text turn and a
-    tool call from the scripted model server."""
+    walking all that was loaded. The default embedder (Gemini's, a key being set) embeds a
+    question, and each of the default tiers' providers answers a text turn and a tool call,
+    all from the scripted model server."""
     env = {**os.environ, "SIGHTLINE_SCREEN_TEXT": "off", "SIGHTLINE_DATA_DIR": str(tmp_path),
            "GOOGLE_API_KEY": "probe-key", "ANTHROPIC_API_KEY": "probe-key"}
     probe = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True,
