@@ -325,15 +325,15 @@ class ClaudeProvider(_ProviderBase):
         await self._client.close()
 
 
-# The SDKs' pydantic models a turn validates. google-genai and anthropic build a model's
-# validator on its first use (`defer_build`): 50 ms of a process's first Gemini turn and, with
-# the imports below, 220 ms of its first Claude turn, all holding the GIL while a burst's other
-# sessions wait (measured on an idle process). tests/test_capacity.py fails if a turn of either
-# kind still builds a model or imports a module after `prepare_sdks`.
+# The SDKs' pydantic models a session's providers and turns validate. google-genai and
+# anthropic build a model's validator on its first use (`defer_build`): 50 ms of a process's
+# first Gemini turn and, with the imports below, 220 ms of its first Claude turn, all holding the
+# GIL while a burst's other sessions wait (measured on an idle process). tests/test_capacity.py
+# fails if a turn of either kind still builds a model or imports a module after `prepare_sdks`.
 _GEMINI_MODELS = (
-    "GenerateContentConfig", "_GenerateContentParameters", "Content", "UserContent", "Part",
-    "Tool", "FunctionDeclaration", "HttpResponse", "GenerateContentResponse", "Candidate",
-    "FunctionCall", "GenerateContentResponseUsageMetadata",
+    "HttpRetryOptions", "GenerateContentConfig", "_GenerateContentParameters", "Content",
+    "UserContent", "Part", "Tool", "FunctionDeclaration", "HttpResponse",
+    "GenerateContentResponse", "Candidate", "FunctionCall", "GenerateContentResponseUsageMetadata",
 )
 # and what an embedding call validates (Gemini embeddings: `SIGHTLINE_EMBEDDINGS=auto` with
 # GOOGLE_API_KEY set, as in production)
@@ -353,6 +353,10 @@ def prepare_sdks(tiers: Iterable[Tier], *, gemini_embeddings: bool) -> None:
     providers = {tier.provider for tier in tiers}
     if "gemini" in providers:
         models += [getattr(genai_types, name) for name in _GEMINI_MODELS]
+        # the first client made imports its HTTP transports and google-auth's async parts
+        # (~95 ms; made here anyway when the embedder is Gemini's): one made and closed now
+        genai.Client(api_key="unused", http_options=genai_types.HttpOptions(
+            base_url="http://127.0.0.1")).close()
     if gemini_embeddings:
         models += [getattr(genai_types, name) for name in _GEMINI_EMBED_MODELS]
     if "anthropic" in providers:

@@ -333,7 +333,7 @@ class Tools:
 async def first_turns(settings):
     from agent.components import make_embedder
     from agent.providers import make_provider
-    embedder = make_embedder(settings)  # Gemini's: a key is set (SIGHTLINE_EMBEDDINGS=auto)
+    embedder = make_embedder(settings)  # auto: Gemini's, a key being set
     assert len(await embedder.embed_query("What is on my screen?")) == embedder.dim
     await embedder.aclose()
     tools = llm.ToolContext([Tools().look])
@@ -371,14 +371,18 @@ asyncio.run(main())
 """
 
 
-def test_what_the_first_turn_imports_and_builds_is_ready_before_any_job(tmp_path) -> None:
+@pytest.mark.parametrize("embeddings", ["auto", "minilm"])
+def test_what_the_first_turn_imports_and_builds_is_ready_before_any_job(
+    tmp_path, embeddings: str,
+) -> None:
     """An import or an SDK's pydantic model built on first use (`defer_build`) holds the GIL:
     done inside a burst, every session's loop waits for it, as for a full garbage collection
-    walking all that was loaded. The default embedder (Gemini's, a key being set) embeds a
+    walking all that was loaded. The embedder (`auto`: Gemini's, a key being set) embeds a
     question, and each of the default tiers' providers answers a text turn and a tool call,
     all from the scripted model server."""
     env = {**os.environ, "SIGHTLINE_SCREEN_TEXT": "off", "SIGHTLINE_DATA_DIR": str(tmp_path),
-           "GOOGLE_API_KEY": "probe-key", "ANTHROPIC_API_KEY": "probe-key"}
+           "GOOGLE_API_KEY": "probe-key", "ANTHROPIC_API_KEY": "probe-key",
+           "SIGHTLINE_EMBEDDINGS": embeddings}
     probe = subprocess.run([sys.executable, "-c", PRELOAD_PROBE], env=env, capture_output=True,
                            text=True, timeout=300, check=True)
     found = json.loads(probe.stdout.splitlines()[-1])
