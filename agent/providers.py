@@ -31,6 +31,8 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from livekit.agents import llm
 
+from memory.embeddings import gemini_embedding_models
+
 from .config import Settings, Tier
 from .pricing import Usage
 from .tls import shared_tls_context
@@ -331,15 +333,11 @@ class ClaudeProvider(_ProviderBase):
 # GIL while a burst's other sessions wait (measured on an idle process). tests/test_capacity.py
 # fails if a turn of either kind still builds a model or imports a module after `prepare_sdks`.
 _GEMINI_MODELS = (
-    "HttpRetryOptions", "GenerateContentConfig", "_GenerateContentParameters", "Content",
-    "UserContent", "Part", "Tool", "FunctionDeclaration", "HttpResponse",
-    "GenerateContentResponse", "Candidate", "FunctionCall", "GenerateContentResponseUsageMetadata",
-)
-# and what an embedding call validates (Gemini embeddings: `SIGHTLINE_EMBEDDINGS=auto` with
-# GOOGLE_API_KEY set, as in production)
-_GEMINI_EMBED_MODELS = (
-    "EmbedContentConfig", "_EmbedContentParametersPrivate", "EmbedContentResponse",
-    "ContentEmbedding",
+    genai_types.HttpRetryOptions, genai_types.GenerateContentConfig,
+    genai_types._GenerateContentParameters, genai_types.Content, genai_types.UserContent,
+    genai_types.Part, genai_types.Tool, genai_types.FunctionDeclaration, genai_types.HttpResponse,
+    genai_types.GenerateContentResponse, genai_types.Candidate, genai_types.FunctionCall,
+    genai_types.GenerateContentResponseUsageMetadata,
 )
 
 
@@ -352,13 +350,13 @@ def prepare_sdks(tiers: Iterable[Tier], *, gemini_embeddings: bool) -> None:
     models: list[type[pydantic.BaseModel]] = [llm.ChatMessage]
     providers = {tier.provider for tier in tiers}
     if "gemini" in providers:
-        models += [getattr(genai_types, name) for name in _GEMINI_MODELS]
+        models += _GEMINI_MODELS
         # the first client made imports its HTTP transports and google-auth's async parts
         # (~95 ms; made here anyway when the embedder is Gemini's): one made and closed now
         genai.Client(api_key="unused", http_options=genai_types.HttpOptions(
             base_url="http://127.0.0.1")).close()
     if gemini_embeddings:
-        models += [getattr(genai_types, name) for name in _GEMINI_EMBED_MODELS]
+        models += gemini_embedding_models()
     if "anthropic" in providers:
         # what anthropic's first request imports: httpx's asyncio backend (anyio loads it on
         # first use, ~100 ms) and the tracing headers' propagator

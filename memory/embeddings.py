@@ -29,6 +29,8 @@ import numpy as np
 from .vectors import unit_rows
 
 if TYPE_CHECKING:
+    import pydantic
+
     from .encoder import WindowedEncoder
 
 # The encoders (onnx, onnxruntime, tokenizers, safetensors) and aiohttp are imported where a
@@ -245,6 +247,16 @@ def offline_family(stored: str) -> str | None:
     """Which offline embedder made vectors stored under the model name `stored`, if one did."""
     return next((key for key, cls in OFFLINE_EMBEDDERS.items()
                  if stored.startswith(cls.FAMILY)), None)
+
+
+def gemini_embedding_models() -> list[type[pydantic.BaseModel]]:
+    """The google-genai models a `GeminiEmbedder` call validates. The SDK builds each on its
+    first use (`defer_build`), holding the GIL: a worker builds them before its first session
+    (`prepare_sdks`, agent/providers.py). Imported here, not at the top: see the embedder."""
+    from google.genai import types
+
+    return [types.EmbedContentConfig, types._EmbedContentParametersPrivate,
+            types.EmbedContentResponse, types.ContentEmbedding]
 
 
 class GeminiEmbedder:
