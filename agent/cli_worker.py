@@ -11,13 +11,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_TIERS, ConfigError, Settings
+from .config import DEFAULT_TIERS, LOG_LEVELS, ConfigError, Settings
 from .ports import require_free_port
 
 if TYPE_CHECKING:
     from .worker_processes import ProcessSlot
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # 1 ms rather than 5: two paired runs of bench.load (30 sessions, two processes), each first
 # once, whole-run reply overhead p95 301 and 337 ms against 339 and 409 (README: Many sessions)
 GIL_SWITCH_S = 0.001
@@ -29,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ("start", "run the worker in production mode (JSON logs, graceful drain on SIGTERM)"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                       default=os.environ.get("LIVEKIT_LOG_LEVEL", "INFO").strip().upper(),
+        p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                        help="DEBUG, INFO, WARNING or ERROR, in any case "
                             "(default: LIVEKIT_LOG_LEVEL or INFO)")
         if name == "start":  # how a worker of several processes starts each of them
@@ -82,9 +80,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         run_processes,
     )
 
-    if args.log_level not in LOG_LEVELS:  # argparse checks the option, not its default
-        raise ConfigError(f"LIVEKIT_LOG_LEVEL={args.log_level!r} is invalid: must be one of "
-                          f"{', '.join(LOG_LEVELS)}")
+    log_level = (args.log_level or settings.log_level).upper()  # as livekit-agents names them
     settings.require_worker()
     slot = None
     if getattr(args, "process", None):
@@ -120,8 +116,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if count > 1:
             print(f"this worker takes {limits.describe()}, in {count} processes",
                   file=sys.stderr, flush=True)
-            return run_processes(settings, count, os.environ["DATABASE_URL"], args.log_level)
-        _host_sessions(settings, args, slot)
+            return run_processes(settings, count, os.environ["DATABASE_URL"], log_level)
+        _host_sessions(settings, args, slot, log_level)
     finally:
         close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
@@ -129,7 +125,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSlot | None) -> None:
+def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSlot | None,
+                   log_level: str) -> None:
     """Run the sessions in this process, as the worker or as one of its processes (`slot`).
     What only this needs is imported here: a parent of several processes does without it."""
     from livekit.agents.cli import proto
@@ -160,7 +157,7 @@ def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSl
     _run_worker(
         server,
         proto.CliArgs(
-            log_level=args.log_level,
+            log_level=log_level,
             url=settings.livekit_url,
             api_key=settings.livekit_api_key,
             api_secret=settings.livekit_api_secret,

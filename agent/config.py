@@ -191,6 +191,7 @@ class _Field:
 
 
 _USD = Range(float, 0, 1_000_000, open_low=True)
+LOG_LEVELS = ("debug", "info", "warning", "error")  # the worker's, any case
 _DEFAULT_DATA_DIR = Path(platformdirs.user_data_dir("sightline"))
 MAX_HISTORY_MESSAGES = 1000  # the most recent messages a session starts with
 
@@ -198,6 +199,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("livekit_url", "LIVEKIT_URL", _ws_url, None, help="LiveKit server or Cloud URL"),
     _Field("livekit_api_key", "LIVEKIT_API_KEY", _text, None, secret=True),
     _Field("livekit_api_secret", "LIVEKIT_API_SECRET", _text, None, secret=True),
+    _Field("log_level", "LIVEKIT_LOG_LEVEL", _choice(*LOG_LEVELS), "info",
+        help="the worker's log level: " + " | ".join(LOG_LEVELS) + " (`--log-level` overrides)"),
     _Field("gemini_api_key", "GOOGLE_API_KEY", _text, None, secret=True, help="or GEMINI_API_KEY"),
     _Field("anthropic_api_key", "ANTHROPIC_API_KEY", _text, None, secret=True),
     _Field("cohere_api_key", "COHERE_API_KEY", _text, None, secret=True,
@@ -340,6 +343,7 @@ class Settings:
     livekit_url: str | None
     livekit_api_key: str | None
     livekit_api_secret: str | None
+    log_level: str
     gemini_api_key: str | None
     anthropic_api_key: str | None
     cohere_api_key: str | None

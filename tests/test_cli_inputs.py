@@ -89,8 +89,9 @@ def test_directories_that_do_not_exist_yet_are_fine_and_not_created(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "env", "shown"),
     [
-        (["dev", "--log-level", "LOUD"], {}, "--log-level: invalid choice: 'LOUD'"),
-        (["start"], {"LIVEKIT_LOG_LEVEL": "loud"}, "LIVEKIT_LOG_LEVEL='LOUD' is invalid"),
+        (["dev", "--log-level", "LOUD"], {}, "--log-level: invalid choice: 'loud'"),
+        (["start"], {"LIVEKIT_LOG_LEVEL": "loud"},
+         "LIVEKIT_LOG_LEVEL='loud' is invalid: must be one of debug, info, warning, error"),
     ],
 )
 async def test_a_log_level_that_is_not_one_is_one_line(
@@ -127,8 +128,19 @@ def test_an_option_where_a_value_should_be_is_still_missing_its_value(
 
 
 async def test_log_level_is_accepted_in_any_case() -> None:
-    args = _parser().parse_args(["start", "--log-level", "debug"])
-    assert args.log_level == "DEBUG"
+    args = _parser().parse_args(["start", "--log-level", "DeBuG"])
+    assert args.log_level == "debug"
+    assert Settings.from_env({"LIVEKIT_LOG_LEVEL": " Warning "}).log_level == "warning"
+
+
+async def test_config_checks_and_shows_the_log_level(tmp_path: Path) -> None:
+    """`sightline config` checks LIVEKIT_LOG_LEVEL as the worker does, and shows it."""
+    line = one_line(*await run_cli("config", env=bare_env(tmp_path, LIVEKIT_LOG_LEVEL="loud")))
+    assert line.startswith("sightline: LIVEKIT_LOG_LEVEL='loud' is invalid")
+    code, out, _ = await run_cli("config", "--json", env=bare_env(tmp_path,
+                                                                  LIVEKIT_LOG_LEVEL="ERROR"))
+    assert code == 0
+    assert json.loads(out)["LIVEKIT_LOG_LEVEL"]["effective"] == "error"
 
 
 @pytest.mark.parametrize(
