@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .config import DEFAULT_TIERS, LOG_LEVELS, ConfigError, Settings
-from .ports import require_free_port
+from .ports import require_free_port, taken
 
 if TYPE_CHECKING:
     from .worker_processes import ProcessSlot
@@ -73,6 +73,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from .alerts import close_sinks
     from .capacity import Limits
     from .worker_processes import (
+        PORT_TAKEN_EXIT,
         ProcessSlot,
         die_with_parent,
         metrics_ports,
@@ -102,7 +103,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  skipped {tier.model}: no {tier.provider} API key in the environment",
                   file=sys.stderr)
     metrics = [port for port in metrics_ports(settings, count) if port]
-    for port, env in ((settings.health_port, "SIGHTLINE_HEALTH_PORT"),
+    if slot is not None and settings.health_port and (why := taken(settings.health_port)):
+        # the parent picked this port free for this start, and someone bound it first
+        print(f"sightline: worker process {slot}: its health port {settings.health_port} is "
+              f"taken ({why}); the worker starts it again on another", file=sys.stderr)
+        return PORT_TAKEN_EXIT
+    for port, env in ((0 if slot else settings.health_port, "SIGHTLINE_HEALTH_PORT"),
                       (settings.webhook_port, "SIGHTLINE_WEBHOOK_PORT"),
                       *((port, "SIGHTLINE_METRICS_PORT") for port in metrics)):
         require_free_port(port, env)

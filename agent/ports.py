@@ -35,14 +35,19 @@ def free_port() -> int:
     raise RuntimeError("no free port outside the ephemeral range")
 
 
-def require_free_port(port: int, env: str) -> None:
-    """Fail with one line, before anything starts, when a port the worker serves is taken."""
-    if port == 0:
-        return
+def taken(port: int) -> str | None:
+    """Why a server could not bind `port` now (as livekit-agents' servers bind it), or None."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("", port))
         except OSError as exc:
-            raise ConfigError(f"{env}={port}: the port is taken ({exc.strerror}); "
-                              "choose a free one (two workers on one host need two)") from None
+            return exc.strerror or str(exc)
+    return None
+
+
+def require_free_port(port: int, env: str) -> None:
+    """Fail with one line, before anything starts, when a port the worker serves is taken."""
+    if port and (why := taken(port)):
+        raise ConfigError(f"{env}={port}: the port is taken ({why}); "
+                          "choose a free one (two workers on one host need two)")

@@ -52,6 +52,7 @@ from .config import ConfigError, Settings
 from .ports import free_port
 
 CONFIG_EXIT = 2  # a setting the process refused: starting it again would not help
+PORT_TAKEN_EXIT = 3  # the health port picked for it was taken first: started again on another
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0  # a process that ran this long before it ended restarts at once
@@ -113,13 +114,12 @@ def metrics_ports(settings: Settings, count: int) -> list[int]:
     return [settings.metrics_port + i for i in range(count)]
 
 
-def process_env(settings: Settings, slot: ProcessSlot, health_port: int,
-                database_url: str) -> dict[str, str]:
-    """The settings of one process that differ from the worker's."""
+def process_env(settings: Settings, slot: ProcessSlot, database_url: str) -> dict[str, str]:
+    """The settings of one process that differ from the worker's (its health port, picked at
+    each start, apart)."""
     metrics = metrics_ports(settings, slot.count)[slot.index]
     return {
         "DATABASE_URL": database_url,
-        "SIGHTLINE_HEALTH_PORT": str(health_port),
         "SIGHTLINE_WEBHOOK_PORT": str(settings.webhook_port if slot.index == 0 else 0),
         "SIGHTLINE_METRICS_PORT": str(metrics),
     }
@@ -128,13 +128,24 @@ def process_env(settings: Settings, slot: ProcessSlot, health_port: int,
 class WorkerProcess:
     """One of the worker's processes: started, watched and started again when it ends."""
 
-    def __init__(self, slot: ProcessSlot, env: dict[str, str], log_level: str) -> None:
+    def __init__(self, slot: ProcessSlot, env: dict[str, str], log_level: str, *,
+                 health: bool) -> None:
+        """`health`: the process serves livekit-agents' health check, on a port picked free at
+        each start (the worker's own health port asks it)."""
         self.slot = slot
-        self.health_port = int(env["SIGHTLINE_HEALTH_PORT"])
+        self.health_port = 0
+        self._health = health
         self._env = env
         self._log_level = log_level
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
+
+    def start_env(self) -> dict[str, str]:
+        """The settings of the next start: a port picked afresh, since a port picked free can
+        be taken by someone else before the process binds it (it then ends with
+        `PORT_TAKEN_EXIT`, and is started again on another)."""
+        self.health_port = free_port() if self._health else 0
+        return {**os.environ, **self._env, "SIGHTLINE_HEALTH_PORT": str(self.health_port)}
 
     async def start(self) -> None:
         # sys.argv[0] is the program that runs Sightline's CLI: the `sightline` script, or a
@@ -142,7 +153,7 @@ class WorkerProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, sys.argv[0], "start", "--process", str(self.slot),
             "--parent", str(os.getpid()), "--log-level", self._log_level,
-            env={**os.environ, **self._env})
+            env=self.start_env())
         self.started_at = time.monotonic()
 
     def signal(self, signum: int) -> None:
@@ -163,8 +174,8 @@ class Supervisor:
         self._settings = settings
         self._stopping = asyncio.Event()
         self.processes = [
-            WorkerProcess(slot, process_env(settings, slot, free_port() if settings.health_port
-                                            else 0, database_url), log_level)
+            WorkerProcess(slot, process_env(settings, slot, database_url), log_level,
+                          health=bool(settings.health_port))
             for slot in (ProcessSlot(i, count) for i in range(count))]
 
     async def run(self) -> int:

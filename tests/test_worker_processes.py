@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,8 +22,9 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
-from conftest import fresh_database
+from conftest import fresh_database, run_cli
 from livekit import rtc
+from test_cli_inputs import bare_env
 from test_e2e_livekit import session_events
 from test_fleet import ANSWER, MEMORY_UPDATE, SCREENS
 
@@ -30,6 +32,7 @@ from agent.capacity import Limits
 from agent.config import ConfigError, Settings
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from agent.worker_processes import (
+    PORT_TAKEN_EXIT,
     ProcessSlot,
     Supervisor,
     WorkerProcess,
@@ -74,14 +77,13 @@ def test_process_count_is_the_setting_or_a_process_per_core_and_never_above_the_
 def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() -> None:
     settings = Settings.from_env({"SIGHTLINE_WEBHOOK_PORT": "8082",
                                   "SIGHTLINE_METRICS_PORT": "9100"})
-    first = process_env(settings, ProcessSlot(0, 2), 20001, "postgresql://db/x")
-    second = process_env(settings, ProcessSlot(1, 2), 20002, "postgresql://db/x")
+    first = process_env(settings, ProcessSlot(0, 2), "postgresql://db/x")
+    second = process_env(settings, ProcessSlot(1, 2), "postgresql://db/x")
     assert (first["SIGHTLINE_WEBHOOK_PORT"], second["SIGHTLINE_WEBHOOK_PORT"]) == ("8082", "0")
     assert (first["SIGHTLINE_METRICS_PORT"], second["SIGHTLINE_METRICS_PORT"]) == ("9100",
                                                                                   "9101")
-    assert second["SIGHTLINE_HEALTH_PORT"] == "20002"
     off = process_env(Settings.from_env({"SIGHTLINE_METRICS_PORT": "0"}), ProcessSlot(1, 2),
-                      0, "postgresql://db/x")
+                      "postgresql://db/x")
     assert off["SIGHTLINE_METRICS_PORT"] == "0"
     with pytest.raises(ConfigError, match="METRICS_PORT=65535"):  # a line, not bind's traceback
         metrics_ports(Settings.from_env({"SIGHTLINE_METRICS_PORT": "65535"}), 2)
@@ -93,13 +95,48 @@ def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() 
 
 def scripted(monkeypatch: pytest.MonkeyPatch, scripts: dict[int, list[str]]) -> None:
     """Worker processes that run the Python of `scripts[index]` instead of Sightline, one
-    script per start (the last one again once they run out)."""
+    script per start (the last one again once they run out), with the settings of each."""
     async def start(self: WorkerProcess) -> None:
         runs = scripts[self.slot.index]
         code = runs.pop(0) if len(runs) > 1 else runs[0]
-        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code,
+                                                         env=self.start_env())
         self.started_at = time.monotonic()
     monkeypatch.setattr(WorkerProcess, "start", start)
+
+
+def test_a_process_gets_a_health_port_picked_afresh_at_each_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    picked = iter(range(20001, 20100))
+    monkeypatch.setattr("agent.worker_processes.free_port", lambda: next(picked))
+    process = WorkerProcess(ProcessSlot(1, 2), {"DATABASE_URL": "postgresql://db/x"}, "INFO",
+                            health=True)
+    assert process.start_env()["SIGHTLINE_HEALTH_PORT"] == "20001"
+    assert (process.start_env()["SIGHTLINE_HEALTH_PORT"], process.health_port) == ("20002",
+                                                                                  20002)
+    off = WorkerProcess(ProcessSlot(1, 2), {}, "INFO", health=False)
+    assert (off.start_env()["SIGHTLINE_HEALTH_PORT"], off.health_port) == ("0", 0)
+
+
+async def test_a_process_whose_health_port_was_taken_first_ends_with_one_line(
+        tmp_path: Path) -> None:
+    """The parent picked the port free; someone bound it before the process started: the
+    process says so and ends with PORT_TAKEN_EXIT (started again on another), not with the
+    status of a refused setting, which would stop the whole worker."""
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, out, err = await run_cli(
+            "start", "--process", "2/2", "--parent", str(os.getpid()),
+            env=bare_env(tmp_path, LIVEKIT_URL="ws://127.0.0.1:9", LIVEKIT_API_KEY="k",
+                         LIVEKIT_API_SECRET="s", GOOGLE_API_KEY="processes-fake-key",
+                         SIGHTLINE_HEALTH_PORT=str(port), SIGHTLINE_WEBHOOK_PORT="0",
+                         DATABASE_URL="postgresql://127.0.0.1:9/x"))
+    assert code == PORT_TAKEN_EXIT, (out, err)
+    assert "Traceback" not in err
+    assert f"worker process 2/2: its health port {port} is taken" in err
+    assert not (tmp_path / "data").exists()
 
 
 SLEEPS = "import time; time.sleep(60)"
@@ -117,21 +154,26 @@ async def test_a_process_that_refuses_its_settings_stops_the_worker_with_status_
     assert "worker process 1/2 refused its settings" in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("ended", [1, PORT_TAKEN_EXIT])
 async def test_a_process_that_ends_is_started_again_and_a_stop_ends_them_all(
-        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
-    scripted(monkeypatch, {0: ["raise SystemExit(1)", SLEEPS], 1: [SLEEPS]})
-    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"})
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], ended: int) -> None:
+    scripted(monkeypatch, {0: [f"raise SystemExit({ended})", SLEEPS], 1: [SLEEPS]})
+    picked = iter(range(20001, 20100))
+    monkeypatch.setattr("agent.worker_processes.free_port", lambda: next(picked))
+    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": "8081"})
     supervisor = Supervisor(settings, 2, "postgresql://db/x", "INFO")
     running = asyncio.create_task(supervisor.run())
     deadline = time.monotonic() + 30
-    while not re.search(r"1/2 \(pid \d+\) ended \(status 1\) after \d+ s; starting it again "
-                        r"in 1 s", capfd.readouterr().err):
+    while not re.search(rf"1/2 \(pid \d+\) ended \(status {ended}\) after \d+ s; starting it "
+                        r"again in 1 s", capfd.readouterr().err):
         assert time.monotonic() < deadline, "the process's end was not seen"
         await asyncio.sleep(0.1)
     first = supervisor.processes[0].proc
+    ports = {p.slot.index: p.health_port for p in supervisor.processes}
     while supervisor.processes[0].proc is first:  # started again, a second later
         assert time.monotonic() < deadline, "the process was not started again"
         await asyncio.sleep(0.1)
+    assert supervisor.processes[0].health_port not in (ports[0], ports[1])  # another port
     os.kill(os.getpid(), signal.SIGTERM)  # the worker's stop: passed on to both
     async with asyncio.timeout(30):
         assert await running == 0
