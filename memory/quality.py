@@ -6,6 +6,7 @@ and handoffs to a human; and from the `speech_failed` events, the speech request
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +49,19 @@ _SPEECH = """
 SELECT detail->>'engine' AS engine, count(*) AS failures, count(DISTINCT session_id) AS sessions
 FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech_failed'
 GROUP BY 1 ORDER BY 1
+"""
+
+
+# the steps of a series (`$4` seconds each from `$2`) in which anything quality counts
+# happened: a turn, a session started, a failed speech request
+_ACTIVE_STEPS = """
+SELECT DISTINCT floor(extract(epoch FROM at - $2) / $4::float8)::int AS step FROM (
+    SELECT ts AS at FROM cost_events
+    WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind IN ('turn', 'speech_failed')
+    UNION ALL
+    SELECT started_at FROM quality_sessions
+    WHERE tenant = $1 AND started_at >= $2 AND started_at < $3
+) events
 """
 
 
@@ -113,12 +127,25 @@ async def window_quality(
 async def quality_series(
     pool: asyncpg.Pool, tenant: str, since: datetime, until: datetime, step: timedelta,
 ) -> list[dict[str, Any]]:
-    """The window cut in steps of `step`, each step's signals (the report's chart over time)."""
-    series, start = [], since
+    """The window cut in steps of `step`, each step's signals (the report's chart over time).
+    Only the steps in which something happened are queried: every other one has the signals
+    of an empty window (a ten-year report of days was ~11,000 statements, 22 s)."""
+    windows, start = [], since
     while start < until:
-        end = min(start + step, until)
-        series.append(await window_quality(pool, tenant, start, end))
-        start = end
+        windows.append((start, min(start + step, until)))
+        start = windows[-1][1]
+    active = {row["step"] for row in await pool.fetch(
+        _ACTIVE_STEPS, tenant, since, until, step.total_seconds())}
+    series: list[dict[str, Any]] = []
+    empty: dict[str, Any] | None = None
+    for index, (start, end) in enumerate(windows):
+        if index in active:
+            series.append(await window_quality(pool, tenant, start, end))
+            continue
+        if empty is None:
+            empty = await window_quality(pool, tenant, start, end)
+        series.append(copy.deepcopy(empty) | {"since": start.isoformat(),
+                                               "until": end.isoformat()})
     return series
 
 

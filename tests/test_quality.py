@@ -21,7 +21,7 @@ from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
-from memory.quality import session_quality, window_quality
+from memory.quality import quality_series, session_quality, window_quality
 
 NOW = datetime.now(UTC)
 
@@ -69,6 +69,30 @@ async def test_quality_of_the_scripted_sessions(db: Database, tmp_path: Path) ->
             for s in sessions] == [
         ("s-alice", "completed", 3, 2, 0), ("s-bob", "left_mid_answer", 3, 0, 1),
         ("s-carol", "error", 2, 0, 0), ("s-alice-2", "completed", 1, 0, 0)]
+
+
+async def test_a_series_queries_only_its_active_steps_and_matches_each_window(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long report of days (the scripted sessions on a few of 60) is what asking every day
+    on its own gives, with only the days that hold something (and one empty day) queried."""
+    await record_plan(db, tmp_path / "costs")
+    since = (NOW - timedelta(days=59)).replace(hour=0, minute=0, second=0, microsecond=0)
+    until = NOW + timedelta(hours=1)
+    asked = [(since + timedelta(days=i), min(since + timedelta(days=i + 1), until))
+             for i in range(61) if since + timedelta(days=i) < until]
+    expected = [await window_quality(db.pool, "acme", start, end) for start, end in asked]
+    queried = []
+
+    async def counted(pool: object, tenant: str, start: datetime, end: datetime) -> object:
+        queried.append(start)
+        return await window_quality(pool, tenant, start, end)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("memory.quality.window_quality", counted)
+    series = await quality_series(db.pool, "acme", since, until, timedelta(days=1))
+    assert series == expected
+    busy = sum(1 for q in expected if q["turns"] or q["sessions"]["started"])
+    assert 2 <= busy < len(asked) - 1
+    assert len(queried) == busy + 1  # and one empty day, whose signals every other one shares
 
 
 async def test_a_discarded_round_is_no_user_turn(db: Database, tmp_path: Path) -> None:
