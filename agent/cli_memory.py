@@ -51,10 +51,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.spill_recovery import SpillTargets, recover_spills
     from vision.frame_archive import remove_sessions
 
-    from .components import make_embedder
+    from .components import embedder_on_use
 
     db = await Database.open(settings.database_url, settings.data_dir)
-    embedder = make_embedder(settings)
+    embedder = embedder_on_use(settings)
     try:
         targets = SpillTargets.on(db.pool, embedder)
         store, memory = targets.store, targets.memory

@@ -44,12 +44,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
     from memory.screen_timeline import ScreenTimeline
 
-    from .components import make_embedder
+    from .components import embedder_on_use
 
     if args.screen_command == "search" and not args.query.strip():
         raise UserError("the search query is empty: give words to look for")
     db = await Database.open(settings.database_url, settings.data_dir)
-    embedder = make_embedder(settings)
+    embedder = embedder_on_use(settings)
     try:
         timeline = ScreenTimeline(db.pool, embedder)
         if args.screen_command == "timeline":

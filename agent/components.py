@@ -13,6 +13,7 @@ from memory.embeddings import (
     DEFAULT_OFFLINE,
     Embedder,
     GeminiEmbedder,
+    LazyEmbedder,
     offline_embedder,
     offline_family,
 )
@@ -39,6 +40,15 @@ def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
     return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
                           tls=shared_tls_context(), timeout_s=settings.model_timeout_s,
                           retries=settings.model_retries)
+
+
+def embedder_on_use(settings: Settings) -> Embedder:
+    """`make_embedder` for a command that may embed nothing (`memory show|forget`, `screen
+    timeline|search`): an offline model loads at its first embedding. Gemini has nothing to
+    load, so it is made at once, and a missing key is said before the command starts."""
+    if settings.embeddings_in_use() == "gemini":
+        return make_embedder(settings)
+    return LazyEmbedder(lambda: make_embedder(settings))
 
 
 def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:

@@ -9,15 +9,23 @@ another user or tenant, and the sessions keep their costs without the user's id.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
-from conftest import DEMO_FIXTURE, cli_env, run_cli
+import pytest
+from conftest import DEMO_FIXTURE, CountingEmbedder, cli_env, run_cli
+from test_left_spills import offline_session, settings_on
 
+from agent import cli_memory, components
 from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
-from memory.embeddings import WordLlamaEmbedder
+from memory.embeddings import Embedder, LazyEmbedder, WordLlamaEmbedder
 from memory.forget import FORGOTTEN, forget_detail
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -116,6 +124,64 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     code, out, _ = await run_cli("memory", "show", "--tenant", "demo", "--user", "dev-1",
                                  env=env)
     assert "Nothing is remembered about user dev-1 of tenant demo" in out
+
+
+async def test_show_loads_an_embedder_only_for_spilled_messages(
+    migrated_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Showing what is remembered embeds nothing: the model's load (1-7 s, ~400 MB) is paid
+    only when a closed session's spilled messages need their vectors."""
+    settings = settings_on(migrated_database_url, tmp_path)
+    made: list[Embedder] = []
+
+    def make(_settings: Settings, _stored: Sequence[str] = ()) -> Embedder:
+        made.append(WordLlamaEmbedder())
+        return made[-1]
+
+    monkeypatch.setattr(components, "make_embedder", make)
+    show = argparse.Namespace(memory_command="show", tenant="acme", user="u1", json=True)
+    assert await cli_memory.run(settings, show) == 0
+    assert made == []
+    assert json.loads(capsys.readouterr().out)["messages"] == 0
+
+    session_id = await offline_session(settings)  # its row waits in a spill file: no vector
+    assert await cli_memory.run(settings, show) == 0
+    assert made == []
+    (settings.costs_dir / f"{session_id}.messages-spill.jsonl").write_text(json.dumps(
+        {"tenant": "acme", "user_id": "u1", "role": "user", "content": "spilled words"}) + "\n")
+    capsys.readouterr()
+    assert await cli_memory.run(settings, show) == 0
+    assert len(made) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["messages"] == 1 and shown["unimported_spill_files"] == []
+    database = await Database.open(settings.database_url, settings.data_dir)
+    try:
+        assert await database.pool.fetchval(
+            "SELECT embed_model FROM messages WHERE session_id = $1", session_id) == made[0].name
+    finally:
+        await database.close()
+
+
+async def test_a_lazy_embedder_is_made_once_by_its_first_use_and_never_unused() -> None:
+    made: list[CountingEmbedder] = []
+
+    def make() -> CountingEmbedder:
+        time.sleep(0.05)  # a model's load, long enough for the second embedding to wait on it
+        made.append(CountingEmbedder())
+        return made[-1]
+
+    unused = LazyEmbedder(make)
+    await unused.aclose()
+    assert made == [] and not unused.loaded
+    lazy = LazyEmbedder(make)
+    query, documents = await asyncio.gather(lazy.embed_query("q"), lazy.embed_documents(["d"]))
+    assert len(made) == 1 and lazy.loaded
+    assert made[0].queries == ["q"] and made[0].embedded == ["d"]
+    assert query.shape == (made[0].dim,) and documents.shape == (1, made[0].dim)
+    assert (lazy.name, lazy.dim, lazy.fusion) == (made[0].name, made[0].dim, made[0].fusion)
+    named_first = LazyEmbedder(make)
+    assert named_first.name == made[0].name and len(made) == 2  # read before any embedding
 
 
 def test_a_hand_off_forgets_its_reason_and_user_and_a_second_pass_changes_nothing() -> None:
