@@ -50,9 +50,10 @@ import itertools
 import json
 import math
 import re
+import time
 import wave
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,17 @@ class CapturedRequest:
     def purpose(self) -> str:
         """What Sightline asked for (`answer`, `memory`), from its request header."""
         return self.headers.get("x-sightline-purpose", "")
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request's time inside this server: from its handler's start to the end of its
+    reply (a stream's last chunk written). What the model took, as a client cannot measure it:
+    a client's clock also runs while it builds the request, waits for its event loop or its
+    GIL, and parses the chunks."""
+
+    purpose: str  # what Sightline asked for (`answer`, `memory`), from its request header
+    seconds: float
 
 
 ReplyFn = Callable[[CapturedRequest], ScriptedReply]
@@ -336,6 +348,7 @@ class ScriptedModelServer:
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self.requests: list[CapturedRequest] = []
+        self.served: list[Served] = []  # every handled request's time here, in order
         self.cache = PromptCache()
         # the OpenAI speech endpoints ("stt", "tts") that answer a SCRIPTED outage (503) for
         # now: set and cleared by a test while its session runs
@@ -349,7 +362,7 @@ class ScriptedModelServer:
 
     async def start(self) -> None:
         """Bind and serve; port 0 picks a free port, readable afterwards via ``base_url``."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._timed])
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/v2/rerank", self._cohere_rerank)
         app.router.add_post("/v1/audio/transcriptions", self._openai_transcription)
@@ -381,6 +394,18 @@ class ScriptedModelServer:
         await self.stop()
 
     # -- shared plumbing -------------------------------------------------------------
+
+    @web.middleware
+    async def _timed(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            self.served.append(Served(request.headers.get("x-sightline-purpose", ""),
+                                      time.perf_counter() - started))
 
     def _next_reply(self, captured: CapturedRequest) -> ScriptedReply:
         if self._replies is None:

@@ -181,14 +181,24 @@ def _reply(request: CapturedRequest) -> ScriptedReply:
     return MEMORY_UPDATE if request.purpose == "memory" else ANSWER
 
 
+SERVICE_TIMES = "service times"  # asks the models process for its answers' times
+
+
 async def _serve_models(conn: Connection) -> None:
     async with ScriptedModelServer(replies=_reply) as server:
         conn.send(server.base_url)
-        while not conn.poll():
+        while True:
             server.requests.clear()  # nobody reads them here; a soak must not grow on them
-            await asyncio.sleep(1.0)
+            if conn.poll():
+                if conn.recv() != SERVICE_TIMES:
+                    return
+                conn.send([s.seconds for s in server.served if s.purpose != "memory"])
+                server.served.clear()
+            await asyncio.sleep(0.1)
 
 
 def serve_models(conn: Connection) -> None:
-    """The models process's entry point: serves until the coordinator sends anything."""
+    """The models process's entry point: serves until the coordinator sends anything but
+    `SERVICE_TIMES`, which it answers with the seconds each answering request (memory updates
+    left out) took in the server since it was last asked."""
     asyncio.run(_serve_models(conn))

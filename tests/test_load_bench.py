@@ -6,12 +6,17 @@ reader fell behind and the shares they subscribed to again."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
+import threading
 from pathlib import Path
 
+from google import genai
+from google.genai import types
 from pytest import approx
 
-from bench.load import Sessions, _questions, hops, read_cost_logs, steady_round_trips
-from bench.load_users import UserResult
+from bench.load import ModelServer, Sessions, _questions, hops, read_cost_logs, steady_round_trips
+from bench.load_users import UserResult, serve_models
 
 
 def _event(kind: str, ts: float, **detail: object) -> dict[str, object]:
@@ -60,3 +65,25 @@ def test_screen_reads_folded_reads_waits_and_subscriptions_again_are_summed_over
             sessions.shares_resubscribed, sessions.screen_read_wait_s,
             sessions.screen_reads_forced) == (2, 16, 4, 1, 10.0, 2)
     assert sessions.frames_per_s == approx([0.05, 0.05])
+
+
+def test_the_overhead_subtracts_the_models_time_in_its_server_not_memory_updates() -> None:
+    """The models process answers `service_times()` with its answers' own times (the memory
+    updates left out), each once; anything else stops it."""
+    here, there = mp.Pipe()
+    process = threading.Thread(target=serve_models, args=(there,), daemon=True)
+    process.start()
+    server = ModelServer(here.recv(), os.getpid(), here)
+    for purpose in ("answer", "memory", "answer"):
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(
+            base_url=server.url, headers={"x-sightline-purpose": purpose}))
+        reply = client.models.generate_content(model="gemini-2.5-flash-lite", contents="why?")
+        assert reply.text
+        client.close()
+    times = server.service_times()
+    assert len(times) == 2 and all(0 < t < 5 for t in times)
+    assert server.service_times() == []  # only what came since the last ask
+    here.send("stop")
+    process.join(5)
+    assert not process.is_alive()
+

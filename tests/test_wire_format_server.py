@@ -136,6 +136,28 @@ async def test_gemini_stream(server: ScriptedModelServer) -> None:
     assert_gemini_capture(server.requests[0], stream=True)
 
 
+async def test_each_request_is_timed_in_the_server_to_its_stream_end_with_its_purpose() -> None:
+    """What the model took, for `bench.load`'s overhead: the whole reply, its last chunk
+    included, and nothing of the client's own time."""
+    reply = ScriptedReply(text="one two three four", words_per_chunk=1, chunk_delay_s=0.1)
+    async with ScriptedModelServer([reply]) as srv:
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(
+            base_url=srv.base_url, headers={"x-sightline-purpose": "answer"}))
+        try:
+            stream = await client.aio.models.generate_content_stream(
+                model=GEMINI_MODEL, contents="why error 809?")
+            async for _ in stream:
+                await asyncio.sleep(0.2)  # a slow reader: the server's time does not grow
+        finally:
+            await client.aio.aclose()
+        async with claude_client(srv.base_url) as claude:
+            await claude.messages.create(model=CLAUDE_MODEL, max_tokens=10,
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert [s.purpose for s in srv.served] == ["answer", ""]
+    assert 0.3 <= srv.served[0].seconds < 0.8  # three pauses between four chunks
+    assert srv.served[1].seconds < 0.3  # not streamed: no pauses between chunks
+
+
 async def test_gemini_non_stream(server: ScriptedModelServer) -> None:
     client = gemini_client(server.base_url)
     try:
