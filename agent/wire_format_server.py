@@ -67,6 +67,8 @@ WORDS_PER_CHUNK = 4
 # anthropic 2.11 sends its key as "Authorization: Bearer ..." rather than x-api-key.
 SPEECH_RATE = 24000  # OpenAI's pcm: 24 kHz, 16-bit, mono
 SPEECH_SECONDS_PER_CHAR = 0.06  # the scripted speech's length: about 12 characters a second
+# what Sightline asks for (`answer`, `memory`), named in each request (agent/providers.py)
+_PURPOSE_HEADER = "x-sightline-purpose"
 _MASKED_HEADERS = frozenset({"x-goog-api-key", "x-api-key", "authorization", "proxy-authorization"})
 _GEMINI_TARGET = re.compile(r"^(?:models/)*(?P<model>[^/:]+):(?P<method>\w+)$")
 _GEMINI_STATUS = {
@@ -124,7 +126,7 @@ class CapturedRequest:
     @property
     def purpose(self) -> str:
         """What Sightline asked for (`answer`, `memory`), from its request header."""
-        return self.headers.get("x-sightline-purpose", "")
+        return self.headers.get(_PURPOSE_HEADER, "")
 
 
 @dataclass(frozen=True)
@@ -404,7 +406,7 @@ class ScriptedModelServer:
         try:
             return await handler(request)
         finally:
-            self.served.append(Served(request.headers.get("x-sightline-purpose", ""),
+            self.served.append(Served(request.headers.get(_PURPOSE_HEADER, ""),
                                       time.perf_counter() - started))
 
     def _next_reply(self, captured: CapturedRequest) -> ScriptedReply:

@@ -325,7 +325,6 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
     data_dirs = [level_dir / f"data-{i}" for i in range(opts.workers)]
     workers: list[Worker] = []
     meter = Meter()
-    models.service_times()  # what the levels before left: not this level's
     try:
         for i, data_dir in enumerate(data_dirs):
             level_dir.mkdir(parents=True, exist_ok=True)

@@ -86,4 +86,3 @@ def test_the_overhead_subtracts_the_models_time_in_its_server_not_memory_updates
     here.send("stop")
     process.join(5)
     assert not process.is_alive()
-
