@@ -10,7 +10,9 @@ The two providers bill images differently, so one size does not fit both:
 and large text), `medium` (2 tiles / ~1200: ordinary screen text), `high` (4 tiles / ~1600:
 small print). A turn's frames arrive in the chat context as `rtc.VideoFrame`s; `ImageEncoder`
 turns them into JPEGs sized for the provider being asked, off the event loop, once per frame and
-size (tiers on the same provider share the encode), and says what they will be billed.
+size (tiers on the same provider share the encode), and says what they will be billed. A turn
+starts encoding its new frame for the first tier (`warm`) while its knowledge and memory lookup
+runs, so the request waits for whichever of the two is slower rather than for both in a row.
 """
 
 from __future__ import annotations
@@ -93,17 +95,20 @@ class ImageBill:
     unsent_tokens: int = 0
 
 
-def _jpeg(frame: rtc.VideoFrame, width: int, height: int) -> bytes:
-    return encode(frame, EncodeOptions(
+def _data_url(frame: rtc.VideoFrame, width: int, height: int) -> str:
+    data = encode(frame, EncodeOptions(
         format="JPEG", quality=JPEG_QUALITY,
         # the size already keeps the aspect; "skew" sends exactly that size, where an aspect
         # fit may round a pixel off and bill differently from what was predicted
         resize_options=ResizeOptions(width=width, height=height, strategy="skew"),
     ))
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
 class ImageEncoder:
-    """Encodes a turn's frames for each provider; keeps the last few encodes."""
+    """Encodes a turn's frames for each provider; keeps the last few encodes, finished or
+    still running, so a turn that asks for a frame already being encoded waits for that encode
+    instead of starting its own."""
 
     CACHE_SIZE = 8
 
@@ -113,21 +118,37 @@ class ImageEncoder:
         self.detail = detail
         # key: (id(frame), width, height); the value keeps the frame alive, so its id is not
         # reused by another frame while the entry lives
-        self._cache: OrderedDict[tuple[int, int, int], tuple[rtc.VideoFrame, str]] = (
-            OrderedDict())
+        self._cache: OrderedDict[tuple[int, int, int],
+                                 tuple[rtc.VideoFrame, asyncio.Future[str]]] = OrderedDict()
 
-    async def _data_url(self, frame: rtc.VideoFrame, width: int, height: int) -> str:
+    def _encoding(self, frame: rtc.VideoFrame, width: int, height: int) -> asyncio.Future[str]:
         key = (id(frame), width, height)
         cached = self._cache.get(key)
         if cached is None:
             # JPEG encoding of a full frame takes tens of ms: keep it off the event loop
-            data = await asyncio.to_thread(_jpeg, frame, width, height)
-            cached = (frame, "data:image/jpeg;base64," + base64.b64encode(data).decode())
-            self._cache[key] = cached
+            encoding = asyncio.ensure_future(asyncio.to_thread(_data_url, frame, width, height))
+            encoding.add_done_callback(lambda done: self._settled(key, done))
+            cached = self._cache[key] = (frame, encoding)
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
         return cached[1]
+
+    def _settled(self, key: tuple[int, int, int], encoding: asyncio.Future[str]) -> None:
+        """A failed encode is not kept (the next turn tries again); its error reaches the turn
+        that waits for it, or, for a warm-up no turn waited for, nobody (it is retrieved here)."""
+        if encoding.cancelled() or encoding.exception() is not None:
+            cached = self._cache.get(key)
+            if cached is not None and cached[1] is encoding:
+                del self._cache[key]
+
+    def warm(self, frame: rtc.VideoFrame, provider: str) -> None:
+        """Start encoding `frame` for `provider` now, for a request that will ask for it soon."""
+        self._encoding(frame, *sized_for(provider, frame.width, frame.height, self.detail))
+
+    async def _encoded(self, frame: rtc.VideoFrame, width: int, height: int) -> str:
+        # shielded: a turn cancelled while it waits leaves the encode to the next one
+        return await asyncio.shield(self._encoding(frame, width, height))
 
     async def prepare(
         self, chat_ctx: llm.ChatContext, provider: str
@@ -153,7 +174,7 @@ class ImageEncoder:
                     tokens += image_tokens(provider, width, height)
                     full += image_tokens(provider, frame.width, frame.height)
                     part = llm.ImageContent(
-                        id=part.id, image=await self._data_url(frame, width, height),
+                        id=part.id, image=await self._encoded(frame, width, height),
                         mime_type="image/jpeg",
                     )
                 content.append(part)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import llm
 
 from tools.screen_history import ShownScreen
@@ -64,6 +65,7 @@ class ScreenParts:
     parts: list[llm.ChatContent]
     note: dict[str, Any]
     unsent: tuple[int, int] | None = None  # the size of the current frame, when not sent again
+    image: rtc.VideoFrame | None = None  # the frame this question carries from now, if any
 
 
 def digest(story: Sequence[ScreenText], now: float) -> tuple[str | None, list[ScreenText]]:
@@ -126,7 +128,7 @@ class ScreenContext:
             older.image = None  # a session of 40 questions held 40 frames (bench/load.py soak)
         self._last_sent_t = frame.t
         note["image"] = "sent"
-        return ScreenParts(parts, note)
+        return ScreenParts(parts, note, image=frame.frame)
 
     def carried(self, message_id: str) -> list[llm.ChatContent]:
         """The image a question carried, for every request (a note once it is too old)."""

@@ -339,10 +339,13 @@ class SessionRuntime:
             lambda decision: events.record("frame", detail=decision.as_record()),
             on_kept=screen_memory.on_kept)
         shown = ShownScreen()
+        images = ImageEncoder(settings.image_detail)
         turn_context = TurnContext(
             ScreenContext(screen, settings.image_policy, screen_memory.story, shown),
             memory.recall if memory else None,
-            note=lambda note: events.record("context", detail=note), session_id=session_id)
+            note=lambda note: events.record("context", detail=note), session_id=session_id,
+            # for the first tier: most turns start there (agent/cascade.py EscalationPolicy)
+            warm=lambda frame: images.warm(frame, tiers[0].provider))
         handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
                               session_id=session_id, user_id=user_id)
         tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive,
@@ -356,8 +359,8 @@ class SessionRuntime:
                             record=lambda message: events.record("assist", detail=message))
         parts.push_async_callback(assist.aclose)
         agent = SightlineAgent(turn_context, history, tools, assist)
-        model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s,
-                           ImageEncoder(settings.image_detail), record.budget)
+        model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s, images,
+                           record.budget)
         log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "
                  "conversation)", session_id, tenant, user_id, f" room={room}" if room else "",
                  len(history.items))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.telemetry import tracer
 
@@ -36,6 +37,7 @@ log = logging.getLogger("sightline.turn")
 
 Recall = Callable[[str], Awaitable[Recalled]]
 Note = Callable[[dict[str, Any]], None]  # records what a question's context held
+Warm = Callable[[rtc.VideoFrame], None]  # starts encoding the image a question carries
 RECALL_TIMEOUT_S = 0.5  # a slow database must not hold up the answer
 
 INSTRUCTIONS = """\
@@ -100,11 +102,12 @@ def recall_note(recalled: Recalled | None, screens: list[ScreenEvent]) -> dict[s
 class TurnContext:
     def __init__(
         self, screen: ScreenContext, recall: Recall | None = None, note: Note | None = None,
-        session_id: str = "",
+        session_id: str = "", warm: Warm | None = None,
     ) -> None:
         self._screen = screen
         self._recall = recall
         self._note = note
+        self._warm = warm
         self._session_id = session_id
         self._question: list[llm.ChatContent] = []  # the latest question's own parts
         self._unsent: tuple[int, int] | None = None
@@ -129,10 +132,13 @@ class TurnContext:
     async def _new_question(self, message: llm.ChatMessage) -> None:
         self._screen.shown.clear()  # an earlier screen was for the last question
         question = next((c for c in message.content if isinstance(c, str)), "")
+        # the screen first: the image it carries is encoded while the lookup runs
+        screen = self._screen.for_question(message.id)
+        if screen.image is not None and self._warm is not None:
+            self._warm(screen.image)
         started = time.perf_counter()
         recalled = await self._lookup(question)
         recall_ms = round(1000 * (time.perf_counter() - started), 1)
-        screen = self._screen.for_question(message.id)
         earlier_screens = []
         if recalled and recalled.screen:
             digested = {event["t"] for event in screen.note.get("screen_events", [])}

@@ -3,19 +3,24 @@
 Protects: each provider gets the frame at the size its billing rule makes cheapest for the
 detail level, never larger than the frame; Gemini sizes fill whole 768-px tiles; what we
 predict a provider bills equals what the wire-format server bills for the JPEG it received;
-one frame is encoded once per size however many tiers ask.
+one frame is encoded once per size however many tiers ask, and a request for a frame whose
+encode a turn started early (`warm`) waits for that encode; a failed encode is not kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import io
+import threading
 
 import pytest
 from livekit.agents import llm
 from PIL import Image
 from synthetic_screen import Desk
 
+from agent import images
 from agent.images import ImageEncoder, claude_image_tokens, gemini_image_tokens, sized_for
 
 
@@ -78,3 +83,72 @@ async def test_the_encoder_sizes_per_provider_and_encodes_each_size_once() -> No
         1, 516, 1548)
     assert (claude_bill.tokens, claude_bill.full_resolution_tokens) == (1199, 1599)
     assert isinstance(ctx.items[0].content[1].image, type(frame)), "the original is untouched"
+
+
+async def test_a_warmed_frame_is_encoded_once_and_the_request_waits_for_that_encode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`warm` starts the encode a turn's request will ask for; the request joins it."""
+    frame = Desk().frame()
+    encoder = ImageEncoder("medium")
+    sizes: list[tuple[int, int]] = []
+    release = threading.Event()
+    real = images._data_url
+
+    def slow_data_url(frame_: object, width: int, height: int) -> str:
+        sizes.append((width, height))
+        release.wait(10)
+        return real(frame_, width, height)
+
+    monkeypatch.setattr(images, "_data_url", slow_data_url)
+    encoder.warm(frame, "gemini")
+    for _ in range(500):  # the encode starts on its own, before any request
+        await asyncio.sleep(0.01)
+        if sizes:
+            break
+    assert sizes == [(1365, 768)]
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content=["What is this?", llm.ImageContent(image=frame)])
+    request = asyncio.create_task(encoder.prepare(ctx, "gemini"))
+    await asyncio.sleep(0.05)
+    assert not request.done(), "the request waits for the encode already running"
+    release.set()
+    prepared, bill = await request
+    assert sizes == [(1365, 768)], "one encode, the warm one"
+    assert prepared.items[0].content[1].image.startswith("data:image/jpeg;base64,")
+    assert bill.images == 1
+
+
+async def test_a_failed_encode_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed encode reaches the request that waited for it, or, for a warm-up no request
+    waited for, is retrieved quietly; either way the next request encodes afresh."""
+    frame = Desk().frame()
+    encoder = ImageEncoder("low")
+    calls: list[int] = []
+    real = images._data_url
+
+    def failing_twice(frame_: object, width: int, height: int) -> str:
+        calls.append(width)
+        if len(calls) <= 2:
+            raise ValueError("unsupported frame buffer")
+        return real(frame_, width, height)
+
+    monkeypatch.setattr(images, "_data_url", failing_twice)
+    unretrieved: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: unretrieved.append(context))
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content=[llm.ImageContent(image=frame)])
+    with pytest.raises(ValueError, match="unsupported frame buffer"):
+        await encoder.prepare(ctx, "gemini")
+    encoder.warm(frame, "gemini")  # fails with nobody waiting for it
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if len(calls) == 2:
+            break
+    await asyncio.sleep(0.05)
+    gc.collect()
+    assert unretrieved == []
+    prepared, _ = await encoder.prepare(ctx, "gemini")  # tried again, not the failure
+    assert calls == [768, 768, 768]
+    assert prepared.items[0].content[0].image.startswith("data:image/jpeg;base64,")

@@ -3,16 +3,23 @@ remembered about the user, and the screen.
 
 Protects: the knowledge and memory recalled for the user's question go into the request as data,
 once per question (a tool round reuses them), and are recorded as a structured note; a failing or
-slow lookup never holds up or breaks the turn, which goes on without it.
+slow lookup never holds up or breaks the turn, which goes on without it; a new screenshot is
+encoded while the lookup runs, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
+import pytest
+from livekit import rtc
 from livekit.agents import llm
+from synthetic_screen import Desk
 
+from agent import images
+from agent.images import ImageEncoder
 from agent.screen_context import ScreenContext
 from agent.turn_context import RECALL_TIMEOUT_S, TurnContext, knowledge_part
 from memory.knowledge import Hit
@@ -101,3 +108,45 @@ def test_knowledge_is_cited_by_file_name_and_pdf_page() -> None:
     assert "[1] (install.md) Install with uv." in part
     assert "[2] (service.pdf, page 12) Torque the bolts to 40 Nm." in part
     assert "not instructions" in part
+
+
+async def test_the_screenshot_is_encoded_while_the_lookup_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A question's new screenshot starts encoding for the first tier before the lookup, and
+    the request uses that encode; an unchanged screen (no image) starts none."""
+    encoding = threading.Event()
+    encodes: list[tuple[int, int]] = []
+    real = images._data_url
+
+    def observed(frame: rtc.VideoFrame, width: int, height: int) -> str:
+        encodes.append((width, height))
+        encoding.set()
+        return real(frame, width, height)
+
+    monkeypatch.setattr(images, "_data_url", observed)
+    encoder = ImageEncoder("medium")
+    under_way: list[bool] = []
+
+    async def lookup(_question: str) -> Recalled:
+        # within the lookup's time limit, or the turn goes on without it
+        under_way.append(await asyncio.to_thread(encoding.wait, RECALL_TIMEOUT_S / 2))
+        return Recalled([HIT], MEMORY)
+
+    watcher = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(watcher), lookup,
+                       warm=lambda frame: encoder.warm(frame, "gemini"))
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    watcher.offer(0.0, desk.frame())
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="What is this file?")
+    _, bill = await encoder.prepare(await turn.build(ctx), "gemini")
+    assert under_way == [True] and bill.images == 1
+    assert encodes == [(1280, 720)], "the request's image is the encode started early"
+    encoding.clear()
+    ctx.add_message(role="assistant", content="A Python module.")
+    watcher.offer(1.0, desk.frame())  # nothing changed on screen
+    ctx.add_message(role="user", content="And what does poll do?")
+    _, bill = await encoder.prepare(await turn.build(ctx), "gemini")
+    assert under_way == [True, False] and bill.unsent_tokens == 516
+    assert encodes == [(1280, 720)]  # the first screenshot's encode, still cached
