@@ -93,9 +93,8 @@ def _ks(raw: str) -> list[int]:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory import knowledge
     from memory.db import Database
-    from memory.embeddings import LocalEmbedder
 
-    from .components import make_embedder, make_reranker
+    from .components import embedder_on_use, make_embedder, make_reranker
 
     evaluate = _eval_harness() if args.kb_command == "eval" else None
     db = await Database.open(settings.database_url, settings.data_dir)
@@ -108,9 +107,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             for source in await knowledge.delete_documents(db.pool, args.tenant, args.sources):
                 print(f"deleted: {source}")
             return 0
-        embedder = make_embedder(settings, await knowledge.stored_models(db.pool, args.tenant))
-        if args.kb_command == "ingest" and isinstance(embedder, LocalEmbedder):
-            embedder.threads = len(os.sched_getaffinity(0))  # a command: the machine's cores
+        stored = await knowledge.stored_models(db.pool, args.tenant)
+        # documents unchanged since their last ingest need no model; a command embeds with
+        # the machine's cores
+        embedder = (embedder_on_use(settings, stored, threads=len(os.sched_getaffinity(0)))
+                    if args.kb_command == "ingest" else make_embedder(settings, stored))
         reranker = make_reranker(settings) if args.kb_command == "search" else None
         try:
             kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)

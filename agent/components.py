@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from memory.embeddings import (
     DEFAULT_OFFLINE,
+    OFFLINE_EMBEDDERS,
     Embedder,
     GeminiEmbedder,
     LazyEmbedder,
@@ -23,18 +24,26 @@ from .config import ConfigError, Settings
 from .tls import shared_tls_context
 
 
+def _offline_choice(settings: Settings, stored: Sequence[str]) -> str | None:
+    """The offline embedder `make_embedder` makes (its key), or None for Gemini."""
+    choice = settings.embeddings_in_use()
+    if settings.embeddings == "auto":
+        kept = next((f for f in map(offline_family, stored) if f), None)
+        if kept is not None:
+            return kept
+    if choice != "gemini":
+        return DEFAULT_OFFLINE if choice == "offline" else choice
+    return None
+
+
 def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
     """SIGHTLINE_EMBEDDINGS: `offline` (MiniLM), `minilm`, `bge`, `wordllama`, `gemini`, or `auto`:
     the embedder a tenant's knowledge is stored with (`stored`, its models' names), else Gemini
     when its key is set, else MiniLM. `auto` never switches a tenant's stored knowledge to
     another model: that would re-embed all of it (an explicit choice does, at `kb ingest`)."""
-    choice = settings.embeddings_in_use()
-    if settings.embeddings == "auto":
-        kept = next((f for f in map(offline_family, stored) if f), None)
-        if kept is not None:
-            return offline_embedder(kept)
-    if choice != "gemini":
-        return offline_embedder(DEFAULT_OFFLINE if choice == "offline" else choice)
+    offline = _offline_choice(settings, stored)
+    if offline is not None:
+        return offline_embedder(offline)
     if not settings.gemini_api_key:
         raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
     return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
@@ -42,13 +51,21 @@ def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
                           retries=settings.model_retries)
 
 
-def embedder_on_use(settings: Settings) -> Embedder:
+def embedder_on_use(settings: Settings, stored: Sequence[str] = (), threads: int = 1,
+                    ) -> Embedder:
     """`make_embedder` for a command that may embed nothing (`memory show|forget`, `screen
-    timeline|search`): an offline model loads at its first embedding. Gemini has nothing to
-    load, so it is made at once, and a missing key is said before the command starts."""
-    if settings.embeddings_in_use() == "gemini":
-        return make_embedder(settings)
-    return LazyEmbedder(lambda: make_embedder(settings))
+    timeline|search`, `kb ingest` of unchanged documents): an offline model loads at its first
+    embedding, with `threads` for a call's documents. Gemini has nothing to load, so it is
+    made at once, and a missing key is said before the command starts."""
+    offline = _offline_choice(settings, stored)
+    if offline is None:
+        return make_embedder(settings, stored)
+
+    def make() -> Embedder:
+        embedder = offline_embedder(offline)
+        embedder.threads = threads
+        return embedder
+    return LazyEmbedder(make, OFFLINE_EMBEDDERS[offline])
 
 
 def make_reranker(settings: Settings, record: Record | None = None) -> Reranker | None:

@@ -132,8 +132,10 @@ class WordLlamaEmbedder(LocalEmbedder):
 
     FAMILY = "wordllama-"
     INLINE_TEXTS = 64
+    dim = 256  # the default's: a `LazyEmbedder` reads them before any load
+    name = f"{FAMILY}l2-supercat-{dim}"
 
-    def __init__(self, dim: int = 256) -> None:
+    def __init__(self, dim: int = dim) -> None:
         self.dim = dim
         self.name = f"{self.FAMILY}l2-supercat-{dim}"
         self._model = _wordllama(dim)
@@ -149,7 +151,8 @@ def _encoder_cached(kind: type[WindowedEncoder]) -> WindowedEncoder:
 
 class EncoderEmbedder(LocalEmbedder):
     """A transformer encoder from an installed wheel, loaded once per process (its sessions
-    share it). Always in a thread: a query takes milliseconds of CPU, a document batch more."""
+    share it). Always in a thread: a query takes milliseconds of CPU, a document batch more.
+    Its `name` and `dim` are the class's, known before any load (LazyEmbedder)."""
 
     @staticmethod
     @abstractmethod
@@ -164,7 +167,6 @@ class EncoderEmbedder(LocalEmbedder):
                 self._model = _encoder_cached(self.encoder())
         except ModelFileError as exc:
             raise EmbeddingError(str(exc)) from None
-        self.dim = self._model.dim
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         return self._model.embed(texts, self.threads)
@@ -181,6 +183,7 @@ class MiniLMEmbedder(EncoderEmbedder):
     # as "minilm-l6-v2-384" covered only its first 256 word pieces, and the new name sends them
     # through the model-mismatch path, so `kb ingest` re-embeds them
     name = "minilm-l6-v2-384-windows"
+    dim = 384
 
     @staticmethod
     def encoder() -> type[WindowedEncoder]:
@@ -194,6 +197,7 @@ class BgeSmallEmbedder(EncoderEmbedder):
 
     FAMILY = "bge-small-"
     name = "bge-small-en-v1.5-int8-384"
+    dim = 384
 
     @staticmethod
     def encoder() -> type[WindowedEncoder]:
@@ -221,6 +225,7 @@ class MPNetEmbedder(EncoderEmbedder):
 
     FAMILY = "all-mpnet-"
     name = "all-mpnet-base-v2-8bit-768-windows"
+    dim = 768
     # its vectors rank well enough that their scores, not only their order, are worth
     # keeping: weighted fusion finds more on the bundled set (recall@5 0.992 against RRF's
     # 0.976, MRR 0.865 against 0.863) and on LoCoMo (README: Knowledge base)
@@ -373,12 +378,14 @@ class LazyEmbedder:
     """An embedder made on first use. A command that embeds only now and then does not wait
     for a model's load (1.2 s for MiniLM, 6 s for mpnet, on this project's machines) when it
     has nothing to embed: `memory show|forget` embed only the messages of spill files, usually
-    none; `screen timeline` never embeds. The load runs in a thread, off the event loop, when
-    an embedding asks for it; reading `name`, `dim` or `fusion` first loads it where it is
-    read."""
+    none; `screen timeline` never embeds; `kb ingest` of unchanged documents only compares
+    their model's name. The load runs in a thread, off the event loop, when an embedding asks
+    for it; `name`, `dim` and `fusion` are read from `kind`, the class it will make, where the
+    class says them, and otherwise load it where they are read."""
 
-    def __init__(self, make: Callable[[], Embedder]) -> None:
+    def __init__(self, make: Callable[[], Embedder], kind: type | None = None) -> None:
         self._make = make
+        self._kind = kind
         self._made: Embedder | None = None
         self._loading = asyncio.Lock()
 
@@ -395,15 +402,15 @@ class LazyEmbedder:
 
     @property
     def name(self) -> str:
-        return self._now().name
+        return getattr(self._kind, "name", None) or self._now().name
 
     @property
     def dim(self) -> int:
-        return self._now().dim
+        return getattr(self._kind, "dim", None) or self._now().dim
 
     @property
     def fusion(self) -> str:
-        return self._now().fusion
+        return getattr(self._kind, "fusion", None) or self._now().fusion
 
     @property
     def loaded(self) -> bool:

@@ -13,6 +13,7 @@ page. A property test fuzzes ingest folders: every file is ingested or reported,
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import string
@@ -28,11 +29,18 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from test_knowledge import BAKING, ROUTER, write_docs, write_pdf
 
+from agent import cli, cli_kb, components
 from agent.components import make_embedder
 from agent.config import Settings
 from memory import knowledge
 from memory.db import Database
-from memory.embeddings import GeminiEmbedder, MiniLMEmbedder, WordLlamaEmbedder
+from memory.embeddings import (
+    GeminiEmbedder,
+    LocalEmbedder,
+    MiniLMEmbedder,
+    WordLlamaEmbedder,
+    offline_embedder,
+)
 from memory.knowledge import KnowledgeBase, KnowledgeError
 
 
@@ -235,6 +243,34 @@ async def test_an_unchanged_document_is_not_split_again(
     changed = await kb.ingest([docs], "acme")
     assert changed.documents == first.documents - 1
     assert len(changed.skipped) == 1 and "router.md: cannot split its text" in changed.skipped[0]
+
+
+async def test_kb_ingest_of_unchanged_documents_loads_no_model(
+    settings: Settings, docs: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ingesting a folder again compares each document's model by name, which the embedder's
+    class says: the model (1-7 s and ~400 MB to load) is made only when a document changed,
+    then with the machine's cores."""
+    made: list[LocalEmbedder] = []
+
+    def make(name: str) -> LocalEmbedder:
+        made.append(offline_embedder(name))
+        return made[-1]
+
+    monkeypatch.setattr(components, "offline_embedder", make)
+    settings = settings.with_overrides(embeddings="wordllama")
+    ingest = cli._parser().parse_args(["kb", "ingest", str(docs), "--tenant", "acme"])
+    assert await cli_kb.run(settings, ingest) == 0
+    assert len(made) == 1 and made[0].threads == len(os.sched_getaffinity(0))
+    assert "embedded (wordllama-l2-supercat-256), 0 unchanged" in capsys.readouterr().out
+    assert await cli_kb.run(settings, ingest) == 0
+    assert len(made) == 1
+    assert "0 chunks embedded (wordllama-l2-supercat-256), " in capsys.readouterr().out
+    (docs / "router.md").write_text(ROUTER + "\nPress the reset button for ten seconds.\n")
+    assert await cli_kb.run(settings, ingest) == 0
+    assert len(made) == 2
+    assert "0 chunks embedded" not in capsys.readouterr().out
 
 
 async def test_tags_survive_a_reingest_without_meta_and_type_is_built_in(

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,13 @@ from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
-from memory.embeddings import Embedder, LazyEmbedder, WordLlamaEmbedder
+from memory.embeddings import (
+    Embedder,
+    LazyEmbedder,
+    LocalEmbedder,
+    WordLlamaEmbedder,
+    offline_embedder,
+)
 from memory.forget import FORGOTTEN, forget_detail
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -132,14 +137,15 @@ async def test_show_loads_an_embedder_only_for_spilled_messages(
 ) -> None:
     """Showing what is remembered embeds nothing: the model's load (1-7 s, ~400 MB) is paid
     only when a closed session's spilled messages need their vectors."""
-    settings = settings_on(migrated_database_url, tmp_path)
+    settings = settings_on(migrated_database_url, tmp_path).with_overrides(
+        embeddings="wordllama")
     made: list[Embedder] = []
 
-    def make(_settings: Settings, _stored: Sequence[str] = ()) -> Embedder:
-        made.append(WordLlamaEmbedder())
+    def make(name: str) -> LocalEmbedder:
+        made.append(offline_embedder(name))
         return made[-1]
 
-    monkeypatch.setattr(components, "make_embedder", make)
+    monkeypatch.setattr(components, "offline_embedder", make)
     show = argparse.Namespace(memory_command="show", tenant="acme", user="u1", json=True)
     assert await cli_memory.run(settings, show) == 0
     assert made == []
@@ -182,6 +188,9 @@ async def test_a_lazy_embedder_is_made_once_by_its_first_use_and_never_unused() 
     assert (lazy.name, lazy.dim, lazy.fusion) == (made[0].name, made[0].dim, made[0].fusion)
     named_first = LazyEmbedder(make)
     assert named_first.name == made[0].name and len(made) == 2  # read before any embedding
+    declared = LazyEmbedder(make, WordLlamaEmbedder)  # its class says them: nothing loads
+    assert (declared.name, declared.dim, declared.fusion) == (
+        "wordllama-l2-supercat-256", 256, "rrf") and len(made) == 2
 
 
 def test_a_hand_off_forgets_its_reason_and_user_and_a_second_pass_changes_nothing() -> None:

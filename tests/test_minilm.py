@@ -25,7 +25,13 @@ from conftest import assert_switch_re_embeds
 from onnx import TensorProto, helper
 
 from memory.db import Database
-from memory.embeddings import EmbeddingError, MiniLMEmbedder, WordLlamaEmbedder
+from memory.embeddings import (
+    OFFLINE_EMBEDDERS,
+    EmbeddingError,
+    MiniLMEmbedder,
+    WordLlamaEmbedder,
+    offline_embedder,
+)
 from memory.encoder import (
     OVERLAP,
     ModelFileError,
@@ -257,3 +263,16 @@ async def test_knowledge_from_the_build_that_cut_long_texts_is_re_embedded(db: D
     assert await db.pool.fetchval(
         "SELECT array_agg(DISTINCT embed_model) FROM kb_chunks") == [kb.embedder.name]
     assert (await kb.search("acme", QUESTION))[0].key == "long"
+
+
+@pytest.mark.parametrize("key", sorted(OFFLINE_EMBEDDERS))
+def test_each_offline_embedders_class_says_the_name_and_dimension_its_vectors_have(
+    key: str,
+) -> None:
+    """`kb ingest`, `memory show` and `screen timeline` read an embedder's name and dimension
+    from its class before loading it (memory/embeddings.py LazyEmbedder): the stored vectors'
+    model name and the index's dimension must be the loaded model's."""
+    kind = OFFLINE_EMBEDDERS[key]
+    embedder = offline_embedder(key)
+    assert (embedder.name, embedder.dim) == (kind.name, kind.dim)
+    assert embedder.embed_sync(["a line on the screen"]).shape == (1, kind.dim)
