@@ -44,6 +44,7 @@ class ChatInbox:
         self._session: AgentSession | None = None
         self._identity = ""
         self._record: Callable[[dict[str, Any]], None] = lambda detail: None
+        self._on_text: Callable[[str], None] = lambda text: None
         self._forwarding: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
@@ -54,10 +55,12 @@ class ChatInbox:
         self._arrived.set()
 
     def attach(self, session: AgentSession, identity: str,
-               record: Callable[[dict[str, Any]], None]) -> None:
+               record: Callable[[dict[str, Any]], None],
+               on_text: Callable[[str], None] = lambda text: None) -> None:
         """From now on, `identity`'s messages (those held first) go to `session`, each
-        recorded with `record` as it is handed on."""
+        recorded with `record` and its text given to `on_text` as it is handed on."""
         self._session, self._identity, self._record = session, identity, record
+        self._on_text = on_text
         self._forwarding = asyncio.create_task(self._forward(), name="chat-inbox")
 
     async def _forward(self) -> None:
@@ -80,6 +83,7 @@ class ChatInbox:
                 self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
                               "received_at": round(message.received_at, 4),
                               "characters": len(text)})
+                self._on_text(text)
                 participant = self._room.remote_participants.get(message.identity)
                 result = answer(self._session, room_io.TextInputEvent(
                     text=text, info=message.info, participant=participant))

@@ -111,6 +111,7 @@ class TurnContext:
         self._session_id = session_id
         self._question: list[llm.ChatContent] = []  # the latest question's own parts
         self._unsent: tuple[int, int] | None = None
+        self._prefetched: tuple[str, asyncio.Task[Recalled | None]] | None = None
 
     def recall_with(self, recall: Recall) -> None:
         """Recall from the next question on: a session that opened without the database and
@@ -129,6 +130,28 @@ class TurnContext:
             log.warning("knowledge and memory lookup failed, answering without them: %r", exc)
             return None
 
+    def prefetch(self, question: str) -> None:
+        """Start the lookup for a question about to be asked: a typed message as the session
+        is handed it, so the lookup runs while livekit-agents schedules the reply (tens of ms,
+        seconds under load). The question's turn takes it if it asks the same words; any
+        other turn drops it."""
+        self._drop_prefetched()
+        if self._recall is not None and question.strip():
+            self._prefetched = (question, asyncio.ensure_future(self._lookup(question)))
+
+    def _drop_prefetched(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[1].cancel()
+            self._prefetched = None
+
+    async def _recalled(self, question: str) -> tuple[Recalled | None, bool]:
+        """The question's lookup, and whether it was started before its turn."""
+        if self._prefetched is not None and self._prefetched[0] == question:
+            lookup, self._prefetched = self._prefetched[1], None
+            return await lookup, True
+        self._drop_prefetched()
+        return await self._lookup(question), False
+
     async def _new_question(self, message: llm.ChatMessage) -> None:
         self._screen.shown.clear()  # an earlier screen was for the last question
         question = next((c for c in message.content if isinstance(c, str)), "")
@@ -137,8 +160,8 @@ class TurnContext:
         if screen.image is not None and self._warm is not None:
             self._warm(screen.image)
         started = time.perf_counter()
-        recalled = await self._lookup(question)
-        recall_ms = round(1000 * (time.perf_counter() - started), 1)
+        recalled, prefetched = await self._recalled(question)
+        recall_ms = round(1000 * (time.perf_counter() - started), 1)  # what the turn waited
         earlier_screens = []
         if recalled and recalled.screen:
             digested = {event["t"] for event in screen.note.get("screen_events", [])}
@@ -153,7 +176,7 @@ class TurnContext:
         self._unsent = screen.unsent
         if self._note is not None:
             self._note({**recall_note(recalled, earlier_screens), **screen.note,
-                        "recall_ms": recall_ms})
+                        "recall_ms": recall_ms, "recall_prefetched": prefetched})
 
     async def build(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
         """A copy of `chat_ctx` whose user messages carry what they carried when first asked,

@@ -190,7 +190,8 @@ async def run_session(ctx: JobContext) -> None:
         session_host=False,
     )
     inbox.attach(session, participant.identity,
-                 lambda detail: runtime.record.events.record("chat", detail=detail))
+                 lambda detail: runtime.record.events.record("chat", detail=detail),
+                 on_text=runtime.turn_context.prefetch)
 
 
 def initialize_before_closing(executor: JobExecutor) -> None:

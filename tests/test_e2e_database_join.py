@@ -122,6 +122,8 @@ async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_
     assert kinds[:2] == ["session", "no_database"] and kinds.count("database_joined") == 1
     contexts = [e["detail"] for e in events if e["kind"] == "context"]
     assert [[k["source"] for k in c["knowledge"]] for c in contexts] == [[], ["ops/keys.md"]]
+    # the second question's lookup started as the inbox handed it on (the first had none)
+    assert [c["recall_prefetched"] for c in contexts] == [False, True]
     assert events[-1]["detail"]["database"]["joined_after_s"] > 0
     assert "Traceback" not in worker.log_text()
     # it imported what it wrote to disk as it closed (after its summary, which marks it

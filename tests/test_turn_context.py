@@ -4,7 +4,7 @@ remembered about the user, and the screen.
 Protects: the knowledge and memory recalled for the user's question go into the request as data,
 once per question (a tool round reuses them), and are recorded as a structured note; a failing or
 slow lookup never holds up or breaks the turn, which goes on without it; a new screenshot is
-encoded while the lookup runs, once.
+encoded while the lookup runs, once; a typed question's lookup starts as it arrives, once.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ async def test_knowledge_goes_in_once_per_question() -> None:
                    "messages": [{"id": 3, "role": "user", "at": "2026-11-20T00:00:00+00:00"}]},
         "screen_recalled": [],
         "screen": "none",
+        "recall_prefetched": False,  # the question was not handed on early (see below)
     }]
 
 
@@ -150,3 +151,44 @@ async def test_the_screenshot_is_encoded_while_the_lookup_runs(
     _, bill = await encoder.prepare(await turn.build(ctx), "gemini")
     assert under_way == [True, False] and bill.unsent_tokens == 516
     assert encodes == [(1280, 720)]  # the first screenshot's encode, still cached
+
+
+async def test_a_typed_question_is_looked_up_from_its_arrival_once() -> None:
+    """The inbox hands a typed message's words to the turn context before livekit-agents
+    schedules its reply: the lookup starts then, and the question's turn takes it instead of
+    looking up again; a turn for other words drops it (cancelled) and looks up its own."""
+    asked: list[str] = []
+    cancelled: list[str] = []
+    release, never = asyncio.Event(), asyncio.Event()
+
+    async def lookup(question: str) -> Recalled:
+        asked.append(question)
+        try:
+            await (never if question.startswith("a message") else release).wait()
+        except asyncio.CancelledError:
+            cancelled.append(question)
+            raise
+        return Recalled([HIT], MEMORY)
+
+    notes: list[dict] = []
+    turn = TurnContext(screen(), lookup, note=notes.append)
+    turn.prefetch("How do I check my config file?")
+    await asyncio.sleep(0.01)
+    assert asked == ["How do I check my config file?"]  # before any turn asked for it
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="How do I check my config file?")
+    building = asyncio.create_task(turn.build(ctx))
+    await asyncio.sleep(0.01)
+    release.set()
+    built = texts(await building)
+    assert any("Validate config files" in t for t in built)
+    assert asked == ["How do I check my config file?"]
+    assert notes[-1]["recall_prefetched"] is True
+
+    turn.prefetch("a message the session never turned into a question")
+    await asyncio.sleep(0.01)
+    ctx.add_message(role="assistant", content="Use python3 -m json.tool.")
+    ctx.add_message(role="user", content="And the port?")
+    await turn.build(ctx)
+    assert cancelled == ["a message the session never turned into a question"]
+    assert asked[-1] == "And the port?" and notes[-1]["recall_prefetched"] is False
