@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import llm
@@ -37,6 +37,8 @@ log = logging.getLogger("sightline.turn")
 
 Recall = Callable[[str], Awaitable[Recalled]]
 Note = Callable[[dict[str, Any]], None]  # records what a question's context held
+RecallOutcome = Literal["done", "timeout", "failed", "off"]  # "off": no lookup to make
+Looked = tuple[Recalled | None, RecallOutcome]
 Warm = Callable[[rtc.VideoFrame], None]  # starts encoding the image a question carries
 RECALL_TIMEOUT_S = 0.5  # a slow database must not hold up the answer
 
@@ -111,24 +113,28 @@ class TurnContext:
         self._session_id = session_id
         self._question: list[llm.ChatContent] = []  # the latest question's own parts
         self._unsent: tuple[int, int] | None = None
-        self._prefetched: tuple[str, asyncio.Task[Recalled | None]] | None = None
+        self._prefetched: tuple[str, asyncio.Task[Looked]] | None = None
 
     def recall_with(self, recall: Recall) -> None:
         """Recall from the next question on: a session that opened without the database and
         joined it later (agent/database_watch.py)."""
         self._recall = recall
 
-    async def _lookup(self, question: str) -> Recalled | None:
-        """Knowledge, memory and earlier screens for this question; on any failure, none
-        (logged)."""
+    async def _lookup(self, question: str) -> Looked:
+        """Knowledge, memory and earlier screens for this question, and how the lookup went;
+        on any failure, none (logged): the turn goes on without what it would have recalled."""
         if self._recall is None or not question.strip():
-            return None
+            return None, "off"
         try:
             with tracer.start_as_current_span("sightline.recall"):
-                return await asyncio.wait_for(self._recall(question), RECALL_TIMEOUT_S)
-        except Exception as exc:  # the turn goes on without what it would have recalled
+                return await asyncio.wait_for(self._recall(question), RECALL_TIMEOUT_S), "done"
+        except TimeoutError:
+            log.warning("knowledge and memory lookup took over %.1f s, answering without it",
+                        RECALL_TIMEOUT_S)
+            return None, "timeout"
+        except Exception as exc:
             log.warning("knowledge and memory lookup failed, answering without them: %r", exc)
-            return None
+            return None, "failed"
 
     def prefetch(self, question: str) -> None:
         """Start the lookup for a question about to be asked: a typed message as the session
@@ -144,13 +150,13 @@ class TurnContext:
             self._prefetched[1].cancel()
             self._prefetched = None
 
-    async def _recalled(self, question: str) -> tuple[Recalled | None, bool]:
-        """The question's lookup, and whether it was started before its turn."""
+    async def _recalled(self, question: str) -> tuple[Recalled | None, RecallOutcome, bool]:
+        """The question's lookup, how it went, and whether it was started before its turn."""
         if self._prefetched is not None and self._prefetched[0] == question:
             lookup, self._prefetched = self._prefetched[1], None
-            return await lookup, True
+            return *await lookup, True
         self._drop_prefetched()
-        return await self._lookup(question), False
+        return *await self._lookup(question), False
 
     async def _new_question(self, message: llm.ChatMessage) -> None:
         self._screen.shown.clear()  # an earlier screen was for the last question
@@ -160,7 +166,7 @@ class TurnContext:
         if screen.image is not None and self._warm is not None:
             self._warm(screen.image)
         started = time.perf_counter()
-        recalled, prefetched = await self._recalled(question)
+        recalled, outcome, prefetched = await self._recalled(question)
         recall_ms = round(1000 * (time.perf_counter() - started), 1)  # what the turn waited
         earlier_screens = []
         if recalled and recalled.screen:
@@ -176,7 +182,8 @@ class TurnContext:
         self._unsent = screen.unsent
         if self._note is not None:
             self._note({**recall_note(recalled, earlier_screens), **screen.note,
-                        "recall_ms": recall_ms, "recall_prefetched": prefetched})
+                        "recall": outcome, "recall_ms": recall_ms,
+                        "recall_prefetched": prefetched})
 
     async def build(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
         """A copy of `chat_ctx` whose user messages carry what they carried when first asked,

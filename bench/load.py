@@ -184,12 +184,15 @@ class Sessions:
     screen_read_wait_s: float = 0.0
     screen_reads_forced: int = 0  # started after the longest wait, the machine still busy
     shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
+    # questions whose knowledge and memory lookup ran out of its time (answered without it)
+    recalls_timed_out: int = 0
 
 
 def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
     """Sampled frames per second of each session within the steady window, the latency of
     every answering model call, where each question's time went inside the worker, and how
-    many kept frames' text was read or folded, and how many shares were subscribed again."""
+    many kept frames' text was read or folded, how many shares were subscribed again, and how
+    many questions' lookups timed out."""
     found = Sessions()
     start, end = window
     for data_dir in data_dirs:
@@ -208,6 +211,8 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
                 found.screen_reads_forced += reader.get("forced", 0)
             for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
                 found.shares_resubscribed += count.get("resubscribed", 0)
+            found.recalls_timed_out += sum(1 for e in events if e["kind"] == "context"
+                                           and e["detail"].get("recall") == "timeout")
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
             if room is not None:
                 found.questions[room] = _questions(events)
@@ -415,6 +420,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
         "screen_read_wait_s": round(sessions.screen_read_wait_s, 1),
         "screen_reads_forced": sessions.screen_reads_forced,
         "shares_resubscribed": sessions.shares_resubscribed,
+        "recalls_timed_out": sessions.recalls_timed_out,
         "worker_cores": cores["worker"],
         "users_cores": cores["users"],
         "livekit_cores": cores["livekit"],

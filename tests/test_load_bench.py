@@ -47,7 +47,7 @@ def test_the_steady_overhead_leaves_out_questions_asked_before_the_steady_window
     assert steady_round_trips([early, late], since=120.0) == [0.3, 0.2]
 
 
-def test_screen_reads_folded_reads_waits_and_subscriptions_again_are_summed_over_the_sessions(
+def test_reads_waits_subscriptions_again_and_timed_out_lookups_are_summed_over_the_sessions(
         tmp_path: Path) -> None:
     costs = tmp_path / "costs"
     costs.mkdir()
@@ -58,12 +58,14 @@ def test_screen_reads_folded_reads_waits_and_subscriptions_again_are_summed_over
                                                   waited_s=2.5 * coalesced,
                                                   forced=coalesced // 2),
                   _event("frame_count", 201.0, received=50, failed=0,
-                         resubscribed=int(name == "live_b"))]
+                         resubscribed=int(name == "live_b")),
+                  *(_event("context", 150.0 + i, recall=outcome, recall_ms=500.0)
+                    for i, outcome in enumerate(("timeout", "done", "failed", "timeout")))]
         (costs / f"{name}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     sessions = read_cost_logs([tmp_path], (90.0, 110.0))
     assert (sessions.count, sessions.screen_reads_submitted, sessions.screen_reads_folded,
             sessions.shares_resubscribed, sessions.screen_read_wait_s,
-            sessions.screen_reads_forced) == (2, 16, 4, 1, 10.0, 2)
+            sessions.screen_reads_forced, sessions.recalls_timed_out) == (2, 16, 4, 1, 10.0, 2, 4)
     assert sessions.frames_per_s == approx([0.05, 0.05])
 
 

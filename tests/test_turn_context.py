@@ -80,6 +80,7 @@ async def test_knowledge_goes_in_once_per_question() -> None:
                    "messages": [{"id": 3, "role": "user", "at": "2026-11-20T00:00:00+00:00"}]},
         "screen_recalled": [],
         "screen": "none",
+        "recall": "done",
         "recall_prefetched": False,  # the question was not handed on early (see below)
     }]
 
@@ -92,13 +93,15 @@ async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:
         await asyncio.sleep(RECALL_TIMEOUT_S * 4)
         return Recalled([HIT], MEMORY)
 
-    for lookup in (broken, slow):
+    for lookup, outcome in ((broken, "failed"), (slow, "timeout")):
+        notes: list[dict] = []
         ctx = llm.ChatContext.empty()
         ctx.add_message(role="user", content="What is on my screen?")
-        built = texts(await TurnContext(screen(), lookup).build(ctx))
+        built = texts(await TurnContext(screen(), lookup, note=notes.append).build(ctx))
         assert built[0] == "What is on my screen?"
         assert not any("knowledge base" in t or "remember" in t for t in built)
         assert any("No screen share is visible" in t for t in built)
+        assert notes[0]["recall"] == outcome  # recorded as it happened, for ops and bench.load
 
 
 def test_knowledge_is_cited_by_file_name_and_pdf_page() -> None:
