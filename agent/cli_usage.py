@@ -41,7 +41,8 @@ def format_usage(u: dict[str, Any]) -> str:
         lines.append(f"    {use}: ${figures['cost_usd']:.6f} ({models})")
     lines += [
         f"  image tokens: {u['image_tokens']}",
-        f"  knowledge: {k['recalls']} recalls, {k['hits']} chunks used; "
+        f"  knowledge: {k['recalls']} recalls ({k['recalls_lost']} timed out or failed), "
+        f"{k['hits']} chunks used; "
         f"{k['documents_ingested']} documents ingested, {k['documents_stored']} stored "
         f"({k['chunks_stored']} chunks)",
         f"  memory: {m['recalled']} items recalled, {m['updates']} updates, "

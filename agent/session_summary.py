@@ -79,6 +79,7 @@ class SessionTotals:
         self._memory_calls: Counter[str] = Counter()
         self._memory_cost_usd = 0.0
         self._knowledge_hits = 0
+        self._recalls_lost = 0  # questions answered without their lookup (timed out, failed)
         self._memory_recalled = 0
         self._questions: Counter[str] = Counter()  # by what the screen image was: sent, ...
         self._screen: Counter[str] = Counter()
@@ -114,6 +115,7 @@ class SessionTotals:
             self._share_resubscribed = detail.get("resubscribed", 0)
         elif kind == "context":
             self._knowledge_hits += len(detail.get("knowledge", []))
+            self._recalls_lost += detail.get("recall") in ("timeout", "failed")
             memory = detail.get("memory", {})
             self._memory_recalled += len(memory.get("facts", [])) + len(
                 memory.get("messages", []))
@@ -244,6 +246,7 @@ class SessionTotals:
             **({"voice": self._voice_summary()}
                if self._speech or self._speech_failures else {}),
             "knowledge_hits": self._knowledge_hits,
+            "recalls_lost": self._recalls_lost,
             "memory": {
                 "recalled": self._memory_recalled,  # facts and earlier messages put in requests
                 "updates": self._memory_calls["calls"],

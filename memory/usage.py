@@ -66,6 +66,7 @@ FROM quality_turns_in($1, $2, $3)
 # one `context` event per question: knowledge, memory and screen searched once together
 _RECALL = """
 SELECT count(*) AS recalls,
+       count(*) FILTER (WHERE detail->>'recall' IN ('timeout', 'failed')) AS recalls_lost,
        coalesce(sum(jsonb_array_length(coalesce(detail->'knowledge', '[]'))), 0) AS knowledge_hits,
        coalesce(sum(jsonb_array_length(coalesce(detail->'memory'->'facts', '[]'))
                     + jsonb_array_length(coalesce(detail->'memory'->'messages', '[]'))), 0)
@@ -138,6 +139,7 @@ async def month_usage(pool: asyncpg.Pool, tenant: str, month: str) -> dict[str, 
         "unpriced_models": sorted({r["model"] for r in models if r["unpriced"]}),
         "knowledge": {
             "recalls": recall["recalls"],
+            "recalls_lost": recall["recalls_lost"],  # timed out or failed: answered without
             "hits": recall["knowledge_hits"],
             "documents_ingested": other["documents_ingested"],
             "documents_stored": other["documents_stored"],

@@ -1,8 +1,9 @@
 """Usage metering (`sightline usage`) on the scripted multi-session fixture and the demo replay.
 
 Protects: a month's sessions, screen-share and voice minutes, turns answered, model dollars by
-tier (summing to what the calls cost), image tokens, knowledge and memory operations; only the
-tenant's own rows and only that month's; JSON, CSV and text agree.
+tier (summing to what the calls cost), image tokens, knowledge and memory operations (and the
+questions answered without their lookup); only the tenant's own rows and only that month's; JSON,
+CSV and text agree.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ops_fixture import record_plan
 from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
+from agent.session_summary import SessionTotals
 from memory.db import Database
 from memory.usage import month_bounds, month_usage
 
@@ -36,7 +38,16 @@ async def test_usage_of_the_scripted_sessions(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
     await record_plan(db, tmp_path / "costs", at=MID_NOVEMBER)
+    # two of acme's questions and one of globex's answered without their lookup
+    for tenant, seq, outcome in (("acme", 9001, "timeout"), ("acme", 9002, "failed"),
+                                 ("acme", 9003, "done"), ("globex", 9001, "timeout")):
+        await db.pool.execute(
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+            " SELECT session_id, tenant, $2, ts, 'context', $3::jsonb FROM cost_events"
+            " WHERE tenant = $1 ORDER BY id LIMIT 1",
+            tenant, seq, json.dumps({"recall": outcome, "knowledge": []}))
     u = await month_usage(db.pool, "acme", "2026-11")
+    assert u["knowledge"]["recalls_lost"] == 2
     assert (u["sessions"], u["live_sessions"], u["users"]) == (4, 0, 3)
     assert u["screen_share_minutes"] == 1.0  # bob's 61 frames at 1 FPS: 60 s
     assert (u["frames_sampled"], u["frames_kept"]) == (61, 7)
@@ -100,6 +111,18 @@ async def test_usage_of_the_demo_replay(settings: Settings, db: Database) -> Non
         "memory"]["updates"]
     assert u["knowledge"]["recalls"] == 5 and u["knowledge"]["hits"] == (
         first["knowledge_hits"] + later["knowledge_hits"])
+    assert u["knowledge"]["recalls_lost"] == first["recalls_lost"] + later["recalls_lost"]
     assert u["knowledge"]["documents_stored"] == u["knowledge"]["documents_ingested"] > 0
     assert u["memory"]["recalled"] == first["memory"]["recalled"] + later["memory"]["recalled"]
     assert u["memory"]["facts_written"] == 2
+
+
+def test_a_sessions_summary_counts_the_questions_answered_without_their_lookup(
+    tmp_path: Path,
+) -> None:
+    totals = SessionTotals(session_id="s", tenant="t", source="live",
+                           prices=tmp_path / "p.json", cost_log=tmp_path / "c.jsonl")
+    for outcome in ("done", "timeout", "failed", "off", "timeout"):
+        totals.add({"kind": "context", "cost_usd": 0.0,
+                    "detail": {"recall": outcome, "knowledge": []}})
+    assert totals.summary()["recalls_lost"] == 3
