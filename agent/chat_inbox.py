@@ -56,7 +56,7 @@ class ChatInbox:
 
     def attach(self, session: AgentSession, identity: str,
                record: Callable[[dict[str, Any]], None],
-               on_text: Callable[[str], None] = lambda text: None) -> None:
+               on_text: Callable[[str], None]) -> None:
         """From now on, `identity`'s messages (those held first) go to `session`, each
         recorded with `record` and its text given to `on_text` as it is handed on."""
         self._session, self._identity, self._record = session, identity, record

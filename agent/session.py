@@ -345,7 +345,7 @@ class SessionRuntime:
             memory.recall if memory else None,
             note=lambda note: events.record("context", detail=note), session_id=session_id,
             # for the first tier: most turns start there (agent/cascade.py EscalationPolicy)
-            warm=lambda frame: images.warm(frame, tiers[0].provider))
+            warm=partial(images.warm, provider=tiers[0].provider))
         handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
                               session_id=session_id, user_id=user_id)
         tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive,
