@@ -57,6 +57,13 @@ SCREEN_READ_WAIT = Histogram("sightline_screen_read_wait_seconds",
 SCREEN_READS_FORCED = Counter("sightline_screen_reads_forced",
                               "Screen-text reads started after the longest wait with the "
                               "machine still busy: screen memory falling behind", ["tenant"])
+RECALLS = Counter("sightline_recalls",
+                  "Questions' lookups (knowledge, memory, screen timeline) by outcome: done, "
+                  "timeout or failed (answered without them), off (no lookup)",
+                  ["tenant", "outcome"])
+RECALL_WAIT = Histogram("sightline_recall_seconds",
+                        "What a question waited for its lookup before the model was asked",
+                        ["tenant"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 SESSIONS_WITHOUT_DATABASE = Counter(
     "sightline_sessions_without_database",
     "Sessions opened while Postgres did not answer: no recall; their rows wait on disk",
@@ -130,6 +137,11 @@ def record(event: Event) -> None:
         SCREEN_READS_FOLDED.labels(tenant).inc(detail.get("coalesced", 0))
         SCREEN_READ_WAIT.labels(tenant).observe(detail.get("waited_ms", 0.0) / 1000)
         SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
+    elif kind == "context":
+        outcome = str(detail.get("recall"))
+        RECALLS.labels(tenant, outcome).inc()
+        if outcome != "off" and "recall_ms" in detail:
+            RECALL_WAIT.labels(tenant).observe(detail["recall_ms"] / 1000)
     elif kind == "no_database":
         SESSIONS_WITHOUT_DATABASE.labels(tenant).inc()
     elif kind == "database_joined":

@@ -5,7 +5,8 @@ Protects: a turn's spans reach an exporter through livekit-agents' tracer provid
 each tier tried with its stated confidence and outcome, the tool calls as events); Sightline's
 series count model dollars by model/tier/tenant, frames kept and dropped, turns by answering
 tier, escalations, retries, interruptions and the first-words histogram, screen-text reads with
-their folds and waits, from the same events the cost log holds. (The e2e test scrapes them
+their folds and waits, the questions' lookups by outcome with their wait, from the same events
+the cost log holds. (The e2e test scrapes them
 from a live worker's /metrics.)
 """
 
@@ -131,6 +132,23 @@ def test_speech_failures_are_counted_by_engine_and_provider() -> None:
                  provider="openai") == 2
     assert value("sightline_speech_failures_total", tenant=tenant, engine="tts",
                  provider="cartesia") == 1
+
+
+def test_lookups_are_counted_by_outcome_with_their_wait() -> None:
+    """Each question's lookup (the `context` event's `recall` and `recall_ms`): the lost ones
+    (timeout, failed) are counted apart, and only a lookup that was made is timed."""
+    tenant = "recall-metrics"
+    for outcome, waited_ms in (("done", 40.0), ("done", 120.0), ("timeout", 500.0),
+                               ("failed", 3.0), ("off", 0.0)):
+        record({"kind": "context", "tenant": tenant,
+                "detail": {"recall": outcome, "recall_ms": waited_ms}})
+    assert value("sightline_recalls_total", tenant=tenant, outcome="done") == 2
+    assert value("sightline_recalls_total", tenant=tenant, outcome="timeout") == 1
+    assert value("sightline_recalls_total", tenant=tenant, outcome="failed") == 1
+    assert value("sightline_recalls_total", tenant=tenant, outcome="off") == 1
+    assert value("sightline_recall_seconds_count", tenant=tenant) == 4
+    assert value("sightline_recall_seconds_sum", tenant=tenant) == pytest.approx(0.663)
+    assert value("sightline_recall_seconds_bucket", tenant=tenant, le="0.1") == 2
 
 
 def test_tracing_is_off_without_an_endpoint() -> None:
