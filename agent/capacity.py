@@ -54,11 +54,13 @@ def usable_cores() -> float:
     return get_cpu_monitor().cpu_count()
 
 
-def _busy(times: Any) -> float:
-    """Busy seconds of psutil's CPU times (on Linux `user` holds guests' time; `steal` is not
-    this machine's work)."""
+def _taken(times: Any) -> float:
+    """Seconds of psutil's CPU times that were not free for more work: busy (on Linux `user`
+    holds guests' time) or stolen (a virtual machine's CPU waiting while the hypervisor ran
+    something else: with 10-40% stolen a 2-core VM has 1.2-1.8 cores, and reads let through as
+    if it had 2 slow the replies)."""
     return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq",
-                                                       "softirq"))
+                                                       "softirq", "steal"))
 
 
 def _allowed_cpus() -> set[int] | None:
@@ -80,30 +82,34 @@ def _cgroup_cpu_seconds(path: Path, key: str, unit: float) -> float | None:
     return None
 
 
-def _cgroup_cpu_total(path: Path, key: str, unit: float) -> float:
-    """As `_cgroup_cpu_seconds`; a file that stops being readable reads as no progress, so
-    screen-text reads are not held on its account."""
-    return _cgroup_cpu_seconds(path, key, unit) or 0.0
+def _cgroup_cpu_total(path: Path, key: str, unit: float, steal_share: float) -> float:
+    """As `_cgroup_cpu_seconds`, plus the container's part of the machine's stolen time (a
+    cgroup's usage has none; its part is its cores' share of the machine's); a file that stops
+    being readable reads as no progress, so screen-text reads are not held on its account."""
+    stolen = getattr(psutil.cpu_times(), "steal", 0.0)
+    return (_cgroup_cpu_seconds(path, key, unit) or 0.0) + steal_share * stolen
 
 
 def machine_cpu() -> tuple[Callable[[], float], float]:
-    """A running total of the CPU seconds used on the cores this process can use, and how many
-    cores that is: the CPUs it is pinned to, else its container (its cgroup), else the whole
-    machine. The source is chosen once, here: the screen-text gate reads the total every tenth
-    of a second while a read waits. (livekit-agents' CPU monitor reads the same cgroup files,
-    but only as a share over an interval that it sleeps through.)"""
+    """A running total of the CPU seconds used (or stolen by the hypervisor) on the cores this
+    process can use, and how many cores that is: the CPUs it is pinned to, else its container
+    (its cgroup), else the whole machine. The source is chosen once, here: the screen-text gate
+    reads the total every tenth of a second while a read waits. (livekit-agents' CPU monitor
+    reads the same cgroup files, but only as a share over an interval that it sleeps through.)"""
     allowed = _allowed_cpus()
     if allowed is not None:
         cpus = sorted(allowed)
 
         def pinned() -> float:
             per_cpu = psutil.cpu_times(percpu=True)
-            return sum(_busy(per_cpu[cpu]) for cpu in cpus if cpu < len(per_cpu))
+            return sum(_taken(per_cpu[cpu]) for cpu in cpus if cpu < len(per_cpu))
         return pinned, float(len(cpus))
+    cores = usable_cores()
     for path, key, unit in _CGROUP_CPU_USAGE:
         if _cgroup_cpu_seconds(path, key, unit) is not None:
-            return partial(_cgroup_cpu_total, path, key, unit), usable_cores()
-    return lambda: _busy(psutil.cpu_times()), usable_cores()
+            steal_share = min(1.0, cores / (psutil.cpu_count() or cores))
+            return partial(_cgroup_cpu_total, path, key, unit, steal_share), cores
+    return lambda: _taken(psutil.cpu_times()), cores
 
 
 _read_gate: CpuGate | None = None

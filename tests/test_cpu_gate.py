@@ -5,8 +5,8 @@ it and starts when it drops, and starts anyway after `max_wait_s` (screen memory
 never stops); each read is told its wait and whether it was forced through; the reads' own CPU
 counts in the measurement (they fill the machine up to the limit, no further); a reader whose
 gate holds keeps sampling and folds the waiting frames onto the newest; the machine's CPU
-counter really moves with CPU work, on the CPUs a pinned process may use; absurd settings are
-refused.
+counter really moves with CPU work, on the CPUs a pinned process may use, and counts the time a
+virtual machine's hypervisor stole; absurd settings are refused.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 from synthetic_screen import CODE, Desk
 
+from agent import capacity
 from agent.capacity import machine_cpu
 from vision.cpu_gate import POLL_S, CpuGate, GateWait
 from vision.sampler import FrameSampler
@@ -150,6 +154,48 @@ def test_a_pinned_process_counts_its_own_cores_only() -> None:
     finally:
         os.sched_setaffinity(0, everywhere)
     assert share is not None and share > 0.8, share
+
+
+class _Host:
+    """psutil's CPU times of a scripted virtual machine: `work` seconds busy and `steal`
+    seconds stolen by the hypervisor so far, on each CPU."""
+
+    def __init__(self, cpus: int) -> None:
+        self.cpus, self.work, self.steal = cpus, 0.0, 0.0
+
+    def times(self, percpu: bool = False) -> object:
+        def one(cpus: int) -> SimpleNamespace:  # the fields of psutil's scputimes on Linux
+            return SimpleNamespace(user=self.work * cpus, nice=0.0, system=0.0, idle=0.0,
+                                   iowait=0.0, irq=0.0, softirq=0.0, steal=self.steal * cpus)
+        return [one(1)] * self.cpus if percpu else one(self.cpus)
+
+
+@pytest.mark.parametrize("source", ["cgroup", "machine", "pinned"])
+def test_time_the_hypervisor_stole_counts_as_taken(
+    source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """On a virtual machine whose CPUs wait on the host (steal), the gate counts the stolen
+    seconds as taken: from the CPUs a pinned process may use, or the whole machine's, or, beside
+    a cgroup's own usage (which has no steal), the machine's in the cgroup's share of its CPUs."""
+    host = _Host(cpus=4)
+    monkeypatch.setattr(psutil, "cpu_times", host.times)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: host.cpus)
+    usage = tmp_path / "cpuacct.usage"
+    usage.write_text("0\n")
+    cgroup = [(usage, "", 1e-9)] if source == "cgroup" else []
+    monkeypatch.setattr(capacity, "_CGROUP_CPU_USAGE", cgroup)
+    monkeypatch.setattr(capacity, "usable_cores", lambda: 2.0 if source == "cgroup" else 4.0)
+    pinned = {0, 2} if source == "pinned" else set(range(host.cpus))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: pinned)
+    busy_seconds, cores = machine_cpu()
+    before = busy_seconds()
+    host.work, host.steal = 0.5, 0.25  # per CPU
+    usage.write_text(f"{int(0.5 * 2 * 1e9)}\n")  # the cgroup's 2 cores worked 0.5 s each
+    taken = busy_seconds() - before
+    expected = {"cgroup": 1.0 + 0.25 * 4 * 2 / 4,  # its work and half the machine's steal
+                "machine": (0.5 + 0.25) * 4, "pinned": (0.5 + 0.25) * 2}
+    assert (cores, taken) == (4.0 if source == "machine" else 2.0, pytest.approx(
+        expected[source]))
 
 
 async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let_through(
