@@ -12,7 +12,8 @@ from .config import Settings
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("quality", help="a tenant's quality signals over a window: retries, "
-                                       "escalations, confidence, latency, completion")
+                                       "escalations, confidence, latency, completion, "
+                                       "lookups lost")
     p.add_argument("--tenant", type=identifier, required=True)
     p.add_argument("--since", type=duration, default=86400.0,
                    help="how far back: 30m, 24h, 7d (default 24h)")
@@ -37,7 +38,7 @@ def format_quality(q: dict[str, Any]) -> str:
                       for t, n in q["answered_by_tier"].items()) or "-"
     confidence = ("-" if q["mean_confidence"] is None
                   else f"{q['mean_confidence']:.2f} over {q['turns_with_confidence']} turns")
-    s = q["sessions"]
+    s, lk = q["sessions"], q["lookups"]
     speech = ", ".join(
         f"{f['failures']} {_SPEECH_WORDS[engine]} in {counted(f['sessions'], 'session')}"
         for engine, f in q["speech_failures"].items()) or "none"
@@ -59,6 +60,9 @@ def format_quality(q: dict[str, Any]) -> str:
         f"  sessions: {s['started']} started, {s['ended']} ended ({completion}); "
         f"completion {_pct(s['completion_rate'])}; {s['handoffs']} handed off to a human",
         f"  speech failures: {speech}",
+        f"  lookups lost: {_pct(lk['lost_rate'])} ({lk['lost']} of {lk['questions']} questions "
+        f"answered without knowledge or memory: timed out or failed); "
+        f"wait p50/p95/p99: {_ms(lk['wait_ms'])}",
     ])
 
 

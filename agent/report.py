@@ -113,6 +113,7 @@ def quality_chart(series: list[dict[str, Any]]) -> str:
         ("escalation rate", [q["escalation_rate"] for q in series]),
         ("mean confidence", [q["mean_confidence"] for q in series]),
         ("session completion", [q["sessions"]["completion_rate"] for q in series]),
+        ("lookups lost", [q["lookups"]["lost_rate"] for q in series]),
     ):
         ax.plot(days, [float("nan") if v is None else v for v in values], marker="o",
                 label=label)

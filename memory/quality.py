@@ -1,8 +1,10 @@
 """A tenant's quality signals over a window, from the `quality_turns` and `quality_sessions`
 views (migration 0009): retry, escalation and failure rates, the answering-tier mix, mean stated
 confidence, first-words and end-of-turn latency percentiles, interruptions, session completion
-and handoffs to a human; and from the `speech_failed` events, the speech requests that failed
-(a provider down: the session went on in the chat). Every query names its tenant."""
+and handoffs to a human; from the `speech_failed` events, the speech requests that failed
+(a provider down: the session went on in the chat); and from the `context` events, the questions
+answered without their knowledge and memory lookup and what the lookups kept them waiting.
+Every query names its tenant."""
 
 from __future__ import annotations
 
@@ -51,6 +53,17 @@ FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech_f
 GROUP BY 1 ORDER BY 1
 """
 
+# a question answered without its knowledge, memory and screen lookup (agent/turn_context.py)
+LOST_LOOKUP = "detail->>'recall' IN ('timeout', 'failed')"
+
+# one `context` event per question; a lookup's wait counts when one was made (not `off`)
+_LOOKUPS = f"""
+SELECT count(*) AS questions,
+       count(*) FILTER (WHERE {LOST_LOOKUP}) AS lost,
+       percentile_cont($4::float8[]) WITHIN GROUP (ORDER BY (detail->>'recall_ms')::float8)
+           FILTER (WHERE detail->>'recall' IS DISTINCT FROM 'off') AS wait_ms
+FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'context'
+"""
 
 # the steps of a series (`$4` seconds each from `$2`) in which anything quality counts
 # happened: a turn, a session started, a failed speech request
@@ -89,7 +102,8 @@ async def window_quality(
         turns = await conn.fetchrow(_TURNS, tenant, since, until, list(PERCENTILES))
         sessions = await conn.fetch(_SESSIONS, tenant, since, until)
         speech = await conn.fetch(_SPEECH, tenant, since, until)
-    assert turns is not None
+        lookups = await conn.fetchrow(_LOOKUPS, tenant, since, until, list(PERCENTILES))
+    assert turns is not None and lookups is not None
     n = turns["turns"]
     completion = {r["completion"]: r["n"] for r in sessions}
     ended = sum(v for k, v in completion.items() if k != "open")
@@ -121,6 +135,12 @@ async def window_quality(
         },
         "speech_failures": {r["engine"]: {"failures": r["failures"], "sessions": r["sessions"]}
                             for r in speech},
+        "lookups": {
+            "questions": lookups["questions"],
+            "lost": lookups["lost"],  # timed out or failed: answered without them
+            "lost_rate": _rate(lookups["lost"], lookups["questions"]),
+            "wait_ms": _percentiles(lookups["wait_ms"]),
+        },
     }
 
 

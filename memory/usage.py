@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from .quality import LOST_LOOKUP
+
 _SESSIONS = """
 SELECT count(*) AS sessions,
        count(*) FILTER (WHERE source = 'live') AS live,
@@ -64,9 +66,9 @@ FROM quality_turns_in($1, $2, $3)
 """
 
 # one `context` event per question: knowledge, memory and screen searched once together
-_RECALL = """
+_RECALL = f"""
 SELECT count(*) AS recalls,
-       count(*) FILTER (WHERE detail->>'recall' IN ('timeout', 'failed')) AS recalls_lost,
+       count(*) FILTER (WHERE {LOST_LOOKUP}) AS recalls_lost,
        coalesce(sum(jsonb_array_length(coalesce(detail->'knowledge', '[]'))), 0) AS knowledge_hits,
        coalesce(sum(jsonb_array_length(coalesce(detail->'memory'->'facts', '[]'))
                     + jsonb_array_length(coalesce(detail->'memory'->'messages', '[]'))), 0)

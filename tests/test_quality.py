@@ -4,7 +4,8 @@ replay, through the real cascade, writer and Postgres views.
 Protects: retries (rephrased, "that didn't help") and escalations are counted from what the
 cascade recorded; the answering-tier mix, the answering tiers' stated confidence, interruptions
 and session completion (`left_mid_answer`, `error`) are right; latency percentiles come from the
-timings recorded when the turn happened; every figure stays within its tenant and its window.
+timings recorded when the turn happened; the questions answered without their lookup are
+counted and the lookups' waits timed; every figure stays within its tenant and its window.
 """
 
 from __future__ import annotations
@@ -120,6 +121,31 @@ async def test_a_discarded_round_is_no_user_turn(db: Database, tmp_path: Path) -
         (2, 1)]
 
 
+async def test_questions_answered_without_their_lookup(db: Database, tmp_path: Path) -> None:
+    """Each question's `context` event says how its lookup went: the lost ones (timed out or
+    failed) are counted and rated per tenant, and only the lookups made are timed. (The plan's
+    sessions record no `context` event of their own: these are all there are.)"""
+    await record_plan(db, tmp_path / "costs")
+    for tenant, seq, outcome, waited_ms in (
+            ("acme", 9001, "timeout", 500.0), ("acme", 9002, "failed", 20.0),
+            ("acme", 9003, "done", 80.0), ("acme", 9004, "off", 0.0),
+            ("globex", 9001, "timeout", 500.0)):
+        await db.pool.execute(
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+            " SELECT session_id, tenant, $2, ts, 'context', $3::jsonb FROM cost_events"
+            " WHERE tenant = $1 ORDER BY id LIMIT 1",
+            tenant, seq, json.dumps({"recall": outcome, "recall_ms": waited_ms}))
+    window = (NOW - timedelta(days=7), NOW + timedelta(hours=1))
+    acme = await window_quality(db.pool, "acme", *window)
+    assert acme["lookups"] == {"questions": 4, "lost": 2, "lost_rate": 0.5,
+                               "wait_ms": {"p50": 80.0, "p95": 458.0, "p99": 491.6}}
+    globex = await window_quality(db.pool, "globex", *window)
+    assert (globex["lookups"]["questions"], globex["lookups"]["lost"]) == (1, 1)
+    nobody = await window_quality(db.pool, "nobody", *window)
+    assert nobody["lookups"] == {"questions": 0, "lost": 0, "lost_rate": None,
+                                 "wait_ms": {"p50": None, "p95": None, "p99": None}}
+
+
 async def test_quality_of_the_demo_replay(settings: Settings, db: Database) -> None:
     await replay(load_fixture(DEMO_FIXTURE), settings, db)
     q = await window_quality(db.pool, "demo", NOW - timedelta(hours=1), NOW + timedelta(hours=1))
@@ -128,6 +154,7 @@ async def test_quality_of_the_demo_replay(settings: Settings, db: Database) -> N
     assert q["escalation_rate"] == 0.4 and q["retry_rate"] == 0.0
     assert q["mean_confidence"] == pytest.approx(0.9)
     assert q["sessions"]["by_completion"] == {"completed": 2}
+    assert (q["lookups"]["questions"], q["lookups"]["lost"]) == (5, 0)
 
 
 async def test_quality_command(settings: Settings, db: Database, tmp_path: Path) -> None:
@@ -154,6 +181,7 @@ async def test_quality_command(settings: Settings, db: Database, tmp_path: Path)
     assert "retry rate: 22.2% (rephrased or repeated; 1 said it did not help)" in out
     assert "sessions: 4 started, 4 ended (2 completed, 1 error, 1 left_mid_answer)" in out
     assert "s-bob" in out and "left_mid_answer" in out
+    assert "lookups lost: - (0 of 0 questions answered without knowledge or memory" in out
     code, out, err = await run_cli("quality", "--tenant", "acme", "--since", "yesterday",
                                    env=env)
     assert code == 2 and "must be a number > 0 followed by m, h or d" in err
