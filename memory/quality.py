@@ -66,11 +66,11 @@ FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'context'
 """
 
 # the steps of a series (`$4` seconds each from `$2`) in which anything quality counts
-# happened: a turn, a session started, a failed speech request
+# happened: a turn, a question's lookup, a session started, a failed speech request
 _ACTIVE_STEPS = """
 SELECT DISTINCT floor(extract(epoch FROM at - $2) / $4::float8)::int AS step FROM (
     SELECT ts AS at FROM cost_events
-    WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind IN ('turn', 'speech_failed')
+    WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind IN ('turn', 'context', 'speech_failed')
     UNION ALL
     SELECT started_at FROM quality_sessions
     WHERE tenant = $1 AND started_at >= $2 AND started_at < $3

@@ -141,6 +141,16 @@ async def test_questions_answered_without_their_lookup(db: Database, tmp_path: P
                                "wait_ms": {"p50": 80.0, "p95": 458.0, "p99": 491.6}}
     globex = await window_quality(db.pool, "globex", *window)
     assert (globex["lookups"]["questions"], globex["lookups"]["lost"]) == (1, 1)
+    # a lookup alone in its day (its question's turn after midnight) is that day's, no other's
+    await db.pool.execute(
+        "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+        " SELECT session_id, tenant, 9005, $2, 'context', $3::jsonb FROM cost_events"
+        " WHERE tenant = $1 ORDER BY id LIMIT 1",
+        "acme", window[0] + timedelta(hours=1), json.dumps({"recall": "timeout",
+                                                            "recall_ms": 500.0}))
+    days = await quality_series(db.pool, "acme", *window, timedelta(days=1))
+    assert days[0]["turns"] == 0 and days[0]["lookups"]["lost"] == 1
+    assert sum(day["lookups"]["lost"] for day in days) == 3
     nobody = await window_quality(db.pool, "nobody", *window)
     assert nobody["lookups"] == {"questions": 0, "lost": 0, "lost_rate": None,
                                  "wait_ms": {"p50": None, "p95": None, "p99": None}}
