@@ -57,8 +57,8 @@ def usable_cores() -> float:
 def _taken(times: Any) -> float:
     """Seconds of psutil's CPU times that were not free for more work: busy (on Linux `user`
     holds guests' time) or stolen (a virtual machine's CPU waiting while the hypervisor ran
-    something else: with 10-40% stolen a 2-core VM has 1.2-1.8 cores, and reads let through as
-    if it had 2 slow the replies)."""
+    something else: with 10-40% stolen a 2-core VM has 1.2-1.8 cores, and a gate that lets
+    reads through as if it had 2 slows the replies)."""
     return sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq",
                                                        "softirq", "steal"))
 
