@@ -29,9 +29,10 @@ question reached it), and the overhead again over the questions asked in the ste
 (from 30 s after the last arrival: a burst's joining, and the first questions asked while the
 others still connect, left out); sampled frames per session-second; CPU cores of the worker, the
 users' processes, LiveKit, Postgres and the scripted model server (all share the machine's
-cores); the worker's RSS, in total and per session above its idle RSS. With `--reference`, the
-same levels run against another build (the process-per-session worker this replaced) and the
-ratios are printed. With `--soak`, RSS and open files are sampled for the whole run and their
+cores), and the cores the hypervisor stole from the machine meanwhile (`stolen_cores`); the
+worker's RSS, in total and per session above its idle RSS. With `--reference`, the same levels
+run against another build (the process-per-session worker this replaced) and the ratios are
+printed. With `--soak`, RSS and open files are sampled for the whole run and their
 growth after warm-up is printed. Last line: JSON.
 """
 
@@ -116,7 +117,10 @@ class Meter:
         self.groups[name] = list(procs)
 
     def cpu_s(self) -> dict[str, float]:
-        out = {}
+        """Each group's CPU seconds so far, and `stolen`: the machine's seconds its cores
+        waited while the hypervisor ran other guests (a virtual machine's steal, which swings a
+        level's figures on a shared host more than most changes do)."""
+        out = {"stolen": getattr(psutil.cpu_times(), "steal", 0.0)}
         for name, procs in self.groups.items():
             total = 0.0
             for proc in procs:
@@ -426,6 +430,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
         "livekit_cores": cores["livekit"],
         "postgres_cores": cores["postgres"],
         "models_cores": cores["models"],
+        "stolen_cores": cores["stolen"],  # of the machine's cores, lost to other guests
         "worker_rss_idle_mb": round(idle_rss, 1),
         "worker_rss_mb": round(steady_rss, 1),
         "worker_rss_per_session_mb": round((steady_rss - idle_rss) / joined, 1) if joined else None,

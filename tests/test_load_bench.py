@@ -1,7 +1,8 @@
 """bench/load.py splits each answered question's round trip into its hops from the sessions'
 event logs (the `chat` event says when a question reached the worker), gives the overhead of the
 steady window's questions apart, and counts the screen-text reads the sessions folded because their
-reader fell behind and the shares they subscribed to again."""
+reader fell behind and the shares they subscribed to again; and reads the cores the hypervisor
+stole beside each process group's CPU."""
 
 from __future__ import annotations
 
@@ -10,12 +11,23 @@ import multiprocessing as mp
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
+import pytest
 from google import genai
 from google.genai import types
 from pytest import approx
 
-from bench.load import ModelServer, Sessions, _questions, hops, read_cost_logs, steady_round_trips
+from bench.load import (
+    Meter,
+    ModelServer,
+    Sessions,
+    _questions,
+    hops,
+    read_cost_logs,
+    steady_round_trips,
+)
 from bench.load_users import UserResult, serve_models
 
 
@@ -88,3 +100,20 @@ def test_the_overhead_subtracts_the_models_time_in_its_server_not_memory_updates
     here.send("stop")
     process.join(5)
     assert not process.is_alive()
+
+
+def test_the_meter_reads_the_machines_stolen_time_beside_each_groups_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`stolen_cores` is the machine's steal over the measured window, like the groups' cores:
+    the meter reads it where it reads theirs (a scripted machine's counter here)."""
+    machine = SimpleNamespace(user=100.0, system=10.0, steal=40.0)
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: machine)
+    meter = Meter()
+    meter.set("bench", [psutil.Process()])
+    before = meter.cpu_s()
+    sum(i * i for i in range(200_000))
+    machine.steal = 43.5
+    after = meter.cpu_s()
+    assert after["stolen"] - before["stolen"] == approx(3.5)
+    assert after["bench"] > before["bench"]  # the group's own CPU, read from its processes
