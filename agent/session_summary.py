@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memory.quality import LOST_OUTCOMES
 from vision.screen import FrameTally
 
 from .event_log import Event
@@ -115,7 +116,7 @@ class SessionTotals:
             self._share_resubscribed = detail.get("resubscribed", 0)
         elif kind == "context":
             self._knowledge_hits += len(detail.get("knowledge", []))
-            self._recalls_lost += detail.get("recall") in ("timeout", "failed")
+            self._recalls_lost += detail.get("recall") in LOST_OUTCOMES
             memory = detail.get("memory", {})
             self._memory_recalled += len(memory.get("facts", [])) + len(
                 memory.get("messages", []))

@@ -53,8 +53,10 @@ FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech_f
 GROUP BY 1 ORDER BY 1
 """
 
-# a question answered without its knowledge, memory and screen lookup (agent/turn_context.py)
-LOST_LOOKUP = "detail->>'recall' IN ('timeout', 'failed')"
+# a question answered without its knowledge, memory and screen lookup (agent/turn_context.py's
+# `recall` outcomes), as the session summary counts it and as SQL selects it
+LOST_OUTCOMES = ("timeout", "failed")
+LOST_LOOKUP = f"detail->>'recall' IN {LOST_OUTCOMES!r}"
 
 # one `context` event per question; a lookup's wait counts when one was made (not `off`)
 _LOOKUPS = f"""
