@@ -161,6 +161,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             failed = ", ".join(f"{count} {direction}" for direction, count
                                in voice["failed"].items())
             lines.append(f"  speech failures: {failed} (the session went on in the chat)")
+        altered = voice.get("heard_altered") or {}
+        if altered.get("turns"):
+            lines.append(f"  microphone: {counted(altered['turns'], 'spoken turn')} with audio "
+                         f"altered in transit ({altered['seconds']:.2f} s made up, cut or "
+                         "stretched by WebRTC's jitter buffer)")
     budget = summary.get("budget")
     if budget and budget["escalation_capped_at_tier"] is not None:
         crossed = ", ".join(budget["thresholds_crossed"])

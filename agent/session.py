@@ -229,6 +229,9 @@ class SessionRuntime:
     deferred: DeferredExchanges | None = None  # without the database: for the next keeper
     database_watch: DatabaseWatch | None = None  # opened without the database: until it answers
     speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
+    # a live session's: how the user's microphone arrived since the turn before (WebRTC's
+    # jitter buffer's counts, agent/audio_reception.py), for each spoken turn's `heard` event
+    heard_reception: Callable[[], dict[str, float]] | None = None
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
@@ -459,7 +462,10 @@ class SessionRuntime:
         if item.role == "user":
             self._asked = text
             if timing:  # a spoken question: when its turn ended and its transcript came
-                self.record.events.record("heard", detail={"characters": len(text), **timing})
+                reception = ({"reception": self.heard_reception()}
+                             if self.heard_reception is not None else {})
+                self.record.events.record("heard", detail={
+                    "characters": len(text), **timing, **reception})
             return
         # what reached the user: a reply the user spoke over is cut where its speech stopped
         self.record.events.record("reply", detail={

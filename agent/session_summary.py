@@ -20,6 +20,9 @@ from vision.screen import FrameTally
 from .event_log import Event
 from .metering import MODEL_KINDS
 
+# a spoken turn with this much of its audio made up, cut or stretched in transit counts as
+# altered: NetEq trims ~10-20 ms now and then on a clean loopback, which changes no word
+ALTERED_TURN_S = 0.1
 _MODEL_TOTALS = (
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "images",
     "image_tokens", "image_tokens_full_resolution", "image_tokens_unsent",
@@ -96,6 +99,8 @@ class SessionTotals:
         self._speech: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
         self._speech_cost: Counter[str] = Counter()
         self._replies: Counter[str] = Counter()
+        self._heard_altered_turns = 0  # spoken turns with ALTERED_TURN_S or more altered
+        self._heard_altered_s = 0.0
         self._speech_failures: Counter[str] = Counter()  # by engine (agent/speech_outage.py)
         self.total_cost_usd = 0.0
 
@@ -150,6 +155,10 @@ class SessionTotals:
         elif kind == "reply":
             self._replies["replies"] += 1
             self._replies["interrupted"] += bool(detail.get("interrupted"))
+        elif kind == "heard" and "reception" in detail:
+            altered = detail["reception"]["altered_s"]
+            self._heard_altered_turns += int(altered >= ALTERED_TURN_S)
+            self._heard_altered_s += altered
 
     def _speech_event(self, event: Event, detail: dict[str, Any]) -> None:
         cost = event["cost_usd"]
@@ -300,6 +309,9 @@ class SessionTotals:
             "engines": engines,
             "replies": self._replies["replies"],
             "interrupted_replies": self._replies["interrupted"],
+            # spoken turns whose audio WebRTC's jitter buffer altered (agent/audio_reception.py)
+            "heard_altered": {"turns": self._heard_altered_turns,
+                              "seconds": round(self._heard_altered_s, 3)},
             **({"failed": dict(sorted(self._speech_failures.items()))}
                if self._speech_failures else {}),
         }

@@ -37,6 +37,7 @@ from vision.screen_text import ScreenText
 from vision.track_source import ScreenShareSubscriber
 
 from .assist import ASSIST_TOPIC, DRAFT_TOPIC
+from .audio_reception import MicReception
 from .capacity import FULL_LOAD, Limits, LoadMeter, LoadReading, shared_read_gate
 from .chat_inbox import ChatInbox
 from .config import Settings
@@ -152,6 +153,10 @@ async def run_session(ctx: JobContext) -> None:
     ctx.room.on("data_received", on_draft)
     publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
     session = runtime.agent_session()
+    microphone = MicReception(ctx.room, participant.identity)
+    if settings.stt is not None:
+        session.on("user_state_changed", lambda ev: microphone.read())
+        runtime.heard_reception = microphone.take
     watch = process_watchdog(settings.session_stall_s).watch(
         f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))
 
@@ -160,6 +165,7 @@ async def run_session(ctx: JobContext) -> None:
             await inbox.aclose()
             await screen_share.aclose()
             await session.aclose()
+            await microphone.aclose()
             summary = await runtime.close()
             log.info("session %s ended (%s); cost summary %s", runtime.session_id,
                      reason or "job done", json.dumps(summary))

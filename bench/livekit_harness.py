@@ -19,7 +19,7 @@ import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ import numpy as np
 import psutil
 from livekit import api, rtc
 
+from agent.audio_reception import Reception
 from agent.ports import free_port as free_port  # the tests' import of it
 from vision.video_file import iter_frames
 
@@ -311,7 +312,9 @@ class User:
 
 
 MIC_RATE = 48000
+RECEPTION_EVERY_S = 0.25
 MIC_FRAME_S = 0.01  # what a browser's microphone track sends: 10 ms frames
+MIC_QUEUE_MS = 60_000  # room for the questions queued at once (a question is a few seconds)
 
 
 @dataclass
@@ -319,6 +322,19 @@ class HeardAudio:
     """The agent's audio as this user received it: 10 ms frames with their arrival times."""
 
     frames: list[tuple[float, rtc.AudioFrame]]
+    # WebRTC's jitter buffer's counts for this track, read every RECEPTION_EVERY_S
+    receptions: list[tuple[float, Reception]] = field(default_factory=list)
+
+    def altered_between(self, start: float, end: float) -> Reception:
+        """Seconds of the audio received between `start` and `end` (monotonic) that the jitter
+        buffer made up for packets that came late or never (`concealed_s`), or cut or
+        stretched to catch up with or wait for late ones. Speech with any of those is altered,
+        so what a recogniser hears wrong in it can be told apart from what was said wrong."""
+        before = [r for at, r in self.receptions if at <= start]
+        after = [r for at, r in self.receptions if at >= end] or [
+            r for _, r in self.receptions[-1:]]
+        first = before[-1] if before else Reception()
+        return (after[0] if after else Reception()).since(first)
 
     def speech_spans(self, threshold: float = 300.0, gap_s: float = 0.6,
                      since: float = 0.0) -> list[tuple[float, float]]:
@@ -357,9 +373,8 @@ class VoiceUser(User):
         self.heard = HeardAudio([])
         self.mic_track_sid = ""
         self.user_transcripts: asyncio.Queue[str] = asyncio.Queue()  # what the agent heard
-        self.spoke_until = 0.0  # monotonic time the last question's audio ended
-        self._mic = rtc.AudioSource(MIC_RATE, 1, queue_size_ms=100)
-        self._queued: asyncio.Queue[np.ndarray] = asyncio.Queue()
+        self.spoke_until = 0.0  # monotonic time the last question's audio ends
+        self._mic = rtc.AudioSource(MIC_RATE, 1, queue_size_ms=MIC_QUEUE_MS)
         self._tasks: list[asyncio.Task[None]] = []
         self.room.on("track_subscribed", self._on_track)
 
@@ -368,8 +383,15 @@ class VoiceUser(User):
             self._tasks.append(asyncio.create_task(self._record(track)))
 
     async def _record(self, track: rtc.Track) -> None:
+        self._tasks.append(asyncio.create_task(self._read_reception(track)))
         async for event in rtc.AudioStream(track, sample_rate=MIC_RATE, num_channels=1):
             self.heard.frames.append((time.monotonic(), event.frame))
+
+    async def _read_reception(self, track: rtc.Track) -> None:
+        while True:
+            stats = await track.get_stats()
+            self.heard.receptions.append((time.monotonic(), Reception.of(stats)))
+            await asyncio.sleep(RECEPTION_EVERY_S)
 
     def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
         attributes = reader.info.attributes or {}
@@ -394,7 +416,6 @@ class VoiceUser(User):
         publication = await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
         self.mic_track_sid = publication.sid
-        self._tasks.append(asyncio.create_task(self._play()))
         try:
             await asyncio.wait_for(publication.wait_for_subscription(), timeout_s)
         except TimeoutError:
@@ -402,28 +423,23 @@ class VoiceUser(User):
                 f"the agent did not subscribe to {self.room_name}'s microphone "
                 f"within {timeout_s}s") from None
 
-    async def _play(self) -> None:
-        """Real time, 10 ms at a time by the clock: queued speech, else silence."""
-        step = int(MIC_RATE * MIC_FRAME_S)
-        pending = np.zeros(0, np.int16)
-        started, sent = time.monotonic(), 0
-        while True:
-            if not len(pending) and not self._queued.empty():
-                pending = self._queued.get_nowait()
-            chunk = np.zeros(step, np.int16)
-            n = min(step, len(pending))
-            chunk[:n], pending = pending[:n], pending[n:]
-            await self._mic.capture_frame(rtc.AudioFrame(chunk.tobytes(), MIC_RATE, 1, step))
-            sent += 1
-            if n and not len(pending):  # the question's last samples are on their way
-                self.spoke_until = time.monotonic()
-            await asyncio.sleep(max(0.0, started + sent * MIC_FRAME_S - time.monotonic()))
-
     def speak(self, wav_path: Path) -> float:
-        """Queue a recorded question on the microphone; returns how long it plays."""
+        """Queue a recorded question on the microphone; returns how long it plays.
+
+        The question goes to the rtc SDK whole: its own thread plays it out 10 ms at a time
+        and sends silence while nothing is queued, as a browser's microphone does. Paced from
+        this process's event loop instead (it was, 100 ms queued), a stall of the loop held
+        the question back mid-word: with the loop stalled 150 ms every 0.4 s, the agent's
+        jitter buffer cut or stretched 0.003 and 0.062 s of it in two runs, 0.003 and 0.003
+        paced by the SDK (the `heard` events' `reception`)."""
         samples = read_wav_mono(wav_path, MIC_RATE)
-        self._queued.put_nowait(samples)
-        return len(samples) / MIC_RATE
+        step = int(MIC_RATE * MIC_FRAME_S)  # the source takes whole 10 ms frames
+        samples = np.concatenate([samples, np.zeros(-len(samples) % step, np.int16)])
+        duration = len(samples) / MIC_RATE
+        self.spoke_until = max(time.monotonic(), self.spoke_until) + duration
+        frame = rtc.AudioFrame(samples.tobytes(), MIC_RATE, 1, len(samples))
+        self._tasks.append(asyncio.create_task(self._mic.capture_frame(frame)))
+        return duration
 
     async def leave(self) -> None:
         for task in self._tasks:

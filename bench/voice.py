@@ -100,13 +100,12 @@ def trailing_silence_s(wav: Path) -> float:
 
 async def ask(user: VoiceUser, wav: Path, timeout_s: float = 60) -> tuple[str, float]:
     """Play one question; its transcript and end of speech → first agent audio (ms)."""
-    spoke_before = user.spoke_until
     user.speak(wav)
     heard = await asyncio.wait_for(user.user_transcripts.get(), timeout_s)
-    assert user.spoke_until != spoke_before, "a transcript before the question was played"
     # the transcript comes after the speech ended: when the file's last sample was sent, less
     # its trailing silence
     ended = user.spoke_until - trailing_silence_s(wav)
+    assert time.monotonic() > ended, "a transcript before the question was played"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         spans = user.heard.speech_spans(threshold=LOUD, since=ended)

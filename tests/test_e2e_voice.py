@@ -152,7 +152,9 @@ async def assert_spoke(user: VoiceUser, span: tuple[float, float], text: str) ->
     """The agent's audio in `span` is speech of `text`: transcribed back by the local
     recogniser, most of its words; and as long as espeak-ng takes to say it here."""
     spoken = transcribe(user.heard.between(span[0] - 0.2, span[1] + 0.2))
-    assert wer(text, spoken) < 0.5, f"the agent's audio said {spoken!r}"
+    assert wer(text, spoken) < 0.5, (
+        f"the agent's audio said {spoken!r}; as received: "
+        f"{user.heard.altered_between(span[0] - 0.2, span[1] + 0.2)}")
     alone = rtc.combine_audio_frames([e.frame async for e in LocalTTS().synthesize(text)])
     loud = span[1] - span[0]  # from the first to the last loud 10 ms frame
     assert abs(loud - alone.duration) < 0.3 * alone.duration, (loud, alone.duration)
@@ -186,8 +188,18 @@ async def test_spoken_then_typed_questions_get_spoken_answers(
     finally:
         await user.leave()
 
+    events = await session_events(worker, user)
+    heard_events = [e["detail"] for e in events if e["kind"] == "heard"]
+    assert len(heard_events) == 1  # the typed one was not heard
+    # how the microphone reached the agent: the question (1.8 s) and the silence before it,
+    # from WebRTC's counts at the edges of the user's speech
+    reception = heard_events[0]["reception"]
+    assert reception["received_s"] > 1.8, reception
+    assert reception["altered_s"] == pytest.approx(
+        reception["concealed_s"] + reception["accelerated_s"] + reception["decelerated_s"],
+        abs=0.002)
     # what the agent heard, shown to the user (Moonshine through Opus: a word or two may be off)
-    assert wer(QUESTIONS[0], heard) <= 0.5, heard
+    assert wer(QUESTIONS[0], heard) <= 0.5, (heard, reception)
     asked = turn_requests(server, seen)
     assert asked and heard in asked[0].text and asked[0].image_count == 1  # with the screen
     assert reply == ANSWER
@@ -196,7 +208,6 @@ async def test_spoken_then_typed_questions_get_spoken_answers(
     await assert_spoke(user, typed_span, SECOND_ANSWER)
     assert "And why did the build fail?" in turn_requests(server, seen)[-1].text
 
-    events = await session_events(worker, user)
     speech = [e for e in events if e["kind"] == "speech"]
     assert {(e["detail"]["direction"], e["model"]) for e in speech} == {
         ("stt", "moonshine-tiny-en"), ("tts", "espeak-ng")}
@@ -204,9 +215,9 @@ async def test_spoken_then_typed_questions_get_spoken_answers(
     assert 1.0 < stt_seconds < 6, stt_seconds  # the question (1.8 s) with the VAD's padding
     tts = [e for e in speech if e["detail"]["direction"] == "tts"]
     assert sum(e["detail"]["characters"] for e in tts) == len(ANSWER) + len(SECOND_ANSWER)
-    assert len([e for e in events if e["kind"] == "heard"]) == 1  # the typed one was not heard
     voice = events[-1]["detail"]["voice"]
     assert voice["replies"] == 2 and voice["interrupted_replies"] == 0
+    assert voice["heard_altered"]["seconds"] == pytest.approx(reception["altered_s"])
     assert voice["spoken_characters"] == len(ANSWER) + len(SECOND_ANSWER)
     assert voice["cost_usd"] == 0.0
 
