@@ -8,7 +8,9 @@ the seconds of its audio altered that way, so a transcript gone wrong can be tol
 speech said wrong (ops, in the cost log; the voice tests, in their failure messages).
 
 The track's stats are read when the user starts and stops speaking (livekit-agents' user
-state), not on a timer: two reads a question, nothing while the user is silent.
+state), not on a timer: two reads a question, nothing while the user is silent. The read at the
+end of speech takes a millisecond or so beside the transcript's hundreds (Moonshine here); one
+still in flight when a transcript lands is counted with the next turn.
 """
 
 from __future__ import annotations
