@@ -153,8 +153,9 @@ async def run_session(ctx: JobContext) -> None:
     ctx.room.on("data_received", on_draft)
     publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
     session = runtime.agent_session()
-    microphone = MicReception(ctx.room, participant.identity)
-    if settings.stt is not None:
+    # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
+    microphone = MicReception(ctx.room, participant.identity) if settings.stt is not None else None
+    if microphone is not None:
         session.on("user_state_changed", lambda ev: microphone.read())
         runtime.heard_reception = microphone.take
     watch = process_watchdog(settings.session_stall_s).watch(
@@ -165,7 +166,8 @@ async def run_session(ctx: JobContext) -> None:
             await inbox.aclose()
             await screen_share.aclose()
             await session.aclose()
-            await microphone.aclose()
+            if microphone is not None:
+                await microphone.aclose()
             summary = await runtime.close()
             log.info("session %s ended (%s); cost summary %s", runtime.session_id,
                      reason or "job done", json.dumps(summary))

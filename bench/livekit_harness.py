@@ -312,9 +312,9 @@ class User:
 
 
 MIC_RATE = 48000
-RECEPTION_EVERY_S = 0.25
 MIC_FRAME_S = 0.01  # what a browser's microphone track sends: 10 ms frames
 MIC_QUEUE_MS = 60_000  # room for the questions queued at once (a question is a few seconds)
+RECEPTION_EVERY_S = 0.25  # how often the user reads the agent's track's WebRTC counts
 
 
 @dataclass
@@ -330,11 +330,9 @@ class HeardAudio:
         buffer made up for packets that came late or never (`concealed_s`), or cut or
         stretched to catch up with or wait for late ones. Speech with any of those is altered,
         so what a recogniser hears wrong in it can be told apart from what was said wrong."""
-        before = [r for at, r in self.receptions if at <= start]
-        after = [r for at, r in self.receptions if at >= end] or [
-            r for _, r in self.receptions[-1:]]
-        first = before[-1] if before else Reception()
-        return (after[0] if after else Reception()).since(first)
+        first = next((r for at, r in reversed(self.receptions) if at <= start), Reception())
+        latest = self.receptions[-1][1] if self.receptions else Reception()
+        return next((r for at, r in self.receptions if at >= end), latest).since(first)
 
     def speech_spans(self, threshold: float = 300.0, gap_s: float = 0.6,
                      since: float = 0.0) -> list[tuple[float, float]]:
