@@ -25,15 +25,16 @@ model's own time, as the scripted server measured it: `model_served_ms_p50`; unt
 the model's latency as the worker measured it, `model_ms_p50`, which also counts the worker's
 own waits while it sends the request and reads the reply) p50/p95, and the round trip in three
 hops (to the worker, at the worker, back to the user: each session's log records when each
-question reached it), and the overhead again over the questions asked in the steady window alone
-(from 30 s after the last arrival: a burst's joining, and the first questions asked while the
-others still connect, left out); sampled frames per session-second; CPU cores of the worker, the
-users' processes, LiveKit, Postgres and the scripted model server (all share the machine's
-cores), and the cores the hypervisor stole from the machine meanwhile (`stolen_cores`); the
-worker's RSS, in total and per session above its idle RSS. With `--reference`, the same levels
-run against another build (the process-per-session worker this replaced) and the ratios are
-printed. With `--soak`, RSS and open files are sampled for the whole run and their
-growth after warm-up is printed. Last line: JSON.
+question reached it; the hop at the worker again as its lookup and its answer), and the overhead
+again over the questions asked in the steady window alone (from 30 s after the last arrival: a
+burst's joining, and the first questions asked while the others still connect, left out);
+sampled frames per session-second; CPU cores of the worker, the users' processes, LiveKit,
+Postgres and the scripted model server (all share the machine's cores), and the cores the
+hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
+session above its idle RSS. With `--reference`, the same levels run against another build (the
+process-per-session worker this replaced) and the ratios are printed. With `--soak`, RSS and
+open files are sampled for the whole run and their growth after warm-up is printed. Last line:
+JSON.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -170,6 +171,15 @@ def worker_env(livekit: LiveKitServer, models_url: str, database_url: str, data_
     }
 
 
+class Question(NamedTuple):
+    """One question as its session recorded it, epoch seconds."""
+
+    sent: float
+    received: float  # reached the worker
+    looked_up: float | None  # its turn's context ready (None: not recorded)
+    ended: float | None  # the turn that answered it ended
+
+
 @dataclass
 class Sessions:
     """What the workers' cost logs say about a level's sessions."""
@@ -177,9 +187,9 @@ class Sessions:
     count: int = 0
     frames_per_s: list[float] = field(default_factory=list)
     model_latency_s: list[float] = field(default_factory=list)
-    # per room, each question the session was handed: (sent, reached the worker, turn ended),
-    # epoch seconds; the sender's clock is this machine's
-    questions: dict[str, list[tuple[float, float, float | None]]] = field(default_factory=dict)
+    # per room, each question the session was handed, epoch seconds (the sender's clock is
+    # this machine's)
+    questions: dict[str, list[Question]] = field(default_factory=dict)
     # the sessions' screen-text reads: kept frames handed to the reader, and those folded into
     # a newer read instead of being read on their own (the reader fell behind or waited for
     # the machine to have CPU to spare, as long as `screen_read_wait_s` in all)
@@ -223,33 +233,45 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
     return found
 
 
-def _questions(events: Sequence[dict[str, Any]]) -> list[tuple[float, float, float | None]]:
-    """Each chat message's sending, its arrival at the worker, and the end of the turn that
-    answered it (the first turn recorded after the message was handed on)."""
+def _questions(events: Sequence[dict[str, Any]]) -> list[Question]:
+    """Each chat message's sending, its arrival at the worker, the end of the turn that
+    answered it (the first turn recorded after the message was handed on), and when that
+    turn's context was ready (its `context` event: the lookup done or given up)."""
     turns = [e["ts"] for e in events if e["kind"] == "turn"]
+    contexts = [e["ts"] for e in events if e["kind"] == "context"]
     found = []
     for event in events:
         if event["kind"] == "chat" and event["detail"]["sent_at"] > 0:
             ended = next((t for t in turns if t >= event["ts"]), None)
-            found.append((event["detail"]["sent_at"], event["detail"]["received_at"], ended))
+            looked_up = next((t for t in contexts if t >= event["ts"]), None)
+            if ended is None or looked_up is None or looked_up > ended:
+                looked_up = None
+            found.append(Question(event["detail"]["sent_at"], event["detail"]["received_at"],
+                                  looked_up, ended))
     return found
 
 
 def hops(results: Sequence[UserResult], sessions: Sessions) -> dict[str, list[float]]:
     """Each answered question's round trip in three hops: from the user's sending to the
     worker, at the worker (its turn, the model's time included), and the answer back to the
-    user. A question is matched to the worker's record by room and sending time."""
-    split: dict[str, list[float]] = {"to_worker": [], "at_worker": [], "back": []}
+    user; and the hop at the worker in two: its lookup (until the turn's context was ready)
+    and its answer (from there to the turn's end: the model call, the model's time
+    included). A question is matched to the worker's record by room and sending time."""
+    split: dict[str, list[float]] = {"to_worker": [], "at_worker": [], "back": [],
+                                     "lookup": [], "answer": []}
     for result in results:
         handed = sessions.questions.get(result.room, [])
         for asked, arrived in result.answered_at:
-            sent, received, ended = min(handed, key=lambda q: abs(q[0] - asked),
-                                        default=(asked, None, None))
-            if received is None or ended is None or abs(sent - asked) > MATCH_S:
+            question = min(handed, key=lambda q: abs(q.sent - asked), default=None)
+            if (question is None or question.ended is None
+                    or abs(question.sent - asked) > MATCH_S):
                 continue
-            split["to_worker"].append(received - sent)
-            split["at_worker"].append(ended - received)
-            split["back"].append(arrived - ended)
+            split["to_worker"].append(question.received - question.sent)
+            split["at_worker"].append(question.ended - question.received)
+            split["back"].append(arrived - question.ended)
+            if question.looked_up is not None:
+                split["lookup"].append(question.looked_up - question.received)
+                split["answer"].append(question.ended - question.looked_up)
     return split
 
 
