@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 from livekit import rtc
 from livekit.rtc._proto.stats_pb2 import RtcStats
@@ -99,11 +99,8 @@ class MicReception:
         """What arrived since the last take (the turn before), for a `heard` event."""
         since = self._latest.since(self._taken)
         self._taken = self._latest
-        return {"received_s": round(since.received_s, 3),
-                "altered_s": round(since.altered_s(), 3),
-                "concealed_s": round(since.concealed_s, 3),
-                "accelerated_s": round(since.accelerated_s, 3),
-                "decelerated_s": round(since.decelerated_s, 3)}
+        return {name: round(seconds, 3) for name, seconds in
+                {**asdict(since), "altered_s": since.altered_s()}.items()}
 
     async def aclose(self) -> None:
         for task in list(self._reads):

@@ -244,8 +244,8 @@ def _questions(events: Sequence[dict[str, Any]]) -> list[Question]:
         if event["kind"] == "chat" and event["detail"]["sent_at"] > 0:
             ended = next((t for t in turns if t >= event["ts"]), None)
             looked_up = next((t for t in contexts if t >= event["ts"]), None)
-            if ended is None or looked_up is None or looked_up > ended:
-                looked_up = None
+            if looked_up is not None and ended is not None and looked_up > ended:
+                looked_up = None  # the next question's: this turn recorded no context
             found.append(Question(event["detail"]["sent_at"], event["detail"]["received_at"],
                                   looked_up, ended))
     return found
