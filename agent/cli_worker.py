@@ -185,12 +185,11 @@ def _prepare_process(settings: Settings) -> None:
     """Load what sessions share once, here, rather than in the first session that needs it:
     the session code, the model SDKs of the tiers, the offline embedder's weights, an OCR
     engine, and what the first turn and the first kept frame import. An import holds the GIL:
-    in a burst of 30 joining, the first session's imports of genai-prices' model table
-    (0.85 s) and Pillow's image plugins (0.3 s) stalled every session's loop (measured with
-    PYTHONPROFILEIMPORTTIME in bench.load). numpy imports `numpy.ma` on the first median of
-    floats (the change detector's perceptual hash of a session's first frame): 53 ms on an idle
-    process, and in a py-spy profile of a burst of 30 the one import left after registering
-    (1.45 s of samples across two processes).
+    in a burst of 30 joining, the first session's import of genai-prices' model table (0.85 s)
+    stalled every session's loop (measured with PYTHONPROFILEIMPORTTIME in bench.load). numpy
+    imports `numpy.ma` on the first median of floats (the change detector's perceptual hash of
+    a session's first frame): 53 ms on an idle process, and in a py-spy profile of a burst of
+    30 the one import left after registering (1.45 s of samples across two processes).
 
     What is loaded here lives as long as the process, so it is then frozen out of the garbage
     collector's sight (`gc.freeze`): each full collection walked all of it, ~370,000 objects,
@@ -199,10 +198,16 @@ def _prepare_process(settings: Settings) -> None:
 
     A thread waiting for the GIL asks its holder to let go after `GIL_SWITCH_S` (Python's
     default 5 ms): a turn waits at each of its many wake-ups (a database reply, a model's
-    chunk, a LiveKit message) behind the frame analysis of other sessions."""
+    chunk, a LiveKit message) behind the frame analysis of other sessions.
+
+    OpenCV splits a call across threads of its own, as many as the cores; a worker's
+    parallelism is its sessions, and the split costs CPU a loaded machine does not have: a
+    screenshot's encode (vision/jpeg.py) took 4.0-4.4 ms of CPU on two threads against 3.2 on
+    one for 720p, 8.9-9.2 against 6.9-7.1 for 1080p scaled to 1365×768 (the same frames,
+    alternating, idle machine)."""
+    import cv2
     import numpy.ma  # noqa: F401 - importing it is the point
     from genai_prices import data_snapshot
-    from PIL import Image
 
     from vision.ocr import thread_engine
     from vision.screen_text import shared_pool
@@ -214,12 +219,12 @@ def _prepare_process(settings: Settings) -> None:
     prepare_sdks(settings.cascade_tiers(),
                  gemini_embeddings=settings.embeddings_in_use() == "gemini")
     data_snapshot.get_snapshot()
-    Image.preinit()
     make_embedder(settings)
     if settings.reranker == "cohere":
         import cohere  # noqa: F401 - what the first reranker made would import (memory/rerank.py)
     if settings.screen_text:
         shared_pool(settings.ocr_threads).submit(thread_engine).result()
+    cv2.setNumThreads(1)
     gc.collect()  # what loading left as garbage is freed, not frozen
     gc.freeze()
     sys.setswitchinterval(GIL_SWITCH_S)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import llm
-from livekit.agents.utils.images import EncodeOptions, ResizeOptions, encode
+
+from vision.jpeg import jpeg_bytes
 
 from .config import IMAGE_DETAILS
 from .screen_context import UNSENT_FRAME
@@ -96,12 +97,10 @@ class ImageBill:
 
 
 def _data_url(frame: rtc.VideoFrame, width: int, height: int) -> str:
-    data = encode(frame, EncodeOptions(
-        format="JPEG", quality=JPEG_QUALITY,
-        # the size already keeps the aspect; "skew" sends exactly that size, where an aspect
-        # fit may round a pixel off and bill differently from what was predicted
-        resize_options=ResizeOptions(width=width, height=height, strategy="skew"),
-    ))
+    # exactly the size `sized_for` chose: an aspect fit could round a pixel off and bill
+    # differently from what was predicted. OpenCV, not livekit-agents' Pillow encode: it lets
+    # the process's other sessions run meanwhile (vision/jpeg.py)
+    data = jpeg_bytes(frame, JPEG_QUALITY, (width, height))
     return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
@@ -125,7 +124,7 @@ class ImageEncoder:
         key = (id(frame), width, height)
         cached = self._cache.get(key)
         if cached is None:
-            # JPEG encoding of a full frame takes tens of ms: keep it off the event loop
+            # JPEG encoding of a full frame takes 5-10 ms of CPU: keep it off the event loop
             encoding = asyncio.ensure_future(asyncio.to_thread(_data_url, frame, width, height))
             encoding.add_done_callback(lambda done: self._settled(key, done))
             cached = self._cache[key] = (frame, encoding)

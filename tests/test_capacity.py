@@ -304,7 +304,8 @@ def test_the_worker_caps_malloc_arenas() -> None:
 
 
 PRELOAD_PROBE = """
-import asyncio, dataclasses, gc, io, json, sys
+import asyncio, dataclasses, gc, json, sys
+import cv2
 import numpy as np
 import pydantic
 from livekit.agents import llm
@@ -313,7 +314,7 @@ from agent.config import Settings
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply, ScriptedToolCall
 _prepare_process(Settings.from_env())
 frozen, tracked = gc.get_freeze_count(), len(gc.get_objects())
-switch_s = sys.getswitchinterval()
+switch_s, cv2_threads = sys.getswitchinterval(), cv2.getNumThreads()
 
 def models_to_build():
     found, todo = set(), [pydantic.BaseModel]
@@ -354,17 +355,20 @@ async def main():
         settings = dataclasses.replace(Settings.from_env(), gemini_base_url=server.base_url,
                                        anthropic_base_url=server.base_url)
         before, unbuilt = set(sys.modules), models_to_build()
+        from agent.images import _data_url
         from agent.pricing import PriceTable
-        from PIL import Image
+        from livekit import rtc
         await first_turns(settings)
         PriceTable.load().get("gemini-2.5-flash-lite")  # a first turn's price
-        Image.new("RGB", (64, 64)).save(io.BytesIO(), "JPEG")  # and its image for the model
+        frame = rtc.VideoFrame(64, 64, rtc.VideoBufferType.I420, bytes(64 * 64 * 3 // 2))
+        _data_url(frame, 48, 48)  # and its image for the model
         from vision.phash import phash
         phash(np.zeros((720, 1280), np.uint8))  # a first frame's perceptual hash
         providers = sorted({r.provider for r in server.requests})
         built = unbuilt - models_to_build()
         print(json.dumps({"imported": sorted(set(sys.modules) - before), "providers": providers,
                           "frozen": frozen, "tracked": tracked, "switch_s": switch_s,
+                          "cv2_threads": cv2_threads,
                           "built": sorted(f"{m.__module__}.{m.__qualname__}" for m in built)}))
 
 asyncio.run(main())
@@ -392,8 +396,10 @@ def test_what_the_first_turn_imports_and_builds_is_ready_before_any_job(
     # collection would walk it all, holding the GIL
     assert found["frozen"] > 100_000 and found["tracked"] < found["frozen"] / 100, found
     assert found["switch_s"] == pytest.approx(GIL_SWITCH_S) and GIL_SWITCH_S < 0.005
+    assert found["cv2_threads"] == 1  # a worker's parallelism is its sessions
     # among what was imported late before: anthropic (the default tiers' Claude), genai-prices'
-    # table, Pillow's plugins, numpy.ma (a first median of floats), anyio's asyncio backend
+    # table, Pillow's plugins (screenshots are encoded with OpenCV since), numpy.ma (a first
+    # median of floats), anyio's asyncio backend
     assert found["imported"] == []
 
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 from livekit import rtc
 
-from .frames import SampledFrame, i420_size
+from .frames import SampledFrame
+from .jpeg import jpeg_bytes
 
 log = logging.getLogger("sightline.vision")
 
@@ -29,22 +29,6 @@ JPEG_QUALITY = 85
 
 def _name(t: float) -> str:
     return f"{t:010.3f}.jpg"
-
-
-
-def _encode(frame: rtc.VideoFrame) -> bytes:
-    yuv = np.frombuffer(frame.data, np.uint8, count=i420_size(frame.width, frame.height))
-    if frame.width % 2 or frame.height % 2:  # OpenCV's I420 conversion wants even sides
-        frame = frame.convert(rtc.VideoBufferType.RGBA)
-        rgba = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 4)
-        bgr = cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR)
-    else:
-        bgr = cv2.cvtColor(yuv.reshape(frame.height * 3 // 2, frame.width),
-                           cv2.COLOR_YUV2BGR_I420)
-    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return data.tobytes()
 
 
 def load(path: Path, t: float) -> SampledFrame:
@@ -99,7 +83,7 @@ class FrameArchive:
             await asyncio.to_thread(self._trim)
 
     def _write(self, frame: SampledFrame) -> int:
-        data = _encode(frame.frame)
+        data = jpeg_bytes(frame.frame, JPEG_QUALITY)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / _name(frame.t)
         try:

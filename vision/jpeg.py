@@ -1,0 +1,63 @@
+"""A frame as JPEG bytes, optionally resized, with OpenCV.
+
+A worker hosts many sessions in one process, each on its own event loop in its own thread, all
+sharing one GIL. Pillow's JPEG encoder (what livekit-agents' `utils.images.encode` runs, and
+what the model's screenshots went through) holds the GIL for the whole encode: 6-10 ms for a
+720p frame on one core, longer when the thread is preempted, and every other session of the
+process waits meanwhile. OpenCV releases the GIL inside each call (colour conversion, resize,
+encode), so the process's other sessions run while a frame is encoded (`bench/screenshot_encode.py`
+measures both). I420 frames, what WebRTC decoders produce, go to BGR in one conversion.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from livekit import rtc
+
+from .frames import as_i420, check_frame, i420_size
+
+# frame types OpenCV converts from directly, with their bytes per pixel
+_TO_BGR = {
+    rtc.VideoBufferType.RGBA: (cv2.COLOR_RGBA2BGR, 4),
+    rtc.VideoBufferType.BGRA: (cv2.COLOR_BGRA2BGR, 4),
+    rtc.VideoBufferType.RGB24: (cv2.COLOR_RGB2BGR, 3),
+}
+
+
+def bgr_pixels(frame: rtc.VideoFrame) -> np.ndarray:
+    """The frame as a height × width × 3 BGR array (a new array: the frame is not touched)."""
+    check_frame(frame)
+    width, height = frame.width, frame.height
+    if frame.type == rtc.VideoBufferType.I420 and not (width % 2 or height % 2):
+        yuv = np.frombuffer(frame.data, np.uint8, count=i420_size(width, height))
+        return cv2.cvtColor(yuv.reshape(height * 3 // 2, width), cv2.COLOR_YUV2BGR_I420)
+    if frame.type not in _TO_BGR:  # OpenCV's I420 conversion wants even sides; others go by RGBA
+        frame = as_i420(frame).convert(rtc.VideoBufferType.RGBA)
+    code, channels = _TO_BGR[frame.type]
+    pixels = np.frombuffer(frame.data, np.uint8, count=width * height * channels)
+    return cv2.cvtColor(pixels.reshape(height, width, channels), code)
+
+
+def _interpolation(x_scale: float, y_scale: float) -> int:
+    """Bilinear down to half size: as sharp as Pillow's bicubic resize (the reference in
+    tests/test_jpeg.py) at a seventh of area averaging's cost (2.4 against 16.5 ms for 1080p to
+    1365×768: area averaging is slow at fractional scales). Below half, bilinear skips pixels and
+    aliases thin strokes of text, so area averaging; cubic when enlarging."""
+    if x_scale > 1 or y_scale > 1:
+        return cv2.INTER_CUBIC
+    return cv2.INTER_LINEAR if min(x_scale, y_scale) >= 0.5 else cv2.INTER_AREA
+
+
+def jpeg_bytes(frame: rtc.VideoFrame, quality: int,
+               size: tuple[int, int] | None = None) -> bytes:
+    """The frame as a JPEG of `quality` (1-100), at `size` (width, height) when given: exactly
+    that size (the caller keeps the aspect; a provider bills by the size sent)."""
+    bgr = bgr_pixels(frame)
+    if size is not None and size != (frame.width, frame.height):
+        bgr = cv2.resize(bgr, size, interpolation=_interpolation(
+            size[0] / frame.width, size[1] / frame.height))
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
