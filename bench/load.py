@@ -4,6 +4,7 @@ worker in memory and CPU, whether 1 FPS sampling holds, and whether a long run l
     .venv/bin/python -m bench.load --capacity 30         # levels 8, 16, 30 arriving in bursts
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --arrival stagger --gap-s 4
     .venv/bin/python -m bench.load --levels 8 --reference /tmp/before/.venv/bin/sightline
+    .venv/bin/python -m bench.load --levels 30 --capacity 30 --reference OTHER --pairs 4
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --soak 10   # 10 minutes
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --split-cores  # users elsewhere
     .venv/bin/python -m bench.load --levels 30 --capacity 30 --processes 2  # two processes
@@ -32,9 +33,12 @@ sampled frames per session-second; CPU cores of the worker, the users' processes
 Postgres and the scripted model server (all share the machine's cores), and the cores the
 hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
 session above its idle RSS. With `--reference`, the same levels run against another build (the
-process-per-session worker this replaced) and the ratios are printed. With `--soak`, RSS and
-open files are sampled for the whole run and their growth after warm-up is printed. Last line:
-JSON.
+process-per-session worker this replaced) and the ratios are printed; with `--pairs N`, N pairs
+a level, alternating which build runs first (a pair's second run shares the first's database,
+LiveKit server and model server, and on a busy shared host the hour drifts between them), then
+each build's median overhead over the pairs and how many pairs this build won. With `--soak`,
+RSS and open files are sampled for the whole run and their growth after warm-up is printed.
+Last line: JSON.
 """
 
 from __future__ import annotations
@@ -527,6 +531,29 @@ def ratios(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, float | None]
     }
 
 
+def pair_order(pair: int) -> tuple[str, str]:
+    """Which build runs first in the `pair`-th pair of a level: this one in even pairs, the
+    reference in odd ones."""
+    return ("sightline", "reference") if pair % 2 == 0 else ("reference", "sightline")
+
+
+def pairs_summary(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Over one level's pairs: each build's median overhead p50 / p95 (whole run and steady
+    window), and the pairs whose whole-run p95 this build beat."""
+    def median(tag: str, key: str) -> float | None:
+        values = [e[tag][key] for e in entries if e[tag].get(key) is not None]
+        return round(statistics.median(values), 1) if values else None
+
+    keys = ("overhead_ms_p50", "overhead_ms_p95", "steady_overhead_ms_p50",
+            "steady_overhead_ms_p95")
+    return {
+        "pairs": len(entries),
+        **{f"{tag}_{key}": median(tag, key) for tag in ("sightline", "reference") for key in keys},
+        "won_p95": sum(e["sightline"]["overhead_ms_p95"] < e["reference"]["overhead_ms_p95"]
+                       for e in entries),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="8,16,30",
@@ -555,6 +582,9 @@ def main() -> int:
                         default=Path(sys.executable).with_name("sightline"))
     parser.add_argument("--reference", type=Path,
                         help="another build's sightline executable to run the same levels on")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="with --reference: pairs of runs a level, alternating which build "
+                             "runs first (default 1: this build first)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR and keep it (logs, cost logs); default: a temporary "
                              "directory, removed")
@@ -565,6 +595,8 @@ def main() -> int:
                              "the models on the others: the worker measured as if its users "
                              "were on other machines")
     args = parser.parse_args()
+    if args.pairs < 1:
+        parser.error(f"--pairs must be at least 1 (got {args.pairs})")
     worker_cpus: frozenset[int] = frozenset()
     if args.split_cores:
         cpus = sorted(os.sched_getaffinity(0))
@@ -600,17 +632,26 @@ def main() -> int:
                                       soak_s=args.soak * 60)
                     print_level("sightline soak", level)
                     result["levels"].append(level)
+                builds = {"sightline": opts.sightline, "reference": args.reference}
                 for n in ([] if args.soak else opts.levels):
-                    level = run_level(n, *common, sightline=opts.sightline)
-                    print_level("sightline", level)
-                    entry: dict[str, Any] = {"sightline": level}
-                    if args.reference:
-                        ref = run_level(n, *common, sightline=args.reference)
-                        print_level("reference", ref)
-                        entry["reference"] = ref
-                        entry["ratios"] = ratios(level, ref)
-                        print(f"  ratios (better when > 1): {entry['ratios']}", file=sys.stderr)
-                    result["levels"].append(entry)
+                    entries = []
+                    for pair in range(args.pairs if args.reference else 1):
+                        entry: dict[str, Any] = {}
+                        for tag in pair_order(pair):
+                            if builds[tag] is not None:
+                                entry[tag] = run_level(n, *common, sightline=builds[tag])
+                                print_level(tag, entry[tag])
+                        if args.reference:
+                            entry["first"] = pair_order(pair)[0]
+                            entry["ratios"] = ratios(entry["sightline"], entry["reference"])
+                            print(f"  ratios (better when > 1): {entry['ratios']}",
+                                  file=sys.stderr)
+                        result["levels"].append(entry)
+                        entries.append(entry)
+                    if args.reference and args.pairs > 1:
+                        summary = {"sessions": n, **pairs_summary(entries)}
+                        print(f"  over the pairs: {summary}", file=sys.stderr)
+                        result.setdefault("pairs", []).append(summary)
         finally:
             models_conn.send("stop")
             models.join(10)

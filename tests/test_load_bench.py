@@ -1,8 +1,9 @@
 """bench/load.py splits each answered question's round trip into its hops from the sessions'
 event logs (the `chat` event says when a question reached the worker), gives the overhead of the
 steady window's questions apart, and counts the screen-text reads the sessions folded because their
-reader fell behind and the shares they subscribed to again; and reads the cores the hypervisor
-stole beside each process group's CPU."""
+reader fell behind and the shares they subscribed to again; reads the cores the hypervisor
+stole beside each process group's CPU; and, comparing two builds in pairs, alternates which runs
+first and sums the pairs up per build."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from bench.load import (
     Sessions,
     _questions,
     hops,
+    pair_order,
+    pairs_summary,
     read_cost_logs,
     steady_round_trips,
 )
@@ -122,3 +125,27 @@ def test_the_meter_reads_the_machines_stolen_time_beside_each_groups_cpu(
     after = meter.cpu_s()
     assert after["stolen"] - before["stolen"] == approx(3.5)
     assert after["bench"] > before["bench"]  # the group's own CPU, read from its processes
+
+
+def test_pairs_alternate_which_build_runs_first() -> None:
+    assert [pair_order(i) for i in range(3)] == [("sightline", "reference"),
+                                                 ("reference", "sightline"),
+                                                 ("sightline", "reference")]
+
+
+def test_the_pairs_summary_takes_each_builds_median_and_counts_the_pairs_won() -> None:
+    def run(p50: float, p95: float, steady_p95: float | None) -> dict[str, float | None]:
+        return {"overhead_ms_p50": p50, "overhead_ms_p95": p95,
+                "steady_overhead_ms_p50": p50, "steady_overhead_ms_p95": steady_p95}
+
+    entries = [{"sightline": run(100, 400, 300), "reference": run(150, 500, 450)},
+               {"sightline": run(120, 600, None), "reference": run(140, 550, 500)},
+               {"sightline": run(110, 300, 250), "reference": run(160, 700, 650)}]
+    summary = pairs_summary(entries)
+    assert summary["pairs"] == 3 and summary["won_p95"] == 2
+    assert summary["sightline_overhead_ms_p95"] == 400
+    assert summary["reference_overhead_ms_p95"] == 550
+    assert summary["sightline_overhead_ms_p50"] == 110
+    # a run without a steady window is left out of that median, not counted as zero
+    assert summary["sightline_steady_overhead_ms_p95"] == 275
+    assert summary["reference_steady_overhead_ms_p95"] == 500
