@@ -2,11 +2,11 @@
 
 A worker hosts many sessions in one process, each on its own event loop in its own thread, all
 sharing one GIL. Pillow's JPEG encoder (what livekit-agents' `utils.images.encode` runs, and
-what the model's screenshots went through) holds the GIL for the whole encode: 6-10 ms for a
-720p frame on one core, longer when the thread is preempted, and every other session of the
-process waits meanwhile. OpenCV releases the GIL inside each call (colour conversion, resize,
-encode), so the process's other sessions run while a frame is encoded (`bench/screenshot_encode.py`
-measures both). I420 frames, what WebRTC decoders produce, go to BGR in one conversion.
+what the model's screenshots went through before) holds the GIL for the whole encode: 3-10 ms
+for a frame, longer when the thread is preempted, and every other session of the process waits
+meanwhile. OpenCV releases the GIL inside each call (colour conversion, resize, encode), so the
+process's other sessions run while a frame is encoded (`bench/screenshot_encode.py` measures
+both). I420 frames, what WebRTC decoders produce, go to BGR in one conversion.
 """
 
 from __future__ import annotations
