@@ -53,10 +53,7 @@ def frames_of(count: int, width: int, height: int) -> list[rtc.VideoFrame]:
         for _, frame in every[::step][: count // 2]:
             rgba = frame.convert(rtc.VideoBufferType.RGBA)
             pixels = np.frombuffer(rgba.data, np.uint8).reshape(frame.height, frame.width, 4)
-            if (frame.width, frame.height) != (width, height):
-                rows = np.linspace(0, frame.height - 1, height).astype(int)
-                cols = np.linspace(0, frame.width - 1, width).astype(int)
-                pixels = np.ascontiguousarray(pixels[rows][:, cols])
+            pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_NEAREST)
             frames.append(as_i420(rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA,
                                                  pixels.tobytes())))
     return frames

@@ -1,9 +1,10 @@
 """Frames as JPEG bytes (vision/jpeg.py).
 
 Protects: every frame type a source may deliver (I420 of even or odd sides, NV12, RGBA, BGRA,
-ABGR, RGB24) encodes to a JPEG of the same picture; a requested size is met exactly, shrunk by
-area averaging so the screen's text stays as legible as a reference resize makes it; quality is
-honoured; a frame whose buffer is too short fails with the frame checker's error, not a crash.
+ABGR, RGB24) encodes to a JPEG of the same picture; a requested size is met exactly, shrunk
+(bilinear down to half size, area averaging below) so the screen's text stays as sharp as
+Pillow's resize makes it, without aliasing; quality is honoured; a frame whose buffer is too
+short fails with the frame checker's error, not a crash.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import numpy as np
 import pytest
 from livekit import rtc
 from PIL import Image
-from synthetic_screen import Desk
+from synthetic_screen import Desk, rgb_frame
 
-from vision.frames import InvalidFrame, as_i420
+from vision.frames import InvalidFrame
 from vision.jpeg import jpeg_bytes
 
 
@@ -46,7 +47,7 @@ def frame_of(rgb: np.ndarray, kind: rtc.VideoBufferType.ValueType) -> rtc.VideoF
         return rtc.VideoFrame(width, height, kind, abgr.tobytes())
     if kind == rtc.VideoBufferType.RGB24:
         return rtc.VideoFrame(width, height, kind, np.ascontiguousarray(rgb).tobytes())
-    i420 = as_i420(rgba)
+    i420 = rgb_frame(rgb)
     if kind == rtc.VideoBufferType.I420:
         return i420
     # NV12: the same luma, then the two chroma planes interleaved

@@ -25,7 +25,7 @@ _TO_BGR = {
 }
 
 
-def bgr_pixels(frame: rtc.VideoFrame) -> np.ndarray:
+def _bgr_pixels(frame: rtc.VideoFrame) -> np.ndarray:
     """The frame as a height × width × 3 BGR array (a new array: the frame is not touched)."""
     check_frame(frame)
     width, height = frame.width, frame.height
@@ -53,7 +53,7 @@ def jpeg_bytes(frame: rtc.VideoFrame, quality: int,
                size: tuple[int, int] | None = None) -> bytes:
     """The frame as a JPEG of `quality` (1-100), at `size` (width, height) when given: exactly
     that size (the caller keeps the aspect; a provider bills by the size sent)."""
-    bgr = bgr_pixels(frame)
+    bgr = _bgr_pixels(frame)
     if size is not None and size != (frame.width, frame.height):
         bgr = cv2.resize(bgr, size, interpolation=_interpolation(
             size[0] / frame.width, size[1] / frame.height))
