@@ -45,6 +45,7 @@ from .event_log import Event
 from .left_open import close_left_open
 from .metering import MODEL_KINDS
 from .redispatch import Redispatcher
+from .reply_transcript import ReplyTranscript
 from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
 from .session import SessionRuntime
@@ -158,6 +159,8 @@ async def run_session(ctx: JobContext) -> None:
     if microphone is not None:
         session.on("user_state_changed", lambda ev: microphone.read())
         runtime.heard_reception = microphone.take
+    # text-only replies go out in as few room requests as each allows (agent/reply_transcript.py)
+    replies = ReplyTranscript(ctx.room) if settings.tts is None else None
     watch = process_watchdog(settings.session_stall_s).watch(
         f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))
 
@@ -166,6 +169,8 @@ async def run_session(ctx: JobContext) -> None:
             await inbox.aclose()
             await screen_share.aclose()
             await session.aclose()
+            if replies is not None:
+                await replies.aclose()
             if microphone is not None:
                 await microphone.aclose()
             summary = await runtime.close()
@@ -197,6 +202,8 @@ async def run_session(ctx: JobContext) -> None:
         # and the replies (bench.load: 110 of 150 answered with them, 145 without)
         session_host=False,
     )
+    if replies is not None:
+        session.output.transcription = replies
     inbox.attach(session, participant.identity,
                  lambda detail: runtime.record.events.record("chat", detail=detail),
                  on_text=runtime.turn_context.prefetch)

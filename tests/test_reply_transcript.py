@@ -1,0 +1,144 @@
+"""The agent's text replies on `lk.transcription` (agent/reply_transcript.py), on a real LiveKit
+server: a reply whole within the hold goes out as one send, a slower one streams as it comes
+with its text coalesced, replies keep their order, and a room that is gone costs one log line
+per reply and never an exception in the session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from livekit import api, rtc
+
+from agent.reply_transcript import ReplyTranscript
+from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer
+
+
+@dataclass
+class Received:
+    """One stream as the user's client read it: its chunks, its attributes after the close."""
+
+    chunks: list[str] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+    chunk_at: list[float] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+async def _join(livekit: LiveKitServer, room: str, identity: str) -> rtc.Room:
+    token = (api.AccessToken(API_KEY, API_SECRET).with_identity(identity)
+             .with_grants(api.VideoGrants(room_join=True, room=room)).to_jwt())
+    joined = rtc.Room()
+    await joined.connect(livekit.ws_url, token)
+    return joined
+
+
+@pytest.fixture
+async def rooms(livekit: LiveKitServer, request: pytest.FixtureRequest
+                ) -> AsyncIterator[tuple[rtc.Room, asyncio.Queue[Received]]]:
+    """The agent's room and the user's streams as they end, in a room of the test's own."""
+    name = request.node.name.replace("_", "-")[:40]
+    agent = await _join(livekit, name, "agent")
+    user_here = asyncio.Event()
+    agent.on("participant_connected", lambda _participant: user_here.set())
+    user = await _join(livekit, name, "user")
+    ended: asyncio.Queue[Received] = asyncio.Queue()
+    reading: set[asyncio.Task[None]] = set()
+
+    def on_stream(reader: rtc.TextStreamReader, identity: str) -> None:
+        async def read() -> None:
+            received = Received()
+            async for chunk in reader:
+                received.chunks.append(chunk)
+                received.chunk_at.append(asyncio.get_running_loop().time())
+            received.attributes = dict(reader.info.attributes or {})
+            ended.put_nowait(received)
+        task = asyncio.get_running_loop().create_task(read())
+        reading.add(task)
+        task.add_done_callback(reading.discard)
+
+    user.register_text_stream_handler("lk.transcription", on_stream)
+    if "user" not in agent.remote_participants:
+        await asyncio.wait_for(user_here.wait(), 10)
+    try:
+        yield agent, ended
+    finally:
+        await user.disconnect()
+        await agent.disconnect()
+
+
+async def _next(ended: asyncio.Queue[Received]) -> Received:
+    return await asyncio.wait_for(ended.get(), 10)
+
+
+async def test_a_reply_whole_within_the_hold_goes_out_as_one_send(
+    rooms: tuple[rtc.Room, asyncio.Queue[Received]],
+) -> None:
+    agent, ended = rooms
+    replies = ReplyTranscript(agent)
+    for chunk in ("The editor ", "shows the parser; ", "no error is visible."):
+        await replies.capture_text(chunk)
+    replies.flush()
+    received = await _next(ended)
+    assert received.chunks == ["The editor shows the parser; no error is visible."]
+    assert received.attributes["lk.transcription_final"] == "true"
+    assert received.attributes["lk.segment_id"].startswith("SG_")
+    await replies.aclose()
+
+
+async def test_a_slow_reply_streams_as_it_comes_and_coalesces(
+    rooms: tuple[rtc.Room, asyncio.Queue[Received]],
+) -> None:
+    agent, ended = rooms
+    replies = ReplyTranscript(agent, hold_s=0.05)
+    await replies.capture_text("First words, ")
+    await asyncio.sleep(1.0)  # past the hold: the stream opens with what there is
+    for chunk in ("then ", "three ", "more."):  # while no write is in flight: one write
+        await replies.capture_text(chunk)
+    await asyncio.sleep(0.5)
+    replies.flush()
+    received = await _next(ended)
+    assert received.text == "First words, then three more."
+    assert received.chunks[0] == "First words, "
+    assert received.chunks[1:] == ["then three more."]
+    # the first words were read long before the reply ended
+    assert received.chunk_at[1] - received.chunk_at[0] > 0.5
+    assert received.attributes["lk.transcription_final"] == "true"
+    await replies.aclose()
+
+
+async def test_replies_keep_their_order(
+    rooms: tuple[rtc.Room, asyncio.Queue[Received]],
+) -> None:
+    agent, ended = rooms
+    replies = ReplyTranscript(agent, hold_s=0.05)
+    await replies.capture_text("one slow reply, ")
+    await asyncio.sleep(0.3)
+    await replies.capture_text("ended.")
+    replies.flush()
+    await replies.capture_text("A second, whole at once.")
+    replies.flush()
+    first, second = await _next(ended), await _next(ended)
+    assert (first.text, second.text) == ("one slow reply, ended.", "A second, whole at once.")
+    assert first.attributes["lk.segment_id"] != second.attributes["lk.segment_id"]
+    await replies.aclose()
+
+
+async def test_a_room_that_is_gone_costs_a_log_line_per_reply(
+    livekit: LiveKitServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent = await _join(livekit, "gone-room", "agent")
+    await agent.disconnect()
+    replies = ReplyTranscript(agent)
+    caplog.set_level(logging.WARNING, logger="sightline.replies")
+    await replies.capture_text("Nobody hears this.")
+    replies.flush()
+    await replies.aclose()
+    lines = [r.getMessage() for r in caplog.records if r.name == "sightline.replies"]
+    assert len(lines) == 1 and "could not be sent to the room" in lines[0]
+    assert all(r.exc_info is None for r in caplog.records)
