@@ -183,6 +183,7 @@ class LiveAssist:
         self._embedder: Embedder | None = None
         self._knowledge: KnowledgeBase | None = None
         self._intents: IntentIndex | None = None
+        self._has_knowledge = False
         if embedder is not None:
             self.use(embedder, knowledge)
         self._tenant = tenant
@@ -198,6 +199,10 @@ class LiveAssist:
         database: agent/database_watch.py)."""
         self._embedder, self._knowledge = embedder, knowledge
         self._intents = IntentIndex(embedder)
+        # knowledge only grows while a session runs (one deleted meanwhile is searched and
+        # found empty): once the tenant has some, the probe is not asked again, as in the
+        # turn's recall (memory/recall.py), and a turn's assist costs one query, not two
+        self._has_knowledge = False
 
     async def __call__(self, text: str, *, final: bool = True, voice: bool | None = None
                        ) -> Published | None:
@@ -212,7 +217,7 @@ class LiveAssist:
             vector = await self._embedder.embed_query(text)
             intent = await self._intents.classify(vector)
             hits: list[Hit] = []
-            if self._knowledge is not None and await self._knowledge.has_any(self._tenant):
+            if self._knowledge is not None and await self._tenant_has_knowledge():
                 hits = await self._knowledge.lookup(self._tenant, text, k=SUGGESTIONS * 2,
                                                     vector=vector)
         except Exception as exc:
@@ -227,6 +232,11 @@ class LiveAssist:
         for listener in self.listeners:
             listener(message)
         return message
+
+    async def _tenant_has_knowledge(self) -> bool:
+        if not self._has_knowledge and self._knowledge is not None:
+            self._has_knowledge = await self._knowledge.has_any(self._tenant)
+        return self._has_knowledge
 
     def transcribed(self, text: str, *, final: bool) -> None:
         """A transcript from STT: a final one is remembered (the turn's own message follows

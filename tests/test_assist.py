@@ -8,7 +8,7 @@ intent and up to three suggestions, one per document, from the session's tenant 
 gets no intent and no suggestions; interim transcripts and typed drafts are looked up one at a
 time (the rest counted as skipped) and a final one marks the question as voice; the question is
 embedded once for the turn's recall and live assist together (`SharedQueries`), and a failed
-embedding is not kept.
+embedding is not kept; the tenant's knowledge is probed until it has some, then never again.
 """
 
 from __future__ import annotations
@@ -171,3 +171,30 @@ async def test_an_utterance_meets_its_examples_embedded_the_same_way() -> None:
     for name, phrases in INTENTS.items():
         intent = await index.classify(await embedder.embed_query(phrases[0]))
         assert intent is not None and intent.name == name and intent.score > 0.999
+
+
+class ProbeCounting(KnowledgeBase):
+    """The real knowledge base, counting its `has_any` probes."""
+
+    probes = 0
+
+    async def has_any(self, tenant: str) -> bool:
+        self.probes += 1
+        return await super().has_any(tenant)
+
+
+async def test_the_knowledge_probe_stops_once_the_tenant_has_some(db: Database) -> None:
+    embedder = offline_embedder()
+    knowledge = ProbeCounting(db.pool, embedder)
+    assist = LiveAssist(embedder, knowledge, tenant="acme", session_id="s1",
+                        record=lambda _message: None)
+    before = await assist("Why does the VPN client show error 809?")
+    assert before is not None and before["suggestions"] == []
+    assert knowledge.probes == 1
+    await knowledge.ingest_chunks("acme", "help/vpn-reset.md",
+                                  [("v#1", ARTICLES["help/vpn-reset.md"])])
+    for _ in range(3):  # found on the next question; not asked again after that
+        message = await assist("Why does the VPN client show error 809?")
+        assert message is not None
+        assert [s["source"] for s in message["suggestions"]] == ["help/vpn-reset.md"]
+    assert knowledge.probes == 2
