@@ -27,7 +27,7 @@ from memory.db import Database
 from memory.embeddings import Embedder, SharedQueries
 from memory.keeper import MemoryKeeper, MemoryModel
 from memory.knowledge import KnowledgeBase, stored_models
-from memory.recall import TurnRecall
+from memory.recall import VECTOR_WAIT_S, TurnRecall
 from memory.rerank import Record as RerankRecord
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
@@ -64,7 +64,7 @@ from .session_record import COMPLETED, SessionRecord, describe_failure
 from .sightline_agent import SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
-from .turn_context import TurnContext
+from .turn_context import RECALL_TIMEOUT_S, TurnContext
 
 # livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
 # transcript; the reply's first token, first audio and end of speech → agent speaking
@@ -136,15 +136,16 @@ class LongTermMemory:
     async def open(
         cls, settings: Settings, db: Database, store: Store, *, embedder: Embedder,
         reranker: Reranker | None, tenant: str, user_id: str, session_id: str, before_id: int,
-        memory_model: MemoryModel | None,
+        memory_model: MemoryModel | None, vector_wait_s: float = VECTOR_WAIT_S,
     ) -> LongTermMemory:
         """`before_id`: messages below it are not in the session's conversation, so recall
-        looks there; `memory_model`: None keeps no memory (no keeper)."""
+        looks there; `memory_model`: None keeps no memory (no keeper); `vector_wait_s`: how
+        long a turn's recall waits for the question's vector (`RecallBudget`)."""
         memory = UserMemory(db.pool, embedder)
         screen = ScreenTimeline(db.pool, embedder)
         knowledge = KnowledgeBase(db.pool, embedder, reranker)
         recall = TurnRecall(knowledge, memory, tenant=tenant, user_id=user_id,
-                            before_id=before_id, screen=screen)
+                            before_id=before_id, screen=screen, vector_wait_s=vector_wait_s)
         def import_spills() -> Awaitable[RecoveryReport]:
             return recover_spills(settings.costs_dir,
                                   SpillTargets(store, memory, screen, embedder))
@@ -210,6 +211,24 @@ class LongTermMemory:
             await self.reranker.aclose()
 
 
+REPLAY_WAIT_S = 30.0  # what a replay's lookup may take: any machine's, short of a hang
+
+
+@dataclass(frozen=True)
+class RecallBudget:
+    """How long a turn waits for its lookup, and within it for the question's vector. A live
+    turn has a user waiting (agent/turn_context.py, memory/recall.py); a replay is offline work
+    that must answer the same on a busy machine as on a quiet one, so its lookups are given time
+    enough (the `context` event still says how long each took)."""
+
+    lookup_s: float = RECALL_TIMEOUT_S
+    vector_s: float = VECTOR_WAIT_S
+
+    @classmethod
+    def for_source(cls, source: str) -> RecallBudget:
+        return cls(REPLAY_WAIT_S, REPLAY_WAIT_S) if source == "replay" else cls()
+
+
 @dataclass
 class SessionRuntime:
     session_id: str
@@ -232,6 +251,7 @@ class SessionRuntime:
     # a live session's: how the user's microphone arrived since the turn before (WebRTC's
     # jitter buffer's counts, agent/audio_reception.py), for each spoken turn's `heard` event
     heard_reception: Callable[[], dict[str, float]] | None = None
+    recall_budget: RecallBudget = RecallBudget()
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
@@ -298,7 +318,8 @@ class SessionRuntime:
             try:
                 runtime = await cls._assemble(
                     settings, db, store, record, parts, tiers, providers, embedder, reranker,
-                    tenant=tenant, user_id=user_id, room=room, read_gate=read_gate)
+                    tenant=tenant, user_id=user_id, room=room, read_gate=read_gate,
+                    budget=RecallBudget.for_source(source))
             except BaseException as exc:
                 await parts.aclose()
                 await record.close(*describe_failure(exc))
@@ -315,6 +336,7 @@ class SessionRuntime:
         record: SessionRecord, parts: AsyncExitStack, tiers: list[Tier],
         providers: list[ChatProvider], embedder: Embedder | None, reranker: Reranker | None, *,
         tenant: str, user_id: str, room: str | None, read_gate: CpuGate | None,
+        budget: RecallBudget,
     ) -> SessionRuntime:
         """The session's parts, once its row and record exist; each part that needs closing
         is put on `parts` as it is made."""
@@ -330,7 +352,7 @@ class SessionRuntime:
                 user_id=user_id, session_id=session_id, before_id=conversation.recall_before,
                 memory_model=TierMemoryModel(providers[0], tiers[0], meter,
                                              settings.model_timeout_s)
-                if settings.memory_updates else None)
+                if settings.memory_updates else None, vector_wait_s=budget.vector_s)
             parts.push_async_callback(memory.finish)
         screen_memory = SessionScreenMemory(
             settings, events, session_id=session_id, tenant=tenant, user_id=user_id,
@@ -347,6 +369,7 @@ class SessionRuntime:
             ScreenContext(screen, settings.image_policy, screen_memory.story, shown),
             memory.recall if memory else None,
             note=lambda note: events.record("context", detail=note), session_id=session_id,
+            recall_timeout_s=budget.lookup_s,
             # for the first tier: most turns start there (agent/cascade.py EscalationPolicy)
             warm=partial(images.warm, provider=tiers[0].provider))
         handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
@@ -371,7 +394,7 @@ class SessionRuntime:
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
                       conversation=conversation, memory=memory, handoff=handoff,
-                      assist=assist, turn_context=turn_context)
+                      assist=assist, turn_context=turn_context, recall_budget=budget)
         if memory is None and settings.memory_updates:
             runtime.deferred = DeferredExchanges(settings.costs_dir, tenant=tenant,
                                                  user_id=user_id, session_id=session_id)
@@ -401,7 +424,7 @@ class SessionRuntime:
             memory = await LongTermMemory.open(
                 self.settings, db, store, embedder=embedder, reranker=reranker,
                 tenant=self.tenant, user_id=self.user_id, session_id=self.session_id,
-                before_id=before_id, memory_model=None)
+                before_id=before_id, memory_model=None, vector_wait_s=self.recall_budget.vector_s)
             parts.pop_all()
         self.memory = memory  # closed with the session from here
         self.turn_context.recall_with(memory.recall)

@@ -105,8 +105,10 @@ class TurnContext:
     def __init__(
         self, screen: ScreenContext, recall: Recall | None = None, note: Note | None = None,
         session_id: str = "", warm: Warm | None = None,
+        recall_timeout_s: float = RECALL_TIMEOUT_S,
     ) -> None:
         self._screen = screen
+        self._recall_timeout_s = recall_timeout_s
         self._recall = recall
         self._note = note
         self._warm = warm
@@ -127,10 +129,11 @@ class TurnContext:
             return None, "off"
         try:
             with tracer.start_as_current_span("sightline.recall"):
-                return await asyncio.wait_for(self._recall(question), RECALL_TIMEOUT_S), "done"
+                return (await asyncio.wait_for(self._recall(question), self._recall_timeout_s),
+                        "done")
         except TimeoutError:
             log.warning("knowledge and memory lookup took over %.1f s, answering without it",
-                        RECALL_TIMEOUT_S)
+                        self._recall_timeout_s)
             return None, "timeout"
         except Exception as exc:
             log.warning("knowledge and memory lookup failed, answering without them: %r", exc)

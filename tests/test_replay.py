@@ -21,10 +21,11 @@ from agent.config import Settings
 from agent.providers import ProviderError
 from agent.replay import replay
 from agent.replay_script import load_fixture
-from agent.session import SessionRuntime
+from agent.session import REPLAY_WAIT_S, RecallBudget, SessionRuntime
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply
 from memory.conversation import ConversationLog
 from memory.db import Database
+from memory.recall import VECTOR_WAIT_S
 from memory.store import Store
 
 DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())
@@ -444,3 +445,20 @@ async def test_tenant_budget_counts_earlier_sessions_from_postgres(
     assert two["budget"]["tenant_spent_usd"] >= one["total_cost_usd"] > 0
     assert two["budget"]["escalation_capped_at_tier"] == 0
     assert "tenant:100%" in one["budget"]["thresholds_crossed"]
+
+
+async def test_a_replay_is_given_time_for_its_lookups(settings: Settings, db: Database) -> None:
+    """A replay answers the same on a busy machine as on a quiet one: its turns wait for their
+    lookups (a live turn gives up after 0.5 s, and on the question's vector after 0.3 s)."""
+    settings = settings.with_overrides(gemini_api_key="test-key", anthropic_api_key="test-key",
+                                       embeddings="offline", memory_updates=False)
+    for source, vector_wait in (("replay", REPLAY_WAIT_S), ("live", VECTOR_WAIT_S)):
+        runtime = await SessionRuntime.open(settings, db, tenant="demo", user_id="dev-1",
+                                            source=source)
+        try:
+            assert runtime.recall_budget == RecallBudget.for_source(source)
+            assert runtime.turn_context._recall_timeout_s == runtime.recall_budget.lookup_s
+            assert runtime.memory is not None
+            assert runtime.memory.recall._vector_wait_s == vector_wait
+        finally:
+            await runtime.close()

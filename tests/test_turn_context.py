@@ -21,9 +21,10 @@ from synthetic_screen import Desk
 from agent import images
 from agent.images import ImageEncoder
 from agent.screen_context import ScreenContext
+from agent.session import RecallBudget
 from agent.turn_context import RECALL_TIMEOUT_S, TurnContext, knowledge_part
 from memory.knowledge import Hit
-from memory.recall import Recalled
+from memory.recall import VECTOR_WAIT_S, Recalled
 from memory.user_memory import Fact, Recollection
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -102,6 +103,25 @@ async def test_a_failing_or_slow_lookup_does_not_stop_the_turn() -> None:
         assert not any("knowledge base" in t or "remember" in t for t in built)
         assert any("No screen share is visible" in t for t in built)
         assert notes[0]["recall"] == outcome  # recorded as it happened, for ops and bench.load
+
+
+async def test_a_replay_waits_for_a_slow_lookup() -> None:
+    """A replay's answers must not depend on how busy the machine is: the lookup a live turn
+    gives up on is waited for, and its time still noted."""
+    async def slow(_question: str) -> Recalled:
+        await asyncio.sleep(RECALL_TIMEOUT_S * 2)
+        return Recalled([HIT], MEMORY)
+
+    budget = RecallBudget.for_source("replay")
+    assert budget.lookup_s > RECALL_TIMEOUT_S and budget.vector_s > VECTOR_WAIT_S
+    assert RecallBudget.for_source("live") == RecallBudget(RECALL_TIMEOUT_S, VECTOR_WAIT_S)
+    notes: list[dict] = []
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="What is on my screen?")
+    built = texts(await TurnContext(screen(), slow, note=notes.append,
+                                    recall_timeout_s=budget.lookup_s).build(ctx))
+    assert any("knowledge base" in t for t in built)
+    assert notes[0]["recall"] == "done" and notes[0]["recall_ms"] >= RECALL_TIMEOUT_S * 1000
 
 
 def test_knowledge_is_cited_by_file_name_and_pdf_page() -> None:
