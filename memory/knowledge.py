@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,9 @@ EMBED_BATCH = 256  # chunks per embedding call during ingest: progress moves bet
 INSERT_BATCH = 1000  # chunks per INSERT statement: ~0.3 s each with the BM25 triggers
 BUILT_IN_TAGS = ("type",)  # set from the file's suffix, never by the user
 RRF_K = 60
+# seconds a tenant's knowledge probe answers whoever asks again (`KnowledgeBase.has_any`): an
+# ingest elsewhere (`kb ingest`) is seen by a running session's turns at most this late
+PROBE_HOLD_S = 1.0
 # page chrome: what a page repeats around its content (mdBook's sidebar and theme menu, ...)
 _CHROME_TAGS = ("nav", "aside", "script", "style", "noscript", "template", "form", "button",
                 "svg", "iframe", "head")
@@ -387,6 +391,8 @@ class KnowledgeBase:
         self.embedder = embedder
         self.reranker = reranker
         self._indexed = False
+        # tenant -> (when asked, the answer): `has_any`'s probe, shared for PROBE_HOLD_S
+        self._probes: dict[str, tuple[float, asyncio.Future[bool]]] = {}
 
     async def _ensure_index(self) -> None:
         """One HNSW index per embedder, over vectors of its dimension."""
@@ -503,6 +509,7 @@ class KnowledgeBase:
         the ones not stored yet with this embedder. Its tags become `metadata` and `built_in`;
         `metadata` None keeps the ones it has. `origin` is the file it was read from: a
         document read from the same file under another name is replaced by this one."""
+        self._probes.pop(tenant, None)
         stored = [(key, storable(text), page) for key, text, page in chunks]
         wanted = [(key, _hash(text), text, position, page)
                   for position, (key, text, page) in enumerate(stored)]
@@ -603,9 +610,23 @@ class KnowledgeBase:
         return [replace(fused[index], score=round(score, 6)) for index, score in order][:k]
 
     async def has_any(self, tenant: str) -> bool:
-        """Whether the tenant has knowledge at all: one index probe, no embedding call."""
-        return bool(await self._pool.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant))
+        """Whether the tenant has knowledge at all: one index probe, no embedding call. Asked
+        again within PROBE_HOLD_S, the same probe answers (a turn's recall and its live assist
+        both ask, moments apart, while a tenant has none); a failed probe is not kept, and
+        this knowledge base's own ingest asks anew."""
+        now = time.monotonic()
+        held = self._probes.get(tenant)
+        if held is None or now - held[0] > PROBE_HOLD_S:
+            probe = asyncio.ensure_future(self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant))
+            probe.add_done_callback(lambda done: self._forget_failed(tenant, done))
+            held = self._probes[tenant] = (now, probe)
+        return bool(await asyncio.shield(held[1]))  # one asker cancelled leaves it to the other
+
+    def _forget_failed(self, tenant: str, done: asyncio.Future[bool]) -> None:
+        held = self._probes.get(tenant)
+        if (done.cancelled() or done.exception() is not None) and held and held[1] is done:
+            del self._probes[tenant]
 
     async def lookup(
         self, tenant: str, question: str, k: int = 3, vector: QueryVector | None = None,

@@ -11,7 +11,9 @@ Whether a part has anything to search is asked of the database until it has: kno
 and screen events only grow while a session runs (one deleted meanwhile is searched and found
 empty), so a "yes" holds for the rest of the session and a turn then goes straight to its
 searches. On a loaded worker the probes were nearly half of a turn's lookup (30 sessions of
-`bench/load.py`: 67 ms p50 / 181 ms p90 of probes against 86 / 213 ms of searches).
+`bench/load.py`: 67 ms p50 / 181 ms p90 of probes against 86 / 213 ms of searches). A part
+still probed (knowledge, for a tenant without any) is probed beside the others' searches, not
+before them.
 
 An embedding that has not come within `VECTOR_WAIT_S`, or that fails (a provider slow under load,
 or down), does not cost the turn what the keywords found: the searches go on by keywords alone,
@@ -69,33 +71,48 @@ class TurnRecall:
     async def __call__(self, question: str) -> Recalled:
         if not question.strip():
             return Recalled()
-        screen = self._screen
-        has_knowledge, has_memory, has_screen = await asyncio.gather(
-            self._has_any("knowledge", lambda: self._knowledge.has_any(self._tenant)),
-            self._has_any("memory", lambda: self._memory.has_any(
-                self._tenant, self._user_id, self._before_id)),
-            self._has_any("screen", lambda: screen.has_any(self._tenant, self._user_id))
-            if screen else _value(False),
-        )
-        if not (has_knowledge or has_memory or has_screen):
-            return Recalled()
-        embedding = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
+        embedding: asyncio.Future[np.ndarray] | None = None
+        vector: asyncio.Future[np.ndarray | None] | None = None
         outcome: list[VectorOutcome] = ["used"]
-        vector = asyncio.ensure_future(self._in_time(embedding, outcome))
+
+        def question_vector() -> asyncio.Future[np.ndarray | None]:
+            """The question's vector, embedded when the first part found to hold something
+            asks for it (never, when none does)."""
+            nonlocal embedding, vector
+            if vector is None:
+                embedding = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
+                vector = asyncio.ensure_future(self._in_time(embedding, outcome))
+            return vector
+
+        screen = self._screen
         try:
             knowledge, memory, screens = await asyncio.gather(
-                self._knowledge.lookup(self._tenant, question, vector=vector)
-                if has_knowledge else _value([]),
-                self._memory.recall(self._tenant, self._user_id, question, vector,
-                                    before_id=self._before_id)
-                if has_memory else _value(Recollection()),
-                screen.recall(self._tenant, self._user_id, question, vector)
-                if screen and has_screen else _value([]),
+                self._searched("knowledge", lambda: self._knowledge.has_any(self._tenant),
+                               lambda: self._knowledge.lookup(self._tenant, question,
+                                                              vector=question_vector()), []),
+                self._searched("memory", lambda: self._memory.has_any(
+                    self._tenant, self._user_id, self._before_id), lambda: self._memory.recall(
+                        self._tenant, self._user_id, question, question_vector(),
+                        before_id=self._before_id), Recollection()),
+                self._searched("screen", lambda: screen.has_any(self._tenant, self._user_id),
+                               lambda: screen.recall(self._tenant, self._user_id, question,
+                                                     question_vector()), [])
+                if screen else _value([]),
             )
         finally:
-            vector.cancel()  # when a search failed first; a finished embedding is unaffected
-            embedding.cancel()
-        return Recalled(knowledge, memory, screens, outcome[0])
+            if vector is not None and embedding is not None:
+                vector.cancel()  # when a search failed first; a finished embedding is unaffected
+                embedding.cancel()
+        return Recalled(knowledge, memory, screens, outcome[0] if vector is not None else "none")
+
+    async def _searched(self, part: str, probe: Callable[[], Awaitable[bool]],
+                        search: Callable[[], Awaitable[T]], empty: T) -> T:
+        """`part`'s search, or `empty` when it has nothing to search. Each part probes and
+        searches on its own, so a part known to hold something is searched at once rather than
+        after the others' probes (the tenant without knowledge is probed every turn)."""
+        if not await self._has_any(part, probe):
+            return empty
+        return await search()
 
     async def _has_any(self, part: str, probe: Callable[[], Awaitable[bool]]) -> bool:
         """Whether `part` has anything to search: asked until it has (see the module's

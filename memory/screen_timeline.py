@@ -119,13 +119,20 @@ class ScreenTimeline:
 
     async def _ranked(
         self, tenant: str, user_id: str | None, query: str, vector: QueryVector, limit: int,
-    ) -> list[ScreenEvent]:
+        *, errors: int = 0,
+    ) -> tuple[list[ScreenEvent], list[ScreenEvent]]:
         """Vector and keyword candidates of the tenant (one user's, or all users'), fused by
-        reciprocal rank; `keyword_rank` set on events that share a word with the query. The
-        keyword side runs first, while the query's vector (if being embedded) is computed."""
+        reciprocal rank, `keyword_rank` set on events that share a word with the query; and
+        the user's latest `errors` errors, newest first. The keyword side and the errors are
+        read first, while the query's vector (if being embedded) is computed, on the one
+        connection: a turn's recall waits for no second one."""
         dim, model = int(self.embedder.dim), self.embedder.name
         async with self._pool.acquire() as conn:
             keyword_rows = await self._keyword_rows(conn, tenant, user_id, query, limit)
+            error_rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM screen_events WHERE tenant = $1 AND user_id = $2"
+                f" AND is_error ORDER BY at DESC, t DESC LIMIT $3", tenant, user_id,
+                errors) if errors else []
             found = await resolved(vector)
             vector_rows = [] if found is None else await conn.fetch(
                 f"SELECT {_COLUMNS}, 1 - (embedding::vector({dim}) <=> $3::vector({dim}))"
@@ -138,8 +145,9 @@ class ScreenTimeline:
 
         def hits(found: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], "screen", float(r["score"])) for r in found]
-        return [replace(_event(rows[h.id], round(h.score, 6)), matched_words=h.id in keyword_ids)
-                for h in fuse(self.embedder.fusion, hits(vector_rows), hits(keyword_rows))]
+        return ([replace(_event(rows[h.id], round(h.score, 6)), matched_words=h.id in keyword_ids)
+                 for h in fuse(self.embedder.fusion, hits(vector_rows), hits(keyword_rows))],
+                [_event(r) for r in error_rows])
 
     async def recall(
         self, tenant: str, user_id: str, question: str, vector: QueryVector,
@@ -149,14 +157,11 @@ class ScreenTimeline:
         rank best on meaning and words fused (a nearest vector alone is not evidence, and costs
         prompt tokens), and, when the question asks about an error, the latest errors first;
         oldest first."""
-        ranked = await self._ranked(tenant, user_id, question, vector, CANDIDATES)
+        ranked, errors = await self._ranked(
+            tenant, user_id, question, vector, CANDIDATES,
+            errors=ERRORS_PER_TURN if _ASKS_ABOUT_ERRORS.search(question) else 0)
         best = [event for event in ranked if event.matched_words]
-        if _ASKS_ABOUT_ERRORS.search(question):
-            rows = await self._pool.fetch(
-                f"SELECT {_COLUMNS} FROM screen_events WHERE tenant = $1 AND user_id = $2"
-                f" AND is_error ORDER BY at DESC, t DESC LIMIT $3", tenant, user_id,
-                ERRORS_PER_TURN)
-            errors = [_event(r) for r in rows]
+        if errors:
             best = errors + [e for e in best if e.id not in {x.id for x in errors}]
         return sorted(best[:k], key=lambda e: (e.at, e.t))
 
@@ -173,7 +178,8 @@ class ScreenTimeline:
         """The tenant's screen events (one user's, or all users') matching `query`, best
         first."""
         vector = await self.embedder.embed_query(query)
-        return (await self._ranked(tenant, user_id, query, vector, max(k, CANDIDATES)))[:k]
+        ranked, _ = await self._ranked(tenant, user_id, query, vector, max(k, CANDIDATES))
+        return ranked[:k]
 
 
 def event_row(

@@ -84,19 +84,17 @@ class UserMemory:
     ) -> Recollection:
         """The summary, the `facts` facts nearest the question, and up to `turns` messages older
         than `before_id` (the ones not already in the conversation) that share a word with the
-        question and rank best on meaning and words fused. The summary and the keyword search
-        run first, while the question's vector (if it is being embedded) is computed; what
-        needs the vector is then one statement (`_nearest`): each round trip after the
-        embedding adds to the turn's wait."""
+        question and rank best on meaning and words fused. The keyword search runs first, while
+        the question's vector (if it is being embedded) is computed; the rest is then one
+        statement (`_nearest`): two round trips in all, as each one waits its turn for the
+        session's connection and, on a loaded worker, for the event loop's thread."""
         async with self._pool.acquire() as conn:
-            summary = await conn.fetchval(
-                "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
-                tenant, user_id)
             keyword_rows = await self._keyword_rows(conn, tenant, user_id, question, before_id)
             found = await resolved(vector)
             # no vector in time: the newest facts, and the messages by their keywords alone
             literal = None if found is None else vector_literal(found)
             nearest = await self._nearest(conn, tenant, user_id, literal, before_id, facts)
+        summary = next((r["content"] for r in nearest if r["kind"] == "summary"), None)
 
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["content"], r["role"], float(r["score"]), at=r["created_at"])
@@ -118,8 +116,9 @@ class UserMemory:
         """The user's `facts` facts nearest the vector `literal` (those of another embedder,
         or none, after them, newest first; all newest first without a vector), then their
         `CANDIDATES` messages older than `before_id` nearest it (none without a vector), each
-        in that order, as rows of `kind` 'fact' (`role` its key, `content` its text,
-        `created_at` when it was updated) or 'message'."""
+        in that order, and the user's summary, as rows of `kind` 'fact' (`role` its key,
+        `content` its text, `created_at` when it was updated), 'message' or 'summary'
+        (`content` its text)."""
         dim, model = int(self.embedder.dim), self.embedder.name
         distance = f"embedding::vector({dim}) <=> $3::vector({dim})"
         return await conn.fetch(
@@ -136,6 +135,9 @@ class UserMemory:
             f" (SELECT id, role, content, created_at, {distance} AS distance FROM messages"
             " WHERE tenant = $1 AND user_id = $2 AND id < $6 AND embed_model = $4"
             " AND $3 IS NOT NULL ORDER BY distance LIMIT $7) m"
+            " UNION ALL"
+            " SELECT 'summary', NULL, NULL, text, updated_at, NULL, 1 FROM memory_summaries"
+            " WHERE tenant = $1 AND user_id = $2"
             " ORDER BY kind, rank",
             tenant, user_id, literal, model, facts, before_id, CANDIDATES)
 

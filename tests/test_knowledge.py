@@ -10,8 +10,10 @@ candidates, is billed in the session record per search unit, and its outage keep
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -24,6 +26,7 @@ from agent.config import ConfigError, Settings
 from agent.pricing import PriceTable
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory import knowledge
 from memory.db import Database
 from memory.embeddings import (
     EmbeddingError,
@@ -241,6 +244,48 @@ async def test_a_turns_lookup_keeps_word_sharing_hits(
     assert hits[0].source.endswith("router.md")
     assert await kb.lookup("acme", "zzzz qqqq") == []  # nearest vectors alone are not enough
     assert await kb.has_any("acme") and not await kb.has_any("globex")
+
+
+class ProbedPool:
+    """The real pool, counting the knowledge probes sent through it; `fail` makes the next
+    probe fail as a database gone away would."""
+
+    PROBE = "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)"
+
+    def __init__(self, pool: Any) -> None:
+        self._pool, self.probes, self.fail = pool, 0, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        if sql == self.PROBE:
+            self.probes += 1
+            if self.fail:
+                self.fail = False
+                raise ConnectionResetError("the database went away")
+            await asyncio.sleep(0.01)  # a round trip: the second asker comes while it is out
+        return await self._pool.fetchval(sql, *args)
+
+
+async def test_a_knowledge_probe_answers_whoever_asks_within_its_hold(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn's recall and its live assist both ask whether the tenant has knowledge, moments
+    apart: one probe answers both. Its own ingest, a failed probe and the hold's end ask anew."""
+    pool = ProbedPool(db.pool)
+    kb = KnowledgeBase(pool, WordLlamaEmbedder())  # type: ignore[arg-type]
+    assert await asyncio.gather(kb.has_any("acme"), kb.has_any("acme")) == [False, False]
+    assert not await kb.has_any("acme") and pool.probes == 1
+    assert not await kb.has_any("globex") and pool.probes == 2  # each tenant its own
+    await kb.ingest_chunks("acme", "vpn.md", [("vpn#1", "Rotate the vpn token every 90 days.")])
+    assert await kb.has_any("acme") and pool.probes == 3
+    pool.fail = True
+    with pytest.raises(ConnectionResetError):
+        await kb.has_any("initech")
+    assert not await kb.has_any("initech") and pool.probes == 5  # the failure was not kept
+    monkeypatch.setattr(knowledge, "PROBE_HOLD_S", 0.0)
+    assert await kb.has_any("acme") and pool.probes == 6
 
 
 async def test_search_filters_on_document_metadata(db: Database, docs: Path) -> None:

@@ -40,7 +40,7 @@ from memory.recall import TurnRecall
 from memory.screen_timeline import ScreenTimeline, event_row
 from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
-from memory.user_memory import UserMemory
+from memory.user_memory import Recollection, UserMemory
 
 LITE = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
 
@@ -649,10 +649,10 @@ async def _vpn_handbook_and_user(db: Database, embedder: CountingEmbedder, user:
 
 
 async def test_keyword_searches_run_while_the_question_is_embedded(settings: Settings) -> None:
-    """The turn's knowledge BM25 search and memory's summary and keyword search need no vector:
-    they run while the question is embedded (this embedder finishes only once they have run),
-    the vector searches after it (memory's facts and messages in one statement), on no more
-    than the session's two connections."""
+    """The turn's knowledge BM25 search and memory's keyword search need no vector: they run
+    while the question is embedded (this embedder finishes only once they have run), the
+    vector searches after it (memory's facts, messages and summary in one statement), on no
+    more than the session's two connections."""
     db = await Database.open(settings.database_url, settings.data_dir, connections=2)
     log = _Log()
     try:
@@ -683,12 +683,43 @@ async def test_keyword_searches_run_while_the_question_is_embedded(settings: Set
         assert recalled.memory.summary == "Asked about vpn." and len(recalled.memory.turns) == 1
         embedded = log.index("embedded")
         vector_searches = [i for i, sql in enumerate(log) if "<=>" in sql]
-        assert len(vector_searches) == 2  # chunks; facts and messages in one statement
+        assert len(vector_searches) == 2  # chunks; facts, messages and summary in one statement
         assert min(vector_searches) > embedded
-        assert any(sql.startswith("SELECT text FROM memory_summaries") for sql in log[:embedded])
+        summary_reads = [sql for sql in log if "memory_summaries" in sql and "EXISTS" not in sql]
+        assert len(summary_reads) == 1 and "<=>" in summary_reads[0]  # with the vector's
         assert pool.most_held == 2
     finally:
         await db.close()
+
+
+async def test_a_part_known_to_hold_something_is_searched_beside_a_slow_probe(
+    db: Database,
+) -> None:
+    """A tenant without knowledge has it probed every turn; the user's memory is searched
+    beside that probe, not after it (this probe answers only once memory has been searched)."""
+    embedder = CountingEmbedder()
+    store = Store(db.pool)
+    await _session(db, "s-u-2", "initech", "u-2")
+    await store_messages(store, embedder, "s-u-2", "initech", [
+        {"user_id": "u-2", "role": "user", "content": "How do I rotate the vpn token?"}])
+    memory_searched = asyncio.Event()
+
+    class SlowProbe(KnowledgeBase):
+        async def has_any(self, tenant: str) -> bool:
+            await asyncio.wait_for(memory_searched.wait(), 10)
+            return await super().has_any(tenant)
+
+    class Searched(UserMemory):
+        async def recall(self, *args: Any, **kwargs: Any) -> Recollection:
+            found = await super().recall(*args, **kwargs)
+            memory_searched.set()
+            return found
+
+    recall = TurnRecall(SlowProbe(db.pool, embedder), Searched(db.pool, embedder),
+                        tenant="initech", user_id="u-2", before_id=await store.next_message_id())
+    recalled = await recall("my vpn token expired")
+    assert recalled.knowledge == [] and recalled.vector == "used"
+    assert [hit.text for hit in recalled.memory.turns] == ["How do I rotate the vpn token?"]
 
 
 @pytest.mark.parametrize("trouble", ["late", "failed"])
