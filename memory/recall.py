@@ -4,8 +4,8 @@ was on the user's screen before (this session or an earlier one).
 The question is embedded once, and only when there is something to search; the knowledge base,
 the user's memory and their screen timeline are searched at the same time, on pooled connections
 (at most the pool's size at once: no search holds two), and each runs the part that needs no
-vector (keywords, the summary) while the question is embedded in its thread, so a turn waits for
-the longer of the two rather than their sum.
+vector (keywords, the latest errors) while the question is embedded in its thread, so a turn
+waits for the longer of the two rather than their sum.
 
 Whether a part has anything to search is asked of the database until it has: knowledge, memory
 and screen events only grow while a session runs (one deleted meanwhile is searched and found
