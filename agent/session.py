@@ -61,7 +61,7 @@ from .providers import ChatProvider, make_provider, tier_providers
 from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
 from .session_record import COMPLETED, SessionRecord, describe_failure
-from .sightline_agent import SightlineAgent
+from .sightline_agent import ASSIST_WAIT_S, SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
 from .turn_context import RECALL_TIMEOUT_S, TurnContext
@@ -216,17 +216,20 @@ REPLAY_WAIT_S = 30.0  # what a replay's lookup may take: any machine's, short of
 
 @dataclass(frozen=True)
 class RecallBudget:
-    """How long a turn waits for its lookup, and within it for the question's vector. A live
-    turn has a user waiting (agent/turn_context.py, memory/recall.py); a replay is offline work
-    that must answer the same on a busy machine as on a quiet one, so its lookups are given time
-    enough (the `context` event still says how long each took)."""
+    """How long a turn waits for its lookup, within it for the question's vector, and for its
+    live assist message before the answer starts. A live turn has a user waiting
+    (agent/turn_context.py, memory/recall.py, agent/sightline_agent.py); a replay is offline
+    work that must answer the same on a busy machine as on a quiet one, so its lookups and its
+    assist are given time enough (the `context` event still says how long each lookup took)."""
 
     lookup_s: float = RECALL_TIMEOUT_S
     vector_s: float = VECTOR_WAIT_S
+    assist_s: float = ASSIST_WAIT_S
 
     @classmethod
     def for_source(cls, source: str) -> RecallBudget:
-        return cls(REPLAY_WAIT_S, REPLAY_WAIT_S) if source == "replay" else cls()
+        return (cls(REPLAY_WAIT_S, REPLAY_WAIT_S, REPLAY_WAIT_S) if source == "replay"
+                else cls())
 
 
 @dataclass
@@ -384,7 +387,7 @@ class SessionRuntime:
                             session_id=session_id,
                             record=lambda message: events.record("assist", detail=message))
         parts.push_async_callback(assist.aclose)
-        agent = SightlineAgent(turn_context, history, tools, assist)
+        agent = SightlineAgent(turn_context, history, tools, assist, budget.assist_s)
         model = CascadeLLM(tiers, providers, meter, settings.turn_deadline_s, images,
                            record.budget)
         log.info("session %s started (tenant=%s user=%s%s, %d earlier messages in the "

@@ -24,11 +24,12 @@ ASSIST_WAIT_S = 1.0  # the answer waits at most this long for the assist message
 class SightlineAgent(Agent):
     def __init__(
         self, turn_context: TurnContext, history: llm.ChatContext, tools: list[llm.Tool],
-        assist: LiveAssist | None = None,
+        assist: LiveAssist | None = None, assist_wait_s: float = ASSIST_WAIT_S,
     ) -> None:
         super().__init__(instructions=INSTRUCTIONS, chat_ctx=history, tools=tools)
         self._turn_context = turn_context
         self._assist = assist
+        self._assist_wait_s = assist_wait_s
         # gets what synthesis failed to say, and whether any of it was heard (SpeechOutages)
         self.unspoken: Callable[[str, bool], None] | None = None
 
@@ -39,7 +40,7 @@ class SightlineAgent(Agent):
         model_settings: ModelSettings,
     ) -> AsyncIterable[llm.ChatChunk | str]:
         # live assist for a new question runs beside the turn's own lookup and goes out before
-        # the answer's first word (waiting at most ASSIST_WAIT_S)
+        # the answer's first word (waiting at most `assist_wait_s`: ASSIST_WAIT_S live)
         last = chat_ctx.items[-1] if chat_ctx.items else None
         assisting = None
         if (self._assist is not None and isinstance(last, llm.ChatMessage)
@@ -47,9 +48,10 @@ class SightlineAgent(Agent):
             assisting = asyncio.create_task(self._assist(last.text_content or ""))
         turn_ctx = await self._turn_context.build(chat_ctx)
         if assisting is not None:
-            done, _ = await asyncio.wait([assisting], timeout=ASSIST_WAIT_S)
+            done, _ = await asyncio.wait([assisting], timeout=self._assist_wait_s)
             if not done:
-                log.warning("live assist took over %.1f s; the answer goes first", ASSIST_WAIT_S)
+                log.warning("live assist took over %.1f s; the answer goes first",
+                            self._assist_wait_s)
         async for chunk in Agent.default.llm_node(self, turn_ctx, tools, model_settings):
             yield chunk
 

@@ -94,6 +94,37 @@ async def test_a_question_is_assisted_before_the_answer(
     assert events[-1]["detail"]["assist_messages"] == 2
 
 
+@pytest.mark.parametrize("source", ["replay", "live"])
+async def test_a_slow_assist_goes_first_in_a_replay_only(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, source: str,
+) -> None:
+    """An assist slower than a live turn's ASSIST_WAIT_S (1 s): a live answer goes first, a
+    replay's waits for it, so a replay's order does not depend on how busy the machine is."""
+    assisted = LiveAssist.__call__
+
+    async def slowly(self: LiveAssist, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        await asyncio.sleep(1.5)
+        return await assisted(self, *args, **kwargs)
+    monkeypatch.setattr(LiveAssist, "__call__", slowly)
+    async with ScriptedModelServer(replies=answer) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source=source)
+        published = asyncio.Event()
+        runtime.assist.listeners.append(lambda _message: published.set())
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await session.run(user_input="Why does the VPN client show error 809?")
+            await asyncio.wait_for(published.wait(), 10)  # a live answer did not wait for it
+        finally:
+            await session.aclose()
+            await runtime.close()
+    kinds = [e["kind"] for e in read_event_log(runtime.record.events.path)
+             if e["kind"] in ("assist", "model_call")]
+    assert "assist" in kinds
+    assert (kinds.index("assist") < kinds.index("model_call")) == (source == "replay")
+
+
 def test_the_committed_schema_is_the_code_s() -> None:
     committed = json.loads((REPO / "docs" / "assist.schema.json").read_text())
     assert committed == AssistMessage.model_json_schema(), (

@@ -458,6 +458,7 @@ async def test_a_replay_is_given_time_for_its_lookups(settings: Settings, db: Da
         try:
             assert runtime.recall_budget == RecallBudget.for_source(source)
             assert runtime.turn_context._recall_timeout_s == runtime.recall_budget.lookup_s
+            assert runtime.agent._assist_wait_s == runtime.recall_budget.assist_s
             assert runtime.memory is not None
             assert runtime.memory.recall._vector_wait_s == vector_wait
         finally:
