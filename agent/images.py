@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from livekit import rtc
 from livekit.agents import llm
 
+from memory.shared_calls import SharedCalls
 from vision.jpeg import jpeg_bytes
 
 from .config import IMAGE_DETAILS
@@ -115,31 +115,16 @@ class ImageEncoder:
         if detail not in IMAGE_DETAILS:
             raise ValueError(f"image detail must be one of {', '.join(IMAGE_DETAILS)}")
         self.detail = detail
-        # key: (id(frame), width, height); the value keeps the frame alive, so its id is not
-        # reused by another frame while the entry lives
-        self._cache: OrderedDict[tuple[int, int, int],
-                                 tuple[rtc.VideoFrame, asyncio.Future[str]]] = OrderedDict()
+        # key: (frame, width, height), the frame by identity (kept alive while its entry lives);
+        # a failed encode is not kept (the next turn tries again), and its error reaches the
+        # turn that waits for it, or, for a warm-up no turn waited for, nobody
+        self._encodes: SharedCalls[tuple[rtc.VideoFrame, int, int], str] = SharedCalls(
+            self.CACHE_SIZE)
 
     def _encoding(self, frame: rtc.VideoFrame, width: int, height: int) -> asyncio.Future[str]:
-        key = (id(frame), width, height)
-        cached = self._cache.get(key)
-        if cached is None:
-            # JPEG encoding of a full frame takes 5-10 ms of CPU: keep it off the event loop
-            encoding = asyncio.ensure_future(asyncio.to_thread(_data_url, frame, width, height))
-            encoding.add_done_callback(lambda done: self._settled(key, done))
-            cached = self._cache[key] = (frame, encoding)
-            while len(self._cache) > self.CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return cached[1]
-
-    def _settled(self, key: tuple[int, int, int], encoding: asyncio.Future[str]) -> None:
-        """A failed encode is not kept (the next turn tries again); its error reaches the turn
-        that waits for it, or, for a warm-up no turn waited for, nobody (it is retrieved here)."""
-        if encoding.cancelled() or encoding.exception() is not None:
-            cached = self._cache.get(key)
-            if cached is not None and cached[1] is encoding:
-                del self._cache[key]
+        # JPEG encoding of a full frame takes 5-10 ms of CPU: keep it off the event loop
+        return self._encodes.start((frame, width, height),
+                                   lambda: asyncio.to_thread(_data_url, frame, width, height))
 
     def warm(self, frame: rtc.VideoFrame, provider: str) -> None:
         """Start encoding `frame` for `provider` now, for a request that will ask for it soon."""

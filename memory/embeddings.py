@@ -19,7 +19,6 @@ import json
 import ssl
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .shared_calls import SharedCalls
 from .vectors import unit_rows
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ class SharedQueries:
     def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.name, self.dim, self.fusion = inner.name, inner.dim, inner.fusion
-        self._recent: OrderedDict[str, asyncio.Future[np.ndarray]] = OrderedDict()
+        self._recent: SharedCalls[str, np.ndarray] = SharedCalls(self.SIZE)
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self.inner.embed_documents(texts)
@@ -354,23 +354,10 @@ class SharedQueries:
         return self.inner.query_text(text)
 
     async def embed_query(self, text: str) -> np.ndarray:
-        future = self._recent.get(text)
-        if future is None:
-            future = asyncio.ensure_future(self.inner.embed_query(text))
-            future.add_done_callback(lambda done: self._forget_failed(text, done))
-            self._recent[text] = future
-            while len(self._recent) > self.SIZE:
-                self._recent.popitem(last=False)
-        self._recent.move_to_end(text)
-        return await asyncio.shield(future)  # one waiter cancelled leaves the call to the other
-
-    def _forget_failed(self, text: str, done: asyncio.Future[np.ndarray]) -> None:
-        if (done.cancelled() or done.exception() is not None) and self._recent.get(text) is done:
-            del self._recent[text]
+        return await self._recent(text, lambda: self.inner.embed_query(text))
 
     async def aclose(self) -> None:
-        for future in self._recent.values():
-            future.cancel()
+        self._recent.cancel()
         await self.inner.aclose()
 
 

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from . import bm25
 from .db import storable
 from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
+from .shared_calls import SharedCalls
 
 log = logging.getLogger("sightline.knowledge")
 
@@ -391,8 +391,7 @@ class KnowledgeBase:
         self.embedder = embedder
         self.reranker = reranker
         self._indexed = False
-        # tenant -> (when asked, the answer): `has_any`'s probe, shared for PROBE_HOLD_S
-        self._probes: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        self._probes: SharedCalls[str, bool] = SharedCalls()  # `has_any`'s, by tenant
 
     async def _ensure_index(self) -> None:
         """One HNSW index per embedder, over vectors of its dimension."""
@@ -509,7 +508,7 @@ class KnowledgeBase:
         the ones not stored yet with this embedder. Its tags become `metadata` and `built_in`;
         `metadata` None keeps the ones it has. `origin` is the file it was read from: a
         document read from the same file under another name is replaced by this one."""
-        self._probes.pop(tenant, None)
+        self._probes.forget(tenant)
         stored = [(key, storable(text), page) for key, text, page in chunks]
         wanted = [(key, _hash(text), text, position, page)
                   for position, (key, text, page) in enumerate(stored)]
@@ -614,19 +613,9 @@ class KnowledgeBase:
         again within PROBE_HOLD_S, the same probe answers (a turn's recall and its live assist
         both ask, moments apart, while a tenant has none); a failed probe is not kept, and
         this knowledge base's own ingest asks anew."""
-        now = time.monotonic()
-        held = self._probes.get(tenant)
-        if held is None or now - held[0] > PROBE_HOLD_S:
-            probe = asyncio.ensure_future(self._pool.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant))
-            probe.add_done_callback(lambda done: self._forget_failed(tenant, done))
-            held = self._probes[tenant] = (now, probe)
-        return bool(await asyncio.shield(held[1]))  # one asker cancelled leaves it to the other
-
-    def _forget_failed(self, tenant: str, done: asyncio.Future[bool]) -> None:
-        held = self._probes.get(tenant)
-        if (done.cancelled() or done.exception() is not None) and held and held[1] is done:
-            del self._probes[tenant]
+        return bool(await self._probes(tenant, lambda: self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM kb_chunks WHERE tenant = $1)", tenant),
+            max_age_s=PROBE_HOLD_S))
 
     async def lookup(
         self, tenant: str, question: str, k: int = 3, vector: QueryVector | None = None,
