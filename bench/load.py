@@ -29,7 +29,8 @@ hops (to the worker, at the worker, back to the user: each session's log records
 question reached it; the hop at the worker again as its lookup and its answer), and the overhead
 again over the questions asked in the steady window alone (from 30 s after the last arrival: a
 burst's joining, and the first questions asked while the others still connect, left out);
-sampled frames per session-second; CPU cores of the worker, the users' processes, LiveKit,
+sampled frames per session-second; CPU cores of the worker (and, of those, its screen-text
+readers' and its video decoders' threads), the users' processes, LiveKit,
 Postgres and the scripted model server (all share the machine's cores), and the cores the
 hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
 session above its idle RSS. With `--reference`, the same levels run against another build (the
@@ -64,6 +65,7 @@ from typing import Any, NamedTuple
 import psutil
 
 from memory.db import start_embedded
+from vision.screen_text import OCR_THREAD_NAME
 
 from .livekit_harness import (
     API_KEY,
@@ -85,6 +87,8 @@ WARM_UP_S = 10.0  # after the last user joined, before the steady window
 SAMPLE_EVERY_S = 2.0
 MATCH_S = 1.0  # a question and the worker's record of it are sent at most this far apart
 SOAK_WARM_UP_S = 180.0
+# libwebrtc's video decoder threads ("VideoDecoderQueue", cut to the OS's 15 bytes)
+VIDEO_DECODE_THREADS = ("VideoDecoderQue",)
 
 
 @dataclass
@@ -113,13 +117,33 @@ def quantile(values: Sequence[float], q: float) -> float | None:
 
 
 class Meter:
-    """CPU time and RSS of groups of processes, sampled by the coordinator."""
+    """CPU time and RSS of groups of processes, and of groups of their threads by the name the
+    OS knows them by, sampled by the coordinator."""
 
     def __init__(self) -> None:
         self.groups: dict[str, list[psutil.Process]] = {}
+        self.thread_groups: dict[str, tuple[list[psutil.Process], tuple[str, ...]]] = {}
 
     def set(self, name: str, procs: Sequence[psutil.Process]) -> None:
         self.groups[name] = list(procs)
+
+    def set_threads(self, name: str, procs: Sequence[psutil.Process],
+                    prefixes: tuple[str, ...]) -> None:
+        """A group of the threads of `procs` whose OS name starts with one of `prefixes` (the
+        threads alive when it is read: a thread that ended meanwhile takes its time along)."""
+        self.thread_groups[name] = (list(procs), prefixes)
+
+    @staticmethod
+    def _threads_cpu_s(procs: Sequence[psutil.Process], prefixes: tuple[str, ...]) -> float:
+        total = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for thread in proc.threads():
+                    with contextlib.suppress(OSError):  # the thread ended since
+                        name = Path(f"/proc/{proc.pid}/task/{thread.id}/comm").read_text()
+                        if name.startswith(prefixes):
+                            total += thread.user_time + thread.system_time
+        return total
 
     def cpu_s(self) -> dict[str, float]:
         """Each group's CPU seconds so far, and `stolen`: the machine's seconds its cores
@@ -133,6 +157,8 @@ class Meter:
                     times = proc.cpu_times()
                     total += times.user + times.system
             out[name] = total
+        for name, (procs, prefixes) in self.thread_groups.items():
+            out[name] = self._threads_cpu_s(procs, prefixes)
         return out
 
     @staticmethod
@@ -400,6 +426,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
             time.sleep(max(0.0, steady[0] - time.time()))
             worker_procs = [p for w in workers for p in worker_processes(w.proc.pid)]
             meter.set("worker", worker_procs)
+            meter.set_threads("worker_ocr", worker_procs, (OCR_THREAD_NAME,))
+            meter.set_threads("worker_video_decode", worker_procs, VIDEO_DECODE_THREADS)
             meter.set("postgres", postgres_processes(pgdata))  # a backend per connection
             cpu0, wall0 = meter.cpu_s(), time.monotonic()
             rss, fds, sampled_at = [], [], []
@@ -452,6 +480,8 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
         "shares_resubscribed": sessions.shares_resubscribed,
         "recalls_timed_out": sessions.recalls_timed_out,
         "worker_cores": cores["worker"],
+        "worker_ocr_cores": cores["worker_ocr"],  # of worker_cores: reading screen text
+        "worker_video_decode_cores": cores["worker_video_decode"],  # and decoding the shares
         "users_cores": cores["users"],
         "livekit_cores": cores["livekit"],
         "postgres_cores": cores["postgres"],

@@ -2,8 +2,8 @@
 event logs (the `chat` event says when a question reached the worker), gives the overhead of the
 steady window's questions apart, and counts the screen-text reads the sessions folded because their
 reader fell behind and the shares they subscribed to again; reads the cores the hypervisor
-stole beside each process group's CPU; and, comparing two builds in pairs, alternates which runs
-first and sums the pairs up per build."""
+stole beside each process group's CPU, and the screen-text readers' threads apart; and,
+comparing two builds in pairs, alternates which runs first and sums the pairs up per build."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import os
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +33,7 @@ from bench.load import (
     steady_round_trips,
 )
 from bench.load_users import UserResult, serve_models
+from vision.screen_text import OCR_THREAD_NAME, shared_pool
 
 
 def _event(kind: str, ts: float, **detail: object) -> dict[str, object]:
@@ -125,6 +127,28 @@ def test_the_meter_reads_the_machines_stolen_time_beside_each_groups_cpu(
     after = meter.cpu_s()
     assert after["stolen"] - before["stolen"] == approx(3.5)
     assert after["bench"] > before["bench"]  # the group's own CPU, read from its processes
+
+
+def _busy(cpu_s: float) -> None:
+    started = time.thread_time()
+    while time.thread_time() - started < cpu_s:
+        pass
+
+
+def test_the_meter_gives_the_screen_text_readers_cpu_apart() -> None:
+    """The OCR threads carry their name to the OS, so `worker_ocr_cores` is their CPU alone:
+    here 0.4 s of CPU in the process's reader thread and 0.4 s in this one."""
+    me = psutil.Process()
+    meter = Meter()
+    meter.set("process", [me])
+    meter.set_threads("ocr", [me], (OCR_THREAD_NAME,))
+    before = meter.cpu_s()
+    shared_pool().submit(_busy, 0.4).result()
+    _busy(0.4)
+    after = meter.cpu_s()
+    ocr, process = after["ocr"] - before["ocr"], after["process"] - before["process"]
+    assert 0.35 <= ocr < 0.6
+    assert process >= ocr + 0.35
 
 
 def test_pairs_alternate_which_build_runs_first() -> None:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from setproctitle import setthreadtitle
 
 from .change import ChangeDecision
 from .content_type import ContentType
@@ -285,12 +286,18 @@ _shared_pool_lock = threading.Lock()
 
 
 OCR_NICE = 10  # reading screen text yields the CPU to replies and frames
+# the reader threads' name as the OS sees it (`top -H`, /proc/PID/task/TID/comm; at most 15
+# bytes): Python 3.11 names its threads for itself only, and on a busy worker about half its
+# CPU is this reading, which ops and benchmarks want to see apart
+OCR_THREAD_NAME = "sightline-ocr"
 
 
-def _yield_cpu() -> None:
-    """Lower this thread's CPU priority (Linux schedules threads by their own nice value)."""
+def _background_reader() -> None:
+    """Lower this thread's CPU priority (Linux schedules threads by their own nice value) and
+    name it for the OS."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OCR_NICE)
+    setthreadtitle(OCR_THREAD_NAME)
 
 
 def shared_pool(threads: int = 1) -> ThreadPoolExecutor:
@@ -302,7 +309,7 @@ def shared_pool(threads: int = 1) -> ThreadPoolExecutor:
     with _shared_pool_lock:
         if _shared_pool is None:
             _shared_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocr",
-                                              initializer=_yield_cpu)
+                                              initializer=_background_reader)
         return _shared_pool
 
 
