@@ -508,7 +508,6 @@ class KnowledgeBase:
         the ones not stored yet with this embedder. Its tags become `metadata` and `built_in`;
         `metadata` None keeps the ones it has. `origin` is the file it was read from: a
         document read from the same file under another name is replaced by this one."""
-        self._probes.forget(tenant)
         stored = [(key, storable(text), page) for key, text, page in chunks]
         wanted = [(key, _hash(text), text, position, page)
                   for position, (key, text, page) in enumerate(stored)]
@@ -550,6 +549,7 @@ class KnowledgeBase:
                 [(key, position, tenant, page)
                  for key, _, _, position, page in wanted if key in have],
             )
+        self._probes.forget(tenant)  # committed: a probe kept from before would miss it
         report.documents += 1
         report.embedded += len(new)
         report.kept += len(wanted) - len(new)

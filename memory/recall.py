@@ -71,18 +71,18 @@ class TurnRecall:
     async def __call__(self, question: str) -> Recalled:
         if not question.strip():
             return Recalled()
-        embedding: asyncio.Future[np.ndarray] | None = None
-        vector: asyncio.Future[np.ndarray | None] | None = None
+        # the embedding call and the vector waited for in time, once a part asks for them
+        started: tuple[asyncio.Future[np.ndarray], asyncio.Future[np.ndarray | None]] | None = None
         outcome: list[VectorOutcome] = ["used"]
 
         def question_vector() -> asyncio.Future[np.ndarray | None]:
             """The question's vector, embedded when the first part found to hold something
             asks for it (never, when none does)."""
-            nonlocal embedding, vector
-            if vector is None:
+            nonlocal started
+            if started is None:
                 embedding = asyncio.ensure_future(self._knowledge.embedder.embed_query(question))
-                vector = asyncio.ensure_future(self._in_time(embedding, outcome))
-            return vector
+                started = (embedding, asyncio.ensure_future(self._in_time(embedding, outcome)))
+            return started[1]
 
         screen = self._screen
         try:
@@ -100,10 +100,11 @@ class TurnRecall:
                 if screen else _value([]),
             )
         finally:
-            if vector is not None and embedding is not None:
-                vector.cancel()  # when a search failed first; a finished embedding is unaffected
+            if started is not None:  # when a search failed first; a finished one is unaffected
+                embedding, vector = started
+                vector.cancel()
                 embedding.cancel()
-        return Recalled(knowledge, memory, screens, outcome[0] if vector is not None else "none")
+        return Recalled(knowledge, memory, screens, outcome[0] if started else "none")
 
     async def _searched(self, part: str, probe: Callable[[], Awaitable[bool]],
                         search: Callable[[], Awaitable[T]], empty: T) -> T:
