@@ -75,9 +75,9 @@ class SessionScreenMemory:
         error = find_error(read.lines)
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,
-            "region": list(read.region), "lines": read.lines, "lines_read": read.lines_read,
-            "cpu_ms": read.cpu_ms, "coalesced": read.coalesced, "waited_ms": read.waited_ms,
-            "forced": read.forced})
+            "regions": [list(box) for box in read.regions], "lines": read.lines,
+            "lines_read": read.lines_read, "cpu_ms": read.cpu_ms, "coalesced": read.coalesced,
+            "waited_ms": read.waited_ms, "forced": read.forced})
         if not read.lines:
             return
         self.story.append(read)

@@ -54,7 +54,7 @@ class WholeFrameReader:
         lines, cpu_ms = read_region(luma_plane(frame.frame), (0, 0, width, height), Layout.PAGE)
         added = self._seen.new([line.text for line in lines], frame.t)
         return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
-                          (0, 0, width, height), added, len(lines), round(cpu_ms, 1), 0)
+                          ((0, 0, width, height),), added, len(lines), round(cpu_ms, 1), 0)
 
 
 Reader = FrameTextReader | WholeFrameReader

@@ -1,12 +1,13 @@
 """The change detector on drawn 1080p screens: what must be kept, what is noise, and odd input.
 
 Protects: a completed code line, a short pasted line, a toast opening and closing, an app switch
-are kept within the 2 s the evaluation allows; a blinking cursor, a ticking clock and a wandering
-mouse pointer are dropped; an encoder sharpening its first, coarse keyframe is not a change, but
-content that changes while it sharpens is, and so is a faint line drawn across the screen; video
-plays at a bounded rate; resolution changes, odd, tiny and huge frames and black, white and
-flashing screens are decided without error; `--set` overrides work and bad names are refused;
-the detector's state does not grow with the session.
+are kept within the 2 s the evaluation allows, and changes far apart are located as separate
+regions; a blinking cursor, a ticking clock and a wandering mouse pointer are dropped; an
+encoder sharpening its first, coarse keyframe is not a change, but content that changes while
+it sharpens is, and so is a faint line drawn across the screen; video plays at a bounded rate;
+resolution changes, odd, tiny and huge frames and black, white and flashing screens are decided
+without error; `--set` overrides work and bad names are refused; the detector's state does not
+grow with the session.
 """
 
 from __future__ import annotations
@@ -148,10 +149,36 @@ def test_content_that_changes_while_the_encoder_sharpens_is_kept() -> None:
     detector.decide(0.0, coarse)
     decision = detector.decide(1.0, desk.frame())
     assert decision.kept and decision.reason == "local_change"
-    assert decision.region is not None
-    _, y, _, height = decision.region
+    [(_, y, _, height)] = decision.regions
     line_y = 70 + (len(desk.lines) - 1) * 22  # synthetic_screen's TEXT_Y and LINE_HEIGHT
     assert y <= line_y + 16 and y + height >= line_y  # the new line, not the whole screen
+
+
+def test_changes_far_apart_are_located_as_separate_regions() -> None:
+    """A line typed mid-screen and a clock that ticked once since the kept frame (a share that
+    only sends changed frames, or a clock of minutes): two small regions, not the screen
+    between them."""
+    desk = Desk(pointer=None, cursor_on=False)
+    detector = ChangeDetector()
+    detector.decide(0.0, desk.frame())
+    desk.lines = [*desk.lines, "    return summary"]
+    desk.clock_s = 3600 + 11 * 60 + 11  # every digit changed: one wide blob, not a pointer's
+    assert detector.decide(1.0, desk.frame()).reason == "typing"
+    decision = detector.decide(2.0, desk.frame())  # the line stopped growing
+    assert decision.kept
+    clock, line = sorted(decision.regions, key=lambda box: box[1])
+    line_y = 70 + (len(desk.lines) - 1) * 22  # synthetic_screen's TEXT_Y and LINE_HEIGHT
+    assert clock[0] >= desk.width - 140 and clock[1] + clock[3] <= 40  # the clock's seconds
+    assert line[1] <= line_y + 16 and line[1] + line[3] >= line_y and line[3] < 60
+    assert line[0] + line[2] < desk.width - 140  # the line alone, not up to the clock
+    # more separate areas than a few are located as one box around them all
+    scattered = Desk(pointer=None, cursor_on=False)
+    detector = ChangeDetector()
+    detector.decide(0.0, scattered.frame())
+    scattered.lines = [line if n % 3 else line + " # changed" for n, line in
+                       enumerate(scattered.lines)]
+    [whole] = detector.decide(1.0, scattered.frame()).regions
+    assert whole[3] > 300
 
 
 def test_a_faint_line_drawn_across_the_screen_is_kept() -> None:

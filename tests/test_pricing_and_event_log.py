@@ -257,7 +257,7 @@ async def test_events_go_to_jsonl_and_cost_events(db: Database, settings: Settin
         "t": 1.5, "kept": False, "reason": "noise", "content_type": "code", "phash_distance": 3,
         "changed_px": 40, "changed_tiles": 5, "noise_px": 2, "motion": 0.01, "moving_share": 0.0,
         "moving_edge_ratio": 0.0,
-        "laplacian_var": 900.0, "edge_ratio": 0.05, "region": None, "width": 1280,
+        "laplacian_var": 900.0, "edge_ratio": 0.05, "regions": [], "width": 1280,
         "height": 720,
     }
     assert events[-1]["detail"] == json.loads(json.dumps(summary))

@@ -1,7 +1,8 @@
 """Screen memory: what appears on screen is read locally, kept as a timeline, and shapes turns.
 
-Protects: a kept frame's changed region is read with the bundled Tesseract and only the lines
-that newly appeared count (a typed line, an error; a scroll gives the new lines once); error
+Protects: a kept frame's changed regions are read with the bundled Tesseract (changes far apart
+each on its own, overlapping boxes once) and only the lines that newly appeared count (a typed
+line, an error; a scroll gives the new lines once); error
 text becomes one signal per distinct error; under load pending reads coalesce onto the newest
 frame, are counted, and the screen watcher never waits; the image policy sends the frame only
 when the screen changed (the earlier screenshot stays on its message, the unsent frame is
@@ -44,7 +45,13 @@ from vision.frames import SampledFrame, as_i420
 from vision.sampler import FrameSampler
 from vision.screen import ScreenChange, ScreenWatcher
 from vision.screen_signals import find_error, fingerprint
-from vision.screen_text import FrameTextReader, ScreenText, ScreenTextReader, SeenLines
+from vision.screen_text import (
+    FrameTextReader,
+    ScreenText,
+    ScreenTextReader,
+    SeenLines,
+    merged,
+)
 
 ERROR_LINE = "KeyError: 'port' in load_settings"
 
@@ -87,6 +94,25 @@ def test_what_appeared_is_read_and_only_the_new_lines_count() -> None:
     assert error_line.endswith(ERROR_LINE), failed.lines
     error = find_error(failed.lines)
     assert error is not None and error.headline == error_line
+
+
+def test_changes_far_apart_are_read_apart() -> None:
+    """A typed line and the clock far above it: both read, not the screen between them."""
+    base, typed, _ = typed_desk()
+    typed.clock_s = 3600 + 11 * 60 + 11  # every digit changed
+    _, read = watch_and_read([base, typed])
+    assert len(read.regions) == 2, read.regions
+    assert sum(w * h for _, _, w, h in read.regions) < 0.1 * 1280 * 720
+    clock, line = read.lines
+    assert clock.endswith("10:11:11") and line.endswith("return summarize(await poll(sensors))")
+    assert read.region[1] == read.regions[0][1]  # the box around both, as stored
+    assert read.region[3] > 100
+
+
+def test_overlapping_boxes_are_read_once() -> None:
+    # a chain of overlaps is one box; a box apart stays apart; top to bottom
+    assert merged([(300, 300, 10, 10), (0, 0, 20, 20), (10, 10, 20, 20), (25, 25, 10, 10)]) == [
+        (0, 0, 35, 35), (300, 300, 10, 10)]
 
 
 def test_a_scroll_gives_the_newly_visible_lines_once() -> None:

@@ -158,8 +158,9 @@ class ChangeDecision:
     changed_tiles: int
     noise_px: int
     stats: ContentStats
-    region: Box | None = None  # frame pixels: where the content changed since the last kept
-    # frame (the whole frame for the first one), None when nothing did
+    # frame pixels: the separate areas where the content changed since the last kept frame (the
+    # whole frame for the first one), none when nothing did
+    regions: tuple[Box, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -176,7 +177,7 @@ class ChangeDecision:
             "moving_edge_ratio": round(self.stats.moving_edge_ratio, 4),
             "laplacian_var": round(self.stats.laplacian_var, 1),
             "edge_ratio": round(self.stats.edge_ratio, 4),
-            "region": list(self.region) if self.region else None,
+            "regions": [list(box) for box in self.regions],
         }
 
 
@@ -230,14 +231,16 @@ class ChangeDetector:
             self._kept = _Kept(work, frame_hash, t)
         return ChangeDecision(
             t, kept, reason, content, distance, local.changed_px, local.changed_tiles,
-            local.noise_px, stats, self._frame_box(local.box, size),
+            local.noise_px, stats, self._frame_boxes(local.boxes, size),
         )
 
+    @classmethod
+    def _frame_boxes(cls, boxes: tuple[Box, ...], size: tuple[int, int]) -> tuple[Box, ...]:
+        return tuple(box for box in (cls._frame_box(work, size) for work in boxes) if box)
+
     @staticmethod
-    def _frame_box(box: Box | None, size: tuple[int, int]) -> Box | None:
+    def _frame_box(box: Box, size: tuple[int, int]) -> Box | None:
         """A work-image box in frame pixels, rounded outwards (the work image may be padded)."""
-        if box is None:
-            return None
         width, height = size
         work_w, _ = work_size(width, height)
         scale = width / work_w
@@ -313,7 +316,7 @@ class ChangeDetector:
         content = self._types.update(stats)
         self._kept = _Kept(work, phash(work), t)
         return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats,
-                              (0, 0, *size))
+                              ((0, 0, *size),))
 
 
 def _stats(laplacian_var: float, edges: np.ndarray, motion: Motion | None) -> ContentStats:

@@ -16,7 +16,9 @@ removes the noise a screen share is full of:
   hundreds of tiles; content changes many pixels per tile, strongly. Faint, sparse tiles are
   codec noise when there are many of them at once; alone (one faint character) they count.
 
-What remains is measured in changed pixels and tiles of the work image.
+What remains is measured in changed pixels and tiles of the work image, and located as the few
+separate areas it falls in (a typed line and a status bar's clock far above it are two areas, so
+whoever reads them reads two lines rather than the screen between them).
 """
 
 from __future__ import annotations
@@ -59,13 +61,18 @@ class Motion:
 
 Box = tuple[int, int, int, int]  # x, y, width, height
 
+# screen pixels: changed strokes this close are one area (along a line: a few characters' gap;
+# across: the gap between lines of text, so a block of changed lines is one area)
+JOIN_ALONG_PX, JOIN_ACROSS_PX = 64, 24
+MAX_PARTS = 4  # more separate areas than this are located as one box around them all
+
 
 @dataclass(frozen=True)
 class LocalChange:
     changed_px: int  # work pixels that differ from the kept frame (noise removed)
     changed_tiles: int
     noise_px: int  # differing pixels in volatile tiles, a masked video region, or pointer blobs
-    box: Box | None = None  # work pixels: the bounding box of the changed content
+    boxes: tuple[Box, ...] = ()  # work pixels: the separate areas of the changed content
     refined: bool = False  # an encoder's refinement was among the noise
 
 
@@ -89,6 +96,9 @@ class TileTracker:
         self._widen = np.ones((1, 3), np.uint8)  # a clock's minutes sit beside its seconds
         self._near = np.ones((5, 5), np.uint8)
         self._along_line = np.ones((1, 7), np.uint8)
+        # a dilation by half of each gap from both sides closes it
+        self._join = np.ones((max(1, round(JOIN_ACROSS_PX * scale)) | 1,
+                              max(1, round(JOIN_ALONG_PX * scale)) | 1), np.uint8)
         # a drawn line: a straight run across two tiles (see _refinement)
         self._run_h, self._run_v = (
             np.ones((1, 2 * TILE), np.uint8), np.ones((2 * TILE, 1), np.uint8))
@@ -253,5 +263,21 @@ class TileTracker:
         if not changed:
             return LocalChange(0, 0, total, refined=refinement is not None)
         tiles = int(np.count_nonzero(counts > 0))
-        box = cv2.boundingRect(content.view(np.uint8))
-        return LocalChange(changed, tiles, total - changed, box, refinement is not None)
+        return LocalChange(changed, tiles, total - changed, self._parts(content),
+                           refinement is not None)
+
+    def _parts(self, content: np.ndarray) -> tuple[Box, ...]:
+        """The bounding boxes of the content's separate areas (strokes within the join gaps
+        are one area); one box around everything when there are more than `MAX_PARTS`."""
+        marked = content.view(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            cv2.dilate(marked, self._join), connectivity=8)
+        if count - 1 > MAX_PARTS or count == 2:
+            return (cv2.boundingRect(marked),)
+        parts = []
+        for label in range(1, count):  # each area's box shrunk back to its own strokes
+            x, y, w, h = (int(v) for v in stats[label, :4])
+            mine = marked[y:y + h, x:x + w] & (labels[y:y + h, x:x + w] == label)
+            px, py, pw, ph = cv2.boundingRect(mine.view(np.uint8))
+            parts.append((x + px, y + py, pw, ph))
+        return tuple(parts)

@@ -1,11 +1,12 @@
 """What appeared on screen, as text: the changed region of each kept frame, read locally, and
 only the lines that were not on screen before.
 
-A kept frame's decision says where the content changed since the last kept frame
-(`ChangeDecision.region`). `changed_box` pads that to whole glyphs, or takes the whole frame when
-most of it changed; `plan_read` narrows it to the band that scrolled into view when the content
-only moved (a terminal printing output, a page scrolled: phase correlation against the frame
-read before) and widens it to the whole text lines it touches; `vision.ocr` reads it;
+A kept frame's decision says where the content changed since the last kept frame, as the few
+separate areas it fell in (`ChangeDecision.regions`: a typed line and a clock far above it are
+two). `changed_boxes` pads each to whole glyphs; `plan_read` narrows each to the band that
+scrolled into view when its content only moved (a terminal printing output, a page scrolled:
+phase correlation against the frame read before), takes the whole frame when most of it changed,
+and widens it to the whole text lines it touches; `vision.ocr` reads each box;
 `SeenLines` keeps what is new: a typed line, an error, a dialog's text, output lines. A page
 change reads the new view once, and the lines that were already on screen drop out, so only the
 newly visible ones count. Two reads of
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -66,15 +68,18 @@ _CONFUSABLE = str.maketrans({"1": "l", "I": "l", "|": "l", "!": "l", "i": "l", "
                              "O": "o", "‘": "'", "’": "'", "`": "'", "“": '"', "”": '"'})
 
 
-def changed_box(region: Box | None, size: tuple[int, int]) -> Box:
-    """The changed region, padded to whole glyphs (the whole frame when none is known)."""
+def changed_boxes(regions: tuple[Box, ...], size: tuple[int, int]) -> list[Box]:
+    """The changed regions, each padded to whole glyphs, those that then overlap joined (the
+    whole frame when none is known)."""
     width, height = size
-    if region is None:
-        return 0, 0, width, height
-    x, y, w, h = region
-    x0, y0 = max(0, x - PAD_X), max(0, y - PAD_Y)
-    x1, y1 = min(width, x + w + PAD_X), min(height, y + h + PAD_Y)
-    return x0, y0, x1 - x0, y1 - y0
+    if not regions:
+        return [(0, 0, width, height)]
+    padded = []
+    for x, y, w, h in regions:
+        x0, y0 = max(0, x - PAD_X), max(0, y - PAD_Y)
+        x1, y1 = min(width, x + w + PAD_X), min(height, y + h + PAD_Y)
+        padded.append((x0, y0, x1 - x0, y1 - y0))
+    return merged(padded)
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,23 @@ def _line_extent(band: np.ndarray, x0: int, x1: int) -> tuple[int, int]:
     return max(0, x0 - PAD_X), min(band.shape[1], x1 + PAD_X)
 
 
+def merged(boxes: list[Box]) -> list[Box]:
+    """The boxes with every overlapping pair replaced by its union, until none overlap (so no
+    line is read twice), top to bottom."""
+    apart: list[Box] = []  # no two of these overlap
+    for box in boxes:
+        while (hit := next((other for other in apart if overlaps(other, box)), None)):
+            apart.remove(hit)
+            box = union(box, hit)
+        apart.append(box)
+    return sorted(apart, key=lambda box: (box[1], box[0]))
+
+
+def bounds(boxes: list[Box]) -> Box:
+    """The box around all of `boxes`."""
+    return functools.reduce(union, boxes)
+
+
 def union(a: Box, b: Box) -> Box:
     x0, y0 = min(a[0], b[0]), min(a[1], b[1])
     x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
@@ -219,7 +241,7 @@ class ScreenText:
     wall_time: float  # when that frame was kept (epoch seconds)
     reason: str  # why the detector kept it
     content_type: str
-    region: Box
+    regions: tuple[Box, ...]  # the boxes read, top to bottom
     lines: list[str]  # the lines that appeared, top to bottom
     lines_read: int
     cpu_ms: float  # the read's CPU time on its thread
@@ -227,12 +249,17 @@ class ScreenText:
     waited_ms: float = 0.0  # how long the read waited for the machine to have CPU to spare
     forced: bool = False  # it started after the longest wait, the machine still busy
 
+    @property
+    def region(self) -> Box:
+        """The box around everything read."""
+        return bounds(list(self.regions))
+
 
 @dataclass
 class _Read:
     frame: SampledFrame
     decision: ChangeDecision
-    box: Box  # what changed, padded (what coalescing compares)
+    boxes: list[Box]  # what changed, padded (what coalescing compares)
     wall_time: float
     coalesced: int = 0
 
@@ -245,22 +272,28 @@ def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLi
 
 
 def read_change(
-    before: np.ndarray | None, luma: np.ndarray, box: Box, content: ContentType,
-) -> tuple[list[TextLine], Box, float]:
-    """Plan and read one change on this thread: (lines, the box read, CPU ms of both)."""
+    before: np.ndarray | None, luma: np.ndarray, boxes: list[Box], content: ContentType,
+) -> tuple[list[TextLine], list[Box], float]:
+    """Plan and read one change's boxes on this thread: (lines top to bottom, the boxes read,
+    CPU ms of all). Planned boxes that overlap are read as one (a plan of the whole frame
+    takes in all the others)."""
     started = time.thread_time()
-    read_box, layout = plan_read(before, luma, box, content)
-    lines, _ = read_region(luma, read_box, layout)
-    return lines, read_box, (time.thread_time() - started) * 1000
+    plans = [plan_read(before, luma, box, content) for box in boxes]
+    layout = plans[0][1]  # one content type, one layout
+    read_boxes = merged([box for box, _ in plans])
+    lines = [line for box in read_boxes for line in read_region(luma, box, layout)[0]]
+    lines.sort(key=lambda line: line.top)
+    return lines, read_boxes, (time.thread_time() - started) * 1000
 
 
 def gated_read_change(
-    gate: CpuGate | None, before: np.ndarray | None, luma: np.ndarray, box: Box,
+    gate: CpuGate | None, before: np.ndarray | None, luma: np.ndarray, boxes: list[Box],
     content: ContentType,
-) -> tuple[list[TextLine], Box, float, GateWait]:
-    """`read_change` once `gate` lets it start; (lines, box read, CPU ms, how it got through)."""
+) -> tuple[list[TextLine], list[Box], float, GateWait]:
+    """`read_change` once `gate` lets it start; (lines, boxes read, CPU ms, how it got
+    through)."""
     waited = gate.wait() if gate is not None else UNGATED
-    return *read_change(before, luma, box, content), waited
+    return *read_change(before, luma, boxes, content), waited
 
 
 class FrameTextReader:
@@ -272,13 +305,13 @@ class FrameTextReader:
 
     def read(self, frame: SampledFrame, decision: ChangeDecision) -> ScreenText:
         luma = luma_plane(frame.frame)
-        lines, box, cpu_ms = read_change(self._before, luma,
-                                         changed_box(decision.region, frame.size),
-                                         decision.content_type)
+        lines, boxes, cpu_ms = read_change(self._before, luma,
+                                           changed_boxes(decision.regions, frame.size),
+                                           decision.content_type)
         self._before = luma
         added = self._seen.new([line.text for line in lines], frame.t)
         return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
-                          box, added, len(lines), round(cpu_ms, 1), 0)
+                          tuple(boxes), added, len(lines), round(cpu_ms, 1), 0)
 
 
 _shared_pool: ThreadPoolExecutor | None = None
@@ -349,9 +382,10 @@ class ScreenTextReader:
     def submit(self, frame: SampledFrame, decision: ChangeDecision) -> None:
         """Queue a kept frame's changed region; returns at once (called on the loop)."""
         self.stats.submitted += 1
-        read = _Read(frame, decision, changed_box(decision.region, frame.size), time.time())
+        read = _Read(frame, decision, changed_boxes(decision.regions, frame.size), time.time())
         for index, pending in enumerate(self._pending):
-            if pending.frame.size == frame.size and overlaps(pending.box, read.box):
+            if pending.frame.size == frame.size and any(
+                    overlaps(a, b) for a in pending.boxes for b in read.boxes):
                 self._pending.pop(index)
                 self._fold(read, pending)
                 break
@@ -366,7 +400,7 @@ class ScreenTextReader:
     def _fold(self, newer: _Read, older: _Read) -> None:
         """`newer` reads what `older` would have, on the newer frame."""
         if older.frame.size == newer.frame.size:
-            newer.box = union(newer.box, older.box)
+            newer.boxes = merged(newer.boxes + older.boxes)
         newer.coalesced += older.coalesced + 1  # the submissions this read now stands for
         self.stats.coalesced += 1  # one read fewer
 
@@ -381,17 +415,17 @@ class ScreenTextReader:
                 job = self._pending.pop(0)
                 luma = luma_plane(job.frame.frame)
                 try:
-                    lines, box, cpu_ms, waited = await loop.run_in_executor(
+                    lines, boxes, cpu_ms, waited = await loop.run_in_executor(
                         self._executor, gated_read_change, self._gate, self._before, luma,
-                        job.box, job.decision.content_type)
+                        job.boxes, job.decision.content_type)
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
                 self._before = luma
-                self._deliver(job, lines, box, cpu_ms, waited)
+                self._deliver(job, lines, boxes, cpu_ms, waited)
 
-    def _deliver(self, job: _Read, lines: list[TextLine], box: Box, cpu_ms: float,
+    def _deliver(self, job: _Read, lines: list[TextLine], boxes: list[Box], cpu_ms: float,
                  waited: GateWait) -> None:
         added = self._seen.new([line.text for line in lines], job.frame.t)
         waited_ms = waited.seconds * 1000
@@ -402,8 +436,8 @@ class ScreenTextReader:
         self.stats.lines_added += len(added)
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
-            box, added, len(lines), round(cpu_ms, 1), job.coalesced, round(waited_ms, 1),
-            waited.forced))
+            tuple(boxes), added, len(lines), round(cpu_ms, 1), job.coalesced,
+            round(waited_ms, 1), waited.forced))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read)."""
