@@ -272,7 +272,7 @@ class TileTracker:
         marked = content.view(np.uint8)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(
             cv2.dilate(marked, self._join), connectivity=8)
-        if count - 1 > MAX_PARTS or count == 2:
+        if count - 1 > MAX_PARTS:
             return (cv2.boundingRect(marked),)
         parts = []
         for label in range(1, count):  # each area's box shrunk back to its own strokes

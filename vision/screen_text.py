@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -124,16 +124,18 @@ def scroll_shift(before: np.ndarray, after: np.ndarray) -> Scroll | None:
     return Scroll(shift, top + rows)
 
 
-def plan_read(
-    before: np.ndarray | None, luma: np.ndarray, box: Box, content: ContentType,
-) -> tuple[Box, Layout]:
+def layout_for(content: ContentType) -> Layout:
+    """Documentation is read as a page (it has columns); everything else as a block, which
+    keeps a terminal's or an editor's lines whole."""
+    return Layout.PAGE if content is ContentType.DOCS else Layout.BLOCK
+
+
+def plan_read(before: np.ndarray | None, luma: np.ndarray, box: Box) -> Box:
     """What to read of a changed box: when its content only scrolled, just the band that
     scrolled into view; else the whole frame when most of it changed; widened to the whole
-    text lines it touches. Documentation is read as a page (it has columns); everything else
-    as a block, which keeps a terminal's or an editor's lines whole."""
+    text lines it touches."""
     x, y, w, h = box
     height, width = luma.shape
-    layout = Layout.PAGE if content is ContentType.DOCS else Layout.BLOCK
     scroll = None
     if before is not None and before.shape == luma.shape:
         scroll = scroll_shift(before[y:y + h, x:x + w], luma[y:y + h, x:x + w])
@@ -148,9 +150,9 @@ def plan_read(
             last = max(last, int(near[-1]) + 1 + PAD_Y)
         y, h = y + max(0, first), min(h, last) - max(0, first)
     elif w * h >= PAGE_SHARE * width * height:
-        return (0, 0, width, height), layout
+        return 0, 0, width, height
     x0, x1 = _line_extent(luma[y:y + h], x, x + w)
-    return (x0, y, x1 - x0, h), layout
+    return x0, y, x1 - x0, h
 
 
 def _line_extent(band: np.ndarray, x0: int, x1: int) -> tuple[int, int]:
@@ -185,7 +187,7 @@ def merged(boxes: list[Box]) -> list[Box]:
     return sorted(apart, key=lambda box: (box[1], box[0]))
 
 
-def bounds(boxes: list[Box]) -> Box:
+def bounds(boxes: Iterable[Box]) -> Box:
     """The box around all of `boxes`."""
     return functools.reduce(union, boxes)
 
@@ -252,7 +254,7 @@ class ScreenText:
     @property
     def region(self) -> Box:
         """The box around everything read."""
-        return bounds(list(self.regions))
+        return bounds(self.regions)
 
 
 @dataclass
@@ -278,9 +280,8 @@ def read_change(
     CPU ms of all). Planned boxes that overlap are read as one (a plan of the whole frame
     takes in all the others)."""
     started = time.thread_time()
-    plans = [plan_read(before, luma, box, content) for box in boxes]
-    layout = plans[0][1]  # one content type, one layout
-    read_boxes = merged([box for box, _ in plans])
+    read_boxes = merged([plan_read(before, luma, box) for box in boxes])
+    layout = layout_for(content)
     lines = [line for box in read_boxes for line in read_region(luma, box, layout)[0]]
     lines.sort(key=lambda line: line.top)
     return lines, read_boxes, (time.thread_time() - started) * 1000
