@@ -258,6 +258,9 @@ class SessionRuntime:
     _asked: str = ""  # the user's latest message, until the answer to it arrives
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
+    # the CPU time of the thread running this session's event loop when the latest question
+    # arrived, until its reply: what the turn cost that loop (`cpu_ms` of the `reply` event)
+    _asked_cpu_s: float | None = None
 
     @classmethod
     async def open(
@@ -472,7 +475,9 @@ class SessionRuntime:
         log.info("offered help with a new error on screen at t=%.1fs", read.t)
 
     def _on_event(self, event: Event) -> None:
-        if event["kind"] == "turn":
+        if event["kind"] in ("chat", "heard"):  # a question arrived: typed, or transcribed
+            self._asked_cpu_s = time.thread_time()
+        elif event["kind"] == "turn":
             detail = event["detail"]
             self._answered = (detail["answered_tier"] is not None
                               and detail["reason"] != "agent_initiated")
@@ -495,13 +500,27 @@ class SessionRuntime:
             return
         # what reached the user: a reply the user spoke over is cut where its speech stopped
         self.record.events.record("reply", detail={
-            "interrupted": item.interrupted, "characters": len(text), **timing})
+            "interrupted": item.interrupted, "characters": len(text), **timing,
+            **self._turn_cpu()})
         if not self._answered:
             return
         if self.memory is not None and self.memory.keeper is not None:
             self.memory.keeper.exchange(self._asked, text)
         elif self.deferred is not None and self.deferred.exchange(self._asked, text):
             self.record.events.record("memory_deferred", detail={})
+
+    def _turn_cpu(self) -> dict[str, float]:
+        """`cpu_ms`: the CPU time this session's loop thread spent from the question's arrival
+        to its reply (none for a reply nobody asked for). In a worker each session has a thread
+        of its own, which runs everything of the turn that is not handed to another thread
+        (the lookup's statements and fusion, the model request and its stream, the events),
+        and holds the process's GIL while it does: so at N sessions a process's turns queue
+        for these milliseconds."""
+        if self._asked_cpu_s is None:
+            return {}
+        spent = time.thread_time() - self._asked_cpu_s
+        self._asked_cpu_s = None
+        return {"cpu_ms": round(spent * 1000, 1)}
 
     async def screen_settled(self) -> None:
         """The kept frames so far are read (replay waits here: in a live session, the second

@@ -26,7 +26,9 @@ model's own time, as the scripted server measured it: `model_served_ms_p50`; unt
 the model's latency as the worker measured it, `model_ms_p50`, which also counts the worker's
 own waits while it sends the request and reads the reply) p50/p95, and the round trip in three
 hops (to the worker, at the worker, back to the user: each session's log records when each
-question reached it; the hop at the worker again as its lookup and its answer), and the overhead
+question reached it; the hop at the worker again as its lookup and its answer; beside them the
+CPU time the question cost its session's event-loop thread, `loop_cpu_ms_*`, from each reply's
+`cpu_ms`), and the overhead
 again over the questions asked in the steady window alone (from 30 s after the last arrival: a
 burst's joining, and the first questions asked while the others still connect, left out);
 sampled frames per session-second; CPU cores of the worker (and, of those, its screen-text
@@ -208,6 +210,7 @@ class Question(NamedTuple):
     received: float  # reached the worker
     looked_up: float | None  # its turn's context ready (None: not recorded)
     ended: float | None  # the turn that answered it ended
+    cpu_s: float | None = None  # its session's loop thread's CPU from arrival to the reply
 
 
 @dataclass
@@ -265,10 +268,12 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
 
 def _questions(events: Sequence[dict[str, Any]]) -> list[Question]:
     """Each chat message's sending, its arrival at the worker, the end of the turn that
-    answered it (the first turn recorded after the message was handed on), and when that
-    turn's context was ready (its `context` event: the lookup done or given up)."""
+    answered it (the first turn recorded after the message was handed on), when that
+    turn's context was ready (its `context` event: the lookup done or given up), and the CPU
+    time its session's loop thread spent on it (the `cpu_ms` of the reply after that turn)."""
     turns = [e["ts"] for e in events if e["kind"] == "turn"]
     contexts = [e["ts"] for e in events if e["kind"] == "context"]
+    replies = [(e["ts"], e["detail"].get("cpu_ms")) for e in events if e["kind"] == "reply"]
     found = []
     for event in events:
         if event["kind"] == "chat" and event["detail"]["sent_at"] > 0:
@@ -276,8 +281,11 @@ def _questions(events: Sequence[dict[str, Any]]) -> list[Question]:
             looked_up = next((t for t in contexts if t >= event["ts"]), None)
             if looked_up is not None and ended is not None and looked_up > ended:
                 looked_up = None  # the next question's: this turn recorded no context
+            cpu_ms = None if ended is None else next(
+                (cpu for t, cpu in replies if t >= ended), None)
+            cpu_s = None if cpu_ms is None else cpu_ms / 1000
             found.append(Question(event["detail"]["sent_at"], event["detail"]["received_at"],
-                                  looked_up, ended))
+                                  looked_up, ended, cpu_s))
     return found
 
 
@@ -286,9 +294,12 @@ def hops(results: Sequence[UserResult], sessions: Sessions) -> dict[str, list[fl
     worker, at the worker (its turn, the model's time included), and the answer back to the
     user; and the hop at the worker in two: its lookup (until the turn's context was ready)
     and its answer (from there to the turn's end: the model call, the model's time
-    included). A question is matched to the worker's record by room and sending time."""
+    included); beside them, the CPU time its session's loop thread spent on it (`loop_cpu`:
+    what of the hop at the worker was that thread's own work rather than its waits for the
+    GIL, the cores, the database or the model). A question is matched to the worker's record
+    by room and sending time."""
     split: dict[str, list[float]] = {"to_worker": [], "at_worker": [], "back": [],
-                                     "lookup": [], "answer": []}
+                                     "lookup": [], "answer": [], "loop_cpu": []}
     for result in results:
         handed = sessions.questions.get(result.room, [])
         for asked, arrived in result.answered_at:
@@ -302,6 +313,8 @@ def hops(results: Sequence[UserResult], sessions: Sessions) -> dict[str, list[fl
             if question.looked_up is not None:
                 split["lookup"].append(question.looked_up - question.received)
                 split["answer"].append(question.ended - question.looked_up)
+            if question.cpu_s is not None:
+                split["loop_cpu"].append(question.cpu_s)
     return split
 
 

@@ -236,6 +236,10 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     [chat] = [e for e in events if e["kind"] == "chat"]  # when the question reached the worker
     assert chat["detail"]["characters"] == len("Why does this error show up?")
     assert asked_at - 1 <= chat["detail"]["sent_at"] <= chat["detail"]["received_at"] <= chat["ts"]
+    # what the turn cost the session's loop thread: some CPU, never more than one thread can
+    # spend between the question's arrival and the reply
+    [answered] = [e for e in events if e["kind"] == "reply"]
+    assert 0 < answered["detail"]["cpu_ms"] <= (answered["ts"] - chat["ts"]) * 1000 + 1, answered
 
     conn = await asyncpg.connect(e2e_database_url)
     try:

@@ -42,14 +42,19 @@ def _event(kind: str, ts: float, **detail: object) -> dict[str, object]:
 
 def test_a_round_trip_is_split_into_to_the_worker_at_the_worker_and_back() -> None:
     """...and the hop at the worker into its lookup (until the turn's `context` event) and
-    its answer (from there to the turn's end)."""
+    its answer (from there to the turn's end); the session loop's CPU for a question is its
+    reply's `cpu_ms` (the reply after its turn, not one before)."""
     events = [
         _event("session", 99.0, room="r1"),
+        _event("reply", 99.5, cpu_ms=900.0),  # an offer of help before any question
         _event("chat", 100.6, sent_at=100.0, received_at=100.5, characters=9),
         _event("context", 100.8),
         _event("turn", 101.5),
+        _event("reply", 101.6, cpu_ms=42.0),
         _event("chat", 130.2, sent_at=130.0, received_at=130.1, characters=9),
         _event("turn", 131.0),  # no context recorded: its lookup and answer are not split
+        _event("reply", 131.1),  # no CPU recorded (a build before it was)
+        _event("reply", 140.0, cpu_ms=5.0),  # not the second question's: its reply came first
         _event("chat", 160.0, sent_at=0.0, received_at=160.0, characters=9),  # no sender time
         _event("context", 160.2),
     ]
@@ -59,7 +64,7 @@ def test_a_round_trip_is_split_into_to_the_worker_at_the_worker_and_back() -> No
     # the third answer matches no question the worker recorded (none sent near 145 s)
     assert split == {"to_worker": approx([0.5, 0.1]), "at_worker": approx([1.0, 0.9]),
                      "back": approx([0.5, 0.25]), "lookup": approx([0.3]),
-                     "answer": approx([0.7])}
+                     "answer": approx([0.7]), "loop_cpu": approx([0.042])}
 
 
 def test_the_steady_overhead_leaves_out_questions_asked_before_the_steady_window() -> None:
