@@ -261,6 +261,7 @@ class SessionRuntime:
     # the CPU time of the thread running this session's event loop when the latest question
     # arrived, until its reply: what the turn cost that loop (`cpu_ms` of the `reply` event)
     _asked_cpu_s: float | None = None
+    _unasked: bool = False  # the latest round was the agent's own (an offer of help)
 
     @classmethod
     async def open(
@@ -479,8 +480,8 @@ class SessionRuntime:
             self._asked_cpu_s = time.thread_time()
         elif event["kind"] == "turn":
             detail = event["detail"]
-            self._answered = (detail["answered_tier"] is not None
-                              and detail["reason"] != "agent_initiated")
+            self._unasked = detail["reason"] == "agent_initiated"
+            self._answered = detail["answered_tier"] is not None and not self._unasked
 
     def _on_item_added(self, event: ConversationItemAddedEvent) -> None:
         item = event.item
@@ -511,12 +512,13 @@ class SessionRuntime:
 
     def _turn_cpu(self) -> dict[str, float]:
         """`cpu_ms`: the CPU time this session's loop thread spent from the question's arrival
-        to its reply (none for a reply nobody asked for). In a worker each session has a thread
+        to its reply (none for a reply nobody asked for: an offer of help made while a question
+        waits leaves the question's time to its answer). In a worker each session has a thread
         of its own, which runs everything of the turn that is not handed to another thread
         (the lookup's statements and fusion, the model request and its stream, the events),
         and holds the process's GIL while it does: so at N sessions a process's turns queue
         for these milliseconds."""
-        if self._asked_cpu_s is None:
+        if self._asked_cpu_s is None or self._unasked:
             return {}
         spent = time.thread_time() - self._asked_cpu_s
         self._asked_cpu_s = None

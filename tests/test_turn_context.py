@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -215,3 +216,27 @@ async def test_a_typed_question_is_looked_up_from_its_arrival_once() -> None:
     await turn.build(ctx)
     assert cancelled == ["a message the session never turned into a question"]
     assert asked[-1] == "And the port?" and notes[-1]["recall_prefetched"] is False
+
+
+def test_a_reply_carries_the_cpu_its_question_cost_the_sessions_thread() -> None:
+    """`cpu_ms` of a `reply` event: the session's loop thread's CPU since its question arrived,
+    once per question; an offer of help the agent makes meanwhile (its own round) carries none
+    and leaves the question's time to the answer. Only the session's turn bookkeeping runs
+    here (no room, no models): a runtime without its parts."""
+    from agent.session import SessionRuntime
+
+    runtime = object.__new__(SessionRuntime)
+    assert runtime._turn_cpu() == {}  # a reply before any question
+    runtime._on_event({"kind": "chat", "detail": {}})
+    runtime._on_event({"kind": "turn", "detail": {"reason": "agent_initiated",
+                                                   "answered_tier": 0}})
+    assert runtime._turn_cpu() == {}  # the offer
+    runtime._on_event({"kind": "turn", "detail": {"reason": "new_topic", "answered_tier": 0}})
+    started = time.thread_time()
+    while time.thread_time() - started < 0.02:  # the answer's work on this thread
+        sum(range(1000))
+    spent = runtime._turn_cpu()["cpu_ms"]
+    assert 20 <= spent <= (time.thread_time() - started) * 1000 + 50
+    assert runtime._turn_cpu() == {}  # counted once
+    runtime._on_event({"kind": "heard", "detail": {}})  # a spoken question counts the same
+    assert runtime._turn_cpu()["cpu_ms"] >= 0
