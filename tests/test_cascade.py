@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.genai import _common as genai_common
+from google.genai import types as genai_types
 from livekit.agents import Agent, AgentSession, llm
 from synthetic_screen import Desk
 
@@ -692,3 +694,43 @@ async def test_gemini_sends_the_tools_every_turn_but_builds_them_once(
     assert sent == [["find", "forget"]] * 4
     assert all(r.body["tools"] == server.requests[0].body["tools"] for r in server.requests)
     assert len(calls) == 1
+
+
+async def test_gemini_requests_are_the_same_with_the_quick_membership_test(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-genai asks `name in model` of its pydantic models for every field while building
+    a request; the providers answer that test directly instead of through pydantic's field
+    iteration. The body a request sends (instructions, history, a screenshot, tools) is the
+    same either way, and so is every answer to the test."""
+    part = genai_types.Part(text="on screen")
+    assert ("text" in part, ("text", "on screen") in part, ("text", "other") in part) == (
+        False, True, False)
+
+    async def sent_body() -> dict[str, Any]:
+        holder = _Tools()
+        ctx = llm.ChatContext.empty()
+        ctx.add_message(role="system", content="You are Sightline.")
+        ctx.add_message(role="user", content="Earlier?")
+        ctx.add_message(role="assistant", content="Earlier answer.")
+        screenshot = llm.ImageContent(image=Desk().frame())
+        ctx.add_message(role="user", content=["What failed?", screenshot])
+        async with ScriptedModelServer([said("It failed.")]) as server:
+            provider = GeminiProvider(api_key="k", model=LITE, base_url=server.base_url,
+                                      timeout_s=2.0, retries=0)
+            try:
+                assert [i async for i in provider.stream(
+                    ctx, max_output_tokens=50, tools=llm.ToolContext([holder.find, holder.forget]))
+                    if isinstance(i, str)] == ["It failed."]
+            finally:
+                await provider.aclose()
+        (request,) = server.requests
+        return request.body
+
+    quick = await sent_body()
+    screenshot = quick["contents"][-1]["parts"][1]["inlineData"]
+    assert screenshot["mime_type"] == "image/jpeg" and screenshot["data"]
+    monkeypatch.delattr(genai_common.BaseModel, "__contains__")
+    part = genai_types.Part(text="on screen")
+    assert ("text" in part, ("text", "on screen") in part, ("text", "other") in part) == (
+        False, True, False)
+    assert await sent_body() == quick
