@@ -702,6 +702,7 @@ async def test_gemini_requests_are_the_same_with_the_quick_membership_test(
     a request; the providers answer that test directly instead of through pydantic's field
     iteration. The body a request sends (instructions, history, a screenshot, tools) is the
     same either way, and so is every answer to the test."""
+    assert genai_common.BaseModel.__contains__ is providers._model_contains
     part = genai_types.Part(text="on screen")
     assert ("text" in part, ("text", "on screen") in part, ("text", "other") in part) == (
         False, True, False)
