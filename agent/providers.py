@@ -130,10 +130,12 @@ def _claude_tools(tools: llm.ToolContext) -> list[dict[str, Any]]:
 
 
 def _model_contains(model: pydantic.BaseModel, key: object) -> bool:
-    """What `key in model` answered before, without building the model's pairs for a key
-    that is not one: iterating a pydantic model yields (field, value) pairs, so only a pair
-    can be in it."""
-    return isinstance(key, tuple) and any(pair == key for pair in model)
+    """What `key in model` answered before: iterating a pydantic model yields its (field,
+    value) pairs, and a name is never equal to a pair, so a name is answered at once; any
+    other key is compared with the pairs as Python's own test does."""
+    if isinstance(key, str):
+        return False
+    return any(pair is key or pair == key for pair in model)
 
 
 # google-genai (3.4.0, unchanged in 3.6.1) turns a request into its JSON body by testing
