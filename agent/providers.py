@@ -143,10 +143,9 @@ def _model_contains(model: pydantic.BaseModel, key: object) -> bool:
 # then reading the attribute when that fails. Pydantic models define no `__contains__`, so each
 # test builds all the model's (field, value) pairs: ~410 tests and ~8,300 pairs for a request
 # with a screenshot and a short history, a third of a streamed answer's CPU (1.4 of 4.7 ms,
-# holding the GIL). The SDK offers no request
-# path around that conversion; answering the test directly changes no answer
-# (tests/test_cascade.py compares the bodies built both ways). An SDK that defines its own
-# test keeps it.
+# holding the GIL). The SDK offers no request path around that conversion; answering the test
+# directly changes no answer (tests/test_cascade.py compares the bodies built both ways). An
+# SDK that defines its own test keeps it.
 if getattr(genai_common.BaseModel, "__contains__", None) is None:
     genai_common.BaseModel.__contains__ = _model_contains
 
