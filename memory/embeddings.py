@@ -220,8 +220,9 @@ class BgeSmallEmbedder(EncoderEmbedder):
 
 class MPNetEmbedder(EncoderEmbedder):
     """all-mpnet-base-v2 (memory/mpnet.py), with the `mpnet` extra: the best recall of the
-    offline embedders on long conversations, at about five times MiniLM's cost a question
-    (weights in 8 bits: memory/mpnet.py `int8_graph`)."""
+    offline embedders on LoCoMo's long conversations (not on LongMemEval's: README, Knowledge
+    base), at about five times MiniLM's cost a question (weights in 8 bits: memory/mpnet.py
+    `int8_graph`)."""
 
     FAMILY = "all-mpnet-"
     name = "all-mpnet-base-v2-8bit-768-windows"
