@@ -38,9 +38,28 @@ async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
     code for them). asyncpg still rolls back a transaction left open before calling this."""
 
 
-# every pool opened here: a connection attempt's and any one statement's timeouts, the reset above
+# Every connection's settings for pgvector's HNSW index (the knowledge base's, kb_chunks): it is
+# shared by all tenants, and a tenant's search filters what the index finds. Without iterative
+# scans, a tenant with a few percent of the table gets the few of its chunks among the index's
+# `ef_search` nearest (tests/test_knowledge.py: 3 of 20 asked), once ANALYZE (autovacuum's,
+# within a minute of a large ingest) makes the planner choose the index. With them the index is
+# read on until the tenant's `limit` are found; `relaxed_order` since every query sorts what it
+# is given again. A wider `ef_search` is nearer the exact ranking where the index serves.
+VECTOR_SEARCH_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": "100"}
+
+# every pool opened here: a connection attempt's and any one statement's timeouts, the reset
+# above, the settings above
 POOL_OPTIONS: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30,
-                                "reset": _nothing_to_reset}
+                                "reset": _nothing_to_reset,
+                                "server_settings": VECTOR_SEARCH_SETTINGS}
+
+
+def pool_options(schema: str | None) -> dict[str, Any]:
+    """POOL_OPTIONS, with `schema` (a scratch run's) first on the search path when given."""
+    if schema is None:
+        return POOL_OPTIONS
+    return POOL_OPTIONS | {"server_settings": VECTOR_SEARCH_SETTINGS
+                           | {"search_path": f"{schema},public"}}
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -74,9 +93,7 @@ class Database:
             if schema is not None:
                 await _create_schema(url, schema)
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=connections, **POOL_OPTIONS,
-                **({"server_settings": {"search_path": f"{schema},public"}} if schema else {}),
-            )
+                url, min_size=1, max_size=connections, **pool_options(schema))
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             if embedded is not None:
                 await asyncio.to_thread(stop_embedded, embedded)

@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import numpy as np
 import pytest
 from aiohttp import web
 from conftest import CountingEmbedder, answering, cli_env, run_cli
@@ -299,6 +301,57 @@ async def test_search_filters_on_document_metadata(db: Database, docs: Path) -> 
     pdfs = await kb.search("acme", question, 10, where={"team": "it", "type": "pdf"})
     assert {Path(h.source).name for h in pdfs} == {"holidays.pdf"}
     assert await kb.search("acme", question, 10, where={"team": "sales"}) == []
+
+
+async def _chunks_of_random_vectors(db: Database, tenant: str, count: int, model: str,
+                                    dim: int) -> None:
+    """`count` chunks of one document, each a random vector, made by Postgres itself."""
+    document = await db.pool.fetchval(
+        "INSERT INTO kb_documents (tenant, source, content_hash) VALUES ($1, 'notes.md', 'h')"
+        " RETURNING id", tenant)
+    await db.pool.execute(  # the subquery names g, so each row draws its own vector
+        "INSERT INTO kb_chunks (tenant, document_id, chunk_key, position, text, content_hash,"
+        " embed_model, embedding) SELECT $1, $2, 'c' || g, g, 'note ' || g, 'h', $3,"
+        " (SELECT array_agg(random() - 0.5) FROM generate_series(1, $4) WHERE g > 0)::vector"
+        " FROM generate_series(1, $5) g", tenant, document, model, dim, count, timeout=120)
+
+
+async def test_a_small_tenants_vector_ranking_is_whole_when_the_shared_index_serves_it(
+    db: Database, settings: Settings,
+) -> None:
+    """One HNSW index holds every tenant's chunks. Once the table is analysed (autovacuum does
+    it after a large ingest) the planner reads it for a tenant with a few percent of the rows
+    too, and the index's nearest hold few of that tenant's: the pools' settings (memory/db.py)
+    read on until the ranking is as long as asked, every hit the tenant's own."""
+    embedder = WordLlamaEmbedder()
+    model, dim = embedder.name, int(embedder.dim)
+    await _chunks_of_random_vectors(db, "globex", 12_000, model, dim)
+    await _chunks_of_random_vectors(db, "acme", 600, model, dim)
+    kb = KnowledgeBase(db.pool, embedder)
+    await kb.rankings("acme", "warm", 1, query_vector=np.zeros(dim, np.float32))  # its index
+    await db.pool.execute("ANALYZE kb_chunks")
+    question = np.random.default_rng(7).standard_normal(dim).astype(np.float32)
+    plan = "\n".join(r[0] for r in await db.pool.fetch(
+        f"EXPLAIN SELECT id FROM kb_chunks WHERE tenant = 'acme' AND embed_model = '{model}'"
+        f" ORDER BY embedding::vector({dim}) <=> $1::vector({dim}) LIMIT 20",
+        knowledge.vector_literal(question)))
+    assert "kb_chunks_hnsw" in plan, plan  # the shared index serves the small tenant
+
+    vector_hits, _ = await kb.rankings("acme", "note", 20, query_vector=question)
+    owners = {r["tenant"] for r in await db.pool.fetch(
+        "SELECT DISTINCT tenant FROM kb_chunks WHERE id = ANY($1::bigint[])",
+        [h.id for h in vector_hits])}
+    assert len(vector_hits) == 20 and owners == {"acme"}
+
+    # without the iterative scan the same question finds a few (what the settings mend)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1,
+                                     server_settings={"hnsw.iterative_scan": "off"})
+    try:
+        unmended, _ = await KnowledgeBase(pool, embedder).rankings(
+            "acme", "note", 20, query_vector=question)
+    finally:
+        await pool.close()
+    assert len(unmended) < 10
 
 
 async def test_a_cohere_reranker_reorders_and_its_outage_keeps_the_fused_order(
