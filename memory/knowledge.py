@@ -406,6 +406,12 @@ class KnowledgeBase:
         )
         self._indexed = True
 
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics of the chunks, as autovacuum does within a minute
+        of a large ingest: until then a tenant's vectors are read in full rather than through
+        the HNSW index, so an evaluation asks right after loading to measure the settled plan."""
+        await self._pool.execute("ANALYZE kb_documents, kb_chunks", timeout=600)
+
     async def ingest(
         self, paths: Sequence[Path], tenant: str,
         progress: Callable[[float, float], None] | None = None,
