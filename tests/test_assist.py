@@ -204,6 +204,43 @@ async def test_an_utterance_meets_its_examples_embedded_the_same_way() -> None:
         assert intent is not None and intent.name == name and intent.score > 0.999
 
 
+class DownForDocuments(CountingEmbedder):
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        raise EmbeddingError("down")
+
+
+async def test_the_intent_examples_are_embedded_as_the_session_starts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first utterance of a process waits for no example: they are embedded when the
+    assist gets its embedder; an embedder down then costs one line, and the utterance asks
+    again."""
+    monkeypatch.setattr(IntentIndex, "_cache", {})  # as in a fresh process
+    counting = CountingEmbedder()
+    assist = LiveAssist(counting, None, tenant="acme", session_id="s1",
+                        record=lambda _message: None)
+    assert assist._preparing is not None
+    await assist._preparing
+    examples = sum(len(phrases) for phrases in INTENTS.values())
+    assert len(counting.embedded) == examples and counting.queries == []
+    message = await assist("why does this error show up")
+    assert message is not None and message["intent"]["name"] == "troubleshoot_error"
+    assert len(counting.embedded) == examples  # the utterance embedded only itself
+    await assist.aclose()
+
+    monkeypatch.setattr(IntentIndex, "_cache", {})  # the same model's name: kept otherwise
+    with caplog.at_level("WARNING", logger="sightline.assist"):
+        down = LiveAssist(DownForDocuments(), None, tenant="acme", session_id="s2",
+                          record=lambda _message: None)
+        assert down._preparing is not None
+        await down._preparing  # logged, not raised
+    assert [r.getMessage() for r in caplog.records if "intent examples" in r.getMessage()] == [
+        "live assist: the intent examples could not be embedded yet (EmbeddingError('down')); "
+        "the first utterance tries again"]
+    assert await down("why does this error show up") is None  # one more line, no traceback
+    await down.aclose()
+
+
 class ProbeCounting(KnowledgeBase):
     """The real knowledge base, counting its `has_any` probes."""
 
