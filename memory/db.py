@@ -41,7 +41,7 @@ async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
 # Every connection's settings for pgvector's HNSW index (the knowledge base's, kb_chunks): it is
 # shared by all tenants, and a tenant's search filters what the index finds. Without iterative
 # scans, a tenant with a few percent of the table gets the few of its chunks among the index's
-# `ef_search` nearest (tests/test_knowledge.py: 3 of 20 asked), once ANALYZE (autovacuum's,
+# `ef_search` nearest (tests/test_knowledge.py: 2 of 20 asked), once ANALYZE (autovacuum's,
 # within a minute of a large ingest) makes the planner choose the index. With them the index is
 # read on until the tenant's `limit` are found; `relaxed_order` since every query sorts what it
 # is given again. A wider `ef_search` is nearer the exact ranking where the index serves.
