@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 import warnings
 from collections.abc import Awaitable
@@ -52,6 +53,13 @@ VECTOR_SEARCH_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_searc
 POOL_OPTIONS: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30,
                                 "reset": _nothing_to_reset,
                                 "server_settings": VECTOR_SEARCH_SETTINGS}
+
+
+def iterative_scans(pgvector: str) -> bool:
+    """Whether pgvector `pgvector` (its extension version, e.g. `0.8.6`) has the iterative
+    scans VECTOR_SEARCH_SETTINGS asks for (0.8.0 on)."""
+    numbers = [int(n) for n in re.findall(r"\d+", pgvector)[:2]]
+    return numbers >= [0, 8]
 
 
 def pool_options(schema: str | None) -> dict[str, Any]:
@@ -105,8 +113,9 @@ class Database:
                 async with pool.acquire() as conn:
                     applied = await vectors_checked(apply_migrations(conn))
                     # 64 wide: a compiler's vector loop runs only from 16 dimensions up
-                    await vectors_checked(conn.fetchval(
-                        "SELECT vector_norm(array_fill(1, ARRAY[64])::vector)"))
+                    _norm, pgvector = await vectors_checked(conn.fetchrow(
+                        "SELECT vector_norm(array_fill(1, ARRAY[64])::vector),"
+                        " (SELECT extversion FROM pg_extension WHERE extname = 'vector')"))
             except (MigrationFailed, DatabaseUnavailable) as exc:
                 await pool.close()
                 if embedded is not None:
@@ -114,6 +123,11 @@ class Database:
                 raise DatabaseUnavailable(str(exc)) from None
             if applied:
                 log.info("applied migrations %s", ", ".join(applied))
+            if not iterative_scans(pgvector):
+                log.warning("pgvector %s in this database: before 0.8 its HNSW index cannot read "
+                            "past other tenants' chunks, so a small tenant's knowledge search "
+                            "can find fewer than it holds; install 0.8 or later and run `ALTER "
+                            "EXTENSION vector UPDATE`", pgvector)
         return db
 
     @classmethod

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from memory.db import Database, DatabaseUnavailable, vectors_checked
+from agent.config import Settings
+from memory import db as db_module
+from memory.db import Database, DatabaseUnavailable, iterative_scans, vectors_checked
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "memory" / "build_pgvector.sh"
@@ -42,6 +44,29 @@ async def test_the_built_pgvector_is_the_one_postgres_loads(db: Database) -> Non
     assert await db.pool.fetchval(
         "SELECT array_fill(1, ARRAY[384])::vector <=> array_fill(2, ARRAY[384])::vector"
     ) == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_a_pgvector_without_iterative_scans_is_named_at_open(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Knowledge search relies on pgvector 0.8's iterative scans (memory/db.py): an external
+    database with an older one is told in one line as it opens; ours says nothing."""
+    assert [iterative_scans(v) for v in ("0.7.4", "0.8.0", "0.8.6", "0.10.1", "1.0")] == [
+        False, True, True, True, True]
+    with caplog.at_level("WARNING", logger="sightline.db"):
+        database = await Database.open(settings.database_url, settings.data_dir)
+        assert iterative_scans(await database.pool.fetchval(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
+        assert await database.pool.fetchval("SHOW hnsw.iterative_scan") == "relaxed_order"
+        await database.close()
+    assert not [r for r in caplog.records if "pgvector" in r.getMessage()]
+
+    monkeypatch.setattr(db_module, "iterative_scans", lambda _version: False)  # as if 0.7
+    with caplog.at_level("WARNING", logger="sightline.db"):
+        database = await Database.open(settings.database_url, settings.data_dir)
+        await database.close()
+    named = [r.getMessage() for r in caplog.records if "pgvector" in r.getMessage()]
+    assert len(named) == 1 and re.match(r"pgvector [\d.]+ in this database: before 0.8", named[0])
 
 
 def test_the_built_pgvector_needs_no_avx512() -> None:
