@@ -132,12 +132,17 @@ def _started(directory: Path, session_id: str) -> float:
         return math.inf
 
 
+def encode_rows(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Rows as a spill file holds them: one JSON object a line."""
+    return "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+
+
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> int | None:
     """Append rows to a spill file as JSON lines; returns where they begin (the file's size
     before them), or None when the disk refused them (full, failing): the file is then left
     as it was, with no torn line, and the loss is said in one line. Blocking: a few lines,
     microseconds."""
-    data = "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
+    data = encode_rows(rows)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("ab", buffering=0) as fh:

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from .db import error_reason
-from .spill_files import append_rows, refused_path
+from .spill_files import append_rows, encode_rows, refused_path
 
 log = logging.getLogger("sightline.db")
 
@@ -103,10 +103,18 @@ class BackgroundWriter:
         self._pending: list[Row] = []
         self._max_pending = max_pending
         self._linger_s = linger_s  # gather rows this long before a write: fewer, larger writes
-        # rows this writer moved to the spill file and still owes the database: they start at
-        # byte `_spill_offset` (rows before it are from earlier sessions, left alone)
+        # rows this writer moved to the spill file and still owes the database: bytes
+        # `_spill_offset` to `_spill_end` of the file (rows before it are from earlier sessions,
+        # left alone); those before `_written_to` are written already, and leave the file when
+        # the rest has been written too, or at `close()`
         self._spilled = 0
         self._spill_offset = 0
+        self._written_to = 0
+        self._spill_end = 0
+        # rows at the head of `_pending` that stay in memory: a batch being written, or what is
+        # left of one that failed while rows after it were spilled (they go first, for order)
+        self._head = 0
+        self._rewriting = False  # `close()` rewriting the spill file: rows wait in memory
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # a row that should not linger (`put(row, now=True)`)
         self._closing = False
@@ -122,10 +130,12 @@ class BackgroundWriter:
         self._pending.append(row)
         if now:
             self._urgent.set()
-        if len(self._pending) > self._max_pending:
-            # a quarter at a time: a few ms of JSON, and not again for a while
-            self._spill(self._pending[: self._max_pending // 4])
-            del self._pending[: self._max_pending // 4]
+        if len(self._pending) > self._max_pending and not self._rewriting:
+            # a quarter at a time: a few ms of JSON, and not again for a while; the oldest rows
+            # but those at the head, which a write may be taking from the list as it returns
+            oldest = slice(self._head, self._head + self._max_pending // 4)
+            self._spill(self._pending[oldest])
+            del self._pending[oldest]
         self._wake.set()
 
     @property
@@ -143,22 +153,50 @@ class BackgroundWriter:
             self.lost += len(rows)
             return
         if not self._spilled:
-            self._spill_offset = start
+            self._spill_offset = self._written_to = start
             log.warning("%s: database still unreachable, queue full: spilling to %s",
                         self._name, self._spill_path)
         self._spilled += len(rows)
+        # appends happen on the loop alone, so the file ends where these rows end
+        self._spill_end = self._spill_path.stat().st_size
 
-    def _read_spilled(self) -> list[Row]:
-        with self._spill_path.open() as fh:
-            fh.seek(self._spill_offset)
-            return [json.loads(line) for line in fh if line.strip()]
+    def _read_spilled(self, start: int, end: int) -> list[tuple[Row, int]]:
+        """The rows between two byte offsets, each with the offset where its line ends. Rows
+        spilled while this runs (on its thread) go after `end` and are not read."""
+        with self._spill_path.open("rb") as fh:
+            fh.seek(start)
+            data = fh.read(end - start)
+        rows, end_of_line = [], start
+        for line in data.splitlines(keepends=True):
+            end_of_line += len(line)
+            if line.strip():
+                rows.append((json.loads(line), end_of_line))
+        return rows
 
-    def _drop_spilled(self) -> None:
-        with self._spill_path.open("r+") as fh:
+    def _drop_written(self) -> None:
+        """Every spilled row is written: they leave the file. On the loop, between two
+        appends, so no row spilled meanwhile is cut off."""
+        with self._spill_path.open("r+b") as fh:
             fh.truncate(self._spill_offset)
         if self._spill_offset == 0:
             self._spill_path.unlink()
-        self._spilled = 0
+        self._spill_end = self._written_to = self._spill_offset
+
+    def _rewrite_spilled(self, first: list[Row]) -> None:
+        """Closing with spilled rows written, or rows older than them still in memory (`first`,
+        left of a batch that failed after them): the file keeps the rows not written, in the
+        order they were put, for a later session to import. A new file is put in place whole,
+        so a crash meanwhile leaves the old one (rows imported twice rather than lost)."""
+        scratch = self._spill_path.with_name(self._spill_path.name + ".partial")
+        with self._spill_path.open("rb") as old, scratch.open("wb") as new:
+            new.write(old.read(self._spill_offset))
+            new.write(encode_rows(first))
+            old.seek(self._written_to)
+            new.write(old.read(self._spill_end - self._written_to))
+            end = new.tell()
+        scratch.replace(self._spill_path)
+        self._spill_end = end
+        self._written_to = self._spill_offset
 
     async def _write(self, batch: list[Row]) -> Written:
         written = await write_or_set_aside(self._write_batch, batch)
@@ -169,33 +207,33 @@ class BackgroundWriter:
         return written
 
     async def _flush_spilled(self) -> bool:
-        """Write the rows spilled during this outage, oldest first; all or nothing."""
-        rows = await asyncio.to_thread(self._read_spilled)
-        for start in range(0, len(rows), self._max_batch):
-            written = await self._write(rows[start:start + self._max_batch])
-            if written.error is not None:
-                # the rows already written leave the file; the rest waits for the next try
-                await asyncio.to_thread(self._rewrite_spilled, rows[start + written.done:])
-                return False
-        await asyncio.to_thread(self._drop_spilled)
-        log.info("%s: %d spilled rows written after the outage", self._name, len(rows))
+        """Write the spilled rows, oldest first, until none is left (rows put meanwhile may
+        spill after them); False when the database fails again, the rest kept."""
+        while self._spilled:
+            rows = await asyncio.to_thread(self._read_spilled, self._written_to, self._spill_end)
+            for start in range(0, len(rows), self._max_batch):
+                batch = rows[start:start + self._max_batch]
+                written = await self._write([row for row, _ in batch])
+                if written.done:
+                    self._written_to = batch[written.done - 1][1]
+                    self._spilled -= written.done
+                if written.error is not None:
+                    return False
+            if self._written_to == self._spill_end:
+                self._drop_written()
+            log.info("%s: %d spilled rows written after the outage", self._name, len(rows))
         return True
 
-    def _rewrite_spilled(self, rows: list[Row]) -> None:
-        with self._spill_path.open("r+") as fh:
-            fh.truncate(self._spill_offset)
-            fh.seek(self._spill_offset)
-            fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)
-        self._spilled = len(rows)
-
     async def _flush_once(self) -> bool:
-        if self._spilled and not await self._flush_spilled():
+        if self._spilled and not self._head and not await self._flush_spilled():
             return False
-        batch = self._pending[: self._max_batch]
+        batch = self._pending[: self._head or self._max_batch]
         if not batch:
             return True
+        self._head = len(batch)
         written = await self._write(batch)
         del self._pending[: written.done]
+        self._head = len(batch) - written.done if self._spilled else 0
         if written.error is not None:
             if self._failing_since is None:
                 self._failing_since = repr(written.error)
@@ -244,6 +282,19 @@ class BackgroundWriter:
             await self._flush_once()
         if not self._pending and not self._spilled:
             return 0
+        first = self._pending[: self._head] if self._spilled else []
+        if first or self._written_to > self._spill_offset:
+            self._rewriting = True
+            try:
+                await asyncio.to_thread(self._rewrite_spilled, first)
+                del self._pending[: len(first)]
+                self._spilled += len(first)
+            except OSError as exc:  # the old file stands: rows written may be imported again
+                log.error("%s: %s could not be rewritten (%s): its rows written already may "
+                          "be imported again", self._name, self._spill_path,
+                          exc.strerror or exc)
+            finally:
+                self._rewriting = False
         self._spill(self._pending)  # after the rows spilled earlier: the order holds
         self._pending.clear()
         spilled = self._spilled

@@ -3,7 +3,9 @@
 Protects: a row put `now` skips the linger; the queue in memory stays bounded; the overflow
 goes to the spill file; when writes work again every row is written exactly once and in the
 order it was put, and the spill file is gone (rows spilled by an earlier session stay
-untouched); closing during an outage keeps every row, in order, in the spill file.
+untouched); closing during an outage keeps every row, in order, in the spill file. Writes take
+time: rows that spill while a batch or the spilled rows are being written are neither lost nor
+written twice, and a batch that fails with rows spilled behind it still goes first.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ class FlakyTable:
         self.down = True
         self.rows: list[dict] = []
 
+        self.gate = asyncio.Event()  # a write waits here while it is clear: a slow database
+        self.gate.set()
+        self.waiting = 0
+        self.goes_down_after: int | None = None  # writes that still work
+
     async def write(self, batch: list[dict]) -> None:
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+        if self.goes_down_after is not None:
+            self.down = self.goes_down_after == 0
+            self.goes_down_after = max(0, self.goes_down_after - 1)
         if self.down:
             raise ConnectionError("database is down")
         self.rows.extend(batch)
@@ -81,3 +94,99 @@ async def test_a_row_put_now_does_not_wait_for_the_linger(tmp_path: Path) -> Non
     assert len(table.rows) == 2, "the next row lingers again"
     assert await writer.close() == 0
     assert [r["n"] for r in table.rows] == [0, 1, 2]
+
+
+def numbers(rows: list[dict]) -> list[int]:
+    return [r["n"] for r in rows]
+
+
+def spilled_numbers(spill: Path) -> list[int]:
+    return [json.loads(line)["n"] for line in spill.read_text().splitlines()]
+
+
+async def test_rows_spilled_while_a_batch_is_written_are_each_written_once(
+        tmp_path: Path) -> None:
+    spill = tmp_path / "sess-spill.jsonl"
+    table = FlakyTable()
+    table.down = False
+    table.gate.clear()
+    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_pending=12)
+    for n in range(5):
+        writer.put({"n": n})
+    await wait_for(lambda: table.waiting == 1)  # rows 0-4 on their way
+    for n in range(5, 40):
+        writer.put({"n": n})
+    assert spill.exists(), "the queue overflowed while the batch was written"
+    table.gate.set()
+    await wait_for(lambda: writer.pending == 0)
+    assert numbers(table.rows) == list(range(40))
+    assert not spill.exists()
+    assert await writer.close() == 0
+
+
+async def test_rows_spilled_while_spilled_rows_are_written_are_each_written_once(
+        tmp_path: Path) -> None:
+    spill = tmp_path / "sess-spill.jsonl"
+    spill.write_text('{"n": "from an earlier session"}\n')
+    table = FlakyTable()
+    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_backoff_s=0.05,
+                              max_pending=12)
+    for n in range(40):
+        writer.put({"n": n})
+    await wait_for(lambda: table.waiting == 0)
+    table.gate.clear()
+    table.down = False
+    await wait_for(lambda: table.waiting == 1)  # the first spilled rows on their way
+    for n in range(40, 80):  # the queue overflows into the file meanwhile
+        writer.put({"n": n})
+    table.gate.set()
+    await wait_for(lambda: writer.pending == 0)
+    assert numbers(table.rows) == list(range(80))
+    assert spill.read_text() == '{"n": "from an earlier session"}\n'
+    assert await writer.close() == 0
+
+
+async def test_a_batch_that_fails_with_rows_spilled_behind_it_stays_first(
+        tmp_path: Path) -> None:
+    """The database goes away while a batch is being written and the queue overflows behind
+    it: that batch is older than every spilled row, in the file at close as in the table."""
+    for comes_back in (False, True):
+        spill = tmp_path / f"sess-{comes_back}-spill.jsonl"
+        table = FlakyTable()
+        table.down = False
+        table.gate.clear()
+        writer = BackgroundWriter("test", table.write, spill, max_batch=5,
+                                  max_backoff_s=0.05, max_pending=12)
+        for n in range(5):
+            writer.put({"n": n})
+        await wait_for(lambda: table.waiting == 1)  # noqa: B023 (awaited in the loop)
+        for n in range(5, 30):
+            writer.put({"n": n})
+        table.down = True
+        table.gate.set()
+        await asyncio.sleep(0.1)
+        if comes_back:
+            table.down = False
+            await wait_for(lambda: writer.pending == 0)  # noqa: B023
+            assert numbers(table.rows) == list(range(30))
+            assert not spill.exists()
+        assert await writer.close(timeout_s=0.5) == (0 if comes_back else 30)
+        assert comes_back or spilled_numbers(spill) == list(range(30))
+
+
+async def test_closing_keeps_the_spilled_rows_not_yet_written_and_only_those(
+        tmp_path: Path) -> None:
+    spill = tmp_path / "sess-spill.jsonl"
+    spill.write_text('{"n": -1}\n')
+    table = FlakyTable()
+    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_backoff_s=0.05,
+                              max_pending=12)
+    for n in range(40):
+        writer.put({"n": n})
+    await asyncio.sleep(0.1)
+    table.goes_down_after = 3  # three batches of the spilled rows get through, then it fails
+    await wait_for(lambda: len(table.rows) == 15)
+    await asyncio.sleep(0.1)
+    assert await writer.close(timeout_s=0.5) == 25
+    assert numbers(table.rows) == list(range(15))
+    assert spilled_numbers(spill) == [-1, *range(15, 40)]
