@@ -14,6 +14,8 @@ is exact.
 
 from __future__ import annotations
 
+from .db import storable
+
 # BM25's term-frequency saturation and length normalisation (Robertson's usual values, Lucene's
 # defaults)
 K1 = 1.2
@@ -23,6 +25,16 @@ MAX_QUERY_LEXEMES = 8  # the rarest of a question's lexemes that keyword search 
 # words of questions over a long conversation: LongMemEval's 10,866 messages, keyword recall@10
 # 0.513 at 500, 0.598 at 2,000, 0.595 with no limit (bench.conversations, README).
 CANDIDATES = 2000
+# A longer question is searched by its beginning: its rarest lexemes rank, an embedder reads a
+# few hundred tokens of it, and Postgres refuses a tsvector over 1 MB (a pasted log would fail
+# the whole lookup rather than be searched)
+MAX_QUERY_CHARS = 10_000
+
+
+def searchable(question: str) -> str:
+    """`question` as the searches can send it: at most MAX_QUERY_CHARS, and no NUL (Postgres
+    text cannot hold one; a typed question with one would fail every search)."""
+    return storable(question[:MAX_QUERY_CHARS])
 
 
 def terms(prefix: str, scope: str, text: str) -> str:

@@ -599,6 +599,7 @@ class KnowledgeBase:
         `where` keeps only documents whose metadata has all of its keys and values; `fusion`
         is the embedder's unless given."""
         fusion = fusion or self.embedder.fusion
+        query = bm25.searchable(query)
         if fusion not in FUSIONS:
             raise KnowledgeError(f"fusion must be one of {', '.join(FUSIONS)}")
         vector_hits, keyword_hits = await self.rankings(tenant, query, candidates, where, vector)
@@ -690,6 +691,7 @@ class KnowledgeBase:
         the query embedded, or being embedded, by this knowledge base's embedder). The keyword
         ranking runs first, while the query is embedded in its thread; both on one connection."""
         await self._ensure_index()
+        query = bm25.searchable(query)
         owned = query_vector is None  # embedded here, so cancelled here if the keywords fail
         vector: QueryVector = (asyncio.ensure_future(self.embedder.embed_query(query))
                                if query_vector is None else query_vector)
@@ -703,8 +705,11 @@ class KnowledgeBase:
                 vector_rows = [] if found is None else await self._vector_rows(
                     conn, tenant, vector_literal(found), limit, where)
         finally:
-            if owned and isinstance(vector, asyncio.Future) and not vector.done():
-                vector.cancel()
+            if owned and isinstance(vector, asyncio.Future):
+                if not vector.done():
+                    vector.cancel()
+                elif not vector.cancelled():
+                    vector.exception()  # seen, when the keywords failed first: not logged
 
         def hits(rows: list[asyncpg.Record]) -> list[Hit]:
             return [Hit(r["id"], r["text"], r["source"], float(r["score"]), key=r["chunk_key"],

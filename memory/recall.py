@@ -17,7 +17,9 @@ before them.
 
 An embedding that has not come within `VECTOR_WAIT_S`, or that fails (a provider slow under load,
 or down), does not cost the turn what the keywords found: the searches go on by keywords alone,
-and `Recalled.vector` says so (`late`, `failed`).
+and `Recalled.vector` says so (`late`, `failed`). Likewise a part that fails (the tenant's
+knowledge stored with another embedder, a statement the database refuses) costs the turn that
+part alone: the others' findings go in, and `Recalled.failed` names it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
+from .bm25 import searchable
+from .db import error_reason
 from .embeddings import EmbeddingError
 from .knowledge import Hit, KnowledgeBase
 from .screen_timeline import ScreenEvent, ScreenTimeline
@@ -51,6 +55,7 @@ class Recalled:
     memory: Recollection = field(default_factory=Recollection)
     screen: list[ScreenEvent] = field(default_factory=list)
     vector: VectorOutcome = "none"
+    failed: tuple[str, ...] = ()  # the parts whose probe or search failed (logged)
 
 
 class TurnRecall:
@@ -71,6 +76,7 @@ class TurnRecall:
     async def __call__(self, question: str) -> Recalled:
         if not question.strip():
             return Recalled()
+        question = searchable(question)
         # the embedding call and the vector waited for in time, once a part asks for them
         started: tuple[asyncio.Future[np.ndarray], asyncio.Future[np.ndarray | None]] | None = None
         outcome: list[VectorOutcome] = ["used"]
@@ -85,35 +91,47 @@ class TurnRecall:
             return started[1]
 
         screen = self._screen
+        failed: dict[str, str] = {}
         try:
             knowledge, memory, screens = await asyncio.gather(
                 self._searched("knowledge", lambda: self._knowledge.has_any(self._tenant),
                                lambda: self._knowledge.lookup(self._tenant, question,
-                                                              vector=question_vector()), []),
+                                                              vector=question_vector()),
+                               [], failed),
                 self._searched("memory", lambda: self._memory.has_any(
                     self._tenant, self._user_id, self._before_id), lambda: self._memory.recall(
                         self._tenant, self._user_id, question, question_vector(),
-                        before_id=self._before_id), Recollection()),
+                        before_id=self._before_id), Recollection(), failed),
                 self._searched("screen", lambda: screen.has_any(self._tenant, self._user_id),
                                lambda: screen.recall(self._tenant, self._user_id, question,
-                                                     question_vector()), [])
+                                                     question_vector()), [], failed)
                 if screen else _value([]),
             )
         finally:
-            if started is not None:  # when a search failed first; a finished one is unaffected
+            if started is not None:  # when the lookup was cancelled; a finished one is unaffected
                 embedding, vector = started
                 vector.cancel()
                 embedding.cancel()
-        return Recalled(knowledge, memory, screens, outcome[0] if started else "none")
+        if failed:
+            log.warning("recall: %s; the turn keeps what the other parts found",
+                        "; ".join(f"{part} failed ({why})" for part, why in failed.items()))
+        return Recalled(knowledge, memory, screens, outcome[0] if started else "none",
+                        tuple(failed))
 
     async def _searched(self, part: str, probe: Callable[[], Awaitable[bool]],
-                        search: Callable[[], Awaitable[T]], empty: T) -> T:
-        """`part`'s search, or `empty` when it has nothing to search. Each part probes and
-        searches on its own, so a part known to hold something is searched at once rather than
-        after the others' probes (the tenant without knowledge is probed every turn)."""
-        if not await self._has_any(part, probe):
+                        search: Callable[[], Awaitable[T]], empty: T,
+                        failed: dict[str, str]) -> T:
+        """`part`'s search, or `empty` when it has nothing to search or fails (`failed` then
+        says why). Each part probes and searches on its own, so a part known to hold something
+        is searched at once rather than after the others' probes (the tenant without
+        knowledge is probed every turn)."""
+        try:
+            if not await self._has_any(part, probe):
+                return empty
+            return await search()
+        except Exception as exc:
+            failed[part] = error_reason(exc)
             return empty
-        return await search()
 
     async def _has_any(self, part: str, probe: Callable[[], Awaitable[bool]]) -> bool:
         """Whether `part` has anything to search: asked until it has (see the module's

@@ -157,6 +157,7 @@ class ScreenTimeline:
         rank best on meaning and words fused (a nearest vector alone is not evidence, and costs
         prompt tokens), and, when the question asks about an error, the latest errors first;
         oldest first."""
+        question = bm25.searchable(question)
         ranked, errors = await self._ranked(
             tenant, user_id, question, vector, CANDIDATES,
             errors=ERRORS_PER_TURN if _ASKS_ABOUT_ERRORS.search(question) else 0)
@@ -177,6 +178,7 @@ class ScreenTimeline:
     ) -> list[ScreenEvent]:
         """The tenant's screen events (one user's, or all users') matching `query`, best
         first."""
+        query = bm25.searchable(query)
         vector = await self.embedder.embed_query(query)
         ranked, _ = await self._ranked(tenant, user_id, query, vector, max(k, CANDIDATES))
         return ranked[:k]

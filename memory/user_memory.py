@@ -88,6 +88,7 @@ class UserMemory:
         the question's vector (if it is being embedded) is computed; the rest is then one
         statement (`_nearest`): two round trips in all, as each one waits its turn for the
         session's connection and, on a loaded worker, for the event loop's thread."""
+        question = bm25.searchable(question)
         async with self._pool.acquire() as conn:
             keyword_rows = await self._keyword_rows(conn, tenant, user_id, question, before_id)
             found = await resolved(vector)

@@ -633,6 +633,32 @@ class _WatchedPool:
                 self.held -= 1
 
 
+async def test_a_failing_part_costs_the_turn_that_part_alone(db: Database) -> None:
+    """The tenant's knowledge stored with another embedder (models switched before a
+    re-ingest) fails the knowledge part every turn: the turn still gets the user's memory, and
+    says which part failed. A question holding a NUL, or a pasted log of megabytes, is searched
+    by what it says rather than failing every search."""
+    embedder, older = CountingEmbedder(), CountingEmbedder(128)
+    await KnowledgeBase(db.pool, older).ingest_chunks("t-parts", "handbook", [
+        ("vpn", "Rotate the vpn token from the account page every ninety days.")])
+    store = Store(db.pool)
+    await _session(db, "s-parts", "t-parts", "u-parts")
+    await store_messages(store, embedder, "s-parts", "t-parts", [
+        {"user_id": "u-parts", "role": "user", "content": "How do I rotate the vpn token?"}])
+    recall = TurnRecall(KnowledgeBase(db.pool, embedder), UserMemory(db.pool, embedder),
+                        tenant="t-parts", user_id="u-parts",
+                        before_id=await store.next_message_id())
+    pasted = " ".join(f"w{n}" for n in range(300_000))  # a tsvector of over 1 MB
+    for question in ("my vpn token expired", "my vpn\x00 token expired",
+                     f"my vpn token expired {pasted}"):
+        recalled = await recall(question)
+        assert recalled.failed == ("knowledge",)
+        assert recalled.knowledge == []
+        assert [turn.text for turn in recalled.memory.turns] == ["How do I rotate the vpn token?"]
+    hits = await KnowledgeBase(db.pool, older).search("t-parts", "vpn\x00 token")
+    assert [hit.key for hit in hits] == ["vpn"]
+
+
 async def _vpn_handbook_and_user(db: Database, embedder: CountingEmbedder, user: str,
                                  *more: str) -> Store:
     """Tenant acme's handbook (a vpn chunk, a printer chunk) and `user`'s earlier session, in
