@@ -43,7 +43,7 @@ from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.frame_archive import FrameArchive
 from vision.frames import SampledFrame, as_i420
 from vision.sampler import FrameSampler
-from vision.screen import ScreenChange, ScreenWatcher
+from vision.screen import FrameDecision, ScreenChange, ScreenWatcher
 from vision.screen_signals import find_error, fingerprint
 from vision.screen_text import (
     FrameTextReader,
@@ -52,6 +52,7 @@ from vision.screen_text import (
     SeenLines,
     merged,
 )
+from vision.track_source import SamplingGate
 
 ERROR_LINE = "KeyError: 'port' in load_settings"
 
@@ -296,6 +297,73 @@ async def test_earlier_screen_reaches_the_archive_beyond_the_in_memory_history(
         await capped.aclose()
     on_disk = sorted(p.stat().st_size for p in (tmp_path / "frames" / "s-capped").glob("*.jpg"))
     assert sum(on_disk) <= 150_000 and capped.times()[-1] == 5.0 and capped.times()[0] > 0.0
+
+
+async def _share(screen: ScreenWatcher, desks: list[Desk], seconds: int) -> None:
+    """One stream of a share, read as the source's pump reads it: 5 fps whose capture times
+    run on the publisher's own clock, each desk shown for an equal part of `seconds`."""
+    gate = SamplingGate(screen)
+    for n in range(seconds * 5):
+        timestamp_us = 7_000_000 + n * 200_000
+        if gate(timestamp_us):
+            screen.offer(gate.t(timestamp_us), desks[n * len(desks) // (seconds * 5)].frame())
+            gate.taken()
+        await asyncio.sleep(0.005)  # the archive writes in the background, one at a time
+
+
+async def test_a_share_made_again_goes_on_in_screen_time(tmp_path: Path) -> None:
+    """A user who stops sharing and shares again (or a subscription made again) brings a stream
+    whose own clock starts at 0. Screen time started from 0 again while the session kept the
+    first share's times: the model was told the new screen had not changed since the first
+    share's last screenshot, the archive wrote the new frames over the old ones' files."""
+    archive = FrameArchive(tmp_path / "frames", "s-again", max_bytes=60_000_000)
+    decisions: list[FrameDecision] = []
+    screen = ScreenWatcher(FrameSampler(1.0), decisions.append,
+                           on_kept=lambda c: archive.save(c.frame))
+    context = ScreenContext(screen, "changed")
+    editor = Desk(width=640, height=360, pointer=None, cursor_on=False)
+    pages = [Desk(width=640, height=360, pointer=None, cursor_on=False,
+                  lines=[f"Page {n} of the manual", *CODE[3 * n:]]) for n in range(4)]
+
+    await _share(screen, pages[:2], 10)
+    assert context.for_question("q1").note["image"] == "sent"
+    screen.clear()  # the share ended (the source's unsubscription)
+    await _share(screen, pages[2:], 10)
+    asked = context.for_question("q2")
+    await archive.aclose()
+
+    times = [decision.t for decision in decisions]
+    assert times == sorted(set(times)) and times[10] == 10.0, times  # one period on
+    assert asked.note["image"] == "sent" and asked.note["screen_t"] == 19.0
+    assert archive.times() == [0.0, 5.0, 10.0, 15.0]
+    assert sorted(p.name for p in archive.directory.iterdir()) == [
+        f"{t:010.3f}.jpg" for t in archive.times()]
+    assert archive.load(10.0).size == (640, 360) and archive.failed == 0
+
+    now = [100.0]  # a pause in sharing: the next share's times say how long ago this one was
+    paused = ScreenWatcher(FrameSampler(1.0), lambda _d: None, clock=lambda: now[0])
+    await _share(paused, [editor], 3)
+    now[0] += 300.0
+    gate = SamplingGate(paused)
+    assert gate.t(1_000) == 300.0 and gate.t(201_000) == 300.2
+
+
+async def test_the_archive_refuses_a_frame_that_is_not_its_newest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Screen time only grows in a session: a frame at a time the archive holds, or before its
+    newest, would overwrite a file or put the oldest-first order out. It is refused and said
+    once; the rest are counted."""
+    archive = FrameArchive(tmp_path / "frames", "s-order", max_bytes=60_000_000)
+    desk = Desk(width=320, height=180, pointer=None, cursor_on=False)
+    with caplog.at_level(logging.WARNING, logger="sightline.vision"):
+        for t in (1.0, 2.0, 3.0, 0.0, 3.0, 4.0):
+            archive.save(SampledFrame(desk.frame(), t))
+            await archive.aclose()
+    assert archive.times() == [1.0, 2.0, 3.0, 4.0] and archive.failed == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "not archiving the frame at t=0.0s: the archive already took t=3.0s, and screen time "
+        "only grows"]
 
 
 async def test_a_session_records_its_screen_and_offers_help_once_per_new_error(

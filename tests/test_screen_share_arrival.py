@@ -17,7 +17,7 @@ from agent.session_record import recompute_summary
 from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer, User
 from tests.synthetic_screen import flat_frame
 from vision.sampler import FrameSampler
-from vision.screen import ScreenWatcher
+from vision.screen import FrameDecision, ScreenWatcher
 from vision.track_source import RESUBSCRIBE_TRIES, ScreenShareSubscriber
 
 
@@ -74,6 +74,37 @@ async def test_a_share_that_arrives_is_left_alone(livekit: LiveKitServer) -> Non
         assert await _until(lambda: screen.stats()["received"] >= 3, 20.0)
         await asyncio.sleep(1.5)  # past the arrival check
         assert screen.share_resubscribed == 0
+    finally:
+        await subscriber.aclose()
+        await agent.disconnect()
+        await user.leave()
+
+
+async def test_a_share_made_again_goes_on_in_screen_time(livekit: LiveKitServer) -> None:
+    """The user stops sharing and shares again: the new stream's capture times start anew, and
+    its frames' screen times go on after the first share's (they started from 0 again)."""
+    user = User(livekit, "shared-again", agent_name="none", metadata={},
+                frames=[flat_frame(320, 240, 90), flat_frame(320, 240, 200)])
+    await user.connect("user")
+    agent = await _agent_room(livekit, "shared-again", auto_subscribe=True)
+    decisions: list[FrameDecision] = []
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=decisions.append)
+    subscriber = ScreenShareSubscriber(agent, "user", screen)
+
+    async def share_until(decided: int) -> None:
+        await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
+        assert await _until(lambda: len(decisions) >= decided, 20.0)
+        assert user._publisher is not None
+        user._publisher.cancel()
+        for publication in list(user.room.local_participant.track_publications.values()):
+            await user.room.local_participant.unpublish_track(publication.sid)
+        assert await _until(lambda: screen.freshest is None, 10.0)  # the share ended
+
+    try:
+        await share_until(3)
+        await share_until(len(decisions) + 3)
+        times = [decision.t for decision in decisions]
+        assert times == sorted(set(times)), times
     finally:
         await subscriber.aclose()
         await agent.disconnect()

@@ -3,8 +3,11 @@
 Each session's kept frames go to `<root>/<session_id>/<t>.jpg` (JPEG, quality 85: legible screen
 text at a tenth of the raw size), encoded and written off the event loop, one at a time; a frame
 that arrives while another waits replaces it (counted). The session's directory is capped in
-bytes: past the cap the oldest frames go first. `prune` removes whole session directories older
-than the retention, and `remove_sessions` those of a user who asked to be forgotten.
+bytes: past the cap the oldest frames go first. Screen time only grows within a session
+(`ScreenWatcher.start_stream`): a frame that would not be the newest is refused (said once,
+counted as failed) rather than overwrite an earlier frame's file or put the oldest-first order
+out. `prune` removes whole session directories older than the retention, and `remove_sessions`
+those of a user who asked to be forgotten.
 """
 
 from __future__ import annotations
@@ -48,15 +51,25 @@ class FrameArchive:
         self._max_bytes = max_bytes
         self._sizes: dict[float, int] = {}  # t -> bytes on disk, oldest first
         self._waiting: SampledFrame | None = None
+        self._newest_t: float | None = None  # of the frames taken to be written
         self._writer: asyncio.Task[None] | None = None
         self.replaced = 0  # frames that waited and were replaced by a newer one
-        self.failed = 0
+        self.failed = 0  # frames not archived: a write failed, or refused as out of order
         self._failing = 0  # frames not archived since the last that was (a full disk)
+        self._said_refused = False  # a frame out of order was refused: said once
 
     def save(self, frame: SampledFrame) -> None:
         """Archive a kept frame; returns at once (called on the loop)."""
         if self._max_bytes <= 0:
             return
+        if self._newest_t is not None and frame.t <= self._newest_t:
+            self.failed += 1
+            if not self._said_refused:  # a bug upstream: said once, the rest counted
+                self._said_refused = True
+                log.warning("not archiving the frame at t=%.1fs: the archive already took "
+                            "t=%.1fs, and screen time only grows", frame.t, self._newest_t)
+            return
+        self._newest_t = frame.t
         if self._waiting is not None:
             self.replaced += 1
         self._waiting = frame

@@ -12,6 +12,7 @@ arrived, were sampled and were kept, and why each was dropped; each kept frame a
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class ScreenWatcher:
         on_decision: Callable[[FrameDecision], None],
         detector: ChangeDetector | None = None,
         on_kept: Callable[[ScreenChange], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sampler = sampler
         self._detector = detector or ChangeDetector()
@@ -118,6 +120,24 @@ class ScreenWatcher:
         self.share_resubscribed = 0  # the source's subscriptions again to a share that never came
         self.camera_only = False
         self._last_invalid_t: float | None = None
+        self._clock = clock
+        self._began: float | None = None  # by `clock`: when the session's first stream began
+        self._newest_t: float | None = None  # the newest screen time offered
+
+    def start_stream(self) -> float:
+        """The screen time of a new stream's first frame; a live source asks once per stream.
+        Screen time is the session's, not a stream's: a user who stops sharing and shares
+        again, or a subscription made again, brings a stream whose own clock starts at 0, while
+        the kept frames, the archive's file names, the screen text and the screenshot the model
+        saw last all go by screen time. So a later stream goes on from the time since the first
+        began (by `clock`: "5 min ago" stays true across a pause in sharing), and never from
+        less than a period after the newest frame (the publisher's clock and `clock` drift
+        apart). A recording's frames carry the recording's own times, and never ask."""
+        now = self._clock()
+        if self._began is None:
+            self._began = now
+        after_newest = 0.0 if self._newest_t is None else self._newest_t + self._sampler.period
+        return max(now - self._began, after_newest)
 
     def wants(self, t: float) -> bool:
         """Whether a frame at `t` would be sampled (a source may drop the others unseen)."""
@@ -128,6 +148,7 @@ class ScreenWatcher:
         per frame, and once per period a buffer check plus about a millisecond of detection on
         the downscaled luma plane (see bench/vision.py)."""
         self.frames_received += 1
+        self._newest_t = t if self._newest_t is None else max(self._newest_t, t)
         if not self._sampler.is_due(t):
             return None
         try:
@@ -157,7 +178,8 @@ class ScreenWatcher:
         return self.latest
 
     def clear(self) -> None:
-        """The share ended: nothing on screen to answer from."""
+        """The share ended: nothing on screen to answer from. Screen time goes on (the next
+        stream continues it, `start_stream`)."""
         self.latest = self.freshest = self.changed_at = None
         self.changes.clear()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from livekit import rtc
@@ -47,14 +48,26 @@ class SamplingGate:
 
     def __init__(self, screen: ScreenWatcher) -> None:
         self._screen = screen
+        self._start: float | None = None  # the screen time of the stream's first frame
         self._first_us: int | None = None
+        self._first_arrival: float | None = None
         self._in_flight = False
 
     def t(self, timestamp_us: int) -> float:
-        """Screen time: seconds since the stream's first frame, by capture time."""
-        if self._first_us is None:
-            self._first_us = timestamp_us
-        return (timestamp_us - self._first_us) / 1_000_000
+        """Screen time: where the session's screen time stood at the stream's first frame (a
+        share or subscription made again goes on after the last, `ScreenWatcher.start_stream`)
+        plus the time since that frame, by capture time, or by arrival time for a publisher
+        that sends none."""
+        if self._start is None:
+            self._start = self._screen.start_stream()
+        if timestamp_us > 0:
+            if self._first_us is None:
+                self._first_us = timestamp_us
+            return self._start + (timestamp_us - self._first_us) / 1_000_000
+        now = time.monotonic()
+        if self._first_arrival is None:
+            self._first_arrival = now
+        return self._start + now - self._first_arrival
 
     def __call__(self, timestamp_us: int) -> bool:
         if timestamp_us <= 0:  # no capture time to schedule by: the session sees every frame
@@ -162,19 +175,13 @@ class ScreenShareSubscriber:
     async def _pump(self, track: rtc.Track) -> None:
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420,
                                  capacity=STREAM_QUEUE_FRAMES)
-        loop = asyncio.get_running_loop()
         gate = SamplingGate(self._screen)
         handle = stream._ffi_handle.handle  # the pinned livekit 1.2.1's, see tests
         frame_gates[handle] = gate
-        started = loop.time()
         try:
             async for event in stream:
-                if event.timestamp_us > 0:
-                    t = gate.t(event.timestamp_us)
-                else:  # publisher sent no capture time: fall back to arrival time
-                    t = loop.time() - started
                 try:
-                    self._screen.offer(t, event.frame)
+                    self._screen.offer(gate.t(event.timestamp_us), event.frame)
                 except Exception as exc:  # one bad frame or a bug must not end the share
                     self._screen.frames_failed += 1
                     if self._screen.frames_failed == 1:
