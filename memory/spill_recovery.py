@@ -36,6 +36,7 @@ from .embeddings import Embedder
 from .screen_timeline import ScreenTimeline
 from .spill_files import (
     SpillKind,
+    encode_rows,
     event_log_path,
     last_event,
     parse_spill_name,
@@ -68,8 +69,9 @@ def session_closed(costs_dir: Path, session_id: str) -> bool:
 
 def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
     """Open and lock `path`; its rows and the count of unreadable lines (a write cut off by a
-    crash). None when another process holds the file."""
-    fh = path.open("r")
+    crash, bytes that are not UTF-8 JSON objects: a file edited or damaged by hand). None
+    when another process holds the file."""
+    fh = path.open("rb")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,8 +85,12 @@ def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)  # bytes: UTF-8 or refused (UnicodeDecodeError is a ValueError)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
             bad += 1
     return fh, rows, bad
 
@@ -95,11 +101,15 @@ def _remove_locked(fh: Any, path: Path) -> None:
 
 
 def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
-    """Leave only `rows` (the ones not stored yet) in the file, then let go of it."""
-    with path.open("r+") as out:
-        out.truncate(0)
-        out.writelines(json.dumps(row, default=str) + "\n" for row in rows)
-    fh.close()
+    """Leave only `rows` (the ones not stored yet) in the file, then let go of it. A new file
+    is put in place whole (the old one stays locked until then, and unlinked it is skipped by
+    whoever opened it meanwhile): a crash or a full disk halfway loses no row."""
+    scratch = path.with_name(path.name + ".partial")
+    try:
+        scratch.write_bytes(encode_rows(rows))
+        scratch.replace(path)
+    finally:
+        fh.close()
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,12 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
             report.left.append(f"{path.name}: its session is still open (or ended without "
                                "closing)")
             continue
-        opened = await asyncio.to_thread(_read_locked, path)
+        try:
+            opened = await asyncio.to_thread(_read_locked, path)
+        except OSError as exc:  # a folder by that name, a file it may not read
+            report.left.append(f"{path.name}: {exc.strerror or exc}")
+            log.error("could not read %s: %s", path, exc.strerror or exc)
+            continue
         if opened is None:
             report.left.append(f"{path.name}: another process is importing it")
             continue
@@ -149,7 +164,10 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
             if kind in (SpillKind.SESSION, SpillKind.COST_EVENTS):
                 await _import_log(kind, costs_dir, session_id, targets.store)
         except BaseException as exc:  # cancelled too: what was stored must leave the file
-            _keep_locked(fh, path, rows[done:])
+            try:
+                _keep_locked(fh, path, rows[done:])
+            except OSError as kept:  # the old file stands: its rows stored may come again
+                log.error("could not rewrite %s: %s", path, kept.strerror or kept)
             if not isinstance(exc, Exception):
                 raise
             report.rows += done

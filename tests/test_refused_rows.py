@@ -92,6 +92,35 @@ async def test_a_refused_row_is_set_aside_and_the_rest_written(
     assert (await recover_spills(costs, targets)).files == 0  # never imported again
 
 
+async def test_a_damaged_spill_file_is_imported_for_what_it_holds(
+    settings: Settings, db: Database, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A closed session's spill file edited or damaged by hand (bytes that are not UTF-8, a
+    line that is JSON but not a row) and a folder by a spill file's name: `memory show` and
+    `memory forget` import spills first, and one such file failed them with a traceback. The
+    rows it holds are imported, the rest counted, the folder named, each in one line."""
+    store, embedder = Store(db.pool), WordLlamaEmbedder()
+    costs = settings.costs_dir
+    costs.mkdir(parents=True, exist_ok=True)
+    for session_id in ("s3", "s4"):
+        await store.start_session(session_id, tenant="acme", user_id="ana", room=None,
+                                  source="replay", provider="gemini", model="m")
+        (costs / f"{session_id}.jsonl").write_text(json.dumps({"kind": "summary"}) + "\n")
+    (costs / "s3.messages-spill.jsonl").write_bytes(
+        json.dumps(message("one")).encode() + b"\n" + b'{"content": "caf\xe9"}\n'
+        + b"[1, 2]\n" + json.dumps(message("two")).encode() + b"\n")
+    (costs / "s4.messages-spill.jsonl").mkdir()
+    targets = SpillTargets(store, UserMemory(db.pool, embedder),
+                           ScreenTimeline(db.pool, embedder), embedder)
+    with caplog.at_level(logging.ERROR, logger="sightline"):
+        report = await recover_spills(costs, targets)
+    assert (report.files, report.rows, report.unreadable_lines) == (1, 2, 2)
+    assert report.left == ["s4.messages-spill.jsonl: Is a directory"]
+    assert await contents(db, "s3") == ["one", "two"]
+    assert not (costs / "s3.messages-spill.jsonl").exists()
+    assert not any(r.exc_info for r in caplog.records) and len(caplog.records) == 2
+
+
 async def test_a_long_message_is_remembered_cut_and_its_memory_call_is_short(
     db: Database, tmp_path: Path,
 ) -> None:
