@@ -5,7 +5,8 @@ A failed question is a user turn (`quality_turns`) that ended unanswered, was ha
 help), was answered with a stated confidence under the bar, or needed the top tier; its text is
 the session's user message of the same ordinal (one user message per user turn, as the
 conversation log stores them), so a user whose messages were forgotten leaves no question text
-behind here either.
+behind for a later refresh, and `forget_sessions` takes their questions out of the gaps found
+before.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ async def merge_questions(
     if not new:
         return 0
     records = gap["questions"] + [q.as_record() for q in new]
-    severity = sum(q["severity"] for q in records) / len(records)
+    frequency, severity, score = _scored(records)
     reopen = gap["status"] == "resolved" and max(q.at for q in new).isoformat() > \
         gap["updated_at"]
     await pool.execute(
@@ -144,9 +145,42 @@ async def merge_questions(
         " status = CASE WHEN $8 THEN 'open' ELSE status END,"
         " resolved_by = CASE WHEN $8 THEN NULL ELSE resolved_by END"
         " WHERE tenant = $1 AND id = $2",
-        tenant, gap["id"], json.dumps(records), len(records), severity,
-        len(records) * severity, max(q.at for q in new), reopen)
+        tenant, gap["id"], json.dumps(records), frequency, severity, score,
+        max(q.at for q in new), reopen)
     return len(new)
+
+
+def _scored(records: list[dict[str, Any]]) -> tuple[int, float, float]:
+    """A gap's frequency, mean severity and score (their product) from its questions."""
+    severity = sum(q["severity"] for q in records) / len(records)
+    return len(records), severity, len(records) * severity
+
+
+async def forget_sessions(conn: asyncpg.Connection, tenant: str, session_ids: list[str]) -> int:
+    """Take these sessions' questions out of the tenant's gaps, in the caller's transaction (a
+    user forgotten: the questions are their words). A gap keeps its other questions, rescored;
+    one left with none goes, as its canonical question and outline were written from theirs.
+    Returns how many questions were taken out."""
+    rows = await conn.fetch(
+        "SELECT id, questions FROM knowledge_gaps WHERE tenant = $1 AND EXISTS (SELECT 1 FROM"
+        " jsonb_array_elements(questions) q WHERE q->>'session_id' = ANY($2::text[]))"
+        " FOR UPDATE", tenant, session_ids)
+    forgotten, taken = set(session_ids), 0
+    for row in rows:
+        records = json.loads(row["questions"])
+        kept = [q for q in records if q["session_id"] not in forgotten]
+        taken += len(records) - len(kept)
+        if not kept:
+            await conn.execute("DELETE FROM knowledge_gaps WHERE tenant = $1 AND id = $2",
+                               tenant, row["id"])
+            continue
+        seen = sorted(datetime.fromisoformat(q["at"]) for q in kept)
+        await conn.execute(
+            "UPDATE knowledge_gaps SET questions = $3, frequency = $4, severity = $5,"
+            " score = $6, first_seen = $7, last_seen = $8, updated_at = now()"
+            " WHERE tenant = $1 AND id = $2",
+            tenant, row["id"], json.dumps(kept), *_scored(kept), seen[0], seen[-1])
+    return taken
 
 
 async def set_status(

@@ -13,6 +13,7 @@ import asyncpg
 
 from .db import storable
 from .forget import forget_in_records
+from .gaps import forget_sessions
 
 
 @dataclass(frozen=True)
@@ -143,14 +144,16 @@ class Store:
 
     async def forget_user(self, tenant: str, user_id: str) -> dict[str, int]:
         """Delete everything remembered about one user of one tenant (a privacy request):
-        messages, facts, summary, exchanges waiting for the memory model and what their
-        screens showed. Their sessions keep their cost records, without the user id and
-        without what the records quoted of them (memory/forget.py)."""
+        messages, facts, summary, exchanges waiting for the memory model, what their
+        screens showed and their questions in knowledge gaps. Their sessions keep their cost
+        records, without the user id and without what the records quoted of them
+        (memory/forget.py)."""
         counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
             sessions = [r["id"] for r in await conn.fetch(
                 "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2", tenant, user_id)]
             counts["events_forgotten"] = await forget_in_records(conn, sessions)
+            counts["gap_questions"] = await forget_sessions(conn, tenant, sessions)
             for name, statement in (
                 ("messages", "DELETE FROM messages WHERE tenant = $1 AND user_id = $2"),
                 ("screen_events",

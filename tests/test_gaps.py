@@ -18,6 +18,8 @@ from agent.config import Settings
 from agent.gaps import cluster
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
+from memory.gaps import gaps
+from memory.store import Store
 
 API_KEY = {"question": "How do I reset or rotate my API key?",
            "outline": ["Where API keys live", "Resetting a key", "Who may reset keys"]}
@@ -121,3 +123,34 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         assert API_KEY["question"] in out and "resolved by docs/api-keys.md" in out
     finally:
         await server.stop()
+
+
+async def test_a_forgotten_users_questions_leave_the_gaps(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """A privacy request (`memory forget`) deleted the user's messages but left their words in
+    the gaps already found (each question's text and the question a retry follows). Now a gap
+    keeps the other users' questions, rescored; one left with none goes."""
+    await record_plan(db, tmp_path / "costs", PLAN + GAP_SESSIONS)
+    server = ScriptedModelServer(replies=naming)
+    await server.start()
+    env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+           "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "offline"}
+    try:
+        code, _, err = await run_cli("gaps", "refresh", "--tenant", "acme", env=env)
+        assert code == 0, err
+    finally:
+        await server.stop()
+    store = Store(db.pool)
+    assert (await store.forget_user("acme", "alice"))["gap_questions"] == 2
+    by_question = {gap["canonical_question"]: gap for gap in await gaps(db.pool, "acme")}
+    api, hook = by_question[API_KEY["question"]], by_question[WEBHOOK["question"]]
+    assert {q["session_id"] for q in api["questions"]} == {"s-dave", "s-erin"}
+    assert "reset the API key in the console" not in json.dumps(api["questions"])
+    assert api["frequency"] == 2 and api["score"] == 2 * api["severity"]
+    assert api["first_seen"] == min(q["at"] for q in api["questions"])
+    assert {q["session_id"] for q in hook["questions"]} == {"s-carol", "s-frank"}
+    for user in ("carol", "frank"):
+        assert (await store.forget_user("acme", user))["gap_questions"] == 1
+    assert [gap["canonical_question"] for gap in await gaps(db.pool, "acme")] == [
+        API_KEY["question"]]
