@@ -98,7 +98,7 @@ async def test_show_then_forget_one_user(settings: Settings, db: Database) -> No
     assert forgot == {"messages": 11, "facts": 2, "summaries": 1,
                       "deferred_exchanges": 1, "screen_events": screen_events,
                       "archived_frames": len(frames), "refused_row_files": 1,
-                      "cost_logs_rewritten": 2, "sessions_unlinked": 2,
+                      "cost_logs_rewritten": 2, "sessions_unlinked": 2, "gap_questions": 0,
                       "unimported_spill_files": [], "open_sessions": []}
     # the cost records keep their costs, not what they quoted: the user's words (live
     # assist's lookup) and their screen's text, in Postgres and in the JSONL logs alike
