@@ -42,9 +42,12 @@ class Query:
     tenant: str
 
 
-def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file, each with `fields`; bad input is one line naming the
-    file and line (KnowledgeError)."""
+def read_jsonl(path: Path, fields: tuple[str, ...],
+               check: Callable[[dict[str, Any]], str | None] | None = None,
+               ) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file, each with `fields` (and, with `check`, what it says is
+    wrong with a row, or None); bad input is one line naming the file and line
+    (KnowledgeError), never a traceback from deep in the run that first trips over it."""
     rows = []
     try:
         lines = path.read_text().splitlines()
@@ -63,17 +66,54 @@ def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         missing = [f for f in fields if not isinstance(row, dict) or f not in row]
         if missing:
             raise KnowledgeError(f"{path}:{number}: missing {', '.join(missing)}")
+        problem = check(row) if check is not None else None
+        if problem:
+            raise KnowledgeError(f"{path}:{number}: {problem}")
         rows.append(row)
     if not rows:
         raise KnowledgeError(f"{path}: no lines")
     return rows
 
 
+def _is_id(value: object) -> bool:
+    """An id is a string, as the converters (bench/beir.py, bench/conversations.py) write them;
+    an integer is taken too, as its digits (a hand-written set numbers its chunks), but not a
+    bool or float, whose text (`True`, `1.0`) would silently be another id."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _strings(row: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    wrong = [f for f in fields if not isinstance(row[f], str)]
+    if wrong:
+        return f"{', '.join(wrong)} must be {'a string' if len(wrong) == 1 else 'strings'}"
+    return None
+
+
+def _chunk_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a corpus row's types: text that is not text would be stringified
+    (`['x']`) into the search, or crash a reference retriever mid-run."""
+    if not _is_id(row["id"]):
+        return f"id must be a string, not {type(row['id']).__name__}"
+    return _strings(row, ("text", "tenant"))
+
+
+def _query_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a labelled query's types: a string of relevant ids would be read as
+    its characters, and an empty list cannot be scored (recall divides by its length)."""
+    relevant = row["relevant_ids"]
+    if not isinstance(relevant, list) or not relevant or not all(map(_is_id, relevant)):
+        return "relevant_ids must be a non-empty list of ids (strings)"
+    return _strings(row, ("query", "tenant"))
+
+
 def load(corpus: Path, queries: Path) -> tuple[list[dict[str, Any]], list[Query]]:
-    chunks = read_jsonl(corpus, ("id", "text", "tenant"))
-    ids = {str(c["id"]) for c in chunks}
-    labelled = [Query(str(q["query"]), tuple(map(str, q["relevant_ids"])), str(q["tenant"]))
-                for q in read_jsonl(queries, ("query", "relevant_ids", "tenant"))]
+    """The corpus (ids as strings) and its labelled queries, checked before anything runs."""
+    chunks = [{"id": str(c["id"]), "text": c["text"], "tenant": c["tenant"]}
+              for c in read_jsonl(corpus, ("id", "text", "tenant"), _chunk_problem)]
+    ids = {c["id"] for c in chunks}
+    labelled = [Query(q["query"], tuple(map(str, q["relevant_ids"])), q["tenant"])
+                for q in read_jsonl(queries, ("query", "relevant_ids", "tenant"),
+                                    _query_problem)]
     unknown = sorted({i for q in labelled for i in q.relevant_ids} - ids)
     if unknown:
         raise KnowledgeError(f"{queries}: relevant ids not in the corpus: {', '.join(unknown[:5])}")

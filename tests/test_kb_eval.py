@@ -4,7 +4,9 @@ Protects: the evaluation runs every system on the same data in a scratch schema 
 afterwards) and prints a JSON last line in the issue's shape; on our own labelled set, the fused
 retrieval beats both single-signal references (keyword-only, vector-only) and the keyword
 ranking (BM25 in Postgres) is at least as good as LlamaIndex's BM25; malformed files are
-one clear line naming the file and line; a vector cache embeds a corpus once.
+one clear line naming the file and line, fields of the wrong type included (text that is a list,
+relevant ids that are a string or empty), never a traceback; integer ids are read as their
+digits; a vector cache embeds a corpus once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from conftest import cli_env, run_cli
 
 from agent.config import Settings
-from bench.kb_eval import SharedVectors
+from bench.kb_eval import Query, SharedVectors, load
 from memory.embeddings import BgeSmallEmbedder, WordLlamaEmbedder
 from memory.knowledge import KnowledgeError
 
@@ -72,6 +74,53 @@ async def test_malformed_eval_files_name_the_line(settings: Settings, tmp_path: 
     assert code == 2 and "relevant ids not in the corpus: zz" in err
     code, _, err = await run_cli("kb", "eval", "--k", "0,5", env=env)
     assert code == 2 and "every k must be > 0" in err
+
+
+CHUNK = '{"id": "a", "text": "alpha", "tenant": "t"}'
+LABEL = '{"query": "alpha", "relevant_ids": ["a"], "tenant": "t"}'
+
+
+@pytest.mark.parametrize(("corpus_line", "query_line", "wrong", "problem"), [
+    ('{"id": 1, "text": ["x"], "tenant": "t"}', '{"query": "x", "relevant_ids": [1], '
+     '"tenant": "t"}', "corpus", "text must be a string"),
+    ('{"id": "a", "text": "alpha", "tenant": 7}', LABEL, "corpus", "tenant must be a string"),
+    ('{"id": null, "text": "alpha", "tenant": "t"}', LABEL, "corpus",
+     "id must be a string, not NoneType"),
+    ('{"id": 1.0, "text": "alpha", "tenant": "t"}', LABEL, "corpus",
+     "id must be a string, not float"),
+    (CHUNK, '{"query": "alpha", "relevant_ids": "xy", "tenant": "t"}', "queries",
+     "relevant_ids must be a non-empty list of ids (strings)"),
+    (CHUNK, '{"query": "alpha", "relevant_ids": [], "tenant": "t"}', "queries",
+     "relevant_ids must be a non-empty list of ids (strings)"),
+    (CHUNK, '{"query": "alpha", "relevant_ids": [["a"]], "tenant": "t"}', "queries",
+     "relevant_ids must be a non-empty list of ids (strings)"),
+    (CHUNK, '{"query": ["alpha"], "relevant_ids": ["a"], "tenant": "t"}', "queries",
+     "query must be a string"),
+], ids=["text-list", "tenant-int", "id-null", "id-float", "relevant-string", "relevant-empty",
+        "relevant-nested", "query-list"])
+async def test_eval_fields_of_the_wrong_type_are_one_line(
+    settings: Settings, tmp_path: Path, corpus_line: str, query_line: str, wrong: str,
+    problem: str,
+) -> None:
+    files = {"corpus": tmp_path / "corpus.jsonl", "queries": tmp_path / "queries.jsonl"}
+    files["corpus"].write_text(f"{CHUNK}\n{corpus_line}\n" if wrong == "corpus"
+                               else f"{corpus_line}\n")
+    files["queries"].write_text(f"{query_line}\n")
+    code, out, err = await run_cli("kb", "eval", "--corpus", str(files["corpus"]),
+                                   "--queries", str(files["queries"]), env=cli_env(settings))
+    line = 2 if wrong == "corpus" else 1
+    assert (code, out) == (2, ""), err
+    assert err == f"sightline: {files[wrong]}:{line}: {problem}\n"
+
+
+def test_integer_ids_are_read_as_their_digits(tmp_path: Path) -> None:
+    corpus, queries = tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl"
+    corpus.write_text('{"id": 1, "text": "alpha", "tenant": "t"}\n'
+                      '{"id": "b", "text": "beta", "tenant": "t"}\n')
+    queries.write_text('{"query": "alpha", "relevant_ids": [1, "b"], "tenant": "t"}\n')
+    chunks, labelled = load(corpus, queries)
+    assert [c["id"] for c in chunks] == ["1", "b"]
+    assert labelled == [Query("alpha", ("1", "b"), "t")]
 
 
 class _Counting(WordLlamaEmbedder):
