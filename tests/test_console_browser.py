@@ -14,11 +14,16 @@ the live-assist panel follows the question while it is typed (`sightline.draft`)
 with the intent and the tenant's matching article, the cost meter moves,
 and the page is not blank (a screenshot with real content); asking for a person makes the model
 call `handoff_to_human` in the live worker, and the page shows the handoff the room received.
+When starting a session fails below the console's own errors (headless Chromium, a real
+`sightline console`): the console stopped after the page loaded (the request fails) or a proxy in
+front of it answering its own HTML page, the status line says so and **Start session** can be
+clicked again, with no uncaught error in the page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -28,9 +33,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fresh_database
+from aiohttp import ClientSession, web
+from conftest import answering, fresh_database
 from PIL import Image, ImageStat
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Page, async_playwright, expect
 from test_cascade import tool_results
 from test_user_tools import NO_MEMORY_UPDATE
 
@@ -211,3 +217,87 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
     image = Image.open(io.BytesIO(shot)).convert("L")
     assert ImageStat.Stat(image).stddev[0] > 20, "the screenshot is blank"
     assert len(image.getcolors(maxcolors=1 << 16) or []) > 16
+
+
+@contextlib.contextmanager
+def bare_console(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`sightline console` with no LiveKit server or worker behind it (nothing is joined in
+    these tests); its process, to stop it, and its URL."""
+    if not CHROMIUM.exists():
+        pytest.fail("the console test needs Debian's chromium (debian-packages.txt)")
+    assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    port = free_port()
+    env = {**os.environ, "LIVEKIT_URL": f"ws://127.0.0.1:{free_port()}",
+           "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
+           "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
+    with (tmp_path / "console.log").open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("sightline")), "console", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def start_fails_cleanly(page: Page, errors: list[str], message: str) -> None:
+    """Start session was clicked and could not start: the status line says `message` as an
+    error, and the button works again (the page is not stuck at "Starting…")."""
+    await page.click("#start")
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-state", "error", timeout=15_000)
+    await expect(status).to_contain_text(message)
+    await expect(page.locator("#start")).to_be_enabled()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+async def test_start_with_the_console_server_gone_says_so_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    with bare_console(tmp_path) as (proc, url):
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                                       headless=True)
+            try:
+                page = await browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(url)
+                proc.terminate()  # stopped after the page loaded: the request cannot be made
+                proc.wait(10)
+                await start_fails_cleanly(page, errors, "Could not reach the console server")
+            finally:
+                await browser.close()
+
+
+PROXY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
+
+
+async def test_start_answered_by_a_proxy_page_says_so_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    with bare_console(tmp_path) as (_proc, url):
+        async with ClientSession() as client:
+            async def proxy(request: web.Request) -> web.Response:
+                """A reverse proxy in front of the console whose upstream fails on the session
+                request: the page and script pass through; the session is its own HTML page."""
+                if request.method == "POST":
+                    return web.Response(status=502, text=PROXY_PAGE, content_type="text/html")
+                async with client.get(url + request.path_qs) as upstream:
+                    return web.Response(status=upstream.status, body=await upstream.read(),
+                                        content_type=upstream.content_type)
+
+            async with answering(proxy) as proxied, async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                                           headless=True)
+                try:
+                    page = await browser.new_page()
+                    errors: list[str] = []
+                    page.on("pageerror", lambda error: errors.append(str(error)))
+                    await page.goto(proxied + "/")
+                    await start_fails_cleanly(page, errors, "The console server answered "
+                                              "502 Bad Gateway without a session")
+                finally:
+                    await browser.close()

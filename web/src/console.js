@@ -143,13 +143,38 @@ async function toggleMic() {
   }
 }
 
+// A new session from the console server, or an Error whose message the status line shows as
+// is. Every way of failing is caught here, so the page never stays at "Starting…" with its
+// button disabled: the server gone or unreachable (fetch rejects), and a body that is not the
+// server's JSON (a proxy's or another program's page on the port, or a cut-off answer).
+async function requestSession() {
+  let response;
+  try {
+    response = await fetch('/api/session', { method: 'POST', headers: { 'X-Sightline-Console': '1' } });
+  } catch {
+    throw new Error('Could not reach the console server: is `sightline console` still running?');
+  }
+  let session = null;
+  try {
+    session = await response.json();
+  } catch {
+    // not JSON: whatever answered is not the console server (or the answer was cut off)
+  }
+  if (!response.ok || session === null || typeof session !== 'object') {
+    const status = [response.status, response.statusText].filter(Boolean).join(' ');
+    throw new Error(session?.error || `The console server answered ${status} without a session`);
+  }
+  return session;
+}
+
 async function start() {
   enable(['start'], false);
   setStatus('Starting…', 'busy');
-  const response = await fetch('/api/session', { method: 'POST', headers: { 'X-Sightline-Console': '1' } });
-  const session = await response.json();
-  if (!response.ok) {
-    setStatus(session.error || `console error ${response.status}`, 'error');
+  let session;
+  try {
+    session = await requestSession();
+  } catch (error) {
+    setStatus(error.message, 'error');
     enable(['start'], true);
     return;
   }
