@@ -126,7 +126,7 @@ async def waiting(pool: asyncpg.Pool, tenant: str, user_id: str) -> int:
         tenant, user_id))
 
 
-OPS = ("backlog_add", "backlog_done", "backlog_failed", "backlog_release")
+OPS = ("backlog_add", "backlog_done", "backlog_failed", "backlog_release", "backlog_claimed")
 
 
 async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
@@ -134,9 +134,16 @@ async def apply_op(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
     `attempts`, `claimed` while its session analyses it), or what became of one: analysed
     (`backlog_done`: gone), not analysed (`backlog_failed`: tried again later, until the last
     attempt), or not reached before the session closed (`backlog_release`: free for the next
-    session as it was). A settled row is named by its `id`, else by `session_id` and `seq`."""
+    session as it was); or that the session named is still at work on what it claimed
+    (`backlog_claimed`: its claims start their CLAIM_EXPIRES again). A settled row is named by
+    its `id`, else by `session_id` and `seq`."""
     if row["op"] == "backlog_add":
         await conn.execute(_INSERT, *_values(row))
+        return
+    if row["op"] == "backlog_claimed":
+        await conn.execute(
+            "UPDATE memory_backlog SET claimed_at = now() WHERE tenant = $1 AND user_id = $2"
+            " AND claimed_by = $3", row["tenant"], row["user_id"], row["session_id"])
         return
     if "id" in row:
         which, key = "id = $3", (int(row["id"]),)

@@ -56,6 +56,10 @@ MAX_FACTS_PER_EXCHANGE = 10
 # each side of an exchange, in the memory model's request: what is worth remembering of a long
 # paste is in its first lines, and the memory call should not cost what the answer did
 MAX_EXCHANGE_CHARS = 4_000
+# A claim expires after backlog.CLAIM_EXPIRES (its session died); a keeper still at work on
+# what it claimed says so this often, so that 200 claimed exchanges of a few seconds each are
+# not taken by the user's next session before it reaches them
+CLAIM_RENEW_S = 60.0
 
 
 class MemoryReplyError(ValueError):
@@ -147,6 +151,7 @@ class MemoryKeeper:
         self._deferred = deferred
         self._seqs = itertools.count()  # this session's exchanges, as numbered in the backlog
         self._caught_up = asyncio.Event()
+        self._claims_renewed = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="memory-keeper")
 
     def exchange(self, user: str, assistant: str) -> None:
@@ -186,6 +191,7 @@ class MemoryKeeper:
             finally:
                 self._queue.task_done()
             self._settle(seq, "backlog_done" if analysed else "backlog_failed")
+            self._renew_claims()
 
     def _settle(self, seq: int, op: str) -> None:
         """What became of this session's exchange `seq` (`backlog.apply_op`)."""
@@ -219,6 +225,13 @@ class MemoryKeeper:
                 analysed = False
             self._writer.put({"op": "backlog_done" if analysed else "backlog_failed",
                               "id": item.id, **self._who})
+            self._renew_claims()
+
+    def _renew_claims(self) -> None:
+        """Keep what this session claimed its own while it works through it (CLAIM_RENEW_S)."""
+        if time.monotonic() - self._claims_renewed >= CLAIM_RENEW_S:
+            self._claims_renewed = time.monotonic()
+            self._writer.put({"op": "backlog_claimed", **self._who})
 
     async def _handle(self, user: str, assistant: str, who: dict[str, str]) -> bool:
         """Ask the model about one exchange; whether its answer was applied."""

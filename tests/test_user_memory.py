@@ -30,6 +30,7 @@ from agent.pricing import PriceTable
 from agent.providers import make_provider
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory import keeper as keeper_module
 from memory.backlog import release_lost
 from memory.conversation import store_messages
 from memory.db import Database
@@ -247,6 +248,51 @@ async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_t
     other = await db.pool.fetchval("SELECT id FROM memory_backlog WHERE tenant = 'beta'")
     await memory.apply([{"op": "backlog_done", "tenant": "acme", "user_id": "u-1", "id": other}])
     assert len(await _backlog(db)) == 2
+
+
+async def test_a_keeper_at_work_on_what_it_claimed_keeps_it(
+    settings: Settings, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim expires after 10 minutes (its session died), and a session claims up to 200
+    exchanges of a few seconds each: without a word from the keeper, the user's next session
+    took and analysed again what this one had not reached yet. The keeper renews its claims as
+    it goes (here after every exchange, its claim already 10.5 minutes old)."""
+    monkeypatch.setattr(keeper_module, "CLAIM_RENEW_S", 0.0)
+    for session_id in ("s-off", "s-now", "s-next"):
+        await _session(db, session_id, "acme", "u-1")
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    await memory.defer([_deferred("acme", "u-1", "s-off", n, f"deferred {n}") for n in range(3)])
+
+    async def claimed_long_ago() -> list[Any]:
+        items = await memory.claim_deferred("acme", "u-1", "s-now")
+        await db.pool.execute(
+            "UPDATE memory_backlog SET claimed_at = now() - interval '10 minutes 30 seconds'")
+        return items
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        return ScriptedReply(text=update().text, delay_s=0 if "deferred 0" in request.text
+                             else 3.0)
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
+        keeper = MemoryKeeper(
+            memory=memory, model=TierMemoryModel(provider, LITE,
+                                                 _record(tmp_path, "s-now").meter, timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None, deferred=claimed_long_ago)
+        for _ in range(40):  # deferred 0 analysed; deferred 1 being analysed (3 s)
+            renewed = await db.pool.fetchval(
+                "SELECT count(*) FROM memory_backlog WHERE claimed_by = 's-now'"
+                " AND claimed_at > now() - interval '1 minute'")
+            if renewed == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await memory.claim_deferred("acme", "u-1", "s-next") == []
+        await keeper.settled()
+        assert await keeper.close() == 0
+        await provider.aclose()
+    assert len(server.requests) == 3 and await _backlog(db) == []
 
 
 async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
