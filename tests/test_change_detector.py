@@ -233,6 +233,20 @@ def test_odd_tiny_and_huge_frames(width: int, height: int) -> None:
     assert changed.kept
 
 
+@pytest.mark.parametrize(("width", "height"), [(1, 16383), (16383, 1)])
+def test_a_frame_of_an_extreme_shape_is_compared_at_its_own_scale(width: int,
+                                                                  height: int) -> None:
+    """Its narrow side is stretched to the work size's least width: the tile tracker's kernels
+    were scaled by that stretch (a joining kernel of 192 x 512 pixels for a 1 x 16,383 frame,
+    tens of ms a frame on the event loop); they are those of a frame small enough to be
+    compared at its own size."""
+    own_size, odd = ChangeDetector(), ChangeDetector()
+    own_size.decide(0.0, flat_frame(400, 300, 40))
+    assert odd.decide(0.0, flat_frame(width, height, 40)).kept
+    assert odd.decide(1.0, flat_frame(width, height, 200)).kept
+    assert odd._tiles._join.shape == own_size._tiles._join.shape
+
+
 @pytest.mark.parametrize("value", [0, 255])
 def test_all_black_and_all_white_screens_are_stable(value: int) -> None:
     detector = ChangeDetector()

@@ -308,7 +308,11 @@ class ChangeDetector:
         """First frame, or the resolution changed: start over from this frame, and keep it."""
         reason = "first" if self._size is None else "resolution_change"
         self._size = size
-        self._tiles = TileTracker(work.shape, work.shape[1] / size[0], self.config.noise)
+        # work pixels per frame pixel along the less magnified side: a frame of an extreme
+        # shape (1 x 16,000) is stretched to the work size's least width alone, and scaling its
+        # kernels by that made them hundreds of pixels long (tens of ms a frame on the loop)
+        scale = min(work.shape[1] / size[0], work.shape[0] / size[1])
+        self._tiles = TileTracker(work.shape, scale, self.config.noise)
         self._types.reset()
         self._previous = work
         laplacian_var, edges = texture(work)
