@@ -9,14 +9,16 @@ event in the session's log; one that found new lines is also a row of the screen
 without the database, `timeline` None, appends those rows straight to its spill file, as its
 conversation does; the spill import writes them to the timeline once Postgres is back.) A read
 whose new lines hold an error the session has not seen yet is a `screen_error` event and goes to the
-`error_listeners` (the room's data topic, the proactive offer of help).
+`error_listeners` (the room's data topic, the proactive offer of help). The errors seen are
+remembered by fingerprint, the most recent `ERRORS_REMEMBERED` of them: a long session showing
+ever new errors must not grow without bound, and one forgotten that long ago may be offered again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from memory.writer import BackgroundWriter
 from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
 from vision.screen import ScreenChange
-from vision.screen_signals import ScreenError, find_error
+from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText, ScreenTextReader, shared_pool
 
 from .config import Settings
@@ -36,6 +38,7 @@ log = logging.getLogger("sightline.screen")
 
 STORY_READS = 200  # recent reads kept in memory for the digest and the tools
 DRAIN_S = 5.0  # how long a closing session waits for its pending reads
+ERRORS_REMEMBERED = 256  # distinct error fingerprints a session remembers as seen
 
 ErrorListener = Callable[[ScreenError, ScreenText], None]
 
@@ -59,7 +62,7 @@ class SessionScreenMemory:
         self._writer = (BackgroundWriter("screen_events", timeline.write, self._spill)
                         if timeline is not None else None)
         self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
-        self._errors_seen: set[str] = set()
+        self._errors_seen: OrderedDict[str, None] = OrderedDict()  # oldest seen first
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
@@ -72,7 +75,7 @@ class SessionScreenMemory:
             self.reader.submit(change.frame, change.decision)
 
     def _on_text(self, read: ScreenText) -> None:
-        error = find_error(read.lines)
+        error = read.error  # worked out once here, kept on the read for every later digest
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,
             "regions": [list(box) for box in read.regions], "lines": read.lines,
@@ -88,9 +91,8 @@ class SessionScreenMemory:
             self._writer.put(row)
         elif append_rows(self._spill, [row]) is not None:
             self._kept_offline += 1
-        if error is None or error.fingerprint in self._errors_seen:
+        if error is None or not self._first_seen(error.fingerprint):
             return
-        self._errors_seen.add(error.fingerprint)
         self._events.record("screen_error", detail={
             "t": read.t, "headline": error.headline, "lines": error.lines,
             "fingerprint": error.fingerprint})
@@ -100,6 +102,16 @@ class SessionScreenMemory:
             except Exception:  # an app's listener must not stop the screen memory
                 log.exception("a screen-error listener failed")
 
+    def _first_seen(self, fingerprint: str) -> bool:
+        """Whether this error is new to the session; either way it is now the latest seen."""
+        if fingerprint in self._errors_seen:
+            self._errors_seen.move_to_end(fingerprint)
+            return False
+        self._errors_seen[fingerprint] = None
+        if len(self._errors_seen) > ERRORS_REMEMBERED:
+            self._errors_seen.popitem(last=False)
+        return True
+
     async def aclose(self) -> int:
         """Finish the pending reads and writes; returns the timeline rows spilled to disk."""
         if self.reader is not None:
@@ -107,7 +119,8 @@ class SessionScreenMemory:
             stats = self.reader.stats
             self._events.record("screen_reader", detail={
                 "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
-                "failed": stats.failed, "waited_s": round(stats.waited_ms / 1000, 1),
+                "failed": stats.failed, "undelivered": stats.undelivered,
+                "abandoned": stats.abandoned, "waited_s": round(stats.waited_ms / 1000, 1),
                 "forced": stats.forced,
                 "archived_frames": len(self.archive.times()),
                 "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed})

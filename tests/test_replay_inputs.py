@@ -5,8 +5,9 @@ a session's row is written; a replay cancelled or interrupted with Ctrl-C closes
 (outcome in the summary, cost log ending with it) and prints one line, exit 130; a session whose
 process was killed is closed by `sightline costs ID --close`, which refuses while that process
 may still run it; a truncated or damaged recording is decoded to its real end and named as such
-by replay and `vision scan`; `replay --fresh` prints the same on every run; the summary's turn
-counts agree; an unknown tool is refused at fixture load and loops no more at run time.
+by replay and `vision scan`, one whose stream holds no frame is one line; `replay --fresh`
+prints the same on every run; the summary's turn counts agree; an unknown tool is refused at
+fixture load and loops no more at run time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 from conftest import DEMO_FIXTURE, SIGHTLINE, cli_env, run_cli
 from hypothesis import HealthCheck, given
@@ -42,7 +45,7 @@ from memory.store import Store
 from vision.frames import as_i420
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
-from vision.video_file import VideoFrames, VideoUnreadable
+from vision.video_file import VideoFrames, VideoUnreadable, probe_duration
 
 DEMO_VIDEO = DEMO_FIXTURE / "screen.webm"
 
@@ -398,6 +401,35 @@ async def test_a_video_without_decodable_frames_fails_before_any_session(
     assert err.strip().splitlines() == [
         f"sightline: {fixture / 'screen.webm'}: no decodable video frames"]
     assert await sessions(db) == []
+
+
+async def test_a_video_whose_stream_holds_no_frame_is_one_line(tmp_path: Path) -> None:
+    """A recording cut after its stream is declared, before its first whole frame: probing
+    took the latest of no frames' times, and `replay` ended in a traceback."""
+    whole = tmp_path / "whole.ts"
+    with av.open(str(whole), "w") as container:
+        stream = container.add_stream("mpeg2video", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for n in range(10):
+            image = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 9 * n, np.uint8),
+                                               format="rgb24")
+            image.pts = n
+            container.mux(stream.encode(image))
+        container.mux(stream.encode(None))
+    fixture = tmp_path / "fx"
+    fixture.mkdir()
+    video = fixture / "screen.ts"
+    video.write_bytes(whole.read_bytes()[:3 * 188])  # three transport-stream packets
+    (fixture / "session.json").write_text('{"video": "screen.ts", "turns": []}')
+    with av.open(str(video)) as cut:
+        assert cut.streams.video, "the cut must still declare its stream"
+    with pytest.raises(VideoUnreadable, match="no decodable video frames"):
+        probe_duration(video)
+    code, _, err = await run_cli("replay", str(fixture),
+                                 env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"sightline: {fixture / 'session.json'}: {video}: no decodable video frames"]
 
 
 def normalized(output: str) -> str:

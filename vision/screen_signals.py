@@ -5,8 +5,9 @@ Python traceback or exception line, `error:` / `Error:` / `ERROR`, `fatal:`, `FA
 `failed`, `denied`, `panic:`, `npm ERR!`, a segmentation fault, a missing file or command, a
 non-zero exit.
 The headline is the most telling line (an `XxxError: message` line when there is one); its
-fingerprint (lower case, numbers and quoted values blanked) tells a new error from the same one
-shown again, so apps and the proactive offer of help see each distinct error once.
+fingerprint (lower case, quoted values and every word holding a digit blanked: numbers, request
+and trace ids, UUIDs, hashes, `user_4821`; exception names kept) tells a new error from the same
+one shown again, so apps and the proactive offer of help see each distinct error once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ _ERROR = re.compile(
 )
 _HEADLINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b\s*:")
 _QUOTED = re.compile(r"(['\"‘’“”]).*?(['\"‘’“”])")
-_NUMBER = re.compile(r"\d+")
+# a run of word characters and hyphens holding a digit: a number, a UUID, a hash, `req-9f8e2`;
+# not an exception's name (`Win32Error`), which is what tells one error from another
+_WITH_DIGIT = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?![\w-]*(?:error|exception)(?![\w-]))[\w-]+")
 _LEADING_NUMBERS = re.compile(r"^[\s\d:.,\-\[\]]+")  # a line number or a timestamp
 
 
@@ -33,11 +36,11 @@ class ScreenError:
 
 
 def fingerprint(line: str) -> str:
-    """The same error shown again, with other numbers or quoted values, or after another
+    """The same error shown again, with other numbers, ids or quoted values, or after another
     prefix (a line number, a timestamp, a prompt), prints the same."""
     match = _HEADLINE.search(line)
     core = line[match.start():] if match else _LEADING_NUMBERS.sub("", line)
-    return " ".join(_NUMBER.sub("#", _QUOTED.sub("''", core.lower())).split())
+    return " ".join(_WITH_DIGIT.sub("#", _QUOTED.sub("''", core.lower())).split())
 
 
 def find_error(lines: list[str]) -> ScreenError | None:

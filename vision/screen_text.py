@@ -20,7 +20,10 @@ overlaps a pending one replaces it, on the newest frame, with the union of both 
 `max_pending`, everything pending folds into one read of the newest frame), so sampling never
 waits and the latest screen is always what gets read. One task per session takes the reads in
 order (the new-line diff depends on it) and hands them to a thread pool shared by the process;
-each thread owns one Tesseract engine. What was folded away is counted.
+each thread owns one Tesseract engine. What was folded away is counted, and so is what a
+closing session did not wait for. A read the session fails to take (its `on_text` raising) is
+counted and logged in one line, and reading goes on: one bad read must not end the session's
+screen memory.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -48,6 +52,7 @@ from .frames import SampledFrame
 from .local_change import Box
 from .luma import luma_plane
 from .ocr import Layout, TextLine, thread_engine
+from .screen_signals import ScreenError, find_error
 
 log = logging.getLogger("sightline.screen_text")
 
@@ -256,6 +261,14 @@ class ScreenText:
         """The box around everything read."""
         return bounds(self.regions)
 
+    @cached_property
+    def error(self) -> ScreenError | None:
+        """The error among the lines that appeared, if any. Worked out once, when the session
+        first asks (as the read arrives), and kept: every question's digest looks at the
+        session's recent reads (up to 200), and the error pattern over all their lines took
+        10-130 ms of the event loop per question."""
+        return find_error(self.lines)
+
 
 @dataclass
 class _Read:
@@ -352,7 +365,9 @@ class ReaderStats:
     submitted: int = 0
     read: int = 0
     coalesced: int = 0  # reads folded into a newer one (never read on their own)
-    failed: int = 0
+    failed: int = 0  # reads OCR could not do
+    undelivered: int = 0  # reads done whose result the session failed to take (`on_text` raised)
+    abandoned: int = 0  # reads pending or under way when the reader closed, past its wait
     cpu_ms: float = 0.0
     waited_ms: float = 0.0
     forced: int = 0  # reads that started after the gate's longest wait, the machine still busy
@@ -372,6 +387,7 @@ class ScreenTextReader:
         self._gate = gate
         self._max_pending = max_pending
         self._pending: list[_Read] = []
+        self._reading: _Read | None = None  # the read handed to the executor, until it is back
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # nothing pending and nothing being read
         self._idle.set()
@@ -413,9 +429,9 @@ class ScreenTextReader:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                job = self._pending.pop(0)
-                luma = luma_plane(job.frame.frame)
+                job = self._reading = self._pending.pop(0)
                 try:
+                    luma = luma_plane(job.frame.frame)
                     lines, boxes, cpu_ms, waited = await loop.run_in_executor(
                         self._executor, gated_read_change, self._gate, self._before, luma,
                         job.boxes, job.decision.content_type)
@@ -423,8 +439,15 @@ class ScreenTextReader:
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
+                finally:
+                    self._reading = None
                 self._before = luma
-                self._deliver(job, lines, boxes, cpu_ms, waited)
+                try:
+                    self._deliver(job, lines, boxes, cpu_ms, waited)
+                except Exception as exc:  # nor one read the session could not take
+                    self.stats.undelivered += 1
+                    log.warning("the screen read at t=%.1fs was lost, its recording failed: %r",
+                                job.frame.t, exc)
 
     def _deliver(self, job: _Read, lines: list[TextLine], boxes: list[Box], cpu_ms: float,
                  waited: GateWait) -> None:
@@ -441,12 +464,25 @@ class ScreenTextReader:
             round(waited_ms, 1), waited.forced))
 
     async def drain(self, timeout_s: float) -> None:
-        """Let the pending reads finish (a session closing wants its last screen read)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        """Let the pending reads finish (a session closing wants its last screen read); a
+        reader that stopped has nothing more to finish."""
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait((idle, self._task), timeout=timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Wait up to `timeout_s` for the pending reads, then stop; the reads still pending or
+        under way are dropped, counted as `abandoned`."""
         await self.drain(timeout_s)
+        if self._task.done() and not self._task.cancelled() and self._task.exception():
+            log.error("the screen reader had stopped: %r", self._task.exception())
+        if not self._idle.is_set():
+            self.stats.abandoned = len(self._pending) + (self._reading is not None)
+            log.warning("closing with %d screen reads not done, dropped (waited %.1f s)",
+                        self.stats.abandoned, timeout_s)
         self._task.cancel()
         # the task's cancellation is its result; a cancellation of the caller goes on up
         await asyncio.gather(self._task, return_exceptions=True)

@@ -33,10 +33,14 @@ def probe_duration(path: Path) -> float:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoUnreadable(f"{path}: no video stream")
-            return _header_duration(container) or max(
-                (f.time or 0.0) for f in container.decode(container.streams.video[0]))
+            duration = _header_duration(container) or max(
+                ((f.time or 0.0) for f in container.decode(container.streams.video[0])),
+                default=None)
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoUnreadable(f"{path}: cannot read video ({exc})") from None
+    if duration is None:  # a stream, but not one frame decodes (a file cut after its header)
+        raise VideoUnreadable(f"{path}: no decodable video frames")
+    return duration
 
 
 def _header_duration(container: Any) -> float | None:
