@@ -92,6 +92,7 @@ def recall_note(recalled: Recalled | None, screens: list[ScreenEvent]) -> dict[s
     memory = recalled.memory
     return {
         "recall_vector": recalled.vector,
+        "recall_failed": list(recalled.failed),
         "knowledge": [{"source": hit.source, "key": hit.key, "score": round(hit.score, 6)}
                       for hit in recalled.knowledge],
         "memory": {

@@ -57,7 +57,7 @@ async def test_knowledge_goes_in_once_per_question() -> None:
 
     async def lookup(question: str) -> Recalled:
         asked.append(question)
-        return Recalled([HIT], MEMORY, vector="late")
+        return Recalled([HIT], MEMORY, vector="late", failed=("screen",))
 
     notes: list[dict] = []
     turn = TurnContext(screen(), lookup, note=notes.append)
@@ -80,6 +80,7 @@ async def test_knowledge_goes_in_once_per_question() -> None:
     assert len(notes) == 1 and notes[0].pop("recall_ms") >= 0
     assert notes == [{
         "recall_vector": "late",  # what was recalled was ranked by keywords alone
+        "recall_failed": ["screen"],  # the other parts still went in
         "knowledge": [{"source": "/kb/config-files.md", "key": "", "score": 0.03}],
         "memory": {"summary": True, "facts": ["python_version"],
                    "messages": [{"id": 3, "role": "user", "at": "2026-11-20T00:00:00+00:00"}]},
