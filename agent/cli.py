@@ -5,7 +5,8 @@ is imported when its command runs, and imports its heavy dependencies (LiveKit, 
 Postgres, OpenCV) inside `run`, so `sightline --help` loads nothing but the parsers.
 
 Errors a user can fix (configuration, an unreachable database, a bad fixture) print one line
-naming the problem and exit with status 2; they never print a traceback.
+naming the problem and exit with status 2; they never print a traceback. Nor does Ctrl-C: one
+line, `interrupted`, and status 130.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from . import (
     cli_vision,
     cli_worker,
 )
+from .cli_common import one_line
 
 log = logging.getLogger("sightline")
 
@@ -95,12 +97,6 @@ class _Parser(argparse.ArgumentParser):
             else:
                 joined.append(arg)
         return joined
-
-
-def one_line(text: str) -> str:
-    """`text` with the characters that would break or garble a line (newlines, controls, that
-    a user's input may hold) written as escapes."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `sightline ... | head`: the reader has all it wanted
         sys.stdout = open(os.devnull, "w")
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: where it stopped is of no use to the user
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         failure = _database_failure(exc)
         if failure:

@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from .cli_common import counted, duration, identifier, positive_int
+from .cli_common import counted, duration, identifier, one_line, positive_int
 from .config import Settings
 
 
@@ -50,9 +50,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
                 return 0
+            if not rows:
+                print(f"No alerts raised for tenant {args.tenant}.")
             for r in rows:
                 sent = "delivered" if r["delivered_at"] else "not delivered"
-                print(f"{r['raised_at'][:19]}  {r['severity']:<8} {r['message']} ({sent})")
+                print(f"{r['raised_at'][:19]}  {one_line(r['severity']):<8} "
+                      f"{one_line(r['message'])} ({sent})")
             return 0
         until = datetime.now(UTC)
         quality = await window_quality(db.pool, args.tenant,
@@ -81,7 +84,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(list(raised.values()), indent=2))
     else:
         for alert in raised.values():
-            print(f"{alert['severity']:<8} {alert['message']}")
+            print(f"{one_line(alert['severity']):<8} {one_line(alert['message'])}")
         if not raised:
             print(f"No new alert for tenant {args.tenant} ({quality['turns']} turns in the "
                   "window).")

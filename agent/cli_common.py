@@ -1,4 +1,5 @@
-"""What the `sightline` command groups share: the error a user can fix, and argument types."""
+"""What the `sightline` command groups share: the error a user can fix, argument types, and
+the escaping of what is printed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,33 @@ def counted(count: int, noun: str, plural: str = "") -> str:
 
 class UserError(Exception):
     """Any failure the user can fix; printed as one line, exit status 2."""
+
+
+def one_line(text: str) -> str:
+    """`text` with the characters that would break or garble a line written as escapes (ESC
+    as the four characters `\\x1b`): newlines and controls that a user's input may hold, and
+    whatever stored text holds (file names, chat, the text read off a screen), which must
+    never drive the operator's terminal (an escape sequence can retitle it, clear it, or
+    fake output)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def utf8_text(raw: str) -> str:
+    """Free text for the database or a model: bytes of the command line that are not UTF-8
+    (which Python keeps as lone surrogates) cannot be stored or sent."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"is not UTF-8 text, got {raw!r}: check the terminal's encoding") from None
+    return raw
+
+
+def query(raw: str) -> str:
+    """A search needs words: a blank query would return whatever is nearest to nothing."""
+    if not utf8_text(raw).strip():
+        raise argparse.ArgumentTypeError("the query is blank: give a question or words to find")
+    return raw
 
 
 INT_MAX = 2**31 - 1  # Postgres' integer: a count, limit or id past it is no real one
@@ -54,13 +82,13 @@ def identifier(raw: str) -> str:
 
 def non_blank(raw: str) -> str:
     """A name that must say something (a document's): a blank one matches nothing."""
-    if not raw.strip():
+    if not utf8_text(raw).strip():
         raise argparse.ArgumentTypeError(f"must not be blank, got {raw!r}")
     return raw
 
 
 def key_value(raw: str) -> tuple[str, str]:
-    key, sep, value = raw.partition("=")
+    key, sep, value = utf8_text(raw).partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {raw!r}")
     return key.strip(), value.strip()

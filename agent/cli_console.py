@@ -26,9 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C, the way the console says to stop it: a clean stop, exit 0."""
     import asyncio
+    import contextlib
 
     from aiohttp import web
+
+    from memory.db import masked_url
 
     from .cli_common import UserError
     from .console_server import Console, check_console
@@ -46,10 +50,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
                         "(set SIGHTLINE_CONSOLE_PORT or --port)") from None
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"Sightline console on http://127.0.0.1:{bound}/ (LiveKit {settings.livekit_url}, "
-          f"agent {settings.agent_name}); Ctrl-C to stop", flush=True)
+    print(f"Sightline console on http://127.0.0.1:{bound}/ (LiveKit "
+          f"{masked_url(settings.livekit_url)}, agent {settings.agent_name}); Ctrl-C to stop",
+          flush=True)
     try:
-        await asyncio.Event().wait()
+        with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C: asyncio.run cancels it
+            await asyncio.Event().wait()
     finally:
         await runner.cleanup()
     return 0

@@ -9,13 +9,14 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .cli_common import UserError, counted, identifier, positive_int
+from .cli_common import UserError, counted, identifier, one_line, positive_int, utf8_text
 from .config import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("costs", help="list sessions with their costs, or show one")
-    p.add_argument("session_id", nargs="?", help="show this session (default: list sessions)")
+    p.add_argument("session_id", nargs="?", type=utf8_text,
+                   help="show this session (default: list sessions)")
     p.add_argument("--tenant", type=identifier, help="only this tenant's sessions")
     p.add_argument("--limit", type=positive_int, default=50,
                    help="how many sessions to list, newest first (default 50)")
@@ -67,7 +68,8 @@ def _memory_line(memory: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as text: the same lines after a replay and from `sightline costs ID`."""
+    """The summary as text: the same lines after a replay and from `sightline costs ID`, with
+    what the session recorded (an error, a hand-off's reason, model names) escaped."""
     from .session_record import COMPLETED
     from .session_summary import model_order
 
@@ -178,7 +180,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  cost log: {summary['cost_log']}"
                  + (f" (incomplete: {summary['cost_log_error']}; the database has every event)"
                     if summary.get("cost_log_error") else ""))
-    return "\n".join(lines)
+    return "\n".join(map(one_line, lines))
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -207,9 +209,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             elif session["summary"]:
                 print(format_summary(session["summary"]))
             else:
-                print(f"Session {session['id']} has not ended yet "
-                      f"({session['model_calls']} model calls so far); if the process running "
-                      f"it died, `sightline costs {session['id']} --close` closes it.")
+                print(one_line(
+                    f"Session {session['id']} has not ended yet ({session['model_calls']} "
+                    "model calls so far); if the process running it died, "
+                    f"`sightline costs {session['id']} --close` closes it."))
             return 0
         sessions = await store.list_sessions(args.limit, args.tenant)
     finally:
@@ -225,8 +228,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     for s in sessions:
         cost = f"{s['total_cost_usd']:.6f}" if s["total_cost_usd"] is not None else "-"
         ended = "(open)" if s["ended_at"] is None else s["outcome"] or "completed"
-        print(f"{s['id']:<30} {s['tenant']:<12} {s['source']:<7} {s['started_at'][:19]:<20} "
-              f"{s['model_calls']:>5} {s['voice_s'] / 60:>9.2f} {cost:>12}  {ended}")
+        print(one_line(f"{s['id']:<30} {s['tenant']:<12} {s['source']:<7} "
+                       f"{s['started_at'][:19]:<20} {s['model_calls']:>5} "
+                       f"{s['voice_s'] / 60:>9.2f} {cost:>12}  {ended}"))
     if args.tenant:
         minutes = sum(s["voice_s"] for s in sessions) / 60
         listed = "this session" if len(sessions) == 1 else f"these {len(sessions)} sessions"

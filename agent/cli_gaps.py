@@ -8,8 +8,8 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import UserError, counted, duration, identifier, positive_int
-from .config import Settings
+from .cli_common import UserError, counted, duration, identifier, one_line, positive_int
+from .config import KEY_ENV, Settings
 
 MARKED_BY_OPS = "marked by ops"  # who resolved a gap by hand
 
@@ -56,11 +56,11 @@ def _print_gaps(rows: list[dict[str, Any]]) -> None:
         print("No knowledge gaps.")
     for g in rows:
         print(f"#{g['id']}  {g['status']:<9} score {g['score']:.2f} ({g['frequency']} questions, "
-              f"severity {g['severity']:.2f})  {g['canonical_question']}")
+              f"severity {g['severity']:.2f})  {one_line(g['canonical_question'])}")
         for section in g["outline"]:
-            print(f"      - {section}")
+            print(f"      - {one_line(section)}")
         if g["resolved_by"]:
-            by = g["resolved_by"]
+            by = one_line(g["resolved_by"])
             print(f"      resolved: {by}" if by == MARKED_BY_OPS else f"      resolved by {by}"
                   + (f" (score {g['resolved_score']:.2f})" if g["resolved_score"] else ""))
 
@@ -93,7 +93,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         try:
             import scipy  # noqa: F401  (checked here: one line instead of a traceback later)
         except ImportError:
-            raise UserError("sightline gaps refresh needs the `ops` extra (SciPy): "
+            raise UserError("`gaps refresh` needs the `ops` extra (SciPy): "
                             "pip install 'sightline[ops]'") from None
         # refresh alone needs the model SDKs and the embedder: list, dismiss and resolve
         # answer in a second without importing them
@@ -106,8 +106,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
         tier = settings.cascade_tiers()[0]
         if not settings.key_for(tier.provider):
-            raise UserError(f"sightline gaps refresh asks tier 0 ({tier.model}) to name the "
-                            f"gaps: set the {tier.provider} key")
+            raise UserError(f"`gaps refresh` asks tier 0 ({tier.model}) to name the gaps: set "
+                            f"{KEY_ENV[tier.provider]} (README: Configuration)")
         embedder = make_embedder(settings, await stored_models(db.pool, args.tenant))
         provider = make_provider(settings, tier)
         try:
@@ -132,5 +132,5 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
           f"${report.naming_cost_usd:.6f}"
           + (f" ({report.naming_failures} failed)" if report.naming_failures else ""))
     for gap_id, source, score in report.resolved:
-        print(f"gap #{gap_id} resolved by {source} (score {score:.2f})")
+        print(f"gap #{gap_id} resolved by {one_line(source)} (score {score:.2f})")
     return 0

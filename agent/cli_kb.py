@@ -10,12 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli_common import UserError, counted, identifier, key_value, non_blank, positive_int
+from .cli_common import (
+    UserError,
+    counted,
+    identifier,
+    key_value,
+    non_blank,
+    one_line,
+    positive_int,
+    query,
+)
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -29,14 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "delete documents")
     kb_sub = kb.add_subparsers(dest="kb_command", required=True)
     p = kb_sub.add_parser("ingest", help="load Markdown, HTML, PDF and text files or folders")
-    p.add_argument("paths", nargs="+", type=Path, help="files or folders to ingest")
+    p.add_argument("paths", nargs="+", type=_ingestible, help="files or folders to ingest")
     p.add_argument("--tenant", type=identifier,
                    required=True, help="the tenant whose knowledge base it is")
     p.add_argument("--meta", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="tag the documents (repeatable; replaces their earlier tags, which are "
                    "kept without --meta); search can filter on it. `type` is built in")
     p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
-    p.add_argument("query", type=_query, help="the question or words to look for")
+    p.add_argument("query", type=query, help="the question or words to look for")
     p.add_argument("--tenant", type=identifier,
                    required=True, help="search this tenant's knowledge only")
     p.add_argument("--k", type=positive_int, default=5,
@@ -72,11 +82,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="only the JSON summary line")
 
 
-def _query(raw: str) -> str:
-    """A search needs words: a blank query would return whatever is nearest to nothing."""
-    if not raw.strip():
-        raise argparse.ArgumentTypeError("the query is blank: give a question or words to find")
-    return raw
+def _ingestible(raw: str) -> Path:
+    """A file or folder to ingest. Anything else that is there (a named pipe, a socket, a
+    device) is refused as what it is not: reading a pipe would wait for a writer that may
+    never come."""
+    path = Path(raw)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:  # the ingest says so
+        return path
+    except OSError as exc:  # a name too long, a folder not searchable, a loop of links
+        raise argparse.ArgumentTypeError(f"{raw!r} cannot be read: {exc.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a regular file or folder")
+    return path
 
 
 def _ks(raw: str) -> list[int]:
@@ -105,7 +124,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             return _list(await knowledge.documents(db.pool, args.tenant), args)
         if args.kb_command == "delete":
             for source in await knowledge.delete_documents(db.pool, args.tenant, args.sources):
-                print(f"deleted: {source}")
+                print(f"deleted: {one_line(source)}")
             return 0
         stored = await knowledge.stored_models(db.pool, args.tenant)
         # documents unchanged since their last ingest need no model; a command embeds with
@@ -164,9 +183,9 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
           f"{counted(report.embedded, 'chunk')} embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
     for source in report.removed_documents:
-        print(f"removed (no longer in its folder): {source}")
+        print(f"removed (no longer in its folder): {one_line(source)}")
     for problem in report.skipped:
-        print(f"skipped: {problem}", file=sys.stderr)
+        print(f"skipped: {one_line(problem)}", file=sys.stderr)
     if not report.skipped:
         return 0
     return 1 if report.documents else 2
@@ -183,8 +202,8 @@ async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, start=1):
         ranks = f"vector #{hit.vector_rank or '-'}, keyword #{hit.keyword_rank or '-'}"
         page = f", page {hit.page}" if hit.page is not None else ""
-        print(f"{rank}. {hit.source}{page}  (score {hit.score:.4f}; {ranks})")
-        print("   " + " ".join(hit.text.split())[:300])
+        print(f"{rank}. {one_line(hit.source)}{page}  (score {hit.score:.4f}; {ranks})")
+        print("   " + one_line(" ".join(hit.text.split())[:300]))
     return 0
 
 
@@ -196,6 +215,7 @@ def _list(documents: list[Document], args: argparse.Namespace) -> int:
         print(f"No documents in tenant {args.tenant}'s knowledge base.")
     for doc in documents:
         tags = " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items()))
-        print(f"{doc.source}  {counted(doc.chunks, 'chunk')}  {', '.join(doc.embedders) or '-'}  "
-              f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}")
+        print(one_line(f"{doc.source}  {counted(doc.chunks, 'chunk')}  "
+                       f"{', '.join(doc.embedders) or '-'}  "
+                       f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}"))
     return 0

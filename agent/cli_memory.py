@@ -13,7 +13,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from .cli_common import counted, identifier
+from .cli_common import counted, identifier, one_line
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -90,10 +90,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                       f"screen's text, a hand-off's reason) taken out of "
                       f"{counted(removed['events_forgotten'], 'event')} and "
                       f"{counted(removed['cost_logs_rewritten'], 'cost log')}; "
+                      f"{counted(removed['gap_questions'], 'question')} taken out of the "
+                      "knowledge gaps; "
                       f"{removed['sessions_unlinked']} sessions no longer name the user (their "
                       "cost records stay).")
                 for note in notes:
-                    print(note)
+                    print(one_line(note))
             return 0
         total = await store.count_messages(args.tenant, args.user)
         recent = await store.recent_messages(args.tenant, args.user, SHOWN)
@@ -122,14 +124,15 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Nothing is remembered about user {args.user} of tenant {args.tenant}.")
         return 0
     print(f"User {args.user} of tenant {args.tenant}:")
-    print(f"  summary: {summary or '(none yet)'}")
+    print(f"  summary: {one_line(summary) if summary else '(none yet)'}")
     print(f"  facts ({len(facts)}):")
     for fact in facts:
-        print(f"    [{fact.key}] {fact.text}")
+        print(f"    [{one_line(fact.key)}] {one_line(fact.text)}")
     print(f"  {total} messages remembered"
           + (f", the last {len(recent)}:" if total > len(recent) else ":"))
     for message in recent:
-        print(f"    {message.created_at:%Y-%m-%d %H:%M} {message.role}: {message.content}")
+        print(f"    {message.created_at:%Y-%m-%d %H:%M} "
+              f"{one_line(message.role)}: {one_line(message.content)}")
     print(f"  {screen_events} screen events remembered (`sightline screen search` finds them)")
     if deferred:
         print(f"  {counted(deferred, 'exchange')} waiting for the memory model (of sessions "
@@ -137,5 +140,5 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
               "the database, whose memory call failed or whose worker died first; the user's "
               "next session analyses them)")
     for note in notes:
-        print(note)
+        print(one_line(note))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_common import counted, duration, identifier
+from .cli_common import counted, duration, identifier, one_line
 from .config import Settings
 
 
@@ -33,7 +33,7 @@ _SPEECH_WORDS = {"stt": "failed recognitions", "tts": "failed syntheses"}
 
 
 def format_quality(q: dict[str, Any]) -> str:
-    """The signals as text, one line per signal."""
+    """The signals as text, one line per signal (what a session recorded, escaped)."""
     tiers = ", ".join(f"{n} by tier {t}" if t != "none" else f"{n} unanswered"
                       for t, n in q["answered_by_tier"].items()) or "-"
     confidence = ("-" if q["mean_confidence"] is None
@@ -43,7 +43,7 @@ def format_quality(q: dict[str, Any]) -> str:
         f"{f['failures']} {_SPEECH_WORDS[engine]} in {counted(f['sessions'], 'session')}"
         for engine, f in q["speech_failures"].items()) or "none"
     completion = ", ".join(f"{n} {k}" for k, n in sorted(s["by_completion"].items())) or "-"
-    return "\n".join([
+    return "\n".join(map(one_line, [
         f"Quality of tenant {q['tenant']}  {q['since'][:19]} .. {q['until'][:19]} UTC",
         f"  turns: {q['turns']} ({tiers}; {q['failed_turns']} failed"
         + (f", {q['handed_off_turns']} handed to a person" if q["handed_off_turns"] else "")
@@ -63,7 +63,7 @@ def format_quality(q: dict[str, Any]) -> str:
         f"  lookups lost: {_pct(lk['lost_rate'])} ({lk['lost']} of {lk['questions']} questions "
         f"answered without knowledge or memory: timed out or failed); "
         f"wait p50/p95/p99: {_ms(lk['wait_ms'])}",
-    ])
+    ]))
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -86,8 +86,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(format_quality(quality))
     for s in quality.get("session_list", []):
-        print(f"  {s['session_id']:<30} {s['user_id'] or '-':<12} {s['started_at'][:19]}  "
-              f"{s['completion']:<16} {counted(s['turns'], 'turn')}, "
-              f"{counted(s['retries'], 'retry', 'retries')}, "
-              f"{s['interruptions']} interrupted")
+        print(one_line(f"  {s['session_id']:<30} {s['user_id'] or '-':<12} "
+                       f"{s['started_at'][:19]}  {s['completion']:<16} "
+                       f"{counted(s['turns'], 'turn')}, "
+                       f"{counted(s['retries'], 'retry', 'retries')}, "
+                       f"{s['interruptions']} interrupted"))
     return 0

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_common import counted
+from .cli_common import counted, one_line
 from .config import Settings
 
 
@@ -55,20 +55,22 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                           "turns": [t.__dict__ for t in result.turns],
                           "sessions": result.sessions}, indent=2))
         if problem:
-            print(f"warning: {problem}", file=sys.stderr)
+            print(f"warning: {one_line(problem)}", file=sys.stderr)
         return 0
-    print(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
-          f"{fixture.duration_s:.1f}s)" + (f"\nwarning: {problem}" if problem else "") + "\n")
+    # the fixture's words and the models' replies are printed escaped, as every stored text is
+    print(one_line(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
+                   f"{fixture.duration_s:.1f}s)")
+          + (f"\nwarning: {one_line(problem)}" if problem else "") + "\n")
     for turn in result.turns:
         screen = "no screen"
         if turn.screen_t is not None:
             shot = {"sent": "new screenshot", "unchanged": "screen unchanged, no new screenshot"}
             screen = f"screen at t={turn.screen_t:.0f}s ({shot.get(turn.screenshot, 'none')})"
         if turn.unheard is not None:
-            print(f"[{turn.t:6.1f}s] {turn.user}: (spoken, not heard by the STT: {turn.unheard}; "
-                  f"the recording said: {turn.spoken!r})\n")
+            print(one_line(f"[{turn.t:6.1f}s] {turn.user}: (spoken, not heard by the STT: "
+                           f"{turn.unheard}; the recording said: {turn.spoken!r})") + "\n")
             continue
-        print(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}")
+        print(one_line(f"[{turn.t:6.1f}s] {turn.user}: {turn.text}"))
         if turn.spoken is not None:
             print(f"         (spoken; heard by the STT, the recording said: {turn.spoken!r})")
         asked = " > ".join(turn.models_asked) or "no model"
@@ -80,9 +82,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             asked += f"; memory: {', '.join(turn.memory_used)}"
         if turn.screen_used:
             asked += f"; screen text: {', '.join(turn.screen_used)}"
-        print(f"         asked {asked}; {turn.origin} response, {screen}, "
-              f"{counted(turn.images_sent, 'image')} in the requests")
-        print(f"         Sightline: {turn.reply}\n")
+        print(one_line(f"         asked {asked}; {turn.origin} response, {screen}, "
+                       f"{counted(turn.images_sent, 'image')} in the requests"))
+        print(one_line(f"         Sightline: {turn.reply}") + "\n")
     for summary in result.sessions:
         print(format_summary(summary))
     return 0

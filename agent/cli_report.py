@@ -32,7 +32,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         from .report import render
     except ImportError as exc:  # the worker image installs no charting library
-        raise UserError(f"sightline report needs the `ops` extra ({exc.name} is missing): "
+        raise UserError(f"`report` needs the `ops` extra ({exc.name} is missing): "
                         "pip install 'sightline[ops]'") from None
     prices = PriceTable.load(settings.prices_file)
     until = datetime.now(UTC)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from .cli_common import UserError, identifier, positive_int
+from .cli_common import identifier, one_line, positive_int, query
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--tenant", type=identifier, help="only if the session is this tenant's")
     p.add_argument("--json", action="store_true", help="the events as JSON")
     p = screen_sub.add_parser("search", help="screen events that match a question, best first")
-    p.add_argument("query", help="words or a question, e.g. \"JSONDecodeError\"")
+    p.add_argument("query", type=query, help="words or a question, e.g. \"JSONDecodeError\"")
     p.add_argument("--tenant", type=identifier,
                    required=True, help="search this tenant's timeline only")
     p.add_argument("--user", type=identifier,
@@ -32,12 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def _print(events: list[ScreenEvent], *, with_session: bool) -> None:
     for event in events:
-        where = f"{event.session_id} " if with_session else ""
+        where = f"{one_line(event.session_id)} " if with_session else ""
         flag = "  ERROR" if event.is_error else ""
         print(f"{where}t={event.t:7.1f}s  {event.at:%Y-%m-%d %H:%M:%S}  "
-              f"{event.content_type:<5} {event.reason}{flag}")
+              f"{one_line(event.content_type):<5} {one_line(event.reason)}{flag}")
         for line in event.text.splitlines():
-            print(f"    {line}")
+            print(f"    {one_line(line)}")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,8 +46,6 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
     from .components import embedder_on_use
 
-    if args.screen_command == "search" and not args.query.strip():
-        raise UserError("the search query is empty: give words to look for")
     db = await Database.open(settings.database_url, settings.data_dir)
     embedder = embedder_on_use(settings)
     try:

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .cli_common import counted, identifier, month
+from .cli_common import counted, identifier, month, one_line
 from .config import Settings
 
 
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def format_usage(u: dict[str, Any]) -> str:
+    """The month's usage as text, with what sessions recorded (model names) escaped."""
     k, m = u["knowledge"], u["memory"]
     lines = [
         f"Usage of tenant {u['tenant']} in {u['month']} (UTC)",
@@ -51,7 +52,7 @@ def format_usage(u: dict[str, Any]) -> str:
     ]
     if u["unpriced_models"]:
         lines.append("  not priced (counted as $0): " + ", ".join(u["unpriced_models"]))
-    return "\n".join(lines)
+    return "\n".join(map(one_line, lines))
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:

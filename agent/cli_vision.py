@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from vision.ranges import Range
 
-from .cli_common import UserError, in_range, key_value
+from .cli_common import UserError, in_range, key_value, one_line
 
 if TYPE_CHECKING:
     from vision.change import DetectorConfig
@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     vision = sub.add_parser("vision", help="screen change detection: scan a recording, evaluate")
     commands = vision.add_subparsers(dest="vision_command", required=True)
     tuning = argparse.ArgumentParser(add_help=False)
-    tuning.add_argument("--fps", type=in_range(Range(float, 0, 60, open_low=True)),
-                        default=1.0, help="samples per second, in (0, 60]")
+    # a rate so near 0 that a sample's time overflows to inf (and NaN in --json) is no rate
+    tuning.add_argument("--fps", type=in_range(Range(float, 0.01, 60)),
+                        default=1.0, help="samples per second, in [0.01, 60]")
     tuning.add_argument(
         "--set", dest="settings", type=key_value, action="append", default=[], metavar="NAME=VALUE",
         help="override a detector setting (repeatable; `sightline vision settings` lists them)",
@@ -118,7 +119,7 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             verdict = "KEEP" if decision.kept else "drop"
             print(f"{decision.t:8.2f}s  {verdict}  {decision.reason:<17} {detail}")
             for text in added or []:
-                print(f"           + {text}")
+                print(f"           + {one_line(text)}")
     video = video_report(frames)
     result = summary_line(summary, video)
     if args.json:
@@ -133,7 +134,7 @@ def _scan(args: argparse.Namespace, config: DetectorConfig) -> int:
             f"dropped: {dropped or 'none'}; by content type: {kinds or 'none'}"
         )
     if video is not None and video.problem():
-        print(f"warning: {video.problem()}", file=sys.stderr)
+        print(f"warning: {one_line(video.problem())}", file=sys.stderr)
     return 0
 
 

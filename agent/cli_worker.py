@@ -138,6 +138,8 @@ def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSl
     from livekit.agents.cli import proto
     from livekit.agents.cli.cli import _run_worker
 
+    from memory.db import masked_url
+
     from .left_spills import import_left_spills
     from .observability import configure_tracing
     from .rtc_events import route_media_events, rtc_logs_to_stderr
@@ -153,7 +155,7 @@ def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSl
     rtc_logs_to_stderr()
     route_media_events()
     if configure_tracing(settings.otlp_endpoint):
-        print(f"traces: OTLP to {settings.otlp_endpoint}", file=sys.stderr)
+        print(f"traces: OTLP to {masked_url(settings.otlp_endpoint)}", file=sys.stderr)
     # SIGTERM: livekit-agents drains (no new jobs, running sessions end), then closes; the
     # process is gone within SHUTDOWN_DEADLINE_S of the close, whatever still runs
     server = build_server(settings, exit_deadline_s=SHUTDOWN_DEADLINE_S, slot=slot)

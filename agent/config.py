@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import platformdirs
 
@@ -34,8 +34,9 @@ def _text(raw: str) -> str:
 
 
 def _seconds(high: float) -> Range:
-    """A duration above zero, at most `high` seconds."""
-    return Range(float, 0, high, open_low=True)
+    """A duration of 0.1 to `high` seconds: a tenth of a second is shorter than any wait,
+    timeout or check that means something, and "above zero" let 1e-300 through."""
+    return Range(float, 0.1, high)
 
 
 _THRESHOLD = Range(float, 0, 1)
@@ -114,10 +115,36 @@ def _http_url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+_DATABASE_PORT = Range(int, 1, 65535)
+# libpq's values of the parameters that take one of a few (asyncpg's own message for a wrong
+# target_session_attrs prints a method's repr instead of them)
+_DATABASE_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby",
+                             "prefer-standby"),
+}
+
+
 def _postgres_url(raw: str) -> str:
-    if urlsplit(raw.strip()).scheme not in ("postgres", "postgresql"):
+    """A postgresql:// URL whose ports and choices asyncpg can use: it would fail on them
+    only at the first connection, with a traceback."""
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
         raise ValueError("must be a postgresql:// URL")
-    return raw.strip()
+    query = dict(parse_qsl(parts.query))
+    for name, accepted in _DATABASE_CHOICES.items():
+        if query.get(name, accepted[0]) not in accepted:
+            raise ValueError(f"its {name} must be one of {', '.join(accepted)}")
+    # host[:port] or [ipv6][:port], comma-separated, in the URL's host or its `host` parameter
+    hosts = f"{parts.netloc.rpartition('@')[2]},{query.get('host', '')}".split(",")
+    ports = [h.rpartition("]")[2].partition(":")[2] for h in hosts if not h.startswith("/")]
+    for port in filter(None, [*ports, *query.get("port", "").split(",")]):
+        try:
+            _DATABASE_PORT.parse(port)
+        except ValueError as exc:
+            raise ValueError(f"its port {port!r} {exc}") from None
+    return url
 
 
 def _path(raw: str) -> Path:
@@ -189,6 +216,15 @@ class _Field:
     secret: bool = False
     help: str = ""
 
+    def shown(self, raw: str) -> str:
+        """`raw` fit to print: a URL without its password, a secret masked. The database's
+        URL keeps its host (of use to ops); the alert webhook's is its secret (a chat
+        webhook's path holds its token)."""
+        if self.parse in (_ws_url, _http_url, _postgres_url) and (
+                not self.secret or self.env == "DATABASE_URL"):
+            return mask_url(raw)
+        return mask_secret(raw) if self.secret else raw
+
 
 _USD = Range(float, 0, 1_000_000, open_low=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")  # the worker's, any case
@@ -217,7 +253,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("model_retries", "SIGHTLINE_MODEL_RETRIES", Range(int, 0, 10), 1),
     _Field("image_detail", "SIGHTLINE_IMAGE_DETAIL", _choice(*IMAGE_DETAILS), "medium",
         help="low | medium | high: screen image size per provider (README: Images)"),
-    _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", Range(float, 0, 30, open_low=True), 1.0,
+    _Field("sample_fps", "SIGHTLINE_SAMPLE_FPS", Range(float, 0.01, 30), 1.0,
         help="screen samples per second (a screen share sends at most ~30 frames a second)"),
     _Field("history_messages", "SIGHTLINE_HISTORY_MESSAGES", Range(int, 0, MAX_HISTORY_MESSAGES),
            10),
@@ -435,7 +471,7 @@ class Settings:
             try:
                 values[field.name] = field.parse(raw)
             except ValueError as exc:
-                shown = "***" if field.secret else repr(raw)
+                shown = "***" if field.secret else repr(field.shown(raw))
                 raise ConfigError(f"{field.env}={shown} is invalid: {exc}") from None
         settings = cls(**values)
         settings._check_together()
@@ -482,7 +518,7 @@ class Settings:
                 "(`sightline replay` runs the fixtures without any key; README: Configuration)")
         for index, tier in enumerate(self.cascade_tiers()):
             if not self.key_for(tier.provider):
-                key_env = _KEY_ENV[tier.provider]
+                key_env = KEY_ENV[tier.provider]
                 raise ConfigError(
                     f"{key_env} is required by tier {index} ({tier}) of SIGHTLINE_TIERS: set "
                     f"{key_env}, or leave that tier out (README: Configuration)")
@@ -531,21 +567,20 @@ class Settings:
             value = getattr(self, field.name)
             if value is None:
                 shown = "(unset)"
-            elif field.secret:
-                shown = mask_secret(str(value), url=field.env == "DATABASE_URL")
             elif isinstance(value, bool):
                 shown = "on" if value else "off"
             elif isinstance(value, tuple):
                 shown = ",".join(map(str, value))
             else:
-                shown = str(value)
+                shown = field.shown(str(value))
             limits = f"range {field.parse}" if isinstance(field.parse, Range) else ""
             note = "; ".join(part for part in (field.help, limits) if part)
             rows.append((field.env, shown, note))
         return rows
 
 
-_KEY_ENV = {"gemini": "GOOGLE_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# the variable each provider's key is read from
+KEY_ENV = {"gemini": "GOOGLE_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 # the module each speech provider is imported from (the `voice` extra); inference is built in
 _SPEECH_MODULES = {
     "local": "moonshine_voice", "openai": "livekit.plugins.openai",
@@ -575,10 +610,13 @@ def _by_env(env: str) -> _Field:
     return next(f for f in _FIELDS if f.env == env)
 
 
-def mask_secret(value: str, *, url: bool = False) -> str:
-    """Show that a secret is set without revealing it; a URL keeps its host but not its password."""
-    if url:
-        from memory.db import masked_url  # loads asyncpg: only when a URL is shown
-
-        return masked_url(value)
+def mask_secret(value: str) -> str:
+    """Show that a secret is set without revealing it."""
     return f"***{value[-2:]}" if len(value) >= 12 else "***"
+
+
+def mask_url(url: str) -> str:
+    """A URL with its host but not its password."""
+    from memory.db import masked_url  # loads asyncpg: only when a URL is shown
+
+    return masked_url(url)

@@ -23,6 +23,8 @@ from aiohttp import web
 from livekit import api
 from yarl import URL
 
+from memory.db import masked_url
+
 from .config import ConfigError, Settings
 
 log = logging.getLogger("sightline.console")
@@ -107,9 +109,10 @@ class Console:
                     agent_name=self._agent, room=room,
                     metadata=json.dumps({"tenant": self._tenant})))
         except Exception as exc:  # the page shows it; the console keeps serving
-            log.error("could not create a room on %s: %r", self._url, exc)
+            where = masked_url(self._url)
+            log.error("could not create a room on %s: %r", where, exc)
             return web.json_response(
-                {"error": f"LiveKit at {self._url} refused or could not be reached: "
+                {"error": f"LiveKit at {where} refused or could not be reached: "
                           f"{type(exc).__name__}"}, status=502)
         token = (api.AccessToken(self._key, self._secret)
                  .with_identity(identity).with_name("Console user")

@@ -102,7 +102,9 @@ class Database:
                 await _create_schema(url, schema)
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=connections, **pool_options(schema))
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        # a ValueError (asyncpg's ClientConfigurationError is one) or an OverflowError: a port,
+        # an sslmode or a PG* variable asyncpg cannot use
+        except (OSError, TimeoutError, asyncpg.PostgresError, ValueError, OverflowError) as exc:
             if embedded is not None:
                 await asyncio.to_thread(stop_embedded, embedded)
             where = "the embedded Postgres" if embedded else masked_url(url)
@@ -282,6 +284,9 @@ def refused(exc: BaseException, where: str, *, scratch: bool = False) -> str:
     not answer, a login it refuses, a database that is not there and a missing privilege are
     fixed in different places."""
     reason = error_reason(exc)
+    if isinstance(exc, ValueError | OverflowError):
+        return (f"the database at {where} cannot be connected to as configured: {reason}. "
+                "Fix DATABASE_URL (or the PG* environment variable it leaves to).")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return (f"the database at {where} refused the login: {reason}. Check the user and "
                 "password in DATABASE_URL.")
@@ -305,14 +310,24 @@ def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# the query parameters of a Postgres URL that hold a secret (libpq's, which asyncpg reads)
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def masked_url(url: str) -> str:
-    """A database URL fit to print: its host, never its password (in the userinfo or the
-    query string)."""
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    """Any URL fit to print (the database's, LiveKit's, a model endpoint's): its host, never a
+    password, neither in the userinfo (`user:***@host`) nor as a query parameter. One that
+    cannot be parsed is not shown at all: where its password is cannot be told."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        parts = parts._replace(netloc=f"{user}:***@{host}")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "password" for key, _ in query):
-        masked = [(k, "***" if k == "password" else v) for k, v in query]
+    if any(key in SECRET_PARAMETERS for key, _ in query):
+        masked = [(k, "***" if k in SECRET_PARAMETERS else v) for k, v in query]
         parts = parts._replace(query=urlencode(masked, safe="/*"))
     return parts.geturl()

@@ -4,7 +4,10 @@ Protects (issue 14, CLI and configuration): a data or cost-log directory that ca
 log level that is not one, absurd numbers (out of range, NaN, infinite), a budget tier the
 cascade lacks, blank tenant or user names, a price table that cannot be read; `sightline config`
 shows the cascade and what `auto` settings resolve to, also as JSON; every option of the
-commands here has help text; a database that fails mid-command is one line, exit 1.
+commands here has help text; a database that fails mid-command is one line, exit 1; a rate or
+duration so near zero it means nothing, free text that is not UTF-8, a DATABASE_URL asyncpg
+could not use (a port, an sslmode), a named pipe to ingest and a model key that is missing are
+each one line; Ctrl-C is one line, exit 130.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import run_cli
+from conftest import SIGHTLINE, run_cli
 
 from agent import cli
 from agent.cli import _parser
@@ -146,10 +151,16 @@ async def test_config_checks_and_shows_the_log_level(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "accepted"),
     [
-        ("SIGHTLINE_SAMPLE_FPS", "500", "(0, 30]"),
-        ("SIGHTLINE_SAMPLE_FPS", "nan", "(0, 30]"),
-        ("SIGHTLINE_MODEL_TIMEOUT_S", "inf", "(0, 600]"),
-        ("SIGHTLINE_TURN_DEADLINE_S", "-inf", "(0, 600]"),
+        ("SIGHTLINE_SAMPLE_FPS", "500", "[0.01, 30]"),
+        ("SIGHTLINE_SAMPLE_FPS", "nan", "[0.01, 30]"),
+        ("SIGHTLINE_MODEL_TIMEOUT_S", "inf", "[0.1, 600]"),
+        ("SIGHTLINE_TURN_DEADLINE_S", "-inf", "[0.1, 600]"),
+        # near zero: above 0, and no rate or duration anything can run at
+        ("SIGHTLINE_SAMPLE_FPS", "5e-324", "[0.01, 30]"),
+        ("SIGHTLINE_MODEL_TIMEOUT_S", "1e-300", "[0.1, 600]"),
+        ("SIGHTLINE_TURN_DEADLINE_S", "1e-300", "[0.1, 600]"),
+        ("SIGHTLINE_SESSION_STALL_S", "1e-300", "[0.1, 3600]"),
+        ("SIGHTLINE_SYNTHESIS_PROBE_S", "1e-300", "[0.1, 3600]"),
         ("SIGHTLINE_SESSION_BUDGET_USD", "NaN", "(0, 1000000]"),
         ("SIGHTLINE_TENANT_BUDGET_USD", "1e400", "(0, 1000000]"),
         ("SIGHTLINE_MODEL_RETRIES", "1000000", "[0, 10]"),
@@ -231,7 +242,7 @@ async def test_config_shows_the_effective_cascade_and_resolves_auto(tmp_path: Pa
     assert tiers["value"] == "(unset)"
     assert tiers["effective"].startswith("gemini:gemini-2.5-flash-lite:0.7:512 > ")
     assert "no model key" in tiers["effective"]
-    assert shown["SIGHTLINE_SAMPLE_FPS"]["note"].endswith("range (0, 30]")
+    assert shown["SIGHTLINE_SAMPLE_FPS"]["note"].endswith("range [0.01, 30]")
     assert int(shown["SIGHTLINE_MAX_SESSIONS"]["effective"]) >= 1
 
 
@@ -369,3 +380,77 @@ def test_a_database_refusing_connections_mid_command_is_one_line(
     monkeypatch.setattr(cli, "_run", elsewhere)
     with pytest.raises(ConnectionRefusedError):
         cli.main(["costs"])
+
+
+async def test_a_sample_rate_near_zero_is_refused_not_printed_as_nan(tmp_path: Path) -> None:
+    """At 5e-324 frames a second the second sample's time overflows: `{"t": NaN}` is no JSON."""
+    (tmp_path / "frames").mkdir()
+    line = one_line(*await run_cli("vision", "scan", str(tmp_path / "frames"), "--fps",
+                                   "5e-324", "--json", env=bare_env(tmp_path)))
+    assert "argument --fps: must be a number in [0.01, 60], got '5e-324'" in line
+
+
+@pytest.mark.parametrize("args", [
+    ["kb", "search", "router \udcff", "--tenant", "t"],
+    ["screen", "search", "router \udcff", "--tenant", "t"],
+    ["kb", "delete", "notes\udcff.md", "--tenant", "t"],
+    ["kb", "search", "router", "--tenant", "t", "--where", "team=\udcff"],
+    ["costs", "s-\udcff"],
+])
+async def test_text_that_is_not_utf8_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """Bytes of the command line that are not UTF-8 (\\xff, here as Python keeps it) cannot
+    be stored or searched for: refused before any database is started, not a traceback."""
+    line = one_line(*await run_cli(*args, env=bare_env(tmp_path)))
+    assert "is not UTF-8 text, got '" in line and "\\udcff" in line
+    assert not (tmp_path / "data").exists()
+
+
+async def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C while a command waits (here on a database that accepts and never answers)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"postgresql://u:p@127.0.0.1:{silent.getsockname()[1]}/db"
+        proc = await asyncio.create_subprocess_exec(
+            str(SIGHTLINE), "costs", env=bare_env(tmp_path, DATABASE_URL=url),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        connection, _ = await asyncio.to_thread(silent.accept)
+        with connection:
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert (proc.returncode, out, err) == (130, b"", b"interrupted\n")
+
+
+async def test_gaps_refresh_without_tier_0_s_key_names_the_variable(tmp_path: Path) -> None:
+    line = one_line(*await run_cli("gaps", "refresh", "--tenant", "t", env=bare_env(tmp_path)))
+    assert line == ("sightline: `gaps refresh` asks tier 0 (gemini-2.5-flash-lite) to name the "
+                    "gaps: set GOOGLE_API_KEY (README: Configuration)")
+
+
+async def test_kb_ingest_of_a_named_pipe_says_what_it_is_not(tmp_path: Path) -> None:
+    pipe = tmp_path / "notes.md"
+    os.mkfifo(pipe)
+    line = one_line(*await run_cli("kb", "ingest", str(pipe), "--tenant", "t",
+                                   env=bare_env(tmp_path)))
+    assert f"argument paths: '{pipe}' is not a regular file or folder" in line
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("postgresql://u:pw@127.0.0.1:abc/x", "its port 'abc' must be a whole number in [1, 65535]"),
+    ("postgresql://u:pw@127.0.0.1:99999/x", "its port '99999' must be"),
+    ("postgresql://u:pw@h1:5432,h2:abc/x", "its port 'abc' must be"),
+    ("postgresql:///x?host=/run/pg&port=0", "its port '0' must be"),
+    ("postgresql://u:pw@127.0.0.1/x?sslmode=bogus",
+     "its sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"),
+    ("postgresql://u:pw@127.0.0.1/x?target_session_attrs=bogus",
+     "its target_session_attrs must be one of any, read-write, read-only, primary, standby, "
+     "prefer-standby"),
+])
+async def test_a_database_url_asyncpg_cannot_use_is_one_line(
+    tmp_path: Path, url: str, why: str,
+) -> None:
+    """Said at start, naming the variable (not its value: a secret); not a traceback at the
+    first connection, nor "the database failed" with a method's repr in it."""
+    line = one_line(*await run_cli("costs", env=bare_env(tmp_path, DATABASE_URL=url)))
+    assert line.startswith(f"sightline: DATABASE_URL=*** is invalid: {why}")

@@ -1,8 +1,9 @@
 """Settings.from_env and `sightline config`: defaults, validation, and secrets that never leak.
 
 Protects: every malformed variable fails fast with a ConfigError naming it; API keys, the LiveKit
-secret and the database password never reach an error message, `describe()` or the CLI output;
-the CLI turns configuration errors into one `sightline:` line and exit status 2.
+secret, the database password and the password in any URL setting never reach an error
+message, `describe()` or the CLI output; the CLI turns configuration errors into one
+`sightline:` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def test_blank_values_mean_default() -> None:
     s = Settings.from_env({"SIGHTLINE_SAMPLE_FPS": "  ", "SIGHTLINE_TIERS": ""})
     assert s.sample_fps == 1.0
     assert s.tiers is None
+
+
+def test_readme_says_a_blank_value_means_the_default() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    configuration = readme.split("\n## Configuration\n")[1].split("\n## ")[0]
+    assert "A variable set to an\nempty or blank value counts as unset: it takes its default." in (
+        configuration)
 
 
 def test_valid_values_are_parsed() -> None:
@@ -161,6 +169,46 @@ def test_describe_masks_password_in_query_string() -> None:
     shown = dict((env, value) for env, value, _ in Settings.from_env(
         {"DATABASE_URL": url}).describe())
     assert DB_PASSWORD not in shown["DATABASE_URL"]
+
+
+URL_PASSWORD = "url-pass-w0rd-q"
+# every URL setting, with a password in it: in the userinfo, or libpq's sslpassword
+URL_ENV = {
+    "DATABASE_URL": f"postgresql://sightline@db.example.com/app?sslpassword={URL_PASSWORD}"
+                    "&sslmode=require",
+    "LIVEKIT_URL": f"wss://lk:{URL_PASSWORD}@my-project.livekit.cloud",
+    **{env: f"https://proxy:{URL_PASSWORD}@models.example.com/v1" for env in (
+        "SIGHTLINE_GEMINI_BASE_URL", "SIGHTLINE_ANTHROPIC_BASE_URL", "SIGHTLINE_COHERE_BASE_URL",
+        "SIGHTLINE_STT_BASE_URL", "SIGHTLINE_TTS_BASE_URL")},
+    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://otel:{URL_PASSWORD}@collector:4318",
+}
+
+
+def test_describe_masks_the_password_of_every_url() -> None:
+    shown = {env: value for env, value, _ in Settings.from_env(URL_ENV).describe()}
+    assert shown["DATABASE_URL"] == (
+        "postgresql://sightline@db.example.com/app?sslpassword=***&sslmode=require")
+    assert shown["LIVEKIT_URL"] == "wss://lk:***@my-project.livekit.cloud"
+    assert shown["SIGHTLINE_COHERE_BASE_URL"] == "https://proxy:***@models.example.com/v1"
+    assert shown["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:***@collector:4318"
+    assert URL_PASSWORD not in "\n".join(shown.values())
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_config_masks_the_password_of_every_url(tmp_path: Path, as_json: bool) -> None:
+    proc = subprocess.run(
+        [str(SIGHTLINE), "config", *(["--json"] if as_json else [])],
+        env=cli_env(tmp_path, **URL_ENV), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert URL_PASSWORD not in proc.stdout + proc.stderr
+    assert "models.example.com" in proc.stdout
+
+
+def test_an_invalid_url_setting_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"LIVEKIT_URL": f"ftp://lk:{URL_PASSWORD}@my-project.livekit.cloud"})
+    assert str(info.value).startswith(
+        "LIVEKIT_URL='ftp://lk:***@my-project.livekit.cloud' is invalid: must look like")
 
 
 def test_infinite_timeout_is_rejected_at_startup() -> None:

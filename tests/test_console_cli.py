@@ -3,17 +3,21 @@ LiveKit cannot be reached.
 
 Protects: missing LiveKit settings and a taken port are one line and exit 2, never a traceback;
 an unreachable LiveKit server makes `POST /api/session` answer 502 with one readable error (the
-page shows it) while the console keeps serving the page; a request without the page's header, or
-naming another host, starts nothing (403).
+page shows it) while the console keeps serving the page; a password in LIVEKIT_URL is never
+shown; Ctrl-C, the way the console says to stop it, stops it cleanly (exit 0); a request
+without the page's header, or naming another host, starts nothing (403).
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import run_cli
+from conftest import SIGHTLINE, run_cli
 
 from agent.config import Settings
 from agent.console_server import BUNDLE, Console
@@ -68,3 +72,37 @@ async def test_only_the_console_s_own_page_starts_sessions(tmp_path: Path) -> No
         rebound = await client.post("/api/session", headers={
             "X-Sightline-Console": "1", "Host": "attacker.example:8090"})
         assert rebound.status == 403
+
+
+PASSWORD = "lk-pass-w0rd-zz"
+
+
+async def test_a_password_in_livekit_s_url_is_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"ws://lk:{PASSWORD}@127.0.0.1:{free_port()}"  # nothing listens there
+    settings = Settings.from_env({"LIVEKIT_URL": url, "LIVEKIT_API_KEY": "k",
+                                  "LIVEKIT_API_SECRET": "s",
+                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    async with TestClient(TestServer(Console(settings, "acme").app())) as client:
+        response = await client.post("/api/session", headers={"X-Sightline-Console": "1"})
+        assert response.status == 502
+        error = (await response.json())["error"]
+    assert error.startswith(f"LiveKit at {url.replace(PASSWORD, '***')} refused")
+    assert PASSWORD not in error and PASSWORD not in caplog.text
+    assert "could not create a room on ws://lk:***@" in caplog.text
+
+
+async def test_ctrl_c_stops_the_console_cleanly(tmp_path: Path) -> None:
+    assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    proc = await asyncio.create_subprocess_exec(
+        str(SIGHTLINE), "console", "--port", "0", env=env(
+            tmp_path, LIVEKIT_URL=f"ws://lk:{PASSWORD}@127.0.0.1:9", LIVEKIT_API_KEY="k",
+            LIVEKIT_API_SECRET="s"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    serving = (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode()
+    assert "(LiveKit ws://lk:***@127.0.0.1:9, agent sightline); Ctrl-C to stop" in serving
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert (proc.returncode, out, err) == (0, b"", b"")

@@ -40,6 +40,7 @@ from memory.db import (
     Database,
     DatabaseUnavailable,
     library_logs_in_one_line,
+    masked_url,
     start_embedded,
     stop_embedded,
 )
@@ -303,6 +304,53 @@ async def test_unreachable_database_hides_query_string_password(tmp_path: Path) 
             f"postgresql://postgres@127.0.0.1:1/nope?password={PASSWORD}", tmp_path
         )
     assert PASSWORD not in str(info.value)
+
+
+async def test_unreachable_database_hides_its_ssl_key_password(tmp_path: Path) -> None:
+    """libpq's sslpassword (the client key's passphrase) is a password too: the one line the
+    CLI prints shows the host and the other parameters, never it."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+           "DATABASE_URL": f"postgresql://nobody@127.0.0.1:1/x?sslpassword={PASSWORD}"
+                           "&sslmode=prefer"}
+    code, out, err = await run_cli("costs", env=env)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("sightline: cannot connect to the database at postgresql://nobody@"
+                          "127.0.0.1:1/x?sslpassword=***&sslmode=prefer: ")
+    assert PASSWORD not in out + err
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("postgresql://postgres:{pw}@127.0.0.1:abc/x", "ValueError: invalid literal for int()"),
+    ("postgresql://postgres:{pw}@127.0.0.1:99999/x", "OverflowError: "),
+    ("postgresql://postgres:{pw}@127.0.0.1:1/x?sslmode=bogus",
+     "ClientConfigurationError: `sslmode` parameter must be one of"),
+])
+async def test_a_url_asyncpg_cannot_use_is_a_configuration_error(
+    tmp_path: Path, url: str, reason: str,
+) -> None:
+    """What `DATABASE_URL`'s check lets through to asyncpg (a URL not from the settings, or a
+    PG* variable) is one line saying what to fix, not a traceback or "the database failed"."""
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Database.open(url.format(pw=PASSWORD), tmp_path)
+    message = str(info.value)
+    assert message.startswith("the database at postgresql://postgres:***@127.0.0.1:")
+    assert f"cannot be connected to as configured: {reason}" in message
+    assert message.endswith("Fix DATABASE_URL (or the PG* environment variable it leaves to).")
+    assert PASSWORD not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (f"wss://lk:{PASSWORD}@lk.example.com", "wss://lk:***@lk.example.com"),
+    (f"https://proxy:{PASSWORD}@models.example.com:8443/v1?alt=sse",
+     "https://proxy:***@models.example.com:8443/v1?alt=sse"),
+    (f"postgresql://u@h/db?sslpassword={PASSWORD}&password={PASSWORD}&sslmode=require",
+     "postgresql://u@h/db?sslpassword=***&password=***&sslmode=require"),
+    (f"postgresql://u:p@ss:{PASSWORD}@h/db", "postgresql://u:***@h/db"),
+    ("http://[::1", "***"),  # no telling where a password is
+])
+def test_masked_url_hides_every_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
 
 
 # -- an outage in the middle of a session --------------------------------------------------
