@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -324,17 +325,24 @@ def split(text: str) -> list[str]:
 def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
     """The files to ingest, each with its document name: its path from the parent of the
     folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself);
-    and why each link in a folder that leads to no file was left out."""
+    and why each file of a folder left out was (a link that leads to no file, a name that is
+    not UTF-8)."""
     files: list[SourceFile] = []
     dangling: list[str] = []
     for path in paths:
+        if not _utf8(path.resolve()):
+            raise KnowledgeError(f"{_shown(path)}: its name is not UTF-8 (a document's name "
+                                 "is text)")
         if path.is_dir():
             root = path.resolve()
             found = []
             for p in sorted(root.rglob("*")):
                 if p.suffix.lower() not in SUFFIXES:
                     continue
-                if p.is_file():
+                if not _utf8(p):
+                    dangling.append(f"{_shown(p)}: its name is not UTF-8 (a document's name "
+                                    "is text)")
+                elif p.is_file():
                     found.append(p)
                 elif p.is_symlink():  # to nothing, or round in a loop
                     dangling.append(f"{p}: a link that leads to no file")
@@ -345,6 +353,21 @@ def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
         else:
             raise KnowledgeError(f"{path}: no such file or folder")
     return files, dangling
+
+
+def _utf8(path: Path) -> bool:
+    """Whether a path's name can be stored: bytes that are not UTF-8 (Python keeps them as
+    lone surrogates) would fail the whole ingest at its first statement naming them."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: Path) -> str:
+    """A path whose name is not UTF-8, its odd bytes escaped (`caf\\xe9.md`)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 async def stored_models(pool: asyncpg.Pool, tenant: str) -> list[str]:

@@ -132,6 +132,8 @@ async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingest
     (folder / "utf16.txt").write_text("The VPN port is 51820.", encoding="utf-16")
     (folder / "moved.md").symlink_to(tmp_path / "gone.md")  # a link to nothing
     (folder / "loop.md").symlink_to(folder / "loop.md")  # and one round in a loop
+    # a name that is not UTF-8 failed the whole ingest at its first statement naming it
+    (folder / os.fsdecode(b"caf\xe9.md")).write_text(ROUTER)
     report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([folder], "acme")
     assert report.documents == 2  # good.md and utf16.txt
     why = {Path(line.split(": ", 1)[0]).name: line.split(": ", 1)[1] for line in report.skipped}
@@ -143,6 +145,7 @@ async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingest
         "empty.txt": "no text in it",
         "fake.pdf": why["fake.pdf"],
         "only-script.html": "no text in it",
+        "caf\\xe9.md": "its name is not UTF-8 (a document's name is text)",
     }
     assert why["fake.pdf"].startswith("not a readable PDF (") and "\n" not in why["fake.pdf"]
 
