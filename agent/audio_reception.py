@@ -68,6 +68,7 @@ class MicReception:
         self._identity = user_identity
         self._latest = Reception()
         self._taken = Reception()
+        self._track_sid = ""  # the track read last: one published again counts from zero
         self._reads: set[asyncio.Task[None]] = set()
         self.failed_reads = 0
 
@@ -90,13 +91,19 @@ class MicReception:
         if track is None:
             return
         try:
-            self._latest = Reception.of(await track.get_stats())
+            reception = Reception.of(await track.get_stats())
         except Exception as exc:  # a track gone between the look-up and the read
             self.failed_reads += 1
             log.info("could not read the microphone's reception: %s", exc)
+            return
+        if track.sid != self._track_sid:
+            self._track_sid = track.sid
+            self._taken = Reception()
+        self._latest = reception
 
     def take(self) -> dict[str, float]:
-        """What arrived since the last take (the turn before), for a `heard` event."""
+        """What arrived since the last take (the turn before), for a `heard` event; on a
+        microphone published since, what its new track received."""
         since = self._latest.since(self._taken)
         self._taken = self._latest
         return {name: round(seconds, 3) for name, seconds in

@@ -8,7 +8,8 @@ separate program (GPL-3.0 stays outside our process), streamed as it synthesises
 
 Both are LiveKit `stt.STT` / `tts.TTS` adapters, so the framework's metrics, interruptions and
 stream adapter treat them like any provider. Recognition is CPU work: it runs on one thread per
-process (the model is one native object), never on the event loop.
+process (the model is one native object), never on the event loop; so does the model's load,
+which a session's start only sets going (livekit-agents calls `prewarm` on the session's loop).
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ class LocalSTT(stt.STT):
         return "local"
 
     def prewarm(self) -> None:
-        _moonshine()
+        """Starts loading the model on the recognition thread and returns: livekit-agents
+        calls this on the session's event loop, and the load takes ~0.3 s (sessions starting
+        meanwhile would wait on its lock, each on its own loop). A recognition queues behind
+        it there; once loaded, a session's prewarm costs that thread a lock's check."""
+        _recognize_thread.submit(_moonshine)
 
     async def _recognize_impl(
         self, buffer: utils.AudioBuffer, *, language: NotGivenOr[str] = NOT_GIVEN,

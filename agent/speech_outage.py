@@ -105,6 +105,7 @@ class SpeechOutages:
         self.down: dict[str, Outage] = {}
         self._told_at: dict[str, float] = {}  # monotonic, by engine
         self._probe: asyncio.Task[None] | None = None
+        self._closed = False
 
     def _engine_name(self, name: str) -> str:
         engine, provider = self._engines[name]
@@ -125,7 +126,7 @@ class SpeechOutages:
                     self._engine_name(name), reason)
         if name == TTS:
             self._session.output.set_audio_enabled(False)
-            self._probe = asyncio.create_task(self._probe_synthesis(), name="speech-probe")
+            self._start_probe()
         told_at = self._told_at.get(name)
         if told_at is not None and time.monotonic() - told_at < NOTICE_AGAIN_S:
             return
@@ -158,6 +159,14 @@ class SpeechOutages:
         notice = text in NOTICES.values()
         self._tell(text, add_to_chat_ctx=not (notice or partly_heard))
 
+    def _start_probe(self) -> None:
+        """One probe at a time: a probe still running from an outage that ended and began
+        again before it woke goes on probing this one (a second would double the billed
+        requests and the failures recorded); none once closed."""
+        if self._closed or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.create_task(self._probe_synthesis(), name="speech-probe")
+
     async def _probe_synthesis(self) -> None:
         engine = self._engines[TTS][0]
         while TTS in self.down:
@@ -173,6 +182,8 @@ class SpeechOutages:
                 log.warning("speech synthesis probe failed: %s", error_line(exc))
 
     async def aclose(self) -> None:
+        """Ends the probe; a failure reported after this (the session closing) starts none."""
+        self._closed = True
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

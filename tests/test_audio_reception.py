@@ -46,7 +46,8 @@ def test_counts_read_as_seconds_of_audio() -> None:
 class ScriptedTrack:
     """A microphone track whose counts are scripted (SCRIPTED: no WebRTC behind it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sid: str = "TR_1") -> None:
+        self.sid = sid
         self.counts = inbound(0)
         self.fail = False
 
@@ -58,9 +59,10 @@ class ScriptedTrack:
 
 class ScriptedRoom:
     def __init__(self, track: ScriptedTrack) -> None:
-        publication = type("Publication", (), {
+        self.publication = type("Publication", (), {
             "source": rtc.TrackSource.SOURCE_MICROPHONE, "track": track})()
-        participant = type("Participant", (), {"track_publications": {"TR_1": publication}})()
+        participant = type("Participant", (), {
+            "track_publications": {"PUB_1": self.publication}})()
         self.remote_participants = {"alice": participant}
 
 
@@ -90,6 +92,24 @@ async def test_each_turn_takes_what_arrived_since_the_turn_before() -> None:
     await settled(microphone)
     assert microphone.failed_reads == 1
     assert microphone.take()["received_s"] == 0.0
+    await microphone.aclose()
+
+
+async def test_a_microphone_published_again_counts_from_its_new_track() -> None:
+    track = ScriptedTrack()
+    room = ScriptedRoom(track)
+    microphone = MicReception(room, "alice")  # type: ignore[arg-type]
+    track.counts = inbound(30 * OPUS_RATE, concealed=OPUS_RATE)
+    microphone.read()
+    await settled(microphone)
+    assert microphone.take()["received_s"] == 30.0
+    again = ScriptedTrack("TR_2")  # the user turned the microphone off and on: counts from 0
+    again.counts = inbound(2 * OPUS_RATE, removed=OPUS_RATE // 10)
+    room.publication.track = again
+    microphone.read()
+    await settled(microphone)
+    assert microphone.take() == {"received_s": 2.0, "altered_s": 0.1, "concealed_s": 0.0,
+                                 "accelerated_s": 0.1, "decelerated_s": 0.0}
     await microphone.aclose()
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import wave
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import jiwer
 import numpy as np
 import pytest
 from livekit import rtc
 
+import agent.local_speech as local_speech
 from agent.config import ConfigError, Settings, SpeechBackend
 from agent.event_log import EventLog
 from agent.local_speech import LocalSTT, LocalTTS
@@ -116,6 +121,35 @@ async def test_local_stt_transcribes_the_recorded_questions() -> None:
         event = await stt.recognize([read_wav(VOICE / f"q{index + 1:02d}.wav")])
         errors.append(wer(QUESTIONS[index], event.alternatives[0].text))
     assert sum(errors) / len(errors) < 0.3, errors
+
+
+async def test_local_stt_prewarm_leaves_the_model_load_to_the_recognition_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """livekit-agents calls `prewarm` on the session's event loop: it returns with the load
+    still going, on another thread, and the first recognition waits for it there."""
+    loaded = threading.Event()
+    loaded_on: list[threading.Thread] = []
+    model = SimpleNamespace(transcribe_without_streaming=lambda _samples, _rate: SimpleNamespace(
+        lines=[SimpleNamespace(text=" heard ")]))
+
+    def slow_load() -> Any:
+        loaded_on.append(threading.current_thread())
+        loaded.wait(timeout=5)  # only a prewarm that loads on its caller waits this out
+        return model
+
+    monkeypatch.setattr(local_speech, "_moonshine", slow_load)
+    stt = LocalSTT()
+    try:
+        stt.prewarm()
+        recognizing = asyncio.create_task(stt.recognize([rtc.AudioFrame.create(16000, 1, 160)]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not recognizing.done()  # behind the load, and the loop runs meanwhile
+    finally:
+        loaded.set()
+    assert (await recognizing).alternatives[0].text == "heard"
+    assert loaded_on and threading.current_thread() not in loaded_on
 
 
 async def test_local_tts_speaks_what_local_stt_hears_back() -> None:

@@ -4,10 +4,12 @@ test_a_speech_outage_goes_on_in_the_chat)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
+from livekit.agents import APIConnectionError
 from livekit.agents.stt import STTError
 from livekit.agents.tts import TTSError
 from livekit.rtc import EventEmitter
@@ -111,6 +113,49 @@ async def test_synthesis_down_sends_answers_as_text_and_keeps_the_unheard_one(
     tts.work()
     assert session.output.audio_enabled is True
     await outages.aclose()
+
+
+class DownSynthesis(Engine):
+    """A synthesis engine down for good whose requests hang until the test ends: each probe
+    in flight is one request counted and one task left to see."""
+
+    def __init__(self) -> None:
+        super().__init__("tts-1")
+        self.requests = 0
+
+    def synthesize(self, _text: str, conn_options: Any) -> DownSynthesis:
+        return self
+
+    async def __aenter__(self) -> None:
+        self.requests += 1
+        await asyncio.Event().wait()
+        raise APIConnectionError("down")
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
+def probes() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks()
+            if task.get_name() == "speech-probe" and not task.done()]
+
+
+async def test_synthesis_failing_again_before_the_probe_woke_keeps_one_probe() -> None:
+    tts = DownSynthesis()
+    outages = SpeechOutages(
+        Session(), Speech(stt=None, tts=tts, tts_provider="openai"),  # type: ignore[arg-type]
+        lambda _kind, _detail: None, probe_every_s=0)
+    tts.fail()
+    tts.work()  # back (a reply spoken) before the probe woke
+    tts.fail()  # and down again
+    for _ in range(5):  # the probes wake and ask
+        await asyncio.sleep(0)
+    assert tts.requests == 1 and len(probes()) == 1
+    await outages.aclose()
+    assert probes() == []
+    tts.work()
+    tts.fail()  # reported while the session closes: nothing left probing
+    assert probes() == []
 
 
 def test_the_summary_and_costs_count_failures_by_direction(tmp_path: Any) -> None:
