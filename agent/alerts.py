@@ -28,10 +28,19 @@ log = logging.getLogger("sightline.alerts")
 WARNING, CRITICAL = "warning", "critical"
 
 
+def _at(quality: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = quality
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if value is not None else None
+
+
 @dataclass(frozen=True)
 class Rule:
     """A quality signal's limit: `metric` (a key path in `window_quality`'s result) is bad
-    above `warning` (or below, when `below`), critical past `critical`."""
+    above `warning` (or below, when `below`), critical past `critical`. `sample`: the counts
+    behind a rate (key paths), of which one must reach `evaluate`'s `min_turns` for the rate to
+    be judged; none for a count of failures, which needs no sample."""
 
     name: str
     metric: tuple[str, ...]
@@ -39,12 +48,14 @@ class Rule:
     critical: float | None = None
     below: bool = False
     what: str = ""
+    sample: tuple[tuple[str, ...], ...] = (("turns",),)
 
     def value(self, quality: dict[str, Any]) -> float | None:
-        value: Any = quality
-        for key in self.metric:
-            value = value.get(key) if isinstance(value, dict) else None
-        return float(value) if value is not None else None
+        return _at(quality, self.metric)
+
+    def judged(self, quality: dict[str, Any], min_turns: int) -> bool:
+        return not self.sample or any((_at(quality, path) or 0) >= min_turns
+                                      for path in self.sample)
 
     def severity(self, value: float) -> str | None:
         def past(limit: float) -> bool:
@@ -62,24 +73,26 @@ RULES = (
     Rule("escalation_rate", ("escalation_rate",), 0.30, what="escalation rate"),
     Rule("mean_confidence", ("mean_confidence",), 0.60, below=True,
          what="mean stated confidence"),
+    # sessions that ended before their first turn (an outage) count without turns
     Rule("completion_rate", ("sessions", "completion_rate"), 0.75, below=True,
-         what="session completion"),
-    # beyond the plan: a speech provider down (the sessions went on in the chat)
+         what="session completion", sample=(("turns",), ("sessions", "ended"))),
+    # beyond the plan: a speech provider down (the sessions went on in the chat), which leaves
+    # fewer turns to count: any session it failed is an alert
     Rule("speech_recognition_failing", ("speech_failures", "stt", "sessions"), 0.0,
-         what="sessions with failed speech recognition"),
+         what="sessions with failed speech recognition", sample=()),
     Rule("speech_synthesis_failing", ("speech_failures", "tts", "sessions"), 0.0,
-         what="sessions with failed speech synthesis"),
+         what="sessions with failed speech synthesis", sample=()),
 )
 
 
 def evaluate(quality: dict[str, Any], min_turns: int = 5) -> list[dict[str, Any]]:
-    """The alerts a tenant's window raises. A window with fewer than `min_turns` turns raises
-    none: two turns of which one was retried is not a 50% retry rate worth waking anyone."""
-    if quality["turns"] < min_turns:
-        return []
+    """The alerts a tenant's window raises. A rate over fewer than `min_turns` turns (or, for
+    session completion, ended sessions) is not judged: two turns of which one was retried is not
+    a 50% retry rate worth waking anyone. A speech provider's failures are judged however few
+    turns there were: its outage is what cut them."""
     alerts = []
     for rule in RULES:
-        value = rule.value(quality)
+        value = rule.value(quality) if rule.judged(quality, min_turns) else None
         severity = rule.severity(value) if value is not None else None
         if severity is None:
             continue

@@ -18,13 +18,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     actions = p.add_subparsers(dest="action", required=True)
     check = actions.add_parser(
         "check", help="evaluate the window; each alert is raised (logged, POSTed to "
-                      "SIGHTLINE_ALERT_WEBHOOK) once per window")
+                      "SIGHTLINE_ALERT_WEBHOOK) once per window, and again if it turns "
+                      "critical")
     check.add_argument("--tenant", type=identifier, required=True)
     check.add_argument("--since", type=duration, default=3600.0,
                        help="the window: 30m, 1h, 24h (default 1h); an alert is raised once "
-                            "per window-long bucket, however often this runs")
+                            "per window-long bucket (again if it turns critical), however often "
+                            "this runs")
     check.add_argument("--min-turns", type=positive_int, default=5,
-                       help="a window with fewer turns raises nothing (default 5)")
+                       help="a rate over fewer turns is not judged (default 5); failed "
+                            "speech is, however few")
     check.add_argument("--json", action="store_true", help="the alerts raised now, as JSON")
     listing = actions.add_parser("list", help="the alerts raised for the tenant, newest first")
     listing.add_argument("--tenant", type=identifier, required=True)
@@ -65,7 +68,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         resent: list[str] = []
         for alert in evaluate(quality, args.min_turns):
             key = f"{args.tenant}:{alert['alert']}:{args.since:g}s:{bucket}"
-            if await claim(db.pool, key, alert):  # else raised already in this window
+            # else raised already in this window, at this severity or a higher one
+            if await claim(db.pool, key, alert):
                 log_alert(alert)
                 raised[key] = alert
         if settings.alert_webhook:  # this window's new alerts, and those not taken before

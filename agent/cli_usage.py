@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from typing import Any
 
@@ -55,6 +56,21 @@ def format_usage(u: dict[str, Any]) -> str:
     return "\n".join(map(one_line, lines))
 
 
+# a spreadsheet runs a cell that starts with one of these as a formula (OWASP: CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """The value as a CSV cell a spreadsheet shows as text: names come from users (a tenant
+    `=HYPERLINK(...)`, a model's name), so text that would start a formula gets a leading `'`.
+    Numbers, negative ones too, are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) \
+            and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -72,7 +88,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(("tenant", "month", "metric", "value"))
-        writer.writerows(usage_rows(usage))
+        writer.writerows(tuple(map(csv_cell, row)) for row in usage_rows(usage))
     else:
         print(format_usage(usage))
     return 0

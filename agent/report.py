@@ -40,6 +40,13 @@ def _figure() -> tuple[Figure, Any]:
     return fig, ax
 
 
+def _literal(text: str) -> str:
+    """Stored text (a question, a model's name, a content type) as matplotlib draws it
+    verbatim: text between two `$` would be read as TeX, mis-drawn or, when it does not parse,
+    fail the whole report. An escaped `\\$` is drawn as `$`."""
+    return text.replace("$", r"\$")
+
+
 def _day(d: date | str) -> str:
     return d.isoformat() if isinstance(d, date) else d[:10]
 
@@ -53,7 +60,7 @@ def cost_chart(rows: list[dict[str, Any]]) -> str:
     bottom = [0.0] * len(days)
     for model, costs in sorted(by_model.items()):
         values = [costs.get(d, 0.0) for d in days]
-        ax.bar(days, values, bottom=bottom, label=model)
+        ax.bar(days, values, bottom=bottom, label=_literal(model))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("USD")
     ax.legend(fontsize="small")
@@ -83,7 +90,7 @@ def savings_chart(rows: list[dict[str, Any]]) -> str:
 
 
 def frames_chart(rows: list[dict[str, Any]]) -> str:
-    kinds = [r["content_type"] for r in rows]
+    kinds = [_literal(r["content_type"]) for r in rows]
     fig, ax = _figure()
     ax.bar(kinds, [r["kept"] for r in rows], label="kept")
     ax.bar(kinds, [r["dropped"] for r in rows], bottom=[r["kept"] for r in rows],
@@ -125,7 +132,7 @@ def quality_chart(series: list[dict[str, Any]]) -> str:
 def gaps_chart(gaps: list[dict[str, Any]]) -> str:
     fig = Figure(figsize=(9.6, 0.6 + 0.45 * len(gaps)))
     ax = fig.subplots()
-    labels = [g["canonical_question"][:70] for g in reversed(gaps)]
+    labels = [_literal(g["canonical_question"][:70]) for g in reversed(gaps)]
     ax.barh(labels, [g["score"] for g in reversed(gaps)])
     ax.set_xlabel("score (questions x mean severity)")
     return _svg(fig)

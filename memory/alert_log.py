@@ -1,5 +1,6 @@
-"""The `alerts` table: which alert was raised for which tenant and window, and whether the
-webhook took it. Claiming a key is how concurrent checks send an alert once."""
+"""The `alerts` table: which alert was raised for which tenant and window, at its highest
+severity, and whether the webhook took it. Claiming a key is how concurrent checks send an alert
+once per severity it rises to."""
 
 from __future__ import annotations
 
@@ -12,14 +13,23 @@ from typing import Any
 
 import asyncpg
 
+_SEVERITIES = ("warning", "critical")  # in rising order
+
 
 async def claim(pool: asyncpg.Pool, key: str, alert: dict[str, Any]) -> bool:
-    """Record the alert under `key`; False when it was raised for that window already."""
-    inserted = await pool.fetchval(
+    """Record the alert under `key`; False when it was raised for that window already at the
+    same or a higher severity. A warning that turns critical within the window is raised again:
+    its row becomes the critical alert, not yet delivered (one atomic statement, so of two
+    checks at once only one raises it)."""
+    claimed = await pool.fetchval(
         "INSERT INTO alerts (key, tenant, name, severity, payload) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (key) DO NOTHING RETURNING key",
-        key, alert["tenant"], alert["alert"], alert["severity"], json.dumps(alert))
-    return inserted is not None
+        " ON CONFLICT (key) DO UPDATE SET severity = excluded.severity,"
+        " payload = excluded.payload, raised_at = now(), delivered_at = NULL"
+        " WHERE array_position($6::text[], excluded.severity)"
+        " > array_position($6::text[], alerts.severity) RETURNING key",
+        key, alert["tenant"], alert["alert"], alert["severity"], json.dumps(alert),
+        list(_SEVERITIES))
+    return claimed is not None
 
 
 @dataclass

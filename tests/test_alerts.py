@@ -2,7 +2,8 @@
 
 Protects: the quality thresholds raise the expected alerts on the scripted fixture; `alerts
 check` POSTs each as JSON, retries a receiver that fails, raises each once per window however
-often it runs, and records an alert the webhook never took (receiver down) without failing; a
+often it runs (again when it turns critical), and records an alert the webhook never took
+(receiver down) without failing; a speech outage that leaves few turns still raises its alerts; a
 session's budget crossings reach the webhook from the process's sink without the session waiting
 on it, and a sink whose receiver is down gives up, counted, while the session goes on.
 """
@@ -29,6 +30,7 @@ from agent.session_record import SessionRecord
 from bench.livekit_harness import free_port
 from memory.db import Database
 from memory.quality import window_quality
+from memory.store import Store
 
 
 @dataclass
@@ -87,6 +89,36 @@ def test_rules_follow_the_product_plan() -> None:
     assert {a["alert"]: a["severity"] for a in evaluate(quality | speech)} == raised | {
         "speech_synthesis_failing": "warning"}
     assert {r.name for r in RULES} >= {"retry_rate", "completion_rate"}
+
+
+async def test_an_outage_that_cuts_the_turns_still_raises_its_alerts(
+    settings: Settings, db: Database,
+) -> None:
+    """Speech recognition down: the users leave before a turn is counted. The rates over turns
+    are not judged, the speech failures are, and so is completion over enough ended sessions."""
+    store = Store(db.pool)
+    for tenant, sessions in (("initech", 5), ("hooli", 1)):
+        for n in range(sessions):
+            session = f"s-{tenant}-{n}"
+            await store.start_session(session, tenant=tenant, user_id=f"u{n}", room=None,
+                                      source="live", provider="cascade", model="cascade")
+            await db.pool.execute(
+                "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+                " VALUES ($1, $2, 1, now(), 'speech_failed', $3::jsonb)", session, tenant,
+                json.dumps({"engine": "stt", "provider": "openai", "model": "m",
+                            "error": "APIStatusError: 503"}))
+            await store.end_session(session, 0.0, {"outcome": "failed"})
+    env = cli_env(settings)
+    code, out, err = await run_cli("alerts", "check", "--tenant", "initech", "--json", env=env)
+    assert code == 0, err
+    raised = {a["alert"]: a for a in json.loads(out)}
+    assert set(raised) == {"speech_recognition_failing", "completion_rate"}
+    assert raised["speech_recognition_failing"]["value"] == 5
+    assert raised["completion_rate"]["value"] == 0
+    # one session: too few to judge its completion; its failed speech is still an outage
+    code, out, err = await run_cli("alerts", "check", "--tenant", "hooli", "--json", env=env)
+    assert code == 0, err
+    assert [a["alert"] for a in json.loads(out)] == ["speech_recognition_failing"]
 
 
 async def test_alerts_check_posts_once_per_window_and_retries(
@@ -150,6 +182,48 @@ async def test_alerts_check_with_the_receiver_down_sends_them_once_it_is_back(
     code, out, _ = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
                                  env=env)
     assert "Sent" not in out and len(receiver.received) == 3
+
+
+async def test_an_alert_that_turns_critical_within_its_window_is_raised_again(
+    settings: Settings, db: Database, tmp_path: Path, receiver: Receiver,
+) -> None:
+    await record_plan(db, tmp_path / "costs")
+    env = {**cli_env(settings), "SIGHTLINE_ALERT_WEBHOOK": receiver.url}
+    code, out, err = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
+                                   env=env)
+    assert code == 0 and "warning  acme: retry rate 0.2222 > 0.2 over 9 turns" in out, err
+
+    async def more(turns: int, session: str) -> None:
+        """`turns` copies of a turn: of s-alice's rephrased question (a retry), or of
+        s-alice-2's question (none)."""
+        await db.pool.execute(
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, detail)"
+            " SELECT session_id, tenant, (SELECT max(seq) FROM cost_events) + n, ts, kind,"
+            " detail FROM generate_series(1, $1) n, (SELECT * FROM cost_events"
+            "  WHERE session_id = $2 AND kind = 'turn' AND (session_id = 's-alice-2'"
+            "  OR detail->>'reason' LIKE 'question_repeated%') ORDER BY seq LIMIT 1) turn",
+            turns, session)
+
+    await more(2, "s-alice")  # 4 retried of 11: critical
+    code, out, err = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
+                                   env=env)
+    assert code == 0, err
+    assert out.splitlines() == ["critical acme: retry rate 0.3636 > 0.3 over 11 turns"]
+    assert [(a["alert"], a["severity"]) for a in receiver.received[3:]] == [
+        ("retry_rate", "critical")]
+    # critical again (5 of 12), then back to a warning (5 of 20): raised already in the window
+    for turns, session, severity in ((1, "s-alice", "critical"), (8, "s-alice-2", "warning")):
+        await more(turns, session)
+        now = datetime.now(UTC)
+        quality = await window_quality(db.pool, "acme", now - timedelta(days=7), now)
+        assert {a["alert"]: a["severity"] for a in evaluate(quality)}["retry_rate"] == severity
+        code, out, err = await run_cli("alerts", "check", "--tenant", "acme", "--since", "7d",
+                                       env=env)
+        assert code == 0 and "No new alert for tenant acme" in out, (out, err)
+    assert len(receiver.received) == 4
+    code, out, _ = await run_cli("alerts", "list", "--tenant", "acme", "--json", env=env)
+    retry = next(a for a in json.loads(out) if a["alert"] == "retry_rate")
+    assert retry["severity"] == "critical" and retry["delivered_at"] is not None
 
 
 def _record(tmp_path: Path, sink: AlertSink) -> SessionRecord:

@@ -6,13 +6,15 @@ file (no CDN); every chart is an image that decoded, and its screenshot is not b
 check calls an empty part of the page blank); the figures behind the charts are the recorded
 ones (cost per day by model sums to the calls' cost; savings against the top tier and the
 unchanged screens not sent again come from the demo replay); a tenant with nothing in the
-window gets a page that says so.
+window gets a page that says so; stored text with `$` in it is drawn as written, not as TeX.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
 from memory.report_data import report_data
+from memory.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -129,3 +132,33 @@ async def test_report_figures_of_the_scripted_sessions_and_the_demo(
     assert kinds and kinds <= {"code", "ui", "docs", "video"}
     assert sum(r["kept"] + r["dropped"] for r in demo["frames_by_content_type"]) == (
         first["frames"]["sampled"] + later["frames"]["sampled"])
+
+
+async def test_stored_text_with_dollar_signs_is_drawn_as_written(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """A `$` pair in a gap's question, a model's name or a content type is text, not TeX: one
+    that is no valid TeX (`a__b`) once failed the whole report."""
+    question = "What is $a__b$ in the export template?"
+    model, kind = "m$a__b$", "ui $x^^y$"
+    await Store(db.pool).start_session("s-dollar", tenant="acme", user_id="u", room=None,
+                                       source="replay", provider="cascade", model="cascade")
+    await db.pool.execute(
+        "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, model, cost_usd, detail)"
+        " VALUES ('s-dollar', 'acme', 1, now(), 'model_call', $1, 0.001, '{}'),"
+        " ('s-dollar', 'acme', 2, now(), 'frame', NULL, NULL, $2::jsonb)",
+        model, json.dumps({"t": 0.0, "kept": True, "reason": "changed", "content_type": kind}))
+    await db.pool.execute(
+        "INSERT INTO knowledge_gaps (tenant, canonical_question, questions, frequency, severity,"
+        " score, embed_model, embedding, first_seen, last_seen)"
+        " VALUES ('acme', $1, '[]', 2, 0.9, 1.8, 'test', '[1, 0]', now(), now())", question)
+    out = tmp_path / "report.html"
+    code, stdout, err = await run_cli("report", "--tenant", "acme", "--since", "7d", "-o",
+                                      str(out), env=cli_env(settings))
+    assert code == 0 and "Traceback" not in err, err
+    assert "3 charts" in stdout  # cost, frames, gaps
+    # matplotlib's SVG names each text it drew in a comment: here, as stored
+    drawn = "".join(base64.b64decode(data).decode()
+                    for data in re.findall(r'base64,([^"]+)"', out.read_text()))
+    for text in (question, model, kind):
+        assert f"<!-- {text} -->" in drawn, text

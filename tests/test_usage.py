@@ -3,7 +3,7 @@
 Protects: a month's sessions, screen-share and voice minutes, turns answered, model dollars by
 tier (summing to what the calls cost), image tokens, knowledge and memory operations (and the
 questions answered without their lookup); only the tenant's own rows and only that month's; JSON,
-CSV and text agree.
+CSV and text agree; no CSV cell starts a spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import pytest
 from conftest import DEMO_FIXTURE, cli_env, run_cli
 from ops_fixture import record_plan
 
+from agent.cli_usage import csv_cell
 from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from agent.session_summary import SessionTotals
 from memory.db import Database
+from memory.store import Store
 from memory.usage import month_bounds, month_usage
 
 MID_NOVEMBER = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -94,6 +96,27 @@ async def test_usage_of_the_scripted_sessions(
     assert "turns: 9, 7 answered" in out
     code, _, err = await run_cli("usage", "--tenant", "acme", "--month", "2026-13", env=env)
     assert code == 2 and "must be a month as YYYY-MM" in err
+
+
+async def test_usage_csv_cells_never_start_a_formula(settings: Settings, db: Database) -> None:
+    """A tenant's or a model's name a spreadsheet would run as a formula is written as text
+    (OWASP's CSV injection advice: a leading `'`); figures stay numbers."""
+    tenant, model = "=HYPERLINK(\"http://x.test\")", "@SUM(A1)"
+    await Store(db.pool).start_session("s-csv", tenant=tenant, user_id="u", room=None,
+                                       source="live", provider="cascade", model="cascade",
+                                       started_at=MID_NOVEMBER.timestamp())
+    await db.pool.execute(  # no price: its name is listed under unpriced_models
+        "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, provider, model)"
+        " VALUES ('s-csv', $1, 1, $2, 'model_call', 'other', $3)", tenant, MID_NOVEMBER, model)
+    code, out, err = await run_cli("usage", "--tenant", tenant, "--month", "2026-11", "--csv",
+                                   env=cli_env(settings))
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["tenant"] for r in rows} == {"'" + tenant}
+    values = {r["metric"]: r["value"] for r in rows}
+    assert values["unpriced_models"] == "'" + model and values["sessions"] == "1"
+    assert [csv_cell(v) for v in ("-0.25", -3, "+1", "-1+2", "\tx", "\rx", "a=b")] == [
+        "-0.25", -3, "'+1", "'-1+2", "'\tx", "'\rx", "a=b"]
 
 
 async def test_usage_of_the_demo_replay(settings: Settings, db: Database) -> None:
