@@ -1,11 +1,13 @@
 """Budget guard: per-session and per-tenant spending limits in US dollars.
 
-The guard watches the session's event log: each priced model call adds to the session's spend,
-and crossing 70%, 90% and 100% of a budget records a `budget` event (and a log line), once per
-threshold. At 100% the cascade, which asks the guard directly, stops climbing above
-`SIGHTLINE_BUDGET_MAX_TIER`: answers still come, from the cheaper tiers. A tenant's budget covers
-its spend since the start of the current UTC day, across sessions: what Postgres had when the
-session opened (or when it joined the database, for one opened without it) plus this session.
+The guard watches the session's event log: each event with a cost adds to the session's spend
+(model calls of every purpose, speech heard and spoken: what the session's total and the
+tenant's spend in Postgres add up), and crossing 70%, 90% and 100% of a budget records a
+`budget` event (and a log line), once per threshold. At 100% the cascade, which asks the guard
+directly, stops climbing above `SIGHTLINE_BUDGET_MAX_TIER`: answers still come, from the cheaper
+tiers. A tenant's budget covers its spend since the start of the current UTC day, across
+sessions: what Postgres had when the session opened (or when it joined the database, for one
+opened without it) plus this session.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .event_log import Event, EventLog
-from .metering import MODEL_KINDS
 
 log = logging.getLogger("sightline.budget")
 
@@ -33,10 +34,10 @@ class BudgetGuard:
     session_spent_usd: float = 0.0
 
     def watch(self, events: EventLog) -> None:
-        """Count every priced model call of the session, and record each threshold crossed
-        (a tenant may start the session over its budget already)."""
+        """Count every cost the session records, and record each threshold crossed (a tenant
+        may start the session over its budget already)."""
         def on_event(event: Event) -> None:
-            if event["kind"] in MODEL_KINDS and event["cost_usd"]:
+            if event["cost_usd"]:
                 for crossed in self.spend(event["cost_usd"]):
                     events.record("budget", detail=crossed)
 

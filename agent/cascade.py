@@ -37,7 +37,7 @@ from opentelemetry.trace import Span
 from .budget import BudgetGuard
 from .config import Tier
 from .images import ImageBill, ImageEncoder
-from .metering import CostMeter
+from .metering import CostMeter, settled_usage
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -155,9 +155,11 @@ class _Attempt:
 
     bar: float  # the confidence it needs to answer alone (0 for the tier that must answer)
     header: ConfidenceHeader = field(default_factory=ConfidenceHeader)
-    usage: Usage = field(default_factory=Usage)
+    prompt: llm.ChatContext | None = None  # the request, once it went out
+    reported: Usage | None = None  # the provider's latest usage report
+    usage: Usage = field(default_factory=Usage)  # what it is billed, settled when it ends
     spoken: int = 0
-    received: int = 0
+    received: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     first_token_ms: float | None = None
     outcome: str = "failed"
@@ -444,6 +446,8 @@ class CascadeStream(llm.LLMStream):
         the answer unseen (unsure) or pass it on as it arrives."""
         tools = llm.ToolContext(self._tools) if self._tools else None
         tier_ctx, attempt.images = await self._llm._images.prepare(ctx, tier.provider)
+        # nothing waits from here until the SDK sends the request: billed from now on
+        attempt.prompt = tier_ctx
         reply = provider.stream(tier_ctx, max_output_tokens=tier.max_output_tokens, tools=tools)
         async with (
             asyncio.timeout(max(0.1, deadline - time.monotonic())),
@@ -451,7 +455,7 @@ class CascadeStream(llm.LLMStream):
         ):
             async for item in stream:
                 if isinstance(item, Usage):
-                    attempt.usage = item
+                    attempt.reported = item
                     continue
                 if isinstance(item, llm.FunctionToolCall):
                     if _repeats_unknown_tool(self._chat_ctx, item, tools):
@@ -467,7 +471,7 @@ class CascadeStream(llm.LLMStream):
                     continue
                 if attempt.first_token_ms is None:
                     attempt.first_token_ms = (time.perf_counter() - attempt.started) * 1000
-                attempt.received += len(item)
+                attempt.received.append(item)
                 text = attempt.header.feed(item)
                 if not attempt.header.done:
                     continue
@@ -509,12 +513,11 @@ class CascadeStream(llm.LLMStream):
         owner = self._llm
         tier = owner.tiers[index]
         partial = attempt.outcome not in ("answered", "tool_call") or error is not None
-        if partial:
-            # the stream was left early: bill at least what arrived (~4 characters a token)
-            attempt.usage = replace(
-                attempt.usage,
-                output_tokens=max(attempt.usage.output_tokens, -(-attempt.received // 4)),
-            )
+        attempt.usage, usage_source = settled_usage(
+            attempt.reported, prompt=attempt.prompt, received="".join(attempt.received),
+            partial=partial, prompt_billed=error is None or error.prompt_billed,
+            image_tokens=attempt.images.tokens,
+        )
         record.tried.append({
             "tier": index, "model": tier.model, "confidence": attempt.header.confidence,
             "threshold": tier.threshold, "outcome": attempt.outcome,
@@ -536,7 +539,7 @@ class CascadeStream(llm.LLMStream):
                                    if attempt.first_token_ms else None),
                 "output_chars": attempt.spoken,
                 **({"tool_calls": attempt.tool_calls} if attempt.tool_calls else {}),
-                "usage_partial": partial,
+                "usage_partial": partial, "usage": usage_source,
             },
         )
         record.cost_usd += event["cost_usd"] or 0.0

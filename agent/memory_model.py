@@ -4,7 +4,9 @@ Memory updates run in the background, outside any LiveKit turn: this adapter sen
 prompt through tier 0's provider (the cascade's own client, which closes it; each request marked
 `purpose: memory`), gives the reply's text to the keeper,
 and records the call in the session's ledger with what the keeper did with it. A provider
-failure, a timeout or an unusable reply is the call's error: logged, recorded, never raised.
+failure, a timeout or an unusable reply is the call's error: logged, recorded, never raised. A
+call cancelled (the session closing before the keeper is done) is recorded too, billed like a
+cascade tier's: what the provider reported, else an estimate (`metering.settled_usage`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from livekit.agents.telemetry import tracer
 from memory.keeper import ReadReply
 
 from .config import Tier
-from .metering import CostMeter
+from .metering import CostMeter, settled_usage
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -39,7 +41,9 @@ class TierMemoryModel:
         self, prompt: llm.ChatContext, *, max_output_tokens: int, read: ReadReply,
     ) -> None:
         started = time.perf_counter()
-        usage, text, error = Usage(), "", None
+        reported: Usage | None = None
+        text, error, prompt_billed, ended = "", None, True, False
+        done: dict[str, int] = {}
         try:
             async with asyncio.timeout(self._timeout_s):
                 with tracer.start_as_current_span("sightline.memory_update"):
@@ -47,23 +51,29 @@ class TierMemoryModel:
                         prompt, max_output_tokens=max_output_tokens, purpose=PURPOSE,
                     ):
                         if isinstance(item, Usage):
-                            usage = item
+                            reported = item
                         elif isinstance(item, str):
                             text += item
         except ProviderError as exc:
-            error = str(exc)
+            error, prompt_billed = str(exc), exc.prompt_billed
         except TimeoutError:
             error = f"{self._tier.provider} {self._tier.model}: no memory update in time"
-        done: dict[str, int] = {}
-        if error is None:
+        except asyncio.CancelledError:
+            error = "cancelled"  # the keeper closed with the session: the call is still billed
+            raise
+        else:
+            ended = True
             try:
                 done = read(text)
             except ValueError as exc:
                 error = f"unusable memory reply: {exc}"
-        if error is not None:
-            log.warning("memory update skipped for this exchange: %s", error)
-        self._meter.model_call(
-            provider=self._tier.provider, model=self._tier.model, usage=usage, images=0,
-            latency_ms=(time.perf_counter() - started) * 1000, error=error,
-            detail={"purpose": PURPOSE, **done},
-        )
+        finally:
+            if error is not None:
+                log.warning("memory update skipped for this exchange: %s", error)
+            usage, source = settled_usage(reported, prompt=prompt, received=text,
+                                          partial=not ended, prompt_billed=prompt_billed)
+            self._meter.model_call(
+                provider=self._tier.provider, model=self._tier.model, usage=usage, images=0,
+                latency_ms=(time.perf_counter() - started) * 1000, error=error,
+                detail={"purpose": PURPOSE, "usage": source, **done},
+            )

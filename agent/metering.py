@@ -3,20 +3,24 @@
 A model call becomes one event that carries its dollars: the call's cost, the share of it its
 images took, what those images would have cost at full resolution and what the prompt cache
 saved. A cascade turn carries its cost and what the top tier alone would have charged for the
-same tokens. Everything downstream (totals, budgets, reports) adds these figures up; nothing
-prices twice. A model missing from the price table is recorded with `cost_usd: null` and logged
-once, never guessed.
+same tokens. A streamed call that ended before the provider reported its usage is billed an
+estimate, marked so (`settled_usage`). Everything downstream (totals, budgets, reports) adds
+these figures up; nothing prices twice. A model missing from the price table is recorded with
+`cost_usd: null` and logged once, never guessed.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
+
+from livekit.agents import llm
 
 from memory.rerank import RerankCall
 
 from .event_log import Event, EventLog
-from .pricing import PriceTable, Usage
+from .pricing import PriceTable, Usage, estimate_text_tokens
 
 log = logging.getLogger("sightline.costs")
 
@@ -25,6 +29,46 @@ MODEL_KINDS = ("model_call", "model_error")  # the events that carry a model's c
 
 def _rounded(value: float | None) -> float | None:
     return round(value, 8) if value is not None else None
+
+
+def estimate_prompt_tokens(prompt: llm.ChatContext) -> int:
+    """A request's text in tokens, by the wire-format server's rule (~4 characters a token):
+    its messages (instructions included), tool calls and tool results. Its images are left to
+    the caller, which knows their tokens exactly (`agent/images.py`); the tool definitions are
+    not counted, so the estimate errs low."""
+    texts: list[str] = []
+    for item in prompt.items:
+        if item.type == "message":
+            texts.extend(part for part in item.content if isinstance(part, str))
+        elif item.type == "function_call":
+            texts.append(item.name + item.arguments)
+        elif item.type == "function_call_output":
+            texts.append(item.output)
+    return estimate_text_tokens("\n".join(texts))
+
+
+def settled_usage(
+    reported: Usage | None, *, prompt: llm.ChatContext | None, received: str, partial: bool,
+    prompt_billed: bool = True, image_tokens: int = 0,
+) -> tuple[Usage, str]:
+    """What a streamed model call is billed once it ended, however it ended, and where the
+    figures come from: `reported` (the provider's latest report, if any arrived), `estimated`
+    or `unbilled`. A provider bills a prompt once it is sent, so a call cancelled or timed out
+    before the first report (Gemini's first chunk, Claude's `message_start`) is billed its
+    prompt's estimate (`image_tokens` for its images) and what it received. `prompt`: the
+    request as it went out, None when it never did; `prompt_billed`: False when the provider
+    refused it or never got it (`ProviderError.prompt_billed`); `partial`: the stream was left
+    before its end, so its output is at least the text `received`."""
+    if reported is None:
+        if prompt is None or not prompt_billed:
+            return Usage(), "unbilled"
+        usage = Usage(input_tokens=estimate_prompt_tokens(prompt) + image_tokens)
+    else:
+        usage = reported
+    if partial or reported is None:
+        usage = replace(usage,
+                        output_tokens=max(usage.output_tokens, estimate_text_tokens(received)))
+    return usage, "reported" if reported is not None else "estimated"
 
 
 class CostMeter:

@@ -11,6 +11,7 @@ it. A model neither knows is unpriced, never guessed.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +23,12 @@ from genai_prices import data_snapshot
 from genai_prices import types as genai_types
 
 from .config import ConfigError
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Deterministic chars/4 estimate: what the local wire-format servers bill, and what a call
+    cut off before the provider reported its usage is billed, labelled `estimated`."""
+    return math.ceil(len(text) / 4)
 
 # the genai-prices providers Sightline calls, by model family; others are not looked up there
 GENAI_PROVIDERS = {"gemini": "google", "claude": "anthropic"}

@@ -2,7 +2,8 @@
 
 `ChatProvider.stream()` yields text deltas, the tool calls the model makes (as LiveKit
 `FunctionToolCall`s, whichever provider made them) and `Usage` snapshots (the latest one counts;
-the last is final), so a caller that stops reading early still knows what the call cost. Each
+the last is final), so a caller that stops reading early still knows what the call cost; none at
+all when the provider reported none (the caller estimates it, `metering.settled_usage`). Each
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed.
@@ -52,6 +53,14 @@ class ProviderError(RuntimeError):
         self.provider, self.model, self.kind, self.status = provider, model, kind, status
         where = f"HTTP {status}" if status else kind
         super().__init__(f"{provider} {model}: {where}: {message}")
+
+    @property
+    def prompt_billed(self) -> bool:
+        """Whether the provider may bill the prompt of the failed request: yes while it was
+        still at work on it (a timeout, a reply the cascade refused), not when it refused the
+        request (an HTTP error), could not be reached, or something else answered in its place
+        (a proxy's page)."""
+        return self.status is None and self.kind not in ("connection", "bad_response")
 
 
 StreamItem = str | Usage | llm.FunctionToolCall
@@ -214,15 +223,14 @@ class GeminiProvider(_ProviderBase):
             tools=self._tools(tools) or None,
             http_options=genai_types.HttpOptions(headers={PURPOSE_HEADER: purpose}),
         )
-        usage_meta: genai_types.GenerateContentResponseUsageMetadata | None = None
         try:
             chunks = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=turns, config=config
             )
             async for chunk in chunks:
                 if chunk.usage_metadata is not None:
-                    usage_meta = chunk.usage_metadata
-                    yield _gemini_usage(usage_meta)  # so far: a caller may stop reading early
+                    # so far: a caller may stop reading early
+                    yield _gemini_usage(chunk.usage_metadata)
                 for candidate in chunk.candidates or []:
                     for part in (candidate.content.parts if candidate.content else None) or []:
                         if part.function_call is not None and part.function_call.name:
@@ -245,8 +253,6 @@ class GeminiProvider(_ProviderBase):
             raise self._timeout() from exc
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             raise ProviderError(self.name, self.model, "connection", None, repr(exc)) from exc
-        if usage_meta is None:
-            yield Usage()
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()

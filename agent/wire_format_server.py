@@ -59,6 +59,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .pricing import estimate_text_tokens
+
 GEMINI_IMAGE_TOKENS = 258  # per image up to 384x384, else per 768x768 tile
 GEMINI_SMALL_IMAGE_PX = 384
 GEMINI_TILE_PX = 768
@@ -160,11 +162,6 @@ def wav_seconds(data: bytes) -> float | None:
             return wav.getnframes() / wav.getframerate()
     except (wave.Error, EOFError):
         return None
-
-
-def estimate_text_tokens(text: str) -> int:
-    """Deterministic chars/4 estimate; good enough for budgets, never a billing figure."""
-    return math.ceil(len(text) / 4)
 
 
 def split_chunks(text: str, words_per_chunk: int = WORDS_PER_CHUNK) -> list[str]:

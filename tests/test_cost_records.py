@@ -1,0 +1,217 @@
+"""Cost records of calls that did not run their course, and what the budget counts.
+
+Protects: a model call cut off (cancelled, or past its deadline) before the provider's first
+usage report is billed an estimate of the prompt it sent, images included, marked so; one cut
+off before its request went out, or refused by the provider, is billed nothing; a memory call
+cancelled by the session's close is in the ledger; speech spend counts against the budgets as
+it counts in the session's total. Through the real SDK clients against the wire-format server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit.agents import llm
+from synthetic_screen import Desk
+
+from agent.budget import BudgetGuard
+from agent.cascade import CascadeLLM
+from agent.config import Settings, Tier
+from agent.images import ImageBill, ImageEncoder
+from agent.memory_model import TierMemoryModel
+from agent.pricing import PriceTable, Usage, estimate_text_tokens
+from agent.providers import make_provider
+from agent.session_record import SessionRecord
+from agent.speech import build_speech
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+
+GEMINI = Tier("gemini", "gemini-2.5-flash", 0.0, 256)
+CLAUDE = Tier("anthropic", "claude-sonnet-4-6", 0.0, 256)
+INSTRUCTIONS = "You are a support agent who reads the user's screen. " * 60
+SLOW = 30.0  # seconds the server waits before its first byte: no usage report comes in time
+
+
+def settings(tmp_path: Path, server: ScriptedModelServer) -> Settings:
+    return Settings.from_env({
+        "SIGHTLINE_DATA_DIR": str(tmp_path), "GEMINI_API_KEY": "test-key",
+        "ANTHROPIC_API_KEY": "test-key", "SIGHTLINE_GEMINI_BASE_URL": server.base_url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": server.base_url, "SIGHTLINE_MODEL_RETRIES": "0",
+    })
+
+
+class SlowReplies:
+    """A confident answer, too late for any usage report to arrive in the test."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()  # set when the first request reaches the server
+
+    def __call__(self, request: CapturedRequest) -> ScriptedReply:
+        self.asked.set()
+        return ScriptedReply(text="[[confidence: 0.9]] " + "word " * 50, delay_s=SLOW)
+
+
+@pytest.fixture
+def slow() -> SlowReplies:
+    return SlowReplies()
+
+
+@pytest.fixture
+async def server(slow: SlowReplies) -> AsyncIterator[ScriptedModelServer]:
+    async with ScriptedModelServer(replies=slow) as running:
+        yield running
+
+
+def open_record(tmp_path: Path, budget: BudgetGuard | None = None) -> SessionRecord:
+    return SessionRecord.open(session_id="sess_costs", tenant="acme", source="test",
+                              costs_dir=tmp_path, prices=PriceTable.load(), store=None,
+                              budget=budget)
+
+
+def ledger(record: SessionRecord, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    lines = record.events.path.read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["kind"] in kinds]
+
+
+def question() -> llm.ChatContext:
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content=INSTRUCTIONS)
+    ctx.add_message(role="user", content=["What failed?", llm.ImageContent(image=Desk().frame())])
+    return ctx
+
+
+def assert_billed_the_prompt(call: dict[str, Any], request: CapturedRequest) -> None:
+    """Billed its prompt as the provider would count it (the wire-format server's count: its
+    text and images), at the model's price, and marked an estimate."""
+    would_bill = estimate_text_tokens(request.text) + request.image_tokens
+    assert call["input_tokens"] == pytest.approx(would_bill, rel=0.02)
+    assert call["image_tokens"] == request.image_tokens > 0
+    usage = Usage(input_tokens=call["input_tokens"], output_tokens=call["output_tokens"])
+    assert call["cost_usd"] == pytest.approx(PriceTable.load().cost(call["model"], usage))
+    assert call["cost_usd"] > 0
+    assert call["detail"]["usage"] == "estimated"
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+@pytest.mark.parametrize("cut", ["cancelled", "deadline"])
+async def test_a_call_cut_off_before_the_providers_usage_report_is_billed_its_prompt(
+    tmp_path: Path, server: ScriptedModelServer, slow: SlowReplies, tier: Tier, cut: str,
+) -> None:
+    """Usage comes with Gemini's first chunk and Claude's `message_start`; a turn cancelled
+    (preemptive generation, an interruption) or past its deadline before then was billed $0."""
+    record = open_record(tmp_path)
+    model = CascadeLLM([tier], [make_provider(settings(tmp_path, server), tier)], record.meter,
+                       1.0 if cut == "deadline" else 60.0, ImageEncoder("medium"))
+    try:
+        async with model.chat(chat_ctx=question()) as stream:
+            if cut == "cancelled":
+                await slow.asked.wait()
+            else:
+                assert "took too long" in "".join(
+                    [c.delta.content async for c in stream if c.delta and c.delta.content])
+        (call,) = ledger(record, ("model_call", "model_error"))
+        (turn,) = ledger(record, ("turn",))
+    finally:
+        await model.aclose()
+    assert call["kind"] == "model_error" and call["detail"]["outcome"] == (
+        "cancelled" if cut == "cancelled" else "failed")
+    assert_billed_the_prompt(call, server.requests[0])
+    assert turn["detail"]["cost_usd"] == pytest.approx(call["cost_usd"])
+
+
+class HeldEncoder(ImageEncoder):
+    """Encodes nothing and never finishes: the turn is cut off before its request goes out."""
+
+    def __init__(self) -> None:
+        super().__init__("medium")
+        self.preparing = asyncio.Event()
+
+    async def prepare(
+        self, chat_ctx: llm.ChatContext, provider: str,
+    ) -> tuple[llm.ChatContext, ImageBill]:
+        self.preparing.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never reached")
+
+
+async def test_a_call_never_sent_or_refused_is_billed_nothing(tmp_path: Path) -> None:
+    record = open_record(tmp_path)
+    encoder = HeldEncoder()
+    async with ScriptedModelServer(replies=[ScriptedReply(status=400)]) as server:
+        unsent = CascadeLLM([GEMINI], [make_provider(settings(tmp_path, server), GEMINI)],
+                            record.meter, 60.0, encoder)
+        refused = CascadeLLM([CLAUDE], [make_provider(settings(tmp_path, server), CLAUDE)],
+                             record.meter, 60.0, ImageEncoder("medium"))
+        try:
+            async with unsent.chat(chat_ctx=question()):
+                await encoder.preparing.wait()
+            async with refused.chat(chat_ctx=question()) as stream:
+                async for _ in stream:
+                    pass
+        finally:
+            await unsent.aclose()
+            await refused.aclose()
+    held, rejected = ledger(record, ("model_call", "model_error"))
+    assert held["detail"]["outcome"] == "cancelled" and "HTTP 400" in rejected["detail"]["error"]
+    assert [r.provider for r in server.requests] == ["anthropic"]
+    for call in (held, rejected):
+        assert call["kind"] == "model_error" and call["detail"]["usage"] == "unbilled"
+        assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (0, 0, 0.0)
+
+
+async def test_a_memory_call_cancelled_by_the_sessions_close_is_in_the_ledger(
+    tmp_path: Path, server: ScriptedModelServer, slow: SlowReplies,
+) -> None:
+    """`MemoryKeeper.close` cancels a memory call still running when its wait runs out: the
+    call was sent, so it is billed (its prompt, estimated) like a cancelled turn's."""
+    record = open_record(tmp_path)
+    tier = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
+    provider = make_provider(settings(tmp_path, server), tier)
+    memory = TierMemoryModel(provider, tier, record.meter, timeout_s=60)
+    prompt = llm.ChatContext.empty()
+    prompt.add_message(role="user", content="Remember what the user said: " + "vim " * 500)
+    try:
+        task = asyncio.create_task(memory.ask(prompt, max_output_tokens=100, read=lambda _: {}))
+        await slow.asked.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await provider.aclose()
+    summary = await record.close()
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["kind"] == "model_error" and call["detail"]["error"] == "cancelled"
+    assert call["detail"]["purpose"] == "memory" and call["detail"]["usage"] == "estimated"
+    request = server.requests[0]
+    assert call["input_tokens"] == pytest.approx(estimate_text_tokens(request.text), rel=0.02)
+    assert call["cost_usd"] > 0
+    assert summary["memory"]["cost_usd"] == pytest.approx(call["cost_usd"])
+
+
+async def test_speech_spend_counts_against_the_budget(tmp_path: Path) -> None:
+    """The session's total and the tenant's spend in Postgres add speech to model calls; the
+    budget counted model calls alone, so a session talking a lot never hit its limit."""
+    guard = BudgetGuard(session_budget_usd=0.001, tenant_budget_usd=None,
+                        max_tier_over_budget=0)
+    record = open_record(tmp_path, guard)
+    async with ScriptedModelServer() as server:
+        speech = build_speech(Settings.from_env({
+            "SIGHTLINE_DATA_DIR": str(tmp_path), "SIGHTLINE_STT": "local",
+            "SIGHTLINE_TTS": "openai:tts-1:alloy", "OPENAI_API_KEY": "sk-test-123456",
+            "SIGHTLINE_TTS_BASE_URL": f"{server.base_url}/v1"}))
+        speech.on_metrics(record.meter.speech)
+        assert speech.tts is not None
+        reply = "The build fails because line 3 imports a module that is not installed. " * 2
+        async for _ in speech.tts.synthesize(reply):
+            pass
+    summary = await record.close()
+    (spoken,) = ledger(record, ("speech",))
+    assert spoken["cost_usd"] == pytest.approx(len(reply) * 15.0 / 1e6)
+    assert spoken["cost_usd"] > guard.session_budget_usd
+    assert guard.session_spent_usd == pytest.approx(summary["total_cost_usd"])
+    assert [e["detail"]["threshold"] for e in ledger(record, ("budget",))] == [0.7, 0.9, 1.0]
+    assert guard.tier_cap() == 0
