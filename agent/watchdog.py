@@ -5,10 +5,15 @@ session caught in a loop of its own (a runaway tool, a pathological input) would
 thread, its room and its share of the CPU forever, and nothing else in that session would run:
 no reply, no frame, no cost record. Each session's loop stamps a heartbeat every second; one
 thread per process checks the stamps. When a session's stamp is older than
-`SIGHTLINE_SESSION_STALL_S`, the watchdog raises `SessionStalled` in that thread (which breaks
-out of Python code) and asks the session to end, so its shutdown writes its logs as usual.
-Code blocked inside a C call cannot be interrupted from Python: that is logged, once, as
-needing a worker restart.
+`SIGHTLINE_SESSION_STALL_S`, the watchdog asks the session to end, on its loop: a loop that
+turns again ends the session as its user leaving would, its shutdown writing its logs as usual.
+A loop still stopped as long again is stuck for good: the watchdog raises `SessionStalled` in
+that thread (which breaks out of the Python code holding it), and the end asked for runs once
+the loop turns. The exception lands wherever the thread is when it is raised; in a loop that
+turned again it could break the loop itself (asyncio's own code, which the session's shutdown
+needs), so it is raised only while the stamp is still the one the session stopped at, checked
+just before. Code blocked inside a C call cannot be interrupted from Python: that is logged,
+once, as needing a worker restart.
 """
 
 from __future__ import annotations
@@ -41,7 +46,10 @@ class _Watched:
     loop: asyncio.AbstractEventLoop
     end: Callable[[str], None]
     beat: float = field(default_factory=time.monotonic)
-    ended_at: float | None = None
+    ended_at: float | None = None  # when the session was asked to end
+    stopped_at: float = 0.0  # when its loop was last seen stopped, since `stopped_beat`
+    stopped_beat: float = 0.0
+    interrupted_at: float | None = None
     reported_stuck: bool = False
 
 
@@ -104,24 +112,45 @@ class Watchdog:
             log.error("session %s stopped without ending (its thread is gone)", watched.name)
             self.forget(watched)
         elif watched.ended_at is None:
-            watched.ended_at = now
+            watched.ended_at = watched.stopped_at = now
+            watched.stopped_beat = watched.beat
             self.ended += 1
             log.error("session %s has not run for %.0f s (its event loop is blocked at %s): "
                       "ending it", watched.name, now - watched.beat,
                       where_thread_is(watched.thread))
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watched.thread.ident),
-                                                       ctypes.py_object(SessionStalled))
             reason = f"watchdog: the session stopped running for {self.stall_s:g} s"
             try:
                 watched.loop.call_soon_threadsafe(watched.end, reason)
             except RuntimeError:  # its loop is already closed
                 self.forget(watched)
-        elif not watched.reported_stuck and now - watched.ended_at > self.stall_s:
+        elif watched.interrupted_at is None and watched.beat != watched.stopped_beat:
+            # it turned (and ran the end asked for), then stopped again while ending
+            watched.stopped_at, watched.stopped_beat = now, watched.beat
+            log.error("session %s stopped running again while ending, at %s", watched.name,
+                      where_thread_is(watched.thread))
+        elif watched.interrupted_at is None:
+            if now - watched.stopped_at > self.stall_s and self._interrupt(watched):
+                watched.interrupted_at = now
+                log.error("session %s was still blocked %.0f s later: interrupted it",
+                          watched.name, now - watched.stopped_at)
+        elif not watched.reported_stuck and now - watched.interrupted_at > self.stall_s:
             watched.reported_stuck = True
-            log.critical("session %s is still blocked %.0f s after it was told to end, at %s "
+            log.critical("session %s is still blocked %.0f s after it was interrupted, at %s "
                          "(inside native code, which Python cannot interrupt): restart this "
-                         "worker when it has drained", watched.name, now - watched.ended_at,
+                         "worker when it has drained", watched.name, now - watched.interrupted_at,
                          where_thread_is(watched.thread))
+
+    def _interrupt(self, watched: _Watched) -> bool:
+        """Raise `SessionStalled` in the session's thread if its loop has still not turned
+        since it was last seen stopped. Checked right before the raise: a loop that turned in
+        the meantime is ending the session itself, and the exception would land in whatever
+        it runs now. Returns whether it was raised."""
+        with self._lock:
+            if watched not in self._watched or watched.beat != watched.stopped_beat:
+                return False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(watched.thread.ident),
+                                                       ctypes.py_object(SessionStalled))
+        return True
 
 
 def where_thread_is(thread: threading.Thread) -> str:

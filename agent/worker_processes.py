@@ -25,9 +25,12 @@ again (at once, then after 1, 2, 4... s up to a minute while it keeps failing wi
 of its start); its sessions' rooms are dispatched again by the fleet as for any lost worker,
 and its open sessions are closed by the process that replaces it (agent/left_open.py). A
 process that exits with status 2 (a setting it refuses) stops the worker with that status.
-SIGTERM and SIGINT are passed on (the processes drain; a second one ends them at once), and
-each process is killed by the kernel if the parent dies (`PR_SET_PDEATHSIG`), so a worker
-killed with SIGKILL leaves no process behind.
+SIGTERM and SIGINT are passed on (the processes drain; a second one ends them at once), also
+to a process being started as the signal came. Each process runs in a session (and process
+group) of its own, so a signal to the worker's group (a terminal's Ctrl-C) reaches it once,
+through the parent (systemd's default KillMode signals every process of the unit itself:
+`KillMode=mixed`), and is killed by the kernel if the parent dies (`PR_SET_PDEATHSIG`), so a
+worker killed with SIGKILL leaves no process behind.
 """
 
 from __future__ import annotations
@@ -147,13 +150,20 @@ class WorkerProcess:
         self.health_port = free_port() if self._health else 0
         return {**os.environ, **self._env, "SIGHTLINE_HEALTH_PORT": str(self.health_port)}
 
+    def command(self) -> list[str]:
+        """The process's command line. sys.argv[0] is the program that runs Sightline's CLI:
+        the `sightline` script, or a test's wrapper of it."""
+        return [sys.executable, sys.argv[0], "start", "--process", str(self.slot),
+                "--parent", str(os.getpid()), "--log-level", self._log_level]
+
     async def start(self) -> None:
-        # sys.argv[0] is the program that runs Sightline's CLI: the `sightline` script, or a
-        # test's wrapper of it
+        """Start the process in a session of its own, so that a signal sent to the worker's
+        process group (a terminal's Ctrl-C) reaches the parent alone, which passes it on once:
+        livekit-agents ends a process at once, without draining, on its second signal. The
+        process still dies with the parent (`die_with_parent`, in the process). `proc` is set
+        last, with nothing awaited after it (`Supervisor._start` relies on that)."""
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, sys.argv[0], "start", "--process", str(self.slot),
-            "--parent", str(os.getpid()), "--log-level", self._log_level,
-            env=self.start_env())
+            *self.command(), env=self.start_env(), start_new_session=True)
         self.started_at = time.monotonic()
 
     def signal(self, signum: int) -> None:
@@ -173,6 +183,7 @@ class Supervisor:
                  log_level: str) -> None:
         self._settings = settings
         self._stopping = asyncio.Event()
+        self._stop_signal: int = signal.SIGTERM  # the first stop signal, once `_stopping` is set
         self.processes = [
             WorkerProcess(slot, process_env(settings, slot, database_url), log_level,
                           health=bool(settings.health_port))
@@ -186,7 +197,7 @@ class Supervisor:
         try:
             for process in self.processes:
                 if not self._stopping.is_set():  # a stop signal while they start
-                    await process.start()
+                    await self._start(process)
             print(f"sightline: started {len(self.processes)} worker processes (pids "
                   f"{', '.join(str(p.proc.pid) for p in self.processes if p.proc)})",
                   file=sys.stderr, flush=True)
@@ -200,9 +211,19 @@ class Supervisor:
 
     def _on_signal(self, signum: int) -> None:
         """Pass the signal on: the first one drains the processes, a second ends them."""
-        self._stopping.set()
+        if not self._stopping.is_set():
+            self._stop_signal = signum
+            self._stopping.set()
         for process in self.processes:
             process.signal(signum)
+
+    async def _start(self, process: WorkerProcess) -> None:
+        """Start the process. A stop signal that came while it was being started was passed
+        to no one (its `proc` was not set yet, or was the one that had ended), so it is passed
+        now, once: the process drains like the others."""
+        await process.start()
+        if self._stopping.is_set():
+            process.signal(self._stop_signal)
 
     async def _keep(self, process: WorkerProcess) -> int:
         """Wait for the process; start it again when it ends while the worker runs on.
@@ -229,7 +250,7 @@ class Supervisor:
                     await self._stopping.wait()
             if self._stopping.is_set():
                 return 0
-            await process.start()
+            await self._start(process)
         return 0
 
     async def _serve_health(self) -> web.AppRunner:

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,13 +97,10 @@ def test_each_process_has_its_own_ports_and_only_the_first_serves_the_webhook() 
 def scripted(monkeypatch: pytest.MonkeyPatch, scripts: dict[int, list[str]]) -> None:
     """Worker processes that run the Python of `scripts[index]` instead of Sightline, one
     script per start (the last one again once they run out), with the settings of each."""
-    async def start(self: WorkerProcess) -> None:
+    def command(self: WorkerProcess) -> list[str]:
         runs = scripts[self.slot.index]
-        code = runs.pop(0) if len(runs) > 1 else runs[0]
-        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code,
-                                                         env=self.start_env())
-        self.started_at = time.monotonic()
-    monkeypatch.setattr(WorkerProcess, "start", start)
+        return [sys.executable, "-c", runs.pop(0) if len(runs) > 1 else runs[0]]
+    monkeypatch.setattr(WorkerProcess, "command", command)
 
 
 def test_a_process_gets_a_health_port_picked_afresh_at_each_start(
@@ -160,7 +158,7 @@ async def test_a_process_that_ends_is_started_again_and_a_stop_ends_them_all(
     scripted(monkeypatch, {0: [f"raise SystemExit({ended})", SLEEPS], 1: [SLEEPS]})
     picked = iter(range(20001, 20100))
     monkeypatch.setattr("agent.worker_processes.free_port", lambda: next(picked))
-    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": "8081"})
+    settings = Settings.from_env({"SIGHTLINE_HEALTH_PORT": str(free_port())})
     supervisor = Supervisor(settings, 2, "postgresql://db/x", "INFO")
     running = asyncio.create_task(supervisor.run())
     deadline = time.monotonic() + 30
@@ -179,6 +177,116 @@ async def test_a_process_that_ends_is_started_again_and_a_stop_ends_them_all(
         assert await running == 0
     assert all(p.proc is not None and p.proc.returncode == -signal.SIGTERM
                for p in supervisor.processes)
+
+
+@pytest.mark.parametrize(("count", "scripts", "stopped_at"), [
+    (3, {0: [SLEEPS], 1: [SLEEPS], 2: [SLEEPS]}, 2),  # as the worker starts its second
+    (2, {0: ["raise SystemExit(1)", SLEEPS], 1: [SLEEPS]}, 3),  # as the first is started again
+], ids=["first-start", "restart"])
+async def test_a_stop_signal_while_a_process_is_being_started_reaches_it(
+        monkeypatch: pytest.MonkeyPatch, count: int, scripts: dict[int, list[str]],
+        stopped_at: int) -> None:
+    """SIGTERM arrives during the `stopped_at`-th start, before that process exists for the
+    parent to pass it to: it is passed once the process does, and the worker ends."""
+    scripted(monkeypatch, scripts)
+    monkeypatch.setattr("agent.worker_processes.RESTART_FIRST_S", 0.0)
+    create, starts = asyncio.create_subprocess_exec, 0
+
+    async def stopped_while_starting(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
+        nonlocal starts
+        starts += 1
+        if starts == stopped_at:
+            # to this thread, which runs the loop; the start takes a while, as a real one does
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            await asyncio.sleep(0.5)
+        return await create(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", stopped_while_starting)
+    supervisor = Supervisor(Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"}), count,
+                            "postgresql://db/x", "INFO")
+    async with asyncio.timeout(30):  # the processes sleep for 60 s unless told to stop
+        assert await supervisor.run() == 0
+    assert all(p.proc is None or p.proc.returncode == -signal.SIGTERM
+               for p in supervisor.processes)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# a worker of two processes that run `sys.argv[1]` with the parent's pid as their argument
+SUPERVISES = """
+import asyncio, os, sys
+from agent.config import Settings
+from agent.worker_processes import Supervisor, WorkerProcess
+WorkerProcess.command = lambda self: [sys.executable, "-c", sys.argv[1], str(os.getpid())]
+supervisor = Supervisor(Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"}), 2,
+                        "postgresql://db/x", "INFO")
+sys.exit(asyncio.run(supervisor.run()))
+"""
+# a process that drains as livekit-agents' does: the first stop signal drains it, a second
+# ends it at once (status 1, undrained)
+DRAINS = """
+import os, signal, sys, time
+from agent.worker_processes import die_with_parent
+die_with_parent(int(sys.argv[1]))
+heard = []
+def on_signal(signum, frame):
+    heard.append(signum)
+    if len(heard) > 1:
+        os._exit(1)
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not heard and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(1)  # draining
+print("drained", flush=True)
+"""
+
+
+async def supervising(script: str) -> tuple[asyncio.subprocess.Process, list[int]]:
+    """A worker of two processes running `script`, once both said `ready`, and their pids.
+    The worker is a process group of its own, as a shell's job is."""
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SUPERVISES, script, cwd=REPO, start_new_session=True,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        for _ in range(2):
+            assert await worker.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
+    return worker, [p.pid for p in psutil.Process(worker.pid).children()]
+
+
+def end_all(worker: asyncio.subprocess.Process, pids: list[int]) -> None:
+    for pid in [worker.pid, *pids]:
+        if running(pid):
+            psutil.Process(pid).kill()
+
+
+async def test_ctrl_c_at_a_terminal_drains_each_process_once() -> None:
+    """A terminal's Ctrl-C is SIGINT to its foreground process group: the processes hear it
+    through the parent alone, once, and drain (a second one would end them undrained)."""
+    worker, pids = await supervising(DRAINS)
+    try:
+        os.killpg(worker.pid, signal.SIGINT)
+        async with asyncio.timeout(30):
+            out, err = await worker.communicate()
+    finally:
+        end_all(worker, pids)
+    assert worker.returncode == 0, err.decode()
+    assert out == b"drained\n" * 2
+
+
+async def test_processes_in_sessions_of_their_own_still_die_with_the_worker() -> None:
+    """SIGKILL to the worker's process group reaches the parent alone: `die_with_parent`
+    ends the processes with it."""
+    worker, pids = await supervising(DRAINS)
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+        await worker.wait()
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in pids if running(pid)]:
+            assert time.monotonic() < deadline, f"processes {alive} outlived their worker"
+            await asyncio.sleep(0.1)
+    finally:
+        end_all(worker, pids)
 
 
 def _reply(request: CapturedRequest) -> ScriptedReply:
