@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from livekit.agents import AgentSession, llm
 from livekit.agents.voice import ConversationItemAddedEvent
@@ -31,7 +31,7 @@ from memory.recall import VECTOR_WAIT_S, TurnRecall
 from memory.rerank import Record as RerankRecord
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
-from memory.spill_files import SpillKind, append_rows, spill_path
+from memory.spill_files import SpillKind, append_rows, event_log_path, spill_path
 from memory.spill_recovery import RecoveryReport, SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -61,7 +61,8 @@ from .pricing import PriceTable
 from .providers import ChatProvider, make_provider, tier_providers
 from .screen_context import ScreenContext
 from .screen_memory import SessionScreenMemory
-from .session_record import COMPLETED, SessionRecord, describe_failure
+from .session_record import COMPLETED, FAILED, SessionRecord, describe_failure
+from .session_summary import SessionTotals
 from .sightline_agent import ASSIST_WAIT_S, SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
@@ -73,6 +74,8 @@ _VOICE_TIMINGS = ("end_of_turn_delay", "transcription_delay", "llm_node_ttft", "
                   "e2e_latency")
 
 log = logging.getLogger("sightline.session")
+
+T = TypeVar("T")
 
 
 def new_session_id(source: str) -> str:
@@ -91,6 +94,23 @@ async def _budget(settings: Settings, store: Store | None, tenant: str) -> Budge
                       tenant, exc)
     return BudgetGuard(settings.session_budget_usd, settings.tenant_budget_usd,
                        settings.budget_max_tier, tenant_spent_before_usd=spent)
+
+
+async def _close_row(store: Store, session_id: str, *, tenant: str, source: str,
+                     settings: Settings, prices: PriceTable, exc: BaseException) -> None:
+    """Close the row of a session whose record never opened (its cost log could not be made,
+    or it was cancelled as its row was written), with nothing spent and the failure: without a
+    cost log nothing else would ever close it (left_open looks for cost logs)."""
+    outcome, error = describe_failure(exc)
+    totals = SessionTotals(session_id=session_id, tenant=tenant, source=source,
+                           prices=prices.path,
+                           cost_log=event_log_path(settings.costs_dir, session_id))
+    try:
+        await store.close_session(session_id, 0.0,
+                                  {**totals.summary(), "outcome": outcome, "error": error})
+    except Exception as failed:
+        log.error("could not close the row of session %s, which failed to open: %s",
+                  session_id, describe_failure(failed)[1])
 
 
 async def _recall_models(
@@ -307,30 +327,39 @@ class SessionRuntime:
                 embedder, reranker = await _recall_models(
                     settings, db, tenant, parts, lambda call: meters[0].rerank_call(call))
             store = Store(db.pool) if db is not None else None
+            # read before the row is written: from the row on, nothing awaits until the record
+            # exists, so a cancellation cannot leave a row without a cost log
+            budget = await _budget(settings, store, tenant)
             row = {"tenant": tenant, "user_id": user_id, "room": room, "source": source,
                    "provider": tiers[0].provider, "model": ",".join(t.model for t in tiers)}
-            if store is not None:
-                await store.start_session(session_id, **row)
-            else:
-                append_rows(spill_path(settings.costs_dir, session_id, SpillKind.SESSION),
-                            [{**row, "started_at": time.time()}])
-            budget = await _budget(settings, store, tenant)
-            record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
-                                        costs_dir=settings.costs_dir, prices=prices,
-                                        store=store, budget=budget,
-                                        alerts=process_sink(settings.alert_webhook).on_event)
-            meters.append(record.meter)
-            record.note_process(room)
-            if store is None:
-                record.events.record("no_database", detail={})  # for ops: metrics, the log
+            record: SessionRecord | None = None
             try:
+                if store is not None:
+                    await store.start_session(session_id, **row)
+                else:
+                    append_rows(spill_path(settings.costs_dir, session_id, SpillKind.SESSION),
+                                [{**row, "started_at": time.time()}])
+                record = SessionRecord.open(session_id=session_id, tenant=tenant, source=source,
+                                            costs_dir=settings.costs_dir, prices=prices,
+                                            store=store, budget=budget,
+                                            alerts=process_sink(settings.alert_webhook).on_event)
+                meters.append(record.meter)
+                record.note_process(room)
+                if store is None:
+                    record.events.record("no_database", detail={})  # for ops: metrics, the log
                 runtime = await cls._assemble(
                     settings, db, store, record, parts, tiers, providers, embedder, reranker,
                     tenant=tenant, user_id=user_id, room=room, read_gate=read_gate,
                     budget=RecallBudget.for_source(source))
             except BaseException as exc:
-                await parts.aclose()
-                await record.close(*describe_failure(exc))
+                try:
+                    await parts.aclose()
+                finally:
+                    if record is not None:
+                        await record.close(*describe_failure(exc))
+                    elif store is not None:
+                        await _close_row(store, session_id, tenant=tenant, source=source,
+                                         settings=settings, prices=prices, exc=exc)
                 raise
             parts.pop_all()  # from now on `close()` closes them, in order
         if down is not None and settings.database_retry_s > 0:
@@ -542,24 +571,35 @@ class SessionRuntime:
     async def close(self, outcome: str = COMPLETED, error: str | None = None) -> dict[str, Any]:
         """Flush the conversation, memory and the event log; the summary is the last thing
         written (memory updates are model calls: they are in it), with how the session ended
-        (`outcome`, and the `error` of one that failed or was interrupted)."""
-        if self.database_watch is not None:
-            await self.database_watch.aclose()
-        await self.assist.aclose()
-        if self.speech_outages is not None:
-            await self.speech_outages.aclose()
-        screen_spilled = await self.screen_memory.aclose()
-        spilled = await self.conversation.close()
-        memory_spilled = await self.memory.close_keeper() if self.memory is not None else 0
-        await self.model.aclose()
-        self.record.events.record("frame_count", detail={
-            "received": self.screen.stats()["received"], "failed": self.screen.frames_failed,
-            "resubscribed": self.screen.share_resubscribed})
-        summary = await self.record.close(outcome, error)
-        if self.memory is not None:
-            if self.database_watch is not None:  # opened without the database, joined it since
-                await self.memory.import_own_rows()
-            await self.memory.aclose()  # the import is given its moment here
+        (`outcome`, and the `error` of one that failed or was interrupted). Each step runs
+        whatever the ones before it did (`CloseSteps`): a step that fails is one log line and
+        the session's outcome, never a lost summary, and the callers (a worker's shutdown, a
+        replay) get the summary either way; only a cancellation is raised, once it is written."""
+        steps = CloseSteps(self.session_id, outcome, error)
+        screen_spilled = spilled = memory_spilled = 0
+        try:
+            if self.database_watch is not None:
+                await steps.run("database watch", self.database_watch.aclose, None)
+            await steps.run("live assist", self.assist.aclose, None)
+            if self.speech_outages is not None:
+                await steps.run("speech outage watch", self.speech_outages.aclose, None)
+            screen_spilled = await steps.run("screen memory", self.screen_memory.aclose, 0)
+            spilled = await steps.run("conversation", self.conversation.close, 0)
+            if self.memory is not None:
+                memory_spilled = await steps.run("memory keeper", self.memory.close_keeper, 0)
+            await steps.run("model", self.model.aclose, None)
+            self.record.events.record("frame_count", detail={
+                "received": self.screen.stats()["received"], "failed": self.screen.frames_failed,
+                "resubscribed": self.screen.share_resubscribed})
+        finally:
+            try:
+                summary = await self.record.close(steps.outcome, steps.error)
+            finally:
+                if self.memory is not None:
+                    if self.database_watch is not None:  # opened without the database, joined
+                        await steps.run("own spill import", self.memory.import_own_rows, None)
+                    # the import is given its moment here
+                    await steps.run("long-term memory", self.memory.aclose, None)
         if spilled:
             summary["db_spilled_messages"] = spilled
         if memory_spilled:
@@ -568,3 +608,31 @@ class SessionRuntime:
             summary["db_spilled_screen_events"] = screen_spilled
         log.info("session %s ended: $%.6f", self.session_id, summary["total_cost_usd"])
         return summary
+
+
+class CloseSteps:
+    """The steps that close a session, run one after another, each whatever the ones before it
+    did: one that raised used to skip the rest, the cost summary among them (written last),
+    with the worker living on, so nothing else closed the session. A step that fails is one
+    log line, and the first failure is how the session ended (`failed`, with its error), unless
+    it was ending on an error already."""
+
+    def __init__(self, session_id: str, outcome: str = COMPLETED,
+                 error: str | None = None) -> None:
+        self.session_id = session_id
+        self.outcome, self.error = outcome, error
+
+    async def run(self, name: str, close: Callable[[], Awaitable[T]], failed: T) -> T:
+        """`close()`'s result, or `failed` when it raised. A cancellation is noted as the
+        outcome (interrupted) and raised: the caller closes the record in a `finally`."""
+        try:
+            return await close()
+        except BaseException as exc:
+            outcome, error = describe_failure(exc)
+            if self.outcome == COMPLETED:
+                self.outcome, self.error = outcome, (
+                    f"closing its {name}: {error}" if outcome == FAILED else error)
+            if not isinstance(exc, Exception):
+                raise
+            log.error("session %s: closing its %s failed: %s", self.session_id, name, error)
+            return failed

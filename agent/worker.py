@@ -22,12 +22,17 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from typing import Any
 
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobRequest, room_io
 from livekit.agents.ipc.job_executor import JobExecutor
 from livekit.agents.ipc.job_thread_executor import ThreadJobExecutor
 from livekit.agents.ipc.proc_pool import ProcPool
+from livekit.agents.utils.http_server import HttpServer
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
@@ -48,9 +53,10 @@ from .redispatch import Redispatcher
 from .reply_transcript import ReplyTranscript
 from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
-from .session import SessionRuntime
+from .session import CloseSteps, SessionRuntime
+from .session_record import COMPLETED, describe_failure
 from .speech import import_plugins
-from .watchdog import process_watchdog, where_thread_is
+from .watchdog import Watch, process_watchdog, where_thread_is
 from .worker_processes import ProcessSlot
 
 log = logging.getLogger("sightline.worker")
@@ -113,6 +119,67 @@ def job_tenant(metadata: str, default: str) -> str:
     return str(tenant) if tenant else default
 
 
+class OpenedSession:
+    """What a live session has opened so far, closed as one: its room parts (in the order they
+    were opened), then its runtime (the summary), then its database pools, each step whatever
+    the ones before it did (agent/session.py `CloseSteps`). Closes a session that failed or was
+    cancelled as it opened as well as one that ran: either way nothing it opened is left open
+    (a session left open in a live worker is closed by nothing: left_open and `costs --close`
+    close only a dead worker's)."""
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.parts: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        self.runtime: SessionRuntime | None = None
+        self.databases: list[Database] = []
+        self.watch: Watch | None = None
+
+    def part(self, name: str, close: Callable[[], Awaitable[object]]) -> None:
+        self.parts.append((name, close))
+
+    async def close(self, outcome: str = COMPLETED,
+                    error: str | None = None) -> dict[str, Any] | None:
+        """The session's summary (None when it failed before its runtime opened). A part that
+        fails to close is one log line and makes the session's outcome `failed`."""
+        name = self.runtime.session_id if self.runtime is not None else f"in room {self.room}"
+        steps = CloseSteps(name, outcome, error)
+        summary = None
+        try:
+            for part, close in self.parts:
+                await steps.run(part, close, None)
+        finally:
+            try:
+                if self.runtime is not None:
+                    summary = await self.runtime.close(steps.outcome, steps.error)
+            finally:
+                for database in self.databases:
+                    await steps.run("database pool", database.close, None)
+                if self.watch is not None:
+                    self.watch.stop()
+        return summary
+
+
+async def _open_databases(settings: Settings, opened: OpenedSession,
+                          ) -> tuple[Database | None, Database | None]:
+    """The session's pool, or None and one that connects when used (`down`, joined once the
+    database answers), each put on `opened` to be closed."""
+    try:
+        db = await Database.open(settings.database_url, settings.data_dir, migrate=False,
+                                 connections=SESSION_CONNECTIONS)
+    except DatabaseUnavailable as exc:
+        log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
+        # and joins it once it answers (a worker always has a URL: its embedded server's, when
+        # it started one, agent/cli_worker.py)
+        if not settings.database_url:
+            return None, None
+        down = await Database.unconnected(settings.database_url,
+                                          connections=SESSION_CONNECTIONS)
+        opened.databases.append(down)
+        return None, down
+    opened.databases.append(db)
+    return db, None
+
+
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
     # Two peer connections, as LiveKit clients long had: the server offers each subscription
@@ -122,67 +189,56 @@ async def run_session(ctx: JobContext) -> None:
     await ctx.connect(single_peer_connection=False)
     route_room_events(ctx.room)
     inbox = ChatInbox(ctx.room)  # from the moment the user can see the agent
-    participant = await ctx.wait_for_participant()
-    tenant = job_tenant(ctx.job.metadata, settings.tenant)
-
-    db: Database | None = None
-    down: Database | None = None  # one that did not open, joined once it answers
+    opened = OpenedSession(ctx.room.name)
+    opened.part("chat inbox", inbox.aclose)
+    # until the shutdown callback closes it, whatever fails or is cancelled (livekit-agents
+    # cancels an entrypoint still running 15 s after the job's shutdown) closes it here
     try:
-        db = await Database.open(settings.database_url, settings.data_dir, migrate=False,
-                                 connections=SESSION_CONNECTIONS)
-    except DatabaseUnavailable as exc:
-        log.error("%s", exc)  # the session goes on without it (SessionRuntime.open)
-        # and joins it once it answers (a worker always has a URL: its embedded server's, when
-        # it started one, agent/cli_worker.py)
-        if settings.database_url:
-            down = await Database.unconnected(settings.database_url,
-                                              connections=SESSION_CONNECTIONS)
+        participant = await ctx.wait_for_participant()
+        tenant = job_tenant(ctx.job.metadata, settings.tenant)
+        db, down = await _open_databases(settings, opened)
+        runtime = opened.runtime = await SessionRuntime.open(
+            settings, db, tenant=tenant, user_id=participant.identity,
+            source="live", room=ctx.room.name, read_gate=shared_read_gate(settings), down=down,
+        )
+        screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
+        opened.part("screen share", screen_share.aclose)
+        runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
+        runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
+        runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
 
-    runtime = await SessionRuntime.open(
-        settings, db, tenant=tenant, user_id=participant.identity,
-        source="live", room=ctx.room.name, read_gate=shared_read_gate(settings), down=down,
-    )
-    screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
-    runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
-    runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
-    runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+        def on_draft(packet: rtc.DataPacket) -> None:
+            sender = packet.participant.identity if packet.participant else None
+            if packet.topic == DRAFT_TOPIC and sender == participant.identity:
+                runtime.assist.drafted(packet.data.decode("utf-8", errors="replace"))
+        ctx.room.on("data_received", on_draft)
+        publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
+        session = runtime.agent_session()
+        opened.part("agent session", session.aclose)
+        # text-only replies go out in as few room requests as each allows
+        # (agent/reply_transcript.py)
+        replies = ReplyTranscript(ctx.room) if settings.tts is None else None
+        if replies is not None:
+            opened.part("reply transcript", replies.aclose)
+        # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
+        if settings.stt is not None:
+            microphone = MicReception(ctx.room, participant.identity)
+            opened.part("microphone reception", microphone.aclose)
+            session.on("user_state_changed", lambda ev: microphone.read())
+            runtime.heard_reception = microphone.take
+        opened.watch = process_watchdog(settings.session_stall_s).watch(
+            f"{runtime.session_id} (room {ctx.room.name})",
+            lambda reason: ctx.shutdown(reason=reason))
 
-    def on_draft(packet: rtc.DataPacket) -> None:
-        sender = packet.participant.identity if packet.participant else None
-        if packet.topic == DRAFT_TOPIC and sender == participant.identity:
-            runtime.assist.drafted(packet.data.decode("utf-8", errors="replace"))
-    ctx.room.on("data_received", on_draft)
-    publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
-    session = runtime.agent_session()
-    # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
-    microphone = MicReception(ctx.room, participant.identity) if settings.stt is not None else None
-    if microphone is not None:
-        session.on("user_state_changed", lambda ev: microphone.read())
-        runtime.heard_reception = microphone.take
-    # text-only replies go out in as few room requests as each allows (agent/reply_transcript.py)
-    replies = ReplyTranscript(ctx.room) if settings.tts is None else None
-    watch = process_watchdog(settings.session_stall_s).watch(
-        f"{runtime.session_id} (room {ctx.room.name})", lambda reason: ctx.shutdown(reason=reason))
-
-    async def finish(reason: str) -> None:
-        try:
-            await inbox.aclose()
-            await screen_share.aclose()
-            await session.aclose()
-            if replies is not None:
-                await replies.aclose()
-            if microphone is not None:
-                await microphone.aclose()
-            summary = await runtime.close()
+        async def finish(reason: str) -> None:
+            summary = await opened.close()
             log.info("session %s ended (%s); cost summary %s", runtime.session_id,
                      reason or "job done", json.dumps(summary))
-            for database in (db, down):
-                if database is not None:
-                    await database.close()
-        finally:
-            watch.stop()
 
-    ctx.add_shutdown_callback(finish)
+        ctx.add_shutdown_callback(finish)
+    except BaseException as exc:
+        await opened.close(*describe_failure(exc))
+        raise
     # the user left (or the session failed): end the job now rather than when the room empties
     session.on("close", lambda ev: ctx.shutdown(reason=f"session closed: {ev.reason}"))
     await session.start(
@@ -298,6 +354,10 @@ class SightlineServer(AgentServer):
         self._settings = settings
         self._exit_deadline_s = exit_deadline_s
         self._exit_timer: threading.Timer | None = None
+        # whether the worker's connection to LiveKit is up (from its registration on), and
+        # whether it is meant to be: the health check answers by them
+        self._connected = False
+        self._registers = True
         import_plugins(settings)
         super().__init__(
             ws_url=settings.livekit_url,
@@ -333,6 +393,40 @@ class SightlineServer(AgentServer):
         if isinstance(pool, ProcPool):
             pool.on("process_created", initialize_before_closing)
         self._sightline_pool = pool
+
+    @property
+    def _http_server(self) -> HttpServer | None:
+        return self._sightline_http
+
+    @_http_server.setter
+    def _http_server(self, server: HttpServer | None) -> None:
+        # AgentServer.run creates its health server and adds its routes before starting it
+        if server is not None:
+            server.app.middlewares.append(self._health_middleware())
+        self._sightline_http = server
+
+    def _health_middleware(self) -> Middleware:
+        """The health check: 503 while the worker is not connected to LiveKit (not
+        registered yet, or its connection lost and being retried), else livekit-agents' own
+        check. livekit-agents 1.8.9 says OK before registering and while it retries, and 503
+        only once it gave up (about two minutes of retries); a worker that no job can reach
+        is not healthy."""
+        @web.middleware
+        async def health(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path == "/" and self._registers and not self._connected:
+                return web.Response(status=503, text=(
+                    "connection to LiveKit lost, reconnecting" if self.id != "unregistered"
+                    else "not registered with LiveKit yet"))
+            return await handler(request)
+        return health
+
+    async def _run_ws(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        # livekit-agents runs the connection here from its registration until it ends
+        self._connected = True
+        try:
+            await super()._run_ws(ws)
+        finally:
+            self._connected = False
 
     async def aclose(self) -> None:
         if self._exit_deadline_s is not None and self._exit_timer is None:
@@ -401,6 +495,7 @@ class SightlineServer(AgentServer):
                         msg.job.room.name, reading.describe())
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        self._registers = not unregistered
         redispatcher = None
         if self._settings.webhook_port and not unregistered:
             redispatcher = Redispatcher(self._settings, self._settings.database_url or "")
