@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import APIError
+from livekit.agents import AgentSession, APIError
 
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
@@ -41,8 +41,8 @@ from .replay_script import (
     TierReply,
     has_audio,
 )
-from .session import SessionRuntime
-from .session_record import describe_failure
+from .session import CloseSteps, SessionRuntime
+from .session_record import COMPLETED, describe_failure
 from .wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
@@ -228,13 +228,23 @@ async def replay(
                 if index == len(group_list) - 1:
                     await feed.play(None, runtime)
             except BaseException as exc:
-                await session.aclose()
-                result.sessions.append(await runtime.close(*describe_failure(exc)))
+                result.sessions.append(await _closed(session, runtime, *describe_failure(exc)))
                 raise
-            await session.aclose()
-            result.sessions.append(await runtime.close())
+            result.sessions.append(await _closed(session, runtime))
     result.video = feed.report.as_record()
     return result
+
+
+async def _closed(session: AgentSession, runtime: SessionRuntime, outcome: str = COMPLETED,
+                  error: str | None = None) -> dict[str, Any]:
+    """The agent session closed, then the runtime whatever that did (`CloseSteps`: a failure
+    is one line and the outcome): the summary is the replay's record of the session."""
+    steps = CloseSteps(runtime.session_id, outcome, error)
+    try:
+        await steps.run("agent session", session.aclose, None)
+    finally:
+        summary = await runtime.close(steps.outcome, steps.error)
+    return summary
 
 
 def _screen_used(context: dict[str, Any], session_id: str) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import DEMO_FIXTURE
+from livekit.agents import AgentSession
 
 from agent.cascade import failure_sentence
 from agent.config import Settings
@@ -463,3 +464,29 @@ async def test_a_replay_is_given_time_for_its_lookups(settings: Settings, db: Da
             assert runtime.memory.recall._vector_wait_s == vector_wait
         finally:
             await runtime.close()
+
+
+async def test_an_agent_session_that_fails_to_close_still_leaves_its_summary(
+    settings: Settings, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The replay closed its agent session, then its runtime: one raising skipped the other,
+    and the summary with it. The runtime is closed whatever the agent session did, the
+    session ends `failed` with why, in one line."""
+    original = AgentSession.aclose
+
+    async def failing(self: AgentSession) -> None:
+        await original(self)
+        raise RuntimeError("injected: the agent session failed to close")
+
+    monkeypatch.setattr(AgentSession, "aclose", failing)
+    fixture = write_fixture(tmp_path / "close", [
+        {"t": 3.0, "tenant": "demo", "user": "dev-1", "text": "Is it up?",
+         "response": {"origin": "scripted", "text": "Yes."}}])
+    result = await replay(load_fixture(fixture), settings, db)
+    [summary] = result.sessions
+    assert summary["outcome"] == "failed"
+    assert summary["error"] == ("closing its agent session: RuntimeError: injected: the agent "
+                                "session failed to close")
+    assert read_jsonl(summary["cost_log"])[-1]["kind"] == "summary"
+    assert not any(r.exc_info for r in caplog.records)
