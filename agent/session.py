@@ -37,8 +37,8 @@ from memory.store import Store
 from memory.user_memory import UserMemory
 from tools.handoff import HandoffTool
 from tools.knowledge_tools import KnowledgeTools
+from tools.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from tools.memory_tools import MemoryTools
-from tools.screen_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.cpu_gate import CpuGate
 from vision.sampler import FrameSampler

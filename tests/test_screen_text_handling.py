@@ -30,7 +30,7 @@ from agent.event_log import EventLog
 from agent.screen_context import digest
 from agent.screen_memory import ERRORS_REMEMBERED, SessionScreenMemory
 from agent.session import SessionRuntime
-from tools.screen_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
+from tools.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from vision import screen_signals
 from vision.change import ChangeDetector
 from vision.cpu_gate import UNGATED, GateWait

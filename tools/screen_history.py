@@ -25,7 +25,7 @@ from vision.frames import InvalidFrame, SampledFrame, crop_i420
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText
 
-from .screen_data import screen_data
+from .marked_data import screen_data
 
 log = logging.getLogger("sightline.tools")
 
