@@ -91,16 +91,18 @@ class ScreenSignalPublisher:
             "fingerprint": error.fingerprint, "region": list(read.region)})
 
 
-def publish_costs(runtime: SessionRuntime, publish: RoomPublisher) -> None:
-    """After each priced call, the session's total so far on `sightline.cost` (the console's
-    cost meter): `{"type": "cost", "version": 1, "total_usd", "model_calls", "last": {...}}`."""
+def publish_costs(runtime: SessionRuntime, publish: Callable[[dict[str, Any]], None]) -> None:
+    """After each model call and each other event that cost something (speech), the
+    session's total so far on `sightline.cost` (the console's cost meter): `{"type": "cost",
+    "version": 1, "total_usd", "model_calls", "last": {...}}`."""
     totals = runtime.record.totals  # subscribed first: already holds the event
     calls = [0]
 
     def on_event(event: Event) -> None:
-        if event["kind"] not in MODEL_KINDS:
+        if event["kind"] in MODEL_KINDS:
+            calls[0] += 1
+        elif not event.get("cost_usd"):
             return
-        calls[0] += 1
         publish({"type": "cost", "version": COST_MESSAGE_VERSION,
                  "total_usd": round(totals.total_cost_usd, 8), "model_calls": calls[0],
                  "last": {"kind": event["kind"], "model": event.get("model"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from conftest import cli_env, run_cli
 from agent.config import ConfigError, Settings
 from agent.pricing import BUNDLED_PRICES, GENAI_SOURCE, PriceTable, Usage
 from agent.session_record import SessionRecord, recompute_summary
+from agent.worker import publish_costs
 from memory.db import Database
 from memory.store import Store
 from vision.change import ChangeDecision
@@ -426,3 +428,23 @@ def test_gemini_and_claude_prices_come_from_genai_prices_without_auto_update() -
     # a dated variant is its model's; another vendor's model is not priced from there
     assert table.get("claude-sonnet-4-6-20261101").model == "claude-sonnet-4-6"  # type: ignore[union-attr]
     assert table.get("gpt-4o") is None
+
+
+async def test_the_console_cost_meter_moves_with_speech_too(tmp_path: Path) -> None:
+    """The console's meter was sent after model calls alone: after a spoken reply (TTS, most
+    of a voice session's bill) its total stayed behind until the next model call."""
+    record = SessionRecord.open(session_id="s-meter", tenant="acme", source="live",
+                                costs_dir=tmp_path, prices=PriceTable.load(None), store=None)
+    sent: list[dict[str, Any]] = []
+    publish_costs(SimpleNamespace(record=record), sent.append)  # type: ignore[arg-type]
+    record.meter.speech(SimpleNamespace(
+        type="tts_metrics", metadata=SimpleNamespace(model_name="sonic-3",
+                                                     model_provider="cartesia"),
+        audio_duration=2.0, characters_count=400, duration=0.6, ttfb=0.2, cancelled=False),
+        provider="cartesia")
+    record.events.record("frame_count", detail={"received": 1, "failed": 0, "resubscribed": 0})
+    [meter] = sent  # the speech, not the free event
+    assert meter["model_calls"] == 0 and meter["last"]["kind"] == "speech"
+    assert meter["total_usd"] > 0
+    assert meter["total_usd"] == pytest.approx(record.totals.total_cost_usd)
+    await record.close()
