@@ -21,7 +21,7 @@ question only sorts the reads and formats the few that fit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,16 @@ class ScreenContext:
         self._last_sent_t = frame.t
         note["image"] = "sent"
         return ScreenParts(parts, note, image=frame.frame)
+
+    def keep_only(self, message_ids: Collection[str]) -> None:
+        """Forget what questions no longer in the conversation carried. A reply started before
+        the user finished (livekit-agents' preemptive generation) and thrown away takes its
+        message with it: the screenshot that message held was never seen, so the next question
+        sends one again, unless the screenshot still attached is on a message that remains."""
+        for message_id in [m for m in self._carried if m not in message_ids]:
+            del self._carried[message_id]
+        attached = [c.t for c in self._carried.values() if c.image is not None]
+        self._last_sent_t = attached[-1] if attached else None
 
     def carried(self, message_id: str) -> list[llm.ChatContent]:
         """The image a question carried, for every request (a note once it is too old)."""

@@ -21,6 +21,13 @@ log = logging.getLogger("sightline.assist")
 ASSIST_WAIT_S = 1.0  # the answer waits at most this long for the assist message to go out
 
 
+def _assisted(task: asyncio.Task[object]) -> None:
+    """Log what a listener raised: the assist task outlives the turn that started it, and
+    nobody else retrieves its exception."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("live assist failed for this utterance: %r", exc)
+
+
 class SightlineAgent(Agent):
     def __init__(
         self, turn_context: TurnContext, history: llm.ChatContext, tools: list[llm.Tool],
@@ -46,14 +53,23 @@ class SightlineAgent(Agent):
         if (self._assist is not None and isinstance(last, llm.ChatMessage)
                 and last.role == "user"):
             assisting = asyncio.create_task(self._assist(last.text_content or ""))
-        turn_ctx = await self._turn_context.build(chat_ctx)
-        if assisting is not None:
-            done, _ = await asyncio.wait([assisting], timeout=self._assist_wait_s)
-            if not done:
-                log.warning("live assist took over %.1f s; the answer goes first",
-                            self._assist_wait_s)
-        async for chunk in Agent.default.llm_node(self, turn_ctx, tools, model_settings):
-            yield chunk
+            assisting.add_done_callback(_assisted)
+        answered = False
+        try:
+            turn_ctx = await self._turn_context.build(chat_ctx)
+            if assisting is not None:
+                done, _ = await asyncio.wait([assisting], timeout=self._assist_wait_s)
+                if not done:
+                    log.warning("live assist took over %.1f s; the answer goes first",
+                                self._assist_wait_s)
+            async for chunk in Agent.default.llm_node(self, turn_ctx, tools, model_settings):
+                yield chunk
+            answered = True
+        finally:
+            # a reply cancelled or failed before its end (mostly an early reply on words the
+            # user went on from) answered no question: its assist must not go out
+            if assisting is not None and not answered:
+                assisting.cancel()
 
     async def tts_node(
         self, text: AsyncIterable[str], model_settings: ModelSettings,

@@ -205,6 +205,7 @@ class TurnContext:
         )
         if last_user is None:
             return ctx
+        self._screen.keep_only({item.id for item in ctx.items if item.type == "message"})
         if ctx.items[-1] is last_user:
             await self._new_question(last_user)
         for index, item in enumerate(ctx.items):

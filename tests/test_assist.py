@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import CountingEmbedder
+from livekit.agents import ModelSettings, llm
 from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 
 from agent.assist import INTENTS, AssistMessage, IntentIndex, LiveAssist, intent_floor
 from agent.config import Settings
+from agent.screen_context import ScreenContext
 from agent.session import SessionRuntime
+from agent.sightline_agent import SightlineAgent
+from agent.turn_context import TurnContext
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
 from memory.embeddings import (
@@ -36,7 +42,10 @@ from memory.embeddings import (
     offline_embedder,
 )
 from memory.knowledge import KnowledgeBase
+from memory.recall import Recalled
 from memory.spill_files import read_event_log
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
 
 REPO = Path(__file__).resolve().parent.parent
 ARTICLES = {
@@ -123,6 +132,60 @@ async def test_a_slow_assist_goes_first_in_a_replay_only(
              if e["kind"] in ("assist", "model_call")]
     assert "assist" in kinds
     assert (kinds.index("assist") < kinds.index("model_call")) == (source == "replay")
+
+
+async def dropped_reply(assist: Callable[[str], Awaitable[None]], started: asyncio.Event
+                        ) -> None:
+    """Start a reply on a user's words and cancel it once `started` is set, while the turn's
+    lookup still runs: what livekit-agents does to an early reply the user went on from."""
+    async def recall(question: str) -> Recalled:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    screen = ScreenContext(ScreenWatcher(FrameSampler(1.0), lambda _d: None))
+    agent = SightlineAgent(TurnContext(screen, recall, recall_timeout_s=60),
+                           llm.ChatContext.empty(), [], assist)  # type: ignore[arg-type]
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="Why does the build")
+    reply = asyncio.ensure_future(anext(aiter(agent.llm_node(ctx, [], ModelSettings()))))
+    await started.wait()
+    reply.cancel()
+    await asyncio.gather(reply, return_exceptions=True)
+
+
+async def test_a_reply_that_ends_early_publishes_no_assist(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An early reply on words the user then went on from (livekit-agents' preemptive
+    generation) is cancelled: its assist is cancelled with it and publishes nothing; what an
+    assist raised is logged, not left unretrieved."""
+    published: list[str] = []
+    started, release, cancelled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def assist(text: str) -> None:
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        published.append(text)
+
+    await dropped_reply(assist, started)
+    release.set()
+    await asyncio.wait_for(cancelled.wait(), 10)
+    assert published == []
+
+    failed = asyncio.Event()
+
+    async def failing(text: str) -> None:
+        failed.set()
+        raise RuntimeError("a listener failed")
+
+    with caplog.at_level(logging.WARNING, logger="sightline.assist"):
+        await dropped_reply(failing, failed)
+        await asyncio.sleep(0)
+    assert any("a listener failed" in r.getMessage() for r in caplog.records)
 
 
 def test_the_committed_schema_is_the_code_s() -> None:

@@ -242,6 +242,35 @@ async def test_a_long_conversation_holds_one_screenshot_not_one_per_question() -
     assert all(ref() is None for ref in sent[:3]), "detached screenshots are let go"
 
 
+async def test_a_screenshot_on_an_early_reply_thrown_away_is_sent_again() -> None:
+    """livekit-agents starts a reply before the user has finished (preemptive generation) on a
+    message of its own; when the words change, that reply and its message are thrown away. The
+    screenshot it carried was never seen: the question actually asked carries it, and the next
+    one is told the screen has not changed since that one."""
+    notes: list[dict] = []
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, "changed"), note=notes.append)
+    base, _, _ = typed_desk()
+    screen.offer(0.0, base.frame())
+    ctx = llm.ChatContext.empty()
+    early = ctx.copy()
+    question(early, "Why does the build")
+    await turn.build(early)
+    question(ctx, "Why does the build fail?")
+    asked = await turn.build(ctx)
+    ctx.add_message(role="assistant", content="A missing import.")
+    screen.offer(1.0, base.frame())  # nothing changed on screen
+    question(ctx, "Which import?")
+    next_one = await turn.build(ctx)
+
+    assert [n["image"] for n in notes] == ["sent", "sent", "unchanged"]
+    assert len(images(asked)) == 1
+    assert images(asked)[0] in asked.items[-1].content, "on the question asked"
+    assert images(next_one)[0].image is images(asked)[0].image
+    _, bill = await ImageEncoder("medium").prepare(next_one, "gemini")
+    assert bill.images == 1
+
+
 async def test_a_full_disk_is_one_warning_for_the_run_of_frames_it_refuses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
