@@ -103,14 +103,24 @@ async def test_an_html_fragment_is_read_and_page_chrome_left_out(
     (folder / "fragment.html").write_text(
         "<h1>Sourdough</h1>\n<p>Feed the starter with flour and water every day.</p>")
     (folder / "ownership.html").write_text(MDBOOK_PAGE)
+    # a page wrapped in one form (ASP.NET's) lost all its text to the chrome rule; nesting
+    # 20,000 deep took quadratic time (83 s at 40,000)
+    (folder / "webforms.html").write_text(
+        '<body><form id="form1" method="post"><h1>Reset the router</h1><p>Hold the reset'
+        ' button for ten seconds.</p><form role="search"><input name="q"/>Search</form></form>'
+        "</body>")
+    (folder / "nested.html").write_text("<div>" * 20_000 + "Deep<br>text" + "</div>" * 20_000)
     kb = KnowledgeBase(db.pool, WordLlamaEmbedder())
     report = await kb.ingest([folder], "acme")
-    assert report.skipped == [] and report.documents == 2
+    assert report.skipped == [] and report.documents == 4
     texts = {r["source"]: r["text"] for r in await db.pool.fetch(
         "SELECT d.source, string_agg(c.text, ' ') AS text FROM kb_chunks c JOIN kb_documents d"
         " ON d.id = c.document_id WHERE c.tenant = 'acme' GROUP BY d.source")}
     assert texts["site/fragment.html"] == (
         "Sourdough\nFeed the starter with flour and water every day.")
+    assert texts["site/webforms.html"] == (
+        "Reset the router\nHold the reset button for ten seconds.")
+    assert texts["site/nested.html"] == "Deep\ntext"
     page = texts["site/ownership.html"]
     assert page.startswith("What Is Ownership?") and "govern how a Rust program" in page
     for chrome in ("Keyboard shortcuts", "Coal", "Navy", "Getting Started", "Previous",
@@ -352,6 +362,11 @@ async def test_pdf_hits_carry_their_page(db: Database, settings: Settings, tmp_p
     code, out, _ = await run_cli("kb", "search", "which port does the VPN use", "--tenant",
                                  "acme", "--k", "1", "--json", env=env)
     assert json.loads(out)[0]["page"] == 2
+    # a cover page added: the same text, on other pages, is stored anew (its hash named the
+    # text alone, so the hits went on citing page 2)
+    write_pdf(manual, "", "Unpack the router and plug it in.", "The VPN uses WireGuard on 51820.")
+    hits = await _search_after_ingest(db, manual, "which port does the VPN use")
+    assert hits[0].page == 3
 
 
 async def _search_after_ingest(db: Database, path: Path, query: str) -> list[knowledge.Hit]:
