@@ -2,8 +2,11 @@
 
 Each tier is told to open its reply with `[[confidence: 0.NN]]`. The stream is held back until that
 header is read (a few tokens); below the tier's threshold the answer is dropped unseen and the next
-tier is asked within the same turn. The header never reaches the user. A missing or malformed
-header counts as low confidence. The last tier's answer is always used.
+tier is asked within the same turn. The header, or anything shaped like one (`[[ … ]]`), never
+reaches the user. A missing or malformed header counts as low confidence. The last tier's answer
+is always used, unless it says nothing: a reply with no words and no tool call is no answer, so the
+next tier is asked, and after the last the user hears one plain sentence. A tier that called a tool
+never hands the turn on: LiveKit already has the call.
 
 Across turns, `EscalationPolicy` starts one tier higher when the user repeats or rephrases the
 question or says the answer did not help, and back at tier 0 when the topic changes or the user
@@ -53,7 +56,8 @@ BUDGET_SENTENCE = (
     "Sorry, I am not sure enough to answer that, and this session's budget does not allow "
     "asking a stronger model."
 )
-_HEADER = re.compile(r"^\s*\[\[\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*\]\]\s*", re.I)
+_HEADER = re.compile(r"^\s*\[\[([^\[\]]*)\]\]\s*")  # anything header-shaped: never spoken
+_CONFIDENCE = re.compile(r"^\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$", re.I)
 _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
 
 
@@ -66,13 +70,15 @@ def failure_sentence(err: ProviderError) -> str:
         "connection": "could not be reached",
         "bad_response": "sent back something that is not an answer",
         "unknown_tool": "kept asking for a tool it does not have",
+        "no_answer": "sent back an empty answer",
     }.get(err.kind, "rejected the request")
     return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."
 
 
 @dataclass
 class ConfidenceHeader:
-    """Reads the header off the first streamed text; `feed` returns text that may be spoken."""
+    """Reads the header off the first streamed text; `feed` returns text that may be spoken.
+    Only what may still become a header (`[[` up to its `]]`) is held back."""
 
     buffer: str = ""
     done: bool = False
@@ -85,21 +91,17 @@ class ConfidenceHeader:
         match = _HEADER.match(self.buffer)
         if match:
             self.done = True
-            self.confidence = min(1.0, max(0.0, float(match.group(1))))
+            # models write the number their own way at times ("85%"); other words: no number
+            number = _CONFIDENCE.match(match.group(1))
+            if number:
+                value = float(number.group(1)) / (100 if number.group(2) else 1)
+                self.confidence = min(1.0, max(0.0, value))
             return self.buffer[match.end():]
-        compact = re.sub(r"\s+", "", self.buffer).lower()
-        opening = "[[confidence"
-        waiting = opening.startswith(compact) or compact.startswith(opening)
+        compact = re.sub(r"\s+", "", self.buffer)
+        waiting = "[[".startswith(compact) or (compact.startswith("[[") and "]]" not in compact)
         if waiting and len(self.buffer) <= _HEADER_MAX_CHARS:
             return ""
         self.done = True  # malformed or missing: low confidence; the text is the answer as is
-        return self.buffer
-
-    def finish(self) -> str:
-        """The stream ended while still looking for a header: what was held back."""
-        if self.done:
-            return ""
-        self.done = True
         return self.buffer
 
 
@@ -167,14 +169,18 @@ class _Attempt:
     images: ImageBill = field(default_factory=ImageBill)
 
     def unsure(self) -> bool:
-        """Below its bar before a word was sent: the answer goes to the next tier instead."""
-        return not self.spoken and (self.header.confidence or 0.0) < self.bar
+        """Below its bar before a word was sent or a tool called: the answer goes to the next
+        tier instead. Once a call went out it is LiveKit's to run, so the tier that made it
+        stays with the turn whatever it says next (else the next tier calls the tool again)."""
+        return (not self.spoken and not self.tool_calls
+                and (self.header.confidence or 0.0) < self.bar)
 
     def declines_tool_call(self) -> bool:
         """A tool call is an action, not an answer, so it needs no header; but a tier that
         said it is unsure hands the whole turn, tool call included, to the next tier."""
         confidence = self.header.confidence
-        return not self.spoken and confidence is not None and confidence < self.bar
+        return (not self.spoken and not self.tool_calls
+                and confidence is not None and confidence < self.bar)
 
 
 @dataclass
@@ -363,6 +369,10 @@ class CascadeStream(llm.LLMStream):
                         _tier_attributes(tier_span, record.tried[-1] if record.tried else {})
                 if error is not None:
                     last_error = error
+                elif outcome == "no_answer":
+                    tier = owner.tiers[index]
+                    last_error = ProviderError(tier.provider, tier.model, "no_answer", None,
+                                               "no text and no tool call")
                 if outcome in ("answered", "tool_call"):
                     record.answered_tier, record.answer_usage = index, usage
                     if not agent_initiated:
@@ -412,8 +422,8 @@ class CascadeStream(llm.LLMStream):
         self, index: int, ctx: llm.ChatContext, request_id: str, final: bool, deadline: float,
         record: TurnRecord,
     ) -> tuple[str, Usage, ProviderError | None]:
-        """Ask one tier. Returns the outcome ("answered", "tool_call", "low_confidence" or
-        "failed"), its usage and its error."""
+        """Ask one tier. Returns the outcome ("answered", "tool_call", "low_confidence",
+        "no_answer" or "failed"), its usage and its error."""
         owner = self._llm
         tier = owner.tiers[index]
         attempt = _Attempt(bar=0.0 if final else tier.threshold)
@@ -462,33 +472,34 @@ class CascadeStream(llm.LLMStream):
                         raise ProviderError(
                             tier.provider, tier.model, "unknown_tool", None,
                             f"asked again for tool {item.name!r}, which does not exist")
-                    held = attempt.header.finish()
                     if attempt.declines_tool_call():
                         attempt.outcome = "low_confidence"
                         return
-                    self._speak(attempt, request_id, held)
                     self._call_tool(attempt, request_id, item)
                     continue
                 if attempt.first_token_ms is None:
                     attempt.first_token_ms = (time.perf_counter() - attempt.started) * 1000
                 attempt.received.append(item)
                 text = attempt.header.feed(item)
-                if not attempt.header.done:
+                # the header still being read, or nothing after it yet: wait, as a tool call
+                # may come next, which needs no header
+                if not text:
                     continue
                 if attempt.unsure():
                     attempt.outcome = "low_confidence"
                     return  # the rest is dropped unseen: nothing of this answer is sent
                 self._speak(attempt, request_id, text)
-        rest = attempt.header.finish()
+        # text still held back here is part of a header at most: never spoken
         if attempt.tool_calls:
-            self._speak(attempt, request_id, rest)
             attempt.outcome = "tool_call"
-            return
-        if attempt.unsure():
+        elif attempt.unsure():
             attempt.outcome = "low_confidence"
-            return
-        self._speak(attempt, request_id, rest)
-        attempt.outcome = "answered"
+        elif not attempt.spoken:
+            # the stream ended with nothing to say (only a header, or a thinking model that
+            # spent its whole output budget): not an answer, whatever confidence it stated
+            attempt.outcome = "no_answer"
+        else:
+            attempt.outcome = "answered"
 
     def _call_tool(self, attempt: _Attempt, request_id: str, call: llm.FunctionToolCall) -> None:
         """Hand the call to LiveKit, which runs the tool and asks the cascade again with its

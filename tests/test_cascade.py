@@ -89,10 +89,11 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
     models: list[CascadeLLM] = []
 
     async def build(
-        script: Script, deadline_s: float = 20.0, budget: BudgetGuard | None = None
+        script: Script, deadline_s: float = 20.0, budget: BudgetGuard | None = None,
+        serve: type[ScriptedModelServer] = ScriptedModelServer,
     ) -> tuple[CascadeLLM, PerModel]:
         replies = PerModel(script)
-        server = ScriptedModelServer(replies=replies)
+        server = serve(replies=replies)
         await server.start()
         servers.append(server)
         session_record = SessionRecord.open(
@@ -312,6 +313,55 @@ async def test_every_tier_failing_gives_one_sentence_and_the_next_turn_works(mak
     assert await ask(model, ctx, "Now what is on screen?") == "Back again."
 
 
+async def test_a_reply_with_nothing_to_say_is_no_answer(make: Make) -> None:
+    """A confident header and nothing after it is no answer: the next tier is asked. A last
+    tier that says nothing (Gemini's thinking can use up max_output_tokens) ends the turn in
+    one plain sentence, never in silence."""
+    model, replies = await make({
+        LITE: [said("", 0.9)],
+        FLASH: [said("The footer shows build 4812.", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    })
+    assert await ask(model, llm.ChatContext.empty(), "Which build?") == \
+        "The footer shows build 4812."
+    assert replies.asked == [LITE, FLASH]
+    assert [t["outcome"] for t in turns(model)[0]["tried"]] == ["no_answer", "answered"]
+    silent, _ = await make({
+        LITE: [said("no idea", 0.1)],
+        FLASH: [said("", 0.9)],
+        CLAUDE: [ScriptedReply(text="")],
+    })
+    answer = await ask(silent, llm.ChatContext.empty(), "Which build?")
+    assert answer == ("Sorry, the model (claude-sonnet-4-6) sent back an empty answer, so I "
+                      "have no answer. Please ask again.")
+    (turn,) = turns(silent)
+    assert [t["outcome"] for t in turn["tried"]] == ["low_confidence", "no_answer", "no_answer"]
+    assert turn["answered_tier"] is None
+
+
+@pytest.mark.parametrize("opening", ["[[confidence: 85%]] ", "[[confidence: high]] ",
+                                     "[[conf 0.9]]"])
+async def test_a_malformed_header_is_never_spoken(make: Make, opening: str) -> None:
+    """The last tier's answer is used whatever its header says, but the header is not part
+    of it."""
+    model, _ = await make({
+        LITE: [said("?", 0.1)], FLASH: [said("?", 0.2)],
+        CLAUDE: [ScriptedReply(text=opening + "The build failed with exit 2.")],
+    })
+    answer = await ask(model, llm.ChatContext.empty(), "What failed?")
+    assert answer == "The build failed with exit 2."
+
+
+@pytest.mark.parametrize("opening", ["[[confidence: 0.", "[[confidence: high]] "])
+async def test_a_header_before_a_tool_call_is_not_spoken(make: Make, opening: str) -> None:
+    """What was held back as a header when a tool call comes is not part of any answer; a
+    header with no number states no confidence, so the call goes ahead."""
+    model, replies = await make({LITE: [call("A17", opening)], FLASH: [said("unused", 0.9)],
+                                 CLAUDE: [said("unused", 0.99)]})
+    assert await ask(model, llm.ChatContext.empty(), "Where is order A17?") == ""
+    assert turns(model)[0]["tool_calls"] == ["order_status"] and replies.asked == [LITE]
+
+
 def test_header_is_read_across_chunks() -> None:
     header = ConfidenceHeader()
     assert header.feed("  [[conf") == ""
@@ -324,6 +374,10 @@ def test_header_is_read_across_chunks() -> None:
     assert plain.done and plain.confidence is None
     clipped = ConfidenceHeader()
     assert clipped.feed("[[confidence: 7]] x") == "x" and clipped.confidence == 1.0
+    percent = ConfidenceHeader()
+    assert percent.feed("[[confidence: 85%]] x") == "x" and percent.confidence == 0.85
+    worded = ConfidenceHeader()
+    assert worded.feed("[[confidence: high]] x") == "x" and worded.confidence is None
 
 
 def test_policy_caps_at_the_top_tier() -> None:
@@ -522,6 +576,52 @@ async def test_tool_calls_work_whichever_tier_answers(make: Make, tier: int) -> 
                t["output_tokens"])
         for name, t in summary["by_model"].items()
     }
+
+
+class CallsFirst(ScriptedModelServer):
+    """Gemini can stream a tool call and then text in the same reply; the scripted server
+    writes text first, so this one puts each Gemini chunk's calls ahead of its text."""
+
+    @staticmethod
+    async def _sse(request: Any, events: list[bytes], delay: float) -> Any:
+        def calls_first(event: bytes) -> bytes:
+            if not event.startswith(b"data: "):
+                return event
+            chunk = json.loads(event[len(b"data: "):])
+            for candidate in chunk["candidates"]:
+                candidate["content"]["parts"].sort(key=lambda part: "functionCall" not in part)
+            return f"data: {json.dumps(chunk)}\r\n\r\n".encode()
+
+        return await ScriptedModelServer._sse(request, [calls_first(e) for e in events], delay)
+
+
+async def test_a_tier_that_called_a_tool_and_says_more_keeps_the_turn(make: Make) -> None:
+    """Text after a tool call (no header, as the tier was told) is not an unsure answer: the
+    call already went to LiveKit, so the next tier is not asked (it would call the tool a
+    second time). LiveKit speaks text beside a tool call, so the text is passed on."""
+    checking = ScriptedReply(text="Let me check that order.", words_per_chunk=50,
+                             tool_calls=(ScriptedToolCall("order_status", {"order_id": "A17"}),))
+    model, replies = await make({
+        LITE: [checking, said("Order A17 shipped on November 20.", 0.9)],
+        FLASH: [call("A17"), said("unused", 0.9)],
+        CLAUDE: [said("unused", 0.99)],
+    }, serve=CallsFirst)
+    orders = Orders()
+    session: AgentSession = AgentSession(llm=model)
+    await session.start(Agent(instructions="Help with orders.", tools=[orders.order_status]),
+                        record=False)
+    try:
+        run = await session.run(user_input="Where is my order A17?")
+    finally:
+        await session.aclose()
+    assert orders.asked == ["A17"]
+    assert replies.asked == [LITE, LITE]
+    said_aloud = [e.item.text_content for e in run.events
+                  if e.type == "message" and e.item.role == "assistant"]
+    assert said_aloud == ["Let me check that order.", "Order A17 shipped on November 20."]
+    acted, answered = turns(model)
+    assert [t["outcome"] for t in acted["tried"]] == ["tool_call"]
+    assert acted["answered_tier"] == 0 and answered["answered_tier"] == 0
 
 
 async def test_images_are_sized_per_provider_and_billed_in_the_ledger(make: Make) -> None:
