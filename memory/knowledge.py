@@ -347,9 +347,9 @@ def split(text: str) -> list[str]:
 
 def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
     """The files to ingest, each with its document name: its path from the parent of the
-    folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself);
-    and why each file of a folder left out was (a link that leads to no file, a name that is
-    not UTF-8)."""
+    folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself; a
+    linked folder's files by the link's path); and why each file of a folder left out was (a
+    link that leads to no file, a name that is not UTF-8)."""
     files: list[SourceFile] = []
     dangling: list[str] = []
     for path in paths:
@@ -359,7 +359,7 @@ def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
         if path.is_dir():
             root = path.resolve()
             found = []
-            for p in sorted(root.rglob("*")):
+            for p in sorted(_walk(root)):
                 if p.suffix.lower() not in SUFFIXES:
                     continue
                 if not _utf8(p):
@@ -376,6 +376,20 @@ def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
         else:
             raise KnowledgeError(f"{path}: no such file or folder")
     return files, dangling
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """The files and links under `root`, following links to folders (a docs tree often links a
+    shared folder in, which `rglob` left out without a word) but never into a folder already
+    walked (a link back up would loop)."""
+    walked: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(root, followlinks=True):
+        where = os.stat(folder)
+        if (where.st_dev, where.st_ino) in walked:
+            folders.clear()
+            continue
+        walked.add((where.st_dev, where.st_ino))
+        yield from (Path(folder, name) for name in names)
 
 
 def _utf8(path: Path) -> bool:

@@ -160,6 +160,25 @@ async def test_unreadable_files_are_skipped_in_one_line_each_and_the_rest_ingest
     assert why["fake.pdf"].startswith("not a readable PDF (") and "\n" not in why["fake.pdf"]
 
 
+async def test_a_linked_folder_is_ingested_and_a_link_back_up_walked_once(
+    db: Database, tmp_path: Path,
+) -> None:
+    """A docs tree that links a shared folder in: `rglob` left its files out without a word.
+    A link back up the tree would loop: each folder is walked once."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "guide.md").write_text(ROUTER)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "vpn.md").write_text("# VPN\n\nThe VPN uses WireGuard on port 51820.")
+    (docs / "shared").symlink_to(shared)
+    (docs / "up").symlink_to(docs)
+    report = await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest([docs], "acme")
+    assert report.skipped == [] and report.documents == 2
+    assert sorted(d.source for d in await knowledge.documents(db.pool, "acme")) == [
+        "docs/shared/guide.md", "docs/vpn.md"]
+
+
 async def test_kb_ingest_exit_codes_say_all_some_or_none(
     settings: Settings, tmp_path: Path,
 ) -> None:
