@@ -137,6 +137,14 @@ def encode_rows(rows: Sequence[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(row, default=str) + "\n" for row in rows).encode()
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """Put `data` in place of the file at `path` at once: written beside it, then renamed over
+    it, so a crash or a full disk halfway leaves the old file, and no row is lost."""
+    scratch = path.with_name(path.name + ".partial")
+    scratch.write_bytes(data)
+    scratch.replace(path)
+
+
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> int | None:
     """Append rows to a spill file as JSON lines; returns where they begin (the file's size
     before them), or None when the disk refused them (full, failing): the file is then left

@@ -41,6 +41,7 @@ from .spill_files import (
     last_event,
     parse_spill_name,
     read_event_log,
+    replace_whole,
     spill_files,
 )
 from .store import Store
@@ -102,12 +103,10 @@ def _remove_locked(fh: Any, path: Path) -> None:
 
 def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
     """Leave only `rows` (the ones not stored yet) in the file, then let go of it. A new file
-    is put in place whole (the old one stays locked until then, and unlinked it is skipped by
-    whoever opened it meanwhile): a crash or a full disk halfway loses no row."""
-    scratch = path.with_name(path.name + ".partial")
+    is put in place whole (`replace_whole`; the old one stays locked until then, and unlinked
+    it is skipped by whoever opened it meanwhile)."""
     try:
-        scratch.write_bytes(encode_rows(rows))
-        scratch.replace(path)
+        replace_whole(path, encode_rows(rows))
     finally:
         fh.close()
 

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from .db import error_reason
-from .spill_files import append_rows, encode_rows, refused_path
+from .spill_files import append_rows, encode_rows, refused_path, replace_whole
 
 log = logging.getLogger("sightline.db")
 
@@ -185,17 +185,14 @@ class BackgroundWriter:
     def _rewrite_spilled(self, first: list[Row]) -> None:
         """Closing with spilled rows written, or rows older than them still in memory (`first`,
         left of a batch that failed after them): the file keeps the rows not written, in the
-        order they were put, for a later session to import. A new file is put in place whole,
-        so a crash meanwhile leaves the old one (rows imported twice rather than lost)."""
-        scratch = self._spill_path.with_name(self._spill_path.name + ".partial")
-        with self._spill_path.open("rb") as old, scratch.open("wb") as new:
-            new.write(old.read(self._spill_offset))
-            new.write(encode_rows(first))
+        order they were put, for a later session to import. A new file is put in place whole
+        (`replace_whole`): a crash meanwhile leaves the old one, rows imported twice, not lost."""
+        with self._spill_path.open("rb") as old:
+            kept = old.read(self._spill_offset) + encode_rows(first)
             old.seek(self._written_to)
-            new.write(old.read(self._spill_end - self._written_to))
-            end = new.tell()
-        scratch.replace(self._spill_path)
-        self._spill_end = end
+            kept += old.read(self._spill_end - self._written_to)
+        replace_whole(self._spill_path, kept)
+        self._spill_end = len(kept)
         self._written_to = self._spill_offset
 
     async def _write(self, batch: list[Row]) -> Written:

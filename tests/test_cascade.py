@@ -525,6 +525,21 @@ def call(order_id: str, header: str = "") -> ScriptedReply:
                                                                    {"order_id": order_id}),))
 
 
+async def ask_about_an_order(model: llm.LLM) -> tuple[Any, Orders, Any]:
+    """One question through a real AgentSession with the order tool: the run, the tool (what
+    it was asked) and the session's model usage."""
+    orders = Orders()
+    session: AgentSession = AgentSession(llm=model)
+    await session.start(Agent(instructions="Help with orders.", tools=[orders.order_status]),
+                        record=False)
+    try:
+        run = await session.run(user_input="Where is my order A17?")
+        usage = session.usage.model_usage
+    finally:
+        await session.aclose()
+    return run, orders, usage
+
+
 def tool_results(request: CapturedRequest) -> list[str]:
     """The tool results a request carries back, in the provider's own wire form."""
     if request.provider == "gemini":
@@ -543,15 +558,7 @@ async def test_tool_calls_work_whichever_tier_answers(make: Make, tier: int) -> 
                   if i == tier else [below[i % 2]])
         for i, t in enumerate(TIERS)
     })
-    orders = Orders()
-    session: AgentSession = AgentSession(llm=model)
-    await session.start(Agent(instructions="Help with orders.", tools=[orders.order_status]),
-                        record=False)
-    try:
-        run = await session.run(user_input="Where is my order A17?")
-        usage = session.usage.model_usage
-    finally:
-        await session.aclose()
+    run, orders, usage = await ask_about_an_order(model)
     reply = " ".join(e.item.text_content or "" for e in run.events
                      if e.type == "message" and e.item.role == "assistant")
     assert reply == "Order A17 shipped on November 20."
@@ -606,14 +613,7 @@ async def test_a_tier_that_called_a_tool_and_says_more_keeps_the_turn(make: Make
         FLASH: [call("A17"), said("unused", 0.9)],
         CLAUDE: [said("unused", 0.99)],
     }, serve=CallsFirst)
-    orders = Orders()
-    session: AgentSession = AgentSession(llm=model)
-    await session.start(Agent(instructions="Help with orders.", tools=[orders.order_status]),
-                        record=False)
-    try:
-        run = await session.run(user_input="Where is my order A17?")
-    finally:
-        await session.aclose()
+    run, orders, _ = await ask_about_an_order(model)
     assert orders.asked == ["A17"]
     assert replies.asked == [LITE, LITE]
     said_aloud = [e.item.text_content for e in run.events

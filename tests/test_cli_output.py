@@ -75,14 +75,20 @@ def strings(value: Any) -> Iterator[str]:
             yield from strings(item)
 
 
+async def seeded(settings: Settings, db: Database, tmp_path: Path) -> dict[str, str]:
+    """The stored text seeded and its documents ingested; the CLI's environment."""
+    await seed(settings, db, tmp_path / "docs")
+    env = cli_env(settings)
+    code, _, err = await run_cli("kb", "ingest", str(tmp_path / "docs"), "--tenant", "acme",
+                                 env=env)
+    assert code == 0, err
+    return env
+
+
 async def test_stored_text_reaches_the_terminal_escaped(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
-    await seed(settings, db, tmp_path / "docs")
-    env = cli_env(settings)
-    code, out, err = await run_cli("kb", "ingest", str(tmp_path / "docs"), "--tenant", "acme",
-                                   env=env)
-    assert code == 0, err
+    env = await seeded(settings, db, tmp_path)
     commands = [
         ("kb", "list", "--tenant", "acme"),
         ("kb", "search", "reset the router", "--tenant", "acme"),
@@ -104,11 +110,7 @@ async def test_stored_text_reaches_the_terminal_escaped(
 async def test_json_outputs_carry_stored_text_as_json_escapes(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
-    await seed(settings, db, tmp_path / "docs")
-    env = cli_env(settings)
-    code, _, err = await run_cli("kb", "ingest", str(tmp_path / "docs"), "--tenant", "acme",
-                                 env=env)
-    assert code == 0, err
+    env = await seeded(settings, db, tmp_path)
     commands = [
         ("kb", "list", "--tenant", "acme", "--json"),
         ("kb", "search", "reset the router", "--tenant", "acme", "--json"),

@@ -253,23 +253,29 @@ async def start_fails_cleanly(page: Page, errors: list[str], message: str) -> No
     assert errors == [], f"uncaught errors in the page: {errors}"
 
 
+@contextlib.asynccontextmanager
+async def page_with_its_errors() -> AsyncIterator[tuple[Page, list[str]]]:
+    """A headless Chromium page, and the uncaught errors it throws."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page, errors
+        finally:
+            await browser.close()
+
+
 async def test_start_with_the_console_server_gone_says_so_and_can_be_retried(
     tmp_path: Path,
 ) -> None:
     with bare_console(tmp_path) as (proc, url):
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                                       headless=True)
-            try:
-                page = await browser.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                await page.goto(url)
-                proc.terminate()  # stopped after the page loaded: the request cannot be made
-                proc.wait(10)
-                await start_fails_cleanly(page, errors, "Could not reach the console server")
-            finally:
-                await browser.close()
+        async with page_with_its_errors() as (page, errors):
+            await page.goto(url)
+            proc.terminate()  # stopped after the page loaded: the request cannot be made
+            proc.wait(10)
+            await start_fails_cleanly(page, errors, "Could not reach the console server")
 
 
 PROXY_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
@@ -289,15 +295,7 @@ async def test_start_answered_by_a_proxy_page_says_so_and_can_be_retried(
                     return web.Response(status=upstream.status, body=await upstream.read(),
                                         content_type=upstream.content_type)
 
-            async with answering(proxy) as proxied, async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                                           headless=True)
-                try:
-                    page = await browser.new_page()
-                    errors: list[str] = []
-                    page.on("pageerror", lambda error: errors.append(str(error)))
-                    await page.goto(proxied + "/")
-                    await start_fails_cleanly(page, errors, "The console server answered "
-                                              "502 Bad Gateway without a session")
-                finally:
-                    await browser.close()
+            async with answering(proxy) as proxied, page_with_its_errors() as (page, errors):
+                await page.goto(proxied + "/")
+                await start_fails_cleanly(page, errors, "The console server answered "
+                                          "502 Bad Gateway without a session")

@@ -48,11 +48,14 @@ async def test_a_taken_port_is_one_line(tmp_path: Path) -> None:
     assert err.startswith(f"sightline: cannot listen on 127.0.0.1:{port}: ")
 
 
+def console_settings(livekit_url: str, tmp_path: Path) -> Settings:
+    return Settings.from_env({"LIVEKIT_URL": livekit_url, "LIVEKIT_API_KEY": "k",
+                              "LIVEKIT_API_SECRET": "s", "SIGHTLINE_DATA_DIR": str(tmp_path)})
+
+
 async def test_an_unreachable_livekit_is_a_readable_error_on_the_page(tmp_path: Path) -> None:
     url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
-    settings = Settings.from_env({"LIVEKIT_URL": url, "LIVEKIT_API_KEY": "k",
-                                  "LIVEKIT_API_SECRET": "s",
-                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    settings = console_settings(url, tmp_path)
     async with TestClient(TestServer(Console(settings, "acme").app())) as client:
         response = await client.post("/api/session", headers={"X-Sightline-Console": "1"})
         assert response.status == 502
@@ -63,9 +66,7 @@ async def test_an_unreachable_livekit_is_a_readable_error_on_the_page(tmp_path: 
 
 
 async def test_only_the_console_s_own_page_starts_sessions(tmp_path: Path) -> None:
-    settings = Settings.from_env({"LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_KEY": "k",
-                                  "LIVEKIT_API_SECRET": "s",
-                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    settings = console_settings("ws://127.0.0.1:9", tmp_path)
     async with TestClient(TestServer(Console(settings, "acme").app())) as client:
         another_site = await client.post("/api/session")  # a form post from elsewhere
         assert another_site.status == 403
@@ -81,9 +82,7 @@ async def test_a_password_in_livekit_s_url_is_never_shown(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = f"ws://lk:{PASSWORD}@127.0.0.1:{free_port()}"  # nothing listens there
-    settings = Settings.from_env({"LIVEKIT_URL": url, "LIVEKIT_API_KEY": "k",
-                                  "LIVEKIT_API_SECRET": "s",
-                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    settings = console_settings(url, tmp_path)
     async with TestClient(TestServer(Console(settings, "acme").app())) as client:
         response = await client.post("/api/session", headers={"X-Sightline-Console": "1"})
         assert response.status == 502

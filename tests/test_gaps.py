@@ -7,7 +7,9 @@ ingested document that answers a gap resolves it, an unrelated one does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,17 @@ def naming(request: CapturedRequest) -> ScriptedReply:
     return ScriptedReply(text=json.dumps(WEBHOOK if "webhook" in request.text else API_KEY))
 
 
+@contextlib.asynccontextmanager
+async def gap_sessions_named(settings: Settings, db: Database,
+                             tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The gap sessions recorded, and the CLI's environment with tier 0 scripted to name
+    gaps (`naming`) while it lasts."""
+    await record_plan(db, tmp_path / "costs", PLAN + GAP_SESSIONS)
+    async with ScriptedModelServer(replies=naming) as server:
+        yield {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+               "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "offline"}
+
+
 def test_cluster_groups_near_vectors() -> None:
     vectors = np.array([[1, 0, 0], [0.95, 0.05, 0], [0, 1, 0], [0, 0.9, 0.1]], dtype=float)
     assert len(set(cluster(vectors))) == 2
@@ -44,12 +57,7 @@ def test_cluster_groups_near_vectors() -> None:
 async def test_gaps_refresh_list_dismiss_and_resolve(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
-    await record_plan(db, tmp_path / "costs", PLAN + GAP_SESSIONS)
-    server = ScriptedModelServer(replies=naming)
-    await server.start()
-    env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
-           "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "offline"}
-    try:
+    async with gap_sessions_named(settings, db, tmp_path) as env:
         code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", "--json", env=env)
         assert code == 0, err
         report = json.loads(out)
@@ -121,8 +129,6 @@ async def test_gaps_refresh_list_dismiss_and_resolve(
         code, out, _ = await run_cli("gaps", "list", "--tenant", "acme", "--status", "resolved",
                                      env=env)
         assert API_KEY["question"] in out and "resolved by docs/api-keys.md" in out
-    finally:
-        await server.stop()
 
 
 async def test_a_forgotten_users_questions_leave_the_gaps(
@@ -131,16 +137,9 @@ async def test_a_forgotten_users_questions_leave_the_gaps(
     """A privacy request (`memory forget`) deleted the user's messages but left their words in
     the gaps already found (each question's text and the question a retry follows). Now a gap
     keeps the other users' questions, rescored; one left with none goes."""
-    await record_plan(db, tmp_path / "costs", PLAN + GAP_SESSIONS)
-    server = ScriptedModelServer(replies=naming)
-    await server.start()
-    env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
-           "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "offline"}
-    try:
+    async with gap_sessions_named(settings, db, tmp_path) as env:
         code, _, err = await run_cli("gaps", "refresh", "--tenant", "acme", env=env)
         assert code == 0, err
-    finally:
-        await server.stop()
     code, out, err = await run_cli("memory", "forget", "--tenant", "acme", "--user", "alice",
                                    env=env)
     assert code == 0, err

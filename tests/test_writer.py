@@ -104,18 +104,27 @@ def spilled_numbers(spill: Path) -> list[int]:
     return [json.loads(line)["n"] for line in spill.read_text().splitlines()]
 
 
+def small_writer(table: FlakyTable, spill: Path) -> BackgroundWriter:
+    """Batches of 5; past 12 rows queued the oldest spill; a failed write is retried soon."""
+    return BackgroundWriter("test", table.write, spill, max_batch=5, max_backoff_s=0.05,
+                            max_pending=12)
+
+
+def put(writer: BackgroundWriter, numbers: range) -> None:
+    for n in numbers:
+        writer.put({"n": n})
+
+
 async def test_rows_spilled_while_a_batch_is_written_are_each_written_once(
         tmp_path: Path) -> None:
     spill = tmp_path / "sess-spill.jsonl"
     table = FlakyTable()
     table.down = False
     table.gate.clear()
-    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_pending=12)
-    for n in range(5):
-        writer.put({"n": n})
+    writer = small_writer(table, spill)
+    put(writer, range(5))
     await wait_for(lambda: table.waiting == 1)  # rows 0-4 on their way
-    for n in range(5, 40):
-        writer.put({"n": n})
+    put(writer, range(5, 40))
     assert spill.exists(), "the queue overflowed while the batch was written"
     table.gate.set()
     await wait_for(lambda: writer.pending == 0)
@@ -129,16 +138,13 @@ async def test_rows_spilled_while_spilled_rows_are_written_are_each_written_once
     spill = tmp_path / "sess-spill.jsonl"
     spill.write_text('{"n": "from an earlier session"}\n')
     table = FlakyTable()
-    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_backoff_s=0.05,
-                              max_pending=12)
-    for n in range(40):
-        writer.put({"n": n})
+    writer = small_writer(table, spill)
+    put(writer, range(40))
     await wait_for(lambda: table.waiting == 0)
     table.gate.clear()
     table.down = False
     await wait_for(lambda: table.waiting == 1)  # the first spilled rows on their way
-    for n in range(40, 80):  # the queue overflows into the file meanwhile
-        writer.put({"n": n})
+    put(writer, range(40, 80))  # the queue overflows into the file meanwhile
     table.gate.set()
     await wait_for(lambda: writer.pending == 0)
     assert numbers(table.rows) == list(range(80))
@@ -155,13 +161,10 @@ async def test_a_batch_that_fails_with_rows_spilled_behind_it_stays_first(
         table = FlakyTable()
         table.down = False
         table.gate.clear()
-        writer = BackgroundWriter("test", table.write, spill, max_batch=5,
-                                  max_backoff_s=0.05, max_pending=12)
-        for n in range(5):
-            writer.put({"n": n})
+        writer = small_writer(table, spill)
+        put(writer, range(5))
         await wait_for(lambda: table.waiting == 1)  # noqa: B023 (awaited in the loop)
-        for n in range(5, 30):
-            writer.put({"n": n})
+        put(writer, range(5, 30))
         table.down = True
         table.gate.set()
         await asyncio.sleep(0.1)
@@ -179,10 +182,8 @@ async def test_closing_keeps_the_spilled_rows_not_yet_written_and_only_those(
     spill = tmp_path / "sess-spill.jsonl"
     spill.write_text('{"n": -1}\n')
     table = FlakyTable()
-    writer = BackgroundWriter("test", table.write, spill, max_batch=5, max_backoff_s=0.05,
-                              max_pending=12)
-    for n in range(40):
-        writer.put({"n": n})
+    writer = small_writer(table, spill)
+    put(writer, range(40))
     await asyncio.sleep(0.1)
     table.goes_down_after = 3  # three batches of the spilled rows get through, then it fails
     await wait_for(lambda: len(table.rows) == 15)
