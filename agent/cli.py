@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except KeyboardInterrupt:  # Ctrl-C: where it stopped is of no use to the user
+        # nor what it left half done: a connection being opened fails once collected, and
+        # asyncio would log it as a "Future exception was never retrieved" on the way out
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
