@@ -123,7 +123,8 @@ class SessionScreenMemory:
                 "abandoned": stats.abandoned, "waited_s": round(stats.waited_ms / 1000, 1),
                 "forced": stats.forced,
                 "archived_frames": len(self.archive.times()),
-                "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed})
+                "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed,
+                "archive_unremoved": self.archive.unremoved})
         await self.archive.aclose()
         try:
             await self._prune

@@ -6,16 +6,21 @@ that arrives while another waits replaces it (counted). The session's directory 
 bytes: past the cap the oldest frames go first. Screen time only grows within a session
 (`ScreenWatcher.start_stream`): a frame that would not be the newest is refused (said once,
 counted as failed) rather than overwrite an earlier frame's file or put the oldest-first order
-out. `prune` removes whole session directories older than the retention, and `remove_sessions`
-those of a user who asked to be forgotten.
+out. A frame file that cannot be removed when trimming to the cap is said once and counted
+(`unremoved`); the archive goes on. `prune` removes whole session directories untouched for
+longer than the retention, never the directory of an archive still open (see `prune`), and
+`remove_sessions` those of a user who asked to be forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +33,12 @@ from .jpeg import jpeg_bytes
 log = logging.getLogger("sightline.vision")
 
 JPEG_QUALITY = 85
+LIVE_FILE = ".live"  # in a session's directory: shared-locked while its archive is open
+
+# directories of the archives open in this process (see `prune`), and what guards the set: prune
+# runs on a worker thread, archives open and close on their sessions' loops
+_open_here: set[Path] = set()
+_open_here_lock = threading.Lock()
 
 
 def _name(t: float) -> str:
@@ -57,6 +68,8 @@ class FrameArchive:
         self.failed = 0  # frames not archived: a write failed, or refused as out of order
         self._failing = 0  # frames not archived since the last that was (a full disk)
         self._said_refused = False  # a frame out of order was refused: said once
+        self.unremoved = 0  # trimmed frames whose file could not be removed (said once)
+        self._live: int | None = None  # descriptor of LIVE_FILE, shared-locked while open
 
     def save(self, frame: SampledFrame) -> None:
         """Archive a kept frame; returns at once (called on the loop)."""
@@ -97,7 +110,7 @@ class FrameArchive:
 
     def _write(self, frame: SampledFrame) -> int:
         data = jpeg_bytes(frame.frame, JPEG_QUALITY)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._mark_live()
         path = self.directory / _name(frame.t)
         try:
             path.write_bytes(data)
@@ -106,12 +119,68 @@ class FrameArchive:
             raise
         return len(data)
 
+    def _mark_live(self) -> None:
+        """Mark the directory as an open session's, for `prune` in any process: a shared lock
+        on its LIVE_FILE, taken with the first frame written (before it there is nothing to
+        keep) and held until `aclose`. The kernel drops the lock with the process, so a session
+        that died never looks open. Checked before each write: if the directory went
+        (`memory forget`, or a prune that took the file's lock just before this did), the file
+        held is no longer the directory's, and the directory is made and marked again."""
+        path = self.directory / LIVE_FILE
+        if self._live is not None:
+            if _same_file(self._live, path):
+                return
+            self._unmark_live()
+        for _ in range(3):  # a prune removes a directory only while nothing in it is new
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune holds it
+                marked = _same_file(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if marked:
+                self._live = fd
+                with _open_here_lock:
+                    _open_here.add(self.directory.absolute())
+                return
+            os.close(fd)
+        raise OSError(f"{self.directory}: removed each time it was made")
+
+    def _unmark_live(self) -> None:
+        """Remove LIVE_FILE (if still this archive's), then let its lock go. Removing it first
+        changes the directory's time, so a prune that takes the lock next sees the directory
+        as just touched and leaves it for the next prune."""
+        if self._live is None:
+            return
+        with _open_here_lock:
+            _open_here.discard(self.directory.absolute())
+        path = self.directory / LIVE_FILE
+        if _same_file(self._live, path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        os.close(self._live)
+        self._live = None
+
     def _trim(self) -> None:
+        """Remove the oldest frames past the cap. A file that cannot be removed (a permission
+        taken away, a directory in its place, EIO) must not end the writer: that lost the frame
+        waiting behind it. It is said once, with its path and the error (the same cause
+        usually stops every later one), the rest counted in `unremoved`; the frame is no
+        longer the archive's (not in `times`, not in the cap's sum), so the file stays on disk
+        outside the cap until the directory is pruned."""
         while len(self._sizes) > 1 and sum(self._sizes.values()) > self._max_bytes:
             oldest = next(iter(self._sizes))
             del self._sizes[oldest]
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / _name(oldest)).unlink()
+            path = self.directory / _name(oldest)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                self.unremoved += 1
+                if self.unremoved == 1:
+                    log.warning("could not remove the archived frame %s (%r): it stays on disk "
+                                "outside the archive's cap; archiving goes on", path, exc)
 
     def times(self) -> list[float]:
         """Screen times of the frames on disk, oldest first."""
@@ -121,22 +190,99 @@ class FrameArchive:
         return load(self.directory / _name(t), t)
 
     async def aclose(self) -> None:
+        """Finish the pending write and close the archive: its directory is no longer marked
+        live, so `prune` may remove it once it is older than the retention. (A frame saved
+        after this opens it again.) Cancelled while a write is still running, the mark stays
+        until the process ends: the write's thread may still use the directory."""
         if self._writer is not None:
             # the writer's own cancellation is its result; the caller's is not swallowed
             await asyncio.gather(self._writer, return_exceptions=True)
+        self._unmark_live()
+
+
+def _untouched_since(directory: Path, cutoff: float) -> bool:
+    """Whether neither a session's directory nor anything in it changed since `cutoff`. The
+    directory's own time moves with each file made or removed in it; its files are looked at
+    too (only when that time is old, so only for directories about to go), as a file written
+    again in place leaves the directory's time as it was."""
+    if directory.stat().st_mtime >= cutoff:
+        return False
+    for entry in os.scandir(directory):
+        with contextlib.suppress(FileNotFoundError):  # trimmed meanwhile
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file open as `fd` (not removed, nor made again)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock_unless_open(directory: Path) -> int | None:
+    """None when the directory's archive is open somewhere, else an open descriptor holding
+    its LIVE_FILE exclusively (-1 when there is none: never marked, or its session closed),
+    so no archive marks it while it is removed."""
+    with _open_here_lock:
+        if directory.absolute() in _open_here:
+            return None
+    try:
+        fd = os.open(directory / LIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def prune(root: Path, retention_days: float) -> list[str]:
-    """Delete the frame directories of sessions untouched for longer than the retention;
-    returns their session ids."""
+    """Delete the frame directories of sessions that ended and were untouched for longer than
+    the retention; returns their session ids.
+
+    Age alone removed a live session's frames under a short retention: a paused share writes
+    nothing, and the byte cap, not the retention, is what bounds an open session. So an open
+    archive marks its directory live with a shared `flock` on LIVE_FILE (`_mark_live`), and
+    prune skips a directory whose lock it cannot take. A lock, not a marker file or a
+    heartbeat, because prune runs in every session's process (a worker's sessions, a second
+    worker on the same data directory) and a lock is seen by all of them, needs no clock, and
+    is dropped by the kernel with a process that dies, so a crashed session's frames still go.
+    flock (not fcntl's record locks) because its locks conflict between two opens in one
+    process too; this process's open archives are also kept in a set, for filesystems (NFS)
+    that emulate flock with record locks, which a process never conflicts with itself on.
+
+    A directory's age is the newest modification time of it and its files
+    (`_untouched_since`), looked at again once the lock is held: a session that closed or
+    opened meanwhile has just changed the directory."""
     if not root.is_dir():
         return []
     cutoff = time.time() - retention_days * 86400
     gone = []
     for directory in root.iterdir():
-        if directory.is_dir() and directory.stat().st_mtime < cutoff:
-            shutil.rmtree(directory, ignore_errors=True)
-            gone.append(directory.name)
+        try:
+            if not directory.is_dir() or not _untouched_since(directory, cutoff):
+                continue
+            fd = _lock_unless_open(directory)
+        except FileNotFoundError:  # removed meanwhile (`memory forget`, another prune)
+            continue
+        if fd is None:
+            continue
+        try:
+            if _untouched_since(directory, cutoff):
+                shutil.rmtree(directory, ignore_errors=True)
+                gone.append(directory.name)
+        except FileNotFoundError:
+            continue
+        finally:
+            if fd >= 0:
+                os.close(fd)
     return gone
 
 
