@@ -182,6 +182,9 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     print(f"{counted(report.documents, 'document')}: "
           f"{counted(report.embedded, 'chunk')} embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
+    if report.overlapping:  # `docs docs/sub`: one document each, not one per argument
+        print(f"{counted(report.overlapping, 'file')} reached through more than one argument: "
+              "ingested once, named from the outermost")
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {one_line(source)}")
     for problem in report.skipped:

@@ -5,12 +5,14 @@ navigation, menus and scripts) and PDF with pypdf (page by page, so every chunk 
 splits on sentence boundaries with overlap (llama-index's `SentenceSplitter`), and stores each
 chunk with its content hash, its embedder's name and its vector. A document is known by its path
 from the ingested folder's name down (`docs/setup/install.md`), or by its file name when a file is
-ingested on its own, so two clones of the same docs are one document, not two. Re-ingesting a
-document embeds only the chunks whose text (or embedder) changed; chunks no longer in it are
-deleted, and so is a document gone from a folder that is ingested again. A file that cannot be read
-or holds no text is reported in one line and skipped; the rest of the folder is ingested. Search
-runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN) for the tenant and fuses the
-two rankings. Every query is scoped to one tenant. Documents' text is data, never instructions.
+ingested on its own, so two clones of the same docs are one document, not two; a file that
+several arguments of one ingest reach (`docs docs/sub`) is one document, named from the outermost
+of them. Re-ingesting a document embeds only the chunks whose text (or embedder) changed; chunks
+no longer in it are deleted, and so is a document gone from a folder that is ingested again. A
+file that cannot be read or holds no text is reported in one line and skipped; the rest of the
+folder is ingested. Search runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN)
+for the tenant and fuses the two rankings. Every query is scoped to one tenant. Documents' text
+is data, never instructions.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class IngestReport:
     deleted: int = 0
     removed_documents: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one line each: "PATH: why"
+    # files more than one argument reached (`docs docs/sub`), each ingested once (find_files)
+    overlapping: int = 0
 
 
 async def _upsert_document(
@@ -345,37 +349,73 @@ def split(text: str) -> list[str]:
     return [c for c in _splitter().split_text(text) if c.strip()]
 
 
-def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str]]:
+def find_files(paths: Sequence[Path]) -> tuple[list[SourceFile], list[str], int]:
     """The files to ingest, each with its document name: its path from the parent of the
     folder or file given (`docs/a/b.md` for the folder `docs`, `b.md` for the file itself; a
-    linked folder's files by the link's path); and why each file of a folder left out was (a
-    link that leads to no file, a name that is not UTF-8)."""
-    files: list[SourceFile] = []
+    linked folder's files by the link's path); why each file of a folder left out was (a
+    link that leads to no file, a name that is not UTF-8); and how many files more than one
+    argument reached (`docs docs/sub`, a folder and a file in it, a folder and one linked into
+    another). Such a file is ingested once, under the name its outermost argument gives it
+    (see `_outermost`): named from each argument, the one file was stored under one name and
+    then replaced under the other, so every run renamed it and embedded it again."""
+    found: list[list[SourceFile]] = []
     dangling: list[str] = []
     for path in paths:
-        if not _utf8(path.resolve()):
-            raise KnowledgeError(f"{_shown(path)}: its name is not UTF-8 (a document's name "
-                                 "is text)")
-        if path.is_dir():
-            root = path.resolve()
-            found = []
-            for p in sorted(_walk(root)):
-                if p.suffix.lower() not in SUFFIXES:
-                    continue
-                if not _utf8(p):
-                    dangling.append(f"{_shown(p)}: its name is not UTF-8 (a document's name "
-                                    "is text)")
-                elif p.is_file():
-                    found.append(p)
-                elif p.is_symlink():  # to nothing, or round in a loop
-                    dangling.append(f"{p}: a link that leads to no file")
-            files += [SourceFile(p, "/".join(filter(None, (root.name, p.relative_to(
-                root).as_posix()))), p.stat().st_size) for p in found]
-        elif path.is_file():
-            files.append(SourceFile(path.resolve(), path.resolve().name, path.stat().st_size))
-        else:
-            raise KnowledgeError(f"{path}: no such file or folder")
-    return files, dangling
+        files, left_out = _files_of(path)
+        found.append(files)
+        dangling += left_out
+    # the arguments that reached each file, by the file it is (its path with links resolved)
+    reached: dict[str, dict[int, list[SourceFile]]] = {}
+    for index, files in enumerate(found):
+        for file in files:
+            reached.setdefault(os.path.realpath(file.path), {}).setdefault(index, []).append(file)
+    chosen = {real: _outermost(by_argument) for real, by_argument in reached.items()}
+    kept = [file for index, files in enumerate(found) for file in files
+            if chosen[os.path.realpath(file.path)] == index]
+    overlapping = sum(1 for by_argument in reached.values() if len(by_argument) > 1)
+    # a link to nothing under two overlapping folders is one problem, said once
+    return kept, list(dict.fromkeys(dangling)), overlapping
+
+
+def _outermost(by_argument: dict[int, list[SourceFile]]) -> int:
+    """Of the arguments that reached one file, the one whose name for it is kept: the longest
+    name (an outer folder's name holds an inner one's: `docs/sub/a.md` over `sub/a.md`), then
+    the first in alphabetical order. It depends on the names alone, not on the arguments'
+    order, so the document keeps its name from run to run; the same argument given twice
+    gives the same names, and the first of them is kept. Within one argument, files stay as
+    its walk found them."""
+    def rank(index: int) -> tuple[int, str, str, int]:
+        best = min(by_argument[index],
+                   key=lambda f: (-f.source.count("/"), f.source, str(f.path)))
+        return (-best.source.count("/"), best.source, str(best.path), index)
+    return min(by_argument, key=rank)
+
+
+def _files_of(path: Path) -> tuple[list[SourceFile], list[str]]:
+    """One argument's files with their document names, and the lines on its files left out
+    (see `find_files`)."""
+    if not _utf8(path.resolve()):
+        raise KnowledgeError(f"{_shown(path)}: its name is not UTF-8 (a document's name "
+                             "is text)")
+    if path.is_file():
+        return [SourceFile(path.resolve(), path.resolve().name, path.stat().st_size)], []
+    if not path.is_dir():
+        raise KnowledgeError(f"{path}: no such file or folder")
+    root = path.resolve()
+    found: list[Path] = []
+    dangling: list[str] = []
+    for p in sorted(_walk(root)):
+        if p.suffix.lower() not in SUFFIXES:
+            continue
+        if not _utf8(p):
+            dangling.append(f"{_shown(p)}: its name is not UTF-8 (a document's name "
+                            "is text)")
+        elif p.is_file():
+            found.append(p)
+        elif p.is_symlink():  # to nothing, or round in a loop
+            dangling.append(f"{p}: a link that leads to no file")
+    return [SourceFile(p, "/".join(filter(None, (root.name, p.relative_to(root).as_posix()))),
+                       p.stat().st_size) for p in found], dangling
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -488,7 +528,7 @@ class KnowledgeBase:
                                  f"file's suffix (md, html, pdf, txt); tag with another key")
         await self._ensure_index()
         report = IngestReport()
-        files, report.skipped = await asyncio.to_thread(find_files, paths)
+        files, report.skipped, report.overlapping = await asyncio.to_thread(find_files, paths)
         folders = await asyncio.to_thread(
             lambda: [str(p.resolve()) + "/" for p in paths if p.is_dir()])
         total, done = float(sum(max(f.size, 1) for f in files)), 0.0

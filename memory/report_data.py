@@ -5,12 +5,12 @@ query names its tenant."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from .quality import quality_series
+from .quality import quality_series, window_quality
 
 _COST_BY_DAY_MODEL = """
 SELECT date_trunc('day', ts AT TIME ZONE 'utc')::date AS day, model,
@@ -61,16 +61,34 @@ WHERE latency_ms IS NOT NULL
 """
 
 
+async def quality_by_day(
+    pool: asyncpg.Pool, tenant: str, since: datetime, until: datetime,
+) -> list[dict[str, Any]]:
+    """The quality signals per UTC day of [since, until), each day cut to the window: the
+    first point runs from `since` (not its midnight) to the next midnight, the last to `until`.
+    Read from midnight, the first point counted that day's turns before `since`, which the
+    window's totals leave out, so the chart disagreed with them. The days after the first
+    start at midnight, so every point is one calendar day of the cost charts."""
+    if since >= until:
+        return []
+    midnight = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first_end = min(midnight + timedelta(days=1), until)
+    first = await window_quality(pool, tenant, since, first_end)
+    rest = await quality_series(pool, tenant, first_end, until, timedelta(days=1))
+    return [first, *rest]
+
+
 async def report_data(
     pool: asyncpg.Pool, tenant: str, since: datetime, until: datetime,
 ) -> dict[str, Any]:
+    """The report's figures for turns, calls and frames in [since, until); the by-day series
+    are cut to the window (a day partly outside it counts only its part inside)."""
     args = (tenant, since, until)
     costs = await pool.fetch(_COST_BY_DAY_MODEL, *args)
     savings = await pool.fetch(_SAVINGS_BY_DAY, *args)
     frames = await pool.fetch(_FRAMES, *args)
     latencies = await pool.fetch(_LATENCIES, *args)
-    day = since.replace(hour=0, minute=0, second=0, microsecond=0)
-    quality = await quality_series(pool, tenant, day, until, timedelta(days=1))
+    quality = await quality_by_day(pool, tenant, since, until)
     return {
         "tenant": tenant, "since": since.isoformat(), "until": until.isoformat(),
         "cost_by_day_model": [dict(r) for r in costs],

@@ -5,9 +5,10 @@ progress moves; an HTML fragment is read and page chrome is left out; an empty, 
 or fake file is skipped with one line naming it, and the rest of its folder is ingested; `kb
 ingest` exits 0 / 1 / 2 for all / some / none ingested; an unreachable embedding provider is one
 line (exit 2), and `auto` keeps the model a tenant's knowledge is stored with; a document is one
-document wherever it is ingested from; tags survive a re-ingest without `--meta` and `type` is
-built in; blank queries and k <= 0 are refused; `kb list` and `kb delete`; PDF hits carry their
-page. A property test fuzzes ingest folders: every file is ingested or reported, nothing raises.
+document wherever it is ingested from, and one, under one name, when overlapping arguments
+reach it twice; tags survive a re-ingest without `--meta` and `type` is built in; blank queries
+and k <= 0 are refused; `kb list` and `kb delete`; PDF hits carry their page. A property test
+fuzzes ingest folders: every file is ingested or reported, nothing raises.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import nltk.redos
 import pytest
-from conftest import cli_env, run_cli
+from conftest import CountingEmbedder, cli_env, run_cli
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -249,6 +250,53 @@ async def test_a_document_is_one_document_wherever_it_is_ingested_from(
     await kb.ingest([clone / "vpn.txt"], "acme")
     assert [d.source for d in await knowledge.documents(db.pool, "acme")] == [
         "kb/baking.html", "kb/holidays.pdf", "kb/router.md", "vpn.txt"]
+
+
+async def test_a_file_reached_through_overlapping_arguments_is_one_document(
+    db: Database, docs: Path, settings: Settings, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`kb ingest kb kb/sub`: the file under kb/sub was found twice, as `kb/sub/guide.md` and
+    `sub/guide.md`, and the second replaced the first (same file), so every run flipped its
+    name and embedded it again. It is one document, named from the outermost argument
+    whatever the arguments' order, and a second run embeds nothing."""
+    sub = docs / "sub"
+    sub.mkdir()
+    (sub / "guide.md").write_text("# Guest Wi-Fi\n\nThe guest network is called Visitors; "
+                                  "its password changes every Monday.")
+    names = ["kb/baking.html", "kb/holidays.pdf", "kb/router.md", "kb/sub/guide.md",
+             "kb/vpn.txt"]
+    embedder = CountingEmbedder()
+    kb = KnowledgeBase(db.pool, embedder)
+    first = await kb.ingest([docs, sub], "acme")
+    assert [d.source for d in await knowledge.documents(db.pool, "acme")] == names
+    assert first.documents == 5 and first.overlapping == 1
+    for paths in ([docs, sub], [sub, docs], [sub / "guide.md", docs, sub, docs]):
+        embedder.embedded.clear()
+        again = await kb.ingest(paths, "acme")
+        assert (again.documents, again.embedded, again.removed_documents) == (5, 0, [])
+        assert embedder.embedded == []
+        assert [d.source for d in await knowledge.documents(db.pool, "acme")] == names
+    assert await db.pool.fetchval(
+        "SELECT count(*) FROM kb_chunks WHERE tenant = 'acme' AND text LIKE '%Visitors%'") == 1
+
+    # the command says how many files it reached twice
+    settings = settings.with_overrides(embeddings="wordllama")
+    ingest = cli._parser().parse_args(["kb", "ingest", str(sub), str(docs), "--tenant", "acme"])
+    assert await cli_kb.run(settings, ingest) == 0
+    out = capsys.readouterr().out
+    assert "5 documents: 0 chunks embedded" in out
+    assert "1 file reached through more than one argument: ingested once" in out
+
+    # a folder linked into another and given on its own too: one document, the link's name
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "faq.md").write_text("# Printers\n\nThe office printer is on the third floor.")
+    (docs / "shared").symlink_to(shared)
+    linked = await kb.ingest([shared, docs], "acme")
+    assert linked.overlapping == 1 and linked.documents == 6
+    assert [d.source for d in await knowledge.documents(db.pool, "acme")] == sorted(
+        [*names, "kb/shared/faq.md"])
 
 
 async def test_an_unchanged_document_is_not_split_again(

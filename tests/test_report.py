@@ -6,7 +6,8 @@ file (no CDN); every chart is an image that decoded, and its screenshot is not b
 check calls an empty part of the page blank); the figures behind the charts are the recorded
 ones (cost per day by model sums to the calls' cost; savings against the top tier and the
 unchanged screens not sent again come from the demo replay); a tenant with nothing in the
-window gets a page that says so; stored text with `$` in it is drawn as written, not as TeX.
+window gets a page that says so; stored text with `$` in it is drawn as written, not as TeX;
+the quality-by-day points count only the window's turns, its first day's from `since` on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agent.config import Settings
 from agent.replay import replay
 from agent.replay_script import load_fixture
 from memory.db import Database
+from memory.quality import window_quality
 from memory.report_data import report_data
 from memory.store import Store
 
@@ -162,3 +164,31 @@ async def test_stored_text_with_dollar_signs_is_drawn_as_written(
                     for data in re.findall(r'base64,([^"]+)"', out.read_text()))
     for text in (question, model, kind):
         assert f"<!-- {text} -->" in drawn, text
+
+
+async def test_quality_by_day_counts_only_the_windows_turns(
+    db: Database, tmp_path: Path,
+) -> None:
+    """A window that starts mid-day: its first day's point once counted that day's turns
+    before `since` (the day was read from midnight), so the chart disagreed with the window's
+    totals. Here bob's session (1 day before `at`, 12:00 UTC) is on the first day but before
+    `since`; carol's and alice's second (at `at`) are the window's only turns and sessions."""
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    await record_plan(db, tmp_path / "costs", at=at)
+    started = await db.pool.fetchval(
+        "SELECT started_at FROM sessions WHERE id = 's-alice-2'")
+    since, until = started - timedelta(days=1), at + timedelta(hours=1)
+    bob = await db.pool.fetchval(
+        "SELECT max(ts) FROM cost_events WHERE session_id = 's-bob' AND kind = 'turn'")
+    assert bob.date() == since.date() and bob < since  # the case: before `since`, same day
+    data = await report_data(db.pool, "acme", since, until)
+    window = await window_quality(db.pool, "acme", since, until)
+    assert window["turns"] == 3 and window["sessions"]["started"] == 2  # carol's, alice's
+    days = data["quality_by_day"]
+    assert [(d["turns"], d["sessions"]["started"]) for d in days] == [(0, 0), (3, 2)]
+    assert sum(d["turns"] for d in days) == window["turns"]
+    midnight = datetime(2026, 11, 30, tzinfo=UTC).isoformat()
+    assert [(d["since"], d["until"]) for d in days] == [
+        (since.isoformat(), midnight), (midnight, until.isoformat())]
+    assert days[0] == await window_quality(db.pool, "acme", since, datetime.fromisoformat(
+        days[0]["until"]))
