@@ -1,10 +1,12 @@
 """Live assist: while the user speaks or types, what Sightline heard, the intent it detected and
 the knowledge articles that match — published before the answer starts.
 
-One message per user utterance, and while it is unfinished (`final: false`) one per interim
-transcript (when STT is on) or typed draft (an app's `sightline.draft` data message),
-schema version 1 (`AssistMessage`; its JSON Schema is docs/assist.schema.json), JSON on the data
-topic `sightline.assist` and, identically, an `assist` event in the session's event log:
+One message per user utterance (once the reply to it is used: a reply livekit-agents started
+early on words the user went on from publishes none), and while it is unfinished
+(`final: false`) one per interim transcript (when STT is on) or typed draft (an app's
+`sightline.draft` data message), schema version 1 (`AssistMessage`; its JSON Schema is
+docs/assist.schema.json), JSON on the data topic `sightline.assist` and, identically, an
+`assist` event in the session's event log:
 
     {"type": "assist", "version": 1, "session_id": "...", "at": "ISO-8601 UTC",
      "input": "typed" | "voice", "final": true | false, "text": "the user's words",
@@ -220,8 +222,19 @@ class LiveAssist:
 
     async def __call__(self, text: str, *, final: bool = True, voice: bool | None = None
                        ) -> Published | None:
-        """Look the words up and publish the message; None (logged) for empty words or a
-        failed lookup, which never stops the turn."""
+        """Look the words up and publish the message at once: for unfinished words, which
+        belong to no reply. A turn's question is looked up (`look_up`) and published
+        (`publish`) apart, once the reply it belongs to is used (agent/sightline_agent.py)."""
+        message = await self.look_up(text, final=final, voice=voice)
+        if message is not None:
+            self.publish(message)
+        return message
+
+    async def look_up(self, text: str, *, final: bool = True, voice: bool | None = None
+                      ) -> Published | None:
+        """The message for these words, neither recorded nor published: an early reply's words
+        (livekit-agents' preemptive generation) may be thrown away before it is used. None
+        (logged) for empty words or a failed lookup, which never stops the turn."""
         text = " ".join(text.split())[:TEXT_CHARS]
         if not text or self._embedder is None or self._intents is None:
             return None
@@ -237,15 +250,17 @@ class LiveAssist:
         except Exception as exc:
             log.warning("live assist lookup failed for this utterance: %r", exc)
             return None
-        message = AssistMessage(
+        return AssistMessage(
             session_id=self._session_id, at=datetime.now(UTC),
             input="voice" if voice else "typed", final=final, text=text, intent=intent,
             suggestions=suggestions(hits),
         ).model_dump(mode="json")
+
+    def publish(self, message: Published) -> None:
+        """Record `message` in the event log and hand it to the listeners (the room)."""
         self._record(message)
         for listener in self.listeners:
             listener(message)
-        return message
 
     async def _tenant_has_knowledge(self) -> bool:
         if not self._has_knowledge and self._knowledge is not None:

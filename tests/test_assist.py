@@ -5,10 +5,12 @@ Protects: a typed question produces one assist message — recorded in the event
 turn's first model call, handed to the room's publisher identically, valid against the
 committed JSON Schema (docs/assist.schema.json, which must match the code) — with the detected
 intent and up to three suggestions, one per document, from the session's tenant only; small talk
-gets no intent and no suggestions; interim transcripts and typed drafts are looked up one at a
-time (the rest counted as skipped) and a final one marks the question as voice; the question is
-embedded once for the turn's recall and live assist together (`SharedQueries`), and a failed
-embedding is not kept; the tenant's knowledge is probed until it has some, then never again.
+gets no intent and no suggestions; an early reply's (preemptive generation) goes out only once
+the reply is used, never for words the user went on from; interim transcripts and typed drafts
+are looked up one at a time (the rest counted as skipped) and a final one marks the question as
+voice; the question is embedded once for the turn's recall and live assist together
+(`SharedQueries`), and a failed embedding is not kept; the tenant's knowledge is probed until it
+has some, then never again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import CountingEmbedder
-from livekit.agents import ModelSettings, llm
+from livekit.agents import ConversationItemAddedEvent, ModelSettings, llm
+from livekit.agents.voice.audio_recognition import (
+    _EndOfTurnInfo,
+    _EndOfTurnMetrics,
+    _PreemptiveGenerationInfo,
+    _PreflightStaleInfo,
+)
 from test_user_tools import NO_MEMORY_UPDATE, tool_settings
 
 from agent.assist import INTENTS, AssistMessage, IntentIndex, LiveAssist, intent_floor
@@ -55,6 +63,11 @@ ARTICLES = {
     "help/printer.md": "Printer jams: open the tray and remove the paper.",
     "help/billing.pdf": "Invoices are sent monthly; a double charge is refunded in 5 days.",
 }
+
+
+def answers(event: dict[str, Any]) -> bool:
+    """A cascade round's model call (the answer), not a billed embedding's or memory's."""
+    return event["kind"] == "model_call" and "request_id" in (event.get("detail") or {})
 
 
 def answer(request: CapturedRequest) -> ScriptedReply:
@@ -98,7 +111,7 @@ async def test_a_question_is_assisted_before_the_answer(
     assert all(s.startswith("help/vpn") for s in sources)
     assert first.suggestions[0].title == "Vpn reset"
     assert second.suggestions == [] and second.intent is None, "small talk: nothing to suggest"
-    first_call = next(e for e in events if e["kind"] == "model_call")
+    first_call = next(e for e in events if answers(e))
     assert assists[0]["seq"] < first_call["seq"], "published before the answer starts"
     assert events[-1]["detail"]["assist_messages"] == 2
 
@@ -109,12 +122,12 @@ async def test_a_slow_assist_goes_first_in_a_replay_only(
 ) -> None:
     """An assist slower than a live turn's ASSIST_WAIT_S (1 s): a live answer goes first, a
     replay's waits for it, so a replay's order does not depend on how busy the machine is."""
-    assisted = LiveAssist.__call__
+    looked_up = LiveAssist.look_up
 
     async def slowly(self: LiveAssist, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         await asyncio.sleep(1.5)
-        return await assisted(self, *args, **kwargs)
-    monkeypatch.setattr(LiveAssist, "__call__", slowly)
+        return await looked_up(self, *args, **kwargs)
+    monkeypatch.setattr(LiveAssist, "look_up", slowly)
     async with ScriptedModelServer(replies=answer) as models:
         runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
                                             user_id="ana", source=source)
@@ -129,13 +142,23 @@ async def test_a_slow_assist_goes_first_in_a_replay_only(
             await session.aclose()
             await runtime.close()
     kinds = [e["kind"] for e in read_event_log(runtime.record.events.path)
-             if e["kind"] in ("assist", "model_call")]
+             if e["kind"] == "assist" or answers(e)]
     assert "assist" in kinds
     assert (kinds.index("assist") < kinds.index("model_call")) == (source == "replay")
 
 
-async def dropped_reply(assist: Callable[[str], Awaitable[None]], started: asyncio.Event
-                        ) -> None:
+class StandIn:
+    """What a turn asks of `LiveAssist`: `look_up` the words, `publish` what was looked up."""
+
+    def __init__(self, look_up: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
+        self.look_up = look_up
+        self.published: list[dict[str, Any]] = []
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self.published.append(message)
+
+
+async def dropped_reply(assist: StandIn, started: asyncio.Event) -> None:
     """Start a reply on a user's words and cancel it once `started` is set, while the turn's
     lookup still runs: what livekit-agents does to an early reply the user went on from."""
     async def recall(question: str) -> Recalled:
@@ -159,33 +182,107 @@ async def test_a_reply_that_ends_early_publishes_no_assist(
     """An early reply on words the user then went on from (livekit-agents' preemptive
     generation) is cancelled: its assist is cancelled with it and publishes nothing; what an
     assist raised is logged, not left unretrieved."""
-    published: list[str] = []
     started, release, cancelled = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def assist(text: str) -> None:
+    async def look_up(text: str) -> dict[str, Any]:
         started.set()
         try:
             await release.wait()
         except asyncio.CancelledError:
             cancelled.set()
             raise
-        published.append(text)
+        return {"text": text}
 
+    assist = StandIn(look_up)
     await dropped_reply(assist, started)
     release.set()
     await asyncio.wait_for(cancelled.wait(), 10)
-    assert published == []
+    assert assist.published == []
 
     failed = asyncio.Event()
 
-    async def failing(text: str) -> None:
+    async def failing(text: str) -> dict[str, Any]:
         failed.set()
-        raise RuntimeError("a listener failed")
+        raise RuntimeError("a lookup failed")
 
     with caplog.at_level(logging.WARNING, logger="sightline.assist"):
-        await dropped_reply(failing, failed)
+        await dropped_reply(StandIn(failing), failed)
         await asyncio.sleep(0)
-    assert any("a listener failed" in r.getMessage() for r in caplog.records)
+    assert any("a lookup failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_early_reply_s_assist_goes_out_only_once_the_reply_is_used(
+    settings: Settings, db: Database,
+) -> None:
+    """livekit-agents starts a reply on a transcript before the user's turn ends (preemptive
+    generation) and reads it to its end before it knows whether it will be used. When the user
+    goes on, that reply is dropped unplayed: the assist it looked up long before never goes out
+    (it did, recorded `final`, for words that answered no question). The early reply to the
+    words the turn ends on is used, not generated again: its assist goes out then, once, before
+    the answer (before even the question joins the conversation)."""
+    first_half = "Why does the VPN client"
+    question = "Why does the VPN client show error 809?"
+    async with ScriptedModelServer(replies=answer) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source="replay")
+        assert runtime.memory is not None
+        knowledge = KnowledgeBase(db.pool, runtime.memory.embedder)
+        await knowledge.ingest_chunks("acme", "help/vpn-reset.md",
+                                      [("v#1", ARTICLES["help/vpn-reset.md"])])
+        published: list[dict[str, Any]] = []
+        runtime.assist.listeners.append(published.append)
+        rounds: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["kind"] == "turn":  # a model round read to its end
+                for read in rounds:
+                    if not read.is_set():
+                        read.set()
+                        break
+        runtime.record.events.subscribe(on_event)
+        published_when_heard: list[int] = []
+        answered = asyncio.Event()
+
+        def on_item(ev: ConversationItemAddedEvent) -> None:
+            if ev.item.type == "message" and ev.item.role == "user":
+                published_when_heard.append(len(published))
+            elif ev.item.type == "message" and ev.item.role == "assistant":
+                answered.set()
+        session = runtime.agent_session()
+        session.on("conversation_item_added", on_item)
+        await session.start(runtime.agent, record=False)
+        activity = session._activity  # what livekit-agents' speech recognition drives
+        assert activity is not None
+        try:
+            activity.on_preemptive_generation(_PreemptiveGenerationInfo(
+                new_transcript=first_half, transcript_confidence=1.0, started_speaking_at=None))
+            assert activity._preemptive_generation is not None
+            early = activity._preemptive_generation.speech_handle
+            await asyncio.wait_for(rounds[0].wait(), 30)
+            await asyncio.sleep(0.2)  # the reply's last steps, after its model round
+            assert [m["text"] for m in published] == [], "an unused early reply: nothing out"
+            activity.on_preflight_stale(_PreflightStaleInfo(new_transcript=question))
+            await asyncio.wait_for(early.wait_for_playout(), 10)  # dropped unplayed
+            assert not early.scheduled
+
+            activity.on_preemptive_generation(_PreemptiveGenerationInfo(
+                new_transcript=question, transcript_confidence=1.0, started_speaking_at=None))
+            await asyncio.wait_for(rounds[1].wait(), 30)
+            await asyncio.sleep(0.2)
+            assert [m["text"] for m in published] == [], "an unused early reply: nothing out"
+            activity.on_end_of_turn(_EndOfTurnInfo(
+                skip_reply=False, new_transcript=question, transcript_confidence=1.0,
+                metrics=_EndOfTurnMetrics(None, None, None, None)))
+            await asyncio.wait_for(answered.wait(), 30)
+        finally:
+            await session.aclose()
+            await runtime.close()
+    events = read_event_log(runtime.record.events.path)
+    assert [e["detail"] for e in events if e["kind"] == "assist"] == published
+    assert [(m["text"], m["final"]) for m in published] == [(question, True)]
+    assert [s["source"] for s in published[0]["suggestions"]] == ["help/vpn-reset.md"]
+    assert published_when_heard == [1], "out as the reply is used, before the answer"
+    assert len([e for e in events if e["kind"] == "turn"]) == 2, "the early reply was used"
 
 
 def test_the_committed_schema_is_the_code_s() -> None:
