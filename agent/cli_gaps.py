@@ -98,39 +98,47 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         # refresh alone needs the model SDKs and the embedder: list, dismiss and resolve
         # answer in a second without importing them
         from memory.knowledge import stored_models
+        from memory.store import Store
 
+        from .command_ledger import CommandLedger
         from .components import make_embedder
-        from .gaps import GapNamer, refresh
-        from .pricing import PriceTable
+        from .gaps import PURPOSE, GapNamer, refresh
         from .providers import make_provider
 
         tier = settings.cascade_tiers()[0]
         if not settings.key_for(tier.provider):
             raise UserError(f"`gaps refresh` asks tier 0 ({tier.model}) to name the gaps: set "
                             f"{KEY_ENV[tier.provider]} (README: Configuration)")
-        embedder = make_embedder(settings, await stored_models(db.pool, args.tenant))
+        # what naming (and Gemini embeddings) cost is the tenant's, recorded with no session
+        ledger, meter = CommandLedger.metered(settings, args.tenant, "gaps refresh")
+        embedder = make_embedder(settings, await stored_models(db.pool, args.tenant),
+                                 record=meter.embedding_call)
         provider = make_provider(settings, tier)
         try:
             until = datetime.now(UTC)
             report = await refresh(
                 db.pool, args.tenant, until - timedelta(seconds=args.since), until,
-                embedder=embedder, namer=GapNamer(provider, tier,
-                                                  PriceTable.load(settings.prices_file)),
+                embedder=embedder,
+                namer=GapNamer(provider, tier, meter, settings.model_timeout_s),
                 confidence_bar=args.confidence, resolve_score=args.resolve_score)
         finally:
             await provider.aclose()
             await embedder.aclose()
+            await ledger.save(Store(db.pool))
     finally:
         await db.close()
+    naming = round(sum(e["cost_usd"] or 0.0 for e in ledger.events
+                       if e["detail"].get("purpose") == PURPOSE), 8)
     if args.json:
-        print(json.dumps(report.__dict__, indent=2))
+        print(json.dumps({**report.__dict__, "naming_cost_usd": naming,
+                          "cost_usd": ledger.cost_usd}, indent=2))
         return 0
     print(f"{counted(report.questions, 'failed question')} in "
           f"{counted(report.clusters, 'cluster')}: "
           f"{counted(len(report.new_gaps), 'new gap')}, {len(report.updated_gaps)} grown, "
-          f"{report.dismissed_seen} dismissed seen again; naming by tier 0 "
-          f"${report.naming_cost_usd:.6f}"
-          + (f" ({report.naming_failures} failed)" if report.naming_failures else ""))
+          f"{report.dismissed_seen} dismissed seen again; naming by tier 0 ${naming:.6f}"
+          + (f" ({report.naming_failures} failed)" if report.naming_failures else "")
+          + (f", ${ledger.cost_usd:.6f} in all" if ledger.cost_usd != naming else ""))
     for gap_id, source, score in report.resolved:
         print(f"gap #{gap_id} resolved by {one_line(source)} (score {score:.2f})")
     return 0

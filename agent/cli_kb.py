@@ -112,7 +112,9 @@ def _ks(raw: str) -> list[int]:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory import knowledge
     from memory.db import Database
+    from memory.store import Store
 
+    from .command_ledger import CommandLedger
     from .components import embedder_on_use, make_embedder, make_reranker
 
     evaluate = _eval_harness() if args.kb_command == "eval" else None
@@ -127,11 +129,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"deleted: {one_line(source)}")
             return 0
         stored = await knowledge.stored_models(db.pool, args.tenant)
+        # Gemini embeddings and the reranker are billed: the tenant's spend, with no session
+        ledger, meter = CommandLedger.metered(settings, args.tenant, f"kb {args.kb_command}")
         # documents unchanged since their last ingest need no model; a command embeds with
         # the machine's cores
-        embedder = (embedder_on_use(settings, stored, threads=len(os.sched_getaffinity(0)))
-                    if args.kb_command == "ingest" else make_embedder(settings, stored))
-        reranker = make_reranker(settings) if args.kb_command == "search" else None
+        embedder = (embedder_on_use(settings, stored, threads=len(os.sched_getaffinity(0)),
+                                    record=meter.embedding_call)
+                    if args.kb_command == "ingest"
+                    else make_embedder(settings, stored, record=meter.embedding_call))
+        reranker = (make_reranker(settings, record=meter.rerank_call)
+                    if args.kb_command == "search" else None)
         try:
             kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)
             if args.kb_command == "ingest":
@@ -141,6 +148,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             await embedder.aclose()
             if reranker is not None:
                 await reranker.aclose()
+            await ledger.save(Store(db.pool))
     finally:
         await db.close()
 

@@ -43,11 +43,15 @@ def _print(events: list[ScreenEvent], *, with_session: bool) -> None:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
     from memory.screen_timeline import ScreenTimeline
+    from memory.store import Store
 
+    from .command_ledger import CommandLedger
     from .components import embedder_on_use
 
     db = await Database.open(settings.database_url, settings.data_dir)
-    embedder = embedder_on_use(settings)
+    # a search's question embedded by Gemini is billed: the tenant's, with no session
+    ledger, meter = CommandLedger.metered(settings, args.tenant or "", "screen search")
+    embedder = embedder_on_use(settings, record=meter.embedding_call)
     try:
         timeline = ScreenTimeline(db.pool, embedder)
         if args.screen_command == "timeline":
@@ -56,6 +60,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             events = await timeline.search(args.tenant, args.query, user_id=args.user, k=args.k)
     finally:
         await embedder.aclose()
+        await ledger.save(Store(db.pool))
         await db.close()
     if args.json:
         print(json.dumps([event.as_dict() for event in events], indent=2))

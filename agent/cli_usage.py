@@ -41,6 +41,9 @@ def format_usage(u: dict[str, Any]) -> str:
         models = ", ".join(f"{name} {counted(f['calls'], 'call')}"
                            for name, f in figures["models"].items())
         lines.append(f"    {use}: ${figures['cost_usd']:.6f} ({models})")
+    for command, figures in u["outside_sessions"].items():
+        lines.append(f"    of which outside sessions, `{command}`: ${figures['cost_usd']:.6f} "
+                     f"({counted(figures['calls'], 'call')})")
     lines += [
         f"  image tokens: {u['image_tokens']}",
         f"  knowledge: {k['recalls']} recalls ({k['recalls_lost']} timed out or failed), "

@@ -15,6 +15,7 @@ from memory.embeddings import (
     Embedder,
     GeminiEmbedder,
     LazyEmbedder,
+    RecordEmbedding,
     offline_embedder,
     offline_family,
 )
@@ -36,11 +37,13 @@ def _offline_choice(settings: Settings, stored: Sequence[str]) -> str | None:
     return None
 
 
-def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
+def make_embedder(settings: Settings, stored: Sequence[str] = (),
+                  record: RecordEmbedding | None = None) -> Embedder:
     """SIGHTLINE_EMBEDDINGS: `offline` (MiniLM), `minilm`, `bge`, `wordllama`, `gemini`, or `auto`:
     the embedder a tenant's knowledge is stored with (`stored`, its models' names), else Gemini
     when its key is set, else MiniLM. `auto` never switches a tenant's stored knowledge to
-    another model: that would re-embed all of it (an explicit choice does, at `kb ingest`)."""
+    another model: that would re-embed all of it (an explicit choice does, at `kb ingest`).
+    Gemini's calls are billed: each goes to `record` (a session's meter or a command's)."""
     offline = _offline_choice(settings, stored)
     if offline is not None:
         return offline_embedder(offline)
@@ -48,18 +51,18 @@ def make_embedder(settings: Settings, stored: Sequence[str] = ()) -> Embedder:
         raise ConfigError("SIGHTLINE_EMBEDDINGS=gemini needs GOOGLE_API_KEY")
     return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_base_url,
                           tls=shared_tls_context(), timeout_s=settings.model_timeout_s,
-                          retries=settings.model_retries)
+                          retries=settings.model_retries, record=record)
 
 
 def embedder_on_use(settings: Settings, stored: Sequence[str] = (), threads: int = 1,
-                    ) -> Embedder:
+                    record: RecordEmbedding | None = None) -> Embedder:
     """`make_embedder` for a command that may embed nothing (`memory show|forget`, `screen
     timeline|search`, `kb ingest` of unchanged documents): an offline model loads at its first
     embedding, with `threads` for a call's documents. Gemini has nothing to load, so it is
     made at once, and a missing key is said before the command starts."""
     offline = _offline_choice(settings, stored)
     if offline is None:
-        return make_embedder(settings, stored)
+        return make_embedder(settings, stored, record)
 
     def make() -> Embedder:
         embedder = offline_embedder(offline)

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from memory.spill_files import SpillKind, event_log_path, spill_path
 from memory.store import Store
@@ -28,6 +28,12 @@ log = logging.getLogger("sightline.costs")
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
+
+
+class Recorder(Protocol):
+    """Where priced calls are recorded: a session's `EventLog`, or a command's ledger."""
+
+    def record(self, kind: str, *, cost_usd: float | None = 0.0, **fields: Any) -> Event: ...
 
 
 # a session records a frame decision a second: its events reach Postgres in batches a second

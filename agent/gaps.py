@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,8 +32,9 @@ from memory.gaps import (
 )
 
 from .config import Tier
-from .pricing import PriceTable, Usage
-from .providers import ChatProvider, ProviderError
+from .metering import CostMeter
+from .providers import ChatProvider
+from .tier_call import MeteredTierCall
 
 log = logging.getLogger("sightline.gaps")
 
@@ -56,44 +56,42 @@ Reply with one JSON object and nothing else:
 class Naming:
     question: str
     outline: list[str]
-    cost_usd: float | None = None
 
 
 class GapNamer:
-    """Tier 0 writes each new gap's canonical question and article outline. A failed call or
-    an unusable reply leaves the most severe question as the canonical one, no outline."""
+    """Tier 0 writes each new gap's canonical question and article outline; each call is
+    priced into `meter` (the command's ledger: agent/command_ledger.py). A failed call or an
+    unusable reply leaves the most severe question as the canonical one, no outline."""
 
-    def __init__(self, provider: ChatProvider, tier: Tier, prices: PriceTable) -> None:
-        self._provider, self._tier, self._prices = provider, tier, prices
-        self.cost_usd = 0.0
+    def __init__(self, provider: ChatProvider, tier: Tier, meter: CostMeter,
+                 timeout_s: float) -> None:
+        self._call = MeteredTierCall(provider, tier, meter, timeout_s, purpose=PURPOSE,
+                                     task="naming a gap", span="sightline.gap_naming")
         self.failures = 0
 
     async def name(self, questions: Sequence[FailedQuestion]) -> Naming:
         listed = "\n".join(f"- {q.text}" for q in questions[:20])
         prompt = llm.ChatContext.empty()
         prompt.add_message(role="user", content=_PROMPT.format(questions=listed))
-        usage, text = Usage(), ""
-        started = time.perf_counter()
-        try:
-            async for item in self._provider.stream(prompt, max_output_tokens=400,
-                                                    purpose=PURPOSE):
-                if isinstance(item, Usage):
-                    usage = item
-                elif isinstance(item, str):
-                    text += item
-            cost = self._prices.cost(self._tier.model, usage)
-            self.cost_usd += cost or 0.0
-            reply = json.loads(re.sub(r"^```(json)?|```$", "", text.strip()).strip())
-            question, outline = str(reply["question"]).strip(), reply.get("outline", [])
+        named: list[Naming] = []
+
+        def read(text: str) -> dict[str, int]:
+            try:
+                reply = json.loads(re.sub(r"^```(json)?|```$", "", text.strip()).strip())
+                question, outline = str(reply["question"]).strip(), reply.get("outline", [])
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"no question ({type(exc).__name__})") from None
             if not question or not isinstance(outline, list):
                 raise ValueError("no question")
-            return Naming(question, [str(s) for s in outline][:12], cost)
-        except (ProviderError, ValueError, KeyError, TypeError) as exc:
-            self.failures += 1
-            log.warning("tier 0 could not name a gap (%s, %.0f ms): its worst question stands in",
-                        type(exc).__name__, (time.perf_counter() - started) * 1000)
-            worst = max(questions, key=lambda q: q.severity)
-            return Naming(worst.text, [])
+            named.append(Naming(question, [str(s) for s in outline][:12]))
+            return {"outline_sections": len(named[0].outline)}
+
+        await self._call.ask(prompt, max_output_tokens=400, read=read)
+        if named:
+            return named[0]
+        self.failures += 1  # the call's warning line said why
+        worst = max(questions, key=lambda q: q.severity)
+        return Naming(worst.text, [])
 
 
 def cluster(vectors: np.ndarray, distance: float = CLUSTER_DISTANCE) -> list[int]:
@@ -123,7 +121,6 @@ class RefreshReport:
     updated_gaps: list[int] = field(default_factory=list)
     dismissed_seen: int = 0  # clusters matching a dismissed gap: left alone
     resolved: list[tuple[int, str, float]] = field(default_factory=list)
-    naming_cost_usd: float = 0.0
     naming_failures: int = 0
 
 
@@ -168,6 +165,5 @@ async def refresh(
         if found is not None and found[1] >= resolve_score:
             await set_status(pool, tenant, gap["id"], "resolved", *found)
             report.resolved.append((gap["id"], found[0], round(found[1], 4)))
-    report.naming_cost_usd = round(namer.cost_usd, 8)
     report.naming_failures = namer.failures
     return report

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from livekit.agents import llm
-
+from memory.embeddings import EmbeddingCall
 from memory.rerank import RerankCall
 
-from .event_log import Event, EventLog
-from .pricing import PriceTable, Usage, estimate_text_tokens
+from .event_log import Event, Recorder
+from .pricing import PriceTable, Usage, estimate_text_tokens, estimate_tokens
+
+if TYPE_CHECKING:  # livekit-agents takes ~1 s to import: `kb ingest|search` meter without it
+    from livekit.agents import llm
 
 log = logging.getLogger("sightline.costs")
 
@@ -72,7 +74,10 @@ def settled_usage(
 
 
 class CostMeter:
-    def __init__(self, events: EventLog, prices: PriceTable) -> None:
+    """Prices calls into `events`: a session's event log, or a command's ledger for spend no
+    session made (agent/command_ledger.py)."""
+
+    def __init__(self, events: Recorder, prices: PriceTable) -> None:
         self._events = events
         self.prices = prices
         self._unpriced_logged: set[str] = set()
@@ -135,6 +140,19 @@ class CostMeter:
             provider=call.provider, model=call.model, usage=Usage(search_units=call.search_units),
             images=0, latency_ms=call.latency_ms, error=call.error,
             detail={"purpose": "rerank", "documents": call.documents},
+        )
+
+    def embedding_call(self, call: EmbeddingCall) -> None:
+        """An embedding request (Gemini's): billed its texts' input tokens, which the provider
+        does not report, so they are estimated from the characters sent (`usage: estimated`);
+        a failed request is recorded unbilled, with its error."""
+        sent = call.error is None
+        self.model_call(
+            provider=call.provider, model=call.model,
+            usage=Usage(input_tokens=estimate_tokens(call.characters) if sent else 0),
+            images=0, latency_ms=call.latency_ms, error=call.error,
+            detail={"purpose": "embedding", "texts": call.texts,
+                    "usage": "estimated" if sent else "unbilled"},
         )
 
     def speech(self, metrics: Any, provider: str = "") -> None:

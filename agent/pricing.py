@@ -28,7 +28,12 @@ from .config import ConfigError
 def estimate_text_tokens(text: str) -> int:
     """Deterministic chars/4 estimate: what the local wire-format servers bill, and what a call
     cut off before the provider reported its usage is billed, labelled `estimated`."""
-    return math.ceil(len(text) / 4)
+    return estimate_tokens(len(text))
+
+
+def estimate_tokens(characters: int) -> int:
+    """`estimate_text_tokens` for a text known by its length alone (an embedding call's)."""
+    return math.ceil(characters / 4)
 
 # the genai-prices providers Sightline calls, by model family; others are not looked up there
 GENAI_PROVIDERS = {"gemini": "google", "claude": "anthropic"}

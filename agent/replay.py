@@ -25,13 +25,14 @@ from livekit.agents import AgentSession, APIError
 
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
+from memory.store import Store
 from vision.screen import ScreenWatcher
 from vision.video_file import VideoFrames, VideoReport
 
+from .command_ledger import CommandLedger
 from .components import make_embedder
 from .config import Settings
 from .event_log import Event
-from .memory_model import PURPOSE as MEMORY_PURPOSE
 from .metering import MODEL_KINDS
 from .replay_script import (
     Fixture,
@@ -43,6 +44,7 @@ from .replay_script import (
 )
 from .session import CloseSteps, SessionRuntime
 from .session_record import COMPLETED, describe_failure
+from .tier_call import MEMORY_PURPOSE
 from .wire_format_server import (
     CapturedRequest,
     ScriptedModelServer,
@@ -268,14 +270,18 @@ def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
 
 async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) -> None:
     """Each tenant's copy with the embedder its knowledge is stored with (as its sessions
-    will search it), so `auto` never re-embeds a tenant's documents with another model."""
+    will search it), so `auto` never re-embeds a tenant's documents with another model. What
+    Gemini embeddings cost goes to the tenant's ledger, outside the sessions."""
     assert fixture.knowledge is not None
     for tenant in dict.fromkeys(turn.tenant for turn in fixture.turns):
-        embedder = make_embedder(settings, await stored_models(db.pool, tenant))
+        ledger, meter = CommandLedger.metered(settings, tenant, "replay knowledge ingest")
+        embedder = make_embedder(settings, await stored_models(db.pool, tenant),
+                                 record=meter.embedding_call)
         try:
             await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge], tenant)
         finally:
             await embedder.aclose()
+            await ledger.save(Store(db.pool))
 
 
 async def _run_turn(
@@ -303,7 +309,7 @@ async def _run_turn(
     )
     await runtime.memory_settled()  # the next turn's script must not answer this memory call
     calls = [e for e in events if e["kind"] in MODEL_KINDS
-             and e["detail"].get("purpose") not in (MEMORY_PURPOSE, "rerank")]
+             and e["detail"].get("purpose") not in (MEMORY_PURPOSE, "rerank", "embedding")]
     context = next((e["detail"] for e in events if e["kind"] == "context"), {})
     return ReplayedTurn(
         t=turn.t, tenant=turn.tenant, user=turn.user, text=text, reply=reply,

@@ -28,7 +28,6 @@ from memory.embeddings import Embedder, SharedQueries
 from memory.keeper import MemoryKeeper, MemoryModel
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.recall import VECTOR_WAIT_S, TurnRecall
-from memory.rerank import Record as RerankRecord
 from memory.rerank import Reranker
 from memory.screen_timeline import ScreenTimeline
 from memory.spill_files import SpillKind, append_rows, event_log_path, spill_path
@@ -55,7 +54,6 @@ from .config import Settings, Tier
 from .database_watch import DatabaseWatch
 from .event_log import Event, check_log_dir
 from .images import ImageEncoder
-from .memory_model import TierMemoryModel
 from .metering import CostMeter
 from .pricing import PriceTable
 from .providers import ChatProvider, make_provider, tier_providers
@@ -66,6 +64,7 @@ from .session_summary import SessionTotals
 from .sightline_agent import ASSIST_WAIT_S, SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
+from .tier_call import MeteredTierCall
 from .turn_context import RECALL_TIMEOUT_S, TurnContext
 
 # livekit-agents' per-message timings (seconds) worth keeping: the user's end of turn and
@@ -115,13 +114,15 @@ async def _close_row(store: Store, session_id: str, *, tenant: str, source: str,
 
 async def _recall_models(
     settings: Settings, db: Database, tenant: str, parts: AsyncExitStack,
-    rerank_call: RerankRecord,
+    meter: Callable[[], CostMeter],
 ) -> tuple[Embedder, Reranker | None]:
     """The question embedder (recall and live assist ask for the same question's vector:
-    embedded once) and the reranker, each put on `parts` to be closed."""
-    embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool, tenant)))
+    embedded once) and the reranker, each put on `parts` to be closed; their billed calls go
+    to `meter()`, the session's (made after them)."""
+    embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool, tenant),
+                                           record=lambda call: meter().embedding_call(call)))
     parts.push_async_callback(embedder.aclose)
-    reranker = make_reranker(settings, record=rerank_call)
+    reranker = make_reranker(settings, record=lambda call: meter().rerank_call(call))
     if reranker is not None:
         parts.push_async_callback(reranker.aclose)
     return embedder, reranker
@@ -317,7 +318,7 @@ class SessionRuntime:
             log.error("session %s goes on without the database: no memory, knowledge or "
                       "screen recall; its row, cost log and conversation are kept on disk "
                       "for the database to import once it is back", session_id)
-        meters: list[CostMeter] = []  # the reranker's calls go to the record's meter, made later
+        meters: list[CostMeter] = []  # recall's billed calls go to the record's meter, made later
         async with AsyncExitStack() as parts:  # closes what was made if opening fails
             providers = tier_providers(tiers, partial(make_provider, settings))
             for provider in providers:
@@ -325,7 +326,7 @@ class SessionRuntime:
             embedder = reranker = None
             if db is not None:
                 embedder, reranker = await _recall_models(
-                    settings, db, tenant, parts, lambda call: meters[0].rerank_call(call))
+                    settings, db, tenant, parts, lambda: meters[0])
             store = Store(db.pool) if db is not None else None
             # read before the row is written: from the row on, nothing awaits until the record
             # exists, so a cancellation cannot leave a row without a cost log
@@ -387,7 +388,7 @@ class SessionRuntime:
             memory = await LongTermMemory.open(
                 settings, db, store, embedder=embedder, reranker=reranker, tenant=tenant,
                 user_id=user_id, session_id=session_id, before_id=conversation.recall_before,
-                memory_model=TierMemoryModel(providers[0], tiers[0], meter,
+                memory_model=MeteredTierCall(providers[0], tiers[0], meter,
                                              settings.model_timeout_s)
                 if settings.memory_updates else None, vector_wait_s=budget.vector_s)
             parts.push_async_callback(memory.finish)
@@ -457,7 +458,7 @@ class SessionRuntime:
                         if budget is not None and budget.tenant_budget_usd else None)
         async with AsyncExitStack() as parts:
             embedder, reranker = await _recall_models(
-                self.settings, db, self.tenant, parts, self.record.meter.rerank_call)
+                self.settings, db, self.tenant, parts, lambda: self.record.meter)
             memory = await LongTermMemory.open(
                 self.settings, db, store, embedder=embedder, reranker=reranker,
                 tenant=self.tenant, user_id=self.user_id, session_id=self.session_id,

@@ -6,7 +6,9 @@ The default, `MiniLMEmbedder`, is all-MiniLM-L6-v2 (384 dimensions, a 6-layer tr
 onnxruntime; `memory/minilm.py`): it understands paraphrase, and a query embeds in ~5 ms on one
 core, in a thread, off the event loop. `WordLlamaEmbedder` (`l2_supercat`, 256 dimensions) is a
 static word-vector model: microseconds per text, good at topic and vocabulary, weak at paraphrase;
-it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini embeddings instead.
+it stays available by name. With a Gemini key, `GeminiEmbedder` uses Gemini embeddings instead;
+each of its calls is billed, and reported to `record` as an `EmbeddingCall` (the session's
+ledger, or a command's: agent/command_ledger.py).
 Every stored vector records the embedder's `name` (model and dimension), so a change of model is
 detected, never mixed. A provider that cannot be reached or refuses a call is an `EmbeddingError` of
 one line.
@@ -18,8 +20,10 @@ import asyncio
 import json
 import ssl
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,6 +47,23 @@ if TYPE_CHECKING:
 class EmbeddingError(RuntimeError):
     """The embedding provider could not be reached or refused the call: one line that names
     it and what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddingCall:
+    """One billed embedding request: the texts sent and their characters (Gemini's
+    `batchEmbedContents` answers with vectors alone, so the tokens billed are estimated from
+    them by whoever prices the call). A failed call says why in `error`."""
+
+    provider: str
+    model: str
+    texts: int
+    characters: int
+    latency_ms: float
+    error: str | None = None
+
+
+RecordEmbedding = Callable[[EmbeddingCall], None]
 
 
 class Embedder(Protocol):
@@ -274,8 +295,9 @@ class GeminiEmbedder:
 
     def __init__(self, *, api_key: str, base_url: str | None, model: str = "gemini-embedding-001",
                  dim: int = 768, tls: ssl.SSLContext | None = None, timeout_s: float = 20.0,
-                 retries: int = 1) -> None:
+                 retries: int = 1, record: RecordEmbedding | None = None) -> None:
         self.dim = dim
+        self._record = record
         self.name = f"{model}-{dim}"
         self._model = model
         self._where = base_url or "generativelanguage.googleapis.com"
@@ -300,9 +322,11 @@ class GeminiEmbedder:
     async def _embed(self, texts: list[str], task: str) -> np.ndarray:
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.BATCH):
+            batch = texts[start:start + self.BATCH]
+            started = time.perf_counter()
             try:
                 result = await self._client.aio.models.embed_content(
-                    model=self._model, contents=texts[start:start + self.BATCH],  # type: ignore[arg-type]
+                    model=self._model, contents=batch,  # type: ignore[arg-type]
                     config=self._types.EmbedContentConfig(task_type=task,
                                                           output_dimensionality=self.dim),
                 )
@@ -310,16 +334,24 @@ class GeminiEmbedder:
                 reason = ("its answer was not the API's JSON (a proxy's page?)"
                           if isinstance(exc, self._not_json)
                           else " ".join(str(exc).split())[:160] or type(exc).__name__)
+                self._called(batch, started, reason)
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
                 ) from None
+            self._called(batch, started, None)
             vectors += [e.values or [] for e in result.embeddings or []]
         array = np.asarray(vectors, dtype=np.float32)
         if array.shape != (len(texts), self.dim):
             raise RuntimeError(f"{self._model} returned {array.shape} embeddings for "
                                f"{len(texts)} texts of {self.dim} dimensions")
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+    def _called(self, batch: list[str], started: float, error: str | None) -> None:
+        if self._record is not None:
+            self._record(EmbeddingCall(
+                "gemini", self._model, len(batch), sum(map(len, batch)),
+                (time.perf_counter() - started) * 1000, error))
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self._embed(texts, "RETRIEVAL_DOCUMENT")

@@ -4,7 +4,8 @@ recorded (sessions rows and cost_events), never estimated. Every query names its
 Voice is counted from the `speech` events the speech engines record (agent/metering.py):
 `detail.direction` `stt` (audio heard, `detail.audio_s`) or `tts` (`detail.characters` spoken,
 `detail.audio_s` of speech made); their dollars are listed under `stt` / `tts` beside the tiers.
-Sessions without voice show 0.
+Sessions without voice show 0. What commands spent outside any session (`kb ingest` embedding
+with Gemini, `gaps refresh` naming gaps) is in the model figures too, and listed by command.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ SELECT coalesce(sum((detail->>'audio_s')::float8)
 FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'speech'
 """
 
+# what commands spent outside any session (agent/command_ledger.py: `kb ingest`, `gaps
+# refresh`…), already in _MODELS' figures; listed by command
+_COMMANDS = """
+SELECT detail->>'command' AS command, count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd
+FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND session_id IS NULL
+  AND kind IN ('model_call', 'model_error')
+GROUP BY 1 ORDER BY 1
+"""
+
 _TURNS = """
 SELECT count(*) AS turns, count(*) FILTER (WHERE answered_tier IS NOT NULL) AS answered
 FROM quality_turns_in($1, $2, $3)
@@ -104,6 +114,7 @@ async def month_usage(pool: asyncpg.Pool, tenant: str, month: str) -> dict[str, 
         sessions = await conn.fetchrow(_SESSIONS, *args)
         screen = await conn.fetchrow(_SCREEN, *args)
         models = await conn.fetch(_MODELS, *args)
+        commands = await conn.fetch(_COMMANDS, *args)
         voice = await conn.fetchrow(_VOICE, *args)
         turns = await conn.fetchrow(_TURNS, *args)
         recall = await conn.fetchrow(_RECALL, *args)
@@ -137,6 +148,9 @@ async def month_usage(pool: asyncpg.Pool, tenant: str, month: str) -> dict[str, 
         "turns_answered": turns["answered"],
         "model_cost_usd": round(sum(u["cost_usd"] for u in by_use.values()), 8),
         "cost_by_use": by_use,
+        "outside_sessions": {r["command"]: {"calls": r["calls"],
+                                            "cost_usd": round(float(r["cost_usd"]), 8)}
+                             for r in commands},
         "image_tokens": sum(int(r["image_tokens"]) for r in models),
         "unpriced_models": sorted({r["model"] for r in models if r["unpriced"]}),
         "knowledge": {

@@ -23,11 +23,11 @@ from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM
 from agent.config import Settings, Tier
 from agent.images import ImageBill, ImageEncoder
-from agent.memory_model import TierMemoryModel
 from agent.pricing import PriceTable, Usage, estimate_text_tokens
 from agent.providers import make_provider
 from agent.session_record import SessionRecord
 from agent.speech import build_speech
+from agent.tier_call import MeteredTierCall
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 
 GEMINI = Tier("gemini", "gemini-2.5-flash", 0.0, 256)
@@ -171,7 +171,7 @@ async def test_a_memory_call_cancelled_by_the_sessions_close_is_in_the_ledger(
     record = open_record(tmp_path)
     tier = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
     provider = make_provider(settings(tmp_path, server), tier)
-    memory = TierMemoryModel(provider, tier, record.meter, timeout_s=60)
+    memory = MeteredTierCall(provider, tier, record.meter, timeout_s=60)
     prompt = llm.ChatContext.empty()
     prompt.add_message(role="user", content="Remember what the user said: " + "vim " * 500)
     try:

@@ -11,8 +11,10 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from conftest import cli_env, run_cli
 from ops_fixture import GAP_SESSIONS, PLAN, record_plan
 
@@ -156,3 +158,54 @@ async def test_a_forgotten_users_questions_leave_the_gaps(
         assert (await store.forget_user("acme", user))["gap_questions"] == 1
     assert [gap["canonical_question"] for gap in await gaps(db.pool, "acme")] == [
         API_KEY["question"]]
+
+
+async def test_gaps_refresh_spend_is_the_tenants_outside_any_session(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """`gaps refresh` names gaps with tier 0 and, with Gemini embeddings, embeds every failed
+    question: billed calls that no session made. They were printed and lost; now they are the
+    tenant's cost events with no session (`detail.command`), in the command ledger's file too,
+    and `usage` counts them."""
+    async def outside_sessions() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        return [(dict(r), json.loads(r["detail"])) for r in await db.pool.fetch(
+            "SELECT tenant, model, input_tokens, output_tokens, cost_usd::float8, detail"
+            " FROM cost_events WHERE session_id IS NULL ORDER BY id")]
+
+    async with gap_sessions_named(settings, db, tmp_path) as env:
+        env = {**env, "SIGHTLINE_EMBEDDINGS": "gemini"}
+        code, out, err = await run_cli("gaps", "refresh", "--tenant", "acme", "--json", env=env)
+        assert code == 0, err
+        report = json.loads(out)
+        rows = await outside_sessions()
+        code, human, err = await run_cli("gaps", "refresh", "--tenant", "acme", env=env)
+        assert code == 0, err
+    assert rows and {r["tenant"] for r, _ in rows} == {"acme"}
+    assert {d["command"] for _, d in rows} == {"gaps refresh"}
+    naming = [r for r, d in rows if d["purpose"] == "gaps"]
+    embedding = [(r, d) for r, d in rows if d["purpose"] == "embedding"]
+    assert len(naming) == len(report["new_gaps"]) == 2 and len(naming) + len(embedding) == len(rows)
+    assert all(r["output_tokens"] > 0 and r["cost_usd"] > 0 for r in naming)
+    # each embedding request billed its texts' estimated tokens at gemini-embedding-001's price
+    assert embedding and all(r["model"] == "gemini-embedding-001" and r["input_tokens"] > 0
+                             and d["usage"] == "estimated" for r, d in embedding)
+    assert all(r["cost_usd"] == pytest.approx(r["input_tokens"] * 0.15 / 1e6, abs=1e-12)
+               for r, _ in embedding)
+    assert report["naming_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in naming))
+    assert report["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r, _ in rows))
+    assert "in all" in human  # the second run embedded, named nothing new
+    rows = await outside_sessions()
+    # the command ledger's file holds the same events
+    lines = [json.loads(line) for line in
+             (settings.costs_dir / "commands.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows) and all(e["session_id"] is None for e in lines)
+    # usage counts them in the month's model cost and lists them by command
+    code, out, err = await run_cli("usage", "--tenant", "acme", "--json", env=env)
+    assert code == 0, err
+    usage = json.loads(out)
+    assert usage["outside_sessions"]["gaps refresh"] == {
+        "calls": len(rows), "cost_usd": round(sum(r["cost_usd"] for r, _ in rows), 8)}
+    assert usage["cost_by_use"]["embedding"]["models"]["gemini-embedding-001"]["calls"] == sum(
+        d["purpose"] == "embedding" for _, d in rows)
+    code, out, _ = await run_cli("usage", "--tenant", "acme", env=env)
+    assert "of which outside sessions, `gaps refresh`" in out

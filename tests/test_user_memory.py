@@ -25,10 +25,10 @@ import pytest
 from conftest import CountingEmbedder, assert_bm25_statistics_exact, bm25_score, lexemes
 
 from agent.config import Settings, Tier
-from agent.memory_model import TierMemoryModel
 from agent.pricing import PriceTable
 from agent.providers import make_provider
 from agent.session_record import SessionRecord
+from agent.tier_call import MeteredTierCall
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory import keeper as keeper_module
 from memory.backlog import release_lost
@@ -100,7 +100,7 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
             gemini_api_key="k", gemini_base_url=server.base_url), LITE)
         record = _record(tmp_path, "s-keep")
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            memory=memory, model=MeteredTierCall(provider, LITE, record.meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-keep", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None)
         for n in range(4):
@@ -139,7 +139,7 @@ async def test_a_failing_memory_model_loses_nothing_else(
             gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
         record = _record(tmp_path, "s-fail")
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            memory=memory, model=MeteredTierCall(provider, LITE, record.meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-fail", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None)
         keeper.exchange("question", "answer")
@@ -154,7 +154,7 @@ async def test_a_failing_memory_model_loses_nothing_else(
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url), LITE)
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE,
+            memory=memory, model=MeteredTierCall(provider, LITE,
                                                  _record(tmp_path, "s-next").meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-next", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None,
@@ -215,7 +215,7 @@ async def test_deferred_exchanges_are_analysed_first_once_and_tried_again_when_t
             return items
 
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE, record.meter, timeout_s=5),
+            memory=memory, model=MeteredTierCall(provider, LITE, record.meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None, deferred=deferred)
         keeper.exchange("said now", "answered now")
@@ -277,7 +277,7 @@ async def test_a_keeper_at_work_on_what_it_claimed_keeps_it(
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url, model_retries=0), LITE)
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE,
+            memory=memory, model=MeteredTierCall(provider, LITE,
                                                  _record(tmp_path, "s-now").meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None, deferred=claimed_long_ago)
@@ -313,7 +313,7 @@ async def test_a_session_closing_mid_catch_up_hands_the_rest_back(
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url), LITE)
         keeper = MemoryKeeper(
-            memory=memory, model=TierMemoryModel(provider, LITE,
+            memory=memory, model=MeteredTierCall(provider, LITE,
                                                  _record(tmp_path, "s-now").meter, timeout_s=60),
             tenant="acme", user_id="u-1", session_id="s-now", spill_dir=tmp_path,
             timeout_s=0.5, facts=[], summary=None,
@@ -355,7 +355,7 @@ async def test_an_exchange_a_dead_worker_was_analysing_waits_for_a_later_session
 
         def keeper(session_id: str, timeout_s: float) -> MemoryKeeper:
             return MemoryKeeper(
-                memory=memory, model=TierMemoryModel(
+                memory=memory, model=MeteredTierCall(
                     provider, LITE, _record(tmp_path, session_id).meter, timeout_s=60),
                 tenant="acme", user_id="u-1", session_id=session_id, spill_dir=tmp_path,
                 timeout_s=timeout_s, facts=[], summary=None,

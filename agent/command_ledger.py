@@ -1,0 +1,89 @@
+"""The ledger of what a command spent outside any session: `kb ingest` and `kb search` embedding
+with Gemini or reranking with Cohere, `gaps refresh` naming gaps with tier 0. Those calls are
+billed to the tenant like a session's, so they go into the same `cost_events` table (with no
+session: `session_id` is NULL, `detail.command` names the command) where usage, the report and
+the tenant's daily budget add them up with the rest.
+
+Each event is appended at once to `<costs_dir>/commands.jsonl` (the durable copy, as a session's
+cost log is) and written to Postgres when the command ends, whatever way it ends. If that write
+fails, one line says so and where the events are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from memory.store import Store
+
+from .config import ConfigError, Settings
+from .event_log import Event, check_log_dir
+from .metering import CostMeter
+from .pricing import PriceTable
+
+log = logging.getLogger("sightline.costs")
+
+COMMANDS_LOG = "commands.jsonl"
+
+
+class CommandLedger:
+    """A `Recorder` (agent/event_log.py) for one command run: a `CostMeter` prices calls into
+    it as it does into a session's event log."""
+
+    def __init__(self, *, tenant: str, command: str, costs_dir: Path) -> None:
+        self.tenant = tenant
+        self.command = command
+        self.path = costs_dir / COMMANDS_LOG
+        self.events: list[Event] = []
+        self.file_error: str | None = None
+        try:
+            check_log_dir(costs_dir)
+        except ConfigError as exc:  # the events still reach the database
+            self._file_failed(str(exc))
+
+    @classmethod
+    def metered(cls, settings: Settings, tenant: str, command: str,
+                ) -> tuple[CommandLedger, CostMeter]:
+        """A ledger for `command` run for `tenant`, and the meter that prices calls into it."""
+        ledger = cls(tenant=tenant, command=command, costs_dir=settings.costs_dir)
+        return ledger, CostMeter(ledger, PriceTable.load(settings.prices_file))
+
+    @property
+    def cost_usd(self) -> float:
+        """What the command has spent so far (calls that could not be priced count 0)."""
+        return round(sum(e["cost_usd"] or 0.0 for e in self.events), 8)
+
+    def record(self, kind: str, *, cost_usd: float | None = 0.0, **fields: Any) -> Event:
+        detail = {**fields.pop("detail", {}), "command": self.command}
+        event = {"session_id": None, "tenant": self.tenant, "seq": len(self.events) + 1,
+                 "ts": time.time(), "kind": kind, **fields, "detail": detail,
+                 "cost_usd": cost_usd}
+        self.events.append(event)
+        if self.file_error is None:
+            try:
+                with self.path.open("a") as fh:  # one write per line: runs may append at once
+                    fh.write(json.dumps(event) + "\n")
+            except OSError as exc:
+                self._file_failed(f"{self.path}: {exc.strerror or exc}")
+        return event
+
+    def _file_failed(self, why: str) -> None:
+        self.file_error = why
+        log.error("the command ledger cannot be written (%s): %s's billed calls go to the "
+                  "database only", why, self.command)
+
+    async def save(self, store: Store) -> None:
+        """Write the events to `cost_events`; a failure is one line naming where they are."""
+        if not self.events:
+            return
+        try:
+            await store.add_cost_events(self.events)
+        except Exception as exc:
+            where = (f"they are in {self.path}" if self.file_error is None
+                     else "nor in the command ledger's file: they are lost")
+            log.error("could not record %s's %d billed calls ($%.6f) in the database (%s); %s",
+                      self.command, len(self.events), self.cost_usd,
+                      " ".join(str(exc).split())[:160] or type(exc).__name__, where)

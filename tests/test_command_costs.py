@@ -1,0 +1,135 @@
+"""Billed calls outside the cascade: Gemini embeddings and what commands spend.
+
+Protects: each Gemini embedding request a session makes (its questions, its messages) is in
+the session's ledger, billed its texts' estimated tokens; one a command makes (`kb ingest`,
+`gaps refresh`: tests/test_gaps.py) is the tenant's, in `cost_events` with no session and in
+the command ledger's file; a ledger the database refuses is one line, its events kept on disk.
+Through the real google-genai client against the wire-format server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli_env, run_cli
+
+from agent.command_ledger import CommandLedger
+from agent.config import Settings
+from agent.metering import CostMeter
+from agent.pricing import PriceTable
+from agent.session import SessionRuntime
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.db import Database
+from memory.embeddings import EmbeddingCall
+from memory.store import Store
+
+
+def embedding_requests(server: ScriptedModelServer) -> list[list[str]]:
+    """The texts of each `batchEmbedContents` request the server answered."""
+    return [[" ".join(p["text"] for p in item["content"]["parts"])
+             for item in r.body["requests"]]
+            for r in server.requests if r.model == "gemini-embedding-001"]
+
+
+def billed(texts: list[str]) -> int:
+    """The tokens an embedding request is billed: its characters at ~4 a token."""
+    return math.ceil(sum(map(len, texts)) / 4)
+
+
+async def test_a_sessions_gemini_embeddings_are_in_its_ledger(
+    settings: Settings, db: Database,
+) -> None:
+    def reply(_request: CapturedRequest) -> ScriptedReply:
+        return ScriptedReply(text="[[confidence: 0.95]] The VPN listens on UDP port 51821.")
+
+    async with ScriptedModelServer(replies=reply) as server:
+        settings = settings.with_overrides(
+            gemini_api_key="test-key", anthropic_api_key="test-key",
+            gemini_base_url=server.base_url, anthropic_base_url=server.base_url,
+            embeddings="gemini", memory_updates=False)
+        runtime = await SessionRuntime.open(settings, db, tenant="acme", user_id="u1",
+                                            source="replay")
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await session.run(user_input="Which port does the office VPN use?")
+        finally:
+            await session.aclose()
+            summary = await runtime.close()
+    requests = embedding_requests(server)
+    events = [json.loads(line) for line in
+              runtime.record.events.path.read_text().splitlines()]
+    embedded = [e for e in events if e["kind"] == "model_call"
+                and e["detail"].get("purpose") == "embedding"]
+    # the question (recall and live assist share one call) and the exchange's messages
+    assert requests and len(embedded) == len(requests)
+    assert [(e["input_tokens"], e["detail"]["texts"]) for e in embedded] == [
+        (billed(texts), len(texts)) for texts in requests]
+    assert all(e["detail"]["usage"] == "estimated" and e["model"] == "gemini-embedding-001"
+               and e["cost_usd"] == pytest.approx(e["input_tokens"] * 0.15 / 1e6, abs=1e-12)
+               for e in embedded)
+    # counted in the session's total like every other call, and in its rows
+    assert summary["by_model"]["gemini-embedding-001"]["calls"] == len(embedded)
+    assert summary["total_cost_usd"] == pytest.approx(
+        sum(e["cost_usd"] for e in events if e["kind"] in ("model_call", "model_error")),
+        abs=1e-8)
+    rows = await db.pool.fetchval(
+        "SELECT count(*) FROM cost_events WHERE session_id = $1 AND model = $2",
+        runtime.record.events.session_id, "gemini-embedding-001")
+    assert rows == len(embedded)
+
+
+async def test_commands_embedding_with_gemini_bill_the_tenant_outside_any_session(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "vpn.md").write_text("# VPN\n\nThe VPN listens on UDP port 51821.\n")
+    (docs / "router.md").write_text("# Router\n\nReboot the router by holding reset.\n")
+    async with ScriptedModelServer() as server:
+        env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+               "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "gemini"}
+        code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+        assert code == 0, err
+        code, _, err = await run_cli("kb", "search", "which port for the VPN", "--tenant",
+                                     "acme", env=env)
+        assert code == 0, err
+        code, _, err = await run_cli("screen", "search", "VPN error", "--tenant", "acme",
+                                     env=env)
+        assert code == 0, err
+    requests = embedding_requests(server)
+    rows = [(r["input_tokens"], json.loads(r["detail"])) for r in await db.pool.fetch(
+        "SELECT input_tokens, detail FROM cost_events WHERE session_id IS NULL"
+        " AND tenant = 'acme' ORDER BY id")]
+    # each document's chunks in a request of their own, then each search's question
+    assert [d["command"] for _, d in rows] == ["kb ingest", "kb ingest", "kb search",
+                                                "screen search"]
+    assert [(tokens, d["texts"]) for tokens, d in rows] == [
+        (billed(texts), len(texts)) for texts in requests]
+
+
+async def test_a_ledger_the_database_refuses_is_one_line_and_kept_on_disk(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = CommandLedger(tenant="acme", command="kb ingest", costs_dir=tmp_path)
+    meter = CostMeter(ledger, PriceTable.load())
+    meter.embedding_call(EmbeddingCall("gemini", "gemini-embedding-001", 3, 4000, 12.0))
+    meter.embedding_call(EmbeddingCall("gemini", "gemini-embedding-001", 1, 40, 9.0,
+                                       error="Gemini embeddings failed: 503"))
+    refusing = Store(db.pool)
+    await db.close()  # the database goes away before the command's end
+    with caplog.at_level(logging.ERROR, logger="sightline.costs"):
+        await ledger.save(refusing)
+    assert ledger.cost_usd == pytest.approx(1000 * 0.15 / 1e6)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "could not record kb ingest's 2 billed calls ($0.000150)" in line
+    assert str(tmp_path / "commands.jsonl") in line and "\n" not in line
+    kept: list[dict[str, Any]] = [json.loads(x) for x in
+                                  (tmp_path / "commands.jsonl").read_text().splitlines()]
+    assert [(e["input_tokens"], e["kind"], e["detail"]["usage"]) for e in kept] == [
+        (1000, "model_call", "estimated"), (0, "model_error", "unbilled")]
