@@ -19,6 +19,17 @@ LiveKit also drops a dispatch that no worker has room for (each is offered it on
 arrival is a webhook too: a worker looks at the room a little later and, while the user waits
 without an agent and the dispatch has run no job, the first worker to claim it dispatches the
 agent again, and goes on looking until an agent is there or the user leaves.
+
+Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, the
+database is away for a moment), and no later webhook names the same loss or arrival: a worker
+that gave up at the first failure would leave the user in the room without an agent, for good.
+So a failure is one line and the worker tries again on the same backoff as its looks (10 s,
+doubling up to a minute, ±25%), for as long as the user waits without an agent. The claim in
+Postgres is taken before LiveKit is asked (it is what keeps two workers from dispatching one
+room twice), so a claim whose dispatch LiveKit did not take is either kept by its claimant,
+who asks again (a lost agent: `recover`), or handed back for the next look to claim (an
+unplaced dispatch: `place_again`); a call that failed may still have reached LiveKit (its
+answer lost to a timeout), which the next try checks for before asking a second time.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
 from memory.db import Database, DatabaseUnavailable
-from memory.redispatches import Claim, claim
+from memory.redispatches import Claim, claim, release
 from memory.spill_files import event_log_path
 from memory.store import Store
 
@@ -70,6 +81,9 @@ class Redispatcher:
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # claims (room sid, identity) this worker could not hand back (Postgres away too): its
+        # own, so its next look goes on with them instead of finding them TAKEN by itself
+        self._unreleased: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         app = web.Application()
@@ -129,37 +143,90 @@ class Redispatcher:
                 if p.kind == models.ParticipantInfo.Kind.STANDARD]
 
     async def _ours(self, lk: api.LiveKitAPI, room: str) -> list[agent_dispatch.AgentDispatch]:
-        return [d for d in await lk.agent_dispatch.list_dispatch(room_name=room)
-                if d.agent_name == self._settings.agent_name]
+        """Our agent's dispatches in `room` (none when the room is gone)."""
+        try:
+            listed = await lk.agent_dispatch.list_dispatch(room_name=room)
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return []
+            raise
+        return [d for d in listed if d.agent_name == self._settings.agent_name]
+
+    @staticmethod
+    def _retry_in(wait_s: float) -> float:
+        """The next wait of the backoff from `wait_s`: ±25%, so that the workers that heard one
+        webhook do not ask at the same moments."""
+        return wait_s * random.uniform(0.75, 1.25)
+
+    async def _release(self, room_sid: str, identity: str) -> None:
+        """Hand back a claim whose dispatch LiveKit did not take (`redispatches.release`);
+        when Postgres does not answer either, it is remembered as still this worker's."""
+        try:
+            await release(await self._pool(), room_sid=room_sid, lost_identity=identity)
+            self._unreleased.discard((room_sid, identity))
+        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            self._unreleased.add((room_sid, identity))
+            log.error("could not hand back the claim on %s of room %s: %s", identity, room_sid,
+                      exc)
 
     async def recover(self, room: str, room_sid: str, lost_identity: str) -> bool:
         """Dispatch the agent to `room` again if its user is still there without one; True when
-        this worker did."""
-        try:
-            async with self._api() as lk:
-                people = await self._waiting(lk, room)
-                if not people:
-                    return False
-                claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
-                                      lost_identity=lost_identity, max_per_room=MAX_PER_ROOM,
-                                      within_s=WITHIN_S)
-                if claimed is Claim.TOO_OFTEN:
-                    log.error("room %s lost its agent %s again: it was dispatched %d times in "
-                              "%.0f minutes already, so not again", room, lost_identity,
-                              MAX_PER_ROOM, WITHIN_S / 60)
-                if claimed is not Claim.CLAIMED:
-                    return False
-                lost = [s["id"] for s in await Store(await self._pool()).open_sessions(room)]
-                metadata = next((d.metadata for d in reversed(await self._ours(lk, room))), "")
-                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
-                    agent_name=self._settings.agent_name, room=room, metadata=metadata))
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
-                api.TwirpError) as exc:
-            log.error("could not dispatch the agent again to room %s, whose agent %s was "
-                      "lost: %s", room, lost_identity, exc)
-            return False
+        this worker did.
+
+        No other webhook will name this loss, so a failure is tried again on the backoff while
+        the user waits without an agent. Until the claim, every worker that heard the webhook
+        tries (the first to claim dispatches; the others find it TAKEN and stop). The claimant
+        keeps its claim while LiveKit fails (the rest of the fleet stopped on it, and must not
+        dispatch the room as well) and asks LiveKit again: only LiveKit, so a database that
+        goes away after the claim does not hold the dispatch up. A dispatch of ours that was not
+        in the room when it first asked is its failed call, which reached LiveKit after all:
+        not asked for twice. Should the user leave before any dispatch, the claim is handed
+        back: it does not count against `MAX_PER_ROOM`."""
+        held = False  # this worker has the claim
+        before: set[str] | None = None  # our dispatches in the room when LiveKit was first asked
+        lost: list[str] = []
+        people: list[models.ParticipantInfo] = []
+        wait_s = UNPLACED_CHECK_S
+        while True:
+            delay_s = self._retry_in(wait_s)  # before the next try, should this one fail
+            try:
+                async with self._api() as lk:
+                    people = await self._waiting(lk, room)
+                    if before is not None and any(
+                            d.id not in before for d in await self._ours(lk, room)):
+                        break  # the call that failed reached LiveKit; its answer did not come
+                    if not people:
+                        if held:
+                            await self._release(room_sid, lost_identity)
+                        return False
+                    if not held:
+                        # read before the claim, which needs the database as well
+                        lost = [s["id"] for s in
+                                await Store(await self._pool()).open_sessions(room)]
+                        claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                              lost_identity=lost_identity,
+                                              max_per_room=MAX_PER_ROOM, within_s=WITHIN_S)
+                        if claimed is Claim.TOO_OFTEN:
+                            log.error("room %s lost its agent %s again: it was dispatched %d "
+                                      "times in %.0f minutes already, so not again", room,
+                                      lost_identity, MAX_PER_ROOM, WITHIN_S / 60)
+                        if claimed is not Claim.CLAIMED:
+                            return False
+                        held = True
+                    ours = await self._ours(lk, room)
+                    metadata = next((d.metadata for d in reversed(ours)), "")
+                    before = {d.id for d in ours}
+                    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                        agent_name=self._settings.agent_name, room=room, metadata=metadata))
+                    break
+            except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
+                    api.TwirpError) as exc:
+                log.error("could not dispatch the agent again to room %s, whose agent %s was "
+                          "lost: %s; trying again in %.0f s", room, lost_identity, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
-                    lost_identity, room, ", ".join(p.identity for p in people))
+                    lost_identity, room, ", ".join(p.identity for p in people) or "its user")
         REDISPATCHES.labels("lost").inc()
         self._track(self.place_when_free(room, room_sid), "unplaced")  # the fleet may be full
         if lost and self._settings.lost_session_close_s > 0:
@@ -171,17 +238,25 @@ class Redispatcher:
         once and, when none has (the whole fleet full), drops it: the user would wait for an
         agent that never comes. So look after `UNPLACED_CHECK_S`, then at doubling waits (up to
         a minute, ±25%), and dispatch it again while it is unplaced, until an agent is there,
-        the user leaves, or another worker of the fleet took the retries over."""
+        the user leaves, or another worker of the fleet took the retries over. A look that
+        fails (LiveKit or Postgres not answering) is looked again at the next wait."""
         wait_s = UNPLACED_CHECK_S
         while True:
-            await asyncio.sleep(wait_s * random.uniform(0.75, 1.25))
+            await asyncio.sleep(self._retry_in(wait_s))
             if not await self.place_again(room, room_sid):
                 return
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
 
     async def place_again(self, room: str, room_sid: str) -> bool:
         """Dispatch `room`'s agent again if its dispatch found no worker (one with no job,
-        older than `DISPATCH_SETTLE_S`); whether to look again later."""
+        older than `DISPATCH_SETTLE_S`); whether to look again later.
+
+        The new dispatch is created before the stale ones are deleted, so the room always has
+        one of ours: a creation that fails leaves the stale dispatch for the next look, and
+        hands its claim back so that that look (this worker's, or another's that heard a later
+        arrival) may claim it again. A failure to ask is a look again later, not an end: the
+        user is still waiting. While any unplaced dispatch is young (one just created, maybe
+        by a call whose answer was lost) it may still be offered to the workers: wait."""
         try:
             async with self._api() as lk:
                 people = await self._waiting(lk, room)
@@ -195,29 +270,41 @@ class Redispatcher:
                 unplaced = [d for d in ours if not d.state.jobs]
                 if not unplaced:
                     return False  # no dispatch of ours waits (or its jobs ended: not ours)
-                if all(d.state.created_at > settled for d in unplaced):
+                if any(d.state.created_at > settled for d in unplaced):
                     return True  # too young to tell
                 dispatch = unplaced[-1]
-                claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
-                                      lost_identity=f"dispatch {dispatch.id}",
-                                      max_per_room=MAX_UNPLACED, within_s=WITHIN_S,
-                                      reason="unplaced")
+                identity = f"dispatch {dispatch.id}"
+                if (room_sid, identity) in self._unreleased:
+                    claimed = Claim.CLAIMED  # ours still: handing it back failed
+                else:
+                    claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                          lost_identity=identity, max_per_room=MAX_UNPLACED,
+                                          within_s=WITHIN_S, reason="unplaced")
                 if claimed is Claim.TOO_OFTEN:
                     log.error("no worker has had room for the agent of room %s: dispatched "
                               "again %d times in %.0f minutes, so not again", room,
                               MAX_UNPLACED, WITHIN_S / 60)
                 if claimed is not Claim.CLAIMED:
                     return False  # TAKEN: the worker that claimed it watches from now on
-                for stale in unplaced:  # a dispatch no worker took runs no job: nothing stops
-                    await lk.agent_dispatch.delete_dispatch(stale.id, room)
-                await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
-                    agent_name=self._settings.agent_name, room=room,
-                    metadata=dispatch.metadata))
+                try:
+                    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                        agent_name=self._settings.agent_name, room=room,
+                        metadata=dispatch.metadata))
+                except (OSError, TimeoutError, api.TwirpError):
+                    await self._release(room_sid, identity)
+                    raise
+                self._unreleased.discard((room_sid, identity))
+                try:
+                    for stale in unplaced:  # a dispatch no worker took runs no job: nothing stops
+                        await lk.agent_dispatch.delete_dispatch(stale.id, room)
+                except (OSError, TimeoutError, api.TwirpError) as exc:
+                    log.error("dispatched the agent of room %s again but could not delete its "
+                              "dispatch that no worker took: %s", room, exc)
         except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
                 api.TwirpError) as exc:
-            log.error("could not check whether a worker took the agent of room %s: %s",
-                      room, exc)
-            return False
+            log.error("could not check whether a worker took the agent of room %s: %s; "
+                      "looking again later", room, exc)
+            return True
         log.warning("no worker had room for the agent of room %s, where %s waits: "
                     "dispatched it again", room, ", ".join(p.identity for p in people))
         REDISPATCHES.labels("unplaced").inc()

@@ -23,8 +23,12 @@ once, then the processes, each `sightline start --process I/N` with its own sett
 A process that ends while the worker is not stopping (a crash, the OOM killer) is started
 again (at once, then after 1, 2, 4... s up to a minute while it keeps failing within a minute
 of its start); its sessions' rooms are dispatched again by the fleet as for any lost worker,
-and its open sessions are closed by the process that replaces it (agent/left_open.py). A
-process that exits with status 2 (a setting it refuses) stops the worker with that status.
+and its open sessions are closed by the process that replaces it (agent/left_open.py). A start
+that fails itself (the fork refused under the memory pressure that just ended the process, no
+free health port) is one line and is tried again on the same backoff: the parent ending with
+a traceback instead would take every other process down with it (`PR_SET_PDEATHSIG`, below),
+their sessions killed undrained. A process that exits with status 2 (a setting it refuses)
+stops the worker with that status.
 SIGTERM and SIGINT are passed on (the processes drain; a second one ends them at once), also
 to a process being started as the signal came. Each process runs in a session (and process
 group) of its own, so a signal to the worker's group (a terminal's Ctrl-C) reaches it once,
@@ -173,7 +177,14 @@ class WorkerProcess:
 
 
 def describe_exit(code: int) -> str:
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+    """A process's exit status as a person reads it. A real-time signal (SIGRTMIN+n) has no
+    name in `signal.Signals`: it is given by its number rather than raising in the watcher."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 class Supervisor:
@@ -190,10 +201,16 @@ class Supervisor:
             for slot in (ProcessSlot(i, count) for i in range(count))]
 
     async def run(self) -> int:
+        """Start the processes and keep them until they have all ended after a stop signal.
+        Should `run` end otherwise (an exception out of a watcher: a bug; its caller cancelling
+        it), it first stops the processes as a SIGTERM would and waits for them to drain, since
+        the parent's end would kill them undrained (`PR_SET_PDEATHSIG`), and leaves no watcher
+        running behind it (one would go on restarting its process for a parent that is gone)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         health = await self._serve_health() if self._settings.health_port else None
+        keeping: list[asyncio.Task[int]] = []
         try:
             for process in self.processes:
                 if not self._stopping.is_set():  # a stop signal while they start
@@ -201,8 +218,19 @@ class Supervisor:
             print(f"sightline: started {len(self.processes)} worker processes (pids "
                   f"{', '.join(str(p.proc.pid) for p in self.processes if p.proc)})",
                   file=sys.stderr, flush=True)
-            codes = await asyncio.gather(*(self._keep(p) for p in self.processes))
+            keeping = [asyncio.create_task(self._keep(p), name=f"keep worker process {p.slot}")
+                       for p in self.processes]
+            codes = await asyncio.gather(*keeping)
+        except BaseException:
+            if not self._stopping.is_set():  # a second SIGTERM would end them undrained
+                self._on_signal(signal.SIGTERM)
+            await asyncio.gather(*keeping, *(p.proc.wait() for p in self.processes if p.proc),
+                                 return_exceptions=True)
+            raise
         finally:
+            for task in keeping:  # all done but when `run` was cancelled again while waiting
+                task.cancel()
+            await asyncio.gather(*keeping, return_exceptions=True)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             if health is not None:
@@ -227,7 +255,14 @@ class Supervisor:
 
     async def _keep(self, process: WorkerProcess) -> int:
         """Wait for the process; start it again when it ends while the worker runs on.
-        Returns its last exit status (0 for a process ended by a stop signal)."""
+        Returns its last exit status (0 for a process ended by a stop signal).
+
+        A start that fails (the fork refused with EAGAIN or ENOMEM just after the OOM killer
+        ended the process, `free_port` finding none) is one line and is tried again after
+        the next wait of the backoff, for as long as it fails: whatever the cause, the other
+        processes' sessions go on meanwhile, and the parent's health port names this one as
+        not running. `process.proc` stays the ended process until a start succeeds (`start`
+        sets it last)."""
         failing_s = RESTART_FIRST_S
         while process.proc is not None:
             code = await process.proc.wait()
@@ -245,12 +280,22 @@ class Supervisor:
             print(f"sightline: worker process {process.slot} (pid {process.proc.pid}) ended "
                   f"({describe_exit(code)}) after {ran_s:.0f} s; starting it again"
                   + (f" in {wait_s:.0f} s" if wait_s else ""), file=sys.stderr, flush=True)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._stopping.wait()
-            if self._stopping.is_set():
-                return 0
-            await self._start(process)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._stopping.wait()
+                if self._stopping.is_set():
+                    return 0
+                try:
+                    await self._start(process)
+                    break
+                except Exception as exc:  # whatever the cause: the other processes run on
+                    if self._stopping.is_set():
+                        return 0
+                    wait_s, failing_s = failing_s, min(RESTART_MAX_S, failing_s * 2)
+                    print(f"sightline: worker process {process.slot} could not be started "
+                          f"again ({type(exc).__name__}: {exc}); trying again in "
+                          f"{wait_s:.0f} s", file=sys.stderr, flush=True)
         return 0
 
     async def _serve_health(self) -> web.AppRunner:

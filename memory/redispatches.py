@@ -1,5 +1,7 @@
 """Which worker of a fleet dispatches a room again (its agent lost, or its dispatch taken by
-no worker): the first to claim it."""
+no worker): the first to claim it. A claim is committed before LiveKit is asked (it is what
+keeps two workers from dispatching the room twice), so a claim whose dispatch LiveKit never
+took is handed back (`release`) by its claimant (agent/redispatch.py says when)."""
 
 from __future__ import annotations
 
@@ -42,3 +44,15 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
             await release_lost(conn, room)
         return Claim.CLAIMED
 
+
+
+async def release(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> bool:
+    """Hand back a claim whose dispatch LiveKit never took, so that it does not count against
+    the room's `max_per_room` (a re-dispatch that did not happen) and the next caller naming
+    the same lost agent or unplaced dispatch gets `CLAIMED` again. What `claim` handed back of
+    the lost session's memory claims stays handed back: those were free for the session that
+    replaces it, whoever dispatches it. True when there was such a claim."""
+    deleted = await pool.fetchval(
+        "DELETE FROM redispatches WHERE room_sid = $1 AND lost_identity = $2 RETURNING true",
+        room_sid, lost_identity)
+    return bool(deleted)

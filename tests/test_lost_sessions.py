@@ -1,22 +1,29 @@
-"""The record of a session lost with its worker, closed by the worker that re-dispatched its room.
+"""The record of a session lost with its worker, closed by the worker that re-dispatched its room;
+and a re-dispatch whose LiveKit call fails.
 
 Protects: a lost session still open and silent for `SIGHTLINE_LOST_SESSION_CLOSE_S` is closed
 as abandoned, its summary folded from the cost events Postgres holds; one still recording (a
 worker still ending it) and one that ended by itself are left as they are; a database that
-does not answer is one line. The live path (a SIGKILLed worker, the webhook, the re-dispatch)
-is tests/test_fleet.py's.
+does not answer is one line. A claimed re-dispatch whose LiveKit call fails (a 503 while
+LiveKit restarts, a timeout) is tried again until the user has an agent, once, and a room's
+dispatch that no worker took is never deleted before its replacement exists. The live path (a
+SIGKILLed worker, the webhook, the re-dispatch) is tests/test_fleet.py's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
+from livekit import api
+from livekit.protocol import agent, agent_dispatch, models
 
 from agent.config import Settings
-from agent.redispatch import Redispatcher
+from agent.redispatch import AGENT_NAME_ATTRIBUTE, Redispatcher
 from memory.db import Database
 from memory.store import Store
 
@@ -75,3 +82,206 @@ async def test_a_database_that_does_not_answer_is_one_line(
     assert line.startswith("could not close the sessions s-1 lost with room r1's agent: ")
     assert "sightline costs ID --close" in line
     assert not any(r.exc_info for r in caplog.records)
+
+
+AGENT = "sightline"
+UNAVAILABLE = api.TwirpError(api.TwirpErrorCode.UNAVAILABLE, "livekit restarting", status=503)
+
+
+class FakeLiveKit:
+    """LiveKit's room and dispatch API for one room where a user waits without an agent.
+    `create_dispatch` fails `fail` times with `error` (after LiveKit took the dispatch when
+    `reached`: a timeout that lost the answer), then works: the dispatch is placed and its
+    agent joins. `calls` is what was asked, in order."""
+
+    def __init__(self, dispatches: list[agent_dispatch.AgentDispatch], *, fail: int,
+                 error: Exception = UNAVAILABLE, reached: bool = False) -> None:
+        self.dispatches = list(dispatches)
+        self.fail, self.error, self.reached = fail, error, reached
+        self.calls: list[str] = []
+        self.participants = [models.ParticipantInfo(
+            identity="user-1", kind=models.ParticipantInfo.Kind.STANDARD)]
+        self.room = SimpleNamespace(list_participants=self._list_participants)
+        self.agent_dispatch = SimpleNamespace(list_dispatch=self._list_dispatch,
+                                              create_dispatch=self._create,
+                                              delete_dispatch=self._delete)
+
+    async def _list_participants(self, request: api.ListParticipantsRequest) -> SimpleNamespace:
+        return SimpleNamespace(participants=list(self.participants))
+
+    async def _list_dispatch(self, room_name: str) -> list[agent_dispatch.AgentDispatch]:
+        return list(self.dispatches)
+
+    async def _create(self, request: api.CreateAgentDispatchRequest) -> None:
+        if self.fail:
+            self.fail -= 1
+            self.calls.append(f"create {request.room}: failed")
+            if self.reached:
+                self._placed(request)
+            raise self.error
+        self.calls.append(f"create {request.room} {request.metadata}")
+        self._placed(request)
+
+    def _placed(self, request: api.CreateAgentDispatchRequest) -> None:
+        dispatch = agent_dispatch.AgentDispatch(id=f"AD_new{len(self.dispatches)}",
+                                                agent_name=request.agent_name,
+                                                room=request.room, metadata=request.metadata)
+        dispatch.state.created_at = time.time_ns()
+        dispatch.state.jobs.add().state.status = agent.JobStatus.JS_RUNNING
+        self.dispatches.append(dispatch)
+        self.participants.append(models.ParticipantInfo(
+            identity=f"agent-{dispatch.id}", kind=models.ParticipantInfo.Kind.AGENT,
+            attributes={AGENT_NAME_ATTRIBUTE: request.agent_name}))
+
+    async def _delete(self, dispatch_id: str, room: str) -> None:
+        self.calls.append(f"delete {dispatch_id}")
+        self.dispatches = [d for d in self.dispatches if d.id != dispatch_id]
+
+    async def __aenter__(self) -> FakeLiveKit:
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool:
+        return False
+
+
+def a_dispatch(dispatch_id: str, room: str, *, age_s: float,
+               job: agent.JobStatus.ValueType | None = None) -> agent_dispatch.AgentDispatch:
+    dispatch = agent_dispatch.AgentDispatch(id=dispatch_id, agent_name=AGENT, room=room,
+                                            metadata='{"tenant": "acme"}')
+    dispatch.state.created_at = time.time_ns() - int(age_s * 1e9)
+    if job is not None:
+        dispatch.state.jobs.add().state.status = job
+    return dispatch
+
+
+@pytest.fixture
+def fleet_of_two(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                 ) -> tuple[Settings, list[Redispatcher]]:
+    """Two workers' redispatchers, looking again at short waits."""
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 0.05)
+    worker_settings = settings.with_overrides(agent_name=AGENT,
+                                              **{**LIVEKIT, "lost_session_close_s": 0.0})
+    return worker_settings, [Redispatcher(worker_settings, settings.database_url or "")
+                             for _ in range(2)]
+
+
+def on(workers: list[Redispatcher], lk: FakeLiveKit) -> None:
+    for worker in workers:
+        worker._api = lambda: lk  # type: ignore[method-assign]
+
+
+async def claims(db: Database) -> list[tuple[str, str]]:
+    return [(r["lost_identity"], r["reason"]) for r in
+            await db.pool.fetch("SELECT lost_identity, reason FROM redispatches ORDER BY at")]
+
+
+async def test_a_lost_agent_whose_dispatch_fails_after_the_claim_is_dispatched_on_a_later_try(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The webhook of the lost agent reaches both workers; the claimant's call to LiveKit
+    fails (503). The claimant tries again on the backoff and the room gets its agent, once,
+    with the lost dispatch's metadata; the other worker found the claim taken."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    _, workers = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_lost", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING)],
+                     fail=1)
+    on(workers, lk)
+    try:
+        async with asyncio.timeout(30):  # it would loop on a bug; not a measure of time
+            done = await asyncio.gather(*(w.recover("r1", "RM_1", "agent-AJ_1")
+                                          for w in workers))
+    finally:
+        for worker in workers:
+            await worker.aclose()
+    assert sorted(done) == [False, True]
+    assert lk.calls == ["create r1: failed", 'create r1 {"tenant": "acme"}']
+    assert any(p.kind == models.ParticipantInfo.Kind.AGENT for p in lk.participants)
+    assert await claims(db) == [("agent-AJ_1", "lost")]
+    assert any(m.startswith("could not dispatch the agent again to room r1, whose agent "
+                            "agent-AJ_1 was lost: ") and "; trying again in " in m
+               for m in caplog.messages)
+    assert any("dispatched it again" in m for m in caplog.messages)
+
+
+async def test_a_dispatch_call_that_reached_livekit_but_lost_its_answer_is_not_asked_twice(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+) -> None:
+    """A timeout after LiveKit took the dispatch: the next try finds the dispatch it asked for
+    (one that was not in the room before) instead of dispatching a second agent."""
+    _, workers = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_lost", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING)],
+                     fail=1, error=TimeoutError(), reached=True)
+    on(workers[:1], lk)
+    try:
+        async with asyncio.timeout(30):
+            assert await workers[0].recover("r1", "RM_1", "agent-AJ_1") is True
+    finally:
+        for worker in workers:
+            await worker.aclose()
+    assert lk.calls == ["create r1: failed"]  # and the agent it asked for is there
+    assert [d.id for d in lk.dispatches] == ["AD_lost", "AD_new1"]
+    assert await claims(db) == [("agent-AJ_1", "lost")]
+
+
+async def test_the_claim_of_a_lost_agent_is_handed_back_when_its_user_leaves_undispatched(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LiveKit keeps failing and the user leaves: the worker stops, and the claim of a
+    re-dispatch that never happened is handed back (it would count against the room's
+    MAX_PER_ROOM, and keep the next webhook naming this agent out)."""
+    _, workers = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_lost", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING)],
+                     fail=1_000)
+    on(workers[:1], lk)
+    try:
+        async with asyncio.timeout(30):
+            recovering = asyncio.create_task(workers[0].recover("r1", "RM_1", "agent-AJ_1"))
+            while not any(m.startswith("could not dispatch the agent again to room r1")
+                          for m in caplog.messages):
+                assert not recovering.done(), recovering
+                await asyncio.sleep(0.01)
+            assert await claims(db) == [("agent-AJ_1", "lost")]  # held while it tries again
+            lk.participants.clear()  # the user leaves
+            assert await recovering is False
+    finally:
+        for worker in workers:
+            await worker.aclose()
+    assert lk.calls and set(lk.calls) == {"create r1: failed"}
+    assert await claims(db) == []
+
+
+@pytest.mark.parametrize("handing_back", ["works", "fails"])
+async def test_an_unplaced_dispatch_is_deleted_only_once_its_replacement_exists(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, handing_back: str,
+) -> None:
+    """A user's dispatch that no worker took; both workers look. Creating its replacement
+    fails once: the old dispatch stays in the room, and a later look creates the replacement,
+    then deletes the old one. When handing the failed claim back fails too (Postgres away for
+    a moment), the claimant goes on with its claim rather than finding it taken by itself."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    if handing_back == "fails":
+        async def database_away(*args: object, **kwargs: object) -> bool:
+            raise OSError("connection refused")
+        monkeypatch.setattr("agent.redispatch.release", database_away)
+    _, workers = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_old", "r2", age_s=60)], fail=1)
+    on(workers, lk)
+    try:
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(w.place_when_free("r2", "RM_2") for w in workers))
+    finally:
+        for worker in workers:
+            await worker.aclose()
+    assert lk.calls == ["create r2: failed", 'create r2 {"tenant": "acme"}', "delete AD_old"]
+    assert [d.id for d in lk.dispatches] == ["AD_new1"]
+    assert await claims(db) == [("dispatch AD_old", "unplaced")]
+    assert any(m.startswith("could not check whether a worker took the agent of room r2: ")
+               and m.endswith("; looking again later") for m in caplog.messages)
+    assert any(m.startswith("no worker had room for the agent of room r2") for m in
+               caplog.messages)
+    if handing_back == "fails":
+        assert any(m.startswith("could not hand back the claim on dispatch AD_old of room "
+                                "RM_2: connection refused") for m in caplog.messages)

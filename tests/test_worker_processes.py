@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import re
 import signal
@@ -37,6 +38,7 @@ from agent.worker_processes import (
     ProcessSlot,
     Supervisor,
     WorkerProcess,
+    describe_exit,
     metrics_ports,
     process_count,
     process_env,
@@ -207,6 +209,147 @@ async def test_a_stop_signal_while_a_process_is_being_started_reaches_it(
         assert await supervisor.run() == 0
     assert all(p.proc is None or p.proc.returncode == -signal.SIGTERM
                for p in supervisor.processes)
+
+
+def ended_processes(supervisor: Supervisor) -> None:
+    """Kill what a failed test left running (the old code left processes and watchers)."""
+    for process in supervisor.processes:
+        if process.proc is not None and process.proc.returncode is None:
+            process.proc.kill()
+
+
+async def seen(capfd: pytest.CaptureFixture[str], said: list[str], pattern: str,
+               deadline: float, running: asyncio.Task[int]) -> None:
+    """Wait until the worker's stderr (gathered in `said`) has a line matching `pattern`,
+    while the worker (`running`) runs."""
+    while not re.search(pattern, "".join(said)):
+        if running.done():
+            raise AssertionError(f"the worker ended ({running.exception()!r}) before saying "
+                                 f"{pattern!r}: {''.join(said)}")
+        assert time.monotonic() < deadline, f"never said {pattern!r}: {''.join(said)}"
+        await asyncio.sleep(0.1)
+        said.append(capfd.readouterr().err)
+
+
+@pytest.mark.parametrize("refused", ["fork", "port"])
+async def test_a_restart_that_fails_is_one_line_and_tried_again_while_the_others_run(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], refused: str) -> None:
+    """Process 1/2 ends; the start that replaces it fails (`fork`: the kernel refuses the
+    fork, EAGAIN, as it may just after the OOM killer; `port`: no free health port). The
+    parent says so in a line and starts it on the next try; process 2/2 runs on, untouched,
+    and a stop still drains both."""
+    scripted(monkeypatch, {0: ["raise SystemExit(1)", SLEEPS], 1: [SLEEPS]})
+    monkeypatch.setattr("agent.worker_processes.RESTART_FIRST_S", 0.0)
+    create, starts, picks = asyncio.create_subprocess_exec, 0, iter(range(20001, 20100))
+
+    async def fork_refused_on_restart(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
+        nonlocal starts
+        starts += 1
+        if refused == "fork" and starts == 3:  # the restart of process 1/2
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return await create(*args, **kwargs)  # type: ignore[arg-type]
+
+    def no_port_on_restart() -> int:
+        port = next(picks)
+        if refused == "port" and port == 20003:  # the restart of process 1/2
+            raise RuntimeError("no free port outside the ephemeral range")
+        return port
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", fork_refused_on_restart)
+    monkeypatch.setattr("agent.worker_processes.free_port", no_port_on_restart)
+    supervisor = Supervisor(Settings.from_env({"SIGHTLINE_HEALTH_PORT": str(free_port())}), 2,
+                            "postgresql://db/x", "INFO")
+    running_ = asyncio.create_task(supervisor.run())
+    try:
+        said: list[str] = []
+        deadline = time.monotonic() + 30
+        await seen(capfd, said, r"worker process 1/2 \(pid \d+\) ended \(status 1\)", deadline,
+                   running_)
+        other = supervisor.processes[1].proc
+        why = ("BlockingIOError: [Errno 11] Resource temporarily unavailable" if refused == "fork"
+               else "RuntimeError: no free port outside the ephemeral range")
+        await seen(capfd, said, re.escape(f"worker process 1/2 could not be started again "
+                                          f"({why}); trying again in 0 s"), deadline, running_)
+        while (first := supervisor.processes[0].proc) is None or first.returncode is not None:
+            assert time.monotonic() < deadline, "the process was not started on the next try"
+            assert not running_.done(), running_
+            await asyncio.sleep(0.1)
+        assert supervisor.processes[1].proc is other and other is not None
+        assert other.returncode is None, "the other process runs on"
+        os.kill(os.getpid(), signal.SIGTERM)  # the worker's stop: passed on to both
+        async with asyncio.timeout(30):
+            assert await running_ == 0
+        assert all(p.proc is not None and p.proc.returncode == -signal.SIGTERM
+                   for p in supervisor.processes)
+        said.append(capfd.readouterr().err)
+        assert "Traceback" not in "".join(said)
+    finally:
+        running_.cancel()
+        ended_processes(supervisor)
+
+
+async def test_a_process_killed_by_a_signal_without_a_name_is_started_again(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """A real-time signal (SIGRTMIN+n) has no name in `signal.Signals`: naming it in the
+    process's line must not raise out of the watcher and end the worker."""
+    unnamed = signal.SIGRTMIN + 6
+    assert describe_exit(-unnamed) == f"killed by signal {unnamed}"
+    assert (describe_exit(-signal.SIGKILL), describe_exit(3)) == ("killed by SIGKILL",
+                                                                  "status 3")
+    scripted(monkeypatch, {0: [f"import os; os.kill(os.getpid(), {unnamed})", SLEEPS],
+                           1: [SLEEPS]})
+    monkeypatch.setattr("agent.worker_processes.RESTART_FIRST_S", 0.0)
+    supervisor = Supervisor(Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"}), 2,
+                            "postgresql://db/x", "INFO")
+    running_ = asyncio.create_task(supervisor.run())
+    try:
+        said: list[str] = []
+        await seen(capfd, said, rf"1/2 \(pid \d+\) ended \(killed by signal {unnamed}\)",
+                   time.monotonic() + 30, running_)
+        deadline = time.monotonic() + 30
+        while (first := supervisor.processes[0].proc) is None or first.returncode is not None:
+            assert time.monotonic() < deadline, "the process was not started again"
+            assert not running_.done(), running_
+            await asyncio.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await running_ == 0
+    finally:
+        running_.cancel()
+        ended_processes(supervisor)
+
+
+@pytest.mark.parametrize("ends", ["a-watcher-raises", "run-cancelled"])
+async def test_a_run_that_ends_early_drains_the_processes_and_leaves_no_watcher(
+        monkeypatch: pytest.MonkeyPatch, ends: str) -> None:
+    """Should `Supervisor.run` end before its processes (a bug in one process's watcher; its
+    caller cancelling it), the others are told to stop as by SIGTERM, so they drain instead of
+    dying undrained with the parent, and no watcher is left to restart a process for it."""
+    scripted(monkeypatch, {0: ["raise SystemExit(1)" if ends == "a-watcher-raises" else SLEEPS],
+                           1: [SLEEPS]})
+
+    def a_bug(code: int) -> str:
+        raise RuntimeError("a bug in the watcher")
+    monkeypatch.setattr("agent.worker_processes.describe_exit", a_bug)
+    supervisor = Supervisor(Settings.from_env({"SIGHTLINE_HEALTH_PORT": "0"}), 2,
+                            "postgresql://db/x", "INFO")
+    running_ = asyncio.create_task(supervisor.run())
+    try:
+        if ends == "run-cancelled":
+            deadline = time.monotonic() + 30
+            while not all(p.proc for p in supervisor.processes):
+                assert time.monotonic() < deadline, "the processes were not started"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)  # the watchers are waiting on them
+            running_.cancel()
+        with pytest.raises(asyncio.CancelledError if ends == "run-cancelled" else RuntimeError):
+            async with asyncio.timeout(30):
+                await running_
+        other = supervisor.processes[1].proc
+        assert other is not None and other.returncode == -signal.SIGTERM, "told to stop"
+        assert not [t for t in asyncio.all_tasks()
+                    if t.get_coro().__qualname__ == "Supervisor._keep"], "a watcher left"
+    finally:
+        ended_processes(supervisor)
 
 
 REPO = Path(__file__).resolve().parents[1]
