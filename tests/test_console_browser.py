@@ -60,6 +60,7 @@ from bench.livekit_harness import (
 )
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
+from tools.handoff import REASON_LABEL
 
 pytestmark = pytest.mark.e2e
 
@@ -201,7 +202,8 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
             await page.fill("#chat-input", HANDOFF_QUESTION)
             await page.press("#chat-input", "Enter")
             await expect(page.locator("#handoff")).to_have_text(
-                "Handed over to a person: The user asked for a person.", timeout=30_000)
+                f"Handed over to a person: {REASON_LABEL}The user asked for a person.",
+                timeout=30_000)
             await expect(page.locator("#messages li.agent.done").last).to_have_text(
                 HANDED_OFF, timeout=30_000)
             # leaving says so to LiveKit, so the session ends now (a closed browser is only
