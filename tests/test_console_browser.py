@@ -18,6 +18,12 @@ When starting a session fails below the console's own errors (headless Chromium,
 `sightline console`): the console stopped after the page loaded (the request fails) or a proxy in
 front of it answering its own HTML page, the status line says so and **Start session** can be
 clicked again, with no uncaught error in the page.
+Against a stand-in agent (a test-owned participant of kind agent; no worker, no models): with
+speech, the user's words and the agent's answer each one bubble, shown as who said them; Leave
+then Start session shows only the new session; the agent leaving says so, closes the chat and
+marks an answer it cut off; a question asked before the agent joins is queued and sent when it
+does; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
+refused screen and a refused microphone are both noted.
 """
 
 from __future__ import annotations
@@ -25,16 +31,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
 from conftest import answering, fresh_database
+from livekit import api, rtc
+from livekit.agents.voice.room_io._output import _ParticipantTranscriptionOutput
 from PIL import Image, ImageStat
 from playwright.async_api import Page, async_playwright, expect
 from test_cascade import tool_results
@@ -228,11 +238,19 @@ def bare_console(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]
     if not CHROMIUM.exists():
         pytest.fail("the console test needs Debian's chromium (debian-packages.txt)")
     assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    with console_process(tmp_path, f"ws://127.0.0.1:{free_port()}") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def console_process(workdir: Path, livekit_url: str, **env: str,
+                    ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`sightline console` on `livekit_url` with `env` added, logging to `workdir`; its process
+    and its URL, until it is stopped."""
     port = free_port()
-    env = {**os.environ, "LIVEKIT_URL": f"ws://127.0.0.1:{free_port()}",
-           "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET,
-           "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
-    with (tmp_path / "console.log").open("w") as out:
+    env = {**os.environ, "LIVEKIT_URL": livekit_url, "LIVEKIT_API_KEY": API_KEY,
+           "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_DATA_DIR": str(workdir / "data"), **env}
+    with (workdir / "console.log").open("w") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("sightline")), "console", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -301,3 +319,403 @@ async def test_start_answered_by_a_proxy_page_says_so_and_can_be_retried(
                 await page.goto(proxied + "/")
                 await start_fails_cleanly(page, errors, "The console server answered "
                                           "502 Bad Gateway without a session")
+
+
+# --- The page against a stand-in agent -----------------------------------------------------
+# What the page does with what an agent sends (speech transcripts, an answer cut off, the agent
+# leaving, long text) and what the user does (Leave then Start, the browser's own "Stop
+# sharing", a question before Sightline joins), without a worker and models: a real
+# `sightline console` and a real livekit-server, and in the room a STAND-IN AGENT, a test-owned
+# rtc participant of kind agent (as the worker's is) that sends what the test tells it to. The
+# console dispatches an agent name no worker serves, so the stand-in is the only agent there.
+
+STAND_IN_AGENT_NAME = "sightline-console-no-worker"
+STAND_IN = "stand-in-agent"
+
+
+@pytest.fixture(scope="module")
+def stand_in_console(livekit: LiveKitServer, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[str]:
+    """`sightline console` on the test LiveKit server, dispatching an agent no worker serves;
+    its URL."""
+    assert BUNDLE.is_file(), "the console's script is built by `make install` / `make test`"
+    with console_process(tmp_path_factory.mktemp("stand-in-console"), livekit.ws_url,
+                         SIGHTLINE_AGENT_NAME=STAND_IN_AGENT_NAME) as (_, url):
+        yield url + "/"
+
+
+REFUSE_SCREEN = """navigator.mediaDevices.getDisplayMedia = () =>
+  Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));"""
+REFUSE_MIC = """{ const ask = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => (c && c.audio)
+    ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError')) : ask(c); }"""
+
+
+@contextlib.asynccontextmanager
+async def console_page(display: str | None = None, *, screen: bool = False, mic: bool = True,
+                       ) -> AsyncIterator[tuple[Page, list[str]]]:
+    """Chromium with fake media devices, and the uncaught errors its page throws. Headless
+    unless `display` is given: only a headed browser under Xvfb can answer the screen picker;
+    headless, the screen is refused (as a user who cancels the picker). `mic=False`: the
+    microphone is refused too."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=display is None,
+            env={**os.environ, **({"DISPLAY": display} if display else {})},
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  "--auto-select-desktop-capture-source=Entire screen",
+                  "--window-size=1280,800", "--disable-gpu"])
+        try:
+            context = await browser.new_context(viewport={"width": 1200, "height": 760})
+            if not screen:
+                await context.add_init_script(REFUSE_SCREEN)
+            if not mic:
+                await context.add_init_script(REFUSE_MIC)
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page, errors
+        finally:
+            await browser.close()
+
+
+async def join_session(page: Page, url: str) -> str:
+    """Start session clicked (on a fresh page when `url` is given); the room it joined."""
+    if url:
+        await page.goto(url)
+    await page.click("#start")
+    status = page.locator("#status")
+    await expect(status).to_contain_text("waiting for Sightline", timeout=30_000)
+    match = re.search(r"console-[0-9a-f]+", await status.text_content() or "")
+    assert match, await status.text_content()
+    return match.group(0)
+
+
+async def stand_in_agent(livekit: LiveKitServer, room_name: str,
+                         chat: list[str] | None = None) -> rtc.Room:
+    """The STAND-IN AGENT joined to `room_name` (participant kind agent, as the worker's); what
+    it reads on `lk.chat` goes to `chat`, its handler set before it joins, as the worker's is."""
+    token = (api.AccessToken(API_KEY, API_SECRET).with_identity(STAND_IN).with_kind("agent")
+             .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True))).to_jwt()
+    agent = rtc.Room()
+    reads: list[asyncio.Task[None]] = []
+    if chat is not None:
+        async def read(reader: rtc.TextStreamReader) -> None:
+            chat.append(await reader.read_all())
+        agent.register_text_stream_handler(
+            "lk.chat", lambda reader, _identity: reads.append(asyncio.create_task(read(reader))))
+    await agent.connect(livekit.ws_url, token)
+    return agent
+
+
+async def publish(agent: rtc.Room, topic: str, message: dict[str, object]) -> None:
+    await agent.local_participant.publish_data(json.dumps(message), reliable=True, topic=topic)
+
+
+async def speak(agent: rtc.Room) -> rtc.LocalTrackPublication:
+    """The stand-in's speech track, as livekit-agents' audio output publishes it."""
+    track = rtc.LocalAudioTrack.create_audio_track("roomio_audio", rtc.AudioSource(24000, 1))
+    return await agent.local_participant.publish_track(
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Waits until `check()` holds (the room delivers in its own time); fails saying `what`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def messages(page: Page) -> list[tuple[str, str]]:
+    """The conversation as shown: each bubble's class and text."""
+    return [tuple(item) for item in await page.eval_on_selector_all(
+        "#messages li", "items => items.map((i) => [i.className, i.textContent])")]
+
+
+async def test_speech_transcripts_show_who_spoke_one_bubble_per_segment(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """With speech, livekit-agents' own transcription output (the class its RoomIO uses) sends
+    the user's words as one whole-text stream per interim guess, then the final text twice, and
+    the agent's spoken answer as deltas stamped with the agent's speech track: the page shows one
+    bubble for what the user said and one for the answer, each as who said it."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        await expect(page.locator("#mic")).to_have_text("Microphone off", timeout=15_000)
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            user = next(iter(agent.remote_participants.values()))
+            await eventually(lambda: bool(user.track_publications), "the page's microphone")
+            await speak(agent)  # the answer's transcript is stamped with this track's id
+            user_out = _ParticipantTranscriptionOutput(room=agent, is_delta_stream=False,
+                                                       participant=user.identity)
+            agent_out = _ParticipantTranscriptionOutput(room=agent, is_delta_stream=True,
+                                                        participant=None)
+            agent_out.set_participant(agent.local_participant.identity)  # as RoomIO does
+            for guess in ("why does", "why does the vpn", "why does the vpn fail"):
+                await user_out.capture_text(guess)
+            user_out.flush()
+            await expect(page.locator("#messages li.done").last).to_have_text(
+                "why does the vpn fail", timeout=15_000)
+            for delta in ("Reset the ", "VPN client ", "from Settings."):
+                await agent_out.capture_text(delta)
+            agent_out.flush()
+            await expect(page.locator("#messages li.done").last).to_have_text(
+                "Reset the VPN client from Settings.", timeout=15_000)
+            shown = await messages(page)
+            assert shown == [
+                ("user voice done", "why does the vpn fail"),
+                ("agent done", "Reset the VPN client from Settings."),
+            ], f"the page shows: {shown}"
+            assert errors == []
+        finally:
+            await agent.disconnect()
+
+
+async def test_leave_then_start_shows_only_the_new_session(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Everything one session showed (cost, handoff, assist, screen events, its spoken answers'
+    audio) is gone when Start session begins the next one; an answer's audio element goes
+    when its track does."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            await speak(agent)
+            await expect(page.locator("audio")).to_have_count(1, timeout=15_000)
+            await publish(agent, "sightline.handoff", {
+                "type": "handoff", "version": 1, "session_id": "s1", "user": "u",
+                "reason": "The user asked for a person.", "at": 0})
+            await publish(agent, "sightline.screen", {
+                "type": "screen_error", "version": 1, "t": 12, "at": 0,
+                "headline": "Error 809: VPN failed", "lines": [], "fingerprint": "f",
+                "region": None})
+            await publish(agent, "sightline.assist", {
+                "type": "assist", "version": 1, "final": True, "input": "typed",
+                "text": "why 809", "intent": {"name": "troubleshoot_error", "score": 0.9},
+                "suggestions": [{"title": "Vpn reset", "source": "help/vpn.md", "page": None,
+                                 "score": 0.5}]})
+            await publish(agent, "sightline.cost", {
+                "type": "cost", "version": 1, "total_usd": 0.0421, "model_calls": 7,
+                "last": {}})
+            await expect(page.locator("#cost")).to_have_text("$0.042100 · 7 calls",
+                                                             timeout=15_000)
+            await expect(page.locator("#handoff")).to_be_visible()
+            await expect(page.locator("#screen-events li")).to_have_count(1)
+            await expect(page.locator("#suggestions li")).to_have_count(1)
+        finally:
+            await agent.disconnect()
+        await page.click("#leave")
+        await expect(page.locator("#status")).to_have_text("Disconnected", timeout=15_000)
+        second = await join_session(page, "")
+        assert second != room_name
+        await expect(page.locator("#cost")).to_have_text("$0.000000 · 0 calls")
+        await expect(page.locator("#handoff")).to_be_hidden()
+        await expect(page.locator("#screen-events li")).to_have_count(0)
+        await expect(page.locator("#screen-events-empty")).to_be_visible()
+        await expect(page.locator("#assist-heard")).to_have_text(
+            "What you say or type appears here with its intent.")
+        await expect(page.locator("#assist-intent")).to_have_text("")
+        await expect(page.locator("#suggestions li")).to_have_count(0)
+        await expect(page.locator("audio")).to_have_count(0)
+        # in the new session, an answer's audio element goes when its track does
+        agent = await stand_in_agent(livekit, second)
+        try:
+            spoken = await speak(agent)
+            await expect(page.locator("audio")).to_have_count(1, timeout=15_000)
+            await agent.local_participant.unpublish_track(spoken.sid)
+            await expect(page.locator("audio")).to_have_count(0, timeout=15_000)
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_the_agent_leaving_says_so_and_closes_the_chat(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Once no agent is left in the room the status line says Sightline left and the chat box
+    takes no question nobody would answer; an agent joining again (a replacement) opens it."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                              timeout=15_000)
+        await expect(page.locator("#chat-input")).to_be_enabled()
+        await agent.disconnect()
+        await expect(page.locator("#status")).to_contain_text("Sightline left", timeout=15_000)
+        await expect(page.locator("#chat-input")).to_be_disabled()
+        await expect(page.locator("#send")).to_be_disabled()
+        chat: list[str] = []
+        agent = await stand_in_agent(livekit, room_name, chat)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            await eventually(lambda: chat == [QUESTION], f"the new agent reads it: {chat}")
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_a_question_before_sightline_joins_is_queued_then_sent(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The worker reads the chat once its agent joined: a question typed while the page waits
+    for Sightline is shown as queued and goes out, once, when the agent arrives."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        await expect(page.locator("#chat-input")).to_be_enabled()
+        await page.fill("#chat-input", QUESTION)
+        await page.press("#chat-input", "Enter")
+        queued = page.locator("#messages li.user")
+        await expect(queued).to_have_count(1)
+        await expect(queued).to_have_class(re.compile(r"\bqueued\b"))
+        await expect(queued).to_contain_text("queued")
+        chat: list[str] = []
+        agent = await stand_in_agent(livekit, room_name, chat)
+        try:
+            await eventually(lambda: chat == [QUESTION],
+                             f"the agent reads the question asked before it joined: {chat}")
+            await expect(queued).not_to_have_class(re.compile(r"\bqueued\b"), timeout=15_000)
+            await expect(queued).to_have_text(QUESTION)
+            await page.fill("#chat-input", HANDOFF_QUESTION)
+            await page.press("#chat-input", "Enter")
+            await eventually(lambda: chat == [QUESTION, HANDOFF_QUESTION],
+                             f"later questions go out at once: {chat}")
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_an_answer_cut_off_by_the_agent_leaving_is_marked_so(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The agent leaves in the middle of a streamed answer: the half answer says it was cut off,
+    and the page throws no error."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                              timeout=15_000)
+        writer = await agent.local_participant.stream_text(
+            topic="lk.transcription",
+            attributes={"lk.transcription_final": "false", "lk.segment_id": "SG_cut"})
+        await writer.write("To fix error 809, first open Settings, then ")
+        answer = page.locator("#messages li.agent")
+        await expect(answer).to_contain_text("first open Settings", timeout=15_000)
+        await agent.disconnect()
+        await expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"), timeout=15_000)
+        assert errors == [], f"uncaught errors in the page: {errors}"
+        await expect(answer).to_have_class(re.compile(r"\binterrupted\b"))
+        await expect(answer).not_to_have_class(re.compile(r"\bdone\b"))
+        await expect(answer).to_contain_text("cut off")
+        await expect(page.locator("#status")).to_contain_text("Sightline left")
+        assert errors == []
+
+
+async def test_long_unbroken_text_wraps_inside_the_window(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """A path in a screen event, a URL in a question and in live assist (OCR'd headlines and
+    pasted questions often are one long word) wrap in their column: the page never scrolls
+    sideways and the columns keep their share of the window."""
+    path = ("C:\\Users\\dana\\AppData\\Local\\Packages\\Microsoft.VPNClient_8wekyb3d8bbwe\\"
+            "LocalState\\Logs\\" + "x" * 60 + "\\rasclient-error-809.log")
+    url = ("https://vpn.example.com/oauth2/authorize?client_id=9f1c2e3d4b5a6978&redirect_uri="
+           "https%3A%2F%2Fportal.example.com%2Fcallback&state=" + "a1b2" * 20)
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            widths = ("() => [document.documentElement.scrollWidth, "
+                      "document.documentElement.clientWidth, "
+                      "document.querySelector('#conversation').getBoundingClientRect().width, "
+                      "document.querySelector('aside').getBoundingClientRect().width]")
+            _, _, conversation, aside = await page.evaluate(widths)
+            await publish(agent, "sightline.screen", {
+                "type": "screen_error", "version": 1, "t": 5, "at": 0,
+                "headline": f"FileNotFoundError: {path}", "lines": [], "fingerprint": "f",
+                "region": None})
+            await publish(agent, "sightline.assist", {
+                "type": "assist", "version": 1, "final": True, "input": "typed",
+                "text": url, "intent": None,
+                "suggestions": [{"title": path, "source": url, "page": None, "score": 0.5}]})
+            await page.fill("#chat-input", f"why does {url} fail?")
+            await page.press("#chat-input", "Enter")
+            await expect(page.locator("#screen-events li")).to_have_count(1, timeout=15_000)
+            await expect(page.locator("#suggestions li")).to_contain_text("rasclient",
+                                                                          timeout=15_000)
+            await expect(page.locator("#messages li.user")).to_have_count(1)
+            scroll_width, client_width, after_conversation, after_aside = await page.evaluate(
+                widths)
+            assert scroll_width <= client_width, (
+                f"the page scrolls sideways: {scroll_width} px wide in {client_width}")
+            # the columns keep their 2:1 share (a page scrollbar may narrow both alike)
+            assert abs(conversation / aside - 2) < 0.05
+            assert abs(after_conversation / after_aside - 2) < 0.05, (
+                f"columns {after_conversation:.0f} and {after_aside:.0f} px wide")
+            overflowing = await page.eval_on_selector_all(
+                "#messages li, #screen-events li, #suggestions li, #assist-heard",
+                "items => items.filter((i) => i.scrollWidth > i.clientWidth)"
+                ".map((i) => i.textContent.slice(0, 40))")
+            assert overflowing == []
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_stopping_the_share_from_the_browser_updates_the_button(
+    display: str, livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Chromium's own "Stop sharing" bar ends the capture: LiveKit unpublishes the share, and
+    the button offers to share again (and does), the preview emptied."""
+    async with console_page(display, screen=True) as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            await expect(page.locator("#share")).to_have_text("Stop sharing", timeout=20_000)
+            user = next(iter(agent.remote_participants.values()))
+
+            def sharing() -> bool:
+                return any(p.source == rtc.TrackSource.SOURCE_SCREENSHARE
+                           for p in user.track_publications.values())
+
+            await eventually(sharing, "the agent sees the share")
+            # what the browser's bar does: the capture track ends
+            await page.evaluate("""() => {
+              const track = document.querySelector('#preview').srcObject.getVideoTracks()[0];
+              track.stop();
+              track.dispatchEvent(new Event('ended'));
+            }""")
+            await eventually(lambda: not sharing(), "the share is unpublished")
+            await expect(page.locator("#share")).to_have_text("Share screen", timeout=15_000)
+            assert await page.evaluate("() => document.querySelector('#preview').srcObject") is None
+            await page.click("#share")
+            await expect(page.locator("#share")).to_have_text("Stop sharing", timeout=20_000)
+            await eventually(sharing, "clicking Share screen shares again")
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_screen_and_microphone_both_refused_are_both_noted(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    async with console_page(mic=False) as (page, errors):
+        await join_session(page, stand_in_console)
+        note = page.locator("#media-note")
+        await expect(note).to_contain_text("Microphone unavailable (NotAllowedError)",
+                                           timeout=15_000)
+        await expect(note).to_contain_text("Screen not shared (NotAllowedError)")
+        await expect(page.locator("#share")).to_have_text("Share screen")
+        await expect(page.locator("#mic")).to_have_text("Microphone on")
+        assert errors == []

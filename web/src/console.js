@@ -11,41 +11,95 @@ const $ = (id) => document.getElementById(id);
 const decoder = new TextDecoder();
 let room = null;
 
+// what the panels say before a session has sent anything (restored at each Start session)
+const ASSIST_HEARD = $('assist-heard').textContent;
+const COST = $('cost').textContent;
+const CHAT_PLACEHOLDER = $('chat-input').placeholder;
+
+// the current session's state (reset at each Start session)
+let sessionRoom = '';      // its room's name, for the status line
+let agentSeen = false;     // an agent has been in the room: once none is left, it has left
+let queued = [];           // messages typed before Sightline joined: {text, item}
+let bubbles = new Map();   // lk.segment_id -> the bubble showing that segment
+const notes = { screen: '', mic: '' };  // why the screen or the microphone is not shared
+
 function setStatus(text, state) {
   $('status').textContent = text;
   $('status').dataset.state = state;
 }
 
-function note(text) {
-  $('media-note').textContent = text;
+// the screen's and the microphone's notes, both shown: each can fail on its own
+function note(kind, text) {
+  notes[kind] = text;
+  $('media-note').textContent = [notes.screen, notes.mic].filter(Boolean).join(' ');
 }
 
 function addMessage(role, text) {
   const item = document.createElement('li');
   item.className = role;
-  item.textContent = text;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  item.append(body);
   $('messages').append(item);
   item.scrollIntoView({ block: 'end' });
   return item;
+}
+
+// a small label after a message's text: queued, not sent, cut off
+function label(item, className, text) {
+  item.querySelector('.label')?.remove();
+  if (!text) return;
+  const tag = document.createElement('span');
+  tag.className = `label ${className}`;
+  tag.textContent = text;
+  item.append(tag);
 }
 
 function enable(ids, on) {
   for (const id of ids) $(id).disabled = !on;
 }
 
-async function onTranscription(reader, participantInfo) {
-  // the agent also sends the user's own speech, transcribed, tagged with the user's track
-  const transcribed = reader.info.attributes?.['lk.transcribed_track_id'];
-  const fromUser = Boolean(transcribed) || participantInfo.identity === room?.localParticipant.identity;
-  const item = addMessage(fromUser ? 'user voice' : 'agent streaming', '');
+// One bubble per transcript segment (`lk.segment_id`): the agent's reply is one stream of
+// deltas, but livekit-agents sends the user's transcribed speech as one whole-text stream per
+// interim guess and the final text twice, each with the segment's id. So each stream writes its
+// own text from the start into its segment's bubble, replacing what an earlier stream of the
+// segment showed. Who spoke is the stream's sender: livekit-agents sends the user's transcript
+// in the user's name, and stamps `lk.transcribed_track_id` on both (the agent's own transcript
+// carries its speech track), so that attribute says nothing about who spoke.
+async function onTranscription(reader, participantInfo, current) {
+  const fromUser = participantInfo.identity === current.localParticipant.identity;
+  const segment = reader.info.attributes?.['lk.segment_id'] || reader.info.id;
+  let item = bubbles.get(segment);
+  if (!item) {
+    item = addMessage(fromUser ? 'user voice' : 'agent', '');
+    bubbles.set(segment, item);
+  }
+  item.dataset.stream = reader.info.id;
+  item.classList.add('streaming');
+  item.classList.remove('done', 'interrupted');
+  label(item, '', '');
+  const body = item.querySelector('.text');
+  const mine = () => item.dataset.stream === reader.info.id;  // no newer stream of the segment
+  let text = '';
   try {
     for await (const delta of reader) {
-      item.textContent += delta;
+      text += delta;
+      if (!mine()) continue;
+      body.textContent = text;
       item.scrollIntoView({ block: 'end' });
     }
-  } finally {
-    item.classList.remove('streaming');
-    item.classList.add('done');
+    if (mine()) {
+      item.classList.remove('streaming');
+      item.classList.add('done');
+    }
+  } catch {
+    // the stream ended before its close: the sender left, or we did (Leave, a lost connection)
+    if (mine()) {
+      item.classList.remove('streaming');
+      item.classList.add('interrupted');
+      label(item, 'cut', fromUser ? ' — cut off' : ' — cut off: Sightline did not finish this answer');
+    }
   }
 }
 
@@ -112,22 +166,42 @@ function onData(payload, _participant, _kind, topic) {
   show(message);
 }
 
+// The share and microphone buttons say what the room has, whoever changed it: the page's
+// buttons, or the browser's own "Stop sharing" bar (which ends the capture: LiveKit unpublishes
+// the share).
+function showMedia() {
+  const local = room?.localParticipant;
+  $('share').textContent = local?.isScreenShareEnabled ? 'Stop sharing' : 'Share screen';
+  $('mic').textContent = local?.isMicrophoneEnabled ? 'Microphone off' : 'Microphone on';
+}
+
+function onLocalPublished(publication) {
+  if (publication.source === Track.Source.ScreenShare) publication.track?.attach($('preview'));
+  showMedia();
+}
+
+function onLocalUnpublished(publication) {
+  if (publication.source === Track.Source.ScreenShare) {
+    publication.track?.detach($('preview'));
+    $('preview').srcObject = null;
+  }
+  showMedia();
+}
+
 async function shareScreen() {
   try {
-    const publication = await room.localParticipant.setScreenShareEnabled(true, { audio: false });
-    publication?.track?.attach($('preview'));
-    $('share').textContent = 'Stop sharing';
-    note('');
+    await room.localParticipant.setScreenShareEnabled(true, { audio: false });
+    note('screen', '');
   } catch (error) {
-    note(`Screen not shared (${error.name}): Sightline answers without seeing it.`);
+    note('screen', `Screen not shared (${error.name}): Sightline answers without seeing it.`);
   }
+  showMedia();
 }
 
 async function toggleShare() {
-  const sharing = room.localParticipant.isScreenShareEnabled;
-  if (sharing) {
+  if (room.localParticipant.isScreenShareEnabled) {
     await room.localParticipant.setScreenShareEnabled(false);
-    $('share').textContent = 'Share screen';
+    showMedia();
   } else {
     await shareScreen();
   }
@@ -137,10 +211,119 @@ async function toggleMic() {
   const on = !room.localParticipant.isMicrophoneEnabled;
   try {
     await room.localParticipant.setMicrophoneEnabled(on);
-    $('mic').textContent = on ? 'Microphone off' : 'Microphone on';
+    note('mic', '');
   } catch (error) {
-    note(`Microphone unavailable (${error.name}): chat still works.`);
+    note('mic', `Microphone unavailable (${error.name}): chat still works.`);
   }
+  showMedia();
+}
+
+// spoken answers: an <audio> element per subscribed track, removed with it (LiveKit detaches
+// the track from its elements before it says the track is unsubscribed, but leaves them in the
+// page)
+const answerAudio = new Map();  // remote track -> its <audio> element
+
+function playAudio(track) {
+  if (track.kind !== Track.Kind.Audio) return;
+  const element = track.attach();
+  element.classList.add('answer');
+  answerAudio.set(track, element);
+  document.body.append(element);
+}
+
+function removeAudio(track) {
+  const tracks = track ? [track] : [...answerAudio.keys()];
+  for (const each of tracks) {
+    answerAudio.get(each)?.remove();
+    answerAudio.delete(each);
+  }
+}
+
+function agentInRoom() {
+  return [...room.remoteParticipants.values()].some((p) => p.isAgent);
+}
+
+// the chat's messages go out one after another, in the order they were typed
+let outbox = Promise.resolve();
+function sendInOrder(text, item) {
+  const target = room;
+  outbox = outbox.then(() => sendChat(target, text, item));
+  return outbox;
+}
+
+async function sendChat(target, text, item) {
+  try {
+    await target.localParticipant.sendText(text, { topic: 'lk.chat' });
+    item.classList.remove('queued');
+    label(item, '', '');
+  } catch (error) {
+    item.classList.remove('queued');
+    item.classList.add('unsent');
+    label(item, 'unsent', ` — not sent (${error.message})`);
+  }
+}
+
+// Whether Sightline is in the room, in the status line and the chat box. Before it joins, what
+// is typed waits in the page (the worker reads the chat once it has joined) and goes out when
+// it arrives; once it has left, the chat is closed (nobody would answer) until an agent joins
+// again (a replacement for a worker that died: README, Running against LiveKit).
+function showAgent() {
+  if (!room) return;
+  if (agentInRoom()) {
+    agentSeen = true;
+    setStatus(`Connected to ${sessionRoom}; Sightline joined`, 'connected');
+    enable(['chat-input', 'send'], true);
+    $('chat-input').placeholder = CHAT_PLACEHOLDER;
+    const waiting = queued;
+    queued = [];
+    for (const { text, item } of waiting) sendInOrder(text, item);
+  } else if (agentSeen) {
+    setStatus(`Connected to ${sessionRoom}; Sightline left the session: Leave, then Start session `
+      + 'to ask again', 'left');
+    enable(['chat-input', 'send'], false);
+    $('chat-input').placeholder = 'Sightline left: nobody would answer';
+  } else {
+    setStatus(`Connected to ${sessionRoom}; waiting for Sightline…`, 'connected');
+    enable(['chat-input', 'send'], true);
+    $('chat-input').placeholder = 'Ask now: sent when Sightline joins…';
+  }
+}
+
+// Start session shows only the new session: the panels the last one filled are emptied.
+function resetPanels() {
+  $('cost').textContent = COST;
+  $('handoff').hidden = true;
+  $('handoff').textContent = '';
+  $('assist-heard').textContent = ASSIST_HEARD;
+  $('assist-heard').className = 'muted';
+  $('assist-intent').textContent = '';
+  $('suggestions').replaceChildren();
+  $('screen-events').replaceChildren();
+  $('screen-events-empty').hidden = false;
+  note('screen', '');
+  note('mic', '');
+  $('preview').srcObject = null;
+  removeAudio(null);
+  bubbles = new Map();
+  queued = [];
+  agentSeen = false;
+}
+
+function ended() {
+  setStatus('Disconnected', 'idle');
+  enable(['share', 'mic', 'leave', 'chat-input', 'send'], false);
+  enable(['start'], true);
+  $('chat-input').placeholder = CHAT_PLACEHOLDER;
+  $('preview').srcObject = null;
+  removeAudio(null);
+  for (const { item } of queued) {
+    item.classList.remove('queued');
+    item.classList.add('unsent');
+    label(item, 'unsent', ' — not sent: the session ended before Sightline joined');
+  }
+  queued = [];
+  room = null;
+  showMedia();
 }
 
 // A new session from the console server, or an Error whose message the status line shows as
@@ -178,31 +361,35 @@ async function start() {
     enable(['start'], true);
     return;
   }
-  room = new Room();
-  room.registerTextStreamHandler('lk.transcription', onTranscription);
-  room.on(RoomEvent.DataReceived, onData);
-  room.on(RoomEvent.ParticipantConnected, (participant) => {
-    if (participant.isAgent) setStatus(`Connected to ${session.room}; Sightline joined`, 'connected');
-  });
-  room.on(RoomEvent.TrackSubscribed, (track) => {
-    if (track.kind === Track.Kind.Audio) document.body.append(track.attach());  // spoken answers
-  });
-  room.on(RoomEvent.Disconnected, () => {
-    setStatus('Disconnected', 'idle');
-    enable(['share', 'mic', 'leave', 'chat-input', 'send'], false);
-    enable(['start'], true);
-  });
+  resetPanels();
+  if ($('messages').children.length) addMessage('divider', `New session: ${session.room}`);
+  sessionRoom = session.room;
+  const current = room = new Room();
+  // an event of a session already left (its room object) changes nothing on the page
+  const live = (handler) => (...args) => { if (room === current) handler(...args); };
+  current.registerTextStreamHandler('lk.transcription', live((reader, participantInfo) => {
+    onTranscription(reader, participantInfo, current);
+  }));
+  current.on(RoomEvent.DataReceived, live(onData));
+  current.on(RoomEvent.ParticipantConnected, live(showAgent));
+  current.on(RoomEvent.ParticipantDisconnected, live(showAgent));
+  current.on(RoomEvent.TrackSubscribed, live(playAudio));
+  current.on(RoomEvent.TrackUnsubscribed, removeAudio);
+  current.on(RoomEvent.LocalTrackPublished, live(onLocalPublished));
+  current.on(RoomEvent.LocalTrackUnpublished, live(onLocalUnpublished));
+  current.on(RoomEvent.TrackMuted, live(showMedia));
+  current.on(RoomEvent.TrackUnmuted, live(showMedia));
+  current.on(RoomEvent.Disconnected, live(ended));
   try {
-    await room.connect(session.url, session.token);
+    await current.connect(session.url, session.token);
   } catch (error) {
+    room = null;
     setStatus(`Could not join ${session.url}: ${error.message}`, 'error');
     enable(['start'], true);
     return;
   }
-  const agentHere = [...room.remoteParticipants.values()].some((p) => p.isAgent);
-  setStatus(`Connected to ${session.room}${agentHere ? '; Sightline joined' : '; waiting for Sightline…'}`,
-    'connected');
-  enable(['share', 'mic', 'leave', 'chat-input', 'send'], true);
+  enable(['share', 'mic', 'leave'], true);
+  showAgent();
   await shareScreen();
   await toggleMic();
 }
@@ -217,8 +404,12 @@ function drafting() {
     const text = $('chat-input').value.trim();
     if (!room || text.length < 3 || text === lastDraft) return;
     lastDraft = text;
-    await room.localParticipant.publishData(new TextEncoder().encode(text),
-      { reliable: true, topic: 'sightline.draft' });
+    try {
+      await room.localParticipant.publishData(new TextEncoder().encode(text),
+        { reliable: true, topic: 'sightline.draft' });
+    } catch {
+      // the room went away meanwhile: a draft is only a hint
+    }
   }, DRAFT_MS);
 }
 
@@ -229,8 +420,14 @@ async function send(event) {
   $('chat-input').value = '';
   clearTimeout(draftTimer);
   lastDraft = '';
-  addMessage('user', text);
-  await room.localParticipant.sendText(text, { topic: 'lk.chat' });
+  const item = addMessage('user', text);
+  if (agentInRoom()) {
+    await sendInOrder(text, item);
+  } else {
+    item.classList.add('queued');
+    label(item, 'queued', ' — queued: sent when Sightline joins');
+    queued.push({ text, item });
+  }
 }
 
 $('start').addEventListener('click', start);
