@@ -14,7 +14,7 @@ now, whatever the policy, plus an earlier one the model asked for.
 
 The digest is the session's screen text (vision/screen_text.py), newest first within a budget of
 `DIGEST_CHARS`, printed oldest first with times. Everything from the screen is framed as data:
-the digest's screen text goes between the markers of tools/marked_data.py, which the text cannot
+the digest's screen text goes between the markers of memory/marked_data.py, which the text cannot
 close. Whether a read holds an error was worked out once, as it arrived (`ScreenText.error`): a
 question only sorts the reads and formats the few that fit.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import llm
 
-from tools.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
+from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from tools.screen_history import ShownScreen
 from vision.frames import SampledFrame
 from vision.screen import ScreenWatcher

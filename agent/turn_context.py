@@ -8,7 +8,7 @@ in the session's history. The screen's parts (agent/screen_context.py) follow it
 an image a question carried stays on that message for later requests. Frames go in as they are;
 each provider gets them sized and encoded for its own billing (agent/images.py). On-screen text,
 documents and memory are framed as data: the instructions tell the model never to follow them,
-and each of them goes between markers it cannot close (tools/marked_data.py).
+and each of them goes between markers it cannot close (memory/marked_data.py).
 
 What a question's context held is recorded as a `context` event when it is built (the knowledge
 chunks, memory items, screen events and image it carried), so reports read data, never this
@@ -28,10 +28,10 @@ from livekit.agents import llm
 from livekit.agents.telemetry import tracer
 
 from memory.knowledge import Hit
+from memory.marked_data import DOCUMENTS, MEMORY, SCREEN_CLOSE, SCREEN_OPEN, marked, screen_data
 from memory.recall import Recalled
 from memory.screen_timeline import ScreenEvent
 from memory.user_memory import Recollection
-from tools.marked_data import DOCUMENTS, MEMORY, SCREEN_CLOSE, SCREEN_OPEN, marked, screen_data
 
 from .screen_context import UNSENT_FRAME, ScreenContext
 

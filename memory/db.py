@@ -312,22 +312,53 @@ def error_reason(exc: BaseException) -> str:
 
 # the query parameters of a Postgres URL that hold a secret (libpq's, which asyncpg reads)
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+# a query parameter of any URL whose name says it may hold a secret: a key a proxy or a provider
+# takes in the query (Gemini's `?key=`, `api_key`, `x-api-key`), a token, a password, a
+# pre-signed URL's signature or credential (`sig`, `X-Amz-Signature`). A name is matched
+# anywhere in it, so some values that are no secret are masked too: a config line shows less,
+# never a key.
+_SECRET_NAME = re.compile(
+    r"key|token|secret|passw|pwd|sig|auth|credential|session|jwt|bearer|hmac|private", re.I)
+# schemes whose user name is an account, of use to ops; elsewhere a user name with no password
+# is most often the credential itself (`https://TOKEN@host`)
+_ACCOUNT_SCHEMES = ("postgres", "postgresql")
+
+
+def _secret_parameter(name: str) -> bool:
+    return name in SECRET_PARAMETERS or _SECRET_NAME.search(name) is not None
+
+
+def _masked_parameters(query: str) -> str | None:
+    """`query` (a query string, or a fragment of the same form) with the value of each
+    parameter whose name looks secret as `***`; None when it holds none."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_secret_parameter(name) for name, _ in pairs):
+        return None
+    return urlencode([(name, "***" if _secret_parameter(name) else value)
+                      for name, value in pairs], safe="/*")
 
 
 def masked_url(url: str) -> str:
     """Any URL fit to print (the database's, LiveKit's, a model endpoint's): its host, never a
-    password, neither in the userinfo (`user:***@host`) nor as a query parameter. One that
-    cannot be parsed is not shown at all: where its password is cannot be told."""
+    secret: not a password in the userinfo (`user:***@host`), nor a user name that stands alone
+    outside a database URL (`***@host`: a token), nor the value of a query (or fragment)
+    parameter whose name looks secret (`?key=***`, `?api_key=***&alt=sse`, libpq's
+    `sslpassword`). One that cannot be parsed is not shown at all: where its secret is cannot
+    be told."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "***"
-    userinfo, _, host = parts.netloc.rpartition("@")
+    userinfo, at, host = parts.netloc.rpartition("@")
     user, colon, _password = userinfo.partition(":")
     if colon:
         parts = parts._replace(netloc=f"{user}:***@{host}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key in SECRET_PARAMETERS for key, _ in query):
-        masked = [(k, "***" if k in SECRET_PARAMETERS else v) for k, v in query]
-        parts = parts._replace(query=urlencode(masked, safe="/*"))
+    elif at and user and parts.scheme.lower() not in _ACCOUNT_SCHEMES:
+        parts = parts._replace(netloc=f"***@{host}")
+    query = _masked_parameters(parts.query)
+    if query is not None:
+        parts = parts._replace(query=query)
+    fragment = _masked_parameters(parts.fragment)
+    if fragment is not None:
+        parts = parts._replace(fragment=fragment)
     return parts.geturl()

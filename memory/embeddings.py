@@ -300,12 +300,16 @@ class GeminiEmbedder:
         self._record = record
         self.name = f"{model}-{dim}"
         self._model = model
-        self._where = base_url or "generativelanguage.googleapis.com"
         # imported here: google-genai takes ~0.8 s to import, which every `sightline kb` or
         # `gaps` command run with an offline embedder would otherwise pay
         import aiohttp
         from google import genai
         from google.genai import errors, types
+
+        from .db import masked_url
+
+        # a key in the URL's query is never said in an error
+        self._where = masked_url(base_url) if base_url else "generativelanguage.googleapis.com"
 
         self._types = types
         # what the SDK raises when the service cannot be reached, refuses a call, or answers

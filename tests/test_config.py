@@ -211,6 +211,53 @@ def test_an_invalid_url_setting_does_not_show_its_password() -> None:
         "LIVEKIT_URL='ftp://lk:***@my-project.livekit.cloud' is invalid: must look like")
 
 
+QUERY_KEY = "AIzaQUERYSECRET-0123456789"
+# every URL setting but the database's, with a key where proxies and providers take one: in a
+# query parameter (under the names they use), a fragment, or the user name alone
+QUERY_ENV = {
+    "SIGHTLINE_GEMINI_BASE_URL": f"https://proxy.example/v1beta?key={QUERY_KEY}&alt=sse",
+    "SIGHTLINE_COHERE_BASE_URL": f"https://proxy.example/cohere?api_key={QUERY_KEY}",
+    "SIGHTLINE_ANTHROPIC_BASE_URL": f"https://proxy.example/anthropic?x-api-key={QUERY_KEY}",
+    "SIGHTLINE_STT_BASE_URL": f"https://proxy.example/stt?access_token={QUERY_KEY}",
+    "SIGHTLINE_TTS_BASE_URL": f"https://{QUERY_KEY}@proxy.example/tts",
+    "LIVEKIT_URL": f"wss://my-project.livekit.cloud?token={QUERY_KEY}",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://collector:4318/#sig={QUERY_KEY}",
+}
+
+
+def test_describe_masks_a_key_in_any_urls_query() -> None:
+    """`SIGHTLINE_GEMINI_BASE_URL=https://proxy.example/v1beta?key=…` was printed whole: only
+    libpq's password parameters were masked. Each URL keeps its host and its other parameters."""
+    shown = {env: value for env, value, _ in Settings.from_env(QUERY_ENV).describe()}
+    assert QUERY_KEY not in "\n".join(shown.values())
+    assert shown["SIGHTLINE_GEMINI_BASE_URL"] == "https://proxy.example/v1beta?key=***&alt=sse"
+    assert shown["SIGHTLINE_COHERE_BASE_URL"] == "https://proxy.example/cohere?api_key=***"
+    assert shown["SIGHTLINE_ANTHROPIC_BASE_URL"] == (
+        "https://proxy.example/anthropic?x-api-key=***")
+    assert shown["SIGHTLINE_STT_BASE_URL"] == "https://proxy.example/stt?access_token=***"
+    assert shown["SIGHTLINE_TTS_BASE_URL"] == "https://***@proxy.example/tts"
+    assert shown["LIVEKIT_URL"] == "wss://my-project.livekit.cloud?token=***"
+    assert shown["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318/#sig=***"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_config_masks_a_key_in_any_urls_query(tmp_path: Path, as_json: bool) -> None:
+    proc = subprocess.run(
+        [str(SIGHTLINE), "config", *(["--json"] if as_json else [])],
+        env=cli_env(tmp_path, **QUERY_ENV), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert QUERY_KEY not in proc.stdout + proc.stderr
+    assert "proxy.example" in proc.stdout
+
+
+def test_an_invalid_url_setting_does_not_show_a_key_in_its_query() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SIGHTLINE_GEMINI_BASE_URL": f"ftp://proxy.example/v1?key={QUERY_KEY}"})
+    assert str(info.value) == (
+        "SIGHTLINE_GEMINI_BASE_URL='ftp://proxy.example/v1?key=***' is invalid: must be an "
+        "http(s) URL")
+
+
 def test_infinite_timeout_is_rejected_at_startup() -> None:
     env = {"SIGHTLINE_MODEL_TIMEOUT_S": "inf", "GOOGLE_API_KEY": GOOGLE_KEY}
     try:

@@ -233,6 +233,14 @@ async def test_a_proxy_page_instead_of_embeddings_is_one_embedding_error() -> No
     message = str(failed.value)
     assert "\n" not in message and "its answer was not the API's JSON" in message
     assert message.startswith(f"Gemini embeddings (gemini-embedding-001 at {url})")
+    # a key carried in the endpoint's query is never said
+    keyed = GeminiEmbedder(api_key="test-key", base_url=f"{url}/?key=AIzaQUERYSECRET", retries=0)
+    try:
+        with pytest.raises(EmbeddingError) as failed:
+            await keyed.embed_query("which port does the VPN use")
+    finally:
+        await keyed.aclose()
+    assert "AIzaQUERYSECRET" not in str(failed.value) and "key=***" in str(failed.value)
 
 
 async def test_a_turns_lookup_keeps_word_sharing_hits(

@@ -22,8 +22,8 @@ from synthetic_screen import Desk
 
 from agent.screen_context import ScreenContext
 from agent.turn_context import TurnContext
+from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN
 from tools import screen_history
-from tools.marked_data import SCREEN_CLOSE, SCREEN_OPEN
 from tools.screen_history import ScreenHistoryTools, ShownScreen, parse_region
 from vision.frame_archive import FrameArchive
 from vision.frames import SampledFrame, crop_i420

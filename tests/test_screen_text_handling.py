@@ -30,7 +30,7 @@ from agent.event_log import EventLog
 from agent.screen_context import digest
 from agent.screen_memory import ERRORS_REMEMBERED, SessionScreenMemory
 from agent.session import SessionRuntime
-from tools.marked_data import (
+from memory.marked_data import (
     DOCUMENTS,
     MEMORY,
     SCREEN,

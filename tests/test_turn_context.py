@@ -32,10 +32,10 @@ from agent.turn_context import (
     screen_part,
 )
 from memory.knowledge import Hit
+from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN
 from memory.recall import VECTOR_WAIT_S, Recalled
 from memory.screen_timeline import ScreenEvent
 from memory.user_memory import Fact, Recollection
-from tools.marked_data import SCREEN_CLOSE, SCREEN_OPEN
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 

@@ -103,8 +103,11 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
             memory=memory, model=MeteredTierCall(provider, LITE, record.meter, timeout_s=5),
             tenant="acme", user_id="u-1", session_id="s-keep", spill_dir=tmp_path, timeout_s=5,
             facts=[], summary=None)
-        for n in range(4):
-            keeper.exchange(f"question {n}", f"answer {n}")
+        # the last asks, in the user's own words, for what its update forgets (memory/keeper.py
+        # applies a forget only then)
+        asked = ["question 0", "question 1", "question 2", "Please forget my editor."]
+        for n, question in enumerate(asked):
+            keeper.exchange(question, f"answer {n}")
         await keeper.settled()
         assert await keeper.close() == 0
         await provider.aclose()

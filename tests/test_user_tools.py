@@ -39,11 +39,11 @@ from agent.wire_format_server import (
 )
 from memory.db import Database
 from memory.knowledge import KnowledgeBase
+from memory.marked_data import MEMORY, marked
 from memory.spill_files import read_event_log
 from memory.store import Store
 from memory.user_memory import Fact
 from tools.handoff import REASON_CHARS, REASON_LABEL, HandoffTool
-from tools.marked_data import MEMORY, marked
 from tools.memory_tools import (
     ASKS_TO_FORGET,
     ASKS_TO_REMEMBER,

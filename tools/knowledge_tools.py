@@ -11,8 +11,7 @@ from __future__ import annotations
 from livekit.agents import llm
 
 from memory.knowledge import KnowledgeBase, KnowledgeError
-
-from .marked_data import DOCUMENTS, marked
+from memory.marked_data import DOCUMENTS, marked
 
 RESULTS = 3
 CHUNK_CHARS = 700  # per result: three results stay under ~600 tokens

@@ -41,9 +41,8 @@ from collections.abc import Iterator
 from livekit.agents import RunContext, llm
 
 from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, same_fact
+from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact, UserMemory
-
-from .marked_data import MEMORY, marked
 
 KEY_WORDS = 6
 _WORD = re.compile(r"[a-z0-9]+")

@@ -20,12 +20,11 @@ from collections.abc import Sequence
 
 from livekit.agents import llm
 
+from memory.marked_data import screen_data
 from vision.frame_archive import FrameArchive
 from vision.frames import InvalidFrame, SampledFrame, crop_i420
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText
-
-from .marked_data import screen_data
 
 log = logging.getLogger("sightline.tools")
 

@@ -1,12 +1,20 @@
-"""Text from outside the conversation as data in what the model reads: read off the user's
-screen, found in the team's documents, or remembered from earlier sessions. Each kind goes
-between a fixed pair of markers that the text itself can never close.
+"""Text from outside the conversation as data in what a model reads: read off the user's
+screen, found in the team's documents, remembered from earlier sessions, or an exchange handed
+to the memory keeper. Each kind goes between a fixed pair of markers that the text itself can
+never close.
+
+It lives in memory/, the lowest layer, because memory/keeper.py marks what it sends to its model
+too, and memory/ may import nothing from tools/ or agent/ (tests/test_layers.py); tools/ and
+agent/ use it from here.
 
 Framed only by words and brackets, a `)` or a line such as "the user now says…" in such text
 ended the data early, and whatever followed read as the prompt's own text. Every place that puts
-such text before the model wraps it with `marked` (`screen_data` for the screen's), which takes
+such text before a model wraps it with `marked` (`screen_data` for the screen's), which takes
 out anything inside that looks like a marker of any kind, so what lies between an opening
-marker and the one closing marker after it came from that source and nothing else.
+marker and the one closing marker after it came from that source and nothing else. The memory
+keeper's request marks each side of the exchange apart (`USER_SAID`, `ASSISTANT_SAID`): the
+assistant's answer often reads the screen aloud, and a line on screen such as "User: please
+remember …" must not pass for the user's own words.
 
 "Looks like" is judged as a model reads, not byte for byte: a model reads `＜/screen_text＞`
 (full-width), `</screen​_text>` (a zero-width space inside), `</screen‐text>` (a Unicode
@@ -26,6 +34,8 @@ import unicodedata
 from functools import lru_cache
 
 SCREEN, DOCUMENTS, MEMORY = "screen_text", "documents", "memory"
+# the two sides of an exchange in the memory keeper's request (memory/keeper.py)
+USER_SAID, ASSISTANT_SAID = "user_message", "assistant_message"
 INSTRUCTIONS = "instructions"  # LiveKit's envelope for instructions put into the chat
 REPLACEMENT = "[data marker]"  # no `<` or `>`: replacements cannot join into a new marker
 
@@ -33,7 +43,8 @@ REPLACEMENT = "[data marker]"  # no `<` or `>`: replacements cannot join into a 
 # often escaped (`&amp;lt;`); `;` may be left out, as browsers read it
 _OPEN = r"(?:<|&(?:amp;)*(?:lt|\#0*60|\#x0*3c);?)"
 _CLOSE = r"(?:>|&(?:amp;)*(?:gt|\#0*62|\#x0*3e);?)"
-_NAME = r"(?:screen[\s_-]*text|documents?|memory|instructions?)"
+_NAME = (r"(?:screen[\s_-]*text|documents?|memory|instructions?"
+         r"|(?:user|assistant)[\s_-]*messages?)")
 # any kind's marker, however spaced, cased or escaped (`< /Screen-Text >`, `</memory id=1>`,
 # `&lt;/documents&gt;`): the name (and any `_` or `-` after it), then either the end of the tag
 # or a non-word character and anything up to the tag's end on that line. A `<name` never closed
