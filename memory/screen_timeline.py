@@ -23,6 +23,7 @@ from . import bm25
 from .db import storable
 from .embeddings import Embedder
 from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
+from .spill_files import ROW_KEY
 from .user_memory import embed_or_none
 
 CANDIDATES = 20
@@ -81,18 +82,20 @@ class ScreenTimeline:
     async def write(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert screen events in order, each embedded (a failed embedding stores the row
         without a vector: keyword search still finds it). Rows: `session_id, tenant, user_id,
-        t, at (epoch s), content_type, reason, region, lines, is_error`."""
+        t, at (epoch s), content_type, reason, region, lines, is_error`, and the `ROW_KEY`
+        their writer or spill file gave them: one the table holds already is skipped (a
+        retry, or a spill file imported again; spill_files.py)."""
         texts = [storable("\n".join(r["lines"])) for r in rows]
         words = [search_words(text) for text in texts]
         vectors = await embed_or_none(self.embedder, words)
         await self._pool.executemany(
             "INSERT INTO screen_events (session_id, tenant, user_id, t, at, content_type,"
-            " reason, region, text, words, is_error, embed_model, embedding)"
+            " reason, region, text, words, is_error, embed_model, embedding, row_key)"
             " VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, $11, $12,"
-            " $13::vector)",
+            " $13::vector, $14::uuid) ON CONFLICT (row_key) DO NOTHING",
             [(r["session_id"], r["tenant"], r["user_id"], r["t"], r["at"], r["content_type"],
               r["reason"], list(r["region"]), text, split, r["is_error"],
-              self.embedder.name if vector else None, vector)
+              self.embedder.name if vector else None, vector, r.get(ROW_KEY))
              for r, text, split, vector in zip(rows, texts, words, vectors, strict=True)],
         )
 

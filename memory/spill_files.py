@@ -5,6 +5,15 @@ the summary once the session closed), each `BackgroundWriter` of the session spi
 `<dir>/<session><suffix>`; `spill_recovery` imports them later by the same names. A session
 that ran without the database at all spills its own row too (`SESSION`), and its messages
 straight to their file.
+
+A row can reach the database twice: a batch stored whose answer was lost is retried, and a
+spill file is rewritten without the rows stored only after they are (a crash or a full disk
+between the two leaves them in it, to be written again). Each table makes the second write a
+no-op by a key of the row's own: cost events and waiting exchanges by `(session_id, seq)`, a
+session by its id, facts and summaries are replaced by theirs; messages and screen events, which
+have no such key, carry one made for them (`ROW_KEY`, a UUID: `KEYED_KINDS`), given as the row is
+first put to a writer or kept on disk, and stored in a UNIQUE column (migration 0018) that skips
+a row it holds already.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -37,6 +47,35 @@ class SpillKind(StrEnum):
     MEMORY = ".memory-spill.jsonl"
     EXCHANGES = ".exchanges-spill.jsonl"  # for the memory model, from a session without the DB
     SCREEN_EVENTS = ".screen-spill.jsonl"
+
+
+# the rows of these kinds carry a key of the client's (`ROW_KEY`), their tables having none of
+# their own to skip a row written again by
+KEYED_KINDS = frozenset({SpillKind.MESSAGES, SpillKind.SCREEN_EVENTS})
+ROW_KEY = "row_key"
+# the keys of rows kept before rows had keys are made from where they are in their file
+_LEGACY_KEYS = uuid.UUID("6b1f3c52-8d0e-4f57-a2c4-5e9b7d1a0f38")
+
+
+def keyed_file(path: Path) -> bool:
+    """Whether the rows kept in the spill file at `path` carry a `ROW_KEY`."""
+    named = parse_spill_name(path)
+    return named is not None and named[1] in KEYED_KINDS
+
+
+def with_row_key(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with a new key (a copy), or as it is if it has one: the key is the row's for good,
+    so that every later write of it (a retry, an import) is known for the same row."""
+    return row if ROW_KEY in row else {**row, ROW_KEY: str(uuid.uuid4())}
+
+
+def legacy_row_key(file_name: str, line_number: int, line: bytes) -> str:
+    """A key for a row a spill file holds without one (kept before rows had keys): made from
+    the file's name, the row's line number and its bytes, so it is the same at every import
+    of the file as long as the file is unchanged; and the importer changes the file only by
+    rewriting the rows it has not stored, their keys in them (`spill_recovery`)."""
+    content = line.rstrip(b"\r\n").hex()
+    return str(uuid.uuid5(_LEGACY_KEYS, f"{file_name}\n{line_number}\n{content}"))
 
 
 def event_log_path(directory: Path, session_id: str) -> Path:
@@ -148,8 +187,11 @@ def replace_whole(path: Path, data: bytes) -> None:
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> int | None:
     """Append rows to a spill file as JSON lines; returns where they begin (the file's size
     before them), or None when the disk refused them (full, failing): the file is then left
-    as it was, with no torn line, and the loss is said in one line. Blocking: a few lines,
-    microseconds."""
+    as it was, with no torn line, and the loss is said in one line. A row of a `KEYED_KINDS`
+    file without a key gets one here (a session without the database keeps its messages and
+    screen events straight in their files). Blocking: a few lines, microseconds."""
+    if keyed_file(path):
+        rows = [with_row_key(row) for row in rows]
     data = encode_rows(rows)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

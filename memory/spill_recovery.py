@@ -15,6 +15,15 @@ stored. A file whose session is still open belongs to its writer and
 is left alone; an exclusive lock keeps two processes from importing one file twice. A row the
 database refuses for what it holds is set aside as the writer does (`writer.set_aside`), and
 the rest of its file imported.
+
+A file is rewritten without the rows stored only after they are: a crash (or a full disk)
+between a batch's commit and that rewrite leaves them in it, and the next import writes them
+again. Each table skips a row it holds already, by the row's key (`spill_files`): messages and
+screen events by the `ROW_KEY` they were given when made. A row kept before rows had keys (a
+file of an earlier version) gets one made from its place in the file (`legacy_row_key`), the
+same at every import until the file is rewritten, which writes the keys of the rows it keeps
+into it; such a row stored by an import of the earlier version before a crash, without a key,
+cannot be told from its copy, and is stored once more.
 """
 
 from __future__ import annotations
@@ -35,10 +44,13 @@ from .conversation import store_messages
 from .embeddings import Embedder
 from .screen_timeline import ScreenTimeline
 from .spill_files import (
+    ROW_KEY,
     SpillKind,
     encode_rows,
     event_log_path,
+    keyed_file,
     last_event,
+    legacy_row_key,
     parse_spill_name,
     read_event_log,
     replace_whole,
@@ -71,7 +83,8 @@ def session_closed(costs_dir: Path, session_id: str) -> bool:
 def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
     """Open and lock `path`; its rows and the count of unreadable lines (a write cut off by a
     crash, bytes that are not UTF-8 JSON objects: a file edited or damaged by hand). None
-    when another process holds the file."""
+    when another process holds the file. A row of a keyed file without its key (kept before
+    rows had keys) gets one from its place in the file (`legacy_row_key`)."""
     fh = path.open("rb")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -81,8 +94,9 @@ def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
     if os.fstat(fh.fileno()).st_nlink == 0:  # imported and removed while we waited to open it
         fh.close()
         return None
+    keyed = keyed_file(path)
     rows, bad = [], 0
-    for line in fh:
+    for number, line in enumerate(fh):
         if not line.strip():
             continue
         try:
@@ -90,6 +104,8 @@ def _read_locked(path: Path) -> tuple[Any, list[Row], int] | None:
         except ValueError:
             row = None
         if isinstance(row, dict):
+            if keyed and ROW_KEY not in row:
+                row[ROW_KEY] = legacy_row_key(path.name, number, line)
             rows.append(row)
         else:
             bad += 1
@@ -104,7 +120,8 @@ def _remove_locked(fh: Any, path: Path) -> None:
 def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
     """Leave only `rows` (the ones not stored yet) in the file, then let go of it. A new file
     is put in place whole (`replace_whole`; the old one stays locked until then, and unlinked
-    it is skipped by whoever opened it meanwhile)."""
+    it is skipped by whoever opened it meanwhile). The rows keep their keys in it, those made
+    from their old places too (`legacy_row_key`), which the new file would not give again."""
     try:
         replace_whole(path, encode_rows(rows))
     finally:
@@ -165,7 +182,8 @@ async def recover_spills(costs_dir: Path, targets: SpillTargets) -> RecoveryRepo
         except BaseException as exc:  # cancelled too: what was stored must leave the file
             try:
                 _keep_locked(fh, path, rows[done:])
-            except OSError as kept:  # the old file stands: its rows stored may come again
+            except OSError as kept:  # the old file stands: its rows stored come again, and
+                # are skipped by their keys
                 log.error("could not rewrite %s: %s", path, kept.strerror or kept)
             if not isinstance(exc, Exception):
                 raise

@@ -14,6 +14,7 @@ import asyncpg
 from .db import storable
 from .forget import forget_in_records
 from .gaps import forget_sessions
+from .spill_files import ROW_KEY
 
 
 @dataclass(frozen=True)
@@ -94,19 +95,24 @@ class Store:
         embed_model: str | None = None, vectors: Sequence[str | None] | None = None,
     ) -> None:
         """Append turns (dicts with user_id, role, content) in order, each with its vector
-        (pgvector text, or None) from `embed_model` for recall."""
+        (pgvector text, or None) from `embed_model` for recall. A turn with a `ROW_KEY` the
+        table holds already is skipped: it is a retry, or a spill file's row imported again
+        (spill_files.py); one without (written at once, never spilled) is always stored."""
         vectors = list(vectors or [None] * len(rows))
         if len(vectors) != len(rows):
             raise ValueError("one vector (or None) per message")
         # one statement, rows in the order given (ids ascend with it): the BM25 statistics'
-        # triggers run per statement, not per message
+        # triggers run per statement, not per message (and count only the rows inserted)
         await self._pool.execute(
             "INSERT INTO messages (session_id, tenant, user_id, role, content, embed_model,"
-            " embedding) SELECT $1, $2, u, r, c, CASE WHEN v IS NULL THEN NULL ELSE $3 END,"
-            " v::vector FROM unnest($4::text[], $5::text[], $6::text[], $7::text[])"
-            " WITH ORDINALITY AS n (u, r, c, v, i) ORDER BY i",
+            " embedding, row_key) SELECT $1, $2, u, r, c,"
+            " CASE WHEN v IS NULL THEN NULL ELSE $3 END, v::vector, k::uuid"
+            " FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+            " WITH ORDINALITY AS n (u, r, c, v, k, i) ORDER BY i"
+            " ON CONFLICT (row_key) DO NOTHING",
             session_id, tenant, embed_model, [r["user_id"] for r in rows],
             [r["role"] for r in rows], [storable(r["content"]) for r in rows], vectors,
+            [r.get(ROW_KEY) for r in rows],
         )
 
     async def session_tenant(self, session_id: str) -> str | None:

@@ -8,6 +8,12 @@ be written is appended to the spill file and reported, so a database outage cost
 nobody and records for nobody. A row the database refuses for what it holds (a constraint, a
 value past a limit) is not an outage: its batch is written row by row, and that row is set
 aside in `<session>.<kind>-refused.jsonl` with why, so it holds up nothing behind it.
+
+A batch whose answer is lost after the database committed it (the connection dropped then) is
+retried, and spilled rows stay in the file until it is rewritten without them: either way a
+row can be written twice. The tables skip a row they hold already by its key: its own (cost
+events' `seq`), or, for messages and screen events, the `ROW_KEY` it gets in `put()`, before
+its first write, and keeps in the spill file (`spill_files.KEYED_KINDS`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from typing import Any
 import asyncpg
 
 from .db import error_reason
-from .spill_files import append_rows, encode_rows, refused_path, replace_whole
+from .spill_files import (
+    append_rows,
+    encode_rows,
+    keyed_file,
+    refused_path,
+    replace_whole,
+    with_row_key,
+)
 
 log = logging.getLogger("sightline.db")
 
@@ -98,6 +111,8 @@ class BackgroundWriter:
         self._name = name
         self._write_batch = write_batch
         self._spill_path = spill_path
+        # rows of a table with no key of its own get one as they are put (spill_files.ROW_KEY)
+        self._keyed = keyed_file(spill_path)
         self._max_batch = max_batch
         self._max_backoff_s = max_backoff_s
         self._pending: list[Row] = []
@@ -126,8 +141,10 @@ class BackgroundWriter:
 
     def put(self, row: Row, *, now: bool = False) -> None:
         """Queue `row`; `now`: write it without lingering (a priced event, which a worker
-        killed within the linger would otherwise take along; the rows before it go too)."""
-        self._pending.append(row)
+        killed within the linger would otherwise take along; the rows before it go too). A row
+        for a table without a key of its own is given one now (a copy of it), before any write
+        of it, so that a retry of a write that did reach the database is skipped there."""
+        self._pending.append(with_row_key(row) if self._keyed else row)
         if now:
             self._urgent.set()
         if len(self._pending) > self._max_pending and not self._rewriting:
@@ -186,7 +203,8 @@ class BackgroundWriter:
         """Closing with spilled rows written, or rows older than them still in memory (`first`,
         left of a batch that failed after them): the file keeps the rows not written, in the
         order they were put, for a later session to import. A new file is put in place whole
-        (`replace_whole`): a crash meanwhile leaves the old one, rows imported twice, not lost."""
+        (`replace_whole`): a crash meanwhile leaves the old one, its rows written imported
+        again, not lost, and skipped by the table as rows it holds (by their keys)."""
         with self._spill_path.open("rb") as old:
             kept = old.read(self._spill_offset) + encode_rows(first)
             old.seek(self._written_to)
@@ -286,7 +304,8 @@ class BackgroundWriter:
                 await asyncio.to_thread(self._rewrite_spilled, first)
                 del self._pending[: len(first)]
                 self._spilled += len(first)
-            except OSError as exc:  # the old file stands: rows written may be imported again
+            except OSError as exc:  # the old file stands: its rows written come again (and
+                # the tables skip them by their keys)
                 log.error("%s: %s could not be rewritten (%s): its rows written already may "
                           "be imported again", self._name, self._spill_path,
                           exc.strerror or exc)

@@ -5,19 +5,22 @@ starts are serialized; an unreachable DATABASE_URL is one `sightline:` line (exi
 shows the password; when Postgres goes away mid-session the event log and the conversation log keep
 going without raising, every event stays in the JSONL log, and after close() every event is in
 `cost_events` or in the spill file, none missing and none duplicated (a Postgres of our own is
-stopped and restarted for this).
+stopped and restarted for this); a message or screen event sent twice (a batch retried after its
+answer was lost, a spill file imported again after a cut between a batch's commit and the
+file's rewrite) is stored once, and rows stored before their key column keep none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from agent.pricing import PriceTable, Usage
 from agent.session import SessionRuntime
 from agent.session_record import SessionRecord
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory import spill_recovery
 from memory.conversation import ConversationLog
 from memory.db import (
     Database,
@@ -48,11 +52,11 @@ from memory.embeddings import WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
-from memory.spill_files import spill_files
+from memory.spill_files import append_rows, spill_files
 from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
-from memory.writer import BackgroundWriter
+from memory.writer import BackgroundWriter, Written
 from vision.screen import FrameDecision
 
 PASSWORD = "s3cret-Pa55word"
@@ -1011,3 +1015,196 @@ async def test_rows_neither_the_database_nor_the_disk_takes_are_counted_and_said
     lost = [m for m in one_line_records(caplog) if "could not be kept" in m]
     assert lost == [f"{n} rows could not be kept in {spill} (No space left on device): they are "
                     "lost" for n in (2, 2, 8)]  # each quarter the queue sheds, then the rest
+
+
+# -- each spilled or retried row stored once -----------------------------------------------
+
+
+def spilled_row(kind: str, session_id: str, n: int) -> dict[str, Any]:
+    """Row `n` of a spill file of `kind` ("messages" or "screen"), as its session made it."""
+    if kind == "messages":
+        return {"tenant": "acme", "user_id": "u-1", "role": "user", "content": f"row {n}"}
+    return event_row(session_id=session_id, tenant="acme", user_id="u-1", t=float(n),
+                     wall_time=1.7e9 + n, content_type="code", reason="local_change",
+                     region=(0, 0, 640, 20), lines=[f"row {n}"], is_error=False)
+
+
+async def stored_rows(pool: asyncpg.Pool, kind: str, session_id: str) -> list[str]:
+    table, column = ("messages", "content") if kind == "messages" else ("screen_events", "text")
+    return [r[column] for r in await pool.fetch(
+        f"SELECT {column} FROM {table} WHERE session_id = $1 ORDER BY id", session_id)]
+
+
+@pytest.mark.parametrize("kind", ["messages", "screen"])
+@pytest.mark.parametrize("made", ["by a session", "before row keys"])
+async def test_an_import_cut_off_between_a_batch_and_the_files_rewrite_stores_each_row_once(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, kind: str, made: str,
+) -> None:
+    """A closed session's spill file of 250 rows, imported 200 at a time: the first batch is
+    stored, the database goes away before the second, and the rewrite of the file without the
+    first fails (a full disk; a crash there is the same): the whole file stays, and the next
+    import writes every row of it again. Each row is stored once, in order (seen: the
+    conversation, the screen timeline, doubled). Rows of a file written before rows had keys
+    (`before row keys`) get theirs at the import."""
+    costs = settings.costs_dir
+    costs.mkdir(parents=True, exist_ok=True)
+    embedder = WordLlamaEmbedder()
+    await Store(db.pool).start_session("s-cut", tenant="acme", user_id="u-1", room=None,
+                                       source="replay", provider="gemini", model="m")
+    (costs / "s-cut.jsonl").write_text(json.dumps({"kind": "summary"}) + "\n")
+    path = costs / f"s-cut.{kind}-spill.jsonl"
+    rows = [spilled_row(kind, "s-cut", n) for n in range(250)]
+    if made == "by a session":  # as the session's writer, or a session without Postgres, does
+        assert append_rows(path, rows) == 0
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    targets = SpillTargets(Store(db.pool), UserMemory(db.pool, embedder),
+                           ScreenTimeline(db.pool, embedder), embedder)
+
+    batches = 0
+    write_or_set_aside = spill_recovery.write_or_set_aside
+
+    async def gone_after_one_batch(write: Any, batch: list[dict[str, Any]]) -> Written:
+        nonlocal batches
+        batches += 1
+        if batches > 1:
+            return Written(error=ConnectionResetError("the database went away"))
+        return await write_or_set_aside(write, batch)
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("memory.spill_recovery.write_or_set_aside", gone_after_one_batch)
+    monkeypatch.setattr("memory.spill_recovery.replace_whole", disk_full)
+    first = await recover_spills(costs, targets)
+    assert first.rows == 200 and first.files == 0
+    assert await stored_rows(db.pool, kind, "s-cut") == [f"row {n}" for n in range(200)]
+    assert path.exists(), "the file could not be rewritten: it stays whole"
+
+    monkeypatch.undo()
+    again = await recover_spills(costs, targets)
+    assert (again.files, again.rows, again.left) == (1, 250, [])
+    assert not path.exists()
+    assert await stored_rows(db.pool, kind, "s-cut") == [f"row {n}" for n in range(250)]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for `condition` (a writer retries with backoff)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("kind", ["messages", "screen"])
+async def test_a_writers_retries_store_each_row_once(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, kind: str,
+) -> None:
+    """A writer's two ways of sending a row again, on Postgres: a batch stored whose answer
+    was lost (the connection dropped after COMMIT) is retried; and at the close, spilled rows
+    partly written stay in the spill file when it cannot be rewritten without them (a full
+    disk), for the next import to write. Each row is stored once, in order."""
+    store, embedder = Store(db.pool), WordLlamaEmbedder()
+    screen = ScreenTimeline(db.pool, embedder)
+    await store.start_session("s-retry", tenant="acme", user_id="u-1", room=None,
+                              source="replay", provider="gemini", model="m")
+    costs = settings.costs_dir
+    costs.mkdir(parents=True, exist_ok=True)
+    spill = costs / f"s-retry.{kind}-spill.jsonl"
+    database = {"down": False, "acks_lost": 1, "batches_up": -1}
+
+    async def write(rows: list[dict[str, Any]]) -> None:
+        if database["batches_up"] == 0:
+            database["down"] = True
+        database["batches_up"] -= 1
+        if database["down"]:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if kind == "messages":
+            await store.add_messages("s-retry", "acme", rows)
+        else:
+            await screen.write(rows)
+        if database["acks_lost"]:
+            database["acks_lost"] -= 1
+            raise ConnectionResetError("connection lost after COMMIT")
+
+    writer = BackgroundWriter(kind, write, spill, max_batch=5, max_backoff_s=0.05,
+                              max_pending=12)
+    for n in range(5):
+        writer.put(spilled_row(kind, "s-retry", n))
+    await until(lambda: writer.pending == 0)  # stored, its answer lost, retried
+    assert await stored_rows(db.pool, kind, "s-retry") == [f"row {n}" for n in range(5)]
+
+    database["down"] = True
+    for n in range(5, 45):  # past 12 queued: the oldest spill
+        writer.put(spilled_row(kind, "s-retry", n))
+    await asyncio.sleep(0.2)
+    assert spill.exists()
+    # back for two writes: the first batch of the spilled rows, stored but its answer lost,
+    # and its retry; then gone again, and at the close the file cannot be rewritten without
+    # the rows written
+    database.update(down=False, acks_lost=1, batches_up=2)
+    await until(lambda: bool(database["down"]))
+
+    def disk_full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("memory.writer.replace_whole", disk_full)
+    assert await writer.close(timeout_s=0.5) > 0
+    monkeypatch.undo()
+    assert await stored_rows(db.pool, kind, "s-retry") == [f"row {n}" for n in range(10)]
+
+    (costs / "s-retry.jsonl").write_text(json.dumps({"kind": "summary"}) + "\n")
+    report = await recover_spills(costs, SpillTargets(
+        store, UserMemory(db.pool, embedder), screen, embedder))
+    assert report.files == 1 and report.left == []
+    assert await stored_rows(db.pool, kind, "s-retry") == [f"row {n}" for n in range(45)]
+
+
+async def test_rows_stored_before_row_keys_migrate_and_keep_no_key(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database whose messages and screen events were stored before migration 0018 (the
+    same one twice, as the duplicating import left them) migrates: its rows keep a NULL key
+    (stored already: nothing is to be skipped by it), and the rows written from then on are
+    skipped by theirs when they come again."""
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in migration_files():
+        if path.stem < "0018":
+            (earlier / path.name).write_text(path.read_text())
+    conn = await asyncpg.connect(database_url)
+    try:
+        monkeypatch.setattr("memory.migrate.MIGRATIONS_DIR", earlier)
+        await apply_migrations(conn)
+        await conn.execute("INSERT INTO sessions (id, tenant, user_id, source) VALUES"
+                           " ('s-old', 'acme', 'u-1', 'replay')")
+        for _ in range(2):
+            await conn.execute("INSERT INTO messages (session_id, tenant, user_id, role, content)"
+                               " VALUES ('s-old', 'acme', 'u-1', 'user', 'row 0')")
+            await conn.execute(
+                "INSERT INTO screen_events (session_id, tenant, user_id, t, at, content_type,"
+                " reason, region, text, words) VALUES ('s-old', 'acme', 'u-1', 0, now(),"
+                " 'code', 'local_change', '{0,0,1,1}', 'row 0', 'row 0')")
+        monkeypatch.undo()
+        assert await apply_migrations(conn) == [p.stem for p in migration_files()
+                                                if p.stem >= "0018"]
+        for table in ("messages", "screen_events"):
+            assert await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE row_key IS NULL") == 2, table
+    finally:
+        await conn.close()
+    db = await Database.open(database_url, tmp_path)
+    try:
+        row = spilled_row("messages", "s-old", 1)
+        for _ in range(2):
+            await Store(db.pool).add_messages("s-old", "acme", [
+                {**row, "row_key": str(uuid.uuid4())}, row])
+        keyed = {**row, "row_key": str(uuid.uuid4())}
+        for _ in range(2):
+            await Store(db.pool).add_messages("s-old", "acme", [keyed])
+        assert await stored_rows(db.pool, "messages", "s-old") == ["row 0", "row 0", *(
+            ["row 1"] * 5)]  # two keyless, two with keys of their own, and one key twice
+        await assert_bm25_statistics_exact(db.pool, "messages_bm25", "messages",
+                                           "tenant, user_id")
+    finally:
+        await db.close()

@@ -5,7 +5,9 @@ goes to the spill file; when writes work again every row is written exactly once
 order it was put, and the spill file is gone (rows spilled by an earlier session stay
 untouched); closing during an outage keeps every row, in order, in the spill file. Writes take
 time: rows that spill while a batch or the spilled rows are being written are neither lost nor
-written twice, and a batch that fails with rows spilled behind it still goes first.
+written twice, and a batch that fails with rows spilled behind it still goes first. A batch
+retried after its answer was lost (stored, but the connection dropped) carries the keys its rows
+got when put, from the queue as from the spill file, so a table with those keys skips them.
 """
 
 from __future__ import annotations
@@ -191,3 +193,56 @@ async def test_closing_keeps_the_spilled_rows_not_yet_written_and_only_those(
     assert await writer.close(timeout_s=0.5) == 25
     assert numbers(table.rows) == list(range(15))
     assert spilled_numbers(spill) == [-1, *range(15, 40)]
+
+
+class AckLostTable:
+    """A table with a key of the client's on each row, as `messages` and `screen_events` have
+    (migration 0018): a row whose `row_key` it holds already is skipped, as `ON CONFLICT DO
+    NOTHING` skips it; a row without one is always inserted (a NULL key conflicts with
+    nothing). `acks_lost`: how many of the next writes commit and then lose their answer (the
+    connection dropped after COMMIT), so the writer takes them for failed."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.keys: set[str] = set()
+        self.down = False
+        self.acks_lost = 0
+
+    async def write(self, batch: list[dict]) -> None:
+        if self.down:
+            raise ConnectionError("database is down")
+        for row in batch:
+            key = row.get("row_key")
+            if key is None or key not in self.keys:
+                self.rows.append(row)
+            if key is not None:
+                self.keys.add(key)
+        if self.acks_lost:
+            self.acks_lost -= 1
+            raise ConnectionResetError("connection lost after COMMIT")
+
+
+async def test_a_batch_stored_whose_answer_was_lost_is_not_stored_again(
+        tmp_path: Path) -> None:
+    """A batch the database committed but whose answer never came back is retried: from the
+    queue, and from the spill file after an outage. Each row keeps the key it was given when
+    put, so the retry stores nothing twice (seen: a message twice in the conversation)."""
+    spill = tmp_path / "s1.messages-spill.jsonl"  # messages: their rows carry keys
+    table = AckLostTable()
+    writer = BackgroundWriter("messages", table.write, spill, max_batch=5, max_backoff_s=0.05,
+                              max_pending=12)
+    table.acks_lost = 1
+    put(writer, range(5))
+    await wait_for(lambda: writer.pending == 0)
+    assert numbers(table.rows) == list(range(5)), "the queue's retry stored nothing twice"
+
+    table.down = True
+    put(writer, range(5, 40))  # past 12 queued: the oldest spill
+    await asyncio.sleep(0.1)
+    assert spill.exists()
+    table.acks_lost = 2  # the first spilled batch and the one after: stored, answers lost
+    table.down = False
+    await wait_for(lambda: writer.pending == 0)
+    assert await writer.close() == 0
+    assert numbers(table.rows) == list(range(40)), "the spilled rows' retry stored nothing twice"
+    assert not spill.exists()
