@@ -6,8 +6,9 @@ tenant's spend in Postgres add up), and crossing 70%, 90% and 100% of a budget r
 `budget` event (and a log line), once per threshold. At 100% the cascade, which asks the guard
 directly, stops climbing above `SIGHTLINE_BUDGET_MAX_TIER`: answers still come, from the cheaper
 tiers. A tenant's budget covers its spend since the start of the current UTC day, across
-sessions: what Postgres had when the session opened (or when it joined the database, for one
-opened without it) plus this session.
+sessions: what the tenant's other sessions and commands spent, as Postgres has it (read when the
+session opens or joins the database, and every few seconds while it runs:
+agent/tenant_spend.py), plus this session.
 """
 
 from __future__ import annotations

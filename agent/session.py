@@ -64,6 +64,7 @@ from .session_summary import SessionTotals
 from .sightline_agent import ASSIST_WAIT_S, SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
+from .tenant_spend import TenantSpendWatch
 from .tier_call import MeteredTierCall
 from .turn_context import RECALL_TIMEOUT_S, TurnContext
 
@@ -272,6 +273,7 @@ class SessionRuntime:
     turn_context: TurnContext
     deferred: DeferredExchanges | None = None  # without the database: for the next keeper
     database_watch: DatabaseWatch | None = None  # opened without the database: until it answers
+    tenant_spend: TenantSpendWatch | None = None  # with a tenant budget and the database
     speech_outages: SpeechOutages | None = None  # a live session's (agent_session)
     # a live session's: how the user's microphone arrived since the turn before (WebRTC's
     # jitter buffer's counts, agent/audio_reception.py), for each spoken turn's `heard` event
@@ -366,7 +368,17 @@ class SessionRuntime:
         if down is not None and settings.database_retry_s > 0:
             runtime.database_watch = DatabaseWatch(down, runtime._join,
                                                    every_s=settings.database_retry_s)
+        if store is not None:
+            runtime._watch_tenant_spend(store)
         return runtime
+
+    def _watch_tenant_spend(self, store: Store) -> None:
+        """With a tenant budget, keep it current with the tenant's other sessions' spend."""
+        budget = self.record.budget
+        if budget is not None and budget.tenant_budget_usd:
+            self.tenant_spend = TenantSpendWatch(
+                store, tenant=self.tenant, session_id=self.session_id, budget=budget,
+                crossed=lambda crossed: self.record.events.record("budget", detail=crossed))
 
     @classmethod
     async def _assemble(
@@ -454,7 +466,7 @@ class SessionRuntime:
         earlier, before_id = await earlier_conversation(store, self.tenant, self.user_id,
                                                         self.settings.history_messages)
         budget = self.record.budget
-        tenant_spent = (await store.tenant_spent_today(self.tenant)
+        tenant_spent = (await store.tenant_spent_today(self.tenant, but=self.session_id)
                         if budget is not None and budget.tenant_budget_usd else None)
         async with AsyncExitStack() as parts:
             embedder, reranker = await _recall_models(
@@ -475,6 +487,7 @@ class SessionRuntime:
         if budget is not None and tenant_spent is not None:  # it counted the tenant from $0
             for crossed in budget.tenant_spent_elsewhere(tenant_spent):
                 self.record.events.record("budget", detail=crossed)
+        self._watch_tenant_spend(store)
         log.info("session %s: the database answers again after %.0f s: knowledge, memory and "
                  "earlier screens are recalled from now on (what the session writes goes on to "
                  "disk, imported as it closes)", self.session_id, offline_s)
@@ -584,6 +597,8 @@ class SessionRuntime:
         try:
             if self.database_watch is not None:
                 await steps.run("database watch", self.database_watch.aclose, None)
+            if self.tenant_spend is not None:
+                await steps.run("tenant spend watch", self.tenant_spend.aclose, None)
             await steps.run("live assist", self.assist.aclose, None)
             if self.speech_outages is not None:
                 await steps.run("speech outage watch", self.speech_outages.aclose, None)

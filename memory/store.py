@@ -200,12 +200,15 @@ class Store:
             ],
         )
 
-    async def tenant_spent_today(self, tenant: str) -> float:
-        """The tenant's spend since 00:00 UTC, from every session's cost events."""
+    async def tenant_spent_today(self, tenant: str, but: str | None = None) -> float:
+        """The tenant's spend since 00:00 UTC, from every session's cost events and its
+        commands' (but session `but`'s): the priced events alone, which the partial index of
+        migration 0019 holds (a session's frame events, one a second, cost nothing)."""
         value = await self._pool.fetchval(
             "SELECT coalesce(sum(cost_usd), 0) FROM cost_events WHERE tenant = $1"
-            " AND ts >= date_trunc('day', now() AT TIME ZONE 'utc') AT TIME ZONE 'utc'",
-            tenant,
+            " AND ts >= date_trunc('day', now() AT TIME ZONE 'utc') AT TIME ZONE 'utc'"
+            " AND cost_usd <> 0 AND session_id IS DISTINCT FROM $2",
+            tenant, but,
         )
         return float(value)
 

@@ -8,6 +8,7 @@ with one plain sentence, recorded as a model_error, and the session keeps going.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from conftest import DEMO_FIXTURE
 from livekit.agents import AgentSession
 
+from agent import tenant_spend
 from agent.cascade import failure_sentence
 from agent.config import Settings
 from agent.providers import ProviderError
@@ -446,6 +448,41 @@ async def test_tenant_budget_counts_earlier_sessions_from_postgres(
     assert two["budget"]["tenant_spent_usd"] >= one["total_cost_usd"] > 0
     assert two["budget"]["escalation_capped_at_tier"] == 0
     assert "tenant:100%" in one["budget"]["thresholds_crossed"]
+
+
+async def test_a_tenant_budget_counts_the_sessions_running_beside_it(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two sessions of one tenant at once: the spend of one reaches the other's budget guard
+    while both run (agent/tenant_spend.py). Each knew only the tenant's spend when it opened,
+    so together they could pass the budget far before either noticed."""
+    monkeypatch.setattr(tenant_spend, "EVERY_S", 0.05)
+    capped = settings.with_overrides(gemini_api_key="test-key", anthropic_api_key="test-key",
+                                     embeddings="offline", memory_updates=False,
+                                     tenant_budget_usd=0.01, budget_max_tier=0)
+    first = await SessionRuntime.open(capped, db, tenant="acme", user_id="u1", source="replay")
+    second = await SessionRuntime.open(capped, db, tenant="acme", user_id="u2", source="replay")
+    other = await SessionRuntime.open(capped, db, tenant="globex", user_id="u3",
+                                      source="replay")
+    try:
+        assert first.record.budget is not None and first.record.budget.tier_cap() is None
+        # the second spends the whole day's budget (a priced call goes to Postgres at once)
+        second.record.events.record("model_call", cost_usd=0.02, provider="gemini",
+                                    model="gemini-2.5-flash", detail={"tier": 0})
+        for _ in range(400):
+            if first.record.budget.tier_cap() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert first.record.budget.tier_cap() == 0, "the first never saw the second's spend"
+        assert other.record.budget is not None and other.record.budget.tier_cap() is None
+    finally:
+        summaries = [await runtime.close() for runtime in (first, second, other)]
+    crossed = [e["detail"] for e in map(json.loads, first.record.events.path.read_text()
+                                        .splitlines()) if e["kind"] == "budget"]
+    assert [(c["scope"], c["threshold"]) for c in crossed] == [
+        ("tenant", 0.7), ("tenant", 0.9), ("tenant", 1.0)]
+    assert summaries[0]["budget"]["tenant_spent_usd"] == pytest.approx(0.02)
+    assert summaries[2]["budget"]["thresholds_crossed"] == []
 
 
 async def test_a_replay_is_given_time_for_its_lookups(settings: Settings, db: Database) -> None:
