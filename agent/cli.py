@@ -52,7 +52,7 @@ _USER_ERRORS = {
 }
 
 
-def _is_user_error(exc: BaseException) -> bool:
+def is_user_error(exc: BaseException) -> bool:
     """Only a module that was imported can have raised its error: no import happens here."""
     return any(
         isinstance(exc, getattr(sys.modules[module], name))
@@ -202,17 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        failure = _database_failure(exc)
+        failure = database_failure(exc)
         if failure:
             print(f"sightline: {failure}", file=sys.stderr)
             return 1
-        if not _is_user_error(exc):
+        if not is_user_error(exc):
             raise
         print(f"sightline: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
-def _database_failure(exc: BaseException) -> str | None:
+def database_failure(exc: BaseException) -> str | None:
     """One line for a database that failed in the middle of a command (it refused a
     statement, dropped the connection, or a statement outran its time limit)."""
     asyncpg = sys.modules.get("asyncpg")

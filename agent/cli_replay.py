@@ -7,9 +7,14 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_common import counted, one_line
 from .config import Settings
+
+if TYPE_CHECKING:  # imported by `run`: `sightline --help` loads no replay machinery
+    from .replay import ReplayResult
+    from .replay_script import Fixture
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,10 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Replay the fixture. Ctrl-C closes the open session (its cost log and row complete,
-    marked `interrupted`) and exits 130 after one line; any other failure closes it too."""
+    marked `interrupted`) and exits 130 after one line; any other failure closes it too, and
+    what the replay did before it is printed as a finished replay's is, then the failure in
+    one line (`_unforeseen`)."""
     from memory.db import Database
 
-    from .cli_costs import format_summary
     from .replay import ReplayResult, replay
     from .replay_script import load_fixture
     from .session_record import INTERRUPTED
@@ -49,14 +55,48 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"interrupted: session {', '.join(closed)} closed" if closed
               else "interrupted: no session was open", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # the sessions it closed were spent on and their cost logs are on disk: they are
+        # shown, then the failure, rather than the bare failure (or a traceback) alone
+        if result.turns or result.sessions:
+            _print_result(result, fixture, as_json=args.json)
+            sys.stdout.flush()  # before the failure's line, wherever both streams go
+        line = _unforeseen(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 1
+    _print_result(result, fixture, as_json=args.json)
+    return 0
+
+
+def _unforeseen(exc: Exception) -> str | None:
+    """The line for a failure that stopped a replay and that the command line's handler would
+    print as a traceback, or None: a failure the user can fix, or the database's, goes up to
+    that handler for its usual line and status (2; 1). No fixture should cause another (the
+    loader refuses what it knows cannot be replayed), but one that does is still one line,
+    as the failed session's summary says it: status 1."""
+    from .cli import database_failure, is_user_error  # the handler's own classification
+    from .session_record import describe_failure
+
+    if is_user_error(exc) or database_failure(exc) is not None:
+        return None
+    return f"sightline: the replay stopped: {one_line(describe_failure(exc)[1])}"
+
+
+def _print_result(result: ReplayResult, fixture: Fixture, *, as_json: bool) -> None:
+    """The replayed turns and each session's summary; the same for a replay that stopped part
+    way, as far as it went (its failed session's summary says how it ended)."""
+    from .cli_costs import format_summary
+
     problem = (result.video or {}).get("problem")
-    if args.json:  # the problem is in "video" too; said on stderr, as `vision scan --json` does
+    if as_json:  # the problem is in "video" too; said on stderr, as `vision scan --json` does
         print(json.dumps({"fixture": result.fixture, "video": result.video,
                           "turns": [t.__dict__ for t in result.turns],
                           "sessions": result.sessions}, indent=2))
         if problem:
             print(f"warning: {one_line(problem)}", file=sys.stderr)
-        return 0
+        return
     # the fixture's words and the models' replies are printed escaped, as every stored text is
     print(one_line(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
                    f"{fixture.duration_s:.1f}s)")
@@ -87,4 +127,3 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         print(one_line(f"         Sightline: {turn.reply}") + "\n")
     for summary in result.sessions:
         print(format_summary(summary))
-    return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import wave
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,23 @@ class _VideoFeed:
         self._next: tuple[float, rtc.VideoFrame] | None = None
         self._done = False
         self._reported = False
+        # one decode at a time, and `close` after the one in flight: a replay cancelled while
+        # it awaited a frame leaves that frame's thread running
+        self._decoding = threading.Lock()
+
+    def _decode_next(self) -> tuple[float, rtc.VideoFrame] | None:
+        """The next frame, or None at the end; run in a thread (decoding is CPU work)."""
+        with self._decoding:
+            return next(self._frames, None)
+
+    def close(self) -> None:
+        """Close the decoder (`VideoFrames.close`): left to the garbage collector, its file and
+        threads stayed open after a failed session for as long as anything held the failure
+        (its traceback holds the replay's frame, and so this feed). Blocks for as long as a
+        decode in flight takes (one frame): a running generator cannot be closed."""
+        with self._decoding:
+            self._frames.close()
+        self._done = True
 
     async def play(self, until: float | None, runtime: SessionRuntime) -> None:
         """Advance to `until` (None: the end) in `runtime`'s session; the session that reaches
@@ -106,7 +124,7 @@ class _VideoFeed:
 
     async def start(self) -> None:
         """Decode the first frame: a recording with none fails here, before a session opens."""
-        self._next = await asyncio.to_thread(next, self._frames, None)
+        self._next = await asyncio.to_thread(self._decode_next)
         self._done = self._next is None
 
     async def advance(
@@ -116,7 +134,7 @@ class _VideoFeed:
         while not self._done:
             if self._next is None:
                 # decoding is CPU work: one frame per thread hop keeps the loop responsive
-                self._next = await asyncio.to_thread(next, self._frames, None)
+                self._next = await asyncio.to_thread(self._decode_next)
                 if self._next is None:
                     self._done = True
                     return
@@ -180,12 +198,25 @@ async def replay(
     """Replay `fixture`; each session's summary goes into `result` as it closes, so a caller
     whose replay failed or was interrupted still knows which sessions it closed."""
     result = result or ReplayResult(fixture=fixture.name)
+    feed = _VideoFeed(VideoFrames(fixture.video))
+    try:
+        await _replay_sessions(fixture, settings, db, result, feed)
+    finally:  # its file and decoding threads, whatever stopped the replay
+        feed.close()
+    result.video = feed.report.as_record()
+    return result
+
+
+async def _replay_sessions(
+    fixture: Fixture, settings: Settings, db: Database | None, result: ReplayResult,
+    feed: _VideoFeed,
+) -> None:
+    """The fixture's sessions in turn, each on the model server and the frames of `feed`."""
     current = [_TurnScript(FixtureResponse("scripted"))]
 
     def serve(request: CapturedRequest) -> ScriptedReply:
         return current[0].serve(request)
 
-    feed = _VideoFeed(VideoFrames(fixture.video))
     await feed.start()
     async with ScriptedModelServer(replies=serve) as server:
         if has_audio(fixture) and settings.stt is None:
@@ -233,8 +264,6 @@ async def replay(
                 result.sessions.append(await _closed(session, runtime, *describe_failure(exc)))
                 raise
             result.sessions.append(await _closed(session, runtime))
-    result.video = feed.report.as_record()
-    return result
 
 
 async def _closed(session: AgentSession, runtime: SessionRuntime, outcome: str = COMPLETED,

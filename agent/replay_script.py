@@ -19,6 +19,7 @@ from tools.memory_tools import MemoryTools
 from tools.screen_history import ScreenHistoryTools
 from vision.video_file import VideoUnreadable, probe_duration
 
+from .cli_common import one_line
 from .config import MAX_HISTORY_MESSAGES, Tier, parse_tiers
 
 ORIGINS = ("recorded", "scripted")
@@ -96,6 +97,51 @@ def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _unstorable(text: str) -> str | None:
+    """What keeps `text` from being stored or sent, or None. JSON can spell what no text
+    holds: `\\u0000` (Postgres stores no NUL: the session failed at its row) and a lone
+    surrogate (`\\ud800`, half a UTF-16 pair: no character, so no UTF-8, and the provider
+    SDK failed on it mid-turn)."""
+    if "\0" in text:
+        return "holds a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds \\u{ord(text[exc.start]):04x}, a lone surrogate (half a UTF-16 pair, "
+                "no character), which is not UTF-8 text: it cannot be stored or sent")
+    return None
+
+
+def _member(path: str, key: str) -> str:
+    """`path`'s member `key` as the field is named (`turns[3].text`); an odd key is quoted as
+    JSON, ASCII only, so the name stays one printable line whatever the key holds."""
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _check_text(raw: dict[str, Any], where: str) -> None:
+    """Every string of the fixture, keys too, can be stored and sent: checked once over the
+    whole document (tool arguments and memory facts reach the database as well), the first
+    that cannot be is named by its path. Iterative: a document nested as deep as `json`
+    parses would overflow a recursive walk."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            why = _unstorable(value)
+            if why is not None:
+                raise FixtureError(f"{where}: {path}: {why}")
+        elif isinstance(value, dict):
+            for key in value:
+                why = _unstorable(key)
+                if why is not None:
+                    raise FixtureError(f"{where}: {_member(path, key)}: its name {why}")
+            stack += reversed([(_member(path, k), v) for k, v in value.items()])
+        elif isinstance(value, list):
+            stack += reversed([(f"{path}[{i}]", v) for i, v in enumerate(value)])
+
+
 def _error_status(raw: dict[str, Any], where: str) -> int:
     status = raw["error"].get("status") if isinstance(raw["error"], dict) else None
     if not isinstance(status, int) or not 400 <= status <= 599:
@@ -168,6 +214,9 @@ def _audio(folder: Path, turn: dict[str, Any], where: str) -> Path:
     import wave
 
     path = folder / _require(turn, "audio", str, where)
+    if not path.is_file():  # a named pipe would block the open until something wrote to it
+        why = "is not a file" if path.exists() else "does not exist next to it"
+        raise FixtureError(f"{where}: audio '{path.name}' {why}")
     try:
         with wave.open(str(path)) as wav:
             if wav.getsampwidth() != 2 or not wav.getnframes():
@@ -179,6 +228,28 @@ def _audio(folder: Path, turn: dict[str, Any], where: str) -> Path:
     return path
 
 
+def _knowledge(folder: Path, named: str, where: str) -> Path:
+    """The fixture's knowledge folder, which is ingested whole into every tenant's knowledge
+    base: it must be named inside the fixture's folder (relative, no `..`), or `"/"` would
+    ingest the filesystem. A link in it is followed, as `kb ingest` follows one (a shared docs
+    folder linked in), unless it leads to a folder that holds the fixture itself (`/`, a home
+    or a parent folder): all of that would be ingested. The video and audio may lie outside
+    (fixtures/voice_demo plays the demo's): each is one file, refused unless it is one."""
+    path = folder / named
+    if Path(named).is_absolute() or ".." in Path(named).parts:
+        raise FixtureError(f"{where}: knowledge '{one_line(named)}' must be a folder inside "
+                           "the fixture's folder (a relative path without '..')")
+    if not path.exists():
+        raise FixtureError(f"{where}: knowledge '{one_line(path.name)}' does not exist next "
+                           "to it")
+    target = path.resolve()
+    if target != folder.resolve() and folder.resolve().is_relative_to(target):
+        raise FixtureError(f"{where}: knowledge '{one_line(named)}' leads to "
+                           f"{one_line(str(target))}, a folder that holds the fixture itself: "
+                           "it would all be ingested")
+    return path
+
+
 def has_audio(fixture: Fixture) -> bool:
     return any(turn.audio is not None for turn in fixture.turns)
 
@@ -187,6 +258,11 @@ def load_fixture(path: Path) -> Fixture:
     """Load `PATH/session.json` (or a session.json path) and check its video is readable."""
     session_file = path / "session.json" if path.is_dir() else path
     try:
+        if session_file.exists() and not session_file.is_file():
+            # a named pipe would block the read until something wrote to it (a directory, a
+            # device: no fixture either); what does not exist is said below
+            raise FixtureError(f"{session_file}: is not a file (a fixture is a directory "
+                               "with session.json and a video)")
         raw = json.loads(session_file.read_text())
     except FileNotFoundError:
         raise FixtureError(f"{session_file}: not found (a fixture is a directory with "
@@ -203,6 +279,12 @@ def load_fixture(path: Path) -> Fixture:
     if not isinstance(raw, dict):
         raise FixtureError(f"{session_file}: must hold a JSON object")
     where = str(session_file)
+    _check_text(raw, where)
+    if not raw.get("name") and _unstorable(session_file.parent.name) is not None:
+        # the name goes into each session's row (its room): bytes of a folder name that are
+        # not UTF-8 (Python keeps them as lone surrogates) cannot be stored
+        raise FixtureError(f"{where}: the fixture's folder name is not UTF-8 text, and it "
+                           "names the fixture when session.json has no 'name': give it one")
     video = session_file.parent / _require(raw, "video", str, where)
     if not video.is_file():
         why = "is not a file" if video.exists() else "does not exist next to it"
@@ -222,9 +304,8 @@ def load_fixture(path: Path) -> Fixture:
             raise FixtureError(f"{where}: tiers: {exc}") from None
     knowledge = None
     if "knowledge" in raw:
-        knowledge = session_file.parent / _require(raw, "knowledge", str, where)
-        if not knowledge.exists():
-            raise FixtureError(f"{where}: knowledge '{knowledge.name}' does not exist next to it")
+        knowledge = _knowledge(session_file.parent, _require(raw, "knowledge", str, where),
+                               where)
     history = raw.get("history_messages")
     if history is not None and (isinstance(history, bool) or not isinstance(history, int)
                                 or not 0 <= history <= MAX_HISTORY_MESSAGES):

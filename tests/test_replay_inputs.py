@@ -7,11 +7,14 @@ process was killed is closed by `sightline costs ID --close`, which refuses whil
 may still run it; a truncated or damaged recording is decoded to its real end and named as such
 by replay and `vision scan`, one whose stream holds no frame is one line; `replay --fresh`
 prints the same on every run; the summary's turn counts agree; an unknown tool is refused at
-fixture load and loops no more at run time.
+fixture load and loops no more at run time; a replay that fails part way prints the turns and
+summaries of the sessions it closed, then one line (never a traceback), and closes its video
+decoder.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -33,6 +36,8 @@ from hypothesis import strategies as st
 from livekit import rtc
 from test_replay import drive, one_tier, read_jsonl, write_fixture
 
+import agent.replay as replay_module
+from agent import cli_replay
 from agent.cli import _parser
 from agent.cli_costs import format_summary
 from agent.config import Settings, parse_tiers
@@ -147,6 +152,104 @@ async def test_cancelled_replay_closes_its_session(
     assert read_jsonl(log)[-1]["detail"]["outcome"] == "interrupted"
     [row] = await sessions(db)
     assert row["ended_at"] is not None and row["outcome"] == "interrupted"
+
+
+def two_users_fixture(root: Path) -> Path:
+    """Two sessions: u1's one turn, then u2's."""
+    return write_fixture(root, [
+        {"t": 3.0, "tenant": "acme", "user": "u1", "text": "What is on my screen?",
+         "response": {"origin": "scripted", "text": "A terminal."}},
+        {"t": 6.0, "tenant": "acme", "user": "u2", "text": "And on mine?",
+         "response": {"origin": "scripted", "text": "The same terminal."}},
+    ])
+
+
+def failing_for_u2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """u2's turns fail as no fixture can make them fail (those it could are refused at load)."""
+    run_turn = replay_module._run_turn
+
+    async def failing(session: Any, runtime: SessionRuntime, turn: Any,
+                      events: list[Any]) -> Any:
+        if turn.user == "u2":
+            raise RuntimeError("the scripted failure\nand a second line")
+        return await run_turn(session, runtime, turn, events)
+
+    monkeypatch.setattr(replay_module, "_run_turn", failing)
+
+
+async def test_a_database_failure_mid_replay_prints_the_sessions_it_closed(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """The database refuses the second session's row: what the first did (its turn, its summary
+    and what it cost) is printed as a finished replay prints it, then the failure in one line.
+    It was the line alone: the first session's cost log was on disk, but nobody was told."""
+    await db.pool.execute("""
+        CREATE FUNCTION refuse_u2() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.user_id = 'u2' THEN RAISE EXCEPTION 'no sessions for u2 today'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_u2 BEFORE INSERT ON sessions
+            FOR EACH ROW EXECUTE FUNCTION refuse_u2();""")
+    env = cli_env(settings)
+    code, out, err = await run_cli("replay", str(two_users_fixture(tmp_path / "fx")), env=env)
+    assert code == 1
+    assert err.splitlines() == ["sightline: the database failed: no sessions for u2 today"]
+    [row] = await sessions(db)
+    assert row["user"] == "u1" and row["outcome"] == "completed"
+    assert out.startswith("Replayed fixture 'fx' (screen.webm, 40.0s)\n")
+    assert "u1: What is on my screen?" in out and "Sightline: A terminal." in out
+    assert "u2" not in out and out.count("Session ") == 1
+    code, shown, _ = await run_cli("costs", row["id"], env=env)
+    assert code == 0 and "Session " + out.split("Session ")[1].strip() == shown.strip()
+
+
+async def test_an_unexpected_failure_mid_replay_is_one_line_after_what_ran(
+    settings: Settings, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A failure nobody foresaw (a bug: before the loader refused lone surrogates, the
+    provider SDK's UnicodeEncodeError) is one line too, after the sessions it ended: the
+    completed one and the failed one, whose summary says why. It was a raw traceback."""
+    failing_for_u2(monkeypatch)
+    args = argparse.Namespace(path=two_users_fixture(tmp_path / "fx"), json=False, fresh=False)
+    code = await cli_replay.run(settings, args)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.splitlines() == ["sightline: the replay stopped: RuntimeError: the scripted "
+                                "failure"]
+    assert "u1: What is on my screen?" in out and "Sightline: A terminal." in out
+    first, second = out.split("Session ")[1:]
+    assert "ended:" not in first
+    assert "ended: failed (RuntimeError: the scripted failure)" in second
+    rows = await sessions(db)
+    assert sorted((r["user"], r["outcome"]) for r in rows) == [
+        ("u1", "completed"), ("u2", "failed")]
+
+
+def open_files(path: Path) -> list[str]:
+    """This process's file descriptors open on `path`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
+                found.append(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            pass
+    return found
+
+
+async def test_a_failed_replay_closes_its_video_decoder(
+    settings: Settings, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decoder (its file, its threads) was closed only when the garbage collector got to
+    it: after a failure, not while anything held the error (its traceback holds the replay)."""
+    failing_for_u2(monkeypatch)
+    fixture = load_fixture(two_users_fixture(tmp_path / "fx"))
+    with pytest.raises(RuntimeError, match="the scripted failure") as info:
+        await replay(fixture, settings, db)
+    assert info.traceback  # still held, as a caller reporting the failure holds it
+    assert open_files(fixture.video) == []
 
 
 async def wait_for_rows(db: Database, session_id: str, kind: str) -> None:

@@ -2,7 +2,9 @@
 
 Protects: the demo loads as documented; a bad fixture fails up front with one FixtureError that
 names the file and the field (before any session starts); `sightline replay` turns that into a
-single `sightline:` line and exit status 2, never a traceback.
+single `sightline:` line and exit status 2, never a traceback. That includes text that cannot be
+stored or sent (NUL, lone surrogates), a session.json or audio that is not a file (a pipe would
+hang the replay) and a knowledge folder outside the fixture's.
 """
 
 from __future__ import annotations
@@ -266,3 +268,145 @@ def test_cli_replay_bad_fixture_is_one_line(tmp_path: Path) -> None:
     # the fixture was rejected before anything started: no embedded database, no cost log
     assert not (tmp_path / "data").exists()
 
+
+
+def _tier_text(turn: int, tier: int, text: str) -> Callable[[dict[str, Any]], None]:
+    def edit(s: dict[str, Any]) -> None:
+        s["turns"][turn]["response"]["tiers"][tier]["text"] = text
+    return edit
+
+
+def _fact_text(turn: int, text: str) -> Callable[[dict[str, Any]], None]:
+    def edit(s: dict[str, Any]) -> None:
+        s["turns"][turn]["memory"]["facts"][0]["text"] = text
+    return edit
+
+
+# JSON can spell what no text holds: `\u0000` (Postgres stores no NUL) and a lone surrogate
+# (`\ud800`: not a character, so not UTF-8). Loaded as they were, the replay failed in its
+# second session with "the database failed" (the first session's output lost) or in the
+# provider SDK with a 160-line traceback.
+@pytest.mark.parametrize(
+    ("edit", "field", "says"),
+    [
+        pytest.param(_set("text", "Why \ud800 this?", 2), "turns[2].text", "\\ud800",
+                     id="lone-surrogate-in-text"),
+        pytest.param(_set("user", "dev\u00001", 3), "turns[3].user", "NUL",
+                     id="nul-in-user"),
+        pytest.param(_set("tenant", "\udc80demo", 0), "turns[0].tenant", "\\udc80",
+                     id="surrogate-in-tenant"),
+        pytest.param(_tier_text(1, 1, "a\u0000b"), "turns[1].response.tiers[1].text", "NUL",
+                     id="nul-in-a-scripted-reply"),
+        pytest.param(_fact_text(0, "half an emoji: \ud83d"), "turns[0].memory.facts[0].text",
+                     "\\ud83d", id="surrogate-in-a-memory-fact"),
+        pytest.param(_set("not\u0000used", 1), '["not\\u0000used"]', "NUL",
+                     id="nul-in-a-field-name"),
+    ],
+)
+def test_text_that_cannot_be_stored_or_sent_is_refused_naming_its_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], field: str, says: str,
+) -> None:
+    root = make_fixture(tmp_path / "bad", edit)
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'session.json'}: {field}: "), message
+    assert says in message and "\n" not in message
+
+
+def test_cli_replay_of_text_that_cannot_be_stored_is_one_line(tmp_path: Path) -> None:
+    """The reviewer's case: the second session's user is `dev\\u00001`."""
+    root = make_fixture(tmp_path / "nul", _set("user", "dev\u00001", 4))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([str(SIGHTLINE), "replay", str(root)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        f"sightline: {root / 'session.json'}: turns[4].user: holds a NUL character (\\u0000),"
+        " which cannot be stored"]
+    assert proc.stdout == ""
+    assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+def test_a_fixture_folder_whose_name_is_not_utf8_needs_a_name(tmp_path: Path) -> None:
+    """Without a `name`, the folder's name names the fixture, and goes into each session's
+    row (its room): a name of bytes that are not UTF-8 cannot be stored."""
+    root = make_fixture(tmp_path / os.fsdecode(b"fx\xff"), _del("name"))
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    message = str(info.value)
+    assert "\n" not in message and "'name'" in message and "not UTF-8" in message
+    (root / "session.json").write_text(json.dumps(DEMO_SESSION))  # with the demo's "name"
+    assert load_fixture(root).name == "demo"
+
+
+# a named pipe blocks whoever opens it for reading until something writes to it: the replay
+# hung there for good (the video was already checked, test_a_video_that_is_a_directory_...)
+@pytest.mark.parametrize("what", ["session.json-pipe", "session.json-directory", "audio-pipe"])
+def test_a_session_json_or_audio_that_is_not_a_file_is_named_so(
+    tmp_path: Path, what: str,
+) -> None:
+    root = make_fixture(tmp_path / "fx")
+    session = root / "session.json"
+    if what == "audio-pipe":
+        spoken = copy.deepcopy(DEMO_SESSION)
+        spoken["turns"][1]["audio"] = "q.wav"
+        session.write_text(json.dumps(spoken))
+        os.mkfifo(root / "q.wav")
+        says = f"{session}: turns[1]: audio 'q.wav' is not a file"
+    else:
+        session.unlink()
+        if what.endswith("directory"):
+            session.mkdir()
+        else:
+            os.mkfifo(session)
+        says = (f"{session}: is not a file (a fixture is a directory with session.json and a "
+                "video)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "SIGHTLINE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([str(SIGHTLINE), "replay", str(root)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [f"sightline: {says}"]
+    assert proc.stdout == "" and not (tmp_path / "data").exists()
+
+
+# `knowledge` is a folder ingested whole into every tenant's knowledge base: `/` would ingest the
+# filesystem. It must be named inside the fixture's folder; a link in it is followed, as `kb
+# ingest` follows one (a shared folder linked in), unless it leads to a folder that holds the
+# fixture. The video and audio may lie outside (fixtures/voice_demo uses the demo's): each is one
+# file, refused unless it is one.
+@pytest.mark.parametrize(
+    "knowledge", ["/", "../shared", "ABSOLUTE", "knowledge/../../shared", "LINK:/",
+                  "LINK:..", "LINK:../.."],
+)
+def test_knowledge_outside_the_fixture_folder_is_refused(tmp_path: Path, knowledge: str) -> None:
+    shared = tmp_path / "shared"
+    shutil.copytree(DEMO_FIXTURE / "knowledge", shared)
+    root = tmp_path / "fx"
+    if knowledge == "ABSOLUTE":
+        knowledge = str(shared)
+    if knowledge.startswith("LINK:"):
+        make_fixture(root, _set("knowledge", "docs"))
+        (root / "docs").symlink_to(knowledge.removeprefix("LINK:"))
+        says = f"knowledge 'docs' leads to {(root / 'docs').resolve()}, a folder that holds"
+    else:
+        make_fixture(root, _set("knowledge", knowledge))
+        says = f"knowledge '{knowledge}' must be a folder inside the fixture's folder"
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'session.json'}: {says}"), message
+    assert "\n" not in message
+
+
+def test_knowledge_may_link_a_shared_folder_in_and_a_video_lie_outside(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shutil.copytree(DEMO_FIXTURE / "knowledge", shared)
+    root = make_fixture(tmp_path / "fx")
+    shutil.rmtree(root / "knowledge")
+    (root / "knowledge").symlink_to(shared)
+    assert load_fixture(root).knowledge == root / "knowledge"
+    voice = load_fixture(DEMO_FIXTURE.parent / "voice_demo")  # "video": "../demo/screen.webm"
+    assert voice.video.resolve() == (DEMO_FIXTURE / "screen.webm").resolve()

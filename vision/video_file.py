@@ -8,7 +8,7 @@ as such instead of passing for a whole one (or ending a scan at its first bad pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,14 @@ class VideoFrames(Iterator[tuple[float, rtc.VideoFrame]]):
     def __next__(self) -> tuple[float, rtc.VideoFrame]:
         return next(self._frames)
 
-    def _decode(self, container: Any) -> Iterator[tuple[float, rtc.VideoFrame]]:
+    def close(self) -> None:
+        """Close the container, its file and its decoding threads now; left to the garbage
+        collector, they stay open for as long as anything holds these frames (a failure's
+        traceback). Not while a `next` runs in another thread: a running generator cannot be
+        closed (the caller waits for it)."""
+        self._frames.close()
+
+    def _decode(self, container: Any) -> Generator[tuple[float, rtc.VideoFrame]]:
         report = self.report
         with container:
             stream = container.streams.video[0]
