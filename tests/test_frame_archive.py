@@ -10,6 +10,8 @@ ended, or whose process died, once they are older than the retention.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 from synthetic_screen import Desk
 
+from vision import frame_archive
 from vision.frame_archive import FrameArchive, prune
 from vision.frames import SampledFrame
 
@@ -192,3 +195,66 @@ async def test_prune_keeps_another_processes_open_session_and_not_a_dead_ones(
         child.kill()  # as the kernel's OOM killer would: no aclose
         await asyncio.wait_for(child.wait(), 30)
     assert prune(root, 0.01) == ["s-child"] and not (root / "s-child").exists()
+
+
+def nfs_like_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock as NFS emulates it: an exclusive lock only on a descriptor open for writing."""
+    real = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == (
+                os.O_RDONLY):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        real(fd, operation)
+    monkeypatch.setattr(frame_archive.fcntl, "flock", flock)
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_prune_takes_its_lock_as_nfs_grants_it_and_leaks_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NFS grants an exclusive flock only on a descriptor open for writing: prune opened the
+    mark read-only, so one crashed session's leftover mark raised out of every prune (no
+    frames were ever pruned again) and leaked a descriptor each time."""
+    root = tmp_path / "frames"
+    crashed = root / "s-crashed"
+    crashed.mkdir(parents=True)
+    (crashed / ".live").write_bytes(b"")
+    (crashed / name(1.0)).write_bytes(b"jpeg")
+    backdate(crashed, DAY_S)
+    nfs_like_flock(monkeypatch)
+    before = open_descriptors()
+    assert prune(root, 0.01) == ["s-crashed"] and not crashed.exists()
+    assert open_descriptors() == before
+
+
+async def test_a_filesystem_without_locks_still_archives_and_prunes_by_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where flock is refused (NFS without a lock daemon, some FUSE filesystems), the mark was
+    a failed write: no frame was archived at all, and prune raised at the first mark. Now the
+    frames are archived, the session is marked open in its own process, once said; prune goes
+    by age there, as it did before the marks."""
+    def refused(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(frame_archive.fcntl, "flock", refused)
+    root = tmp_path / "frames"
+    archive = FrameArchive(root, "s-open", max_bytes=60_000_000)
+    with caplog.at_level(logging.WARNING, logger="sightline.vision"):
+        for t in (1.0, 2.0, 3.0):
+            archive.save(frame(t))
+            await wait_archived(archive, [x for x in (1.0, 2.0, 3.0) if x <= t])
+    assert archive.failed == 0
+    assert [r.getMessage() for r in caplog.records if "takes no file locks" in r.getMessage()
+            ] and len(caplog.records) == 1
+    crashed = root / "s-crashed"
+    crashed.mkdir()
+    (crashed / ".live").write_bytes(b"")  # left by a session of a build with locks
+    for directory in (root / "s-open", crashed):
+        backdate(directory, DAY_S)
+    assert prune(root, 0.01) == ["s-crashed"]  # the open one is this process's
+    await archive.aclose()
+    assert prune(root, 0.01) == ["s-open"]

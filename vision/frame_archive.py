@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -34,6 +35,9 @@ log = logging.getLogger("sightline.vision")
 
 JPEG_QUALITY = 85
 LIVE_FILE = ".live"  # in a session's directory: shared-locked while its archive is open
+# what flock answers on a filesystem that takes no file locks (NFS mounted `local_lock=none`
+# without a lock daemon, some FUSE filesystems): archiving goes on without the mark
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 
 # directories of the archives open in this process (see `prune`), and what guards the set: prune
 # runs on a worker thread, archives open and close on their sessions' loops
@@ -70,6 +74,7 @@ class FrameArchive:
         self._said_refused = False  # a frame out of order was refused: said once
         self.unremoved = 0  # trimmed frames whose file could not be removed (said once)
         self._live: int | None = None  # descriptor of LIVE_FILE, shared-locked while open
+        self._unlockable = False  # its filesystem takes no locks: marked in this process only
 
     def save(self, frame: SampledFrame) -> None:
         """Archive a kept frame; returns at once (called on the loop)."""
@@ -127,6 +132,9 @@ class FrameArchive:
         (`memory forget`, or a prune that took the file's lock just before this did), the file
         held is no longer the directory's, and the directory is made and marked again."""
         path = self.directory / LIVE_FILE
+        if self._unlockable:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return
         if self._live is not None:
             if _same_file(self._live, path):
                 return
@@ -137,6 +145,12 @@ class FrameArchive:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a prune holds it
                 marked = _same_file(fd, path)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in _NO_LOCKS:
+                    raise
+                self._without_locks(path, exc)
+                return
             except BaseException:
                 os.close(fd)
                 raise
@@ -148,14 +162,27 @@ class FrameArchive:
             os.close(fd)
         raise OSError(f"{self.directory}: removed each time it was made")
 
+    def _without_locks(self, path: Path, exc: OSError) -> None:
+        """Archive on a filesystem that takes no locks: the frames matter more than the mark.
+        This process's prunes still see the session open (`_open_here`); another process's
+        go by the directory's age alone, as before the marks (said once)."""
+        self._unlockable = True
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with _open_here_lock:
+            _open_here.add(self.directory.absolute())
+        log.warning("%s takes no file locks (%s): frames are archived, but a prune in another "
+                    "process may remove this open session's frames once they are older than "
+                    "the retention", self.directory.parent, os.strerror(exc.errno or 0))
+
     def _unmark_live(self) -> None:
         """Remove LIVE_FILE (if still this archive's), then let its lock go. Removing it first
         changes the directory's time, so a prune that takes the lock next sees the directory
         as just touched and leaves it for the next prune."""
-        if self._live is None:
-            return
         with _open_here_lock:
             _open_here.discard(self.directory.absolute())
+        if self._live is None:
+            return
         path = self.directory / LIVE_FILE
         if _same_file(self._live, path):
             with contextlib.suppress(FileNotFoundError):
@@ -226,13 +253,14 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _lock_unless_open(directory: Path) -> int | None:
     """None when the directory's archive is open somewhere, else an open descriptor holding
-    its LIVE_FILE exclusively (-1 when there is none: never marked, or its session closed),
-    so no archive marks it while it is removed."""
+    its LIVE_FILE exclusively (-1 when there is none: never marked, or its session closed; or
+    its filesystem takes no locks, where age alone decides), so no archive marks it while it is
+    removed. Opened for writing: NFS grants an exclusive lock only on such a descriptor."""
     with _open_here_lock:
         if directory.absolute() in _open_here:
             return None
     try:
-        fd = os.open(directory / LIVE_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(directory / LIVE_FILE, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return -1
     try:
@@ -240,6 +268,11 @@ def _lock_unless_open(directory: Path) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in _NO_LOCKS:
+            return -1
+        raise
     return fd
 
 
@@ -265,12 +298,18 @@ def prune(root: Path, retention_days: float) -> list[str]:
         return []
     cutoff = time.time() - retention_days * 86400
     gone = []
+    said = False
     for directory in root.iterdir():
         try:
             if not directory.is_dir() or not _untouched_since(directory, cutoff):
                 continue
             fd = _lock_unless_open(directory)
         except FileNotFoundError:  # removed meanwhile (`memory forget`, another prune)
+            continue
+        except OSError as exc:  # one directory that cannot be looked at holds up no other
+            if not said:
+                log.warning("could not look at %s to prune it: %s", directory, exc)
+            said = True
             continue
         if fd is None:
             continue
