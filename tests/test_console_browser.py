@@ -23,7 +23,8 @@ speech, the user's words and the agent's answer each one bubble, shown as who sa
 then Start session shows only the new session; the agent leaving says so, closes the chat and
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
 does; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
-refused screen and a refused microphone are both noted.
+refused screen and a refused microphone are both noted; a session ended (Leave, the server) while
+the screen picker is open does nothing more once it answers, even to a newer session.
 """
 
 from __future__ import annotations
@@ -719,3 +720,71 @@ async def test_screen_and_microphone_both_refused_are_both_noted(
         await expect(page.locator("#share")).to_have_text("Share screen")
         await expect(page.locator("#mic")).to_have_text("Microphone on")
         assert errors == []
+
+
+# The screen picker, made to take 3 s by the test: the first three times it opens it stays open
+# 3 s (a user choosing a screen), then refuses; later it refuses at once. Each slow one that has
+# answered is counted in `window.slowPickersAnswered`, a task after its refusal: once the page
+# has done all it does on that refusal.
+SLOW_PICKER = """{ let opened = 0;
+  window.slowPickersAnswered = 0;
+  navigator.mediaDevices.getDisplayMedia = () => new Promise((_, reject) => {
+    const refuse = () => reject(new DOMException('Permission denied', 'NotAllowedError'));
+    if (++opened > 3) { refuse(); return; }
+    setTimeout(() => {
+      refuse();
+      setTimeout(() => { window.slowPickersAnswered += 1; }, 0);
+    }, 3000);
+  }); }"""
+
+
+async def slow_picker_answered(page: Page, times: int) -> None:
+    """Waits until the slow screen picker has answered `times` times in all, and the page has
+    reacted."""
+    await page.wait_for_function(f"() => window.slowPickersAnswered >= {times}",
+                                 timeout=30_000)
+
+
+async def test_a_session_ended_while_the_screen_picker_is_open_does_nothing_more(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Leave, or the server ending the room, while the screen picker (made to take 3 s by the
+    test) is still open: once it answers, the ended session does nothing more (no uncaught
+    error), and when Start session began a new session meanwhile, the old one leaves the new
+    session's microphone alone (on)."""
+    async with console_page() as (page, errors):
+        await page.context.add_init_script(SLOW_PICKER)
+        status = page.locator("#status")
+        # Leave while the picker is open
+        await join_session(page, stand_in_console)
+        await page.click("#leave")
+        await expect(status).to_have_text("Disconnected", timeout=15_000)
+        await slow_picker_answered(page, 1)
+        assert errors == [], f"uncaught errors in the page after Leave: {errors}"
+        await expect(status).to_have_text("Disconnected")
+        await expect(page.locator("#start")).to_be_enabled()
+        await expect(page.locator("#mic")).to_be_disabled()
+        # the server ends the room (an admin, `lk room delete`) while the picker is open
+        room_name = await join_session(page, "")
+        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+        await expect(status).to_have_text("Disconnected", timeout=15_000)
+        await slow_picker_answered(page, 2)
+        assert errors == [], f"uncaught errors in the page after the room ended: {errors}"
+        await expect(page.locator("#start")).to_be_enabled()
+        # Leave, then Start session again, while the first session's picker is still open
+        first = await join_session(page, "")
+        await page.click("#leave")
+        await expect(status).to_have_text("Disconnected", timeout=15_000)
+        second = await join_session(page, "")  # its picker refuses at once
+        assert second != first
+        mic = page.locator("#mic")
+        await expect(mic).to_have_text("Microphone off", timeout=15_000)  # the new one's is on
+        await expect(page.locator("#media-note")).to_contain_text(
+            "Screen not shared (NotAllowedError)")
+        await slow_picker_answered(page, 3)  # the first session's picker answers now
+        await page.evaluate("() => 0")  # a round trip: what the page did meanwhile has arrived
+        assert errors == [], f"uncaught errors in the page: {errors}"
+        await expect(mic).to_have_text("Microphone off")
+        await expect(mic).to_be_enabled()
+        await expect(status).to_contain_text(f"Connected to {second}; waiting for Sightline")

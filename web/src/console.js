@@ -188,33 +188,42 @@ function onLocalUnpublished(publication) {
   showMedia();
 }
 
-async function shareScreen() {
+// Each acts on the room it is given (its session's), never on whichever room is current once
+// it has waited: the user may have left, or started another session, while the screen picker
+// was open. What it found out is shown only while its session is still the current one.
+async function shareScreen(target) {
+  let problem = '';
   try {
-    await room.localParticipant.setScreenShareEnabled(true, { audio: false });
-    note('screen', '');
+    await target.localParticipant.setScreenShareEnabled(true, { audio: false });
   } catch (error) {
-    note('screen', `Screen not shared (${error.name}): Sightline answers without seeing it.`);
+    problem = `Screen not shared (${error.name}): Sightline answers without seeing it.`;
   }
+  if (room !== target) return;
+  note('screen', problem);
   showMedia();
 }
 
 async function toggleShare() {
-  if (room.localParticipant.isScreenShareEnabled) {
-    await room.localParticipant.setScreenShareEnabled(false);
+  const target = room;
+  if (!target) return;
+  if (target.localParticipant.isScreenShareEnabled) {
+    await target.localParticipant.setScreenShareEnabled(false);
     showMedia();
   } else {
-    await shareScreen();
+    await shareScreen(target);
   }
 }
 
-async function toggleMic() {
-  const on = !room.localParticipant.isMicrophoneEnabled;
+async function toggleMic(target) {
+  const on = !target.localParticipant.isMicrophoneEnabled;
+  let problem = '';
   try {
-    await room.localParticipant.setMicrophoneEnabled(on);
-    note('mic', '');
+    await target.localParticipant.setMicrophoneEnabled(on);
   } catch (error) {
-    note('mic', `Microphone unavailable (${error.name}): chat still works.`);
+    problem = `Microphone unavailable (${error.name}): chat still works.`;
   }
+  if (room !== target) return;
+  note('mic', problem);
   showMedia();
 }
 
@@ -380,18 +389,25 @@ async function start() {
   current.on(RoomEvent.TrackMuted, live(showMedia));
   current.on(RoomEvent.TrackUnmuted, live(showMedia));
   current.on(RoomEvent.Disconnected, live(ended));
+  // After each wait below, this session may be over: left (Leave, or the server ended the room:
+  // ended() has emptied `room`), or even followed by a newer one. Then it does nothing more: it
+  // must not touch the page, nor the newer session's room (its microphone).
   try {
     await current.connect(session.url, session.token);
   } catch (error) {
+    if (room !== current && room !== null) return;  // a newer session owns the page
+    // (a failed connect ends the room first: ended() ran, and this says why)
     room = null;
     setStatus(`Could not join ${session.url}: ${error.message}`, 'error');
     enable(['start'], true);
     return;
   }
+  if (room !== current) return;
   enable(['share', 'mic', 'leave'], true);
   showAgent();
-  await shareScreen();
-  await toggleMic();
+  await shareScreen(current);  // the screen picker stays open as long as the user likes
+  if (room !== current) return;
+  await toggleMic(current);
 }
 
 // live assist while typing: the unsent text, at most every DRAFT_MS, on `sightline.draft`
@@ -432,7 +448,7 @@ async function send(event) {
 
 $('start').addEventListener('click', start);
 $('share').addEventListener('click', toggleShare);
-$('mic').addEventListener('click', toggleMic);
+$('mic').addEventListener('click', () => { if (room) toggleMic(room); });
 $('leave').addEventListener('click', () => room?.disconnect());
 $('chat').addEventListener('submit', send);
 $('chat-input').addEventListener('input', drafting);
