@@ -122,9 +122,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 namer=GapNamer(provider, tier, meter, settings.model_timeout_s),
                 confidence_bar=args.confidence, resolve_score=args.resolve_score)
         finally:
-            await provider.aclose()
-            await embedder.aclose()
-            await ledger.save(Store(db.pool))
+            try:
+                await provider.aclose()
+                await embedder.aclose()
+            finally:
+                await ledger.save(Store(db.pool))
     finally:
         await db.close()
     naming = round(sum(e["cost_usd"] or 0.0 for e in ledger.events

@@ -145,10 +145,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 return await _ingest(kb, args)
             return await _search(kb, args)
         finally:
-            await embedder.aclose()
-            if reranker is not None:
-                await reranker.aclose()
-            await ledger.save(Store(db.pool))
+            try:
+                await embedder.aclose()
+                if reranker is not None:
+                    await reranker.aclose()
+            finally:
+                await ledger.save(Store(db.pool))
     finally:
         await db.close()
 

@@ -59,9 +59,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         else:
             events = await timeline.search(args.tenant, args.query, user_id=args.user, k=args.k)
     finally:
-        await embedder.aclose()
-        await ledger.save(Store(db.pool))
-        await db.close()
+        try:
+            await embedder.aclose()
+            await ledger.save(Store(db.pool))
+        finally:
+            await db.close()
     if args.json:
         print(json.dumps([event.as_dict() for event in events], indent=2))
     elif not events and args.screen_command == "timeline":

@@ -76,6 +76,7 @@ class EventLog:
         )
         self._listeners: list[Listener] = []
         self._seq = 0
+        self._closing = False  # from the summary on, nothing more is recorded
         self.closed = False
 
     @property
@@ -104,7 +105,14 @@ class EventLog:
         return event
 
     def record(self, kind: str, *, cost_usd: float | None = 0.0, **fields: Any) -> Event:
-        """Record one event; `cost_usd` is None when it could not be priced."""
+        """Record one event; `cost_usd` is None when it could not be priced. Once the log is
+        closing (its summary is its last line), an event is said in one line and dropped: the
+        caller's work (a late call's result) goes on."""
+        if self._closing:
+            log.warning("session %s has closed its cost log: a late %s event ($%s) is not "
+                        "recorded", self.session_id, kind, cost_usd)
+            return {"session_id": self.session_id, "tenant": self.tenant, "kind": kind,
+                    **fields, "cost_usd": cost_usd}
         event = self._append(kind, {**fields, "cost_usd": cost_usd})
         if self._writer is not None:
             self._writer.put(event, now=cost_usd != 0.0)  # what costs money goes at once
@@ -115,6 +123,7 @@ class EventLog:
     async def close(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Flush every event, then write `summary` as the file's last line and on the session
         row; returns it with the count of events the database did not take (kept on disk)."""
+        self._closing = True
         if self._writer is not None:
             summary = {**summary, "db_spilled_events": await self._writer.close()}
         if self.file_error is not None:

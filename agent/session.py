@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from livekit.agents.voice import ConversationItemAddedEvent
 from memory.backlog import Deferred, DeferredExchanges
 from memory.conversation import ConversationLog, earlier_conversation
 from memory.db import Database
-from memory.embeddings import Embedder, SharedQueries
+from memory.embeddings import Embedder, EmbeddingCall, SharedQueries
 from memory.keeper import MemoryKeeper, MemoryModel
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
@@ -78,6 +79,11 @@ log = logging.getLogger("sightline.session")
 T = TypeVar("T")
 
 
+# set in the task importing spill files (`LongTermMemory.open`): the embeddings of their rows,
+# other sessions' of any tenant, go to no session's ledger (README: Cost log)
+_IMPORTING_SPILLS: ContextVar[bool] = ContextVar("importing_spills", default=False)
+
+
 def new_session_id(source: str) -> str:
     return f"{source}_{uuid.uuid4().hex[:16]}"
 
@@ -120,8 +126,11 @@ async def _recall_models(
     """The question embedder (recall and live assist ask for the same question's vector:
     embedded once) and the reranker, each put on `parts` to be closed; their billed calls go
     to `meter()`, the session's (made after them)."""
+    def record(call: EmbeddingCall) -> None:
+        if not _IMPORTING_SPILLS.get():
+            meter().embedding_call(call)
     embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool, tenant),
-                                           record=lambda call: meter().embedding_call(call)))
+                                           record=record))
     parts.push_async_callback(embedder.aclose)
     reranker = make_reranker(settings, record=lambda call: meter().rerank_call(call))
     if reranker is not None:
@@ -169,9 +178,12 @@ class LongTermMemory:
         knowledge = KnowledgeBase(db.pool, embedder, reranker)
         recall = TurnRecall(knowledge, memory, tenant=tenant, user_id=user_id,
                             before_id=before_id, screen=screen, vector_wait_s=vector_wait_s)
-        def import_spills() -> Awaitable[RecoveryReport]:
-            return recover_spills(settings.costs_dir,
-                                  SpillTargets(store, memory, screen, embedder))
+        async def import_spills() -> RecoveryReport:
+            # other sessions' rows, of any tenant: their embeddings are not this session's
+            # spend (a task's own copy of the context: the session's calls stay metered)
+            _IMPORTING_SPILLS.set(True)
+            return await recover_spills(settings.costs_dir,
+                                        SpillTargets(store, memory, screen, embedder))
 
         recovery = asyncio.create_task(import_spills(), name="spill-recovery")
         keeper = None

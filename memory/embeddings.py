@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import threading
 import time
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 # model is loaded or Gemini is called: ~0.6 s that every command touching the knowledge base
 # or memory paid on start, though most (`kb list`, `memory show`, `costs`, `gaps list`) never
 # embed a word.
+
+
+log = logging.getLogger("sightline.memory")
 
 
 class EmbeddingError(RuntimeError):
@@ -352,10 +356,17 @@ class GeminiEmbedder:
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
     def _called(self, batch: list[str], started: float, error: str | None) -> None:
-        if self._record is not None:
+        """Report the call to `record`; a record that fails is said in one line and never
+        costs the vectors that came back."""
+        if self._record is None:
+            return
+        try:
             self._record(EmbeddingCall(
                 "gemini", self._model, len(batch), sum(map(len, batch)),
                 (time.perf_counter() - started) * 1000, error))
+        except Exception as exc:
+            log.warning("an embedding call of %d texts could not be recorded: %r",
+                        len(batch), exc)
 
     async def embed_documents(self, texts: list[str]) -> np.ndarray:
         return await self._embed(texts, "RETRIEVAL_DOCUMENT")

@@ -200,6 +200,21 @@ class Store:
             ],
         )
 
+    async def add_command_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert a command's ledger rows (no session); idempotent on their run and seq
+        (migration 0020), so the file they came from may be written again."""
+        await self._pool.executemany(
+            "INSERT INTO cost_events (session_id, tenant, seq, ts, kind, provider, model,"
+            " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, latency_ms,"
+            " cost_usd, detail) VALUES (NULL, $1, $2, to_timestamp($3), $4, $5, $6, $7, $8,"
+            " $9, $10, $11, $12, $13::jsonb)"
+            " ON CONFLICT ((detail->>'run'), seq) WHERE session_id IS NULL DO NOTHING",
+            [(r["tenant"], r["seq"], r["ts"], r["kind"], r.get("provider"), r.get("model"),
+              r.get("input_tokens", 0), r.get("cached_input_tokens", 0),
+              r.get("cache_write_tokens", 0), r.get("output_tokens", 0), r.get("latency_ms"),
+              r.get("cost_usd"), json.dumps(r.get("detail", {}))) for r in rows],
+        )
+
     async def tenant_spent_today(self, tenant: str, but: str | None = None) -> float:
         """The tenant's spend since 00:00 UTC, from every session's cost events and its
         commands' (but session `but`'s): the priced events alone, which the partial index of

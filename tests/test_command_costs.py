@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,18 @@ from conftest import cli_env, run_cli
 
 from agent.command_ledger import CommandLedger
 from agent.config import Settings
+from agent.event_log import EventLog
 from agent.metering import CostMeter
 from agent.pricing import PriceTable
 from agent.session import SessionRuntime
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
 from memory.embeddings import EmbeddingCall
+from memory.spill_files import SpillKind, append_rows, event_log_path, spill_path
 from memory.store import Store
+
+SPILLED_SESSION = "globex_spilled"  # a closed session whose messages waited in a spill file
+SPILLED = [f"globex's spilled message {i}: the billing export to S3 fails" for i in range(6)]
 
 
 def embedding_requests(server: ScriptedModelServer) -> list[list[str]]:
@@ -44,6 +50,18 @@ def billed(texts: list[str]) -> int:
 async def test_a_sessions_gemini_embeddings_are_in_its_ledger(
     settings: Settings, db: Database,
 ) -> None:
+    """The session's own calls are its spend; the rows it imports from other sessions' spill
+    files (of any tenant: globex's here) are not, and are in no session's ledger."""
+    await Store(db.pool).start_session(SPILLED_SESSION, tenant="globex", user_id="g1",
+                                       room=None, source="live", provider="gemini", model="m")
+    settings.costs_dir.mkdir(parents=True, exist_ok=True)
+    event_log_path(settings.costs_dir, SPILLED_SESSION).write_text(json.dumps(
+        {"session_id": SPILLED_SESSION, "tenant": "globex", "seq": 1, "ts": time.time(),
+         "kind": "summary", "cost_usd": 0.0, "detail": {"total_cost_usd": 0.0}}) + "\n")
+    append_rows(spill_path(settings.costs_dir, SPILLED_SESSION, SpillKind.MESSAGES),
+                [{"tenant": "globex", "user_id": "g1", "role": "user", "content": text}
+                 for text in SPILLED])
+
     def reply(_request: CapturedRequest) -> ScriptedReply:
         return ScriptedReply(text="[[confidence: 0.95]] The VPN listens on UDP port 51821.")
 
@@ -61,7 +79,10 @@ async def test_a_sessions_gemini_embeddings_are_in_its_ledger(
         finally:
             await session.aclose()
             summary = await runtime.close()
-    requests = embedding_requests(server)
+    requests = [texts for texts in embedding_requests(server) if texts != SPILLED]
+    assert SPILLED in embedding_requests(server)  # imported, with their vectors
+    assert await db.pool.fetchval("SELECT count(*) FROM messages WHERE session_id = $1"
+                                  " AND embedding IS NOT NULL", SPILLED_SESSION) == len(SPILLED)
     events = [json.loads(line) for line in
               runtime.record.events.path.read_text().splitlines()]
     embedded = [e for e in events if e["kind"] == "model_call"
@@ -133,3 +154,49 @@ async def test_a_ledger_the_database_refuses_is_one_line_and_kept_on_disk(
                                   (tmp_path / "commands.jsonl").read_text().splitlines()]
     assert [(e["input_tokens"], e["kind"], e["detail"]["usage"]) for e in kept] == [
         (1000, "model_call", "estimated"), (0, "model_error", "unbilled")]
+
+
+async def test_a_run_stopped_before_its_save_is_recorded_by_the_next_command(
+    db: Database, tmp_path: Path,
+) -> None:
+    """A command killed before its end (SIGKILL, a deadline) wrote its billed calls to the
+    command ledger's file alone: the next command's save writes them too, each once, and
+    empties the file."""
+    prices = PriceTable.load()
+    killed = CommandLedger(tenant="acme", command="kb ingest", costs_dir=tmp_path)
+    for chars in (4000, 800):
+        CostMeter(killed, prices).embedding_call(
+            EmbeddingCall("gemini", "gemini-embedding-001", 2, chars, 10.0))
+    left = (tmp_path / "commands.jsonl").read_text()
+    next_run = CommandLedger(tenant="globex", command="gaps refresh", costs_dir=tmp_path)
+    CostMeter(next_run, prices).embedding_call(
+        EmbeddingCall("gemini", "gemini-embedding-001", 1, 40, 5.0))
+    store = Store(db.pool)
+    await next_run.save(store)
+    assert (tmp_path / "commands.jsonl").read_text() == ""
+
+    async def rows() -> list[tuple[str, str, int]]:
+        return [(r["tenant"], json.loads(r["detail"])["command"], r["input_tokens"])
+                for r in await db.pool.fetch("SELECT tenant, detail, input_tokens FROM"
+                                             " cost_events WHERE session_id IS NULL ORDER BY id")]
+    assert sorted(await rows()) == [("acme", "kb ingest", 200), ("acme", "kb ingest", 1000),
+                                    ("globex", "gaps refresh", 10)]
+    # the file written again (an earlier save stopped between the insert and the emptying)
+    (tmp_path / "commands.jsonl").write_text(left)
+    await CommandLedger(tenant="acme", command="kb search", costs_dir=tmp_path).save(store)
+    assert len(await rows()) == 3 and (tmp_path / "commands.jsonl").read_text() == ""
+
+
+async def test_an_event_after_the_cost_log_closed_is_one_line_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call that ends after the session's summary (a spill import, a late embedding) once
+    raised "I/O operation on closed file" into its caller, which lost the vectors it had."""
+    events = EventLog(session_id="s1", tenant="acme", costs_dir=tmp_path, store=None)
+    await events.close({"total_cost_usd": 0.0})
+    with caplog.at_level(logging.WARNING, logger="sightline.costs"):
+        CostMeter(events, PriceTable.load()).embedding_call(
+            EmbeddingCall("gemini", "gemini-embedding-001", 1, 40, 5.0))
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "a late model_call event" in line and "not recorded" in line
+    assert json.loads(events.path.read_text().splitlines()[-1])["kind"] == "summary"
