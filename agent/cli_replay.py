@@ -34,7 +34,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     one line (`_unforeseen`)."""
     from memory.db import Database
 
-    from .replay import ReplayResult, replay
+    from .replay import ReplayResult, isolated_settings, replay
     from .replay_script import load_fixture
     from .session_record import INTERRUPTED
 
@@ -42,12 +42,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     result = ReplayResult(fixture=fixture.name)
     try:
         db = await Database.open(settings.database_url, settings.data_dir, scratch=args.fresh)
-        if db.scratch_schema is not None:
-            # its own cost logs (and spill files): nothing of other sessions is imported into it
-            settings = settings.with_overrides(
-                cost_log_dir=settings.data_dir / "replays" / db.scratch_schema)
         try:
-            await replay(fixture, settings, db, result)
+            await replay(fixture, isolated_settings(settings, db), db, result)
         finally:
             await db.close()
     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels this task

@@ -191,6 +191,14 @@ class _TurnScript:
         return _tier_reply(entries[index])
 
 
+def isolated_settings(settings: Settings, db: Database) -> Settings:
+    """`settings` for a replay on `db`: on a scratch schema (`--fresh`), cost logs and spill
+    files of its own too, so nothing of other sessions is imported into it."""
+    if db.scratch_schema is None:
+        return settings
+    return settings.with_overrides(cost_log_dir=settings.data_dir / "replays" / db.scratch_schema)
+
+
 async def replay(
     fixture: Fixture, settings: Settings, db: Database | None,
     result: ReplayResult | None = None,

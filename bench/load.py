@@ -582,18 +582,24 @@ def pair_order(pair: int) -> tuple[str, str]:
 
 def pairs_summary(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Over one level's pairs: each build's median overhead p50 / p95 (whole run and steady
-    window), and the pairs whose whole-run p95 this build beat."""
+    window), and the pairs whose whole-run p95 this build beat. A build that answered nothing
+    in a pair has no p95 (None): this build wins that pair only if it answered (a lower p95,
+    or the reference answered nothing) and never when it answered nothing itself, so a pair
+    with nothing answered counts for neither (it raised a TypeError before)."""
     def median(tag: str, key: str) -> float | None:
         values = [e[tag][key] for e in entries if e[tag].get(key) is not None]
         return round(statistics.median(values), 1) if values else None
+
+    def won(ours: float | None, theirs: float | None) -> bool:
+        return ours is not None and (theirs is None or ours < theirs)
 
     keys = ("overhead_ms_p50", "overhead_ms_p95", "steady_overhead_ms_p50",
             "steady_overhead_ms_p95")
     return {
         "pairs": len(entries),
         **{f"{tag}_{key}": median(tag, key) for tag in ("sightline", "reference") for key in keys},
-        "won_p95": sum(e["sightline"]["overhead_ms_p95"] < e["reference"]["overhead_ms_p95"]
-                       for e in entries),
+        "won_p95": sum(won(e["sightline"].get("overhead_ms_p95"),
+                           e["reference"].get("overhead_ms_p95")) for e in entries),
     }
 
 

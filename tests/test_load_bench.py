@@ -178,3 +178,20 @@ def test_the_pairs_summary_takes_each_builds_median_and_counts_the_pairs_won() -
     # a run without a steady window is left out of that median, not counted as zero
     assert summary["sightline_steady_overhead_ms_p95"] == 275
     assert summary["reference_steady_overhead_ms_p95"] == 500
+
+
+def test_a_pair_where_a_build_answered_nothing_is_won_by_the_one_that_answered() -> None:
+    """A build whose level answered no question has no overhead (None): the pairs summary
+    still sums up, the pair counted as won only by the build that answered."""
+    def run(p95: float | None) -> dict[str, float | None]:
+        return {"overhead_ms_p50": p95, "overhead_ms_p95": p95,
+                "steady_overhead_ms_p50": p95, "steady_overhead_ms_p95": p95}
+
+    entries = [{"sightline": run(None), "reference": run(500)},
+               {"sightline": run(400), "reference": run(None)},
+               {"sightline": run(None), "reference": run(None)},
+               {"sightline": run(300), "reference": run(350)}]
+    summary = pairs_summary(entries)
+    assert summary["pairs"] == 4 and summary["won_p95"] == 2
+    assert summary["sightline_overhead_ms_p95"] == 350
+    assert summary["reference_overhead_ms_p95"] == 425
