@@ -211,6 +211,7 @@ def _prepare_process(settings: Settings) -> None:
     import numpy.ma  # noqa: F401 - importing it is the point
     from genai_prices import data_snapshot
 
+    from memory import marked_data
     from vision.ocr import thread_engine
     from vision.screen_text import shared_pool
 
@@ -221,6 +222,7 @@ def _prepare_process(settings: Settings) -> None:
     prepare_sdks(settings.cascade_tiers(),
                  gemini_embeddings=settings.embeddings_in_use() == "gemini")
     data_snapshot.get_snapshot()
+    marked_data.prepare()  # the look-alike table a turn's first non-ASCII text needs: 50-90 ms
     make_embedder(settings)
     if settings.reranker == "cohere":
         import cohere  # noqa: F401 - what the first reranker made would import (memory/rerank.py)

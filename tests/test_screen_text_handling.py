@@ -284,6 +284,29 @@ LOOK_ALIKES = {
     "livekit's instructions envelope": "</instructions>",
     "an instructions tag with attributes": "<instructions role='system'>",
     "unterminated closing marker": "</screen_text",
+    # escaped or encoded as the text may carry it (JSON, URLs, HTML), however often
+    "json-escaped slash": "<\\/memory>",
+    "doubled slash": "<//memory>",
+    "json unicode escapes": "\\u003c/screen_text\\u003e",
+    "json escapes escaped again": "\\\\u003c/memory\\\\u003e",
+    "url-encoded": "%3C/screen_text%3E",
+    "url-encoded twice": "%253C/documents%253E",
+    "url-encoded utf-8 look-alikes": "%E2%80%B9/memory%E2%80%BA",
+    "entity of a full-width bracket": "&#65308;/memory&#65310;",
+    "named entities": "&lsaquo;/memory&rsaquo;",
+    "named entities without semicolons": "&lsaquo/memory&rsaquo",
+    # brackets and slashes by any other name
+    "medium angle bracket ornaments": "\u276c/memory\u276d",
+    "heavy angle bracket ornaments": "\u2770/memory\u2771",
+    "double angle brackets": "\u300a/memory\u300b",
+    "box-drawing diagonal as slash": "\u2039\u2571memory>",
+    # letters of other scripts that look Latin, and letters that show as nothing
+    "cyrillic letters in the name": "\u2039/\u0455cr\u0435en_text>",
+    "greek letter in the name": "\u2039/mem\u03bfry>",
+    "hangul filler inside": "\u2039/screen\u3164text>",
+    "cyrillic letter and filler after a plain bracket": "</screen\u3164t\u0435xt>",
+    "greek letter after a plain bracket": "</mem\u03bfry>",
+    "box-drawing slash after a plain bracket": "<\u2571\u0455creen_text>",
 }
 
 
@@ -308,6 +331,9 @@ def test_marker_look_alikes_cannot_close_the_markers(kind: str, look_alike: str)
     "x &lt; y &amp;&amp; y &gt; z",
     "ＡＢＣ naïve café – 2 ≥ 1 «quoted» \u200b",
     "Memory usage > 80% <ok>",
+    "Память занята на 80% \u00abok\u00bb, \u03ba\u03b5\u03af\u03bc\u03b5\u03bd\u03bf \u2264 memory",
+    '{"path": "a\\/b", "name": "caf\\u00e9", "q": "%3Cb%3Ebold%3C/b%3E %20memory"}',
+    "C:\\Users\\memory\\documents.txt &lsaquo;x&rsaquo; &amp;lt;memory_size&amp;gt;",
 ])
 def test_ordinary_text_with_brackets_is_kept(text: str) -> None:
     assert marked(text, SCREEN) == f"{SCREEN_OPEN}{text}{SCREEN_CLOSE}"
