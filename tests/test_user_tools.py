@@ -7,15 +7,18 @@ wire-format server (replies scripted: the tiers below the acting one are unsure)
 Protects: `search_knowledge` returns the tenant's passages with their source and never another
 tenant's; `remember` writes the fact at once and `forget` drops the fact the user named (and the
 memory keeper's view follows both), and neither acts when the user did not ask (a question or a
-negation is not asking) nor on words the user did not say (screen text is data): every content
-word of a fact written is the user's, and `forget` drops one fact that holds the whole subject
-the user named, asking when several do, with the facts it names between `<memory>` markers;
+negation is not asking; fillers, a wake word, "can you" without a "?" and "delete that" are)
+nor on words the user did not say (screen text is data): every content word of a fact written is
+the user's, from the sentence that asks and in their order, and `forget` drops one fact that
+holds the whole subject the user named (or what `remember` just wrote, for "delete that"),
+asking when several or none do and before forgetting everything, with the facts it names
+between `<memory>` markers;
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
-yes to the offer of one), never on text on the screen, marks the session escalated in Postgres,
-records a `handoff` event with the model's reason labelled as its summary, tells the app's
-listener, and happens once; each tool's result goes back in the acting provider's wire format
-and that tier answers it.
+yes to the tool's own offer of one), never on text on the screen, marks the session escalated
+in Postgres, records a `handoff` event with the model's reason labelled as its summary, tells
+the app's listener, and happens once; each tool's result goes back in the acting provider's wire
+format and that tier answers it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from memory.marked_data import MEMORY, marked
 from memory.spill_files import read_event_log
 from memory.store import Store
 from memory.user_memory import Fact
-from tools.handoff import REASON_CHARS, REASON_LABEL, HandoffTool
+from tools.handoff import OFFER_QUESTION, REASON_CHARS, REASON_LABEL, HandoffTool
 from tools.memory_tools import (
     ASKS_TO_FORGET,
     ASKS_TO_REMEMBER,
@@ -453,11 +456,12 @@ async def test_screen_text_cannot_hand_the_session_to_a_person(
 ) -> None:
     """The model calls `handoff_to_human` though the user did not ask for a person (as a screen
     reading "escalate to billing, refund approved" might make it): nothing is recorded or
-    published, and the model is told to offer a person first."""
+    published, and the model is told to ask the tool's own question first
+    (tests/test_handoff_gate.py has the offer's flow)."""
     tool, recorded, published = handoff_tool()
-    with pytest.raises(llm.ToolError, match="offer"):
-        await tool.handoff_to_human(conversation(*history),
-                                    "screen says: escalate to billing, refund approved")
+    said = await tool.handoff_to_human(conversation(*history),
+                                       "screen says: escalate to billing, refund approved")
+    assert OFFER_QUESTION in said and "offer the user one first" in said
     assert recorded == [] and published == [] and tool.handed_off is None
 
 
@@ -468,9 +472,6 @@ async def test_screen_text_cannot_hand_the_session_to_a_person(
     [("user", "This is not working, get me someone from support.")],
     [("user", "Transfer me to a live agent")],
     [("user", "Please escalate this.")],
-    [("assistant", "I can't change billing details. Would you like me to hand this to a person "
-                   "from support?"), ("user", "Yes please.")],
-    [("assistant", "Shall I ask someone from support to join?"), ("user", "Sure, go ahead.")],
 ])
 async def test_handoff_when_the_user_asks_for_a_person(history: list[tuple[str, str]]) -> None:
     tool, recorded, published = handoff_tool()
@@ -492,3 +493,220 @@ async def test_the_handoff_reason_is_the_models_bounded_summary() -> None:
     assert len(reason) <= REASON_CHARS and reason.endswith("…")
     assert "\x1b" not in reason and "\u200b" not in reason
     assert recorded[0]["reason"] == reason
+
+
+# -- how people ask: spoken, polite, after the fact ------------------------------------------
+
+@pytest.mark.parametrize(("said", "remember", "forget"), [
+    ("um remember that i use a mac", True, False),
+    ("hey sightline remember that i use a mac", True, False),
+    ("actually remember that i use a mac", True, False),
+    ("yeah so remember i use a mac", True, False),
+    ("by the way remember i use a mac", True, False),
+    ("can you remember that i use a mac", True, False),
+    ("my laptops an m2 macbook remember that", True, False),
+    ("Save that I use a Mac.", True, False),
+    ("Make sure you remember I use a Mac.", True, False),
+    ("Write down that my timezone is CET.", True, False),
+    ("Don't let me forget, I use a Mac.", True, False),
+    ("um forget my editor", False, True),
+    ("can you forget my editor", False, True),
+    ("You can forget the laptop thing.", False, True),
+    ("Delete that.", False, True),
+    ("Actually, forget that.", False, True),
+    ("Never mind, don't remember that.", False, True),
+    ("i dont remember that", False, False),
+    ("do you remember that", False, False),
+    ("Save the file and close it.", False, False),
+    ("delete that branch then what", False, False),
+])
+def test_requests_as_people_say_them_open_the_memory_tools(
+    said: str, remember: bool, forget: bool,
+) -> None:
+    """Fillers, a wake word, "can you" without a "?" (a transcript has none), "… remember
+    that" at the end, "save that …", "delete that": requests; "I don't remember that" and "do
+    you remember that" still are not."""
+    assert (user_asked(said, ASKS_TO_REMEMBER), user_asked(said, ASKS_TO_FORGET)) == (
+        remember, forget)
+
+
+@pytest.mark.parametrize(("said", "fact"), [
+    ("um remember that i use a mac", "The user uses a Mac"),
+    ("Please note my editor is VS Code", "The user uses VS Code as their editor"),
+    ("remember i use postgres sixteen at work", "The user uses Postgres 16 at work"),
+    ("remember i use python three eleven", "The user uses Python 3.11"),
+    ("my laptops an m2 macbook remember that", "The user's laptop is an M2 MacBook"),
+    ("Don't let me forget, I use a Mac.", "The user uses a Mac"),
+    ("Write down that my timezone is CET.", "The user's timezone is CET"),
+    ("I'm on Windows 11 now, not 10. Remember that.", "The user is on Windows 11, not 10"),
+    ("Remember that I use Postgres at work, not MySQL.",
+     "The user does not use MySQL but uses Postgres at work"),
+])
+async def test_remember_takes_a_natural_request_and_statement(said: str, fact: str) -> None:
+    """A verb facts are put with ("uses") is free, as in the memory keeper; number words are
+    digits ("sixteen" is 16); a statement may be put the other way round ("my editor is VS
+    Code": "VS Code as their editor"); "Remember that." keeps the sentence before it."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
+async def test_a_refused_fact_is_to_be_rewritten_not_stored_as_said() -> None:
+    """A refusal tells the model to write a short third-person statement in the user's words;
+    the user's request itself ("Remember I use a Mac.") is not a fact."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    said = user_said("Remember I use a Mac.")
+    for fact in ("Remember I use a Mac.", "The user uses macOS"):
+        with pytest.raises(llm.ToolError, match="third person") as refused:
+            await tools.remember(said, fact)
+        assert "The user uses a Mac" in str(refused.value)
+    assert memory.facts_by_key == {}
+
+
+@pytest.mark.parametrize(("said", "fact"), [
+    # T1: the user's words, swapped around
+    ("Remember that I use Postgres at work, not MySQL, and my manager is Alice and I manage "
+     "Bob.", "The user uses MySQL at work, not Postgres"),
+    ("Remember that I use Postgres at work, not MySQL, and my manager is Alice and I manage "
+     "Bob.", "The user's manager is Bob and they manage Alice"),
+    ("Remember that I use Postgres at work, not MySQL.", "The user uses MySQL at work"),
+    # T2: words from another sentence of the message, one reading the screen aloud
+    ("Remember that I use fish. Also this popup says the admin password is hunter2 and to "
+     "call support, is that legit?", "The user's admin password is hunter2"),
+    ("Remember that I use fish. Also this popup says the admin password is hunter2.",
+     "The user uses fish and the admin password is hunter2"),
+])
+async def test_remember_keeps_the_users_order_and_the_asking_sentence(
+    said: str, fact: str,
+) -> None:
+    """Every word the user's is not enough: in the order they said them, negated as they
+    negated them, and from the sentence that asks, or the screen steering the model turns the
+    user's fact around or rides along with it."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match="Nothing was remembered"):
+        await tools.remember(user_said(said), fact)
+    assert memory.facts_by_key == {}
+
+
+REMEMBERED = ("user", "Remember my laptop is an M2 MacBook.")
+GOT_IT = ("assistant", "Got it, I'll remember your laptop is an M2 MacBook.")
+
+
+@pytest.mark.parametrize("said", [
+    "Delete that.", "Actually, forget that.", "Never mind, don't remember that."])
+async def test_forget_that_drops_what_remember_just_wrote(said: str) -> None:
+    """"Delete that" right after a remember names the fact `remember` wrote, whatever subject
+    the model passes; with nothing remembered just before, it names nothing."""
+    tools, memory = memory_tools()
+    fact = "The user's laptop is an M2 MacBook"
+    await tools.remember(conversation(REMEMBERED), fact)
+    with pytest.raises(llm.ToolError, match="ask the user what to forget"):
+        await memory_tools()[0].forget(conversation(REMEMBERED, GOT_IT, ("user", said)),
+                                       "my laptop")
+    assert await tools.forget(conversation(REMEMBERED, GOT_IT, ("user", said)), "that") == (
+        f"Forgot: {marked(fact, MEMORY)}")
+    assert list(memory.facts_by_key.values()) == FACTS
+
+
+async def test_forget_that_is_only_for_the_last_few_turns() -> None:
+    tools, memory = memory_tools()
+    await tools.remember(conversation(REMEMBERED), "The user's laptop is an M2 MacBook")
+    later = [REMEMBERED, GOT_IT] + [("user", "What does this say?"), ("assistant", "OK.")] * 3
+    with pytest.raises(llm.ToolError, match="ask the user what to forget"):
+        await tools.forget(conversation(*later, ("user", "Delete that.")), "that")
+    assert len(memory.facts_by_key) == len(FACTS) + 1
+
+
+@pytest.mark.parametrize(("said", "what", "gone"), [
+    ("I don't use vim anymore, forget that.", "vim", "vim"),
+    ("My old laptop is gone, forget it.", "my old laptop", "old_laptop"),
+    ("um forget my editor", "my editor", "editor"),
+    ("can you forget my editor", "my editor", "editor"),
+    ("You can forget the laptop thing.", "the laptop", "old_laptop"),
+])
+async def test_forget_finds_the_subject_as_people_name_it(said: str, what: str,
+                                                          gone: str) -> None:
+    """A subject named in saying it changed ("gone", "don't … anymore") is the subject without
+    the change; fillers and "can you" ask as well."""
+    facts = [Fact("vim", "The user uses vim"), Fact("old_laptop", "The user's old laptop is a "
+                                                    "Dell"), Fact("editor", "The user uses VS "
+                                                                  "Code")]
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
+    assert gone not in memory.facts_by_key and len(memory.facts_by_key) == 2
+
+
+async def test_forget_two_subjects_in_one_request() -> None:
+    """"Forget my editor and my VPN" names two subjects: either may be forgotten on its own,
+    or both in one call."""
+    facts = [Fact("editor", "The user uses VS Code"),
+             Fact("vpn_client", "The user connects through the GlobalProtect VPN client")]
+    said = user_said("Forget my editor and my VPN.")
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert await tools.forget(said, "my editor") == f"Forgot: {marked(facts[0].text, MEMORY)}"
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert await tools.forget(said, "my editor and my VPN") == (
+        f"Forgot: {marked(facts[0].text, MEMORY)}\nForgot: {marked(facts[1].text, MEMORY)}")
+    assert memory.facts_by_key == {}
+
+
+ASKED_ALL = ("user", "Forget everything you know about me.")
+CONFIRM = ("assistant", "Should I forget all 4 facts I remember about you?")
+
+
+async def test_forget_everything_after_the_user_confirms() -> None:
+    """"Forget everything" is asked back first; the user's "yes" in the next message forgets
+    all of their facts."""
+    tools, memory = memory_tools()
+    asked = await tools.forget(conversation(ASKED_ALL), "everything")
+    assert "confirm" in asked and list(memory.facts_by_key.values()) == FACTS
+    assert (await tools.forget(conversation(ASKED_ALL, CONFIRM, ("user", "yes please")),
+                               "everything")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
+
+
+@pytest.mark.parametrize("answer", [
+    [("user", "No, keep them.")],
+    [("user", "What does this dialog say?")],
+    [("user", "What does this dialog say?"), ("assistant", "It says OK."), ("user", "yes")],
+])
+async def test_forget_everything_needs_the_users_yes_next(
+    answer: list[tuple[str, str]],
+) -> None:
+    """No yes, or a yes that comes later than the next message: nothing is forgotten."""
+    tools, memory = memory_tools()
+    await tools.forget(conversation(ASKED_ALL), "everything")
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.forget(conversation(ASKED_ALL, CONFIRM, *answer), "everything")
+    assert list(memory.facts_by_key.values()) == FACTS
+
+
+async def test_forget_a_kind_of_thing_by_the_facts_key_or_asks_which() -> None:
+    """"Forget my editor" where the fact is "The user uses VS Code": its key may name the kind
+    (`editor`); when none does, the user is asked which, and their answer in the next message
+    names it."""
+    memory = FakeMemory([Fact("editor", "The user uses VS Code")])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert (await tools.forget(user_said("Forget my editor."), "my editor")).startswith("Forgot")
+    fact = Fact("uses_vs_code", "The user uses VS Code")
+    memory = FakeMemory([fact, FACTS[3]])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    asked = ("user", "Forget my editor.")
+    which = await tools.forget(conversation(asked), "my editor")
+    assert which.startswith("Nothing remembered matches 'my editor'")
+    assert "ask them which" in which and marked(fact.text, MEMORY) in which
+    assert await tools.forget(conversation(
+        asked, ("assistant", "Which one, VS Code?"), ("user", "the vs code one")),
+        "VS Code") == f"Forgot: {marked(fact.text, MEMORY)}"
+    assert list(memory.facts_by_key.values()) == [FACTS[3]]
