@@ -211,7 +211,7 @@ async def replay(
         await _replay_sessions(fixture, settings, db, result, feed)
     finally:  # its file and decoding threads, whatever stopped the replay
         feed.close()
-    result.video = feed.report.as_record()
+        result.video = feed.report.as_record()  # as far as it was decoded
     return result
 
 

@@ -225,6 +225,14 @@ async def test_an_unexpected_failure_mid_replay_is_one_line_after_what_ran(
     rows = await sessions(db)
     assert sorted((r["user"], r["outcome"]) for r in rows) == [
         ("u1", "completed"), ("u2", "failed")]
+    # with --json too, the video as far as it was decoded (it was null)
+    failing_for_u2(monkeypatch)
+    code = await cli_replay.run(settings, argparse.Namespace(
+        path=two_users_fixture(tmp_path / "fx2"), json=True, fresh=False))
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert code == 1 and printed["video"]["decoded_frames"] > 0
+    assert [s["outcome"] for s in printed["sessions"]] == ["completed", "failed"]
 
 
 def open_files(path: Path) -> list[str]:
