@@ -36,7 +36,6 @@ import json
 import logging
 import re
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from livekit.agents import llm
 from .backlog import Deferred
 from .conversation import cut
 from .db import error_reason
-from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers
+from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers, read_as
 from .spill_files import SpillKind, spill_path
 from .user_memory import Fact, UserMemory
 from .writer import BackgroundWriter
@@ -169,36 +168,17 @@ _CONTRACTIONS = ((re.compile(r"\bcan't\b|\bcannot\b"), "can not"),
                  (re.compile(r"\bwon't\b"), "will not"), (re.compile(r"n't\b"), " not"),
                  (re.compile(r"'(?:m|re|ve|ll|d|s)\b"), ""))
 
-# Cyrillic and Greek letters that read as Latin ones, which compatibility folding keeps apart:
-# "Usеr:" with a Cyrillic "е" must read as "User:", and "rеmember" as "remember"
-_LOOK_ALIKE_LETTERS = str.maketrans({
-    **dict.fromkeys("аАɑα", "a"), **dict.fromkeys("вВβΒ", "b"), **dict.fromkeys("сСϲϹ", "c"),
-    **dict.fromkeys("ԁ", "d"), **dict.fromkeys("еЕёЁэεΕ", "e"), **dict.fromkeys("һҺНΗ", "h"),
-    **dict.fromkeys("іІїЇιΙӏ", "i"), **dict.fromkeys("јЈϳ", "j"), **dict.fromkeys("кКκΚ", "k"),
-    **dict.fromkeys("мМΜ", "m"), **dict.fromkeys("Ν", "n"), **dict.fromkeys("оОοΟσ", "o"),
-    **dict.fromkeys("рРρΡ", "p"), **dict.fromkeys("ԛ", "q"), **dict.fromkeys("ѕЅ", "s"),
-    **dict.fromkeys("тТτΤ", "t"), **dict.fromkeys("υ", "u"), **dict.fromkeys("ν", "v"),
-    **dict.fromkeys("ԝѡ", "w"), **dict.fromkeys("хХχΧ", "x"), **dict.fromkeys("уУγΥ", "y"),
-    **dict.fromkeys("Ζ", "z"), "\u2019": "'", "\u2018": "'", "\u02bc": "'",
-})
-_INVISIBLE = frozenset({"Cf", "Cc", "Mn", "Me"})  # format, control and combining characters
+# typographic apostrophes read as the plain one, so "don’t" is spelt out as "don't" is
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc", "'"))
 
 
 def fold(text: str) -> str:
-    """`text` as it reads, lower-cased, for every word and keyword test here: compatibility
-    forms folded (NFKC: a full-width "：" is ":"), accents and invisible characters dropped,
-    any dash a "-", and Cyrillic or Greek look-alike letters read as the Latin ones. Without
-    it "Usеr：" (a Cyrillic "е", a full-width colon) or "rеmember" passes for other text than
-    the one a model reads."""
-    out = []
-    for char in unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text)):
-        if char in "\n\t ":
-            out.append(char)
-        elif char.isspace():
-            out.append(" ")
-        elif (category := unicodedata.category(char)) not in _INVISIBLE:
-            out.append("-" if category == "Pd" else char)
-    return "".join(out).translate(_LOOK_ALIKE_LETTERS).lower()
+    """`text` as it reads, lower-cased, for every word and keyword test here: as the data
+    markers read it (`marked_data.read_as`: compatibility forms, accents and invisible
+    characters dropped, any dash a "-", Cyrillic or Greek look-alike letters read as the Latin
+    ones). Without it "Usеr：" (a Cyrillic "е", a full-width colon) or "rеmember" passes for
+    other text than the one a model reads."""
+    return read_as(text).translate(_APOSTROPHES).lower()
 
 
 def _lowered(text: str) -> str:

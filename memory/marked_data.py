@@ -142,8 +142,9 @@ _ANY_LOOK_ALIKE = re.compile(
     r"LEFT|RIGHT|THAN|SOLIDUS|SLASH|DIAGONAL|DIVISION|HYPHEN|DASH|MINUS|LOW LINE|LATIN"
     r"|REGIONAL|CYRILLIC|GREEK|COPTIC|ARMENIAN")
 # what no name gives away: the look-alikes of `<`, `>`, `/`, `\` and `_` in Unicode's
-# confusables data (TR39) beyond those the names above find
+# confusables data (TR39) beyond those the names above find, and the Latin alpha's `a`
 _UNNAMED_LOOK_ALIKES = {
+    "\u0251": "a",
     "\u1438": "<", "\u16b2": "<", "\U0001d236": "<", "\u1433": ">", "\U0001d237": ">",
     "\U00016f3f": ">", "\u1735": "/", "\u2041": "/", "\u2cc6": "/", "\u3033": "/",
     "\u30ce": "/", "\u31d3": "/", "\u4e3f": "/", "\U0001d23a": "/", "\u2216": "\\",
@@ -303,10 +304,16 @@ def _unescaped(match: re.Match[str]) -> str:
     return match[0] if decoded is None else decoded
 
 
+def read_as(text: str) -> str:
+    """`text` as a model reads it, each character folded (`_fold_char`): what marker matching
+    looks at, and the memory keeper's tests of whose words a fact holds (memory/keeper.py)."""
+    return text if _PLAIN.fullmatch(text) else text.translate(_FOLD)
+
+
 def _normalised(text: str) -> str:
     """`text` as matched for markers: folded, then its escapes decoded (and folded) until none
     is left, `_ROUNDS` times at most."""
-    folded = text if _PLAIN.fullmatch(text) else text.translate(_FOLD)
+    folded = read_as(text)
     for _ in range(_ROUNDS):
         decoded = _ESCAPE.sub(_unescaped, folded)
         if decoded == folded:
