@@ -28,6 +28,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
@@ -39,8 +40,8 @@ from opentelemetry.trace import Span
 
 from .budget import BudgetGuard
 from .config import Tier
-from .images import ImageBill, ImageEncoder
-from .metering import CostMeter, settled_usage
+from .images import ImageBill, ImageEncoder, image_tokens, sized_for
+from .metering import CostMeter, PromptImage, images_in_prompt, settled_usage
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -309,6 +310,18 @@ def _tier_attributes(span: Span, tried: dict[str, Any]) -> None:
     span.set_attribute("sightline.outcome", str(tried.get("outcome", "failed")))
 
 
+def _prompt_images(ctx: llm.ChatContext, provider: str, detail: str) -> list[PromptImage]:
+    """The frames of a request as the meter prices them: the tokens of each at the size
+    `ImageEncoder.prepare` sent it, at its full resolution, and its place in the prompt."""
+    def bill(part: object) -> tuple[int, int] | None:
+        if not (isinstance(part, llm.ImageContent) and isinstance(part.image, rtc.VideoFrame)):
+            return None
+        width, height = part.image.width, part.image.height
+        return (image_tokens(provider, *sized_for(provider, width, height, detail)),
+                image_tokens(provider, width, height))
+    return images_in_prompt(ctx, bill)
+
+
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -445,7 +458,7 @@ class CascadeStream(llm.LLMStream):
                 elif attempt.spoken:  # part of this answer was already sent: end it plainly
                     self._send(request_id, " … " + failure_sentence(error))
                     attempt.outcome = "answered"
-            self._log_attempt(index, attempt, error, request_id, record)
+            self._log_attempt(index, attempt, error, request_id, record, ctx)
         return attempt.outcome, attempt.usage, error
 
     async def _stream(
@@ -519,10 +532,13 @@ class CascadeStream(llm.LLMStream):
 
     def _log_attempt(
         self, index: int, attempt: _Attempt, error: ProviderError | None, request_id: str,
-        record: TurnRecord,
+        record: TurnRecord, ctx: llm.ChatContext,
     ) -> None:
         owner = self._llm
         tier = owner.tiers[index]
+        # placed after the call, off the path to the first word; none when nothing was sent
+        images = (_prompt_images(ctx, tier.provider, owner._images.detail)
+                  if attempt.prompt is not None else [])
         partial = attempt.outcome not in ("answered", "tool_call") or error is not None
         attempt.usage, usage_source = settled_usage(
             attempt.reported, prompt=attempt.prompt, received="".join(attempt.received),
@@ -538,8 +554,7 @@ class CascadeStream(llm.LLMStream):
         cancelled = attempt.outcome == "cancelled"
         event = owner._meter.model_call(
             provider=tier.provider, model=tier.model, usage=attempt.usage,
-            images=attempt.images.images, image_tokens=attempt.images.tokens,
-            image_tokens_full_resolution=attempt.images.full_resolution_tokens,
+            images=attempt.images.images, prompt_images=images,
             image_tokens_unsent=attempt.images.unsent_tokens,
             latency_ms=(time.perf_counter() - attempt.started) * 1000,
             error=str(error) if error else ("cancelled" if cancelled else None),

@@ -1,18 +1,20 @@
 """Prices what the session's models did and records it in the event log.
 
 A model call becomes one event that carries its dollars: the call's cost, the share of it its
-images took, what those images would have cost at full resolution and what the prompt cache
-saved. A cascade turn carries its cost and what the top tier alone would have charged for the
-same tokens. A streamed call that ended before the provider reported its usage is billed an
-estimate, marked so (`settled_usage`). Everything downstream (totals, budgets, reports) adds
-these figures up; nothing prices twice. A model missing from the price table is recorded with
-`cost_usd: null` and logged once, never guessed.
+images took (each at the rate the provider's cache report gives its place in the prompt: fresh,
+written to the cache, or read from it), what those images would have cost at full resolution
+and what the prompt cache saved. A cascade turn carries its cost and what the top tier alone
+would have charged for the same tokens. A streamed call that ended before the provider
+reported its usage is billed an estimate, marked so (`settled_usage`). Everything downstream
+(totals, budgets, reports) adds these figures up; nothing prices twice. A model missing from the
+price table is recorded with `cost_usd: null` and logged once, never guessed.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from memory.embeddings import EmbeddingCall
@@ -33,20 +35,58 @@ def _rounded(value: float | None) -> float | None:
     return round(value, 8) if value is not None else None
 
 
+def _parts(item: llm.ChatItem) -> Sequence[object]:
+    """What one item of a request sends, in order: a message's parts (text, images), a tool
+    call's name and arguments, a tool result's text."""
+    if item.type == "message":
+        return item.content
+    if item.type == "function_call":
+        return [item.name + item.arguments]
+    if item.type == "function_call_output":
+        return [item.output]
+    return []
+
+
 def estimate_prompt_tokens(prompt: llm.ChatContext) -> int:
     """A request's text in tokens, by the wire-format server's rule (~4 characters a token):
     its messages (instructions included), tool calls and tool results. Its images are left to
     the caller, which knows their tokens exactly (`agent/images.py`); the tool definitions are
     not counted, so the estimate errs low."""
-    texts: list[str] = []
-    for item in prompt.items:
-        if item.type == "message":
-            texts.extend(part for part in item.content if isinstance(part, str))
-        elif item.type == "function_call":
-            texts.append(item.name + item.arguments)
-        elif item.type == "function_call_output":
-            texts.append(item.output)
-    return estimate_text_tokens("\n".join(texts))
+    return estimate_text_tokens("\n".join(
+        part for item in prompt.items for part in _parts(item) if isinstance(part, str)))
+
+
+@dataclass(frozen=True)
+class PromptImage:
+    """One image of a request as the meter prices it: its billed tokens, the same frame's at
+    full resolution, and the estimated tokens of the prompt after it, which place it in the
+    provider's cache report (`ModelPrice.input_rate`)."""
+
+    tokens: int
+    full_resolution_tokens: int
+    after: int
+
+
+def images_in_prompt(
+    prompt: llm.ChatContext, bill: Callable[[object], tuple[int, int] | None],
+) -> list[PromptImage]:
+    """The request's images in order, each with the tokens that follow it to the prompt's end.
+    `bill`: a message part's tokens and full-resolution tokens when it is an image the request
+    is billed for, else None. Counted from the end: what follows an image is the conversation
+    after it, text the estimate reads; what precedes it holds the tool definitions, which it
+    does not. (Only the first system message moves to the front in the providers' formats; a
+    later one, such as the cascade's confidence protocol, is sent where it stands.)"""
+    placed: list[PromptImage] = []
+    after = 0
+    for item in reversed(prompt.items):
+        for part in reversed(_parts(item)):
+            if isinstance(part, str):
+                after += estimate_text_tokens(part)
+            elif (billed := bill(part)) is not None:
+                placed.append(PromptImage(*billed, after))
+                after += billed[0]
+    placed.reverse()
+    return placed
 
 
 def settled_usage(
@@ -98,18 +138,20 @@ class CostMeter:
         usage: Usage,
         images: int,
         latency_ms: float,
-        image_tokens: int = 0,
-        image_tokens_full_resolution: int = 0,
+        prompt_images: Sequence[PromptImage] = (),
         image_tokens_unsent: int = 0,
         error: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> Event:
         """One request to a model, answered or failed (a failed one is billed what arrived).
+        `images`: how many it sent; `prompt_images`: those whose tokens and place are known.
+        Each is billed as input tokens at the rate of the part of the prompt it lies in: a
+        screenshot carried on an earlier message is in the cached prefix, written to the cache
+        by the first request that carries it past the cache mark and read by the next ones.
         `image_tokens_unsent`: the current frame's tokens, had it been sent again although the
         screen had not changed. The request holds the earlier screenshot instead, in its cached
         prefix: what that saved is those tokens at the fresh price less the cached price."""
-        # images are billed as input tokens: their share of the call's cost, at the input rate
-        image_cost = self.prices.input_cost(model, image_tokens)
+        image_cost, full_resolution_cost = self._image_costs(model, usage, prompt_images)
         return self._events.record(
             MODEL_KINDS[1] if error else MODEL_KINDS[0],
             cost_usd=self._price(model, usage),
@@ -121,11 +163,11 @@ class CostMeter:
             output_tokens=usage.output_tokens,
             search_units=usage.search_units,
             images=images,
-            image_tokens=image_tokens,
-            image_tokens_full_resolution=image_tokens_full_resolution,
+            image_tokens=sum(image.tokens for image in prompt_images),
+            image_tokens_full_resolution=sum(image.full_resolution_tokens
+                                             for image in prompt_images),
             image_cost_usd=_rounded(image_cost),
-            image_full_resolution_cost_usd=_rounded(
-                self.prices.input_cost(model, image_tokens_full_resolution)),
+            image_full_resolution_cost_usd=_rounded(full_resolution_cost),
             image_tokens_unsent=image_tokens_unsent,
             image_unsent_saved_usd=_rounded(
                 self.prices.cache_savings(model, image_tokens_unsent)),
@@ -133,6 +175,23 @@ class CostMeter:
             latency_ms=round(latency_ms, 1),
             detail={**(detail or {}), **({"error": error} if error else {})},
         )
+
+    def _image_costs(
+        self, model: str, usage: Usage, images: Sequence[PromptImage],
+    ) -> tuple[float | None, float | None]:
+        """The images' share of the call's cost, and the same frames' at full resolution: each
+        at the rate of the run of the provider's report its middle falls in. A cache boundary
+        never cuts an image, so the estimate of its place may be off by half an image either
+        way and still find its run."""
+        price = self.prices.get(model)
+        if price is None:
+            return None, None
+        billed = full = 0.0
+        for image in images:
+            rate = price.input_rate(usage, image.after + image.tokens / 2)
+            billed += image.tokens * rate
+            full += image.full_resolution_tokens * rate
+        return billed, full
 
     def rerank_call(self, call: RerankCall) -> None:
         """A reranker's call, billed per search unit."""
@@ -144,15 +203,17 @@ class CostMeter:
 
     def embedding_call(self, call: EmbeddingCall) -> None:
         """An embedding request (Gemini's): billed its texts' input tokens, which the provider
-        does not report, so they are estimated from the characters sent (`usage: estimated`);
-        a failed request is recorded unbilled, with its error."""
-        sent = call.error is None
+        does not report, so they are estimated from the characters sent (`usage: estimated`).
+        A failed request is billed so too when it may have reached the provider, as a chat
+        model's prompt is (`EmbeddingCall.billed`: it timed out, or its connection dropped,
+        after it went out); one refused or never sent is recorded unbilled. Both keep the
+        error."""
         self.model_call(
             provider=call.provider, model=call.model,
-            usage=Usage(input_tokens=estimate_tokens(call.characters) if sent else 0),
+            usage=Usage(input_tokens=estimate_tokens(call.characters) if call.billed else 0),
             images=0, latency_ms=call.latency_ms, error=call.error,
             detail={"purpose": "embedding", "texts": call.texts,
-                    "usage": "estimated" if sent else "unbilled"},
+                    "usage": "estimated" if call.billed else "unbilled"},
         )
 
     def speech(self, metrics: Any, provider: str = "") -> None:

@@ -59,6 +59,23 @@ class ModelPrice:
     genai: tuple[genai_types.Provider, genai_types.ModelInfo] | None = field(
         default=None, compare=False, repr=False)
 
+    def input_rate(self, usage: Usage, from_end: float) -> float:
+        """Dollars a token of a call's prompt was billed at, `from_end` tokens before the
+        prompt's end. A provider's report counts the prompt in three runs, in order: read from
+        its cache, written to it, then fresh input (`Usage.input_tokens`), which ends the
+        prompt. A place past the report's runs (an estimate that ran over) is in its first
+        run; a prompt it billed nothing of (refused, never sent) cost nothing."""
+        rate = 0.0
+        for tokens, per_mtok in ((usage.input_tokens, self.input_per_mtok),
+                                 (usage.cache_write_tokens, self.cache_write_per_mtok),
+                                 (usage.cached_input_tokens, self.cached_input_per_mtok)):
+            if tokens:
+                rate = per_mtok
+                if from_end < tokens:
+                    break
+                from_end -= tokens
+        return rate / 1_000_000
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -203,11 +220,6 @@ class PriceTable:
             return 0.0
         saved = price.input_per_mtok - price.cached_input_per_mtok
         return cached_input_tokens * saved / 1_000_000
-
-    def input_cost(self, model: str, tokens: int) -> float | None:
-        """Dollars for `tokens` of fresh input, such as a request's images."""
-        price = self.get(model)
-        return None if price is None else tokens * price.input_per_mtok / 1_000_000
 
     def cost(self, model: str, usage: Usage) -> float | None:
         """Dollars for one call; None when the model is not in the table (logged, not guessed)."""

@@ -57,7 +57,9 @@ class EmbeddingError(RuntimeError):
 class EmbeddingCall:
     """One billed embedding request: the texts sent and their characters (Gemini's
     `batchEmbedContents` answers with vectors alone, so the tokens billed are estimated from
-    them by whoever prices the call). A failed call says why in `error`."""
+    them by whoever prices the call). A failed call says why in `error`, and `billed` whether
+    the provider may bill it all the same: it may once the request went out (a timeout, a
+    connection dropped before the answer), not when it refused it or never got it."""
 
     provider: str
     model: str
@@ -65,6 +67,7 @@ class EmbeddingCall:
     characters: int
     latency_ms: float
     error: str | None = None
+    billed: bool = True
 
 
 RecordEmbedding = Callable[[EmbeddingCall], None]
@@ -321,6 +324,10 @@ class GeminiEmbedder:
         self._not_json = (errors.UnknownApiResponseError, json.JSONDecodeError)
         self._unreachable = (errors.APIError, *self._not_json, aiohttp.ClientError, OSError,
                              asyncio.TimeoutError)
+        # failures between the request going out and its answer: Gemini may bill the texts
+        self._after_sending = (asyncio.TimeoutError, aiohttp.ServerDisconnectedError,
+                               aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+        self._never_sent = (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
@@ -342,7 +349,7 @@ class GeminiEmbedder:
                 reason = ("its answer was not the API's JSON (a proxy's page?)"
                           if isinstance(exc, self._not_json)
                           else " ".join(str(exc).split())[:160] or type(exc).__name__)
-                self._called(batch, started, reason)
+                self._called(batch, started, reason, billed=self._may_be_billed(exc))
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
@@ -355,7 +362,15 @@ class GeminiEmbedder:
                                f"{len(texts)} texts of {self.dim} dimensions")
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
-    def _called(self, batch: list[str], started: float, error: str | None) -> None:
+    def _may_be_billed(self, exc: BaseException) -> bool:
+        """Whether Gemini may bill a failed request: it timed out, or its connection dropped,
+        after the request went out. Not one refused with an HTTP error or answered by
+        something else (a proxy's page), nor one that never left (connection refused, DNS,
+        TLS, a connect timeout)."""
+        return isinstance(exc, self._after_sending) and not isinstance(exc, self._never_sent)
+
+    def _called(self, batch: list[str], started: float, error: str | None, *,
+                billed: bool = True) -> None:
         """Report the call to `record`; a record that fails is said in one line and never
         costs the vectors that came back."""
         if self._record is None:
@@ -363,7 +378,7 @@ class GeminiEmbedder:
         try:
             self._record(EmbeddingCall(
                 "gemini", self._model, len(batch), sum(map(len, batch)),
-                (time.perf_counter() - started) * 1000, error))
+                (time.perf_counter() - started) * 1000, error, billed))
         except Exception as exc:
             log.warning("an embedding call of %d texts could not be recorded: %r",
                         len(batch), exc)

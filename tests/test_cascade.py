@@ -12,6 +12,7 @@ result goes back in that provider's wire format, and the same tier answers it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +32,7 @@ from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM, ConfidenceHeader, EscalationPolicy, Tier
 from agent.config import Settings
 from agent.images import ImageEncoder
-from agent.pricing import PriceTable
+from agent.pricing import PriceTable, estimate_text_tokens
 from agent.providers import (
     ChatProvider,
     ClaudeProvider,
@@ -41,13 +42,19 @@ from agent.providers import (
     make_provider,
     tier_providers,
 )
+from agent.screen_context import ScreenContext
 from agent.session_record import SessionRecord
+from agent.turn_context import TurnContext
 from agent.wire_format_server import (
     CapturedRequest,
+    PromptCache,
     ScriptedModelServer,
     ScriptedReply,
     ScriptedToolCall,
+    _anthropic_image_tokens,
 )
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
 
 TIERS = [
     Tier("gemini", "gemini-2.5-flash-lite", 0.7, 256),
@@ -123,14 +130,18 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
         await server.stop()
 
 
-async def ask(model: CascadeLLM, ctx: llm.ChatContext, question: str) -> str:
-    ctx.add_message(role="user", content=question)
+async def reply(model: CascadeLLM, request: llm.ChatContext) -> str:
     parts: list[str] = []
-    async with model.chat(chat_ctx=ctx) as stream:
+    async with model.chat(chat_ctx=request) as stream:
         async for chunk in stream:
             if chunk.delta and chunk.delta.content:
                 parts.append(chunk.delta.content)
-    answer = "".join(parts)
+    return "".join(parts)
+
+
+async def ask(model: CascadeLLM, ctx: llm.ChatContext, question: str) -> str:
+    ctx.add_message(role="user", content=question)
+    answer = await reply(model, ctx)
     ctx.add_message(role="assistant", content=answer)
     return answer
 
@@ -647,6 +658,85 @@ async def test_images_are_sized_per_provider_and_billed_in_the_ledger(make: Make
         3, 2231, 4695)
     assert images["cost_usd"] == pytest.approx(sum(c["image_cost_usd"] for c in logged))
     assert images["saved_usd"] > 0
+
+
+class ClaudeCache(PromptCache):
+    """Anthropic's prompt cache as Anthropic bills it, images included: a request reads the
+    longest prefix an earlier request wrote, ending at any of its blocks up to its last
+    `cache_control` mark, and writes the rest up to that mark. (The scripted server counts a
+    cached prefix's text alone, and reads only at the request's own marks.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: set[str] = set()  # the prefixes written, by their digest
+
+    def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
+        blocks = [*(body.get("system") or []),
+                  *(block for message in body["messages"] for block in message["content"])]
+        marks = [i for i, block in enumerate(blocks) if block.get("cache_control")]
+        if not marks:
+            return 0, 0
+        digest, texts, image_tokens = hashlib.sha256(), [], 0
+        prefixes: list[tuple[str, int]] = []  # each block's prefix: its digest and tokens
+        for block in blocks[:marks[-1] + 1]:
+            unmarked = {k: v for k, v in block.items() if k != "cache_control"}
+            digest.update(json.dumps(unmarked, sort_keys=True).encode())
+            if block["type"] == "text":
+                texts.append(block["text"])
+            elif block["type"] == "image":
+                image_tokens += _anthropic_image_tokens(block)
+            prefixes.append((digest.hexdigest(),
+                             estimate_text_tokens("\n".join(texts)) + image_tokens))
+        read = max((tokens for key, tokens in prefixes if key in self.written), default=0)
+        self.written.update(prefixes[i][0] for i in marks)
+        return prefixes[-1][1] - read, read
+
+
+class CachesImages(ScriptedModelServer):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cache = ClaudeCache()
+
+
+async def test_a_carried_screenshot_is_billed_at_the_rate_of_its_place_in_the_cache(
+    make: Make,
+) -> None:
+    """While the screen is unchanged, the screenshot stays on the question that sent it, in
+    the prefix Claude caches: the first request that carries it past the cache mark writes it
+    (at the cache-write rate), the next reads it (at the cached rate). Its share of each call
+    is priced so, not at the fresh input rate the call's own new frame is billed at."""
+    model, replies = await make({
+        LITE: [said("unsure", 0.1)], FLASH: [said("unsure", 0.1)],
+        CLAUDE: [said("The build failed with exit 2.", 0.9)],
+    }, serve=CachesImages)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, "changed"))
+    desk = Desk()
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content="You are Sightline. " + "Stable instructions. " * 100)
+    for t, question in enumerate(["What failed?", "Which step ran last?", "Where is its log?"]):
+        screen.offer(float(t), desk.frame())  # the same screen: no new screenshot after the first
+        ctx.add_message(role="user", content=question)
+        ctx.add_message(role="assistant", content=await reply(model, await turn.build(ctx)))
+
+    claude = [c for c in calls(model) if c["model"] == CLAUDE]
+    assert [r.image_tokens for r in replies.requests if r.model == CLAUDE] == [1199] * 3
+    assert [c["image_tokens_unsent"] for c in claude] == [0, 1199, 1199]
+    first, carried, read = claude
+    assert first["cached_input_tokens"] == 0  # the instructions written, the frame fresh
+    assert carried["cache_write_tokens"] > 1199 and read["cached_input_tokens"] > (
+        carried["cached_input_tokens"] + 1199)
+    sonnet = PriceTable.load().get(CLAUDE)
+    assert sonnet is not None
+    rates = [sonnet.input_per_mtok, sonnet.cache_write_per_mtok, sonnet.cached_input_per_mtok]
+    assert rates[2] < rates[0] < rates[1]
+    assert [c["image_cost_usd"] for c in claude] == [
+        pytest.approx(1199 * rate / 1e6) for rate in rates]
+    assert [c["image_full_resolution_cost_usd"] for c in claude] == [
+        pytest.approx(1599 * rate / 1e6) for rate in rates]
+    assert all(c["image_cost_usd"] < c["cost_usd"] for c in claude)
+    images = record(model).summary()["images"]
+    assert images["cost_usd"] == pytest.approx(sum(c["image_cost_usd"] for c in calls(model)))
 
 
 async def test_a_turn_records_its_latency_and_whether_the_user_cut_it_short(make: Make) -> None:

@@ -3,20 +3,26 @@
 Protects: each Gemini embedding request a session makes (its questions, its messages) is in
 the session's ledger, billed its texts' estimated tokens; one a command makes (`kb ingest`,
 `gaps refresh`: tests/test_gaps.py) is the tenant's, in `cost_events` with no session and in
-the command ledger's file; a ledger the database refuses is one line, its events kept on disk.
-Through the real google-genai client against the wire-format server.
+the command ledger's file; a failed request is billed its estimate when it may have reached
+Gemini (timed out, or dropped, after it went out), nothing when it was refused or never left;
+a ledger the database refuses is one line, its events kept on disk. Through the real
+google-genai client against the wire-format server (and a socket nobody listens on).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from conftest import cli_env, run_cli
 
 from agent.command_ledger import CommandLedger
@@ -27,7 +33,7 @@ from agent.pricing import PriceTable
 from agent.session import SessionRuntime
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.db import Database
-from memory.embeddings import EmbeddingCall
+from memory.embeddings import EmbeddingCall, EmbeddingError, GeminiEmbedder
 from memory.spill_files import SpillKind, append_rows, event_log_path, spill_path
 from memory.store import Store
 
@@ -141,7 +147,7 @@ async def test_a_ledger_the_database_refuses_is_one_line_and_kept_on_disk(
     meter = CostMeter(ledger, PriceTable.load())
     meter.embedding_call(EmbeddingCall("gemini", "gemini-embedding-001", 3, 4000, 12.0))
     meter.embedding_call(EmbeddingCall("gemini", "gemini-embedding-001", 1, 40, 9.0,
-                                       error="Gemini embeddings failed: 503"))
+                                       error="Gemini embeddings failed: 503", billed=False))
     refusing = Store(db.pool)
     await db.close()  # the database goes away before the command's end
     with caplog.at_level(logging.ERROR, logger="sightline.costs"):
@@ -200,3 +206,92 @@ async def test_an_event_after_the_cost_log_closed_is_one_line_not_a_failure(
     [line] = [r.getMessage() for r in caplog.records]
     assert "a late model_call event" in line and "not recorded" in line
     assert json.loads(events.path.read_text().splitlines()[-1])["kind"] == "summary"
+
+
+QUESTION = "Why does the VPN drop every hour?"
+
+
+class FailingEmbeddings(ScriptedModelServer):
+    """Fails every embedding request the way `mode` says, once it has received it whole:
+    `slow` answers after the client gave up, `drop` closes the connection unanswered,
+    `refuse` answers 403 (a key Gemini refuses)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.received = 0
+
+    async def _gemini_embed(self, request: web.Request, model: str) -> web.Response:
+        await request.read()
+        self.received += 1
+        if self.mode == "refuse":
+            return self._gemini_error(403, "API key not valid. Please pass a valid API key.")
+        if self.mode == "drop":
+            assert request.transport is not None
+            request.transport.close()
+        await asyncio.sleep(60)  # cancelled when the client leaves (`handler_cancellation`)
+        raise AssertionError("the client waited a minute")
+
+
+async def embed_failing(base_url: str, meter: CostMeter) -> str:
+    """Embeds QUESTION through the real client with a short timeout and no retry; the one
+    line the failure says."""
+    embedder = GeminiEmbedder(api_key="test-key", base_url=base_url, timeout_s=0.5,
+                              retries=0, record=meter.embedding_call)
+    try:
+        with pytest.raises(EmbeddingError) as failed:
+            await embedder.embed_query(QUESTION)
+    finally:
+        await embedder.aclose()
+    return str(failed.value)
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> CostMeter:
+    return CostMeter(EventLog(session_id="s1", tenant="acme", costs_dir=tmp_path, store=None),
+                     PriceTable.load())
+
+
+def logged(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in event_log_path(tmp_path, "s1").read_text().splitlines()]
+
+
+@pytest.fixture
+def unheard() -> Iterator[str]:
+    """The URL of a port bound by nobody's listener: a connection there is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("mode", ["slow", "drop"])
+async def test_an_embedding_request_that_reached_gemini_is_billed_though_it_failed(
+    meter: CostMeter, tmp_path: Path, mode: str,
+) -> None:
+    """Gemini bills a request it received, answered or not: one that timed out, or whose
+    connection dropped, after it went out is billed its texts' estimate, with its error."""
+    async with FailingEmbeddings(mode) as server:
+        line = await embed_failing(server.base_url, meter)
+        assert server.received == 1
+    assert "\n" not in line and "Gemini embeddings" in line
+    (event,) = logged(tmp_path)
+    assert event["kind"] == "model_error" and event["detail"]["usage"] == "estimated"
+    assert event["detail"]["error"] and event["detail"]["error"] in line
+    assert event["input_tokens"] == billed([QUESTION]) > 0
+    assert event["cost_usd"] == pytest.approx(billed([QUESTION]) * 0.15 / 1e6, abs=1e-12)
+
+
+async def test_an_embedding_request_refused_or_never_sent_is_billed_nothing(
+    meter: CostMeter, tmp_path: Path, unheard: str,
+) -> None:
+    """Refused with an HTTP error (a key Gemini refuses), or never sent (the connection
+    refused): nothing is billed, and the error is kept."""
+    async with FailingEmbeddings("refuse") as server:
+        await embed_failing(server.base_url, meter)
+    await embed_failing(unheard, meter)
+    events = logged(tmp_path)
+    assert ["403" in e["detail"]["error"] for e in events] == [True, False]
+    assert "Cannot connect" in events[1]["detail"]["error"]
+    for event in events:
+        assert event["kind"] == "model_error" and event["detail"]["usage"] == "unbilled"
+        assert (event["input_tokens"], event["cost_usd"]) == (0, 0.0)

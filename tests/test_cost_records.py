@@ -161,6 +161,8 @@ async def test_a_call_never_sent_or_refused_is_billed_nothing(tmp_path: Path) ->
     for call in (held, rejected):
         assert call["kind"] == "model_error" and call["detail"]["usage"] == "unbilled"
         assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (0, 0, 0.0)
+    # the refused request sent its screenshot, but no share of a call billed nothing
+    assert rejected["image_tokens"] == 1199 and rejected["image_cost_usd"] == 0.0
 
 
 async def test_a_memory_call_cancelled_by_the_sessions_close_is_in_the_ledger(

@@ -83,6 +83,29 @@ def test_cost_arithmetic_is_exact() -> None:
     assert table.cost("gemini-2.5-flash", Usage()) == 0.0
 
 
+def test_a_place_in_the_prompt_is_billed_at_the_rate_of_its_run_in_the_report() -> None:
+    """A provider counts a prompt in runs, in order: read from its cache, written to it, then
+    fresh input, which ends the prompt. A place counted from the prompt's end is in one."""
+    haiku = PriceTable.load().get("claude-haiku-4-5")  # $1 in, $0.10 read, $1.25 write
+    assert haiku is not None
+    claude = Usage(input_tokens=100, cache_write_tokens=1000, cached_input_tokens=2000)
+    assert [haiku.input_rate(claude, place) * 1e6 for place in (0, 99.5, 100, 1099, 1100)] == [
+        pytest.approx(rate) for rate in (1.0, 1.0, 1.25, 1.25, 0.10)]
+    # past what the report counts (an estimate that ran over): its first run
+    assert haiku.input_rate(claude, 10_000) * 1e6 == pytest.approx(0.10)
+    written = Usage(input_tokens=100, cache_write_tokens=1000)
+    assert haiku.input_rate(written, 10_000) * 1e6 == pytest.approx(1.25)
+    # Gemini's implicit cache writes nothing: a cached prefix, then fresh input
+    flash = PriceTable.load().get("gemini-2.5-flash")  # $0.30 in, $0.03 cached
+    assert flash is not None
+    gemini = Usage(input_tokens=500, cached_input_tokens=1500)
+    assert [flash.input_rate(gemini, place) * 1e6 for place in (200, 600)] == [
+        pytest.approx(0.30), pytest.approx(0.03)]
+    # an estimated report is all fresh; a prompt billed nothing (refused) cost nothing
+    assert flash.input_rate(Usage(input_tokens=50), 400) * 1e6 == pytest.approx(0.30)
+    assert flash.input_rate(Usage(), 0) == 0.0
+
+
 def test_prefix_matching_for_dated_ids() -> None:
     table = PriceTable.load()
     dated = table.get("gemini-2.5-flash-001")
