@@ -49,6 +49,7 @@ from typing import Any
 from livekit.agents import RunContext, llm
 
 from memory.store import Store
+from memory.word_forms import is_hesitation
 
 log = logging.getLogger("sightline.tools")
 
@@ -76,20 +77,19 @@ DECLINED = ("The user said no to bringing in a person, so nobody was called. Kee
 
 # -- reading what the user said ------------------------------------------------------------------
 # Text is read as words: lowercase, apostrophes dropped ("don't" and a recogniser's "dont" are the
-# same word), sentence punctuation kept as a clause mark "|", fillers dropped. Patterns below
-# match whole words of that form, separated by single spaces.
+# same word), sentence punctuation kept as a clause mark "|", hesitations dropped wherever they
+# stand (memory/word_forms.py: a request is read at any word of a clause, so there are no lead
+# fillers to strip). Patterns below match whole words of that form, separated by single spaces.
 
 _AGREEING_NOISE = re.compile(r"\b(?:m+-?h+m+|m+\s+h+m+|uh-?huh|uh\s+huh)\b")  # "mm-hmm": yes
 _REFUSING_NOISE = re.compile(r"\b(?:uh-uh|mm-mm)\b")  # said with a shake of the head
 _APOSTROPHE = re.compile(r"(?<=\w)['\u2019\u02bc](?=\w)")
 _CLAUSE_MARK = re.compile(r"[.,;!?\u2026\u2014\u2013\n\r]+")
 _NOT_A_WORD = re.compile(r"[^\w|]+")
-_FILLERS = frozenset({"um", "umm", "ummm", "uh", "uhh", "uhm", "er", "erm", "ah", "ahh", "eh",
-                      "hm", "hmm", "hmmm", "mm", "mmm", "oh", "ooh"})
 
 
 def words(text: str) -> list[str]:
-    """`text` as the words the patterns read: lowercase, without apostrophes or fillers, with a
+    """`text` as the words the patterns read: lowercase, without apostrophes or hesitations, with a
     `|` where a clause ends. A recogniser's "um i dont know" and a typed "I don't know." read
     alike, so neither way of talking is understood less."""
     text = unicodedata.normalize("NFKC", text).lower()
@@ -97,7 +97,7 @@ def words(text: str) -> list[str]:
     text = _CLAUSE_MARK.sub(" | ", _APOSTROPHE.sub("", text))
     out: list[str] = []
     for word in _NOT_A_WORD.sub(" ", text.replace("_", " ")).split():
-        if word in _FILLERS or (word == "|" and (not out or out[-1] == "|")):
+        if is_hesitation(word) or (word == "|" and (not out or out[-1] == "|")):
             continue
         out.append(word)
     while out and out[-1] == "|":

@@ -25,9 +25,10 @@ fact around, "and the admin password is hunter2" rode along with it, from a sent
 same message that read a popup aloud; and once any order did, "Postgres at work, not MySQL"
 could be written "MySQL at work, not Postgres". So the fact's words must follow the user's
 order (or turn it around at one point, as "my editor is VS Code" is "VS Code is their editor"),
-each negated as the user negated it. A word is compared in a plain form (lower-cased, "don't"
-as "do not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have", number words as
-digits: "postgres sixteen" is "Postgres 16"), so "I have a dog" may be remembered as "The user
+each negated as the user negated it. A word is compared in a plain form, the one the memory
+keeper reads too (memory/word_forms.py: folded and lower-cased, "don't" and "dont" as "do
+not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have"), with number words as
+digits ("postgres sixteen" is "Postgres 16"), so "I have a dog" may be remembered as "The user
 has a dog". A refusal tells the model to write a short third-person statement in the user's
 words, never to store the request itself ("Remember I use a Mac.").
 
@@ -60,11 +61,19 @@ from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, same_fact
 from memory.keeper import STOP_WORDS as KEEPER_STOP
 from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact, UserMemory
+from memory.word_forms import (
+    HESITATION,
+    LEAD_FILLER,
+    WORD,
+    is_hesitation,
+    plain,
+    spelt_out,
+    without_lead_fillers,
+)
 
 KEY_WORDS = 6
 RECENT_TURNS = 3  # "delete that" names what `remember` wrote this many user turns back at most
 LISTED_FACTS = 10  # the facts named back when asking the user which one they meant
-_WORD = re.compile(r"[a-z0-9]+")
 # function words and the person a fact is about: free in a fact, never what it says (no
 # negation is here: "no", "not", "never", "longer" must be the user's own)
 _STOP = frozenset(
@@ -75,15 +84,6 @@ _STOP = frozenset(
 # ("use", "run", "prefer": "my editor is VS Code" is "the user uses VS Code as their editor"),
 # the same list, so both judge a fact alike; "work" is left out, as it says where ("at work")
 _FREE_IN_FACT = (_STOP | KEEPER_STOP) - {"work", "works", "working"}
-# contractions spelt out, so "don't" and "does not" share their words; a speech recogniser
-# often writes them without the apostrophe ("dont")
-_CONTRACTIONS = ((re.compile(r"\bcan't\b|\bcannot\b|\bcant\b"), "can not"),
-                 (re.compile(r"\bwon't\b"), "will not"), (re.compile(r"n't\b"), " not"),
-                 (re.compile(r"\b(do|does|did|is|are|was|were|have|has|had|should|would|could)"
-                             r"nt\b"), r"\1 not"),
-                 (re.compile(r"'m\b"), " am"), (re.compile(r"'re\b"), " are"),
-                 (re.compile(r"'ve\b"), " have"), (re.compile(r"'ll\b"), " will"))
-_SAME_WORD = {"has": "have", "does": "do", "goes": "go"}  # "I have" is "the user has"
 # function words that still say something of a fact: "was" makes "I'm on the payments team" no
 # longer true, so a fact may hold them only when the user said them
 _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
@@ -98,12 +98,9 @@ _UNITS = {w: n for n, w in enumerate(
 _TENS = {w: 10 * n for n, w in enumerate(
     "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
 
-# what a speaker says before asking: fillers, a wake word, a discourse marker
-_FILLER = (r"(?:u+m+|u+h+m?|e+r+m?|h+m+|m+|ah+|oh+|ok(?:ay)?|alright|all right|so|and|also|now|"
-           r"just|hey|hi|well|right|actually|yeah|yes|yep|look|listen|btw|by the way|"
-           r"one more thing|never ?mind|sightline|please|kindly)")
-_FILLERS = re.compile(rf"^(?:{_FILLER}\b[\s,.!]*)*", re.I)
-_LEAD = (r"^(?:(?:please|kindly|ok(?:ay)?|alright|so|and|also|now|just|hey|oh)\s+)*"
+# what a request opens with, after "can you" too ("can you um remember …"): fillers
+# (memory/word_forms.py), then words that hand the request to Sightline
+_LEAD = (rf"^(?:{LEAD_FILLER})*"
          r"(?:i(?: want| need| would like|'d like) you to\s+|make sure (?:you |to )?|"
          r"(?:you can|feel free to|go ahead and)\s+)?")
 ASKS_TO_REMEMBER = re.compile(
@@ -133,7 +130,9 @@ _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
 # a request to forget all of it, which the user confirms first
 _EVERYTHING = re.compile(r"\b(?:everything|all|every fact|(?:your|the|whole) memory|memories)\b",
                          re.I)
-_YES = re.compile(r"^\W*(?:(?:u+m+|u+h+|oh|well)\W+)*(?:yes|yeah|yep|yup|sure|ok(?:ay)?|alright|"
+# a yes to forgetting everything, after hesitations ("um yes") but no other lead filler: "so"
+# or "ok" may open any message, and the answer forgets all the user's facts
+_YES = re.compile(rf"^\W*(?:(?:{HESITATION}|well)\W+)*(?:yes|yeah|yep|yup|sure|ok(?:ay)?|alright|"
                   r"all right|please do|go ahead|do it|correct|right|absolutely|definitely|"
                   r"of course|that'?s right|i'?m sure)\b", re.I)
 _NO = re.compile(r"\b(?:no|not|don'?t|dont|never|wait|stop|cancel)\b", re.I)
@@ -179,7 +178,7 @@ def user_turns(context: RunContext) -> int:
 def _strip_lead(clause: str, question: bool) -> str | None:
     """`clause` without the fillers, wake word and politeness a request opens with, or None
     when it is a question that is not a request put politely ("Remember the outage?")."""
-    clause = clause[_FILLERS.match(clause).end():]  # type: ignore[union-attr]
+    clause = without_lead_fillers(clause)
     polite = _POLITE.match(clause)
     if question and polite is None:
         return None
@@ -230,20 +229,6 @@ def user_asked(said: str, asks: re.Pattern[str]) -> bool:
     return next(_asks(said, asks), None) is not None
 
 
-def _plain(word: str) -> str:
-    """One form for a word's plural or third person: "laptops" is "laptop", "uses" is "use",
-    "watches" is "watch", "carries" is "carry", "has" is "have". Only endings are dropped that
-    cannot turn a word into another that means something else ("notes" stays "note")."""
-    word = _SAME_WORD.get(word, word)
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
-
-
 def _digits(raw: list[str]) -> list[str]:
     """`raw` with number words as digits and digits without leading zeros, so a transcript
     ("python three eleven", "twenty four oh four") and a fact ("Python 3.11", "24.04") say
@@ -271,15 +256,13 @@ def _digits(raw: list[str]) -> list[str]:
 
 
 def _lowered(text: str) -> str:
-    text = text.lower().replace("\u2019", "'").replace("_", " ")
-    for contraction, spelt in _CONTRACTIONS:
-        text = contraction.sub(spelt, text)
-    return text
+    """`text` spelt out (memory/word_forms.py), a key's "_" between words a space."""
+    return spelt_out(text.replace("_", " "))
 
 
 def _tokens(text: str) -> list[str]:
     """Every word of `text` in order, in its plain form, numbers as digits."""
-    return [_plain(w) for w in _digits(_WORD.findall(_lowered(text)))]
+    return [plain(w) for w in _digits(WORD.findall(_lowered(text)))]
 
 
 def _says(word: str) -> bool:
@@ -344,12 +327,13 @@ def remember_sources(said: str) -> list[str]:
 
 
 # words a user names no subject with ("forget what I said about …", "remove … from your
-# memory", "actually, delete that"): not part of the subject a fact must hold
+# memory", "actually, delete that"): not part of the subject a fact must hold (nor are
+# hesitations, `subject_words`)
 _NOT_A_SUBJECT = frozenset(words(
     "forget forgetting stop remembering delete remove erase drop clear wipe scratch undo cancel "
     "memory memories remembered know knew what said say told tell mentioned everything anything "
-    "all thing stuff fact info information detail do use using so also now just hey oh kindly "
-    "ok okay alright want need would like can could will um uh er hmm yeah yes actually well "
+    "all thing stuff fact info information detail do use using so also now just hey kindly "
+    "ok okay alright want need would like can could will yeah yes actually well "
     "right never mind sightline save keep note way btw not"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
@@ -358,8 +342,9 @@ _CHANGE = frozenset(words("not no anymore any more longer gone sold switched sto
 
 
 def subject_words(text: str) -> set[str]:
-    """The words of `text` that name a subject to forget."""
-    return words(text) - _NOT_A_SUBJECT
+    """The words of `text` that name a subject to forget: no hesitation ("forget umm my
+    editor" names the editor, all of it)."""
+    return {w for w in words(text) - _NOT_A_SUBJECT if not is_hesitation(w)}
 
 
 def split_subjects(text: str) -> list[str]:
@@ -401,7 +386,7 @@ def says_yes(said: str) -> bool:
 
 def key_for(text: str) -> str:
     """A fact's key from its first content words, in the keeper's key form."""
-    content = [w for w in _WORD.findall(text.lower()) if w not in _STOP and _says(w)]
+    content = [w for w in WORD.findall(text.lower()) if w not in _STOP and _says(w)]
     content = content[:KEY_WORDS]
     return fact_key("_".join(content)) or "note"
 
@@ -581,7 +566,7 @@ class MemoryTools:
             if says_yes(said) and not subject_words(what) and known:
                 return await self._drop(known)
             return None
-        answer = words(said) - _NOT_A_SUBJECT
+        answer = subject_words(said)
         wanted = subject_words(what)
         if not wanted or not wanted & answer or not wanted <= answer | pending.subject:
             return None

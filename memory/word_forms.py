@@ -1,0 +1,104 @@
+"""One way to read a word, for every check of whose words something is.
+
+Three checks let something lasting happen only on the user's own words: `remember` and `forget`
+(tools/memory_tools.py) write or drop a fact only when the user's message asks and holds its
+words; the memory keeper (memory/keeper.py) lets a fact forget or replace a remembered one
+only when the user's clause says so, and marks a fact with words the user did not say as the
+screen's; the handoff gate (tools/handoff.py) calls in a person only on a clear request or a
+yes. Each compares words, typed or as a speech recogniser writes them. Read two ways, a rule
+written for one form misses the other: the keeper lists "am" before "used to" ("I'm used to
+vim" changes nothing) but dropped the "'m" of "I'm", so "I'm used to vim" read as "I used to
+vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "dont", so
+"dont forget my laptop is a ThinkPad" forgot the laptop. So every check reads words here:
+
+- `fold`: as a model reads the text (`marked_data.read_as`: compatibility forms, accents and
+  invisible characters dropped, look-alike letters of other scripts read as Latin ones), any
+  apostrophe as "'", lower-cased: a look-alike letter can make a word pass for another
+  neither to a model nor to a check.
+- `spelt_out`: contractions spelt out, so "don't", a transcript's "dont" and "do not" share
+  their words. "'m", "'re", "'ve" and "'ll" are "am", "are", "have" and "will": a fact or a
+  rule may name them ("I'll be in Berlin" is "The user will be in Berlin"; "am used to" is no
+  change). "'s" and "'d" are dropped: they may stand for "is", "has" or whose, "had" or
+  "would", and the word does not say which. Without an apostrophe only the forms that are no
+  other word are spelt out ("dont", "cant", "isnt", …): "wont", "ill", "id", "im", "its" and
+  "were" are words of their own.
+- `plain`: one form for a plural or a third person ("laptops" is "laptop", "has" is "have",
+  "goes" is "go"), so "I have a dog" holds "The user has a dog". Only letters take the "-s"
+  rule: "1990s" is not "1990", nor "v2s" "v2".
+- `WORD`: a word is a run of letters or digits of any script. A check that reads only Latin
+  letters does not see a word in another script, and lets a fact carry it unsaid.
+- hesitations ("um", "uh", "er", "hmm", "mm", "ah", "oh"): sounds a speaker makes while
+  thinking, which say nothing wherever they stand; `is_hesitation` tells them, and each
+  check leaves them out where they would break a rule ("can i uh talk to someone", "forget
+  umm my editor"). A lone "m" and "err" are not among them: a letter, a verb.
+- `LEAD_FILLER`: what a speaker says before asking without changing the request: the
+  hesitations, a discourse marker ("so", "actually", "by the way"), the wake word. Only where a
+  request opens, for a check that reads a request there (`remember`, `forget`): elsewhere "so",
+  "now", "right" or "yes" say something.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .marked_data import read_as
+
+WORD = re.compile(r"[^\W_]+")
+
+_APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc", "'"))
+_SPELT = ((re.compile(r"\bcan't\b|\bcannot\b|\bcant\b"), "can not"),
+          (re.compile(r"\bwon't\b"), "will not"), (re.compile(r"n't\b"), " not"),
+          (re.compile(r"\b(do|does|did|is|are|was|were|have|has|had|should|would|could)"
+                      r"nt\b"), r"\1 not"),
+          (re.compile(r"'m\b"), " am"), (re.compile(r"'re\b"), " are"),
+          (re.compile(r"'ve\b"), " have"), (re.compile(r"'ll\b"), " will"),
+          (re.compile(r"'[sd]\b"), ""))
+_SAME_WORD = {"has": "have", "does": "do", "goes": "go"}
+
+HESITATION = r"(?:u+m+|u+h+m*|e+rm*|e+h+|h+m+|m{2,}|a+h+|o+h+)"
+_HESITATION = re.compile(HESITATION, re.IGNORECASE)
+LEAD_FILLER = (rf"(?:{HESITATION}|ok(?:ay)?|alright|all right|so|and|also|now|just|hey|hi|well|"
+               r"right|actually|yeah|yes|yep|look|listen|btw|by the way|one more thing|"
+               r"never ?mind|sightline|please|kindly)\b[\s,.!]*")
+_LEAD_FILLERS = re.compile(rf"(?:{LEAD_FILLER})*", re.IGNORECASE)
+
+
+def fold(text: str) -> str:
+    """`text` as a model reads it (`marked_data.read_as`), any apostrophe as "'", lower-cased:
+    "Usеr：" (a Cyrillic "е", a full-width colon) reads as "user:" and "don’t" as "don't"."""
+    return read_as(text).translate(_APOSTROPHES).lower()
+
+
+def spelt_out(text: str) -> str:
+    """`text` folded (`fold`), its contractions spelt out: "I'm" is "i am", "dont" is "do
+    not"; "'s" and "'d" are dropped (the module's docstring says why)."""
+    text = fold(text)
+    for contraction, spelt in _SPELT:
+        text = contraction.sub(spelt, text)
+    return text
+
+
+def plain(word: str) -> str:
+    """One form for a word's plural or third person: "laptops" is "laptop", "uses" is "use",
+    "watches" is "watch", "carries" is "carry", "has" is "have". Only endings are dropped that
+    cannot turn a word into another that means something else ("notes" stays "note"), and the
+    "-s" only from letters ("1990s" stays)."""
+    word = _SAME_WORD.get(word, word)
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[:-2].endswith(("ss", "x", "z", "ch", "sh")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss") and word.isalpha():
+        return word[:-1]
+    return word
+
+
+def is_hesitation(word: str) -> bool:
+    """Whether `word` is a hesitation sound ("um", "uhh", "hmm"), no word at all."""
+    return _HESITATION.fullmatch(word) is not None
+
+
+def without_lead_fillers(clause: str) -> str:
+    """`clause` without the hesitations, discourse markers and wake word it opens with ("um
+    hey sightline, so remember …" is "remember …")."""
+    return clause[_LEAD_FILLERS.match(clause).end():]  # type: ignore[union-attr]

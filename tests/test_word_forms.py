@@ -1,0 +1,170 @@
+"""One way to read the user's words (memory/word_forms.py), for every check of whose words
+something is: `remember` / `forget` (tools/memory_tools.py), the memory keeper
+(memory/keeper.py) and the handoff gate (tools/handoff.py).
+
+Protects: each check once had its own copy of these rules, and the copies differed. The memory
+keeper dropped "'m", so "I'm used to vim" read as "I used to vim" and forgot the user's editor,
+and it did not spell out a transcript's "dont", so "dont forget my editor is vim" forgot it; it
+read "I'll", "dont" and "goes" other than `remember` did, so a fact `remember` takes as the
+user's words the keeper took for the screen's. `remember` dropped the "-s" of "1990s" and saw
+no word in a script other than Latin, so a fact could carry "1990" or "пароль" the user never
+said. A hesitation other than the few each check listed ("uhmm", "ummmm", "hmm") broke a
+negation's reach in the handoff gate ("dont uhmm transfer me to an agent" handed off), a
+request ("can you um remember …"), a subject ("forget umm my editor") and a yes. Now the rules
+are one, each caller reading words with them where it needs to.
+"""
+
+from __future__ import annotations
+
+import pytest
+from livekit.agents import llm
+from test_user_tools import FakeMemory, conversation, user_said
+
+from memory import keeper as keeper_module
+from memory.keeper import MemoryUpdate
+from memory.user_memory import Fact
+from memory.word_forms import is_hesitation, plain, spelt_out, without_lead_fillers
+from tools.handoff import HandoffTool
+from tools.memory_tools import MemoryTools
+
+# -- the rules ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "spelt"), [
+    ("I'm used to vim", "i am used to vim"),  # the keeper's "am used to" is no change
+    ("We\u2019re done", "we are done"),
+    ("I'll be in Berlin", "i will be in berlin"),  # "will" is a content word of a fact
+    ("I've a dog", "i have a dog"),
+    ("i dont know, it isnt", "i do not know, it is not"),  # as a recogniser writes them
+    ("can't, cant, cannot, won't", "can not, can not, can not, will not"),
+    ("It's the user's, I'd say", "it the user, i say"),  # "'s", "'d": which word is unknown
+    ("wont ill id im its were", "wont ill id im its were"),  # each also a word of its own
+    ("Us\u0435r\uff1a \uff2eode", "user: node"),  # look-alike and full-width letters
+])
+def test_contractions_are_spelt_out_one_way(text: str, spelt: str) -> None:
+    assert spelt_out(text) == spelt
+
+
+@pytest.mark.parametrize(("word", "form"), [
+    ("laptops", "laptop"), ("watches", "watch"), ("carries", "carry"), ("has", "have"),
+    ("does", "do"), ("goes", "go"), ("notes", "note"), ("class", "class"),
+    ("1990s", "1990s"), ("v2s", "v2s"),  # the "-s" rule is for letters only
+])
+def test_one_plain_form(word: str, form: str) -> None:
+    assert plain(word) == form
+
+
+@pytest.mark.parametrize(("word", "hesitation"), [
+    *[(w, True) for w in ("um", "ummmm", "uh", "uhmm", "er", "erm", "eh", "hmm", "mm", "ah",
+                          "aah", "oh", "ooh")],
+    *[(w, False) for w in ("m", "err", "so", "like", "ohm", "hum", "no")],  # a letter, words
+])
+def test_hesitations(word: str, hesitation: bool) -> None:
+    assert is_hesitation(word) is hesitation
+
+
+@pytest.mark.parametrize(("clause", "rest"), [
+    ("um hey sightline, so remember that", "remember that"),
+    ("actually by the way never mind forget it", "forget it"),
+    ("sorry, remember that", "sorry, remember that"),
+    ("someday remember", "someday remember"),
+])
+def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
+    assert without_lead_fillers(clause) == rest
+
+
+# -- `remember` and the keeper read a statement alike --------------------------------------------
+
+def _keepers_own(user: str, fact: str) -> bool:
+    """Whether the memory keeper takes `fact` for the user's own words in `user` (not the
+    screen's: a screen-sourced fact never replaces a remembered one)."""
+    kept, _ = keeper_module.vouched(MemoryUpdate(facts=[Fact("subject", fact)]), user=user,
+                                    assistant="Noted.", facts={}, summary=None)
+    assert [f.text for f in kept.facts] == [fact]
+    return not kept.from_screen
+
+
+async def _remembers(said: str, fact: str) -> bool:
+    """Whether `remember` writes `fact` when the user's message is `said`."""
+    memory = FakeMemory([])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    try:
+        await tools.remember(user_said(said), fact)
+    except llm.ToolError:
+        return False
+    return [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
+@pytest.mark.parametrize(("statement", "fact", "users"), [
+    ("I'll be in Berlin next week", "The user will be in Berlin next week", True),
+    ("i dont use vim", "The user does not use vim", True),
+    ("I go to the gym on Mondays", "The user goes to the gym on Mondays", True),
+    ("I grew up in the 1990s", "The user grew up in the 1990s", True),
+    ("I grew up in the 1990s", "The user grew up in 1990", False),
+    ("I use fish", "The user uses fish \u043f\u0430\u0440\u043e\u043b\u044c", False),
+])
+async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
+    statement: str, fact: str, users: bool,
+) -> None:
+    """What `remember` writes as the user's words the keeper takes for the user's too, and
+    what one finds unsaid ("1990" for "1990s", a word in another script) so does the other."""
+    assert await _remembers(f"Remember that {statement}.", fact) is users
+    assert _keepers_own(statement, fact) is users
+
+
+# -- the keeper forgets only on a change the user states ---------------------------------------
+
+VIM = Fact("editor", "The user's editor is vim")
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("I'm used to vim.", False),
+    ("We're used to vim now.", False),
+    ("dont forget my editor is vim", False),
+    ("I used to use vim, now it's Helix.", True),
+    ("forget um my editor", True),
+])
+def test_the_keeper_forgets_only_what_the_users_words_say_changed(
+    user: str, forgotten: bool,
+) -> None:
+    kept, _ = keeper_module.vouched(MemoryUpdate(forget=[VIM.key]), user=user,
+                                    assistant="Noted.", facts={VIM.key: VIM.text}, summary=None)
+    assert (kept.forget == [VIM.key]) is forgotten
+
+
+# -- hesitations, wherever they stand ------------------------------------------------------------
+
+@pytest.mark.parametrize(("said", "handed_off"), [
+    ("ummmm a human please", True),
+    ("dont uhmm transfer me to an agent", False),  # the negation reaches through it
+    ("please dont ummmm put me through to support", False),
+])
+async def test_the_handoff_gate_reads_through_any_hesitation(said: str, handed_off: bool) -> None:
+    tool = HandoffTool(None, lambda _: None, session_id="s1", user_id="ana")
+    await tool.handoff_to_human(conversation(("user", said)), "The user wants a person.")
+    assert (tool.handed_off is not None) is handed_off
+
+
+@pytest.mark.parametrize(("said", "fact"), [
+    ("can you um remember that i use a mac", "The user uses a Mac"),
+    ("could you actually remember that i use a mac", "The user uses a Mac"),
+    ("remember i use ubuntu twenty oh four", "The user uses Ubuntu 20.04"),  # "oh": a zero
+])
+async def test_remember_reads_through_hesitations_and_fillers(said: str, fact: str) -> None:
+    assert await _remembers(said, fact)
+
+
+async def test_forget_reads_through_hesitations() -> None:
+    """A hesitation is no part of the subject the user names, nor of their yes."""
+    memory = FakeMemory([Fact("editor", "The user uses VS Code"),
+                         Fact("pet", "The user has a dog")])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert (await tools.forget(user_said("forget umm my editor"), "my editor")).startswith(
+        "Forgot: ")
+    asked = ("user", "Forget everything you know about me.")
+    assert "confirm" in await tools.forget(conversation(asked), "everything")
+    confirm = ("assistant", "Should I forget the one fact I remember about you?")
+    assert (await tools.forget(conversation(asked, confirm, ("user", "hmm yes")),
+                               "everything")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
