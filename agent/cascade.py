@@ -28,7 +28,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from livekit import rtc
 from livekit.agents import llm
 from livekit.agents.metrics import LLMMetrics
 from livekit.agents.metrics.base import Metadata
@@ -40,8 +39,8 @@ from opentelemetry.trace import Span
 
 from .budget import BudgetGuard
 from .config import Tier
-from .images import ImageBill, ImageEncoder, image_tokens, sized_for
-from .metering import CostMeter, PromptImage, images_in_prompt, settled_usage
+from .images import ImageBill, ImageEncoder
+from .metering import CostMeter, images_in_prompt, settled_usage
 from .pricing import Usage
 from .providers import ChatProvider, ProviderError
 
@@ -310,18 +309,6 @@ def _tier_attributes(span: Span, tried: dict[str, Any]) -> None:
     span.set_attribute("sightline.outcome", str(tried.get("outcome", "failed")))
 
 
-def _prompt_images(ctx: llm.ChatContext, provider: str, detail: str) -> list[PromptImage]:
-    """The frames of a request as the meter prices them: the tokens of each at the size
-    `ImageEncoder.prepare` sent it, at its full resolution, and its place in the prompt."""
-    def bill(part: object) -> tuple[int, int] | None:
-        if not (isinstance(part, llm.ImageContent) and isinstance(part.image, rtc.VideoFrame)):
-            return None
-        width, height = part.image.width, part.image.height
-        return (image_tokens(provider, *sized_for(provider, width, height, detail)),
-                image_tokens(provider, width, height))
-    return images_in_prompt(ctx, bill)
-
-
 def _last_user_text(chat_ctx: llm.ChatContext) -> str:
     """The user's own words: the first text part (the turn context appends screen notes)."""
     for item in reversed(chat_ctx.items):
@@ -458,7 +445,7 @@ class CascadeStream(llm.LLMStream):
                 elif attempt.spoken:  # part of this answer was already sent: end it plainly
                     self._send(request_id, " … " + failure_sentence(error))
                     attempt.outcome = "answered"
-            self._log_attempt(index, attempt, error, request_id, record, ctx)
+            self._log_attempt(index, attempt, error, request_id, record)
         return attempt.outcome, attempt.usage, error
 
     async def _stream(
@@ -532,12 +519,13 @@ class CascadeStream(llm.LLMStream):
 
     def _log_attempt(
         self, index: int, attempt: _Attempt, error: ProviderError | None, request_id: str,
-        record: TurnRecord, ctx: llm.ChatContext,
+        record: TurnRecord,
     ) -> None:
         owner = self._llm
         tier = owner.tiers[index]
-        # placed after the call, off the path to the first word; none when nothing was sent
-        images = (_prompt_images(ctx, tier.provider, owner._images.detail)
+        # the frames priced as the request was prepared, placed in it now, off the path to
+        # the first word; none when nothing was sent
+        images = (images_in_prompt(attempt.prompt, attempt.images.billed)
                   if attempt.prompt is not None else [])
         partial = attempt.outcome not in ("answered", "tool_call") or error is not None
         attempt.usage, usage_source = settled_usage(

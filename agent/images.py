@@ -85,15 +85,45 @@ def sized_for(provider: str, width: int, height: int, detail: str) -> tuple[int,
 
 
 @dataclass(frozen=True)
-class ImageBill:
-    """The images of one request: how many, their billed tokens, the tokens the same frames
-    would have cost at their full resolution, and the tokens of the current frame had it been
-    sent again although the screen had not changed (`SIGHTLINE_IMAGE_POLICY=changed`)."""
+class SentImage:
+    """One frame a request sends: the id of the image part that carries it, its billed tokens
+    at the size it is sent, and the same frame's at its full resolution."""
 
-    images: int = 0
-    tokens: int = 0
-    full_resolution_tokens: int = 0
+    part_id: str
+    tokens: int
+    full_resolution_tokens: int
+
+
+@dataclass(frozen=True)
+class ImageBill:
+    """The images of one request: each frame it sends, in order, and the tokens of the current
+    frame had it been sent again although the screen had not changed
+    (`SIGHTLINE_IMAGE_POLICY=changed`). Built with the request, before it goes out; the meter
+    places each frame in the prompt once the call is over (`billed`)."""
+
+    sent: tuple[SentImage, ...] = ()
     unsent_tokens: int = 0
+
+    @property
+    def images(self) -> int:
+        return len(self.sent)
+
+    @property
+    def tokens(self) -> int:
+        return sum(image.tokens for image in self.sent)
+
+    @property
+    def full_resolution_tokens(self) -> int:
+        return sum(image.full_resolution_tokens for image in self.sent)
+
+    def billed(self, part: object) -> tuple[int, int] | None:
+        """A message part's tokens and full-resolution tokens when it is a frame this bill
+        priced, else None: the rule `metering.images_in_prompt` places the frames by."""
+        if isinstance(part, llm.ImageContent):
+            for image in self.sent:
+                if image.part_id == part.id:
+                    return image.tokens, image.full_resolution_tokens
+        return None
 
 
 def _data_url(frame: rtc.VideoFrame, width: int, height: int) -> str:
@@ -139,7 +169,8 @@ class ImageEncoder:
     ) -> tuple[llm.ChatContext, ImageBill]:
         """A copy of `chat_ctx` whose frames are JPEGs sized for `provider`, and their bill."""
         ctx = chat_ctx.copy()
-        images = tokens = full = unsent = 0
+        sent: list[SentImage] = []
+        unsent = 0
         for index, item in enumerate(ctx.items):
             if item.type == "message" and UNSENT_FRAME in item.extra:
                 unsent += image_tokens(provider, *sized_for(provider, *item.extra[UNSENT_FRAME],
@@ -154,13 +185,12 @@ class ImageEncoder:
                 if isinstance(part, llm.ImageContent) and isinstance(part.image, rtc.VideoFrame):
                     frame = part.image
                     width, height = sized_for(provider, frame.width, frame.height, self.detail)
-                    images += 1
-                    tokens += image_tokens(provider, width, height)
-                    full += image_tokens(provider, frame.width, frame.height)
+                    sent.append(SentImage(part.id, image_tokens(provider, width, height),
+                                          image_tokens(provider, frame.width, frame.height)))
                     part = llm.ImageContent(
                         id=part.id, image=await self._encoded(frame, width, height),
                         mime_type="image/jpeg",
                     )
                 content.append(part)
             ctx.items[index] = item.model_copy(update={"content": content})
-        return ctx, ImageBill(images, tokens, full, unsent)
+        return ctx, ImageBill(tuple(sent), unsent)

@@ -6,7 +6,8 @@ the last is final), so a caller that stops reading early still knows what the ca
 all when the provider reported none (the caller estimates it, `metering.settled_usage`). Each
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
-`ProviderError` that says plainly what failed.
+`ProviderError` that says plainly what failed, and whether its request may have reached the
+provider, which may then bill its prompt (`reached_provider`).
 
 Every request names what it is for in a `x-sightline-purpose` header (`answer` for a user's
 turn, `memory` for a memory update): a spend-tracking proxy in front of the providers can
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import httpx
+import httpx2
 import pydantic
 from google import genai
 from google.genai import _common as genai_common
@@ -47,20 +49,48 @@ PURPOSE_HEADER = "x-sightline-purpose"
 
 
 class ProviderError(RuntimeError):
-    """A model call that failed after the SDK's own retries."""
+    """A model call that failed after the SDK's own retries. `reached`: whether its request
+    may have reached the provider (`reached_provider`); the adapter that knows otherwise says
+    so, as every other failure (a reply the cascade refused, its deadline) came after it did."""
 
-    def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str):
+    def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str,
+                 *, reached: bool = True) -> None:
         self.provider, self.model, self.kind, self.status = provider, model, kind, status
+        self.reached = reached
         where = f"HTTP {status}" if status else kind
         super().__init__(f"{provider} {model}: {where}: {message}")
 
     @property
     def prompt_billed(self) -> bool:
-        """Whether the provider may bill the prompt of the failed request: yes while it was
-        still at work on it (a timeout, a reply the cascade refused), not when it refused the
-        request (an HTTP error), could not be reached, or something else answered in its place
+        """Whether the provider may bill the prompt of the failed request: yes once the request
+        may have reached it, unless it answered with an HTTP error status instead (a refusal, a
+        5xx, Anthropic's 529 overload: the request was not run, and Google bills none that
+        failed so); no when it never got the request or something else answered in its place
         (a proxy's page)."""
-        return self.status is None and self.kind not in ("connection", "bad_response")
+        return self.reached and self.status is None
+
+
+# How the SDKs' HTTP clients fail once a request went out, before its answer ended (a read
+# that failed or timed out, a server that hung up): aiohttp (google-genai's), httpx2
+# (anthropic's) and httpx (google-genai's without aiohttp) ...
+_AFTER_SENDING: tuple[type[BaseException], ...] = (
+    TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+    aiohttp.ClientOSError, httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError,
+    httpx2.ReadError, httpx2.ReadTimeout, httpx2.RemoteProtocolError,
+)
+# ... but for a connection never made: refused, DNS, TLS, or out of time (aiohttp's)
+_NEVER_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+def reached_provider(failure: BaseException | None) -> bool:
+    """Whether a request its HTTP client failed (`failure`, as the client raised it) may have
+    reached the provider, which bills a prompt it received, answered or not: the connection
+    dropped or the answer timed out after the request went out. Not one that never left (the
+    connection refused, DNS, TLS, a connect timeout) nor one written only in part. google-genai
+    bounds a request with one aiohttp deadline over its connect and its answer, whose
+    `TimeoutError` does not say which it ran out in: a Gemini timeout counts as reached."""
+    return isinstance(failure, _AFTER_SENDING) and not isinstance(failure, _NEVER_SENT)
 
 
 StreamItem = str | Usage | llm.FunctionToolCall
@@ -169,15 +199,21 @@ class _ProviderBase:
     name: str
     model: str
 
-    def _timeout(self) -> ProviderError:
-        return ProviderError(self.name, self.model, "timeout", None, "no answer in time")
+    def _timeout(self, reached: bool) -> ProviderError:
+        return ProviderError(self.name, self.model, "timeout", None, "no answer in time",
+                             reached=reached)
+
+    def _unreachable(self, message: str, reached: bool) -> ProviderError:
+        return ProviderError(self.name, self.model, "connection", None, message,
+                             reached=reached)
 
     def _bad_response(self, exc: Exception) -> ProviderError:
         """An answer that is not the API's own (an HTML page, a cut-off stream), as one
-        line with the start of what came."""
+        line with the start of what came. Something else may have answered in the provider's
+        place: nothing says the request reached it."""
         text = " ".join(str(exc).split())
         return ProviderError(self.name, self.model, "bad_response", None,
-                             text[:160] + ("…" if len(text) > 160 else ""))
+                             text[:160] + ("…" if len(text) > 160 else ""), reached=False)
 
 
 def _gemini_usage(meta: genai_types.GenerateContentResponseUsageMetadata) -> Usage:
@@ -250,9 +286,9 @@ class GeminiProvider(_ProviderBase):
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
             raise self._bad_response(exc) from exc
         except (httpx.TimeoutException, TimeoutError) as exc:
-            raise self._timeout() from exc
+            raise self._timeout(reached_provider(exc)) from exc
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
-            raise ProviderError(self.name, self.model, "connection", None, repr(exc)) from exc
+            raise self._unreachable(repr(exc), reached_provider(exc)) from exc
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
@@ -338,18 +374,23 @@ class ClaudeProvider(_ProviderBase):
         except (self._errors.APIResponseValidationError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
             raise self._bad_response(exc) from exc
-        except self._errors.APITimeoutError as exc:
-            raise self._timeout() from exc
+        except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
+            raise self._timeout(self._reached(exc)) from exc
         except self._errors.APIStatusError as exc:
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.status_code), exc.status_code,
                 exc.message,
             ) from exc
-        except self._errors.APIConnectionError as exc:
-            raise ProviderError(self.name, self.model, "connection", None, str(exc)) from exc
-        except TimeoutError as exc:
-            raise self._timeout() from exc
+        except (self._errors.APIConnectionError, httpx2.TransportError) as exc:
+            raise self._unreachable(str(exc), self._reached(exc)) from exc
         yield _claude_usage(final.usage)
+
+    def _reached(self, exc: Exception) -> bool:
+        """Whether the request may have reached Anthropic (`reached_provider`): anthropic
+        raises its HTTP client's failure wrapped in its own error (the failure its cause) when
+        the request or its retries failed, and as it is when the stream breaks off."""
+        return reached_provider(
+            exc.__cause__ if isinstance(exc, self._errors.APIConnectionError) else exc)
 
     async def aclose(self) -> None:
         await self._client.close()

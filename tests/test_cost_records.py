@@ -1,21 +1,26 @@
 """Cost records of calls that did not run their course, and what the budget counts.
 
 Protects: a model call cut off (cancelled, or past its deadline) before the provider's first
-usage report is billed an estimate of the prompt it sent, images included, marked so; one cut
-off before its request went out, or refused by the provider, is billed nothing; a memory call
-cancelled by the session's close is in the ledger; speech spend counts against the budgets as
-it counts in the session's total. Through the real SDK clients against the wire-format server.
+usage report is billed an estimate of the prompt it sent, images included, marked so, and so is
+one whose connection dropped after its request went out (before any answer, or mid-answer);
+one cut off before its request went out, refused by the provider, or never sent (the
+connection refused, or timed out) is billed nothing; a memory call cancelled by the session's
+close is in the ledger; speech spend counts against the budgets as it counts in the session's
+total. Through the real SDK clients against the wire-format server (and sockets that take no
+request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from livekit.agents import llm
 from synthetic_screen import Desk
 
@@ -36,11 +41,12 @@ INSTRUCTIONS = "You are a support agent who reads the user's screen. " * 60
 SLOW = 30.0  # seconds the server waits before its first byte: no usage report comes in time
 
 
-def settings(tmp_path: Path, server: ScriptedModelServer) -> Settings:
+def settings(tmp_path: Path, server: ScriptedModelServer | str, **env: str) -> Settings:
+    url = server if isinstance(server, str) else server.base_url
     return Settings.from_env({
         "SIGHTLINE_DATA_DIR": str(tmp_path), "GEMINI_API_KEY": "test-key",
-        "ANTHROPIC_API_KEY": "test-key", "SIGHTLINE_GEMINI_BASE_URL": server.base_url,
-        "SIGHTLINE_ANTHROPIC_BASE_URL": server.base_url, "SIGHTLINE_MODEL_RETRIES": "0",
+        "ANTHROPIC_API_KEY": "test-key", "SIGHTLINE_GEMINI_BASE_URL": url,
+        "SIGHTLINE_ANTHROPIC_BASE_URL": url, "SIGHTLINE_MODEL_RETRIES": "0", **env,
     })
 
 
@@ -163,6 +169,108 @@ async def test_a_call_never_sent_or_refused_is_billed_nothing(tmp_path: Path) ->
         assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (0, 0, 0.0)
     # the refused request sent its screenshot, but no share of a call billed nothing
     assert rejected["image_tokens"] == 1199 and rejected["image_cost_usd"] == 0.0
+
+
+class HangsUp(ScriptedModelServer):
+    """Takes each request whole, then closes its connection without a word of answer."""
+
+    def _capture(self, request: web.Request, *args: Any, **kwargs: Any) -> CapturedRequest:
+        captured = super()._capture(request, *args, **kwargs)
+        assert request.transport is not None
+        request.transport.close()
+        return captured
+
+
+class BreaksOff(ScriptedModelServer):
+    """Answers each request, then closes the connection after the answer's headers, before
+    its first event (and so before the provider's usage report)."""
+
+    @staticmethod
+    async def _sse(request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+
+async def ask_once(tmp_path: Path, record: SessionRecord, tier: Tier, url: str,
+                   **env: str) -> str:
+    """One cascade turn on `tier` alone, asked at `url`: what the user heard."""
+    model = CascadeLLM([tier], [make_provider(settings(tmp_path, url, **env), tier)],
+                       record.meter, 60.0, ImageEncoder("medium"))
+    try:
+        async with model.chat(chat_ctx=question()) as stream:
+            return "".join([c.delta.content async for c in stream
+                            if c.delta and c.delta.content])
+    finally:
+        await model.aclose()
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+@pytest.mark.parametrize("server", [HangsUp, BreaksOff], ids=["before_answer", "mid_answer"])
+async def test_a_call_whose_connection_dropped_after_it_went_out_is_billed_its_prompt(
+    tmp_path: Path, tier: Tier, server: type[ScriptedModelServer],
+) -> None:
+    """The provider bills a prompt it received, answered or not: a request whose connection
+    dropped once it was sent (before any answer, or mid-answer before the usage report) is
+    billed its prompt's estimate, as a timed-out one is; it was billed $0 as if never sent.
+    The user hears one plain sentence (a drop mid-answer was Claude's SDK's own exception)."""
+    record = open_record(tmp_path)
+    async with server() as running:
+        heard = await ask_once(tmp_path, record, tier, running.base_url)
+    assert heard.startswith("Sorry, the model") and "\n" not in heard
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["kind"] == "model_error" and "connection" in call["detail"]["error"]
+    assert_billed_the_prompt(call, running.requests[0])
+    assert call["image_cost_usd"] > 0
+
+
+@pytest.fixture
+def refusing() -> Iterator[str]:
+    """The URL of a port bound by no listener: a connection there is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
+@pytest.fixture
+def unanswered() -> Iterator[str]:
+    """The URL of a listener whose queue of connections to accept is full and never read:
+    a new connection's handshake goes unanswered until the client's connect times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = [socket.socket() for _ in range(2)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_a_call_whose_connection_was_never_made_is_billed_nothing(
+    tmp_path: Path, refusing: str, unanswered: str,
+) -> None:
+    """A connection refused, or one whose connect timed out, never carried the request: $0,
+    with the error kept. (A Claude connect timeout was billed the prompt's estimate. Gemini's
+    SDK does not tell its connect timeout from a late answer: `reached_provider`.)"""
+    record = open_record(tmp_path)
+    for tier in (GEMINI, CLAUDE):
+        assert "could not be reached" in await ask_once(tmp_path, record, tier, refusing)
+    assert "took too long" in await ask_once(tmp_path, record, CLAUDE, unanswered,
+                                             SIGHTLINE_MODEL_TIMEOUT_S="0.5")
+    calls = ledger(record, ("model_call", "model_error"))
+    assert [c["model"] for c in calls] == [GEMINI.model, CLAUDE.model, CLAUDE.model]
+    assert [c["detail"]["error"].split(": ")[1] for c in calls] == [
+        "connection", "connection", "timeout"]
+    for call in calls:
+        assert call["kind"] == "model_error" and call["detail"]["usage"] == "unbilled"
+        assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (0, 0, 0.0)
+        assert call["image_tokens"] == (516 if call["model"] == GEMINI.model else 1199)
 
 
 async def test_a_memory_call_cancelled_by_the_sessions_close_is_in_the_ledger(

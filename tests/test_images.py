@@ -2,7 +2,8 @@
 
 Protects: each provider gets the frame at the size its billing rule makes cheapest for the
 detail level, never larger than the frame; Gemini sizes fill whole 768-px tiles; what we
-predict a provider bills equals what the wire-format server bills for the JPEG it received;
+predict a provider bills equals what the wire-format server bills for the JPEG it received,
+and the request's bill names each frame's image part, for the meter to place it;
 one frame is encoded once per size however many tiers ask, and a request for a frame whose
 encode a turn started early (`warm`) waits for that encode; a failed encode is not kept.
 """
@@ -83,6 +84,12 @@ async def test_the_encoder_sizes_per_provider_and_encodes_each_size_once() -> No
         1, 516, 1548)
     assert (claude_bill.tokens, claude_bill.full_resolution_tokens) == (1199, 1599)
     assert isinstance(ctx.items[0].content[1].image, type(frame)), "the original is untouched"
+    # each frame is priced once, as the request is prepared, under its image part: the meter
+    # finds it there in the request as sent (metering.images_in_prompt), and nothing else
+    assert claude_bill.billed(claude.items[0].content[1]) == (1199, 1599)
+    assert gemini_bill.billed(gemini.items[0].content[1]) == (516, 1548)
+    assert claude_bill.billed("What is this?") is None
+    assert claude_bill.billed(llm.ImageContent(image="https://example.com/a.png")) is None
 
 
 async def test_a_warmed_frame_is_encoded_once_and_the_request_waits_for_that_encode(
