@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         failure = database_failure(exc)
+        if failure is None and isinstance(exc, TimeoutError):
+            failure = timeout_failure(exc)
         if failure:
             print(f"sightline: {failure}", file=sys.stderr)
             return 1
@@ -214,28 +216,64 @@ def main(argv: list[str] | None = None) -> int:
 
 def database_failure(exc: BaseException) -> str | None:
     """One line for a database that failed in the middle of a command (it refused a
-    statement, dropped the connection, or a statement outran its time limit)."""
+    statement, dropped the connection, or a statement outran its time limit). Only what
+    came up through asyncpg is the database's: a TimeoutError from a provider, LiveKit or a
+    lock is not, even in a command that has a database open."""
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is None:
         return None
-    if isinstance(exc, TimeoutError):
-        return "a database statement took longer than its 30 s limit: the command stopped there"
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        # a server-side statement_timeout is one of these: QueryCanceledError
         return f"the database failed: {one_line(str(exc))}"
-    if isinstance(exc, OSError) and _raised_in(exc, "asyncpg"):  # refused, reset: it went away
-        return f"the database connection failed: {type(exc).__name__}: {one_line(str(exc))}"
-    return None
+    if not (isinstance(exc, OSError) and _raised_in(exc, "asyncpg")):
+        return None
+    if isinstance(exc, TimeoutError):  # one of asyncpg's limits; it says none in the message
+        where = _innermost_module(exc)
+        if where.startswith("asyncpg.protocol"):  # a statement's wait for its result
+            return ("a database statement took longer than its time limit (30 s for most): "
+                    "the command stopped there")
+        if where == "asyncpg.pool":
+            return "no database connection came free in time: the command stopped there"
+        return "connecting to the database took too long: the command stopped there"
+    # refused, reset: it went away
+    return f"the database connection failed: {type(exc).__name__}: {one_line(str(exc))}"
+
+
+def timeout_failure(exc: TimeoutError) -> str:
+    """One line for a TimeoutError that is not the database's: what timed out, as far as
+    the exception tells (its message; the module it was raised in, or for a deadline set
+    around a call, the module that call was waiting in when the deadline passed)."""
+    where = _innermost_module(exc)
+    said = one_line(str(exc))
+    return ("timed out" + (f" in {where}" if where else "") + (f": {said}" if said else "")
+            + ": the command stopped there")
+
+
+def _innermost_module(exc: BaseException) -> str:
+    """The module of the innermost frame of `exc`'s traceback that is not the standard
+    library's (asyncio's timeouts raise it for whoever set the deadline); for a deadline's
+    TimeoutError, whose cause is the cancelled wait, the innermost of that wait. '' when no
+    frame is outside the standard library."""
+    modules = _modules(exc)
+    if isinstance(exc.__cause__, asyncio.CancelledError):
+        modules += _modules(exc.__cause__)
+    outside = [m for m in modules if m.partition(".")[0] not in sys.stdlib_module_names]
+    return outside[-1] if outside else ""
 
 
 def _raised_in(exc: BaseException, package: str) -> bool:
     """Whether `exc` passed through `package`'s code on its way up."""
-    marker = f"{os.sep}{package}{os.sep}"
+    return any(module.partition(".")[0] == package for module in _modules(exc))
+
+
+def _modules(exc: BaseException) -> list[str]:
+    """The modules of the frames `exc` passed through, outermost first."""
+    modules = []
     frame = exc.__traceback__
     while frame is not None:
-        if marker in frame.tb_frame.f_code.co_filename:
-            return True
+        modules.append(str(frame.tb_frame.f_globals.get("__name__", "")))
         frame = frame.tb_next
-    return False
+    return modules
 
 
 if __name__ == "__main__":

@@ -114,19 +114,17 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         embedder = make_embedder(settings, await stored_models(db.pool, args.tenant),
                                  record=meter.embedding_call)
         provider = make_provider(settings, tier)
-        try:
-            until = datetime.now(UTC)
-            report = await refresh(
-                db.pool, args.tenant, until - timedelta(seconds=args.since), until,
-                embedder=embedder,
-                namer=GapNamer(provider, tier, meter, settings.model_timeout_s),
-                confidence_bar=args.confidence, resolve_score=args.resolve_score)
-        finally:
+        async with ledger.saving(Store(db.pool)):
             try:
+                until = datetime.now(UTC)
+                report = await refresh(
+                    db.pool, args.tenant, until - timedelta(seconds=args.since), until,
+                    embedder=embedder,
+                    namer=GapNamer(provider, tier, meter, settings.model_timeout_s),
+                    confidence_bar=args.confidence, resolve_score=args.resolve_score)
+            finally:
                 await provider.aclose()
                 await embedder.aclose()
-            finally:
-                await ledger.save(Store(db.pool))
     finally:
         await db.close()
     naming = round(sum(e["cost_usd"] or 0.0 for e in ledger.events

@@ -139,18 +139,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                     else make_embedder(settings, stored, record=meter.embedding_call))
         reranker = (make_reranker(settings, record=meter.rerank_call)
                     if args.kb_command == "search" else None)
-        try:
-            kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)
-            if args.kb_command == "ingest":
-                return await _ingest(kb, args)
-            return await _search(kb, args)
-        finally:
+        async with ledger.saving(Store(db.pool)):
             try:
+                kb = knowledge.KnowledgeBase(db.pool, embedder, reranker)
+                if args.kb_command == "ingest":
+                    return await _ingest(kb, args)
+                return await _search(kb, args)
+            finally:
                 await embedder.aclose()
                 if reranker is not None:
                     await reranker.aclose()
-            finally:
-                await ledger.save(Store(db.pool))
     finally:
         await db.close()
 

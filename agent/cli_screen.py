@@ -53,17 +53,18 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     ledger, meter = CommandLedger.metered(settings, args.tenant or "", "screen search")
     embedder = embedder_on_use(settings, record=meter.embedding_call)
     try:
-        timeline = ScreenTimeline(db.pool, embedder)
-        if args.screen_command == "timeline":
-            events = await timeline.session_events(args.tenant, args.session_id)
-        else:
-            events = await timeline.search(args.tenant, args.query, user_id=args.user, k=args.k)
+        async with ledger.saving(Store(db.pool)):
+            try:
+                timeline = ScreenTimeline(db.pool, embedder)
+                if args.screen_command == "timeline":
+                    events = await timeline.session_events(args.tenant, args.session_id)
+                else:
+                    events = await timeline.search(args.tenant, args.query, user_id=args.user,
+                                                   k=args.k)
+            finally:
+                await embedder.aclose()
     finally:
-        try:
-            await embedder.aclose()
-            await ledger.save(Store(db.pool))
-        finally:
-            await db.close()
+        await db.close()
     if args.json:
         print(json.dumps([event.as_dict() for event in events], indent=2))
     elif not events and args.screen_command == "timeline":

@@ -15,11 +15,13 @@ next command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,16 @@ class CommandLedger:
         self.file_error = why
         log.error("the command ledger cannot be written (%s): %s's billed calls go to the "
                   "database only", why, self.command)
+
+    @contextlib.asynccontextmanager
+    async def saving(self, store: Store) -> AsyncIterator[CommandLedger]:
+        """The ledger, saved to `store` when the block ends, whatever way it ends: a command's
+        billed calls are recorded though it fails after making them. `save` says its own
+        failure in one line and raises nothing, so the block's error is the one that goes up."""
+        try:
+            yield self
+        finally:
+            await self.save(store)
 
     async def save(self, store: Store) -> None:
         """Write the command ledger's file (this run's events, and any a run killed before its

@@ -314,11 +314,11 @@ async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) 
         ledger, meter = CommandLedger.metered(settings, tenant, "replay knowledge ingest")
         embedder = make_embedder(settings, await stored_models(db.pool, tenant),
                                  record=meter.embedding_call)
-        try:
-            await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge], tenant)
-        finally:
-            await embedder.aclose()
-            await ledger.save(Store(db.pool))
+        async with ledger.saving(Store(db.pool)):
+            try:
+                await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge], tenant)
+            finally:
+                await embedder.aclose()
 
 
 async def _run_turn(

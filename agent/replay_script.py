@@ -7,6 +7,8 @@ fixture fails with one message that names the file and the field, before anythin
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,13 +234,16 @@ def _knowledge(folder: Path, named: str, where: str) -> Path:
     """The fixture's knowledge folder, which is ingested whole into every tenant's knowledge
     base: it must be named inside the fixture's folder (relative, no `..`), or `"/"` would
     ingest the filesystem. A link in it is followed, as `kb ingest` follows one (a shared docs
-    folder linked in), unless it leads to a folder that holds the fixture itself (`/`, a home
-    or a parent folder): all of that would be ingested. The video and audio may lie outside
-    (fixtures/voice_demo plays the demo's): each is one file, refused unless it is one."""
+    folder linked in: refusing a folder named outside says how), unless it leads to a folder
+    that holds the fixture itself (`/`, a home or a parent folder): all of that would be
+    ingested. So what a replay ingests is always what the fixture's folder shows. The video
+    and audio may lie outside (fixtures/voice_demo plays the demo's): each is one file,
+    refused unless it is one."""
     path = folder / named
     if Path(named).is_absolute() or ".." in Path(named).parts:
         raise FixtureError(f"{where}: knowledge '{one_line(named)}' must be a folder inside "
-                           "the fixture's folder (a relative path without '..')")
+                           "the fixture's folder (a relative path without '..')"
+                           + _link_it_in(folder, named))
     if not path.exists():
         raise FixtureError(f"{where}: knowledge '{one_line(path.name)}' does not exist next "
                            "to it")
@@ -248,6 +253,27 @@ def _knowledge(folder: Path, named: str, where: str) -> Path:
                            f"{one_line(str(target))}, a folder that holds the fixture itself: "
                            "it would all be ingested")
     return path
+
+
+def _link_it_in(folder: Path, named: str) -> str:
+    """How to use the folder `named` outside the fixture's, for the refusal to say: a link to
+    it in the fixture's folder, which `_knowledge` follows. Nothing when it is no folder,
+    holds the fixture (its link would be refused too), or its name is taken there."""
+    try:
+        target = (folder / named).resolve(strict=True)
+        usable = target.is_dir() and not folder.resolve().is_relative_to(target)
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        return ""
+    link = folder / target.name
+    if not usable or os.path.lexists(link):
+        return ""
+    # named as the fixture named it, relative or absolute: a relative link moves with the
+    # fixtures, as a video named `../demo/screen.webm` does
+    points_to = target if Path(named).is_absolute() else os.path.relpath(target,
+                                                                           folder.resolve())
+    return one_line(f"; to ingest {target}, link it in (ln -s {shlex.quote(str(points_to))} "
+                    f"{shlex.quote(str(link))}) and name the link: "
+                    f"\"knowledge\": {json.dumps(target.name)}")
 
 
 def has_audio(fixture: Fixture) -> bool:

@@ -4,10 +4,11 @@ Protects (issue 14, CLI and configuration): a data or cost-log directory that ca
 log level that is not one, absurd numbers (out of range, NaN, infinite), a budget tier the
 cascade lacks, blank tenant or user names, a price table that cannot be read; `sightline config`
 shows the cascade and what `auto` settings resolve to, also as JSON; every option of the
-commands here has help text; a database that fails mid-command is one line, exit 1; a rate or
-duration so near zero it means nothing, free text that is not UTF-8, a DATABASE_URL asyncpg
-could not use (a port, an sslmode), a named pipe to ingest and a model key that is missing are
-each one line; Ctrl-C is one line, exit 130.
+commands here has help text; a database that fails mid-command is one line, exit 1, and a
+timeout elsewhere is one line not taken for the database's; a rate or duration so near zero
+it means nothing, free text that is not UTF-8, a DATABASE_URL asyncpg could not use (a port,
+an sslmode), a named pipe to ingest and a model key that is missing are each one line; Ctrl-C
+is one line, exit 130.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from conftest import SIGHTLINE, run_cli
@@ -31,6 +34,7 @@ from agent import cli
 from agent.cli import _parser
 from agent.config import ConfigError, Settings
 from agent.pricing import GENAI_SOURCE
+from memory.db import POOL_OPTIONS
 
 GOOGLE_KEY = "AIzaSy-google-secret-value-1234"
 ROOT = Path(__file__).parent.parent
@@ -340,7 +344,6 @@ def test_make_refuses_another_python_before_any_long_step(
 
 
 @pytest.mark.parametrize("failure, expected", [
-    (TimeoutError(), "a database statement took longer than its 30 s limit"),
     (asyncpg.exceptions.DiskFullError("could not extend file: No space left on device"),
      "the database failed: could not extend file: No space left on device"),
     (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of "
@@ -359,6 +362,89 @@ def test_a_database_failing_mid_command_is_one_line(
     assert cli.main(["costs"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"sightline: {expected}") and err.count("\n") == 1
+
+
+def failing_with(monkeypatch: pytest.MonkeyPatch, failing: Callable[[], Awaitable[object]],
+                 ) -> None:
+    """The command line's command, whichever is named, runs `failing` (as `costs` would run
+    its own work) and fails with what it raises."""
+    monkeypatch.setattr(cli, "_run", lambda _args: asyncio.run(failing()))
+
+
+def the_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The line a failing command ends with: exit 1, no traceback."""
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.removesuffix("\n")
+
+
+async def sleeping_statement(url: str, limit_s: float | None,
+                             server_settings: dict[str, str] | None = None) -> None:
+    """A statement that runs for a minute, on a pool opened as the commands open theirs,
+    with a limit of `limit_s` (the pool's 30 s would make the test wait 30 s)."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1, **POOL_OPTIONS | {
+        "command_timeout": limit_s, "server_settings": server_settings or {}})
+    try:
+        await pool.fetchval("SELECT pg_sleep(60)")
+    finally:
+        pool.terminate()  # the statement may still run server-side: no goodbye to wait on
+
+
+@pytest.mark.parametrize(("limit", "expected"), [
+    ("command_timeout", "a database statement took longer than its time limit"),
+    ("statement_timeout", "the database failed: canceling statement due to statement timeout"),
+])
+def test_a_statement_past_its_time_limit_is_the_databases_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    postgres_admin_url: str, limit: str, expected: str,
+) -> None:
+    """asyncpg's own limit on a statement (the pool's `command_timeout`, what the commands
+    set) raises TimeoutError out of its protocol; Postgres's `statement_timeout` cancels the
+    statement (QueryCanceledError). Each is said as the database's, against the real server."""
+    if limit == "command_timeout":
+        failing_with(monkeypatch, lambda: sleeping_statement(postgres_admin_url, 0.3))
+    else:
+        failing_with(monkeypatch, lambda: sleeping_statement(
+            postgres_admin_url, None, {"statement_timeout": "300"}))
+    assert the_one_line(capsys, ["costs"]).startswith(f"sightline: {expected}")
+
+
+async def unanswered_call() -> None:
+    """A call to a service that takes the request and never answers, through aiohttp (which
+    the LiveKit API client is built on) with a deadline on its reply."""
+    held: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _reader, writer: held.append(writer),
+                                        "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=0.3)) as http:
+            await http.post(f"http://127.0.0.1:{port}/twirp/livekit.RoomService/ListRooms")
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+def test_a_timeout_elsewhere_is_one_line_not_the_databases(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    postgres_admin_url: str,
+) -> None:
+    """Once asyncpg was imported, every TimeoutError was said to be a database statement past
+    its 30 s limit: a service that does not answer, or a deadline of the command's own around
+    a statement, is not the database's limit. Each is one line naming where it timed out."""
+    failing_with(monkeypatch, unanswered_call)
+    line = the_one_line(capsys, ["costs"])
+    assert line.startswith("sightline: timed out in aiohttp.") and "database" not in line
+    assert line.endswith(": Timeout on reading data from socket: the command stopped there")
+
+    async def deadline_around_a_statement() -> None:
+        async with asyncio.timeout(0.3):
+            await sleeping_statement(postgres_admin_url, 30)
+    failing_with(monkeypatch, deadline_around_a_statement)
+    line = the_one_line(capsys, ["costs"])
+    # the wait the deadline ended was in the database's driver, but the limit was not its own
+    assert line.startswith("sightline: timed out in asyncpg.") and "limit" not in line
 
 
 def test_a_database_refusing_connections_mid_command_is_one_line(

@@ -5,8 +5,9 @@ the session's ledger, billed its texts' estimated tokens; one a command makes (`
 `gaps refresh`: tests/test_gaps.py) is the tenant's, in `cost_events` with no session and in
 the command ledger's file; a failed request is billed its estimate when it may have reached
 Gemini (timed out, or dropped, after it went out), nothing when it was refused or never left;
-a ledger the database refuses is one line, its events kept on disk. Through the real
-google-genai client against the wire-format server (and a socket nobody listens on).
+a ledger the database refuses is one line, its events kept on disk; a command that fails part
+way records what it spent before it failed. Through the real google-genai client against
+the wire-format server (and a socket nobody listens on).
 """
 
 from __future__ import annotations
@@ -295,3 +296,59 @@ async def test_an_embedding_request_refused_or_never_sent_is_billed_nothing(
     for event in events:
         assert event["kind"] == "model_error" and event["detail"]["usage"] == "unbilled"
         assert (event["input_tokens"], event["cost_usd"]) == (0, 0.0)
+
+
+class RefusingSecond(ScriptedModelServer):
+    """Embeds the first request, refuses every later one (403: a key Gemini stops taking)."""
+
+    async def _gemini_embed(self, request: web.Request, model: str) -> web.Response:
+        if embedding_requests(self):
+            self._capture(request, "gemini", model, False,
+                          await self._read_json(request) or {}, [], 0)
+            return self._gemini_error(403, "API key not valid. Please pass a valid API key.")
+        return await super()._gemini_embed(request, model)
+
+
+async def test_a_command_that_fails_part_way_records_what_it_spent(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """`kb ingest` stopped by its second document's embedding: the first one's billed call
+    is the tenant's all the same, saved on the way out, and the ledger's file is emptied."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a-vpn.md").write_text("# VPN\n\nThe VPN listens on UDP port 51821.\n")
+    (docs / "b-router.md").write_text("# Router\n\nReboot the router by holding reset.\n")
+    async with RefusingSecond() as server:
+        env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+               "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "gemini"}
+        code, _, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "API key not valid" in err and "1 documents were ingested before it" in err
+    [first, _] = embedding_requests(server)
+    rows = [(r["kind"], r["input_tokens"], json.loads(r["detail"])["command"])
+            for r in await db.pool.fetch("SELECT kind, input_tokens, detail FROM cost_events"
+                                         " WHERE session_id IS NULL ORDER BY id")]
+    assert rows[0] == ("model_call", billed(first), "kb ingest")
+    assert [kind for kind, _, _ in rows] == ["model_call", "model_error"]
+    assert (settings.costs_dir / "commands.jsonl").read_text() == ""
+
+
+async def test_a_save_the_database_refuses_does_not_hide_the_commands_failure(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ledger is saved when the command's block fails; when that save fails too, it is
+    one line and the events stay on disk, and the failure that goes up is the command's own,
+    not the database's."""
+    ledger = CommandLedger(tenant="acme", command="gaps refresh", costs_dir=tmp_path)
+    store = Store(db.pool)
+    await db.close()  # the database went away: what stopped the command, and its save
+    with caplog.at_level(logging.ERROR, logger="sightline.costs"), \
+            pytest.raises(RuntimeError, match="the command's own failure"):
+        async with ledger.saving(store):
+            CostMeter(ledger, PriceTable.load()).embedding_call(
+                EmbeddingCall("gemini", "gemini-embedding-001", 1, 400, 5.0))
+            raise RuntimeError("the command's own failure, after a billed call")
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "could not record gaps refresh's 1 billed calls" in line and "\n" not in line
+    [kept] = (tmp_path / "commands.jsonl").read_text().splitlines()
+    assert json.loads(kept)["input_tokens"] == 100

@@ -20,6 +20,8 @@ import json
 import os
 import random
 import re
+import shlex
+import shutil
 import signal
 import socket
 import time
@@ -640,6 +642,42 @@ async def test_an_unpriced_model_is_marked(settings: Settings, db: Database,
     [line] = [x for x in out.splitlines() if x.startswith(f"  {model}:")]
     assert line.endswith(", unpriced") and "$" not in line
     assert "not priced" in out and model in out.split("not priced")[1]
+
+
+async def test_knowledge_beside_the_fixture_is_refused_with_how_to_link_it_in(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """A fixture may play the video of the fixture beside it (`../demo/screen.webm`), but
+    `"knowledge": "../demo/knowledge"` is refused: a folder named outside the fixture's is
+    not ingested (`"/"` would ingest the filesystem), a link in it is. The refusal used to
+    say only the rule; it now says the link to make and the name to give, and that done as
+    it says, the replay answers with those documents."""
+    fixtures = tmp_path / "fixtures"
+    (fixtures / "demo").mkdir(parents=True)
+    shutil.copy(DEMO_VIDEO, fixtures / "demo" / "screen.webm")
+    shutil.copytree(DEMO_FIXTURE / "knowledge", fixtures / "demo" / "knowledge")
+    mine = write_fixture(fixtures / "mine", [
+        {"t": 3.0, "tenant": "acme", "user": "u1",
+         "text": "How do I validate a config file before I commit it?",
+         "response": {"origin": "scripted", "text": "Run python3 -m json.tool on it."}},
+    ], video="../demo/screen.webm", knowledge="../demo/knowledge")
+    (mine / "screen.webm").unlink()
+    code, out, err = await run_cli("replay", str(mine), "--fresh", env=cli_env(settings))
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    target = fixtures / "demo" / "knowledge"
+    assert err.startswith(f"sightline: {mine / 'session.json'}: knowledge '../demo/knowledge' "
+                          f"must be a folder inside the fixture's folder (a relative path "
+                          f"without '..'); to ingest {target}, link it in (")
+    link = re.search(r"\((ln -s .+?)\) and name the link: \"knowledge\": (\S+)$", err.strip())
+    assert link, err
+    made = await asyncio.create_subprocess_exec(*shlex.split(link[1]))  # as typed
+    assert await made.wait() == 0
+    session = json.loads((mine / "session.json").read_text())
+    (mine / "session.json").write_text(json.dumps({**session, "knowledge": json.loads(link[2])}))
+    code, out, err = await run_cli("replay", str(mine), "--fresh", env=cli_env(settings))
+    assert code == 0, err
+    assert os.readlink(mine / "knowledge") == "../demo/knowledge"  # it moves with the fixtures
+    assert "knowledge: knowledge/config-files.md" in out
 
 
 def test_fixture_with_an_unknown_tool_is_refused_at_load(tmp_path: Path) -> None:
