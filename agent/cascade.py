@@ -62,17 +62,23 @@ _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
 
 
 def failure_sentence(err: ProviderError) -> str:
-    """What the user hears when the model failed: short, plain, and true."""
-    what = {
-        "timeout": "took too long to answer",
-        "rate_limited": "is rate-limiting us right now",
-        "server_error": "had an internal error",
-        "connection": "could not be reached",
-        "bad_response": "sent back something that is not an answer",
-        "unknown_tool": "kept asking for a tool it does not have",
-        "no_answer": "sent back an empty answer",
-    }.get(err.kind, "rejected the request")
-    return f"Sorry, the model ({err.model}) {what}, so I have no answer. Please ask again."
+    """What the user hears when the model failed: short, plain, and true. A connection that
+    failed after the request may have reached the model (`ProviderError.reached`: it dropped
+    before or during the answer) "broke off"; one never made "could not be reached"."""
+    model = f"the model ({err.model})"
+    if err.kind == "connection" and err.reached:
+        what = f"the connection to {model} broke off"
+    else:
+        what = model + " " + {
+            "timeout": "took too long to answer",
+            "rate_limited": "is rate-limiting us right now",
+            "server_error": "had an internal error",
+            "connection": "could not be reached",
+            "bad_response": "sent back something that is not an answer",
+            "unknown_tool": "kept asking for a tool it does not have",
+            "no_answer": "sent back an empty answer",
+        }.get(err.kind, "rejected the request")
+    return f"Sorry, {what}, so I have no answer. Please ask again."
 
 
 @dataclass

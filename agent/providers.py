@@ -7,7 +7,7 @@ all when the provider reported none (the caller estimates it, `metering.settled_
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed, and whether its request may have reached the
-provider, which may then bill its prompt (`reached_provider`).
+provider, which may then bill its prompt (`reached_provider`, memory/http_failures.py).
 
 Every request names what it is for in a `x-sightline-purpose` header (`answer` for a user's
 turn, `memory` for a memory update): a spend-tracking proxy in front of the providers can
@@ -36,6 +36,7 @@ from google.genai import types as genai_types
 from livekit.agents import llm
 
 from memory.embeddings import gemini_embedding_models
+from memory.http_failures import reached_provider
 
 from .config import Settings, Tier
 from .pricing import Usage
@@ -68,29 +69,6 @@ class ProviderError(RuntimeError):
         failed so); no when it never got the request or something else answered in its place
         (a proxy's page)."""
         return self.reached and self.status is None
-
-
-# How the SDKs' HTTP clients fail once a request went out, before its answer ended (a read
-# that failed or timed out, a server that hung up): aiohttp (google-genai's), httpx2
-# (anthropic's) and httpx (google-genai's without aiohttp) ...
-_AFTER_SENDING: tuple[type[BaseException], ...] = (
-    TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-    aiohttp.ClientOSError, httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError,
-    httpx2.ReadError, httpx2.ReadTimeout, httpx2.RemoteProtocolError,
-)
-# ... but for a connection never made: refused, DNS, TLS, or out of time (aiohttp's)
-_NEVER_SENT: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-
-def reached_provider(failure: BaseException | None) -> bool:
-    """Whether a request its HTTP client failed (`failure`, as the client raised it) may have
-    reached the provider, which bills a prompt it received, answered or not: the connection
-    dropped or the answer timed out after the request went out. Not one that never left (the
-    connection refused, DNS, TLS, a connect timeout) nor one written only in part. google-genai
-    bounds a request with one aiohttp deadline over its connect and its answer, whose
-    `TimeoutError` does not say which it ran out in: a Gemini timeout counts as reached."""
-    return isinstance(failure, _AFTER_SENDING) and not isinstance(failure, _NEVER_SENT)
 
 
 StreamItem = str | Usage | llm.FunctionToolCall

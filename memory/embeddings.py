@@ -58,8 +58,9 @@ class EmbeddingCall:
     """One billed embedding request: the texts sent and their characters (Gemini's
     `batchEmbedContents` answers with vectors alone, so the tokens billed are estimated from
     them by whoever prices the call). A failed call says why in `error`, and `billed` whether
-    the provider may bill it all the same: it may once the request went out (a timeout, a
-    connection dropped before the answer), not when it refused it or never got it."""
+    the provider may bill it all the same (memory/http_failures.py): yes once the request may
+    have gone out (a connection dropped before the answer, a timeout), not when the provider
+    refused it, something else answered, or the connection was never made."""
 
     provider: str
     model: str
@@ -314,6 +315,7 @@ class GeminiEmbedder:
         from google.genai import errors, types
 
         from .db import masked_url
+        from .http_failures import reached_provider
 
         # a key in the URL's query is never said in an error
         self._where = masked_url(base_url) if base_url else "generativelanguage.googleapis.com"
@@ -324,10 +326,12 @@ class GeminiEmbedder:
         self._not_json = (errors.UnknownApiResponseError, json.JSONDecodeError)
         self._unreachable = (errors.APIError, *self._not_json, aiohttp.ClientError, OSError,
                              asyncio.TimeoutError)
-        # failures between the request going out and its answer: Gemini may bill the texts
-        self._after_sending = (asyncio.TimeoutError, aiohttp.ServerDisconnectedError,
-                               aiohttp.ClientOSError, aiohttp.ClientPayloadError)
-        self._never_sent = (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError)
+        # whether Gemini may bill a failed request: once it may have gone out (a timeout, a
+        # connection dropped before the answer); not one refused with an HTTP error, answered
+        # by something else (a proxy's page) or whose connection was never made (refused, DNS,
+        # TLS). The SDK's one deadline covers the connect too: a connect that timed out is a
+        # timeout like any other, billed.
+        self._reached = reached_provider
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
         self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
@@ -349,7 +353,7 @@ class GeminiEmbedder:
                 reason = ("its answer was not the API's JSON (a proxy's page?)"
                           if isinstance(exc, self._not_json)
                           else " ".join(str(exc).split())[:160] or type(exc).__name__)
-                self._called(batch, started, reason, billed=self._may_be_billed(exc))
+                self._called(batch, started, reason, billed=self._reached(exc))
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
@@ -361,13 +365,6 @@ class GeminiEmbedder:
             raise RuntimeError(f"{self._model} returned {array.shape} embeddings for "
                                f"{len(texts)} texts of {self.dim} dimensions")
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
-
-    def _may_be_billed(self, exc: BaseException) -> bool:
-        """Whether Gemini may bill a failed request: it timed out, or its connection dropped,
-        after the request went out. Not one refused with an HTTP error or answered by
-        something else (a proxy's page), nor one that never left (connection refused, DNS,
-        TLS, a connect timeout)."""
-        return isinstance(exc, self._after_sending) and not isinstance(exc, self._never_sent)
 
     def _called(self, batch: list[str], started: float, error: str | None, *,
                 billed: bool = True) -> None:

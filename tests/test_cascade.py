@@ -5,13 +5,15 @@ Protects: a low-confidence tier is dropped unseen and the next tier answers in t
 missing or malformed header counts as low; the header never reaches the user; the last tier
 always answers; a rephrased question or "that didn't help" starts one tier higher, "it worked"
 and a new topic start at tier 0; a failing tier (HTTP 500, 429, timeout) falls through, and when
-every tier fails the user gets one sentence; every tier's call and the turn are in the ledger;
+every tier fails the user gets one sentence (a connection that broke off mid-answer ends what
+was said with one that says so); every tier's call and the turn are in the ledger;
 a tool call made by whichever tier acts runs once (through LiveKit's own tool execution), its
 result goes back in that provider's wire format, and the same tier answers it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -22,6 +24,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from aiohttp import web
 from google.genai import _common as genai_common
 from google.genai import types as genai_types
 from livekit.agents import Agent, AgentSession, llm
@@ -322,6 +325,52 @@ async def test_every_tier_failing_gives_one_sentence_and_the_next_turn_works(mak
     assert turns(model)[0]["answered_tier"] is None
     assert len(calls(model)) == 3 and all(c["kind"] == "model_error" for c in calls(model))
     assert await ask(model, ctx, "Now what is on screen?") == "Back again."
+
+
+@pytest.mark.parametrize("answering", [LITE, CLAUDE])
+async def test_an_answer_whose_connection_broke_off_ends_in_a_sentence_that_says_so(
+    make: Make, answering: str,
+) -> None:
+    """The connection dropped while the model was answering, its first words already spoken:
+    what was said stands, and one sentence ends it that says the connection broke off (it
+    said the model "could not be reached", though it had been answering)."""
+    spoken = asyncio.Event()  # set once the listener heard the answer's first words
+
+    class BreaksOffMidAnswer(ScriptedModelServer):
+        """Streams the first half of each answer's events, waits until they were spoken,
+        then closes the connection: the answer breaks off mid-sentence."""
+
+        async def _sse(self, request: web.Request, events: list[bytes],
+                       delay: float) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in events[:len(events) // 2]:
+                await response.write(event)
+            await spoken.wait()
+            assert request.transport is not None
+            request.transport.close()
+            return response
+
+    text = "The build failed with exit code 2 in the linker step of the release job."
+    script = {model: [ScriptedReply(status=500)] for model in (LITE, FLASH, CLAUDE)}
+    script[answering] = [said(text, 0.9, words_per_chunk=2)]
+    model, replies = await make(script, serve=BreaksOffMidAnswer)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="Why did the build fail?")
+    heard: list[str] = []
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                heard.append(chunk.delta.content)
+                spoken.set()
+    said_first, ending = "".join(heard).split(" … ")
+    assert said_first and text.startswith(said_first) and said_first != text
+    assert ending == (f"Sorry, the connection to the model ({answering}) broke off, so I have "
+                      "no answer. Please ask again.")
+    assert replies.asked[-1] == answering and replies.asked.count(answering) == 1
+    (turn,) = turns(model)
+    broken = turn["tried"][-1]
+    assert broken["outcome"] == "answered" and ": connection: " in broken["error"]
 
 
 async def test_a_reply_with_nothing_to_say_is_no_answer(make: Make) -> None:

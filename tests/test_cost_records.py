@@ -2,12 +2,12 @@
 
 Protects: a model call cut off (cancelled, or past its deadline) before the provider's first
 usage report is billed an estimate of the prompt it sent, images included, marked so, and so is
-one whose connection dropped after its request went out (before any answer, or mid-answer);
-one cut off before its request went out, refused by the provider, or never sent (the
-connection refused, or timed out) is billed nothing; a memory call cancelled by the session's
-close is in the ledger; speech spend counts against the budgets as it counts in the session's
-total. Through the real SDK clients against the wire-format server (and sockets that take no
-request).
+one whose connection dropped after its request went out (before any answer, or mid-answer:
+the user hears that it broke off); one cut off before its request went out, refused by the
+provider, or never sent (the connection refused, or timed out) is billed nothing; a memory call
+cancelled by the session's close is in the ledger; speech spend counts against the budgets as
+it counts in the session's total. Through the real SDK clients against the wire-format server
+(and sockets that take no request).
 """
 
 from __future__ import annotations
@@ -215,11 +215,13 @@ async def test_a_call_whose_connection_dropped_after_it_went_out_is_billed_its_p
     """The provider bills a prompt it received, answered or not: a request whose connection
     dropped once it was sent (before any answer, or mid-answer before the usage report) is
     billed its prompt's estimate, as a timed-out one is; it was billed $0 as if never sent.
-    The user hears one plain sentence (a drop mid-answer was Claude's SDK's own exception)."""
+    The user hears one plain sentence that says the connection broke off (a drop mid-answer
+    was Claude's SDK's own exception; both were told the model "could not be reached")."""
     record = open_record(tmp_path)
     async with server() as running:
         heard = await ask_once(tmp_path, record, tier, running.base_url)
-    assert heard.startswith("Sorry, the model") and "\n" not in heard
+    assert heard == (f"Sorry, the connection to the model ({tier.model}) broke off, so I have "
+                     "no answer. Please ask again.")
     (call,) = ledger(record, ("model_call", "model_error"))
     assert call["kind"] == "model_error" and "connection" in call["detail"]["error"]
     assert_billed_the_prompt(call, running.requests[0])
