@@ -17,9 +17,10 @@ and each side of the exchange between markers the text cannot close (memory/mark
 says that marked text is data, and what the model answers is checked before it is applied
 (`vouched`), each fact on its own provenance, its words read as `remember` reads them
 (memory/word_forms.py: look-alike letters and full-width forms as what they look like, "I'm"
-and "dont" spelt out, plurals in one form). A fact with a content word the user did not say is
-the screen's: it may be remembered as a new fact (the versions the assistant read for the
-user's question, "pip 23.2.1 under pyenv's Python 3.11.7", are most of what is worth keeping),
+and "dont" spelt out, plurals in one form, number words as digits: "postgres sixteen" holds
+"Postgres 16"). A fact with a content word the user did not say is the screen's: it may be
+remembered as a new fact (the versions the assistant read for the user's question, "pip
+23.2.1 under pyenv's Python 3.11.7", are most of what is worth keeping),
 but it never replaces what the user said or an earlier session stored (only what the screen
 itself said in this session), never holds contact-like data, and is refused when the answer
 carries a forged speaker's line. A remembered fact is forgotten, or replaced
@@ -50,7 +51,7 @@ from .db import error_reason
 from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers
 from .spill_files import SpillKind, spill_path
 from .user_memory import Fact, UserMemory
-from .word_forms import WORD, fold, is_hesitation, plain, spelt_out
+from .word_forms import WORD, as_digits, fold, is_hesitation, plain, says_something, spelt_out
 from .writer import BackgroundWriter
 
 log = logging.getLogger("sightline.memory")
@@ -167,18 +168,30 @@ STOP_WORDS = frozenset(
     "usually called named".split())
 
 
+def _tokens(text: str) -> list[str]:
+    """The tokens of `text`, spelt out, number words as digits ("postgres sixteen" is
+    "postgres 16", as `remember` reads it)."""
+    return as_digits(_TOKEN.findall(spelt_out(text)))
+
+
+def _parts(token: str) -> list[str]:
+    """The words of a dotted or hyphenated token, numbers as digits ("24.04" is 24 and 4)."""
+    return as_digits(WORD.findall(token))
+
+
 def _said(text: str) -> set[str]:
     """Every word of `text`, whole tokens and their parts, in their plain form."""
     words: set[str] = set()
-    for token in _TOKEN.findall(spelt_out(text)):
+    for token in _tokens(text):
         words.add(plain(token))
-        words.update(plain(part) for part in WORD.findall(token))
+        words.update(plain(part) for part in _parts(token))
     return words
 
 
 def _content(text: str) -> list[str]:
-    """The tokens of `text` that say something (function words and single letters left out)."""
-    return [t for t in _TOKEN.findall(spelt_out(text)) if t not in STOP_WORDS and len(t) > 1]
+    """The tokens of `text` that say something (function words and single letters left out,
+    not a digit: "4 dogs" is not "3 dogs")."""
+    return [t for t in _tokens(text) if t not in STOP_WORDS and says_something(t)]
 
 
 def _unsaid(text: str, said: set[str]) -> list[str]:
@@ -186,7 +199,7 @@ def _unsaid(text: str, said: set[str]) -> list[str]:
     as said when each of its content parts is: "pyenv-managed" from "pyenv managed")."""
     missing = []
     for token in _content(text):
-        parts = [plain(p) for p in WORD.findall(token) if p not in STOP_WORDS and len(p) > 1]
+        parts = [plain(p) for p in _parts(token) if p not in STOP_WORDS and says_something(p)]
         if plain(token) not in said and not (parts and all(p in said for p in parts)):
             missing.append(token)
     return missing

@@ -35,6 +35,15 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   hesitations, a discourse marker ("so", "actually", "by the way"), the wake word. Only where a
   request opens, for a check that reads a request there (`remember`, `forget`): elsewhere "so",
   "now", "right" or "yes" say something.
+- `as_digits`: number words as a speech recogniser writes them read as digits ("postgres
+  sixteen" is "Postgres 16", "twenty four oh four" is "24 4", as "24.04" is), so a fact
+  `remember` takes as the user's words the keeper does not take for the screen's.
+- `says_yes`: a message that is a yes and nothing else of substance, the only answer that lets
+  a question the user was asked go ahead. Reading how a message starts is not enough: "Okay,
+  what does this dialog say?" and "yes but first tell me what the error is" start like a yes
+  and ask something else, and once forgot every fact the user had. "ok", "alright", "fine"
+  and "right" alone only acknowledge (they open any message, and a listener says them to what
+  they heard): around a yes they are fine ("okay, go ahead"), on their own no yes.
 """
 
 from __future__ import annotations
@@ -61,6 +70,23 @@ LEAD_FILLER = (rf"(?:{HESITATION}|ok(?:ay)?|alright|all right|so|and|also|now|ju
                r"right|actually|yeah|yes|yep|look|listen|btw|by the way|one more thing|"
                r"never ?mind|sightline|please|kindly)\b[\s,.!]*")
 _LEAD_FILLERS = re.compile(rf"(?:{LEAD_FILLER})*", re.IGNORECASE)
+_UNITS = {w: n for n, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * n for n, w in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+# words that answer yes, as `spelt_out` reads them ("that's right" is "that right", "I'm
+# sure" "i am sure")
+YES = frozenset((
+    "yes", "yeah", "yep", "yup", "yea", "ya", "yah", "sure", "sure thing", "of course",
+    "absolutely", "definitely", "certainly", "correct", "exactly", "go ahead", "go on",
+    "go for it", "do it", "do that", "do so", "please do", "let do it", "lets do it",
+    "i am sure", "i do", "that right", "that is right", "that correct", "that is correct"))
+# words said around a yes without changing it ("okay yes", "yes please, thanks"); on their own
+# they are no yes (the module's docstring says why)
+AROUND_YES = frozenset((
+    "ok", "okay", "alright", "all right", "fine", "right", "well", "so", "then", "now", "just",
+    "and", "please", "thanks", "thank you", "right away", "hey", "sightline"))
 
 
 def fold(text: str) -> str:
@@ -102,3 +128,60 @@ def without_lead_fillers(clause: str) -> str:
     """`clause` without the hesitations, discourse markers and wake word it opens with ("um
     hey sightline, so remember …" is "remember …")."""
     return clause[_LEAD_FILLERS.match(clause).end():]  # type: ignore[union-attr]
+
+
+def says_something(word: str) -> bool:
+    """Whether `word` can say something in a fact: a single letter does not, a digit does."""
+    return len(word) > 1 or word.isdigit()
+
+
+def as_digits(words: list[str]) -> list[str]:
+    """`words` (lower-cased) with number words as digits and numbers without leading zeros, so
+    a transcript ("python three eleven", "twenty four oh four") and a fact ("Python 3.11",
+    "24.04") say the same numbers. A digit `int` does not read (the Ethiopic "፩") stays as
+    written."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if word in _TENS:
+            if nxt in _UNITS and 0 < _UNITS[nxt] < 10:
+                out.append(str(_TENS[word] + _UNITS[nxt]))
+                i += 1
+            else:
+                out.append(str(_TENS[word]))
+        elif word in _UNITS:
+            out.append(str(_UNITS[word]))
+        elif word.isdecimal():
+            out.append(str(int(word)))
+        elif not (word in ("oh", "o") and out and out[-1].isdecimal()
+                  and (nxt in _UNITS or nxt.isdecimal())):  # "oh" as the zero in "24 oh 4"
+            out.append(word)
+        i += 1
+    return out
+
+
+def says_yes(said: str, *, yes: frozenset[str] = YES,
+             around: frozenset[str] = AROUND_YES) -> bool:
+    """Whether the message `said` is a yes and nothing else of substance: read as phrases of
+    `yes` and of words said `around` one (hesitations left out), at least one a yes ("yes
+    please", "um sure, go ahead"). A word of anything else ("what", "but", "no") makes it no
+    yes, nor does a question ("yes?" asks back). A caller may widen `yes` or `around` with what
+    its own question proposed ("sure, forget it all")."""
+    if said.rstrip().endswith("?"):
+        return False
+    heard = [w for w in WORD.findall(spelt_out(said)) if not is_hesitation(w)]
+    longest = max(len(phrase.split()) for phrase in yes | around)
+    # how the words before each position can be read: as words around a yes only (False), or
+    # with a yes (True); a phrase may be read more than one way ("forget it all right"), so
+    # every position is read once rather than every way of reading the message tried
+    read: dict[int, bool] = {0: False}
+    for start in range(len(heard)):
+        if start not in read:
+            continue
+        for end in range(start + 1, min(start + longest, len(heard)) + 1):
+            phrase = " ".join(heard[start:end])
+            if phrase in yes or phrase in around:
+                read[end] = read.get(end, False) or read[start] or phrase in yes
+    return read.get(len(heard), False)

@@ -11,8 +11,9 @@ negation is not asking; fillers, a wake word, "can you" without a "?" and "delet
 nor on words the user did not say (screen text is data): every content word of a fact written is
 the user's, from the sentence that asks and in their order, and `forget` drops one fact that
 holds the whole subject the user named (or what `remember` just wrote, for "delete that"),
-asking when several or none do and before forgetting everything, with the facts it names
-between `<memory>` markers;
+asking when several or none do and before forgetting everything (done only when the user's
+next message is a yes and nothing else: not "Okay, what does this dialog say?"), with the facts
+it names between `<memory>` markers;
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
 yes to the tool's own offer of one), never on text on the screen, marks the session escalated
@@ -250,6 +251,47 @@ async def test_screen_text_cannot_write_memory_through_the_model(
     assert "did not. Nothing was remembered." in refused
     assert "did not. Nothing was forgotten." in kept
     assert facts == []
+
+
+NOT_A_YES = ["Okay, what does this dialog say?", "yes but first tell me what the error is"]
+
+
+async def test_forget_everything_waits_for_a_yes_and_nothing_else(
+    settings: Settings, db: Database,
+) -> None:
+    """After "forget everything?", a next message that opens like a yes but asks something else
+    forgets nothing, in Postgres or in the keeper's view (as screen text steering the model to
+    call `forget("everything")` again might make it); a yes and nothing else forgets it all."""
+    script = ToolScript(0)
+    fact = "The user's laptop runs Ubuntu 24.04"
+    async with ScriptedModelServer(replies=script) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source="replay")
+        assert runtime.memory is not None and runtime.memory.keeper is not None
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await ask(session, script, "remember", fact=fact)
+            refused = []
+            for answer in NOT_A_YES:
+                await ask(session, script, "forget", ASKED_ALL[1], what="everything")
+                assert "confirm" in tool_results(script.answer_requests[-1])[-1]
+                await ask(session, script, "forget", answer, what="everything")
+                refused.append(tool_results(script.answer_requests[-1])[-1])
+            kept = await runtime.memory.user_memory.facts("acme", "ana")
+            kept_in_view = dict(runtime.memory.keeper.facts)
+            await ask(session, script, "forget", ASKED_ALL[1], what="everything")
+            await ask(session, script, "forget", "um yes, do it", what="everything")
+            forgot = tool_results(script.answer_requests[-1])[-1]
+            left = await runtime.memory.user_memory.facts("acme", "ana")
+            left_in_view = dict(runtime.memory.keeper.facts)
+        finally:
+            await session.aclose()
+            await runtime.close()
+    assert all("did not. Nothing was forgotten." in r for r in refused), refused
+    assert [f.text for f in kept] == [fact] and list(kept_in_view.values()) == [fact]
+    assert forgot == f"Forgot: {marked(fact, MEMORY)}"
+    assert left == [] and left_in_view == {}
 
 
 class FakeMemory:
@@ -675,17 +717,38 @@ async def test_forget_everything_after_the_user_confirms() -> None:
 
 
 @pytest.mark.parametrize("answer", [
+    "yes", "yes please", "yeah go ahead", "um yes, do it", "sure, forget it all",
+    "Okay, yes.", "Yes, I'm sure.", "That's right, delete them all, thanks.",
+])
+async def test_forget_everything_on_a_yes_with_fillers_around_it(answer: str) -> None:
+    tools, memory = memory_tools()
+    await tools.forget(conversation(ASKED_ALL), "everything")
+    assert (await tools.forget(conversation(ASKED_ALL, CONFIRM, ("user", answer)),
+                               "everything")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
+
+
+@pytest.mark.parametrize("answer", [
     [("user", "No, keep them.")],
     [("user", "What does this dialog say?")],
     [("user", "What does this dialog say?"), ("assistant", "It says OK."), ("user", "yes")],
+    *[[("user", said)] for said in NOT_A_YES],
+    [("user", "ok")],  # only acknowledges: it opens any message
+    [("user", "Alright.")],
+    [("user", "forget it")],  # also "never mind"
+    [("user", "Yes? What about my laptop?")],
+    [("user", "yes, no, wait")],
+    [("user", "yes and remember that I use vim")],
 ])
 async def test_forget_everything_needs_the_users_yes_next(
     answer: list[tuple[str, str]],
 ) -> None:
-    """No yes, or a yes that comes later than the next message: nothing is forgotten."""
+    """No yes, a yes that comes later than the next message, or a next message that is more
+    than a yes (a question, another request) or less (an "ok"): nothing is forgotten, and the
+    message is read as a new one, which does not ask to forget."""
     tools, memory = memory_tools()
     await tools.forget(conversation(ASKED_ALL), "everything")
-    with pytest.raises(llm.ToolError, match="they did not"):
+    with pytest.raises(llm.ToolError, match="Nothing was forgotten"):
         await tools.forget(conversation(ASKED_ALL, CONFIRM, *answer), "everything")
     assert list(memory.facts_by_key.values()) == FACTS
 

@@ -11,7 +11,10 @@ no word in a script other than Latin, so a fact could carry "1990" or "паро�
 said. A hesitation other than the few each check listed ("uhmm", "ummmm", "hmm") broke a
 negation's reach in the handoff gate ("dont uhmm transfer me to an agent" handed off), a
 request ("can you um remember …"), a subject ("forget umm my editor") and a yes. Now the rules
-are one, each caller reading words with them where it needs to.
+are one, each caller reading words with them where it needs to. `remember` read number words as
+digits and the keeper did not, so "postgres sixteen" made "Postgres 16" the screen's words to the
+keeper; and `forget` took any message that opened like a yes ("Okay, what does this dialog
+say?") as the user's yes to forgetting everything: a yes is now the whole message.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from test_user_tools import FakeMemory, conversation, user_said
 from memory import keeper as keeper_module
 from memory.keeper import MemoryUpdate
 from memory.user_memory import Fact
-from memory.word_forms import is_hesitation, plain, spelt_out, without_lead_fillers
+from memory.word_forms import (
+    as_digits,
+    is_hesitation,
+    plain,
+    says_yes,
+    spelt_out,
+    without_lead_fillers,
+)
 from tools.handoff import HandoffTool
 from tools.memory_tools import MemoryTools
 
@@ -72,6 +82,41 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     assert without_lead_fillers(clause) == rest
 
 
+@pytest.mark.parametrize(("words", "digits"), [
+    ("postgres sixteen".split(), ["postgres", "16"]),
+    ("twenty four oh four".split(), ["24", "4"]),
+    ("python three eleven".split(), ["python", "3", "11"]),
+    (["ubuntu", "24", "04"], ["ubuntu", "24", "4"]),
+    (["oh", "well"], ["oh", "well"]),  # "oh" is a zero only between numbers
+    (["\u1369", "007"], ["\u1369", "7"]),  # a digit `int` does not read stays
+])
+def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
+    assert as_digits(words) == digits
+
+
+@pytest.mark.parametrize(("said", "yes"), [
+    *[(s, True) for s in ("yes", "yes please", "yeah go ahead", "um yes, do it", "Okay, sure.",
+                          "Yes, I'm sure!", "that's right", "hey sightline, yes")],
+    *[(s, False) for s in ("ok", "Alright.", "fine", "mm-hmm", "yes?", "Sure? Really?",
+                           "Okay, what does this dialog say?", "yes, no, wait", "yes dont",
+                           "yes but first tell me what the error is", "")],
+])
+def test_a_yes_is_the_whole_message(said: str, yes: bool) -> None:
+    """A yes and words said around one; "ok" alone only acknowledges; a question or anything
+    else said with it is no yes."""
+    assert says_yes(said) is yes
+
+
+def test_a_long_message_that_is_no_yes_is_read_once() -> None:
+    """"forget it all right" reads two ways ("forget it" "all right", "forget it all"
+    "right"): a message of many is read position by position, not every way in turn (which
+    never finishes), and is no yes for its last word."""
+    around = frozenset({"forget it", "forget it all", "all right", "right"})
+    said = "yes " + "forget it all right " * 500
+    assert says_yes(said, around=around)
+    assert not says_yes(said + "what", around=around)
+
+
 # -- `remember` and the keeper read a statement alike --------------------------------------------
 
 def _keepers_own(user: str, fact: str) -> bool:
@@ -102,12 +147,20 @@ async def _remembers(said: str, fact: str) -> bool:
     ("I grew up in the 1990s", "The user grew up in the 1990s", True),
     ("I grew up in the 1990s", "The user grew up in 1990", False),
     ("I use fish", "The user uses fish \u043f\u0430\u0440\u043e\u043b\u044c", False),
+    # number words as a recogniser writes them are digits, to both
+    ("i use postgres sixteen", "The user uses Postgres 16", True),
+    ("i use ubuntu twenty four oh four", "The user uses Ubuntu 24.04", True),
+    ("i use Postgres 16", "The user uses Postgres sixteen", True),
+    ("i use postgres sixteen", "The user uses Postgres 17", False),
+    ("I have three dogs", "The user has 4 dogs", False),  # a single digit says something
+    ("my locker is \u1369", "The user's locker is \u1369", True),  # a digit int() can't read
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
     statement: str, fact: str, users: bool,
 ) -> None:
     """What `remember` writes as the user's words the keeper takes for the user's too, and
-    what one finds unsaid ("1990" for "1990s", a word in another script) so does the other."""
+    what one finds unsaid ("1990" for "1990s", a word in another script, "17" for "sixteen")
+    so does the other."""
     assert await _remembers(f"Remember that {statement}.", fact) is users
     assert _keepers_own(statement, fact) is users
 

@@ -45,8 +45,10 @@ what `remember` wrote in the user's last few turns. A fact must hold every word 
 when several do none is dropped, and when none does the user may have named the kind of thing
 ("my editor") where the fact names the thing ("The user uses VS Code"): either way the user is
 asked which, and their answer in the next message names it. "Forget everything" is asked back
-too, and done on the user's "yes" in their next message. The facts it says back are remembered
-text, data as much as the screen's, so they go between `<memory>` markers.
+too, and done only when the user's next message is a yes and nothing else ("yes please", "sure,
+forget it all"; not "Okay, what does this dialog say?" nor "yes but first tell me what the error
+is", which are new messages). The facts it says back are remembered text, data as much as the
+screen's, so they go between `<memory>` markers.
 """
 
 from __future__ import annotations
@@ -62,11 +64,14 @@ from memory.keeper import STOP_WORDS as KEEPER_STOP
 from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact, UserMemory
 from memory.word_forms import (
-    HESITATION,
+    AROUND_YES,
     LEAD_FILLER,
     WORD,
+    as_digits,
     is_hesitation,
     plain,
+    says_something,
+    says_yes,
     spelt_out,
     without_lead_fillers,
 )
@@ -91,12 +96,6 @@ _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
 _NEGATION = frozenset({"not", "no", "never", "nor", "neither", "without"})
 # where a negation's reach ends: a clause, "but", or "and" opening a new statement
 _SCOPE = re.compile(r"[,;:.!?]|\bbut\b|\band (?=(?:i|i'm|im|we|my|our)\b)")
-# number words as a speech recogniser writes them: "postgres sixteen" is "Postgres 16"
-_UNITS = {w: n for n, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * n for n, w in enumerate(
-    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
 # (memory/word_forms.py), then words that hand the request to Sightline
@@ -130,12 +129,14 @@ _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
 # a request to forget all of it, which the user confirms first
 _EVERYTHING = re.compile(r"\b(?:everything|all|every fact|(?:your|the|whole) memory|memories)\b",
                          re.I)
-# a yes to forgetting everything, after hesitations ("um yes") but no other lead filler: "so"
-# or "ok" may open any message, and the answer forgets all the user's facts
-_YES = re.compile(rf"^\W*(?:(?:{HESITATION}|well)\W+)*(?:yes|yeah|yep|yup|sure|ok(?:ay)?|alright|"
-                  r"all right|please do|go ahead|do it|correct|right|absolutely|definitely|"
-                  r"of course|that'?s right|i'?m sure)\b", re.I)
-_NO = re.compile(r"\b(?:no|not|don'?t|dont|never|wait|stop|cancel)\b", re.I)
+# what the question "forget all of it?" proposed, said around a yes ("sure, forget it all"):
+# never a yes on its own, as "forget it" also means "never mind"
+_FORGET_IT_ALL = AROUND_YES | {
+    f"{verb}{what}{whose}"
+    for verb in ("forget", "delete", "erase", "wipe", "clear", "remove", "drop")
+    for what in ("", " it", " them", " that", " everything", " it all", " them all", " all of it",
+                 " all of them", " all of that", " everything you know")
+    for whose in ("", " about me")}
 
 
 @dataclass
@@ -229,32 +230,6 @@ def user_asked(said: str, asks: re.Pattern[str]) -> bool:
     return next(_asks(said, asks), None) is not None
 
 
-def _digits(raw: list[str]) -> list[str]:
-    """`raw` with number words as digits and digits without leading zeros, so a transcript
-    ("python three eleven", "twenty four oh four") and a fact ("Python 3.11", "24.04") say
-    the same numbers."""
-    out: list[str] = []
-    i = 0
-    while i < len(raw):
-        word = raw[i]
-        nxt = raw[i + 1] if i + 1 < len(raw) else ""
-        if word in _TENS:
-            if nxt in _UNITS and 0 < _UNITS[nxt] < 10:
-                out.append(str(_TENS[word] + _UNITS[nxt]))
-                i += 1
-            else:
-                out.append(str(_TENS[word]))
-        elif word in _UNITS:
-            out.append(str(_UNITS[word]))
-        elif word.isdigit():
-            out.append(str(int(word)))
-        elif not (word in ("oh", "o") and out and out[-1].isdigit()
-                  and (nxt in _UNITS or nxt.isdigit())):  # "oh" as the zero in "24 oh 4"
-            out.append(word)
-        i += 1
-    return out
-
-
 def _lowered(text: str) -> str:
     """`text` spelt out (memory/word_forms.py), a key's "_" between words a space."""
     return spelt_out(text.replace("_", " "))
@@ -262,17 +237,13 @@ def _lowered(text: str) -> str:
 
 def _tokens(text: str) -> list[str]:
     """Every word of `text` in order, in its plain form, numbers as digits."""
-    return [plain(w) for w in _digits(WORD.findall(_lowered(text)))]
-
-
-def _says(word: str) -> bool:
-    return len(word) > 1 or word.isdigit()
+    return [plain(w) for w in as_digits(WORD.findall(_lowered(text)))]
 
 
 def words(text: str) -> set[str]:
     """The content words of `text` in their plain form, for matching a fact to what the user
     called it, and a fact written to what the user said."""
-    return {w for w in _tokens(text) if w not in _STOP and _says(w)}
+    return {w for w in _tokens(text) if w not in _STOP and says_something(w)}
 
 
 def fact_sequence(text: str) -> list[tuple[str, bool]]:
@@ -286,7 +257,7 @@ def fact_sequence(text: str) -> list[tuple[str, bool]]:
             if word in _NEGATION:
                 sequence.append((word, False))
                 negated = True
-            elif (word not in _FREE_IN_FACT or word in _TENSE) and _says(word):
+            elif (word not in _FREE_IN_FACT or word in _TENSE) and says_something(word):
                 sequence.append((word, negated))
     return sequence
 
@@ -379,14 +350,17 @@ def asks_to_forget_everything(said: str) -> bool:
                for ask in _asks(said, ASKS_TO_FORGET))
 
 
-def says_yes(said: str) -> bool:
-    """Whether `said` answers yes ("yes", "yeah go ahead"), with no "no" or "wait" in it."""
-    return bool(_YES.match(said)) and not _NO.search(said)
+def confirms_forgetting_everything(said: str) -> bool:
+    """Whether `said` is a yes to forgetting everything and nothing else ("yes please", "um
+    yes, do it", "sure, forget it all"; memory/word_forms.py `says_yes`): "Okay, what does this
+    dialog say?" or "yes but first tell me what the error is" asks something else, and forgets
+    nothing."""
+    return says_yes(said, around=_FORGET_IT_ALL)
 
 
 def key_for(text: str) -> str:
     """A fact's key from its first content words, in the keeper's key form."""
-    content = [w for w in WORD.findall(text.lower()) if w not in _STOP and _says(w)]
+    content = [w for w in WORD.findall(text.lower()) if w not in _STOP and says_something(w)]
     content = content[:KEY_WORDS]
     return fact_key("_".join(content)) or "note"
 
@@ -563,7 +537,7 @@ class MemoryTools:
         message does not answer it (it may ask anew)."""
         known = await self._facts()
         if pending.kind == "all":
-            if says_yes(said) and not subject_words(what) and known:
+            if confirms_forgetting_everything(said) and not subject_words(what) and known:
                 return await self._drop(known)
             return None
         answer = subject_words(said)
