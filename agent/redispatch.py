@@ -20,16 +20,31 @@ arrival is a webhook too: a worker looks at the room a little later and, while t
 without an agent and the dispatch has run no job, the first worker to claim it dispatches the
 agent again, and goes on looking until an agent is there or the user leaves.
 
+Nor does LiveKit (v1.13.5, seen on the real server) dispatch a room's agent again when a user
+comes back to a room still open after their session ended (the session ends when its user
+leaves): it runs a dispatch's job once, and lists that job as running long after its agent
+left. So a look that finds the user without an agent and every job of ours ended (or running,
+assigned more than `AGENT_JOIN_S` ago, with its agent not in the room) dispatches the agent
+anew with the latest dispatch's metadata, under the claim `recover` takes for that job's agent:
+one worker dispatches it, whether it heard the agent leave or the user come back, and both
+count against the same `MAX_PER_ROOM`, so a session that ends as it starts is not restarted
+for ever.
+
 Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, the
 database is away for a moment), and no later webhook names the same loss or arrival: a worker
 that gave up at the first failure would leave the user in the room without an agent, for good.
 So a failure is one line and the worker tries again on the same backoff as its looks (10 s,
-doubling up to a minute, ±25%), for as long as the user waits without an agent. The claim in
-Postgres is taken before LiveKit is asked (it is what keeps two workers from dispatching one
-room twice), so a claim whose dispatch LiveKit did not take is either kept by its claimant,
-who asks again (a lost agent: `recover`), or handed back for the next look to claim (an
-unplaced dispatch: `place_again`); a call that failed may still have reached LiveKit (its
-answer lost to a timeout), which the next try checks for before asking a second time.
+doubling up to a minute, ±25%), for as long as the user waits without an agent. A refusal that
+asking again cannot change (a 4xx: a key LiveKit does not take or that may not dispatch agents,
+a request it cannot read, a room it does not have) is one line too, and the worker stops there.
+The claim in Postgres is taken before LiveKit is asked (it is what keeps two workers from
+dispatching one room twice), so a claim whose dispatch LiveKit did not take is either kept by
+its claimant, who asks again (a lost agent: `recover`), or handed back for the next look to
+claim (an unplaced dispatch, or a refusal); a call that failed may still have reached LiveKit
+(its answer lost to a timeout), which the next try checks for before asking a second time. The
+workers that found a lost agent claimed watch the room as after an arrival, and a worker that
+shuts down (`Redispatcher.aclose`) hands back the claims of the dispatches it had not made, so
+that one of them takes the room over at its next look.
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from livekit import api
@@ -60,13 +76,39 @@ log = logging.getLogger("sightline.redispatch")
 
 WEBHOOK_PATH = "/livekit/webhook"
 AGENT_NAME_ATTRIBUTE = "lk.agent.name"  # set by livekit-agents on its agent participants
-MAX_PER_ROOM = 3  # re-dispatches of one room whose agent was lost ...
+MAX_PER_ROOM = 3  # re-dispatches of one room whose agent was lost or ended ...
 WITHIN_S = 600.0  # ... in this many seconds
 MAX_UNPLACED = 60  # re-dispatches of one room's dispatch that no worker took, in WITHIN_S
 UNPLACED_CHECK_S = 10.0  # a user's agent may take this long to be placed; then look again ...
 UNPLACED_MAX_WAIT_S = 60.0  # ... at waits doubling up to this
 DISPATCH_SETTLE_S = 5.0  # a dispatch younger than this may still be offered to the workers
-LIVE_JOB = (agent.JobStatus.JS_PENDING, agent.JobStatus.JS_RUNNING)
+AGENT_JOIN_S = 30.0  # a job's agent joins its room within this long of its assignment
+# what a call to LiveKit (or Postgres) fails with; `_refusal` tells those asking again won't mend
+LIVEKIT_FAILURES = (OSError, TimeoutError, aiohttp.ClientError, api.TwirpError)
+FAILURES = (DatabaseUnavailable, asyncpg.PostgresError, *LIVEKIT_FAILURES)
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """What LiveKit said when its answer is one that asking again does not change, else None.
+
+    That is a 4xx (but a 408 timeout or a 429 "too many"): the request itself was refused, a
+    key it does not take or that may not dispatch agents (401, 403), a request it cannot read
+    (400), a room it does not have (404). By status rather than Twirp code: livekit-server
+    v1.13.5 answers a token it does not take with a bare 401, which the SDK reads as code
+    `unknown`."""
+    if not (isinstance(exc, api.TwirpError) and 400 <= exc.status < 500
+            and exc.status not in (408, 429)):
+        return None
+    said = f"{exc.code}, HTTP {exc.status}" + (f": {exc.message}" if exc.message else "")
+    if exc.status in (401, 403):
+        said += " (LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be the server's, with the right "
+        said += "to dispatch agents)"
+    return said
+
+
+def _latest(ours: list[agent_dispatch.AgentDispatch]) -> agent_dispatch.AgentDispatch | None:
+    """The most recent of `ours` (LiveKit lists a room's dispatches in no order)."""
+    return max(ours, key=lambda d: d.state.created_at, default=None)
 
 
 class Redispatcher:
@@ -81,6 +123,8 @@ class Redispatcher:
         self._db: Database | None = None
         self._runner: web.AppRunner | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # claims (room sid, identity) taken for a dispatch not made yet, while it is being made
+        self._working: set[tuple[str, str]] = set()
         # claims (room sid, identity) this worker could not hand back (Postgres away too): its
         # own, so its next look goes on with them instead of finding them TAKEN by itself
         self._unreleased: set[tuple[str, str]] = set()
@@ -95,12 +139,22 @@ class Redispatcher:
                  WEBHOOK_PATH)
 
     async def aclose(self) -> None:
-        for task in list(self._background):
-            task.cancel()
+        """Stop listening and looking, then hand back the claims of the dispatches this worker
+        did not make (a recovery still asking LiveKit, a claim it could not hand back before):
+        the other workers found them TAKEN, and only their release lets one of them claim the
+        room's user at its next look."""
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+        work = list(self._background)
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
+        for room_sid, identity in sorted(self._working | self._unreleased):
+            await self._release(room_sid, identity)
         if self._db is not None:
             await self._db.close()
+            self._db = None
 
     async def _on_webhook(self, request: web.Request) -> web.Response:
         body = await request.text()
@@ -161,6 +215,7 @@ class Redispatcher:
     async def _release(self, room_sid: str, identity: str) -> None:
         """Hand back a claim whose dispatch LiveKit did not take (`redispatches.release`);
         when Postgres does not answer either, it is remembered as still this worker's."""
+        self._working.discard((room_sid, identity))
         try:
             await release(await self._pool(), room_sid=room_sid, lost_identity=identity)
             self._unreleased.discard((room_sid, identity))
@@ -175,13 +230,15 @@ class Redispatcher:
 
         No other webhook will name this loss, so a failure is tried again on the backoff while
         the user waits without an agent. Until the claim, every worker that heard the webhook
-        tries (the first to claim dispatches; the others find it TAKEN and stop). The claimant
-        keeps its claim while LiveKit fails (the rest of the fleet stopped on it, and must not
-        dispatch the room as well) and asks LiveKit again: only LiveKit, so a database that
-        goes away after the claim does not hold the dispatch up. A dispatch of ours that was not
-        in the room when it first asked is its failed call, which reached LiveKit after all:
-        not asked for twice. Should the user leave before any dispatch, the claim is handed
-        back: it does not count against `MAX_PER_ROOM`."""
+        tries (the first to claim dispatches; the others find it TAKEN and watch the room as
+        after an arrival, `place_when_free`, whose looks claim the same agent should its
+        claimant hand it back). The claimant keeps its claim while LiveKit fails (the rest of
+        the fleet must not dispatch the room as well) and asks LiveKit again: only LiveKit, so
+        a database that goes away after the claim does not hold the dispatch up. A dispatch of
+        ours that was not in the room when it first asked is its failed call, which reached
+        LiveKit after all: not asked for twice. Should the user leave before any dispatch, or
+        LiveKit refuse it for good (`_refusal`), the claim is handed back: it does not count
+        against `MAX_PER_ROOM`."""
         held = False  # this worker has the claim
         before: set[str] | None = None  # our dispatches in the room when LiveKit was first asked
         lost: list[str] = []
@@ -210,21 +267,32 @@ class Redispatcher:
                             log.error("room %s lost its agent %s again: it was dispatched %d "
                                       "times in %.0f minutes already, so not again", room,
                                       lost_identity, MAX_PER_ROOM, WITHIN_S / 60)
+                        if claimed is Claim.TAKEN:
+                            self._track(self.place_when_free(room, room_sid), "unplaced")
                         if claimed is not Claim.CLAIMED:
                             return False
                         held = True
+                        self._working.add((room_sid, lost_identity))
                     ours = await self._ours(lk, room)
-                    metadata = next((d.metadata for d in reversed(ours)), "")
+                    latest = _latest(ours)
                     before = {d.id for d in ours}
                     await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
-                        agent_name=self._settings.agent_name, room=room, metadata=metadata))
+                        agent_name=self._settings.agent_name, room=room,
+                        metadata=latest.metadata if latest else ""))
                     break
-            except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
-                    api.TwirpError) as exc:
+            except FAILURES as exc:
+                if refusal := _refusal(exc):
+                    log.error("LiveKit refused to dispatch the agent again to room %s, whose "
+                              "agent %s was lost: %s; not asking again", room, lost_identity,
+                              refusal)
+                    if held:
+                        await self._release(room_sid, lost_identity)
+                    return False
                 log.error("could not dispatch the agent again to room %s, whose agent %s was "
                           "lost: %s; trying again in %.0f s", room, lost_identity, exc, delay_s)
             await asyncio.sleep(delay_s)
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
+        self._working.discard((room_sid, lost_identity))
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people) or "its user")
         REDISPATCHES.labels("lost").inc()
@@ -236,10 +304,11 @@ class Redispatcher:
     async def place_when_free(self, room: str, room_sid: str) -> None:
         """A user joined `room`. LiveKit offers the agent's dispatch to each worker with room
         once and, when none has (the whole fleet full), drops it: the user would wait for an
-        agent that never comes. So look after `UNPLACED_CHECK_S`, then at doubling waits (up to
-        a minute, ±25%), and dispatch it again while it is unplaced, until an agent is there,
-        the user leaves, or another worker of the fleet took the retries over. A look that
-        fails (LiveKit or Postgres not answering) is looked again at the next wait."""
+        agent that never comes; nor does it dispatch the agent again to a user who comes back
+        after their session ended. So look after `UNPLACED_CHECK_S`, then at doubling waits (up
+        to a minute, ±25%), and dispatch it again while the user waits without one, until an
+        agent is there, the user leaves, a bound or a refusal stops it. A look that fails
+        (LiveKit or Postgres not answering) is looked again at the next wait."""
         wait_s = UNPLACED_CHECK_S
         while True:
             await asyncio.sleep(self._retry_in(wait_s))
@@ -248,67 +317,124 @@ class Redispatcher:
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
 
     async def place_again(self, room: str, room_sid: str) -> bool:
-        """Dispatch `room`'s agent again if its dispatch found no worker (one with no job,
-        older than `DISPATCH_SETTLE_S`); whether to look again later.
+        """Dispatch `room`'s agent again if a user waits there without one and no agent of
+        ours is on its way; whether to look again later.
 
-        The new dispatch is created before the stale ones are deleted, so the room always has
-        one of ours: a creation that fails leaves the stale dispatch for the next look, and
-        hands its claim back so that that look (this worker's, or another's that heard a later
-        arrival) may claim it again. A failure to ask is a look again later, not an end: the
-        user is still waiting. While any unplaced dispatch is young (one just created, maybe
-        by a call whose answer was lost) it may still be offered to the workers: wait."""
+        Its dispatch may have found no worker (one with no job, older than
+        `DISPATCH_SETTLE_S`): the new dispatch is created before the stale ones are deleted,
+        so the room always has one of ours. Or every job of ours ended (LiveKit lists a job
+        as running after its agent left: one whose agent is not in the room `AGENT_JOIN_S`
+        after its assignment ended too): the user came back after their session, or its
+        agent was lost; a new dispatch is claimed as the latest job's agent, as `recover`
+        claims it. A creation that fails hands its claim back, so that the next look (this
+        worker's, or another's) may claim it again; a claim another worker holds is looked at
+        again too, in case it hands it back. A failure to ask is a look again later, not an
+        end: the user is still waiting; a refusal (`_refusal`) is. While any unplaced dispatch
+        is young (one just created, maybe by a call whose answer was lost) it may still be
+        offered to the workers: wait."""
         try:
             async with self._api() as lk:
                 people = await self._waiting(lk, room)
-                ours = await self._ours(lk, room) if people else []
-                if any(job.state.status == agent.JobStatus.JS_RUNNING
-                       for d in ours for job in d.state.jobs):
-                    return False  # placed (an agent that left since is `recover`'s)
-                if any(job.state.status in LIVE_JOB for d in ours for job in d.state.jobs):
-                    return True  # a worker is taking it
-                settled = time.time_ns() - int(DISPATCH_SETTLE_S * 1e9)
+                if not people:
+                    return False  # an agent of ours is there, or no user is
+                ours = await self._ours(lk, room)
+                jobs = [job for d in ours for job in d.state.jobs]
+                assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
+                if any(job.state.status == agent.JobStatus.JS_PENDING
+                       or (job.state.status == agent.JobStatus.JS_RUNNING
+                           and job.state.started_at > assigned) for job in jobs):
+                    return True  # a worker is taking it: its agent is on its way
                 unplaced = [d for d in ours if not d.state.jobs]
-                if not unplaced:
-                    return False  # no dispatch of ours waits (or its jobs ended: not ours)
-                if any(d.state.created_at > settled for d in unplaced):
-                    return True  # too young to tell
-                dispatch = unplaced[-1]
-                identity = f"dispatch {dispatch.id}"
-                if (room_sid, identity) in self._unreleased:
-                    claimed = Claim.CLAIMED  # ours still: handing it back failed
-                else:
-                    claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
-                                          lost_identity=identity, max_per_room=MAX_UNPLACED,
-                                          within_s=WITHIN_S, reason="unplaced")
-                if claimed is Claim.TOO_OFTEN:
-                    log.error("no worker has had room for the agent of room %s: dispatched "
-                              "again %d times in %.0f minutes, so not again", room,
-                              MAX_UNPLACED, WITHIN_S / 60)
-                if claimed is not Claim.CLAIMED:
-                    return False  # TAKEN: the worker that claimed it watches from now on
-                try:
-                    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
-                        agent_name=self._settings.agent_name, room=room,
-                        metadata=dispatch.metadata))
-                except (OSError, TimeoutError, api.TwirpError):
-                    await self._release(room_sid, identity)
-                    raise
-                self._unreleased.discard((room_sid, identity))
-                try:
-                    for stale in unplaced:  # a dispatch no worker took runs no job: nothing stops
-                        await lk.agent_dispatch.delete_dispatch(stale.id, room)
-                except (OSError, TimeoutError, api.TwirpError) as exc:
-                    log.error("dispatched the agent of room %s again but could not delete its "
-                              "dispatch that no worker took: %s", room, exc)
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError,
-                api.TwirpError) as exc:
+                if unplaced:
+                    return await self._place_unplaced(lk, room, room_sid, unplaced, people)
+                if jobs:
+                    return await self._dispatch_anew(lk, room, room_sid, ours, people)
+                return False  # no dispatch of ours: the room never asked for our agent
+        except FAILURES as exc:
+            if refusal := _refusal(exc):
+                log.error("LiveKit refused to dispatch the agent of room %s again: %s; not "
+                          "asking again", room, refusal)
+                return False
             log.error("could not check whether a worker took the agent of room %s: %s; "
                       "looking again later", room, exc)
             return True
+
+    async def _place_unplaced(self, lk: api.LiveKitAPI, room: str, room_sid: str,
+                              unplaced: list[agent_dispatch.AgentDispatch],
+                              people: list[models.ParticipantInfo]) -> bool:
+        """`place_again` for a room whose dispatches no worker took."""
+        settled = time.time_ns() - int(DISPATCH_SETTLE_S * 1e9)
+        if any(d.state.created_at > settled for d in unplaced):
+            return True  # too young to tell
+        dispatch = _latest(unplaced)
+        assert dispatch is not None
+        claimed = await self._dispatch(lk, room, room_sid, f"dispatch {dispatch.id}",
+                                       "unplaced", MAX_UNPLACED, dispatch.metadata)
+        if claimed is Claim.TOO_OFTEN:
+            log.error("no worker has had room for the agent of room %s: dispatched again %d "
+                      "times in %.0f minutes, so not again", room, MAX_UNPLACED, WITHIN_S / 60)
+            return False
+        if claimed is Claim.TAKEN:
+            return True
+        try:
+            for stale in unplaced:  # a dispatch no worker took runs no job: nothing stops
+                await lk.agent_dispatch.delete_dispatch(stale.id, room)
+        except LIVEKIT_FAILURES as exc:
+            log.error("dispatched the agent of room %s again but could not delete its "
+                      "dispatch that no worker took: %s", room, exc)
         log.warning("no worker had room for the agent of room %s, where %s waits: "
                     "dispatched it again", room, ", ".join(p.identity for p in people))
         REDISPATCHES.labels("unplaced").inc()
         return True
+
+    async def _dispatch_anew(self, lk: api.LiveKitAPI, room: str, room_sid: str,
+                             ours: list[agent_dispatch.AgentDispatch],
+                             people: list[models.ParticipantInfo]) -> bool:
+        """`place_again` for a room whose jobs of ours all ended."""
+        had_agents = [job for d in ours for job in d.state.jobs
+                      if job.state.participant_identity]
+        if not had_agents:
+            return False  # each ended at its offer, without an agent: none to replace
+        gone = max(had_agents, key=lambda job: job.state.started_at).state.participant_identity
+        latest = _latest(ours)
+        assert latest is not None
+        waiting = ", ".join(p.identity for p in people)
+        claimed = await self._dispatch(lk, room, room_sid, gone, "lost", MAX_PER_ROOM,
+                                       latest.metadata)
+        if claimed is Claim.TOO_OFTEN:
+            log.error("%s waits in room %s, whose agent %s is gone, but the room's agent was "
+                      "dispatched again %d times in %.0f minutes already, so not again",
+                      waiting, room, gone, MAX_PER_ROOM, WITHIN_S / 60)
+            return False
+        if claimed is Claim.CLAIMED:
+            log.warning("%s waits in room %s, whose agent %s is gone (its session ended): "
+                        "dispatched it again", waiting, room, gone)
+            REDISPATCHES.labels("lost").inc()
+        return True
+
+    async def _dispatch(self, lk: api.LiveKitAPI, room: str, room_sid: str, identity: str,
+                        reason: str, max_per_room: int, metadata: str) -> Claim:
+        """Claim `identity` in `room` (`redispatches.claim`) and, when this worker has it,
+        dispatch the agent with `metadata`. A creation LiveKit did not take hands the claim
+        back and raises; a claim this worker could not hand back earlier is its own still."""
+        if (room_sid, identity) in self._unreleased:
+            claimed = Claim.CLAIMED
+        else:
+            claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                  lost_identity=identity, max_per_room=max_per_room,
+                                  within_s=WITHIN_S, reason=reason)
+        if claimed is not Claim.CLAIMED:
+            return claimed
+        self._working.add((room_sid, identity))
+        try:
+            await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                agent_name=self._settings.agent_name, room=room, metadata=metadata))
+        except LIVEKIT_FAILURES:
+            await self._release(room_sid, identity)
+            raise
+        self._working.discard((room_sid, identity))
+        self._unreleased.discard((room_sid, identity))
+        return Claim.CLAIMED
 
     async def close_lost(self, room: str, session_ids: list[str]) -> None:
         """Close the records of the sessions lost with `room`'s agent once they have had

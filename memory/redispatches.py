@@ -20,8 +20,10 @@ class Claim(Enum):
 
 async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: str,
                 max_per_room: int, within_s: float, reason: str = "lost") -> Claim:
-    """`CLAIMED` for exactly one caller per lost agent (or, `reason="unplaced"`, per dispatch
-    no worker took: `lost_identity` names it), and only while the room has had fewer than
+    """`CLAIMED` for exactly one caller per lost agent (one that left its room while its user
+    stayed, or whose session ended before its user came back: both name it, so only one of
+    them dispatches it again) or, `reason="unplaced"`, per dispatch no worker took
+    (`lost_identity` names it); and only while the room has had fewer than
     `max_per_room` re-dispatches for `reason` in the last `within_s` seconds (a session that
     fails at every start must not be restarted forever). The claimant of a lost agent also
     hands back the memory exchanges the room's lost session had claimed
@@ -43,7 +45,6 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
         if reason == "lost":
             await release_lost(conn, room)
         return Claim.CLAIMED
-
 
 
 async def release(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> bool:

@@ -7,12 +7,19 @@ In order: one worker takes a burst of six dispatches; two workers share a burst;
 whose frame analysis raises and one that spins forever leave the others answering (the
 watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
 mid-session is replaced by the other, which recalls the conversation from Postgres and
-analyses the exchange whose memory call the killed one never heard back from.
+analyses the exchange whose memory call the killed one never heard back from; a user who
+comes while the fleet is full gets an agent once a worker has room, and one who comes back
+after their session ended gets an agent again; a worker that shuts down while asking LiveKit
+again hands the room to another; a refusal LiveKit will not change is one line, not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import itertools
+import logging
 import re
 import signal
 import sys
@@ -20,14 +27,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
-from conftest import fresh_database
-from livekit import rtc
+from aiohttp import web
+from conftest import answering, fresh_database
+from google.protobuf.json_format import MessageToJson
+from livekit import api, rtc
+from livekit.protocol import models as lk_models
 from PIL import Image, ImageDraw
 from test_e2e_livekit import sample, scrape
 
-from agent.redispatch import WEBHOOK_PATH
+from agent.config import Settings
+from agent.redispatch import AGENT_NAME_ATTRIBUTE, WEBHOOK_PATH, Redispatcher
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from bench.livekit_harness import (
     API_KEY,
@@ -375,3 +387,231 @@ async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there
     assert (f"no worker had room for the agent of room {waiting.room_name}, where full-waiting "
             "waits: dispatched it again") in solo.log_text()
     assert sample(await scrape(solo), "sightline_redispatches_total", reason="unplaced") >= 1
+
+
+async def room_sid(livekit: LiveKitServer, room: str) -> str:
+    """The id of `room` as it is now: the claims and webhooks of a room name it by this."""
+    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        [listed] = (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
+    return listed.sid
+
+
+async def open_room(livekit: LiveKitServer, room: str) -> None:
+    """Create `room` to stay open for minutes once its last participant left (LiveKit's
+    default is 20 s), as an app whose users come back to their room would."""
+    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name=room, departure_timeout=300))
+
+
+async def emptied(livekit: LiveKitServer, room: str, timeout_s: float = 30) -> None:
+    """Wait until `room` (still open) has no participant: its agent left too."""
+    deadline = time.monotonic() + timeout_s
+    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        while (await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+               ).participants:
+            assert time.monotonic() < deadline, f"{room} still has participants"
+            await asyncio.sleep(0.3)
+
+
+async def test_a_user_who_comes_back_after_their_session_ended_gets_an_agent(
+    livekit: LiveKitServer, fleet: Fleet,
+) -> None:
+    """A session ends when its user leaves, and LiveKit runs a dispatch's job once (it lists
+    the job as running long after its agent left): a user who comes back to the room while it
+    is still open gets an agent only because the fleet dispatches it anew."""
+    await fleet.stop()
+    worker = fleet.start("rejoin")
+    room = "fleet-rejoin"
+    await open_room(livekit, room)
+    first = new_user(livekit, room)
+    try:
+        first_agent = (await joined_and_sharing(first, "rejoin-user")).identity
+        await asks_and_is_answered(first, "What is on my screen?")
+    finally:
+        await leave_all([first])
+    await fleet.settled()
+    await emptied(livekit, room)
+    back = new_user(livekit, room)
+    try:
+        await back.connect("rejoin-user")
+        assert (await back.wait_for_agent(timeout_s=90)).identity != first_agent
+        await asks_and_is_answered(back, "Are you back?")
+    finally:
+        await leave_all([back])
+    assert (f"rejoin-user waits in room {room}, whose agent {first_agent} is gone (its session "
+            "ended): dispatched it again") in worker.log_text()
+    assert len(re.findall(rf"started \(tenant=fleet user=rejoin-user room={room},",
+                          worker.log_text())) == 2
+
+
+class LiveKitProxy:
+    """The real LiveKit server's API behind a proxy that answers each `CreateDispatch` as
+    `answers` says: `unavailable`, a 503 (LiveKit restarting); `refused`, the call passed on
+    with a token the server does not take (its own 401, as for a key that may not dispatch
+    agents); `None`, passed on as it is. `asked` is the methods asked, in order."""
+
+    def __init__(self, livekit: LiveKitServer, answers: Iterator[str | None]) -> None:
+        self._livekit, self._answers = livekit, answers
+        self.asked: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        method = request.path.rsplit("/", 1)[-1]
+        self.asked.append(method)
+        headers = {name: request.headers[name] for name in ("Authorization", "Content-Type")}
+        answer = next(self._answers) if method == "CreateDispatch" else None
+        if answer == "unavailable":
+            return web.json_response({"code": "unavailable", "msg": "livekit restarting"},
+                                     status=503)
+        if answer == "refused":
+            headers["Authorization"] = "Bearer not-a-token-of-this-server"
+        async with aiohttp.ClientSession() as session, session.post(
+                self._livekit.http_url + request.path, data=await request.read(),
+                headers=headers) as passed:
+            return web.Response(status=passed.status, body=await passed.read(),
+                                content_type=passed.content_type)
+
+
+def redispatcher(settings: Settings, database_url: str, livekit_url: str, agent_name: str,
+                 webhook_port: int = 0) -> Redispatcher:
+    """A worker's redispatcher, in this process."""
+    return Redispatcher(settings.with_overrides(
+        livekit_url=livekit_url, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
+        agent_name=agent_name, lost_session_close_s=0.0, webhook_port=webhook_port),
+        database_url)
+
+
+async def agent_left(port: int, room: str, sid: str, identity: str) -> None:
+    """LiveKit's webhook, signed as it signs them: the agent `identity` left `room`."""
+    body = MessageToJson(api.WebhookEvent(
+        event="participant_left", room=lk_models.Room(name=room, sid=sid),
+        participant=lk_models.ParticipantInfo(
+            identity=identity, kind=lk_models.ParticipantInfo.Kind.AGENT,
+            attributes={AGENT_NAME_ATTRIBUTE: AGENT_NAME})))
+    token = api.AccessToken(API_KEY, API_SECRET).with_sha256(
+        base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()).to_jwt()
+    async with aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}{WEBHOOK_PATH}", data=body,
+            headers={"Authorization": token}) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def claims(database_url: str, sid: str) -> list[tuple[str, str]]:
+    """The re-dispatch claims on the room `sid` (`memory/redispatches.py`)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [(r["lost_identity"], r["reason"]) for r in await conn.fetch(
+            "SELECT lost_identity, reason FROM redispatches WHERE room_sid = $1 ORDER BY at",
+            sid)]
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_another(
+    livekit: LiveKitServer, fleet: Fleet, settings: Settings, fleet_database_url: str,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A room's agent is gone while its user is there; workers A and B hear it. A claims it,
+    but LiveKit answers A 503 and A asks again, keeping its claim; B finds it taken and
+    watches the room. A shuts down meanwhile: it hands its claim back, and B claims it at its
+    next look and dispatches the agent, which a worker of the fleet takes."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 0.2)
+    monkeypatch.setattr("agent.redispatch.UNPLACED_MAX_WAIT_S", 1.0)
+    monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
+    await fleet.stop()
+    fleet.start("handover-first")
+    room = "fleet-handover"
+    await open_room(livekit, room)
+    user = new_user(livekit, room)
+    try:
+        await user.join("handover-user")
+        first_agent = (await user.wait_for_agent(timeout_s=60)).identity
+    finally:
+        await leave_all([user])
+    await fleet.settled()
+    await fleet.stop()  # no worker of the fleet hears what follows
+    await emptied(livekit, room)
+    user = new_user(livekit, room)
+    await user.connect("handover-user")
+    sid = await room_sid(livekit, room)
+    to_a = LiveKitProxy(livekit, itertools.repeat("unavailable"))
+    to_b = LiveKitProxy(livekit, itertools.repeat(None))
+    a_port, b_port = free_port(), free_port()
+    async with answering(to_a.handle) as a_url, answering(to_b.handle) as b_url:
+        a = redispatcher(settings, fleet_database_url, a_url, AGENT_NAME, a_port)
+        b = redispatcher(settings, fleet_database_url, b_url, AGENT_NAME, b_port)
+        try:
+            for worker in (a, b):
+                await worker.start()
+            await agent_left(a_port, room, sid, first_agent)
+            deadline = time.monotonic() + 30
+            while to_a.asked.count("CreateDispatch") < 2:  # A asks again
+                assert time.monotonic() < deadline, to_a.asked
+                await asyncio.sleep(0.1)
+            await agent_left(b_port, room, sid, first_agent)
+            while to_b.asked.count("ListDispatch") < 2:  # B's recovery, then a look
+                assert time.monotonic() < deadline, to_b.asked
+                await asyncio.sleep(0.1)
+            assert await claims(fleet_database_url, sid) == [(first_agent, "lost")]
+            await asyncio.to_thread(fleet.start, "handover-serving")
+            assert "CreateDispatch" not in to_b.asked
+            assert not any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                           for p in user.room.remote_participants.values())
+            await a.aclose()
+            assert (await user.wait_for_agent(timeout_s=60)).identity != first_agent
+            await asks_and_is_answered(user, "Is anyone there?")
+        finally:
+            await leave_all([user])
+            await a.aclose()
+            await b.aclose()
+    assert to_b.asked.count("CreateDispatch") == 1
+    assert await claims(fleet_database_url, sid) == [(first_agent, "lost")]
+    assert (f"handover-user waits in room {room}, whose agent {first_agent} is gone (its "
+            "session ended): dispatched it again") in caplog.messages
+
+
+REFUSED_AGENT = "sightline-refused"  # no worker serves it: its dispatch stays without a job
+
+
+@pytest.mark.parametrize("work", ["lost", "unplaced"])
+async def test_a_refusal_that_asking_again_cannot_change_is_one_line_and_no_more_asking(
+    livekit: LiveKitServer, settings: Settings, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, work: str,
+) -> None:
+    """LiveKit answers a worker's dispatch with a 503 (restarting: asked again), then refuses
+    it with a 401, which asking again does not change: one line says so and why, the worker
+    asks no more, and hands its claim back (a lost agent's claimant kept it over the 503)."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 0.05)
+    monkeypatch.setattr("agent.redispatch.DISPATCH_SETTLE_S", 0.2)
+    room = f"fleet-refused-{work}"
+    user = User(livekit, room, agent_name=REFUSED_AGENT, metadata={"tenant": "fleet"},
+                frames=SCREENS)
+    refusing = LiveKitProxy(livekit, itertools.chain(["unavailable"],
+                                                     itertools.repeat("refused")))
+    try:
+        await user.join("refused-user")  # a dispatch no worker takes
+        sid = await room_sid(livekit, room)
+        async with answering(refusing.handle) as proxy_url:
+            worker = redispatcher(settings, settings.database_url or "", proxy_url,
+                                  REFUSED_AGENT)
+            try:
+                async with asyncio.timeout(30):  # it would ask for ever on a bug
+                    if work == "lost":
+                        assert await worker.recover(room, sid, "agent-AJ_gone") is False
+                    else:
+                        await worker.place_when_free(room, sid)
+            finally:
+                await worker.aclose()
+        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+            kept = await lk.agent_dispatch.list_dispatch(room_name=room)
+    finally:
+        await leave_all([user])
+    assert refusing.asked.count("CreateDispatch") == 2
+    assert len([d for d in kept if d.agent_name == REFUSED_AGENT]) == 1  # nor deleted
+    assert await claims(settings.database_url or "", sid) == []
+    [refusal] = [m for m in caplog.messages if m.startswith("LiveKit refused")]
+    assert f"room {room}" in refusal and "unknown, HTTP 401 (LIVEKIT_API_KEY" in refusal
+    assert refusal.endswith("; not asking again")
+    assert len([m for m in caplog.messages if "again" in m and room in m]) == 2  # 503, refusal
+    assert not any(r.exc_info for r in caplog.records)
