@@ -43,7 +43,10 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   what does this dialog say?" and "yes but first tell me what the error is" start like a yes
   and ask something else, and once forgot every fact the user had. "ok", "alright", "fine"
   and "right" alone only acknowledge (they open any message, and a listener says them to what
-  they heard): around a yes they are fine ("okay, go ahead"), on their own no yes.
+  they heard): around a yes they are fine ("okay, go ahead"), on their own no yes. A caller
+  whose question they do answer, and where a yes read wrongly costs little, counts them: the
+  handoff gate (tools/handoff.py), where "ok" to "Would you like me to bring in a person?"
+  brings one in the user can send away.
 """
 
 from __future__ import annotations
@@ -168,7 +171,7 @@ def says_yes(said: str, *, yes: frozenset[str] = YES,
     `yes` and of words said `around` one (hesitations left out), at least one a yes ("yes
     please", "um sure, go ahead"). A word of anything else ("what", "but", "no") makes it no
     yes, nor does a question ("yes?" asks back). A caller may widen `yes` or `around` with what
-    its own question proposed ("sure, forget it all")."""
+    its own question proposed ("sure, forget it all"; the handoff's "ok, bring someone in")."""
     if said.rstrip().endswith("?"):
         return False
     heard = [w for w in WORD.findall(spelt_out(said)) if not is_hesitation(w)]

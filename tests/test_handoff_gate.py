@@ -12,8 +12,10 @@ weaker message do not, and the model is then told (not a blunt refusal) to ask t
 `OFFER_QUESTION`. A yes ("um yes please", "mm-hmm", "why not") consents only as the answer to
 that question, put in the assistant's turn just before it after the tool asked for it: never to
 an offer the model worded itself or read off the screen (the proactive offer of help is built
-from the screen's headline). The reason stays the model's labelled summary; a session is handed
-off once.
+from the screen's headline). A yes is the whole message, read by the rule `forget` reads its yes
+with (memory/word_forms.py `says_yes`, with the offer's "ok" and "bring someone in"): a yes said
+with another request, or asked back ("Yes?", once a consent), brings no one. The reason stays
+the model's labelled summary; a session is handed off once.
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ async def test_a_clear_request_for_a_person_hands_off(said: str) -> None:
     "yes please", "Yes please.", "um yes please", "mm-hmm", "that'd be great",
     "yes I'd like that", "go for it", "why not", "please do", "yeah", "yep", "sure", "ok",
     "okay", "go ahead", "do it", "Sure, go ahead.", "uh-huh", "hmm okay",
+    # read as `forget` reads a yes (memory/word_forms.py `says_yes`); refused before
+    "hey sightline, yes please", "Yes, I'm sure.", "That's right.", "well, okay", "thanks, yes",
 ])
 async def test_yes_to_the_tools_offer_in_the_turn_before_hands_off(yes: str) -> None:
     conversation = await offered(Conversation())
@@ -307,6 +311,37 @@ async def test_anything_but_a_yes_to_the_offer_brings_no_one(reply: str) -> None
     conversation = await offered(Conversation())
     await conversation.user(reply).call()
     assert not conversation.handed_off and conversation.published == []
+
+
+@pytest.mark.parametrize("reply", [
+    "yes but first tell me what the error is", "Okay, what does this dialog say?",
+    "sure, and reset my password", "yes please, what does the log say",
+    "yes, but can you reset my password first", "ok, I'll do it myself", "yes, no, wait",
+])
+async def test_a_yes_said_with_another_request_is_no_consent(reply: str) -> None:
+    """A yes with something else in the message answers more than the offer (this was refused
+    before too, and is now by the one rule for a whole-message yes, as in `forget`): nobody is
+    called, and the model is told to ask the tool's question again."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off
+    assert conversation.recorded == [] and conversation.published == []
+    assert "Nobody was called yet" in answer and offer_question() in answer
+
+
+@pytest.mark.parametrize("asked_back", ["Yes?", "ok?", "mm-hmm?"])
+async def test_a_yes_that_asks_back_is_asked_again(asked_back: str) -> None:
+    """"Yes?" asks back (it handed off before): as in `forget`, a question is no yes. It costs
+    the user one turn: the model is told to ask the tool's question again, and their yes to that
+    hands off."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(asked_back).call()
+    assert not conversation.handed_off and conversation.published == []
+    assert offer_question() in answer and conversation.tool.offer_pending
+    conversation.assistant(f"To be sure: {offer_question()}")
+    answer = await conversation.user("yes").call()
+    assert conversation.handed_off and "person will join shortly" in answer
+    assert len(conversation.published) == 1
 
 
 async def test_a_no_to_the_offer_is_taken_and_a_later_yes_is_no_consent() -> None:

@@ -29,7 +29,11 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   that question: the note is for the assistant's turn just before the user's yes, and that
   turn's last question is `OFFER_QUESTION`. An offer the model worded itself, or read off the
   screen ("contact support. Want me to help you fix it?", the proactive offer of help built
-  from the screen's headline), makes no yes a consent.
+  from the screen's headline), makes no yes a consent. A yes is the whole message, read by the
+  rule `forget` reads its yes with (memory/word_forms.py `says_yes`): "yes but first tell me
+  what the error is" and "Yes?" (which asks back; the model is told to ask again) are none.
+  To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
+  someone in") answer yes too (`OFFER_YES`).
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -49,7 +53,7 @@ from typing import Any
 from livekit.agents import RunContext, llm
 
 from memory.store import Store
-from memory.word_forms import is_hesitation
+from memory.word_forms import YES, is_hesitation, says_yes
 
 log = logging.getLogger("sightline.tools")
 
@@ -88,13 +92,19 @@ _CLAUSE_MARK = re.compile(r"[.,;!?\u2026\u2014\u2013\n\r]+")
 _NOT_A_WORD = re.compile(r"[^\w|]+")
 
 
+def _sounds_as_words(text: str) -> str:
+    """`text` lowercase, with "mm-hmm" and "uh-huh" as "yes" and "uh-uh" as "no": they answer
+    as those words do, but read word by word they are mostly hesitations ("mm", "uh"), which
+    say nothing."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _REFUSING_NOISE.sub(" no ", _AGREEING_NOISE.sub(" yes ", text))
+
+
 def words(text: str) -> list[str]:
     """`text` as the words the patterns read: lowercase, without apostrophes or hesitations, with a
     `|` where a clause ends. A recogniser's "um i dont know" and a typed "I don't know." read
     alike, so neither way of talking is understood less."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = _REFUSING_NOISE.sub(" no ", _AGREEING_NOISE.sub(" yes ", text))
-    text = _CLAUSE_MARK.sub(" | ", _APOSTROPHE.sub("", text))
+    text = _CLAUSE_MARK.sub(" | ", _APOSTROPHE.sub("", _sounds_as_words(text)))
     out: list[str] = []
     for word in _NOT_A_WORD.sub(" ", text.replace("_", " ")).split():
         if is_hesitation(word) or (word == "|" and (not out or out[-1] == "|")):
@@ -270,27 +280,34 @@ def asks_for_person(said: str) -> bool:
     return False
 
 
-_YES_FIRST = (r"(?:yes|yep|yup|yeah|yea|ya|yah|sure|ok|okay|k|alright|all right|please|go ahead|"
-              r"go on|go for it|do it|do that|do so|please do|why not|sure thing|of course|"
-              r"absolutely|definitely|certainly|sounds good|sounds great|sounds fine|"
-              r"that sounds (?:good|great|fine)|great|perfect|good idea|fine|correct|i do|"
-              r"i would|i guess so|i suppose so|id like that|i would like that|id love that|"
-              r"i would love that|(?:that would|thatd|that will|thatll) (?:be )?(?:great|good|"
-              r"nice|helpful|perfect|lovely|fine|help|be great)|lets do it|lets do that|"
-              r"(?:please )?bring (?:them|someone|somebody|a person|one|a human|them) in|"
-              r"(?:please )?(?:do|get|bring in) (?:a person|someone|somebody|a human))")
-_YES_MORE = rf"(?:{_YES_FIRST}|thanks|thank you|then|now|so|right away|yes please|please)"
-_YES = re.compile(rf"{_YES_FIRST}(?: \|)?(?: {_YES_MORE}(?: \|)?)*")
+# what else answers yes to `OFFER_QUESTION`, as `says_yes` reads words ("that'd be great" is "that
+# be great", "I'd like that" "i like that"; a transcript's "thatd" and "id" stay as they are).
+# Answering this question, "ok" or "fine" is a yes, and one read wrongly brings in a person the
+# user can send away, where in `forget` it loses every fact: so here they count
+_THAT = ("that", "thats", "that would", "thatd", "that will", "thatll")
+_SOMEONE_OFFERED = ("them", "one", "someone", "somebody", "a person", "a human")
+OFFER_YES = YES | frozenset((
+    "ok", "okay", "k", "alright", "all right", "fine", "please", "why not", "great", "perfect",
+    "good idea", "sounds good", "sounds great", "sounds fine", "that sounds good",
+    "that sounds great", "that sounds fine", "i would", "i guess so", "i suppose so",
+    "let do that", "lets do that",
+    *(f"{who} {like} that" for who in ("i", "id", "i would") for like in ("like", "love")),
+    *(f"{that} {be}{good}" for that in _THAT for be in ("", "be ")
+      for good in ("great", "good", "nice", "helpful", "perfect", "lovely", "fine")),
+    *(f"{that} help" for that in _THAT),
+    *(f"bring {whom} in" for whom in _SOMEONE_OFFERED),
+    *(f"{bring} {whom}" for bring in ("get", "bring in") for whom in _SOMEONE_OFFERED)))
 _NO = re.compile(r"(?:no|nope|nah|not (?:now|yet|really|today)|dont|do not|never mind|nevermind|"
                  r"maybe later|later|wait|hold on|i dont|i do not|i would not|i wouldnt|"
                  r"id rather not|i would rather not)(?= |$)")
 
 
-def says_yes(said: str) -> bool:
-    """Whether the user's message is a yes and nothing else ("yes please", "um sure",
-    "mm-hmm", "that'd be great", "go for it", "why not"): read as the answer to a question only
-    where the question was `OFFER_QUESTION`; "yes but not now" is not a yes."""
-    return _YES.fullmatch(" ".join(words(said))) is not None
+def says_yes_to_offer(said: str) -> bool:
+    """Whether the user's message is a yes to `OFFER_QUESTION` and nothing else ("yes please",
+    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
+    whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
+    now", "sure, and reset my password" and "yes?" are none."""
+    return says_yes(_sounds_as_words(said), yes=OFFER_YES)
 
 
 def says_no(said: str) -> bool:
@@ -396,7 +413,7 @@ class HandoffTool:
             return ALREADY
         turn = read_turn(context.session.history.items)
         answers_offer = self._answers_offer(turn)
-        if not (asks_for_person(turn.said) or (answers_offer and says_yes(turn.said))):
+        if not (asks_for_person(turn.said) or (answers_offer and says_yes_to_offer(turn.said))):
             if answers_offer and says_no(turn.said):
                 self._offered_after = None
                 return DECLINED
