@@ -330,6 +330,9 @@ _FIELDS: tuple[_Field, ...] = (
              "orchestrator's grace period, less the 40 s the close may take"),
     _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _seconds(3600), 15.0,
         help="a session whose event loop has not turned for this long is ended"),
+    _Field("participant_wait_s", "SIGHTLINE_PARTICIPANT_WAIT_S", _seconds(3600), 60.0,
+        help="seconds a job waits for its user to join the room it was dispatched to; then it "
+             "ends, freeing its session slot"),
     _Field("webhook_port", "SIGHTLINE_WEBHOOK_PORT", _PORT, 8082,
         help="where LiveKit's webhooks reach the worker, to dispatch the agent again to a room "
              "whose worker was lost (README: Deployment); 0: off"),
@@ -424,6 +427,7 @@ class Settings:
     malloc_arenas: int
     drain_timeout_s: int
     session_stall_s: float
+    participant_wait_s: float
     webhook_port: int
     lost_session_close_s: float
     screen_text: bool

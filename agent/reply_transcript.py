@@ -14,6 +14,9 @@ the last one was in flight. The protocol is livekit-agents' (the topic, `lk.segm
 `lk.transcription_final` on the close), so a client reads either kind the same way. With speech,
 livekit-agents' output stays: there the transcript is paced by the audio.
 
+Replies go to the participant the session serves alone (`to`): they are built from that user's
+screen and memory, and anyone else in the room must not read them.
+
 `capture_text` returns at once and one sender task sends the replies in order, so the reply's
 pipeline never waits on the room. A reply that cannot be sent (the room gone, a send refused) is
 logged in one line; it is in the session's chat history and conversation log all the same.
@@ -69,9 +72,10 @@ class _Reply:
 class ReplyTranscript(io.TextOutput):
     """The session's transcription output when it has no speech output."""
 
-    def __init__(self, room: rtc.Room, *, hold_s: float = HOLD_S) -> None:
+    def __init__(self, room: rtc.Room, *, to: str, hold_s: float = HOLD_S) -> None:
         super().__init__(label="SightlineReplies", next_in_chain=None)
         self._room = room
+        self._to = [to]
         self._hold_s = hold_s
         self._current: _Reply | None = None
         self._replies: asyncio.Queue[_Reply] = asyncio.Queue()
@@ -126,10 +130,11 @@ class ReplyTranscript(io.TextOutput):
                  ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: reply.segment_id}
         participant = self._room.local_participant
         if reply.complete.is_set():
-            await participant.send_text(reply.take(), topic=TOPIC_TRANSCRIPTION, attributes=final)
+            await participant.send_text(reply.take(), topic=TOPIC_TRANSCRIPTION,
+                                        attributes=final, destination_identities=self._to)
             return
         writer = await participant.stream_text(
-            topic=TOPIC_TRANSCRIPTION,
+            topic=TOPIC_TRANSCRIPTION, destination_identities=self._to,
             attributes={**final, ATTRIBUTE_TRANSCRIPTION_FINAL: "false"})
         while True:
             if text := reply.take():

@@ -1,10 +1,12 @@
-"""JSON messages from a session to the apps in its room, on a data topic.
+"""JSON messages from a session to its user's apps, on a data topic.
 
 Apps subscribe by topic (`room.on("data_received")` / `RoomEvent.DataReceived` filtered by topic):
 `sightline.screen` (new errors on screen), `sightline.handoff` (handed to a person),
-`sightline.assist` (live assist) and `sightline.cost` (the session's running cost). Publishing
-is reliable and off the caller's path: a message is sent by a task, and a failed publish (a room
-closing) is logged, never raised.
+`sightline.assist` (live assist) and `sightline.cost` (the session's running cost). Each message
+goes to the participant the session serves alone: they are built from that user's screen and
+memory, and anyone else in the room (a second participant, a supervisor's page) must not read
+them. Publishing is reliable and off the caller's path: a message is sent by a task, and a
+failed publish (a room closing) is logged, never raised.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ log = logging.getLogger("sightline.worker")
 
 
 class RoomPublisher:
-    """Publishes dicts as JSON on one topic of one room."""
+    """Publishes dicts as JSON on one topic of one room, to the participant `to`."""
 
-    def __init__(self, room: rtc.Room, topic: str) -> None:
+    def __init__(self, room: rtc.Room, topic: str, *, to: str) -> None:
         self._room = room
         self.topic = topic
+        self._to = [to]
         self._sending: set[asyncio.Task[None]] = set()
 
     def __call__(self, message: dict[str, Any]) -> None:
@@ -34,7 +37,7 @@ class RoomPublisher:
 
     async def _publish(self, message: str) -> None:
         try:
-            await self._room.local_participant.publish_data(message, reliable=True,
-                                                             topic=self.topic)
+            await self._room.local_participant.publish_data(
+                message, reliable=True, topic=self.topic, destination_identities=self._to)
         except Exception as exc:  # the room may be closing; the event log has the message
-            log.warning("could not publish on %s to the room: %r", self.topic, exc)
+            log.warning("could not publish on %s to %s: %r", self.topic, self._to[0], exc)

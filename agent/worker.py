@@ -2,7 +2,10 @@
 
 Dispatch is explicit, by agent name: a room gets Sightline when a dispatch names it (LiveKit API,
 token room config, or `lk dispatch create`). Job metadata may name the tenant:
-`{"tenant": "acme"}`; the user is the first participant to join.
+`{"tenant": "acme"}`; the user is the first participant to join (within
+`SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and the session's data messages, and its
+replies when they are text only, go to that user alone (with speech out, livekit-agents' audio
+track and transcript reach the whole room).
 
 A worker hosts its sessions as threads of one process (livekit-agents' thread executor), so what
 sessions only read — the embedder's weights, the OCR engines, the imported code — is loaded
@@ -75,14 +78,20 @@ SESSION_CONNECTIONS = 2
 # up to 10 s for a job thread to acknowledge the shutdown and 10 s more for it to end
 SHUTDOWN_DEADLINE_S = 40.0
 SHUTDOWN_OVERDUE_STATUS = 1
+# job threads kept started and initialized ahead of the jobs (livekit-agents' idle "processes"),
+# to cut a job's start: a job takes one and the pool starts another within its next 0.1-s turn
+# (ipc/proc_pool.py), in a few milliseconds (~0.1 MB each). A job of a burst that finds none
+# waits those milliseconds for one started for it, and livekit-agents logs a warning for it.
+# One per session slot was up to 10,000 threads (SIGHTLINE_MAX_SESSIONS), started at once
+WARM_JOB_THREADS = 8
 
 
 class ScreenSignalPublisher:
-    """Publishes each new error seen on the user's screen to the room, as JSON on
-    `sightline.screen`, for apps to show."""
+    """Publishes each new error seen on the user's screen to the user (`to`), as JSON on
+    `sightline.screen`, for their apps to show."""
 
-    def __init__(self, room: rtc.Room) -> None:
-        self._publish = RoomPublisher(room, SCREEN_TOPIC)
+    def __init__(self, room: rtc.Room, *, to: str) -> None:
+        self._publish = RoomPublisher(room, SCREEN_TOPIC, to=to)
 
     def __call__(self, error: ScreenError, read: ScreenText) -> None:
         self._publish({
@@ -182,6 +191,20 @@ async def _open_databases(settings: Settings, opened: OpenedSession,
     return db, None
 
 
+async def _user_joins(ctx: JobContext, wait_s: float) -> rtc.RemoteParticipant | None:
+    """The room's user, once they join; None, the job ended with one log line, when nobody
+    joined within `wait_s` (a page that never connected): the job would otherwise hold its
+    session slot until LiveKit closes the empty room, minutes later."""
+    try:
+        async with asyncio.timeout(wait_s):
+            return await ctx.wait_for_participant()
+    except TimeoutError:
+        log.warning("no user joined room %s within %g s (SIGHTLINE_PARTICIPANT_WAIT_S): "
+                    "ending its job", ctx.room.name, wait_s)
+        ctx.shutdown(reason=f"no user joined within {wait_s:g} s")
+        return None
+
+
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
     # Two peer connections, as LiveKit clients long had: the server offers each subscription
@@ -196,7 +219,10 @@ async def run_session(ctx: JobContext) -> None:
     # until the shutdown callback closes it, whatever fails or is cancelled (livekit-agents
     # cancels an entrypoint still running 15 s after the job's shutdown) closes it here
     try:
-        participant = await ctx.wait_for_participant()
+        participant = await _user_joins(ctx, settings.participant_wait_s)
+        if participant is None:
+            await opened.close()
+            return
         tenant = job_tenant(ctx.job.metadata, settings.tenant)
         db, down = await _open_databases(settings, opened)
         runtime = opened.runtime = await SessionRuntime.open(
@@ -205,21 +231,23 @@ async def run_session(ctx: JobContext) -> None:
         )
         screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
         opened.part("screen share", screen_share.aclose)
-        runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room))
-        runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC))
-        runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC))
+        # what the session sends goes to its user alone (agent/room_publisher.py)
+        user = participant.identity
+        runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room, to=user))
+        runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC, to=user))
+        runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC, to=user))
 
         def on_draft(packet: rtc.DataPacket) -> None:
             sender = packet.participant.identity if packet.participant else None
             if packet.topic == DRAFT_TOPIC and sender == participant.identity:
                 runtime.assist.drafted(packet.data.decode("utf-8", errors="replace"))
         ctx.room.on("data_received", on_draft)
-        publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC))
+        publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC, to=user))
         session = runtime.agent_session()
         opened.part("agent session", session.aclose)
         # text-only replies go out in as few room requests as each allows
         # (agent/reply_transcript.py)
-        replies = ReplyTranscript(ctx.room) if settings.tts is None else None
+        replies = ReplyTranscript(ctx.room, to=user) if settings.tts is None else None
         if replies is not None:
             opened.part("reply transcript", replies.aclose)
         # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
@@ -232,8 +260,11 @@ async def run_session(ctx: JobContext) -> None:
             f"{runtime.session_id} (room {ctx.room.name})",
             lambda reason: ctx.shutdown(reason=reason))
 
+        # how the session ended, as `finish` records it: completed, unless its start fails
+        ending: tuple[str, str | None] = (COMPLETED, None)
+
         async def finish(reason: str) -> None:
-            summary = await opened.close()
+            summary = await opened.close(*ending)
             log.info("session %s ended (%s); cost summary %s", runtime.session_id,
                      reason or "job done", json.dumps(summary))
 
@@ -243,28 +274,38 @@ async def run_session(ctx: JobContext) -> None:
         raise
     # the user left (or the session failed): end the job now rather than when the room empties
     session.on("close", lambda ev: ctx.shutdown(reason=f"session closed: {ev.reason}"))
-    await session.start(
-        agent=runtime.agent,
-        room=ctx.room,
-        room_options=room_io.RoomOptions(
-            participant_identity=participant.identity,
-            audio_input=settings.stt is not None,
-            audio_output=settings.tts is not None,
-            text_input=False,  # the inbox reads the chat
-            text_output=room_io.TextOutputOptions(sync_transcription=settings.tts is not None),
-        ),
-        record=False,
-        # livekit-agents would broadcast each of its session events (states, transcripts,
-        # usage) as a byte stream on `lk.agent.session`, for a RemoteSession client Sightline
-        # does not use; at 30 sessions on 2 cores those streams held up the users' questions
-        # and the replies (bench.load: 110 of 150 answered with them, 145 without)
-        session_host=False,
-    )
-    if replies is not None:
-        session.output.transcription = replies
-    inbox.attach(session, participant.identity,
-                 lambda detail: runtime.record.events.record("chat", detail=detail),
-                 on_text=runtime.turn_context.prefetch)
+    try:
+        await session.start(
+            agent=runtime.agent,
+            room=ctx.room,
+            room_options=room_io.RoomOptions(
+                participant_identity=participant.identity,
+                audio_input=settings.stt is not None,
+                audio_output=settings.tts is not None,
+                text_input=False,  # the inbox reads the chat
+                text_output=room_io.TextOutputOptions(
+                    sync_transcription=settings.tts is not None),
+            ),
+            record=False,
+            # livekit-agents would broadcast each of its session events (states, transcripts,
+            # usage) as a byte stream on `lk.agent.session`, for a RemoteSession client
+            # Sightline does not use; at 30 sessions on 2 cores those streams held up the
+            # users' questions and the replies (bench.load: 110 of 150 answered with them,
+            # 145 without)
+            session_host=False,
+        )
+        if replies is not None:
+            session.output.transcription = replies
+        inbox.attach(session, participant.identity,
+                     lambda detail: runtime.record.events.record("chat", detail=detail),
+                     on_text=runtime.turn_context.prefetch)
+    except BaseException as exc:
+        ending = describe_failure(exc)
+        if not isinstance(exc, Exception):
+            raise
+        log.error("session %s (room %s) failed to start: %s", runtime.session_id,
+                  ctx.room.name, ending[1])
+        ctx.shutdown(reason=f"the session failed to start: {ending[1]}")
 
 
 def initialize_before_closing(executor: JobExecutor) -> None:
@@ -372,10 +413,9 @@ class SightlineServer(AgentServer):
             # the load below reaches FULL_LOAD exactly when the worker is full; livekit-agents
             # offers jobs while load + (jobs accepted, not started) x load per job < threshold
             load_threshold=FULL_LOAD,
-            # with no session running, livekit-agents counts each accepted job as
-            # threshold / idle executors: one idle thread per session slot lets a burst up to
-            # capacity in (a thread costs little; a process per slot would not)
-            num_idle_processes=limits.sessions,
+            # job threads started ahead of the jobs, however many sessions the worker takes
+            # (jobs are admitted by `_get_effective_load` below, not by this count)
+            num_idle_processes=min(limits.sessions, WARM_JOB_THREADS),
             load_fnc=self._load,
             drain_timeout=settings.drain_timeout_s,
         )

@@ -9,7 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,8 +24,10 @@ from livekit.rtc._proto.ffi_pb2 import FfiEvent
 from agent import capacity, rtc_events
 from agent.capacity import CPU_FULL, CPU_WINDOW_S, FULL_LOAD, Limits, LoadMeter, LoadReading
 from agent.cli_worker import GIL_SWITCH_S
+from agent.config import Settings
+from agent.ports import free_port
 from agent.rtc_events import MEDIA_EVENTS, RoutedFfiQueue
-from agent.worker import SightlineServer
+from agent.worker import WARM_JOB_THREADS, SightlineServer, build_server
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
 from vision.track_source import SamplingGate, frame_gates
@@ -439,3 +444,35 @@ async def test_a_room_listener_hears_only_its_room_and_requests_no_room_event() 
     assert drained(other_room) == ["room_event:1", "room_event:2", "publish_track", "send_bytes"]
     assert drained(request) == ["publish_track", "send_bytes"]
     assert not queue.narrow(rtc._utils.Queue(), rtc_events._for_room(3))
+
+
+def _job_threads() -> int:
+    return sum(t.name == "job_thread_runner" for t in threading.enumerate())
+
+
+async def test_a_large_session_limit_starts_only_a_few_job_threads_ahead(
+    tmp_path: Path,
+) -> None:
+    """SIGHTLINE_MAX_SESSIONS=200: the running worker's pool holds WARM_JOB_THREADS idle job
+    threads, and keeps holding that many, not one per session slot; the session limit stays
+    200. (With one per slot, a worker of SIGHTLINE_MAX_SESSIONS=10000 had started 371 threads
+    6 s in, its loop starved, and had not closed 100 s after it was told to.)"""
+    settings = Settings.from_env({
+        "SIGHTLINE_DATA_DIR": str(tmp_path), "LIVEKIT_URL": "ws://127.0.0.1:1",
+        "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s", "SIGHTLINE_MAX_SESSIONS": "200",
+        "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0"})
+    before = _job_threads()
+    server = build_server(settings)
+    running = asyncio.create_task(server.run(unregistered=True))
+    try:
+        deadline = time.monotonic() + 30
+        while _job_threads() - before < WARM_JOB_THREADS:
+            assert time.monotonic() < deadline, "the pool started no idle job threads"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # ten turns of the pool's loop: it would start more by now
+        assert _job_threads() - before == WARM_JOB_THREADS
+        assert server.meter.limits.sessions == 200
+        assert server.meter.read(199).load < FULL_LOAD <= server.meter.read(200).load
+    finally:
+        await server.aclose()
+        await asyncio.gather(running, return_exceptions=True)

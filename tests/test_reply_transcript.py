@@ -80,7 +80,7 @@ async def test_a_reply_whole_within_the_hold_goes_out_as_one_send(
     rooms: tuple[rtc.Room, asyncio.Queue[Received]],
 ) -> None:
     agent, ended = rooms
-    replies = ReplyTranscript(agent)
+    replies = ReplyTranscript(agent, to="user")
     for chunk in ("The editor ", "shows the parser; ", "no error is visible."):
         await replies.capture_text(chunk)
     replies.flush()
@@ -95,7 +95,7 @@ async def test_a_slow_reply_streams_as_it_comes_and_coalesces(
     rooms: tuple[rtc.Room, asyncio.Queue[Received]],
 ) -> None:
     agent, ended = rooms
-    replies = ReplyTranscript(agent, hold_s=0.05)
+    replies = ReplyTranscript(agent, to="user", hold_s=0.05)
     await replies.capture_text("First words, ")
     await asyncio.sleep(1.0)  # past the hold: the stream opens with what there is
     for chunk in ("then ", "three ", "more."):  # while no write is in flight: one write
@@ -116,7 +116,7 @@ async def test_replies_keep_their_order(
     rooms: tuple[rtc.Room, asyncio.Queue[Received]],
 ) -> None:
     agent, ended = rooms
-    replies = ReplyTranscript(agent, hold_s=0.05)
+    replies = ReplyTranscript(agent, to="user", hold_s=0.05)
     await replies.capture_text("one slow reply, ")
     await asyncio.sleep(0.3)
     await replies.capture_text("ended.")
@@ -134,7 +134,7 @@ async def test_a_room_that_is_gone_costs_a_log_line_per_reply(
 ) -> None:
     agent = await _join(livekit, "gone-room", "agent")
     await agent.disconnect()
-    replies = ReplyTranscript(agent)
+    replies = ReplyTranscript(agent, to="user")
     caplog.set_level(logging.WARNING, logger="sightline.replies")
     await replies.capture_text("Nobody hears this.")
     replies.flush()
@@ -142,3 +142,35 @@ async def test_a_room_that_is_gone_costs_a_log_line_per_reply(
     lines = [r.getMessage() for r in caplog.records if r.name == "sightline.replies"]
     assert len(lines) == 1 and "could not be sent to the room" in lines[0]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_replies_reach_the_user_alone(
+    livekit: LiveKitServer, rooms: tuple[rtc.Room, asyncio.Queue[Received]],
+) -> None:
+    """A second participant in the user's room reads none of the replies, sent whole or
+    streamed (they are built from the user's screen and memory); the user reads both."""
+    agent, ended = rooms
+    bystander = await _join(livekit, agent.name, "bystander")
+    overheard: list[str] = []
+    bystander.register_text_stream_handler(
+        "lk.transcription", lambda reader, _identity: overheard.append(reader.info.topic))
+    marker = asyncio.Event()
+    bystander.on("data_received",
+                 lambda packet: marker.set() if packet.topic == "marker" else None)
+    try:
+        replies = ReplyTranscript(agent, to="user", hold_s=0.05)
+        await replies.capture_text("Whole at once.")
+        replies.flush()
+        assert (await _next(ended)).text == "Whole at once."
+        await replies.capture_text("Slow, ")
+        await asyncio.sleep(0.3)  # past the hold: this one streams
+        await replies.capture_text("streamed.")
+        replies.flush()
+        assert (await _next(ended)).text == "Slow, streamed."
+        await replies.aclose()
+        # the agent's next packet, to everyone: the bystander has had all that came before it
+        await agent.local_participant.publish_data(b"end", topic="marker")
+        await asyncio.wait_for(marker.wait(), 10)
+        assert overheard == []
+    finally:
+        await bystander.disconnect()

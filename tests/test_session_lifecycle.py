@@ -141,15 +141,17 @@ async def test_a_session_cancelled_as_it_opens_leaves_no_row_open(
 
 
 # `sightline start` with faults injected by room name: the speech engines fail to build (after
-# the runtime opened, before the shutdown callback), or the chat inbox fails to close
+# the runtime opened, before the shutdown callback), the agent session fails to start (after
+# the shutdown callback), or the chat inbox fails to close
 FAULTY_WORKER = """
 import sys
 from agent import chat_inbox, session
 from agent.cli import main
-from livekit.agents import get_job_context
+from livekit.agents import AgentSession, get_job_context
 
 _close_inbox = chat_inbox.ChatInbox.aclose
 _agent_session = session.SessionRuntime.agent_session
+_start = AgentSession.start
 
 def no_speech(self):
     if "speech" in get_job_context().room.name:
@@ -161,8 +163,14 @@ async def inbox_fails(self):
     if "inbox" in get_job_context().room.name:
         raise OSError("injected fault: the chat inbox failed to close")
 
+async def start_fails(self, *args, **kwargs):
+    if "start" in get_job_context().room.name:
+        raise RuntimeError("injected fault: the agent session failed to start")
+    return await _start(self, *args, **kwargs)
+
 session.SessionRuntime.agent_session = no_speech
 chat_inbox.ChatInbox.aclose = inbox_fails
+AgentSession.start = start_fails
 sys.exit(main())
 """
 
@@ -188,8 +196,10 @@ async def test_a_live_session_that_fails_opening_or_closing_still_writes_its_sum
 ) -> None:
     """A live session whose speech engines fail to build (its runtime open, its shutdown
     callback not registered yet) is closed as it fails: its summary says so and its row and
-    pools are closed. One whose chat inbox fails to close as the user leaves still reaches its
-    runtime's close: its summary is written, `failed`, naming the inbox."""
+    pools are closed. One whose agent session fails to start (its shutdown callback
+    registered) ends its job, its summary and row `failed` with the error, in one log line.
+    One whose chat inbox fails to close as the user leaves still reaches its runtime's close:
+    its summary is written, `failed`, naming the inbox."""
     launcher = tmp_path / "faulty_worker.py"
     launcher.write_text(FAULTY_WORKER)
     env = {
@@ -207,7 +217,7 @@ async def test_a_live_session_that_fails_opening_or_closing_still_writes_its_sum
     costs = tmp_path / "data" / "costs"
     users = {kind: User(livekit, f"lifecycle-{kind}", agent_name="sightline-lifecycle",
                         metadata={"tenant": "lifecycle"}, video=DEMO_FIXTURE / "screen.webm")
-             for kind in ("speech", "inbox")}
+             for kind in ("speech", "start", "inbox")}
     summaries: dict[str, dict[str, Any]] = {}
     seen: set[Path] = set()
     try:
@@ -229,15 +239,27 @@ async def test_a_live_session_that_fails_opening_or_closing_still_writes_its_sum
     assert summaries["speech"]["outcome"] == "failed"
     assert summaries["speech"]["error"] == ("RuntimeError: injected fault: the speech engines "
                                             "failed to build")
+    assert summaries["start"]["outcome"] == "failed"
+    assert summaries["start"]["error"] == ("RuntimeError: injected fault: the agent session "
+                                           "failed to start")
     assert summaries["inbox"]["outcome"] == "failed"
     assert summaries["inbox"]["error"] == ("closing its chat inbox: OSError: injected fault: "
                                            "the chat inbox failed to close")
     log_text = worker.log_text()
     assert "closing its chat inbox failed: OSError: injected fault" in log_text
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    [failed_start] = [r for r in records
+                      if r["level"] == "ERROR" and "failed to start" in r["message"]]
+    assert failed_start["message"].endswith(
+        "(room lifecycle-start) failed to start: RuntimeError: injected fault: the agent "
+        "session failed to start") and "exc_info" not in failed_start
     conn = await asyncpg.connect(env["DATABASE_URL"])
     try:
         assert await conn.fetchval("SELECT count(*) FROM sessions WHERE ended_at IS NULL") == 0
-        assert await conn.fetchval("SELECT count(*) FROM sessions") == 2
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 3
+        stored = await conn.fetchval("SELECT summary FROM sessions WHERE room = $1",
+                                     "lifecycle-start")
+        assert json.loads(stored)["outcome"] == "failed"
     finally:
         await conn.close()
 
