@@ -26,6 +26,7 @@ from yarl import URL
 from memory.db import masked_url
 
 from .config import ConfigError, Settings
+from .livekit_api import LiveKitTimeout, livekit_api
 
 log = logging.getLogger("sightline.console")
 
@@ -102,7 +103,7 @@ class Console:
         room = f"console-{uuid.uuid4().hex[:10]}"
         identity = f"console-user-{uuid.uuid4().hex[:6]}"
         try:
-            async with api.LiveKitAPI(http_url(self._url), self._key, self._secret) as lk:
+            async with livekit_api(http_url(self._url), self._key, self._secret) as lk:
                 await lk.room.create_room(api.CreateRoomRequest(name=room,
                                                                 empty_timeout=300))
                 await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
@@ -111,9 +112,9 @@ class Console:
         except Exception as exc:  # the page shows it; the console keeps serving
             where = masked_url(self._url)
             log.error("could not create a room on %s: %r", where, exc)
-            return web.json_response(
-                {"error": f"LiveKit at {where} refused or could not be reached: "
-                          f"{type(exc).__name__}"}, status=502)
+            why = (f"did not answer within {exc.after_s:g} s" if isinstance(exc, LiveKitTimeout)
+                   else f"refused or could not be reached: {type(exc).__name__}")
+            return web.json_response({"error": f"LiveKit at {where} {why}"}, status=502)
         token = (api.AccessToken(self._key, self._secret)
                  .with_identity(identity).with_name("Console user")
                  .with_ttl(timedelta(seconds=TOKEN_TTL_S))

@@ -30,9 +30,10 @@ one worker dispatches it, whether it heard the agent leave or the user come back
 count against the same `MAX_PER_ROOM`, so a session that ends as it starts is not restarted
 for ever.
 
-Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, the
-database is away for a moment), and no later webhook names the same loss or arrival: a worker
-that gave up at the first failure would leave the user in the room without an agent, for good.
+Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, a
+server takes the call and does not answer until `livekit_api` gives up, the database is away
+for a moment), and no later webhook names the same loss or arrival: a worker that gave up at
+the first failure would leave the user in the room without an agent, for good.
 So a failure is one line and the worker tries again on the same backoff as its looks (10 s,
 doubling up to a minute, ±25%), for as long as the user waits without an agent. A refusal that
 asking again cannot change (a 4xx: a key LiveKit does not take or that may not dispatch agents,
@@ -54,6 +55,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -68,6 +70,7 @@ from memory.spill_files import event_log_path
 from memory.store import Store
 
 from .config import Settings
+from .livekit_api import livekit_api
 from .observability import REDISPATCHES
 from .pricing import BUNDLED_PRICES
 from .session_record import close_abandoned
@@ -117,6 +120,8 @@ class Redispatcher:
     def __init__(self, settings: Settings, database_url: str) -> None:
         assert settings.livekit_url and settings.livekit_api_key and settings.livekit_api_secret
         self._settings = settings
+        self._livekit: tuple[str, str, str] = (
+            settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret)
         self._database_url = database_url
         self._receiver = api.WebhookReceiver(
             api.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret))
@@ -471,9 +476,8 @@ class Redispatcher:
             log.error("could not close the sessions %s lost with room %s's agent: %s (`sightline "
                       "costs ID --close` closes them)", ", ".join(session_ids), room, exc)
 
-    def _api(self) -> api.LiveKitAPI:
-        return api.LiveKitAPI(self._settings.livekit_url, self._settings.livekit_api_key,
-                              self._settings.livekit_api_secret)
+    def _api(self) -> AbstractAsyncContextManager[api.LiveKitAPI]:
+        return livekit_api(*self._livekit)
 
     async def _pool(self) -> asyncpg.Pool:
         if self._db is None:

@@ -3,7 +3,8 @@ LiveKit cannot be reached.
 
 Protects: missing LiveKit settings and a taken port are one line and exit 2, never a traceback;
 an unreachable LiveKit server makes `POST /api/session` answer 502 with one readable error (the
-page shows it) while the console keeps serving the page; a password in LIVEKIT_URL is never
+page shows it) while the console keeps serving the page, and so does one that takes the call and
+never answers (after `agent.livekit_api.TIMEOUT_S`, not never); a password in LIVEKIT_URL is never
 shown; Ctrl-C, the way the console says to stop it, stops it cleanly (exit 0); a request
 without the page's header, or naming another host, starts nothing (403).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import SIGHTLINE, run_cli
+from test_livekit_api_timeouts import never_answering
 
 from agent.config import Settings
 from agent.console_server import BUNDLE, Console
@@ -63,6 +65,29 @@ async def test_an_unreachable_livekit_is_a_readable_error_on_the_page(tmp_path: 
         assert error.startswith(f"LiveKit at {url} refused or could not be reached")
         page = await client.get("/")
         assert page.status == 200 and "Sightline console" in await page.text()
+
+
+async def test_a_livekit_that_never_answers_is_a_readable_error_on_the_page(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("agent.livekit_api.TIMEOUT_S", 0.2)
+    async with never_answering() as silent:
+        url = silent.url.replace("http://", "ws://")
+        async with TestClient(TestServer(Console(console_settings(url, tmp_path),
+                                                 "acme").app())) as client:
+            async with asyncio.timeout(30):  # the SDK alone would wait for ever
+                response = await client.post("/api/session",
+                                             headers={"X-Sightline-Console": "1"})
+            assert response.status == 502
+            assert await response.json() == {
+                "error": f"LiveKit at {url} did not answer within 0.2 s"}
+            page = await client.get("/")
+            assert page.status == 200
+    assert silent.asked == ["POST /twirp/livekit.RoomService/CreateRoom HTTP/1.1"]
+    [logged] = [r for r in caplog.records if r.name == "sightline.console"]
+    assert logged.getMessage() == (f"could not create a room on {url}: LiveKitTimeout('LiveKit "
+                                   f"at {silent.url} did not answer within 0.2 s')")
+    assert logged.exc_info is None
 
 
 async def test_only_the_console_s_own_page_starts_sessions(tmp_path: Path) -> None:
