@@ -105,6 +105,11 @@ def _ws_url(raw: str) -> str:
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc:
         raise ValueError("must look like wss://my-project.livekit.cloud or ws://127.0.0.1:7880")
+    # the server API's requests carry a signed token in their Authorization header, which
+    # aiohttp refuses to combine with a URL's own credentials: every call would fail
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold a user name or password: LiveKit is signed in to "
+                         "with LIVEKIT_API_KEY and LIVEKIT_API_SECRET")
     return raw.strip()
 
 

@@ -176,7 +176,6 @@ URL_PASSWORD = "url-pass-w0rd-q"
 URL_ENV = {
     "DATABASE_URL": f"postgresql://sightline@db.example.com/app?sslpassword={URL_PASSWORD}"
                     "&sslmode=require",
-    "LIVEKIT_URL": f"wss://lk:{URL_PASSWORD}@my-project.livekit.cloud",
     **{env: f"https://proxy:{URL_PASSWORD}@models.example.com/v1" for env in (
         "SIGHTLINE_GEMINI_BASE_URL", "SIGHTLINE_ANTHROPIC_BASE_URL", "SIGHTLINE_COHERE_BASE_URL",
         "SIGHTLINE_STT_BASE_URL", "SIGHTLINE_TTS_BASE_URL")},
@@ -188,7 +187,6 @@ def test_describe_masks_the_password_of_every_url() -> None:
     shown = {env: value for env, value, _ in Settings.from_env(URL_ENV).describe()}
     assert shown["DATABASE_URL"] == (
         "postgresql://sightline@db.example.com/app?sslpassword=***&sslmode=require")
-    assert shown["LIVEKIT_URL"] == "wss://lk:***@my-project.livekit.cloud"
     assert shown["SIGHTLINE_COHERE_BASE_URL"] == "https://proxy:***@models.example.com/v1"
     assert shown["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:***@collector:4318"
     assert URL_PASSWORD not in "\n".join(shown.values())
@@ -209,6 +207,20 @@ def test_an_invalid_url_setting_does_not_show_its_password() -> None:
         Settings.from_env({"LIVEKIT_URL": f"ftp://lk:{URL_PASSWORD}@my-project.livekit.cloud"})
     assert str(info.value).startswith(
         "LIVEKIT_URL='ftp://lk:***@my-project.livekit.cloud' is invalid: must look like")
+
+
+@pytest.mark.parametrize("url", [f"wss://lk:{URL_PASSWORD}@my-project.livekit.cloud",
+                                 "ws://lk@127.0.0.1:7880"])
+def test_a_livekit_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
+    """livekit-api signs each request in its Authorization header, and aiohttp refuses to send
+    one beside a URL's own user and password: every call to LiveKit failed, with aiohttp's
+    message, only once the worker or the console made its first call."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"LIVEKIT_URL": url})
+    message = str(info.value)
+    assert URL_PASSWORD not in message
+    assert "must not hold a user name or password" in message
+    assert "LIVEKIT_API_KEY" in message
 
 
 QUERY_KEY = "AIzaQUERYSECRET-0123456789"
