@@ -15,6 +15,7 @@ from .db import storable
 from .forget import forget_in_records
 from .gaps import forget_sessions
 from .spill_files import ROW_KEY
+from .user_memory import lock_memory
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Store:
         (memory/forget.py)."""
         counts = {}
         async with self._pool.acquire() as conn, conn.transaction():
+            await lock_memory(conn, tenant, user_id)  # a live session's write: before or after
             sessions = [r["id"] for r in await conn.fetch(
                 "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2", tenant, user_id)]
             counts["events_forgotten"] = await forget_in_records(conn, sessions)

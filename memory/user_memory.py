@@ -7,11 +7,15 @@ itself, searchable by meaning (the message's vector) and by words (its tsvector)
 gives a turn the summary, the facts most related to the question and the earlier messages that
 match it, fused like knowledge hits. Every query names its tenant and user. Writes arrive as rows
 from a `BackgroundWriter` (`apply`), so storing memory never delays a reply and survives an
-outage.
+outage. One user can have two sessions at once (two devices, a session rejoined while the old
+one closes), each keeper writing from its own view: `apply` merges what a keeper wrote with what
+the other wrote since, so neither's learning is lost (a summary may then hold one part a line,
+`SUMMARY_PARTS`, until a keeper's next fold takes them in).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Sequence
@@ -30,6 +34,13 @@ log = logging.getLogger("sightline.memory")
 FACTS_PER_TURN = 8  # a user with at most this many facts gets all of them on every turn
 TURNS_PER_TURN = 3
 CANDIDATES = 20
+# between the parts of a summary that sessions of the user folded at once (`merged_summary`):
+# a fold's summary is one line (the keeper's parse joins its whitespace)
+SUMMARY_PARTS = "\n"
+_MEMORY_OPS = ("fact", "forget", "summary")
+# the first key of the advisory locks `apply` takes, one a user: locks of their own, apart from
+# the one-key locks of migrations and redispatches
+_MEMORY_LOCKS = 0x5160_3E3E
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,52 @@ async def embed_or_none(embedder: Embedder, texts: list[str]) -> list[str | None
                     len(texts), embedder.name, exc)
         return [None] * len(texts)
     return [vector_literal(v) for v in vectors]
+
+
+async def lock_memory(conn: asyncpg.Connection, tenant: str, user_id: str) -> None:
+    """Hold the user's memory until `conn`'s transaction ends: what `UserMemory.apply` reads
+    to merge a row with stays so until it is written, and a privacy request's deletion
+    (`Store.forget_user`) comes wholly before or after a write, never between its read and
+    its write."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _MEMORY_LOCKS,
+                       f"{tenant}\n{user_id}")
+
+
+def same_fact(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()).rstrip(".") == " ".join(b.lower().split()).rstrip(".")
+
+
+def fresh_key(key: str, taken: set[str]) -> str:
+    """A key like `key` that no fact has: where a fact that may not replace another goes."""
+    for n in itertools.count(2):
+        fresh = f"{key[:56]}_{n}"
+        if fresh not in taken:
+            return fresh
+    raise AssertionError("unreachable")
+
+
+def fact_place(key: str, text: str, seen: str | None, known: dict[str, str]) -> str | None:
+    """Where a keeper's fact goes among the user's stored facts `known` (key: text), its view
+    having held `seen` under `key` (None: nothing): nowhere when the user has it already, under
+    any key (or it is a write retried); under `key` when that holds what the keeper saw, or
+    nothing; else beside what another session stored there since, under a fresh key (the
+    keeper checked its right to replace `seen`, never that text)."""
+    if any(same_fact(text, stored) for stored in known.values()):
+        return None
+    current = known.get(key)
+    return key if current is None or current == seen else fresh_key(key, set(known))
+
+
+def merged_summary(current: str | None, seen: str | None, new: str) -> str | None:
+    """The summary to store when a keeper that folded `seen` into `new` writes over `current`:
+    `new` in place of the parts it was folded from (all of `current`, when nobody wrote since),
+    the parts another session wrote since kept before it, one a line; None when `new` is there
+    already (a write retried, or a spill file imported again)."""
+    parts = current.split(SUMMARY_PARTS) if current else []
+    if new in parts:
+        return None
+    folded = set(seen.split(SUMMARY_PARTS)) if seen else set()
+    return SUMMARY_PARTS.join([*(part for part in parts if part not in folded), new])
 
 
 class UserMemory:
@@ -173,6 +230,18 @@ class UserMemory:
             tenant, user_id)
         return str(value) if value is not None else None
 
+    async def view(self, tenant: str, user_id: str) -> tuple[list[Fact], str | None]:
+        """What a keeper works from: the user's facts, least recently updated first (the order
+        it forgets them in past its limit), and their summary."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1"
+                " AND user_id = $2 ORDER BY updated_at, id", tenant, user_id)
+            summary = await conn.fetchval(
+                "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
+                tenant, user_id)
+        return [Fact(r["key"], r["text"], r["updated_at"]) for r in rows], summary
+
     async def defer(self, rows: Sequence[dict[str, Any]]) -> None:
         """Keep exchanges for the memory model (a session without the database had them)."""
         await backlog.store_deferred(self._pool, rows)
@@ -187,37 +256,74 @@ class UserMemory:
     async def apply(self, rows: Sequence[dict[str, Any]]) -> None:
         """Write memory changes in the order they were made, in one transaction. Rows are
         `{"op": "fact"|"forget"|"summary", "tenant", "user_id", "session_id", ...}`: a fact
-        (`key`, `text`) replaces the user's fact of that key; forget drops a key; a summary
-        (`text`) replaces the user's summary; and what became of a deferred exchange the
-        keeper analysed (`backlog.OPS`, with its `id`)."""
+        (`key`, `text`) stored under its key; forget drops a key; a summary (`text`); and what
+        became of a deferred exchange the keeper analysed (`backlog.OPS`, with its `id`).
+
+        A keeper's row says what its view held (`seen`: the key's text, or the summary its
+        fold was shown), and another session of the user may have written since. So a fact
+        replaces only what was seen under its key, else goes beside it (`fact_place`); a forget
+        drops only what was seen (the user's words were checked against that text); a summary
+        replaces the parts it was folded from (`merged_summary`). A row without `seen` (the
+        user's own `remember` and `forget`, or one kept on disk before rows had it) replaces or
+        drops what is stored. One transaction at a time writes a user's memory (an advisory
+        lock), so what a row is merged with stays so until it is written; and a row written
+        twice (a batch retried, a spill file imported again) changes nothing the second time."""
         fact_rows = [r for r in rows if r["op"] == "fact"]
         vectors = dict(zip(map(id, fact_rows),
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
                            strict=True))
+        users = sorted({(r["tenant"], r["user_id"]) for r in rows if r["op"] in _MEMORY_OPS})
         async with self._pool.acquire() as conn, conn.transaction():
+            for tenant, user_id in users:  # in one order: two batches cannot deadlock
+                await lock_memory(conn, tenant, user_id)
             for row in rows:
-                who = (row["tenant"], row["user_id"])
                 if row["op"] == "fact":
-                    vector = vectors[id(row)]
-                    await conn.execute(
-                        "INSERT INTO memory_facts (tenant, user_id, key, text, embed_model,"
-                        " embedding, session_id) VALUES ($1, $2, $3, $4, $5, $6::vector, $7)"
-                        " ON CONFLICT (tenant, user_id, key) DO UPDATE SET text = excluded.text,"
-                        " embed_model = excluded.embed_model, embedding = excluded.embedding,"
-                        " session_id = excluded.session_id, updated_at = now()",
-                        *who, row["key"], row["text"],
-                        self.embedder.name if vector else None, vector, row.get("session_id"))
+                    await self._store_fact(conn, row, vectors[id(row)])
                 elif row["op"] == "forget":
                     await conn.execute(
-                        "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2 AND key = $3",
-                        *who, row["key"])
+                        "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2 AND key = $3"
+                        " AND ($4::text IS NULL OR text = $4)",
+                        row["tenant"], row["user_id"], row["key"], row.get("seen"))
                 elif row["op"] == "summary":
-                    await conn.execute(
-                        "INSERT INTO memory_summaries (tenant, user_id, text, session_id)"
-                        " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO UPDATE SET"
-                        " text = excluded.text, session_id = excluded.session_id,"
-                        " updated_at = now()", *who, row["text"], row.get("session_id"))
+                    await self._store_summary(conn, row)
                 elif row["op"] in backlog.OPS:
                     await backlog.apply_op(conn, row)
                 else:
                     raise ValueError(f"unknown memory operation {row['op']!r}")
+
+    async def _store_fact(self, conn: asyncpg.Connection, row: dict[str, Any],
+                          vector: str | None) -> None:
+        """A fact row, under its key or where `fact_place` puts a keeper's (`apply`)."""
+        who, key = (row["tenant"], row["user_id"]), row["key"]
+        if "seen" in row:
+            known = {r["key"]: r["text"] for r in await conn.fetch(
+                "SELECT key, text FROM memory_facts WHERE tenant = $1 AND user_id = $2", *who)}
+            placed = fact_place(key, row["text"], row["seen"], known)
+            if placed is None:
+                return
+            key = placed
+        await conn.execute(
+            "INSERT INTO memory_facts (tenant, user_id, key, text, embed_model, embedding,"
+            " session_id) VALUES ($1, $2, $3, $4, $5, $6::vector, $7)"
+            " ON CONFLICT (tenant, user_id, key) DO UPDATE SET text = excluded.text,"
+            " embed_model = excluded.embed_model, embedding = excluded.embedding,"
+            " session_id = excluded.session_id, updated_at = now()",
+            *who, key, row["text"], self.embedder.name if vector else None, vector,
+            row.get("session_id"))
+
+    @staticmethod
+    async def _store_summary(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
+        """A summary row, merged with what is stored when it is a keeper's (`apply`)."""
+        who = (row["tenant"], row["user_id"])
+        text = row["text"]
+        if "seen" in row:
+            text = merged_summary(await conn.fetchval(
+                "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2", *who),
+                row["seen"], text)
+            if text is None:
+                return
+        await conn.execute(
+            "INSERT INTO memory_summaries (tenant, user_id, text, session_id)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, user_id) DO UPDATE SET"
+            " text = excluded.text, session_id = excluded.session_id, updated_at = now()",
+            *who, text, row.get("session_id"))

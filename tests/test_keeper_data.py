@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,26 @@ def test_a_line_read_off_the_screen_stays_inside_the_assistants_answer() -> None
 
 
 class _Rows:
-    """Stands for UserMemory: the rows the keeper's writer puts, collected."""
+    """Stands for UserMemory: the rows the keeper's writer puts, collected, and the facts and
+    summary they leave of `facts` and `summary` (what the keeper reads again, `view`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, facts: Sequence[Fact] = (), summary: str | None = None) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.facts = {f.key: f.text for f in facts}
+        self.summary = summary
 
     async def apply(self, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
+        for row in rows:
+            if row["op"] in ("fact", "forget"):
+                self.facts.pop(row["key"], None)
+            if row["op"] == "fact":
+                self.facts[row["key"]] = row["text"]
+            elif row["op"] == "summary":
+                self.summary = row["text"]
+
+    async def view(self, tenant: str, user_id: str) -> tuple[list[Fact], str | None]:
+        return [Fact(key, text) for key, text in self.facts.items()], self.summary
 
 
 class _Model:
@@ -102,7 +116,8 @@ async def _keep(tmp_path: Path, reply: dict[str, Any], user: str, assistant: str
                 ) -> tuple[MemoryKeeper, list[dict[str, Any]], _Model]:
     """One exchange through a keeper that starts with `facts` (and `summary`); what it knows
     after, the memory rows it wrote and its model."""
-    rows, model = _Rows(), _Model({"facts": [], "forget": [], "summary": None, **reply})
+    rows = _Rows(facts, summary)
+    model = _Model({"facts": [], "forget": [], "summary": None, **reply})
     keeper = MemoryKeeper(memory=rows, model=model, tenant="acme",  # type: ignore[arg-type]
                           user_id="u-1", session_id="s-1", spill_dir=tmp_path, timeout_s=5,
                           facts=facts, summary=summary)
