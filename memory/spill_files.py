@@ -6,14 +6,15 @@ the summary once the session closed), each `BackgroundWriter` of the session spi
 that ran without the database at all spills its own row too (`SESSION`), and its messages
 straight to their file.
 
-A row can reach the database twice: a batch stored whose answer was lost is retried, and a
-spill file is rewritten without the rows stored only after they are (a crash or a full disk
-between the two leaves them in it, to be written again). Each table makes the second write a
-no-op by a key of the row's own: cost events and waiting exchanges by `(session_id, seq)`, a
-session by its id, facts and summaries are replaced by theirs; messages and screen events, which
-have no such key, carry one made for them (`ROW_KEY`, a UUID: `KEYED_KINDS`), given as the row is
-first put to a writer or kept on disk, and stored in a UNIQUE column (migration 0018) that skips
-a row it holds already.
+A row can reach the database twice: a batch stored whose answer was lost is retried, and a spill
+file is rewritten without the rows stored only after they are (a crash or a full disk between
+the two leaves them in it, to be written again). Each table makes the second write a no-op by a
+key of the row's own: cost events and waiting exchanges by `(session_id, seq)`, a session by its
+id, a keeper's facts and summaries find themselves there already (`UserMemory.apply` merges by
+what the keeper saw) and the user's own are replaced by theirs; messages and screen events,
+which have no such key, carry one made for them (`ROW_KEY`, a UUID: `KEYED_KINDS`), given as the
+row is first put to a writer or kept on disk, and stored in a UNIQUE column (migration 0018)
+that skips a row it holds already.
 """
 
 from __future__ import annotations
