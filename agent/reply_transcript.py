@@ -1,4 +1,4 @@
-"""The agent's text replies on `lk.transcription`, in as few sends as each reply allows.
+"""The agent's replies' transcript on `lk.transcription`, in as few sends as each reply allows.
 
 livekit-agents' room output (1.8.9) sends a reply as a text stream of one send per step, each
 waited for: the stream's header, every chunk the model streamed, the close. A send is a round
@@ -7,15 +7,18 @@ worker waits its turn for the interpreter. At 30 sessions on 2 cores (`bench/loa
 scripted reply of three chunks took 47 ms at the median and 166 ms at p95 from the end of its
 turn to its stream's close: nearly all of the answer's way back to the user.
 
-So when replies are text only, the worker sends them with this output instead: a reply complete
-within `HOLD_S` of its first words goes out in one send (`send_text`: the whole stream in one
-request); a longer one opens a stream, and each write carries all the text that arrived while
-the last one was in flight. The protocol is livekit-agents' (the topic, `lk.segment_id`,
-`lk.transcription_final` on the close), so a client reads either kind the same way. With speech,
-livekit-agents' output stays: there the transcript is paced by the audio.
+So the worker sends them with this output instead: a reply complete within `HOLD_S` of its
+first words goes out in one send (`send_text`: the whole stream in one request); a longer one
+opens a stream, and each write carries all the text that arrived while the last one was in
+flight. The protocol is livekit-agents' (the topic, `lk.segment_id`, `lk.transcription_final` on
+the close, and `lk.transcribed_track_id` naming the agent's speech track when it speaks), so a
+client reads either kind the same way. A spoken reply's text comes through livekit-agents'
+`TranscriptSynchronizer`, word by word as its audio plays (agent/worker.py), as the room output
+it replaces paced it.
 
 Replies go to the participant the session serves alone (`to`): they are built from that user's
-screen and memory, and anyone else in the room must not read them.
+screen and memory, and anyone else in the room must not read them (livekit-agents' own output
+sends its transcript to the whole room).
 
 `capture_text` returns at once and one sender task sends the replies in order, so the reply's
 pipeline never waits on the room. A reply that cannot be sent (the room gone, a send refused) is
@@ -33,9 +36,11 @@ from livekit.agents import utils
 from livekit.agents.types import (
     ATTRIBUTE_TRANSCRIPTION_FINAL,
     ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID,
+    ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
     TOPIC_TRANSCRIPTION,
 )
 from livekit.agents.voice import io
+from livekit.agents.voice.transcription import find_micro_track_id
 
 log = logging.getLogger("sightline.replies")
 
@@ -70,7 +75,8 @@ class _Reply:
 
 
 class ReplyTranscript(io.TextOutput):
-    """The session's transcription output when it has no speech output."""
+    """The session's transcription output: the text-only session's own, a spoken session's
+    behind the synchronizer that paces it."""
 
     def __init__(self, room: rtc.Room, *, to: str, hold_s: float = HOLD_S) -> None:
         super().__init__(label="SightlineReplies", next_in_chain=None)
@@ -127,7 +133,7 @@ class ReplyTranscript(io.TextOutput):
         except TimeoutError:
             pass
         final = {ATTRIBUTE_TRANSCRIPTION_FINAL: "true",
-                 ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: reply.segment_id}
+                 ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: reply.segment_id, **self._speech_track()}
         participant = self._room.local_participant
         if reply.complete.is_set():
             await participant.send_text(reply.take(), topic=TOPIC_TRANSCRIPTION,
@@ -144,3 +150,12 @@ class ReplyTranscript(io.TextOutput):
             else:
                 await reply.changed.wait()
         await writer.aclose(attributes=final)
+
+    def _speech_track(self) -> dict[str, str]:
+        """The agent's speech track, as livekit-agents stamps its transcript: clients pair the
+        two by it (LiveKit's components show an agent's transcript by its audio track)."""
+        try:
+            track_id = find_micro_track_id(self._room, self._room.local_participant.identity)
+        except ValueError:  # text only: nothing spoken to pair with
+            return {}
+        return {ATTRIBUTE_TRANSCRIPTION_TRACK_ID: track_id}

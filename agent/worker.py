@@ -3,9 +3,10 @@
 Dispatch is explicit, by agent name: a room gets Sightline when a dispatch names it (LiveKit API,
 token room config, or `lk dispatch create`). Job metadata may name the tenant:
 `{"tenant": "acme"}`; the user is the first participant to join (within
-`SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and the session's data messages, and its
-replies when they are text only, go to that user alone (with speech out, livekit-agents' audio
-track and transcript reach the whole room).
+`SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and what the session sends goes to that
+user alone: its data messages, its replies' transcript (spoken or not), and its speech, which
+only they may subscribe to. (What the agent heard the user say, livekit-agents' transcript of
+their speech, still goes to the whole room.)
 
 A worker hosts its sessions as threads of one process (livekit-agents' thread executor), so what
 sessions only read — the embedder's weights, the OCR engines, the imported code — is loaded
@@ -36,6 +37,7 @@ from livekit.agents.ipc.job_executor import JobExecutor
 from livekit.agents.ipc.job_thread_executor import ThreadJobExecutor
 from livekit.agents.ipc.proc_pool import ProcPool
 from livekit.agents.utils.http_server import HttpServer
+from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
@@ -205,6 +207,14 @@ async def _user_joins(ctx: JobContext, wait_s: float) -> rtc.RemoteParticipant |
         return None
 
 
+def _failed_to_start(ctx: JobContext, session_id: str | None, error: str) -> None:
+    """Ends the job of a session that failed as it started, with one log line naming the room:
+    the error says what failed (a traceback would say where, to nobody who can act on it)."""
+    session = f"session {session_id}" if session_id else "a session"
+    log.error("%s (room %s) failed to start: %s", session, ctx.room.name, error)
+    ctx.shutdown(reason=f"the session failed to start: {error}")
+
+
 async def run_session(ctx: JobContext) -> None:
     settings = Settings.from_env()
     # Two peer connections, as LiveKit clients long had: the server offers each subscription
@@ -231,8 +241,13 @@ async def run_session(ctx: JobContext) -> None:
         )
         screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
         opened.part("screen share", screen_share.aclose)
-        # what the session sends goes to its user alone (agent/room_publisher.py)
+        # what the session sends goes to its user alone (agent/room_publisher.py), and only
+        # they may subscribe to its tracks: set before session.start publishes its speech, and
+        # kept by the server for each track published after
         user = participant.identity
+        ctx.room.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False, participant_permissions=[
+                rtc.ParticipantTrackPermission(participant_identity=user, allow_all=True)])
         runtime.screen_memory.error_listeners.append(ScreenSignalPublisher(ctx.room, to=user))
         runtime.handoff.listeners.append(RoomPublisher(ctx.room, HANDOFF_TOPIC, to=user))
         runtime.assist.listeners.append(RoomPublisher(ctx.room, ASSIST_TOPIC, to=user))
@@ -245,11 +260,9 @@ async def run_session(ctx: JobContext) -> None:
         publish_costs(runtime, RoomPublisher(ctx.room, COST_TOPIC, to=user))
         session = runtime.agent_session()
         opened.part("agent session", session.aclose)
-        # text-only replies go out in as few room requests as each allows
-        # (agent/reply_transcript.py)
-        replies = ReplyTranscript(ctx.room, to=user) if settings.tts is None else None
-        if replies is not None:
-            opened.part("reply transcript", replies.aclose)
+        # the replies' transcript, to the user alone, in as few room requests as each allows
+        # (agent/reply_transcript.py); attached once the session has started
+        replies = ReplyTranscript(ctx.room, to=user)
         # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
         if settings.stt is not None:
             microphone = MicReception(ctx.room, participant.identity)
@@ -270,8 +283,12 @@ async def run_session(ctx: JobContext) -> None:
 
         ctx.add_shutdown_callback(finish)
     except BaseException as exc:
-        await opened.close(*describe_failure(exc))
-        raise
+        outcome, error = describe_failure(exc)
+        await opened.close(outcome, error)
+        if not isinstance(exc, Exception):
+            raise
+        _failed_to_start(ctx, opened.runtime.session_id if opened.runtime else None, error)
+        return
     # the user left (or the session failed): end the job now rather than when the room empties
     session.on("close", lambda ev: ctx.shutdown(reason=f"session closed: {ev.reason}"))
     try:
@@ -283,8 +300,8 @@ async def run_session(ctx: JobContext) -> None:
                 audio_input=settings.stt is not None,
                 audio_output=settings.tts is not None,
                 text_input=False,  # the inbox reads the chat
-                text_output=room_io.TextOutputOptions(
-                    sync_transcription=settings.tts is not None),
+                # its transcript of the user's speech; the agent's own is `replies`, below
+                text_output=room_io.TextOutputOptions(sync_transcription=False),
             ),
             record=False,
             # livekit-agents would broadcast each of its session events (states, transcripts,
@@ -294,8 +311,18 @@ async def run_session(ctx: JobContext) -> None:
             # 145 without)
             session_host=False,
         )
-        if replies is not None:
+        if settings.tts is None:
             session.output.transcription = replies
+        else:
+            # paced by the speech as livekit-agents' room output paces its own: word by word as
+            # the audio plays, at once while it is off (agent/speech_outage.py)
+            speech = session.output.audio
+            assert speech is not None, "RoomIO made it (audio_output=True)"
+            paced = TranscriptSynchronizer(next_in_chain_audio=speech, next_in_chain_text=replies)
+            opened.part("transcript pacing", paced.aclose)
+            session.output.audio = paced.audio_output
+            session.output.transcription = paced.text_output
+        opened.part("reply transcript", replies.aclose)  # after what feeds it
         inbox.attach(session, participant.identity,
                      lambda detail: runtime.record.events.record("chat", detail=detail),
                      on_text=runtime.turn_context.prefetch)
@@ -303,9 +330,7 @@ async def run_session(ctx: JobContext) -> None:
         ending = describe_failure(exc)
         if not isinstance(exc, Exception):
             raise
-        log.error("session %s (room %s) failed to start: %s", runtime.session_id,
-                  ctx.room.name, ending[1])
-        ctx.shutdown(reason=f"the session failed to start: {ending[1]}")
+        _failed_to_start(ctx, runtime.session_id, ending[1])
 
 
 def initialize_before_closing(executor: JobExecutor) -> None:

@@ -9,7 +9,8 @@ the same local recogniser: it must be speech of the scripted reply. The second t
 the agent. The third runs a worker on an OpenAI-compatible speech endpoint (SIGHTLINE_STT /
 SIGHTLINE_TTS = openai:..., base URLs on the wire-format server, whose transcript and speech are
 SCRIPTED): what it transcribes reaches the cascade, the fake's speech reaches the user, and both
-are priced in the ledger.
+are priced in the ledger. Another has a second participant in the room: the agent's speech and
+its transcript reach the user alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -30,6 +32,7 @@ from conftest import fresh_database
 from livekit import rtc
 from test_e2e_livekit import Replies, session_events, sure, turn_requests
 from test_speech import QUESTIONS, VOICE, wer
+from test_worker_room_scope import Bystander
 
 from agent.local_speech import LocalTTS, transcribe
 from agent.speech_outage import NOTICES, PROBE_TEXT, STT, TTS
@@ -124,10 +127,24 @@ async def openai_worker(livekit: LiveKitServer,
     await proc.astop()
 
 
+class AttributedUser(VoiceUser):
+    """A voice user who also keeps who sent each `lk.transcription` stream, and its header's
+    attributes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transcripts: list[tuple[str, dict[str, str]]] = []
+
+    def _on_transcription(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        self.transcripts.append((identity, dict(reader.info.attributes or {})))
+        super()._on_transcription(reader, identity)
+
+
 async def voice_user(livekit: LiveKitServer, room: str, identity: str,
-                     agent_name: str = AGENT_NAME) -> VoiceUser:
-    user = VoiceUser(livekit, room, agent_name=agent_name, metadata={"tenant": "e2e-voice"},
-                     video=REPO / "fixtures" / "demo" / "screen.webm")
+                     agent_name: str = AGENT_NAME,
+                     kind: type[VoiceUser] = VoiceUser) -> VoiceUser:
+    user = kind(livekit, room, agent_name=agent_name, metadata={"tenant": "e2e-voice"},
+                video=REPO / "fixtures" / "demo" / "screen.webm")
     await user.join(identity)
     await user.wait_for_agent()
     await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
@@ -283,6 +300,45 @@ async def test_user_speaks_over_the_agent(
     assert turns["user_turns"] == 2, turns
     assert turns["model_rounds"] == 2 + turns["discarded_rounds"], turns
     assert len([e for e in events if e["kind"] == "heard"]) == 2
+
+
+async def test_the_agents_speech_and_transcript_reach_its_user_alone(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies],
+) -> None:
+    """A second participant is in the room of a spoken session, subscribing to every track as
+    a client does by default. The user hears the answer and reads its transcript, paced by the
+    speech and stamped with the agent's speech track as livekit-agents stamps its own; the
+    other participant sees the agent's speech track but may not subscribe to it, and gets no
+    transcript (livekit-agents' room output sent both to the whole room)."""
+    model_server[1].next = sure(ANSWER)
+    user = await voice_user(livekit, "voice-bystander", "speaker-6", kind=AttributedUser)
+    assert isinstance(user, AttributedUser)
+    bystander = Bystander()
+    try:
+        await bystander.join(livekit, user.room_name)
+        asked_at = time.monotonic()
+        await user.say("Why did the test fail?")
+        reply = await user.wait_for_reply(timeout_s=30)
+        span = await wait_for_speech_end(user, since=asked_at)
+        # sent after the reply reached the user: the bystander has had it once it has this
+        await user.room.local_participant.publish_data(b"end", topic="marker")
+        await asyncio.wait_for(bystander.marked.wait(), 10)
+        agent = await user.wait_for_agent()
+        [speech_track] = agent.track_publications  # the agent's speech, as the user sees it
+        seen = [p for p in bystander.room.remote_participants.values()
+                if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
+    finally:
+        await user.leave()
+        await bystander.room.disconnect()
+    assert reply == ANSWER
+    await assert_spoke(user, span, ANSWER)
+    [(sender, attributes)] = user.transcripts
+    assert sender == agent.identity
+    assert attributes["lk.transcribed_track_id"] == speech_track
+    assert [list(p.track_publications) for p in seen] == [[speech_track]]
+    # the user's tracks (their screen and microphone), none of the agent's
+    assert sorted(who for who, _ in bystander.subscribed) == ["speaker-6", "speaker-6"]
+    assert bystander.heard == []
 
 
 async def test_openai_compatible_speech_endpoint_hears_and_speaks(

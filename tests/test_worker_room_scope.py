@@ -74,14 +74,18 @@ async def worker(livekit: LiveKitServer, database_url: str,
 
 
 class Bystander:
-    """A second participant in the user's room: what reaches them, and a marker to know that
-    whatever was sent before it has."""
+    """A second participant in the user's room: what reaches them (subscribing to every track,
+    as a client does by default), and a marker to know that whatever was sent before it has."""
 
     def __init__(self) -> None:
         self.room = rtc.Room()
         self.heard: list[str] = []  # topics of the data messages and text streams received
+        # (publisher, track sid) of each track they could subscribe to
+        self.subscribed: list[tuple[str, str]] = []
         self.marked = asyncio.Event()
         self.room.on("data_received", self._on_data)
+        self.room.on("track_subscribed", lambda _track, publication, publisher: (
+            self.subscribed.append((publisher.identity, publication.sid))))
         self.room.register_text_stream_handler(
             "lk.transcription", lambda reader, _identity: self.heard.append(reader.info.topic))
 
