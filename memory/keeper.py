@@ -22,9 +22,10 @@ says that marked text is data, and what the model answers is checked before it i
 (`vouched`), each fact on its own provenance, its words read as `remember` reads them
 (memory/word_forms.py: look-alike letters and full-width forms as what they look like, "I'm"
 and "dont" spelt out, plurals in one form, number words as digits: "postgres sixteen" holds
-"Postgres 16"). A fact with a content word the user did not say is the screen's: it may be
-remembered as a new fact (the versions the assistant read for the user's question, "pip
-23.2.1 under pyenv's Python 3.11.7", are most of what is worth keeping),
+"Postgres 16", but a number in pieces only as the user said them together: "two times in
+seven minutes" holds no "Python 2.7"). A fact with a content word the user did not say is the
+screen's: it may be remembered as a new fact (the versions the assistant read for the user's
+question, "pip 23.2.1 under pyenv's Python 3.11.7", are most of what is worth keeping),
 but it never replaces what the user said or an earlier session stored (only what the screen
 itself said in this session), never holds contact-like data, and is refused when the answer
 carries a forged speaker's line. A remembered fact is forgotten, or replaced
@@ -179,28 +180,77 @@ def _parts(token: str) -> list[str]:
     return as_digits(WORD.findall(token))
 
 
+# the most pieces a number said in pieces is read as one with ("two seven" is "2.7"); one of
+# more is the user's only as they wrote it whole
+_NUMBER_PIECES = 6
+
+
+def _number_runs(words: list[str], longest: int) -> list[str]:
+    """Each run of numbers next to each other in `words`, of 2 to `longest` of them, as one
+    dotted number ("python 2 7 18" holds "2.7", "7.18" and "2.7.18")."""
+    runs = []
+    for start in range(len(words)):
+        end = start
+        while end < len(words) and end - start < longest and words[end].isdecimal():
+            end += 1
+            if end - start > 1:
+                runs.append(".".join(words[start:end]))
+    return runs
+
+
+def _numbers_of(parts: list[str]) -> list[str]:
+    """The numbers among a token's parts, those next to each other as one dotted number
+    ("python-2.7" holds "2.7")."""
+    numbers: list[str] = []
+    run: list[str] = []
+    for part in [*parts, ""]:
+        if part.isdecimal():
+            run.append(part)
+        elif run:
+            numbers.append(".".join(run))
+            run = []
+    return numbers
+
+
 def _said(text: str) -> set[str]:
-    """Every word of `text`, whole tokens and their parts, in their plain form."""
+    """Every word of `text`, whole tokens and their parts, in their plain form, and the numbers
+    said in pieces next to each other ("2 7", "two seven", "2.7" are "2.7")."""
     words: set[str] = set()
+    pieces: list[str] = []
     for token in _tokens(text):
+        parts = _parts(token)
         words.add(plain(token))
-        words.update(plain(part) for part in _parts(token))
-    return words
+        words.update(plain(part) for part in parts)
+        pieces += parts
+    return words | set(_number_runs(pieces, _NUMBER_PIECES))
 
 
 def _content(text: str) -> list[str]:
     """The tokens of `text` that say something (function words and single letters left out,
-    not a digit: "4 dogs" is not "3 dogs")."""
-    return [t for t in _tokens(text) if t not in STOP_WORDS and says_something(t)]
+    not a digit: "4 dogs" is not "3 dogs"), numbers next to each other as one ("python 2 7"
+    names "2.7")."""
+    groups: list[list[str]] = []
+    for token in _tokens(text):
+        if groups and token.isdecimal() and all(p.isdecimal() for p in _parts(groups[-1][-1])):
+            groups[-1].append(token)
+        else:
+            groups.append([token])
+    tokens = [".".join(group) for group in groups]
+    return [t for t in tokens if t not in STOP_WORDS and says_something(t)]
 
 
 def _unsaid(text: str, said: set[str]) -> list[str]:
-    """The content words of `text` that are not in `said` (a dotted or hyphenated token counts
-    as said when each of its content parts is: "pyenv-managed" from "pyenv managed")."""
+    """The content words of `text` that are not in `said` (`_said`). A dotted or hyphenated
+    token counts as said when each of its content parts is ("pyenv-managed" from "pyenv
+    managed"), its numbers as the user said them, next to each other: "Python 2.7" is not
+    said by "two times in the last seven minutes"."""
     missing = []
     for token in _content(text):
-        parts = [plain(p) for p in _parts(token) if p not in STOP_WORDS and says_something(p)]
-        if plain(token) not in said and not (parts and all(p in said for p in parts)):
+        parts = _parts(token)
+        words = [plain(p) for p in parts
+                 if p not in STOP_WORDS and says_something(p) and not p.isdecimal()]
+        needed = words + _numbers_of(parts)
+        if plain(token) not in said and not (needed and all(w in said for w in needed)):
             missing.append(token)
     return missing
 
@@ -320,9 +370,13 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "got rid", "stopped", "switched"
 # after what they name: "I don't use vim anymore", "my team is wrong"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
                 "obsolete", "out of date", "not true", "not right", "not correct")
-# "That's wrong, I'm on the platform team": a correction of what the sentence goes on to name
 # what before a forget or change word turns it into something else
-_NOT_AFTER = {"used to": frozenset("got get gets getting am is are was were be been".split())}
+_NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
+              **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"}))}
+# how far before a forget or change word a word in `_NOT_AFTER` reaches: "I'm so used to vim",
+# "dont ever forget my editor", "don't you forget"
+_NOT_AFTER_REACH = 3
+# "That's wrong, I'm on the platform team": a correction of what the sentence goes on to name
 _CORRECTION = re.compile(
     r"^(?:(?:no|nope|actually) ,? )?(?:that|this|it|you)(?: (?:is|are|was))? (?:(?:all|so) )?"
     r"(?:wrong|incorrect|mistaken|outdated|not (?:true|right|correct))\b")
@@ -365,6 +419,17 @@ def _spans(tokens: list[str], phrases: tuple[str, ...]) -> list[tuple[int, int]]
     return found
 
 
+def _turned(sentence: list[str], first: int, past: int) -> bool:
+    """Whether a word a little before the forget or change word at `first`..`past`, in its
+    clause, makes it none (`_NOT_AFTER`): "don't ever forget", "I'm so used to"."""
+    before = []
+    for token in reversed(sentence[max(0, first - _NOT_AFTER_REACH):first]):
+        if _PUNCT.fullmatch(token):
+            break
+        before.append(token)
+    return bool(_NOT_AFTER.get(" ".join(sentence[first:past]), frozenset()) & set(before))
+
+
 def forget_subjects(user: str) -> set[str]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
     longer so: each tied to a forget or change word within one clause of the message, as its
@@ -384,7 +449,7 @@ def forget_subjects(user: str) -> set[str]:
         if _CORRECTION.match(" ".join(sentence)) and not question:
             named += [t for t in sentence if t not in STOP_WORDS and not _PUNCT.fullmatch(t)]
         for first, past in _spans(sentence, _FORGET_WORDS):
-            if not (first and sentence[first - 1] in ("not", "never")):  # "don't forget my …"
+            if not _turned(sentence, first, past):  # "don't forget my …"
                 named += _phrases(sentence, past, +1)
         # the rest, in a question ("how do I remove …", "is vim no longer supported?"), ask
         # about the world, not the memory: unless the clause is about the memory
@@ -394,9 +459,9 @@ def forget_subjects(user: str) -> set[str]:
                 clause_start = max(s for s in clause_starts if s <= first)
                 clause = sentence[clause_start:]
                 clause = clause[:clause.index(",")] if "," in clause else clause
-                said = " ".join(sentence[first:past])
-                if first and sentence[first - 1] in _NOT_AFTER.get(said, ()):
+                if _turned(sentence, first, past):
                     continue  # "I got used to vim"
+                said = " ".join(sentence[first:past])
                 asks = question and clause and clause[0] in _QUESTION_START
                 if asks and not (said in _REMOVE_WORDS and _MEMORY_WORDS & set(clause)):
                     continue

@@ -32,16 +32,20 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   check leaves them out where they would break a rule ("can i uh talk to someone", "forget
   umm my editor"). A lone "m" and "err" are not among them: a letter, a verb.
 - `LEAD_FILLER`: what a speaker says before asking without changing the request: the
-  hesitations, a discourse marker ("so", "actually", "by the way"), the wake word. Only where a
-  request opens, for a check that reads a request there (`remember`, `forget`): elsewhere "so",
-  "now", "right" or "yes" say something.
+  hesitations and "err" ("err remember that I use vim", where no verb can stand), a discourse
+  marker ("so", "actually", "by the way"), the wake word. Only where a request opens, for a
+  check that reads a request there (`remember`, `forget`): elsewhere "so", "now", "right" or
+  "yes" say something.
 - `as_digits`: number words as a speech recogniser writes them read as digits ("postgres
   sixteen" is "Postgres 16", "twenty four oh four" is "24 4", as "24.04" is), so a fact
-  `remember` takes as the user's words the keeper does not take for the screen's.
+  `remember` takes as the user's words the keeper does not take for the screen's. A digit run
+  is read digit by digit: `int` refuses one of more than 4300, and a message may hold one.
 - `says_yes`: a message that is a yes and nothing else of substance, the only answer that lets
   a question the user was asked go ahead. Reading how a message starts is not enough: "Okay,
   what does this dialog say?" and "yes but first tell me what the error is" start like a yes
-  and ask something else, and once forgot every fact the user had. "ok", "alright", "fine"
+  and ask something else, and once forgot every fact the user had. It is a question however it
+  is written ("Yes？", "yes?!", "\"yes?\""), except a yes put as one ("why not?"), and an emoji
+  other than a few agreeing ones says something else ("yes 👎"). "ok", "alright", "fine"
   and "right" alone only acknowledge (they open any message, and a listener says them to what
   they heard): around a yes they are fine ("okay, go ahead"), on their own no yes. A caller
   whose question they do answer, and where a yes read wrongly costs little, counts them: the
@@ -52,6 +56,7 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from .marked_data import read_as
 
@@ -69,8 +74,10 @@ _SAME_WORD = {"has": "have", "does": "do", "goes": "go"}
 
 HESITATION = r"(?:u+m+|u+h+m*|e+rm*|e+h+|h+m+|m{2,}|a+h+|o+h+)"
 _HESITATION = re.compile(HESITATION, re.IGNORECASE)
-LEAD_FILLER = (rf"(?:{HESITATION}|ok(?:ay)?|alright|all right|so|and|also|now|just|hey|hi|well|"
-               r"right|actually|yeah|yes|yep|look|listen|btw|by the way|one more thing|"
+# "err" and "errm" open a request as "erm" does ("err remember that I use vim"): only there,
+# where the verb "err" cannot stand
+LEAD_FILLER = (rf"(?:{HESITATION}|e+r+m*|ok(?:ay)?|alright|all right|so|and|also|now|just|hey|"
+               r"hi|well|right|actually|yeah|yes|yep|look|listen|btw|by the way|one more thing|"
                r"never ?mind|sightline|please|kindly)\b[\s,.!]*")
 _LEAD_FILLERS = re.compile(rf"(?:{LEAD_FILLER})*", re.IGNORECASE)
 _UNITS = {w: n for n, w in enumerate(
@@ -90,6 +97,12 @@ YES = frozenset((
 AROUND_YES = frozenset((
     "ok", "okay", "alright", "all right", "fine", "right", "well", "so", "then", "now", "just",
     "and", "please", "thanks", "thank you", "right away", "hey", "sightline"))
+
+
+# emoji a yes may come with ("yes 👍"); any other symbol (👎, ❌, 🚫, ✋) says something else
+_AGREEING_SYMBOLS = frozenset("👍👌👏🙌🙏🤝🙂😊😀😃😄😁❤💯✅✔☑🆗✌")
+# what may close a message after its last word or "?" ("yes?!", "\"yes?\"", "(yes?)")
+_CLOSING = frozenset(" \t\r\n!.\"'") | _AGREEING_SYMBOLS
 
 
 def fold(text: str) -> str:
@@ -141,8 +154,8 @@ def says_something(word: str) -> bool:
 def as_digits(words: list[str]) -> list[str]:
     """`words` (lower-cased) with number words as digits and numbers without leading zeros, so
     a transcript ("python three eleven", "twenty four oh four") and a fact ("Python 3.11",
-    "24.04") say the same numbers. A digit `int` does not read (the Ethiopic "፩") stays as
-    written."""
+    "24.04") say the same numbers. A digit that is no decimal digit (the Ethiopic "፩") stays
+    as written."""
     out: list[str] = []
     i = 0
     while i < len(words):
@@ -156,8 +169,8 @@ def as_digits(words: list[str]) -> list[str]:
                 out.append(str(_TENS[word]))
         elif word in _UNITS:
             out.append(str(_UNITS[word]))
-        elif word.isdecimal():
-            out.append(str(int(word)))
+        elif word.isdecimal():  # digit by digit: `int` refuses a run of more than 4300
+            out.append("".join(str(unicodedata.decimal(c)) for c in word).lstrip("0") or "0")
         elif not (word in ("oh", "o") and out and out[-1].isdecimal()
                   and (nxt in _UNITS or nxt.isdecimal())):  # "oh" as the zero in "24 oh 4"
             out.append(word)
@@ -165,16 +178,32 @@ def as_digits(words: list[str]) -> list[str]:
     return out
 
 
-def says_yes(said: str, *, yes: frozenset[str] = YES,
-             around: frozenset[str] = AROUND_YES) -> bool:
+def _asks_back(said: str) -> bool:
+    """Whether the message `said` ends as a question, read as a model reads it (`fold`: "？",
+    "⁇"), whatever closes it after the "?" ("yes?!", "\"yes?\"", "(yes?)")."""
+    folded = fold(said)
+    end = len(folded)
+    while end and (folded[end - 1] in _CLOSING
+                   or unicodedata.category(folded[end - 1]) in ("Pe", "Pf", "Pi")):
+        end -= 1
+    return folded[:end].endswith("?")
+
+
+def says_yes(said: str, *, yes: frozenset[str] = YES, around: frozenset[str] = AROUND_YES,
+             rhetorical: frozenset[str] = frozenset()) -> bool:
     """Whether the message `said` is a yes and nothing else of substance: read as phrases of
     `yes` and of words said `around` one (hesitations left out), at least one a yes ("yes
     please", "um sure, go ahead"). A word of anything else ("what", "but", "no") makes it no
-    yes, nor does a question ("yes?" asks back). A caller may widen `yes` or `around` with what
-    its own question proposed ("sure, forget it all"; the handoff's "ok, bring someone in")."""
-    if said.rstrip().endswith("?"):
+    yes, nor does a symbol other than a few agreeing emoji ("yes 👎"), nor a question ("yes?"
+    asks back, `_asks_back`) unless it ends with a phrase of `rhetorical`, a yes put as a
+    question ("sure, why not?"). A caller may widen `yes` or `around` with what its own
+    question proposed ("sure, forget it all"; the handoff's "ok, bring someone in")."""
+    if any(unicodedata.category(c) == "So" and c not in _AGREEING_SYMBOLS for c in fold(said)):
         return False
     heard = [w for w in WORD.findall(spelt_out(said)) if not is_hesitation(w)]
+    if _asks_back(said) and not any(heard[len(heard) - len(p.split()):] == p.split()
+                                   for p in rhetorical):
+        return False
     longest = max(len(phrase.split()) for phrase in yes | around)
     # how the words before each position can be read: as words around a yes only (False), or
     # with a yes (True); a phrase may be read more than one way ("forget it all right"), so

@@ -247,6 +247,7 @@ async def test_a_clear_request_for_a_person_hands_off(said: str) -> None:
     "okay", "go ahead", "do it", "Sure, go ahead.", "uh-huh", "hmm okay",
     # read as `forget` reads a yes (memory/word_forms.py `says_yes`); refused before
     "hey sightline, yes please", "Yes, I'm sure.", "That's right.", "well, okay", "thanks, yes",
+    "Why not?", "Sure, why not?",  # a yes put as a question
 ])
 async def test_yes_to_the_tools_offer_in_the_turn_before_hands_off(yes: str) -> None:
     conversation = await offered(Conversation())
@@ -306,7 +307,7 @@ async def test_a_second_call_in_the_offering_turn_does_not_consent() -> None:
 
 
 @pytest.mark.parametrize("reply", ["no thanks", "nah", "not now", "uh-uh", "yes but not now",
-                                   "what does the log say"])
+                                   "what does the log say", "yes \U0001f44e", "sure \u274c"])
 async def test_anything_but_a_yes_to_the_offer_brings_no_one(reply: str) -> None:
     conversation = await offered(Conversation())
     await conversation.user(reply).call()

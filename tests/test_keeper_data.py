@@ -517,3 +517,38 @@ async def test_a_change_the_user_states_replaces_the_old_fact(
     keeper, _, model = await _keep(tmp_path, reply, user, "Noted.", [old])
     assert keeper.facts == ({key: new} if new else {})
     assert model.done[0]["forgets_refused"] == model.done[0].get("facts_rekeyed", 0) == 0
+
+
+PYTHON = Fact("python_version", "The user runs Python 3.12")
+PY27 = "The user runs Python 2.7"
+TERMINAL = "The terminal shows: Python 2.7.18 detected. Your script needs Python 3."
+
+
+@pytest.mark.parametrize(("user", "replaced"), [
+    ("Why does my python script keep failing? I ran it two times in the last seven minutes.",
+     False),
+    ("I'm on python two seven now, why does my script keep failing?", True),
+    ("My python is 2 7 now.", True),
+    ("My python is 2.7 now.", True),
+])
+async def test_a_number_is_the_users_only_as_they_said_it_together(
+    tmp_path: Path, user: str, replaced: bool,
+) -> None:
+    """"two" and "seven" said apart ("two times in the last seven minutes") do not make the
+    terminal's "Python 2.7" the user's words: it is kept next to their Python 3.12, never over
+    it. Said next to each other ("two seven", "2 7") they do."""
+    keeper, _, _ = await _keep(tmp_path, {"facts": [{"key": PYTHON.key, "text": PY27}]},
+                               user, TERMINAL, [PYTHON])
+    assert keeper.facts == ({PYTHON.key: PY27} if replaced
+                            else {PYTHON.key: PYTHON.text, f"{PYTHON.key}_2": PY27})
+
+
+async def test_a_long_digit_run_in_the_message_is_read(tmp_path: Path) -> None:
+    """A run of more than 4300 digits (more than `int` reads) in the user's message once made
+    every answer an "unusable memory reply", each retried and billed: it is read as any
+    number."""
+    keeper, _, model = await _keep(
+        tmp_path, {"facts": [{"key": "backup", "text": "The user has a backup key"}]},
+        "Remember that my backup key is " + "7" * 4400, "Noted.", [])
+    assert keeper.facts == {"backup": "The user has a backup key"}
+    assert len(model.done) == 1 and model.done[0]["facts_written"] == 1

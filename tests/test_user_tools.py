@@ -51,6 +51,7 @@ from tools.handoff import OFFER_QUESTION, REASON_CHARS, REASON_LABEL, HandoffToo
 from tools.memory_tools import (
     ASKS_TO_FORGET,
     ASKS_TO_REMEMBER,
+    FORGET_ALL_QUESTION,
     MemoryTools,
     key_for,
     user_asked,
@@ -83,12 +84,14 @@ REASON = f"{REASON_LABEL}The user wants a person."  # the model's reason, record
 
 
 class ToolScript:
-    """The acting tier calls `call` on a new question and answers its result; lower tiers are
-    unsure; memory updates change nothing (the tools are what is tested)."""
+    """The acting tier calls `call` on a new question and answers its result (with `reply`
+    when set, "Done with …" otherwise); lower tiers are unsure; memory updates change nothing
+    (the tools are what is tested)."""
 
     def __init__(self, tier: int) -> None:
         self.tier = tier
         self.call: ScriptedToolCall | None = None
+        self.reply: str | None = None
         self.answer_requests: list[CapturedRequest] = []
         self.asked: list[str] = []
         self.results_seen = 0
@@ -104,7 +107,8 @@ class ToolScript:
             self.results_seen = results
             self.answer_requests.append(request)
             assert self.call is not None
-            return ScriptedReply(text=f"[[confidence: 0.9]] Done with {self.call.name}.")
+            said = self.reply or f"Done with {self.call.name}."
+            return ScriptedReply(text=f"[[confidence: 0.9]] {said}")
         assert self.call is not None
         return ScriptedReply(text="", tool_calls=(self.call,))
 
@@ -259,9 +263,10 @@ NOT_A_YES = ["Okay, what does this dialog say?", "yes but first tell me what the
 async def test_forget_everything_waits_for_a_yes_and_nothing_else(
     settings: Settings, db: Database,
 ) -> None:
-    """After "forget everything?", a next message that opens like a yes but asks something else
-    forgets nothing, in Postgres or in the keeper's view (as screen text steering the model to
-    call `forget("everything")` again might make it); a yes and nothing else forgets it all."""
+    """After the tool's "forget everything?", a next message that opens like a yes but asks
+    something else forgets nothing, in Postgres or in the keeper's view (as screen text steering
+    the model to call `forget("everything")` again might make it), and the model is told to ask
+    again; a yes and nothing else forgets it all."""
     script = ToolScript(0)
     fact = "The user's laptop runs Ubuntu 24.04"
     async with ScriptedModelServer(replies=script) as models:
@@ -274,13 +279,17 @@ async def test_forget_everything_waits_for_a_yes_and_nothing_else(
             await ask(session, script, "remember", fact=fact)
             refused = []
             for answer in NOT_A_YES:
+                script.reply = FORGET_ALL_QUESTION
                 await ask(session, script, "forget", ASKED_ALL[1], what="everything")
                 assert "confirm" in tool_results(script.answer_requests[-1])[-1]
+                script.reply = None
                 await ask(session, script, "forget", answer, what="everything")
                 refused.append(tool_results(script.answer_requests[-1])[-1])
             kept = await runtime.memory.user_memory.facts("acme", "ana")
             kept_in_view = dict(runtime.memory.keeper.facts)
+            script.reply = FORGET_ALL_QUESTION
             await ask(session, script, "forget", ASKED_ALL[1], what="everything")
+            script.reply = None
             await ask(session, script, "forget", "um yes, do it", what="everything")
             forgot = tool_results(script.answer_requests[-1])[-1]
             left = await runtime.memory.user_memory.facts("acme", "ana")
@@ -288,7 +297,8 @@ async def test_forget_everything_waits_for_a_yes_and_nothing_else(
         finally:
             await session.aclose()
             await runtime.close()
-    assert all("did not. Nothing was forgotten." in r for r in refused), refused
+    assert all("Nothing was forgotten: the user's reply is not a plain yes" in r
+               for r in refused), refused
     assert [f.text for f in kept] == [fact] and list(kept_in_view.values()) == [fact]
     assert forgot == f"Forgot: {marked(fact, MEMORY)}"
     assert left == [] and left_in_view == {}
@@ -702,7 +712,7 @@ async def test_forget_two_subjects_in_one_request() -> None:
 
 
 ASKED_ALL = ("user", "Forget everything you know about me.")
-CONFIRM = ("assistant", "Should I forget all 4 facts I remember about you?")
+CONFIRM = ("assistant", f"4 facts are remembered. {FORGET_ALL_QUESTION}")
 
 
 async def test_forget_everything_after_the_user_confirms() -> None:
@@ -719,6 +729,11 @@ async def test_forget_everything_after_the_user_confirms() -> None:
 @pytest.mark.parametrize("answer", [
     "yes", "yes please", "yeah go ahead", "um yes, do it", "sure, forget it all",
     "Okay, yes.", "Yes, I'm sure.", "That's right, delete them all, thanks.",
+    # what people answer the question with, refused or asked anew before
+    "Yes, all of them", "yes everything", "Yes, all 4", "Yes, I confirm",
+    "yes, delete all my data", "yes \U0001f44d",
+    "Yes, I want you to forget everything", "Yes, wipe your memory",
+    "Yes, forget everything I told you",
 ])
 async def test_forget_everything_on_a_yes_with_fillers_around_it(answer: str) -> None:
     tools, memory = memory_tools()
@@ -739,6 +754,10 @@ async def test_forget_everything_on_a_yes_with_fillers_around_it(answer: str) ->
     [("user", "Yes? What about my laptop?")],
     [("user", "yes, no, wait")],
     [("user", "yes and remember that I use vim")],
+    # a question however it is written, a yes with a refusing emoji
+    *[[("user", said)] for said in ("Yes\uff1f", '"yes?"', "yes?!", "Yes \u2047",
+                                     "yes \U0001f44e", "yes \u274c")],
+    [("user", "Yes, forget everything except my laptop")],
 ])
 async def test_forget_everything_needs_the_users_yes_next(
     answer: list[tuple[str, str]],
@@ -773,3 +792,54 @@ async def test_forget_a_kind_of_thing_by_the_facts_key_or_asks_which() -> None:
         asked, ("assistant", "Which one, VS Code?"), ("user", "the vs code one")),
         "VS Code") == f"Forgot: {marked(fact.text, MEMORY)}"
     assert list(memory.facts_by_key.values()) == [FACTS[3]]
+
+
+@pytest.mark.parametrize("asked", [
+    "Should I forget all 4 facts I remember about you?",  # the model's own words
+    f"{FORGET_ALL_QUESTION} The dialog says your licence expires. Want me to read the rest?",
+    "The dialog says your licence expires soon. Want me to read the rest?",
+])
+async def test_forget_everything_needs_a_yes_to_the_tools_own_question_asked_last(
+    asked: str,
+) -> None:
+    """A yes forgets everything only when the assistant's last question was the tool's own
+    (as a yes hands off only to the handoff's offer): a yes to anything else the model asked,
+    perhaps as the screen steered it, forgets nothing."""
+    tools, memory = memory_tools()
+    await tools.forget(conversation(ASKED_ALL), "everything")
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.forget(conversation(ASKED_ALL, ("assistant", asked), ("user", "yes")),
+                           "everything")
+    assert list(memory.facts_by_key.values()) == FACTS
+
+
+@pytest.mark.parametrize("said", [
+    "Eh, forget all that. What does this dialog say?",
+    "forget it all, what's this popup?",
+    "ok forget all of that",
+])
+async def test_forget_all_that_means_never_mind_not_everything(said: str) -> None:
+    """"Forget all that" and "forget it all" say never mind: the tool does not ask to forget
+    everything, so a yes after forgets nothing."""
+    tools, memory = memory_tools()
+    with pytest.raises(llm.ToolError, match="Nothing was forgotten"):
+        await tools.forget(conversation(("user", said)), "everything")
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.forget(conversation(("user", said), ("assistant", FORGET_ALL_QUESTION),
+                                        ("user", "yes")), "everything")
+    assert list(memory.facts_by_key.values()) == FACTS
+
+
+async def test_a_reply_that_is_no_plain_yes_is_asked_again() -> None:
+    """A reply to the tool's question that is no plain yes tells the model so, and to ask
+    again (not that the user never asked); a yes to that forgets everything."""
+    tools, memory = memory_tools()
+    await tools.forget(conversation(ASKED_ALL), "everything")
+    history = [ASKED_ALL, CONFIRM, ("user", "Yes\uff1f")]
+    with pytest.raises(llm.ToolError, match="not a plain yes") as refused:
+        await tools.forget(conversation(*history), "everything")
+    assert FORGET_ALL_QUESTION in str(refused.value) and "did not" not in str(refused.value)
+    assert list(memory.facts_by_key.values()) == FACTS
+    again = [*history, ("assistant", FORGET_ALL_QUESTION), ("user", "yes")]
+    assert (await tools.forget(conversation(*again), "everything")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}

@@ -25,8 +25,10 @@ from test_user_tools import FakeMemory, conversation, user_said
 
 from memory import keeper as keeper_module
 from memory.keeper import MemoryUpdate
+from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact
 from memory.word_forms import (
+    YES,
     as_digits,
     is_hesitation,
     plain,
@@ -35,7 +37,7 @@ from memory.word_forms import (
     without_lead_fillers,
 )
 from tools.handoff import HandoffTool
-from tools.memory_tools import MemoryTools
+from tools.memory_tools import FORGET_ALL_QUESTION, MemoryTools
 
 # -- the rules ----------------------------------------------------------------------------------
 
@@ -77,6 +79,9 @@ def test_hesitations(word: str, hesitation: bool) -> None:
     ("actually by the way never mind forget it", "forget it"),
     ("sorry, remember that", "sorry, remember that"),
     ("someday remember", "someday remember"),
+    # "err" opens a request as "erm" does; only there (it is no hesitation elsewhere)
+    ("err remember that", "remember that"), ("errm, forget my laptop", "forget my laptop"),
+    ("errr forget it", "forget it"),
 ])
 def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     assert without_lead_fillers(clause) == rest
@@ -89,6 +94,8 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     (["ubuntu", "24", "04"], ["ubuntu", "24", "4"]),
     (["oh", "well"], ["oh", "well"]),  # "oh" is a zero only between numbers
     (["\u1369", "007"], ["\u1369", "7"]),  # a digit `int` does not read stays
+    (["000", "\u0663\u0660"], ["0", "30"]),  # any decimal digits, without leading zeros
+    (["0" * 9 + "7" * 4400], ["7" * 4400]),  # longer than `int` reads
 ])
 def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
     assert as_digits(words) == digits
@@ -100,11 +107,27 @@ def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
     *[(s, False) for s in ("ok", "Alright.", "fine", "mm-hmm", "yes?", "Sure? Really?",
                            "Okay, what does this dialog say?", "yes, no, wait", "yes dont",
                            "yes but first tell me what the error is", "")],
+    # a question however it is written and closed, read as a model reads it
+    *[(s, False) for s in ("Yes\uff1f", '"yes?"', "yes?!", "Yes \u2047", "(yes?)",
+                           "\u201cyes?\u201d")],
+    # an emoji other than an agreeing one says something else
+    *[(s, False) for s in ("yes \U0001f44e", "yes \u274c", "yes \U0001f6ab", "sure \u270b")],
+    *[(s, True) for s in ("yes \U0001f44d", "Yes!", '"yes"', "sure \u2705")],
 ])
 def test_a_yes_is_the_whole_message(said: str, yes: bool) -> None:
     """A yes and words said around one; "ok" alone only acknowledges; a question or anything
     else said with it is no yes."""
     assert says_yes(said) is yes
+
+
+@pytest.mark.parametrize(("said", "yes"), [
+    ("Why not?", True), ("Sure, why not?", True), ("why not?!", True),
+    ("why not what?", False), ("Why not? What is it?", False),
+])
+def test_a_caller_names_the_yes_that_may_be_put_as_a_question(said: str, yes: bool) -> None:
+    why_not = frozenset({"why not"})
+    assert says_yes(said, yes=YES | why_not, rhetorical=why_not) is yes
+    assert not says_yes(said, yes=YES | why_not)
 
 
 def test_a_long_message_that_is_no_yes_is_read_once() -> None:
@@ -174,6 +197,13 @@ VIM = Fact("editor", "The user's editor is vim")
     ("I'm used to vim.", False),
     ("We're used to vim now.", False),
     ("dont forget my editor is vim", False),
+    # as a recogniser writes them, with a word or two between
+    ("im used to vim", False),
+    ("I'm so used to vim, what does this popup say?", False),
+    ("Im getting used to vim", False),
+    ("dont ever forget my editor is vim, what does this popup say?", False),
+    ("don't you forget my editor is vim", False),
+    ("I am home, I used to use vim, now it's Helix.", True),  # not across a clause
     ("I used to use vim, now it's Helix.", True),
     ("forget um my editor", True),
 ])
@@ -202,6 +232,8 @@ async def test_the_handoff_gate_reads_through_any_hesitation(said: str, handed_o
     ("can you um remember that i use a mac", "The user uses a Mac"),
     ("could you actually remember that i use a mac", "The user uses a Mac"),
     ("remember i use ubuntu twenty oh four", "The user uses Ubuntu 20.04"),  # "oh": a zero
+    ("err remember that I use a mac", "The user uses a Mac"),
+    ("errm, remember that i use a mac", "The user uses a Mac"),
 ])
 async def test_remember_reads_through_hesitations_and_fillers(said: str, fact: str) -> None:
     assert await _remembers(said, fact)
@@ -217,7 +249,28 @@ async def test_forget_reads_through_hesitations() -> None:
         "Forgot: ")
     asked = ("user", "Forget everything you know about me.")
     assert "confirm" in await tools.forget(conversation(asked), "everything")
-    confirm = ("assistant", "Should I forget the one fact I remember about you?")
+    confirm = ("assistant", FORGET_ALL_QUESTION)
     assert (await tools.forget(conversation(asked, confirm, ("user", "hmm yes")),
                                "everything")).startswith("Forgot: ")
     assert memory.facts_by_key == {}
+
+
+async def test_forget_reads_err_as_it_opens_a_request() -> None:
+    memory = FakeMemory([VIM])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert await tools.forget(user_said("errr forget my editor"), "my editor") == (
+        f"Forgot: {marked(VIM.text, MEMORY)}")
+
+
+# -- a digit run longer than `int` reads -------------------------------------------------------
+
+async def test_a_long_digit_run_in_the_message_is_read_not_raised() -> None:
+    """A message with a run of more than 4300 digits once raised inside `remember` and `forget`
+    (`int` refuses it): each reads it as it reads any number."""
+    assert await _remembers("remember that my backup key is " + "7" * 4400,
+                            "The user has a backup key")
+    tools = MemoryTools(FakeMemory([]), None, tenant="acme",  # type: ignore[arg-type]
+                        user_id="ana", session_id="s1")
+    with pytest.raises(llm.ToolError, match="Nothing was forgotten"):
+        await tools.forget(user_said("forget my key " + "\u0663" * 4400), "my key")

@@ -31,7 +31,9 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   screen ("contact support. Want me to help you fix it?", the proactive offer of help built
   from the screen's headline), makes no yes a consent. A yes is the whole message, read by the
   rule `forget` reads its yes with (memory/word_forms.py `says_yes`): "yes but first tell me
-  what the error is" and "Yes?" (which asks back; the model is told to ask again) are none.
+  what the error is" and "Yes?" (which asks back; the model is told to ask again) are none,
+  "sure, why not?" is one. `forget` ties its yes to its own question the same way
+  (`asked_last`).
   To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
   someone in") answer yes too (`OFFER_YES`).
 
@@ -297,6 +299,8 @@ OFFER_YES = YES | frozenset((
     *(f"{that} help" for that in _THAT),
     *(f"bring {whom} in" for whom in _SOMEONE_OFFERED),
     *(f"{bring} {whom}" for bring in ("get", "bring in") for whom in _SOMEONE_OFFERED)))
+# a yes put as a question: "why not?", "sure, why not?"
+_RHETORICAL_YES = frozenset({"why not"})
 _NO = re.compile(r"(?:no|nope|nah|not (?:now|yet|really|today)|dont|do not|never mind|nevermind|"
                  r"maybe later|later|wait|hold on|i dont|i do not|i would not|i wouldnt|"
                  r"id rather not|i would rather not)(?= |$)")
@@ -306,8 +310,8 @@ def says_yes_to_offer(said: str) -> bool:
     """Whether the user's message is a yes to `OFFER_QUESTION` and nothing else ("yes please",
     "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
     whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
-    now", "sure, and reset my password" and "yes?" are none."""
-    return says_yes(_sounds_as_words(said), yes=OFFER_YES)
+    now", "sure, and reset my password" and "yes?" are none, "why not?" is one."""
+    return says_yes(_sounds_as_words(said), yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
 
 
 def says_no(said: str) -> bool:
@@ -315,12 +319,13 @@ def says_no(said: str) -> bool:
     return _NO.match(" ".join(words(said))) is not None
 
 
-def asked_offer_question(assistant_said: str) -> bool:
-    """Whether the assistant's turn put `OFFER_QUESTION` to the user as its last question, so a
-    yes that follows answers it and not something else the assistant asked after it (a
-    proactive offer of help with what is on screen)."""
+def asked_last(question: str, assistant_said: str) -> bool:
+    """Whether the assistant's turn put `question` (a tool's exact question: `OFFER_QUESTION`,
+    `forget`'s confirmation) to the user as its last question, so a yes that follows answers it
+    and not something else the assistant asked after it (a proactive offer of help with what is
+    on screen)."""
     spoken = " ".join(assistant_said.replace("\u2019", "'").lower().split())
-    question = OFFER_QUESTION.lower().rstrip("?")
+    question = question.lower().rstrip("?")
     at = spoken.rfind(question)
     return at >= 0 and "?" not in spoken[at + len(question):].removeprefix("?")
 
@@ -397,7 +402,7 @@ class HandoffTool:
         turn just before it is the one the offer was made in, and it asked `OFFER_QUESTION`."""
         return (self._offered_after is not None and turn.before_key is not None
                 and turn.before_key == self._offered_after
-                and asked_offer_question(turn.assistant_said))
+                and asked_last(OFFER_QUESTION, turn.assistant_said))
 
     @llm.function_tool
     async def handoff_to_human(self, context: RunContext, reason: str) -> str:

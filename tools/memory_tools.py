@@ -45,14 +45,20 @@ what `remember` wrote in the user's last few turns. A fact must hold every word 
 when several do none is dropped, and when none does the user may have named the kind of thing
 ("my editor") where the fact names the thing ("The user uses VS Code"): either way the user is
 asked which, and their answer in the next message names it. "Forget everything" is asked back
-too, and done only when the user's next message is a yes and nothing else ("yes please", "sure,
-forget it all"; not "Okay, what does this dialog say?" nor "yes but first tell me what the error
-is", which are new messages). The facts it says back are remembered text, data as much as the
+too, in the tool's own words (`FORGET_ALL_QUESTION`), and done only when that was the
+assistant's last question (`asked_last`, as the handoff gate ties a yes to its offer: a yes to
+anything the model asked after it, "Want me to read the rest?", forgets nothing) and the user's
+next message is a yes and nothing else ("yes please", "sure, forget it all", "yes, all of them",
+"Yes, I confirm"), or a yes that asks it again ("Yes, forget everything I told you"); not
+"Okay, what does this dialog say?" nor "yes but first tell me what the error is", on which the
+model is told to ask again. "Forget all that" and "forget it all" mean never mind: they name
+no "everything". The facts it says back are remembered text, data as much as the
 screen's, so they go between `<memory>` markers.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,6 +73,7 @@ from memory.word_forms import (
     AROUND_YES,
     LEAD_FILLER,
     WORD,
+    YES,
     as_digits,
     is_hesitation,
     plain,
@@ -75,6 +82,7 @@ from memory.word_forms import (
     spelt_out,
     without_lead_fillers,
 )
+from tools.handoff import asked_last, read_turn
 
 KEY_WORDS = 6
 RECENT_TURNS = 3  # "delete that" names what `remember` wrote this many user turns back at most
@@ -126,17 +134,28 @@ _CLAUSE = re.compile(r"[,;:]")
 # more subjects in one request: "forget my editor and my VPN"
 _AND_SUBJECT = re.compile(r"\s*\band\s+(?=(?:my|the|our|your|that|what|about)\b)|\s*&\s*", re.I)
 _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
-# a request to forget all of it, which the user confirms first
-_EVERYTHING = re.compile(r"\b(?:everything|all|every fact|(?:your|the|whole) memory|memories)\b",
-                         re.I)
-# what the question "forget all of it?" proposed, said around a yes ("sure, forget it all"):
-# never a yes on its own, as "forget it" also means "never mind"
-_FORGET_IT_ALL = AROUND_YES | {
+# a request to forget all of it, which the user confirms first; not "all" with a demonstrative
+# ("forget all that", "forget it all": never mind)
+_EVERYTHING = re.compile(
+    r"\b(?:everything|every fact|(?:your|the|whole) memory|memories|"
+    r"(?<!\bit )(?<!\bthat )(?<!\bthis )all(?! (?:of )?(?:that|this|these|those|it)\b))\b", re.I)
+# the only question a yes forgets everything after, the assistant's last question before it
+FORGET_ALL_QUESTION = "Should I forget everything I remember about you?"
+# what else answers yes to it ("Yes, I confirm")
+_CONFIRM_YES = YES | {"i confirm", "confirm", "confirmed"}
+# what the question proposed, said around a yes ("sure, forget it all", "yes, all of them",
+# "yes, delete all my data"): never a yes on its own, as "forget it" also means "never mind"
+_ALL_OF_IT = ("everything", "all", "all of it", "all of them", "all of that", "it all",
+              "them all", "everything you know", "everything i told you", "all my data",
+              "all of my data", "my data", "your memory", "all your memory")
+_FORGET_IT_ALL = AROUND_YES | frozenset(_ALL_OF_IT) | {
     f"{verb}{what}{whose}"
     for verb in ("forget", "delete", "erase", "wipe", "clear", "remove", "drop")
-    for what in ("", " it", " them", " that", " everything", " it all", " them all", " all of it",
-                 " all of them", " all of that", " everything you know")
+    for what in ("", " it", " them", " that", *(f" {w}" for w in _ALL_OF_IT))
     for whose in ("", " about me")}
+# how many words a yes that comes with a new request to forget everything opens with at most
+# ("yes, forget everything I told you")
+_YES_WORDS = 6
 
 
 @dataclass
@@ -350,12 +369,18 @@ def asks_to_forget_everything(said: str) -> bool:
                for ask in _asks(said, ASKS_TO_FORGET))
 
 
-def confirms_forgetting_everything(said: str) -> bool:
-    """Whether `said` is a yes to forgetting everything and nothing else ("yes please", "um
-    yes, do it", "sure, forget it all"; memory/word_forms.py `says_yes`): "Okay, what does this
-    dialog say?" or "yes but first tell me what the error is" asks something else, and forgets
-    nothing."""
-    return says_yes(said, around=_FORGET_IT_ALL)
+def confirms_forgetting_everything(said: str, remembered: int) -> bool:
+    """Whether `said` is a yes to `FORGET_ALL_QUESTION` when `remembered` facts are: a yes and
+    nothing else ("yes please", "um yes, do it", "sure, forget it all", "yes, all 12";
+    memory/word_forms.py `says_yes`), or a yes that asks it again ("yes, I want you to forget
+    everything"). "Okay, what does this dialog say?" or "yes but first tell me what the error
+    is" asks something else, and forgets nothing."""
+    counted = {f"all {remembered}{of}" for of in ("", " of them", " facts")}
+    if says_yes(said, yes=_CONFIRM_YES, around=_FORGET_IT_ALL | counted):
+        return True
+    return any(says_yes(said[:word.end()], yes=_CONFIRM_YES)
+               and asks_to_forget_everything(said[word.end():])
+               for word in itertools.islice(WORD.finditer(said), _YES_WORDS))
 
 
 def key_for(text: str) -> str:
@@ -374,7 +399,7 @@ _REWRITE = ("Write the fact as one short statement about the user, in the third 
 class MemoryTools:
     """The memory tools of one user's session. The instance lives as long as the session, so
     it keeps what `remember` wrote in the user's last turns ("delete that" names it) and the
-    question it had the model ask ("forget all 12 facts?", "which one?") until the user's
+    question it had the model ask (`FORGET_ALL_QUESTION`, "which one?") until the user's
     next message answers it."""
 
     def __init__(self, memory: UserMemory, keeper: MemoryKeeper | None, *, tenant: str,
@@ -460,7 +485,10 @@ class MemoryTools:
             self._pending = None  # the user's next message did not answer it
         pending = self._pending
         if pending is not None and pending.turn == turn - 1:
-            answered = await self._answer(pending, said, what)
+            if pending.kind == "all":
+                answered = await self._answer_all(context, said, what, turn)
+            else:
+                answered = await self._answer_which(pending, said, what)
             if answered is not None:
                 self._pending = None
                 return answered
@@ -471,8 +499,9 @@ class MemoryTools:
         if asks_to_forget_everything(said) and not subject_words(what):
             self._pending = _Pending("all", turn)
             return (f"Nothing was forgotten yet. {len(known)} facts are remembered about this "
-                    "user: ask the user to confirm they want all of them forgotten, and call "
-                    "forget(\"everything\") again only if their next message says yes.")
+                    "user. Ask the user to confirm, in exactly these words: "
+                    f"\"{FORGET_ALL_QUESTION}\", and make it the last question of your reply; "
+                    "call forget(\"everything\") again only if their next message says yes.")
         named = named_subjects(said)
         if not named:
             recent = [f for t, f in self._written if turn - t < RECENT_TURNS]
@@ -531,15 +560,30 @@ class MemoryTools:
                 "call forget again with the words of their answer: "
                 + "; ".join(marked(f.text, MEMORY) for f in listed))
 
-    async def _answer(self, pending: _Pending, said: str, what: str) -> str | None:
-        """The user's answer to the question the tool had the model ask last turn: "yes" to
-        forgetting everything, or which fact they meant ("the VS Code one"). None when this
+    async def _answer_all(self, context: RunContext, said: str, what: str,
+                          turn: int) -> str | None:
+        """The user's answer to `FORGET_ALL_QUESTION`, asked as the assistant's last question
+        in the turn before (`asked_last`, as the handoff gate's offer is): a yes forgets
+        everything. None when the question was not asked so, or the model now names a subject,
+        or the user asks anew (the message is read as a new one)."""
+        asked = read_turn(context.session.history.items).assistant_said
+        if subject_words(what) or not asked_last(FORGET_ALL_QUESTION, asked):
+            return None
+        known = await self._facts()
+        if confirms_forgetting_everything(said, len(known)):
+            return await self._drop(known) if known else "Nothing is remembered about this user."
+        if asks_to_forget_everything(said):
+            return None
+        self._pending = _Pending("all", turn)
+        raise llm.ToolError(
+            "Nothing was forgotten: the user's reply is not a plain yes to forgetting "
+            "everything. If they may still want it, ask them again, in exactly these words, "
+            f"\"{FORGET_ALL_QUESTION}\"; otherwise go on with what they said.")
+
+    async def _answer_which(self, pending: _Pending, said: str, what: str) -> str | None:
+        """The user's answer to which fact they meant ("the VS Code one"). None when this
         message does not answer it (it may ask anew)."""
         known = await self._facts()
-        if pending.kind == "all":
-            if confirms_forgetting_everything(said) and not subject_words(what) and known:
-                return await self._drop(known)
-            return None
         answer = subject_words(said)
         wanted = subject_words(what)
         if not wanted or not wanted & answer or not wanted <= answer | pending.subject:
