@@ -257,8 +257,9 @@ def _unsaid(text: str, said: set[str]) -> list[str]:
 
 # -- contact-like data: what a planted fact would most want the user to trust later ---------
 
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_URL = re.compile(r"\b(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'()\[\]]+")
+# each from the start of a run of the characters it repeats: scanned once, not from every letter
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL = re.compile(r"(?:(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>\"'()\[\]]+")
 # a bare host name: dotted labels ending in a top-level domain people are sent to, or with a
 # hyphen in a label (code's dotted names, "json.loads", "os.path", "setup.py", have neither)
 _HOST = re.compile(r"(?<![\w@.-])(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z][a-z0-9-]*[a-z]\b")
@@ -389,15 +390,21 @@ _WORDS_AND_PUNCT = re.compile(rf"{_TOKEN.pattern}|[,;:.!?\n]")
 _SKIPPED_BEFORE = frozenset("is are was were be been not no that this it the a an".split())
 
 
+_SKIPPED_AT_MOST = 8  # "forget what you know about my laptop" skips 5
+
+
 def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
     """The words a forget or change word at `start` is about, walking by `step` (+1 after it,
     -1 before it): function and filler words and hesitations first skipped ("forget what you
     know about my laptop", "forget um my laptop"), then the run of content words up to the next
     function word or punctuation ("remove this Chrome extension from my laptop" is about
-    "chrome extension"), at most 3."""
+    "chrome extension"), at most 3. At most `_SKIPPED_AT_MOST` words are skipped: a subject
+    further off is not the forget word's, and walking a pasted run of function words from each
+    forget word in it would cost the event loop time in the square of its length."""
     skip = STOP_WORDS | _NOT_A_SUBJECT if step > 0 else _SKIPPED_BEFORE | _NOT_A_SUBJECT
     at = start
-    while 0 <= at < len(tokens) and not _PUNCT.fullmatch(tokens[at]) and (
+    while 0 <= at < len(tokens) and abs(at - start) < _SKIPPED_AT_MOST and (
+            not _PUNCT.fullmatch(tokens[at])) and (
             tokens[at] in skip or plain(tokens[at]) in _NOT_A_SUBJECT
             or is_hesitation(tokens[at])):
         at += step
@@ -430,6 +437,18 @@ def _turned(sentence: list[str], first: int, past: int) -> bool:
     return bool(_NOT_AFTER.get(" ".join(sentence[first:past]), frozenset()) & set(before))
 
 
+def _comma_clauses(sentence: list[str]) -> list[tuple[int, int]]:
+    """For each token of `sentence`, where the clause between commas that holds it starts and
+    ends: found once, not searched again for every forget word of a long message."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for i, token in enumerate([*sentence, ","]):
+        if token == ",":
+            bounds += [(start, i)] * (i - start) + [(i + 1, i + 1)] * (i < len(sentence))
+            start = i + 1
+    return bounds
+
+
 def forget_subjects(user: str) -> set[str]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
     longer so: each tied to a forget or change word within one clause of the message, as its
@@ -453,12 +472,10 @@ def forget_subjects(user: str) -> set[str]:
                 named += _phrases(sentence, past, +1)
         # the rest, in a question ("how do I remove …", "is vim no longer supported?"), ask
         # about the world, not the memory: unless the clause is about the memory
-        clause_starts = [0, *(i + 1 for i, t in enumerate(sentence) if t == ",")]
+        clauses = _comma_clauses(sentence)
         for words, step in ((_REMOVE_WORDS + _CHANGE_WORDS, +1), (_AFTER_WORDS, -1)):
             for first, past in _spans(sentence, words):
-                clause_start = max(s for s in clause_starts if s <= first)
-                clause = sentence[clause_start:]
-                clause = clause[:clause.index(",")] if "," in clause else clause
+                clause = sentence[slice(*clauses[first])]
                 if _turned(sentence, first, past):
                     continue  # "I got used to vim"
                 said = " ".join(sentence[first:past])
@@ -554,7 +571,12 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
       to a word of the fact within one clause (`forget_subjects`): never on the assistant's
       words alone, nor on "remove" or "stopped" somewhere in a question about the screen;
     - the summary is checked by `summary_vouched`; the previous one is kept when it fails.
+
+    Each side is read as far as the model was shown it (`MAX_EXCHANGE_CHARS`): words past the
+    cut cannot vouch for what the model wrote, and reading them cost the event loop seconds
+    on a pasted wall of text.
     """
+    user, assistant = user[:MAX_EXCHANGE_CHARS], assistant[:MAX_EXCHANGE_CHARS]
     said = _said(user)
     speaks = speaks_for_someone(assistant)
     subjects = forget_subjects(user)

@@ -552,3 +552,32 @@ async def test_a_long_digit_run_in_the_message_is_read(tmp_path: Path) -> None:
         "Remember that my backup key is " + "7" * 4400, "Noted.", [])
     assert keeper.facts == {"backup": "The user has a backup key"}
     assert len(model.done) == 1 and model.done[0]["facts_written"] == 1
+
+
+def test_words_past_what_the_model_was_shown_vouch_for_nothing() -> None:
+    """The memory model sees each side cut at `MAX_EXCHANGE_CHARS`; a forget named only past the
+    cut, in a pasted wall of text, is not the user's to the model, nor to the check (which also
+    read the whole paste on the event loop, in time that grew with its square)."""
+    paste = "used to " * (keeper_module.MAX_EXCHANGE_CHARS // 8)
+    kept, refused = _vouched(MemoryUpdate(forget=["laptop"]), f"{paste} Forget my laptop.")
+    assert kept.forget == [] and refused["forgets_refused"] == 1
+    kept, _ = _vouched(MemoryUpdate(forget=["laptop"]), f"Forget my laptop. {paste}")
+    assert kept.forget == ["laptop"]
+
+
+@pytest.mark.parametrize("user", [
+    "Forget what you know about my laptop.",
+    "Forget what it is that you know about my laptop.",  # 8 words skipped
+])
+def test_a_forget_word_names_a_subject_a_few_words_on(user: str) -> None:
+    kept, _ = _vouched(MemoryUpdate(forget=["laptop"]), user)
+    assert kept.forget == ["laptop"]
+
+
+def test_a_subject_far_past_the_forget_word_is_not_its() -> None:
+    """`_phrases` skips at most `_SKIPPED_AT_MOST` function words: further off, the subject is
+    not the forget word's (and walking a run of them from every forget word was quadratic)."""
+    user = "Forget " + "it and " * keeper_module._SKIPPED_AT_MOST + "my laptop."
+    kept, refused = _vouched(MemoryUpdate(forget=["laptop"]), user)
+    assert kept.forget == [] and refused["forgets_refused"] == 1
+
