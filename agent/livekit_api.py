@@ -8,6 +8,12 @@ page waits for ever. So the client made here sends through an aiohttp session th
 request itself, in a middleware the SDK's arguments cannot override: from the connection to the
 last byte of the answer within `TIMEOUT_S`, else `LiveKitTimeout`, a failure to reach LiveKit
 like any other (an `aiohttp.ClientError`, a `TimeoutError`).
+
+A call is one request, so the call too ends within `TIMEOUT_S`: the client is built without the
+SDK's region failover, which on a LiveKit Cloud host (`*.livekit.cloud`) makes each call up to
+3 requests and a lookup of the project's regions, ~33 s for a call LiveKit does not answer.
+Every caller here already asks again on its own terms (the fleet's watcher on its backoff, the
+console's user, told on its page), and a bound per call, in one place, is what they count on.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ class LiveKitTimeout(aiohttp.ServerTimeoutError):
 
 @asynccontextmanager
 async def livekit_api(url: str, key: str, secret: str) -> AsyncIterator[api.LiveKitAPI]:
-    """An `api.LiveKitAPI` for `url` whose every request ends within `TIMEOUT_S` (its session
-    closed on leaving: the SDK leaves a session it was given open)."""
+    """An `api.LiveKitAPI` for `url` whose every call, one request, ends within `TIMEOUT_S`
+    (its session closed on leaving: the SDK leaves a session it was given open)."""
     timeout_s = TIMEOUT_S
 
     async def bounded(request: aiohttp.ClientRequest,
@@ -51,7 +57,5 @@ async def livekit_api(url: str, key: str, secret: str) -> AsyncIterator[api.Live
             raise LiveKitTimeout(str(request.url.origin()), timeout_s) from None
         return response
 
-    # the session's own timeout only tells the SDK's failover how long a try may take
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                     middlewares=(bounded,)) as session:
-        yield api.LiveKitAPI(url, key, secret, session=session)
+    async with aiohttp.ClientSession(middlewares=(bounded,)) as session:
+        yield api.LiveKitAPI(url, key, secret, session=session, failover=False)

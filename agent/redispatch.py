@@ -26,9 +26,14 @@ leaves): it runs a dispatch's job once, and lists that job as running long after
 left. So a look that finds the user without an agent and every job of ours ended (or running,
 assigned more than `AGENT_JOIN_S` ago, with its agent not in the room) dispatches the agent
 anew with the latest dispatch's metadata, under the claim `recover` takes for that job's agent:
-one worker dispatches it, whether it heard the agent leave or the user come back, and both
-count against the same `MAX_PER_ROOM`, so a session that ends as it starts is not restarted
-for ever.
+one worker dispatches it, whether it heard the agent leave or the user come back. What it
+counts against depends on what the look followed. After a user's arrival it is their coming
+back (`rejoin`): a person leaving and coming back is not a session failing, so it has its own
+bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person reaches (a
+session that fails before its agent joins, which no webhook names); and the session that ended
+when they left may still be closing, so its memory exchanges are left to it. After a lost agent
+(the looks of the workers that found it claimed, or that dispatched it) it is that loss's, and
+counts against `MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
 
 Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, a
 server takes the call and does not answer until `livekit_api` gives up, the database is away
@@ -79,8 +84,9 @@ log = logging.getLogger("sightline.redispatch")
 
 WEBHOOK_PATH = "/livekit/webhook"
 AGENT_NAME_ATTRIBUTE = "lk.agent.name"  # set by livekit-agents on its agent participants
-MAX_PER_ROOM = 3  # re-dispatches of one room whose agent was lost or ended ...
+MAX_PER_ROOM = 3  # re-dispatches of one room whose agent was lost ...
 WITHIN_S = 600.0  # ... in this many seconds
+MAX_REJOINS = 20  # re-dispatches of one room whose user came back after their session, in WITHIN_S
 MAX_UNPLACED = 60  # re-dispatches of one room's dispatch that no worker took, in WITHIN_S
 UNPLACED_CHECK_S = 10.0  # a user's agent may take this long to be placed; then look again ...
 UNPLACED_MAX_WAIT_S = 60.0  # ... at waits doubling up to this
@@ -88,7 +94,10 @@ DISPATCH_SETTLE_S = 5.0  # a dispatch younger than this may still be offered to 
 AGENT_JOIN_S = 30.0  # a job's agent joins its room within this long of its assignment
 # what a call to LiveKit (or Postgres) fails with; `_refusal` tells those asking again won't mend
 LIVEKIT_FAILURES = (OSError, TimeoutError, aiohttp.ClientError, api.TwirpError)
-FAILURES = (DatabaseUnavailable, asyncpg.PostgresError, *LIVEKIT_FAILURES)
+# asyncpg raises InterfaceError, not a PostgresError, on a connection closed under a query
+DATABASE_FAILURES = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                     TimeoutError)
+FAILURES = (*DATABASE_FAILURES, *LIVEKIT_FAILURES)
 
 
 def _refusal(exc: BaseException) -> str | None:
@@ -174,7 +183,8 @@ class Redispatcher:
                                      event.participant.identity), "redispatch")
         elif (event.event == "participant_joined"
               and event.participant.kind == models.ParticipantInfo.Kind.STANDARD):
-            self._track(self.place_when_free(event.room.name, event.room.sid), "unplaced")
+            self._track(self.place_when_free(event.room.name, event.room.sid, rejoin=True),
+                        "unplaced")
         return web.Response(text="ok")
 
     def _track(self, work: Coroutine[Any, Any, Any], name: str) -> None:
@@ -224,7 +234,7 @@ class Redispatcher:
         try:
             await release(await self._pool(), room_sid=room_sid, lost_identity=identity)
             self._unreleased.discard((room_sid, identity))
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        except DATABASE_FAILURES as exc:
             self._unreleased.add((room_sid, identity))
             log.error("could not hand back the claim on %s of room %s: %s", identity, room_sid,
                       exc)
@@ -273,7 +283,8 @@ class Redispatcher:
                                       "times in %.0f minutes already, so not again", room,
                                       lost_identity, MAX_PER_ROOM, WITHIN_S / 60)
                         if claimed is Claim.TAKEN:
-                            self._track(self.place_when_free(room, room_sid), "unplaced")
+                            self._track(self.place_when_free(room, room_sid, rejoin=False),
+                                        "unplaced")
                         if claimed is not Claim.CLAIMED:
                             return False
                         held = True
@@ -301,27 +312,29 @@ class Redispatcher:
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people) or "its user")
         REDISPATCHES.labels("lost").inc()
-        self._track(self.place_when_free(room, room_sid), "unplaced")  # the fleet may be full
+        # the fleet may be full
+        self._track(self.place_when_free(room, room_sid, rejoin=False), "unplaced")
         if lost and self._settings.lost_session_close_s > 0:
             self._track(self.close_lost(room, lost), "close-lost-sessions")
         return True
 
-    async def place_when_free(self, room: str, room_sid: str) -> None:
-        """A user joined `room`. LiveKit offers the agent's dispatch to each worker with room
-        once and, when none has (the whole fleet full), drops it: the user would wait for an
-        agent that never comes; nor does it dispatch the agent again to a user who comes back
-        after their session ended. So look after `UNPLACED_CHECK_S`, then at doubling waits (up
-        to a minute, ±25%), and dispatch it again while the user waits without one, until an
-        agent is there, the user leaves, a bound or a refusal stops it. A look that fails
-        (LiveKit or Postgres not answering) is looked again at the next wait."""
+    async def place_when_free(self, room: str, room_sid: str, *, rejoin: bool) -> None:
+        """A user joined `room` (`rejoin`), or its agent was lost. LiveKit offers the agent's
+        dispatch to each worker with room once and, when none has (the whole fleet full), drops
+        it: the user would wait for an agent that never comes; nor does it dispatch the agent
+        again to a user who comes back after their session ended. So look after
+        `UNPLACED_CHECK_S`, then at doubling waits (up to a minute, ±25%), and dispatch it again
+        while the user waits without one, until an agent is there, the user leaves, a bound or
+        a refusal stops it. A look that fails (LiveKit or Postgres not answering) is looked
+        again at the next wait."""
         wait_s = UNPLACED_CHECK_S
         while True:
             await asyncio.sleep(self._retry_in(wait_s))
-            if not await self.place_again(room, room_sid):
+            if not await self.place_again(room, room_sid, rejoin=rejoin):
                 return
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
 
-    async def place_again(self, room: str, room_sid: str) -> bool:
+    async def place_again(self, room: str, room_sid: str, *, rejoin: bool) -> bool:
         """Dispatch `room`'s agent again if a user waits there without one and no agent of
         ours is on its way; whether to look again later.
 
@@ -329,14 +342,14 @@ class Redispatcher:
         `DISPATCH_SETTLE_S`): the new dispatch is created before the stale ones are deleted,
         so the room always has one of ours. Or every job of ours ended (LiveKit lists a job
         as running after its agent left: one whose agent is not in the room `AGENT_JOIN_S`
-        after its assignment ended too): the user came back after their session, or its
-        agent was lost; a new dispatch is claimed as the latest job's agent, as `recover`
-        claims it. A creation that fails hands its claim back, so that the next look (this
-        worker's, or another's) may claim it again; a claim another worker holds is looked at
-        again too, in case it hands it back. A failure to ask is a look again later, not an
-        end: the user is still waiting; a refusal (`_refusal`) is. While any unplaced dispatch
-        is young (one just created, maybe by a call whose answer was lost) it may still be
-        offered to the workers: wait."""
+        after its assignment ended too): the user came back after their session (`rejoin`: the
+        look follows their arrival), or its agent was lost; a new dispatch is claimed as the
+        latest job's agent, as `recover` claims it. A creation that fails hands its claim
+        back, so that the next look (this worker's, or another's) may claim it again; a claim
+        another worker holds is looked at again too, in case it hands it back. A failure to
+        ask is a look again later, not an end: the user is still waiting; a refusal
+        (`_refusal`) is. While any unplaced dispatch is young (one just created, maybe by a
+        call whose answer was lost) it may still be offered to the workers: wait."""
         try:
             async with self._api() as lk:
                 people = await self._waiting(lk, room)
@@ -353,7 +366,8 @@ class Redispatcher:
                 if unplaced:
                     return await self._place_unplaced(lk, room, room_sid, unplaced, people)
                 if jobs:
-                    return await self._dispatch_anew(lk, room, room_sid, ours, people)
+                    return await self._dispatch_anew(lk, room, room_sid, ours, people,
+                                                     rejoin=rejoin)
                 return False  # no dispatch of ours: the room never asked for our agent
         except FAILURES as exc:
             if refusal := _refusal(exc):
@@ -394,8 +408,9 @@ class Redispatcher:
 
     async def _dispatch_anew(self, lk: api.LiveKitAPI, room: str, room_sid: str,
                              ours: list[agent_dispatch.AgentDispatch],
-                             people: list[models.ParticipantInfo]) -> bool:
-        """`place_again` for a room whose jobs of ours all ended."""
+                             people: list[models.ParticipantInfo], *, rejoin: bool) -> bool:
+        """`place_again` for a room whose jobs of ours all ended: claimed as the user's coming
+        back (`rejoin`, bound by `MAX_REJOINS`) or as the loss of the agent (`MAX_PER_ROOM`)."""
         had_agents = [job for d in ours for job in d.state.jobs
                       if job.state.participant_identity]
         if not had_agents:
@@ -404,12 +419,12 @@ class Redispatcher:
         latest = _latest(ours)
         assert latest is not None
         waiting = ", ".join(p.identity for p in people)
-        claimed = await self._dispatch(lk, room, room_sid, gone, "lost", MAX_PER_ROOM,
-                                       latest.metadata)
+        reason, bound = ("rejoin", MAX_REJOINS) if rejoin else ("lost", MAX_PER_ROOM)
+        claimed = await self._dispatch(lk, room, room_sid, gone, reason, bound, latest.metadata)
         if claimed is Claim.TOO_OFTEN:
             log.error("%s waits in room %s, whose agent %s is gone, but the room's agent was "
                       "dispatched again %d times in %.0f minutes already, so not again",
-                      waiting, room, gone, MAX_PER_ROOM, WITHIN_S / 60)
+                      waiting, room, gone, bound, WITHIN_S / 60)
             return False
         if claimed is Claim.CLAIMED:
             log.warning("%s waits in room %s, whose agent %s is gone (its session ended): "
@@ -472,7 +487,7 @@ class Redispatcher:
                     log.warning("closed the record of session %s of room %s, lost with its "
                                 "worker: $%.6f over %d recorded events", session_id, room,
                                 summary["total_cost_usd"], len(events))
-        except (DatabaseUnavailable, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        except DATABASE_FAILURES as exc:
             log.error("could not close the sessions %s lost with room %s's agent: %s (`sightline "
                       "costs ID --close` closes them)", ", ".join(session_ids), room, exc)
 

@@ -25,23 +25,28 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
     them dispatches it again) or, `reason="unplaced"`, per dispatch no worker took
     (`lost_identity` names it); and only while the room has had fewer than
     `max_per_room` re-dispatches for `reason` in the last `within_s` seconds (a session that
-    fails at every start must not be restarted forever). The claimant of a lost agent also
-    hands back the memory exchanges the room's lost session had claimed
-    (`backlog.release_lost`)."""
+    fails at every start must not be restarted forever). A claim already taken is `TAKEN`
+    whatever the count: its claimant may yet hand it back, and the others must go on watching
+    for that rather than stop as if the room had been re-dispatched too often. The claimant of
+    a lost agent (`reason="lost"`) also hands back the memory exchanges the room's lost
+    session had claimed (`backlog.release_lost`); that of a user who came back
+    (`reason="rejoin"`) does not: the session that ended when they left may still be closing,
+    analysing those exchanges itself."""
     async with pool.acquire() as conn, conn.transaction():
         # one claimant per room at a time, so the count below cannot be raced past the limit
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", room_sid)
+        if await conn.fetchval(
+                "SELECT true FROM redispatches WHERE room_sid = $1 AND lost_identity = $2",
+                room_sid, lost_identity):
+            return Claim.TAKEN
         recent = await conn.fetchval(
             "SELECT count(*) FROM redispatches WHERE room_sid = $1 AND reason = $3"
             " AND at > now() - make_interval(secs => $2)", room_sid, within_s, reason)
         if recent >= max_per_room:
             return Claim.TOO_OFTEN
-        inserted = await conn.fetchval(
+        await conn.execute(
             "INSERT INTO redispatches (room_sid, lost_identity, room, reason)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
-            room_sid, lost_identity, room, reason)
-        if not inserted:
-            return Claim.TAKEN
+            " VALUES ($1, $2, $3, $4)", room_sid, lost_identity, room, reason)
         if reason == "lost":
             await release_lost(conn, room)
         return Claim.CLAIMED

@@ -414,11 +414,12 @@ async def emptied(livekit: LiveKitServer, room: str, timeout_s: float = 30) -> N
 
 
 async def test_a_user_who_comes_back_after_their_session_ended_gets_an_agent(
-    livekit: LiveKitServer, fleet: Fleet,
+    livekit: LiveKitServer, fleet: Fleet, fleet_database_url: str,
 ) -> None:
     """A session ends when its user leaves, and LiveKit runs a dispatch's job once (it lists
     the job as running long after its agent left): a user who comes back to the room while it
-    is still open gets an agent only because the fleet dispatches it anew."""
+    is still open gets an agent only because the fleet dispatches it anew, claimed as their
+    coming back (`rejoin`), not as a lost agent's restart."""
     await fleet.stop()
     worker = fleet.start("rejoin")
     room = "fleet-rejoin"
@@ -436,8 +437,10 @@ async def test_a_user_who_comes_back_after_their_session_ended_gets_an_agent(
         await back.connect("rejoin-user")
         assert (await back.wait_for_agent(timeout_s=90)).identity != first_agent
         await asks_and_is_answered(back, "Are you back?")
+        sid = await room_sid(livekit, room)
     finally:
         await leave_all([back])
+    assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
     assert (f"rejoin-user waits in room {room}, whose agent {first_agent} is gone (its session "
             "ended): dispatched it again") in worker.log_text()
     assert len(re.findall(rf"started \(tenant=fleet user=rejoin-user room={room},",
@@ -600,7 +603,7 @@ async def test_a_refusal_that_asking_again_cannot_change_is_one_line_and_no_more
                     if work == "lost":
                         assert await worker.recover(room, sid, "agent-AJ_gone") is False
                     else:
-                        await worker.place_when_free(room, sid)
+                        await worker.place_when_free(room, sid, rejoin=True)
             finally:
                 await worker.aclose()
         async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:

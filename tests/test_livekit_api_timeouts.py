@@ -3,10 +3,11 @@
 livekit-api passes `timeout=None` on each request, which aiohttp reads as no timeout: the
 `timeout` of `api.LiveKitAPI` never applies. Protects: a call to a server that takes the
 connection and never answers, or answers a header and then nothing, ends after
-`agent.livekit_api.TIMEOUT_S` with one line naming the server; the fleet's watcher counts it as
-any failure to reach LiveKit (a look is looked again; a lost agent's dispatch is tried again on
-its backoff); and a dispatch whose answer was lost, though it reached the real LiveKit server,
-is found by the next try and not made twice. The console's page is tests/test_console_cli.py's.
+`agent.livekit_api.TIMEOUT_S` with one line naming the server, on a LiveKit Cloud host too
+(one request: no region failover); the fleet's watcher counts it as any failure to reach
+LiveKit (a look is looked again; a lost agent's dispatch is tried again on its backoff); and a
+dispatch whose answer was lost, though it reached the real LiveKit server, is found by the next
+try and not made twice. The console's page is tests/test_console_cli.py's.
 """
 
 from __future__ import annotations
@@ -98,6 +99,25 @@ async def test_a_call_livekit_never_answers_ends_with_one_line(head: bytes) -> N
     assert silent.asked == ["POST /twirp/livekit.RoomService/ListRooms HTTP/1.1"]
 
 
+async def test_a_call_to_a_livekit_cloud_host_that_never_answers_is_one_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a LiveKit Cloud host the SDK would make a call up to 3 requests and a lookup of the
+    project's regions (each bounded: ~33 s at the 10 s default): the call is one request, so
+    it ends within `TIMEOUT_S` too. The host is taken for a Cloud one as the SDK tells them
+    (`*.livekit.cloud`), and its failover allowed at the tests' short bound (it is otherwise
+    skipped below 5 s a request)."""
+    monkeypatch.setattr("livekit.api._failover.is_cloud", lambda host: True)
+    monkeypatch.setattr("livekit.api._failover.MIN_FAILOVER_TIMEOUT", 0.0)
+    async with never_answering() as silent, livekit_api(silent.url, API_KEY,
+                                                         API_SECRET) as lk:
+        async with asyncio.timeout(30):
+            with pytest.raises(LiveKitTimeout) as failed:
+                await lk.room.list_rooms(api.ListRoomsRequest())
+    assert str(failed.value) == silent_line(silent.url)
+    assert silent.asked == ["POST /twirp/livekit.RoomService/ListRooms HTTP/1.1"]
+
+
 def redispatcher(settings: Settings, livekit_url: str) -> Redispatcher:
     return Redispatcher(settings.with_overrides(
         livekit_url=livekit_url, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
@@ -117,7 +137,7 @@ async def test_a_look_livekit_never_answers_is_one_line_and_looked_again(
         worker = redispatcher(settings, silent.url)
         try:
             async with asyncio.timeout(30):
-                assert await worker.place_again("silent-room", "RM_silent") is True
+                assert await worker.place_again("silent-room", "RM_silent", rejoin=True) is True
         finally:
             await worker.aclose()
     assert silent.asked == ["POST /twirp/livekit.RoomService/ListParticipants HTTP/1.1"]

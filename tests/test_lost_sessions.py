@@ -5,9 +5,14 @@ Protects: a lost session still open and silent for `SIGHTLINE_LOST_SESSION_CLOSE
 as abandoned, its summary folded from the cost events Postgres holds; one still recording (a
 worker still ending it) and one that ended by itself are left as they are; a database that
 does not answer is one line. A claimed re-dispatch whose LiveKit call fails (a 503 while
-LiveKit restarts, a timeout) is tried again until the user has an agent, once, and a room's
-dispatch that no worker took is never deleted before its replacement exists. The live path (a
-SIGKILLed worker, the webhook, the re-dispatch) is tests/test_fleet.py's.
+LiveKit restarts, a timeout, Postgres dropping its connection) is tried again until the user
+has an agent, once, and a room's dispatch that no worker took is never deleted before its
+replacement exists. A worker that asks about a lost agent another holds finds it taken, even at
+the room's last allowed re-dispatch, and goes on watching: the room is dispatched when the
+claimant shuts down. A user who comes back to their room gets an agent each time, without using
+up the 3 restarts of a session that fails at every start (which stay capped), nor taking the
+memory exchanges of their session that is still closing. The live path (a SIGKILLed worker,
+the webhook, the re-dispatch) is tests/test_fleet.py's.
 """
 
 from __future__ import annotations
@@ -16,15 +21,25 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
+import asyncpg
 import pytest
 from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
 from agent.config import Settings
-from agent.redispatch import AGENT_NAME_ATTRIBUTE, Redispatcher
+from agent.redispatch import (
+    AGENT_JOIN_S,
+    AGENT_NAME_ATTRIBUTE,
+    MAX_PER_ROOM,
+    WITHIN_S,
+    Redispatcher,
+)
+from memory import backlog
 from memory.db import Database
+from memory.redispatches import Claim, claim
 from memory.store import Store
 
 LIVEKIT = {"livekit_url": "ws://127.0.0.1:9", "livekit_api_key": "k",
@@ -99,6 +114,7 @@ class FakeLiveKit:
         self.dispatches = list(dispatches)
         self.fail, self.error, self.reached = fail, error, reached
         self.calls: list[str] = []
+        self._created = asyncio.Condition()  # notified as a dispatch is asked for
         self.participants = [models.ParticipantInfo(
             identity="user-1", kind=models.ParticipantInfo.Kind.STANDARD)]
         self.room = SimpleNamespace(list_participants=self._list_participants)
@@ -113,21 +129,33 @@ class FakeLiveKit:
         return list(self.dispatches)
 
     async def _create(self, request: api.CreateAgentDispatchRequest) -> None:
-        if self.fail:
-            self.fail -= 1
-            self.calls.append(f"create {request.room}: failed")
-            if self.reached:
-                self._placed(request)
-            raise self.error
-        self.calls.append(f"create {request.room} {request.metadata}")
-        self._placed(request)
+        try:
+            if self.fail:
+                self.fail -= 1
+                self.calls.append(f"create {request.room}: failed")
+                if self.reached:
+                    self._placed(request)
+                raise self.error
+            self.calls.append(f"create {request.room} {request.metadata}")
+            self._placed(request)
+        finally:
+            async with self._created:
+                self._created.notify_all()
+
+    async def created_until(self, done: Callable[[], bool]) -> None:
+        """Wait for the calls to create a dispatch until `done()`."""
+        async with self._created:
+            await self._created.wait_for(done)
 
     def _placed(self, request: api.CreateAgentDispatchRequest) -> None:
         dispatch = agent_dispatch.AgentDispatch(id=f"AD_new{len(self.dispatches)}",
                                                 agent_name=request.agent_name,
                                                 room=request.room, metadata=request.metadata)
         dispatch.state.created_at = time.time_ns()
-        dispatch.state.jobs.add().state.status = agent.JobStatus.JS_RUNNING
+        job = dispatch.state.jobs.add()
+        job.state.status = agent.JobStatus.JS_RUNNING
+        job.state.started_at = dispatch.state.created_at
+        job.state.participant_identity = f"agent-{dispatch.id}"
         self.dispatches.append(dispatch)
         self.participants.append(models.ParticipantInfo(
             identity=f"agent-{dispatch.id}", kind=models.ParticipantInfo.Kind.AGENT,
@@ -137,6 +165,18 @@ class FakeLiveKit:
         self.calls.append(f"delete {dispatch_id}")
         self.dispatches = [d for d in self.dispatches if d.id != dispatch_id]
 
+    def agents_gone(self) -> None:
+        """The room's agents left a while ago (LiveKit goes on listing their jobs as running,
+        assigned long before)."""
+        self.participants = [p for p in self.participants
+                             if p.kind != models.ParticipantInfo.Kind.AGENT]
+        for dispatch in self.dispatches:
+            for job in dispatch.state.jobs:
+                job.state.started_at -= int(2 * AGENT_JOIN_S * 1e9)
+
+    def created(self) -> list[str]:
+        return [call for call in self.calls if call.startswith("create")]
+
     async def __aenter__(self) -> FakeLiveKit:
         return self
 
@@ -145,12 +185,17 @@ class FakeLiveKit:
 
 
 def a_dispatch(dispatch_id: str, room: str, *, age_s: float,
-               job: agent.JobStatus.ValueType | None = None) -> agent_dispatch.AgentDispatch:
+               job: agent.JobStatus.ValueType | None = None,
+               agent_identity: str = "") -> agent_dispatch.AgentDispatch:
+    """A dispatch of ours, with a `job` whose agent was `agent_identity` (none: it never had
+    one) when given."""
     dispatch = agent_dispatch.AgentDispatch(id=dispatch_id, agent_name=AGENT, room=room,
                                             metadata='{"tenant": "acme"}')
     dispatch.state.created_at = time.time_ns() - int(age_s * 1e9)
     if job is not None:
-        dispatch.state.jobs.add().state.status = job
+        ran = dispatch.state.jobs.add()
+        ran.state.status = job
+        ran.state.participant_identity = agent_identity
     return dispatch
 
 
@@ -252,26 +297,31 @@ async def test_the_claim_of_a_lost_agent_is_handed_back_when_its_user_leaves_und
     assert await claims(db) == []
 
 
-@pytest.mark.parametrize("handing_back", ["works", "fails"])
+@pytest.mark.parametrize("handing_back", [
+    None, OSError("connection refused"), asyncpg.InterfaceError("connection is closed"),
+], ids=["works", "fails", "connection closed"])
 async def test_an_unplaced_dispatch_is_deleted_only_once_its_replacement_exists(
     fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, handing_back: str,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    handing_back: Exception | None,
 ) -> None:
     """A user's dispatch that no worker took; both workers look. Creating its replacement
     fails once: the old dispatch stays in the room, and a later look creates the replacement,
     then deletes the old one. When handing the failed claim back fails too (Postgres away for
-    a moment), the claimant goes on with its claim rather than finding it taken by itself."""
+    a moment, or its connection closed under the query), the claimant goes on with its claim
+    rather than finding it taken by itself."""
     caplog.set_level(logging.INFO, "sightline.redispatch")
-    if handing_back == "fails":
+    if handing_back is not None:
         async def database_away(*args: object, **kwargs: object) -> bool:
-            raise OSError("connection refused")
+            raise handing_back
         monkeypatch.setattr("agent.redispatch.release", database_away)
     _, workers = fleet_of_two
     lk = FakeLiveKit([a_dispatch("AD_old", "r2", age_s=60)], fail=1)
     on(workers, lk)
     try:
         async with asyncio.timeout(30):
-            await asyncio.gather(*(w.place_when_free("r2", "RM_2") for w in workers))
+            await asyncio.gather(*(w.place_when_free("r2", "RM_2", rejoin=True)
+                                   for w in workers))
     finally:
         for worker in workers:
             await worker.aclose()
@@ -282,6 +332,152 @@ async def test_an_unplaced_dispatch_is_deleted_only_once_its_replacement_exists(
                and m.endswith("; looking again later") for m in caplog.messages)
     assert any(m.startswith("no worker had room for the agent of room r2") for m in
                caplog.messages)
-    if handing_back == "fails":
+    if handing_back is not None:
         assert any(m.startswith("could not hand back the claim on dispatch AD_old of room "
-                                "RM_2: connection refused") for m in caplog.messages)
+                                f"RM_2: {handing_back}") for m in caplog.messages)
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_claim_taken_at_the_room_s_last_re_dispatch_is_watched_until_handed_back(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The room was dispatched again twice already when its agent is lost once more. Worker A
+    claims it (the room's last re-dispatch allowed) and LiveKit keeps failing A's dispatch;
+    worker B, asking about the same agent, finds it taken, not "too often", and watches the
+    room. A shuts down and hands its claim back: B claims it at its next look, and the user
+    gets an agent."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    _, (a, b) = fleet_of_two
+    for earlier in range(MAX_PER_ROOM - 1):
+        assert await claim(db.pool, room="r1", room_sid="RM_1",
+                           lost_identity=f"agent-AJ_{earlier}", max_per_room=MAX_PER_ROOM,
+                           within_s=WITHIN_S) is Claim.CLAIMED
+    lk = FakeLiveKit([a_dispatch("AD_lost", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING,
+                                 agent_identity="agent-AJ_lost")], fail=1_000)
+    on([a, b], lk)
+    try:
+        async with asyncio.timeout(30):  # the user would wait for ever on the bug
+            a._track(a.recover("r1", "RM_1", "agent-AJ_lost"), "redispatch")
+            await lk.created_until(lambda: bool(lk.calls))  # A holds it; LiveKit fails A
+            assert await b.recover("r1", "RM_1", "agent-AJ_lost") is False
+            await a.aclose()
+            lk.fail = 0  # LiveKit answers again
+            await lk.created_until(lambda: any(
+                p.kind == models.ParticipantInfo.Kind.AGENT for p in lk.participants))
+    finally:
+        for worker in (a, b):
+            await worker.aclose()
+    assert lk.created()[-1] == 'create r1 {"tenant": "acme"}'
+    assert len([p for p in lk.participants if p.kind == models.ParticipantInfo.Kind.AGENT]) == 1
+    assert await claims(db) == [("agent-AJ_0", "lost"), ("agent-AJ_1", "lost"),
+                                ("agent-AJ_lost", "lost")]
+    assert not any("so not again" in m for m in caplog.messages)
+
+
+async def test_a_user_who_keeps_coming_back_gets_an_agent_and_a_failing_session_stays_capped(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user leaves their room (their session ends with it) and comes back, more often than a
+    failing session is restarted: each time, the look that follows their arrival dispatches
+    the agent anew. Agents lost while the user stays are restarted `MAX_PER_ROOM` times in
+    `WITHIN_S` as before, whatever the comings back: the next is one line, not dispatched."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)  # only the looks below
+    _, (worker, _) = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_1", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING,
+                                 agent_identity="agent-AJ_1")], fail=0)
+    on([worker], lk)
+
+    def serving() -> str:
+        [now] = [p.identity for p in lk.participants
+                 if p.kind == models.ParticipantInfo.Kind.AGENT]
+        return now
+
+    try:
+        async with asyncio.timeout(30):
+            for _ in range(MAX_PER_ROOM + 1):
+                lk.agents_gone()  # the user left, their session ended, and they came back
+                assert await worker.place_again("r1", "RM_1", rejoin=True) is True
+            for _ in range(MAX_PER_ROOM):
+                lost = serving()
+                lk.agents_gone()  # the agent left while the user stayed
+                assert await worker.recover("r1", "RM_1", lost) is True
+            lost = serving()
+            lk.agents_gone()
+            assert await worker.recover("r1", "RM_1", lost) is False
+    finally:
+        await worker.aclose()
+    assert len(lk.created()) == 2 * MAX_PER_ROOM + 1
+    assert [reason for _, reason in await claims(db)] == (
+        ["rejoin"] * (MAX_PER_ROOM + 1) + ["lost"] * MAX_PER_ROOM)
+    assert [m for m in caplog.messages if "so not again" in m] == [
+        f"room r1 lost its agent {lost} again: it was dispatched {MAX_PER_ROOM} times in 10 "
+        "minutes already, so not again"]
+
+
+@pytest.mark.parametrize("came_back", [True, False], ids=["user came back", "agent lost"])
+async def test_a_user_who_comes_back_leaves_the_closing_session_its_memory_exchanges(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    monkeypatch: pytest.MonkeyPatch, came_back: bool,
+) -> None:
+    """The session that ended when its user left is still closing (livekit-agents takes its
+    agent out of the room before the session's shutdown callbacks run): its keeper analyses
+    an exchange it claimed. The user comes back and gets an agent anew, whose session must not
+    analyse that exchange as well (a second model call, its memory written twice). An agent
+    lost while its user stayed (a worker that died) hands its exchanges to the next session."""
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)
+    _, (worker, _) = fleet_of_two
+    await Store(db.pool).start_session("s-old", tenant="acme", user_id="user-1", room="r1",
+                                       source="live", provider="gemini", model="m")
+    async with db.pool.acquire() as conn:
+        await backlog.apply_op(conn, {
+            "op": "backlog_add", "tenant": "acme", "user_id": "user-1", "session_id": "s-old",
+            "seq": 0, "user": "I use vim", "assistant": "Noted.", "said_at": time.time(),
+            "claimed": True})
+    lk = FakeLiveKit([a_dispatch("AD_1", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING,
+                                 agent_identity="agent-AJ_1")], fail=0)
+    lk.agents_gone()
+    on([worker], lk)
+    try:
+        assert await worker.place_again("r1", "RM_1", rejoin=came_back) is True
+    finally:
+        await worker.aclose()
+    assert lk.created() == ['create r1 {"tenant": "acme"}']
+    taken_over = [d.user for d in await backlog.claim(db.pool, "acme", "user-1", "s-new")]
+    assert taken_over == ([] if came_back else ["I use vim"])
+
+
+async def test_a_database_connection_closed_under_a_claim_is_one_line_and_tried_again(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Postgres drops the connection while a worker claims a lost agent (asyncpg's
+    `InterfaceError`, not a `PostgresError`): one line, and the worker tries again on its
+    backoff and dispatches the agent, instead of ending its watch with a traceback."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    dropped: list[bool] = []
+
+    async def closed_once(*args: object, **kwargs: object) -> Claim:
+        if not dropped:
+            dropped.append(True)
+            raise asyncpg.InterfaceError("connection is closed")
+        return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("agent.redispatch.claim", closed_once)
+    _, (worker, _) = fleet_of_two
+    lk = FakeLiveKit([a_dispatch("AD_lost", "r1", age_s=60, job=agent.JobStatus.JS_RUNNING)],
+                     fail=0)
+    on([worker], lk)
+    try:
+        async with asyncio.timeout(30):
+            assert await worker.recover("r1", "RM_1", "agent-AJ_1") is True
+    finally:
+        await worker.aclose()
+    assert lk.created() == ['create r1 {"tenant": "acme"}']
+    assert await claims(db) == [("agent-AJ_1", "lost")]
+    [failed] = [m for m in caplog.messages if m.startswith("could not")]
+    assert failed.startswith("could not dispatch the agent again to room r1, whose agent "
+                             "agent-AJ_1 was lost: connection is closed; trying again in ")
+    assert not any(r.exc_info for r in caplog.records)
