@@ -37,6 +37,8 @@ from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
 from livekit.agents.voice.speech_handle import SpeechHandle
 from opentelemetry.trace import Span
 
+from memory.http_failures import RequestWatch
+
 from .budget import BudgetGuard
 from .config import Tier
 from .images import ImageBill, ImageEncoder
@@ -61,23 +63,28 @@ _CONFIDENCE = re.compile(r"^\s*confidence\s*[:=]\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$"
 _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
 
 
-def failure_sentence(err: ProviderError) -> str:
-    """What the user hears when the model failed: short, plain, and true. A connection that
-    failed after the request may have reached the model (`ProviderError.reached`: it dropped
-    before or during the answer) "broke off"; one never made "could not be reached"."""
+def failure_sentence(err: ProviderError, *, partial: bool = False) -> str:
+    """What the user hears when the model failed: short, plain, and true. A request that never
+    reached the model (`ProviderError.reached`: refused, or still connecting when its time ran
+    out) "could not be reached"; one whose connection failed after it went out, before or
+    during the answer, "broke off". `partial`: part of the answer was already spoken, so the
+    sentence ends that answer rather than saying there is none."""
     model = f"the model ({err.model})"
-    if err.kind == "connection" and err.reached:
+    if err.kind in ("connection", "timeout") and not err.reached:
+        what = f"{model} could not be reached"
+    elif err.kind == "connection":
         what = f"the connection to {model} broke off"
     else:
         what = model + " " + {
             "timeout": "took too long to answer",
             "rate_limited": "is rate-limiting us right now",
             "server_error": "had an internal error",
-            "connection": "could not be reached",
             "bad_response": "sent back something that is not an answer",
             "unknown_tool": "kept asking for a tool it does not have",
             "no_answer": "sent back an empty answer",
         }.get(err.kind, "rejected the request")
+    if partial:
+        return f"Sorry, that answer is incomplete: {what}. Please ask again."
     return f"Sorry, {what}, so I have no answer. Please ask again."
 
 
@@ -163,7 +170,8 @@ class _Attempt:
 
     bar: float  # the confidence it needs to answer alone (0 for the tier that must answer)
     header: ConfidenceHeader = field(default_factory=ConfidenceHeader)
-    prompt: llm.ChatContext | None = None  # the request, once it went out
+    prompt: llm.ChatContext | None = None  # the request, once handed to the SDK
+    watch: RequestWatch = field(default_factory=RequestWatch)  # whether the SDK sent it
     reported: Usage | None = None  # the provider's latest usage report
     usage: Usage = field(default_factory=Usage)  # what it is billed, settled when it ends
     spoken: int = 0
@@ -439,9 +447,10 @@ class CascadeStream(llm.LLMStream):
         except ProviderError as exc:
             error = exc
         except TimeoutError:
-            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline")
+            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline",
+                                  reached=attempt.watch.sent)
         except asyncio.CancelledError:
-            attempt.outcome = "cancelled"  # the user interrupted or left: still billed
+            attempt.outcome = "cancelled"  # the user interrupted or left: billed if sent
             raise
         finally:
             if error is not None:
@@ -449,7 +458,7 @@ class CascadeStream(llm.LLMStream):
                 if attempt.tool_calls:  # the calls already went out: their results go on
                     attempt.outcome = "tool_call"
                 elif attempt.spoken:  # part of this answer was already sent: end it plainly
-                    self._send(request_id, " … " + failure_sentence(error))
+                    self._send(request_id, " … " + failure_sentence(error, partial=True))
                     attempt.outcome = "answered"
             self._log_attempt(index, attempt, error, request_id, record)
         return attempt.outcome, attempt.usage, error
@@ -462,9 +471,11 @@ class CascadeStream(llm.LLMStream):
         the answer unseen (unsure) or pass it on as it arrives."""
         tools = llm.ToolContext(self._tools) if self._tools else None
         tier_ctx, attempt.images = await self._llm._images.prepare(ctx, tier.provider)
-        # nothing waits from here until the SDK sends the request: billed from now on
+        # the request as the SDK sends it: billed once an attempt sent it (`attempt.watch`),
+        # however the call ends (this deadline, a cancel while it still connects)
         attempt.prompt = tier_ctx
-        reply = provider.stream(tier_ctx, max_output_tokens=tier.max_output_tokens, tools=tools)
+        reply = provider.stream(tier_ctx, max_output_tokens=tier.max_output_tokens, tools=tools,
+                                watch=attempt.watch)
         async with (
             asyncio.timeout(max(0.1, deadline - time.monotonic())),
             aclosing(reply) as stream,
@@ -530,13 +541,14 @@ class CascadeStream(llm.LLMStream):
         owner = self._llm
         tier = owner.tiers[index]
         # the frames priced as the request was prepared, placed in it now, off the path to
-        # the first word; none when nothing was sent
+        # the first word; none when no request was made
         images = (images_in_prompt(attempt.prompt, attempt.images.billed)
                   if attempt.prompt is not None else [])
         partial = attempt.outcome not in ("answered", "tool_call") or error is not None
         attempt.usage, usage_source = settled_usage(
             attempt.reported, prompt=attempt.prompt, received="".join(attempt.received),
-            partial=partial, prompt_billed=error is None or error.prompt_billed,
+            partial=partial,
+            prompt_billed=attempt.watch.sent if error is None else error.prompt_billed,
             image_tokens=attempt.images.tokens,
         )
         record.tried.append({

@@ -7,7 +7,9 @@ all when the provider reported none (the caller estimates it, `metering.settled_
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed, and whether its request may have reached the
-provider, which may then bill its prompt (`reached_provider`, memory/http_failures.py).
+provider, which may then bill its prompt. A call's `watch` (memory/http_failures.py) says
+whether any of its attempts sent the request, however the call ends: the caller passes its own
+to know it past a deadline or a cancel of its own (agent/cascade.py).
 
 Every request names what it is for in a `x-sightline-purpose` header (`answer` for a user's
 turn, `memory` for a memory update): a spend-tracking proxy in front of the providers can
@@ -21,12 +23,12 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import aiohttp
-import httpx
 import httpx2
 import pydantic
 from google import genai
@@ -36,7 +38,7 @@ from google.genai import types as genai_types
 from livekit.agents import llm
 
 from memory.embeddings import gemini_embedding_models
-from memory.http_failures import reached_provider
+from memory.http_failures import GenaiClient, RequestWatch, watch_httpx2_request
 
 from .config import Settings, Tier
 from .pricing import Usage
@@ -51,8 +53,10 @@ PURPOSE_HEADER = "x-sightline-purpose"
 
 class ProviderError(RuntimeError):
     """A model call that failed after the SDK's own retries. `reached`: whether its request
-    may have reached the provider (`reached_provider`); the adapter that knows otherwise says
-    so, as every other failure (a reply the cascade refused, its deadline) came after it did."""
+    may have reached the provider, i.e. whether any attempt sent it (`RequestWatch.sent`): the
+    adapter says so for a failure of its HTTP client, the cascade for its own deadline. Any
+    other failure (an HTTP error status, a reply the cascade refused) came after an answer,
+    so after the request arrived."""
 
     def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str,
                  *, reached: bool = True) -> None:
@@ -81,6 +85,7 @@ class ChatProvider(Protocol):
     def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
         tools: llm.ToolContext | None = None, purpose: str = "answer",
+        watch: RequestWatch | None = None,
     ) -> AsyncIterator[StreamItem]: ...
 
     async def aclose(self) -> None: ...
@@ -90,6 +95,16 @@ def _kind_for_status(status: int) -> str:
     if status == 429:
         return "rate_limited"
     return "server_error" if status >= 500 else "request_rejected"
+
+
+# the HTTP status Anthropic answers each error type with (its API's errors page): an `error`
+# event in a stream that began 200 OK says only its type; one of another type, Anthropic's own
+# failure mid-answer, counts as a 500
+_CLAUDE_ERROR_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529,
+}
 
 
 T = TypeVar("T")
@@ -203,6 +218,21 @@ def _gemini_usage(meta: genai_types.GenerateContentResponseUsageMetadata) -> Usa
     )
 
 
+def _gemini_items(chunk: genai_types.GenerateContentResponse) -> Iterator[StreamItem]:
+    if chunk.usage_metadata is not None:  # so far: a caller may stop reading early
+        yield _gemini_usage(chunk.usage_metadata)
+    for candidate in chunk.candidates or []:
+        for part in (candidate.content.parts if candidate.content else None) or []:
+            if part.function_call is not None and part.function_call.name:
+                call = part.function_call
+                yield llm.FunctionToolCall(
+                    call_id=call.id or f"call_{uuid.uuid4().hex[:12]}",
+                    name=call.name, arguments=json.dumps(call.args or {}),
+                )
+            elif part.text and not part.thought:
+                yield part.text
+
+
 class GeminiProvider(_ProviderBase):
     name = "gemini"
 
@@ -212,24 +242,23 @@ class GeminiProvider(_ProviderBase):
         self.model = model
         self._tools = GEMINI_TOOLS
         tls = shared_tls_context()
-        self._client = genai.Client(
-            api_key=api_key,
-            http_options=genai_types.HttpOptions(
-                base_url=base_url,
-                client_args={"verify": tls},
-                async_client_args={"verify": tls, "ssl": tls},  # httpx, aiohttp, websockets
-                timeout=int(timeout_s * 1000),
-                retry_options=genai_types.HttpRetryOptions(
-                    attempts=retries + 1, initial_delay=0.5, max_delay=4.0,
-                    http_status_codes=list(RETRY_STATUS),
-                ),
+        self._client = GenaiClient(api_key, genai_types.HttpOptions(
+            base_url=base_url,
+            client_args={"verify": tls},
+            async_client_args={"verify": tls, "ssl": tls},  # httpx2, aiohttp, websockets
+            timeout=int(timeout_s * 1000),
+            retry_options=genai_types.HttpRetryOptions(
+                attempts=retries + 1, initial_delay=0.5, max_delay=4.0,
+                http_status_codes=list(RETRY_STATUS),
             ),
-        )
+        ))
 
     async def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
         tools: llm.ToolContext | None = None, purpose: str = "answer",
+        watch: RequestWatch | None = None,
     ) -> AsyncIterator[StreamItem]:
+        watch = watch or RequestWatch()
         turns, fmt = chat_ctx.to_provider_format("google")
         config = genai_types.GenerateContentConfig(
             system_instruction="\n\n".join(fmt.system_messages) or None,
@@ -238,23 +267,16 @@ class GeminiProvider(_ProviderBase):
             http_options=genai_types.HttpOptions(headers={PURPOSE_HEADER: purpose}),
         )
         try:
-            chunks = await self._client.aio.models.generate_content_stream(
-                model=self.model, contents=turns, config=config
-            )
-            async for chunk in chunks:
-                if chunk.usage_metadata is not None:
-                    # so far: a caller may stop reading early
-                    yield _gemini_usage(chunk.usage_metadata)
-                for candidate in chunk.candidates or []:
-                    for part in (candidate.content.parts if candidate.content else None) or []:
-                        if part.function_call is not None and part.function_call.name:
-                            call = part.function_call
-                            yield llm.FunctionToolCall(
-                                call_id=call.id or f"call_{uuid.uuid4().hex[:12]}",
-                                name=call.name, arguments=json.dumps(call.args or {}),
-                            )
-                        elif part.text and not part.thought:
-                            yield part.text
+            # the SDK sends the request, and retries it, as the first chunk is asked for
+            with watch.active():
+                chunks = aiter(await self._client.aio.models.generate_content_stream(
+                    model=self.model, contents=turns, config=config
+                ))
+                chunk = await anext(chunks, None)
+            while chunk is not None:
+                for item in _gemini_items(chunk):
+                    yield item
+                chunk = await anext(chunks, None)
         except genai_errors.APIError as exc:
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
@@ -263,13 +285,13 @@ class GeminiProvider(_ProviderBase):
                 pydantic.ValidationError) as exc:
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
             raise self._bad_response(exc) from exc
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise self._timeout(reached_provider(exc)) from exc
-        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(repr(exc), reached_provider(exc)) from exc
+        except TimeoutError as exc:
+            raise self._timeout(watch.sent) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable(repr(exc), watch.sent) from exc
 
     async def aclose(self) -> None:
-        await self._client.aio.aclose()
+        await self._client.aclose()
 
 
 _CACHE = {"cache_control": {"type": "ephemeral"}}
@@ -310,13 +332,16 @@ class ClaudeProvider(_ProviderBase):
         self._errors = anthropic
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries,
-            http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_tls_context()),
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                verify=shared_tls_context(), event_hooks={"request": [watch_httpx2_request]}),
         )
 
     async def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
         tools: llm.ToolContext | None = None, purpose: str = "answer",
+        watch: RequestWatch | None = None,
     ) -> AsyncIterator[StreamItem]:
+        watch = watch or RequestWatch()
         messages, fmt = chat_ctx.to_provider_format("anthropic")
         # tool definitions come before the system prompt, so its cache mark covers them too
         schemas = self._schemas(tools)
@@ -324,14 +349,17 @@ class ClaudeProvider(_ProviderBase):
         system = [{"type": "text", "text": system_text, **_CACHE}] if system_text else []
         _mark_cache_breakpoint(messages)
         try:
-            async with self._client.messages.stream(
-                model=self.model,
-                max_tokens=max_output_tokens,
-                messages=messages,  # type: ignore[arg-type]
-                extra_headers={PURPOSE_HEADER: purpose},
-                **({"system": system} if system else {}),
-                **({"tools": schemas} if schemas else {}),
-            ) as stream:
+            async with AsyncExitStack() as opened:
+                # the SDK sends the request, and retries it, as the stream opens
+                with watch.active():
+                    stream = await opened.enter_async_context(self._client.messages.stream(
+                        model=self.model,
+                        max_tokens=max_output_tokens,
+                        messages=messages,  # type: ignore[arg-type]
+                        extra_headers={PURPOSE_HEADER: purpose},
+                        **({"system": system} if system else {}),
+                        **({"tools": schemas} if schemas else {}),
+                    ))
                 started = False
                 async for event in stream:
                     if event.type == "message_start":  # the input count comes first; the
@@ -353,22 +381,22 @@ class ClaudeProvider(_ProviderBase):
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
             raise self._bad_response(exc) from exc
         except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
-            raise self._timeout(self._reached(exc)) from exc
+            raise self._timeout(watch.sent) from exc
         except self._errors.APIStatusError as exc:
-            raise ProviderError(
-                self.name, self.model, _kind_for_status(exc.status_code), exc.status_code,
-                exc.message,
-            ) from exc
+            raise self._status_error(exc) from exc
         except (self._errors.APIConnectionError, httpx2.TransportError) as exc:
-            raise self._unreachable(str(exc), self._reached(exc)) from exc
+            raise self._unreachable(str(exc), watch.sent) from exc
         yield _claude_usage(final.usage)
 
-    def _reached(self, exc: Exception) -> bool:
-        """Whether the request may have reached Anthropic (`reached_provider`): anthropic
-        raises its HTTP client's failure wrapped in its own error (the failure its cause) when
-        the request or its retries failed, and as it is when the stream breaks off."""
-        return reached_provider(
-            exc.__cause__ if isinstance(exc, self._errors.APIConnectionError) else exc)
+    def _status_error(self, exc: anthropic.APIStatusError) -> ProviderError:
+        """An error Anthropic answered with: an HTTP error status, or an `error` event in a
+        stream that began 200 OK (an overload mid-answer), which has no status of its own and
+        is told by its type."""
+        if exc.status_code >= 400:
+            return ProviderError(self.name, self.model, _kind_for_status(exc.status_code),
+                                 exc.status_code, exc.message)
+        kind = _kind_for_status(_CLAUDE_ERROR_STATUS.get(exc.type or "", 500))
+        return ProviderError(self.name, self.model, kind, None, exc.api_message or exc.message)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -437,11 +465,12 @@ class MadeOnFirstCall:
     async def stream(
         self, chat_ctx: llm.ChatContext, *, max_output_tokens: int,
         tools: llm.ToolContext | None = None, purpose: str = "answer",
+        watch: RequestWatch | None = None,
     ) -> AsyncIterator[StreamItem]:
         if self._made is None:
             self._made = self._make()
         async for item in self._made.stream(chat_ctx, max_output_tokens=max_output_tokens,
-                                            tools=tools, purpose=purpose):
+                                            tools=tools, purpose=purpose, watch=watch):
             yield item
 
     async def aclose(self) -> None:

@@ -57,10 +57,11 @@ class EmbeddingError(RuntimeError):
 class EmbeddingCall:
     """One billed embedding request: the texts sent and their characters (Gemini's
     `batchEmbedContents` answers with vectors alone, so the tokens billed are estimated from
-    them by whoever prices the call). A failed call says why in `error`, and `billed` whether
-    the provider may bill it all the same (memory/http_failures.py): yes once the request may
-    have gone out (a connection dropped before the answer, a timeout), not when the provider
-    refused it, something else answered, or the connection was never made."""
+    them by whoever prices the call). A failed call says why in `error` ("cancelled" for one its
+    caller stopped), and `billed` whether the provider may bill it all the same: yes once any
+    attempt sent the request (memory/http_failures.py) and no HTTP error status or proxy's page
+    answered it; not when the connection was never made, or was still being made when the
+    call timed out or was cancelled."""
 
     provider: str
     model: str
@@ -311,30 +312,27 @@ class GeminiEmbedder:
         # imported here: google-genai takes ~0.8 s to import, which every `sightline kb` or
         # `gaps` command run with an offline embedder would otherwise pay
         import aiohttp
-        from google import genai
         from google.genai import errors, types
 
         from .db import masked_url
-        from .http_failures import reached_provider
+        from .http_failures import GenaiClient, RequestWatch
 
         # a key in the URL's query is never said in an error
         self._where = masked_url(base_url) if base_url else "generativelanguage.googleapis.com"
 
         self._types = types
+        self._watch = RequestWatch
         # what the SDK raises when the service cannot be reached, refuses a call, or answers
         # with something that is not its JSON (a proxy's page)
         self._not_json = (errors.UnknownApiResponseError, json.JSONDecodeError)
         self._unreachable = (errors.APIError, *self._not_json, aiohttp.ClientError, OSError,
                              asyncio.TimeoutError)
-        # whether Gemini may bill a failed request: once it may have gone out (a timeout, a
-        # connection dropped before the answer); not one refused with an HTTP error, answered
-        # by something else (a proxy's page) or whose connection was never made (refused, DNS,
-        # TLS). The SDK's one deadline covers the connect too: a connect that timed out is a
-        # timeout like any other, billed.
-        self._reached = reached_provider
+        # what answered the request without running it: an HTTP error status (Gemini bills
+        # none that failed so) or something else in its place (a proxy's page)
+        self._answered = (errors.APIError, *self._not_json)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
-        self._client = genai.Client(api_key=api_key, http_options=types.HttpOptions(
+        self._client = GenaiClient(api_key, types.HttpOptions(
             base_url=base_url, timeout=int(timeout_s * 1000),
             retry_options=types.HttpRetryOptions(attempts=retries + 1), **shared))
 
@@ -343,21 +341,29 @@ class GeminiEmbedder:
         for start in range(0, len(texts), self.BATCH):
             batch = texts[start:start + self.BATCH]
             started = time.perf_counter()
+            # Gemini may bill a request once any attempt sent it (the SDK retries a server that
+            # hung up), answered or not: timed out, dropped or cancelled after that
+            watch = self._watch()
             try:
-                result = await self._client.aio.models.embed_content(
-                    model=self._model, contents=batch,  # type: ignore[arg-type]
-                    config=self._types.EmbedContentConfig(task_type=task,
-                                                          output_dimensionality=self.dim),
-                )
+                with watch.active():
+                    result = await self._client.aio.models.embed_content(
+                        model=self._model, contents=batch,  # type: ignore[arg-type]
+                        config=self._types.EmbedContentConfig(task_type=task,
+                                                              output_dimensionality=self.dim),
+                    )
             except self._unreachable as exc:
                 reason = ("its answer was not the API's JSON (a proxy's page?)"
                           if isinstance(exc, self._not_json)
                           else " ".join(str(exc).split())[:160] or type(exc).__name__)
-                self._called(batch, started, reason, billed=self._reached(exc))
+                self._called(batch, started, reason,
+                             billed=watch.sent and not isinstance(exc, self._answered))
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
                 ) from None
+            except asyncio.CancelledError:
+                self._called(batch, started, "cancelled", billed=watch.sent)
+                raise
             self._called(batch, started, None)
             vectors += [e.values or [] for e in result.embeddings or []]
         array = np.asarray(vectors, dtype=np.float32)
@@ -391,7 +397,7 @@ class GeminiEmbedder:
         return (await self._embed([text], "RETRIEVAL_QUERY"))[0]
 
     async def aclose(self) -> None:
-        await self._client.aio.aclose()
+        await self._client.aclose()
 
 
 class SharedQueries:

@@ -332,8 +332,9 @@ async def test_an_answer_whose_connection_broke_off_ends_in_a_sentence_that_says
     make: Make, answering: str,
 ) -> None:
     """The connection dropped while the model was answering, its first words already spoken:
-    what was said stands, and one sentence ends it that says the connection broke off (it
-    said the model "could not be reached", though it had been answering)."""
+    what was said stands, and one sentence ends it that says the connection broke off and the
+    answer is incomplete (it said the model "could not be reached", though it had been
+    answering, then that it had "no answer", though part of one was spoken)."""
     spoken = asyncio.Event()  # set once the listener heard the answer's first words
 
     class BreaksOffMidAnswer(ScriptedModelServer):
@@ -365,12 +366,47 @@ async def test_an_answer_whose_connection_broke_off_ends_in_a_sentence_that_says
                 spoken.set()
     said_first, ending = "".join(heard).split(" … ")
     assert said_first and text.startswith(said_first) and said_first != text
-    assert ending == (f"Sorry, the connection to the model ({answering}) broke off, so I have "
-                      "no answer. Please ask again.")
+    assert ending == (f"Sorry, that answer is incomplete: the connection to the model "
+                      f"({answering}) broke off. Please ask again.")
     assert replies.asked[-1] == answering and replies.asked.count(answering) == 1
     (turn,) = turns(model)
     broken = turn["tried"][-1]
     assert broken["outcome"] == "answered" and ": connection: " in broken["error"]
+
+
+@pytest.mark.parametrize(("error", "kind", "told"), [
+    ("overloaded_error", "server_error", "had an internal error"),
+    ("rate_limit_error", "rate_limited", "is rate-limiting us right now"),
+])
+async def test_an_error_event_in_claudes_answer_is_told_by_its_type(
+    make: Make, error: str, kind: str, told: str,
+) -> None:
+    """Anthropic reports a failure mid-answer (an overload) as an `error` event in a stream
+    that began 200 OK: told by the error's type, with no HTTP status. It was "HTTP 200", and
+    the user heard the model "rejected the request"."""
+
+    class FailsMidAnswer(ScriptedModelServer):
+        """Streams the first half of each answer's events, then Anthropic's `error` event."""
+
+        async def _sse(self, request: web.Request, events: list[bytes],
+                       delay: float) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in events[:len(events) // 2]:
+                await response.write(event)
+            failure = {"type": "error", "error": {"type": error, "message": "Try again later."}}
+            await response.write(f"event: error\ndata: {json.dumps(failure)}\n\n".encode())
+            return response
+
+    text = "The build failed with exit code 2 in the linker step of the release job."
+    model, _ = await make({LITE: [ScriptedReply(status=500)], FLASH: [ScriptedReply(status=500)],
+                           CLAUDE: [said(text, 0.9, words_per_chunk=2)]}, serve=FailsMidAnswer)
+    said_first, ending = (await ask(model, llm.ChatContext.empty(), "Why?")).split(" … ")
+    assert said_first and text.startswith(said_first)
+    assert ending == (f"Sorry, that answer is incomplete: the model ({CLAUDE}) {told}. "
+                      "Please ask again.")
+    failed = turns(model)[0]["tried"][-1]["error"]
+    assert failed == f"anthropic {CLAUDE}: {kind}: Try again later."
 
 
 async def test_a_reply_with_nothing_to_say_is_no_answer(make: Make) -> None:

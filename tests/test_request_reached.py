@@ -1,0 +1,223 @@
+"""Whether a failed model or embedding request reached its provider, as the HTTP client that
+sent it says, not as the failure the call ended with.
+
+Protects: a call whose first attempt delivered its whole request and lost the answer is billed
+its estimate, and the user hears the connection broke off, though the SDK's retry was refused
+(it was billed nothing, the model said "could not be reached"); a turn cut off while its
+request still connects (the cascade's own deadline, the user's cancel) is billed nothing, and
+past the deadline the model "could not be reached" (it was billed the prompt, told "took too
+long"); a Gemini embedding cancelled is in the ledger, billed once Gemini had it and unbilled
+while it still connected (it was not recorded at all); an embedding whose first attempt went
+out is billed though its retry was refused. Through the real SDK clients against local sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_command_costs import QUESTION, billed, logged
+from test_cost_records import CLAUDE, GEMINI, ledger, open_record, question, settings
+
+from agent.cascade import CascadeLLM
+from agent.config import Tier
+from agent.event_log import EventLog
+from agent.images import ImageEncoder
+from agent.metering import CostMeter
+from agent.pricing import PriceTable
+from agent.providers import make_provider
+from memory.embeddings import EmbeddingError, GeminiEmbedder
+
+IMAGE_TOKENS = {GEMINI.model: 516, CLAUDE.model: 1199}  # the question's screenshot, as sent
+
+
+class OneRequest:
+    """A local listener that reads one HTTP request whole (`bodies`: each one's length), then
+    either stops listening and hangs up without a word (`hang_up`: the SDK's retry is refused)
+    or holds the connection, never answering. `arrived` is set once a request was read."""
+
+    def __init__(self, *, hang_up: bool) -> None:
+        self.hang_up = hang_up
+        self.bodies: list[int] = []
+        self.arrived = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        self.bodies.append(len(await reader.readexactly(length)))
+        self.arrived.set()
+        if self.hang_up:
+            assert self._server is not None
+            self._server.close()
+        else:
+            await reader.read()  # until the client leaves
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+@pytest.fixture
+async def handshaking() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """An https URL whose listener takes each connection and never answers its TLS handshake:
+    a request there is still connecting when it is cut off. The event is set once a
+    connection arrived."""
+    arrived = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived.set()
+        while await reader.read(65536):  # the client's hello, then nothing until it leaves
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}", arrived
+    finally:
+        server.close()
+
+
+def unbilled(call: dict[str, Any]) -> None:
+    assert call["kind"] == "model_error" and call["detail"]["usage"] == "unbilled"
+    assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (0, 0, 0.0)
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+async def test_a_call_whose_first_attempt_went_out_is_billed_though_its_retry_was_refused(
+    tmp_path: Path, tier: Tier,
+) -> None:
+    """anthropic retries a connection error, google-genai a server that hung up: with one
+    retry (the default), a first attempt taken whole, then dropped, was hidden by the refused
+    retry after it."""
+    record = open_record(tmp_path)
+    server = OneRequest(hang_up=True)
+    async with server as url:
+        model = CascadeLLM([tier], [make_provider(settings(tmp_path, url,
+                                                          SIGHTLINE_MODEL_RETRIES="1"), tier)],
+                           record.meter, 60.0, ImageEncoder("medium"))
+        try:
+            async with model.chat(chat_ctx=question()) as stream:
+                heard = "".join([c.delta.content async for c in stream
+                                 if c.delta and c.delta.content])
+        finally:
+            await model.aclose()
+    assert len(server.bodies) == 1  # the retry found nobody listening
+    assert heard == (f"Sorry, the connection to the model ({tier.model}) broke off, so I have "
+                     "no answer. Please ask again.")
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["kind"] == "model_error" and call["detail"]["usage"] == "estimated"
+    assert call["input_tokens"] > call["image_tokens"] == IMAGE_TOKENS[tier.model]
+    assert call["cost_usd"] > call["image_cost_usd"] > 0
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+@pytest.mark.parametrize("cut", ["cancelled", "deadline"])
+async def test_a_turn_cut_off_while_its_request_still_connects_is_billed_nothing(
+    tmp_path: Path, handshaking: tuple[str, asyncio.Event], tier: Tier, cut: str,
+) -> None:
+    """The cascade's turn deadline or the user's cancel, while the SDK was still connecting
+    (its own timeout far off): billed the prompt as if it had been sent, and past the deadline
+    the user heard the model "took too long to answer"."""
+    url, connecting = handshaking
+    record = open_record(tmp_path)
+    model = CascadeLLM([tier], [make_provider(settings(tmp_path, url), tier)], record.meter,
+                       1.0 if cut == "deadline" else 60.0, ImageEncoder("medium"))
+
+    async def ask() -> str:
+        async with model.chat(chat_ctx=question()) as stream:
+            return "".join([c.delta.content async for c in stream
+                            if c.delta and c.delta.content])
+
+    try:
+        asking = asyncio.create_task(ask())
+        if cut == "cancelled":
+            await connecting.wait()
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+        else:
+            assert await asking == (f"Sorry, the model ({tier.model}) could not be reached, so "
+                                    "I have no answer. Please ask again.")
+    finally:
+        await model.aclose()
+    assert connecting.is_set()
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["detail"]["outcome"] == ("cancelled" if cut == "cancelled" else "failed")
+    unbilled(call)
+    assert call["image_tokens"] == IMAGE_TOKENS[tier.model] and call["image_cost_usd"] == 0.0
+
+
+def embedder(url: str, meter: CostMeter, retries: int) -> GeminiEmbedder:
+    return GeminiEmbedder(api_key="test-key", base_url=url, timeout_s=20.0, retries=retries,
+                          record=meter.embedding_call)
+
+
+@pytest.fixture
+def meter(tmp_path: Path) -> CostMeter:
+    return CostMeter(EventLog(session_id="s1", tenant="acme", costs_dir=tmp_path, store=None),
+                     PriceTable.load())
+
+
+async def test_an_embedding_whose_first_attempt_went_out_is_billed_though_its_retry_was_refused(
+    meter: CostMeter, tmp_path: Path,
+) -> None:
+    server = OneRequest(hang_up=True)
+    async with server as url:
+        client = embedder(url, meter, retries=1)
+        try:
+            with pytest.raises(EmbeddingError, match="Cannot connect"):
+                await client.embed_query(QUESTION)
+        finally:
+            await client.aclose()
+    assert len(server.bodies) == 1
+    (event,) = logged(tmp_path)
+    assert event["kind"] == "model_error" and event["detail"]["usage"] == "estimated"
+    assert event["input_tokens"] == billed([QUESTION]) > 0
+
+
+async def cancel_once_arrived(url: str, arrived: asyncio.Event, meter: CostMeter,
+                              texts: list[str]) -> None:
+    """Embeds `texts` at `url` and cancels the call once `arrived` is set."""
+    client = embedder(url, meter, retries=0)
+    try:
+        embedding = asyncio.create_task(client.embed_documents(texts))
+        await arrived.wait()
+        embedding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await embedding
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("when", ["received", "connecting"])
+async def test_a_cancelled_embedding_is_in_the_ledger_billed_once_gemini_had_it(
+    meter: CostMeter, tmp_path: Path, handshaking: tuple[str, asyncio.Event], when: str,
+) -> None:
+    """An embedding cancelled (a session closing, its turn interrupted) once Gemini had the
+    request is billed its estimate; one cancelled while it still connected is in the ledger
+    unbilled. Neither was recorded."""
+    texts = [f"{QUESTION} ({i})" for i in range(3)]
+    if when == "received":
+        server = OneRequest(hang_up=False)
+        async with server as url:
+            await cancel_once_arrived(url, server.arrived, meter, texts)
+    else:
+        await cancel_once_arrived(*handshaking, meter, texts)
+    (event,) = logged(tmp_path)
+    assert event["kind"] == "model_error" and event["detail"]["error"] == "cancelled"
+    assert event["detail"]["texts"] == len(texts)
+    if when == "received":
+        assert event["detail"]["usage"] == "estimated"
+        assert event["input_tokens"] == billed(texts) > 0 and event["cost_usd"] > 0
+    else:
+        unbilled(event)
