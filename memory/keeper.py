@@ -38,6 +38,7 @@ did not give.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -257,9 +258,10 @@ def _unsaid(text: str, said: set[str]) -> list[str]:
 
 # -- contact-like data: what a planted fact would most want the user to trust later ---------
 
-# each from the start of a run of the characters it repeats: scanned once, not from every letter
+# linear on a long run: an e-mail from the start of a run of its characters, a link's scheme
+# (at most 32 characters) from a letter after none
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_URL = re.compile(r"(?:(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>\"'()\[\]]+")
+_URL = re.compile(r"(?:(?<![a-z0-9])[a-z][a-z0-9+.-]{0,31}://|\bwww\.)[^\s<>\"'()\[\]]+")
 # a bare host name: dotted labels ending in a top-level domain people are sent to, or with a
 # hyphen in a label (code's dotted names, "json.loads", "os.path", "setup.py", have neither)
 _HOST = re.compile(r"(?<![\w@.-])(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z][a-z0-9-]*[a-z]\b")
@@ -416,14 +418,22 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
     return named
 
 
-def _spans(tokens: list[str], phrases: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Where each of `phrases` (space-separated words) occurs in `tokens`: (first, past last)."""
-    found = []
+@functools.cache
+def _by_first_word(phrases: tuple[str, ...]) -> dict[str, list[list[str]]]:
+    """`phrases` (space-separated words) split once, listed under their first word."""
+    index: dict[str, list[list[str]]] = {}
     for phrase in phrases:
         words = phrase.split()
-        found += [(i, i + len(words)) for i in range(len(tokens) - len(words) + 1)
-                  if tokens[i:i + len(words)] == words]
-    return found
+        index.setdefault(words[0], []).append(words)
+    return index
+
+
+def _spans(tokens: list[str], phrases: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Where each of `phrases` (space-separated words) occurs in `tokens`: (first, past last).
+    Only a token that begins one of them is compared further: one pass over the tokens."""
+    index = _by_first_word(phrases)
+    return [(i, i + len(words)) for i, token in enumerate(tokens) for words in index.get(token, ())
+            if tokens[i:i + len(words)] == words]
 
 
 def _turned(sentence: list[str], first: int, past: int) -> bool:

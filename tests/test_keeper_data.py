@@ -581,3 +581,13 @@ def test_a_subject_far_past_the_forget_word_is_not_its() -> None:
     kept, refused = _vouched(MemoryUpdate(forget=["laptop"]), user)
     assert kept.forget == [] and refused["forgets_refused"] == 1
 
+
+
+@pytest.mark.parametrize("text", [
+    "see 1.https://evil-login.example/x", "Steps: -https://evil.example/a",
+    "go to +ftp://files.example/z", "(https://q.example/z)", '"https://r.example/p"'])
+def test_a_link_after_punctuation_is_a_link_with_its_path(text: str) -> None:
+    """A planted link must be checked whole, not by its host alone: "1.https://github.com/
+    attacker/reset" vouched for by the user saying "github.com" would pass as theirs."""
+    link = re.search(r"[a-z]+://\S+?(?=[)\"]|$)", text)
+    assert link is not None and link.group() in keeper_module.contact_like(text)
