@@ -99,8 +99,9 @@ def settled_usage(
     before the first report (Gemini's first chunk, Claude's `message_start`) is billed its
     prompt's estimate (`image_tokens` for its images) and what it received. `prompt`: the
     request as it went out, None when it never did; `prompt_billed`: False when the provider
-    refused it or never got it (`ProviderError.prompt_billed`); `partial`: the stream was left
-    before its end, so its output is at least the text `received`."""
+    refused it or no attempt of it went out (`ProviderError.prompt_billed`, else the call's
+    `RequestWatch`: one cancelled or timed out while still connecting); `partial`: the stream
+    was left before its end, so its output is at least the text `received`."""
     if reported is None:
         if prompt is None or not prompt_billed:
             return Usage(), "unbilled"
@@ -205,9 +206,9 @@ class CostMeter:
         """An embedding request (Gemini's): billed its texts' input tokens, which the provider
         does not report, so they are estimated from the characters sent (`usage: estimated`).
         A failed request is billed so too when it may have reached the provider, as a chat
-        model's prompt is (`EmbeddingCall.billed`: it timed out, or its connection dropped,
-        after it went out); one refused or never sent is recorded unbilled. Both keep the
-        error."""
+        model's prompt is (`EmbeddingCall.billed`: an attempt of it went out, as its HTTP
+        client saw, and no HTTP error or proxy's page answered); one refused or never sent is
+        recorded unbilled. Both keep the error."""
         self.model_call(
             provider=call.provider, model=call.model,
             usage=Usage(input_tokens=estimate_tokens(call.characters) if call.billed else 0),

@@ -7,7 +7,8 @@ into the meter's ledger (a session's, or a command's: agent/command_ledger.py) w
 did with it. A provider failure, a timeout or an unusable reply is the call's error: logged,
 recorded, never raised. A call cancelled (a session closing before the keeper is done) is
 recorded too, billed like a cascade tier's: what the provider reported, else an estimate
-(`metering.settled_usage`).
+(`metering.settled_usage`), and nothing when no attempt of it had gone out (its `RequestWatch`:
+timed out or cancelled while still connecting).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from livekit.agents import llm
 from livekit.agents.telemetry import tracer
 
+from memory.http_failures import RequestWatch
 from memory.keeper import ReadReply
 
 from .config import Tier
@@ -49,13 +51,16 @@ class MeteredTierCall:
     ) -> None:
         started = time.perf_counter()
         reported: Usage | None = None
-        text, error, prompt_billed, ended = "", None, True, False
+        text, error, ended = "", None, False
+        watch = RequestWatch()
+        prompt_billed: bool | None = None  # a provider's failure says; else what `watch` saw
         done: dict[str, int] = {}
         try:
             async with asyncio.timeout(self._timeout_s):
                 with tracer.start_as_current_span(self._span):
                     async for item in self._provider.stream(
                         prompt, max_output_tokens=max_output_tokens, purpose=self._purpose,
+                        watch=watch,
                     ):
                         if isinstance(item, Usage):
                             reported = item
@@ -78,7 +83,9 @@ class MeteredTierCall:
             if error is not None:
                 log.warning("%s skipped: %s", self._task, error)
             usage, source = settled_usage(reported, prompt=prompt, received=text,
-                                          partial=not ended, prompt_billed=prompt_billed)
+                                          partial=not ended,
+                                          prompt_billed=watch.sent if prompt_billed is None
+                                          else prompt_billed)
             self._meter.model_call(
                 provider=self._tier.provider, model=self._tier.model, usage=usage, images=0,
                 latency_ms=(time.perf_counter() - started) * 1000, error=error,

@@ -29,7 +29,9 @@ from agent.images import ImageEncoder
 from agent.metering import CostMeter
 from agent.pricing import PriceTable
 from agent.providers import make_provider
+from agent.tier_call import MeteredTierCall
 from memory.embeddings import EmbeddingError, GeminiEmbedder
+from memory.keeper import memory_prompt
 
 IMAGE_TOKENS = {GEMINI.model: 516, CLAUDE.model: 1199}  # the question's screenshot, as sent
 
@@ -219,5 +221,39 @@ async def test_a_cancelled_embedding_is_in_the_ledger_billed_once_gemini_had_it(
     if when == "received":
         assert event["detail"]["usage"] == "estimated"
         assert event["input_tokens"] == billed(texts) > 0 and event["cost_usd"] > 0
+    else:
+        unbilled(event)
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+@pytest.mark.parametrize("sent", [False, True], ids=["connecting", "sent"])
+async def test_a_memory_call_that_timed_out_is_billed_only_once_it_went_out(
+    meter: CostMeter, tmp_path: Path, handshaking: tuple[str, asyncio.Event], tier: Tier,
+    sent: bool,
+) -> None:
+    """The memory keeper's call (`MeteredTierCall`) past its own timeout: billed the prompt when
+    its request had gone out, nothing while it still connected (it was billed either way)."""
+    async def ask(url: str) -> None:
+        provider = make_provider(settings(tmp_path, url), tier)
+        call = MeteredTierCall(provider, tier, meter, timeout_s=1.0)
+        try:
+            await call.ask(memory_prompt({}, None, QUESTION, "Sure."), max_output_tokens=50,
+                           read=lambda text: {})
+        finally:
+            await provider.aclose()
+
+    if sent:
+        server = OneRequest(hang_up=False)
+        async with server as url:
+            await ask(url)
+        assert len(server.bodies) == 1
+    else:
+        url, connecting = handshaking
+        await ask(url)
+        assert connecting.is_set()
+    (event,) = logged(tmp_path)
+    assert event["kind"] == "model_error" and event["detail"]["purpose"] == "memory"
+    if sent:
+        assert event["detail"]["usage"] == "estimated" and event["input_tokens"] > 0
     else:
         unbilled(event)
