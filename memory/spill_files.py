@@ -10,11 +10,14 @@ A row can reach the database twice: a batch stored whose answer was lost is retr
 file is rewritten without the rows stored only after they are (a crash or a full disk between
 the two leaves them in it, to be written again). Each table makes the second write a no-op by a
 key of the row's own: cost events and waiting exchanges by `(session_id, seq)`, a session by its
-id, a keeper's facts and summaries find themselves there already (`UserMemory.apply` merges by
-what the keeper saw) and the user's own are replaced by theirs; messages and screen events,
+id, and the user's own facts and forgets are replaced by theirs; messages and screen events,
 which have no such key, carry one made for them (`ROW_KEY`, a UUID: `KEYED_KINDS`), given as the
 row is first put to a writer or kept on disk, and stored in a UNIQUE column (migration 0018)
-that skips a row it holds already.
+that skips a row it holds already. A memory keeper's facts, forgets and summaries carry a
+`ROW_KEY` too, made with the row by the keeper (memory/keeper.py), which `UserMemory.apply`
+records in the transaction that applies the row (migration 0022) and skips a row it has
+recorded: merged again by what the keeper saw, a row its session's later rows had moved on
+from would come back. A keeper's row kept before rows had keys is merged by what it holds.
 """
 
 from __future__ import annotations

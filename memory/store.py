@@ -178,6 +178,11 @@ class Store:
                 counts[name] = int(await conn.fetchval(
                     f"WITH done AS ({statement} RETURNING 1) SELECT count(*) FROM done",
                     tenant, user_id))
+            # the keys of the keeper rows applied (migration 0022): they name the user, and
+            # what they kept from being applied twice is gone
+            await conn.execute(
+                "DELETE FROM memory_rows_applied WHERE tenant = $1 AND user_id = $2",
+                tenant, user_id)
         return counts
 
     async def add_cost_events(self, rows: Sequence[dict[str, Any]]) -> None:

@@ -10,7 +10,8 @@ from a `BackgroundWriter` (`apply`), so storing memory never delays a reply and 
 outage. One user can have two sessions at once (two devices, a session rejoined while the old
 one closes), each keeper writing from its own view: `apply` merges what a keeper wrote with what
 the other wrote since, so neither's learning is lost (a summary may then hold one part a line,
-`SUMMARY_PARTS`, until a keeper's next fold takes them in).
+`SUMMARY_PARTS`, until a keeper's next fold takes them in), and keeps the user's facts to
+`MAX_FACTS` whatever each keeper's view held.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import asyncpg
 from . import backlog, bm25
 from .embeddings import Embedder
 from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
+from .spill_files import ROW_KEY
 
 log = logging.getLogger("sightline.memory")
 
+MAX_FACTS = 100  # per user; past it the least recently updated fact is forgotten
 FACTS_PER_TURN = 8  # a user with at most this many facts gets all of them on every turn
 TURNS_PER_TURN = 3
 CANDIDATES = 20
@@ -38,6 +41,9 @@ CANDIDATES = 20
 # a fold's summary is one line (the keeper's parse joins its whitespace)
 SUMMARY_PARTS = "\n"
 _MEMORY_OPS = ("fact", "forget", "summary")
+# a user's newest applied keeper rows whose keys are kept (`_first_writes`): a row comes twice
+# (a batch retried, a spill file imported again) soon after it first did, so older keys go
+KEPT_ROW_KEYS = 1000
 # the first key of the advisory locks `apply` takes, one a user: locks of their own, apart from
 # the one-key locks of migrations and redispatches
 _MEMORY_LOCKS = 0x5160_3E3E
@@ -266,8 +272,17 @@ class UserMemory:
         replaces the parts it was folded from (`merged_summary`). A row without `seen` (the
         user's own `remember` and `forget`, or one kept on disk before rows had it) replaces or
         drops what is stored. One transaction at a time writes a user's memory (an advisory
-        lock), so what a row is merged with stays so until it is written; and a row written
-        twice (a batch retried, a spill file imported again) changes nothing the second time."""
+        lock), so what a row is merged with stays so until it is written.
+
+        A row can be written twice (a batch retried after its commit's answer was lost, a
+        spill file imported again), and a later row of its session may have moved on from it
+        meanwhile: merged again by content, it would come back beside that row. So a keeper's
+        row carries a key made with it (`ROW_KEY`), recorded in the transaction that applies
+        it (`_first_writes`), and a row whose key is recorded already changes nothing. A row
+        without one (the user's own `remember` and `forget`, which leave what they say however
+        often applied, or a keeper's kept on disk before rows had keys) is merged by what it
+        holds, as before. Past `MAX_FACTS` facts (two sessions each adding to a full view),
+        the least recently updated go."""
         fact_rows = [r for r in rows if r["op"] == "fact"]
         vectors = dict(zip(map(id, fact_rows),
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
@@ -276,7 +291,12 @@ class UserMemory:
         async with self._pool.acquire() as conn, conn.transaction():
             for tenant, user_id in users:  # in one order: two batches cannot deadlock
                 await lock_memory(conn, tenant, user_id)
+            first = await self._first_writes(conn, rows)
             for row in rows:
+                if row["op"] in _MEMORY_OPS and ROW_KEY in row:
+                    if row[ROW_KEY] not in first:
+                        continue
+                    first.remove(row[ROW_KEY])  # the same row twice in one batch: once
                 if row["op"] == "fact":
                     await self._store_fact(conn, row, vectors[id(row)])
                 elif row["op"] == "forget":
@@ -290,6 +310,33 @@ class UserMemory:
                     await backlog.apply_op(conn, row)
                 else:
                     raise ValueError(f"unknown memory operation {row['op']!r}")
+            for tenant, user_id in sorted({(r["tenant"], r["user_id"]) for r in fact_rows}):
+                await conn.execute(
+                    "DELETE FROM memory_facts WHERE id IN (SELECT id FROM memory_facts"
+                    " WHERE tenant = $1 AND user_id = $2 ORDER BY updated_at DESC, id DESC"
+                    " OFFSET $3)", tenant, user_id, MAX_FACTS)
+
+    @staticmethod
+    async def _first_writes(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]],
+                            ) -> set[str]:
+        """The `ROW_KEY`s of the memory rows among `rows` that were never applied, recorded
+        as applied now (migration 0022; undone with `conn`'s transaction if it fails)."""
+        keyed = [r for r in rows if r["op"] in _MEMORY_OPS and ROW_KEY in r]
+        if not keyed:
+            return set()
+        first = {str(key) for key in await conn.fetchval(
+            "WITH added AS (INSERT INTO memory_rows_applied (tenant, user_id, row_key)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])"
+            " ON CONFLICT DO NOTHING RETURNING row_key)"
+            " SELECT coalesce(array_agg(row_key), '{}') FROM added",
+            [r["tenant"] for r in keyed], [r["user_id"] for r in keyed],
+            [r[ROW_KEY] for r in keyed])}
+        for tenant, user_id in sorted({(r["tenant"], r["user_id"]) for r in keyed}):
+            await conn.execute(
+                "DELETE FROM memory_rows_applied WHERE tenant = $1 AND user_id = $2 AND row_key"
+                " IN (SELECT row_key FROM memory_rows_applied WHERE tenant = $1 AND user_id = $2"
+                " ORDER BY applied_at DESC OFFSET $3)", tenant, user_id, KEPT_ROW_KEYS)
+        return first
 
     async def _store_fact(self, conn: asyncpg.Connection, row: dict[str, Any],
                           vector: str | None) -> None:

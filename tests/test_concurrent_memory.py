@@ -13,7 +13,10 @@ other session may have changed meanwhile. The merge rule:
   beside it (one line each); a keeper whose own writes are all in reads the user's memory again
   before its next exchange, so its next fold is shown every part and replaces them all;
 - rows a session kept on disk while its database was away are merged the same way when they
-  are imported, however often (no model is asked then);
+  are imported, however often (no model is asked then): a keeper's row is applied once, by
+  the key it was made with, even when the session's later rows have moved on from it;
+- the user keeps at most `MAX_FACTS` facts however many sessions add to a full memory at once;
+- a keeper whose last row the database refused still reads the user's memory again;
 - a privacy request's deletion waits for a write of the user's memory under way.
 
 Real Postgres; the real google-genai client against a scripted server whose summary is a fold:
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,15 @@ from agent.providers import make_provider
 from agent.session_record import SessionRecord
 from agent.tier_call import MeteredTierCall
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory import user_memory
 from memory.db import Database
 from memory.embeddings import WordLlamaEmbedder
 from memory.keeper import MemoryKeeper, MemoryModel, ReadReply
 from memory.screen_timeline import ScreenTimeline
+from memory.spill_files import ROW_KEY
 from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
-from memory.user_memory import SUMMARY_PARTS, UserMemory, lock_memory
+from memory.user_memory import MAX_FACTS, SUMMARY_PARTS, UserMemory, lock_memory
 
 LITE = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
 EARLIER = "Asked how to set up a VPN."
@@ -62,6 +68,22 @@ LEARNED = {
         (("terminal", "The user keeps tmux open in the terminal."), "Configured tmux."),
 }
 PHONE, DESK = list(LEARNED)[0::2], list(LEARNED)[1::2]  # each session's two questions
+# what one session learns over two exchanges, the second changing the first's fact
+UPGRADE = {
+    "My laptop runs Ubuntu 24.04.":
+        (("laptop", "The user's laptop runs Ubuntu 24.04."), "Asked about Ubuntu."),
+    "I upgraded my laptop to Ubuntu 25.04.":
+        (("laptop", "The user's laptop runs Ubuntu 25.04."), "Upgraded it."),
+}
+# what each of two sessions adds to a memory already full
+GADGETS = {
+    "I also have a Pixel phone.": (("phone", "The user has a Pixel phone."), "Has a phone."),
+    "I also have an iPad tablet.": (("tablet", "The user has an iPad tablet."), "Has a tablet."),
+}
+# an answer whose summary the database refuses (its text type holds no NUL)
+REFUSED = "Tell me about NUL bytes."
+ANSWERS = {**LEARNED, **UPGRADE, **GADGETS,
+           REFUSED: (("nul", "The user asked about NUL bytes."), "Asked about \x00 bytes.")}
 
 
 def fold(request: CapturedRequest) -> ScriptedReply:
@@ -70,7 +92,7 @@ def fold(request: CapturedRequest) -> ScriptedReply:
     [user] = re.findall(r"<user_message>\nUser: (.*?)\n</user_message>", request.text, re.S)
     shown = re.search(r"Summary so far: (?:<memory>(.*?)</memory>|\(none\))", request.text, re.S)
     assert shown is not None
-    (key, text), about = LEARNED[user]
+    (key, text), about = ANSWERS[user]
     summary = " ".join([*(shown.group(1) or "").split(), about])
     return ScriptedReply(text=json.dumps(
         {"facts": [{"key": key, "text": text}], "forget": [], "summary": summary}))
@@ -228,6 +250,127 @@ async def test_what_a_session_kept_on_disk_meanwhile_is_merged_when_imported(
     assert len(warned) == 1 and "\n" not in warned[0]
 
 
+async def _spilled_rows(settings: Settings, db: Database, tmp_path: Path,
+                        questions: Sequence[str]) -> Path:
+    """The desk's keeper, its database gone, analyses `questions` one after the other and keeps
+    its rows on disk; its session closes. The spill file's path."""
+    await _earlier_memory(db)
+    embedder = WordLlamaEmbedder()
+    away = await asyncpg.create_pool("postgresql://sightline@127.0.0.1:1/gone", min_size=0)
+    try:
+        async with ScriptedModelServer(fold) as server:
+            provider = make_provider(settings.with_overrides(
+                gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+            record = _record(tmp_path, "s-desk")
+            desk = await _keeper(
+                UserMemory(db.pool, embedder),
+                MeteredTierCall(provider, LITE, record.meter, timeout_s=10), "s-desk",
+                tmp_path, later=UserMemory(away, embedder))
+            for question in questions:
+                desk.exchange(question, "(answered)")
+            assert await desk.close() > 0
+            await provider.aclose()
+    finally:
+        await away.close()
+    await record.close()
+    return tmp_path / "s-desk.memory-spill.jsonl"
+
+
+async def test_a_sessions_rows_imported_again_change_nothing_though_later_ones_moved_on(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """The reviewer's case: one session's two exchanges, the second changing the first's fact
+    and folding its summary, kept on disk, imported, then imported again (a crash before the
+    file was deleted). Before, the second import found the first exchange's fact and summary
+    line gone (the second's had replaced them) and put them back: `laptop_2` beside the
+    upgrade, the old line beside the new summary."""
+    spill = await _spilled_rows(settings, db, tmp_path, list(UPGRADE))
+    kept = await asyncio.to_thread(spill.read_bytes)
+    embedder = WordLlamaEmbedder()
+    memory = UserMemory(db.pool, embedder)
+    targets = SpillTargets(Store(db.pool), memory, ScreenTimeline(db.pool, embedder), embedder)
+    upgraded = ({"vpn": VPN[1], "laptop": UPGRADE["I upgraded my laptop to Ubuntu 25.04."][0][1]},
+                [f"{EARLIER} Asked about Ubuntu. Upgraded it."])
+    for _ in range(2):
+        await asyncio.to_thread(spill.write_bytes, kept)
+        assert (await recover_spills(tmp_path, targets)).rows > 0
+        assert await _stored(memory) == upgraded
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_rows_applied") == 4
+    await Store(db.pool).forget_user("acme", "u-1")  # the keys name the user: they go too
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_rows_applied") == 0
+
+
+async def test_two_sessions_adding_to_a_full_memory_keep_it_to_its_limit(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """The user has `MAX_FACTS` facts; each session, its memory call in flight while the
+    other's is, adds one and forgets its view's least recently updated fact, the same one.
+    Before, the user kept `MAX_FACTS` + 1 facts for good: each keeper trims only its view. Now
+    the write leaves the newest `MAX_FACTS`, the next least recently updated going too."""
+    memory = _Watched(db.pool, WordLlamaEmbedder())
+    await _earlier_memory(db)
+    await memory.apply([{"op": "fact", "key": f"gadget_{n}", "text": f"The user owns gadget {n}.",
+                         "tenant": "acme", "user_id": "u-1", "session_id": "s-earlier"}
+                        for n in range(MAX_FACTS - 1)])  # with the VPN, the limit
+    async with ScriptedModelServer(fold) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        phone_model, desk_model = (
+            _Held(MeteredTierCall(provider, LITE, _record(tmp_path, sid).meter, timeout_s=10))
+            for sid in ("s-phone", "s-desk"))
+        phone = await _keeper(memory, phone_model, "s-phone", tmp_path)
+        desk = await _keeper(memory, desk_model, "s-desk", tmp_path)
+        for keeper, question in zip((phone, desk), GADGETS, strict=True):
+            keeper.exchange(question, "(answered)")
+        phone_call, desk_call = await phone_model.calls.get(), await desk_model.calls.get()
+        for call, session_id in ((phone_call, "s-phone"), (desk_call, "s-desk")):
+            call.set()
+            assert await asyncio.wait_for(memory.summaries.get(), 10) == session_id
+        assert await phone.close() == 0 and await desk.close() == 0
+        await provider.aclose()
+
+    facts = (await _stored(memory))[0]
+    assert len(facts) == MAX_FACTS
+    assert {"vpn", "gadget_0"}.isdisjoint(facts)  # the VPN was stored before the gadgets
+    assert {"phone", "tablet", "gadget_1", f"gadget_{MAX_FACTS - 2}"} <= set(facts)
+
+
+async def test_a_keeper_whose_last_row_was_refused_reads_the_users_memory_again(
+    settings: Settings, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The phone's first answer holds a summary the database refuses (a NUL): it is set aside,
+    said in one line. The desk then has a fact remembered; the phone's next request shows it.
+    Before, the refused row stayed the phone's last unwritten one, and the phone analysed
+    against its own view for the rest of its session, without a word."""
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    await _earlier_memory(db)
+    async with ScriptedModelServer(fold) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        phone = await _keeper(
+            memory, MeteredTierCall(provider, LITE, _record(tmp_path, "s-phone").meter,
+                                    timeout_s=10), "s-phone", tmp_path)
+        phone.exchange(REFUSED, "(answered)")
+        await phone.settled()
+        refused = tmp_path / "s-phone.memory-refused.jsonl"
+        for _ in range(500):  # until the writer has set the row aside
+            if await asyncio.to_thread(refused.exists):
+                break
+            await asyncio.sleep(0.01)
+        await memory.apply([{"op": "fact", "key": VPN[0], "text": "The user uses Tailscale.",
+                             "tenant": "acme", "user_id": "u-1", "session_id": "s-desk"}])
+        phone.exchange(PHONE[1], "(answered)")
+        assert await phone.close() == 0
+        await provider.aclose()
+
+    assert "- vpn: The user uses Tailscale." in server.requests[1].text
+    assert "- nul: The user asked about NUL bytes." in server.requests[1].text
+    lines = (await asyncio.to_thread(refused.read_text)).splitlines()
+    assert [json.loads(line)["op"] for line in lines] == ["summary"]  # the next one is stored
+    said = [m for m in caplog.messages if "refused" in m]
+    assert len(said) == 1 and "\n" not in said[0]
+
+
 async def test_a_change_from_an_older_view_leaves_what_another_session_wrote(
     db: Database,
 ) -> None:
@@ -284,3 +427,20 @@ async def test_forgetting_a_user_waits_for_a_write_of_their_memory_under_way(
                            f"{read}\nAsked about the ThinkPad.")
     assert (await forgetting)["summaries"] == 1
     assert await memory.summary("acme", "u-1") is None
+
+
+async def test_only_a_users_newest_applied_row_keys_are_kept(
+    db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keys of applied keeper rows are kept per user up to `KEPT_ROW_KEYS`, the newest: a
+    row comes twice soon after it first did, and the table would otherwise grow with every
+    exchange for good. Another user's keys are theirs to keep."""
+    monkeypatch.setattr(user_memory, "KEPT_ROW_KEYS", 3)
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    for user in ("u-1", "u-2"):
+        for n in range(5):
+            await memory.apply([{"op": "summary", "text": f"Exchange {n}.", "seen": None,
+                                 "tenant": "acme", "user_id": user, ROW_KEY: str(uuid.uuid4())}])
+    kept = await db.pool.fetch(
+        "SELECT user_id, count(*) FROM memory_rows_applied GROUP BY user_id ORDER BY user_id")
+    assert [(r["user_id"], r["count"]) for r in kept] == [("u-1", 3), ("u-2", 3)]
