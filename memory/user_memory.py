@@ -288,6 +288,9 @@ class UserMemory:
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
                            strict=True))
         users = sorted({(r["tenant"], r["user_id"]) for r in rows if r["op"] in _MEMORY_OPS})
+        # each user's facts as this batch leaves them, read once (under the lock) by the first
+        # keeper fact that is placed among them, then kept current by the batch's own writes
+        stored: dict[tuple[str, str], dict[str, str]] = {}
         async with self._pool.acquire() as conn, conn.transaction():
             for tenant, user_id in users:  # in one order: two batches cannot deadlock
                 await lock_memory(conn, tenant, user_id)
@@ -298,12 +301,15 @@ class UserMemory:
                         continue
                     first.remove(row[ROW_KEY])  # the same row twice in one batch: once
                 if row["op"] == "fact":
-                    await self._store_fact(conn, row, vectors[id(row)])
+                    await self._store_fact(conn, row, vectors[id(row)], stored)
                 elif row["op"] == "forget":
                     await conn.execute(
                         "DELETE FROM memory_facts WHERE tenant = $1 AND user_id = $2 AND key = $3"
                         " AND ($4::text IS NULL OR text = $4)",
                         row["tenant"], row["user_id"], row["key"], row.get("seen"))
+                    known = stored.get((row["tenant"], row["user_id"]))
+                    if known is not None and row.get("seen") in (None, known.get(row["key"])):
+                        known.pop(row["key"], None)
                 elif row["op"] == "summary":
                     await self._store_summary(conn, row)
                 elif row["op"] in backlog.OPS:
@@ -339,13 +345,17 @@ class UserMemory:
         return first
 
     async def _store_fact(self, conn: asyncpg.Connection, row: dict[str, Any],
-                          vector: str | None) -> None:
-        """A fact row, under its key or where `fact_place` puts a keeper's (`apply`)."""
+                          vector: str | None, stored: dict[tuple[str, str], dict[str, str]],
+                          ) -> None:
+        """A fact row, under its key or where `fact_place` puts a keeper's among the user's
+        `stored` facts (`apply`'s, read once a batch)."""
         who, key = (row["tenant"], row["user_id"]), row["key"]
         if "seen" in row:
-            known = {r["key"]: r["text"] for r in await conn.fetch(
-                "SELECT key, text FROM memory_facts WHERE tenant = $1 AND user_id = $2", *who)}
-            placed = fact_place(key, row["text"], row["seen"], known)
+            if who not in stored:
+                stored[who] = {r["key"]: r["text"] for r in await conn.fetch(
+                    "SELECT key, text FROM memory_facts WHERE tenant = $1 AND user_id = $2",
+                    *who)}
+            placed = fact_place(key, row["text"], row["seen"], stored[who])
             if placed is None:
                 return
             key = placed
@@ -357,6 +367,8 @@ class UserMemory:
             " session_id = excluded.session_id, updated_at = now()",
             *who, key, row["text"], self.embedder.name if vector else None, vector,
             row.get("session_id"))
+        if who in stored:
+            stored[who][key] = row["text"]
 
     @staticmethod
     async def _store_summary(conn: asyncpg.Connection, row: dict[str, Any]) -> None:
