@@ -37,20 +37,30 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   check that reads a request there (`remember`, `forget`): elsewhere "so", "now", "right" or
   "yes" say something.
 - `as_digits`: number words as a speech recogniser writes them read as digits ("postgres
-  sixteen" is "Postgres 16", "twenty four oh four" is "24 4", as "24.04" is), so a fact
-  `remember` takes as the user's words the keeper does not take for the screen's. A digit run
-  is read digit by digit: `int` refuses one of more than 4300, and a message may hold one.
+  sixteen" is "Postgres 16", "twenty four oh four" and "twenty four point oh four" are "24 4",
+  as "24.04" is), so a fact `remember` takes as the user's words the keeper does not take for
+  the screen's. A digit run is read digit by digit: `int` refuses one of more than 4300, and a
+  message may hold one.
+- `numbers_together`: numbers said next to each other as one ("python 2 7" is "python 2.7"):
+  "Python 2.7" read off the screen is not the user's when they said "two" and "seven" apart
+  ("two times in seven minutes").
+- `QUESTION_MARKS`: what ends a question, in any script a user may write one in: the Latin "?"
+  and its full-width form ("？", typed with a Chinese or Japanese keyboard), the Arabic "؟",
+  the Ethiopic "፧", "‽", "❓". Not the Greek question mark: it is ";" to a model (`fold`), as
+  it is to Unicode, and a ";" ends no question. A check that reads only "?" takes a question
+  written with another mark for a statement or a request.
 - `says_yes`: a message that is a yes and nothing else of substance, the only answer that lets
   a question the user was asked go ahead. Reading how a message starts is not enough: "Okay,
   what does this dialog say?" and "yes but first tell me what the error is" start like a yes
   and ask something else, and once forgot every fact the user had. It is a question however it
-  is written ("Yes？", "yes?!", "\"yes?\""), except a yes put as one ("why not?"), and an emoji
-  other than a few agreeing ones says something else ("yes 👎"). "ok", "alright", "fine"
-  and "right" alone only acknowledge (they open any message, and a listener says them to what
-  they heard): around a yes they are fine ("okay, go ahead"), on their own no yes. A caller
-  whose question they do answer, and where a yes read wrongly costs little, counts them: the
-  handoff gate (tools/handoff.py), where "ok" to "Would you like me to bring in a person?"
-  brings one in the user can send away.
+  is written ("Yes？", "yes؟", "yes?!", "\"yes?\""), except a yes put as one ("why not?"),
+  and an emoji other than a few agreeing ones says something else ("yes 👎"). "ok", "alright",
+  "fine" and "right" alone only acknowledge (they open any message, and a listener says them
+  to what they heard): around a yes they are fine ("okay, go ahead"), on their own no yes. A
+  caller whose question they do answer, and where a yes read wrongly costs little, counts
+  them: the handoff gate (tools/handoff.py), where "ok" to "Would you like me to bring in a
+  person?" brings one in the user can send away. A no is read by the same rule (`made_of`):
+  the handoff gate's "um, no", "thanks, but no", "please don't".
 """
 
 from __future__ import annotations
@@ -99,10 +109,21 @@ AROUND_YES = frozenset((
     "and", "please", "thanks", "thank you", "right away", "hey", "sightline"))
 
 
+# a question mark as written and as `fold` reads it ("？", "﹖" and "⁇" are "?" to it): of the
+# Latin script, full-width and small (Chinese, Japanese), Arabic (also Persian and Urdu),
+# Ethiopic, Limbu, Vai, Bamum, Chakma, the interrobang and the emoji. Left out: the Greek one
+# (";" to `fold`, a semicolon to everyone else), the Armenian one (written over a word, not
+# after a sentence) and the inverted ones (they open a question)
+QUESTION_MARKS = ("?\uff1f\ufe56\ufe16\u2047\u2048\u2049\u061f\u1367\u1945\ua60f\ua6f7"
+                  "\U00011143\u203d\u2753\u2754")
 # emoji a yes may come with ("yes 👍"); any other symbol (👎, ❌, 🚫, ✋) says something else
 _AGREEING_SYMBOLS = frozenset("👍👌👏🙌🙏🤝🙂😊😀😃😄😁❤💯✅✔☑🆗✌")
-# what may close a message after its last word or "?" ("yes?!", "\"yes?\"", "(yes?)")
+# what may close a message after its last word or question mark ("yes?!", "\"yes?\"", "(yes?)")
 _CLOSING = frozenset(" \t\r\n!.\"'") | _AGREEING_SYMBOLS
+# words said between two numbers of one: the zero of "twenty four oh four", the point of "two
+# point seven" and "three dot eleven"
+_ZERO = frozenset({"oh", "o"})
+_POINT = frozenset({"point", "dot"})
 
 
 def fold(text: str) -> str:
@@ -171,42 +192,54 @@ def as_digits(words: list[str]) -> list[str]:
             out.append(str(_UNITS[word]))
         elif word.isdecimal():  # digit by digit: `int` refuses a run of more than 4300
             out.append("".join(str(unicodedata.decimal(c)) for c in word).lstrip("0") or "0")
-        elif not (word in ("oh", "o") and out and out[-1].isdecimal()
-                  and (nxt in _UNITS or nxt.isdecimal())):  # "oh" as the zero in "24 oh 4"
+        elif not (word in _ZERO | _POINT and out and out[-1].isdecimal()
+                  and (nxt in _UNITS or nxt.isdecimal() or (word in _POINT and nxt in _ZERO))):
             out.append(word)
         i += 1
     return out
 
 
-def _asks_back(said: str) -> bool:
+def numbers_together(words: list[str]) -> list[str]:
+    """`words` (`as_digits`) with each run of numbers next to each other as one dotted number:
+    "python 2 7" is "python 2.7", as "Python 2.7" and "python two point seven" are read, and
+    "two times in seven minutes" holds no "2.7"."""
+    out: list[str] = []
+    together = False  # whether the last word of `out` is a number
+    for word in words:
+        number = word.isdecimal()
+        if number and together:
+            out[-1] += f".{word}"
+        else:
+            out.append(word)
+        together = number
+    return out
+
+
+def ends_as_question(said: str) -> bool:
     """Whether the message `said` ends as a question, read as a model reads it (`fold`: "？",
-    "⁇"), whatever closes it after the "?" ("yes?!", "\"yes?\"", "(yes?)")."""
+    "⁇"), with any of `QUESTION_MARKS` ("؟"), whatever closes it after the mark ("yes?!",
+    "\"yes?\"", "(yes?)")."""
     folded = fold(said)
     end = len(folded)
     while end and (folded[end - 1] in _CLOSING
                    or unicodedata.category(folded[end - 1]) in ("Pe", "Pf", "Pi")):
         end -= 1
-    return folded[:end].endswith("?")
+    return end > 0 and folded[end - 1] in QUESTION_MARKS
 
 
-def says_yes(said: str, *, yes: frozenset[str] = YES, around: frozenset[str] = AROUND_YES,
-             rhetorical: frozenset[str] = frozenset()) -> bool:
-    """Whether the message `said` is a yes and nothing else of substance: read as phrases of
-    `yes` and of words said `around` one (hesitations left out), at least one a yes ("yes
-    please", "um sure, go ahead"). A word of anything else ("what", "but", "no") makes it no
-    yes, nor does a symbol other than a few agreeing emoji ("yes 👎"), nor a question ("yes?"
-    asks back, `_asks_back`) unless it ends with a phrase of `rhetorical`, a yes put as a
-    question ("sure, why not?"). A caller may widen `yes` or `around` with what its own
-    question proposed ("sure, forget it all"; the handoff's "ok, bring someone in")."""
-    if any(unicodedata.category(c) == "So" and c not in _AGREEING_SYMBOLS for c in fold(said)):
-        return False
-    heard = [w for w in WORD.findall(spelt_out(said)) if not is_hesitation(w)]
-    if _asks_back(said) and not any(heard[len(heard) - len(p.split()):] == p.split()
-                                   for p in rhetorical):
-        return False
-    longest = max(len(phrase.split()) for phrase in yes | around)
-    # how the words before each position can be read: as words around a yes only (False), or
-    # with a yes (True); a phrase may be read more than one way ("forget it all right"), so
+def _heard(said: str) -> list[str]:
+    """The words of `said`, spelt out, hesitations left out."""
+    return [w for w in WORD.findall(spelt_out(said)) if not is_hesitation(w)]
+
+
+def made_of(said: str, *, answer: frozenset[str], around: frozenset[str]) -> bool:
+    """Whether the words of `said` (spelt out, hesitations left out) are phrases of `answer` and
+    of words said `around` one and nothing else, at least one of `answer`: "um sure, go ahead"
+    of a yes, "thanks, but no" of a no. Symbols and question marks are the caller's to read."""
+    heard = _heard(said)
+    longest = max(len(phrase.split()) for phrase in answer | around)
+    # how the words before each position can be read: as words around an answer only (False),
+    # or with one (True); a phrase may be read more than one way ("forget it all right"), so
     # every position is read once rather than every way of reading the message tried
     read: dict[int, bool] = {0: False}
     for start in range(len(heard)):
@@ -214,6 +247,24 @@ def says_yes(said: str, *, yes: frozenset[str] = YES, around: frozenset[str] = A
             continue
         for end in range(start + 1, min(start + longest, len(heard)) + 1):
             phrase = " ".join(heard[start:end])
-            if phrase in yes or phrase in around:
-                read[end] = read.get(end, False) or read[start] or phrase in yes
+            if phrase in answer or phrase in around:
+                read[end] = read.get(end, False) or read[start] or phrase in answer
     return read.get(len(heard), False)
+
+
+def says_yes(said: str, *, yes: frozenset[str] = YES, around: frozenset[str] = AROUND_YES,
+             rhetorical: frozenset[str] = frozenset()) -> bool:
+    """Whether the message `said` is a yes and nothing else of substance: read as phrases of
+    `yes` and of words said `around` one (`made_of`), at least one a yes ("yes please", "um
+    sure, go ahead"). A word of anything else ("what", "but", "no") makes it no yes, nor does
+    a symbol other than a few agreeing emoji ("yes 👎"), nor a question ("yes?" asks back,
+    `ends_as_question`) unless it ends with a phrase of `rhetorical`, a yes put as a question
+    ("sure, why not?"). A caller may widen `yes` or `around` with what its own question
+    proposed ("sure, forget it all"; the handoff's "ok, bring someone in")."""
+    if any(unicodedata.category(c) == "So" and c not in _AGREEING_SYMBOLS for c in fold(said)):
+        return False
+    if ends_as_question(said):
+        heard = _heard(said)
+        if not any(heard[len(heard) - len(p.split()):] == p.split() for p in rhetorical):
+            return False
+    return made_of(said, answer=yes, around=around)

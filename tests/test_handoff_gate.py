@@ -14,7 +14,10 @@ that question, put in the assistant's turn just before it after the tool asked f
 an offer the model worded itself or read off the screen (the proactive offer of help is built
 from the screen's headline). A yes is the whole message, read by the rule `forget` reads its yes
 with (memory/word_forms.py `says_yes`, with the offer's "ok" and "bring someone in"): a yes said
-with another request, or asked back ("Yes?", once a consent), brings no one. The reason stays
+with another request, or asked back ("Yes?", once a consent), brings no one. A question after
+the offer, with any question mark ("？", "؟"), is the one a yes answers. A no withdraws the
+offer, read as a yes is ("thanks, but no", "please don't", once read only at a message's
+start); a question ("No one can help?") and "no problem, go ahead" are none. The reason stays
 the model's labelled summary; a session is handed off once.
 """
 
@@ -272,6 +275,9 @@ async def test_the_tools_offer_said_among_other_words_still_counts() -> None:
     "Would you like me to hand this to a person from support?",
     # the tool's question (OFFER), then another one: the yes answers the last
     "OFFER Or should I read the comment on line 12 out?",
+    # ... asked with a full-width or an Arabic question mark
+    "OFFER \u8fd8\u662f\u6211\u5148\u628a\u9519\u8bef\u8bfb\u7ed9\u4f60\u542c\uff1f",
+    "OFFER Or should I read the error out\u061f",
     "",  # nothing said (the turn was cut before a word)
 ])
 async def test_yes_counts_only_when_the_turn_before_asked_the_tools_question(
@@ -353,6 +359,50 @@ async def test_a_no_to_the_offer_is_taken_and_a_later_yes_is_no_consent() -> Non
     conversation.assistant(f"Alright. {offer_question()}")  # the model asks anyway, unbidden
     await conversation.user("yes").call()
     assert not conversation.handed_off
+
+
+# refusals the gate read as no answer (it read a "no" only at a message's start), and the
+# model was told to offer a person again
+MISSED_REFUSALS = ["please don't", "ok no", "well, no", "Thanks, but no.", "I'm good, thanks",
+                   "I'll pass", "Okay, no thank you.", "hmm, all good thanks"]
+
+
+@pytest.mark.parametrize("reply", [
+    *MISSED_REFUSALS,
+    "nah", "um, no", "Um... No.", "I'd rather not", "not now, thanks", "uh-uh",
+    "no, that's fine", "I don't need anyone, thanks", "i dont need a person",
+    "No, I'll figure it out myself.",
+])
+async def test_a_refusal_as_people_say_it_withdraws_the_offer(reply: str) -> None:
+    """A no is read as a yes is, phrases of a no with words said around one ("thanks, but
+    no"), wherever they stand, and may open a longer message: the offer is withdrawn."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off and conversation.published == []
+    assert "said no" in answer and not conversation.tool.offer_pending
+
+
+@pytest.mark.parametrize("reply", [
+    "No one can help?", "no?", "no\u061f", "wait, what?", "not a person?",
+    "no wait, yes please",  # taken back: asked again, not taken for a no
+])
+async def test_a_question_or_a_no_taken_back_is_no_refusal(reply: str) -> None:
+    """A message that opens with "no" but asks, or takes the no back, refused the offer: the
+    model is now told to ask the tool's question again, and the user's yes to it hands off."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off and "said no" not in answer
+    assert offer_question() in answer and conversation.tool.offer_pending
+    conversation.assistant(offer_question())
+    await conversation.user("yes").call()
+    assert conversation.handed_off
+
+
+async def test_no_problem_go_ahead_is_a_yes() -> None:
+    """"No problem, go ahead" opens with "no" and says yes: it was taken for a refusal."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user("No problem, go ahead.").call()
+    assert conversation.handed_off and "person will join shortly" in answer
 
 
 # -- once, and the reason ------------------------------------------------------------------------

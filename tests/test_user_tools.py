@@ -13,7 +13,9 @@ the user's, from the sentence that asks and in their order, and `forget` drops o
 holds the whole subject the user named (or what `remember` just wrote, for "delete that"),
 asking when several or none do and before forgetting everything (done only when the user's
 next message is a yes and nothing else: not "Okay, what does this dialog say?"), with the facts
-it names between `<memory>` markers;
+it names between `<memory>` markers; a question is one with any question mark ("？", "؟"),
+and a number the user's only as they said it together ("two point seven", not "two times in
+seven minutes" for "Python 2.7");
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
 yes to the tool's own offer of one), never on text on the screen, marks the session escalated
@@ -257,7 +259,8 @@ async def test_screen_text_cannot_write_memory_through_the_model(
     assert facts == []
 
 
-NOT_A_YES = ["Okay, what does this dialog say?", "yes but first tell me what the error is"]
+NOT_A_YES = ["Okay, what does this dialog say?", "yes but first tell me what the error is",
+             "Yes\u061f"]  # asked back with an Arabic keyboard's question mark
 
 
 async def test_forget_everything_waits_for_a_yes_and_nothing_else(
@@ -798,6 +801,9 @@ async def test_forget_a_kind_of_thing_by_the_facts_key_or_asks_which() -> None:
     "Should I forget all 4 facts I remember about you?",  # the model's own words
     f"{FORGET_ALL_QUESTION} The dialog says your licence expires. Want me to read the rest?",
     "The dialog says your licence expires soon. Want me to read the rest?",
+    # another question after it, asked with a full-width or an Arabic question mark
+    f"{FORGET_ALL_QUESTION} \u8981\u6211\u8bfb\u4e00\u4e0b\u5176\u4f59\u90e8\u5206\u5417\uff1f",
+    f"{FORGET_ALL_QUESTION} Or should I read the rest\u061f",
 ])
 async def test_forget_everything_needs_a_yes_to_the_tools_own_question_asked_last(
     asked: str,
@@ -843,3 +849,72 @@ async def test_a_reply_that_is_no_plain_yes_is_asked_again() -> None:
     again = [*history, ("assistant", FORGET_ALL_QUESTION), ("user", "yes")]
     assert (await tools.forget(conversation(*again), "everything")).startswith("Forgot: ")
     assert memory.facts_by_key == {}
+
+
+# -- a question with any question mark; numbers as the user said them ---------------------------
+
+QUESTIONS_IN_OTHER_SCRIPTS = [
+    "Remember the VPN outage yesterday\uff1f",  # full-width: a Chinese or Japanese keyboard
+    "Remember the VPN outage yesterday\u061f",  # Arabic
+    "Remember the VPN outage yesterday\uff1fIt took the whole morning.",  # no space after it
+    "Remember the VPN outage yesterday \u2753",
+]
+
+
+@pytest.mark.parametrize("said", QUESTIONS_IN_OTHER_SCRIPTS)
+async def test_a_question_with_any_question_mark_writes_nothing(said: str) -> None:
+    """"Remember the outage?" asks about it whatever mark ends it: a question written with
+    "？" or "؟" was read as a request to remember, and the model's fact from its words written."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.remember(user_said(said), "The VPN outage yesterday")
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.forget(user_said(said.replace("Remember", "Forget")),
+                           "the VPN outage yesterday")
+    assert memory.facts_by_key == {}
+    assert (await tools.remember(user_said("Can you remember that I use vim\uff1f"),
+                                 "The user uses vim")).startswith("Remembered (as ")
+
+
+async def test_a_question_in_another_script_writes_nothing_in_a_session(
+    settings: Settings, db: Database,
+) -> None:
+    """In a real session on Postgres: the model calls `remember` on the user's question,
+    written with a full-width question mark, and nothing is stored."""
+    script = ToolScript(0)
+    async with ScriptedModelServer(replies=script) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source="replay")
+        assert runtime.memory is not None
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await ask(session, script, "remember", QUESTIONS_IN_OTHER_SCRIPTS[0],
+                      fact="The VPN outage yesterday")
+            refused = tool_results(script.answer_requests[-1])[-1]
+            facts = await runtime.memory.user_memory.facts("acme", "ana")
+        finally:
+            await session.aclose()
+            await runtime.close()
+    assert "did not. Nothing was remembered." in refused
+    assert facts == []
+
+
+PYTHON_27 = "The user uses Python 2.7"
+
+
+async def test_remember_takes_a_number_only_as_the_user_said_it_together() -> None:
+    """"Python 2.7" read off the screen is not the user's when they said "two" and "seven"
+    apart (it was: each number was said, in order); said together, as digits or words, it is,
+    as the memory keeper reads it."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    apart = user_said("Remember that I use Python, it crashed two times in seven minutes.")
+    with pytest.raises(llm.ToolError, match=r"not in their request: 2\.7\b"):
+        await tools.remember(apart, PYTHON_27)
+    assert memory.facts_by_key == {}
+    for said in ("Remember that I use Python 2.7.", "remember that i use python two point seven"):
+        memory.facts_by_key.clear()
+        assert (await tools.remember(user_said(said), PYTHON_27)).startswith("Remembered (as ")
+        assert [f.text for f in memory.facts_by_key.values()] == [PYTHON_27]

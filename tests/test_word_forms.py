@@ -14,7 +14,9 @@ request ("can you um remember …"), a subject ("forget umm my editor") and a ye
 are one, each caller reading words with them where it needs to. `remember` read number words as
 digits and the keeper did not, so "postgres sixteen" made "Postgres 16" the screen's words to the
 keeper; and `forget` took any message that opened like a yes ("Okay, what does this dialog
-say?") as the user's yes to forgetting everything: a yes is now the whole message.
+say?") as the user's yes to forgetting everything: a yes is now the whole message. A question
+asked with a mark other than "?" ("؟", "፧") was a yes, and "two point seven" no number to the
+keeper, while `remember` took "two" and "seven" said apart for "2.7".
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from memory.user_memory import Fact
 from memory.word_forms import (
     YES,
     as_digits,
+    ends_as_question,
     is_hesitation,
+    numbers_together,
     plain,
     says_yes,
     spelt_out,
@@ -93,12 +97,37 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     ("python three eleven".split(), ["python", "3", "11"]),
     (["ubuntu", "24", "04"], ["ubuntu", "24", "4"]),
     (["oh", "well"], ["oh", "well"]),  # "oh" is a zero only between numbers
+    # a version said aloud: its point between two numbers, as "2.7" is read
+    ("python two point seven".split(), ["python", "2", "7"]),
+    ("ubuntu twenty four point oh four".split(), ["ubuntu", "24", "4"]),
+    ("three dot eleven".split(), ["3", "11"]),
+    ("the point is 2 point x".split(), ["the", "point", "is", "2", "point", "x"]),
     (["\u1369", "007"], ["\u1369", "7"]),  # a digit `int` does not read stays
     (["000", "\u0663\u0660"], ["0", "30"]),  # any decimal digits, without leading zeros
     (["0" * 9 + "7" * 4400], ["7" * 4400]),  # longer than `int` reads
 ])
 def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
     assert as_digits(words) == digits
+
+
+@pytest.mark.parametrize(("said", "numbers"), [
+    ("python 2.7", ["python", "2.7"]), ("python two point seven", ["python", "2.7"]),
+    ("ubuntu twenty four oh four", ["ubuntu", "24.4"]),
+    ("two times in seven minutes", ["2", "times", "in", "7", "minutes"]),
+])
+def test_numbers_said_next_to_each_other_are_one(said: str, numbers: list[str]) -> None:
+    assert numbers_together(as_digits(said.replace(".", " ").split())) == numbers
+
+
+@pytest.mark.parametrize(("said", "question"), [
+    *[(s, True) for s in ("yes?", "Yes\uff1f", "yes\u061f", "yes\u1367", "yes \u2753",
+                          "yes\u203d", "(\u0646\u0639\u0645\u061f)")],
+    # the Greek question mark is ";" to a model, a semicolon to everyone else; the inverted
+    # one opens a question, it does not end one
+    *[(s, False) for s in ("yes\u037e", "yes;", "\u00bfyes", "yes")],
+])
+def test_a_question_ends_with_any_scripts_question_mark(said: str, question: bool) -> None:
+    assert ends_as_question(said) is question
 
 
 @pytest.mark.parametrize(("said", "yes"), [
@@ -109,7 +138,7 @@ def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
                            "yes but first tell me what the error is", "")],
     # a question however it is written and closed, read as a model reads it
     *[(s, False) for s in ("Yes\uff1f", '"yes?"', "yes?!", "Yes \u2047", "(yes?)",
-                           "\u201cyes?\u201d")],
+                           "\u201cyes?\u201d", "yes\u061f", "Yes\u1367")],
     # an emoji other than an agreeing one says something else
     *[(s, False) for s in ("yes \U0001f44e", "yes \u274c", "yes \U0001f6ab", "sure \u270b")],
     *[(s, True) for s in ("yes \U0001f44d", "Yes!", '"yes"', "sure \u2705")],
@@ -176,6 +205,9 @@ async def _remembers(said: str, fact: str) -> bool:
     ("i use Postgres 16", "The user uses Postgres sixteen", True),
     ("i use postgres sixteen", "The user uses Postgres 17", False),
     ("I have three dogs", "The user has 4 dogs", False),  # a single digit says something
+    # a number in pieces is the user's only as they said them together
+    ("i use python two point seven", "The user uses Python 2.7", True),
+    ("I use Python, it crashed two times in seven minutes", "The user uses Python 2.7", False),
     ("my locker is \u1369", "The user's locker is \u1369", True),  # a digit int() can't read
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(

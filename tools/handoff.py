@@ -35,7 +35,12 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   "sure, why not?" is one. `forget` ties its yes to its own question the same way
   (`asked_last`).
   To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
-  someone in") answer yes too (`OFFER_YES`).
+  someone in") answer yes too (`OFFER_YES`), and "no problem, go ahead" is a yes;
+- a no to that question ("no thanks", "um, no", "I'd rather not", "please don't", "not now")
+  withdraws the offer, and the model is told not to make it again: read by the same rule as
+  a yes, phrases of a no and words said around one (`says_no`), so "no problem, go ahead"
+  and "no one can help?" are none. It may open a longer message ("No, I'll figure it out
+  myself"): a no read wrongly costs the user only asking for a person themselves.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -55,7 +60,16 @@ from typing import Any
 from livekit.agents import RunContext, llm
 
 from memory.store import Store
-from memory.word_forms import YES, is_hesitation, says_yes
+from memory.word_forms import (
+    AROUND_YES,
+    QUESTION_MARKS,
+    YES,
+    ends_as_question,
+    fold,
+    is_hesitation,
+    made_of,
+    says_yes,
+)
 
 log = logging.getLogger("sightline.tools")
 
@@ -90,7 +104,7 @@ DECLINED = ("The user said no to bringing in a person, so nobody was called. Kee
 _AGREEING_NOISE = re.compile(r"\b(?:m+-?h+m+|m+\s+h+m+|uh-?huh|uh\s+huh)\b")  # "mm-hmm": yes
 _REFUSING_NOISE = re.compile(r"\b(?:uh-uh|mm-mm)\b")  # said with a shake of the head
 _APOSTROPHE = re.compile(r"(?<=\w)['\u2019\u02bc](?=\w)")
-_CLAUSE_MARK = re.compile(r"[.,;!?\u2026\u2014\u2013\n\r]+")
+_CLAUSE_MARK = re.compile(rf"[.,;!{re.escape(QUESTION_MARKS)}\u2026\u2014\u2013\n\r]+")
 _NOT_A_WORD = re.compile(r"[^\w|]+")
 
 
@@ -301,33 +315,78 @@ OFFER_YES = YES | frozenset((
     *(f"{bring} {whom}" for bring in ("get", "bring in") for whom in _SOMEONE_OFFERED)))
 # a yes put as a question: "why not?", "sure, why not?"
 _RHETORICAL_YES = frozenset({"why not"})
-_NO = re.compile(r"(?:no|nope|nah|not (?:now|yet|really|today)|dont|do not|never mind|nevermind|"
-                 r"maybe later|later|wait|hold on|i dont|i do not|i would not|i wouldnt|"
-                 r"id rather not|i would rather not)(?= |$)")
+# said around a yes to the offer without changing it: "no problem, go ahead"
+_AROUND_OFFER_YES = AROUND_YES | {"no problem", "not a problem", "no worries"}
+
+# what says no to `OFFER_QUESTION`, as `says_yes` reads words ("I'd rather not" is "i rather
+# not", "don't" and "dont" "do not", "I'm good" "i am good"; a transcript's "id", "ill" and "im"
+# stay as they are). "not now" and "maybe later" are a no: the offer is not made again
+_RATHER_NOT = ("i rather not", "id rather not", "i would rather not", "rather not",
+               "i prefer not", "i would prefer not")
+_NO_ONE_OFFERED = (*_SOMEONE_OFFERED, "anyone", "anybody")
+OFFER_NO = frozenset((
+    "no", "nope", "nah", "naw", "no way", "no thanks", "no thank you", "no need", "not now",
+    "not yet", "not really", "not today", "not right now", "not at the moment", "not for now",
+    "not at all", "not this time", "not necessary", "not needed", "that not necessary",
+    "thats not necessary", "maybe later", "maybe another time", "later", "never mind",
+    "nevermind", "do not", "do not bother", "i do not", "i would not", "i do not think so",
+    "do not think so", "i do not need to", "i do not want to", "i will pass", "ill pass", "pass",
+    "i am good", "im good", "i am fine", "im fine", "i am ok", "im ok", "i am okay", "im okay",
+    "i am all set", "im all set", "we are good", "all good", *_RATHER_NOT,
+    *(f"{refuse} {whom}" for refuse in ("i do not need", "i do not want", "no need for",
+                                        "do not bring in", "do not get", "do not call")
+      for whom in _NO_ONE_OFFERED)))
+# words said around a no without changing it ("ok, no thanks", "thanks, but no", "please don't",
+# "wait, no, that's fine"); on their own they are no answer
+AROUND_NO = frozenset((
+    "ok", "okay", "alright", "all right", "well", "so", "just", "and", "but", "please", "thanks",
+    "thank you", "thanks anyway", "thank you anyway", "actually", "sorry", "honestly", "really",
+    "then", "though", "for now", "hey", "sightline", "wait", "hold on", "i think",
+    *(f"{that} {fine}" for that in ("that", "thats", "it", "its")
+      for fine in ("ok", "okay", "fine", "alright", "all right"))))
+# how many clauses of a message a no may take to open it ("um... well... ok, thanks, but no")
+_OPENING_CLAUSES = 6
 
 
 def says_yes_to_offer(said: str) -> bool:
     """Whether the user's message is a yes to `OFFER_QUESTION` and nothing else ("yes please",
-    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
-    whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
-    now", "sure, and reset my password" and "yes?" are none, "why not?" is one."""
-    return says_yes(_sounds_as_words(said), yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
+    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in", "no problem, go ahead"), by
+    the one rule for a whole-message yes (memory/word_forms.py `says_yes`) with the offer's
+    words: "yes but not now", "sure, and reset my password" and "yes?" are none, "why not?" is
+    one."""
+    return says_yes(_sounds_as_words(said), yes=OFFER_YES, around=_AROUND_OFFER_YES,
+                    rhetorical=_RHETORICAL_YES)
 
 
 def says_no(said: str) -> bool:
-    """Whether the user's message begins by saying no ("no thanks", "nah", "not now")."""
-    return _NO.match(" ".join(words(said))) is not None
+    """Whether the user's message says no to `OFFER_QUESTION`: it opens with clauses that are a
+    no and words said around one, read as a yes is (memory/word_forms.py `made_of`: "nah",
+    "um, no", "thanks, but no", "I'd rather not", "please don't", "not now, thanks"), and no
+    clause after them is a yes ("no wait, yes please"). A question is none ("no?", "no one can
+    help?"), nor is "no problem, go ahead" (a yes). Unlike a yes, more may follow it ("No, I'll
+    figure it out myself"): a no read wrongly only withdraws the offer, and the user can still
+    ask for a person, where a yes read wrongly calls one."""
+    text = _sounds_as_words(said)
+    if ends_as_question(text):
+        return False
+    clauses = _CLAUSE_MARK.split(text)
+    opening = [end for end in range(1, min(len(clauses), _OPENING_CLAUSES) + 1)
+               if made_of(" ".join(clauses[:end]), answer=OFFER_NO, around=AROUND_NO)]
+    return bool(opening) and not any(says_yes_to_offer(clause)
+                                     for clause in clauses[opening[-1]:])
 
 
 def asked_last(question: str, assistant_said: str) -> bool:
     """Whether the assistant's turn put `question` (a tool's exact question: `OFFER_QUESTION`,
     `forget`'s confirmation) to the user as its last question, so a yes that follows answers it
     and not something else the assistant asked after it (a proactive offer of help with what is
-    on screen)."""
-    spoken = " ".join(assistant_said.replace("\u2019", "'").lower().split())
-    question = question.lower().rstrip("?")
+    on screen), whatever question mark it is asked with ("？", "؟": memory/word_forms.py
+    `QUESTION_MARKS`)."""
+    spoken = " ".join(fold(assistant_said).split())
+    question = fold(question).rstrip("?")
     at = spoken.rfind(question)
-    return at >= 0 and "?" not in spoken[at + len(question):].removeprefix("?")
+    after = spoken[at + len(question):].removeprefix("?")
+    return at >= 0 and not any(mark in after for mark in QUESTION_MARKS)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ Only the user's own words can ask, and only they can say what: the tools refuse 
 user's latest message asks for it outright, as people type or a speech recogniser transcribes it
 (lower case, no punctuation, "um", a wake word, "by the way", "can you remember that …" with or
 without its "?", "my laptop's an M2 remember that", "save that …", "delete that"; not a question
-such as "do you remember …?" nor a negation such as "I don't remember …"), and unless what is
-remembered, or the subject forgotten, is in that message's words. The model chooses the tool's
-argument, so a trigger word alone would let text on the screen or in a document — data, never
-instructions — decide what is written. Every rule here reads the user's own message (and what
-the tool itself did or asked in the user's last turns), so screen text gains nothing from them.
+such as "do you remember …?", with any question mark ("？", "؟"), nor a negation such as "I
+don't remember …"), and unless what is remembered, or the subject forgotten, is in that
+message's words. The model chooses the tool's argument, so a trigger word alone would let text
+on the screen or in a document — data, never instructions — decide what is written. Every rule
+here reads the user's own message (and what the tool itself did or asked in the user's last
+turns), so screen text gains nothing from them.
 
 "In that message's words" is all of them, not most, and from the sentence that asks, in the
 order the user said them: every content word of a fact written must be one the user said in
@@ -28,8 +29,10 @@ order (or turn it around at one point, as "my editor is VS Code" is "VS Code is 
 each negated as the user negated it. A word is compared in a plain form, the one the memory
 keeper reads too (memory/word_forms.py: folded and lower-cased, "don't" and "dont" as "do
 not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have"), with number words as
-digits ("postgres sixteen" is "Postgres 16"), so "I have a dog" may be remembered as "The user
-has a dog". A refusal tells the model to write a short third-person statement in the user's
+digits ("postgres sixteen" is "Postgres 16") and numbers said next to each other as one, as the
+keeper reads them ("2.7" and "two point seven" are "2.7"; "two times in seven minutes" holds
+no "Python 2.7" read off the screen), so "I have a dog" may be remembered as "The user has a
+dog". A refusal tells the model to write a short third-person statement in the user's
 words, never to store the request itself ("Remember I use a Mac.").
 
 `forget` finds the facts to drop by the words they share with what the user said (their key and
@@ -72,10 +75,13 @@ from memory.user_memory import Fact, UserMemory
 from memory.word_forms import (
     AROUND_YES,
     LEAD_FILLER,
+    QUESTION_MARKS,
     WORD,
     YES,
     as_digits,
+    ends_as_question,
     is_hesitation,
+    numbers_together,
     plain,
     says_something,
     says_yes,
@@ -102,8 +108,10 @@ _FREE_IN_FACT = (_STOP | KEEPER_STOP) - {"work", "works", "working"}
 _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
 # a negation turns the words after it in its clause around: "Postgres, not MySQL"
 _NEGATION = frozenset({"not", "no", "never", "nor", "neither", "without"})
-# where a negation's reach ends: a clause, "but", or "and" opening a new statement
-_SCOPE = re.compile(r"[,;:.!?]|\bbut\b|\band (?=(?:i|i'm|im|we|my|our)\b)")
+# where a negation's reach ends: a clause (not the point of a number, "2.7"), "but", or "and"
+# opening a new statement
+_SCOPE = re.compile(rf"[,;:!{re.escape(QUESTION_MARKS)}]|(?<!\d)\.|\.(?!\d)|\bbut\b|"
+                    r"\band (?=(?:i|i'm|im|we|my|our)\b)")
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
 # (memory/word_forms.py), then words that hand the request to Sightline
@@ -129,7 +137,11 @@ _TRAILING = re.compile(r"\b(?:please\s+)?(?:remember|note|keep in mind|save|writ
 # ... unless its own subject or a negation says otherwise ("do you remember that", "I don't")
 _NOT_TRAILING = frozenset("i you we they he she it not never dont don't do did does can could "
                           "would will should to cant can't didn't didnt".split())
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n")
+# where a sentence ends: after ".", "!" or a question mark and a space, or after a mark of a
+# script written without spaces ("？", "。") before anything ("Remember the outage？It was bad")
+_WIDE_ENDS = "\u3002\uff01" + QUESTION_MARKS.replace("?", "")
+_SENTENCE = re.compile(rf"(?<=[.!{re.escape(QUESTION_MARKS)}])\s+|"
+                       rf"(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
 _CLAUSE = re.compile(r"[,;:]")
 # more subjects in one request: "forget my editor and my VPN"
 _AND_SUBJECT = re.compile(r"\s*\band\s+(?=(?:my|the|our|your|that|what|about)\b)|\s*&\s*", re.I)
@@ -208,12 +220,13 @@ def _strip_lead(clause: str, question: bool) -> str | None:
 def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
     """Each request in `said`: a clause that opens with it (after fillers, a wake word, "can
     you"), or, for `ASKS_TO_REMEMBER`, a sentence that ends with "remember that". A sentence
-    ending in "?" only asks about it unless put politely, and a clause that opens elsewhere
-    mentions the word without asking ("I don't remember the URL")."""
+    ending as a question, with any question mark ("？", "؟": memory/word_forms.py
+    `ends_as_question`), only asks about it unless put politely, and a clause that opens
+    elsewhere mentions the word without asking ("I don't remember the URL")."""
     sentences = [s for s in _SENTENCE.split(said.strip()) if s.strip()]
     for i, sentence in enumerate(sentences):
         previous = sentences[i - 1] if i else ""
-        question = sentence.rstrip().endswith("?")
+        question = ends_as_question(sentence)
         offset = 0
         found = False
         for part in _CLAUSE.split(sentence):
@@ -268,11 +281,13 @@ def words(text: str) -> set[str]:
 def fact_sequence(text: str) -> list[tuple[str, bool]]:
     """The words of `text` a fact written may hold only when the user said them (its content
     words and its tense), in order, each with whether a negation before it in its clause
-    turns it around ("Postgres at work, not MySQL": MySQL is)."""
+    turns it around ("Postgres at work, not MySQL": MySQL is). Numbers said next to each
+    other are one ("2.7", "two point seven"), as the memory keeper reads them: "Python 2.7"
+    off the screen is not the user's when they said "two" and "seven" apart."""
     sequence: list[tuple[str, bool]] = []
     for clause in _SCOPE.split(_lowered(text)):
         negated = False
-        for word in _tokens(clause):
+        for word in numbers_together(_tokens(clause)):
             if word in _NEGATION:
                 sequence.append((word, False))
                 negated = True
