@@ -1,4 +1,5 @@
-"""The agent's replies' transcript on `lk.transcription`, in as few sends as each reply allows.
+"""The session's transcripts on `lk.transcription`, to its user alone: the agent's replies', in
+as few sends as each reply allows, and what the agent heard the user say.
 
 livekit-agents' room output (1.8.9) sends a reply as a text stream of one send per step, each
 waited for: the stream's header, every chunk the model streamed, the close. A send is a round
@@ -20,16 +21,28 @@ Replies go to the participant the session serves alone (`to`): they are built fr
 screen and memory, and anyone else in the room must not read them (livekit-agents' own output
 sends its transcript to the whole room).
 
-`capture_text` returns at once and one sender task sends the replies in order, so the reply's
-pipeline never waits on the room. A reply that cannot be sent (the room gone, a send refused) is
-logged in one line; it is in the session's chat history and conversation log all the same.
+What the agent heard the user say goes to them alone too (`UserTranscript`): livekit-agents'
+RoomIO would send its transcript of their speech to the whole room, as it does the replies'
+(its output takes no destination, and RoomIO makes none at all once the session has a
+transcription output before it starts, as the worker gives it). It is sent as RoomIO sends it:
+each transcript (interim, then final) a stream of its segment's whole text so far, sent as the
+user and stamped with their microphone track, the segment's last with `lk.transcription_final`
+true. (RoomIO sends a final transcript twice, first as an interim one; here it goes once, as
+final: a stream fewer per utterance. Neither output sends the deprecated `rtc.Transcription`
+packet RoomIO adds for old clients: it cannot be addressed to one participant.)
+
+Both return at once and one sender task each sends in order, so the session's pipeline never
+waits on the room. What cannot be sent (the room gone, a send refused) is logged in one line; it
+is in the session's chat history and conversation log all the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from livekit import rtc
 from livekit.agents import utils
@@ -39,7 +52,7 @@ from livekit.agents.types import (
     ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
     TOPIC_TRANSCRIPTION,
 )
-from livekit.agents.voice import io
+from livekit.agents.voice import UserInputTranscribedEvent, io
 from livekit.agents.voice.transcription import find_micro_track_id
 
 log = logging.getLogger("sightline.replies")
@@ -47,7 +60,9 @@ log = logging.getLogger("sightline.replies")
 # how long a reply's first words wait for the rest before a stream opens: a scripted or cached
 # answer, or a short one from a fast model, is whole by then; nobody reads text 0.1 s sooner
 HOLD_S = 0.1
-CLOSE_WAIT_S = 2.0  # what closing the session gives the replies still being sent
+CLOSE_WAIT_S = 2.0  # what closing the session gives the transcripts still being sent
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -74,6 +89,56 @@ class _Reply:
         return text
 
 
+def _microphone(room: rtc.Room, identity: str) -> dict[str, str]:
+    """The track whose speech a transcript is (`identity`'s microphone), as livekit-agents stamps
+    it: clients pair the two by it (LiveKit's components show an agent's transcript by its audio
+    track, a user's by their microphone). Empty when `identity` publishes none."""
+    try:
+        return {ATTRIBUTE_TRANSCRIPTION_TRACK_ID: find_micro_track_id(room, identity)}
+    except ValueError:
+        return {}
+
+
+class _InOrder(Generic[T]):
+    """Sends what it is given one after the other, from a task of its own: the session hands
+    it over at once and never waits on the room, and the room gets it in order."""
+
+    def __init__(self, send: Callable[[T], Awaitable[None]], what: str) -> None:
+        self._send = send
+        self._what = what  # what it sends, as the log names it
+        self._queue: asyncio.Queue[T] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+
+    def put(self, item: T) -> None:
+        self._queue.put_nowait(item)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all(), name=self._what)
+
+    async def aclose(self) -> None:
+        """Sends what it was given, for at most `CLOSE_WAIT_S`, then stops."""
+        if self._sender is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("%d %s not sent to the room within %.0f s of the session's end",
+                        self._queue.qsize() + 1, self._what, CLOSE_WAIT_S)
+        self._sender.cancel()
+        await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def _send_all(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                await self._send(item)
+            except Exception as exc:  # the room gone or a send refused: the session goes on
+                log.warning("one of the session's %s could not be sent to the room (%r); it is "
+                            "in the conversation's history", self._what, exc)
+            finally:
+                self._queue.task_done()
+
+
 class ReplyTranscript(io.TextOutput):
     """The session's transcription output: the text-only session's own, a spoken session's
     behind the synchronizer that paces it."""
@@ -84,17 +149,14 @@ class ReplyTranscript(io.TextOutput):
         self._to = [to]
         self._hold_s = hold_s
         self._current: _Reply | None = None
-        self._replies: asyncio.Queue[_Reply] = asyncio.Queue()
-        self._sender: asyncio.Task[None] | None = None
+        self._replies = _InOrder(self._send, "replies")
 
     async def capture_text(self, text: str) -> None:
         if not text:
             return
         if self._current is None:
             self._current = _Reply(utils.shortuuid("SG_"))
-            self._replies.put_nowait(self._current)
-            if self._sender is None:
-                self._sender = asyncio.create_task(self._send_replies(), name="reply-transcript")
+            self._replies.put(self._current)
         self._current.add(text)
 
     def flush(self) -> None:
@@ -105,36 +167,17 @@ class ReplyTranscript(io.TextOutput):
     async def aclose(self) -> None:
         """Sends what the session has replied, for at most `CLOSE_WAIT_S`, then stops."""
         self.flush()
-        if self._sender is None:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                await self._replies.join()
-        except TimeoutError:
-            log.warning("%d replies not sent to the room within %.0f s of the session's end",
-                        self._replies.qsize() + 1, CLOSE_WAIT_S)
-        self._sender.cancel()
-        await asyncio.gather(self._sender, return_exceptions=True)
-
-    async def _send_replies(self) -> None:
-        while True:
-            reply = await self._replies.get()
-            try:
-                await self._send(reply)
-            except Exception as exc:  # the room gone or a send refused: the session goes on
-                log.warning("a reply could not be sent to the room (%r); it is in the "
-                            "conversation's history", exc)
-            finally:
-                self._replies.task_done()
+        await self._replies.aclose()
 
     async def _send(self, reply: _Reply) -> None:
         try:
             await asyncio.wait_for(reply.complete.wait(), self._hold_s)
         except TimeoutError:
             pass
-        final = {ATTRIBUTE_TRANSCRIPTION_FINAL: "true",
-                 ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: reply.segment_id, **self._speech_track()}
         participant = self._room.local_participant
+        final = {ATTRIBUTE_TRANSCRIPTION_FINAL: "true",
+                 ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: reply.segment_id,
+                 **_microphone(self._room, participant.identity)}  # the agent's speech track
         if reply.complete.is_set():
             await participant.send_text(reply.take(), topic=TOPIC_TRANSCRIPTION,
                                         attributes=final, destination_identities=self._to)
@@ -151,11 +194,46 @@ class ReplyTranscript(io.TextOutput):
                 await reply.changed.wait()
         await writer.aclose(attributes=final)
 
-    def _speech_track(self) -> dict[str, str]:
-        """The agent's speech track, as livekit-agents stamps its transcript: clients pair the
-        two by it (LiveKit's components show an agent's transcript by its audio track)."""
-        try:
-            track_id = find_micro_track_id(self._room, self._room.local_participant.identity)
-        except ValueError:  # text only: nothing spoken to pair with
-            return {}
-        return {ATTRIBUTE_TRANSCRIPTION_TRACK_ID: track_id}
+
+@dataclass(frozen=True)
+class _Heard:
+    """One transcript of the user's speech, as the session gave it."""
+
+    text: str
+    final: bool
+    segment_id: str
+
+
+class UserTranscript:
+    """What the agent heard the user say, sent to them alone: the session's
+    `user_input_transcribed` listener."""
+
+    def __init__(self, room: rtc.Room, *, to: str) -> None:
+        self._room = room
+        self._to = to
+        self._segment_id = utils.shortuuid("SG_")
+        self._latest = ""  # the segment's words so far, which an empty final transcript ends on
+        self._sends = _InOrder(self._send, "transcripts of the user's speech")
+
+    def transcribed(self, event: UserInputTranscribedEvent) -> None:
+        text = event.transcript or (self._latest if event.is_final else "")
+        if text:
+            self._sends.put(_Heard(text, event.is_final, self._segment_id))
+        if event.is_final:
+            self._segment_id = utils.shortuuid("SG_")
+            self._latest = ""
+        elif text:
+            self._latest = text
+
+    async def aclose(self) -> None:
+        await self._sends.aclose()
+
+    async def _send(self, heard: _Heard) -> None:
+        attributes = {ATTRIBUTE_TRANSCRIPTION_FINAL: "true" if heard.final else "false",
+                      ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: heard.segment_id,
+                      **_microphone(self._room, self._to)}
+        writer = await self._room.local_participant.stream_text(
+            topic=TOPIC_TRANSCRIPTION, sender_identity=self._to,
+            destination_identities=[self._to], attributes=attributes)
+        await writer.write(heard.text)
+        await writer.aclose()

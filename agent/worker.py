@@ -4,9 +4,8 @@ Dispatch is explicit, by agent name: a room gets Sightline when a dispatch names
 token room config, or `lk dispatch create`). Job metadata may name the tenant:
 `{"tenant": "acme"}`; the user is the first participant to join (within
 `SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and what the session sends goes to that
-user alone: its data messages, its replies' transcript (spoken or not), and its speech, which
-only they may subscribe to. (What the agent heard the user say, livekit-agents' transcript of
-their speech, still goes to the whole room.)
+user alone: its data messages, its replies' transcript (spoken or not), its transcript of what
+it heard them say, and its speech, which only they may subscribe to.
 
 A worker hosts its sessions as threads of one process (livekit-agents' thread executor), so what
 sessions only read — the embedder's weights, the OCR engines, the imported code — is loaded
@@ -55,7 +54,7 @@ from .event_log import Event
 from .left_open import close_left_open
 from .metering import MODEL_KINDS
 from .redispatch import Redispatcher
-from .reply_transcript import ReplyTranscript
+from .reply_transcript import ReplyTranscript, UserTranscript
 from .room_publisher import RoomPublisher
 from .rtc_events import route_room_events
 from .session import CloseSteps, SessionRuntime
@@ -261,10 +260,17 @@ async def run_session(ctx: JobContext) -> None:
         session = runtime.agent_session()
         opened.part("agent session", session.aclose)
         # the replies' transcript, to the user alone, in as few room requests as each allows
-        # (agent/reply_transcript.py); attached once the session has started
+        # (agent/reply_transcript.py). Set before session.start, so that a reply begun as it
+        # starts is the user's alone too and livekit-agents' RoomIO makes no transcript output
+        # of its own (it would send both the replies' and the user's speech's to the whole room)
         replies = ReplyTranscript(ctx.room, to=user)
-        # a spoken session's: its microphone's WebRTC counts, read as the user starts and stops
+        session.output.transcription = replies
         if settings.stt is not None:
+            # what the agent heard them say, to them alone
+            heard = UserTranscript(ctx.room, to=user)
+            opened.part("user transcript", heard.aclose)  # after the session, which feeds it
+            session.on("user_input_transcribed", heard.transcribed)
+            # its microphone's WebRTC counts, read as the user starts and stops
             microphone = MicReception(ctx.room, participant.identity)
             opened.part("microphone reception", microphone.aclose)
             session.on("user_state_changed", lambda ev: microphone.read())
@@ -300,8 +306,7 @@ async def run_session(ctx: JobContext) -> None:
                 audio_input=settings.stt is not None,
                 audio_output=settings.tts is not None,
                 text_input=False,  # the inbox reads the chat
-                # its transcript of the user's speech; the agent's own is `replies`, below
-                text_output=room_io.TextOutputOptions(sync_transcription=False),
+                text_output=False,  # `replies` and `heard`, above
             ),
             record=False,
             # livekit-agents would broadcast each of its session events (states, transcripts,
@@ -311,18 +316,16 @@ async def run_session(ctx: JobContext) -> None:
             # 145 without)
             session_host=False,
         )
-        if settings.tts is None:
-            session.output.transcription = replies
-        else:
+        if settings.tts is not None:
             # paced by the speech as livekit-agents' room output paces its own: word by word as
-            # the audio plays, at once while it is off (agent/speech_outage.py)
+            # the audio plays, at once while it is off (agent/speech_outage.py). The speech
+            # output is RoomIO's, made as the session starts: a reply begun before is not paced
             speech = session.output.audio
             assert speech is not None, "RoomIO made it (audio_output=True)"
             paced = TranscriptSynchronizer(next_in_chain_audio=speech, next_in_chain_text=replies)
             opened.part("transcript pacing", paced.aclose)
             session.output.audio = paced.audio_output
             session.output.transcription = paced.text_output
-        opened.part("reply transcript", replies.aclose)  # after what feeds it
         inbox.attach(session, participant.identity,
                      lambda detail: runtime.record.events.record("chat", detail=detail),
                      on_text=runtime.turn_context.prefetch)
@@ -331,6 +334,10 @@ async def run_session(ctx: JobContext) -> None:
         if not isinstance(exc, Exception):
             raise
         _failed_to_start(ctx, runtime.session_id, ending[1])
+    finally:
+        # after what feeds it, and also when the start failed: a reply begun as it started
+        # is in `replies`
+        opened.part("reply transcript", replies.aclose)
 
 
 def initialize_before_closing(executor: JobExecutor) -> None:

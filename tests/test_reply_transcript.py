@@ -1,7 +1,8 @@
 """The agent's text replies on `lk.transcription` (agent/reply_transcript.py), on a real LiveKit
 server: a reply whole within the hold goes out as one send, a slower one streams as it comes
 with its text coalesced, replies keep their order, and a room that is gone costs one log line
-per reply and never an exception in the session."""
+per reply and never an exception in the session. What the agent heard the user say goes to
+them alone, segment by segment as livekit-agents sends it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from dataclasses import dataclass, field
 
 import pytest
 from livekit import api, rtc
+from livekit.agents.voice import UserInputTranscribedEvent
 
-from agent.reply_transcript import ReplyTranscript
+from agent.reply_transcript import ReplyTranscript, UserTranscript
 from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer
 
 
@@ -174,3 +176,56 @@ async def test_replies_reach_the_user_alone(
         assert overheard == []
     finally:
         await bystander.disconnect()
+
+
+async def test_the_users_transcript_reaches_them_alone(livekit: LiveKitServer) -> None:
+    """What the agent heard the user say, as livekit-agents' RoomIO sends it, to the user alone:
+    each transcript a stream of its segment's words so far (an empty interim one sends
+    nothing), stamped with their microphone; the segment's last says it is
+    final (an empty final one ends the segment on its words so far), the next segment has an id
+    of its own. A second participant in the room reads none of it."""
+    agent = await _join(livekit, "users-transcript", "agent")
+    user = await _join(livekit, "users-transcript", "user")
+    bystander = await _join(livekit, "users-transcript", "bystander")
+    streams: asyncio.Queue[tuple[dict[str, str], asyncio.Task[str]]] = asyncio.Queue()
+    user.register_text_stream_handler("lk.transcription", lambda reader, _identity: (
+        streams.put_nowait((dict(reader.info.attributes or {}),
+                            asyncio.get_running_loop().create_task(reader.read_all())))))
+    overheard: list[str] = []
+    bystander.register_text_stream_handler(
+        "lk.transcription", lambda reader, _identity: overheard.append(reader.info.topic))
+    marked = [asyncio.Event(), asyncio.Event()]
+    for room, event in zip((user, bystander), marked, strict=True):
+        room.on("data_received", lambda packet, event=event: (
+            event.set() if packet.topic == "marker" else None))
+    seen = asyncio.Event()
+    agent.on("track_published", lambda publication, _participant: (
+        seen.set() if publication.source == rtc.TrackSource.SOURCE_MICROPHONE else None))
+    try:
+        microphone = await user.local_participant.publish_track(
+            rtc.LocalAudioTrack.create_audio_track("microphone", rtc.AudioSource(48000, 1)),
+            rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        await asyncio.wait_for(seen.wait(), 10)
+        heard = UserTranscript(agent, to="user")
+        for text, final in [("Why does", False), ("", False), ("Why does the build", False),
+                            ("Why does the build fail?", True), ("It says", False), ("", True),
+                            ("", True)]:
+            heard.transcribed(UserInputTranscribedEvent(transcript=text, is_final=final))
+        await heard.aclose()
+        # the agent's next packet, to everyone: each has had all that was sent before it
+        await agent.local_participant.publish_data(b"end", topic="marker")
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in marked)), 10)
+        received = [streams.get_nowait() for _ in range(streams.qsize())]
+        texts = await asyncio.wait_for(asyncio.gather(*(t for _a, t in received)), 10)
+    finally:
+        await bystander.disconnect()
+        await user.disconnect()
+        await agent.disconnect()
+    assert texts == ["Why does", "Why does the build", "Why does the build fail?", "It says",
+                     "It says"]
+    assert [a["lk.transcription_final"] for a, _t in received] == [
+        "false", "false", "true", "false", "true"]
+    segments = [a["lk.segment_id"] for a, _t in received]
+    assert segments[0] == segments[1] == segments[2] != segments[3] == segments[4]
+    assert {a["lk.transcribed_track_id"] for a, _t in received} == {microphone.sid}
+    assert overheard == []

@@ -1,7 +1,8 @@
 """What a live worker's job does in its room, on a real LiveKit server with a `sightline start`
-worker: what the session sends (replies, costs, live assist) reaches the user it serves and no
-one else in the room, and a job whose user never joins ends after SIGHTLINE_PARTICIPANT_WAIT_S
-instead of holding its session slot until the room empties.
+worker (hearing with the local recogniser, answering in text): what the session sends (replies,
+costs, live assist, its transcript of what it heard the user say) reaches the user it serves and
+no one else in the room, and a job whose user never joins ends after
+SIGHTLINE_PARTICIPANT_WAIT_S instead of holding its session slot until the room empties.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from conftest import DEMO_FIXTURE, fresh_database
 from livekit import api, rtc
 from test_e2e_livekit import sample, scrape, session_events
+from test_speech import QUESTIONS, VOICE, wer
 
 from agent.assist import ASSIST_TOPIC
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
@@ -25,6 +27,7 @@ from bench.livekit_harness import (
     API_SECRET,
     LiveKitServer,
     User,
+    VoiceUser,
     Worker,
     free_port,
     start_worker,
@@ -65,6 +68,7 @@ async def worker(livekit: LiveKitServer, database_url: str,
             "SIGHTLINE_MAX_SESSIONS": "4", "SIGHTLINE_SCREEN_TEXT": "off",
             "SIGHTLINE_EMBEDDINGS": "wordllama",
             "SIGHTLINE_PARTICIPANT_WAIT_S": str(PARTICIPANT_WAIT_S),
+            "SIGHTLINE_STT": "local", "SIGHTLINE_TURN_DETECTION": "vad",
         }
         proc = await asyncio.to_thread(start_worker, workdir, env, name="worker-room-scope")
         try:
@@ -126,6 +130,35 @@ async def test_what_a_session_sends_reaches_its_user_alone(
         await bystander.room.disconnect()
     assert bystander.heard == []
     assert (await session_events(worker, user))[-1]["kind"] == "summary"
+
+
+async def test_what_the_agent_heard_the_user_say_reaches_them_alone(
+    livekit: LiveKitServer, worker: Worker,
+) -> None:
+    """A second participant is in the room while the user asks aloud: the user reads the
+    transcript of what the agent heard them say, stamped with their microphone (as
+    livekit-agents stamps it), and gets the answer; the other participant reads neither
+    (livekit-agents' RoomIO sent the transcript to the whole room)."""
+    user = VoiceUser(livekit, "scope-spoken", agent_name=AGENT_NAME,
+                     metadata={"tenant": "scope"}, video=DEMO_FIXTURE / "screen.webm")
+    bystander = Bystander()
+    await user.join("speaker-scope")
+    try:
+        await user.wait_for_agent()
+        await bystander.join(livekit, user.room_name)
+        await user.publish_microphone()
+        await asyncio.sleep(1)  # the agent's audio input starts reading the subscribed track
+        user.speak(VOICE / "q01.wav")  # "Why does this error show up?"
+        heard = await asyncio.wait_for(user.user_transcripts.get(), 30)
+        assert await user.wait_for_reply() == ANSWER
+        # sent after all the above reached the user: the bystander has had them once it has it
+        await user.room.local_participant.publish_data(b"end", topic="marker")
+        await asyncio.wait_for(bystander.marked.wait(), 10)
+    finally:
+        await user.leave()
+        await bystander.room.disconnect()
+    assert wer(QUESTIONS[0], heard) <= 0.5, heard  # Moonshine through Opus: a word may be off
+    assert bystander.heard == []
 
 
 async def _agents_in(lk: api.LiveKitAPI, room: str) -> int:
