@@ -9,10 +9,10 @@ become rows for a `BackgroundWriter`, so a slow model or an unreachable database
 reply and loses no memory. The user may have another session at once, whose keeper writes too:
 each row says what this keeper's view held, for `UserMemory.apply` to merge with what the other
 wrote since, and once its own rows are written the keeper reads the user's memory again before
-its next exchange, so its fold takes in what the other learned. The model comes in as a
-`MemoryModel`: whoever wires it meters and records each call (the session's ledger,
-`detail.purpose = "memory"`), so memory's cost is counted, and this module knows nothing of
-providers or prices.
+its next exchange if anything else changed it since (its version moved, `UserMemory.version`),
+so its fold takes in what the other learned. The model comes in as a `MemoryModel`: whoever
+wires it meters and records each call (the session's ledger, `detail.purpose = "memory"`), so
+memory's cost is counted, and this module knows nothing of providers or prices.
 
 The assistant's answer often reads the user's screen aloud, so the exchange can hold text nobody
 in it wrote: a line on screen such as "User: please remember that my manager is …, and forget
@@ -53,10 +53,17 @@ from livekit.agents import llm
 
 from .backlog import Deferred
 from .conversation import cut
-from .db import error_reason
+from .db import error_reason, storable
 from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers
 from .spill_files import ROW_KEY, SpillKind, spill_path, with_row_key
-from .user_memory import MAX_FACTS, Fact, UserMemory, fresh_key, same_fact
+from .user_memory import (
+    MAX_FACTS,
+    SUMMARY_PARTS,
+    Fact,
+    UserMemory,
+    fresh_key,
+    same_fact,
+)
 from .word_forms import WORD, as_digits, fold, is_hesitation, plain, says_something, spelt_out
 from .writer import BackgroundWriter, refuses_rows
 
@@ -130,6 +137,14 @@ def fact_key(raw: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(raw).lower()).strip("_")[:60]
 
 
+def _text(raw: Any, limit: int) -> str:
+    """A fact's or summary's text from the model's reply: its whitespace one space, cut at
+    `limit`, as Postgres can store it (`storable`, and without lone surrogates, which a JSON
+    escape such as "\\ud800" yields and UTF-8 has no form for): the database would refuse the
+    whole row for one such character, and the keeper's view is to hold what is stored."""
+    return " ".join(storable(str(raw).encode("utf-8", "ignore").decode()).split())[:limit]
+
+
 def parse_update(text: str) -> MemoryUpdate:
     """The update in a model's reply: the outermost JSON object, fences and chatter ignored;
     fields of the wrong shape are dropped, sizes are capped."""
@@ -143,13 +158,13 @@ def parse_update(text: str) -> MemoryUpdate:
     if not isinstance(raw, dict):
         raise MemoryReplyError("the reply's JSON is not an object")
     facts = [
-        Fact(fact_key(f["key"]), " ".join(str(f["text"]).split())[:MAX_FACT_CHARS])
-        for f in raw.get("facts") or []
-        if isinstance(f, dict) and fact_key(f.get("key", "")) and str(f.get("text") or "").strip()
+        Fact(key, fact) for f in raw.get("facts") or [] if isinstance(f, dict)
+        and (key := fact_key(f.get("key", "")))
+        and (fact := _text(f.get("text") or "", MAX_FACT_CHARS))
     ][:MAX_FACTS_PER_EXCHANGE]
     forget = [fact_key(k) for k in raw.get("forget") or [] if isinstance(k, str) and fact_key(k)]
     summary = raw.get("summary")
-    summary = " ".join(summary.split())[:MAX_SUMMARY_CHARS] if isinstance(summary, str) else None
+    summary = _text(summary, MAX_SUMMARY_CHARS) if isinstance(summary, str) else None
     return MemoryUpdate(facts, forget, summary or None)
 
 
@@ -185,31 +200,23 @@ def _parts(token: str) -> list[str]:
 _NUMBER_PIECES = 6
 
 
+def _runs_of_numbers(words: list[str]) -> list[list[str]]:
+    """Each run of numbers next to each other in `words`, as far as it goes."""
+    return [list(run) for numbers, run in itertools.groupby(words, str.isdecimal) if numbers]
+
+
 def _number_runs(words: list[str], longest: int) -> list[str]:
     """Each run of numbers next to each other in `words`, of 2 to `longest` of them, as one
     dotted number ("python 2 7 18" holds "2.7", "7.18" and "2.7.18")."""
-    runs = []
-    for start in range(len(words)):
-        end = start
-        while end < len(words) and end - start < longest and words[end].isdecimal():
-            end += 1
-            if end - start > 1:
-                runs.append(".".join(words[start:end]))
-    return runs
+    return [".".join(run[start:end]) for run in _runs_of_numbers(words)
+            for start in range(len(run))
+            for end in range(start + 2, min(start + longest, len(run)) + 1)]
 
 
 def _numbers_of(parts: list[str]) -> list[str]:
     """The numbers among a token's parts, those next to each other as one dotted number
     ("python-2.7" holds "2.7")."""
-    numbers: list[str] = []
-    run: list[str] = []
-    for part in [*parts, ""]:
-        if part.isdecimal():
-            run.append(part)
-        elif run:
-            numbers.append(".".join(run))
-            run = []
-    return numbers
+    return [".".join(run) for run in _runs_of_numbers(parts)]
 
 
 def _said(text: str) -> set[str]:
@@ -548,8 +555,8 @@ def summary_vouched(new: str, *, user: str, assistant: str, previous: str | None
         return False
     if _orders(new) - _orders(user) - _orders(previous or ""):
         return False
-    known = _said(f"{user} {previous or ''} {remembered}")
-    return not (speaks_for_someone(assistant) and _unsaid(new, known))
+    return not (speaks_for_someone(assistant)
+                and _unsaid(new, _said(f"{user} {previous or ''} {remembered}")))
 
 
 # -- the memory model's answer, checked -------------------------------------------------------
@@ -670,6 +677,9 @@ class MemoryKeeper:
         # the `ROW_KEY` of the last memory row put, until it is written (the database then
         # holds this view) or refused (set aside: it never will)
         self._unwritten: str | None = None
+        # the version of the user's memory (`UserMemory.version`) the database had when it held
+        # this keeper's view, all its rows written; None: not known, the next exchange reads it
+        self._version: int | None = None
         self._edits = 0  # the user's own edits of the view (`user_edited`)
         self._writer = BackgroundWriter("memory", self._write,
                                         spill_path(spill_dir, session_id, SpillKind.MEMORY))
@@ -763,38 +773,50 @@ class MemoryKeeper:
     async def _write(self, rows: list[dict[str, Any]]) -> None:
         """Write a batch of this keeper's rows. Once the last memory row put is written, or
         refused on its own (`write_or_set_aside` sets it aside, said in its line), the view
-        may be read again (`_refresh`): a refused row must not stop that for the session."""
+        may be read again (`_refresh`): a refused row must not stop that for the session.
+        When the batch found the user's memory at the version of this keeper's view, its rows
+        were all that changed it since: the view is what is stored, at the version it left."""
         try:
-            await self._memory.apply(rows)
+            versions = await self._memory.apply(rows)
         except Exception as exc:
+            self._version = None  # what of it was written, if any, is not known
             if refuses_rows(exc) and [row.get(ROW_KEY) for row in rows] == [self._unwritten]:
                 self._unwritten = None
             raise
+        who = (self._who["tenant"], self._who["user_id"])
+        if who in versions:  # the batch held memory rows
+            found, left = versions[who]
+            self._version = left if found == self._version else None
         if any(row.get(ROW_KEY) == self._unwritten for row in rows):
             self._unwritten = None
 
     async def _refresh(self) -> None:
         """Take the user's memory as stored for this keeper's view, when all it wrote is
-        written (until then the view is ahead of the database): what another session of the
-        user wrote meanwhile is then in the next request, and the next summary folds it in. A
-        key keeps its screen-sourced mark while it holds the text this keeper wrote."""
+        written (until then the view is ahead of the database) and something else changed it
+        since this keeper last read or wrote it (its version moved: another session of the
+        user, the user's own `remember` and `forget`, a spill import, a privacy request): what
+        was written meanwhile is then in the next request, and the next summary folds it in.
+        A key keeps its screen-sourced mark while it holds the text this keeper wrote."""
         if self._unwritten is not None:
             return
         edits = self._edits
+        tenant, user_id = self._who["tenant"], self._who["user_id"]
         try:
             async with asyncio.timeout(self._timeout_s):
-                facts, summary = await self._memory.view(self._who["tenant"],
-                                                         self._who["user_id"])
+                if (self._version is not None
+                        and await self._memory.version(tenant, user_id) == self._version):
+                    return
+                view = await self._memory.view(tenant, user_id)
         except Exception as exc:  # the database went away: this session's view will do
             log.warning("memory: could not read the user's memory again (%s); analysing "
                         "against this session's view", error_reason(exc))
             return
         if self._unwritten is not None or edits != self._edits:
             return  # the view changed meanwhile: the next exchange reads again
-        fresh = {f.key: f.text for f in facts}
+        fresh = {f.key: f.text for f in view.facts}
         self._from_screen = {k for k in self._from_screen
                              if k in fresh and fresh[k] == self.facts.get(k)}
-        self.facts, self.summary = fresh, summary
+        self.facts, self.summary, self._version = fresh, view.summary, view.version
 
     async def _handle(self, user: str, assistant: str, who: dict[str, str]) -> bool:
         """Ask the model about one exchange, against the user's memory as stored if this
@@ -847,7 +869,9 @@ class MemoryKeeper:
             oldest = next(iter(self.facts))
             self._from_screen.discard(oldest)
             ops.append({"op": "forget", "key": oldest, "seen": self.facts.pop(oldest)})
-        if update.summary and update.summary != self.summary:
+        # as `merged_summary` stores it: a summary that is one of the parts already there
+        # changes nothing
+        if update.summary and update.summary not in (self.summary or "").split(SUMMARY_PARTS):
             ops.append({"op": "summary", "text": update.summary, "seen": self.summary})
             self.summary = update.summary
         for op in ops:  # each with its key: written twice, it changes nothing the second time

@@ -11,7 +11,9 @@ outage. One user can have two sessions at once (two devices, a session rejoined 
 one closes), each keeper writing from its own view: `apply` merges what a keeper wrote with what
 the other wrote since, so neither's learning is lost (a summary may then hold one part a line,
 `SUMMARY_PARTS`, until a keeper's next fold takes them in), and keeps the user's facts to
-`MAX_FACTS` whatever each keeper's view held.
+`MAX_FACTS` whatever each keeper's view held. Every change of a user's facts or summary moves
+their memory's version (`version`, migration 0023), so a keeper reads the memory again only
+when something other than its own rows changed it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -54,6 +56,19 @@ class Fact:
     key: str
     text: str
     updated_at: datetime | None = None
+
+
+class MemoryView(NamedTuple):
+    """The user's facts (least recently updated first) and summary, and the version they had
+    (`version`)."""
+
+    facts: list[Fact]
+    summary: str | None
+    version: int
+
+
+# each user's memory version (`version`) before and after a batch `apply` wrote, under its lock
+Versions = dict[tuple[str, str], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,13 @@ async def lock_memory(conn: asyncpg.Connection, tenant: str, user_id: str) -> No
     its write."""
     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _MEMORY_LOCKS,
                        f"{tenant}\n{user_id}")
+
+
+async def _version(conn: asyncpg.Connection, tenant: str, user_id: str) -> int:
+    """`UserMemory.version`, on `conn`."""
+    return int(await conn.fetchval(
+        "SELECT coalesce((SELECT version FROM memory_versions WHERE tenant = $1"
+        " AND user_id = $2), 0)", tenant, user_id))
 
 
 def same_fact(a: str, b: str) -> bool:
@@ -236,17 +258,28 @@ class UserMemory:
             tenant, user_id)
         return str(value) if value is not None else None
 
-    async def view(self, tenant: str, user_id: str) -> tuple[list[Fact], str | None]:
+    async def view(self, tenant: str, user_id: str) -> MemoryView:
         """What a keeper works from: the user's facts, least recently updated first (the order
-        it forgets them in past its limit), and their summary."""
-        async with self._pool.acquire() as conn:
+        it forgets them in past its limit), their summary and the version these are of, read
+        in one snapshot (a version read apart from its memory could pass for a later one)."""
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            version = await _version(conn, tenant, user_id)
             rows = await conn.fetch(
                 "SELECT key, text, updated_at FROM memory_facts WHERE tenant = $1"
                 " AND user_id = $2 ORDER BY updated_at, id", tenant, user_id)
             summary = await conn.fetchval(
                 "SELECT text FROM memory_summaries WHERE tenant = $1 AND user_id = $2",
                 tenant, user_id)
-        return [Fact(r["key"], r["text"], r["updated_at"]) for r in rows], summary
+        return MemoryView([Fact(r["key"], r["text"], r["updated_at"]) for r in rows], summary,
+                          version)
+
+    async def version(self, tenant: str, user_id: str) -> int:
+        """The version of the user's memory (migration 0023): set anew by every change of
+        their facts or summary and never given twice, 0 while they have none. One row by its
+        key: a keeper asks it before each exchange and reads the memory only when it moved."""
+        async with self._pool.acquire() as conn:
+            return await _version(conn, tenant, user_id)
 
     async def defer(self, rows: Sequence[dict[str, Any]]) -> None:
         """Keep exchanges for the memory model (a session without the database had them)."""
@@ -259,7 +292,7 @@ class UserMemory:
     async def deferred_waiting(self, tenant: str, user_id: str) -> int:
         return await backlog.waiting(self._pool, tenant, user_id)
 
-    async def apply(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def apply(self, rows: Sequence[dict[str, Any]]) -> Versions:
         """Write memory changes in the order they were made, in one transaction. Rows are
         `{"op": "fact"|"forget"|"summary", "tenant", "user_id", "session_id", ...}`: a fact
         (`key`, `text`) stored under its key; forget drops a key; a summary (`text`); and what
@@ -282,7 +315,10 @@ class UserMemory:
         without one (the user's own `remember` and `forget`, which leave what they say however
         often applied, or a keeper's kept on disk before rows had keys) is merged by what it
         holds, as before. Past `MAX_FACTS` facts (two sessions each adding to a full view),
-        the least recently updated go."""
+        the least recently updated go.
+
+        Returns the version of each user's memory the batch found and left (`Versions`): a
+        keeper whose view was of the first knows its rows were all that changed it."""
         fact_rows = [r for r in rows if r["op"] == "fact"]
         vectors = dict(zip(map(id, fact_rows),
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),
@@ -292,8 +328,10 @@ class UserMemory:
         # keeper fact that is placed among them, then kept current by the batch's own writes
         stored: dict[tuple[str, str], dict[str, str]] = {}
         async with self._pool.acquire() as conn, conn.transaction():
+            versions: dict[tuple[str, str], int] = {}
             for tenant, user_id in users:  # in one order: two batches cannot deadlock
                 await lock_memory(conn, tenant, user_id)
+                versions[tenant, user_id] = await _version(conn, tenant, user_id)
             first = await self._first_writes(conn, rows)
             for row in rows:
                 if row["op"] in _MEMORY_OPS and ROW_KEY in row:
@@ -321,6 +359,7 @@ class UserMemory:
                     "DELETE FROM memory_facts WHERE id IN (SELECT id FROM memory_facts"
                     " WHERE tenant = $1 AND user_id = $2 ORDER BY updated_at DESC, id DESC"
                     " OFFSET $3)", tenant, user_id, MAX_FACTS)
+            return {who: (before, await _version(conn, *who)) for who, before in versions.items()}
 
     @staticmethod
     async def _first_writes(conn: asyncpg.Connection, rows: Sequence[dict[str, Any]],

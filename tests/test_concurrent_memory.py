@@ -17,7 +17,10 @@ other session may have changed meanwhile. The merge rule:
   the key it was made with, even when the session's later rows have moved on from it;
 - the user keeps at most `MAX_FACTS` facts however many sessions add to a full memory at once;
 - a keeper whose last row the database refused still reads the user's memory again;
-- a privacy request's deletion waits for a write of the user's memory under way.
+- a privacy request's deletion waits for a write of the user's memory under way;
+- a keeper reads the user's memory again only when something other than its own rows changed
+  it since it last read or wrote it (another session, the user's own `remember`, a privacy
+  request's deletion): an exchange with nothing new asks the memory's version alone.
 
 Real Postgres; the real google-genai client against a scripted server whose summary is a fold:
 the summary it was shown, then what the exchange was about.
@@ -31,6 +34,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -51,7 +55,15 @@ from memory.screen_timeline import ScreenTimeline
 from memory.spill_files import ROW_KEY
 from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
-from memory.user_memory import MAX_FACTS, SUMMARY_PARTS, UserMemory, lock_memory
+from memory.user_memory import (
+    MAX_FACTS,
+    SUMMARY_PARTS,
+    MemoryView,
+    UserMemory,
+    Versions,
+    lock_memory,
+)
+from tools.memory_tools import MemoryTools
 
 LITE = Tier("gemini", "gemini-2.5-flash-lite", 0.7, 512)
 EARLIER = "Asked how to set up a VPN."
@@ -80,10 +92,11 @@ GADGETS = {
     "I also have a Pixel phone.": (("phone", "The user has a Pixel phone."), "Has a phone."),
     "I also have an iPad tablet.": (("tablet", "The user has an iPad tablet."), "Has a tablet."),
 }
-# an answer whose summary the database refuses (its text type holds no NUL)
+# an answer whose summary the database refuses (`_refusing_summaries`)
 REFUSED = "Tell me about NUL bytes."
+REFUSED_SUMMARY = "Asked about refused bytes."
 ANSWERS = {**LEARNED, **UPGRADE, **GADGETS,
-           REFUSED: (("nul", "The user asked about NUL bytes."), "Asked about \x00 bytes.")}
+           REFUSED: (("nul", "The user asked about NUL bytes."), REFUSED_SUMMARY)}
 
 
 def fold(request: CapturedRequest) -> ScriptedReply:
@@ -116,17 +129,24 @@ class _Held:
 
 
 class _Watched(UserMemory):
-    """The user's memory in Postgres, saying whose summary each write it made carried."""
+    """The user's memory in Postgres, saying whose summary each write it made carried, and
+    counting the times a keeper read it whole (`view`)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.summaries: asyncio.Queue[str] = asyncio.Queue()
+        self.views = 0
 
-    async def apply(self, rows: Sequence[dict[str, Any]]) -> None:
-        await super().apply(rows)
+    async def view(self, tenant: str, user_id: str) -> MemoryView:
+        self.views += 1
+        return await super().view(tenant, user_id)
+
+    async def apply(self, rows: Sequence[dict[str, Any]]) -> Versions:
+        versions = await super().apply(rows)
         for row in rows:
             if row["op"] == "summary":
                 self.summaries.put_nowait(row["session_id"])
+        return versions
 
 
 async def _earlier_memory(db: Database) -> None:
@@ -298,6 +318,7 @@ async def test_a_sessions_rows_imported_again_change_nothing_though_later_ones_m
     assert await db.pool.fetchval("SELECT count(*) FROM memory_rows_applied") == 4
     await Store(db.pool).forget_user("acme", "u-1")  # the keys name the user: they go too
     assert await db.pool.fetchval("SELECT count(*) FROM memory_rows_applied") == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM memory_versions") == 0  # and its version
 
 
 async def test_two_sessions_adding_to_a_full_memory_keep_it_to_its_limit(
@@ -338,12 +359,16 @@ async def test_two_sessions_adding_to_a_full_memory_keep_it_to_its_limit(
 async def test_a_keeper_whose_last_row_was_refused_reads_the_users_memory_again(
     settings: Settings, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The phone's first answer holds a summary the database refuses (a NUL): it is set aside,
+    """The phone's first answer holds a summary the database refuses: it is set aside,
     said in one line. The desk then has a fact remembered; the phone's next request shows it.
     Before, the refused row stayed the phone's last unwritten one, and the phone analysed
     against its own view for the rest of its session, without a word."""
     memory = UserMemory(db.pool, WordLlamaEmbedder())
     await _earlier_memory(db)
+    # what the database refuses for what it holds (the keeper's text can no longer hold a NUL,
+    # which it refused before): a check of the database's own, integrity class 23
+    await db.pool.execute("ALTER TABLE memory_summaries ADD CONSTRAINT refusing"
+                          f" CHECK (position('{REFUSED_SUMMARY}' in text) = 0)")
     async with ScriptedModelServer(fold) as server:
         provider = make_provider(settings.with_overrides(
             gemini_api_key="k", gemini_base_url=server.base_url), LITE)
@@ -444,3 +469,50 @@ async def test_only_a_users_newest_applied_row_keys_are_kept(
     kept = await db.pool.fetch(
         "SELECT user_id, count(*) FROM memory_rows_applied GROUP BY user_id ORDER BY user_id")
     assert [(r["user_id"], r["count"]) for r in kept] == [("u-1", 3), ("u-2", 3)]
+
+
+async def test_a_keeper_reads_the_users_memory_again_only_when_something_else_changed_it(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """One session's keeper, each exchange's rows written before the next: it reads the
+    user's memory whole before an exchange only when another session wrote it, the user's own
+    `remember` did (the tool writes apart from the keeper), or a privacy request deleted it;
+    each request then shows what changed. After its own rows alone it reads nothing again.
+    Before, it read the user's facts and summary before every exchange."""
+    memory = _Watched(db.pool, WordLlamaEmbedder())
+    await _earlier_memory(db)
+    reads = []
+    async with ScriptedModelServer(fold) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        phone = await _keeper(
+            memory, MeteredTierCall(provider, LITE, _record(tmp_path, "s-phone").meter,
+                                    timeout_s=10), "s-phone", tmp_path)
+        tools = MemoryTools(memory, phone, tenant="acme", user_id="u-1", session_id="s-phone")
+        said = SimpleNamespace(type="message", role="user", text_content="Remember I use Helix.")
+        context = SimpleNamespace(session=SimpleNamespace(history=SimpleNamespace(items=[said])))
+
+        async def exchange(question: str) -> None:
+            phone.exchange(question, "(answered)")
+            assert await asyncio.wait_for(memory.summaries.get(), 10) == "s-phone"
+            reads.append(memory.views)
+
+        await exchange(PHONE[0])  # the view it opened with: read once, its version unknown
+        await exchange(PHONE[1])
+        await memory.apply([{"op": "fact", "key": VPN[0], "text": "The user uses Tailscale.",
+                             "tenant": "acme", "user_id": "u-1", "session_id": "s-desk"}])
+        await exchange(DESK[0])
+        await exchange(DESK[1])
+        remembered = await tools.remember(context, "The user uses Helix")  # type: ignore[arg-type]
+        assert remembered.startswith("Remembered")
+        await exchange(PHONE[0])
+        await Store(db.pool).forget_user("acme", "u-1")
+        await exchange(PHONE[1])
+        assert await phone.close() == 0
+        await provider.aclose()
+
+    assert reads == [1, 1, 2, 2, 3, 4]
+    requests = [r.text for r in server.requests]
+    assert VPN[1] in requests[1] and "- vpn: The user uses Tailscale." in requests[2]
+    assert "- uses_helix: The user uses Helix" in requests[4]
+    assert "Remembered facts:\n(none)" in requests[5] and "Summary so far: (none)" in requests[5]

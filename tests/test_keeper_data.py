@@ -28,7 +28,7 @@ from livekit.agents import llm
 
 from memory import keeper as keeper_module
 from memory.keeper import INSTRUCTIONS, MemoryKeeper, MemoryUpdate, ReadReply, memory_prompt
-from memory.user_memory import Fact
+from memory.user_memory import Fact, MemoryView, Versions
 
 # the markers as the model reads them (memory/marked_data.py names them)
 USER_OPEN, USER_CLOSE = "<user_message>", "</user_message>"
@@ -76,14 +76,16 @@ def test_a_line_read_off_the_screen_stays_inside_the_assistants_answer() -> None
 
 class _Rows:
     """Stands for UserMemory: the rows the keeper's writer puts, collected, and the facts and
-    summary they leave of `facts` and `summary` (what the keeper reads again, `view`)."""
+    summary they leave of `facts` and `summary` (what the keeper reads again, `view`), at a
+    version each batch moves."""
 
     def __init__(self, facts: Sequence[Fact] = (), summary: str | None = None) -> None:
         self.rows: list[dict[str, Any]] = []
         self.facts = {f.key: f.text for f in facts}
         self.summary = summary
+        self.batches = 0
 
-    async def apply(self, rows: list[dict[str, Any]]) -> None:
+    async def apply(self, rows: list[dict[str, Any]]) -> Versions:
         self.rows.extend(rows)
         for row in rows:
             if row["op"] in ("fact", "forget"):
@@ -92,9 +94,15 @@ class _Rows:
                 self.facts[row["key"]] = row["text"]
             elif row["op"] == "summary":
                 self.summary = row["text"]
+        self.batches += 1
+        return {("acme", "u-1"): (self.batches - 1, self.batches)}
 
-    async def view(self, tenant: str, user_id: str) -> tuple[list[Fact], str | None]:
-        return [Fact(key, text) for key, text in self.facts.items()], self.summary
+    async def version(self, tenant: str, user_id: str) -> int:
+        return self.batches
+
+    async def view(self, tenant: str, user_id: str) -> MemoryView:
+        return MemoryView([Fact(key, text) for key, text in self.facts.items()], self.summary,
+                          self.batches)
 
 
 class _Model:

@@ -130,6 +130,46 @@ async def test_keeper_updates_dedupes_and_forgets_facts_and_keeps_a_summary(
     assert failed[0]["detail"]["purpose"] == "memory"
 
 
+async def test_a_nul_or_lone_surrogate_in_the_keepers_reply_is_stored_without_it(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """The memory model's reply escapes a NUL and a lone surrogate (half a UTF-16 pair) into
+    its facts and summary, as text read off a screen can make it: each is stored without
+    them, and the keeper's next request shows what is stored. Before, Postgres refused the
+    row with a NUL (set aside, the fact lost) and a lone surrogate could not be sent."""
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    script = [update([("laptop", "The user's laptop runs Ubu\x00ntu 24.04."),
+                      ("editor", "The user edits code in \ud800vim.")],
+                     summary="Asked about the\x00 laptop."),
+              update()]
+    seen: list[CapturedRequest] = []
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        seen.append(request)
+        return script[len(seen) - 1]
+
+    async with ScriptedModelServer(serve) as server:
+        provider = make_provider(settings.with_overrides(
+            gemini_api_key="k", gemini_base_url=server.base_url), LITE)
+        keeper = MemoryKeeper(
+            memory=memory, model=MeteredTierCall(provider, LITE, _record(tmp_path, "s-nul").meter,
+                                                 timeout_s=5),
+            tenant="acme", user_id="u-1", session_id="s-nul", spill_dir=tmp_path, timeout_s=5,
+            facts=[], summary=None)
+        for question in ("My laptop runs Ubuntu 24.04 and I edit code in vim.", "Thanks."):
+            keeper.exchange(question, "(answered)")
+        await keeper.settled()
+        assert await keeper.close() == 0
+        await provider.aclose()
+
+    stored = {f.key: f.text for f in await memory.facts("acme", "u-1")}
+    assert stored == {"laptop": "The user's laptop runs Ubuntu 24.04.",
+                      "editor": "The user edits code in vim."}
+    assert await memory.summary("acme", "u-1") == "Asked about the laptop."
+    assert not await asyncio.to_thread((tmp_path / "s-nul.memory-refused.jsonl").exists)
+    assert "- laptop: The user's laptop runs Ubuntu 24.04." in seen[1].text
+
+
 async def test_a_failing_memory_model_loses_nothing_else(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
