@@ -49,6 +49,13 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   the Ethiopic "፧", "‽", "❓". Not the Greek question mark: it is ";" to a model (`fold`), as
   it is to Unicode, and a ";" ends no question. A check that reads only "?" takes a question
   written with another mark for a statement or a request.
+- `CLAUSE_MARKS`, `COLONS`, `STOPS`: what ends a clause (a comma, a semicolon; a colon) or a
+  sentence (a full stop, an exclamation mark) in any script a user may write in: "，", "；",
+  "：" and "！" as a Chinese or Japanese keyboard types them, "、" and "。", the Arabic "،"
+  and "؛". `fold` reads only the full-width forms as the Latin ones, and a check may run on
+  the text as written: one that knows only ",;:" and "." read "ok，remember that I use vim"
+  as no request, "No، I'll figure it out myself" as no refusal, and "I don't use vim، I use
+  emacs" as negating emacs.
 - `says_yes`: a message that is a yes and nothing else of substance, the only answer that lets
   a question the user was asked go ahead. Reading how a message starts is not enough: "Okay,
   what does this dialog say?" and "yes but first tell me what the error is" start like a yes
@@ -84,11 +91,27 @@ _SAME_WORD = {"has": "have", "does": "do", "goes": "go"}
 
 HESITATION = r"(?:u+m+|u+h+m*|e+rm*|e+h+|h+m+|m{2,}|a+h+|o+h+)"
 _HESITATION = re.compile(HESITATION, re.IGNORECASE)
+
+# a comma or a semicolon as written and as `fold` reads it ("，", "；" and "﹐" are "," and ";"
+# to it): of the Latin script, full-width, small and vertical (Chinese, Japanese), the
+# ideographic comma "、" and its half-width forms, Arabic (also Persian and Urdu), Ethiopic,
+# and the Greek question mark, a semicolon to Unicode and to `fold`
+CLAUSE_MARKS = (",;\uff0c\uff1b\ufe50\ufe54\ufe10\ufe14\u3001\uff64\ufe51\ufe11\u060c\u061b"
+                "\u1363\u1364\u037e")
+# a colon, of the same scripts: it ends a clause, or opens quoted words ("it says: talk to an
+# agent"), so each check says whether it reads one as a break
+COLONS = ":\uff1a\ufe55\ufe13\u1365\u1366"
+# what ends a sentence that is no question: a full stop or an exclamation mark of the Latin
+# script, Chinese and Japanese (full-width, small, vertical and half-width forms), Urdu,
+# Devanagari and Ethiopic. Not the full-width or small "." ("．", "﹒"): `fold` reads them as
+# ".", the point of a number too ("２．７")
+STOPS = ".!\u3002\uff61\ufe12\uff01\ufe57\ufe15\u06d4\u0964\u0965\u1362"
 # "err" and "errm" open a request as "erm" does ("err remember that I use vim"): only there,
-# where the verb "err" cannot stand
+# where the verb "err" cannot stand; a break of any script may follow a filler ("ok，remember")
 LEAD_FILLER = (rf"(?:{HESITATION}|e+r+m*|ok(?:ay)?|alright|all right|so|and|also|now|just|hey|"
                r"hi|well|right|actually|yeah|yes|yep|look|listen|btw|by the way|one more thing|"
-               r"never ?mind|sightline|please|kindly)\b[\s,.!]*")
+               r"never ?mind|sightline|please|kindly)\b"
+               rf"[\s{re.escape(CLAUSE_MARKS + COLONS + STOPS)}]*")
 _LEAD_FILLERS = re.compile(rf"(?:{LEAD_FILLER})*", re.IGNORECASE)
 _UNITS = {w: n for n, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -118,8 +141,9 @@ QUESTION_MARKS = ("?\uff1f\ufe56\ufe16\u2047\u2048\u2049\u061f\u1367\u1945\ua60f
                   "\U00011143\u203d\u2753\u2754")
 # emoji a yes may come with ("yes 👍"); any other symbol (👎, ❌, 🚫, ✋) says something else
 _AGREEING_SYMBOLS = frozenset("👍👌👏🙌🙏🤝🙂😊😀😃😄😁❤💯✅✔☑🆗✌")
-# what may close a message after its last word or question mark ("yes?!", "\"yes?\"", "(yes?)")
-_CLOSING = frozenset(" \t\r\n!.\"'") | _AGREEING_SYMBOLS
+# what may close a message after its last word or question mark ("yes?!", "\"yes?\"", "(yes?)",
+# "好吗？。")
+_CLOSING = frozenset(" \t\r\n\"'" + STOPS) | _AGREEING_SYMBOLS
 # words said between two numbers of one: the zero of "twenty four oh four", the point of "two
 # point seven" and "three dot eleven"
 _ZERO = frozenset({"oh", "o"})

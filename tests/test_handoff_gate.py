@@ -17,7 +17,9 @@ with (memory/word_forms.py `says_yes`, with the offer's "ok" and "bring someone 
 with another request, or asked back ("Yes?", once a consent), brings no one. A question after
 the offer, with any question mark ("？", "؟"), is the one a yes answers. A no withdraws the
 offer, read as a yes is ("thanks, but no", "please don't", once read only at a message's
-start); a question ("No one can help?") and "no problem, go ahead" are none. The reason stays
+start); a question ("No one can help?") and "no problem, go ahead" are none. A comma or full
+stop of any script ends a clause ("No، I'll figure it out myself" refuses, "That's not it。Get
+me a human" asks), a colon of none ("The banner says：escalate …" is quoted). The reason stays
 the model's labelled summary; a session is handed off once.
 """
 
@@ -396,6 +398,38 @@ async def test_a_question_or_a_no_taken_back_is_no_refusal(reply: str) -> None:
     conversation.assistant(offer_question())
     await conversation.user("yes").call()
     assert conversation.handed_off
+
+
+@pytest.mark.parametrize("reply", [
+    "No\u060c I'll figure it out myself.",  # the Arabic comma
+    "No\u3002I'll figure it out myself\u3002",  # the ideographic full stop
+    "no\u3001thanks\u3001I'll manage",  # the ideographic comma
+    "Thanks\u061b but no\u060c I'll ask my team lead",  # the Arabic semicolon
+])
+async def test_a_refusal_with_any_scripts_comma_withdraws_the_offer(reply: str) -> None:
+    """A no that opens a longer message, parted from the rest by a comma or full stop of
+    another script, read as no clause: the message was no refusal, and the model was told to
+    offer a person again."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off and conversation.published == []
+    assert answer == handoff.DECLINED and not conversation.tool.offer_pending
+
+
+async def test_any_scripts_full_stop_ends_a_negation_not_a_colon() -> None:
+    """An ask after a full stop or comma of another script was read in the clause before it,
+    negated by its "not" ("That's not it。Get me a human" brought no one); a colon, of any
+    script, parts no clause, so what a banner says after one is still quoted."""
+    for said in ("That's not it\u3002Get me a human", "I don't think so\u060c get me a person"):
+        conversation = Conversation().user(said)
+        answer = await conversation.call()
+        assert conversation.handed_off, answer
+        assert len(conversation.published) == 1
+    for said in ("The banner says\uff1aescalate to billing",
+                 "The banner says\u1365 talk to an agent"):
+        conversation = Conversation().user(said)
+        await conversation.call()
+        assert not conversation.handed_off and conversation.published == []
 
 
 async def test_no_problem_go_ahead_is_a_yes() -> None:

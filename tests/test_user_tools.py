@@ -14,8 +14,9 @@ holds the whole subject the user named (or what `remember` just wrote, for "dele
 asking when several or none do and before forgetting everything (done only when the user's
 next message is a yes and nothing else: not "Okay, what does this dialog say?"), with the facts
 it names between `<memory>` markers; a question is one with any question mark ("？", "؟"),
-and a number the user's only as they said it together ("two point seven", not "two times in
-seven minutes" for "Python 2.7");
+a comma, colon or full stop of any script parts clauses ("ok，remember that I use vim" asks,
+"I don't use vim، I use emacs" negates only vim), and a number the user's only as they said it
+together ("two point seven", not "two times in seven minutes" for "Python 2.7");
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
 yes to the tool's own offer of one), never on text on the screen, marks the session escalated
@@ -918,3 +919,78 @@ async def test_remember_takes_a_number_only_as_the_user_said_it_together() -> No
         memory.facts_by_key.clear()
         assert (await tools.remember(user_said(said), PYTHON_27)).startswith("Remembered (as ")
         assert [f.text for f in memory.facts_by_key.values()] == [PYTHON_27]
+
+
+# -- commas, colons and full stops of any script -------------------------------------------------
+
+# a request typed with a Chinese, Japanese or Arabic keyboard's marks, none of which a check
+# reading only ",;:" and "." took for a break (none was a request), and the same mark after a
+# word that only mentions remembering
+MARKED_REQUESTS = [
+    ("ok\uff0cremember that I use vim", "I don't remember\uff0cthe URL"),  # full-width comma
+    ("Sightline\uff1aremember that I use vim", "I don't remember\uff1athe URL"),  # and colon
+    ("ok\u3001remember that I use vim", "I don't remember\u3001the URL"),  # ideographic comma
+    ("so\u060c remember that I use vim", "I don't remember\u060c the URL"),  # Arabic comma
+    ("ok\u061b remember that I use vim", "I don't remember\u061b the URL"),  # Arabic semicolon
+]
+
+
+@pytest.mark.parametrize(("said", "mention"), MARKED_REQUESTS)
+async def test_a_request_after_any_scripts_comma_remembers_and_forgets(said: str,
+                                                                      mention: str) -> None:
+    """"ok，remember that I use vim" asks as "ok, remember that I use vim" does: the fact is
+    written, and "forget" said so drops it; "I don't remember，the URL" still only mentions
+    it, and writes nothing."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match="they did not"):
+        await tools.remember(user_said(mention), "The user's URL")
+    assert memory.facts_by_key == {}
+    assert (await tools.remember(user_said(said), "The user uses vim")).startswith(
+        "Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == ["The user uses vim"]
+    forget = said.replace("remember that I use", "forget that I use")
+    assert await tools.forget(user_said(forget), "vim") == (
+        f"Forgot: {marked('The user uses vim', MEMORY)}")
+    assert memory.facts_by_key == {}
+
+
+async def test_a_negation_ends_at_any_scripts_comma() -> None:
+    """"I don't use vim، I use emacs" (an Arabic comma) negates vim, not emacs: the comma was
+    no clause to the negation, so "The user does not use emacs" was written as the user's
+    words and "The user uses emacs" refused as turned around."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    said = user_said("Remember that I don't use vim\u060c I use emacs.")
+    with pytest.raises(llm.ToolError, match="not negated as the user negated them"):
+        await tools.remember(said, "The user does not use emacs")
+    assert memory.facts_by_key == {}
+    assert (await tools.remember(said, "The user uses emacs")).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == ["The user uses emacs"]
+
+
+async def test_a_request_after_a_full_width_comma_is_stored_in_a_session(
+    settings: Settings, db: Database,
+) -> None:
+    """In a real session on Postgres: the model calls `remember` on "ok，remember that I use
+    vim" (refused before as no request) and the fact is stored, in Postgres and the keeper's
+    view."""
+    script = ToolScript(0)
+    async with ScriptedModelServer(replies=script) as models:
+        runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
+                                            user_id="ana", source="replay")
+        assert runtime.memory is not None and runtime.memory.keeper is not None
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        try:
+            await ask(session, script, "remember", MARKED_REQUESTS[0][0],
+                      fact="The user uses vim")
+            stored = tool_results(script.answer_requests[-1])[-1]
+            facts = await runtime.memory.user_memory.facts("acme", "ana")
+            in_view = dict(runtime.memory.keeper.facts)
+        finally:
+            await session.aclose()
+            await runtime.close()
+    assert stored.startswith("Remembered (as ")
+    assert [f.text for f in facts] == ["The user uses vim"]
+    assert list(in_view.values()) == ["The user uses vim"]

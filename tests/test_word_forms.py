@@ -16,7 +16,9 @@ digits and the keeper did not, so "postgres sixteen" made "Postgres 16" the scre
 keeper; and `forget` took any message that opened like a yes ("Okay, what does this dialog
 say?") as the user's yes to forgetting everything: a yes is now the whole message. A question
 asked with a mark other than "?" ("؟", "፧") was a yes, and "two point seven" no number to the
-keeper, while `remember` took "two" and "seven" said apart for "2.7".
+keeper, while `remember` took "two" and "seven" said apart for "2.7". A filler parted from a
+request by a comma or colon of another script ("ok，remember", "sightline：forget it") was no
+filler, and a full stop of one after a question mark ("吗？。") made it no question.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def test_hesitations(word: str, hesitation: bool) -> None:
     # "err" opens a request as "erm" does; only there (it is no hesitation elsewhere)
     ("err remember that", "remember that"), ("errm, forget my laptop", "forget my laptop"),
     ("errr forget it", "forget it"),
+    # parted from the request by a comma or colon of any script
+    ("ok\uff0cremember that", "remember that"), ("sightline\uff1aforget it", "forget it"),
+    ("ok\u3001remember that", "remember that"), ("so\u060c remember that", "remember that"),
 ])
 def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     assert without_lead_fillers(clause) == rest
@@ -121,7 +126,9 @@ def test_numbers_said_next_to_each_other_are_one(said: str, numbers: list[str]) 
 
 @pytest.mark.parametrize(("said", "question"), [
     *[(s, True) for s in ("yes?", "Yes\uff1f", "yes\u061f", "yes\u1367", "yes \u2753",
-                          "yes\u203d", "(\u0646\u0639\u0645\u061f)")],
+                          "yes\u203d", "(\u0646\u0639\u0645\u061f)",
+                          # a full stop of another script after the question mark
+                          "\u8981\u5fd8\u8bb0\u5417\uff1f\u3002", "yes\u061f\u06d4")],
     # the Greek question mark is ";" to a model, a semicolon to everyone else; the inverted
     # one opens a question, it does not end one
     *[(s, False) for s in ("yes\u037e", "yes;", "\u00bfyes", "yes")],

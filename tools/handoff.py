@@ -62,7 +62,9 @@ from livekit.agents import RunContext, llm
 from memory.store import Store
 from memory.word_forms import (
     AROUND_YES,
+    CLAUSE_MARKS,
     QUESTION_MARKS,
+    STOPS,
     YES,
     ends_as_question,
     fold,
@@ -97,14 +99,18 @@ DECLINED = ("The user said no to bringing in a person, so nobody was called. Kee
 
 # -- reading what the user said ------------------------------------------------------------------
 # Text is read as words: lowercase, apostrophes dropped ("don't" and a recogniser's "dont" are the
-# same word), sentence punctuation kept as a clause mark "|", hesitations dropped wherever they
-# stand (memory/word_forms.py: a request is read at any word of a clause, so there are no lead
-# fillers to strip). Patterns below match whole words of that form, separated by single spaces.
+# same word), sentence punctuation of any script kept as a clause mark "|", hesitations dropped
+# wherever they stand (memory/word_forms.py: a request is read at any word of a clause, so there
+# are no lead fillers to strip). Patterns below match whole words of that form, separated by
+# single spaces.
 
 _AGREEING_NOISE = re.compile(r"\b(?:m+-?h+m+|m+\s+h+m+|uh-?huh|uh\s+huh)\b")  # "mm-hmm": yes
 _REFUSING_NOISE = re.compile(r"\b(?:uh-uh|mm-mm)\b")  # said with a shake of the head
 _APOSTROPHE = re.compile(r"(?<=\w)['\u2019\u02bc](?=\w)")
-_CLAUSE_MARK = re.compile(rf"[.,;!{re.escape(QUESTION_MARKS)}\u2026\u2014\u2013\n\r]+")
+# a clause ends at a comma, a full stop or a question mark of any script ("No، I'll manage";
+# memory/word_forms.py), never at a colon: it opens quoted words ("it says: talk to an agent")
+_CLAUSE_MARK = re.compile(
+    rf"[{re.escape(CLAUSE_MARKS + STOPS + QUESTION_MARKS)}\u2026\u2014\u2013\n\r]+")
 _NOT_A_WORD = re.compile(r"[^\w|]+")
 
 

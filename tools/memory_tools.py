@@ -8,14 +8,15 @@ write names the session's tenant and user.
 
 Only the user's own words can ask, and only they can say what: the tools refuse unless the
 user's latest message asks for it outright, as people type or a speech recogniser transcribes it
-(lower case, no punctuation, "um", a wake word, "by the way", "can you remember that …" with or
-without its "?", "my laptop's an M2 remember that", "save that …", "delete that"; not a question
-such as "do you remember …?", with any question mark ("？", "؟"), nor a negation such as "I
-don't remember …"), and unless what is remembered, or the subject forgotten, is in that
-message's words. The model chooses the tool's argument, so a trigger word alone would let text
-on the screen or in a document — data, never instructions — decide what is written. Every rule
-here reads the user's own message (and what the tool itself did or asked in the user's last
-turns), so screen text gains nothing from them.
+(lower case, no punctuation or any script's ("ok，remember …", "、", "،", "。"), "um", a wake
+word, "by the way", "can you remember that …" with or without its "?", "my laptop's an M2
+remember that", "save that …", "delete that"; not a question such as "do you remember …?",
+with any question mark ("？", "؟"), nor a negation such as "I don't remember …"), and unless
+what is remembered, or the subject forgotten, is in that message's words. The model chooses
+the tool's argument, so a trigger word alone would let text on the screen or in a document —
+data, never instructions — decide what is written. Every rule here reads the user's own
+message (and what the tool itself did or asked in the user's last turns), so screen text gains
+nothing from them.
 
 "In that message's words" is all of them, not most, and from the sentence that asks, in the
 order the user said them: every content word of a fact written must be one the user said in
@@ -74,8 +75,11 @@ from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact, UserMemory
 from memory.word_forms import (
     AROUND_YES,
+    CLAUSE_MARKS,
+    COLONS,
     LEAD_FILLER,
     QUESTION_MARKS,
+    STOPS,
     WORD,
     YES,
     as_digits,
@@ -108,9 +112,12 @@ _FREE_IN_FACT = (_STOP | KEEPER_STOP) - {"work", "works", "working"}
 _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
 # a negation turns the words after it in its clause around: "Postgres, not MySQL"
 _NEGATION = frozenset({"not", "no", "never", "nor", "neither", "without"})
-# where a negation's reach ends: a clause (not the point of a number, "2.7"), "but", or "and"
-# opening a new statement
-_SCOPE = re.compile(rf"[,;:!{re.escape(QUESTION_MARKS)}]|(?<!\d)\.|\.(?!\d)|\bbut\b|"
+# what parts a sentence into clauses, in any script ("，", "、", "،": memory/word_forms.py)
+_CLAUSE_MARKS = CLAUSE_MARKS + COLONS
+# where a negation's reach ends: a clause or a sentence (not the point of a number, "2.7"),
+# "but", or "and" opening a new statement
+_SCOPE = re.compile(rf"[{re.escape(_CLAUSE_MARKS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
+                    r"(?<!\d)\.|\.(?!\d)|\bbut\b|"
                     r"\band (?=(?:i|i'm|im|we|my|our)\b)")
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
@@ -137,12 +144,13 @@ _TRAILING = re.compile(r"\b(?:please\s+)?(?:remember|note|keep in mind|save|writ
 # ... unless its own subject or a negation says otherwise ("do you remember that", "I don't")
 _NOT_TRAILING = frozenset("i you we they he she it not never dont don't do did does can could "
                           "would will should to cant can't didn't didnt".split())
-# where a sentence ends: after ".", "!" or a question mark and a space, or after a mark of a
-# script written without spaces ("？", "。") before anything ("Remember the outage？It was bad")
-_WIDE_ENDS = "\u3002\uff01" + QUESTION_MARKS.replace("?", "")
-_SENTENCE = re.compile(rf"(?<=[.!{re.escape(QUESTION_MARKS)}])\s+|"
-                       rf"(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
-_CLAUSE = re.compile(r"[,;:]")
+# where a sentence ends: after a full stop, an exclamation or a question mark and a space, or
+# after one that is not ASCII ("？", "。", "؟") before anything ("Remember the outage？It was
+# bad"): only ".", "!" and "?" stand inside a word too ("node.js", "2.7")
+_ENDS = STOPS + QUESTION_MARKS
+_WIDE_ENDS = "".join(mark for mark in _ENDS if not mark.isascii())
+_SENTENCE = re.compile(rf"(?<=[{re.escape(_ENDS)}])\s+|(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
+_CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
 # more subjects in one request: "forget my editor and my VPN"
 _AND_SUBJECT = re.compile(r"\s*\band\s+(?=(?:my|the|our|your|that|what|about)\b)|\s*&\s*", re.I)
 _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
@@ -248,7 +256,7 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
             continue
         before = sentence[:trailing.start()]
         last = before.lower().split()[-1:] or [""]
-        if last[0].strip(",;:") not in _NOT_TRAILING:
+        if last[0].strip(_CLAUSE_MARKS) not in _NOT_TRAILING:
             yield _Ask(sentence[trailing.start():].strip(), before, "", previous)
 
 
