@@ -171,7 +171,7 @@ class _Attempt:
     bar: float  # the confidence it needs to answer alone (0 for the tier that must answer)
     header: ConfidenceHeader = field(default_factory=ConfidenceHeader)
     prompt: llm.ChatContext | None = None  # the request, once handed to the SDK
-    watch: RequestWatch = field(default_factory=RequestWatch)  # whether the SDK sent it
+    watch: RequestWatch = field(default_factory=RequestWatch)  # whether it may be billed
     reported: Usage | None = None  # the provider's latest usage report
     usage: Usage = field(default_factory=Usage)  # what it is billed, settled when it ends
     spoken: int = 0
@@ -448,7 +448,7 @@ class CascadeStream(llm.LLMStream):
             error = exc
         except TimeoutError:
             error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline",
-                                  reached=attempt.watch.sent)
+                                  reached=attempt.watch.billed)
         except asyncio.CancelledError:
             attempt.outcome = "cancelled"  # the user interrupted or left: billed if sent
             raise
@@ -471,8 +471,8 @@ class CascadeStream(llm.LLMStream):
         the answer unseen (unsure) or pass it on as it arrives."""
         tools = llm.ToolContext(self._tools) if self._tools else None
         tier_ctx, attempt.images = await self._llm._images.prepare(ctx, tier.provider)
-        # the request as the SDK sends it: billed once an attempt sent it (`attempt.watch`),
-        # however the call ends (this deadline, a cancel while it still connects)
+        # the request as the SDK sends it: billed once an attempt sent it and was not refused
+        # (`attempt.watch`), however the call ends (this deadline, a cancel while it connects)
         attempt.prompt = tier_ctx
         reply = provider.stream(tier_ctx, max_output_tokens=tier.max_output_tokens, tools=tools,
                                 watch=attempt.watch)
@@ -548,7 +548,7 @@ class CascadeStream(llm.LLMStream):
         attempt.usage, usage_source = settled_usage(
             attempt.reported, prompt=attempt.prompt, received="".join(attempt.received),
             partial=partial,
-            prompt_billed=attempt.watch.sent if error is None else error.prompt_billed,
+            prompt_billed=attempt.watch.billed,
             image_tokens=attempt.images.tokens,
         )
         record.tried.append({

@@ -2,12 +2,13 @@
 
 A model call becomes one event that carries its dollars: the call's cost, the share of it its
 images took (each at the rate the provider's cache report gives its place in the prompt: fresh,
-written to the cache, or read from it), what those images would have cost at full resolution
-and what the prompt cache saved. A cascade turn carries its cost and what the top tier alone
-would have charged for the same tokens. A streamed call that ended before the provider
-reported its usage is billed an estimate, marked so (`settled_usage`). Everything downstream
-(totals, budgets, reports) adds these figures up; nothing prices twice. A model missing from the
-price table is recorded with `cost_usd: null` and logged once, never guessed.
+written to the cache, or read from it), what those images would have cost at full resolution,
+what not sending an unchanged screen again saved (priced by the place of the screenshot held
+instead) and what the prompt cache saved. A cascade turn carries its cost and what the top
+tier alone would have charged for the same tokens. A streamed call that ended before the
+provider reported its usage is billed an estimate, marked so (`settled_usage`). Everything
+downstream (totals, budgets, reports) adds these figures up; nothing prices twice. A model
+missing from the price table is recorded with `cost_usd: null` and logged once, never guessed.
 """
 
 from __future__ import annotations
@@ -59,12 +60,21 @@ def estimate_prompt_tokens(prompt: llm.ChatContext) -> int:
 @dataclass(frozen=True)
 class PromptImage:
     """One image of a request as the meter prices it: its billed tokens, the same frame's at
-    full resolution, and the estimated tokens of the prompt after it, which place it in the
-    provider's cache report (`ModelPrice.input_rate`)."""
+    full resolution, the estimated tokens of the prompt after it, which place it in the
+    provider's cache report (`ModelPrice.input_rate`), and whether an earlier question carried
+    it (else the newest question sends it)."""
 
     tokens: int
     full_resolution_tokens: int
     after: int
+    carried: bool
+
+    @property
+    def middle(self) -> float:
+        """Its middle's tokens before the prompt's end: where its run of the report is found.
+        A cache boundary never cuts an image, so the estimate of its place may be off by half
+        an image either way and still find its run."""
+        return self.after + self.tokens / 2
 
 
 def images_in_prompt(
@@ -78,13 +88,15 @@ def images_in_prompt(
     later one, such as the cascade's confidence protocol, is sent where it stands.)"""
     placed: list[PromptImage] = []
     after = 0
+    carried = False  # until past the newest question
     for item in reversed(prompt.items):
         for part in reversed(_parts(item)):
             if isinstance(part, str):
                 after += estimate_text_tokens(part)
             elif (billed := bill(part)) is not None:
-                placed.append(PromptImage(*billed, after))
+                placed.append(PromptImage(*billed, after, carried))
                 after += billed[0]
+        carried = carried or (item.type == "message" and item.role == "user")
     placed.reverse()
     return placed
 
@@ -98,10 +110,10 @@ def settled_usage(
     or `unbilled`. A provider bills a prompt once it is sent, so a call cancelled or timed out
     before the first report (Gemini's first chunk, Claude's `message_start`) is billed its
     prompt's estimate (`image_tokens` for its images) and what it received. `prompt`: the
-    request as it went out, None when it never did; `prompt_billed`: False when the provider
-    refused it or no attempt of it went out (`ProviderError.prompt_billed`, else the call's
-    `RequestWatch`: one cancelled or timed out while still connecting); `partial`: the stream
-    was left before its end, so its output is at least the text `received`."""
+    request as it went out, None when it never did; `prompt_billed`: False when no attempt of
+    it went out unrefused (the call's `RequestWatch.billed`: each attempt cancelled or timed out
+    while still connecting, or refused); `partial`: the stream was left before its end, so its
+    output is at least the text `received`."""
     if reported is None:
         if prompt is None or not prompt_billed:
             return Usage(), "unbilled"
@@ -150,8 +162,7 @@ class CostMeter:
         screenshot carried on an earlier message is in the cached prefix, written to the cache
         by the first request that carries it past the cache mark and read by the next ones.
         `image_tokens_unsent`: the current frame's tokens, had it been sent again although the
-        screen had not changed. The request holds the earlier screenshot instead, in its cached
-        prefix: what that saved is those tokens at the fresh price less the cached price."""
+        screen had not changed (`_unsent_saving`)."""
         image_cost, full_resolution_cost = self._image_costs(model, usage, prompt_images)
         return self._events.record(
             MODEL_KINDS[1] if error else MODEL_KINDS[0],
@@ -171,7 +182,7 @@ class CostMeter:
             image_full_resolution_cost_usd=_rounded(full_resolution_cost),
             image_tokens_unsent=image_tokens_unsent,
             image_unsent_saved_usd=_rounded(
-                self.prices.cache_savings(model, image_tokens_unsent)),
+                self._unsent_saving(model, usage, prompt_images, image_tokens_unsent)),
             cache_saved_usd=_rounded(self.prices.cache_savings(model, usage.cached_input_tokens)),
             latency_ms=round(latency_ms, 1),
             detail={**(detail or {}), **({"error": error} if error else {})},
@@ -181,18 +192,36 @@ class CostMeter:
         self, model: str, usage: Usage, images: Sequence[PromptImage],
     ) -> tuple[float | None, float | None]:
         """The images' share of the call's cost, and the same frames' at full resolution: each
-        at the rate of the run of the provider's report its middle falls in. A cache boundary
-        never cuts an image, so the estimate of its place may be off by half an image either
-        way and still find its run."""
+        at the rate of the run of the provider's report its middle falls in."""
         price = self.prices.get(model)
         if price is None:
             return None, None
         billed = full = 0.0
         for image in images:
-            rate = price.input_rate(usage, image.after + image.tokens / 2)
+            rate = price.input_rate(usage, image.middle)
             billed += image.tokens * rate
             full += image.full_resolution_tokens * rate
         return billed, full
+
+    def _unsent_saving(
+        self, model: str, usage: Usage, images: Sequence[PromptImage], unsent_tokens: int,
+    ) -> float | None:
+        """What leaving out the unchanged screen's new frame saved: the request holds the
+        screenshot an earlier question carried instead (only the newest one stays attached),
+        so the saving is the frame's tokens at the rate a new frame is billed at (fresh input,
+        where the newest question ends the prompt) less the rate of the carried one's place in
+        the provider's report, as its own share is priced. Read from the cache, that is a
+        saving; written to it, as the first request that carries it past the cache mark does,
+        it is not (Claude bills a write at 1.25x fresh input: the reads after it make that up).
+        A call billed nothing, or whose request never went out, saved nothing."""
+        price = self.prices.get(model)
+        if price is None:
+            return None
+        carried = next((image for image in reversed(images) if image.carried), None)
+        if carried is None:
+            return 0.0
+        return unsent_tokens * (price.input_rate(usage, 0)
+                                - price.input_rate(usage, carried.middle))
 
     def rerank_call(self, call: RerankCall) -> None:
         """A reranker's call, billed per search unit."""

@@ -7,9 +7,10 @@ all when the provider reported none (the caller estimates it, `metering.settled_
 adapter uses the provider's own SDK (google-genai, anthropic) and LiveKit's converters from
 `ChatContext` to that provider's message format, and turns every SDK failure into a
 `ProviderError` that says plainly what failed, and whether its request may have reached the
-provider, which may then bill its prompt. A call's `watch` (memory/http_failures.py) says
-whether any of its attempts sent the request, however the call ends: the caller passes its own
-to know it past a deadline or a cancel of its own (agent/cascade.py).
+provider. A call's `watch` (memory/http_failures.py) says whether the provider may bill its
+prompt, attempt by attempt, however the call ends: the caller passes its own to know it past a
+deadline or a cancel of its own (agent/cascade.py), and the adapter tells it when the SDK's
+error says the latest attempt was not run.
 
 Every request names what it is for in a `x-sightline-purpose` header (`answer` for a user's
 turn, `memory` for a memory update): a spend-tracking proxy in front of the providers can
@@ -38,7 +39,8 @@ from google.genai import types as genai_types
 from livekit.agents import llm
 
 from memory.embeddings import gemini_embedding_models
-from memory.http_failures import GenaiClient, RequestWatch, watch_httpx2_request
+from memory.genai_client import GenaiClient
+from memory.http_failures import WATCHED_HTTPX2_HOOKS, RequestWatch
 
 from .config import Settings, Tier
 from .pricing import Usage
@@ -53,10 +55,11 @@ PURPOSE_HEADER = "x-sightline-purpose"
 
 class ProviderError(RuntimeError):
     """A model call that failed after the SDK's own retries. `reached`: whether its request
-    may have reached the provider, i.e. whether any attempt sent it (`RequestWatch.sent`): the
-    adapter says so for a failure of its HTTP client, the cascade for its own deadline. Any
-    other failure (an HTTP error status, a reply the cascade refused) came after an answer,
-    so after the request arrived."""
+    may have reached the provider and run there, i.e. whether an attempt went out and was not
+    refused (`RequestWatch.billed`): the adapter says so for a failure of its HTTP client, the
+    cascade for its own deadline, and the user hears the model "could not be reached" when none
+    did. Any other failure (an HTTP error status, a reply the cascade refused) came after an
+    answer, so after the request arrived. What the call is billed is its watch's to say."""
 
     def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str,
                  *, reached: bool = True) -> None:
@@ -64,15 +67,6 @@ class ProviderError(RuntimeError):
         self.reached = reached
         where = f"HTTP {status}" if status else kind
         super().__init__(f"{provider} {model}: {where}: {message}")
-
-    @property
-    def prompt_billed(self) -> bool:
-        """Whether the provider may bill the prompt of the failed request: yes once the request
-        may have reached it, unless it answered with an HTTP error status instead (a refusal, a
-        5xx, Anthropic's 529 overload: the request was not run, and Google bills none that
-        failed so); no when it never got the request or something else answered in its place
-        (a proxy's page)."""
-        return self.reached and self.status is None
 
 
 StreamItem = str | Usage | llm.FunctionToolCall
@@ -200,10 +194,11 @@ class _ProviderBase:
         return ProviderError(self.name, self.model, "connection", None, message,
                              reached=reached)
 
-    def _bad_response(self, exc: Exception) -> ProviderError:
+    def _bad_response(self, exc: Exception, watch: RequestWatch) -> ProviderError:
         """An answer that is not the API's own (an HTML page, a cut-off stream), as one
         line with the start of what came. Something else may have answered in the provider's
-        place: nothing says the request reached it."""
+        place: nothing says the attempt it answered reached it."""
+        watch.refused()
         text = " ".join(str(exc).split())
         return ProviderError(self.name, self.model, "bad_response", None,
                              text[:160] + ("…" if len(text) > 160 else ""), reached=False)
@@ -278,17 +273,18 @@ class GeminiProvider(_ProviderBase):
                     yield item
                 chunk = await anext(chunks, None)
         except genai_errors.APIError as exc:
+            watch.refused()  # an error status, or an error in place of the stream's next chunk
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
             ) from exc
         except (genai_errors.UnknownApiResponseError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
-            raise self._bad_response(exc) from exc
+            raise self._bad_response(exc, watch) from exc
         except TimeoutError as exc:
-            raise self._timeout(watch.sent) from exc
+            raise self._timeout(watch.billed) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(repr(exc), watch.sent) from exc
+            raise self._unreachable(repr(exc), watch.billed) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -333,7 +329,7 @@ class ClaudeProvider(_ProviderBase):
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=retries,
             http_client=anthropic.DefaultAsyncHttpxClient(
-                verify=shared_tls_context(), event_hooks={"request": [watch_httpx2_request]}),
+                verify=shared_tls_context(), event_hooks=WATCHED_HTTPX2_HOOKS),
         )
 
     async def stream(
@@ -375,17 +371,17 @@ class ClaudeProvider(_ProviderBase):
                             call_id=block.id, name=block.name, arguments=json.dumps(block.input),
                         )
                 if not started:  # 200 with no message in it: a proxy's page, not the API's
-                    raise self._bad_response(ValueError("no message in the answer"))
+                    raise self._bad_response(ValueError("no message in the answer"), watch)
                 final = await stream.get_final_message()
         except (self._errors.APIResponseValidationError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
-            raise self._bad_response(exc) from exc
+            raise self._bad_response(exc, watch) from exc
         except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
-            raise self._timeout(watch.sent) from exc
+            raise self._timeout(watch.billed) from exc
         except self._errors.APIStatusError as exc:
             raise self._status_error(exc) from exc
         except (self._errors.APIConnectionError, httpx2.TransportError) as exc:
-            raise self._unreachable(str(exc), watch.sent) from exc
+            raise self._unreachable(str(exc), watch.billed) from exc
         yield _claude_usage(final.usage)
 
     def _status_error(self, exc: anthropic.APIStatusError) -> ProviderError:

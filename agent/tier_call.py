@@ -8,7 +8,7 @@ did with it. A provider failure, a timeout or an unusable reply is the call's er
 recorded, never raised. A call cancelled (a session closing before the keeper is done) is
 recorded too, billed like a cascade tier's: what the provider reported, else an estimate
 (`metering.settled_usage`), and nothing when no attempt of it had gone out (its `RequestWatch`:
-timed out or cancelled while still connecting).
+timed out or cancelled while still connecting) or every one that had was refused.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class MeteredTierCall:
         reported: Usage | None = None
         text, error, ended = "", None, False
         watch = RequestWatch()
-        prompt_billed: bool | None = None  # a provider's failure says; else what `watch` saw
         done: dict[str, int] = {}
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -67,7 +66,7 @@ class MeteredTierCall:
                         elif isinstance(item, str):
                             text += item
         except ProviderError as exc:
-            error, prompt_billed = str(exc), exc.prompt_billed
+            error = str(exc)
         except TimeoutError:
             error = f"{self._tier.provider} {self._tier.model}: no reply in time"
         except asyncio.CancelledError:
@@ -83,9 +82,7 @@ class MeteredTierCall:
             if error is not None:
                 log.warning("%s skipped: %s", self._task, error)
             usage, source = settled_usage(reported, prompt=prompt, received=text,
-                                          partial=not ended,
-                                          prompt_billed=watch.sent if prompt_billed is None
-                                          else prompt_billed)
+                                          partial=not ended, prompt_billed=watch.billed)
             self._meter.model_call(
                 provider=self._tier.provider, model=self._tier.model, usage=usage, images=0,
                 latency_ms=(time.perf_counter() - started) * 1000, error=error,

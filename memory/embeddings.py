@@ -60,8 +60,8 @@ class EmbeddingCall:
     them by whoever prices the call). A failed call says why in `error` ("cancelled" for one its
     caller stopped), and `billed` whether the provider may bill it all the same: yes once any
     attempt sent the request (memory/http_failures.py) and no HTTP error status or proxy's page
-    answered it; not when the connection was never made, or was still being made when the
-    call timed out or was cancelled."""
+    answered that attempt, whatever its retries did; not when the connection was never made,
+    or was still being made when the call timed out or was cancelled."""
 
     provider: str
     model: str
@@ -315,7 +315,8 @@ class GeminiEmbedder:
         from google.genai import errors, types
 
         from .db import masked_url
-        from .http_failures import GenaiClient, RequestWatch
+        from .genai_client import GenaiClient
+        from .http_failures import RequestWatch
 
         # a key in the URL's query is never said in an error
         self._where = masked_url(base_url) if base_url else "generativelanguage.googleapis.com"
@@ -327,8 +328,8 @@ class GeminiEmbedder:
         self._not_json = (errors.UnknownApiResponseError, json.JSONDecodeError)
         self._unreachable = (errors.APIError, *self._not_json, aiohttp.ClientError, OSError,
                              asyncio.TimeoutError)
-        # what answered the request without running it: an HTTP error status (Gemini bills
-        # none that failed so) or something else in its place (a proxy's page)
+        # what answered the latest attempt without running it: an HTTP error status (Gemini
+        # bills none that failed so) or something else in its place (a proxy's page)
         self._answered = (errors.APIError, *self._not_json)
         shared: dict[str, Any] = {"client_args": {"verify": tls},
                                   "async_client_args": {"verify": tls, "ssl": tls}} if tls else {}
@@ -341,8 +342,9 @@ class GeminiEmbedder:
         for start in range(0, len(texts), self.BATCH):
             batch = texts[start:start + self.BATCH]
             started = time.perf_counter()
-            # Gemini may bill a request once any attempt sent it (the SDK retries a server that
-            # hung up), answered or not: timed out, dropped or cancelled after that
+            # Gemini may bill a request once any attempt sent it and was not refused (the SDK
+            # retries a server that hung up or a 5xx), answered or not: timed out, dropped or
+            # cancelled after that, or followed by a retry that failed
             watch = self._watch()
             try:
                 with watch.active():
@@ -355,14 +357,15 @@ class GeminiEmbedder:
                 reason = ("its answer was not the API's JSON (a proxy's page?)"
                           if isinstance(exc, self._not_json)
                           else " ".join(str(exc).split())[:160] or type(exc).__name__)
-                self._called(batch, started, reason,
-                             billed=watch.sent and not isinstance(exc, self._answered))
+                if isinstance(exc, self._answered):
+                    watch.refused()
+                self._called(batch, started, reason, billed=watch.billed)
                 raise EmbeddingError(
                     f"Gemini embeddings ({self._model} at {self._where}) failed: {reason}; check "
                     f"the network and GOOGLE_API_KEY, or set SIGHTLINE_EMBEDDINGS=offline"
                 ) from None
             except asyncio.CancelledError:
-                self._called(batch, started, "cancelled", billed=watch.sent)
+                self._called(batch, started, "cancelled", billed=watch.billed)
                 raise
             self._called(batch, started, None)
             vectors += [e.values or [] for e in result.embeddings or []]

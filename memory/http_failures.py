@@ -1,48 +1,86 @@
-"""Whether a model or embedding request went out to its provider, which bills a prompt it
-received, answered or not. One rule for the chat providers (agent/providers.py), the cascade's
-own deadline (agent/cascade.py) and Gemini embeddings (memory/embeddings.py).
+"""Whether a model or embedding request may be billed by its provider, which bills a prompt it
+received and ran, answered or not. One rule for the chat providers (agent/providers.py), the
+cascade's own deadline (agent/cascade.py), the off-path tier calls (agent/tier_call.py) and
+Gemini embeddings (memory/embeddings.py).
 
-The failure a call ends with cannot say: the SDKs retry a connection that failed (anthropic a
-connect error or a timeout, google-genai's tenacity a server that hung up), so a first attempt
-that delivered the whole request and lost its answer ends, after a refused retry, in a
-"connection refused"; and a call the cascade's deadline or the user's cancel stopped says
-nothing of where it was. Each call is watched instead (`RequestWatch`): the HTTP clients the
-SDKs send with report each request as it is handed to a connection, to the watch active where
-it was made. Anthropic's httpx2 client reports through httpcore's `trace` extension
-(`watch_httpx2_request`, an event hook), google-genai's aiohttp session through a `TraceConfig`
-(`GenaiClient`: google-genai 3.4.0 sends with aiohttp when it is installed, falling back to
-httpx2, and its own session takes no trace). A call whose connection was refused, failed DNS or
-TLS, or was still connecting when its time ran out or it was cancelled, sent nothing.
+The failure a call ends with cannot say: the SDKs retry (anthropic a connect error, a timeout or
+a 5xx, google-genai's tenacity a server that hung up or a 5xx), so a first attempt that
+delivered the whole request and lost its answer ends, after a refused retry, in a "connection
+refused", or after a retry answered 500 in an HTTP 500; and a call the cascade's deadline or
+the user's cancel stopped says nothing of where it was. Each call is watched instead
+(`RequestWatch`), attempt by attempt: the HTTP clients the SDKs send with report each request
+as it is handed to a connection, and the status it was answered with, to the watch active where
+it was made. Anthropic's httpx2 client reports through httpcore's `trace` extension and its
+response hook (`WATCHED_HTTPX2_HOOKS`), google-genai's aiohttp session through a `TraceConfig`
+(`AIOHTTP_TRACE`, which memory/genai_client.py's `GenaiClient` sends with). An attempt whose
+connection was refused, failed DNS or TLS, or was still connecting when its time ran out or it
+was cancelled, sent nothing; one answered with an HTTP error status was not run.
 
-Imported where a provider's SDK is: memory/embeddings.py imports it with google-genai, and a
+Imported where a provider's SDK is: with agent/providers.py and memory/genai_client.py, so a
 command that never calls a provider pays for neither.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import httpx2
-from google import genai
-from google.genai import types as genai_types
-
-if TYPE_CHECKING:
-    from google.genai.client import AsyncClient
 
 
-class RequestWatch:
-    """One call's requests: `sent` once any of its attempts handed its request to a
-    connection, so the provider may have it (and bill it), whatever the call ended with."""
+class _Attempt:
+    """One attempt of a call: one request the SDK made. `sent` once its whole request was
+    handed to a connection; `refused` once it was answered without being run (an HTTP error
+    status, or, as the SDK's error says, an error or a page in place of the provider's answer).
+    It is httpcore's `trace` extension for its own request."""
 
-    __slots__ = ("sent",)
+    __slots__ = ("refused", "sent")
 
     def __init__(self) -> None:
         self.sent = False
+        self.refused = False
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        # httpcore's trace: "http11.send_request_body.complete" (or http2's) once it has
+        # written the whole request
+        if name.endswith(".send_request_body.complete"):
+            self.sent = True
+
+    def answered(self, status: int) -> None:
+        if status >= 400:
+            self.refused = True
+
+
+class RequestWatch:
+    """One call's attempts, the SDK's retries included. The provider may bill the call
+    (`billed`) when any attempt went out and was not refused, whatever the call ended with: a
+    later attempt answered 5xx, refused, or cut off while it still connected hides nothing an
+    earlier one cost."""
+
+    __slots__ = ("_attempts",)
+
+    def __init__(self) -> None:
+        self._attempts: list[_Attempt] = []
+
+    @property
+    def billed(self) -> bool:
+        return any(attempt.sent and not attempt.refused for attempt in self._attempts)
+
+    def refused(self) -> None:
+        """The call's error says its latest attempt was not run: an error in place of the
+        answer (google-genai's for an error status or an error in a 200 stream), or something
+        that is not the provider's answer (a proxy's page, a stream cut off mid-object)."""
+        if self._attempts:
+            self._attempts[-1].refused = True
+
+    def _attempt(self) -> _Attempt:
+        attempt = _Attempt()
+        self._attempts.append(attempt)
+        return attempt
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -55,76 +93,55 @@ class RequestWatch:
         finally:
             _ACTIVE.reset(token)
 
-    async def _httpcore_event(self, name: str, info: dict[str, Any]) -> None:
-        # httpcore's trace: "http11.send_request_body.complete" (or http2's) once it has
-        # written the whole request
-        if name.endswith(".send_request_body.complete"):
-            self.sent = True
-
 
 _ACTIVE: ContextVar[RequestWatch | None] = ContextVar("sightline_request_watch", default=None)
 
 
-async def watch_httpx2_request(request: httpx2.Request) -> None:
-    """httpx2 `request` event hook (anthropic's client): a request made under a watch reports
-    its writes to it. Each retry sends a request of its own, through here again."""
+async def _httpx2_request(request: httpx2.Request) -> None:
+    # each retry sends a request of its own, through here again
     watch = _ACTIVE.get()
     if watch is not None:
-        request.extensions["trace"] = watch._httpcore_event
+        request.extensions["trace"] = watch._attempt()
 
 
-async def _body_handed_over(session: aiohttp.ClientSession, context: Any,
+async def _httpx2_response(response: httpx2.Response) -> None:
+    attempt = response.request.extensions.get("trace")
+    if isinstance(attempt, _Attempt):
+        attempt.answered(response.status_code)
+
+
+# httpx2's `event_hooks` (anthropic's client): a request made under a watch is an attempt of it
+WATCHED_HTTPX2_HOOKS: dict[str, list[Callable[[Any], Awaitable[None]]]] = {
+    "request": [_httpx2_request], "response": [_httpx2_response]}
+
+
+async def _request_started(session: aiohttp.ClientSession, context: SimpleNamespace,
+                           params: aiohttp.TraceRequestStartParams) -> None:
+    # run by the requesting task; `context` is this request's alone (a retry makes its own)
+    watch = _ACTIVE.get()
+    context.attempt = watch._attempt() if watch is not None else None
+
+
+async def _body_handed_over(session: aiohttp.ClientSession, context: SimpleNamespace,
                             params: aiohttp.TraceRequestChunkSentParams) -> None:
-    # run by the task writing the body, which holds a copy of the requesting task's context
-    watch = _ACTIVE.get()
-    if watch is not None:
-        watch.sent = True
+    if context.attempt is not None:
+        context.attempt.sent = True
+
+
+async def _answered(session: aiohttp.ClientSession, context: SimpleNamespace,
+                    params: aiohttp.TraceRequestEndParams) -> None:
+    if context.attempt is not None:
+        context.attempt.answered(params.response.status)
 
 
 def _aiohttp_trace() -> aiohttp.TraceConfig:
     trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(_request_started)
     trace.on_request_chunk_sent.append(_body_handed_over)
+    trace.on_request_end.append(_answered)
     trace.freeze()
     return trace
 
 
-_SENDS = _aiohttp_trace()
-# what google-genai reads its aiohttp answers with (3.4.0's READ_BUFFER_SIZE): a streamed
-# chunk or an embedding batch's answer can be larger than aiohttp's 64 KiB default
-_READ_BUFFER = 2**22
-
-
-class GenaiClient:
-    """A google-genai client that sends through an aiohttp session of its own, made as
-    google-genai makes its own (no limit on connections, proxies from the environment) but
-    traced into the active `RequestWatch`. aiohttp binds a session to the event loop it is made
-    in: made at once where a loop runs (a session opening, so its first turn does not pay the
-    ~0.8 ms of a client), else where it is first used. `aclose` closes both."""
-
-    def __init__(self, api_key: str, options: genai_types.HttpOptions) -> None:
-        self._api_key, self._options = api_key, options
-        self._made: tuple[genai.Client, aiohttp.ClientSession] | None = None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._make()
-
-    def _make(self) -> tuple[genai.Client, aiohttp.ClientSession]:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), trust_env=True, read_bufsize=_READ_BUFFER,
-            trace_configs=[_SENDS])
-        client = genai.Client(api_key=self._api_key, http_options=self._options.model_copy(
-            update={"aiohttp_client": session}))
-        self._made = (client, session)
-        return self._made
-
-    @property
-    def aio(self) -> AsyncClient:
-        return (self._made or self._make())[0].aio
-
-    async def aclose(self) -> None:
-        if self._made is not None:
-            client, session = self._made
-            await client.aio.aclose()
-            await session.close()
+# what an aiohttp session sends with so its requests under a watch are attempts of it
+AIOHTTP_TRACE = _aiohttp_trace()

@@ -7,8 +7,10 @@ the user hears that it broke off); one cut off before its request went out, refu
 provider, or never sent (the connection refused, or timed out: the user hears the model could
 not be reached) is billed nothing (tests/test_request_reached.py: retries, a turn cut off
 while it still connects); a memory call cancelled by the session's close is in the ledger;
-speech spend counts against the budgets as it counts in the session's total. Through the real
-SDK clients against the wire-format server (and sockets that take no request).
+speech spend counts against the budgets as it counts in the session's total; a screen not
+sent again saved what its frame would have cost less the screenshot held instead, at that one's
+place in Claude's cache (written, then read). Through the real SDK clients against the
+wire-format server (and sockets that take no request).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from aiohttp import web
 from livekit.agents import llm
 from synthetic_screen import Desk
+from test_cascade import CachesImages, reply
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM
@@ -31,10 +34,14 @@ from agent.config import Settings, Tier
 from agent.images import ImageBill, ImageEncoder
 from agent.pricing import PriceTable, Usage, estimate_text_tokens
 from agent.providers import make_provider
+from agent.screen_context import ScreenContext
 from agent.session_record import SessionRecord
 from agent.speech import build_speech
 from agent.tier_call import MeteredTierCall
+from agent.turn_context import TurnContext
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
 
 GEMINI = Tier("gemini", "gemini-2.5-flash", 0.0, 256)
 CLAUDE = Tier("anthropic", "claude-sonnet-4-6", 0.0, 256)
@@ -331,3 +338,43 @@ async def test_speech_spend_counts_against_the_budget(tmp_path: Path) -> None:
     assert guard.session_spent_usd == pytest.approx(summary["total_cost_usd"])
     assert [e["detail"]["threshold"] for e in ledger(record, ("budget",))] == [0.7, 0.9, 1.0]
     assert guard.tier_cap() == 0
+
+
+async def test_a_screen_not_sent_again_saved_by_the_place_of_the_screenshot_held_instead(
+    tmp_path: Path,
+) -> None:
+    """While the screen is unchanged a question sends no new frame: the request holds the
+    screenshot an earlier question carried, which the first request that carries it past the
+    cache mark writes to Claude's cache (at 1.25x fresh input) and the next reads. The frame
+    left out saved its tokens at the fresh rate less the rate of that place, as the carried
+    screenshot's own share is priced; it was priced as read from the cache every time, so the
+    write's extra cost showed as a saving."""
+    record = open_record(tmp_path)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, "changed"))
+    desk = Desk()
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content=INSTRUCTIONS)
+    async with CachesImages(replies=[ScriptedReply(text="[[confidence: 0.9]] Exit 2.")]) as server:
+        model = CascadeLLM([CLAUDE], [make_provider(settings(tmp_path, server), CLAUDE)],
+                           record.meter, 60.0, ImageEncoder("medium"))
+        try:
+            for t, asked in enumerate(["What failed?", "Which step ran last?", "Its log?"]):
+                screen.offer(float(t), desk.frame())  # the same screen every time
+                ctx.add_message(role="user", content=asked)
+                ctx.add_message(role="assistant", content=await reply(model,
+                                                                      await turn.build(ctx)))
+        finally:
+            await model.aclose()
+    summary = await record.close()
+    first, written, read = ledger(record, ("model_call",))
+    assert [c["image_tokens_unsent"] for c in (first, written, read)] == [0, 1199, 1199]
+    assert written["cache_write_tokens"] > 1199 and read["cached_input_tokens"] > 1199
+    sonnet = PriceTable.load().get(CLAUDE.model)
+    assert sonnet is not None
+    assert [c["image_unsent_saved_usd"] for c in (first, written, read)] == [0.0, *(
+        pytest.approx(1199 * (sonnet.input_per_mtok - rate) / 1e6)
+        for rate in (sonnet.cache_write_per_mtok, sonnet.cached_input_per_mtok))]
+    assert written["image_unsent_saved_usd"] < 0 < read["image_unsent_saved_usd"]
+    assert summary["images"]["unsent_saved_usd"] == pytest.approx(
+        written["image_unsent_saved_usd"] + read["image_unsent_saved_usd"])

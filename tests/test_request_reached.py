@@ -1,9 +1,12 @@
 """Whether a failed model or embedding request reached its provider, as the HTTP client that
-sent it says, not as the failure the call ended with.
+sent it says, attempt by attempt, not as the failure the call ended with.
 
 Protects: a call whose first attempt delivered its whole request and lost the answer is billed
 its estimate, and the user hears the connection broke off, though the SDK's retry was refused
-(it was billed nothing, the model said "could not be reached"); a turn cut off while its
+(it was billed nothing, the model said "could not be reached"), and so is a call or an
+embedding whose retries were answered HTTP 500 (billed nothing); a call whose one attempt that
+went out was answered HTTP 500, its retry refused, is billed nothing and "could not be reached"
+(it was billed its estimate, and the connection "broke off"); a turn cut off while its
 request still connects (the cascade's own deadline, the user's cancel) is billed nothing, and
 past the deadline the model "could not be reached" (it was billed the prompt, told "took too
 long"); a Gemini embedding cancelled is in the ledger, billed once Gemini had it and unbilled
@@ -19,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from test_command_costs import QUESTION, billed, logged
-from test_cost_records import CLAUDE, GEMINI, ledger, open_record, question, settings
+from test_cost_records import (
+    CLAUDE,
+    GEMINI,
+    ask_once,
+    assert_billed_the_prompt,
+    ledger,
+    open_record,
+    question,
+    settings,
+)
 
 from agent.cascade import CascadeLLM
 from agent.config import Tier
@@ -30,19 +43,26 @@ from agent.metering import CostMeter
 from agent.pricing import PriceTable
 from agent.providers import make_provider
 from agent.tier_call import MeteredTierCall
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.embeddings import EmbeddingError, GeminiEmbedder
 from memory.keeper import memory_prompt
 
 IMAGE_TOKENS = {GEMINI.model: 516, CLAUDE.model: 1199}  # the question's screenshot, as sent
+_ERROR = (b'{"type": "error", "error": {"type": "api_error", "code": 500, "status": "INTERNAL", '
+          b'"message": "Internal error"}}')  # Anthropic's error and Gemini's in one
+SERVER_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_ERROR), _ERROR))
 
 
 class OneRequest:
     """A local listener that reads one HTTP request whole (`bodies`: each one's length), then
-    either stops listening and hangs up without a word (`hang_up`: the SDK's retry is refused)
-    or holds the connection, never answering. `arrived` is set once a request was read."""
+    either stops listening and hangs up (`hang_up`: the SDK's retry is refused), without a word
+    or once it wrote `answer`, or holds the connection, never answering. `arrived` is set once
+    a request was read."""
 
-    def __init__(self, *, hang_up: bool) -> None:
+    def __init__(self, *, hang_up: bool, answer: bytes = b"") -> None:
         self.hang_up = hang_up
+        self.answer = answer
         self.bodies: list[int] = []
         self.arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -56,6 +76,8 @@ class OneRequest:
         if self.hang_up:
             assert self._server is not None
             self._server.close()
+            writer.write(self.answer)
+            await writer.drain()
         else:
             await reader.read()  # until the client leaves
         writer.close()
@@ -104,15 +126,7 @@ async def test_a_call_whose_first_attempt_went_out_is_billed_though_its_retry_wa
     record = open_record(tmp_path)
     server = OneRequest(hang_up=True)
     async with server as url:
-        model = CascadeLLM([tier], [make_provider(settings(tmp_path, url,
-                                                          SIGHTLINE_MODEL_RETRIES="1"), tier)],
-                           record.meter, 60.0, ImageEncoder("medium"))
-        try:
-            async with model.chat(chat_ctx=question()) as stream:
-                heard = "".join([c.delta.content async for c in stream
-                                 if c.delta and c.delta.content])
-        finally:
-            await model.aclose()
+        heard = await ask_once(tmp_path, record, tier, url, SIGHTLINE_MODEL_RETRIES="1")
     assert len(server.bodies) == 1  # the retry found nobody listening
     assert heard == (f"Sorry, the connection to the model ({tier.model}) broke off, so I have "
                      "no answer. Please ask again.")
@@ -120,6 +134,63 @@ async def test_a_call_whose_first_attempt_went_out_is_billed_though_its_retry_wa
     assert call["kind"] == "model_error" and call["detail"]["usage"] == "estimated"
     assert call["input_tokens"] > call["image_tokens"] == IMAGE_TOKENS[tier.model]
     assert call["cost_usd"] > call["image_cost_usd"] > 0
+
+
+class HangsUpThenFails(ScriptedModelServer):
+    """Takes each request whole: hangs up on the first without a word, and answers every one
+    after it with an HTTP 500, the provider's own error (an embedding's too)."""
+
+    def __init__(self) -> None:
+        super().__init__(replies=[ScriptedReply(status=500)])
+
+    def _capture(self, request: web.Request, *args: Any, **kwargs: Any) -> CapturedRequest:
+        captured = super()._capture(request, *args, **kwargs)
+        if len(self.requests) == 1:
+            assert request.transport is not None
+            request.transport.close()
+        return captured
+
+    async def _gemini_embed(self, request: web.Request, model: str) -> web.Response:
+        vectors = await super()._gemini_embed(request, model)
+        return vectors if len(self.requests) == 1 else self._gemini_error(500, "scripted")
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+async def test_a_call_whose_first_attempt_went_out_is_billed_though_its_retries_answered_500(
+    tmp_path: Path, tier: Tier,
+) -> None:
+    """Both SDKs retry a 500 as they retry a server that hung up: the last attempt's HTTP 500
+    (the provider ran nothing of it) hid the first one, taken whole and dropped."""
+    record = open_record(tmp_path)
+    async with HangsUpThenFails() as server:
+        heard = await ask_once(tmp_path, record, tier, server.base_url,
+                               SIGHTLINE_MODEL_RETRIES="2")
+    assert len(server.requests) == 3
+    assert heard == (f"Sorry, the model ({tier.model}) had an internal error, so I have no "
+                     "answer. Please ask again.")
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["kind"] == "model_error" and "HTTP 500" in call["detail"]["error"]
+    assert_billed_the_prompt(call, server.requests[0])
+    assert call["image_cost_usd"] > 0
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+async def test_a_call_whose_one_attempt_that_went_out_was_answered_500_is_billed_nothing(
+    tmp_path: Path, tier: Tier,
+) -> None:
+    """An attempt answered HTTP 500 was not run, and the SDK's retry after it was refused:
+    nothing the provider ran went out (it was billed the prompt's estimate, and the user heard
+    that the connection broke off)."""
+    record = open_record(tmp_path)
+    server = OneRequest(hang_up=True, answer=SERVER_ERROR)
+    async with server as url:
+        heard = await ask_once(tmp_path, record, tier, url, SIGHTLINE_MODEL_RETRIES="1")
+    assert len(server.bodies) == 1  # the retry found nobody listening
+    assert heard == (f"Sorry, the model ({tier.model}) could not be reached, so I have no "
+                     "answer. Please ask again.")
+    (call,) = ledger(record, ("model_call", "model_error"))
+    unbilled(call)
+    assert call["image_tokens"] == IMAGE_TOKENS[tier.model] and call["image_cost_usd"] == 0.0
 
 
 @pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
@@ -182,6 +253,22 @@ async def test_an_embedding_whose_first_attempt_went_out_is_billed_though_its_re
         finally:
             await client.aclose()
     assert len(server.bodies) == 1
+    (event,) = logged(tmp_path)
+    assert event["kind"] == "model_error" and event["detail"]["usage"] == "estimated"
+    assert event["input_tokens"] == billed([QUESTION]) > 0
+
+
+async def test_an_embedding_whose_first_attempt_went_out_is_billed_though_its_retries_answered_500(
+    meter: CostMeter, tmp_path: Path,
+) -> None:
+    async with HangsUpThenFails() as server:
+        client = embedder(server.base_url, meter, retries=2)
+        try:
+            with pytest.raises(EmbeddingError, match="500"):
+                await client.embed_query(QUESTION)
+        finally:
+            await client.aclose()
+    assert len(server.requests) == 3
     (event,) = logged(tmp_path)
     assert event["kind"] == "model_error" and event["detail"]["usage"] == "estimated"
     assert event["input_tokens"] == billed([QUESTION]) > 0
