@@ -35,6 +35,14 @@ when they left may still be closing, so its memory exchanges are left to it. Aft
 (the looks of the workers that found it claimed, or that dispatched it) it is that loss's, and
 counts against `MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
 
+The agent is for the room's user alone: the one its latest session served (Postgres records
+whom each served), or, before any, whoever is there (the agent takes the first to join). A
+bystander who stays after the user left (a second person, a recorder) is dispatched no agent.
+An agent `AGENT_JOIN_S` late cannot be told from one that left (LiveKit lists both jobs as
+running): its job is dispatched anew under a claim on its identity, and should it join after
+all, the workers that hear it join find that claim and remove it (`turn_away`); the claimant
+looks at the room again after its claim, so one that joined before the claim is kept instead.
+
 Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, a
 server takes the call and does not answer until `livekit_api` gives up, the database is away
 for a moment), and no later webhook names the same loss or arrival: a worker that gave up at
@@ -50,7 +58,8 @@ claim (an unplaced dispatch, or a refusal); a call that failed may still have re
 (its answer lost to a timeout), which the next try checks for before asking a second time. The
 workers that found a lost agent claimed watch the room as after an arrival, and a worker that
 shuts down (`Redispatcher.aclose`) hands back the claims of the dispatches it had not made, so
-that one of them takes the room over at its next look.
+that one of them takes the room over at its next look (those committed as it cancelled the
+look that asked for them too: a claim is taken in a task of its own, which `aclose` waits for).
 """
 
 from __future__ import annotations
@@ -70,7 +79,7 @@ from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
 from memory.db import Database, DatabaseUnavailable
-from memory.redispatches import Claim, claim, release
+from memory.redispatches import Claim, claim, claimed, release, room_user
 from memory.spill_files import event_log_path
 from memory.store import Store
 
@@ -142,6 +151,7 @@ class Redispatcher:
         # claims (room sid, identity) this worker could not hand back (Postgres away too): its
         # own, so its next look goes on with them instead of finding them TAKEN by itself
         self._unreleased: set[tuple[str, str]] = set()
+        self._claiming: set[asyncio.Task[Claim]] = set()  # claims being taken (`_claim`)
 
     async def start(self) -> None:
         app = web.Application()
@@ -154,9 +164,9 @@ class Redispatcher:
 
     async def aclose(self) -> None:
         """Stop listening and looking, then hand back the claims of the dispatches this worker
-        did not make (a recovery still asking LiveKit, a claim it could not hand back before):
-        the other workers found them TAKEN, and only their release lets one of them claim the
-        room's user at its next look."""
+        did not make (a recovery still asking LiveKit, a claim it could not hand back before,
+        one committed as its look was cancelled): the other workers found them TAKEN, and only
+        their release lets one of them claim the room's user at its next look."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -164,6 +174,7 @@ class Redispatcher:
         for task in work:
             task.cancel()
         await asyncio.gather(*work, return_exceptions=True)
+        await asyncio.gather(*self._claiming, return_exceptions=True)  # what they take is ours
         for room_sid, identity in sorted(self._working | self._unreleased):
             await self._release(room_sid, identity)
         if self._db is not None:
@@ -181,6 +192,9 @@ class Redispatcher:
         if event.event == "participant_left" and self._is_ours(event.participant):
             self._track(self.recover(event.room.name, event.room.sid,
                                      event.participant.identity), "redispatch")
+        elif event.event == "participant_joined" and self._is_ours(event.participant):
+            self._track(self.turn_away(event.room.name, event.room.sid,
+                                       event.participant.identity), "replaced")
         elif (event.event == "participant_joined"
               and event.participant.kind == models.ParticipantInfo.Kind.STANDARD):
             self._track(self.place_when_free(event.room.name, event.room.sid, rejoin=True),
@@ -198,8 +212,8 @@ class Redispatcher:
                 and participant.attributes.get(AGENT_NAME_ATTRIBUTE) == self._settings.agent_name)
 
     async def _waiting(self, lk: api.LiveKitAPI, room: str) -> list[models.ParticipantInfo]:
-        """The users in `room` while no agent of ours is there (none: the room is gone, empty,
-        or served)."""
+        """The people in `room` while no agent of ours is there (none: the room is gone, empty,
+        or served); `_theirs` tells which of them the agent is for."""
         try:
             listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
         except api.TwirpError as exc:
@@ -210,6 +224,28 @@ class Redispatcher:
             return []
         return [p for p in listed.participants
                 if p.kind == models.ParticipantInfo.Kind.STANDARD]
+
+    async def _user(self, room: str, ours: list[agent_dispatch.AgentDispatch]) -> str | None:
+        """Whom `room`'s agent is for: the user of its latest session since its first dispatch
+        of ours, `ours` (`redispatches.room_user`); None before any, or with none recorded (a
+        session that could not reach Postgres), when it is whoever joins first, as for the
+        agent itself."""
+        first = min((d.state.created_at for d in ours), default=None)
+        if first is None:
+            return None
+        return await room_user(await self._pool(), room=room, since_ns=first)
+
+    @staticmethod
+    def _theirs(people: list[models.ParticipantInfo], user: str | None,
+                room: str) -> list[models.ParticipantInfo]:
+        """Those of `people` the agent of `room` is for: its `user` (everyone, when None). A
+        bystander who stays after the user left (a second person, a recorder) is not
+        dispatched an agent under their own identity."""
+        theirs = [p for p in people if user is None or p.identity == user]
+        if people and not theirs:
+            log.info("%s stayed in room %s, whose user %s left: no agent for them",
+                     ", ".join(p.identity for p in people), room, user)
+        return theirs
 
     async def _ours(self, lk: api.LiveKitAPI, room: str) -> list[agent_dispatch.AgentDispatch]:
         """Our agent's dispatches in `room` (none when the room is gone)."""
@@ -258,6 +294,7 @@ class Redispatcher:
         before: set[str] | None = None  # our dispatches in the room when LiveKit was first asked
         lost: list[str] = []
         people: list[models.ParticipantInfo] = []
+        user: str | None = None  # whom the room's agent is for, read before the claim
         wait_s = UNPLACED_CHECK_S
         while True:
             delay_s = self._retry_in(wait_s)  # before the next try, should this one fail
@@ -267,6 +304,9 @@ class Redispatcher:
                     if before is not None and any(
                             d.id not in before for d in await self._ours(lk, room)):
                         break  # the call that failed reached LiveKit; its answer did not come
+                    if people and not held:
+                        user = await self._user(room, await self._ours(lk, room))
+                    people = self._theirs(people, user, room)
                     if not people:
                         if held:
                             await self._release(room_sid, lost_identity)
@@ -275,9 +315,8 @@ class Redispatcher:
                         # read before the claim, which needs the database as well
                         lost = [s["id"] for s in
                                 await Store(await self._pool()).open_sessions(room)]
-                        claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
-                                              lost_identity=lost_identity,
-                                              max_per_room=MAX_PER_ROOM, within_s=WITHIN_S)
+                        claimed = await self._claim(room, room_sid, lost_identity, "lost",
+                                                    MAX_PER_ROOM)
                         if claimed is Claim.TOO_OFTEN:
                             log.error("room %s lost its agent %s again: it was dispatched %d "
                                       "times in %.0f minutes already, so not again", room,
@@ -288,7 +327,7 @@ class Redispatcher:
                         if claimed is not Claim.CLAIMED:
                             return False
                         held = True
-                        self._working.add((room_sid, lost_identity))
+                        continue  # look again: an agent that joined before the claim is seen
                     ours = await self._ours(lk, room)
                     latest = _latest(ours)
                     before = {d.id for d in ours}
@@ -356,6 +395,9 @@ class Redispatcher:
                 if not people:
                     return False  # an agent of ours is there, or no user is
                 ours = await self._ours(lk, room)
+                people = self._theirs(people, await self._user(room, ours), room)
+                if not people:
+                    return False
                 jobs = [job for d in ours for job in d.state.jobs]
                 assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
                 if any(job.state.status == agent.JobStatus.JS_PENDING
@@ -434,18 +476,19 @@ class Redispatcher:
 
     async def _dispatch(self, lk: api.LiveKitAPI, room: str, room_sid: str, identity: str,
                         reason: str, max_per_room: int, metadata: str) -> Claim:
-        """Claim `identity` in `room` (`redispatches.claim`) and, when this worker has it,
-        dispatch the agent with `metadata`. A creation LiveKit did not take hands the claim
-        back and raises; a claim this worker could not hand back earlier is its own still."""
+        """Claim `identity` in `room` (`_claim`) and, when this worker has it and still finds
+        no agent of ours there (one that joined before the claim: see `turn_away`), dispatch
+        the agent with `metadata`; an agent found hands the claim back, `TAKEN`: the next look
+        ends there. A creation LiveKit did not take hands the claim back and raises; a claim
+        this worker could not hand back earlier is its own still."""
         if (room_sid, identity) in self._unreleased:
-            claimed = Claim.CLAIMED
-        else:
-            claimed = await claim(await self._pool(), room=room, room_sid=room_sid,
-                                  lost_identity=identity, max_per_room=max_per_room,
-                                  within_s=WITHIN_S, reason=reason)
-        if claimed is not Claim.CLAIMED:
+            self._working.add((room_sid, identity))
+        elif (claimed := await self._claim(room, room_sid, identity, reason,
+                                           max_per_room)) is not Claim.CLAIMED:
             return claimed
-        self._working.add((room_sid, identity))
+        if not await self._waiting(lk, room):
+            await self._release(room_sid, identity)
+            return Claim.TAKEN
         try:
             await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                 agent_name=self._settings.agent_name, room=room, metadata=metadata))
@@ -455,6 +498,48 @@ class Redispatcher:
         self._working.discard((room_sid, identity))
         self._unreleased.discard((room_sid, identity))
         return Claim.CLAIMED
+
+    async def _claim(self, room: str, room_sid: str, identity: str, reason: str,
+                     max_per_room: int) -> Claim:
+        """`redispatches.claim`, in a task of its own that a cancelled look does not cancel:
+        `aclose` waits for it, and a claim it took (`_working`, from the moment it is taken) is
+        handed back even when it was committed as the look that asked for it was cancelled."""
+        async def claiming() -> Claim:
+            taken = await claim(await self._pool(), room=room, room_sid=room_sid,
+                                lost_identity=identity, max_per_room=max_per_room,
+                                within_s=WITHIN_S, reason=reason)
+            if taken is Claim.CLAIMED:
+                self._working.add((room_sid, identity))
+            return taken
+
+        task = asyncio.create_task(claiming(), name="claim")
+        self._claiming.add(task)
+        task.add_done_callback(self._claiming.discard)
+        return await asyncio.shield(task)
+
+    async def turn_away(self, room: str, room_sid: str, identity: str) -> bool:
+        """An agent of ours joined `room`: remove it when its identity is claimed there, a job
+        given up for gone and dispatched anew (its agent took longer than `AGENT_JOIN_S` to
+        join, or left and came back), so that the user does not have two agents; True when
+        this worker removed it. LiveKit cannot tell a job whose agent is still coming from one
+        whose agent left (it lists both as running), but the claim can: the claimant looks at
+        the room again after its claim, so an agent that joined before it is seen there (and
+        the claim handed back), and one that joins after it is removed here."""
+        try:
+            if not await claimed(await self._pool(), room_sid=room_sid, lost_identity=identity):
+                return False
+            async with self._api() as lk:
+                await lk.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room, identity=identity))
+        except FAILURES as exc:
+            if isinstance(exc, api.TwirpError) and exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return False  # gone already: another worker removed it, or it left
+            log.error("could not remove the agent %s from room %s, which was dispatched its "
+                      "agent again before it joined: %s", identity, room, exc)
+            return False
+        log.warning("removed the agent %s from room %s: it joined after the room was "
+                    "dispatched its agent again", identity, room)
+        return True
 
     async def close_lost(self, room: str, session_ids: list[str]) -> None:
         """Close the records of the sessions lost with `room`'s agent once they have had

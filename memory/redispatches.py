@@ -11,6 +11,8 @@ import asyncpg
 
 from .backlog import release_lost
 
+_IS_CLAIMED = "SELECT true FROM redispatches WHERE room_sid = $1 AND lost_identity = $2"
+
 
 class Claim(Enum):
     CLAIMED = "claimed"  # this caller re-dispatches
@@ -35,9 +37,7 @@ async def claim(pool: asyncpg.Pool, *, room: str, room_sid: str, lost_identity: 
     async with pool.acquire() as conn, conn.transaction():
         # one claimant per room at a time, so the count below cannot be raced past the limit
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", room_sid)
-        if await conn.fetchval(
-                "SELECT true FROM redispatches WHERE room_sid = $1 AND lost_identity = $2",
-                room_sid, lost_identity):
+        if await conn.fetchval(_IS_CLAIMED, room_sid, lost_identity):
             return Claim.TAKEN
         recent = await conn.fetchval(
             "SELECT count(*) FROM redispatches WHERE room_sid = $1 AND reason = $3"
@@ -62,3 +62,22 @@ async def release(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> b
         "DELETE FROM redispatches WHERE room_sid = $1 AND lost_identity = $2 RETURNING true",
         room_sid, lost_identity)
     return bool(deleted)
+
+
+async def claimed(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> bool:
+    """Whether `lost_identity` is claimed in the room `room_sid`: an agent that joins under a
+    claimed identity was given up for gone and dispatched anew (agent/redispatch.py removes
+    it, so that its user does not have two)."""
+    return bool(await pool.fetchval(_IS_CLAIMED, room_sid, lost_identity))
+
+
+async def room_user(pool: asyncpg.Pool, *, room: str, since_ns: int) -> str | None:
+    """The user of the latest live session of `room` started since `since_ns` (nanoseconds
+    since the epoch, LiveKit's time of the room's first dispatch of the agent: a room name used
+    again does not name its earlier users), the one the room's agent is dispatched for; None
+    when there is none."""
+    user: str | None = await pool.fetchval(
+        "SELECT user_id FROM sessions WHERE room = $1 AND source = 'live'"
+        " AND started_at >= to_timestamp($2) ORDER BY started_at DESC LIMIT 1",
+        room, since_ns / 1e9)
+    return user

@@ -10,7 +10,9 @@ mid-session is replaced by the other, which recalls the conversation from Postgr
 analyses the exchange whose memory call the killed one never heard back from; a user who
 comes while the fleet is full gets an agent once a worker has room, and one who comes back
 after their session ended gets an agent again; a worker that shuts down while asking LiveKit
-again hands the room to another; a refusal LiveKit will not change is one line, not retried.
+again hands the room to another; a refusal LiveKit will not change is one line, not retried;
+a bystander who stays after the user left gets no agent; an agent that joins after its job was
+dispatched anew is removed; a claim committed as its worker shuts down is handed back.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import logging
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -34,6 +38,7 @@ from aiohttp import web
 from conftest import answering, fresh_database
 from google.protobuf.json_format import MessageToJson
 from livekit import api, rtc
+from livekit.agents import AgentServer, JobContext, JobExecutorType
 from livekit.protocol import models as lk_models
 from PIL import Image, ImageDraw
 from test_e2e_livekit import sample, scrape
@@ -51,6 +56,7 @@ from bench.livekit_harness import (
     run_livekit_server,
     start_worker,
 )
+from memory.redispatches import Claim, claim
 
 pytestmark = pytest.mark.e2e
 
@@ -618,3 +624,155 @@ async def test_a_refusal_that_asking_again_cannot_change_is_one_line_and_no_more
     assert refusal.endswith("; not asking again")
     assert len([m for m in caplog.messages if "again" in m and room in m]) == 2  # 503, refusal
     assert not any(r.exc_info for r in caplog.records)
+
+
+async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
+    """The identities of the agents in `room` now, as LiveKit lists them."""
+    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+    return [p.identity for p in listed.participants
+            if p.kind == lk_models.ParticipantInfo.Kind.AGENT]
+
+
+async def test_a_bystander_who_stays_after_the_user_left_is_dispatched_no_agent(
+    livekit: LiveKitServer, fleet: Fleet, settings: Settings, fleet_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second person stays in the room when its user leaves: the session ends and its agent
+    leaves with it, and neither the agent's leaving nor a look at the room dispatches an agent
+    for the bystander. The user coming back is dispatched one."""
+    monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
+    await fleet.stop()
+    fleet.start("bystander")
+    room = "fleet-bystander"
+    await open_room(livekit, room)
+    user, bystander, back = (new_user(livekit, room) for _ in range(3))
+    watcher = redispatcher(settings, fleet_database_url, livekit.http_url, AGENT_NAME)
+    try:
+        await user.join("bystander-user")
+        first_agent = (await user.wait_for_agent(timeout_s=60)).identity
+        await _stored(fleet_database_url, room,
+                      query="SELECT count(*) FROM sessions WHERE room = $1")
+        await bystander.connect("bystander-guest")
+        await leave_all([user])
+        deadline = time.monotonic() + 30
+        while first_agent in await agents_in(livekit, room):  # its session ended
+            assert time.monotonic() < deadline, "the agent stayed after its user left"
+            await asyncio.sleep(0.3)
+        sid = await room_sid(livekit, room)
+        assert await watcher.recover(room, sid, first_agent) is False
+        assert await watcher.place_again(room, sid, rejoin=True) is False
+        assert await claims(fleet_database_url, sid) == []
+        await back.connect("bystander-user")
+        assert await watcher.place_again(room, sid, rejoin=True) is True
+        assert (await back.wait_for_agent(timeout_s=60)).identity != first_agent
+    finally:
+        await leave_all([user, bystander, back])
+        await watcher.aclose()
+    assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
+
+
+LATE_AGENT = "sightline-late"  # served by this process's own worker, whose first agent is late
+
+
+async def test_an_agent_that_joins_after_its_job_was_dispatched_anew_is_removed(
+    livekit: LiveKitServer, fleet: Fleet, settings: Settings, webhook_ports: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LiveKit lists a job whose agent is still coming as it lists one whose agent left: as
+    running. A job whose agent has not joined `AGENT_JOIN_S` after its assignment is
+    dispatched anew, claimed as that agent; when the late agent joins after all, the watcher
+    that hears it join removes it: the user has one agent, the new one."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 0.5)
+    await fleet.stop()  # LiveKit's webhooks reach the watcher in this process instead
+    late = threading.Event()  # set: the first job's agent joins at last
+    jobs: list[str] = []
+    joined: list[str] = []
+    server = AgentServer(ws_url=livekit.ws_url, api_key=API_KEY, api_secret=API_SECRET,
+                         job_executor_type=JobExecutorType.THREAD, num_idle_processes=1,
+                         load_fnc=lambda: 0.0, load_threshold=1.0, port=free_port())
+
+    @server.rtc_session(agent_name=LATE_AGENT)
+    async def agent_late_at_first(ctx: JobContext) -> None:
+        jobs.append(ctx.job.id)
+        if len(jobs) == 1:
+            await asyncio.to_thread(late.wait, 30)
+        await ctx.connect()
+        joined.append(ctx.job.id)
+
+    running = asyncio.create_task(server.run())
+    room = "fleet-late-agent"
+    user = User(livekit, room, agent_name=LATE_AGENT, metadata={"tenant": "fleet"},
+                frames=SCREENS)
+    database_url = settings.database_url or ""
+    watcher = redispatcher(settings, database_url, livekit.http_url, LATE_AGENT,
+                           webhook_ports[0])
+    try:
+        deadline = time.monotonic() + 30
+        while server.id == "unregistered":
+            assert time.monotonic() < deadline, "the late agent's worker never registered"
+            await asyncio.sleep(0.1)
+        await user.join("late-user")
+        await watcher.start()
+        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+            while not (assigned := [
+                    job.state.participant_identity
+                    for d in await lk.agent_dispatch.list_dispatch(room_name=room)
+                    for job in d.state.jobs if job.state.participant_identity]):
+                assert time.monotonic() < deadline, "no worker took the late agent's job"
+                await asyncio.sleep(0.1)
+        [late_agent] = assigned
+        await asyncio.sleep(0.6)  # past AGENT_JOIN_S: its agent is given up for gone
+        sid = await room_sid(livekit, room)
+        assert await watcher.place_again(room, sid, rejoin=True) is True
+        assert await claims(database_url, sid) == [(late_agent, "rejoin")]
+        new_agent = (await user.wait_for_agent(timeout_s=30)).identity
+        assert new_agent != late_agent
+        late.set()
+        deadline = time.monotonic() + 30
+        while len(joined) < 2 or await agents_in(livekit, room) != [new_agent]:
+            assert time.monotonic() < deadline, (joined, await agents_in(livekit, room))
+            await asyncio.sleep(0.2)
+    finally:
+        late.set()
+        await leave_all([user])
+        await watcher.aclose()
+        await server.aclose()
+        await asyncio.gather(running, return_exceptions=True)
+    assert (f"removed the agent {late_agent} from room {room}: it joined after the room was "
+            "dispatched its agent again") in caplog.messages
+
+
+async def test_a_claim_committed_as_the_worker_shuts_down_is_handed_back(
+    livekit: LiveKitServer, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker shutting down cancels its recoveries; one whose claim on a lost agent Postgres
+    had committed, its answer still on its way back, hands that claim back too, so that
+    another worker may claim the room's user at its next look."""
+    committed = asyncio.Event()
+
+    async def answered_late(*args: Any, **kwargs: Any) -> Claim:
+        taken = await claim(*args, **kwargs)
+        committed.set()
+        await asyncio.sleep(0.5)  # the answer on its way back from Postgres
+        return taken
+
+    monkeypatch.setattr("agent.redispatch.claim", answered_late)
+    room = "fleet-claim-at-close"
+    user = new_user(livekit, room)
+    port = free_port()
+    database_url = settings.database_url or ""
+    watcher = redispatcher(settings, database_url, livekit.http_url, AGENT_NAME, port)
+    try:
+        await user.connect("claim-at-close-user")
+        sid = await room_sid(livekit, room)
+        await watcher.start()
+        await agent_left(port, room, sid, "agent-AJ_lost")
+        await asyncio.wait_for(committed.wait(), 30)
+        await watcher.aclose()
+        assert await claims(database_url, sid) == []
+    finally:
+        await leave_all([user])
+        await watcher.aclose()
