@@ -207,9 +207,12 @@ async def vectors_checked(statement: Awaitable[T]) -> T:
 
 
 def storable(text: str) -> str:
-    """`text` as Postgres can store it: its text type cannot hold NUL characters (a chat
-    message, a screen read or a corpus line with one would fail the whole insert)."""
-    return text.replace("\x00", "")
+    """`text` as Postgres can store it, without NUL characters (its text type holds none) and
+    lone surrogates (half a UTF-16 pair, as a JSON escape such as "\\ud800" in a model's reply
+    or a transcript yields: UTF-8, what asyncpg sends, has no form for one). One such character
+    in a chat message, a screen read, a corpus line or a fact the memory keeper writes would
+    fail the whole insert, for every row of its batch."""
+    return text.replace("\x00", "").encode("utf-8", "ignore").decode()
 
 
 def start_embedded(pgdata: Path) -> Any:

@@ -64,7 +64,22 @@ from .user_memory import (
     fresh_key,
     same_fact,
 )
-from .word_forms import WORD, as_digits, fold, is_hesitation, plain, says_something, spelt_out
+from .word_forms import (
+    COLONS,
+    COMMAS,
+    QUESTION_MARKS,
+    SEMICOLONS,
+    STOPS,
+    WORD,
+    as_digits,
+    fold,
+    is_hesitation,
+    is_number,
+    numbers_together,
+    plain,
+    says_something,
+    spelt_out,
+)
 from .writer import BackgroundWriter, refuses_rows
 
 log = logging.getLogger("sightline.memory")
@@ -139,10 +154,9 @@ def fact_key(raw: Any) -> str:
 
 def _text(raw: Any, limit: int) -> str:
     """A fact's or summary's text from the model's reply: its whitespace one space, cut at
-    `limit`, as Postgres can store it (`storable`, and without lone surrogates, which a JSON
-    escape such as "\\ud800" yields and UTF-8 has no form for): the database would refuse the
-    whole row for one such character, and the keeper's view is to hold what is stored."""
-    return " ".join(storable(str(raw).encode("utf-8", "ignore").decode()).split())[:limit]
+    `limit`, as Postgres can store it (`storable`: a JSON escape such as "\\ud800" yields a
+    character it cannot): the keeper's view is to hold what is stored."""
+    return " ".join(storable(str(raw)).split())[:limit]
 
 
 def parse_update(text: str) -> MemoryUpdate:
@@ -200,23 +214,19 @@ def _parts(token: str) -> list[str]:
 _NUMBER_PIECES = 6
 
 
-def _runs_of_numbers(words: list[str]) -> list[list[str]]:
-    """Each run of numbers next to each other in `words`, as far as it goes."""
-    return [list(run) for numbers, run in itertools.groupby(words, str.isdecimal) if numbers]
+def _numbers_of(parts: list[str]) -> list[str]:
+    """The numbers among `parts` (a token's, or a text's), those next to each other as one
+    dotted number (`numbers_together`: "python-2.7" holds "2.7")."""
+    return [word for word in numbers_together(parts) if is_number(word)]
 
 
 def _number_runs(words: list[str], longest: int) -> list[str]:
     """Each run of numbers next to each other in `words`, of 2 to `longest` of them, as one
     dotted number ("python 2 7 18" holds "2.7", "7.18" and "2.7.18")."""
-    return [".".join(run[start:end]) for run in _runs_of_numbers(words)
+    runs = [number.split(".") for number in _numbers_of(words)]
+    return [".".join(run[start:end]) for run in runs
             for start in range(len(run))
             for end in range(start + 2, min(start + longest, len(run)) + 1)]
-
-
-def _numbers_of(parts: list[str]) -> list[str]:
-    """The numbers among a token's parts, those next to each other as one dotted number
-    ("python-2.7" holds "2.7")."""
-    return [".".join(run) for run in _runs_of_numbers(parts)]
 
 
 def _said(text: str) -> set[str]:
@@ -235,15 +245,9 @@ def _said(text: str) -> set[str]:
 def _content(text: str) -> list[str]:
     """The tokens of `text` that say something (function words and single letters left out,
     not a digit: "4 dogs" is not "3 dogs"), numbers next to each other as one ("python 2 7"
-    names "2.7")."""
-    groups: list[list[str]] = []
-    for token in _tokens(text):
-        if groups and token.isdecimal() and all(p.isdecimal() for p in _parts(groups[-1][-1])):
-            groups[-1].append(token)
-        else:
-            groups.append([token])
-    tokens = [".".join(group) for group in groups]
-    return [t for t in tokens if t not in STOP_WORDS and says_something(t)]
+    names "2.7", `numbers_together`)."""
+    return [t for t in numbers_together(_tokens(text))
+            if t not in STOP_WORDS and says_something(t)]
 
 
 def _unsaid(text: str, said: set[str]) -> list[str]:
@@ -393,8 +397,15 @@ _QUESTION_START = frozenset(
     "how why what where when which who whose can could should would will do does did is are "
     "was were shall may might".split())
 _MEMORY_WORDS = frozenset("memory memories remember remembered know knew".split())
-_PUNCT = re.compile(r"[,;:.!?\n]")
-_WORDS_AND_PUNCT = re.compile(rf"{_TOKEN.pattern}|[,;:.!?\n]")
+# each mark of any script (memory/word_forms.py: "、", "،", "。", "؟") as the ASCII mark of its
+# kind, which the rules below read: a comma parts clauses, a full stop, an exclamation or a
+# question mark, a semicolon or a line break ends a sentence, a colon only stops a phrase
+_AS_ASCII = {**dict.fromkeys(COMMAS, ","), **dict.fromkeys(SEMICOLONS, ";"),
+             **dict.fromkeys(COLONS, ":"), **dict.fromkeys(STOPS, "."),
+             **dict.fromkeys(QUESTION_MARKS, "?"), "\n": "\n"}
+_MARKS = frozenset(_AS_ASCII.values())
+_SENTENCE_ENDS = frozenset(".?;\n")
+_WORDS_AND_MARKS = re.compile(rf"{_TOKEN.pattern}|[{re.escape(''.join(_AS_ASCII))}]")
 _SKIPPED_BEFORE = frozenset("is are was were be been not no that this it the a an".split())
 
 
@@ -412,12 +423,12 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
     skip = STOP_WORDS | _NOT_A_SUBJECT if step > 0 else _SKIPPED_BEFORE | _NOT_A_SUBJECT
     at = start
     while 0 <= at < len(tokens) and abs(at - start) < _SKIPPED_AT_MOST and (
-            not _PUNCT.fullmatch(tokens[at])) and (
+            tokens[at] not in _MARKS) and (
             tokens[at] in skip or plain(tokens[at]) in _NOT_A_SUBJECT
             or is_hesitation(tokens[at])):
         at += step
     named = []
-    while 0 <= at < len(tokens) and len(named) < 3 and not _PUNCT.fullmatch(tokens[at]) and (
+    while 0 <= at < len(tokens) and len(named) < 3 and tokens[at] not in _MARKS and (
             tokens[at] not in STOP_WORDS and len(tokens[at]) > 1):
         named.append(tokens[at])
         at += step
@@ -447,7 +458,7 @@ def _turned(sentence: list[str], first: int, past: int) -> bool:
     clause, makes it none (`_NOT_AFTER`): "don't ever forget", "I'm so used to"."""
     before = []
     for token in reversed(sentence[max(0, first - _NOT_AFTER_REACH):first]):
-        if _PUNCT.fullmatch(token):
+        if token in _MARKS:
             break
         before.append(token)
     return bool(_NOT_AFTER.get(" ".join(sentence[first:past]), frozenset()) & set(before))
@@ -473,16 +484,18 @@ def forget_subjects(user: str) -> set[str]:
     that begins by correcting ("That's wrong, I'm on the platform team"). A forget or change
     word elsewhere opens nothing: "How do I remove this Chrome extension from my laptop?" is
     about an extension, in a question about the screen; "The build stopped again, does my
-    manager …" names no subject of "stopped"."""
-    tokens = _WORDS_AND_PUNCT.findall(spelt_out(user))
+    manager …" names no subject of "stopped". Clauses, sentences and questions end at the
+    marks of any script: "I sold it، my laptop is fine" sold no laptop, and "How do I delete
+    my laptop's cache؟" is a question."""
+    tokens = [_AS_ASCII.get(t, t) for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     named: list[str] = []
     start = 0
-    for end in [*(i for i, t in enumerate(tokens) if t in ".!?;\n"), len(tokens)]:
+    for end in [*(i for i, t in enumerate(tokens) if t in _SENTENCE_ENDS), len(tokens)]:
         sentence = tokens[start:end]
         question = end < len(tokens) and tokens[end] == "?"
         start = end + 1
         if _CORRECTION.match(" ".join(sentence)) and not question:
-            named += [t for t in sentence if t not in STOP_WORDS and not _PUNCT.fullmatch(t)]
+            named += [t for t in sentence if t not in STOP_WORDS and t not in _MARKS]
         for first, past in _spans(sentence, _FORGET_WORDS):
             if not _turned(sentence, first, past):  # "don't forget my …"
                 named += _phrases(sentence, past, +1)

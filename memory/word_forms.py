@@ -43,19 +43,20 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   message may hold one.
 - `numbers_together`: numbers said next to each other as one ("python 2 7" is "python 2.7"):
   "Python 2.7" read off the screen is not the user's when they said "two" and "seven" apart
-  ("two times in seven minutes").
+  ("two times in seven minutes"). The keeper's dotted tokens too ("2.7 18" is "2.7.18").
 - `QUESTION_MARKS`: what ends a question, in any script a user may write one in: the Latin "?"
   and its full-width form ("？", typed with a Chinese or Japanese keyboard), the Arabic "؟",
   the Ethiopic "፧", "‽", "❓". Not the Greek question mark: it is ";" to a model (`fold`), as
   it is to Unicode, and a ";" ends no question. A check that reads only "?" takes a question
   written with another mark for a statement or a request.
-- `CLAUSE_MARKS`, `COLONS`, `STOPS`: what ends a clause (a comma, a semicolon; a colon) or a
-  sentence (a full stop, an exclamation mark) in any script a user may write in: "，", "；",
-  "：" and "！" as a Chinese or Japanese keyboard types them, "、" and "。", the Arabic "،"
-  and "؛". `fold` reads only the full-width forms as the Latin ones, and a check may run on
-  the text as written: one that knows only ",;:" and "." read "ok，remember that I use vim"
-  as no request, "No، I'll figure it out myself" as no refusal, and "I don't use vim، I use
-  emacs" as negating emacs.
+- `CLAUSE_MARKS` (`COMMAS` and `SEMICOLONS`), `COLONS`, `STOPS`: what ends a clause (a comma,
+  a semicolon; a colon) or a sentence (a full stop, an exclamation mark) in any script a user
+  may write in: "，", "；", "：" and "！" as a Chinese or Japanese keyboard types them, "、" and
+  "。", the Arabic "،" and "؛". `fold` reads only the full-width forms as the Latin ones, and
+  a check may run on the text as written: one that knows only ",;:" and "." read "ok，remember
+  that I use vim" as no request, "No، I'll figure it out myself" as no refusal, and "I don't
+  use vim، I use emacs" as negating emacs; the keeper read "I sold it، my laptop is fine" as
+  selling the laptop.
 - `says_yes`: a message that is a yes and nothing else of substance, the only answer that lets
   a question the user was asked go ahead. Reading how a message starts is not enough: "Okay,
   what does this dialog say?" and "yes but first tell me what the error is" start like a yes
@@ -92,12 +93,14 @@ _SAME_WORD = {"has": "have", "does": "do", "goes": "go"}
 HESITATION = r"(?:u+m+|u+h+m*|e+rm*|e+h+|h+m+|m{2,}|a+h+|o+h+)"
 _HESITATION = re.compile(HESITATION, re.IGNORECASE)
 
-# a comma or a semicolon as written and as `fold` reads it ("，", "；" and "﹐" are "," and ";"
-# to it): of the Latin script, full-width, small and vertical (Chinese, Japanese), the
-# ideographic comma "、" and its half-width forms, Arabic (also Persian and Urdu), Ethiopic,
-# and the Greek question mark, a semicolon to Unicode and to `fold`
-CLAUSE_MARKS = (",;\uff0c\uff1b\ufe50\ufe54\ufe10\ufe14\u3001\uff64\ufe51\ufe11\u060c\u061b"
-                "\u1363\u1364\u037e")
+# a comma as written and as `fold` reads it ("，" and "﹐" are "," to it): of the Latin script,
+# full-width, small and vertical (Chinese, Japanese), the ideographic comma "、" and its
+# half-width, small and vertical forms, Arabic (also Persian and Urdu), Ethiopic
+COMMAS = ",\uff0c\ufe50\ufe10\u3001\uff64\ufe51\ufe11\u060c\u1363"
+# a semicolon, of the same scripts, and the Greek question mark, a semicolon to Unicode and to
+# `fold`
+SEMICOLONS = ";\uff1b\ufe54\ufe14\u061b\u1364\u037e"
+CLAUSE_MARKS = COMMAS + SEMICOLONS
 # a colon, of the same scripts: it ends a clause, or opens quoted words ("it says: talk to an
 # agent"), so each check says whether it reads one as a break
 COLONS = ":\uff1a\ufe55\ufe13\u1365\u1366"
@@ -223,19 +226,29 @@ def as_digits(words: list[str]) -> list[str]:
     return out
 
 
+def is_number(word: str) -> bool:
+    """Whether `word` (`as_digits`) is a number: digits ("16", not "v2" or "1990s"), or parts
+    that read as digits ("2.7", "24-04", "twenty-four", not "python-3"), which `as_digits`,
+    reading whole words, left as they were. A word of one part is read as it is: "one" there
+    is a plural's plain form ("ones"), no number the caller missed."""
+    parts = WORD.findall(word)
+    digits = as_digits(parts) if len(parts) > 1 else parts
+    return bool(digits) and all(part.isdecimal() for part in digits)
+
+
 def numbers_together(words: list[str]) -> list[str]:
     """`words` (`as_digits`) with each run of numbers next to each other as one dotted number:
     "python 2 7" is "python 2.7", as "Python 2.7" and "python two point seven" are read, and
-    "two times in seven minutes" holds no "2.7"."""
+    "two times in seven minutes" holds no "2.7". A word that is a number in parts (`is_number`)
+    opens a run as a digit does: "2.7 18" is "2.7.18"."""
     out: list[str] = []
     together = False  # whether the last word of `out` is a number
     for word in words:
-        number = word.isdecimal()
-        if number and together:
+        if together and word.isdecimal():
             out[-1] += f".{word}"
         else:
             out.append(word)
-        together = number
+            together = is_number(word)
     return out
 
 

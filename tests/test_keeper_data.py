@@ -417,6 +417,42 @@ async def test_B4_a_forget_word_elsewhere_in_the_message_forgets_nothing(
     assert model.done[0]["forgets_refused"] == 1
 
 
+@pytest.mark.parametrize("user", [
+    "I sold it\u3001my laptop is still the ThinkPad.",  # "、": a clause of its own
+    "I sold it\u060c my laptop is fine.",  # the Arabic comma "،"
+    "I sold it\u061b my laptop is fine.",  # the Arabic semicolon "؛"
+    "I sold it\u3002My laptop is fine.",  # "。": a sentence of its own
+    "How do I delete my laptop's cache\u061f",  # the Arabic question mark "؟"
+    "I sold it\u3002How do I delete my laptop's cache\uff1f",  # "。", then a question
+])
+async def test_a_mark_of_any_script_ends_the_clause_a_forget_word_reaches(
+    tmp_path: Path, user: str,
+) -> None:
+    """The keeper read clauses, sentences and questions by ASCII marks only: a change word
+    reached past "、", "،", "؛" or "。" to the next clause's subject ("I sold it، my laptop is
+    fine" forgot the laptop), and a question ending in "؟" was a statement whose "delete" named
+    the laptop. Each mark of memory/word_forms.py ends them."""
+    keeper, written, model = await _keep(
+        tmp_path, {"forget": [THINKPAD.key]}, user, "Noted.", [THINKPAD])
+    assert keeper.facts == {THINKPAD.key: THINKPAD.text} and written == []
+    assert model.done[0]["forgets_refused"] == 1
+
+
+@pytest.mark.parametrize("comma", ["\u3001", "\u060c "])
+async def test_a_change_after_a_question_clause_of_any_script_is_the_users(
+    tmp_path: Path, comma: str,
+) -> None:
+    """"Which laptop should I buy now、I sold my ThinkPad?": the question is the first clause's,
+    the sale the user's statement in the second. Read as one clause the whole was a question
+    about the world, and the sold ThinkPad stayed remembered."""
+    keeper, written, model = await _keep(
+        tmp_path, {"forget": [THINKPAD.key]},
+        f"Which laptop should I buy now{comma}I sold my ThinkPad?", "A MacBook Air.", [THINKPAD])
+    assert keeper.facts == {} and [(r["op"], r["key"]) for r in written] == [
+        ("forget", THINKPAD.key)]
+    assert model.done[0]["forgets_refused"] == 0
+
+
 async def test_B5_a_summary_takes_no_standing_order_from_the_screen(tmp_path: Path) -> None:
     """[B5] The summary (read on every later turn) was checked for contact details only."""
     keeper, written, model = await _keep(tmp_path, {

@@ -1,12 +1,17 @@
-"""Text with a NUL character (Postgres's text type cannot hold one) is stored without it, never
-failing the insert: a chat message, a screen read, a knowledge chunk.
+"""Text with a NUL character (Postgres's text type cannot hold one) or a lone surrogate (half a
+UTF-16 pair: UTF-8, what asyncpg sends, has no form for one) is stored without it, never failing
+the insert: a chat message, a screen read, a knowledge chunk.
 
 Protects: one NUL in a user's message or on screen used to fail its whole batch (the writer
 would spill and retry it for ever); a corpus line with one failed `bench.context` and `kb eval`.
+A lone surrogate (a JSON escape such as "\\ud83d" cut from its pair, in a model's reply or a
+transcript) was dropped by the memory keeper alone: the conversation log, the screen timeline
+and the knowledge base refused the whole row.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 from memory.db import Database
@@ -33,3 +38,23 @@ async def test_nul_characters_are_dropped_on_the_way_in(db: Database) -> None:
     await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest_chunks(
         "acme", "corpus", [("c1", "zero\x00width")])
     assert await db.pool.fetchval("SELECT text FROM kb_chunks") == "zerowidth"
+
+
+async def test_lone_surrogates_are_dropped_on_the_way_in(db: Database) -> None:
+    half = json.loads('"\\ud83d"')  # an emoji's escape cut in half, as JSON can spell it
+    store = Store(db.pool)
+    await store.start_session("s1", tenant="acme", user_id="ana", room=None, source="replay",
+                              provider="gemini", model="m")
+    await store.add_messages("s1", "acme", [
+        {"user_id": "ana", "role": "user", "content": f"thanks {half}!"},
+        {"user_id": "ana", "role": "assistant", "content": f"\U0001f600 {half}"}])
+    assert [r["content"] for r in await db.pool.fetch(
+        "SELECT content FROM messages ORDER BY id")] == ["thanks !", "\U0001f600 "]
+    await ScreenTimeline(db.pool, WordLlamaEmbedder()).write([event_row(
+        session_id="s1", tenant="acme", user_id="ana", t=1.0, wall_time=time.time(),
+        content_type="terminal", reason="changed", region=(0, 0, 10, 10),
+        lines=[f"Error{half}: boom"], is_error=True)])
+    assert await db.pool.fetchval("SELECT text FROM screen_events") == "Error: boom"
+    await KnowledgeBase(db.pool, WordLlamaEmbedder()).ingest_chunks(
+        "acme", "corpus", [("c1", f"broken{half}glyph")])
+    assert await db.pool.fetchval("SELECT text FROM kb_chunks") == "brokenglyph"

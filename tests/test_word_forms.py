@@ -124,6 +124,20 @@ def test_numbers_said_next_to_each_other_are_one(said: str, numbers: list[str]) 
     assert numbers_together(as_digits(said.replace(".", " ").split())) == numbers
 
 
+@pytest.mark.parametrize(("words", "numbers"), [
+    (["python", "2.7", "18"], ["python", "2.7.18"]),  # the keeper's dotted tokens
+    (["python", "3", "2.7"], ["python", "3", "2.7"]),  # a digit joins a number, not before it
+    (["v2", "7"], ["v2", "7"]), (["1990s", "7"], ["1990s", "7"]),
+    (["python-3", "11"], ["python-3", "11"]),
+])
+def test_a_number_in_parts_is_a_number_to_the_digits_after_it(
+    words: list[str], numbers: list[str],
+) -> None:
+    """The memory keeper joined numbers its own way, its tokens dotted ("2.7 18" is
+    "2.7.18"); now it reads them with `numbers_together`, as `remember` does."""
+    assert numbers_together(words) == numbers
+
+
 @pytest.mark.parametrize(("said", "question"), [
     *[(s, True) for s in ("yes?", "Yes\uff1f", "yes\u061f", "yes\u1367", "yes \u2753",
                           "yes\u203d", "(\u0646\u0639\u0645\u061f)",
