@@ -17,10 +17,11 @@ with (memory/word_forms.py `says_yes`, with the offer's "ok" and "bring someone 
 with another request, or asked back ("Yes?", once a consent), brings no one. A question after
 the offer, with any question mark ("？", "؟"), is the one a yes answers. A no withdraws the
 offer, read as a yes is ("thanks, but no", "please don't", once read only at a message's
-start); a question ("No one can help?") and "no problem, go ahead" are none. A comma or full
-stop of any script ends a clause ("No، I'll figure it out myself" refuses, "That's not it。Get
-me a human" asks), a colon of none ("The banner says：escalate …" is quoted). The reason stays
-the model's labelled summary; a session is handed off once.
+start), the whole message: a question ("No one can help?"), "no problem, go ahead" and a no
+with anything else ("actually no, transfer me") are none; "ok, no worries" is one, no yes.
+A comma or full stop of any script ends a clause ("No، I'll figure it out myself" refuses,
+"That's not it。Get me a human" asks), a colon of none ("The banner says：escalate …" is
+quoted). The reason stays the model's labelled summary; a session is handed off once.
 """
 
 from __future__ import annotations
@@ -325,7 +326,7 @@ async def test_anything_but_a_yes_to_the_offer_brings_no_one(reply: str) -> None
 @pytest.mark.parametrize("reply", [
     "yes but first tell me what the error is", "Okay, what does this dialog say?",
     "sure, and reset my password", "yes please, what does the log say",
-    "yes, but can you reset my password first", "ok, I'll do it myself", "yes, no, wait",
+    "yes, but can you reset my password first", "yes, no, wait",
 ])
 async def test_a_yes_said_with_another_request_is_no_consent(reply: str) -> None:
     """A yes with something else in the message answers more than the offer (this was refused
@@ -373,11 +374,12 @@ MISSED_REFUSALS = ["please don't", "ok no", "well, no", "Thanks, but no.", "I'm 
     *MISSED_REFUSALS,
     "nah", "um, no", "Um... No.", "I'd rather not", "not now, thanks", "uh-uh",
     "no, that's fine", "I don't need anyone, thanks", "i dont need a person",
-    "No, I'll figure it out myself.",
+    "No, I'll figure it out myself.", "ok, I'll do it myself",
 ])
 async def test_a_refusal_as_people_say_it_withdraws_the_offer(reply: str) -> None:
     """A no is read as a yes is, phrases of a no with words said around one ("thanks, but
-    no"), wherever they stand, and may open a longer message: the offer is withdrawn."""
+    no"), wherever they stand, the user saying they will manage on their own among them: the
+    offer is withdrawn."""
     conversation = await offered(Conversation())
     answer = await conversation.user(reply).call()
     assert not conversation.handed_off and conversation.published == []
@@ -387,10 +389,16 @@ async def test_a_refusal_as_people_say_it_withdraws_the_offer(reply: str) -> Non
 @pytest.mark.parametrize("reply", [
     "No one can help?", "no?", "no\u061f", "wait, what?", "not a person?",
     "no wait, yes please",  # taken back: asked again, not taken for a no
+    "no wait, actually yes",  # taken back with words around the yes: it was a refusal
+    # a no, then an ask the gate does not read as one: it was a refusal, and the model was
+    # told never to offer a person again to a user asking for one
+    "but no, I need to speak to someone who can fix it", "actually no, transfer me",
+    "sorry, no, not you, someone real",
 ])
 async def test_a_question_or_a_no_taken_back_is_no_refusal(reply: str) -> None:
-    """A message that opens with "no" but asks, or takes the no back, refused the offer: the
-    model is now told to ask the tool's question again, and the user's yes to it hands off."""
+    """A message that opens with "no" but asks, takes the no back, or says anything else,
+    refused the offer: the model is now told to ask the tool's question again, and the user's
+    yes to it hands off."""
     conversation = await offered(Conversation())
     answer = await conversation.user(reply).call()
     assert not conversation.handed_off and "said no" not in answer
@@ -404,7 +412,7 @@ async def test_a_question_or_a_no_taken_back_is_no_refusal(reply: str) -> None:
     "No\u060c I'll figure it out myself.",  # the Arabic comma
     "No\u3002I'll figure it out myself\u3002",  # the ideographic full stop
     "no\u3001thanks\u3001I'll manage",  # the ideographic comma
-    "Thanks\u061b but no\u060c I'll ask my team lead",  # the Arabic semicolon
+    "Thanks\u061b but no\u060c I'll sort it out myself",  # the Arabic semicolon
 ])
 async def test_a_refusal_with_any_scripts_comma_withdraws_the_offer(reply: str) -> None:
     """A no that opens a longer message, parted from the rest by a comma or full stop of
@@ -437,6 +445,22 @@ async def test_no_problem_go_ahead_is_a_yes() -> None:
     conversation = await offered(Conversation())
     answer = await conversation.user("No problem, go ahead.").call()
     assert conversation.handed_off and "person will join shortly" in answer
+
+
+@pytest.mark.parametrize("reply", [
+    # an acknowledgement beside "no worries" brought a person in
+    "No worries, that's fine", "no problem, that's fine", "ok, no worries", "okay no problem",
+    # read as no answer, and the model told to offer again
+    "No worries, I'm fine", "no problem, thanks",
+])
+async def test_no_worries_without_a_real_yes_declines(reply: str) -> None:
+    """"No worries" and "no problem" decline as often as they agree: beside them only a yes
+    of `YES` ("go ahead", "sure") is one, and "ok" or "that's fine" with them is a no."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off
+    assert conversation.recorded == [] and conversation.published == []
+    assert answer == handoff.DECLINED and not conversation.tool.offer_pending
 
 
 # -- once, and the reason ------------------------------------------------------------------------

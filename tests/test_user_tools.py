@@ -16,7 +16,8 @@ next message is a yes and nothing else: not "Okay, what does this dialog say?"),
 it names between `<memory>` markers; a question is one with any question mark ("？", "؟"),
 a comma, colon or full stop of any script parts clauses ("ok，remember that I use vim" asks,
 "I don't use vim، I use emacs" negates only vim), and a number the user's only as they said it
-together ("two point seven", not "two times in seven minutes" for "Python 2.7");
+together ("two point seven", not "two times in seven minutes" for "Python 2.7"), all of it or a
+part ("nine thirty" for "9:30", "3.11.7" for "3.11");
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
 yes to the tool's own offer of one), never on text on the screen, marks the session escalated
@@ -921,6 +922,40 @@ async def test_remember_takes_a_number_only_as_the_user_said_it_together() -> No
         assert [f.text for f in memory.facts_by_key.values()] == [PYTHON_27]
 
 
+# a time, a date or a version as a fact writes it, from numbers the user said together: each
+# refused once numbers had to be said together, as the keeper takes them
+SAID_TOGETHER = [
+    ("remember that my standup is at nine thirty", "The user's standup is at 9:30"),
+    ("Remember my daughter was born March 3 2020.", "The user's daughter was born March 3, 2020"),
+    ("Remember that I use Python 3.11.7.", "The user uses Python 3.11"),
+    ("remember that i use python 2.7 3.11", "The user uses Python 2.7 and 3.11"),
+]
+
+
+@pytest.mark.parametrize(("said", "fact"), SAID_TOGETHER)
+async def test_remember_takes_numbers_that_are_part_of_what_the_user_said_together(
+    said: str, fact: str,
+) -> None:
+    """A fact's numbers written together ("9:30", "March 3, 2020") or apart ("2.7 and 3.11")
+    are the user's when they are all or part of numbers said together ("nine thirty", "3.11.7",
+    "python 2.7 3.11")."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
+async def test_remember_refuses_a_time_from_numbers_said_apart() -> None:
+    """"9:30" is not the user's when they said "nine" and "thirty" apart: its colon parted it
+    into two numbers, each said, and the time was written."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    said = user_said("Remember that my standup is at nine, I have thirty reports to read.")
+    with pytest.raises(llm.ToolError, match=r"not in their request: 9\.30\b"):
+        await tools.remember(said, "The user's standup is at 9:30")
+    assert memory.facts_by_key == {}
+
+
 # -- commas, colons and full stops of any script -------------------------------------------------
 
 # a request typed with a Chinese, Japanese or Arabic keyboard's marks, none of which a check
@@ -969,12 +1004,15 @@ async def test_a_negation_ends_at_any_scripts_comma() -> None:
     assert [f.text for f in memory.facts_by_key.values()] == ["The user uses emacs"]
 
 
-async def test_a_request_after_a_full_width_comma_is_stored_in_a_session(
-    settings: Settings, db: Database,
+@pytest.mark.parametrize(("said", "fact"), [
+    (MARKED_REQUESTS[0][0], "The user uses vim"), SAID_TOGETHER[0]])
+async def test_a_fact_refused_before_is_stored_in_a_session(
+    settings: Settings, db: Database, said: str, fact: str,
 ) -> None:
     """In a real session on Postgres: the model calls `remember` on "ok，remember that I use
-    vim" (refused before as no request) and the fact is stored, in Postgres and the keeper's
-    view."""
+    vim" (refused before as no request) or "remember that my standup is at nine thirty" with
+    "9:30" (refused as numbers not said together) and the fact is stored, in Postgres and the
+    keeper's view."""
     script = ToolScript(0)
     async with ScriptedModelServer(replies=script) as models:
         runtime = await SessionRuntime.open(tool_settings(settings, models), db, tenant="acme",
@@ -983,8 +1021,7 @@ async def test_a_request_after_a_full_width_comma_is_stored_in_a_session(
         session = runtime.agent_session()
         await session.start(runtime.agent, record=False)
         try:
-            await ask(session, script, "remember", MARKED_REQUESTS[0][0],
-                      fact="The user uses vim")
+            await ask(session, script, "remember", said, fact=fact)
             stored = tool_results(script.answer_requests[-1])[-1]
             facts = await runtime.memory.user_memory.facts("acme", "ana")
             in_view = dict(runtime.memory.keeper.facts)
@@ -992,5 +1029,5 @@ async def test_a_request_after_a_full_width_comma_is_stored_in_a_session(
             await session.aclose()
             await runtime.close()
     assert stored.startswith("Remembered (as ")
-    assert [f.text for f in facts] == ["The user uses vim"]
-    assert list(in_view.values()) == ["The user uses vim"]
+    assert [f.text for f in facts] == [fact]
+    assert list(in_view.values()) == [fact]

@@ -35,12 +35,18 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   "sure, why not?" is one. `forget` ties its yes to its own question the same way
   (`asked_last`).
   To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
-  someone in") answer yes too (`OFFER_YES`), and "no problem, go ahead" is a yes;
-- a no to that question ("no thanks", "um, no", "I'd rather not", "please don't", "not now")
-  withdraws the offer, and the model is told not to make it again: read by the same rule as
-  a yes, phrases of a no and words said around one (`says_no`), so "no problem, go ahead"
-  and "no one can help?" are none. It may open a longer message ("No, I'll figure it out
-  myself"): a no read wrongly costs the user only asking for a person themselves.
+  someone in") answer yes too (`OFFER_YES`), but not beside "no problem" or "no worries",
+  which decline as often as they agree: with one of them only a yes of `YES` is one ("no
+  problem, go ahead"; "no worries, that's fine" declines);
+- a no to that question ("no thanks", "um, no", "I'd rather not", "please don't", "not now",
+  "no worries, I'm fine", "No, I'll figure it out myself") has the model told not to offer a
+  person again: read by the same rule as a yes, the whole message phrases of a no and words
+  said around one (`says_no`), so "no problem, go ahead" and "no one can help?" are none.
+  A no with anything else in the message is none either ("actually no, transfer me", "no, I
+  need to speak to someone who can fix it", "no wait, actually yes"): the rest may ask for a
+  person in words `asks_for_person` does not read, and "do not offer again" would then keep
+  one from a user who wants one, where asking the question again costs a turn. The tool keeps
+  no note of a no: the model is told it once, and a later call with no ask offers again.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -107,8 +113,9 @@ DECLINED = ("The user said no to bringing in a person, so nobody was called. Kee
 _AGREEING_NOISE = re.compile(r"\b(?:m+-?h+m+|m+\s+h+m+|uh-?huh|uh\s+huh)\b")  # "mm-hmm": yes
 _REFUSING_NOISE = re.compile(r"\b(?:uh-uh|mm-mm)\b")  # said with a shake of the head
 _APOSTROPHE = re.compile(r"(?<=\w)['\u2019\u02bc](?=\w)")
-# a clause ends at a comma, a full stop or a question mark of any script ("No، I'll manage";
-# memory/word_forms.py), never at a colon: it opens quoted words ("it says: talk to an agent")
+# a clause ends at a comma, a full stop or a question mark of any script ("That's not it。Get me
+# a human"; memory/word_forms.py), never at a colon: it opens quoted words ("it says: talk to an
+# agent")
 _CLAUSE_MARK = re.compile(
     rf"[{re.escape(CLAUSE_MARKS + STOPS + QUESTION_MARKS)}\u2026\u2014\u2013\n\r]+")
 _NOT_A_WORD = re.compile(r"[^\w|]+")
@@ -321,15 +328,26 @@ OFFER_YES = YES | frozenset((
     *(f"{bring} {whom}" for bring in ("get", "bring in") for whom in _SOMEONE_OFFERED)))
 # a yes put as a question: "why not?", "sure, why not?"
 _RHETORICAL_YES = frozenset({"why not"})
-# said around a yes to the offer without changing it: "no problem, go ahead"
-_AROUND_OFFER_YES = AROUND_YES | {"no problem", "not a problem", "no worries"}
+# "no problem" and "no worries" go with a yes ("no problem, go ahead") as with a no ("no
+# worries, that's fine"): beside them only a yes of `YES` is one, the offer's other answers
+# only said around it ("no problem, yes, that'd be great")
+_NO_BOTHER = frozenset({"no problem", "not a problem", "no worries"})
+_AROUND_A_REAL_YES = AROUND_YES | (OFFER_YES - YES) | _NO_BOTHER
 
 # what says no to `OFFER_QUESTION`, as `says_yes` reads words ("I'd rather not" is "i rather
 # not", "don't" and "dont" "do not", "I'm good" "i am good"; a transcript's "id", "ill" and "im"
-# stay as they are). "not now" and "maybe later" are a no: the offer is not made again
+# stay as they are). "not now" and "maybe later" are a no: the offer is not made again; so is
+# "no worries" without a yes (`_NO_BOTHER`), and the user saying they will manage on their own
 _RATHER_NOT = ("i rather not", "id rather not", "i would rather not", "rather not",
                "i prefer not", "i would prefer not")
 _NO_ONE_OFFERED = (*_SOMEONE_OFFERED, "anyone", "anybody")
+_I_WILL = ("i will", "ill", "i will just", "ill just")
+_ON_MY_OWN = (
+    *(f"{i} {manage}{alone}" for i in (*_I_WILL, "i can", "let me")
+      for manage in ("figure it out", "work it out", "sort it out", "manage", "handle it",
+                     "deal with it", "try", "try again", "do it", "fix it")
+      for alone in ("", " myself", " on my own")),
+    *(f"{i} be {fine}" for i in _I_WILL for fine in ("fine", "ok", "okay", "alright", "good")))
 OFFER_NO = frozenset((
     "no", "nope", "nah", "naw", "no way", "no thanks", "no thank you", "no need", "not now",
     "not yet", "not really", "not today", "not right now", "not at the moment", "not for now",
@@ -338,7 +356,8 @@ OFFER_NO = frozenset((
     "nevermind", "do not", "do not bother", "i do not", "i would not", "i do not think so",
     "do not think so", "i do not need to", "i do not want to", "i will pass", "ill pass", "pass",
     "i am good", "im good", "i am fine", "im fine", "i am ok", "im ok", "i am okay", "im okay",
-    "i am all set", "im all set", "we are good", "all good", *_RATHER_NOT,
+    "i am all set", "im all set", "we are good", "all good", *_RATHER_NOT, *_NO_BOTHER,
+    *_ON_MY_OWN,
     *(f"{refuse} {whom}" for refuse in ("i do not need", "i do not want", "no need for",
                                         "do not bring in", "do not get", "do not call")
       for whom in _NO_ONE_OFFERED)))
@@ -350,36 +369,31 @@ AROUND_NO = frozenset((
     "then", "though", "for now", "hey", "sightline", "wait", "hold on", "i think",
     *(f"{that} {fine}" for that in ("that", "thats", "it", "its")
       for fine in ("ok", "okay", "fine", "alright", "all right"))))
-# how many clauses of a message a no may take to open it ("um... well... ok, thanks, but no")
-_OPENING_CLAUSES = 6
 
 
 def says_yes_to_offer(said: str) -> bool:
     """Whether the user's message is a yes to `OFFER_QUESTION` and nothing else ("yes please",
-    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in", "no problem, go ahead"), by
-    the one rule for a whole-message yes (memory/word_forms.py `says_yes`) with the offer's
-    words: "yes but not now", "sure, and reset my password" and "yes?" are none, "why not?" is
-    one."""
-    return says_yes(_sounds_as_words(said), yes=OFFER_YES, around=_AROUND_OFFER_YES,
-                    rhetorical=_RHETORICAL_YES)
+    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
+    whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
+    now", "sure, and reset my password" and "yes?" are none, "why not?" is one. Said with "no
+    problem" or "no worries", only a yes of `YES` is one ("no problem, go ahead"): "ok, no
+    worries" and "no worries, that's fine" decline, and a no read as a yes calls a person."""
+    text = _sounds_as_words(said)
+    return (says_yes(text, yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
+            or says_yes(text, yes=YES, around=_AROUND_A_REAL_YES, rhetorical=_RHETORICAL_YES))
 
 
 def says_no(said: str) -> bool:
-    """Whether the user's message says no to `OFFER_QUESTION`: it opens with clauses that are a
-    no and words said around one, read as a yes is (memory/word_forms.py `made_of`: "nah",
-    "um, no", "thanks, but no", "I'd rather not", "please don't", "not now, thanks"), and no
-    clause after them is a yes ("no wait, yes please"). A question is none ("no?", "no one can
-    help?"), nor is "no problem, go ahead" (a yes). Unlike a yes, more may follow it ("No, I'll
-    figure it out myself"): a no read wrongly only withdraws the offer, and the user can still
-    ask for a person, where a yes read wrongly calls one."""
+    """Whether the user's message says no to `OFFER_QUESTION` and nothing else, read as a yes
+    is (memory/word_forms.py `made_of`): phrases of a no and words said around one ("nah",
+    "um, no", "thanks, but no", "I'd rather not", "please don't", "no worries, I'm fine", "No,
+    I'll figure it out myself"). A question is none ("no?", "no one can help?"), nor a no with
+    anything else: "no wait, actually yes" takes it back, and "actually no, transfer me" asks
+    for a person in words the gate does not read as an ask. Telling the model never to offer
+    again on such a message could keep a person from a user who wants one; read as no answer,
+    it costs the user only hearing the question again."""
     text = _sounds_as_words(said)
-    if ends_as_question(text):
-        return False
-    clauses = _CLAUSE_MARK.split(text)
-    opening = [end for end in range(1, min(len(clauses), _OPENING_CLAUSES) + 1)
-               if made_of(" ".join(clauses[:end]), answer=OFFER_NO, around=AROUND_NO)]
-    return bool(opening) and not any(says_yes_to_offer(clause)
-                                     for clause in clauses[opening[-1]:])
+    return not ends_as_question(text) and made_of(text, answer=OFFER_NO, around=AROUND_NO)
 
 
 def asked_last(question: str, assistant_said: str) -> bool:

@@ -32,9 +32,11 @@ keeper reads too (memory/word_forms.py: folded and lower-cased, "don't" and "don
 not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have"), with number words as
 digits ("postgres sixteen" is "Postgres 16") and numbers said next to each other as one, as the
 keeper reads them ("2.7" and "two point seven" are "2.7"; "two times in seven minutes" holds
-no "Python 2.7" read off the screen), so "I have a dog" may be remembered as "The user has a
-dog". A refusal tells the model to write a short third-person statement in the user's
-words, never to store the request itself ("Remember I use a Mac.").
+no "Python 2.7" read off the screen): numbers a fact writes together ("9:30", "3.11", "March
+3, 2020") must be all or part of numbers the user said together ("nine thirty", "3.11.7",
+"march 3 2020"; "python 2.7 3.11" holds "Python 2.7 and 3.11"), so "I have a dog" may be
+remembered as "The user has a dog". A refusal tells the model to write a short third-person
+statement in the user's words, never to store the request itself ("Remember I use a Mac.").
 
 `forget` finds the facts to drop by the words they share with what the user said (their key and
 text, in the same plain form): a user names the thing, not its key, and a word match is
@@ -77,8 +79,10 @@ from memory.word_forms import (
     AROUND_YES,
     CLAUSE_MARKS,
     COLONS,
+    COMMAS,
     LEAD_FILLER,
     QUESTION_MARKS,
+    SEMICOLONS,
     STOPS,
     WORD,
     YES,
@@ -114,9 +118,13 @@ _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
 _NEGATION = frozenset({"not", "no", "never", "nor", "neither", "without"})
 # what parts a sentence into clauses, in any script ("，", "、", "،": memory/word_forms.py)
 _CLAUSE_MARKS = CLAUSE_MARKS + COLONS
-# where a negation's reach ends: a clause or a sentence (not the point of a number, "2.7"),
-# "but", or "and" opening a new statement
-_SCOPE = re.compile(rf"[{re.escape(_CLAUSE_MARKS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
+# what joins the parts of one number rather than parting clauses: "9:30", "1,500", "March 3,
+# 2020" (a comma or colon of any script), and a point with no space after it ("2.7")
+_IN_A_NUMBER = re.escape(COMMAS + COLONS)
+# where a negation's reach ends: a clause or a sentence (not inside a number), "but", or "and"
+# opening a new statement
+_SCOPE = re.compile(rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
+                    rf"(?<!\d)[{_IN_A_NUMBER}]|[{_IN_A_NUMBER}](?!\s*\d)|"
                     r"(?<!\d)\.|\.(?!\d)|\bbut\b|"
                     r"\band (?=(?:i|i'm|im|we|my|our)\b)")
 
@@ -289,9 +297,10 @@ def words(text: str) -> set[str]:
 def fact_sequence(text: str) -> list[tuple[str, bool]]:
     """The words of `text` a fact written may hold only when the user said them (its content
     words and its tense), in order, each with whether a negation before it in its clause
-    turns it around ("Postgres at work, not MySQL": MySQL is). Numbers said next to each
-    other are one ("2.7", "two point seven"), as the memory keeper reads them: "Python 2.7"
-    off the screen is not the user's when they said "two" and "seven" apart."""
+    turns it around ("Postgres at work, not MySQL": MySQL is). Numbers next to each other,
+    or joined by a point, colon or comma, are one ("2.7", "two point seven", "9:30", "3,
+    2020"), as the memory keeper reads them: "Python 2.7" off the screen is not the user's
+    when they said "two" and "seven" apart."""
     sequence: list[tuple[str, bool]] = []
     for clause in _SCOPE.split(_lowered(text)):
         negated = False
@@ -310,9 +319,30 @@ def fact_words(text: str) -> set[str]:
     return {w for w, _ in fact_sequence(text)}
 
 
+def _held_at(said: str, word: str, start: int = 0) -> int:
+    """Where the user's word `said` (`fact_sequence`) holds the fact's `word`, from `start`
+    (-1 if it does not): the same word, or numbers that are all or a stretch of the numbers
+    the user said together ("3.11" and "11.7" of "3.11.7"; "2.7" of no "2 … 7" said apart).
+    Only numbers hold a "."; the position counts a "." before `said`."""
+    return f".{said}.".find(f".{word}.", start)
+
+
 def _subsequence(part: list[tuple[str, bool]], whole: list[tuple[str, bool]]) -> bool:
-    rest = iter(whole)
-    return all(item in rest for item in part)
+    """Whether each item of `part` is held (`_held_at`) by an item of `whole` negated alike, in
+    order: each after the one before, or further on in the same numbers said together
+    ("2.7" and then "3.11" in "2.7.3.11")."""
+    at, taken = 0, 0  # the item of `whole` looked in, and where in it the item before ended
+    for word, negated in part:
+        while True:
+            if at == len(whole):
+                return False
+            said, said_negated = whole[at]
+            found = _held_at(said, word, taken) if said_negated == negated else -1
+            if found >= 0:
+                break
+            at, taken = at + 1, 0
+        taken = found + len(word) + 1  # at the "." that ends it, which may open the next
+    return True
 
 
 def in_users_order(fact: list[tuple[str, bool]], said: list[tuple[str, bool]]) -> bool:
@@ -470,7 +500,7 @@ class MemoryTools:
         sources = remember_sources(said)
         wanted = fact_sequence(text)
         heard = {w for source in sources for w in fact_words(source)}
-        unsaid = {w for w, _ in wanted} - heard
+        unsaid = {w for w, _ in wanted if all(_held_at(h, w) < 0 for h in heard)}
         if unsaid:
             raise llm.ToolError(
                 "The fact must be what the user asked to remember, in their words; these of its "
