@@ -28,6 +28,7 @@ import psutil
 from livekit import api, rtc
 
 from agent.audio_reception import Reception
+from agent.livekit_api import livekit_api
 from agent.ports import free_port as free_port  # the tests' import of it
 from vision.video_file import iter_frames
 
@@ -54,6 +55,12 @@ class LiveKitServer:
     http_url: str
     log_path: Path
     pid: int = 0
+
+    def client(self) -> contextlib.AbstractAsyncContextManager[api.LiveKitAPI]:
+        """A client of this server's API whose every call ends within `livekit_api.TIMEOUT_S`:
+        livekit-api's own waits for ever on a server that takes a call and never answers,
+        and a test or bench run with it would hang instead of failing."""
+        return livekit_api(self.http_url, API_KEY, API_SECRET)
 
 
 @contextlib.contextmanager
@@ -184,7 +191,7 @@ class User:
 
     async def dispatch(self) -> None:
         """Create the room and ask LiveKit for the agent, as an app's backend would."""
-        async with api.LiveKitAPI(self.livekit.http_url, API_KEY, API_SECRET) as lk:
+        async with self.livekit.client() as lk:
             await lk.room.create_room(api.CreateRoomRequest(name=self.room_name))
             await lk.agent_dispatch.create_dispatch(
                 api.CreateAgentDispatchRequest(

@@ -50,6 +50,7 @@ from PIL import Image, ImageStat
 from playwright.async_api import Page, async_playwright, expect
 from test_cascade import tool_results
 from test_user_tools import NO_MEMORY_UPDATE
+from worker_fixture import running_worker
 
 from agent.components import make_embedder
 from agent.config import Settings
@@ -66,7 +67,6 @@ from bench.livekit_harness import (
     LiveKitServer,
     Worker,
     free_port,
-    start_worker,
     wait_for_port,
 )
 from memory.db import Database
@@ -152,9 +152,8 @@ async def console_env(
 @pytest.fixture(scope="module")
 async def worker(console_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                  ) -> AsyncIterator[Worker]:
-    proc = start_worker(tmp_path_factory.mktemp("worker"), console_env)
-    yield proc
-    await proc.astop()
+    async with running_worker(tmp_path_factory.mktemp("worker"), console_env) as worker:
+        yield worker
 
 
 @pytest.fixture(scope="module")
@@ -766,7 +765,7 @@ async def test_a_session_ended_while_the_screen_picker_is_open_does_nothing_more
         await expect(page.locator("#mic")).to_be_disabled()
         # the server ends the room (an admin, `lk room delete`) while the picker is open
         room_name = await join_session(page, "")
-        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        async with livekit.client() as lk:
             await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
         await expect(status).to_have_text("Disconnected", timeout=15_000)
         await slow_picker_answered(page, 2)

@@ -18,17 +18,10 @@ import pytest
 from conftest import DEMO_FIXTURE
 from test_database import OwnPostgres
 from test_e2e_livekit import session_events
+from worker_fixture import running_worker, worker_env
 
 from agent.wire_format_server import ScriptedModelServer, ScriptedReply
-from bench.livekit_harness import (
-    API_KEY,
-    API_SECRET,
-    LiveKitServer,
-    User,
-    Worker,
-    free_port,
-    start_worker,
-)
+from bench.livekit_harness import LiveKitServer, User, Worker
 from memory.db import Database
 from memory.embeddings import WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase
@@ -62,28 +55,12 @@ async def worker(livekit: LiveKitServer, model_server: ScriptedModelServer,
                  postgres: OwnPostgres, tmp_path_factory: pytest.TempPathFactory,
                  ) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("worker-db-join")
-    proc = start_worker(workdir, {
-        "LIVEKIT_URL": livekit.ws_url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-        "GOOGLE_API_KEY": "e2e-fake-key",
-        "ANTHROPIC_API_KEY": "e2e-fake-key",
-        "SIGHTLINE_GEMINI_BASE_URL": model_server.base_url,
-        "SIGHTLINE_ANTHROPIC_BASE_URL": model_server.base_url,
-        "SIGHTLINE_MODEL_RETRIES": "0",
-        "SIGHTLINE_EMBEDDINGS": "wordllama",
-        "SIGHTLINE_MEMORY_UPDATES": "off",
-        "SIGHTLINE_DATABASE_RETRY_S": "0.5",
-        "DATABASE_URL": postgres.url,
-        "SIGHTLINE_DATA_DIR": str(workdir / "data"),
-        "SIGHTLINE_HEALTH_PORT": str(free_port()),
-        "SIGHTLINE_METRICS_PORT": str(free_port()),
-        "SIGHTLINE_WEBHOOK_PORT": "0",
-        "SIGHTLINE_MAX_SESSIONS": "4",
-    })
-    yield proc
-    await proc.astop()
+    async with running_worker(workdir, worker_env(
+            livekit, model_server, agent_name=AGENT_NAME, database_url=postgres.url,
+            data_dir=workdir / "data", SIGHTLINE_EMBEDDINGS="wordllama",
+            SIGHTLINE_MEMORY_UPDATES="off", SIGHTLINE_DATABASE_RETRY_S="0.5",
+            SIGHTLINE_MAX_SESSIONS="4")) as worker:
+        yield worker
 
 
 async def test_a_live_session_opened_while_postgres_is_down_joins_it_when_it_is_back(

@@ -25,21 +25,14 @@ from conftest import fresh_database
 from livekit import rtc
 from PIL import Image, ImageFont
 from synthetic_screen import Desk, write_recording
+from worker_fixture import running_worker, worker_env
 
 from agent.assist import ASSIST_TOPIC, AssistMessage
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.images import sized_for
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
-from bench.livekit_harness import (
-    API_KEY,
-    API_SECRET,
-    LiveKitServer,
-    User,
-    Worker,
-    free_port,
-    start_worker,
-)
+from bench.livekit_harness import LiveKitServer, User, Worker, free_port
 from memory.db import Database
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.spill_files import read_event_log
@@ -109,28 +102,12 @@ async def worker(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("worker")
-    env = {
-        "LIVEKIT_URL": livekit.ws_url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-        "GOOGLE_API_KEY": "e2e-fake-key",
-        "ANTHROPIC_API_KEY": "e2e-fake-key",
-        "SIGHTLINE_GEMINI_BASE_URL": model_server[0].base_url,
-        "SIGHTLINE_ANTHROPIC_BASE_URL": model_server[0].base_url,
-        "SIGHTLINE_MODEL_RETRIES": "0",
-        "DATABASE_URL": e2e_database_url,
-        "SIGHTLINE_DATA_DIR": str(workdir / "data"),
-        "SIGHTLINE_HEALTH_PORT": str(free_port()),
-        "SIGHTLINE_METRICS_PORT": str(free_port()),
-        "SIGHTLINE_WEBHOOK_PORT": "0",  # no webhooks from this LiveKit server
-        # the test machine's CPU is shared: count sessions, not CPU, or a busy moment refuses
-        # the dispatch
-        "SIGHTLINE_MAX_SESSIONS": "8",
-    }
-    proc = start_worker(workdir, env)
-    yield proc
-    await proc.astop()
+    # the test machine's CPU is shared: count sessions, not CPU, or a busy moment refuses the
+    # dispatch
+    async with running_worker(workdir, worker_env(
+            livekit, model_server[0], agent_name=AGENT_NAME, database_url=e2e_database_url,
+            data_dir=workdir / "data", SIGHTLINE_MAX_SESSIONS="8")) as worker:
+        yield worker
 
 
 def new_user(livekit: LiveKitServer, room_name: str) -> User:

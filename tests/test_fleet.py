@@ -42,6 +42,7 @@ from livekit.agents import AgentServer, JobContext, JobExecutorType
 from livekit.protocol import models as lk_models
 from PIL import Image, ImageDraw
 from test_e2e_livekit import sample, scrape
+from worker_fixture import started_worker, worker_env
 
 from agent.config import Settings
 from agent.redispatch import AGENT_NAME_ATTRIBUTE, WEBHOOK_PATH, Redispatcher
@@ -54,7 +55,6 @@ from bench.livekit_harness import (
     Worker,
     free_port,
     run_livekit_server,
-    start_worker,
 )
 from memory.redispatches import Claim, claim
 
@@ -128,30 +128,37 @@ class Fleet:
         self._workdir, self._webhook_ports = workdir, webhook_ports
         self.workers: dict[str, Worker] = {}
 
-    def start(self, name: str, capacity: int = CAPACITY) -> Worker:
+    async def start(self, name: str, capacity: int = CAPACITY) -> Worker:
+        """Worker `name`, started unless it was: on a webhook port no running worker has, with
+        the settings of the faults these tests inject (tests/fault_worker.py)."""
         if name not in self.workers:
-            taken = {w.env["SIGHTLINE_WEBHOOK_PORT"] for w in self.workers.values()
-                     if w.proc.poll() is None}
+            taken = {w.env["SIGHTLINE_WEBHOOK_PORT"] for w in self.running()}
             port = next(p for p in self._webhook_ports if str(p) not in taken)
-            env = {
-                "LIVEKIT_URL": self._livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-                "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-                "GOOGLE_API_KEY": "fleet-fake-key", "ANTHROPIC_API_KEY": "fleet-fake-key",
-                "SIGHTLINE_GEMINI_BASE_URL": self._models.base_url,
-                "SIGHTLINE_ANTHROPIC_BASE_URL": self._models.base_url,
-                "SIGHTLINE_MODEL_RETRIES": "0", "DATABASE_URL": self._database_url,
-                "SIGHTLINE_DATA_DIR": str(self._workdir / f"data-{name}"),
-                "SIGHTLINE_HEALTH_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": str(port),
-                "SIGHTLINE_METRICS_PORT": str(free_port()),
-                "SIGHTLINE_MAX_SESSIONS": str(capacity), "SIGHTLINE_SESSION_STALL_S": "3",
-                "SIGHTLINE_SCREEN_TEXT": "off",  # OCR is not what these tests are about
-                "SIGHTLINE_FAULT_DIR": str(self._workdir),
-                "SIGHTLINE_LOST_SESSION_CLOSE_S": str(LOST_SESSION_CLOSE_S),
-            }
-            self.workers[name] = start_worker(
+            env = worker_env(
+                self._livekit, self._models, agent_name=AGENT_NAME,
+                database_url=self._database_url, data_dir=self._workdir / f"data-{name}",
+                SIGHTLINE_WEBHOOK_PORT=str(port), SIGHTLINE_MAX_SESSIONS=str(capacity),
+                SIGHTLINE_SESSION_STALL_S="3",
+                SIGHTLINE_SCREEN_TEXT="off",  # OCR is not what these tests are about
+                SIGHTLINE_FAULT_DIR=str(self._workdir),
+                SIGHTLINE_LOST_SESSION_CLOSE_S=str(LOST_SESSION_CLOSE_S))
+            self.workers[name] = await started_worker(
                 self._workdir, env, name=f"worker-{name}",
-                launcher=[sys.executable, str(REPO / "tests" / "fault_worker.py")])
+                launcher=(sys.executable, str(REPO / "tests" / "fault_worker.py")))
         return self.workers[name]
+
+    def running(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.proc.poll() is None]
+
+    async def alone(self, name: str) -> Worker:
+        """One worker of the fleet, of `CAPACITY`, running alone: the one that runs, when just
+        one such does (a start is seconds of waiting), else `name`, started once the others
+        stopped. Its log may hold earlier tests' sessions: only a room's own lines count."""
+        running = self.running()
+        if len(running) == 1 and running[0].env["SIGHTLINE_MAX_SESSIONS"] == str(CAPACITY):
+            return running[0]
+        await self.stop()
+        return await self.start(name)
 
     def hosting(self, room: str) -> list[str]:
         """The workers whose log shows a session started in `room`."""
@@ -181,8 +188,7 @@ class Fleet:
     async def stop(self) -> None:
         """SIGTERM, and wait off the loop: the model server on this loop answers the
         sessions' last calls while the workers drain."""
-        await asyncio.gather(*(asyncio.to_thread(worker.stop) for worker in self.workers.values()
-                               if worker.proc.poll() is None))
+        await asyncio.gather(*(worker.astop() for worker in self.running()))
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +233,7 @@ def dispatch_failures(livekit: LiveKitServer, fleet: Fleet) -> str:
 
 
 async def test_one_worker_takes_a_burst_of_six(livekit: LiveKitServer, fleet: Fleet) -> None:
-    worker = fleet.start("a")
+    worker = await fleet.start("a")
     users = [new_user(livekit, f"fleet-burst-{i}") for i in range(CAPACITY)]
     try:
         await asyncio.gather(*(user.dispatch() for user in users))  # all within a moment
@@ -248,8 +254,8 @@ async def test_one_worker_takes_a_burst_of_six(livekit: LiveKitServer, fleet: Fl
 
 
 async def test_two_workers_share_a_burst(livekit: LiveKitServer, fleet: Fleet) -> None:
-    fleet.start("a")
-    fleet.start("b")
+    await fleet.start("a")
+    await fleet.start("b")
     await fleet.settled()
     users = [new_user(livekit, f"fleet-shared-{i}") for i in range(CAPACITY + 3)]
     try:
@@ -269,8 +275,8 @@ async def test_two_workers_share_a_burst(livekit: LiveKitServer, fleet: Fleet) -
 async def test_a_failing_and_a_stuck_session_leave_the_others_answering(
     livekit: LiveKitServer, fleet: Fleet,
 ) -> None:
-    fleet.start("a")
-    fleet.start("b")
+    await fleet.start("a")
+    await fleet.start("b")
     await fleet.settled()
     crash, stuck = new_user(livekit, "fleet-crash"), new_user(livekit, "fleet-stuck")
     healthy = [new_user(livekit, f"fleet-healthy-{i}") for i in range(2)]
@@ -322,8 +328,8 @@ CLOSED_AS_LOST = (
 async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     livekit: LiveKitServer, fleet: Fleet, models: ScriptedModelServer, fleet_database_url: str,
 ) -> None:
-    fleet.start("a")
-    fleet.start("b")
+    await fleet.start("a")
+    await fleet.start("b")
     await fleet.settled()
     user = new_user(livekit, "fleet-failover")
     said = f"Remember that {MID_ANALYSIS} Bluebird-7."
@@ -370,7 +376,7 @@ async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there
     """LiveKit drops a dispatch no worker has room for; the fleet dispatches it again once
     one has."""
     await fleet.stop()
-    solo = fleet.start("solo", capacity=1)
+    solo = await fleet.start("solo", capacity=1)
     first, waiting = new_user(livekit, "fleet-full-first"), new_user(livekit, "fleet-full-wait")
     try:
         await first.dispatch()
@@ -397,7 +403,7 @@ async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there
 
 async def room_sid(livekit: LiveKitServer, room: str) -> str:
     """The id of `room` as it is now: the claims and webhooks of a room name it by this."""
-    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+    async with livekit.client() as lk:
         [listed] = (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms
     return listed.sid
 
@@ -405,14 +411,14 @@ async def room_sid(livekit: LiveKitServer, room: str) -> str:
 async def open_room(livekit: LiveKitServer, room: str) -> None:
     """Create `room` to stay open for minutes once its last participant left (LiveKit's
     default is 20 s), as an app whose users come back to their room would."""
-    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+    async with livekit.client() as lk:
         await lk.room.create_room(api.CreateRoomRequest(name=room, departure_timeout=300))
 
 
 async def emptied(livekit: LiveKitServer, room: str, timeout_s: float = 30) -> None:
     """Wait until `room` (still open) has no participant: its agent left too."""
     deadline = time.monotonic() + timeout_s
-    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+    async with livekit.client() as lk:
         while (await lk.room.list_participants(api.ListParticipantsRequest(room=room))
                ).participants:
             assert time.monotonic() < deadline, f"{room} still has participants"
@@ -426,8 +432,7 @@ async def test_a_user_who_comes_back_after_their_session_ended_gets_an_agent(
     the job as running long after its agent left): a user who comes back to the room while it
     is still open gets an agent only because the fleet dispatches it anew, claimed as their
     coming back (`rejoin`), not as a lost agent's restart."""
-    await fleet.stop()
-    worker = fleet.start("rejoin")
+    worker = await fleet.alone("rejoin")
     room = "fleet-rejoin"
     await open_room(livekit, room)
     first = new_user(livekit, room)
@@ -527,8 +532,7 @@ async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_ano
     monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 0.2)
     monkeypatch.setattr("agent.redispatch.UNPLACED_MAX_WAIT_S", 1.0)
     monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
-    await fleet.stop()
-    fleet.start("handover-first")
+    await fleet.alone("handover-first")
     room = "fleet-handover"
     await open_room(livekit, room)
     user = new_user(livekit, room)
@@ -562,7 +566,7 @@ async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_ano
                 assert time.monotonic() < deadline, to_b.asked
                 await asyncio.sleep(0.1)
             assert await claims(fleet_database_url, sid) == [(first_agent, "lost")]
-            await asyncio.to_thread(fleet.start, "handover-serving")
+            await fleet.start("handover-serving")
             assert "CreateDispatch" not in to_b.asked
             assert not any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
                            for p in user.room.remote_participants.values())
@@ -612,7 +616,7 @@ async def test_a_refusal_that_asking_again_cannot_change_is_one_line_and_no_more
                         await worker.place_when_free(room, sid, rejoin=True)
             finally:
                 await worker.aclose()
-        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        async with livekit.client() as lk:
             kept = await lk.agent_dispatch.list_dispatch(room_name=room)
     finally:
         await leave_all([user])
@@ -628,7 +632,7 @@ async def test_a_refusal_that_asking_again_cannot_change_is_one_line_and_no_more
 
 async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
     """The identities of the agents in `room` now, as LiveKit lists them."""
-    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+    async with livekit.client() as lk:
         listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
     return [p.identity for p in listed.participants
             if p.kind == lk_models.ParticipantInfo.Kind.AGENT]
@@ -642,8 +646,7 @@ async def test_a_bystander_who_stays_after_the_user_left_is_dispatched_no_agent(
     leaves with it, and neither the agent's leaving nor a look at the room dispatches an agent
     for the bystander. The user coming back is dispatched one."""
     monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
-    await fleet.stop()
-    fleet.start("bystander")
+    await fleet.alone("bystander")
     room = "fleet-bystander"
     await open_room(livekit, room)
     user, bystander, back = (new_user(livekit, room) for _ in range(3))
@@ -716,7 +719,7 @@ async def test_an_agent_that_joins_after_its_job_was_dispatched_anew_is_removed(
             await asyncio.sleep(0.1)
         await user.join("late-user")
         await watcher.start()
-        async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+        async with livekit.client() as lk:
             while not (assigned := [
                     job.state.participant_identity
                     for d in await lk.agent_dispatch.list_dispatch(room_name=room)

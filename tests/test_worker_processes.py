@@ -29,6 +29,7 @@ from livekit import rtc
 from test_cli_inputs import bare_env
 from test_e2e_livekit import session_events
 from test_fleet import ANSWER, MEMORY_UPDATE, SCREENS
+from worker_fixture import started_worker, worker_env
 
 from agent.capacity import Limits
 from agent.config import ConfigError, Settings
@@ -43,15 +44,7 @@ from agent.worker_processes import (
     process_count,
     process_env,
 )
-from bench.livekit_harness import (
-    API_KEY,
-    API_SECRET,
-    LiveKitServer,
-    User,
-    Worker,
-    free_port,
-    start_worker,
-)
+from bench.livekit_harness import LiveKitServer, User, Worker, free_port
 
 AGENT_NAME = "sightline-processes"
 
@@ -447,22 +440,15 @@ async def processes_database_url(postgres_admin_url: str) -> str:
     return await fresh_database(postgres_admin_url, "processes")
 
 
-def start(livekit: LiveKitServer, models: ScriptedModelServer, database_url: str,
-          workdir: Path, sessions: int) -> tuple[Worker, int]:
-    """A worker of two processes; returns it and its health port."""
-    health = free_port()
-    env = {
-        "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-        "GOOGLE_API_KEY": "processes-fake-key", "ANTHROPIC_API_KEY": "processes-fake-key",
-        "SIGHTLINE_GEMINI_BASE_URL": models.base_url,
-        "SIGHTLINE_ANTHROPIC_BASE_URL": models.base_url, "SIGHTLINE_MODEL_RETRIES": "0",
-        "DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(workdir / "data"),
-        "SIGHTLINE_HEALTH_PORT": str(health), "SIGHTLINE_WEBHOOK_PORT": "0",
-        "SIGHTLINE_MAX_SESSIONS": str(sessions), "SIGHTLINE_WORKER_PROCESSES": "2",
-        "SIGHTLINE_SCREEN_TEXT": "off",
-    }
-    return start_worker(workdir, env, name="worker-processes"), health
+async def start(livekit: LiveKitServer, models: ScriptedModelServer, database_url: str,
+                workdir: Path, sessions: int) -> Worker:
+    """A worker of two processes, without metrics (the second process would serve them on
+    the port after the free one picked, maybe taken)."""
+    return await started_worker(workdir, worker_env(
+        livekit, models, agent_name=AGENT_NAME, database_url=database_url,
+        data_dir=workdir / "data", SIGHTLINE_METRICS_PORT="0",
+        SIGHTLINE_MAX_SESSIONS=str(sessions), SIGHTLINE_WORKER_PROCESSES="2",
+        SIGHTLINE_SCREEN_TEXT="off"), name="worker-processes")
 
 
 def running(pid: int) -> bool:
@@ -522,7 +508,8 @@ async def answered(livekit: LiveKitServer, rooms: list[str]) -> list[User]:
 async def test_a_worker_of_two_processes_shares_a_burst_and_outlives_a_process(
         livekit: LiveKitServer, models: ScriptedModelServer, processes_database_url: str,
         tmp_path: Path) -> None:
-    worker, health_port = start(livekit, models, processes_database_url, tmp_path, sessions=4)
+    worker = await start(livekit, models, processes_database_url, tmp_path, sessions=4)
+    health_port = int(worker.env["SIGHTLINE_HEALTH_PORT"])
     try:
         first = now = children(worker)
         assert len(first) == 2
@@ -554,7 +541,7 @@ async def test_a_worker_of_two_processes_shares_a_burst_and_outlives_a_process(
 async def test_a_worker_killed_with_sigkill_leaves_no_process_behind(
         livekit: LiveKitServer, models: ScriptedModelServer, processes_database_url: str,
         tmp_path: Path) -> None:
-    worker, _ = start(livekit, models, processes_database_url, tmp_path, sessions=2)
+    worker = await start(livekit, models, processes_database_url, tmp_path, sessions=2)
     left = children(worker)
     assert len(left) == 2
     worker.proc.send_signal(signal.SIGKILL)

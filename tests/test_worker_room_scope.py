@@ -18,20 +18,12 @@ from conftest import DEMO_FIXTURE, fresh_database
 from livekit import api, rtc
 from test_e2e_livekit import sample, scrape, session_events
 from test_speech import QUESTIONS, VOICE, wer
+from worker_fixture import running_worker, worker_env
 
 from agent.assist import ASSIST_TOPIC
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from agent.worker import COST_TOPIC
-from bench.livekit_harness import (
-    API_KEY,
-    API_SECRET,
-    LiveKitServer,
-    User,
-    VoiceUser,
-    Worker,
-    free_port,
-    start_worker,
-)
+from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer, User, VoiceUser, Worker
 
 pytestmark = pytest.mark.e2e
 
@@ -55,26 +47,13 @@ async def database_url(postgres_admin_url: str) -> str:
 async def worker(livekit: LiveKitServer, database_url: str,
                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
     workdir = tmp_path_factory.mktemp("worker")
-    async with ScriptedModelServer(replies=_reply) as model:
-        env = {
-            "LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-            "LIVEKIT_API_SECRET": API_SECRET, "SIGHTLINE_AGENT_NAME": AGENT_NAME,
-            "GOOGLE_API_KEY": "scope-fake-key", "ANTHROPIC_API_KEY": "scope-fake-key",
-            "SIGHTLINE_GEMINI_BASE_URL": model.base_url,
-            "SIGHTLINE_ANTHROPIC_BASE_URL": model.base_url, "SIGHTLINE_MODEL_RETRIES": "0",
-            "DATABASE_URL": database_url, "SIGHTLINE_DATA_DIR": str(workdir / "data"),
-            "SIGHTLINE_HEALTH_PORT": str(free_port()),
-            "SIGHTLINE_METRICS_PORT": str(free_port()), "SIGHTLINE_WEBHOOK_PORT": "0",
-            "SIGHTLINE_MAX_SESSIONS": "4", "SIGHTLINE_SCREEN_TEXT": "off",
-            "SIGHTLINE_EMBEDDINGS": "wordllama",
-            "SIGHTLINE_PARTICIPANT_WAIT_S": str(PARTICIPANT_WAIT_S),
-            "SIGHTLINE_STT": "local", "SIGHTLINE_TURN_DETECTION": "vad",
-        }
-        proc = await asyncio.to_thread(start_worker, workdir, env, name="worker-room-scope")
-        try:
-            yield proc
-        finally:
-            await proc.astop()
+    async with ScriptedModelServer(replies=_reply) as model, running_worker(workdir, worker_env(
+            livekit, model, agent_name=AGENT_NAME, database_url=database_url,
+            data_dir=workdir / "data", SIGHTLINE_MAX_SESSIONS="4", SIGHTLINE_SCREEN_TEXT="off",
+            SIGHTLINE_EMBEDDINGS="wordllama",
+            SIGHTLINE_PARTICIPANT_WAIT_S=str(PARTICIPANT_WAIT_S), SIGHTLINE_STT="local",
+            SIGHTLINE_TURN_DETECTION="vad"), name="worker-room-scope") as worker:
+        yield worker
 
 
 class Bystander:
@@ -177,7 +156,7 @@ async def test_a_job_whose_user_never_joins_ends_and_frees_its_slot(
     await User(livekit, room, agent_name=AGENT_NAME, metadata={"tenant": "scope"},
                video=DEMO_FIXTURE / "screen.webm").dispatch()
     deadline = time.monotonic() + 60
-    async with api.LiveKitAPI(livekit.http_url, API_KEY, API_SECRET) as lk:
+    async with livekit.client() as lk:
         while not await _agents_in(lk, room):
             assert time.monotonic() < deadline, "the agent never joined the room"
             await asyncio.sleep(0.2)
