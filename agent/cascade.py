@@ -65,9 +65,11 @@ _HEADER_MAX_CHARS = 40  # more than this without a complete header: malformed
 
 def failure_sentence(err: ProviderError, *, partial: bool = False) -> str:
     """What the user hears when the model failed: short, plain, and true. A request that never
-    reached the model (`ProviderError.reached`: refused, or still connecting when its time ran
-    out) "could not be reached"; one whose connection failed after it went out, before or
-    during the answer, "broke off". `partial`: part of the answer was already spoken, so the
+    reached the model (`ProviderError.reached`: no attempt went out, its connection refused or
+    still being made when its time ran out) "could not be reached"; one whose connection failed
+    after it went out, before or during the answer, "broke off"; one the model refused with an
+    error status, by that status's kind, though a retry then failed otherwise
+    (`ProviderError.unanswered`). `partial`: part of the answer was already spoken, so the
     sentence ends that answer rather than saying there is none."""
     model = f"the model ({err.model})"
     if err.kind in ("connection", "timeout") and not err.reached:
@@ -171,7 +173,7 @@ class _Attempt:
     bar: float  # the confidence it needs to answer alone (0 for the tier that must answer)
     header: ConfidenceHeader = field(default_factory=ConfidenceHeader)
     prompt: llm.ChatContext | None = None  # the request, once handed to the SDK
-    watch: RequestWatch = field(default_factory=RequestWatch)  # whether it may be billed
+    watch: RequestWatch = field(default_factory=RequestWatch)  # whether it went out, may be billed
     reported: Usage | None = None  # the provider's latest usage report
     usage: Usage = field(default_factory=Usage)  # what it is billed, settled when it ends
     spoken: int = 0
@@ -447,8 +449,8 @@ class CascadeStream(llm.LLMStream):
         except ProviderError as exc:
             error = exc
         except TimeoutError:
-            error = ProviderError(tier.provider, tier.model, "timeout", None, "turn deadline",
-                                  reached=attempt.watch.billed)
+            error = ProviderError.unanswered(tier.provider, tier.model, "timeout",
+                                             "turn deadline", attempt.watch)
         except asyncio.CancelledError:
             attempt.outcome = "cancelled"  # the user interrupted or left: billed if sent
             raise

@@ -43,6 +43,15 @@ def _dollars(cost: float | None, unpriced: bool) -> str:
     return "unpriced" if unpriced else f"${cost or 0.0:.6f}"
 
 
+def _unsent_saving(usd: float) -> str:
+    """What leaving an unchanged screen's frame out saved. Less than nothing on Claude when the
+    screenshot carried instead was written to its cache (at more than fresh input) and not read
+    back enough to make up for it: said as the extra it cost, never as "$-… saved"."""
+    if usd < 0:
+        return f"${-usd:.6f} more: the carried screenshot was written to the cache"
+    return f"${usd:.6f} saved"
+
+
 def _turns_line(turns: dict[str, Any]) -> str:
     """The user turns: where they started, which tier's answer ended them, how many climbed."""
     started = ", ".join(f"{n} at tier {t}" for t, n in turns["started_at_tier"].items())
@@ -127,7 +136,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  image policy: {new} with a new screenshot, "
                      f"{images['questions_screen_unchanged']} with the screen "
                      f"unchanged ({images['unsent_tokens']} tokens not sent again, "
-                     f"${images['unsent_saved_usd']:.6f} saved)")
+                     f"{_unsent_saving(images['unsent_saved_usd'])})")
     screen = summary.get("screen")
     if screen and screen["reads"]:
         lines.append(f"  screen text: {counted(screen['reads'], 'kept frame')} read, "

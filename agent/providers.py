@@ -55,11 +55,12 @@ PURPOSE_HEADER = "x-sightline-purpose"
 
 class ProviderError(RuntimeError):
     """A model call that failed after the SDK's own retries. `reached`: whether its request
-    may have reached the provider and run there, i.e. whether an attempt went out and was not
-    refused (`RequestWatch.billed`): the adapter says so for a failure of its HTTP client, the
-    cascade for its own deadline, and the user hears the model "could not be reached" when none
-    did. Any other failure (an HTTP error status, a reply the cascade refused) came after an
-    answer, so after the request arrived. What the call is billed is its watch's to say."""
+    may have reached the provider, i.e. whether any attempt went out (`RequestWatch.sent`): the
+    adapter says so for a failure of its HTTP client, the cascade for its own deadline
+    (`unanswered`), and the user hears the model "could not be reached" when none did. Any
+    other failure (an HTTP error status, a reply the cascade refused) came after an answer, so
+    after the request arrived. What the call is billed is its watch's to say
+    (`RequestWatch.billed`)."""
 
     def __init__(self, provider: str, model: str, kind: str, status: int | None, message: str,
                  *, reached: bool = True) -> None:
@@ -67,6 +68,20 @@ class ProviderError(RuntimeError):
         self.reached = reached
         where = f"HTTP {status}" if status else kind
         super().__init__(f"{provider} {model}: {where}: {message}")
+
+    @classmethod
+    def unanswered(cls, provider: str, model: str, kind: str, message: str,
+                   watch: RequestWatch) -> ProviderError:
+        """A call that ended with no answer (`kind`: its time ran out, its connection failed),
+        told as its attempts say: by the HTTP status the provider refused each one that went
+        out with, as a final error status is (an overload answered, then the deadline passed
+        in the SDK's back-off, was a model that "could not be reached"); else reached once
+        any went out."""
+        status = watch.refusal
+        if status is not None:
+            return cls(provider, model, _kind_for_status(status), status,
+                       f"{message}; every attempt sent was refused")
+        return cls(provider, model, kind, None, message, reached=watch.sent)
 
 
 StreamItem = str | Usage | llm.FunctionToolCall
@@ -186,13 +201,12 @@ class _ProviderBase:
     name: str
     model: str
 
-    def _timeout(self, reached: bool) -> ProviderError:
-        return ProviderError(self.name, self.model, "timeout", None, "no answer in time",
-                             reached=reached)
+    def _timeout(self, watch: RequestWatch) -> ProviderError:
+        return ProviderError.unanswered(self.name, self.model, "timeout", "no answer in time",
+                                        watch)
 
-    def _unreachable(self, message: str, reached: bool) -> ProviderError:
-        return ProviderError(self.name, self.model, "connection", None, message,
-                             reached=reached)
+    def _unreachable(self, message: str, watch: RequestWatch) -> ProviderError:
+        return ProviderError.unanswered(self.name, self.model, "connection", message, watch)
 
     def _bad_response(self, exc: Exception, watch: RequestWatch) -> ProviderError:
         """An answer that is not the API's own (an HTML page, a cut-off stream), as one
@@ -273,7 +287,8 @@ class GeminiProvider(_ProviderBase):
                     yield item
                 chunk = await anext(chunks, None)
         except genai_errors.APIError as exc:
-            watch.refused()  # an error status, or an error in place of the stream's next chunk
+            # an error status, or an error in place of the stream's next chunk
+            watch.refused(exc.code)
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
             ) from exc
@@ -282,9 +297,9 @@ class GeminiProvider(_ProviderBase):
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
             raise self._bad_response(exc, watch) from exc
         except TimeoutError as exc:
-            raise self._timeout(watch.billed) from exc
+            raise self._timeout(watch) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(repr(exc), watch.billed) from exc
+            raise self._unreachable(repr(exc), watch) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -344,6 +359,7 @@ class ClaudeProvider(_ProviderBase):
         system_text = "\n\n".join(fmt.system_messages or [])
         system = [{"type": "text", "text": system_text, **_CACHE}] if system_text else []
         _mark_cache_breakpoint(messages)
+        started = False  # the answer's message began: the model ran the request
         try:
             async with AsyncExitStack() as opened:
                 # the SDK sends the request, and retries it, as the stream opens
@@ -356,7 +372,6 @@ class ClaudeProvider(_ProviderBase):
                         **({"system": system} if system else {}),
                         **({"tools": schemas} if schemas else {}),
                     ))
-                started = False
                 async for event in stream:
                     if event.type == "message_start":  # the input count comes first; the
                         started = True
@@ -377,22 +392,27 @@ class ClaudeProvider(_ProviderBase):
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
             raise self._bad_response(exc, watch) from exc
         except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
-            raise self._timeout(watch.billed) from exc
+            raise self._timeout(watch) from exc
         except self._errors.APIStatusError as exc:
-            raise self._status_error(exc) from exc
+            raise self._status_error(exc, watch, started=started) from exc
         except (self._errors.APIConnectionError, httpx2.TransportError) as exc:
-            raise self._unreachable(str(exc), watch.billed) from exc
+            raise self._unreachable(str(exc), watch) from exc
         yield _claude_usage(final.usage)
 
-    def _status_error(self, exc: anthropic.APIStatusError) -> ProviderError:
+    def _status_error(self, exc: anthropic.APIStatusError, watch: RequestWatch, *,
+                      started: bool) -> ProviderError:
         """An error Anthropic answered with: an HTTP error status, or an `error` event in a
-        stream that began 200 OK (an overload mid-answer), which has no status of its own and
-        is told by its type."""
+        stream that began 200 OK (an overload), which has no status of its own and is told by
+        its type. Before the answer's message began, the request was not run (as Gemini's
+        error in place of its first chunk): the attempt is refused, its prompt unbilled."""
         if exc.status_code >= 400:
-            return ProviderError(self.name, self.model, _kind_for_status(exc.status_code),
-                                 exc.status_code, exc.message)
-        kind = _kind_for_status(_CLAUDE_ERROR_STATUS.get(exc.type or "", 500))
-        return ProviderError(self.name, self.model, kind, None, exc.api_message or exc.message)
+            status, answered, said = exc.status_code, exc.status_code, exc.message
+        else:  # the status its type stands for, not one the answer came with
+            status, answered, said = (_CLAUDE_ERROR_STATUS.get(exc.type or "", 500), None,
+                                      exc.api_message or exc.message)
+        if not started:
+            watch.refused(status)
+        return ProviderError(self.name, self.model, _kind_for_status(status), answered, said)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -14,7 +14,8 @@ it was made. Anthropic's httpx2 client reports through httpcore's `trace` extens
 response hook (`WATCHED_HTTPX2_HOOKS`), google-genai's aiohttp session through a `TraceConfig`
 (`AIOHTTP_TRACE`, which memory/genai_client.py's `GenaiClient` sends with). An attempt whose
 connection was refused, failed DNS or TLS, or was still connecting when its time ran out or it
-was cancelled, sent nothing; one answered with an HTTP error status was not run.
+was cancelled, sent nothing; one answered with an HTTP error status was not run, and a call
+whose every attempt that went out was answered so is told by that status, not as unreached.
 
 Imported where a provider's SDK is: with agent/providers.py and memory/genai_client.py, so a
 command that never calls a provider pays for neither.
@@ -35,14 +36,16 @@ import httpx2
 class _Attempt:
     """One attempt of a call: one request the SDK made. `sent` once its whole request was
     handed to a connection; `refused` once it was answered without being run (an HTTP error
-    status, or, as the SDK's error says, an error or a page in place of the provider's answer).
-    It is httpcore's `trace` extension for its own request."""
+    status, or, as the SDK's error says, an error or a page in place of the provider's answer),
+    with `status` the error's HTTP status when it has one. It is httpcore's `trace` extension
+    for its own request."""
 
-    __slots__ = ("refused", "sent")
+    __slots__ = ("refused", "sent", "status")
 
     def __init__(self) -> None:
         self.sent = False
         self.refused = False
+        self.status: int | None = None
 
     async def __call__(self, name: str, info: dict[str, Any]) -> None:
         # httpcore's trace: "http11.send_request_body.complete" (or http2's) once it has
@@ -52,14 +55,20 @@ class _Attempt:
 
     def answered(self, status: int) -> None:
         if status >= 400:
-            self.refused = True
+            self.refuse(status)
+
+    def refuse(self, status: int | None) -> None:
+        self.refused = True
+        if status is not None:  # an SDK's error with no status of its own keeps the response's
+            self.status = status
 
 
 class RequestWatch:
     """One call's attempts, the SDK's retries included. The provider may bill the call
     (`billed`) when any attempt went out and was not refused, whatever the call ended with: a
     later attempt answered 5xx, refused, or cut off while it still connected hides nothing an
-    earlier one cost."""
+    earlier one cost. What the user is told of a call that ended without an answer is `sent`
+    and `refusal`: a model that answered every attempt with an error status was reached."""
 
     __slots__ = ("_attempts",)
 
@@ -67,15 +76,32 @@ class RequestWatch:
         self._attempts: list[_Attempt] = []
 
     @property
+    def sent(self) -> bool:
+        """Whether any attempt went out, refused or not: the provider had the request."""
+        return any(attempt.sent for attempt in self._attempts)
+
+    @property
     def billed(self) -> bool:
         return any(attempt.sent and not attempt.refused for attempt in self._attempts)
 
-    def refused(self) -> None:
+    @property
+    def refusal(self) -> int | None:
+        """The HTTP status the latest attempt that went out was refused with, when every one
+        that went out was refused with a status: the provider's own answer, though the call
+        ended otherwise (its time ran out during the SDK's back-off, a retry was refused)."""
+        went_out = [attempt for attempt in self._attempts if attempt.sent]
+        if went_out and all(attempt.status is not None for attempt in went_out):
+            return went_out[-1].status
+        return None
+
+    def refused(self, status: int | None = None) -> None:
         """The call's error says its latest attempt was not run: an error in place of the
-        answer (google-genai's for an error status or an error in a 200 stream), or something
-        that is not the provider's answer (a proxy's page, a stream cut off mid-object)."""
+        answer (google-genai's for an error status or an error in a 200 stream, Anthropic's
+        `error` event before its message began), with the HTTP status it stands for, or
+        something that is not the provider's answer (a proxy's page, a stream cut off
+        mid-object)."""
         if self._attempts:
-            self._attempts[-1].refused = True
+            self._attempts[-1].refuse(status)
 
     def _attempt(self) -> _Attempt:
         attempt = _Attempt()

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from . import backlog, bm25
+from .db import storable
 from .embeddings import Embedder
 from .knowledge import Hit, QueryVector, fuse, resolved, vector_literal
 from .spill_files import ROW_KEY
@@ -46,6 +47,8 @@ _MEMORY_OPS = ("fact", "forget", "summary")
 # a user's newest applied keeper rows whose keys are kept (`_first_writes`): a row comes twice
 # (a batch retried, a spill file imported again) soon after it first did, so older keys go
 KEPT_ROW_KEYS = 1000
+# what a row of `apply` or `defer` stores as text, or matches against stored text (`seen`)
+_ROW_TEXTS = ("key", "text", "seen", "user", "assistant")
 # the first key of the advisory locks `apply` takes, one a user: locks of their own, apart from
 # the one-key locks of migrations and redispatches
 _MEMORY_LOCKS = 0x5160_3E3E
@@ -95,6 +98,14 @@ async def embed_or_none(embedder: Embedder, texts: list[str]) -> list[str | None
                     len(texts), embedder.name, exc)
         return [None] * len(texts)
     return [vector_literal(v) for v in vectors]
+
+
+def _storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with its texts as Postgres can store them (`storable`), so one NUL or lone
+    surrogate fails no batch, whoever wrote the row: the keeper, the user's `remember`, a spill
+    file imported. A `seen` is cleaned alike, to match the text that was stored."""
+    return {name: storable(value) if name in _ROW_TEXTS and isinstance(value, str) else value
+            for name, value in row.items()}
 
 
 async def lock_memory(conn: asyncpg.Connection, tenant: str, user_id: str) -> None:
@@ -283,7 +294,7 @@ class UserMemory:
 
     async def defer(self, rows: Sequence[dict[str, Any]]) -> None:
         """Keep exchanges for the memory model (a session without the database had them)."""
-        await backlog.store_deferred(self._pool, rows)
+        await backlog.store_deferred(self._pool, [_storable_row(row) for row in rows])
 
     async def claim_deferred(self, tenant: str, user_id: str, session_id: str,
                              ) -> list[backlog.Deferred]:
@@ -296,7 +307,8 @@ class UserMemory:
         """Write memory changes in the order they were made, in one transaction. Rows are
         `{"op": "fact"|"forget"|"summary", "tenant", "user_id", "session_id", ...}`: a fact
         (`key`, `text`) stored under its key; forget drops a key; a summary (`text`); and what
-        became of a deferred exchange the keeper analysed (`backlog.OPS`, with its `id`).
+        became of a deferred exchange the keeper analysed (`backlog.OPS`, with its `id`). Their
+        texts are stored as Postgres can (`_storable_row`), whoever wrote them.
 
         A keeper's row says what its view held (`seen`: the key's text, or the summary its
         fold was shown), and another session of the user may have written since. So a fact
@@ -319,6 +331,7 @@ class UserMemory:
 
         Returns the version of each user's memory the batch found and left (`Versions`): a
         keeper whose view was of the first knows its rows were all that changed it."""
+        rows = [_storable_row(row) for row in rows]
         fact_rows = [r for r in rows if r["op"] == "fact"]
         vectors = dict(zip(map(id, fact_rows),
                            await embed_or_none(self.embedder, [r["text"] for r in fact_rows]),

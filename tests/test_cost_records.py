@@ -9,8 +9,9 @@ not be reached) is billed nothing (tests/test_request_reached.py: retries, a tur
 while it still connects); a memory call cancelled by the session's close is in the ledger;
 speech spend counts against the budgets as it counts in the session's total; a screen not
 sent again saved what its frame would have cost less the screenshot held instead, at that one's
-place in Claude's cache (written, then read). Through the real SDK clients against the
-wire-format server (and sockets that take no request).
+place in Claude's cache (written, then read), and a write that cost more is printed as costing
+more. Through the real SDK clients against the wire-format server (and sockets that take no
+request).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from test_cascade import CachesImages, reply
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM
+from agent.cli_costs import format_summary
 from agent.config import Settings, Tier
 from agent.images import ImageBill, ImageEncoder
 from agent.pricing import PriceTable, Usage, estimate_text_tokens
@@ -202,11 +204,11 @@ class BreaksOff(ScriptedModelServer):
         return response
 
 
-async def ask_once(tmp_path: Path, record: SessionRecord, tier: Tier, url: str,
-                   **env: str) -> str:
+async def ask_once(tmp_path: Path, record: SessionRecord, tier: Tier, url: str, *,
+                   deadline_s: float = 60.0, **env: str) -> str:
     """One cascade turn on `tier` alone, asked at `url`: what the user heard."""
     model = CascadeLLM([tier], [make_provider(settings(tmp_path, url, **env), tier)],
-                       record.meter, 60.0, ImageEncoder("medium"))
+                       record.meter, deadline_s, ImageEncoder("medium"))
     try:
         async with model.chat(chat_ctx=question()) as stream:
             return "".join([c.delta.content async for c in stream
@@ -340,6 +342,33 @@ async def test_speech_spend_counts_against_the_budget(tmp_path: Path) -> None:
     assert guard.tier_cap() == 0
 
 
+async def ask_about_an_unchanged_screen(
+    tmp_path: Path, questions: list[str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Claude asked `questions`, one turn each, the same screen offered before every one: its
+    calls, and the session's summary (its turns' notes recorded as a session records them)."""
+    record = open_record(tmp_path)
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
+    turn = TurnContext(ScreenContext(screen, "changed"),
+                       note=lambda note: record.events.record("context", detail=note))
+    desk = Desk()
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content=INSTRUCTIONS)
+    async with CachesImages(replies=[ScriptedReply(text="[[confidence: 0.9]] Exit 2.")]) as server:
+        model = CascadeLLM([CLAUDE], [make_provider(settings(tmp_path, server), CLAUDE)],
+                           record.meter, 60.0, ImageEncoder("medium"))
+        try:
+            for t, asked in enumerate(questions):
+                screen.offer(float(t), desk.frame())  # the same screen every time
+                ctx.add_message(role="user", content=asked)
+                ctx.add_message(role="assistant", content=await reply(model,
+                                                                      await turn.build(ctx)))
+        finally:
+            await model.aclose()
+    summary = await record.close()
+    return ledger(record, ("model_call",)), summary
+
+
 async def test_a_screen_not_sent_again_saved_by_the_place_of_the_screenshot_held_instead(
     tmp_path: Path,
 ) -> None:
@@ -349,25 +378,8 @@ async def test_a_screen_not_sent_again_saved_by_the_place_of_the_screenshot_held
     left out saved its tokens at the fresh rate less the rate of that place, as the carried
     screenshot's own share is priced; it was priced as read from the cache every time, so the
     write's extra cost showed as a saving."""
-    record = open_record(tmp_path)
-    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None)
-    turn = TurnContext(ScreenContext(screen, "changed"))
-    desk = Desk()
-    ctx = llm.ChatContext.empty()
-    ctx.add_message(role="system", content=INSTRUCTIONS)
-    async with CachesImages(replies=[ScriptedReply(text="[[confidence: 0.9]] Exit 2.")]) as server:
-        model = CascadeLLM([CLAUDE], [make_provider(settings(tmp_path, server), CLAUDE)],
-                           record.meter, 60.0, ImageEncoder("medium"))
-        try:
-            for t, asked in enumerate(["What failed?", "Which step ran last?", "Its log?"]):
-                screen.offer(float(t), desk.frame())  # the same screen every time
-                ctx.add_message(role="user", content=asked)
-                ctx.add_message(role="assistant", content=await reply(model,
-                                                                      await turn.build(ctx)))
-        finally:
-            await model.aclose()
-    summary = await record.close()
-    first, written, read = ledger(record, ("model_call",))
+    (first, written, read), summary = await ask_about_an_unchanged_screen(
+        tmp_path, ["What failed?", "Which step ran last?", "Its log?"])
     assert [c["image_tokens_unsent"] for c in (first, written, read)] == [0, 1199, 1199]
     assert written["cache_write_tokens"] > 1199 and read["cached_input_tokens"] > 1199
     sonnet = PriceTable.load().get(CLAUDE.model)
@@ -376,5 +388,26 @@ async def test_a_screen_not_sent_again_saved_by_the_place_of_the_screenshot_held
         pytest.approx(1199 * (sonnet.input_per_mtok - rate) / 1e6)
         for rate in (sonnet.cache_write_per_mtok, sonnet.cached_input_per_mtok))]
     assert written["image_unsent_saved_usd"] < 0 < read["image_unsent_saved_usd"]
-    assert summary["images"]["unsent_saved_usd"] == pytest.approx(
+    saved = summary["images"]["unsent_saved_usd"]
+    assert saved == pytest.approx(
         written["image_unsent_saved_usd"] + read["image_unsent_saved_usd"])
+    assert f"(2398 tokens not sent again, ${saved:.6f} saved)" in format_summary(summary)
+
+
+async def test_a_screen_not_sent_again_that_cost_more_is_printed_as_costing_more(
+    tmp_path: Path,
+) -> None:
+    """One question on the unchanged screen: the screenshot carried instead is written to
+    Claude's cache, which costs more than the frame left out would have cost as fresh input.
+    `sightline costs` printed it as "$-0.000899 saved"."""
+    (_, written), summary = await ask_about_an_unchanged_screen(
+        tmp_path, ["What failed?", "Which step ran last?"])
+    sonnet = PriceTable.load().get(CLAUDE.model)
+    assert sonnet is not None
+    extra = -summary["images"]["unsent_saved_usd"]
+    assert extra == pytest.approx(-written["image_unsent_saved_usd"]) == pytest.approx(
+        1199 * (sonnet.cache_write_per_mtok - sonnet.input_per_mtok) / 1e6)
+    text = format_summary(summary)
+    assert (f"(1199 tokens not sent again, ${extra:.6f} more: the carried screenshot was "
+            "written to the cache)") in text
+    assert "$-" not in text

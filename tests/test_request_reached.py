@@ -5,13 +5,17 @@ Protects: a call whose first attempt delivered its whole request and lost the an
 its estimate, and the user hears the connection broke off, though the SDK's retry was refused
 (it was billed nothing, the model said "could not be reached"), and so is a call or an
 embedding whose retries were answered HTTP 500 (billed nothing); a call whose one attempt that
-went out was answered HTTP 500, its retry refused, is billed nothing and "could not be reached"
-(it was billed its estimate, and the connection "broke off"); a turn cut off while its
-request still connects (the cascade's own deadline, the user's cancel) is billed nothing, and
-past the deadline the model "could not be reached" (it was billed the prompt, told "took too
-long"); a Gemini embedding cancelled is in the ledger, billed once Gemini had it and unbilled
-while it still connected (it was not recorded at all); an embedding whose first attempt went
-out is billed though its retry was refused. Through the real SDK clients against local sockets.
+went out was answered HTTP 500, its retry refused, is billed nothing and the model "had an
+internal error" (it was billed its estimate, and the connection "broke off"; then "could not
+be reached"), and so is a Claude turn answered 529 whose deadline passed in the SDK's back-off
+(it "could not be reached"); a 200 stream that begins with the provider's overload error is
+billed nothing, Claude's as Gemini's (Claude's was billed its estimate); a turn cut off while
+its request still connects (the cascade's own deadline, the user's cancel) is billed nothing,
+and past the deadline the model "could not be reached" (it was billed the prompt, told "took
+too long"); a Gemini embedding cancelled is in the ledger, billed once Gemini had it and
+unbilled while it still connected (it was not recorded at all); an embedding whose first
+attempt went out is billed though its retry was refused. Through the real SDK clients against
+local sockets.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ _ERROR = (b'{"type": "error", "error": {"type": "api_error", "code": 500, "statu
           b'"message": "Internal error"}}')  # Anthropic's error and Gemini's in one
 SERVER_ERROR = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_ERROR), _ERROR))
+_OVERLOADED = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+# Anthropic's overload, to be asked again in 10 s: the SDK waits that long before its retry
+OVERLOADED = (b"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\nretry-after: 10\r\n"
+              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+              % (len(_OVERLOADED), _OVERLOADED))
 
 
 class OneRequest:
@@ -180,16 +189,70 @@ async def test_a_call_whose_one_attempt_that_went_out_was_answered_500_is_billed
 ) -> None:
     """An attempt answered HTTP 500 was not run, and the SDK's retry after it was refused:
     nothing the provider ran went out (it was billed the prompt's estimate, and the user heard
-    that the connection broke off)."""
+    that the connection broke off), but the model answered: the user hears the 500 (they heard
+    the model "could not be reached")."""
     record = open_record(tmp_path)
     server = OneRequest(hang_up=True, answer=SERVER_ERROR)
     async with server as url:
         heard = await ask_once(tmp_path, record, tier, url, SIGHTLINE_MODEL_RETRIES="1")
     assert len(server.bodies) == 1  # the retry found nobody listening
-    assert heard == (f"Sorry, the model ({tier.model}) could not be reached, so I have no "
+    assert heard == (f"Sorry, the model ({tier.model}) had an internal error, so I have no "
                      "answer. Please ask again.")
     (call,) = ledger(record, ("model_call", "model_error"))
     unbilled(call)
+    assert ": HTTP 500: " in call["detail"]["error"]
+    assert call["image_tokens"] == IMAGE_TOKENS[tier.model] and call["image_cost_usd"] == 0.0
+
+
+async def test_a_turn_whose_deadline_passed_after_claude_answered_529_says_so(
+    tmp_path: Path,
+) -> None:
+    """Claude answered 529 (overloaded, retry in 10 s) and the turn's deadline passed while
+    the SDK waited to ask again: nothing was run, so it is billed nothing, and the user hears
+    the model's own answer (they heard it "could not be reached")."""
+    record = open_record(tmp_path)
+    server = OneRequest(hang_up=True, answer=OVERLOADED)
+    async with server as url:
+        heard = await ask_once(tmp_path, record, CLAUDE, url, deadline_s=1.0,
+                               SIGHTLINE_MODEL_RETRIES="1")
+    assert len(server.bodies) == 1
+    assert heard == (f"Sorry, the model ({CLAUDE.model}) had an internal error, so I have no "
+                     "answer. Please ask again.")
+    (call,) = ledger(record, ("model_call", "model_error"))
+    unbilled(call)
+    assert call["detail"]["outcome"] == "failed"
+    assert call["detail"]["error"].startswith(f"anthropic {CLAUDE.model}: HTTP 529: turn deadline")
+
+
+class OverloadedInStream(ScriptedModelServer):
+    """Answers each request 200 OK, with the provider's overload error in place of the
+    stream's first event: Anthropic's `error` event before its `message_start`, Gemini's
+    error chunk before its first candidate."""
+
+    @staticmethod
+    async def _sse(request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+        error = (b"event: error\ndata: " + _OVERLOADED + b"\n\n"
+                 if request.path.startswith("/v1/messages") else
+                 b'data: {"error": {"code": 503, "message": "The model is overloaded.", '
+                 b'"status": "UNAVAILABLE"}}\r\n\r\n')
+        return await ScriptedModelServer._sse(request, [error], 0.0)
+
+
+@pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
+async def test_a_stream_that_begins_with_an_overload_error_is_billed_nothing(
+    tmp_path: Path, tier: Tier,
+) -> None:
+    """The provider ran nothing of a request whose answer began with its error: Gemini's
+    was billed nothing, Claude's its prompt's estimate."""
+    record = open_record(tmp_path)
+    async with OverloadedInStream() as server:
+        heard = await ask_once(tmp_path, record, tier, server.base_url)
+    assert len(server.requests) == 1
+    assert heard == (f"Sorry, the model ({tier.model}) had an internal error, so I have no "
+                     "answer. Please ask again.")
+    (call,) = ledger(record, ("model_call", "model_error"))
+    unbilled(call)
+    assert "overloaded" in call["detail"]["error"].lower()
     assert call["image_tokens"] == IMAGE_TOKENS[tier.model] and call["image_cost_usd"] == 0.0
 
 

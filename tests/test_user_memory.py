@@ -5,7 +5,8 @@ not stored twice, a forget removes) and a rolling summary, through the real goog
 a broken or failing memory call costs a recorded model call and no memory; recall gives a turn the
 summary, the facts nearest the question and matching earlier messages outside the conversation,
 of this tenant and user only; a turn with nothing to recall costs no embedding; rows a closed
-session spilled are imported once, and a live session's are left to it.
+session spilled are imported once, and a live session's are left to it; a NUL in any writer's
+memory row (the user's `remember` too) is stored without it.
 """
 
 from __future__ import annotations
@@ -168,6 +169,30 @@ async def test_a_nul_or_lone_surrogate_in_the_keepers_reply_is_stored_without_it
     assert await memory.summary("acme", "u-1") == "Asked about the laptop."
     assert not await asyncio.to_thread((tmp_path / "s-nul.memory-refused.jsonl").exists)
     assert "- laptop: The user's laptop runs Ubuntu 24.04." in seen[1].text
+
+
+async def test_a_nul_in_any_writers_row_is_stored_without_it(db: Database) -> None:
+    """The user's `remember` writes its fact as a row without `seen` (tools/memory_tools.py),
+    holding the words as heard; a spill file's rows and kept exchanges are what was written
+    then: a NUL in any of them is stored without it, and a keeper's row that saw the fact with
+    its NUL replaces it. Only the keeper's own rows were cleaned: Postgres refused the batch,
+    and the user's `remember` failed."""
+    await _session(db, "s-nul", "acme", "u-1")
+    memory = UserMemory(db.pool, WordLlamaEmbedder())
+    who = {"tenant": "acme", "user_id": "u-1", "session_id": "s-nul"}
+    heard = "The user edits code in vi\x00m."
+    await memory.apply([{"op": "fact", "key": "editor", "text": heard, **who},
+                        {"op": "summary", "text": "Asked about\x00 vim.", **who}])
+    await memory.defer([_deferred("acme", "u-1", "s-nul", 0, "Is vi\x00m installed?")])
+    assert [(f.key, f.text) for f in await memory.facts("acme", "u-1")] == [
+        ("editor", "The user edits code in vim.")]
+    assert await memory.summary("acme", "u-1") == "Asked about vim."
+    assert await _backlog(db) == [("acme", "Is vim installed?", 0, None)]
+
+    await memory.apply([{"op": "fact", "key": "editor", "text": "The user edits code in emacs.",
+                         "seen": heard, **who}])
+    assert [(f.key, f.text) for f in await memory.facts("acme", "u-1")] == [
+        ("editor", "The user edits code in emacs.")]
 
 
 async def test_a_failing_memory_model_loses_nothing_else(
