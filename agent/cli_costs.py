@@ -46,7 +46,9 @@ def _dollars(cost: float | None, unpriced: bool) -> str:
 def _unsent_saving(usd: float) -> str:
     """What leaving an unchanged screen's frame out saved. Less than nothing on Claude when the
     screenshot carried instead was written to its cache (at more than fresh input) and not read
-    back enough to make up for it: said as the extra it cost, never as "$-… saved"."""
+    back enough to make up for it: said as the extra it cost, never as "$-… saved" (nor as
+    "$-0.000000", which a sum that rounds to nothing from below would print)."""
+    usd = round(usd, 6) + 0.0  # + 0.0: -0.0 is 0.0
     if usd < 0:
         return f"${-usd:.6f} more: the carried screenshot was written to the cache"
     return f"${usd:.6f} saved"

@@ -208,11 +208,14 @@ class _ProviderBase:
     def _unreachable(self, message: str, watch: RequestWatch) -> ProviderError:
         return ProviderError.unanswered(self.name, self.model, "connection", message, watch)
 
-    def _bad_response(self, exc: Exception, watch: RequestWatch) -> ProviderError:
+    def _bad_response(self, exc: Exception, watch: RequestWatch, *,
+                      started: bool) -> ProviderError:
         """An answer that is not the API's own (an HTML page, a cut-off stream), as one
-        line with the start of what came. Something else may have answered in the provider's
-        place: nothing says the attempt it answered reached it."""
-        watch.refused()
+        line with the start of what came. Before the provider's answer `started`, something
+        else may have answered in its place: nothing says the attempt reached it. After, the
+        model ran the request, and the attempt stays billed."""
+        if not started:
+            watch.refused()
         text = " ".join(str(exc).split())
         return ProviderError(self.name, self.model, "bad_response", None,
                              text[:160] + ("…" if len(text) > 160 else ""), reached=False)
@@ -275,6 +278,7 @@ class GeminiProvider(_ProviderBase):
             tools=self._tools(tools) or None,
             http_options=genai_types.HttpOptions(headers={PURPOSE_HEADER: purpose}),
         )
+        started = False  # a chunk of the answer came: the model ran the request
         try:
             # the SDK sends the request, and retries it, as the first chunk is asked for
             with watch.active():
@@ -283,19 +287,22 @@ class GeminiProvider(_ProviderBase):
                 ))
                 chunk = await anext(chunks, None)
             while chunk is not None:
+                started = True
                 for item in _gemini_items(chunk):
                     yield item
                 chunk = await anext(chunks, None)
         except genai_errors.APIError as exc:
-            # an error status, or an error in place of the stream's next chunk
-            watch.refused(exc.code)
+            # an error status, or an error in place of the stream's first chunk (not run), or
+            # of a later one (run, and billed as far as it went)
+            if not started:
+                watch.refused(exc.code)
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
             ) from exc
         except (genai_errors.UnknownApiResponseError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
-            raise self._bad_response(exc, watch) from exc
+            raise self._bad_response(exc, watch, started=started) from exc
         except TimeoutError as exc:
             raise self._timeout(watch) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -386,11 +393,12 @@ class ClaudeProvider(_ProviderBase):
                             call_id=block.id, name=block.name, arguments=json.dumps(block.input),
                         )
                 if not started:  # 200 with no message in it: a proxy's page, not the API's
-                    raise self._bad_response(ValueError("no message in the answer"), watch)
+                    raise self._bad_response(ValueError("no message in the answer"), watch,
+                                             started=False)
                 final = await stream.get_final_message()
         except (self._errors.APIResponseValidationError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
-            raise self._bad_response(exc, watch) from exc
+            raise self._bad_response(exc, watch, started=started) from exc
         except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
             raise self._timeout(watch) from exc
         except self._errors.APIStatusError as exc:

@@ -31,7 +31,7 @@ from test_cascade import CachesImages, reply
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM
-from agent.cli_costs import format_summary
+from agent.cli_costs import _unsent_saving, format_summary
 from agent.config import Settings, Tier
 from agent.images import ImageBill, ImageEncoder
 from agent.pricing import PriceTable, Usage, estimate_text_tokens
@@ -411,3 +411,11 @@ async def test_a_screen_not_sent_again_that_cost_more_is_printed_as_costing_more
     assert (f"(1199 tokens not sent again, ${extra:.6f} more: the carried screenshot was "
             "written to the cache)") in text
     assert "$-" not in text
+
+
+@pytest.mark.parametrize("saved", [-0.0, -3e-7, -4.9e-9])
+def test_an_unsent_saving_that_rounds_to_nothing_prints_as_nothing_saved(saved: float) -> None:
+    """A session whose cache writes and reads of the carried screenshot net to about nothing
+    (its summary rounds the sum to 8 places: -0.0 from below) printed "$-0.000000 saved" or
+    "$0.000000 more"."""
+    assert _unsent_saving(saved) == "$0.000000 saved"

@@ -21,6 +21,7 @@ local sockets.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,43 @@ async def test_a_stream_that_begins_with_an_overload_error_is_billed_nothing(
     unbilled(call)
     assert "overloaded" in call["detail"]["error"].lower()
     assert call["image_tokens"] == IMAGE_TOKENS[tier.model] and call["image_cost_usd"] == 0.0
+
+
+class OverloadedMidAnswer(ScriptedModelServer):
+    """Answers Gemini's request 200 OK with two chunks of the answer, neither carrying usage
+    (a proxy may strip it; the API sends it on every chunk), then its overload error."""
+
+    def __init__(self) -> None:
+        super().__init__(replies=[ScriptedReply(
+            text="[[confidence: 0.9]] The build failed because the config file is missing a "
+                 "comma on line three.", words_per_chunk=3)])
+
+    @staticmethod
+    async def _sse(request: web.Request, events: list[bytes], delay: float) -> web.StreamResponse:
+        chunks = []
+        for event in events[:2]:
+            chunk = json.loads(event.decode().removeprefix("data: "))
+            chunk.pop("usageMetadata", None)
+            chunks.append(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+        error = (b'data: {"error": {"code": 503, "message": "The model is overloaded.", '
+                 b'"status": "UNAVAILABLE"}}\r\n\r\n')
+        return await ScriptedModelServer._sse(request, [*chunks, error], 0.0)
+
+
+async def test_an_error_after_part_of_geminis_answer_is_billed_its_estimate(
+    tmp_path: Path,
+) -> None:
+    """Gemini's error after part of the answer came: the model ran the request, so it is
+    billed its estimate, as the user heard part of it (it was billed nothing, the attempt
+    marked refused as an error in place of the first chunk is)."""
+    record = open_record(tmp_path)
+    async with OverloadedMidAnswer() as server:
+        heard = await ask_once(tmp_path, record, GEMINI, server.base_url)
+    assert len(server.requests) == 1
+    assert "that answer is incomplete" in heard
+    (call,) = ledger(record, ("model_call", "model_error"))
+    assert call["detail"]["usage"] == "estimated"
+    assert call["input_tokens"] > 0 and call["output_tokens"] > 0 and call["cost_usd"] > 0
 
 
 @pytest.mark.parametrize("tier", [GEMINI, CLAUDE], ids=lambda t: t.provider)
