@@ -486,13 +486,19 @@ def forget_subjects(user: str) -> set[str]:
     about an extension, in a question about the screen; "The build stopped again, does my
     manager …" names no subject of "stopped". Clauses, sentences and questions end at the
     marks of any script: "I sold it، my laptop is fine" sold no laptop, and "How do I delete
-    my laptop's cache؟" is a question."""
+    my laptop's cache؟" is a question, as is one ending "!?" or "⁉": any "?" in the marks
+    that end a sentence makes it one."""
     tokens = [_AS_ASCII.get(t, t) for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
+    # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
+    # folds so) or "?!" is a question
+    asks_at = [False] * (len(tokens) + 1)
+    for i in reversed(range(len(tokens))):
+        asks_at[i] = tokens[i] in _SENTENCE_ENDS and (tokens[i] == "?" or asks_at[i + 1])
     named: list[str] = []
     start = 0
     for end in [*(i for i, t in enumerate(tokens) if t in _SENTENCE_ENDS), len(tokens)]:
         sentence = tokens[start:end]
-        question = end < len(tokens) and tokens[end] == "?"
+        question = asks_at[end]
         start = end + 1
         if _CORRECTION.match(" ".join(sentence)) and not question:
             named += [t for t in sentence if t not in STOP_WORDS and t not in _MARKS]

@@ -463,6 +463,17 @@ async def test_no_worries_without_a_real_yes_declines(reply: str) -> None:
     assert answer == handoff.DECLINED and not conversation.tool.offer_pending
 
 
+@pytest.mark.parametrize("reply", [
+    "that'd be great, no worries", "no worries, that'd be great", "no problem, sounds good",
+])
+async def test_a_clear_yes_beside_no_worries_hands_off(reply: str) -> None:
+    """Beside "no worries" only a bare acknowledgement ("ok", "that's fine") declines: "that'd
+    be great" with it was read as no yes, and the user who said yes got no person."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert conversation.handed_off and "person will join shortly" in answer
+
+
 # -- once, and the reason ------------------------------------------------------------------------
 
 async def test_a_session_is_handed_off_once_with_the_models_labelled_reason() -> None:

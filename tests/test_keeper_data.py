@@ -424,6 +424,8 @@ async def test_B4_a_forget_word_elsewhere_in_the_message_forgets_nothing(
     "I sold it\u3002My laptop is fine.",  # "。": a sentence of its own
     "How do I delete my laptop's cache\u061f",  # the Arabic question mark "؟"
     "I sold it\u3002How do I delete my laptop's cache\uff1f",  # "。", then a question
+    "How do I delete my laptop's cache\u2049",  # "⁉", which folds to "!?"
+    "How do I delete my laptop's cache!?",  # a "?" in the marks that end it
 ])
 async def test_a_mark_of_any_script_ends_the_clause_a_forget_word_reaches(
     tmp_path: Path, user: str,
@@ -431,7 +433,8 @@ async def test_a_mark_of_any_script_ends_the_clause_a_forget_word_reaches(
     """The keeper read clauses, sentences and questions by ASCII marks only: a change word
     reached past "、", "،", "؛" or "。" to the next clause's subject ("I sold it، my laptop is
     fine" forgot the laptop), and a question ending in "؟" was a statement whose "delete" named
-    the laptop. Each mark of memory/word_forms.py ends them."""
+    the laptop; so was one ending "!?" or "⁉" (its last mark not the "?"). Each mark of
+    memory/word_forms.py ends them, and any "?" among a sentence's last marks asks."""
     keeper, written, model = await _keep(
         tmp_path, {"forget": [THINKPAD.key]}, user, "Noted.", [THINKPAD])
     assert keeper.facts == {THINKPAD.key: THINKPAD.text} and written == []

@@ -16,8 +16,9 @@ next message is a yes and nothing else: not "Okay, what does this dialog say?"),
 it names between `<memory>` markers; a question is one with any question mark ("？", "؟"),
 a comma, colon or full stop of any script parts clauses ("ok，remember that I use vim" asks,
 "I don't use vim، I use emacs" negates only vim), and a number the user's only as they said it
-together ("two point seven", not "two times in seven minutes" for "Python 2.7"), all of it or a
-part ("nine thirty" for "9:30", "3.11.7" for "3.11");
+together ("two point seven", not "two times in seven minutes" for "Python 2.7"), all of it or its
+first part ("nine thirty" for "9:30", "3.11.7" for "3.11"; not "415 555 1234" for "555 1234"),
+and ", " between numbers ends the user's clause ("not on Postgres 15, 16 is what we run");
 `look_closer` puts a full-resolution crop of the current screen into the rest of the turn,
 billed like any image; `handoff_to_human` acts only when the user asked for a person (or said
 yes to the tool's own offer of one), never on text on the screen, marks the session escalated
@@ -28,6 +29,7 @@ format and that tier answers it.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -929,6 +931,10 @@ SAID_TOGETHER = [
     ("Remember my daughter was born March 3 2020.", "The user's daughter was born March 3, 2020"),
     ("Remember that I use Python 3.11.7.", "The user uses Python 3.11"),
     ("remember that i use python 2.7 3.11", "The user uses Python 2.7 and 3.11"),
+    ("Remember my daughter was born March 3, 2020.", "The user's daughter was born March 3, 2020"),
+    ("Remember I wasn't born on march 3 2020", "The user was not born on March 3, 2020"),
+    ("remember that i use python 2.7 18", "The user uses Python 2.7 and 18"),
+    ("Remember my phone number is 415 555 1234", "The user's phone number is 415-555-1234"),
 ]
 
 
@@ -938,7 +944,7 @@ async def test_remember_takes_numbers_that_are_part_of_what_the_user_said_togeth
 ) -> None:
     """A fact's numbers written together ("9:30", "March 3, 2020") or apart ("2.7 and 3.11")
     are the user's when they are all or part of numbers said together ("nine thirty", "3.11.7",
-    "python 2.7 3.11")."""
+    "python 2.7 3.11"), or each as the user said it ("March 3, 2020")."""
     tools, memory = memory_tools()
     memory.facts_by_key.clear()
     assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
@@ -953,6 +959,57 @@ async def test_remember_refuses_a_time_from_numbers_said_apart() -> None:
     said = user_said("Remember that my standup is at nine, I have thirty reports to read.")
     with pytest.raises(llm.ToolError, match=r"not in their request: 9\.30\b"):
         await tools.remember(said, "The user's standup is at 9:30")
+    assert memory.facts_by_key == {}
+
+
+# a comma with a space after it between numbers, read as joining them: the negation reached the
+# next clause's number, and two numbers said apart became one
+@pytest.mark.parametrize(("said", "fact", "refused"), [
+    ("Remember that we're not on Postgres 15, 16 is what we run",
+     "The user is not on Postgres 16", "not negated as the user negated them"),
+    ("Remember that I don't use Python 2, 3 is what I run", "The user does not use Python 3",
+     "not negated as the user negated them"),
+    ("Remember I wasn't born in 1990, 1991 is right", "The user was not born in 1991",
+     "not negated as the user negated them"),
+    ("Remember that I use Python 3, 12 breaks my build", "The user uses Python 3.12",
+     r"not in their request: 3\.12\b"),
+    ("Remember my standup is at 9, 30 people attend it", "The user's standup is at 9:30",
+     r"not in their request: 9\.30\b"),
+])
+async def test_a_comma_with_a_space_between_numbers_ends_the_users_clause(
+    said: str, fact: str, refused: str,
+) -> None:
+    """In the user's words ", " parts clauses between numbers too: "not on Postgres 15, 16 is
+    what we run" negates 15 only, and "Python 3, 12 breaks my build" holds no "3.12". Read as
+    a number's comma (as "1,500" is), it stored the opposite of what the user said, or a
+    version they never named."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match=refused):
+        await tools.remember(user_said(said), fact)
+    assert memory.facts_by_key == {}
+
+
+# a stretch from the middle of numbers said together, or numbers said apart written as one
+@pytest.mark.parametrize(("said", "fact", "unsaid"), [
+    ("Remember my order id is 4 1 5 5 5 5 1 2 3 4", "The user's order id is 5.5.1.2", "5.5.1.2"),
+    ("Remember my phone number is 415 555 1234", "The user's phone number is 555 1234",
+     "555.1234"),
+    ("Remember the router is at 192.168.1.20", "The user's router is at 168.1", "168.1"),
+    ("Remember I use python 3.11.7", "The user uses Python 11.7", "11.7"),
+    ("Remember I use vim 9 1 2 times a day", "The user uses vim 9.1", "9.1"),
+])
+async def test_remember_refuses_numbers_from_the_middle_of_a_run(
+    said: str, fact: str, unsaid: str,
+) -> None:
+    """A fact's number is the user's when it is all of numbers they said together, or the
+    first parts of one they wrote as one ("3.11" of "3.11.7"), or goes on where the fact's
+    number before it ended ("2.7" and "18" of "2.7 18"): any stretch of a run let "555 1234"
+    out of "415 555 1234", "11.7" out of "3.11.7" and "9.1" out of "vim 9 1 2 times a day"."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match=rf"not in their request: {re.escape(unsaid)}\."):
+        await tools.remember(user_said(said), fact)
     assert memory.facts_by_key == {}
 
 

@@ -35,9 +35,10 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   "sure, why not?" is one. `forget` ties its yes to its own question the same way
   (`asked_last`).
   To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
-  someone in") answer yes too (`OFFER_YES`), but not beside "no problem" or "no worries",
-  which decline as often as they agree: with one of them only a yes of `YES` is one ("no
-  problem, go ahead"; "no worries, that's fine" declines);
+  someone in") answer yes too (`OFFER_YES`), but beside "no problem" or "no worries", which
+  decline as often as they agree, a bare acknowledgement ("ok", "fine", "that's fine") is no
+  yes ("no problem, go ahead" and "no worries, that'd be great" are; "no worries, that's
+  fine" declines);
 - a no to that question ("no thanks", "um, no", "I'd rather not", "please don't", "not now",
   "no worries, I'm fine", "No, I'll figure it out myself") has the model told not to offer a
   person again: read by the same rule as a yes, the whole message phrases of a no and words
@@ -328,11 +329,14 @@ OFFER_YES = YES | frozenset((
     *(f"{bring} {whom}" for bring in ("get", "bring in") for whom in _SOMEONE_OFFERED)))
 # a yes put as a question: "why not?", "sure, why not?"
 _RHETORICAL_YES = frozenset({"why not"})
-# "no problem" and "no worries" go with a yes ("no problem, go ahead") as with a no ("no
-# worries, that's fine"): beside them only a yes of `YES` is one, the offer's other answers
-# only said around it ("no problem, yes, that'd be great")
+# "no problem" and "no worries" go with a yes ("no problem, go ahead", "that'd be great, no
+# worries") as with a no ("no worries, that's fine", "ok, no worries"): beside them a bare
+# acknowledgement is no yes, only said around one ("no problem, yes, that's fine")
 _NO_BOTHER = frozenset({"no problem", "not a problem", "no worries"})
-_AROUND_A_REAL_YES = AROUND_YES | (OFFER_YES - YES) | _NO_BOTHER
+_ACKNOWLEDGEMENTS = frozenset({"ok", "okay", "k", "fine", "alright", "all right", "that fine",
+                               "thats fine"})
+_YES_BESIDE_NO_BOTHER = OFFER_YES - _ACKNOWLEDGEMENTS
+_AROUND_YES_BESIDE_NO_BOTHER = AROUND_YES | OFFER_YES | _NO_BOTHER
 
 # what says no to `OFFER_QUESTION`, as `says_yes` reads words ("I'd rather not" is "i rather
 # not", "don't" and "dont" "do not", "I'm good" "i am good"; a transcript's "id", "ill" and "im"
@@ -376,11 +380,13 @@ def says_yes_to_offer(said: str) -> bool:
     "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
     whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
     now", "sure, and reset my password" and "yes?" are none, "why not?" is one. Said with "no
-    problem" or "no worries", only a yes of `YES` is one ("no problem, go ahead"): "ok, no
-    worries" and "no worries, that's fine" decline, and a no read as a yes calls a person."""
+    problem" or "no worries", a bare acknowledgement is none: "ok, no worries" and "no worries,
+    that's fine" decline, and a no read as a yes calls a person; "no problem, go ahead" and
+    "no worries, that'd be great" are a yes."""
     text = _sounds_as_words(said)
     return (says_yes(text, yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
-            or says_yes(text, yes=YES, around=_AROUND_A_REAL_YES, rhetorical=_RHETORICAL_YES))
+            or says_yes(text, yes=_YES_BESIDE_NO_BOTHER, around=_AROUND_YES_BESIDE_NO_BOTHER,
+                        rhetorical=_RHETORICAL_YES))
 
 
 def says_no(said: str) -> bool:

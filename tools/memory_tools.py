@@ -32,9 +32,14 @@ keeper reads too (memory/word_forms.py: folded and lower-cased, "don't" and "don
 not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have"), with number words as
 digits ("postgres sixteen" is "Postgres 16") and numbers said next to each other as one, as the
 keeper reads them ("2.7" and "two point seven" are "2.7"; "two times in seven minutes" holds
-no "Python 2.7" read off the screen): numbers a fact writes together ("9:30", "3.11", "March
-3, 2020") must be all or part of numbers the user said together ("nine thirty", "3.11.7",
-"march 3 2020"; "python 2.7 3.11" holds "Python 2.7 and 3.11"), so "I have a dog" may be
+no "Python 2.7" read off the screen). A number a fact writes ("9:30", "3.11", "March 3, 2020"
+is "3" and "2020") must be all of numbers the user said together ("nine thirty"), or the first
+parts of one they wrote as one ("3.11" of "3.11.7"), or go on where the fact's number before it
+ended ("2020" after "3" in "march 3 2020"): never a stretch from the middle ("555 1234" of "415
+555 1234", "11.7" of "3.11.7") nor numbers said apart put together ("9.1" of "vim 9 1 2 times a
+day"). In the user's words a comma or colon with a space after it ends a clause, between numbers
+too ("not on Postgres 15, 16 is what we run" negates no 16; "Python 3, 12 breaks my build" says
+no "3.12"); only with no space it joins a number ("1,500", "9:30"). So "I have a dog" may be
 remembered as "The user has a dog". A refusal tells the model to write a short third-person
 statement in the user's words, never to store the request itself ("Remember I use a Mac.").
 
@@ -118,15 +123,28 @@ _TENSE = frozenset({"was", "were", "been", "had", "did", "used"})
 _NEGATION = frozenset({"not", "no", "never", "nor", "neither", "without"})
 # what parts a sentence into clauses, in any script ("，", "、", "،": memory/word_forms.py)
 _CLAUSE_MARKS = CLAUSE_MARKS + COLONS
-# what joins the parts of one number rather than parting clauses: "9:30", "1,500", "March 3,
-# 2020" (a comma or colon of any script), and a point with no space after it ("2.7")
-_IN_A_NUMBER = re.escape(COMMAS + COLONS)
-# where a negation's reach ends: a clause or a sentence (not inside a number), "but", or "and"
-# opening a new statement
-_SCOPE = re.compile(rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
-                    rf"(?<!\d)[{_IN_A_NUMBER}]|[{_IN_A_NUMBER}](?!\s*\d)|"
-                    r"(?<!\d)\.|\.(?!\d)|\bbut\b|"
-                    r"\band (?=(?:i|i'm|im|we|my|our)\b)")
+# a comma or colon of any script, which parts clauses, or joins the parts of a number written
+# with no space after it ("9:30", "1,500")
+_COMMA_OR_COLON = re.escape(COMMAS + COLONS)
+# where a negation's reach ends: a sentence (a point only with no digit on both sides: "2.7"),
+# "but", or "and" opening a new statement; and a clause, ended by a comma or colon as below
+_ENDS_A_SCOPE = (rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
+                 r"(?<!\d)\.|\.(?!\d)|\bbut\b|\band (?=(?:i|i'm|im|we|my|our)\b)|"
+                 rf"(?<!\d)[{_COMMA_OR_COLON}]")
+# in the user's words a comma or colon with a space after it ends a clause, between numbers
+# too: "not on Postgres 15, 16 is what we run" negates no 16, and "Python 3, 12 breaks" says
+# no "3.12"
+_SCOPE = re.compile(rf"{_ENDS_A_SCOPE}|[{_COMMA_OR_COLON}](?!\d)")
+# in a fact one between numbers ends none: "March 3, 2020" is a date, and "not on Postgres 15,
+# 16" negates both; the numbers stay two (`_NUMBERS_APART`), each held as the user said it
+_FACT_SCOPE = re.compile(rf"{_ENDS_A_SCOPE}|[{_COMMA_OR_COLON}](?!\s*\d)")
+_NUMBERS_APART = re.compile(rf"[{_COMMA_OR_COLON}](?=\s)")
+# a number written as one, its parts joined by a mark with no space ("3.11.7", "9:30", "1,500",
+# "415-555-1234"), never part of a word ("v2.7")
+_WRITTEN_NUMBER = re.compile(r"(?<![^\W_])\d+(?:[^\w\s]\d+)+(?![^\W_])")
+# what joins the parts of a number written as one in `_sequence`, where `numbers_together`
+# joins numbers said apart with "." ("9 1 2" is "9.1.2", "3.11.7" "3-11-7")
+_WRITTEN_JOIN = "-"
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
 # (memory/word_forms.py), then words that hand the request to Sightline
@@ -294,43 +312,82 @@ def words(text: str) -> set[str]:
     return {w for w in _tokens(text) if w not in _STOP and says_something(w)}
 
 
-def fact_sequence(text: str) -> list[tuple[str, bool]]:
+def _number_tokens(text: str) -> list[str]:
+    """The words of `text` (`_tokens`), each number written as one a word, its parts joined by
+    `_WRITTEN_JOIN` ("3.11.7" is "3-11-7", "24.04" "24-4")."""
+    tokens: list[str] = []
+    at = 0
+    for number in _WRITTEN_NUMBER.finditer(text):
+        tokens += _tokens(text[at:number.start()])
+        tokens.append(_WRITTEN_JOIN.join(as_digits(WORD.findall(number.group()))))
+        at = number.end()
+    return tokens + _tokens(text[at:])
+
+
+def _sequence(text: str, scope: re.Pattern[str]) -> list[tuple[str, bool]]:
     """The words of `text` a fact written may hold only when the user said them (its content
     words and its tense), in order, each with whether a negation before it in its clause
-    turns it around ("Postgres at work, not MySQL": MySQL is). Numbers next to each other,
-    or joined by a point, colon or comma, are one ("2.7", "two point seven", "9:30", "3,
-    2020"), as the memory keeper reads them: "Python 2.7" off the screen is not the user's
-    when they said "two" and "seven" apart."""
+    (`scope`) turns it around ("Postgres at work, not MySQL": MySQL is). Numbers said next to
+    each other are one, as the memory keeper reads them (`numbers_together`: "two point
+    seven" and "9 1 2" are "2.7" and "9.1.2"; "two times in seven minutes" holds no "2.7"),
+    and each number written as one keeps its parts joined by `_WRITTEN_JOIN` ("3.11.7" is
+    "3-11-7"), so `_held_at` knows which parts the user wrote together."""
     sequence: list[tuple[str, bool]] = []
-    for clause in _SCOPE.split(_lowered(text)):
+    for clause in scope.split(_lowered(text)):
         negated = False
-        for word in numbers_together(_tokens(clause)):
-            if word in _NEGATION:
-                sequence.append((word, False))
-                negated = True
-            elif (word not in _FREE_IN_FACT or word in _TENSE) and says_something(word):
-                sequence.append((word, negated))
+        for part in _NUMBERS_APART.split(clause):
+            for word in numbers_together(_number_tokens(part)):
+                if word in _NEGATION:
+                    sequence.append((word, False))
+                    negated = True
+                elif (word not in _FREE_IN_FACT or word in _TENSE) and says_something(word):
+                    sequence.append((word, negated))
     return sequence
 
 
+def said_sequence(text: str) -> list[tuple[str, bool]]:
+    """The user's words a fact may hold (`_sequence`), a comma or colon with a space after it
+    ending a clause, between numbers too (`_SCOPE`)."""
+    return _sequence(text, _SCOPE)
+
+
+def fact_sequence(text: str) -> list[tuple[str, bool]]:
+    """The words of a fact written that must be the user's (`_sequence`), a comma or colon
+    between numbers parting them in one clause ("March 3, 2020", `_FACT_SCOPE`)."""
+    return _sequence(text, _FACT_SCOPE)
+
+
 def fact_words(text: str) -> set[str]:
-    """The words of `text` a fact written may hold only when the user said them: its content
-    words, and its tense."""
-    return {w for w, _ in fact_sequence(text)}
+    """The words of the user's `text` a fact written may hold only when the user said them:
+    its content words, and its tense."""
+    return {w for w, _ in said_sequence(text)}
 
 
-def _held_at(said: str, word: str, start: int = 0) -> int:
-    """Where the user's word `said` (`fact_sequence`) holds the fact's `word`, from `start`
-    (-1 if it does not): the same word, or numbers that are all or a stretch of the numbers
-    the user said together ("3.11" and "11.7" of "3.11.7"; "2.7" of no "2 … 7" said apart).
-    Only numbers hold a "."; the position counts a "." before `said`."""
-    return f".{said}.".find(f".{word}.", start)
+def _dotted(word: str) -> str:
+    """`word` (`_sequence`) with a number's parts joined by ".", however they were said."""
+    return word.replace(_WRITTEN_JOIN, ".")
+
+
+def _held_at(said: str, word: str, at: int = 0) -> int:
+    """Where in the user's word `said` (`said_sequence`) the fact's `word` (`fact_sequence`)
+    ends, when `said` holds it from `at` (-1 if not): at its start (0), or where the fact's
+    number before ended in it. A word holds only itself. A run of numbers holds all of it
+    ("nine thirty" holds "9:30", "415 555 1234" "415 555 1234"), or from `at` the first parts
+    of one number the user wrote as one ("3.11.7" holds "3.11", "python 2.7 18" "2.7" and then
+    "18"), never a stretch in its middle ("11.7", "555 1234" of "415 555 1234") nor numbers
+    said apart put together ("9.1" of "vim 9 1 2 times a day")."""
+    if at == 0 and _dotted(said) == _dotted(word):
+        return len(said)
+    written = word.replace(".", _WRITTEN_JOIN)
+    end = at + len(written)
+    held = said.startswith(written, at) and (end == len(said) or said[end] in "." + _WRITTEN_JOIN)
+    return end if held else -1
 
 
 def _subsequence(part: list[tuple[str, bool]], whole: list[tuple[str, bool]]) -> bool:
     """Whether each item of `part` is held (`_held_at`) by an item of `whole` negated alike, in
-    order: each after the one before, or further on in the same numbers said together
-    ("2.7" and then "3.11" in "2.7.3.11")."""
+    order: each after the one before, or further on in the same numbers, where the one before
+    ended ("2.7" and then "18" in "python 2.7 18")."""
     at, taken = 0, 0  # the item of `whole` looked in, and where in it the item before ended
     for word, negated in part:
         while True:
@@ -341,8 +398,22 @@ def _subsequence(part: list[tuple[str, bool]], whole: list[tuple[str, bool]]) ->
             if found >= 0:
                 break
             at, taken = at + 1, 0
-        taken = found + len(word) + 1  # at the "." that ends it, which may open the next
+        taken = found + 1  # past the mark that ends it, where the next may go on
     return True
+
+
+def _unsaid(fact: list[tuple[str, bool]], heard: set[str]) -> set[str]:
+    """The words of `fact` no word the user `heard` holds (`_held_at`): at its start, or where
+    the fact's word before it ended in it ("18" after "2.7" in "2.7 18")."""
+    unsaid: set[str] = set()
+    ends: set[tuple[str, int]] = set()  # where the fact's word before ended, in each holding it
+    for word, _ in fact:
+        ends = {(said, end) for said, at in [*((h, 0) for h in heard),
+                                             *((s, e + 1) for s, e in ends)]
+                if (end := _held_at(said, word, at)) >= 0}
+        if not ends:
+            unsaid.add(_dotted(word))
+    return unsaid
 
 
 def in_users_order(fact: list[tuple[str, bool]], said: list[tuple[str, bool]]) -> bool:
@@ -499,14 +570,13 @@ class MemoryTools:
                                 f"Nothing was remembered. {_REWRITE}")
         sources = remember_sources(said)
         wanted = fact_sequence(text)
-        heard = {w for source in sources for w in fact_words(source)}
-        unsaid = {w for w, _ in wanted if all(_held_at(h, w) < 0 for h in heard)}
+        unsaid = _unsaid(wanted, {w for source in sources for w in fact_words(source)})
         if unsaid:
             raise llm.ToolError(
                 "The fact must be what the user asked to remember, in their words; these of its "
                 f"words are not in their request: {', '.join(sorted(unsaid))}. Nothing was "
                 f"remembered. {_REWRITE} Or ask the user what to remember.")
-        if not any(in_users_order(wanted, fact_sequence(s)) for s in sources):
+        if not any(in_users_order(wanted, said_sequence(s)) for s in sources):
             raise llm.ToolError(
                 "The fact must say what the user said: its words are the user's, but not in "
                 "the order the user said them, or not negated as the user negated them. "
