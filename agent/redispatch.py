@@ -36,12 +36,18 @@ when they left may still be closing, so its memory exchanges are left to it. Aft
 counts against `MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
-whom each served), or, before any, whoever is there (the agent takes the first to join). A
-bystander who stays after the user left (a second person, a recorder) is dispatched no agent.
+whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest
+dispatch's: the new session waits for that identity, agent/worker.py); or, before any session,
+or when only people who came after it ended wait (a newcomer to a room its user left, the user
+on a new device under another identity), whoever is there (the agent takes the first to join).
+One who was in the room while that session ran and stays after the user left (a second person,
+a recorder) is dispatched no agent.
 An agent `AGENT_JOIN_S` late cannot be told from one that left (LiveKit lists both jobs as
-running): its job is dispatched anew under a claim on its identity, and should it join after
-all, the workers that hear it join find that claim and remove it (`turn_away`); the claimant
-looks at the room again after its claim, so one that joined before the claim is kept instead.
+running): its job is dispatched anew under a claim on its identity, which the claimant marks
+dispatched once LiveKit took the new dispatch. The claimant looks at the room again after its
+claim, so one that joined before that look is kept (and the claim handed back); one that joins
+after the mark is removed by the workers that hear it join (`turn_away`), and one that joined in
+between, by the claimant once it marked the claim: never one the claimant kept.
 
 Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, a
 server takes the call and does not answer until `livekit_api` gives up, the database is away
@@ -65,6 +71,7 @@ look that asked for them too: a claim is taken in a task of its own, which `aclo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -79,7 +86,15 @@ from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
 from memory.db import Database, DatabaseUnavailable
-from memory.redispatches import Claim, claim, claimed, release, room_user
+from memory.redispatches import (
+    Claim,
+    RoomUser,
+    claim,
+    dispatched_anew,
+    mark_dispatched,
+    release,
+    room_user,
+)
 from memory.spill_files import event_log_path
 from memory.store import Store
 
@@ -132,6 +147,25 @@ def _latest(ours: list[agent_dispatch.AgentDispatch]) -> agent_dispatch.AgentDis
     return max(ours, key=lambda d: d.state.created_at, default=None)
 
 
+def _naming(metadata: str, user: RoomUser | None, people: list[models.ParticipantInfo]) -> str:
+    """The latest dispatch's `metadata` for a new dispatch: naming (`"user"`) the room's `user`
+    when they are among the `people` it is for, the one identity its session then waits for
+    (agent/worker.py), a bystander in the room notwithstanding; naming nobody otherwise, for
+    the agent to take whoever joins first (a name an earlier re-dispatch put there would have it
+    wait for someone not there). Metadata that is not a JSON object, which the worker reads as
+    naming no tenant, becomes one that names no tenant either."""
+    try:
+        fields = json.loads(metadata) if metadata.strip() else {}
+    except json.JSONDecodeError:
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    fields.pop("user", None)
+    if user is not None and any(p.identity == user.identity for p in people):
+        fields["user"] = user.identity
+    return json.dumps(fields)
+
+
 class Redispatcher:
     """The webhook endpoint of one worker, and what it does on a lost or unplaced agent."""
 
@@ -152,6 +186,7 @@ class Redispatcher:
         # own, so its next look goes on with them instead of finding them TAKEN by itself
         self._unreleased: set[tuple[str, str]] = set()
         self._claiming: set[asyncio.Task[Claim]] = set()  # claims being taken (`_claim`)
+        self._opening = asyncio.Lock()  # one pool, however many ask for it before it is open
 
     async def start(self) -> None:
         app = web.Application()
@@ -225,7 +260,8 @@ class Redispatcher:
         return [p for p in listed.participants
                 if p.kind == models.ParticipantInfo.Kind.STANDARD]
 
-    async def _user(self, room: str, ours: list[agent_dispatch.AgentDispatch]) -> str | None:
+    async def _user(self, room: str,
+                    ours: list[agent_dispatch.AgentDispatch]) -> RoomUser | None:
         """Whom `room`'s agent is for: the user of its latest session since its first dispatch
         of ours, `ours` (`redispatches.room_user`); None before any, or with none recorded (a
         session that could not reach Postgres), when it is whoever joins first, as for the
@@ -236,15 +272,20 @@ class Redispatcher:
         return await room_user(await self._pool(), room=room, since_ns=first)
 
     @staticmethod
-    def _theirs(people: list[models.ParticipantInfo], user: str | None,
+    def _theirs(people: list[models.ParticipantInfo], user: RoomUser | None,
                 room: str) -> list[models.ParticipantInfo]:
-        """Those of `people` the agent of `room` is for: its `user` (everyone, when None). A
-        bystander who stays after the user left (a second person, a recorder) is not
-        dispatched an agent under their own identity."""
-        theirs = [p for p in people if user is None or p.identity == user]
+        """Those of `people` the agent of `room` is for: its `user`, and whoever joined after
+        the user's latest session ended (a newcomer to a room its user left, or the user on a
+        new device under another identity); everyone, when None. One who joined before that
+        session's end (a second person, a recorder, staying after the user left) was in the
+        room while it ran, and is not dispatched an agent under their own identity."""
+        if user is None:
+            return people
+        theirs = [p for p in people if p.identity == user.identity or (
+            user.ended_at is not None and p.joined_at_ms / 1000 >= user.ended_at)]
         if people and not theirs:
-            log.info("%s stayed in room %s, whose user %s left: no agent for them",
-                     ", ".join(p.identity for p in people), room, user)
+            log.info("%s, in room %s while the session of its user %s ran, get no agent of "
+                     "their own", ", ".join(p.identity for p in people), room, user.identity)
         return theirs
 
     async def _ours(self, lk: api.LiveKitAPI, room: str) -> list[agent_dispatch.AgentDispatch]:
@@ -294,7 +335,7 @@ class Redispatcher:
         before: set[str] | None = None  # our dispatches in the room when LiveKit was first asked
         lost: list[str] = []
         people: list[models.ParticipantInfo] = []
-        user: str | None = None  # whom the room's agent is for, read before the claim
+        user: RoomUser | None = None  # whom the room's agent is for, read before the claim
         wait_s = UNPLACED_CHECK_S
         while True:
             delay_s = self._retry_in(wait_s)  # before the next try, should this one fail
@@ -333,7 +374,7 @@ class Redispatcher:
                     before = {d.id for d in ours}
                     await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
                         agent_name=self._settings.agent_name, room=room,
-                        metadata=latest.metadata if latest else ""))
+                        metadata=_naming(latest.metadata if latest else "", user, people)))
                     break
             except FAILURES as exc:
                 if refusal := _refusal(exc):
@@ -347,7 +388,7 @@ class Redispatcher:
                           "lost: %s; trying again in %.0f s", room, lost_identity, exc, delay_s)
             await asyncio.sleep(delay_s)
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
-        self._working.discard((room_sid, lost_identity))
+        await self._dispatched(room, room_sid, lost_identity)
         log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
                     lost_identity, room, ", ".join(p.identity for p in people) or "its user")
         REDISPATCHES.labels("lost").inc()
@@ -395,7 +436,8 @@ class Redispatcher:
                 if not people:
                     return False  # an agent of ours is there, or no user is
                 ours = await self._ours(lk, room)
-                people = self._theirs(people, await self._user(room, ours), room)
+                user = await self._user(room, ours)
+                people = self._theirs(people, user, room)
                 if not people:
                     return False
                 jobs = [job for d in ours for job in d.state.jobs]
@@ -406,9 +448,10 @@ class Redispatcher:
                     return True  # a worker is taking it: its agent is on its way
                 unplaced = [d for d in ours if not d.state.jobs]
                 if unplaced:
-                    return await self._place_unplaced(lk, room, room_sid, unplaced, people)
+                    return await self._place_unplaced(lk, room, room_sid, unplaced, people,
+                                                      user)
                 if jobs:
-                    return await self._dispatch_anew(lk, room, room_sid, ours, people,
+                    return await self._dispatch_anew(lk, room, room_sid, ours, people, user,
                                                      rejoin=rejoin)
                 return False  # no dispatch of ours: the room never asked for our agent
         except FAILURES as exc:
@@ -422,7 +465,8 @@ class Redispatcher:
 
     async def _place_unplaced(self, lk: api.LiveKitAPI, room: str, room_sid: str,
                               unplaced: list[agent_dispatch.AgentDispatch],
-                              people: list[models.ParticipantInfo]) -> bool:
+                              people: list[models.ParticipantInfo],
+                              user: RoomUser | None) -> bool:
         """`place_again` for a room whose dispatches no worker took."""
         settled = time.time_ns() - int(DISPATCH_SETTLE_S * 1e9)
         if any(d.state.created_at > settled for d in unplaced):
@@ -430,7 +474,8 @@ class Redispatcher:
         dispatch = _latest(unplaced)
         assert dispatch is not None
         claimed = await self._dispatch(lk, room, room_sid, f"dispatch {dispatch.id}",
-                                       "unplaced", MAX_UNPLACED, dispatch.metadata)
+                                       "unplaced", MAX_UNPLACED,
+                                       _naming(dispatch.metadata, user, people))
         if claimed is Claim.TOO_OFTEN:
             log.error("no worker has had room for the agent of room %s: dispatched again %d "
                       "times in %.0f minutes, so not again", room, MAX_UNPLACED, WITHIN_S / 60)
@@ -450,7 +495,8 @@ class Redispatcher:
 
     async def _dispatch_anew(self, lk: api.LiveKitAPI, room: str, room_sid: str,
                              ours: list[agent_dispatch.AgentDispatch],
-                             people: list[models.ParticipantInfo], *, rejoin: bool) -> bool:
+                             people: list[models.ParticipantInfo], user: RoomUser | None, *,
+                             rejoin: bool) -> bool:
         """`place_again` for a room whose jobs of ours all ended: claimed as the user's coming
         back (`rejoin`, bound by `MAX_REJOINS`) or as the loss of the agent (`MAX_PER_ROOM`)."""
         had_agents = [job for d in ours for job in d.state.jobs
@@ -462,7 +508,8 @@ class Redispatcher:
         assert latest is not None
         waiting = ", ".join(p.identity for p in people)
         reason, bound = ("rejoin", MAX_REJOINS) if rejoin else ("lost", MAX_PER_ROOM)
-        claimed = await self._dispatch(lk, room, room_sid, gone, reason, bound, latest.metadata)
+        claimed = await self._dispatch(lk, room, room_sid, gone, reason, bound,
+                                       _naming(latest.metadata, user, people))
         if claimed is Claim.TOO_OFTEN:
             log.error("%s waits in room %s, whose agent %s is gone, but the room's agent was "
                       "dispatched again %d times in %.0f minutes already, so not again",
@@ -478,9 +525,9 @@ class Redispatcher:
                         reason: str, max_per_room: int, metadata: str) -> Claim:
         """Claim `identity` in `room` (`_claim`) and, when this worker has it and still finds
         no agent of ours there (one that joined before the claim: see `turn_away`), dispatch
-        the agent with `metadata`; an agent found hands the claim back, `TAKEN`: the next look
-        ends there. A creation LiveKit did not take hands the claim back and raises; a claim
-        this worker could not hand back earlier is its own still."""
+        the agent with `metadata` (`_dispatched`); an agent found hands the claim back,
+        `TAKEN`: the next look ends there. A creation LiveKit did not take hands the claim back
+        and raises; a claim this worker could not hand back earlier is its own still."""
         if (room_sid, identity) in self._unreleased:
             self._working.add((room_sid, identity))
         elif (claimed := await self._claim(room, room_sid, identity, reason,
@@ -495,9 +542,24 @@ class Redispatcher:
         except LIVEKIT_FAILURES:
             await self._release(room_sid, identity)
             raise
+        await self._dispatched(room, room_sid, identity)
+        return Claim.CLAIMED
+
+    async def _dispatched(self, room: str, room_sid: str, identity: str) -> None:
+        """LiveKit took the dispatch made under this worker's claim on `identity` in `room`:
+        the claim is marked dispatched (`redispatches.mark_dispatched`), from when on the
+        workers that hear that agent join remove it (`turn_away`); one that joined since the
+        claimant's last look, before the mark, is removed here. Neither failing undoes the
+        dispatch: each is one line (should that agent join after all, the user has two)."""
         self._working.discard((room_sid, identity))
         self._unreleased.discard((room_sid, identity))
-        return Claim.CLAIMED
+        try:
+            await mark_dispatched(await self._pool(), room_sid=room_sid, lost_identity=identity)
+        except DATABASE_FAILURES as exc:
+            log.warning("could not record that room %s was dispatched its agent again in place "
+                        "of %s: %s; should that agent join after all, it stays", room, identity,
+                        exc)
+        await self._remove_late(room, identity)
 
     async def _claim(self, room: str, room_sid: str, identity: str, reason: str,
                      max_per_room: int) -> Claim:
@@ -518,24 +580,36 @@ class Redispatcher:
         return await asyncio.shield(task)
 
     async def turn_away(self, room: str, room_sid: str, identity: str) -> bool:
-        """An agent of ours joined `room`: remove it when its identity is claimed there, a job
-        given up for gone and dispatched anew (its agent took longer than `AGENT_JOIN_S` to
-        join, or left and came back), so that the user does not have two agents; True when
-        this worker removed it. LiveKit cannot tell a job whose agent is still coming from one
-        whose agent left (it lists both as running), but the claim can: the claimant looks at
-        the room again after its claim, so an agent that joined before it is seen there (and
-        the claim handed back), and one that joins after it is removed here."""
+        """An agent of ours joined `room`: remove it when the room was dispatched its agent
+        anew in its place (a claim on its identity, marked dispatched: its agent took longer
+        than `AGENT_JOIN_S` to join, or left and came back), so that the user does not have
+        two agents; True when this worker removed it. LiveKit cannot tell a job whose agent is
+        still coming from one whose agent left (it lists both as running), but the claim can.
+        A claim not marked yet is left to its claimant, which may find this agent at its look
+        after the claim and keep it (`_dispatch`), or remove it once it marks it
+        (`_dispatched`). Postgres not answering keeps the agent, with one line."""
         try:
-            if not await claimed(await self._pool(), room_sid=room_sid, lost_identity=identity):
+            if not await dispatched_anew(await self._pool(), room_sid=room_sid,
+                                         lost_identity=identity):
                 return False
+        except DATABASE_FAILURES as exc:
+            log.warning("could not tell whether room %s was dispatched its agent again in place "
+                        "of %s, which joined it: %s; the agent stays", room, identity, exc)
+            return False
+        return await self._remove_late(room, identity)
+
+    async def _remove_late(self, room: str, identity: str) -> bool:
+        """Remove the agent `identity`, given up for gone and dispatched anew, from `room`;
+        True when this worker removed it (False: not there, or LiveKit failed, one line)."""
+        try:
             async with self._api() as lk:
                 await lk.room.remove_participant(
                     api.RoomParticipantIdentity(room=room, identity=identity))
-        except FAILURES as exc:
+        except LIVEKIT_FAILURES as exc:
             if isinstance(exc, api.TwirpError) and exc.code == api.TwirpErrorCode.NOT_FOUND:
-                return False  # gone already: another worker removed it, or it left
+                return False  # not there: it never joined, left, or another worker removed it
             log.error("could not remove the agent %s from room %s, which was dispatched its "
-                      "agent again before it joined: %s", identity, room, exc)
+                      "agent again in its place: %s", identity, room, exc)
             return False
         log.warning("removed the agent %s from room %s: it joined after the room was "
                     "dispatched its agent again", identity, room)
@@ -580,8 +654,12 @@ class Redispatcher:
         return livekit_api(*self._livekit)
 
     async def _pool(self) -> asyncpg.Pool:
-        if self._db is None:
-            # one claim at a time: the fleet's connection budget counts one per worker here
-            self._db = await Database.open(self._database_url, self._settings.data_dir,
-                                           migrate=False, connections=1)
+        """This worker's pool for the fleet's records, opened by the first caller: a burst of
+        webhooks arriving before it is open waits for that one instead of each opening its own
+        (all but one of them never closed)."""
+        async with self._opening:
+            if self._db is None:
+                # one claim at a time: the fleet's connection budget counts one per worker here
+                self._db = await Database.open(self._database_url, self._settings.data_dir,
+                                               migrate=False, connections=1)
         return self._db.pool

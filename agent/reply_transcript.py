@@ -103,9 +103,10 @@ class _InOrder(Generic[T]):
     """Sends what it is given one after the other, from a task of its own: the session hands
     it over at once and never waits on the room, and the room gets it in order."""
 
-    def __init__(self, send: Callable[[T], Awaitable[None]], what: str) -> None:
+    def __init__(self, send: Callable[[T], Awaitable[None]], what: str, unsent: str) -> None:
         self._send = send
         self._what = what  # what it sends, as the log names it
+        self._unsent = unsent  # what becomes of one that could not be sent, as the log says
         self._queue: asyncio.Queue[T] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
 
@@ -133,8 +134,8 @@ class _InOrder(Generic[T]):
             try:
                 await self._send(item)
             except Exception as exc:  # the room gone or a send refused: the session goes on
-                log.warning("one of the session's %s could not be sent to the room (%r); it is "
-                            "in the conversation's history", self._what, exc)
+                log.warning("one of the session's %s could not be sent to the room (%r); %s",
+                            self._what, exc, self._unsent)
             finally:
                 self._queue.task_done()
 
@@ -149,7 +150,8 @@ class ReplyTranscript(io.TextOutput):
         self._to = [to]
         self._hold_s = hold_s
         self._current: _Reply | None = None
-        self._replies = _InOrder(self._send, "replies")
+        self._replies = _InOrder(self._send, "replies",
+                                 "it is in the conversation's history")
 
     async def capture_text(self, text: str) -> None:
         if not text:
@@ -213,7 +215,8 @@ class UserTranscript:
         self._to = to
         self._segment_id = utils.shortuuid("SG_")
         self._latest = ""  # the segment's words so far, which an empty final transcript ends on
-        self._sends = _InOrder(self._send, "transcripts of the user's speech")
+        self._sends = _InOrder(self._send, "transcripts of the user's speech",
+                               "what the agent heard is unchanged")
 
     def transcribed(self, event: UserInputTranscribedEvent) -> None:
         text = event.transcript or (self._latest if event.is_final else "")

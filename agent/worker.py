@@ -2,9 +2,10 @@
 
 Dispatch is explicit, by agent name: a room gets Sightline when a dispatch names it (LiveKit API,
 token room config, or `lk dispatch create`). Job metadata may name the tenant:
-`{"tenant": "acme"}`; the user is the first participant to join (within
-`SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and what the session sends goes to that
-user alone: its data messages, its replies' transcript (spoken or not), its transcript of what
+`{"tenant": "acme"}`, and its user: `{"user": "<identity>"}` (the fleet's re-dispatch names the
+room's user so, agent/redispatch.py); the user is that participant, else the first to join
+(within `SIGHTLINE_PARTICIPANT_WAIT_S`, else the job ends), and what the session sends goes to
+that user alone: its data messages, its replies' transcript (spoken or not), its transcript of what
 it heard them say, and its speech, which only they may subscribe to.
 
 A worker hosts its sessions as threads of one process (livekit-agents' thread executor), so what
@@ -131,6 +132,21 @@ def job_tenant(metadata: str, default: str) -> str:
     return str(tenant) if tenant else default
 
 
+def job_user(metadata: str) -> str | None:
+    """The identity of the user the job's metadata names (`"user"`), else None: the session
+    serves whoever joins first. A name that is not a non-empty string is one line, and no
+    name."""
+    try:
+        user = json.loads(metadata).get("user") if metadata.strip() else None
+    except (json.JSONDecodeError, AttributeError):
+        return None  # `job_tenant` said so
+    if user is not None and not (isinstance(user, str) and user):
+        log.warning("the job metadata's user is not an identity (%r): serving whoever joins "
+                    "first", user)
+        return None
+    return user
+
+
 class OpenedSession:
     """What a live session has opened so far, closed as one: its room parts (in the order they
     were opened), then its runtime (the summary), then its database pools, each step whatever
@@ -192,16 +208,19 @@ async def _open_databases(settings: Settings, opened: OpenedSession,
     return db, None
 
 
-async def _user_joins(ctx: JobContext, wait_s: float) -> rtc.RemoteParticipant | None:
-    """The room's user, once they join; None, the job ended with one log line, when nobody
-    joined within `wait_s` (a page that never connected): the job would otherwise hold its
-    session slot until LiveKit closes the empty room, minutes later."""
+async def _user_joins(ctx: JobContext, wait_s: float,
+                      identity: str | None) -> rtc.RemoteParticipant | None:
+    """The room's user, once they join: `identity`, when the job names it (`job_user`: a
+    bystander in the room is not the one its agent was dispatched for), else the first to join;
+    None, the job ended with one log line, when they did not join within `wait_s` (a page that
+    never connected): the job would otherwise hold its session slot until LiveKit closes the
+    empty room, minutes later."""
     try:
         async with asyncio.timeout(wait_s):
-            return await ctx.wait_for_participant()
+            return await ctx.wait_for_participant(identity=identity)
     except TimeoutError:
-        log.warning("no user joined room %s within %g s (SIGHTLINE_PARTICIPANT_WAIT_S): "
-                    "ending its job", ctx.room.name, wait_s)
+        log.warning("no user%s joined room %s within %g s (SIGHTLINE_PARTICIPANT_WAIT_S): "
+                    "ending its job", f" {identity}" if identity else "", ctx.room.name, wait_s)
         ctx.shutdown(reason=f"no user joined within {wait_s:g} s")
         return None
 
@@ -228,7 +247,8 @@ async def run_session(ctx: JobContext) -> None:
     # until the shutdown callback closes it, whatever fails or is cancelled (livekit-agents
     # cancels an entrypoint still running 15 s after the job's shutdown) closes it here
     try:
-        participant = await _user_joins(ctx, settings.participant_wait_s)
+        participant = await _user_joins(ctx, settings.participant_wait_s,
+                                        job_user(ctx.job.metadata))
         if participant is None:
             await opened.close()
             return

@@ -5,6 +5,7 @@ took is handed back (`release`) by its claimant (agent/redispatch.py says when).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import asyncpg
@@ -64,20 +65,42 @@ async def release(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> b
     return bool(deleted)
 
 
-async def claimed(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> bool:
-    """Whether `lost_identity` is claimed in the room `room_sid`: an agent that joins under a
-    claimed identity was given up for gone and dispatched anew (agent/redispatch.py removes
-    it, so that its user does not have two)."""
-    return bool(await pool.fetchval(_IS_CLAIMED, room_sid, lost_identity))
+async def mark_dispatched(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> None:
+    """Record that LiveKit took the dispatch made under the claim on `lost_identity` in the room
+    `room_sid`: from now on an agent that joins under that identity is one given up for gone
+    (`dispatched_anew`). Until then its claimant may still find that agent in the room and keep
+    it, handing the claim back."""
+    await pool.execute(
+        "UPDATE redispatches SET dispatched = true WHERE room_sid = $1 AND lost_identity = $2",
+        room_sid, lost_identity)
 
 
-async def room_user(pool: asyncpg.Pool, *, room: str, since_ns: int) -> str | None:
+async def dispatched_anew(pool: asyncpg.Pool, *, room_sid: str, lost_identity: str) -> bool:
+    """Whether the room `room_sid` was dispatched its agent anew under a claim on
+    `lost_identity` (`mark_dispatched`): an agent that joins under that identity was given up
+    for gone, and agent/redispatch.py removes it, so that its user does not have two. A claim
+    not dispatched yet is not enough: its claimant may keep that agent instead."""
+    return bool(await pool.fetchval(
+        "SELECT dispatched FROM redispatches WHERE room_sid = $1 AND lost_identity = $2",
+        room_sid, lost_identity))
+
+
+@dataclass(frozen=True)
+class RoomUser:
+    """The user of a room's latest session, and when that session ended (seconds since the
+    epoch; None while it runs)."""
+
+    identity: str
+    ended_at: float | None
+
+
+async def room_user(pool: asyncpg.Pool, *, room: str, since_ns: int) -> RoomUser | None:
     """The user of the latest live session of `room` started since `since_ns` (nanoseconds
     since the epoch, LiveKit's time of the room's first dispatch of the agent: a room name used
-    again does not name its earlier users), the one the room's agent is dispatched for; None
-    when there is none."""
-    user: str | None = await pool.fetchval(
-        "SELECT user_id FROM sessions WHERE room = $1 AND source = 'live'"
-        " AND started_at >= to_timestamp($2) ORDER BY started_at DESC LIMIT 1",
-        room, since_ns / 1e9)
-    return user
+    again does not name its earlier users), the one the room's agent is dispatched for, and when
+    that session ended; None when there is none."""
+    row = await pool.fetchrow(
+        "SELECT user_id, extract(epoch FROM ended_at)::float8 AS ended_at FROM sessions"
+        " WHERE room = $1 AND source = 'live' AND started_at >= to_timestamp($2)"
+        " ORDER BY started_at DESC LIMIT 1", room, since_ns / 1e9)
+    return None if row is None else RoomUser(row["user_id"], row["ended_at"])

@@ -11,8 +11,11 @@ analyses the exchange whose memory call the killed one never heard back from; a 
 comes while the fleet is full gets an agent once a worker has room, and one who comes back
 after their session ended gets an agent again; a worker that shuts down while asking LiveKit
 again hands the room to another; a refusal LiveKit will not change is one line, not retried;
-a bystander who stays after the user left gets no agent; an agent that joins after its job was
-dispatched anew is removed; a claim committed as its worker shuts down is handed back.
+a bystander who stays after the user left gets no agent, the user coming back gets one that
+serves them, a newcomer to a room its user left gets one; an agent that joins after its job was
+dispatched anew is removed, one its claimant found and kept is not; a claim committed as its
+worker shuts down is handed back; a burst of webhooks opens one pool; Postgres away keeps a
+joining agent with one warning.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import json
 import logging
 import re
 import signal
@@ -28,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,8 @@ from bench.livekit_harness import (
     free_port,
     run_livekit_server,
 )
-from memory.redispatches import Claim, claim
+from memory.db import Database
+from memory.redispatches import Claim, claim, mark_dispatched
 
 pytestmark = pytest.mark.e2e
 
@@ -644,7 +650,8 @@ async def test_a_bystander_who_stays_after_the_user_left_is_dispatched_no_agent(
 ) -> None:
     """A second person stays in the room when its user leaves: the session ends and its agent
     leaves with it, and neither the agent's leaving nor a look at the room dispatches an agent
-    for the bystander. The user coming back is dispatched one."""
+    for the bystander. The user coming back is dispatched one, named in its dispatch, which
+    serves them and not the bystander (the agent used to take whoever the SDK listed first)."""
     monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
     await fleet.alone("bystander")
     room = "fleet-bystander"
@@ -669,10 +676,48 @@ async def test_a_bystander_who_stays_after_the_user_left_is_dispatched_no_agent(
         await back.connect("bystander-user")
         assert await watcher.place_again(room, sid, rejoin=True) is True
         assert (await back.wait_for_agent(timeout_s=60)).identity != first_agent
+        async with livekit.client() as lk:
+            latest = max(await lk.agent_dispatch.list_dispatch(room_name=room),
+                         key=lambda d: d.state.created_at)
+        await fleet.logged(rf"(?s)started \(tenant=fleet user=\S+ room={room},.*"
+                           rf"started \(tenant=fleet user=\S+ room={room},", timeout_s=60)
     finally:
         await leave_all([user, bystander, back])
         await watcher.aclose()
+    assert json.loads(latest.metadata) == {"tenant": "fleet", "user": "bystander-user"}
+    assert re.findall(rf"started \(tenant=fleet user=(\S+) room={room},",
+                      "".join(w.log_text() for w in fleet.workers.values())) == [
+        "bystander-user", "bystander-user"]
     assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
+
+
+async def test_a_newcomer_to_a_room_its_user_left_is_dispatched_an_agent(
+    livekit: LiveKitServer, fleet: Fleet, settings: Settings, fleet_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Someone who joins a room after its user's session ended (a newcomer to a room still
+    open, the user on another device under another identity) was not in it while that session
+    ran: they are dispatched an agent, not refused as a bystander."""
+    monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
+    await fleet.alone("newcomer")
+    room = "fleet-newcomer"
+    await open_room(livekit, room)
+    first, newcomer = new_user(livekit, room), new_user(livekit, room)
+    watcher = redispatcher(settings, fleet_database_url, livekit.http_url, AGENT_NAME)
+    try:
+        await first.join("newcomer-first")
+        await first.wait_for_agent(timeout_s=60)
+        await leave_all([first])
+        await _stored(fleet_database_url, room, query="SELECT count(*) FROM sessions"
+                      " WHERE room = $1 AND ended_at IS NOT NULL")
+        await emptied(livekit, room)
+        await newcomer.connect("newcomer-second")
+        sid = await room_sid(livekit, room)
+        assert await watcher.place_again(room, sid, rejoin=True) is True
+        await newcomer.wait_for_agent(timeout_s=60)
+    finally:
+        await leave_all([first, newcomer])
+        await watcher.aclose()
 
 
 LATE_AGENT = "sightline-late"  # served by this process's own worker, whose first agent is late
@@ -779,3 +824,140 @@ async def test_a_claim_committed_as_the_worker_shuts_down_is_handed_back(
     finally:
         await leave_all([user])
         await watcher.aclose()
+
+
+KEPT_AGENT = "sightline-kept"  # served by no worker: only the test's own agents join as it
+
+
+async def agent_joins(livekit: LiveKitServer, room: str, identity: str) -> rtc.Room:
+    """A participant that joins `room` as an agent of `KEPT_AGENT` (as livekit-agents marks its
+    agents) under `identity`."""
+    token = (api.AccessToken(API_KEY, API_SECRET).with_identity(identity).with_kind("agent")
+             .with_attributes({AGENT_NAME_ATTRIBUTE: KEPT_AGENT})
+             .with_grants(api.VideoGrants(room_join=True, room=room)).to_jwt())
+    joined = rtc.Room()
+    await joined.connect(livekit.ws_url, token)
+    return joined
+
+
+async def test_an_agent_its_claimant_found_after_the_claim_is_kept(
+    livekit: LiveKitServer, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker A claims a room's agent for gone; the agent joins just then, and worker B, which
+    hears it join, looks it up before A looks at the room again. A finds it and keeps it (hands
+    its claim back): B must not remove it, nor may the user be left with no agent."""
+    room, identity = "fleet-kept", "agent-AJ_kept"
+    user = new_user(livekit, room)
+    database_url = settings.database_url or ""
+    a, b = (redispatcher(settings, database_url, livekit.http_url, KEPT_AGENT) for _ in "ab")
+    looked_up, go = asyncio.Event(), asyncio.Event()
+    real_api = b._api
+
+    @asynccontextmanager
+    async def held() -> AsyncIterator[api.LiveKitAPI]:  # B's removal waits for A's look
+        looked_up.set()
+        await go.wait()
+        async with real_api() as lk:
+            yield lk
+
+    monkeypatch.setattr(b, "_api", held)
+    joined: list[rtc.Room] = []
+    heard: list[asyncio.Task[bool]] = []
+
+    async def claimed_as_it_joins(*args: Any, **kwargs: Any) -> Claim:
+        taken = await claim(*args, **kwargs)
+        joined.append(await agent_joins(livekit, room, identity))
+        heard.append(asyncio.create_task(b.turn_away(room, sid, identity)))
+        heard[0].add_done_callback(lambda _: looked_up.set())
+        await looked_up.wait()  # B decided: it returned, or it asks LiveKit to remove it
+        return taken
+
+    monkeypatch.setattr("agent.redispatch.claim", claimed_as_it_joins)
+    try:
+        await user.connect("kept-user")
+        sid = await room_sid(livekit, room)
+        assert await a.recover(room, sid, identity) is False
+        go.set()
+        assert await heard[0] is False
+        assert await agents_in(livekit, room) == [identity]
+        assert await claims(database_url, sid) == []
+    finally:
+        go.set()
+        await leave_all([user])
+        await asyncio.gather(*(r.disconnect() for r in joined))
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_an_agent_that_joins_as_its_claimant_dispatches_is_removed_by_the_claimant(
+    livekit: LiveKitServer, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent given up for gone joins after its claimant's look and before the claim is
+    marked dispatched: the worker that hears it join leaves it to the claimant, which removes
+    it once it marked the claim."""
+    room, identity = "fleet-between", "agent-AJ_between"
+    user = new_user(livekit, room)
+    database_url = settings.database_url or ""
+    a, b = (redispatcher(settings, database_url, livekit.http_url, KEPT_AGENT) for _ in "ab")
+    joined: list[rtc.Room] = []
+    heard: list[bool] = []
+
+    async def marked_after_it_joined(*args: Any, **kwargs: Any) -> None:
+        joined.append(await agent_joins(livekit, room, identity))
+        heard.append(await b.turn_away(room, sid, identity))
+        await mark_dispatched(*args, **kwargs)
+
+    monkeypatch.setattr("agent.redispatch.mark_dispatched", marked_after_it_joined)
+    try:
+        await user.connect("between-user")
+        sid = await room_sid(livekit, room)
+        assert await a.recover(room, sid, identity) is True
+        assert heard == [False]
+        assert await agents_in(livekit, room) == []
+        assert await claims(database_url, sid) == [(identity, "lost")]
+    finally:
+        await leave_all([user])
+        await asyncio.gather(*(r.disconnect() for r in joined))
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_burst_of_agent_joins_opens_one_pool(
+    livekit: LiveKitServer, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Agents joining at once before the worker's pool is open (a burst of dispatches) open one
+    pool between them, not one each that nothing closes."""
+    opened: list[Database] = []
+    real_open = Database.open
+
+    async def counted(*args: Any, **kwargs: Any) -> Database:
+        opened.append(await real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr("agent.redispatch.Database.open", counted)
+    watcher = redispatcher(settings, settings.database_url or "", livekit.http_url, KEPT_AGENT)
+    try:
+        assert await asyncio.gather(*(watcher.turn_away("fleet-burst", "RM_burst",
+                                                        f"agent-AJ_{i}") for i in range(6))
+                                    ) == [False] * 6
+    finally:
+        await watcher.aclose()
+    assert len(opened) == 1
+
+
+async def test_an_agent_that_joins_while_postgres_is_away_is_kept_with_one_warning(
+    livekit: LiveKitServer, settings: Settings, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An agent joins while Postgres does not answer: whether it was dispatched anew cannot be
+    told, so it stays, and one warning says so (not an error about removing it)."""
+    caplog.set_level(logging.INFO)
+    watcher = redispatcher(settings, "postgresql://nobody@127.0.0.1:1/none", livekit.http_url,
+                           KEPT_AGENT)
+    try:
+        assert await watcher.turn_away("fleet-away", "RM_away", "agent-AJ_away") is False
+    finally:
+        await watcher.aclose()
+    [said] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said.levelno == logging.WARNING and not said.exc_info
+    assert said.getMessage().startswith("could not tell whether room fleet-away was dispatched "
+                                        "its agent again in place of agent-AJ_away")

@@ -1,8 +1,9 @@
 """What a live worker's job does in its room, on a real LiveKit server with a `sightline start`
 worker (hearing with the local recogniser, answering in text): what the session sends (replies,
 costs, live assist, its transcript of what it heard the user say) reaches the user it serves and
-no one else in the room, and a job whose user never joins ends after
-SIGHTLINE_PARTICIPANT_WAIT_S instead of holding its session slot until the room empties.
+no one else in the room, a job whose metadata names its user serves them and not someone who
+was there first, and a job whose user never joins ends after SIGHTLINE_PARTICIPANT_WAIT_S
+instead of holding its session slot until the room empties.
 """
 
 from __future__ import annotations
@@ -138,6 +139,39 @@ async def test_what_the_agent_heard_the_user_say_reaches_them_alone(
         await bystander.room.disconnect()
     assert wer(QUESTIONS[0], heard) <= 0.5, heard  # Moonshine through Opus: a word may be off
     assert bystander.heard == []
+
+
+async def test_a_job_that_names_its_user_serves_them_not_who_was_there_first(
+    livekit: LiveKitServer, worker: Worker, database_url: str,
+) -> None:
+    """A job's metadata names its user (`"user"`, as the fleet's re-dispatch names the room's
+    user): someone else already in the room when the agent joins is not served; the named
+    user, joining after the agent, is."""
+    room = "scope-named-user"
+    user = User(livekit, room, agent_name=AGENT_NAME,
+                metadata={"tenant": "scope", "user": "named-user"},
+                video=DEMO_FIXTURE / "screen.webm")
+    bystander = Bystander()
+    await bystander.join(livekit, room)
+    try:
+        await user.dispatch()
+        deadline = time.monotonic() + 60
+        async with livekit.client() as lk:
+            while not await _agents_in(lk, room):
+                assert time.monotonic() < deadline, "the agent never joined the room"
+                await asyncio.sleep(0.2)
+        await user.connect("named-user")
+        await user.say("Why does the build fail?")
+        assert await user.wait_for_reply() == ANSWER
+    finally:
+        await user.leave()
+        await bystander.room.disconnect()
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert [r["user_id"] for r in await conn.fetch(
+            "SELECT user_id FROM sessions WHERE room = $1", room)] == ["named-user"]
+    finally:
+        await conn.close()
 
 
 async def _agents_in(lk: api.LiveKitAPI, room: str) -> int:
