@@ -37,10 +37,11 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   check that reads a request there (`remember`, `forget`): elsewhere "so", "now", "right" or
   "yes" say something.
 - `as_digits`: number words as a speech recogniser writes them read as digits ("postgres
-  sixteen" is "Postgres 16", "twenty four oh four" and "twenty four point oh four" are "24 4",
+  sixteen" is "Postgres 16", "twenty four oh four" and "twenty four point oh four" are "24 04",
   as "24.04" is), so a fact `remember` takes as the user's words the keeper does not take for
-  the screen's. A digit run is read digit by digit: `int` refuses one of more than 4300, and a
-  message may hold one.
+  the screen's. Digits stay as written, leading zeros too: "0.05" is not "0.5", nor "PIN 0042"
+  "42". A digit run is read digit by digit: `int` refuses one of more than 4300, and a message
+  may hold one.
 - `numbers_together`: numbers said next to each other as one ("python 2 7" is "python 2.7"):
   "Python 2.7" read off the screen is not the user's when they said "two" and "seven" apart
   ("two times in seven minutes"). The keeper's dotted tokens too ("2.7 18" is "2.7.18").
@@ -200,29 +201,38 @@ def says_something(word: str) -> bool:
 
 
 def as_digits(words: list[str]) -> list[str]:
-    """`words` (lower-cased) with number words as digits and numbers without leading zeros, so
-    a transcript ("python three eleven", "twenty four oh four") and a fact ("Python 3.11",
-    "24.04") say the same numbers. A digit that is no decimal digit (the Ethiopic "፩") stays
-    as written."""
+    """`words` (lower-cased) with number words as digits, so a transcript ("python three
+    eleven", "twenty four oh four") and a fact ("Python 3.11", "24.04") say the same numbers.
+    A spoken zero ("oh") is the zero it says before the number after it ("oh four" is "04"), and
+    digits stay as written, any script's as ASCII ones, leading zeros too: they are part of the
+    number ("0.05", "02139"). A digit that is no decimal digit (the Ethiopic "፩") stays as
+    written."""
     out: list[str] = []
+    zeros = ""  # the spoken zeros before the number that follows them
     i = 0
     while i < len(words):
         word = words[i]
         nxt = words[i + 1] if i + 1 < len(words) else ""
+        i += 1
         if word in _TENS:
             if nxt in _UNITS and 0 < _UNITS[nxt] < 10:
-                out.append(str(_TENS[word] + _UNITS[nxt]))
+                number = str(_TENS[word] + _UNITS[nxt])
                 i += 1
             else:
-                out.append(str(_TENS[word]))
+                number = str(_TENS[word])
         elif word in _UNITS:
-            out.append(str(_UNITS[word]))
+            number = str(_UNITS[word])
         elif word.isdecimal():  # digit by digit: `int` refuses a run of more than 4300
-            out.append("".join(str(unicodedata.decimal(c)) for c in word).lstrip("0") or "0")
-        elif not (word in _ZERO | _POINT and out and out[-1].isdecimal()
-                  and (nxt in _UNITS or nxt.isdecimal() or (word in _POINT and nxt in _ZERO))):
+            number = "".join(str(unicodedata.decimal(c)) for c in word)
+        elif (word in _ZERO | _POINT and out and out[-1].isdecimal()
+              and (nxt in _UNITS or nxt.isdecimal() or (word in _POINT and nxt in _ZERO))):
+            zeros += "0" if word in _ZERO else ""
+            continue
+        else:
             out.append(word)
-        i += 1
+            continue
+        out.append(zeros + number)
+        zeros = ""
     return out
 
 
@@ -236,16 +246,17 @@ def is_number(word: str) -> bool:
     return bool(digits) and all(part.isdecimal() for part in digits)
 
 
-def numbers_together(words: list[str]) -> list[str]:
-    """`words` (`as_digits`) with each run of numbers next to each other as one dotted number:
-    "python 2 7" is "python 2.7", as "Python 2.7" and "python two point seven" are read, and
-    "two times in seven minutes" holds no "2.7". A word that is a number in parts (`is_number`)
-    opens a run as a digit does: "2.7 18" is "2.7.18"."""
+def numbers_together(words: list[str], join: str = ".") -> list[str]:
+    """`words` (`as_digits`) with each run of numbers next to each other as one number, its
+    numbers joined by `join` (dotted): "python 2 7" is "python 2.7", as "Python 2.7" and
+    "python two point seven" are read, and "two times in seven minutes" holds no "2.7". A word
+    that is a number in parts (`is_number`) opens a run as a digit does: "2.7 18" is "2.7.18".
+    `remember` joins with a space, to tell numbers said apart from a number's own marks."""
     out: list[str] = []
     together = False  # whether the last word of `out` is a number
     for word in words:
         if together and word.isdecimal():
-            out[-1] += f".{word}"
+            out[-1] += f"{join}{word}"
         else:
             out.append(word)
             together = is_number(word)

@@ -98,18 +98,19 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
 
 @pytest.mark.parametrize(("words", "digits"), [
     ("postgres sixteen".split(), ["postgres", "16"]),
-    ("twenty four oh four".split(), ["24", "4"]),
+    ("twenty four oh four".split(), ["24", "04"]),  # "oh": the zero of "04"
     ("python three eleven".split(), ["python", "3", "11"]),
-    (["ubuntu", "24", "04"], ["ubuntu", "24", "4"]),
+    (["ubuntu", "24", "04"], ["ubuntu", "24", "04"]),
     (["oh", "well"], ["oh", "well"]),  # "oh" is a zero only between numbers
     # a version said aloud: its point between two numbers, as "2.7" is read
     ("python two point seven".split(), ["python", "2", "7"]),
-    ("ubuntu twenty four point oh four".split(), ["ubuntu", "24", "4"]),
+    ("ubuntu twenty four point oh four".split(), ["ubuntu", "24", "04"]),
     ("three dot eleven".split(), ["3", "11"]),
     ("the point is 2 point x".split(), ["the", "point", "is", "2", "point", "x"]),
-    (["\u1369", "007"], ["\u1369", "7"]),  # a digit `int` does not read stays
-    (["000", "\u0663\u0660"], ["0", "30"]),  # any decimal digits, without leading zeros
-    (["0" * 9 + "7" * 4400], ["7" * 4400]),  # longer than `int` reads
+    (["\u1369", "007"], ["\u1369", "007"]),  # a digit `int` does not read stays
+    # any decimal digits, as ASCII ones, their leading zeros kept: part of the number
+    (["000", "\u0663\u0660", "\u0660\u0667"], ["000", "30", "07"]),
+    (["0" * 9 + "7" * 4400], ["0" * 9 + "7" * 4400]),  # longer than `int` reads
 ])
 def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
     assert as_digits(words) == digits
@@ -117,11 +118,18 @@ def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
 
 @pytest.mark.parametrize(("said", "numbers"), [
     ("python 2.7", ["python", "2.7"]), ("python two point seven", ["python", "2.7"]),
-    ("ubuntu twenty four oh four", ["ubuntu", "24.4"]),
+    ("ubuntu twenty four oh four", ["ubuntu", "24.04"]),
     ("two times in seven minutes", ["2", "times", "in", "7", "minutes"]),
 ])
 def test_numbers_said_next_to_each_other_are_one(said: str, numbers: list[str]) -> None:
     assert numbers_together(as_digits(said.replace(".", " ").split())) == numbers
+
+
+def test_numbers_said_apart_may_be_joined_by_another_mark() -> None:
+    """`remember` joins numbers said apart with a space, so none reads as a number's own mark
+    ("9 30" is not "9.30")."""
+    assert numbers_together(["at", "9", "30", "and", "3.11", "7"], join=" ") == [
+        "at", "9 30", "and", "3.11 7"]
 
 
 @pytest.mark.parametrize(("words", "numbers"), [
@@ -230,6 +238,10 @@ async def _remembers(said: str, fact: str) -> bool:
     ("i use python two point seven", "The user uses Python 2.7", True),
     ("I use Python, it crashed two times in seven minutes", "The user uses Python 2.7", False),
     ("my locker is \u1369", "The user's locker is \u1369", True),  # a digit int() can't read
+    # digits as written, leading zeros too: part of the number
+    ("my dose is 0.05 mg", "The user's dose is 0.5 mg", False),
+    ("my PIN is 0042", "The user's PIN is 42", False),
+    ("my PIN is 0042", "The user's PIN is 0042", True),
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
     statement: str, fact: str, users: bool,

@@ -32,14 +32,19 @@ keeper reads too (memory/word_forms.py: folded and lower-cased, "don't" and "don
 not", a plural's or a verb's "-s" / "-es" dropped, "has" as "have"), with number words as
 digits ("postgres sixteen" is "Postgres 16") and numbers said next to each other as one, as the
 keeper reads them ("2.7" and "two point seven" are "2.7"; "two times in seven minutes" holds
-no "Python 2.7" read off the screen). A number a fact writes ("9:30", "3.11", "March 3, 2020"
-is "3" and "2020") must be all of numbers the user said together ("nine thirty"), or the first
-parts of one they wrote as one ("3.11" of "3.11.7"), or go on where the fact's number before it
-ended ("2020" after "3" in "march 3 2020"): never a stretch from the middle ("555 1234" of "415
-555 1234", "11.7" of "3.11.7") nor numbers said apart put together ("9.1" of "vim 9 1 2 times a
-day"). In the user's words a comma or colon with a space after it ends a clause, between numbers
-too ("not on Postgres 15, 16 is what we run" negates no 16; "Python 3, 12 breaks my build" says
-no "3.12"); only with no space it joins a number ("1,500", "9:30"). So "I have a dog" may be
+no "Python 2.7" read off the screen). A number a fact writes is one the user said, whole and
+with their marks and leading zeros: "9:30", "1,500", "3/11", "0.05" as written (never "9",
+"1.500", "3.11", "0.5"), or numbers the user said together written as one, all of them ("nine
+thirty" as "9:30", "415 555 1234" as "415-555-1234"; never "415"), or each in turn ("march 3
+2020" as "March 3, 2020"). Only a version, three or more parts joined by points, may be written
+by its first parts ("3.11" of "3.11.7"; not "10" of "10.5", which may be a decimal, nor "1.500"
+of "1.500.000"); a number written as one is never parted ("3 and 11.7" of "3.11.7"). In the
+user's words a comma or colon with a space after it ends a clause, between numbers too ("not on
+Postgres 15, 16 is what we run" negates no 16; "Python 3, 12 breaks my build" says no "3.12");
+only with no space it joins a number ("1,500", "9:30"). A fact must say what the user said
+whether a reader takes its comma after a negation as ending it or not: "does not use Postgres
+15, MySQL 8" reads as negating MySQL, so it is refused for "I use MySQL 8, and I don't use
+Postgres 15" ("but", or two sentences, say it). So "I have a dog" may be
 remembered as "The user has a dog". A refusal tells the model to write a short third-person
 statement in the user's words, never to store the request itself ("Remember I use a Mac.").
 
@@ -127,24 +132,36 @@ _CLAUSE_MARKS = CLAUSE_MARKS + COLONS
 # with no space after it ("9:30", "1,500")
 _COMMA_OR_COLON = re.escape(COMMAS + COLONS)
 # where a negation's reach ends: a sentence (a point only with no digit on both sides: "2.7"),
-# "but", or "and" opening a new statement; and a clause, ended by a comma or colon as below
-_ENDS_A_SCOPE = (rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
-                 r"(?<!\d)\.|\.(?!\d)|\bbut\b|\band (?=(?:i|i'm|im|we|my|our)\b)|"
-                 rf"(?<!\d)[{_COMMA_OR_COLON}]")
-# in the user's words a comma or colon with a space after it ends a clause, between numbers
-# too: "not on Postgres 15, 16 is what we run" negates no 16, and "Python 3, 12 breaks" says
-# no "3.12"
-_SCOPE = re.compile(rf"{_ENDS_A_SCOPE}|[{_COMMA_OR_COLON}](?!\d)")
+# "but", or "and" opening a new statement
+_ENDS_A_SENTENCE = (rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTION_MARKS)}]|"
+                    r"(?<!\d)\.|\.(?!\d)|\bbut\b|\band (?=(?:i|i'm|im|we|my|our)\b)")
+# and a clause: in the user's words a comma or colon ends it, but one with no space between
+# digits, which joins a number ("1,500", "9:30"); between numbers too: "not on Postgres 15, 16
+# is what we run" negates no 16, and "Python 3, 12 breaks" says no "3.12"
+_SCOPE = re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|[{_COMMA_OR_COLON}](?!\d)")
 # in a fact one between numbers ends none: "March 3, 2020" is a date, and "not on Postgres 15,
-# 16" negates both; the numbers stay two (`_NUMBERS_APART`), each held as the user said it
-_FACT_SCOPE = re.compile(rf"{_ENDS_A_SCOPE}|[{_COMMA_OR_COLON}](?!\s*\d)")
+# 16" negates both; the numbers stay two (`_NUMBERS_APART`), each held as the user said it.
+# Before a word a reader may take it either way: "does not use vim, they use emacs" ends the
+# negation, "does not use Postgres 15, MySQL 8" lists what it negates; so a fact is read both
+# ways (`fact_readings`)
+_FACT_SCOPES = (re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|"
+                           rf"[{_COMMA_OR_COLON}](?!\s*\d)"),
+                re.compile(_ENDS_A_SENTENCE))
 _NUMBERS_APART = re.compile(rf"[{_COMMA_OR_COLON}](?=\s)")
 # a number written as one, its parts joined by a mark with no space ("3.11.7", "9:30", "1,500",
-# "415-555-1234"), never part of a word ("v2.7")
-_WRITTEN_NUMBER = re.compile(r"(?<![^\W_])\d+(?:[^\w\s]\d+)+(?![^\W_])")
-# what joins the parts of a number written as one in `_sequence`, where `numbers_together`
-# joins numbers said apart with "." ("9 1 2" is "9.1.2", "3.11.7" "3-11-7")
-_WRITTEN_JOIN = "-"
+# "415-555-1234"), a unit after it or not ("9.30pm"), never part of a word ("v2.7");
+# `_sequence` keeps its marks
+_WRITTEN_NUMBER = re.compile(r"(?<![^\W_])\d+(?:[^\w\s]\d+)+")
+_DIGITS = re.compile(r"\d+")
+_MARK = re.compile(r"[^\w\s]")
+# what joins numbers said next to each other in `_sequence` ("nine thirty" is "9 30"), unlike
+# any mark of a number written as one
+_SAID_APART = " "
+# a version: three or more parts joined by points ("3.11.7"), which a fact may write the first
+# parts of ("3.11"); not a number grouped in thousands ("1.500.000"), nor one of two parts, which
+# may be a decimal ("10.5" is not "10")
+_VERSION = re.compile(r"\d+(?:\.\d+){2,}")
+_THOUSANDS = re.compile(r"\d{1,3}(?:\.\d{3})+")
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
 # (memory/word_forms.py), then words that hand the request to Sightline
@@ -313,13 +330,13 @@ def words(text: str) -> set[str]:
 
 
 def _number_tokens(text: str) -> list[str]:
-    """The words of `text` (`_tokens`), each number written as one a word, its parts joined by
-    `_WRITTEN_JOIN` ("3.11.7" is "3-11-7", "24.04" "24-4")."""
+    """The words of `text` (`_tokens`), each number written as one a word with its own marks,
+    its digits as `as_digits` reads them ("3.11.7", "9:30", "1,500", "0.05")."""
     tokens: list[str] = []
     at = 0
     for number in _WRITTEN_NUMBER.finditer(text):
         tokens += _tokens(text[at:number.start()])
-        tokens.append(_WRITTEN_JOIN.join(as_digits(WORD.findall(number.group()))))
+        tokens.append(_DIGITS.sub(lambda digits: as_digits([digits.group()])[0], number.group()))
         at = number.end()
     return tokens + _tokens(text[at:])
 
@@ -329,14 +346,14 @@ def _sequence(text: str, scope: re.Pattern[str]) -> list[tuple[str, bool]]:
     words and its tense), in order, each with whether a negation before it in its clause
     (`scope`) turns it around ("Postgres at work, not MySQL": MySQL is). Numbers said next to
     each other are one, as the memory keeper reads them (`numbers_together`: "two point
-    seven" and "9 1 2" are "2.7" and "9.1.2"; "two times in seven minutes" holds no "2.7"),
-    and each number written as one keeps its parts joined by `_WRITTEN_JOIN` ("3.11.7" is
-    "3-11-7"), so `_held_at` knows which parts the user wrote together."""
+    seven" and "9 1 2" are "2 7" and "9 1 2"; "two times in seven minutes" holds no "2 7"),
+    joined by `_SAID_APART`, and each number written as one keeps its marks ("3.11.7",
+    "9:30"), so `_holds` knows how the user said it."""
     sequence: list[tuple[str, bool]] = []
     for clause in scope.split(_lowered(text)):
         negated = False
         for part in _NUMBERS_APART.split(clause):
-            for word in numbers_together(_number_tokens(part)):
+            for word in numbers_together(_number_tokens(part), join=_SAID_APART):
                 if word in _NEGATION:
                     sequence.append((word, False))
                     negated = True
@@ -351,10 +368,11 @@ def said_sequence(text: str) -> list[tuple[str, bool]]:
     return _sequence(text, _SCOPE)
 
 
-def fact_sequence(text: str) -> list[tuple[str, bool]]:
-    """The words of a fact written that must be the user's (`_sequence`), a comma or colon
-    between numbers parting them in one clause ("March 3, 2020", `_FACT_SCOPE`)."""
-    return _sequence(text, _FACT_SCOPE)
+def fact_readings(text: str) -> list[list[tuple[str, bool]]]:
+    """The words of a fact written that must be the user's (`_sequence`), as a reader may take
+    them: a comma or colon before a word ending a negation's reach, or not (`_FACT_SCOPES`);
+    one between numbers parts them in one clause ("March 3, 2020")."""
+    return [_sequence(text, scope) for scope in _FACT_SCOPES]
 
 
 def fact_words(text: str) -> set[str]:
@@ -363,57 +381,62 @@ def fact_words(text: str) -> set[str]:
     return {w for w, _ in said_sequence(text)}
 
 
-def _dotted(word: str) -> str:
-    """`word` (`_sequence`) with a number's parts joined by ".", however they were said."""
-    return word.replace(_WRITTEN_JOIN, ".")
+def _first_parts_of_version(said: str, word: str) -> bool:
+    """Whether the fact's `word` is the first two or more parts of the version the user wrote
+    (`_VERSION`): "3.11" of "3.11.7"."""
+    return ("." in word and said.startswith(f"{word}.") and _VERSION.fullmatch(said) is not None
+            and _THOUSANDS.fullmatch(said) is None)
 
 
-def _held_at(said: str, word: str, at: int = 0) -> int:
-    """Where in the user's word `said` (`said_sequence`) the fact's `word` (`fact_sequence`)
-    ends, when `said` holds it from `at` (-1 if not): at its start (0), or where the fact's
-    number before ended in it. A word holds only itself. A run of numbers holds all of it
-    ("nine thirty" holds "9:30", "415 555 1234" "415 555 1234"), or from `at` the first parts
-    of one number the user wrote as one ("3.11.7" holds "3.11", "python 2.7 18" "2.7" and then
-    "18"), never a stretch in its middle ("11.7", "555 1234" of "415 555 1234") nor numbers
-    said apart put together ("9.1" of "vim 9 1 2 times a day")."""
-    if at == 0 and _dotted(said) == _dotted(word):
-        return len(said)
-    written = word.replace(".", _WRITTEN_JOIN)
-    end = at + len(written)
-    held = said.startswith(written, at) and (end == len(said) or said[end] in "." + _WRITTEN_JOIN)
-    return end if held else -1
+def _written_whole(said: str, word: str) -> bool:
+    """Whether the fact's `word` writes as one number, with any marks, all of the numbers the
+    user said apart (`said`): "9:30" of "nine thirty", "415-555-1234" of "415 555 1234"."""
+    apart = said.split(_SAID_APART)
+    return (len(apart) > 1 and all(n.isdecimal() for n in apart)
+            and _SAID_APART not in word and _MARK.split(word) == apart)
+
+
+def _holds(said: str, fact: list[str], i: int) -> int:
+    """How many of the fact's words from its `i`th (`fact_readings`) the user's word `said`
+    (`said_sequence`) holds, 0 if none. A word holds itself, and a number is the user's only
+    whole, with the user's marks: "9:30" holds no "9", "9.30" or "9 30", "1,500" no "1" or
+    "1.500", "0.05" no "0.5". Numbers said apart hold themselves written as one
+    (`_written_whole`), or each in turn, all of them ("march 3 2020": "March 3, 2020"; "python
+    2.7 18": "2.7 and 18"), and a version its first parts (`_first_parts_of_version`); never a
+    stretch ("415" or "555 1234" of "415 555 1234", "9" of "nine thirty"), nor a number
+    written as one parted ("3 and 11.7" of "3.11.7", "12 and 34" of "12-34")."""
+    word = fact[i]
+    if word == said or _written_whole(said, word) or _first_parts_of_version(said, word):
+        return 1
+    apart = said.split(_SAID_APART)
+    return len(apart) if len(apart) > 1 and fact[i:i + len(apart)] == apart else 0
 
 
 def _subsequence(part: list[tuple[str, bool]], whole: list[tuple[str, bool]]) -> bool:
-    """Whether each item of `part` is held (`_held_at`) by an item of `whole` negated alike, in
-    order: each after the one before, or further on in the same numbers, where the one before
-    ended ("2.7" and then "18" in "python 2.7 18")."""
-    at, taken = 0, 0  # the item of `whole` looked in, and where in it the item before ended
-    for word, negated in part:
-        while True:
-            if at == len(whole):
-                return False
-            said, said_negated = whole[at]
-            found = _held_at(said, word, taken) if said_negated == negated else -1
-            if found >= 0:
-                break
-            at, taken = at + 1, 0
-        taken = found + 1  # past the mark that ends it, where the next may go on
-    return True
+    """Whether each item of `part` is held (`_holds`) by an item of `whole` negated alike, in
+    order. Taking the first item that holds the next words is never worse than a later one:
+    each item holds at most one run of them."""
+    fact = [word for word, _ in part]
+    i = 0
+    for said, negated in whole:
+        if i == len(part):
+            break
+        held = _holds(said, fact, i)
+        if all(n == negated for _, n in part[i:i + held]):
+            i += held
+    return i == len(part)
 
 
 def _unsaid(fact: list[tuple[str, bool]], heard: set[str]) -> set[str]:
-    """The words of `fact` no word the user `heard` holds (`_held_at`): at its start, or where
-    the fact's word before it ended in it ("18" after "2.7" in "2.7 18")."""
-    unsaid: set[str] = set()
-    ends: set[tuple[str, int]] = set()  # where the fact's word before ended, in each holding it
-    for word, _ in fact:
-        ends = {(said, end) for said, at in [*((h, 0) for h in heard),
-                                             *((s, e + 1) for s, e in ends)]
-                if (end := _held_at(said, word, at)) >= 0}
-        if not ends:
-            unsaid.add(_dotted(word))
-    return unsaid
+    """The words of `fact` no word the user `heard` holds (`_holds`)."""
+    words_of = [word for word, _ in fact]
+    numbers = [said for said in heard if said[:1].isdecimal()]
+    held = [word in heard for word in words_of]
+    for i in range(len(words_of)):
+        for said in numbers:
+            count = _holds(said, words_of, i)
+            held[i:i + count] = [True] * count
+    return {word for word, was in zip(words_of, held, strict=True) if not was}
 
 
 def in_users_order(fact: list[tuple[str, bool]], said: list[tuple[str, bool]]) -> bool:
@@ -568,19 +591,22 @@ class MemoryTools:
         if user_asked(text, ASKS_TO_REMEMBER):
             raise llm.ToolError("The fact is the user's request, not what it asks to keep. "
                                 f"Nothing was remembered. {_REWRITE}")
-        sources = remember_sources(said)
-        wanted = fact_sequence(text)
-        unsaid = _unsaid(wanted, {w for source in sources for w in fact_words(source)})
+        sources = [said_sequence(source) for source in remember_sources(said)]
+        readings = fact_readings(text)
+        unsaid = _unsaid(readings[0], {w for source in sources for w, _ in source})
         if unsaid:
             raise llm.ToolError(
                 "The fact must be what the user asked to remember, in their words; these of its "
                 f"words are not in their request: {', '.join(sorted(unsaid))}. Nothing was "
-                f"remembered. {_REWRITE} Or ask the user what to remember.")
-        if not any(in_users_order(wanted, said_sequence(s)) for s in sources):
+                f"remembered. {_REWRITE} A number must be all of one the user said, written "
+                "as they wrote it. Or ask the user what to remember.")
+        if not all(any(in_users_order(reading, source) for source in sources)
+                   for reading in readings):
             raise llm.ToolError(
                 "The fact must say what the user said: its words are the user's, but not in "
-                "the order the user said them, or not negated as the user negated them. "
-                f"Nothing was remembered. {_REWRITE}")
+                "the order the user said them, or not negated as the user negated them (a "
+                "negation followed by a comma and more words may be read to reach them: say it "
+                f"with \"but\" or in two sentences). Nothing was remembered. {_REWRITE}")
         known = await self._facts()
         if any(same_fact(text, f.text) for f in known):
             return f"Already remembered: {text}"
