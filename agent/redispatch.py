@@ -37,11 +37,11 @@ counts against `MAX_PER_ROOM`, so a session that ends as it starts is not restar
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
 whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest
-dispatch's: the new session waits for that identity, agent/worker.py); or, before any session,
-or when only people who came after it ended wait (a newcomer to a room its user left, the user
-on a new device under another identity), whoever is there (the agent takes the first to join).
-One who was in the room while that session ran and stays after the user left (a second person,
-a recorder) is dispatched no agent.
+dispatch's: the new session waits for that identity, agent/worker.py); when only people who came
+after it ended wait (a newcomer to a room its user left, the user on a new device under another
+identity), the latest of them to join, named too; before any session, whoever is there (the
+agent takes the first to join). One who was in the room while that session ran and stays after
+the user left (a second person, a recorder) is dispatched no agent, nor served by one.
 An agent `AGENT_JOIN_S` late cannot be told from one that left (LiveKit lists both jobs as
 running): its job is dispatched anew under a claim on its identity, which the claimant marks
 dispatched once LiveKit took the new dispatch. The claimant looks at the room again after its
@@ -148,21 +148,27 @@ def _latest(ours: list[agent_dispatch.AgentDispatch]) -> agent_dispatch.AgentDis
 
 
 def _naming(metadata: str, user: RoomUser | None, people: list[models.ParticipantInfo]) -> str:
-    """The latest dispatch's `metadata` for a new dispatch: naming (`"user"`) the room's `user`
-    when they are among the `people` it is for, the one identity its session then waits for
-    (agent/worker.py), a bystander in the room notwithstanding; naming nobody otherwise, for
-    the agent to take whoever joins first (a name an earlier re-dispatch put there would have it
-    wait for someone not there). Metadata that is not a JSON object, which the worker reads as
-    naming no tenant, becomes one that names no tenant either."""
+    """The latest dispatch's `metadata` for a new dispatch, naming (`"user"`) the one identity
+    its session waits for (agent/worker.py), so that a bystander in the room is not served in
+    their place: the room's `user` when they are among the `people` it is for (`_theirs`); else,
+    when the room has a user, the newcomer among them (the user on a new device under another
+    identity), the latest to join when several are: the user coming back is the latest to
+    arrive, and an earlier newcomer's arrival had a look of its own. With no user recorded
+    (before any session) it names nobody, for the agent to take whoever joins first (a name an
+    earlier re-dispatch put there would have it wait for someone not there). Metadata that is not a
+    JSON object (or one too deep or with a number too long for `json` to read), which the
+    worker reads as naming no tenant, becomes one that names no tenant either."""
     try:
         fields = json.loads(metadata) if metadata.strip() else {}
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         fields = {}
     if not isinstance(fields, dict):
         fields = {}
     fields.pop("user", None)
-    if user is not None and any(p.identity == user.identity for p in people):
-        fields["user"] = user.identity
+    if user is not None and people:
+        named = next((p for p in people if p.identity == user.identity),
+                     max(people, key=lambda p: p.joined_at_ms))
+        fields["user"] = named.identity
     return json.dumps(fields)
 
 
@@ -542,15 +548,19 @@ class Redispatcher:
         except LIVEKIT_FAILURES:
             await self._release(room_sid, identity)
             raise
-        await self._dispatched(room, room_sid, identity)
+        await self._dispatched(room, room_sid, identity,
+                               of_agent=reason != "unplaced")
         return Claim.CLAIMED
 
-    async def _dispatched(self, room: str, room_sid: str, identity: str) -> None:
+    async def _dispatched(self, room: str, room_sid: str, identity: str, *,
+                          of_agent: bool = True) -> None:
         """LiveKit took the dispatch made under this worker's claim on `identity` in `room`:
         the claim is marked dispatched (`redispatches.mark_dispatched`), from when on the
         workers that hear that agent join remove it (`turn_away`); one that joined since the
         claimant's last look, before the mark, is removed here. Neither failing undoes the
-        dispatch: each is one line (should that agent join after all, the user has two)."""
+        dispatch: each is one line (should that agent join after all, the user has two). A
+        claim on a dispatch no worker took (not `of_agent`: "dispatch AD_…") has no agent
+        to remove."""
         self._working.discard((room_sid, identity))
         self._unreleased.discard((room_sid, identity))
         try:
@@ -559,7 +569,8 @@ class Redispatcher:
             log.warning("could not record that room %s was dispatched its agent again in place "
                         "of %s: %s; should that agent join after all, it stays", room, identity,
                         exc)
-        await self._remove_late(room, identity)
+        if of_agent:
+            await self._remove_late(room, identity)
 
     async def _claim(self, room: str, room_sid: str, identity: str, reason: str,
                      max_per_room: int) -> Claim:

@@ -123,10 +123,12 @@ def publish_costs(runtime: SessionRuntime, publish: Callable[[dict[str, Any]], N
 
 
 def job_tenant(metadata: str, default: str) -> str:
-    """The tenant named in the job's metadata, else the configured default."""
+    """The tenant named in the job's metadata, else the configured default: metadata that is
+    no JSON object `json` reads (nested too deep, a number of more than 4,300 digits) is one
+    line, not a traceback that ends the job."""
     try:
         tenant = json.loads(metadata).get("tenant") if metadata.strip() else None
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         log.warning("job metadata is not a JSON object, using tenant %r", default)
         tenant = None
     return str(tenant) if tenant else default
@@ -138,7 +140,7 @@ def job_user(metadata: str) -> str | None:
     name."""
     try:
         user = json.loads(metadata).get("user") if metadata.strip() else None
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         return None  # `job_tenant` said so
     if user is not None and not (isinstance(user, str) and user):
         log.warning("the job metadata's user is not an identity (%r): serving whoever joins "

@@ -14,8 +14,9 @@ again hands the room to another; a refusal LiveKit will not change is one line, 
 a bystander who stays after the user left gets no agent, the user coming back gets one that
 serves them, a newcomer to a room its user left gets one; an agent that joins after its job was
 dispatched anew is removed, one its claimant found and kept is not; a claim committed as its
-worker shuts down is handed back; a burst of webhooks opens one pool; Postgres away keeps a
-joining agent with one warning.
+worker shuts down is handed back; the user on a new device beside a bystander is named in the
+dispatch made again; a burst of webhooks opens one pool; Postgres away keeps a joining agent
+with one warning.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from bench.livekit_harness import (
 )
 from memory.db import Database
 from memory.redispatches import Claim, claim, mark_dispatched
+from memory.store import Store
 
 pytestmark = pytest.mark.e2e
 
@@ -920,6 +922,56 @@ async def test_an_agent_that_joins_as_its_claimant_dispatches_is_removed_by_the_
         await asyncio.gather(*(r.disconnect() for r in joined))
         await a.aclose()
         await b.aclose()
+
+
+async def test_the_user_on_a_new_device_beside_a_bystander_is_named_in_the_dispatch_again(
+    livekit: LiveKitServer, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A room's user left with a bystander there and comes back under another identity (a new
+    device), whose agent's dispatch no worker takes. The look dispatches it again naming the
+    newcomer (it named nobody, and the agent served whoever the SDK listed first, maybe the
+    bystander), and removes no agent for the claim on that dispatch (it asked LiveKit to
+    remove the participant "dispatch AD_…")."""
+    caplog.set_level(logging.INFO, "sightline.redispatch")
+    monkeypatch.setattr("agent.redispatch.DISPATCH_SETTLE_S", 0.0)
+    room = "fleet-new-device"
+    database_url = settings.database_url or ""
+    bystander, phone = (User(livekit, room, agent_name=KEPT_AGENT, metadata={"tenant": "fleet"},
+                             frames=SCREENS) for _ in range(2))
+    watcher = redispatcher(settings, database_url, livekit.http_url, KEPT_AGENT)
+    removing: list[str] = []
+    remove_late = watcher._remove_late
+
+    async def removed(room: str, identity: str) -> bool:
+        removing.append(identity)
+        return await remove_late(room, identity)
+
+    monkeypatch.setattr(watcher, "_remove_late", removed)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await phone.dispatch()  # no worker takes it
+        store = Store(pool)
+        await store.start_session(f"session-{room}", tenant="fleet", user_id="new-device-user",
+                                  room=room, source="live", provider="scripted", model="scripted")
+        await bystander.connect("new-device-bystander")
+        await store.end_session(f"session-{room}", 0.0, {})
+        await asyncio.sleep(0.1)
+        await phone.connect("new-device-phone")
+        sid = await room_sid(livekit, room)
+        async with livekit.client() as lk:
+            [unplaced] = [d for d in await lk.agent_dispatch.list_dispatch(room_name=room)
+                          if d.agent_name == KEPT_AGENT]
+            assert await watcher.place_again(room, sid, rejoin=True) is True
+            [dispatch] = [d for d in await lk.agent_dispatch.list_dispatch(room_name=room)
+                          if d.agent_name == KEPT_AGENT]
+    finally:
+        await leave_all([bystander, phone])
+        await watcher.aclose()
+        await pool.close()
+    assert json.loads(dispatch.metadata) == {"tenant": "fleet", "user": "new-device-phone"}
+    assert await claims(database_url, sid) == [(f"dispatch {unplaced.id}", "unplaced")]
+    assert removing == [] and not any("could not remove" in m for m in caplog.messages)
 
 
 async def test_a_burst_of_agent_joins_opens_one_pool(

@@ -19,6 +19,8 @@ the offer, with any question mark ("？", "؟"), is the one a yes answers. A no 
 offer, read as a yes is ("thanks, but no", "please don't", once read only at a message's
 start), the whole message: a question ("No one can help?"), "no problem, go ahead" and a no
 with anything else ("actually no, transfer me") are none; "ok, no worries" is one, no yes.
+Beside "no worries" only an explicit yes is one ("no worries, that'd be great"); one that may
+decline ("no worries, please") is asked again.
 A comma or full stop of any script ends a clause ("No، I'll figure it out myself" refuses,
 "That's not it。Get me a human" asks), a colon of none ("The banner says：escalate …" is
 quoted). The reason stays the model's labelled summary; a session is handed off once.
@@ -464,14 +466,31 @@ async def test_no_worries_without_a_real_yes_declines(reply: str) -> None:
 
 
 @pytest.mark.parametrize("reply", [
-    "that'd be great, no worries", "no worries, that'd be great", "no problem, sounds good",
+    "that'd be great, no worries", "no worries, that'd be great", "no problem, go ahead",
+    "no worries, bring someone in",
 ])
 async def test_a_clear_yes_beside_no_worries_hands_off(reply: str) -> None:
-    """Beside "no worries" only a bare acknowledgement ("ok", "that's fine") declines: "that'd
-    be great" with it was read as no yes, and the user who said yes got no person."""
+    """Beside "no worries" an explicit yes is one: "that'd be great" with it was read as no
+    yes, and the user who said yes got no person."""
     conversation = await offered(Conversation())
     answer = await conversation.user(reply).call()
     assert conversation.handed_off and "person will join shortly" in answer
+
+
+@pytest.mark.parametrize("reply", [
+    "no worries, please", "no problem, please", "no worries, that's good",
+    "no worries, sounds fine", "no worries, that sounds fine", "no worries, great",
+    "No worries, perfect.",
+])
+async def test_a_yes_that_may_decline_beside_no_worries_is_asked_again(reply: str) -> None:
+    """Beside "no worries" a word that may go with a no ("please", "great", "sounds fine") is
+    no yes: it brought a person in ("no problem, please" read as a yes and as a no, and the yes
+    won). Read as neither, the model asks the question again."""
+    conversation = await offered(Conversation())
+    answer = await conversation.user(reply).call()
+    assert not conversation.handed_off
+    assert conversation.recorded == [] and conversation.published == []
+    assert offer_question() in answer and conversation.tool.offer_pending
 
 
 # -- once, and the reason ------------------------------------------------------------------------

@@ -36,9 +36,11 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   (`asked_last`).
   To this question an acknowledgement ("ok", "fine") and the offer's own words ("bring
   someone in") answer yes too (`OFFER_YES`), but beside "no problem" or "no worries", which
-  decline as often as they agree, a bare acknowledgement ("ok", "fine", "that's fine") is no
-  yes ("no problem, go ahead" and "no worries, that'd be great" are; "no worries, that's
-  fine" declines);
+  decline as often as they agree, only an explicit yes is one: a yes of `YES` or a few
+  phrases that cannot decline ("no problem, go ahead", "no worries, that'd be great"). "No
+  worries, that's fine" and "ok, no worries" decline; "no worries, please" and "no worries,
+  great" read as a yes and as a no, and a message that reads as both is neither: the model
+  asks again;
 - a no to that question ("no thanks", "um, no", "I'd rather not", "please don't", "not now",
   "no worries, I'm fine", "No, I'll figure it out myself") has the model told not to offer a
   person again: read by the same rule as a yes, the whole message phrases of a no and words
@@ -330,13 +332,19 @@ OFFER_YES = YES | frozenset((
 # a yes put as a question: "why not?", "sure, why not?"
 _RHETORICAL_YES = frozenset({"why not"})
 # "no problem" and "no worries" go with a yes ("no problem, go ahead", "that'd be great, no
-# worries") as with a no ("no worries, that's fine", "ok, no worries"): beside them a bare
-# acknowledgement is no yes, only said around one ("no problem, yes, that's fine")
+# worries") as with a no ("no worries, that's fine", "ok, no worries", "no worries, please"):
+# beside them only an explicit yes is one, the offer's other answers only said around one ("no
+# problem, yes, that's fine")
 _NO_BOTHER = frozenset({"no problem", "not a problem", "no worries"})
+_YES_BESIDE_NO_BOTHER = YES | frozenset((
+    "that be great", "that would be great", "thatd be great", "bring someone in",
+    "get me someone"))
+_AROUND_YES_BESIDE_NO_BOTHER = AROUND_YES | OFFER_YES | _NO_BOTHER
+# what reads as a yes beside them though it may decline: an acknowledgement ("ok", "that's
+# fine") does not; a message this reads as a yes and `says_no` as a no is neither
 _ACKNOWLEDGEMENTS = frozenset({"ok", "okay", "k", "fine", "alright", "all right", "that fine",
                                "thats fine"})
-_YES_BESIDE_NO_BOTHER = OFFER_YES - _ACKNOWLEDGEMENTS
-_AROUND_YES_BESIDE_NO_BOTHER = AROUND_YES | OFFER_YES | _NO_BOTHER
+_READS_AS_YES_BESIDE_NO_BOTHER = OFFER_YES - _ACKNOWLEDGEMENTS
 
 # what says no to `OFFER_QUESTION`, as `says_yes` reads words ("I'd rather not" is "i rather
 # not", "don't" and "dont" "do not", "I'm good" "i am good"; a transcript's "id", "ill" and "im"
@@ -375,18 +383,31 @@ AROUND_NO = frozenset((
       for fine in ("ok", "okay", "fine", "alright", "all right"))))
 
 
+def _yes(text: str, beside_no_bother: frozenset[str]) -> bool:
+    """Whether `text` (`_sounds_as_words`) is a yes to `OFFER_QUESTION` and nothing else, by
+    the one rule for a whole-message yes (memory/word_forms.py `says_yes`) with the offer's
+    words, and, beside "no problem" or "no worries", with those of `beside_no_bother`."""
+    return (says_yes(text, yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
+            or says_yes(text, yes=beside_no_bother, around=_AROUND_YES_BESIDE_NO_BOTHER,
+                        rhetorical=_RHETORICAL_YES))
+
+
+def _no(text: str) -> bool:
+    """Whether `text` (`_sounds_as_words`) is phrases of a no to `OFFER_QUESTION` and words said
+    around one, and no question."""
+    return not ends_as_question(text) and made_of(text, answer=OFFER_NO, around=AROUND_NO)
+
+
 def says_yes_to_offer(said: str) -> bool:
     """Whether the user's message is a yes to `OFFER_QUESTION` and nothing else ("yes please",
-    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"), by the one rule for a
-    whole-message yes (memory/word_forms.py `says_yes`) with the offer's words: "yes but not
-    now", "sure, and reset my password" and "yes?" are none, "why not?" is one. Said with "no
-    problem" or "no worries", a bare acknowledgement is none: "ok, no worries" and "no worries,
-    that's fine" decline, and a no read as a yes calls a person; "no problem, go ahead" and
-    "no worries, that'd be great" are a yes."""
+    "um sure", "mm-hmm", "that'd be great", "ok, bring someone in"): "yes but not now", "sure,
+    and reset my password" and "yes?" are none, "why not?" is one. Said with "no problem" or
+    "no worries", only an explicit yes is one ("no problem, go ahead", "no worries, that'd be
+    great"): "ok, no worries" and "no worries, that's fine" decline, and a no read as a yes
+    calls a person. Nor is a message that also reads as a no ("no problem, please"): the
+    model asks again."""
     text = _sounds_as_words(said)
-    return (says_yes(text, yes=OFFER_YES, rhetorical=_RHETORICAL_YES)
-            or says_yes(text, yes=_YES_BESIDE_NO_BOTHER, around=_AROUND_YES_BESIDE_NO_BOTHER,
-                        rhetorical=_RHETORICAL_YES))
+    return _yes(text, _YES_BESIDE_NO_BOTHER) and not _no(text)
 
 
 def says_no(said: str) -> bool:
@@ -397,9 +418,10 @@ def says_no(said: str) -> bool:
     anything else: "no wait, actually yes" takes it back, and "actually no, transfer me" asks
     for a person in words the gate does not read as an ask. Telling the model never to offer
     again on such a message could keep a person from a user who wants one; read as no answer,
-    it costs the user only hearing the question again."""
+    it costs the user only hearing the question again. So a message that also reads as a yes
+    ("no worries, please", "no problem, perfect") is none either."""
     text = _sounds_as_words(said)
-    return not ends_as_question(text) and made_of(text, answer=OFFER_NO, around=AROUND_NO)
+    return _no(text) and not _yes(text, _READS_AS_YES_BESIDE_NO_BOTHER)
 
 
 def asked_last(question: str, assistant_said: str) -> bool:
