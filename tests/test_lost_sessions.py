@@ -117,13 +117,22 @@ class FakeLiveKit:
         self._created = asyncio.Condition()  # notified as a dispatch is asked for
         self.participants = [models.ParticipantInfo(
             identity="user-1", kind=models.ParticipantInfo.Kind.STANDARD)]
-        self.room = SimpleNamespace(list_participants=self._list_participants)
+        self.room = SimpleNamespace(list_participants=self._list_participants,
+                                    remove_participant=self._remove_participant)
         self.agent_dispatch = SimpleNamespace(list_dispatch=self._list_dispatch,
                                               create_dispatch=self._create,
                                               delete_dispatch=self._delete)
 
     async def _list_participants(self, request: api.ListParticipantsRequest) -> SimpleNamespace:
         return SimpleNamespace(participants=list(self.participants))
+
+    async def _remove_participant(self, request: api.RoomParticipantIdentity) -> None:
+        """As LiveKit does: NOT_FOUND for one not in the room (the claimant's removal of a lost
+        agent that joins late, after its dispatch anew)."""
+        if not any(p.identity == request.identity for p in self.participants):
+            raise api.TwirpError(api.TwirpErrorCode.NOT_FOUND, "participant not found",
+                                 status=404)
+        self.participants = [p for p in self.participants if p.identity != request.identity]
 
     async def _list_dispatch(self, room_name: str) -> list[agent_dispatch.AgentDispatch]:
         return list(self.dispatches)
@@ -444,7 +453,8 @@ async def test_a_user_who_comes_back_leaves_the_closing_session_its_memory_excha
         assert await worker.place_again("r1", "RM_1", rejoin=came_back) is True
     finally:
         await worker.aclose()
-    assert lk.created() == ['create r1 {"tenant": "acme"}']
+    # the room's user, as its session recorded them, named for the new agent to wait for
+    assert lk.created() == ['create r1 {"tenant": "acme", "user": "user-1"}']
     taken_over = [d.user for d in await backlog.claim(db.pool, "acme", "user-1", "s-new")]
     assert taken_over == ([] if came_back else ["I use vim"])
 
