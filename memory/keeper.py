@@ -696,6 +696,8 @@ class MemoryKeeper:
         # the `ROW_KEY` of the last memory row put, until it is written (the database then
         # holds this view) or refused (set aside: it never will)
         self._unwritten: str | None = None
+        self._written = asyncio.Event()  # set while `_unwritten` is None
+        self._written.set()
         # the version of the user's memory (`UserMemory.version`) the database had when it held
         # this keeper's view, all its rows written; None: not known, the next exchange reads it
         self._version: int | None = None
@@ -724,8 +726,19 @@ class MemoryKeeper:
         self._queue.put_nowait((seq, user, assistant))
 
     async def settled(self) -> None:
-        """Every queued exchange has been handled, earlier sessions' deferred ones first
-        (replay waits here between turns)."""
+        """Every queued exchange has been handled, earlier sessions' deferred ones first, and
+        the memory rows they made are written (within the model timeout): replay waits here
+        between turns, so the next turn recalls what this one's update stored, however long
+        the write took (a busy machine, another replay beside it)."""
+        await self._analysed()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._written.wait()
+        except TimeoutError:  # the database is away: the writer keeps them, and retries
+            log.warning("memory: this session's memory updates are not written yet")
+
+    async def _analysed(self) -> None:
+        """Every queued exchange has been handled, earlier sessions' deferred ones first."""
         await self._caught_up.wait()
         await self._queue.join()
 
@@ -800,14 +813,20 @@ class MemoryKeeper:
         except Exception as exc:
             self._version = None  # what of it was written, if any, is not known
             if refuses_rows(exc) and [row.get(ROW_KEY) for row in rows] == [self._unwritten]:
-                self._unwritten = None
+                self._set_written()
             raise
         who = (self._who["tenant"], self._who["user_id"])
         if who in versions:  # the batch held memory rows
             found, left = versions[who]
             self._version = left if found == self._version else None
         if any(row.get(ROW_KEY) == self._unwritten for row in rows):
-            self._unwritten = None
+            self._set_written()
+
+    def _set_written(self) -> None:
+        """The last memory row put is written, or set aside: the database holds what it will
+        of this keeper's view."""
+        self._unwritten = None
+        self._written.set()
 
     async def _refresh(self) -> None:
         """Take the user's memory as stored for this keeper's view, when all it wrote is
@@ -897,6 +916,7 @@ class MemoryKeeper:
             row = with_row_key({**op, **who})
             self._writer.put(row)
             self._unwritten = row[ROW_KEY]
+            self._written.clear()
         return {"facts_written": sum(o["op"] == "fact" for o in ops),
                 "facts_forgotten": sum(o["op"] == "forget" for o in ops),
                 "summary_written": int(any(o["op"] == "summary" for o in ops))}
@@ -917,7 +937,7 @@ class MemoryKeeper:
         """Finish the queued exchanges (within the model timeout), then flush the memory rows;
         returns how many had to be spilled to disk."""
         try:
-            await asyncio.wait_for(self.settled(), timeout=self._timeout_s)
+            await asyncio.wait_for(self._analysed(), timeout=self._timeout_s)
         except TimeoutError:
             log.warning("memory: %d exchanges not analysed before the session closed: kept "
                         "for the user's next session", self._queue.qsize() + 1)
