@@ -208,14 +208,12 @@ class _ProviderBase:
     def _unreachable(self, message: str, watch: RequestWatch) -> ProviderError:
         return ProviderError.unanswered(self.name, self.model, "connection", message, watch)
 
-    def _bad_response(self, exc: Exception, watch: RequestWatch, *,
-                      started: bool) -> ProviderError:
+    def _bad_response(self, exc: Exception, watch: RequestWatch) -> ProviderError:
         """An answer that is not the API's own (an HTML page, a cut-off stream), as one
-        line with the start of what came. Before the provider's answer `started`, something
-        else may have answered in its place: nothing says the attempt reached it. After, the
-        model ran the request, and the attempt stays billed."""
-        if not started:
-            watch.refused()
+        line with the start of what came. Before the provider's answer began, something else
+        may have answered in its place: nothing says the attempt reached it (`watch.refused`;
+        after, the model ran the request, and the attempt stays billed)."""
+        watch.refused()
         text = " ".join(str(exc).split())
         return ProviderError(self.name, self.model, "bad_response", None,
                              text[:160] + ("…" if len(text) > 160 else ""), reached=False)
@@ -278,7 +276,6 @@ class GeminiProvider(_ProviderBase):
             tools=self._tools(tools) or None,
             http_options=genai_types.HttpOptions(headers={PURPOSE_HEADER: purpose}),
         )
-        started = False  # a chunk of the answer came: the model ran the request
         try:
             # the SDK sends the request, and retries it, as the first chunk is asked for
             with watch.active():
@@ -287,22 +284,21 @@ class GeminiProvider(_ProviderBase):
                 ))
                 chunk = await anext(chunks, None)
             while chunk is not None:
-                started = True
+                watch.began()
                 for item in _gemini_items(chunk):
                     yield item
                 chunk = await anext(chunks, None)
         except genai_errors.APIError as exc:
             # an error status, or an error in place of the stream's first chunk (not run), or
-            # of a later one (run, and billed as far as it went)
-            if not started:
-                watch.refused(exc.code)
+            # of a later one (run, and billed as far as it went: `watch.began`)
+            watch.refused(exc.code)
             raise ProviderError(
                 self.name, self.model, _kind_for_status(exc.code), exc.code, exc.message or ""
             ) from exc
         except (genai_errors.UnknownApiResponseError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:
             # not the API's JSON: a proxy's error page, a stream cut off mid-object
-            raise self._bad_response(exc, watch, started=started) from exc
+            raise self._bad_response(exc, watch) from exc
         except TimeoutError as exc:
             raise self._timeout(watch) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -382,6 +378,7 @@ class ClaudeProvider(_ProviderBase):
                 async for event in stream:
                     if event.type == "message_start":  # the input count comes first; the
                         started = True
+                        watch.began()
                         yield _claude_usage(event.message.usage)  # output count at the end
                     elif event.type == "text":
                         yield event.text
@@ -393,22 +390,21 @@ class ClaudeProvider(_ProviderBase):
                             call_id=block.id, name=block.name, arguments=json.dumps(block.input),
                         )
                 if not started:  # 200 with no message in it: a proxy's page, not the API's
-                    raise self._bad_response(ValueError("no message in the answer"), watch,
-                                             started=False)
+                    raise self._bad_response(ValueError("no message in the answer"), watch)
                 final = await stream.get_final_message()
         except (self._errors.APIResponseValidationError, json.JSONDecodeError,
                 pydantic.ValidationError) as exc:  # not the API's JSON: a cut-off stream
-            raise self._bad_response(exc, watch, started=started) from exc
+            raise self._bad_response(exc, watch) from exc
         except (self._errors.APITimeoutError, httpx2.TimeoutException, TimeoutError) as exc:
             raise self._timeout(watch) from exc
         except self._errors.APIStatusError as exc:
-            raise self._status_error(exc, watch, started=started) from exc
+            raise self._status_error(exc, watch) from exc
         except (self._errors.APIConnectionError, httpx2.TransportError) as exc:
             raise self._unreachable(str(exc), watch) from exc
         yield _claude_usage(final.usage)
 
-    def _status_error(self, exc: anthropic.APIStatusError, watch: RequestWatch, *,
-                      started: bool) -> ProviderError:
+    def _status_error(self, exc: anthropic.APIStatusError,
+                      watch: RequestWatch) -> ProviderError:
         """An error Anthropic answered with: an HTTP error status, or an `error` event in a
         stream that began 200 OK (an overload), which has no status of its own and is told by
         its type. Before the answer's message began, the request was not run (as Gemini's
@@ -418,8 +414,7 @@ class ClaudeProvider(_ProviderBase):
         else:  # the status its type stands for, not one the answer came with
             status, answered, said = (_CLAUDE_ERROR_STATUS.get(exc.type or "", 500), None,
                                       exc.api_message or exc.message)
-        if not started:
-            watch.refused(status)
+        watch.refused(status)
         return ProviderError(self.name, self.model, _kind_for_status(status), answered, said)
 
     async def aclose(self) -> None:

@@ -37,13 +37,15 @@ class _Attempt:
     """One attempt of a call: one request the SDK made. `sent` once its whole request was
     handed to a connection; `refused` once it was answered without being run (an HTTP error
     status, or, as the SDK's error says, an error or a page in place of the provider's answer),
-    with `status` the error's HTTP status when it has one. It is httpcore's `trace` extension
-    for its own request."""
+    with `status` the error's HTTP status when it has one; `ran` once the provider's answer
+    began (a refusal after that is none: the model ran the request). It is httpcore's `trace`
+    extension for its own request."""
 
-    __slots__ = ("refused", "sent", "status")
+    __slots__ = ("ran", "refused", "sent", "status")
 
     def __init__(self) -> None:
         self.sent = False
+        self.ran = False
         self.refused = False
         self.status: int | None = None
 
@@ -58,6 +60,8 @@ class _Attempt:
             self.refuse(status)
 
     def refuse(self, status: int | None) -> None:
+        if self.ran:
+            return
         self.refused = True
         if status is not None:  # an SDK's error with no status of its own keeps the response's
             self.status = status
@@ -94,12 +98,19 @@ class RequestWatch:
             return went_out[-1].status
         return None
 
+    def began(self) -> None:
+        """The latest attempt's answer began (Gemini's first chunk, Claude's `message_start`):
+        the model ran it, and an error after that (an overload mid-answer, a stream cut off)
+        refuses nothing: the attempt stays billed."""
+        if self._attempts:
+            self._attempts[-1].ran = True
+
     def refused(self, status: int | None = None) -> None:
-        """The call's error says its latest attempt was not run: an error in place of the
-        answer (google-genai's for an error status or an error in a 200 stream, Anthropic's
-        `error` event before its message began), with the HTTP status it stands for, or
-        something that is not the provider's answer (a proxy's page, a stream cut off
-        mid-object)."""
+        """The call's error says its latest attempt was not run, unless its answer `began`:
+        an error in place of the answer (google-genai's for an error status or an error in a
+        200 stream, Anthropic's `error` event before its message), with the HTTP status it
+        stands for, or something that is not the provider's answer (a proxy's page, a stream
+        cut off mid-object)."""
         if self._attempts:
             self._attempts[-1].refuse(status)
 
