@@ -345,7 +345,11 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
         first_agent = (await joined_and_sharing(user, "failover-user")).identity
         await asks_and_is_answered(user, said)
         await _stored(fleet_database_url, said)
-        await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED)  # the model thinking
+        await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED)
+        deadline = time.monotonic() + 30
+        while not _thinking:  # its memory call reached the model, which answers in 20 s
+            assert time.monotonic() < deadline, "the session never asked the memory model"
+            await asyncio.sleep(0.2)
         [lost] = fleet.hosting(user.room_name)
         [lost_session] = re.findall(rf"session (\S+) started \(tenant=fleet user=failover-user "
                                     rf"room={user.room_name},", fleet.workers[lost].log_text())
@@ -357,6 +361,9 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
             await asyncio.sleep(0.5)
         seen = len(models.requests)
         await asks_and_is_answered(user, "What is my release called?")
+        # the new session analyses what the killed one had not, in the background, while the
+        # user stays: the row goes once it has
+        await _stored(fleet_database_url, said, query=BACKLOG_GONE)
     finally:
         await leave_all([user])
     assert sorted(fleet.hosting(user.room_name)) == ["a", "b"], "a session on each, in turn"
@@ -369,7 +376,6 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
     assert "exchanges the lost session(s)" in survivor.log_text()
     memory_calls = [r for r in models.requests if r.purpose == "memory" and said in r.text]
     assert len(memory_calls) == 2, "the new session asked about the exchange the killed one had"
-    await _stored(fleet_database_url, said, query=BACKLOG_GONE)
     # the killed session's record, which its worker could not close, is closed by the survivor
     # with its cost from the events that reached Postgres
     await _stored(fleet_database_url, lost_session, query=CLOSED_AS_LOST,
