@@ -100,9 +100,16 @@ class ChatProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
+# a model too busy to take the request now (Anthropic's 529 `overloaded_error`, Gemini's 503
+# UNAVAILABLE "The model is overloaded"): asking again later may well be answered
+OVERLOADED_STATUS = (503, 529)
+
+
 def _kind_for_status(status: int) -> str:
     if status == 429:
         return "rate_limited"
+    if status in OVERLOADED_STATUS:
+        return "overloaded"
     return "server_error" if status >= 500 else "request_rejected"
 
 

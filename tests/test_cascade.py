@@ -321,7 +321,8 @@ async def test_every_tier_failing_gives_one_sentence_and_the_next_turn_works(mak
     })
     ctx = llm.ChatContext.empty()
     answer = await ask(model, ctx, "Anything?")
-    assert answer.startswith("Sorry, the model (claude-sonnet-4-6)")
+    assert answer == ("Sorry, the model (claude-sonnet-4-6) is overloaded right now, so I have no "
+                      "answer. Please ask again.")
     assert turns(model)[0]["answered_tier"] is None
     assert len(calls(model)) == 3 and all(c["kind"] == "model_error" for c in calls(model))
     assert await ask(model, ctx, "Now what is on screen?") == "Back again."
@@ -375,7 +376,8 @@ async def test_an_answer_whose_connection_broke_off_ends_in_a_sentence_that_says
 
 
 @pytest.mark.parametrize(("error", "kind", "told"), [
-    ("overloaded_error", "server_error", "had an internal error"),
+    ("overloaded_error", "overloaded", "is overloaded right now"),
+    ("api_error", "server_error", "had an internal error"),
     ("rate_limit_error", "rate_limited", "is rate-limiting us right now"),
 ])
 async def test_an_error_event_in_claudes_answer_is_told_by_its_type(

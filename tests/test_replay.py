@@ -277,15 +277,20 @@ def expected_failure(provider: str, model: str, kind: str, status: int | None) -
 
 
 @pytest.mark.parametrize(
-    ("provider", "model"),
-    [("gemini", "gemini-2.5-flash"), ("anthropic", "claude-sonnet-4-6")],
+    ("provider", "model", "status", "kind", "told"),
+    [("gemini", "gemini-2.5-flash", 500, "server_error", "had an internal error"),
+     ("anthropic", "claude-sonnet-4-6", 500, "server_error", "had an internal error"),
+     # each provider's "too busy now" (it was told as an internal error)
+     ("gemini", "gemini-2.5-flash", 503, "overloaded", "is overloaded right now"),
+     ("anthropic", "claude-sonnet-4-6", 529, "overloaded", "is overloaded right now")],
 )
 async def test_provider_error_is_one_sentence_and_the_session_continues(
-    settings: Settings, db: Database, tmp_path: Path, provider: str, model: str
+    settings: Settings, db: Database, tmp_path: Path, provider: str, model: str, status: int,
+    kind: str, told: str,
 ) -> None:
     root = write_fixture(tmp_path / "errors", tiers=one_tier(provider, model), turns=[
         {"t": 2.0, "tenant": "acme", "user": "u-7", "text": "What is on my screen?",
-         "response": {"origin": "scripted", "error": {"status": 500}}},
+         "response": {"origin": "scripted", "error": {"status": status}}},
         {"t": 9.0, "tenant": "acme", "user": "u-7", "text": "And now?",
          "response": {"origin": "scripted", "text": "A terminal showing pip 23.2.1."}},
     ])
@@ -293,9 +298,9 @@ async def test_provider_error_is_one_sentence_and_the_session_continues(
 
     assert len(result.turns) == 2
     failed, answered = result.turns
-    sentence = expected_failure(provider, model, "server_error", 500)
-    assert failed.reply == sentence
-    assert "Sorry" in failed.reply and model in failed.reply
+    assert failed.reply == expected_failure(provider, model, kind, status)
+    assert failed.reply == (f"Sorry, the model ({model}) {told}, so I have no answer. "
+                            "Please ask again.")
     assert failed.model_requests == 1  # one model call (its SDK retries: test_cascade.py)
     assert answered.reply == "A terminal showing pip 23.2.1."
     assert answered.model_requests == 1 and answered.images_sent == 1
@@ -311,7 +316,7 @@ async def test_provider_error_is_one_sentence_and_the_session_continues(
     errors = [e for e in events if e["kind"] == "model_error"]
     assert len(errors) == 1
     assert errors[0]["provider"] == provider and errors[0]["model"] == model
-    assert "HTTP 500" in errors[0]["detail"]["error"]
+    assert f"HTTP {status}" in errors[0]["detail"]["error"]
     assert errors[0]["detail"]["outcome"] == "failed"
     assert [(e["kind"], e["detail"].get("purpose")) for e in events
             if e["kind"].startswith("model")] == [
