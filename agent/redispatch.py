@@ -24,7 +24,8 @@ Nor does LiveKit (v1.13.5, seen on the real server) dispatch a room's agent agai
 comes back to a room still open after their session ended (the session ends when its user
 leaves): it runs a dispatch's job once, and lists that job as running long after its agent
 left. So a look that finds the user without an agent and every job of ours ended (or running,
-assigned more than `AGENT_JOIN_S` ago, with its agent not in the room) dispatches the agent
+with its agent not in the room, assigned more than `AGENT_JOIN_S` ago or before a session of the
+room that has started and ended) dispatches the agent
 anew with the latest dispatch's metadata, under the claim `recover` takes for that job's agent:
 one worker dispatches it, whether it heard the agent leave or the user come back. What it
 counts against depends on what the look followed. After a user's arrival it is their coming
@@ -424,18 +425,17 @@ class Redispatcher:
         """Dispatch `room`'s agent again if a user waits there without one and no agent of
         ours is on its way; whether to look again later.
 
-        Its dispatch may have found no worker (one with no job, older than
-        `DISPATCH_SETTLE_S`): the new dispatch is created before the stale ones are deleted,
-        so the room always has one of ours. Or every job of ours ended (LiveKit lists a job
-        as running after its agent left: one whose agent is not in the room `AGENT_JOIN_S`
-        after its assignment ended too): the user came back after their session (`rejoin`: the
-        look follows their arrival), or its agent was lost; a new dispatch is claimed as the
-        latest job's agent, as `recover` claims it. A creation that fails hands its claim
-        back, so that the next look (this worker's, or another's) may claim it again; a claim
-        another worker holds is looked at again too, in case it hands it back. A failure to
-        ask is a look again later, not an end: the user is still waiting; a refusal
-        (`_refusal`) is. While any unplaced dispatch is young (one just created, maybe by a
-        call whose answer was lost) it may still be offered to the workers: wait."""
+        Its dispatch may have found no worker (one with no job, older than `DISPATCH_SETTLE_S`):
+        the new dispatch is created before the stale ones are deleted, so the room always has
+        one of ours. Or every job of ours ended (LiveKit lists a job as running after its agent
+        left: one not `_on_its_way` ended too): the user came back after their session
+        (`rejoin`: the look follows their arrival), or its agent was lost; a new dispatch is
+        claimed as the latest job's agent, as `recover` claims it. A creation that fails hands
+        its claim back, so that the next look (this worker's, or another's) may claim it again;
+        a claim another worker holds is looked at again too, in case it hands it back. A failure
+        to ask is a look again later, not an end: the user is still waiting; a refusal
+        (`_refusal`) is. While any unplaced dispatch is young (one just created, maybe by a call
+        whose answer was lost) it may still be offered to the workers: wait."""
         try:
             async with self._api() as lk:
                 people = await self._waiting(lk, room)
@@ -447,11 +447,8 @@ class Redispatcher:
                 if not people:
                     return False
                 jobs = [job for d in ours for job in d.state.jobs]
-                assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
-                if any(job.state.status == agent.JobStatus.JS_PENDING
-                       or (job.state.status == agent.JobStatus.JS_RUNNING
-                           and job.state.started_at > assigned) for job in jobs):
-                    return True  # a worker is taking it: its agent is on its way
+                if any(self._on_its_way(job, user) for job in jobs):
+                    return True
                 unplaced = [d for d in ours if not d.state.jobs]
                 if unplaced:
                     return await self._place_unplaced(lk, room, room_sid, unplaced, people,
@@ -468,6 +465,20 @@ class Redispatcher:
             log.error("could not check whether a worker took the agent of room %s: %s; "
                       "looking again later", room, exc)
             return True
+
+    @staticmethod
+    def _on_its_way(job: agent.Job, user: RoomUser | None) -> bool:
+        """Whether a worker is taking `job`, its agent on its way to the room: the job is
+        pending, or running and assigned less than `AGENT_JOIN_S` ago, and no session of the
+        room has started and ended since (its agent came and went: the user left and came
+        back within `AGENT_JOIN_S`, and waited for that job's agent until it was out)."""
+        if job.state.status == agent.JobStatus.JS_PENDING:
+            return True
+        if (job.state.status != agent.JobStatus.JS_RUNNING
+                or job.state.started_at <= time.time_ns() - int(AGENT_JOIN_S * 1e9)):
+            return False
+        return (user is None or user.ended_at is None
+                or job.state.started_at / 1e9 >= user.started_at)
 
     async def _place_unplaced(self, lk: api.LiveKitAPI, room: str, room_sid: str,
                               unplaced: list[agent_dispatch.AgentDispatch],

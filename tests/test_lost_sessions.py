@@ -426,6 +426,40 @@ async def test_a_user_who_keeps_coming_back_gets_an_agent_and_a_failing_session_
         "minutes already, so not again"]
 
 
+@pytest.mark.parametrize(("session_began_s", "dispatched"), [(8, True), (12, False)],
+                         ids=["after the job: its agent came and went",
+                              "before the job: its agent is coming"])
+async def test_a_user_who_comes_back_soon_after_their_session_is_dispatched_at_the_first_look(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    monkeypatch: pytest.MonkeyPatch, session_began_s: float, dispatched: bool,
+) -> None:
+    """A user leaves their room and comes back within `AGENT_JOIN_S` of their agent's
+    assignment: LiveKit lists its job as running, assigned seconds ago, as it lists a job whose
+    agent is on its way. A session of the room that started after that assignment and ended
+    says its agent came and went: the agent is dispatched anew at the first look (the user
+    waited for a look past `AGENT_JOIN_S`, up to 40 s). A job assigned after the room's
+    latest session started is a new agent on its way: not dispatched twice."""
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)  # only the look below
+    _, (worker, _) = fleet_of_two
+    await Store(db.pool).start_session("s-back", tenant="acme", user_id="user-1",
+                                       room="r-back", source="live", provider="gemini", model="m")
+    now = time.time()
+    await db.pool.execute("UPDATE sessions SET started_at = to_timestamp($2),"
+                          " ended_at = to_timestamp($3) WHERE id = $1",
+                          "s-back", now - session_began_s, now - 2)
+    dispatch = a_dispatch("AD_1", "r-back", age_s=60, job=agent.JobStatus.JS_RUNNING,
+                          agent_identity="agent-AJ_1")
+    dispatch.state.jobs[0].state.started_at = int((now - 10) * 1e9)
+    lk = FakeLiveKit([dispatch], fail=0)
+    on([worker], lk)
+    try:
+        assert await worker.place_again("r-back", "RM_back", rejoin=True) is True
+    finally:
+        await worker.aclose()
+    assert lk.created() == (['create r-back {"tenant": "acme", "user": "user-1"}']
+                            if dispatched else [])
+
+
 @pytest.mark.parametrize("came_back", [True, False], ids=["user came back", "agent lost"])
 async def test_a_user_who_comes_back_leaves_the_closing_session_its_memory_exchanges(
     fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
