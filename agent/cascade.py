@@ -81,6 +81,7 @@ def failure_sentence(err: ProviderError, *, partial: bool = False) -> str:
             "timeout": "took too long to answer",
             "rate_limited": "is rate-limiting us right now",
             "overloaded": "is overloaded right now",
+            "unavailable": "is unavailable right now",
             "server_error": "had an internal error",
             "bad_response": "sent back something that is not an answer",
             "unknown_tool": "kept asking for a tool it does not have",

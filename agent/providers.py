@@ -100,16 +100,15 @@ class ChatProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
-# a model too busy to take the request now (Anthropic's 529 `overloaded_error`, Gemini's 503
-# UNAVAILABLE "The model is overloaded"): asking again later may well be answered
-OVERLOADED_STATUS = (503, 529)
+# what a status says of the model, when it says more than "an error": Anthropic's 529 is its
+# `overloaded_error` alone; a 503 is the service unavailable for now, whoever answered it
+# (Gemini's overload, a gateway in front of either provider)
+_STATUS_KINDS = {429: "rate_limited", 503: "unavailable", 529: "overloaded"}
 
 
 def _kind_for_status(status: int) -> str:
-    if status == 429:
-        return "rate_limited"
-    if status in OVERLOADED_STATUS:
-        return "overloaded"
+    if status in _STATUS_KINDS:
+        return _STATUS_KINDS[status]
     return "server_error" if status >= 500 else "request_rejected"
 
 

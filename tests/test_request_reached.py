@@ -6,16 +6,16 @@ its estimate, and the user hears the connection broke off, though the SDK's retr
 (it was billed nothing, the model said "could not be reached"), and so is a call or an
 embedding whose retries were answered HTTP 500 (billed nothing); a call whose one attempt that
 went out was answered HTTP 500, its retry refused, is billed nothing and the model "had an
-internal error" (it was billed its estimate, and the connection "broke off"; then "could not
-be reached"), and so is a Claude turn answered 529 whose deadline passed in the SDK's back-off
-(it "could not be reached"); a 200 stream that begins with the provider's overload error is
-billed nothing, Claude's as Gemini's (Claude's was billed its estimate); a turn cut off while
-its request still connects (the cascade's own deadline, the user's cancel) is billed nothing,
-and past the deadline the model "could not be reached" (it was billed the prompt, told "took
-too long"); a Gemini embedding cancelled is in the ledger, billed once Gemini had it and
-unbilled while it still connected (it was not recorded at all); an embedding whose first
-attempt went out is billed though its retry was refused. Through the real SDK clients against
-local sockets.
+internal error" (it was billed its estimate, and the connection "broke off"; then "could not be
+reached"), and so is a Claude turn answered 529 whose deadline passed in the SDK's back-off,
+the model "overloaded" (it "could not be reached"); a 200 stream that begins with the
+provider's overload error is billed nothing, Claude's as Gemini's (Claude's was billed its
+estimate); a turn cut off while its request still connects (the cascade's own deadline, the
+user's cancel) is billed nothing, and past the deadline the model "could not be reached" (it
+was billed the prompt, told "took too long"); a Gemini embedding cancelled is in the ledger,
+billed once Gemini had it and unbilled while it still connected (it was not recorded at all);
+an embedding whose first attempt went out is billed though its retry was refused. Through the
+real SDK clients against local sockets.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ async def test_a_turn_whose_deadline_passed_after_claude_answered_529_says_so(
         heard = await ask_once(tmp_path, record, CLAUDE, url, deadline_s=1.0,
                                SIGHTLINE_MODEL_RETRIES="1")
     assert len(server.bodies) == 1
-    assert heard == (f"Sorry, the model ({CLAUDE.model}) had an internal error, so I have no "
+    assert heard == (f"Sorry, the model ({CLAUDE.model}) is overloaded right now, so I have no "
                      "answer. Please ask again.")
     (call,) = ledger(record, ("model_call", "model_error"))
     unbilled(call)
@@ -249,7 +249,8 @@ async def test_a_stream_that_begins_with_an_overload_error_is_billed_nothing(
     async with OverloadedInStream() as server:
         heard = await ask_once(tmp_path, record, tier, server.base_url)
     assert len(server.requests) == 1
-    assert heard == (f"Sorry, the model ({tier.model}) had an internal error, so I have no "
+    told = {"gemini": "is unavailable right now", "anthropic": "is overloaded right now"}
+    assert heard == (f"Sorry, the model ({tier.model}) {told[tier.provider]}, so I have no "
                      "answer. Please ask again.")
     (call,) = ledger(record, ("model_call", "model_error"))
     unbilled(call)
