@@ -20,21 +20,20 @@ arrival is a webhook too: a worker looks at the room a little later and, while t
 without an agent and the dispatch has run no job, the first worker to claim it dispatches the
 agent again, and goes on looking until an agent is there or the user leaves.
 
-Nor does LiveKit (v1.13.5, seen on the real server) dispatch a room's agent again when a user
-comes back to a room still open after their session ended (the session ends when its user
-leaves): it runs a dispatch's job once, and lists that job as running long after its agent
-left. So a look that finds the user without an agent and every job of ours ended (or running,
-with its agent not in the room, assigned more than `AGENT_JOIN_S` ago or before a session of the
-room that has started and ended) dispatches the agent
-anew with the latest dispatch's metadata, under the claim `recover` takes for that job's agent:
-one worker dispatches it, whether it heard the agent leave or the user come back. What it
-counts against depends on what the look followed. After a user's arrival it is their coming
+Nor does LiveKit (v1.13.5, seen on the real server) dispatch a room's agent again when a user comes
+back to a room still open after their session ended (the session ends when its user leaves): it
+runs a dispatch's job once, and lists that job as running long after its agent left. So a look that
+finds the user without an agent and every job of ours ended (or running, with its agent not in the
+room, assigned more than `AGENT_JOIN_S` ago or with an agent that served a session of the room)
+dispatches the agent anew with the latest dispatch's metadata, under the claim `recover` takes for
+that job's agent: one worker dispatches it, whether it heard the agent leave or the user come back.
+What it counts against depends on what the look followed. After a user's arrival it is their coming
 back (`rejoin`): a person leaving and coming back is not a session failing, so it has its own
-bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person reaches (a
-session that fails before its agent joins, which no webhook names); and the session that ended
-when they left may still be closing, so its memory exchanges are left to it. After a lost agent
-(the looks of the workers that found it claimed, or that dispatched it) it is that loss's, and
-counts against `MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
+bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person reaches (a session
+that fails before its agent joins, which no webhook names); and the session that ended when they
+left may still be closing, so its memory exchanges are left to it. After a lost agent (the looks of
+the workers that found it claimed, or that dispatched it) it is that loss's, and counts against
+`MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
 whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest
@@ -95,6 +94,7 @@ from memory.redispatches import (
     mark_dispatched,
     release,
     room_user,
+    served,
 )
 from memory.spill_files import event_log_path
 from memory.store import Store
@@ -447,8 +447,8 @@ class Redispatcher:
                 if not people:
                     return False
                 jobs = [job for d in ours for job in d.state.jobs]
-                if any(self._on_its_way(job, user) for job in jobs):
-                    return True
+                if await self._on_its_way(room, jobs):
+                    return True  # a worker is taking it: its agent is on its way
                 unplaced = [d for d in ours if not d.state.jobs]
                 if unplaced:
                     return await self._place_unplaced(lk, room, room_sid, unplaced, people,
@@ -466,19 +466,20 @@ class Redispatcher:
                       "looking again later", room, exc)
             return True
 
-    @staticmethod
-    def _on_its_way(job: agent.Job, user: RoomUser | None) -> bool:
-        """Whether a worker is taking `job`, its agent on its way to the room: the job is
-        pending, or running and assigned less than `AGENT_JOIN_S` ago, and no session of the
-        room has started and ended since (its agent came and went: the user left and came
-        back within `AGENT_JOIN_S`, and waited for that job's agent until it was out)."""
-        if job.state.status == agent.JobStatus.JS_PENDING:
+    async def _on_its_way(self, room: str, jobs: list[agent.Job]) -> bool:
+        """Whether a worker is taking one of `room`'s `jobs`, its agent on its way while none
+        of ours is in the room: a job pending, or running, assigned less than `AGENT_JOIN_S`
+        ago, whose agent served no session of the room (one that did came and went: its user
+        left and came back within `AGENT_JOIN_S`, and waits for no one)."""
+        if any(job.state.status == agent.JobStatus.JS_PENDING for job in jobs):
             return True
-        if (job.state.status != agent.JobStatus.JS_RUNNING
-                or job.state.started_at <= time.time_ns() - int(AGENT_JOIN_S * 1e9)):
+        assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
+        coming = {job.state.participant_identity for job in jobs
+                  if job.state.status == agent.JobStatus.JS_RUNNING
+                  and job.state.started_at > assigned}
+        if not coming:
             return False
-        return (user is None or user.ended_at is None
-                or job.state.started_at / 1e9 >= user.started_at)
+        return bool(coming - await served(await self._pool(), room=room, agents=list(coming)))
 
     async def _place_unplaced(self, lk: api.LiveKitAPI, room: str, room_sid: str,
                               unplaced: list[agent_dispatch.AgentDispatch],

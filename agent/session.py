@@ -309,6 +309,7 @@ class SessionRuntime:
         user_id: str,
         source: str,
         room: str | None = None,
+        agent: str | None = None,
         session_id: str | None = None,
         read_gate: CpuGate | None = None,
         down: Database | None = None,
@@ -320,7 +321,8 @@ class SessionRuntime:
         the session runs as one without a database, and joins it once it answers, as it does
         `down`, a database already found not to answer (agent/worker.py: a pool that connects
         when used). `read_gate`: when its screen-text reads may start (None: at once, as a
-        replay wants, whose reads are its work)."""
+        replay wants, whose reads are its work). `agent`: the agent participant that serves a
+        live session, recorded for the fleet (agent/redispatch.py `_on_its_way`)."""
         session_id = session_id or new_session_id(source)
         tiers = list(settings.cascade_tiers())
         prices = PriceTable.load(settings.prices_file)
@@ -345,8 +347,9 @@ class SessionRuntime:
             # read before the row is written: from the row on, nothing awaits until the record
             # exists, so a cancellation cannot leave a row without a cost log
             budget = await _budget(settings, store, tenant)
-            row = {"tenant": tenant, "user_id": user_id, "room": room, "source": source,
-                   "provider": tiers[0].provider, "model": ",".join(t.model for t in tiers)}
+            row = {"tenant": tenant, "user_id": user_id, "room": room, "agent": agent,
+                   "source": source, "provider": tiers[0].provider,
+                   "model": ",".join(t.model for t in tiers)}
             record: SessionRecord | None = None
             try:
                 if store is not None:

@@ -258,7 +258,8 @@ async def run_session(ctx: JobContext) -> None:
         db, down = await _open_databases(settings, opened)
         runtime = opened.runtime = await SessionRuntime.open(
             settings, db, tenant=tenant, user_id=participant.identity,
-            source="live", room=ctx.room.name, read_gate=shared_read_gate(settings), down=down,
+            source="live", room=ctx.room.name, agent=ctx.room.local_participant.identity,
+            read_gate=shared_read_gate(settings), down=down,
         )
         screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
         opened.part("screen share", screen_share.aclose)

@@ -87,22 +87,29 @@ async def dispatched_anew(pool: asyncpg.Pool, *, room_sid: str, lost_identity: s
 
 @dataclass(frozen=True)
 class RoomUser:
-    """The user of a room's latest session, when that session started and when it ended
-    (seconds since the epoch; None while it runs)."""
+    """The user of a room's latest session, and when that session ended (seconds since the
+    epoch; None while it runs)."""
 
     identity: str
-    started_at: float
     ended_at: float | None
+
+
+async def served(pool: asyncpg.Pool, *, room: str, agents: list[str]) -> set[str]:
+    """Those of `agents` (participant identities) that served a live session of `room`: each
+    joined the room and took its user (migration 0026)."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT agent FROM sessions WHERE room = $1 AND source = 'live'"
+        " AND agent = ANY($2::text[])", room, agents)
+    return {row["agent"] for row in rows}
 
 
 async def room_user(pool: asyncpg.Pool, *, room: str, since_ns: int) -> RoomUser | None:
     """The user of the latest live session of `room` started since `since_ns` (nanoseconds
     since the epoch, LiveKit's time of the room's first dispatch of the agent: a room name used
     again does not name its earlier users), the one the room's agent is dispatched for, and when
-    that session started and ended; None when there is none."""
+    that session ended; None when there is none."""
     row = await pool.fetchrow(
-        "SELECT user_id, extract(epoch FROM started_at)::float8 AS started_at,"
-        " extract(epoch FROM ended_at)::float8 AS ended_at FROM sessions"
+        "SELECT user_id, extract(epoch FROM ended_at)::float8 AS ended_at FROM sessions"
         " WHERE room = $1 AND source = 'live' AND started_at >= to_timestamp($2)"
         " ORDER BY started_at DESC LIMIT 1", room, since_ns / 1e9)
-    return None if row is None else RoomUser(row["user_id"], row["started_at"], row["ended_at"])
+    return None if row is None else RoomUser(row["user_id"], row["ended_at"])

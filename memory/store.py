@@ -41,14 +41,16 @@ class Store:
         provider: str,
         model: str,
         started_at: float | None = None,
+        agent: str | None = None,
     ) -> None:
         """The session's row; `started_at` (epoch seconds) for one that ran without the
-        database and is imported afterwards, else now."""
+        database and is imported afterwards, else now; `agent`: the agent participant that
+        serves a live session (its LiveKit identity)."""
         await self._pool.execute(
             "INSERT INTO sessions (id, tenant, user_id, room, source, provider, model,"
-            " started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce(to_timestamp($8), now()))"
-            " ON CONFLICT (id) DO NOTHING",
-            session_id, tenant, user_id, room, source, provider, model, started_at,
+            " started_at, agent) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+            " coalesce(to_timestamp($8), now()), $9) ON CONFLICT (id) DO NOTHING",
+            session_id, tenant, user_id, room, source, provider, model, started_at, agent,
         )
 
     async def end_session(self, session_id: str, total_cost_usd: float, summary: dict) -> None:

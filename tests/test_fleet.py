@@ -460,12 +460,21 @@ async def test_a_user_who_comes_back_after_their_session_ended_gets_an_agent(
     back = new_user(livekit, room)
     try:
         await back.connect("rejoin-user")
-        assert (await back.wait_for_agent(timeout_s=90)).identity != first_agent
+        second_agent = (await back.wait_for_agent(timeout_s=90)).identity
+        assert second_agent != first_agent
         await asks_and_is_answered(back, "Are you back?")
         sid = await room_sid(livekit, room)
     finally:
         await leave_all([back])
     assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
+    # each session records the agent that served it: by it the fleet knew the first had gone
+    conn = await asyncpg.connect(fleet_database_url)
+    try:
+        assert [r["agent"] for r in await conn.fetch(
+            "SELECT agent FROM sessions WHERE room = $1 ORDER BY started_at", room)] == [
+            first_agent, second_agent]
+    finally:
+        await conn.close()
     assert (f"rejoin-user waits in room {room}, whose agent {first_agent} is gone (its session "
             "ended): dispatched it again") in worker.log_text()
     assert len(re.findall(rf"started \(tenant=fleet user=rejoin-user room={room},",

@@ -33,8 +33,8 @@ def person(identity: str, joined_s: float) -> models.ParticipantInfo:
 def test_unreadable_metadata_names_no_tenant_and_no_user(
         metadata: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    user = RoomUser("ana", started_at=0.0, ended_at=None)
-    assert json.loads(_naming(metadata, user, [person("ana", 0)])) == {"user": "ana"}
+    assert json.loads(_naming(metadata, RoomUser("ana", None), [person("ana", 0)])) == {
+        "user": "ana"}
     assert job_user(metadata) is None
     assert job_tenant(metadata, "default") == "default"
     assert [r.getMessage() for r in caplog.records] == [
@@ -46,7 +46,7 @@ def test_the_user_on_a_new_device_beside_a_bystander_is_named() -> None:
     bystander who was there while their session ran stays. The new dispatch names the latest
     newcomer, so its agent does not serve the bystander."""
     now = time.time()
-    user = RoomUser("ana", started_at=now - 900, ended_at=now - 300)
+    user = RoomUser("ana", ended_at=now - 300)
     people = [person("recorder", now - 3600), person("ana-phone", now - 30),
               person("ana-laptop", now - 120)]
     theirs = Redispatcher._theirs(people, user, "room")

@@ -426,30 +426,30 @@ async def test_a_user_who_keeps_coming_back_gets_an_agent_and_a_failing_session_
         "minutes already, so not again"]
 
 
-@pytest.mark.parametrize(("session_began_s", "dispatched"), [(8, True), (12, False)],
-                         ids=["after the job: its agent came and went",
-                              "before the job: its agent is coming"])
+@pytest.mark.parametrize(("served_by", "ended", "dispatched"), [
+    ("agent-AJ_1", True, True), ("agent-AJ_1", False, True), ("agent-AJ_0", True, False)],
+    ids=["its agent served a session", "its agent's session still closing",
+         "another agent's session: its agent is coming"])
 async def test_a_user_who_comes_back_soon_after_their_session_is_dispatched_at_the_first_look(
     fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
-    monkeypatch: pytest.MonkeyPatch, session_began_s: float, dispatched: bool,
+    monkeypatch: pytest.MonkeyPatch, served_by: str, ended: bool, dispatched: bool,
 ) -> None:
     """A user leaves their room and comes back within `AGENT_JOIN_S` of their agent's
     assignment: LiveKit lists its job as running, assigned seconds ago, as it lists a job whose
-    agent is on its way. A session of the room that started after that assignment and ended
-    says its agent came and went: the agent is dispatched anew at the first look (the user
-    waited for a look past `AGENT_JOIN_S`, up to 40 s). A job assigned after the room's
-    latest session started is a new agent on its way: not dispatched twice."""
+    agent is on its way. An agent that served a session of the room, ended or still closing,
+    and is not in the room came and went: the agent is dispatched anew at the first look (the
+    user waited for a look past `AGENT_JOIN_S`, up to 40 s). A job whose agent served no
+    session (another agent did) is an agent on its way: not dispatched twice."""
     monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)  # only the look below
     _, (worker, _) = fleet_of_two
-    await Store(db.pool).start_session("s-back", tenant="acme", user_id="user-1",
-                                       room="r-back", source="live", provider="gemini", model="m")
-    now = time.time()
-    await db.pool.execute("UPDATE sessions SET started_at = to_timestamp($2),"
-                          " ended_at = to_timestamp($3) WHERE id = $1",
-                          "s-back", now - session_began_s, now - 2)
+    store = Store(db.pool)
+    await store.start_session("s-back", tenant="acme", user_id="user-1", room="r-back",
+                              source="live", provider="gemini", model="m", agent=served_by)
+    if ended:
+        await store.end_session("s-back", 0.0, {})
     dispatch = a_dispatch("AD_1", "r-back", age_s=60, job=agent.JobStatus.JS_RUNNING,
                           agent_identity="agent-AJ_1")
-    dispatch.state.jobs[0].state.started_at = int((now - 10) * 1e9)
+    dispatch.state.jobs[0].state.started_at = time.time_ns() - int(10e9)
     lk = FakeLiveKit([dispatch], fail=0)
     on([worker], lk)
     try:
