@@ -42,12 +42,12 @@ after it ended wait (a newcomer to a room its user left, the user on a new devic
 identity), the latest of them to join, named too; before any session, whoever is there (the
 agent takes the first to join). One who was in the room while that session ran and stays after
 the user left (a second person, a recorder) is dispatched no agent, nor served by one.
-An agent `AGENT_JOIN_S` late cannot be told from one that left (LiveKit lists both jobs as
-running): its job is dispatched anew under a claim on its identity, which the claimant marks
-dispatched once LiveKit took the new dispatch. The claimant looks at the room again after its
-claim, so one that joined before that look is kept (and the claim handed back); one that joins
-after the mark is removed by the workers that hear it join (`turn_away`), and one that joined in
-between, by the claimant once it marked the claim: never one the claimant kept.
+An agent `AGENT_JOIN_S` late cannot be told from one that left before its session's row was written
+(LiveKit lists both jobs as running): its job is dispatched anew under a claim on its identity,
+which the claimant marks dispatched once LiveKit took the new dispatch. The claimant looks at the
+room again after its claim, so one that joined before that look is kept (and the claim handed
+back); one that joins after the mark is removed by the workers that hear it join (`turn_away`), and
+one that joined in between, by the claimant once it marked the claim: never one the claimant kept.
 
 Asking LiveKit or Postgres may fail (LiveKit restarting answers 503, a proxy times out, a
 server takes the call and does not answer until `livekit_api` gives up, the database is away
@@ -470,7 +470,10 @@ class Redispatcher:
         """Whether a worker is taking one of `room`'s `jobs`, its agent on its way while none
         of ours is in the room: a job pending, or running, assigned less than `AGENT_JOIN_S`
         ago, whose agent served no session of the room (one that did came and went: its user
-        left and came back within `AGENT_JOIN_S`, and waits for no one)."""
+        left and came back within `AGENT_JOIN_S`, and waits for no one). Its session may still
+        be closing, which cannot be told from a worker killed mid-session: a look after an
+        arrival that comes before the agent-left webhook's `recover` claims such a loss as the
+        user's coming back (`rejoin`), as a look past `AGENT_JOIN_S` always did."""
         if any(job.state.status == agent.JobStatus.JS_PENDING for job in jobs):
             return True
         assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
