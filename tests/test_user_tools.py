@@ -1030,6 +1030,9 @@ async def test_remember_refuses_numbers_from_the_middle_of_a_run(
     ("Remember my phone is 415-555-1234", "The user's phone is 415-555", "415-555"),
     ("Remember my phone is 415-555-1234", "The user's phone is 415 555 1234", "415 555 1234"),
     ("Remember my birthday is 3/11", "The user's birthday is 3.11", "3.11"),
+    # an address is no version: its first parts are another network
+    ("Remember the server is 10.0.0.5", "The user's server is 10.0", "10.0"),
+    ("Remember the router is at 192.168.1.20", "The user's router is at 192.168.1", "192.168.1"),
     ("Remember my standup is at nine thirty", "The user's standup is at 9", "9"),
     ("Remember my phone number is 415 555 1234", "The user's phone number is 415", "415"),
     # a number written as one, parted into numbers the user never said
