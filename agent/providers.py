@@ -107,9 +107,7 @@ _STATUS_KINDS = {429: "rate_limited", 503: "unavailable", 529: "overloaded"}
 
 
 def _kind_for_status(status: int) -> str:
-    if status in _STATUS_KINDS:
-        return _STATUS_KINDS[status]
-    return "server_error" if status >= 500 else "request_rejected"
+    return _STATUS_KINDS.get(status, "server_error" if status >= 500 else "request_rejected")
 
 
 # the HTTP status Anthropic answers each error type with (its API's errors page): an `error`

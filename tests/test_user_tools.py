@@ -964,6 +964,16 @@ async def test_remember_refuses_a_time_from_numbers_said_apart() -> None:
     assert memory.facts_by_key == {}
 
 
+async def remember_refuses(said: str, fact: str, refused: str) -> None:
+    """`remember` refuses `fact` for `said` with an error that matches `refused`, and stores
+    nothing."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    with pytest.raises(llm.ToolError, match=refused):
+        await tools.remember(user_said(said), fact)
+    assert memory.facts_by_key == {}
+
+
 # a comma with a space after it between numbers, read as joining them: the negation reached the
 # next clause's number, and two numbers said apart became one
 @pytest.mark.parametrize(("said", "fact", "refused"), [
@@ -985,11 +995,7 @@ async def test_a_comma_with_a_space_between_numbers_ends_the_users_clause(
     what we run" negates 15 only, and "Python 3, 12 breaks my build" holds no "3.12". Read as
     a number's comma (as "1,500" is), it stored the opposite of what the user said, or a
     version they never named."""
-    tools, memory = memory_tools()
-    memory.facts_by_key.clear()
-    with pytest.raises(llm.ToolError, match=refused):
-        await tools.remember(user_said(said), fact)
-    assert memory.facts_by_key == {}
+    await remember_refuses(said, fact, refused)
 
 
 # a stretch from the middle of numbers said together, or numbers said apart written as one
@@ -1008,11 +1014,7 @@ async def test_remember_refuses_numbers_from_the_middle_of_a_run(
     first parts of one they wrote as one ("3.11" of "3.11.7"), or goes on where the fact's
     number before it ended ("2.7" and "18" of "2.7 18"): any stretch of a run let "555 1234"
     out of "415 555 1234", "11.7" out of "3.11.7" and "9.1" out of "vim 9 1 2 times a day"."""
-    tools, memory = memory_tools()
-    memory.facts_by_key.clear()
-    with pytest.raises(llm.ToolError, match=rf"not in their request: {re.escape(unsaid)}\."):
-        await tools.remember(user_said(said), fact)
-    assert memory.facts_by_key == {}
+    await remember_refuses(said, fact, rf"not in their request: {re.escape(unsaid)}\.")
 
 
 # a number a fact shortened or rescaled: each stored once a fact's number could be the start of
@@ -1051,11 +1053,7 @@ async def test_remember_refuses_a_number_shortened_or_rescaled(
     user said into another number; only a version's first parts are its own ("3.11" of
     "3.11.7"), and numbers said apart are the user's written as one only whole ("9:30" of
     "nine thirty", never "9")."""
-    tools, memory = memory_tools()
-    memory.facts_by_key.clear()
-    with pytest.raises(llm.ToolError, match=rf"not in their request: {re.escape(unsaid)}\."):
-        await tools.remember(user_said(said), fact)
-    assert memory.facts_by_key == {}
+    await remember_refuses(said, fact, rf"not in their request: {re.escape(unsaid)}\.")
 
 
 @pytest.mark.parametrize(("said", "fact"), [
