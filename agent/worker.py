@@ -41,6 +41,7 @@ from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.protocol import agent as agent_proto
 
 from memory.db import Database, DatabaseUnavailable
+from memory.store import Store
 from tools.handoff import HANDOFF_TOPIC
 from vision.screen_signals import ScreenError
 from vision.screen_text import ScreenText
@@ -61,6 +62,7 @@ from .rtc_events import route_room_events
 from .session import CloseSteps, SessionRuntime
 from .session_record import COMPLETED, describe_failure
 from .speech import import_plugins
+from .user_presence import UserPresence
 from .watchdog import Watch, process_watchdog, where_thread_is
 from .worker_processes import ProcessSlot
 
@@ -261,6 +263,10 @@ async def run_session(ctx: JobContext) -> None:
             source="live", room=ctx.room.name, agent=ctx.room.local_participant.identity,
             read_gate=shared_read_gate(settings), down=down,
         )
+        # closed before the runtime: the row has the user's leaving before it is ended
+        presence = UserPresence(ctx.room, participant.identity, runtime.record.events,
+                                Store(db.pool) if db is not None else None)
+        opened.part("user presence", presence.aclose)
         screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
         opened.part("screen share", screen_share.aclose)
         # what the session sends goes to its user alone (agent/room_publisher.py), and only
