@@ -75,8 +75,8 @@ SESSIONS_JOINED_DATABASE = Counter(
 REDISPATCHES = Counter(
     "sightline_redispatches",
     "Rooms this worker dispatched the agent to again: lost (its agent left or its session "
-    "ended while a user stays or came back) or unplaced (no worker had room when the user "
-    "came)", ["reason"])
+    "ended while its user stayed), rejoin (its user left and came back) or unplaced (no "
+    "worker had room when the user came)", ["reason"])
 SPEECH_FAILURES = Counter(
     "sightline_speech_failures",
     "Speech recognition (stt) or synthesis (tts) requests that failed after their retries",

@@ -27,21 +27,26 @@ finds the user without an agent and every job of ours ended (or running, with it
 room, assigned more than `AGENT_JOIN_S` ago or with an agent that served a session of the room)
 dispatches the agent anew with the latest dispatch's metadata, under the claim `recover` takes for
 that job's agent: one worker dispatches it, whether it heard the agent leave or the user come back.
-What it counts against depends on what the look followed. After a user's arrival it is their coming
-back (`rejoin`): a person leaving and coming back is not a session failing, so it has its own
-bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person reaches (a session
-that fails before its agent joins, which no webhook names); and the session that ended when they
-left may still be closing, so its memory exchanges are left to it. After a lost agent (the looks of
-the workers that found it claimed, or that dispatched it) it is that loss's, and counts against
-`MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever.
+What it counts against is what the agent's session recorded (`_why_gone`). Its user left first (the
+session writes when, `sessions.user_left_at`, the moment it sees them go, agent/user_presence.py):
+the agent left with them, and this is their coming back (`rejoin`), however soon (a page reloaded
+comes back before the agent has left). A person leaving and coming back is not a session failing,
+so it has its own bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person
+reaches (a session that fails before its agent joins, which no webhook names); and the session that
+ended when they left may still be closing, so its memory exchanges are left to it. The session
+neither ended nor saw its user leave: its worker died (or it ended on its own while they stayed),
+and this is that loss (`lost`), which counts against `MAX_PER_ROOM`, so a session that ends as it
+starts is not restarted for ever, and hands the lost session's memory exchanges to the next. With
+neither recorded (a session without the database, or one that ended with no leaving written), what
+the look followed decides: a user's arrival, `rejoin`; the agent leaving, `lost`.
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
 whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest
 dispatch's: the new session waits for that identity, agent/worker.py); when only people who came
-after it ended wait (a newcomer to a room its user left, the user on a new device under another
-identity), the latest of them to join, named too; before any session, whoever is there (the
-agent takes the first to join). One who was in the room while that session ran and stays after
-the user left (a second person, a recorder) is dispatched no agent, nor served by one.
+after the user left it (or after it ended) wait (a newcomer to a room its user left, the user on a
+new device under another identity), the latest of them to join, named too; before any session,
+whoever is there (the agent takes the first to join). One who was in the room with the user and
+stays after they left (a second person, a recorder) is dispatched no agent, nor served by one.
 An agent `AGENT_JOIN_S` late cannot be told from one that left before its session's row was written
 (LiveKit lists both jobs as running): its job is dispatched anew under a claim on its identity,
 which the claimant marks dispatched once LiveKit took the new dispatch. The claimant looks at the
@@ -146,6 +151,33 @@ def _refusal(exc: BaseException) -> str | None:
 def _latest(ours: list[agent_dispatch.AgentDispatch]) -> agent_dispatch.AgentDispatch | None:
     """The most recent of `ours` (LiveKit lists a room's dispatches in no order)."""
     return max(ours, key=lambda d: d.state.created_at, default=None)
+
+
+def _why_gone(user: RoomUser | None, agent_identity: str, *, arrival: bool) -> str:
+    """Why `agent_identity`, the room's agent, is gone: the reason its claim counts under.
+    When its session is the room's latest (`user`), by what that session recorded: its user
+    left first (`left_at`), the agent with them: their coming back (`rejoin`); it neither ended
+    nor saw its user leave: its worker died, or it ended on its own while they stayed
+    (`lost`). Else (no session of that agent recorded, or one that ended with no leaving
+    recorded) by what the look followed: a user's arrival (`rejoin`), or the agent leaving
+    (`lost`)."""
+    if user is not None and user.agent == agent_identity:
+        if user.left_at is not None:
+            return "rejoin"
+        if user.ended_at is None:
+            return "lost"
+    return "rejoin" if arrival else "lost"
+
+
+def _bound(reason: str) -> int:
+    """How many claims for `reason` a room may have in `WITHIN_S`."""
+    return MAX_REJOINS if reason == "rejoin" else MAX_PER_ROOM
+
+
+def _too_often(people: list[models.ParticipantInfo], room: str, gone: str, bound: int) -> None:
+    log.error("%s waits in room %s, whose agent %s is gone, but the room's agent was "
+              "dispatched again %d times in %.0f minutes already, so not again",
+              ", ".join(p.identity for p in people), room, gone, bound, WITHIN_S / 60)
 
 
 def _naming(metadata: str, user: RoomUser | None, people: list[models.ParticipantInfo]) -> str:
@@ -282,14 +314,16 @@ class Redispatcher:
     def _theirs(people: list[models.ParticipantInfo], user: RoomUser | None,
                 room: str) -> list[models.ParticipantInfo]:
         """Those of `people` the agent of `room` is for: its `user`, and whoever joined after
-        the user's latest session ended (a newcomer to a room its user left, or the user on a
-        new device under another identity); everyone, when None. One who joined before that
-        session's end (a second person, a recorder, staying after the user left) was in the
-        room while it ran, and is not dispatched an agent under their own identity."""
+        the user left their latest session, or after it ended (a newcomer to a room its user
+        left, or the user on a new device under another identity: while that session still
+        closes too); everyone, when None. One who joined before (a second person, a recorder,
+        staying after the user left) was in the room with the user, and is not dispatched an
+        agent under their own identity."""
         if user is None:
             return people
+        since = user.gone_since
         theirs = [p for p in people if p.identity == user.identity or (
-            user.ended_at is not None and p.joined_at_ms / 1000 >= user.ended_at)]
+            since is not None and p.joined_at_ms / 1000 >= since)]
         if people and not theirs:
             log.info("%s, in room %s while the session of its user %s ran, get no agent of "
                      "their own", ", ".join(p.identity for p in people), room, user.identity)
@@ -337,8 +371,10 @@ class Redispatcher:
         ours that was not in the room when it first asked is its failed call, which reached
         LiveKit after all: not asked for twice. Should the user leave before any dispatch, or
         LiveKit refuse it for good (`_refusal`), the claim is handed back: it does not count
-        against `MAX_PER_ROOM`."""
+        against its bound. An agent that left as its user did (`_why_gone`) is no loss: the
+        user back already (a page reloaded) is their coming back (`rejoin`)."""
         held = False  # this worker has the claim
+        reason = "lost"  # what the claim counts under (`_why_gone`), decided before it
         before: set[str] | None = None  # our dispatches in the room when LiveKit was first asked
         lost: list[str] = []
         people: list[models.ParticipantInfo] = []
@@ -360,15 +396,18 @@ class Redispatcher:
                             await self._release(room_sid, lost_identity)
                         return False
                     if not held:
+                        reason = _why_gone(user, lost_identity, arrival=False)
                         # read before the claim, which needs the database as well
-                        lost = [s["id"] for s in
-                                await Store(await self._pool()).open_sessions(room)]
-                        claimed = await self._claim(room, room_sid, lost_identity, "lost",
-                                                    MAX_PER_ROOM)
-                        if claimed is Claim.TOO_OFTEN:
+                        lost = [s["id"] for s in await Store(
+                            await self._pool()).open_sessions(room)] if reason == "lost" else []
+                        claimed = await self._claim(room, room_sid, lost_identity, reason,
+                                                    _bound(reason))
+                        if claimed is Claim.TOO_OFTEN and reason == "lost":
                             log.error("room %s lost its agent %s again: it was dispatched %d "
                                       "times in %.0f minutes already, so not again", room,
                                       lost_identity, MAX_PER_ROOM, WITHIN_S / 60)
+                        elif claimed is Claim.TOO_OFTEN:
+                            _too_often(people, room, lost_identity, MAX_REJOINS)
                         if claimed is Claim.TAKEN:
                             self._track(self.place_when_free(room, room_sid, rejoin=False),
                                         "unplaced")
@@ -396,9 +435,15 @@ class Redispatcher:
             await asyncio.sleep(delay_s)
             wait_s = min(wait_s * 2, UNPLACED_MAX_WAIT_S)
         await self._dispatched(room, room_sid, lost_identity)
-        log.warning("the agent %s of room %s was lost while %s stayed: dispatched it again",
-                    lost_identity, room, ", ".join(p.identity for p in people) or "its user")
-        REDISPATCHES.labels("lost").inc()
+        if reason == "rejoin":
+            log.warning("%s waits in room %s, whose agent %s left as its user did: "
+                        "dispatched it again", ", ".join(p.identity for p in people), room,
+                        lost_identity)
+        else:
+            log.warning("the agent %s of room %s was lost while %s stayed: dispatched it "
+                        "again", lost_identity, room,
+                        ", ".join(p.identity for p in people) or "its user")
+        REDISPATCHES.labels(reason).inc()
         # the fleet may be full
         self._track(self.place_when_free(room, room_sid, rejoin=False), "unplaced")
         if lost and self._settings.lost_session_close_s > 0:
@@ -471,9 +516,8 @@ class Redispatcher:
         of ours is in the room: a job pending, or running, assigned less than `AGENT_JOIN_S`
         ago, whose agent served no session of the room (one that did came and went: its user
         left and came back within `AGENT_JOIN_S`, and waits for no one). Its session may still
-        be closing, which cannot be told from a worker killed mid-session: a look after an
-        arrival that comes before the agent-left webhook's `recover` claims such a loss as the
-        user's coming back (`rejoin`), as a look past `AGENT_JOIN_S` always did."""
+        be closing, or its worker was killed mid-session: `_why_gone` tells which the claim
+        is."""
         if any(job.state.status == agent.JobStatus.JS_PENDING for job in jobs):
             return True
         assigned = time.time_ns() - int(AGENT_JOIN_S * 1e9)
@@ -519,7 +563,8 @@ class Redispatcher:
                              people: list[models.ParticipantInfo], user: RoomUser | None, *,
                              rejoin: bool) -> bool:
         """`place_again` for a room whose jobs of ours all ended: claimed as the user's coming
-        back (`rejoin`, bound by `MAX_REJOINS`) or as the loss of the agent (`MAX_PER_ROOM`)."""
+        back (`rejoin`, bound by `MAX_REJOINS`) or as the loss of the agent (`MAX_PER_ROOM`),
+        as `_why_gone` tells (`rejoin`: the look follows an arrival)."""
         had_agents = [job for d in ours for job in d.state.jobs
                       if job.state.participant_identity]
         if not had_agents:
@@ -527,19 +572,16 @@ class Redispatcher:
         gone = max(had_agents, key=lambda job: job.state.started_at).state.participant_identity
         latest = _latest(ours)
         assert latest is not None
-        waiting = ", ".join(p.identity for p in people)
-        reason, bound = ("rejoin", MAX_REJOINS) if rejoin else ("lost", MAX_PER_ROOM)
-        claimed = await self._dispatch(lk, room, room_sid, gone, reason, bound,
+        reason = _why_gone(user, gone, arrival=rejoin)
+        claimed = await self._dispatch(lk, room, room_sid, gone, reason, _bound(reason),
                                        _naming(latest.metadata, user, people))
         if claimed is Claim.TOO_OFTEN:
-            log.error("%s waits in room %s, whose agent %s is gone, but the room's agent was "
-                      "dispatched again %d times in %.0f minutes already, so not again",
-                      waiting, room, gone, bound, WITHIN_S / 60)
+            _too_often(people, room, gone, _bound(reason))
             return False
         if claimed is Claim.CLAIMED:
             log.warning("%s waits in room %s, whose agent %s is gone (its session ended): "
-                        "dispatched it again", waiting, room, gone)
-            REDISPATCHES.labels("lost").inc()
+                        "dispatched it again", ", ".join(p.identity for p in people), room, gone)
+            REDISPATCHES.labels(reason).inc()
         return True
 
     async def _dispatch(self, lk: api.LiveKitAPI, room: str, room_sid: str, identity: str,

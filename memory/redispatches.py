@@ -87,11 +87,20 @@ async def dispatched_anew(pool: asyncpg.Pool, *, room_sid: str, lost_identity: s
 
 @dataclass(frozen=True)
 class RoomUser:
-    """The user of a room's latest session, and when that session ended (seconds since the
-    epoch; None while it runs)."""
+    """The user of a room's latest session, the agent that served it, and, in seconds since
+    the epoch, when the user left the room (`left_at`, migration 0027: None while they are in
+    it, or when the session could not write it) and when the session ended (`ended_at`, once
+    it has closed: None while it runs or closes)."""
 
     identity: str
     ended_at: float | None
+    left_at: float | None = None
+    agent: str | None = None
+
+    @property
+    def gone_since(self) -> float | None:
+        """Since when the user has not been in the session: their leaving, else its end."""
+        return self.left_at if self.left_at is not None else self.ended_at
 
 
 async def served(pool: asyncpg.Pool, *, room: str, agents: list[str]) -> set[str]:
@@ -106,10 +115,12 @@ async def served(pool: asyncpg.Pool, *, room: str, agents: list[str]) -> set[str
 async def room_user(pool: asyncpg.Pool, *, room: str, since_ns: int) -> RoomUser | None:
     """The user of the latest live session of `room` started since `since_ns` (nanoseconds
     since the epoch, LiveKit's time of the room's first dispatch of the agent: a room name used
-    again does not name its earlier users), the one the room's agent is dispatched for, and when
-    that session ended; None when there is none."""
+    again does not name its earlier users), the one the room's agent is dispatched for, with
+    its agent and when the user left and the session ended; None when there is none."""
     row = await pool.fetchrow(
-        "SELECT user_id, extract(epoch FROM ended_at)::float8 AS ended_at FROM sessions"
+        "SELECT user_id, agent, extract(epoch FROM ended_at)::float8 AS ended_at,"
+        " extract(epoch FROM user_left_at)::float8 AS left_at FROM sessions"
         " WHERE room = $1 AND source = 'live' AND started_at >= to_timestamp($2)"
         " ORDER BY started_at DESC LIMIT 1", room, since_ns / 1e9)
-    return None if row is None else RoomUser(row["user_id"], row["ended_at"])
+    return None if row is None else RoomUser(row["user_id"], row["ended_at"], row["left_at"],
+                                             row["agent"])

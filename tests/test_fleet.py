@@ -12,7 +12,9 @@ comes while the fleet is full gets an agent once a worker has room, and one who 
 after their session ended gets an agent again; a worker that shuts down while asking LiveKit
 again hands the room to another; a refusal LiveKit will not change is one line, not retried;
 a bystander who stays after the user left gets no agent, the user coming back gets one that
-serves them, a newcomer to a room its user left gets one; an agent that joins after its job was
+serves them, a newcomer to a room its user left gets one while that session still closes; a page
+reloaded as its session closes is the user's coming back, their exchange analysed once; a session
+records its user leaving and coming back; an agent that joins after its job was
 dispatched anew is removed, one its claimant found and kept is not; a claim committed as its
 worker shuts down is handed back; the user on a new device beside a bystander is named in the
 dispatch made again; a burst of webhooks opens one pool; Postgres away keeps a joining agent
@@ -91,16 +93,29 @@ SCREENS = still_screens()
 
 
 MID_ANALYSIS = "my release is called"  # its first memory call is out when the worker dies
-_thinking: list[CapturedRequest] = []
+RELOAD_ANALYSIS = "my reload marker is"  # ... outlasts its user's leaving (the page reloaded)
+NEWCOMER_ANALYSIS = "my newcomer marker is"  # ... outlasts its user's leaving (a newcomer)
+# the first memory call about an exchange saying each marker is answered this late
+SLOW_ANALYSIS_S = {MID_ANALYSIS: 20.0, RELOAD_ANALYSIS: 8.0, NEWCOMER_ANALYSIS: 8.0}
+_thinking: dict[str, CapturedRequest] = {}  # by marker: the slow call, once it arrived
 
 
 def _reply(request: CapturedRequest) -> ScriptedReply:
     if request.purpose != "memory":
         return ScriptedReply(text=ANSWER)
-    if MID_ANALYSIS in request.text and not _thinking:
-        _thinking.append(request)
-        return ScriptedReply(text=MEMORY_UPDATE, delay_s=20)
+    for marker, delay_s in SLOW_ANALYSIS_S.items():
+        if marker in request.text and marker not in _thinking:
+            _thinking[marker] = request
+            return ScriptedReply(text=MEMORY_UPDATE, delay_s=delay_s)
     return ScriptedReply(text=MEMORY_UPDATE)
+
+
+async def thinking(marker: str, timeout_s: float = 30) -> None:
+    """Wait until the memory model has the slow call about `marker`'s exchange."""
+    deadline = time.monotonic() + timeout_s
+    while marker not in _thinking:
+        assert time.monotonic() < deadline, "the session never asked the memory model"
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -346,10 +361,7 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
         await asks_and_is_answered(user, said)
         await _stored(fleet_database_url, said)
         await _stored(fleet_database_url, said, query=BACKLOG_CLAIMED)
-        deadline = time.monotonic() + 30
-        while not _thinking:  # its memory call reached the model, which answers in 20 s
-            assert time.monotonic() < deadline, "the session never asked the memory model"
-            await asyncio.sleep(0.2)
+        await thinking(MID_ANALYSIS)  # its memory call reached the model, which answers in 20 s
         [lost] = fleet.hosting(user.room_name)
         [lost_session] = re.findall(rf"session (\S+) started \(tenant=fleet user=failover-user "
                                     rf"room={user.room_name},", fleet.workers[lost].log_text())
@@ -550,7 +562,8 @@ async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_ano
     """A room's agent is gone while its user is there; workers A and B hear it. A claims it,
     but LiveKit answers A 503 and A asks again, keeping its claim; B finds it taken and
     watches the room. A shuts down meanwhile: it hands its claim back, and B claims it at its
-    next look and dispatches the agent, which a worker of the fleet takes."""
+    next look and dispatches the agent, which a worker of the fleet takes. (The user had left
+    that agent's session, as it recorded: the claim is their coming back, `rejoin`.)"""
     caplog.set_level(logging.INFO, "sightline.redispatch")
     monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 0.2)
     monkeypatch.setattr("agent.redispatch.UNPLACED_MAX_WAIT_S", 1.0)
@@ -588,7 +601,7 @@ async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_ano
             while to_b.asked.count("ListDispatch") < 2:  # B's recovery, then a look
                 assert time.monotonic() < deadline, to_b.asked
                 await asyncio.sleep(0.1)
-            assert await claims(fleet_database_url, sid) == [(first_agent, "lost")]
+            assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
             await fleet.start("handover-serving")
             assert "CreateDispatch" not in to_b.asked
             assert not any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
@@ -601,7 +614,7 @@ async def test_a_worker_that_shuts_down_while_asking_again_hands_the_room_to_ano
             await a.aclose()
             await b.aclose()
     assert to_b.asked.count("CreateDispatch") == 1
-    assert await claims(fleet_database_url, sid) == [(first_agent, "lost")]
+    assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
     assert (f"handover-user waits in room {room}, whose agent {first_agent} is gone (its "
             "session ended): dispatched it again") in caplog.messages
 
@@ -712,9 +725,11 @@ async def test_a_newcomer_to_a_room_its_user_left_is_dispatched_an_agent(
     livekit: LiveKitServer, fleet: Fleet, settings: Settings, fleet_database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Someone who joins a room after its user's session ended (a newcomer to a room still
-    open, the user on another device under another identity) was not in it while that session
-    ran: they are dispatched an agent, not refused as a bystander."""
+    """Someone who joins a room after its user left (a newcomer to a room still open, the user
+    on another device under another identity) was not in it with the user: they are dispatched
+    an agent, not refused as a bystander, even while the session that ended with the user
+    still closes (its memory call slow), its row not ended yet: the session wrote when its user
+    left the moment they did."""
     monkeypatch.setattr("agent.redispatch.AGENT_JOIN_S", 1.0)
     await fleet.alone("newcomer")
     room = "fleet-newcomer"
@@ -722,19 +737,105 @@ async def test_a_newcomer_to_a_room_its_user_left_is_dispatched_an_agent(
     first, newcomer = new_user(livekit, room), new_user(livekit, room)
     watcher = redispatcher(settings, fleet_database_url, livekit.http_url, AGENT_NAME)
     try:
-        await first.join("newcomer-first")
-        await first.wait_for_agent(timeout_s=60)
+        await joined_and_sharing(first, "newcomer-first")
+        await asks_and_is_answered(first, f"Remember that {NEWCOMER_ANALYSIS} Osprey-2.")
+        await thinking(NEWCOMER_ANALYSIS)
         await leave_all([first])
-        await _stored(fleet_database_url, room, query="SELECT count(*) FROM sessions"
-                      " WHERE room = $1 AND ended_at IS NOT NULL")
-        await emptied(livekit, room)
+        await emptied(livekit, room)  # its agent left; its session closes for seconds yet
         await newcomer.connect("newcomer-second")
         sid = await room_sid(livekit, room)
         assert await watcher.place_again(room, sid, rejoin=True) is True
+        closing = await session_rows(fleet_database_url, room)
         await newcomer.wait_for_agent(timeout_s=60)
     finally:
         await leave_all([first, newcomer])
         await watcher.aclose()
+    assert closing[0]["ended_at"] is None and closing[0]["user_left_at"] is not None, (
+        "the newcomer came while the first session still closed")
+
+
+async def session_rows(database_url: str, room: str) -> list[asyncpg.Record]:
+    """The sessions of `room`, oldest first: who, which agent, when the user left, the end."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch("SELECT id, user_id, agent, user_left_at, ended_at FROM sessions"
+                                " WHERE room = $1 ORDER BY started_at", room)
+    finally:
+        await conn.close()
+
+
+async def test_a_page_reloaded_as_its_session_closes_is_a_coming_back_not_a_lost_agent(
+    livekit: LiveKitServer, fleet: Fleet, models: ScriptedModelServer, settings: Settings,
+    fleet_database_url: str,
+) -> None:
+    """A user reloads the page: they leave and are back before the agent-left webhook's look
+    (here, a look made once they are back), while the session that ended with them still
+    closes, analysing their exchange (its memory call slow). That is their coming back
+    (`rejoin`), as the session wrote when its user left: the new session leaves the exchange
+    to the closing one, which alone asks the memory model about it (a lost agent's claim handed
+    it on, and the model was asked twice)."""
+    await fleet.alone("reload")
+    room = "fleet-reload"
+    await open_room(livekit, room)
+    user, back = new_user(livekit, room), new_user(livekit, room)
+    said = f"Remember that {RELOAD_ANALYSIS} Kestrel-4."
+    watcher = redispatcher(settings, fleet_database_url, livekit.http_url, AGENT_NAME)
+    try:
+        first_agent = (await joined_and_sharing(user, "reload-user")).identity
+        await asks_and_is_answered(user, said)
+        await thinking(RELOAD_ANALYSIS)
+        await leave_all([user])
+        await emptied(livekit, room)  # its agent left; its session closes for seconds yet
+        await back.connect("reload-user")
+        sid = await room_sid(livekit, room)
+        assert await watcher.recover(room, sid, first_agent) is True
+        await back.wait_for_agent(timeout_s=60)
+        await asks_and_is_answered(back, "Are you back?")
+    finally:
+        await leave_all([user, back])
+        await watcher.aclose()
+    await fleet.settled()
+    assert await claims(fleet_database_url, sid) == [(first_agent, "rejoin")]
+    memory_calls = [r for r in models.requests if r.purpose == "memory" and said in r.text]
+    assert len(memory_calls) == 1, "only the closing session asked about its exchange"
+
+
+async def test_a_session_records_when_its_user_left_and_came_back(
+    livekit: LiveKitServer, fleet: Fleet, fleet_database_url: str,
+) -> None:
+    """The session writes when its user left the moment it sees them go, and clears it when
+    they come back to it: removed by the server (not a leave of their own, so the session
+    stays), the user comes back under the same identity and is answered by the same agent.
+    Each change is an event in its log, with LiveKit's reason for a leaving."""
+    await fleet.alone("presence")
+    room = "fleet-presence"
+    await open_room(livekit, room)
+    user, back = new_user(livekit, room), new_user(livekit, room)
+    away = "SELECT count(*) FROM sessions WHERE room = $1 AND user_left_at IS NOT NULL"
+    try:
+        first_agent = (await joined_and_sharing(user, "presence-user")).identity
+        async with livekit.client() as lk:
+            await lk.room.remove_participant(api.RoomParticipantIdentity(
+                room=room, identity="presence-user"))
+        await _stored(fleet_database_url, room, query=away)
+        await back.connect("presence-user")
+        assert (await back.wait_for_agent(timeout_s=30)).identity == first_agent
+        await _stored(fleet_database_url, room, query=away.replace("NOT NULL", "NULL"))
+        await asks_and_is_answered(back, "Are you still there?")
+    finally:
+        await leave_all([user, back])
+    await fleet.settled()
+    [row] = await session_rows(fleet_database_url, room)
+    assert row["user_left_at"] is not None and row["user_left_at"] <= row["ended_at"]
+    conn = await asyncpg.connect(fleet_database_url)
+    try:
+        changes = [(r["kind"], json.loads(r["detail"]).get("reason")) for r in await conn.fetch(
+            "SELECT kind, detail FROM cost_events WHERE session_id = $1"
+            " AND kind IN ('left', 'back') ORDER BY seq", row["id"])]
+    finally:
+        await conn.close()
+    assert changes == [("left", "PARTICIPANT_REMOVED"), ("back", None),
+                       ("left", "CLIENT_INITIATED")]
 
 
 LATE_AGENT = "sightline-late"  # served by this process's own worker, whose first agent is late

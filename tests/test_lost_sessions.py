@@ -11,8 +11,9 @@ replacement exists. A worker that asks about a lost agent another holds finds it
 the room's last allowed re-dispatch, and goes on watching: the room is dispatched when the
 claimant shuts down. A user who comes back to their room gets an agent each time, without using
 up the 3 restarts of a session that fails at every start (which stay capped), nor taking the
-memory exchanges of their session that is still closing. The live path (a SIGKILLed worker,
-the webhook, the re-dispatch) is tests/test_fleet.py's.
+memory exchanges of their session that is still closing, even when back before their agent left;
+a newcomer who joined after the user left gets one while that session still closes. The live
+path (a SIGKILLed worker, the webhook, the re-dispatch) is tests/test_fleet.py's.
 """
 
 from __future__ import annotations
@@ -460,20 +461,31 @@ async def test_a_user_who_comes_back_soon_after_their_session_is_dispatched_at_t
                             if dispatched else [])
 
 
-@pytest.mark.parametrize("came_back", [True, False], ids=["user came back", "agent lost"])
-async def test_a_user_who_comes_back_leaves_the_closing_session_its_memory_exchanges(
+@pytest.mark.parametrize(("look", "user_left", "reason"), [
+    ("arrival", True, "rejoin"), ("agent left", True, "rejoin"),
+    ("arrival", False, "lost"), ("agent left", False, "lost")],
+    ids=["user came back", "page reloaded: back before their agent left",
+         "worker died, then someone arrived", "agent lost"])
+async def test_a_closing_session_keeps_its_memory_exchanges_and_a_lost_one_hands_them_on(
     fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
-    monkeypatch: pytest.MonkeyPatch, came_back: bool,
+    monkeypatch: pytest.MonkeyPatch, look: str, user_left: bool, reason: str,
 ) -> None:
     """The session that ended when its user left is still closing (livekit-agents takes its
     agent out of the room before the session's shutdown callbacks run): its keeper analyses
     an exchange it claimed. The user comes back and gets an agent anew, whose session must not
-    analyse that exchange as well (a second model call, its memory written twice). An agent
-    lost while its user stayed (a worker that died) hands its exchanges to the next session."""
+    analyse that exchange as well (a second model call, its memory written twice), whichever
+    look finds them: their arrival's, or, when they are back before their agent left (a page
+    reloaded), the agent-left webhook's, which used to count it as a lost agent and hand the
+    exchange on. A session that neither ended nor saw its user leave lost its worker: its
+    exchanges go to the next session, and it counts against `MAX_PER_ROOM`, whichever look
+    finds the room (an arrival's used to count it as a coming back)."""
     monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)
     _, (worker, _) = fleet_of_two
-    await Store(db.pool).start_session("s-old", tenant="acme", user_id="user-1", room="r1",
-                                       source="live", provider="gemini", model="m")
+    store = Store(db.pool)
+    await store.start_session("s-old", tenant="acme", user_id="user-1", room="r1",
+                              source="live", provider="gemini", model="m", agent="agent-AJ_1")
+    if user_left:
+        await store.mark_user_left("s-old", time.time() - 2)
     async with db.pool.acquire() as conn:
         await backlog.apply_op(conn, {
             "op": "backlog_add", "tenant": "acme", "user_id": "user-1", "session_id": "s-old",
@@ -484,13 +496,51 @@ async def test_a_user_who_comes_back_leaves_the_closing_session_its_memory_excha
     lk.agents_gone()
     on([worker], lk)
     try:
-        assert await worker.place_again("r1", "RM_1", rejoin=came_back) is True
+        if look == "arrival":
+            assert await worker.place_again("r1", "RM_1", rejoin=True) is True
+        else:
+            assert await worker.recover("r1", "RM_1", "agent-AJ_1") is True
     finally:
         await worker.aclose()
     # the room's user, as its session recorded them, named for the new agent to wait for
     assert lk.created() == ['create r1 {"tenant": "acme", "user": "user-1"}']
+    assert await claims(db) == [("agent-AJ_1", reason)]
     taken_over = [d.user for d in await backlog.claim(db.pool, "acme", "user-1", "s-new")]
-    assert taken_over == ([] if came_back else ["I use vim"])
+    assert taken_over == ([] if reason == "rejoin" else ["I use vim"])
+
+
+@pytest.mark.parametrize(("joined_s", "dispatched"), [(1.0, True), (-1.0, False)],
+                         ids=["joined after the user left", "was there with the user"])
+async def test_a_newcomer_while_the_user_s_session_still_closes_is_dispatched_an_agent(
+    fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
+    monkeypatch: pytest.MonkeyPatch, joined_s: float, dispatched: bool,
+) -> None:
+    """The user left (their session wrote when) and someone joins while that session still
+    closes, before its row is ended (its memory updates are model calls): a newcomer, or the
+    user on another device under another identity. They came after the user left: dispatched
+    an agent, named in its dispatch (they used to be taken for a bystander, and get none).
+    One who joined before the user left was in the room with them: none."""
+    monkeypatch.setattr("agent.redispatch.UNPLACED_CHECK_S", 3600.0)
+    _, (worker, _) = fleet_of_two
+    store = Store(db.pool)
+    await store.start_session("s-1", tenant="acme", user_id="user-1", room="r-new",
+                              source="live", provider="gemini", model="m", agent="agent-AJ_1")
+    left_at = time.time() - 5
+    await store.mark_user_left("s-1", left_at)
+    lk = FakeLiveKit([a_dispatch("AD_1", "r-new", age_s=60, job=agent.JobStatus.JS_RUNNING,
+                                 agent_identity="agent-AJ_1")], fail=0)
+    lk.agents_gone()
+    lk.participants = [models.ParticipantInfo(
+        identity="phone", kind=models.ParticipantInfo.Kind.STANDARD,
+        joined_at_ms=int((left_at + joined_s) * 1000))]
+    on([worker], lk)
+    try:
+        assert await worker.place_again("r-new", "RM_new", rejoin=True) is dispatched
+    finally:
+        await worker.aclose()
+    assert lk.created() == (['create r-new {"tenant": "acme", "user": "phone"}']
+                            if dispatched else [])
+    assert await claims(db) == ([("agent-AJ_1", "rejoin")] if dispatched else [])
 
 
 async def test_a_database_connection_closed_under_a_claim_is_one_line_and_tried_again(
