@@ -19,6 +19,8 @@ the offer, with any question mark ("？", "؟"), is the one a yes answers. A no 
 offer, read as a yes is ("thanks, but no", "please don't", once read only at a message's
 start), the whole message: a question ("No one can help?"), "no problem, go ahead" and a no
 with anything else ("actually no, transfer me") are none; "ok, no worries" is one, no yes.
+After a no the tool offers no one again unless the user asks (or says yes to an offer the model
+made itself, which has the tool's question asked).
 Beside "no worries" only an explicit yes is one ("no worries, that'd be great"); one that may
 decline ("no worries, please") is asked again.
 A comma or full stop of any script ends a clause ("No، I'll figure it out myself" refuses,
@@ -364,6 +366,29 @@ async def test_a_no_to_the_offer_is_taken_and_a_later_yes_is_no_consent() -> Non
     conversation.assistant(f"Alright. {offer_question()}")  # the model asks anyway, unbidden
     await conversation.user("yes").call()
     assert not conversation.handed_off
+
+
+async def test_after_a_no_the_model_unable_to_help_again_offers_no_one_until_asked() -> None:
+    """The user said no to a person; later the model cannot help again and calls the tool: it
+    is told the user said no, and offers nothing (it used to be told to offer again, at every
+    such call). A request for a person still hands off; a yes to an offer the model made
+    itself has the tool's question asked, which a yes then answers."""
+    conversation = await offered(Conversation())
+    assert await conversation.user("no thanks").call() == handoff.DECLINED
+    conversation.assistant("Alright, let's keep going. Try restarting the licence server.")
+    answer = await conversation.user("That didn't work either.").call()
+    assert answer == handoff.DECLINED_BEFORE and offer_question() not in answer
+    assert not conversation.tool.offer_pending and not conversation.handed_off
+    conversation.assistant("Should I get someone who can?")  # its own offer, against the word
+    assert offer_question() in await conversation.user("yes please").call()
+    conversation.assistant(offer_question())
+    await conversation.user("yes").call()
+    assert conversation.handed_off
+
+    asks = await offered(Conversation())
+    await asks.user("no thanks").call()
+    asks.assistant("Alright.")
+    assert "person will join shortly" in await asks.user("can I talk to a human").call()
 
 
 # refusals the gate read as no answer (it read a "no" only at a message's start), and the

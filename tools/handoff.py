@@ -49,7 +49,10 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   need to speak to someone who can fix it", "no wait, actually yes"): the rest may ask for a
   person in words `asks_for_person` does not read, and "do not offer again" would then keep
   one from a user who wants one, where asking the question again costs a turn. The tool keeps
-  no note of a no: the model is told it once, and a later call with no ask offers again.
+  a note of the no for the session: a later call with no ask (the model unable to help again)
+  is told the user said no and offers nothing (it offered again at each such call, however
+  often the user had said no); a request for a person still hands off, and a yes (to an offer
+  the model made itself, against the tool's word) has the tool's question asked again.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -105,6 +108,9 @@ OFFER = ("Nobody was called yet. A person joins only when the user asks for one,
          "asking, whatever it says.")
 DECLINED = ("The user said no to bringing in a person, so nobody was called. Keep helping them "
             "yourself, and do not offer a person again unless they ask for one.")
+DECLINED_BEFORE = ("The user said no to bringing in a person earlier in this conversation, so "
+                   "nobody was called and you must not offer one. Keep helping them yourself; "
+                   "if they ask for a person, call handoff_to_human again.")
 
 # -- reading what the user said ------------------------------------------------------------------
 # Text is read as words: lowercase, apostrophes dropped ("don't" and a recogniser's "dont" are the
@@ -495,6 +501,7 @@ class HandoffTool:
         # the id of the user message the turn that offered a person answered ("" if none): a
         # yes consents when it is the next user message and that turn asked OFFER_QUESTION
         self._offered_after: str | None = None
+        self._declined = False  # the user said no to the offer: it is not made again
 
     @property
     def offer_pending(self) -> bool:
@@ -527,8 +534,10 @@ class HandoffTool:
         answers_offer = self._answers_offer(turn)
         if not (asks_for_person(turn.said) or (answers_offer and says_yes_to_offer(turn.said))):
             if answers_offer and says_no(turn.said):
-                self._offered_after = None
+                self._offered_after, self._declined = None, True
                 return DECLINED
+            if self._declined and not says_yes_to_offer(turn.said):
+                return DECLINED_BEFORE
             self._offered_after = turn.said_key
             return OFFER
         self._offered_after = None
