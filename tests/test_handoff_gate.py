@@ -402,6 +402,7 @@ MISSED_REFUSALS = ["please don't", "ok no", "well, no", "Thanks, but no.", "I'm 
     "nah", "um, no", "Um... No.", "I'd rather not", "not now, thanks", "uh-uh",
     "no, that's fine", "I don't need anyone, thanks", "i dont need a person",
     "No, I'll figure it out myself.", "ok, I'll do it myself",
+    "no thanks, I'll just google it", "nah, I'll look it up myself",  # were asked again
 ])
 async def test_a_refusal_as_people_say_it_withdraws_the_offer(reply: str) -> None:
     """A no is read as a yes is, phrases of a no with words said around one ("thanks, but

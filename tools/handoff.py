@@ -363,7 +363,9 @@ _I_WILL = ("i will", "ill", "i will just", "ill just")
 _ON_MY_OWN = (
     *(f"{i} {manage}{alone}" for i in (*_I_WILL, "i can", "let me")
       for manage in ("figure it out", "work it out", "sort it out", "manage", "handle it",
-                     "deal with it", "try", "try again", "do it", "fix it")
+                     "deal with it", "try", "try again", "do it", "fix it", "google it",
+                     "look it up", "search for it", "search it up", "check the docs",
+                     "read the docs")
       for alone in ("", " myself", " on my own")),
     *(f"{i} be {fine}" for i in _I_WILL for fine in ("fine", "ok", "okay", "alright", "good")))
 OFFER_NO = frozenset((
