@@ -1103,6 +1103,37 @@ async def test_a_facts_negation_reads_the_same_whichever_way_its_comma_is_read(
     assert memory.facts_by_key == {}
 
 
+# a list after the user's own negation: its commas were read as ending the negation, so no fact
+# but the first item's could be stored, not even the user's sentence as they said it
+@pytest.mark.parametrize(("said", "fact"), [
+    ("Remember that I don't use vim, emacs or nano", "The user doesn't use vim, emacs or nano"),
+    ("Remember that I don't use vim, emacs or nano", "The user doesn't use vim, emacs, or nano"),
+    ("Remember that I don't use vim, emacs or nano", "The user doesn't use nano"),
+    ("Remember that I don't use vim, emacs, or nano.", "The user doesn't use emacs"),
+    ("remember i dont use vs code, sublime text or atom", "The user doesn't use sublime text"),
+    ("Remember I never work on Mondays, Tuesdays or Fridays", "The user never works on Fridays"),
+])
+async def test_a_negation_reaches_through_the_users_list(said: str, fact: str) -> None:
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
+# ... and only through a list: a comma before anything else still ends it
+@pytest.mark.parametrize(("said", "fact"), [
+    ("Remember that I don't use vim, emacs or nano", "The user uses emacs"),
+    ("Remember that I don't use vim, I use emacs or nano", "The user doesn't use emacs"),
+    ("Remember that I don't use vim, emacs or nano is what I use", "The user doesn't use nano"),
+    ("Remember that I don't use vim, but emacs or nano", "The user doesn't use emacs"),
+    ("Remember that I use vim, not emacs or nano", "The user uses emacs"),
+])
+async def test_a_comma_before_anything_but_a_list_still_ends_the_negation(
+    said: str, fact: str,
+) -> None:
+    await remember_refuses(said, fact, "not negated as the user negated them")
+
+
 # -- commas, colons and full stops of any script -------------------------------------------------
 
 # a request typed with a Chinese, Japanese or Arabic keyboard's marks, none of which a check

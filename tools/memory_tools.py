@@ -145,6 +145,22 @@ _SCOPE = re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|[{_COMMA_OR
 # Before a word a reader may take it either way: "does not use vim, they use emacs" ends the
 # negation, "does not use Postgres 15, MySQL 8" lists what it negates; so a fact is read both
 # ways (`fact_readings`)
+# a comma that carries a negation on through a list ("I don't use vim, emacs or nano": none of
+# the three): one before items of a word or two, the last after "or", "and" or "nor", up to the
+# end of the sentence. A comma before anything else ends the negation's reach ("I don't use
+# vim, I use emacs"; "I don't use vim, emacs is what I use")
+_COMMA = f"[{re.escape(COMMAS)}]"
+_ITEM = (r"(?!(?:i|we|you|he|she|they|it|but|not|never|no|or|and|nor)\b)[^\W\d_][\w.+#-]*"
+         r"(?: (?!(?:or|and|nor)\b)[\w.+#-]+)?")
+_LIST = re.compile(rf"{_COMMA} {_ITEM}(?:{_COMMA} {_ITEM})*{_COMMA}? (?:or|and|nor) {_ITEM}"
+                   rf"(?=\s*(?:{_ENDS_A_SENTENCE}|$))", re.IGNORECASE)
+
+
+def _unlisted(text: str) -> str:
+    """`text` without the commas of its lists (`_LIST`), which end no negation's reach."""
+    return _LIST.sub(lambda items: re.sub(_COMMA, "", items.group()), text)
+
+
 _FACT_SCOPES = (re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|"
                            rf"[{_COMMA_OR_COLON}](?!\s*\d)"),
                 re.compile(_ENDS_A_SENTENCE))
@@ -365,15 +381,15 @@ def _sequence(text: str, scope: re.Pattern[str]) -> list[tuple[str, bool]]:
 
 def said_sequence(text: str) -> list[tuple[str, bool]]:
     """The user's words a fact may hold (`_sequence`), a comma or colon with a space after it
-    ending a clause, between numbers too (`_SCOPE`)."""
-    return _sequence(text, _SCOPE)
+    ending a clause, between numbers too (`_SCOPE`), but one in a list (`_unlisted`)."""
+    return _sequence(_unlisted(text), _SCOPE)
 
 
 def fact_readings(text: str) -> list[list[tuple[str, bool]]]:
     """The words of a fact written that must be the user's (`_sequence`), as a reader may take
     them: a comma or colon before a word ending a negation's reach, or not (`_FACT_SCOPES`);
     one between numbers parts them in one clause ("March 3, 2020")."""
-    return [_sequence(text, scope) for scope in _FACT_SCOPES]
+    return [_sequence(_unlisted(text), scope) for scope in _FACT_SCOPES]
 
 
 def fact_words(text: str) -> set[str]:
