@@ -211,8 +211,14 @@ def storable(text: str) -> str:
     lone surrogates (half a UTF-16 pair, as a JSON escape such as "\\ud800" in a model's reply
     or a transcript yields: UTF-8, what asyncpg sends, has no form for one). One such character
     in a chat message, a screen read, a corpus line or a fact the memory keeper writes would
-    fail the whole insert, for every row of its batch."""
-    return text.replace("\x00", "").encode("utf-8", "ignore").decode()
+    fail the whole insert, for every row of its batch. A pair held as two code points (each
+    half escaped on its own) is the one character it spells: only a lone half is dropped."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "ignore")
+    return text
 
 
 def start_embedded(pgdata: Path) -> Any:

@@ -6,7 +6,8 @@ Protects: one NUL in a user's message or on screen used to fail its whole batch 
 would spill and retry it for ever); a corpus line with one failed `bench.context` and `kb eval`.
 A lone surrogate (a JSON escape such as "\\ud83d" cut from its pair, in a model's reply or a
 transcript) was dropped by the memory keeper alone: the conversation log, the screen timeline
-and the knowledge base refused the whole row.
+and the knowledge base refused the whole row. A whole pair held as two code points is its one
+character, not dropped with them.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ async def test_lone_surrogates_are_dropped_on_the_way_in(db: Database) -> None:
                               provider="gemini", model="m")
     await store.add_messages("s1", "acme", [
         {"user_id": "ana", "role": "user", "content": f"thanks {half}!"},
-        {"user_id": "ana", "role": "assistant", "content": f"\U0001f600 {half}"}])
+        {"user_id": "ana", "role": "assistant", "content": f"\U0001f600 {half}"},
+        # a whole pair, each half escaped apart as a UTF-16 producer may: kept as its emoji
+        {"user_id": "ana", "role": "user", "content": "\ud83d\ude00 ok \udc00"}])
     assert [r["content"] for r in await db.pool.fetch(
-        "SELECT content FROM messages ORDER BY id")] == ["thanks !", "\U0001f600 "]
+        "SELECT content FROM messages ORDER BY id")] == ["thanks !", "\U0001f600 ",
+                                                        "\U0001f600 ok "]
     await ScreenTimeline(db.pool, WordLlamaEmbedder()).write([event_row(
         session_id="s1", tenant="acme", user_id="ana", t=1.0, wall_time=time.time(),
         content_type="terminal", reason="changed", region=(0, 0, 10, 10),
