@@ -71,6 +71,7 @@ from .word_forms import (
     SEMICOLONS,
     STOPS,
     WORD,
+    an_address,
     as_digits,
     fold,
     is_hesitation,
@@ -231,12 +232,16 @@ def _number_runs(words: list[str], longest: int) -> list[str]:
 
 def _said(text: str) -> set[str]:
     """Every word of `text`, whole tokens and their parts, in their plain form, and the numbers
-    said in pieces next to each other ("2 7", "two seven", "2.7" are "2.7")."""
+    said in pieces next to each other ("2 7", "two seven", "2.7" are "2.7"); an address only
+    whole (`an_address`: "10.0" of "10.0.0.5" is another network)."""
     words: set[str] = set()
     pieces: list[str] = []
     for token in _tokens(text):
-        parts = _parts(token)
         words.add(plain(token))
+        if an_address(token):
+            pieces.append("|")  # nor a piece of a number said next to it
+            continue
+        parts = _parts(token)
         words.update(plain(part) for part in parts)
         pieces += parts
     return words | set(_number_runs(pieces, _NUMBER_PIECES))

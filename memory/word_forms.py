@@ -74,6 +74,7 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 
@@ -244,6 +245,16 @@ def is_number(word: str) -> bool:
     parts = WORD.findall(word)
     digits = as_digits(parts) if len(parts) > 1 else parts
     return bool(digits) and all(part.isdecimal() for part in digits)
+
+
+def an_address(word: str) -> bool:
+    """Whether `word` reads as an IPv4 address, as the standard library reads one: the user's
+    only whole ("10.0" of "10.0.0.5" is another network, no version's first parts)."""
+    try:
+        ipaddress.IPv4Address(word)
+    except ValueError:
+        return False
+    return True
 
 
 def numbers_together(words: list[str], join: str = ".") -> list[str]:

@@ -74,7 +74,6 @@ screen's, so they go between `<memory>` markers.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import re
 from collections.abc import Iterator
@@ -97,6 +96,7 @@ from memory.word_forms import (
     STOPS,
     WORD,
     YES,
+    an_address,
     as_digits,
     ends_as_question,
     is_hesitation,
@@ -400,19 +400,9 @@ def fact_words(text: str) -> set[str]:
 
 def _first_parts_of_version(said: str, word: str) -> bool:
     """Whether the fact's `word` is the first two or more parts of the version the user wrote
-    (`_VERSION`): "3.11" of "3.11.7". An address is no version ("10.0" of "10.0.0.5" is another
-    network): a number that reads as one, as the standard library reads an IPv4 address, is
-    the user's only whole."""
+    (`_VERSION`): "3.11" of "3.11.7". An address is no version (`an_address`)."""
     return ("." in word and said.startswith(f"{word}.") and _VERSION.fullmatch(said) is not None
-            and _THOUSANDS.fullmatch(said) is None and not _an_address(said))
-
-
-def _an_address(said: str) -> bool:
-    try:
-        ipaddress.IPv4Address(said)
-    except ValueError:
-        return False
-    return True
+            and _THOUSANDS.fullmatch(said) is None and not an_address(said))
 
 
 def _written_whole(said: str, word: str) -> bool:
