@@ -30,15 +30,16 @@ that job's agent: one worker dispatches it, whether it heard the agent leave or 
 What it counts against is what the agent's session recorded (`_why_gone`). Its user left first (the
 session writes when, `sessions.user_left_at`, the moment it sees them go, agent/user_presence.py):
 the agent left with them, and this is their coming back (`rejoin`), however soon (a page reloaded
-comes back before the agent has left). A person leaving and coming back is not a session failing,
-so it has its own bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person
-reaches (a session that fails before its agent joins, which no webhook names); and the session that
-ended when they left may still be closing, so its memory exchanges are left to it. The session
-neither ended nor saw its user leave: its worker died (or it ended on its own while they stayed),
-and this is that loss (`lost`), which counts against `MAX_PER_ROOM`, so a session that ends as it
-starts is not restarted for ever, and hands the lost session's memory exchanges to the next. With
-neither recorded (a session without the database, or one that ended with no leaving written), what
-the look followed decides: a user's arrival, `rejoin`; the agent leaving, `lost`.
+comes back before the agent has left). A person leaving and coming back is not a session failing, so
+it has its own bound, `MAX_REJOINS` in `WITHIN_S`, which only something that is not a person reaches
+(a session that fails before its agent joins, which no webhook names); and the session that ended
+when they left may still be closing, so its memory exchanges are left to it. The session neither
+ended nor recorded its user leaving: its worker died (or it ended on its own while they stayed, or
+the leave could not be written), and this is that loss (`lost`), which counts against
+`MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever, and hands the lost
+session's memory exchanges to the next. With no session of that agent recorded (one without the
+database), or one that ended with no leaving written, what the look followed decides: a user's
+arrival, `rejoin`; the agent leaving, `lost`.
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
 whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest

@@ -81,9 +81,9 @@ class Store:
             " WHERE id = $1 AND escalated_at IS NULL RETURNING id", session_id, reason)
         return marked is not None
 
-    async def mark_user_left(self, session_id: str, left_at: float | None) -> None:
-        """When the session's user left its room (epoch seconds, by the session's clock), or
-        None: they are back in it (migration 0027)."""
+    async def mark_user_left(self, session_id: str, left_at: float) -> None:
+        """When the session's user left its room, the session ending with it (epoch seconds, by
+        the session's clock; migration 0027)."""
         await self._pool.execute(
             "UPDATE sessions SET user_left_at = to_timestamp($2) WHERE id = $1",
             session_id, left_at)

@@ -803,28 +803,31 @@ async def test_a_page_reloaded_as_its_session_closes_is_a_coming_back_not_a_lost
 async def test_a_session_records_when_its_user_left_and_came_back(
     livekit: LiveKitServer, fleet: Fleet, fleet_database_url: str,
 ) -> None:
-    """The session writes when its user left the moment it sees them go, and clears it when
-    they come back to it: removed by the server (not a leave of their own, so the session
-    stays), the user comes back under the same identity and is answered by the same agent.
-    Each change is an event in its log, with LiveKit's reason for a leaving."""
+    """Removed by the server (not a leave the session ends on), the user comes back under the
+    same identity and is answered by the same agent: the session waited for them, its row not
+    marked. Their leave of their own is written on the row the moment it happens, before the
+    session's end. Each change is an event in its log, with LiveKit's reason for a leaving."""
     await fleet.alone("presence")
     room = "fleet-presence"
     await open_room(livekit, room)
     user, back = new_user(livekit, room), new_user(livekit, room)
-    away = "SELECT count(*) FROM sessions WHERE room = $1 AND user_left_at IS NOT NULL"
+    seen = ("SELECT count(*) FROM cost_events e JOIN sessions s ON s.id = e.session_id"
+            " WHERE s.room = $1 AND e.kind = '{}'")
     try:
         first_agent = (await joined_and_sharing(user, "presence-user")).identity
         async with livekit.client() as lk:
             await lk.room.remove_participant(api.RoomParticipantIdentity(
                 room=room, identity="presence-user"))
-        await _stored(fleet_database_url, room, query=away)
+        await _stored(fleet_database_url, room, query=seen.format("left"))
         await back.connect("presence-user")
         assert (await back.wait_for_agent(timeout_s=30)).identity == first_agent
-        await _stored(fleet_database_url, room, query=away.replace("NOT NULL", "NULL"))
+        await _stored(fleet_database_url, room, query=seen.format("back"))
         await asks_and_is_answered(back, "Are you still there?")
+        [away] = await session_rows(fleet_database_url, room)
     finally:
         await leave_all([user, back])
     await fleet.settled()
+    assert away["user_left_at"] is None, "a removal the session waits through marks nothing"
     [row] = await session_rows(fleet_database_url, room)
     assert row["user_left_at"] is not None and row["user_left_at"] <= row["ended_at"]
     conn = await asyncpg.connect(fleet_database_url)

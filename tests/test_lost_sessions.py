@@ -461,14 +461,16 @@ async def test_a_user_who_comes_back_soon_after_their_session_is_dispatched_at_t
                             if dispatched else [])
 
 
-@pytest.mark.parametrize(("look", "user_left", "reason"), [
-    ("arrival", True, "rejoin"), ("agent left", True, "rejoin"),
-    ("arrival", False, "lost"), ("agent left", False, "lost")],
+@pytest.mark.parametrize(("look", "user_left", "served_by", "reason"), [
+    ("arrival", True, "agent-AJ_1", "rejoin"), ("agent left", True, "agent-AJ_1", "rejoin"),
+    ("arrival", False, "agent-AJ_1", "lost"), ("agent left", False, "agent-AJ_1", "lost"),
+    ("agent left", True, "agent-AJ_0", "lost")],
     ids=["user came back", "page reloaded: back before their agent left",
-         "worker died, then someone arrived", "agent lost"])
+         "worker died, then someone arrived", "agent lost",
+         "another agent's session saw its user leave: this one was lost"])
 async def test_a_closing_session_keeps_its_memory_exchanges_and_a_lost_one_hands_them_on(
     fleet_of_two: tuple[Settings, list[Redispatcher]], db: Database,
-    monkeypatch: pytest.MonkeyPatch, look: str, user_left: bool, reason: str,
+    monkeypatch: pytest.MonkeyPatch, look: str, user_left: bool, served_by: str, reason: str,
 ) -> None:
     """The session that ended when its user left is still closing (livekit-agents takes its
     agent out of the room before the session's shutdown callbacks run): its keeper analyses
@@ -483,7 +485,7 @@ async def test_a_closing_session_keeps_its_memory_exchanges_and_a_lost_one_hands
     _, (worker, _) = fleet_of_two
     store = Store(db.pool)
     await store.start_session("s-old", tenant="acme", user_id="user-1", room="r1",
-                              source="live", provider="gemini", model="m", agent="agent-AJ_1")
+                              source="live", provider="gemini", model="m", agent=served_by)
     if user_left:
         await store.mark_user_left("s-old", time.time() - 2)
     async with db.pool.acquire() as conn:
