@@ -1120,6 +1120,20 @@ async def test_a_negation_reaches_through_the_users_list(said: str, fact: str) -
     assert [f.text for f in memory.facts_by_key.values()] == [fact]
 
 
+# a negated date typed with its commas: the day's comma ended the negation before the year
+@pytest.mark.parametrize(("said", "fact"), [
+    ("Remember I'm not available on March 3, 2026", "The user is not available on March 3, 2026"),
+    ("Remember I'm not free on Friday, March 6, 2026",
+     "The user is not free on Friday, March 6, 2026"),
+    ("Remember I wasn't born on May 1st, 1990.", "The user was not born on May 1st, 1990"),
+])
+async def test_a_negation_reaches_through_a_dates_commas(said: str, fact: str) -> None:
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
 # ... and only through a list: a comma before anything else still ends it
 @pytest.mark.parametrize(("said", "fact"), [
     ("Remember that I don't use vim, emacs or nano", "The user uses emacs"),
@@ -1127,6 +1141,7 @@ async def test_a_negation_reaches_through_the_users_list(said: str, fact: str) -
     ("Remember that I don't use vim, emacs or nano is what I use", "The user doesn't use nano"),
     ("Remember that I don't use vim, but emacs or nano", "The user doesn't use emacs"),
     ("Remember that I use vim, not emacs or nano", "The user uses emacs"),
+    ("Remember I'm not free on March 6, 2026, I'm at a wedding", "The user is free on March 6"),
 ])
 async def test_a_comma_before_anything_but_a_list_still_ends_the_negation(
     said: str, fact: str,

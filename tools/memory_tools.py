@@ -156,15 +156,28 @@ _LIST = re.compile(rf"{_COMMA} {_ITEM}(?:{_COMMA} {_ITEM})*{_COMMA}? (?:or|and|n
                    rf"(?=\s*(?:{_ENDS_A_SENTENCE}|$))", re.IGNORECASE)
 
 
-def _unlisted(text: str) -> str:
-    """`text` without the commas of its lists (`_LIST`), which end no negation's reach."""
-    return _LIST.sub(lambda items: re.sub(_COMMA, "", items.group()), text)
+# a date's commas ("Friday, March 6, 2026"): one date, in one clause. In its place `_DATE_MARK`,
+# which parts no clause (`_SCOPE`) but keeps the day and the year two numbers (`_NUMBERS_APART`)
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)[a-z]*\.?"
+_DATE_MARK = "\ue000"  # a private-use character: none the user's text holds once read
+_DATE_COMMAS = (re.compile(rf"\b({_DAY}){_COMMA}(?= {_MONTH} \d)"),
+                re.compile(rf"\b({_MONTH} \d{{1,2}}(?:st|nd|rd|th)?){_COMMA}(?= \d{{4}}\b)"))
+
+
+def _one_clause(lowered: str) -> str:
+    """`lowered` (`_lowered`) with the commas that end no negation's reach taken out of its
+    clause marks: a list's (`_LIST`), dropped, and a date's (`_DATE_COMMAS`), marked."""
+    text = _LIST.sub(lambda items: re.sub(_COMMA, "", items.group()), lowered)
+    for date_comma in _DATE_COMMAS:
+        text = date_comma.sub(rf"\1{_DATE_MARK}", text)
+    return text
 
 
 _FACT_SCOPES = (re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|"
                            rf"[{_COMMA_OR_COLON}](?!\s*\d)"),
                 re.compile(_ENDS_A_SENTENCE))
-_NUMBERS_APART = re.compile(rf"[{_COMMA_OR_COLON}](?=\s)")
+_NUMBERS_APART = re.compile(rf"[{_COMMA_OR_COLON}{_DATE_MARK}](?=\s)")
 # a number written as one, its parts joined by a mark with no space ("3.11.7", "9:30", "1,500",
 # "415-555-1234"), a unit after it or not ("9.30pm"), never part of a word ("v2.7");
 # `_sequence` keeps its marks
@@ -367,7 +380,7 @@ def _sequence(text: str, scope: re.Pattern[str]) -> list[tuple[str, bool]]:
     joined by `_SAID_APART`, and each number written as one keeps its marks ("3.11.7",
     "9:30"), so `_holds` knows how the user said it."""
     sequence: list[tuple[str, bool]] = []
-    for clause in scope.split(_lowered(text)):
+    for clause in scope.split(_one_clause(_lowered(text))):
         negated = False
         for part in _NUMBERS_APART.split(clause):
             for word in numbers_together(_number_tokens(part), join=_SAID_APART):
@@ -381,15 +394,15 @@ def _sequence(text: str, scope: re.Pattern[str]) -> list[tuple[str, bool]]:
 
 def said_sequence(text: str) -> list[tuple[str, bool]]:
     """The user's words a fact may hold (`_sequence`), a comma or colon with a space after it
-    ending a clause, between numbers too (`_SCOPE`), but one in a list (`_unlisted`)."""
-    return _sequence(_unlisted(text), _SCOPE)
+    ending a clause, between numbers too (`_SCOPE`), but a list's or a date's (`_one_clause`)."""
+    return _sequence(text, _SCOPE)
 
 
 def fact_readings(text: str) -> list[list[tuple[str, bool]]]:
     """The words of a fact written that must be the user's (`_sequence`), as a reader may take
     them: a comma or colon before a word ending a negation's reach, or not (`_FACT_SCOPES`);
     one between numbers parts them in one clause ("March 3, 2020")."""
-    return [_sequence(_unlisted(text), scope) for scope in _FACT_SCOPES]
+    return [_sequence(text, scope) for scope in _FACT_SCOPES]
 
 
 def fact_words(text: str) -> set[str]:
