@@ -158,8 +158,10 @@ _LIST = re.compile(rf"{_COMMA} {_ITEM}(?:{_COMMA} {_ITEM})*{_COMMA}? (?:or|and|n
 
 # a date's commas ("Friday, March 6, 2026"): one date, in one clause. In its place `_DATE_MARK`,
 # which parts no clause (`_SCOPE`) but keeps the day and the year two numbers (`_NUMBERS_APART`)
-_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-_DAY = r"(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun)[a-z]*\.?"
+_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+_DAY = (r"(?:mon(?:day)?|tue(?:s(?:day)?)?|wed(?:nesday)?|thu(?:r(?:s(?:day)?)?)?|fri(?:day)?|"
+        r"sat(?:urday)?|sun(?:day)?)\.?")
 _DATE_MARK = "\ue000"  # a private-use character: none the user's text holds once read
 _DATE_COMMAS = (re.compile(rf"\b({_DAY}){_COMMA}(?= {_MONTH} \d)"),
                 re.compile(rf"\b({_MONTH} \d{{1,2}}(?:st|nd|rd|th)?){_COMMA}(?= \d{{4}}\b)"))
