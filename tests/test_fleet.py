@@ -96,7 +96,7 @@ MID_ANALYSIS = "my release is called"  # its first memory call is out when the w
 RELOAD_ANALYSIS = "my reload marker is"  # ... outlasts its user's leaving (the page reloaded)
 NEWCOMER_ANALYSIS = "my newcomer marker is"  # ... outlasts its user's leaving (a newcomer)
 # the first memory call about an exchange saying each marker is answered this late
-SLOW_ANALYSIS_S = {MID_ANALYSIS: 20.0, RELOAD_ANALYSIS: 8.0, NEWCOMER_ANALYSIS: 8.0}
+SLOW_ANALYSIS_S = {MID_ANALYSIS: 20.0, RELOAD_ANALYSIS: 4.0, NEWCOMER_ANALYSIS: 6.0}
 _thinking: dict[str, CapturedRequest] = {}  # by marker: the slow call, once it arrived
 
 
