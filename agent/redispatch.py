@@ -37,9 +37,9 @@ when they left may still be closing, so its memory exchanges are left to it. The
 ended nor recorded its user leaving: its worker died (or it ended on its own while they stayed, or
 the leave could not be written), and this is that loss (`lost`), which counts against
 `MAX_PER_ROOM`, so a session that ends as it starts is not restarted for ever, and hands the lost
-session's memory exchanges to the next. With no session of that agent recorded (one without the
-database), or one that ended with no leaving written, what the look followed decides: a user's
-arrival, `rejoin`; the agent leaving, `lost`.
+session's memory exchanges to the next. With the room's latest session not that agent's (none
+recorded: one without the database), or one that ended with no leaving written, what the look
+followed decides: a user's arrival, `rejoin`; the agent leaving, `lost`.
 
 The agent is for the room's user alone: the one its latest session served (Postgres records
 whom each served), whom the new dispatch names in its metadata (`"user"`, merged into the latest
@@ -159,8 +159,8 @@ def _why_gone(user: RoomUser | None, agent_identity: str, *, arrival: bool) -> s
     When its session is the room's latest (`user`), by what that session recorded: its user
     left first (`left_at`), the agent with them: their coming back (`rejoin`); it neither ended
     nor saw its user leave: its worker died, or it ended on its own while they stayed
-    (`lost`). Else (no session of that agent recorded, or one that ended with no leaving
-    recorded) by what the look followed: a user's arrival (`rejoin`), or the agent leaving
+    (`lost`). Else (the latest session is another's, or none is recorded, or it ended with no
+    leaving recorded) by what the look followed: a user's arrival (`rejoin`), or the agent leaving
     (`lost`)."""
     if user is not None and user.agent == agent_identity:
         if user.left_at is not None:

@@ -28,6 +28,7 @@ log = logging.getLogger("sightline.session")
 
 WRITE_TRIES = 3  # a failed write of the leaving is tried again this many times in all ...
 RETRY_S = 1.0  # ... after this long, doubling: a database blip must not lose it
+CLOSE_WAIT_S = 5.0  # what the session's close waits for a write still under way
 
 
 def _reason_name(reason: int) -> str:
@@ -71,13 +72,15 @@ class UserPresence:
                 return
             except Exception as exc:  # the database away: tried again, then one line
                 if attempt == WRITE_TRIES:
-                    log.warning("session %s could not record in the database that its user "
-                                "left (%d tries): %s; the fleet takes its agent for lost should "
-                                "they come back while it closes", self._events.session_id,
-                                WRITE_TRIES, exc)
+                    self._unwritten(f"{WRITE_TRIES} tries: {str(exc) or type(exc).__name__}")
                     return
             await asyncio.sleep(wait_s)
             wait_s *= 2
+
+    def _unwritten(self, why: str) -> None:
+        log.warning("session %s could not record in the database that its user left (%s); the "
+                    "fleet takes its agent for lost should they come back while it closes",
+                    self._events.session_id, why)
 
     def _stop_watching(self) -> None:
         self._room.off("participant_disconnected", self._on_left)
@@ -85,7 +88,12 @@ class UserPresence:
 
     async def aclose(self) -> None:
         """Stop watching, and wait for the write under way (before the session's row is
-        ended)."""
+        ended), `CLOSE_WAIT_S` at most: a database that does not answer must not hold up the
+        session's summary."""
         self._stop_watching()
-        if self._writing is not None:
-            await self._writing
+        if self._writing is None:
+            return
+        try:
+            await asyncio.wait_for(self._writing, CLOSE_WAIT_S)
+        except TimeoutError:
+            self._unwritten(f"still trying after {CLOSE_WAIT_S:g} s as the session closed")

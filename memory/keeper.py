@@ -210,6 +210,7 @@ def _parts(token: str) -> list[str]:
     return as_digits(WORD.findall(token))
 
 
+_ADDRESS_END = re.compile(r"[:/]")  # an address's port or prefix begins here
 # the most pieces a number said in pieces is read as one with ("two seven" is "2.7"); one of
 # more is the user's only as they wrote it whole
 _NUMBER_PIECES = 6
@@ -230,6 +231,13 @@ def _number_runs(words: list[str], longest: int) -> list[str]:
             for end in range(start + 2, min(start + longest, len(run)) + 1)]
 
 
+def _address_of(token: str) -> tuple[str, str]:
+    """The IPv4 address `token` starts with (`an_address`), a port or a prefix after it or not,
+    and the rest of the token; ("", token) when it starts with none."""
+    head = _ADDRESS_END.split(token, maxsplit=1)
+    return (head[0], token[len(head[0]):]) if an_address(head[0]) else ("", token)
+
+
 def _said(text: str) -> set[str]:
     """Every word of `text`, whole tokens and their parts, in their plain form, and the numbers
     said in pieces next to each other ("2 7", "two seven", "2.7" are "2.7"); an address only
@@ -238,9 +246,11 @@ def _said(text: str) -> set[str]:
     pieces: list[str] = []
     for token in _tokens(text):
         words.add(plain(token))
-        if an_address(token):
+        address, rest = _address_of(token)
+        if address:
+            words.add(address)
             pieces.append("|")  # nor a piece of a number said next to it
-            continue
+            token = rest  # a port or a prefix ("10.0.0.5:8080", "10.0.0.0/24")
         parts = _parts(token)
         words.update(plain(part) for part in parts)
         pieces += parts

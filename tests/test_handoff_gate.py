@@ -391,6 +391,27 @@ async def test_after_a_no_the_model_unable_to_help_again_offers_no_one_until_ask
     assert "person will join shortly" in await asks.user("can I talk to a human").call()
 
 
+@pytest.mark.parametrize("said", [
+    "Can I talk to someone who knows billing?",
+    "Actually, I changed my mind, is there someone who could help me with this?",
+    "actually could a person take a look at this", "can someone else look at it?",
+    "hmm, maybe a person could help after all", "I changed my mind about the person",
+])
+async def test_after_a_no_a_person_brought_up_in_other_words_has_the_offer_made_again(
+    said: str,
+) -> None:
+    """A message that brings up a person in words the gate does not read as asking for one is
+    not turned away for the rest of the session after a no: the tool's question is asked
+    again, and a yes to it hands off."""
+    conversation = await offered(Conversation())
+    await conversation.user("no thanks").call()
+    conversation.assistant("Alright, let's keep going.")
+    assert offer_question() in await conversation.user(said).call()
+    conversation.assistant(offer_question())
+    await conversation.user("yes please").call()
+    assert conversation.handed_off
+
+
 # refusals the gate read as no answer (it read a "no" only at a message's start), and the
 # model was told to offer a person again
 MISSED_REFUSALS = ["please don't", "ok no", "well, no", "Thanks, but no.", "I'm good, thanks",

@@ -2,14 +2,14 @@
 (agent/user_presence.py).
 
 Protects: each leaving and coming back is an event in the session's log (`left` with LiveKit's
-reason, `back`); the row's `user_left_at` is written only for a leave the session ends on (the
-user closed the page), and nothing is watched after it: a connection that dropped otherwise
-leaves the session waiting for them and the row as it was, so a worker that dies meanwhile has
-lost a session, not seen its user leave; the user back before the agent left is a new session's
-user, not this one's return. Another participant's comings and goings change nothing; a
-reason this SDK does not know is its number. A database that fails is tried again, then one
-warning line, the events kept and the session's close not held up. The live path (a real
-worker, a user removed by the server and coming back) is tests/test_fleet.py's.
+reason, `back`); the row's `user_left_at` is written only for a leave the session ends on (the user
+closed the page), and nothing is watched after it: a connection that dropped otherwise leaves the
+session waiting for them and the row as it was, so a worker that dies meanwhile has lost a session,
+not seen its user leave; the user back before the agent left is a new session's user, not this
+one's return. Another participant's comings and goings change nothing; a reason this SDK does not
+know is its number. A database that fails is tried again, then one warning line, the events kept
+and the session's close held up 5 s at most. The live path (a real worker, a user removed by the
+server and coming back) is tests/test_fleet.py's.
 """
 
 from __future__ import annotations
@@ -96,8 +96,27 @@ async def test_a_database_that_fails_is_tried_again_then_one_line(
     [line] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert line.getMessage().startswith(
         f"session s-1 could not record in the database that its user left ({WRITE_TRIES} "
-        "tries): connection refused")
+        "tries: connection refused)")
     assert not line.exc_info
+
+
+async def test_a_database_that_does_not_answer_holds_the_close_up_a_few_seconds_at_most(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("agent.user_presence.CLOSE_WAIT_S", 0.2)
+
+    async def hanging(session_id: str, left_at: float) -> None:
+        await asyncio.Event().wait()
+
+    events = EventLog(session_id="s-1", tenant="acme", costs_dir=tmp_path, store=None)
+    room = rtc.EventEmitter[str]()
+    presence = UserPresence(room, "ana", events,
+                            SimpleNamespace(mark_user_left=hanging))  # type: ignore[arg-type]
+    room.emit("participant_disconnected", person("ana"))
+    async with asyncio.timeout(10):
+        await presence.aclose()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "(still trying after 0.2 s as the session closed)" in line
 
 
 async def test_a_database_back_after_a_blip_has_the_leave(

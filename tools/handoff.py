@@ -49,10 +49,12 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   need to speak to someone who can fix it", "no wait, actually yes"): the rest may ask for a
   person in words `asks_for_person` does not read, and "do not offer again" would then keep
   one from a user who wants one, where asking the question again costs a turn. The tool keeps
-  a note of the no for the session: a later call with no ask (the model unable to help again)
-  is told the user said no and offers nothing (it offered again at each such call, however
-  often the user had said no); a request for a person still hands off, and a yes (to an offer
-  the model made itself, against the tool's word) has the tool's question asked again.
+  a note of the no for the session: a later call on a message that brings up no person (the
+  model unable to help again) is told the user said no and offers nothing (it offered again at
+  each such call, however often the user had said no); a request for a person still hands
+  off, and a message that mentions one in words the gate does not read as asking ("can someone
+  else look at it?", "I changed my mind") or is a yes (to an offer the model made itself, or
+  to anything) has the tool's question asked again, as before the no.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -432,6 +434,21 @@ def says_no(said: str) -> bool:
     return _no(text) and not _yes(text, _READS_AS_YES_BESIDE_NO_BOTHER)
 
 
+# a word or phrase that brings a person up at all, in a message `asks_for_person` does not read
+# as asking for one ("can someone else look at it?", "I changed my mind about the person")
+_PERSON_MENTION = re.compile(
+    r"\b(?:someone|somebody|anyone|anybody|person|people|human|humans|agent|agents|"
+    r"representative|rep|operator|staff|support|manager|supervisor|specialist|technician|"
+    r"expert|changed my mind|change my mind)\b")
+
+
+def mentions_person(said: str) -> bool:
+    """Whether the user's message brings a person up at all: after a no, such a message has
+    the offer made again rather than refused (a request `asks_for_person` does not read
+    must not be turned away for the rest of the session)."""
+    return _PERSON_MENTION.search(" ".join(words(said))) is not None
+
+
 def asked_last(question: str, assistant_said: str) -> bool:
     """Whether the assistant's turn put `question` (a tool's exact question: `OFFER_QUESTION`,
     `forget`'s confirmation) to the user as its last question, so a yes that follows answers it
@@ -538,7 +555,8 @@ class HandoffTool:
             if answers_offer and says_no(turn.said):
                 self._offered_after, self._declined = None, True
                 return DECLINED
-            if self._declined and not says_yes_to_offer(turn.said):
+            if self._declined and not (says_yes_to_offer(turn.said)
+                                       or mentions_person(turn.said)):
                 return DECLINED_BEFORE
             self._offered_after = turn.said_key
             return OFFER

@@ -146,14 +146,17 @@ _SCOPE = re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|[{_COMMA_OR
 # negation, "does not use Postgres 15, MySQL 8" lists what it negates; so a fact is read both
 # ways (`fact_readings`)
 # a comma that carries a negation on through a list ("I don't use vim, emacs or nano": none of
-# the three): one before items of a word or two, the last after "or", "and" or "nor", up to the
-# end of the sentence. A comma before anything else ends the negation's reach ("I don't use
-# vim, I use emacs"; "I don't use vim, emacs is what I use")
+# the three): one before items of one word each (a number may follow it: "python 3"), the last
+# after "or", "and" or "nor", up to the end of the sentence. A comma before anything else ends
+# the negation's reach ("I don't use vim, I use emacs"; "I don't use vim, emacs is what I use";
+# "I don't like vim, coffee and tea help": a second word may be a verb, so a two-word item is
+# none). At most `_LIST_ITEMS` items after the first: each comma is looked past a bounded stretch
 _COMMA = f"[{re.escape(COMMAS)}]"
 _ITEM = (r"(?!(?:i|we|you|he|she|they|it|but|not|never|no|or|and|nor)\b)[^\W\d_][\w.+#-]*"
-         r"(?: (?!(?:or|and|nor)\b)[\w.+#-]+)?")
-_LIST = re.compile(rf"{_COMMA} {_ITEM}(?:{_COMMA} {_ITEM})*{_COMMA}? (?:or|and|nor) {_ITEM}"
-                   rf"(?=\s*(?:{_ENDS_A_SENTENCE}|$))", re.IGNORECASE)
+         r"(?: \d[\w.]*)?")
+_LIST_ITEMS = 12
+_LIST = re.compile(rf"{_COMMA} {_ITEM}(?:{_COMMA} {_ITEM}){{0,{_LIST_ITEMS}}}{_COMMA}? "
+                   rf"(?:or|and|nor) {_ITEM}(?=\s*(?:{_ENDS_A_SENTENCE}|$))", re.IGNORECASE)
 
 
 # a date's commas ("Friday, March 6, 2026"): one date, in one clause. In its place `_DATE_MARK`,
