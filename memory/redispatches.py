@@ -88,9 +88,10 @@ async def dispatched_anew(pool: asyncpg.Pool, *, room_sid: str, lost_identity: s
 @dataclass(frozen=True)
 class RoomUser:
     """The user of a room's latest session, the agent that served it, and, in seconds since
-    the epoch, when the user left the room (`left_at`, migration 0027: None while they are in
-    it, or when the session could not write it) and when the session ended (`ended_at`, once
-    it has closed: None while it runs or closes)."""
+    the epoch, when the user left the room in a way the session ends on (`left_at`, migration
+    0027: None while they are in it or it waits for them to come back, or when the session
+    could not write it) and when the session ended (`ended_at`, once it has closed: None while
+    it runs or closes)."""
 
     identity: str
     ended_at: float | None
