@@ -379,6 +379,8 @@ async def test_after_a_no_the_model_unable_to_help_again_offers_no_one_until_ask
     answer = await conversation.user("That didn't work either.").call()
     assert answer == handoff.DECLINED_BEFORE and offer_question() not in answer
     assert not conversation.tool.offer_pending and not conversation.handed_off
+    conversation.assistant("Restart the licence server and try again, okay?")
+    assert await conversation.user("ok").call() == handoff.DECLINED_BEFORE  # not to a person
     conversation.assistant("Should I get someone who can?")  # its own offer, against the word
     assert offer_question() in await conversation.user("yes please").call()
     conversation.assistant(offer_question())

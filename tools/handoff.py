@@ -53,8 +53,9 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   model unable to help again) is told the user said no and offers nothing (it offered again at
   each such call, however often the user had said no); a request for a person still hands
   off, and a message that mentions one in words the gate does not read as asking ("can someone
-  else look at it?", "I changed my mind") or is a yes (to an offer the model made itself, or
-  to anything) has the tool's question asked again, as before the no.
+  else look at it?", "I changed my mind") or is a yes to a turn of the model's that brought
+  one up (an offer it made itself) has the tool's question asked again, as before the no; an
+  "ok" to anything else does not.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
 labelled as the model's summary, on one line, without control or invisible characters, and
@@ -555,8 +556,8 @@ class HandoffTool:
             if answers_offer and says_no(turn.said):
                 self._offered_after, self._declined = None, True
                 return DECLINED
-            if self._declined and not (says_yes_to_offer(turn.said)
-                                       or mentions_person(turn.said)):
+            if self._declined and not (mentions_person(turn.said) or (
+                    says_yes_to_offer(turn.said) and mentions_person(turn.assistant_said))):
                 return DECLINED_BEFORE
             self._offered_after = turn.said_key
             return OFFER
