@@ -90,11 +90,17 @@ def run_livekit_server(workdir: Path, webhook_urls: Sequence[str] = ()) -> Itera
         yield LiveKitServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", log_path,
                             proc.pid)
     finally:
+        # LiveKit v1.13.5 drains on a first SIGTERM, waiting for its rooms' participants (10 s
+        # and more, even idle); a second one ends it at once
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(1)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @dataclass
