@@ -974,6 +974,14 @@ async def remember_refuses(said: str, fact: str, refused: str) -> None:
     assert memory.facts_by_key == {}
 
 
+async def remember_stores(said: str, fact: str) -> None:
+    """`remember` stores `fact` for `said`, as it is written, and nothing else."""
+    tools, memory = memory_tools()
+    memory.facts_by_key.clear()
+    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
+    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+
+
 # a comma with a space after it between numbers, read as joining them: the negation reached the
 # next clause's number, and two numbers said apart became one
 @pytest.mark.parametrize(("said", "fact", "refused"), [
@@ -1114,10 +1122,7 @@ async def test_a_facts_negation_reads_the_same_whichever_way_its_comma_is_read(
     ("Remember I never work on Mondays, Tuesdays or Fridays", "The user never works on Fridays"),
 ])
 async def test_a_negation_reaches_through_the_users_list(said: str, fact: str) -> None:
-    tools, memory = memory_tools()
-    memory.facts_by_key.clear()
-    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
-    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+    await remember_stores(said, fact)
 
 
 # a negated date typed with its commas: the day's comma ended the negation before the year
@@ -1128,10 +1133,7 @@ async def test_a_negation_reaches_through_the_users_list(said: str, fact: str) -
     ("Remember I wasn't born on May 1st, 1990.", "The user was not born on May 1st, 1990"),
 ])
 async def test_a_negation_reaches_through_a_dates_commas(said: str, fact: str) -> None:
-    tools, memory = memory_tools()
-    memory.facts_by_key.clear()
-    assert (await tools.remember(user_said(said), fact)).startswith("Remembered (as ")
-    assert [f.text for f in memory.facts_by_key.values()] == [fact]
+    await remember_stores(said, fact)
 
 
 # ... and only through a list: a comma before anything else still ends it

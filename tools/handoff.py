@@ -438,9 +438,8 @@ def says_no(said: str) -> bool:
 # a word or phrase that brings a person up at all, in a message `asks_for_person` does not read
 # as asking for one ("can someone else look at it?", "I changed my mind about the person")
 _PERSON_MENTION = re.compile(
-    r"\b(?:someone|somebody|anyone|anybody|person|people|human|humans|agent|agents|"
-    r"representative|rep|operator|staff|support|manager|supervisor|specialist|technician|"
-    r"expert|changed my mind|change my mind)\b")
+    rf"\b(?:{_SOMEONE}|humans?|agents?|representative|rep|operator|staff|support|manager|"
+    r"supervisor|specialist|technician|expert|changed? my mind)\b")
 
 
 def mentions_person(said: str) -> bool:

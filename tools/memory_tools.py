@@ -140,11 +140,6 @@ _ENDS_A_SENTENCE = (rf"[{re.escape(SEMICOLONS + STOPS.replace('.', '') + QUESTIO
 # digits, which joins a number ("1,500", "9:30"); between numbers too: "not on Postgres 15, 16
 # is what we run" negates no 16, and "Python 3, 12 breaks" says no "3.12"
 _SCOPE = re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|[{_COMMA_OR_COLON}](?!\d)")
-# in a fact one between numbers ends none: "March 3, 2020" is a date, and "not on Postgres 15,
-# 16" negates both; the numbers stay two (`_NUMBERS_APART`), each held as the user said it.
-# Before a word a reader may take it either way: "does not use vim, they use emacs" ends the
-# negation, "does not use Postgres 15, MySQL 8" lists what it negates; so a fact is read both
-# ways (`fact_readings`)
 # a comma that carries a negation on through a list ("I don't use vim, emacs or nano": none of
 # the three): one before items of one word each (a number may follow it: "python 3"), the last
 # after "or", "and" or "nor", up to the end of the sentence. A comma before anything else ends
@@ -152,6 +147,7 @@ _SCOPE = re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|[{_COMMA_OR
 # "I don't like vim, coffee and tea help": a second word may be a verb, so a two-word item is
 # none). At most `_LIST_ITEMS` items after the first: each comma is looked past a bounded stretch
 _COMMA = f"[{re.escape(COMMAS)}]"
+_COMMA_MARK = re.compile(_COMMA)
 _ITEM = (r"(?!(?:i|we|you|he|she|they|it|but|not|never|no|or|and|nor)\b)[^\W\d_][\w.+#-]*"
          r"(?: \d[\w.]*)?")
 _LIST_ITEMS = 12
@@ -173,12 +169,17 @@ _DATE_COMMAS = (re.compile(rf"\b({_DAY}){_COMMA}(?= {_MONTH} \d)"),
 def _one_clause(lowered: str) -> str:
     """`lowered` (`_lowered`) with the commas that end no negation's reach taken out of its
     clause marks: a list's (`_LIST`), dropped, and a date's (`_DATE_COMMAS`), marked."""
-    text = _LIST.sub(lambda items: re.sub(_COMMA, "", items.group()), lowered)
+    text = _LIST.sub(lambda items: _COMMA_MARK.sub("", items.group()), lowered)
     for date_comma in _DATE_COMMAS:
         text = date_comma.sub(rf"\1{_DATE_MARK}", text)
     return text
 
 
+# in a fact one between numbers ends none: "March 3, 2020" is a date, and "not on Postgres 15,
+# 16" negates both; the numbers stay two (`_NUMBERS_APART`), each held as the user said it.
+# Before a word a reader may take it either way: "does not use vim, they use emacs" ends the
+# negation, "does not use Postgres 15, MySQL 8" lists what it negates; so a fact is read both
+# ways (`fact_readings`)
 _FACT_SCOPES = (re.compile(rf"{_ENDS_A_SENTENCE}|(?<!\d)[{_COMMA_OR_COLON}]|"
                            rf"[{_COMMA_OR_COLON}](?!\s*\d)"),
                 re.compile(_ENDS_A_SENTENCE))
