@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,15 @@ from memory.knowledge import KnowledgeBase, KnowledgeError
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FIXTURE = REPO / "fixtures" / "demo"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the commands the tests start. A run started in the background of a
+    script (`make test &`) ignores SIGINT, and a child inherits an ignored signal as ignored:
+    the tests that press Ctrl-C on `sightline` then passed only when an earlier test in the same
+    process had happened to reset it (asyncio's `remove_signal_handler` does)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CountingEmbedder(WordLlamaEmbedder):

@@ -33,8 +33,6 @@ from agent.wire_format_server import (
     split_chunks,
 )
 
-pytestmark = pytest.mark.asyncio
-
 SCRIPTED = "The screen shows a code editor with a failing test and a terminal below it."
 GEMINI_MODEL = "gemini-2.5-flash"
 CLAUDE_MODEL = "claude-sonnet-4-6"
