@@ -12,6 +12,9 @@ UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
 # the runtime set alone (no extras, no dev group): what `make demo` needs
 DEMO_STAMP := $(VENV)/.runtime-installed
+# pytest processes of `make test` (pytest-xdist), each test module's tests in one of them: most
+# of a test's time is waiting on servers and real time, so two halve the suite on two cores
+TEST_WORKERS ?= 2
 # the web console's bundled script (`make console`, below); defined before any rule names it
 CONSOLE_BUNDLE := web/dist/console.js
 
@@ -22,7 +25,7 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP) $(LIVEKIT_SERVER) system-packages $(CONSOLE_BUNDLE)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 install: $(STAMP)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory console; \
