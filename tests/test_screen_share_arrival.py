@@ -111,6 +111,78 @@ async def test_a_share_made_again_goes_on_in_screen_time(livekit: LiveKitServer)
         await user.leave()
 
 
+async def _share(user: User, width: int, height: int) -> tuple[str, asyncio.Task[None]]:
+    """Publish a screen share of flat `width`x`height` frames at 5 fps beside the user's others;
+    its publication's sid and the task that feeds it."""
+    source = rtc.VideoSource(width, height)
+    track = rtc.LocalVideoTrack.create_video_track(f"screen-{width}", source)
+    publication = await user.room.local_participant.publish_track(track, rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_SCREENSHARE, simulcast=False))
+    frame = flat_frame(width, height, 120)
+
+    async def feed() -> None:
+        while True:
+            source.capture_frame(frame)
+            await asyncio.sleep(0.2)
+
+    return publication.sid, asyncio.create_task(feed())
+
+
+async def test_of_two_shares_at_once_the_newest_alone_is_watched(livekit: LiveKitServer) -> None:
+    """A user who shares a second screen beside the first: frames of both in turn would each be
+    a change of screen. The session watches the newer alone, the first again once the newer
+    ends, and a share set aside that ends leaves the watched one's screen as it was. The shares
+    are told apart by their frames' widths."""
+    user = User(livekit, "two-shares", agent_name="none", metadata={},
+                frames=[flat_frame(320, 240, 90)])
+    await user.connect("user")
+    agent = await _agent_room(livekit, "two-shares", auto_subscribe=True)
+    screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
+    offered: list[int] = []  # the width of each frame the session analyses
+    offer, clear = screen.offer, screen.clear
+    cleared: list[int] = []  # how many frames had been offered at each clearing
+    screen.offer = lambda t, frame: (offered.append(frame.width), offer(t, frame))[1]  # type: ignore[method-assign]
+    screen.clear = lambda: (cleared.append(len(offered)), clear())[0]  # type: ignore[method-assign]
+    subscriber = ScreenShareSubscriber(agent, "user", screen)
+    feeds: list[asyncio.Task[None]] = []
+
+    async def unpublish(sid: str, feed: asyncio.Task[None]) -> None:
+        feed.cancel()
+        await user.room.local_participant.unpublish_track(sid)
+        assert await _until(
+            lambda: sid not in agent.remote_participants["user"].track_publications, 10.0)
+        await asyncio.sleep(0.5)  # the agent's side handles the unsubscription
+
+    try:
+        first, first_feed = await _share(user, 320, 240)
+        feeds.append(first_feed)
+        assert await _until(lambda: 320 in offered, 20.0)
+        second, second_feed = await _share(user, 640, 360)
+        feeds.append(second_feed)
+        assert await _until(lambda: 640 in offered, 20.0)
+        switched = offered.index(640)
+        await asyncio.sleep(2.0)
+        assert set(offered[switched:]) == {640}, offered[switched:]
+        assert len(cleared) == 1  # at the switch: the first screen is not the one shown now
+
+        await unpublish(second, second_feed)
+        assert await _until(lambda: offered[-1] == 320, 10.0)  # the first share again
+        feeds.append((await _share(user, 480, 272))[1])
+        assert await _until(lambda: offered[-1] == 480, 20.0)
+        before = len(cleared)
+        await unpublish(first, first_feed)  # the share set aside ends
+        assert len(cleared) == before and screen.freshest is not None
+        now = len(offered)
+        assert await _until(lambda: len(offered) >= now + 3, 10.0)
+        assert set(offered[offered.index(480):]) == {480}
+    finally:
+        for feed in feeds:
+            feed.cancel()
+        await subscriber.aclose()
+        await agent.disconnect()
+        await user.leave()
+
+
 def test_the_session_summary_counts_the_subscriptions_again(tmp_path: Path) -> None:
     events = [{"kind": "frame_count", "ts": 1.0,
                "detail": {"received": 0, "failed": 0, "resubscribed": 2}}]

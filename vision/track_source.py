@@ -1,8 +1,8 @@
 """The live frame source: the user's screen-share track, read with `rtc.VideoStream` in I420.
 
 LiveKit's built-in video input only feeds realtime models, so Sightline subscribes itself. Only a
-track whose source is SCREENSHARE is watched; a camera is noted (the model is told it cannot see
-the screen) but never sampled.
+track whose source is SCREENSHARE is watched, one at a time (the newest of the user's shares); a
+camera is noted (the model is told it cannot see the screen) but never sampled.
 
 A published share whose track has not arrived within `RESUBSCRIBE_AFTER_S` is subscribed again,
 up to `RESUBSCRIBE_TRIES` times, so that a session never answers a whole call without the screen
@@ -90,7 +90,10 @@ class ScreenShareSubscriber:
         self._identity = user_identity
         self._screen = screen
         self._resubscribe_after_s = resubscribe_after_s
-        self._pumps: dict[str, asyncio.Task[None]] = {}  # by track sid
+        # the user's screen-share tracks that arrived, by track sid, in the order they did; the
+        # latest is the one watched (`_watching`, its track sid and frame pump)
+        self._shares: dict[str, rtc.Track] = {}
+        self._watching: tuple[str, asyncio.Task[None]] | None = None
         self._arrivals: dict[str, asyncio.Task[None]] = {}  # by publication sid
         room.on("track_subscribed", self._on_subscribed)
         room.on("track_unsubscribed", self._on_unsubscribed)
@@ -114,7 +117,7 @@ class ScreenShareSubscriber:
                 name=f"screen-share-arrival:{publication.sid}")
 
     def _arrived(self, publication: rtc.RemoteTrackPublication) -> bool:
-        return publication.track is not None and publication.track.sid in self._pumps
+        return publication.track is not None and publication.track.sid in self._shares
 
     async def _see_it_arrive(
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
@@ -149,28 +152,46 @@ class ScreenShareSubscriber:
             source_name = rtc.TrackSource.Name(publication.source)
             log.warning("%s publishes a %s video track: Sightline only watches screen shares",
                         participant.identity, source_name)
-            self._screen.camera_only = not self._pumps
+            self._screen.camera_only = not self._shares
             return
-        if track.sid in self._pumps:
+        if track.sid in self._shares:
             return
         self._screen.camera_only = False
-        self._pumps[track.sid] = asyncio.create_task(
-            self._pump(track), name=f"screen-share:{track.sid}"
-        )
-        log.info("watching the screen share %s of %s", track.sid, participant.identity)
+        self._shares[track.sid] = track
+        if self._watching is not None:
+            log.info("%s shares another screen, %s: watching it, and %s (set aside) again if "
+                     "it ends first", participant.identity, track.sid, self._watching[0])
+        else:
+            log.info("watching the screen share %s of %s", track.sid, participant.identity)
+        self._watch(track)
 
     def _on_unsubscribed(
         self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
-        task = self._pumps.pop(track.sid, None)
-        if task is not None:
-            task.cancel()
-            self._screen.clear()  # the share ended: do not answer from a stale frame
-            log.info("screen share %s ended", track.sid)
-            # still published (the subscription was lost, not the share): it should come back
-            if publication.sid in participant.track_publications:
-                self._on_published(publication, participant)
+        if self._shares.pop(track.sid, None) is None:
+            return
+        log.info("screen share %s ended", track.sid)
+        if self._watching is not None and self._watching[0] == track.sid:
+            self._watch(next(reversed(self._shares.values()), None))
+            if self._watching is not None:
+                log.info("watching the screen share %s of %s again", self._watching[0],
+                         participant.identity)
+        # still published (the subscription was lost, not the share): it should come back
+        if publication.sid in participant.track_publications:
+            self._on_published(publication, participant)
+
+    def _watch(self, track: rtc.Track | None) -> None:
+        """Watch `track` alone (none: no share is left). Two shares at once (a second screen, a
+        window beside the screen) are two screens: frames of both in turn would each look like
+        a change of screen to the detector (archived and read for text), and a turn could see
+        either. The newest is what the user means to show; the screen ends with the one watched,
+        so a turn never answers from the screen it left."""
+        if self._watching is not None:
+            self._watching[1].cancel()
+            self._screen.clear()
+        self._watching = None if track is None else (
+            track.sid, asyncio.create_task(self._pump(track), name=f"screen-share:{track.sid}"))
 
     async def _pump(self, track: rtc.Track) -> None:
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420,
@@ -197,9 +218,10 @@ class ScreenShareSubscriber:
     async def aclose(self) -> None:
         for task in self._arrivals.values():
             task.cancel()
-        for task in self._pumps.values():
-            task.cancel()
-        # a pump may have ended with an error of its own (a watchdog's interruption, which the
-        # watchdog reported): closing goes on regardless, so the session still writes its log
-        await asyncio.gather(*self._pumps.values(), return_exceptions=True)
-        self._pumps.clear()
+        watching, self._watching = self._watching, None
+        self._shares.clear()
+        if watching is not None:
+            watching[1].cancel()
+            # the pump may have ended with an error of its own (a watchdog's interruption, which
+            # the watchdog reported): closing goes on regardless, so the session writes its log
+            await asyncio.gather(watching[1], return_exceptions=True)
