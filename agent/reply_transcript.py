@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -61,6 +62,7 @@ log = logging.getLogger("sightline.replies")
 # answer, or a short one from a fast model, is whole by then; nobody reads text 0.1 s sooner
 HOLD_S = 0.1
 CLOSE_WAIT_S = 2.0  # what closing the session gives the transcripts still being sent
+RECENT_REPLIES = 8  # the latest replies whose text `said_since` can tell
 
 T = TypeVar("T")
 
@@ -71,11 +73,13 @@ class _Reply:
 
     segment_id: str
     pending: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)  # all its text so far, sent or not
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, text: str) -> None:
         self.pending.append(text)
+        self.said.append(text)
         self.changed.set()
 
     def end(self) -> None:
@@ -152,14 +156,24 @@ class ReplyTranscript(io.TextOutput):
         self._current: _Reply | None = None
         self._replies = _InOrder(self._send, "replies",
                                  "it is in the conversation's history")
+        self.begun = 0  # replies begun so far
+        self._recent: deque[tuple[int, _Reply]] = deque(maxlen=RECENT_REPLIES)
 
     async def capture_text(self, text: str) -> None:
         if not text:
             return
         if self._current is None:
             self._current = _Reply(utils.shortuuid("SG_"))
+            self.begun += 1
+            self._recent.append((self.begun, self._current))
             self._replies.put(self._current)
         self._current.add(text)
+
+    def said_since(self, begun: int) -> list[str]:
+        """The text of each reply begun after the first `begun` (of the latest few): what the
+        user was sent since then, whatever way livekit-agents passed it on (SpeechOutages asks
+        before sending an answer it could not speak)."""
+        return ["".join(reply.said) for number, reply in self._recent if number > begun]
 
     def flush(self) -> None:
         if self._current is not None:

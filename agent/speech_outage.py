@@ -13,8 +13,9 @@ handles each engine's failures:
   and goes is not announced again within NOTICE_AGAIN_S;
 - every failure is a `speech_failed` event (the ledger, the summary, Prometheus);
 - synthesis down: the audio output is turned off, so answers go to the chat as text at once;
-  the answer that failed to be spoken is sent as text (`unspoken`); synthesis is tried again
-  with one short phrase every SIGHTLINE_SYNTHESIS_PROBE_S;
+  the answer that failed to be spoken is sent as text (`unspoken`) once its speech has ended,
+  unless it reached the chat all the same; synthesis is tried again with one short phrase every
+  SIGHTLINE_SYNTHESIS_PROBE_S;
 - the engine's first success again (its usage metrics): a `speech_recovered` event, and for
   synthesis the audio output is turned back on.
 """
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from livekit.agents import AgentSession, APIConnectOptions, APIError
 from livekit.agents.voice.agent_session import SessionConnectOptions
@@ -52,6 +53,14 @@ NOTICES = {
 }
 
 RecordFn = Callable[[str, dict[str, Any]], None]  # (event kind, detail) into the ledger
+
+
+class SentReplies(Protocol):
+    """The session's replies as sent to the user (agent/reply_transcript.py's output)."""
+
+    begun: int  # replies begun so far
+
+    def said_since(self, begun: int) -> list[str]: ...
 
 
 def session_options(retries: int) -> SessionConnectOptions:
@@ -104,6 +113,8 @@ class SpeechOutages:
             engine.on("metrics_collected", lambda _metrics, name=name: self._worked(name))
         self.down: dict[str, Outage] = {}
         self._told_at: dict[str, float] = {}  # monotonic, by engine
+        self.replies: SentReplies | None = None  # a live session's, set by the worker
+        self._audio_off_at = 0  # the replies begun when synthesis failed and audio went off
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -125,6 +136,8 @@ class SpeechOutages:
         log.warning("%s (%s) failed: %s; the session goes on in the chat", _WHAT[name],
                     self._engine_name(name), reason)
         if name == TTS:
+            if self.replies is not None:
+                self._audio_off_at = self.replies.begun
             self._session.output.set_audio_enabled(False)
             self._start_probe()
         told_at = self._told_at.get(name)
@@ -152,9 +165,30 @@ class SpeechOutages:
             log.info("could not tell the user (%s): %s", exc, text)
 
     def unspoken(self, text: str, partly_heard: bool) -> None:
-        """What synthesis failed to say, sent as text. An answer nobody heard goes into the
-        conversation with it (livekit-agents adds none); one partly heard is in it already."""
+        """What synthesis failed to say, sent as text once its speech has ended. An answer
+        nobody heard goes into the conversation with it (livekit-agents adds none); one partly
+        heard is in it already.
+
+        Turning the audio off makes livekit-agents' transcript synchronizer pass text straight
+        to the chat, and it skips the cut of its current segment when an earlier cut is still
+        running (a question typed over the agent's speech makes one): then the text of the
+        answer that failed reaches the chat itself, before the notice. So the answer is sent
+        only after its speech has ended (its text passed on, or dropped) and only if no reply
+        since the audio went off carried it; else the user read it twice."""
         if not text.strip():
+            return
+        since = self._audio_off_at
+        speech = self._session.current_speech
+        if speech is None or speech.done():
+            self._send_unspoken(text, partly_heard, since)
+        else:
+            speech.add_done_callback(
+                lambda _speech: self._send_unspoken(text, partly_heard, since))
+
+    def _send_unspoken(self, text: str, partly_heard: bool, since: int) -> None:
+        if self.replies is not None and any(
+                text.strip() in said for said in self.replies.said_since(since)):
+            log.info("the answer synthesis failed to speak reached the chat as text already")
             return
         notice = text in NOTICES.values()
         self._tell(text, add_to_chat_ctx=not (notice or partly_heard))

@@ -294,6 +294,8 @@ async def run_session(ctx: JobContext) -> None:
         # of its own (it would send both the replies' and the user's speech's to the whole room)
         replies = ReplyTranscript(ctx.room, to=user)
         session.output.transcription = replies
+        if runtime.speech_outages is not None:
+            runtime.speech_outages.replies = replies  # what reached the chat, for a resend
         if settings.stt is not None:
             # what the agent heard them say, to them alone
             heard = UserTranscript(ctx.room, to=user)

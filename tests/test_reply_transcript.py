@@ -128,6 +128,10 @@ async def test_replies_keep_their_order(
     first, second = await _next(ended), await _next(ended)
     assert (first.text, second.text) == ("one slow reply, ended.", "A second, whole at once.")
     assert first.attributes["lk.segment_id"] != second.attributes["lk.segment_id"]
+    # what was sent, as SpeechOutages asks before sending an answer it could not speak
+    assert replies.begun == 2
+    assert replies.said_since(0) == [first.text, second.text]
+    assert replies.said_since(1) == [second.text] and replies.said_since(2) == []
     await replies.aclose()
 
 

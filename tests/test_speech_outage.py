@@ -49,9 +49,43 @@ class Session:
     def __init__(self) -> None:
         self.output = Output()
         self.said: list[tuple[str, bool]] = []
+        self.current_speech: SpeechInProgress | None = None
 
     def say(self, text: str, *, add_to_chat_ctx: bool) -> None:
         self.said.append((text, add_to_chat_ctx))
+
+
+class SpeechInProgress:
+    """What SpeechOutages uses of a SpeechHandle: whether it is done, and a call when it is."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._callbacks: list[Any] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def add_done_callback(self, callback: Any) -> None:
+        self._callbacks.append(callback)
+
+    def end(self) -> None:
+        self._done = True
+        for callback in self._callbacks:
+            callback(self)
+
+
+class SentTexts:
+    """The replies' output as SpeechOutages reads it: the text of each reply sent."""
+
+    def __init__(self, *texts: str) -> None:
+        self.sent = list(texts)
+
+    @property
+    def begun(self) -> int:
+        return len(self.sent)
+
+    def said_since(self, begun: int) -> list[str]:
+        return self.sent[begun:]
 
 
 @pytest.fixture
@@ -112,6 +146,32 @@ async def test_synthesis_down_sends_answers_as_text_and_keeps_the_unheard_one(
                                 ("An answer half heard.", False), (notice, False)]
     tts.work()
     assert session.output.audio_enabled is True
+    await outages.aclose()
+
+
+async def test_an_unspoken_answer_goes_out_once_its_speech_ended_unless_it_reached_the_chat(
+    parts: Any,
+) -> None:
+    """The answer synthesis failed to speak is sent after its speech has ended (so after the
+    notice asked for at the failure), and not at all when its own text reached the chat once
+    the audio went off: livekit-agents passes it straight on when the synchronizer was still
+    cutting the segment of a reply the user had typed over."""
+    outages, session, _stt, tts, _events = parts
+    outages.replies = SentTexts("The answer.")  # the same text earlier counts for nothing
+    session.current_speech = speech = SpeechInProgress()
+    tts.fail()
+    outages.unspoken("The answer.", False)
+    assert session.said == [(NOTICES[TTS], False)]
+    speech.end()
+    assert session.said == [(NOTICES[TTS], False), ("The answer.", True)]
+
+    tts.work()  # back; then down again, while another answer is spoken
+    session.current_speech = speech = SpeechInProgress()
+    tts.fail()
+    outages.replies.sent.append("Another answer.")  # its text went straight to the chat
+    outages.unspoken("Another answer.", False)
+    speech.end()
+    assert session.said[2:] == []
     await outages.aclose()
 
 
