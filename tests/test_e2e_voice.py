@@ -435,6 +435,17 @@ async def failed_upload(server: ScriptedModelServer, user: VoiceUser) -> None:
     await asyncio.sleep(1.0)
 
 
+async def assistant_messages(database_url: str, session_id: str) -> list[str]:
+    """What the session's conversation holds of the agent's, in order (the messages table)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT content FROM messages WHERE session_id = $1 AND "
+                                "role = 'assistant' ORDER BY id", session_id)
+    finally:
+        await conn.close()
+    return [row["content"] for row in rows]
+
+
 async def test_a_question_typed_over_speech_as_synthesis_fails_is_answered_once(
     livekit: LiveKitServer, openai_worker: Worker,
     model_server: tuple[ScriptedModelServer, Replies], voice_database_url: str,
@@ -470,13 +481,8 @@ async def test_a_question_typed_over_speech_as_synthesis_fails_is_answered_once(
         server.speech_outage = set()
         await user.leave()
     events = await session_events(openai_worker, user)
-    conn = await asyncpg.connect(voice_database_url)
-    try:
-        said = await conn.fetch("SELECT content FROM messages WHERE session_id = $1 AND "
-                                "role = 'assistant' ORDER BY id", events[0]["session_id"])
-    finally:
-        await conn.close()
-    assert [r["content"] for r in said][1:] == [ANSWER], said
+    said = await assistant_messages(voice_database_url, events[0]["session_id"])
+    assert said[1:] == [ANSWER], said
 
 
 async def test_a_speech_outage_goes_on_in_the_chat(
@@ -565,14 +571,8 @@ async def test_a_speech_outage_goes_on_in_the_chat(
     # so none climbed the cascade
     assert voice["replies"] == 5
     assert {r.model for r in turn_requests(server, seen)} == {"gemini-2.5-flash-lite"}
-    conn = await asyncpg.connect(voice_database_url)
-    try:
-        said = await conn.fetch("SELECT content FROM messages WHERE session_id = $1 AND "
-                                "role = 'assistant' ORDER BY id", events[0]["session_id"])
-    finally:
-        await conn.close()
-    assert [r["content"] for r in said] == [ANSWER, SECOND_ANSWER, ANSWER, SECOND_ANSWER,
-                                            ANSWER]
+    said = await assistant_messages(voice_database_url, events[0]["session_id"])
+    assert said == [ANSWER, SECOND_ANSWER, ANSWER, SECOND_ANSWER, ANSWER]
     log = openai_worker.log_text()[logged_before:]
     assert log.count("speech recognition (openai whisper-1) failed") == 1
     assert log.count("speech synthesis (openai tts-1) failed") == 1
