@@ -170,11 +170,12 @@ class SpeechOutages:
         heard is in it already.
 
         Turning the audio off makes livekit-agents' transcript synchronizer pass text straight
-        to the chat, and it skips the cut of its current segment when an earlier cut is still
-        running (a question typed over the agent's speech makes one): then the text of the
-        answer that failed reaches the chat itself, before the notice. So the answer is sent
-        only after its speech has ended (its text passed on, or dropped) and only if no reply
-        since the audio went off carried it; else the user read it twice."""
+        to the chat. The failed answer's text is mostly in the synchronizer by then, dropped
+        with its segment; but when it arrives later (a busy worker, or a question typed over
+        the agent's speech, whose segment cut still runs and makes the synchronizer skip the one
+        that would drop it), it reaches the chat itself, before the notice. So the answer is
+        sent only after its speech has ended (its text passed on, or dropped) and only if no
+        reply since the audio went off carried it; else the user read it twice."""
         if not text.strip():
             return
         since = self._audio_off_at
