@@ -279,9 +279,10 @@ async def test_user_speaks_over_the_agent(
         await user.leave()
 
     # the first answer is ~25 s of speech: it stopped within ~2 s of the user speaking, and
-    # nothing more of it was said before the second answer
+    # nothing more of it was said before the second answer (a busy machine's playback may
+    # break it into spans: the last one counts)
     before = [s for s in user.heard.speech_spans(since=barge_at - 5) if s[0] < heard_at]
-    assert len(before) == 1 and before[0][1] - barge_at < 2.5, (before, barge_at)
+    assert before and before[-1][1] - barge_at < 2.5, (before, barge_at)
     # the second question reached the cascade as heard (its word error rate through the room
     # varies with where the barge-in cut in: measured by bench.voice, not bounded here)
     assert heard_second.strip() and any(

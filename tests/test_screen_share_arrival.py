@@ -47,14 +47,16 @@ async def test_a_share_that_never_arrives_is_subscribed_again(
     agent = await _agent_room(livekit, "stalled-share", auto_subscribe=False)
     screen = ScreenWatcher(FrameSampler(1.0), on_decision=lambda _decision: None)
     caplog.set_level(logging.WARNING, logger="sightline.vision")
-    subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=1.0)
+    # 3 s: on a busy machine a subscription made again can take over a second to arrive, and
+    # each one made again replaces the one still on its way
+    subscriber = ScreenShareSubscriber(agent, "user", screen, resubscribe_after_s=3.0)
     try:
         await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=5)
         await asyncio.sleep(0.5)
         assert screen.stats()["received"] == 0  # published, and nothing subscribed to it
-        assert await _until(lambda: screen.stats()["received"] >= 3, 20.0)
+        assert await _until(lambda: screen.stats()["received"] >= 3, 30.0)
         assert 1 <= screen.share_resubscribed <= RESUBSCRIBE_TRIES
-        assert "has not arrived 1 s after it was published or subscribed" in caplog.text
+        assert "has not arrived 3 s after it was published or subscribed" in caplog.text
     finally:
         await subscriber.aclose()
         await agent.disconnect()
