@@ -12,11 +12,11 @@ UV := $(HOME)/.cache/sightline/uv-$(UV_VERSION)/bin/uv
 STAMP := $(VENV)/.installed
 # the runtime set alone (no extras, no dev group): what `make demo` needs
 DEMO_STAMP := $(VENV)/.runtime-installed
-# pytest processes of `make test` (pytest-xdist), each test module's tests in one of them: most
-# of a test's time is waiting on servers and real time, so two halve the suite on two cores, but
-# the real-time voice and share tests then lose their timing now and then: 0 (pytest's own
-# process, no workers) by default
-TEST_WORKERS ?= 0
+# pytest processes (pytest-xdist) for the tests that do not assert on live timing, each test
+# module's tests in one of them: most of a test's time is waiting on servers and real time, so two
+# halve those on two cores. The `realtime` ones (speech, barge-in, a share's arrival) lose their
+# timing now and then beside another process: they run after, in one. 0: all in pytest's own.
+TEST_WORKERS ?= 2
 # the web console's bundled script (`make console`, below); defined before any rule names it
 CONSOLE_BUNDLE := web/dist/console.js
 
@@ -27,7 +27,10 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP) $(LIVEKIT_SERVER) system-packages $(CONSOLE_BUNDLE)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	rc=0; \
+	$(BIN)/python -m pytest -ra --durations=10 -m "not realtime" -n $(TEST_WORKERS) --dist loadfile || rc=$$?; \
+	$(BIN)/python -m pytest -ra --durations=5 -m realtime || rc=$$?; \
+	exit $$rc
 
 install: $(STAMP)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory console; \

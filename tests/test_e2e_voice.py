@@ -48,7 +48,7 @@ from bench.livekit_harness import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.realtime]
 
 AGENT_NAME = "sightline-voice-e2e"
 OPENAI_AGENT_NAME = "sightline-voice-openai-e2e"

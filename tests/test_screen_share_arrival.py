@@ -20,6 +20,8 @@ from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
 from vision.track_source import RESUBSCRIBE_TRIES, ScreenShareSubscriber
 
+pytestmark = [pytest.mark.e2e, pytest.mark.realtime]
+
 
 async def _agent_room(livekit: LiveKitServer, room: str, *, auto_subscribe: bool) -> rtc.Room:
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity("agent")
