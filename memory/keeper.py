@@ -432,7 +432,8 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
     -1 before it): function and filler words and hesitations first skipped ("forget what you
     know about my laptop", "forget um my laptop"), then the run of content words up to the next
     function word or punctuation ("remove this Chrome extension from my laptop" is about
-    "chrome extension"), at most 3. At most `_SKIPPED_AT_MOST` words are skipped: a subject
+    "chrome extension"), at most 3, and the further items of a list it opens (`_listed`: "forget
+    my laptop and my work phone"). At most `_SKIPPED_AT_MOST` words are skipped: a subject
     further off is not the forget word's, and walking a pasted run of function words from each
     forget word in it would cost the event loop time in the square of its length."""
     skip = STOP_WORDS | _NOT_A_SUBJECT if step > 0 else _SKIPPED_BEFORE | _NOT_A_SUBJECT
@@ -442,12 +443,74 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
             tokens[at] in skip or plain(tokens[at]) in _NOT_A_SUBJECT
             or is_hesitation(tokens[at])):
         at += step
+    named, at = _run(tokens, at, step)
+    return [*named, *_listed(tokens, at, step)] if named else []
+
+
+def _run(tokens: list[str], at: int, step: int) -> tuple[list[str], int]:
+    """The run of content words from `at`, walking by `step`, at most 3; and where it ended."""
     named = []
     while 0 <= at < len(tokens) and len(named) < 3 and tokens[at] not in _MARKS and (
             tokens[at] not in STOP_WORDS and len(tokens[at]) > 1):
         named.append(tokens[at])
         at += step
-    return named
+    return named, at
+
+
+_LIST_JOINS = frozenset({"and", "or", "nor"})
+# what may stand between a list's items and their parting marks: "my", "the", "work" in "my laptop
+# and my work phone"
+_AROUND_ITEMS = STOP_WORDS - _LIST_JOINS
+_POSSESSIVES = frozenset({"my", "our", "your"})
+_LISTED_AT_MOST = 8
+
+
+def _listed(tokens: list[str], at: int, step: int) -> list[str]:
+    """The words of the further items of a list whose first item ended at `at`, walking by
+    `step`: "forget my laptop and my work phone", "I sold my car, my bike, and my van", "I don't
+    use vim or emacs anymore". A list ends with a join word ("and", "or"): items parted by
+    commas alone are none ("forget my laptop, the screen says it is full"), nor is a second
+    one after ", and" ("I switched to helix, and the build is green": a clause). At most
+    `_LISTED_AT_MOST` items, each word skipped around them at most `_SKIPPED_AT_MOST` (a
+    pasted list, walked from each forget word in it, would cost time in the square of its
+    length)."""
+    def past(skipped: Collection[str]) -> int:
+        nonlocal at
+        end = at + step * _SKIPPED_AT_MOST
+        while 0 <= at < len(tokens) and at != end and tokens[at] in skipped:
+            at += step
+        return at
+
+    items: list[tuple[bool, bool, list[str]]] = []  # (comma, join word, words), as walked
+    for _ in range(_LISTED_AT_MOST):
+        mark = past(_AROUND_ITEMS)
+        comma = past({","}) != mark
+        mark = at
+        join = past(_LIST_JOINS) != mark
+        mark = at
+        comma = past({","}) != mark or comma  # walking back, ", and" is met as "and ,"
+        mark = at
+        # walking forward, "…, and my VPN" is a list's item where "…, and the build is green"
+        # is a clause
+        mine = bool(_POSSESSIVES.intersection(tokens[mark:past(_AROUND_ITEMS)]))
+        item, at = _run(tokens, at, step) if comma or join else ([], at)
+        if not item:
+            break
+        items.append((comma and not mine, join, item))
+    if step > 0:
+        listed, commas = 0, False
+        for n, (comma, join, _) in enumerate(items, 1):
+            if join:
+                if comma and not commas:
+                    break
+                listed = n
+            commas = commas or not join
+        kept = items[:listed]
+    else:  # walked back from the list's last item: its join word came first
+        comma, join = items[0][:2] if items else (False, False)
+        commas = any(not j for _, j, _ in items[1:])
+        kept = items if join and (commas or not comma) else []
+    return [word for *_, words in kept for word in words]
 
 
 @functools.cache
@@ -493,16 +556,16 @@ def _comma_clauses(sentence: list[str]) -> list[tuple[int, int]]:
 
 def forget_subjects(user: str) -> set[str]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
-    longer so: each tied to a forget or change word within one clause of the message, as its
-    object ("forget my laptop", "I sold my ThinkPad", "I moved to the platform team", "I use
-    Helix now, not vim") or its subject ("I don't use vim anymore"), or named in a sentence
-    that begins by correcting ("That's wrong, I'm on the platform team"). A forget or change
-    word elsewhere opens nothing: "How do I remove this Chrome extension from my laptop?" is
-    about an extension, in a question about the screen; "The build stopped again, does my
-    manager …" names no subject of "stopped". Clauses, sentences and questions end at the
-    marks of any script: "I sold it، my laptop is fine" sold no laptop, and "How do I delete
-    my laptop's cache؟" is a question, as is one ending "!?" or "⁉": any "?" in the marks
-    that end a sentence makes it one."""
+    longer so: each tied to a forget or change word within one clause of the message, as its object
+    ("forget my laptop", "I sold my ThinkPad", "I moved to the platform team", "I use Helix now,
+    not vim") or its subject ("I don't use vim anymore"), each item of a list ("forget my laptop
+    and my work phone", "I don't use vim or emacs anymore"), or named in a sentence that begins by
+    correcting ("That's wrong, I'm on the platform team"). A forget or change word elsewhere opens
+    nothing: "How do I remove this Chrome extension from my laptop?" is about an extension, in a
+    question about the screen; "The build stopped again, does my manager …" names no subject of
+    "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
+    laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
+    one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one."""
     tokens = [_AS_ASCII.get(t, t) for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
     # folds so) or "?!" is a question

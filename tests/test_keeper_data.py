@@ -647,6 +647,33 @@ def test_a_subject_far_past_the_forget_word_is_not_its() -> None:
     assert kept.forget == [] and refused["forgets_refused"] == 1
 
 
+# a laptop, a work phone and two editors, each remembered under its own key
+LISTED = {LAPTOP.key: LAPTOP.text, "work_phone": "The user's work phone is a Pixel 8",
+          "vim": "The user edits in vim", "emacs": "The user also edits in Emacs"}
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("Forget my laptop and my work phone.", ["laptop", "work_phone"]),
+    ("Please forget my laptop, my work phone, and my vim setup.", ["laptop", "work_phone", "vim"]),
+    ("I sold my laptop and my work phone.", ["laptop", "work_phone"]),
+    ("I don't use vim or emacs anymore.", ["vim", "emacs"]),
+    ("I don't use my laptop, vim, or emacs anymore.", ["laptop", "vim", "emacs"]),
+    ("I no longer use vim, emacs or my laptop.", ["laptop", "vim", "emacs"]),
+    ("Forget my laptop, and my work phone.", ["laptop", "work_phone"]),
+    # no list: a comma alone parts clauses, as does ", and" before a second one
+    ("Forget my laptop, the work phone screen shows an error.", ["laptop"]),
+    ("I switched from vim, and the emacs window says it is ready.", ["vim"]),
+    ("Forget my laptop and tell me what this says.", ["laptop"]),
+    ("I don't use vim, emacs anymore.", ["emacs"]),
+])
+def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: list[str]) -> None:
+    """Only the first item of a list was the user's ("forget my laptop and my work phone"
+    forgot the laptop and refused the phone); a comma that parts clauses lists nothing."""
+    kept, refused = _vouched(MemoryUpdate(forget=list(LISTED)), user, facts=LISTED)
+    assert sorted(kept.forget) == sorted(forgotten)
+    assert refused["forgets_refused"] == len(LISTED) - len(forgotten)
+
+
 
 @pytest.mark.parametrize("text", [
     "see 1.https://evil-login.example/x", "Steps: -https://evil.example/a",
