@@ -448,7 +448,13 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
 
 
 def _run(tokens: list[str], at: int, step: int) -> tuple[list[str], int]:
-    """The run of content words from `at`, walking by `step`, at most 3; and where it ended."""
+    """The run of content words from `at`, walking by `step`, at most 3; and where it ended. A
+    digit or letter alone before it is passed ("forget my 2 monitors", "I don't use vim 9
+    anymore"), at most `_SKIPPED_AT_MOST` of them; within it, one ends it ("python 3")."""
+    end = at + step * _SKIPPED_AT_MOST
+    while 0 <= at < len(tokens) and at != end and len(tokens[at]) == 1 and (
+            tokens[at] not in _MARKS):
+        at += step
     named = []
     while 0 <= at < len(tokens) and len(named) < 3 and tokens[at] not in _MARKS and (
             tokens[at] not in STOP_WORDS and len(tokens[at]) > 1):

@@ -653,6 +653,20 @@ LISTED = {LAPTOP.key: LAPTOP.text, "work_phone": "The user's work phone is a Pix
 
 
 @pytest.mark.parametrize(("user", "forgotten"), [
+    ("Forget my 2 monitors.", ["monitors"]),
+    ("I don't use vim 9 anymore.", ["vim"]),
+    ("Forget my laptop and my 2 monitors.", ["laptop", "monitors"]),
+])
+def test_a_digit_before_a_subject_does_not_hide_it(user: str, forgotten: list[str]) -> None:
+    """A digit alone ended the run of words a forget word names before it began: "forget my
+    2 monitors" named nothing, and the model's forget was refused."""
+    facts = {LAPTOP.key: LAPTOP.text, "monitors": "The user has 2 monitors",
+             "vim": "The user edits in vim"}
+    kept, _ = _vouched(MemoryUpdate(forget=list(facts)), user, facts=facts)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
     ("Forget my laptop and my work phone.", ["laptop", "work_phone"]),
     ("Please forget my laptop, my work phone, and my vim setup.", ["laptop", "work_phone", "vim"]),
     ("I sold my laptop and my work phone.", ["laptop", "work_phone"]),
