@@ -393,7 +393,8 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering")
 _REMOVE_WORDS = ("remove", "delete", "erase", "wipe")
 _CHANGE_WORDS = ("sold", "gave up", "given up", "got rid", "stopped", "switched", "moved",
-                 "changed", "upgraded", "downgraded", "migrated", "replaced", "no longer",
+                 "changed", "upgraded", "downgraded", "migrated", "replaced", "quit", "ditched",
+                 "retired", "no longer",
                  "used to", "instead of", "rather than", "now , not", "now not")
 # after what they name: "I don't use vim anymore", "my team is wrong"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",

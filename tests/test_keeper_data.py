@@ -527,6 +527,7 @@ VIM = Fact("editor", "The user's editor is vim")
 WIN = Fact("os", "The user is on Windows 10")
 PG = Fact("postgres_version", "The user runs PostgreSQL 16 at work")
 TEAM = Fact("team", "The user is on the payments team")
+JOB = Fact("job", "The user works at Acme")
 
 
 @pytest.mark.parametrize(("user", "assistant", "fact"), [
@@ -568,6 +569,8 @@ async def test_what_the_user_says_is_remembered_whatever_the_answers_wording(
     (TEAM, "That's wrong, I'm on the platform team.", "The user is on the platform team."),
     (THINKPAD, "I sold my ThinkPad, I have a MacBook now.", "The user has a MacBook."),
     (THINKPAD, "I sold my laptop, can you forget it?", None),
+    (JOB, "I quit my job at Acme, I'm at Globex now.", "The user works at Globex."),
+    (VIM, "I ditched vim for Helix.", "The user uses Helix."),
 ])
 @pytest.mark.parametrize("same_key", [False, True])
 async def test_a_change_the_user_states_replaces_the_old_fact(
