@@ -394,8 +394,8 @@ _FORGET_WORDS = ("forget", "unlearn", "stop remembering")
 _REMOVE_WORDS = ("remove", "delete", "erase", "wipe")
 _CHANGE_WORDS = ("sold", "gave up", "given up", "got rid", "stopped", "switched", "moved",
                  "changed", "upgraded", "downgraded", "migrated", "replaced", "quit", "ditched",
-                 "retired", "no longer",
-                 "used to", "instead of", "rather than", "now , not", "now not")
+                 "retired", "no longer", "used to", "instead of", "rather than", "now , not",
+                 "now not")
 # after what they name: "I don't use vim anymore", "my team is wrong"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
                 "obsolete", "out of date", "not true", "not right", "not correct")
@@ -490,16 +490,16 @@ def _listed(tokens: list[str], at: int, step: int) -> list[str]:
 
     items: list[tuple[bool, bool, list[str]]] = []  # (comma, join word, words), as walked
     for _ in range(_LISTED_AT_MOST):
-        mark = past(_AROUND_ITEMS)
-        comma = past({","}) != mark
-        mark = at
-        join = past(_LIST_JOINS) != mark
-        mark = at
-        comma = past({","}) != mark or comma  # walking back, ", and" is met as "and ,"
-        mark = at
+        before_comma = past(_AROUND_ITEMS)
+        comma = past({","}) != before_comma
+        before_join = at
+        join = past(_LIST_JOINS) != before_join
+        after_join = at
+        comma = past({","}) != after_join or comma  # walking back, ", and" is met as "and ,"
         # walking forward, "…, and my VPN" is a list's item where "…, and the build is green"
         # is a clause
-        mine = bool(_POSSESSIVES.intersection(tokens[mark:past(_AROUND_ITEMS)]))
+        opened = at
+        mine = bool(_POSSESSIVES.intersection(tokens[opened:past(_AROUND_ITEMS)]))
         item, at = _run(tokens, at, step) if comma or join else ([], at)
         if not item:
             break
