@@ -469,6 +469,8 @@ _LIST_JOINS = frozenset({"and", "or", "nor"})
 # and my work phone"
 _AROUND_ITEMS = STOP_WORDS - _LIST_JOINS
 _POSSESSIVES = frozenset({"my", "our", "your"})
+_ITEM_OPENERS = _POSSESSIVES | frozenset(
+    "his her their its the a an this that these those".split())
 _LISTED_AT_MOST = 8
 
 
@@ -496,10 +498,13 @@ def _listed(tokens: list[str], at: int, step: int) -> list[str]:
         join = past(_LIST_JOINS) != before_join
         after_join = at
         comma = past({","}) != after_join or comma  # walking back, ", and" is met as "and ,"
-        # walking forward, "…, and my VPN" is a list's item where "…, and the build is green"
-        # is a clause
+        # an item opens with its own words, or with "my", "the", … and any function words after
+        # ("and my work phone"; "and now run podman" is no item). Walking forward, "…, and my
+        # VPN" is a list's item where "…, and the build is green" is a clause
         opened = at
-        mine = bool(_POSSESSIVES.intersection(tokens[opened:past(_AROUND_ITEMS)]))
+        if past(_ITEM_OPENERS) != opened:
+            past(_AROUND_ITEMS)
+        mine = bool(_POSSESSIVES.intersection(tokens[opened:at]))
         item, at = _run(tokens, at, step) if comma or join else ([], at)
         if not item:
             break

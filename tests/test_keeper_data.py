@@ -681,6 +681,7 @@ def test_a_digit_before_a_subject_does_not_hide_it(user: str, forgotten: list[st
     ("Forget my laptop, the work phone screen shows an error.", ["laptop"]),
     ("I switched from vim, and the emacs window says it is ready.", ["vim"]),
     ("Forget my laptop and tell me what this says.", ["laptop"]),
+    ("I stopped using vim and now run emacs.", ["vim"]),  # what follows "and" is a clause
     ("I don't use vim, emacs anymore.", ["emacs"]),
 ])
 def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: list[str]) -> None:
