@@ -72,13 +72,12 @@ class _Reply:
     """One reply's text as it arrives; `changed` is set by new text and by its end."""
 
     segment_id: str
-    pending: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)  # all its text so far, sent or not
+    taken: int = 0  # how many pieces of `said` were taken to be sent
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, text: str) -> None:
-        self.pending.append(text)
         self.said.append(text)
         self.changed.set()
 
@@ -87,8 +86,9 @@ class _Reply:
         self.changed.set()
 
     def take(self) -> str:
-        text = "".join(self.pending)
-        self.pending.clear()
+        """The text added since the last take."""
+        text = "".join(self.said[self.taken:])
+        self.taken = len(self.said)
         self.changed.clear()
         return text
 
