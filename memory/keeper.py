@@ -426,6 +426,9 @@ _SKIPPED_BEFORE = frozenset("is are was were be been not no that this it the a a
 
 
 _SKIPPED_AT_MOST = 8  # "forget what you know about my laptop" skips 5
+# what a forget or change word names with a word pointing back ("forget it", "forget about
+# that", "forget it all"): past them, an "and" opens another request, not the subject
+_POINTING = frozenset({"it", "that", "this", "them", "all"})
 
 
 def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
@@ -436,13 +439,19 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
     "chrome extension"), at most 3, and the further items of a list it opens (`_listed`: "forget
     my laptop and my work phone"). At most `_SKIPPED_AT_MOST` words are skipped: a subject
     further off is not the forget word's, and walking a pasted run of function words from each
-    forget word in it would cost the event loop time in the square of its length."""
+    forget word in it would cost the event loop time in the square of its length. A word that
+    points back followed by "and" ends the walk with nothing named: "forget it and just use
+    vim" says never mind and asks something else, unless the "and" opens an item ("forget
+    that and my work phone")."""
     skip = STOP_WORDS | _NOT_A_SUBJECT if step > 0 else _SKIPPED_BEFORE | _NOT_A_SUBJECT
     at = start
     while 0 <= at < len(tokens) and abs(at - start) < _SKIPPED_AT_MOST and (
             tokens[at] not in _MARKS) and (
             tokens[at] in skip or plain(tokens[at]) in _NOT_A_SUBJECT
             or is_hesitation(tokens[at])):
+        if step > 0 and tokens[at] in _LIST_JOINS and tokens[at - 1] in _POINTING and (
+                not _ITEM_OPENERS.intersection(tokens[at + 1:at + 2])):
+            return []
         at += step
     named, at = _run(tokens, at, step)
     return [*named, *_listed(tokens, at, step)] if named else []
@@ -578,7 +587,8 @@ def forget_subjects(user: str) -> set[str]:
     "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
     laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
     one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one."""
-    tokens = [_AS_ASCII.get(t, t) for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
+    tokens = ["," if t == "but" else _AS_ASCII.get(t, t)  # "but" parts clauses too
+              for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
     # folds so) or "?!" is a question
     asks_at = [False] * (len(tokens) + 1)

@@ -683,6 +683,11 @@ def test_a_digit_before_a_subject_does_not_hide_it(user: str, forgotten: list[st
     ("Forget my laptop and tell me what this says.", ["laptop"]),
     ("I stopped using vim and now run emacs.", ["vim"]),  # what follows "and" is a clause
     ("I don't use vim, emacs anymore.", ["emacs"]),
+    # "forget it" points back: what follows "and" or "but" is another request
+    ("Forget that and my work phone.", ["work_phone"]),
+    ("Never mind, forget it and just use vim.", []),
+    ("Forget it but vim stays.", []),
+    ("I switched to helix but vim is still installed.", []),
 ])
 def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: list[str]) -> None:
     """Only the first item of a list was the user's ("forget my laptop and my work phone"
