@@ -702,6 +702,33 @@ async def test_forget_finds_the_subject_as_people_name_it(said: str, what: str,
     assert gone not in memory.facts_by_key and len(memory.facts_by_key) == 2
 
 
+@pytest.mark.parametrize("said", [
+    "Forget it and just use vim.", "Never mind, forget it, just use vim.",
+    "Forget about it but keep vim.", "forget it. use vim for this one"])
+async def test_what_the_user_asks_after_never_mind_is_no_subject(said: str) -> None:
+    """"Forget it" that points back ("never mind") names nothing in what the user goes on to
+    ask: vim was their subject before, so a model (or a line on the screen steering it) could
+    forget the vim fact the user had just asked to use."""
+    memory = FakeMemory([Fact("vim", "The user uses vim")])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    with pytest.raises(llm.ToolError, match="did not name what to forget"):
+        await tools.forget(user_said(said), "vim")
+    assert list(memory.facts_by_key) == ["vim"]
+
+
+@pytest.mark.parametrize(("said", "what"), [
+    ("Forget it, I don't use vim anymore.", "vim"),
+    ("Forget that and my vim setup.", "my vim setup")])
+async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
+                                                                     what: str) -> None:
+    memory = FakeMemory([Fact("vim", "The user's vim setup is LazyVim")])
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
+
+
 async def test_forget_two_subjects_in_one_request() -> None:
     """"Forget my editor and my VPN" names two subjects: either may be forgotten on its own,
     or both in one call."""

@@ -277,6 +277,8 @@ class _Ask:
     before: str  # the sentence's words before the request
     after: str  # the sentence's words after the request's verb
     previous: str  # the sentence before this one
+    earlier: str  # the message before the request
+    later: str  # the message after the request's clause
 
 
 def latest_user_text(context: RunContext) -> str:
@@ -313,6 +315,7 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
     sentences = [s for s in _SENTENCE.split(said.strip()) if s.strip()]
     for i, sentence in enumerate(sentences):
         previous = sentences[i - 1] if i else ""
+        earlier, later = " ".join(sentences[:i]), " ".join(sentences[i + 1:])
         question = ends_as_question(sentence)
         offset = 0
         found = False
@@ -327,7 +330,8 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
                 continue
             found = True
             rest = stripped[match.end():] + sentence[offset - 1:]  # the clauses after it too
-            yield _Ask(stripped, sentence[:start], rest, previous)
+            yield _Ask(stripped, sentence[:start], rest, previous,
+                       f"{earlier} {sentence[:start]}", f"{sentence[offset - 1:]} {later}")
         if found or asks is not ASKS_TO_REMEMBER or question:
             continue
         trailing = _TRAILING.search(sentence)
@@ -336,7 +340,8 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
         before = sentence[:trailing.start()]
         last = before.lower().split()[-1:] or [""]
         if last[0].strip(_CLAUSE_MARKS) not in _NOT_TRAILING:
-            yield _Ask(sentence[trailing.start():].strip(), before, "", previous)
+            yield _Ask(sentence[trailing.start():].strip(), before, "", previous,
+                       f"{earlier} {before}", later)
 
 
 def asking_clauses(said: str, asks: re.Pattern[str]) -> Iterator[str]:
@@ -526,22 +531,39 @@ def split_subjects(text: str) -> list[str]:
     return [part for part in _AND_SUBJECT.split(text) if part.strip()]
 
 
+# "forget it and just use vim", "forget that but keep vim": what is forgotten was said before
+# the request, and what follows asks something else, unless it opens another item ("forget
+# that and my VPN")
+_POINTS_BACK = re.compile(r"^(?:forget|stop remembering)(?: about)? (?:it|that|this|them)"
+                          r"(?: all)?\s+(?:and|but)\b(?!\s+(?:my|the|our|your)\b)", re.I)
+
+
 def named_subjects(said: str) -> list[set[str]]:
     """What the user named to forget: the subjects of each clause asking to forget (and the
     clauses that go on listing them: "forget my editor, and my VPN"), or, when those name
-    nothing ("My old laptop is gone, forget it."), of the whole message, without the words
-    that say it changed ("gone", "not … anymore"). Empty when nothing is named ("delete that")."""
+    nothing ("My old laptop is gone, forget it."), of what the user said before asking and of
+    what they say changed after it ("forget it, I don't use vim anymore"), without the words
+    that say it changed ("gone", "not … anymore"); not of what they go on to ask ("forget it,
+    just use vim", "forget it and just use vim": vim is no subject). Empty when nothing is
+    named ("delete that")."""
     named: list[set[str]] = []
-    for ask in _asks(said, ASKS_TO_FORGET):
+    asks = list(_asks(said, ASKS_TO_FORGET))
+    for ask in asks:
+        if _POINTS_BACK.match(ask.clause):
+            continue
         listed = [ask.clause]
         for clause in _CLAUSE.split(ask.after)[1:]:
             if not _CONTINUES.match(clause.strip()):
                 break
             listed.append(clause)
         named += [s for text in listed for s in map(subject_words, split_subjects(text)) if s]
-    if named:
+    if named or not asks:
         return named
-    whole = subject_words(said) - _CHANGE
+    last = asks[-1]
+    pointing = _POINTS_BACK.match(last.clause)
+    after = f"{last.clause[pointing.end():] if pointing else ''} {last.later}"
+    changes = [part for part in _SCOPE.split(after) if words(part) & _CHANGE]
+    whole = subject_words(" ".join([last.earlier, *changes])) - _CHANGE
     return [whole] if whole else []
 
 
