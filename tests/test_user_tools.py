@@ -729,6 +729,28 @@ async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
     assert memory.facts_by_key == {}
 
 
+@pytest.mark.parametrize(("said", "what", "gone"), [
+    ("Forget python 3.12.", "python 3.12", None),  # not 3.11.12: its 12 is a later part
+    ("Forget postgres 6.", "postgres 6", None),  # not 16.4
+    ("Forget python three.", "python 3", "python"),  # 3.11.12's first part
+    ("Forget postgres 16.", "postgres 16", "postgres"),
+    ("Forget python 3.11.", "python 3.11", "python"),
+])
+async def test_a_number_the_user_names_leads_the_number_forgotten(
+    said: str, what: str, gone: str | None,
+) -> None:
+    """A subject's number is the fact's, or its first parts: "python 3.12" held every word of
+    "Python 3.11.12" (3, 11, 12) and forgot it."""
+    facts = [Fact("python", "The user runs Python 3.11.12"),
+             Fact("postgres", "The user runs Postgres 16.4")]
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    answer = await tools.forget(user_said(said), what)
+    assert answer.startswith("Forgot: ") is (gone is not None)
+    assert sorted(memory.facts_by_key) == sorted(f.key for f in facts if f.key != gone)
+
+
 async def test_forget_two_subjects_in_one_request() -> None:
     """"Forget my editor and my VPN" names two subjects: either may be forgotten on its own,
     or both in one call."""

@@ -100,6 +100,7 @@ from memory.word_forms import (
     as_digits,
     ends_as_question,
     is_hesitation,
+    is_number,
     numbers_together,
     plain,
     says_something,
@@ -453,6 +454,22 @@ def _holds(said: str, fact: list[str], i: int) -> int:
     return len(apart) if len(apart) > 1 and fact[i:i + len(apart)] == apart else 0
 
 
+def _numbers(text: str) -> list[list[str]]:
+    """Each number of `text` as its parts, numbers said next to each other as one ("3.11.7",
+    and "python three eleven" as 3 and 11)."""
+    return [_DIGITS.findall(word) for word in numbers_together(_number_tokens(text),
+                                                               join=_SAID_APART)
+            if is_number(word)]
+
+
+def _numbers_lead(what: str, fact: str) -> bool:
+    """Whether each number of the subject `what` leads a number of `fact`: is it, or its first
+    parts ("16" of "16.4", "3" and "3.11" of "3.11.7"), never later parts ("16" of "1.16",
+    "3.12" of "3.11.12"), which the subject's words alone (`words`: 3, 11, 12) would hold."""
+    held = _numbers(fact)
+    return all(any(number[:len(parts)] == parts for number in held) for parts in _numbers(what))
+
+
 def _subsequence(part: list[tuple[str, bool]], whole: list[tuple[str, bool]]) -> bool:
     """Whether each item of `part` is held (`_holds`) by an item of `whole` negated alike, in
     order. Taking the first item that holds the next words is never worse than a later one:
@@ -744,7 +761,8 @@ class MemoryTools:
     async def _forget_one(self, what: str, wanted: set[str], known: list[Fact],
                           turn: int) -> str:
         """Forget the one fact holding every word of `wanted`, one subject the user named."""
-        dropped = [f for f in known if wanted <= words(f"{f.key} {f.text}")]
+        dropped = [f for f in known if wanted <= words(f"{f.key} {f.text}")
+                   and _numbers_lead(what, f"{f.key} {f.text}")]
         if len(dropped) == 1:
             return await self._drop(dropped)
         if dropped:
