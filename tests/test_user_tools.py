@@ -729,6 +729,22 @@ async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
     assert memory.facts_by_key == {}
 
 
+@pytest.mark.parametrize("said", [
+    "Forget my laptop but keep my phone.", "Forget my laptop and not my phone.",
+    "forget my laptop but remember the phone"])
+async def test_what_the_user_sets_against_the_subject_is_not_part_of_it(said: str) -> None:
+    """"Forget my laptop but keep my phone" named laptop, but and phone as one subject, so
+    forget("my laptop") was refused as a part of it: the user's request failed."""
+    facts = [Fact("laptop", "The user's laptop is a Dell"),
+             Fact("phone", "The user's phone is a Pixel 8")]
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert await tools.forget(user_said(said), "my laptop") == (
+        f"Forgot: {marked(facts[0].text, MEMORY)}")
+    assert list(memory.facts_by_key) == ["phone"]
+
+
 @pytest.mark.parametrize(("said", "what", "gone"), [
     ("Forget python 3.12.", "python 3.12", None),  # not 3.11.12: its 12 is a later part
     ("Forget postgres 6.", "postgres 6", None),  # not 16.4

@@ -553,6 +553,11 @@ def split_subjects(text: str) -> list[str]:
 # that and my VPN")
 _POINTS_BACK = re.compile(r"^(?:forget|stop remembering)(?: about)? (?:it|that|this|them)"
                           r"(?: all)?\s+(?:and|but)\b(?!\s+(?:my|the|our|your)\b)", re.I)
+# where a request's subject ends in its clause: what the user sets against it ("forget my
+# laptop but keep my phone", "forget vim and not emacs") is not forgotten; "everything but …"
+# and "all but …" are one subject, whose exception is not this rule's to read
+_CONTRAST = re.compile(r"(?<!\beverything)(?<!\ball)(?<!\banything)"
+                       r"\s+(?:but|and (?:not|never))\b.*", re.I | re.S)
 
 
 def named_subjects(said: str) -> list[set[str]]:
@@ -568,7 +573,7 @@ def named_subjects(said: str) -> list[set[str]]:
     for ask in asks:
         if _POINTS_BACK.match(ask.clause):
             continue
-        listed = [ask.clause]
+        listed = [_CONTRAST.sub("", ask.clause)]
         for clause in _CLAUSE.split(ask.after)[1:]:
             if not _CONTINUES.match(clause.strip()):
                 break
