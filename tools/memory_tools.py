@@ -216,6 +216,10 @@ ASKS_TO_FORGET = re.compile(
     # "delete that", "don't remember that": what `remember` wrote just now
     r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)\W*$|"
     r"(?:don'?t|do not|no need to) (?:remember|save|keep|note) (?:that|this|it)\b)", re.I)
+# a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
+# will you?", "… please?"): asked, not a question about it
+_TAG = re.compile(rf"(?:^|[\s{re.escape(_CLAUSE_MARKS)}])(?:ok(?:ay)?|alright|all right|please|"
+                  r"(?:will|would|can|could) you)\W*$", re.I)
 # a request put politely, typed as a question or said without one ("can you remember that …")
 _POLITE = re.compile(r"^(?:please\s+)?(?:can|could|would|will) you\s+(?:please\s+)?", re.I)
 # "my laptop's an M2 MacBook remember that": the request at the end of what it is about
@@ -317,7 +321,7 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
     for i, sentence in enumerate(sentences):
         previous = sentences[i - 1] if i else ""
         earlier, later = " ".join(sentences[:i]), " ".join(sentences[i + 1:])
-        question = ends_as_question(sentence)
+        question = ends_as_question(sentence) and not _TAG.search(sentence)
         offset = 0
         found = False
         for part in _CLAUSE.split(sentence):
@@ -529,7 +533,10 @@ _NOT_A_SUBJECT = frozenset(words(
     "memory memories remembered know knew what said say told tell mentioned everything anything "
     "all thing stuff fact info information detail do use using so also now just hey kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
-    "right never mind sightline save keep note way btw not"))
+    "right never mind sightline save keep note way btw not "
+    # how or when to forget it ("forget my laptop too", "… completely", "… thanks")
+    "too already again then entirely completely fully totally altogether permanently forever "
+    "immediately asap away thanks thank"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
