@@ -385,6 +385,8 @@ def speaks_for_someone(answer: str) -> bool:
 _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "forget forgotten remove delete erase wipe unlearn stop remembering longer anymore any more "
     "true incorrect outdated out date obsolete stopped switched gave up got rid memory memories "
+    "dropped lost broke broken left deleted removed uninstalled cancelled canceled returned "
+    "resigned unsubscribed ended gone stolen died dead passed away done "
     "remember know knew what said say told tell mentioned everything anything all else thing "
     "things stuff fact facts info information detail please can could will would just so "
     "okay ok not no now again today yesterday last week month year ago recently").split())
@@ -392,13 +394,16 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
 # 17", "I moved to the platform team", "I used to use vim", "I use Helix now, not vim"
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering")
 _REMOVE_WORDS = ("remove", "delete", "erase", "wipe")
-_CHANGE_WORDS = ("sold", "gave up", "given up", "got rid", "stopped", "switched", "moved",
-                 "changed", "upgraded", "downgraded", "migrated", "replaced", "quit", "ditched",
-                 "retired", "no longer", "used to", "instead of", "rather than", "now , not",
-                 "now not")
-# after what they name: "I don't use vim anymore", "my team is wrong"
+_CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got rid", "stopped",
+                 "switched", "moved", "changed", "upgraded", "downgraded", "migrated", "replaced",
+                 "quit", "ditched", "retired", "dropped", "lost", "broke", "left", "deleted",
+                 "removed", "uninstalled", "cancelled", "canceled", "returned", "resigned",
+                 "unsubscribed", "ended", "laid off", "done with", "no longer", "used to",
+                 "instead of", "rather than", "now , not", "now not")
+# after what they name: "I don't use vim anymore", "my team is wrong", "my old laptop is gone"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
-                "obsolete", "out of date", "not true", "not right", "not correct")
+                "obsolete", "out of date", "not true", "not right", "not correct", "gone",
+                "broke", "broken", "stolen", "died", "dead", "passed away", "ended")
 # what before a forget or change word turns it into something else
 _NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
               **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"}))}

@@ -698,6 +698,22 @@ def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: l
 
 
 
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("My old laptop is gone.", ["laptop"]),
+    ("I lost my work phone.", ["work_phone"]),
+    ("I uninstalled vim yesterday.", ["vim"]),
+    ("My laptop broke, what now?", ["laptop"]),
+    ("I left emacs for helix.", ["emacs"]),
+    ("I'm done with vim.", ["vim"]),
+    ("How do I restore a deleted file in vim?", []),  # a question about the world
+])
+def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: list[str]) -> None:
+    """"My old laptop is gone", "I lost my phone", "I uninstalled vim" named nothing, so the
+    memory model's forget of the stale fact was refused and later sessions kept it."""
+    kept, _ = _vouched(MemoryUpdate(forget=list(LISTED)), user, facts=LISTED)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
 @pytest.mark.parametrize("text", [
     "see 1.https://evil-login.example/x", "Steps: -https://evil.example/a",
     "go to +ftp://files.example/z", "(https://q.example/z)", '"https://r.example/p"'])

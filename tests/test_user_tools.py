@@ -750,6 +750,7 @@ async def test_a_request_with_a_tag_or_a_manner_forgets_what_it_names(said: str)
 async def test_remember_with_a_tag_asking_for_a_yes(said: str) -> None:
     tools, memory = memory_tools()
     assert (await tools.remember(user_said(said), "The user uses vim")).startswith("Remembered")
+    assert memory.facts_by_key["uses_vim"].text == "The user uses vim"
 
 
 @pytest.mark.parametrize("said", [
@@ -766,6 +767,16 @@ async def test_what_the_user_sets_against_the_subject_is_not_part_of_it(said: st
     assert await tools.forget(user_said(said), "my laptop") == (
         f"Forgot: {marked(facts[0].text, MEMORY)}")
     assert list(memory.facts_by_key) == ["phone"]
+
+
+@pytest.mark.parametrize("said", ["My dog died, forget it.", "forget it, my dog died",
+                                  "Forget my dog, he passed away."])
+async def test_what_says_the_subject_changed_is_no_part_of_it(said: str) -> None:
+    """"died" was taken for part of the subject "my dog died", so forget("my dog") was refused
+    as a part of it."""
+    tools, memory = memory_tools()
+    assert (await tools.forget(user_said(said), "my dog")).startswith("Forgot: ")
+    assert "pet" not in memory.facts_by_key
 
 
 @pytest.mark.parametrize(("said", "what", "gone"), [

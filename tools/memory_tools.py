@@ -7,16 +7,16 @@ said, and tell the keeper, so its next update starts from what is now remembered
 write names the session's tenant and user.
 
 Only the user's own words can ask, and only they can say what: the tools refuse unless the
-user's latest message asks for it outright, as people type or a speech recogniser transcribes it
-(lower case, no punctuation or any script's ("ok，remember …", "、", "،", "。"), "um", a wake
+user's latest message asks for it outright, as people type or a speech recogniser transcribes
+it (lower case, no punctuation or any script's ("ok，remember …", "、", "،", "。"), "um", a wake
 word, "by the way", "can you remember that …" with or without its "?", "my laptop's an M2
-remember that", "save that …", "delete that", "forget my laptop, okay?"; not a question such as "do you remember …?",
-with any question mark ("？", "؟"), nor a negation such as "I don't remember …"), and unless
-what is remembered, or the subject forgotten, is in that message's words. The model chooses
-the tool's argument, so a trigger word alone would let text on the screen or in a document —
-data, never instructions — decide what is written. Every rule here reads the user's own
-message (and what the tool itself did or asked in the user's last turns), so screen text gains
-nothing from them.
+remember that", "save that …", "delete that", "forget my laptop, okay?"; not a question such as
+"do you remember …?", with any question mark ("？", "؟"), nor a negation such as "I don't
+remember …"), and unless what is remembered, or the subject forgotten, is in that message's
+words. The model chooses the tool's argument, so a trigger word alone would let text on the
+screen or in a document — data, never instructions — decide what is written. Every rule here
+reads the user's own message (and what the tool itself did or asked in the user's last turns),
+so screen text gains nothing from them.
 
 "In that message's words" is all of them, not most, and from the sentence that asks, in the
 order the user said them: every content word of a fact written must be one the user said in
@@ -540,7 +540,9 @@ _NOT_A_SUBJECT = frozenset(words(
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
-                          "replaced changed moved dropped ditched retired broke broken lost"))
+                          "replaced changed moved dropped ditched retired broke broken lost "
+                          "left deleted removed uninstalled cancelled canceled returned "
+                          "resigned unsubscribed ended stolen died dead passed done"))
 
 
 def subject_words(text: str) -> set[str]:
@@ -585,7 +587,8 @@ def named_subjects(said: str) -> list[set[str]]:
             if not _CONTINUES.match(clause.strip()):
                 break
             listed.append(clause)
-        named += [s for text in listed for s in map(subject_words, split_subjects(text)) if s]
+        named += [s for text in listed for part in split_subjects(text)
+                  if (s := subject_words(part) - _CHANGE)]
     if named or not asks:
         return named
     last = asks[-1]
