@@ -657,7 +657,8 @@ GOT_IT = ("assistant", "Got it, I'll remember your laptop is an M2 MacBook.")
 
 
 @pytest.mark.parametrize("said", [
-    "Delete that.", "Actually, forget that.", "Never mind, don't remember that."])
+    "Delete that.", "Actually, forget that.", "Never mind, don't remember that.",
+    "Forget the last thing I told you.", "Forget that last bit.", "Oops, delete that please."])
 async def test_forget_that_drops_what_remember_just_wrote(said: str) -> None:
     """"Delete that" right after a remember names the fact `remember` wrote, whatever subject
     the model passes; with nothing remembered just before, it names nothing."""

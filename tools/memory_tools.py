@@ -214,7 +214,7 @@ ASKS_TO_FORGET = re.compile(
     _LEAD + r"(?:(?:forget|stop remembering)\b|(?:delete|remove|erase|drop|clear|wipe)\b.*"
     r"\b(?:memory|memories|remember|know)\b|"
     # "delete that", "don't remember that": what `remember` wrote just now
-    r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)\W*$|"
+    r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)(?: please)?\W*$|"
     r"(?:don'?t|do not|no need to) (?:remember|save|keep|note) (?:that|this|it)\b)", re.I)
 # a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
 # will you?", "… please?"): asked, not a question about it
@@ -533,10 +533,11 @@ _NOT_A_SUBJECT = frozenset(words(
     "memory memories remembered know knew what said say told tell mentioned everything anything "
     "all thing stuff fact info information detail do use using so also now just hey kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
-    "right never mind sightline save keep note way btw not "
-    # how or when to forget it ("forget my laptop too", "… completely", "… thanks")
+    "right never mind sightline save keep note way btw not oops whoops sorry wait "
+    # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
+    # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
-    "immediately asap away thanks thank"))
+    "immediately asap away thanks thank last latest previous recent one bit part"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
