@@ -39,6 +39,7 @@ import pytest
 from livekit.agents import llm
 from synthetic_screen import Desk
 
+import tools.memory_tools as memory_tools_module
 from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.images import image_tokens, sized_for
@@ -778,6 +779,15 @@ async def test_what_says_the_subject_changed_is_no_part_of_it(said: str) -> None
     tools, memory = memory_tools()
     assert (await tools.forget(user_said(said), "my dog")).startswith("Forgot: ")
     assert "pet" not in memory.facts_by_key
+
+
+def test_no_number_is_a_word_that_names_no_subject() -> None:
+    """The words that name no subject are read as the user's are, number words as digits: "one"
+    among them made every "1" the user said no part of a subject."""
+    assert not [w for w in memory_tools_module._NOT_A_SUBJECT | memory_tools_module._CHANGE
+                if any(c.isdigit() for c in w)]
+    assert memory_tools_module.named_subjects("forget my 1 password entry") == [
+        {"1", "password", "entry"}]
 
 
 @pytest.mark.parametrize(("said", "what", "gone"), [

@@ -537,7 +537,7 @@ _NOT_A_SUBJECT = frozenset(words(
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
     # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
-    "immediately asap away thanks thank last latest previous recent one bit part"))
+    "immediately asap away thanks thank last latest previous recent bit part"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
