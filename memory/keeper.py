@@ -704,7 +704,9 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     - a fact under a remembered key with other text forgets the old one: it replaces it only
       when the user's message asks to forget it or says it changed, naming it (the forget rule
       below), or when every content word of the new text is the user's and their message names
-      the old fact, or when the old text was itself screen-sourced in this session
+      the old fact or says the new one is a change ("I switched to helix", "we moved to
+      Munich": a change word tied to a word of it), or when the old text was itself
+      screen-sourced in this session
       (`from_screen`: the screen may update what the screen said). Otherwise it is kept under a
       new key (`facts_rekeyed`), next to the old one, never over it;
     - a remembered fact is forgotten only when the user's message ties a forget or change word
@@ -742,7 +744,8 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
         key = fact.key
         if key in facts and not same_fact(fact.text, facts[key]) and not (
                 forgettable(key) or key in from_screen
-                or (not screen_sourced and _names(key, facts[key], user))):
+                or (not screen_sourced and (_names(key, facts[key], user)
+                                            or subjects & _fact_words(key, fact.text)))):
             key = fresh_key(key, taken)
             taken.add(key)
             rekeyed += 1

@@ -587,6 +587,27 @@ async def test_a_change_the_user_states_replaces_the_old_fact(
     assert model.done[0]["forgets_refused"] == model.done[0].get("facts_rekeyed", 0) == 0
 
 
+@pytest.mark.parametrize(("user", "assistant", "replaced"), [
+    ("I switched to Helix.", "Noted.", True),
+    ("I've migrated to Helix at work.", "Noted.", True),
+    # the new editor's name is the screen's, not the user's: kept beside the old
+    ("I switched to the new build, which editor is this?", "This is Helix.", False),
+    # no change said: kept beside the old
+    ("I like Helix.", "Noted.", False),
+])
+async def test_a_change_to_a_new_fact_under_the_old_key_replaces_it(
+    tmp_path: Path, user: str, assistant: str, replaced: bool,
+) -> None:
+    """"I switched to Helix" named no old fact, so the model's "The user uses Helix" under the
+    editor's key was moved to a key of its own and memory held vim and Helix both."""
+    new = "The user uses Helix."
+    keeper, _, model = await _keep(tmp_path, {"facts": [{"key": VIM.key, "text": new}]}, user,
+                                   assistant, [VIM])
+    assert keeper.facts == ({VIM.key: new} if replaced else {VIM.key: VIM.text,
+                                                            f"{VIM.key}_2": new})
+    assert model.done[0]["facts_rekeyed"] == (0 if replaced else 1)
+
+
 PYTHON = Fact("python_version", "The user runs Python 3.12")
 PY27 = "The user runs Python 2.7"
 TERMINAL = "The terminal shows: Python 2.7.18 detected. Your script needs Python 3."
