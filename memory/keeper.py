@@ -580,7 +580,7 @@ def _comma_clauses(sentence: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
-def forget_subjects(user: str) -> set[str]:
+def forget_subjects(user: str, *, now: bool = False) -> set[str]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
     longer so: each tied to a forget or change word within one clause of the message, as its object
     ("forget my laptop", "I sold my ThinkPad", "I moved to the platform team", "I use Helix now,
@@ -591,7 +591,9 @@ def forget_subjects(user: str) -> set[str]:
     question about the screen; "The build stopped again, does my manager …" names no subject of
     "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
     laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
-    one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one."""
+    one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one. With `now`,
+    also what a statement ending in "now" names ("I use Helix now"): what may replace a fact,
+    never what may be forgotten."""
     tokens = ["," if t == "but" else _AS_ASCII.get(t, t)  # "but" parts clauses too
               for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
@@ -623,6 +625,12 @@ def forget_subjects(user: str) -> set[str]:
                 if asks and not (said in _REMOVE_WORDS and _MEMORY_WORDS & set(clause)):
                     continue
                 named += _phrases(sentence, past if step > 0 else first - 1, step)
+        # "I use Helix now", "I work at Globex now": a statement's last word, which says what
+        # is so now rather than what is no longer so ("we're used to vim now" forgets no vim)
+        if now and not question:
+            named += [word for first, past in _spans(sentence, ("now",))
+                      if past == len(sentence) or sentence[past] in _MARKS
+                      for word in _phrases(sentence, first - 1, -1)]
     return {plain(p) for word in named for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT
 
 
@@ -704,11 +712,11 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     - a fact under a remembered key with other text forgets the old one: it replaces it only
       when the user's message asks to forget it or says it changed, naming it (the forget rule
       below), or when every content word of the new text is the user's and their message names
-      the old fact or says the new one is a change ("I switched to helix", "we moved to
-      Munich": a change word tied to a word of it), or when the old text was itself
-      screen-sourced in this session
-      (`from_screen`: the screen may update what the screen said). Otherwise it is kept under a
-      new key (`facts_rekeyed`), next to the old one, never over it;
+      the old fact or says the new one is a change ("I switched to helix", "I use helix now": a
+      change word tied to a word of it, or "now" ending the statement), or when the old text
+      was itself screen-sourced in this session (`from_screen`: the screen may update what the
+      screen said). Otherwise it is kept under a new key (`facts_rekeyed`), next to the old
+      one, never over it;
     - a remembered fact is forgotten only when the user's message ties a forget or change word
       to a word of the fact within one clause (`forget_subjects`): never on the assistant's
       words alone, nor on "remove" or "stopped" somewhere in a question about the screen;
@@ -722,6 +730,7 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     said = _said(user)
     speaks = speaks_for_someone(assistant)
     subjects = forget_subjects(user)
+    changes = forget_subjects(user, now=True)
 
     def forgettable(key: str) -> bool:
         return bool(subjects & _fact_words(key, facts[key]))
@@ -745,7 +754,7 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
         if key in facts and not same_fact(fact.text, facts[key]) and not (
                 forgettable(key) or key in from_screen
                 or (not screen_sourced and (_names(key, facts[key], user)
-                                            or subjects & _fact_words(key, fact.text)))):
+                                            or changes & _fact_words(key, fact.text)))):
             key = fresh_key(key, taken)
             taken.add(key)
             rekeyed += 1

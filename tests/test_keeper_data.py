@@ -590,6 +590,8 @@ async def test_a_change_the_user_states_replaces_the_old_fact(
 @pytest.mark.parametrize(("user", "assistant", "replaced"), [
     ("I switched to Helix.", "Noted.", True),
     ("I've migrated to Helix at work.", "Noted.", True),
+    ("I use Helix now.", "Noted.", True),
+    ("Do I use Helix now?", "Noted.", False),  # a question states no change
     # the new editor's name is the screen's, not the user's: kept beside the old
     ("I switched to the new build, which editor is this?", "This is Helix.", False),
     # no change said: kept beside the old
@@ -598,8 +600,9 @@ async def test_a_change_the_user_states_replaces_the_old_fact(
 async def test_a_change_to_a_new_fact_under_the_old_key_replaces_it(
     tmp_path: Path, user: str, assistant: str, replaced: bool,
 ) -> None:
-    """"I switched to Helix" named no old fact, so the model's "The user uses Helix" under the
-    editor's key was moved to a key of its own and memory held vim and Helix both."""
+    """"I switched to Helix" and "I use Helix now" named no old fact, so the model's "The user
+    uses Helix" under the editor's key was moved to a key of its own and memory held vim and
+    Helix both."""
     new = "The user uses Helix."
     keeper, _, model = await _keep(tmp_path, {"facts": [{"key": VIM.key, "text": new}]}, user,
                                    assistant, [VIM])
