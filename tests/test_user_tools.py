@@ -731,22 +731,6 @@ async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
     assert memory.facts_by_key == {}
 
 
-@pytest.mark.parametrize("said", [
-    "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
-    "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])
-async def test_a_request_with_a_tag_or_a_manner_forgets_what_it_names(said: str) -> None:
-    """A tag asking for a yes ("…, okay?") made the request a question, which asks nothing; and
-    "too", "completely", "thanks", "then" were taken for part of the subject, so forget("my
-    laptop") was refused as a part of it."""
-    facts = [Fact("laptop", "The user's laptop is a Dell"),
-             Fact("phone", "The user's phone is a Pixel 8")]
-    memory = FakeMemory(facts)
-    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
-                        session_id="s1")
-    assert await tools.forget(user_said(said), "my laptop") == (
-        f"Forgot: {marked(facts[0].text, MEMORY)}")
-
-
 @pytest.mark.parametrize("said", ["Remember that I use vim, okay?",
                                   "remember I use vim, would you?"])
 async def test_remember_with_a_tag_asking_for_a_yes(said: str) -> None:
@@ -756,11 +740,17 @@ async def test_remember_with_a_tag_asking_for_a_yes(said: str) -> None:
 
 
 @pytest.mark.parametrize("said", [
+    # what the user sets against the subject is no part of it
     "Forget my laptop but keep my phone.", "Forget my laptop and not my phone.",
-    "forget my laptop but remember the phone"])
-async def test_what_the_user_sets_against_the_subject_is_not_part_of_it(said: str) -> None:
-    """"Forget my laptop but keep my phone" named laptop, but and phone as one subject, so
-    forget("my laptop") was refused as a part of it: the user's request failed."""
+    "forget my laptop but remember the phone",
+    # a tag asking for a yes makes no question; how or when names no subject
+    "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
+    "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])
+async def test_forget_my_laptop_said_with_more_forgets_the_laptop(said: str) -> None:
+    """"Forget my laptop but keep my phone" named laptop, but and phone as one subject, and
+    "too", "completely", "thanks", "then" were taken for part of it, so forget("my laptop") was
+    refused as a part of what the user named; "…, okay?" made the request a question, which
+    asks nothing: the user's request failed."""
     facts = [Fact("laptop", "The user's laptop is a Dell"),
              Fact("phone", "The user's phone is a Pixel 8")]
     memory = FakeMemory(facts)
