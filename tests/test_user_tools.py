@@ -365,6 +365,15 @@ def memory_tools() -> tuple[MemoryTools, FakeMemory]:
     ("Can you remember that I use vim?", True, False),
     ("Could you please forget my old laptop?", False, True),
     ("Can you tell me what you remember?", False, False),
+    # not to keep something is to forget it; not to remember something is no request
+    ("Don't remember my phone number.", False, True),
+    ("I don't want you to remember my address.", False, True),
+    ("Please don't store my birthday.", False, True),
+    ("Can you unlearn my address?", False, True),
+    ("Get rid of what you know about my dog.", False, True),
+    ("I don't remember my phone number.", False, False),
+    ("Don't keep me waiting, what does it say?", False, False),
+    ("I don't want you to forget my dog.", False, False),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""
@@ -743,6 +752,9 @@ async def test_remember_with_a_tag_asking_for_a_yes(said: str) -> None:
     # what the user sets against the subject is no part of it
     "Forget my laptop but keep my phone.", "Forget my laptop and not my phone.",
     "forget my laptop but remember the phone",
+    # asked as not to keep it
+    "Don't remember my laptop.", "I don't want you to remember my laptop.",
+    "Can you unlearn my laptop?", "Get rid of what you know about my laptop.",
     # a tag asking for a yes makes no question; how or when names no subject
     "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
     "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])

@@ -211,11 +211,13 @@ ASKS_TO_REMEMBER = re.compile(
     r"(?:save|store|record|write down|jot down) that (?=(?:i|i'm|im|my|we|we're|our)\b))\b",
     re.I)
 ASKS_TO_FORGET = re.compile(
-    _LEAD + r"(?:(?:forget|stop remembering)\b|(?:delete|remove|erase|drop|clear|wipe)\b.*"
-    r"\b(?:memory|memories|remember|know)\b|"
+    _LEAD + r"(?:(?:forget|unlearn|stop remembering)\b|"
+    r"(?:delete|remove|erase|drop|clear|wipe|get rid of)\b.*\b(?:memory|memories|remember|know)\b|"
     # "delete that", "don't remember that": what `remember` wrote just now
     r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)(?: please)?\W*$|"
-    r"(?:don'?t|do not|no need to) (?:remember|save|keep|note) (?:that|this|it)\b)", re.I)
+    # "don't remember my phone", "I don't want you to keep my address"
+    r"(?:i (?:don'?t|do not) want you to |(?:don'?t|do not|no need to) )"
+    r"(?:remember|save|keep|store|note) (?:that|this|it|my|our|what|anything)\b)", re.I)
 # a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
 # will you?", "… please?"): asked, not a question about it
 _TAG = re.compile(rf"(?:^|[\s{re.escape(_CLAUSE_MARKS)}])(?:ok(?:ay)?|alright|all right|please|"
@@ -529,7 +531,8 @@ def remember_sources(said: str) -> list[str]:
 # memory", "actually, delete that"): not part of the subject a fact must hold (nor are
 # hesitations, `subject_words`)
 _NOT_A_SUBJECT = frozenset(words(
-    "forget forgetting stop remembering delete remove erase drop clear wipe scratch undo cancel "
+    "forget forgetting unlearn stop remembering delete remove erase drop clear wipe scratch undo "
+    "cancel get rid store "
     "memory memories remembered know knew what said say told tell mentioned everything anything "
     "all thing stuff fact info information detail do use using so also now just hey kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
