@@ -374,6 +374,10 @@ def memory_tools() -> tuple[MemoryTools, FakeMemory]:
     ("I don't remember my phone number.", False, False),
     ("Don't keep me waiting, what does it say?", False, False),
     ("I don't want you to forget my dog.", False, False),
+    ("For future reference, I use fish.", True, False),
+    ("From now on remember that I use fish.", True, False),
+    ("You should remember that I use fish.", True, False),
+    ("For reference, what is this?", False, False),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""
@@ -741,8 +745,10 @@ async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
 
 
 @pytest.mark.parametrize("said", ["Remember that I use vim, okay?",
-                                  "remember I use vim, would you?"])
-async def test_remember_with_a_tag_asking_for_a_yes(said: str) -> None:
+                                  "remember I use vim, would you?",
+                                  "For future reference, I use vim.",
+                                  "You should remember that I use vim."])
+async def test_remember_asked_in_other_words(said: str) -> None:
     tools, memory = memory_tools()
     assert (await tools.remember(user_said(said), "The user uses vim")).startswith("Remembered")
     assert memory.facts_by_key["uses_vim"].text == "The user uses vim"

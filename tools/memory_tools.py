@@ -202,12 +202,12 @@ _THOUSANDS = re.compile(r"\d{1,3}(?:\.\d{3})+")
 
 # what a request opens with, after "can you" too ("can you um remember …"): fillers
 # (memory/word_forms.py), then words that hand the request to Sightline
-_LEAD = (rf"^(?:{LEAD_FILLER})*"
+_LEAD = (rf"^(?:{LEAD_FILLER})*(?:from now on\W*)?"
          r"(?:i(?: want| need| would like|'d like) you to\s+|make sure (?:you |to )?|"
-         r"(?:you can|feel free to|go ahead and)\s+)?")
+         r"(?:you can|you should|you need to|feel free to|go ahead and)\s+)?")
 ASKS_TO_REMEMBER = re.compile(
     _LEAD + r"(?:remember|memori[sz]e|note|make a note|take (?:a )?note|keep in mind|"
-    r"bear in mind|(?:don'?t|do not|never) (?:let me )?forget|"
+    r"bear in mind|(?:don'?t|do not|never) (?:let me )?forget|for (?:future )?reference|"
     r"(?:save|store|record|write down|jot down) that (?=(?:i|i'm|im|my|we|we're|our)\b))\b",
     re.I)
 ASKS_TO_FORGET = re.compile(
