@@ -730,10 +730,17 @@ def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: l
     ("I left emacs for helix.", ["emacs"]),
     ("I'm done with vim.", ["vim"]),
     ("How do I restore a deleted file in vim?", []),  # a question about the world
+    # asked not to keep it, as the forget tool reads it
+    ("Don't remember my laptop.", ["laptop"]),
+    ("I don't want you to keep my work phone.", ["work_phone"]),
+    ("Clear what you know about vim.", ["vim"]),
+    ("Get rid of what you know about emacs.", ["emacs"]),
+    ("I don't remember my laptop's password.", []),  # what they cannot recall
 ])
 def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: list[str]) -> None:
     """"My old laptop is gone", "I lost my phone", "I uninstalled vim" named nothing, so the
-    memory model's forget of the stale fact was refused and later sessions kept it."""
+    memory model's forget of the stale fact was refused and later sessions kept it; nor did
+    "don't remember my laptop", which the forget tool takes as asking."""
     kept, _ = _vouched(MemoryUpdate(forget=list(LISTED)), user, facts=LISTED)
     assert sorted(kept.forget) == sorted(forgotten)
 
