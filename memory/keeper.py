@@ -390,11 +390,11 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "remember know knew what said say told tell mentioned everything anything all else thing "
     "things stuff fact facts info information detail please can could will would just so "
     "okay ok not no now again today yesterday last week month year ago recently").split())
-# before what they name: "forget my laptop", "I sold my ThinkPad", "we upgraded to PostgreSQL
-# 17", "I moved to the platform team", "I used to use vim", "I use Helix now, not vim"
 # asked not to keep it ("don't remember my phone", "I don't want you to keep my address")
 _NOT_TO_KEEP = ("do not remember", "do not keep", "do not store", "do not save",
                 "do not want you to remember", "do not want you to keep")
+# before what they name: "forget my laptop", "I sold my ThinkPad", "we upgraded to PostgreSQL
+# 17", "I moved to the platform team", "I used to use vim", "I use Helix now, not vim"
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering", *_NOT_TO_KEEP)
 _REMOVE_WORDS = ("remove", "delete", "erase", "wipe", "clear", "drop", "get rid of")
 _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got rid", "stopped",
