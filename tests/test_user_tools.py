@@ -842,13 +842,16 @@ ASKED_ALL = ("user", "Forget everything you know about me.")
 CONFIRM = ("assistant", f"4 facts are remembered. {FORGET_ALL_QUESTION}")
 
 
-async def test_forget_everything_after_the_user_confirms() -> None:
+@pytest.mark.parametrize("asking", [
+    ASKED_ALL[1], "Delete all my data.", "Forget all of my data please.", "Delete my data."])
+async def test_forget_everything_after_the_user_confirms(asking: str) -> None:
     """"Forget everything" is asked back first; the user's "yes" in the next message forgets
-    all of their facts."""
+    all of their facts. "Delete all my data" asks it too (it was no request, and "data" was
+    taken for a subject)."""
     tools, memory = memory_tools()
-    asked = await tools.forget(conversation(ASKED_ALL), "everything")
+    asked = await tools.forget(conversation(("user", asking)), "everything")
     assert "confirm" in asked and list(memory.facts_by_key.values()) == FACTS
-    assert (await tools.forget(conversation(ASKED_ALL, CONFIRM, ("user", "yes please")),
+    assert (await tools.forget(conversation(("user", asking), CONFIRM, ("user", "yes please")),
                                "everything")).startswith("Forgot: ")
     assert memory.facts_by_key == {}
 

@@ -213,6 +213,8 @@ ASKS_TO_REMEMBER = re.compile(
 ASKS_TO_FORGET = re.compile(
     _LEAD + r"(?:(?:forget|unlearn|stop remembering)\b|"
     r"(?:delete|remove|erase|drop|clear|wipe|get rid of)\b.*\b(?:memory|memories|remember|know)\b|"
+    # "delete all my data": what is remembered about them, all of it (asked back first)
+    r"(?:delete|remove|erase|clear|wipe) (?:all (?:of )?)?(?:my|our) data\b|"
     # "delete that", "don't remember that": what `remember` wrote just now
     r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)(?: please)?\W*$|"
     # "don't remember my phone", "I don't want you to keep my address"
@@ -243,7 +245,7 @@ _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
 # ("forget all that", "forget it all": never mind)
 _EVERYTHING = re.compile(
-    r"\b(?:everything|every fact|(?:your|the|whole) memory|memories|"
+    r"\b(?:everything|every fact|(?:your|the|whole) memory|memories|(?:my|our) data|"
     r"(?<!\bit )(?<!\bthat )(?<!\bthis )all(?! (?:of )?(?:that|this|these|those|it)\b))\b", re.I)
 # the only question a yes forgets everything after, the assistant's last question before it
 FORGET_ALL_QUESTION = "Should I forget everything I remember about you?"
@@ -534,7 +536,7 @@ _NOT_A_SUBJECT = frozenset(words(
     "forget forgetting unlearn stop remembering delete remove erase drop clear wipe scratch undo "
     "cancel get rid store "
     "memory memories remembered know knew what said say told tell mentioned everything anything "
-    "all thing stuff fact info information detail do use using so also now just hey kindly "
+    "all thing stuff fact info information detail data do use using so also now just hey kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
     "right never mind sightline save keep note way btw not oops whoops sorry wait "
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
