@@ -378,6 +378,9 @@ def memory_tools() -> tuple[MemoryTools, FakeMemory]:
     ("From now on remember that I use fish.", True, False),
     ("You should remember that I use fish.", True, False),
     ("For reference, what is this?", False, False),
+    ("Would you mind remembering that I use fish?", True, False),
+    ("Do you mind if I share my screen?", False, False),
+    ("Forgetting my laptop was a mistake.", False, False),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""
@@ -697,6 +700,8 @@ async def test_forget_that_is_only_for_the_last_few_turns() -> None:
 
 
 @pytest.mark.parametrize(("said", "what", "gone"), [
+    ("forget that i have an old laptop", "old laptop", "old_laptop"),
+    ("forget my editor it is private", "my editor", "editor"),
     ("I don't use vim anymore, forget that.", "vim", "vim"),
     ("My old laptop is gone, forget it.", "my old laptop", "old_laptop"),
     ("um forget my editor", "my editor", "editor"),
@@ -758,9 +763,12 @@ async def test_remember_asked_in_other_words(said: str) -> None:
     # what the user sets against the subject is no part of it
     "Forget my laptop but keep my phone.", "Forget my laptop and not my phone.",
     "forget my laptop but remember the phone",
-    # asked as not to keep it
+    # asked as not to keep it, or as whether Sightline would mind
     "Don't remember my laptop.", "I don't want you to remember my laptop.",
     "Can you unlearn my laptop?", "Get rid of what you know about my laptop.",
+    "Would you mind forgetting my laptop?",
+    # as a transcript runs clauses together
+    "please forget my laptop it is private", "forget about my laptop i sold it",
     # a tag asking for a yes makes no question; how or when names no subject
     "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
     "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])

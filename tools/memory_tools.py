@@ -226,6 +226,9 @@ _TAG = re.compile(rf"(?:^|[\s{re.escape(_CLAUSE_MARKS)}])(?:ok(?:ay)?|alright|al
                   r"(?:will|would|can|could) you)\W*$", re.I)
 # a request put politely, typed as a question or said without one ("can you remember that …")
 _POLITE = re.compile(r"^(?:please\s+)?(?:can|could|would|will) you\s+(?:please\s+)?", re.I)
+# "would you mind forgetting …": the request, put as a gerund
+_MIND = re.compile(r"^(?:please\s+)?(?:would|do) you mind\s+(?:please\s+)?"
+                   r"(forget|remember|unlearn)t?ing\b", re.I)
 # "my laptop's an M2 MacBook remember that": the request at the end of what it is about
 _TRAILING = re.compile(r"\b(?:please\s+)?(?:remember|note|keep in mind|save|write down) "
                        r"(?:that|this|it)(?:\s+(?:please|for me|for later))?\W*$", re.I)
@@ -306,9 +309,12 @@ def user_turns(context: RunContext) -> int:
 
 
 def _strip_lead(clause: str, question: bool) -> str | None:
-    """`clause` without the fillers, wake word and politeness a request opens with, or None
-    when it is a question that is not a request put politely ("Remember the outage?")."""
+    """`clause` without the fillers, wake word and politeness a request opens with ("would you
+    mind forgetting …" as "forget …"), or None when it is a question that is not a request put
+    politely ("Remember the outage?")."""
     clause = without_lead_fillers(clause)
+    if mind := _MIND.match(clause):
+        return mind.group(1) + clause[mind.end():]
     polite = _POLITE.match(clause)
     if question and polite is None:
         return None
@@ -536,7 +542,8 @@ _NOT_A_SUBJECT = frozenset(words(
     "forget forgetting unlearn stop remembering delete remove erase drop clear wipe scratch undo "
     "cancel get rid store "
     "memory memories remembered know knew what said say told tell mentioned everything anything "
-    "all thing stuff fact info information detail data do use using so also now just hey kindly "
+    "all thing stuff fact info information detail data do use using have so also now just hey "
+    "kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
     "right never mind sightline save keep note way btw not oops whoops sorry wait "
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
@@ -575,6 +582,25 @@ _CONTRAST = re.compile(r"(?<!\beverything)(?<!\ball)(?<!\banything)"
                        r"\s+(?:but|and (?:not|never))\b.*", re.I | re.S)
 
 
+# a person opening a clause of their own, as a transcript runs clauses together ("forget my
+# laptop it's private", "forget my phone number I gave you"): past what the request names
+_NEW_CLAUSE = re.compile(r"\s+(?=(?:i|i'm|im|i've|we|we're|you|it|it's|its|he|he's|she|she's|"
+                         r"they|they're)\s)", re.I)
+# ... but not after words that make the person's clause the subject ("forget that I use vim",
+# "forget what I said about my dog")
+_OPENS_A_SUBJECT = frozenset("that what which who whom if whether when where how about".split())
+
+
+def _subject_part(clause: str) -> str:
+    """`clause` up to where a person opens a clause of their own after it named something."""
+    for gap in _NEW_CLAUSE.finditer(clause):
+        before = clause[:gap.start()]
+        if before.split()[-1].lower() not in _OPENS_A_SUBJECT and subject_words(
+                ASKS_TO_FORGET.sub("", before, count=1)):
+            return before
+    return clause
+
+
 def named_subjects(said: str) -> list[set[str]]:
     """What the user named to forget: the subjects of each clause asking to forget (and the
     clauses that go on listing them: "forget my editor, and my VPN"), or, when those name
@@ -588,7 +614,7 @@ def named_subjects(said: str) -> list[set[str]]:
     for ask in asks:
         if _POINTS_BACK.match(ask.clause):
             continue
-        listed = [_CONTRAST.sub("", ask.clause)]
+        listed = [_subject_part(_CONTRAST.sub("", ask.clause))]
         for clause in _CLAUSE.split(ask.after)[1:]:
             if not _CONTINUES.match(clause.strip()):
                 break
