@@ -767,8 +767,10 @@ async def test_remember_asked_in_other_words(said: str) -> None:
     "Don't remember my laptop.", "I don't want you to remember my laptop.",
     "Can you unlearn my laptop?", "Get rid of what you know about my laptop.",
     "Would you mind forgetting my laptop?",
-    # as a transcript runs clauses together
+    # as a transcript runs clauses together, or on into what the user asks next
     "please forget my laptop it is private", "forget about my laptop i sold it",
+    "Forget my laptop and tell me what this error means.",
+    "forget my laptop then show me the log", "ok so forget my laptop now what is this popup",
     # a tag asking for a yes makes no question; how or when names no subject
     "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
     "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])

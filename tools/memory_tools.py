@@ -580,6 +580,12 @@ _POINTS_BACK = re.compile(r"^(?:forget|stop remembering)(?: about)? (?:it|that|t
 # and "all but …" are one subject, whose exception is not this rule's to read
 _CONTRAST = re.compile(r"(?<!\beverything)(?<!\ball)(?<!\banything)"
                        r"\s+(?:but|and (?:not|never))\b.*", re.I | re.S)
+# ... and where the user goes on to ask something else, as a transcript runs it on ("forget my
+# laptop and tell me what this error means", "… then show me …", "… now what is this popup")
+_THEN_ASKS = re.compile(
+    r"\s+(?:and(?: then| now)?|then|now)\s+(?=(?:tell|show|explain|read|look|check|help|open|"
+    r"find|say|give|let|zoom|scroll|summari[sz]e|translate|fix|what|what's|how|why|where|when|"
+    r"who|which|can|could|would|will|is|are|do|does|did)\b).*", re.I | re.S)
 
 
 # a person opening a clause of their own, as a transcript runs clauses together ("forget my
@@ -614,7 +620,7 @@ def named_subjects(said: str) -> list[set[str]]:
     for ask in asks:
         if _POINTS_BACK.match(ask.clause):
             continue
-        listed = [_subject_part(_CONTRAST.sub("", ask.clause))]
+        listed = [_subject_part(_THEN_ASKS.sub("", _CONTRAST.sub("", ask.clause)))]
         for clause in _CLAUSE.split(ask.after)[1:]:
             if not _CONTINUES.match(clause.strip()):
                 break
