@@ -771,6 +771,7 @@ async def test_remember_asked_in_other_words(said: str) -> None:
     "please forget my laptop it is private", "forget about my laptop i sold it",
     "Forget my laptop and tell me what this error means.",
     "forget my laptop then show me the log", "ok so forget my laptop now what is this popup",
+    "hey can you please forget about my laptop thanks a lot",
     # a tag asking for a yes makes no question; how or when names no subject
     "Forget my laptop, okay?", "forget my laptop, will you?", "Forget my laptop please?",
     "Forget my laptop too.", "forget my laptop completely thanks", "ok forget my laptop then"])
@@ -828,6 +829,19 @@ async def test_a_number_the_user_names_leads_the_number_forgotten(
     answer = await tools.forget(user_said(said), what)
     assert answer.startswith("Forgot: ") is (gone is not None)
     assert sorted(memory.facts_by_key) == sorted(f.key for f in facts if f.key != gone)
+
+
+@pytest.mark.parametrize("said", ["Forget both my editor and my VPN.",
+                                  "forget my editor and also my VPN"])
+async def test_two_subjects_said_with_both_or_also(said: str) -> None:
+    """"both" and "and also" made the two one subject, so neither could be forgotten alone."""
+    facts = [Fact("editor", "The user uses VS Code"),
+             Fact("vpn_client", "The user connects through the GlobalProtect VPN client")]
+    memory = FakeMemory(facts)
+    tools = MemoryTools(memory, None, tenant="acme", user_id="ana",  # type: ignore[arg-type]
+                        session_id="s1")
+    assert await tools.forget(user_said(said), "my editor and my VPN") == (
+        f"Forgot: {marked(facts[0].text, MEMORY)}\nForgot: {marked(facts[1].text, MEMORY)}")
 
 
 async def test_forget_two_subjects_in_one_request() -> None:

@@ -243,7 +243,8 @@ _WIDE_ENDS = "".join(mark for mark in _ENDS if not mark.isascii())
 _SENTENCE = re.compile(rf"(?<=[{re.escape(_ENDS)}])\s+|(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
 _CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
 # more subjects in one request: "forget my editor and my VPN"
-_AND_SUBJECT = re.compile(r"\s*\band\s+(?=(?:my|the|our|your|that|what|about)\b)|\s*&\s*", re.I)
+_AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about)\b)|"
+                          r"\s*&\s*", re.I)
 _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
 # ("forget all that", "forget it all": never mind)
@@ -549,7 +550,7 @@ _NOT_A_SUBJECT = frozenset(words(
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
     # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
-    "immediately asap away thanks thank last latest previous recent bit part"))
+    "immediately asap away thanks thank last latest previous recent bit part both"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
@@ -583,9 +584,10 @@ _CONTRAST = re.compile(r"(?<!\beverything)(?<!\ball)(?<!\banything)"
 # ... and where the user goes on to ask something else, as a transcript runs it on ("forget my
 # laptop and tell me what this error means", "… then show me …", "… now what is this popup")
 _THEN_ASKS = re.compile(
-    r"\s+(?:and(?: then| now)?|then|now)\s+(?=(?:tell|show|explain|read|look|check|help|open|"
-    r"find|say|give|let|zoom|scroll|summari[sz]e|translate|fix|what|what's|how|why|where|when|"
-    r"who|which|can|could|would|will|is|are|do|does|did)\b).*", re.I | re.S)
+    r"\s+(?:(?:and(?: then| now)?|then|now)\s+(?=(?:tell|show|explain|read|look|check|help|"
+    r"open|find|say|give|let|zoom|scroll|summari[sz]e|translate|fix|what|what's|how|why|where|"
+    r"when|who|which|can|could|would|will|is|are|do|does|did)\b)|(?=(?:thanks|thank you)\b)).*",
+    re.I | re.S)
 
 
 # a person opening a clause of their own, as a transcript runs clauses together ("forget my
