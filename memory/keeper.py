@@ -585,7 +585,7 @@ def _comma_clauses(sentence: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
-def forget_subjects(user: str, *, now: bool = False) -> set[str]:
+def forget_subjects(user: str) -> tuple[set[str], set[str]]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
     longer so: each tied to a forget or change word within one clause of the message, as its object
     ("forget my laptop", "I sold my ThinkPad", "I moved to the platform team", "I use Helix now,
@@ -596,9 +596,9 @@ def forget_subjects(user: str, *, now: bool = False) -> set[str]:
     question about the screen; "The build stopped again, does my manager …" names no subject of
     "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
     laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
-    one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one. With `now`,
-    also what a statement ending in "now" names ("I use Helix now"): what may replace a fact,
-    never what may be forgotten."""
+    one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one. Second,
+    what a statement ending in "now" names ("I use Helix now"): what may replace a fact, never
+    what may be forgotten; read in the same pass."""
     tokens = ["," if t == "but" else _AS_ASCII.get(t, t)  # "but" parts clauses too
               for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
@@ -607,6 +607,7 @@ def forget_subjects(user: str, *, now: bool = False) -> set[str]:
     for i in reversed(range(len(tokens))):
         asks_at[i] = tokens[i] in _SENTENCE_ENDS and (tokens[i] == "?" or asks_at[i + 1])
     named: list[str] = []
+    now: list[str] = []  # named by a statement ending in "now"
     start = 0
     for end in [*(i for i, t in enumerate(tokens) if t in _SENTENCE_ENDS), len(tokens)]:
         sentence = tokens[start:end]
@@ -632,11 +633,15 @@ def forget_subjects(user: str, *, now: bool = False) -> set[str]:
                 named += _phrases(sentence, past if step > 0 else first - 1, step)
         # "I use Helix now", "I work at Globex now": a statement's last word, which says what
         # is so now rather than what is no longer so ("we're used to vim now" forgets no vim)
-        if now and not question:
-            named += [word for first, past in _spans(sentence, ("now",))
-                      if past == len(sentence) or sentence[past] in _MARKS
-                      for word in _phrases(sentence, first - 1, -1)]
-    return {plain(p) for word in named for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT
+        if not question:
+            now += [word for first, past in _spans(sentence, ("now",))
+                    if past == len(sentence) or sentence[past] in _MARKS
+                    for word in _phrases(sentence, first - 1, -1)]
+
+    def plain_words(words: list[str]) -> set[str]:
+        return {plain(p) for word in words for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT
+
+    return plain_words(named), plain_words(now)
 
 
 def _fact_words(key: str, text: str) -> set[str]:
@@ -734,8 +739,8 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     user, assistant = user[:MAX_EXCHANGE_CHARS], assistant[:MAX_EXCHANGE_CHARS]
     said = _said(user)
     speaks = speaks_for_someone(assistant)
-    subjects = forget_subjects(user)
-    changes = forget_subjects(user, now=True)
+    subjects, now_named = forget_subjects(user)
+    changes = subjects | now_named
 
     def forgettable(key: str) -> bool:
         return bool(subjects & _fact_words(key, facts[key]))
