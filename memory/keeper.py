@@ -391,8 +391,8 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "things stuff fact facts info information detail please can could will would just so "
     "okay ok not no now again today yesterday last week month year ago recently").split())
 # asked not to keep it ("don't remember my phone", "I don't want you to keep my address")
-_NOT_TO_KEEP = ("do not remember", "do not keep", "do not store", "do not save",
-                "do not want you to remember", "do not want you to keep")
+_DO_NOT_KEEP = ("do not remember", "do not keep", "do not store", "do not save")
+_NOT_TO_KEEP = (*_DO_NOT_KEEP, "do not want you to remember", "do not want you to keep")
 # before what they name: "forget my laptop", "I sold my ThinkPad", "we upgraded to PostgreSQL
 # 17", "I moved to the platform team", "I used to use vim", "I use Helix now, not vim"
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering", *_NOT_TO_KEEP)
@@ -411,7 +411,7 @@ _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outd
 _NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
               **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"})),
               # "I don't remember my password" says what they cannot recall
-              **dict.fromkeys(_NOT_TO_KEEP[:4], frozenset("i we you they he she".split()))}
+              **dict.fromkeys(_DO_NOT_KEEP, frozenset("i we you they he she".split()))}
 # how far before a forget or change word a word in `_NOT_AFTER` reaches: "I'm so used to vim",
 # "dont ever forget my editor", "don't you forget"
 _NOT_AFTER_REACH = 3
