@@ -791,6 +791,57 @@ async def test_what_says_the_subject_changed_is_no_part_of_it(said: str) -> None
     assert "pet" not in memory.facts_by_key
 
 
+PERSONAL = [Fact("location", "The user lives in Berlin"),
+            Fact("employer", "The user works at Acme"),
+            Fact("manager", "The user's manager is Dana"),
+            Fact("pet", "The user has a dog named Rex"),
+            Fact("age", "The user is 34 years old")]
+
+
+@pytest.mark.parametrize(("said", "what", "gone"), [
+    ("Forget where I live.", "where I live", "location"),
+    ("Please forget where I work.", "where I work", "employer"),
+    ("Forget who my manager is.", "my manager", "manager"),
+    ("Forget who my manager is.", "who my manager is", "manager"),
+    ("forget what my dog is called", "my dog", "pet"),
+    ("Forget how old I am.", "how old I am", "age"),
+    ("Forget where I live and where I work.", "where I work", "employer"),
+])
+async def test_a_subject_said_as_what_a_question_asks(said: str, what: str, gone: str) -> None:
+    """"Forget who my manager is": the fact holds the answer (Dana), not "who", "where" or
+    "called", so every subject said so matched nothing and the user was asked which fact they
+    meant; and "and where I work" was read as the user going on to ask something else."""
+    tools, memory = memory_tools(PERSONAL)
+    assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
+    assert sorted(memory.facts_by_key) == sorted(f.key for f in PERSONAL if f.key != gone)
+
+
+@pytest.mark.parametrize("said", ["forget my laptop and where is the log",
+                                  "forget my laptop and how do I fix this"])
+async def test_a_question_after_the_request_is_still_no_subject(said: str) -> None:
+    """A question of the user's own after the request ("and where is …") still ends the
+    subject, as it did before questions a person answers ("where I work") were subjects."""
+    facts = [Fact("laptop", "The user's laptop is a Dell")]
+    tools, memory = memory_tools(facts)
+    assert (await tools.forget(user_said(said), "my laptop")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
+
+
+@pytest.mark.parametrize("said", ["I upgraded my laptop, forget it.",
+                                  "Forget it, I upgraded my laptop.",
+                                  "I migrated off my laptop, forget it",
+                                  "I gave up my laptop, forget it.",
+                                  "I used to have that laptop, forget it."])
+async def test_more_ways_to_say_the_subject_changed(said: str) -> None:
+    """The memory keeper's change words ("upgraded", "migrated", "gave up", "used to") were
+    taken for part of the subject by this tool, so forget("my laptop") was refused."""
+    facts = [Fact("laptop", "The user's laptop is a Dell"),
+             Fact("phone", "The user's phone is a Pixel 8")]
+    tools, memory = memory_tools(facts)
+    assert (await tools.forget(user_said(said), "my laptop")).startswith("Forgot: ")
+    assert list(memory.facts_by_key) == ["phone"]
+
+
 def test_no_number_is_a_word_that_names_no_subject() -> None:
     """The words that name no subject are read as the user's are, number words as digits: "one"
     among them made every "1" the user said no part of a subject."""

@@ -243,9 +243,11 @@ _WIDE_ENDS = "".join(mark for mark in _ENDS if not mark.isascii())
 _SENTENCE = re.compile(rf"(?<=[{re.escape(_ENDS)}])\s+|(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
 _CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
 # more subjects in one request: "forget my editor and my VPN"
-_AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about)\b)|"
+_AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about|who|where|"
+                          r"when|which|how)\b)|"
                           r"\s*&\s*", re.I)
-_CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about)\b", re.I)
+_CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about|who|where|when|which|how)\b",
+                        re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
 # ("forget all that", "forget it all": never mind)
 _EVERYTHING = re.compile(
@@ -550,13 +552,19 @@ _NOT_A_SUBJECT = frozenset(words(
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
     # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
-    "immediately asap away thanks thank last latest previous recent bit part both"))
+    "immediately asap away thanks thank last latest previous recent bit part both "
+    # what a question about the fact asks ("forget where I live", "… who my manager is", "…
+    # what my dog is called"): the fact holds the answer, not the question's words
+    "who whom whose where when which why how called "
+    # a verb's particle, which names nothing alone ("I gave up vim", "I migrated off vim")
+    "up off"))
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
                           "replaced changed moved dropped ditched retired broke broken lost "
                           "left deleted removed uninstalled cancelled canceled returned "
-                          "resigned unsubscribed ended stolen died dead passed done"))
+                          "resigned unsubscribed ended stolen died dead passed done upgraded "
+                          "downgraded migrated gave given used instead"))
 
 
 def subject_words(text: str) -> set[str]:
@@ -582,11 +590,13 @@ _POINTS_BACK = re.compile(r"^(?:forget|stop remembering)(?: about)? (?:it|that|t
 _CONTRAST = re.compile(r"(?<!\beverything)(?<!\ball)(?<!\banything)"
                        r"\s+(?:but|and (?:not|never))\b.*", re.I | re.S)
 # ... and where the user goes on to ask something else, as a transcript runs it on ("forget my
-# laptop and tell me what this error means", "… then show me …", "… now what is this popup")
+# laptop and tell me what this error means", "… then show me …", "… now what is this popup"),
+# but not a question a person answers ("forget where I live and where I work")
 _THEN_ASKS = re.compile(
     r"\s+(?:(?:and(?: then| now)?|then|now)\s+(?=(?:tell|show|explain|read|look|check|help|"
-    r"open|find|say|give|let|zoom|scroll|summari[sz]e|translate|fix|what|what's|how|why|where|"
-    r"when|who|which|can|could|would|will|is|are|do|does|did)\b)|(?=(?:thanks|thank you)\b)).*",
+    r"open|find|say|give|let|zoom|scroll|summari[sz]e|translate|fix|what's|can|could|would|will|"
+    r"is|are|do|does|did)\b|(?:what|how|why|where|when|who|which)\b(?!\s+(?:i|i'm|im|my|we|"
+    r"we're|our|you|your|he|his|she|her|they|their)\b))|(?=(?:thanks|thank you)\b)).*",
     re.I | re.S)
 
 
