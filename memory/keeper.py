@@ -398,15 +398,19 @@ _NOT_TO_KEEP = (*_DO_NOT_KEEP, "do not want you to remember", "do not want you t
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering", *_NOT_TO_KEEP)
 _REMOVE_WORDS = ("remove", "delete", "erase", "wipe", "clear", "drop", "get rid of")
 _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got rid", "stopped",
-                 "switched", "moved", "changed", "upgraded", "downgraded", "migrated", "replaced",
-                 "quit", "ditched", "retired", "dropped", "lost", "broke", "left", "deleted",
-                 "removed", "uninstalled", "cancelled", "canceled", "returned", "resigned",
-                 "unsubscribed", "ended", "laid off", "done with", "no longer", "used to",
-                 "instead of", "rather than", "now , not", "now not")
+                 "switched", "moved", "relocated", "changed", "upgraded", "downgraded",
+                 "migrated", "replaced", "quit", "ditched", "retired", "dropped", "lost", "broke",
+                 "left", "deleted", "removed", "uninstalled", "cancelled", "canceled", "returned",
+                 "resigned", "unsubscribed", "ended", "laid off", "done with", "no longer",
+                 "used to", "instead of", "rather than", "now , not", "now not")
 # after what they name: "I don't use vim anymore", "my team is wrong", "my old laptop is gone"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
                 "obsolete", "out of date", "not true", "not right", "not correct", "gone",
                 "broke", "broken", "stolen", "died", "dead", "passed away", "ended")
+# before what is so now, not what is no longer so ("I joined Globex", "I now work at Globex"):
+# what may replace a fact under its key, never what may be forgotten, as "now" ending a statement
+_NOW_WORDS = ("joined", "started using", "started at", "started working at", "started working for",
+              "now")
 # what before a forget or change word turns it into something else
 _NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
               **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"})),
@@ -597,8 +601,9 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
     "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
     laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
     one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one. Second,
-    what a statement ending in "now" names ("I use Helix now"): what may replace a fact, never
-    what may be forgotten; read in the same pass."""
+    what a statement says is so now (`_NOW_WORDS`: "I use Helix now", "I now use Helix", "I
+    joined Globex"): what may replace a fact, never what may be forgotten; read in the same
+    pass."""
     tokens = ["," if t == "but" else _AS_ASCII.get(t, t)  # "but" parts clauses too
               for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
@@ -632,11 +637,12 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
                     continue
                 named += _phrases(sentence, past if step > 0 else first - 1, step)
         # "I use Helix now", "I work at Globex now": a statement's last word, which says what
-        # is so now rather than what is no longer so ("we're used to vim now" forgets no vim)
+        # is so now rather than what is no longer so ("we're used to vim now" forgets no vim);
+        # "I joined Globex", "I now use Helix": what follows
         if not question:
-            now += [word for first, past in _spans(sentence, ("now",))
-                    if past == len(sentence) or sentence[past] in _MARKS
-                    for word in _phrases(sentence, first - 1, -1)]
+            for first, past in _spans(sentence, _NOW_WORDS):
+                ends = past == len(sentence) or sentence[past] in _MARKS
+                now += _phrases(sentence, first - 1, -1) if ends else _phrases(sentence, past, +1)
 
     def plain_words(words: list[str]) -> set[str]:
         return {plain(p) for word in words for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT
@@ -703,6 +709,13 @@ def summary_vouched(new: str, *, user: str, assistant: str, previous: str | None
 
 # -- the memory model's answer, checked -------------------------------------------------------
 
+# the verbs a model puts a fact of where the user lives or works, or what they own, with ("We
+# moved to Munich" is "The user lives in Munich"): free in a fact the user's words support, as
+# `STOP_WORDS`' "uses" and "works" are, but still words it can be named by ("forget where I live")
+_PUT_WITH = frozenset({"live", "living", "based", "located", "reside", "resident", "employed",
+                       "own", "owned"})
+
+
 def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str, str],
             summary: str | None, from_screen: Collection[str] = (),
             ) -> tuple[MemoryUpdate, dict[str, int]]:
@@ -723,7 +736,8 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
       when the user's message asks to forget it or says it changed, naming it (the forget rule
       below), or when every content word of the new text is the user's and their message names
       the old fact or says the new one is a change ("I switched to helix", "I use helix now": a
-      change word tied to a word of it, or "now" ending the statement), or when the old text
+      change word tied to a word of it, or a `_NOW_WORDS` word; the verbs of `_PUT_WITH` are
+      free in it), or when the old text
       was itself screen-sourced in this session (`from_screen`: the screen may update what the
       screen said). Otherwise it is kept under a new key (`facts_rekeyed`), next to the old
       one, never over it;
@@ -737,7 +751,7 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     on a pasted wall of text.
     """
     user, assistant = user[:MAX_EXCHANGE_CHARS], assistant[:MAX_EXCHANGE_CHARS]
-    said = _said(user)
+    said = _said(user) | _PUT_WITH
     speaks = speaks_for_someone(assistant)
     subjects, now_named = forget_subjects(user)
     changes = subjects | now_named

@@ -611,6 +611,35 @@ async def test_a_change_to_a_new_fact_under_the_old_key_replaces_it(
     assert model.done[0]["facts_rekeyed"] == (0 if replaced else 1)
 
 
+HOME = Fact("location", "The user lives in Berlin")
+
+
+@pytest.mark.parametrize(("old", "user", "new", "replaced"), [
+    (HOME, "We moved to Munich.", "The user lives in Munich.", True),
+    (HOME, "I relocated to Munich last month.", "The user is based in Munich.", True),
+    (HOME, "We're in Munich now.", "The user lives in Munich.", True),
+    (JOB, "I joined Globex.", "The user works at Globex.", True),
+    (JOB, "I now work at Globex.", "The user is employed at Globex.", True),
+    (VIM, "I started using Helix.", "The user uses Helix.", True),
+    # no change said, or a word of the new fact is the screen's: kept beside the old
+    (HOME, "What's the weather in Munich?", "The user lives in Munich.", False),
+    (HOME, "We moved to Munich.", "The user lives in Munich near Marienplatz.", False),
+    (JOB, "Have you joined Globex?", "The user works at Globex.", False),
+])
+async def test_a_move_or_a_new_start_replaces_the_fact_under_its_key(
+    tmp_path: Path, old: Fact, user: str, new: str, replaced: bool,
+) -> None:
+    """"We moved to Munich" with the model's "The user lives in Munich": "lives" was not the
+    user's word, so the fact counted as the screen's and was kept beside Berlin; "I joined
+    Globex", "I now work at …", "I started using …" said no change at all. Memory held the old
+    home, job or editor and the new one both."""
+    keeper, _, model = await _keep(tmp_path, {"facts": [{"key": old.key, "text": new}]}, user,
+                                   "Noted.", [old])
+    assert keeper.facts == ({old.key: new} if replaced else {old.key: old.text,
+                                                            f"{old.key}_2": new})
+    assert model.done[0]["facts_rekeyed"] == (0 if replaced else 1)
+
+
 PYTHON = Fact("python_version", "The user runs Python 3.12")
 PY27 = "The user runs Python 2.7"
 TERMINAL = "The terminal shows: Python 2.7.18 detected. Your script needs Python 3."

@@ -561,10 +561,10 @@ _NOT_A_SUBJECT = frozenset(words(
 # words that say a fact has changed ("I don't use vim anymore, forget that"): what the user
 # names in saying so is the fact, not the change
 _CHANGE = frozenset(words("not no anymore any more longer gone sold switched stopped quit "
-                          "replaced changed moved dropped ditched retired broke broken lost "
-                          "left deleted removed uninstalled cancelled canceled returned "
-                          "resigned unsubscribed ended stolen died dead passed done upgraded "
-                          "downgraded migrated gave given used instead"))
+                          "replaced changed moved relocated dropped ditched retired broke "
+                          "broken lost left deleted removed uninstalled cancelled canceled "
+                          "returned resigned unsubscribed ended stolen died dead passed done "
+                          "upgraded downgraded migrated gave given used instead"))
 
 
 def subject_words(text: str) -> set[str]:
