@@ -389,7 +389,9 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "resigned unsubscribed ended gone stolen died dead passed away done "
     "remember know knew what said say told tell mentioned everything anything all else thing "
     "things stuff fact facts info information detail please can could will would just so "
-    "okay ok not no now again today yesterday last week month year ago recently").split())
+    "okay ok not no now again today yesterday last week month year ago recently "
+    # what a question about the fact asks ("forget who my manager is", "… where I live")
+    "who whom whose where when which why how called").split())
 # asked not to keep it ("don't remember my phone", "I don't want you to keep my address")
 _DO_NOT_KEEP = ("do not remember", "do not keep", "do not store", "do not save")
 _NOT_TO_KEEP = (*_DO_NOT_KEEP, "do not want you to remember", "do not want you to keep")

@@ -774,6 +774,25 @@ def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: lis
     assert sorted(kept.forget) == sorted(forgotten)
 
 
+PERSONAL = {"manager": "The user's manager is Alice Chen", "location": "The user lives in Berlin",
+            "age": "The user is 34 years old", "pet": "The user has a dog named Rex"}
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("Forget who my manager is.", ["manager"]),
+    ("Please forget where I live.", ["location"]),
+    ("Forget how old I am.", ["age"]),
+    ("Forget what my dog is called.", ["pet"]),
+    ("Who is my manager now?", []),
+])
+def test_a_subject_said_as_what_a_question_asks_is_forgotten(user: str,
+                                                             forgotten: list[str]) -> None:
+    """"Forget who my manager is" named "who", which no fact holds, so the memory model's
+    forget of the manager was refused and later sessions kept it."""
+    kept, _ = _vouched(MemoryUpdate(forget=list(PERSONAL)), user, facts=PERSONAL)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
 @pytest.mark.parametrize("text", [
     "see 1.https://evil-login.example/x", "Steps: -https://evil.example/a",
     "go to +ftp://files.example/z", "(https://q.example/z)", '"https://r.example/p"'])
