@@ -842,6 +842,23 @@ async def test_more_ways_to_say_the_subject_changed(said: str) -> None:
     assert list(memory.facts_by_key) == ["phone"]
 
 
+@pytest.mark.parametrize("said", ["I switched from vim to helix, forget it.",
+                                  "I use helix instead of vim, forget that.",
+                                  "I use Helix now, not vim, forget it.",
+                                  "Forget it, I switched from vim to helix."])
+async def test_forget_it_after_a_change_names_what_is_no_longer_so(said: str) -> None:
+    """"I switched from vim to helix, forget it": the subject was everything said before the
+    request, vim and helix, so forget("vim") was refused as a part of it; it is what the user
+    says is no longer so (read as the memory keeper reads it), never the new editor."""
+    facts = [Fact("vim", "The user uses vim"), Fact("helix_theme", "The user's helix theme is "
+                                                     "gruvbox")]
+    tools, memory = memory_tools(facts)
+    with pytest.raises(llm.ToolError, match="whole subject"):
+        await tools.forget(user_said(said), "helix")
+    assert (await tools.forget(user_said(said), "vim")).startswith("Forgot: ")
+    assert list(memory.facts_by_key) == ["helix_theme"]
+
+
 def test_no_number_is_a_word_that_names_no_subject() -> None:
     """The words that name no subject are read as the user's are, number words as digits: "one"
     among them made every "1" the user said no part of a subject."""

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 
 from livekit.agents import RunContext, llm
 
-from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, same_fact
+from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, forget_subjects, same_fact
 from memory.keeper import STOP_WORDS as KEEPER_STOP
 from memory.marked_data import MEMORY, marked
 from memory.user_memory import Fact, UserMemory
@@ -646,7 +646,10 @@ def named_subjects(said: str) -> list[set[str]]:
     after = f"{last.clause[pointing.end():] if pointing else ''} {last.later}"
     changes = [part for part in _SCOPE.split(after) if words(part) & _CHANGE]
     whole = subject_words(" ".join([last.earlier, *changes])) - _CHANGE
-    return [whole] if whole else []
+    # of what the user said changed, what is no longer so, as the memory keeper reads it: vim,
+    # not helix, in "I switched from vim to helix" or "I use helix instead of vim"
+    gone, _ = forget_subjects("\n".join([last.earlier, *changes]))
+    return [whole & gone or whole] if whole else []
 
 
 def asks_to_forget_everything(said: str) -> bool:
