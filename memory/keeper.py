@@ -394,7 +394,11 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "who whom whose where when which why how called").split())
 # asked not to keep it ("don't remember my phone", "I don't want you to keep my address")
 _DO_NOT_KEEP = ("do not remember", "do not keep", "do not store", "do not save")
-_NOT_TO_KEEP = (*_DO_NOT_KEEP, "do not want you to remember", "do not want you to keep")
+# ... or as no need to ("you don't need to remember my laptop", "no need to keep my phone")
+_NO_NEED = ("do not need to remember", "do not need to keep", "no need to remember",
+            "no need to keep")
+_NOT_TO_KEEP = (*_DO_NOT_KEEP, *_NO_NEED, "do not want you to remember",
+                "do not want you to keep")
 # before what they name: "forget my laptop", "I sold my ThinkPad", "we upgraded to PostgreSQL
 # 17", "I moved to the platform team", "I used to use vim", "I use Helix now, not vim"
 _FORGET_WORDS = ("forget", "unlearn", "stop remembering", *_NOT_TO_KEEP)
@@ -417,7 +421,9 @@ _NOW_WORDS = ("joined", "started using", "started at", "started working at", "st
 _NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
               **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"})),
               # "I don't remember my password" says what they cannot recall
-              **dict.fromkeys(_DO_NOT_KEEP, frozenset("i we you they he she".split()))}
+              **dict.fromkeys(_DO_NOT_KEEP, frozenset("i we you they he she".split())),
+              # "I don't need to remember my password" says what they need
+              **dict.fromkeys(_NO_NEED, frozenset("i we they he she".split()))}
 # how far before a forget or change word a word in `_NOT_AFTER` reaches: "I'm so used to vim",
 # "dont ever forget my editor", "don't you forget"
 _NOT_AFTER_REACH = 3

@@ -765,6 +765,9 @@ def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: l
     ("Clear what you know about vim.", ["vim"]),
     ("Get rid of what you know about emacs.", ["emacs"]),
     ("I don't remember my laptop's password.", []),  # what they cannot recall
+    ("You don't need to remember my laptop.", ["laptop"]),
+    ("There's no need to keep my work phone.", ["work_phone"]),
+    ("I don't need to remember my laptop's password.", []),  # what they need
 ])
 def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: list[str]) -> None:
     """"My old laptop is gone", "I lost my phone", "I uninstalled vim" named nothing, so the

@@ -859,6 +859,38 @@ async def test_forget_it_after_a_change_names_what_is_no_longer_so(said: str) ->
     assert list(memory.facts_by_key) == ["helix_theme"]
 
 
+@pytest.mark.parametrize("said", ["You don't need to remember my laptop anymore.",
+                                  "There's no need to remember my laptop.",
+                                  "No need to keep my laptop."])
+async def test_no_need_to_remember_asks_to_forget(said: str) -> None:
+    """"You don't need to remember my laptop" asked nothing: the tool refused it as a request
+    the user had not made."""
+    tools, memory = memory_tools([Fact("laptop", "The user's laptop is a Dell")])
+    assert (await tools.forget(user_said(said), "my laptop")).startswith("Forgot: ")
+    assert memory.facts_by_key == {}
+
+
+@pytest.mark.parametrize(("what", "kept"), [("my laptop and phone", ["seasoning"]),
+                                           ("my laptop", ["phone", "seasoning"]),
+                                           ("phone", ["laptop", "seasoning"])])
+async def test_items_listed_with_a_bare_and_are_each_a_subject(what: str,
+                                                               kept: list[str]) -> None:
+    """"Forget my laptop and phone" was one subject, laptop and phone, which no fact holds:
+    nothing matched, and forget("my laptop") was refused as a part of it. A fact that holds
+    every word is still one subject ("salt and pepper")."""
+    facts = [Fact("laptop", "The user's laptop is a Dell"),
+             Fact("phone", "The user's phone is a Pixel 8"),
+             Fact("seasoning", "The user likes salt and pepper")]
+    tools, memory = memory_tools(facts)
+    said = user_said("Forget my laptop and phone.")
+    assert (await tools.forget(said, what)).startswith("Forgot: ")
+    assert sorted(memory.facts_by_key) == kept
+    tools, memory = memory_tools(facts)
+    assert await tools.forget(user_said("forget that I like salt and pepper"),
+                              "salt and pepper") == f"Forgot: {marked(facts[2].text, MEMORY)}"
+    assert sorted(memory.facts_by_key) == ["laptop", "phone"]
+
+
 def test_no_number_is_a_word_that_names_no_subject() -> None:
     """The words that name no subject are read as the user's are, number words as digits: "one"
     among them made every "1" the user said no part of a subject."""

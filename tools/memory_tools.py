@@ -217,8 +217,10 @@ ASKS_TO_FORGET = re.compile(
     r"(?:delete|remove|erase|clear|wipe) (?:all (?:of )?)?(?:my|our) data\b|"
     # "delete that", "don't remember that": what `remember` wrote just now
     r"(?:delete|remove|erase|scratch|undo|drop|cancel) (?:that|this|it)(?: please)?\W*$|"
-    # "don't remember my phone", "I don't want you to keep my address"
-    r"(?:i (?:don'?t|do not) want you to |(?:don'?t|do not|no need to) )"
+    # "don't remember my phone", "I don't want you to keep my address", "you don't need to
+    # remember my phone", "there's no need to keep my address"
+    r"(?:i (?:don'?t|do not) want you to |(?:you )?(?:don'?t|do not) need to |"
+    r"(?:there'?s |there is )?no need to |(?:don'?t|do not) )"
     r"(?:remember|save|keep|store|note) (?:that|this|it|my|our|what|anything)\b)", re.I)
 # a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
 # will you?", "… please?"): asked, not a question about it
@@ -246,6 +248,9 @@ _CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
 _AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about|who|where|"
                           r"when|which|how)\b)|"
                           r"\s*&\s*", re.I)
+# ... and the items of one ("forget my laptop and phone"): each may be forgotten alone, or all
+# of it as one fact ("salt and pepper") when a fact holds every word
+_BARE_AND = re.compile(r"\s+and\s+", re.I)
 _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about|who|where|when|which|how)\b",
                         re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
@@ -548,7 +553,7 @@ _NOT_A_SUBJECT = frozenset(words(
     "all thing stuff fact info information detail data do use using have so also now just hey "
     "kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
-    "right never mind sightline save keep note way btw not oops whoops sorry wait "
+    "right never mind sightline save keep note way btw not oops whoops sorry wait there "
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
     # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
@@ -573,10 +578,25 @@ def subject_words(text: str) -> set[str]:
     return {w for w in words(text) - _NOT_A_SUBJECT if not is_hesitation(w)}
 
 
+def _holding(what: str, wanted: set[str], known: list[Fact]) -> list[Fact]:
+    """The facts holding every word of `wanted` (the subject `what`), its numbers as they lead
+    the fact's (`_numbers_lead`)."""
+    return [f for f in known if wanted <= words(f"{f.key} {f.text}")
+            and _numbers_lead(what, f"{f.key} {f.text}")]
+
+
 def split_subjects(text: str) -> list[str]:
     """`text` as the subjects it lists: "my editor and my VPN" is two ("salt and pepper" is
-    one: only an "and" that opens another "my …" / "the …" parts them)."""
+    one: only an "and" that opens another "my …" / "the …" parts them; `_BARE_AND` items)."""
     return [part for part in _AND_SUBJECT.split(text) if part.strip()]
+
+
+def _subjects_of(part: str) -> list[set[str]]:
+    """The subject `part` names, without the words that say it changed, and, when it lists
+    items with a bare "and" ("my laptop and phone"), each item's."""
+    items = _BARE_AND.split(part)
+    texts = [part, *items] if len(items) > 1 else [part]
+    return [s for text in texts if (s := subject_words(text) - _CHANGE)]
 
 
 # "forget it and just use vim", "forget that but keep vim": what is forgotten was said before
@@ -637,8 +657,7 @@ def named_subjects(said: str) -> list[set[str]]:
             if not _CONTINUES.match(clause.strip()):
                 break
             listed.append(clause)
-        named += [s for text in listed for part in split_subjects(text)
-                  if (s := subject_words(part) - _CHANGE)]
+        named += [s for text in listed for part in split_subjects(text) for s in _subjects_of(part)]
     if named or not asks:
         return named
     last = asks[-1]
@@ -806,8 +825,14 @@ class MemoryTools:
             if not still:
                 return "What the user just asked to remember is no longer remembered."
             return await self._drop(still)
-        parts = [(part, self._subject(part, said, named))
-                 for part in split_subjects(what) or [what]]
+        parts: list[tuple[str, set[str]]] = []
+        for part in split_subjects(what) or [what]:
+            wanted = self._subject(part, said, named)
+            items = _BARE_AND.split(part)
+            if len(items) > 1 and not _holding(part, wanted, known):  # "my laptop and phone"
+                parts += [(item, self._subject(item, said, named)) for item in items]
+            else:
+                parts.append((part, wanted))
         return "\n".join([await self._forget_one(part, wanted, known, turn)
                           for part, wanted in parts])
 
@@ -829,8 +854,7 @@ class MemoryTools:
     async def _forget_one(self, what: str, wanted: set[str], known: list[Fact],
                           turn: int) -> str:
         """Forget the one fact holding every word of `wanted`, one subject the user named."""
-        dropped = [f for f in known if wanted <= words(f"{f.key} {f.text}")
-                   and _numbers_lead(what, f"{f.key} {f.text}")]
+        dropped = _holding(what, wanted, known)
         if len(dropped) == 1:
             return await self._drop(dropped)
         if dropped:
