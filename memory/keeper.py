@@ -413,10 +413,11 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got 
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
                 "obsolete", "out of date", "not true", "not right", "not correct", "gone",
                 "broke", "broken", "stolen", "died", "dead", "passed away", "ended")
-# before what is so now, not what is no longer so ("I joined Globex", "I now work at Globex"):
-# what may replace a fact under its key, never what may be forgotten, as "now" ending a statement
-_NOW_WORDS = ("joined", "started using", "started at", "started working at", "started working for",
-              "now")
+# what says a clause tells what is so now, not what is no longer so ("I use Helix now", "I joined
+# Globex", "I started a new job at Globex", "these days I use Helix"): its words may replace a
+# fact under its key, never be forgotten ("new" is not among them: "I read the new Helix docs")
+_NOW_WORDS = ("now", "nowadays", "these days", "lately", "joined", "started", "became", "promoted",
+              "got a job")
 # what before a forget or change word turns it into something else
 _NOT_AFTER = {"used to": frozenset("got get gets getting am im is are was were be been".split()),
               **dict.fromkeys(_FORGET_WORDS, frozenset({"not", "never"})),
@@ -609,9 +610,9 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
     "stopped". Clauses, sentences and questions end at the marks of any script: "I sold it، my
     laptop is fine" sold no laptop, and "How do I delete my laptop's cache؟" is a question, as is
     one ending "!?" or "⁉": any "?" in the marks that end a sentence makes it one. Second,
-    what a statement says is so now (`_NOW_WORDS`: "I use Helix now", "I now use Helix", "I
-    joined Globex"): what may replace a fact, never what may be forgotten; read in the same
-    pass."""
+    the words of a statement's clause that says what is so now (`_NOW_WORDS`: "I use Helix
+    now", "I now use Helix", "I joined Globex"): what may replace a fact, never what may be
+    forgotten; read in the same pass."""
     tokens = ["," if t == "but" else _AS_ASCII.get(t, t)  # "but" parts clauses too
               for t in _WORDS_AND_MARKS.findall(spelt_out(user))]
     # whether the run of marks from each token on holds a "?": a sentence ending "!?" ("⁉"
@@ -644,13 +645,11 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
                 if asks and not (said in _REMOVE_WORDS and _MEMORY_WORDS & set(clause)):
                     continue
                 named += _phrases(sentence, past if step > 0 else first - 1, step)
-        # "I use Helix now", "I work at Globex now": a statement's last word, which says what
-        # is so now rather than what is no longer so ("we're used to vim now" forgets no vim);
-        # "I joined Globex", "I now use Helix": what follows
+        # "I use Helix now", "I joined Globex": the clause says what is so now rather than what
+        # is no longer so ("we're used to vim now" forgets no vim)
         if not question:
-            for first, past in _spans(sentence, _NOW_WORDS):
-                ends = past == len(sentence) or sentence[past] in _MARKS
-                now += _phrases(sentence, first - 1, -1) if ends else _phrases(sentence, past, +1)
+            now += [word for first, _ in _spans(sentence, _NOW_WORDS)
+                    for word in sentence[slice(*clauses[first])]]
 
     def plain_words(words: list[str]) -> set[str]:
         return {plain(p) for word in words for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT
@@ -742,12 +741,12 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
       (`speaks_for_someone`);
     - a fact under a remembered key with other text forgets the old one: it replaces it only
       when the user's message asks to forget it or says it changed, naming it (the forget rule
-      below), or when every content word of the new text is the user's and their message names
-      the old fact or says the new one is a change ("I switched to helix", "I use helix now": a
-      change word tied to a word of it, or a `_NOW_WORDS` word; the verbs of `_PUT_WITH` are
-      free in it), or when the old text
-      was itself screen-sourced in this session (`from_screen`: the screen may update what the
-      screen said). Otherwise it is kept under a new key (`facts_rekeyed`), next to the old
+      below), or when every content word of the new text is the user's or the old fact's and
+      their message names the old fact or says the new one is a change ("I switched to helix",
+      "I use helix now": a change word tied to a word of it, or a `_NOW_WORDS` word in its
+      clause; the verbs of `_PUT_WITH` are free in it), or when the old text was itself
+      screen-sourced in this session (`from_screen`: the screen may update what the screen
+      said). Otherwise it is kept under a new key (`facts_rekeyed`), next to the old
       one, never over it;
     - a remembered fact is forgotten only when the user's message ties a forget or change word
       to a word of the fact within one clause (`forget_subjects`): never on the assistant's
@@ -776,7 +775,10 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
         if any(same_fact(fact.text, text) for text in facts.values()):
             kept.append(fact)  # already remembered: applying it changes nothing
             continue
-        screen_sourced = bool(_unsaid(fact.text, said))
+        # under a remembered key the fact may keep the old one's words: "I'm Ana Smith now"
+        # makes "The user's name is Ana Smith" of "The user's name is Ana Lopez"
+        known = said | _said(facts[fact.key]) if fact.key in facts else said
+        screen_sourced = bool(_unsaid(fact.text, known))
         contacts = contact_like(fact.text)
         if screen_sourced and (contacts or speaks):
             continue

@@ -621,18 +621,30 @@ HOME = Fact("location", "The user lives in Berlin")
     (JOB, "I joined Globex.", "The user works at Globex.", True),
     (JOB, "I now work at Globex.", "The user is employed at Globex.", True),
     (VIM, "I started using Helix.", "The user uses Helix.", True),
+    (VIM, "These days I mostly use Helix.", "The user uses Helix.", True),
+    (VIM, "I've been using Helix lately.", "The user uses Helix.", True),
+    (JOB, "I started a new job at Globex.", "The user works at Globex.", True),
+    (JOB, "I'm at Globex these days.", "The user works at Globex.", True),
+    (Fact("role", "The user is a backend developer"), "I got promoted to tech lead.",
+     "The user is a tech lead.", True),
+    # the old fact's own words may stay: "name" is no word of the user's here
+    (Fact("name", "The user's name is Ana Lopez"), "I got married, I'm Ana Smith now.",
+     "The user's name is Ana Smith.", True),
     # no change said, or a word of the new fact is the screen's: kept beside the old
     (HOME, "What's the weather in Munich?", "The user lives in Munich.", False),
     (HOME, "We moved to Munich.", "The user lives in Munich near Marienplatz.", False),
     (JOB, "Have you joined Globex?", "The user works at Globex.", False),
+    (VIM, "I read the new Helix docs.", "The user uses Helix.", False),
+    (Fact("os", "The user is on Windows 10"), "I'm on a Mac now.", "The user uses macOS.", False),
 ])
 async def test_a_move_or_a_new_start_replaces_the_fact_under_its_key(
     tmp_path: Path, old: Fact, user: str, new: str, replaced: bool,
 ) -> None:
     """"We moved to Munich" with the model's "The user lives in Munich": "lives" was not the
     user's word, so the fact counted as the screen's and was kept beside Berlin; "I joined
-    Globex", "I now work at …", "I started using …" said no change at all. Memory held the old
-    home, job or editor and the new one both."""
+    Globex", "I now work at …", "I started using …", "these days …" said no change at all, and
+    "The user's name is Ana Smith" held "name", which the user had not said. Memory held the
+    old home, job, editor or name and the new one both."""
     keeper, _, model = await _keep(tmp_path, {"facts": [{"key": old.key, "text": new}]}, user,
                                    "Noted.", [old])
     assert keeper.facts == ({old.key: new} if replaced else {old.key: old.text,
