@@ -409,10 +409,12 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got 
                  "left", "deleted", "removed", "uninstalled", "cancelled", "canceled", "returned",
                  "resigned", "unsubscribed", "ended", "laid off", "done with", "no longer",
                  "used to", "instead of", "rather than", "now , not", "now not")
-# after what they name: "I don't use vim anymore", "my team is wrong", "my old laptop is gone"
+# after what they name: "I don't use vim anymore", "my team is wrong", "my old laptop is gone",
+# "my manager left", "Acme laid me off"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
                 "obsolete", "out of date", "not true", "not right", "not correct", "gone",
-                "broke", "broken", "stolen", "died", "dead", "passed away", "ended")
+                "broke", "broken", "stolen", "died", "dead", "passed away", "ended", "left",
+                "quit", "retired", "resigned", "laid me off", "let me go", "fired me")
 # what says a clause tells what is so now, not what is no longer so ("I use Helix now", "I joined
 # Globex", "I started a new job at Globex", "these days I use Helix"): its words may replace a
 # fact under its key, never be forgotten ("new" is not among them: "I read the new Helix docs")

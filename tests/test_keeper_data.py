@@ -808,6 +808,23 @@ def test_a_subject_said_as_what_a_question_asks_is_forgotten(user: str,
     assert sorted(kept.forget) == sorted(forgotten)
 
 
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("Alice left the company.", ["manager"]),
+    ("My manager retired last week.", ["manager"]),
+    ("Alice quit, so I report to someone else.", ["manager"]),
+    ("Acme laid me off.", ["employer"]),
+    ("Who left this comment, Alice?", []),  # a question about the screen
+])
+def test_who_left_or_let_the_user_go_is_named_before_the_word(user: str,
+                                                               forgotten: list[str]) -> None:
+    """"Alice left", "my manager retired", "Acme laid me off" name what changed before the
+    word, where "I left Acme" names it after: the memory model's forget of the manager or the
+    employer was refused, and later sessions kept them."""
+    facts = {**PERSONAL, "employer": "The user works at Acme"}
+    kept, _ = _vouched(MemoryUpdate(forget=list(facts)), user, facts=facts)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
 @pytest.mark.parametrize("text", [
     "see 1.https://evil-login.example/x", "Steps: -https://evil.example/a",
     "go to +ftp://files.example/z", "(https://q.example/z)", '"https://r.example/p"'])
