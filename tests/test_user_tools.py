@@ -382,6 +382,17 @@ def memory_tools(facts: list[Fact] = FACTS) -> tuple[MemoryTools, FakeMemory]:
     ("Would you mind remembering that I use fish?", True, False),
     ("Do you mind if I share my screen?", False, False),
     ("Forgetting my laptop was a mistake.", False, False),
+    # asked in the words of the memory itself
+    ("Add to your memory that I use fish.", True, False),
+    ("Commit to memory that I use fish.", True, False),
+    ("Update your memory: I use fish now.", True, False),
+    ("Can you save to memory that I use fish?", True, False),
+    ("Keep a note that I use fish.", True, False),
+    ("I want to add more memory to my laptop.", False, False),
+    ("How do I add memory to this VM?", False, False),
+    # no need to keep it
+    ("You don't need to remember my address.", False, True),
+    ("There's no need to keep my phone number.", False, True),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""

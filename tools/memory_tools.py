@@ -206,7 +206,10 @@ _LEAD = (rf"^(?:{LEAD_FILLER})*(?:from now on\W*)?"
          r"(?:i(?: want| need| would like|'d like) you to\s+|make sure (?:you |to )?|"
          r"(?:you can|you should|you need to|feel free to|go ahead and)\s+)?")
 ASKS_TO_REMEMBER = re.compile(
-    _LEAD + r"(?:remember|memori[sz]e|note|make a note|take (?:a )?note|keep in mind|"
+    _LEAD + r"(?:remember|memori[sz]e|note|make a note|take (?:a )?note|keep (?:a )?note|"
+    # "add to your memory that …", "commit to memory …", "update your memory: …"
+    r"(?:add|save|store|put|write|commit)(?: (?:it|this|that))? (?:to|in|into) (?:your |the )?"
+    r"memory|update your memory|keep in mind|"
     r"bear in mind|(?:don'?t|do not|never) (?:let me )?forget|for (?:future )?reference|"
     r"(?:save|store|record|write down|jot down) that (?=(?:i|i'm|im|my|we|we're|our)\b))\b",
     re.I)
