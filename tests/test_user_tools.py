@@ -902,6 +902,30 @@ async def test_items_listed_with_a_bare_and_are_each_a_subject(what: str,
     assert sorted(memory.facts_by_key) == ["laptop", "phone"]
 
 
+@pytest.mark.parametrize(("said", "fact", "gone"), [
+    ("Remember that I use Helix now, not vim.", "The user uses Helix now, not vim", ["vim"]),
+    ("Remember that I don't use vim anymore.", "The user does not use vim anymore", ["vim"]),
+    ("Remember that I sold my ThinkPad X1.", "The user sold their ThinkPad X1",
+     ["thinkpad_x1"]),
+    # two facts hold "ThinkPad": which is gone is not the tool's to guess
+    ("Remember that I sold my ThinkPad.", "The user sold their ThinkPad", []),
+    ("Remember that I use vim and Helix.", "The user uses vim and Helix", []),
+])
+async def test_remember_a_change_forgets_the_one_fact_no_longer_so(
+    said: str, fact: str, gone: list[str],
+) -> None:
+    """"Remember that I use Helix now, not vim" wrote the new fact and kept "The user uses vim"
+    beside it, so later sessions read both."""
+    facts = [Fact("vim", "The user uses vim"), Fact("thinkpad_x1", "The user has a ThinkPad X1"),
+             Fact("work_thinkpad", "The user's work laptop is a ThinkPad T14")]
+    tools, memory = memory_tools(facts)
+    answer = await tools.remember(user_said(said), fact)
+    assert answer.startswith("Remembered") and fact in answer
+    assert ("no longer so" in answer) is bool(gone)
+    assert sorted(k for k in memory.facts_by_key if k in {f.key for f in facts}) == sorted(
+        f.key for f in facts if f.key not in gone)
+
+
 def test_no_number_is_a_word_that_names_no_subject() -> None:
     """The words that name no subject are read as the user's are, number words as digits: "one"
     among them made every "1" the user said no part of a subject."""

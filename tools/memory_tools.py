@@ -588,6 +588,16 @@ def _holding(what: str, wanted: set[str], known: list[Fact]) -> list[Fact]:
             and _numbers_lead(what, f"{f.key} {f.text}")]
 
 
+def _no_longer_so(said: str, key: str, known: list[Fact]) -> list[Fact]:
+    """The remembered fact a request to remember says is no longer so ("remember that I use
+    Helix now, not vim", "… that I sold my ThinkPad"), as the memory keeper reads what changed:
+    to forget as the new fact (under `key`) is written, so memory does not hold both. Only
+    when exactly one fact holds every word of what changed; else none (the keeper may still)."""
+    gone, _ = forget_subjects(said)
+    held = [f for f in known if f.key != key and gone and gone <= words(f"{f.key} {f.text}")]
+    return held if len(held) == 1 else []
+
+
 def split_subjects(text: str) -> list[str]:
     """`text` as the subjects it lists: "my editor and my VPN" is two ("salt and pepper" is
     one: only an "and" that opens another "my …" / "the …" parts them; `_BARE_AND` items)."""
@@ -776,11 +786,15 @@ class MemoryTools:
         if any(same_fact(text, f.text) for f in known):
             return f"Already remembered: {text}"
         key = key_for(text)
-        await self._memory.apply([{"op": "fact", "key": key, "text": text, **self._who}])
+        stale = _no_longer_so(said, key, known)
+        await self._memory.apply([{"op": "fact", "key": key, "text": text, **self._who},
+                                  *({"op": "forget", "key": f.key, **self._who} for f in stale)])
         if self._keeper is not None:
-            self._keeper.user_edited([Fact(key, text)], [])
+            self._keeper.user_edited([Fact(key, text)], [f.key for f in stale])
         self._written.append((user_turns(context), Fact(key, text)))
-        return f"Remembered (as {key}): {text}"
+        return f"Remembered (as {key}): {text}" + "".join(
+            f"\nForgot, as the user says it is no longer so: {marked(f.text, MEMORY)}"
+            for f in stale)
 
     @llm.function_tool
     async def forget(self, context: RunContext, what: str) -> str:
