@@ -926,6 +926,49 @@ async def test_remember_a_change_forgets_the_one_fact_no_longer_so(
         f.key for f in facts if f.key not in gone)
 
 
+VIM_FACTS = [Fact("vim", "The user uses vim"), Fact("vim_theme", "The user's vim theme is gruvbox"),
+             Fact("laptop", "The user's laptop is a Dell")]
+
+
+@pytest.mark.parametrize(("asked", "what", "answer", "kept"), [
+    # one fact named back ("Nothing remembered matches 'my old laptop'"): a yes is which
+    ("Forget my old laptop.", "my old laptop", "Yes", ["vim", "vim_theme"]),
+    ("Forget my old laptop.", "my old laptop", "yes, that one please", ["vim", "vim_theme"]),
+    # several that hold the subject: "both", or one by its place
+    ("Forget vim.", "vim", "both", ["laptop"]),
+    ("Forget vim.", "vim", "Yes, all of them.", ["laptop"]),
+    ("Forget vim.", "vim", "the second one", ["laptop", "vim"]),
+    ("Forget vim.", "vim", "The first one.", ["laptop", "vim_theme"]),
+    ("Forget vim.", "vim", "the last one please", ["laptop", "vim"]),
+])
+async def test_the_answer_to_which_one_as_people_give_it(
+    asked: str, what: str, answer: str, kept: list[str],
+) -> None:
+    """The tool has the model ask which fact the user meant; "yes", "both" or "the first one"
+    named no words of a fact, so the answer was refused as a request the user had not made."""
+    tools, memory = memory_tools(VIM_FACTS)
+    assert "ask" in await tools.forget(conversation(("user", asked)), what)
+    history = [("user", asked), ("assistant", "Which one do you mean?"), ("user", answer)]
+    assert (await tools.forget(conversation(*history), what)).startswith("Forgot: ")
+    assert sorted(memory.facts_by_key) == kept
+
+
+@pytest.mark.parametrize(("asked", "what", "answer"), [
+    ("Forget vim.", "vim", "yes"),  # which of the two?
+    ("Forget vim.", "vim", "the third one"),  # two were named back
+    ("Forget my old laptop.", "my old laptop", "yes but what does this say"),
+    ("Forget my tablet.", "my tablet", "both"),  # every fact named back, none holds "tablet"
+])
+async def test_an_answer_that_does_not_say_which_forgets_nothing(asked: str, what: str,
+                                                                 answer: str) -> None:
+    tools, memory = memory_tools(VIM_FACTS)
+    assert "ask" in await tools.forget(conversation(("user", asked)), what)
+    history = [("user", asked), ("assistant", "Which one do you mean?"), ("user", answer)]
+    with pytest.raises(llm.ToolError, match="does not say which"):
+        await tools.forget(conversation(*history), what)
+    assert len(memory.facts_by_key) == len(VIM_FACTS)
+
+
 def test_no_number_is_a_word_that_names_no_subject() -> None:
     """The words that name no subject are read as the user's are, number words as digits: "one"
     among them made every "1" the user said no part of a subject."""
