@@ -409,6 +409,11 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got 
                  "left", "deleted", "removed", "uninstalled", "cancelled", "canceled", "returned",
                  "resigned", "unsubscribed", "ended", "laid off", "done with", "no longer",
                  "used to", "instead of", "rather than", "now , not", "now not")
+# before what the user says is not so, a memory to correct ("I don't have a dog", "I'm not on
+# payments", "my laptop isn't a ThinkPad", "I never had a ThinkPad", "Linear, not Jira")
+_NOT_SO = ("do not have", "does not have", "do not own", "do not use", "does not use",
+           "do not work", "have not got", "never had", "never owned", "never used", "never worked",
+           "am not", "is not", "are not", ", not")
 # after what they name: "I don't use vim anymore", "my team is wrong", "my old laptop is gone",
 # "my manager left", "Acme laid me off"
 _AFTER_WORDS = ("anymore", "any more", "any longer", "wrong", "incorrect", "outdated",
@@ -434,6 +439,9 @@ _NOT_AFTER_REACH = 3
 _CORRECTION = re.compile(
     r"^(?:(?:no|nope|actually) ,? )?(?:that|this|it|you)(?: (?:is|are|was))? (?:(?:all|so) )?"
     r"(?:wrong|incorrect|mistaken|outdated|not (?:true|right|correct))\b")
+# "No, we use Linear", "Actually, I'm on Windows 11": a sentence that sets something right, which
+# says what is so now (it may replace a fact, never forget one: "no, thanks, keep vim")
+_SETS_RIGHT = re.compile(r"^(?:no|nope|actually|wrong) ,")
 _QUESTION_START = frozenset(
     "how why what where when which who whose can could should would will do does did is are "
     "was were shall may might".split())
@@ -637,7 +645,7 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
         # the rest, in a question ("how do I remove …", "is vim no longer supported?"), ask
         # about the world, not the memory: unless the clause is about the memory
         clauses = _comma_clauses(sentence)
-        for words, step in ((_REMOVE_WORDS + _CHANGE_WORDS, +1), (_AFTER_WORDS, -1)):
+        for words, step in ((_REMOVE_WORDS + _CHANGE_WORDS + _NOT_SO, +1), (_AFTER_WORDS, -1)):
             for first, past in _spans(sentence, words):
                 clause = sentence[slice(*clauses[first])]
                 if _turned(sentence, first, past):
@@ -651,7 +659,9 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
         # is no longer so ("we're used to vim now" forgets no vim)
         if not question:
             now += [word for first, _ in _spans(sentence, _NOW_WORDS)
-                    for word in sentence[slice(*clauses[first])]]
+                    for word in sentence[slice(*clauses[first])] if word not in _MARKS]
+            if _SETS_RIGHT.match(" ".join(sentence)):
+                now += [word for word in sentence if word not in _MARKS]
 
     def plain_words(words: list[str]) -> set[str]:
         return {plain(p) for word in words for p in (word, *WORD.findall(word))} - _NOT_A_SUBJECT

@@ -747,7 +747,7 @@ def test_a_digit_before_a_subject_does_not_hide_it(user: str, forgotten: list[st
     ("I switched from vim, and the emacs window says it is ready.", ["vim"]),
     ("Forget my laptop and tell me what this says.", ["laptop"]),
     ("I stopped using vim and now run emacs.", ["vim"]),  # what follows "and" is a clause
-    ("I don't use vim, emacs anymore.", ["emacs"]),
+    ("I still love vim, emacs is gone.", ["emacs"]),
     # "forget it" points back: what follows "and" or "but" is another request
     ("Forget that and my work phone.", ["work_phone"]),
     ("Never mind, forget it and just use vim.", []),
@@ -823,6 +823,39 @@ def test_who_left_or_let_the_user_go_is_named_before_the_word(user: str,
     facts = {**PERSONAL, "employer": "The user works at Acme"}
     kept, _ = _vouched(MemoryUpdate(forget=list(facts)), user, facts=facts)
     assert sorted(kept.forget) == sorted(forgotten)
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("I don't have a dog.", ["pet"]),
+    ("I'm not 34, I'm 43.", ["age"]),
+    ("My manager isn't Alice Chen.", ["manager"]),
+    ("I never had a dog.", ["pet"]),
+    ("I'm not sure what this dialog says.", []),
+    ("Why is my dog not in this photo?", []),  # a question about the screen
+])
+def test_what_the_user_says_is_not_so_may_be_forgotten(user: str,
+                                                       forgotten: list[str]) -> None:
+    """"I don't have a dog" corrects a memory that says the user has one; naming no change
+    word, it let the memory model forget nothing, and later sessions went on asking after
+    Rex."""
+    kept, _ = _vouched(MemoryUpdate(forget=list(PERSONAL)), user, facts=PERSONAL)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
+@pytest.mark.parametrize(("user", "replaced"), [
+    ("No, we use Linear.", True),
+    ("Actually, our team uses Linear.", True),
+    ("No, what does Linear say here?", False),  # a question
+    ("Linear looks nice.", False),
+])
+def test_a_reply_that_sets_it_right_replaces_the_fact_under_its_key(user: str,
+                                                                   replaced: bool) -> None:
+    """"No, we use Linear" kept the model's "The user's team uses Linear" beside Jira."""
+    tracker = {"tracker": "The user's team uses Jira"}
+    kept, refused = _vouched(MemoryUpdate(facts=[Fact("tracker", "The user's team uses Linear")]),
+                             user, facts=tracker)
+    assert [f.key for f in kept.facts] == (["tracker"] if replaced else ["tracker_2"])
+    assert refused["facts_rekeyed"] == (0 if replaced else 1)
 
 
 @pytest.mark.parametrize("text", [
