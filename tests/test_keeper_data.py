@@ -612,6 +612,7 @@ async def test_a_change_to_a_new_fact_under_the_old_key_replaces_it(
 
 
 HOME = Fact("location", "The user lives in Berlin")
+TRACKER = Fact("tracker", "The user's team uses Jira")
 
 
 @pytest.mark.parametrize(("old", "user", "new", "replaced"), [
@@ -636,6 +637,11 @@ HOME = Fact("location", "The user lives in Berlin")
     (JOB, "Have you joined Globex?", "The user works at Globex.", False),
     (VIM, "I read the new Helix docs.", "The user uses Helix.", False),
     (Fact("os", "The user is on Windows 10"), "I'm on a Mac now.", "The user uses macOS.", False),
+    # a reply that sets it right
+    (TRACKER, "No, we use Linear.", "The user's team uses Linear.", True),
+    (TRACKER, "Actually, our team uses Linear.", "The user's team uses Linear.", True),
+    (TRACKER, "No, what does Linear say here?", "The user's team uses Linear.", False),
+    (TRACKER, "Linear looks nice.", "The user's team uses Linear.", False),
 ])
 async def test_a_move_or_a_new_start_replaces_the_fact_under_its_key(
     tmp_path: Path, old: Fact, user: str, new: str, replaced: bool,
@@ -643,8 +649,9 @@ async def test_a_move_or_a_new_start_replaces_the_fact_under_its_key(
     """"We moved to Munich" with the model's "The user lives in Munich": "lives" was not the
     user's word, so the fact counted as the screen's and was kept beside Berlin; "I joined
     Globex", "I now work at …", "I started using …", "these days …" said no change at all, and
-    "The user's name is Ana Smith" held "name", which the user had not said. Memory held the
-    old home, job, editor or name and the new one both."""
+    "The user's name is Ana Smith" held "name", which the user had not said, and "No, we use
+    Linear" set nothing right. Memory held the old home, job, editor, name or tracker and the
+    new one both."""
     keeper, _, model = await _keep(tmp_path, {"facts": [{"key": old.key, "text": new}]}, user,
                                    "Noted.", [old])
     assert keeper.facts == ({old.key: new} if replaced else {old.key: old.text,
@@ -790,42 +797,24 @@ def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: lis
 
 
 PERSONAL = {"manager": "The user's manager is Alice Chen", "location": "The user lives in Berlin",
-            "age": "The user is 34 years old", "pet": "The user has a dog named Rex"}
+            "age": "The user is 34 years old", "pet": "The user has a dog named Rex",
+            "employer": "The user works at Acme"}
 
 
 @pytest.mark.parametrize(("user", "forgotten"), [
+    # a subject said as what a question asks
     ("Forget who my manager is.", ["manager"]),
     ("Please forget where I live.", ["location"]),
     ("Forget how old I am.", ["age"]),
     ("Forget what my dog is called.", ["pet"]),
     ("Who is my manager now?", []),
-])
-def test_a_subject_said_as_what_a_question_asks_is_forgotten(user: str,
-                                                             forgotten: list[str]) -> None:
-    """"Forget who my manager is" named "who", which no fact holds, so the memory model's
-    forget of the manager was refused and later sessions kept it."""
-    kept, _ = _vouched(MemoryUpdate(forget=list(PERSONAL)), user, facts=PERSONAL)
-    assert sorted(kept.forget) == sorted(forgotten)
-
-
-@pytest.mark.parametrize(("user", "forgotten"), [
+    # who left, or let the user go, named before the word ("I left Acme" names it after)
     ("Alice left the company.", ["manager"]),
     ("My manager retired last week.", ["manager"]),
     ("Alice quit, so I report to someone else.", ["manager"]),
     ("Acme laid me off.", ["employer"]),
     ("Who left this comment, Alice?", []),  # a question about the screen
-])
-def test_who_left_or_let_the_user_go_is_named_before_the_word(user: str,
-                                                               forgotten: list[str]) -> None:
-    """"Alice left", "my manager retired", "Acme laid me off" name what changed before the
-    word, where "I left Acme" names it after: the memory model's forget of the manager or the
-    employer was refused, and later sessions kept them."""
-    facts = {**PERSONAL, "employer": "The user works at Acme"}
-    kept, _ = _vouched(MemoryUpdate(forget=list(facts)), user, facts=facts)
-    assert sorted(kept.forget) == sorted(forgotten)
-
-
-@pytest.mark.parametrize(("user", "forgotten"), [
+    # what the user says is not so: a memory to correct
     ("I don't have a dog.", ["pet"]),
     ("I'm not 34, I'm 43.", ["age"]),
     ("My manager isn't Alice Chen.", ["manager"]),
@@ -833,29 +822,14 @@ def test_who_left_or_let_the_user_go_is_named_before_the_word(user: str,
     ("I'm not sure what this dialog says.", []),
     ("Why is my dog not in this photo?", []),  # a question about the screen
 ])
-def test_what_the_user_says_is_not_so_may_be_forgotten(user: str,
-                                                       forgotten: list[str]) -> None:
-    """"I don't have a dog" corrects a memory that says the user has one; naming no change
-    word, it let the memory model forget nothing, and later sessions went on asking after
-    Rex."""
+def test_what_the_user_says_of_a_person_or_thing_lets_its_fact_be_forgotten(
+    user: str, forgotten: list[str],
+) -> None:
+    """Each of these named no word of the fact ("who", "where"; "Alice left" before the word;
+    "I don't have a dog" with no change word), so the memory model's forget was refused and
+    later sessions kept the manager who left, or went on asking after Rex."""
     kept, _ = _vouched(MemoryUpdate(forget=list(PERSONAL)), user, facts=PERSONAL)
     assert sorted(kept.forget) == sorted(forgotten)
-
-
-@pytest.mark.parametrize(("user", "replaced"), [
-    ("No, we use Linear.", True),
-    ("Actually, our team uses Linear.", True),
-    ("No, what does Linear say here?", False),  # a question
-    ("Linear looks nice.", False),
-])
-def test_a_reply_that_sets_it_right_replaces_the_fact_under_its_key(user: str,
-                                                                   replaced: bool) -> None:
-    """"No, we use Linear" kept the model's "The user's team uses Linear" beside Jira."""
-    tracker = {"tracker": "The user's team uses Jira"}
-    kept, refused = _vouched(MemoryUpdate(facts=[Fact("tracker", "The user's team uses Linear")]),
-                             user, facts=tracker)
-    assert [f.key for f in kept.facts] == (["tracker"] if replaced else ["tracker_2"])
-    assert refused["facts_rekeyed"] == (0 if replaced else 1)
 
 
 @pytest.mark.parametrize("text", [
