@@ -251,9 +251,11 @@ _CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
 _AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about|who|where|"
                           r"when|which|how)\b)|"
                           r"\s*&\s*", re.I)
-# ... and the items of one ("forget my laptop and phone"): each may be forgotten alone, or all
-# of it as one fact ("salt and pepper") when a fact holds every word
+# ... and the items of one ("forget my laptop and phone", "my laptop, phone and dog"): each may
+# be forgotten alone, or all of it as one fact ("salt and pepper") when a fact holds every word
 _BARE_AND = re.compile(r"\s+and\s+", re.I)
+_ITEMS = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+", re.I)
+_ITEM_WORDS = 3  # the words of a bare item at most ("phone", "work phone")
 _CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about|who|where|when|which|how)\b",
                         re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
@@ -615,10 +617,24 @@ def split_subjects(text: str) -> list[str]:
     return [part for part in _AND_SUBJECT.split(text) if part.strip()]
 
 
+def _items(part: str) -> list[str]:
+    """`part` as the items it lists with "and", and the commas before it ("my laptop, phone
+    and dog"); itself when it has no "and" (a comma alone lists nothing)."""
+    return _ITEMS.split(part) if _BARE_AND.search(f" {part} ") else [part]
+
+
+def _bare_list_end(clauses: list[str]) -> bool:
+    """Whether `clauses`, the rest of a sentence after a request's first subject, are the
+    further items of a list of a few words each, the last after "and" ("forget my laptop,
+    phone and dog", "…, phone, and dog")."""
+    return all(0 < len(c.split()) <= _ITEM_WORDS for c in clauses) and bool(
+        _BARE_AND.search(f" {clauses[-1]} "))
+
+
 def _subjects_of(part: str) -> list[set[str]]:
     """The subject `part` names, without the words that say it changed, and, when it lists
     items with a bare "and" ("my laptop and phone"), each item's."""
-    items = _BARE_AND.split(part)
+    items = _items(part)
     texts = [part, *items] if len(items) > 1 else [part]
     return [s for text in texts if (s := subject_words(text) - _CHANGE)]
 
@@ -677,8 +693,9 @@ def named_subjects(said: str) -> list[set[str]]:
         if _POINTS_BACK.match(ask.clause):
             continue
         listed = [_subject_part(_THEN_ASKS.sub("", _CONTRAST.sub("", ask.clause)))]
-        for clause in _CLAUSE.split(ask.after)[1:]:
-            if not _CONTINUES.match(clause.strip()):
+        rest = _CLAUSE.split(ask.after)[1:]
+        for n, clause in enumerate(rest):
+            if not (_CONTINUES.match(clause.strip()) or _bare_list_end(rest[n:])):
                 break
             listed.append(clause)
         named += [s for text in listed for part in split_subjects(text) for s in _subjects_of(part)]
@@ -861,7 +878,7 @@ class MemoryTools:
         parts: list[tuple[str, set[str]]] = []
         for part in split_subjects(what) or [what]:
             wanted = self._subject(part, said, named)
-            items = _BARE_AND.split(part)
+            items = _items(part)
             if len(items) > 1 and not _holding(part, wanted, known):  # "my laptop and phone"
                 parts += [(item, self._subject(item, said, named)) for item in items]
             else:
