@@ -613,7 +613,7 @@ def _no_longer_so(said: str, key: str, known: list[Fact]) -> list[Fact]:
 
 def split_subjects(text: str) -> list[str]:
     """`text` as the subjects it lists: "my editor and my VPN" is two ("salt and pepper" is
-    one: only an "and" that opens another "my …" / "the …" parts them; `_BARE_AND` items)."""
+    one: only an "and" that opens another "my …" / "the …" parts them; within one, `_items`)."""
     return [part for part in _AND_SUBJECT.split(text) if part.strip()]
 
 
