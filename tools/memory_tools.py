@@ -247,17 +247,18 @@ _ENDS = STOPS + QUESTION_MARKS
 _WIDE_ENDS = "".join(mark for mark in _ENDS if not mark.isascii())
 _SENTENCE = re.compile(rf"(?<=[{re.escape(_ENDS)}])\s+|(?<=[{re.escape(_WIDE_ENDS)}])(?=\S)|\n")
 _CLAUSE = re.compile(rf"[{re.escape(_CLAUSE_MARKS)}]")
+# the words another subject opens with ("… and my VPN", "… and where I work")
+_OPENS_AN_ITEM = r"my|the|our|your|what|about|who|where|when|which|how"
 # more subjects in one request: "forget my editor and my VPN"
-_AND_SUBJECT = re.compile(r"\s*\band\s+(?:also\s+)?(?=(?:my|the|our|your|that|what|about|who|where|"
-                          r"when|which|how)\b)|"
-                          r"\s*&\s*", re.I)
+_AND_SUBJECT = re.compile(rf"\s*\band\s+(?:also\s+)?(?=(?:{_OPENS_AN_ITEM}|that)\b)|\s*&\s*",
+                          re.I)
 # ... and the items of one ("forget my laptop and phone", "my laptop, phone and dog"): each may
 # be forgotten alone, or all of it as one fact ("salt and pepper") when a fact holds every word
 _BARE_AND = re.compile(r"\s+and\s+", re.I)
 _ITEMS = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+", re.I)
 _ITEM_WORDS = 3  # the words of a bare item at most ("phone", "work phone")
-_CONTINUES = re.compile(r"^(?:and\s+)?(?:my|the|our|your|what|about|who|where|when|which|how)\b",
-                        re.I)
+# a clause after the request's that goes on listing its subjects ("forget my editor, and my VPN")
+_CONTINUES = re.compile(rf"^(?:and\s+)?(?:{_OPENS_AN_ITEM})\b", re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
 # ("forget all that", "forget it all": never mind)
 _EVERYTHING = re.compile(
@@ -972,8 +973,7 @@ class MemoryTools:
         wanted = subject_words(what)
         if not wanted or not wanted & answer or not wanted <= answer | pending.subject:
             return None
-        candidates = [f for f in known if f.key in pending.keys
-                      and wanted <= words(f"{f.key} {f.text}") | pending.subject]
+        candidates = [f for f in listed if wanted <= words(f"{f.key} {f.text}") | pending.subject]
         if len(candidates) != 1:
             return None
         return await self._drop(candidates)
