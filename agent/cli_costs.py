@@ -144,7 +144,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  screen text: {counted(screen['reads'], 'kept frame')} read, "
                      f"{counted(screen['lines_added'], 'line')} appeared, "
                      f"{counted(screen['errors'], 'new error')}, "
-                     f"{counted(screen['recalled'], 'screen event')} recalled; "
+                     f"{counted(screen['recalled'], 'screen event')} recalled"
+                     + (f", {counted(screen['secrets_hidden'], 'secret')} hidden"
+                        if screen.get("secrets_hidden") else "") + "; "
                      f"{screen['ocr_cpu_s']:.1f} s of OCR CPU")
     turns = summary.get("turns", {})
     if turns.get("user_turns"):

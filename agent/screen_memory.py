@@ -1,6 +1,12 @@
 """A session's screen memory: each kept frame archived on disk and read into text, what appeared
 recorded as events and written to the user's screen timeline, and new errors signalled.
 
+The text is read with every secret's value hidden (passwords, keys, tokens, card numbers;
+memory/secret_text.py), on the reading thread: no text the session keeps (the event log, the
+timeline that later sessions search, the story each question's digest is made from) holds one.
+The archived frames are the images as shared, for this session to look back at; they are
+pruned after `SIGHTLINE_FRAME_RETENTION_DAYS`.
+
 The screen watcher hands every kept frame to `on_kept` (on the event loop; both the archive and
 the reader return at once and work off the loop). Each read that comes back is a `screen_text`
 event in the session's log; one that found new lines is also a row of the screen timeline
@@ -23,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memory.screen_timeline import ScreenTimeline, event_row
+from memory.secret_text import hide_secrets
 from memory.spill_files import SpillKind, append_rows, spill_path
 from memory.writer import BackgroundWriter
 from vision.cpu_gate import CpuGate
@@ -56,7 +63,7 @@ class SessionScreenMemory:
                                     settings.frame_archive_mb * 2**20)
         self.reader = (ScreenTextReader(self._on_text,
                                         executor=shared_pool(settings.ocr_threads),
-                                        gate=read_gate)
+                                        gate=read_gate, redact=hide_secrets)
                        if settings.screen_text else None)
         self._spill = spill_path(spill_dir, session_id, SpillKind.SCREEN_EVENTS)
         self._writer = (BackgroundWriter("screen_events", timeline.write, self._spill)
@@ -80,7 +87,8 @@ class SessionScreenMemory:
             "t": read.t, "reason": read.reason, "content_type": read.content_type,
             "regions": [list(box) for box in read.regions], "lines": read.lines,
             "lines_read": read.lines_read, "cpu_ms": read.cpu_ms, "coalesced": read.coalesced,
-            "waited_ms": read.waited_ms, "forced": read.forced})
+            "waited_ms": read.waited_ms, "forced": read.forced,
+            **({"secrets_hidden": dict(read.hidden)} if read.hidden else {})})
         if not read.lines:
             return
         self.story.append(read)
@@ -121,7 +129,7 @@ class SessionScreenMemory:
                 "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
                 "failed": stats.failed, "undelivered": stats.undelivered,
                 "abandoned": stats.abandoned, "waited_s": round(stats.waited_ms / 1000, 1),
-                "forced": stats.forced,
+                "forced": stats.forced, "secrets_hidden": stats.secrets_hidden,
                 "archived_frames": len(self.archive.times()),
                 "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed,
                 "archive_unremoved": self.archive.unremoved})

@@ -131,6 +131,7 @@ class SessionTotals:
             self._screen["reads"] += 1
             self._screen["lines_added"] += len(detail["lines"])
             self._screen["coalesced"] += detail["coalesced"]
+            self._screen["secrets_hidden"] += sum(detail.get("secrets_hidden", {}).values())
             self._ocr_cpu_ms += detail["cpu_ms"]
         elif kind == "screen_error":
             self._screen["errors"] += 1
@@ -245,7 +246,7 @@ class SessionTotals:
             "images": self._image_summary(),
             "screen": {
                 **{k: self._screen[k] for k in ("reads", "lines_added", "coalesced", "errors",
-                                                "recalled")},
+                                                "recalled", "secrets_hidden")},
                 "ocr_cpu_s": round(self._ocr_cpu_ms / 1000, 3),
                 **({"reader": self._reader} if self._reader else {}),
             },

@@ -8,11 +8,13 @@ remembered, and `recall_before` tells recall which older messages are not in it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .embeddings import Embedder
+from .secret_text import hide_in_text
 from .spill_files import SpillKind, append_rows, spill_path
 from .store import Store
 from .user_memory import embed_or_none
@@ -37,7 +39,13 @@ def cut(text: str, limit: int, note: str = "") -> str:
 async def store_messages(
     store: Store, embedder: Embedder | None, session_id: str, tenant: str, rows: Sequence[Row],
 ) -> None:
-    """Embed and insert messages in order (a failed embedding stores the row without one)."""
+    """Embed and insert messages in order (a failed embedding stores the row without one),
+    each with its secrets hidden (memory/secret_text.py; on a thread: a pasted page is
+    hundreds of lines to scan). Later sessions read these messages into their prompts, so a
+    password said or a key read out once is not kept; this session's own context keeps what
+    was said. Live and spilled messages both reach Postgres here."""
+    hidden = await asyncio.to_thread(lambda: [hide_in_text(r["content"]) for r in rows])
+    rows = [{**row, "content": content} for row, content in zip(rows, hidden, strict=True)]
     if embedder is None:
         await store.add_messages(session_id, tenant, rows)
         return

@@ -36,9 +36,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import cv2
@@ -255,6 +255,7 @@ class ScreenText:
     coalesced: int  # earlier reads folded into this one
     waited_ms: float = 0.0  # how long the read waited for the machine to have CPU to spare
     forced: bool = False  # it started after the longest wait, the machine still busy
+    hidden: Mapping[str, int] = field(default_factory=dict)  # redacted in the lines read, by kind
 
     @property
     def region(self) -> Box:
@@ -300,32 +301,60 @@ def read_change(
     return lines, read_boxes, (time.thread_time() - started) * 1000
 
 
-def gated_read_change(
-    gate: CpuGate | None, before: np.ndarray | None, luma: np.ndarray, boxes: list[Box],
+# Replaces what must not be kept in a read's lines: (the lines, how many were replaced of each
+# kind). The session's screen memory hides secrets with it (memory/secret_text.py).
+Redactor = Callable[[list[str]], tuple[list[str], Mapping[str, int]]]
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A read done on the reading thread, redacted there."""
+
+    lines: list[str]  # the text of every line read, top to bottom
+    boxes: list[Box]
+    cpu_ms: float  # reading and redacting
+    hidden: Mapping[str, int]
+    waited: GateWait = UNGATED
+
+
+def read_text(
+    redact: Redactor | None, before: np.ndarray | None, luma: np.ndarray, boxes: list[Box],
     content: ContentType,
-) -> tuple[list[TextLine], list[Box], float, GateWait]:
-    """`read_change` once `gate` lets it start; (lines, boxes read, CPU ms, how it got
-    through)."""
+) -> _Done:
+    """`read_change`, its lines then put through `redact`, on this thread."""
+    started = time.thread_time()
+    lines, read_boxes, _ = read_change(before, luma, boxes, content)
+    texts = [line.text for line in lines]
+    texts, hidden = redact(texts) if redact is not None else (texts, {})
+    return _Done(texts, read_boxes, (time.thread_time() - started) * 1000, hidden)
+
+
+def gated_read_change(
+    gate: CpuGate | None, redact: Redactor | None, before: np.ndarray | None,
+    luma: np.ndarray, boxes: list[Box], content: ContentType,
+) -> _Done:
+    """`read_text` once `gate` lets it start."""
     waited = gate.wait() if gate is not None else UNGATED
-    return *read_change(before, luma, boxes, content), waited
+    return replace(read_text(redact, before, luma, boxes, content), waited=waited)
 
 
 class FrameTextReader:
     """The same reading, synchronously and in order: for offline scans and evaluations."""
 
-    def __init__(self) -> None:
+    def __init__(self, redact: Redactor | None = None) -> None:
+        self._redact = redact  # as `ScreenTextReader`'s
         self._seen = SeenLines()
         self._before: np.ndarray | None = None  # the last frame read
 
     def read(self, frame: SampledFrame, decision: ChangeDecision) -> ScreenText:
         luma = luma_plane(frame.frame)
-        lines, boxes, cpu_ms = read_change(self._before, luma,
-                                           changed_boxes(decision.regions, frame.size),
-                                           decision.content_type)
+        done = read_text(self._redact, self._before, luma,
+                         changed_boxes(decision.regions, frame.size), decision.content_type)
         self._before = luma
-        added = self._seen.new([line.text for line in lines], frame.t)
+        added = self._seen.new(done.lines, frame.t)
         return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
-                          tuple(boxes), added, len(lines), round(cpu_ms, 1), 0)
+                          tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), 0,
+                          hidden=dict(done.hidden))
 
 
 _shared_pool: ThreadPoolExecutor | None = None
@@ -372,6 +401,7 @@ class ReaderStats:
     waited_ms: float = 0.0
     forced: int = 0  # reads that started after the gate's longest wait, the machine still busy
     lines_added: int = 0
+    secrets_hidden: int = 0  # replaced by the reader's `redact` in the lines read
 
 
 class ScreenTextReader:
@@ -379,12 +409,15 @@ class ScreenTextReader:
 
     def __init__(
         self, on_text: Callable[[ScreenText], None], *, executor: Executor | None = None,
-        gate: CpuGate | None = None, max_pending: int = 4,
+        gate: CpuGate | None = None, redact: Redactor | None = None, max_pending: int = 4,
     ) -> None:
-        """`gate`: reads start when it allows (None: as soon as the executor takes them)."""
+        """`gate`: reads start when it allows (None: as soon as the executor takes them).
+        `redact`: what the lines read must not keep is replaced on the reading thread, before
+        anything sees them (None: kept as read)."""
         self._on_text = on_text
         self._executor = executor or shared_pool()
         self._gate = gate
+        self._redact = redact
         self._max_pending = max_pending
         self._pending: list[_Read] = []
         self._reading: _Read | None = None  # the read handed to the executor, until it is back
@@ -432,9 +465,9 @@ class ScreenTextReader:
                 job = self._reading = self._pending.pop(0)
                 try:
                     luma = luma_plane(job.frame.frame)
-                    lines, boxes, cpu_ms, waited = await loop.run_in_executor(
-                        self._executor, gated_read_change, self._gate, self._before, luma,
-                        job.boxes, job.decision.content_type)
+                    done = await loop.run_in_executor(
+                        self._executor, gated_read_change, self._gate, self._redact,
+                        self._before, luma, job.boxes, job.decision.content_type)
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
@@ -443,25 +476,25 @@ class ScreenTextReader:
                     self._reading = None
                 self._before = luma
                 try:
-                    self._deliver(job, lines, boxes, cpu_ms, waited)
+                    self._deliver(job, done)
                 except Exception as exc:  # nor one read the session could not take
                     self.stats.undelivered += 1
                     log.warning("the screen read at t=%.1fs was lost, its recording failed: %r",
                                 job.frame.t, exc)
 
-    def _deliver(self, job: _Read, lines: list[TextLine], boxes: list[Box], cpu_ms: float,
-                 waited: GateWait) -> None:
-        added = self._seen.new([line.text for line in lines], job.frame.t)
-        waited_ms = waited.seconds * 1000
+    def _deliver(self, job: _Read, done: _Done) -> None:
+        added = self._seen.new(done.lines, job.frame.t)
+        waited_ms = done.waited.seconds * 1000
         self.stats.read += 1
-        self.stats.cpu_ms += cpu_ms
+        self.stats.cpu_ms += done.cpu_ms
         self.stats.waited_ms += waited_ms
-        self.stats.forced += waited.forced
+        self.stats.forced += done.waited.forced
         self.stats.lines_added += len(added)
+        self.stats.secrets_hidden += sum(done.hidden.values())
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
-            tuple(boxes), added, len(lines), round(cpu_ms, 1), job.coalesced,
-            round(waited_ms, 1), waited.forced))
+            tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), job.coalesced,
+            round(waited_ms, 1), done.waited.forced, dict(done.hidden)))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read); a

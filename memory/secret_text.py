@@ -1,0 +1,215 @@
+"""Secrets in text that memory would keep: passwords, keys, tokens and card numbers.
+
+What Sightline remembers outlives the moment it was seen or said. Screen text goes into the
+user's screen timeline, searchable and read into later prompts; a remembered fact and the
+conversation summary go into every later prompt. A password in a `.env` file the user scrolled
+past, an API key in a terminal, a card number on a checkout page or "my wifi password is
+hunter2" must not be kept there. So the screen's lines are stored with each secret's value
+replaced by `HIDDEN` (`hide_secrets`), and a fact or summary that holds one is not remembered
+(`secret_kind`).
+
+The patterns for providers' keys and tokens, and for `KEY=value` / `password: value`
+assignments, are detect-secrets' (Yelp's scanner for secrets committed to code): a list kept up
+to date by people who study the field, which we would otherwise copy and let age. Its plugins
+are used for their patterns only: `analyze_line` reads the scanner's global settings and may
+call providers to verify a key, and a regex plugin yields a capture group that is sometimes the
+key's prefix (`ghp`), not the key. What it does not cover is added here: keys of providers it
+does not know (Anthropic, OpenAI's current keys, Google), bearer tokens, card numbers (a brand's
+prefix and a valid Luhn digit, checked by python-stdnum) and a secret said in words ("the PIN
+is 4821").
+
+A false positive hides a word from memory; a false negative keeps a secret in every later
+prompt. The rules lean to hiding, but not to hiding every long hex string: commit ids, hashes
+and request ids are what users ask about.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.plugins.base import RegexBasedDetector
+from detect_secrets.plugins.github_token import GitHubTokenDetector
+from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.ip_public import IPPublicDetector
+from detect_secrets.plugins.keyword import (
+    CONFIG_DENYLIST_REGEX_TO_GROUP,
+    QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
+)
+from detect_secrets.plugins.private_key import PrivateKeyDetector
+from stdnum import luhn
+
+HIDDEN = "[secret hidden]"
+PRIVATE_KEY = "private key"
+MAX_WORDS = 3  # an assigned value of more words is prose, not a passphrase
+
+# detect-secrets' provider patterns: (what each finds, the pattern, whether its capture groups
+# are the secret). GitHub's and GitLab's capture the token's prefix (`ghp`), so there the whole
+# match is; a public IP address is not a secret, and a private key's header is followed by its
+# body (`hide_secrets`).
+_PROVIDER_PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = tuple(
+    (plugin.secret_type, pattern, plugin not in (GitHubTokenDetector, GitLabTokenDetector))
+    for plugin in get_mapping_from_secret_type_to_class().values()
+    if issubclass(plugin, RegexBasedDetector)
+    and plugin not in (IPPublicDetector, PrivateKeyDetector)
+    for pattern in plugin.denylist)
+_PRIVATE_KEY_BEGINS = tuple(PrivateKeyDetector.denylist)
+_PRIVATE_KEY_ENDS = re.compile(r"END [A-Z0-9 ]*PRIVATE KEY|---- END SSH2", re.I)
+# detect-secrets' `name = value` / `name: value` rules for config files, then those for code
+# (a quoted value): a screen shows both
+_ASSIGNMENTS = (*CONFIG_DENYLIST_REGEX_TO_GROUP.items(),
+                *QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP.items())
+# keys detect-secrets 1.5 does not know
+_MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
+    ("Anthropic key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), False),
+    ("OpenAI key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"), False),
+    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), False),
+    ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
+)
+# a secret runs on to the end of its token (detect-secrets' JWT pattern stops before the
+# signature); `@` ends it, as in `user:password@host`
+_TOKEN_GOES_ON = re.compile(r"[A-Za-z0-9_\-.+/=]*")
+# an assigned value that is code or a reference, not a secret: a call, an `${ENV}` or `{{ }}`
+# template, a condition's `x:`, a count, a mask
+_NOT_LITERAL = re.compile(r".*[({]|\$|.*:$|\d{1,3}$|[*•●·]+$")
+# 13 to 19 digits, in groups a person or a form writes them in
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro
+_CARD_BRANDS = re.compile(r"4|5[1-5]|2[2-7]|3[47]|6(?:011|5|4[4-9]|2)|35|3(?:0[0-5]|[689])|5[06-8]")
+_WHAT = (
+    r"\b(?P<what>passwords?|passcodes?|passphrases?|pins?(?: codes?| numbers?)?|api keys?|"
+    r"access keys?|secret keys?|private keys?|access tokens?|auth tokens?|tokens?|secrets?|"
+    r"social security numbers?|ssns?|card numbers?|cvvs?|cvcs?|security codes?|"
+    r"recovery codes?|backup codes?|one-time codes?|otps?|2fa codes?|login codes?)")
+_VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
+# a secret said in words: what it is, what it is for, then its value ("my wifi password is
+# hunter2", "the PIN for the door is 4821", "api key: abc123")
+_SAID = re.compile(
+    _WHAT + r"(?:\s+(?:for|to|of|on|at)\s+(?:[\w.@'-]+\s+){0,3}?[\w.@'-]+)?"
+    r"\s*(?:\b(?:is|was|are|were|reads)\b\s*:?|:)" + _VALUE, re.I)
+# or its value right after what it is, which must then look like one: letters and digits
+# ("password hunter2"), or a code's 4 to 8 digits ("PIN 4821"); not "password manager",
+# "password reset 2024-01-01", "tokens 12345"
+_SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
+_LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
+_CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
+_CODE_DIGITS = re.compile(r"\d{4,8}")
+# nor a participle or adverb: "the password was accepted", "the token was revoked", "… is
+# expiring", "… is rarely used"
+_NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)$")
+# what follows "password is" when no secret is given: "my password is too weak", "… is the
+# same", "the API key is in the vault", "the PIN is 4 digits long"
+_NOT_A_VALUE = frozenset("""
+    a an the my your his her our their its this that these those same not no never still
+    too very so quite really rather pretty weak strong long short simple complex old new
+    expired wrong incorrect invalid correct right missing empty blank required optional
+    hidden masked shown visible set unset saved stored changed reset updated sent needed
+    in on at of for from with under inside stored somewhere there here below above
+    case-sensitive sensitive secret private public it none null undefined unknown
+    """.split())
+
+
+@dataclass(frozen=True)
+class Secret:
+    kind: str
+    start: int
+    end: int
+
+
+def _span(match: re.Match[str], *, group: int | str | None = None) -> tuple[int, int]:
+    """The secret in a pattern's match: the group named (None: the longest capture group,
+    or the whole match when there is none), run on to the end of its token; quotes and the
+    `=`/`:` a pattern takes in at its ends are not the secret."""
+    if group is None:
+        groups = [i for i in range(1, (match.re.groups or 0) + 1) if match.group(i)]
+        group = max(groups, key=lambda i: len(match.group(i)), default=0)
+    start, end = match.span(group)
+    text = match.string
+    end = _TOKEN_GOES_ON.match(text, end).end()
+    while start < end and text[start] in " \t\"'`=:":
+        start += 1
+    while end > start and text[end - 1] in " \t\"'`,;.":
+        end -= 1
+    return start, end
+
+
+def _assigned(value: str | None) -> bool:
+    """Whether what a `name = value` pattern took is a literal secret: not code, nor prose the
+    pattern ran on into ("mask ?password= in URLs, reject …" in a commit message)."""
+    value = (value or "").strip()
+    return bool(value) and not _NOT_LITERAL.match(value) and len(value.split()) <= MAX_WORDS
+
+
+def _cards(line: str) -> Iterator[Secret]:
+    for match in _CARD.finditer(line):
+        digits = re.sub(r"\D", "", match.group())
+        if _CARD_BRANDS.match(digits) and luhn.is_valid(digits):
+            yield Secret("card number", *match.span())
+
+
+def secrets_in(line: str) -> list[Secret]:
+    """The secrets in one line of text, in order, none overlapping another."""
+    found: list[Secret] = []
+    for kind, pattern, groups in (*_PROVIDER_PATTERNS, *_MORE_KEYS):
+        found += [Secret(kind, *_span(m, group=None if groups else 0))
+                  for m in pattern.finditer(line)]
+    for pattern, group in _ASSIGNMENTS:
+        found += [Secret("assigned secret", *_span(m, group=group))
+                  for m in pattern.finditer(line) if _assigned(m.group(group))]
+    for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)):
+        value = match["value"].rstrip(".,;!?")
+        if (value.lower() not in _NOT_A_VALUE and not _NOT_A_VALUE_FORM.match(value)
+                and not _NOT_LITERAL.match(value)
+                and (match.re is _SAID or _LOOKS_SECRET.match(value)
+                     or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
+            found.append(Secret(match["what"].lower(), *_span(match, group="value")))
+    found += _cards(line)
+    kept: list[Secret] = []
+    for secret in sorted(found, key=lambda s: (s.start, -s.end)):
+        if secret.end - secret.start < 1:
+            continue
+        if kept and secret.start < kept[-1].end:  # overlapping: one span covers both
+            last = kept[-1]
+            kept[-1] = Secret(last.kind, last.start, max(last.end, secret.end))
+            continue
+        kept.append(secret)
+    return kept
+
+
+def secret_kind(text: str) -> str | None:
+    """What kind of secret `text` holds, if any (the first found)."""
+    if any(pattern.search(text) for pattern in _PRIVATE_KEY_BEGINS):
+        return PRIVATE_KEY
+    found = secrets_in(text)
+    return found[0].kind if found else None
+
+
+def hide_secrets(lines: list[str]) -> tuple[list[str], Counter[str]]:
+    """`lines` with each secret's value replaced by `HIDDEN` (a private key's body is hidden
+    whole, from its header to its footer), and how many of each kind were hidden."""
+    hidden: Counter[str] = Counter()
+    out: list[str] = []
+    in_key = False
+    for line in lines:
+        if in_key or any(pattern.search(line) for pattern in _PRIVATE_KEY_BEGINS):
+            if not in_key:
+                hidden[PRIVATE_KEY] += 1
+            in_key = not _PRIVATE_KEY_ENDS.search(line)
+            out.append(HIDDEN)
+            continue
+        found = secrets_in(line)
+        for secret in reversed(found):
+            line = line[:secret.start] + HIDDEN + line[secret.end:]
+        hidden.update(secret.kind for secret in found)
+        out.append(line)
+    return out, hidden
+
+
+def hide_in_text(text: str) -> str:
+    """`text` with each secret's value replaced by `HIDDEN`, line by line (unchanged when it
+    holds none)."""
+    lines, hidden = hide_secrets(text.split("\n"))
+    return "\n".join(lines) if hidden else text

@@ -1,0 +1,170 @@
+"""Secrets are never kept: what memory stores holds no password, key, token or card number.
+
+Protects: a secret's value in a line is replaced by `[secret hidden]` and counted by kind
+(providers' keys and tokens, `name = value` and `name: value` assignments, a URL's password,
+bearer tokens, a private key from its header to its footer, card numbers with a brand's prefix
+and a valid Luhn digit, a secret said in words), and what only looks like one is kept as read
+(error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a form's
+labels, counts); a session's screen text is read with its secrets hidden before anything keeps
+it (the event log, the Postgres timeline later sessions search, the summary counts them); and
+messages reach Postgres with their secrets hidden, live or from a spill file.
+(`remember` and the memory keeper refuse a fact or summary with a secret: test_user_tools.py,
+test_keeper_data.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from PIL import ImageFont
+from synthetic_screen import Desk
+
+from agent.config import Settings
+from agent.session import SessionRuntime
+from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
+from memory.conversation import store_messages
+from memory.db import Database
+from memory.screen_timeline import ScreenTimeline
+from memory.secret_text import HIDDEN, hide_in_text, hide_secrets, secret_kind
+from memory.spill_files import read_event_log
+from memory.store import Store
+
+GITHUB = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+       "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")
+
+
+@pytest.mark.parametrize(("line", "shown", "kind"), [
+    ("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", f"AWS_ACCESS_KEY_ID={HIDDEN}", "AWS Access Key"),
+    (f"export GITHUB_TOKEN={GITHUB}", f"export GITHUB_TOKEN={HIDDEN}", "GitHub Token"),
+    ("DB_PASSWORD=s3cr3t-P4ss", f"DB_PASSWORD={HIDDEN}", "assigned secret"),
+    ("Password: Tr0ub4dor&3", f"Password: {HIDDEN}", "assigned secret"),
+    ("secret_key=\"x8k2j3h4g5f6d7s8a9\"", f"secret_key=\"{HIDDEN}\"", "assigned secret"),
+    ("postgres://app:s3cretpw@db.example.com:5432/app",
+     f"postgres://app:{HIDDEN}@db.example.com:5432/app", "Basic Auth Credentials"),
+    ("sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789", HIDDEN, "Anthropic key"),
+    ("OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyzABCDEF0123",
+     f"OPENAI_API_KEY={HIDDEN}", "OpenAI key"),
+    ("key = 'AIzaSyA-abcdefghijklmnopqrstuvwxyz12345'", f"key = '{HIDDEN}'", "Google API key"),
+    (f"token {JWT} expires", f"token {HIDDEN} expires", "JSON Web Token"),  # signature too
+    ("Authorization: Bearer abcdef123456abcdef123456", f"Authorization: Bearer {HIDDEN}",
+     "bearer token"),
+    ("Card number 4111 1111 1111 1111 exp 12/28", f"Card number {HIDDEN} exp 12/28",
+     "card number"),
+    ("5500-0000-0000-0004", HIDDEN, "card number"),
+    ("my wifi password is hunter2", f"my wifi password is {HIDDEN}", "password"),
+    ("The user shared their wifi password hunter2.",
+     f"The user shared their wifi password {HIDDEN}.", "password"),
+    ("the PIN for the door is 4821", f"the PIN for the door is {HIDDEN}", "pin"),
+    ("recovery code 12345678", f"recovery code {HIDDEN}", "recovery code"),
+])
+def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str) -> None:
+    assert hide_secrets([line]) == ([shown], {kind: 1})
+    assert secret_kind(line) == kind
+
+
+@pytest.mark.parametrize("line", [
+    "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
+    "Traceback (most recent call last):",
+    "commit 3f2a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+    "sha256:d76623373421df22fb4cf8817020cbb7ef15c725b9d5e45f17e189bfc384190f",
+    "request_id=9f86d081884c7d659a2feaa0c55ad015",
+    "connect to 93.184.216.34:443 failed",
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 user@host",  # a public key
+    "token = os.environ['TOKEN']", "SECRET_KEY = get_secret()", "auth_token: ${AUTH_TOKEN}",
+    "  password: {{ .Values.db.password }}", "if password == confirm:",
+    "password = input('Password: ')", "password: ********",
+    "Forgot your password?", "Enter your API key below", "Token: none", "Secrets: 0",
+    "Your password must be at least 8 characters", "password is too weak",
+    "The API key is in the vault", "my password manager is 1Password",
+    "the password was accepted", "the token was revoked",
+    "password reset link sent", "tokens 12345 used", "HTTP 401: invalid token",
+    "Call +1 415 555 0123", "Version 1.2.3 released on 2024-05-01",
+    "mask ?password= in URLs, reject inf settings, validate --limit",  # a commit message
+])
+def test_what_only_looks_like_a_secret_is_kept_as_read(line: str) -> None:
+    assert hide_secrets([line]) == ([line], {})
+    assert secret_kind(line) is None
+    assert hide_in_text(f"{line}\nnext line") == f"{line}\nnext line"
+
+
+def test_a_private_key_is_hidden_from_its_header_to_its_footer() -> None:
+    shown = ["$ cat ~/.ssh/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----",
+             "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAABlwAAAAdzc2gtcn",
+             "NhAAAAAwEAAQAAAYEAx7v0Zz", "-----END OPENSSH PRIVATE KEY-----", "$ ls"]
+    lines, hidden = hide_secrets(shown)
+    assert lines == ["$ cat ~/.ssh/id_rsa", HIDDEN, HIDDEN, HIDDEN, HIDDEN, "$ ls"]
+    assert hidden == {"private key": 1}
+    assert secret_kind("\n".join(shown)) == "private key"
+
+
+SECRET_LINE = "DB_PASSWORD=hunter2-staging"
+CARD_LINE = "card 4111 1111 1111 1111"
+
+
+def env_desk() -> list[Desk]:
+    """An editor; then a `.env` file's password and a card number appear in it."""
+    base = Desk(width=1280, height=720, pointer=None, cursor_on=False)
+    shown = Desk(width=1280, height=720, pointer=None, cursor_on=False,
+                 lines=[*base.lines, "", SECRET_LINE, CARD_LINE])
+    for desk in (base, shown):
+        desk.font = ImageFont.load_default(size=20)
+    return [base, shown]
+
+
+async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Database) -> None:
+    """The password and the card number are read off the screen by the bundled Tesseract, and
+    neither reaches the event log, the timeline in Postgres or a later question's prompt;
+    what is around them does, and the session's summary counts what was hidden."""
+    asked: list[CapturedRequest] = []
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        asked.append(request)
+        return ScriptedReply(text="[[confidence: 0.9]] Scripted: the .env file.")
+
+    async with ScriptedModelServer(serve) as server:
+        runtime = await SessionRuntime.open(
+            settings.with_overrides(
+                gemini_api_key="k", anthropic_api_key="k", gemini_base_url=server.base_url,
+                anthropic_base_url=server.base_url, embeddings="offline",
+                memory_updates=False),
+            db, tenant="acme", user_id="u-9", source="replay")
+        for t, desk in enumerate(env_desk()):
+            for second in (0, 1):
+                runtime.screen.offer(t * 10.0 + second, desk.frame())
+                await runtime.screen_settled()
+        await asyncio.sleep(0.1)
+        summary = await runtime.close()
+        timeline = await ScreenTimeline(db.pool, runtime.memory.embedder).search(  # type: ignore[union-attr]
+            "acme", "DB_PASSWORD card", user_id="u-9")
+        events = read_event_log(runtime.record.events.path)
+
+    texts = [e.text for e in timeline]
+    assert any("DB_PASSWORD=" + HIDDEN in text for text in texts), texts
+    assert any("card " + HIDDEN in text for text in texts), texts
+    stored = " ".join(texts) + " ".join(
+        " ".join(e["detail"]["lines"]) for e in events if e["kind"] == "screen_text")
+    for secret in ("hunter2", "4111"):
+        assert secret not in stored
+    assert summary["screen"]["secrets_hidden"] == 2
+    [reader] = [e["detail"] for e in events if e["kind"] == "screen_reader"]
+    assert reader["secrets_hidden"] == 2
+
+
+async def test_messages_are_stored_with_their_secrets_hidden(db: Database) -> None:
+    """What later sessions read into their prompts: the user's and the assistant's messages,
+    each with its secret's value hidden, the rest as said."""
+    store = Store(db.pool)
+    await store.start_session("s-secret", tenant="acme", user_id="u-1", room=None,
+                              source="replay", provider="gemini", model="scripted")
+    said = "my wifi password is hunter2, can you check the router page?"
+    answered = f"Your screen shows GITHUB_TOKEN={GITHUB}; rotate it."
+    plain = "The router page says firmware 1.2.3."
+    await store_messages(store, None, "s-secret", "acme", [
+        {"user_id": "u-1", "role": "user", "content": said},
+        {"user_id": "u-1", "role": "assistant", "content": answered},
+        {"user_id": "u-1", "role": "assistant", "content": plain}])
+    stored = [m.content for m in await store.recent_messages("acme", "u-1", 10)]
+    assert stored == [f"my wifi password is {HIDDEN}, can you check the router page?",
+                      f"Your screen shows GITHUB_TOKEN={HIDDEN}; rotate it.", plain]
