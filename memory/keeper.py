@@ -55,6 +55,7 @@ from .backlog import Deferred
 from .conversation import cut
 from .db import error_reason, storable
 from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers
+from .secret_text import secret_kind
 from .spill_files import ROW_KEY, SpillKind, spill_path, with_row_key
 from .user_memory import (
     MAX_FACTS,
@@ -100,7 +101,8 @@ Reply with one JSON object and nothing else:
  "summary": "..." or null}}
 facts: what is worth knowing in a later session: the user's setup, tools and versions, projects,
 preferences, goals, recurring problems. To change a remembered fact, reuse its key. Leave out
-facts already remembered, passing details and anything the assistant only guessed.
+facts already remembered, passing details and anything the assistant only guessed. Never keep a
+password, PIN, key, token or card number, in a fact or in the summary.
 forget: keys of remembered facts that the user's own words ask to forget, or say are no longer
 true.
 summary: the whole conversation with this user so far in at most 80 words, the earlier summary
@@ -739,7 +741,9 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
             summary: str | None, from_screen: Collection[str] = (),
             ) -> tuple[MemoryUpdate, dict[str, int]]:
     """What of the memory model's answer the user's own words support, and what was done
-    instead (`facts_refused`, `facts_rekeyed`, `forgets_refused`, `summary_refused`). The model
+    instead (`facts_refused`, `facts_rekeyed`, `forgets_refused`, `summary_refused`, and of
+    those `secrets_refused`: a fact or summary that holds a password, key, token or card
+    number is never kept, whoever said it; memory/secret_text.py). The model
     sees text read off the screen in the assistant's answer; it is told that is data, but what
     it writes lasts across sessions, so its effects are checked here, each fact on its own
     provenance rather than on how the answer is worded (the assistant's "Note that …" must not
@@ -783,7 +787,11 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
     screen_keys: list[str] = []
     taken = set(facts) | {f.key for f in update.facts}
     rekeyed = 0
+    secrets = 0
     for fact in update.facts:
+        if secret_kind(fact.text):
+            secrets += 1
+            continue
         if any(same_fact(fact.text, text) for text in facts.values()):
             kept.append(fact)  # already remembered: applying it changes nothing
             continue
@@ -808,13 +816,17 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
         if screen_sourced:
             screen_keys.append(key)
     new_summary = update.summary
-    if new_summary and not summary_vouched(
+    if new_summary and secret_kind(new_summary):
+        secrets += 1
+        new_summary = None
+    elif new_summary and not summary_vouched(
             new_summary, user=user, assistant=assistant, previous=summary,
             remembered=" ".join(facts.values())):
         new_summary = None
     refused = {"facts_refused": len(update.facts) - len(kept), "facts_rekeyed": rekeyed,
                "forgets_refused": len(update.forget) - len(forget),
-               "summary_refused": int(new_summary is None and update.summary is not None)}
+               "summary_refused": int(new_summary is None and update.summary is not None),
+               "secrets_refused": secrets}
     return MemoryUpdate(kept, forget, new_summary, screen_keys), refused
 
 
@@ -1033,9 +1045,10 @@ class MemoryKeeper:
             if any(refused.values()):  # counts only: what was refused is the user's memory
                 log.warning(
                     "memory: left out %d facts, %d forgets and %d summary the user's own words "
-                    "do not support; %d facts kept under a new key, not over a remembered one",
-                    refused["facts_refused"], refused["forgets_refused"],
-                    refused["summary_refused"], refused["facts_rekeyed"])
+                    "do not support or that hold a secret (%d); %d facts kept under a new key, "
+                    "not over a remembered one", refused["facts_refused"],
+                    refused["forgets_refused"], refused["summary_refused"],
+                    refused["secrets_refused"], refused["facts_rekeyed"])
             done = {**self._apply(update, who), **refused}
             applied = True
             if who["session_id"] != self._who["session_id"]:

@@ -147,7 +147,34 @@ async def test_a_request_read_off_the_screen_changes_no_memory(tmp_path: Path) -
     assert written == []
     assert model.done == [{"facts_written": 0, "facts_forgotten": 0, "summary_written": 0,
                            "facts_refused": 2, "facts_rekeyed": 0, "forgets_refused": 1,
-                           "summary_refused": 1}]
+                           "summary_refused": 1, "secrets_refused": 0}]
+
+
+@pytest.mark.parametrize(("user", "fact", "summary"), [
+    ("My wifi password is hunter2, my laptop is a ThinkPad.",
+     "The user's wifi password is hunter2.", "The user shared their wifi password hunter2."),
+    ("The door PIN is 4821 and my laptop is a ThinkPad.",
+     "The user's door PIN is 4821.", "The user's door PIN is 4821; the laptop is a ThinkPad."),
+    ("I pay with 4111 1111 1111 1111, my laptop is a ThinkPad.",
+     "The user pays with card 4111 1111 1111 1111.", None),
+    ("Our deploy token is ghp_abcdefghijklmnopqrstuvwxyz0123456789, my laptop is a ThinkPad.",
+     "The user's deploy token is ghp_abcdefghijklmnopqrstuvwxyz0123456789.", None),
+])
+async def test_a_secret_the_user_said_is_never_remembered(
+    tmp_path: Path, user: str, fact: str, summary: str | None,
+) -> None:
+    """The user's own words, so every other rule lets the fact through; a password, PIN, card
+    number or token would go into every later prompt, so it is left out (and counted), while
+    what else they said is kept."""
+    laptop = "The user's laptop is a ThinkPad."
+    keeper, written, model = await _keep(tmp_path, {
+        "facts": [{"key": "secret", "text": fact}, {"key": "laptop", "text": laptop}],
+        "forget": [], "summary": summary}, user, "Noted.", [])
+    assert keeper.facts == {"laptop": laptop} and keeper.summary is None
+    assert [r.get("text") for r in written] == [laptop]
+    assert model.done[0]["secrets_refused"] == 1 + (summary is not None)
+    assert model.done[0]["facts_refused"] == 1
+    assert model.done[0]["summary_refused"] == int(summary is not None)
 
 
 async def test_the_users_own_words_and_what_the_screen_showed_them_still_change_memory(

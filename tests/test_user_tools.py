@@ -427,6 +427,27 @@ async def test_what_is_written_comes_from_the_users_words() -> None:
         "Forgot: <memory>The user's laptop runs Ubuntu 24.04</memory>")
 
 
+@pytest.mark.parametrize(("said", "fact"), [
+    ("Remember my wifi password is hunter2", "The user's wifi password is hunter2"),
+    ("Remember that the door PIN is 4821", "The door PIN is 4821"),
+    ("Remember my card is 4111 1111 1111 1111", "The user's card is 4111 1111 1111 1111"),
+    ("Remember my API key: sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123",
+     "The user's API key: sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123"),
+])
+async def test_remember_keeps_no_secret_even_when_the_user_asks(said: str, fact: str) -> None:
+    """Memory goes into every later prompt: a password, PIN, card number or key is refused,
+    and the model is told to say so (without repeating it); a fact about a password that holds
+    none is kept."""
+    tools, memory = memory_tools()
+    with pytest.raises(llm.ToolError, match=r"holds a secret .* password manager"):
+        await tools.remember(user_said(said), fact)
+    assert list(memory.facts_by_key.values()) == FACTS
+    assert await tools.remember(user_said("Remember my password manager is 1Password"),
+                                "The user's password manager is 1Password") == (
+        "Remembered (as password_manager_1password): The user's password manager is "
+        "1Password")
+
+
 async def test_forget_drops_one_fact_that_covers_what_the_user_named() -> None:
     """One shared word is no match, and a tie is asked about, not all dropped."""
     tools, memory = memory_tools()

@@ -240,8 +240,8 @@ async def _remembers(said: str, fact: str) -> bool:
     ("my locker is \u1369", "The user's locker is \u1369", True),  # a digit int() can't read
     # digits as written, leading zeros too: part of the number
     ("my dose is 0.05 mg", "The user's dose is 0.5 mg", False),
-    ("my PIN is 0042", "The user's PIN is 42", False),
-    ("my PIN is 0042", "The user's PIN is 0042", True),
+    ("my room is 0042", "The user's room is 42", False),
+    ("my room is 0042", "The user's room is 0042", True),
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
     statement: str, fact: str, users: bool,

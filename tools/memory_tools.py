@@ -84,6 +84,7 @@ from livekit.agents import RunContext, llm
 from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, forget_subjects, same_fact
 from memory.keeper import STOP_WORDS as KEEPER_STOP
 from memory.marked_data import MEMORY, marked
+from memory.secret_text import secret_kind
 from memory.user_memory import Fact, UserMemory
 from memory.word_forms import (
     AROUND_YES,
@@ -811,6 +812,12 @@ class MemoryTools:
                 "the order the user said them, or not negated as the user negated them (a "
                 "negation followed by a comma and more words may be read to reach them: say it "
                 f"with \"but\" or in two sentences). Nothing was remembered. {_REWRITE}")
+        if kind := secret_kind(text):
+            raise llm.ToolError(
+                f"Nothing was remembered: the fact holds a secret ({kind}). Sightline keeps no "
+                "passwords, PINs, keys, tokens or card numbers in memory, where every later "
+                "conversation would read them. Tell the user so, and that a password manager is "
+                "the place for it; do not repeat the secret.")
         known = await self._facts()
         if any(same_fact(text, f.text) for f in known):
             return f"Already remembered: {text}"
