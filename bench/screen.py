@@ -24,7 +24,10 @@ Verdict (`TARGETS`): text recall >= 0.95 and error-line accuracy >= 0.98 (the is
 bench/screen_eval.py and tests/test_screen_eval.py hold them), OCR <= 0.05 cores per session
 (the mean; README: Screen memory), and the references beaten in the same run: whole kept frames
 cost more OCR CPU than the changed regions (`ocr_cores_vs_whole_frame` > 1) and describing
-each kept frame costs more than Sightline's way (`usd_vs_describe_kept` > 1). A figure the run
+each kept frame costs more than Sightline's way (`usd_vs_describe_kept` > 1); hiding secrets in
+the lines read, as the live reader does, takes at most 5% of the reading's CPU
+(`secret_hiding_cpu_share`; `secrets_hidden` counts what it hid, each a false positive: the set
+shows no secret). A figure the run
 could not measure (no error lines among the sessions: no error accuracy) misses its target.
 Last line: JSON, with `targets_met` and what was `missed`; exit status 1 on a miss.
 """
@@ -34,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agent.images import image_tokens, sized_for
@@ -50,6 +55,7 @@ from bench.screen_eval import (
 )
 from bench.verdict import Target, exit_status, parser, ratio, verdict
 from bench.vision_eval import EVAL_SET, find_sessions
+from memory.secret_text import hide_secrets
 from vision.screen import CHANGING
 from vision.screen_text import FrameTextReader
 
@@ -64,7 +70,24 @@ TARGETS: dict[str, Target] = {
     "ocr_cores_per_session": ("<=", 0.05),
     "ocr_cores_vs_whole_frame": (">", 1.0),  # the reference: every kept frame read whole
     "usd_vs_describe_kept": (">", 1.0),  # the reference: the seed plan, kept frames described
+    # hiding secrets in the lines read (memory/secret_text.py), against the read itself
+    "secret_hiding_cpu_share": ("<=", 0.05),
 }
+
+
+@dataclass
+class TimedRedactor:
+    """`hide_secrets` as the live reader runs it, its CPU time and what it hid counted."""
+
+    cpu_ms: float = 0.0
+    hidden: int = 0
+
+    def __call__(self, lines: list[str]) -> tuple[list[str], Mapping[str, int]]:
+        started = time.thread_time()
+        shown, hidden = hide_secrets(lines)
+        self.cpu_ms += (time.thread_time() - started) * 1000
+        self.hidden += sum(hidden.values())
+        return shown, hidden
 
 
 @dataclass
@@ -118,8 +141,9 @@ def main() -> int:
     scores = {"sightline": TextScore(), "whole_frame": TextScore()}
     costs, follow_ups = Costs(), Costs()
     per_session_cores: list[float] = []
-    readers: dict[str, type[Reader]] = {"sightline": FrameTextReader,
-                                        "whole_frame": WholeFrameReader}
+    redactor = TimedRedactor()
+    readers: dict[str, Callable[[], Reader]] = {
+        "sightline": lambda: FrameTextReader(redact=redactor), "whole_frame": WholeFrameReader}
     for session in sessions:
         for name, make in readers.items():
             run = run_session(session, make())
@@ -143,6 +167,8 @@ def main() -> int:
         "usd_per_screen_minute": per_minute,
         "ocr_cores_vs_whole_frame": ratio(whole["ocr_cores"], ours["ocr_cores"]),
         "usd_vs_describe_kept": ratio(per_minute["describe_kept"], per_minute["sightline"]),
+        "secret_hiding_cpu_share": round(redactor.cpu_ms / scores["sightline"].cpu_ms, 4),
+        "secrets_hidden": redactor.hidden,
         "images_per_turn": {
             "always": 1.0, "changed": round(costs.images_changed / costs.questions, 3),
             "changed_every_20s": round(follow_ups.images_changed / follow_ups.questions, 3)},
@@ -159,6 +185,9 @@ def main() -> int:
     print(f"USD per screen-minute: every frame {per_minute['every_frame']:.6f}, describe kept "
           f"{per_minute['describe_kept']:.6f}, Sightline {per_minute['sightline']:.6f} "
           f"({per_minute['describe_kept'] / per_minute['sightline']:.1f}x less than describing)")
+    print(f"secrets hidden: {redactor.hidden} (the set shows none: each is a word hidden that "
+          f"was not one), in {redactor.cpu_ms / 1000:.1f} s of CPU, "
+          f"{100 * result['secret_hiding_cpu_share']:.1f}% of the reading's")
     images = result["images_per_turn"]
     print(f"images per turn: always 1.0; changed {images['changed']} (a question every "
           f"{QUESTION_EVERY_S:.0f} s), {images['changed_every_20s']} (every {FOLLOW_UP_S:.0f} s)")
