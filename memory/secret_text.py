@@ -72,9 +72,9 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
 # a secret runs on to the end of its token (detect-secrets' JWT pattern stops before the
 # signature); `@` ends it, as in `user:password@host`
 _TOKEN_GOES_ON = re.compile(r"[A-Za-z0-9_\-.+/=]*")
-# an assigned value that is code or a reference, not a secret: a call, an `${ENV}` or `{{ }}`
-# template, a condition's `x:`, a count, a mask
-_NOT_LITERAL = re.compile(r".*[({]|\$|.*:$|\d{1,3}$|[*•●·]+$")
+# an assigned value that is code or a reference, not a secret: a call, an index or a generic
+# type, an `${ENV}` or `{{ }}` template, a condition's `x:`, a count, a mask
+_NOT_LITERAL = re.compile(r".*[({\[]|\$|.*:$|\d{1,3}$|[*•●·]+$")
 # 13 to 19 digits, in groups a person or a form writes them in
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro
@@ -97,6 +97,9 @@ _SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
 _CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
 _CODE_DIGITS = re.compile(r"\d{4,8}")
+# tokens and secrets are counted too: "Input tokens: 1,234" on a usage page is a number
+_COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
+_NUMBER = re.compile(r"\d[\d,.]*$")
 # nor a participle or adverb: "the password was accepted", "the token was revoked", "… is
 # expiring", "… is rarely used"
 _NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)$")
@@ -107,9 +110,10 @@ _NOT_A_VALUE = frozenset("""
     too very so quite really rather pretty weak strong long short simple complex old new
     expired wrong incorrect invalid correct right missing empty blank required optional
     hidden masked shown visible set unset saved stored changed reset updated sent needed
-    in on at of for from with under inside stored somewhere there here below above
+    in on at of for from with under inside somewhere there here below above
     case-sensitive sensitive secret private public it none null undefined unknown
-    """.split())
+    int str float bool bytes list dict tuple object string number boolean integer any
+    """.split())  # and a type annotation's type: "output tokens: int = 0" as OCR reads it
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,17 @@ def _span(match: re.Match[str], *, group: int | str | None = None) -> tuple[int,
     return start, end
 
 
-def _assigned(value: str | None) -> bool:
-    """Whether what a `name = value` pattern took is a literal secret: not code, nor prose the
-    pattern ran on into ("mask ?password= in URLs, reject …" in a commit message)."""
-    value = (value or "").strip()
-    return bool(value) and not _NOT_LITERAL.match(value) and len(value.split()) <= MAX_WORDS
+def _literal(value: str, after: str) -> bool:
+    """Whether a value a pattern took (`after` it, the rest of the line) is a literal secret:
+    not code (a call, a reference, a type annotation's type: `password: str = ""`), nor a
+    word that says what the secret is like ("password is too weak", a form's "Password:
+    required"), nor prose the pattern ran on into ("mask ?password= in URLs, reject …" in a
+    commit message)."""
+    value = value.strip().rstrip(".,;!?")
+    return (bool(value) and len(value.split()) <= MAX_WORDS
+            and value.split()[0].lower() not in _NOT_A_VALUE
+            and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
+            and not re.match(r"\s*=(?!=)", after))
 
 
 def _cards(line: str) -> Iterator[Secret]:
@@ -158,11 +168,12 @@ def secrets_in(line: str) -> list[Secret]:
                   for m in pattern.finditer(line)]
     for pattern, group in _ASSIGNMENTS:
         found += [Secret("assigned secret", *_span(m, group=group))
-                  for m in pattern.finditer(line) if _assigned(m.group(group))]
+                  for m in pattern.finditer(line)
+                  if m.group(group) and _literal(m.group(group), line[m.end(group):])]
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)):
         value = match["value"].rstrip(".,;!?")
-        if (value.lower() not in _NOT_A_VALUE and not _NOT_A_VALUE_FORM.match(value)
-                and not _NOT_LITERAL.match(value)
+        if (_literal(value, line[match.end("value"):])
+                and not (_COUNTED.search(match["what"]) and _NUMBER.match(value))
                 and (match.re is _SAID or _LOOKS_SECRET.match(value)
                      or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
             found.append(Secret(match["what"].lower(), *_span(match, group="value")))

@@ -14,8 +14,6 @@ test_keeper_data.py.)
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from PIL import ImageFont
 from synthetic_screen import Desk
@@ -80,6 +78,9 @@ def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str
     "The API key is in the vault", "my password manager is 1Password",
     "the password was accepted", "the token was revoked",
     "password reset link sent", "tokens 12345 used", "HTTP 401: invalid token",
+    "Input tokens: 1,234", "Tokens: 12345",  # a usage page's counts
+    "36 output tokens: int = 0", "api_key: Optional[str] = None",  # annotations, as OCR reads
+    "password: str = \"\"", "secret: SecretStr = Field()", "Password: required",
     "Call +1 415 555 0123", "Version 1.2.3 released on 2024-05-01",
     "mask ?password= in URLs, reject inf settings, validate --limit",  # a commit message
 ])
@@ -115,8 +116,9 @@ def env_desk() -> list[Desk]:
 
 async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Database) -> None:
     """The password and the card number are read off the screen by the bundled Tesseract, and
-    neither reaches the event log, the timeline in Postgres or a later question's prompt;
-    what is around them does, and the session's summary counts what was hidden."""
+    neither reaches the event log, the timeline in Postgres or the text of the question's
+    request; what is around them does, the model is told what the marker means, and the
+    session's summary counts what was hidden."""
     asked: list[CapturedRequest] = []
 
     def serve(request: CapturedRequest) -> ScriptedReply:
@@ -130,11 +132,14 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
                 anthropic_base_url=server.base_url, embeddings="offline",
                 memory_updates=False),
             db, tenant="acme", user_id="u-9", source="replay")
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
         for t, desk in enumerate(env_desk()):
             for second in (0, 1):
                 runtime.screen.offer(t * 10.0 + second, desk.frame())
                 await runtime.screen_settled()
-        await asyncio.sleep(0.1)
+        await session.run(user_input="What did the env file set the database password to?")
+        await session.aclose()
         summary = await runtime.close()
         timeline = await ScreenTimeline(db.pool, runtime.memory.embedder).search(  # type: ignore[union-attr]
             "acme", "DB_PASSWORD card", user_id="u-9")
@@ -148,6 +153,11 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
     for secret in ("hunter2", "4111"):
         assert secret not in stored
     assert summary["screen"]["secrets_hidden"] == 2
+    # the question's screen text holds the rest of the line, and the model is told what the
+    # marker stands for (the screenshot itself is the screen as shared)
+    [request] = [r for r in asked if r.purpose == "answer"]
+    assert f"DB_PASSWORD={HIDDEN}" in request.text and "hunter2" not in request.text
+    assert f"{HIDDEN} in screen text or memory stands for a password" in request.text
     [reader] = [e["detail"] for e in events if e["kind"] == "screen_reader"]
     assert reader["secrets_hidden"] == 2
 
