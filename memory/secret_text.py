@@ -32,29 +32,42 @@ from dataclasses import dataclass
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.plugins.base import RegexBasedDetector
+from detect_secrets.plugins.cloudant import CloudantDetector
 from detect_secrets.plugins.github_token import GitHubTokenDetector
 from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
+from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
 from detect_secrets.plugins.ip_public import IPPublicDetector
 from detect_secrets.plugins.keyword import (
     CONFIG_DENYLIST_REGEX_TO_GROUP,
     QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
 )
 from detect_secrets.plugins.private_key import PrivateKeyDetector
+from detect_secrets.plugins.softlayer import SoftlayerDetector
 from stdnum import luhn
 
 HIDDEN = "[secret hidden]"
 PRIVATE_KEY = "private key"
-MAX_WORDS = 3  # an assigned value of more words is prose, not a passphrase
+MAX_WORDS = 3  # an assigned value of more words runs on past the secret, its first word
+# A line is scanned this many characters at a time, each window overlapping the next by half:
+# detect-secrets' `name = value` patterns take time quadratic in what they scan ("password"
+# pasted 200 times over, 1,600 characters: half a second), so a 20,000-character message is
+# scanned in linear time. A secret up to half a window long falls whole inside one; a longer
+# one (a JWT) is hidden by the windows' spans together.
+WINDOW = 256
 
 # detect-secrets' provider patterns: (what each finds, the pattern, whether its capture groups
 # are the secret). GitHub's and GitLab's capture the token's prefix (`ghp`), so there the whole
-# match is; a public IP address is not a secret, and a private key's header is followed by its
-# body (`hide_secrets`).
+# match is. Left out: a public IP address is not a secret; a private key's header is followed by
+# its body (`hide_secrets`); IBM's, Cloudant's and SoftLayer's `name = value` patterns take time
+# cubic in a run of spaces ("api_key" and 1,000 spaces: 8 s), and the assignments below find
+# their values.
+_SLOW_OR_NOT_SECRET = (IPPublicDetector, PrivateKeyDetector, IbmCloudIamDetector,
+                       IbmCosHmacDetector, CloudantDetector, SoftlayerDetector)
 _PROVIDER_PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = tuple(
     (plugin.secret_type, pattern, plugin not in (GitHubTokenDetector, GitLabTokenDetector))
     for plugin in get_mapping_from_secret_type_to_class().values()
-    if issubclass(plugin, RegexBasedDetector)
-    and plugin not in (IPPublicDetector, PrivateKeyDetector)
+    if issubclass(plugin, RegexBasedDetector) and plugin not in _SLOW_OR_NOT_SECRET
     for pattern in plugin.denylist)
 _PRIVATE_KEY_BEGINS = tuple(PrivateKeyDetector.denylist)
 _PRIVATE_KEY_ENDS = re.compile(r"END [A-Z0-9 ]*PRIVATE KEY|---- END SSH2", re.I)
@@ -108,7 +121,7 @@ _NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)$")
 _NOT_A_VALUE = frozenset("""
     a an the my your his her our their its this that these those same not no never still
     too very so quite really rather pretty weak strong long short simple complex old new
-    expired wrong incorrect invalid correct right missing empty blank required optional
+    expired wrong incorrect invalid missing empty blank required optional
     hidden masked shown visible set unset saved stored changed reset updated sent needed
     in on at of for from with under inside somewhere there here below above
     case-sensitive sensitive secret private public it none null undefined unknown
@@ -132,23 +145,27 @@ def _span(match: re.Match[str], *, group: int | str | None = None) -> tuple[int,
         group = max(groups, key=lambda i: len(match.group(i)), default=0)
     start, end = match.span(group)
     text = match.string
-    end = _TOKEN_GOES_ON.match(text, end).end()
     while start < end and text[start] in " \t\"'`=:":
         start += 1
+    return start, _token_end(text, start, end)
+
+
+def _token_end(text: str, start: int, end: int) -> int:
+    """Where a secret found in `text[start:end]` ends: on at the end of its token, back before
+    the quote or mark that closes it."""
+    end = _TOKEN_GOES_ON.match(text, end).end()
     while end > start and text[end - 1] in " \t\"'`,;.":
         end -= 1
-    return start, end
+    return end
 
 
 def _literal(value: str, after: str) -> bool:
     """Whether a value a pattern took (`after` it, the rest of the line) is a literal secret:
     not code (a call, a reference, a type annotation's type: `password: str = ""`), nor a
     word that says what the secret is like ("password is too weak", a form's "Password:
-    required"), nor prose the pattern ran on into ("mask ?password= in URLs, reject …" in a
-    commit message)."""
+    required", "mask ?password= in URLs" in a commit message)."""
     value = value.strip().rstrip(".,;!?")
-    return (bool(value) and len(value.split()) <= MAX_WORDS
-            and value.split()[0].lower() not in _NOT_A_VALUE
+    return (bool(value) and value.split()[0].lower() not in _NOT_A_VALUE
             and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
             and not re.match(r"\s*=(?!=)", after))
 
@@ -161,15 +178,33 @@ def _cards(line: str) -> Iterator[Secret]:
 
 
 def secrets_in(line: str) -> list[Secret]:
-    """The secrets in one line of text, in order, none overlapping another."""
+    """The secrets in one line of text, in order, none overlapping another (a long line
+    scanned in overlapping windows of `WINDOW` characters)."""
+    if len(line) <= WINDOW:
+        return _merged(_found(line))
+    step = WINDOW // 2
+    return _merged([Secret(s.kind, s.start + at, _token_end(line, s.start + at, s.end + at))
+                    for at in range(0, len(line) - step, step)
+                    for s in _found(line[at:at + WINDOW])])
+
+
+def _found(line: str) -> list[Secret]:
+    """Every secret each rule finds in `line`, overlapping as found."""
     found: list[Secret] = []
     for kind, pattern, groups in (*_PROVIDER_PATTERNS, *_MORE_KEYS):
         found += [Secret(kind, *_span(m, group=None if groups else 0))
                   for m in pattern.finditer(line)]
     for pattern, group in _ASSIGNMENTS:
-        found += [Secret("assigned secret", *_span(m, group=group))
-                  for m in pattern.finditer(line)
-                  if m.group(group) and _literal(m.group(group), line[m.end(group):])]
+        for match in pattern.finditer(line):
+            if not match.group(group):
+                continue
+            start, end = _span(match, group=group)
+            value = line[start:end]
+            if len(value.split()) > MAX_WORDS:  # the value runs on: its first word is the secret
+                value = value.split()[0]
+                end = _token_end(line, start, start + len(value))
+            if _literal(value, line[start + len(value):]):
+                found.append(Secret("assigned secret", start, end))
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)):
         value = match["value"].rstrip(".,;!?")
         if (_literal(value, line[match.end("value"):])
@@ -178,6 +213,11 @@ def secrets_in(line: str) -> list[Secret]:
                      or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
             found.append(Secret(match["what"].lower(), *_span(match, group="value")))
     found += _cards(line)
+    return found
+
+
+def _merged(found: list[Secret]) -> list[Secret]:
+    """`found` in order, each run of overlapping secrets one span (the first one's kind)."""
     kept: list[Secret] = []
     for secret in sorted(found, key=lambda s: (s.start, -s.end)):
         if secret.end - secret.start < 1:

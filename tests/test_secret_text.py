@@ -37,6 +37,9 @@ JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
     ("AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", f"AWS_ACCESS_KEY_ID={HIDDEN}", "AWS Access Key"),
     (f"export GITHUB_TOKEN={GITHUB}", f"export GITHUB_TOKEN={HIDDEN}", "GitHub Token"),
     ("DB_PASSWORD=s3cr3t-P4ss", f"DB_PASSWORD={HIDDEN}", "assigned secret"),
+    ("DB_PASSWORD=hunter2 # staging db", f"DB_PASSWORD={HIDDEN} # staging db",
+     "assigned secret"),  # a value that runs on: its first word
+    ("Password: correct horse battery", f"Password: {HIDDEN}", "assigned secret"),
     ("Password: Tr0ub4dor&3", f"Password: {HIDDEN}", "assigned secret"),
     ("secret_key=\"x8k2j3h4g5f6d7s8a9\"", f"secret_key=\"{HIDDEN}\"", "assigned secret"),
     ("postgres://app:s3cretpw@db.example.com:5432/app",
@@ -88,6 +91,18 @@ def test_what_only_looks_like_a_secret_is_kept_as_read(line: str) -> None:
     assert hide_secrets([line]) == ([line], {})
     assert secret_kind(line) is None
     assert hide_in_text(f"{line}\nnext line") == f"{line}\nnext line"
+
+
+def test_a_long_line_is_scanned_whole_in_windows() -> None:
+    """A pasted page of one line: a secret deep inside it is found, and a token longer than a
+    window (a JWT of 400 characters) is hidden whole."""
+    long_jwt = f"{JWT[:37]}eyJ{'a' * 300}.{'s' * 60}"
+    line = ("x " * 5000 + f"token {long_jwt} done DB_PASSWORD=hunter2-staging "
+            + "y " * 5000)
+    [shown], hidden = hide_secrets([line])
+    assert f"token {HIDDEN} done DB_PASSWORD={HIDDEN} y" in shown
+    assert hidden == {"JSON Web Token": 1, "assigned secret": 1}
+    assert shown.startswith("x x") and shown.endswith("y y ")
 
 
 def test_a_private_key_is_hidden_from_its_header_to_its_footer() -> None:
