@@ -4,10 +4,11 @@ Protects: a secret's value in a line is replaced by `[secret hidden]` and counte
 (providers' keys and tokens, `name = value` and `name: value` assignments, a URL's password,
 bearer tokens, a private key from its header to its footer, card numbers with a brand's prefix
 and a valid Luhn digit, a secret said in words), and what only looks like one is kept as read
-(error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a form's
-labels, counts); a session's screen text is read with its secrets hidden before anything keeps
-it (the event log, the Postgres timeline later sessions search, the summary counts them); and
-messages reach Postgres with their secrets hidden, live or from a spill file.
+(error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a type
+annotation, a form's labels, counts); a line of 20,000 characters is scanned whole, in windows;
+a session's screen text is read with its secrets hidden before anything keeps it (the event
+log, the Postgres timeline later sessions search, the summary counts them); and messages reach
+Postgres with their secrets hidden, live or from a spill file.
 (`remember` and the memory keeper refuse a fact or summary with a secret: test_user_tools.py,
 test_keeper_data.py.)
 """

@@ -307,7 +307,7 @@ Redactor = Callable[[list[str]], tuple[list[str], Mapping[str, int]]]
 
 
 @dataclass(frozen=True)
-class _Done:
+class TextRead:
     """A read done on the reading thread, redacted there."""
 
     lines: list[str]  # the text of every line read, top to bottom
@@ -320,19 +320,19 @@ class _Done:
 def read_text(
     redact: Redactor | None, before: np.ndarray | None, luma: np.ndarray, boxes: list[Box],
     content: ContentType,
-) -> _Done:
+) -> TextRead:
     """`read_change`, its lines then put through `redact`, on this thread."""
     started = time.thread_time()
     lines, read_boxes, _ = read_change(before, luma, boxes, content)
     texts = [line.text for line in lines]
     texts, hidden = redact(texts) if redact is not None else (texts, {})
-    return _Done(texts, read_boxes, (time.thread_time() - started) * 1000, hidden)
+    return TextRead(texts, read_boxes, (time.thread_time() - started) * 1000, hidden)
 
 
 def gated_read_change(
     gate: CpuGate | None, redact: Redactor | None, before: np.ndarray | None,
     luma: np.ndarray, boxes: list[Box], content: ContentType,
-) -> _Done:
+) -> TextRead:
     """`read_text` once `gate` lets it start."""
     waited = gate.wait() if gate is not None else UNGATED
     return replace(read_text(redact, before, luma, boxes, content), waited=waited)
@@ -482,7 +482,7 @@ class ScreenTextReader:
                     log.warning("the screen read at t=%.1fs was lost, its recording failed: %r",
                                 job.frame.t, exc)
 
-    def _deliver(self, job: _Read, done: _Done) -> None:
+    def _deliver(self, job: _Read, done: TextRead) -> None:
         added = self._seen.new(done.lines, job.frame.t)
         waited_ms = done.waited.seconds * 1000
         self.stats.read += 1
