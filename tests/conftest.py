@@ -125,6 +125,14 @@ def cli_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def scripted_screen_settings(settings: Settings, base_url: str, **more: object) -> Settings:
+    """A session on the wire-format server at `base_url` (every tier scripted), the offline
+    embedder, no memory updates: a screen session whose requests the test reads."""
+    return settings.with_overrides(
+        gemini_api_key="k", anthropic_api_key="k", gemini_base_url=base_url,
+        anthropic_base_url=base_url, embeddings="offline", memory_updates=False, **more)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a running Postgres server the tests may create databases on."""

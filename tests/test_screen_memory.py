@@ -24,7 +24,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import assert_bm25_statistics_exact, bm25_score, lexemes
+from conftest import (
+    assert_bm25_statistics_exact,
+    bm25_score,
+    lexemes,
+    scripted_screen_settings,
+)
 from livekit.agents import llm
 from PIL import ImageFont
 from synthetic_screen import CODE, Desk
@@ -406,10 +411,7 @@ async def test_a_session_records_its_screen_and_offers_help_once_per_new_error(
 
     async with ScriptedModelServer(serve) as server:
         runtime = await SessionRuntime.open(
-            settings.with_overrides(
-                gemini_api_key="k", anthropic_api_key="k", gemini_base_url=server.base_url,
-                anthropic_base_url=server.base_url, embeddings="offline", proactive=True,
-                memory_updates=False),
+            scripted_screen_settings(settings, server.base_url, proactive=True),
             db, tenant="acme", user_id="u-9", source="replay")
         session = runtime.agent_session()
         await session.start(runtime.agent, record=False)

@@ -16,6 +16,7 @@ test_keeper_data.py.)
 from __future__ import annotations
 
 import pytest
+from conftest import scripted_screen_settings
 from PIL import ImageFont
 from synthetic_screen import Desk
 
@@ -142,12 +143,8 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
         return ScriptedReply(text="[[confidence: 0.9]] Scripted: the .env file.")
 
     async with ScriptedModelServer(serve) as server:
-        runtime = await SessionRuntime.open(
-            settings.with_overrides(
-                gemini_api_key="k", anthropic_api_key="k", gemini_base_url=server.base_url,
-                anthropic_base_url=server.base_url, embeddings="offline",
-                memory_updates=False),
-            db, tenant="acme", user_id="u-9", source="replay")
+        runtime = await SessionRuntime.open(scripted_screen_settings(settings, server.base_url),
+                                            db, tenant="acme", user_id="u-9", source="replay")
         session = runtime.agent_session()
         await session.start(runtime.agent, record=False)
         for t, desk in enumerate(env_desk()):

@@ -289,16 +289,15 @@ def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLi
 
 def read_change(
     before: np.ndarray | None, luma: np.ndarray, boxes: list[Box], content: ContentType,
-) -> tuple[list[TextLine], list[Box], float]:
-    """Plan and read one change's boxes on this thread: (lines top to bottom, the boxes read,
-    CPU ms of all). Planned boxes that overlap are read as one (a plan of the whole frame
-    takes in all the others)."""
-    started = time.thread_time()
+) -> tuple[list[TextLine], list[Box]]:
+    """Plan and read one change's boxes on this thread: (lines top to bottom, the boxes read).
+    Planned boxes that overlap are read as one (a plan of the whole frame takes in all the
+    others)."""
     read_boxes = merged([plan_read(before, luma, box) for box in boxes])
     layout = layout_for(content)
     lines = [line for box in read_boxes for line in read_region(luma, box, layout)[0]]
     lines.sort(key=lambda line: line.top)
-    return lines, read_boxes, (time.thread_time() - started) * 1000
+    return lines, read_boxes
 
 
 # Replaces what must not be kept in a read's lines: (the lines, how many were replaced of each
@@ -323,7 +322,7 @@ def read_text(
 ) -> TextRead:
     """`read_change`, its lines then put through `redact`, on this thread."""
     started = time.thread_time()
-    lines, read_boxes, _ = read_change(before, luma, boxes, content)
+    lines, read_boxes = read_change(before, luma, boxes, content)
     texts = [line.text for line in lines]
     texts, hidden = redact(texts) if redact is not None else (texts, {})
     return TextRead(texts, read_boxes, (time.thread_time() - started) * 1000, hidden)
