@@ -26,6 +26,7 @@ from memory.backlog import Deferred, DeferredExchanges
 from memory.conversation import ConversationLog, earlier_conversation
 from memory.db import Database
 from memory.embeddings import Embedder, EmbeddingCall, SharedQueries
+from memory.hiding_queue import HidingQueue
 from memory.keeper import MemoryKeeper, MemoryModel
 from memory.knowledge import KnowledgeBase, stored_models
 from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
@@ -279,6 +280,8 @@ class SessionRuntime:
     model: CascadeLLM
     agent: SightlineAgent
     conversation: ConversationLog
+    # what is said, to the conversation and memory, with its secrets hidden (off the loop)
+    stored_words: HidingQueue
     memory: LongTermMemory | None
     handoff: HandoffTool
     assist: LiveAssist
@@ -409,6 +412,8 @@ class SessionRuntime:
         events, meter = record.events, record.meter
         conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
         parts.push_async_callback(conversation.close)
+        stored_words = HidingQueue()
+        parts.push_async_callback(stored_words.aclose)
         history = await conversation.history(user_id, settings.history_messages)
         memory = None
         if db is not None and store is not None and embedder is not None:
@@ -458,8 +463,9 @@ class SessionRuntime:
         runtime = cls(session_id=session_id, tenant=tenant, user_id=user_id,
                       settings=settings, record=record, screen=screen,
                       screen_memory=screen_memory, model=model, agent=agent,
-                      conversation=conversation, memory=memory, handoff=handoff,
-                      assist=assist, turn_context=turn_context, recall_budget=budget)
+                      conversation=conversation, stored_words=stored_words, memory=memory,
+                      handoff=handoff, assist=assist, turn_context=turn_context,
+                      recall_budget=budget)
         if memory is None and settings.memory_updates:
             runtime.deferred = DeferredExchanges(settings.costs_dir, tenant=tenant,
                                                  user_id=user_id, session_id=session_id)
@@ -553,7 +559,9 @@ class SessionRuntime:
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
         text = item.text_content or ""
-        self.conversation.add(self.user_id, item.role, text)
+        role = item.role
+        self.stored_words.put([text], lambda hidden: self.conversation.add(
+            self.user_id, role, hidden[0]))
         timing = {key: round(value, 4) for key, value in (item.metrics or {}).items()
                   if key in _VOICE_TIMINGS and isinstance(value, float)}
         if item.role == "user":
@@ -568,11 +576,16 @@ class SessionRuntime:
         self.record.events.record("reply", detail={
             "interrupted": item.interrupted, "characters": len(text), **timing,
             **self._turn_cpu()})
-        if not self._answered:
-            return
+        if self._answered:
+            self.stored_words.put([self._asked, text], self._exchange)
+
+    def _exchange(self, hidden: list[str]) -> None:
+        """One answered exchange, its secrets hidden, to the memory keeper, or to disk for a
+        later session's when the session runs without the database."""
+        asked, answer = hidden
         if self.memory is not None and self.memory.keeper is not None:
-            self.memory.keeper.exchange(self._asked, text)
-        elif self.deferred is not None and self.deferred.exchange(self._asked, text):
+            self.memory.keeper.exchange(asked, answer)
+        elif self.deferred is not None and self.deferred.exchange(asked, answer):
             self.record.events.record("memory_deferred", detail={})
 
     def _turn_cpu(self) -> dict[str, float]:
@@ -597,6 +610,7 @@ class SessionRuntime:
 
     async def memory_settled(self) -> None:
         """The memory updates of every exchange so far are done (replay waits here)."""
+        await self.stored_words.drained()
         if self.memory is not None and self.memory.keeper is not None:
             await self.memory.keeper.settled()
 
@@ -618,6 +632,7 @@ class SessionRuntime:
             if self.speech_outages is not None:
                 await steps.run("speech outage watch", self.speech_outages.aclose, None)
             screen_spilled = await steps.run("screen memory", self.screen_memory.aclose, 0)
+            await steps.run("words to store", self.stored_words.aclose, None)
             spilled = await steps.run("conversation", self.conversation.close, 0)
             if self.memory is not None:
                 memory_spilled = await steps.run("memory keeper", self.memory.close_keeper, 0)

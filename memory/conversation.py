@@ -42,8 +42,9 @@ async def store_messages(
     """Embed and insert messages in order (a failed embedding stores the row without one),
     each with its secrets hidden (memory/secret_text.py; on a thread: a pasted page is
     hundreds of lines to scan). Later sessions read these messages into their prompts, so a
-    password said or a key read out once is not kept; this session's own context keeps what
-    was said. Live and spilled messages both reach Postgres here."""
+    password said or a key read out once is not kept. A session hands its messages on with
+    their secrets hidden already (memory/hiding_queue.py); live and spilled messages both
+    reach Postgres here, and a spill file written by an earlier release holds them as said."""
     hidden = await asyncio.to_thread(lambda: [hide_in_text(r["content"]) for r in rows])
     rows = [{**row, "content": content} for row, content in zip(rows, hidden, strict=True)]
     if embedder is None:

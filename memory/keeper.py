@@ -55,7 +55,7 @@ from .backlog import Deferred
 from .conversation import cut
 from .db import error_reason, storable
 from .marked_data import ASSISTANT_SAID, MEMORY, REPLACEMENT, USER_SAID, marked, markers
-from .secret_text import secret_kind
+from .secret_text import HIDDEN, secret_kind
 from .spill_files import ROW_KEY, SpillKind, spill_path, with_row_key
 from .user_memory import (
     MAX_FACTS,
@@ -102,7 +102,8 @@ Reply with one JSON object and nothing else:
 facts: what is worth knowing in a later session: the user's setup, tools and versions, projects,
 preferences, goals, recurring problems. To change a remembered fact, reuse its key. Leave out
 facts already remembered, passing details and anything the assistant only guessed. Never keep a
-password, PIN, key, token or card number, in a fact or in the summary.
+password, PIN, key, token or card number, in a fact or in the summary; {HIDDEN} marks where one
+was taken out: leave that out too.
 forget: keys of remembered facts that the user's own words ask to forget, or say are no longer
 true.
 summary: the whole conversation with this user so far in at most 80 words, the earlier summary

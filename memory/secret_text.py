@@ -4,9 +4,9 @@ What Sightline remembers outlives the moment it was seen or said. Screen text go
 user's screen timeline, searchable and read into later prompts; a remembered fact and the
 conversation summary go into every later prompt. A password in a `.env` file the user scrolled
 past, an API key in a terminal, a card number on a checkout page or "my wifi password is
-hunter2" must not be kept there. So the screen's lines are stored with each secret's value
-replaced by `HIDDEN` (`hide_secrets`), and a fact or summary that holds one is not remembered
-(`secret_kind`).
+hunter2" must not be kept there. So the screen's lines and what is said are stored with each
+secret's value replaced by `HIDDEN` (`hide_secrets`, `hide_in_text`), and a fact or summary
+that holds one, or the marker, is not remembered (`secret_kind`).
 
 The patterns for providers' keys and tokens, and for `KEY=value` / `password: value`
 assignments, are detect-secrets' (Yelp's scanner for secrets committed to code): a list kept up
@@ -47,6 +47,7 @@ from detect_secrets.plugins.softlayer import SoftlayerDetector
 from stdnum import luhn
 
 HIDDEN = "[secret hidden]"
+HIDDEN_ALREADY = "hidden secret"  # the kind of a text holding `HIDDEN`: a secret was there
 PRIVATE_KEY = "private key"
 MAX_WORDS = 3  # an assigned value of more words runs on past the secret, its first word
 # A line is scanned this many characters at a time, each window overlapping the next by half:
@@ -231,7 +232,11 @@ def _merged(found: list[Secret]) -> list[Secret]:
 
 
 def secret_kind(text: str) -> str | None:
-    """What kind of secret `text` holds, if any (the first found)."""
+    """What kind of secret `text` holds, if any (the first found). A text holding `HIDDEN`
+    held one: what the user said reaches the memory model with its secrets hidden, and a fact
+    "their wifi password is [secret hidden]" says nothing worth keeping but that there is one."""
+    if HIDDEN in text:
+        return HIDDEN_ALREADY
     if any(pattern.search(text) for pattern in _PRIVATE_KEY_BEGINS):
         return PRIVATE_KEY
     found = secrets_in(text)

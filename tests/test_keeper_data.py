@@ -159,6 +159,11 @@ async def test_a_request_read_off_the_screen_changes_no_memory(tmp_path: Path) -
      "The user pays with card 4111 1111 1111 1111.", None),
     ("Our deploy token is ghp_abcdefghijklmnopqrstuvwxyz0123456789, my laptop is a ThinkPad.",
      "The user's deploy token is ghp_abcdefghijklmnopqrstuvwxyz0123456789.", None),
+    # what the model is shown has the secret hidden already: a fact about the marker says only
+    # that there was one
+    ("My wifi password is [secret hidden], my laptop is a ThinkPad.",
+     "The user's wifi password is [secret hidden].",
+     "The user's wifi password is [secret hidden]; the laptop is a ThinkPad."),
 ])
 async def test_a_secret_the_user_said_is_never_remembered(
     tmp_path: Path, user: str, fact: str, summary: str | None,

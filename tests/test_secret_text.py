@@ -7,13 +7,17 @@ and a valid Luhn digit, a secret said in words), and what only looks like one is
 (error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a type
 annotation, a form's labels, counts); a line of 20,000 characters is scanned whole, in windows;
 a session's screen text is read with its secrets hidden before anything keeps it (the event
-log, the Postgres timeline later sessions search, the summary counts them); and messages reach
-Postgres with their secrets hidden, live or from a spill file.
+log, the Postgres timeline later sessions search, the summary counts them); messages reach
+Postgres with their secrets hidden, live or from a spill file; what is said reaches a session's
+spill files, the memory model and its backlog with its secrets hidden, in the order said, and a
+scan that fails loses nothing.
 (`remember` and the memory keeper refuse a fact or summary with a secret: test_user_tools.py,
 test_keeper_data.py.)
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from conftest import scripted_screen_settings
@@ -25,10 +29,12 @@ from agent.session import SessionRuntime
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from memory.conversation import store_messages
 from memory.db import Database
+from memory.hiding_queue import HidingQueue
 from memory.screen_timeline import ScreenTimeline
 from memory.secret_text import HIDDEN, hide_in_text, hide_secrets, secret_kind
-from memory.spill_files import read_event_log
+from memory.spill_files import read_event_log, read_spill_rows
 from memory.store import Store
+from memory.user_memory import UserMemory
 
 GITHUB = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
@@ -191,3 +197,128 @@ async def test_messages_are_stored_with_their_secrets_hidden(db: Database) -> No
     stored = [m.content for m in await store.recent_messages("acme", "u-1", 10)]
     assert stored == [f"my wifi password is {HIDDEN}, can you check the router page?",
                       f"Your screen shows GITHUB_TOKEN={HIDDEN}; rotate it.", plain]
+
+
+SAID = "my wifi password is hunter2 and my router is a Fritzbox, can you check its page?"
+ANSWERED = f"[[confidence: 0.9]] (scripted) The page shows GITHUB_TOKEN={GITHUB}; rotate it."
+
+
+def _remembering(settings: Settings, base_url: str) -> Settings:
+    """A session on the wire-format server that updates memory after each exchange."""
+    return settings.with_overrides(gemini_api_key="k", anthropic_api_key="k",
+                                   gemini_base_url=base_url, anthropic_base_url=base_url,
+                                   embeddings="offline")
+
+
+def _no_secret_in(text: str) -> None:
+    assert "hunter2" not in text and GITHUB not in text, text
+
+
+async def test_a_session_without_the_database_keeps_no_secret_on_disk(
+        settings: Settings) -> None:
+    """Without the database the messages and the exchange for the user's next memory update
+    go to spill files as they are said: each is written with its secrets hidden, the rest as
+    said. The session's own conversation still holds what was said: its next request has it."""
+    asked: list[CapturedRequest] = []
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        asked.append(request)
+        return ScriptedReply(text=ANSWERED)
+
+    async with ScriptedModelServer(serve) as server:
+        runtime = await SessionRuntime.open(_remembering(settings, server.base_url), None,
+                                            tenant="acme", user_id="u-9", source="replay")
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        await session.run(user_input=SAID)
+        await session.run(user_input="And what else?")
+        await session.aclose()
+        summary = await runtime.close()
+    assert summary["memory"]["deferred"] == 2
+    messages = read_spill_rows(
+        settings.costs_dir / f"{runtime.session_id}.messages-spill.jsonl")
+    exchanges = read_spill_rows(
+        settings.costs_dir / f"{runtime.session_id}.exchanges-spill.jsonl")
+    said = SAID.replace("hunter2", HIDDEN)
+    answered = f"(scripted) The page shows GITHUB_TOKEN={HIDDEN}; rotate it."
+    assert [(m["role"], m["content"]) for m in messages[:2]] == [
+        ("user", said), ("assistant", answered)]
+    assert (exchanges[0]["user"], exchanges[0]["assistant"]) == (said, answered)
+    for path in settings.costs_dir.glob(f"{runtime.session_id}*"):
+        _no_secret_in(path.read_text())
+    second = [r for r in asked if r.purpose == "answer"][-1]
+    assert "hunter2" in second.text
+
+
+async def test_the_memory_model_and_its_backlog_never_see_a_secret(
+        settings: Settings, db: Database) -> None:
+    """With the database, the exchange the memory model analyses (and the backlog that holds
+    it until then) has the secrets hidden; a fact the model still writes about the hidden one
+    is refused, and what else the user said is remembered."""
+    asked: list[CapturedRequest] = []
+    router = "The user's router is a Fritzbox."
+
+    def serve(request: CapturedRequest) -> ScriptedReply:
+        asked.append(request)
+        if request.purpose != "memory":
+            return ScriptedReply(text=ANSWERED)
+        if len([r for r in asked if r.purpose == "memory"]) > 1:
+            return ScriptedReply(status=400)  # the second exchange waits in the backlog
+        return ScriptedReply(text=json.dumps({"facts": [
+            {"key": "wifi_password", "text": f"The user's wifi password is {HIDDEN}."},
+            {"key": "router", "text": router}], "forget": [], "summary": None}))
+
+    async with ScriptedModelServer(serve) as server:
+        runtime = await SessionRuntime.open(_remembering(settings, server.base_url), db,
+                                            tenant="acme", user_id="u-9", source="replay")
+        session = runtime.agent_session()
+        await session.start(runtime.agent, record=False)
+        for question in (SAID, "Thanks. Is the Fritzbox token the same as GITHUB_TOKEN?"):
+            await session.run(user_input=question)
+            await runtime.memory_settled()
+        await session.aclose()
+        await runtime.close()
+    memory_requests = [r.text for r in asked if r.purpose == "memory"]
+    assert len(memory_requests) == 2
+    assert SAID.replace("hunter2", HIDDEN) in memory_requests[0]
+    for text in memory_requests:
+        _no_secret_in(text)
+    facts = await UserMemory(db.pool, runtime.memory.embedder).facts(  # type: ignore[union-attr]
+        "acme", "u-9")
+    assert [f.text for f in facts] == [router]
+    backlog = await db.pool.fetch(
+        "SELECT user_text, assistant_text FROM memory_backlog WHERE user_id = 'u-9'")
+    assert len(backlog) == 1
+    _no_secret_in(backlog[0]["user_text"] + backlog[0]["assistant_text"])
+    assert HIDDEN in backlog[0]["assistant_text"]
+    stored = [m.content for m in await Store(db.pool).recent_messages("acme", "u-9", 10)]
+    assert len(stored) == 4
+    _no_secret_in(" ".join(stored))
+
+
+async def test_words_to_store_keep_their_order_and_a_failed_scan_loses_nothing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A long text scanned first is handed on first, whatever its scan takes; a scan that
+    raises hands the text on as it was said, in one line, and the next is scanned again."""
+    queue = HidingQueue()
+    handed: list[list[str]] = []
+    long_text = ("x " * 10_000) + "DB_PASSWORD=hunter2-staging"
+    queue.put([long_text], handed.append)
+    queue.put(["password: hunter2", "fine"], handed.append)
+    await queue.drained()
+    assert handed == [[long_text.replace("hunter2-staging", HIDDEN)],
+                      [f"password: {HIDDEN}", "fine"]]
+
+    def broken(text: str) -> str:
+        raise ValueError("a pattern broke")
+
+    monkeypatch.setattr("memory.hiding_queue.hide_in_text", broken)
+    queue.put(["password: hunter2"], handed.append)
+    await queue.drained()
+    monkeypatch.undo()
+    queue.put(["password: hunter2"], handed.append)
+    await queue.aclose()
+    assert handed[2:] == [["password: hunter2"], [f"password: {HIDDEN}"]]
+    assert queue.failed == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "hiding secrets failed (ValueError('a pattern broke')): stored as said"]
