@@ -18,8 +18,10 @@ Cheap by design, no model call: the question is embedded once with the session's
 intent is the nearest of a small list of intents (each a handful of example phrasings, embedded once
 per embedder and process) above the embedder's floor (`intent_floor`), else null; the suggestions
 are the tenant's best knowledge hits that share a word with the words (the turn's own lookup rule),
-at most one per document, up to three. `bench/assist_intent.py` measured this against the other
-choice the issue names (asking tier 0) — see README, Live assist.
+at most one per document, up to three. `bench/assist_intent.py` measured this against the
+other choice the issue names (asking tier 0) — see README, Live assist. The words are looked up
+as said, and recorded and published with each secret's value hidden (memory/secret_text.py):
+the event log is kept, and "my wifi password is hunter2" would be there for as long.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.embeddings import Embedder
 from memory.knowledge import Hit, KnowledgeBase
+from memory.secret_text import hide_in_text
 from memory.vectors import unit_rows
 
 log = logging.getLogger("sightline.assist")
@@ -109,7 +112,9 @@ class AssistMessage(BaseModel):
     at: datetime = Field(description="when it was made, UTC")
     input: Literal["typed", "voice"]
     final: bool = Field(description="false for an interim transcript while the user speaks")
-    text: str = Field(description="the user's words, as typed or transcribed")
+    text: str = Field(description="the user's words, as typed or transcribed, each secret's "
+                      "value (a password, key, token, card number) replaced by "
+                      "\"[secret hidden]\"")
     intent: Intent | None = Field(description="null when no intent is near enough")
     suggestions: list[Suggestion] = Field(max_length=SUGGESTIONS)
 
@@ -247,12 +252,13 @@ class LiveAssist:
             if self._knowledge is not None and await self._tenant_has_knowledge():
                 hits = await self._knowledge.lookup(self._tenant, text, k=SUGGESTIONS * 2,
                                                     vector=vector)
+            kept = await asyncio.to_thread(hide_in_text, text)  # 500 characters: about 1 ms
         except Exception as exc:
             log.warning("live assist lookup failed for this utterance: %r", exc)
             return None
         return AssistMessage(
             session_id=self._session_id, at=datetime.now(UTC),
-            input="voice" if voice else "typed", final=final, text=text, intent=intent,
+            input="voice" if voice else "typed", final=final, text=kept, intent=intent,
             suggestions=suggestions(hits),
         ).model_dump(mode="json")
 

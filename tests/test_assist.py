@@ -313,6 +313,22 @@ async def test_interim_transcripts_one_at_a_time_and_voice_is_told_apart() -> No
     assert (draft["input"], draft["final"], draft["text"]) == ("typed", False, "how do I export")
 
 
+async def test_a_secret_said_is_hidden_in_what_is_recorded_and_published() -> None:
+    """The event log is kept: the words go there (and to the room) with the secret's value
+    hidden, the rest as said; they are looked up as said."""
+    counting = CountingEmbedder()
+    recorded: list[dict[str, Any]] = []
+    assist = LiveAssist(counting, None, tenant="acme", session_id="s1",
+                        record=recorded.append)
+    said = "my wifi password is hunter2, why does the router page not load"
+    message = await assist(said)
+    assert message is not None and recorded == [message]
+    assert message["text"] == (
+        "my wifi password is [secret hidden], why does the router page not load")
+    assert said in counting.queries
+    await assist.aclose()
+
+
 class Failing(CountingEmbedder):
     async def embed_query(self, text: str) -> np.ndarray:
         await super().embed_query(text)
