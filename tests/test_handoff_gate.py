@@ -553,6 +553,16 @@ async def test_a_session_is_handed_off_once_with_the_models_labelled_reason() ->
         f"{REASON_LABEL}The user wants a person. [31m"]
 
 
+async def test_the_reason_keeps_no_secret_the_user_said() -> None:
+    """The person, the app and the kept records read the reason: a password the model quotes
+    from the user is hidden, the rest kept."""
+    conversation = Conversation().user("get me a human, my password hunter2 stopped working")
+    await conversation.call("The user's password hunter2 stopped working.")
+    assert [m["reason"] for m in conversation.published] == [
+        f"{REASON_LABEL}The user's password [secret hidden] stopped working."]
+    assert "hunter2" not in str(conversation.recorded)
+
+
 async def test_a_history_without_message_ids_still_honours_requests_but_no_yes() -> None:
     """A history whose messages carry no id (an older or hand-made one) cannot show which
     turn an offer was made in: a request still hands off, a yes never does."""

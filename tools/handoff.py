@@ -58,12 +58,13 @@ model gives. So consent is structural, not a guess at what the assistant's last 
   "ok" to anything else does not.
 
 The reason is the model's words, not the user's nor a verified fact: it is stored and published
-labelled as the model's summary, on one line, without control or invisible characters, and
-bounded.
+labelled as the model's summary, on one line, without control or invisible characters, with
+each secret's value hidden (memory/secret_text.py), and bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import unicodedata
@@ -74,6 +75,7 @@ from typing import Any
 
 from livekit.agents import RunContext, llm
 
+from memory.secret_text import hide_in_text
 from memory.store import Store
 from memory.word_forms import (
     AROUND_YES,
@@ -561,7 +563,9 @@ class HandoffTool:
             self._offered_after = turn.said_key
             return OFFER
         self._offered_after = None
-        reason = recorded_reason(reason)
+        # the person, the room's app and the kept records read it: no secret the user said
+        # (at most 300 characters: about 1 ms, on a thread all the same)
+        reason = await asyncio.to_thread(hide_in_text, recorded_reason(reason))
         message: Handoff = {
             "type": "handoff", "version": HANDOFF_MESSAGE_VERSION,
             "session_id": self._session_id, "user": self._user_id, "reason": reason,
