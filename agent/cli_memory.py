@@ -1,9 +1,10 @@
-"""`sightline memory show|forget`: what Sightline remembers about one user, and deleting it
-(messages, facts, summary, exchanges waiting for the memory model, the screen timeline,
-archived screenshots and the user's sessions' rows the database refused).
+"""`sightline memory show|forget|hide-secrets`: what Sightline remembers about one user, deleting
+it (messages, facts, summary, exchanges waiting for the memory model, the screen timeline,
+archived screenshots and the user's sessions' rows the database refused), and hiding the
+secrets in what was stored before Sightline hid them (memory/stored_secrets.py).
 
-Both first import the spill files of closed sessions (rows written while the database was
-away), so that what is shown, or forgotten, includes them.
+Each first imports the spill files of closed sessions (rows written while the database was
+away), so that what is shown, forgotten or rewritten includes them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from .cli_common import counted, identifier, one_line
 from .config import Settings
 
 if TYPE_CHECKING:
+    from memory.db import Database
+    from memory.embeddings import Embedder
     from memory.spill_recovery import RecoveryReport
 
 SHOWN = 20
@@ -34,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--user", type=identifier,
                        required=True, help="the user's identity in the room")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+    hide = memory_sub.add_parser(
+        "hide-secrets", help="hide the passwords, keys, tokens and card numbers in what was "
+        "stored before Sightline hid them (messages, screen text, memory, cost records)")
+    hide.add_argument("--tenant", type=identifier,
+                      help="only this tenant (default: every tenant, one after another)")
+    hide.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _unimported(report: RecoveryReport) -> list[str]:
@@ -46,7 +55,7 @@ def _unimported(report: RecoveryReport) -> list[str]:
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     from memory.db import Database
-    from memory.forget import forget_in_logs
+    from memory.forget import change_logs
     from memory.spill_files import remove_refused
     from memory.spill_recovery import SpillTargets, recover_spills
     from vision.frame_archive import remove_sessions
@@ -60,6 +69,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         store, memory = targets.store, targets.memory
         report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
+        if args.memory_command == "hide-secrets":
+            return await _hide_secrets(settings, args, db, embedder, report, notes)
         if args.memory_command == "forget":
             sessions = await store.user_sessions(args.tenant, args.user)
             removed = await store.forget_user(args.tenant, args.user)
@@ -68,7 +79,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             removed["refused_row_files"] = await asyncio.to_thread(
                 remove_refused, settings.costs_dir, sessions)
             removed["cost_logs_rewritten"], still_open = await asyncio.to_thread(
-                forget_in_logs, settings.costs_dir, sessions)
+                change_logs, settings.costs_dir, sessions)
             if still_open:
                 notes.append(f"note: {counted(len(still_open), 'session')} of the user still "
                              "open (" + ", ".join(still_open) + "): still linked to the user, "
@@ -139,6 +150,40 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
               "that ran without "
               "the database, whose memory call failed or whose worker died first; the user's "
               "next session analyses them)")
+    for note in notes:
+        print(one_line(note))
+    return 0
+
+
+async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Database,
+                        embedder: Embedder, report: RecoveryReport, notes: list[str]) -> int:
+    from memory.stored_secrets import hide_stored_secrets, stored_tenants
+
+    tenants = [args.tenant] if args.tenant else await stored_tenants(db.pool)
+    done, still_open = {}, []
+    for tenant in tenants:
+        done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant,
+                                                            settings.costs_dir)
+        still_open += open_here
+    if still_open:
+        notes.append(f"note: {counted(len(still_open), 'session')} still open ("
+                     + ", ".join(still_open) + "): their cost logs are left as they are (what "
+                     "they write from now on has its secrets hidden); run it again once they "
+                     "have ended")
+    if args.json:
+        print(json.dumps({"tenants": done, "unimported_spill_files": report.left,
+                          "open_sessions": still_open}))
+        return 0
+    if not tenants:
+        print("Nothing is stored yet.")
+    for tenant, counts in done.items():
+        print(f"Tenant {tenant}: secrets hidden in {counted(counts['messages'], 'message')}, "
+              f"{counted(counts['screen_events'], 'screen event')}, "
+              f"{counted(counts['summaries'], 'summary', 'summaries')}, "
+              f"{counted(counts['deferred_exchanges'], 'exchange')} waiting for the memory "
+              f"model, {counted(counts['events'], 'cost event')} and "
+              f"{counted(counts['cost_logs_rewritten'], 'cost log')}; "
+              f"{counted(counts['facts_deleted'], 'fact')} holding one deleted.")
     for note in notes:
         print(one_line(note))
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from .db import storable
-from .forget import forget_in_records
+from .forget import change_records
 from .gaps import forget_sessions
 from .spill_files import ROW_KEY
 from .user_memory import lock_memory
@@ -169,7 +169,7 @@ class Store:
             await lock_memory(conn, tenant, user_id)  # a live session's write: before or after
             sessions = [r["id"] for r in await conn.fetch(
                 "SELECT id FROM sessions WHERE tenant = $1 AND user_id = $2", tenant, user_id)]
-            counts["events_forgotten"] = await forget_in_records(conn, sessions)
+            counts["events_forgotten"] = await change_records(conn, sessions)
             counts["gap_questions"] = await forget_sessions(conn, tenant, sessions)
             for name, statement in (
                 ("messages", "DELETE FROM messages WHERE tenant = $1 AND user_id = $2"),
