@@ -4,7 +4,8 @@ recorded as events and written to the user's screen timeline, and new errors sig
 The text is read with every secret's value hidden (passwords, keys, tokens, card numbers;
 memory/secret_text.py), on the reading thread: no text the session keeps (the event log, the
 timeline that later sessions search, the story each question's digest is made from) holds one.
-The archived frames are the images as shared, for this session to look back at; they are
+The archived frames, for this session to look back at, have the lines that held one covered
+from the read that found them until a read of that part of the screen finds none; they are
 pruned after `SIGHTLINE_FRAME_RETENTION_DAYS`.
 
 The screen watcher hands every kept frame to `on_kept` (on the event loop; both the archive and
@@ -36,7 +37,7 @@ from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
 from vision.screen import ScreenChange
 from vision.screen_signals import ScreenError
-from vision.screen_text import ScreenText, ScreenTextReader, shared_pool
+from vision.screen_text import RedactedOnScreen, ScreenText, ScreenTextReader, shared_pool
 
 from .config import Settings
 from .event_log import EventLog
@@ -70,6 +71,7 @@ class SessionScreenMemory:
                         if timeline is not None else None)
         self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
         self._errors_seen: OrderedDict[str, None] = OrderedDict()  # oldest seen first
+        self._secrets_shown = RedactedOnScreen()  # covered in the archived frames
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
@@ -82,6 +84,8 @@ class SessionScreenMemory:
             self.reader.submit(change.frame, change.decision)
 
     def _on_text(self, read: ScreenText) -> None:
+        if self._secrets_shown.after(read):
+            self.archive.cover(read.t, self._secrets_shown.boxes)
         error = read.error  # worked out once here, kept on the read for every later digest
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,

@@ -4,7 +4,10 @@ Protects: a frame file that cannot be removed when the archive trims to its cap 
 (its path and the error) and a count, and the archive goes on writing the frames that follow;
 `prune` never removes the frames of a session whose archive is open (in this process or
 another, however long ago its last frame was written), and removes those of a session that
-ended, or whose process died, once they are older than the retention.
+ended, or whose process died, once they are older than the retention; the boxes a read covers
+(the lines whose text held a secret) are filled in the frames archived from its screen time on,
+until a read of that part of the screen lifts them, and a frame that cannot be covered is
+removed.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from synthetic_screen import Desk
 
 from vision import frame_archive
 from vision.frame_archive import FrameArchive, prune
 from vision.frames import SampledFrame
+from vision.jpeg import COVER_BGR
+from vision.local_change import Box
+from vision.screen_text import RedactedOnScreen, ScreenText
 
 REPO = Path(__file__).resolve().parent.parent
 DAY_S = 86400.0
@@ -71,11 +79,11 @@ async def test_a_frame_file_that_cannot_be_removed_is_one_warning_and_archiving_
     writing, release = threading.Event(), threading.Event()
     real_write = archive._write
 
-    def held_write(kept: SampledFrame) -> int:  # t=2 is written while t=3 arrives
+    def held_write(kept: SampledFrame, cover: tuple[Box, ...]) -> int:  # t=2 written, t=3 comes
         if kept.t == 2.0:
             writing.set()
             release.wait(10)
-        return real_write(kept)
+        return real_write(kept, cover)
 
     monkeypatch.setattr(archive, "_write", held_write)
     with caplog.at_level(logging.WARNING, logger="sightline.vision"):
@@ -94,6 +102,62 @@ async def test_a_frame_file_that_cannot_be_removed_is_one_warning_and_archiving_
     said = [r.getMessage() for r in caplog.records]
     error = "IsADirectoryError" if obstacle == "directory" else "PermissionError"
     assert len(said) == 1 and str(stuck) in said[0] and error in said[0], said
+
+
+SECRET_BOX = (40, 60, 120, 30)
+
+
+def covered(archive: FrameArchive, t: float) -> bool:
+    """Whether the frame archived at `t` shows the cover's grey over `SECRET_BOX`."""
+    bgr = cv2.imread(str(archive.directory / name(t)))
+    x, y, w, h = SECRET_BOX
+    return bool(np.abs(bgr[y:y + h, x:x + w].astype(int) - COVER_BGR).max() <= 8)
+
+
+async def test_covered_boxes_are_filled_in_frames_written_since_and_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read comes back after its frame was archived: the frames from its screen time on are
+    written again with the boxes filled, and so is each frame after, until the cover is
+    lifted; the frame before is as shared. A frame that cannot be covered is removed (said
+    once), not kept as it was."""
+    archive = FrameArchive(tmp_path / "frames", "s-cover", max_bytes=2**30)
+    for t in (1.0, 2.0):
+        archive.save(frame(t))
+        await wait_archived(archive, [1.0, 2.0][:int(t)])
+    archive.cover(2.0, (SECRET_BOX,))
+    archive.save(frame(3.0))
+    await wait_archived(archive, [1.0, 2.0, 3.0])
+    await archive.aclose()
+    assert [covered(archive, t) for t in (1.0, 2.0, 3.0)] == [False, True, True]
+    archive.cover(4.0, ())  # a read of that part of the screen found nothing to hide
+    archive.save(frame(4.0))
+    await archive.aclose()
+    assert not covered(archive, 4.0)
+
+    (archive.directory / name(4.0)).write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.WARNING, logger="sightline.vision"):
+        archive.cover(4.0, (SECRET_BOX,))
+        await archive.aclose()
+    assert archive.times() == [1.0, 2.0, 3.0] and archive.failed == 1
+    assert not (archive.directory / name(4.0)).exists()
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "frame archived at t=4.0s" in said and "the frame is removed" in said
+
+
+def test_what_is_covered_follows_the_reads() -> None:
+    """A read's redacted lines are covered until a read of that part of the screen; a read
+    elsewhere leaves them."""
+    def read(regions: tuple[Box, ...], redacted: tuple[Box, ...] = ()) -> ScreenText:
+        return ScreenText(0.0, 0.0, "changed", "code", regions, [], 0, 0.0, 0,
+                          redacted=redacted)
+
+    shown = RedactedOnScreen()
+    assert shown.after(read(((0, 0, 320, 180),), (SECRET_BOX,)))
+    assert not shown.after(read(((200, 150, 50, 20),)))  # elsewhere
+    assert shown.boxes == (SECRET_BOX,)
+    assert shown.after(read(((0, 50, 320, 40),)))  # re-read: nothing hidden there now
+    assert shown.boxes == ()
 
 
 def backdate(directory: Path, seconds: float) -> None:
@@ -162,6 +226,9 @@ from pathlib import Path
 from livekit import rtc
 from vision.frame_archive import FrameArchive
 from vision.frames import SampledFrame
+from vision.jpeg import COVER_BGR
+from vision.local_change import Box
+from vision.screen_text import RedactedOnScreen, ScreenText
 
 async def main() -> None:
     archive = FrameArchive(Path(sys.argv[1]), "s-child", max_bytes=60_000_000)

@@ -47,6 +47,7 @@ from memory.store import Store
 from tools.screen_history import ScreenHistoryTools, ShownScreen
 from vision.frame_archive import FrameArchive
 from vision.frames import SampledFrame, as_i420
+from vision.local_change import Box
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenChange, ScreenWatcher
 from vision.screen_signals import find_error, fingerprint
@@ -445,10 +446,10 @@ async def test_closing_the_archive_does_not_swallow_its_callers_cancellation(
     archive = FrameArchive(tmp_path / "frames", "s-cancel", max_bytes=10_000_000)
     real_write = archive._write
 
-    def slow_write(frame: SampledFrame) -> int:
+    def slow_write(frame: SampledFrame, cover: tuple[Box, ...]) -> int:
         writing.set()
         release.wait(10)
-        return real_write(frame)
+        return real_write(frame, cover)
 
     monkeypatch.setattr(archive, "_write", slow_write)
     archive.save(SampledFrame(Desk(width=320, height=180).frame(), 1.0))

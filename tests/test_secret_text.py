@@ -18,11 +18,13 @@ test_keeper_data.py.)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import cv2
 import pytest
 from conftest import scripted_screen_settings
 from PIL import ImageFont
-from synthetic_screen import Desk
+from synthetic_screen import CODE, Desk
 
 from agent.config import Settings
 from agent.session import SessionRuntime
@@ -35,6 +37,7 @@ from memory.secret_text import HIDDEN, hide_in_text, hide_secrets, secret_kind
 from memory.spill_files import read_event_log, read_spill_rows
 from memory.store import Store
 from memory.user_memory import UserMemory
+from vision.ocr import Layout, thread_engine
 
 GITHUB = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
@@ -179,6 +182,23 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
     assert f"{HIDDEN} in screen text or memory stands for a password" in request.text
     [reader] = [e["detail"] for e in events if e["kind"] == "screen_reader"]
     assert reader["secrets_hidden"] == 2
+    # the archived frames (`earlier_screen`): the two lines are covered from the read that
+    # found them on, the rest of the screen is there; the frame before them is as shared
+    archive = runtime.screen_memory.archive
+    read_back = {t: _ocr(archive.directory / f"{t:010.3f}.jpg") for t in archive.times()}
+    assert len(read_back) >= 2, read_back
+    before, *after = read_back.values()
+    assert "DB_PASSWORD" not in before and CODE[0] in before
+    for text in after:
+        assert "hunter2" not in text and "4111" not in text and CODE[0] in text, text
+
+
+def _ocr(path: Path) -> str:
+    """What the bundled Tesseract reads in a JPEG on disk."""
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    height, width = gray.shape
+    return "\n".join(line.text for line in thread_engine().read(
+        gray, (0, 0, width, height), Layout.PAGE))
 
 
 async def test_messages_are_stored_with_their_secrets_hidden(db: Database) -> None:

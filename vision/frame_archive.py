@@ -10,6 +10,13 @@ out. A frame file that cannot be removed when trimming to the cap is said once a
 (`unremoved`); the archive goes on. `prune` removes whole session directories untouched for
 longer than the retention, never the directory of an archive still open (see `prune`), and
 `remove_sessions` those of a user who asked to be forgotten.
+
+A frame is archived with the boxes of `cover` filled: where the screen's text showed what its
+reader took out (a password in a `.env` file; vision/screen_text.py `RedactedOnScreen`). A read
+comes back after its frame was kept, so `cover` also fills them in the frames already written
+from that screen time on, each written again whole (`os.replace`: `earlier_screen` never loads
+half a file). A frame that cannot be covered is removed rather than kept as it was (counted as
+failed).
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import cv2
 from livekit import rtc
 
 from .frames import SampledFrame
-from .jpeg import jpeg_bytes
+from .jpeg import covered_jpeg, jpeg_bytes
+from .local_change import Box
 
 log = logging.getLogger("sightline.vision")
 
@@ -74,6 +83,9 @@ class FrameArchive:
         self._said_refused = False  # a frame out of order was refused: said once
         self.unremoved = 0  # trimmed frames whose file could not be removed (said once)
         self._live: int | None = None  # descriptor of LIVE_FILE, shared-locked while open
+        self._cover: tuple[Box, ...] = ()  # filled in each frame written from now on
+        # (screen time, boxes): the frames written from that time on to cover, oldest first
+        self._patches: deque[tuple[float, tuple[Box, ...]]] = deque()
         self._unlockable = False  # its filesystem takes no locks: marked in this process only
 
     def save(self, frame: SampledFrame) -> None:
@@ -91,14 +103,29 @@ class FrameArchive:
         if self._waiting is not None:
             self.replaced += 1
         self._waiting = frame
+        self._start_writer()
+
+    def cover(self, t: float, boxes: tuple[Box, ...]) -> None:
+        """Fill `boxes` (in the frame's pixels) in every frame archived from screen time `t` on,
+        until covered otherwise: those written already are written again off the loop, the
+        rest as they come. Returns at once (called on the loop)."""
+        self._cover = boxes
+        if boxes and self._max_bytes > 0:
+            self._patches.append((t, boxes))
+            self._start_writer()
+
+    def _start_writer(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting(), name="frame-archive")
 
     async def _write_waiting(self) -> None:
-        while self._waiting is not None:
+        while self._waiting is not None or self._patches:
+            if self._patches:  # first: the frames on disk still show what was hidden
+                await self._patch(*self._patches.popleft())
+                continue
             frame, self._waiting = self._waiting, None
             try:
-                size = await asyncio.to_thread(self._write, frame)
+                size = await asyncio.to_thread(self._write, frame, self._cover)
             except (OSError, ValueError) as exc:
                 self.failed += 1
                 self._failing += 1
@@ -113,8 +140,37 @@ class FrameArchive:
             self._sizes[frame.t] = size
             await asyncio.to_thread(self._trim)
 
-    def _write(self, frame: SampledFrame) -> int:
-        data = jpeg_bytes(frame.frame, JPEG_QUALITY)
+    async def _patch(self, t: float, boxes: tuple[Box, ...]) -> None:
+        """Cover `boxes` in the frames written from screen time `t` on; one that cannot be is
+        removed (the first of them said)."""
+        said = False
+        for written in [w for w in self._sizes if w >= t]:
+            try:
+                self._sizes[written] = await asyncio.to_thread(self._cover_file, written, boxes)
+            except (OSError, ValueError) as exc:
+                self.failed += 1
+                del self._sizes[written]
+                if not said:
+                    said = True
+                    log.warning("could not cover what the screen's text hid in the frame "
+                                "archived at t=%.1fs (%r): the frame is removed", written, exc)
+                with contextlib.suppress(OSError):
+                    (self.directory / _name(written)).unlink(missing_ok=True)
+
+    def _cover_file(self, t: float, boxes: tuple[Box, ...]) -> int:
+        path = self.directory / _name(t)
+        data = covered_jpeg(path.read_bytes(), boxes, JPEG_QUALITY)
+        scratch = path.with_suffix(".covering")
+        try:
+            scratch.write_bytes(data)
+            os.replace(scratch, path)
+        except OSError:
+            scratch.unlink(missing_ok=True)
+            raise
+        return len(data)
+
+    def _write(self, frame: SampledFrame, cover: tuple[Box, ...]) -> int:
+        data = jpeg_bytes(frame.frame, JPEG_QUALITY, cover=cover)
         self._mark_live()
         path = self.directory / _name(frame.t)
         try:

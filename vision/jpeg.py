@@ -6,16 +6,23 @@ what the model's screenshots went through before) holds the GIL for the whole en
 for a frame, longer when the thread is preempted, and every other session of the process waits
 meanwhile. OpenCV releases the GIL inside each call (colour conversion, resize, encode), so the
 process's other sessions run while a frame is encoded (`bench/screenshot_encode.py` measures
-both). I420 frames, what WebRTC decoders produce, go to BGR in one conversion.
+both). I420 frames, what WebRTC decoders produce, go to BGR in one conversion. Boxes can be
+covered on the way (what the screen's text had hidden: the frame archive's `cover`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from livekit import rtc
 
 from .frames import as_i420, check_frame, i420_size
+from .local_change import Box
+
+COVER_BGR = (128, 128, 128)  # mid grey: seen on a dark theme and a light one
+COVER_MARGIN = 3  # pixels around a box: a text line's box is tight on its glyphs
 
 # frame types OpenCV converts from directly, with their bytes per pixel
 _TO_BGR = {
@@ -49,15 +56,38 @@ def _interpolation(x_scale: float, y_scale: float) -> int:
     return cv2.INTER_LINEAR if min(x_scale, y_scale) >= 0.5 else cv2.INTER_AREA
 
 
-def jpeg_bytes(frame: rtc.VideoFrame, quality: int,
-               size: tuple[int, int] | None = None) -> bytes:
-    """The frame as a JPEG of `quality` (1-100), at `size` (width, height) when given: exactly
-    that size (the caller keeps the aspect; a provider bills by the size sent)."""
-    bgr = _bgr_pixels(frame)
-    if size is not None and size != (frame.width, frame.height):
-        bgr = cv2.resize(bgr, size, interpolation=_interpolation(
-            size[0] / frame.width, size[1] / frame.height))
+def _covered(bgr: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """`bgr` with each box (x, y, width, height) and `COVER_MARGIN` pixels around it filled with
+    `COVER_BGR`: a solid fill, as a blur of text can be read back."""
+    height, width = bgr.shape[:2]
+    for x, y, w, h in boxes:
+        bgr[max(0, y - COVER_MARGIN):min(height, y + h + COVER_MARGIN),
+            max(0, x - COVER_MARGIN):min(width, x + w + COVER_MARGIN)] = COVER_BGR
+    return bgr
+
+
+def _encoded(bgr: np.ndarray, quality: int) -> bytes:
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return data.tobytes()
+
+
+def jpeg_bytes(frame: rtc.VideoFrame, quality: int,
+               size: tuple[int, int] | None = None, cover: Sequence[Box] = ()) -> bytes:
+    """The frame as a JPEG of `quality` (1-100), at `size` (width, height) when given: exactly
+    that size (the caller keeps the aspect; a provider bills by the size sent); the boxes of
+    `cover` (in the frame's pixels) filled first."""
+    bgr = _covered(_bgr_pixels(frame), cover)
+    if size is not None and size != (frame.width, frame.height):
+        bgr = cv2.resize(bgr, size, interpolation=_interpolation(
+            size[0] / frame.width, size[1] / frame.height))
+    return _encoded(bgr, quality)
+
+
+def covered_jpeg(data: bytes, cover: Sequence[Box], quality: int) -> bytes:
+    """A JPEG with the boxes of `cover` (in its pixels) filled, encoded again at `quality`."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a readable JPEG")
+    return _encoded(_covered(bgr, cover), quality)

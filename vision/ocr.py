@@ -8,7 +8,8 @@ environment's `share/tessdata`: nothing is downloaded at run time. Debian's
 The engine reads the frame's luma plane as it is (an I420 frame's Y plane is already the
 grayscale picture Tesseract wants): the region is cropped, dark themes are inverted to dark text
 on light (Tesseract's own inversion check is turned off: it costs a second pass), and each text
-line comes back with its confidence, so junk read off icons and borders can be dropped. An
+line comes back with its confidence, so junk read off icons and borders can be dropped, and its
+box in the frame (what the frame archive covers of a line that held a secret). An
 engine is not thread-safe: each worker thread owns one (`thread_engine`).
 """
 
@@ -62,7 +63,12 @@ def tessdata_dir() -> Path:
 class TextLine:
     text: str
     confidence: float
-    top: int  # row of the line in the frame, for ordering and diffing by position
+    box: tuple[int, int, int, int]  # x, y, width, height of the line in the frame
+
+    @property
+    def top(self) -> int:
+        """Row of the line in the frame, for ordering and diffing by position."""
+        return self.box[1]
 
 
 class OcrEngine:
@@ -97,8 +103,10 @@ class OcrEngine:
             text = " ".join((raw or "").translate(_STRAIGHT).split())
             confidence = item.Confidence(level)
             if text and confidence >= MIN_LINE_CONFIDENCE:
-                box_top = item.BoundingBox(level)
-                lines.append(TextLine(text, confidence, y + (box_top[1] if box_top else 0)))
+                found = item.BoundingBox(level)  # (left, top, right, bottom) in the crop
+                line_box = ((x + found[0], y + found[1], found[2] - found[0], found[3] - found[1])
+                            if found else box)
+                lines.append(TextLine(text, confidence, line_box))
         api.Clear()
         return lines
 

@@ -256,6 +256,7 @@ class ScreenText:
     waited_ms: float = 0.0  # how long the read waited for the machine to have CPU to spare
     forced: bool = False  # it started after the longest wait, the machine still busy
     hidden: Mapping[str, int] = field(default_factory=dict)  # redacted in the lines read, by kind
+    redacted: tuple[Box, ...] = ()  # the boxes of the lines read that `redact` changed
 
     @property
     def region(self) -> Box:
@@ -269,6 +270,25 @@ class ScreenText:
         session's recent reads (up to 200), and the error pattern over all their lines took
         10-130 ms of the event loop per question."""
         return find_error(self.lines)
+
+
+class RedactedOnScreen:
+    """Where the screen shows what the reader's `redact` took out of its text, as far as the
+    reads tell. A part of the screen that does not change is not read again, so a secret in it
+    is in every frame kept after it: the frame archive covers these boxes
+    (vision/frame_archive.py `cover`). Each read replaces what it re-read (the boxes its
+    regions overlap) with the lines it redacted there."""
+
+    def __init__(self) -> None:
+        self.boxes: tuple[Box, ...] = ()
+
+    def after(self, read: ScreenText) -> bool:
+        """Take in `read`; whether the boxes changed."""
+        boxes = tuple(box for box in self.boxes
+                      if not any(overlaps(box, region) for region in read.regions))
+        boxes += read.redacted
+        changed, self.boxes = boxes != self.boxes, boxes
+        return changed
 
 
 @dataclass
@@ -313,6 +333,7 @@ class TextRead:
     boxes: list[Box]
     cpu_ms: float  # reading and redacting
     hidden: Mapping[str, int]
+    redacted: list[Box]  # the boxes of the lines `redact` changed
     waited: GateWait = UNGATED
 
 
@@ -325,7 +346,8 @@ def read_text(
     lines, read_boxes = read_change(before, luma, boxes, content)
     texts = [line.text for line in lines]
     texts, hidden = redact(texts) if redact is not None else (texts, {})
-    return TextRead(texts, read_boxes, (time.thread_time() - started) * 1000, hidden)
+    redacted = [line.box for line, text in zip(lines, texts, strict=True) if text != line.text]
+    return TextRead(texts, read_boxes, (time.thread_time() - started) * 1000, hidden, redacted)
 
 
 def gated_read_change(
@@ -353,7 +375,7 @@ class FrameTextReader:
         added = self._seen.new(done.lines, frame.t)
         return ScreenText(frame.t, time.time(), decision.reason, str(decision.content_type),
                           tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), 0,
-                          hidden=dict(done.hidden))
+                          hidden=dict(done.hidden), redacted=tuple(done.redacted))
 
 
 _shared_pool: ThreadPoolExecutor | None = None
@@ -493,7 +515,7 @@ class ScreenTextReader:
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
             tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), job.coalesced,
-            round(waited_ms, 1), done.waited.forced, dict(done.hidden)))
+            round(waited_ms, 1), done.waited.forced, dict(done.hidden), tuple(done.redacted)))
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read); a
