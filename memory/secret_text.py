@@ -111,6 +111,9 @@ _SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
 _CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
 _CODE_DIGITS = re.compile(r"\d{4,8}")
+# a card's security code is 3 or 4 digits, which `_literal` takes for a count anywhere else
+_CARD_CODE = re.compile(r"(?:cvv|cvc|security code)s?", re.I)
+_CARD_CODE_DIGITS = re.compile(r"\d{3,4}")
 # tokens and secrets are counted too: "Input tokens: 1,234" on a usage page is a number
 _COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
 _NUMBER = re.compile(r"\d[\d,.]*$")
@@ -127,7 +130,10 @@ _NOT_A_VALUE = frozenset("""
     in on at of for from with under inside somewhere there here below above
     case-sensitive sensitive secret private public it none null undefined unknown
     int str float bool bytes list dict tuple object string number boolean integer any
-    """.split())  # and a type annotation's type: "output tokens: int = 0" as OCR reads it
+    forgot show hide reveal copy enter confirm change edit generate files compat
+    """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
+# links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
+# sources ("passwd: files systemd")
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,10 @@ def _found(line: str) -> list[Secret]:
                 found.append(Secret("assigned secret", start, end))
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)):
         value = match["value"].rstrip(".,;!?")
-        if (_literal(value, line[match.end("value"):])
+        if _CARD_CODE.fullmatch(match["what"]) and _CARD_CODE_DIGITS.fullmatch(value):
+            found.append(Secret(match["what"].lower(), match.start("value"),
+                                match.start("value") + len(value)))
+        elif (_literal(value, line[match.end("value"):])
                 and not (_COUNTED.search(match["what"]) and _NUMBER.match(value))
                 and (match.re is _SAID or _LOOKS_SECRET.match(value)
                      or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):

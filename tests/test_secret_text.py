@@ -70,6 +70,9 @@ JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
      f"The user shared their wifi password {HIDDEN}.", "password"),
     ("the PIN for the door is 4821", f"the PIN for the door is {HIDDEN}", "pin"),
     ("recovery code 12345678", f"recovery code {HIDDEN}", "recovery code"),
+    ("the CVV is 123.", f"the CVV is {HIDDEN}.", "cvv"),  # 3 digits: a count anywhere else
+    ("CVC 987 on the back", f"CVC {HIDDEN} on the back", "cvc"),
+    ("security code: 4521", f"security code: {HIDDEN}", "security code"),
 ])
 def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str) -> None:
     assert hide_secrets([line]) == ([shown], {kind: 1})
@@ -93,6 +96,9 @@ def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str
     "the password was accepted", "the token was revoked",
     "password reset link sent", "tokens 12345 used", "HTTP 401: invalid token",
     "Input tokens: 1,234", "Tokens: 12345",  # a usage page's counts
+    "The CVV is 3 digits", "CVV: 3 or 4 digits on the back",
+    "Password: Forgot?", "Password: Show", "Password: Enter your password", "API key: Copy",
+    "Token: Reveal", "passwd: files systemd", "passwd: compat",  # a form; nsswitch.conf
     "36 output tokens: int = 0", "api_key: Optional[str] = None",  # annotations, as OCR reads
     "password: str = \"\"", "secret: SecretStr = Field()", "Password: required",
     "Call +1 415 555 0123", "Version 1.2.3 released on 2024-05-01",
