@@ -162,7 +162,8 @@ class SpeechOutages:
         try:
             self._session.say(text, add_to_chat_ctx=add_to_chat_ctx)
         except RuntimeError as exc:  # the session is closing: nobody is there to tell
-            log.info("could not tell the user (%s): %s", exc, text)
+            # its length, not the text: an answer may quote the user's screen or words
+            log.info("could not tell the user (%s): %d characters unsaid", exc, len(text))
 
     def unspoken(self, text: str, partly_heard: bool) -> None:
         """What synthesis failed to say, sent as text once its speech has ended. An answer
