@@ -496,7 +496,9 @@ def _phrases(tokens: list[str], start: int, step: int) -> list[str]:
 def _run(tokens: list[str], at: int, step: int) -> tuple[list[str], int]:
     """The run of content words from `at`, walking by `step`, at most 3; and where it ended. A
     digit or letter alone before it is passed ("forget my 2 monitors", "I don't use vim 9
-    anymore"), at most `_SKIPPED_AT_MOST` of them; within it, one ends it ("python 3")."""
+    anymore"), at most `_SKIPPED_AT_MOST` of them; within it, one ends it ("python 3"). A word
+    that says which one (`_WHICH_ONE`) is left out of a run naming more; a run that opens on a
+    state of mind (`_STATES`) names nothing."""
     end = at + step * _SKIPPED_AT_MOST
     while 0 <= at < len(tokens) and at != end and len(tokens[at]) == 1 and (
             tokens[at] not in _MARKS):
@@ -506,7 +508,17 @@ def _run(tokens: list[str], at: int, step: int) -> tuple[list[str], int]:
             tokens[at] not in STOP_WORDS and len(tokens[at]) > 1):
         named.append(tokens[at])
         at += step
-    return named, at
+    if named and named[0 if step > 0 else -1] in _STATES:
+        return [], at  # "I'm not sure what this says", "I'm not able to log in"
+    what = [word for word in named if word not in _WHICH_ONE]
+    return what or named, at
+
+
+# before a thing's name, which one it is ("my old laptop is gone" names the laptop, not "old",
+# which "The user is 34 years old" holds); alone, what it names ("forget how old I am")
+_WHICH_ONE = frozenset("old new current previous former".split())
+# a state of mind, after "not": "I'm not sure" corrects no fact holding "sure"
+_STATES = frozenset("sure certain aware able ready".split())
 
 
 _LIST_JOINS = frozenset({"and", "or", "nor"})
@@ -611,6 +623,16 @@ def _comma_clauses(sentence: list[str]) -> list[tuple[int, int]]:
     return bounds
 
 
+# before "left", what says it is what remains ("3 days left", "nothing left", "no time left")
+_QUANTITIES = frozenset("no nothing none few little some much many any enough all".split())
+
+
+def _remaining(sentence: list[str], left: int) -> bool:
+    """Whether "left" at `left` says what remains: a number or a quantity in the two words
+    before it."""
+    return any(word.isdigit() or word in _QUANTITIES for word in sentence[max(0, left - 2):left])
+
+
 def forget_subjects(user: str) -> tuple[set[str], set[str]]:
     """The words (plain forms) the user's own message names as what to forget, or as what is no
     longer so: each tied to a forget or change word within one clause of the message, as its object
@@ -654,6 +676,8 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
                 if _turned(sentence, first, past):
                     continue  # "I got used to vim"
                 said = " ".join(sentence[first:past])
+                if said == "left" and _remaining(sentence, first):
+                    continue  # "I have 3 days left": what remains, not what went
                 asks = question and clause and clause[0] in _QUESTION_START
                 if asks and not (said in _REMOVE_WORDS and _MEMORY_WORDS & set(clause)):
                     continue

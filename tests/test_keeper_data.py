@@ -802,6 +802,32 @@ def test_each_item_of_a_list_the_user_names_is_forgotten(user: str, forgotten: l
 
 
 
+# facts that hold a word of the messages below without being what they say is gone
+DESCRIBED = {LAPTOP.key: LAPTOP.text, "age": "The user is 34 years old.",
+             "postgres": "The user is sure they run Postgres 16.",
+             "trial": "The user's trial of Linear runs 14 days.",
+             "manager": "The user's manager is Dana."}
+
+
+@pytest.mark.parametrize(("user", "forgotten"), [
+    ("My old laptop is gone.", ["laptop"]),  # "old" says which laptop, not "34 years old"
+    ("My new laptop broke.", ["laptop"]),
+    ("I'm not sure, can you check the build?", []),  # "not sure" names nothing
+    ("I am not aware of that, what does this error mean?", []),
+    ("I have 3 days left on my trial of Linear.", []),  # what remains, not what went
+    ("There is nothing left in the queue.", []),
+    ("My manager left.", ["manager"]),
+    ("Dana left, my manager is Sam now.", ["manager"]),
+])
+def test_a_word_that_only_describes_names_no_fact(user: str, forgotten: list[str]) -> None:
+    """Each word a gone-or-not-so message names lets the memory model forget a fact holding
+    it: "my old laptop is gone" let it forget "34 years old", "I'm not sure" a fact holding
+    "sure", "3 days left" one holding "days". A describing word, a state of mind after "not"
+    and "left" meaning what remains name nothing."""
+    kept, _ = _vouched(MemoryUpdate(forget=list(DESCRIBED)), user, facts=DESCRIBED)
+    assert sorted(kept.forget) == sorted(forgotten)
+
+
 @pytest.mark.parametrize(("user", "forgotten"), [
     ("My old laptop is gone.", ["laptop"]),
     ("I lost my work phone.", ["work_phone"]),
