@@ -56,11 +56,6 @@ def changed_detail(kind: str, detail: dict[str, Any], change: Change) -> dict[st
     return {**detail, **fields} if fields else None
 
 
-def forget_detail(kind: str, detail: dict[str, Any]) -> dict[str, Any] | None:
-    """`detail` without what it quotes of the user, or None when it quotes nothing."""
-    return changed_detail(kind, detail, forgotten)
-
-
 def _as_dict(value: Any) -> dict[str, Any]:
     return json.loads(value) if isinstance(value, str) else dict(value)
 

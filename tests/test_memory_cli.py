@@ -31,7 +31,7 @@ from memory.embeddings import (
     WordLlamaEmbedder,
     offline_embedder,
 )
-from memory.forget import FORGOTTEN, forget_detail
+from memory.forget import FORGOTTEN, changed_detail, forgotten
 from memory.store import Store
 from memory.user_memory import UserMemory
 
@@ -196,10 +196,11 @@ async def test_a_lazy_embedder_is_made_once_by_its_first_use_and_never_unused() 
 def test_a_hand_off_forgets_its_reason_and_user_and_a_second_pass_changes_nothing() -> None:
     handoff = {"session_id": "s1", "user": "dev-1", "reason": "cannot log in to the VPN",
                "stored": True}
-    forgotten = forget_detail("handoff", handoff)
-    assert forgotten == {"session_id": "s1", "user": None, "reason": FORGOTTEN, "stored": True}
-    assert forget_detail("handoff", forgotten) is None
-    summary = forget_detail("summary", {"total_cost_usd": 0.1, "handoff": handoff})
-    assert summary == {"total_cost_usd": 0.1, "handoff": forgotten}
-    assert forget_detail("summary", summary) is None
-    assert forget_detail("turn", {"answered_tier": 0}) is None  # nothing quoted: untouched
+    gone = changed_detail("handoff", handoff, forgotten)
+    assert gone == {"session_id": "s1", "user": None, "reason": FORGOTTEN, "stored": True}
+    assert changed_detail("handoff", gone, forgotten) is None
+    summary = changed_detail("summary", {"total_cost_usd": 0.1, "handoff": handoff}, forgotten)
+    assert summary == {"total_cost_usd": 0.1, "handoff": gone}
+    assert changed_detail("summary", summary, forgotten) is None
+    # nothing quoted: untouched
+    assert changed_detail("turn", {"answered_tier": 0}, forgotten) is None
