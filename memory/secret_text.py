@@ -83,12 +83,27 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), False),
     ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
 )
+# `NAME=value` / `NAME: value` of the names detect-secrets 1.5 leaves out: a token (`HF_TOKEN`,
+# `access_token`), a passphrase, a passcode; quoted, the whole quoted value. The name ends with
+# the word: "max_tokens: 1024" is a count, "tokenizer: gpt2" a model
+_NAMED = re.compile(
+    r"(?<![\w-])[\w.-]*?(?P<name>token|passphrase|passcode)[\"'\]]{0,2}\s*(?::=|[:=])\s*"
+    r"(?:(?P<quote>[\"'`])(?P<quoted>[^\"'`\n]+)(?P=quote)|(?P<value>[^\s\"'`,;]+))", re.I)
+# a token's value looks like one: letters and digits, 8 characters or more
+_TOKEN_LIKE = re.compile(r"(?=.*\d)(?=.*[A-Za-z])\S{8,}")
+_QUOTES = "\"'`"
 # a secret runs on to the end of its token (detect-secrets' JWT pattern stops before the
 # signature); `@` ends it, as in `user:password@host`
 _TOKEN_GOES_ON = re.compile(r"[A-Za-z0-9_\-.+/=]*")
 # an assigned value that is code or a reference, not a secret: a call, an index or a generic
 # type, an `${ENV}` or `{{ }}` template, a condition's `x:`, a count, a mask
-_NOT_LITERAL = re.compile(r".*[({\[]|\$|.*:$|\d{1,3}$|[*•●·]+$")
+_NOT_LITERAL = re.compile(r".*[({\[]|\$|.*:$|\d{1,3}$|[*•●·]+$|\d+\.\d+\.\d+$")
+# a name in code, not a value: an attribute (`settings.gemini_api_key`, `self._secret`), or a
+# name without digits an argument list, a dict or a list goes on after (`api_key=api_key,`,
+# `"LIVEKIT_API_KEY": API_KEY,`, `secret=True)`); a secret has digits, or ends its line
+_ATTRIBUTE = re.compile(r"(?!.*\d)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
+_NAME = re.compile(r"(?!.*\d)[A-Za-z_]\w*$")
+_GOES_ON_IN_CODE = re.compile(r"\s*[,)}\]]")
 # 13 to 19 digits, in groups a person or a form writes them in
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro
@@ -130,7 +145,9 @@ _NOT_A_VALUE = frozenset("""
     in on at of for from with under inside somewhere there here below above
     case-sensitive sensitive secret private public it none null undefined unknown
     int str float bool bytes list dict tuple object string number boolean integer any
-    forgot show hide reveal copy enter confirm change edit generate files compat
+    forgot show hide reveal copy enter confirm change edit generate files compat true false nil
+    often usually always sometimes only just also what how why where when who which whatever
+    can cannot could will would should must may might does did has had like unlike
     """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
 # links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
 # sources ("passwd: files systemd")
@@ -170,11 +187,19 @@ def _literal(value: str, after: str) -> bool:
     """Whether a value a pattern took (`after` it, the rest of the line) is a literal secret:
     not code (a call, a reference, a type annotation's type: `password: str = ""`), nor a
     word that says what the secret is like ("password is too weak", a form's "Password:
-    required", "mask ?password= in URLs" in a commit message)."""
-    value = value.strip().rstrip(".,;!?")
-    return (bool(value) and value.split()[0].lower() not in _NOT_A_VALUE
+    required", "mask ?password= in URLs" in a commit message), nor a name in code
+    (`api_key=settings.api_key`, `api_key=api_key,`)."""
+    stripped = value.strip()
+    value = stripped.rstrip(".,;!?")
+    if not value:
+        return False
+    word = value.split()[0]
+    first = word.rstrip(")]},")  # a parameter's type as its list closes: `f(token: str) -> …`
+    goes_on = word[len(first):] + value[len(word):] + stripped[len(value):] + after
+    return (bool(first) and first.lower() not in _NOT_A_VALUE
             and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
-            and not re.match(r"\s*=(?!=)", after))
+            and not re.match(r"\s*=(?!=)", after) and not _ATTRIBUTE.match(first)
+            and not (_NAME.match(first) and _GOES_ON_IN_CODE.match(goes_on)))
 
 
 def _cards(line: str) -> Iterator[Secret]:
@@ -207,11 +232,19 @@ def _found(line: str) -> list[Secret]:
                 continue
             start, end = _span(match, group=group)
             value = line[start:end]
-            if len(value.split()) > MAX_WORDS:  # the value runs on: its first word is the secret
-                value = value.split()[0]
+            quoted = 0 < start and line[start - 1] in _QUOTES and line[end:end + 1] == line[
+                start - 1]
+            if len(value.split()) > MAX_WORDS and not quoted:  # it runs on: its first word is
+                value = value.split()[0]                      # the secret
                 end = _token_end(line, start, start + len(value))
             if _literal(value, line[start + len(value):]):
                 found.append(Secret("assigned secret", start, end))
+    for match in _NAMED.finditer(line):
+        group = "quoted" if match["quoted"] else "value"
+        value = match[group]
+        if _literal(value, line[match.end(group):]) and (
+                match["name"].lower() != "token" or _TOKEN_LIKE.match(value)):
+            found.append(Secret("assigned secret", *match.span(group)))
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)):
         value = match["value"].rstrip(".,;!?")
         if _CARD_CODE.fullmatch(match["what"]) and _CARD_CODE_DIGITS.fullmatch(value):

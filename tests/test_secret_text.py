@@ -70,6 +70,12 @@ JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
      f"The user shared their wifi password {HIDDEN}.", "password"),
     ("the PIN for the door is 4821", f"the PIN for the door is {HIDDEN}", "pin"),
     ("recovery code 12345678", f"recovery code {HIDDEN}", "recovery code"),
+    # names detect-secrets leaves out; a quoted value is hidden whole, however many words
+    ("HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz0123", f"HF_TOKEN={HIDDEN}", "assigned secret"),
+    ("access_token: ya29.a0AfH6SMBx", f"access_token: {HIDDEN}", "assigned secret"),
+    ('PASSPHRASE="correct horse battery staple"', f'PASSPHRASE="{HIDDEN}"', "assigned secret"),
+    ('DB_PASSWORD="correct horse battery staple"', f'DB_PASSWORD="{HIDDEN}"',
+     "assigned secret"),
     ("the CVV is 123.", f"the CVV is {HIDDEN}.", "cvv"),  # 3 digits: a count anywhere else
     ("CVC 987 on the back", f"CVC {HIDDEN} on the back", "cvc"),
     ("security code: 4521", f"security code: {HIDDEN}", "security code"),
@@ -97,6 +103,15 @@ def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str
     "password reset link sent", "tokens 12345 used", "HTTP 401: invalid token",
     "Input tokens: 1,234", "Tokens: 12345",  # a usage page's counts
     "The CVV is 3 digits", "CVV: 3 or 4 digits on the back",
+    "max_tokens: 1024", "tokenizer: gpt2", "TOKEN_LIMIT=5000", "csrf_token: {{ csrf_token }}",
+    "access_token = get_token()", "token: Optional[str] = None",
+    "def parse(token: str) -> list[str]:",  # a parameter's type
+    # code that hands a secret on by name
+    "api_key=settings.gemini_api_key,", "client = Client(api_key=api_key, timeout=5)",
+    '"LIVEKIT_API_KEY": API_KEY,', "_Field('api_key', secret=True, help='or KEY')",
+    "self._key, self._secret = settings.key, settings.secret", '"secrets_refused": secrets}',
+    '"detect-secrets==1.5.0",',  # a version
+    "A chunk of 256 tokens is often longer than that", "where its secret is cannot be told",
     "Password: Forgot?", "Password: Show", "Password: Enter your password", "API key: Copy",
     "Token: Reveal", "passwd: files systemd", "passwd: compat",  # a form; nsswitch.conf
     "36 output tokens: int = 0", "api_key: Optional[str] = None",  # annotations, as OCR reads
