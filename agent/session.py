@@ -294,7 +294,7 @@ class SessionRuntime:
     # jitter buffer's counts, agent/audio_reception.py), for each spoken turn's `heard` event
     heard_reception: Callable[[], dict[str, float]] | None = None
     recall_budget: RecallBudget = RecallBudget()
-    _asked: str = ""  # the user's latest message, until the answer to it arrives
+    _asked: str = ""  # the user's latest message, secrets hidden, until its answer is stored
     _answered: bool = False  # whether the latest round answered the user (not a failure, not
     # an offer of help the agent made unasked): only such exchanges go to memory
     # the CPU time of the thread running this session's event loop when the latest question
@@ -559,13 +559,12 @@ class SessionRuntime:
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
         text = item.text_content or ""
-        role = item.role
-        self.stored_words.put([text], lambda hidden: self.conversation.add(
-            self.user_id, role, hidden[0]))
+        # whether an answer goes to memory (`_answered`) as the round stands now, not once hidden
+        role, answered = item.role, item.role == "assistant" and self._answered
+        self.stored_words.put([text], lambda hidden: self._store(role, hidden[0], answered))
         timing = {key: round(value, 4) for key, value in (item.metrics or {}).items()
                   if key in _VOICE_TIMINGS and isinstance(value, float)}
         if item.role == "user":
-            self._asked = text
             if timing:  # a spoken question: when its turn ended and its transcript came
                 reception = ({"reception": self.heard_reception()}
                              if self.heard_reception is not None else {})
@@ -576,16 +575,20 @@ class SessionRuntime:
         self.record.events.record("reply", detail={
             "interrupted": item.interrupted, "characters": len(text), **timing,
             **self._turn_cpu()})
-        if self._answered:
-            self.stored_words.put([self._asked, text], self._exchange)
 
-    def _exchange(self, hidden: list[str]) -> None:
-        """One answered exchange, its secrets hidden, to the memory keeper, or to disk for a
-        later session's when the session runs without the database."""
-        asked, answer = hidden
+    def _store(self, role: str, text: str, answered: bool) -> None:
+        """One message, its secrets hidden, in the order said: to the conversation log; a
+        question is kept for its answer, and an answer goes with it to the memory keeper, or to
+        disk for a later session's when the session runs without the database."""
+        self.conversation.add(self.user_id, role, text)
+        if role == "user":
+            self._asked = text
+            return
+        if not answered:
+            return
         if self.memory is not None and self.memory.keeper is not None:
-            self.memory.keeper.exchange(asked, answer)
-        elif self.deferred is not None and self.deferred.exchange(asked, answer):
+            self.memory.keeper.exchange(self._asked, text)
+        elif self.deferred is not None and self.deferred.exchange(self._asked, text):
             self.record.events.record("memory_deferred", detail={})
 
     def _turn_cpu(self) -> dict[str, float]:

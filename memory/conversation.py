@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .embeddings import Embedder
-from .secret_text import hide_in_text
+from .secret_text import hide_in_texts
 from .spill_files import SpillKind, append_rows, spill_path
 from .store import Store
 from .user_memory import embed_or_none
@@ -45,7 +45,7 @@ async def store_messages(
     password said or a key read out once is not kept. A session hands its messages on with
     their secrets hidden already (memory/hiding_queue.py); live and spilled messages both
     reach Postgres here, and a spill file written by an earlier release holds them as said."""
-    hidden = await asyncio.to_thread(lambda: [hide_in_text(r["content"]) for r in rows])
+    hidden = await asyncio.to_thread(hide_in_texts, [r["content"] for r in rows])
     rows = [{**row, "content": content} for row, content in zip(rows, hidden, strict=True)]
     if embedder is None:
         await store.add_messages(session_id, tenant, rows)

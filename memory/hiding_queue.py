@@ -22,15 +22,11 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from .secret_text import hide_in_text
+from .secret_text import hide_in_texts
 
 log = logging.getLogger("sightline.memory")
 
 Then = Callable[[list[str]], None]
-
-
-def _hidden(texts: Sequence[str]) -> list[str]:
-    return [hide_in_text(text) for text in texts]
 
 
 class HidingQueue:
@@ -49,7 +45,7 @@ class HidingQueue:
             texts, then = await self._queue.get()
             try:
                 try:
-                    hidden = await asyncio.to_thread(_hidden, texts)
+                    hidden = await asyncio.to_thread(hide_in_texts, texts)
                 except Exception as exc:  # a bug in a pattern must not lose the message
                     self.failed += len(texts)
                     log.error("hiding secrets failed (%r): stored as said", exc)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
@@ -311,3 +311,8 @@ def hide_in_text(text: str) -> str:
     holds none)."""
     lines, hidden = hide_secrets(text.split("\n"))
     return "\n".join(lines) if hidden else text
+
+
+def hide_in_texts(texts: Iterable[str]) -> list[str]:
+    """`hide_in_text` of each text, in order (a thread's work: every line is scanned)."""
+    return [hide_in_text(text) for text in texts]

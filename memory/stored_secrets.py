@@ -35,7 +35,7 @@ import asyncpg
 from .embeddings import Embedder
 from .forget import change_logs, change_records
 from .screen_timeline import search_words
-from .secret_text import hide_in_text, hide_secrets, secret_kind
+from .secret_text import hide_in_text, hide_in_texts, hide_secrets, secret_kind
 from .user_memory import embed_or_none, lock_memory
 
 BATCH = 500
@@ -50,10 +50,6 @@ def hidden_in(field: str, value: Any) -> Any:
         lines, hidden = hide_secrets(value)
         return lines if hidden else value
     return hide_in_text(value) if isinstance(value, str) else value
-
-
-def _hidden_texts(texts: list[str]) -> list[str]:
-    return [hide_in_text(text) for text in texts]
 
 
 async def _lock_users(conn: asyncpg.Connection, tenant: str, users: set[str | None]) -> None:
@@ -73,7 +69,7 @@ async def _changed_rows(pool: asyncpg.Pool, tenant: str, table: str, columns: tu
             f" WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT {BATCH}", tenant, last):
         last = rows[-1]["id"]
         texts = [row[column] or "" for row in rows for column in columns]
-        hidden = iter(await asyncio.to_thread(_hidden_texts, texts))
+        hidden = iter(await asyncio.to_thread(hide_in_texts, texts))
         changed = []
         for row in rows:
             new = {f"new_{column}": next(hidden) for column in columns}
@@ -84,9 +80,9 @@ async def _changed_rows(pool: asyncpg.Pool, tenant: str, table: str, columns: tu
     return batches
 
 
-async def _insertable(conn: asyncpg.Connection, table: str) -> list[str]:
+async def _insertable(pool: asyncpg.Pool, table: str) -> list[str]:
     """`table`'s columns a row is inserted with: all but the generated ones."""
-    return [r["column_name"] for r in await conn.fetch(
+    return [r["column_name"] for r in await pool.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_schema ="
         " current_schema() AND table_name = $1 AND is_generated = 'NEVER'"
         " ORDER BY ordinal_position", table)]
@@ -100,15 +96,16 @@ async def _reinsert_searchable(
     with secrets hidden: each changed row deleted and inserted again under its id,
     re-embedded from what it is embedded from (the text, or its words)."""
     count = 0
-    for batch in await _changed_rows(pool, tenant, table, (column,)):
+    batches = await _changed_rows(pool, tenant, table, (column,))
+    columns = ", ".join(await _insertable(pool, table)) if batches else ""
+    words_set = ", words = n.w" if words else ""
+    for batch in batches:
         texts = [row[f"new_{column}"] for row in batch]
         searched = [words(text) for text in texts] if words else texts
         vectors = await embed_or_none(embedder, searched)
         ids = [row["id"] for row in batch]
         async with pool.acquire() as conn, conn.transaction():
             await _lock_users(conn, tenant, {row["user_id"] for row in batch})
-            columns = ", ".join(await _insertable(conn, table))
-            words_set = ", words = n.w" if words else ""
             await conn.execute(f"CREATE TEMP TABLE hidden_rows (LIKE {table}) ON COMMIT DROP")
             await conn.execute(
                 f"INSERT INTO hidden_rows SELECT * FROM {table}"
@@ -143,7 +140,7 @@ async def _drop_facts(pool: asyncpg.Pool, tenant: str) -> int:
 async def _hide_summaries(pool: asyncpg.Pool, tenant: str) -> int:
     rows = await pool.fetch("SELECT user_id, text FROM memory_summaries WHERE tenant = $1",
                             tenant)
-    hidden = await asyncio.to_thread(_hidden_texts, [row["text"] for row in rows])
+    hidden = await asyncio.to_thread(hide_in_texts, [row["text"] for row in rows])
     changed = [(row["user_id"], new) for row, new in zip(rows, hidden, strict=True)
                if new != row["text"]]
     async with pool.acquire() as conn, conn.transaction():

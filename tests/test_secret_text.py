@@ -350,10 +350,10 @@ async def test_words_to_store_keep_their_order_and_a_failed_scan_loses_nothing(
     assert handed == [[long_text.replace("hunter2-staging", HIDDEN)],
                       [f"password: {HIDDEN}", "fine"]]
 
-    def broken(text: str) -> str:
+    def broken(texts: list[str]) -> list[str]:
         raise ValueError("a pattern broke")
 
-    monkeypatch.setattr("memory.hiding_queue.hide_in_text", broken)
+    monkeypatch.setattr("memory.hiding_queue.hide_in_texts", broken)
     queue.put(["password: hunter2"], handed.append)
     await queue.drained()
     monkeypatch.undo()
