@@ -709,6 +709,18 @@ def _names(key: str, text: str, user: str) -> bool:
     return bool(named & _fact_words(key, text))
 
 
+def user_replaces(key: str, old: str, new: str, *, user: str, subjects: set[str],
+                  changes: set[str]) -> bool:
+    """Whether the user's message lets `new`, a fact all in their own words, replace the
+    remembered `old` under `key`: it asks to forget the old one or says it changed, naming it
+    (`subjects`, from `forget_subjects`), it names the old one, or it says the new one is a
+    change (`changes`: those subjects and what a clause with a `_NOW_WORDS` word names). The
+    memory keeper's rule for a fact under a remembered key, and `remember`'s for one the model
+    says replaces a remembered fact (tools/memory_tools.py)."""
+    return (bool(subjects & _fact_words(key, old)) or _names(key, old, user)
+            or bool(changes & _fact_words(key, new)))
+
+
 # -- the summary ------------------------------------------------------------------------------
 
 # What gives a later session an order or a permission rather than telling what happened: a
@@ -831,9 +843,9 @@ def vouched(update: MemoryUpdate, *, user: str, assistant: str, facts: dict[str,
             continue
         key = fact.key
         if key in facts and not same_fact(fact.text, facts[key]) and not (
-                forgettable(key) or key in from_screen
-                or (not screen_sourced and (_names(key, facts[key], user)
-                                            or changes & _fact_words(key, fact.text)))):
+                key in from_screen or forgettable(key)
+                or (not screen_sourced and user_replaces(key, facts[key], fact.text, user=user,
+                                                         subjects=subjects, changes=changes))):
             key = fresh_key(key, taken)
             taken.add(key)
             rekeyed += 1

@@ -31,6 +31,7 @@ format and that tier answers it.
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 from typing import Any
@@ -185,6 +186,18 @@ async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
         assert await runtime.memory.user_memory.facts("acme", "ana") == []
         assert runtime.memory.keeper.facts == {}
 
+        home, moved = "The user's home is in Berlin", "The user lives in Munich"
+        await ask(session, script, "remember", "Please remember that my home is in Berlin.",
+                  fact=home)
+        await ask(session, script, "remember", "We moved! Remember I live in Munich now.",
+                  fact=moved, replaces=key_for(home))
+        assert "replaces" in json.dumps(script.answer_requests[-1].body)  # the tool's schema
+        assert f"in place of {marked(home, MEMORY)}" in tool_results(
+            script.answer_requests[-1])[-1]
+        stored = await runtime.memory.user_memory.facts("acme", "ana")
+        assert [(f.key, f.text) for f in stored] == [(key_for(home), moved)]
+        assert runtime.memory.keeper.facts == {key_for(home): moved}
+
         await ask(session, script, "look_closer", region="bottom-right")
         closer = script.answer_requests[-1]
         said = tool_results(closer)[-1]
@@ -216,7 +229,8 @@ async def run_tools(tier: int, script: ToolScript, live: Settings, db: Database,
     events = read_event_log(runtime.record.events.path)
     acted = [e["detail"] for e in events if e["kind"] == "turn" and e["detail"]["tool_calls"]]
     assert [a["tool_calls"] for a in acted] == [
-        ["search_knowledge"], ["remember"], ["forget"], ["look_closer"],
+        ["search_knowledge"], ["remember"], ["forget"], ["remember"], ["remember"],
+        ["look_closer"],
         ["handoff_to_human"], ["handoff_to_human"], ["handoff_to_human"]]
     assert all(a["answered_tier"] == tier for a in acted)
     assert all([t["outcome"] for t in a["tried"]] == ["low_confidence"] * tier + ["tool_call"]
@@ -920,6 +934,61 @@ async def test_remember_a_change_forgets_the_one_fact_no_longer_so(
     assert ("no longer so" in answer) is bool(gone)
     assert sorted(k for k in memory.facts_by_key if k in {f.key for f in facts}) == sorted(
         f.key for f in facts if f.key not in gone)
+
+
+HOME_FACTS = [Fact("location", "The user lives in Berlin"),
+              Fact("employer", "The user works at Acme"),
+              Fact("manager", "The user's manager is Dana"),
+              Fact("pet", "The user has a dog named Rex")]
+
+
+@pytest.mark.parametrize(("said", "fact", "replaces", "replaced"), [
+    ("Remember I live in Munich now.", "The user lives in Munich", "location", True),
+    ("remember we moved to Munich", "The user moved to Munich", "[location]", True),
+    ("Remember that I work at Globex now.", "The user works at Globex", "employer", True),
+    ("Remember my manager is Alice Chen.", "The user's manager is Alice Chen", "manager", True),
+    # the user's words neither name the dog nor say anything changed: kept beside
+    ("Remember I have a cat.", "The user has a cat", "pet", False),
+    ("Remember I live in Munich now.", "The user lives in Munich", "", False),
+])
+async def test_remember_replaces_the_fact_the_user_says_changed(
+    said: str, fact: str, replaces: str, replaced: bool,
+) -> None:
+    """"Remember I live in Munich now" wrote the new home beside "The user lives in Berlin":
+    nothing the user said names Berlin, so no rule could find it by words, and later sessions
+    read both. The model names the fact it replaces by its key; the user's words must still
+    name it or say it changed, by the memory keeper's rule."""
+    tools, memory = memory_tools(HOME_FACTS)
+    answer = await tools.remember(user_said(said), fact, replaces)
+    old = next(f for f in HOME_FACTS if f.key == (replaces.strip("[]") or "location"))
+    assert answer.startswith("Remembered") and fact in answer
+    assert ("in place of" in answer) is replaced
+    assert ("Kept" in answer) is (bool(replaces) and not replaced)
+    assert memory.facts_by_key[old.key].text == (fact if replaced else old.text)
+    assert len(memory.facts_by_key) == len(HOME_FACTS) + (not replaced)
+    assert sum(f.text == fact for f in memory.facts_by_key.values()) == 1
+
+
+async def test_remember_names_a_key_no_fact_has() -> None:
+    """A key the model made up replaces nothing and loses nothing: the fact is remembered as
+    new and the model is told."""
+    tools, memory = memory_tools(HOME_FACTS)
+    answer = await tools.remember(user_said("Remember I live in Munich now."),
+                                  "The user lives in Munich", "home")
+    assert "No remembered fact has the key 'home', so none was replaced." in answer
+    assert memory.facts_by_key["location"] == HOME_FACTS[0]
+    assert len(memory.facts_by_key) == len(HOME_FACTS) + 1
+
+
+async def test_a_new_fact_never_takes_the_key_of_another() -> None:
+    """A fact whose key (`key_for`) another fact already had was written under it, so
+    "remember my laptop runs Ubuntu" silently replaced a different fact stored there."""
+    fact = "The user's laptop runs Ubuntu 24.04"
+    other = Fact(key_for(fact), "The user's laptop runs Ubuntu on a ZFS root")
+    tools, memory = memory_tools([other])
+    answer = await tools.remember(user_said("Remember that my laptop runs Ubuntu 24.04."), fact)
+    assert answer == f"Remembered (as {key_for(fact)}_2): {fact}"
+    assert memory.facts_by_key == {other.key: other, f"{other.key}_2": Fact(f"{other.key}_2", fact)}
 
 
 VIM_FACTS = [Fact("vim", "The user uses vim"), Fact("vim_theme", "The user's vim theme is gruvbox"),

@@ -81,11 +81,18 @@ from dataclasses import dataclass, field
 
 from livekit.agents import RunContext, llm
 
-from memory.keeper import MAX_FACT_CHARS, MemoryKeeper, fact_key, forget_subjects, same_fact
+from memory.keeper import (
+    MAX_FACT_CHARS,
+    MemoryKeeper,
+    fact_key,
+    forget_subjects,
+    same_fact,
+    user_replaces,
+)
 from memory.keeper import STOP_WORDS as KEEPER_STOP
 from memory.marked_data import MEMORY, marked
 from memory.secret_text import secret_kind
-from memory.user_memory import Fact, UserMemory
+from memory.user_memory import Fact, UserMemory, fresh_key
 from memory.word_forms import (
     AROUND_YES,
     CLAUSE_MARKS,
@@ -613,6 +620,25 @@ def _no_longer_so(said: str, key: str, known: list[Fact]) -> list[Fact]:
     return held if len(held) == 1 else []
 
 
+def _replaced(said: str, text: str, replaces: str, known: list[Fact]) -> tuple[Fact | None, str]:
+    """The remembered fact the model says `text` replaces (`replaces`, its key) when the user's
+    words let it, by the memory keeper's rule (`user_replaces`: they name it or say it changed);
+    else None and why it was kept beside the new one. The model names the key because "I live
+    in Munich now" says nothing of Berlin: no rule finds the home it replaces by words."""
+    if not replaces.strip():
+        return None, ""
+    named = fact_key(replaces)
+    old = next((f for f in known if f.key == named), None)
+    if old is None:
+        return None, f"\nNo remembered fact has the key {named!r}, so none was replaced."
+    subjects, now_named = forget_subjects(said)
+    if user_replaces(old.key, old.text, text, user=said, subjects=subjects,
+                     changes=subjects | now_named):
+        return old, ""
+    return None, (f"\nKept {marked(old.text, MEMORY)} too: the user's words neither name it nor "
+                  "say it changed. Ask them whether it still holds.")
+
+
 def split_subjects(text: str) -> list[str]:
     """`text` as the subjects it lists: "my editor and my VPN" is two ("salt and pepper" is
     one: only an "and" that opens another "my …" / "the …" parts them; within one, `_items`)."""
@@ -742,6 +768,13 @@ def key_for(text: str) -> str:
     return fact_key("_".join(content)) or "note"
 
 
+def _new_key(text: str, taken: set[str]) -> str:
+    """A new fact's key (`key_for`), made fresh when another fact has it: written under it, the
+    new fact would replace that one, which the user did not ask for."""
+    key = key_for(text)
+    return fresh_key(key, taken) if key in taken else key
+
+
 _REWRITE = ("Write the fact as one short statement about the user, in the third person, with "
             "the user's own words in the order they said them, such as \"The user uses a "
             "Mac\" for \"remember that I use a Mac\"; never the user's request itself "
@@ -777,7 +810,7 @@ class MemoryTools:
         return "Forgot: " + "; ".join(marked(f.text, MEMORY) for f in facts)
 
     @llm.function_tool
-    async def remember(self, context: RunContext, fact: str) -> str:
+    async def remember(self, context: RunContext, fact: str, replaces: str = "") -> str:
         """Remember a fact about the user for later sessions. Use it only when the user asks you
         to remember something.
 
@@ -785,6 +818,9 @@ class MemoryTools:
             fact: the fact, as one short sentence about the user in the third person, in the
                 user's words and in their order, such as "The user's laptop runs Ubuntu 24.04"
                 (never the request itself, "Remember my laptop runs Ubuntu").
+            replaces: the key, shown in brackets in what you remember, of the one remembered
+                fact this one replaces because the user says it changed ("remember I live in
+                Munich now" replaces "[location] The user lives in Berlin"); empty otherwise.
         """
         said = latest_user_text(context)
         if not user_asked(said, ASKS_TO_REMEMBER):
@@ -821,16 +857,18 @@ class MemoryTools:
         known = await self._facts()
         if any(same_fact(text, f.text) for f in known):
             return f"Already remembered: {text}"
-        key = key_for(text)
+        replaced, refusal = _replaced(said, text, replaces, known)
+        key = replaced.key if replaced else _new_key(text, {f.key for f in known})
         stale = _no_longer_so(said, key, known)
         await self._memory.apply([{"op": "fact", "key": key, "text": text, **self._who},
                                   *({"op": "forget", "key": f.key, **self._who} for f in stale)])
         if self._keeper is not None:
             self._keeper.user_edited([Fact(key, text)], [f.key for f in stale])
         self._written.append((user_turns(context), Fact(key, text)))
-        return f"Remembered (as {key}): {text}" + "".join(
+        instead = f", in place of {marked(replaced.text, MEMORY)}" if replaced else ""
+        return f"Remembered (as {key}{instead}): {text}" + "".join(
             f"\nForgot, as the user says it is no longer so: {marked(f.text, MEMORY)}"
-            for f in stale)
+            for f in stale) + refusal
 
     @llm.function_tool
     async def forget(self, context: RunContext, what: str) -> str:
