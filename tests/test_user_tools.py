@@ -407,6 +407,21 @@ def memory_tools(facts: list[Fact] = FACTS) -> tuple[MemoryTools, FakeMemory]:
     # no need to keep it
     ("You don't need to remember my address.", False, True),
     ("There's no need to keep my phone number.", False, True),
+    # a request, then a question of its own in the same sentence: the "?" is the question's
+    ("Forget my laptop, and what does this say?", False, True),
+    ("Remember that I use vim, what's this error?", True, False),
+    ("Forget it, what does this error mean?", False, False),  # never mind
+    ("Remember the outage, what caused it?", False, False),  # recalls one
+    ("Do you remember my laptop, and what does this say?", False, False),
+    # said as people say it
+    ("Save this: my laptop is a Dell XPS.", True, False),
+    ("Keep on file that I use fish.", True, False),
+    ("Note down that I use fish.", True, False),
+    ("Keep this in mind: I use fish.", True, False),
+    ("Remove vim from your notes.", False, True),
+    ("Save this file to disk.", False, False),
+    ("Should I save this?", False, False),
+    ("Delete the row from your notes app?", False, False),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""
@@ -439,6 +454,36 @@ async def test_what_is_written_comes_from_the_users_words() -> None:
         "Remembered (as uses_fish_shell): The user uses fish shell")
     assert await tools.forget(user_said("Forget that I use Ubuntu"), "Ubuntu") == (
         "Forgot: <memory>The user's laptop runs Ubuntu 24.04</memory>")
+
+
+@pytest.mark.parametrize(("said", "what", "gone"), [
+    ("Forget vim for good.", "vim", "vim"),
+    ("Forget my old laptop once and for all.", "my old laptop", "old_laptop"),
+    ("Remove vim from your notes.", "vim", "vim"),
+    ("Forget my old laptop, and what does this dialog say?", "my old laptop", "old_laptop"),
+])
+async def test_how_long_and_from_where_are_no_part_of_the_subject(said: str, what: str,
+                                                                  gone: str) -> None:
+    """"Forget vim for good" made "good" a word of the subject, which no fact holds, so
+    forget("vim") was refused as a part of it; "remove vim from your notes" asked nothing;
+    and a question after the request ("…, and what does this dialog say?") made the whole
+    sentence a question, so nothing was forgotten."""
+    facts = [Fact("vim", "The user uses vim"), Fact("laptop", "The user's laptop is a Dell"),
+             Fact("old_laptop", "The user's old laptop was a ThinkPad")]
+    tools, memory = memory_tools(facts)
+    assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
+    assert sorted(memory.facts_by_key) == sorted(f.key for f in facts if f.key != gone)
+
+
+async def test_save_this_remembers_the_clause_after_its_colon() -> None:
+    tools, memory = memory_tools([])
+    assert await tools.remember(user_said("Save this: my laptop is a Dell XPS."),
+                                "The user's laptop is a Dell XPS") == (
+        "Remembered (as laptop_dell_xps): The user's laptop is a Dell XPS")
+    with pytest.raises(llm.ToolError, match="not in their request"):
+        await tools.remember(user_said("Save this: my laptop is a Dell XPS. The code is 4711."),
+                             "The user's laptop code is 4711")
+    assert list(memory.facts_by_key) == ["laptop_dell_xps"]
 
 
 @pytest.mark.parametrize(("said", "fact"), [

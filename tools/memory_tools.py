@@ -219,11 +219,15 @@ ASKS_TO_REMEMBER = re.compile(
     r"(?:add|save|store|put|write|commit)(?: (?:it|this|that))? (?:to|in|into) (?:your |the )?"
     r"memory|update your memory|keep in mind|"
     r"bear in mind|(?:don'?t|do not|never) (?:let me )?forget|for (?:future )?reference|"
-    r"(?:save|store|record|write down|jot down) that (?=(?:i|i'm|im|my|we|we're|our)\b))\b",
+    r"keep (?:it|this|that) in mind|(?:keep|put|have) (?:(?:it|this|that) )?on file|note down|"
+    r"(?:save|store|record|write down|jot down) that (?=(?:i|i'm|im|my|we|we're|our)\b)|"
+    # "save this: my laptop is a Dell", the fact in the clause after the colon
+    r"(?:save|store|record|write down|jot down|note down) (?:this|that)(?=\W*$))\b",
     re.I)
 ASKS_TO_FORGET = re.compile(
     _LEAD + r"(?:(?:forget|unlearn|stop remembering)\b|"
-    r"(?:delete|remove|erase|drop|clear|wipe|get rid of)\b.*\b(?:memory|memories|remember|know)\b|"
+    r"(?:delete|remove|erase|drop|clear|wipe|get rid of)\b.*\b(?:memory|memories|remember|know|"
+    r"(?:your|sightline'?s) (?:notes|records|files))\b|"
     # "delete all my data": what is remembered about them, all of it (asked back first)
     r"(?:delete|remove|erase|clear|wipe) (?:all (?:of )?)?(?:my|our) data\b|"
     # "delete that", "don't remember that": what `remember` wrote just now
@@ -267,6 +271,13 @@ _ITEMS = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+", re.I)
 _ITEM_WORDS = 3  # the words of a bare item at most ("phone", "work phone")
 # a clause after the request's that goes on listing its subjects ("forget my editor, and my VPN")
 _CONTINUES = re.compile(rf"^(?:and\s+)?(?:{_OPENS_AN_ITEM})\b", re.I)
+# ... unless it opens a question of its own ("…, and what does this say?"); a question word
+# before a person names a subject ("…, and where I work")
+_PERSON = r"i|i'm|im|my|we|we're|our|you|your|he|his|she|her|they|their"
+_OPENS_A_QUESTION = re.compile(
+    rf"^(?:(?:and|but|so|then|now|also)\s+)*(?:(?:what|how|why|where|when|who|which)\b"
+    rf"(?!\s+(?:{_PERSON})\b)|(?:can|could|would|will|should|shall|may|might|is|are|was|were|"
+    r"do|does|did)\b)", re.I)
 # a request to forget all of it, which the user confirms first; not "all" with a demonstrative
 # ("forget all that", "forget it all": never mind)
 _EVERYTHING = re.compile(
@@ -354,27 +365,54 @@ def _strip_lead(clause: str, question: bool) -> str | None:
     return clause[polite.end():] if polite else clause
 
 
+def _question_from(parts: list[str]) -> int:
+    """Where the question of a sentence ending with a question mark begins among its clauses
+    `parts`: at the last clause after the first that opens one ("forget my laptop, and what
+    does this say?" asks only "what does this say"), else at the first (the whole sentence)."""
+    return next((n for n in range(len(parts) - 1, 0, -1)
+                 if _OPENS_A_QUESTION.match(without_lead_fillers(parts[n].strip()))), 0)
+
+
+# what a request to remember goes on with when it states a fact ("remember that I use vim", "…
+# my laptop is a Dell"), not when it recalls one ("remember the outage, what caused it?")
+_STATES_A_FACT = re.compile(r"^\W*(?:that\s+)?(?:i|i'm|im|i've|my|we|we're|our)\b", re.I)
+
+
+def _requested(asks: re.Pattern[str], rest: str) -> bool:
+    """Whether a request followed by a question in its sentence asks, by what follows its verb
+    (`rest`): a fact stated, for `ASKS_TO_REMEMBER`; a subject named, for `ASKS_TO_FORGET`."""
+    if asks is ASKS_TO_REMEMBER:
+        return bool(_STATES_A_FACT.match(rest))
+    return bool(subject_words(rest))
+
+
 def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
     """Each request in `said`: a clause that opens with it (after fillers, a wake word, "can
     you"), or, for `ASKS_TO_REMEMBER`, a sentence that ends with "remember that". A sentence
     ending as a question, with any question mark ("？", "؟": memory/word_forms.py
     `ends_as_question`), only asks about it unless put politely, and a clause that opens
-    elsewhere mentions the word without asking ("I don't remember the URL")."""
+    elsewhere mentions the word without asking ("I don't remember the URL"). A request before
+    a clause that opens a question of its own is not part of it ("forget my laptop, and what
+    does this say?") when it names something or states a fact (`_requested`): "forget it, what
+    does this mean?" is a never mind, "remember the outage, what caused it?" recalls one."""
     sentences = [s for s in _SENTENCE.split(said.strip()) if s.strip()]
     for i, sentence in enumerate(sentences):
         previous = sentences[i - 1] if i else ""
         earlier, later = " ".join(sentences[:i]), " ".join(sentences[i + 1:])
         question = ends_as_question(sentence) and not _TAG.search(sentence)
+        parts = _CLAUSE.split(sentence)
+        asked_from = _question_from(parts) if question else 0
         offset = 0
         found = False
-        for part in _CLAUSE.split(sentence):
+        for n, part in enumerate(parts):
             start = offset + len(part) - len(part.lstrip())
             offset += len(part) + 1
-            stripped = _strip_lead(part.strip(), question)
+            before_question = question and n < asked_from
+            stripped = _strip_lead(part.strip(), question and not before_question)
             if stripped is None:
                 continue
             match = asks.match(stripped)
-            if match is None:
+            if match is None or (before_question and not _requested(asks, stripped[match.end():])):
                 continue
             found = True
             rest = stripped[match.end():] + sentence[offset - 1:]  # the clauses after it too
@@ -597,10 +635,16 @@ _CHANGE = frozenset(words("not no anymore any more longer gone sold switched sto
                           "upgraded downgraded migrated gave given used instead"))
 
 
+# how long, or from where, to forget it ("forget vim for good", "remove vim from your notes"):
+# phrases whose words alone may name something ("good", "notes")
+_FOR_GOOD = re.compile(r"\b(?:for good|once and for all|for ever|from (?:your|the|sightline'?s) "
+                       r"(?:memory|memories|notes|records|files))\b", re.I)
+
+
 def subject_words(text: str) -> set[str]:
     """The words of `text` that name a subject to forget: no hesitation ("forget umm my
-    editor" names the editor, all of it)."""
-    return {w for w in words(text) - _NOT_A_SUBJECT if not is_hesitation(w)}
+    editor" names the editor, all of it), nor how long or from where (`_FOR_GOOD`)."""
+    return {w for w in words(_FOR_GOOD.sub(" ", text)) - _NOT_A_SUBJECT if not is_hesitation(w)}
 
 
 def _holding(what: str, wanted: set[str], known: list[Fact]) -> list[Fact]:
@@ -723,7 +767,8 @@ def named_subjects(said: str) -> list[set[str]]:
         listed = [_subject_part(_THEN_ASKS.sub("", _CONTRAST.sub("", ask.clause)))]
         rest = _CLAUSE.split(ask.after)[1:]
         for n, clause in enumerate(rest):
-            if not (_CONTINUES.match(clause.strip()) or _bare_list_end(rest[n:])):
+            if _OPENS_A_QUESTION.match(clause.strip()) or not (
+                    _CONTINUES.match(clause.strip()) or _bare_list_end(rest[n:])):
                 break
             listed.append(clause)
         named += [s for text in listed for part in split_subjects(text) for s in _subjects_of(part)]
