@@ -1,7 +1,8 @@
 """`sightline memory show|forget|hide-secrets`: what Sightline remembers about one user, deleting
 it (messages, facts, summary, exchanges waiting for the memory model, the screen timeline,
 archived screenshots and the user's sessions' rows the database refused), and hiding the
-secrets in what was stored before Sightline hid them (memory/stored_secrets.py).
+secrets in what was stored before Sightline hid them (memory/stored_secrets.py, and the
+archived screenshots: vision/archive_cover.py).
 
 Each first imports the spill files of closed sessions (rows written while the database was
 away), so that what is shown, forgotten or rewritten includes them.
@@ -39,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     hide = memory_sub.add_parser(
         "hide-secrets", help="hide the passwords, keys, tokens and card numbers in what was "
-        "stored before Sightline hid them (messages, screen text, memory, cost records)")
+        "stored before Sightline hid them (messages, screen text, memory, cost records, "
+        "archived screenshots)")
     hide.add_argument("--tenant", type=identifier,
                       help="only this tenant (default: every tenant, one after another)")
     hide.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -157,19 +159,33 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Database,
                         embedder: Embedder, report: RecoveryReport, notes: list[str]) -> int:
-    from memory.stored_secrets import hide_stored_secrets, stored_tenants
+    from memory.secret_text import hide_secrets
+    from memory.stored_secrets import hide_stored_secrets, stored_tenants, tenant_sessions
+    from vision.archive_cover import ArchiveCover, cover_archived
 
     tenants = [args.tenant] if args.tenant else await stored_tenants(db.pool)
-    done, still_open = {}, []
+    done, still_open, frames = {}, [], ArchiveCover()
     for tenant in tenants:
         done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant,
                                                             settings.costs_dir)
-        still_open += open_here
+        covered = await asyncio.to_thread(cover_archived, settings.frames_dir, hide_secrets,
+                                          await tenant_sessions(db.pool, tenant))
+        done[tenant]["archived_frames_read"] = covered.frames_read
+        done[tenant]["archived_frames_covered"] = covered.frames_covered
+        frames.unreadable += covered.unreadable
+        frames.failed += covered.failed
+        still_open += dict.fromkeys([*open_here, *covered.still_open])
     if still_open:
         notes.append(f"note: {counted(len(still_open), 'session')} still open ("
-                     + ", ".join(still_open) + "): their cost logs are left as they are (what "
-                     "they write from now on has its secrets hidden); run it again once they "
-                     "have ended")
+                     + ", ".join(still_open) + "): their cost logs and archived screenshots "
+                     "are left as they are (what they write from now on has its secrets "
+                     "hidden); run it again once they have ended")
+    if frames.failed:
+        notes.append(f"note: {counted(frames.failed, 'archived screenshot')} could not be "
+                     "written again with what they show covered; run it again")
+    if frames.unreadable:
+        notes.append(f"note: {counted(frames.unreadable, 'archived file')} not a readable "
+                     "JPEG, left as they are (nothing can show them)")
     if args.json:
         print(json.dumps({"tenants": done, "unimported_spill_files": report.left,
                           "open_sessions": still_open}))
@@ -183,7 +199,9 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
               f"{counted(counts['deferred_exchanges'], 'exchange')} waiting for the memory "
               f"model, {counted(counts['events'], 'cost event')} and "
               f"{counted(counts['cost_logs_rewritten'], 'cost log')}; "
-              f"{counted(counts['facts_deleted'], 'fact')} holding one deleted.")
+              f"{counted(counts['facts_deleted'], 'fact')} holding one deleted; "
+              f"{counted(counts['archived_frames_read'], 'archived screenshot')} read, "
+              f"{counts['archived_frames_covered']} with lines covered.")
     for note in notes:
         print(one_line(note))
     return 0

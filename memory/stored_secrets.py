@@ -172,6 +172,13 @@ async def stored_tenants(pool: asyncpg.Pool) -> list[str]:
         " memory_summaries UNION SELECT tenant FROM memory_backlog ORDER BY tenant")]
 
 
+async def tenant_sessions(pool: asyncpg.Pool, tenant: str) -> list[str]:
+    """The ids of `tenant`'s sessions, oldest first: whose records and archived frames to
+    rewrite."""
+    return [r["id"] for r in await pool.fetch(
+        "SELECT id FROM sessions WHERE tenant = $1 ORDER BY started_at", tenant)]
+
+
 async def hide_stored_secrets(pool: asyncpg.Pool, embedder: Embedder, tenant: str,
                               costs_dir: Path) -> tuple[Counter[str], list[str]]:
     """Hide the secrets in what `tenant` has stored (see the module's docstring): how many rows,
@@ -185,8 +192,7 @@ async def hide_stored_secrets(pool: asyncpg.Pool, embedder: Embedder, tenant: st
     done["facts_deleted"] = await _drop_facts(pool, tenant)
     done["summaries"] = await _hide_summaries(pool, tenant)
     done["deferred_exchanges"] = await _hide_backlog(pool, tenant)
-    sessions = [r["id"] for r in await pool.fetch(
-        "SELECT id FROM sessions WHERE tenant = $1 ORDER BY started_at", tenant)]
+    sessions = await tenant_sessions(pool, tenant)
     async with pool.acquire() as conn, conn.transaction():
         done["events"] = await change_records(conn, sessions, hidden_in)
     done["cost_logs_rewritten"], still_open = await asyncio.to_thread(

@@ -3,10 +3,11 @@
 Protects: rows and records written as said or read (messages, screen events, a fact, a summary,
 an exchange waiting for the memory model, cost events quoting the screen, the user's words and a
 hand-off's reason, a session's summary and a closed JSONL cost log) get each secret's value
-hidden, the rest as it was: messages and screen events keep their ids and order, keyword search
-finds them by their other words and never by the secret (the BM25 statistics follow), and they
-are embedded again; a fact holding a secret is deleted; one tenant's pass leaves another's rows
-alone; a second pass changes nothing.
+hidden, the rest as it was, and a screenshot archived as shared has the secret's lines covered:
+messages and screen events keep their ids and order, keyword search finds them by their other
+words and never by the secret (the BM25 statistics follow), and they are embedded again; a fact
+holding a secret is deleted; one tenant's pass leaves another's rows and screenshots alone; a
+second pass changes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 
 from conftest import cli_env, run_cli
+from test_archive_cover import SECRETS, archived, desk, text_of
 
 from agent.config import Settings
 from memory.db import Database
@@ -71,6 +73,7 @@ async def _stored_before(db: Database, settings: Settings, tenant: str) -> str:
     (settings.costs_dir / f"{session}.jsonl").write_text("".join(
         json.dumps({"seq": seq, "kind": kind, "detail": detail}) + "\n"
         for seq, (kind, detail) in enumerate(EVENTS)))
+    archived(settings.frames_dir / session, 1.0, desk(*SECRETS))  # as shared, uncovered
     return session
 
 
@@ -93,7 +96,8 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
     assert code == 0, err
     assert json.loads(out) == {"tenants": {"acme": {
         "messages": 1, "screen_events": 1, "facts_deleted": 1, "summaries": 1,
-        "deferred_exchanges": 1, "events": 4, "cost_logs_rewritten": 1}},
+        "deferred_exchanges": 1, "events": 4, "cost_logs_rewritten": 1,
+        "archived_frames_read": 1, "archived_frames_covered": 1}},
         "unimported_spill_files": [], "open_sessions": []}
 
     hidden = SAID.replace("hunter2", HIDDEN)
@@ -128,7 +132,11 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
     assert "hunter2" not in row["summary"] and HIDDEN in row["escalation_reason"]
     log = (settings.costs_dir / f"{session}.jsonl").read_text()
     assert "hunter2" not in log and f"lines\": [\"DB_PASSWORD={HIDDEN}\"" in log
-    # the other tenant's rows and records are as they were
+    [frame] = (settings.frames_dir / session).glob("*.jpg")
+    assert "hunter2" not in text_of(frame) and "import asyncio" in text_of(frame)
+    # the other tenant's rows, records and frames are as they were
+    [other_frame] = (settings.frames_dir / other).glob("*.jpg")
+    assert "hunter2" in text_of(other_frame)
     assert "hunter2" in (settings.costs_dir / f"{other}.jsonl").read_text()
     assert await db.pool.fetchval(
         "SELECT count(*) FROM memory_facts WHERE tenant = 'globex'") == 2
@@ -143,8 +151,8 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
     assert out.splitlines() == [
         "Tenant acme: secrets hidden in 0 messages, 0 screen events, 0 summaries, 0 exchanges "
         "waiting for the memory model, 0 cost events and 0 cost logs; 0 facts holding one "
-        "deleted.",
+        "deleted; 0 archived screenshots read, 0 with lines covered.",
         "Tenant globex: secrets hidden in 1 message, 1 screen event, 1 summary, 1 exchange "
         "waiting for the memory model, 4 cost events and 1 cost log; 1 fact holding one "
-        "deleted."]
+        "deleted; 1 archived screenshot read, 1 with lines covered."]
     assert await _postings(db, "hunter2") == []

@@ -31,6 +31,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -158,16 +159,7 @@ class FrameArchive:
                     (self.directory / _name(written)).unlink(missing_ok=True)
 
     def _cover_file(self, t: float, boxes: tuple[Box, ...]) -> int:
-        path = self.directory / _name(t)
-        data = covered_jpeg(path.read_bytes(), boxes, JPEG_QUALITY)
-        scratch = path.with_suffix(".covering")
-        try:
-            scratch.write_bytes(data)
-            os.replace(scratch, path)
-        except OSError:
-            scratch.unlink(missing_ok=True)
-            raise
-        return len(data)
+        return write_covered(self.directory / _name(t), boxes)
 
     def _write(self, frame: SampledFrame, cover: tuple[Box, ...]) -> int:
         data = jpeg_bytes(frame.frame, JPEG_QUALITY, cover=cover)
@@ -297,6 +289,20 @@ def _untouched_since(directory: Path, cutoff: float) -> bool:
     return True
 
 
+def write_covered(path: Path, boxes: Sequence[Box]) -> int:
+    """Write the archived frame at `path` again with `boxes` filled, whole (`os.replace`:
+    `earlier_screen` never loads half a file); its new size."""
+    data = covered_jpeg(path.read_bytes(), boxes, JPEG_QUALITY)
+    scratch = path.with_suffix(".covering")
+    try:
+        scratch.write_bytes(data)
+        os.replace(scratch, path)
+    except OSError:
+        scratch.unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """Whether `path` is still the file open as `fd` (not removed, nor made again)."""
     try:
@@ -330,6 +336,18 @@ def _lock_unless_open(directory: Path) -> int | None:
             return -1
         raise
     return fd
+
+
+@contextlib.contextmanager
+def held_closed(directory: Path) -> Iterator[bool]:
+    """Whether the archive of `directory` is open in no process, as `prune` judges it; its
+    mark (LIVE_FILE), when it has one, held exclusively while the block runs."""
+    fd = _lock_unless_open(directory)
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None and fd >= 0:
+            os.close(fd)
 
 
 def prune(root: Path, retention_days: float) -> list[str]:

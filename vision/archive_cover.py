@@ -1,0 +1,139 @@
+"""Covering what the screen's text hid in frames archived before the archive covered it.
+
+A session's archive fills the boxes of the lines its screen reader hid (a password in a `.env`
+file: vision/frame_archive.py `cover`). Frames archived before it did, and frames whose read
+failed, still show the screen as it was, until the retention removes them. `sightline memory
+hide-secrets` reads each such frame again here, whole, as the session's reader reads a change
+(its content type picks the layout), puts the lines through the same redactor, and writes the
+frame again with the changed lines' boxes filled.
+
+A session's directory is read once: when each of its frames is done it is marked
+(`COVERED_FILE`), so running again reads only what was not. Each frame, the mark and the
+directory keep the times they had: the retention goes by them, and covering must not extend
+it. A directory whose archive is open in any process is left for a later run (the session
+covers what it reads as it goes). A file that is not a readable JPEG is left as it is and
+counted: nothing can show it (`earlier_screen` refuses it too). A frame that cannot be written
+again (a full disk, a permission) is counted, said once, and its directory left unmarked, so
+the next run reads it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .content_type import ContentStats, ContentType, TypeThresholds, classify, texture
+from .frame_archive import held_closed, write_covered
+from .luma import downscale
+from .screen_text import Redactor, read_text
+
+log = logging.getLogger("sightline.vision")
+
+COVERED_FILE = ".covered"  # in a session's directory: every frame in it was read and covered
+
+
+@dataclass
+class ArchiveCover:
+    """What one pass over the archived frames did."""
+
+    frames_read: int = 0
+    frames_covered: int = 0  # of those read, written again with boxes filled
+    lines_covered: int = 0
+    unreadable: int = 0  # files that are not a readable JPEG, left as they are
+    failed: int = 0  # frames that could not be written again: read again on the next run
+    still_open: list[str] = field(default_factory=list)  # sessions whose archive is open
+
+
+def limited_luma(bgr: np.ndarray) -> np.ndarray:
+    """A decoded frame's luma in the limited range (16-235) of the I420 planes a session
+    reads, which the content type's cut-offs are calibrated on (vision/content_type.py)."""
+    return cv2.convertScaleAbs(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), alpha=219 / 255, beta=16)
+
+
+def still_content(luma: np.ndarray) -> ContentType:
+    """The content type of one frame on its own: no motion to tell video by, so the type a
+    still of it reads as."""
+    laplacian_var, edges = texture(downscale(luma))
+    return classify(ContentStats(laplacian_var, float(np.count_nonzero(edges)) / edges.size, 0.0),
+                    TypeThresholds())
+
+
+def cover_frame(path: Path, redact: Redactor) -> int:
+    """Read the archived frame at `path` whole, and write it again with the boxes of the lines
+    `redact` changed filled; how many lines were. ValueError when it is no readable JPEG."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path.name} is not a readable JPEG")
+    luma = limited_luma(bgr)
+    height, width = luma.shape
+    read = read_text(redact, None, luma, [(0, 0, width, height)], still_content(luma))
+    if read.redacted:
+        write_covered(path, read.redacted)
+    return len(read.redacted)
+
+
+def cover_archived(root: Path, redact: Redactor, sessions: Iterable[str]) -> ArchiveCover:
+    """Cover what `redact` hides in the archived frames of `sessions` not covered yet (on this
+    thread: each frame is a read of the whole screen, about a second of CPU)."""
+    done = ArchiveCover()
+    for session in sessions:
+        directory = root / session
+        if not directory.is_dir() or (directory / COVERED_FILE).exists():
+            continue
+        with held_closed(directory) as closed:
+            if not closed:
+                done.still_open.append(session)
+                continue
+            failed = done.failed
+            times = _times(directory)
+            for path in sorted(directory.glob("*.jpg")):
+                _cover_one(path, redact, done)
+            if done.failed == failed:
+                _mark_covered(directory, times)
+            os.utime(directory, ns=times)
+    return done
+
+
+def _times(path: Path) -> tuple[int, int]:
+    """`path`'s access and modification times, to put back once it is written again: the
+    retention goes by them (vision/frame_archive.py `prune`), and covering a frame must not
+    keep it any longer."""
+    status = path.stat()
+    return status.st_atime_ns, status.st_mtime_ns
+
+
+def _mark_covered(directory: Path, times: tuple[int, int]) -> None:
+    marker = directory / COVERED_FILE
+    try:
+        marker.touch()
+        os.utime(marker, ns=times)
+    except OSError as exc:
+        log.warning("could not mark %s as covered (%s): it is read again on the next run",
+                    directory, exc)
+
+
+def _cover_one(path: Path, redact: Redactor, done: ArchiveCover) -> None:
+    try:
+        times = _times(path)
+        lines = cover_frame(path, redact)
+        os.utime(path, ns=times)
+    except ValueError as exc:
+        done.unreadable += 1
+        if done.unreadable == 1:
+            log.warning("left an archived frame as it is: %s", exc)
+        return
+    except OSError as exc:
+        done.failed += 1
+        if done.failed == 1:
+            log.warning("could not cover the archived frame %s (%s): it is read again on the "
+                        "next run", path, exc)
+        return
+    done.frames_read += 1
+    done.frames_covered += bool(lines)
+    done.lines_covered += lines
