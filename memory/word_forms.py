@@ -41,7 +41,11 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   as "24.04" is), so a fact `remember` takes as the user's words the keeper does not take for
   the screen's. Digits stay as written, leading zeros too: "0.05" is not "0.5", nor "PIN 0042"
   "42". A digit run is read digit by digit: `int` refuses one of more than 4300, and a message
-  may hold one.
+  may hold one. A day of a date is read as the month then its number ("March 3rd", "the third
+  of March", "the 3rd of March" and "3 April" are "March 3", "twenty first of May" "May 21"),
+  as a model writes a date: an ordinal only next to a month (elsewhere "first" and "3rd" stay
+  as said, so "my first laptop" holds no "1"), a bare number before one only when the month's
+  name is no other word ("4 may be late", "3 march on").
 - `numbers_together`: numbers said next to each other as one ("python 2 7" is "python 2.7"):
   "Python 2.7" read off the screen is not the user's when they said "two" and "seven" apart
   ("two times in seven minutes"). The keeper's dotted tokens too ("2.7 18" is "2.7.18").
@@ -201,13 +205,64 @@ def says_something(word: str) -> bool:
     return len(word) > 1 or word.isdigit()
 
 
+_ORDINALS = {w: n for n, w in enumerate(
+    "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth".split())} | {
+    "twentieth": 20, "thirtieth": 30}
+_NUMBERED = re.compile(r"(\d{1,2})(?:st|nd|rd|th)")  # "3rd", "21st"
+_MONTHS = frozenset(
+    "january february march april may june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec".split())
+_MONTHS_NO_OTHER_WORD = _MONTHS - {"may", "march", "mar"}
+
+
+def _day_at(words: list[str], i: int) -> tuple[int, int, bool]:
+    """The day of a month `words[i]` may say: (its number, how many words say it, whether as
+    an ordinal); (0, 0, False) when none."""
+    word, nxt = words[i], words[i + 1] if i + 1 < len(words) else ""
+    if word in _TENS and 0 < _ORDINALS.get(nxt, 0) < 10:  # "twenty first"
+        return _TENS[word] + _ORDINALS[nxt], 2, True
+    if word in _ORDINALS:
+        return _ORDINALS[word], 1, True
+    if numbered := _NUMBERED.fullmatch(word):
+        return int(numbered.group(1)), 1, True
+    if word.isascii() and word.isdecimal() and len(word) <= 2:
+        return int(word), 1, False
+    return 0, 0, False
+
+
+def _dates_in_order(words: list[str]) -> list[str]:
+    """`words` with each day of a month said as an ordinal, or as a number before the month,
+    read as the month then the day's number (the module's docstring says when)."""
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        day, said_in, ordinal = _day_at(words, i)
+        if 1 <= day <= 31:
+            at = i + said_in + (words[i + said_in:i + said_in + 1] == ["of"])
+            month = words[at] if at < len(words) else ""
+            if month in (_MONTHS if ordinal else _MONTHS_NO_OTHER_WORD):  # "3rd of march"
+                out += [month, str(day) if ordinal else words[i]]
+                i = at + 1
+                continue
+            before = [w for w in out[-2:] if w != "the"][-1:]
+            if ordinal and before and before[0] in _MONTHS:  # "march the third"
+                out.append(str(day))
+                i += said_in
+                continue
+        out.append(words[i])
+        i += 1
+    return out
+
+
 def as_digits(words: list[str]) -> list[str]:
     """`words` (lower-cased) with number words as digits, so a transcript ("python three
     eleven", "twenty four oh four") and a fact ("Python 3.11", "24.04") say the same numbers.
     A spoken zero ("oh") is the zero it says before the number after it ("oh four" is "04"), and
     digits stay as written, any script's as ASCII ones, leading zeros too: they are part of the
     number ("0.05", "02139"). A digit that is no decimal digit (the Ethiopic "፩") stays as
-    written."""
+    written. A date's day is read after its month (`_dates_in_order`)."""
+    words = _dates_in_order(words)
     out: list[str] = []
     zeros = ""  # the spoken zeros before the number that follows them
     i = 0

@@ -111,6 +111,19 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     # any decimal digits, as ASCII ones, their leading zeros kept: part of the number
     (["000", "\u0663\u0660", "\u0660\u0667"], ["000", "30", "07"]),
     (["0" * 9 + "7" * 4400], ["0" * 9 + "7" * 4400]),  # longer than `int` reads
+    # a date's day after its month, as a model writes it
+    ("march 3rd".split(), ["march", "3"]),
+    ("the third of march".split(), ["the", "march", "3"]),
+    ("the 3rd of march 2020".split(), ["the", "march", "3", "2020"]),
+    ("march the third".split(), ["march", "the", "3"]),
+    ("twenty first of may".split(), ["may", "21"]),
+    ("3 april".split(), ["april", "3"]),
+    ("03 april".split(), ["april", "03"]),
+    # elsewhere an ordinal stays as said, and a number before a month's name that is a word
+    ("my first laptop".split(), ["my", "first", "laptop"]),
+    ("the 2nd on call".split(), ["the", "2nd", "on", "call"]),
+    ("4 may be late".split(), ["4", "may", "be", "late"]),
+    ("the 40th of march".split(), ["the", "40th", "of", "march"]),
 ])
 def test_number_words_as_digits(words: list[str], digits: list[str]) -> None:
     assert as_digits(words) == digits
@@ -242,6 +255,12 @@ async def _remembers(said: str, fact: str) -> bool:
     ("my dose is 0.05 mg", "The user's dose is 0.5 mg", False),
     ("my room is 0042", "The user's room is 42", False),
     ("my room is 0042", "The user's room is 0042", True),
+    # a date as said and as a model writes it
+    ("my birthday is the third of March", "The user's birthday is March 3", True),
+    ("my birthday is March 3rd", "The user's birthday is March 3", True),
+    ("our release is on the twenty first of May", "The user's release is on May 21", True),
+    ("my birthday is the third of March", "The user's birthday is March 4", False),
+    ("my first laptop was a ThinkPad", "The user's 1 laptop was a ThinkPad", False),
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
     statement: str, fact: str, users: bool,
