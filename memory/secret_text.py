@@ -89,6 +89,18 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
 _NAMED = re.compile(
     r"(?<![\w-])[\w.-]*?(?P<name>token|passphrase|passcode)[\"'\]]{0,2}\s*(?::=|[:=])\s*"
     r"(?:(?P<quote>[\"'`])(?P<quoted>[^\"'`\n]+)(?P=quote)|(?P<value>[^\s\"'`,;]+))", re.I)
+# a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its
+# clause's end (a comma, a semicolon, a full stop before a space, the line's end), at most
+# `MAX_PHRASE_WORDS` words ("passphrase: correct horse battery staple", "seed phrase: abandon
+# ability able …"), where another secret's value is its first word past `MAX_WORDS`
+_PHRASE = re.compile(
+    r"(?<![^\W_])(?P<what>pass ?phrases?|(?:seed|recovery|mnemonic|secret|backup|wallet) "
+    r"(?:phrases?|words))[\"'\]]{0,2}\s*(?:(?P<verb>\b(?:is|was|are|were|reads)\b)\s*:?|:=|[:=])"
+    r"\s*(?P<open>[\"'“‘])?(?P<value>[^\s\"'`“‘,;.][^\n,;]*?)(?=\s*(?:[,;]|[.!?](?:\s|$)|$))",
+    re.I)
+MAX_PHRASE_WORDS = 24  # a seed phrase's longest
+# a quoted value said in words runs on to its closing quote ("my password is 'correct horse'")
+_CLOSING_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’"}
 # a token's value looks like one: letters and digits, 8 characters or more
 _TOKEN_LIKE = re.compile(r"(?=.*\d)(?=.*[A-Za-z])\S{8,}")
 _QUOTES = "\"'`"
@@ -254,9 +266,37 @@ def _found(line: str) -> list[Secret]:
                 and not (_COUNTED.search(match["what"]) and _NUMBER.match(value))
                 and (match.re is _SAID or _LOOKS_SECRET.match(value)
                      or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
-            found.append(Secret(match["what"].lower(), *_span(match, group="value")))
+            start, end = _span(match, group="value")
+            found.append(Secret(match["what"].lower(), start, _quoted_end(line, start, end)))
+    found += _phrases(line)
     found += _cards(line)
     return found
+
+
+def _quoted_end(line: str, start: int, end: int) -> int:
+    """Where a said secret's value found at `line[start:end]` ends: at its closing quote when
+    a quote opens it, else `end`."""
+    closing = _CLOSING_QUOTES.get(line[start - 1]) if start else None
+    if closing is None:
+        return end
+    close = line.find(closing, end)
+    return close if close != -1 else end
+
+
+def _phrases(line: str) -> Iterator[Secret]:
+    """A passphrase's or a seed phrase's words (`_PHRASE`), when the first is no word that says
+    what it is like ("my passphrase is too long")."""
+    for match in _PHRASE.finditer(line):
+        value, start = match["value"], match.start("value")
+        if match["open"]:  # quoted: on to its closing quote
+            close = line.find(_CLOSING_QUOTES[match["open"]], start)
+            value = line[start:close] if close != -1 else value
+        first = value.split()[0]
+        if (_literal(value, line[start + len(value):])
+                and not _NOT_LITERAL.match(first)  # "is 12 words long"
+                and not (match["verb"] and _NOT_A_VALUE_FORM.match(first))):  # "was rotated"
+            words = list(re.finditer(r"\S+", value))[:MAX_PHRASE_WORDS]
+            yield Secret(match["what"].lower(), start, start + words[-1].end())
 
 
 def _merged(found: list[Secret]) -> list[Secret]:

@@ -76,6 +76,21 @@ JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
     ('PASSPHRASE="correct horse battery staple"', f'PASSPHRASE="{HIDDEN}"', "assigned secret"),
     ('DB_PASSWORD="correct horse battery staple"', f'DB_PASSWORD="{HIDDEN}"',
      "assigned secret"),
+    # a passphrase or a seed phrase is words: on to its clause's end, however many
+    ("passphrase: correct horse battery staple", f"passphrase: {HIDDEN}", "passphrase"),
+    ("PASSPHRASE=correct horse battery staple", f"PASSPHRASE={HIDDEN}", "passphrase"),
+    ("the passphrase is correct horse battery staple, remember it",
+     f"the passphrase is {HIDDEN}, remember it", "passphrase"),
+    ("seed phrase: abandon ability able about above absent absorb abstract absurd abuse "
+     "access accident", f"seed phrase: {HIDDEN}", "seed phrase"),
+    ("Your recovery phrase is apple banana cherry. Keep it safe.",
+     f"Your recovery phrase is {HIDDEN}. Keep it safe.", "recovery phrase"),
+    ('seed phrase = "abandon ability, able about" # wallet', f'seed phrase = "{HIDDEN}" # wallet',
+     "seed phrase"),
+    # a quoted secret said in words: on to its closing quote
+    ("my password is 'correct horse battery staple'", f"my password is '{HIDDEN}'", "password"),
+    ('the wifi password is "purple monkey dishwasher" ok',
+     f'the wifi password is "{HIDDEN}" ok', "password"),
     ("the CVV is 123.", f"the CVV is {HIDDEN}.", "cvv"),  # 3 digits: a count anywhere else
     ("CVC 987 on the back", f"CVC {HIDDEN} on the back", "cvc"),
     ("security code: 4521", f"security code: {HIDDEN}", "security code"),
@@ -118,6 +133,11 @@ def test_a_secret_is_hidden_and_counted_by_kind(line: str, shown: str, kind: str
     "password: str = \"\"", "secret: SecretStr = Field()", "Password: required",
     "Call +1 415 555 0123", "Version 1.2.3 released on 2024-05-01",
     "mask ?password= in URLs, reject inf settings, validate --limit",  # a commit message
+    "the passphrase was rotated yesterday", "my passphrase is too long",
+    "The seed phrase is 12 words long", "Your recovery phrase is the only way back in.",
+    "Write down your secret recovery phrase", "assembly mnemonic: MOV",
+    "Enter passphrase for key /root/.ssh/id_ed25519:", "passphrase = getpass()",
+    "recovery words: str = \"\"",
 ])
 def test_what_only_looks_like_a_secret_is_kept_as_read(line: str) -> None:
     assert hide_secrets([line]) == ([line], {})
