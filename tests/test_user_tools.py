@@ -456,25 +456,6 @@ async def test_what_is_written_comes_from_the_users_words() -> None:
         "Forgot: <memory>The user's laptop runs Ubuntu 24.04</memory>")
 
 
-@pytest.mark.parametrize(("said", "what", "gone"), [
-    ("Forget vim for good.", "vim", "vim"),
-    ("Forget my old laptop once and for all.", "my old laptop", "old_laptop"),
-    ("Remove vim from your notes.", "vim", "vim"),
-    ("Forget my old laptop, and what does this dialog say?", "my old laptop", "old_laptop"),
-])
-async def test_how_long_and_from_where_are_no_part_of_the_subject(said: str, what: str,
-                                                                  gone: str) -> None:
-    """"Forget vim for good" made "good" a word of the subject, which no fact holds, so
-    forget("vim") was refused as a part of it; "remove vim from your notes" asked nothing;
-    and a question after the request ("…, and what does this dialog say?") made the whole
-    sentence a question, so nothing was forgotten."""
-    facts = [Fact("vim", "The user uses vim"), Fact("laptop", "The user's laptop is a Dell"),
-             Fact("old_laptop", "The user's old laptop was a ThinkPad")]
-    tools, memory = memory_tools(facts)
-    assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
-    assert sorted(memory.facts_by_key) == sorted(f.key for f in facts if f.key != gone)
-
-
 async def test_save_this_remembers_the_clause_after_its_colon() -> None:
     tools, memory = memory_tools([])
     assert await tools.remember(user_said("Save this: my laptop is a Dell XPS."),
@@ -797,11 +778,19 @@ async def test_forget_that_is_only_for_the_last_few_turns() -> None:
     ("um forget my editor", "my editor", "editor"),
     ("can you forget my editor", "my editor", "editor"),
     ("You can forget the laptop thing.", "the laptop", "old_laptop"),
+    # how long or from where is no part of it, nor a question after it
+    ("Forget vim for good.", "vim", "vim"),
+    ("Forget my old laptop once and for all.", "my old laptop", "old_laptop"),
+    ("Remove vim from your notes.", "vim", "vim"),
+    ("Forget my old laptop, and what does this dialog say?", "my old laptop", "old_laptop"),
 ])
 async def test_forget_finds_the_subject_as_people_name_it(said: str, what: str,
                                                           gone: str) -> None:
     """A subject named in saying it changed ("gone", "don't … anymore") is the subject without
-    the change; fillers and "can you" ask as well."""
+    the change; fillers and "can you" ask as well. "Forget vim for good" made "good" a word of
+    the subject, which no fact holds, so forget("vim") was refused as a part of it; "remove
+    vim from your notes" asked nothing; and a question after the request ("…, and what does
+    this dialog say?") made the whole sentence a question, so nothing was forgotten."""
     facts = [Fact("vim", "The user uses vim"), Fact("old_laptop", "The user's old laptop is a "
                                                     "Dell"), Fact("editor", "The user uses VS "
                                                                   "Code")]
