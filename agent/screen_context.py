@@ -21,7 +21,7 @@ question only sorts the reads and formats the few that fit.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,8 @@ from livekit.agents import llm
 
 from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from tools.screen_history import ShownScreen
-from vision.frames import SampledFrame
+from vision.frames import SampledFrame, covered_i420
+from vision.local_change import Box
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText
 
@@ -101,6 +102,9 @@ class ScreenContext:
     policy: str = "changed"
     story: Sequence[ScreenText] = ()
     shown: ShownScreen = field(default_factory=ShownScreen)
+    # where the screen shows what its text's reader hid (agent/screen_memory.py): covered in
+    # the screenshot a question sends, as its text is hidden in the digest
+    secrets_shown: Callable[[], tuple[Box, ...]] = tuple
     _carried: dict[str, _Carried] = field(default_factory=dict)  # message id -> its image
     _last_sent_t: float | None = None
 
@@ -126,13 +130,17 @@ class ScreenContext:
                          f"now t={frame.t:.1f}s.)")
             note.update(image="unchanged", unchanged_since_t=self._last_sent_t)
             return ScreenParts(parts, note, unsent=(width, height))
-        self._carried[message_id] = _Carried(frame_caption(frame),
-                                             llm.ImageContent(image=frame.frame), frame.t)
+        image = frame.frame
+        if boxes := self.secrets_shown():
+            image = covered_i420(image, boxes)  # a copy: ~1 ms for 1080p
+            note["secrets_covered"] = len(boxes)
+        self._carried[message_id] = _Carried(frame_caption(frame), llm.ImageContent(image=image),
+                                             frame.t)
         for older in list(self._carried.values())[:-MAX_CARRIED_IMAGES]:
             older.image = None  # a session of 40 questions held 40 frames (bench/load.py soak)
         self._last_sent_t = frame.t
         note["image"] = "sent"
-        return ScreenParts(parts, note, image=frame.frame)
+        return ScreenParts(parts, note, image=image)
 
     def keep_only(self, message_ids: Collection[str]) -> None:
         """Forget what questions no longer in the conversation carried. A reply started before

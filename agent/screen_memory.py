@@ -35,6 +35,7 @@ from memory.spill_files import SpillKind, append_rows, spill_path
 from memory.writer import BackgroundWriter
 from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
+from vision.local_change import Box
 from vision.screen import ScreenChange
 from vision.screen_signals import ScreenError
 from vision.screen_text import RedactedOnScreen, ScreenText, ScreenTextReader, shared_pool
@@ -76,6 +77,11 @@ class SessionScreenMemory:
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
             name="frame-archive-prune")
+
+    def secrets_shown(self) -> tuple[Box, ...]:
+        """Where the screen shows what its text's reader hid, as far as the reads tell: covered
+        in the archived frames, the screenshot a question sends and a closer look."""
+        return self._secrets_shown.boxes
 
     def on_kept(self, change: ScreenChange) -> None:
         """A kept frame: archive it and read its changed region (both off the loop)."""

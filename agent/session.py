@@ -436,7 +436,8 @@ class SessionRuntime:
         shown = ShownScreen()
         images = ImageEncoder(settings.image_detail)
         turn_context = TurnContext(
-            ScreenContext(screen, settings.image_policy, screen_memory.story, shown),
+            ScreenContext(screen, settings.image_policy, screen_memory.story, shown,
+                          screen_memory.secrets_shown),
             memory.recall if memory else None,
             note=lambda note: events.record("context", detail=note), session_id=session_id,
             recall_timeout_s=budget.lookup_s,
@@ -444,8 +445,8 @@ class SessionRuntime:
             warm=partial(images.warm, provider=tiers[0].provider))
         handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
                               session_id=session_id, user_id=user_id)
-        tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive,
-                                     screen_memory.story).tools(), *handoff.tools()]
+        tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive, screen_memory.story,
+                                     screen_memory.secrets_shown).tools(), *handoff.tools()]
         if memory is not None:
             tools += memory.tools(tenant=tenant, user_id=user_id, session_id=session_id)
         # without the database, it waits for the session to join it (`_join`)

@@ -5,7 +5,8 @@ puts the last change before the asked time in front of the model for the rest of
 second image in the continuation's context), never for the next question; asking further back
 than the history reaches is a clear tool error; `look_closer` attaches the asked part of the
 current screen at full resolution, pixel for pixel, and a region it cannot read is a tool error
-naming the valid forms; the tools' schemas reach both providers; the text `screen_changes`
+naming the valid forms; what the screen's text reader hid is covered in the screenshot a question
+sends and in a closer look; the tools' schemas reach both providers; the text `screen_changes`
 quotes cannot close the markers that frame it as data; decoding an archived screen and cropping
 one run off the event loop.
 """
@@ -26,7 +27,7 @@ from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN
 from tools import screen_history
 from tools.screen_history import ScreenHistoryTools, ShownScreen, parse_region
 from vision.frame_archive import FrameArchive
-from vision.frames import SampledFrame, crop_i420
+from vision.frames import COVER_GREY, COVER_MARGIN, SampledFrame, crop_i420
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
 from vision.screen_text import ScreenText
@@ -138,6 +139,43 @@ async def test_look_closer_attaches_a_full_resolution_crop(screen: ScreenWatcher
     assert (y_crop == y_full[:360, 1280:]).all(), "pixel for pixel, not scaled"
 
 
+async def test_what_the_screens_text_hid_is_covered_in_what_the_model_is_shown(
+    screen: ScreenWatcher,
+) -> None:
+    """The screenshot a question sends and a closer look showed a password the screen's text
+    reader had hidden: the digest said `[secret hidden]`, the image showed it. The boxes the
+    reads found are filled with grey in both (in the crop's own pixels), the rest pixel for
+    pixel; the frame watched is left as it was."""
+    secret = (1300, 100, 200, 30)  # in the screen's pixels, inside the top-right crop
+    shown = ShownScreen()
+    turn_context = TurnContext(ScreenContext(screen, shown=shown, secrets_shown=lambda: (secret,)))
+    tools = ScreenHistoryTools(screen, shown, secrets_shown=lambda: (secret,))
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="What does the clock say?")
+    await turn_context.build(ctx)
+    said = await tools.look_closer(region="top-right")
+    ctx.items.append(llm.FunctionCall(call_id="c1", name="look_closer",
+                                      arguments='{"region": "top-right"}'))
+    ctx.items.append(llm.FunctionCallOutput(call_id="c1", name="look_closer", output=said,
+                                            is_error=False))
+    now, closer = images(await turn_context.build(ctx))
+    current = screen.freshest
+    assert current is not None
+    y_full = np.frombuffer(current.frame.data, np.uint8, 1920 * 1080).reshape(1080, 1920)
+    y_now = np.frombuffer(now.image.data, np.uint8, 1920 * 1080).reshape(1080, 1920)
+    y_crop = np.frombuffer(closer.image.data, np.uint8, 640 * 360).reshape(360, 640)
+    x, y, w, h = secret
+    margin = COVER_MARGIN
+    assert (y_now[y - margin:y + h + margin, x - margin:x + w + margin] == COVER_GREY).all()
+    assert (y_crop[y - margin:y + h + margin, x - 1280 - margin:x - 1280 + w + margin]
+            == COVER_GREY).all()
+    assert (y_full[y:y + h, x:x + w] != COVER_GREY).any(), "the frame watched is as shared"
+    outside = np.ones((1080, 1920), bool)
+    outside[y - margin:y + h + margin, x - margin:x + w + margin] = False
+    assert (y_now[outside] == y_full[outside]).all()
+    assert (y_crop == y_full[:360, 1280:])[outside[:360, 1280:]].all()
+
+
 def test_regions_by_name_or_fractions() -> None:
     assert parse_region("Bottom Right") == (2 / 3, 2 / 3, 1.0, 1.0)
     assert parse_region("0.5,0.8,1,1") == (0.5, 0.8, 1.0, 1.0)
@@ -197,9 +235,9 @@ async def test_the_screens_image_work_runs_off_the_event_loop(
     assert "t=2.0s" in await ScreenHistoryTools(late, shown, archive).earlier_screen(15)
     assert shown.frame is not None and shown.frame.t == 2.0
 
-    def tracked_crop(*args: object) -> object:
+    def tracked_crop(*args: object, **kwargs: object) -> object:
         ran_on["crop"] = threading.get_ident()
-        return crop_i420(*args)  # type: ignore[arg-type]
+        return crop_i420(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(screen_history, "crop_i420", tracked_crop)
     await ScreenHistoryTools(screen, shown).look_closer("right-half")

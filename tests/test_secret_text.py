@@ -17,10 +17,13 @@ test_keeper_data.py.)
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
+import numpy as np
 import pytest
 from conftest import scripted_screen_settings
 from PIL import ImageFont
@@ -217,10 +220,16 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
         assert secret not in stored
     assert summary["screen"]["secrets_hidden"] == 2
     # the question's screen text holds the rest of the line, and the model is told what the
-    # marker stands for (the screenshot itself is the screen as shared)
+    # marker stands for; its screenshot has the two lines covered, the rest as shared
     [request] = [r for r in asked if r.purpose == "answer"]
     assert f"DB_PASSWORD={HIDDEN}" in request.text and "hunter2" not in request.text
-    assert f"{HIDDEN} in screen text or memory stands for a password" in request.text
+    assert f"{HIDDEN} in screen text or memory, or a plain grey box over a line of the " \
+        "screenshot,\nstands for a password" in request.text
+    [screenshot] = _images_sent(request.body)
+    seen = _ocr(screenshot)
+    assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    [context] = [e["detail"] for e in events if e["kind"] == "context"]
+    assert context["secrets_covered"] == 2
     [reader] = [e["detail"] for e in events if e["kind"] == "screen_reader"]
     assert reader["secrets_hidden"] == 2
     # the archived frames (`earlier_screen`): the two lines are covered from the read that
@@ -234,9 +243,17 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
         assert "hunter2" not in text and "4111" not in text and CODE[0] in text, text
 
 
-def _ocr(path: Path) -> str:
-    """What the bundled Tesseract reads in a JPEG on disk."""
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+def _images_sent(body: dict[str, Any]) -> list[bytes]:
+    """The JPEGs inline in a Gemini request (google-genai sends URL-safe base64, unpadded)."""
+    return [base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+            for content in body["contents"] for part in content["parts"]
+            if (data := part.get("inlineData", {}).get("data"))]
+
+
+def _ocr(image: Path | bytes) -> str:
+    """What the bundled Tesseract reads in a JPEG, on disk or in memory."""
+    gray = (cv2.imread(str(image), cv2.IMREAD_GRAYSCALE) if isinstance(image, Path)
+            else cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_GRAYSCALE))
     height, width = gray.shape
     return "\n".join(line.text for line in thread_engine().read(
         gray, (0, 0, width, height), Layout.PAGE))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from livekit.agents import llm
 
 from memory.marked_data import screen_data
 from vision.frame_archive import FrameArchive
 from vision.frames import InvalidFrame, SampledFrame, crop_i420
+from vision.local_change import Box
 from vision.screen import ScreenWatcher
 from vision.screen_text import ScreenText
 
@@ -105,11 +106,13 @@ class ScreenHistoryTools:
     def __init__(
         self, screen: ScreenWatcher, shown: ShownScreen, archive: FrameArchive | None = None,
         story: Sequence[ScreenText] = (),
+        secrets_shown: Callable[[], tuple[Box, ...]] = tuple,
     ) -> None:
         self._screen = screen
         self._shown = shown
         self._archive = archive
         self._story = story
+        self._secrets_shown = secrets_shown  # covered in a closer look, as in the screenshot
 
     def tools(self) -> list[llm.Tool]:
         return [self.screen_changes, self.earlier_screen, self.look_closer]
@@ -208,7 +211,8 @@ class ScreenHistoryTools:
         box = (round(left * width), round(top * height), round(right * width),
                round(bottom * height))
         try:
-            crop = await asyncio.to_thread(crop_i420, frame.frame, *box)
+            crop = await asyncio.to_thread(crop_i420, frame.frame, *box,
+                                           cover=self._secrets_shown())
         except InvalidFrame as exc:
             raise llm.ToolError(f"That part of the screen is empty: {exc}") from None
         where = (f"pixels {box[0]},{box[1]} to {box[0] + crop.width},{box[1] + crop.height} of "

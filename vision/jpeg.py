@@ -18,11 +18,10 @@ import cv2
 import numpy as np
 from livekit import rtc
 
-from .frames import as_i420, check_frame, i420_size
+from .frames import COVER_GREY, COVER_MARGIN, as_i420, check_frame, i420_size
 from .local_change import Box
 
-COVER_BGR = (128, 128, 128)  # mid grey: seen on a dark theme and a light one
-COVER_MARGIN = 3  # pixels around a box: a text line's box is tight on its glyphs
+COVER_BGR = (COVER_GREY,) * 3  # the grey `covered_i420` fills an I420 frame with
 
 # frame types OpenCV converts from directly, with their bytes per pixel
 _TO_BGR = {
