@@ -132,7 +132,7 @@ class ScreenContext:
             return ScreenParts(parts, note, unsent=(width, height))
         image = frame.frame
         if boxes := self.secrets_shown():
-            image = covered_i420(image, boxes)  # a copy: ~1 ms for 1080p
+            image = covered_i420(image, boxes)  # a copy: ~0.3 ms at 1080p, on the loop
             note["secrets_covered"] = len(boxes)
         self._carried[message_id] = _Carried(frame_caption(frame), llm.ImageContent(image=image),
                                              frame.t)
