@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
+import time
 from typing import TYPE_CHECKING
 
-from .cli_common import counted, identifier, one_line
+from vision.ranges import Range
+
+from .cli_common import counted, identifier, in_range, one_line
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -24,6 +29,24 @@ if TYPE_CHECKING:
     from memory.spill_recovery import RecoveryReport
 
 SHOWN = 20
+THREADS = Range(int, 1, 64)  # reading archived screenshots again (`memory hide-secrets`)
+PROGRESS_S = 10.0  # how often a long `memory hide-secrets` says how far it is
+
+
+class _Progress:
+    """Says on stderr how many of a tenant's archived screenshots were read, at most every
+    `PROGRESS_S` seconds: reading them again takes about half a second each, hours for a
+    week of sessions."""
+
+    def __init__(self, tenant: str) -> None:
+        self._tenant = tenant
+        self._said = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.monotonic() - self._said >= PROGRESS_S:
+            self._said = time.monotonic()
+            print(f"Tenant {self._tenant}: {done:,} of {total:,} archived screenshots read "
+                  "again", file=sys.stderr, flush=True)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "archived screenshots)")
     hide.add_argument("--tenant", type=identifier,
                       help="only this tenant (default: every tenant, one after another)")
+    hide.add_argument("--threads", type=in_range(THREADS),
+                      default=min(int(THREADS.high), os.cpu_count() or 1),
+                      help="threads reading archived screenshots again (default: one a core)")
     hide.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -168,8 +194,10 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
     for tenant in tenants:
         done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant,
                                                             settings.costs_dir)
-        covered = await asyncio.to_thread(cover_archived, settings.frames_dir, hide_secrets,
-                                          await tenant_sessions(db.pool, tenant))
+        covered = await asyncio.to_thread(
+            cover_archived, settings.frames_dir, hide_secrets,
+            await tenant_sessions(db.pool, tenant), threads=args.threads,
+            progress=_Progress(tenant))
         done[tenant]["archived_frames_read"] = covered.frames_read
         done[tenant]["archived_frames_covered"] = covered.frames_covered
         frames.unreadable += covered.unreadable

@@ -7,7 +7,8 @@ the screen still readable; a frame with nothing to hide is left byte for byte; a
 JPEG is counted and left; a directory read whole is marked, so a second pass reads nothing; an
 archive open in this process is left for a later pass, and read once it closes; a frame that
 cannot be written again is counted, said once, and read again on the next pass; covering
-keeps the times the retention goes by.
+keeps the times the retention goes by; frames are read on several threads and the pass says how
+far it is.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ def test_a_secret_archived_as_shared_is_covered_and_the_rest_kept(
     before = plain.read_bytes()
     assert "hunter2" in text_of(shown) and "ghp_" in text_of(shown)
 
+    told: list[tuple[int, int]] = []
     with caplog.at_level(logging.WARNING, logger="sightline.vision"):
-        done = cover_archived(root, hide_secrets, ["s1", "never-archived"])
+        done = cover_archived(root, hide_secrets, ["s1", "never-archived"], threads=2,
+                              progress=lambda *at: told.append(at))
     assert done == ArchiveCover(frames_read=2, frames_covered=1, lines_covered=2, unreadable=1)
+    assert told == [(3, 3)], "told after the session's frames, of all there were to read"
     after = text_of(shown)
     assert "hunter2" not in after and "ghp_" not in after
     assert "import asyncio" in after and "return results" in after

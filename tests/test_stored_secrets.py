@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import cli_env, run_cli
 from test_archive_cover import SECRETS, archived, desk, text_of
 
+from agent import cli_memory
 from agent.config import Settings
 from memory.db import Database
 from memory.secret_text import HIDDEN
@@ -156,3 +158,18 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
         "waiting for the memory model, 4 cost events and 1 cost log; 1 fact holding one "
         "deleted; 1 archived screenshot read, 1 with lines covered."]
     assert await _postings(db, "hunter2") == []
+
+
+async def test_hide_secrets_says_how_far_it_is_and_refuses_absurd_threads(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Reading a week of archived screenshots again takes hours: a pass says how far it is on
+    stderr (at most every `PROGRESS_S`); `--threads` takes 1 to 64."""
+    monkeypatch.setattr(cli_memory, "PROGRESS_S", 0.0)
+    progress = cli_memory._Progress("acme")
+    progress(1200, 5000)
+    assert capsys.readouterr().err == (
+        "Tenant acme: 1,200 of 5,000 archived screenshots read again\n")
+    code, _, err = await run_cli("memory", "hide-secrets", "--threads", "0",
+                                 env=cli_env(settings))
+    assert code == 2 and "--threads: must be a whole number in [1, 64], got '0'" in err
