@@ -192,11 +192,11 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
     tenants = [args.tenant] if args.tenant else await stored_tenants(db.pool)
     done, still_open, frames = {}, [], ArchiveCover()
     for tenant in tenants:
-        done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant,
+        sessions = await tenant_sessions(db.pool, tenant)
+        done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant, sessions,
                                                             settings.costs_dir)
         covered = await asyncio.to_thread(
-            cover_archived, settings.frames_dir, hide_secrets,
-            await tenant_sessions(db.pool, tenant), threads=args.threads,
+            cover_archived, settings.frames_dir, hide_secrets, sessions, threads=args.threads,
             progress=_Progress(tenant))
         done[tenant]["archived_frames_read"] = covered.frames_read
         done[tenant]["archived_frames_covered"] = covered.frames_covered

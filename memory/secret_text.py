@@ -96,10 +96,11 @@ _NAMED = re.compile(
 _PHRASE = re.compile(
     r"(?<![^\W_])(?P<what>pass ?phrases?|(?:seed|recovery|mnemonic|secret|backup|wallet) "
     r"(?:phrases?|words))[\"'\]]{0,2}\s*(?:(?P<verb>\b(?:is|was|are|were|reads)\b)\s*:?|:=|[:=])"
-    r"\s*(?P<open>[\"'“‘])?(?P<value>[^\s\"'`“‘,;.][^\n,;]*?)(?=\s*(?:[,;]|[.!?](?:\s|$)|$))",
+    r"\s*[\"'“‘]?(?P<value>[^\s\"'`“‘,;.][^\n,;]*?)(?=\s*(?:[,;]|[.!?](?:\s|$)|$))",
     re.I)
 MAX_PHRASE_WORDS = 24  # a seed phrase's longest
-# a quoted value said in words runs on to its closing quote ("my password is 'correct horse'")
+# a quoted value said in words, or a quoted phrase, runs on to its closing quote ("my password
+# is 'correct horse'")
 _CLOSING_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’"}
 # a token's value looks like one: letters and digits, 8 characters or more
 _TOKEN_LIKE = re.compile(r"(?=.*\d)(?=.*[A-Za-z])\S{8,}")
@@ -274,12 +275,12 @@ def _found(line: str) -> list[Secret]:
 
 
 def _quoted_end(line: str, start: int, end: int) -> int:
-    """Where a said secret's value found at `line[start:end]` ends: at its closing quote when
-    a quote opens it, else `end`."""
+    """Where a secret's value found at `line[start:end]` ends: at its closing quote when a
+    quote opens it (on past a comma: "seed phrase = 'abandon ability, able'"), else `end`."""
     closing = _CLOSING_QUOTES.get(line[start - 1]) if start else None
     if closing is None:
         return end
-    close = line.find(closing, end)
+    close = line.find(closing, start)
     return close if close != -1 else end
 
 
@@ -287,10 +288,8 @@ def _phrases(line: str) -> Iterator[Secret]:
     """A passphrase's or a seed phrase's words (`_PHRASE`), when the first is no word that says
     what it is like ("my passphrase is too long")."""
     for match in _PHRASE.finditer(line):
-        value, start = match["value"], match.start("value")
-        if match["open"]:  # quoted: on to its closing quote
-            close = line.find(_CLOSING_QUOTES[match["open"]], start)
-            value = line[start:close] if close != -1 else value
+        start = match.start("value")
+        value = line[start:_quoted_end(line, start, match.end("value"))]
         first = value.split()[0]
         if (_literal(value, line[start + len(value):])
                 and not _NOT_LITERAL.match(first)  # "is 12 words long"

@@ -180,10 +180,12 @@ async def tenant_sessions(pool: asyncpg.Pool, tenant: str) -> list[str]:
 
 
 async def hide_stored_secrets(pool: asyncpg.Pool, embedder: Embedder, tenant: str,
-                              costs_dir: Path) -> tuple[Counter[str], list[str]]:
-    """Hide the secrets in what `tenant` has stored (see the module's docstring): how many rows,
-    events and logs changed, and the tenant's sessions still open, whose logs are left as they
-    are (they are written with secrets hidden from now on; run it again once they end)."""
+                              sessions: list[str], costs_dir: Path,
+                              ) -> tuple[Counter[str], list[str]]:
+    """Hide the secrets in what `tenant` has stored (see the module's docstring), its
+    `sessions` (`tenant_sessions`) for the cost records: how many rows, events and logs
+    changed, and the tenant's sessions still open, whose logs are left as they are (they are
+    written with secrets hidden from now on; run it again once they end)."""
     done: Counter[str] = Counter()
     done["messages"] = await _reinsert_searchable(pool, embedder, tenant, "messages",
                                                   "content", None)
@@ -192,7 +194,6 @@ async def hide_stored_secrets(pool: asyncpg.Pool, embedder: Embedder, tenant: st
     done["facts_deleted"] = await _drop_facts(pool, tenant)
     done["summaries"] = await _hide_summaries(pool, tenant)
     done["deferred_exchanges"] = await _hide_backlog(pool, tenant)
-    sessions = await tenant_sessions(pool, tenant)
     async with pool.acquire() as conn, conn.transaction():
         done["events"] = await change_records(conn, sessions, hidden_in)
     done["cost_logs_rewritten"], still_open = await asyncio.to_thread(

@@ -26,7 +26,7 @@ from test_frame_archive import wait_archived
 
 from memory.secret_text import hide_secrets
 from vision import archive_cover
-from vision.archive_cover import COVERED_FILE, ArchiveCover, cover_archived, limited_luma
+from vision.archive_cover import COVERED_FILE, ArchiveCover, archived_luma, cover_archived
 from vision.frame_archive import FrameArchive, prune
 from vision.frames import SampledFrame
 from vision.ocr import Layout
@@ -51,7 +51,7 @@ def archived(directory: Path, t: float, shown: Desk) -> Path:
 
 def text_of(path: Path) -> str:
     """Everything the OCR reads in an archived frame, nothing hidden."""
-    luma = limited_luma(cv2.imread(str(path)))
+    luma = archived_luma(path)
     height, width = luma.shape
     lines, _ = read_region(luma, (0, 0, width, height), Layout.BLOCK)
     return "\n".join(line.text for line in lines)

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .content_type import ContentStats, ContentType, TypeThresholds, classify, texture
-from .frame_archive import held_closed, write_covered
-from .luma import downscale
+from .change import content_stats
+from .content_type import ContentType, TypeThresholds, classify, texture
+from .frame_archive import held_closed, load, write_covered
+from .frames import as_i420
+from .luma import downscale, luma_plane
 from .screen_text import Redactor, read_text
 
 log = logging.getLogger("sightline.vision")
@@ -52,27 +53,27 @@ class ArchiveCover:
     still_open: list[str] = field(default_factory=list)  # sessions whose archive is open
 
 
-def limited_luma(bgr: np.ndarray) -> np.ndarray:
-    """A decoded frame's luma in the limited range (16-235) of the I420 planes a session
-    reads, which the content type's cut-offs are calibrated on (vision/content_type.py)."""
-    return cv2.convertScaleAbs(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), alpha=219 / 255, beta=16)
-
-
 def still_content(luma: np.ndarray) -> ContentType:
     """The content type of one frame on its own: no motion to tell video by, so the type a
     still of it reads as."""
-    laplacian_var, edges = texture(downscale(luma))
-    return classify(ContentStats(laplacian_var, float(np.count_nonzero(edges)) / edges.size, 0.0),
-                    TypeThresholds())
+    return classify(content_stats(*texture(downscale(luma)), None), TypeThresholds())
+
+
+def archived_luma(path: Path) -> np.ndarray:
+    """The luma plane of an archived frame, decoded as `earlier_screen` loads it and converted
+    as a live frame is (limited range: what the content type's cut-offs and the reader
+    expect). ValueError when it is no readable JPEG."""
+    try:
+        frame = load(path, 0.0).frame
+    except FileNotFoundError as exc:  # `load`'s word for no readable JPEG, missing or not
+        raise ValueError(f"{path.name} is not a readable JPEG") from exc
+    return luma_plane(as_i420(frame))
 
 
 def cover_frame(path: Path, redact: Redactor) -> int:
     """Read the archived frame at `path` whole, and write it again with the boxes of the lines
     `redact` changed filled; how many lines were. ValueError when it is no readable JPEG."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path.name} is not a readable JPEG")
-    luma = limited_luma(bgr)
+    luma = archived_luma(path)
     height, width = luma.shape
     read = read_text(redact, None, luma, [(0, 0, width, height)], still_content(luma))
     if read.redacted:

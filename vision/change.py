@@ -210,7 +210,7 @@ class ChangeDetector:
         laplacian_var, edges = texture(work)
         motion = self._tiles.observe(work, self._previous, edges)
         self._previous = work
-        stats = _stats(laplacian_var, edges, motion)
+        stats = content_stats(laplacian_var, edges, motion)
         content = self._types.update(stats)
         frame_hash = phash(work)
         distance = hamming(frame_hash, self._kept.hash)
@@ -316,14 +316,17 @@ class ChangeDetector:
         self._types.reset()
         self._previous = work
         laplacian_var, edges = texture(work)
-        stats = _stats(laplacian_var, edges, None)
+        stats = content_stats(laplacian_var, edges, None)
         content = self._types.update(stats)
         self._kept = _Kept(work, phash(work), t)
         return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats,
                               ((0, 0, *size),))
 
 
-def _stats(laplacian_var: float, edges: np.ndarray, motion: Motion | None) -> ContentStats:
+def content_stats(laplacian_var: float, edges: np.ndarray, motion: Motion | None
+                  ) -> ContentStats:
+    """What the content type is read from (vision/content_type.py): a frame's texture, and
+    the motion the tile tracker saw (None: a first frame, or a still on its own)."""
     return ContentStats(
         laplacian_var=laplacian_var,
         edge_ratio=float(np.count_nonzero(edges)) / edges.size,
