@@ -25,8 +25,10 @@ from .config import Settings
 
 if TYPE_CHECKING:
     from memory.db import Database
-    from memory.embeddings import Embedder
+    from memory.embeddings import Embedder, EmbeddingCall
     from memory.spill_recovery import RecoveryReport
+
+    from .metering import CostMeter
 
 SHOWN = 20
 THREADS = Range(int, 1, 64)  # reading archived screenshots again (`memory hide-secrets`)
@@ -47,6 +49,20 @@ class _Progress:
             self._said = time.monotonic()
             print(f"Tenant {self._tenant}: {done:,} of {total:,} archived screenshots read "
                   "again", file=sys.stderr, flush=True)
+
+
+class _BilledTo:
+    """The embedder's `record`: a billed embedding (Gemini's) goes to the meter of the tenant
+    whose rows `memory hide-secrets` is embedding again, into its command ledger. Rows
+    imported from spill files before it are no tenant's spend here, as a session's import is
+    not (agent/session.py)."""
+
+    def __init__(self) -> None:
+        self.meter: CostMeter | None = None
+
+    def __call__(self, call: EmbeddingCall) -> None:
+        if self.meter is not None:
+            self.meter.embedding_call(call)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,14 +107,15 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from .components import embedder_on_use
 
     db = await Database.open(settings.database_url, settings.data_dir)
-    embedder = embedder_on_use(settings)
+    billed_to = _BilledTo()
+    embedder = embedder_on_use(settings, record=billed_to)
     try:
         targets = SpillTargets.on(db.pool, embedder)
         store, memory = targets.store, targets.memory
         report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
         if args.memory_command == "hide-secrets":
-            return await _hide_secrets(settings, args, db, embedder, report, notes)
+            return await _hide_secrets(settings, args, db, embedder, billed_to, report, notes)
         if args.memory_command == "forget":
             sessions = await store.user_sessions(args.tenant, args.user)
             removed = await store.forget_user(args.tenant, args.user)
@@ -184,17 +201,27 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Database,
-                        embedder: Embedder, report: RecoveryReport, notes: list[str]) -> int:
+                        embedder: Embedder, billed_to: _BilledTo, report: RecoveryReport,
+                        notes: list[str]) -> int:
     from memory.secret_text import hide_secrets
+    from memory.store import Store
     from memory.stored_secrets import hide_stored_secrets, stored_tenants, tenant_sessions
     from vision.archive_cover import ArchiveCover, cover_archived
+
+    from .command_ledger import CommandLedger
 
     tenants = [args.tenant] if args.tenant else await stored_tenants(db.pool)
     done, still_open, frames = {}, [], ArchiveCover()
     for tenant in tenants:
         sessions = await tenant_sessions(db.pool, tenant)
-        done[tenant], open_here = await hide_stored_secrets(db.pool, embedder, tenant, sessions,
-                                                            settings.costs_dir)
+        ledger, billed_to.meter = CommandLedger.metered(settings, tenant, "memory hide-secrets")
+        try:
+            async with ledger.saving(Store(db.pool)):
+                done[tenant], open_here = await hide_stored_secrets(
+                    db.pool, embedder, tenant, sessions, settings.costs_dir)
+        finally:
+            billed_to.meter = None
+        done[tenant]["cost_usd"] = ledger.cost_usd  # Gemini's embeddings; offline ones are free
         covered = await asyncio.to_thread(
             cover_archived, settings.frames_dir, hide_secrets, sessions, threads=args.threads,
             progress=_Progress(tenant))
@@ -229,7 +256,9 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
               f"{counted(counts['cost_logs_rewritten'], 'cost log')}; "
               f"{counted(counts['facts_deleted'], 'fact')} holding one deleted; "
               f"{counted(counts['archived_frames_read'], 'archived screenshot')} read, "
-              f"{counts['archived_frames_covered']} with lines covered.")
+              f"{counts['archived_frames_covered']} with lines covered."
+              + (f" Embedding again cost ${counts['cost_usd']:.6f}." if counts["cost_usd"]
+                 else ""))
     for note in notes:
         print(one_line(note))
     return 0

@@ -7,7 +7,8 @@ hidden, the rest as it was, and a screenshot archived as shared has the secret's
 messages and screen events keep their ids and order, keyword search finds them by their other
 words and never by the secret (the BM25 statistics follow), and they are embedded again; a fact
 holding a secret is deleted; one tenant's pass leaves another's rows and screenshots alone; a
-second pass changes nothing.
+second pass changes nothing; embedding again with Gemini is billed to each tenant in turn,
+and sends no secret.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import json
 import pytest
 from conftest import cli_env, run_cli
 from test_archive_cover import SECRETS, archived, desk, text_of
+from test_command_costs import billed, embedding_requests
 
 from agent import cli_memory
 from agent.config import Settings
+from agent.wire_format_server import ScriptedModelServer
 from memory.db import Database
 from memory.secret_text import HIDDEN
 from memory.store import Store
@@ -99,7 +102,7 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
     assert json.loads(out) == {"tenants": {"acme": {
         "messages": 1, "screen_events": 1, "facts_deleted": 1, "summaries": 1,
         "deferred_exchanges": 1, "events": 4, "cost_logs_rewritten": 1,
-        "archived_frames_read": 1, "archived_frames_covered": 1}},
+        "archived_frames_read": 1, "archived_frames_covered": 1, "cost_usd": 0.0}},
         "unimported_spill_files": [], "open_sessions": []}
 
     hidden = SAID.replace("hunter2", HIDDEN)
@@ -158,6 +161,34 @@ async def test_hide_secrets_rewrites_what_was_stored_as_said(
         "waiting for the memory model, 4 cost events and 1 cost log; 1 fact holding one "
         "deleted; 1 archived screenshot read, 1 with lines covered."]
     assert await _postings(db, "hunter2") == []
+
+
+async def test_hide_secrets_bills_each_tenant_what_embedding_again_with_gemini_cost(
+        settings: Settings, db: Database) -> None:
+    """Messages and screen events whose secrets were hidden are embedded again: with Gemini a
+    billed call, the tenant's own, in `cost_events` with no session (as `kb ingest`'s are);
+    what is sent holds no secret."""
+    for tenant in ("acme", "globex"):
+        await _stored_before(db, settings, tenant)
+    async with ScriptedModelServer() as server:
+        env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+               "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "gemini"}
+        code, out, err = await run_cli("memory", "hide-secrets", "--json", env=env)
+        assert code == 0, err
+    requests = embedding_requests(server)
+    assert len(requests) == 4, "each tenant's message, then its screen event"
+    assert not any("hunter2" in text for texts in requests for text in texts)
+    rows = await db.pool.fetch(
+        "SELECT tenant, input_tokens, cost_usd, detail FROM cost_events"
+        " WHERE session_id IS NULL ORDER BY id")
+    assert [(r["tenant"], json.loads(r["detail"])["command"], r["input_tokens"],
+             json.loads(r["detail"])["texts"]) for r in rows] == [
+        (tenant, "memory hide-secrets", billed(texts), len(texts))
+        for tenant, texts in zip(("acme", "acme", "globex", "globex"), requests, strict=True)]
+    spent = {tenant: counts["cost_usd"] for tenant, counts in json.loads(out)["tenants"].items()}
+    assert spent["acme"] > 0 and spent == pytest.approx(
+        {tenant: sum(float(r["cost_usd"]) for r in rows if r["tenant"] == tenant)
+         for tenant in ("acme", "globex")}, abs=1e-8)
 
 
 async def test_hide_secrets_says_how_far_it_is_and_refuses_absurd_threads(
