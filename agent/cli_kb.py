@@ -31,6 +31,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from memory.knowledge import Document, KnowledgeBase
 
+LINE_SHOWN = 120  # characters of the line a secret was seen in, to find it by
 FUSIONS = ("rrf", "weighted")  # memory.knowledge.FUSIONS, without importing it for --help
 
 
@@ -195,6 +196,13 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
               "ingested once, named from the outermost")
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {one_line(source)}")
+    for seen in report.secrets:
+        kinds = ", ".join(counted(n, kind) for kind, n in sorted(seen.kinds.items()))
+        page = f" (page {seen.page})" if seen.page is not None else ""
+        print(one_line(f"note: {seen.source} holds what looks like a secret ({kinds}), first"
+                       f"{page} in \"{seen.first.strip()[:LINE_SHOWN]}\": ingested as it is, so "
+                       f"the agent may read it to any user of tenant {args.tenant}; if they "
+                       "should not see it, take it out of the file and ingest it again"))
     for problem in report.skipped:
         print(f"skipped: {one_line(problem)}", file=sys.stderr)
     if not report.skipped:

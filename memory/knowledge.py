@@ -12,7 +12,8 @@ no longer in it are deleted, and so is a document gone from a folder that is ing
 file that cannot be read or holds no text is reported in one line and skipped; the rest of the
 folder is ingested. Search runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN)
 for the tenant and fuses the two rankings. Every query is scoped to one tenant. Documents' text
-is data, never instructions.
+is data, never instructions; what in it looks like a secret is stored as it is and reported
+(`SecretsSeen`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from . import bm25
 from .db import storable
 from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
+from .secret_text import hide_secrets
 from .shared_calls import SharedCalls
 
 log = logging.getLogger("sightline.knowledge")
@@ -149,6 +151,35 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)  # one line each: "PATH: why"
     # files more than one argument reached (`docs docs/sub`), each ingested once (find_files)
     overlapping: int = 0
+    secrets: list[SecretsSeen] = field(default_factory=list)  # of the documents embedded
+
+
+@dataclass(frozen=True)
+class SecretsSeen:
+    """What looks like a secret (memory/secret_text.py) in a document ingested: it is stored as
+    it is, since a tenant's knowledge is what it chose to give its users (a guest wifi's
+    password may be what a document is for), but the agent may read it to any of them, so
+    `kb ingest` says where it is."""
+
+    source: str
+    kinds: dict[str, int]  # how many of each kind
+    first: str  # the first line holding one, its secret hidden: where to look
+    page: int | None  # that line's PDF page
+
+
+def secrets_seen(source: str, sections: Sequence[Section]) -> SecretsSeen | None:
+    """What looks like a secret in a document's `sections`, if anything (a thread's work:
+    every line is scanned)."""
+    kinds: Counter[str] = Counter()
+    first, page = "", None
+    for section in sections:
+        lines = section.text.split("\n")
+        hidden, found = hide_secrets(lines)
+        if found and not kinds:
+            first = next(new for old, new in zip(lines, hidden, strict=True) if new != old)
+            page = section.page
+        kinds += found
+    return SecretsSeen(source, dict(kinds), first, page) if kinds else None
 
 
 async def _upsert_document(
@@ -280,6 +311,31 @@ def _decode(data: bytes) -> str:
         return data.decode("utf-16" if _utf16(data) else "utf-8-sig")
     except UnicodeDecodeError:
         raise KnowledgeError("not UTF-8 text: save it as UTF-8") from None
+
+
+async def _keyed_chunks(file: SourceFile, sections: list[Section],
+                        moved: Callable[[float], None]) -> list[tuple[str, str, int | None]]:
+    """A document's chunks, split on a thread a piece at a time (the first half of its
+    progress), each keyed by its document, text hash and repeat: (key, text, page)."""
+    length = sum(len(s.text) for s in sections)
+    chunks: list[tuple[str, int | None]] = []
+    split_so_far = 0
+    for section in sections:
+        for piece in pieces(section.text):
+            try:
+                chunks += [(c, section.page) for c in await asyncio.to_thread(split, piece)]
+            except Exception as exc:  # the splitter's tokenizers raise their own errors
+                raise KnowledgeError(f"{file.path}: cannot split its text ({_one_line(exc)})"
+                                     ) from None
+            split_so_far += len(piece)
+            moved(0.5 * split_so_far / length)
+    seen: Counter[str] = Counter()
+    keyed = []
+    for chunk, page in chunks:
+        digest = _hash(chunk)
+        keyed.append((f"{file.source}#{digest[:16]}#{seen[digest]}", chunk, page))
+        seen[digest] += 1
+    return keyed
 
 
 def read_document(path: Path) -> list[Section]:
@@ -558,8 +614,9 @@ class KnowledgeBase:
         self, file: SourceFile, tenant: str, report: IngestReport,
         metadata: dict[str, str] | None, moved: Callable[[float], None],
     ) -> None:
-        """Read, split (in a thread, a piece at a time) and store one file; the first half of
-        its progress is splitting, the second embedding."""
+        """Read, split (in a thread, a piece at a time) and store one file, and note what in it
+        looks like a secret; the first half of its progress is splitting, the second
+        embedding."""
         sections = await asyncio.to_thread(read_document, file.path)
         # a PDF's pages in it: one whose text moved to other pages (a cover page added) is
         # stored anew, or its hits would cite the old pages
@@ -570,26 +627,16 @@ class KnowledgeBase:
                                  origin=str(file.path)):
             moved(1.0)
             return
-        length = sum(len(s.text) for s in sections)
-        chunks: list[tuple[str, int | None]] = []
-        split_so_far = 0
-        for section in sections:
-            for piece in pieces(section.text):
-                try:
-                    chunks += [(c, section.page) for c in await asyncio.to_thread(split, piece)]
-                except Exception as exc:  # the splitter's tokenizers raise their own errors
-                    raise KnowledgeError(f"{file.path}: cannot split its text ({_one_line(exc)})"
-                                         ) from None
-                split_so_far += len(piece)
-                moved(0.5 * split_so_far / length)
-        seen: Counter[str] = Counter()
-        keyed = []
-        for chunk, page in chunks:
-            digest = _hash(chunk)
-            keyed.append((f"{file.source}#{digest[:16]}#{seen[digest]}", chunk, page))
-            seen[digest] += 1
-        await self._sync(tenant, file.source, doc_hash, keyed, report, metadata, built_in,
-                         origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
+        # read for secrets on a thread of its own while the text is split and embedded
+        scan = asyncio.create_task(asyncio.to_thread(secrets_seen, file.source, sections))
+        try:
+            keyed = await _keyed_chunks(file, sections, moved)
+            await self._sync(tenant, file.source, doc_hash, keyed, report, metadata, built_in,
+                             origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
+        finally:
+            found = await scan
+        if found is not None:
+            report.secrets.append(found)
 
     async def ingest_chunks(self, tenant: str, source: str, chunks: list[tuple[str, str]]) -> None:
         """Store chunks as they are, under the keys given (the evaluation's corpus ids)."""
