@@ -43,9 +43,10 @@ vim" and forgot the user's editor; it spelt out "don't" but not a transcript's "
   "42". A digit run is read digit by digit: `int` refuses one of more than 4300, and a message
   may hold one. A day of a date is read as the month then its number ("March 3rd", "the third
   of March", "the 3rd of March" and "3 April" are "March 3", "twenty first of May" "May 21"),
-  as a model writes a date: an ordinal only next to a month (elsewhere "first" and "3rd" stay
-  as said, so "my first laptop" holds no "1"), a bare number before one only when the month's
-  name is no other word ("4 may be late", "3 march on").
+  as a model writes a date: an ordinal only next to a month, a bare number before one only
+  when the month's name is no other word ("4 may be late", "3 march on"). Elsewhere an ordinal
+  is read as its numbered form, as a model may write it ("the twenty-first" is "21st", "the
+  third floor" "3rd floor"), which is no number: "my first laptop" holds no "1".
 - `numbers_together`: numbers said next to each other as one ("python 2 7" is "python 2.7"):
   "Python 2.7" read off the screen is not the user's when they said "two" and "seven" apart
   ("two times in seven minutes"). The keeper's dotted tokens too ("2.7 18" is "2.7.18").
@@ -231,6 +232,12 @@ def _day_at(words: list[str], i: int) -> tuple[int, int, bool]:
     return 0, 0, False
 
 
+def _numbered(n: int) -> str:
+    """An ordinal as digits and its suffix: "1st", "12th", "22nd"."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _dates_in_order(words: list[str]) -> list[str]:
     """`words` with each day of a month said as an ordinal, or as a number before the month,
     read as the month then the day's number (the module's docstring says when)."""
@@ -261,7 +268,8 @@ def as_digits(words: list[str]) -> list[str]:
     A spoken zero ("oh") is the zero it says before the number after it ("oh four" is "04"), and
     digits stay as written, any script's as ASCII ones, leading zeros too: they are part of the
     number ("0.05", "02139"). A digit that is no decimal digit (the Ethiopic "፩") stays as
-    written. A date's day is read after its month (`_dates_in_order`)."""
+    written. A date's day is read after its month (`_dates_in_order`), any other ordinal in its
+    numbered form ("twenty first" is "21st")."""
     words = _dates_in_order(words)
     out: list[str] = []
     zeros = ""  # the spoken zeros before the number that follows them
@@ -270,6 +278,13 @@ def as_digits(words: list[str]) -> list[str]:
         word = words[i]
         nxt = words[i + 1] if i + 1 < len(words) else ""
         i += 1
+        if word in _TENS and 0 < _ORDINALS.get(nxt, 0) < 10:  # "twenty first"
+            out.append(_numbered(_TENS[word] + _ORDINALS[nxt]))
+            i += 1
+            continue
+        if word in _ORDINALS:
+            out.append(_numbered(_ORDINALS[word]))
+            continue
         if word in _TENS:
             if nxt in _UNITS and 0 < _UNITS[nxt] < 10:
                 number = str(_TENS[word] + _UNITS[nxt])

@@ -119,8 +119,12 @@ def test_lead_fillers_are_only_at_the_start(clause: str, rest: str) -> None:
     ("twenty first of may".split(), ["may", "21"]),
     ("3 april".split(), ["april", "3"]),
     ("03 april".split(), ["april", "03"]),
-    # elsewhere an ordinal stays as said, and a number before a month's name that is a word
-    ("my first laptop".split(), ["my", "first", "laptop"]),
+    # elsewhere an ordinal in its numbered form, no number, as a model may write it; a number
+    # before a month's name that is a word stays as said
+    ("my first laptop".split(), ["my", "1st", "laptop"]),
+    ("due on the twenty first".split(), ["due", "on", "the", "21st"]),
+    ("the third floor".split(), ["the", "3rd", "floor"]),
+    ("twelfth twenty second thirtieth".split(), ["12th", "22nd", "30th"]),
     ("the 2nd on call".split(), ["the", "2nd", "on", "call"]),
     ("4 may be late".split(), ["4", "may", "be", "late"]),
     ("the 40th of march".split(), ["the", "40th", "of", "march"]),
@@ -261,6 +265,11 @@ async def _remembers(said: str, fact: str) -> bool:
     ("our release is on the twenty first of May", "The user's release is on May 21", True),
     ("my birthday is the third of March", "The user's birthday is March 4", False),
     ("my first laptop was a ThinkPad", "The user's 1 laptop was a ThinkPad", False),
+    # an ordinal with no month as said and as a model may write it
+    ("my rent is due on the twenty-first", "The user's rent is due on the 21st", True),
+    ("my rent is due on the 1st", "The user's rent is due on the first", True),
+    ("my desk is on the third floor", "The user's desk is on the 3rd floor", True),
+    ("my rent is due on the twenty-first", "The user's rent is due on the 22nd", False),
 ])
 async def test_remember_and_the_keeper_take_the_same_words_for_the_users(
     statement: str, fact: str, users: bool,
