@@ -422,6 +422,14 @@ def memory_tools(facts: list[Fact] = FACTS) -> tuple[MemoryTools, FakeMemory]:
     ("Save this file to disk.", False, False),
     ("Should I save this?", False, False),
     ("Delete the row from your notes app?", False, False),
+    # not to keep it, or to take it off: a request only when it names Sightline's keeping
+    ("Please don't keep vim on file.", False, True),
+    ("Take my address out of your memory.", False, True),
+    ("Take the API key out of the file.", False, False),
+    ("Take the dog off the list.", False, False),
+    ("Don't store the token in the files.", False, False),
+    ("I don't keep notes on file.", False, False),
+    ("Don't keep the door open.", False, False),
 ])
 def test_only_a_request_opens_the_memory_tools(said: str, remember: bool, forget: bool) -> None:
     """A trigger word in a question or a negation is not a request."""
@@ -856,13 +864,16 @@ async def test_remember_asked_in_other_words(said: str) -> None:
     "I used to have that laptop, forget it.",
     # no need to keep it
     "You don't need to remember my laptop anymore.", "There's no need to remember my laptop.",
-    "No need to keep my laptop."])
+    "No need to keep my laptop.", "Please don't keep my laptop on file.",
+    "You don't need to keep my laptop in mind anymore.", "Take my laptop off your notes.",
+    "take my laptop out of memory"])
 async def test_forget_my_laptop_said_with_more_forgets_the_laptop(said: str) -> None:
     """"Forget my laptop but keep my phone" named laptop, but and phone as one subject, and
     "too", "completely", "thanks", "then" were taken for part of it, so forget("my laptop") was
     refused as a part of what the user named, as were the keeper's change words ("upgraded",
     "gave up", "used to"); "…, okay?" made the request a question, which asks nothing, and "you
-    don't need to remember …" no request at all: the user's request failed."""
+    don't need to remember …" no request at all, nor "don't keep my laptop on file" and "take
+    my laptop off your notes": the user's request failed."""
     facts = [Fact("laptop", "The user's laptop is a Dell"),
              Fact("phone", "The user's phone is a Pixel 8")]
     tools, memory = memory_tools(facts)

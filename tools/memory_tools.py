@@ -224,6 +224,9 @@ ASKS_TO_REMEMBER = re.compile(
     # "save this: my laptop is a Dell", the fact in the clause after the colon
     r"(?:save|store|record|write down|jot down|note down) (?:this|that)(?=\W*$))\b",
     re.I)
+# where something is kept, which a request not to keep it names ("… on file", "… in mind")
+_KEPT_WHERE = (r"\b(?:on file|in mind|in (?:your |sightline'?s |the )?(?:memory|memories)|"
+               r"in (?:your|sightline'?s) (?:notes|records|files))\b")
 ASKS_TO_FORGET = re.compile(
     _LEAD + r"(?:(?:forget|unlearn|stop remembering)\b|"
     r"(?:delete|remove|erase|drop|clear|wipe|get rid of)\b.*\b(?:memory|memories|remember|know|"
@@ -236,7 +239,13 @@ ASKS_TO_FORGET = re.compile(
     # remember my phone", "there's no need to keep my address"
     r"(?:i (?:don'?t|do not) want you to |(?:you )?(?:don'?t|do not) need to |"
     r"(?:there'?s |there is )?no need to |(?:don'?t|do not) )"
-    r"(?:remember|save|keep|store|note) (?:that|this|it|my|our|what|anything)\b)", re.I)
+    r"(?:(?:remember|save|keep|store|note) (?:that|this|it|my|our|what|anything)\b|"
+    # ... "don't keep vim on file", "you don't need to keep vim in mind anymore"
+    rf"(?:keep|store|save)\b(?=.{{1,60}}?{_KEPT_WHERE}))|"
+    # "take vim off your notes", "take my address out of your memory"; not "take the key out
+    # of the file" (the screen's)
+    r"take\b(?=.{1,60}?\b(?:(?:off|out of) (?:your |sightline'?s )(?:files?|notes|records|"
+    r"memory|memories)|off file|out of (?:the )?memory)\b))", re.I)
 # a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
 # will you?", "… please?"): asked, not a question about it
 _TAG = re.compile(rf"(?:^|[\s{re.escape(_CLAUSE_MARKS)}])(?:ok(?:ay)?|alright|all right|please|"
@@ -616,7 +625,7 @@ _NOT_A_SUBJECT = frozenset(words(
     "all thing stuff fact info information detail data do use using have so also now just hey "
     "kindly "
     "ok okay alright want need would like can could will yeah yes actually well "
-    "right never mind sightline save keep note way btw not oops whoops sorry wait there "
+    "right never mind sightline save keep note way btw not oops whoops sorry wait there take "
     # how or when to forget it ("forget my laptop too", "… completely", "… thanks"), or which
     # of what was said ("forget the last thing I told you", "forget that last bit")
     "too already again then entirely completely fully totally altogether permanently forever "
@@ -635,10 +644,12 @@ _CHANGE = frozenset(words("not no anymore any more longer gone sold switched sto
                           "upgraded downgraded migrated gave given used instead"))
 
 
-# how long, or from where, to forget it ("forget vim for good", "remove vim from your notes"):
-# phrases whose words alone may name something ("good", "notes")
-_FOR_GOOD = re.compile(r"\b(?:for good|once and for all|for ever|from (?:your|the|sightline'?s) "
-                       r"(?:memory|memories|notes|records|files))\b", re.I)
+# how long, or from where, to forget it ("forget vim for good", "remove vim from your notes",
+# "don't keep vim on file", "take vim off your notes"): phrases whose words alone may name
+# something ("good", "notes", "file", "mind")
+_FOR_GOOD = re.compile(r"\b(?:for good|once and for all|for ever|on file|off file|in mind|"
+                       r"(?:from|off|out of|in) (?:(?:your|the|sightline'?s) (?:memory|memories|"
+                       r"notes|records|files)|memory|memories))\b", re.I)
 
 
 def subject_words(text: str) -> set[str]:
