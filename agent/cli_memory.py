@@ -52,16 +52,18 @@ class _Progress:
 
 
 class _BilledTo:
-    """The embedder's `record`: a billed embedding (Gemini's) goes to the meter of the tenant
-    whose rows `memory hide-secrets` is embedding again, into its command ledger. Rows
-    imported from spill files before it are no tenant's spend here, as a session's import is
-    not (agent/session.py)."""
+    """The embedder's `record`: a billed embedding (Gemini's) goes to the ledger of the tenant
+    whose rows are embedded: spilled rows' tenants' as the import goes (agent/spill_billing.py),
+    then the meter of the tenant whose rows `memory hide-secrets` is embedding again."""
 
     def __init__(self) -> None:
+        from .spill_billing import billed_as_spill
+
         self.meter: CostMeter | None = None
+        self._spilled = billed_as_spill
 
     def __call__(self, call: EmbeddingCall) -> None:
-        if self.meter is not None:
+        if not self._spilled(call) and self.meter is not None:
             self.meter.embedding_call(call)
 
 
@@ -105,6 +107,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     from vision.frame_archive import remove_sessions
 
     from .components import embedder_on_use
+    from .spill_billing import billing_spills
 
     db = await Database.open(settings.database_url, settings.data_dir)
     billed_to = _BilledTo()
@@ -112,7 +115,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         targets = SpillTargets.on(db.pool, embedder)
         store, memory = targets.store, targets.memory
-        report = await recover_spills(settings.costs_dir, targets)
+        async with billing_spills(settings, store):
+            report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
         if args.memory_command == "hide-secrets":
             return await _hide_secrets(settings, args, db, embedder, billed_to, report, notes)

@@ -15,9 +15,11 @@ import logging
 from memory.db import Database, DatabaseUnavailable, error_reason
 from memory.spill_files import spill_files
 from memory.spill_recovery import SpillTargets, recover_spills
+from memory.store import Store
 
 from .components import make_embedder
 from .config import Settings
+from .spill_billing import billing_spills, record_spilled
 
 log = logging.getLogger("sightline.worker")
 
@@ -38,10 +40,11 @@ async def import_left_spills(settings: Settings) -> None:
         log.error("%s: %s (the next session opened with this data directory imports them)",
                   where, exc)
         return
-    embedder = make_embedder(settings)
+    embedder = make_embedder(settings, record=record_spilled)
     try:
-        report = await asyncio.wait_for(
-            recover_spills(settings.costs_dir, SpillTargets.on(db.pool, embedder)), IMPORT_S)
+        async with billing_spills(settings, Store(db.pool)):
+            report = await asyncio.wait_for(
+                recover_spills(settings.costs_dir, SpillTargets.on(db.pool, embedder)), IMPORT_S)
     except TimeoutError:
         log.error("%s: their import took over %.0f s (the next session opened with this data "
                   "directory imports the rest)", where, IMPORT_S)

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -66,6 +65,7 @@ from .session_summary import SessionTotals
 from .sightline_agent import ASSIST_WAIT_S, SightlineAgent
 from .speech import build_speech
 from .speech_outage import SpeechOutages, session_options
+from .spill_billing import billed_as_spill, billing_spills
 from .tenant_spend import TenantSpendWatch
 from .tier_call import MeteredTierCall
 from .turn_context import RECALL_TIMEOUT_S, TurnContext
@@ -78,11 +78,6 @@ _VOICE_TIMINGS = ("end_of_turn_delay", "transcription_delay", "llm_node_ttft", "
 log = logging.getLogger("sightline.session")
 
 T = TypeVar("T")
-
-
-# set in the task importing spill files (`LongTermMemory.open`): the embeddings of their rows,
-# other sessions' of any tenant, go to no session's ledger (README: Cost log)
-_IMPORTING_SPILLS: ContextVar[bool] = ContextVar("importing_spills", default=False)
 
 
 def new_session_id(source: str) -> str:
@@ -126,9 +121,10 @@ async def _recall_models(
 ) -> tuple[Embedder, Reranker | None]:
     """The question embedder (recall and live assist ask for the same question's vector:
     embedded once) and the reranker, each put on `parts` to be closed; their billed calls go
-    to `meter()`, the session's (made after them)."""
+    to `meter()`, the session's (made after them), but for those that embed other sessions'
+    spilled rows: their tenants' (agent/spill_billing.py)."""
     def record(call: EmbeddingCall) -> None:
-        if not _IMPORTING_SPILLS.get():
+        if not billed_as_spill(call):
             meter().embedding_call(call)
     embedder = SharedQueries(make_embedder(settings, await stored_models(db.pool, tenant),
                                            record=record))
@@ -180,11 +176,11 @@ class LongTermMemory:
         recall = TurnRecall(knowledge, memory, tenant=tenant, user_id=user_id,
                             before_id=before_id, screen=screen, vector_wait_s=vector_wait_s)
         async def import_spills() -> RecoveryReport:
-            # other sessions' rows, of any tenant: their embeddings are not this session's
-            # spend (a task's own copy of the context: the session's calls stay metered)
-            _IMPORTING_SPILLS.set(True)
-            return await recover_spills(settings.costs_dir,
-                                        SpillTargets(store, memory, screen, embedder))
+            # other sessions' rows, of any tenant: their embeddings are their tenants' spend,
+            # not this session's
+            async with billing_spills(settings, store):
+                return await recover_spills(settings.costs_dir,
+                                            SpillTargets(store, memory, screen, embedder))
 
         recovery = asyncio.create_task(import_spills(), name="spill-recovery")
         keeper = None

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,12 @@ def _keep_locked(fh: Any, path: Path, rows: list[Row]) -> None:
         replace_whole(path, encode_rows(rows))
     finally:
         fh.close()
+
+
+# the tenant whose spilled rows (messages, memory, screen events) are being embedded and
+# written back: what embedding them costs is that tenant's, and the embedder's `record` reads
+# it here to bill it so (agent/spill_billing.py)
+IMPORTING_FOR: ContextVar[str | None] = ContextVar("importing_spilled_rows_for", default=None)
 
 
 @dataclass(frozen=True)
@@ -231,15 +238,21 @@ async def _writer_for(
         return write_session
     if kind is SpillKind.COST_EVENTS:
         return targets.store.add_cost_events
-    if kind is SpillKind.MEMORY:
-        return targets.memory.apply
     if kind is SpillKind.EXCHANGES:
         return targets.memory.defer
-    if kind is SpillKind.SCREEN_EVENTS:
-        return targets.screen.write
     store = targets.store
-    tenant = (rows[0].get("tenant") if rows else None) or await store.session_tenant(session_id)
+    tenant = str((rows[0].get("tenant") if rows else None)
+                 or await store.session_tenant(session_id))
 
     async def write_messages(batch: list[Row]) -> None:
-        await store_messages(store, targets.embedder, session_id, str(tenant), batch)
-    return write_messages
+        await store_messages(store, targets.embedder, session_id, tenant, batch)
+    write = {SpillKind.MEMORY: targets.memory.apply,
+             SpillKind.SCREEN_EVENTS: targets.screen.write}.get(kind, write_messages)
+
+    async def write_embedded(batch: list[Row]) -> None:
+        token = IMPORTING_FOR.set(tenant)
+        try:
+            await write(batch)
+        finally:
+            IMPORTING_FOR.reset(token)
+    return write_embedded

@@ -29,6 +29,7 @@ from conftest import cli_env, run_cli
 from agent.command_ledger import CommandLedger
 from agent.config import Settings
 from agent.event_log import EventLog
+from agent.left_spills import import_left_spills
 from agent.metering import CostMeter
 from agent.pricing import PriceTable
 from agent.session import SessionRuntime
@@ -54,20 +55,34 @@ def billed(texts: list[str]) -> int:
     return math.ceil(sum(map(len, texts)) / 4)
 
 
+async def spilled(settings: Settings, db: Database, session_id: str) -> None:
+    """A closed session of globex whose messages (`SPILLED`) wait in a spill file."""
+    await Store(db.pool).start_session(session_id, tenant="globex", user_id="g1",
+                                       room=None, source="live", provider="gemini", model="m")
+    settings.costs_dir.mkdir(parents=True, exist_ok=True)
+    event_log_path(settings.costs_dir, session_id).write_text(json.dumps(
+        {"session_id": session_id, "tenant": "globex", "seq": 1, "ts": time.time(),
+         "kind": "summary", "cost_usd": 0.0, "detail": {"total_cost_usd": 0.0}}) + "\n")
+    append_rows(spill_path(settings.costs_dir, session_id, SpillKind.MESSAGES),
+                [{"tenant": "globex", "user_id": "g1", "role": "user", "content": text}
+                 for text in SPILLED])
+
+
+async def spill_imports(db: Database) -> list[tuple[str, int, str, int]]:
+    """The billed calls recorded with no session: (tenant, tokens, command, texts)."""
+    rows = await db.pool.fetch("SELECT tenant, input_tokens, detail::jsonb->>'command' AS"
+                               " command, (detail::jsonb->>'texts')::int AS texts FROM"
+                               " cost_events WHERE session_id IS NULL ORDER BY id")
+    return [(r["tenant"], r["input_tokens"], r["command"], r["texts"]) for r in rows]
+
+
 async def test_a_sessions_gemini_embeddings_are_in_its_ledger(
     settings: Settings, db: Database,
 ) -> None:
     """The session's own calls are its spend; the rows it imports from other sessions' spill
-    files (of any tenant: globex's here) are not, and are in no session's ledger."""
-    await Store(db.pool).start_session(SPILLED_SESSION, tenant="globex", user_id="g1",
-                                       room=None, source="live", provider="gemini", model="m")
-    settings.costs_dir.mkdir(parents=True, exist_ok=True)
-    event_log_path(settings.costs_dir, SPILLED_SESSION).write_text(json.dumps(
-        {"session_id": SPILLED_SESSION, "tenant": "globex", "seq": 1, "ts": time.time(),
-         "kind": "summary", "cost_usd": 0.0, "detail": {"total_cost_usd": 0.0}}) + "\n")
-    append_rows(spill_path(settings.costs_dir, SPILLED_SESSION, SpillKind.MESSAGES),
-                [{"tenant": "globex", "user_id": "g1", "role": "user", "content": text}
-                 for text in SPILLED])
+    files (of any tenant: globex's here) are not: their embedding is their tenant's, recorded
+    as the command `spill import` with no session."""
+    await spilled(settings, db, SPILLED_SESSION)
 
     def reply(_request: CapturedRequest) -> ScriptedReply:
         return ScriptedReply(text="[[confidence: 0.95]] The VPN listens on UDP port 51821.")
@@ -111,6 +126,30 @@ async def test_a_sessions_gemini_embeddings_are_in_its_ledger(
         "SELECT count(*) FROM cost_events WHERE session_id = $1 AND model = $2",
         runtime.record.events.session_id, "gemini-embedding-001")
     assert rows == len(embedded)
+    # the spilled rows' embedding is globex's, as a command's spend (no session)
+    assert await spill_imports(db) == [("globex", billed(SPILLED), "spill import", len(SPILLED))]
+
+
+async def test_spilled_rows_a_command_or_a_stopping_worker_imports_bill_their_tenant(
+    settings: Settings, db: Database,
+) -> None:
+    """`sightline memory show` (of another tenant's user) and a worker on its way out import
+    spill files too: what embedding their rows costs is the spilled session's tenant's."""
+    await spilled(settings, db, "globex_spilled_1")
+    async with ScriptedModelServer() as server:
+        env = {**cli_env(settings), "GOOGLE_API_KEY": "test-key",
+               "SIGHTLINE_GEMINI_BASE_URL": server.base_url, "SIGHTLINE_EMBEDDINGS": "gemini"}
+        code, _, err = await run_cli("memory", "show", "--tenant", "acme", "--user", "u1",
+                                     env=env)
+        assert code == 0, err
+        await spilled(settings, db, "globex_spilled_2")
+        await import_left_spills(settings.with_overrides(
+            gemini_api_key="test-key", gemini_base_url=server.base_url, embeddings="gemini"))
+    assert embedding_requests(server) == [SPILLED, SPILLED]
+    assert await spill_imports(db) == [
+        ("globex", billed(SPILLED), "spill import", len(SPILLED))] * 2
+    assert await db.pool.fetchval("SELECT count(*) FROM messages WHERE tenant = 'globex'"
+                                  " AND embedding IS NOT NULL") == 2 * len(SPILLED)
 
 
 async def test_commands_embedding_with_gemini_bill_the_tenant_outside_any_session(
