@@ -72,6 +72,6 @@ def billed_as_spill(call: EmbeddingCall) -> bool:
 
 
 def record_spilled(call: EmbeddingCall) -> None:
-    """An importer's embedder's `record` when it embeds nothing else (a worker on its way
-    out): spilled rows' calls billed, any other dropped (there is none)."""
+    """The `record` of an embedder that embeds spilled rows alone (a stopping worker's): each
+    call billed to their tenant."""
     billed_as_spill(call)
