@@ -29,7 +29,7 @@ from .cli_common import (
 from .config import Settings
 
 if TYPE_CHECKING:
-    from memory.knowledge import Document, KnowledgeBase
+    from memory.knowledge import Document, KnowledgeBase, SecretsSeen
 
 LINE_SHOWN = 120  # characters of the line a secret was seen in, to find it by
 FUSIONS = ("rrf", "weighted")  # memory.knowledge.FUSIONS, without importing it for --help
@@ -197,17 +197,23 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {one_line(source)}")
     for seen in report.secrets:
-        kinds = ", ".join(counted(n, kind) for kind, n in sorted(seen.kinds.items()))
-        page = f" (page {seen.page})" if seen.page is not None else ""
-        print(one_line(f"note: {seen.source} holds what looks like a secret ({kinds}), first"
-                       f"{page} in \"{seen.first.strip()[:LINE_SHOWN]}\": ingested as it is, so "
-                       f"the agent may read it to any user of tenant {args.tenant}; if they "
-                       "should not see it, take it out of the file and ingest it again"))
+        print(secrets_note(seen, f"tenant {args.tenant}"))
     for problem in report.skipped:
         print(f"skipped: {one_line(problem)}", file=sys.stderr)
     if not report.skipped:
         return 0
     return 1 if report.documents else 2
+
+
+def secrets_note(seen: SecretsSeen, whose: str) -> str:
+    """One line naming a document ingested with what looks like a secret in it, where, and
+    who may hear it (`whose`: "tenant acme")."""
+    kinds = ", ".join(counted(n, kind) for kind, n in sorted(seen.kinds.items()))
+    page = f" (page {seen.page})" if seen.page is not None else ""
+    return one_line(f"note: {seen.source} holds what looks like a secret ({kinds}), first{page}"
+                    f" in \"{seen.first.strip()[:LINE_SHOWN]}\": ingested as it is, so the agent "
+                    f"may read it to any user of {whose}; if they should not see it, take it "
+                    "out of the file and ingest it again")
 
 
 async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli_common import counted, one_line
+from .cli_kb import secrets_note
 from .config import Settings
 
 if TYPE_CHECKING:  # imported by `run`: `sightline --help` loads no replay machinery
@@ -86,17 +88,24 @@ def _print_result(result: ReplayResult, fixture: Fixture, *, as_json: bool) -> N
     from .cli_costs import format_summary
 
     problem = (result.video or {}).get("problem")
-    if as_json:  # the problem is in "video" too; said on stderr, as `vision scan --json` does
+    warnings = ([f"warning: {one_line(problem)}"] if problem else []) + [
+        one_line(f"warning: knowledge file skipped: {why}") for why in result.knowledge_skipped]
+    tenants = ", ".join(result.knowledge_tenants)
+    notes = [secrets_note(seen, f"tenant{'s' * (len(result.knowledge_tenants) > 1)} {tenants}")
+             for seen in result.knowledge_secrets]
+    if as_json:  # what is in "video" and "knowledge" too; said on stderr, as `vision scan
+        # --json` does
         print(json.dumps({"fixture": result.fixture, "video": result.video,
+                          "knowledge": {"skipped": result.knowledge_skipped,
+                                        "secrets": [asdict(s) for s in result.knowledge_secrets]},
                           "turns": [t.__dict__ for t in result.turns],
                           "sessions": result.sessions}, indent=2))
-        if problem:
-            print(f"warning: {one_line(problem)}", file=sys.stderr)
+        for line in warnings + notes:
+            print(line, file=sys.stderr)
         return
     # the fixture's words and the models' replies are printed escaped, as every stored text is
-    print(one_line(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
-                   f"{fixture.duration_s:.1f}s)")
-          + (f"\nwarning: {one_line(problem)}" if problem else "") + "\n")
+    print("\n".join([one_line(f"Replayed fixture '{result.fixture}' ({fixture.video.name}, "
+                              f"{fixture.duration_s:.1f}s)"), *warnings, *notes]) + "\n")
     for turn in result.turns:
         screen = "no screen"
         if turn.screen_t is not None:

@@ -25,7 +25,7 @@ from livekit import rtc
 from livekit.agents import AgentSession, APIError
 
 from memory.db import Database
-from memory.knowledge import KnowledgeBase, stored_models
+from memory.knowledge import KnowledgeBase, SecretsSeen, stored_models
 from memory.store import Store
 from vision.screen import ScreenWatcher
 from vision.video_file import VideoFrames, VideoReport
@@ -83,6 +83,11 @@ class ReplayResult:
     turns: list[ReplayedTurn] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, Any] | None = None  # what decoding the recording found (VideoReport)
+    # what ingesting the fixture's knowledge found: files skipped ("PATH: why"), and documents
+    # holding what looks like a secret, with the tenants given them
+    knowledge_skipped: list[str] = field(default_factory=list)
+    knowledge_secrets: list[SecretsSeen] = field(default_factory=list)
+    knowledge_tenants: list[str] = field(default_factory=list)
 
 
 class _VideoFeed:
@@ -245,7 +250,7 @@ async def _replay_sessions(
                if fixture.history_messages is not None else {}),
         )
         if fixture.knowledge is not None and db is not None:
-            await _ingest_knowledge(fixture, settings, db)
+            await _ingest_knowledge(fixture, settings, db, result)
         group_list = [
             (key, list(turns))
             for key, turns in itertools.groupby(
@@ -305,20 +310,30 @@ def _memory_used(context: dict[str, Any]) -> tuple[str, ...]:
     return tuple(used)
 
 
-async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database) -> None:
+async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database,
+                            result: ReplayResult) -> None:
     """Each tenant's copy with the embedder its knowledge is stored with (as its sessions
     will search it), so `auto` never re-embeds a tenant's documents with another model. What
-    Gemini embeddings cost goes to the tenant's ledger, outside the sessions."""
+    Gemini embeddings cost goes to the tenant's ledger, outside the sessions. What the
+    ingests found (a file skipped, a secret seen) goes into `result` once: each tenant's is
+    the same folder."""
     assert fixture.knowledge is not None
-    for tenant in dict.fromkeys(turn.tenant for turn in fixture.turns):
+    result.knowledge_tenants = list(dict.fromkeys(turn.tenant for turn in fixture.turns))
+    skipped: dict[str, None] = {}
+    secrets: dict[str, SecretsSeen] = {}
+    for tenant in result.knowledge_tenants:
         ledger, meter = CommandLedger.metered(settings, tenant, "replay knowledge ingest")
         embedder = make_embedder(settings, await stored_models(db.pool, tenant),
                                  record=meter.embedding_call)
         async with ledger.saving(Store(db.pool)):
             try:
-                await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge], tenant)
+                report = await KnowledgeBase(db.pool, embedder).ingest([fixture.knowledge],
+                                                                       tenant)
             finally:
                 await embedder.aclose()
+        skipped.update(dict.fromkeys(report.skipped))
+        secrets.update({seen.source: seen for seen in report.secrets})
+    result.knowledge_skipped, result.knowledge_secrets = list(skipped), list(secrets.values())
 
 
 async def _run_turn(

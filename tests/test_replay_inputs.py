@@ -503,6 +503,39 @@ async def test_replay_of_a_truncated_video_says_where_it_ends(
     assert events[-1]["detail"]["video"] == video
 
 
+async def test_replay_says_what_its_knowledge_folder_could_not_give(
+    settings: Settings, db: Database, tmp_path: Path,
+) -> None:
+    """A fixture's knowledge file that cannot be ingested was skipped without a word, so its
+    turns answered without it and nothing said why; a document holding what looks like a
+    secret is ingested with a note, as `kb ingest` says (tests/test_kb_inputs.py). Both once,
+    though each of the fixture's tenants gets the folder; in JSON, and on stderr."""
+    fixture = write_fixture(tmp_path / "fx", [
+        {"t": 3.0, "tenant": tenant, "user": "u1", "text": "What is on my screen?",
+         "response": {"origin": "scripted", "text": "A terminal."}}
+        for tenant in ("acme", "globex")], knowledge="kb")
+    (fixture / "kb").mkdir()
+    (fixture / "kb" / "broken.md").write_bytes(b"\x00\x01\x02garbage\xff" * 50)
+    (fixture / "kb" / "creds.md").write_text("# Staging\n\nDB_PASSWORD=hunter2\n")
+    skipped = f"warning: knowledge file skipped: {fixture / 'kb' / 'broken.md'}: binary, not text"
+    note = ('note: kb/creds.md holds what looks like a secret (1 assigned secret), first in '
+            '"DB_PASSWORD=[secret hidden]": ingested as it is, so the agent may read it to any '
+            'user of tenants acme, globex; if they should not see it, take it out of the file '
+            'and ingest it again')
+    code, out, err = await run_cli("replay", str(fixture), "--fresh", env=cli_env(settings))
+    assert code == 0, err
+    assert out.splitlines()[:3] == ["Replayed fixture 'fx' (screen.webm, 40.0s)", skipped, note]
+    assert "hunter2" not in out
+    code, out, err = await run_cli("replay", str(fixture), "--fresh", "--json",
+                                   env=cli_env(settings))
+    assert code == 0, err
+    knowledge = json.loads(out)["knowledge"]
+    assert knowledge["skipped"] == [skipped.removeprefix("warning: knowledge file skipped: ")]
+    assert [(s["source"], s["kinds"]) for s in knowledge["secrets"]] == [
+        ("kb/creds.md", {"assigned secret": 1})]
+    assert err.splitlines() == [skipped, note]
+
+
 async def test_a_video_without_decodable_frames_fails_before_any_session(
     settings: Settings, db: Database, tmp_path: Path,
 ) -> None:
