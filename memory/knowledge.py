@@ -627,10 +627,12 @@ class KnowledgeBase:
                                  origin=str(file.path)):
             moved(1.0)
             return
-        # read for secrets on a thread of its own while the text is split and embedded
+        keyed = await _keyed_chunks(file, sections, moved)
+        # read for secrets on a thread of its own while the chunks are embedded (onnxruntime
+        # and the network let go of the GIL; the splitter's regular expressions, timed by
+        # nltk's ReDoS guard, do not, and are not slowed by it)
         scan = asyncio.create_task(asyncio.to_thread(secrets_seen, file.source, sections))
         try:
-            keyed = await _keyed_chunks(file, sections, moved)
             await self._sync(tenant, file.source, doc_hash, keyed, report, metadata, built_in,
                              origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
         finally:
