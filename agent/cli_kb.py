@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--meta", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="tag the documents (repeatable; replaces their earlier tags, which are "
                    "kept without --meta); search can filter on it. `type` is built in")
+    p.add_argument("--hide-secrets", action="store_true",
+                   help="store what looks like a password, key, token or card number with its "
+                   "value hidden (default: as it is, with a note naming the document)")
     p = kb_sub.add_parser("search", help="hybrid (vector + keyword) search, scoped to a tenant")
     p.add_argument("query", type=query, help="the question or words to look for")
     p.add_argument("--tenant", type=identifier,
@@ -187,7 +190,8 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"ingest ({args.tenant})",
               disable=None) as bar:
         report = await kb.ingest(args.paths, args.tenant, progress=progress,
-                                 metadata=dict(args.meta) if args.meta else None)
+                                 metadata=dict(args.meta) if args.meta else None,
+                                 secrets_hidden=args.hide_secrets)
     print(f"{counted(report.documents, 'document')}: "
           f"{counted(report.embedded, 'chunk')} embedded "
           f"({kb.embedder.name}), {report.kept} unchanged, {report.deleted} deleted")
@@ -197,7 +201,7 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     for source in report.removed_documents:
         print(f"removed (no longer in its folder): {one_line(source)}")
     for seen in report.secrets:
-        print(secrets_note(seen, f"tenant {args.tenant}"))
+        print(secrets_note(seen, f"tenant {args.tenant}", " (or ingest it with --hide-secrets)"))
     for problem in report.skipped:
         print(f"skipped: {one_line(problem)}", file=sys.stderr)
     if not report.skipped:
@@ -205,15 +209,19 @@ async def _ingest(kb: KnowledgeBase, args: argparse.Namespace) -> int:
     return 1 if report.documents else 2
 
 
-def secrets_note(seen: SecretsSeen, whose: str) -> str:
-    """One line naming a document ingested with what looks like a secret in it, where, and
-    who may hear it (`whose`: "tenant acme")."""
+def secrets_note(seen: SecretsSeen, whose: str, remedy: str = "") -> str:
+    """One line naming a document ingested with what looks like a secret in it, and where;
+    stored as it is, who may hear it (`whose`: "tenant acme") and what to do (`remedy`
+    added to taking it out of the file)."""
     kinds = ", ".join(counted(n, kind) for kind, n in sorted(seen.kinds.items()))
     page = f" (page {seen.page})" if seen.page is not None else ""
-    return one_line(f"note: {seen.source} holds what looks like a secret ({kinds}), first{page}"
-                    f" in \"{seen.first.strip()[:LINE_SHOWN]}\": ingested as it is, so the agent "
-                    f"may read it to any user of {whose}; if they should not see it, take it "
-                    "out of the file and ingest it again")
+    what = (f"note: {seen.source} holds what looks like a secret ({kinds}), first{page} in "
+            f"\"{seen.first.strip()[:LINE_SHOWN]}\"")
+    if seen.hidden:
+        return one_line(f"{what}: stored with each hidden")
+    return one_line(f"{what}: ingested as it is, so the agent may read it to any user of "
+                    f"{whose}; if they should not see it, take it out of the file and ingest it "
+                    f"again{remedy}")
 
 
 async def _search(kb: KnowledgeBase, args: argparse.Namespace) -> int:

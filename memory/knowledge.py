@@ -156,22 +156,26 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class SecretsSeen:
-    """What looks like a secret (memory/secret_text.py) in a document ingested: it is stored as
-    it is, since a tenant's knowledge is what it chose to give its users (a guest wifi's
-    password may be what a document is for), but the agent may read it to any of them, so
-    `kb ingest` says where it is."""
+    """What looks like a secret (memory/secret_text.py) in a document ingested. It is stored as
+    it is unless the ingest hides it (`hide_secrets`), since a tenant's knowledge is what it
+    chose to give its users (a guest wifi's password may be what a document is for), but the
+    agent may read it to any of them, so `kb ingest` says where it is."""
 
     source: str
     kinds: dict[str, int]  # how many of each kind
     first: str  # the first line holding one, its secret hidden: where to look
     page: int | None  # that line's PDF page
+    hidden: bool  # stored with each secret's value replaced by `HIDDEN`
 
 
-def secrets_seen(source: str, sections: Sequence[Section]) -> SecretsSeen | None:
-    """What looks like a secret in a document's `sections`, if anything (a thread's work:
+def secrets_seen(source: str, sections: list[Section], *, hide: bool,
+                 ) -> tuple[list[Section], SecretsSeen | None]:
+    """What looks like a secret in a document's `sections`, if anything, and the sections to
+    store: with each secret's value hidden when `hide`, else as they are (a thread's work:
     every line is scanned)."""
     kinds: Counter[str] = Counter()
     first, page = "", None
+    stored = []
     for section in sections:
         lines = section.text.split("\n")
         hidden, found = hide_secrets(lines)
@@ -179,7 +183,8 @@ def secrets_seen(source: str, sections: Sequence[Section]) -> SecretsSeen | None
             first = next(new for old, new in zip(lines, hidden, strict=True) if new != old)
             page = section.page
         kinds += found
-    return SecretsSeen(source, dict(kinds), first, page) if kinds else None
+        stored.append(Section("\n".join(hidden), section.page) if hide and found else section)
+    return stored, SecretsSeen(source, dict(kinds), first, page, hide) if kinds else None
 
 
 async def _upsert_document(
@@ -571,10 +576,11 @@ class KnowledgeBase:
     async def ingest(
         self, paths: Sequence[Path], tenant: str,
         progress: Callable[[float, float], None] | None = None,
-        metadata: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None, secrets_hidden: bool = False,
     ) -> IngestReport:
         """Ingest files and folders for `tenant`. `metadata` replaces each document's tags
-        (what search can filter on); without it a document keeps the tags it had. A folder
+        (what search can filter on); without it a document keeps the tags it had.
+        `secrets_hidden` stores what looks like a secret hidden (`SecretsSeen`). A folder
         ingested again loses the documents no longer in it. `progress(done, total)` counts
         bytes of the files, and moves within a file as it is split and embedded. An unreachable
         embedder stops the run (KnowledgeError); the documents before it stay ingested."""
@@ -590,7 +596,7 @@ class KnowledgeBase:
         total, done = float(sum(max(f.size, 1) for f in files)), 0.0
         for file in files:
             try:
-                await self._ingest_one(file, tenant, report, metadata,
+                await self._ingest_one(file, tenant, report, metadata, secrets_hidden,
                                        _within(progress, done, max(file.size, 1), total))
             except EmbeddingError as exc:
                 raise KnowledgeError(f"{exc} ({report.documents} documents were ingested "
@@ -612,31 +618,37 @@ class KnowledgeBase:
 
     async def _ingest_one(
         self, file: SourceFile, tenant: str, report: IngestReport,
-        metadata: dict[str, str] | None, moved: Callable[[float], None],
+        metadata: dict[str, str] | None, hide: bool, moved: Callable[[float], None],
     ) -> None:
         """Read, split (in a thread, a piece at a time) and store one file, and note what in it
-        looks like a secret; the first half of its progress is splitting, the second
-        embedding."""
+        looks like a secret (stored hidden when `hide`); the first half of its progress is
+        splitting, the second embedding."""
         sections = await asyncio.to_thread(read_document, file.path)
         # a PDF's pages in it: one whose text moved to other pages (a cover page added) is
-        # stored anew, or its hits would cite the old pages
-        doc_hash = _hash(_split_settings() + "\n".join(
+        # stored anew, or its hits would cite the old pages; so is one whose secrets are to be
+        # hidden, or shown, now
+        doc_hash = _hash(_split_settings() + ("\x1esecrets hidden" if hide else "") + "\n".join(
             s.text if s.page is None else f"{s.page}\x1f{s.text}" for s in sections))
         built_in = {"type": file.path.suffix.lower().lstrip(".")}
         if await self._unchanged(tenant, file.source, doc_hash, report, metadata, built_in,
                                  origin=str(file.path)):
             moved(1.0)
             return
+        if hide:  # stored hidden: read before the text is split
+            sections, found = await asyncio.to_thread(secrets_seen, file.source, sections,
+                                                      hide=True)
         keyed = await _keyed_chunks(file, sections, moved)
-        # read for secrets on a thread of its own while the chunks are embedded (onnxruntime
-        # and the network let go of the GIL; the splitter's regular expressions, timed by
-        # nltk's ReDoS guard, do not, and are not slowed by it)
-        scan = asyncio.create_task(asyncio.to_thread(secrets_seen, file.source, sections))
+        # else read for secrets on a thread of its own while the chunks are embedded
+        # (onnxruntime and the network let go of the GIL; the splitter's regular expressions,
+        # timed by nltk's ReDoS guard, do not, and are not slowed by it)
+        scan = None if hide else asyncio.create_task(
+            asyncio.to_thread(secrets_seen, file.source, sections, hide=False))
         try:
             await self._sync(tenant, file.source, doc_hash, keyed, report, metadata, built_in,
                              origin=str(file.path), moved=lambda f: moved(0.5 + 0.5 * f))
         finally:
-            found = await scan
+            if scan is not None:
+                _, found = await scan
         if found is not None:
             report.secrets.append(found)
 

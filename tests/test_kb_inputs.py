@@ -209,28 +209,42 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
     """A tenant's knowledge is stored as it is (a guest wifi's password may be what a page is
     for), but the agent may read it to any of its users: each embedded document holding what
     looks like a secret is one note naming it, its kinds and the first line (its PDF page),
-    with the secret hidden; an unchanged document is not read again."""
+    with the secret hidden; an unchanged document is not read again. `--hide-secrets` stores
+    each hidden, and ingesting with it or without it again stores the document anew."""
     (docs / "office.md").write_text("# Office\n\nThe guest wifi password is Blue-Fox-42.\n\n"
                                     "DB_PASSWORD=hunter2 for the staging database.\n")
     write_pdf(docs / "keys.pdf", "Nothing here.", "The deploy key: API_KEY=sk9f8e7d6c5b4a")
     env = cli_env(settings)
-    code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
-    assert code == 0, err
-    notes = [line for line in out.splitlines() if line.startswith("note:")]
+
+    async def ingest(*more: str) -> tuple[list[str], str]:
+        code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", *more,
+                                       env=env)
+        assert code == 0, err
+        stored = await db.pool.fetchval(
+            "SELECT string_agg(text, ' ') FROM kb_chunks WHERE tenant = 'acme'")
+        return [line for line in out.splitlines() if line.startswith("note:")], stored
+
+    as_it_is = ("ingested as it is, so the agent may read it to any user of tenant acme; if "
+                "they should not see it, take it out of the file and ingest it again (or "
+                "ingest it with --hide-secrets)")
+    notes, stored = await ingest()
     assert notes == [
         'note: kb/keys.pdf holds what looks like a secret (1 assigned secret), first (page 2) '
-        'in "The deploy key: API_KEY=[secret hidden]": ingested as it is, so the agent may '
-        'read it to any user of tenant acme; if they should not see it, take it out of the '
-        'file and ingest it again',
+        f'in "The deploy key: API_KEY=[secret hidden]": {as_it_is}',
         'note: kb/office.md holds what looks like a secret (1 assigned secret, 1 password), '
-        'first in "The guest wifi password is [secret hidden].": ingested as it is, so the '
-        'agent may read it to any user of tenant acme; if they should not see it, take it out '
-        'of the file and ingest it again']
-    stored = await db.pool.fetchval(
-        "SELECT string_agg(text, ' ') FROM kb_chunks WHERE tenant = 'acme'")
+        f'first in "The guest wifi password is [secret hidden].": {as_it_is}']
     assert "Blue-Fox-42" in stored and "hunter2" in stored, "stored as it is"
-    code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
-    assert code == 0 and "note:" not in out and "0 chunks embedded" in out, err
+    assert await ingest() == ([], stored), "unchanged: not read again"
+
+    notes, stored = await ingest("--hide-secrets")
+    assert len(notes) == 2 and all(note.endswith(": stored with each hidden") for note in notes)
+    assert not any(secret in stored for secret in ("Blue-Fox-42", "hunter2", "sk9f8e7d6c5b4a"))
+    assert "DB_PASSWORD=[secret hidden] for the staging database" in stored
+    code, out, err = await run_cli("kb", "search", "staging database password", "--tenant",
+                                   "acme", "--json", env=env)
+    assert code == 0 and json.loads(out)[0]["source"] == "kb/office.md", err
+    notes, stored = await ingest()
+    assert len(notes) == 2 and "hunter2" in stored, "shown again, as asked"
 
 
 async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_stored_model(

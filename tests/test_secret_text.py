@@ -223,8 +223,8 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
     # marker stands for; its screenshot has the two lines covered, the rest as shared
     [request] = [r for r in asked if r.purpose == "answer"]
     assert f"DB_PASSWORD={HIDDEN}" in request.text and "hunter2" not in request.text
-    assert f"{HIDDEN} in screen text or memory, or a plain grey box over a line of the " \
-        "screenshot,\nstands for a password" in request.text
+    assert f"{HIDDEN} in screen text, documents or memory, or a plain grey box over a line " \
+        "of the\nscreenshot, stands for a password" in request.text
     [screenshot] = _images_sent(request.body)
     seen = _ocr(screenshot)
     assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
