@@ -12,8 +12,8 @@ no longer in it are deleted, and so is a document gone from a folder that is ing
 file that cannot be read or holds no text is reported in one line and skipped; the rest of the
 folder is ingested. Search runs a vector query (pgvector HNSW) and a keyword query (tsvector, GIN)
 for the tenant and fuses the two rankings. Every query is scoped to one tenant. Documents' text
-is data, never instructions; what in it looks like a secret is stored as it is and reported
-(`SecretsSeen`).
+is data, never instructions; what in it looks like a secret is stored as it is (or hidden,
+when asked) and reported (`SecretsSeen`).
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ class IngestReport:
 @dataclass(frozen=True)
 class SecretsSeen:
     """What looks like a secret (memory/secret_text.py) in a document ingested. It is stored as
-    it is unless the ingest hides it (`hide_secrets`), since a tenant's knowledge is what it
-    chose to give its users (a guest wifi's password may be what a document is for), but the
-    agent may read it to any of them, so `kb ingest` says where it is."""
+    it is unless the ingest hides it (`kb ingest --hide-secrets`), since a tenant's knowledge
+    is what it chose to give its users (a guest wifi's password may be what a document is
+    for), but the agent may read it to any of them, so `kb ingest` says where it is."""
 
     source: str
     kinds: dict[str, int]  # how many of each kind
