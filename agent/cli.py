@@ -16,8 +16,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
@@ -181,7 +182,36 @@ def _run(args: argparse.Namespace) -> Any:
                "screen": cli_screen, "console": cli_console, "quality": cli_quality,
                "usage": cli_usage, "alerts": cli_alerts,
                "report": cli_report, "gaps": cli_gaps}[args.command]
-    return asyncio.run(command.run(settings, args))
+    return asyncio.run(_interruptible(command.run(settings, args)))
+
+
+async def _interruptible(command: Coroutine[Any, Any, Any]) -> Any:
+    """`command`, which Ctrl-C cancels from the event loop, between two of its callbacks, and
+    then ends as a KeyboardInterrupt (a second Ctrl-C at once). asyncio.run's own handler
+    cancels from a signal handler, which may run inside a callback: one completing a
+    connection (`_sock_connect_cb`) then set the result of the future it had just cancelled,
+    and asyncio logged the InvalidStateError with a traceback before "interrupted"."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await command
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -507,6 +507,34 @@ async def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     assert (proc.returncode, out, err) == (130, b"", b"interrupted\n")
 
 
+def test_ctrl_c_cancels_a_command_between_its_callbacks_not_inside_one() -> None:
+    """The test above failed now and then with asyncio's InvalidStateError traceback before
+    "interrupted": asyncio.run's handler cancels the command from a signal handler, inside
+    whatever callback runs, and one completing a connection then set the result of the
+    future just cancelled. A callback that sends itself SIGINT shows where the cancel lands:
+    after the callback, never within it."""
+    seen: list[int] = []
+
+    async def command() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def callback() -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.append(task.cancelling())  # the signal handled, still inside the callback
+
+        asyncio.get_running_loop().call_soon(callback)
+        await asyncio.sleep(30)
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(cli._interruptible(command()))
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen == [0]
+
+
 async def test_gaps_refresh_without_tier_0_s_key_names_the_variable(tmp_path: Path) -> None:
     line = one_line(*await run_cli("gaps", "refresh", "--tenant", "t", env=bare_env(tmp_path)))
     assert line == ("sightline: `gaps refresh` asks tier 0 (gemini-2.5-flash-lite) to name the "
