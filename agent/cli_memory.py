@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from memory.db import Database
     from memory.embeddings import Embedder, EmbeddingCall
     from memory.spill_recovery import RecoveryReport
+    from memory.store import Store
 
     from .metering import CostMeter
 
@@ -119,7 +120,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             report = await recover_spills(settings.costs_dir, targets)
         notes = _unimported(report)
         if args.memory_command == "hide-secrets":
-            return await _hide_secrets(settings, args, db, embedder, billed_to, report, notes)
+            return await _hide_secrets(settings, args, db, store, embedder, billed_to, report,
+                                       notes)
         if args.memory_command == "forget":
             sessions = await store.user_sessions(args.tenant, args.user)
             removed = await store.forget_user(args.tenant, args.user)
@@ -205,10 +207,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Database,
-                        embedder: Embedder, billed_to: _BilledTo, report: RecoveryReport,
-                        notes: list[str]) -> int:
+                        store: Store, embedder: Embedder, billed_to: _BilledTo,
+                        report: RecoveryReport, notes: list[str]) -> int:
     from memory.secret_text import hide_secrets
-    from memory.store import Store
     from memory.stored_secrets import hide_stored_secrets, stored_tenants, tenant_sessions
     from vision.archive_cover import ArchiveCover, cover_archived
 
@@ -220,7 +221,7 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
         sessions = await tenant_sessions(db.pool, tenant)
         ledger, billed_to.meter = CommandLedger.metered(settings, tenant, "memory hide-secrets")
         try:
-            async with ledger.saving(Store(db.pool)):
+            async with ledger.saving(store):
                 done[tenant], open_here = await hide_stored_secrets(
                     db.pool, embedder, tenant, sessions, settings.costs_dir)
         finally:

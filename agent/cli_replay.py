@@ -90,9 +90,8 @@ def _print_result(result: ReplayResult, fixture: Fixture, *, as_json: bool) -> N
     problem = (result.video or {}).get("problem")
     warnings = ([f"warning: {one_line(problem)}"] if problem else []) + [
         one_line(f"warning: knowledge file skipped: {why}") for why in result.knowledge_skipped]
-    tenants = ", ".join(result.knowledge_tenants)
-    notes = [secrets_note(seen, f"tenant{'s' * (len(result.knowledge_tenants) > 1)} {tenants}")
-             for seen in result.knowledge_secrets]
+    whose = f"tenant{'s' * (len(fixture.tenants) > 1)} {', '.join(fixture.tenants)}"
+    notes = [secrets_note(seen, whose) for seen in result.knowledge_secrets]
     if as_json:  # what is in "video" and "knowledge" too; said on stderr, as `vision scan
         # --json` does
         print(json.dumps({"fixture": result.fixture, "video": result.video,

@@ -83,11 +83,10 @@ class ReplayResult:
     turns: list[ReplayedTurn] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, Any] | None = None  # what decoding the recording found (VideoReport)
-    # what ingesting the fixture's knowledge found: files skipped ("PATH: why"), and documents
-    # holding what looks like a secret, with the tenants given them
+    # what ingesting the fixture's knowledge (for each of its tenants) found: files skipped
+    # ("PATH: why"), and documents holding what looks like a secret
     knowledge_skipped: list[str] = field(default_factory=list)
     knowledge_secrets: list[SecretsSeen] = field(default_factory=list)
-    knowledge_tenants: list[str] = field(default_factory=list)
 
 
 class _VideoFeed:
@@ -318,10 +317,9 @@ async def _ingest_knowledge(fixture: Fixture, settings: Settings, db: Database,
     ingests found (a file skipped, a secret seen) goes into `result` once: each tenant's is
     the same folder."""
     assert fixture.knowledge is not None
-    result.knowledge_tenants = list(dict.fromkeys(turn.tenant for turn in fixture.turns))
     skipped: dict[str, None] = {}
     secrets: dict[str, SecretsSeen] = {}
-    for tenant in result.knowledge_tenants:
+    for tenant in fixture.tenants:
         ledger, meter = CommandLedger.metered(settings, tenant, "replay knowledge ingest")
         embedder = make_embedder(settings, await stored_models(db.pool, tenant),
                                  record=meter.embedding_call)

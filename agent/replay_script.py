@@ -87,6 +87,11 @@ class Fixture:
     knowledge: Path | None = None  # documents ingested for every tenant of the fixture
     history_messages: int | None = None  # the recent window a session starts with
 
+    @property
+    def tenants(self) -> list[str]:
+        """The tenants its turns name, in the order they first appear."""
+        return list(dict.fromkeys(turn.tenant for turn in self.turns))
+
 
 def _require(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in obj:
