@@ -107,6 +107,7 @@ bench: $(STAMP) $(LIVEKIT_SERVER) runtime
 	$(BIN)/python -m bench.cascade
 	$(BIN)/python -m bench.replay --runs 3
 	$(BIN)/python -m bench.context
+	$(BIN)/python -m bench.secret_scan
 	$(BIN)/python -m bench.footprint --runtime-venv $(RUNTIME_VENV)
 
 lint: $(STAMP)

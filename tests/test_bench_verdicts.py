@@ -1,13 +1,15 @@
-"""The benchmarks judge what they measure: bench/replay.py, screen.py, context.py, vision.py and
-cascade.py compare each figure with its target (the README's) and the reference they must beat
-in the same run, print `target met:` / `target missed:` lines, put `targets_met` in their last
-(JSON) line and exit 1 on a miss; a bad setting is one line and exit 2, before any measuring.
+"""The benchmarks judge what they measure: bench/replay.py, screen.py, context.py, vision.py,
+cascade.py and secret_scan.py compare each figure with its target (the README's) and the
+reference they must beat in the same run, print `target met:` / `target missed:` lines, put
+`targets_met` in their last (JSON) line and exit 1 on a miss; a bad setting is one line and
+exit 2, before any measuring.
 
 Protects: a benchmark whose target cannot be met says so and fails (each run here with a target
 nobody can reach, at the bench's smallest settings); the replay benchmark's runs are each a
 fresh replay (a scratch schema and cost directory of their own, so no run recalls another's
 conversation) whose turns were all answered by the fixture's models; a cascade turn that spoke
-no text is counted missing, not as 0 ms, and fails the run; `--rounds 0`, `--frames 0`, a
+no text is counted missing, not as 0 ms, and fails the run; a secret-scan gate that skips a
+secret on the repository's text fails its run; `--rounds 0`, `--frames 0`, a
 missing `--runtime-venv` and too few documents for the asked messages are one line, exit 2.
 No absolute time is asserted.
 """
@@ -27,7 +29,9 @@ import bench.cascade
 import bench.context
 import bench.replay
 import bench.screen
+import bench.secret_scan
 import bench.vision
+import memory.secret_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,6 +211,21 @@ def test_a_cascade_turn_without_text_is_missing_not_0_ms(
     assert "11 turns" in next(line for line in lines if "header delay to first" in line)
 
 
+
+def test_the_secret_scan_bench_fails_a_gate_that_skips_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gate that lets "password is …" through unread (one rule's words narrowed to
+    "pin") hides less than every rule does on the repository's own text: said and failed.
+    (Its speed-up is not asserted: no timing in tests.)"""
+    code, lines, result = _run_main(bench.secret_scan, ["--rounds", "1"], monkeypatch, capsys)
+    assert "check" not in result["missed"] and result["lines_with_a_secret"] > 0  # its speed
+    monkeypatch.setattr(memory.secret_text, "_WHAT_NEEDS", memory.secret_text._Words("pin"))
+    code, lines, result = _run_main(bench.secret_scan, ["--rounds", "1"], monkeypatch, capsys)
+    assert code == 1 and result["missed"] == ["check"]
+    assert any(line.startswith("check failed: ") and "hidden otherwise with the gates" in line
+               for line in lines), lines
+
 @pytest.mark.parametrize("args", [
     ["vision", "--rounds", "0"],
     ["vision", "--frames", "0"],
@@ -217,6 +236,7 @@ def test_a_cascade_turn_without_text_is_missing_not_0_ms(
     ["footprint", "--runtime-venv", "/nonexistent/runtime-venv"],
     ["footprint", "--reference", "/nonexistent/sightline"],
     ["context", "--chunks", "100", "--turns", "20"],
+    ["secret_scan", "--rounds", "0"],
 ], ids=lambda args: " ".join(args))
 def test_a_bad_setting_is_one_line_before_any_measuring(args: list[str]) -> None:
     try:

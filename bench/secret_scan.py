@@ -1,0 +1,108 @@
+"""The secret scan's speed: `hide_secrets` over the repository's own text, with and without
+its words-first gates.
+
+    .venv/bin/python -m bench.secret_scan [--rounds 3]
+
+Every screen line read, every message, fact and summary, and every knowledge document passes
+through memory/secret_text.py before anything keeps it. Most of its time went to the rules that
+name what they find (detect-secrets' `password = …` patterns, "the PIN is …", `HF_TOKEN=…`):
+they now run only on a window holding one of their words. The reference, in the same run, is
+every rule run on every window, as before. The text is this repository's Markdown (README and
+docs, which talk about passwords, keys and tokens throughout, so the gates open often: a hard
+case for them), the bundled knowledge documents and the kb eval corpus.
+
+The two ways alternate `--rounds` times over the whole text; each way's best round (CPU time of
+this thread) is its figure. Verdict: the gated scan is faster (`speedup_vs_every_rule` > 1) and
+finds exactly what the reference finds on every line (a check: a gate that skipped a secret
+fails the run). Last line: JSON; exit status 1 on a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.verdict import Target, exit_status, parser, ratio, verdict
+from memory import secret_text
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS: dict[str, Target] = {"speedup_vs_every_rule": (">", 1.0)}
+GATES = ("_ASSIGNMENT_WORDS", "_NAMED_NEEDS", "_WHAT_NEEDS")
+
+
+@contextmanager
+def every_rule_run() -> Iterator[None]:
+    """Within it, secret_text runs every rule on every window, whatever words it holds: the
+    scan before the gates, as the reference (and the tests' oracle)."""
+    kept = {gate: getattr(secret_text, gate) for gate in GATES}
+    every_text = secret_text._Words("")
+    try:
+        for gate in GATES:
+            setattr(secret_text, gate, every_text)
+        yield
+    finally:
+        for gate, pattern in kept.items():
+            setattr(secret_text, gate, pattern)
+
+
+def corpus_lines() -> list[str]:
+    """The repository's Markdown, the bundled knowledge and the kb eval corpus, line by line."""
+    paths = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "fixtures").glob("*/knowledge/*.md")))
+    texts = [path.read_text() for path in paths]
+    corpus = REPO / "fixtures" / "kb_eval" / "corpus.jsonl"
+    texts += [json.loads(line)["text"] for line in corpus.read_text().splitlines() if line]
+    return [line for text in texts for line in text.split("\n")]
+
+
+def _timed(scan: Callable[[], list[str]]) -> tuple[float, list[str]]:
+    started = time.thread_time()
+    shown = scan()
+    return time.thread_time() - started, shown
+
+
+def main() -> int:
+    cli = parser("bench.secret_scan", __doc__)
+    cli.add_argument("--rounds", type=int, default=3, help="alternations of the two ways")
+    rounds = cli.parse_args().rounds
+    if rounds < 1:
+        cli.error(f"--rounds must be at least 1, not {rounds}")
+    lines = corpus_lines()
+    megabytes = sum(len(line.encode()) + 1 for line in lines) / 1e6
+
+    def gated() -> list[str]:
+        return secret_text.hide_secrets(lines)[0]
+
+    def every_rule() -> list[str]:
+        with every_rule_run():
+            return secret_text.hide_secrets(lines)[0]
+
+    best = {"gated": float("inf"), "every_rule": float("inf")}
+    shown: dict[str, list[str]] = {}
+    for _ in range(rounds):
+        for name, scan in (("gated", gated), ("every_rule", every_rule)):
+            seconds, shown[name] = _timed(scan)
+            best[name] = min(best[name], seconds)
+    differ = sum(a != b for a, b in zip(shown["gated"], shown["every_rule"], strict=True))
+    problems = [f"{differ} of {len(lines)} lines hidden otherwise with the gates"] if differ else []
+    figures = {
+        "megabytes": round(megabytes, 3), "lines": len(lines), "rounds": rounds,
+        "gated_s": round(best["gated"], 3), "every_rule_s": round(best["every_rule"], 3),
+        "gated_mb_per_s": round(megabytes / best["gated"], 3),
+        "every_rule_mb_per_s": round(megabytes / best["every_rule"], 3),
+        "speedup_vs_every_rule": ratio(best["every_rule"], best["gated"]),
+        "lines_with_a_secret": sum(a != b for a, b in zip(lines, shown["gated"], strict=True)),
+    }
+    print(f"{megabytes:.2f} MB of text ({len(lines)} lines), best of {rounds} rounds, one core:")
+    print(f"  gated:      {best['gated']:.2f} s ({figures['gated_mb_per_s']} MB/s)")
+    print(f"  every rule: {best['every_rule']:.2f} s ({figures['every_rule_mb_per_s']} MB/s)")
+    judged = verdict(figures, TARGETS, problems)
+    print(json.dumps({"bench": "secret_scan", **figures, **judged}))
+    return exit_status(judged)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
