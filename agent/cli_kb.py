@@ -250,5 +250,16 @@ def _list(documents: list[Document], args: argparse.Namespace) -> int:
         tags = " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items()))
         print(one_line(f"{doc.source}  {counted(doc.chunks, 'chunk')}  "
                        f"{', '.join(doc.embedders) or '-'}  "
-                       f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}"))
+                       f"{doc.ingested_at:%Y-%m-%d %H:%M %Z}  {tags}{_secrets_held(doc)}"))
     return 0
+
+
+def _secrets_held(doc: Document) -> str:
+    """What looks like a secret in a listed document, and how it is stored: what ops look for
+    after the ingest's notes have scrolled away (nothing when it holds none)."""
+    if doc.secrets is None:
+        return "  not read for secrets yet (`sightline kb ingest` it again)"
+    if not doc.secrets:
+        return ""
+    kinds = ", ".join(counted(n, kind) for kind, n in sorted(doc.secrets.items()))
+    return f"  holds {kinds}: {'stored hidden' if doc.secrets_hidden else 'stored as it is'}"

@@ -139,6 +139,8 @@ class Document:
     embedders: list[str]
     ingested_at: datetime
     metadata: dict[str, str]
+    secrets: dict[str, int] | None  # what looks like one, by kind ({} none; None: not read yet)
+    secrets_hidden: bool  # stored with each one's value hidden (`kb ingest --hide-secrets`)
 
 
 @dataclass
@@ -203,6 +205,9 @@ async def _upsert_document(
         " content_hash = excluded.content_hash, origin = excluded.origin,"
         " metadata = CASE WHEN $6 THEN excluded.metadata"
         " ELSE kb_documents.metadata || excluded.metadata END,"
+        # another text (or the same with its secrets hidden, or not) is read for them anew
+        " secrets = CASE WHEN kb_documents.content_hash = excluded.content_hash"
+        " THEN kb_documents.secrets END,"
         " ingested_at = now() RETURNING id",
         tenant, source, origin, doc_hash, json.dumps({**(metadata or {}), **built_in}),
         metadata is not None,
@@ -519,13 +524,16 @@ async def documents(pool: asyncpg.Pool, tenant: str) -> list[Document]:
     """The tenant's documents with their chunk counts and embedders, by name."""
     rows = await pool.fetch(
         "SELECT d.source, d.origin, d.metadata::text AS metadata, d.ingested_at,"
-        " count(c.id) AS chunks, coalesce(array_agg(DISTINCT c.embed_model)"
-        " FILTER (WHERE c.id IS NOT NULL), '{}') AS embedders"
+        " d.secrets::text AS secrets, d.secrets_hidden, count(c.id) AS chunks,"
+        " coalesce(array_agg(DISTINCT c.embed_model) FILTER (WHERE c.id IS NOT NULL), '{}')"
+        " AS embedders"
         " FROM kb_documents d LEFT JOIN kb_chunks c"
         " ON c.document_id = d.id AND c.tenant = d.tenant"
         " WHERE d.tenant = $1 GROUP BY d.id ORDER BY d.source", tenant)
     return [Document(r["source"], r["origin"], r["chunks"], list(r["embedders"]),
-                     r["ingested_at"], json.loads(r["metadata"])) for r in rows]
+                     r["ingested_at"], json.loads(r["metadata"]),
+                     None if r["secrets"] is None else json.loads(r["secrets"]),
+                     r["secrets_hidden"]) for r in rows]
 
 
 async def delete_documents(pool: asyncpg.Pool, tenant: str, sources: Sequence[str]) -> list[str]:
@@ -649,6 +657,10 @@ class KnowledgeBase:
         finally:
             if scan is not None:
                 _, found = await scan
+        await self._pool.execute(
+            "UPDATE kb_documents SET secrets = $3::jsonb, secrets_hidden = $4"
+            " WHERE tenant = $1 AND source = $2", tenant, file.source,
+            json.dumps(found.kinds if found else {}), hide)
         if found is not None:
             report.secrets.append(found)
 
@@ -729,15 +741,16 @@ class KnowledgeBase:
         self, tenant: str, source: str, doc_hash: str, report: IngestReport,
         metadata: dict[str, str] | None, built_in: dict[str, str], *, origin: str,
     ) -> bool:
-        """Whether `source` is stored with this text, split the same way, and every chunk of it
-        embedded with this embedder: then only its tags and origin are brought up to date, as
-        `_sync` would, and it is neither split nor embedded again (a folder ingested again
-        costs the reading of its files, not their splitting)."""
+        """Whether `source` is stored with this text, split the same way, every chunk of it
+        embedded with this embedder, and read for secrets: then only its tags and origin are
+        brought up to date, as `_sync` would, and it is neither split nor embedded again (a
+        folder ingested again costs the reading of its files, not their splitting)."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT count(c.id) AS chunks, count(c.id) FILTER (WHERE c.embed_model = $4)"
                 " AS current FROM kb_documents d JOIN kb_chunks c ON c.document_id = d.id"
-                " WHERE d.tenant = $1 AND d.source = $2 AND d.content_hash = $3",
+                " WHERE d.tenant = $1 AND d.source = $2 AND d.content_hash = $3"
+                " AND d.secrets IS NOT NULL",
                 tenant, source, doc_hash, self.embedder.name)
             if row is None or row["chunks"] == 0 or row["current"] != row["chunks"]:
                 return False

@@ -21,6 +21,7 @@ import string
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import nltk.redos
 import pytest
@@ -245,6 +246,56 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
     assert code == 0 and json.loads(out)[0]["source"] == "kb/office.md", err
     notes, stored = await ingest()
     assert len(notes) == 2 and "hunter2" in stored, "shown again, as asked"
+
+
+async def test_kb_list_says_which_documents_hold_a_secret_and_how_they_are_stored(
+    settings: Settings, db: Database, docs: Path,
+) -> None:
+    """The ingest's notes scroll away; `kb list` keeps saying it: the kinds, and whether they
+    were stored hidden or as they are. A document stored before documents were read for
+    secrets is listed as not read, and the next ingest reads it without embedding it again."""
+    (docs / "office.md").write_text("The guest wifi password is Blue-Fox-42.\n\n"
+                                    "DB_PASSWORD=hunter2 for the staging database.\n")
+    env = cli_env(settings)
+
+    async def listed() -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        code, out, err = await run_cli("kb", "list", "--tenant", "acme", env=env)
+        assert code == 0, err
+        code, as_json, err = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
+        assert code == 0, err
+        return ({line.split("  ")[0]: line for line in out.splitlines()},
+                {d["source"]: d for d in json.loads(as_json)})
+
+    async def ingest(*more: str) -> str:
+        code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", *more,
+                                       env=env)
+        assert code == 0, err
+        return out
+
+    await ingest()
+    lines, documents = await listed()
+    assert lines["kb/office.md"].endswith(
+        "type=md  holds 1 assigned secret, 1 password: stored as it is")
+    assert lines["kb/router.md"].endswith("type=md"), "none: nothing said"
+    assert documents["kb/office.md"]["secrets"] == {"assigned secret": 1, "password": 1}
+    assert documents["kb/office.md"]["secrets_hidden"] is False
+    assert documents["kb/router.md"]["secrets"] == {}
+
+    await ingest("--hide-secrets")
+    lines, documents = await listed()
+    assert lines["kb/office.md"].endswith(": stored hidden")
+    assert documents["kb/office.md"]["secrets_hidden"] is True
+
+    await db.pool.execute("UPDATE kb_documents SET secrets = NULL WHERE tenant = 'acme'")
+    lines, documents = await listed()
+    assert all(line.endswith("not read for secrets yet (`sightline kb ingest` it again)")
+               for line in lines.values()), lines
+    assert documents["kb/office.md"]["secrets"] is None
+    out = await ingest("--hide-secrets")
+    assert " 0 chunks embedded " in out and "note: kb/office.md" in out, out
+    lines, _ = await listed()
+    assert lines["kb/office.md"].endswith("holds 1 assigned secret, 1 password: stored hidden")
+    assert "not read" not in "".join(lines.values())
 
 
 async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_stored_model(
