@@ -830,6 +830,28 @@ async def test_a_change_or_an_item_after_forget_it_names_the_subject(said: str,
     assert memory.facts_by_key == {}
 
 
+@pytest.mark.parametrize("said", [
+    "Forget my phone. My laptop is gone, forget it.",
+    "My laptop is gone, forget it. And forget my phone.",
+    "Forget it, I sold my laptop. Forget my phone too.",
+    "Forget my phone, my laptop is gone, forget it."])
+async def test_each_request_to_forget_in_a_message_names_its_own_subject(said: str) -> None:
+    """A "forget it" names what was said since the request before it, even when another
+    request of the message names its own subject: "Forget my phone. My laptop is gone, forget
+    it." forgot the phone and refused the laptop. What was said before an earlier request is
+    no subject of a later "forget it" (vim, below)."""
+    facts = [Fact("phone", "The user's phone is a Pixel 8"),
+             Fact("laptop", "The user's laptop is a Dell"), Fact("vim", "The user uses vim")]
+    tools, memory = memory_tools(facts)
+    for what in ("my phone", "my laptop"):
+        assert (await tools.forget(user_said(said), what)).startswith("Forgot: ")
+    assert list(memory.facts_by_key) == ["vim"]
+    tools, memory = memory_tools(facts)
+    with pytest.raises(llm.ToolError):
+        await tools.forget(user_said("I use vim. Forget my phone. Forget it."), "vim")
+    assert "vim" in memory.facts_by_key
+
+
 @pytest.mark.parametrize("said", ["Remember that I use vim, okay?",
                                   "remember I use vim, would you?",
                                   "For future reference, I use vim.",

@@ -342,7 +342,7 @@ class _Ask:
     before: str  # the sentence's words before the request
     after: str  # the sentence's words after the request's verb
     previous: str  # the sentence before this one
-    earlier: str  # the message before the request
+    since: str  # the message before the request, since the request before it if any
     later: str  # the message after the request's clause
 
 
@@ -405,9 +405,20 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
     does this say?") when it names something or states a fact (`_requested`): "forget it, what
     does this mean?" is a never mind, "remember the outage, what caused it?" recalls one."""
     sentences = [s for s in _SENTENCE.split(said.strip()) if s.strip()]
+    last_ask: tuple[int, int] | None = None  # the sentence and place the request before ended
+
+    def since(i: int, start: int) -> str:
+        """The message before `sentences[i][start:]` from where the request before it ended."""
+        if last_ask is None:
+            return " ".join([*sentences[:i], sentences[i][:start]])
+        j, end = last_ask
+        if j == i:
+            return sentences[i][end:start]
+        return " ".join([sentences[j][end:], *sentences[j + 1:i], sentences[i][:start]])
+
     for i, sentence in enumerate(sentences):
         previous = sentences[i - 1] if i else ""
-        earlier, later = " ".join(sentences[:i]), " ".join(sentences[i + 1:])
+        later = " ".join(sentences[i + 1:])
         question = ends_as_question(sentence) and not _TAG.search(sentence)
         parts = _CLAUSE.split(sentence)
         asked_from = _question_from(parts) if question else 0
@@ -425,8 +436,9 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
                 continue
             found = True
             rest = stripped[match.end():] + sentence[offset - 1:]  # the clauses after it too
-            yield _Ask(stripped, sentence[:start], rest, previous,
-                       f"{earlier} {sentence[:start]}", f"{sentence[offset - 1:]} {later}")
+            yield _Ask(stripped, sentence[:start], rest, previous, since(i, start),
+                       f"{sentence[offset - 1:]} {later}")
+            last_ask = (i, offset - 1)
         if found or asks is not ASKS_TO_REMEMBER or question:
             continue
         trailing = _TRAILING.search(sentence)
@@ -436,7 +448,8 @@ def _asks(said: str, asks: re.Pattern[str]) -> Iterator[_Ask]:
         last = before.lower().split()[-1:] or [""]
         if last[0].strip(_CLAUSE_MARKS) not in _NOT_TRAILING:
             yield _Ask(sentence[trailing.start():].strip(), before, "", previous,
-                       f"{earlier} {before}", later)
+                       since(i, trailing.start()), later)
+            last_ask = (i, len(sentence))
 
 
 def asking_clauses(said: str, asks: re.Pattern[str]) -> Iterator[str]:
@@ -764,35 +777,44 @@ def _subject_part(clause: str) -> str:
 
 def named_subjects(said: str) -> list[set[str]]:
     """What the user named to forget: the subjects of each clause asking to forget (and the
-    clauses that go on listing them: "forget my editor, and my VPN"), or, when those name
-    nothing ("My old laptop is gone, forget it."), of what the user said before asking and of
-    what they say changed after it ("forget it, I don't use vim anymore"), without the words
-    that say it changed ("gone", "not … anymore"); not of what they go on to ask ("forget it,
-    just use vim", "forget it and just use vim": vim is no subject). Empty when nothing is
-    named ("delete that")."""
+    clauses that go on listing them: "forget my editor, and my VPN"), or, for a request that
+    names nothing ("My old laptop is gone, forget it."), of what the user said before it (since
+    the request before it: "Forget my phone. My laptop is gone, forget it." names both) and of
+    what they say changed after it, up to the next request ("forget it, I don't use vim
+    anymore"), without the words that say it changed ("gone", "not … anymore"); not of what
+    they go on to ask ("forget it, just use vim", "forget it and just use vim": vim is no
+    subject). Empty when nothing is named ("delete that")."""
     named: list[set[str]] = []
     asks = list(_asks(said, ASKS_TO_FORGET))
-    for ask in asks:
-        if _POINTS_BACK.match(ask.clause):
-            continue
-        listed = [_subject_part(_THEN_ASKS.sub("", _CONTRAST.sub("", ask.clause)))]
-        rest = _CLAUSE.split(ask.after)[1:]
-        for n, clause in enumerate(rest):
-            if _OPENS_A_QUESTION.match(clause.strip()) or not (
-                    _CONTINUES.match(clause.strip()) or _bare_list_end(rest[n:])):
-                break
-            listed.append(clause)
-        named += [s for text in listed for part in split_subjects(text) for s in _subjects_of(part)]
-    if named or not asks:
-        return named
-    last = asks[-1]
-    pointing = _POINTS_BACK.match(last.clause)
-    after = f"{last.clause[pointing.end():] if pointing else ''} {last.later}"
+    for n, ask in enumerate(asks):
+        own = [] if _POINTS_BACK.match(ask.clause) else _listed_subjects(ask)
+        named += own or _pointed_back(ask, asks[n + 1].since if n + 1 < len(asks) else ask.later)
+    return named
+
+
+def _listed_subjects(ask: _Ask) -> list[set[str]]:
+    """The subjects a request to forget names in its clause and the clauses that go on
+    listing them."""
+    listed = [_subject_part(_THEN_ASKS.sub("", _CONTRAST.sub("", ask.clause)))]
+    rest = _CLAUSE.split(ask.after)[1:]
+    for n, clause in enumerate(rest):
+        if _OPENS_A_QUESTION.match(clause.strip()) or not (
+                _CONTINUES.match(clause.strip()) or _bare_list_end(rest[n:])):
+            break
+        listed.append(clause)
+    return [s for text in listed for part in split_subjects(text) for s in _subjects_of(part)]
+
+
+def _pointed_back(ask: _Ask, later: str) -> list[set[str]]:
+    """The subject of a request that names none: what the user said before it (`ask.since`)
+    and what they say changed after it (`later`, up to the next request)."""
+    pointing = _POINTS_BACK.match(ask.clause)
+    after = f"{ask.clause[pointing.end():] if pointing else ''} {later}"
     changes = [part for part in _SCOPE.split(after) if words(part) & _CHANGE]
-    whole = subject_words(" ".join([last.earlier, *changes])) - _CHANGE
+    whole = subject_words(" ".join([ask.since, *changes])) - _CHANGE
     # of what the user said changed, what is no longer so, as the memory keeper reads it: vim,
     # not helix, in "I switched from vim to helix" or "I use helix instead of vim"
-    gone, _ = forget_subjects("\n".join([last.earlier, *changes]))
+    gone, _ = forget_subjects("\n".join([ask.since, *changes]))
     return [whole & gone or whole] if whole else []
 
 
