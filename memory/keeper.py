@@ -392,7 +392,7 @@ _NOT_A_SUBJECT = frozenset(plain(word) for word in (
     "resigned unsubscribed ended gone stolen died dead passed away done "
     "remember know knew what said say told tell mentioned everything anything all else thing "
     "things stuff fact facts info information detail please can could will would just so "
-    "okay ok not no now again today yesterday last week month year ago recently "
+    "okay ok not no now again today yesterday last week month year ago recently take "
     # what a question about the fact asks ("forget who my manager is", "… where I live")
     "who whom whose where when which why how called").split())
 # asked not to keep it ("don't remember my phone", "I don't want you to keep my address")
@@ -412,6 +412,11 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got 
                  "left", "deleted", "removed", "uninstalled", "cancelled", "canceled", "returned",
                  "resigned", "unsubscribed", "ended", "laid off", "done with", "no longer",
                  "used to", "instead of", "rather than", "now , not", "now not")
+# after what the user asks to have taken out of the memory ("take vim off your notes", "take my
+# address out of your memory"), which is named as a forget word's, in a question too ("can you
+# take …"); not "the job ran out of memory"
+_TAKEN_OUT = tuple(f"{way} your {place}" for way in ("off", "out of")
+                   for place in ("notes", "records", "files", "file", "memory", "memories"))
 # before what the user says is not so, a memory to correct ("I don't have a dog", "I'm not on
 # payments", "my laptop isn't a ThinkPad", "I never had a ThinkPad", "Linear, not Jira")
 _NOT_SO = ("do not have", "does not have", "do not own", "do not use", "does not use",
@@ -667,6 +672,8 @@ def forget_subjects(user: str) -> tuple[set[str], set[str]]:
         for first, past in _spans(sentence, _FORGET_WORDS):
             if not _turned(sentence, first, past):  # "don't forget my …"
                 named += _phrases(sentence, past, +1)
+        for first, _ in _spans(sentence, _TAKEN_OUT):
+            named += _phrases(sentence, first - 1, -1)
         # the rest, in a question ("how do I remove …", "is vim no longer supported?"), ask
         # about the world, not the memory: unless the clause is about the memory
         clauses = _comma_clauses(sentence)

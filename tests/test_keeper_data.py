@@ -845,11 +845,18 @@ def test_a_word_that_only_describes_names_no_fact(user: str, forgotten: list[str
     ("You don't need to remember my laptop.", ["laptop"]),
     ("There's no need to keep my work phone.", ["work_phone"]),
     ("I don't need to remember my laptop's password.", []),  # what they need
+    # asked to have it taken out of the memory, as the forget tool reads it
+    ("Don't keep vim on file.", ["vim"]),
+    ("Take vim off your notes.", ["vim"]),
+    ("Can you take my laptop out of your memory?", ["laptop"]),
+    ("Please take my work phone off your files.", ["work_phone"]),
+    ("The emacs build ran out of memory again.", []),
 ])
 def test_the_ways_people_say_a_thing_is_gone_forget_it(user: str, forgotten: list[str]) -> None:
     """"My old laptop is gone", "I lost my phone", "I uninstalled vim" named nothing, so the
     memory model's forget of the stale fact was refused and later sessions kept it; nor did
-    "don't remember my laptop", which the forget tool takes as asking."""
+    "don't remember my laptop" or "take vim off your notes", which the forget tool takes as
+    asking."""
     kept, _ = _vouched(MemoryUpdate(forget=list(LISTED)), user, facts=LISTED)
     assert sorted(kept.forget) == sorted(forgotten)
 
