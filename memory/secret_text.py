@@ -106,6 +106,20 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), False),
     ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
 )
+_KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
+_SCOPED_FLAGS = ((re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
+
+
+def _one_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
+    """One pattern that matches where any of `patterns` would, each with its own flags: one
+    search of a window instead of one for each of them (most windows hold no key)."""
+    def scoped(pattern: re.Pattern[str]) -> str:
+        flags = "".join(letter for flag, letter in _SCOPED_FLAGS if pattern.flags & flag)
+        return f"(?{flags}:{pattern.pattern})"
+    return re.compile("|".join(scoped(pattern) for pattern in patterns))
+
+
+_ANY_KEY = _one_of(pattern for _, pattern, _ in _KEY_PATTERNS)
 # `NAME=value` / `NAME: value` of the names detect-secrets 1.5 leaves out: a token (`HF_TOKEN`,
 # `access_token`), a passphrase, a passcode; quoted, the whole quoted value. The name ends with
 # the word: "max_tokens: 1024" is a count, "tokenizer: gpt2" a model
@@ -262,7 +276,7 @@ def secrets_in(line: str) -> list[Secret]:
 def _found(line: str) -> list[Secret]:
     """Every secret each rule finds in `line`, overlapping as found."""
     found: list[Secret] = []
-    for kind, pattern, groups in (*_PROVIDER_PATTERNS, *_MORE_KEYS):
+    for kind, pattern, groups in _KEY_PATTERNS if _ANY_KEY.search(line) else ():
         found += [Secret(kind, *_span(m, group=None if groups else 0))
                   for m in pattern.finditer(line)]
     lowered = line.lower() if line.isascii() else None
