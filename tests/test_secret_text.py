@@ -6,8 +6,8 @@ bearer tokens, a private key from its header to its footer, card numbers with a 
 and a valid Luhn digit, a secret said in words), and what only looks like one is kept as read
 (error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a type
 annotation, a form's labels, counts); a line of 20,000 characters is scanned whole, in windows;
-the rules that run only on a text holding their words find, on any text, what they find run on
-every text;
+the rules that run only on a text holding their words (or, the providers' key patterns, one
+that a pattern of them all matches) find, on any text, what they find run on every text;
 a session's screen text is read with its secrets hidden before anything keeps it (the event
 log, the Postgres timeline later sessions search, the summary counts them); messages reach
 Postgres with their secrets hidden, live or from a spill file; what is said reaches a session's
@@ -185,7 +185,7 @@ def test_a_private_key_is_hidden_from_its_header_to_its_footer() -> None:
 
 
 
-# what the words-first rules are made of, in any case and order: their words, what assigns, what
+# what the gated rules are made of, in any case and order: their words, what assigns, what
 # quotes, values, and what comes between
 _PIECES = hs.sampled_from([
     *DENYLIST_WORDS, "API_KEY", "Db-Pass", "PASSWORD", "Secret", "CONTRASEÑA", "token", "TOKEN",
@@ -203,12 +203,12 @@ _PIECES = hs.sampled_from([
 
 @given(hs.lists(_PIECES | hs.text(max_size=4), max_size=24).map("".join))
 @hypothesis_settings(max_examples=400, deadline=None)
-def test_the_words_first_rules_find_what_they_found_on_every_text(text: str) -> None:
+def test_the_gated_rules_find_what_every_rule_finds_on_any_text(text: str) -> None:
     """The rules that name what they find (`password=…`, "the PIN is …", `HF_TOKEN=…`) run only
     on a text holding one of their words, and the providers' key patterns only on one that
     one pattern of them all matches, which is most of a scan's time saved; skipping them
     elsewhere must change nothing."""
-    assert secrets_in(text) == _without_the_words_first(text)
+    assert secrets_in(text) == _every_rule_on(text)
 
 
 # words only `re.I` reads as the rules' own: "ſ" is "s", "K" (Kelvin) is "k"; "Ñ" is "ñ"
@@ -217,8 +217,8 @@ FOLDED = ["paſsword=hunter22", "the paſsword is hunter22", "api_\u212aey: abc1
 
 
 @pytest.mark.parametrize("line", [*(line for line, _, _ in SECRETS), *NOT_SECRETS, *FOLDED])
-def test_the_words_first_rules_skip_nothing_on_the_known_lines(line: str) -> None:
-    assert secrets_in(line) == _without_the_words_first(line)
+def test_the_gated_rules_skip_nothing_on_the_known_lines(line: str) -> None:
+    assert secrets_in(line) == _every_rule_on(line)
     assert bool(secrets_in(line)) is (line not in NOT_SECRETS)
 
 
@@ -230,7 +230,7 @@ def test_every_assignment_rule_names_one_of_detect_secrets_words() -> None:
     assert all(alternation in pattern.pattern for pattern, _ in secret_text._ASSIGNMENTS)
 
 
-def _without_the_words_first(text: str) -> list[Secret]:
+def _every_rule_on(text: str) -> list[Secret]:
     """`secrets_in(text)` with every rule run, whatever words the text holds."""
     with every_rule_run():
         return secrets_in(text)
