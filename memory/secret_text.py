@@ -107,7 +107,7 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
     ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
 )
 _KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
-_SCOPED_FLAGS = ((re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
+_SCOPED_FLAGS = ((re.A, "a"), (re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
 
 
 def _one_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
