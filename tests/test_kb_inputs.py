@@ -21,7 +21,6 @@ import string
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import nltk.redos
 import pytest
@@ -211,7 +210,10 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
     for), but the agent may read it to any of its users: each embedded document holding what
     looks like a secret is one note naming it, its kinds and the first line (its PDF page),
     with the secret hidden; an unchanged document is not read again. `--hide-secrets` stores
-    each hidden, and ingesting with it or without it again stores the document anew."""
+    each hidden, and ingesting with it or without it again stores the document anew. `kb
+    list` keeps saying it once the notes have scrolled away (the kinds, stored hidden or as
+    they are); a document stored before documents were read for secrets is listed as not
+    read, and the next ingest reads it without embedding it again."""
     (docs / "office.md").write_text("# Office\n\nThe guest wifi password is Blue-Fox-42.\n\n"
                                     "DB_PASSWORD=hunter2 for the staging database.\n")
     write_pdf(docs / "keys.pdf", "Nothing here.", "The deploy key: API_KEY=sk9f8e7d6c5b4a")
@@ -225,6 +227,11 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
             "SELECT string_agg(text, ' ') FROM kb_chunks WHERE tenant = 'acme'")
         return [line for line in out.splitlines() if line.startswith("note:")], stored
 
+    async def listed() -> dict[str, str]:
+        code, out, err = await run_cli("kb", "list", "--tenant", "acme", env=env)
+        assert code == 0, err
+        return {line.split("  ")[0]: line for line in out.splitlines()}
+
     as_it_is = ("ingested as it is, so the agent may read it to any user of tenant acme; if "
                 "they should not see it, take it out of the file and ingest it again (or "
                 "ingest it with --hide-secrets)")
@@ -236,66 +243,36 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
         f'first in "The guest wifi password is [secret hidden].": {as_it_is}']
     assert "Blue-Fox-42" in stored and "hunter2" in stored, "stored as it is"
     assert await ingest() == ([], stored), "unchanged: not read again"
+    shown = await listed()
+    assert shown["kb/office.md"].endswith(
+        "type=md  holds 1 assigned secret, 1 password: stored as it is")
+    assert shown["kb/router.md"].endswith("type=md"), "none: nothing said"
+    code, out, err = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
+    documents = {d["source"]: d for d in json.loads(out)}
+    assert documents["kb/keys.pdf"]["secrets"] == {"assigned secret": 1}
+    assert documents["kb/keys.pdf"]["secrets_hidden"] is False
+    assert documents["kb/router.md"]["secrets"] == {}
 
     notes, stored = await ingest("--hide-secrets")
     assert len(notes) == 2 and all(note.endswith(": stored with each hidden") for note in notes)
     assert not any(secret in stored for secret in ("Blue-Fox-42", "hunter2", "sk9f8e7d6c5b4a"))
     assert "DB_PASSWORD=[secret hidden] for the staging database" in stored
+    assert (await listed())["kb/office.md"].endswith(": stored hidden")
     code, out, err = await run_cli("kb", "search", "staging database password", "--tenant",
                                    "acme", "--json", env=env)
     assert code == 0 and json.loads(out)[0]["source"] == "kb/office.md", err
     notes, stored = await ingest()
     assert len(notes) == 2 and "hunter2" in stored, "shown again, as asked"
 
-
-async def test_kb_list_says_which_documents_hold_a_secret_and_how_they_are_stored(
-    settings: Settings, db: Database, docs: Path,
-) -> None:
-    """The ingest's notes scroll away; `kb list` keeps saying it: the kinds, and whether they
-    were stored hidden or as they are. A document stored before documents were read for
-    secrets is listed as not read, and the next ingest reads it without embedding it again."""
-    (docs / "office.md").write_text("The guest wifi password is Blue-Fox-42.\n\n"
-                                    "DB_PASSWORD=hunter2 for the staging database.\n")
-    env = cli_env(settings)
-
-    async def listed() -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-        code, out, err = await run_cli("kb", "list", "--tenant", "acme", env=env)
-        assert code == 0, err
-        code, as_json, err = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
-        assert code == 0, err
-        return ({line.split("  ")[0]: line for line in out.splitlines()},
-                {d["source"]: d for d in json.loads(as_json)})
-
-    async def ingest(*more: str) -> str:
-        code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", *more,
-                                       env=env)
-        assert code == 0, err
-        return out
-
-    await ingest()
-    lines, documents = await listed()
-    assert lines["kb/office.md"].endswith(
-        "type=md  holds 1 assigned secret, 1 password: stored as it is")
-    assert lines["kb/router.md"].endswith("type=md"), "none: nothing said"
-    assert documents["kb/office.md"]["secrets"] == {"assigned secret": 1, "password": 1}
-    assert documents["kb/office.md"]["secrets_hidden"] is False
-    assert documents["kb/router.md"]["secrets"] == {}
-
-    await ingest("--hide-secrets")
-    lines, documents = await listed()
-    assert lines["kb/office.md"].endswith(": stored hidden")
-    assert documents["kb/office.md"]["secrets_hidden"] is True
-
     await db.pool.execute("UPDATE kb_documents SET secrets = NULL WHERE tenant = 'acme'")
-    lines, documents = await listed()
     assert all(line.endswith("not read for secrets yet (`sightline kb ingest` it again)")
-               for line in lines.values()), lines
-    assert documents["kb/office.md"]["secrets"] is None
-    out = await ingest("--hide-secrets")
-    assert " 0 chunks embedded " in out and "note: kb/office.md" in out, out
-    lines, _ = await listed()
-    assert lines["kb/office.md"].endswith("holds 1 assigned secret, 1 password: stored hidden")
-    assert "not read" not in "".join(lines.values())
+               for line in (await listed()).values())
+    code, out, err = await run_cli("kb", "ingest", str(docs), "--tenant", "acme", env=env)
+    assert code == 0 and " 0 chunks embedded " in out and "note: kb/office.md" in out, out
+    shown = await listed()
+    assert shown["kb/office.md"].endswith("holds 1 assigned secret, 1 password: stored as it is")
+    assert "not read" not in "".join(shown.values())
+
 
 
 async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_stored_model(
