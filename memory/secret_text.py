@@ -303,17 +303,24 @@ def _found(line: str) -> list[Secret]:
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)) if said else ():
         value = match["value"].rstrip(".,;!?")
         if _CARD_CODE.fullmatch(match["what"]) and _CARD_CODE_DIGITS.fullmatch(value):
-            found.append(Secret(match["what"].lower(), match.start("value"),
+            found.append(Secret(_kind(match["what"]), match.start("value"),
                                 match.start("value") + len(value)))
         elif (_literal(value, line[match.end("value"):])
                 and not (_COUNTED.search(match["what"]) and _NUMBER.match(value))
                 and (match.re is _SAID or _LOOKS_SECRET.match(value)
                      or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
             start, end = _span(match, group="value")
-            found.append(Secret(match["what"].lower(), start, _quoted_end(line, start, end)))
+            found.append(Secret(_kind(match["what"]), start, _quoted_end(line, start, end)))
     found += _phrases(line)
     found += _cards(line)
     return found
+
+
+def _kind(what: str) -> str:
+    """The kind of a secret said in words, as what it is was said, one of them: "passwords" and
+    "card numbers" are counted as "password" and "card number" (no singular of `_WHAT` ends in
+    an s; a seed phrase's "words" are what it is)."""
+    return re.sub(r"(?<!word)s\b", "", what.lower())
 
 
 def _quoted_end(line: str, start: int, end: int) -> int:
@@ -337,7 +344,7 @@ def _phrases(line: str) -> Iterator[Secret]:
                 and not _NOT_LITERAL.match(first)  # "is 12 words long"
                 and not (match["verb"] and _NOT_A_VALUE_FORM.match(first))):  # "was rotated"
             words = list(re.finditer(r"\S+", value))[:MAX_PHRASE_WORDS]
-            yield Secret(match["what"].lower(), start, start + words[-1].end())
+            yield Secret(_kind(match["what"]), start, start + words[-1].end())
 
 
 def _merged(found: list[Secret]) -> list[Secret]:

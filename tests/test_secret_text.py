@@ -105,6 +105,10 @@ SECRETS = [
     ("the CVV is 123.", f"the CVV is {HIDDEN}.", "cvv"),  # 3 digits: a count anywhere else
     ("CVC 987 on the back", f"CVC {HIDDEN} on the back", "cvc"),
     ("security code: 4521", f"security code: {HIDDEN}", "security code"),
+    # counted as one of them, whatever the number it was said in
+    ("My PINs are 4821", f"My PINs are {HIDDEN}", "pin"),
+    ("seed phrases: abandon ability able", f"seed phrases: {HIDDEN}", "seed phrase"),
+    ("recovery words: abandon ability able", f"recovery words: {HIDDEN}", "recovery words"),
 ]
 
 
