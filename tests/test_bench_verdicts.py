@@ -211,7 +211,6 @@ def test_a_cascade_turn_without_text_is_missing_not_0_ms(
     assert "11 turns" in next(line for line in lines if "header delay to first" in line)
 
 
-
 def test_the_secret_scan_bench_fails_a_gate_that_skips_a_secret(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -225,6 +224,7 @@ def test_the_secret_scan_bench_fails_a_gate_that_skips_a_secret(
     assert code == 1 and result["missed"] == ["check"]
     assert any(line.startswith("check failed: ") and "hidden otherwise with the gates" in line
                for line in lines), lines
+
 
 @pytest.mark.parametrize("args", [
     ["vision", "--rounds", "0"],

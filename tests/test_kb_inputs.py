@@ -248,6 +248,7 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
         "type=md  holds 1 assigned secret, 1 password: stored as it is")
     assert shown["kb/router.md"].endswith("type=md"), "none: nothing said"
     code, out, err = await run_cli("kb", "list", "--tenant", "acme", "--json", env=env)
+    assert code == 0, err
     documents = {d["source"]: d for d in json.loads(out)}
     assert documents["kb/keys.pdf"]["secrets"] == {"assigned secret": 1}
     assert documents["kb/keys.pdf"]["secrets_hidden"] is False
@@ -272,7 +273,6 @@ async def test_kb_ingest_says_where_a_document_holds_what_looks_like_a_secret(
     shown = await listed()
     assert shown["kb/office.md"].endswith("holds 1 assigned secret, 1 password: stored as it is")
     assert "not read" not in "".join(shown.values())
-
 
 
 async def test_an_unreachable_embedding_provider_is_one_line_and_auto_keeps_the_stored_model(

@@ -188,7 +188,6 @@ def test_a_private_key_is_hidden_from_its_header_to_its_footer() -> None:
     assert secret_kind("\n".join(shown)) == "private key"
 
 
-
 # what the gated rules are made of, in any case and order: their words, what assigns, what
 # quotes, values, and what comes between
 _PIECES = hs.sampled_from([
@@ -235,7 +234,7 @@ def test_every_assignment_rule_names_one_of_detect_secrets_words() -> None:
 
 
 def _every_rule_on(text: str) -> list[Secret]:
-    """`secrets_in(text)` with every rule run, whatever words the text holds."""
+    """`secrets_in(text)` with every rule run on it, whatever it holds."""
     with every_rule_run():
         return secrets_in(text)
 
