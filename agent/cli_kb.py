@@ -213,9 +213,9 @@ def secrets_note(seen: SecretsSeen, whose: str, remedy: str = "") -> str:
     """One line naming a document ingested with what looks like a secret in it, and where;
     stored as it is, who may hear it (`whose`: "tenant acme") and what to do (`remedy`
     added to taking it out of the file)."""
-    kinds = ", ".join(counted(n, kind) for kind, n in sorted(seen.kinds.items()))
     page = f" (page {seen.page})" if seen.page is not None else ""
-    what = (f"note: {seen.source} holds what looks like a secret ({kinds}), first{page} in "
+    what = (f"note: {seen.source} holds what looks like a secret ({_kinds(seen.kinds)}), "
+            f"first{page} in "
             f"\"{seen.first.strip()[:LINE_SHOWN]}\"")
     if seen.hidden:
         return one_line(f"{what}: stored with each hidden")
@@ -261,5 +261,10 @@ def _secrets_held(doc: Document) -> str:
         return "  not read for secrets yet (`sightline kb ingest` it again)"
     if not doc.secrets:
         return ""
-    kinds = ", ".join(counted(n, kind) for kind, n in sorted(doc.secrets.items()))
-    return f"  holds {kinds}: {'stored hidden' if doc.secrets_hidden else 'stored as it is'}"
+    how = "stored hidden" if doc.secrets_hidden else "stored as it is"
+    return f"  holds {_kinds(doc.secrets)}: {how}"
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    """How many secrets of each kind: "1 assigned secret, 2 passwords"."""
+    return ", ".join(counted(n, kind) for kind, n in sorted(counts.items()))

@@ -415,8 +415,8 @@ _CHANGE_WORDS = ("sold", "gave up", "given up", "gave away", "given away", "got 
 # after what the user asks to have taken out of the memory ("take vim off your notes", "take my
 # address out of your memory"), which is named as a forget word's, in a question too ("can you
 # take …"); not "the job ran out of memory"
-_TAKEN_OUT = tuple(f"{way} your {place}" for way in ("off", "out of")
-                   for place in ("notes", "records", "files", "file", "memory", "memories"))
+MEMORY_PLACES = ("notes", "records", "files", "file", "memory", "memories")  # the forget tool's too
+_TAKEN_OUT = tuple(f"{way} your {place}" for way in ("off", "out of") for place in MEMORY_PLACES)
 # before what the user says is not so, a memory to correct ("I don't have a dog", "I'm not on
 # payments", "my laptop isn't a ThinkPad", "I never had a ThinkPad", "Linear, not Jira")
 _NOT_SO = ("do not have", "does not have", "do not own", "do not use", "does not use",

@@ -83,6 +83,7 @@ from livekit.agents import RunContext, llm
 
 from memory.keeper import (
     MAX_FACT_CHARS,
+    MEMORY_PLACES,
     MemoryKeeper,
     fact_key,
     forget_subjects,
@@ -244,8 +245,8 @@ ASKS_TO_FORGET = re.compile(
     rf"(?:keep|store|save)\b(?=.{{1,60}}?{_KEPT_WHERE}))|"
     # "take vim off your notes", "take my address out of your memory"; not "take the key out
     # of the file" (the screen's)
-    r"take\b(?=.{1,60}?\b(?:(?:off|out of) (?:your |sightline'?s )(?:files?|notes|records|"
-    r"memory|memories)|off file|out of (?:the )?memory)\b))", re.I)
+    rf"take\b(?=.{{1,60}}?\b(?:(?:off|out of) (?:your |sightline'?s )(?:{'|'.join(MEMORY_PLACES)})|"
+    r"off file|out of (?:the )?memory)\b))", re.I)
 # a request that ends by asking for a yes ("forget my laptop, okay?", "remember that I use vim,
 # will you?", "… please?"): asked, not a question about it
 _TAG = re.compile(rf"(?:^|[\s{re.escape(_CLAUSE_MARKS)}])(?:ok(?:ay)?|alright|all right|please|"
