@@ -319,7 +319,7 @@ def load_fixture(path: Path) -> Fixture:
     video = session_file.parent / _require(raw, "video", str, where)
     if not video.is_file():
         why = "is not a file" if video.exists() else "does not exist next to it"
-        raise FixtureError(f"{where}: video '{video.name}' {why}")
+        raise FixtureError(f"{where}: video '{one_line(video.name)}' {why}")
     try:
         duration = probe_duration(video)
     except VideoUnreadable as exc:

@@ -226,6 +226,15 @@ def test_video_file_absent(tmp_path: Path) -> None:
     assert "screen.webm" in str(info.value)
 
 
+def test_a_video_name_that_would_break_the_line_is_shown_escaped(tmp_path: Path) -> None:
+    """Found by the fuzzed fixtures: a video named "0\\n" made the error two lines."""
+    root = make_fixture(tmp_path / "fx", lambda s: s.update(video="0\n\x1b[2J.webm"))
+    with pytest.raises(FixtureError) as info:
+        load_fixture(root)
+    assert str(info.value) == (f"{root / 'session.json'}: video '0\\n\\x1b[2J.webm' does not "
+                               "exist next to it")
+
+
 def test_a_video_that_is_a_directory_or_a_pipe_is_named_so(tmp_path: Path) -> None:
     root = make_fixture(tmp_path / "notafile", video=False)
     (root / "screen.webm").mkdir()
