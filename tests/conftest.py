@@ -6,12 +6,10 @@ still created on it), so CI can point the suite at any Postgres with pgvector.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,8 @@ import asyncpg
 import numpy as np
 import pytest
 from aiohttp import web
+from cli_forks import SIGHTLINE as SIGHTLINE
+from cli_forks import run_cli as run_cli
 
 from agent.config import Settings
 from bench.livekit_harness import LiveKitServer, run_livekit_server
@@ -56,7 +56,6 @@ class CountingEmbedder(WordLlamaEmbedder):
     async def embed_query(self, text: str) -> np.ndarray:
         self.queries.append(text)
         return await super().embed_query(text)
-SIGHTLINE = Path(sys.executable).with_name("sightline")
 
 async def assert_bm25_statistics_exact(
     pool: asyncpg.Pool, prefix: str, table: str, scope: str,
@@ -101,17 +100,6 @@ def bm25_score(query: list[str], doc: list[str], docs: list[list[str]]) -> float
                                                                   / mean))
     return score
 
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the installed `sightline` command as a user would; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(SIGHTLINE), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
