@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from conftest import DEMO_FIXTURE
 from livekit.agents import AgentSession
@@ -40,12 +41,34 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def write_fixture(root: Path, turns: list[dict[str, Any]], **extra: Any) -> Path:
+def write_fixture(root: Path, turns: list[dict[str, Any]], *, seconds: float | None = None,
+                  **extra: Any) -> Path:
+    """A fixture of `turns` on the demo's video, or on its first `seconds`: a replay decodes,
+    samples and reads all of its video (~5 s of the run for the demo's 40 s), and most tests
+    look at nothing after their last turn."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
+    if seconds is None:
+        shutil.copy(DEMO_FIXTURE / "screen.webm", root / "screen.webm")
+    else:
+        demo_clip(root / "screen.webm", seconds)
     session = {"name": root.name, "video": "screen.webm", "turns": turns, **extra}
     (root / "session.json").write_text(json.dumps(session))
     return root
+
+
+def demo_clip(path: Path, seconds: float) -> None:
+    """The demo video's first `seconds`, its packets copied as they are (no re-encoding)."""
+    with av.open(str(DEMO_FIXTURE / "screen.webm")) as source, \
+            av.open(str(path), "w", format="webm") as clip:
+        video = source.streams.video[0]
+        into = clip.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is None:  # the demuxer's empty packet at the end
+                continue
+            if packet.pts * video.time_base >= seconds:
+                break
+            packet.stream = into
+            clip.mux(packet)
 
 
 def answer(raw_turn: dict[str, Any]) -> str:
@@ -243,7 +266,7 @@ async def test_conversation_is_recalled_in_the_next_session(
 
     # a second replay, in a new session, for the same tenant and user
     question = "Did the zebra-42 deploy finish?"
-    one_turn = write_fixture(tmp_path / "one-turn", [
+    one_turn = write_fixture(tmp_path / "one-turn", seconds=5, turns=[
         {"t": 3.0, "tenant": "demo", "user": "dev-1", "text": question,
          "response": {"origin": "scripted", "text": "Yes, zebra-42 is live."}},
     ])
@@ -289,7 +312,7 @@ async def test_provider_error_is_one_sentence_and_the_session_continues(
     settings: Settings, db: Database, tmp_path: Path, provider: str, model: str, status: int,
     kind: str, told: str,
 ) -> None:
-    root = write_fixture(tmp_path / "errors", tiers=one_tier(provider, model), turns=[
+    root = write_fixture(tmp_path / "errors", tiers=one_tier(provider, model), seconds=10, turns=[
         {"t": 2.0, "tenant": "acme", "user": "u-7", "text": "What is on my screen?",
          "response": {"origin": "scripted", "error": {"status": status}}},
         {"t": 9.0, "tenant": "acme", "user": "u-7", "text": "And now?",
@@ -438,7 +461,7 @@ async def test_tenant_budget_counts_earlier_sessions_from_postgres(
 ) -> None:
     unsure_then_sure = tiered(("gemini-2.5-flash-lite", 0.2, "Perhaps a cache issue."),
                               ("gemini-2.5-flash", 0.9, "The config file is missing."))
-    root = write_fixture(tmp_path / "budget", [
+    root = write_fixture(tmp_path / "budget", seconds=11, turns=[
         {"t": 5.0, "tenant": "acme", "user": "u1", "text": "Why does startup fail?",
          "response": tiered(("gemini-2.5-flash-lite", 0.9, "The config file is missing."))},
         {"t": 10.0, "tenant": "acme", "user": "u2", "text": "Why does startup fail?",
@@ -525,7 +548,7 @@ async def test_an_agent_session_that_fails_to_close_still_leaves_its_summary(
         raise RuntimeError("injected: the agent session failed to close")
 
     monkeypatch.setattr(AgentSession, "aclose", failing)
-    fixture = write_fixture(tmp_path / "close", [
+    fixture = write_fixture(tmp_path / "close", seconds=5, turns=[
         {"t": 3.0, "tenant": "demo", "user": "dev-1", "text": "Is it up?",
          "response": {"origin": "scripted", "text": "Yes."}}])
     result = await replay(load_fixture(fixture), settings, db)

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as fuzzing
 from hypothesis import strategies as st
 from livekit import rtc
-from test_replay import drive, one_tier, read_jsonl, write_fixture
+from test_replay import demo_clip, drive, one_tier, read_jsonl, write_fixture
 
 import agent.replay as replay_module
 from agent import cli_replay
@@ -158,7 +158,7 @@ async def test_cancelled_replay_closes_its_session(
 
 def two_users_fixture(root: Path) -> Path:
     """Two sessions: u1's one turn, then u2's."""
-    return write_fixture(root, [
+    return write_fixture(root, seconds=8, turns=[
         {"t": 3.0, "tenant": "acme", "user": "u1", "text": "What is on my screen?",
          "response": {"origin": "scripted", "text": "A terminal."}},
         {"t": 6.0, "tenant": "acme", "user": "u2", "text": "And on mine?",
@@ -199,7 +199,7 @@ async def test_a_database_failure_mid_replay_prints_the_sessions_it_closed(
     assert err.splitlines() == ["sightline: the database failed: no sessions for u2 today"]
     [row] = await sessions(db)
     assert row["user"] == "u1" and row["outcome"] == "completed"
-    assert out.startswith("Replayed fixture 'fx' (screen.webm, 40.0s)\n")
+    assert out.startswith("Replayed fixture 'fx' (screen.webm, 8.0s)\n")
     assert "u1: What is on my screen?" in out and "Sightline: A terminal." in out
     assert "u2" not in out and out.count("Session ") == 1
     code, shown, _ = await run_cli("costs", row["id"], env=env)
@@ -510,10 +510,10 @@ async def test_replay_says_what_its_knowledge_folder_could_not_give(
     turns answered without it and nothing said why; a document holding what looks like a
     secret is ingested with a note, as `kb ingest` says (tests/test_kb_inputs.py). Both once,
     though each of the fixture's tenants gets the folder; in JSON, and on stderr."""
-    fixture = write_fixture(tmp_path / "fx", [
+    fixture = write_fixture(tmp_path / "fx", seconds=5, knowledge="kb", turns=[
         {"t": 3.0, "tenant": tenant, "user": "u1", "text": "What is on my screen?",
          "response": {"origin": "scripted", "text": "A terminal."}}
-        for tenant in ("acme", "globex")], knowledge="kb")
+        for tenant in ("acme", "globex")])
     (fixture / "kb").mkdir()
     (fixture / "kb" / "broken.md").write_bytes(b"\x00\x01\x02garbage\xff" * 50)
     (fixture / "kb" / "creds.md").write_text("# Staging\n\nDB_PASSWORD=hunter2\n")
@@ -524,7 +524,7 @@ async def test_replay_says_what_its_knowledge_folder_could_not_give(
             'and ingest it again')
     code, out, err = await run_cli("replay", str(fixture), "--fresh", env=cli_env(settings))
     assert code == 0, err
-    assert out.splitlines()[:3] == ["Replayed fixture 'fx' (screen.webm, 40.0s)", skipped, note]
+    assert out.splitlines()[:3] == ["Replayed fixture 'fx' (screen.webm, 5.0s)", skipped, note]
     assert "hunter2" not in out
     code, out, err = await run_cli("replay", str(fixture), "--fresh", "--json",
                                    env=cli_env(settings))
@@ -666,7 +666,7 @@ async def test_an_unpriced_model_is_marked(settings: Settings, db: Database,
     assert model not in prices["models"]
     table = tmp_path / "prices.json"
     table.write_text(json.dumps(prices))
-    fixture = write_fixture(tmp_path / "fx", tiers=f"gemini:{model}:0:512", turns=[
+    fixture = write_fixture(tmp_path / "fx", tiers=f"gemini:{model}:0:512", seconds=5, turns=[
         {"t": 3.0, "tenant": "acme", "user": "u1", "text": "Hi",
          "response": {"origin": "scripted", "text": "Hello."}}])
     code, out, err = await run_cli("replay", str(fixture),
@@ -687,7 +687,7 @@ async def test_knowledge_beside_the_fixture_is_refused_with_how_to_link_it_in(
     it says, the replay answers with those documents."""
     fixtures = tmp_path / "fixtures"
     (fixtures / "demo").mkdir(parents=True)
-    shutil.copy(DEMO_VIDEO, fixtures / "demo" / "screen.webm")
+    demo_clip(fixtures / "demo" / "screen.webm", seconds=5)
     shutil.copytree(DEMO_FIXTURE / "knowledge", fixtures / "demo" / "knowledge")
     mine = write_fixture(fixtures / "mine", [
         {"t": 3.0, "tenant": "acme", "user": "u1",
