@@ -160,12 +160,15 @@ def _redirect(fd: int, path: str, flags: int) -> None:
     os.close(opened)
 
 
+class ServerGone(Exception):
+    """The fork server no longer takes calls."""
+
+
 class ForkServer:
     """One server per pytest process, started on first use and stopped with the process."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="sightline-forks-")
-        self._socket = os.path.join(self._dir, "server")
+        self._dir = self._socket = ""
         self._lock = threading.Lock()
         self._up: bool | None = None
 
@@ -173,6 +176,8 @@ class ForkServer:
         """Whether the server serves, started on the first call (it blocks: from a thread)."""
         with self._lock:
             if self._up is None:
+                self._dir = tempfile.mkdtemp(prefix="sightline-forks-")
+                self._socket = os.path.join(self._dir, "server")
                 proc = subprocess.Popen(
                     [sys.executable, __file__, self._socket], cwd=REPO,
                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self._dir},
@@ -192,7 +197,11 @@ class ForkServer:
         out, err = os.path.join(scratch, "out"), os.path.join(scratch, "err")
         request = json.dumps({"args": args, "env": env, "cwd": os.getcwd(),
                               "stdout": out, "stderr": err}).encode()
-        reader, writer = await asyncio.open_unix_connection(self._socket)
+        try:
+            reader, writer = await asyncio.open_unix_connection(self._socket)
+        except OSError:  # it was killed: the calls from now on run the installed script
+            self._up = False
+            raise ServerGone from None
         try:
             writer.write(struct.pack("!I", len(request)) + request)
             await writer.drain()
@@ -235,7 +244,8 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """`sightline ARGS` in `env`: (exit code, stdout, stderr), forked where that runs it as
     the installed script would."""
     if forkable(args, env) and await asyncio.to_thread(_server.up):
-        return await _server.run(args, env)
+        with contextlib.suppress(ServerGone):
+            return await _server.run(args, env)
     return await run_installed(*args, env=env)
 
 
