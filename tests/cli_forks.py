@@ -78,6 +78,8 @@ def _preload() -> None:
 
 
 def _serve(path: str) -> None:
+    """Import, then fork a child per call on the socket at `path` and send its caller the
+    child's pid, then its exit status; until the pytest process that started it is gone."""
     _preload()
     sys.path[0] = str(SIGHTLINE.parent)  # as the installed script's
     parent = os.getppid()
@@ -203,16 +205,27 @@ class ForkServer:
             self._up = False
             raise ServerGone from None
         try:
-            writer.write(struct.pack("!I", len(request)) + request)
-            await writer.drain()
-            pid = int(await reader.readline())
+            try:
+                writer.write(struct.pack("!I", len(request)) + request)
+                await writer.drain()
+                forked = await reader.readline()
+            except OSError:
+                forked = b""
+            if not forked:  # it died before it forked (or in the instant after: not seen)
+                self._up = False
+                raise ServerGone
+            pid = int(forked)
             try:
                 async with asyncio.timeout(CLI_TIMEOUT):
-                    code = int(await reader.readline())
+                    ended = await reader.readline()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 raise
+            if not ended:
+                raise RuntimeError(f"the fork server died while `sightline {' '.join(args)}` "
+                                   "ran: its exit status is lost")
+            code = int(ended)
         finally:
             writer.close()
         return code, *await asyncio.to_thread(_outputs, scratch)
