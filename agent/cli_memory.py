@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vision.ranges import Range
 
@@ -41,15 +41,15 @@ class _Progress:
     `PROGRESS_S` seconds: reading them again takes about half a second each, hours for a
     week of sessions."""
 
-    def __init__(self, tenant: str) -> None:
-        self._tenant = tenant
+    def __init__(self, whose: str) -> None:
+        self._whose = whose
         self._said = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
         if time.monotonic() - self._said >= PROGRESS_S:
             self._said = time.monotonic()
-            print(f"Tenant {self._tenant}: {done:,} of {total:,} archived screenshots read "
-                  "again", file=sys.stderr, flush=True)
+            print(f"{self._whose}: {done:,} of {total:,} archived screenshots read again",
+                  file=sys.stderr, flush=True)
 
 
 class _BilledTo:
@@ -210,8 +210,13 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
                         store: Store, embedder: Embedder, billed_to: _BilledTo,
                         report: RecoveryReport, notes: list[str]) -> int:
     from memory.secret_text import hide_secrets
-    from memory.stored_secrets import hide_stored_secrets, stored_tenants, tenant_sessions
-    from vision.archive_cover import ArchiveCover, cover_archived
+    from memory.stored_secrets import (
+        hide_stored_secrets,
+        recorded_sessions,
+        stored_tenants,
+        tenant_sessions,
+    )
+    from vision.archive_cover import ArchiveCover, cover_archived, uncovered_sessions
 
     from .command_ledger import CommandLedger
 
@@ -229,12 +234,35 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
         done[tenant]["cost_usd"] = ledger.cost_usd  # Gemini's embeddings; offline ones are free
         covered = await asyncio.to_thread(
             cover_archived, settings.frames_dir, hide_secrets, sessions, threads=args.threads,
-            progress=_Progress(tenant))
+            progress=_Progress(f"Tenant {tenant}"))
         done[tenant]["archived_frames_read"] = covered.frames_read
         done[tenant]["archived_frames_covered"] = covered.frames_covered
         frames.unreadable += covered.unreadable
         frames.failed += covered.failed
         still_open += dict.fromkeys([*open_here, *covered.still_open])
+    # archived frames of sessions without a row (running without the database, or their spill
+    # files lost): no tenant is known for them, so a pass over every tenant covers them (an
+    # open one is left, as above), and a tenant's pass says they wait
+    recorded = await recorded_sessions(db.pool)
+    unrecorded = [s for s in await asyncio.to_thread(uncovered_sessions, settings.frames_dir)
+                  if s not in recorded]
+    unrecorded_done: dict[str, Any] = {"sessions": 0, "archived_frames_read": 0,
+                                       "archived_frames_covered": 0, "left": []}
+    if unrecorded and args.tenant:
+        unrecorded_done["left"] = unrecorded
+        notes.append(f"note: {counted(len(unrecorded), 'session')} without a session record "
+                     "(running without the database, or their spill files lost) left archived "
+                     "screenshots no tenant is known for: `sightline memory hide-secrets` "
+                     "without --tenant covers them too")
+    elif unrecorded:
+        covered = await asyncio.to_thread(
+            cover_archived, settings.frames_dir, hide_secrets, unrecorded,
+            threads=args.threads, progress=_Progress("Sessions without a record"))
+        unrecorded_done.update(sessions=len(unrecorded), archived_frames_read=covered.frames_read,
+                               archived_frames_covered=covered.frames_covered)
+        frames.unreadable += covered.unreadable
+        frames.failed += covered.failed
+        still_open += dict.fromkeys(covered.still_open)
     if still_open:
         notes.append(f"note: {counted(len(still_open), 'session')} still open ("
                      + ", ".join(still_open) + "): their cost logs and archived screenshots "
@@ -247,10 +275,11 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
         notes.append(f"note: {counted(frames.unreadable, 'archived file')} not a readable "
                      "JPEG, left as they are (nothing can show them)")
     if args.json:
-        print(json.dumps({"tenants": done, "unimported_spill_files": report.left,
+        print(json.dumps({"tenants": done, "unrecorded_sessions": unrecorded_done,
+                          "unimported_spill_files": report.left,
                           "open_sessions": still_open}))
         return 0
-    if not tenants:
+    if not tenants and not unrecorded_done["sessions"]:
         print("Nothing is stored yet.")
     for tenant, counts in done.items():
         print(f"Tenant {tenant}: secrets hidden in {counted(counts['messages'], 'message')}, "
@@ -264,6 +293,10 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
               f"{counts['archived_frames_covered']} with lines covered."
               + (f" Embedding again cost ${counts['cost_usd']:.6f}." if counts["cost_usd"]
                  else ""))
+    if unrecorded_done["sessions"]:
+        print(f"{counted(unrecorded_done['sessions'], 'session')} without a session record: "
+              f"{counted(unrecorded_done['archived_frames_read'], 'archived screenshot')} "
+              f"read, {unrecorded_done['archived_frames_covered']} with lines covered.")
     for note in notes:
         print(one_line(note))
     return 0

@@ -179,6 +179,12 @@ async def tenant_sessions(pool: asyncpg.Pool, tenant: str) -> list[str]:
         "SELECT id FROM sessions WHERE tenant = $1 ORDER BY started_at", tenant)]
 
 
+async def recorded_sessions(pool: asyncpg.Pool) -> set[str]:
+    """The ids of every tenant's sessions: an archived-frame directory named by none of them
+    belongs to a session whose row was never written (its spill files were lost)."""
+    return {r["id"] for r in await pool.fetch("SELECT id FROM sessions")}
+
+
 async def hide_stored_secrets(pool: asyncpg.Pool, embedder: Embedder, tenant: str,
                               sessions: list[str], costs_dir: Path,
                               ) -> tuple[Counter[str], list[str]]:

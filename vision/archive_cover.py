@@ -109,6 +109,14 @@ def cover_archived(root: Path, redact: Redactor, sessions: Iterable[str], *, thr
     return done
 
 
+def uncovered_sessions(root: Path) -> list[str]:
+    """The sessions with an archived-frame directory under `root` not covered yet."""
+    try:
+        return sorted(d.name for d in root.iterdir() if _uncovered(d))
+    except OSError:  # no archive yet
+        return []
+
+
 def _uncovered(directory: Path) -> bool:
     try:
         return directory.is_dir() and not (directory / COVERED_FILE).exists()
