@@ -215,8 +215,7 @@ def secrets_note(seen: SecretsSeen, whose: str, remedy: str = "") -> str:
     added to taking it out of the file)."""
     page = f" (page {seen.page})" if seen.page is not None else ""
     what = (f"note: {seen.source} holds what looks like a secret ({_kinds(seen.kinds)}), "
-            f"first{page} in "
-            f"\"{seen.first.strip()[:LINE_SHOWN]}\"")
+            f"first{page} in \"{seen.first.strip()[:LINE_SHOWN]}\"")
     if seen.hidden:
         return one_line(f"{what}: stored with each hidden")
     return one_line(f"{what}: ingested as it is, so the agent may read it to any user of "

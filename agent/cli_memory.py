@@ -222,6 +222,16 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
 
     tenants = [args.tenant] if args.tenant else await stored_tenants(db.pool)
     done, still_open, frames = {}, [], ArchiveCover()
+
+    async def cover(sessions: list[str], whose: str) -> ArchiveCover:
+        """Cover the archived frames of `sessions`, their failures counted in `frames`."""
+        covered = await asyncio.to_thread(
+            cover_archived, settings.frames_dir, hide_secrets, sessions, threads=args.threads,
+            progress=_Progress(whose))
+        frames.unreadable += covered.unreadable
+        frames.failed += covered.failed
+        return covered
+
     for tenant in tenants:
         sessions = await tenant_sessions(db.pool, tenant)
         ledger, billed_to.meter = CommandLedger.metered(settings, tenant, "memory hide-secrets")
@@ -232,13 +242,9 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
         finally:
             billed_to.meter = None
         done[tenant]["cost_usd"] = ledger.cost_usd  # Gemini's embeddings; offline ones are free
-        covered = await asyncio.to_thread(
-            cover_archived, settings.frames_dir, hide_secrets, sessions, threads=args.threads,
-            progress=_Progress(f"Tenant {tenant}"))
+        covered = await cover(sessions, f"Tenant {tenant}")
         done[tenant]["archived_frames_read"] = covered.frames_read
         done[tenant]["archived_frames_covered"] = covered.frames_covered
-        frames.unreadable += covered.unreadable
-        frames.failed += covered.failed
         still_open += dict.fromkeys([*open_here, *covered.still_open])
     # archived frames of sessions without a row (running without the database, or their spill
     # files lost): no tenant is known for them, so a pass over every tenant covers them (an
@@ -255,13 +261,9 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
                      "screenshots no tenant is known for: `sightline memory hide-secrets` "
                      "without --tenant covers them too")
     elif unrecorded:
-        covered = await asyncio.to_thread(
-            cover_archived, settings.frames_dir, hide_secrets, unrecorded,
-            threads=args.threads, progress=_Progress("Sessions without a record"))
+        covered = await cover(unrecorded, "Sessions without a record")
         unrecorded_done.update(sessions=len(unrecorded), archived_frames_read=covered.frames_read,
                                archived_frames_covered=covered.frames_covered)
-        frames.unreadable += covered.unreadable
-        frames.failed += covered.failed
         still_open += dict.fromkeys(covered.still_open)
     if still_open:
         notes.append(f"note: {counted(len(still_open), 'session')} still open ("

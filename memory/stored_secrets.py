@@ -181,7 +181,8 @@ async def tenant_sessions(pool: asyncpg.Pool, tenant: str) -> list[str]:
 
 async def recorded_sessions(pool: asyncpg.Pool) -> set[str]:
     """The ids of every tenant's sessions: an archived-frame directory named by none of them
-    belongs to a session whose row was never written (its spill files were lost)."""
+    belongs to a session whose row was never written (it ran without the database, or its
+    spill files were lost)."""
     return {r["id"] for r in await pool.fetch("SELECT id FROM sessions")}
 
 
