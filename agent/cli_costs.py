@@ -146,7 +146,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{counted(screen['errors'], 'new error')}, "
                      f"{counted(screen['recalled'], 'screen event')} recalled"
                      + (f", {counted(screen['secrets_hidden'], 'secret')} hidden"
-                        if screen.get("secrets_hidden") else "") + "; "
+                        if screen.get("secrets_hidden") else "")
+                     + (f", {counted(screen['screenshots_unread'], 'screenshot')} sent before "
+                        "the screen text was read"
+                        if screen.get("screenshots_unread") else "") + "; "
                      f"{screen['ocr_cpu_s']:.1f} s of OCR CPU")
     turns = summary.get("turns", {})
     if turns.get("user_turns"):

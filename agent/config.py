@@ -355,6 +355,11 @@ _FIELDS: tuple[_Field, ...] = (
              "if any) over the last second is under this share of its cores; 1: no wait"),
     _Field("ocr_max_wait_s", "SIGHTLINE_OCR_MAX_WAIT_S", Range(float, 0, 3600), 10.0,
         help="seconds a screen-text read waits for that at most, then starts anyway"),
+    _Field("cover_wait_s", "SIGHTLINE_COVER_WAIT_S", Range(float, 0, 60), 0.5,
+        help="seconds a question waits at most, alongside its lookup, for the screen-text "
+             "reads of the frame it sends, so that a secret shown just before is covered in "
+             "its screenshot, not for a read still waiting its turn (the OCR threads, the CPU "
+             "gate); 0: no wait (a line not read yet shows as shared)"),
     _Field("image_policy", "SIGHTLINE_IMAGE_POLICY", _choice(*IMAGE_POLICIES), "changed",
         help="changed | always: send the screen image only when it changed since the last "
              "one the model saw, or on every turn"),
@@ -439,6 +444,7 @@ class Settings:
     ocr_threads: int
     ocr_cpu_limit: float
     ocr_max_wait_s: float
+    cover_wait_s: float
     image_policy: str
     proactive: bool
     frame_archive_mb: int

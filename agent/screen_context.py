@@ -12,6 +12,11 @@ providers' prompt caches serve it (read at the cached price); when a newer image
 the older one becomes a one-line note, so a request holds one screenshot of the screen as it is
 now, whatever the policy, plus an earlier one the model asked for.
 
+A screenshot has the lines whose text held a secret covered (`cover`, agent/screen_memory.py).
+A frame kept a moment before the question may not be read yet, so an image first waits for the
+reads up to its frame, `SIGHTLINE_COVER_WAIT_S` at most (the turn's lookup runs meanwhile); a
+read still not done is counted in the question's note, and its lines go as shared.
+
 The digest is the session's screen text (vision/screen_text.py), newest first within a budget of
 `DIGEST_CHARS`, printed oldest first with times. Everything from the screen is framed as data:
 the digest's screen text goes between the markers of memory/marked_data.py, which the text cannot
@@ -21,7 +26,7 @@ question only sorts the reads and formats the few that fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +36,8 @@ from livekit.agents import llm
 from memory.marked_data import SCREEN_CLOSE, SCREEN_OPEN, screen_data
 from tools.screen_history import ShownScreen
 from vision.frames import SampledFrame, covered_i420
-from vision.local_change import Box
 from vision.screen import ScreenWatcher
-from vision.screen_text import ScreenText
+from vision.screen_text import CoverAt, ScreenText, nothing_to_cover
 
 MAX_CARRIED_IMAGES = 1
 DIGEST_CHARS = 900  # about 225 tokens on every question: the newest reads that fit
@@ -102,14 +106,15 @@ class ScreenContext:
     policy: str = "changed"
     story: Sequence[ScreenText] = ()
     shown: ShownScreen = field(default_factory=ShownScreen)
-    # where the screen shows what its text's reader hid (agent/screen_memory.py): covered in
-    # the screenshot a question sends, as its text is hidden in the digest
-    secrets_shown: Callable[[], tuple[Box, ...]] = tuple
+    # where the screen shows what its text's reader hid (agent/screen_memory.py `cover_at`):
+    # covered in the screenshot a question sends, as its text is hidden in the digest
+    cover: CoverAt = nothing_to_cover
     _carried: dict[str, _Carried] = field(default_factory=dict)  # message id -> its image
     _last_sent_t: float | None = None
 
-    def for_question(self, message_id: str) -> ScreenParts:
-        """The screen parts of a new question (and, with an image, what it carries from now)."""
+    async def for_question(self, message_id: str) -> ScreenParts:
+        """The screen parts of a new question (and, with an image, what it carries from now).
+        An image waits for the reads of its frame (`cover`), a question without one does not."""
         frame = self.screen.freshest
         if frame is None:
             camera = self.screen.camera_only
@@ -118,22 +123,29 @@ class ScreenContext:
         width, height = frame.size
         note: dict[str, Any] = {"screen": "shared", "screen_t": round(frame.t, 3),
                                 "screen_size": [width, height]}
-        text, reads = digest(self.story, frame.t)
-        note["screen_events"] = [{"t": r.t, "lines": len(r.lines)} for r in reads]
-        parts: list[llm.ChatContent] = [text] if text else []
         changed_at = self.screen.changed_at
         unchanged = (self.policy == "changed" and self._last_sent_t is not None
                      and (changed_at is None or changed_at <= self._last_sent_t))
-        if unchanged:
+        # an image's reads first: the digest then holds what they found too
+        cover = None if unchanged else await self.cover(frame.t)
+        text, reads = digest(self.story, frame.t)
+        note["screen_events"] = [{"t": r.t, "lines": len(r.lines)} for r in reads]
+        parts: list[llm.ChatContent] = [text] if text else []
+        if cover is None:
             parts.append(f"(The screen has not changed since the screenshot captured at "
                          f"t={self._last_sent_t:.1f}s, earlier in this conversation; it is "
                          f"now t={frame.t:.1f}s.)")
             note.update(image="unchanged", unchanged_since_t=self._last_sent_t)
             return ScreenParts(parts, note, unsent=(width, height))
+        note["cover_wait_ms"] = cover.waited_ms
+        if cover.unread:
+            note["screen_unread"] = cover.unread
+        if cover.held:
+            note["screen_reads_held"] = True
         image = frame.frame
-        if boxes := self.secrets_shown():
-            image = covered_i420(image, boxes)  # a copy: ~0.3 ms at 1080p, on the loop
-            note["secrets_covered"] = len(boxes)
+        if cover.boxes:
+            image = covered_i420(image, cover.boxes)  # a copy: ~0.3 ms at 1080p, on the loop
+            note["secrets_covered"] = len(cover.boxes)
         self._carried[message_id] = _Carried(frame_caption(frame), llm.ImageContent(image=image),
                                              frame.t)
         for older in list(self._carried.values())[:-MAX_CARRIED_IMAGES]:

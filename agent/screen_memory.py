@@ -6,7 +6,8 @@ memory/secret_text.py), on the reading thread: no text the session keeps (the ev
 timeline that later sessions search, the story each question's digest is made from) holds one.
 The archived frames, for this session to look back at, have the lines that held one covered
 from the read that found them until a read of that part of the screen finds none; they are
-pruned after `SIGHTLINE_FRAME_RETENTION_DAYS`.
+pruned after `SIGHTLINE_FRAME_RETENTION_DAYS`. The screenshot a question sends and a closer look
+are covered the same way (`cover_at`), once the reads up to their frame are done.
 
 The screen watcher hands every kept frame to `on_kept` (on the event loop; both the archive and
 the reader return at once and work off the loop). Each read that comes back is a `screen_text`
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +37,15 @@ from memory.spill_files import SpillKind, append_rows, spill_path
 from memory.writer import BackgroundWriter
 from vision.cpu_gate import CpuGate
 from vision.frame_archive import FrameArchive, prune
-from vision.local_change import Box
 from vision.screen import ScreenChange
 from vision.screen_signals import ScreenError
-from vision.screen_text import RedactedOnScreen, ScreenText, ScreenTextReader, shared_pool
+from vision.screen_text import (
+    RedactedOnScreen,
+    ScreenCover,
+    ScreenText,
+    ScreenTextReader,
+    shared_pool,
+)
 
 from .config import Settings
 from .event_log import EventLog
@@ -73,15 +80,28 @@ class SessionScreenMemory:
         self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
         self._errors_seen: OrderedDict[str, None] = OrderedDict()  # oldest seen first
         self._secrets_shown = RedactedOnScreen()  # covered in the archived frames
+        self._cover_wait_s = settings.cover_wait_s
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
             name="frame-archive-prune")
 
-    def secrets_shown(self) -> tuple[Box, ...]:
-        """Where the screen shows what its text's reader hid, as far as the reads tell: covered
-        in the archived frames, the screenshot a question sends and a closer look."""
-        return self._secrets_shown.boxes
+    async def cover_at(self, t: float) -> ScreenCover:
+        """Where the screen at time `t` shows what its text's reader hid: covered in the
+        screenshot a question sends and in a closer look, as in the archived frames. A frame
+        kept moments before `t` may not be read yet (a read takes ~0.2-1 s): the reads up to `t`
+        are waited for, `SIGHTLINE_COVER_WAIT_S` at most, so a line that appeared just before
+        the question is covered too; those still not done are counted. A read that waits its
+        turn (the process's OCR threads busy with other sessions' reads, or its CPU gate
+        holding reads back while the machine is busy) is not waited for: with bench/load.py at
+        30 sessions, waiting for those took the replies' p95 overhead from 159 to 699 ms, and
+        half of them did not come in time anyway."""
+        if self.reader is None:
+            return ScreenCover(self._secrets_shown.boxes)
+        started = time.perf_counter()
+        unread, held = await self.reader.read_through(t, self._cover_wait_s)
+        return ScreenCover(self._secrets_shown.boxes, unread,
+                           round((time.perf_counter() - started) * 1000, 1), held)
 
     def on_kept(self, change: ScreenChange) -> None:
         """A kept frame: archive it and read its changed region (both off the loop)."""

@@ -433,7 +433,7 @@ class SessionRuntime:
         images = ImageEncoder(settings.image_detail)
         turn_context = TurnContext(
             ScreenContext(screen, settings.image_policy, screen_memory.story, shown,
-                          screen_memory.secrets_shown),
+                          screen_memory.cover_at),
             memory.recall if memory else None,
             note=lambda note: events.record("context", detail=note), session_id=session_id,
             recall_timeout_s=budget.lookup_s,
@@ -442,7 +442,7 @@ class SessionRuntime:
         handoff = HandoffTool(store, lambda message: events.record("handoff", detail=message),
                               session_id=session_id, user_id=user_id)
         tools = [*ScreenHistoryTools(screen, shown, screen_memory.archive, screen_memory.story,
-                                     screen_memory.secrets_shown).tools(), *handoff.tools()]
+                                     screen_memory.cover_at).tools(), *handoff.tools()]
         if memory is not None:
             tools += memory.tools(tenant=tenant, user_id=user_id, session_id=session_id)
         # without the database, it waits for the session to join it (`_join`)

@@ -126,6 +126,8 @@ class SessionTotals:
             self._memory_recalled += len(memory.get("facts", [])) + len(
                 memory.get("messages", []))
             self._screen["recalled"] += len(detail.get("screen_recalled", []))
+            # a screenshot sent before the reads of its frame were done
+            self._screen["screenshots_unread"] += bool(detail.get("screen_unread"))
             self._questions[detail.get("image", detail.get("screen", "none"))] += 1
         elif kind == "screen_text":
             self._screen["reads"] += 1
@@ -246,7 +248,8 @@ class SessionTotals:
             "images": self._image_summary(),
             "screen": {
                 **{k: self._screen[k] for k in ("reads", "lines_added", "coalesced", "errors",
-                                                "recalled", "secrets_hidden")},
+                                                "recalled", "secrets_hidden",
+                                                "screenshots_unread")},
                 "ocr_cpu_s": round(self._ocr_cpu_ms / 1000, 3),
                 **({"reader": self._reader} if self._reader else {}),
             },

@@ -5,10 +5,12 @@ Recalled knowledge, memory (the user's summary, related facts and matching earli
 screen events of earlier sessions (see memory/recall.py) go into a copy of the chat context,
 attached to the user's latest message, so they are sent with this turn only and never pile up
 in the session's history. The screen's parts (agent/screen_context.py) follow its image policy:
-an image a question carried stays on that message for later requests. Frames go in as they are;
-each provider gets them sized and encoded for its own billing (agent/images.py). On-screen text,
-documents and memory are framed as data: the instructions tell the model never to follow them,
-and each of them goes between markers it cannot close (memory/marked_data.py).
+an image a question carried stays on that message for later requests. The lookup and the
+screen's parts are made alongside: a new screenshot may wait for the reads of its frame. Frames
+go in as they are; each provider gets them sized and encoded for its own billing
+(agent/images.py). On-screen text, documents and memory are framed as data: the instructions
+tell the model never to follow them, and each of them goes between markers it cannot close
+(memory/marked_data.py).
 
 What a question's context held is recorded as a `context` event when it is built (the knowledge
 chunks, memory items, screen events and image it carried), so reports read data, never this
@@ -33,7 +35,7 @@ from memory.recall import Recalled
 from memory.screen_timeline import ScreenEvent
 from memory.user_memory import Recollection
 
-from .screen_context import UNSENT_FRAME, ScreenContext
+from .screen_context import UNSENT_FRAME, ScreenContext, ScreenParts
 
 log = logging.getLogger("sightline.turn")
 
@@ -164,24 +166,33 @@ class TurnContext:
             self._prefetched[1].cancel()
             self._prefetched = None
 
-    async def _recalled(self, question: str) -> tuple[Recalled | None, RecallOutcome, bool]:
-        """The question's lookup, how it went, and whether it was started before its turn."""
-        if self._prefetched is not None and self._prefetched[0] == question:
-            lookup, self._prefetched = self._prefetched[1], None
-            return *await lookup, True
-        self._drop_prefetched()
-        return *await self._lookup(question), False
+    async def _recalled(
+        self, question: str,
+    ) -> tuple[Recalled | None, RecallOutcome, bool, float]:
+        """The question's lookup, how it went, whether it was started before its turn, and the
+        ms the turn waited for it (the screen's wait for its reads runs alongside)."""
+        started = time.perf_counter()
+        held, prefetched = self._prefetched, False
+        if held is not None and held[0] == question:
+            self._prefetched, prefetched = None, True
+            recalled, outcome = await held[1]
+        else:
+            self._drop_prefetched()
+            recalled, outcome = await self._lookup(question)
+        return recalled, outcome, prefetched, round(1000 * (time.perf_counter() - started), 1)
+
+    async def _screen_parts(self, message_id: str) -> ScreenParts:
+        """The question's screen; the image it carries is encoded while the lookup runs on."""
+        screen = await self._screen.for_question(message_id)
+        if screen.image is not None and self._warm is not None:
+            self._warm(screen.image)
+        return screen
 
     async def _new_question(self, message: llm.ChatMessage) -> None:
         self._screen.shown.clear()  # an earlier screen was for the last question
         question = next((c for c in message.content if isinstance(c, str)), "")
-        # the screen first: the image it carries is encoded while the lookup runs
-        screen = self._screen.for_question(message.id)
-        if screen.image is not None and self._warm is not None:
-            self._warm(screen.image)
-        started = time.perf_counter()
-        recalled, outcome, prefetched = await self._recalled(question)
-        recall_ms = round(1000 * (time.perf_counter() - started), 1)  # what the turn waited
+        screen, (recalled, outcome, prefetched, recall_ms) = await asyncio.gather(
+            self._screen_parts(message.id), self._recalled(question))
         earlier_screens = []
         if recalled and recalled.screen:
             digested = {event["t"] for event in screen.note.get("screen_events", [])}

@@ -31,7 +31,9 @@ CPU time the question cost its session's event-loop thread, `loop_cpu_ms_*`, fro
 `cpu_ms`), and the overhead
 again over the questions asked in the steady window alone (from 30 s after the last arrival: a
 burst's joining, and the first questions asked while the others still connect, left out);
-sampled frames per session-second; CPU cores of the worker (and, of those, its screen-text
+sampled frames per session-second; each new screenshot's wait for the screen-text reads of
+its frame (`cover_wait_ms_*`) and the screenshots sent before those were done
+(`screenshots_unread`); CPU cores of the worker (and, of those, its screen-text
 readers' and its video decoders' threads), the users' processes, LiveKit,
 Postgres and the scripted model server (all share the machine's cores), and the cores the
 hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
@@ -233,6 +235,10 @@ class Sessions:
     shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
     # questions whose knowledge and memory lookup ran out of its time (answered without it)
     recalls_timed_out: int = 0
+    # each screenshot's wait for the reads of its frame (SIGHTLINE_COVER_WAIT_S), and those
+    # sent with a read still not done (a secret shown just before would show as shared)
+    cover_waits_s: list[float] = field(default_factory=list)
+    screenshots_unread: int = 0
 
 
 def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Sessions:
@@ -258,8 +264,11 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
                 found.screen_reads_forced += reader.get("forced", 0)
             for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
                 found.shares_resubscribed += count.get("resubscribed", 0)
-            found.recalls_timed_out += sum(1 for e in events if e["kind"] == "context"
-                                           and e["detail"].get("recall") == "timeout")
+            contexts = [e["detail"] for e in events if e["kind"] == "context"]
+            found.recalls_timed_out += sum(c.get("recall") == "timeout" for c in contexts)
+            found.cover_waits_s += [c["cover_wait_ms"] / 1000 for c in contexts
+                                    if "cover_wait_ms" in c]
+            found.screenshots_unread += sum(bool(c.get("screen_unread")) for c in contexts)
             room = next((e["detail"].get("room") for e in events if e["kind"] == "session"), None)
             if room is not None:
                 found.questions[room] = _questions(events)
@@ -492,6 +501,10 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
         "screen_reads_forced": sessions.screen_reads_forced,
         "shares_resubscribed": sessions.shares_resubscribed,
         "recalls_timed_out": sessions.recalls_timed_out,
+        "screenshots": len(sessions.cover_waits_s),
+        "cover_wait_ms_p50": _ms(quantile(sessions.cover_waits_s, 0.5)),
+        "cover_wait_ms_p95": _ms(quantile(sessions.cover_waits_s, 0.95)),
+        "screenshots_unread": sessions.screenshots_unread,
         "worker_cores": cores["worker"],
         "worker_ocr_cores": cores["worker_ocr"],  # of worker_cores: reading screen text
         "worker_video_decode_cores": cores["worker_video_decode"],  # and decoding the shares

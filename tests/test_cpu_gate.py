@@ -200,8 +200,9 @@ def test_time_the_hypervisor_stole_counts_as_taken(
 
 async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let_through(
 ) -> None:
-    """The gate holds (a busy machine): kept frames keep coming and fold onto the newest;
-    once the machine is quiet the newest screen is read, with the wait recorded."""
+    """The gate holds (a busy machine): kept frames keep coming and fold onto the newest, and
+    a question's screenshot does not wait for their reads; once the machine is quiet the
+    newest screen is read, with the wait recorded, and a question waits for that read."""
     busy = threading.Event()
     busy.set()
     counter = {"t": time.monotonic(), "busy": 0.0}
@@ -224,8 +225,14 @@ async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let
         screen.offer(float(t), desk.frame())
         await asyncio.sleep(0.05)
     assert screen.frames_received == 8 and not results  # nothing read while the gate holds
+    unread, held = await asyncio.wait_for(reader.read_through(7.0, timeout_s=600), 30)
+    assert held and unread == len(reader._pending) + 1 >= 2  # one under way, held at the gate
     busy.clear()
-    await reader.drain(timeout_s=30)
+    for _ in range(600):  # until the gate's measure of the last second comes down
+        unread, held = await reader.read_through(7.0, timeout_s=30)
+        if not held:
+            break
+    assert (unread, held) == (0, False)
     await reader.aclose()
     pool.shutdown()
     assert results and results[-1].t == 7.0

@@ -30,7 +30,7 @@ from vision.frame_archive import FrameArchive
 from vision.frames import COVER_GREY, COVER_MARGIN, SampledFrame, crop_i420
 from vision.sampler import FrameSampler
 from vision.screen import FrameDecision, ScreenWatcher
-from vision.screen_text import ScreenText
+from vision.screen_text import ScreenCover, ScreenText
 
 
 def watched(seconds: int, toast_at: tuple[int, int]) -> ScreenWatcher:
@@ -148,8 +148,12 @@ async def test_what_the_screens_text_hid_is_covered_in_what_the_model_is_shown(
     pixel; the frame watched is left as it was."""
     secret = (1300, 100, 200, 30)  # in the screen's pixels, inside the top-right crop
     shown = ShownScreen()
-    turn_context = TurnContext(ScreenContext(screen, shown=shown, secrets_shown=lambda: (secret,)))
-    tools = ScreenHistoryTools(screen, shown, secrets_shown=lambda: (secret,))
+
+    async def cover(_t: float) -> ScreenCover:
+        return ScreenCover((secret,))
+
+    turn_context = TurnContext(ScreenContext(screen, shown=shown, cover=cover))
+    tools = ScreenHistoryTools(screen, shown, cover=cover)
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="What does the clock say?")
     await turn_context.build(ctx)

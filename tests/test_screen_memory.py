@@ -361,10 +361,10 @@ async def test_a_share_made_again_goes_on_in_screen_time(tmp_path: Path) -> None
                   lines=[f"Page {n} of the manual", *CODE[3 * n:]]) for n in range(4)]
 
     await _share(screen, pages[:2], 10)
-    assert context.for_question("q1").note["image"] == "sent"
+    assert (await context.for_question("q1")).note["image"] == "sent"
     screen.clear()  # the share ended (the source's unsubscription)
     await _share(screen, pages[2:], 10)
-    asked = context.for_question("q2")
+    asked = await context.for_question("q2")
     await archive.aclose()
 
     times = [decision.t for decision in decisions]

@@ -107,6 +107,8 @@ async def test_a_reader_whose_task_died_says_so_at_close(
     await asyncio.gather(reader._task, return_exceptions=True)
     [(frame, decision)] = kept_frames(1)
     reader.submit(frame, decision)
+    # a question does not wait for a read that will never come
+    assert await asyncio.wait_for(reader.read_through(0.0, timeout_s=600), 30) == (1, False)
     await reader.aclose(timeout_s=5)
     said = [r.getMessage() for r in warnings(caplog)]
     assert any("reader crashed" in message for message in said), said
@@ -157,6 +159,42 @@ async def test_reads_not_done_at_close_are_counted_into_the_reader_event(
     assert "2 screen reads not done" in line.getMessage()
     [reader_event] = [e for e in recorded if e["kind"] == "screen_reader"]
     assert reader_event["detail"]["abandoned"] == 2 and reader_event["detail"]["undelivered"] == 0
+
+
+async def test_a_wait_for_the_reads_up_to_a_time_counts_those_folded_into_later_ones() -> None:
+    """`read_through(t)`: the reads of frames kept up to `t` (a question's screenshot waits for
+    them), not later ones. A read folded into a later frame's still reads for the earlier one.
+    A read waiting its turn (here held at the CPU gate) is not waited for; one under way is,
+    until it is done or the wait runs out, which says how many are left."""
+    pool, gate, redacting = ThreadPoolExecutor(max_workers=1), HeldGate(), HeldGate()
+
+    def slow_redact(lines: list[str]) -> tuple[list[str], dict[str, int]]:
+        redacting.wait()  # a read under way that takes its time
+        return lines, {}
+
+    reader = ScreenTextReader(lambda _read: None, executor=pool, gate=gate, redact=slow_redact)
+    frames = kept_frames(4)
+    try:
+        reader.submit(*frames[0])
+        assert await asyncio.to_thread(gate.taken.wait, 30)  # t=0 handed on, held at the gate
+        reader.submit(*frames[1])
+        assert [reader.unread(t) for t in (-1.0, 0.0, 1.0)] == [0, 1, 2]
+        reader.submit(*frames[3])  # t=3 takes in t=1's region: one read for both
+        assert reader.stats.coalesced == 1
+        assert [reader.unread(t) for t in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 2]
+        assert await asyncio.wait_for(reader.read_through(1.0, timeout_s=600), 30) == (2, True)
+        gate.release.set()
+        assert await asyncio.to_thread(redacting.taken.wait, 30)  # t=0 under way
+        assert await reader.read_through(1.0, timeout_s=0.2) == (2, False)  # the wait ran out
+        redacting.release.set()
+        assert await reader.read_through(0.0, timeout_s=30) == (0, False)
+        assert await reader.read_through(3.0, timeout_s=30) == (0, False)
+        assert reader.stats.read == 2
+    finally:
+        gate.release.set()
+        redacting.release.set()
+        await reader.aclose()
+        pool.shutdown()
 
 
 class CountingPattern:

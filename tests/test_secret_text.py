@@ -32,11 +32,20 @@ from detect_secrets.plugins.keyword import DENYLIST as DENYLIST_WORDS
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as hs
+from livekit import rtc
+from livekit.agents import llm
 from PIL import ImageFont
 from synthetic_screen import CODE, Desk
+from test_screen_text_handling import HeldGate
 
+from agent.cli_costs import format_summary
 from agent.config import Settings
+from agent.event_log import EventLog
+from agent.screen_context import ScreenContext
+from agent.screen_memory import SessionScreenMemory
 from agent.session import SessionRuntime
+from agent.session_summary import SessionTotals
+from agent.turn_context import TurnContext
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
 from bench.secret_scan import every_rule_run
 from memory import secret_text
@@ -49,6 +58,8 @@ from memory.spill_files import read_event_log, read_spill_rows
 from memory.store import Store
 from memory.user_memory import UserMemory
 from vision.ocr import Layout, thread_engine
+from vision.sampler import FrameSampler
+from vision.screen import ScreenWatcher
 
 GITHUB = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
@@ -310,6 +321,90 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
     assert "DB_PASSWORD" not in before and CODE[0] in before
     for text in after:
         assert "hunter2" not in text and "4111" not in text and CODE[0] in text, text
+
+
+async def _ask_as_the_secret_appears(
+    tmp_path: Path, wait_s: float, gate: HeldGate | None = None,
+) -> tuple[llm.ChatContext, dict[str, Any], SessionScreenMemory, SessionTotals]:
+    """A session's screen memory reads the editor; the `.env` lines appear and the question
+    comes at once, before their read is done: the question's request, its `context` event,
+    the screen memory (still open) and the session's totals, which the event has gone into."""
+    settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+                                  "SIGHTLINE_COVER_WAIT_S": str(wait_s)})
+    events = EventLog(session_id="s-cover", tenant="t", costs_dir=tmp_path, store=None)
+    totals = SessionTotals(session_id="s-cover", tenant="t", source="live",
+                           prices=tmp_path / "p.json", cost_log=tmp_path / "c.jsonl")
+    events.subscribe(totals.add)
+    noted: list[dict[str, Any]] = []
+    events.subscribe(lambda event: noted.append(event["detail"])
+                     if event["kind"] == "context" else None)
+    memory = SessionScreenMemory(settings, events, session_id="s-cover", tenant="t",
+                                 user_id="u", timeline=None, spill_dir=tmp_path / "spill",
+                                 read_gate=gate)  # type: ignore[arg-type]
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None, on_kept=memory.on_kept)
+    turn = TurnContext(ScreenContext(screen, "changed", memory.story, cover=memory.cover_at),
+                       note=lambda note: events.record("context", detail=note))
+    editor, shown = env_desk()
+    for t in (0.0, 1.0):
+        screen.offer(t, editor.frame())
+    if gate is None:
+        await memory.reader.drain(timeout_s=30)  # type: ignore[union-attr]
+    for t in (2.0, 3.0):  # kept once it holds still
+        screen.offer(t, shown.frame())
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="What did I just put in the env file?")
+    asked = await turn.build(ctx)
+    [note] = noted
+    return asked, note, memory, totals
+
+
+def _screenshot_text(ctx: llm.ChatContext) -> str:
+    """What the bundled Tesseract reads in the screenshot a request carries (its luma)."""
+    [image] = [c.image for c in ctx.items[-1].content if isinstance(c, llm.ImageContent)]
+    assert isinstance(image, rtc.VideoFrame)
+    luma = np.frombuffer(image.data, np.uint8, image.width * image.height).reshape(
+        image.height, image.width)
+    return "\n".join(line.text for line in thread_engine().read(
+        luma, (0, 0, image.width, image.height), Layout.PAGE))
+
+
+async def test_a_secret_shown_just_before_the_question_is_covered_in_its_screenshot(
+    tmp_path: Path,
+) -> None:
+    """The password and the card number appear a moment before the question, their read not
+    done: the question waits for it (within SIGHTLINE_COVER_WAIT_S), so its screenshot has the
+    two lines covered and its digest holds them hidden. Before, the screenshot went as shared
+    and the digest did not have them yet."""
+    asked, note, memory, totals = await _ask_as_the_secret_appears(tmp_path, wait_s=30)
+    await memory.aclose()
+    assert totals.summary()["screen"]["screenshots_unread"] == 0
+    assert note["image"] == "sent" and note["secrets_covered"] == 2
+    assert "screen_unread" not in note and note["cover_wait_ms"] > 0
+    seen = _screenshot_text(asked)
+    assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    text = " ".join(c for c in asked.items[-1].content if isinstance(c, str))
+    assert f"DB_PASSWORD={HIDDEN}" in text and "hunter2" not in text
+
+
+async def test_a_screenshot_whose_reads_wait_their_turn_goes_at_once_and_is_counted(
+    tmp_path: Path,
+) -> None:
+    """The reads are held at the CPU gate (a busy machine): the question does not wait for
+    them (there the wait cost the replies more than it covered, README: Many sessions per
+    worker); its screenshot goes as shared, and the `context` event, the session's summary and
+    `sightline costs` say it went before its text was read."""
+    gate = HeldGate()
+    try:
+        asked, note, memory, totals = await _ask_as_the_secret_appears(tmp_path, 30, gate)
+    finally:
+        gate.release.set()
+    await memory.aclose()
+    assert note["image"] == "sent" and note["screen_unread"] == 1  # the two reads fold into one
+    assert note["screen_reads_held"] is True and "secrets_covered" not in note
+    assert "hunter2" in _screenshot_text(asked)
+    summary = totals.summary()
+    assert summary["screen"]["screenshots_unread"] == 1
+    assert "1 screenshot sent before the screen text was read" in format_summary(summary)
 
 
 def _images_sent(body: dict[str, Any]) -> list[bytes]:

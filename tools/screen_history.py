@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from livekit.agents import llm
 
 from memory.marked_data import screen_data
 from vision.frame_archive import FrameArchive
 from vision.frames import InvalidFrame, SampledFrame, crop_i420
-from vision.local_change import Box
 from vision.screen import ScreenWatcher
-from vision.screen_text import ScreenText
+from vision.screen_text import CoverAt, ScreenText, nothing_to_cover
 
 log = logging.getLogger("sightline.tools")
 
@@ -106,13 +105,13 @@ class ScreenHistoryTools:
     def __init__(
         self, screen: ScreenWatcher, shown: ShownScreen, archive: FrameArchive | None = None,
         story: Sequence[ScreenText] = (),
-        secrets_shown: Callable[[], tuple[Box, ...]] = tuple,
+        cover: CoverAt = nothing_to_cover,
     ) -> None:
         self._screen = screen
         self._shown = shown
         self._archive = archive
         self._story = story
-        self._secrets_shown = secrets_shown  # covered in a closer look, as in the screenshot
+        self._cover = cover  # what is covered in a closer look, as in the screenshot
 
     def tools(self) -> list[llm.Tool]:
         return [self.screen_changes, self.earlier_screen, self.look_closer]
@@ -210,9 +209,9 @@ class ScreenHistoryTools:
         width, height = frame.size
         box = (round(left * width), round(top * height), round(right * width),
                round(bottom * height))
+        hidden = await self._cover(frame.t)
         try:
-            crop = await asyncio.to_thread(crop_i420, frame.frame, *box,
-                                           cover=self._secrets_shown())
+            crop = await asyncio.to_thread(crop_i420, frame.frame, *box, cover=hidden.boxes)
         except InvalidFrame as exc:
             raise llm.ToolError(f"That part of the screen is empty: {exc}") from None
         where = (f"pixels {box[0]},{box[1]} to {box[0] + crop.width},{box[1] + crop.height} of "

@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -291,6 +291,27 @@ class RedactedOnScreen:
         return changed
 
 
+@dataclass(frozen=True)
+class ScreenCover:
+    """What to cover in a screenshot of the screen at some time: the boxes of the lines whose
+    text held a secret, once the reads of the frames kept up to then were waited for; how many
+    of those reads were still not done when the wait ended (their lines show as shared), how
+    long it waited, and whether it ended because the machine was busy."""
+
+    boxes: tuple[Box, ...] = ()
+    unread: int = 0
+    waited_ms: float = 0.0
+    held: bool = False  # the wait ended because the machine was too busy to start the reads
+
+
+CoverAt = Callable[[float], Awaitable[ScreenCover]]  # what to cover in a screenshot of time t
+
+
+async def nothing_to_cover(_t: float) -> ScreenCover:
+    """For a screen without a text reader: nothing is known to hide."""
+    return ScreenCover()
+
+
 @dataclass
 class _Read:
     frame: SampledFrame
@@ -298,6 +319,11 @@ class _Read:
     boxes: list[Box]  # what changed, padded (what coalescing compares)
     wall_time: float
     coalesced: int = 0
+    first_t: float = field(init=False)  # the oldest kept frame it reads for (older ones fold in)
+    started: threading.Event = field(default_factory=threading.Event)  # past the gate, reading
+
+    def __post_init__(self) -> None:
+        self.first_t = self.frame.t
 
 
 def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLine], float]:
@@ -319,6 +345,9 @@ def read_change(
     lines.sort(key=lambda line: line.top)
     return lines, read_boxes
 
+
+# how long a question waits for a read that waits its turn (the OCR threads, the CPU gate)
+TURN_WAIT_S = 0.05
 
 # Replaces what must not be kept in a read's lines: (the lines, how many were replaced of each
 # kind). The session's screen memory hides secrets with it (memory/secret_text.py).
@@ -353,9 +382,12 @@ def read_text(
 def gated_read_change(
     gate: CpuGate | None, redact: Redactor | None, before: np.ndarray | None,
     luma: np.ndarray, boxes: list[Box], content: ContentType,
+    started: threading.Event | None = None,
 ) -> TextRead:
-    """`read_text` once `gate` lets it start."""
+    """`read_text` once `gate` lets it start (`started` is set then)."""
     waited = gate.wait() if gate is not None else UNGATED
+    if started is not None:
+        started.set()
     return replace(read_text(redact, before, luma, boxes, content), waited=waited)
 
 
@@ -445,6 +477,7 @@ class ScreenTextReader:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # nothing pending and nothing being read
         self._idle.set()
+        self._progress = asyncio.Event()  # set, and replaced, as each read ends
         self._seen = SeenLines()
         self._before: np.ndarray | None = None  # the last frame read
         self.stats = ReaderStats()
@@ -473,6 +506,7 @@ class ScreenTextReader:
         if older.frame.size == newer.frame.size:
             newer.boxes = merged(newer.boxes + older.boxes)
         newer.coalesced += older.coalesced + 1  # the submissions this read now stands for
+        newer.first_t = min(newer.first_t, older.first_t)
         self.stats.coalesced += 1  # one read fewer
 
     async def _run(self) -> None:
@@ -488,13 +522,16 @@ class ScreenTextReader:
                     luma = luma_plane(job.frame.frame)
                     done = await loop.run_in_executor(
                         self._executor, gated_read_change, self._gate, self._redact,
-                        self._before, luma, job.boxes, job.decision.content_type)
+                        self._before, luma, job.boxes, job.decision.content_type, job.started)
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
                     continue
                 finally:
                     self._reading = None
+                    # the waiters run after this step, once the read is delivered
+                    self._progress.set()
+                    self._progress = asyncio.Event()
                 self._before = luma
                 try:
                     self._deliver(job, done)
@@ -516,6 +553,40 @@ class ScreenTextReader:
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
             tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), job.coalesced,
             round(waited_ms, 1), done.waited.forced, dict(done.hidden), tuple(done.redacted)))
+
+    def unread(self, t: float) -> int:
+        """The reads not done yet (pending or under way) that read for a frame kept at or
+        before screen time `t`."""
+        jobs = [*self._pending, *([self._reading] if self._reading is not None else [])]
+        return sum(job.first_t <= t for job in jobs)
+
+    async def read_through(self, t: float, timeout_s: float) -> tuple[int, bool]:
+        """Wait up to `timeout_s` for the reads of the frames kept up to screen time `t` (a
+        screenshot of `t` is covered as far as they tell): how many are still not done, and
+        whether the wait ended because they were waiting their turn. Reads of later frames are
+        not waited for, nor a reader that stopped, nor a read that has not started
+        `TURN_WAIT_S` after it was asked for: it waits for the shared OCR threads or for the CPU
+        gate, which holds reads back while the machine is busy for the replies' sake, and a
+        reply is what waits here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        waiting_turn_since: float | None = None
+        while (left := self.unread(t)) and not self._task.done():
+            now = loop.time()
+            reading = self._reading
+            if reading is None or reading.started.is_set():
+                waiting_turn_since = None
+            elif waiting_turn_since is None:
+                waiting_turn_since = now
+            elif now - waiting_turn_since >= TURN_WAIT_S:
+                return left, True
+            progress = self._progress
+            try:  # whether the read has started is looked at again every TURN_WAIT_S
+                await asyncio.wait_for(progress.wait(), min(deadline - now, TURN_WAIT_S))
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    return self.unread(t), False
+        return left, False
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read); a
