@@ -172,10 +172,10 @@ class TurnContext:
         """The question's lookup, how it went, whether it was started before its turn, and the
         ms the turn waited for it (the screen's wait for its reads runs alongside)."""
         started = time.perf_counter()
-        held, prefetched = self._prefetched, False
-        if held is not None and held[0] == question:
+        early, prefetched = self._prefetched, False
+        if early is not None and early[0] == question:
             self._prefetched, prefetched = None, True
-            recalled, outcome = await held[1]
+            recalled, outcome = await early[1]
         else:
             self._drop_prefetched()
             recalled, outcome = await self._lookup(question)

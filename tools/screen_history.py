@@ -209,9 +209,9 @@ class ScreenHistoryTools:
         width, height = frame.size
         box = (round(left * width), round(top * height), round(right * width),
                round(bottom * height))
-        hidden = await self._cover(frame.t)
+        cover = await self._cover(frame.t)
         try:
-            crop = await asyncio.to_thread(crop_i420, frame.frame, *box, cover=hidden.boxes)
+            crop = await asyncio.to_thread(crop_i420, frame.frame, *box, cover=cover.boxes)
         except InvalidFrame as exc:
             raise llm.ToolError(f"That part of the screen is empty: {exc}") from None
         where = (f"pixels {box[0]},{box[1]} to {box[0] + crop.width},{box[1] + crop.height} of "

@@ -296,12 +296,12 @@ class ScreenCover:
     """What to cover in a screenshot of the screen at some time: the boxes of the lines whose
     text held a secret, once the reads of the frames kept up to then were waited for; how many
     of those reads were still not done when the wait ended (their lines show as shared), how
-    long it waited, and whether it ended because the machine was busy."""
+    long it waited, and whether it ended because they were waiting their turn."""
 
     boxes: tuple[Box, ...] = ()
     unread: int = 0
     waited_ms: float = 0.0
-    held: bool = False  # the wait ended because the machine was too busy to start the reads
+    held: bool = False  # the reads waited their turn: the OCR threads busy, or the CPU gate
 
 
 CoverAt = Callable[[float], Awaitable[ScreenCover]]  # what to cover in a screenshot of time t
