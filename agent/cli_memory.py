@@ -249,9 +249,9 @@ async def _hide_secrets(settings: Settings, args: argparse.Namespace, db: Databa
     # archived frames of sessions without a row (running without the database, or their spill
     # files lost): no tenant is known for them, so a pass over every tenant covers them (an
     # open one is left, as above), and a tenant's pass says they wait
-    recorded = await recorded_sessions(db.pool)
-    unrecorded = [s for s in await asyncio.to_thread(uncovered_sessions, settings.frames_dir)
-                  if s not in recorded]
+    uncovered = await asyncio.to_thread(uncovered_sessions, settings.frames_dir)
+    recorded = await recorded_sessions(db.pool) if uncovered else set()
+    unrecorded = [s for s in uncovered if s not in recorded]
     unrecorded_done: dict[str, Any] = {"sessions": 0, "archived_frames_read": 0,
                                        "archived_frames_covered": 0, "left": []}
     if unrecorded and args.tenant:

@@ -346,9 +346,6 @@ def read_change(
     return lines, read_boxes
 
 
-# how long a question waits for a read that waits its turn (the OCR threads, the CPU gate)
-TURN_WAIT_S = 0.05
-
 # Replaces what must not be kept in a read's lines: (the lines, how many were replaced of each
 # kind). The session's screen memory hides secrets with it (memory/secret_text.py).
 Redactor = Callable[[list[str]], tuple[list[str], Mapping[str, int]]]
@@ -455,6 +452,10 @@ class ReaderStats:
     forced: int = 0  # reads that started after the gate's longest wait, the machine still busy
     lines_added: int = 0
     secrets_hidden: int = 0  # replaced by the reader's `redact` in the lines read
+
+
+# how long a question waits for a read that waits its turn (the OCR threads, the CPU gate)
+TURN_WAIT_S = 0.05
 
 
 class ScreenTextReader:
