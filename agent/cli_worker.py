@@ -185,13 +185,14 @@ async def _migrate(url: str, settings: Settings) -> None:
 
 def _prepare_process(settings: Settings) -> None:
     """Load what sessions share once, here, rather than in the first session that needs it:
-    the session code, the model SDKs of the tiers, the offline embedder's weights, an OCR
-    engine, and what the first turn and the first kept frame import. An import holds the GIL:
-    in a burst of 30 joining, the first session's import of genai-prices' model table (0.85 s)
-    stalled every session's loop (measured with PYTHONPROFILEIMPORTTIME in bench.load). numpy
-    imports `numpy.ma` on the first median of floats (the change detector's perceptual hash of
-    a session's first frame): 53 ms on an idle process, and in a py-spy profile of a burst of
-    30 the one import left after registering (1.45 s of samples across two processes).
+    the session code, the model SDKs of the tiers, the offline embedder's weights, the OCR
+    engines (the hurry lane's too, when on), and what the first turn and the first kept frame
+    import. An import holds the GIL: in a burst of 30 joining, the first session's import of
+    genai-prices' model table (0.85 s) stalled every session's loop (measured with
+    PYTHONPROFILEIMPORTTIME in bench.load). numpy imports `numpy.ma` on the first median of
+    floats (the change detector's perceptual hash of a session's first frame): 53 ms on an idle
+    process, and in a py-spy profile of a burst of 30 the one import left after registering
+    (1.45 s of samples across two processes).
 
     What is loaded here lives as long as the process, so it is then frozen out of the garbage
     collector's sight (`gc.freeze`): each full collection walked all of it, ~370,000 objects,
@@ -213,7 +214,7 @@ def _prepare_process(settings: Settings) -> None:
 
     from memory import marked_data
     from vision.ocr import thread_engine
-    from vision.screen_text import shared_pool
+    from vision.screen_text import hurry_pool, shared_pool
 
     from . import session  # noqa: F401 - importing it is the point
     from .components import make_embedder
@@ -227,7 +228,10 @@ def _prepare_process(settings: Settings) -> None:
     if settings.reranker == "cohere":
         import cohere  # noqa: F401 - what the first reranker made would import (memory/rerank.py)
     if settings.screen_text:
-        shared_pool(settings.ocr_threads).submit(thread_engine).result()
+        pools = [shared_pool(settings.ocr_threads)] + ([hurry_pool()] if settings.cover_hurry
+                                                       else [])
+        for pool in pools:
+            pool.submit(thread_engine).result()
     cv2.setNumThreads(1)
     gc.collect()  # what loading left as garbage is freed, not frozen
     gc.freeze()

@@ -359,7 +359,13 @@ _FIELDS: tuple[_Field, ...] = (
         help="seconds a question waits at most, alongside its lookup, for the screen-text "
              "reads of the frame it sends, so that a secret shown just before is covered in "
              "its screenshot, not for a read still waiting its turn (the OCR threads, the CPU "
-             "gate); 0: no wait (a line not read yet shows as shared)"),
+             "gate) unless hurried (SIGHTLINE_COVER_HURRY); 0: no wait (a line not read yet "
+             "shows as shared)"),
+    _Field("cover_hurry", "SIGHTLINE_COVER_HURRY", _on_off, False,
+        help="on | off: a question hurries the small screen-text reads it waits for (at most "
+             "an eighth of the frame changed) past the OCR threads' queue and the CPU gate, "
+             "onto a thread of their own: fewer screenshots sent before their text was read, "
+             "slower replies on a full worker"),
     _Field("image_policy", "SIGHTLINE_IMAGE_POLICY", _choice(*IMAGE_POLICIES), "changed",
         help="changed | always: send the screen image only when it changed since the last "
              "one the model saw, or on every turn"),
@@ -445,6 +451,7 @@ class Settings:
     ocr_cpu_limit: float
     ocr_max_wait_s: float
     cover_wait_s: float
+    cover_hurry: bool
     image_policy: str
     proactive: bool
     frame_archive_mb: int

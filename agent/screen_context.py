@@ -140,6 +140,8 @@ class ScreenContext:
         note["cover_wait_ms"] = cover.waited_ms
         if cover.unread:
             note["screen_unread"] = cover.unread
+        if cover.hurried:
+            note["screen_reads_hurried"] = cover.hurried
         if cover.held:
             note["screen_reads_held"] = True
         image = frame.frame

@@ -80,7 +80,7 @@ class SessionScreenMemory:
         self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
         self._errors_seen: OrderedDict[str, None] = OrderedDict()  # oldest seen first
         self._secrets_shown = RedactedOnScreen()  # covered in the archived frames
-        self._cover_wait_s = settings.cover_wait_s
+        self._cover_wait_s, self._cover_hurry = settings.cover_wait_s, settings.cover_hurry
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
@@ -95,13 +95,15 @@ class SessionScreenMemory:
         turn (the process's OCR threads busy with other sessions' reads, or its CPU gate
         holding reads back while the machine is busy) is not waited for: with bench/load.py at
         30 sessions, waiting for those took the replies' p95 overhead from 159 to 699 ms, and
-        half of them did not come in time anyway."""
+        half of them did not come in time anyway. With SIGHTLINE_COVER_HURRY a small one is
+        hurried past them instead (README: Many sessions per worker)."""
         if self.reader is None:  # nothing is read, so nothing is known to cover
             return ScreenCover()
         started = time.perf_counter()
-        unread, held = await self.reader.read_through(t, self._cover_wait_s)
+        unread, hurried, held = await self.reader.read_through(t, self._cover_wait_s,
+                                                               hurry=self._cover_hurry)
         return ScreenCover(self._secrets_shown.boxes, unread,
-                           round((time.perf_counter() - started) * 1000, 1), held)
+                           round((time.perf_counter() - started) * 1000, 1), hurried, held)
 
     def on_kept(self, change: ScreenChange) -> None:
         """A kept frame: archive it and read its changed region (both off the loop)."""
@@ -118,6 +120,7 @@ class SessionScreenMemory:
             "regions": [list(box) for box in read.regions], "lines": read.lines,
             "lines_read": read.lines_read, "cpu_ms": read.cpu_ms, "coalesced": read.coalesced,
             "waited_ms": read.waited_ms, "forced": read.forced,
+            **({"hurried": True} if read.hurried else {}),
             **({"secrets_hidden": dict(read.hidden)} if read.hidden else {})})
         if not read.lines:
             return
@@ -159,7 +162,8 @@ class SessionScreenMemory:
                 "submitted": stats.submitted, "read": stats.read, "coalesced": stats.coalesced,
                 "failed": stats.failed, "undelivered": stats.undelivered,
                 "abandoned": stats.abandoned, "waited_s": round(stats.waited_ms / 1000, 1),
-                "forced": stats.forced, "secrets_hidden": stats.secrets_hidden,
+                "forced": stats.forced, "hurried": stats.hurried,
+                "secrets_hidden": stats.secrets_hidden,
                 "archived_frames": len(self.archive.times()),
                 "archive_replaced": self.archive.replaced, "archive_failed": self.archive.failed,
                 "archive_unremoved": self.archive.unremoved})

@@ -32,9 +32,10 @@ CPU time the question cost its session's event-loop thread, `loop_cpu_ms_*`, fro
 again over the questions asked in the steady window alone (from 30 s after the last arrival: a
 burst's joining, and the first questions asked while the others still connect, left out);
 sampled frames per session-second; each new screenshot's wait for the screen-text reads of
-its frame (`cover_wait_ms_*`) and the screenshots sent before those were done
-(`screenshots_unread`); CPU cores of the worker (and, of those, its screen-text
-readers' and its video decoders' threads), the users' processes, LiveKit,
+its frame (`cover_wait_ms_*`), the screenshots sent before those were done
+(`screenshots_unread`) and the reads questions hurried (`screen_reads_hurried`); CPU cores of
+the worker (and, of those, its screen-text readers' and its video decoders' threads), the
+users' processes, LiveKit,
 Postgres and the scripted model server (all share the machine's cores), and the cores the
 hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
 session above its idle RSS. With `--reference`, the same levels run against another build (the
@@ -232,6 +233,7 @@ class Sessions:
     screen_reads_folded: int = 0
     screen_read_wait_s: float = 0.0
     screen_reads_forced: int = 0  # started after the longest wait, the machine still busy
+    screen_reads_hurried: int = 0  # a question waited for them: past the OCR queue and the gate
     shares_resubscribed: int = 0  # shares a session subscribed to again: they had not arrived
     # questions whose knowledge and memory lookup ran out of its time (answered without it)
     recalls_timed_out: int = 0
@@ -262,6 +264,7 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
                 found.screen_reads_folded += reader["coalesced"]
                 found.screen_read_wait_s += reader.get("waited_s", 0.0)
                 found.screen_reads_forced += reader.get("forced", 0)
+                found.screen_reads_hurried += reader.get("hurried", 0)
             for count in (e["detail"] for e in events if e["kind"] == "frame_count"):
                 found.shares_resubscribed += count.get("resubscribed", 0)
             contexts = [e["detail"] for e in events if e["kind"] == "context"]
@@ -505,6 +508,7 @@ def run_level(n: int, opts: Options, livekit: LiveKitServer, models: ModelServer
         "cover_wait_ms_p50": _ms(quantile(sessions.cover_waits_s, 0.5)),
         "cover_wait_ms_p95": _ms(quantile(sessions.cover_waits_s, 0.95)),
         "screenshots_unread": sessions.screenshots_unread,
+        "screen_reads_hurried": sessions.screen_reads_hurried,
         "worker_cores": cores["worker"],
         "worker_ocr_cores": cores["worker_ocr"],  # of worker_cores: reading screen text
         "worker_video_decode_cores": cores["worker_video_decode"],  # and decoding the shares

@@ -46,7 +46,7 @@ class Machine:
     def clock(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, _wake: threading.Event, seconds: float) -> None:
         self.busy += seconds * (self.cores_busy if self.now < self.quiet_at
                                 else self.quiet_cores)
         self.now += seconds
@@ -66,7 +66,7 @@ def test_a_quiet_machine_reads_at_once_once_it_has_measured() -> None:
     first = gate.wait()  # the first read measures the machine
     assert first.seconds == pytest.approx(2 * POLL_S)
     assert not first.forced
-    machine.sleep(1.0)
+    machine.sleep(threading.Event(), 1.0)
     assert gate.wait() == GateWait(0.0, forced=False)
 
 
@@ -82,6 +82,25 @@ def test_a_busy_machine_holds_the_read_until_it_quiets_down() -> None:
     # it waits past the moment the machine quiets down, until its last second shows it
     assert 3.0 < waited.seconds < 5.0
     assert not waited.forced
+
+
+def test_a_read_a_question_waits_for_starts_as_soon_as_it_is_hurried() -> None:
+    """A busy machine holds the read; a question hurries it (after three polls here): it starts
+    then, neither waiting for the machine nor counted as forced through."""
+    machine = Machine(cores_busy=1.8)
+    hurry, polls = threading.Event(), []
+
+    def sleep(wake: threading.Event, seconds: float) -> None:
+        assert wake is hurry  # the gate sleeps on the read's own event, so it wakes at once
+        machine.sleep(wake, seconds)
+        polls.append(seconds)
+        if len(polls) == 3:
+            hurry.set()
+
+    gate = CpuGate(machine.busy_seconds, 2.0, limit=0.7, max_wait_s=10.0,
+                   clock=machine.clock, sleep=sleep)
+    assert gate.wait(hurry) == GateWait(pytest.approx(3 * POLL_S), forced=False)
+    assert gate.wait(hurry) == GateWait(0.0, forced=False)  # hurried from the start: no wait
 
 
 def test_the_reads_own_cpu_counts_so_they_fill_the_machine_only_up_to_the_limit() -> None:
@@ -225,14 +244,15 @@ async def test_a_held_reader_keeps_sampling_and_reads_the_newest_screen_when_let
         screen.offer(float(t), desk.frame())
         await asyncio.sleep(0.05)
     assert screen.frames_received == 8 and not results  # nothing read while the gate holds
-    unread, held = await asyncio.wait_for(reader.read_through(7.0, timeout_s=600), 30)
+    unread, hurried, held = await asyncio.wait_for(reader.read_through(7.0, timeout_s=600), 30)
     assert held and unread == len(reader._pending) + 1 >= 2  # one under way, held at the gate
+    assert hurried == 0
     busy.clear()
     for _ in range(600):  # until the gate's measure of the last second comes down
-        unread, held = await reader.read_through(7.0, timeout_s=30)
+        unread, hurried, held = await reader.read_through(7.0, timeout_s=30)
         if not held:
             break
-    assert (unread, held) == (0, False)
+    assert (unread, hurried, held) == (0, 0, False)
     await reader.aclose()
     pool.shutdown()
     assert results and results[-1].t == 7.0

@@ -55,11 +55,14 @@ MARKER_LIKE = re.compile(r"<\s*/?\s*screen[\s_-]*text\s*>", re.IGNORECASE)
 
 
 def kept_frames(count: int) -> list[tuple[SampledFrame, Any]]:
-    """`count` kept frames of a terminal, a line printed each time, with their decisions."""
-    detector, desk = ChangeDetector(), Desk(width=640, height=360, pointer=None, cursor_on=False)
+    """`count` kept frames of a terminal, a line printed each time after the first (its whole
+    screen), with their decisions."""
+    detector = ChangeDetector()
+    desk = Desk(width=640, height=360, pointer=None, cursor_on=False, lines=["$ make"])
     frames = []
     for t in range(count):
-        desk.lines = [*desk.lines, f"step {t} done"]
+        if t:
+            desk.lines = [*desk.lines, f"step {t} done"]
         frame = desk.frame()
         frames.append((SampledFrame(frame, float(t)), detector.decide(float(t), frame)))
     return frames
@@ -108,7 +111,7 @@ async def test_a_reader_whose_task_died_says_so_at_close(
     [(frame, decision)] = kept_frames(1)
     reader.submit(frame, decision)
     # a question does not wait for a read that will never come
-    assert await asyncio.wait_for(reader.read_through(0.0, timeout_s=600), 30) == (1, False)
+    assert await asyncio.wait_for(reader.read_through(0.0, timeout_s=600), 30) == (1, 0, False)
     await reader.aclose(timeout_s=5)
     said = [r.getMessage() for r in warnings(caplog)]
     assert any("reader crashed" in message for message in said), said
@@ -116,14 +119,17 @@ async def test_a_reader_whose_task_died_says_so_at_close(
 
 
 class HeldGate:
-    """A CPU gate that holds the read it lets through until released."""
+    """A CPU gate that holds the read it lets through until released or hurried (30 s at
+    most)."""
 
     def __init__(self) -> None:
         self.taken, self.release = threading.Event(), threading.Event()
 
-    def wait(self) -> GateWait:
+    def wait(self, hurry: threading.Event | None = None) -> GateWait:
         self.taken.set()
-        self.release.wait(30)
+        for _ in range(3000):
+            if self.release.wait(0.01) or (hurry is not None and hurry.is_set()):
+                break
         return UNGATED
 
 
@@ -161,40 +167,96 @@ async def test_reads_not_done_at_close_are_counted_into_the_reader_event(
     assert reader_event["detail"]["abandoned"] == 2 and reader_event["detail"]["undelivered"] == 0
 
 
-async def test_a_wait_for_the_reads_up_to_a_time_counts_those_folded_into_later_ones() -> None:
-    """`read_through(t)`: the reads of frames kept up to `t` (a question's screenshot waits for
-    them), not later ones. A read folded into a later frame's still reads for the earlier one.
-    A read waiting its turn (here held at the CPU gate) is not waited for; one under way is,
-    until it is done or the wait runs out, which says how many are left."""
-    pool, gate, redacting = ThreadPoolExecutor(max_workers=1), HeldGate(), HeldGate()
+async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_ones() -> None:
+    """`read_through(t, hurry=True)`: the reads of frames kept up to `t` (a question's
+    screenshot waits for them), not later ones; a read folded into a later frame's still reads
+    for the earlier one. It hurries the small ones: the one held at the CPU gate is passed on
+    to the hurry lane, and so is the one pending; the first frame's whole-screen read waiting
+    its turn is neither hurried nor waited for. A wait that runs out says how many are left;
+    with no time to wait none is hurried."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared")
+    lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hurry")
+    gate, redacting, lanes = HeldGate(), HeldGate(), []
 
     def slow_redact(lines: list[str]) -> tuple[list[str], dict[str, int]]:
-        redacting.wait()  # a read under way that takes its time
+        lanes.append(threading.current_thread().name)
+        if len(lanes) > 1:
+            redacting.wait()  # a read under way that takes its time
         return lines, {}
 
-    reader = ScreenTextReader(lambda _read: None, executor=pool, gate=gate, redact=slow_redact)
-    frames = kept_frames(4)
+    reader = ScreenTextReader(lambda _read: None, executor=pool, hurry_executor=lane, gate=gate,
+                              redact=slow_redact)
+    frames = kept_frames(5)
     try:
-        reader.submit(*frames[0])
-        assert await asyncio.to_thread(gate.taken.wait, 30)  # t=0 handed on, held at the gate
-        reader.submit(*frames[1])
-        assert [reader.unread(t) for t in (-1.0, 0.0, 1.0)] == [0, 1, 2]
-        reader.submit(*frames[3])  # t=3 takes in t=1's region: one read for both
-        assert reader.stats.coalesced == 1
-        assert [reader.unread(t) for t in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 2, 2]
-        assert await asyncio.wait_for(reader.read_through(1.0, timeout_s=600), 30) == (2, True)
+        reader.submit(*frames[0])  # the whole screen, held at the gate: too large to hurry
+        assert await asyncio.to_thread(gate.taken.wait, 30)
+        waited = reader.read_through(0.0, timeout_s=600, hurry=True)
+        assert await asyncio.wait_for(waited, 30) == (1, 0, True)
         gate.release.set()
-        assert await asyncio.to_thread(redacting.taken.wait, 30)  # t=0 under way
-        assert await reader.read_through(1.0, timeout_s=0.2) == (2, False)  # the wait ran out
+        await reader.drain(timeout_s=30)
+        gate.taken.clear()
+        gate.release.clear()
+        assert lanes == ["shared_0"]
+        reader.submit(*frames[1])
+        assert await asyncio.to_thread(gate.taken.wait, 30)  # t=1 handed on, held at the gate
+        reader.submit(*frames[2])
+        assert [reader.unread(t) for t in (0.0, 1.0, 2.0)] == [0, 1, 2]
+        reader.submit(*frames[4])  # t=4 takes in t=2's region: one read for both
+        assert reader.stats.coalesced == 1
+        assert [reader.unread(t) for t in (1.0, 2.0, 3.0, 4.0)] == [1, 2, 2, 2]
+        assert await reader.read_through(2.0, timeout_s=0, hurry=True) == (2, 0, False)  # no time
+        assert lanes == ["shared_0"]  # t=1 still held at the gate
+        # both hurried; t=1 passed on to the hurry lane, where it takes its time
+        assert await reader.read_through(2.0, timeout_s=0.3, hurry=True) == (2, 2, False)
+        assert await asyncio.to_thread(redacting.taken.wait, 30)
+        assert lanes == ["shared_0", "hurry_0"]
         redacting.release.set()
-        assert await reader.read_through(0.0, timeout_s=30) == (0, False)
-        assert await reader.read_through(3.0, timeout_s=30) == (0, False)
-        assert reader.stats.read == 2
+        assert await reader.read_through(1.0, timeout_s=30) == (0, 0, False)
+        assert await reader.read_through(4.0, timeout_s=30) == (0, 0, False)  # hurried already
+        assert lanes == ["shared_0", "hurry_0", "hurry_0"]
+        assert reader.stats.read == 3 and reader.stats.hurried == 2
     finally:
         gate.release.set()
         redacting.release.set()
         await reader.aclose()
         pool.shutdown()
+        lane.shutdown()
+
+
+async def test_a_read_queued_behind_other_sessions_reads_is_read_on_the_hurry_lane() -> None:
+    """The process's one OCR thread is busy with another session's long read: a question that
+    hurries its read queued behind it has it taken off the queue (never read there) and read on
+    the hurry lane."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared")
+    lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hurry")
+    other_session, lanes, results = threading.Event(), [], []
+
+    def redact(lines: list[str]) -> tuple[list[str], dict[str, int]]:
+        lanes.append(threading.current_thread().name)
+        return lines, {}
+
+    reader = ScreenTextReader(results.append, executor=pool, hurry_executor=lane, redact=redact)
+    first, second = kept_frames(2)
+    try:
+        reader.submit(*first)
+        await reader.drain(timeout_s=30)
+        pool.submit(other_session.wait, 30)
+        reader.submit(*second)  # a line printed
+        for _ in range(3):  # the reader's task takes it and hands it to the pool
+            await asyncio.sleep(0)
+        assert reader._reading is not None  # queued behind the other session's read
+        waited = reader.read_through(1.0, timeout_s=30, hurry=True)
+        assert await asyncio.wait_for(waited, 60) == (0, 1, False)
+        other_session.set()
+        pool.shutdown(wait=True)  # what was queued there has run by now
+        assert lanes == ["shared_0", "hurry_0"]
+        assert [read.hurried for read in results] == [False, True]
+        assert reader.stats.read == 2 and reader.stats.hurried == 1
+    finally:
+        other_session.set()
+        await reader.aclose()
+        pool.shutdown()
+        lane.shutdown()
 
 
 class CountingPattern:

@@ -324,13 +324,14 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
 
 
 async def _ask_as_the_secret_appears(
-    tmp_path: Path, wait_s: float, gate: HeldGate | None = None,
+    tmp_path: Path, wait_s: float, gate: HeldGate | None = None, *, hurry: bool = False,
 ) -> tuple[llm.ChatContext, dict[str, Any], SessionScreenMemory, SessionTotals]:
     """A session's screen memory reads the editor; the `.env` lines appear and the question
     comes at once, before their read is done: the question's request, its `context` event,
     the screen memory (still open) and the session's totals, which the event has gone into."""
     settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-                                  "SIGHTLINE_COVER_WAIT_S": str(wait_s)})
+                                  "SIGHTLINE_COVER_WAIT_S": str(wait_s),
+                                  "SIGHTLINE_COVER_HURRY": "on" if hurry else "off"})
     events = EventLog(session_id="s-cover", tenant="t", costs_dir=tmp_path, store=None)
     totals = SessionTotals(session_id="s-cover", tenant="t", source="live",
                            prices=tmp_path / "p.json", cost_log=tmp_path / "c.jsonl")
@@ -347,8 +348,11 @@ async def _ask_as_the_secret_appears(
     editor, shown = env_desk()
     for t in (0.0, 1.0):
         screen.offer(t, editor.frame())
-    if gate is None:
-        await memory.reader.drain(timeout_s=30)  # type: ignore[union-attr]
+    if gate is not None:  # the editor's first read goes through; the next is held
+        gate.release.set()
+    await memory.reader.drain(timeout_s=30)  # type: ignore[union-attr]
+    if gate is not None:
+        gate.release.clear()
     for t in (2.0, 3.0):  # kept once it holds still
         screen.offer(t, shown.frame())
     ctx = llm.ChatContext.empty()
@@ -389,9 +393,9 @@ async def test_a_secret_shown_just_before_the_question_is_covered_in_its_screens
 async def test_a_screenshot_whose_reads_wait_their_turn_goes_at_once_and_is_counted(
     tmp_path: Path,
 ) -> None:
-    """The reads are held at the CPU gate (a busy machine): the question does not wait for
-    them (there the wait cost the replies more than it covered, README: Many sessions per
-    worker); its screenshot goes as shared, and the `context` event, the session's summary and
+    """The read is held at the CPU gate (a busy machine): the question does not wait for it
+    (there the wait cost the replies more than it covered, README: Many sessions per worker);
+    its screenshot goes as shared, and the `context` event, the session's summary and
     `sightline costs` say it went before its text was read."""
     gate = HeldGate()
     try:
@@ -399,12 +403,34 @@ async def test_a_screenshot_whose_reads_wait_their_turn_goes_at_once_and_is_coun
     finally:
         gate.release.set()
     await memory.aclose()
-    assert note["image"] == "sent" and note["screen_unread"] == 1  # the two reads fold into one
+    assert note["image"] == "sent" and note["screen_unread"] == 1
     assert note["screen_reads_held"] is True and "secrets_covered" not in note
-    assert "hunter2" in _screenshot_text(asked)
+    assert "screen_reads_hurried" not in note and "hunter2" in _screenshot_text(asked)
     summary = totals.summary()
     assert summary["screen"]["screenshots_unread"] == 1
     assert "1 screenshot sent before the screen text was read" in format_summary(summary)
+
+
+async def test_with_hurry_on_a_read_held_back_by_a_busy_machine_is_hurried_for_the_screenshot(
+    tmp_path: Path,
+) -> None:
+    """SIGHTLINE_COVER_HURRY=on: the same read held at the CPU gate is hurried past it onto the
+    hurry lane, so the screenshot has the two lines covered, and the `context` event says it
+    hurried one read."""
+    gate = HeldGate()  # released by nothing but the question's hurry
+    try:
+        asked, note, memory, totals = await _ask_as_the_secret_appears(tmp_path, 30, gate,
+                                                                       hurry=True)
+    finally:
+        gate.release.set()
+    await memory.aclose()
+    assert note["image"] == "sent" and note["secrets_covered"] == 2
+    assert note["screen_reads_hurried"] == 1 and "screen_unread" not in note
+    assert "screen_reads_held" not in note
+    seen = _screenshot_text(asked)
+    assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    assert totals.summary()["screen"]["screenshots_unread"] == 0
+    assert memory.reader is not None and memory.reader.stats.hurried == 1
 
 
 def _images_sent(body: dict[str, Any]) -> list[bytes]:

@@ -13,7 +13,8 @@ rest alone is over it, a read still starts once it has waited `max_wait_s`, so s
 slows down instead of stopping. Meanwhile the sessions' newer frames fold into the waiting read
 (`ScreenTextReader`). Each read is told how long it waited and whether it was let through by
 the limit or forced by the wait: forced reads mean the worker is fuller than screen memory can
-keep up with (exported per session and as a metric).
+keep up with (exported per session and as a metric). A read a question waits for (its screenshot
+covers what the read finds) starts at once: its `hurry` is set.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ class CpuGate:
     def __init__(
         self, busy_seconds: Callable[[], float], cores: float, *, limit: float,
         max_wait_s: float, clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[threading.Event, float], object] = threading.Event.wait,
     ) -> None:
         """`busy_seconds`: CPU seconds the machine (or container) has been busy in all, on
-        all its cores; `limit`: the share of `cores` under which a read may start."""
+        all its cores; `limit`: the share of `cores` under which a read may start; `sleep`
+        waits the seconds given unless the event is set."""
         if cores <= 0 or not 0 < limit <= 1 or max_wait_s < 0:
             raise ValueError(f"cores={cores}, limit={limit}, max_wait_s={max_wait_s}")
         self._busy_seconds, self._cores = busy_seconds, cores
@@ -73,16 +75,17 @@ class CpuGate:
             return None
         return (busy - started_busy) / ((now - start) * self._cores)
 
-    def wait(self) -> GateWait:
-        """Block until a read may start."""
+    def wait(self, hurry: threading.Event | None = None) -> GateWait:
+        """Block until a read may start, or `hurry` is set."""
+        hurry = hurry or threading.Event()
         with self._lock:  # one decision at a time: a read that starts is in the next one's use
             started, busy = self._clock(), False
             while True:
                 share = self.share()
                 waited = self._clock() - started
-                if share is not None and share <= self.limit:
+                if (share is not None and share <= self.limit) or hurry.is_set():
                     return GateWait(waited, forced=False)
                 busy = busy or share is not None
                 if waited >= self.max_wait_s:
                     return GateWait(waited, forced=busy)
-                self._sleep(POLL_S)
+                self._sleep(hurry, POLL_S)

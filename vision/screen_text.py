@@ -20,10 +20,12 @@ overlaps a pending one replaces it, on the newest frame, with the union of both 
 `max_pending`, everything pending folds into one read of the newest frame), so sampling never
 waits and the latest screen is always what gets read. One task per session takes the reads in
 order (the new-line diff depends on it) and hands them to a thread pool shared by the process;
-each thread owns one Tesseract engine. What was folded away is counted, and so is what a
-closing session did not wait for. A read the session fails to take (its `on_text` raising) is
-counted and logged in one line, and reading goes on: one bad read must not end the session's
-screen memory.
+each thread owns one Tesseract engine. A small read a question waits for (`read_through`: its
+screenshot has the secrets those reads find covered) is hurried: it skips the pool's queue and
+the CPU gate for a lane of its own. What was folded away is counted, and so is what a closing
+session did not wait for. A read the session fails to take (its `on_text` raising) is counted
+and logged in one line, and reading goes on: one bad read must not end the session's screen
+memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -257,6 +259,7 @@ class ScreenText:
     forced: bool = False  # it started after the longest wait, the machine still busy
     hidden: Mapping[str, int] = field(default_factory=dict)  # redacted in the lines read, by kind
     redacted: tuple[Box, ...] = ()  # the boxes of the lines read that `redact` changed
+    hurried: bool = False  # a question waited for it (`ScreenTextReader.read_through`)
 
     @property
     def region(self) -> Box:
@@ -296,12 +299,14 @@ class ScreenCover:
     """What to cover in a screenshot of the screen at some time: the boxes of the lines whose
     text held a secret, once the reads of the frames kept up to then were waited for; how many
     of those reads were still not done when the wait ended (their lines show as shared), how
-    long it waited, and whether it ended because they were waiting their turn."""
+    long it waited, how many reads it hurried, and whether it ended because a read too large to
+    hurry was waiting its turn (`ScreenTextReader.read_through`)."""
 
     boxes: tuple[Box, ...] = ()
     unread: int = 0
     waited_ms: float = 0.0
-    held: bool = False  # the reads waited their turn: the OCR threads busy, or the CPU gate
+    hurried: int = 0
+    held: bool = False
 
 
 CoverAt = Callable[[float], Awaitable[ScreenCover]]  # what to cover in a screenshot of time t
@@ -320,10 +325,24 @@ class _Read:
     wall_time: float
     coalesced: int = 0
     first_t: float = field(init=False)  # the oldest kept frame it reads for (older ones fold in)
-    started: threading.Event = field(default_factory=threading.Event)  # past the gate, reading
+    # a question waits for it: set on the loop (`asked`) and for the reading thread (`hurry`)
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
+    hurry: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)  # in the OCR engine
 
     def __post_init__(self) -> None:
         self.first_t = self.frame.t
+
+    @property
+    def small(self) -> bool:
+        """Small enough to hurry: its changed boxes cover at most `HURRY_MAX_SHARE` of the
+        frame."""
+        width, height = self.frame.size
+        return sum(w * h for _x, _y, w, h in self.boxes) <= HURRY_MAX_SHARE * width * height
+
+    def hurry_up(self) -> None:
+        self.asked.set()
+        self.hurry.set()
 
 
 def read_region(luma: np.ndarray, box: Box, layout: Layout) -> tuple[list[TextLine], float]:
@@ -376,16 +395,19 @@ def read_text(
     return TextRead(texts, read_boxes, (time.thread_time() - started) * 1000, hidden, redacted)
 
 
-def gated_read_change(
-    gate: CpuGate | None, redact: Redactor | None, before: np.ndarray | None,
-    luma: np.ndarray, boxes: list[Box], content: ContentType,
-    started: threading.Event | None = None,
-) -> TextRead:
-    """`read_text` once `gate` lets it start (`started` is set then)."""
-    waited = gate.wait() if gate is not None else UNGATED
-    if started is not None:
-        started.set()
-    return replace(read_text(redact, before, luma, boxes, content), waited=waited)
+def gated_read(gate: CpuGate | None, job: _Read, read: Callable[[], TextRead]) -> TextRead | None:
+    """`read` once `gate` lets it start; None when a question hurried it meanwhile: the hurry
+    lane reads it then, at the replies' priority rather than this thread's low one."""
+    waited = gate.wait(job.hurry) if gate is not None else UNGATED
+    if job.hurry.is_set():
+        return None
+    job.started.set()
+    return replace(read(), waited=waited)
+
+
+def hurried_read(job: _Read, read: Callable[[], TextRead]) -> TextRead:
+    job.started.set()
+    return read()
 
 
 class FrameTextReader:
@@ -407,8 +429,8 @@ class FrameTextReader:
                           hidden=dict(done.hidden), redacted=tuple(done.redacted))
 
 
-_shared_pool: ThreadPoolExecutor | None = None
-_shared_pool_lock = threading.Lock()
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 OCR_NICE = 10  # reading screen text yields the CPU to replies and frames
@@ -418,25 +440,43 @@ OCR_NICE = 10  # reading screen text yields the CPU to replies and frames
 OCR_THREAD_NAME = "sightline-ocr"
 
 
-def _background_reader() -> None:
-    """Lower this thread's CPU priority (Linux schedules threads by their own nice value) and
+def _reader_thread(nice: int) -> None:
+    """Set this thread's CPU priority (Linux schedules threads by their own nice value) and
     name it for the OS."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OCR_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     setthreadtitle(OCR_THREAD_NAME)
 
 
+def _process_pool(name: str, threads: int, nice: int) -> ThreadPoolExecutor:
+    """The process's pool `name`, shared by all its sessions (made on first use; sessions start
+    in threads of their own, hence the lock)."""
+    with _pools_lock:
+        if name not in _pools:
+            _pools[name] = ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix=name,
+                initializer=functools.partial(_reader_thread, nice))
+        return _pools[name]
+
+
 def shared_pool(threads: int = 1) -> ThreadPoolExecutor:
-    """The process's OCR threads, shared by all its sessions (made on first use; sessions
-    start in threads of their own, hence the lock). They run at a lower priority: when the
-    machine is busy, reads wait and coalesce (counted in each session's log) rather than
-    slowing anyone's reply."""
-    global _shared_pool
-    with _shared_pool_lock:
-        if _shared_pool is None:
-            _shared_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ocr",
-                                              initializer=_background_reader)
-        return _shared_pool
+    """The process's OCR threads. They run at a lower priority: when the machine is busy, reads
+    wait and coalesce (counted in each session's log) rather than slowing anyone's reply."""
+    return _process_pool("ocr", threads, OCR_NICE)
+
+
+def hurry_pool() -> ThreadPoolExecutor:
+    """The process's lane for the reads a question waits for (`ScreenTextReader.read_through`),
+    past the OCR threads' queue, at the replies' priority: one thread, since a question waits
+    for the reads of one session and questions seldom come together."""
+    return _process_pool("ocr-hurry", 1, 0)
+
+
+# the share of a frame up to which a read a question waits for is hurried: measured with
+# bench/load.py at 30 sessions, reads of at most an eighth of a 720p frame took 58 / 106 ms of
+# CPU at p50 / p95, a whole frame's 256 / 336 ms; hurrying every read held the first questions
+# of a burst of sessions for whole-screen reads (overhead p95 631-815 ms, against 155-265)
+HURRY_MAX_SHARE = 1 / 8
 
 
 @dataclass
@@ -450,6 +490,7 @@ class ReaderStats:
     cpu_ms: float = 0.0
     waited_ms: float = 0.0
     forced: int = 0  # reads that started after the gate's longest wait, the machine still busy
+    hurried: int = 0  # reads a question waited for, hurried past the OCR queue and the CPU gate
     lines_added: int = 0
     secrets_hidden: int = 0  # replaced by the reader's `redact` in the lines read
 
@@ -463,13 +504,17 @@ class ScreenTextReader:
 
     def __init__(
         self, on_text: Callable[[ScreenText], None], *, executor: Executor | None = None,
-        gate: CpuGate | None = None, redact: Redactor | None = None, max_pending: int = 4,
+        hurry_executor: Executor | None = None, gate: CpuGate | None = None,
+        redact: Redactor | None = None, max_pending: int = 4,
     ) -> None:
-        """`gate`: reads start when it allows (None: as soon as the executor takes them).
-        `redact`: what the lines read must not keep is replaced on the reading thread, before
-        anything sees them (None: kept as read)."""
+        """`executor` reads (the process's `shared_pool` if None); `hurry_executor` reads what
+        a question waits for and `executor` has not started (`hurry_pool` if None). `gate`:
+        reads start when it allows (None: as soon as the executor takes them). `redact`: what
+        the lines read must not keep is replaced on the reading thread, before anything sees
+        them (None: kept as read)."""
         self._on_text = on_text
         self._executor = executor or shared_pool()
+        self._hurry_executor = hurry_executor or hurry_pool()
         self._gate = gate
         self._redact = redact
         self._max_pending = max_pending
@@ -511,7 +556,6 @@ class ScreenTextReader:
         self.stats.coalesced += 1  # one read fewer
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 self._idle.set()
@@ -521,9 +565,9 @@ class ScreenTextReader:
                 job = self._reading = self._pending.pop(0)
                 try:
                     luma = luma_plane(job.frame.frame)
-                    done = await loop.run_in_executor(
-                        self._executor, gated_read_change, self._gate, self._redact,
-                        self._before, luma, job.boxes, job.decision.content_type, job.started)
+                    done = await self._read(job, functools.partial(
+                        read_text, self._redact, self._before, luma, job.boxes,
+                        job.decision.content_type))
                 except Exception as exc:  # one unreadable frame must not stop the reader
                     self.stats.failed += 1
                     log.warning("could not read the screen at t=%.1fs: %r", job.frame.t, exc)
@@ -541,6 +585,27 @@ class ScreenTextReader:
                     log.warning("the screen read at t=%.1fs was lost, its recording failed: %r",
                                 job.frame.t, exc)
 
+    async def _read(self, job: _Read, read: Callable[[], TextRead]) -> TextRead:
+        """`read` on the OCR threads through the CPU gate; on the hurry lane, ungated, once a
+        question waits for it (`job.asked`) and it is not in the OCR engine yet: taken off
+        the threads' queue, or passed on by the gate (`gated_read`)."""
+        if not job.asked.is_set():
+            reading: Future[TextRead | None] = self._executor.submit(gated_read, self._gate, job,
+                                                                     read)
+            asked = asyncio.ensure_future(job.asked.wait())
+            try:
+                await asyncio.wait((asyncio.wrap_future(reading), asked),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the reader closing: a read not started never is
+                reading.cancel()
+                raise
+            finally:
+                asked.cancel()
+            # a cancelled future never started; one that did is read there, unless passed on
+            if not reading.cancel() and (done := await asyncio.wrap_future(reading)) is not None:
+                return done
+        return await asyncio.wrap_future(self._hurry_executor.submit(hurried_read, job, read))
+
     def _deliver(self, job: _Read, done: TextRead) -> None:
         added = self._seen.new(done.lines, job.frame.t)
         waited_ms = done.waited.seconds * 1000
@@ -548,46 +613,59 @@ class ScreenTextReader:
         self.stats.cpu_ms += done.cpu_ms
         self.stats.waited_ms += waited_ms
         self.stats.forced += done.waited.forced
+        self.stats.hurried += job.asked.is_set()
         self.stats.lines_added += len(added)
         self.stats.secrets_hidden += sum(done.hidden.values())
         self._on_text(ScreenText(
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
             tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), job.coalesced,
-            round(waited_ms, 1), done.waited.forced, dict(done.hidden), tuple(done.redacted)))
+            round(waited_ms, 1), done.waited.forced, dict(done.hidden), tuple(done.redacted),
+            job.asked.is_set()))
 
-    def unread(self, t: float) -> int:
+    def _unread(self, t: float) -> list[_Read]:
         """The reads not done yet (pending or under way) that read for a frame kept at or
         before screen time `t`."""
         jobs = [*self._pending, *([self._reading] if self._reading is not None else [])]
-        return sum(job.first_t <= t for job in jobs)
+        return [job for job in jobs if job.first_t <= t]
 
-    async def read_through(self, t: float, timeout_s: float) -> tuple[int, bool]:
+    def unread(self, t: float) -> int:
+        return len(self._unread(t))
+
+    async def read_through(
+        self, t: float, timeout_s: float, *, hurry: bool = False,
+    ) -> tuple[int, int, bool]:
         """Wait up to `timeout_s` for the reads of the frames kept up to screen time `t` (a
-        screenshot of `t` is covered as far as they tell): how many are still not done, and
-        whether the wait ended because they were waiting their turn. Reads of later frames are
-        not waited for, nor a reader that stopped, nor a read that has not started
+        screenshot of `t` is covered as far as they tell): (how many are still not done, how
+        many it hurried, whether it stopped for a read waiting its turn). Reads of later frames
+        are not waited for, nor a reader that stopped, nor a read that has not started
         `TURN_WAIT_S` after it was asked for: it waits for the shared OCR threads or for the CPU
         gate, which holds reads back while the machine is busy for the replies' sake, and a
-        reply is what waits here."""
+        reply is what waits here. With `hurry`, each small read not in the OCR engine yet
+        (`HURRY_MAX_SHARE`) skips that wait (`_read`): it is read at once on the hurry lane."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiting_turn_since: float | None = None
-        while (left := self.unread(t)) and not self._task.done():
+        hurried = 0
+        while (jobs := self._unread(t)) and not self._task.done():
+            for job in jobs if hurry and timeout_s > 0 else ():
+                if job.small and not (job.asked.is_set() or job.started.is_set()):
+                    job.hurry_up()
+                    hurried += 1
             now = loop.time()
             reading = self._reading
-            if reading is None or reading.started.is_set():
+            if reading is None or reading.started.is_set() or reading.asked.is_set():
                 waiting_turn_since = None
             elif waiting_turn_since is None:
                 waiting_turn_since = now
             elif now - waiting_turn_since >= TURN_WAIT_S:
-                return left, True
+                return len(jobs), hurried, True
             progress = self._progress
             try:  # whether the read has started is looked at again every TURN_WAIT_S
                 await asyncio.wait_for(progress.wait(), min(deadline - now, TURN_WAIT_S))
             except TimeoutError:
                 if loop.time() >= deadline:
-                    return self.unread(t), False
-        return left, False
+                    break
+        return self.unread(t), hurried, False
 
     async def drain(self, timeout_s: float) -> None:
         """Let the pending reads finish (a session closing wants its last screen read); a
