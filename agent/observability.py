@@ -57,6 +57,12 @@ SCREEN_READ_WAIT = Histogram("sightline_screen_read_wait_seconds",
 SCREEN_READS_FORCED = Counter("sightline_screen_reads_forced",
                               "Screen-text reads started after the longest wait with the "
                               "machine still busy: screen memory falling behind", ["tenant"])
+SCREEN_READS_HURRIED = Counter("sightline_screen_reads_hurried",
+                               "Screen-text reads a question hurried past the OCR queue and the "
+                               "CPU gate (SIGHTLINE_COVER_HURRY)", ["tenant"])
+SCREENSHOTS_UNREAD = Counter("sightline_screenshots_unread",
+                             "Screenshots sent before the screen-text reads of their frame were "
+                             "done: a secret shown just before went uncovered", ["tenant"])
 RECALLS = Counter("sightline_recalls",
                   "Questions' lookups (knowledge, memory, screen timeline) by outcome: done, "
                   "timeout or failed (answered without them), off (no lookup)",
@@ -138,9 +144,11 @@ def record(event: Event) -> None:
         SCREEN_READS_FOLDED.labels(tenant).inc(detail.get("coalesced", 0))
         SCREEN_READ_WAIT.labels(tenant).observe(detail.get("waited_ms", 0.0) / 1000)
         SCREEN_READS_FORCED.labels(tenant).inc(bool(detail.get("forced")))
+        SCREEN_READS_HURRIED.labels(tenant).inc(bool(detail.get("hurried")))
     elif kind == "context":
         outcome = str(detail.get("recall"))
         RECALLS.labels(tenant, outcome).inc()
+        SCREENSHOTS_UNREAD.labels(tenant).inc(bool(detail.get("screen_unread")))
         if outcome != "off" and "recall_ms" in detail:
             RECALL_WAIT.labels(tenant).observe(detail["recall_ms"] / 1000)
     elif kind == "no_database":

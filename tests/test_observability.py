@@ -108,18 +108,25 @@ async def test_turn_spans_and_metrics(
 
 def test_screen_reads_their_folds_and_waits_are_counted() -> None:
     """A worker's screen-text reads: how many, how many kept frames folded into them, and how
-    long they waited for the machine, and how many were forced through by the longest wait
-    (the `screen_text` events' own fields)."""
+    long they waited for the machine, how many were forced through by the longest wait and how
+    many a question hurried (the `screen_text` events' own fields); the screenshots sent before
+    their frame's reads were done (the `context` events')."""
     tenant = "screen-metrics"
     for coalesced, waited_ms, forced in ((0, 0.0, False), (3, 1500.0, False),
                                          (9, 10000.0, True)):
         record({"kind": "screen_text", "tenant": tenant,
                 "detail": {"coalesced": coalesced, "waited_ms": waited_ms, "forced": forced}})
-    assert value("sightline_screen_reads_total", tenant=tenant) == 3
+    record({"kind": "screen_text", "tenant": tenant, "detail": {"hurried": True}})
+    for unread in (0, 2):
+        record({"kind": "context", "tenant": tenant,
+                "detail": {"recall": "done", **({"screen_unread": unread} if unread else {})}})
+    assert value("sightline_screen_reads_total", tenant=tenant) == 4
+    assert value("sightline_screen_reads_hurried_total", tenant=tenant) == 1
+    assert value("sightline_screenshots_unread_total", tenant=tenant) == 1
     assert value("sightline_screen_reads_forced_total", tenant=tenant) == 1
     assert value("sightline_screen_reads_folded_total", tenant=tenant) == 12
     assert value("sightline_screen_read_wait_seconds_sum", tenant=tenant) == pytest.approx(11.5)
-    assert value("sightline_screen_read_wait_seconds_bucket", tenant=tenant, le="2.0") == 2
+    assert value("sightline_screen_read_wait_seconds_bucket", tenant=tenant, le="2.0") == 3
 
 
 def test_speech_failures_are_counted_by_engine_and_provider() -> None:

@@ -406,6 +406,7 @@ def gated_read(gate: CpuGate | None, job: _Read, read: Callable[[], TextRead]) -
 
 
 def hurried_read(job: _Read, read: Callable[[], TextRead]) -> TextRead:
+    """`read` on the hurry lane: no gate, since a reply waits for it."""
     job.started.set()
     return read()
 
