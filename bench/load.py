@@ -35,14 +35,14 @@ sampled frames per session-second; each new screenshot's wait for the screen-tex
 its frame (`cover_wait_ms_*`), the screenshots sent before those were done
 (`screenshots_unread`) and the reads questions hurried (`screen_reads_hurried`); CPU cores of
 the worker (and, of those, its screen-text readers' and its video decoders' threads), the
-users' processes, LiveKit,
-Postgres and the scripted model server (all share the machine's cores), and the cores the
-hypervisor stole from the machine meanwhile (`stolen_cores`); the worker's RSS, in total and per
-session above its idle RSS. With `--reference`, the same levels run against another build (the
-process-per-session worker this replaced) and the ratios are printed; with `--pairs N`, N pairs
-a level, alternating which build runs first (a pair's second run shares the first's database,
-LiveKit server and model server, and on a busy shared host the hour drifts between them), then
-each build's median overhead over the pairs and how many pairs this build won. With `--soak`,
+users' processes, LiveKit, Postgres and the scripted model server (all share the machine's
+cores), and the cores the hypervisor stole from the machine meanwhile (`stolen_cores`); the
+worker's RSS, in total and per session above its idle RSS. With `--reference`, the same
+levels run against another build (the process-per-session worker this replaced) and the ratios
+are printed; with `--pairs N`, N pairs a level, alternating which build runs first (a pair's
+second run shares the first's database, LiveKit server and model server, and on a busy shared
+host the hour drifts between them), then each build's median overhead over the pairs and how
+many pairs this build won. With `--soak`,
 RSS and open files are sampled for the whole run and their growth after warm-up is printed.
 Last line: JSON.
 """

@@ -13,8 +13,8 @@ rest alone is over it, a read still starts once it has waited `max_wait_s`, so s
 slows down instead of stopping. Meanwhile the sessions' newer frames fold into the waiting read
 (`ScreenTextReader`). Each read is told how long it waited and whether it was let through by
 the limit or forced by the wait: forced reads mean the worker is fuller than screen memory can
-keep up with (exported per session and as a metric). A read a question waits for (its screenshot
-covers what the read finds) starts at once: its `hurry` is set.
+keep up with (exported per session and as a metric). A read a question hurries (its screenshot
+covers what the read finds; SIGHTLINE_COVER_HURRY) starts at once: its `hurry` is set.
 """
 
 from __future__ import annotations

@@ -515,7 +515,7 @@ class ScreenTextReader:
         them (None: kept as read)."""
         self._on_text = on_text
         self._executor = executor or shared_pool()
-        self._hurry_executor = hurry_executor or hurry_pool()
+        self._hurry_executor = hurry_executor  # made when first needed: hurrying is opt-in
         self._gate = gate
         self._redact = redact
         self._max_pending = max_pending
@@ -605,7 +605,8 @@ class ScreenTextReader:
             # a cancelled future never started; one that did is read there, unless passed on
             if not reading.cancel() and (done := await asyncio.wrap_future(reading)) is not None:
                 return done
-        return await asyncio.wrap_future(self._hurry_executor.submit(hurried_read, job, read))
+        lane = self._hurry_executor or hurry_pool()
+        return await asyncio.wrap_future(lane.submit(hurried_read, job, read))
 
     def _deliver(self, job: _Read, done: TextRead) -> None:
         added = self._seen.new(done.lines, job.frame.t)
