@@ -44,6 +44,7 @@ from vision.screen_text import (
     ScreenCover,
     ScreenText,
     ScreenTextReader,
+    hurry_pool,
     shared_pool,
 )
 
@@ -70,17 +71,17 @@ class SessionScreenMemory:
         self.story: deque[ScreenText] = deque(maxlen=STORY_READS)
         self.archive = FrameArchive(settings.frames_dir, session_id,
                                     settings.frame_archive_mb * 2**20)
-        self.reader = (ScreenTextReader(self._on_text,
-                                        executor=shared_pool(settings.ocr_threads),
-                                        gate=read_gate, redact=hide_secrets)
-                       if settings.screen_text else None)
+        self.reader = (ScreenTextReader(
+            self._on_text, executor=shared_pool(settings.ocr_threads),
+            hurry_executor=hurry_pool() if settings.cover_hurry else None,
+            gate=read_gate, redact=hide_secrets) if settings.screen_text else None)
         self._spill = spill_path(spill_dir, session_id, SpillKind.SCREEN_EVENTS)
         self._writer = (BackgroundWriter("screen_events", timeline.write, self._spill)
                         if timeline is not None else None)
         self._kept_offline = 0  # rows appended to the spill file by a session without Postgres
         self._errors_seen: OrderedDict[str, None] = OrderedDict()  # oldest seen first
         self._secrets_shown = RedactedOnScreen()  # covered in the archived frames
-        self._cover_wait_s, self._cover_hurry = settings.cover_wait_s, settings.cover_hurry
+        self._cover_wait_s = settings.cover_wait_s
         self.error_listeners: list[ErrorListener] = []
         self._prune = asyncio.create_task(
             asyncio.to_thread(prune, settings.frames_dir, settings.frame_retention_days),
@@ -100,8 +101,7 @@ class SessionScreenMemory:
         if self.reader is None:  # nothing is read, so nothing is known to cover
             return ScreenCover()
         started = time.perf_counter()
-        unread, hurried, held = await self.reader.read_through(t, self._cover_wait_s,
-                                                               hurry=self._cover_hurry)
+        unread, hurried, held = await self.reader.read_through(t, self._cover_wait_s)
         return ScreenCover(self._secrets_shown.boxes, unread,
                            round((time.perf_counter() - started) * 1000, 1), hurried, held)
 

@@ -168,12 +168,12 @@ async def test_reads_not_done_at_close_are_counted_into_the_reader_event(
 
 
 async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_ones() -> None:
-    """`read_through(t, hurry=True)`: the reads of frames kept up to `t` (a question's
-    screenshot waits for them), not later ones; a read folded into a later frame's still reads
-    for the earlier one. It hurries the small ones: the one held at the CPU gate is passed on
-    to the hurry lane, and so is the one pending; the first frame's whole-screen read waiting
-    its turn is neither hurried nor waited for. A wait that runs out says how many are left;
-    with no time to wait none is hurried."""
+    """`read_through(t)` of a reader with a hurry lane: the reads of frames kept up to `t` (a
+    question's screenshot waits for them), not later ones; a read folded into a later frame's
+    still reads for the earlier one. It hurries the small ones: the one held at the CPU gate is
+    passed on to the hurry lane, and so is the one pending; the first frame's whole-screen read
+    waiting its turn is neither hurried nor waited for. A wait that runs out says how many are
+    left; with no time to wait none is hurried."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shared")
     lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hurry")
     gate, redacting, lanes = HeldGate(), HeldGate(), []
@@ -190,7 +190,7 @@ async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_
     try:
         reader.submit(*frames[0])  # the whole screen, held at the gate: too large to hurry
         assert await asyncio.to_thread(gate.taken.wait, 30)
-        waited = reader.read_through(0.0, timeout_s=600, hurry=True)
+        waited = reader.read_through(0.0, timeout_s=600)
         assert await asyncio.wait_for(waited, 30) == (1, 0, True)
         gate.release.set()
         await reader.drain(timeout_s=30)
@@ -204,10 +204,10 @@ async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_
         reader.submit(*frames[4])  # t=4 takes in t=2's region: one read for both
         assert reader.stats.coalesced == 1
         assert [reader.unread(t) for t in (1.0, 2.0, 3.0, 4.0)] == [1, 2, 2, 2]
-        assert await reader.read_through(2.0, timeout_s=0, hurry=True) == (2, 0, False)  # no time
+        assert await reader.read_through(2.0, timeout_s=0) == (2, 0, False)  # no time
         assert lanes == ["shared_0"]  # t=1 still held at the gate
         # both hurried; t=1 passed on to the hurry lane, where it takes its time
-        assert await reader.read_through(2.0, timeout_s=0.3, hurry=True) == (2, 2, False)
+        assert await reader.read_through(2.0, timeout_s=0.3) == (2, 2, False)
         assert await asyncio.to_thread(redacting.taken.wait, 30)
         assert lanes == ["shared_0", "hurry_0"]
         redacting.release.set()
@@ -245,7 +245,7 @@ async def test_a_read_queued_behind_other_sessions_reads_is_read_on_the_hurry_la
         for _ in range(3):  # the reader's task takes it and hands it to the pool
             await asyncio.sleep(0)
         assert reader._reading is not None  # queued behind the other session's read
-        waited = reader.read_through(1.0, timeout_s=30, hurry=True)
+        waited = reader.read_through(1.0, timeout_s=30)
         assert await asyncio.wait_for(waited, 60) == (0, 1, False)
         other_session.set()
         pool.shutdown(wait=True)  # what was queued there has run by now

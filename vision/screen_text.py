@@ -508,14 +508,15 @@ class ScreenTextReader:
         hurry_executor: Executor | None = None, gate: CpuGate | None = None,
         redact: Redactor | None = None, max_pending: int = 4,
     ) -> None:
-        """`executor` reads (the process's `shared_pool` if None); `hurry_executor` reads what
-        a question waits for and `executor` has not started (`hurry_pool` if None). `gate`:
+        """`executor` reads (the process's `shared_pool` if None); `hurry_executor` reads the
+        small reads a question waits for and `executor` has not started (None: a question does
+        not hurry reads; the process's is `hurry_pool`). `gate`:
         reads start when it allows (None: as soon as the executor takes them). `redact`: what
         the lines read must not keep is replaced on the reading thread, before anything sees
         them (None: kept as read)."""
         self._on_text = on_text
         self._executor = executor or shared_pool()
-        self._hurry_executor = hurry_executor  # made when first needed: hurrying is opt-in
+        self._hurry_executor = hurry_executor
         self._gate = gate
         self._redact = redact
         self._max_pending = max_pending
@@ -593,19 +594,19 @@ class ScreenTextReader:
         if not job.asked.is_set():
             reading: Future[TextRead | None] = self._executor.submit(gated_read, self._gate, job,
                                                                      read)
-            asked = asyncio.ensure_future(job.asked.wait())
+            waiting, asked = asyncio.wrap_future(reading), asyncio.ensure_future(job.asked.wait())
             try:
-                await asyncio.wait((asyncio.wrap_future(reading), asked),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((waiting, asked), return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:  # the reader closing: a read not started never is
                 reading.cancel()
                 raise
             finally:
                 asked.cancel()
             # a cancelled future never started; one that did is read there, unless passed on
-            if not reading.cancel() and (done := await asyncio.wrap_future(reading)) is not None:
+            if not reading.cancel() and (done := await waiting) is not None:
                 return done
-        lane = self._hurry_executor or hurry_pool()
+        lane = self._hurry_executor
+        assert lane is not None  # `read_through` hurries reads only with a lane
         return await asyncio.wrap_future(lane.submit(hurried_read, job, read))
 
     def _deliver(self, job: _Read, done: TextRead) -> None:
@@ -633,23 +634,22 @@ class ScreenTextReader:
     def unread(self, t: float) -> int:
         return len(self._unread(t))
 
-    async def read_through(
-        self, t: float, timeout_s: float, *, hurry: bool = False,
-    ) -> tuple[int, int, bool]:
+    async def read_through(self, t: float, timeout_s: float) -> tuple[int, int, bool]:
         """Wait up to `timeout_s` for the reads of the frames kept up to screen time `t` (a
         screenshot of `t` is covered as far as they tell): (how many are still not done, how
         many it hurried, whether it stopped for a read waiting its turn). Reads of later frames
         are not waited for, nor a reader that stopped, nor a read that has not started
         `TURN_WAIT_S` after it was asked for: it waits for the shared OCR threads or for the CPU
         gate, which holds reads back while the machine is busy for the replies' sake, and a
-        reply is what waits here. With `hurry`, each small read not in the OCR engine yet
-        (`HURRY_MAX_SHARE`) skips that wait (`_read`): it is read at once on the hurry lane."""
+        reply is what waits here. With a hurry lane, each small read not in the OCR engine yet
+        (`HURRY_MAX_SHARE`) skips that wait (`_read`): it is read at once there."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiting_turn_since: float | None = None
         hurried = 0
+        hurrying = self._hurry_executor is not None and timeout_s > 0
         while (jobs := self._unread(t)) and not self._task.done():
-            for job in jobs if hurry and timeout_s > 0 else ():
+            for job in jobs if hurrying else ():
                 if job.small and not (job.asked.is_set() or job.started.is_set()):
                     job.hurry_up()
                     hurried += 1
