@@ -126,7 +126,10 @@ class ScreenContext:
         changed_at = self.screen.changed_at
         unchanged = (self.policy == "changed" and self._last_sent_t is not None
                      and (changed_at is None or changed_at <= self._last_sent_t))
-        # an image's reads first: the digest then holds what they found too
+        # an image's reads first: the digest then holds what they found too; a frame held back
+        # (a line still being typed) is kept, so that it is read, covered and remembered too
+        if not unchanged:
+            self.screen.keep_shown()
         cover = None if unchanged else await self.cover(frame.t)
         text, reads = digest(self.story, frame.t)
         note["screen_events"] = [{"t": r.t, "lines": len(r.lines)} for r in reads]

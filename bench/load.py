@@ -254,7 +254,8 @@ def read_cost_logs(data_dirs: Sequence[Path], window: tuple[float, float]) -> Se
         for path in sorted((data_dir / "costs").glob("live_*.jsonl")):
             events = [json.loads(line) for line in path.read_text().splitlines() if line]
             found.count += 1
-            frames = [e["ts"] for e in events if e["kind"] == "frame" and start <= e["ts"] <= end]
+            frames = [e["ts"] for e in events if e["kind"] == "frame" and start <= e["ts"] <= end
+                      and "was" not in e["detail"]]  # `was`: a sample decided again, asked
             found.frames_per_s.append(len(frames) / (end - start))
             found.model_latency_s += [
                 e["latency_ms"] / 1000 for e in events

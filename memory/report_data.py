@@ -46,10 +46,12 @@ SELECT coalesce(t.day, i.day) AS day, coalesce(t.cascade_usd, 0) AS cascade_usd,
 FROM turns t FULL JOIN images i ON i.day = t.day ORDER BY 1
 """
 
+# a sample kept when a question showed it is decided again, with `was`: one drop less
 _FRAMES = """
 SELECT detail->>'content_type' AS content_type,
        count(*) FILTER (WHERE (detail->>'kept')::boolean) AS kept,
-       count(*) FILTER (WHERE NOT (detail->>'kept')::boolean) AS dropped
+       count(*) FILTER (WHERE NOT (detail->>'kept')::boolean)
+         - count(*) FILTER (WHERE detail ? 'was') AS dropped
 FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'frame'
   AND detail->>'content_type' IS NOT NULL
 GROUP BY 1 ORDER BY 1

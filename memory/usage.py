@@ -24,12 +24,14 @@ SELECT count(*) AS sessions,
 FROM sessions WHERE tenant = $1 AND started_at >= $2 AND started_at < $3
 """
 
-# each session's screen share: the span of its sampled frames' screen time
+# each session's screen share: the span of its sampled frames' screen time (a sample kept when
+# a question showed it is decided twice, the second time with `was`: one sample)
 _SCREEN = """
 SELECT coalesce(sum(span), 0) AS seconds, coalesce(sum(sampled), 0)::bigint AS sampled,
        coalesce(sum(kept), 0)::bigint AS kept
 FROM (SELECT max((detail->>'t')::float8) - min((detail->>'t')::float8) AS span,
-             count(*) AS sampled, count(*) FILTER (WHERE (detail->>'kept')::boolean) AS kept
+             count(*) FILTER (WHERE NOT detail ? 'was') AS sampled,
+             count(*) FILTER (WHERE (detail->>'kept')::boolean) AS kept
       FROM cost_events WHERE tenant = $1 AND ts >= $2 AND ts < $3 AND kind = 'frame'
         AND detail->>'content_type' IS NOT NULL
       GROUP BY session_id) per_session

@@ -23,7 +23,7 @@ from synthetic_screen import Desk, coarse_keyframe, flat_frame, rgb_frame
 from vision.change import ChangeDecision, ChangeDetector, DetectorConfig
 from vision.content_type import ContentType
 from vision.sampler import FrameSampler
-from vision.screen import FrameDecision, ScreenWatcher
+from vision.screen import FrameDecision, FrameTally, ScreenChange, ScreenWatcher
 
 BLINK_HALF_PERIOD = 0.53  # a typical text cursor: 530 ms on, 530 ms off
 
@@ -98,6 +98,63 @@ def test_a_short_pasted_line_is_kept() -> None:
     # one line appearing may be the start of more (typing, output): kept once it stops growing
     assert kept_times(decisions) == [0.0, 7.0]
     assert decisions[6].reason == "typing" and decisions[7].reason == "local_change"
+
+
+def test_a_line_being_typed_is_kept_when_a_question_shows_it() -> None:
+    """A question asked mid-line keeps the sample it shows (`keep_shown`): it is handed on to
+    be read, recorded again as kept (`was`: why it was held back), and the tally moves it from
+    dropped to kept; later samples are compared with it, so the rest of the line is what the
+    next kept frame adds. Nothing to keep once kept, nor for a sample without a change."""
+    desk = Desk(pointer=None, cursor_on=False)
+    records: list[dict[str, object]] = []
+    kept: list[ScreenChange] = []
+    watcher = ScreenWatcher(FrameSampler(1.0), lambda d: records.append(d.as_record()),
+                            on_kept=kept.append)
+    watcher.offer(0.0, desk.frame())
+    watcher.offer(1.0, desk.frame())
+    assert not watcher.keep_shown()  # no change since the kept frame
+    line = "    total = sum(r.value for r in readings)"
+    desk.lines = [*desk.lines, line[:12]]
+    watcher.offer(2.0, desk.frame())
+    desk.lines[-1] = line[:30]
+    watcher.offer(3.0, desk.frame())
+    assert [r["reason"] for r in records] == ["first", "no_change", "typing", "typing"]
+    assert watcher.keep_shown() and not watcher.keep_shown()
+    assert watcher.latest is watcher.freshest and watcher.latest.t == 3.0
+    [_, asked] = kept
+    assert asked.decision.kept and asked.decision.reason == "asked" and asked.frame.t == 3.0
+    [(_, y, _, height)] = asked.decision.regions
+    line_y = 70 + (len(desk.lines) - 1) * 22  # synthetic_screen's TEXT_Y and LINE_HEIGHT
+    assert y <= line_y + 16 and y + height >= line_y
+    assert records[-1]["kept"] and records[-1]["was"] == "typing" and records[-1]["t"] == 3.0
+    tally = FrameTally()
+    for record in records:
+        tally.add(record)
+    assert (tally.sampled, tally.kept, dict(tally.dropped)) == (4, 2, {"no_change": 1,
+                                                                       "typing": 1})
+    assert tally.by_content_type() == {"ui": {"sampled": 4, "kept": 2, "dropped": 2}}
+    watcher.offer(4.0, desk.frame())
+    assert records[-1]["reason"] == "no_change"  # compared with the frame kept when asked
+    desk.lines[-1] = line
+    watcher.offer(5.0, desk.frame())
+    watcher.offer(6.0, desk.frame())
+    assert records[-1]["reason"] == "local_change"
+    [(x, *_)] = kept[-1].decision.regions
+    # the rest of the line (synthetic_screen's TEXT_X): what the question's frame lacked
+    assert x >= 90 + desk.font.getlength(line[:30]) - 8
+
+
+def test_only_the_frame_decided_last_and_held_back_can_be_kept_after_all() -> None:
+    detector = ChangeDetector()
+    desk = Desk(pointer=None, cursor_on=False)
+    first = detector.decide(0.0, desk.frame())
+    with pytest.raises(ValueError, match="not the last one decided, held back"):
+        detector.keep_last(first)  # kept already
+    desk.lines = [*desk.lines, "    pass"]
+    typing = detector.decide(1.0, desk.frame())
+    detector.decide(2.0, desk.frame())
+    with pytest.raises(ValueError, match=r"t=1\.0 is not the last one decided"):
+        detector.keep_last(typing)
 
 
 def test_a_toast_is_kept_when_it_opens_and_when_it_closes() -> None:

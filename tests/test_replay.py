@@ -221,7 +221,12 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert [[x["confidence"] for x in t["tried"]] for t in turn_events] == [
         [0.9], [0.45, 0.9], [0.4, 0.6, 0.9], [0.9]]
     logged = [e["detail"] for e in events if e["kind"] == "frame"]
-    assert len(logged) == frames["sampled"]
+    # the question at 8.1 s came while a command was typed: that sample, held back, was kept
+    # then, and its decision written again (`was`)
+    [asked] = [d for d in logged if "was" in d]
+    assert (asked["t"], asked["reason"], asked["was"], asked["kept"]) == (8.0, "asked",
+                                                                          "typing", True)
+    assert len(logged) == frames["sampled"] + 1
     assert sum(d["kept"] for d in logged) == frames["kept"]
     assert logged[0]["reason"] == "first" and logged[0]["kept"]
     assert all(d["content_type"] in {"code", "ui", "docs", "video"} for d in logged)

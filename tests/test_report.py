@@ -134,6 +134,14 @@ async def test_report_figures_of_the_scripted_sessions_and_the_demo(
     assert kinds and kinds <= {"code", "ui", "docs", "video"}
     assert sum(r["kept"] + r["dropped"] for r in demo["frames_by_content_type"]) == (
         first["frames"]["sampled"] + later["frames"]["sampled"])
+    # per type as the summaries count them (a sample kept when a question showed it, once)
+    summed: dict[str, tuple[int, int]] = {}
+    for session in (first, later):
+        for kind, counts in session["frames"]["by_content_type"].items():
+            kept, dropped = summed.get(kind, (0, 0))
+            summed[kind] = (kept + counts["kept"], dropped + counts["dropped"])
+    assert {r["content_type"]: (r["kept"], r["dropped"])
+            for r in demo["frames_by_content_type"]} == summed
 
 
 async def test_stored_text_with_dollar_signs_is_drawn_as_written(

@@ -180,6 +180,27 @@ async def test_what_the_screens_text_hid_is_covered_in_what_the_model_is_shown(
     assert (y_crop == y_full[:360, 1280:])[outside[:360, 1280:]].all()
 
 
+async def test_a_closer_look_mid_line_keeps_the_frame_before_its_cover_is_asked() -> None:
+    """The model looks closer while a line is still being typed (held back by the detector):
+    the frame is kept first (`ScreenWatcher.keep_shown`), so the cover asked for next waits
+    for its read, and a password typed in plain text is covered in the crop too."""
+    kept: list[float] = []
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None,
+                           on_kept=lambda change: kept.append(change.frame.t))
+    desk = Desk(pointer=None, cursor_on=False)
+    screen.offer(0.0, desk.frame())
+    desk.lines = [*desk.lines, "DB_PASSWORD=hunter2"]
+    screen.offer(1.0, desk.frame())
+    asked_at: list[tuple[float, list[float]]] = []
+
+    async def cover(t: float) -> ScreenCover:
+        asked_at.append((t, list(kept)))
+        return ScreenCover()
+
+    await ScreenHistoryTools(screen, ShownScreen(), cover=cover).look_closer("bottom-half")
+    assert asked_at == [(1.0, [0.0, 1.0])]
+
+
 def test_regions_by_name_or_fractions() -> None:
     assert parse_region("Bottom Right") == (2 / 3, 2 / 3, 1.0, 1.0)
     assert parse_region("0.5,0.8,1,1") == (0.5, 0.8, 1.0, 1.0)

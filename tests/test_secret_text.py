@@ -325,10 +325,12 @@ async def test_a_sessions_screen_text_keeps_no_secret(settings: Settings, db: Da
 
 async def _ask_as_the_secret_appears(
     tmp_path: Path, wait_s: float, gate: HeldGate | None = None, *, hurry: bool = False,
+    typed: bool = False,
 ) -> tuple[llm.ChatContext, dict[str, Any], SessionScreenMemory, SessionTotals]:
     """A session's screen memory reads the editor; the `.env` lines appear and the question
-    comes at once, before their read is done: the question's request, its `context` event,
-    the screen memory (still open) and the session's totals, which the event has gone into."""
+    comes at once, before their read is done (`typed`: the password's line is still being
+    typed, so no frame of it was kept): the question's request, its `context` event, the
+    screen memory (still open) and the session's totals, which the event has gone into."""
     settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
                                   "SIGHTLINE_COVER_WAIT_S": str(wait_s),
                                   "SIGHTLINE_COVER_HURRY": "on" if hurry else "off"})
@@ -342,7 +344,9 @@ async def _ask_as_the_secret_appears(
     memory = SessionScreenMemory(settings, events, session_id="s-cover", tenant="t",
                                  user_id="u", timeline=None, spill_dir=tmp_path / "spill",
                                  read_gate=gate)  # type: ignore[arg-type]
-    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None, on_kept=memory.on_kept)
+    screen = ScreenWatcher(FrameSampler(1.0),
+                           lambda d: events.record("frame", detail=d.as_record()),
+                           on_kept=memory.on_kept)
     turn = TurnContext(ScreenContext(screen, "changed", memory.story, cover=memory.cover_at),
                        note=lambda note: events.record("context", detail=note))
     editor, shown = env_desk()
@@ -353,8 +357,13 @@ async def _ask_as_the_secret_appears(
     await memory.reader.drain(timeout_s=30)  # type: ignore[union-attr]
     if gate is not None:
         gate.release.clear()
-    for t in (2.0, 3.0):  # kept once it holds still
-        screen.offer(t, shown.frame())
+    if typed:  # a line growing along one line is held back until it is done
+        for t, chars in ((2.0, 15), (3.0, 22)):
+            shown.lines = [*editor.lines, "", SECRET_LINE[:chars]]
+            screen.offer(t, shown.frame())
+    else:
+        for t in (2.0, 3.0):  # kept once it holds still
+            screen.offer(t, shown.frame())
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="user", content="What did I just put in the env file?")
     asked = await turn.build(ctx)
@@ -388,6 +397,28 @@ async def test_a_secret_shown_just_before_the_question_is_covered_in_its_screens
     assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
     text = " ".join(c for c in asked.items[-1].content if isinstance(c, str))
     assert f"DB_PASSWORD={HIDDEN}" in text and "hunter2" not in text
+
+
+async def test_a_password_being_typed_when_the_question_comes_is_covered_in_its_screenshot(
+    tmp_path: Path,
+) -> None:
+    """The password's line is still being typed (the detector holds such a line back until it
+    is done) when the question comes: the frame the question shows is kept then, read and its
+    line covered, and the digest holds it hidden. Before, no read was made of that line, and
+    the screenshot showed the password as typed."""
+    asked, note, memory, totals = await _ask_as_the_secret_appears(tmp_path, wait_s=30,
+                                                                   typed=True)
+    await memory.aclose()
+    assert note["image"] == "sent" and note["secrets_covered"] == 1
+    assert "screen_unread" not in note
+    seen = _screenshot_text(asked)
+    assert "hunter2" not in seen and CODE[0] in seen, seen
+    text = " ".join(c for c in asked.items[-1].content if isinstance(c, str))
+    assert f"DB_PASSWORD={HIDDEN}" in text and "hunter2" not in text
+    frames = totals.summary()["frames"]
+    assert frames["kept"] == 2 and frames["dropped"] == {"no_change": 1, "typing": 1}
+    [*_, asked_read] = memory.story
+    assert asked_read.reason == "asked" and asked_read.t == 3.0
 
 
 async def test_a_screenshot_whose_reads_wait_their_turn_goes_at_once_and_is_counted(

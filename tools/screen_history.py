@@ -209,6 +209,7 @@ class ScreenHistoryTools:
         width, height = frame.size
         box = (round(left * width), round(top * height), round(right * width),
                round(bottom * height))
+        self._screen.keep_shown()  # a line being typed: read, so a secret in it is covered
         cover = await self._cover(frame.t)
         try:
             crop = await asyncio.to_thread(crop_i420, frame.frame, *box, cover=cover.boxes)

@@ -31,6 +31,8 @@ from .luma import downscale, luma_plane, work_size
 from .phash import hamming, phash
 from .ranges import Range
 
+ASKED = "asked"  # the reason of a held-back frame kept because a question shows it (keep_last)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -189,13 +191,14 @@ class _Kept:
 
 
 class ChangeDetector:
-    """Decides per sampled frame; holds only the last kept and previous work images (~130 KB)."""
+    """Decides per sampled frame; holds only the last kept and last decided work images
+    (~130 KB)."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._types = StableContentType(self.config.types)
         self._kept: _Kept | None = None
-        self._previous: np.ndarray | None = None
+        self._last: _Kept | None = None  # the frame decided last, kept or not
         self._tiles: TileTracker | None = None
         self._size: tuple[int, int] | None = None
         self._typing: tuple[tuple[int, int], float] | None = None  # (rows, since)
@@ -208,11 +211,11 @@ class ChangeDetector:
             return self._restart(t, work, size)
         assert self._tiles is not None and self._kept is not None
         laplacian_var, edges = texture(work)
-        motion = self._tiles.observe(work, self._previous, edges)
-        self._previous = work
+        motion = self._tiles.observe(work, self._last.work if self._last else None, edges)
         stats = content_stats(laplacian_var, edges, motion)
         content = self._types.update(stats)
         frame_hash = phash(work)
+        self._last = _Kept(work, frame_hash, t)
         distance = hamming(frame_hash, self._kept.hash)
         playing = self._types.seen is ContentType.VIDEO
         # the bounded rate starts with the playing region, itself three samples of motion; the
@@ -228,11 +231,22 @@ class ChangeDetector:
                 self._kept = _Kept(work, frame_hash, self._kept.t)
                 reason = "refined"
         if kept:
-            self._kept = _Kept(work, frame_hash, t)
+            self._kept = self._last
         return ChangeDecision(
             t, kept, reason, content, distance, local.changed_px, local.changed_tiles,
             local.noise_px, stats, self._frame_boxes(local.boxes, size),
         )
+
+    def keep_last(self, decision: ChangeDecision) -> ChangeDecision:
+        """Keep the frame decided last after all: it was held back (`decision`, a line still
+        being typed or a change too small to keep), and a question is showing it to the model.
+        What the model sees, screen memory reads and covers; later frames are compared with
+        it, so the rest of a typed line is what the next kept frame adds."""
+        if self._last is None or self._last.t != decision.t or decision.kept:
+            raise ValueError(f"the frame at t={decision.t} is not the last one decided, "
+                             "held back")
+        self._kept, self._typing = self._last, None
+        return dataclasses.replace(decision, kept=True, reason=ASKED)
 
     @classmethod
     def _frame_boxes(cls, boxes: tuple[Box, ...], size: tuple[int, int]) -> tuple[Box, ...]:
@@ -314,11 +328,10 @@ class ChangeDetector:
         scale = min(work.shape[1] / size[0], work.shape[0] / size[1])
         self._tiles = TileTracker(work.shape, scale, self.config.noise)
         self._types.reset()
-        self._previous = work
         laplacian_var, edges = texture(work)
         stats = content_stats(laplacian_var, edges, None)
         content = self._types.update(stats)
-        self._kept = _Kept(work, phash(work), t)
+        self._kept = self._last = _Kept(work, phash(work), t)
         return ChangeDecision(t, True, reason, content, 0, work.size, 0, 0, stats,
                               ((0, 0, *size),))
 

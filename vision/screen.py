@@ -1,12 +1,13 @@
 """The screen as the agent knows it: frames come in, the sampler picks one per period, and the
 change detector keeps it only when the screen really changed. `latest` is the last kept frame
 (the screen state that changed); `freshest` is the last sampled one, which a user turn looks at,
-so a question asked while a line is still being typed sees the line. `changes` holds the last few
-kept frames, which the model can ask to look back at, and `changed_at` the screen time of the
-last sample that showed any content change (kept, or held back while a line is typed). Every
-decision goes to `on_decision` (the session's event log): a session's log says how many frames
-arrived, were sampled and were kept, and why each was dropped; each kept frame also goes to
-`on_kept` (the screen text reader, the frame archive).
+so a question asked while a line is still being typed sees the line (and keeps it first,
+`keep_shown`: what the model sees is read and covered like every kept frame). `changes` holds
+the last few kept frames, which the model can ask to look back at, and `changed_at` the screen
+time of the last sample that showed any content change (kept, or held back while a line is
+typed). Every decision goes to `on_decision` (the session's event log): a session's log says
+how many frames arrived, were sampled and were kept, and why each was dropped; each kept frame
+also goes to `on_kept` (the screen text reader, the frame archive).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ class FrameDecision:
     width: int
     height: int
     change: ChangeDecision | None = None  # None when the frame was unusable
+    was: str | None = None  # a sample decided before, kept now: why it was dropped then
 
     def as_dict(self) -> dict[str, object]:
         if self.change is None:
             return {"t": round(self.t, 3), "kept": False, "reason": self.reason,
                     "content_type": None}
-        return self.change.as_dict()
+        return {**self.change.as_dict(), **({"was": self.was} if self.was else {})}
 
     def as_record(self) -> dict[str, object]:
         """The decision as plain data for the session's event log, with the frame's size."""
@@ -51,22 +53,29 @@ class FrameDecision:
 class FrameTally:
     """Decisions counted: kept, dropped by reason (an unusable frame as "invalid", which never
     counts as sampled), and sampled / kept / dropped per content type. It counts decisions as
-    plain records (`FrameDecision.as_dict()`), so a log of them can be tallied too."""
+    plain records (`FrameDecision.as_dict()`), so a log of them can be tallied too. A sample
+    kept after it was dropped (`was`: a question showed it) moves from dropped to kept."""
 
     kept: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     by_type: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, record: Mapping[str, Any]) -> None:
-        kept = bool(record["kept"])
+        kept, was = bool(record["kept"]), record.get("was")
+        counts = (self.by_type.setdefault(str(record["content_type"]), Counter())
+                  if record.get("content_type") is not None else Counter())
+        if was is not None:  # counted as a dropped sample before: no sample more, one drop less
+            self.dropped[str(was)] -= 1
+            if not self.dropped[str(was)]:
+                del self.dropped[str(was)]
+            counts["dropped"] -= 1
+        else:
+            counts["sampled"] += 1
         if kept:
             self.kept += 1
         else:
             self.dropped[str(record["reason"])] += 1
-        if record.get("content_type") is not None:
-            counts = self.by_type.setdefault(str(record["content_type"]), Counter())
-            counts["sampled"] += 1
-            counts["kept" if kept else "dropped"] += 1
+        counts["kept" if kept else "dropped"] += 1
 
     @property
     def invalid(self) -> int:
@@ -93,6 +102,8 @@ class ScreenChange:
 
 # a dropped sample whose content is changing: a line being typed, a video playing
 CHANGING = frozenset({"typing", "video_rate_limit"})
+# a dropped sample whose text changed: kept when a question shows it (`ScreenWatcher.keep_shown`)
+HELD_BACK = frozenset({"typing", "small_change"})
 
 
 class ScreenWatcher:
@@ -112,6 +123,7 @@ class ScreenWatcher:
         self._on_kept = on_kept
         self.latest: SampledFrame | None = None
         self.freshest: SampledFrame | None = None
+        self._freshest_decision: FrameDecision | None = None
         self.changes: deque[ScreenChange] = deque(maxlen=self.KEPT_HISTORY)
         self.changed_at: float | None = None
         self.frames_received = 0
@@ -162,14 +174,35 @@ class ScreenWatcher:
             return None
         self._sampler.take(t)
         change = self._detector.decide(t, frame)
-        self._on_decision(
-            FrameDecision(t, change.kept, change.reason, frame.width, frame.height, change)
-        )
-        self.freshest = SampledFrame(frame, t)
+        decision = FrameDecision(t, change.kept, change.reason, frame.width, frame.height, change)
+        self._on_decision(decision)
+        self.freshest, self._freshest_decision = SampledFrame(frame, t), decision
         if change.kept or change.reason in CHANGING:
             self.changed_at = t
         if not change.kept:
             return None
+        return self._keep(change)
+
+    def keep_shown(self) -> bool:
+        """Keep the freshest sample now if its text changed since the last kept frame but it
+        was held back (a line still being typed waits for the line, a change of a character
+        or two is not kept): a question is about to show it to the model, and what the model
+        sees, screen memory reads and covers, secrets included (a password typed in plain
+        text). Whether it was kept now; its decision is recorded again, with `was`."""
+        held = self._freshest_decision
+        if (self.freshest is None or held is None or held.change is None or held.kept
+                or held.reason not in HELD_BACK):
+            return False
+        change = self._detector.keep_last(held.change)
+        self._freshest_decision = FrameDecision(held.t, True, change.reason, held.width,
+                                                held.height, change, was=held.reason)
+        self._on_decision(self._freshest_decision)
+        self._keep(change)
+        return True
+
+    def _keep(self, change: ChangeDecision) -> SampledFrame:
+        """The freshest sample is kept: the latest screen, one to look back at, and read."""
+        assert self.freshest is not None
         self.latest = self.freshest
         kept = ScreenChange(self.latest, change)
         self.changes.append(kept)
@@ -180,7 +213,7 @@ class ScreenWatcher:
     def clear(self) -> None:
         """The share ended: nothing on screen to answer from. Screen time goes on (the next
         stream continues it, `start_stream`)."""
-        self.latest = self.freshest = self.changed_at = None
+        self.latest = self.freshest = self.changed_at = self._freshest_decision = None
         self.changes.clear()
 
     def stats(self) -> dict[str, int]:
