@@ -89,10 +89,11 @@ class SessionScreenMemory:
 
     async def cover_at(self, t: float) -> ScreenCover:
         """Where the screen at time `t` shows what its text's reader hid: covered in the
-        screenshot a question sends and in a closer look, as in the archived frames. A frame
-        kept moments before `t` may not be read yet (a read takes ~0.2-1 s): the reads up to `t`
-        are waited for, `SIGHTLINE_COVER_WAIT_S` at most, so a line that appeared just before
-        the question is covered too; those still not done are counted. A read that waits its
+        screenshot a question sends, in a closer look and in an earlier screen shown again (as
+        the reads up to `t` left it, `RedactedOnScreen.at`), as in the archived frames. A
+        frame kept moments before `t` may not be read yet (a read takes ~0.2-1 s): the reads up
+        to `t` are waited for, `SIGHTLINE_COVER_WAIT_S` at most, so a line that appeared just
+        before the question is covered too; those still not done are counted. A read that waits its
         turn (the process's OCR threads busy with other sessions' reads, or its CPU gate
         holding reads back while the machine is busy) is not waited for: with bench/load.py at
         30 sessions, waiting for those took the replies' p95 overhead from 159 to 699 ms, and
@@ -102,7 +103,7 @@ class SessionScreenMemory:
             return ScreenCover()
         started = time.perf_counter()
         unread, hurried, held = await self.reader.read_through(t, self._cover_wait_s)
-        return ScreenCover(self._secrets_shown.boxes, unread,
+        return ScreenCover(self._secrets_shown.at(t), unread,
                            round((time.perf_counter() - started) * 1000, 1), hurried, held)
 
     def on_kept(self, change: ScreenChange) -> None:

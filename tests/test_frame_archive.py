@@ -160,6 +160,27 @@ def test_what_is_covered_follows_the_reads() -> None:
     assert shown.boxes == ()
 
 
+def test_what_was_covered_is_remembered_by_screen_time() -> None:
+    """An earlier frame shown again is covered as the reads up to its time left the screen:
+    a secret read at t=2 and gone at t=5 is covered in the frames of 2 to 5, not before, not
+    after. Past the history kept, a time before it gets every box remembered."""
+    def read(t: float, regions: tuple[Box, ...], redacted: tuple[Box, ...] = ()) -> ScreenText:
+        return ScreenText(t, 0.0, "changed", "code", regions, [], 0, 0.0, 0, redacted=redacted)
+
+    shown = RedactedOnScreen()
+    assert shown.at(1.0) == ()
+    shown.after(read(2.0, ((0, 0, 320, 180),), (SECRET_BOX,)))
+    shown.after(read(3.0, ((200, 150, 50, 20),)))  # elsewhere: nothing changes
+    shown.after(read(5.0, ((0, 50, 320, 40),)))  # the line is gone
+    assert [shown.at(t) for t in (1.0, 2.0, 4.9, 5.0, 9.0)] == [
+        (), (SECRET_BOX,), (SECRET_BOX,), (), ()]
+    other = (0, 200, 100, 20)
+    for index in range(RedactedOnScreen.HISTORY):  # a long session: the oldest are dropped
+        shown.after(read(10.0 + index, ((0, 0, 320, 240),), (other,) if index % 2 else ()))
+    assert shown.at(1.0) == (other,)  # unknown by now: every box remembered
+    assert shown.at(10.0 + RedactedOnScreen.HISTORY) == shown.boxes
+
+
 def backdate(directory: Path, seconds: float) -> None:
     """Make a session's directory and everything in it look untouched for `seconds`."""
     then = time.time() - seconds

@@ -57,6 +57,8 @@ from memory.secret_text import HIDDEN, Secret, hide_in_text, hide_secrets, secre
 from memory.spill_files import read_event_log, read_spill_rows
 from memory.store import Store
 from memory.user_memory import UserMemory
+from tools.screen_history import ScreenHistoryTools, ShownScreen
+from vision.frames import as_i420
 from vision.ocr import Layout, thread_engine
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
@@ -372,9 +374,15 @@ async def _ask_as_the_secret_appears(
 
 
 def _screenshot_text(ctx: llm.ChatContext) -> str:
-    """What the bundled Tesseract reads in the screenshot a request carries (its luma)."""
+    """What the bundled Tesseract reads in the screenshot a request carries."""
     [image] = [c.image for c in ctx.items[-1].content if isinstance(c, llm.ImageContent)]
     assert isinstance(image, rtc.VideoFrame)
+    return _frame_text(image)
+
+
+def _frame_text(image: rtc.VideoFrame) -> str:
+    """What the bundled Tesseract reads in a frame (its luma)."""
+    image = as_i420(image)
     luma = np.frombuffer(image.data, np.uint8, image.width * image.height).reshape(
         image.height, image.width)
     return "\n".join(line.text for line in thread_engine().read(
@@ -462,6 +470,41 @@ async def test_with_hurry_on_a_read_held_back_by_a_busy_machine_is_hurried_for_t
     assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
     assert totals.summary()["screen"]["screenshots_unread"] == 0
     assert memory.reader is not None and memory.reader.stats.hurried == 1
+
+
+async def test_an_earlier_screen_is_covered_as_the_screen_was_then(tmp_path: Path) -> None:
+    """The `.env` lines are shown, read and covered; then the file is closed, and a read of that
+    part finds no secret there any more. The model asks for the earlier screen that showed
+    them (`earlier_screen`): it is covered as the screen was then, from memory and from the
+    archive alike; the frame held for looking back stays as shared. Before, the frame in
+    memory went to the model as shared."""
+    settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data")})
+    events = EventLog(session_id="s-earlier", tenant="t", costs_dir=tmp_path, store=None)
+    memory = SessionScreenMemory(settings, events, session_id="s-earlier", tenant="t",
+                                 user_id="u", timeline=None, spill_dir=tmp_path / "spill")
+    screen = ScreenWatcher(FrameSampler(1.0), lambda _d: None, on_kept=memory.on_kept)
+    shown = ShownScreen()
+    tools = ScreenHistoryTools(screen, shown, memory.archive, memory.story,
+                               cover=memory.cover_at)
+    editor, with_secrets = env_desk()
+    assert memory.reader is not None
+    for t, desk in ((0.0, editor), (1.0, editor), (2.0, with_secrets), (3.0, with_secrets),
+                    (4.0, editor), (5.0, editor)):
+        screen.offer(t, desk.frame())
+        await memory.reader.drain(timeout_s=30)
+    assert (await memory.cover_at(5.0)).boxes == ()  # the read of the closed file found none
+    [then] = [c for c in screen.changes if 2.0 <= c.frame.t <= 3.0]
+    await tools.earlier_screen(seconds_ago=5.0 - then.frame.t)
+    assert shown.frame is not None and shown.frame.t == then.frame.t
+    seen = _frame_text(shown.frame.frame)
+    assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    assert "hunter2" in _frame_text(then.frame.frame), "the frame held is as shared"
+    screen.changes.clear()  # from the archive now
+    await memory.archive.aclose()
+    await tools.earlier_screen(seconds_ago=5.0 - then.frame.t)
+    seen = _frame_text(shown.frame.frame)
+    assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    await memory.aclose()
 
 
 def _images_sent(body: dict[str, Any]) -> list[bytes]:

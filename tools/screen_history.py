@@ -22,7 +22,8 @@ from livekit.agents import llm
 
 from memory.marked_data import screen_data
 from vision.frame_archive import FrameArchive
-from vision.frames import InvalidFrame, SampledFrame, crop_i420
+from vision.frames import InvalidFrame, SampledFrame, as_i420, covered_i420, crop_i420
+from vision.local_change import Box
 from vision.screen import ScreenWatcher
 from vision.screen_text import CoverAt, ScreenText, nothing_to_cover
 
@@ -34,6 +35,7 @@ _WHAT_CHANGED = {
     "phash": "the screen changed substantially",
     "local_change": "part of the screen changed",
     "typing": "a line of text was typed",
+    "asked": "a change still under way (a line being typed) when a question showed it",
     "video_rate": "a video was playing",
     "video_ended": "a video stopped",
 }
@@ -81,6 +83,14 @@ def parse_region(region: str) -> tuple[float, float, float, float]:
 def describe(t: float, reason: str, content_type: str, now: float) -> str:
     what = _WHAT_CHANGED.get(reason, reason)
     return f"{now - t:.0f} s ago (t={t:.1f}s): {what}; it showed {content_type} content"
+
+
+def covered(frame: SampledFrame, boxes: Sequence[Box]) -> SampledFrame:
+    """An earlier screen as the model may see it: the lines whose text held a secret then,
+    covered (a copy; the frame held for looking back stays as shared)."""
+    if not boxes:
+        return frame
+    return SampledFrame(covered_i420(as_i420(frame.frame), boxes), frame.t)
 
 
 class ShownScreen:
@@ -164,21 +174,24 @@ class ScreenHistoryTools:
         in_memory = [c for c in self._screen.changes if c.decision.t <= wanted]
         if in_memory:
             change = in_memory[-1]
-            self._shown.show(change.frame)
+            cover = await self._cover(change.frame.t)
+            self._shown.show(await asyncio.to_thread(covered, change.frame, cover.boxes))
             what = describe(change.decision.t, change.decision.reason,
                             str(change.decision.content_type), now)
             return (f"The screen as it was {what} is attached to the user's message as the "
                     "earlier screenshot.")
-        archived = [t for t in (self._archive.times() if self._archive else []) if t <= wanted]
-        if archived:
-            assert self._archive is not None
+        archive = self._archive
+        archived = [t for t in (archive.times() if archive else []) if t <= wanted]
+        if archive is not None and archived:
+            t = archived[-1]
+            cover = await self._cover(t)  # its frame's patch on disk may still be to come
             try:
-                self._shown.show(await asyncio.to_thread(self._archive.load, archived[-1]))
+                self._shown.show(await asyncio.to_thread(
+                    lambda: covered(archive.load(t), cover.boxes)))
             except OSError as exc:
-                log.warning("could not load the archived frame at t=%.1fs: %r", archived[-1],
-                            exc)
+                log.warning("could not load the archived frame at t=%.1fs: %r", t, exc)
                 raise llm.ToolError("That earlier screen could not be loaded.") from None
-            return (f"The screen as it was {now - archived[-1]:.0f} s ago (t={archived[-1]:.1f}s)"
+            return (f"The screen as it was {now - t:.0f} s ago (t={t:.1f}s)"
                     " is attached to the user's message as the earlier screenshot.")
         kept = [c.decision.t for c in self._screen.changes]
         kept += self._archive.times() if self._archive else []

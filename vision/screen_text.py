@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -280,10 +280,17 @@ class RedactedOnScreen:
     reads tell. A part of the screen that does not change is not read again, so a secret in it
     is in every frame kept after it: the frame archive covers these boxes
     (vision/frame_archive.py `cover`). Each read replaces what it re-read (the boxes its
-    regions overlap) with the lines it redacted there."""
+    regions overlap) with the lines it redacted there. The boxes are remembered by screen time
+    too (`at`): an earlier frame shown again is covered as the screen was then, so a secret
+    since closed or scrolled away is still covered in a frame that showed it."""
+
+    HISTORY = 256  # changes remembered by screen time: far more than the frames held to show
 
     def __init__(self) -> None:
         self.boxes: tuple[Box, ...] = ()
+        # (screen time of the read, the boxes from then on), oldest first: reads arrive in
+        # the order of their frames (`ScreenTextReader` reads one after another)
+        self._history: deque[tuple[float, tuple[Box, ...]]] = deque(maxlen=self.HISTORY)
 
     def after(self, read: ScreenText) -> bool:
         """Take in `read`; whether the boxes changed."""
@@ -291,7 +298,20 @@ class RedactedOnScreen:
                       if not any(overlaps(box, region) for region in read.regions))
         boxes += read.redacted
         changed, self.boxes = boxes != self.boxes, boxes
+        if changed:
+            self._history.append((read.t, boxes))
         return changed
+
+    def at(self, t: float) -> tuple[Box, ...]:
+        """The boxes as the reads of the frames up to screen time `t` left them; for a time
+        before the oldest change remembered, every box remembered (covering too much rather
+        than too little)."""
+        for since, boxes in reversed(self._history):
+            if since <= t:
+                return boxes
+        if len(self._history) < self.HISTORY:
+            return ()
+        return tuple(dict.fromkeys(box for _, boxes in self._history for box in boxes))
 
 
 @dataclass(frozen=True)
