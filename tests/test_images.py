@@ -142,6 +142,7 @@ async def test_a_failed_encode_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(images, "_data_url", failing_twice)
     unretrieved: list[dict] = []
+    gc.collect()  # an earlier test's leftovers (in this worker) are not this test's to judge
     asyncio.get_running_loop().set_exception_handler(
         lambda _loop, context: unretrieved.append(context))
     ctx = llm.ChatContext.empty()

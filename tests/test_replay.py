@@ -258,16 +258,18 @@ async def test_conversation_is_recalled_in_the_next_session(
 ) -> None:
     await replay(load_fixture(DEMO_FIXTURE), settings, db)
 
-    history = await ConversationLog(Store(db.pool), "probe", "demo", tmp_path).history("dev-1", 10)
+    probe = ConversationLog(Store(db.pool), "probe", "demo", tmp_path)
+    history = await probe.history("dev-1", 10)
     texts = [(m.role, m.text_content) for m in history.messages()]
     expected = []
     for turn in DEMO_SESSION["turns"]:
         expected += [("user", turn["text"]), ("assistant", answer(turn))]
     assert texts == expected
     # the limit keeps the most recent messages
-    last_two = await ConversationLog(Store(db.pool), "probe", "demo", tmp_path).history(
-        "dev-1", 2)
+    last_two = await probe.history("dev-1", 2)
     assert [m.text_content for m in last_two.messages()] == [t for _, t in expected[-2:]]
+    # its writer's task ended (left pending, it was destroyed in a later test of this process)
+    assert await probe.close() == 0
 
     # a second replay, in a new session, for the same tenant and user
     question = "Did the zebra-42 deploy finish?"
