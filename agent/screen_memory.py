@@ -113,8 +113,8 @@ class SessionScreenMemory:
             self.reader.submit(change.frame, change.decision)
 
     def _on_text(self, read: ScreenText) -> None:
-        if self._secrets_shown.after(read):
-            self.archive.cover(read.t, self._secrets_shown.boxes)
+        if self._secrets_shown.after(read):  # from the oldest frame it read for (folded)
+            self.archive.cover(read.since, self._secrets_shown.boxes)
         error = read.error  # worked out once here, kept on the read for every later digest
         self._events.record("screen_text", detail={
             "t": read.t, "reason": read.reason, "content_type": read.content_type,

@@ -179,6 +179,11 @@ def test_what_was_covered_is_remembered_by_screen_time() -> None:
         shown.after(read(10.0 + index, ((0, 0, 320, 240),), (other,) if index % 2 else ()))
     assert shown.at(1.0) == (other,)  # unknown by now: every box remembered
     assert shown.at(10.0 + RedactedOnScreen.HISTORY) == shown.boxes
+    # a read that frames folded into (t=7 read at t=8's): what it found covers t=7 on
+    folded = RedactedOnScreen()
+    folded.after(ScreenText(8.0, 0.0, "changed", "code", ((0, 0, 320, 180),), [], 0, 0.0, 1,
+                            redacted=(SECRET_BOX,), first_t=7.0))
+    assert [folded.at(t) for t in (6.9, 7.0, 8.0)] == [(), (SECRET_BOX,), (SECRET_BOX,)]
 
 
 def backdate(directory: Path, seconds: float) -> None:

@@ -184,7 +184,8 @@ async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_
             redacting.wait()  # a read under way that takes its time
         return lines, {}
 
-    reader = ScreenTextReader(lambda _read: None, executor=pool, hurry_executor=lane, gate=gate,
+    delivered: list[ScreenText] = []
+    reader = ScreenTextReader(delivered.append, executor=pool, hurry_executor=lane, gate=gate,
                               redact=slow_redact)
     frames = kept_frames(5)
     try:
@@ -215,6 +216,9 @@ async def test_a_wait_for_the_reads_up_to_a_time_hurries_them_and_counts_folded_
         assert await reader.read_through(4.0, timeout_s=30) == (0, 0, False)  # hurried already
         assert lanes == ["shared_0", "hurry_0", "hurry_0"]
         assert reader.stats.read == 3 and reader.stats.hurried == 2
+        # the folded read says the oldest frame it stands for (what it finds covers it too)
+        assert [(r.t, r.first_t, r.since) for r in delivered] == [
+            (0.0, None, 0.0), (1.0, None, 1.0), (4.0, 2.0, 2.0)]
     finally:
         gate.release.set()
         redacting.release.set()

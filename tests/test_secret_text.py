@@ -36,6 +36,7 @@ from livekit import rtc
 from livekit.agents import llm
 from PIL import ImageFont
 from synthetic_screen import CODE, Desk
+from test_frame_archive import SECRET_BOX, covered, frame, wait_archived
 from test_screen_text_handling import HeldGate
 
 from agent.cli_costs import format_summary
@@ -62,6 +63,7 @@ from vision.frames import as_i420
 from vision.ocr import Layout, thread_engine
 from vision.sampler import FrameSampler
 from vision.screen import ScreenWatcher
+from vision.screen_text import ScreenText
 
 GITHUB = "ghp_abcdefghijklmnopqrstuvwxyz0123456789"
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
@@ -504,6 +506,29 @@ async def test_an_earlier_screen_is_covered_as_the_screen_was_then(tmp_path: Pat
     await tools.earlier_screen(seconds_ago=5.0 - then.frame.t)
     seen = _frame_text(shown.frame.frame)
     assert "hunter2" not in seen and "4111" not in seen and CODE[0] in seen, seen
+    await memory.aclose()
+
+
+async def test_what_a_folded_read_hid_is_covered_from_the_oldest_frame_it_read_for(
+    tmp_path: Path,
+) -> None:
+    """Frames kept at t=7 and t=8 were read once (t=7's read folded into t=8's, a busy
+    reader): the secret it found may have been on screen at t=7 already, so the archived frame
+    of t=7 is covered too, and so is t=7 shown again. Before, covering began at t=8."""
+    settings = Settings.from_env({"SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+                                  "SIGHTLINE_SCREEN_TEXT": "off"})
+    events = EventLog(session_id="s-folded", tenant="t", costs_dir=tmp_path, store=None)
+    memory = SessionScreenMemory(settings, events, session_id="s-folded", tenant="t",
+                                 user_id="u", timeline=None, spill_dir=tmp_path / "spill")
+    for t in (6.0, 7.0, 8.0):
+        memory.archive.save(frame(t))
+        await wait_archived(memory.archive, [6.0, 7.0, 8.0][:int(t) - 5])
+    memory._on_text(ScreenText(8.0, 0.0, "local_change", "code", ((0, 0, 320, 180),),
+                               [f"DB_PASSWORD={HIDDEN}"], 1, 0.0, 1, redacted=(SECRET_BOX,),
+                               first_t=7.0))
+    await memory.archive.aclose()
+    assert [covered(memory.archive, t) for t in (6.0, 7.0, 8.0)] == [False, True, True]
+    assert memory._secrets_shown.at(7.0) == (SECRET_BOX,)
     await memory.aclose()
 
 

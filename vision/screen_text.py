@@ -260,6 +260,13 @@ class ScreenText:
     hidden: Mapping[str, int] = field(default_factory=dict)  # redacted in the lines read, by kind
     redacted: tuple[Box, ...] = ()  # the boxes of the lines read that `redact` changed
     hurried: bool = False  # a question waited for it (`ScreenTextReader.read_through`)
+    first_t: float | None = None  # the oldest kept frame it reads for, when one folded in
+
+    @property
+    def since(self) -> float:
+        """The screen time of the oldest kept frame this read stands for: what it found may
+        have been on screen from then on (a frame whose own read was folded into it)."""
+        return self.t if self.first_t is None else self.first_t
 
     @property
     def region(self) -> Box:
@@ -288,8 +295,8 @@ class RedactedOnScreen:
 
     def __init__(self) -> None:
         self.boxes: tuple[Box, ...] = ()
-        # (screen time of the read, the boxes from then on), oldest first: reads arrive in
-        # the order of their frames (`ScreenTextReader` reads one after another)
+        # (the oldest frame the read stands for, the boxes from then on), in the order the
+        # reads came (`ScreenTextReader` reads one after another)
         self._history: deque[tuple[float, tuple[Box, ...]]] = deque(maxlen=self.HISTORY)
 
     def after(self, read: ScreenText) -> bool:
@@ -299,13 +306,15 @@ class RedactedOnScreen:
         boxes += read.redacted
         changed, self.boxes = boxes != self.boxes, boxes
         if changed:
-            self._history.append((read.t, boxes))
+            self._history.append((read.since, boxes))
         return changed
 
     def at(self, t: float) -> tuple[Box, ...]:
-        """The boxes as the reads of the frames up to screen time `t` left them; for a time
-        before the oldest change remembered, every box remembered (covering too much rather
-        than too little)."""
+        """The boxes as the reads of the frames up to screen time `t` left them: those after
+        the last change whose read stands for a frame kept at or before `t` (a folded read
+        stands for its oldest frame, so the frames between are covered by what it found); for
+        a time before the oldest change remembered, every box remembered (covering too much
+        rather than too little)."""
         for since, boxes in reversed(self._history):
             if since <= t:
                 return boxes
@@ -643,7 +652,7 @@ class ScreenTextReader:
             job.frame.t, job.wall_time, job.decision.reason, str(job.decision.content_type),
             tuple(done.boxes), added, len(done.lines), round(done.cpu_ms, 1), job.coalesced,
             round(waited_ms, 1), done.waited.forced, dict(done.hidden), tuple(done.redacted),
-            job.asked.is_set()))
+            job.asked.is_set(), job.first_t if job.first_t < job.frame.t else None))
 
     def _unread(self, t: float) -> list[_Read]:
         """The reads not done yet (pending or under way) that read for a frame kept at or
