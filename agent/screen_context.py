@@ -128,9 +128,10 @@ class ScreenContext:
                      and (changed_at is None or changed_at <= self._last_sent_t))
         # an image's reads first: the digest then holds what they found too; a frame held back
         # (a line still being typed) is kept, so that it is read, covered and remembered too
+        cover = None
         if not unchanged:
             self.screen.keep_shown()
-        cover = None if unchanged else await self.cover(frame.t)
+            cover = await self.cover(frame.t)
         text, reads = digest(self.story, frame.t)
         note["screen_events"] = [{"t": r.t, "lines": len(r.lines)} for r in reads]
         parts: list[llm.ChatContent] = [text] if text else []

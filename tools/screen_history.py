@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from livekit.agents import llm
 
@@ -174,8 +174,7 @@ class ScreenHistoryTools:
         in_memory = [c for c in self._screen.changes if c.decision.t <= wanted]
         if in_memory:
             change = in_memory[-1]
-            cover = await self._cover(change.frame.t)
-            self._shown.show(await asyncio.to_thread(covered, change.frame, cover.boxes))
+            await self._show_as_then(change.frame.t, lambda: change.frame)
             what = describe(change.decision.t, change.decision.reason,
                             str(change.decision.content_type), now)
             return (f"The screen as it was {what} is attached to the user's message as the "
@@ -184,22 +183,26 @@ class ScreenHistoryTools:
         archived = [t for t in (archive.times() if archive else []) if t <= wanted]
         if archive is not None and archived:
             t = archived[-1]
-            cover = await self._cover(t)  # its frame's patch on disk may still be to come
-            try:
-                self._shown.show(await asyncio.to_thread(
-                    lambda: covered(archive.load(t), cover.boxes)))
+            try:  # covered here too: its frame's patch on disk may still be to come
+                await self._show_as_then(t, lambda: archive.load(t))
             except OSError as exc:
                 log.warning("could not load the archived frame at t=%.1fs: %r", t, exc)
                 raise llm.ToolError("That earlier screen could not be loaded.") from None
             return (f"The screen as it was {now - t:.0f} s ago (t={t:.1f}s)"
                     " is attached to the user's message as the earlier screenshot.")
         kept = [c.decision.t for c in self._screen.changes]
-        kept += self._archive.times() if self._archive else []
+        kept += archive.times() if archive else []
         oldest = min(kept, default=now)
         raise llm.ToolError(
             f"The oldest screen I still have is from {now - oldest:.0f} s ago; "
             "nothing earlier is kept."
         )
+
+    async def _show_as_then(self, t: float, frame: Callable[[], SampledFrame]) -> None:
+        """Show the model the screen of time `t` (`frame` runs on a thread: an archived one is
+        decoded), what held a secret then covered."""
+        cover = await self._cover(t)
+        self._shown.show(await asyncio.to_thread(lambda: covered(frame(), cover.boxes)))
 
     @llm.function_tool
     async def look_closer(self, region: str) -> str:

@@ -294,17 +294,21 @@ class RedactedOnScreen:
     HISTORY = 256  # changes remembered by screen time: far more than the frames held to show
 
     def __init__(self) -> None:
-        self.boxes: tuple[Box, ...] = ()
         # (the oldest frame the read stands for, the boxes from then on), in the order the
         # reads came (`ScreenTextReader` reads one after another)
         self._history: deque[tuple[float, tuple[Box, ...]]] = deque(maxlen=self.HISTORY)
+
+    @property
+    def boxes(self) -> tuple[Box, ...]:
+        """The boxes as the reads so far left them."""
+        return self._history[-1][1] if self._history else ()
 
     def after(self, read: ScreenText) -> bool:
         """Take in `read`; whether the boxes changed."""
         boxes = tuple(box for box in self.boxes
                       if not any(overlaps(box, region) for region in read.regions))
         boxes += read.redacted
-        changed, self.boxes = boxes != self.boxes, boxes
+        changed = boxes != self.boxes
         if changed:
             self._history.append((read.since, boxes))
         return changed
