@@ -15,8 +15,9 @@ are used for their patterns only: `analyze_line` reads the scanner's global sett
 call providers to verify a key, and a regex plugin yields a capture group that is sometimes the
 key's prefix (`ghp`), not the key. What it does not cover is added here: keys of providers it
 does not know (Anthropic, OpenAI's current keys, Google), bearer tokens, card numbers (a brand's
-prefix and a valid Luhn digit, checked by python-stdnum) and a secret said in words ("the PIN
-is 4821").
+prefix and a valid Luhn digit, checked by python-stdnum), a secret said in words ("the PIN
+is 4821") and one handed over as an argument (`mysql -pS3cret`, `curl -u bob:S3cret`, an
+`Authorization: Basic` header, a session cookie: memory/credential_args.py).
 
 A false positive hides a word from memory; a false negative keeps a secret in every later
 prompt. The rules lean to hiding, but not to hiding every long hex string: commit ids, hashes
@@ -46,6 +47,8 @@ from detect_secrets.plugins.keyword import (
 from detect_secrets.plugins.private_key import PrivateKeyDetector
 from detect_secrets.plugins.softlayer import SoftlayerDetector
 from stdnum import luhn
+
+from memory import credential_args
 
 HIDDEN = "[secret hidden]"
 HIDDEN_ALREADY = "hidden secret"  # the kind of a text holding `HIDDEN`: a secret was there
@@ -105,6 +108,7 @@ _MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
     ("OpenAI key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"), False),
     ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), False),
     ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
+    ("Vault token", re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"), False),
 )
 _KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
 _SCOPED_FLAGS = ((re.A, "a"), (re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
@@ -161,7 +165,7 @@ _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro
 _CARD_BRANDS = re.compile(r"4|5[1-5]|2[2-7]|3[47]|6(?:011|5|4[4-9]|2)|35|3(?:0[0-5]|[689])|5[06-8]")
 _WHAT = (
-    r"\b(?P<what>passwords?|passcodes?|passphrases?|pins?(?: codes?| numbers?)?|api keys?|"
+    r"\b(?P<what>passwords?|passcodes?|passphrases?|pins?(?: codes?| numbers?)?|api[ -]keys?|"
     r"access keys?|secret keys?|private keys?|access tokens?|auth tokens?|tokens?|secrets?|"
     r"social security numbers?|ssns?|card numbers?|cvvs?|cvcs?|security codes?|"
     r"recovery codes?|backup codes?|one-time codes?|otps?|2fa codes?|login codes?)")
@@ -176,6 +180,7 @@ _SAID = re.compile(
 # "password reset 2024-01-01", "tokens 12345"
 _SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
 _WHAT_NEEDS = _Words(_WHAT)  # both begin with it
+_ARGUMENT_NEEDS = _Words(credential_args.NEEDS)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
 _CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
 _CODE_DIGITS = re.compile(r"\d{4,8}")
@@ -313,14 +318,16 @@ def _found(line: str) -> list[Secret]:
             found.append(Secret(_kind(match["what"]), start, _quoted_end(line, start, end)))
     found += _phrases(line)
     found += _cards(line)
+    if _ARGUMENT_NEEDS.found_in(line, lowered):
+        found += [Secret(*secret) for secret in credential_args.found(line)]
     return found
 
 
 def _kind(what: str) -> str:
     """The kind of a secret said in words, as what it is was said, one of them: "passwords" and
     "card numbers" are counted as "password" and "card number" (no singular of `_WHAT` ends in
-    an s; a seed phrase's "words" are what it is)."""
-    return re.sub(r"(?<!word)s\b", "", what.lower())
+    an s; a seed phrase's "words" are what it is), and an "API-Key" header's as "api key"."""
+    return re.sub(r"(?<!word)s\b", "", what.lower()).replace("api-key", "api key")
 
 
 def _quoted_end(line: str, start: int, end: int) -> int:

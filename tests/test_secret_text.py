@@ -3,9 +3,12 @@
 Protects: a secret's value in a line is replaced by `[secret hidden]` and counted by kind
 (providers' keys and tokens, `name = value` and `name: value` assignments, a URL's password,
 bearer tokens, a private key from its header to its footer, card numbers with a brand's prefix
-and a valid Luhn digit, a secret said in words), and what only looks like one is kept as read
-(error text, commit ids, hashes, request ids, IP addresses, code that reads a secret, a type
-annotation, a form's labels, counts); a line of 20,000 characters is scanned whole, in windows;
+and a valid Luhn digit, a secret said in words, a password handed to a command on its command
+line, an HTTP request's Basic credential, session cookie or API-key header), and what only looks
+like one is kept as read (error text, commit ids, hashes, request ids, IP addresses, code that
+reads a secret, a type annotation, a form's labels, counts, a command's other flags and a
+password flag's variable);
+a line of 20,000 characters is scanned whole, in windows;
 the rules that run only on a text holding their words (or, the providers' key patterns, one
 that a pattern of them all matches) find, on any text, what they find run on every text;
 a session's screen text is read with its secrets hidden before anything keeps it (the event
@@ -124,6 +127,51 @@ SECRETS = [
     ("My PINs are 4821", f"My PINs are {HIDDEN}", "pin"),
     ("seed phrases: abandon ability able", f"seed phrases: {HIDDEN}", "seed phrase"),
     ("recovery words: abandon ability able", f"recovery words: {HIDDEN}", "recovery words"),
+    # a password handed to a command on its command line, read off a terminal: after the
+    # command's own flag, quoted or not, whatever the prompt before it
+    ("bob@db:~$ mysql -u root -pHunter2pass shop", f"bob@db:~$ mysql -u root -p{HIDDEN} shop",
+     "password"),
+    ("mysqldump -uroot -p'two words' shop", f"mysqldump -uroot -p'{HIDDEN}' shop", "password"),
+    ("curl -u admin:Hunter2pass https://api.example.com",
+     f"curl -u admin:{HIDDEN} https://api.example.com", "password"),
+    ('curl --user "admin:hunter" -X POST', f'curl --user "admin:{HIDDEN}" -X POST', "password"),
+    ("sshpass -p 'hunter' ssh deploy@web1", f"sshpass -p '{HIDDEN}' ssh deploy@web1",
+     "password"),
+    ("docker login -u bob -p hunter registry.example.com",
+     f"docker login -u bob -p {HIDDEN} registry.example.com", "password"),
+    ("echo hunter | docker login -u bob --password-stdin",
+     f"echo {HIDDEN} | docker login -u bob --password-stdin", "password"),
+    ("echo 'hunter' | sudo -S apt-get update", f"echo '{HIDDEN}' | sudo -S apt-get update",
+     "password"),
+    ("redis-cli -h cache -a hunter ping", f"redis-cli -h cache -a {HIDDEN} ping", "password"),
+    ("ldapsearch -x -D cn=admin -w hunter", f"ldapsearch -x -D cn=admin -w {HIDDEN}",
+     "password"),
+    ("smbclient //srv/share -U bob%hunter", f"smbclient //srv/share -U bob%{HIDDEN}",
+     "password"),
+    ("openssl pkcs12 -export -passout pass:hunter -out a.p12",
+     f"openssl pkcs12 -export -passout pass:{HIDDEN} -out a.p12", "password"),
+    ("sqlcmd -S db -U sa -P hunter -Q 'select 1'",
+     f"sqlcmd -S db -U sa -P {HIDDEN} -Q 'select 1'", "password"),
+    ("mongosh -u admin -p hunter", f"mongosh -u admin -p {HIDDEN}", "password"),
+    ("7z a -phunter backup.7z docs", f"7z a -p{HIDDEN} backup.7z docs", "password"),
+    ("htpasswd -bc /etc/nginx/.htpasswd admin hunter",
+     f"htpasswd -bc /etc/nginx/.htpasswd admin {HIDDEN}", "password"),
+    ("net user bob hunter /add", f"net user bob {HIDDEN} /add", "password"),
+    ("xfreerdp /v:win1 /u:bob /p:hunter", f"xfreerdp /v:win1 /u:bob /p:{HIDDEN}", "password"),
+    ("keytool -list -storepass hunter", f"keytool -list -storepass {HIDDEN}", "password"),
+    ("gpg --batch --passphrase hunter -c notes.txt",
+     f"gpg --batch --passphrase {HIDDEN} -c notes.txt", "passphrase"),
+    ("ssh-keygen -t ed25519 -N hunter -f key", f"ssh-keygen -t ed25519 -N {HIDDEN} -f key",
+     "passphrase"),
+    ("aws configure set aws_secret_access_key wJalrXUtnFEMIK7MDENG",
+     f"aws configure set aws_secret_access_key {HIDDEN}", "secret key"),
+    # credentials in an HTTP request, as a browser's network panel or a curl command shows it
+    ("Authorization: Basic YWRtaW46aHVudGVyMg==", f"Authorization: Basic {HIDDEN}", "password"),
+    ("Cookie: theme=dark; sessionid=8x2kq9wz7m3p5r1t6v4y",
+     f"Cookie: theme=dark; sessionid={HIDDEN}", "session cookie"),
+    ("x-api-key: 9f8e7d6c5b4a39281706", f"x-api-key: {HIDDEN}", "api key"),
+    ("X-Api-Key 9f8e7d6c5b4a39281706", f"X-Api-Key {HIDDEN}", "api key"),
+    ("vault login hvs.CAESIJlU8xYz0abcdefghijklmnopq", f"vault login {HIDDEN}", "Vault token"),
 ]
 
 
@@ -171,6 +219,18 @@ NOT_SECRETS = [
     "Write down your secret recovery phrase", "assembly mnemonic: MOV",
     "Enter passphrase for key /root/.ssh/id_ed25519:", "passphrase = getpass()",
     "recovery words: str = \"\"",
+    # a command's flags that take no password, or a password that names none: a prompt, a
+    # port, a variable, a placeholder, another option, a file
+    "mysql -u root -p shop", "mysql -h db -P3306 -u app -p", "mysql -u root -p$MYSQL_PWD",
+    "mysql -u root -p<password> shop", "docker run -p 8080:80 nginx",
+    "docker login -u bob --password-stdin registry.io", "sshpass -f ~/.pw ssh web1",
+    "curl -u bob https://x", 'curl -u "$USER:$TOKEN" https://x', "curl -u bob: https://x",
+    "redis-cli -h cache -p 6379", "mongosh -p --quiet", "ssh -p 2222 bob@web1",
+    "htpasswd -c .htpasswd admin", "net user bob /delete", "net user bob *",
+    "echo $PASS | sudo -S apt update", "echo hello | grep h", 'ssh-keygen -N "" -f key',
+    "gpg --passphrase-file pw.txt -c f", "the mysql -p flag prompts for the password",
+    "The Basic plan costs 10 dollars", "Basic authentication is not recommended",
+    "Cookie: theme=dark; lang=en", "Cookie: sessionid=short", "X-Api-Key: {{apiKey}}",
 ]
 
 
@@ -216,6 +276,10 @@ _PIECES = hs.sampled_from([
     "AKIAIOSFODNN7EXAMPLE", GITHUB, JWT, "sk-ant-api03-abcdefghijklmnopqrstuv", "AIza",
     "xoxb-1234-abcd", "https://hooks.slack.com/services/T0/B0/x", "://app:s3cret@db", "Bearer",
     "sk_live_", "abcdefghijklmnopqrstuvwxyz0123456789",
+    # and what the rules for arguments look for: commands, flags, headers
+    "mysql", "MySQL", "-p", "-P", " -phunter2", "curl -u", "bob:", "%", "sshpass", "docker login",
+    "echo", " | ", "sudo -S", "--password-stdin", "Basic", "YWRtaW46aHVudGVyMg==", "Cookie:",
+    "sessionid=", "net user", "htpasswd -b", "/p:", "hvs.CAESIJlU8xYz0abcdefghijklmnopq",
 ])
 
 
@@ -246,6 +310,31 @@ def test_every_assignment_rule_names_one_of_detect_secrets_words() -> None:
     above check that none of them matches without it)."""
     alternation = f"({'|'.join(DENYLIST_WORDS)})"
     assert all(alternation in pattern.pattern for pattern, _ in secret_text._ASSIGNMENTS)
+
+
+TERMINAL = ["bob@db:~$ mysql -u root -pHunter2pass shop",
+            "bob@db:~$ curl -u admin:Hunter2pass https://api.example.com/v1",
+            "bob@db:~$ sshpass -p 'Hunter2pass' ssh deploy@web1",
+            "bob@db:~$ echo Hunter2pass | sudo -S apt-get update",
+            "Authorization: Basic YWRtaW46SHVudGVyMnBhc3M=",
+            "Cookie: theme=dark; sessionid=8x2kq9wz7m3p5r1t6v4y"]
+
+
+def test_a_terminals_passwords_are_hidden_as_the_screen_reader_reads_them() -> None:
+    """A shared terminal's commands and a request's headers, read by the bundled Tesseract:
+    what OCR makes of each line (a line number before it, a prompt) still has its password
+    found, and the commands around it are kept."""
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False, lines=TERMINAL)
+    desk.font = ImageFont.load_default(size=20)
+    read = _frame_text(desk.frame()).split("\n")
+    assert sum("Hunter2pass" in line for line in read) == 4, read
+    shown, hidden = hide_secrets(read)
+    assert hidden == {"password": 5, "session cookie": 1}, shown
+    assert not any(secret in line for line in shown
+                   for secret in ("Hunter2pass", "YWRtaW46", "8x2kq9")), shown
+    for kept in ("mysql -u root -p", "https://api.example.com/v1", "sudo -S apt-get update",
+                 "ssh deploy@web1", "theme=dark; sessionid="):
+        assert any(kept in line for line in shown), (kept, shown)
 
 
 def _every_rule_on(text: str) -> list[Secret]:

@@ -1,0 +1,150 @@
+"""Credentials handed over as arguments: a command's password flag, an HTTP request's header.
+
+A terminal on a shared screen shows `mysql -u root -pS3cret`, `curl -u admin:S3cret …` and
+`sshpass -p S3cret ssh …`; a browser's network panel shows `Authorization: Basic …` and a
+session's cookie. The secret there follows a flag or a header, not a name the assignment rules
+in memory/secret_text.py know (`password=`, "the PIN is"). detect-secrets and its kin scan files
+for assignments and providers' keys, not shell commands, so each command's password flags are
+listed here, from its manual. Only the flags of the command they follow count (`docker run -p
+8080:80` publishes a port; `docker login -p …` is a password), up to that command's end (a
+`|`, `;` or `&` outside quotes), and a value that names no secret is kept: a variable
+(`$MYSQL_PWD`, `%PASS%`), a command's output (`$(cat pw)`), a placeholder (`<password>`), a
+mask (`****`), another option (`mongosh -p --quiet` asks for it).
+
+`found` yields (kind, start, end) spans; memory/secret_text.py calls it only on a text where
+`NEEDS` is found (in any case): every match holds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+
+# a flag's value: quoted, what is inside the quotes; else a word, up to what ends a command
+_VALUE = r"""(?:"(?P<dq>[^"\n]+)"|'(?P<sq>[^'\n]+)'|(?P<bare>[^\s"'|;&<>][^\s|;&<>]*))"""
+
+
+def _spaced(flag: str) -> str:
+    """`flag VALUE` or `flag=VALUE`."""
+    return rf"(?<!\S){flag}(?:\s+|=){_VALUE}"
+
+
+def _glued(flag: str) -> str:
+    """`flagVALUE`, the value against the flag: `mysql -pS3cret`, where `-p` alone asks for the
+    password and `-p shop` names the database."""
+    return rf"(?<!\S){flag}{_VALUE}"
+
+
+def _either(flag: str) -> str:
+    """`flag VALUE`, `flag=VALUE` or `flagVALUE`."""
+    return rf"(?<!\S){flag}(?:\s+|=)?{_VALUE}"
+
+
+def _after(flag: str, separator: str) -> str:
+    """`flag USER<separator>PASSWORD` (`curl -u bob:S3cret`): the password is what follows the
+    first separator."""
+    return (rf"(?<!\S){flag}(?:\s+|=)?[\"']?[^\s\"'{separator}]*{separator}"
+            rf"(?P<bare>[^\s\"'|;&<>]+)")
+
+
+# (kind, the command, its flags that take one): the command's name as a word (`/usr/bin/mysql`
+# too), in any case; its flags exactly (`mysql -P3306` is a port)
+_COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("password", r"mysql[\w-]*|mariadb[\w-]*", (_glued("-p"),)),
+    ("password", r"sshpass", (_either("-p"),)),
+    ("password", r"(?:docker|podman|nerdctl|buildah|skopeo|finch|oras|crane|helm)"
+                 r"(?:\s+registry)?\s+login", (_spaced("-p"), _spaced("--password"))),
+    ("password", r"redis-cli", (_either("-a"), _spaced("--pass"))),
+    ("password", r"ldap(?:search|add|modify|delete|whoami|passwd|compare|modrdn|exop)",
+     (_either("-w"),)),
+    ("password", r"curl", (_after("(?:-u|--user|-U|--proxy-user)", ":"),)),
+    ("password", r"smbclient|rpcclient|smbmap|smbcacls|smbget",
+     (_after("(?:-U|--user)", "%"),)),
+    ("password", r"openssl",
+     (_spaced("-k"), rf"(?<!\S)-(?:pass|passin|passout)\s+pass:{_VALUE}")),
+    ("password", r"zip|unzip|zipcloak", (_spaced("-P"), _spaced("--password"))),
+    ("password", r"7z[arz]?|rar|unrar", (_glued("-p"),)),
+    ("password", r"sqlcmd|bcp|osql", (_spaced("-P"),)),
+    ("password", r"mongo(?:sh|dump|restore|export|import|stat|top|files)?",
+     (_spaced("-p"), _spaced("--password"))),
+    ("password", r"az\s+login", (_spaced("-p"), _spaced("--password"))),
+    ("password", r"[xw]freerdp3?|sdl-freerdp", (rf"(?<!\S)[/-]p:{_VALUE}",)),
+    ("password", r"rdesktop", (_spaced("-p"),)),
+    ("password", r"keytool", (_spaced("-(?:src|dest)?(?:store|key)pass"),)),
+    ("password", r"htpasswd",  # -b: the password is the last argument (-n: no file before it)
+     (rf"(?<!\S)-[a-zA-Z]*b[a-zA-Z]*\s+(?:\S+\s+){{1,2}}{_VALUE}(?=\s*(?:$|[|;&]))",)),
+    ("password", r"net\s+user", (rf"(?<=[uU][sS][eE][rR])\s+[^\s/]+\s+(?![/*]){_VALUE}",)),
+    ("password", r"lftp", (_after("-u", ","),)),
+    ("passphrase", r"gpg2?", (_spaced("--passphrase"),)),
+    ("passphrase", r"ssh-keygen", (_spaced("-[NP]"),)),
+    ("secret key", r"aws\s+configure\s+set",
+     (rf"(?<!\S)(?:\w+\.)?(?:aws_secret_access_key|aws_session_token)\s+{_VALUE}",)),
+)
+_COMMAND = re.compile("|".join(
+    rf"(?P<c{i}>(?<![\w.-])(?i:{name})(?![\w-]))"
+    for i, (_, name, _) in enumerate(_COMMANDS)))
+_FLAGS = tuple(tuple(re.compile(flag) for flag in flags) for _, _, flags in _COMMANDS)
+# where a command ends: a `|`, `;` or `&` (a pipe, a list, the background) outside quotes
+_COMMAND_GOES_ON = re.compile(r"""(?:"[^"\n]*"|'[^'\n]*'|[^|;&\n"'])*""")
+# a password written into a command that reads it from its input: `echo S3cret | sudo -S …`,
+# `… | docker login --password-stdin`, `… | chpasswd`, `… | passwd --stdin bob`
+_PIPED = re.compile(
+    rf"(?<![\w-])(?i:echo)\s+(?:-[neE]+\s+)?{_VALUE}\s*\|\s*(?:sudo\b[^|;&\n]*?(?<!\S)-[a-zA-Z]*S\b"
+    r"|[^|;&\n]*?--password-stdin\b|chpasswd\b|passwd\b[^|;&\n]*?--stdin\b)")
+# an HTTP Basic credential: base64 of `user:password` (decoded to tell it from "Basic plan")
+_BASIC = re.compile(r"\bbasic\s+(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
+# a session's cookie, in a `Cookie:` or `Set-Cookie:` header: its name says it holds the
+# session or a login, and its value is long and mixes letters and digits
+_COOKIE_HEADER = re.compile(r"\bcookie\s*:", re.I)
+_SESSION_COOKIE = re.compile(
+    r"(?<![\w.-])[\w.-]*(?:sess|sid|auth|token|jwt|remember|login)[\w.-]*="
+    r"(?P<bare>(?=[^\s;,\"]*\d)(?=[^\s;,\"]*[A-Za-z])[^\s;,\"]{16,})", re.I)
+# what every match holds: a command's name, "echo", "basic" or "cookie", as a word (searched
+# for as the rules' own start, not as bare words: a window scan's gate, it is most of the cost)
+_NEEDED = (*(name for _, name, _ in _COMMANDS), "echo", "basic", "cookie")
+NEEDS = rf"(?<![\w.-])(?:{'|'.join(_NEEDED)})"
+_CLOSING_MARKS = "`'\",;.)"
+# a value that names no secret: a variable, a command's output, a placeholder, an option, a mask
+_NOT_A_SECRET = re.compile(r"[$%<{`-]|[*•●·]+$")
+
+
+def found(line: str) -> Iterator[tuple[str, int, int]]:
+    """The credentials in `line` handed over as arguments: (kind, start, end) of each value."""
+    for command in _COMMAND.finditer(line):
+        index = int(str(command.lastgroup)[1:])
+        ends = _COMMAND_GOES_ON.match(line, command.end()).end()
+        for flag in _FLAGS[index]:
+            for match in flag.finditer(line, command.end(), ends):
+                yield from _value(_COMMANDS[index][0], match)
+    for match in _PIPED.finditer(line):
+        yield from _value("password", match)
+    for match in _BASIC.finditer(line):
+        if _is_credential(match["bare"]):
+            yield from _value("password", match)
+    if _COOKIE_HEADER.search(line):
+        for match in _SESSION_COOKIE.finditer(line):
+            yield from _value("session cookie", match)
+
+
+def _value(kind: str, match: re.Match[str]) -> Iterator[tuple[str, int, int]]:
+    """The value a flag's match took, unless it names no secret; a word without quotes ends
+    before the marks that close a sentence or a quote around the command (`mysql -pS3cret`,)."""
+    values = match.groupdict()
+    group = next(name for name in ("dq", "sq", "bare") if values.get(name) is not None)
+    value = values[group]
+    if group == "bare":
+        value = value.rstrip(_CLOSING_MARKS)
+    if value and not _NOT_A_SECRET.match(value):
+        yield kind, match.start(group), match.start(group) + len(value)
+
+
+def _is_credential(encoded: str) -> bool:
+    """Whether base64 text decodes to `user:password` (printable, with a colon)."""
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        text = decoded.decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return ":" in text and text.isprintable()
