@@ -21,6 +21,7 @@ import base64
 import binascii
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
 # a flag's value: quoted, what is inside the quotes; else a word, up to what ends a command
 _VALUE = r"""(?:"(?P<dq>[^"\n]+)"|'(?P<sq>[^'\n]+)'|(?P<bare>[^\s"'|;&<>][^\s|;&<>]*))"""
@@ -49,43 +50,63 @@ def _after(flag: str, separator: str) -> str:
             rf"(?P<bare>[^\s\"'|;&<>]+)")
 
 
-# (kind, the command, its flags that take one): the command's name as a word (`/usr/bin/mysql`
-# too), in any case; its flags exactly (`mysql -P3306` is a port)
-_COMMANDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("password", r"mysql[\w-]*|mariadb[\w-]*", (_glued("-p"),)),
-    ("password", r"sshpass", (_either("-p"),)),
-    ("password", r"(?:docker|podman|nerdctl|buildah|skopeo|finch|oras|crane|helm)"
-                 r"(?:\s+registry)?\s+login", (_spaced("-p"), _spaced("--password"))),
-    ("password", r"redis-cli", (_either("-a"), _spaced("--pass"))),
-    ("password", r"ldap(?:search|add|modify|delete|whoami|passwd|compare|modrdn|exop)",
-     (_either("-w"),)),
-    ("password", r"curl", (_after("(?:-u|--user|-U|--proxy-user)", ":"),)),
-    ("password", r"smbclient|rpcclient|smbmap|smbcacls|smbget",
-     (_after("(?:-U|--user)", "%"),)),
-    ("password", r"openssl",
-     (_spaced("-k"), rf"(?<!\S)-(?:pass|passin|passout)\s+pass:{_VALUE}")),
-    ("password", r"zip|unzip|zipcloak", (_spaced("-P"), _spaced("--password"))),
-    ("password", r"7z[arz]?|rar|unrar", (_glued("-p"),)),
-    ("password", r"sqlcmd|bcp|osql", (_spaced("-P"),)),
-    ("password", r"mongo(?:sh|dump|restore|export|import|stat|top|files)?",
-     (_spaced("-p"), _spaced("--password"))),
-    ("password", r"az\s+login", (_spaced("-p"), _spaced("--password"))),
-    ("password", r"[xw]freerdp3?|sdl-freerdp", (rf"(?<!\S)[/-]p:{_VALUE}",)),
-    ("password", r"rdesktop", (_spaced("-p"),)),
-    ("password", r"keytool", (_spaced("-(?:src|dest)?(?:store|key)pass"),)),
-    ("password", r"htpasswd",  # -b: the password is the last argument (-n: no file before it)
-     (rf"(?<!\S)-[a-zA-Z]*b[a-zA-Z]*\s+(?:\S+\s+){{1,2}}{_VALUE}(?=\s*(?:$|[|;&]))",)),
-    ("password", r"net\s+user", (rf"(?<=[uU][sS][eE][rR])\s+[^\s/]+\s+(?![/*]){_VALUE}",)),
-    ("password", r"lftp", (_after("-u", ","),)),
-    ("passphrase", r"gpg2?", (_spaced("--passphrase"),)),
-    ("passphrase", r"ssh-keygen", (_spaced("-[NP]"),)),
-    ("secret key", r"aws\s+configure\s+set",
-     (rf"(?<!\S)(?:\w+\.)?(?:aws_secret_access_key|aws_session_token)\s+{_VALUE}",)),
+class _Command(NamedTuple):
+    """A command that takes a password on its command line: its name as a word (`/usr/bin/mysql`
+    too), in any case; the flags that take one, exactly (`mysql -P3306` is a port), anywhere up
+    to the command's end; or `first`, its arguments right after the name, when the password is
+    one by its place (`net user bob S3cret`)."""
+
+    kind: str
+    name: str
+    flags: tuple[str, ...] = ()
+    first: str | None = None
+
+
+# one argument, quoted or not
+_ARG = r"""(?:"[^"\n]*"|'[^'\n]*'|[^\s"']\S*)"""
+_COMMANDS = (
+    _Command("password", r"mysql[\w-]*|mariadb[\w-]*", (_glued("-p"),)),
+    _Command("password", r"sshpass", (_either("-p"),)),
+    _Command("password", r"(?:docker|podman|nerdctl|buildah|skopeo|finch|oras|crane|helm)"
+                         r"(?:\s+registry)?\s+login", (_spaced("-p"), _spaced("--password"))),
+    _Command("password", r"redis-cli", (_either("-a"), _spaced("--pass"))),
+    _Command("password", r"ldap(?:search|add|modify|delete|whoami|passwd|compare|modrdn|exop)",
+             (_either("-w"),)),
+    _Command("password", r"curl", (_after("(?:-u|--user|-U|--proxy-user)", ":"),)),
+    _Command("password", r"smbclient|rpcclient|smbmap|smbcacls|smbget",
+             (_after("(?:-U|--user)", "%"),)),
+    _Command("password", r"openssl",
+             (_spaced("-k"), rf"(?<!\S)-(?:pass|passin|passout)\s+pass:{_VALUE}")),
+    _Command("password", r"zip|unzip|zipcloak", (_spaced("-P"), _spaced("--password"))),
+    _Command("password", r"7z[arz]?|rar|unrar", (_glued("-p"),)),
+    _Command("password", r"sqlcmd|bcp|osql", (_spaced("-P"),)),
+    _Command("password", r"mongo(?:sh|dump|restore|export|import|stat|top|files)?",
+             (_spaced("-p"), _spaced("--password"))),
+    _Command("password", r"az\s+login", (_spaced("-p"), _spaced("--password"))),
+    _Command("password", r"[xw]freerdp3?|sdl-freerdp", (rf"(?<!\S)[/-]p:{_VALUE}",)),
+    _Command("password", r"rdesktop", (_spaced("-p"),)),
+    _Command("password", r"cmdkey", (rf"(?<!\S)/pass:{_VALUE}",)),
+    _Command("password", r"keytool", (_spaced("-(?:src|dest)?(?:store|key)pass"),)),
+    _Command("password", r"wp", (_spaced("--user_pass"),)),  # WP-CLI
+    _Command("password", r"htpasswd",  # -b: the password is the last argument (-n: no file)
+             (rf"(?<!\S)-[a-zA-Z]*b[a-zA-Z]*\s+(?:\S+\s+){{1,2}}{_VALUE}(?=\s*(?:$|[|;&]))",)),
+    _Command("password", r"net\s+user", first=rf"\s+{_ARG}\s+(?![/*]){_VALUE}"),
+    _Command("password", r"convertto-securestring",  # PowerShell
+             (_spaced("-(?i:string)"),), first=rf"\s+{_VALUE}"),
+    _Command("password", r"lftp", (_after("-u", ","),)),
+    _Command("password", r"nmcli",
+             (rf"(?<!\S)(?:password|(?:802-11-wireless-security|wifi-sec)\.psk)\s+{_VALUE}",)),
+    _Command("password", r"wpa_passphrase", first=rf"\s+{_ARG}\s+{_VALUE}"),
+    _Command("passphrase", r"gpg2?", (_spaced("--passphrase"),)),
+    _Command("passphrase", r"ssh-keygen", (_spaced("-[NP]"),)),
+    _Command("secret key", r"aws\s+configure\s+set",
+             (rf"(?<!\S)(?:\w+\.)?(?:aws_secret_access_key|aws_session_token)\s+{_VALUE}",)),
 )
 _COMMAND = re.compile("|".join(
-    rf"(?P<c{i}>(?<![\w.-])(?i:{name})(?![\w-]))"
-    for i, (_, name, _) in enumerate(_COMMANDS)))
-_FLAGS = tuple(tuple(re.compile(flag) for flag in flags) for _, _, flags in _COMMANDS)
+    rf"(?P<c{i}>(?<![\w.-])(?i:{command.name})(?![\w-]))"
+    for i, command in enumerate(_COMMANDS)))
+_FLAGS = tuple(tuple(re.compile(flag) for flag in command.flags) for command in _COMMANDS)
+_FIRST = tuple(command.first and re.compile(command.first) for command in _COMMANDS)
 # where a command ends: a `|`, `;` or `&` (a pipe, a list, the background) outside quotes
 _COMMAND_GOES_ON = re.compile(r"""(?:"[^"\n]*"|'[^'\n]*'|[^|;&\n"'])*""")
 # a password written into a command that reads it from its input: `echo S3cret | sudo -S …`,
@@ -93,17 +114,19 @@ _COMMAND_GOES_ON = re.compile(r"""(?:"[^"\n]*"|'[^'\n]*'|[^|;&\n"'])*""")
 _PIPED = re.compile(
     rf"(?<![\w-])(?i:echo)\s+(?:-[neE]+\s+)?{_VALUE}\s*\|\s*(?:sudo\b[^|;&\n]*?(?<!\S)-[a-zA-Z]*S\b"
     r"|[^|;&\n]*?--password-stdin\b|chpasswd\b|passwd\b[^|;&\n]*?--stdin\b)")
-# an HTTP Basic credential: base64 of `user:password` (decoded to tell it from "Basic plan")
-_BASIC = re.compile(r"\bbasic\s+(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
+# an HTTP Basic credential, or one a registry login stored (`"auth": "…"` in Docker's
+# config.json): base64 of `user:password` (decoded to tell it from "Basic plan")
+_BASIC = re.compile(r"(?:\bbasic\s+|\bauth[\"']\s*:\s*[\"'])"
+                    r"(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
 # a session's cookie, in a `Cookie:` or `Set-Cookie:` header: its name says it holds the
 # session or a login, and its value is long and mixes letters and digits
 _COOKIE_HEADER = re.compile(r"\bcookie\s*:", re.I)
 _SESSION_COOKIE = re.compile(
     r"(?<![\w.-])[\w.-]*(?:sess|sid|auth|token|jwt|remember|login)[\w.-]*="
     r"(?P<bare>(?=[^\s;,\"]*\d)(?=[^\s;,\"]*[A-Za-z])[^\s;,\"]{16,})", re.I)
-# what every match holds: a command's name, "echo", "basic" or "cookie", as a word (searched
+# what every match holds: a command's name, "echo", "basic", "auth" or "cookie", as a word (searched
 # for as the rules' own start, not as bare words: a window scan's gate, it is most of the cost)
-_NEEDED = (*(name for _, name, _ in _COMMANDS), "echo", "basic", "cookie")
+_NEEDED = (*(command.name for command in _COMMANDS), "echo", "basic", "auth", "cookie")
 NEEDS = rf"(?<![\w.-])(?:{'|'.join(_NEEDED)})"
 _CLOSING_MARKS = "`'\",;.)"
 # a value that names no secret: a variable, a command's output, a placeholder, an option, a mask
@@ -114,10 +137,13 @@ def found(line: str) -> Iterator[tuple[str, int, int]]:
     """The credentials in `line` handed over as arguments: (kind, start, end) of each value."""
     for command in _COMMAND.finditer(line):
         index = int(str(command.lastgroup)[1:])
-        ends = _COMMAND_GOES_ON.match(line, command.end()).end()
+        kind, ends = _COMMANDS[index].kind, _COMMAND_GOES_ON.match(line, command.end()).end()
+        first = _FIRST[index] and _FIRST[index].match(line, command.end(), ends)
+        if first:
+            yield from _value(kind, first)
         for flag in _FLAGS[index]:
             for match in flag.finditer(line, command.end(), ends):
-                yield from _value(_COMMANDS[index][0], match)
+                yield from _value(kind, match)
     for match in _PIPED.finditer(line):
         yield from _value("password", match)
     for match in _BASIC.finditer(line):

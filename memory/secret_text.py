@@ -102,14 +102,31 @@ _ASSIGNMENTS = (*CONFIG_DENYLIST_REGEX_TO_GROUP.items(),
 # each names what is assigned with one of detect-secrets' words ("password", "api_key", "secret",
 # …; tests/test_secret_text.py checks that every pattern holds them)
 _ASSIGNMENT_WORDS = _Words("|".join(DENYLIST))
-# keys detect-secrets 1.5 does not know
-_MORE_KEYS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
-    ("Anthropic key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), False),
-    ("OpenAI key", re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}"), False),
-    ("Google API key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), False),
-    ("bearer token", re.compile(r"\bBearer\s+([A-Za-z0-9._~+/=-]{16,})"), True),
-    ("Vault token", re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"), False),
+# keys detect-secrets 1.5 does not know, each from a word's start (`\b`)
+_MORE_KEY_BODIES: tuple[tuple[str, str, bool], ...] = (
+    ("Anthropic key", r"sk-ant-[A-Za-z0-9_-]{20,}", False),
+    ("OpenAI key", r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,}", False),
+    ("Google API key", r"AIza[0-9A-Za-z_-]{35}", False),
+    ("bearer token", r"Bearer\s+([A-Za-z0-9._~+/=-]{16,})", True),
+    ("Vault token", r"hv[sbr]\.[A-Za-z0-9_-]{24,}", False),
+    # tokens with a prefix their providers document, which a screen shows in a terminal, a
+    # `.env` file or a settings page (where no name says what they are)
+    ("GitHub Token", r"github_pat_[A-Za-z0-9_]{40,}", False),  # fine-grained
+    ("Hugging Face token", r"hf_[A-Za-z0-9]{30,}", False),
+    ("Google OAuth secret", r"GOCSPX-[A-Za-z0-9_-]{24,}", False),
+    ("Google OAuth token", r"ya29\.[A-Za-z0-9_-]{30,}", False),
+    ("DigitalOcean token", r"do[por]_v1_[a-f0-9]{64}", False),
+    ("Groq key", r"gsk_[A-Za-z0-9]{40,}", False),
+    ("xAI key", r"xai-[A-Za-z0-9]{60,}", False),
+    ("Replicate token", r"r8_[A-Za-z0-9]{30,}", False),
+    ("Tailscale key", r"tskey-(?:auth|api|client|scim|webhook)-[A-Za-z0-9-]{16,}", False),
+    ("Shopify token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}", False),
+    ("Databricks token", r"dapi[a-f0-9]{32}", False),
+    ("Postman key", r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}", False),
+    ("age secret key", r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}", False),
 )
+_MORE_KEYS = tuple((kind, re.compile(rf"\b{body}"), groups)
+                   for kind, body, groups in _MORE_KEY_BODIES)
 _KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
 _SCOPED_FLAGS = ((re.A, "a"), (re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
 
@@ -123,7 +140,10 @@ def _one_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
     return re.compile("|".join(scoped(pattern) for pattern in patterns))
 
 
-_ANY_KEY = _one_of(pattern for _, pattern, _ in _KEY_PATTERNS)
+# ours under one `\b`, tested once a position rather than once a pattern: searched apart, they
+# took more time than detect-secrets' thirty
+_ANY_KEY = _one_of([*(pattern for _, pattern, _ in _PROVIDER_PATTERNS), re.compile(
+    rf"\b(?:{'|'.join(body for _, body, _ in _MORE_KEY_BODIES)})")])
 # `NAME=value` / `NAME: value` of the names detect-secrets 1.5 leaves out: a token (`HF_TOKEN`,
 # `access_token`), a passphrase, a passcode; quoted, the whole quoted value. The name ends with
 # the word: "max_tokens: 1024" is a count, "tokenizer: gpt2" a model
@@ -168,7 +188,8 @@ _WHAT = (
     r"\b(?P<what>passwords?|passcodes?|passphrases?|pins?(?: codes?| numbers?)?|api[ -]keys?|"
     r"access keys?|secret keys?|private keys?|access tokens?|auth tokens?|tokens?|secrets?|"
     r"social security numbers?|ssns?|card numbers?|cvvs?|cvcs?|security codes?|"
-    r"recovery codes?|backup codes?|one-time codes?|otps?|2fa codes?|login codes?)")
+    r"recovery codes?|backup codes?|one-time codes?|otps?|2fa codes?|login codes?|"
+    r"verification codes?|sign-in codes?|access codes?|authentication codes?)")
 _VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
 # a secret said in words: what it is, what it is for, then its value ("my wifi password is
 # hunter2", "the PIN for the door is 4821", "api key: abc123")
