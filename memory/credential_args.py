@@ -97,6 +97,10 @@ _COMMANDS = (
     _Command("password", r"nmcli",
              (rf"(?<!\S)(?:password|(?:802-11-wireless-security|wifi-sec)\.psk)\s+{_VALUE}",)),
     _Command("password", r"wpa_passphrase", first=rf"\s+{_ARG}\s+{_VALUE}"),
+    # a .netrc line, `machine HOST login USER password S3cret`: "machine" and a host name, so
+    # that prose's "machine" ("the machine learning …") does not open the gate
+    _Command("password", r"machine(?=\s+(?:[\w-]+\.[\w.-]+|localhost)\s)",
+             first=rf"\s+\S+(?:\s+(?:login|account)\s+\S+)*\s+password\s+{_VALUE}"),
     _Command("passphrase", r"gpg2?", (_spaced("--passphrase"),)),
     _Command("passphrase", r"ssh-keygen", (_spaced("-[NP]"),)),
     _Command("secret key", r"aws\s+configure\s+set",

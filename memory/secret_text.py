@@ -145,9 +145,10 @@ def _one_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
 _ANY_KEY = _one_of([*(pattern for _, pattern, _ in _PROVIDER_PATTERNS), re.compile(
     rf"\b(?:{'|'.join(body for _, body, _ in _MORE_KEY_BODIES)})")])
 # `NAME=value` / `NAME: value` of the names detect-secrets 1.5 leaves out: a token (`HF_TOKEN`,
-# `access_token`), a passphrase, a passcode; quoted, the whole quoted value. The name ends with
-# the word: "max_tokens: 1024" is a count, "tokenizer: gpt2" a model
-_NAMED_WORDS = "token|passphrase|passcode"
+# `access_token`), a passphrase, a passcode, a Wi-Fi or WireGuard pre-shared key (`psk=`,
+# `PresharedKey =`); quoted, the whole quoted value. The name ends with the word: "max_tokens:
+# 1024" is a count, "tokenizer: gpt2" a model
+_NAMED_WORDS = "token|passphrase|passcode|psk|presharedkey"
 _NAMED = re.compile(
     rf"(?<![\w-])[\w.-]*?(?P<name>{_NAMED_WORDS})[\"'\]]{{0,2}}\s*(?::=|[:=])\s*"
     r"(?:(?P<quote>[\"'`])(?P<quoted>[^\"'`\n]+)(?P=quote)|(?P<value>[^\s\"'`,;]+))", re.I)
@@ -189,7 +190,8 @@ _WHAT = (
     r"access keys?|secret keys?|private keys?|access tokens?|auth tokens?|tokens?|secrets?|"
     r"social security numbers?|ssns?|card numbers?|cvvs?|cvcs?|security codes?|"
     r"recovery codes?|backup codes?|one-time codes?|otps?|2fa codes?|login codes?|"
-    r"verification codes?|sign-in codes?|access codes?|authentication codes?)")
+    r"verification codes?|sign-in codes?|access codes?|authentication codes?|"
+    r"network security keys?|pre-shared keys?|wi-?fi keys?|wpa2? keys?)")
 _VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
 # a secret said in words: what it is, what it is for, then its value ("my wifi password is
 # hunter2", "the PIN for the door is 4821", "api key: abc123")

@@ -175,6 +175,13 @@ SECRETS = [
     ("wp user create bob bob@example.com --user_pass=hunter",
      f"wp user create bob bob@example.com --user_pass={HIDDEN}", "password"),
     ('"auth": "YWRtaW46aHVudGVyMg=="', f'"auth": "{HIDDEN}"', "password"),  # Docker's config
+    ("machine api.example.com login bob password hunter",
+     f"machine api.example.com login bob password {HIDDEN}", "password"),  # a .netrc line
+    ('psk="purplemonkey"', f'psk="{HIDDEN}"', "assigned secret"),  # wpa_supplicant.conf
+    ("PresharedKey = 5Hk9mXq2abcdefghijklmnopqrstuvwxyz012345678=",
+     f"PresharedKey = {HIDDEN}", "assigned secret"),  # WireGuard
+    ("Network security key: purplemonkey", f"Network security key: {HIDDEN}",
+     "network security key"),
     # providers' tokens by their documented prefixes
     ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEF", HIDDEN, "GitHub Token"),
     ("hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", HIDDEN, "Hugging Face token"),
@@ -251,6 +258,7 @@ NOT_SECRETS = [
     "Cookie: theme=dark; lang=en", "Cookie: sessionid=short", "X-Api-Key: {{apiKey}}",
     '"auth": "none"', "nmcli dev wifi connect HomeNet password $WIFI_PSK", "wp plugin list",
     "path = hf_hub_download(repo_id, filename)", "The access code is in the welcome email",
+    "machine learning password policy", "psk: required", "the WPA2 key is set",
 ]
 
 
@@ -301,6 +309,7 @@ _PIECES = hs.sampled_from([
     "echo", " | ", "sudo -S", "--password-stdin", "Basic", "YWRtaW46aHVudGVyMg==", "Cookie:",
     "sessionid=", "net user", "htpasswd -b", "/p:", "hvs.CAESIJlU8xYz0abcdefghijklmnopq",
     "nmcli", "password", "ConvertTo-SecureString", '"auth": "', "wpa_passphrase", "hf_",
+    "machine", "api.example.com", "login", "psk", "PresharedKey", "network security key",
 ])
 
 
