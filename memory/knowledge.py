@@ -41,7 +41,7 @@ from . import bm25
 from .db import storable
 from .embeddings import Embedder, EmbeddingError
 from .rerank import Reranker, RerankError
-from .secret_text import hide_secrets
+from .secret_text import hide_secrets, rules
 from .shared_calls import SharedCalls
 
 log = logging.getLogger("sightline.knowledge")
@@ -634,8 +634,9 @@ class KnowledgeBase:
         sections = await asyncio.to_thread(read_document, file.path)
         # a PDF's pages in it: one whose text moved to other pages (a cover page added) is
         # stored anew, or its hits would cite the old pages; so is one whose secrets are to be
-        # hidden, or shown, now
-        doc_hash = _hash(_split_settings() + ("\x1esecrets hidden" if hide else "") + "\n".join(
+        # hidden, or shown, now; and one read for them under other rules is read again
+        read_as = f"secrets: {rules()}{', hidden' if hide else ''}\n"
+        doc_hash = _hash(_split_settings() + read_as + "\n".join(
             s.text if s.page is None else f"{s.page}\x1f{s.text}" for s in sections))
         built_in = {"type": file.path.suffix.lower().lstrip(".")}
         if await self._unchanged(tenant, file.source, doc_hash, report, metadata, built_in,

@@ -26,10 +26,14 @@ and request ids are what users ask about.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.plugins.base import RegexBasedDetector
@@ -429,6 +433,17 @@ def hide_in_text(text: str) -> str:
     holds none)."""
     lines, hidden = hide_secrets(text.split("\n"))
     return "\n".join(lines) if hidden else text
+
+
+@cache
+def rules() -> str:
+    """Which rules find secrets: a hash of this module's and memory/credential_args.py's source
+    and detect-secrets' version. What was read for secrets under other rules is read again
+    (a knowledge document at its next ingest, memory/knowledge.py): rules that find more
+    would otherwise leave it as the older ones found it. Any edit to the two files counts,
+    a comment's too: reading a document again costs its reading, not its embedding."""
+    sources = b"".join(Path(module).read_bytes() for module in (__file__, credential_args.__file__))
+    return hashlib.sha256(sources + version("detect-secrets").encode()).hexdigest()[:16]
 
 
 def hide_in_texts(texts: Iterable[str]) -> list[str]:

@@ -128,6 +128,32 @@ async def test_reingest_embeds_only_changed_chunks_and_drops_deleted_documents(
     assert "51821" in hits[0].text
 
 
+async def test_a_document_read_for_secrets_under_other_rules_is_read_again_not_embedded(
+    db: Database, docs: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upgrade whose rules find more (`curl -u admin:…` was not a secret before): the next
+    ingest reads each document again, says what it holds now and embeds nothing; the one
+    after it reads nothing."""
+    (docs / "deploy.md").write_text("# Deploy\n\nRun `curl -u admin:Tr0ub4dor https://ci`.\n")
+    embedder = CountingEmbedder()
+    kb = KnowledgeBase(db.pool, embedder)
+    monkeypatch.setattr(knowledge, "rules", lambda: "older rules")
+    first = await kb.ingest([docs], "acme")
+    await db.pool.execute("UPDATE kb_documents SET secrets = '{}' WHERE tenant = 'acme'")
+    monkeypatch.undo()
+    embedder.embedded.clear()
+
+    again = await kb.ingest([docs], "acme")
+    assert again.embedded == 0 and again.kept == first.embedded and embedder.embedded == []
+    assert [(Path(seen.source).name, seen.kinds) for seen in again.secrets] == [
+        ("deploy.md", {"password": 1})]
+    [listed] = [d for d in await knowledge.documents(db.pool, "acme")
+                if d.source.endswith("deploy.md")]
+    assert listed.secrets == {"password": 1}
+    third = await kb.ingest([docs], "acme")
+    assert third.secrets == [] and third.embedded == 0
+
+
 async def test_a_change_of_embedding_model_is_detected(db: Database, docs: Path) -> None:
     await KnowledgeBase(db.pool, WordLlamaEmbedder(256)).ingest([docs / "router.md"], "acme")
     other = KnowledgeBase(db.pool, WordLlamaEmbedder(128))
