@@ -207,6 +207,15 @@ _SAID = re.compile(
 # "password reset 2024-01-01", "tokens 12345"
 _SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
 _WHAT_NEEDS = _Words(_WHAT)  # both begin with it
+# said aloud, a secret reaches the transcript in pieces ("my password is hunter 2", "the PIN is
+# 4 8 2 1", "four eight two one", "capital H"): a said secret's value runs on over digits,
+# number words, single letters and the words that spell a character, and is judged whole
+_SPOKEN_PIECE = (r"\d+|[^\W\d_]|zero|oh|one|two|three|four|five|six|seven|eight|nine|ten|"
+                 r"capital|upper(?:case)?|lower(?:case)?|dash|hyphen|underscore|dot|at|hash|"
+                 r"pound|star|asterisk|exclamation(?: mark| point)?|bang|dollar(?: sign)?|"
+                 r"percent|ampersand|plus|equals|slash|backslash|double|triple")
+_SPOKEN_ON = re.compile(rf"(?:\s+(?:{_SPOKEN_PIECE})(?![\w-]))+", re.I)
+_CLAUSE_END = re.compile(r"\s*(?:[,;]|[.!?](?:\s|$)|$)")
 _ARGUMENT_NEEDS = _Words(credential_args.NEEDS)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
 _CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
@@ -333,21 +342,41 @@ def _found(line: str) -> list[Secret]:
             found.append(Secret("assigned secret", *match.span(group)))
     said = _WHAT_NEEDS.found_in(line, lowered)
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)) if said else ():
-        value = match["value"].rstrip(".,;!?")
-        if _CARD_CODE.fullmatch(match["what"]) and _CARD_CODE_DIGITS.fullmatch(value):
-            found.append(Secret(_kind(match["what"]), match.start("value"),
-                                match.start("value") + len(value)))
-        elif (_literal(value, line[match.end("value"):])
-                and not (_COUNTED.search(match["what"]) and _NUMBER.match(value))
-                and (match.re is _SAID or _LOOKS_SECRET.match(value)
-                     or (_CODE.match(match["what"]) and _CODE_DIGITS.fullmatch(value)))):
-            start, end = _span(match, group="value")
-            found.append(Secret(_kind(match["what"]), start, _quoted_end(line, start, end)))
+        found += _said(line, match)
     found += _phrases(line)
     found += _cards(line)
     if _ARGUMENT_NEEDS.found_in(line, lowered):
         found += [Secret(*secret) for secret in credential_args.found(line)]
     return found
+
+
+def _said(line: str, match: re.Match[str]) -> list[Secret]:
+    """The secret a `_SAID` or `_SAID_BARE` match names, if its value is one. A said value
+    whose clause goes on runs on to the clause's end when that is at most `MAX_WORDS` words
+    ("my wifi password is purple monkey"), else over its spoken pieces (`_SPOKEN_ON`: "hunter
+    2", "4 8 2 1"); a number said digit by digit is judged whole."""
+    value, start = match["value"].rstrip(".,;!?"), match.start("value")
+    end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
+    if match.re is _SAID and value == match["value"] and not quoted:
+        clause = _CLAUSE_END.search(line, end).start()
+        spoken = _SPOKEN_ON.match(line, end)
+        if len(line[start:clause].split()) <= MAX_WORDS:
+            end = clause
+        elif spoken:
+            end = spoken.end()
+    whole, what = "".join(line[start:end].split()), match["what"]
+    if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
+        return [Secret(_kind(what), start, end)]
+    literal = (_literal(whole, line[end:]) if whole.isdigit()
+               else _literal(value, line[start + len(value):]))
+    if (literal and not (_COUNTED.search(what) and _NUMBER.match(whole))
+            and (match.re is _SAID or _LOOKS_SECRET.match(value)
+                 or (_CODE.match(what) and _CODE_DIGITS.fullmatch(value)))):
+        if end > start + len(value):  # on past its first word
+            return [Secret(_kind(what), start, end)]
+        start, end = _span(match, group="value")
+        return [Secret(_kind(what), start, _quoted_end(line, start, end))]
+    return []
 
 
 def _kind(what: str) -> str:

@@ -4,10 +4,10 @@ Protects: a secret's value in a line is replaced by `[secret hidden]` and counte
 (providers' keys and tokens, `name = value` and `name: value` assignments, a URL's password,
 bearer tokens, a private key from its header to its footer, card numbers with a brand's prefix
 and a valid Luhn digit, a secret said in words, a password handed to a command on its command
-line, an HTTP request's Basic credential, session cookie or API-key header), and what only looks
-like one is kept as read (error text, commit ids, hashes, request ids, IP addresses, code that
-reads a secret, a type annotation, a form's labels, counts, a command's other flags and a
-password flag's variable);
+line, an HTTP request's Basic credential, session cookie or API-key header, a secret said in
+pieces as speech-to-text writes it), and what only looks like one is kept as read (error text,
+commit ids, hashes, request ids, IP addresses, code that reads a secret, a type annotation, a
+form's labels, counts, a command's other flags and a password flag's variable);
 a line of 20,000 characters is scanned whole, in windows;
 the rules that run only on a text holding their words (or, the providers' key patterns, one
 that a pattern of them all matches) find, on any text, what they find run on every text;
@@ -127,6 +127,16 @@ SECRETS = [
     ("My PINs are 4821", f"My PINs are {HIDDEN}", "pin"),
     ("seed phrases: abandon ability able", f"seed phrases: {HIDDEN}", "seed phrase"),
     ("recovery words: abandon ability able", f"recovery words: {HIDDEN}", "recovery words"),
+    # said aloud, as speech-to-text writes it: in pieces, or a clause of a few words
+    ("my password is hunter 2", f"my password is {HIDDEN}", "password"),
+    ("the PIN is 4 8 2 1", f"the PIN is {HIDDEN}", "pin"),
+    ("the PIN is four eight two one, got it?", f"the PIN is {HIDDEN}, got it?", "pin"),
+    ("my social security number is 123 45 6789", f"my social security number is {HIDDEN}",
+     "social security number"),
+    ("the CVV is 1 2 3", f"the CVV is {HIDDEN}", "cvv"),
+    ("my wifi password is purple monkey", f"my wifi password is {HIDDEN}", "password"),
+    ("my password is Hunter2 and my username is bob",
+     f"my password is {HIDDEN} and my username is bob", "password"),
     # a password handed to a command on its command line, read off a terminal: after the
     # command's own flag, quoted or not, whatever the prompt before it
     ("bob@db:~$ mysql -u root -pHunter2pass shop", f"bob@db:~$ mysql -u root -p{HIDDEN} shop",
@@ -259,6 +269,8 @@ NOT_SECRETS = [
     '"auth": "none"', "nmcli dev wifi connect HomeNet password $WIFI_PSK", "wp plugin list",
     "path = hf_hub_download(repo_id, filename)", "The access code is in the welcome email",
     "machine learning password policy", "psk: required", "the WPA2 key is set",
+    "the PIN is 4 digits", "the password is 8 characters long", "the token was revoked today",
+    "the password was changed yesterday",
 ]
 
 
@@ -310,6 +322,7 @@ _PIECES = hs.sampled_from([
     "sessionid=", "net user", "htpasswd -b", "/p:", "hvs.CAESIJlU8xYz0abcdefghijklmnopq",
     "nmcli", "password", "ConvertTo-SecureString", '"auth": "', "wpa_passphrase", "hf_",
     "machine", "api.example.com", "login", "psk", "PresharedKey", "network security key",
+    " 4 8 2 1", " two", " capital H", " and", " 45 6789",
 ])
 
 
