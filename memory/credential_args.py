@@ -45,8 +45,8 @@ def _either(flag: str) -> str:
 
 def _after(flag: str, separator: str) -> str:
     """`flag USER<separator>PASSWORD` (`curl -u bob:S3cret`): the password is what follows the
-    first separator."""
-    return (rf"(?<!\S){flag}(?:\s+|=)?[\"']?[^\s\"'{separator}]*{separator}"
+    first separator (and a space OCR may put after it, not a URL: `-u bob: https://…` asks)."""
+    return (rf"(?<!\S){flag}(?:\s+|=)?[\"']?[^\s\"'{separator}]*{separator} ?(?!\S*://)"
             rf"(?P<bare>[^\s\"'|;&<>]+)")
 
 
@@ -65,10 +65,10 @@ class _Command(NamedTuple):
 # one argument, quoted or not
 _ARG = r"""(?:"[^"\n]*"|'[^'\n]*'|[^\s"']\S*)"""
 _COMMANDS = (
-    _Command("password", r"mysql[\w-]*|mariadb[\w-]*", (_glued("-p"),)),
+    _Command("password", r"mysql[a-z]*|mariadb(?:-?[a-z]+)?", (_glued("-p"),)),
     _Command("password", r"sshpass", (_either("-p"),)),
     _Command("password", r"(?:docker|podman|nerdctl|buildah|skopeo|finch|oras|crane|helm)"
-                         r"(?:\s+registry)?\s+login", (_spaced("-p"), _spaced("--password"))),
+                         r"(?:\s+registry)?\s*login", (_spaced("-p"), _spaced("--password"))),
     _Command("password", r"redis-cli", (_either("-a"), _spaced("--pass"))),
     _Command("password", r"ldap(?:search|add|modify|delete|whoami|passwd|compare|modrdn|exop)",
              (_either("-w"),)),
@@ -107,7 +107,7 @@ _COMMANDS = (
              (rf"(?<!\S)(?:\w+\.)?(?:aws_secret_access_key|aws_session_token)\s+{_VALUE}",)),
 )
 _COMMAND = re.compile("|".join(
-    rf"(?P<c{i}>(?<![\w.-])(?i:{command.name})(?![\w-]))"
+    rf"(?P<c{i}>(?<![\w.-])(?i:{command.name})(?!\w))"
     for i, command in enumerate(_COMMANDS)))
 _FLAGS = tuple(tuple(re.compile(flag) for flag in command.flags) for command in _COMMANDS)
 _FIRST = tuple(command.first and re.compile(command.first) for command in _COMMANDS)
@@ -116,22 +116,23 @@ _COMMAND_GOES_ON = re.compile(r"""(?:"[^"\n]*"|'[^'\n]*'|[^|;&\n"'])*""")
 # a password written into a command that reads it from its input: `echo S3cret | sudo -S …`,
 # `… | docker login --password-stdin`, `… | chpasswd`, `… | passwd --stdin bob`
 _PIPED = re.compile(
-    rf"(?<![\w-])(?i:echo)\s+(?:-[neE]+\s+)?{_VALUE}\s*\|\s*(?:sudo\b[^|;&\n]*?(?<!\S)-[a-zA-Z]*S\b"
+    rf"(?<![\w-])(?i:echo)\s+(?:-[neE]+\s+)?{_VALUE}\s*\|\s*(?:sudo\b[^|;&\n]*?(?<![^\s\w])-[a-zA-Z]*S\b"
     r"|[^|;&\n]*?--password-stdin\b|chpasswd\b|passwd\b[^|;&\n]*?--stdin\b)")
 # an HTTP Basic credential, or one a registry login stored (`"auth": "…"` in Docker's
-# config.json): base64 of `user:password` (decoded to tell it from "Basic plan")
-_BASIC = re.compile(r"(?:\bbasic\s+|\bauth[\"']\s*:\s*[\"'])"
-                    r"(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
+# config.json): base64 of `user:password`, decoded to tell it from "Basic plan" unless an
+# `Authorization:` header says what it is (OCR's misread letters may not decode)
+_BASIC = re.compile(r"(?:(?P<header>\bauthorization\s*[:=]?\s*)?\bbasic\s+|"
+                    r"\bauth[\"']\s*:\s*[\"'])(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
 # a session's cookie, in a `Cookie:` or `Set-Cookie:` header: its name says it holds the
 # session or a login, and its value is long and mixes letters and digits
 _COOKIE_HEADER = re.compile(r"\bcookie\s*:", re.I)
 _SESSION_COOKIE = re.compile(
     r"(?<![\w.-])[\w.-]*(?:sess|sid|auth|token|jwt|remember|login)[\w.-]*="
     r"(?P<bare>(?=[^\s;,\"]*\d)(?=[^\s;,\"]*[A-Za-z])[^\s;,\"]{16,})", re.I)
-# what every match holds: a command's name, "echo", "basic", "auth" or "cookie", as a word (searched
-# for as the rules' own start, not as bare words: a window scan's gate, it is most of the cost)
-_NEEDED = (*(command.name for command in _COMMANDS), "echo", "basic", "auth", "cookie")
-NEEDS = rf"(?<![\w.-])(?:{'|'.join(_NEEDED)})"
+# what every match holds: a command's name, "echo", "basic", "auth" or "cookie", each as its
+# rule begins (not as bare words: a window scan's gate, it is most of the cost)
+NEEDS = (rf"(?<![\w.-])(?:{'|'.join(command.name for command in _COMMANDS)})"
+         r"|(?<![\w-])echo|\b(?:basic|auth|cookie)")
 _CLOSING_MARKS = "`'\",;.)"
 # a value that names no secret: a variable, a command's output, a placeholder, an option, a mask
 _NOT_A_SECRET = re.compile(r"[$%<{`-]|[*•●·]+$")
@@ -142,23 +143,26 @@ def found(line: str) -> Iterator[tuple[str, int, int]]:
     for command in _COMMAND.finditer(line):
         index = int(str(command.lastgroup)[1:])
         kind, ends = _COMMANDS[index].kind, _COMMAND_GOES_ON.match(line, command.end()).end()
-        first = _FIRST[index] and _FIRST[index].match(line, command.end(), ends)
+        # what follows the name, after a space: OCR often loses the one between a command and
+        # its first flag (`curl-u admin:…`, `sshpass-p`)
+        arguments, at = " " + line[command.end():ends], command.end() - 1
+        first = _FIRST[index] and _FIRST[index].match(arguments)
         if first:
-            yield from _value(kind, first)
+            yield from _value(kind, first, at)
         for flag in _FLAGS[index]:
-            for match in flag.finditer(line, command.end(), ends):
-                yield from _value(kind, match)
+            for match in flag.finditer(arguments):
+                yield from _value(kind, match, at)
     for match in _PIPED.finditer(line):
         yield from _value("password", match)
     for match in _BASIC.finditer(line):
-        if _is_credential(match["bare"]):
+        if match["header"] or _is_credential(match["bare"]):
             yield from _value("password", match)
     if _COOKIE_HEADER.search(line):
         for match in _SESSION_COOKIE.finditer(line):
             yield from _value("session cookie", match)
 
 
-def _value(kind: str, match: re.Match[str]) -> Iterator[tuple[str, int, int]]:
+def _value(kind: str, match: re.Match[str], at: int = 0) -> Iterator[tuple[str, int, int]]:
     """The value a flag's match took, unless it names no secret; a word without quotes ends
     before the marks that close a sentence or a quote around the command (`mysql -pS3cret`,)."""
     values = match.groupdict()
@@ -167,7 +171,7 @@ def _value(kind: str, match: re.Match[str]) -> Iterator[tuple[str, int, int]]:
     if group == "bare":
         value = value.rstrip(_CLOSING_MARKS)
     if value and not _NOT_A_SECRET.match(value):
-        yield kind, match.start(group), match.start(group) + len(value)
+        yield kind, at + match.start(group), at + match.start(group) + len(value)
 
 
 def _is_credential(encoded: str) -> bool:
