@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS: dict[str, Target] = {"speedup_vs_every_rule": (">", 1.0)}
 # each gate of memory/secret_text.py, and what it is opened with: a pattern every text holds
 OPENED: dict[str, Any] = {
-    **dict.fromkeys(("_ASSIGNMENT_WORDS", "_NAMED_NEEDS", "_WHAT_NEEDS", "_ARGUMENT_NEEDS"),
+    **dict.fromkeys(("_ASSIGNMENT_WORDS", "_NAMED_NEEDS", "_WHAT_NEEDS", "_ARGUMENT_NEEDS",
+                     "_URL_NEEDS"),
                     secret_text._Words("")),
     "_ANY_KEY": re.compile("")}
 

@@ -34,8 +34,9 @@ def _spaced(flag: str) -> str:
 
 def _glued(flag: str) -> str:
     """`flagVALUE`, the value against the flag: `mysql -pS3cret`, where `-p` alone asks for the
-    password and `-p shop` names the database."""
-    return rf"(?<!\S){flag}{_VALUE}"
+    password and `-p shop` names the database. Only after a space the line has (`found` puts
+    one before the arguments): `MySQL-python` is a name, not `mysql -python`."""
+    return rf"(?<=.\s){flag}{_VALUE}"
 
 
 def _either(flag: str) -> str:
@@ -123,6 +124,11 @@ _PIPED = re.compile(
 # `Authorization:` header says what it is (OCR's misread letters may not decode)
 _BASIC = re.compile(r"(?:(?P<header>\bauthorization\s*[:=]?\s*)?\bbasic\s+|"
                     r"\bauth[\"']\s*:\s*[\"'])(?P<bare>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])", re.I)
+# a bearer token in an `Authorization:` header as OCR reads it, split by a space or two
+# (`Bearer abcdef 123456abcdef`): the rest of the line, when it holds a digit
+_SPLIT_BEARER = re.compile(
+    r"\bauthorization\s*[:=]?\s*(?:bearer|token)\s+"
+    r"(?P<bare>(?=[^\"'\n]*\d)[\w.~+/=-]+(?: [\w.~+/=-]+){1,3})(?=[\"',;]*\s*$)", re.I)
 # a session's cookie, in a `Cookie:` or `Set-Cookie:` header: its name says it holds the
 # session or a login, and its value is long and mixes letters and digits
 _COOKIE_HEADER = re.compile(r"\bcookie\s*:", re.I)
@@ -157,6 +163,8 @@ def found(line: str) -> Iterator[tuple[str, int, int]]:
     for match in _BASIC.finditer(line):
         if match["header"] or _is_credential(match["bare"]):
             yield from _value("password", match)
+    for match in _SPLIT_BEARER.finditer(line):
+        yield from _value("bearer token", match)
     if _COOKIE_HEADER.search(line):
         for match in _SESSION_COOKIE.finditer(line):
             yield from _value("session cookie", match)

@@ -157,6 +157,22 @@ _NAMED = re.compile(
     rf"(?<![\w-])[\w.-]*?(?P<name>{_NAMED_WORDS})[\"'\]]{{0,2}}\s*(?::=|[:=])\s*"
     r"(?:(?P<quote>[\"'`])(?P<quoted>[^\"'`\n]+)(?P=quote)|(?P<value>[^\s\"'`,;]+))", re.I)
 _NAMED_NEEDS = _Words(_NAMED_WORDS)
+# an assignment as OCR reads small text (a `.env` file in an editor): its operator misread
+# (`DB_PASSWORD-=…`), its opening quote read as `*` (`"password": *hunter2',`), its token split
+# by a space (`GITHUB_TOKEN=ghp _abc…`). A name holding one of the words above, then a value
+# to the line's end that, its pieces joined, looks like a token
+_MISREAD_ASSIGNED = re.compile(
+    rf"(?<![\w-])[\w.-]*?(?:{'|'.join(DENYLIST)}|{_NAMED_WORDS})[\w.-]*?[\"'\]]{{0,2}}\s*"
+    r"(?:(?P<noisy>-=|=-|;=|=;)|[:=])\s*(?P<star>\*)?[\"'`]?"
+    r"(?P<value>[\w.+/~-]+=*(?: [\w.+/~-]{4,}=*){0,2})(?=[\"'`,;]*\s*$)", re.I)
+# a URL's password as OCR reads it: its `://` misread (`postgres:/app:…`, `postgresi//app:…`),
+# its `@` read as `e` (then the host is taken with it); not a port (`https://host:8080/`)
+_URL_SCHEMES = (r"postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|https?|s?ftp"
+                r"|smtps?|ldaps?|mssql|sqlserver")
+_MISREAD_URL = re.compile(
+    rf"\b(?:{_URL_SCHEMES})[:;.i]?/{{1,2}}[\w.+-]+:(?!\d+\b)"
+    r"(?P<value>[^\s/@:\[({%$<'\"`\\][^\s/@:'\"`\\]{2,})", re.I)
+_URL_NEEDS = _Words(rf"(?:{_URL_SCHEMES})[:;.i]?/")
 # a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its
 # clause's end (a comma, a semicolon, a full stop before a space, the line's end), at most
 # `MAX_PHRASE_WORDS` words ("passphrase: correct horse battery staple", "seed phrase: abandon
@@ -215,7 +231,7 @@ _SPOKEN_PIECE = (r"\d+|[^\W\d_]|zero|oh|one|two|three|four|five|six|seven|eight|
                  r"pound|star|asterisk|exclamation(?: mark| point)?|bang|dollar(?: sign)?|"
                  r"percent|ampersand|plus|equals|slash|backslash|double|triple")
 _SPOKEN_ON = re.compile(rf"(?:\s+(?:{_SPOKEN_PIECE})(?![\w-]))+", re.I)
-_CLAUSE_END = re.compile(r"\s*(?:[,;]|[.!?](?:\s|$)|$)")
+_CLAUSE_END = re.compile(r"\s*(?:[,;\"”’)\]]|'(?!\w)|[.!?](?:\s|$)|$)")  # or a quote's
 _ARGUMENT_NEEDS = _Words(credential_args.NEEDS)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
 _CODE = re.compile(r"pin|passcode|otp|cvv|cvc|.*codes?$", re.I)
@@ -223,6 +239,9 @@ _CODE_DIGITS = re.compile(r"\d{4,8}")
 # a card's security code is 3 or 4 digits, which `_literal` takes for a count anywhere else
 _CARD_CODE = re.compile(r"(?:cvv|cvc|security code)s?", re.I)
 _CARD_CODE_DIGITS = re.compile(r"\d{3,4}")
+# a card number after its label is one whatever its Luhn digit says: OCR misreads digits
+_CARD_LABEL = re.compile(r"card numbers?", re.I)
+_CARD_DIGITS = re.compile(r"\d+(?:[ -]\d+)*")
 # tokens and secrets are counted too: "Input tokens: 1,234" on a usage page is a number
 _COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
 _NUMBER = re.compile(r"\d[\d,.]*$")
@@ -334,12 +353,22 @@ def _found(line: str) -> list[Secret]:
                 end = _token_end(line, start, start + len(value))
             if _literal(value, line[start + len(value):]):
                 found.append(Secret("assigned secret", start, end))
-    for match in _NAMED.finditer(line) if _NAMED_NEEDS.found_in(line, lowered) else ():
+    named = _NAMED_NEEDS.found_in(line, lowered)
+    for match in _NAMED.finditer(line) if named else ():
         group = "quoted" if match["quoted"] else "value"
         value = match[group]
         if _literal(value, line[match.end(group):]) and (
                 match["name"].lower() != "token" or _TOKEN_LIKE.match(value)):
             found.append(Secret("assigned secret", *match.span(group)))
+    misread = named or _ASSIGNMENT_WORDS.found_in(line, lowered)
+    for match in _MISREAD_ASSIGNED.finditer(line) if misread else ():
+        value, first = match["value"], match["value"].split()[0]  # what the rules above miss:
+        if ((match["noisy"] or match["star"] or value != first)  # a misread mark, a split
+                and _literal(first, line[match.start("value") + len(first):])
+                and _TOKEN_LIKE.match("".join(value.split()))):
+            found.append(Secret("assigned secret", *match.span("value")))
+    for match in _MISREAD_URL.finditer(line) if _URL_NEEDS.found_in(line, lowered) else ():
+        found.append(Secret("Basic Auth Credentials", *match.span("value")))
     said = _WHAT_NEEDS.found_in(line, lowered)
     for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)) if said else ():
         found += _said(line, match)
@@ -356,6 +385,10 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     ("my wifi password is purple monkey"), else over its spoken pieces (`_SPOKEN_ON`: "hunter
     2", "4 8 2 1"); a number said digit by digit is judged whole."""
     value, start = match["value"].rstrip(".,;!?"), match.start("value")
+    what = match["what"]
+    card = _CARD_DIGITS.match(line, start) if _CARD_LABEL.fullmatch(what) else None
+    if card and 13 <= sum(c.isdigit() for c in card.group()) <= 19:  # its Luhn digit misread
+        return [Secret(_kind(what), start, card.end())]
     end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
     if match.re is _SAID and value == match["value"] and not quoted:
         clause = _CLAUSE_END.search(line, end).start()
@@ -364,11 +397,11 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
             end = clause
         elif spoken:
             end = spoken.end()
-    whole, what = "".join(line[start:end].split()), match["what"]
+    whole = "".join(line[start:end].split())
     if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
         return [Secret(_kind(what), start, end)]
     literal = (_literal(whole, line[end:]) if whole.isdigit()
-               else _literal(value, line[start + len(value):]))
+               else _literal(value, line[match.end("value"):]))
     if (literal and not (_COUNTED.search(what) and _NUMBER.match(whole))
             and (match.re is _SAID or _LOOKS_SECRET.match(value)
                  or (_CODE.match(what) and _CODE_DIGITS.fullmatch(value)))):
