@@ -172,7 +172,7 @@ _URL_SCHEMES = (r"postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?
 _MISREAD_URL = re.compile(
     rf"\b(?:{_URL_SCHEMES})[:;.i]?/{{1,2}}[\w.+-]+:(?!\d+\b)"
     r"(?P<value>[^\s/@:\[({%$<'\"`\\][^\s/@:'\"`\\]{2,})", re.I)
-_URL_NEEDS = _Words(rf"(?:{_URL_SCHEMES})[:;.i]?/")
+_URL_NEEDS = _Words(rf"\b(?:{_URL_SCHEMES})[:;.i]?/")
 # a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its
 # clause's end (a comma, a semicolon, a full stop before a space, the line's end), at most
 # `MAX_PHRASE_WORDS` words ("passphrase: correct horse battery staple", "seed phrase: abandon
