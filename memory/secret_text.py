@@ -19,6 +19,10 @@ prefix and a valid Luhn digit, checked by python-stdnum), a secret said in words
 is 4821") and one handed over as an argument (`mysql -pS3cret`, `curl -u bob:S3cret`, an
 `Authorization: Basic` header, a session cookie: memory/credential_args.py).
 
+Screen text comes through OCR and speech through speech-to-text, so the rules also read
+through what those do to a secret: a misread mark or a token split by a space in an editor's
+small text, a password said in pieces ("hunter 2", "4 8 2 1").
+
 A false positive hides a word from memory; a false negative keeps a secret in every later
 prompt. The rules lean to hiding, but not to hiding every long hex string: commit ids, hashes
 and request ids are what users ask about.
@@ -392,10 +396,9 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
     if match.re is _SAID and value == match["value"] and not quoted:
         clause = _CLAUSE_END.search(line, end).start()
-        spoken = _SPOKEN_ON.match(line, end)
         if len(line[start:clause].split()) <= MAX_WORDS:
             end = clause
-        elif spoken:
+        elif spoken := _SPOKEN_ON.match(line, end):
             end = spoken.end()
     whole = "".join(line[start:end].split())
     if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
