@@ -170,11 +170,13 @@ _MISREAD_ASSIGNED = re.compile(
     r"(?:(?P<noisy>-=|=-|;=|=;)|[:=])\s*(?P<star>\*)?[\"'`]?"
     r"(?P<value>[\w.+/~-]+=*(?: [\w.+/~-]{4,}=*){0,2})(?=[\"'`,;]*\s*$)", re.I)
 # a URL's password as OCR reads it: its `://` misread (`postgres:/app:…`, `postgresi//app:…`),
-# its `@` read as `e` (then the host is taken with it); not a port (`https://host:8080/`)
+# its `@` read as `e` (then the host is taken with it), holding letters and digits; not a port
+# (`https://host:8080/`) nor a placeholder (`http://host:port/`), which the exact rule (`://`
+# and `@` read right) takes only with its `@`
 _URL_SCHEMES = (r"postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|https?|s?ftp"
                 r"|smtps?|ldaps?|mssql|sqlserver")
 _MISREAD_URL = re.compile(
-    rf"\b(?:{_URL_SCHEMES})[:;.i]?/{{1,2}}[\w.+-]+:(?!\d+\b)"
+    rf"\b(?:{_URL_SCHEMES})[:;.i]?/{{1,2}}[\w.+-]+:(?=[^\s/@:]*\d)(?=[^\s/@:]*[^\W\d_])"
     r"(?P<value>[^\s/@:\[({%$<'\"`\\][^\s/@:'\"`\\]{2,})", re.I)
 _URL_NEEDS = _Words(rf"\b(?:{_URL_SCHEMES})[:;.i]?/")
 # a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its

@@ -298,6 +298,7 @@ NOT_SECRETS = [
     # what the rules for misread text must not take: a port, a placeholder, a pattern, code
     'httpx.Proxy("http://localhost:8080")', 'base_url = f"http://127.0.0.1:{port}"',
     "serve the console on `http://127.0.0.1:P/`", 'r"https://(?:[a-z0-9-]+-)?generative"',
+    "curl http://host:port/path", "open https://HOST:PORT/api",
     "# Some MySQL-python versions can return some columns as",
     "prompt_cached_tokens=cached_tokens or 0,", "# total_tokens=5 cached_content_token_count=None",
     '"X-aws-ec2-metadata-token-ttl-seconds": _IMDSV2_SESSION_TOKEN_TTL_SECONDS',
