@@ -245,9 +245,9 @@ _CODE_DIGITS = re.compile(r"\d{4,8}")
 # a card's security code is 3 or 4 digits, which `_literal` takes for a count anywhere else
 _CARD_CODE = re.compile(r"(?:cvv|cvc|security code)s?", re.I)
 _CARD_CODE_DIGITS = re.compile(r"\d{3,4}")
-# a card number after its label is one whatever its Luhn digit says: OCR misreads digits
+# a card number (`_CARD`'s digits) after its label is one whatever its Luhn digit says: OCR
+# misreads digits
 _CARD_LABEL = re.compile(r"card numbers?", re.I)
-_CARD_DIGITS = re.compile(r"\d+(?:[ -]\d+)*")
 # tokens and secrets are counted too: "Input tokens: 1,234" on a usage page is a number
 _COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
 _NUMBER = re.compile(r"\d[\d,.]*$")
@@ -346,7 +346,8 @@ def _found(line: str) -> list[Secret]:
         found += [Secret(kind, *_span(m, group=None if groups else 0))
                   for m in pattern.finditer(line)]
     lowered = line.lower() if line.isascii() else None
-    for pattern, group in _ASSIGNMENTS if _ASSIGNMENT_WORDS.found_in(line, lowered) else ():
+    assigned = _ASSIGNMENT_WORDS.found_in(line, lowered)  # its rules' and the misread ones'
+    for pattern, group in _ASSIGNMENTS if assigned else ():
         for match in pattern.finditer(line):
             if not match.group(group):
                 continue
@@ -366,8 +367,7 @@ def _found(line: str) -> list[Secret]:
         if _literal(value, line[match.end(group):]) and (
                 match["name"].lower() != "token" or _TOKEN_LIKE.match(value)):
             found.append(Secret("assigned secret", *match.span(group)))
-    misread = named or _ASSIGNMENT_WORDS.found_in(line, lowered)
-    for match in _MISREAD_ASSIGNED.finditer(line) if misread else ():
+    for match in _MISREAD_ASSIGNED.finditer(line) if named or assigned else ():
         value, first = match["value"], match["value"].split()[0]  # what the rules above miss:
         if ((match["noisy"] or match["star"] or value != first)  # a misread mark, a split
                 and _literal(first, line[match.start("value") + len(first):])
@@ -392,8 +392,8 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     2", "4 8 2 1"); a number said digit by digit is judged whole."""
     value, start = match["value"].rstrip(".,;!?"), match.start("value")
     what = match["what"]
-    card = _CARD_DIGITS.match(line, start) if _CARD_LABEL.fullmatch(what) else None
-    if card and 13 <= sum(c.isdigit() for c in card.group()) <= 19:  # its Luhn digit misread
+    card = _CARD.match(line, start) if _CARD_LABEL.fullmatch(what) else None
+    if card:  # its Luhn digit (`_cards`) may be misread
         return [Secret(_kind(what), start, card.end())]
     end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
     if match.re is _SAID and value == match["value"] and not quoted:
