@@ -28,8 +28,15 @@ MODEL_CALLS = Counter("sightline_model_calls", "Model calls by outcome",
                       ["tenant", "model", "tier", "outcome"])
 UNPRICED_CALLS = Counter("sightline_model_unpriced_calls",
                          "Model calls whose model has no price in the table", ["model"])
-FRAMES = Counter("sightline_frames", "Sampled screen frames kept or dropped, by reason",
+FRAMES = Counter("sightline_frames", "Sampled screen frames kept or dropped, by reason, "
+                 "each counted once, at its first decision",
                  ["tenant", "decision", "reason", "content_type"])
+# a counter cannot move a sample from dropped to kept, as the session summary does when a
+# question shows a held-back one (`FrameDecision.was`): it is counted here, apart
+FRAMES_KEPT_LATER = Counter("sightline_frames_kept_later",
+                            "Samples held back (counted dropped in sightline_frames), then "
+                            "kept because a question showed them, by why they were held back",
+                            ["tenant", "was", "content_type"])
 TURNS = Counter("sightline_turns", "User turns by the tier that answered (none: no tier)",
                 ["tenant", "answered_tier"])
 # a round is counted when it ends, before anyone knows its reply will be superseded unplayed
@@ -130,9 +137,12 @@ def record(event: Event) -> None:
         else:
             MODEL_COST.labels(tenant, model, tier).inc(event["cost_usd"])
     elif kind == "frame":
-        decision = "kept" if detail.get("kept") else "dropped"
-        FRAMES.labels(tenant, decision, str(detail.get("reason")),
-                      str(detail.get("content_type"))).inc()
+        content_type = str(detail.get("content_type"))
+        if detail.get("was"):
+            FRAMES_KEPT_LATER.labels(tenant, str(detail["was"]), content_type).inc()
+        else:
+            decision = "kept" if detail.get("kept") else "dropped"
+            FRAMES.labels(tenant, decision, str(detail.get("reason")), content_type).inc()
     elif kind == "turn":
         _turn(tenant, detail)
     elif kind == "round_discarded":

@@ -258,7 +258,9 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     assert sample(metrics, "sightline_first_token_seconds_count", tenant="e2e") >= 1
     kept = sum(1 for f in frames if f["detail"]["kept"])
     assert sum(v for labels, v in samples(metrics, "sightline_frames_total")
-               if labels.get("decision") == "kept" and labels.get("tenant") == "e2e") >= kept
+               if labels.get("decision") == "kept" and labels.get("tenant") == "e2e") + sum(
+        v for labels, v in samples(metrics, "sightline_frames_kept_later_total")
+        if labels.get("tenant") == "e2e") >= kept
     [looked] = [e["detail"]["recall"] for e in events if e["kind"] == "context"]
     assert sample(metrics, "sightline_recalls_total", tenant="e2e", outcome=looked) >= 1
     assert sample(metrics, "sightline_recall_seconds_count", tenant="e2e") >= (looked != "off")

@@ -3,8 +3,9 @@ sessions, through the real google-genai and anthropic clients and the wire-forma
 
 Protects: a turn's spans reach an exporter through livekit-agents' tracer provider (the turn,
 each tier tried with its stated confidence and outcome, the tool calls as events); Sightline's
-series count model dollars by model/tier/tenant, frames kept and dropped, turns by answering
-tier, escalations, retries, interruptions and the first-words histogram, screen-text reads with
+series count model dollars by model/tier/tenant, frames kept and dropped (a held-back sample a
+question kept counted once, and apart as kept later), turns by answering tier, escalations,
+retries, interruptions and the first-words histogram, screen-text reads with
 their folds and waits, the questions' lookups by outcome with their wait, from the same events
 the cost log holds. (The e2e test scrapes them
 from a live worker's /metrics.)
@@ -23,9 +24,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from ops_fixture import PLAN, record_plan
 from prometheus_client import REGISTRY, generate_latest
+from synthetic_screen import Desk
 
 from agent.observability import configure_tracing, record
 from memory.db import Database
+from vision.sampler import FrameSampler
+from vision.screen import FrameDecision, FrameTally, ScreenWatcher
 
 
 @pytest.fixture
@@ -104,6 +108,47 @@ async def test_turn_spans_and_metrics(
                  tier="0", outcome="error") - before["errors"] == 3
     text = generate_latest().decode()
     assert "sightline_writer_queue_rows" in text and "sightline_writer_spilled_rows" in text
+
+
+def test_a_sample_a_question_kept_after_holding_it_back_is_counted_once() -> None:
+    """A line being typed is held back, then kept when a question shows it (`keep_shown`): its
+    decision is recorded twice, and the series count it once a sample, at its first decision,
+    with `sightline_frames_kept_later_total` saying how many moved from dropped to kept (the
+    session summary's `FrameTally` moves them)."""
+    tenant = "frames-asked"
+    records: list[dict[str, object]] = []
+
+    def decided(decision: FrameDecision) -> None:
+        records.append(decision.as_record())
+        record({"kind": "frame", "tenant": tenant, "detail": decision.as_record()})
+
+    desk = Desk(pointer=None, cursor_on=False)
+    watcher = ScreenWatcher(FrameSampler(1.0), decided)
+    watcher.offer(0.0, desk.frame())
+    watcher.offer(1.0, desk.frame())
+    desk.lines = [*desk.lines, "    total = sum(r.val"]
+    watcher.offer(2.0, desk.frame())
+    desk.lines[-1] = "    total = sum(r.value for r in read"
+    watcher.offer(3.0, desk.frame())
+    assert watcher.keep_shown()
+    assert [(r["reason"], r.get("was")) for r in records] == [
+        ("first", None), ("no_change", None), ("typing", None), ("typing", None),
+        ("asked", "typing")]
+
+    def frames(decision: str) -> float:
+        return sum(value("sightline_frames_total", tenant=tenant, decision=decision,
+                         reason=reason, content_type="ui")
+                   for reason in ("first", "no_change", "typing", "asked"))
+
+    later = value("sightline_frames_kept_later_total", tenant=tenant, was="typing",
+                  content_type="ui")
+    assert (frames("kept"), frames("dropped"), later) == (1, 3, 1)
+    assert frames("kept") + frames("dropped") == watcher.stats()["sampled"] == 4
+    tally = FrameTally()
+    for decision in records:
+        tally.add(decision)
+    assert (frames("kept") + later, frames("dropped") - later) == (
+        tally.kept, sum(tally.dropped.values())) == (2, 2)
 
 
 def test_screen_reads_their_folds_and_waits_are_counted() -> None:
