@@ -236,7 +236,14 @@ _SPOKEN_PIECE = (r"\d+|[^\W\d_]|zero|oh|one|two|three|four|five|six|seven|eight|
                  r"capital|upper(?:case)?|lower(?:case)?|dash|hyphen|underscore|dot|at|hash|"
                  r"pound|star|asterisk|exclamation(?: mark| point)?|bang|dollar(?: sign)?|"
                  r"percent|ampersand|plus|equals|slash|backslash|double|triple")
-_SPOKEN_ON = re.compile(rf"(?:\s+(?:{_SPOKEN_PIECE})(?![\w-]))+", re.I)
+_SPOKEN = re.compile(rf"(?:{_SPOKEN_PIECE})", re.I)
+# past a few words, a said value runs on over its spoken pieces and the words that are no
+# prose (`_PROSE`: "my password is purple monkey dishwasher 42 and …"), to at most
+# `MAX_SAID_WORDS` words that are no spoken piece; a word with `:` or `=` is another label, one
+# opening a bracket, a code span or a comment is an aside, and one without a letter or digit
+# (`|`) no word
+_SAID_WORD = re.compile(r"\s+((?=[^\s:=]*[^\W_])[^\s:=(\[{<`#][^\s:=]*)(?!\S)")
+MAX_SAID_WORDS = 6
 _CLAUSE_END = re.compile(r"\s*(?:[,;\"”’)\]]|'(?!\w)|[.!?](?:\s|$)|$)")  # or a quote's
 _ARGUMENT_NEEDS = _Words(credential_args.NEEDS)
 _LOOKS_SECRET = re.compile(r"(?=.*\d)(?=.*[^\W\d]).{4,}")
@@ -259,6 +266,7 @@ _NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)$")
 _NOT_A_VALUE = frozenset("""
     a an the my your his her our their its this that these those same not no never still
     too very so quite really rather pretty weak strong long short simple complex old new
+    more less most least likely unlikely
     expired wrong incorrect invalid missing empty blank required optional
     hidden masked shown visible set unset saved stored changed reset updated sent needed
     in on at of for from with under inside somewhere there here below above
@@ -270,6 +278,17 @@ _NOT_A_VALUE = frozenset("""
     """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
 # links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
 # sources ("passwd: files systemd")
+# the words prose goes on with after a said secret: "… is hunter2 and I use it for everything",
+# "… is 4821 for the door", "… is abc123 from the dashboard"
+_PROSE = _NOT_A_VALUE | frozenset("""
+    and or but nor so because as if then than though although unless until while whereas
+    i me you he him she we us they them mine yours ours theirs one's
+    is was are were be been being am do does did have has had
+    to by about into onto over after before through without within between across via
+    please thanks thank ok okay yes yeah right now today tomorrow yesterday again
+    don't doesn't didn't isn't wasn't aren't can't won't i'm it's that's you're we're
+    api key keys token tokens password passwords passphrase pin code codes
+    """.split())  # and what a secret is: "api_key: Gateway API key (see …)" describes one
 
 
 @dataclass(frozen=True)
@@ -355,9 +374,10 @@ def _found(line: str) -> list[Secret]:
             value = line[start:end]
             quoted = 0 < start and line[start - 1] in _QUOTES and line[end:end + 1] == line[
                 start - 1]
-            if len(value.split()) > MAX_WORDS and not quoted:  # it runs on: its first word is
-                value = value.split()[0]                      # the secret
-                end = _token_end(line, start, start + len(value))
+            if len(value.split()) > MAX_WORDS and not quoted:  # it runs on: its first word
+                value = value.split()[0]  # is the secret, or its words that are no prose
+                first = _token_end(line, start, start + len(value))
+                end = _said_on(line, first, min(end, _CLAUSE_END.search(line, first).start()))
             if _literal(value, line[start + len(value):]):
                 found.append(Secret("assigned secret", start, end))
     named = _NAMED_NEEDS.found_in(line, lowered)
@@ -388,8 +408,9 @@ def _found(line: str) -> list[Secret]:
 def _said(line: str, match: re.Match[str]) -> list[Secret]:
     """The secret a `_SAID` or `_SAID_BARE` match names, if its value is one. A said value
     whose clause goes on runs on to the clause's end when that is at most `MAX_WORDS` words
-    ("my wifi password is purple monkey"), else over its spoken pieces (`_SPOKEN_ON`: "hunter
-    2", "4 8 2 1"); a number said digit by digit is judged whole."""
+    ("my wifi password is purple monkey"), else over its spoken pieces and the words that are
+    no prose (`_said_on`: "hunter 2", "4 8 2 1", "purple monkey dishwasher 42"); a number
+    said digit by digit is judged whole."""
     value, start = match["value"].rstrip(".,;!?"), match.start("value")
     what = match["what"]
     card = _CARD.match(line, start) if _CARD_LABEL.fullmatch(what) else None
@@ -398,10 +419,8 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
     if match.re is _SAID and value == match["value"] and not quoted:
         clause = _CLAUSE_END.search(line, end).start()
-        if len(line[start:clause].split()) <= MAX_WORDS:
-            end = clause
-        elif spoken := _SPOKEN_ON.match(line, end):
-            end = spoken.end()
+        end = clause if len(line[start:clause].split()) <= MAX_WORDS else _said_on(
+            line, end, clause)
     whole = "".join(line[start:end].split())
     if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
         return [Secret(_kind(what), start, end)]
@@ -415,6 +434,20 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
         start, end = _span(match, group="value")
         return [Secret(_kind(what), start, _quoted_end(line, start, end))]
     return []
+
+
+def _said_on(line: str, end: int, clause: int) -> int:
+    """Where a said value whose first word ends at `end` ends, its clause ending at `clause`:
+    on over its spoken pieces (`_SPOKEN`, any number of them) and the words that are no prose
+    (at most `MAX_SAID_WORDS` with its first), stopping at a prose word or another label."""
+    words = 1
+    while word := _SAID_WORD.match(line, end, clause):
+        if not _SPOKEN.fullmatch(word[1]):
+            if words == MAX_SAID_WORDS or word[1].lower() in _PROSE:
+                break
+            words += 1
+        end = word.end()
+    return end
 
 
 def _kind(what: str) -> str:

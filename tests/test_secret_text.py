@@ -137,6 +137,17 @@ SECRETS = [
     ("my wifi password is purple monkey", f"my wifi password is {HIDDEN}", "password"),
     ("my password is Hunter2 and my username is bob",
      f"my password is {HIDDEN} and my username is bob", "password"),
+    # past a few words, on over the words that are no prose, to another label
+    ("my password is purple monkey dishwasher 42", f"my password is {HIDDEN}", "password"),
+    ("my password is correct horse battery staple and I never change it",
+     f"my password is {HIDDEN} and I never change it", "password"),
+    ("the PIN is 4 8 2 1 for the front door", f"the PIN is {HIDDEN} for the front door", "pin"),
+    ("Password: hunter2 Username: bob Host: db1", f"Password: {HIDDEN} Username: bob Host: db1",
+     "assigned secret"),
+    ("password = purple monkey dishwasher 42 # home wifi", f"password = {HIDDEN} # home wifi",
+     "assigned secret"),
+    ("the token is abc123def456 (from the dashboard) today",
+     f"the token is {HIDDEN} (from the dashboard) today", "token"),
     # a password handed to a command on its command line, read off a terminal: after the
     # command's own flag, quoted or not, whatever the prompt before it
     ("bob@db:~$ mysql -u root -pHunter2pass shop", f"bob@db:~$ mysql -u root -p{HIDDEN} shop",
@@ -295,6 +306,7 @@ NOT_SECRETS = [
     "machine learning password policy", "psk: required", "the WPA2 key is set",
     "the PIN is 4 digits", "the password is 8 characters long", "the token was revoked today",
     "the password was changed yesterday",
+    "A higher log probability means the token is more likely to be generated.",
     # what the rules for misread text must not take: a port, a placeholder, a pattern, code
     'httpx.Proxy("http://localhost:8080")', 'base_url = f"http://127.0.0.1:{port}"',
     "serve the console on `http://127.0.0.1:P/`", 'r"https://(?:[a-z0-9-]+-)?generative"',
