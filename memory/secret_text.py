@@ -56,7 +56,7 @@ from detect_secrets.plugins.private_key import PrivateKeyDetector
 from detect_secrets.plugins.softlayer import SoftlayerDetector
 from stdnum import luhn
 
-from memory import credential_args
+from memory import credential_args, private_keys
 
 HIDDEN = "[secret hidden]"
 HIDDEN_ALREADY = "hidden secret"  # the kind of a text holding `HIDDEN`: a secret was there
@@ -91,9 +91,9 @@ class _Words:
 # detect-secrets' provider patterns: (what each finds, the pattern, whether its capture groups
 # are the secret). GitHub's and GitLab's capture the token's prefix (`ghp`), so there the whole
 # match is. Left out: a public IP address is not a secret; a private key's header is followed by
-# its body (`hide_secrets`); IBM's, Cloudant's and SoftLayer's `name = value` patterns take time
-# cubic in a run of spaces ("api_key" and 1,000 spaces: 8 s), and the assignments below find
-# their values.
+# its body (memory/private_keys.py); IBM's, Cloudant's and SoftLayer's `name = value` patterns
+# take time cubic in a run of spaces ("api_key" and 1,000 spaces: 8 s), and the assignments
+# below find their values.
 _SLOW_OR_NOT_SECRET = (IPPublicDetector, PrivateKeyDetector, IbmCloudIamDetector,
                        IbmCosHmacDetector, CloudantDetector, SoftlayerDetector)
 _PROVIDER_PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = tuple(
@@ -101,8 +101,6 @@ _PROVIDER_PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = tuple(
     for plugin in get_mapping_from_secret_type_to_class().values()
     if issubclass(plugin, RegexBasedDetector) and plugin not in _SLOW_OR_NOT_SECRET
     for pattern in plugin.denylist)
-_PRIVATE_KEY_BEGINS = tuple(PrivateKeyDetector.denylist)
-_PRIVATE_KEY_ENDS = re.compile(r"END [A-Z0-9 ]*PRIVATE KEY|---- END SSH2", re.I)
 # detect-secrets' `name = value` / `name: value` rules for config files, then those for code
 # (a quoted value): a screen shows both
 _ASSIGNMENTS = (*CONFIG_DENYLIST_REGEX_TO_GROUP.items(),
@@ -501,23 +499,20 @@ def secret_kind(text: str) -> str | None:
     "their wifi password is [secret hidden]" says nothing worth keeping but that there is one."""
     if HIDDEN in text:
         return HIDDEN_ALREADY
-    if any(pattern.search(text) for pattern in _PRIVATE_KEY_BEGINS):
+    if private_keys.holds_key(text):
         return PRIVATE_KEY
     found = secrets_in(text)
     return found[0].kind if found else None
 
 
 def hide_secrets(lines: list[str]) -> tuple[list[str], Counter[str]]:
-    """`lines` with each secret's value replaced by `HIDDEN` (a private key's body is hidden
-    whole, from its header to its footer), and how many of each kind were hidden."""
-    hidden: Counter[str] = Counter()
+    """`lines` with each secret's value replaced by `HIDDEN` (each line of a private key's
+    block whole: memory/private_keys.py), and how many of each kind were hidden."""
+    keyed, keys = private_keys.key_lines(lines)
+    hidden: Counter[str] = Counter({PRIVATE_KEY: keys} if keys else {})
     out: list[str] = []
-    in_key = False
-    for line in lines:
-        if in_key or any(pattern.search(line) for pattern in _PRIVATE_KEY_BEGINS):
-            if not in_key:
-                hidden[PRIVATE_KEY] += 1
-            in_key = not _PRIVATE_KEY_ENDS.search(line)
+    for at, line in enumerate(lines):
+        if at in keyed:
             out.append(HIDDEN)
             continue
         found = secrets_in(line)
@@ -537,12 +532,14 @@ def hide_in_text(text: str) -> str:
 
 @cache
 def rules() -> str:
-    """Which rules find secrets: a hash of this module's and memory/credential_args.py's source
-    and detect-secrets' version. What was read for secrets under other rules is read again
-    (a knowledge document at its next ingest, memory/knowledge.py): rules that find more
-    would otherwise leave it as the older ones found it. Any edit to the two files counts,
+    """Which rules find secrets: a hash of this module's, memory/credential_args.py's and
+    memory/private_keys.py's source and detect-secrets' version. What was read for secrets
+    under other rules is read again (a knowledge document at its next ingest,
+    memory/knowledge.py): rules that find more
+    would otherwise leave it as the older ones found it. Any edit to the three files counts,
     a comment's too: reading a document again costs its reading, not its embedding."""
-    sources = b"".join(Path(module).read_bytes() for module in (__file__, credential_args.__file__))
+    sources = b"".join(Path(module).read_bytes()
+                       for module in (__file__, credential_args.__file__, private_keys.__file__))
     return hashlib.sha256(sources + version("detect-secrets").encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,136 @@
+"""Private keys in text: which lines are a key's block, its header, body and footer.
+
+A key is many lines of base64 between a header and a footer (`-----BEGIN RSA PRIVATE KEY-----`
+… `-----END RSA PRIVATE KEY-----`), and no line of its body says it is a key. So its lines are
+found as a block (`key_lines`), not one line at a time as memory/secret_text.py finds the rest.
+
+On a screen, the block is rarely whole and rarely read right. OCR reads the header's dashes as
+`—` and may lose a letter of it (`EGIN RSA PRIVATE KEY`), an editor's line numbers come before
+each line (`14 1c/ycOk…`), a line may be misread beyond recognition, and the footer or the
+header is often past the window's edge (`head -14 id_rsa`, a scrolled editor). So a header is
+matched as OCR reads it, a block without its footer runs on for as long as its lines look like
+a key's body, one stray line among them included, and a footer without its header takes the
+body lines above it. What follows a footless key (`ssh-add`, the next command) is kept. OCR may
+also read a body line apart from the others, after a column of line numbers: in a text that
+holds a key, every line that looks like a key's body and as random as one is hidden (not
+code beside a header in a library's source: `ed25519.Ed25519PrivateKey,`).
+
+detect-secrets finds a key by its header (`PrivateKeyDetector`), the exact text; its headers
+are kept as a check, and those it lacks (`ENCRYPTED PRIVATE KEY`, PuTTY's version 3) added.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from itertools import pairwise
+
+from detect_secrets.plugins.private_key import PrivateKeyDetector
+
+# a header as OCR reads it: `BEGIN` with a letter lost or misread, up to a few words of kind
+_HEADER = re.compile(r"(?:B?EG[I1l|]N|BEGI)\s+[A-Z0-9 ]{0,30}PRIVATE KEY|PuTTY-User-Key-File-\d")
+_FOOTER = re.compile(r"\bE?ND\s+[A-Z0-9 ]{0,30}PRIVATE KEY|-{3,}\s*END SSH2")
+# a header or footer whose word was lost: which it is depends on whether a block is open
+_EDGE = re.compile(r"[-—–]{2,}\s*[A-Z0-9 ]{0,30}PRIVATE KEY|PRIVATE KEY(?: BLOCK)?\s*[-—–]{2,}")
+# the fields some formats put before or inside the body: PEM's encryption (`Proc-Type`,
+# `DEK-Info`), PGP's `Version` and `Comment`, SSH2's `Subject`, PuTTY's lines and MAC
+_FIELD = re.compile(
+    r"\W{0,3}\d{0,4}\W{0,2}\s*(?:Proc-Type|DEK-Info|Version|Comment|Subject|Encryption|"
+    r"Public-Lines|Private-Lines|Private-MAC|Private-Hash|Key-Derivation|Argon2-[\w-]+)\s*:")
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_MIXED = re.compile(r"(?=\S*[A-Z])(?=\S*[a-z])\S{12,}")
+_DIGIT_OR_MARK = re.compile(r"[\d+/]")
+_PROSE_WORD = re.compile(r"[a-z]{2,}[:,.]?")
+
+
+def _body(line: str) -> bool:
+    """Whether a line looks like a key's body as OCR reads it: at least 16 characters, nearly
+    all base64 (an editor's line number and a misread character or two aside), a run of 12 or
+    more in mixed case among them, a digit, `+` or `/`, and at most one word of prose (a body
+    split by OCR's spaces has pieces of every case; "Identity added: /root/.ssh/id_rsa" has no
+    capital in its longest run, "$ git push origin main" four words)."""
+    tokens = line.split()
+    chars = "".join(tokens)
+    if len(chars) < 16 or sum(char in _BASE64 for char in chars) < 0.85 * len(chars):
+        return False
+    return (any(_MIXED.fullmatch(token) for token in tokens)
+            and _DIGIT_OR_MARK.search(chars) is not None
+            and sum(1 for token in tokens if _PROSE_WORD.fullmatch(token)) <= 1)
+
+
+def _random(line: str) -> bool:
+    """Whether a line's base64 characters change class (capital, small letter, digit or mark)
+    from one to the next as often as a random key's do: ~63% of the time, where a name in code
+    (`Ed25519PrivateKey`) changes at a third. At 45%, about two lines of 64 random characters
+    in a thousand fail it (a line of 24, four in a hundred): it only adds to the block's own
+    lines, which do not need it."""
+    chars = [char for char in line if char in _BASE64]
+    classes = [char.isupper() + 2 * char.islower() for char in chars]
+    changes = sum(a != b for a, b in pairwise(classes))
+    return len(chars) > 1 and changes >= 0.45 * (len(chars) - 1)
+
+
+def _marked(line: str) -> bool:
+    """Whether a line may be a header or footer: every one names itself (most lines do not,
+    and this one search spares them the patterns)."""
+    return "PRIVATE KEY" in line or "PuTTY-User-Key-File" in line
+
+
+def _opens(line: str) -> bool:
+    """Whether a line opens a key's block: a header, or an edge that is no footer."""
+    if not _marked(line):
+        return False
+    return (_HEADER.search(line) is not None
+            or any(pattern.search(line) for pattern in PrivateKeyDetector.denylist)
+            or (_EDGE.search(line) is not None and _FOOTER.search(line) is None))
+
+
+def holds_key(text: str) -> bool:
+    """Whether `text` holds a private key's header or footer."""
+    return _opens(text) or (_marked(text) and _FOOTER.search(text) is not None)
+
+
+def _run(lines: Sequence[str], start: int, step: int) -> list[int]:
+    """The lines of a block from `start` on, walking by `step` (1: down from a header, -1: up
+    from a footer): each line that looks like the body or a field, the lines between them, and
+    going down, the footer (or an edge); it ends at the second line in a row that is neither."""
+    taken: list[int] = []
+    held: list[int] = []  # lines since the last body line, kept if another body line follows
+    at = start
+    while 0 <= at < len(lines):
+        line = lines[at]
+        if step > 0 and _marked(line) and (_FOOTER.search(line) or _EDGE.search(line)):
+            return [*taken, *held, at]
+        if _body(line) or _FIELD.match(line):
+            taken += [*held, at]
+            held = []
+        elif line.strip() and any(lines[i].strip() for i in held):
+            break
+        else:
+            held.append(at)
+        at += step
+    return taken
+
+
+def key_lines(lines: Sequence[str]) -> tuple[set[int], int]:
+    """The indexes of the lines that are a private key's block, and how many blocks: from a
+    header down to its footer, or without one as far as its body goes; from a footer without a
+    header above it up as far as the body goes."""
+    keyed: set[int] = set()
+    keys = 0
+    at = 0
+    while at < len(lines):
+        line = lines[at]
+        if _opens(line):
+            block = _run(lines, at + 1, 1)
+            keyed.update([at, *block])
+            keys += 1
+            at = max(block, default=at) + 1
+            continue
+        if _marked(line) and _FOOTER.search(line):
+            keyed.update([at, *_run(lines, at - 1, -1)])
+            keys += 1
+        at += 1
+    if keys:  # OCR may read a line of the body apart from the rest (after the gutter's numbers)
+        keyed.update(at for at, line in enumerate(lines) if _body(line) and _random(line))
+    return keyed, keys

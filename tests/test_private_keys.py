@@ -1,0 +1,118 @@
+"""Private keys are never kept: a key's block is hidden whole, however much of it a screen shows.
+
+Protects: a key from its header to its footer is hidden and counted once; a header as OCR reads
+it (dashes as `—`, a letter of `BEGIN` lost) and the headers detect-secrets lacks (`ENCRYPTED
+PRIVATE KEY`, PuTTY's) open a block; a key cut off by the screen's edge is hidden as far as its
+body goes, one garbled line inside it included, and what follows it is kept (it was all hidden
+before); a footer whose header scrolled away hides the body above it, not the command before;
+a header named in prose hides that line only. Read off a drawn terminal by the bundled
+Tesseract at 12 to 20 px, no part of a key's body is left readable, and the commands around it
+are (at 14 px the header read `EGIN RSA PRIVATE KEY` kept the whole key before).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+from PIL import ImageFont
+from synthetic_screen import Desk
+from test_secret_text import _frame_text
+
+from memory.secret_text import HIDDEN, hide_secrets, secret_kind
+
+_BASE64 = string.ascii_letters + string.digits + "+/"
+
+
+def body(lines: int, seed: int = 7) -> list[str]:
+    """A key's body as PEM writes it, 64 characters a line (made up, from a seeded random)."""
+    chosen = random.Random(seed)
+    return ["MIIEowIBAAKCAQEA" + "".join(chosen.choices(_BASE64, k=48)),
+            *("".join(chosen.choices(_BASE64, k=64)) for _ in range(lines - 1))]
+
+
+def test_a_key_is_hidden_from_its_header_to_its_footer() -> None:
+    shown = ["$ cat ~/.ssh/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----",
+             "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAABlwAAAAdzc2gtcn",
+             "NhAAAAAwEAAQAAAYEAx7v0Zz", "-----END OPENSSH PRIVATE KEY-----", "$ ls"]
+    lines, hidden = hide_secrets(shown)
+    assert lines == ["$ cat ~/.ssh/id_rsa", HIDDEN, HIDDEN, HIDDEN, HIDDEN, "$ ls"]
+    assert hidden == {"private key": 1}
+    assert secret_kind("\n".join(shown)) == "private key"
+
+
+@pytest.mark.parametrize("header", [
+    "—BEGIN RSA PRIVATE KEY—", "EGIN RSA PRIVATE KEY-—", "20 BEGIN RSA PRIVATE KEY-----",
+    "-----BEGIN ENCRYPTED PRIVATE KEY-----", "—— EC PRIVATE KEY ——",
+    "PuTTY-User-Key-File-3: ssh-ed25519"])
+def test_a_header_as_ocr_reads_it_opens_a_key(header: str) -> None:
+    lines, hidden = hide_secrets(["$ cat key", header, *body(3), "$ ls"])
+    assert lines == ["$ cat key", *[HIDDEN] * 4, "$ ls"]
+    assert hidden == {"private key": 1}
+    assert secret_kind(header) == "private key"
+
+
+def test_a_key_cut_off_by_the_screen_is_hidden_as_far_as_its_body_goes() -> None:
+    """No footer: the block ends at the second line in a row that is no key's, so the commands
+    after it are kept; one misread line inside the body is hidden with it."""
+    lines = body(6)
+    lines[3] = "1c ©X1)AmX6b Lfbb"  # OCR's garble of a line and its line number
+    shown = ["$ head -7 ~/.ssh/id_rsa", "-----BEGIN RSA PRIVATE KEY-----", *lines,
+             "$ ssh-add ~/.ssh/id_rsa", "Identity added: /root/.ssh/id_rsa (bob@laptop)",
+             "$ git push origin main"]
+    out, hidden = hide_secrets(shown)
+    assert out == [shown[0], *[HIDDEN] * 7, *shown[-3:]]
+    assert hidden == {"private key": 1}
+
+
+def test_a_footer_whose_header_scrolled_away_hides_the_body_above_it() -> None:
+    shown = ["$ tail -5 deploy.pem", *body(4), "-----END PRIVATE KEY-----", "$ ls"]
+    out, hidden = hide_secrets(shown)
+    assert out == [shown[0], *[HIDDEN] * 5, "$ ls"]
+    assert hidden == {"private key": 1}
+
+
+def test_putty_fields_and_pem_encryption_are_part_of_the_block() -> None:
+    putty = ["PuTTY-User-Key-File-2: ssh-rsa", "Encryption: none", "Comment: rsa-key-2024",
+             "Public-Lines: 2", *body(2, seed=1), "Private-Lines: 2", *body(2, seed=2),
+             "Private-MAC: 1f2e3d4c5b6a79881f2e3d4c5b6a7988", "", "Saved the key to putty.ppk"]
+    assert hide_secrets(putty) == ([*[HIDDEN] * 10, "", "Saved the key to putty.ppk"],
+                                   {"private key": 1})
+    pem = ["-----BEGIN RSA PRIVATE KEY-----", "Proc-Type: 4,ENCRYPTED",
+           "DEK-Info: AES-128-CBC,3F17F5316E2BAC89", "", *body(3), "-----END RSA PRIVATE KEY-----"]
+    assert hide_secrets(pem) == ([HIDDEN] * 8, {"private key": 1})
+
+
+def test_a_header_named_in_prose_hides_that_line_only() -> None:
+    shown = ["A key file starts with -----BEGIN PRIVATE KEY----- on its first line.",
+             "Keep it out of the repository.", "Rotate it every year."]
+    out, hidden = hide_secrets(shown)
+    assert out == [HIDDEN, *shown[1:]]
+    assert hidden == {"private key": 1}
+
+
+AFTER = ["$ ssh-add ~/.ssh/id_rsa", "$ git push origin main"]
+
+
+@pytest.mark.parametrize("size", [12, 14, 16, 20])
+@pytest.mark.parametrize("part", ["cut", "tail"])
+def test_a_key_on_a_terminal_is_hidden_as_the_screen_reader_reads_it(size: int, part: str) -> None:
+    """A terminal shows a key's first lines (`head`) or its last (`tail`), commands around it,
+    read by the bundled Tesseract: no 12 characters of the body are left readable, and the
+    commands are kept."""
+    key = body(12, seed=size)
+    block = (["-----BEGIN RSA PRIVATE KEY-----", *key] if part == "cut"
+             else [*key, "-----END RSA PRIVATE KEY-----"])
+    desk = Desk(width=1280, height=720, pointer=None, cursor_on=False,
+                lines=[f"$ {'head' if part == 'cut' else 'tail'} -13 ~/.ssh/id_rsa", *block,
+                       *AFTER])
+    desk.font = ImageFont.load_default(size=size)
+    read = _frame_text(desk.frame()).split("\n")
+    shown, hidden = hide_secrets(read)
+    assert hidden.get("private key", 0) >= 1, read
+    readable = "".join("".join(shown).split())
+    assert not [line for line in key
+                if any(line[at:at + 12] in readable for at in range(0, 53, 4))], (read, shown)
+    for command in ("id_rsa", "ssh-add", "push origin main"):
+        assert any(command in line for line in shown), (command, read, shown)
