@@ -22,11 +22,14 @@ are kept as a check, and those it lacks (`ENCRYPTED PRIVATE KEY`, PuTTY's versio
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 
 from detect_secrets.plugins.private_key import PrivateKeyDetector
 
+PRIVATE_KEY = "private key"
+KEY_LINES = "key lines"  # a key's body, or as random a secret, without a header or footer
 # a header as OCR reads it: `BEGIN` with a letter lost or misread, up to a few words of kind
 _HEADER = re.compile(r"(?:B?EG[I1l|]N|BEGI)\s+[A-Z0-9 ]{0,30}PRIVATE KEY|PuTTY-User-Key-File-\d")
 _FOOTER = re.compile(r"\bE?ND\s+[A-Z0-9 ]{0,30}PRIVATE KEY|-{3,}\s*END SSH2")
@@ -39,7 +42,9 @@ _FIELD = re.compile(
     r"Public-Lines|Private-Lines|Private-MAC|Private-Hash|Key-Derivation|Argon2-[\w-]+)\s*:")
 _BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _MIXED = re.compile(r"(?=\S*[A-Z])(?=\S*[a-z])\S{12,}")
+_RUN = re.compile(r"[A-Za-z0-9+/=]{12}")
 _DIGIT_OR_MARK = re.compile(r"[\d+/]")
+_VOWELS = frozenset("AEIOUaeiou")
 _PROSE_WORD = re.compile(r"[a-z]{2,}[:,.]?")
 
 
@@ -49,6 +54,8 @@ def _body(line: str) -> bool:
     more in mixed case among them, a digit, `+` or `/`, and at most one word of prose (a body
     split by OCR's spaces has pieces of every case; "Identity added: /root/.ssh/id_rsa" has no
     capital in its longest run, "$ git push origin main" four words)."""
+    if _RUN.search(line) is None:  # most lines: one search, not a count of every character
+        return False
     tokens = line.split()
     chars = "".join(tokens)
     if len(chars) < 16 or sum(char in _BASE64 for char in chars) < 0.85 * len(chars):
@@ -85,11 +92,6 @@ def _opens(line: str) -> bool:
             or (_EDGE.search(line) is not None and _FOOTER.search(line) is None))
 
 
-def holds_key(text: str) -> bool:
-    """Whether `text` holds a private key's header or footer."""
-    return _opens(text) or (_marked(text) and _FOOTER.search(text) is not None)
-
-
 def _run(lines: Sequence[str], start: int, step: int) -> list[int]:
     """The lines of a block from `start` on, walking by `step` (1: down from a header, -1: up
     from a footer): each line that looks like the body or a field, the lines between them, and
@@ -112,10 +114,35 @@ def _run(lines: Sequence[str], start: int, step: int) -> list[int]:
     return taken
 
 
-def key_lines(lines: Sequence[str]) -> tuple[set[int], int]:
-    """The indexes of the lines that are a private key's block, and how many blocks: from a
-    header down to its footer, or without one as far as its body goes; from a footer without a
-    header above it up as far as the body goes."""
+def _lone(line: str) -> bool:
+    """Whether a line with no header or footer near it is a line of a key's body, or a secret
+    of the same kind: 40 base64 characters or more, nine in ten of the line (OCR's `|` and
+    split pieces, an editor's line number aside), capitals and small letters (a sixth each at
+    least) and digits, as random as a key's, with as few vowels as random letters have (a
+    sixth of them where words and names in code have a third or more). A public key or a
+    certificate is hidden too; not a hash in hex, a URL, a name in code, prose."""
+    tokens = line.split()
+    if len(tokens) > 1 and len(tokens[0]) <= 3:  # a line number as OCR reads it
+        tokens = tokens[1:]
+    chars = "".join(tokens)
+    coded = [char for char in chars if char in _BASE64]
+    letters = [char for char in coded if char.isalpha()]
+    return (len(tokens) <= 6 and len(coded) >= 40 and len(coded) >= 0.9 * len(chars)
+            and "://" not in line
+            and sum(map(str.isupper, coded)) >= len(coded) / 6
+            and sum(map(str.islower, coded)) >= len(coded) / 6
+            and any(map(str.isdigit, coded))
+            and sum(char in _VOWELS for char in letters) <= 0.3 * len(letters)
+            and _random(chars))
+
+
+def key_lines(lines: Sequence[str]) -> tuple[set[int], Counter[str]]:
+    """The indexes of the lines that are a private key's block, and how many were found of
+    each kind: `PRIVATE_KEY` blocks, from a header down to its footer, or without one as far as
+    its body goes, and from a footer without a header above it up as far as the body goes;
+    else `KEY_LINES`, the lines of a key's body read without its edges (an editor scrolled past
+    the header reads only the lines that scrolled into view): from each line that is one on its
+    own (`_lone`), up and down as far as the body goes."""
     keyed: set[int] = set()
     keys = 0
     at = 0
@@ -131,6 +158,11 @@ def key_lines(lines: Sequence[str]) -> tuple[set[int], int]:
             keyed.update([at, *_run(lines, at - 1, -1)])
             keys += 1
         at += 1
+    bodies = [at for at, line in enumerate(lines) if _body(line)]
     if keys:  # OCR may read a line of the body apart from the rest (after the gutter's numbers)
-        keyed.update(at for at, line in enumerate(lines) if _body(line) and _random(line))
-    return keyed, keys
+        keyed.update(at for at in bodies if _random(lines[at]))
+        return keyed, Counter({PRIVATE_KEY: keys})
+    for at in bodies:  # lines of a body read without its edges: each a block's middle
+        if at not in keyed and _lone(lines[at]):
+            keyed.update([at, *_run(lines, at - 1, -1), *_run(lines, at + 1, 1)])
+    return keyed, Counter({KEY_LINES: 1} if keyed else {})

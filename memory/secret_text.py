@@ -60,7 +60,6 @@ from memory import credential_args, private_keys
 
 HIDDEN = "[secret hidden]"
 HIDDEN_ALREADY = "hidden secret"  # the kind of a text holding `HIDDEN`: a secret was there
-PRIVATE_KEY = "private key"
 MAX_WORDS = 3  # an assigned value of more words runs on past the secret, its first word
 # A line is scanned this many characters at a time, each window overlapping the next by half:
 # detect-secrets' `name = value` patterns take time quadratic in what they scan ("password"
@@ -499,8 +498,8 @@ def secret_kind(text: str) -> str | None:
     "their wifi password is [secret hidden]" says nothing worth keeping but that there is one."""
     if HIDDEN in text:
         return HIDDEN_ALREADY
-    if private_keys.holds_key(text):
-        return PRIVATE_KEY
+    if keys := private_keys.key_lines(text.split("\n"))[1]:
+        return next(iter(keys))
     found = secrets_in(text)
     return found[0].kind if found else None
 
@@ -508,8 +507,7 @@ def secret_kind(text: str) -> str | None:
 def hide_secrets(lines: list[str]) -> tuple[list[str], Counter[str]]:
     """`lines` with each secret's value replaced by `HIDDEN` (each line of a private key's
     block whole: memory/private_keys.py), and how many of each kind were hidden."""
-    keyed, keys = private_keys.key_lines(lines)
-    hidden: Counter[str] = Counter({PRIVATE_KEY: keys} if keys else {})
+    keyed, hidden = private_keys.key_lines(lines)
     out: list[str] = []
     for at, line in enumerate(lines):
         if at in keyed:

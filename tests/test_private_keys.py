@@ -5,7 +5,9 @@ it (dashes as `—`, a letter of `BEGIN` lost) and the headers detect-secrets la
 PRIVATE KEY`, PuTTY's) open a block; a key cut off by the screen's edge is hidden as far as its
 body goes, one garbled line inside it included, and what follows it is kept (it was all hidden
 before); a footer whose header scrolled away hides the body above it, not the command before;
-a header named in prose hides that line only. Read off a drawn terminal by the bundled
+a header named in prose hides that line only; a key's body lines read without its header or
+footer (an editor scrolled past them) are hidden from each line as random as a key's, but not
+a hash in hex, a URL, a name in code or prose. Read off a drawn terminal by the bundled
 Tesseract at 12 to 20 px, no part of a key's body is left readable, and the commands around it
 are (at 14 px the header read `EGIN RSA PRIVATE KEY` kept the whole key before).
 """
@@ -92,27 +94,52 @@ def test_a_header_named_in_prose_hides_that_line_only() -> None:
     assert hidden == {"private key": 1}
 
 
+def test_a_keys_body_read_without_its_edges_is_hidden() -> None:
+    """An editor scrolled past the header reads only the lines that scrolled into view: a
+    line as random as a key's is one on its own, and the body runs on from it both ways."""
+    lines = body(5, seed=3)
+    lines[2] = lines[2][:30] + "|" + lines[2][31:]  # OCR's `|`: still as random as a key
+    out, hidden = hide_secrets(["~/.ssh/id_rsa", *lines[1:], "Ln 9, Col 1"])
+    assert out == ["~/.ssh/id_rsa", *[HIDDEN] * 4, "Ln 9, Col 1"]
+    assert hidden == {"key lines": 1}
+    assert secret_kind(body(2, seed=4)[1]) == "key lines"
+
+
+@pytest.mark.parametrize("line", [
+    "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+    "commit 3f2a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+    "https://github.com/jpadilla/pyjwt/blob/3d47b0ea9e5d489f9c90ee6dde9e3d9d69244e3a/jwt.py",
+    "infoDataToSet = _convertFontInfoDataVersion1ToVersion2(infoDataToSet)",
+    "    NumPyArrayFloat32 = numpy.ndarray[_typing.Any, numpy.dtype[numpy.float32]]",
+    "The configuration of the authentication middleware is documented below.",
+])
+def test_what_is_no_key_is_kept(line: str) -> None:
+    assert hide_secrets([line, line]) == ([line, line], {})
+
+
 AFTER = ["$ ssh-add ~/.ssh/id_rsa", "$ git push origin main"]
 
 
 @pytest.mark.parametrize("size", [12, 14, 16, 20])
-@pytest.mark.parametrize("part", ["cut", "tail"])
+@pytest.mark.parametrize("part", ["cut", "tail", "middle"])
 def test_a_key_on_a_terminal_is_hidden_as_the_screen_reader_reads_it(size: int, part: str) -> None:
-    """A terminal shows a key's first lines (`head`) or its last (`tail`), commands around it,
-    read by the bundled Tesseract: no 12 characters of the body are left readable, and the
-    commands are kept."""
+    """A terminal shows a key's first lines (`head`), its last (`tail`) or lines of its middle
+    alone, commands around it, read by the bundled Tesseract: no 12 characters of the body
+    are left readable, and the commands are kept."""
     key = body(12, seed=size)
-    block = (["-----BEGIN RSA PRIVATE KEY-----", *key] if part == "cut"
-             else [*key, "-----END RSA PRIVATE KEY-----"])
+    block = {"cut": ["-----BEGIN RSA PRIVATE KEY-----", *key],
+             "tail": [*key, "-----END RSA PRIVATE KEY-----"], "middle": key[1:]}[part]
     desk = Desk(width=1280, height=720, pointer=None, cursor_on=False,
                 lines=[f"$ {'head' if part == 'cut' else 'tail'} -13 ~/.ssh/id_rsa", *block,
                        *AFTER])
     desk.font = ImageFont.load_default(size=size)
     read = _frame_text(desk.frame()).split("\n")
     shown, hidden = hide_secrets(read)
-    assert hidden.get("private key", 0) >= 1, read
+    assert hidden.get("key lines" if part == "middle" else "private key", 0) >= 1, read
     readable = "".join("".join(shown).split())
-    assert not [line for line in key
+    assert not [line for line in block if line in key
                 if any(line[at:at + 12] in readable for at in range(0, 53, 4))], (read, shown)
-    for command in ("id_rsa", "ssh-add", "push origin main"):
-        assert any(command in line for line in shown), (command, read, shown)
+    commands = [line for line in read if any(word in line for word in ("head", "tail", "ssh"))]
+    assert [line for line in shown if line in commands] == commands, (read, shown)
+    assert any("push origin main" in line for line in shown), (read, shown)  # OCR reads both
+    assert any("ssh-add" in line for line in shown), (read, shown)  # after the key
