@@ -13,7 +13,10 @@ a key's body, one stray line among them included, and a footer without its heade
 body lines above it. What follows a footless key (`ssh-add`, the next command) is kept. OCR may
 also read a body line apart from the others, after a column of line numbers: in a text that
 holds a key, every line that looks like a key's body and as random as one is hidden (not
-code beside a header in a library's source: `ed25519.Ed25519PrivateKey,`).
+code beside a header in a library's source: `ed25519.Ed25519PrivateKey,`). And an editor
+scrolled past the header and the footer reads only the middle lines that scrolled into view:
+a line as random as a key's body with no word in it is one on its own (`_lone`), and the
+body runs on from it both ways.
 
 detect-secrets finds a key by its header (`PrivateKeyDetector`), the exact text; its headers
 are kept as a check, and those it lacks (`ENCRYPTED PRIVATE KEY`, PuTTY's version 3) added.
@@ -32,7 +35,7 @@ PRIVATE_KEY = "private key"
 KEY_LINES = "key lines"  # a key's body, or as random a secret, without a header or footer
 # a header as OCR reads it: `BEGIN` with a letter lost or misread, up to a few words of kind
 _HEADER = re.compile(r"(?:B?EG[I1l|]N|BEGI)\s+[A-Z0-9 ]{0,30}PRIVATE KEY|PuTTY-User-Key-File-\d")
-_FOOTER = re.compile(r"\bE?ND\s+[A-Z0-9 ]{0,30}PRIVATE KEY|-{3,}\s*END SSH2")
+_FOOTER = re.compile(r"\bE?ND\s+[A-Z0-9 ]{0,30}PRIVATE KEY")
 # a header or footer whose word was lost: which it is depends on whether a block is open
 _EDGE = re.compile(r"[-—–]{2,}\s*[A-Z0-9 ]{0,30}PRIVATE KEY|PRIVATE KEY(?: BLOCK)?\s*[-—–]{2,}")
 # the fields some formats put before or inside the body: PEM's encryption (`Proc-Type`,
@@ -50,11 +53,12 @@ _PROSE_WORD = re.compile(r"[a-z]{2,}[:,.]?")
 
 def _body(line: str) -> bool:
     """Whether a line looks like a key's body as OCR reads it: at least 16 characters, nearly
-    all base64 (an editor's line number and a misread character or two aside), a run of 12 or
-    more in mixed case among them, a digit, `+` or `/`, and at most one word of prose (a body
-    split by OCR's spaces has pieces of every case; "Identity added: /root/.ssh/id_rsa" has no
-    capital in its longest run, "$ git push origin main" four words)."""
-    if _RUN.search(line) is None:  # most lines: one search, not a count of every character
+    all base64 (an editor's line number and a misread character or two aside), a run of 12
+    base64 characters and a piece of 12 or more in mixed case among them, a digit, `+` or `/`,
+    and at most one word of prose (a body split by OCR's spaces has pieces of every case;
+    "Identity added: /root/.ssh/id_rsa" has no capital in its longest run, "$ git push origin
+    main" four words)."""
+    if _RUN.search(line) is None:  # most lines have no such run: one search, not a count
         return False
     tokens = line.split()
     chars = "".join(tokens)
