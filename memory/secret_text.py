@@ -16,8 +16,10 @@ call providers to verify a key, and a regex plugin yields a capture group that i
 key's prefix (`ghp`), not the key. What it does not cover is added here: keys of providers it
 does not know (Anthropic, OpenAI's current keys, Google), bearer tokens, card numbers (a brand's
 prefix and a valid Luhn digit, checked by python-stdnum), a secret said in words ("the PIN
-is 4821") and one handed over as an argument (`mysql -pS3cret`, `curl -u bob:S3cret`, an
-`Authorization: Basic` header, a session cookie: memory/credential_args.py).
+is 4821"), one handed over as an argument (`mysql -pS3cret`, `curl -u bob:S3cret`, an
+`Authorization: Basic` header, a session cookie: memory/credential_args.py), one a file holds
+by its place on the line (a `.pgpass` password, a password's hash: memory/credential_files.py)
+and a private key's lines (memory/private_keys.py).
 
 Screen text comes through OCR and speech through speech-to-text, so the rules also read
 through what those do to a secret: a misread mark or a token split by a space in an editor's
@@ -56,7 +58,7 @@ from detect_secrets.plugins.private_key import PrivateKeyDetector
 from detect_secrets.plugins.softlayer import SoftlayerDetector
 from stdnum import luhn
 
-from memory import credential_args, private_keys
+from memory import credential_args, credential_files, private_keys
 
 HIDDEN = "[secret hidden]"
 HIDDEN_ALREADY = "hidden secret"  # the kind of a text holding `HIDDEN`: a secret was there
@@ -399,6 +401,7 @@ def _found(line: str) -> list[Secret]:
     found += _cards(line)
     if _ARGUMENT_NEEDS.found_in(line, lowered):
         found += [Secret(*secret) for secret in credential_args.found(line)]
+    found += [Secret(*secret) for secret in credential_files.found(line)]
     return found
 
 
@@ -530,14 +533,14 @@ def hide_in_text(text: str) -> str:
 
 @cache
 def rules() -> str:
-    """Which rules find secrets: a hash of this module's, memory/credential_args.py's and
-    memory/private_keys.py's source and detect-secrets' version. What was read for secrets
-    under other rules is read again (a knowledge document at its next ingest,
-    memory/knowledge.py): rules that find more
-    would otherwise leave it as the older ones found it. Any edit to the three files counts,
-    a comment's too: reading a document again costs its reading, not its embedding."""
-    sources = b"".join(Path(module).read_bytes()
-                       for module in (__file__, credential_args.__file__, private_keys.__file__))
+    """Which rules find secrets: a hash of the source of this module and of those it calls
+    for rules (memory/credential_args.py, credential_files.py, private_keys.py) and
+    detect-secrets' version. What was read for secrets under other rules is read again (a
+    knowledge document at its next ingest, memory/knowledge.py): rules that find more would
+    otherwise leave it as the older ones found it. Any edit to those files counts, a comment's
+    too: reading a document again costs its reading, not its embedding."""
+    sources = b"".join(Path(module).read_bytes() for module in (
+        __file__, credential_args.__file__, credential_files.__file__, private_keys.__file__))
     return hashlib.sha256(sources + version("detect-secrets").encode()).hexdigest()[:16]
 
 
