@@ -73,8 +73,8 @@ def _random(line: str) -> bool:
     """Whether a line's base64 characters change class (capital, small letter, digit or mark)
     from one to the next as often as a random key's do: ~63% of the time, where a name in code
     (`Ed25519PrivateKey`) changes at a third. At 45%, about two lines of 64 random characters
-    in a thousand fail it (a line of 24, four in a hundred): it only adds to the block's own
-    lines, which do not need it."""
+    in a thousand fail it (a line of 24, four in a hundred): a body line it misses is taken by
+    the walk from a header, a footer or a neighbour it does not miss."""
     chars = [char for char in line if char in _BASE64]
     classes = [char.isupper() + 2 * char.islower() for char in chars]
     changes = sum(a != b for a, b in pairwise(classes))
