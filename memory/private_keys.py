@@ -18,8 +18,9 @@ scrolled past the header and the footer reads only the middle lines that scrolle
 a line as random as a key's body with no word in it is one on its own (`_lone`), and the
 body runs on from it both ways.
 
-detect-secrets finds a key by its header (`PrivateKeyDetector`), the exact text; its headers
-are kept as a check, and those it lacks (`ENCRYPTED PRIVATE KEY`, PuTTY's version 3) added.
+detect-secrets finds a key by its header (`PrivateKeyDetector`), the exact text. Its headers
+are searched too (`_opens`), so a kind a later version adds is found here; `_HEADER` holds
+today's as OCR reads them, and those it lacks (`ENCRYPTED PRIVATE KEY`, PuTTY's version 3).
 """
 
 from __future__ import annotations
