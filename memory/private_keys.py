@@ -35,10 +35,14 @@ from detect_secrets.plugins.private_key import PrivateKeyDetector
 PRIVATE_KEY = "private key"
 KEY_LINES = "key lines"  # a key's body, or as random a secret, without a header or footer
 # a header as OCR reads it: `BEGIN` with a letter lost or misread, up to a few words of kind
-_HEADER = re.compile(r"(?:B?EG[I1l|]N|BEGI)\s+[A-Z0-9 ]{0,30}PRIVATE KEY|PuTTY-User-Key-File-\d")
-_FOOTER = re.compile(r"\bE?ND\s+[A-Z0-9 ]{0,30}PRIVATE KEY")
-# a header or footer whose word was lost: which it is depends on whether a block is open
-_EDGE = re.compile(r"[-—–]{2,}\s*[A-Z0-9 ]{0,30}PRIVATE KEY|PRIVATE KEY(?: BLOCK)?\s*[-—–]{2,}")
+_HEADER = re.compile(
+    r"(?:B?EG[I1l|]N|BEGI)\s{1,3}[A-Z0-9 ]{0,30}PRIVATE KEY|PuTTY-User-Key-File-\d")
+_FOOTER = re.compile(r"\bE?ND\s{1,3}[A-Z0-9 ]{0,30}PRIVATE KEY")
+# a header or footer whose word was lost: which it is depends on whether a block is open. Each
+# run is bounded: an unbounded run of dashes took time quadratic in a line of them (20,000
+# dashes and the words: 4.8 s)
+_EDGE = re.compile(
+    r"[-—–]{2}\s{0,3}[A-Z0-9 ]{0,30}PRIVATE KEY|PRIVATE KEY(?: BLOCK)?\s{0,3}[-—–]{2}")
 # the fields some formats put before or inside the body: PEM's encryption (`Proc-Type`,
 # `DEK-Info`), PGP's `Version` and `Comment`, SSH2's `Subject`, PuTTY's lines and MAC
 _FIELD = re.compile(

@@ -216,12 +216,12 @@ def test_the_secret_scan_bench_fails_a_gate_that_skips_a_secret(
 ) -> None:
     """A gate that lets "password is …" through unread (one rule's words narrowed to
     "pin") hides less than every rule does on the repository's own text: said and failed.
-    (Its speed-up is not asserted: no timing in tests.)"""
+    (Its speed-up and its long lines' growth are not asserted: no timing in tests.)"""
     code, lines, result = _run_main(bench.secret_scan, ["--rounds", "1"], monkeypatch, capsys)
     assert "check" not in result["missed"] and result["lines_with_a_secret"] > 0  # its speed
     monkeypatch.setattr(memory.secret_text, "_WHAT_NEEDS", memory.secret_text._Words("pin"))
     code, lines, result = _run_main(bench.secret_scan, ["--rounds", "1"], monkeypatch, capsys)
-    assert code == 1 and result["missed"] == ["check"]
+    assert code == 1 and "check" in result["missed"]  # (its timed targets: not judged here)
     assert any(line.startswith("check failed: ") and "hidden otherwise with the gates" in line
                for line in lines), lines
 
