@@ -131,6 +131,12 @@ _MORE_KEY_BODIES: tuple[tuple[str, str, bool], ...] = (
     ("Databricks token", r"dapi[a-f0-9]{32}", False),
     ("Postman key", r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}", False),
     ("age secret key", r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}", False),
+    # a URL that is itself the credential until it expires: a presigned or signed URL's
+    # signature or session token (S3, Google Cloud Storage, CloudFront, Azure's SAS `sig`), a
+    # Discord webhook's token (Slack's is detect-secrets')
+    ("signed URL", r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|Signature|sig)"
+                   r"=([A-Za-z0-9%~_.+/=-]{16,})", True),
+    ("Discord webhook", r"discord(?:app)?\.com/api/webhooks/\d+/([\w-]{40,})", True),
 )
 _MORE_KEYS = tuple((kind, re.compile(rf"\b{body}"), groups)
                    for kind, body, groups in _MORE_KEY_BODIES)
