@@ -53,6 +53,10 @@ _MIXED = re.compile(r"(?=\S*[A-Z])(?=\S*[a-z])\S{12,}")
 _RUN = re.compile(r"[A-Za-z0-9+/=]{12}")
 _DIGIT_OR_MARK = re.compile(r"[\d+/]")
 _VOWELS = frozenset("AEIOUaeiou")
+# a line that names what it holds (`GITHUB_TOKEN=…`, `client-key-data: …`): no line of a key's
+# body does; its value alone may still be one (`labelled_value`). Not base64's padding
+# (`…5w==`) nor a URL's scheme (`https://`)
+_LABELLED = re.compile(r"\s*(?:export\s+)?[\w.\-\"']+\s*[:=](?![=/])\s*[\"']?(?=\S)")
 _PROSE_WORD = re.compile(r"[a-z]{2,}[:,.]?")
 
 
@@ -101,10 +105,12 @@ def _opens(line: str) -> bool:
             or (_EDGE.search(line) is not None and _FOOTER.search(line) is None))
 
 
-def _run(lines: Sequence[str], start: int, step: int) -> list[int]:
+def _run(lines: Sequence[str], start: int, step: int, *, labels: bool = True) -> list[int]:
     """The lines of a block from `start` on, walking by `step` (1: down from a header, -1: up
     from a footer): each line that looks like the body or a field, the lines between them, and
-    going down, the footer (or an edge); it ends at the second line in a row that is neither."""
+    going down, the footer (or an edge); it ends at the second line in a row that is neither.
+    Without `labels` (a block found from its middle, no header in sight), a line that names
+    what it holds is neither: a `.env` file's `DATABASE_URL=…` beside a token is no key."""
     taken: list[int] = []
     held: list[int] = []  # lines since the last body line, kept if another body line follows
     at = start
@@ -112,7 +118,7 @@ def _run(lines: Sequence[str], start: int, step: int) -> list[int]:
         line = lines[at]
         if step > 0 and _marked(line) and (_FOOTER.search(line) or _EDGE.search(line)):
             return [*taken, *held, at]
-        if _body(line) or _FIELD.match(line):
+        if (labels or not _LABELLED.match(line)) and (_body(line) or _FIELD.match(line)):
             taken += [*held, at]
             held = []
         elif line.strip() and any(lines[i].strip() for i in held):
@@ -145,6 +151,19 @@ def _lone(line: str) -> bool:
             and _random(chars))
 
 
+def labelled_value(line: str) -> tuple[int, int] | None:
+    """Where the value of a line that names what it holds is one a key's body line would be
+    on its own (`_lone`): `client-key-data: LS0tLS1CRUdJTi…` in a kubeconfig, a token of random
+    base64 after its name. The line keeps its name: it is what the user looks for."""
+    label = _LABELLED.match(line)
+    if label is None or "://" in line:
+        return None
+    value = line[label.end():].rstrip().rstrip("\"',")
+    if len(value.split()) > 2 or not _lone(value):  # one token, or two as OCR splits it
+        return None
+    return label.end(), label.end() + len(value)
+
+
 def key_lines(lines: Sequence[str]) -> tuple[set[int], Counter[str]]:
     """The indexes of the lines that are a private key's block, and how many were found of
     each kind: `PRIVATE_KEY` blocks, from a header down to its footer, or without one as far as
@@ -172,6 +191,7 @@ def key_lines(lines: Sequence[str]) -> tuple[set[int], Counter[str]]:
         keyed.update(at for at in bodies if _random(lines[at]))
         return keyed, Counter({PRIVATE_KEY: keys})
     for at in bodies:  # lines of a body read without its edges: each a block's middle
-        if at not in keyed and _lone(lines[at]):
-            keyed.update([at, *_run(lines, at - 1, -1), *_run(lines, at + 1, 1)])
+        if at not in keyed and not _LABELLED.match(lines[at]) and _lone(lines[at]):
+            keyed.update([at, *_run(lines, at - 1, -1, labels=False),
+                          *_run(lines, at + 1, 1, labels=False)])
     return keyed, Counter({KEY_LINES: 1} if keyed else {})

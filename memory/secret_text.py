@@ -408,6 +408,8 @@ def _found(line: str) -> list[Secret]:
     if _ARGUMENT_NEEDS.found_in(line, lowered):
         found += [Secret(*secret) for secret in credential_args.found(line)]
     found += [Secret(*secret) for secret in credential_files.found(line)]
+    if not found and (value := private_keys.labelled_value(line)):
+        found.append(Secret(private_keys.KEY_LINES, *value))
     return found
 
 

@@ -7,7 +7,8 @@ body goes, one garbled line inside it included, and what follows it is kept (it 
 before); a footer whose header scrolled away hides the body above it, not the command before;
 a header named in prose hides that line only; a key's body lines read without its header or
 footer (an editor scrolled past them) are hidden from each line as random as a key's, but not
-a hash in hex, a URL, a name in code or prose. Read off a drawn terminal by the bundled
+a hash in hex, a URL, a name in code or prose; a line that names what it holds (`TOKEN=…`)
+keeps its name. Read off a drawn terminal by the bundled
 Tesseract at 12 to 20 px, no part of a key's body is left readable, and the commands around it
 are (at 14 px the header read `EGIN RSA PRIVATE KEY` kept the whole key before).
 """
@@ -103,6 +104,18 @@ def test_a_keys_body_read_without_its_edges_is_hidden() -> None:
     assert out == ["~/.ssh/id_rsa", *[HIDDEN] * 4, "Ln 9, Col 1"]
     assert hidden == {"key lines": 1}
     assert secret_kind(body(2, seed=4)[1]) == "key lines"
+
+
+def test_a_line_that_names_what_it_holds_keeps_its_name() -> None:
+    """A `.env` file's random token, a kubeconfig's base64 key: the value is hidden, the name
+    kept (it is what the user looks for), and the lines beside it are no key's body."""
+    token = body(2, seed=5)[1][:44]
+    shown = ["DATABASE_URL=postgres://localhost/app_dev", f"WEBHOOK_SIGNING={token}",
+             f"    client-key-data: {body(2, seed=6)[1]}", "DEBUG=true"]
+    out, hidden = hide_secrets(shown)
+    assert out == [shown[0], f"WEBHOOK_SIGNING={HIDDEN}", f"    client-key-data: {HIDDEN}",
+                   "DEBUG=true"]
+    assert hidden == {"key lines": 2}
 
 
 @pytest.mark.parametrize("line", [
