@@ -105,12 +105,14 @@ def _opens(line: str) -> bool:
             or (_EDGE.search(line) is not None and _FOOTER.search(line) is None))
 
 
-def _run(lines: Sequence[str], start: int, step: int, *, labels: bool = True) -> list[int]:
+def _run(lines: Sequence[str], bodies: set[int], start: int, step: int, *,
+         labels: bool = True) -> list[int]:
     """The lines of a block from `start` on, walking by `step` (1: down from a header, -1: up
     from a footer): each line that looks like the body or a field, the lines between them, and
     going down, the footer (or an edge); it ends at the second line in a row that is neither.
     Without `labels` (a block found from its middle, no header in sight), a line that names
-    what it holds is neither: a `.env` file's `DATABASE_URL=…` beside a token is no key."""
+    what it holds is neither: a `.env` file's `DATABASE_URL=…` beside a token is no key.
+    `bodies`: the lines that look like a key's body (`_body`, judged once a line)."""
     taken: list[int] = []
     held: list[int] = []  # lines since the last body line, kept if another body line follows
     at = start
@@ -118,7 +120,7 @@ def _run(lines: Sequence[str], start: int, step: int, *, labels: bool = True) ->
         line = lines[at]
         if step > 0 and _marked(line) and (_FOOTER.search(line) or _EDGE.search(line)):
             return [*taken, *held, at]
-        if (labels or not _LABELLED.match(line)) and (_body(line) or _FIELD.match(line)):
+        if (labels or not _LABELLED.match(line)) and (at in bodies or _FIELD.match(line)):
             taken += [*held, at]
             held = []
         elif line.strip() and any(lines[i].strip() for i in held):
@@ -173,25 +175,25 @@ def key_lines(lines: Sequence[str]) -> tuple[set[int], Counter[str]]:
     own (`_lone`), up and down as far as the body goes."""
     keyed: set[int] = set()
     keys = 0
+    bodies = {at for at, line in enumerate(lines) if _body(line)}
     at = 0
     while at < len(lines):
         line = lines[at]
         if _opens(line):
-            block = _run(lines, at + 1, 1)
+            block = _run(lines, bodies, at + 1, 1)
             keyed.update([at, *block])
             keys += 1
             at = max(block, default=at) + 1
             continue
         if _marked(line) and _FOOTER.search(line):
-            keyed.update([at, *_run(lines, at - 1, -1)])
+            keyed.update([at, *_run(lines, bodies, at - 1, -1)])
             keys += 1
         at += 1
-    bodies = [at for at, line in enumerate(lines) if _body(line)]
     if keys:  # OCR may read a line of the body apart from the rest (after the gutter's numbers)
         keyed.update(at for at in bodies if _random(lines[at]))
         return keyed, Counter({PRIVATE_KEY: keys})
-    for at in bodies:  # lines of a body read without its edges: each a block's middle
+    for at in sorted(bodies):  # lines of a body read without its edges: each a block's middle
         if at not in keyed and not _LABELLED.match(lines[at]) and _lone(lines[at]):
-            keyed.update([at, *_run(lines, at - 1, -1, labels=False),
-                          *_run(lines, at + 1, 1, labels=False)])
+            keyed.update([at, *_run(lines, bodies, at - 1, -1, labels=False),
+                          *_run(lines, bodies, at + 1, 1, labels=False)])
     return keyed, Counter({KEY_LINES: 1} if keyed else {})
