@@ -116,29 +116,31 @@ def new_user(livekit: LiveKitServer, room_name: str) -> User:
                 video=DEMO_FIXTURE / "screen.webm")
 
 
-def _finished_log_of(costs: Path, room: str) -> list[dict[str, Any]] | None:
-    """The finished cost log of the session in `room` (its `session` event names the room).
-    Not the newest file: a session that ended late, under load, writes its summary after the
-    next test's session has begun, and the newest file is then the wrong session's."""
+def _log_of(costs: Path, room: str, *, finished: bool) -> list[dict[str, Any]] | None:
+    """The cost log of the session in `room` (its `session` event names the room), once it is
+    finished if `finished`. Not the newest file: a session that ended late, under load, writes
+    its summary after the next test's session has begun, and the newest file is then the
+    wrong session's."""
     for path in costs.glob("live_*.jsonl"):
         events = read_event_log(path)
         if any(e["kind"] == "session" and e["detail"].get("room") == room for e in events):
-            return events if events[-1]["kind"] == "summary" else None
+            return events if not finished or events[-1]["kind"] == "summary" else None
     return None
 
 
-async def session_events(worker: Worker, user: User, timeout_s: float = 30
-                         ) -> list[dict[str, Any]]:
-    """Events of `user`'s session (one per room here), once its summary line is written."""
+async def session_events(worker: Worker, user: User, timeout_s: float = 30, *,
+                         finished: bool = True) -> list[dict[str, Any]]:
+    """Events of `user`'s session (one per room here), once its summary line is written (or,
+    unless `finished`, as soon as its `session` event is: the log is written as it goes)."""
     costs = worker.data_dir / "costs"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        events = await asyncio.to_thread(_finished_log_of, costs, user.room_name)
+        events = await asyncio.to_thread(_log_of, costs, user.room_name, finished=finished)
         if events is not None:
             return events
         await asyncio.sleep(0.2)
-    raise AssertionError(f"no finished cost log for {user.room_name} in {costs}:\n"
-                         f"{worker.log_text()[-4000:]}")
+    raise AssertionError(f"no {'finished ' if finished else ''}cost log for {user.room_name} "
+                         f"in {costs}:\n{worker.log_text()[-4000:]}")
 
 
 def jpeg_size(request: CapturedRequest) -> tuple[int, int]:

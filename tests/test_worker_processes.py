@@ -477,10 +477,12 @@ async def healthy(port: int, timeout_s: float = 60) -> None:
 
 
 async def session_pids(worker: Worker, users: list[User]) -> dict[str, int]:
-    """Which process hosted each user's session, from its finished cost log."""
+    """Which process hosted each user's session, from its cost log's `session` event, written
+    as the session began: not its summary, which waits for LiveKit to report the user gone (a
+    leave LiveKit hears as a connection timeout, under load, takes 40 s to end a session)."""
     found = {}
     for user in users:
-        events = await session_events(worker, user)
+        events = await session_events(worker, user, finished=False)
         found[user.room_name] = next(e for e in events if e["kind"] == "session")["detail"]["pid"]
     return found
 
