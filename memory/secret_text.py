@@ -224,16 +224,30 @@ _WHAT = (
     r"verification codes?|sign-in codes?|access codes?|authentication codes?|"
     r"network security keys?|pre-shared keys?|wi-?fi keys?|wpa2? keys?)")
 _VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
+# what is said between a secret and its value: a verb ("is", "has been", "changed to"), then
+# words that lead in to the value ("… is still hunter2", "… was changed to Tr0ub4dor", "… is
+# now set to 4821", "… is literally the word hunter2")
+_SET_TO = r"(?:set|changed|reset|updated)\s+to"
+_SAID_VERB = rf"(?:is|was|are|were|reads|(?:has|have|had|will|would)\s+been?|{_SET_TO})"
+_LEAD_IN = (rf"{_SET_TO}|still|just|also|now|always|literally|actually|currently|simply|really|"
+            r"the\s+(?:word|words|string|number)")
 # a secret said in words: what it is, what it is for, then its value ("my wifi password is
 # hunter2", "the PIN for the door is 4821", "api key: abc123")
 _SAID = re.compile(
     _WHAT + r"(?:\s+(?:for|to|of|on|at)\s+(?:[\w.@'-]+\s+){0,3}?[\w.@'-]+)?"
-    r"\s*(?:\b(?:is|was|are|were|reads)\b\s*:?|:)" + _VALUE, re.I)
+    rf"\s*(?:\b{_SAID_VERB}\b(?:\s+(?:{_LEAD_IN})\b)*\s*:?|:)" + _VALUE, re.I)
+# or set to it ("I set my password to hunter2", "changed the wifi password to Tr0ub4dor"). A
+# value set to must look like one, as a bare one must: "reset your password to continue" and
+# "the token is set to renew" are what a screen says most often
+_SET_TO_SAID = re.compile(rf"\b{_SET_TO}\b", re.I)
+_SAID_SET = re.compile(
+    r"\b(?:set|changed?|reset|updated?)\s+(?:(?:my|the|your|our|his|her|their|its|this)\s+)?"
+    r"(?:[\w'-]+\s+)?" + _WHAT + rf"\s+to\b(?:\s+(?:{_LEAD_IN})\b)*" + _VALUE, re.I)
 # or its value right after what it is, which must then look like one: letters and digits
 # ("password hunter2"), or a code's 4 to 8 digits ("PIN 4821"); not "password manager",
 # "password reset 2024-01-01", "tokens 12345"
 _SAID_BARE = re.compile(_WHAT + r"\s" + _VALUE, re.I)
-_WHAT_NEEDS = _Words(_WHAT)  # both begin with it
+_WHAT_NEEDS = _Words(_WHAT)  # each holds it
 # said aloud, a secret reaches the transcript in pieces ("my password is hunter 2", "the PIN is
 # 4 8 2 1", "four eight two one", "capital H"): a said secret's value runs on over digits,
 # number words, single letters and the words that spell a character, and is judged whole
@@ -264,14 +278,15 @@ _CARD_LABEL = re.compile(r"card numbers?", re.I)
 _COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
 _NUMBER = re.compile(r"\d[\d,.]*$")
 # nor a participle or adverb: "the password was accepted", "the token was revoked", "… is
-# expiring", "… is rarely used"
-_NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)$")
+# expiring", "… is rarely used", a code string's "… has been updated.\n"
+_NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)(?:\.?\\[nrt])?$")
 # what follows "password is" when no secret is given: "my password is too weak", "… is the
-# same", "the API key is in the vault", "the PIN is 4 digits long"
+# same", "the API key is in the vault", "the PIN is 4 digits long", a lead-in with nothing
+# after it ("… is now")
 _NOT_A_VALUE = frozenset("""
     a an the my your his her our their its this that these those same not no never still
     too very so quite really rather pretty weak strong long short simple complex old new
-    more less most least likely unlikely
+    more less most least likely unlikely now literally actually currently simply
     expired wrong incorrect invalid missing empty blank required optional
     hidden masked shown visible set unset saved stored changed reset updated sent needed
     in on at of for from with under inside somewhere there here below above
@@ -283,9 +298,21 @@ _NOT_A_VALUE = frozenset("""
     """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
 # links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
 # sources ("passwd: files systemd")
+# what a secret is like, or what is done to it, when prose goes on after it or nothing does:
+# "the token is close to expiring", "the secret is out", "the API key is valid", "the password
+# is due for rotation", "… is set to expire in 30 days"; but a passphrase's first word in
+# "the password is correct horse battery staple"
+_LIKE_A_VALUE = frozenset("""
+    close about out up down off over due near nearly almost already back around
+    good fine ok okay ready active inactive valid available unavailable correct right bad
+    broken gone safe secure insecure different similar unique important mandatory live dead
+    stale fresh obsolete temporary permanent current previous default both either neither all
+    each every some another other expire rotate change renew refresh
+    """.split())
+_NEXT_WORD = re.compile(r"\s*([^\W_][\w'-]*)")
 # the words prose goes on with after a said secret: "… is hunter2 and I use it for everything",
 # "… is 4821 for the door", "… is abc123 from the dashboard"
-_PROSE = _NOT_A_VALUE | frozenset("""
+_PROSE = _NOT_A_VALUE | _LIKE_A_VALUE | frozenset("""
     and or but nor so because as if then than though although unless until while whereas
     i me you he him she we us they them mine yours ours theirs one's
     is was are were be been being am do does did have has had
@@ -330,7 +357,8 @@ def _literal(value: str, after: str) -> bool:
     """Whether a value a pattern took (`after` it, the rest of the line) is a literal secret:
     not code (a call, a reference, a type annotation's type: `password: str = ""`), nor a
     word that says what the secret is like ("password is too weak", a form's "Password:
-    required", "mask ?password= in URLs" in a commit message), nor a name in code
+    required", "mask ?password= in URLs" in a commit message, "the secret is out" but not
+    "correct horse battery staple": `_LIKE_A_VALUE`), nor a name in code
     (`api_key=settings.api_key`, `api_key=api_key,`)."""
     stripped = value.strip()
     value = stripped.rstrip(".,;!?")
@@ -339,6 +367,9 @@ def _literal(value: str, after: str) -> bool:
     word = value.split()[0]
     first = word.rstrip(")]},")  # a parameter's type as its list closes: `f(token: str) -> …`
     goes_on = word[len(first):] + value[len(word):] + stripped[len(value):] + after
+    if first.lower() in _LIKE_A_VALUE and (
+            not (next_word := _NEXT_WORD.match(goes_on)) or next_word[1].lower() in _PROSE):
+        return False
     return (bool(first) and first.lower() not in _NOT_A_VALUE
             and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
             and not re.match(r"\s*=(?!=)", after) and not _ATTRIBUTE.match(first)
@@ -401,7 +432,8 @@ def _found(line: str) -> list[Secret]:
     for match in _MISREAD_URL.finditer(line) if _URL_NEEDS.found_in(line, lowered) else ():
         found.append(Secret("Basic Auth Credentials", *match.span("value")))
     said = _WHAT_NEEDS.found_in(line, lowered)
-    for match in (*_SAID.finditer(line), *_SAID_BARE.finditer(line)) if said else ():
+    for match in (*_SAID.finditer(line), *_SAID_SET.finditer(line), *_SAID_BARE.finditer(line)
+                  ) if said else ():
         found += _said(line, match)
     found += _phrases(line)
     found += _cards(line)
@@ -414,29 +446,37 @@ def _found(line: str) -> list[Secret]:
 
 
 def _said(line: str, match: re.Match[str]) -> list[Secret]:
-    """The secret a `_SAID` or `_SAID_BARE` match names, if its value is one. A said value
-    whose clause goes on runs on to the clause's end when that is at most `MAX_WORDS` words
-    ("my wifi password is purple monkey"), else over its spoken pieces and the words that are
-    no prose (`_said_on`: "hunter 2", "4 8 2 1", "purple monkey dishwasher 42"); a number
-    said digit by digit is judged whole."""
+    """The secret a `_SAID`, `_SAID_SET` or `_SAID_BARE` match names, if its value is one. A
+    said value whose clause goes on runs on to the clause's end when that is at most
+    `MAX_WORDS` words ("my wifi password is purple monkey"), else over its spoken pieces and
+    the words that are no prose (`_said_on`: "hunter 2", "4 8 2 1", "purple monkey dishwasher
+    42"); a number said digit by digit is judged whole. A bare value, or one it was set to,
+    must look like one: letters and digits, a code's digits, or spoken pieces ("PIN changed
+    to four eight two one")."""
     value, start = match["value"].rstrip(".,;!?"), match.start("value")
     what = match["what"]
     card = _CARD.match(line, start) if _CARD_LABEL.fullmatch(what) else None
     if card:  # its Luhn digit (`_cards`) may be misread
         return [Secret(_kind(what), start, card.end())]
     end, quoted = start + len(value), start and line[start - 1] in _CLOSING_QUOTES
-    if match.re is _SAID and value == match["value"] and not quoted:
+    set_to = match.re is _SAID_SET or _SET_TO_SAID.search(line, match.end("what"), start)
+    if match.re is not _SAID_BARE and value == match["value"] and not quoted:
         clause = _CLAUSE_END.search(line, end).start()
-        end = clause if len(line[start:clause].split()) <= MAX_WORDS else _said_on(
-            line, end, clause)
+        if set_to:  # on over its spoken pieces alone: "… to Tr0ub4dor yesterday"
+            end = _said_on(line, end, clause, most=1)
+        elif len(line[start:clause].split()) <= MAX_WORDS:
+            end = clause
+        else:
+            end = _said_on(line, end, clause)
     whole = "".join(line[start:end].split())
     if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
         return [Secret(_kind(what), start, end)]
     literal = (_literal(whole, line[end:]) if whole.isdigit()
                else _literal(value, line[match.end("value"):]))
+    must_look = match.re is _SAID_BARE or (set_to and not quoted)
     if (literal and not (_COUNTED.search(what) and _NUMBER.match(whole))
-            and (match.re is _SAID or _LOOKS_SECRET.match(value)
-                 or (_CODE.match(what) and _CODE_DIGITS.fullmatch(value)))):
+            and (not must_look or end > start + len(value) or _LOOKS_SECRET.match(whole)
+                 or (_CODE.match(what) and _CODE_DIGITS.fullmatch(whole)))):
         if end > start + len(value):  # on past its first word
             return [Secret(_kind(what), start, end)]
         start, end = _span(match, group="value")
@@ -444,14 +484,14 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     return []
 
 
-def _said_on(line: str, end: int, clause: int) -> int:
+def _said_on(line: str, end: int, clause: int, most: int = MAX_SAID_WORDS) -> int:
     """Where a said value whose first word ends at `end` ends, its clause ending at `clause`:
     on over its spoken pieces (`_SPOKEN`, any number of them) and the words that are no prose
-    (at most `MAX_SAID_WORDS` with its first), stopping at a prose word or another label."""
+    (at most `most` with its first), stopping at a prose word or another label."""
     words = 1
     while word := _SAID_WORD.match(line, end, clause):
         if not _SPOKEN.fullmatch(word[1]):
-            if words == MAX_SAID_WORDS or word[1].lower() in _PROSE:
+            if words == most or word[1].lower() in _PROSE:
                 break
             words += 1
         end = word.end()
