@@ -184,13 +184,22 @@ _MISREAD_URL = re.compile(
     rf"\b(?:{_URL_SCHEMES})[:;.i]?/{{1,2}}[\w.+-]+:(?=[^\s/@:]*\d)(?=[^\s/@:]*[^\W\d_])"
     r"(?P<value>[^\s/@:\[({%$<'\"`\\][^\s/@:'\"`\\]{2,})", re.I)
 _URL_NEEDS = _Words(rf"\b(?:{_URL_SCHEMES})[:;.i]?/")
+# what is said between a secret and its value: a verb ("is", "has been", "changed to"), then
+# words that lead in to the value ("… is still hunter2", "… was changed to Tr0ub4dor", "… is
+# now set to 4821", "… is literally the word hunter2")
+_SET_TO = r"(?:set|changed|reset|updated)\s+to"
+_SAID_VERB = rf"(?:is|was|are|were|reads|(?:has|have|had|will|would)\s+been?|{_SET_TO})"
+_LEAD_IN = (rf"{_SET_TO}|still|just|also|now|always|literally|actually|currently|simply|really|"
+            r"the\s+(?:word|words|string|number)")
 # a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its
 # clause's end (a comma, a semicolon, a full stop before a space, the line's end), at most
 # `MAX_PHRASE_WORDS` words ("passphrase: correct horse battery staple", "seed phrase: abandon
-# ability able …"), where another secret's value is its first word past `MAX_WORDS`
+# ability able …", "… was changed to abandon …"), where another secret's value is its first
+# word past `MAX_WORDS`
 _PHRASE = re.compile(
     r"(?<![^\W_])(?P<what>pass ?phrases?|(?:seed|recovery|mnemonic|secret|backup|wallet) "
-    r"(?:phrases?|words))[\"'\]]{0,2}\s*(?:(?P<verb>\b(?:is|was|are|were|reads)\b)\s*:?|:=|[:=])"
+    r"(?:phrases?|words))[\"'\]]{0,2}\s*"
+    rf"(?:(?P<verb>\b{_SAID_VERB}\b(?:\s+(?:{_LEAD_IN})\b)*)\s*:?|:=|[:=])"
     r"\s*[\"'“‘]?(?P<value>[^\s\"'`“‘,;.][^\n,;]*?)(?=\s*(?:[,;]|[.!?](?:\s|$)|$))",
     re.I)
 MAX_PHRASE_WORDS = 24  # a seed phrase's longest
@@ -224,17 +233,11 @@ _WHAT = (
     r"verification codes?|sign-in codes?|access codes?|authentication codes?|"
     r"network security keys?|pre-shared keys?|wi-?fi keys?|wpa2? keys?)")
 _VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
-# what is said between a secret and its value: a verb ("is", "has been", "changed to"), then
-# words that lead in to the value ("… is still hunter2", "… was changed to Tr0ub4dor", "… is
-# now set to 4821", "… is literally the word hunter2")
-_SET_TO = r"(?:set|changed|reset|updated)\s+to"
-_SAID_VERB = rf"(?:is|was|are|were|reads|(?:has|have|had|will|would)\s+been?|{_SET_TO})"
-_LEAD_IN = (rf"{_SET_TO}|still|just|also|now|always|literally|actually|currently|simply|really|"
-            r"the\s+(?:word|words|string|number)")
-# a secret said in words: what it is, what it is for, then its value ("my wifi password is
-# hunter2", "the PIN for the door is 4821", "api key: abc123")
+# a secret said in words: what it is, what it is for (within its sentence: not "a pin on your
+# purse. Is Spider-Man …"), then its value ("my wifi password is hunter2", "the PIN for the door
+# is 4821", "the password for db.example.com is …", "api key: abc123")
 _SAID = re.compile(
-    _WHAT + r"(?:\s+(?:for|to|of|on|at)\s+(?:[\w.@'-]+\s+){0,3}?[\w.@'-]+)?"
+    _WHAT + r"(?:\s+(?:for|to|of|on|at)\s+(?:[\w.@'-]*[\w@'-]\s+){0,3}?[\w.@'-]*[\w@'-])?"
     rf"\s*(?:\b{_SAID_VERB}\b(?:\s+(?:{_LEAD_IN})\b)*\s*:?|:)" + _VALUE, re.I)
 # or set to it ("I set my password to hunter2", "changed the wifi password to Tr0ub4dor"). A
 # value set to must look like one, as a bare one must: "reset your password to continue" and

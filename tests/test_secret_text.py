@@ -159,6 +159,10 @@ SECRETS = [
     # a word that could say what a secret is like, as a passphrase's first word
     ("the password is correct horse battery staple", f"the password is {HIDDEN}", "password"),
     ("the password is good4u", f"the password is {HIDDEN}", "password"),
+    ("the seed phrase was changed to abandon ability able about",
+     f"the seed phrase was changed to {HIDDEN}", "seed phrase"),
+    ("my recovery words are now apple banana cherry", f"my recovery words are now {HIDDEN}",
+     "recovery words"),
     # past a few words, on over the words that are no prose, to another label
     ("my password is purple monkey dishwasher 42", f"my password is {HIDDEN}", "password"),
     ("my password is correct horse battery staple and I never change it",
@@ -353,6 +357,9 @@ NOT_SECRETS = [
     # an instruction to set one, on a form or in a mail
     "Reset your password to continue", "Set a password to protect your account",
     "Update your password to keep your account secure", "set the token to renew",
+    "my seed phrase is close to the one I wrote", "the seed phrase is safe with me",
+    "Your recovery phrase is valid.", "the passphrase has been changed",
+    "I noticed a spiderman pin on your purse. Is Spider-Man your favorite?",  # LoCoMo's
     "A higher log probability means the token is more likely to be generated.",
     "sig = make_sig(payload)", "https://x.io/a?sig=short", "Signature=inspect.signature(f)",
     'url = f"{base}?sig={signature}"', 'params = {"Signature": signature}',
