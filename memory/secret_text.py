@@ -32,6 +32,7 @@ and request ids are what users ask about.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from collections import Counter
@@ -584,15 +585,29 @@ def hide_in_text(text: str) -> str:
 
 @cache
 def rules() -> str:
-    """Which rules find secrets: a hash of the source of this module and of those it calls
-    for rules (memory/credential_args.py, credential_files.py, private_keys.py) and
-    detect-secrets' version. What was read for secrets under other rules is read again (a
-    knowledge document at its next ingest, memory/knowledge.py): rules that find more would
-    otherwise leave it as the older ones found it. Any edit to those files counts, a comment's
-    too: reading a document again costs its reading, not its embedding."""
-    sources = b"".join(Path(module).read_bytes() for module in (
+    """Which rules find secrets: a hash of the code of this module and of those it calls for
+    rules (memory/credential_args.py, credential_files.py, private_keys.py) and detect-secrets'
+    version. What was read for secrets under other rules is read again (a knowledge document
+    at its next ingest, memory/knowledge.py): rules that find more would otherwise leave it as
+    the older ones found it. An edit to a comment, a docstring or the layout leaves the hash as
+    it was (`code_of`): it changes nothing found, and would have every tenant's documents read
+    again."""
+    code = b"".join(code_of(Path(module).read_text()) for module in (
         __file__, credential_args.__file__, credential_files.__file__, private_keys.__file__))
-    return hashlib.sha256(sources + version("detect-secrets").encode()).hexdigest()[:16]
+    return hashlib.sha256(code + version("detect-secrets").encode()).hexdigest()[:16]
+
+
+def code_of(source: str) -> bytes:
+    """A module's code as Python parses it, without its comments, docstrings or layout (its
+    syntax tree, less the docstrings, without line numbers)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.body and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)
+                and isinstance(node.body[0].value.value, str)):
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def hide_in_texts(texts: Iterable[str]) -> list[str]:

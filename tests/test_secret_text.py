@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,16 @@ from memory.conversation import store_messages
 from memory.db import Database
 from memory.hiding_queue import HidingQueue
 from memory.screen_timeline import ScreenTimeline
-from memory.secret_text import HIDDEN, Secret, hide_in_text, hide_secrets, secret_kind, secrets_in
+from memory.secret_text import (
+    HIDDEN,
+    Secret,
+    code_of,
+    hide_in_text,
+    hide_secrets,
+    rules,
+    secret_kind,
+    secrets_in,
+)
 from memory.spill_files import read_event_log, read_spill_rows
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -947,3 +957,16 @@ async def test_words_to_store_keep_their_order_and_a_failed_scan_loses_nothing(
     assert queue.failed == 1
     assert [r.getMessage() for r in caplog.records] == [
         "hiding secrets failed (ValueError('a pattern broke')): stored as said"]
+
+
+def test_the_rules_hash_changes_with_their_code_not_their_comments() -> None:
+    """A document read for secrets is read again when the rules change (`rules()`): a comment,
+    a docstring or a line's layout edited changes nothing found, so it reads nothing again."""
+    source = Path(secret_text.__file__).read_text()
+    assert re.fullmatch(r"[0-9a-f]{16}", rules())
+    same = [source.replace("# a token's value looks like one", "# a token's value: like one"),
+            source.replace('"""Secrets in text that memory would keep', '"""Secrets memory keeps'),
+            source.replace("MAX_PHRASE_WORDS = 24", "MAX_PHRASE_WORDS  =  (24)")]
+    assert all(text != source and code_of(text) == code_of(source) for text in same)
+    changed = source.replace('"sk-ant-[A-Za-z0-9_-]{20,}"', '"sk-ant-[A-Za-z0-9_-]{30,}"')
+    assert changed != source and code_of(changed) != code_of(source)
