@@ -107,8 +107,10 @@ _COMMANDS = (
     _Command("secret key", r"aws\s+configure\s+set",
              (rf"(?<!\S)(?:\w+\.)?(?:aws_secret_access_key|aws_session_token)\s+{_VALUE}",)),
 )
+# a command's name, not a program's label before its message ("gpg: Support --passphrase with
+# --quick-gen-key", "curl: (6) Could not resolve host")
 _COMMAND = re.compile("|".join(
-    rf"(?P<c{i}>(?<![\w.-])(?i:{command.name})(?!\w))"
+    rf"(?P<c{i}>(?<![\w.-])(?i:{command.name})(?![\w:]))"
     for i, command in enumerate(_COMMANDS)))
 _FLAGS = tuple(tuple(re.compile(flag) for flag in command.flags) for command in _COMMANDS)
 _FIRST = tuple(command.first and re.compile(command.first) for command in _COMMANDS)

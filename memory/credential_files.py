@@ -19,10 +19,11 @@ from collections.abc import Iterator
 # `$id$` of crypt(3)'s schemes (MD5, bcrypt, SHA-256 and SHA-512 crypt, Apache's MD5, yescrypt,
 # gost-yescrypt, scrypt, Argon2), then 8 characters or more, or a salt (or bcrypt's cost), `$`
 # and 4 or more: not a shell's `$1$2`. OCR may lose the `:` before it (`admin$apr1$`) and put
-# a space after a `$` or inside the salt (`$2y$ 10$…`, `$apr1$Qx7b2L pZ$…`)
+# a space after a `$` or inside the salt (`$2y$ 10$…`, `$apr1$Qx7b2L pZ$…`); not a word of prose
+# after it ("the $2x$ and $2y$ variants")
 _PIECE = r"(?:[^\s:'\"`,;$]|,(?=[^\s,]))"  # Argon2's `m=65536,t=3,p=4` holds commas
 _HASH = re.compile(
-    r"(?<![$])\$(?:1|2[abxy]|5|6|apr1|y|gy|7|argon2(?:id|i|d))\$\s?"
+    r"(?<![$])\$(?:1|2[abxy]|5|6|apr1|y|gy|7|argon2(?:id|i|d))\$(?!\s?[a-z]+(?:[\s.,;]|$))\s?"
     rf"(?:{_PIECE}{{8,}}|{_PIECE}{{2,}}\s?{_PIECE}*\$\s?{_PIECE}{{4,}})(?:{_PIECE}|\$)*")
 # a `.pgpass` line, the whole line: host, port (or `*`), database, user, password of 4 or more
 # characters; OCR may put an editor's line number before it, a space after a colon and read

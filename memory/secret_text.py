@@ -142,6 +142,9 @@ _MORE_KEY_BODIES: tuple[tuple[str, str, bool], ...] = (
 _MORE_KEYS = tuple((kind, re.compile(rf"\b{body}"), groups)
                    for kind, body, groups in _MORE_KEY_BODIES)
 _KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
+# a key begins a token: detect-secrets' AWS pattern (`ACCA` and 16 more) also matches inside a
+# certificate's or a key's fingerprint in hex (`4DAACCAC7608DBDADAAE732D66B3E7…`)
+_MID_WORD = re.compile(r"(?<=[A-Za-z0-9])[A-Za-z0-9]")
 _SCOPED_FLAGS = ((re.A, "a"), (re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
 
 
@@ -222,8 +225,10 @@ _NOT_LITERAL = re.compile(r".*[({\[]|\$|.*:$|\d{1,3}$|[*•●·]+$|\d+\.\d+\.\d
 _ATTRIBUTE = re.compile(r"(?!.*\d)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
 _NAME = re.compile(r"(?!.*\d)[A-Za-z_]\w*$")
 _GOES_ON_IN_CODE = re.compile(r"\s*[,)}\]]")
-# 13 to 19 digits, in groups a person or a form writes them in
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# 13 to 19 digits, in groups a person or a form writes them in, standing alone: not the
+# digits inside a commit id or a hash (`b2d60cbd6ebbcaa51291144701312578efd90ebd`), nor an id
+# in a URL's path (`oss-fuzz.com/testcase-detail/5667125715927040`)
+_CARD = re.compile(r"(?<![\w/-])\d(?:[ -]?\d){12,18}(?![\w-])")
 # Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay, Maestro
 _CARD_BRANDS = re.compile(r"4|5[1-5]|2[2-7]|3[47]|6(?:011|5|4[4-9]|2)|35|3(?:0[0-5]|[689])|5[06-8]")
 _WHAT = (
@@ -282,8 +287,9 @@ _CARD_LABEL = re.compile(r"card numbers?", re.I)
 _COUNTED = re.compile(r"(?:tokens?|secrets?)$", re.I)
 _NUMBER = re.compile(r"\d[\d,.]*$")
 # nor a participle or adverb: "the password was accepted", "the token was revoked", "… is
-# expiring", "… is rarely used", a code string's "… has been updated.\n"
-_NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)(?:\.?\\[nrt])?$")
+# expiring", "… is rarely used", a code string's "… has been updated.\n", a changelog's
+# "gnutls_privkey_import_ext: Added", "…: REMOVED"
+_NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)(?:\.?\\[nrt])?$", re.I)
 # what follows "password is" when no secret is given: "my password is too weak", "… is the
 # same", "the API key is in the vault", "the PIN is 4 digits long", a lead-in with nothing
 # after it ("… is now")
@@ -297,34 +303,53 @@ _NOT_A_VALUE = frozenset("""
     case-sensitive sensitive secret private public it none null undefined unknown
     int str float bool bytes list dict tuple object string number boolean integer any
     forgot show hide reveal copy enter confirm change edit generate files compat true false nil
+    given taken known written forgotten chosen stolen kept lost found made done seen
+    permission release rsa dsa ecdsa ed25519 ed448 x25519 pem der pkcs8 pkcs12
+    add adds allow allows use uses update updates fix fixes remove removes return returns
+    support supports ensure ensures encode encodes decode decodes disable disables enable
+    enables suppress refactor check checks accept accepts handle handles avoid avoids
+    implement implements introduce introduces make makes move moves rename renames drop drops
+    simplify improve improves cleanup document doc docs mark marks unlock unlocks skip skips
+    convert converts replace replaces revert reverts bump bumps let lets get gets
     often usually always sometimes only just also what how why where when who which whatever
     can cannot could will would should must may might does did has had like unlike
     """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
 # links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
-# sources ("passwd: files systemd")
+# sources ("passwd: files systemd"); an error ("/etc/passwd: Permission denied"), apt's "Pin:
+# release a=stable", a key's algorithm ("the private key is RSA"); a commit message's or a
+# changelog's verb after a name ("psk: Allow non-NULL PSK usernames", "privkey_sign_raw_data:
+# remove unnecessary local variable", "secrets: refactor using …"). Not "test": a password
+# many set.
+
 # what a secret is like, or what is done to it, when prose goes on after it or nothing does:
 # "the token is close to expiring", "the secret is out", "the API key is valid", "the password
 # is due for rotation", "… is set to expire in 30 days"; but a passphrase's first word in
 # "the password is correct horse battery staple"
 _LIKE_A_VALUE = frozenset("""
     close about out up down off over due near nearly almost already back around
+    present absent possible impossible acceptable unacceptable
     good fine ok okay ready active inactive valid available unavailable correct right bad
     broken gone safe secure insecure different similar unique important mandatory live dead
     stale fresh obsolete temporary permanent current previous default both either neither all
-    each every some another other expire rotate change renew refresh
+    each every some another other expire rotate renew refresh
     """.split())
 _NEXT_WORD = re.compile(r"\s*([^\W_][\w'-]*)")
 # the words prose goes on with after a said secret: "… is hunter2 and I use it for everything",
-# "… is 4821 for the door", "… is abc123 from the dashboard"
-_PROSE = _NOT_A_VALUE | _LIKE_A_VALUE | frozenset("""
+# "… is 4821 for the door", "… is abc123 from the dashboard"; none is a value either
+# ("PrivateKeyFile= and PresharedKeyFile=", "… is then kept"), but "i", which a said password
+# may begin with ("i love you 3000")
+_FUNCTION_WORDS = frozenset("""
     and or but nor so because as if then than though although unless until while whereas
-    i me you he him she we us they them mine yours ours theirs one's
+    me you he him she we us they them mine yours ours theirs one's
     is was are were be been being am do does did have has had
     to by about into onto over after before through without within between across via
     please thanks thank ok okay yes yeah right now today tomorrow yesterday again
     don't doesn't didn't isn't wasn't aren't can't won't i'm it's that's you're we're
-    api key keys token tokens password passwords passphrase pin code codes
+    """.split())
+_PROSE = _NOT_A_VALUE | _LIKE_A_VALUE | _FUNCTION_WORDS | frozenset("""
+    i api key keys token tokens password passwords passphrase pin code codes
     """.split())  # and what a secret is: "api_key: Gateway API key (see …)" describes one
+_NO_VALUE = _NOT_A_VALUE | _FUNCTION_WORDS
 
 
 @dataclass(frozen=True)
@@ -372,9 +397,10 @@ def _literal(value: str, after: str) -> bool:
     first = word.rstrip(")]},")  # a parameter's type as its list closes: `f(token: str) -> …`
     goes_on = word[len(first):] + value[len(word):] + stripped[len(value):] + after
     if first.lower() in _LIKE_A_VALUE and (
-            not (next_word := _NEXT_WORD.match(goes_on)) or next_word[1].lower() in _PROSE):
+            not (next_word := _NEXT_WORD.match(goes_on)) or next_word[1].lower() in _PROSE
+            or _NOT_A_VALUE_FORM.match(next_word[1])):  # "… is now possible using …"
         return False
-    return (bool(first) and first.lower() not in _NOT_A_VALUE
+    return (bool(first) and first.lower() not in _NO_VALUE
             and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
             and not re.match(r"\s*=(?!=)", after) and not _ATTRIBUTE.match(first)
             and not (_NAME.match(first) and _GOES_ON_IN_CODE.match(goes_on)))
@@ -403,7 +429,7 @@ def _found(line: str) -> list[Secret]:
     found: list[Secret] = []
     for kind, pattern, groups in _KEY_PATTERNS if _ANY_KEY.search(line) else ():
         found += [Secret(kind, *_span(m, group=None if groups else 0))
-                  for m in pattern.finditer(line)]
+                  for m in pattern.finditer(line) if not _MID_WORD.match(line, m.start())]
     lowered = line.lower() if line.isascii() else None
     assigned = _ASSIGNMENT_WORDS.found_in(line, lowered)  # its rules' and the misread ones'
     for pattern, group in _ASSIGNMENTS if assigned else ():
@@ -479,7 +505,8 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
                else _literal(value, line[match.end("value"):]))
     must_look = match.re is _SAID_BARE or (set_to and not quoted)
     if (literal and not (_COUNTED.search(what) and _NUMBER.match(whole))
-            and (not must_look or end > start + len(value) or _LOOKS_SECRET.match(whole)
+            and (not must_look or _LOOKS_SECRET.match(whole)
+                 or (end > start + len(value) and _SPOKEN.fullmatch(value))  # "four eight …"
                  or (_CODE.match(what) and _CODE_DIGITS.fullmatch(whole)))):
         if end > start + len(value):  # on past its first word
             return [Secret(_kind(what), start, end)]

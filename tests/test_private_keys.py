@@ -125,6 +125,12 @@ def test_a_line_that_names_what_it_holds_keeps_its_name() -> None:
     "infoDataToSet = _convertFontInfoDataVersion1ToVersion2(infoDataToSet)",
     "    NumPyArrayFloat32 = numpy.ndarray[_typing.Any, numpy.dtype[numpy.float32]]",
     "The configuration of the authentication middleware is documented below.",
+    # a changelog's paths and a mail's id (/usr/share/doc): as random, but named
+    " src/OT/Layout/GPOS/MarkMarkPosFormat1.hh |  2 +-",
+    "\t* tests/gpgsm/32100C27173EF6E9C4E9A25D3D69F86D37A4F939: New file.",
+    "\t* doc/SetClassProcs.3:  CONSTify Tk_SetClassProcs",
+    "Message-ID: <CAHp8n2nmGN+G09aA118KN86NeX9yw_VJAQNFZebm74k195zz+Q@mail.gmail.com>",
+    "GtkWin32EmbedWidget, GtkCellView, GtkDialog, GtkDrawingArea, GtkPlug,",
 ])
 def test_what_is_no_key_is_kept(line: str) -> None:
     assert hide_secrets([line, line]) == ([line, line], {})

@@ -164,6 +164,8 @@ SECRETS = [
     ("changed the router's password to 'correct horse'",
      f"changed the router's password to '{HIDDEN}'", "password"),
     ("reset the PIN to 4821", f"reset the PIN to {HIDDEN}", "pin"),
+    ("key AKIAIOSFODNN7EXAMPLE in the log", f"key {HIDDEN} in the log", "AWS Access Key"),
+    ("card_number=4111111111111111", f"card_number={HIDDEN}", "card number"),
     ("Change the API key to sk-ant-api03-abcdefghijklmnopqrstuvwxyz",
      f"Change the API key to {HIDDEN}", "Anthropic key"),
     # a word that could say what a secret is like, as a passphrase's first word
@@ -370,6 +372,23 @@ NOT_SECRETS = [
     "my seed phrase is close to the one I wrote", "the seed phrase is safe with me",
     "Your recovery phrase is valid.", "the passphrase has been changed",
     "I noticed a spiderman pin on your purse. Is Spider-Man your favorite?",  # LoCoMo's
+    # a changelog, a commit log and a NEWS file (from /usr/share/doc): a card number's digits
+    # inside a commit id or a URL's path, an AWS key's inside a fingerprint, a name's verb
+    "commit b2d60cbd6ebbcaa51291144701312578efd90ebd",
+    "Fixes https://oss-fuzz.com/testcase-detail/5667125715927040",
+    "4DAACCAC7608DBDADAAE732D66B3E7F87E79756337C1A961E53A4651BE7C77F4",
+    "gnutls_privkey_import_ext: Added", "gnutls_pkcs11_privkey_sign_hash: REMOVED (was added)",
+    "psk: Allow non-NULL PSK usernames", "secrets: refactor using gnutls_hkdf_{extract,expand}",
+    "privkey_sign_raw_data: remove unnecessary local variable",
+    "lsof: status error on /etc/security/passwd: Permission denied", "Pin:  release a=stable",
+    "b. the private key is RSA, while the certificate is RSA-PSS",
+    "x25519: ensure that a valid private key is present on key derivation",
+    "gpg: Support --passphrase with --quick-gen-key.",
+    '* Changing a passphrase is now possible using "gpgsm --passwd"',
+    "$2x$ and $2y$ variants have been dropped from the FreeBSD, NetBSD,",
+    "* A new .netdev settings PrivateKeyFile= and PresharedKeyFile= may be",
+    "the encrypted key is used. Its descriptor token is then kept as an",
+    "- pinctrl: mcp23s08: Reset all pins to input at probe",
     "A higher log probability means the token is more likely to be generated.",
     "sig = make_sig(payload)", "https://x.io/a?sig=short", "Signature=inspect.signature(f)",
     'url = f"{base}?sig={signature}"', 'params = {"Signature": signature}',
