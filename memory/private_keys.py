@@ -62,7 +62,7 @@ _PROSE_WORD = re.compile(r"[a-z]{2,}[:,.]?")
 # a file's extension (`Anchor.hh`, `SetClassProcs.3:`), an address's `@` (a mail's Message-ID),
 # a list's commas (`GtkCellView, GtkDialog,`): a changelog's paths and names in mixed case and
 # digits are otherwise as random as a key's line
-_NAMED = re.compile(
+_NOT_IN_A_KEY = re.compile(
     r"(?:^|[\s/*])[a-z]{3,}/|[A-Za-z0-9]\.[A-Za-z0-9]{1,4}(?=[\s:,;)|]|$)|@|,\s")
 
 
@@ -143,8 +143,8 @@ def _lone(line: str) -> bool:
     split pieces, an editor's line number aside), capitals and small letters (a sixth each at
     least) and digits, as random as a key's, with as few vowels as random letters have (a
     sixth of them where words and names in code have a third or more). A public key or a
-    certificate is hidden too; not a hash in hex, a URL, a path or a file's name (`_NAMED`),
-    a name in code, prose."""
+    certificate is hidden too; not a hash in hex, a URL, a path or a file's name
+    (`_NOT_IN_A_KEY`), a name in code, prose."""
     tokens = line.split()
     if len(tokens) > 1 and len(tokens[0]) <= 3:  # a line number as OCR reads it
         tokens = tokens[1:]
@@ -152,7 +152,7 @@ def _lone(line: str) -> bool:
     coded = [char for char in chars if char in _BASE64]
     letters = [char for char in coded if char.isalpha()]
     return (len(tokens) <= 6 and len(coded) >= 40 and len(coded) >= 0.9 * len(chars)
-            and "://" not in line and not _NAMED.search(line)
+            and "://" not in line and not _NOT_IN_A_KEY.search(line)
             and sum(map(str.isupper, coded)) >= len(coded) / 6
             and sum(map(str.islower, coded)) >= len(coded) / 6
             and any(map(str.isdigit, coded))

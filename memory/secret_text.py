@@ -142,9 +142,11 @@ _MORE_KEY_BODIES: tuple[tuple[str, str, bool], ...] = (
 _MORE_KEYS = tuple((kind, re.compile(rf"\b{body}"), groups)
                    for kind, body, groups in _MORE_KEY_BODIES)
 _KEY_PATTERNS = (*_PROVIDER_PATTERNS, *_MORE_KEYS)
-# a key begins a token: detect-secrets' AWS pattern (`ACCA` and 16 more) also matches inside a
-# certificate's or a key's fingerprint in hex (`4DAACCAC7608DBDADAAE732D66B3E7…`)
-_MID_WORD = re.compile(r"(?<=[A-Za-z0-9])[A-Za-z0-9]")
+# a key is no piece from inside a longer token: detect-secrets' AWS pattern (`ACCA` and 16 more)
+# also matches inside a certificate's or a key's fingerprint in hex (`4DAACCAC7608DBDADAAE73…`).
+# One side is not enough: OCR may lose the space before a key (`aws_access_key_idAKIA…`), and
+# a pattern of bounded length may end inside a longer token
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _SCOPED_FLAGS = ((re.A, "a"), (re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x"))
 
 
@@ -217,8 +219,8 @@ _QUOTES = "\"'`"
 # signature); `@` ends it, as in `user:password@host`
 _TOKEN_GOES_ON = re.compile(r"[A-Za-z0-9_\-.+/=]*")
 # an assigned value that is code or a reference, not a secret: a call, an index or a generic
-# type, an `${ENV}` or `{{ }}` template, a condition's `x:`, a count, a mask
-_NOT_LITERAL = re.compile(r".*[({\[]|\$|.*:$|\d{1,3}$|[*•●·]+$|\d+\.\d+\.\d+$")
+# type, an `${ENV}` or `{{ }}` template, a printf's `%s`, a condition's `x:`, a count, a mask
+_NOT_LITERAL = re.compile(r".*[({\[]|\$|%[sdrifx]|.*:$|\d{1,3}$|[*•●·]+$|\d+\.\d+\.\d+$")
 # a name in code, not a value: an attribute (`settings.gemini_api_key`, `self._secret`), or a
 # name without digits an argument list, a dict or a list goes on after (`api_key=api_key,`,
 # `"LIVEKIT_API_KEY": API_KEY,`, `secret=True)`); a secret has digits, or ends its line
@@ -327,7 +329,8 @@ _NOT_A_VALUE = frozenset("""
 # "the password is correct horse battery staple"
 _LIKE_A_VALUE = frozenset("""
     close about out up down off over due near nearly almost already back around
-    present absent possible impossible acceptable unacceptable
+    present absent possible impossible acceptable unacceptable able unable overwritten
+    longer shorter larger smaller bigger greater higher lower stronger weaker
     good fine ok okay ready active inactive valid available unavailable correct right bad
     broken gone safe secure insecure different similar unique important mandatory live dead
     stale fresh obsolete temporary permanent current previous default both either neither all
@@ -406,6 +409,15 @@ def _literal(value: str, after: str) -> bool:
             and not (_NAME.match(first) and _GOES_ON_IN_CODE.match(goes_on)))
 
 
+def _inside_a_token(line: str, match: re.Match[str]) -> bool:
+    """Whether a pattern's match begins and ends with a letter or digit, and has one right
+    before it and right after it (not a URL's `://user:password@`, which begins and ends with
+    marks)."""
+    start, end = match.span()
+    return (0 < start < end < len(line) and line[start - 1] in _ALNUM and line[start] in _ALNUM
+            and line[end - 1] in _ALNUM and line[end] in _ALNUM)
+
+
 def _cards(line: str) -> Iterator[Secret]:
     for match in _CARD.finditer(line):
         digits = re.sub(r"\D", "", match.group())
@@ -429,7 +441,7 @@ def _found(line: str) -> list[Secret]:
     found: list[Secret] = []
     for kind, pattern, groups in _KEY_PATTERNS if _ANY_KEY.search(line) else ():
         found += [Secret(kind, *_span(m, group=None if groups else 0))
-                  for m in pattern.finditer(line) if not _MID_WORD.match(line, m.start())]
+                  for m in pattern.finditer(line) if not _inside_a_token(line, m)]
     lowered = line.lower() if line.isascii() else None
     assigned = _ASSIGNMENT_WORDS.found_in(line, lowered)  # its rules' and the misread ones'
     for pattern, group in _ASSIGNMENTS if assigned else ():
