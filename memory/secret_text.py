@@ -326,14 +326,14 @@ _NOT_A_VALUE = frozenset("""
 # what a secret is like, or what is done to it, when prose goes on after it or nothing does:
 # "the token is close to expiring", "the secret is out", "the API key is valid", "the password
 # is due for rotation", "… is set to expire in 30 days"; but a passphrase's first word in
-# "the password is correct horse battery staple"
+# "the password is correct horse battery staple". Not "default": a password devices ship with
 _LIKE_A_VALUE = frozenset("""
     close about out up down off over due near nearly almost already back around
     present absent possible impossible acceptable unacceptable able unable overwritten
     longer shorter larger smaller bigger greater higher lower stronger weaker
     good fine ok okay ready active inactive valid available unavailable correct right bad
     broken gone safe secure insecure different similar unique important mandatory live dead
-    stale fresh obsolete temporary permanent current previous default both either neither all
+    stale fresh obsolete temporary permanent current previous both either neither all
     each every some another other expire rotate renew refresh
     """.split())
 _NEXT_WORD = re.compile(r"\s*([^\W_][\w'-]*)")

@@ -175,6 +175,7 @@ SECRETS = [
     # a word that could say what a secret is like, as a passphrase's first word
     ("the password is correct horse battery staple", f"the password is {HIDDEN}", "password"),
     ("the password is good4u", f"the password is {HIDDEN}", "password"),
+    ("the router's password is default", f"the router's password is {HIDDEN}", "password"),
     ("the seed phrase was changed to abandon ability able about",
      f"the seed phrase was changed to {HIDDEN}", "seed phrase"),
     ("my recovery words are now apple banana cherry", f"my recovery words are now {HIDDEN}",
