@@ -197,6 +197,8 @@ _SET_TO = r"(?:set|changed|reset|updated)\s+to"
 _SAID_VERB = rf"(?:is|was|are|were|reads|(?:has|have|had|will|would)\s+been?|{_SET_TO})"
 _LEAD_IN = (rf"{_SET_TO}|still|just|also|now|always|literally|actually|currently|simply|really|"
             r"the\s+(?:word|words|string|number)")
+_LEAD_INS = rf"(?:\s+(?:{_LEAD_IN})\b)*"
+_SAID_VERB_LED = rf"\b{_SAID_VERB}\b{_LEAD_INS}"  # "… was changed to", "… is still"
 # a passphrase or a wallet's seed phrase is words: its value, said or assigned, runs on to its
 # clause's end (a comma, a semicolon, a full stop before a space, the line's end), at most
 # `MAX_PHRASE_WORDS` words ("passphrase: correct horse battery staple", "seed phrase: abandon
@@ -205,7 +207,7 @@ _LEAD_IN = (rf"{_SET_TO}|still|just|also|now|always|literally|actually|currently
 _PHRASE = re.compile(
     r"(?<![^\W_])(?P<what>pass ?phrases?|(?:seed|recovery|mnemonic|secret|backup|wallet) "
     r"(?:phrases?|words))[\"'\]]{0,2}\s*"
-    rf"(?:(?P<verb>\b{_SAID_VERB}\b(?:\s+(?:{_LEAD_IN})\b)*)\s*:?|:=|[:=])"
+    rf"(?:(?P<verb>{_SAID_VERB_LED})\s*:?|:=|[:=])"
     r"\s*[\"'“‘]?(?P<value>[^\s\"'`“‘,;.][^\n,;]*?)(?=\s*(?:[,;]|[.!?](?:\s|$)|$))",
     re.I)
 MAX_PHRASE_WORDS = 24  # a seed phrase's longest
@@ -246,14 +248,14 @@ _VALUE = r"\s*[\"'“‘]?(?P<value>[\w!@#$%^&*+~][^\s\"'”’]*)"
 # is 4821", "the password for db.example.com is …", "api key: abc123")
 _SAID = re.compile(
     _WHAT + r"(?:\s+(?:for|to|of|on|at)\s+(?:[\w.@'-]*[\w@'-]\s+){0,3}?[\w.@'-]*[\w@'-])?"
-    rf"\s*(?:\b{_SAID_VERB}\b(?:\s+(?:{_LEAD_IN})\b)*\s*:?|:)" + _VALUE, re.I)
+    rf"\s*(?:{_SAID_VERB_LED}\s*:?|:)" + _VALUE, re.I)
 # or set to it ("I set my password to hunter2", "changed the wifi password to Tr0ub4dor"). A
 # value set to must look like one, as a bare one must: "reset your password to continue" and
 # "the token is set to renew" are what a screen says most often
 _SET_TO_SAID = re.compile(rf"\b{_SET_TO}\b", re.I)
 _SAID_SET = re.compile(
     r"\b(?:set|changed?|reset|updated?)\s+(?:(?:my|the|your|our|his|her|their|its|this)\s+)?"
-    r"(?:[\w'-]+\s+)?" + _WHAT + rf"\s+to\b(?:\s+(?:{_LEAD_IN})\b)*" + _VALUE, re.I)
+    r"(?:[\w'-]+\s+)?" + _WHAT + rf"\s+to\b{_LEAD_INS}" + _VALUE, re.I)
 # or its value right after what it is, which must then look like one: letters and digits
 # ("password hunter2"), or a code's 4 to 8 digits ("PIN 4821"); not "password manager",
 # "password reset 2024-01-01", "tokens 12345"
