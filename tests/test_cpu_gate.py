@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,7 +128,8 @@ def test_settings_out_of_range_are_refused() -> None:
             CpuGate(machine.busy_seconds, cores, limit=limit, max_wait_s=wait)
 
 
-def _burn(seconds: float) -> None:
+def _burn(seconds: float, burning: ProcessEvent) -> None:
+    burning.set()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
@@ -135,15 +137,20 @@ def _burn(seconds: float) -> None:
 
 def _cpu_share_with_burners() -> float | None:
     """The gate's real measurement while busy loops run on each core it counts (the loops'
-    processes inherit this one's CPU affinity)."""
+    processes inherit this one's CPU affinity). The window opens once every loop says it
+    burns: a spawned process's start-up on a loaded machine (CI's) waits on the disk, and
+    1.5 s of sleep was once not enough (0.798 read)."""
     busy_seconds, cores = machine_cpu()
     gate = CpuGate(busy_seconds, cores, limit=0.7, max_wait_s=0.0)
     ctx = multiprocessing.get_context("spawn")
-    burners = [ctx.Process(target=_burn, args=(4.0,)) for _ in range(max(1, round(cores)))]
+    burning = [ctx.Event() for _ in range(max(1, round(cores)))]
+    burners = [ctx.Process(target=_burn, args=(4.0, started)) for started in burning]
     for burner in burners:
         burner.start()
     try:
-        time.sleep(1.5)  # the processes start, then burn
+        for started in burning:
+            assert started.wait(60.0), "a busy loop's process did not start in 60 s"
+        time.sleep(0.2)
         gate.share()
         time.sleep(1.0)
         share = gate.share()
