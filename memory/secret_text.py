@@ -355,6 +355,18 @@ _PROSE = _NOT_A_VALUE | _LIKE_A_VALUE | _FUNCTION_WORDS | frozenset("""
     i api key keys token tokens password passwords passphrase pin code codes
     """.split())  # and what a secret is: "api_key: Gateway API key (see …)" describes one
 _NO_VALUE = _NOT_A_VALUE | _FUNCTION_WORDS
+# a word written as a value, after `=` or in quotes (`PASSWORD=secret`, `"password": "secure"`,
+# my password is "whatever"), is no prose: any word may be the secret, but for what code and
+# config write where there is none: a null, a boolean, a type, an empty or a status mark (an
+# API's `{"password": "required"}`), a word of code's own (`password = not given`)
+_NO_VALUE_WRITTEN = _FUNCTION_WORDS | frozenset("""
+    a an the my your his her our their its this that these those not no it
+    none null nil undefined unknown true false off
+    int str float bool bytes list dict tuple object string number boolean integer any never void
+    empty blank required optional missing valid invalid expired wrong incorrect hidden masked unset
+    active inactive pending
+    """.split())
+_EMPTY_THEN_PROSE = re.compile(r"\S*=\s+")  # no space before the `=`, one after
 
 
 @dataclass(frozen=True)
@@ -387,28 +399,39 @@ def _token_end(text: str, start: int, end: int) -> int:
     return end
 
 
-def _literal(value: str, after: str) -> bool:
+def _literal(value: str, after: str, *, written: bool = False) -> bool:
     """Whether a value a pattern took (`after` it, the rest of the line) is a literal secret:
     not code (a call, a reference, a type annotation's type: `password: str = ""`), nor a
     word that says what the secret is like ("password is too weak", a form's "Password:
     required", "mask ?password= in URLs" in a commit message, "the secret is out" but not
     "correct horse battery staple": `_LIKE_A_VALUE`), nor a name in code
-    (`api_key=settings.api_key`, `api_key=api_key,`)."""
+    (`api_key=settings.api_key`, `api_key=api_key,`). A word `written` as a value (after `=`,
+    in quotes) is judged by `_NO_VALUE_WRITTEN` alone of the word lists; words in quotes are a
+    message as often (`'secret': 'will be replaced'`, `secret_type = 'Private Key'`)."""
     stripped = value.strip()
     value = stripped.rstrip(".,;!?")
     if not value:
         return False
     word = value.split()[0]
+    written = written and word == value
     first = word.rstrip(")]},")  # a parameter's type as its list closes: `f(token: str) -> …`
     goes_on = word[len(first):] + value[len(word):] + stripped[len(value):] + after
-    if first.lower() in _LIKE_A_VALUE and (
+    if not written and first.lower() in _LIKE_A_VALUE and (
             not (next_word := _NEXT_WORD.match(goes_on)) or next_word[1].lower() in _PROSE
             or _NOT_A_VALUE_FORM.match(next_word[1])):  # "… is now possible using …"
         return False
-    return (bool(first) and first.lower() not in _NO_VALUE
+    return (bool(first) and first.lower() not in (_NO_VALUE_WRITTEN if written else _NO_VALUE)
             and not _NOT_A_VALUE_FORM.match(value) and not _NOT_LITERAL.match(value)
             and not re.match(r"\s*=(?!=)", after) and not _ATTRIBUTE.match(first)
             and not (_NAME.match(first) and _GOES_ON_IN_CODE.match(goes_on)))
+
+
+def _set_by_equals(line: str, name_end: int, value_start: int) -> bool:
+    """Whether what stands between a name and its value is an `=` (`:=`, `=>`, `==`; quotes
+    and spaces around it), not a label's `:`, nor an empty value's `=` that prose goes on
+    after ("The option --passphrase= can be empty.")."""
+    between = line[name_end:value_start]
+    return "=" in between and not _EMPTY_THEN_PROSE.fullmatch(between)
 
 
 def _inside_a_token(line: str, match: re.Match[str]) -> bool:
@@ -458,13 +481,15 @@ def _found(line: str) -> list[Secret]:
                 value = value.split()[0]  # is the secret, or its words that are no prose
                 first = _token_end(line, start, start + len(value))
                 end = _said_on(line, first, min(end, _CLAUSE_END.search(line, first).start()))
-            if _literal(value, line[start + len(value):]):
+            if _literal(value, line[start + len(value):], written=quoted or _set_by_equals(
+                    line, match.end(1), start)):
                 found.append(Secret("assigned secret", start, end))
     named = _NAMED_NEEDS.found_in(line, lowered)
     for match in _NAMED.finditer(line) if named else ():
         group = "quoted" if match["quoted"] else "value"
         value = match[group]
-        if _literal(value, line[match.end(group):]) and (
+        written = group == "quoted" or _set_by_equals(line, match.end("name"), match.start(group))
+        if _literal(value, line[match.end(group):], written=written) and (
                 match["name"].lower() != "token" or _TOKEN_LIKE.match(value)):
             found.append(Secret("assigned secret", *match.span(group)))
     for match in _MISREAD_ASSIGNED.finditer(line) if named or assigned else ():
@@ -516,7 +541,7 @@ def _said(line: str, match: re.Match[str]) -> list[Secret]:
     if _CARD_CODE.fullmatch(what) and _CARD_CODE_DIGITS.fullmatch(whole):
         return [Secret(_kind(what), start, end)]
     literal = (_literal(whole, line[end:]) if whole.isdigit()
-               else _literal(value, line[match.end("value"):]))
+               else _literal(value, line[match.end("value"):], written=bool(quoted)))
     must_look = match.re is _SAID_BARE or (set_to and not quoted)
     if (literal and not (_COUNTED.search(what) and _NUMBER.match(whole))
             and (not must_look or _LOOKS_SECRET.match(whole)

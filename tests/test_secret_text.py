@@ -299,6 +299,15 @@ SECRETS = [
     ("x-api-key: 9f8e7d6c5b4a39281706", f"x-api-key: {HIDDEN}", "api key"),
     ("X-Api-Key 9f8e7d6c5b4a39281706", f"X-Api-Key {HIDDEN}", "api key"),
     ("vault login hvs.CAESIJlU8xYz0abcdefghijklmnopq", f"vault login {HIDDEN}", "Vault token"),
+    # a word written as a value, after `=` or in quotes, is the secret even when prose would
+    # say what one is like with it ("the password is secure")
+    ("DB_PASSWORD=secret", f"DB_PASSWORD={HIDDEN}", "assigned secret"),
+    ("PASSWORD=secure", f"PASSWORD={HIDDEN}", "assigned secret"),
+    ('  "password": "whatever",', f'  "password": "{HIDDEN}",', "assigned secret"),
+    ("admin_password = 'fine'", f"admin_password = '{HIDDEN}'", "assigned secret"),
+    ("PSK=whatever", f"PSK={HIDDEN}", "assigned secret"),
+    ('passphrase: "correct"', f'passphrase: "{HIDDEN}"', "assigned secret"),
+    ('my wifi password is "secret"', f'my wifi password is "{HIDDEN}"', "password"),
 ]
 
 
@@ -393,6 +402,12 @@ NOT_SECRETS = [
     "$2x$ and $2y$ variants have been dropped from the FreeBSD, NetBSD,",
     "* A new .netdev settings PrivateKeyFile= and PresharedKeyFile= may be",
     "the encrypted key is used. Its descriptor token is then kept as an",
+    # what code and config write where no secret is: a null, a type, a status, a message
+    "password=None", "PASSWORD=", "password = not given", '{"password": "required"}',
+    '{"token": "expired"}', '"password": "invalid"', "secret_type = 'Private Key'",
+    "'secret': 'will be replaced',", '"password": "The password field is required."',
+    "mask ?password= in URLs", 'the password is "required"',
+    "gpg: The option --passphrase= can be empty.",
     "- pinctrl: mcp23s08: Reset all pins to input at probe",
     "raises a ValueError if the password is longer than 2 gigabytes.",
     "check whether the token is able (right now) to perform",
