@@ -355,17 +355,21 @@ _PROSE = _NOT_A_VALUE | _LIKE_A_VALUE | _FUNCTION_WORDS | frozenset("""
     i api key keys token tokens password passwords passphrase pin code codes
     """.split())  # and what a secret is: "api_key: Gateway API key (see …)" describes one
 _NO_VALUE = _NOT_A_VALUE | _FUNCTION_WORDS
-# a word written as a value, after `=` or in quotes (`PASSWORD=secret`, `"password": "secure"`,
-# my password is "whatever"), is no prose: any word may be the secret, but for what code and
-# config write where there is none: a null, a boolean, a type, an empty or a status mark (an
-# API's `{"password": "required"}`), a word of code's own (`password = not given`)
+# a word written as a value (`_written`: after `=`, in quotes, a YAML line's; `PASSWORD=secret`,
+# `"password": "secure"`, `password: secret`, my password is "whatever") is no prose: any word
+# may be the secret, but for what code and config write where there is none: a null, a
+# boolean, a type, an empty or a status mark (an API's `{"password": "required"}`), a word of
+# code's own (`password = not given`), nsswitch.conf's sources (`passwd: files`)
 _NO_VALUE_WRITTEN = _FUNCTION_WORDS | frozenset("""
     a an the my your his her our their its this that these those not no it
     none null nil undefined unknown true false off
     int str float bool bytes list dict tuple object string number boolean integer any never void
     empty blank required optional missing valid invalid expired wrong incorrect hidden masked unset
     active inactive pending
+    files compat systemd nis nisplus ldap sss winbind
     """.split())
+# a line that is one `key: value` pair, a YAML list's item too (`- password: secret`)
+_PAIR_LINE = re.compile(r"\s*(?:- )?(?:[a-z0-9_.-]+|[A-Z0-9.-]*_[A-Z0-9_.-]*):\s*[^\s#]+\s*")
 _EMPTY_THEN_PROSE = re.compile(r"\S*=\s+")  # no space before the `=`, one after
 
 
@@ -426,12 +430,16 @@ def _literal(value: str, after: str, *, written: bool = False) -> bool:
             and not (_NAME.match(first) and _GOES_ON_IN_CODE.match(goes_on)))
 
 
-def _set_by_equals(line: str, name_end: int, value_start: int) -> bool:
-    """Whether what stands between a name and its value is an `=` (`:=`, `=>`, `==`; quotes
-    and spaces around it), not a label's `:`, nor an empty value's `=` that prose goes on
-    after ("The option --passphrase= can be empty.")."""
+def _written(line: str, name_end: int, value_start: int) -> bool:
+    """Whether a name's value is written as one: after an `=` (`:=`, `=>`, `==`; quotes and
+    spaces around it), not an empty value's `=` that prose goes on after ("The option
+    --passphrase= can be empty."); or after a `:`, alone on a line of its own, as YAML and
+    INI write it (`password: secret`, `  db_password: whatever`), the key in lower case or in
+    capitals with an underscore: not a form's label ("Password: correct")."""
     between = line[name_end:value_start]
-    return "=" in between and not _EMPTY_THEN_PROSE.fullmatch(between)
+    if "=" in between:
+        return not _EMPTY_THEN_PROSE.fullmatch(between)
+    return bool(_PAIR_LINE.fullmatch(line))
 
 
 def _inside_a_token(line: str, match: re.Match[str]) -> bool:
@@ -481,14 +489,16 @@ def _found(line: str) -> list[Secret]:
                 value = value.split()[0]  # is the secret, or its words that are no prose
                 first = _token_end(line, start, start + len(value))
                 end = _said_on(line, first, min(end, _CLAUSE_END.search(line, first).start()))
-            if _literal(value, line[start + len(value):], written=quoted or _set_by_equals(
-                    line, match.end(1), start)):
+            # group 1 is the name's word (the opening quote of a comparison's value written
+            # first, `"hunter2" == password`)
+            if _literal(value, line[start + len(value):],
+                        written=quoted or _written(line, match.end(1), start)):
                 found.append(Secret("assigned secret", start, end))
     named = _NAMED_NEEDS.found_in(line, lowered)
     for match in _NAMED.finditer(line) if named else ():
         group = "quoted" if match["quoted"] else "value"
         value = match[group]
-        written = group == "quoted" or _set_by_equals(line, match.end("name"), match.start(group))
+        written = group == "quoted" or _written(line, match.end("name"), match.start(group))
         if _literal(value, line[match.end(group):], written=written) and (
                 match["name"].lower() != "token" or _TOKEN_LIKE.match(value)):
             found.append(Secret("assigned secret", *match.span(group)))

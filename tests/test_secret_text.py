@@ -308,6 +308,11 @@ SECRETS = [
     ("PSK=whatever", f"PSK={HIDDEN}", "assigned secret"),
     ('passphrase: "correct"', f'passphrase: "{HIDDEN}"', "assigned secret"),
     ('my wifi password is "secret"', f'my wifi password is "{HIDDEN}"', "password"),
+    # and alone on a YAML or INI line of its own
+    ("password: secret", f"password: {HIDDEN}", "assigned secret"),
+    ("  spring.datasource.password: whatever", f"  spring.datasource.password: {HIDDEN}",
+     "assigned secret"),
+    ("- POSTGRES_PASSWORD: secure", f"- POSTGRES_PASSWORD: {HIDDEN}", "assigned secret"),
 ]
 
 
@@ -407,7 +412,8 @@ NOT_SECRETS = [
     '{"token": "expired"}', '"password": "invalid"', "secret_type = 'Private Key'",
     "'secret': 'will be replaced',", '"password": "The password field is required."',
     "mask ?password= in URLs", 'the password is "required"',
-    "gpg: The option --passphrase= can be empty.",
+    "gpg: The option --passphrase= can be empty.", "passwd: files", "passwd: compat",
+    "secret: none",
     "- pinctrl: mcp23s08: Reset all pins to input at probe",
     "raises a ValueError if the password is longer than 2 gigabytes.",
     "check whether the token is able (right now) to perform",
