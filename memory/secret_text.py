@@ -410,8 +410,9 @@ def _literal(value: str, after: str, *, written: bool = False) -> bool:
     required", "mask ?password= in URLs" in a commit message, "the secret is out" but not
     "correct horse battery staple": `_LIKE_A_VALUE`), nor a name in code
     (`api_key=settings.api_key`, `api_key=api_key,`). A word `written` as a value (after `=`,
-    in quotes) is judged by `_NO_VALUE_WRITTEN` alone of the word lists; words in quotes are a
-    message as often (`'secret': 'will be replaced'`, `secret_type = 'Private Key'`)."""
+    in quotes, on a YAML line: `_written`) is judged by `_NO_VALUE_WRITTEN` alone of the word
+    lists; words in quotes are a message as often (`'secret': 'will be replaced'`,
+    `secret_type = 'Private Key'`)."""
     stripped = value.strip()
     value = stripped.rstrip(".,;!?")
     if not value:
