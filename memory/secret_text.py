@@ -368,8 +368,11 @@ _NO_VALUE_WRITTEN = _FUNCTION_WORDS | frozenset("""
     active inactive pending
     files compat systemd nis nisplus ldap sss winbind
     """.split())
-# a line that is one `key: value` pair, a YAML list's item too (`- password: secret`)
-_PAIR_LINE = re.compile(r"\s*(?:- )?(?:[a-z0-9_.-]+|[A-Z0-9.-]*_[A-Z0-9_.-]*):\s*[^\s#]+\s*")
+# a line that is one `key: value` pair, a YAML list's item too (`- password: secret`), a
+# comment after it (`password: secret  # dev`)
+_PAIR_LINE = re.compile(
+    r"\s*(?:- )?(?:[a-z0-9_.-]+|[A-Z0-9.-]*_[A-Z0-9_.-]*):\s*[^\s#]+(?:\s+#.*)?\s*")
+_COMMENT = re.compile(r"\s+#")  # after an unquoted value, as YAML, INI and a shell write it
 _EMPTY_THEN_PROSE = re.compile(r"\S*=\s+")  # no space before the `=`, one after
 
 
@@ -486,6 +489,9 @@ def _found(line: str) -> list[Secret]:
             value = line[start:end]
             quoted = 0 < start and line[start - 1] in _QUOTES and line[end:end + 1] == line[
                 start - 1]
+            if not quoted and (comment := _COMMENT.search(value)):  # `… = hunter2 # staging`
+                value = value[:comment.start()]
+                end = start + len(value)
             if len(value.split()) > MAX_WORDS and not quoted:  # it runs on: its first word
                 value = value.split()[0]  # is the secret, or its words that are no prose
                 first = _token_end(line, start, start + len(value))

@@ -313,6 +313,11 @@ SECRETS = [
     ("  spring.datasource.password: whatever", f"  spring.datasource.password: {HIDDEN}",
      "assigned secret"),
     ("- POSTGRES_PASSWORD: secure", f"- POSTGRES_PASSWORD: {HIDDEN}", "assigned secret"),
+    # a comment after it is kept, and is not part of the value
+    ("PASSWORD=secret # dev", f"PASSWORD={HIDDEN} # dev", "assigned secret"),
+    ("password: secret  # local runs only", f"password: {HIDDEN}  # local runs only",
+     "assigned secret"),
+    ("DB_PASSWORD=hunter2 # staging", f"DB_PASSWORD={HIDDEN} # staging", "assigned secret"),
 ]
 
 
