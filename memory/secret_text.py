@@ -294,19 +294,27 @@ _NUMBER = re.compile(r"\d[\d,.]*$")
 # expiring", "… is rarely used", a code string's "… has been updated.\n", a changelog's
 # "gnutls_privkey_import_ext: Added", "…: REMOVED"
 _NOT_A_VALUE_FORM = re.compile(r"[a-z]{2,}(?:ed|ing|ly)(?:\.?\\[nrt])?$", re.I)
+# words that are no value wherever they stand, said or written (`_NO_VALUE_WRITTEN`): a
+# determiner, a null or a boolean, a type (a type annotation's: "output tokens: int = 0" as OCR
+# reads it), a value's state (a form's "Password: required", an API's `{"token": "expired"}`)
+_DETERMINERS = frozenset("a an the my your his her our their its this that these those it".split())
+_NOTHING = frozenset("not no none null nil undefined unknown true false".split())
+_TYPES = frozenset(
+    "int str float bool bytes list dict tuple object string number boolean integer any".split())
+_STATES = frozenset(
+    "expired wrong incorrect invalid missing empty blank required optional hidden masked unset"
+    .split())
 # what follows "password is" when no secret is given: "my password is too weak", "… is the
 # same", "the API key is in the vault", "the PIN is 4 digits long", a lead-in with nothing
 # after it ("… is now")
-_NOT_A_VALUE = frozenset("""
-    a an the my your his her our their its this that these those same not no never still
+_NOT_A_VALUE = _DETERMINERS | _NOTHING | _TYPES | _STATES | frozenset("""
+    same never still
     too very so quite really rather pretty weak strong long short simple complex old new
     more less most least likely unlikely now literally actually currently simply
-    expired wrong incorrect invalid missing empty blank required optional
-    hidden masked shown visible set unset saved stored changed reset updated sent needed
+    shown visible set saved stored changed reset updated sent needed
     in on at of for from with under inside somewhere there here below above
-    case-sensitive sensitive secret private public it none null undefined unknown
-    int str float bool bytes list dict tuple object string number boolean integer any
-    forgot show hide reveal copy enter confirm change edit generate files compat true false nil
+    case-sensitive sensitive secret private public
+    forgot show hide reveal copy enter confirm change edit generate files compat
     given taken known written forgotten chosen stolen kept lost found made done seen
     permission release rsa dsa ecdsa ed25519 ed448 x25519 pem der pkcs8 pkcs12
     add adds allow allows use uses update updates fix fixes remove removes return returns
@@ -317,13 +325,12 @@ _NOT_A_VALUE = frozenset("""
     convert converts replace replaces revert reverts bump bumps let lets get gets
     often usually always sometimes only just also what how why where when who which whatever
     can cannot could will would should must may might does did has had like unlike
-    """.split())  # a type annotation's type: "output tokens: int = 0" as OCR reads it; a form's
-# links and buttons beside its field ("Password: Forgot?", "API key: Copy"); nsswitch.conf's
-# sources ("passwd: files systemd"); an error ("/etc/passwd: Permission denied"), apt's "Pin:
-# release a=stable", a key's algorithm ("the private key is RSA"); a commit message's or a
-# changelog's verb after a name ("psk: Allow non-NULL PSK usernames", "privkey_sign_raw_data:
-# remove unnecessary local variable", "secrets: refactor using …"). Not "test": a password
-# many set.
+    """.split())  # a form's links and buttons beside its field ("Password: Forgot?", "API key:
+# Copy"); nsswitch.conf's sources ("passwd: files systemd"); an error ("/etc/passwd: Permission
+# denied"), apt's "Pin: release a=stable", a key's algorithm ("the private key is RSA"); a commit
+# message's or a changelog's verb after a name ("psk: Allow non-NULL PSK usernames",
+# "privkey_sign_raw_data: remove unnecessary local variable", "secrets: refactor using …"). Not
+# "test": a password many set.
 
 # what a secret is like, or what is done to it, when prose goes on after it or nothing does:
 # "the token is close to expiring", "the secret is out", "the API key is valid", "the password
@@ -358,14 +365,10 @@ _NO_VALUE = _NOT_A_VALUE | _FUNCTION_WORDS
 # a word written as a value (`_written`: after `=`, in quotes, a YAML line's; `PASSWORD=secret`,
 # `"password": "secure"`, `password: secret`, my password is "whatever") is no prose: any word
 # may be the secret, but for what code and config write where there is none: a null, a
-# boolean, a type, an empty or a status mark (an API's `{"password": "required"}`), a word of
-# code's own (`password = not given`), nsswitch.conf's sources (`passwd: files`)
-_NO_VALUE_WRITTEN = _FUNCTION_WORDS | frozenset("""
-    a an the my your his her our their its this that these those not no it
-    none null nil undefined unknown true false off
-    int str float bool bytes list dict tuple object string number boolean integer any never void
-    empty blank required optional missing valid invalid expired wrong incorrect hidden masked unset
-    active inactive pending
+# boolean, a type (`Never`, `void`), a state (`off`, `valid`, `pending`), a word of code's own
+# (`password = not given`), nsswitch.conf's sources (`passwd: files`)
+_NO_VALUE_WRITTEN = _FUNCTION_WORDS | _DETERMINERS | _NOTHING | _TYPES | _STATES | frozenset("""
+    never void off valid active inactive pending
     files compat systemd nis nisplus ldap sss winbind
     """.split())
 # a line that is one `key: value` pair, a YAML list's item too (`- password: secret`), a
