@@ -102,6 +102,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             "recalled from then on (what it wrote to disk meanwhile, imported as it closed)"
             if joined is not None else
             "  database: down for the whole session (its rows wait on disk for the import)")
+    connection = summary.get("livekit")
+    if connection:
+        lines.append(
+            f"  LiveKit: connection lost {counted(connection['lost'], 'time')}, "
+            f"{connection['offline_s']:.1f} s offline in all"
+            + ("; still reconnecting when the session ended"
+               if connection["lost"] > connection["back"] else ""))
     video = summary.get("video")
     if video and video.get("problem"):
         lines.append(f"  video: {video['problem']}")

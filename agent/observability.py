@@ -85,6 +85,10 @@ SESSIONS_JOINED_DATABASE = Counter(
     "sightline_sessions_joined_database",
     "Sessions opened without Postgres that joined it once it answered: recall from then on",
     ["tenant"])
+LIVEKIT_CONNECTION_LOST = Counter(
+    "sightline_livekit_connection_lost",
+    "Times a session's connection to LiveKit dropped (LiveKit's SDK reconnects by itself)",
+    ["tenant"])
 REDISPATCHES = Counter(
     "sightline_redispatches",
     "Rooms this worker dispatched the agent to again: lost (its agent left or its session "
@@ -165,6 +169,8 @@ def record(event: Event) -> None:
         SESSIONS_WITHOUT_DATABASE.labels(tenant).inc()
     elif kind == "database_joined":
         SESSIONS_JOINED_DATABASE.labels(tenant).inc()
+    elif kind == "livekit_lost":
+        LIVEKIT_CONNECTION_LOST.labels(tenant).inc()
     elif kind == "speech_failed":
         SPEECH_FAILURES.labels(tenant, detail["engine"], detail["provider"]).inc()
 

@@ -94,6 +94,9 @@ class SessionTotals:
         self._assists = 0  # live-assist messages (agent/assist.py)
         # opened without the database: whether and when it joined it (agent/database_watch.py)
         self._database: dict[str, Any] = {}
+        # the session's connection to LiveKit lost and back (agent/livekit_connection.py)
+        self._livekit: Counter[str] = Counter()
+        self._livekit_offline_s = 0.0
         self._unpriced: set[str] = set()
         # speech engines by direction (stt, tts) and model: seconds heard, characters spoken
         self._speech: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -153,6 +156,11 @@ class SessionTotals:
             self._database = {"down_at_open": True, "joined_after_s": None}
         elif kind == "database_joined":
             self._database["joined_after_s"] = detail["offline_s"]
+        elif kind == "livekit_lost":
+            self._livekit["lost"] += 1
+        elif kind == "livekit_back":
+            self._livekit["back"] += 1
+            self._livekit_offline_s += detail["offline_s"]
         elif kind == "memory_deferred":
             self._memory_calls["deferred"] += 1
         elif kind == "reply":
@@ -256,6 +264,10 @@ class SessionTotals:
             **({"video": self._video} if self._video else {}),
             **({"handoff": self._handoff} if self._handoff else {}),
             **({"database": self._database} if self._database else {}),
+            # `lost` above `back`: the session ended while LiveKit's SDK was reconnecting
+            **({"livekit": {"lost": self._livekit["lost"], "back": self._livekit["back"],
+                            "offline_s": round(self._livekit_offline_s, 1)}}
+               if self._livekit else {}),
             **({"assist_messages": self._assists} if self._assists else {}),
             **({"voice": self._voice_summary()}
                if self._speech or self._speech_failures else {}),

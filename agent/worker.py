@@ -54,6 +54,7 @@ from .chat_inbox import ChatInbox
 from .config import Settings
 from .event_log import Event
 from .left_open import close_left_open
+from .livekit_connection import LiveKitConnection
 from .metering import MODEL_KINDS
 from .redispatch import Redispatcher
 from .reply_transcript import ReplyTranscript, UserTranscript
@@ -267,6 +268,8 @@ async def run_session(ctx: JobContext) -> None:
         presence = UserPresence(ctx.room, participant.identity, runtime.record.events,
                                 Store(db.pool) if db is not None else None)
         opened.part("user presence", presence.aclose)
+        connection = LiveKitConnection(ctx.room, runtime.record.events)
+        opened.part("livekit connection", connection.aclose)
         screen_share = ScreenShareSubscriber(ctx.room, participant.identity, runtime.screen)
         opened.part("screen share", screen_share.aclose)
         # what the session sends goes to its user alone (agent/room_publisher.py), and only

@@ -50,11 +50,53 @@ def wait_for_port(port: int, timeout_s: float) -> None:
 
 
 @dataclass
+class ServerProcess:
+    """The livekit-server binary run with one config file. Started again after it exited, it
+    listens on the same ports and appends to the same log: the workers and users pointed at
+    it reconnect as they would to a deployment's server that restarted."""
+
+    command: list[str]
+    log_path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=log)
+        wait_for_port(self.port, 20)
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def crash(self) -> None:
+        """End it as a crash does: at once (SIGKILL), its rooms and connections dropped."""
+        assert self.proc is not None, "not started"
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        # LiveKit v1.13.5 drains on a first SIGTERM, waiting for its rooms' participants (10 s
+        # and more, even idle); a second one ends it at once
+        self.proc.terminate()
+        try:
+            self.proc.wait(1)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
 class LiveKitServer:
     ws_url: str
     http_url: str
     log_path: Path
-    pid: int = 0
+    process: ServerProcess | None = None  # None for a server this process did not start
 
     def client(self) -> contextlib.AbstractAsyncContextManager[api.LiveKitAPI]:
         """A client of this server's API whose every call ends within `livekit_api.TIMEOUT_S`:
@@ -83,24 +125,14 @@ def run_livekit_server(workdir: Path, webhook_urls: Sequence[str] = ()) -> Itera
            if webhook_urls else "")
     )
     log_path = workdir / "livekit-server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=log)
+    log_path.write_text("")
+    process = ServerProcess([str(binary), "--config", str(config)], log_path, port)
     try:
-        wait_for_port(port, 20)
+        process.start()
         yield LiveKitServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", log_path,
-                            proc.pid)
+                            process)
     finally:
-        # LiveKit v1.13.5 drains on a first SIGTERM, waiting for its rooms' participants (10 s
-        # and more, even idle); a second one ends it at once
-        proc.terminate()
-        try:
-            proc.wait(1)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        process.stop()
 
 
 @dataclass

@@ -7,7 +7,8 @@ In order: one worker takes a burst of six dispatches; two workers share a burst;
 whose frame analysis raises and one that spins forever leave the others answering (the
 watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
 mid-session is replaced by the other, which recalls the conversation from Postgres and
-analyses the exchange whose memory call the killed one never heard back from; a user who
+analyses the exchange whose memory call the killed one never heard back from; the LiveKit
+server killed under a session and started again, the session rides it out; a user who
 comes while the fleet is full gets an agent once a worker has room, and one who comes back
 after their session ended gets an agent again; a worker that shuts down while asking LiveKit
 again hands the room to another; a refusal LiveKit will not change is one line, not retried;
@@ -52,6 +53,7 @@ from PIL import Image, ImageDraw
 from test_e2e_livekit import sample, scrape
 from worker_fixture import started_worker, worker_env
 
+from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.redispatch import AGENT_NAME_ATTRIBUTE, WEBHOOK_PATH, Redispatcher
 from agent.wire_format_server import CapturedRequest, ScriptedModelServer, ScriptedReply
@@ -208,6 +210,26 @@ class Fleet:
             await asyncio.sleep(0.3)
         return found
 
+    async def registered_again(self, timeout_s: float = 60) -> None:
+        """Once the LiveKit server is back after it crashed: each running worker registered
+        with it again (livekit-agents retries by itself, 10 s apart at most). A worker that gave
+        up, or has not registered by `timeout_s`, is killed and forgotten: `start` starts it
+        anew."""
+        deadline = time.monotonic() + timeout_s
+
+        def back(worker: Worker) -> bool:
+            log = worker.log_text()
+            return log.rfind("registered worker") > log.rfind("failed to connect to livekit")
+
+        for name, worker in list(self.workers.items()):
+            while worker.proc.poll() is None and not back(worker):
+                if time.monotonic() > deadline:
+                    worker.proc.kill()
+                    worker.proc.wait()
+                await asyncio.sleep(0.3)
+            if worker.proc.poll() is not None:
+                del self.workers[name]
+
     async def stop(self) -> None:
         """SIGTERM, and wait off the loop: the model server on this loop answers the
         sessions' last calls while the workers drain."""
@@ -222,6 +244,14 @@ async def fleet(livekit: LiveKitServer, models: ScriptedModelServer, fleet_datab
                   webhook_ports)
     yield fleet
     await fleet.stop()
+
+
+@pytest.fixture(autouse=True)
+async def fleet_registered(livekit_restarted: bool, fleet: Fleet) -> None:
+    """After the module's LiveKit server was started again (conftest.py), a test begins once
+    the fleet's workers are registered with it."""
+    if livekit_restarted:
+        await fleet.registered_again()
 
 
 def new_user(livekit: LiveKitServer, room: str) -> User:
@@ -394,6 +424,64 @@ async def test_a_killed_worker_is_replaced_and_the_conversation_recalled(
                   timeout_s=LOST_SESSION_CLOSE_S + 30)
     assert f"closed the record of session {lost_session} of room {user.room_name}" in (
         survivor.log_text())
+
+
+SESSION_CLOSED = (
+    "SELECT summary FROM sessions s WHERE id = $1 AND ended_at IS NOT NULL"
+    " AND summary->>'outcome' = 'completed' AND total_cost_usd > 0 AND total_cost_usd ="
+    " (SELECT sum(cost_usd) FROM cost_events WHERE session_id = s.id)")
+
+
+async def test_a_session_rides_out_its_livekit_server_crashing_and_coming_back(
+    livekit: LiveKitServer, fleet: Fleet, fleet_database_url: str,
+) -> None:
+    """The LiveKit server dies mid-session (SIGKILL, as its panic ended it once here) and is
+    started again: LiveKit's SDK reconnects the session, which answers its user again and
+    records how long it was offline; the worker registers again and takes a new user."""
+    worker = await fleet.alone("a")
+    await fleet.settled()
+    user = new_user(livekit, "fleet-restart")
+    assert livekit.process is not None
+    try:
+        agent = (await joined_and_sharing(user, "restart-user")).identity
+        await asks_and_is_answered(user, "What does the editor show?")
+        [session] = re.findall(r"session (\S+) started \(tenant=fleet user=restart-user ",
+                               worker.log_text())
+        livekit.process.crash()
+        await asyncio.sleep(2)  # the worker and the session see it gone, and retry
+        await asyncio.to_thread(livekit.process.start)
+        await fleet.registered_again()
+        assert worker in fleet.workers.values(), "the worker registered again by itself"
+        await fleet.logged(rf"session {session} is connected to LiveKit again after")
+        assert (await user.wait_for_agent()).identity == agent, "the same session, back"
+        await asks_and_is_answered(user, "And now?")
+    finally:
+        await leave_all([user])
+    newcomer = new_user(livekit, "fleet-restart-new")
+    try:
+        await joined_and_sharing(newcomer, "restart-newcomer")
+        await asks_and_is_answered(newcomer, "Is anyone there?")
+    finally:
+        await leave_all([newcomer])
+    log = worker.log_text()
+    assert log.count(f"session {session} lost its connection to LiveKit "
+                     f"(room {user.room_name})") == 1
+    conn = await asyncpg.connect(fleet_database_url)
+    try:
+        deadline = time.monotonic() + 30
+        while (recorded := await conn.fetchval(SESSION_CLOSED, session)) is None:
+            assert time.monotonic() < deadline, "the session's record was never closed"
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+    assert sample(await scrape(worker), "sightline_livekit_connection_lost_total",
+                  tenant="fleet") >= 1
+    summary = json.loads(recorded)
+    livekit_seen = summary["livekit"]
+    assert (livekit_seen["lost"], livekit_seen["back"]) == (1, 1)
+    assert livekit_seen["offline_s"] >= 2  # the server was gone that long at least
+    assert (f"LiveKit: connection lost 1 time, {livekit_seen['offline_s']:.1f} s offline in "
+            "all\n") in format_summary(summary)
 
 
 async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there_is_room(
@@ -1132,3 +1220,4 @@ async def test_an_agent_that_joins_while_postgres_is_away_is_kept_with_one_warni
     assert said.levelno == logging.WARNING and not said.exc_info
     assert said.getMessage().startswith("could not tell whether room fleet-away was dispatched "
                                         "its agent again in place of agent-AJ_away")
+
