@@ -6,7 +6,8 @@ Apps subscribe by topic (`room.on("data_received")` / `RoomEvent.DataReceived` f
 goes to the participant the session serves alone: they are built from that user's screen and
 memory, and anyone else in the room (a second participant, a supervisor's page) must not read
 them. Publishing is reliable and off the caller's path: a message is sent by a task, and a
-failed publish (a room closing) is logged, never raised.
+failed publish (a room closing) is logged, never raised; while LiveKit is unreachable
+(the session's connection lost, one line says so), one that fails is not said again.
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ class RoomPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _publish(self, message: str) -> None:
+        if not self._room.isconnected():
+            log.debug("not published on %s: the room is disconnected", self.topic)
+            return
         try:
             await self._room.local_participant.publish_data(
                 message, reliable=True, topic=self.topic, destination_identities=self._to)
         except Exception as exc:  # the room may be closing; the event log has the message
+            if self._room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
+                # LiveKit unreachable (agent/livekit_connection.py said so in one line): a
+                # warning per message would bury that line
+                log.debug("not published on %s while LiveKit is unreachable: %r", self.topic,
+                          exc)
+                return
             log.warning("could not publish on %s to %s: %r", self.topic, self._to[0], exc)

@@ -8,7 +8,8 @@ whose frame analysis raises and one that spins forever leave the others answerin
 watchdog ends the stuck one, and its user gets a new agent); a worker killed with SIGKILL
 mid-session is replaced by the other, which recalls the conversation from Postgres and
 analyses the exchange whose memory call the killed one never heard back from; the LiveKit
-server killed under a session and started again, the session rides it out; a user who
+server killed under a session and started again, the session rides it out, and killed again
+for good, the session ends; a user who
 comes while the fleet is full gets an agent once a worker has room, and one who comes back
 after their session ended gets an agent again; a worker that shuts down while asking LiveKit
 again hands the room to another; a refusal LiveKit will not change is one line, not retried;
@@ -432,12 +433,13 @@ SESSION_CLOSED = (
     " (SELECT sum(cost_usd) FROM cost_events WHERE session_id = s.id)")
 
 
-async def test_a_session_rides_out_its_livekit_server_crashing_and_coming_back(
+async def test_a_session_rides_out_its_livekit_server_crashing_and_ends_when_it_stays_down(
     livekit: LiveKitServer, fleet: Fleet, fleet_database_url: str,
 ) -> None:
     """The LiveKit server dies mid-session (SIGKILL, as its panic ended it once here) and is
-    started again: LiveKit's SDK reconnects the session, which answers its user again and
-    records how long it was offline; the worker registers again and takes a new user."""
+    started again: LiveKit's SDK reconnects the session, which answers its user again. It dies
+    again and stays down: the SDK gives up and the session ends, its record closed. Both
+    outages are on the record; the worker registers again and takes a new user."""
     worker = await fleet.alone("a")
     await fleet.settled()
     user = new_user(livekit, "fleet-restart")
@@ -455,6 +457,11 @@ async def test_a_session_rides_out_its_livekit_server_crashing_and_coming_back(
         await fleet.logged(rf"session {session} is connected to LiveKit again after")
         assert (await user.wait_for_agent()).identity == agent, "the same session, back"
         await asks_and_is_answered(user, "And now?")
+
+        livekit.process.crash()
+        await fleet.logged(rf"session {session} ended \(room disconnected\)", timeout_s=90)
+        await asyncio.to_thread(livekit.process.start)
+        await fleet.registered_again()
     finally:
         await leave_all([user])
     newcomer = new_user(livekit, "fleet-restart-new")
@@ -465,7 +472,8 @@ async def test_a_session_rides_out_its_livekit_server_crashing_and_coming_back(
         await leave_all([newcomer])
     log = worker.log_text()
     assert log.count(f"session {session} lost its connection to LiveKit "
-                     f"(room {user.room_name})") == 1
+                     f"(room {user.room_name})") == 2
+    assert "could not publish" not in log  # its last messages, to a room it cannot reach
     conn = await asyncpg.connect(fleet_database_url)
     try:
         deadline = time.monotonic() + 30
@@ -475,13 +483,13 @@ async def test_a_session_rides_out_its_livekit_server_crashing_and_coming_back(
     finally:
         await conn.close()
     assert sample(await scrape(worker), "sightline_livekit_connection_lost_total",
-                  tenant="fleet") >= 1
+                  tenant="fleet") >= 2
     summary = json.loads(recorded)
     livekit_seen = summary["livekit"]
-    assert (livekit_seen["lost"], livekit_seen["back"]) == (1, 1)
-    assert livekit_seen["offline_s"] >= 2  # the server was gone that long at least
-    assert (f"LiveKit: connection lost 1 time, {livekit_seen['offline_s']:.1f} s offline in "
-            "all\n") in format_summary(summary)
+    assert (livekit_seen["lost"], livekit_seen["back"]) == (2, 1)
+    assert livekit_seen["offline_s"] >= 2  # the first outage lasted that long at least
+    assert (f"LiveKit: connection lost 2 times, {livekit_seen['offline_s']:.1f} s offline in "
+            "all; still reconnecting when the session ended\n") in format_summary(summary)
 
 
 async def test_a_user_who_comes_while_the_fleet_is_full_gets_an_agent_once_there_is_room(

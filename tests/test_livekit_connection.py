@@ -8,6 +8,7 @@ and restarts a real LiveKit server under a live session.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from livekit import rtc
 from agent.cli_costs import format_summary
 from agent.event_log import EventLog
 from agent.livekit_connection import LiveKitConnection
+from agent.room_publisher import RoomPublisher
 from agent.session_summary import SessionTotals
 
 
@@ -59,3 +61,16 @@ def test_a_session_never_cut_off_says_nothing_of_livekit(tmp_path: Path) -> None
                            prices=tmp_path / "p.json", cost_log=tmp_path / "c.jsonl")
     summary = {**totals.summary(), "outcome": "completed"}
     assert "livekit" not in summary and "LiveKit" not in format_summary(summary)
+
+
+async def test_nothing_is_published_or_said_in_a_disconnected_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The session's last cost messages as it closes on a connection the SDK gave up on: no one
+    can receive them, so no warning each (two followed the outage's line before)."""
+    caplog.set_level(logging.DEBUG, logger="sightline.worker")
+    publisher = RoomPublisher(rtc.Room(), "sightline.cost", to="alice")
+    publisher({"total_cost_usd": 0.0001})
+    await asyncio.gather(*publisher._sending)
+    assert [r.getMessage() for r in caplog.records if r.name == "sightline.worker"] == [
+        "not published on sightline.cost: the room is disconnected"]
