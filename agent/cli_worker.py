@@ -123,18 +123,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"this worker takes {limits.describe()}, in {count} processes",
                   file=sys.stderr, flush=True)
             return run_processes(settings, count, os.environ["DATABASE_URL"], log_level)
-        _host_sessions(settings, args, slot, log_level)
+        return _host_sessions(settings, args, slot, log_level)
     finally:
         close_sinks()  # budget alerts still queued for the webhook
         if embedded is not None:
             stop_embedded(embedded)
-    return 0
 
 
 def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSlot | None,
-                   log_level: str) -> None:
-    """Run the sessions in this process, as the worker or as one of its processes (`slot`).
-    What only this needs is imported here: a parent of several processes does without it."""
+                   log_level: str) -> int:
+    """Run the sessions in this process, as the worker or as one of its processes (`slot`);
+    its exit status. What only this needs is imported here: a parent of several processes
+    does without it."""
     from livekit.agents.cli import proto
     from livekit.agents.cli.cli import _run_worker
 
@@ -174,6 +174,12 @@ def _host_sessions(settings: Settings, args: argparse.Namespace, slot: ProcessSl
         ),
     )
     asyncio.run(import_left_spills(settings))  # the disk may go with the worker
+    if server.gave_up is not None:
+        # status 1, for a supervisor to start the worker again (a parent of several
+        # processes starts this one again)
+        print(f"sightline: {server.gave_up}; the worker exits", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 async def _migrate(url: str, settings: Settings) -> None:

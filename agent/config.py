@@ -333,6 +333,10 @@ _FIELDS: tuple[_Field, ...] = (
         help="seconds a worker told to stop (SIGTERM) waits for its running sessions to end "
              "before it ends them (their logs are still written); set it within your "
              "orchestrator's grace period, less the 40 s the close may take"),
+    _Field("livekit_retries", "SIGHTLINE_LIVEKIT_RETRIES", Range(int, 0, 10000), 16,
+        help="times a worker that cannot reach LiveKit (at its start, or its connection lost) "
+             "tries again, 0, 2, 4 ... then 10 s apart; then it exits with status 1 for its "
+             "supervisor to start it again (16: about two minutes)"),
     _Field("session_stall_s", "SIGHTLINE_SESSION_STALL_S", _seconds(3600), 15.0,
         help="a session whose event loop has not turned for this long is ended"),
     _Field("participant_wait_s", "SIGHTLINE_PARTICIPANT_WAIT_S", _seconds(3600), 60.0,
@@ -442,6 +446,7 @@ class Settings:
     worker_memory_mb: int
     malloc_arenas: int
     drain_timeout_s: int
+    livekit_retries: int
     session_stall_s: float
     participant_wait_s: float
     webhook_port: int

@@ -448,6 +448,22 @@ def exit_if_still_running(deadline_s: float) -> threading.Timer:
     return timer
 
 
+GAVE_UP = "failed to connect to livekit after"  # livekit-agents' error, its retries used up
+
+
+class _GaveUpSaidOnce(logging.Filter):
+    """livekit-agents logs its retries used up with a traceback (`Error in _connection_task`)
+    before raising it out of `run`; the worker says it in one line as it exits
+    (agent/cli_worker.py), so the traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, RuntimeError) and str(error).startswith(GAVE_UP))
+
+
+_GAVE_UP_SAID_ONCE = _GaveUpSaidOnce()  # one instance: addFilter adds it once per process
+
+
 class SightlineServer(AgentServer):
     """livekit-agents' AgentServer with Sightline's hosting: sessions as threads, a load that
     is the fullest of sessions, memory and CPU (agent/capacity.py), a logged reason for each
@@ -467,6 +483,9 @@ class SightlineServer(AgentServer):
         # whether it is meant to be: the health check answers by them
         self._connected = False
         self._registers = True
+        # why the worker stopped on its own: LiveKit unreachable once its retries were used up
+        self.gave_up: str | None = None
+        logging.getLogger("livekit.agents").addFilter(_GAVE_UP_SAID_ONCE)
         import_plugins(settings)
         super().__init__(
             ws_url=settings.livekit_url,
@@ -484,6 +503,7 @@ class SightlineServer(AgentServer):
             num_idle_processes=min(limits.sessions, WARM_JOB_THREADS),
             load_fnc=self._load,
             drain_timeout=settings.drain_timeout_s,
+            max_retry=settings.livekit_retries,
         )
         # jobs accepted and still starting: from their request to livekit-agents releasing
         # their reservation, which is after the job already runs (_sessions_taken)
@@ -613,6 +633,13 @@ class SightlineServer(AgentServer):
             close_left_open(self._settings), name="close-left-open")
         try:
             await super().run(devmode=devmode, unregistered=unregistered)
+        except RuntimeError as exc:
+            # livekit-agents' own flag for its connection retries used up; it raises out of
+            # `run`, and its CLI logs that with a traceback and exits with status 0
+            if not (self._connection_failed and str(exc).startswith(GAVE_UP)):
+                raise
+            self.gave_up = (f"could not reach LiveKit at {self._settings.livekit_url} ({exc}; "
+                            f"SIGHTLINE_LIVEKIT_RETRIES={self._settings.livekit_retries})")
         finally:
             if sweep is not None:
                 sweep.cancel()

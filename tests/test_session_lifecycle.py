@@ -325,3 +325,29 @@ async def test_health_says_ok_only_while_connected_to_livekit(tmp_path: Path) ->
         finally:
             await server.aclose()
             await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.mark.e2e
+async def test_a_worker_whose_livekit_stays_down_exits_with_status_1_and_one_line(
+    tmp_path: Path, migrated_database_url: str,
+) -> None:
+    """A registered worker whose LiveKit server dies and stays down: once its retries
+    (`SIGHTLINE_LIVEKIT_RETRIES`) are used up it exits with status 1 and one line, for its
+    supervisor to start it again (livekit-agents' CLI logged a traceback and exited with 0,
+    which a restart-on-failure policy takes for a clean stop)."""
+    (tmp_path / "livekit").mkdir()
+    with run_livekit_server(tmp_path / "livekit") as livekit:
+        env = {"LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+               "LIVEKIT_API_SECRET": API_SECRET, "GOOGLE_API_KEY": "k",
+               "ANTHROPIC_API_KEY": "k", "DATABASE_URL": migrated_database_url,
+               "SIGHTLINE_DATA_DIR": str(tmp_path / "data"), "SIGHTLINE_HEALTH_PORT": "0",
+               "SIGHTLINE_WEBHOOK_PORT": "0", "SIGHTLINE_LIVEKIT_RETRIES": "2"}
+        worker = await asyncio.to_thread(start_worker, tmp_path, env)
+        assert livekit.process is not None
+        livekit.process.crash()
+        code = await asyncio.to_thread(worker.proc.wait, 60)
+    log = worker.log_text()
+    assert code == 1, log[-3000:]
+    assert (f"sightline: could not reach LiveKit at {livekit.ws_url} (failed to connect to "
+            "livekit after 2 attempts; SIGHTLINE_LIVEKIT_RETRIES=2); the worker exits\n") in log
+    assert "Traceback" not in log and "worker failed" not in log
