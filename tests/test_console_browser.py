@@ -24,7 +24,10 @@ then Start session shows only the new session; the agent leaving says so, closes
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
 does; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
 refused screen and a refused microphone are both noted; a session ended (Leave, the server) while
-the screen picker is open does nothing more once it answers, even to a newer session.
+the screen picker is open does nothing more once it answers, even to a newer session; the
+LiveKit server killed under a session and started again: the page says it is reconnecting, a
+question typed meanwhile goes out once the page and the agent are back; killed again and left
+down: the page says the connection could not be restored.
 """
 
 from __future__ import annotations
@@ -787,3 +790,49 @@ async def test_a_session_ended_while_the_screen_picker_is_open_does_nothing_more
         await expect(mic).to_have_text("Microphone off")
         await expect(mic).to_be_enabled()
         await expect(status).to_contain_text(f"Connected to {second}; waiting for Sightline")
+
+
+async def test_a_lost_connection_says_reconnecting_queues_the_chat_and_sends_it_once_back(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The LiveKit server dies under a session (SIGKILL) and is started again: the status line
+    says the page is reconnecting, a question typed meanwhile is queued, not lost; once the
+    page and the agent are back (each reconnects on its own) it goes out, once. Killed again
+    and left down: once livekit-client gives up, the status line says the connection could not
+    be restored and the question typed meanwhile is marked not sent."""
+    assert livekit.process is not None
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        chat: list[str] = []
+        agent = await stand_in_agent(livekit, room_name, chat)
+        status = page.locator("#status")
+        try:
+            await expect(status).to_contain_text("Sightline joined", timeout=15_000)
+            livekit.process.crash()
+            await expect(status).to_contain_text("lost; reconnecting", timeout=15_000)
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            asked = page.locator("#messages li.user").last
+            await expect(asked).to_contain_text("queued: sent once the connection is back")
+            await asyncio.to_thread(livekit.process.start)
+            await eventually(lambda: chat == [QUESTION],
+                             f"the question goes out once both are back: {chat}", 60)
+            await expect(status).to_contain_text("Sightline joined", timeout=15_000)
+            await expect(asked).to_have_text(QUESTION)
+
+            livekit.process.crash()
+            await expect(status).to_contain_text("lost; reconnecting", timeout=15_000)
+            await page.fill("#chat-input", HANDOFF_QUESTION)
+            await page.press("#chat-input", "Enter")
+            await expect(status).to_contain_text(
+                "Disconnected: the connection to LiveKit could not be restored",
+                timeout=90_000)
+            await expect(page.locator("#messages li.user").last).to_contain_text(
+                "not sent: the connection was lost")
+            await expect(page.locator("#start")).to_be_enabled()
+        finally:
+            await agent.disconnect()
+            if livekit.process.exit_code() is not None:
+                await asyncio.to_thread(livekit.process.start)
+        assert chat == [QUESTION]
+        assert errors == []

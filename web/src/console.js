@@ -19,7 +19,10 @@ const CHAT_PLACEHOLDER = $('chat-input').placeholder;
 // the current session's state (reset at each Start session)
 let sessionRoom = '';      // its room's name, for the status line
 let agentSeen = false;     // an agent has been in the room: once none is left, it has left
-let queued = [];           // messages typed before Sightline joined: {text, item}
+let queued = [];           // messages typed before Sightline joined or while reconnecting
+let reconnecting = false;  // the connection to LiveKit lost; livekit-client is reconnecting
+let rejoinUntil = 0;       // after a reconnection, until when the agent may still rejoin (ms)
+let rejoinTimer = null;
 let bubbles = new Map();   // lk.segment_id -> the bubble showing that segment
 const notes = { screen: '', mic: '' };  // why the screen or the microphone is not shared
 
@@ -272,13 +275,22 @@ async function sendChat(target, text, item) {
   }
 }
 
+// After a reconnection (a LiveKit server that restarted), the agent reconnects on its own and
+// may come back some seconds after the page did: until then it has not left.
+const AGENT_REJOIN_MS = 30000;
+
 // Whether Sightline is in the room, in the status line and the chat box. Before it joins, what
 // is typed waits in the page (the worker reads the chat once it has joined) and goes out when
 // it arrives; once it has left, the chat is closed (nobody would answer) until an agent joins
-// again (a replacement for a worker that died: README, Running against LiveKit).
+// again (a replacement for a worker that died: README, Running against LiveKit). While the
+// connection to LiveKit is lost, and after it is back until the agent is too, what is typed
+// waits the same way.
 function showAgent() {
   if (!room) return;
-  if (agentInRoom()) {
+  if (reconnecting) {
+    setStatus(`Connection to ${sessionRoom} lost; reconnecting…`, 'busy');
+    $('chat-input').placeholder = 'Ask now: sent once the connection is back…';
+  } else if (agentInRoom()) {
     agentSeen = true;
     setStatus(`Connected to ${sessionRoom}; Sightline joined`, 'connected');
     enable(['chat-input', 'send'], true);
@@ -286,6 +298,10 @@ function showAgent() {
     const waiting = queued;
     queued = [];
     for (const { text, item } of waiting) sendInOrder(text, item);
+  } else if (agentSeen && Date.now() < rejoinUntil) {
+    setStatus(`Reconnected to ${sessionRoom}; waiting for Sightline to reconnect…`, 'connected');
+    enable(['chat-input', 'send'], true);
+    $('chat-input').placeholder = 'Ask now: sent when Sightline is back…';
   } else if (agentSeen) {
     setStatus(`Connected to ${sessionRoom}; Sightline left the session: Leave, then Start session `
       + 'to ask again', 'left');
@@ -316,10 +332,30 @@ function resetPanels() {
   bubbles = new Map();
   queued = [];
   agentSeen = false;
+  reconnecting = false;
+  rejoinUntil = 0;
+  clearTimeout(rejoinTimer);
+}
+
+function onReconnecting() {
+  reconnecting = true;
+  showAgent();
+}
+
+function onReconnected() {
+  reconnecting = false;
+  rejoinUntil = Date.now() + AGENT_REJOIN_MS;
+  clearTimeout(rejoinTimer);
+  rejoinTimer = setTimeout(showAgent, AGENT_REJOIN_MS);  // not back by then: it has left
+  showAgent();
 }
 
 function ended() {
-  setStatus('Disconnected', 'idle');
+  const lost = reconnecting;
+  reconnecting = false;
+  clearTimeout(rejoinTimer);
+  setStatus(lost ? 'Disconnected: the connection to LiveKit could not be restored; Start session '
+    + 'to try again' : 'Disconnected', lost ? 'error' : 'idle');
   enable(['share', 'mic', 'leave', 'chat-input', 'send'], false);
   enable(['start'], true);
   $('chat-input').placeholder = CHAT_PLACEHOLDER;
@@ -328,7 +364,8 @@ function ended() {
   for (const { item } of queued) {
     item.classList.remove('queued');
     item.classList.add('unsent');
-    label(item, 'unsent', ' — not sent: the session ended before Sightline joined');
+    label(item, 'unsent', lost ? ' — not sent: the connection was lost'
+      : ' — not sent: the session ended before Sightline joined');
   }
   queued = [];
   room = null;
@@ -389,6 +426,9 @@ async function start() {
   current.on(RoomEvent.TrackMuted, live(showMedia));
   current.on(RoomEvent.TrackUnmuted, live(showMedia));
   current.on(RoomEvent.Disconnected, live(ended));
+  current.on(RoomEvent.Reconnecting, live(onReconnecting));
+  current.on(RoomEvent.SignalReconnecting, live(onReconnecting));
+  current.on(RoomEvent.Reconnected, live(onReconnected));
   // After each wait below, this session may be over: left (Leave, or the server ended the room:
   // ended() has emptied `room`), or even followed by a newer one. Then it does nothing more: it
   // must not touch the page, nor the newer session's room (its microphone).
@@ -437,11 +477,12 @@ async function send(event) {
   clearTimeout(draftTimer);
   lastDraft = '';
   const item = addMessage('user', text);
-  if (agentInRoom()) {
+  if (agentInRoom() && !reconnecting) {
     await sendInOrder(text, item);
   } else {
     item.classList.add('queued');
-    label(item, 'queued', ' — queued: sent when Sightline joins');
+    label(item, 'queued', reconnecting ? ' — queued: sent once the connection is back'
+      : ` — queued: sent when Sightline ${agentSeen ? 'is back' : 'joins'}`);
     queued.push({ text, item });
   }
 }
