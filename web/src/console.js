@@ -251,8 +251,19 @@ function removeAudio(track) {
   }
 }
 
+// An agent that can be sent to: active, ready for data messages (LiveKit does not keep what
+// is sent to a participant still joining: a question flushed to the agent as it joined again
+// after a reconnection was lost in four runs of six here). livekit-client emits
+// ParticipantActive before its `isActive` turns true, so the participants it named are kept.
+const activeParticipants = new WeakSet();
 function agentInRoom() {
-  return [...room.remoteParticipants.values()].some((p) => p.isAgent);
+  return [...room.remoteParticipants.values()].some(
+    (p) => p.isAgent && (p.isActive || activeParticipants.has(p)));
+}
+
+function onActive(participant) {
+  activeParticipants.add(participant);
+  showAgent();
 }
 
 // the chat's messages go out one after another, in the order they were typed
@@ -418,6 +429,7 @@ async function start() {
   }));
   current.on(RoomEvent.DataReceived, live(onData));
   current.on(RoomEvent.ParticipantConnected, live(showAgent));
+  current.on(RoomEvent.ParticipantActive, live(onActive));
   current.on(RoomEvent.ParticipantDisconnected, live(showAgent));
   current.on(RoomEvent.TrackSubscribed, live(playAudio));
   current.on(RoomEvent.TrackUnsubscribed, removeAudio);
