@@ -448,7 +448,7 @@ def exit_if_still_running(deadline_s: float) -> threading.Timer:
     return timer
 
 
-GAVE_UP = "failed to connect to livekit after"  # livekit-agents' error, its retries used up
+_GAVE_UP = "failed to connect to livekit after"  # livekit-agents' error, its retries used up
 
 
 class _GaveUpSaidOnce(logging.Filter):
@@ -458,7 +458,7 @@ class _GaveUpSaidOnce(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, RuntimeError) and str(error).startswith(GAVE_UP))
+        return not (isinstance(error, RuntimeError) and str(error).startswith(_GAVE_UP))
 
 
 _GAVE_UP_SAID_ONCE = _GaveUpSaidOnce()  # one instance: addFilter adds it once per process
@@ -636,7 +636,7 @@ class SightlineServer(AgentServer):
         except RuntimeError as exc:
             # livekit-agents' own flag for its connection retries used up; it raises out of
             # `run`, and its CLI logs that with a traceback and exits with status 0
-            if not (self._connection_failed and str(exc).startswith(GAVE_UP)):
+            if not (self._connection_failed and str(exc).startswith(_GAVE_UP)):
                 raise
             self.gave_up = (f"could not reach LiveKit at {self._settings.livekit_url} ({exc}; "
                             f"SIGHTLINE_LIVEKIT_RETRIES={self._settings.livekit_retries})")
