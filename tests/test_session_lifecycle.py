@@ -26,9 +26,11 @@ import aiohttp
 import asyncpg
 import pytest
 from conftest import DEMO_FIXTURE, fresh_database
+from worker_fixture import started_worker, worker_env
 
 from agent.config import Settings
 from agent.session import SessionRuntime
+from agent.wire_format_server import ScriptedModelServer
 from agent.worker import build_server
 from bench.livekit_harness import (
     API_KEY,
@@ -337,12 +339,11 @@ async def test_a_worker_whose_livekit_stays_down_exits_with_status_1_and_one_lin
     which a restart-on-failure policy takes for a clean stop)."""
     (tmp_path / "livekit").mkdir()
     with run_livekit_server(tmp_path / "livekit") as livekit:
-        env = {"LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
-               "LIVEKIT_API_SECRET": API_SECRET, "GOOGLE_API_KEY": "k",
-               "ANTHROPIC_API_KEY": "k", "DATABASE_URL": migrated_database_url,
-               "SIGHTLINE_DATA_DIR": str(tmp_path / "data"), "SIGHTLINE_HEALTH_PORT": "0",
-               "SIGHTLINE_WEBHOOK_PORT": "0", "SIGHTLINE_LIVEKIT_RETRIES": "2"}
-        worker = await asyncio.to_thread(start_worker, tmp_path, env)
+        async with ScriptedModelServer() as models:  # no job reaches the worker
+            worker = await started_worker(tmp_path, worker_env(
+                livekit, models, agent_name="sightline-stays-down",
+                database_url=migrated_database_url, data_dir=tmp_path / "data",
+                SIGHTLINE_LIVEKIT_RETRIES="2"))
         assert livekit.process is not None
         livekit.process.crash()
         code = await asyncio.to_thread(worker.proc.wait, 60)
