@@ -358,16 +358,17 @@ async def test_a_failing_and_a_stuck_session_leave_the_others_answering(
 
 
 async def _stored(database_url: str, text: str, timeout_s: float = 30,
-                  query: str = "SELECT count(*) FROM messages WHERE content = $1") -> None:
-    """Wait until `query` counts `text` in Postgres."""
+                  query: str = "SELECT count(*) FROM messages WHERE content = $1") -> Any:
+    """Wait until `query` counts `text` in Postgres (or finds what it selects: returned)."""
     conn = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout_s
-        while not await conn.fetchval(query, text):
+        while not (found := await conn.fetchval(query, text)):
             assert time.monotonic() < deadline, f"{text!r} never reached Postgres"
             await asyncio.sleep(0.3)
     finally:
         await conn.close()
+    return found
 
 
 BACKLOG_CLAIMED = ("SELECT count(*) FROM memory_backlog WHERE user_text = $1"
@@ -474,14 +475,7 @@ async def test_a_session_rides_out_its_livekit_server_crashing_and_ends_when_it_
     assert log.count(f"session {session} lost its connection to LiveKit "
                      f"(room {user.room_name})") == 2
     assert "could not publish" not in log  # its last messages, to a room it cannot reach
-    conn = await asyncpg.connect(fleet_database_url)
-    try:
-        deadline = time.monotonic() + 30
-        while (recorded := await conn.fetchval(SESSION_CLOSED, session)) is None:
-            assert time.monotonic() < deadline, "the session's record was never closed"
-            await asyncio.sleep(0.3)
-    finally:
-        await conn.close()
+    recorded = await _stored(fleet_database_url, session, query=SESSION_CLOSED)
     assert sample(await scrape(worker), "sightline_livekit_connection_lost_total",
                   tenant="fleet") >= 2
     summary = json.loads(recorded)
