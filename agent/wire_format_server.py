@@ -275,7 +275,9 @@ def _shared_chars(a: str, b: str) -> int:
 
 
 class PromptCache:
-    """Emulates provider prompt caching for the scripted server (token counts are estimates).
+    """Emulates one model's prompt caching for the scripted server (token counts are
+    estimates). Each model has its own: a provider caches a prefix for the model that read it,
+    so a question escalated to the next tier reads nothing that the tier below it cached.
 
     Anthropic: the prompt up to the last `cache_control` mark is written on first sight and read
     afterwards; the `ANTHROPIC_REMEMBERED` most recently used marked prefixes are remembered.
@@ -348,10 +350,16 @@ class ScriptedModelServer:
         self._base_url: str | None = None
         self.requests: list[CapturedRequest] = []
         self.served: list[Served] = []  # every handled request's time here, in order
-        self.cache = PromptCache()
+        self.caches: dict[str, PromptCache] = {}  # by model: `cache`
         # the OpenAI speech endpoints ("stt", "tts") that answer a SCRIPTED outage (503) for
         # now: set and cleared by a test while its session runs
         self.speech_outage: set[str] = set()
+
+    cache_type: type[PromptCache] = PromptCache  # a test's server may bill differently
+
+    def cache(self, model: str) -> PromptCache:
+        """The model's prompt cache, as the provider keeps one per model."""
+        return self.caches.setdefault(model, self.cache_type())
 
     @property
     def base_url(self) -> str:
@@ -492,7 +500,7 @@ class ScriptedModelServer:
         usage = {
             "promptTokenCount": estimate_text_tokens(captured.text) + image_tokens,
             "candidatesTokenCount": reply.output_tokens(),
-            "cachedContentTokenCount": self.cache.gemini(captured.text),
+            "cachedContentTokenCount": self.cache(model).gemini(captured.text),
         }
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"
@@ -687,7 +695,7 @@ class ScriptedModelServer:
         if reply.proxy_page is not None:
             return web.Response(text=reply.proxy_page, content_type="text/html")
 
-        cache_write, cache_read = self.cache.anthropic(body)
+        cache_write, cache_read = self.cache(model).anthropic(body)
         input_tokens = max(
             0, estimate_text_tokens(captured.text) + image_tokens - cache_write - cache_read
         )

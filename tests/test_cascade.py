@@ -780,9 +780,7 @@ class ClaudeCache(PromptCache):
 
 
 class CachesImages(ScriptedModelServer):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.cache = ClaudeCache()
+    cache_type = ClaudeCache
 
 
 async def test_a_carried_screenshot_is_billed_at_the_rate_of_its_place_in_the_cache(

@@ -412,3 +412,34 @@ def test_the_gemini_cache_remembers_recent_prompts_only() -> None:
     for i in range(PromptCache.GEMINI_REMEMBERED):
         cache.gemini(f"{i} unrelated prompt " * 50)
     assert cache.gemini(old + "third question") == 0
+
+
+async def test_each_model_reads_only_what_it_cached_itself() -> None:
+    """A provider caches a prefix for the model that read it: the same long prompt sent to a
+    second model (a question escalated to the next tier) reads nothing from the first's cache,
+    and its own second request reads what it wrote. Claude's cache, per model likewise."""
+    prompt = "You are Sightline. " * 100 + "why error 809?"
+    async with ScriptedModelServer([ScriptedReply(text="ok")]) as srv:
+        client = gemini_client(srv.base_url)
+        try:
+            cached = [
+                (await client.aio.models.generate_content(model=model, contents=prompt))
+                .usage_metadata.cached_content_token_count or 0
+                for model in ("gemini-2.5-flash-lite", "gemini-2.5-flash",
+                              "gemini-2.5-flash-lite", "gemini-2.5-flash")]
+        finally:
+            await client.aio.aclose()
+        system = [{"type": "text", "text": "You are Sightline. " * 100,
+                   "cache_control": {"type": "ephemeral"}}]
+        async with claude_client(srv.base_url) as claude:
+            usages = [(await claude.messages.create(
+                model=model, max_tokens=10, system=system,  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": "hi"}])).usage
+                for model in ("claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-6")]
+    assert cached[:2] == [0, 0] and cached[2] == cached[3] > 256
+    writes = [u.cache_creation_input_tokens for u in usages]
+    reads = [u.cache_read_input_tokens for u in usages]
+    assert writes[0] == writes[1] > 0 and writes[2] == 0
+    assert reads == [0, 0, writes[0]]
+    assert set(srv.caches) == {"gemini-2.5-flash-lite", "gemini-2.5-flash",
+                               "claude-sonnet-4-6", "claude-opus-4-6"}
