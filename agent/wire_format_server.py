@@ -200,23 +200,32 @@ def _anthropic_image_tokens(block: dict[str, Any]) -> int:
     return math.ceil(size[0] * size[1] / 750)
 
 
-def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
-    """Collect text parts (system first), count image/* inline parts and their tokens."""
+def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int, str]:
+    """Collect text parts (system first), count image/* inline parts and their tokens; and the
+    prompt as Gemini's implicit cache compares it: the same parts in order, each image as a
+    marker naming its digest and tokens, so a prefix that holds the same image is shared, one
+    that holds another diverges there, and an image's tokens count in the prefix read."""
     texts: list[str] = []
+    key: list[str] = []
     images = image_tokens = 0
     system = body.get("systemInstruction") or body.get("system_instruction") or {}
     contents = [system, *(body.get("contents") or [])]
     for part in itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents):
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
-        for key in ("functionCall", "function_call", "functionResponse", "function_response"):
-            if isinstance(part.get(key), dict):  # counted as text in the token estimate
-                texts.append(json.dumps(part[key], sort_keys=True))
+            key.append(part["text"].replace("\x00", ""))
+        for name in ("functionCall", "function_call", "functionResponse", "function_response"):
+            if isinstance(part.get(name), dict):  # counted as text in the token estimate
+                texts.append(json.dumps(part[name], sort_keys=True))
+                key.append(texts[-1])
         blob = part.get("inlineData") or part.get("inline_data") or {}
         if str(blob.get("mimeType") or blob.get("mime_type") or "").startswith("image/"):
+            tokens = _gemini_image_tokens(blob)
             images += 1
-            image_tokens += _gemini_image_tokens(blob)
-    return texts, images, image_tokens
+            image_tokens += tokens
+            digest = hashlib.sha256(str(blob.get("data", "")).encode()).hexdigest()
+            key.append(f"\x00{tokens}:{digest}\x00")
+    return texts, images, image_tokens, "\n".join(key)
 
 
 def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
@@ -246,17 +255,51 @@ def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
     return texts, counts[0], counts[1]
 
 
-def _anthropic_cached_prefixes(body: dict[str, Any]) -> list[str]:
-    """The prompt text up to each `cache_control` mark (system first), shortest first."""
-    blocks: list[dict[str, Any]] = [b for b in body.get("system") or [] if isinstance(b, dict)]
+def _anthropic_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt's content blocks in the order Anthropic caches them: system, then messages
+    (a plain string content is one text block)."""
+    system = body.get("system")
+    blocks = [{"type": "text", "text": system}] if isinstance(system, str) else [
+        b for b in system or [] if isinstance(b, dict)]
     for message in body.get("messages") or []:
         content = message.get("content")
-        if isinstance(content, list):
+        if isinstance(content, str):
+            blocks.append({"type": "text", "text": content})
+        elif isinstance(content, list):
             blocks.extend(b for b in content if isinstance(b, dict))
-    return [
-        "\n".join(b.get("text", "") for b in blocks[: i + 1])
-        for i, block in enumerate(blocks) if block.get("cache_control")
-    ]
+    return blocks
+
+
+def _anthropic_prefixes(body: dict[str, Any]) -> list[tuple[str, int, bool]]:
+    """Each block's prefix up to the last `cache_control` mark: its digest, its tokens (text
+    and images, as the request is billed) and whether a mark ends it."""
+    blocks = _anthropic_blocks(body)
+    marks = [i for i, block in enumerate(blocks) if block.get("cache_control")]
+    if not marks:
+        return []
+    digest, texts, image_tokens = hashlib.sha256(), [], 0
+    prefixes: list[tuple[str, int, bool]] = []
+    for block in blocks[:marks[-1] + 1]:
+        unmarked = {k: v for k, v in block.items() if k != "cache_control"}
+        digest.update(json.dumps(unmarked, sort_keys=True).encode())
+        block_texts, _, block_image_tokens = _anthropic_inspect({"messages": [
+            {"content": [block]}]})
+        texts.extend(block_texts)
+        image_tokens += block_image_tokens
+        prefixes.append((digest.hexdigest(), estimate_text_tokens("\n".join(texts)) + image_tokens,
+                         bool(block.get("cache_control"))))
+    return prefixes
+
+
+_IMAGE_KEY = re.compile("\x00(\\d+):[0-9a-f]+\x00")  # an image in `_gemini_inspect`'s cache key
+
+
+def _gemini_key_tokens(prefix: str) -> int:
+    """The tokens of a cache key's prefix: its text's and its whole images' (a marker cut
+    short is an image that differed)."""
+    text = _IMAGE_KEY.sub("", prefix)
+    return (estimate_text_tokens(text.split("\x00", 1)[0])
+            + sum(int(m.group(1)) for m in _IMAGE_KEY.finditer(prefix)))
 
 
 def _shared_chars(a: str, b: str) -> int:
@@ -274,58 +317,79 @@ def _shared_chars(a: str, b: str) -> int:
     return low
 
 
+# The shortest prefix each model caches, by the longest matching start of its name. Gemini: the
+# Gemini API's 400 for a shorter explicit cache ("min_total_token_count=1024" for 2.5 Flash, 2048
+# for 2.5 Flash-Lite, as reported on Google's developer forum, 2026) and its caching page (2.5
+# Pro 2,048, 2026-10), whose floors are those of implicit caching too. Anthropic's
+# prompt-caching page: 1,024 for the Sonnet 4 models, 4,096 for Opus 4.5 and 4.6 and Haiku 4.5.
+CACHE_MIN_TOKENS = {
+    "gemini": 1024, "gemini-2.5-flash-lite": 2048, "gemini-2.5-pro": 2048,
+    "claude": 1024, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096, "claude-haiku-4-5": 4096,
+}
+
+
+def cache_min_tokens(model: str) -> int:
+    """The shortest prefix the model caches (`CACHE_MIN_TOKENS`; 1,024 for a model of neither
+    provider)."""
+    known = [name for name in CACHE_MIN_TOKENS if model.startswith(name)]
+    return CACHE_MIN_TOKENS[max(known, key=len)] if known else 1024
+
+
 class PromptCache:
     """Emulates one model's prompt caching for the scripted server (token counts are
     estimates). Each model has its own: a provider caches a prefix for the model that read it,
-    so a question escalated to the next tier reads nothing that the tier below it cached.
+    so a question escalated to the next tier reads nothing that the tier below it cached. A
+    prefix shorter than the model's floor (`cache_min_tokens`) is neither written nor read.
 
-    Anthropic: the prompt up to the last `cache_control` mark is written on first sight and read
-    afterwards; the `ANTHROPIC_REMEMBERED` most recently used marked prefixes are remembered.
-    Gemini (implicit caching): the longest prefix of the request's text shared with an earlier
-    request is read from the cache when it is at least `GEMINI_MIN_CACHE` tokens; the last
-    `GEMINI_REMEMBERED` requests are remembered. A provider's cache expires too, and so a long
-    run's server neither grows nor slows."""
+    Anthropic: the prompt up to each `cache_control` mark is written on first sight; a request
+    reads the longest prefix written before that ends at any of its blocks up to its last mark,
+    and writes the rest up to that mark, images included, as Anthropic bills it; the
+    `ANTHROPIC_REMEMBERED` most recently used prefixes are remembered.
+    Gemini (implicit caching): the longest prefix of the request (text and images) shared with
+    an earlier request is read from the cache; the last `GEMINI_REMEMBERED` requests are
+    remembered. A provider's cache expires too, and so a long run's server neither grows nor
+    slows."""
 
-    GEMINI_MIN_CACHE = 256
     GEMINI_REMEMBERED = 512
     ANTHROPIC_REMEMBERED = 4096
 
-    def __init__(self) -> None:
-        self._anthropic: OrderedDict[str, None] = OrderedDict()
+    def __init__(self, min_tokens: int = 1024) -> None:
+        self.min_tokens = min_tokens
+        self._anthropic: OrderedDict[str, None] = OrderedDict()  # written prefixes' digests
         self._gemini: deque[str] = deque()  # in the order seen, to forget the oldest
         self._gemini_sorted: list[str] = []  # the same prompts in lexicographic order
 
     def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
-        """(cache write tokens, cache read tokens): the longest marked prefix seen before is
-        read; the rest up to the last mark is written, as Anthropic bills it."""
-        prefixes = _anthropic_cached_prefixes(body)
-        if not prefixes:
+        """(cache write tokens, cache read tokens) of a Messages API request."""
+        prefixes = _anthropic_prefixes(body)
+        if not prefixes or prefixes[-1][1] < self.min_tokens:
             return 0, 0
-        hits = [p for p in prefixes if p in self._anthropic]
-        read = estimate_text_tokens(hits[-1]) if hits else 0
-        for prefix in prefixes:
-            self._anthropic[prefix] = None
-            self._anthropic.move_to_end(prefix)
+        read = max((tokens for digest, tokens, _ in prefixes if digest in self._anthropic),
+                   default=0)
+        for digest, tokens, marked in prefixes:
+            if marked and tokens >= self.min_tokens:
+                self._anthropic[digest] = None
+                self._anthropic.move_to_end(digest)
         while len(self._anthropic) > self.ANTHROPIC_REMEMBERED:
             self._anthropic.popitem(last=False)
-        return max(0, estimate_text_tokens(prefixes[-1]) - read), read
+        return prefixes[-1][1] - read, read
 
-    def gemini(self, text: str) -> int:
-        """Cached tokens: the longest prefix shared with an earlier request, if long enough.
-        Of prompts in lexicographic order, the one sharing the longest prefix with `text` is
-        next to where `text` would go, so two comparisons find it (comparing with every
-        remembered prompt cost ~7 ms a request once 512 were remembered, and the model server
-        answers one request at a time)."""
-        at = bisect.bisect_left(self._gemini_sorted, text)
+    def gemini(self, key: str) -> int:
+        """Cached tokens of a request (its key from `_gemini_inspect`): the longest prefix shared
+        with an earlier request, if long enough. Of prompts in lexicographic order, the one
+        sharing the longest prefix with `key` is next to where `key` would go, so two
+        comparisons find it (comparing with every remembered prompt cost ~7 ms a request once
+        512 were remembered, and the model server answers one request at a time)."""
+        at = bisect.bisect_left(self._gemini_sorted, key)
         neighbours = self._gemini_sorted[max(at - 1, 0):at + 1]
-        shared = max((_shared_chars(text, seen) for seen in neighbours), default=0)
+        shared = max((_shared_chars(key, seen) for seen in neighbours), default=0)
         if len(self._gemini) == self.GEMINI_REMEMBERED:
             oldest = self._gemini.popleft()
             del self._gemini_sorted[bisect.bisect_left(self._gemini_sorted, oldest)]
-        self._gemini.append(text)
-        bisect.insort(self._gemini_sorted, text)
-        tokens = estimate_text_tokens(text[:shared])
-        return tokens if tokens >= self.GEMINI_MIN_CACHE else 0
+        self._gemini.append(key)
+        bisect.insort(self._gemini_sorted, key)
+        tokens = _gemini_key_tokens(key[:shared])
+        return tokens if tokens >= self.min_tokens else 0
 
 
 class ScriptedModelServer:
@@ -355,11 +419,11 @@ class ScriptedModelServer:
         # now: set and cleared by a test while its session runs
         self.speech_outage: set[str] = set()
 
-    cache_type: type[PromptCache] = PromptCache  # a test's server may bill differently
-
     def cache(self, model: str) -> PromptCache:
         """The model's prompt cache, as the provider keeps one per model."""
-        return self.caches.setdefault(model, self.cache_type())
+        if model not in self.caches:
+            self.caches[model] = PromptCache(cache_min_tokens(model))
+        return self.caches[model]
 
     @property
     def base_url(self) -> str:
@@ -487,7 +551,7 @@ class ScriptedModelServer:
         if body is None:
             self._capture(request, "gemini", model, stream, {}, [], 0)
             return self._gemini_error(400, "Invalid JSON payload received.")
-        texts, images, image_tokens = _gemini_inspect(body)
+        texts, images, image_tokens, cache_key = _gemini_inspect(body)
         captured = self._capture(request, "gemini", model, stream, body, texts, images,
                                  image_tokens)
         reply = self._next_reply(captured)
@@ -500,7 +564,8 @@ class ScriptedModelServer:
         usage = {
             "promptTokenCount": estimate_text_tokens(captured.text) + image_tokens,
             "candidatesTokenCount": reply.output_tokens(),
-            "cachedContentTokenCount": self.cache(model).gemini(captured.text),
+            "cachedContentTokenCount": min(self.cache(model).gemini(cache_key),
+                                           estimate_text_tokens(captured.text) + image_tokens),
         }
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"

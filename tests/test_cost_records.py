@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 from livekit.agents import llm
 from synthetic_screen import Desk
-from test_cascade import CachesImages, reply
+from test_cascade import reply
 
 from agent.budget import BudgetGuard
 from agent.cascade import CascadeLLM
@@ -354,7 +354,8 @@ async def ask_about_an_unchanged_screen(
     desk = Desk()
     ctx = llm.ChatContext.empty()
     ctx.add_message(role="system", content=INSTRUCTIONS)
-    async with CachesImages(replies=[ScriptedReply(text="[[confidence: 0.9]] Exit 2.")]) as server:
+    answer = ScriptedReply(text="[[confidence: 0.9]] Exit 2.")
+    async with ScriptedModelServer(replies=[answer]) as server:
         model = CascadeLLM([CLAUDE], [make_provider(settings(tmp_path, server), CLAUDE)],
                            record.meter, 60.0, ImageEncoder("medium"))
         try:

@@ -189,7 +189,9 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     assert summary["vs_top_tier"]["user_turns"] == 4
     assert summary["vs_top_tier"]["model_rounds"] == 4
     assert 0 < summary["vs_top_tier"]["savings"] < 1
-    assert summary["prompt_cache"]["hit_rate"] > 0
+    # a 40-second session's prompts stay under each model's floor, the shortest prefix it caches
+    assert summary["prompt_cache"]["hit_rate"] == 0
+    assert not any(t["cache_write_tokens"] for t in summary["by_model"].values())
     images = summary["images"]
     assert images["sent"] == 7 and images["tokens"] > 0
     assert images["tokens"] <= images["tokens_at_full_resolution"]

@@ -28,7 +28,9 @@ from agent.wire_format_server import (
     PromptCache,
     ScriptedModelServer,
     ScriptedReply,
+    _gemini_inspect,
     _shared_chars,
+    cache_min_tokens,
     estimate_text_tokens,
     split_chunks,
 )
@@ -365,7 +367,7 @@ def test_the_shared_prefix_is_exact() -> None:
 def test_the_anthropic_cache_remembers_recent_prefixes_only() -> None:
     """A marked prefix seen before is read, not written; once ANTHROPIC_REMEMBERED others were
     used after it, it is written again (the store stays bounded on a long run)."""
-    cache = PromptCache()
+    cache = PromptCache(min_tokens=8)
 
     def body(system: str) -> dict[str, object]:
         return {"system": [{"type": "text", "text": system,
@@ -386,7 +388,7 @@ def test_the_gemini_cache_finds_the_longest_shared_prefix_of_all_it_remembers() 
     rng = random.Random(3)
     system = "You are Sightline. " * 20
     remembered: deque[str] = deque(maxlen=PromptCache.GEMINI_REMEMBERED)
-    cache = PromptCache()
+    cache = PromptCache(min_tokens=256)
     sessions = [system + f"session {i}:" for i in range(40)]
     for n in range(1500):
         # sessions share the instructions, then each turn adds a line to its session's prompt
@@ -396,8 +398,7 @@ def test_the_gemini_cache_finds_the_longest_shared_prefix_of_all_it_remembers() 
         text = sessions[i] + rng.choice(("", " (with a screenshot)", " ~ a screenshot"))
         best = max((_shared_chars(text, seen) for seen in remembered), default=0)
         expected = estimate_text_tokens(text[:best])
-        assert cache.gemini(text) == (expected if expected >= PromptCache.GEMINI_MIN_CACHE
-                                      else 0), n
+        assert cache.gemini(text) == (expected if expected >= cache.min_tokens else 0), n
         remembered.append(text)
     assert len(cache._gemini) == len(cache._gemini_sorted) == PromptCache.GEMINI_REMEMBERED
 
@@ -405,7 +406,7 @@ def test_the_gemini_cache_finds_the_longest_shared_prefix_of_all_it_remembers() 
 def test_the_gemini_cache_remembers_recent_prompts_only() -> None:
     """A prompt sharing a long prefix with a remembered one reads it from the cache; once more
     than GEMINI_REMEMBERED others came after it, it is forgotten (the store stays bounded)."""
-    cache = PromptCache()
+    cache = PromptCache(min_tokens=256)
     old = "You are Sightline. " * 100
     assert cache.gemini(old + "first question") == 0
     assert cache.gemini(old + "second question") > 256
@@ -418,7 +419,7 @@ async def test_each_model_reads_only_what_it_cached_itself() -> None:
     """A provider caches a prefix for the model that read it: the same long prompt sent to a
     second model (a question escalated to the next tier) reads nothing from the first's cache,
     and its own second request reads what it wrote. Claude's cache, per model likewise."""
-    prompt = "You are Sightline. " * 100 + "why error 809?"
+    prompt = "You are Sightline. " * 500 + "why error 809?"  # over every floor
     async with ScriptedModelServer([ScriptedReply(text="ok")]) as srv:
         client = gemini_client(srv.base_url)
         try:
@@ -429,17 +430,58 @@ async def test_each_model_reads_only_what_it_cached_itself() -> None:
                               "gemini-2.5-flash-lite", "gemini-2.5-flash")]
         finally:
             await client.aio.aclose()
-        system = [{"type": "text", "text": "You are Sightline. " * 100,
+        system = [{"type": "text", "text": "You are Sightline. " * 300,
                    "cache_control": {"type": "ephemeral"}}]
         async with claude_client(srv.base_url) as claude:
             usages = [(await claude.messages.create(
                 model=model, max_tokens=10, system=system,  # type: ignore[arg-type]
                 messages=[{"role": "user", "content": "hi"}])).usage
-                for model in ("claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-6")]
+                for model in ("claude-sonnet-4-6", "claude-sonnet-4-5", "claude-sonnet-4-6")]
     assert cached[:2] == [0, 0] and cached[2] == cached[3] > 256
     writes = [u.cache_creation_input_tokens for u in usages]
     reads = [u.cache_read_input_tokens for u in usages]
     assert writes[0] == writes[1] > 0 and writes[2] == 0
     assert reads == [0, 0, writes[0]]
     assert set(srv.caches) == {"gemini-2.5-flash-lite", "gemini-2.5-flash",
-                               "claude-sonnet-4-6", "claude-opus-4-6"}
+                               "claude-sonnet-4-6", "claude-sonnet-4-5"}
+
+
+def test_each_model_caches_only_prefixes_as_long_as_its_floor() -> None:
+    """The providers' documented floors: a prefix shorter than the model's is neither written
+    nor read. An image counts in a prefix as billed, and a prefix holding another image
+    diverges where it lies."""
+    assert [cache_min_tokens(m) for m in (
+        "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro", "claude-sonnet-4-6",
+        "claude-opus-4-6", "claude-haiku-4-5-20251001", "house-model")] == [
+        1024, 2048, 2048, 1024, 4096, 4096, 1024]
+
+    def gemini(image: bytes, question: str) -> dict[str, object]:
+        parts = [{"text": "Stable instructions. " * 160},  # 840 tokens: under 2.5 Flash's 1,024
+                 {"inlineData": {"mimeType": "image/jpeg",
+                                 "data": base64.b64encode(image).decode()}},
+                 {"text": question}]
+        return {"contents": [{"role": "user", "parts": parts}]}
+
+    flash = PromptCache(cache_min_tokens("gemini-2.5-flash"))
+    screen, other = make_jpeg(1280, 720), make_jpeg(1280, 721)  # 516 tokens each
+    keys = [_gemini_inspect(gemini(image, question))[3] for image, question in (
+        (screen, "What failed?"), (screen, "Which step?"), (other, "And now?"))]
+    assert flash.gemini(keys[0]) == 0
+    assert flash.gemini(keys[1]) == 840 + 516 + 1  # the text, the image, the newline after
+    assert flash.gemini(keys[2]) == 0  # another image: only the 840 tokens before it shared
+
+    def claude(*blocks: dict[str, object]) -> dict[str, object]:
+        return {"system": [{"type": "text", "text": "Stable instructions. " * 160,
+                            "cache_control": {"type": "ephemeral"}}],
+                "messages": [{"role": "user", "content": list(blocks)}]}
+
+    sonnet = PromptCache(cache_min_tokens("claude-sonnet-4-6"))
+    question = {"type": "text", "text": "What failed?"}
+    assert sonnet.anthropic(claude(question)) == (0, 0)  # 840 tokens marked: under 1,024
+    assert sonnet.anthropic(claude(question)) == (0, 0)
+    image = {"type": "image", "cache_control": {"type": "ephemeral"}, "source": {
+        "type": "base64", "media_type": "image/jpeg",
+        "data": base64.b64encode(screen).decode()}}
+    written, read = sonnet.anthropic(claude(image, question))
+    assert (written, read) == (840 + 1229, 0)  # the instructions and the image (1280x720/750)
+    assert sonnet.anthropic(claude(image, question)) == (0, written)
