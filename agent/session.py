@@ -603,10 +603,9 @@ class SessionRuntime:
         return {"cpu_ms": round(spent * 1000, 1)}
 
     async def screen_settled(self) -> None:
-        """The kept frames so far are read (replay waits here: in a live session, the second
-        between samples gives the reader that time)."""
-        if self.screen_memory.reader is not None:
-            await self.screen_memory.reader.drain(timeout_s=30.0)
+        """The kept frames so far are read and written to the screen timeline (replay waits
+        here; `SessionScreenMemory.settled`)."""
+        await self.screen_memory.settled()
 
     async def memory_settled(self) -> None:
         """The memory updates of every exchange so far are done (replay waits here)."""

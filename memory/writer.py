@@ -131,6 +131,9 @@ class BackgroundWriter:
         self._head = 0
         self._rewriting = False  # `close()` rewriting the spill file: rows wait in memory
         self._wake = asyncio.Event()
+        # nothing to do for now: every row put is written, or writes fail (the rows wait)
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._urgent = asyncio.Event()  # a row that should not linger (`put(row, now=True)`)
         self._closing = False
         self._failing_since: str | None = None
@@ -145,6 +148,7 @@ class BackgroundWriter:
         for a table without a key of its own is given one now (a copy of it), before any write
         of it, so that a retry of a write that did reach the database is skipped there."""
         self._pending.append(with_row_key(row) if self._keyed else row)
+        self._settled.clear()
         if now:
             self._urgent.set()
         if len(self._pending) > self._max_pending and not self._rewriting:
@@ -275,14 +279,23 @@ class BackgroundWriter:
                     continue
                 if self._closing:
                     return
+                self._settled.set()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
                 except TimeoutError:
                     pass
                 self._wake.clear()
                 backoff = min(backoff * 2, self._max_backoff_s)
+            self._settled.set()
             if self._closing:
                 return
+
+    async def settled(self, timeout_s: float) -> None:
+        """Wait, `timeout_s` at most, until every row put so far is written or the writes are
+        failing (those rows then wait, queued or spilled): a replay reads back what it put
+        before it goes on, where a live session has the seconds between its steps."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout=timeout_s)
 
     async def close(self, timeout_s: float = 10.0) -> int:
         """Flush what can be flushed; spill the rest. Returns the number of rows spilled."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from agent.wire_format_server import ScriptedModelServer, ScriptedReply
 from memory.conversation import ConversationLog
 from memory.db import Database
 from memory.recall import VECTOR_WAIT_S
+from memory.screen_timeline import ScreenTimeline
 from memory.store import Store
 
 DEMO_SESSION: dict[str, Any] = json.loads((DEMO_FIXTURE / "session.json").read_text())
@@ -253,6 +255,25 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
     stored = await Store(db.pool).get_session(summary["session_id"])
     assert stored is not None and stored["model_calls"] == 11
     assert stored["total_cost_usd"] == pytest.approx(summary["total_cost_usd"], abs=1e-8)
+
+
+async def test_a_replay_waits_for_the_screen_timeline_its_questions_recall(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replay runs faster than real time, so after each kept frame it waits until the frame is
+    read *and* its row is in the screen timeline, which the next questions search: a slow
+    database changes nothing a replay prints. (Waiting for the read alone, a question at
+    t=34 once missed the rows of t=29 and t=32 on a busy machine.)"""
+    write = ScreenTimeline.write
+
+    async def slow_write(self: ScreenTimeline, rows: Sequence[dict[str, Any]]) -> None:
+        await asyncio.sleep(0.5)
+        await write(self, rows)
+
+    monkeypatch.setattr(ScreenTimeline, "write", slow_write)
+    result = await replay(load_fixture(DEMO_FIXTURE), settings, db)
+    assert result.turns[2].screen_used == (
+        "t=24s", "t=25s", "t=33s", "recalled t=29s", "recalled t=32s")  # as `make demo` prints
 
 
 async def test_conversation_is_recalled_in_the_next_session(

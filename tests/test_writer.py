@@ -246,3 +246,31 @@ async def test_a_batch_stored_whose_answer_was_lost_is_not_stored_again(
     assert await writer.close() == 0
     assert numbers(table.rows) == list(range(40)), "the spilled rows' retry stored nothing twice"
     assert not spill.exists()
+
+
+async def test_settled_waits_for_the_rows_put_or_for_writes_to_fail(tmp_path: Path) -> None:
+    """What a replay waits for before its next step reads the rows back: every row put so far
+    written, however slow the database; a row put meanwhile is waited for too; a database
+    that refuses the writes does not hold it up (the rows wait, queued)."""
+    table = FlakyTable()
+    table.down = False
+    table.gate.clear()  # a slow database: the write waits
+    writer = BackgroundWriter("test", table.write, tmp_path / "s-spill.jsonl", linger_s=0.05)
+    await writer.settled(timeout_s=0.1)  # nothing put: settled at once
+    writer.put({"n": 0})
+    settled = asyncio.ensure_future(writer.settled(timeout_s=30))
+    await wait_for(lambda: table.waiting == 1)
+    writer.put({"n": 1})
+    await asyncio.sleep(0.2)
+    assert not settled.done(), "rows put are not written yet"
+    table.gate.set()
+    await asyncio.wait_for(settled, timeout=10)
+    assert numbers(table.rows) == [0, 1]
+
+    table.down = True
+    writer.put({"n": 2})
+    await asyncio.wait_for(writer.settled(timeout_s=30), timeout=10)  # failing: not held up
+    assert writer.pending == 1 and numbers(table.rows) == [0, 1]
+    table.down = False
+    assert await writer.close() == 0
+    assert numbers(table.rows) == [0, 1, 2]
