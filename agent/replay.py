@@ -118,10 +118,12 @@ class _VideoFeed:
         self._done = True
 
     async def play(self, until: float | None, runtime: SessionRuntime) -> None:
-        """Advance to `until` (None: the end) in `runtime`'s session; the session that reaches
-        the end of the frames records what decoding found (a `video` event), so a truncated
-        or damaged recording is named in that session's cost log and summary."""
+        """Advance to `until` (None: the end) in `runtime`'s session, each kept frame read and
+        what the reads found written to the screen timeline; the session that reaches the end
+        of the frames records what decoding found (a `video` event), so a truncated or damaged
+        recording is named in that session's cost log and summary."""
         await self.advance(until, runtime.screen, runtime.screen_settled)
+        await runtime.screen_written()  # the next question may recall what was read
         if self._done and not self._reported:
             self._reported = True
             runtime.record.events.record("video", detail=self._frames.report.as_record())

@@ -55,7 +55,7 @@ log = logging.getLogger("sightline.screen")
 
 STORY_READS = 200  # recent reads kept in memory for the digest and the tools
 DRAIN_S = 5.0  # how long a closing session waits for its pending reads
-SETTLE_S = 30.0  # how long a replay waits for a kept frame's read and timeline row
+SETTLE_S = 30.0  # how long a replay waits for a kept frame's read, or for the timeline rows
 ERRORS_REMEMBERED = 256  # distinct error fingerprints a session remembers as seen
 
 ErrorListener = Callable[[ScreenError, ScreenText], None]
@@ -155,12 +155,16 @@ class SessionScreenMemory:
             self._errors_seen.popitem(last=False)
         return True
 
-    async def settled(self) -> None:
-        """The kept frames so far are read and what they showed is written to the timeline,
-        which the next question's recall searches (replay waits here: in a live session, the
-        second between samples gives the reader and the writer that time)."""
+    async def read(self) -> None:
+        """The kept frames so far are read (replay waits here after each: in a live session,
+        the second between samples gives the reader that time)."""
         if self.reader is not None:
             await self.reader.drain(timeout_s=SETTLE_S)
+
+    async def written(self) -> None:
+        """What the reads so far found is in the screen timeline, which a question's recall
+        searches (replay waits here before each question: a live question comes seconds
+        after the screen it asks about)."""
         if self._writer is not None:
             await self._writer.settled(timeout_s=SETTLE_S)
 

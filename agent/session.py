@@ -603,9 +603,14 @@ class SessionRuntime:
         return {"cpu_ms": round(spent * 1000, 1)}
 
     async def screen_settled(self) -> None:
-        """The kept frames so far are read and written to the screen timeline (replay waits
-        here; `SessionScreenMemory.settled`)."""
-        await self.screen_memory.settled()
+        """The kept frames so far are read (replay waits here: in a live session, the second
+        between samples gives the reader that time)."""
+        await self.screen_memory.read()
+
+    async def screen_written(self) -> None:
+        """What the reads so far found is in the screen timeline (replay waits here before a
+        question; `SessionScreenMemory.written`)."""
+        await self.screen_memory.written()
 
     async def memory_settled(self) -> None:
         """The memory updates of every exchange so far are done (replay waits here)."""

@@ -260,9 +260,9 @@ async def test_demo_replay(settings: Settings, db: Database) -> None:
 async def test_a_replay_waits_for_the_screen_timeline_its_questions_recall(
     settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Replay runs faster than real time, so after each kept frame it waits until the frame is
-    read *and* its row is in the screen timeline, which the next questions search: a slow
-    database changes nothing a replay prints. (Waiting for the read alone, a question at
+    """Replay runs faster than real time, so before a question it waits until what the reads
+    found is in the screen timeline, which the question's recall searches, not only read: a
+    slow database changes nothing a replay prints. (Waiting for the reads alone, a question at
     t=34 once missed the rows of t=29 and t=32 on a busy machine.)"""
     write = ScreenTimeline.write
 
