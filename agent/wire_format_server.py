@@ -31,7 +31,9 @@ Usage numbers are ESTIMATES computed deterministically by this scripted server, 
 billed by any provider: text is ceil(chars / 4) tokens; images follow each provider's documented
 rule on the decoded image size -- Gemini 258 tokens up to 384x384, else 258 per started 768x768
 tile; Anthropic ceil(width * height / 750) (1600 if an image cannot be decoded); output is
-ceil(len(reply) / 4) tokens, at least 1. Tool calls and results count as their JSON text.
+ceil(len(reply) / 4) tokens, at least 1. Tool calls and results count as their JSON text, and so
+do the tool definitions, which both providers bill as input and cache at the prompt's start
+(Anthropic's prefix: tools, system, messages; Gemini's key: system, tools, contents).
 
 API keys are never stored: ``x-goog-api-key``, ``x-api-key`` and ``authorization`` (anthropic
 2.11 sends ``Authorization: Bearer <key>``) are masked as ``***`` in :class:`CapturedRequest`
@@ -124,6 +126,12 @@ class CapturedRequest:
     text: str
     headers: dict[str, str]
     image_tokens: int = 0  # this server's estimate, by the provider's documented rule
+    tool_tokens: int = 0  # the tool definitions', which both providers bill as input
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The request's input as the provider bills it: text, images and tool definitions."""
+        return estimate_text_tokens(self.text) + self.image_tokens + self.tool_tokens
 
     @property
     def purpose(self) -> str:
@@ -200,9 +208,17 @@ def _anthropic_image_tokens(block: dict[str, Any]) -> int:
     return math.ceil(size[0] * size[1] / 750)
 
 
+def _tool_definitions(body: dict[str, Any]) -> list[str]:
+    """The request's tool definitions as text (Gemini's function declarations, Anthropic's
+    tools), each as it is sent but for a cache mark: billed as input, and in the cached prefix."""
+    return [json.dumps({k: v for k, v in tool.items() if k != "cache_control"}, sort_keys=True)
+            for tool in body.get("tools") or [] if isinstance(tool, dict)]
+
+
 def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int, str]:
     """Collect text parts (system first), count image/* inline parts and their tokens; and the
-    prompt as Gemini's implicit cache compares it: the same parts in order, each image as a
+    prompt as Gemini's implicit cache compares it: the same parts in order (the tool
+    definitions after the system instruction, as a cached content holds them), each image as a
     marker naming its digest and tokens, so a prefix that holds the same image is shared, one
     that holds another diverges there, and an image's tokens count in the prefix read."""
     texts: list[str] = []
@@ -210,7 +226,11 @@ def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int, str]:
     images = image_tokens = 0
     system = body.get("systemInstruction") or body.get("system_instruction") or {}
     contents = [system, *(body.get("contents") or [])]
-    for part in itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents):
+    system_parts = len((system or {}).get("parts") or [])
+    for at, part in enumerate(
+            itertools.chain.from_iterable((c or {}).get("parts") or [] for c in contents)):
+        if at == system_parts:
+            key.extend(_tool_definitions(body))
         if isinstance(part.get("text"), str):
             texts.append(part["text"])
             key.append(part["text"].replace("\x00", ""))
@@ -256,10 +276,16 @@ def _anthropic_inspect(body: dict[str, Any]) -> tuple[list[str], int, int]:
 
 
 def _anthropic_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The prompt's content blocks in the order Anthropic caches them: system, then messages
-    (a plain string content is one text block)."""
+    """The prompt's content blocks in the order Anthropic caches them: tools (each a text
+    block of its definition, with its mark), system, then messages (a plain string content is
+    one text block)."""
+    tools = [tool for tool in body.get("tools") or [] if isinstance(tool, dict)]
+    blocks: list[dict[str, Any]] = [
+        {"type": "text", "text": text,
+         **({"cache_control": tool["cache_control"]} if tool.get("cache_control") else {})}
+        for tool, text in zip(tools, _tool_definitions(body), strict=True)]
     system = body.get("system")
-    blocks = [{"type": "text", "text": system}] if isinstance(system, str) else [
+    blocks += [{"type": "text", "text": system}] if isinstance(system, str) else [
         b for b in system or [] if isinstance(b, dict)]
     for message in body.get("messages") or []:
         content = message.get("content")
@@ -495,8 +521,10 @@ class ScriptedModelServer:
             k.lower(): ("***" if k.lower() in _MASKED_HEADERS else v)
             for k, v in request.headers.items()
         }
+        tools = _tool_definitions(body)
         captured = CapturedRequest(
-            provider, model, stream, body, images, "\n".join(texts), headers, image_tokens
+            provider, model, stream, body, images, "\n".join(texts), headers, image_tokens,
+            estimate_text_tokens("\n".join(tools)) if tools else 0,
         )
         self.requests.append(captured)
         return captured
@@ -562,10 +590,10 @@ class ScriptedModelServer:
             return web.Response(text=reply.proxy_page, content_type="text/html")
 
         usage = {
-            "promptTokenCount": estimate_text_tokens(captured.text) + image_tokens,
+            "promptTokenCount": captured.prompt_tokens,
             "candidatesTokenCount": reply.output_tokens(),
             "cachedContentTokenCount": min(self.cache(model).gemini(cache_key),
-                                           estimate_text_tokens(captured.text) + image_tokens),
+                                           captured.prompt_tokens),
         }
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
         response_id = f"scripted-{len(self.requests)}"
@@ -761,9 +789,7 @@ class ScriptedModelServer:
             return web.Response(text=reply.proxy_page, content_type="text/html")
 
         cache_write, cache_read = self.cache(model).anthropic(body)
-        input_tokens = max(
-            0, estimate_text_tokens(captured.text) + image_tokens - cache_write - cache_read
-        )
+        input_tokens = max(0, captured.prompt_tokens - cache_write - cache_read)
         output_tokens = reply.output_tokens()
         message_id = f"msg_scripted_{len(self.requests):06d}"
         tool_uses = [

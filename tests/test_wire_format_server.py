@@ -485,3 +485,45 @@ def test_each_model_caches_only_prefixes_as_long_as_its_floor() -> None:
     written, read = sonnet.anthropic(claude(image, question))
     assert (written, read) == (840 + 1229, 0)  # the instructions and the image (1280x720/750)
     assert sonnet.anthropic(claude(image, question)) == (0, written)
+
+
+async def test_tool_definitions_are_billed_as_input_and_cached_with_the_prompt() -> None:
+    """Both providers bill the tool definitions as input tokens and cache them at the start of
+    the prompt: instructions under the floor by themselves pass it with the tools."""
+    declarations = [{"name": f"tool_{i}", "description": "Looks something up. " * 50,
+                     "parameters": {"type": "object", "properties": {}}} for i in range(4)]
+    async with ScriptedModelServer([ScriptedReply(text="ok")]) as srv:
+        client = gemini_client(srv.base_url)
+        config = types.GenerateContentConfig(
+            system_instruction="You are Sightline. " * 20,
+            tools=[types.Tool(function_declarations=declarations)])  # type: ignore[arg-type]
+        try:
+            usages = [(await client.aio.models.generate_content(
+                model=GEMINI_MODEL, contents=question, config=config)).usage_metadata
+                for question in ("What failed?", "Which step?")]
+        finally:
+            await client.aio.aclose()
+        system = [{"type": "text", "text": "You are Sightline. " * 20,
+                   "cache_control": {"type": "ephemeral"}}]
+        tools = [{"name": d["name"], "description": d["description"],
+                  "input_schema": d["parameters"]} for d in declarations]
+        async with claude_client(srv.base_url) as claude:
+            claude_usages = [(await claude.messages.create(
+                model=CLAUDE_MODEL, max_tokens=10, system=system, tools=tools,  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": "What failed?"}])).usage
+                for _ in range(2)]
+    gemini_tools, claude_tools = (r.tool_tokens for r in srv.requests[::2])
+    assert gemini_tools > 400 and claude_tools > 400
+    for usage, request in zip(usages, srv.requests[:2], strict=True):
+        assert usage is not None and usage.prompt_token_count == (
+            estimate_text_tokens(request.text) + gemini_tools)
+    # 95 tokens of instructions alone are under the floor of 1,024; with the tools before the
+    # question the second request reads them from the cache
+    assert usages[0].cached_content_token_count in (None, 0)
+    assert usages[1].cached_content_token_count > gemini_tools
+    first, second = claude_usages
+    assert first.cache_creation_input_tokens > claude_tools and first.cache_read_input_tokens == 0
+    assert (second.cache_creation_input_tokens, second.cache_read_input_tokens) == (
+        0, first.cache_creation_input_tokens)
+    assert first.input_tokens == (estimate_text_tokens(srv.requests[2].text) + claude_tools
+                                  - first.cache_creation_input_tokens)
