@@ -815,8 +815,12 @@ async def test_a_lost_connection_says_reconnecting_queues_the_chat_and_sends_it_
             asked = page.locator("#messages li.user").last
             await expect(asked).to_contain_text("queued: sent once the connection is back")
             await asyncio.to_thread(livekit.process.start)
-            await eventually(lambda: chat == [QUESTION],
-                             f"the question goes out once both are back: {chat}", 60)
+            try:
+                await eventually(lambda: chat == [QUESTION],
+                                 f"the question goes out once both are back: {chat}", 60)
+            except AssertionError as missed:  # what the page showed, for a failure to be read
+                raise AssertionError(f"{missed}; the page says {await status.text_content()!r}"
+                                     f", the question {await asked.text_content()!r}") from None
             await expect(status).to_contain_text("Sightline joined", timeout=15_000)
             await expect(asked).to_have_text(QUESTION)
 

@@ -436,14 +436,14 @@ async def test_each_model_reads_only_what_it_cached_itself() -> None:
             usages = [(await claude.messages.create(
                 model=model, max_tokens=10, system=system,  # type: ignore[arg-type]
                 messages=[{"role": "user", "content": "hi"}])).usage
-                for model in ("claude-sonnet-4-6", "claude-sonnet-4-5", "claude-sonnet-4-6")]
+                for model in ("claude-sonnet-4-6", "claude-opus-4-1", "claude-sonnet-4-6")]
     assert cached[:2] == [0, 0] and cached[2] == cached[3] > 256
     writes = [u.cache_creation_input_tokens for u in usages]
     reads = [u.cache_read_input_tokens for u in usages]
     assert writes[0] == writes[1] > 0 and writes[2] == 0
     assert reads == [0, 0, writes[0]]
     assert set(srv.caches) == {"gemini-2.5-flash-lite", "gemini-2.5-flash",
-                               "claude-sonnet-4-6", "claude-sonnet-4-5"}
+                               "claude-sonnet-4-6", "claude-opus-4-1"}
 
 
 def test_each_model_caches_only_prefixes_as_long_as_its_floor() -> None:
