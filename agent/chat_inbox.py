@@ -8,6 +8,14 @@ chat topic from the moment the agent joins; once the session is up, the held mes
 user go to it in order, and later ones as they come, through livekit-agents' own text-input
 callback (RoomIO's text input is turned off: the topic has one reader).
 
+A message whose sender gives it an id (the text stream's attribute `sightline.message`, as the
+console page does) is confirmed to that sender alone on `sightline.chat.received`
+(`{"message": id}`) once its text is read, and handed on once however often it arrives. LiveKit
+keeps nothing for a participant whose connection is not up yet: after a LiveKit restart, a
+question the page sent as the agent rejoined was lost though the page's `sendText` had resolved
+(tests/test_console_browser.py). The page sends again what is not confirmed, under the same id
+(web/src/console.js).
+
 Each message handed on is recorded (`chat`: the sender's timestamp and when the stream reached
 this process), so a session's log says how long the user's words took to reach it: under load
 that transport, not the turn, is where seconds go (bench/load.py reads it).
@@ -18,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +34,33 @@ from livekit import rtc
 from livekit.agents import AgentSession, room_io
 from livekit.agents.types import TOPIC_CHAT
 
+from .room_publisher import RoomPublisher
+
 log = logging.getLogger("sightline.chat")
+
+MESSAGE_ID = "sightline.message"  # a chat stream's attribute: its sender's id for the message
+RECEIVED_TOPIC = "sightline.chat.received"  # agent -> user: {"message": id}, its text is here
+
+
+def _ignored(read: asyncio.Task[str]) -> None:
+    """Takes a skipped message's failure (its sender left mid-message), so asyncio logs none."""
+    if not read.cancelled():
+        read.exception()
 
 
 @dataclass
-class _Message:
+class _Held:
     identity: str
     read: asyncio.Task[str]
+    info: rtc.TextStreamInfo
+    received_at: float  # epoch seconds: when the stream reached this process
+
+
+@dataclass
+class ChatMessage:
+    """One message of the chat, handed on once."""
+
+    text: str
     info: rtc.TextStreamInfo
     received_at: float  # epoch seconds: when the stream reached this process
 
@@ -40,7 +68,8 @@ class _Message:
 class ChatInbox:
     def __init__(self, room: rtc.Room) -> None:
         self._room = room
-        self._held: list[_Message] = []
+        self._held: list[_Held] = []
+        self._receipts: dict[str, RoomPublisher] = {}  # sender's identity -> its confirmations
         self._session: AgentSession | None = None
         self._identity = ""
         self._record: Callable[[dict[str, Any]], None] = lambda detail: None
@@ -50,9 +79,45 @@ class ChatInbox:
         room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
 
     def _on_stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        self._held.append(_Message(identity, asyncio.create_task(reader.read_all()), reader.info,
-                                   time.time()))
+        self._held.append(_Held(identity, asyncio.create_task(self._read(reader, identity)),
+                                reader.info, time.time()))
         self._arrived.set()
+
+    async def _read(self, reader: rtc.TextStreamReader, identity: str) -> str:
+        """The message's text, confirmed to its sender once read, when the sender named it."""
+        text = await reader.read_all()
+        message_id = (reader.info.attributes or {}).get(MESSAGE_ID)
+        if message_id:
+            if identity not in self._receipts:
+                self._receipts[identity] = RoomPublisher(self._room, RECEIVED_TOPIC, to=identity)
+            self._receipts[identity]({"message": message_id})
+        return text
+
+    async def messages(self, identity: str) -> AsyncIterator[ChatMessage]:
+        """`identity`'s messages in the order they arrived, those held first; one sent again
+        (the same id: its confirmation was late or lost) is handed on once."""
+        handed_on: set[str] = set()  # one id per message of the conversation, as it holds each
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._held:
+                held = self._held.pop(0)
+                if held.identity != identity:  # read (and confirmed) all the same, not answered
+                    held.read.add_done_callback(_ignored)
+                    continue
+                try:
+                    text = await held.read
+                except Exception as exc:  # the user left mid-message: nothing to answer
+                    log.warning("a chat message from %s could not be read: %r",
+                                held.identity, exc)
+                    continue
+                message_id = (held.info.attributes or {}).get(MESSAGE_ID)
+                if message_id in handed_on:
+                    log.info("chat message %s arrived again; it was handed on once", message_id)
+                    continue
+                if message_id:
+                    handed_on.add(message_id)
+                yield ChatMessage(text, held.info, held.received_at)
 
     def attach(self, session: AgentSession, identity: str,
                record: Callable[[dict[str, Any]], None],
@@ -66,29 +131,16 @@ class ChatInbox:
     async def _forward(self) -> None:
         assert self._session is not None
         answer = room_io.TextInputOptions().text_input_cb  # what RoomIO would do with it
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            while self._held:
-                message = self._held.pop(0)
-                if message.identity != self._identity:
-                    message.read.cancel()
-                    continue
-                try:
-                    text = await message.read
-                except Exception as exc:  # the user left mid-message: nothing to answer
-                    log.warning("a chat message from %s could not be read: %r",
-                                message.identity, exc)
-                    continue
-                self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
-                              "received_at": round(message.received_at, 4),
-                              "characters": len(text)})
-                self._on_text(text)
-                participant = self._room.remote_participants.get(message.identity)
-                result = answer(self._session, room_io.TextInputEvent(
-                    text=text, info=message.info, participant=participant))
-                if asyncio.iscoroutine(result):
-                    await result
+        async for message in self.messages(self._identity):
+            self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
+                          "received_at": round(message.received_at, 4),
+                          "characters": len(message.text)})
+            self._on_text(message.text)
+            participant = self._room.remote_participants.get(self._identity)
+            result = answer(self._session, room_io.TextInputEvent(
+                text=message.text, info=message.info, participant=participant))
+            if asyncio.iscoroutine(result):
+                await result
 
     async def aclose(self) -> None:
         if self._forwarding is not None:

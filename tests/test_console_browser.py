@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import os
@@ -55,6 +56,7 @@ from test_cascade import tool_results
 from test_user_tools import NO_MEMORY_UPDATE
 from worker_fixture import running_worker
 
+from agent.chat_inbox import ChatInbox
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.console_server import BUNDLE
@@ -394,20 +396,54 @@ async def join_session(page: Page, url: str) -> str:
     return match.group(0)
 
 
-async def stand_in_agent(livekit: LiveKitServer, room_name: str,
-                         chat: list[str] | None = None) -> rtc.Room:
-    """The STAND-IN AGENT joined to `room_name` (participant kind agent, as the worker's); what
-    it reads on `lk.chat` goes to `chat`, its handler set before it joins, as the worker's is."""
+class Copies(ChatInbox):
+    """The worker's inbox, told how the first `lost` chat streams fare: each is read and then
+    lost (never confirmed nor handed on), or, with `late_s`, reaches the inbox that much later.
+    `fates` gets what became of each stream (each copy) that came, as it happens."""
+
+    def __init__(self, room: rtc.Room, *, fates: list[str], lost: int, late_s: float = 0.0
+                 ) -> None:
+        super().__init__(room)
+        self.fates, self.lost, self.late_s = fates, lost, late_s
+        self._losing: set[asyncio.Task[str]] = set()
+
+    def _on_stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        if len(self.fates) >= self.lost:
+            self.fates.append("to the inbox")
+            super()._on_stream(reader, identity)
+        elif self.late_s:
+            self.fates.append("held back")
+            asyncio.get_running_loop().call_later(self.late_s, self._late, reader, identity)
+        else:
+            self.fates.append("lost")
+            reading = asyncio.create_task(reader.read_all())
+            self._losing.add(reading)
+            reading.add_done_callback(self._losing.discard)
+
+    def _late(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        self.fates.append("to the inbox, late")
+        super()._on_stream(reader, identity)
+
+
+async def stand_in_agent(livekit: LiveKitServer, room_name: str, chat: list[str] | None = None,
+                         inbox: Callable[[rtc.Room], ChatInbox] = ChatInbox) -> rtc.Room:
+    """The STAND-IN AGENT joined to `room_name` (participant kind agent, as the worker's). It
+    reads the page's chat with the worker's own inbox (or `inbox`, made for its room), set
+    before it joins as the worker's is: each message is confirmed to the page, and what it
+    hands on goes to `chat`."""
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity(STAND_IN).with_kind("agent")
              .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True))).to_jwt()
     agent = rtc.Room()
-    reads: list[asyncio.Task[None]] = []
-    if chat is not None:
-        async def read(reader: rtc.TextStreamReader) -> None:
-            chat.append(await reader.read_all())
-        agent.register_text_stream_handler(
-            "lk.chat", lambda reader, _identity: reads.append(asyncio.create_task(read(reader))))
+    reader = inbox(agent)
     await agent.connect(livekit.ws_url, token)
+    page = next(iter(agent.remote_participants))  # the page joined first: join_session
+
+    async def read() -> None:
+        async for message in reader.messages(page):
+            if chat is not None:
+                chat.append(message.text)
+    reading = asyncio.create_task(read())
+    agent.on("disconnected", lambda _reason: reading.cancel())
     return agent
 
 
@@ -595,6 +631,94 @@ async def test_a_question_before_sightline_joins_is_queued_then_sent(
         finally:
             await agent.disconnect()
         assert errors == []
+
+
+@contextlib.asynccontextmanager
+async def asked_through_copies(livekit: LiveKitServer, console_url: str, chat: list[str] | None,
+                               *, clock: bool = False, **fate: float
+                               ) -> AsyncIterator[tuple[Page, list[str]]]:
+    """A session whose stand-in agent's inbox is `Copies(**fate)`, QUESTION asked once
+    Sightline joined: the page, and the fates of the copies that came. The page throws no error.
+    `clock`: the page's clock is Playwright's, to be run forward with `run_clock`."""
+    async with console_page() as (page, errors):
+        if clock:
+            await page.clock.install()
+        room_name = await join_session(page, console_url)
+        fates: list[str] = []
+        agent = await stand_in_agent(livekit, room_name, chat,
+                                     functools.partial(Copies, fates=fates, **fate))
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            yield page, fates
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_a_question_whose_first_copy_is_lost_is_sent_again_and_handed_on_once(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """LiveKit may drop what is sent to an agent whose connection is not up yet: a question the
+    agent never confirms is sent again under its id; the agent hands it on once, confirms it,
+    and the page shows it as sent (no label)."""
+    chat: list[str] = []
+    async with asked_through_copies(livekit, stand_in_console, chat, lost=1) as (page, fates):
+        await eventually(lambda: chat == [QUESTION], f"the copy sent again: {chat}")
+        await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
+        assert fates == ["lost", "to the inbox"]
+
+
+async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The first copy reaches the agent after the page has sent it again (a worker under load):
+    both copies come, the agent hands the question on once, and the page shows it as sent."""
+    chat: list[str] = []
+    async with asked_through_copies(livekit, stand_in_console, chat, lost=1, late_s=8
+                                    ) as (page, fates):
+        await eventually(lambda: chat == [QUESTION], f"the copy sent again: {chat}")
+        await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
+        assert fates[:2] == ["held back", "to the inbox"]  # handed on from the second copy
+        await eventually(lambda: fates == ["held back", "to the inbox", "to the inbox, late"],
+                         f"the first copy reaches the inbox: {fates}")
+        # the inbox hands on in the order messages reach it: this one goes after the copy
+        await page.fill("#chat-input", HANDOFF_QUESTION)
+        await page.press("#chat-input", "Enter")
+        await eventually(lambda: chat == [QUESTION, HANDOFF_QUESTION],
+                         f"the late copy is not handed on: {chat}")
+
+
+async def run_clock(page: Page, seconds: int) -> None:
+    """The page's clock run forward (after `page.clock.install()`) a second at a time, each step
+    given real time for livekit-client's pings to be answered."""
+    for _ in range(seconds):
+        await page.clock.run_for(1000)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_question_never_confirmed_is_marked_so_after_its_fourth_copy(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """An agent that loses every copy: the page sends the question four times, each wait for
+    its confirmation twice the last (3, 6, 12, 24 s), then marks it not confirmed and sends it
+    no more. The page's clock is run forward (Playwright's clock), a second at a time, so that
+    livekit-client's pings are still answered in time."""
+    async with asked_through_copies(livekit, stand_in_console, None, clock=True, lost=10
+                                    ) as (page, fates):
+        asked = page.locator("#messages li.user")
+        await eventually(lambda: fates == ["lost"], f"the first copy: {fates}")
+        for _ in range(60):  # 45 s of the page's time are enough: a margin over them
+            if "not confirmed:" in (await asked.text_content() or ""):
+                break
+            await run_clock(page, 1)
+        await expect(asked).to_have_text(
+            f"{QUESTION} — not confirmed: Sightline may not have it; ask again")
+        await run_clock(page, 30)
+        assert fates == ["lost"] * 4
+        await expect(page.locator("#status")).to_contain_text("Sightline joined")
 
 
 async def test_an_answer_cut_off_by_the_agent_leaving_is_marked_so(

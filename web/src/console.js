@@ -2,7 +2,8 @@
 // dispatches the agent and mints the token), shares the screen and the microphone, sends chat
 // on `lk.chat`, shows answers as they stream on `lk.transcription`, and the JSON messages the
 // worker publishes: `sightline.assist` (live assist), `sightline.screen` (errors seen on screen),
-// `sightline.handoff` (handed to a person) and `sightline.cost` (the session's running cost).
+// `sightline.handoff` (handed to a person), `sightline.cost` (the session's running cost) and
+// `sightline.chat.received` (a chat message reached the worker).
 // Everything from the room is shown as text (textContent), never as HTML: screen and document
 // text is data.
 import { Room, RoomEvent, Track } from 'livekit-client';
@@ -19,7 +20,7 @@ const CHAT_PLACEHOLDER = $('chat-input').placeholder;
 // the current session's state (reset at each Start session)
 let sessionRoom = '';      // its room's name, for the status line
 let agentSeen = false;     // an agent has been in the room: once none is left, it has left
-let queued = [];           // messages typed before Sightline joined or while reconnecting
+let outgoing = [];         // chat messages Sightline has not confirmed yet, in the order typed
 let reconnecting = false;  // the connection to LiveKit lost; livekit-client is reconnecting
 let rejoinUntil = 0;       // after a reconnection, until when the agent may still rejoin (ms)
 let rejoinTimer = null;
@@ -49,7 +50,7 @@ function addMessage(role, text) {
   return item;
 }
 
-// a small label after a message's text: queued, not sent, cut off
+// a small label after a message's text: queued, not sent, not confirmed, cut off
 function label(item, className, text) {
   item.querySelector('.label')?.remove();
   if (!text) return;
@@ -151,6 +152,7 @@ function showCost(message) {
 }
 
 const TOPICS = {
+  'sightline.chat.received': confirmed,
   'sightline.assist': showAssist,
   'sightline.screen': showScreenEvent,
   'sightline.handoff': showHandoff,
@@ -266,24 +268,83 @@ function onActive(participant) {
   showAgent();
 }
 
-// the chat's messages go out one after another, in the order they were typed
-let outbox = Promise.resolve();
-function sendInOrder(text, item) {
-  const target = room;
-  outbox = outbox.then(() => sendChat(target, text, item));
-  return outbox;
+// Each chat message stays in `outgoing` until the worker confirms it has its text
+// (`sightline.chat.received` naming the message's id, agent/chat_inbox.py). LiveKit keeps nothing
+// for a participant whose connection is not up yet: after a LiveKit restart, a question sent as
+// the agent rejoined was lost though sendText had resolved (about one run in eight of
+// tests/test_console_browser.py's reconnection test). So one not confirmed in time is sent
+// again, under the same id, which the worker answers once; after the last wait it is marked not
+// confirmed. Each wait doubles: a worker under load confirms late, and each copy is more load.
+const MESSAGE_ID = 'sightline.message';  // the text stream's attribute holding the message's id
+const CONFIRM_MS = [3000, 6000, 12000, 24000];  // after each send, how long to wait for it
+const pageId = Math.random().toString(36).slice(2, 10);
+let messageCount = 0;
+let resendTimer = null;
+
+// Sends what has not gone out yet, and again what waited out its confirmation, while Sightline
+// can be sent to; then waits for the next confirmation due.
+function deliver() {
+  clearTimeout(resendTimer);
+  if (!room || reconnecting || !agentInRoom()) return;
+  const now = Date.now();
+  let next = Infinity;
+  for (const message of [...outgoing]) {
+    if (message.sending) continue;
+    const due = message.sends ? message.sentAt + CONFIRM_MS[message.sends - 1] : now;
+    if (due > now) {
+      next = Math.min(next, due);
+    } else if (message.sends === CONFIRM_MS.length) {
+      settle(message);
+      message.item.classList.add('unsent');
+      label(message.item, 'unsent', ' — not confirmed: Sightline may not have it; ask again');
+    } else {
+      sendInOrder(message);
+    }
+  }
+  if (next < Infinity) resendTimer = setTimeout(deliver, next - now);
 }
 
-async function sendChat(target, text, item) {
+// no longer waited for: confirmed, given up, or not sent
+function settle(message) {
+  outgoing = outgoing.filter((each) => each !== message);
+}
+
+function confirmed(receipt) {
+  const message = outgoing.find((each) => each.id === receipt.message);
+  if (!message) return;  // confirmed already (a copy's receipt), or given up and labelled
+  settle(message);
+  message.item.classList.remove('queued', 'unsent');
+  label(message.item, '', '');
+}
+
+// the chat's messages go out one after another, in the order they were typed
+let outbox = Promise.resolve();
+function sendInOrder(message) {
+  const target = room;
+  message.sending = true;
+  outbox = outbox.then(() => sendChat(target, message));
+}
+
+async function sendChat(target, message) {
+  // the session ended meanwhile (ended() labelled the message), or a copy was confirmed
+  if (room !== target || !outgoing.includes(message)) return;
   try {
-    await target.localParticipant.sendText(text, { topic: 'lk.chat' });
-    item.classList.remove('queued');
-    label(item, '', '');
+    await target.localParticipant.sendText(message.text,
+      { topic: 'lk.chat', attributes: { [MESSAGE_ID]: message.id } });
+    message.sends += 1;
+    message.sentAt = Date.now();
+    message.sending = false;
+    if (!outgoing.includes(message)) return;  // confirmed while sendText was finishing
+    message.item.classList.remove('queued');
+    label(message.item, '', message.sends > 1 ? ' — sent again: not confirmed yet' : '');
   } catch (error) {
-    item.classList.remove('queued');
-    item.classList.add('unsent');
-    label(item, 'unsent', ` — not sent (${error.message})`);
+    if (!outgoing.includes(message)) return;  // a copy of it was confirmed meanwhile
+    settle(message);
+    message.item.classList.remove('queued');
+    message.item.classList.add('unsent');
+    label(message.item, 'unsent', ` — not sent (${error.message})`);
   }
+  if (room === target) deliver();
 }
 
 // After a reconnection (a LiveKit server that restarted), the agent reconnects on its own and
@@ -306,9 +367,7 @@ function showAgent() {
     setStatus(`Connected to ${sessionRoom}; Sightline joined`, 'connected');
     enable(['chat-input', 'send'], true);
     $('chat-input').placeholder = CHAT_PLACEHOLDER;
-    const waiting = queued;
-    queued = [];
-    for (const { text, item } of waiting) sendInOrder(text, item);
+    deliver();
   } else if (agentSeen && Date.now() < rejoinUntil) {
     setStatus(`Reconnected to ${sessionRoom}; waiting for Sightline to reconnect…`, 'connected');
     enable(['chat-input', 'send'], true);
@@ -341,7 +400,8 @@ function resetPanels() {
   $('preview').srcObject = null;
   removeAudio(null);
   bubbles = new Map();
-  queued = [];
+  outgoing = [];
+  clearTimeout(resendTimer);
   agentSeen = false;
   reconnecting = false;
   rejoinUntil = 0;
@@ -372,13 +432,15 @@ function ended() {
   $('chat-input').placeholder = CHAT_PLACEHOLDER;
   $('preview').srcObject = null;
   removeAudio(null);
-  for (const { item } of queued) {
+  clearTimeout(resendTimer);
+  for (const { item, sends } of outgoing) {
     item.classList.remove('queued');
     item.classList.add('unsent');
-    label(item, 'unsent', lost ? ' — not sent: the connection was lost'
-      : ' — not sent: the session ended before Sightline joined');
+    const what = sends ? 'not confirmed' : 'not sent';
+    label(item, 'unsent', lost ? ` — ${what}: the connection was lost`
+      : ` — ${what}: the session ended before Sightline ${sends ? 'confirmed it' : 'joined'}`);
   }
-  queued = [];
+  outgoing = [];
   room = null;
   showMedia();
 }
@@ -481,7 +543,7 @@ function drafting() {
   }, DRAFT_MS);
 }
 
-async function send(event) {
+function send(event) {
   event.preventDefault();
   const text = $('chat-input').value.trim();
   if (!text || !room) return;
@@ -489,13 +551,14 @@ async function send(event) {
   clearTimeout(draftTimer);
   lastDraft = '';
   const item = addMessage('user', text);
+  outgoing.push({ id: `${pageId}-${++messageCount}`, text, item, sends: 0, sentAt: 0,
+    sending: false });
   if (agentInRoom() && !reconnecting) {
-    await sendInOrder(text, item);
+    deliver();
   } else {
     item.classList.add('queued');
     label(item, 'queued', reconnecting ? ' — queued: sent once the connection is back'
       : ` — queued: sent when Sightline ${agentSeen ? 'is back' : 'joins'}`);
-    queued.push({ text, item });
   }
 }
 
