@@ -33,7 +33,9 @@ rule on the decoded image size -- Gemini 258 tokens up to 384x384, else 258 per 
 tile; Anthropic ceil(width * height / 750) (1600 if an image cannot be decoded); output is
 ceil(len(reply) / 4) tokens, at least 1. Tool calls and results count as their JSON text, and so
 do the tool definitions, which both providers bill as input and cache at the prompt's start
-(Anthropic's prefix: tools, system, messages; Gemini's key: system, tools, contents).
+(Anthropic's prefix: tools, system, messages; Gemini's key: system, tools, contents). A Claude
+request with tools is billed Anthropic's tool-use system prompt too, its documented size
+(``TOOL_PROMPT_TOKENS``), cached with the tools.
 
 API keys are never stored: ``x-goog-api-key``, ``x-api-key`` and ``authorization`` (anthropic
 2.11 sends ``Authorization: Bearer <key>``) are masked as ``***`` in :class:`CapturedRequest`
@@ -55,7 +57,7 @@ import re
 import time
 import wave
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +128,9 @@ class CapturedRequest:
     text: str
     headers: dict[str, str]
     image_tokens: int = 0  # this server's estimate, by the provider's documented rule
-    tool_tokens: int = 0  # the tool definitions', which both providers bill as input
+    # the tool definitions', which both providers bill as input (with Anthropic's tool-use
+    # system prompt)
+    tool_tokens: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -296,23 +300,45 @@ def _anthropic_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _anthropic_prefixes(body: dict[str, Any]) -> list[tuple[str, int, bool]]:
+# Anthropic's tool-use system prompt, which it adds to every request with tools and bills as
+# input: (tokens with `tool_choice` auto or none, with any or tool), by the longest matching
+# start of the model's name. Anthropic's tool-use page (2026-02): every Claude 4 model and
+# Sonnet 3.7 346 / 313; Haiku 3.5 and 3 264 / 340; Opus 3 530 / 281; Sonnet 3 159 / 235.
+TOOL_PROMPT_TOKENS = {
+    "claude": (346, 313), "claude-3-5-haiku": (264, 340), "claude-3-haiku": (264, 340),
+    "claude-3-opus": (530, 281), "claude-3-sonnet": (159, 235),
+}
+
+
+def anthropic_tool_prompt_tokens(model: str, body: dict[str, Any]) -> int:
+    """The tokens of Anthropic's tool-use system prompt in this request (none without tools)."""
+    if not _tool_definitions(body):
+        return 0
+    chosen, forced = TOOL_PROMPT_TOKENS[_longest_start(TOOL_PROMPT_TOKENS, model) or "claude"]
+    choice = body.get("tool_choice")
+    return forced if isinstance(choice, dict) and choice.get("type") in ("any", "tool") else chosen
+
+
+def _anthropic_prefixes(body: dict[str, Any], tool_prompt_tokens: int = 0
+                        ) -> list[tuple[str, int, bool]]:
     """Each block's prefix up to the last `cache_control` mark: its digest, its tokens (text
-    and images, as the request is billed) and whether a mark ends it."""
+    and images, as the request is billed; from the last tool on, the tool-use system prompt's
+    `tool_prompt_tokens` too) and whether a mark ends it."""
     blocks = _anthropic_blocks(body)
     marks = [i for i, block in enumerate(blocks) if block.get("cache_control")]
     if not marks:
         return []
-    digest, texts, image_tokens = hashlib.sha256(), [], 0
+    digest, texts, beside_text = hashlib.sha256(), [], 0  # beside: images, tool-use prompt
+    last_tool = len(_tool_definitions(body)) - 1
     prefixes: list[tuple[str, int, bool]] = []
-    for block in blocks[:marks[-1] + 1]:
+    for at, block in enumerate(blocks[:marks[-1] + 1]):
         unmarked = {k: v for k, v in block.items() if k != "cache_control"}
         digest.update(json.dumps(unmarked, sort_keys=True).encode())
         block_texts, _, block_image_tokens = _anthropic_inspect({"messages": [
             {"content": [block]}]})
         texts.extend(block_texts)
-        image_tokens += block_image_tokens
-        prefixes.append((digest.hexdigest(), estimate_text_tokens("\n".join(texts)) + image_tokens,
+        beside_text += block_image_tokens + (tool_prompt_tokens if at == last_tool else 0)
+        prefixes.append((digest.hexdigest(), estimate_text_tokens("\n".join(texts)) + beside_text,
                          bool(block.get("cache_control"))))
     return prefixes
 
@@ -354,11 +380,16 @@ CACHE_MIN_TOKENS = {
 }
 
 
+def _longest_start(names: Iterable[str], model: str) -> str | None:
+    """The longest of `names` that the model's name starts with (its most specific entry)."""
+    return max((name for name in names if model.startswith(name)), key=len, default=None)
+
+
 def cache_min_tokens(model: str) -> int:
     """The shortest prefix the model caches (`CACHE_MIN_TOKENS`; 1,024 for a model of neither
     provider)."""
-    known = [name for name in CACHE_MIN_TOKENS if model.startswith(name)]
-    return CACHE_MIN_TOKENS[max(known, key=len)] if known else 1024
+    name = _longest_start(CACHE_MIN_TOKENS, model)
+    return CACHE_MIN_TOKENS[name] if name else 1024
 
 
 class PromptCache:
@@ -385,9 +416,10 @@ class PromptCache:
         self._gemini: deque[str] = deque()  # in the order seen, to forget the oldest
         self._gemini_sorted: list[str] = []  # the same prompts in lexicographic order
 
-    def anthropic(self, body: dict[str, Any]) -> tuple[int, int]:
-        """(cache write tokens, cache read tokens) of a Messages API request."""
-        prefixes = _anthropic_prefixes(body)
+    def anthropic(self, body: dict[str, Any], tool_prompt_tokens: int = 0) -> tuple[int, int]:
+        """(cache write tokens, cache read tokens) of a Messages API request, whose tool-use
+        system prompt (`anthropic_tool_prompt_tokens`) is cached with its tools."""
+        prefixes = _anthropic_prefixes(body, tool_prompt_tokens)
         if not prefixes or prefixes[-1][1] < self.min_tokens:
             return 0, 0
         read = max((tokens for digest, tokens, _ in prefixes if digest in self._anthropic),
@@ -515,7 +547,7 @@ class ScriptedModelServer:
 
     def _capture(
         self, request: web.Request, provider: str, model: str, stream: bool, body: dict,
-        texts: list[str], images: int, image_tokens: int = 0,
+        texts: list[str], images: int, image_tokens: int = 0, tool_prompt_tokens: int = 0,
     ) -> CapturedRequest:
         headers = {
             k.lower(): ("***" if k.lower() in _MASKED_HEADERS else v)
@@ -524,7 +556,7 @@ class ScriptedModelServer:
         tools = _tool_definitions(body)
         captured = CapturedRequest(
             provider, model, stream, body, images, "\n".join(texts), headers, image_tokens,
-            estimate_text_tokens("\n".join(tools)) if tools else 0,
+            (estimate_text_tokens("\n".join(tools)) if tools else 0) + tool_prompt_tokens,
         )
         self.requests.append(captured)
         return captured
@@ -779,8 +811,9 @@ class ScriptedModelServer:
             return self._anthropic_error(400, "malformed JSON request body")
         model, stream = str(body.get("model", "")), body.get("stream") is True
         texts, images, image_tokens = _anthropic_inspect(body)
+        tool_prompt = anthropic_tool_prompt_tokens(model, body)
         captured = self._capture(request, "anthropic", model, stream, body, texts, images,
-                                 image_tokens)
+                                 image_tokens, tool_prompt)
         reply = self._next_reply(captured)
         await asyncio.sleep(reply.delay_s)
         if reply.status != 200:
@@ -788,7 +821,7 @@ class ScriptedModelServer:
         if reply.proxy_page is not None:
             return web.Response(text=reply.proxy_page, content_type="text/html")
 
-        cache_write, cache_read = self.cache(model).anthropic(body)
+        cache_write, cache_read = self.cache(model).anthropic(body, tool_prompt)
         input_tokens = max(0, captured.prompt_tokens - cache_write - cache_read)
         output_tokens = reply.output_tokens()
         message_id = f"msg_scripted_{len(self.requests):06d}"

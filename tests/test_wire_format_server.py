@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import pytest
@@ -527,3 +529,34 @@ async def test_tool_definitions_are_billed_as_input_and_cached_with_the_prompt()
         0, first.cache_creation_input_tokens)
     assert first.input_tokens == (estimate_text_tokens(srv.requests[2].text) + claude_tools
                                   - first.cache_creation_input_tokens)
+
+
+async def test_claude_is_billed_its_tool_use_system_prompt_cached_with_the_tools() -> None:
+    """With tools, Anthropic adds its tool-use system prompt (346 tokens for a Claude 4 model
+    with tool_choice auto, 313 with any or tool; none without tools) and bills it as input; a
+    mark on the last tool caches it with them. An older model has its own size."""
+    tool = {"name": "look_up", "description": "Looks something up. " * 250,
+            "input_schema": {"type": "object", "properties": {}}}
+    definition = estimate_text_tokens(json.dumps(tool, sort_keys=True))
+    question = [{"role": "user", "content": "What failed?"}]
+    async with ScriptedModelServer(replies=lambda _request: ScriptedReply(text="ok")) as srv:
+        async with claude_client(srv.base_url) as claude:
+            async def input_tokens(model: str = CLAUDE_MODEL, **tools: Any) -> int:
+                usage = (await claude.messages.create(
+                    model=model, max_tokens=10, messages=question, **tools)).usage
+                return (usage.input_tokens + (usage.cache_creation_input_tokens or 0)
+                        + (usage.cache_read_input_tokens or 0))
+            bare = await input_tokens()
+            auto = await input_tokens(tools=[tool])
+            forced = await input_tokens(tools=[tool], tool_choice={"type": "any"})
+            named = await input_tokens(tools=[tool],
+                                       tool_choice={"type": "tool", "name": "look_up"})
+            haiku_3_5 = await input_tokens("claude-3-5-haiku-20241022", tools=[tool])
+            marked = await claude.messages.create(
+                model=CLAUDE_MODEL, max_tokens=10, messages=question,
+                tools=[{**tool, "cache_control": {"type": "ephemeral"}}])  # type: ignore[list-item]
+    assert (auto - bare, forced - bare, named - bare) == (
+        definition + 346, definition + 313, definition + 313)
+    assert haiku_3_5 - bare == definition + 264
+    assert marked.usage.cache_creation_input_tokens == definition + 346
+    assert marked.usage.input_tokens == bare
