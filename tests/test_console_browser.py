@@ -43,6 +43,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -633,13 +634,22 @@ async def test_a_question_before_sightline_joins_is_queued_then_sent(
         assert errors == []
 
 
+@dataclass
+class Asked:
+    """A session in which QUESTION was asked (`asked_through_copies`)."""
+
+    page: Page
+    room: str
+    agent: rtc.Room
+    fates: list[str]  # what became of each copy of it that came: `Copies`
+
+
 @contextlib.asynccontextmanager
 async def asked_through_copies(livekit: LiveKitServer, console_url: str, chat: list[str] | None,
-                               *, clock: bool = False, **fate: float
-                               ) -> AsyncIterator[tuple[Page, list[str]]]:
+                               *, clock: bool = False, **fate: float) -> AsyncIterator[Asked]:
     """A session whose stand-in agent's inbox is `Copies(**fate)`, QUESTION asked once
-    Sightline joined: the page, and the fates of the copies that came. The page throws no error.
-    `clock`: the page's clock is Playwright's, to be run forward with `run_clock`."""
+    Sightline joined. The page throws no error. `clock`: the page's clock is Playwright's, to
+    be run forward with `run_clock`."""
     async with console_page() as (page, errors):
         if clock:
             await page.clock.install()
@@ -652,7 +662,7 @@ async def asked_through_copies(livekit: LiveKitServer, console_url: str, chat: l
                                                                   timeout=15_000)
             await page.fill("#chat-input", QUESTION)
             await page.press("#chat-input", "Enter")
-            yield page, fates
+            yield Asked(page, room_name, agent, fates)
         finally:
             await agent.disconnect()
         assert errors == []
@@ -665,10 +675,32 @@ async def test_a_question_whose_first_copy_is_lost_is_sent_again_and_handed_on_o
     agent never confirms is sent again under its id; the agent hands it on once, confirms it,
     and the page shows it as sent (no label)."""
     chat: list[str] = []
-    async with asked_through_copies(livekit, stand_in_console, chat, lost=1) as (page, fates):
+    async with asked_through_copies(livekit, stand_in_console, chat, lost=1) as asked:
         await eventually(lambda: chat == [QUESTION], f"the copy sent again: {chat}")
-        await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
-        assert fates == ["lost", "to the inbox"]
+        await expect(asked.page.locator("#messages li.user")).to_have_text(QUESTION)
+        assert asked.fates == ["lost", "to the inbox"]
+
+
+async def test_a_question_not_confirmed_when_sightline_leaves_goes_to_the_next_agent(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The agent loses the question and leaves: the page says Sightline left and marks the
+    question not confirmed. A replacement agent joins: it is sent the question, hands it on
+    once and confirms it, and the label goes."""
+    async with asked_through_copies(livekit, stand_in_console, None, lost=10) as asked:
+        await eventually(lambda: asked.fates == ["lost"], f"the first copy: {asked.fates}")
+        await asked.agent.disconnect()
+        question = asked.page.locator("#messages li.user")
+        await expect(asked.page.locator("#status")).to_contain_text("Sightline left",
+                                                                    timeout=15_000)
+        await expect(question).to_have_text(f"{QUESTION} — not confirmed: Sightline left")
+        chat: list[str] = []
+        replacement = await stand_in_agent(livekit, asked.room, chat)
+        try:
+            await eventually(lambda: chat == [QUESTION], f"the replacement gets it: {chat}")
+            await expect(question).to_have_text(QUESTION)
+        finally:
+            await replacement.disconnect()
 
 
 async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(
@@ -678,15 +710,16 @@ async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(
     both copies come, the agent hands the question on once, and the page shows it as sent."""
     chat: list[str] = []
     async with asked_through_copies(livekit, stand_in_console, chat, lost=1, late_s=8
-                                    ) as (page, fates):
+                                    ) as asked:
+        fates = asked.fates
         await eventually(lambda: chat == [QUESTION], f"the copy sent again: {chat}")
-        await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
+        await expect(asked.page.locator("#messages li.user")).to_have_text(QUESTION)
         assert fates[:2] == ["held back", "to the inbox"]  # handed on from the second copy
         await eventually(lambda: fates == ["held back", "to the inbox", "to the inbox, late"],
                          f"the first copy reaches the inbox: {fates}")
         # the inbox hands on in the order messages reach it: this one goes after the copy
-        await page.fill("#chat-input", HANDOFF_QUESTION)
-        await page.press("#chat-input", "Enter")
+        await asked.page.fill("#chat-input", HANDOFF_QUESTION)
+        await asked.page.press("#chat-input", "Enter")
         await eventually(lambda: chat == [QUESTION, HANDOFF_QUESTION],
                          f"the late copy is not handed on: {chat}")
 
@@ -707,14 +740,15 @@ async def test_a_question_never_confirmed_is_marked_so_after_its_fourth_copy(
     no more. The page's clock is run forward (Playwright's clock), a second at a time, so that
     livekit-client's pings are still answered in time."""
     async with asked_through_copies(livekit, stand_in_console, None, clock=True, lost=10
-                                    ) as (page, fates):
-        asked = page.locator("#messages li.user")
+                                    ) as asked:
+        page, fates = asked.page, asked.fates
+        question = page.locator("#messages li.user")
         await eventually(lambda: fates == ["lost"], f"the first copy: {fates}")
         for _ in range(60):  # 45 s of the page's time are enough: a margin over them
-            if "not confirmed:" in (await asked.text_content() or ""):
+            if "not confirmed:" in (await question.text_content() or ""):
                 break
             await run_clock(page, 1)
-        await expect(asked).to_have_text(
+        await expect(question).to_have_text(
             f"{QUESTION} — not confirmed: Sightline may not have it; ask again")
         await run_clock(page, 30)
         assert fates == ["lost"] * 4

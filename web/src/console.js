@@ -335,7 +335,7 @@ async function sendChat(target, message) {
     message.sentAt = Date.now();
     message.sending = false;
     if (!outgoing.includes(message)) return;  // confirmed while sendText was finishing
-    message.item.classList.remove('queued');
+    message.item.classList.remove('queued', 'unsent');
     label(message.item, '', message.sends > 1 ? ' — sent again: not confirmed yet' : '');
   } catch (error) {
     if (!outgoing.includes(message)) return;  // a copy of it was confirmed meanwhile
@@ -377,6 +377,11 @@ function showAgent() {
       + 'to ask again', 'left');
     enable(['chat-input', 'send'], false);
     $('chat-input').placeholder = 'Sightline left: nobody would answer';
+    // sent, not confirmed: an agent joining again (a replacement) is sent it, and confirms it
+    for (const { item } of outgoing.filter((message) => message.sends)) {
+      item.classList.add('unsent');
+      label(item, 'unsent', ' — not confirmed: Sightline left');
+    }
   } else {
     setStatus(`Connected to ${sessionRoom}; waiting for Sightline…`, 'connected');
     enable(['chat-input', 'send'], true);
