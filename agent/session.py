@@ -603,8 +603,8 @@ class SessionRuntime:
         return {"cpu_ms": round(spent * 1000, 1)}
 
     async def screen_settled(self) -> None:
-        """The kept frames so far are read (replay waits here: in a live session, the second
-        between samples gives the reader that time)."""
+        """The kept frames so far are read (replay waits here after each kept frame;
+        `SessionScreenMemory.read`)."""
         await self.screen_memory.read()
 
     async def screen_written(self) -> None:

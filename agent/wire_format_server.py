@@ -212,11 +212,20 @@ def _anthropic_image_tokens(block: dict[str, Any]) -> int:
     return math.ceil(size[0] * size[1] / 750)
 
 
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's tool definitions (Gemini's function declarations, Anthropic's tools)."""
+    return [tool for tool in body.get("tools") or [] if isinstance(tool, dict)]
+
+
+def _tool_text(tool: dict[str, Any]) -> str:
+    """A tool definition as text, as it is sent but for a cache mark: billed as input, and in
+    the cached prefix."""
+    return json.dumps({k: v for k, v in tool.items() if k != "cache_control"}, sort_keys=True)
+
+
 def _tool_definitions(body: dict[str, Any]) -> list[str]:
-    """The request's tool definitions as text (Gemini's function declarations, Anthropic's
-    tools), each as it is sent but for a cache mark: billed as input, and in the cached prefix."""
-    return [json.dumps({k: v for k, v in tool.items() if k != "cache_control"}, sort_keys=True)
-            for tool in body.get("tools") or [] if isinstance(tool, dict)]
+    """The request's tool definitions as text (`_tool_text`)."""
+    return [_tool_text(tool) for tool in _tools(body)]
 
 
 def _gemini_inspect(body: dict[str, Any]) -> tuple[list[str], int, int, str]:
@@ -283,11 +292,10 @@ def _anthropic_blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompt's content blocks in the order Anthropic caches them: tools (each a text
     block of its definition, with its mark), system, then messages (a plain string content is
     one text block)."""
-    tools = [tool for tool in body.get("tools") or [] if isinstance(tool, dict)]
     blocks: list[dict[str, Any]] = [
-        {"type": "text", "text": text,
+        {"type": "text", "text": _tool_text(tool),
          **({"cache_control": tool["cache_control"]} if tool.get("cache_control") else {})}
-        for tool, text in zip(tools, _tool_definitions(body), strict=True)]
+        for tool in _tools(body)]
     system = body.get("system")
     blocks += [{"type": "text", "text": system}] if isinstance(system, str) else [
         b for b in system or [] if isinstance(b, dict)]
@@ -312,7 +320,7 @@ TOOL_PROMPT_TOKENS = {
 
 def anthropic_tool_prompt_tokens(model: str, body: dict[str, Any]) -> int:
     """The tokens of Anthropic's tool-use system prompt in this request (none without tools)."""
-    if not _tool_definitions(body):
+    if not _tools(body):
         return 0
     chosen, forced = TOOL_PROMPT_TOKENS[_longest_start(TOOL_PROMPT_TOKENS, model) or "claude"]
     choice = body.get("tool_choice")
@@ -329,7 +337,7 @@ def _anthropic_prefixes(body: dict[str, Any], tool_prompt_tokens: int = 0
     if not marks:
         return []
     digest, texts, beside_text = hashlib.sha256(), [], 0  # beside: images, tool-use prompt
-    last_tool = len(_tool_definitions(body)) - 1
+    last_tool = len(_tools(body)) - 1
     prefixes: list[tuple[str, int, bool]] = []
     for at, block in enumerate(blocks[:marks[-1] + 1]):
         unmarked = {k: v for k, v in block.items() if k != "cache_control"}
@@ -553,10 +561,9 @@ class ScriptedModelServer:
             k.lower(): ("***" if k.lower() in _MASKED_HEADERS else v)
             for k, v in request.headers.items()
         }
-        tools = _tool_definitions(body)
         captured = CapturedRequest(
             provider, model, stream, body, images, "\n".join(texts), headers, image_tokens,
-            (estimate_text_tokens("\n".join(tools)) if tools else 0) + tool_prompt_tokens,
+            estimate_text_tokens("\n".join(_tool_definitions(body))) + tool_prompt_tokens,
         )
         self.requests.append(captured)
         return captured
