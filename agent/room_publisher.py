@@ -21,6 +21,11 @@ from livekit import rtc
 
 log = logging.getLogger("sightline.worker")
 
+# how long after a failed publish the room's state is read again: the rtc SDK fails a publish
+# as soon as its engine closes, and reports the lost connection a moment later (a LiveKit killed
+# under tests/test_fleet.py's sessions drew one warning per message in between)
+STATE_SETTLE_S = 2.0
+
 
 class RoomPublisher:
     """Publishes dicts as JSON on one topic of one room, to the participant `to`."""
@@ -44,6 +49,8 @@ class RoomPublisher:
             await self._room.local_participant.publish_data(
                 message, reliable=True, topic=self.topic, destination_identities=self._to)
         except Exception as exc:  # the room may be closing; the event log has the message
+            if self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED:
+                await asyncio.sleep(STATE_SETTLE_S)  # off the caller's path: a task
             if self._room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
                 # LiveKit unreachable (agent/livekit_connection.py said so in one line): a
                 # warning per message would bury that line
