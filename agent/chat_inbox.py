@@ -16,6 +16,13 @@ question the page sent as the agent rejoined was lost though the page's `sendTex
 (tests/test_console_browser.py). The page sends again what is not confirmed, under the same id
 (web/src/console.js).
 
+A confirmed message is not an answered one: a worker that dies between reading a question and
+answering it has confirmed it. So once the reply to a named message is done (finished, or cut
+off: the user moved on, or the session ended) the sender is told that too (`{"message": id,
+"answered": true}`), and told again if a copy comes later. The page sends a question read but
+not answered to the agent that joins in place of one that left (a replacement for a worker that
+died).
+
 Each message handed on is recorded (`chat`: the sender's timestamp and when the stream reached
 this process), so a session's log says how long the user's words took to reach it: under load
 that transport, not the turn, is where seconds go (bench/load.py reads it).
@@ -31,15 +38,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession, room_io
+from livekit.agents import AgentSession
 from livekit.agents.types import TOPIC_CHAT
+from livekit.agents.voice import SpeechHandle
 
 from .room_publisher import RoomPublisher
 
 log = logging.getLogger("sightline.chat")
 
 MESSAGE_ID = "sightline.message"  # a chat stream's attribute: its sender's id for the message
-RECEIVED_TOPIC = "sightline.chat.received"  # agent -> user: {"message": id}, its text is here
+# agent -> user: {"message": id}: its text is here; {"message": id, "answered": true}: its
+# reply is done
+RECEIVED_TOPIC = "sightline.chat.received"
 
 
 def _ignored(read: asyncio.Task[str]) -> None:
@@ -63,6 +73,7 @@ class ChatMessage:
     text: str
     info: rtc.TextStreamInfo
     received_at: float  # epoch seconds: when the stream reached this process
+    id: str | None  # its sender's id for it (`MESSAGE_ID`), if the sender named it
 
 
 class ChatInbox:
@@ -70,6 +81,7 @@ class ChatInbox:
         self._room = room
         self._held: list[_Held] = []
         self._receipts: dict[str, RoomPublisher] = {}  # sender's identity -> its confirmations
+        self._answered: set[tuple[str, str]] = set()  # (sender, message id): its reply is done
         self._session: AgentSession | None = None
         self._identity = ""
         self._record: Callable[[dict[str, Any]], None] = lambda detail: None
@@ -88,10 +100,23 @@ class ChatInbox:
         text = await reader.read_all()
         message_id = (reader.info.attributes or {}).get(MESSAGE_ID)
         if message_id:
-            if identity not in self._receipts:
-                self._receipts[identity] = RoomPublisher(self._room, RECEIVED_TOPIC, to=identity)
-            self._receipts[identity]({"message": message_id})
+            self._confirm(identity, message_id)
         return text
+
+    def _confirm(self, identity: str, message_id: str) -> None:
+        """Tells `identity` that its message is here, or that it is answered once it is."""
+        if identity not in self._receipts:
+            self._receipts[identity] = RoomPublisher(self._room, RECEIVED_TOPIC, to=identity)
+        receipt: dict[str, Any] = {"message": message_id}
+        if (identity, message_id) in self._answered:
+            receipt["answered"] = True
+        self._receipts[identity](receipt)
+
+    def answered(self, identity: str, message_id: str) -> None:
+        """Tells `identity` that the reply to its message `message_id` is done, now and to
+        every copy of it that comes later."""
+        self._answered.add((identity, message_id))
+        self._confirm(identity, message_id)
 
     async def messages(self, identity: str) -> AsyncIterator[ChatMessage]:
         """`identity`'s messages in the order they arrived, those held first; one sent again
@@ -117,30 +142,38 @@ class ChatInbox:
                     continue
                 if message_id:
                     handed_on.add(message_id)
-                yield ChatMessage(text, held.info, held.received_at)
+                yield ChatMessage(text, held.info, held.received_at, message_id)
 
     def attach(self, session: AgentSession, identity: str,
                record: Callable[[dict[str, Any]], None],
                on_text: Callable[[str], None]) -> None:
         """From now on, `identity`'s messages (those held first) go to `session`, each
-        recorded with `record` and its text given to `on_text` as it is handed on."""
+        recorded with `record` and its text given to `on_text` as it is handed on; each named
+        one is confirmed answered once its reply is done."""
         self._session, self._identity, self._record = session, identity, record
         self._on_text = on_text
         self._forwarding = asyncio.create_task(self._forward(), name="chat-inbox")
 
     async def _forward(self) -> None:
-        assert self._session is not None
-        answer = room_io.TextInputOptions().text_input_cb  # what RoomIO would do with it
         async for message in self.messages(self._identity):
             self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
                           "received_at": round(message.received_at, 4),
                           "characters": len(message.text)})
             self._on_text(message.text)
-            participant = self._room.remote_participants.get(self._identity)
-            result = answer(self._session, room_io.TextInputEvent(
-                text=message.text, info=message.info, participant=participant))
-            if asyncio.iscoroutine(result):
-                await result
+            reply = await self._reply(message.text)
+            if message.id is not None:
+                reply.add_done_callback(
+                    lambda _reply, sent=message.id: self.answered(self._identity, sent))
+
+    async def _reply(self, text: str) -> SpeechHandle:
+        """What livekit-agents' own text input does with a message (room_io's
+        `_default_text_input_cb`: the user's turn claimed, the agent interrupted, a reply), but
+        keeping the reply's handle, which says when it is done: the default drops it."""
+        assert self._session is not None
+        # the SDK's way for a custom text input to claim the user's turn (its docstring)
+        async with self._session._claim_user_turn():
+            await self._session.interrupt()
+            return self._session.generate_reply(user_input=text)
 
     async def aclose(self) -> None:
         if self._forwarding is not None:

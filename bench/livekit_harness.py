@@ -337,8 +337,12 @@ class User:
             for _ in range(max(1, round(self.hold_s * fps))):
                 yield frame
 
-    async def say(self, text: str) -> None:
-        await self.room.local_participant.send_text(text, topic="lk.chat")
+    async def say(self, text: str, message_id: str | None = None) -> None:
+        """Sends `text` on the chat, named `message_id` as the console page names its messages
+        (the worker then confirms it on `sightline.chat.received`, agent/chat_inbox.py)."""
+        await self.room.local_participant.send_text(
+            text, topic="lk.chat",
+            attributes={"sightline.message": message_id} if message_id else None)
 
     async def wait_for_reply(self, timeout_s: float = 60) -> str:
         return (await self.next_reply(timeout_s))[0]

@@ -2,6 +2,8 @@
 own text streams: a message its sender names (the console page's `sightline.message`
 attribute) is confirmed to that sender alone once read, and handed on once however often it
 arrives; an unnamed message (another client's) is handed on each time it comes, unconfirmed.
+Once its reply is done, a named message is confirmed answered, and so is each copy that comes
+after. The worker's own replies mark it (tests/test_e2e_livekit.py).
 The page's side, sending again what is not confirmed, is in tests/test_console_browser.py.
 """
 
@@ -11,28 +13,27 @@ import asyncio
 import json
 
 from livekit import api, rtc
+from waits import eventually
 
 from agent.chat_inbox import MESSAGE_ID, RECEIVED_TOPIC, ChatInbox
 from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer
 
-ROOM = "chat-inbox"
 
-
-async def joined(livekit: LiveKitServer, identity: str, room: rtc.Room | None = None
-                 ) -> rtc.Room:
+async def joined(livekit: LiveKitServer, identity: str, room: rtc.Room | None = None,
+                 *, name: str = "chat-inbox") -> rtc.Room:
     room = room or rtc.Room()
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity(identity)
-             .with_grants(api.VideoGrants(room_join=True, room=ROOM)).to_jwt())
+             .with_grants(api.VideoGrants(room_join=True, room=name)).to_jwt())
     await room.connect(livekit.ws_url, token)
     return room
 
 
-def receipts_of(room: rtc.Room) -> list[str]:
-    """The ids confirmed to `room`'s participant, as they arrive."""
-    ids: list[str] = []
-    room.on("data_received", lambda packet: packet.topic == RECEIVED_TOPIC and ids.append(
-        json.loads(packet.data)["message"]))
-    return ids
+def receipts_of(room: rtc.Room) -> list[dict[str, object]]:
+    """The confirmations sent to `room`'s participant, as they arrive."""
+    receipts: list[dict[str, object]] = []
+    room.on("data_received", lambda packet: packet.topic == RECEIVED_TOPIC and receipts.append(
+        json.loads(packet.data)))
+    return receipts
 
 
 async def test_a_named_message_is_confirmed_to_its_sender_and_handed_on_once(
@@ -60,10 +61,8 @@ async def test_a_named_message_is_confirmed_to_its_sender_and_handed_on_once(
         ]:
             await sender.local_participant.send_text(
                 text, topic="lk.chat", attributes={MESSAGE_ID: message_id} if message_id else None)
-        deadline = asyncio.get_running_loop().time() + 15
-        while len(handed_on) < 4 or len(to_user) < 3 or not to_other:
-            assert asyncio.get_running_loop().time() < deadline, (handed_on, to_user, to_other)
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(handed_on) >= 4 and len(to_user) >= 3 and bool(to_other),
+                    (handed_on, to_user, to_other))
         # whatever was still on its way would have come with the last message handed on
         await asyncio.sleep(0.5)
     finally:
@@ -73,5 +72,41 @@ async def test_a_named_message_is_confirmed_to_its_sender_and_handed_on_once(
             await room.disconnect()
     assert handed_on == ["Why does the build fail?", "An unnamed message", "An unnamed message",
                          "And the tests?"]
-    assert to_user == ["page-1", "page-1", "page-2"]
-    assert to_other == ["page-1"]
+    assert to_user == [{"message": "page-1"}, {"message": "page-1"}, {"message": "page-2"}]
+    assert to_other == [{"message": "page-1"}]
+
+
+async def test_an_answered_message_is_confirmed_answered_and_so_is_each_later_copy(
+    livekit: LiveKitServer,
+) -> None:
+    agent = rtc.Room()
+    inbox = ChatInbox(agent)
+    await joined(livekit, "agent", agent, name="chat-answered")
+    user = await joined(livekit, "user", name="chat-answered")
+    to_user = receipts_of(user)
+    handed_on: list[str | None] = []
+
+    async def read() -> None:
+        async for message in inbox.messages("user"):
+            handed_on.append(message.id)
+    reading = asyncio.create_task(read())
+
+    async def ask(message_id: str) -> None:
+        await user.local_participant.send_text("Why does the build fail?", topic="lk.chat",
+                                               attributes={MESSAGE_ID: message_id})
+    try:
+        await ask("page-1")
+        await eventually(lambda: handed_on == ["page-1"] and len(to_user) == 1, to_user)
+        inbox.answered("user", "page-1")
+        await eventually(lambda: len(to_user) == 2, to_user)
+        await ask("page-1")  # a copy, sent after the page missed the answered receipt
+        await ask("page-2")
+        await eventually(lambda: len(to_user) == 4 and len(handed_on) == 2, (to_user, handed_on))
+    finally:
+        reading.cancel()
+        await inbox.aclose()
+        for room in (agent, user):
+            await room.disconnect()
+    assert to_user == [{"message": "page-1"}, {"message": "page-1", "answered": True},
+                       {"message": "page-1", "answered": True}, {"message": "page-2"}]
+    assert handed_on == ["page-1", "page-2"]

@@ -22,12 +22,14 @@ Against a stand-in agent (a test-owned participant of kind agent; no worker, no 
 speech, the user's words and the agent's answer each one bubble, shown as who said them; Leave
 then Start session shows only the new session; the agent leaving says so, closes the chat and
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
-does; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
-refused screen and a refused microphone are both noted; a session ended (Leave, the server) while
-the screen picker is open does nothing more once it answers, even to a newer session; the
-LiveKit server killed under a session and started again: the page says it is reconnecting, a
-question typed meanwhile goes out once the page and the agent are back; killed again and left
-down: the page says the connection could not be restored.
+does; a question the agent does not confirm is sent again under its id (its copy lost, late, or
+every copy lost: then marked), and one the agent read but left before answering is marked and
+sent to the agent that joins next; long unbroken text wraps; the browser's own "Stop sharing"
+updates the share button; a refused screen and a refused microphone are both noted; a session
+ended (Leave, the server) while the screen picker is open does nothing more once it answers,
+even to a newer session; the LiveKit server killed under a session and started again: the page
+says it is reconnecting, a question typed meanwhile goes out once the page and the agent are
+back; killed again and left down: the page says the connection could not be restored.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from PIL import Image, ImageStat
 from playwright.async_api import Page, async_playwright, expect
 from test_cascade import tool_results
 from test_user_tools import NO_MEMORY_UPDATE
+from waits import eventually
 from worker_fixture import running_worker
 
 from agent.chat_inbox import ChatInbox
@@ -427,11 +430,13 @@ class Copies(ChatInbox):
 
 
 async def stand_in_agent(livekit: LiveKitServer, room_name: str, chat: list[str] | None = None,
-                         inbox: Callable[[rtc.Room], ChatInbox] = ChatInbox) -> rtc.Room:
+                         inbox: Callable[[rtc.Room], ChatInbox] = ChatInbox, *,
+                         answers: bool = True) -> rtc.Room:
     """The STAND-IN AGENT joined to `room_name` (participant kind agent, as the worker's). It
     reads the page's chat with the worker's own inbox (or `inbox`, made for its room), set
     before it joins as the worker's is: each message is confirmed to the page, and what it
-    hands on goes to `chat`."""
+    hands on goes to `chat` and is confirmed answered at once (unless not `answers`: a worker
+    that dies before its reply)."""
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity(STAND_IN).with_kind("agent")
              .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True))).to_jwt()
     agent = rtc.Room()
@@ -443,6 +448,8 @@ async def stand_in_agent(livekit: LiveKitServer, room_name: str, chat: list[str]
         async for message in reader.messages(page):
             if chat is not None:
                 chat.append(message.text)
+            if answers and message.id is not None:
+                reader.answered(page, message.id)
     reading = asyncio.create_task(read())
     agent.on("disconnected", lambda _reason: reading.cancel())
     return agent
@@ -457,14 +464,6 @@ async def speak(agent: rtc.Room) -> rtc.LocalTrackPublication:
     track = rtc.LocalAudioTrack.create_audio_track("roomio_audio", rtc.AudioSource(24000, 1))
     return await agent.local_participant.publish_track(
         track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    """Waits until `check()` holds (the room delivers in its own time); fails saying `what`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 async def messages(page: Page) -> list[tuple[str, str]]:
@@ -646,17 +645,19 @@ class Asked:
 
 @contextlib.asynccontextmanager
 async def asked_through_copies(livekit: LiveKitServer, console_url: str, chat: list[str] | None,
-                               *, clock: bool = False, **fate: float) -> AsyncIterator[Asked]:
+                               *, clock: bool = False, answers: bool = True, **fate: float
+                               ) -> AsyncIterator[Asked]:
     """A session whose stand-in agent's inbox is `Copies(**fate)`, QUESTION asked once
     Sightline joined. The page throws no error. `clock`: the page's clock is Playwright's, to
-    be run forward with `run_clock`."""
+    be run forward with `run_clock`; `answers`: the stand-in's."""
     async with console_page() as (page, errors):
         if clock:
             await page.clock.install()
         room_name = await join_session(page, console_url)
         fates: list[str] = []
         agent = await stand_in_agent(livekit, room_name, chat,
-                                     functools.partial(Copies, fates=fates, **fate))
+                                     functools.partial(Copies, fates=fates, **fate),
+                                     answers=answers)
         try:
             await expect(page.locator("#status")).to_contain_text("Sightline joined",
                                                                   timeout=15_000)
@@ -689,18 +690,51 @@ async def test_a_question_not_confirmed_when_sightline_leaves_goes_to_the_next_a
     once and confirms it, and the label goes."""
     async with asked_through_copies(livekit, stand_in_console, None, lost=10) as asked:
         await eventually(lambda: asked.fates == ["lost"], f"the first copy: {asked.fates}")
-        await asked.agent.disconnect()
+        async with replaced(livekit, asked, "not confirmed: Sightline left"):
+            pass
+
+
+@contextlib.asynccontextmanager
+async def replaced(livekit: LiveKitServer, asked: Asked, left_label: str
+                   ) -> AsyncIterator[list[str]]:
+    """The stand-in agent leaves: the page says so and labels QUESTION `left_label`. A
+    replacement joins, is sent QUESTION, hands it on once and answers it, and the label goes;
+    yields what it handed on, then leaves."""
+    question = asked.page.locator("#messages li.user")
+    await asked.agent.disconnect()
+    await expect(asked.page.locator("#status")).to_contain_text("Sightline left", timeout=15_000)
+    await expect(question).to_have_text(f"{QUESTION} — {left_label}")
+    chat: list[str] = []
+    replacement = await stand_in_agent(livekit, asked.room, chat)
+    try:
+        await eventually(lambda: chat == [QUESTION], f"the replacement gets it: {chat}")
+        await expect(question).to_have_text(QUESTION)
+        yield chat
+    finally:
+        await replacement.disconnect()
+
+
+async def test_a_question_read_but_not_answered_when_sightline_leaves_goes_to_the_next_agent(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The agent reads the question, confirms it, and leaves before answering (a worker that
+    died): the page does not send it again while the agent is there, marks it not answered when
+    it leaves, and sends it to the replacement agent, which answers it; the label goes, and the
+    replacement leaving after its answer marks nothing."""
+    chat: list[str] = []
+    async with asked_through_copies(livekit, stand_in_console, chat, lost=0, answers=False
+                                    ) as asked:
         question = asked.page.locator("#messages li.user")
+        await eventually(lambda: chat == [QUESTION], f"the agent reads it: {chat}")
+        await asyncio.sleep(4)  # past the page's first wait for a confirmation (3 s)
+        assert asked.fates == ["to the inbox"], "confirmed: not sent again"
+        await expect(question).to_have_text(QUESTION)
+        async with replaced(livekit, asked, "not answered: Sightline left") as answered:
+            await asyncio.sleep(2)  # the answered receipt on its way, as the worker's would be
         await expect(asked.page.locator("#status")).to_contain_text("Sightline left",
                                                                     timeout=15_000)
-        await expect(question).to_have_text(f"{QUESTION} — not confirmed: Sightline left")
-        chat: list[str] = []
-        replacement = await stand_in_agent(livekit, asked.room, chat)
-        try:
-            await eventually(lambda: chat == [QUESTION], f"the replacement gets it: {chat}")
-            await expect(question).to_have_text(QUESTION)
-        finally:
-            await replacement.disconnect()
+        await expect(question).to_have_text(QUESTION)
+        assert answered == [QUESTION]
 
 
 async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(

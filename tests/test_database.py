@@ -20,7 +20,7 @@ import os
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import pytest
 from conftest import assert_bm25_statistics_exact, run_cli
 from prometheus_client import REGISTRY
 from test_screen_memory import ERROR_LINE, typed_desk
+from waits import eventually
 
 from agent.cli_costs import format_summary
 from agent.config import Settings
@@ -1088,14 +1089,6 @@ async def test_an_import_cut_off_between_a_batch_and_the_files_rewrite_stores_ea
     assert await stored_rows(db.pool, kind, "s-cut") == [f"row {n}" for n in range(250)]
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for `condition` (a writer retries with backoff)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("kind", ["messages", "screen"])
 async def test_a_writers_retries_store_each_row_once(
     settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch, kind: str,
@@ -1131,7 +1124,7 @@ async def test_a_writers_retries_store_each_row_once(
                               max_pending=12)
     for n in range(5):
         writer.put(spilled_row(kind, "s-retry", n))
-    await until(lambda: writer.pending == 0)  # stored, its answer lost, retried
+    await eventually(lambda: writer.pending == 0, "stored, its answer lost, retried")
     assert await stored_rows(db.pool, kind, "s-retry") == [f"row {n}" for n in range(5)]
 
     database["down"] = True
@@ -1143,7 +1136,7 @@ async def test_a_writers_retries_store_each_row_once(
     # and its retry; then gone again, and at the close the file cannot be rewritten without
     # the rows written
     database.update(down=False, acks_lost=1, batches_up=2)
-    await until(lambda: bool(database["down"]))
+    await eventually(lambda: bool(database["down"]), "the database seen down")
 
     def disk_full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -25,9 +25,11 @@ from conftest import fresh_database
 from livekit import rtc
 from PIL import Image, ImageFont
 from synthetic_screen import Desk, write_recording
+from waits import eventually
 from worker_fixture import running_worker, worker_env
 
 from agent.assist import ASSIST_TOPIC, AssistMessage
+from agent.chat_inbox import RECEIVED_TOPIC
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.images import sized_for
@@ -110,6 +112,11 @@ async def worker(
         yield worker
 
 
+def receipts(user: User) -> list[dict[str, Any]]:
+    """The worker's confirmations of the user's chat messages (agent/chat_inbox.py)."""
+    return [json.loads(payload) for topic, payload in user.data if topic == RECEIVED_TOPIC]
+
+
 def new_user(livekit: LiveKitServer, room_name: str) -> User:
     """A person who dispatches this module's worker (tenant e2e) and shares the demo screen."""
     return User(livekit, room_name, agent_name=AGENT_NAME, metadata={"tenant": "e2e"},
@@ -176,10 +183,17 @@ async def test_agent_sees_the_screen_share_and_answers_a_chat_message(
     await user.publish_video(rtc.TrackSource.SOURCE_SCREENSHARE, fps=10)
     await asyncio.sleep(8)  # the measured window: the agent samples while we publish
     asked_at = time.time()
-    await user.say("Why does this error show up?")
+    await user.say("Why does this error show up?", message_id="page-1")
     reply = await user.wait_for_reply()
+    # the question is confirmed read, then answered once its reply is done; a copy of it (the
+    # page missed the receipt) is told it is answered, not answered again
+    await eventually(lambda: len(receipts(user)) == 2, f"answered: {receipts(user)}")
+    await user.say("Why does this error show up?", message_id="page-1")
+    await eventually(lambda: len(receipts(user)) == 3, f"the copy: {receipts(user)}")
     await asyncio.sleep(1)
     await user.leave()
+    assert receipts(user) == [{"message": "page-1"}, {"message": "page-1", "answered": True},
+                              {"message": "page-1", "answered": True}]
 
     assert agent.identity.startswith("agent-")
     assert reply == ANSWER, "the reply on the text stream must be the model's response"

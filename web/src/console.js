@@ -3,7 +3,7 @@
 // on `lk.chat`, shows answers as they stream on `lk.transcription`, and the JSON messages the
 // worker publishes: `sightline.assist` (live assist), `sightline.screen` (errors seen on screen),
 // `sightline.handoff` (handed to a person), `sightline.cost` (the session's running cost) and
-// `sightline.chat.received` (a chat message reached the worker).
+// `sightline.chat.received` (a chat message reached the worker, or was answered).
 // Everything from the room is shown as text (textContent), never as HTML: screen and document
 // text is data.
 import { Room, RoomEvent, Track } from 'livekit-client';
@@ -20,7 +20,7 @@ const CHAT_PLACEHOLDER = $('chat-input').placeholder;
 // the current session's state (reset at each Start session)
 let sessionRoom = '';      // its room's name, for the status line
 let agentSeen = false;     // an agent has been in the room: once none is left, it has left
-let outgoing = [];         // chat messages Sightline has not confirmed yet, in the order typed
+let outgoing = [];         // chat messages Sightline has not answered yet, in the order typed
 let reconnecting = false;  // the connection to LiveKit lost; livekit-client is reconnecting
 let rejoinUntil = 0;       // after a reconnection, until when the agent may still rejoin (ms)
 let rejoinTimer = null;
@@ -50,7 +50,7 @@ function addMessage(role, text) {
   return item;
 }
 
-// a small label after a message's text: queued, not sent, not confirmed, cut off
+// a small label after a message's text: queued, not sent, not confirmed, not answered, cut off
 function label(item, className, text) {
   item.querySelector('.label')?.remove();
   if (!text) return;
@@ -159,7 +159,7 @@ const TOPICS = {
   'sightline.cost': showCost,
 };
 
-function onData(payload, _participant, _kind, topic) {
+function onData(payload, participant, _kind, topic) {
   const show = TOPICS[topic];
   if (!show) return;
   let message;
@@ -168,7 +168,7 @@ function onData(payload, _participant, _kind, topic) {
   } catch {
     return;  // not JSON: not one of Sightline's messages
   }
-  show(message);
+  show(message, participant);
 }
 
 // The share and microphone buttons say what the room has, whoever changed it: the page's
@@ -275,6 +275,12 @@ function onActive(participant) {
 // tests/test_console_browser.py's reconnection test). So one not confirmed in time is sent
 // again, under the same id, which the worker answers once; after the last wait it is marked not
 // confirmed. Each wait doubles: a worker under load confirms late, and each copy is more load.
+// A confirmed message waits, unsent, for the worker to say its reply is done (`answered`): the
+// agent that read it may leave first (a worker that died), and the agent that joins in its place
+// is sent it. `receivedBy` is the sid of the agent's connection that confirmed it: a worker
+// that reconnects after a LiveKit restart has a new one, and is sent it again (its receipt may
+// have been lost with the server; the worker confirms a copy, answered if it is, and answers
+// it once).
 const MESSAGE_ID = 'sightline.message';  // the text stream's attribute holding the message's id
 const CONFIRM_MS = [3000, 6000, 12000, 24000];  // after each send, how long to wait for it
 const pageId = Math.random().toString(36).slice(2, 10);
@@ -290,6 +296,12 @@ function deliver() {
   let next = Infinity;
   for (const message of [...outgoing]) {
     if (message.sending) continue;
+    if (message.receivedBy) {
+      const reader = [...room.remoteParticipants.values()].find(
+        (p) => p.sid === message.receivedBy);
+      if (reader) continue;  // its answer is coming
+      Object.assign(message, { receivedBy: '', sends: 0 });  // read by an agent that left
+    }
     const due = message.sends ? message.sentAt + CONFIRM_MS[message.sends - 1] : now;
     if (due > now) {
       next = Math.min(next, due);
@@ -304,15 +316,24 @@ function deliver() {
   if (next < Infinity) resendTimer = setTimeout(deliver, next - now);
 }
 
-// no longer waited for: confirmed, given up, or not sent
+// no longer waited for: answered, given up, or not sent
 function settle(message) {
   outgoing = outgoing.filter((each) => each !== message);
 }
 
-function confirmed(receipt) {
+// still to be sent or sent again: in `outgoing`, and not read by an agent
+function unconfirmed(message) {
+  return outgoing.includes(message) && !message.receivedBy;
+}
+
+function confirmed(receipt, agent) {
   const message = outgoing.find((each) => each.id === receipt.message);
-  if (!message) return;  // confirmed already (a copy's receipt), or given up and labelled
-  settle(message);
+  if (!message) return;  // answered already, or given up and labelled
+  if (receipt.answered) {
+    settle(message);
+  } else {
+    message.receivedBy = agent?.sid ?? '';
+  }
   message.item.classList.remove('queued', 'unsent');
   label(message.item, '', '');
 }
@@ -327,18 +348,18 @@ function sendInOrder(message) {
 
 async function sendChat(target, message) {
   // the session ended meanwhile (ended() labelled the message), or a copy was confirmed
-  if (room !== target || !outgoing.includes(message)) return;
+  if (room !== target || !unconfirmed(message)) return;
   try {
     await target.localParticipant.sendText(message.text,
       { topic: 'lk.chat', attributes: { [MESSAGE_ID]: message.id } });
     message.sends += 1;
     message.sentAt = Date.now();
     message.sending = false;
-    if (!outgoing.includes(message)) return;  // confirmed while sendText was finishing
+    if (!unconfirmed(message)) return;  // confirmed while sendText was finishing
     message.item.classList.remove('queued', 'unsent');
     label(message.item, '', message.sends > 1 ? ' — sent again: not confirmed yet' : '');
   } catch (error) {
-    if (!outgoing.includes(message)) return;  // a copy of it was confirmed meanwhile
+    if (!unconfirmed(message)) return;  // a copy of it was confirmed meanwhile
     settle(message);
     message.item.classList.remove('queued');
     message.item.classList.add('unsent');
@@ -377,10 +398,10 @@ function showAgent() {
       + 'to ask again', 'left');
     enable(['chat-input', 'send'], false);
     $('chat-input').placeholder = 'Sightline left: nobody would answer';
-    // sent, not confirmed: an agent joining again (a replacement) is sent it, and confirms it
-    for (const { item } of outgoing.filter((message) => message.sends)) {
+    // sent, not answered: an agent joining again (a replacement) is sent it, and answers it
+    for (const { item, receivedBy } of outgoing.filter((message) => message.sends)) {
       item.classList.add('unsent');
-      label(item, 'unsent', ' — not confirmed: Sightline left');
+      label(item, 'unsent', ` — not ${receivedBy ? 'answered' : 'confirmed'}: Sightline left`);
     }
   } else {
     setStatus(`Connected to ${sessionRoom}; waiting for Sightline…`, 'connected');
@@ -438,7 +459,8 @@ function ended() {
   $('preview').srcObject = null;
   removeAudio(null);
   clearTimeout(resendTimer);
-  for (const { item, sends } of outgoing) {
+  // a message Sightline read is not labelled: its answer, if cut off, says so
+  for (const { item, sends } of outgoing.filter((message) => !message.receivedBy)) {
     item.classList.remove('queued');
     item.classList.add('unsent');
     const what = sends ? 'not confirmed' : 'not sent';
