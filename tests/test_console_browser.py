@@ -9,11 +9,12 @@ microphone) and publishes both; a question is typed in the chat box, and the scr
 wire-format server, reached through the real google-genai client) answers.
 
 Protects: the page joins through the console (room, dispatch, token), the agent joins and sees
-the shared screen (the model's request carries the image), the answer streams into the page,
-the live-assist panel follows the question while it is typed (`sightline.draft`) and once sent,
-with the intent and the tenant's matching article, the cost meter moves,
-and the page is not blank (a screenshot with real content); asking for a person makes the model
-call `handoff_to_human` in the live worker, and the page shows the handoff the room received.
+the shared screen (the model's request carries the image), the page shows Sightline thinking
+until the answer streams into it, the live-assist panel follows the question while it is typed
+(`sightline.draft`) and once sent, with the intent and the tenant's matching article, the cost
+meter moves, and the page is not blank (a screenshot with real content); asking for a person
+makes the model call `handoff_to_human` in the live worker, and the page shows the handoff the
+room received.
 When starting a session fails below the console's own errors (headless Chromium, a real
 `sightline console`): the console stopped after the page loaded (the request fails) or a proxy in
 front of it answering its own HTML page, the status line says so and **Start session** can be
@@ -24,12 +25,14 @@ then Start session shows only the new session; the agent leaving says so, closes
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
 does; a question the agent does not confirm is sent again under its id (its copy lost, late, or
 every copy lost: then marked), and one the agent read but left before answering is marked and
-sent to the agent that joins next; long unbroken text wraps; the browser's own "Stop sharing"
-updates the share button; a refused screen and a refused microphone are both noted; a session
-ended (Leave, the server) while the screen picker is open does nothing more once it answers,
-even to a newer session; the LiveKit server killed under a session and started again: the page
-says it is reconnecting, a question typed meanwhile goes out once the page and the agent are
-back; killed again and left down: the page says the connection could not be restored.
+sent to the agent that joins next; the agent's state thinking is shown where its answer will
+appear, until the answer starts, the state changes or the agent leaves; long unbroken text
+wraps; the browser's own "Stop sharing" updates the share button; a refused screen and a refused
+microphone are both noted; a session ended (Leave, the server) while the screen picker is open
+does nothing more once it answers, even to a newer session; the LiveKit server killed under a
+session and started again: the page says it is reconnecting, a question typed meanwhile goes out
+once the page and the agent are back; killed again and left down: the page says the connection
+could not be restored.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def reply(request: CapturedRequest) -> ScriptedReply:
     if HANDOFF_QUESTION in request.text:
         return ScriptedReply(text="", tool_calls=(ScriptedToolCall(
             "handoff_to_human", {"reason": "The user asked for a person."}),))
-    return ScriptedReply(text=f"[[confidence: 0.95]] {ANSWER}", chunk_delay_s=0.05)
+    # the answer waits a second: the page shows Sightline thinking meanwhile
+    return ScriptedReply(text=f"[[confidence: 0.95]] {ANSWER}", delay_s=1.0, chunk_delay_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +212,13 @@ async def test_the_console_in_a_browser_shares_asks_and_shows_answer_and_assist(
             await expect(page.locator("#assist-heard")).to_contain_text(
                 f"Hearing (typed): “{QUESTION}”", timeout=15_000)
             await page.press("#chat-input", "Enter")
+            thinking = page.locator("#messages li.thinking")
+            await expect(thinking).to_have_text("Sightline is thinking…", timeout=15_000)
             await expect(page.locator("#assist-heard")).to_contain_text(
                 f"Heard (typed): “{QUESTION}”", timeout=15_000)
             answer = page.locator("#messages li.agent.done")
             await expect(answer).to_have_text(ANSWER, timeout=60_000)
+            await expect(thinking).to_have_count(0)
             await expect(page.locator("#suggestions li.suggestion").first).to_contain_text(
                 "Vpn reset", timeout=10_000)
             await expect(page.locator("#assist-intent")).to_contain_text("troubleshoot_error")
@@ -438,7 +445,8 @@ async def stand_in_agent(livekit: LiveKitServer, room_name: str, chat: list[str]
     hands on goes to `chat` and is confirmed answered at once (unless not `answers`: a worker
     that dies before its reply)."""
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity(STAND_IN).with_kind("agent")
-             .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True))).to_jwt()
+             .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True,
+                                          can_update_own_metadata=True))).to_jwt()
     agent = rtc.Room()
     reader = inbox(agent)
     await agent.connect(livekit.ws_url, token)
@@ -812,6 +820,51 @@ async def test_an_answer_cut_off_by_the_agent_leaving_is_marked_so(
         await expect(answer).not_to_have_class(re.compile(r"\bdone\b"))
         await expect(answer).to_contain_text("cut off")
         await expect(page.locator("#status")).to_contain_text("Sightline left")
+        assert errors == []
+
+
+async def test_sightline_thinking_is_shown_where_its_answer_will_appear(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The agent's state (`lk.agent.state`, the attribute livekit-agents publishes) turns to
+    thinking: the conversation's last item says "Sightline is thinking…", and stays last when a
+    question is typed meanwhile; it goes when the answer starts streaming, comes back with the
+    next thinking, goes when the state changes, and goes when the agent leaves thinking."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        indicator = page.locator("#messages li.thinking")
+        status = page.locator("#status")
+
+        async def state(value: str) -> None:
+            await agent.local_participant.set_attributes({"lk.agent.state": value})
+        try:
+            await expect(status).to_contain_text("Sightline joined", timeout=15_000)
+            await state("thinking")
+            await expect(indicator).to_have_text("Sightline is thinking…")
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
+            assert await messages(page) == [("user", QUESTION),
+                                            ("thinking", "Sightline is thinking…")]
+            writer = await agent.local_participant.stream_text(
+                topic="lk.transcription",
+                attributes={"lk.transcription_final": "false", "lk.segment_id": "SG_think"})
+            await writer.write("Open Settings.")
+            await expect(page.locator("#messages li.agent")).to_have_text("Open Settings.")
+            await expect(indicator).to_have_count(0)
+            await writer.aclose()
+            await state("listening")  # the answer is done; the next question
+            await state("thinking")
+            await expect(indicator).to_have_count(1)
+            await state("speaking")  # an answer spoken: its transcript may come after
+            await expect(indicator).to_have_count(0)
+            await state("thinking")
+            await expect(indicator).to_have_count(1)
+        finally:
+            await agent.disconnect()
+        await expect(status).to_contain_text("Sightline left", timeout=15_000)
+        await expect(indicator).to_have_count(0)
         assert errors == []
 
 

@@ -25,6 +25,7 @@ let reconnecting = false;  // the connection to LiveKit lost; livekit-client is 
 let rejoinUntil = 0;       // after a reconnection, until when the agent may still rejoin (ms)
 let rejoinTimer = null;
 let bubbles = new Map();   // lk.segment_id -> the bubble showing that segment
+let thinking = null;       // "Sightline is thinking…", while shown: the conversation's last item
 const notes = { screen: '', mic: '' };  // why the screen or the microphone is not shared
 
 function setStatus(text, state) {
@@ -46,8 +47,32 @@ function addMessage(role, text) {
   body.textContent = text;
   item.append(body);
   $('messages').append(item);
+  if (thinking) $('messages').append(thinking);  // it stays where the answer will appear
   item.scrollIntoView({ block: 'end' });
   return item;
+}
+
+// While Sightline works out an answer (looks things up, asks the models, runs a tool), the
+// conversation says so where the answer will appear: livekit-agents publishes its session's state
+// as the agent's participant attribute `lk.agent.state` (what LiveKit's own front-end components
+// read), `thinking` until the answer starts. The indicator goes when the state changes, when an
+// answer starts streaming (a text-only session's state may stay `thinking` until it ends), and
+// when the agent leaves or the session ends.
+const AGENT_STATE = 'lk.agent.state';
+
+function showThinking(on) {
+  if (on && !thinking) {
+    thinking = addMessage('thinking', 'Sightline is thinking…');
+  } else if (!on && thinking) {
+    thinking.remove();
+    thinking = null;
+  }
+}
+
+function onAttributes(changed, participant) {
+  if (participant.isAgent && AGENT_STATE in changed) {
+    showThinking(changed[AGENT_STATE] === 'thinking');
+  }
 }
 
 // a small label after a message's text: queued, not sent, not confirmed, not answered, cut off
@@ -74,6 +99,7 @@ function enable(ids, on) {
 async function onTranscription(reader, participantInfo, current) {
   const fromUser = participantInfo.identity === current.localParticipant.identity;
   const segment = reader.info.attributes?.['lk.segment_id'] || reader.info.id;
+  if (!fromUser) showThinking(false);  // the answer is starting
   let item = bubbles.get(segment);
   if (!item) {
     item = addMessage(fromUser ? 'user voice' : 'agent', '');
@@ -398,6 +424,7 @@ function showAgent() {
       + 'to ask again', 'left');
     enable(['chat-input', 'send'], false);
     $('chat-input').placeholder = 'Sightline left: nobody would answer';
+    showThinking(false);
     // sent, not answered: an agent joining again (a replacement) is sent it, and answers it
     for (const { item, receivedBy } of outgoing.filter((message) => message.sends)) {
       item.classList.add('unsent');
@@ -426,6 +453,7 @@ function resetPanels() {
   $('preview').srcObject = null;
   removeAudio(null);
   bubbles = new Map();
+  showThinking(false);
   outgoing = [];
   clearTimeout(resendTimer);
   agentSeen = false;
@@ -458,6 +486,7 @@ function ended() {
   $('chat-input').placeholder = CHAT_PLACEHOLDER;
   $('preview').srcObject = null;
   removeAudio(null);
+  showThinking(false);
   clearTimeout(resendTimer);
   // a message Sightline read is not labelled: its answer, if cut off, says so
   for (const { item, sends } of outgoing.filter((message) => !message.receivedBy)) {
@@ -520,6 +549,7 @@ async function start() {
   current.on(RoomEvent.ParticipantConnected, live(showAgent));
   current.on(RoomEvent.ParticipantActive, live(onActive));
   current.on(RoomEvent.ParticipantDisconnected, live(showAgent));
+  current.on(RoomEvent.ParticipantAttributesChanged, live(onAttributes));
   current.on(RoomEvent.TrackSubscribed, live(playAudio));
   current.on(RoomEvent.TrackUnsubscribed, removeAudio);
   current.on(RoomEvent.LocalTrackPublished, live(onLocalPublished));
