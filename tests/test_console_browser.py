@@ -438,15 +438,16 @@ class Copies(ChatInbox):
 
 async def stand_in_agent(livekit: LiveKitServer, room_name: str, chat: list[str] | None = None,
                          inbox: Callable[[rtc.Room], ChatInbox] = ChatInbox, *,
-                         answers: bool = True) -> rtc.Room:
+                         answers: bool = True, state: str | None = None) -> rtc.Room:
     """The STAND-IN AGENT joined to `room_name` (participant kind agent, as the worker's). It
     reads the page's chat with the worker's own inbox (or `inbox`, made for its room), set
     before it joins as the worker's is: each message is confirmed to the page, and what it
     hands on goes to `chat` and is confirmed answered at once (unless not `answers`: a worker
-    that dies before its reply)."""
+    that dies before its reply). `state`: its `lk.agent.state` as it joins."""
     token = (api.AccessToken(API_KEY, API_SECRET).with_identity(STAND_IN).with_kind("agent")
              .with_grants(api.VideoGrants(room_join=True, room=room_name, agent=True,
-                                          can_update_own_metadata=True))).to_jwt()
+                                          can_update_own_metadata=True))
+             .with_attributes({"lk.agent.state": state} if state else {})).to_jwt()
     agent = rtc.Room()
     reader = inbox(agent)
     await agent.connect(livekit.ws_url, token)
@@ -829,7 +830,8 @@ async def test_sightline_thinking_is_shown_where_its_answer_will_appear(
     """The agent's state (`lk.agent.state`, the attribute livekit-agents publishes) turns to
     thinking: the conversation's last item says "Sightline is thinking…", and stays last when a
     question is typed meanwhile; it goes when the answer starts streaming, comes back with the
-    next thinking, goes when the state changes, and goes when the agent leaves thinking."""
+    next thinking, goes when the state changes, and goes when the agent leaves thinking. An
+    agent that joins thinking (one back after a reconnection) shows it at once."""
     async with console_page() as (page, errors):
         room_name = await join_session(page, stand_in_console)
         agent = await stand_in_agent(livekit, room_name)
@@ -865,6 +867,11 @@ async def test_sightline_thinking_is_shown_where_its_answer_will_appear(
             await agent.disconnect()
         await expect(status).to_contain_text("Sightline left", timeout=15_000)
         await expect(indicator).to_have_count(0)
+        replacement = await stand_in_agent(livekit, room_name, state="thinking")
+        try:
+            await expect(indicator).to_have_count(1, timeout=15_000)
+        finally:
+            await replacement.disconnect()
         assert errors == []
 
 

@@ -75,6 +75,12 @@ function onAttributes(changed, participant) {
   }
 }
 
+// an agent joining (again, after a reconnection) brings its state with it, not as a change
+function onJoined(participant) {
+  showAgent();  // first: before it is active, the agent that left is still gone
+  if (participant.isAgent) showThinking(participant.attributes[AGENT_STATE] === 'thinking');
+}
+
 // a small label after a message's text: queued, not sent, not confirmed, not answered, cut off
 function label(item, className, text) {
   item.querySelector('.label')?.remove();
@@ -464,6 +470,7 @@ function resetPanels() {
 
 function onReconnecting() {
   reconnecting = true;
+  showThinking(false);  // the agent's state is unknown until it is back
   showAgent();
 }
 
@@ -546,7 +553,7 @@ async function start() {
     onTranscription(reader, participantInfo, current);
   }));
   current.on(RoomEvent.DataReceived, live(onData));
-  current.on(RoomEvent.ParticipantConnected, live(showAgent));
+  current.on(RoomEvent.ParticipantConnected, live(onJoined));
   current.on(RoomEvent.ParticipantActive, live(onActive));
   current.on(RoomEvent.ParticipantDisconnected, live(showAgent));
   current.on(RoomEvent.ParticipantAttributesChanged, live(onAttributes));
