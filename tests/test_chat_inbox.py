@@ -62,7 +62,7 @@ async def test_a_named_message_is_confirmed_to_its_sender_and_handed_on_once(
             await sender.local_participant.send_text(
                 text, topic="lk.chat", attributes={MESSAGE_ID: message_id} if message_id else None)
         await eventually(lambda: len(handed_on) >= 4 and len(to_user) >= 3 and bool(to_other),
-                    (handed_on, to_user, to_other))
+                         (handed_on, to_user, to_other))
         # whatever was still on its way would have come with the last message handed on
         await asyncio.sleep(0.5)
     finally:
