@@ -831,12 +831,14 @@ async def test_sightline_thinking_is_shown_where_its_answer_will_appear(
     thinking: the conversation's last item says "Sightline is thinking…", and stays last when a
     question is typed meanwhile; it goes when the answer starts streaming, comes back with the
     next thinking, goes when the state changes, and goes when the agent leaves thinking. An
-    agent that joins thinking (one back after a reconnection) shows it at once."""
+    agent that joins thinking (one back after a reconnection) shows it at once. The conversation
+    and the status line have the roles a screen reader announces (log, status)."""
     async with console_page() as (page, errors):
         room_name = await join_session(page, stand_in_console)
         agent = await stand_in_agent(livekit, room_name)
-        indicator = page.locator("#messages li.thinking")
-        status = page.locator("#status")
+        # found by their roles, as a screen reader finds them: the conversation a live log
+        indicator = page.get_by_role("log").locator("li.thinking")
+        status = page.get_by_role("status")
 
         async def state(value: str) -> None:
             await agent.local_participant.set_attributes({"lk.agent.state": value})
