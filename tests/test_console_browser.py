@@ -25,14 +25,14 @@ then Start session shows only the new session; the agent leaving says so, closes
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
 does; a question the agent does not confirm is sent again under its id (its copy lost, late, or
 every copy lost: then marked), and one the agent read but left before answering is marked and
-sent to the agent that joins next; the agent's state thinking is shown where its answer will
-appear, until the answer starts, the state changes or the agent leaves; long unbroken text
-wraps; the browser's own "Stop sharing" updates the share button; a refused screen and a refused
-microphone are both noted; a session ended (Leave, the server) while the screen picker is open
-does nothing more once it answers, even to a newer session; the LiveKit server killed under a
-session and started again: the page says it is reconnecting, a question typed meanwhile goes out
-once the page and the agent are back; killed again and left down: the page says the connection
-could not be restored.
+sent to the agent that joins next, or back after a LiveKit restart; the agent's state thinking
+is shown where its answer will appear, until the answer starts, the state changes or the agent
+leaves; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
+refused screen and a refused microphone are both noted; a session ended (Leave, the server)
+while the screen picker is open does nothing more once it answers, even to a newer session; the
+LiveKit server killed under a session and started again: the page says it is reconnecting, a
+question typed meanwhile goes out once the page and the agent are back; killed again and left
+down: the page says the connection could not be restored.
 """
 
 from __future__ import annotations
@@ -744,6 +744,33 @@ async def test_a_question_read_but_not_answered_when_sightline_leaves_goes_to_th
                                                                     timeout=15_000)
         await expect(question).to_have_text(QUESTION)
         assert answered == [QUESTION]
+
+
+async def test_a_question_read_before_a_livekit_restart_is_sent_again_to_the_agent_back(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """The agent reads the question and has not answered it when the LiveKit server dies and
+    comes back: the agent's connection is a new one, which may have missed the answered receipt
+    with the server, so once both are back the page sends the question again; the agent's inbox
+    confirms the copy and does not hand it on twice."""
+    assert livekit.process is not None
+    chat: list[str] = []
+    try:
+        async with asked_through_copies(livekit, stand_in_console, chat, lost=0, answers=False
+                                        ) as asked:
+            await eventually(lambda: chat == [QUESTION], f"the agent reads it: {chat}")
+            livekit.process.crash()
+            status = asked.page.locator("#status")
+            await expect(status).to_contain_text("lost; reconnecting", timeout=15_000)
+            await asyncio.to_thread(livekit.process.start)
+            await eventually(lambda: asked.fates == ["to the inbox"] * 2,
+                             f"sent again to the agent back: {asked.fates}", 60)
+            await expect(status).to_contain_text("Sightline joined", timeout=15_000)
+            await expect(asked.page.locator("#messages li.user")).to_have_text(QUESTION)
+            assert chat == [QUESTION], "handed on once"
+    finally:
+        if livekit.process.exit_code() is not None:
+            await asyncio.to_thread(livekit.process.start)
 
 
 async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(
