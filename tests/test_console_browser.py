@@ -755,22 +755,19 @@ async def test_a_question_read_before_a_livekit_restart_is_sent_again_to_the_age
     confirms the copy and does not hand it on twice."""
     assert livekit.process is not None
     chat: list[str] = []
-    try:
-        async with asked_through_copies(livekit, stand_in_console, chat, lost=0, answers=False
-                                        ) as asked:
-            await eventually(lambda: chat == [QUESTION], f"the agent reads it: {chat}")
-            livekit.process.crash()
-            status = asked.page.locator("#status")
-            await expect(status).to_contain_text("lost; reconnecting", timeout=15_000)
-            await asyncio.to_thread(livekit.process.start)
-            await eventually(lambda: asked.fates == ["to the inbox"] * 2,
-                             f"sent again to the agent back: {asked.fates}", 60)
-            await expect(status).to_contain_text("Sightline joined", timeout=15_000)
-            await expect(asked.page.locator("#messages li.user")).to_have_text(QUESTION)
-            assert chat == [QUESTION], "handed on once"
-    finally:
-        if livekit.process.exit_code() is not None:
-            await asyncio.to_thread(livekit.process.start)
+    # a test failing with the server down leaves it to the next test's `livekit_restarted`
+    async with asked_through_copies(livekit, stand_in_console, chat, lost=0, answers=False
+                                    ) as asked:
+        await eventually(lambda: chat == [QUESTION], f"the agent reads it: {chat}")
+        livekit.process.crash()
+        status = asked.page.locator("#status")
+        await expect(status).to_contain_text("lost; reconnecting", timeout=15_000)
+        await asyncio.to_thread(livekit.process.start)
+        await eventually(lambda: asked.fates == ["to the inbox"] * 2,
+                         f"sent again to the agent back: {asked.fates}", 60)
+        await expect(status).to_contain_text("Sightline joined", timeout=15_000)
+        await expect(asked.page.locator("#messages li.user")).to_have_text(QUESTION)
+        assert chat == [QUESTION], "handed on once"
 
 
 async def test_a_question_confirmed_late_is_sent_again_and_handed_on_once(

@@ -329,9 +329,9 @@ function deliver() {
   for (const message of [...outgoing]) {
     if (message.sending) continue;
     if (message.receivedBy) {
-      const reader = [...room.remoteParticipants.values()].find(
+      const readerHere = [...room.remoteParticipants.values()].some(
         (p) => p.sid === message.receivedBy);
-      if (reader) continue;  // its answer is coming
+      if (readerHere) continue;  // its answer is coming
       Object.assign(message, { receivedBy: '', sends: 0 });  // read by an agent that left
     }
     const due = message.sends ? message.sentAt + CONFIRM_MS[message.sends - 1] : now;
