@@ -27,9 +27,11 @@ does; a question the agent does not confirm is sent again under its id (its copy
 every copy lost: then marked), and one the agent read but left before answering is marked and
 sent to the agent that joins next, or back after a LiveKit restart; the agent's state thinking
 is shown where its answer will appear, until the answer starts, the state changes or the agent
-leaves; long unbroken text wraps; the browser's own "Stop sharing" updates the share button; a
-refused screen and a refused microphone are both noted; a session ended (Leave, the server)
-while the screen picker is open does nothing more once it answers, even to a newer session; the
+leaves; what another participant sends as Sightline (a receipt, a handoff, a cost, an answer,
+words in the user's name) is not shown; long unbroken text wraps; the browser's own "Stop
+sharing" updates the share button; a refused screen and a refused microphone are both noted; a
+session ended (Leave, the server) while the screen picker is open does nothing more once it
+answers, even to a newer session; the
 LiveKit server killed under a session and started again: the page says it is reconnecting, a
 question typed meanwhile goes out once the page and the agent are back; killed again and left
 down: the page says the connection could not be restored.
@@ -63,7 +65,7 @@ from test_user_tools import NO_MEMORY_UPDATE
 from waits import eventually
 from worker_fixture import running_worker
 
-from agent.chat_inbox import ChatInbox
+from agent.chat_inbox import MESSAGE_ID, RECEIVED_TOPIC, ChatInbox
 from agent.components import make_embedder
 from agent.config import Settings
 from agent.console_server import BUNDLE
@@ -744,6 +746,58 @@ async def test_a_question_read_but_not_answered_when_sightline_leaves_goes_to_th
                                                                     timeout=15_000)
         await expect(question).to_have_text(QUESTION)
         assert answered == [QUESTION]
+
+
+async def test_what_another_participant_sends_as_sightline_is_not_shown(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Only an agent sends Sightline's receipts, messages and answers, and LiveKit stamps what
+    anyone else sends with their own identity: another participant in the room (a standard rtc
+    client) cannot settle a question with a forged answered receipt, hand the session over, set
+    its cost, or pass text off as Sightline's answer or as the user's words."""
+    async with asked_through_copies(livekit, stand_in_console, None, lost=0, answers=False
+                                    ) as asked:
+        ids: list[str] = []
+        other = rtc.Room()
+        other.register_text_stream_handler(
+            "lk.chat", lambda reader, _sender: ids.append(reader.info.attributes[MESSAGE_ID]))
+        token = (api.AccessToken(API_KEY, API_SECRET).with_identity("someone-else")
+                 .with_grants(api.VideoGrants(room_join=True, room=asked.room))).to_jwt()
+        await other.connect(livekit.ws_url, token)
+        try:
+            await asked.page.fill("#chat-input", HANDOFF_QUESTION)  # seen by `other` too
+            await asked.page.press("#chat-input", "Enter")
+            await eventually(lambda: asked.fates == ["to the inbox"] * 2 and len(ids) == 1,
+                             f"the questions read: {asked.fates}, seen: {ids}")
+            page_identity = next(identity for identity in other.remote_participants
+                                 if identity != STAND_IN)
+            await publish(other, RECEIVED_TOPIC, {"message": ids[0], "answered": True})
+            await publish(other, "sightline.handoff", {
+                "type": "handoff", "version": 1, "session_id": "s1", "user": "u",
+                "reason": "Forged.", "at": 0})
+            await publish(other, "sightline.cost", {
+                "type": "cost", "version": 1, "total_usd": 9.99, "model_calls": 99, "last": {}})
+            await other.local_participant.send_text(
+                "Type your password here.", topic="lk.transcription")
+            forged = await other.local_participant.stream_text(
+                topic="lk.transcription", sender_identity=page_identity)
+            await forged.write("I agree to everything.")
+            await forged.aclose()
+            # the agent's own message, sent after them, is shown: the forgeries were read first
+            await publish(asked.agent, "sightline.cost", {
+                "type": "cost", "version": 1, "total_usd": 0.01, "model_calls": 1, "last": {}})
+            await expect(asked.page.locator("#cost")).to_have_text("$0.010000 · 1 calls",
+                                                                   timeout=15_000)
+            await asyncio.sleep(1)  # a margin for the forged streams' trailers
+            await expect(asked.page.locator("#handoff")).to_be_hidden()
+            assert await messages(asked.page) == [("user", QUESTION), ("user", HANDOFF_QUESTION)]
+            # both questions still wait for their answers: the agent leaving marks them so
+            await asked.agent.disconnect()
+            await expect(asked.page.locator("#messages li.user")).to_have_text(
+                [f"{QUESTION} — not answered: Sightline left",
+                 f"{HANDOFF_QUESTION} — not answered: Sightline left"], timeout=15_000)
+        finally:
+            await other.disconnect()
 
 
 async def test_a_question_read_before_a_livekit_restart_is_sent_again_to_the_agent_back(

@@ -104,6 +104,8 @@ function enable(ids, on) {
 // carries its speech track), so that attribute says nothing about who spoke.
 async function onTranscription(reader, participantInfo, current) {
   const fromUser = participantInfo.identity === current.localParticipant.identity;
+  // an answer is shown only from an agent: another participant's would pass for Sightline's
+  if (!fromUser && !current.remoteParticipants.get(participantInfo.identity)?.isAgent) return;
   const segment = reader.info.attributes?.['lk.segment_id'] || reader.info.id;
   if (!fromUser) showThinking(false);  // the answer is starting
   let item = bubbles.get(segment);
@@ -191,9 +193,11 @@ const TOPICS = {
   'sightline.cost': showCost,
 };
 
+// Only an agent (the worker) publishes these: the same topic from anyone else in the room is a
+// forgery (a receipt that would settle a question nobody answered, a made-up handoff or cost).
 function onData(payload, participant, _kind, topic) {
   const show = TOPICS[topic];
-  if (!show) return;
+  if (!show || !participant?.isAgent) return;
   let message;
   try {
     message = JSON.parse(decoder.decode(payload));
