@@ -23,6 +23,13 @@ off: the user moved on, or the session ended) the sender is told that too (`{"me
 not answered to the agent that joins in place of one that left (a replacement for a worker that
 died).
 
+That agent's session loaded the conversation the dead one stored, which may hold the question
+already (stored under a key made of its id: memory/conversation.py `named_message_key`), and its
+answer too when the worker died after answering but before its receipt went out. So a named
+message the loaded conversation holds answered is confirmed answered and not answered again; one
+it holds unanswered is taken out of it, to be asked again at the conversation's end (its copy is
+stored once: the key is the same).
+
 Each message handed on is recorded (`chat`: the sender's timestamp and when the stream reached
 this process), so a session's log says how long the user's words took to reach it: under load
 that transport, not the turn, is where seconds go (bench/load.py reads it).
@@ -38,9 +45,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, llm
 from livekit.agents.types import TOPIC_CHAT
 from livekit.agents.voice import SpeechHandle
+
+from memory.spill_files import ROW_KEY
 
 from .room_publisher import RoomPublisher
 
@@ -50,6 +59,17 @@ MESSAGE_ID = "sightline.message"  # a chat stream's attribute: its sender's id f
 # agent -> user: {"message": id}: its text is here; {"message": id, "answered": true}: its
 # reply is done
 RECEIVED_TOPIC = "sightline.chat.received"
+
+
+def stored_before(ctx: llm.ChatContext, key: str) -> tuple[llm.ChatMessage | None, bool]:
+    """The user's message stored under `key` in the conversation `ctx` (as an earlier session
+    of the room left it), and whether the next message after it is an answer."""
+    said = [item for item in ctx.items
+            if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant")]
+    for n, item in enumerate(said):
+        if item.role == "user" and item.extra.get(ROW_KEY) == key:
+            return item, any(after.role == "assistant" for after in said[n + 1:n + 2])
+    return None, False
 
 
 def _ignored(read: asyncio.Task[str]) -> None:
@@ -86,6 +106,7 @@ class ChatInbox:
         self._identity = ""
         self._record: Callable[[dict[str, Any]], None] = lambda detail: None
         self._on_text: Callable[[str], None] = lambda text: None
+        self._key: Callable[[str], str] = lambda message_id: message_id
         self._forwarding: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
@@ -146,34 +167,60 @@ class ChatInbox:
 
     def attach(self, session: AgentSession, identity: str,
                record: Callable[[dict[str, Any]], None],
-               on_text: Callable[[str], None]) -> None:
+               on_text: Callable[[str], None], key: Callable[[str], str]) -> None:
         """From now on, `identity`'s messages (those held first) go to `session`, each
         recorded with `record` and its text given to `on_text` as it is handed on; each named
-        one is confirmed answered once its reply is done."""
+        one is confirmed answered once its reply is done. `key`: the row key a named message
+        is stored under (`ConversationLog.named_key`), to find it in the loaded conversation."""
         self._session, self._identity, self._record = session, identity, record
-        self._on_text = on_text
+        self._on_text, self._key = on_text, key
         self._forwarding = asyncio.create_task(self._forward(), name="chat-inbox")
 
     async def _forward(self) -> None:
         async for message in self.messages(self._identity):
+            if message.id is not None and await self._answered_before(message.id):
+                continue
             self._record({"sent_at": message.info.timestamp / 1000,  # the sender's clock
                           "received_at": round(message.received_at, 4),
                           "characters": len(message.text)})
             self._on_text(message.text)
-            reply = await self._reply(message.text)
+            reply = await self._reply(message)
             if message.id is not None:
                 reply.add_done_callback(
                     lambda _reply, sent=message.id: self.answered(self._identity, sent))
 
-    async def _reply(self, text: str) -> SpeechHandle:
+    async def _answered_before(self, message_id: str) -> bool:
+        """Whether an earlier session of the room answered this message (its sender is told
+        so). One it stored unanswered is taken out of the loaded conversation, to be asked
+        again at its end."""
+        assert self._session is not None
+        agent = self._session.current_agent
+        earlier, answered = stored_before(agent.chat_ctx, self._key(message_id))
+        if answered:
+            log.info("chat message %s was answered by an earlier session of the room",
+                     message_id)
+            self.answered(self._identity, message_id)
+        elif earlier is not None:
+            log.info("chat message %s was asked in an earlier session of the room and not "
+                     "answered; asked again", message_id)
+            ctx = agent.chat_ctx.copy()
+            ctx.remove(earlier)
+            await agent.update_chat_ctx(ctx)
+        return answered
+
+    async def _reply(self, message: ChatMessage) -> SpeechHandle:
         """What livekit-agents' own text input does with a message (room_io's
         `_default_text_input_cb`: the user's turn claimed, the agent interrupted, a reply), but
-        keeping the reply's handle, which says when it is done: the default drops it."""
+        keeping the reply's handle, which says when it is done: the default drops it. The
+        message's id goes with its text (the item's `extra`), for the session to store it
+        under."""
         assert self._session is not None
+        said = llm.ChatMessage(role="user", content=[message.text],
+                               extra={MESSAGE_ID: message.id} if message.id else {})
         # the SDK's way for a custom text input to claim the user's turn (its docstring)
         async with self._session._claim_user_turn():
             await self._session.interrupt()
-            return self._session.generate_reply(user_input=text)
+            return self._session.generate_reply(user_input=said)
 
     async def aclose(self) -> None:
         if self._forwarding is not None:

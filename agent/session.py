@@ -50,6 +50,7 @@ from .alerts import process_sink
 from .assist import LiveAssist
 from .budget import BudgetGuard
 from .cascade import CascadeLLM
+from .chat_inbox import MESSAGE_ID
 from .components import make_embedder, make_reranker
 from .config import Settings, Tier
 from .database_watch import DatabaseWatch
@@ -406,7 +407,8 @@ class SessionRuntime:
         is put on `parts` as it is made."""
         session_id = record.events.session_id
         events, meter = record.events, record.meter
-        conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder)
+        conversation = ConversationLog(store, session_id, tenant, settings.costs_dir, embedder,
+                                       room=room or "")
         parts.push_async_callback(conversation.close)
         stored_words = HidingQueue()
         parts.push_async_callback(stored_words.aclose)
@@ -558,7 +560,9 @@ class SessionRuntime:
         text = item.text_content or ""
         # whether an answer goes to memory (`_answered`) as the round stands now, not once hidden
         role, answered = item.role, item.role == "assistant" and self._answered
-        self.stored_words.put([text], lambda hidden: self._store(role, hidden[0], answered))
+        client_id = item.extra.get(MESSAGE_ID)  # a chat message its client named (ChatInbox)
+        self.stored_words.put([text], lambda hidden: self._store(role, hidden[0], answered,
+                                                                 client_id))
         timing = {key: round(value, 4) for key, value in (item.metrics or {}).items()
                   if key in _VOICE_TIMINGS and isinstance(value, float)}
         if item.role == "user":
@@ -573,11 +577,12 @@ class SessionRuntime:
             "interrupted": item.interrupted, "characters": len(text), **timing,
             **self._turn_cpu()})
 
-    def _store(self, role: str, text: str, answered: bool) -> None:
-        """One message, its secrets hidden, in the order said: to the conversation log; a
-        question is kept for its answer, and an answer goes with it to the memory keeper, or to
-        disk for a later session's when the session runs without the database."""
-        self.conversation.add(self.user_id, role, text)
+    def _store(self, role: str, text: str, answered: bool, client_id: str | None) -> None:
+        """One message, its secrets hidden, in the order said: to the conversation log (under
+        the id its client gave it, if any); a question is kept for its answer, and an answer
+        goes with it to the memory keeper, or to disk for a later session's when the session
+        runs without the database."""
+        self.conversation.add(self.user_id, role, text, client_id)
         if role == "user":
             self._asked = text
             return

@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -362,7 +363,8 @@ async def run_session(ctx: JobContext) -> None:
             session.output.transcription = paced.text_output
         inbox.attach(session, participant.identity,
                      lambda detail: runtime.record.events.record("chat", detail=detail),
-                     on_text=runtime.turn_context.prefetch)
+                     on_text=runtime.turn_context.prefetch,
+                     key=partial(runtime.conversation.named_key, participant.identity))
     except BaseException as exc:
         ending = describe_failure(exc)
         if not isinstance(exc, Exception):

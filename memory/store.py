@@ -24,6 +24,7 @@ class StoredMessage:
     role: str
     content: str
     created_at: datetime
+    row_key: str | None  # `ROW_KEY`: for a message its client named, the same in each session
 
 
 class Store:
@@ -131,11 +132,11 @@ class Store:
     async def recent_messages(self, tenant: str, user_id: str, limit: int) -> list[StoredMessage]:
         """The user's last `limit` messages in this tenant, oldest first."""
         rows = await self._pool.fetch(
-            "SELECT id, role, content, created_at FROM messages"
+            "SELECT id, role, content, created_at, row_key::text FROM messages"
             " WHERE tenant = $1 AND user_id = $2 ORDER BY id DESC LIMIT $3",
             tenant, user_id, limit,
         )
-        return [StoredMessage(r["id"], r["role"], r["content"], r["created_at"])
+        return [StoredMessage(r["id"], r["role"], r["content"], r["created_at"], r["row_key"])
                 for r in reversed(rows)]
 
     async def next_message_id(self) -> int:

@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY
 from test_screen_memory import ERROR_LINE, typed_desk
 from waits import eventually
 
+from agent.chat_inbox import stored_before
 from agent.cli_costs import format_summary
 from agent.config import Settings
 from agent.pricing import PriceTable, Usage
@@ -53,7 +54,7 @@ from memory.embeddings import WordLlamaEmbedder
 from memory.knowledge import KnowledgeBase
 from memory.migrate import apply_migrations, migration_files
 from memory.screen_timeline import ScreenTimeline, event_row
-from memory.spill_files import append_rows, spill_files
+from memory.spill_files import ROW_KEY, append_rows, spill_files
 from memory.spill_recovery import SpillTargets, recover_spills
 from memory.store import Store
 from memory.user_memory import UserMemory
@@ -1201,3 +1202,51 @@ async def test_rows_stored_before_row_keys_migrate_and_keep_no_key(
                                            "tenant, user_id")
     finally:
         await db.close()
+
+
+async def test_a_message_its_client_named_is_stored_once_per_room(
+    settings: Settings, db: Database,
+) -> None:
+    """A question its client named (the console's `sightline.message`) is stored under a key
+    made of the room and that id: the worker that died after storing it and the agent that
+    replaced it (sent it again by the page) store it once. The same id in another room, or
+    from another user, is another message. The next session's conversation carries each
+    message's key, by which its chat inbox knows the question (agent/chat_inbox.py)."""
+    store = Store(db.pool)
+    logs = []
+    for session_id, room in (("s-died", "room-1"), ("s-replacement", "room-1"),
+                             ("s-elsewhere", "room-2")):
+        await store.start_session(session_id, tenant="acme", user_id="u-1", room=room,
+                                  source="live", provider="gemini", model="m")
+        logs.append(ConversationLog(store, session_id, "acme", settings.costs_dir, room=room))
+    died, replacement, elsewhere = logs
+    died.add("u-1", "user", "Why does the VPN fail?", client_id="page-1")
+    assert await died.close() == 0
+    replacement.add("u-1", "user", "Why does the VPN fail?", client_id="page-1")
+    replacement.add("u-1", "assistant", "Error 809: a blocked port.")
+    replacement.add("u-1", "user", "Thanks.")  # not named: stored as said
+    assert await replacement.close() == 0
+    elsewhere.add("u-1", "user", "Why does the VPN fail?", client_id="page-1")
+    elsewhere.add("u-2", "user", "Why does the VPN fail?", client_id="page-1")
+    assert await elsewhere.close() == 0
+
+    rows = await db.pool.fetch("SELECT session_id, user_id, content, row_key::text FROM messages"
+                               " ORDER BY id")
+    assert [(r["session_id"], r["user_id"], r["content"]) for r in rows] == [
+        ("s-died", "u-1", "Why does the VPN fail?"),
+        ("s-replacement", "u-1", "Error 809: a blocked port."),
+        ("s-replacement", "u-1", "Thanks."),
+        ("s-elsewhere", "u-1", "Why does the VPN fail?"),
+        ("s-elsewhere", "u-2", "Why does the VPN fail?"),
+    ]
+    assert rows[0]["row_key"] == replacement.named_key("u-1", "page-1")
+    assert len({r["row_key"] for r in rows}) == 5
+
+    later = ConversationLog(store, "s-later", "acme", settings.costs_dir, room="room-1")
+    history = await later.history("u-1", 10)
+    keys = [item.extra.get(ROW_KEY) for item in history.items]
+    assert keys == [r["row_key"] for r in rows if r["user_id"] == "u-1"]
+    asked, answered = stored_before(history, later.named_key("u-1", "page-1"))
+    assert asked is not None and asked.text_content == "Why does the VPN fail?" and answered
+    assert stored_before(history, later.named_key("u-1", "page-2")) == (None, False)
+    await later.close()

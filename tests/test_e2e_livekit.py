@@ -454,6 +454,70 @@ async def test_a_user_leaving_mid_turn_ends_the_session_cleanly(
     assert worker.proc.poll() is None, "the worker survives a user leaving mid-turn"
 
 
+async def test_a_question_sent_again_to_the_rooms_next_agent_is_answered_once_and_stored_once(
+    livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies],
+    e2e_database_url: str,
+) -> None:
+    """The console sends a question it has no answered receipt for to the agent that joins
+    the room next (in place of a worker that died). That agent's session loaded what the
+    earlier one stored: a question stored unanswered (here its session ended while the model
+    was still answering) is asked again at the conversation's end, once in the model's request
+    and once in Postgres; one stored answered (its receipt lost) is confirmed answered and not
+    answered again."""
+    server, replies = model_server
+    question, answer = "Why does the VPN keep dropping?", "(scripted) Its keep-alive is off."
+    room, identity = "e2e-asked-again", "user-asked-again"
+
+    async def query(sql: str) -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(e2e_database_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, identity)]
+        finally:
+            await conn.close()
+
+    async def asked(session: int) -> User:
+        """The user back in the room (the room's `session`th session), QUESTION asked."""
+        user = new_user(livekit, room)
+        await user.join(identity)
+        await user.wait_for_agent()
+        replies.asked.clear()
+        await user.say(question, message_id="page-1")
+        return user
+
+    async def left(user: User, sessions: int) -> list[tuple[Any, ...]]:
+        """The user gone and the room's `sessions` sessions ended; what the user said."""
+        await user.leave()
+        deadline = time.monotonic() + 30
+        ended = "SELECT id FROM sessions WHERE user_id = $1 AND ended_at IS NOT NULL"
+        while len(await query(ended)) < sessions:
+            assert time.monotonic() < deadline, worker.log_text()[-4000:]
+            await asyncio.sleep(0.2)
+        return await query("SELECT role, content FROM messages WHERE user_id = $1 ORDER BY id")
+
+    replies.next = sure("(scripted) too late", delay_s=5)
+    first = await asked(1)
+    await asyncio.wait_for(replies.asked.wait(), 15)
+    assert await left(first, 1) == [("user", question)]  # read, not answered
+    assert receipts(first) == [{"message": "page-1"}]
+
+    replies.next = sure(answer)
+    seen = len(server.requests)
+    second = await asked(2)
+    assert await second.wait_for_reply() == answer
+    await eventually(lambda: len(receipts(second)) == 2, f"answered: {receipts(second)}")
+    [request] = turn_requests(server, seen)
+    assert request.text.count(question) == 1, request.text
+    assert await left(second, 2) == [("user", question), ("assistant", answer)]
+
+    seen = len(server.requests)
+    third = await asked(3)
+    await eventually(lambda: len(receipts(third)) == 2, f"receipts: {receipts(third)}")
+    await asyncio.sleep(1)
+    assert await left(third, 3) == [("user", question), ("assistant", answer)]
+    assert receipts(third) == [{"message": "page-1"}, {"message": "page-1", "answered": True}]
+    assert turn_requests(server, seen) == [], "answered before: not asked again"
+
+
 async def test_sigterm_drains_the_running_session_and_flushes_its_log(
     livekit: LiveKitServer, worker: Worker, model_server: tuple[ScriptedModelServer, Replies]
 ) -> None:
