@@ -28,7 +28,8 @@ every copy lost: then marked), and one the agent read but left before answering 
 sent to the agent that joins next, or back after a LiveKit restart; the agent's state thinking
 is shown where its answer will appear, until the answer starts, the state changes or the agent
 leaves; what another participant sends as Sightline (a receipt, a handoff, a cost, an answer,
-words in the user's name) is not shown; long unbroken text wraps; the browser's own "Stop
+words in the user's name) is not shown; the chat box stays at the conversation's foot, which
+scrolls; long unbroken text wraps; the browser's own "Stop
 sharing" updates the share button; a refused screen and a refused microphone are both noted; a
 session ended (Leave, the server) while the screen picker is open does nothing more once it
 answers, even to a newer session; the
@@ -952,6 +953,46 @@ async def test_sightline_thinking_is_shown_where_its_answer_will_appear(
             await expect(indicator).to_have_count(1, timeout=15_000)
         finally:
             await replacement.disconnect()
+        assert errors == []
+
+
+async def test_the_chat_box_stays_at_the_foot_of_the_conversation(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """As a chat reads: with few messages the box to type in is at the conversation panel's
+    foot, not under them with the panel's rest empty below it; with many, the conversation
+    scrolls within its panel, its latest message and the box both in view."""
+    async with console_page() as (page, errors):
+        room_name = await join_session(page, stand_in_console)
+        chat: list[str] = []
+        agent = await stand_in_agent(livekit, room_name, chat)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            geometry = """() => {
+              const box = (id) => document.getElementById(id).getBoundingClientRect();
+              const list = document.getElementById('messages');
+              return { panel: box('conversation').bottom, chat: box('chat').bottom,
+                       aside: document.querySelector('aside').getBoundingClientRect().height,
+                       conversation: box('conversation').height, window: innerHeight,
+                       list: box('messages'), scrolls: list.scrollHeight > list.clientHeight,
+                       last: list.lastElementChild?.getBoundingClientRect() ?? null };
+            }"""
+            few = await page.evaluate(geometry)
+            assert few["aside"] > few["conversation"] - 40, "the column beside is as tall"
+            assert few["panel"] - few["chat"] < 20, f"space under the chat box: {few}"
+            for n in range(30):
+                await page.fill("#chat-input", f"question {n}")
+                await page.press("#chat-input", "Enter")
+            await eventually(lambda: len(chat) == 30, f"read: {len(chat)}")
+            many = await page.evaluate(geometry)
+            assert many["scrolls"], many
+            assert many["panel"] - many["chat"] < 20, f"space under the chat box: {many}"
+            assert many["chat"] <= many["window"], f"the chat box is out of view: {many}"
+            last, shown = many["last"], many["list"]
+            assert shown["top"] <= last["top"] and last["bottom"] <= shown["bottom"] + 1, many
+        finally:
+            await agent.disconnect()
         assert errors == []
 
 
