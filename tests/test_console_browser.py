@@ -29,7 +29,7 @@ sent to the agent that joins next, or back after a LiveKit restart; the agent's 
 is shown where its answer will appear, until the answer starts, the state changes or the agent
 leaves; what another participant sends as Sightline (a receipt, a handoff, a cost, an answer,
 words in the user's name) is not shown; the chat box stays at the conversation's foot, which
-scrolls; long unbroken text wraps; the browser's own "Stop
+scrolls; a narrow window stacks the columns; long unbroken text wraps; the browser's own "Stop
 sharing" updates the share button; a refused screen and a refused microphone are both noted; a
 session ended (Leave, the server) while the screen picker is open does nothing more once it
 answers, even to a newer session; the
@@ -991,6 +991,42 @@ async def test_the_chat_box_stays_at_the_foot_of_the_conversation(
             assert many["chat"] <= many["window"], f"the chat box is out of view: {many}"
             last, shown = many["last"], many["list"]
             assert shown["top"] <= last["top"] and last["bottom"] <= shown["bottom"] + 1, many
+        finally:
+            await agent.disconnect()
+        assert errors == []
+
+
+async def test_a_narrow_window_stacks_the_columns(
+    livekit: LiveKitServer, stand_in_console: str, tmp_path: Path,
+) -> None:
+    """A user sharing their screen keeps the console in a narrow window beside what they
+    share: below 720 px the live-assist column goes under the conversation, each the window's
+    width, and nothing scrolls sideways."""
+    async with console_page() as (page, errors):
+        await page.set_viewport_size({"width": 420, "height": 800})
+        room_name = await join_session(page, stand_in_console)
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            await expect(page.locator("#status")).to_contain_text("Sightline joined",
+                                                                  timeout=15_000)
+            await page.fill("#chat-input", QUESTION)
+            await page.press("#chat-input", "Enter")
+            await expect(page.locator("#messages li.user")).to_have_text(QUESTION)
+            layout = await page.evaluate("""() => {
+              const box = (selector) => document.querySelector(selector).getBoundingClientRect();
+              return { scroll: document.documentElement.scrollWidth,
+                       width: document.documentElement.clientWidth,
+                       conversation: box('#conversation'), aside: box('aside'),
+                       cost: box('#cost'), send: box('#send') };
+            }""")
+            await page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
+            assert layout["scroll"] <= layout["width"], f"scrolls sideways: {layout}"
+            conversation, aside = layout["conversation"], layout["aside"]
+            assert aside["top"] >= conversation["bottom"], f"side by side: {layout}"
+            for column in (conversation, aside):
+                assert column["width"] > layout["width"] - 60, f"a narrow column: {layout}"
+            for control in (layout["cost"], layout["send"]):
+                assert control["right"] <= layout["width"], f"cut off: {layout}"
         finally:
             await agent.disconnect()
         assert errors == []
