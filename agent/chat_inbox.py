@@ -205,7 +205,11 @@ class ChatInbox:
                      "answered; asked again", message_id)
             ctx = agent.chat_ctx.copy()
             ctx.remove(earlier)
-            await agent.update_chat_ctx(ctx)
+            try:
+                await agent.update_chat_ctx(ctx)
+            except Exception as exc:  # a realtime model's session refused the edit
+                log.warning("chat message %s stays in the conversation twice: the earlier copy "
+                            "could not be taken out (%r)", message_id, exc)
         return answered
 
     async def _reply(self, message: ChatMessage) -> SpeechHandle:

@@ -3,7 +3,9 @@ own text streams: a message its sender names (the console page's `sightline.mess
 attribute) is confirmed to that sender alone once read, and handed on once however often it
 arrives; an unnamed message (another client's) is handed on each time it comes, unconfirmed.
 Once its reply is done, a named message is confirmed answered, and so is each copy that comes
-after. The worker's own replies mark it (tests/test_e2e_livekit.py).
+after. The worker's own replies mark it (tests/test_e2e_livekit.py, which also sends a
+question again to the room's next session). A named question the loaded conversation holds
+unanswered is taken out of it, to be asked again at its end.
 The page's side, sending again what is not confirmed, is in tests/test_console_browser.py.
 """
 
@@ -11,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from types import SimpleNamespace
 
+import pytest
 from livekit import api, rtc
+from livekit.agents import Agent, llm
 from waits import eventually
 
 from agent.chat_inbox import MESSAGE_ID, RECEIVED_TOPIC, ChatInbox
 from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer
+from memory.spill_files import ROW_KEY
 
 
 async def joined(livekit: LiveKitServer, identity: str, room: rtc.Room | None = None,
@@ -111,3 +118,42 @@ async def test_an_answered_message_is_confirmed_answered_and_so_is_each_later_co
     assert to_user == [{"message": "page-1"}, {"message": "page-1", "answered": True},
                        {"message": "page-1", "answered": True}, {"message": "page-2"}]
     assert handed_on == ["page-1", "page-2"]
+
+
+class Refusing(Agent):
+    """An agent whose conversation cannot be edited (as a realtime model's session may
+    refuse it)."""
+
+    async def update_chat_ctx(self, chat_ctx: llm.ChatContext, *,
+                              exclude_invalid_function_calls: bool = True) -> None:
+        raise TimeoutError("the realtime session did not confirm the edit")
+
+
+@pytest.mark.parametrize("agent_kind", [Agent, Refusing])
+async def test_a_question_an_earlier_session_stored_unanswered_is_taken_out_to_ask_it_again(
+    agent_kind: type[Agent], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The loaded conversation ends with a named question an earlier session of the room
+    stored and did not answer (its worker died): the inbox takes it out, to be asked again at
+    the conversation's end. An agent that refuses the edit keeps both copies, said in one line,
+    and the question is asked all the same."""
+    loaded = llm.ChatContext.empty()
+    loaded.add_message(role="user", content="Hello", extra={ROW_KEY: "key-0"})
+    loaded.add_message(role="assistant", content="Hi.", extra={ROW_KEY: "key-1"})
+    loaded.add_message(role="user", content="Why does the VPN fail?",
+                       extra={ROW_KEY: "key-page-1"})
+    agent = agent_kind(instructions="Help.", chat_ctx=loaded)
+    inbox = ChatInbox(rtc.Room())
+    inbox._session = SimpleNamespace(current_agent=agent)  # type: ignore[assignment]
+    inbox._key = lambda message_id: f"key-{message_id}"
+    answered_before = await inbox._answered_before("page-1")
+    assert answered_before is False, "not answered: asked again"
+    said = [item.text_content for item in agent.chat_ctx.items
+            if isinstance(item, llm.ChatMessage)]
+    if agent_kind is Refusing:
+        assert said == ["Hello", "Hi.", "Why does the VPN fail?"]
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+            "chat message page-1 stays in the conversation twice: the earlier copy could not be "
+            "taken out (TimeoutError('the realtime session did not confirm the edit'))"]
+    else:
+        assert said == ["Hello", "Hi."]
