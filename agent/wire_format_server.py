@@ -338,8 +338,13 @@ def _anthropic_prefixes(body: dict[str, Any], tool_prompt_tokens: int = 0
         return []
     digest, texts, beside_text = hashlib.sha256(), [], 0  # beside: images, tool-use prompt
     last_tool = len(_tools(body)) - 1
+    # Anthropic's prompt-caching page: a change of `tool_choice` invalidates the cached
+    # messages, not the tools and system before them
+    first_message = len(blocks) - len(_anthropic_blocks({"messages": body.get("messages")}))
     prefixes: list[tuple[str, int, bool]] = []
     for at, block in enumerate(blocks[:marks[-1] + 1]):
+        if at == first_message:
+            digest.update(json.dumps(body.get("tool_choice"), sort_keys=True).encode())
         unmarked = {k: v for k, v in block.items() if k != "cache_control"}
         digest.update(json.dumps(unmarked, sort_keys=True).encode())
         block_texts, _, block_image_tokens = _anthropic_inspect({"messages": [

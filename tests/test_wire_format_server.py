@@ -384,6 +384,28 @@ def test_the_anthropic_cache_remembers_recent_prefixes_only() -> None:
     assert len(cache._anthropic) == PromptCache.ANTHROPIC_REMEMBERED
 
 
+def test_the_anthropic_cache_keeps_the_instructions_but_not_the_messages_across_tool_choice(
+) -> None:
+    """Anthropic's prompt-caching page: changing `tool_choice` invalidates the cached messages,
+    not the system prompt before them. A request that differs from the one before only in its
+    `tool_choice` reads the instructions' prefix and writes the rest again; the same
+    `tool_choice` again reads it all."""
+    cache = PromptCache(min_tokens=8)
+    mark = {"cache_control": {"type": "ephemeral"}}
+
+    def body(tool_choice: dict[str, str] | None) -> dict[str, object]:
+        return {"system": [{"type": "text", "text": "You are Sightline. " * 100, **mark}],
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "Why does the VPN fail? " * 50, **mark}]}],
+                **({"tool_choice": tool_choice} if tool_choice else {})}
+    instructions, _ = cache.anthropic({"system": body(None)["system"], "messages": []})
+    written, read = cache.anthropic(body({"type": "auto"}))
+    assert read == instructions and written > 0
+    assert cache.anthropic(body({"type": "none"})) == (written, instructions)
+    assert cache.anthropic(body({"type": "none"})) == (0, instructions + written)
+    assert cache.anthropic(body({"type": "auto"})) == (0, instructions + written)
+
+
 def test_the_gemini_cache_finds_the_longest_shared_prefix_of_all_it_remembers() -> None:
     """Looking only next to a prompt's place in sorted order finds what comparing it with every
     remembered prompt finds, forgetting included (the brute force here is the reference)."""
