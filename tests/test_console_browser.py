@@ -961,7 +961,8 @@ async def test_the_chat_box_stays_at_the_foot_of_the_conversation(
 ) -> None:
     """As a chat reads: with few messages the box to type in is at the conversation panel's
     foot, not under them with the panel's rest empty below it; with many, the conversation
-    scrolls within its panel, its latest message and the box both in view."""
+    scrolls within its panel, its latest message and the box both in view. Send clicked, the
+    cursor is back in the box."""
     async with console_page() as (page, errors):
         room_name = await join_session(page, stand_in_console)
         chat: list[str] = []
@@ -979,12 +980,17 @@ async def test_the_chat_box_stays_at_the_foot_of_the_conversation(
                        last: list.lastElementChild?.getBoundingClientRect() ?? null };
             }"""
             few = await page.evaluate(geometry)
+            await page.fill("#chat-input", "question by click")
+            await page.click("#send")
+            await page.keyboard.type("typed straight after")  # the cursor is back in the box
+            await expect(page.locator("#chat-input")).to_have_value("typed straight after")
+            await page.fill("#chat-input", "")
             assert few["aside"] > few["conversation"] - 40, "the column beside is as tall"
             assert few["panel"] - few["chat"] < 20, f"space under the chat box: {few}"
             for n in range(30):
                 await page.fill("#chat-input", f"question {n}")
                 await page.press("#chat-input", "Enter")
-            await eventually(lambda: len(chat) == 30, f"read: {len(chat)}")
+            await eventually(lambda: len(chat) == 31, f"read: {len(chat)}")
             many = await page.evaluate(geometry)
             assert many["scrolls"], many
             assert many["panel"] - many["chat"] < 20, f"space under the chat box: {many}"

@@ -616,6 +616,7 @@ function send(event) {
   const text = $('chat-input').value.trim();
   if (!text || !room) return;
   $('chat-input').value = '';
+  $('chat-input').focus();  // Send clicked: the next question is typed straight away
   clearTimeout(draftTimer);
   lastDraft = '';
   const item = addMessage('user', text);
