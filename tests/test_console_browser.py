@@ -1003,7 +1003,7 @@ async def test_the_chat_box_stays_at_the_foot_of_the_conversation(
 
 
 async def test_a_narrow_window_stacks_the_columns(
-    livekit: LiveKitServer, stand_in_console: str, tmp_path: Path,
+    livekit: LiveKitServer, stand_in_console: str,
 ) -> None:
     """A user sharing their screen keeps the console in a narrow window beside what they
     share: below 720 px the live-assist column goes under the conversation, each the window's
@@ -1025,7 +1025,6 @@ async def test_a_narrow_window_stacks_the_columns(
                        conversation: box('#conversation'), aside: box('aside'),
                        cost: box('#cost'), send: box('#send') };
             }""")
-            await page.screenshot(path=str(tmp_path / "narrow.png"), full_page=True)
             assert layout["scroll"] <= layout["width"], f"scrolls sideways: {layout}"
             conversation, aside = layout["conversation"], layout["aside"]
             assert aside["top"] >= conversation["bottom"], f"side by side: {layout}"
