@@ -475,8 +475,8 @@ async def test_a_question_sent_again_to_the_rooms_next_agent_is_answered_once_an
         finally:
             await conn.close()
 
-    async def asked(session: int) -> User:
-        """The user back in the room (the room's `session`th session), QUESTION asked."""
+    async def asked() -> User:
+        """The user (back) in the room, the question asked under the page's id."""
         user = new_user(livekit, room)
         await user.join(identity)
         await user.wait_for_agent()
@@ -495,14 +495,15 @@ async def test_a_question_sent_again_to_the_rooms_next_agent_is_answered_once_an
         return await query("SELECT role, content FROM messages WHERE user_id = $1 ORDER BY id")
 
     replies.next = sure("(scripted) too late", delay_s=5)
-    first = await asked(1)
+    first = await asked()
     await asyncio.wait_for(replies.asked.wait(), 15)
+    await eventually(lambda: receipts(first) == [{"message": "page-1"}], receipts(first))
     assert await left(first, 1) == [("user", question)]  # read, not answered
     assert receipts(first) == [{"message": "page-1"}]
 
     replies.next = sure(answer)
     seen = len(server.requests)
-    second = await asked(2)
+    second = await asked()
     assert await second.wait_for_reply() == answer
     await eventually(lambda: len(receipts(second)) == 2, f"answered: {receipts(second)}")
     [request] = turn_requests(server, seen)
@@ -510,7 +511,7 @@ async def test_a_question_sent_again_to_the_rooms_next_agent_is_answered_once_an
     assert await left(second, 2) == [("user", question), ("assistant", answer)]
 
     seen = len(server.requests)
-    third = await asked(3)
+    third = await asked()
     await eventually(lambda: len(receipts(third)) == 2, f"receipts: {receipts(third)}")
     await asyncio.sleep(1)
     assert await left(third, 3) == [("user", question), ("assistant", answer)]
