@@ -1,20 +1,23 @@
 """The web console's server: the page, its script, and a session to join.
 
 `POST /api/session` creates a room, dispatches Sightline to it (explicit dispatch, the job's
-metadata naming the tenant) and mints a token for the browser's user with the configured
-LiveKit keys; the keys never leave this process. The page (web/static/index.html) and its script
-(web/dist/console.js: the LiveKit JS client bundled at build time by `make install`, so the page
-needs no CDN) are served from the checkout. It listens on localhost only: whoever reaches the
-port can start sessions on the configured LiveKit project and spend the models' money. For the
-same reason a session is only started for the page itself: the request must carry the
-`X-Sightline-Console` header (another site's page cannot send it without a CORS preflight, which
-this server never approves) and name a loopback host (no DNS rebinding).
+metadata naming the tenant) and mints a token for the browser's user with the configured LiveKit
+keys; the keys never leave this process. The user is the one whose id the page keeps in its
+browser (`{"user": id}`), so that Sightline remembers them from one session to the next. The
+page (web/static/index.html) and its script (web/dist/console.js: the LiveKit JS client bundled
+at build time by `make install`, so the page needs no CDN) are served from the checkout. It
+listens on localhost only: whoever reaches the port can start sessions on the configured LiveKit
+project and spend the models' money. For the same reason a session is only started for the page
+itself: the request must carry the `X-Sightline-Console` header (another site's page cannot send
+it without a CORS preflight, which this server never approves) and name a loopback host (no DNS
+rebinding).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +38,9 @@ PAGE = WEB / "static" / "index.html"
 BUNDLE = WEB / "dist" / "console.js"
 TOKEN_TTL_S = 6 * 3600
 PAGE_HEADER = "X-Sightline-Console"
+# the page's user id (kept in the browser), to which `console-user-` is prefixed: a user is
+# remembered across their sessions as any user of the same identity is
+USER_ID = re.compile(r"[A-Za-z0-9_-]{6,64}")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -91,6 +97,21 @@ class Console:
                                                    "Cache-Control": "no-store"})
         return serve
 
+    @staticmethod
+    async def _user_id(request: web.Request) -> str | None:
+        """The user id the page keeps (`{"user": id}`), a new one when it sends none (a page
+        whose browser keeps nothing, or another client), None when it is not one."""
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        user = body.get("user")
+        if user is None:
+            return uuid.uuid4().hex[:12]
+        return user if isinstance(user, str) and USER_ID.fullmatch(user) else None
+
     async def _session(self, request: web.Request) -> web.Response:
         """A new room with Sightline dispatched to it, and the token to join it."""
         try:
@@ -100,8 +121,12 @@ class Console:
         if request.headers.get(PAGE_HEADER) != "1" or host not in LOOPBACK_HOSTS:
             return web.json_response({"error": "sessions are started from the console's own "
                                                "page on this machine"}, status=403)
+        user = await self._user_id(request)
+        if user is None:
+            return web.json_response({"error": "the page's user id must be 6 to 64 letters, "
+                                               "digits, - or _"}, status=400)
         room = f"console-{uuid.uuid4().hex[:10]}"
-        identity = f"console-user-{uuid.uuid4().hex[:6]}"
+        identity = f"console-user-{user}"
         try:
             async with livekit_api(http_url(self._url), self._key, self._secret) as lk:
                 await lk.room.create_room(api.CreateRoomRequest(name=room,

@@ -21,7 +21,8 @@ front of it answering its own HTML page, the status line says so and **Start ses
 clicked again, with no uncaught error in the page.
 Against a stand-in agent (a test-owned participant of kind agent; no worker, no models): with
 speech, the user's words and the agent's answer each one bubble, shown as who said them; Leave
-then Start session shows only the new session; the agent leaving says so, closes the chat and
+then Start session shows only the new session; the page is the same user in each session
+and after a reload; the agent leaving says so, closes the chat and
 marks an answer it cut off; a question asked before the agent joins is queued and sent when it
 does; a question the agent does not confirm is sent again under its id (its copy lost, late, or
 every copy lost: then marked), and one the agent read but left before answering is marked and
@@ -584,6 +585,38 @@ async def test_leave_then_start_shows_only_the_new_session(
             await expect(page.locator("audio")).to_have_count(0, timeout=15_000)
         finally:
             await agent.disconnect()
+        assert errors == []
+
+
+async def test_the_page_is_the_same_user_in_each_session_and_after_a_reload(
+    livekit: LiveKitServer, stand_in_console: str,
+) -> None:
+    """Sightline remembers a user by their identity: the page keeps its user's id in the
+    browser, so Leave then Start session, and a reload, join as the same user (and says who);
+    another browser profile is another user."""
+    async def user_in(page: Page) -> str:
+        room_name = await join_session(page, "")
+        agent = await stand_in_agent(livekit, room_name)
+        try:
+            [identity] = [p for p in agent.remote_participants if p != STAND_IN]
+        finally:
+            await agent.disconnect()
+        await expect(page.locator("#who")).to_have_text(f"You are {identity}")
+        await page.click("#leave")
+        await expect(page.locator("#status")).to_have_text("Disconnected", timeout=15_000)
+        return identity
+
+    async with console_page() as (page, errors):
+        await page.goto(stand_in_console)
+        first = await user_in(page)
+        assert re.fullmatch(r"console-user-[0-9a-f]{12}", first), first
+        assert await user_in(page) == first
+        await page.reload()
+        assert await user_in(page) == first
+        assert errors == []
+    async with console_page() as (page, errors):
+        await page.goto(stand_in_console)
+        assert await user_in(page) != first
         assert errors == []
 
 

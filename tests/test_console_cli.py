@@ -6,12 +6,14 @@ an unreachable LiveKit server makes `POST /api/session` answer 502 with one read
 page shows it) while the console keeps serving the page, and so does one that takes the call and
 never answers (after `agent.livekit_api.TIMEOUT_S`, not never); a password in LIVEKIT_URL is never
 shown; Ctrl-C, the way the console says to stop it, stops it cleanly (exit 0); a request
-without the page's header, or naming another host, starts nothing (403).
+without the page's header, or naming another host, starts nothing (403); a session is the user's
+whose id the page keeps, and an id that is not one starts nothing (400).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 from pathlib import Path
@@ -19,11 +21,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import SIGHTLINE, run_cli
+from livekit import api
 from test_livekit_api_timeouts import never_answering
 
 from agent.config import Settings
 from agent.console_server import BUNDLE, Console
-from bench.livekit_harness import free_port
+from bench.livekit_harness import API_KEY, API_SECRET, LiveKitServer, free_port
 
 
 def env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -133,3 +136,39 @@ async def test_ctrl_c_stops_the_console_cleanly(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert (proc.returncode, out, err) == (0, b"", b"")
+
+
+async def test_a_session_is_started_for_the_user_id_the_page_keeps(
+    tmp_path: Path, livekit: LiveKitServer,
+) -> None:
+    """The page keeps its user's id in the browser and sends it: each of its sessions is
+    that user's, whom Sightline remembers. A request with none gets a new user; an id that is
+    not one (path characters, too short, not a string, a body that is not a JSON object) is
+    refused in one line before anything is created."""
+    settings = Settings.from_env({"LIVEKIT_URL": livekit.ws_url, "LIVEKIT_API_KEY": API_KEY,
+                                  "LIVEKIT_API_SECRET": API_SECRET,
+                                  "SIGHTLINE_DATA_DIR": str(tmp_path)})
+    page = {"X-Sightline-Console": "1"}
+    async with TestClient(TestServer(Console(settings, "acme").app())) as client:
+        sessions = [await (await client.post("/api/session", headers=page,
+                                              json={"user": "a1b2c3d4e5f6"})).json()
+                    for _ in range(2)]
+        assert [s["identity"] for s in sessions] == ["console-user-a1b2c3d4e5f6"] * 2
+        assert sessions[0]["room"] != sessions[1]["room"]
+        new = [await (await client.post("/api/session", headers=page, **body)).json()
+               for body in ({}, {"json": {}})]
+        assert all(re.fullmatch(r"console-user-[0-9a-f]{12}", s["identity"]) for s in new)
+        assert new[0]["identity"] != new[1]["identity"]
+        async with livekit.client() as lk:
+            rooms = {room.name for room in (await lk.room.list_rooms(
+                api.ListRoomsRequest())).rooms}
+        for body in ({"json": {"user": "../../etc"}}, {"json": {"user": "abc"}},
+                     {"json": {"user": 123456}}, {"json": ["a1b2c3d4e5f6"]},
+                     {"data": "not json", "headers": {**page, "Content-Type": "text/plain"}}):
+            refused = await client.post("/api/session", **{"headers": page, **body})
+            assert refused.status == 400, body
+            assert await refused.json() == {
+                "error": "the page's user id must be 6 to 64 letters, digits, - or _"}
+        async with livekit.client() as lk:
+            assert {room.name for room in (await lk.room.list_rooms(
+                api.ListRoomsRequest())).rooms} == rooms, "a refused request creates no room"

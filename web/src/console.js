@@ -516,10 +516,33 @@ function ended() {
 // is. Every way of failing is caught here, so the page never stays at "Starting…" with its
 // button disabled: the server gone or unreachable (fetch rejects), and a body that is not the
 // server's JSON (a proxy's or another program's page on the port, or a cut-off answer).
+// The browser's user id, kept across sessions and reloads, so that Sightline remembers this
+// user (their conversation, facts, screen timeline) as it does any user of the same identity;
+// none where the browser keeps nothing (the server then makes one for the session).
+const USER_KEY = 'sightline.console.user';
+function userId() {
+  try {
+    let id = localStorage.getItem(USER_KEY);
+    if (!id) {
+      id = [...crypto.getRandomValues(new Uint8Array(6))]
+        .map((byte) => byte.toString(16).padStart(2, '0')).join('');
+      localStorage.setItem(USER_KEY, id);
+    }
+    return id;
+  } catch {
+    return null;  // storage refused (a privacy setting, an opaque origin)
+  }
+}
+
 async function requestSession() {
   let response;
+  const user = userId();
   try {
-    response = await fetch('/api/session', { method: 'POST', headers: { 'X-Sightline-Console': '1' } });
+    response = await fetch('/api/session', {
+      method: 'POST',
+      headers: { 'X-Sightline-Console': '1', 'Content-Type': 'application/json' },
+      body: JSON.stringify(user ? { user } : {}),
+    });
   } catch {
     throw new Error('Could not reach the console server: is `sightline console` still running?');
   }
@@ -548,6 +571,7 @@ async function start() {
     return;
   }
   resetPanels();
+  $('who').textContent = `You are ${session.identity}`;
   if ($('messages').children.length) addMessage('divider', `New session: ${session.room}`);
   sessionRoom = session.room;
   const current = room = new Room();
