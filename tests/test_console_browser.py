@@ -593,7 +593,7 @@ async def test_the_page_is_the_same_user_in_each_session_and_after_a_reload(
 ) -> None:
     """Sightline remembers a user by their identity: the page keeps its user's id in the
     browser, so Leave then Start session, and a reload, join as the same user (and says who);
-    another browser profile is another user."""
+    a kept id the server would refuse is replaced; another browser profile is another user."""
     async def user_in(page: Page) -> str:
         room_name = await join_session(page, "")
         agent = await stand_in_agent(livekit, room_name)
@@ -613,6 +613,10 @@ async def test_the_page_is_the_same_user_in_each_session_and_after_a_reload(
         assert await user_in(page) == first
         await page.reload()
         assert await user_in(page) == first
+        # an id the server would refuse (storage edited by hand) is replaced, not sent
+        await page.evaluate("localStorage.setItem('sightline.console.user', '../x')")
+        replaced = await user_in(page)
+        assert replaced != first and re.fullmatch(r"console-user-[0-9a-f]{12}", replaced)
         assert errors == []
     async with console_page() as (page, errors):
         await page.goto(stand_in_console)

@@ -512,10 +512,6 @@ function ended() {
   showMedia();
 }
 
-// A new session from the console server, or an Error whose message the status line shows as
-// is. Every way of failing is caught here, so the page never stays at "Starting…" with its
-// button disabled: the server gone or unreachable (fetch rejects), and a body that is not the
-// server's JSON (a proxy's or another program's page on the port, or a cut-off answer).
 // The browser's user id, kept across sessions and reloads, so that Sightline remembers this
 // user (their conversation, facts, screen timeline) as it does any user of the same identity;
 // none where the browser keeps nothing (the server then makes one for the session).
@@ -523,7 +519,7 @@ const USER_KEY = 'sightline.console.user';
 function userId() {
   try {
     let id = localStorage.getItem(USER_KEY);
-    if (!id) {
+    if (!/^[A-Za-z0-9_-]{6,64}$/.test(id ?? '')) {  // none yet, or not one the server takes
       id = [...crypto.getRandomValues(new Uint8Array(6))]
         .map((byte) => byte.toString(16).padStart(2, '0')).join('');
       localStorage.setItem(USER_KEY, id);
@@ -534,6 +530,10 @@ function userId() {
   }
 }
 
+// A new session from the console server, or an Error whose message the status line shows as
+// is. Every way of failing is caught here, so the page never stays at "Starting…" with its
+// button disabled: the server gone or unreachable (fetch rejects), and a body that is not the
+// server's JSON (a proxy's or another program's page on the port, or a cut-off answer).
 async function requestSession() {
   let response;
   const user = userId();
