@@ -519,7 +519,7 @@ const USER_KEY = 'sightline.console.user';
 function userId() {
   try {
     let id = localStorage.getItem(USER_KEY);
-    if (!/^[A-Za-z0-9_-]{6,64}$/.test(id ?? '')) {  // none yet, or not one the server takes
+    if (!/^[0-9a-f]{12}$/.test(id ?? '')) {  // none yet, or not one this page made
       id = [...crypto.getRandomValues(new Uint8Array(6))]
         .map((byte) => byte.toString(16).padStart(2, '0')).join('');
       localStorage.setItem(USER_KEY, id);
